@@ -1,0 +1,600 @@
+//! Compiling: resources → one immutable [`Snapshot`], with Istio's meaning.
+//!
+//! Which Gateways are ours (selector ⊆ our labels), which port each server binds (our own
+//! Service's targetPort), which VirtualService hosts each server accepts (host
+//! intersection), route order (VirtualServices oldest first, routes in written order),
+//! and which endpoints each destination reaches (Service port → EndpointSlice port).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use crate::{
+    config::{
+        Diagnostic, Diagnostics, Location, Resources, Sourced,
+        resources::{
+            Destination, Gateway, HttpMatchRequest, HttpRoute, IntOrString, SERVICE_NAME_LABEL, Service,
+            ServicePort, StringMatch, VirtualService,
+        },
+    },
+    route_table::{RequestMatch, Route, RouteTable, StringMatcher, VirtualHost},
+    snapshot::{Cluster, KernelPolicy, Listener, Protocol, RouteAction, Snapshot, WeightedCluster},
+};
+
+/// Who this gateway is: the labels its pods carry and its namespace.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub labels: BTreeMap<String, String>,
+    pub namespace: String,
+}
+
+/// Istio's defaults: the `istio-ingressgateway` deployment in `istio-system`.
+pub const DEFAULT_SELECTOR: (&str, &str) = ("istio", "ingressgateway");
+pub const DEFAULT_NAMESPACE: &str = "istio-system";
+/// Kubernetes' cluster domain, used to spell destination hosts in full.
+pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            labels: BTreeMap::from([(DEFAULT_SELECTOR.0.to_owned(), DEFAULT_SELECTOR.1.to_owned())]),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+        }
+    }
+}
+
+/// VirtualService fields that change what a response is. Proxying such a route anyway
+/// would answer users wrongly, so the route answers 501 until the data plane does them.
+const UNSUPPORTED_ACTIONS: [&str; 4] = ["redirect", "directResponse", "delegate", "rewrite"];
+
+pub fn compile(resources: &Resources, identity: &Identity) -> (Snapshot, Diagnostics) {
+    let mut compiler = Compiler { resources, identity, diagnostics: Diagnostics::default(), clusters: HashMap::new() };
+    let snapshot = compiler.snapshot();
+    (snapshot, compiler.diagnostics)
+}
+
+struct Compiler<'a> {
+    resources: &'a Resources,
+    identity: &'a Identity,
+    diagnostics: Diagnostics,
+    /// Clusters are shared between routes that name the same service port.
+    clusters: HashMap<String, Arc<Cluster>>,
+}
+
+/// One server's host list entry, `namespace/host` split.
+#[derive(Debug)]
+struct ServerHost {
+    /// `*` any, `.` the Gateway's own namespace, or a namespace name.
+    namespace: String,
+    host: String,
+}
+
+/// Servers on one port, merged (Istio merges HTTP servers on a port into one route table).
+struct PortServers<'a> {
+    protocol: Protocol,
+    /// (gateway, its server hosts)
+    servers: Vec<(&'a Sourced<Gateway>, Vec<ServerHost>)>,
+}
+
+impl<'a> Compiler<'a> {
+    fn snapshot(&mut self) -> Snapshot {
+        let ports = self.ports();
+        let own_service = self.own_service();
+        let mut virtual_services: Vec<&Sourced<VirtualService>> = self.resources.virtual_services.iter().collect();
+        // Oldest first; creation timestamps are RFC 3339 and sort as strings. Without one,
+        // the load order (file order) decides.
+        virtual_services.sort_by(|a, b| {
+            let key = |vs: &Sourced<VirtualService>| vs.resource.metadata.creation_timestamp.clone().unwrap_or_default();
+            key(a).cmp(&key(b))
+        });
+        self.check_gateway_references(&virtual_services);
+
+        let mut listeners = Vec::new();
+        for (port, servers) in ports {
+            let (bind_port, node_port) = self.bind_port(port, own_service);
+            let routes = self.route_table(port, &servers, &virtual_services);
+            listeners.push(Listener {
+                port,
+                bind_port,
+                node_port,
+                protocol: servers.protocol,
+                servers: servers.servers.iter().map(|(g, _)| name_of(&g.resource.metadata)).collect(),
+                routes,
+            });
+        }
+        let mut kernel_ports: Vec<u16> = listeners.iter().map(|l| l.bind_port).collect();
+        kernel_ports.sort_unstable();
+        kernel_ports.dedup();
+        Snapshot { listeners, kernel: KernelPolicy { ports: kernel_ports } }
+    }
+
+    fn is_ours(&self, gateway: &Gateway) -> bool {
+        gateway.spec.selector.iter().all(|(k, v)| self.identity.labels.get(k) == Some(v))
+    }
+
+    /// Our Gateways' servers, grouped by port.
+    fn ports(&mut self) -> BTreeMap<u16, PortServers<'a>> {
+        let mut ports: BTreeMap<u16, PortServers<'a>> = BTreeMap::new();
+        for gateway in &self.resources.gateways {
+            if !self.is_ours(&gateway.resource) {
+                continue;
+            }
+            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
+            for (index, server) in gateway.resource.spec.servers.iter().enumerate() {
+                let field = format!("spec.servers[{index}]");
+                let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
+                    self.diagnostics.push(
+                        Diagnostic::error(format!("port {} is not a TCP port: expected 1-65535", server.port.number))
+                            .at(gateway.location.clone())
+                            .resource(&resource)
+                            .field(format!("{field}.port.number")),
+                    );
+                    continue;
+                };
+                let Some(protocol) = Protocol::parse(&server.port.protocol) else {
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "protocol {} is not served yet (HTTP, HTTP2 and GRPC are); this server is skipped",
+                            server.port.protocol
+                        ))
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.port.protocol")),
+                    );
+                    continue;
+                };
+                if server.tls.as_ref().is_some_and(|t| t.https_redirect) {
+                    self.diagnostics.push(
+                        Diagnostic::warning("httpsRedirect is not served yet; requests are routed as plain HTTP")
+                            .at(gateway.location.clone())
+                            .resource(&resource)
+                            .field(format!("{field}.tls.httpsRedirect")),
+                    );
+                }
+                let hosts = server.hosts.iter().map(|h| parse_server_host(h)).collect();
+                let entry = ports.entry(port).or_insert_with(|| PortServers { protocol, servers: Vec::new() });
+                if entry.protocol != protocol {
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "port {port} is already {:?} from another server; Istio keeps the first protocol, so this server's routes join that listener",
+                            entry.protocol
+                        ))
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.port.protocol")),
+                    );
+                }
+                entry.servers.push((gateway, hosts));
+            }
+        }
+        ports
+    }
+
+    /// The Service that fronts our pods: its selector matches our labels. Its ports tell
+    /// which targetPort a Gateway port binds and which nodePort reaches it.
+    fn own_service(&self) -> Option<&'a Service> {
+        let labels = &self.identity.labels;
+        let mut candidates = self.resources.services.iter().map(|s| &s.resource).filter(|s| {
+            !s.spec.selector.is_empty() && s.spec.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        });
+        let first = candidates.next()?;
+        if first.metadata.namespace() == self.identity.namespace {
+            return Some(first);
+        }
+        candidates.find(|s| s.metadata.namespace() == self.identity.namespace).or(Some(first))
+    }
+
+    fn bind_port(&mut self, port: u16, own_service: Option<&Service>) -> (u16, Option<u16>) {
+        let Some(service) = own_service else {
+            return (port, None);
+        };
+        let Some(service_port) = service.spec.ports.iter().find(|p| p.port == u32::from(port)) else {
+            return (port, None);
+        };
+        let node_port = service_port.node_port.and_then(|n| u16::try_from(n).ok());
+        match &service_port.target_port {
+            Some(IntOrString::Int(target)) => match u16::try_from(*target) {
+                Ok(target) if target != 0 => (target, node_port),
+                _ => (port, node_port),
+            },
+            Some(IntOrString::String(name)) => {
+                self.diagnostics.push(
+                    Diagnostic::warning(format!(
+                        "targetPort {name:?} names a container port, which only the pod spec resolves; binding port {port}"
+                    ))
+                    .resource(format!("Service {}", name_of(&service.metadata))),
+                );
+                (port, node_port)
+            }
+            None => (port, node_port),
+        }
+    }
+
+    fn check_gateway_references(&mut self, virtual_services: &[&Sourced<VirtualService>]) {
+        for vs in virtual_services {
+            let namespace = vs.resource.metadata.namespace();
+            for (index, reference) in vs.resource.spec.gateways.iter().enumerate() {
+                if reference == "mesh" {
+                    continue;
+                }
+                let (gw_ns, gw_name) = split_reference(reference, namespace);
+                let exists = self
+                    .resources
+                    .gateways
+                    .iter()
+                    .any(|g| g.resource.metadata.namespace() == gw_ns && g.resource.metadata.name == gw_name);
+                if !exists {
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!("gateway {gw_ns}/{gw_name} does not exist; nothing is bound through it"))
+                            .at(vs.location.clone())
+                            .resource(format!("VirtualService {}", name_of(&vs.resource.metadata)))
+                            .field(format!("spec.gateways[{index}]")),
+                    );
+                }
+            }
+        }
+    }
+
+    fn route_table(
+        &mut self,
+        port: u16,
+        servers: &PortServers<'a>,
+        virtual_services: &[&'a Sourced<VirtualService>],
+    ) -> RouteTable<RouteAction> {
+        // host → routes, in first-seen host order so output is stable.
+        let mut hosts: Vec<(String, Vec<Route<RouteAction>>)> = Vec::new();
+        for vs in virtual_services {
+            let meta = &vs.resource.metadata;
+            let vs_namespace = meta.namespace();
+            let resource = format!("VirtualService {}", name_of(meta));
+            let mut bound_here = false;
+            let mut accepted_hosts: Vec<String> = Vec::new();
+            for (gateway, server_hosts) in &servers.servers {
+                if !binds(&vs.resource, gateway) {
+                    continue;
+                }
+                bound_here = true;
+                let gw_namespace = gateway.resource.metadata.namespace();
+                for vs_host in &vs.resource.spec.hosts {
+                    for server_host in server_hosts {
+                        let namespace_ok = match server_host.namespace.as_str() {
+                            "*" => true,
+                            "." => vs_namespace == gw_namespace,
+                            ns => ns == vs_namespace,
+                        };
+                        if !namespace_ok {
+                            continue;
+                        }
+                        if let Some(host) = intersect_hosts(vs_host, &server_host.host)
+                            && !accepted_hosts.contains(&host)
+                        {
+                            accepted_hosts.push(host);
+                        }
+                    }
+                }
+            }
+            if !bound_here {
+                continue;
+            }
+            if accepted_hosts.is_empty() {
+                self.diagnostics.push(
+                    Diagnostic::warning(format!(
+                        "none of its hosts {:?} is accepted by a server on port {port}; it is not bound there",
+                        vs.resource.spec.hosts
+                    ))
+                    .at(vs.location.clone())
+                    .resource(&resource)
+                    .field("spec.hosts"),
+                );
+                continue;
+            }
+            let routes: Vec<Route<RouteAction>> = vs
+                .resource
+                .spec
+                .http
+                .iter()
+                .enumerate()
+                .filter_map(|(index, route)| self.route(vs, index, route, port))
+                .collect();
+            for host in accepted_hosts {
+                match hosts.iter_mut().find(|(h, _)| *h == host) {
+                    // Several VirtualServices for one host: routes concatenate in order.
+                    Some((_, existing)) => existing.extend(routes.iter().map(clone_route)),
+                    None => hosts.push((host, routes.iter().map(clone_route).collect())),
+                }
+            }
+        }
+        RouteTable::new(hosts.into_iter().map(|(host, routes)| VirtualHost { host, routes }).collect())
+    }
+
+    fn route(&mut self, vs: &Sourced<VirtualService>, index: usize, route: &HttpRoute, port: u16) -> Option<Route<RouteAction>> {
+        let meta = &vs.resource.metadata;
+        let resource = format!("VirtualService {}", name_of(meta));
+        let field = format!("spec.http[{index}]");
+        let name = format!("{}.{}", name_of(meta), route.name.clone().unwrap_or_else(|| index.to_string()));
+        let mut matches = Vec::new();
+        for (m_index, m) in route.matches.iter().enumerate() {
+            match compile_match(m) {
+                Ok(compiled) => matches.push(compiled),
+                Err((sub_field, message)) => {
+                    self.diagnostics.push(
+                        Diagnostic::error(message)
+                            .at(vs.location.clone())
+                            .resource(&resource)
+                            .field(format!("{field}.match[{m_index}].{sub_field}")),
+                    );
+                    return None;
+                }
+            }
+        }
+        for (key, _) in &route.other {
+            if !UNSUPPORTED_ACTIONS.contains(&key.as_str()) {
+                self.diagnostics.push(
+                    Diagnostic::warning(format!("`{key}` is not applied yet; the route forwards without it"))
+                        .at(vs.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.{key}")),
+                );
+            }
+        }
+        if let Some(key) = route.other.keys().find(|k| UNSUPPORTED_ACTIONS.contains(&k.as_str())) {
+            self.diagnostics.push(
+                Diagnostic::warning(format!("`{key}` is not served yet; requests that reach this route get 501"))
+                    .at(vs.location.clone())
+                    .resource(&resource)
+                    .field(format!("{field}.{key}")),
+            );
+            return Some(Route { name, matches, action: RouteAction::Unsupported(key.clone()) });
+        }
+        if route.route.is_empty() {
+            self.diagnostics.push(
+                Diagnostic::error("a route needs at least one destination under `route`")
+                    .at(vs.location.clone())
+                    .resource(&resource)
+                    .field(format!("{field}.route")),
+            );
+            return None;
+        }
+        let mut clusters = Vec::new();
+        for (d_index, destination) in route.route.iter().enumerate() {
+            let d_field = format!("{field}.route[{d_index}].destination");
+            let cluster = self.cluster(&destination.destination, meta.namespace(), vs.location.as_ref(), &resource, &d_field);
+            let weight = destination.weight.unwrap_or(if route.route.len() == 1 { 100 } else { 0 });
+            clusters.push(WeightedCluster { weight, cluster });
+        }
+        let _ = port;
+        Some(Route { name, matches, action: RouteAction::Forward(clusters) })
+    }
+
+    /// The cluster a destination names; one with no endpoints (503 at request time) when
+    /// the Service, its port or its endpoints are missing, with a warning saying which.
+    fn cluster(
+        &mut self,
+        destination: &Destination,
+        vs_namespace: &str,
+        location: Option<&Location>,
+        resource: &str,
+        field: &str,
+    ) -> Arc<Cluster> {
+        let (name, namespace) = resolve_service_host(&destination.host, vs_namespace);
+        let fqdn = format!("{name}.{namespace}.{CLUSTER_DOMAIN}");
+        let service = self
+            .resources
+            .services
+            .iter()
+            .map(|s| &s.resource)
+            .find(|s| s.metadata.name == name && s.metadata.namespace() == namespace);
+        let warn = |diagnostics: &mut Diagnostics, message: String| {
+            diagnostics.push(Diagnostic::warning(message).at(location.cloned()).resource(resource).field(field.to_owned()));
+        };
+        let Some(service) = service else {
+            warn(&mut self.diagnostics, format!("no Service {namespace}/{name} for host {}; requests get 503", destination.host));
+            let port = destination.port.as_ref().map_or(0, |p| p.number);
+            return self.intern(Cluster::new(fqdn, name, namespace, port as u16, Vec::new()));
+        };
+        let service_port = match &destination.port {
+            Some(p) => service.spec.ports.iter().find(|sp| sp.port == p.number),
+            None if service.spec.ports.len() == 1 => service.spec.ports.first(),
+            None => None,
+        };
+        let Some(service_port) = service_port else {
+            let have: Vec<u32> = service.spec.ports.iter().map(|p| p.port).collect();
+            warn(
+                &mut self.diagnostics,
+                match &destination.port {
+                    Some(p) => format!("Service {namespace}/{name} has no port {} (it has {have:?}); requests get 503", p.number),
+                    None => format!("Service {namespace}/{name} has ports {have:?}: say which with destination.port.number"),
+                },
+            );
+            return self.intern(Cluster::new(fqdn, name, namespace, 0, Vec::new()));
+        };
+        let port = u16::try_from(service_port.port).unwrap_or(0);
+        let key = format!("outbound|{port}||{fqdn}");
+        if let Some(existing) = self.clusters.get(&key) {
+            return existing.clone();
+        }
+        let endpoints = self.endpoints(service, service_port);
+        if endpoints.is_empty() {
+            warn(&mut self.diagnostics, format!("Service {namespace}/{name} port {port} has no ready endpoints; requests get 503"));
+        }
+        self.intern(Cluster::new(fqdn, name, namespace, port, endpoints))
+    }
+
+    fn intern(&mut self, cluster: Cluster) -> Arc<Cluster> {
+        self.clusters.entry(cluster.name.clone()).or_insert_with(|| Arc::new(cluster)).clone()
+    }
+
+    /// Ready endpoints of a Service port: EndpointSlice ports carry the Service port's name.
+    fn endpoints(&mut self, service: &Service, service_port: &ServicePort) -> Vec<SocketAddr> {
+        let namespace = service.metadata.namespace();
+        let mut endpoints = Vec::new();
+        for slice in &self.resources.endpoint_slices {
+            let slice = &slice.resource;
+            if slice.metadata.namespace() != namespace
+                || slice.metadata.labels.get(SERVICE_NAME_LABEL) != Some(&service.metadata.name)
+            {
+                continue;
+            }
+            let target = slice
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref().unwrap_or_default() == service_port.name)
+                .map(|p| p.port)
+                .or(match &service_port.target_port {
+                    Some(IntOrString::Int(n)) => Some(*n),
+                    Some(IntOrString::String(_)) => None,
+                    None => Some(service_port.port),
+                });
+            let Some(target) = target.and_then(|t| u16::try_from(t).ok()) else {
+                continue;
+            };
+            for endpoint in &slice.endpoints {
+                if endpoint.conditions.ready == Some(false) {
+                    continue;
+                }
+                for address in &endpoint.addresses {
+                    match address.parse::<IpAddr>() {
+                        Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
+                        Err(_) => self.diagnostics.push(
+                            Diagnostic::warning(format!("endpoint address {address:?} is not an IP address; skipped"))
+                                .resource(format!("EndpointSlice {}", name_of(&slice.metadata))),
+                        ),
+                    }
+                }
+            }
+        }
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        endpoints
+    }
+}
+
+fn name_of(meta: &crate::config::resources::ObjectMeta) -> String {
+    format!("{}/{}", meta.namespace(), meta.name)
+}
+
+fn clone_route(route: &Route<RouteAction>) -> Route<RouteAction> {
+    Route {
+        name: route.name.clone(),
+        matches: route.matches.clone(),
+        action: match &route.action {
+            RouteAction::Forward(clusters) => RouteAction::Forward(
+                clusters.iter().map(|c| WeightedCluster { weight: c.weight, cluster: c.cluster.clone() }).collect(),
+            ),
+            RouteAction::Unsupported(what) => RouteAction::Unsupported(what.clone()),
+        },
+    }
+}
+
+/// Does the VirtualService name this Gateway in `gateways` (short names resolve in the
+/// VirtualService's namespace)? No `gateways` means the mesh only.
+fn binds(vs: &VirtualService, gateway: &Sourced<Gateway>) -> bool {
+    let vs_namespace = vs.metadata.namespace();
+    vs.gateways_named().any(|reference| {
+        let (ns, name) = split_reference(reference, vs_namespace);
+        ns == gateway.resource.metadata.namespace() && name == gateway.resource.metadata.name
+    })
+}
+
+impl VirtualService {
+    fn gateways_named(&self) -> impl Iterator<Item = &str> {
+        self.spec.gateways.iter().map(String::as_str).filter(|g| *g != "mesh")
+    }
+}
+
+/// `name` or `namespace/name`.
+fn split_reference<'r>(reference: &'r str, default_namespace: &'r str) -> (&'r str, &'r str) {
+    reference.split_once('/').unwrap_or((default_namespace, reference))
+}
+
+fn parse_server_host(host: &str) -> ServerHost {
+    match host.split_once('/') {
+        Some((namespace, host)) => ServerHost { namespace: namespace.to_owned(), host: host.to_ascii_lowercase() },
+        None => ServerHost { namespace: "*".to_owned(), host: host.to_ascii_lowercase() },
+    }
+}
+
+/// The hosts both a VirtualService and a server accept: the more specific of the two,
+/// or None when they are disjoint.
+pub fn intersect_hosts(vs_host: &str, server_host: &str) -> Option<String> {
+    let (a, b) = (vs_host.to_ascii_lowercase(), server_host.to_ascii_lowercase());
+    if a == b {
+        return Some(a);
+    }
+    if covers(&b, &a) {
+        return Some(a);
+    }
+    if covers(&a, &b) {
+        return Some(b);
+    }
+    None
+}
+
+/// Does pattern `wide` accept every host `narrow` accepts?
+fn covers(wide: &str, narrow: &str) -> bool {
+    if wide == "*" {
+        return true;
+    }
+    match wide.strip_prefix('*') {
+        // `*.example.com` covers `a.example.com` and `*.a.example.com`.
+        Some(suffix) => narrow.len() > suffix.len() && narrow.ends_with(suffix),
+        None => false,
+    }
+}
+
+/// `httpbin` → (httpbin, vs namespace); `httpbin.ns` and `httpbin.ns.svc.cluster.local`
+/// → (httpbin, ns).
+fn resolve_service_host(host: &str, vs_namespace: &str) -> (String, String) {
+    let host = host.trim_end_matches('.');
+    let short = host.strip_suffix(&format!(".{CLUSTER_DOMAIN}")).or_else(|| host.strip_suffix(".svc")).unwrap_or(host);
+    match short.split_once('.') {
+        Some((name, namespace)) if !namespace.contains('.') => (name.to_owned(), namespace.to_owned()),
+        Some(_) => (host.to_owned(), vs_namespace.to_owned()),
+        None => (short.to_owned(), vs_namespace.to_owned()),
+    }
+}
+
+fn compile_match(m: &HttpMatchRequest) -> Result<RequestMatch, (String, String)> {
+    let string = |field: &str, s: &Option<StringMatch>, ignore_case: bool| -> Result<Option<StringMatcher>, (String, String)> {
+        s.as_ref().map(|s| compile_string_match(s, ignore_case).map_err(|e| (field.to_owned(), e))).transpose()
+    };
+    let map = |field: &str, entries: &BTreeMap<String, StringMatch>| -> Result<Vec<(String, StringMatcher)>, (String, String)> {
+        entries
+            .iter()
+            .map(|(name, s)| {
+                compile_string_match(s, false)
+                    .map(|m| (name.to_ascii_lowercase(), m))
+                    .map_err(|e| (format!("{field}.{name}"), e))
+            })
+            .collect()
+    };
+    let port = match m.port {
+        Some(p) => Some(u16::try_from(p).map_err(|_| ("port".to_owned(), format!("port {p} is not a TCP port")))?),
+        None => None,
+    };
+    Ok(RequestMatch {
+        path: string("uri", &m.uri, m.ignore_uri_case)?,
+        method: string("method", &m.method, false)?,
+        scheme: string("scheme", &m.scheme, false)?,
+        authority: string("authority", &m.authority, false)?,
+        headers: map("headers", &m.headers)?,
+        without_headers: map("withoutHeaders", &m.without_headers)?,
+        query_params: map("queryParams", &m.query_params)?,
+        port,
+    })
+}
+
+fn compile_string_match(s: &StringMatch, ignore_case: bool) -> Result<StringMatcher, String> {
+    match (&s.exact, &s.prefix, &s.regex) {
+        (Some(exact), None, None) => Ok(StringMatcher::Exact { value: exact.clone(), ignore_case }),
+        (None, Some(prefix), None) => Ok(StringMatcher::Prefix { value: prefix.clone(), ignore_case }),
+        (None, None, Some(regex)) => StringMatcher::regex(regex, ignore_case).map_err(|e| format!("invalid regex: {e}")),
+        _ => Err("expected exactly one of exact, prefix or regex".to_owned()),
+    }
+}
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;

@@ -1,0 +1,292 @@
+//! Loading: paths → YAML documents → typed resources, each remembering where it came from.
+//! Problems become [`Diagnostic`]s that name file, line, resource and field; a document
+//! with an error is left out, and the caller decides whether errors stop the load.
+
+pub mod diagnostics;
+pub mod resources;
+pub mod source;
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::de::DeserializeOwned;
+
+pub use diagnostics::{Diagnostic, Diagnostics, Location, Severity};
+use resources::{EndpointSlice, Gateway, ObjectMeta, Service, VirtualService};
+pub use source::SourceError;
+use source::{Document, read_documents};
+
+const ISTIO_NETWORKING: &str = "networking.istio.io";
+const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
+const GATEWAY_API: &str = "gateway.networking.k8s.io";
+
+/// A resource and where its document starts.
+#[derive(Clone, Debug)]
+pub struct Sourced<T> {
+    pub resource: T,
+    pub location: Option<Location>,
+}
+
+/// Everything a load found, by kind.
+#[derive(Clone, Debug, Default)]
+pub struct Resources {
+    pub gateways: Vec<Sourced<Gateway>>,
+    pub virtual_services: Vec<Sourced<VirtualService>>,
+    pub services: Vec<Sourced<Service>>,
+    pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+    /// `apiVersion kind` → how many documents of that kind were skipped.
+    pub skipped: BTreeMap<String, usize>,
+}
+
+/// Reads and parses everything under `paths`. Only unreadable paths fail outright; every
+/// problem inside a document is a diagnostic.
+pub fn load(paths: &[PathBuf]) -> Result<(Resources, Diagnostics), SourceError> {
+    let mut resources = Resources::default();
+    let mut diagnostics = Diagnostics::default();
+    for document in read_documents(paths)? {
+        parse_document(&document, &mut resources, &mut diagnostics);
+    }
+    Ok((resources, diagnostics))
+}
+
+fn parse_document(doc: &Document, resources: &mut Resources, diagnostics: &mut Diagnostics) {
+    let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
+        Ok(value) => value,
+        Err(e) => {
+            let location = doc.location(e.location().map_or(1, |l| l.line()));
+            diagnostics.push(Diagnostic::error(format!("invalid YAML: {}", strip_position(&e.to_string()))).at(Some(location)));
+            return;
+        }
+    };
+    let Some(api_version) = value.get("apiVersion").and_then(|v| v.as_str()) else {
+        diagnostics.push(
+            Diagnostic::error("not a Kubernetes resource: expected a string `apiVersion` (e.g. networking.istio.io/v1)")
+                .at(Some(doc.location(1)))
+                .field("apiVersion"),
+        );
+        return;
+    };
+    let Some(kind) = value.get("kind").and_then(|v| v.as_str()) else {
+        diagnostics.push(
+            Diagnostic::error("not a Kubernetes resource: expected a string `kind` (e.g. Gateway)")
+                .at(Some(doc.location(1)))
+                .field("kind"),
+        );
+        return;
+    };
+    if kind == "List" {
+        let items = value.get("items").and_then(|v| v.as_sequence()).cloned().unwrap_or_default();
+        for (index, item) in items.into_iter().enumerate() {
+            let item_doc = ItemSource::ListItem { doc, index, value: item };
+            parse_resource(item_doc, resources, diagnostics);
+        }
+        return;
+    }
+    let (api_version, kind) = (api_version.to_owned(), kind.to_owned());
+    parse_resource(ItemSource::Document { doc, api_version, kind, value }, resources, diagnostics);
+}
+
+/// A resource to parse: a whole document (line numbers are exact) or an item of a
+/// `kind: List` (line numbers point at the List).
+enum ItemSource<'a> {
+    Document { doc: &'a Document, api_version: String, kind: String, value: serde_yaml::Value },
+    ListItem { doc: &'a Document, index: usize, value: serde_yaml::Value },
+}
+
+impl ItemSource<'_> {
+    fn value(&self) -> &serde_yaml::Value {
+        match self {
+            ItemSource::Document { value, .. } | ItemSource::ListItem { value, .. } => value,
+        }
+    }
+
+    fn doc(&self) -> &Document {
+        match self {
+            ItemSource::Document { doc, .. } | ItemSource::ListItem { doc, .. } => doc,
+        }
+    }
+
+    fn field_prefix(&self) -> String {
+        match self {
+            ItemSource::Document { .. } => String::new(),
+            ItemSource::ListItem { index, .. } => format!("items[{index}]."),
+        }
+    }
+
+    /// Deserializes with the failing field's path and, for documents, its line.
+    fn typed<T: DeserializeOwned>(&self, resource: &str) -> Result<T, Diagnostic> {
+        let result = match self {
+            ItemSource::Document { doc, .. } => {
+                serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&doc.text))
+            }
+            ItemSource::ListItem { value, .. } => serde_path_to_error::deserialize(value.clone()),
+        };
+        result.map_err(|e| {
+            let field = format!("{}{}", self.field_prefix(), e.path());
+            let line = match self {
+                ItemSource::Document { .. } => e.inner().location().map_or(1, |l| l.line()),
+                ItemSource::ListItem { .. } => 1,
+            };
+            let message = strip_position(&e.inner().to_string());
+            // serde_yaml repeats the path in front of its message; the diagnostic says it once.
+            let message = message.strip_prefix(&format!("{}: ", e.path())).map_or(message.clone(), str::to_owned);
+            Diagnostic::error(message)
+                .at(Some(self.doc().location(line)))
+                .resource(resource)
+                .field(field)
+        })
+    }
+}
+
+fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: &mut Diagnostics) {
+    let value = item.value();
+    let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let meta: ObjectMeta = value
+        .get("metadata")
+        .and_then(|m| serde_yaml::from_value(m.clone()).ok())
+        .unwrap_or_default();
+    let resource = format!("{kind} {}/{}", meta.namespace(), meta.name);
+    let location = Some(item.doc().location(1));
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version.as_str()));
+
+    if meta.name.is_empty() && !kind.is_empty() {
+        diagnostics.push(
+            Diagnostic::error("every resource needs a name")
+                .at(location.clone())
+                .resource(resource.clone())
+                .field(format!("{}metadata.name", item.field_prefix())),
+        );
+        return;
+    }
+
+    macro_rules! parsed {
+        ($list:ident) => {
+            match item.typed(&resource) {
+                Ok(r) => resources.$list.push(Sourced { resource: r, location }),
+                Err(d) => diagnostics.push(d),
+            }
+        };
+    }
+
+    match (group, kind.as_str()) {
+        (ISTIO_NETWORKING, "Gateway" | "VirtualService") if !ISTIO_VERSIONS.contains(&version) => {
+            diagnostics.push(
+                Diagnostic::error(format!("unknown version {version}: expected one of {}", ISTIO_VERSIONS.join(", ")))
+                    .at(location)
+                    .resource(resource)
+                    .field("apiVersion"),
+            );
+        }
+        (ISTIO_NETWORKING, "Gateway") => parsed!(gateways),
+        (ISTIO_NETWORKING, "VirtualService") => parsed!(virtual_services),
+        ("", "Service") => parsed!(services),
+        ("discovery.k8s.io", "EndpointSlice") => parsed!(endpoint_slices),
+        (ISTIO_NETWORKING, _) | (GATEWAY_API, _) => {
+            diagnostics.push(
+                Diagnostic::warning(format!("{kind} ({api_version}) is not served yet; skipped"))
+                    .at(location)
+                    .resource(resource),
+            );
+            *resources.skipped.entry(format!("{api_version} {kind}")).or_default() += 1;
+        }
+        _ => *resources.skipped.entry(format!("{api_version} {kind}")).or_default() += 1,
+    }
+}
+
+/// serde_yaml appends "at line L column C" (relative to the document); diagnostics carry
+/// the file line themselves.
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn load_text(text: &str) -> (Resources, Diagnostics) {
+        let mut resources = Resources::default();
+        let mut diagnostics = Diagnostics::default();
+        for doc in source::split_documents(Path::new("gw.yaml"), text) {
+            parse_document(&doc, &mut resources, &mut diagnostics);
+        }
+        (resources, diagnostics)
+    }
+
+    #[test]
+    fn a_bad_field_names_file_line_resource_and_path() {
+        let text = "\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: unrelated}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+spec:
+  servers:
+  - port:
+      number: eighty
+      protocol: HTTP
+    hosts: [\"*\"]
+";
+        let (resources, diagnostics) = load_text(text);
+        assert!(resources.gateways.is_empty());
+        assert_eq!(resources.skipped.get("v1 ConfigMap"), Some(&1));
+        let errors: Vec<_> = diagnostics.errors().collect();
+        assert_eq!(errors.len(), 1, "{diagnostics}");
+        let e = errors[0];
+        assert_eq!(e.location.as_ref().map(|l| l.line), Some(12));
+        assert_eq!(e.resource.as_deref(), Some("Gateway default/httpbin-gateway"));
+        assert_eq!(e.field.as_deref(), Some("spec.servers[0].port.number"));
+        assert!(e.to_string().starts_with("error: gw.yaml:12: Gateway default/httpbin-gateway: spec.servers[0].port.number: invalid type: string \"eighty\", expected u32"), "{e}");
+    }
+
+    #[test]
+    fn lists_and_every_istio_version_are_read() {
+        let text = "\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: networking.istio.io/v1
+  kind: Gateway
+  metadata: {name: a, namespace: istio-system}
+  spec: {servers: []}
+- apiVersion: networking.istio.io/v1beta1
+  kind: VirtualService
+  metadata: {name: b}
+  spec: {hosts: [x]}
+---
+apiVersion: networking.istio.io/v2
+kind: Gateway
+metadata: {name: future}
+";
+        let (resources, diagnostics) = load_text(text);
+        assert_eq!(resources.gateways.len(), 1);
+        assert_eq!(resources.gateways[0].resource.metadata.namespace(), "istio-system");
+        assert_eq!(resources.virtual_services.len(), 1);
+        let errors: Vec<_> = diagnostics.errors().map(|d| d.field.clone()).collect();
+        assert_eq!(errors, [Some("apiVersion".to_owned())]);
+    }
+
+    #[test]
+    fn broken_yaml_points_at_its_line() {
+        let (_, diagnostics) = load_text("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\nkind: [unclosed\n");
+        let e = diagnostics.errors().next().expect("an error");
+        assert_eq!(e.location.as_ref().map(|l| l.line), Some(5), "{e}");
+        assert!(e.message.starts_with("invalid YAML"), "{e}");
+    }
+}
+
+/// Lets other modules' tests parse documents without touching the file system.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub fn parse(doc: &super::Document, resources: &mut super::Resources, diagnostics: &mut super::Diagnostics) {
+        super::parse_document(doc, resources, diagnostics);
+    }
+}

@@ -1,0 +1,10 @@
+//! gatewayd: an eBPF-assisted ingress gateway that serves Istio's and the Gateway API's
+//! YAML. The data flows one way through these modules:
+//!
+//! `config` (load) → `compile` (validate + compile) → `snapshot` → `proxy` (serve), with
+//! `ebpf` feeding the kernel programs from the same snapshot and `admin` reporting on all.
+
+pub mod compile;
+pub mod config;
+pub mod route_table;
+pub mod snapshot;

@@ -1,0 +1,240 @@
+//! Route lookup: host, then the first route whose matches accept the request — Istio's
+//! first-match semantics. Pure and I/O-free: it reads only what the compiled snapshot
+//! holds and what the request says, so it is table-tested without sockets.
+//!
+//! Generic over the action type so tests can route to plain labels.
+
+use std::collections::HashMap;
+
+use http::HeaderMap;
+use regex::Regex;
+use serde::{Serialize, Serializer, ser::SerializeMap};
+
+/// A compiled route table for one listener.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteTable<A> {
+    pub virtual_hosts: Vec<VirtualHost<A>>,
+    #[serde(skip)]
+    hosts: HostIndex,
+}
+
+/// Routes for one host pattern (`example.com`, `*.example.com` or `*`).
+#[derive(Clone, Debug, Serialize)]
+pub struct VirtualHost<A> {
+    pub host: String,
+    pub routes: Vec<Route<A>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Route<A> {
+    /// `VirtualService namespace/name` and the route's name or index, for logs and dumps.
+    pub name: String,
+    /// Any one match accepts the request; no matches accepts every request.
+    pub matches: Vec<RequestMatch>,
+    pub action: A,
+}
+
+/// All conditions must hold.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RequestMatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<StringMatcher>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatcher>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<StringMatcher>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<StringMatcher>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, StringMatcher)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub without_headers: Vec<(String, StringMatcher)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<(String, StringMatcher)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Istio's StringMatch, compiled. `Prefix` is a plain string prefix (Istio's `prefix` is
+/// not segment-aware: `/status` matches `/statusfoo`); `Regex` must match the whole value.
+#[derive(Clone, Debug)]
+pub enum StringMatcher {
+    Exact { value: String, ignore_case: bool },
+    Prefix { value: String, ignore_case: bool },
+    Regex(Regex),
+}
+
+/// What a request says that routing can look at.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestInfo<'a> {
+    /// Host or :authority as sent; the port, if any, is ignored for host matching.
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub port: u16,
+    pub headers: &'a HeaderMap,
+}
+
+/// Host → virtual host: exact names, then the longest wildcard suffix, then `*`.
+#[derive(Clone, Debug, Default)]
+struct HostIndex {
+    exact: HashMap<String, usize>,
+    /// (suffix including the leading dot, index), longest suffix first.
+    wildcards: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+impl<A> RouteTable<A> {
+    /// Builds the table; `virtual_hosts` should hold each host pattern once (the first
+    /// one of a duplicate host wins, as compile merges duplicates before this).
+    pub fn new(virtual_hosts: Vec<VirtualHost<A>>) -> Self {
+        let mut hosts = HostIndex::default();
+        for (index, vh) in virtual_hosts.iter().enumerate() {
+            let host = vh.host.to_ascii_lowercase();
+            if host == "*" {
+                hosts.any.get_or_insert(index);
+            } else if let Some(suffix) = host.strip_prefix('*') {
+                if !hosts.wildcards.iter().any(|(s, _)| s == suffix) {
+                    hosts.wildcards.push((suffix.to_owned(), index));
+                }
+            } else {
+                hosts.exact.entry(host).or_insert(index);
+            }
+        }
+        hosts.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        RouteTable { virtual_hosts, hosts }
+    }
+
+    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost<A>> {
+        let host = host_without_port(authority);
+        let index = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.host_index(&host.to_ascii_lowercase())
+        } else {
+            self.host_index(host)
+        }?;
+        self.virtual_hosts.get(index)
+    }
+
+    fn host_index(&self, host: &str) -> Option<usize> {
+        if let Some(&index) = self.hosts.exact.get(host) {
+            return Some(index);
+        }
+        // `*.example.com` matches `a.example.com` and `a.b.example.com` (Envoy's suffix
+        // semantics) but not `example.com`: the wildcard stands for at least one character.
+        self.hosts
+            .wildcards
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|&(_, index)| index)
+            .or(self.hosts.any)
+    }
+
+    /// The route for a request, or None (the caller answers 404).
+    pub fn find(&self, request: &RequestInfo<'_>) -> Option<&Route<A>> {
+        self.virtual_host(request.authority)?
+            .routes
+            .iter()
+            .find(|route| route.matches.is_empty() || route.matches.iter().any(|m| m.accepts(request)))
+    }
+}
+
+impl RequestMatch {
+    pub fn accepts(&self, request: &RequestInfo<'_>) -> bool {
+        fn opt(m: &Option<StringMatcher>, value: &str) -> bool {
+            m.as_ref().is_none_or(|m| m.matches(value))
+        }
+        opt(&self.path, request.path)
+            && opt(&self.method, request.method)
+            && opt(&self.scheme, request.scheme)
+            && opt(&self.authority, request.authority)
+            && self.port.is_none_or(|p| p == request.port)
+            && self
+                .headers
+                .iter()
+                .all(|(name, m)| header_value(request.headers, name).is_some_and(|v| m.matches(&v)))
+            && self
+                .without_headers
+                .iter()
+                .all(|(name, m)| !header_value(request.headers, name).is_some_and(|v| m.matches(&v)))
+            && self.query_params.iter().all(|(name, m)| {
+                query_value(request.query, name).is_some_and(|v| m.matches(v))
+            })
+    }
+}
+
+impl StringMatcher {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatcher::Exact { value: want, ignore_case: false } => value == want,
+            StringMatcher::Exact { value: want, ignore_case: true } => value.eq_ignore_ascii_case(want),
+            StringMatcher::Prefix { value: want, ignore_case: false } => value.starts_with(want.as_str()),
+            StringMatcher::Prefix { value: want, ignore_case: true } => value
+                .get(..want.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(want)),
+            StringMatcher::Regex(re) => re.is_match(value),
+        }
+    }
+
+    /// Compiles an RE2-style regex that must match the whole value, as Istio's do.
+    pub fn regex(pattern: &str, ignore_case: bool) -> Result<Self, regex::Error> {
+        let flags = if ignore_case { "(?i)" } else { "" };
+        Ok(StringMatcher::Regex(Regex::new(&format!("^{flags}(?:{pattern})$"))?))
+    }
+}
+
+impl Serialize for StringMatcher {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        match self {
+            StringMatcher::Exact { value, ignore_case } => {
+                map.serialize_entry("exact", value)?;
+                if *ignore_case {
+                    map.serialize_entry("ignoreCase", &true)?;
+                }
+            }
+            StringMatcher::Prefix { value, ignore_case } => {
+                map.serialize_entry("prefix", value)?;
+                if *ignore_case {
+                    map.serialize_entry("ignoreCase", &true)?;
+                }
+            }
+            StringMatcher::Regex(re) => map.serialize_entry("regex", re.as_str())?,
+        }
+        map.end()
+    }
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` → the host part.
+pub fn host_without_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split_once(']').map_or(authority, |(v6, _)| v6);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// Several values of one header are matched as Envoy does: joined with ",".
+fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    Some(values.fold(first.to_owned(), |mut joined, v| {
+        joined.push(',');
+        joined.push_str(v);
+        joined
+    }))
+}
+
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+#[cfg(test)]
+#[path = "route_table_tests.rs"]
+mod tests;

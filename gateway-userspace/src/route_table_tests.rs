@@ -1,0 +1,139 @@
+use http::{HeaderMap, HeaderValue};
+
+use super::*;
+
+fn prefix(p: &str) -> Option<StringMatcher> {
+    Some(StringMatcher::Prefix { value: p.to_owned(), ignore_case: false })
+}
+
+fn route(name: &'static str, matches: Vec<RequestMatch>) -> Route<&'static str> {
+    Route { name: name.to_owned(), matches, action: name }
+}
+
+fn on_path(path: Option<StringMatcher>) -> RequestMatch {
+    RequestMatch { path, ..RequestMatch::default() }
+}
+
+fn lookup(table: &RouteTable<&'static str>, authority: &str, path_and_query: &str, headers: &HeaderMap) -> Option<&'static str> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let request = RequestInfo { authority, path, query, method: "GET", scheme: "http", port: 80, headers };
+    table.find(&request).map(|r| r.action)
+}
+
+/// The httpbin example from Istio's ingress task plus the cases around it.
+#[test]
+fn hosts_then_first_matching_prefix() {
+    let table = RouteTable::new(vec![
+        VirtualHost {
+            host: "httpbin.example.com".into(),
+            routes: vec![
+                route("status-or-delay", vec![on_path(prefix("/status")), on_path(prefix("/delay"))]),
+                route("headers", vec![on_path(Some(StringMatcher::Exact { value: "/headers".into(), ignore_case: false }))]),
+            ],
+        },
+        VirtualHost { host: "*.example.com".into(), routes: vec![route("wildcard", vec![])] },
+        VirtualHost { host: "*.api.example.com".into(), routes: vec![route("deeper-wildcard", vec![])] },
+        VirtualHost { host: "*".into(), routes: vec![route("catch-all", vec![on_path(prefix("/only"))])] },
+    ]);
+    let none = HeaderMap::new();
+    let cases = [
+        ("httpbin.example.com", "/status/200", Some("status-or-delay")),
+        ("httpbin.example.com:8080", "/delay/1", Some("status-or-delay")),
+        ("HTTPBIN.Example.COM", "/status", Some("status-or-delay")),
+        // Istio's prefix is a string prefix, not a path segment.
+        ("httpbin.example.com", "/statusfoo", Some("status-or-delay")),
+        ("httpbin.example.com", "/headers", Some("headers")),
+        ("httpbin.example.com", "/headers/x", None),
+        ("httpbin.example.com", "/", None),
+        ("other.example.com", "/anything", Some("wildcard")),
+        ("a.b.example.com", "/anything", Some("wildcard")),
+        ("v1.api.example.com", "/anything", Some("deeper-wildcard")),
+        ("example.com", "/only/here", Some("catch-all")),
+        ("example.com", "/elsewhere", None),
+        ("[::1]:80", "/only", Some("catch-all")),
+    ];
+    for (host, path, want) in cases {
+        assert_eq!(lookup(&table, host, path, &none), want, "{host}{path}");
+    }
+}
+
+#[test]
+fn no_catch_all_host_means_unknown_hosts_miss() {
+    let table = RouteTable::new(vec![VirtualHost { host: "a.example".into(), routes: vec![route("a", vec![])] }]);
+    assert_eq!(lookup(&table, "b.example", "/", &HeaderMap::new()), None);
+    assert_eq!(lookup(&table, "a.example", "/", &HeaderMap::new()), Some("a"));
+}
+
+#[test]
+fn regex_is_whole_path_and_ignore_case_applies() -> Result<(), regex::Error> {
+    let table = RouteTable::new(vec![VirtualHost {
+        host: "*".into(),
+        routes: vec![
+            route("regex", vec![on_path(Some(StringMatcher::regex("/v[0-9]+/items", false)?))]),
+            route("icase", vec![on_path(Some(StringMatcher::Prefix { value: "/Admin".into(), ignore_case: true }))]),
+            route("icase-regex", vec![on_path(Some(StringMatcher::regex("/ab+", true)?))]),
+        ],
+    }]);
+    let none = HeaderMap::new();
+    assert_eq!(lookup(&table, "h", "/v2/items", &none), Some("regex"));
+    assert_eq!(lookup(&table, "h", "/v2/items/3", &none), None, "regex must match the whole path");
+    assert_eq!(lookup(&table, "h", "/ADMIN/users", &none), Some("icase"));
+    assert_eq!(lookup(&table, "h", "/ABBB", &none), Some("icase-regex"));
+    Ok(())
+}
+
+#[test]
+fn headers_query_and_without_headers() {
+    let table = RouteTable::new(vec![VirtualHost {
+        host: "*".into(),
+        routes: vec![
+            route(
+                "canary",
+                vec![RequestMatch {
+                    headers: vec![("x-canary".into(), StringMatcher::Exact { value: "1".into(), ignore_case: false })],
+                    ..RequestMatch::default()
+                }],
+            ),
+            route(
+                "debug-query",
+                vec![RequestMatch {
+                    query_params: vec![("debug".into(), StringMatcher::Exact { value: "true".into(), ignore_case: false })],
+                    ..RequestMatch::default()
+                }],
+            ),
+            route(
+                "no-auth",
+                vec![RequestMatch {
+                    without_headers: vec![("authorization".into(), StringMatcher::Prefix { value: String::new(), ignore_case: false })],
+                    ..RequestMatch::default()
+                }],
+            ),
+            route("rest", vec![]),
+        ],
+    }]);
+    let mut canary = HeaderMap::new();
+    canary.insert("x-canary", HeaderValue::from_static("1"));
+    canary.insert("authorization", HeaderValue::from_static("Bearer x"));
+    let mut authed = HeaderMap::new();
+    authed.insert("authorization", HeaderValue::from_static("Bearer x"));
+    assert_eq!(lookup(&table, "h", "/", &canary), Some("canary"));
+    assert_eq!(lookup(&table, "h", "/?a=1&debug=true", &authed), Some("debug-query"));
+    assert_eq!(lookup(&table, "h", "/?debug=false", &authed), Some("rest"));
+    assert_eq!(lookup(&table, "h", "/", &HeaderMap::new()), Some("no-auth"));
+}
+
+#[test]
+fn authority_port_is_ignored_for_hosts() {
+    for (authority, host) in [
+        ("a.example", "a.example"),
+        ("a.example:8080", "a.example"),
+        ("[2001:db8::1]:443", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("2001:db8::1", "2001:db8::1"),
+    ] {
+        assert_eq!(host_without_port(authority), host, "{authority}");
+    }
+}

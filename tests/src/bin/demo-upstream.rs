@@ -1,0 +1,202 @@
+//! `demo-upstream`: an httpbin-like echo server, the demo upstream of `cargo xtask run` and
+//! the upstream of the end-to-end tests.
+//!
+//! `demo-upstream --listen ADDR [--name NAME]` prints `listening on IP:PORT` (the bound
+//! address, so port 0 works) once, then answers every method on every path over HTTP/1.1
+//! (keep-alive) and HTTP/2 prior knowledge with a JSON description of the request:
+//! `{"method", "path", "host", "headers", "client", "upstream", "body_bytes"}`.
+//! `/status/NNN` answers with status NNN (200–599); HEAD, 204 and 304 carry no body.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Map, Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
+
+const UPSTREAM_NAME_HEADER: HeaderName = HeaderName::from_static("x-upstream-name");
+
+#[derive(Parser)]
+#[command(about = "httpbin-like echo server (HTTP/1.1 and HTTP/2 prior knowledge)")]
+struct Args {
+    /// Address to listen on, e.g. 127.0.0.1:18000 (port 0 picks a free port).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Name reported in the `x-upstream-name` header and the `upstream` field.
+    #[arg(long, default_value = "demo-upstream")]
+    name: String,
+}
+
+/// What every connection needs to answer: this upstream's name.
+struct Upstream {
+    name: String,
+    name_header: HeaderValue,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let name_header = HeaderValue::from_str(&args.name)
+        .with_context(|| format!("--name {:?} is not a valid header value", args.name))?;
+    let upstream = Arc::new(Upstream {
+        name: args.name,
+        name_header,
+    });
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {local}").context("writing to stdout")?;
+        out.flush().context("flushing stdout")?;
+    }
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(serve_connection(stream, peer, Arc::clone(&upstream)));
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    eprintln!("demo-upstream: accept: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    Ok(())
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, upstream: Arc<Upstream>) {
+    if let Err(err) = stream.set_nodelay(true) {
+        eprintln!("demo-upstream: connection from {peer}: set_nodelay: {err}");
+    }
+    let service = service_fn(move |req| respond(req, peer, Arc::clone(&upstream)));
+    if let Err(err) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        eprintln!("demo-upstream: connection from {peer}: {err}");
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    upstream: Arc<Upstream>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (parts, mut body) = req.into_parts();
+
+    // Read (and count) the whole request body without keeping it.
+    let mut body_bytes: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            body_bytes += data.len() as u64;
+        }
+    }
+
+    let mut headers = Map::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        match headers.get_mut(name.as_str()) {
+            Some(Value::String(joined)) => {
+                joined.push_str(", ");
+                joined.push_str(&value);
+            }
+            _ => {
+                headers.insert(name.as_str().to_owned(), Value::String(value.into_owned()));
+            }
+        }
+    }
+    // HTTP/1 sends Host; HTTP/2 sends :authority, which hyper puts in the URI.
+    let host = match parts.headers.get(HOST) {
+        Some(value) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        None => parts
+            .uri
+            .authority()
+            .map(|authority| authority.as_str().to_owned())
+            .unwrap_or_default(),
+    };
+    let path = match parts.uri.path_and_query() {
+        Some(path_and_query) => path_and_query.as_str().to_owned(),
+        None => parts.uri.to_string(),
+    };
+
+    let status = status_for_path(parts.uri.path());
+    let no_body = parts.method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let payload = if no_body {
+        Bytes::new()
+    } else {
+        let description = json!({
+            "method": parts.method.as_str(),
+            "path": path,
+            "host": host,
+            "headers": headers,
+            "client": peer.to_string(),
+            "upstream": upstream.name,
+            "body_bytes": body_bytes,
+        });
+        Bytes::from(format!("{description:#}\n"))
+    };
+
+    let mut response = Response::new(Full::new(payload));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(UPSTREAM_NAME_HEADER, upstream.name_header.clone());
+    Ok(response)
+}
+
+/// `/status/NNN` with NNN in 200..=599 answers NNN; everything else answers 200.
+fn status_for_path(path: &str) -> StatusCode {
+    path.strip_prefix("/status/")
+        .filter(|code| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|code| code.parse::<u16>().ok())
+        .filter(|code| (200..=599).contains(code))
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_paths() {
+        assert_eq!(status_for_path("/status/404"), StatusCode::NOT_FOUND);
+        assert_eq!(status_for_path("/status/204"), StatusCode::NO_CONTENT);
+        assert_eq!(
+            status_for_path("/status/503"),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status_for_path("/status/101"), StatusCode::OK);
+        assert_eq!(status_for_path("/status/700"), StatusCode::OK);
+        assert_eq!(status_for_path("/status/40"), StatusCode::OK);
+        assert_eq!(status_for_path("/status/404/x"), StatusCode::OK);
+        assert_eq!(status_for_path("/headers"), StatusCode::OK);
+    }
+}
