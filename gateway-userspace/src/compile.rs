@@ -15,8 +15,8 @@ use crate::{
     config::{
         Diagnostic, Diagnostics, Location, Resources, Sourced,
         resources::{
-            Destination, Gateway, HttpMatchRequest, HttpRoute, IntOrString, SERVICE_NAME_LABEL, Service,
-            ServicePort, StringMatch, VirtualService,
+            Destination, Gateway, HttpMatchRequest, HttpRoute, IntOrString, SERVICE_NAME_LABEL,
+            Service, ServicePort, StringMatch, VirtualService,
         },
     },
     route_table::{RequestMatch, Route, RouteTable, StringMatcher, VirtualHost},
@@ -39,7 +39,10 @@ pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 impl Default for Identity {
     fn default() -> Self {
         Identity {
-            labels: BTreeMap::from([(DEFAULT_SELECTOR.0.to_owned(), DEFAULT_SELECTOR.1.to_owned())]),
+            labels: BTreeMap::from([(
+                DEFAULT_SELECTOR.0.to_owned(),
+                DEFAULT_SELECTOR.1.to_owned(),
+            )]),
             namespace: DEFAULT_NAMESPACE.to_owned(),
         }
     }
@@ -50,7 +53,12 @@ impl Default for Identity {
 const UNSUPPORTED_ACTIONS: [&str; 4] = ["redirect", "directResponse", "delegate", "rewrite"];
 
 pub fn compile(resources: &Resources, identity: &Identity) -> (Snapshot, Diagnostics) {
-    let mut compiler = Compiler { resources, identity, diagnostics: Diagnostics::default(), clusters: HashMap::new() };
+    let mut compiler = Compiler {
+        resources,
+        identity,
+        diagnostics: Diagnostics::default(),
+        clusters: HashMap::new(),
+    };
     let snapshot = compiler.snapshot();
     (snapshot, compiler.diagnostics)
 }
@@ -82,11 +90,18 @@ impl<'a> Compiler<'a> {
     fn snapshot(&mut self) -> Snapshot {
         let ports = self.ports();
         let own_service = self.own_service();
-        let mut virtual_services: Vec<&Sourced<VirtualService>> = self.resources.virtual_services.iter().collect();
+        let mut virtual_services: Vec<&Sourced<VirtualService>> =
+            self.resources.virtual_services.iter().collect();
         // Oldest first; creation timestamps are RFC 3339 and sort as strings. Without one,
         // the load order (file order) decides.
         virtual_services.sort_by(|a, b| {
-            let key = |vs: &Sourced<VirtualService>| vs.resource.metadata.creation_timestamp.clone().unwrap_or_default();
+            let key = |vs: &Sourced<VirtualService>| {
+                vs.resource
+                    .metadata
+                    .creation_timestamp
+                    .clone()
+                    .unwrap_or_default()
+            };
             key(a).cmp(&key(b))
         });
         self.check_gateway_references(&virtual_services);
@@ -100,18 +115,31 @@ impl<'a> Compiler<'a> {
                 bind_port,
                 node_port,
                 protocol: servers.protocol,
-                servers: servers.servers.iter().map(|(g, _)| name_of(&g.resource.metadata)).collect(),
+                servers: servers
+                    .servers
+                    .iter()
+                    .map(|(g, _)| name_of(&g.resource.metadata))
+                    .collect(),
                 routes,
             });
         }
         let mut kernel_ports: Vec<u16> = listeners.iter().map(|l| l.bind_port).collect();
         kernel_ports.sort_unstable();
         kernel_ports.dedup();
-        Snapshot { listeners, kernel: KernelPolicy { ports: kernel_ports } }
+        Snapshot {
+            listeners,
+            kernel: KernelPolicy {
+                ports: kernel_ports,
+            },
+        }
     }
 
     fn is_ours(&self, gateway: &Gateway) -> bool {
-        gateway.spec.selector.iter().all(|(k, v)| self.identity.labels.get(k) == Some(v))
+        gateway
+            .spec
+            .selector
+            .iter()
+            .all(|(k, v)| self.identity.labels.get(k) == Some(v))
     }
 
     /// Our Gateways' servers, grouped by port.
@@ -126,10 +154,13 @@ impl<'a> Compiler<'a> {
                 let field = format!("spec.servers[{index}]");
                 let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
                     self.diagnostics.push(
-                        Diagnostic::error(format!("port {} is not a TCP port: expected 1-65535", server.port.number))
-                            .at(gateway.location.clone())
-                            .resource(&resource)
-                            .field(format!("{field}.port.number")),
+                        Diagnostic::error(format!(
+                            "port {} is not a TCP port: expected 1-65535",
+                            server.port.number
+                        ))
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.port.number")),
                     );
                     continue;
                 };
@@ -147,14 +178,19 @@ impl<'a> Compiler<'a> {
                 };
                 if server.tls.as_ref().is_some_and(|t| t.https_redirect) {
                     self.diagnostics.push(
-                        Diagnostic::warning("httpsRedirect is not served yet; requests are routed as plain HTTP")
-                            .at(gateway.location.clone())
-                            .resource(&resource)
-                            .field(format!("{field}.tls.httpsRedirect")),
+                        Diagnostic::warning(
+                            "httpsRedirect is not served yet; requests are routed as plain HTTP",
+                        )
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.tls.httpsRedirect")),
                     );
                 }
                 let hosts = server.hosts.iter().map(|h| parse_server_host(h)).collect();
-                let entry = ports.entry(port).or_insert_with(|| PortServers { protocol, servers: Vec::new() });
+                let entry = ports.entry(port).or_insert_with(|| PortServers {
+                    protocol,
+                    servers: Vec::new(),
+                });
                 if entry.protocol != protocol {
                     self.diagnostics.push(
                         Diagnostic::warning(format!(
@@ -176,21 +212,37 @@ impl<'a> Compiler<'a> {
     /// which targetPort a Gateway port binds and which nodePort reaches it.
     fn own_service(&self) -> Option<&'a Service> {
         let labels = &self.identity.labels;
-        let mut candidates = self.resources.services.iter().map(|s| &s.resource).filter(|s| {
-            !s.spec.selector.is_empty() && s.spec.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-        });
+        let mut candidates = self
+            .resources
+            .services
+            .iter()
+            .map(|s| &s.resource)
+            .filter(|s| {
+                !s.spec.selector.is_empty()
+                    && s.spec
+                        .selector
+                        .iter()
+                        .all(|(k, v)| labels.get(k) == Some(v))
+            });
         let first = candidates.next()?;
         if first.metadata.namespace() == self.identity.namespace {
             return Some(first);
         }
-        candidates.find(|s| s.metadata.namespace() == self.identity.namespace).or(Some(first))
+        candidates
+            .find(|s| s.metadata.namespace() == self.identity.namespace)
+            .or(Some(first))
     }
 
     fn bind_port(&mut self, port: u16, own_service: Option<&Service>) -> (u16, Option<u16>) {
         let Some(service) = own_service else {
             return (port, None);
         };
-        let Some(service_port) = service.spec.ports.iter().find(|p| p.port == u32::from(port)) else {
+        let Some(service_port) = service
+            .spec
+            .ports
+            .iter()
+            .find(|p| p.port == u32::from(port))
+        else {
             return (port, None);
         };
         let node_port = service_port.node_port.and_then(|n| u16::try_from(n).ok());
@@ -220,17 +272,17 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
                 let (gw_ns, gw_name) = split_reference(reference, namespace);
-                let exists = self
-                    .resources
-                    .gateways
-                    .iter()
-                    .any(|g| g.resource.metadata.namespace() == gw_ns && g.resource.metadata.name == gw_name);
+                let exists = self.resources.gateways.iter().any(|g| {
+                    g.resource.metadata.namespace() == gw_ns && g.resource.metadata.name == gw_name
+                });
                 if !exists {
                     self.diagnostics.push(
-                        Diagnostic::warning(format!("gateway {gw_ns}/{gw_name} does not exist; nothing is bound through it"))
-                            .at(vs.location.clone())
-                            .resource(format!("VirtualService {}", name_of(&vs.resource.metadata)))
-                            .field(format!("spec.gateways[{index}]")),
+                        Diagnostic::warning(format!(
+                            "gateway {gw_ns}/{gw_name} does not exist; nothing is bound through it"
+                        ))
+                        .at(vs.location.clone())
+                        .resource(format!("VirtualService {}", name_of(&vs.resource.metadata)))
+                        .field(format!("spec.gateways[{index}]")),
                     );
                 }
             }
@@ -306,14 +358,29 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        RouteTable::new(hosts.into_iter().map(|(host, routes)| VirtualHost { host, routes }).collect())
+        RouteTable::new(
+            hosts
+                .into_iter()
+                .map(|(host, routes)| VirtualHost { host, routes })
+                .collect(),
+        )
     }
 
-    fn route(&mut self, vs: &Sourced<VirtualService>, index: usize, route: &HttpRoute, port: u16) -> Option<Route<RouteAction>> {
+    fn route(
+        &mut self,
+        vs: &Sourced<VirtualService>,
+        index: usize,
+        route: &HttpRoute,
+        port: u16,
+    ) -> Option<Route<RouteAction>> {
         let meta = &vs.resource.metadata;
         let resource = format!("VirtualService {}", name_of(meta));
         let field = format!("spec.http[{index}]");
-        let name = format!("{}.{}", name_of(meta), route.name.clone().unwrap_or_else(|| index.to_string()));
+        let name = format!(
+            "{}.{}",
+            name_of(meta),
+            route.name.clone().unwrap_or_else(|| index.to_string())
+        );
         let mut matches = Vec::new();
         for (m_index, m) in route.matches.iter().enumerate() {
             match compile_match(m) {
@@ -332,21 +399,33 @@ impl<'a> Compiler<'a> {
         for (key, _) in &route.other {
             if !UNSUPPORTED_ACTIONS.contains(&key.as_str()) {
                 self.diagnostics.push(
-                    Diagnostic::warning(format!("`{key}` is not applied yet; the route forwards without it"))
-                        .at(vs.location.clone())
-                        .resource(&resource)
-                        .field(format!("{field}.{key}")),
-                );
-            }
-        }
-        if let Some(key) = route.other.keys().find(|k| UNSUPPORTED_ACTIONS.contains(&k.as_str())) {
-            self.diagnostics.push(
-                Diagnostic::warning(format!("`{key}` is not served yet; requests that reach this route get 501"))
+                    Diagnostic::warning(format!(
+                        "`{key}` is not applied yet; the route forwards without it"
+                    ))
                     .at(vs.location.clone())
                     .resource(&resource)
                     .field(format!("{field}.{key}")),
+                );
+            }
+        }
+        if let Some(key) = route
+            .other
+            .keys()
+            .find(|k| UNSUPPORTED_ACTIONS.contains(&k.as_str()))
+        {
+            self.diagnostics.push(
+                Diagnostic::warning(format!(
+                    "`{key}` is not served yet; requests that reach this route get 501"
+                ))
+                .at(vs.location.clone())
+                .resource(&resource)
+                .field(format!("{field}.{key}")),
             );
-            return Some(Route { name, matches, action: RouteAction::Unsupported(key.clone()) });
+            return Some(Route {
+                name,
+                matches,
+                action: RouteAction::Unsupported(key.clone()),
+            });
         }
         if route.route.is_empty() {
             self.diagnostics.push(
@@ -360,12 +439,24 @@ impl<'a> Compiler<'a> {
         let mut clusters = Vec::new();
         for (d_index, destination) in route.route.iter().enumerate() {
             let d_field = format!("{field}.route[{d_index}].destination");
-            let cluster = self.cluster(&destination.destination, meta.namespace(), vs.location.as_ref(), &resource, &d_field);
-            let weight = destination.weight.unwrap_or(if route.route.len() == 1 { 100 } else { 0 });
+            let cluster = self.cluster(
+                &destination.destination,
+                meta.namespace(),
+                vs.location.as_ref(),
+                &resource,
+                &d_field,
+            );
+            let weight = destination
+                .weight
+                .unwrap_or(if route.route.len() == 1 { 100 } else { 0 });
             clusters.push(WeightedCluster { weight, cluster });
         }
         let _ = port;
-        Some(Route { name, matches, action: RouteAction::Forward(clusters) })
+        Some(Route {
+            name,
+            matches,
+            action: RouteAction::Forward(clusters),
+        })
     }
 
     /// The cluster a destination names; one with no endpoints (503 at request time) when
@@ -387,10 +478,21 @@ impl<'a> Compiler<'a> {
             .map(|s| &s.resource)
             .find(|s| s.metadata.name == name && s.metadata.namespace() == namespace);
         let warn = |diagnostics: &mut Diagnostics, message: String| {
-            diagnostics.push(Diagnostic::warning(message).at(location.cloned()).resource(resource).field(field.to_owned()));
+            diagnostics.push(
+                Diagnostic::warning(message)
+                    .at(location.cloned())
+                    .resource(resource)
+                    .field(field.to_owned()),
+            );
         };
         let Some(service) = service else {
-            warn(&mut self.diagnostics, format!("no Service {namespace}/{name} for host {}; requests get 503", destination.host));
+            warn(
+                &mut self.diagnostics,
+                format!(
+                    "no Service {namespace}/{name} for host {}; requests get 503",
+                    destination.host
+                ),
+            );
             let port = destination.port.as_ref().map_or(0, |p| p.number);
             return self.intern(Cluster::new(fqdn, name, namespace, port as u16, Vec::new()));
         };
@@ -404,8 +506,13 @@ impl<'a> Compiler<'a> {
             warn(
                 &mut self.diagnostics,
                 match &destination.port {
-                    Some(p) => format!("Service {namespace}/{name} has no port {} (it has {have:?}); requests get 503", p.number),
-                    None => format!("Service {namespace}/{name} has ports {have:?}: say which with destination.port.number"),
+                    Some(p) => format!(
+                        "Service {namespace}/{name} has no port {} (it has {have:?}); requests get 503",
+                        p.number
+                    ),
+                    None => format!(
+                        "Service {namespace}/{name} has ports {have:?}: say which with destination.port.number"
+                    ),
                 },
             );
             return self.intern(Cluster::new(fqdn, name, namespace, 0, Vec::new()));
@@ -417,13 +524,21 @@ impl<'a> Compiler<'a> {
         }
         let endpoints = self.endpoints(service, service_port);
         if endpoints.is_empty() {
-            warn(&mut self.diagnostics, format!("Service {namespace}/{name} port {port} has no ready endpoints; requests get 503"));
+            warn(
+                &mut self.diagnostics,
+                format!(
+                    "Service {namespace}/{name} port {port} has no ready endpoints; requests get 503"
+                ),
+            );
         }
         self.intern(Cluster::new(fqdn, name, namespace, port, endpoints))
     }
 
     fn intern(&mut self, cluster: Cluster) -> Arc<Cluster> {
-        self.clusters.entry(cluster.name.clone()).or_insert_with(|| Arc::new(cluster)).clone()
+        self.clusters
+            .entry(cluster.name.clone())
+            .or_insert_with(|| Arc::new(cluster))
+            .clone()
     }
 
     /// Ready endpoints of a Service port: EndpointSlice ports carry the Service port's name.
@@ -458,8 +573,10 @@ impl<'a> Compiler<'a> {
                     match address.parse::<IpAddr>() {
                         Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
                         Err(_) => self.diagnostics.push(
-                            Diagnostic::warning(format!("endpoint address {address:?} is not an IP address; skipped"))
-                                .resource(format!("EndpointSlice {}", name_of(&slice.metadata))),
+                            Diagnostic::warning(format!(
+                                "endpoint address {address:?} is not an IP address; skipped"
+                            ))
+                            .resource(format!("EndpointSlice {}", name_of(&slice.metadata))),
                         ),
                     }
                 }
@@ -481,7 +598,13 @@ fn clone_route(route: &Route<RouteAction>) -> Route<RouteAction> {
         matches: route.matches.clone(),
         action: match &route.action {
             RouteAction::Forward(clusters) => RouteAction::Forward(
-                clusters.iter().map(|c| WeightedCluster { weight: c.weight, cluster: c.cluster.clone() }).collect(),
+                clusters
+                    .iter()
+                    .map(|c| WeightedCluster {
+                        weight: c.weight,
+                        cluster: c.cluster.clone(),
+                    })
+                    .collect(),
             ),
             RouteAction::Unsupported(what) => RouteAction::Unsupported(what.clone()),
         },
@@ -500,26 +623,41 @@ fn binds(vs: &VirtualService, gateway: &Sourced<Gateway>) -> bool {
 
 impl VirtualService {
     fn gateways_named(&self) -> impl Iterator<Item = &str> {
-        self.spec.gateways.iter().map(String::as_str).filter(|g| *g != "mesh")
+        self.spec
+            .gateways
+            .iter()
+            .map(String::as_str)
+            .filter(|g| *g != "mesh")
     }
 }
 
 /// `name` or `namespace/name`.
 fn split_reference<'r>(reference: &'r str, default_namespace: &'r str) -> (&'r str, &'r str) {
-    reference.split_once('/').unwrap_or((default_namespace, reference))
+    reference
+        .split_once('/')
+        .unwrap_or((default_namespace, reference))
 }
 
 fn parse_server_host(host: &str) -> ServerHost {
     match host.split_once('/') {
-        Some((namespace, host)) => ServerHost { namespace: namespace.to_owned(), host: host.to_ascii_lowercase() },
-        None => ServerHost { namespace: "*".to_owned(), host: host.to_ascii_lowercase() },
+        Some((namespace, host)) => ServerHost {
+            namespace: namespace.to_owned(),
+            host: host.to_ascii_lowercase(),
+        },
+        None => ServerHost {
+            namespace: "*".to_owned(),
+            host: host.to_ascii_lowercase(),
+        },
     }
 }
 
 /// The hosts both a VirtualService and a server accept: the more specific of the two,
 /// or None when they are disjoint.
 pub fn intersect_hosts(vs_host: &str, server_host: &str) -> Option<String> {
-    let (a, b) = (vs_host.to_ascii_lowercase(), server_host.to_ascii_lowercase());
+    let (a, b) = (
+        vs_host.to_ascii_lowercase(),
+        server_host.to_ascii_lowercase(),
+    );
     if a == b {
         return Some(a);
     }
@@ -548,19 +686,31 @@ fn covers(wide: &str, narrow: &str) -> bool {
 /// → (httpbin, ns).
 fn resolve_service_host(host: &str, vs_namespace: &str) -> (String, String) {
     let host = host.trim_end_matches('.');
-    let short = host.strip_suffix(&format!(".{CLUSTER_DOMAIN}")).or_else(|| host.strip_suffix(".svc")).unwrap_or(host);
+    let short = host
+        .strip_suffix(&format!(".{CLUSTER_DOMAIN}"))
+        .or_else(|| host.strip_suffix(".svc"))
+        .unwrap_or(host);
     match short.split_once('.') {
-        Some((name, namespace)) if !namespace.contains('.') => (name.to_owned(), namespace.to_owned()),
+        Some((name, namespace)) if !namespace.contains('.') => {
+            (name.to_owned(), namespace.to_owned())
+        }
         Some(_) => (host.to_owned(), vs_namespace.to_owned()),
         None => (short.to_owned(), vs_namespace.to_owned()),
     }
 }
 
 fn compile_match(m: &HttpMatchRequest) -> Result<RequestMatch, (String, String)> {
-    let string = |field: &str, s: &Option<StringMatch>, ignore_case: bool| -> Result<Option<StringMatcher>, (String, String)> {
-        s.as_ref().map(|s| compile_string_match(s, ignore_case).map_err(|e| (field.to_owned(), e))).transpose()
+    let string = |field: &str,
+                  s: &Option<StringMatch>,
+                  ignore_case: bool|
+     -> Result<Option<StringMatcher>, (String, String)> {
+        s.as_ref()
+            .map(|s| compile_string_match(s, ignore_case).map_err(|e| (field.to_owned(), e)))
+            .transpose()
     };
-    let map = |field: &str, entries: &BTreeMap<String, StringMatch>| -> Result<Vec<(String, StringMatcher)>, (String, String)> {
+    let map = |field: &str,
+               entries: &BTreeMap<String, StringMatch>|
+     -> Result<Vec<(String, StringMatcher)>, (String, String)> {
         entries
             .iter()
             .map(|(name, s)| {
@@ -571,7 +721,10 @@ fn compile_match(m: &HttpMatchRequest) -> Result<RequestMatch, (String, String)>
             .collect()
     };
     let port = match m.port {
-        Some(p) => Some(u16::try_from(p).map_err(|_| ("port".to_owned(), format!("port {p} is not a TCP port")))?),
+        Some(p) => Some(
+            u16::try_from(p)
+                .map_err(|_| ("port".to_owned(), format!("port {p} is not a TCP port")))?,
+        ),
         None => None,
     };
     Ok(RequestMatch {
@@ -588,9 +741,17 @@ fn compile_match(m: &HttpMatchRequest) -> Result<RequestMatch, (String, String)>
 
 fn compile_string_match(s: &StringMatch, ignore_case: bool) -> Result<StringMatcher, String> {
     match (&s.exact, &s.prefix, &s.regex) {
-        (Some(exact), None, None) => Ok(StringMatcher::Exact { value: exact.clone(), ignore_case }),
-        (None, Some(prefix), None) => Ok(StringMatcher::Prefix { value: prefix.clone(), ignore_case }),
-        (None, None, Some(regex)) => StringMatcher::regex(regex, ignore_case).map_err(|e| format!("invalid regex: {e}")),
+        (Some(exact), None, None) => Ok(StringMatcher::Exact {
+            value: exact.clone(),
+            ignore_case,
+        }),
+        (None, Some(prefix), None) => Ok(StringMatcher::Prefix {
+            value: prefix.clone(),
+            ignore_case,
+        }),
+        (None, None, Some(regex)) => {
+            StringMatcher::regex(regex, ignore_case).map_err(|e| format!("invalid regex: {e}"))
+        }
         _ => Err("expected exactly one of exact, prefix or regex".to_owned()),
     }
 }

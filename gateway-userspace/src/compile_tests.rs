@@ -21,13 +21,23 @@ fn route(snapshot: &Snapshot, port: u16, host: &str, path: &str) -> String {
         return "no listener".into();
     };
     let headers = http::HeaderMap::new();
-    let request = RequestInfo { authority: host, path, query: None, method: "GET", scheme: "http", port, headers: &headers };
+    let request = RequestInfo {
+        authority: host,
+        path,
+        query: None,
+        method: "GET",
+        scheme: "http",
+        port,
+        headers: &headers,
+    };
     match listener.routes.find(&request).map(|r| &r.action) {
         None => "404".into(),
         Some(RouteAction::Unsupported(what)) => format!("501 {what}"),
         Some(RouteAction::Forward(clusters)) => {
             let cluster = &clusters[0].cluster;
-            cluster.pick().map_or_else(|| format!("503 {}", cluster.name), |e| e.to_string())
+            cluster
+                .pick()
+                .map_or_else(|| format!("503 {}", cluster.name), |e| e.to_string())
         }
     }
 }
@@ -83,7 +93,10 @@ fn istio_ingress_task_routes_status_and_delay_only() {
     let (snapshot, diagnostics) = compile_yaml(HTTPBIN);
     assert_eq!(diagnostics.0, vec![], "clean config, no diagnostics");
     assert_eq!(snapshot.listeners.len(), 1);
-    assert_eq!(snapshot.listeners[0].bind_port, 80, "no own Service: the port itself");
+    assert_eq!(
+        snapshot.listeners[0].bind_port, 80,
+        "no own Service: the port itself"
+    );
     assert_eq!(snapshot.kernel.ports, vec![80]);
     let cases = [
         ("httpbin.example.com", "/status/200", "10.1.0.5:8080"),
@@ -113,13 +126,19 @@ spec:
     );
     let (snapshot, _) = compile_yaml(&yaml);
     let listener = &snapshot.listeners[0];
-    assert_eq!((listener.port, listener.bind_port, listener.node_port), (80, 8080, Some(31380)));
+    assert_eq!(
+        (listener.port, listener.bind_port, listener.node_port),
+        (80, 8080, Some(31380))
+    );
     assert_eq!(snapshot.kernel.ports, vec![8080]);
 }
 
 #[test]
 fn gateways_of_other_workloads_are_not_ours() {
-    let yaml = HTTPBIN.replace("selector: {istio: ingressgateway}", "selector: {istio: egressgateway}");
+    let yaml = HTTPBIN.replace(
+        "selector: {istio: ingressgateway}",
+        "selector: {istio: egressgateway}",
+    );
     let (snapshot, _) = compile_yaml(&yaml);
     assert!(snapshot.listeners.is_empty());
 }
@@ -137,40 +156,78 @@ fn host_intersection_picks_the_more_specific_host() {
         ("A.Example.com", "a.example.COM", Some("a.example.com")),
     ];
     for (vs, server, want) in cases {
-        assert_eq!(intersect_hosts(vs, server).as_deref(), want, "{vs} ∩ {server}");
+        assert_eq!(
+            intersect_hosts(vs, server).as_deref(),
+            want,
+            "{vs} ∩ {server}"
+        );
     }
 }
 
 #[test]
 fn unbound_and_dangling_references_are_reported() {
-    let yaml = HTTPBIN.replace("hosts: [\"httpbin.example.com\"]\n  gateways", "hosts: [\"other.example.com\"]\n  gateways");
+    let yaml = HTTPBIN.replace(
+        "hosts: [\"httpbin.example.com\"]\n  gateways",
+        "hosts: [\"other.example.com\"]\n  gateways",
+    );
     let (snapshot, diagnostics) = compile_yaml(&yaml);
-    assert_eq!(route(&snapshot, 80, "httpbin.example.com", "/status/1"), "404");
+    assert_eq!(
+        route(&snapshot, 80, "httpbin.example.com", "/status/1"),
+        "404"
+    );
     assert!(
         diagnostics.warnings().any(|d| d.message.contains("is not bound") && d.field.as_deref() == Some("spec.hosts")),
         "{diagnostics}"
     );
 
-    let yaml = HTTPBIN.replace("gateways: [httpbin-gateway]", "gateways: [istio-system/missing]");
+    let yaml = HTTPBIN.replace(
+        "gateways: [httpbin-gateway]",
+        "gateways: [istio-system/missing]",
+    );
     let (_, diagnostics) = compile_yaml(&yaml);
-    assert!(diagnostics.warnings().any(|d| d.message.contains("istio-system/missing does not exist")), "{diagnostics}");
+    assert!(
+        diagnostics
+            .warnings()
+            .any(|d| d.message.contains("istio-system/missing does not exist")),
+        "{diagnostics}"
+    );
 
     let yaml = HTTPBIN.replace("gateways: [httpbin-gateway]", "gateways: []");
     let (snapshot, _) = compile_yaml(&yaml);
-    assert_eq!(route(&snapshot, 80, "httpbin.example.com", "/status/1"), "404", "no gateways = mesh only");
+    assert_eq!(
+        route(&snapshot, 80, "httpbin.example.com", "/status/1"),
+        "404",
+        "no gateways = mesh only"
+    );
 }
 
 #[test]
 fn missing_services_and_endpoints_compile_to_503() {
     let yaml = HTTPBIN.replace("host: httpbin", "host: nothere");
     let (snapshot, diagnostics) = compile_yaml(&yaml);
-    assert_eq!(route(&snapshot, 80, "httpbin.example.com", "/status/1"), "503 outbound|8000||nothere.default.svc.cluster.local");
-    assert!(diagnostics.warnings().any(|d| d.message.contains("no Service default/nothere")), "{diagnostics}");
+    assert_eq!(
+        route(&snapshot, 80, "httpbin.example.com", "/status/1"),
+        "503 outbound|8000||nothere.default.svc.cluster.local"
+    );
+    assert!(
+        diagnostics
+            .warnings()
+            .any(|d| d.message.contains("no Service default/nothere")),
+        "{diagnostics}"
+    );
 
     let yaml = HTTPBIN.replace("- addresses: [\"10.1.0.5\"]\n", "");
     let (snapshot, diagnostics) = compile_yaml(&yaml);
-    assert_eq!(route(&snapshot, 80, "httpbin.example.com", "/status/1"), "503 outbound|8000||httpbin.default.svc.cluster.local");
-    assert!(diagnostics.warnings().any(|d| d.message.contains("no ready endpoints")), "{diagnostics}");
+    assert_eq!(
+        route(&snapshot, 80, "httpbin.example.com", "/status/1"),
+        "503 outbound|8000||httpbin.default.svc.cluster.local"
+    );
+    assert!(
+        diagnostics
+            .warnings()
+            .any(|d| d.message.contains("no ready endpoints")),
+        "{diagnostics}"
+    );
 }
 
 #[test]
@@ -183,7 +240,11 @@ fn service_hosts_resolve_like_kubernetes_dns() {
         ("httpbin.web.svc.cluster.local.", ("httpbin", "web")),
     ];
     for (host, (name, ns)) in cases {
-        assert_eq!(resolve_service_host(host, "default"), (name.to_owned(), ns.to_owned()), "{host}");
+        assert_eq!(
+            resolve_service_host(host, "default"),
+            (name.to_owned(), ns.to_owned()),
+            "{host}"
+        );
     }
 }
 
@@ -203,17 +264,37 @@ spec:
     route: [{destination: {host: nothere, port: {number: 1}}}]
 "#
     );
-    let (snapshot, _) = compile_yaml(&yaml.replace("metadata: {name: httpbin}", "metadata: {name: httpbin, creationTimestamp: \"2021-01-01T00:00:00Z\"}"));
-    assert_eq!(route(&snapshot, 80, "httpbin.example.com", "/status/500"), "503 outbound|1||nothere.default.svc.cluster.local");
-    assert_eq!(route(&snapshot, 80, "httpbin.example.com", "/status/200"), "10.1.0.5:8080");
+    let (snapshot, _) = compile_yaml(&yaml.replace(
+        "metadata: {name: httpbin}",
+        "metadata: {name: httpbin, creationTimestamp: \"2021-01-01T00:00:00Z\"}",
+    ));
+    assert_eq!(
+        route(&snapshot, 80, "httpbin.example.com", "/status/500"),
+        "503 outbound|1||nothere.default.svc.cluster.local"
+    );
+    assert_eq!(
+        route(&snapshot, 80, "httpbin.example.com", "/status/200"),
+        "10.1.0.5:8080"
+    );
 }
 
 #[test]
 fn routes_with_actions_not_served_yet_answer_501_and_warn() {
-    let yaml = HTTPBIN.replace("  - match:\n", "  - redirect: {uri: /elsewhere}\n  - match:\n");
+    let yaml = HTTPBIN.replace(
+        "  - match:\n",
+        "  - redirect: {uri: /elsewhere}\n  - match:\n",
+    );
     let (snapshot, diagnostics) = compile_yaml(&yaml);
-    assert_eq!(route(&snapshot, 80, "httpbin.example.com", "/anything"), "501 redirect");
-    assert!(diagnostics.warnings().any(|d| d.field.as_deref() == Some("spec.http[0].redirect")), "{diagnostics}");
+    assert_eq!(
+        route(&snapshot, 80, "httpbin.example.com", "/anything"),
+        "501 redirect"
+    );
+    assert!(
+        diagnostics
+            .warnings()
+            .any(|d| d.field.as_deref() == Some("spec.http[0].redirect")),
+        "{diagnostics}"
+    );
 }
 
 #[test]

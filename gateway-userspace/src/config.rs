@@ -53,18 +53,21 @@ fn parse_document(doc: &Document, resources: &mut Resources, diagnostics: &mut D
         Ok(value) => value,
         Err(e) => {
             let location = doc.location(e.location().map_or(1, |l| l.line()));
-            diagnostics.push(Diagnostic::error(format!("invalid YAML: {}", strip_position(&e.to_string()))).at(Some(location)));
+            diagnostics.push(
+                Diagnostic::error(format!("invalid YAML: {}", strip_position(&e.to_string())))
+                    .at(Some(location)),
+            );
             return;
         }
     };
-    let Some(api_version) = value.get("apiVersion").and_then(|v| v.as_str()) else {
+    if value.get("apiVersion").and_then(|v| v.as_str()).is_none() {
         diagnostics.push(
             Diagnostic::error("not a Kubernetes resource: expected a string `apiVersion` (e.g. networking.istio.io/v1)")
                 .at(Some(doc.location(1)))
                 .field("apiVersion"),
         );
         return;
-    };
+    }
     let Some(kind) = value.get("kind").and_then(|v| v.as_str()) else {
         diagnostics.push(
             Diagnostic::error("not a Kubernetes resource: expected a string `kind` (e.g. Gateway)")
@@ -74,22 +77,36 @@ fn parse_document(doc: &Document, resources: &mut Resources, diagnostics: &mut D
         return;
     };
     if kind == "List" {
-        let items = value.get("items").and_then(|v| v.as_sequence()).cloned().unwrap_or_default();
+        let items = value
+            .get("items")
+            .and_then(|v| v.as_sequence())
+            .cloned()
+            .unwrap_or_default();
         for (index, item) in items.into_iter().enumerate() {
-            let item_doc = ItemSource::ListItem { doc, index, value: item };
+            let item_doc = ItemSource::ListItem {
+                doc,
+                index,
+                value: item,
+            };
             parse_resource(item_doc, resources, diagnostics);
         }
         return;
     }
-    let (api_version, kind) = (api_version.to_owned(), kind.to_owned());
-    parse_resource(ItemSource::Document { doc, api_version, kind, value }, resources, diagnostics);
+    parse_resource(ItemSource::Document { doc, value }, resources, diagnostics);
 }
 
 /// A resource to parse: a whole document (line numbers are exact) or an item of a
 /// `kind: List` (line numbers point at the List).
 enum ItemSource<'a> {
-    Document { doc: &'a Document, api_version: String, kind: String, value: serde_yaml::Value },
-    ListItem { doc: &'a Document, index: usize, value: serde_yaml::Value },
+    Document {
+        doc: &'a Document,
+        value: serde_yaml::Value,
+    },
+    ListItem {
+        doc: &'a Document,
+        index: usize,
+        value: serde_yaml::Value,
+    },
 }
 
 impl ItemSource<'_> {
@@ -128,7 +145,9 @@ impl ItemSource<'_> {
             };
             let message = strip_position(&e.inner().to_string());
             // serde_yaml repeats the path in front of its message; the diagnostic says it once.
-            let message = message.strip_prefix(&format!("{}: ", e.path())).map_or(message.clone(), str::to_owned);
+            let message = message
+                .strip_prefix(&format!("{}: ", e.path()))
+                .map_or(message.clone(), str::to_owned);
             Diagnostic::error(message)
                 .at(Some(self.doc().location(line)))
                 .resource(resource)
@@ -139,15 +158,25 @@ impl ItemSource<'_> {
 
 fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: &mut Diagnostics) {
     let value = item.value();
-    let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-    let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let kind = value
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
     let meta: ObjectMeta = value
         .get("metadata")
         .and_then(|m| serde_yaml::from_value(m.clone()).ok())
         .unwrap_or_default();
     let resource = format!("{kind} {}/{}", meta.namespace(), meta.name);
     let location = Some(item.doc().location(1));
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version.as_str()));
+    let (group, version) = api_version
+        .rsplit_once('/')
+        .unwrap_or(("", api_version.as_str()));
 
     if meta.name.is_empty() && !kind.is_empty() {
         diagnostics.push(
@@ -162,7 +191,10 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
     macro_rules! parsed {
         ($list:ident) => {
             match item.typed(&resource) {
-                Ok(r) => resources.$list.push(Sourced { resource: r, location }),
+                Ok(r) => resources.$list.push(Sourced {
+                    resource: r,
+                    location,
+                }),
                 Err(d) => diagnostics.push(d),
             }
         };
@@ -171,10 +203,13 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
     match (group, kind.as_str()) {
         (ISTIO_NETWORKING, "Gateway" | "VirtualService") if !ISTIO_VERSIONS.contains(&version) => {
             diagnostics.push(
-                Diagnostic::error(format!("unknown version {version}: expected one of {}", ISTIO_VERSIONS.join(", ")))
-                    .at(location)
-                    .resource(resource)
-                    .field("apiVersion"),
+                Diagnostic::error(format!(
+                    "unknown version {version}: expected one of {}",
+                    ISTIO_VERSIONS.join(", ")
+                ))
+                .at(location)
+                .resource(resource)
+                .field("apiVersion"),
             );
         }
         (ISTIO_NETWORKING, "Gateway") => parsed!(gateways),
@@ -187,9 +222,17 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
                     .at(location)
                     .resource(resource),
             );
-            *resources.skipped.entry(format!("{api_version} {kind}")).or_default() += 1;
+            *resources
+                .skipped
+                .entry(format!("{api_version} {kind}"))
+                .or_default() += 1;
         }
-        _ => *resources.skipped.entry(format!("{api_version} {kind}")).or_default() += 1,
+        _ => {
+            *resources
+                .skipped
+                .entry(format!("{api_version} {kind}"))
+                .or_default() += 1
+        }
     }
 }
 
@@ -242,7 +285,10 @@ spec:
         assert_eq!(errors.len(), 1, "{diagnostics}");
         let e = errors[0];
         assert_eq!(e.location.as_ref().map(|l| l.line), Some(12));
-        assert_eq!(e.resource.as_deref(), Some("Gateway default/httpbin-gateway"));
+        assert_eq!(
+            e.resource.as_deref(),
+            Some("Gateway default/httpbin-gateway")
+        );
         assert_eq!(e.field.as_deref(), Some("spec.servers[0].port.number"));
         assert!(e.to_string().starts_with("error: gw.yaml:12: Gateway default/httpbin-gateway: spec.servers[0].port.number: invalid type: string \"eighty\", expected u32"), "{e}");
     }
@@ -268,7 +314,10 @@ metadata: {name: future}
 ";
         let (resources, diagnostics) = load_text(text);
         assert_eq!(resources.gateways.len(), 1);
-        assert_eq!(resources.gateways[0].resource.metadata.namespace(), "istio-system");
+        assert_eq!(
+            resources.gateways[0].resource.metadata.namespace(),
+            "istio-system"
+        );
         assert_eq!(resources.virtual_services.len(), 1);
         let errors: Vec<_> = diagnostics.errors().map(|d| d.field.clone()).collect();
         assert_eq!(errors, [Some("apiVersion".to_owned())]);
@@ -276,7 +325,8 @@ metadata: {name: future}
 
     #[test]
     fn broken_yaml_points_at_its_line() {
-        let (_, diagnostics) = load_text("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\nkind: [unclosed\n");
+        let (_, diagnostics) =
+            load_text("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\nkind: [unclosed\n");
         let e = diagnostics.errors().next().expect("an error");
         assert_eq!(e.location.as_ref().map(|l| l.line), Some(5), "{e}");
         assert!(e.message.starts_with("invalid YAML"), "{e}");
@@ -286,7 +336,11 @@ metadata: {name: future}
 /// Lets other modules' tests parse documents without touching the file system.
 #[cfg(test)]
 pub(crate) mod tests_support {
-    pub fn parse(doc: &super::Document, resources: &mut super::Resources, diagnostics: &mut super::Diagnostics) {
+    pub fn parse(
+        doc: &super::Document,
+        resources: &mut super::Resources,
+        diagnostics: &mut super::Diagnostics,
+    ) {
         super::parse_document(doc, resources, diagnostics);
     }
 }

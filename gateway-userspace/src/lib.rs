@@ -2,9 +2,14 @@
 //! YAML. The data flows one way through these modules:
 //!
 //! `config` (load) → `compile` (validate + compile) → `snapshot` → `proxy` (serve), with
-//! `ebpf` feeding the kernel programs from the same snapshot and `admin` reporting on all.
+//! `ebpf` feeding the kernel programs from the same snapshot and `admin`/`metrics`
+//! reporting on all of them.
 
+pub mod admin;
 pub mod compile;
 pub mod config;
+pub mod ebpf;
+pub mod metrics;
+pub mod proxy;
 pub mod route_table;
 pub mod snapshot;

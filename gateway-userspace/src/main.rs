@@ -1,1 +1,417 @@
-fn main() {}
+//! `gatewayd`: the command line. `run` serves; `validate` and `routes` load and compile
+//! the same configuration and report on it without serving.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use arc_swap::ArcSwap;
+use clap::{Args, Parser, Subcommand};
+use gateway::{
+    admin::{self, AdminState, Surface},
+    compile::{self, Identity},
+    config::{self, Diagnostics},
+    ebpf::{EbpfMode, KernelPath},
+    metrics::{InterfaceLabels, Metrics, SharedKernelPath},
+    proxy::{self, AccessLogFormat, ProxyContext},
+    snapshot::{RouteAction, Snapshot},
+};
+use tokio::{signal::unix::SignalKind, sync::watch};
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "gatewayd",
+    version,
+    about = "eBPF-assisted ingress gateway for Istio and Gateway API configuration"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configuration.
+    Run(RunArgs),
+    /// Load and compile; print diagnostics. Exit 0 when clean or only warnings, 1 on errors.
+    Validate(ConfigArgs),
+    /// Print the compiled listeners and route tables.
+    Routes {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the compiled snapshot as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// YAML files or directories (read recursively); repeat or list several.
+    #[arg(long, required = true, num_args = 1..)]
+    config: Vec<PathBuf>,
+    /// Labels of this gateway's pods, matched against Gateway selectors.
+    /// Default: istio=ingressgateway.
+    #[arg(long = "selector", value_name = "KEY=VALUE", value_parser = parse_label)]
+    selectors: Vec<(String, String)>,
+    /// The gateway's own namespace.
+    #[arg(long, default_value = compile::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// GatewayClass whose Gateway API Gateways are ours (used once Gateway API lands).
+    #[arg(long, default_value = "istio")]
+    gateway_class: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Interfaces to attach the kernel programs to.
+    #[arg(long = "interface", value_name = "IFACE")]
+    interfaces: Vec<String>,
+    /// auto: attach where possible, else serve from userspace with a warning; on: attach or
+    /// fail; off: no eBPF.
+    #[arg(long, value_enum, default_value_t = EbpfMode::Auto)]
+    ebpf: EbpfMode,
+    /// Steer our Service's node ports to the listeners (arrives with the kernel-path work).
+    #[arg(long)]
+    node_ports: bool,
+    /// Local admin endpoint (/config_dump).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Readiness endpoint (/healthz/ready).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
+    /// Prometheus endpoint (/stats/prometheus).
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    metrics_addr: SocketAddr,
+    /// How long in-flight requests may take to finish on SIGTERM (e.g. 5s, 500ms, 1m).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Access log format on stdout.
+    #[arg(long, value_enum, default_value_t = AccessLogFormat::Text)]
+    access_log: AccessLogFormat,
+    /// Log as JSON lines instead of human-readable text (on stderr).
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Validate(args) => validate(&args),
+        Command::Routes { config, json } => routes(&config, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gatewayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl ConfigArgs {
+    fn identity(&self) -> Identity {
+        let mut identity = Identity {
+            namespace: self.namespace.clone(),
+            ..Identity::default()
+        };
+        if !self.selectors.is_empty() {
+            identity.labels = self.selectors.iter().cloned().collect::<BTreeMap<_, _>>();
+        }
+        identity
+    }
+
+    /// load → validate → compile. Errors in any document stop here.
+    fn compile(&self) -> anyhow::Result<(Snapshot, Diagnostics, usize)> {
+        let (resources, mut diagnostics) = config::load(&self.config)?;
+        let skipped = resources.skipped.values().sum();
+        let (snapshot, more) = compile::compile(&resources, &self.identity());
+        diagnostics.extend(more);
+        Ok((snapshot, diagnostics, skipped))
+    }
+}
+
+fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let (snapshot, diagnostics, skipped) = args.compile()?;
+    print!("{diagnostics}");
+    let errors = diagnostics.errors().count();
+    let warnings = diagnostics.warnings().count();
+    let routes: usize = snapshot
+        .listeners
+        .iter()
+        .flat_map(|l| &l.routes.virtual_hosts)
+        .map(|v| v.routes.len())
+        .sum();
+    println!(
+        "{} listener(s), {routes} route(s); {errors} error(s), {warnings} warning(s); {skipped} document(s) of kinds not served skipped",
+        snapshot.listeners.len()
+    );
+    Ok(if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let (snapshot, diagnostics, _) = args.compile()?;
+    if diagnostics.has_errors() {
+        eprint!("{diagnostics}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for listener in &snapshot.listeners {
+        let node_port = listener
+            .node_port
+            .map_or_else(String::new, |n| format!(", nodePort {n}"));
+        println!(
+            "listener port {} ({:?}) bound on {}{node_port}; servers: {}",
+            listener.port,
+            listener.protocol,
+            listener.bind_port,
+            listener.servers.join(", ")
+        );
+        for vhost in &listener.routes.virtual_hosts {
+            println!("  host {}", vhost.host);
+            for (index, route) in vhost.routes.iter().enumerate() {
+                let matches = if route.matches.is_empty() {
+                    "any request".to_owned()
+                } else {
+                    serde_json::to_string(&route.matches)?
+                };
+                println!("    [{index}] {} when {matches}", route.name);
+                match &route.action {
+                    RouteAction::Forward(clusters) => {
+                        for c in clusters {
+                            let endpoints: Vec<String> = c
+                                .cluster
+                                .endpoints
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect();
+                            let endpoints = if endpoints.is_empty() {
+                                "NO ENDPOINTS (503)".to_owned()
+                            } else {
+                                endpoints.join(" ")
+                            };
+                            println!(
+                                "        → {} weight {}: {endpoints}",
+                                c.cluster.name, c.weight
+                            );
+                        }
+                    }
+                    RouteAction::Unsupported(what) => {
+                        println!("        → 501 (`{what}` not served yet)")
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (snapshot, diagnostics, skipped) = args.config.compile()?;
+    for d in diagnostics.warnings() {
+        warn!("{d}");
+    }
+    if diagnostics.has_errors() {
+        for d in diagnostics.errors() {
+            error!("{d}");
+        }
+        bail!("the configuration has errors; nothing to serve");
+    }
+    info!(
+        listeners = snapshot.listeners.len(),
+        skipped, "configuration compiled"
+    );
+    if args.node_ports {
+        warn!(
+            "--node-ports is accepted but node-port steering is not implemented yet; node ports are not served"
+        );
+    }
+
+    let kernel: SharedKernelPath = Arc::new(Mutex::new(None));
+    let metrics = Arc::new(Metrics::new(kernel.clone()));
+    if args.ebpf != EbpfMode::Off {
+        match start_kernel_path(&args.interfaces, &snapshot, &metrics) {
+            Ok(path) => {
+                if let Ok(mut slot) = kernel.lock() {
+                    *slot = Some(path);
+                }
+            }
+            Err(e) if args.ebpf == EbpfMode::Auto => {
+                metrics.ebpf_fallbacks.inc();
+                warn!(
+                    "!!! eBPF kernel path unavailable, serving from userspace only (no kernel counters, no early SNI rejection): {e:#}"
+                );
+            }
+            Err(e) => return Err(e.context("--ebpf on: the kernel path is required")),
+        }
+    }
+
+    let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
+    let listeners = proxy::bind_listeners(&snapshots.load())?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_state = AdminState {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+        snapshots: snapshots.clone(),
+    };
+    for (addr, surface) in [
+        (args.readiness_addr, Surface::Readiness),
+        (args.metrics_addr, Surface::Metrics),
+        (args.admin_addr, Surface::Admin),
+    ] {
+        let listener = admin::bind(addr)
+            .await
+            .with_context(|| format!("binding {surface:?} endpoint {addr}"))?;
+        tokio::spawn(admin::serve(listener, surface, admin_state.clone()));
+    }
+
+    let ctx = Arc::new(ProxyContext::new(
+        snapshots.clone(),
+        metrics.clone(),
+        args.access_log,
+    ));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            tokio::spawn(proxy::serve(
+                l,
+                ctx.clone(),
+                shutdown_rx.clone(),
+                args.drain_timeout,
+            ))
+        })
+        .collect();
+    ready.store(true, Ordering::Relaxed);
+    info!("ready");
+
+    wait_for_termination().await?;
+    info!(drain_timeout = ?args.drain_timeout, "shutting down: not ready, no new connections, draining");
+    ready.store(false, Ordering::Relaxed);
+    let _ = shutdown.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
+    // Dropping the kernel path closes its links: the programs detach.
+    if let Ok(mut slot) = kernel.lock() {
+        slot.take();
+    }
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn start_kernel_path(
+    interfaces: &[String],
+    snapshot: &Snapshot,
+    metrics: &Metrics,
+) -> anyhow::Result<KernelPath> {
+    let mut path = KernelPath::load()?;
+    path.set_ports(&snapshot.kernel.ports)?;
+    for interface in interfaces {
+        let mode = path.attach(interface)?;
+        metrics
+            .ebpf_attached
+            .get_or_create(&InterfaceLabels {
+                interface: interface.clone(),
+            })
+            .set(1);
+        info!(interface, ?mode, ports = ?snapshot.kernel.ports, "XDP program attached");
+    }
+    if interfaces.is_empty() {
+        info!("eBPF loaded; no --interface given, so nothing is attached");
+    }
+    Ok(path)
+}
+
+async fn wait_for_termination() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+    Ok(())
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// `500ms`, `5s`, `2m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 5s or 500ms, got {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("unknown unit {unit:?} in {s:?}: use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_labels_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5h").is_err());
+        assert_eq!(
+            parse_label("istio=ingressgateway"),
+            Ok(("istio".into(), "ingressgateway".into()))
+        );
+        assert!(parse_label("novalue").is_err());
+    }
+}

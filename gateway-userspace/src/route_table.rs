@@ -104,7 +104,10 @@ impl<A> RouteTable<A> {
             }
         }
         hosts.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        RouteTable { virtual_hosts, hosts }
+        RouteTable {
+            virtual_hosts,
+            hosts,
+        }
     }
 
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost<A>> {
@@ -136,7 +139,9 @@ impl<A> RouteTable<A> {
         self.virtual_host(request.authority)?
             .routes
             .iter()
-            .find(|route| route.matches.is_empty() || route.matches.iter().any(|m| m.accepts(request)))
+            .find(|route| {
+                route.matches.is_empty() || route.matches.iter().any(|m| m.accepts(request))
+            })
     }
 }
 
@@ -154,23 +159,35 @@ impl RequestMatch {
                 .headers
                 .iter()
                 .all(|(name, m)| header_value(request.headers, name).is_some_and(|v| m.matches(&v)))
-            && self
-                .without_headers
-                .iter()
-                .all(|(name, m)| !header_value(request.headers, name).is_some_and(|v| m.matches(&v)))
-            && self.query_params.iter().all(|(name, m)| {
-                query_value(request.query, name).is_some_and(|v| m.matches(v))
+            && self.without_headers.iter().all(|(name, m)| {
+                !header_value(request.headers, name).is_some_and(|v| m.matches(&v))
             })
+            && self
+                .query_params
+                .iter()
+                .all(|(name, m)| query_value(request.query, name).is_some_and(|v| m.matches(v)))
     }
 }
 
 impl StringMatcher {
     pub fn matches(&self, value: &str) -> bool {
         match self {
-            StringMatcher::Exact { value: want, ignore_case: false } => value == want,
-            StringMatcher::Exact { value: want, ignore_case: true } => value.eq_ignore_ascii_case(want),
-            StringMatcher::Prefix { value: want, ignore_case: false } => value.starts_with(want.as_str()),
-            StringMatcher::Prefix { value: want, ignore_case: true } => value
+            StringMatcher::Exact {
+                value: want,
+                ignore_case: false,
+            } => value == want,
+            StringMatcher::Exact {
+                value: want,
+                ignore_case: true,
+            } => value.eq_ignore_ascii_case(want),
+            StringMatcher::Prefix {
+                value: want,
+                ignore_case: false,
+            } => value.starts_with(want.as_str()),
+            StringMatcher::Prefix {
+                value: want,
+                ignore_case: true,
+            } => value
                 .get(..want.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(want)),
             StringMatcher::Regex(re) => re.is_match(value),
@@ -180,7 +197,9 @@ impl StringMatcher {
     /// Compiles an RE2-style regex that must match the whole value, as Istio's do.
     pub fn regex(pattern: &str, ignore_case: bool) -> Result<Self, regex::Error> {
         let flags = if ignore_case { "(?i)" } else { "" };
-        Ok(StringMatcher::Regex(Regex::new(&format!("^{flags}(?:{pattern})$"))?))
+        Ok(StringMatcher::Regex(Regex::new(&format!(
+            "^{flags}(?:{pattern})$"
+        ))?))
     }
 }
 
@@ -212,7 +231,9 @@ pub fn host_without_port(authority: &str) -> &str {
         return rest.split_once(']').map_or(authority, |(v6, _)| v6);
     }
     match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
         _ => authority,
     }
 }

@@ -3,23 +3,46 @@ use http::{HeaderMap, HeaderValue};
 use super::*;
 
 fn prefix(p: &str) -> Option<StringMatcher> {
-    Some(StringMatcher::Prefix { value: p.to_owned(), ignore_case: false })
+    Some(StringMatcher::Prefix {
+        value: p.to_owned(),
+        ignore_case: false,
+    })
 }
 
 fn route(name: &'static str, matches: Vec<RequestMatch>) -> Route<&'static str> {
-    Route { name: name.to_owned(), matches, action: name }
+    Route {
+        name: name.to_owned(),
+        matches,
+        action: name,
+    }
 }
 
 fn on_path(path: Option<StringMatcher>) -> RequestMatch {
-    RequestMatch { path, ..RequestMatch::default() }
+    RequestMatch {
+        path,
+        ..RequestMatch::default()
+    }
 }
 
-fn lookup(table: &RouteTable<&'static str>, authority: &str, path_and_query: &str, headers: &HeaderMap) -> Option<&'static str> {
+fn lookup(
+    table: &RouteTable<&'static str>,
+    authority: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Option<&'static str> {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let request = RequestInfo { authority, path, query, method: "GET", scheme: "http", port: 80, headers };
+    let request = RequestInfo {
+        authority,
+        path,
+        query,
+        method: "GET",
+        scheme: "http",
+        port: 80,
+        headers,
+    };
     table.find(&request).map(|r| r.action)
 }
 
@@ -30,18 +53,44 @@ fn hosts_then_first_matching_prefix() {
         VirtualHost {
             host: "httpbin.example.com".into(),
             routes: vec![
-                route("status-or-delay", vec![on_path(prefix("/status")), on_path(prefix("/delay"))]),
-                route("headers", vec![on_path(Some(StringMatcher::Exact { value: "/headers".into(), ignore_case: false }))]),
+                route(
+                    "status-or-delay",
+                    vec![on_path(prefix("/status")), on_path(prefix("/delay"))],
+                ),
+                route(
+                    "headers",
+                    vec![on_path(Some(StringMatcher::Exact {
+                        value: "/headers".into(),
+                        ignore_case: false,
+                    }))],
+                ),
             ],
         },
-        VirtualHost { host: "*.example.com".into(), routes: vec![route("wildcard", vec![])] },
-        VirtualHost { host: "*.api.example.com".into(), routes: vec![route("deeper-wildcard", vec![])] },
-        VirtualHost { host: "*".into(), routes: vec![route("catch-all", vec![on_path(prefix("/only"))])] },
+        VirtualHost {
+            host: "*.example.com".into(),
+            routes: vec![route("wildcard", vec![])],
+        },
+        VirtualHost {
+            host: "*.api.example.com".into(),
+            routes: vec![route("deeper-wildcard", vec![])],
+        },
+        VirtualHost {
+            host: "*".into(),
+            routes: vec![route("catch-all", vec![on_path(prefix("/only"))])],
+        },
     ]);
     let none = HeaderMap::new();
     let cases = [
-        ("httpbin.example.com", "/status/200", Some("status-or-delay")),
-        ("httpbin.example.com:8080", "/delay/1", Some("status-or-delay")),
+        (
+            "httpbin.example.com",
+            "/status/200",
+            Some("status-or-delay"),
+        ),
+        (
+            "httpbin.example.com:8080",
+            "/delay/1",
+            Some("status-or-delay"),
+        ),
         ("HTTPBIN.Example.COM", "/status", Some("status-or-delay")),
         // Istio's prefix is a string prefix, not a path segment.
         ("httpbin.example.com", "/statusfoo", Some("status-or-delay")),
@@ -62,9 +111,15 @@ fn hosts_then_first_matching_prefix() {
 
 #[test]
 fn no_catch_all_host_means_unknown_hosts_miss() {
-    let table = RouteTable::new(vec![VirtualHost { host: "a.example".into(), routes: vec![route("a", vec![])] }]);
+    let table = RouteTable::new(vec![VirtualHost {
+        host: "a.example".into(),
+        routes: vec![route("a", vec![])],
+    }]);
     assert_eq!(lookup(&table, "b.example", "/", &HeaderMap::new()), None);
-    assert_eq!(lookup(&table, "a.example", "/", &HeaderMap::new()), Some("a"));
+    assert_eq!(
+        lookup(&table, "a.example", "/", &HeaderMap::new()),
+        Some("a")
+    );
 }
 
 #[test]
@@ -72,14 +127,33 @@ fn regex_is_whole_path_and_ignore_case_applies() -> Result<(), regex::Error> {
     let table = RouteTable::new(vec![VirtualHost {
         host: "*".into(),
         routes: vec![
-            route("regex", vec![on_path(Some(StringMatcher::regex("/v[0-9]+/items", false)?))]),
-            route("icase", vec![on_path(Some(StringMatcher::Prefix { value: "/Admin".into(), ignore_case: true }))]),
-            route("icase-regex", vec![on_path(Some(StringMatcher::regex("/ab+", true)?))]),
+            route(
+                "regex",
+                vec![on_path(Some(StringMatcher::regex(
+                    "/v[0-9]+/items",
+                    false,
+                )?))],
+            ),
+            route(
+                "icase",
+                vec![on_path(Some(StringMatcher::Prefix {
+                    value: "/Admin".into(),
+                    ignore_case: true,
+                }))],
+            ),
+            route(
+                "icase-regex",
+                vec![on_path(Some(StringMatcher::regex("/ab+", true)?))],
+            ),
         ],
     }]);
     let none = HeaderMap::new();
     assert_eq!(lookup(&table, "h", "/v2/items", &none), Some("regex"));
-    assert_eq!(lookup(&table, "h", "/v2/items/3", &none), None, "regex must match the whole path");
+    assert_eq!(
+        lookup(&table, "h", "/v2/items/3", &none),
+        None,
+        "regex must match the whole path"
+    );
     assert_eq!(lookup(&table, "h", "/ADMIN/users", &none), Some("icase"));
     assert_eq!(lookup(&table, "h", "/ABBB", &none), Some("icase-regex"));
     Ok(())
@@ -93,21 +167,39 @@ fn headers_query_and_without_headers() {
             route(
                 "canary",
                 vec![RequestMatch {
-                    headers: vec![("x-canary".into(), StringMatcher::Exact { value: "1".into(), ignore_case: false })],
+                    headers: vec![(
+                        "x-canary".into(),
+                        StringMatcher::Exact {
+                            value: "1".into(),
+                            ignore_case: false,
+                        },
+                    )],
                     ..RequestMatch::default()
                 }],
             ),
             route(
                 "debug-query",
                 vec![RequestMatch {
-                    query_params: vec![("debug".into(), StringMatcher::Exact { value: "true".into(), ignore_case: false })],
+                    query_params: vec![(
+                        "debug".into(),
+                        StringMatcher::Exact {
+                            value: "true".into(),
+                            ignore_case: false,
+                        },
+                    )],
                     ..RequestMatch::default()
                 }],
             ),
             route(
                 "no-auth",
                 vec![RequestMatch {
-                    without_headers: vec![("authorization".into(), StringMatcher::Prefix { value: String::new(), ignore_case: false })],
+                    without_headers: vec![(
+                        "authorization".into(),
+                        StringMatcher::Prefix {
+                            value: String::new(),
+                            ignore_case: false,
+                        },
+                    )],
                     ..RequestMatch::default()
                 }],
             ),
@@ -120,7 +212,10 @@ fn headers_query_and_without_headers() {
     let mut authed = HeaderMap::new();
     authed.insert("authorization", HeaderValue::from_static("Bearer x"));
     assert_eq!(lookup(&table, "h", "/", &canary), Some("canary"));
-    assert_eq!(lookup(&table, "h", "/?a=1&debug=true", &authed), Some("debug-query"));
+    assert_eq!(
+        lookup(&table, "h", "/?a=1&debug=true", &authed),
+        Some("debug-query")
+    );
     assert_eq!(lookup(&table, "h", "/?debug=false", &authed), Some("rest"));
     assert_eq!(lookup(&table, "h", "/", &HeaderMap::new()), Some("no-auth"));
 }

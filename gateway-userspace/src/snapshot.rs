@@ -117,7 +117,9 @@ impl RouteAction {
     pub fn pick_cluster(clusters: &[WeightedCluster]) -> Option<&Arc<Cluster>> {
         let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
         if total == 0 {
-            return clusters.get(fastrand::usize(..clusters.len().max(1))).map(|c| &c.cluster);
+            return clusters
+                .get(fastrand::usize(..clusters.len().max(1)))
+                .map(|c| &c.cluster);
         }
         let mut ticket = fastrand::u64(..total);
         for c in clusters {

@@ -47,7 +47,13 @@ impl Diagnostic {
     }
 
     fn new(severity: Severity, message: impl Into<String>) -> Self {
-        Diagnostic { severity, location: None, resource: None, field: None, message: message.into() }
+        Diagnostic {
+            severity,
+            location: None,
+            resource: None,
+            field: None,
+            message: message.into(),
+        }
     }
 
     pub fn at(mut self, location: Option<Location>) -> Self {

@@ -24,14 +24,20 @@ impl Document {
     /// Lines past the end (parsers report "unexpected end" there) point at the last line.
     pub fn location(&self, line_in_document: usize) -> Location {
         let line = line_in_document.clamp(1, self.text.lines().count().max(1));
-        Location { file: self.file.clone(), line: self.first_line + line - 1 }
+        Location {
+            file: self.file.clone(),
+            line: self.first_line + line - 1,
+        }
     }
 }
 
 #[derive(Debug, Error)]
 pub enum SourceError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a file or directory")]
     NotAFile { path: PathBuf },
 }
@@ -48,14 +54,20 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, SourceError> {
     }
     let mut documents = Vec::new();
     for file in files {
-        let text = fs::read_to_string(&file).map_err(|source| SourceError::Io { path: file.clone(), source })?;
+        let text = fs::read_to_string(&file).map_err(|source| SourceError::Io {
+            path: file.clone(),
+            source,
+        })?;
         documents.extend(split_documents(&file, &text));
     }
     Ok(documents)
 }
 
 fn collect_files(path: &Path, given: bool, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
-    let metadata = fs::metadata(path).map_err(|source| SourceError::Io { path: path.to_owned(), source })?;
+    let metadata = fs::metadata(path).map_err(|source| SourceError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     if metadata.is_file() {
         let wanted = path
             .extension()
@@ -69,18 +81,29 @@ fn collect_files(path: &Path, given: bool, files: &mut Vec<PathBuf>) -> Result<(
         return Ok(());
     }
     if !metadata.is_dir() {
-        return Err(SourceError::NotAFile { path: path.to_owned() });
+        return Err(SourceError::NotAFile {
+            path: path.to_owned(),
+        });
     }
     let mut entries = fs::read_dir(path)
-        .map_err(|source| SourceError::Io { path: path.to_owned(), source })?
+        .map_err(|source| SourceError::Io {
+            path: path.to_owned(),
+            source,
+        })?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| SourceError::Io { path: path.to_owned(), source })?;
+        .map_err(|source| SourceError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
     entries.sort();
     for entry in entries {
         // Hidden entries are skipped: Kubernetes volume mounts keep every file twice,
         // once behind the `..data` symlink and once as a visible link into it.
-        let hidden = entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if !hidden {
             collect_files(&entry, false, files)?;
         }
@@ -96,7 +119,12 @@ pub fn split_documents(file: &Path, text: &str) -> Vec<Document> {
     let mut first_line = 1;
     for (index, line) in text.lines().enumerate() {
         if is_separator(line) {
-            push_document(file, first_line, std::mem::take(&mut current), &mut documents);
+            push_document(
+                file,
+                first_line,
+                std::mem::take(&mut current),
+                &mut documents,
+            );
             first_line = index + 2;
             // `--- ` may carry content on the same line (`--- {}`); keep it.
             let rest = line.trim_start_matches("---").trim();
@@ -124,7 +152,11 @@ fn push_document(file: &Path, first_line: usize, text: String, documents: &mut V
         !l.is_empty() && !l.starts_with('#')
     });
     if has_content {
-        documents.push(Document { file: file.to_owned(), first_line, text });
+        documents.push(Document {
+            file: file.to_owned(),
+            first_line,
+            text,
+        });
     }
 }
 
@@ -136,7 +168,10 @@ mod tests {
     fn documents_remember_their_first_line() {
         let text = "# leading comment\na: 1\n---\n\nb: 2\n--- \n# only a comment\n---\nc: 3\n";
         let docs = split_documents(Path::new("x.yaml"), text);
-        let starts: Vec<_> = docs.iter().map(|d| (d.first_line, d.text.trim().to_owned())).collect();
+        let starts: Vec<_> = docs
+            .iter()
+            .map(|d| (d.first_line, d.text.trim().to_owned()))
+            .collect();
         assert_eq!(
             starts,
             vec![
@@ -149,7 +184,8 @@ mod tests {
     }
 
     #[test]
-    fn directories_are_read_recursively_skipping_hidden_entries() -> Result<(), Box<dyn std::error::Error>> {
+    fn directories_are_read_recursively_skipping_hidden_entries()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = std::env::temp_dir().join(format!("gatewayd-source-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("nested"))?;

@@ -1,0 +1,118 @@
+//! The admin surfaces, on Istio's ports: readiness (`/healthz/ready`, 15021), Prometheus
+//! (`/stats/prometheus`, 15090) and the local admin (`/config_dump`, 127.0.0.1:15000).
+//! They run on their own small tasks and read only shared state, never the hot path's.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::{metrics::Metrics, snapshot::Snapshot};
+
+/// Which endpoints an address serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    Readiness,
+    Metrics,
+    Admin,
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    /// True once listeners are bound, false again when draining.
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    pub snapshots: Arc<ArcSwap<Snapshot>>,
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+pub async fn serve(listener: TcpListener, surface: Surface, state: AdminState) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, ?surface, "admin listening");
+    }
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(surface, &state, &request)) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "admin connection");
+            }
+        });
+    }
+}
+
+fn respond(
+    surface: Surface,
+    state: &AdminState,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match (surface, request.uri().path()) {
+        (Surface::Readiness, "/healthz/ready") => {
+            if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (Surface::Metrics, "/stats/prometheus") => {
+            let mut response = text(StatusCode::OK, &state.metrics.encode());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (Surface::Admin, "/config_dump") => {
+            match serde_json::to_string_pretty(&**state.snapshots.load()) {
+                Ok(json) => {
+                    let mut response = text(StatusCode::OK, &json);
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    response
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, ""),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,199 @@
+//! Prometheus metrics, named as Istio's gateway names them where Istio has a name
+//! (`istio_requests_total`, ...) and `gateway_*` for what only this gateway has.
+//! Kernel counters are read from the eBPF maps at scrape time.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::Histogram,
+    },
+    registry::Registry,
+};
+
+use crate::ebpf::KernelPath;
+
+/// Istio's standard labels that mean something at a gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub response_code: u16,
+    pub response_flags: &'static str,
+    pub request_protocol: &'static str,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterfaceLabels {
+    pub interface: String,
+}
+
+/// Istio's buckets for request durations, in milliseconds.
+const DURATION_BUCKETS_MS: [f64; 20] = [
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1000.0,
+    2500.0,
+    5000.0,
+    10000.0,
+    30000.0,
+    60000.0,
+    300000.0,
+    600000.0,
+    1800000.0,
+    3600000.0,
+    f64::MAX,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration_ms: Family<RequestLabels, Histogram>,
+    pub downstream_connections: Family<PortLabels, Counter>,
+    /// 1 per interface the programs are attached to.
+    pub ebpf_attached: Family<InterfaceLabels, Gauge>,
+    /// Times the kernel path could not be loaded or attached and userspace served alone.
+    pub ebpf_fallbacks: Counter,
+}
+
+/// The kernel path as the metrics collector sees it: absent when eBPF is off or failed.
+pub type SharedKernelPath = Arc<Mutex<Option<KernelPath>>>;
+
+impl Metrics {
+    pub fn new(kernel: SharedKernelPath) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "istio_requests",
+            "Requests served, by response code and destination",
+            requests.clone(),
+        );
+        let request_duration_ms = Family::<RequestLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(DURATION_BUCKETS_MS)) as fn() -> Histogram,
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Time from request headers to response headers",
+            request_duration_ms.clone(),
+        );
+        let downstream_connections = Family::<PortLabels, Counter>::default();
+        registry.register(
+            "gateway_downstream_connections",
+            "Connections accepted, by listener bind port",
+            downstream_connections.clone(),
+        );
+        let ebpf_attached = Family::<InterfaceLabels, Gauge>::default();
+        registry.register(
+            "gateway_ebpf_attached",
+            "1 when the XDP program is attached to the interface",
+            ebpf_attached.clone(),
+        );
+        let ebpf_fallbacks = Counter::default();
+        registry.register(
+            "gateway_ebpf_fallbacks",
+            "Times the kernel path could not be used and userspace served alone",
+            ebpf_fallbacks.clone(),
+        );
+        registry.register_collector(Box::new(KernelCollector { kernel }));
+        Metrics {
+            registry,
+            requests,
+            request_duration_ms,
+            downstream_connections,
+            ebpf_attached,
+            ebpf_fallbacks,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+struct KernelCollector {
+    kernel: SharedKernelPath,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(guard) = self.kernel.lock() else {
+            return Ok(());
+        };
+        let Some(kernel) = guard.as_ref() else {
+            return Ok(());
+        };
+        if let Ok(global) = kernel.global_stats() {
+            let mut family = encoder.encode_descriptor(
+                "gateway_kernel_packets",
+                "Packets the XDP program ran on, by header-parsing outcome",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (counter, value) in global {
+                let labels = OutcomeLabels {
+                    outcome: counter.name(),
+                };
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if let Ok(ports) = kernel.port_stats() {
+            for (name, help, pick) in [
+                (
+                    "gateway_kernel_port_packets",
+                    "Packets to a gateway port, seen by the XDP program",
+                    0,
+                ),
+                (
+                    "gateway_kernel_port_bytes",
+                    "Bytes to a gateway port, seen by the XDP program",
+                    1,
+                ),
+            ] {
+                let mut family = encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                for (port, stats) in &ports {
+                    let value = if pick == 0 {
+                        stats.packets
+                    } else {
+                        stats.bytes
+                    };
+                    ConstCounter::new(value)
+                        .encode(family.encode_family(&PortLabels { port: *port })?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

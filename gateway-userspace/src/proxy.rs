@@ -1,0 +1,168 @@
+//! Serving: one accept loop per listener, HTTP/1.1 and h2c on every connection (told
+//! apart by the HTTP/2 preface), each request routed by the snapshot the connection
+//! started with and forwarded to an upstream endpoint.
+
+mod access_log;
+mod forward;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use thiserror::Error;
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::watch,
+};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+pub use access_log::AccessLogFormat;
+
+use crate::{metrics::Metrics, snapshot::Snapshot};
+
+/// Backlog of each listening socket: bursts of new connections queue in the kernel.
+const LISTEN_BACKLOG: u32 = 4096;
+/// Slowloris guard: a client gets this long to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed accept (EMFILE and the like), pause instead of spinning.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Istio's default upstream connect timeout.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle upstream keep-alive connections are closed after this long.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("binding port {port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+}
+
+/// What every connection handler shares.
+pub struct ProxyContext {
+    pub snapshots: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLogFormat,
+    upstream: Client<HttpConnector, Incoming>,
+}
+
+impl ProxyContext {
+    pub fn new(
+        snapshots: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        access_log: AccessLogFormat,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
+        let upstream = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        ProxyContext {
+            snapshots,
+            metrics,
+            access_log,
+            upstream,
+        }
+    }
+}
+
+/// Binds every listener of the snapshot (all addresses, IPv4).
+pub fn bind_listeners(snapshot: &Snapshot) -> Result<Vec<TcpListener>, ProxyError> {
+    let mut listeners = Vec::new();
+    for listener in &snapshot.listeners {
+        let port = listener.bind_port;
+        let bind = || -> std::io::Result<TcpListener> {
+            let socket = TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.set_nodelay(true)?;
+            socket.bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+            socket.listen(LISTEN_BACKLOG)
+        };
+        listeners.push(bind().map_err(|source| ProxyError::Bind { port, source })?);
+    }
+    Ok(listeners)
+}
+
+/// Accepts until `shutdown` turns true, then lets open connections finish their
+/// in-flight requests for up to `drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    mut shutdown: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
+    let bind_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    info!(port = bind_port, "listening");
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(port = bind_port, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        ctx.metrics
+            .downstream_connections
+            .get_or_create(&crate::metrics::PortLabels { port: bind_port })
+            .inc();
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], bind_port)));
+        let _ = stream.set_nodelay(true);
+        // The connection keeps the snapshot it started with, whatever reloads happen.
+        let snapshot = ctx.snapshots.load_full();
+        let connection = forward::Connection {
+            peer,
+            local,
+            snapshot,
+            ctx: ctx.clone(),
+        };
+        let connection = Arc::new(connection);
+        let service = service_fn(move |request| {
+            let connection = connection.clone();
+            async move { Ok::<_, std::convert::Infallible>(connection.handle(request).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(info_span!("conn", %peer)),
+        );
+    }
+
+    drop(listener);
+    info!(port = bind_port, open = graceful.count(), "draining");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            port = bind_port,
+            "drain timeout: closing the remaining connections"
+        );
+    }
+}
