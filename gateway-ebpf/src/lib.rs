@@ -5,6 +5,8 @@
 
 pub mod maps;
 pub mod packet;
+#[cfg(any(test, feature = "test-frames"))]
+pub mod test_frames;
 
 pub use maps::{GlobalCounter, MAX_PORTS, PortStats};
 pub use packet::{Bytes, HeaderError, Headers, IpVersion, parse_headers};

@@ -396,7 +396,7 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        for (key, _) in &route.other {
+        for key in route.other.keys() {
             if !UNSUPPORTED_ACTIONS.contains(&key.as_str()) {
                 self.diagnostics.push(
                     Diagnostic::warning(format!(

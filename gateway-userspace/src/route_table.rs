@@ -103,7 +103,9 @@ impl<A> RouteTable<A> {
                 hosts.exact.entry(host).or_insert(index);
             }
         }
-        hosts.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        hosts
+            .wildcards
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         RouteTable {
             virtual_hosts,
             hosts,

@@ -1,1 +1,490 @@
+//! What the end-to-end tests share: starting the real binaries (gatewayd, the demo
+//! upstream), writing temp configs, running real clients, and building network
+//! namespaces that are removed again whatever happens.
 
+use std::{
+    io::{BufRead, BufReader, Read, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// How long a daemon may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips (returning true) with a reason when the test needs root.
+pub fn skip_unless_root(why: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("SKIPPED: needs root ({why}); `cargo xtask test` runs as root in CI");
+    true
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A binary built by `cargo xtask test` (or `cargo build`), from the env var xtask sets
+/// or the default target dir.
+pub fn binary(env_var: &str, name: &str) -> PathBuf {
+    std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug").join(name))
+}
+
+pub fn gatewayd_bin() -> PathBuf {
+    binary("GATEWAYD_BIN", "gatewayd")
+}
+
+/// A port that was free a moment ago (bind to 0, read, release).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port")
+}
+
+/// Builds `Command`s that run inside a network namespace when given one.
+fn command(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The demo upstream (an httpbin-like echo server) on an ephemeral port.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    _process: Process,
+}
+
+impl Upstream {
+    pub fn start(netns: Option<&str>, listen: &str, name: &str) -> anyhow::Result<Self> {
+        let bin = binary("DEMO_UPSTREAM_BIN", "demo-upstream");
+        let mut child = command(netns, &bin)
+            .args(["--listen", listen, "--name", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("upstream stdout")?;
+        let process = Process { child };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected upstream output {line:?}"))?
+            .parse()?;
+        Ok(Upstream {
+            addr,
+            _process: process,
+        })
+    }
+}
+
+/// A running gatewayd with its own admin ports.
+pub struct Gateway {
+    pub process: Process,
+    pub readiness: SocketAddr,
+    pub metrics: SocketAddr,
+    pub admin: SocketAddr,
+    pub netns: Option<String>,
+    stderr_path: PathBuf,
+    pub stdout_path: PathBuf,
+}
+
+impl Gateway {
+    /// Starts `gatewayd run --config DIR` plus `extra` args and waits for readiness.
+    pub fn start(
+        config: &Path,
+        extra: &[&str],
+        netns: Option<&str>,
+        scratch: &TempDir,
+    ) -> anyhow::Result<Self> {
+        let (readiness, metrics, admin) = (free_port(), free_port(), free_port());
+        let stderr_path = scratch.path().join("gatewayd.stderr");
+        let stdout_path = scratch.path().join("gatewayd.stdout");
+        let child = command(netns, &gatewayd_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(["--readiness-addr", &format!("127.0.0.1:{readiness}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(extra)
+            .stdout(std::fs::File::create(&stdout_path)?)
+            .stderr(std::fs::File::create(&stderr_path)?)
+            .spawn()
+            .context("starting gatewayd (build it first: cargo xtask test does)")?;
+        let mut gateway = Gateway {
+            process: Process { child },
+            readiness: SocketAddr::from(([127, 0, 0, 1], readiness)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            netns: netns.map(str::to_owned),
+            stderr_path,
+            stdout_path,
+        };
+        gateway.wait_ready()?;
+        Ok(gateway)
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.process.child.try_wait()? {
+                bail!(
+                    "gatewayd exited with {status} before it was ready:\n{}",
+                    self.stderr()
+                );
+            }
+            if self
+                .get(self.readiness, "/healthz/ready")
+                .is_ok_and(|(status, _)| status == 200)
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "gatewayd not ready after {READY_TIMEOUT:?}:\n{}",
+            self.stderr()
+        )
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// GET on one of the admin addresses (inside the daemon's namespace if it has one).
+    pub fn get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+        match &self.netns {
+            None => http_get(addr, path),
+            Some(ns) => {
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        ns,
+                        "curl",
+                        "-s",
+                        "-o",
+                        "-",
+                        "-w",
+                        "\n%{http_code}",
+                    ])
+                    .arg(format!("http://{addr}{path}"))
+                    .output()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+                Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
+            }
+        }
+    }
+
+    /// The value of one Prometheus sample, e.g. `gateway_kernel_port_packets_total{port="8080"}`.
+    pub fn metric(&self, sample: &str) -> anyhow::Result<Option<f64>> {
+        let (_, text) = self.get(self.metrics, "/stats/prometheus")?;
+        Ok(text.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        }))
+    }
+}
+
+/// A minimal HTTP/1.0 GET, so readiness polling needs no client library.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Runs curl (inside `netns` if given) and returns (status, headers, body).
+pub fn curl(netns: Option<&str>, args: &[&str]) -> anyhow::Result<CurlResponse> {
+    let mut cmd = command(netns, Path::new("curl"));
+    cmd.args(["-s", "-S", "--max-time", "10", "-D", "-"])
+        .args(args);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().context("running curl")?;
+    if !status.success() {
+        bail!("curl {args:?} failed: {}", String::from_utf8_lossy(&stderr));
+    }
+    let text = String::from_utf8_lossy(&stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(CurlResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+#[derive(Debug)]
+pub struct CurlResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl CurlResponse {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {:?}", self.body))
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+static TEMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl TempDir {
+    pub fn new(label: &str) -> anyhow::Result<Self> {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("gatewayd-e2e-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.0.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Two network namespaces joined by a veth pair at MTU 1500, deleted on drop (which also
+/// deletes the veth pair and everything attached to it).
+pub struct NetnsPair {
+    pub gateway_ns: String,
+    pub client_ns: String,
+    pub gateway_if: String,
+    pub gateway_ip: String,
+    pub client_ip: String,
+}
+
+/// Private addresses used only inside the namespaces the tests create.
+const NETNS_SUBNET: &str = "10.203.0";
+
+impl NetnsPair {
+    pub fn new(label: &str) -> anyhow::Result<Self> {
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let pair = NetnsPair {
+            gateway_ns: format!("gw-{label}-{id}"),
+            client_ns: format!("cli-{label}-{id}"),
+            gateway_if: format!("vgw{id}"),
+            gateway_ip: format!("{NETNS_SUBNET}.2"),
+            client_ip: format!("{NETNS_SUBNET}.1"),
+        };
+        let client_if = format!("vcl{id}");
+        let (gw, cli) = (pair.gateway_ns.as_str(), pair.client_ns.as_str());
+        // From here on, Drop removes whatever was created even if a later step fails.
+        ip(&["netns", "add", gw])?;
+        ip(&["netns", "add", cli])?;
+        ip(&[
+            "link",
+            "add",
+            &pair.gateway_if,
+            "netns",
+            gw,
+            "mtu",
+            "1500",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_if,
+            "netns",
+            cli,
+            "mtu",
+            "1500",
+        ])?;
+        ip(&[
+            "-n",
+            gw,
+            "addr",
+            "add",
+            &format!("{}/24", pair.gateway_ip),
+            "dev",
+            &pair.gateway_if,
+        ])?;
+        ip(&[
+            "-n",
+            cli,
+            "addr",
+            "add",
+            &format!("{}/24", pair.client_ip),
+            "dev",
+            &client_if,
+        ])?;
+        for (ns, dev) in [
+            (gw, pair.gateway_if.as_str()),
+            (cli, client_if.as_str()),
+            (gw, "lo"),
+            (cli, "lo"),
+        ] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(pair)
+    }
+
+    /// `ip link show` of the gateway's veth, to see what is attached to it.
+    pub fn gateway_link(&self) -> anyhow::Result<String> {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.gateway_ns,
+                "link",
+                "show",
+                "dev",
+                &self.gateway_if,
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.gateway_ns]);
+        let _ = ip(&["netns", "del", &self.client_ns]);
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The Istio ingress task's configuration with the gateway's own Service mapping port 80
+/// to `bind_port`, and httpbin's endpoint at `upstream`.
+pub fn httpbin_config(bind_port: u16, upstream: SocketAddr) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {{name: httpbin-gateway, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["httpbin.example.com"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http2, port: 80, targetPort: {bind_port}}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: ["httpbin.example.com"]
+  gateways: [httpbin-gateway]
+  http:
+  - match:
+    - uri: {{prefix: /status}}
+    - uri: {{prefix: /headers}}
+    route:
+    - destination: {{host: httpbin, port: {{number: 8000}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8000, targetPort: {upstream_port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: httpbin-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: httpbin}}
+addressType: IPv4
+ports: [{{name: http, port: {upstream_port}}}]
+endpoints:
+- addresses: ["{upstream_ip}"]
+"#,
+        upstream_port = upstream.port(),
+        upstream_ip = upstream.ip(),
+    )
+}
