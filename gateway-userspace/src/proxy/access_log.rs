@@ -141,7 +141,7 @@ mod tests {
         let cases = [
             (0, "1970-01-01T00:00:00.000Z"),
             (951_782_400_123, "2000-02-29T00:00:00.123Z"),
-            (1_795_350_896_007, "2026-11-22T09:54:56.007Z"),
+            (1_795_350_896_007, "2026-11-22T12:34:56.007Z"),
         ];
         for (millis, want) in cases {
             let t = SystemTime::UNIX_EPOCH + Duration::from_millis(millis);
