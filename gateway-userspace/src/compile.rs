@@ -5,22 +5,21 @@
 //! intersection), route order (VirtualServices oldest first, routes in written order),
 //! and which endpoints each destination reaches (Service port → EndpointSlice port).
 
+mod clusters;
+mod routes;
+
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
 use crate::{
     config::{
-        Diagnostic, Diagnostics, Location, Resources, Sourced,
-        resources::{
-            Destination, Gateway, HttpMatchRequest, HttpRoute, IntOrString, SERVICE_NAME_LABEL,
-            Service, ServicePort, StringMatch, VirtualService,
-        },
+        Diagnostic, Diagnostics, Resources, Sourced,
+        resources::{Gateway, IntOrString, Service, VirtualService},
     },
-    route_table::{RequestMatch, Route, RouteTable, StringMatcher, VirtualHost},
-    snapshot::{Cluster, KernelPolicy, Listener, Protocol, RouteAction, Snapshot, WeightedCluster},
+    route_table::{Route, RouteTable, VirtualHost},
+    snapshot::{Cluster, KernelPolicy, Listener, Protocol, RouteAction, Snapshot},
 };
 
 /// Who this gateway is: the labels its pods carry and its namespace.
@@ -353,8 +352,8 @@ impl<'a> Compiler<'a> {
             for host in accepted_hosts {
                 match hosts.iter_mut().find(|(h, _)| *h == host) {
                     // Several VirtualServices for one host: routes concatenate in order.
-                    Some((_, existing)) => existing.extend(routes.iter().map(clone_route)),
-                    None => hosts.push((host, routes.iter().map(clone_route).collect())),
+                    Some((_, existing)) => existing.extend(routes.iter().map(routes::clone_route)),
+                    None => hosts.push((host, routes.iter().map(routes::clone_route).collect())),
                 }
             }
         }
@@ -365,250 +364,10 @@ impl<'a> Compiler<'a> {
                 .collect(),
         )
     }
-
-    fn route(
-        &mut self,
-        vs: &Sourced<VirtualService>,
-        index: usize,
-        route: &HttpRoute,
-        port: u16,
-    ) -> Option<Route<RouteAction>> {
-        let meta = &vs.resource.metadata;
-        let resource = format!("VirtualService {}", name_of(meta));
-        let field = format!("spec.http[{index}]");
-        let name = format!(
-            "{}.{}",
-            name_of(meta),
-            route.name.clone().unwrap_or_else(|| index.to_string())
-        );
-        let mut matches = Vec::new();
-        for (m_index, m) in route.matches.iter().enumerate() {
-            match compile_match(m) {
-                Ok(compiled) => matches.push(compiled),
-                Err((sub_field, message)) => {
-                    self.diagnostics.push(
-                        Diagnostic::error(message)
-                            .at(vs.location.clone())
-                            .resource(&resource)
-                            .field(format!("{field}.match[{m_index}].{sub_field}")),
-                    );
-                    return None;
-                }
-            }
-        }
-        for key in route.other.keys() {
-            if !UNSUPPORTED_ACTIONS.contains(&key.as_str()) {
-                self.diagnostics.push(
-                    Diagnostic::warning(format!(
-                        "`{key}` is not applied yet; the route forwards without it"
-                    ))
-                    .at(vs.location.clone())
-                    .resource(&resource)
-                    .field(format!("{field}.{key}")),
-                );
-            }
-        }
-        if let Some(key) = route
-            .other
-            .keys()
-            .find(|k| UNSUPPORTED_ACTIONS.contains(&k.as_str()))
-        {
-            self.diagnostics.push(
-                Diagnostic::warning(format!(
-                    "`{key}` is not served yet; requests that reach this route get 501"
-                ))
-                .at(vs.location.clone())
-                .resource(&resource)
-                .field(format!("{field}.{key}")),
-            );
-            return Some(Route {
-                name,
-                matches,
-                action: RouteAction::Unsupported(key.clone()),
-            });
-        }
-        if route.route.is_empty() {
-            self.diagnostics.push(
-                Diagnostic::error("a route needs at least one destination under `route`")
-                    .at(vs.location.clone())
-                    .resource(&resource)
-                    .field(format!("{field}.route")),
-            );
-            return None;
-        }
-        let mut clusters = Vec::new();
-        for (d_index, destination) in route.route.iter().enumerate() {
-            let d_field = format!("{field}.route[{d_index}].destination");
-            let cluster = self.cluster(
-                &destination.destination,
-                meta.namespace(),
-                vs.location.as_ref(),
-                &resource,
-                &d_field,
-            );
-            let weight = destination
-                .weight
-                .unwrap_or(if route.route.len() == 1 { 100 } else { 0 });
-            clusters.push(WeightedCluster { weight, cluster });
-        }
-        let _ = port;
-        Some(Route {
-            name,
-            matches,
-            action: RouteAction::Forward(clusters),
-        })
-    }
-
-    /// The cluster a destination names; one with no endpoints (503 at request time) when
-    /// the Service, its port or its endpoints are missing, with a warning saying which.
-    fn cluster(
-        &mut self,
-        destination: &Destination,
-        vs_namespace: &str,
-        location: Option<&Location>,
-        resource: &str,
-        field: &str,
-    ) -> Arc<Cluster> {
-        let (name, namespace) = resolve_service_host(&destination.host, vs_namespace);
-        let fqdn = format!("{name}.{namespace}.{CLUSTER_DOMAIN}");
-        let service = self
-            .resources
-            .services
-            .iter()
-            .map(|s| &s.resource)
-            .find(|s| s.metadata.name == name && s.metadata.namespace() == namespace);
-        let warn = |diagnostics: &mut Diagnostics, message: String| {
-            diagnostics.push(
-                Diagnostic::warning(message)
-                    .at(location.cloned())
-                    .resource(resource)
-                    .field(field.to_owned()),
-            );
-        };
-        let Some(service) = service else {
-            warn(
-                &mut self.diagnostics,
-                format!(
-                    "no Service {namespace}/{name} for host {}; requests get 503",
-                    destination.host
-                ),
-            );
-            let port = destination.port.as_ref().map_or(0, |p| p.number);
-            return self.intern(Cluster::new(fqdn, name, namespace, port as u16, Vec::new()));
-        };
-        let service_port = match &destination.port {
-            Some(p) => service.spec.ports.iter().find(|sp| sp.port == p.number),
-            None if service.spec.ports.len() == 1 => service.spec.ports.first(),
-            None => None,
-        };
-        let Some(service_port) = service_port else {
-            let have: Vec<u32> = service.spec.ports.iter().map(|p| p.port).collect();
-            warn(
-                &mut self.diagnostics,
-                match &destination.port {
-                    Some(p) => format!(
-                        "Service {namespace}/{name} has no port {} (it has {have:?}); requests get 503",
-                        p.number
-                    ),
-                    None => format!(
-                        "Service {namespace}/{name} has ports {have:?}: say which with destination.port.number"
-                    ),
-                },
-            );
-            return self.intern(Cluster::new(fqdn, name, namespace, 0, Vec::new()));
-        };
-        let port = u16::try_from(service_port.port).unwrap_or(0);
-        let key = format!("outbound|{port}||{fqdn}");
-        if let Some(existing) = self.clusters.get(&key) {
-            return existing.clone();
-        }
-        let endpoints = self.endpoints(service, service_port);
-        if endpoints.is_empty() {
-            warn(
-                &mut self.diagnostics,
-                format!(
-                    "Service {namespace}/{name} port {port} has no ready endpoints; requests get 503"
-                ),
-            );
-        }
-        self.intern(Cluster::new(fqdn, name, namespace, port, endpoints))
-    }
-
-    fn intern(&mut self, cluster: Cluster) -> Arc<Cluster> {
-        self.clusters
-            .entry(cluster.name.clone())
-            .or_insert_with(|| Arc::new(cluster))
-            .clone()
-    }
-
-    /// Ready endpoints of a Service port: EndpointSlice ports carry the Service port's name.
-    fn endpoints(&mut self, service: &Service, service_port: &ServicePort) -> Vec<SocketAddr> {
-        let namespace = service.metadata.namespace();
-        let mut endpoints = Vec::new();
-        for slice in &self.resources.endpoint_slices {
-            let slice = &slice.resource;
-            if slice.metadata.namespace() != namespace
-                || slice.metadata.labels.get(SERVICE_NAME_LABEL) != Some(&service.metadata.name)
-            {
-                continue;
-            }
-            let target = slice
-                .ports
-                .iter()
-                .find(|p| p.name.as_deref().unwrap_or_default() == service_port.name)
-                .map(|p| p.port)
-                .or(match &service_port.target_port {
-                    Some(IntOrString::Int(n)) => Some(*n),
-                    Some(IntOrString::String(_)) => None,
-                    None => Some(service_port.port),
-                });
-            let Some(target) = target.and_then(|t| u16::try_from(t).ok()) else {
-                continue;
-            };
-            for endpoint in &slice.endpoints {
-                if endpoint.conditions.ready == Some(false) {
-                    continue;
-                }
-                for address in &endpoint.addresses {
-                    match address.parse::<IpAddr>() {
-                        Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
-                        Err(_) => self.diagnostics.push(
-                            Diagnostic::warning(format!(
-                                "endpoint address {address:?} is not an IP address; skipped"
-                            ))
-                            .resource(format!("EndpointSlice {}", name_of(&slice.metadata))),
-                        ),
-                    }
-                }
-            }
-        }
-        endpoints.sort_unstable();
-        endpoints.dedup();
-        endpoints
-    }
 }
 
-fn name_of(meta: &crate::config::resources::ObjectMeta) -> String {
+pub(crate) fn name_of(meta: &crate::config::resources::ObjectMeta) -> String {
     format!("{}/{}", meta.namespace(), meta.name)
-}
-
-fn clone_route(route: &Route<RouteAction>) -> Route<RouteAction> {
-    Route {
-        name: route.name.clone(),
-        matches: route.matches.clone(),
-        action: match &route.action {
-            RouteAction::Forward(clusters) => RouteAction::Forward(
-                clusters
-                    .iter()
-                    .map(|c| WeightedCluster {
-                        weight: c.weight,
-                        cluster: c.cluster.clone(),
-                    })
-                    .collect(),
-            ),
-            RouteAction::Unsupported(what) => RouteAction::Unsupported(what.clone()),
-        },
-    }
 }
 
 /// Does the VirtualService name this Gateway in `gateways` (short names resolve in the
@@ -679,80 +438,6 @@ fn covers(wide: &str, narrow: &str) -> bool {
         // `*.example.com` covers `a.example.com` and `*.a.example.com`.
         Some(suffix) => narrow.len() > suffix.len() && narrow.ends_with(suffix),
         None => false,
-    }
-}
-
-/// `httpbin` → (httpbin, vs namespace); `httpbin.ns` and `httpbin.ns.svc.cluster.local`
-/// → (httpbin, ns).
-fn resolve_service_host(host: &str, vs_namespace: &str) -> (String, String) {
-    let host = host.trim_end_matches('.');
-    let short = host
-        .strip_suffix(&format!(".{CLUSTER_DOMAIN}"))
-        .or_else(|| host.strip_suffix(".svc"))
-        .unwrap_or(host);
-    match short.split_once('.') {
-        Some((name, namespace)) if !namespace.contains('.') => {
-            (name.to_owned(), namespace.to_owned())
-        }
-        Some(_) => (host.to_owned(), vs_namespace.to_owned()),
-        None => (short.to_owned(), vs_namespace.to_owned()),
-    }
-}
-
-fn compile_match(m: &HttpMatchRequest) -> Result<RequestMatch, (String, String)> {
-    let string = |field: &str,
-                  s: &Option<StringMatch>,
-                  ignore_case: bool|
-     -> Result<Option<StringMatcher>, (String, String)> {
-        s.as_ref()
-            .map(|s| compile_string_match(s, ignore_case).map_err(|e| (field.to_owned(), e)))
-            .transpose()
-    };
-    let map = |field: &str,
-               entries: &BTreeMap<String, StringMatch>|
-     -> Result<Vec<(String, StringMatcher)>, (String, String)> {
-        entries
-            .iter()
-            .map(|(name, s)| {
-                compile_string_match(s, false)
-                    .map(|m| (name.to_ascii_lowercase(), m))
-                    .map_err(|e| (format!("{field}.{name}"), e))
-            })
-            .collect()
-    };
-    let port = match m.port {
-        Some(p) => Some(
-            u16::try_from(p)
-                .map_err(|_| ("port".to_owned(), format!("port {p} is not a TCP port")))?,
-        ),
-        None => None,
-    };
-    Ok(RequestMatch {
-        path: string("uri", &m.uri, m.ignore_uri_case)?,
-        method: string("method", &m.method, false)?,
-        scheme: string("scheme", &m.scheme, false)?,
-        authority: string("authority", &m.authority, false)?,
-        headers: map("headers", &m.headers)?,
-        without_headers: map("withoutHeaders", &m.without_headers)?,
-        query_params: map("queryParams", &m.query_params)?,
-        port,
-    })
-}
-
-fn compile_string_match(s: &StringMatch, ignore_case: bool) -> Result<StringMatcher, String> {
-    match (&s.exact, &s.prefix, &s.regex) {
-        (Some(exact), None, None) => Ok(StringMatcher::Exact {
-            value: exact.clone(),
-            ignore_case,
-        }),
-        (None, Some(prefix), None) => Ok(StringMatcher::Prefix {
-            value: prefix.clone(),
-            ignore_case,
-        }),
-        (None, None, Some(regex)) => {
-            StringMatcher::regex(regex, ignore_case).map_err(|e| format!("invalid regex: {e}"))
-        }
-        _ => Err("expected exactly one of exact, prefix or regex".to_owned()),
     }
 }
 

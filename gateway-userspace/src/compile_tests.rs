@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::*;
+use super::{clusters::resolve_service_host, *};
 use crate::{config, config::source::split_documents, route_table::RequestInfo};
 
 fn compile_yaml(yaml: &str) -> (Snapshot, Diagnostics) {
