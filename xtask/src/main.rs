@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | run | test`: the developer and CI entry points.
+//! `cargo xtask setup | build | run | test | bench`: the developer and CI entry points.
 //!
 //! Every cargo child runs in the workspace root with the `cargo` that runs us (env `CARGO`),
 //! and every child gets a PATH that includes `$CARGO_HOME/bin` (where bpf-linker lands).
@@ -17,6 +17,8 @@ use std::{env, thread};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +48,13 @@ enum Task {
         #[arg(long)]
         debug: bool,
     },
+    /// Run benchmarks (all, or the ones named) and write their tables under target/bench/.
+    Bench {
+        /// Benchmark names; none runs them all. `cargo xtask bench --list` lists them.
+        names: Vec<String>,
+        #[arg(long)]
+        list: bool,
+    },
     /// Setup, build, then run unit, kernel-program and end-to-end tests, stopping at the first failure.
     Test {
         /// Passed to every `cargo test` after its `--`, e.g. a test-name filter.
@@ -66,6 +75,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(&ws, release),
         Task::Run { config, debug } => run(&ws, config, debug),
         Task::Test { args } => test(&ws, &args),
+        Task::Bench { names, list } => bench::run(&ws, &names, list),
     }
 }
 
@@ -580,7 +590,7 @@ fn test(ws: &Workspace, extra: &[String]) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-struct Workspace {
+pub(crate) struct Workspace {
     /// The workspace root: the parent of xtask/.
     root: PathBuf,
     /// The cargo that runs us (env CARGO), or `cargo` from PATH.
@@ -631,7 +641,7 @@ impl Workspace {
 
     /// Cargo's target directory: CARGO_TARGET_DIR (or CARGO_BUILD_TARGET_DIR) if set,
     /// else `<workspace>/target`.
-    fn target_dir(&self) -> PathBuf {
+    pub(crate) fn target_dir(&self) -> PathBuf {
         env::var_os("CARGO_TARGET_DIR")
             .or_else(|| env::var_os("CARGO_BUILD_TARGET_DIR"))
             .map(|dir| self.root.join(dir))

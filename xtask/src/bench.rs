@@ -1,0 +1,58 @@
+//! `cargo xtask bench [NAME...]`: benchmarks side by side with real peers (nginx,
+//! HAProxy) on this machine, reported as ratios and CPU per unit of work, never asserted.
+//! Each benchmark lives in its own module under `bench/` and writes a Markdown table to
+//! `target/bench/NAME.md`; `docs/benchmarks.md` collects the figures with the commands.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use crate::Workspace;
+
+/// A benchmark: its name on the command line, what it measures, and how to run it.
+pub(crate) struct Bench {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&Workspace) -> Result<String>,
+}
+
+/// Every benchmark, in the order `cargo xtask bench` runs them.
+const BENCHES: &[Bench] = &[];
+
+pub(crate) fn run(ws: &Workspace, names: &[String], list: bool) -> Result<()> {
+    if list || BENCHES.is_empty() {
+        for b in BENCHES {
+            println!("{:20} {}", b.name, b.about);
+        }
+        if BENCHES.is_empty() {
+            println!("no benchmarks yet");
+        }
+        return Ok(());
+    }
+    let selected: Vec<&Bench> = if names.is_empty() {
+        BENCHES.iter().collect()
+    } else {
+        let mut selected = Vec::new();
+        for name in names {
+            match BENCHES.iter().find(|b| b.name == name) {
+                Some(b) => selected.push(b),
+                None => bail!("no benchmark {name:?}; `cargo xtask bench --list` lists them"),
+            }
+        }
+        selected
+    };
+    let out_dir = results_dir(ws);
+    std::fs::create_dir_all(&out_dir)?;
+    for bench in selected {
+        println!("\n==== bench {}: {}", bench.name, bench.about);
+        let table = (bench.run)(ws)?;
+        let path = out_dir.join(format!("{}.md", bench.name));
+        std::fs::write(&path, &table)?;
+        println!("{table}\n(written to {})", path.display());
+    }
+    Ok(())
+}
+
+pub(crate) fn results_dir(ws: &Workspace) -> PathBuf {
+    ws.target_dir().join("bench")
+}
