@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use diagnostics::{Diagnostic, Diagnostics, Location, Severity};
-use resources::{EndpointSlice, Gateway, ObjectMeta, Service, VirtualService};
+use resources::{EndpointSlice, Gateway, ObjectMeta, Secret, Service, VirtualService};
 pub use source::SourceError;
 use source::{Document, read_documents};
 
@@ -33,6 +33,7 @@ pub struct Resources {
     pub virtual_services: Vec<Sourced<VirtualService>>,
     pub services: Vec<Sourced<Service>>,
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+    pub secrets: Vec<Sourced<Secret>>,
     /// `apiVersion kind` → how many documents of that kind were skipped.
     pub skipped: BTreeMap<String, usize>,
 }
@@ -216,6 +217,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         (ISTIO_NETWORKING, "VirtualService") => parsed!(virtual_services),
         ("", "Service") => parsed!(services),
         ("discovery.k8s.io", "EndpointSlice") => parsed!(endpoint_slices),
+        ("", "Secret") => parsed!(secrets),
         (ISTIO_NETWORKING, _) | (GATEWAY_API, _) => {
             diagnostics.push(
                 Diagnostic::warning(format!("{kind} ({api_version}) is not served yet; skipped"))

@@ -9,6 +9,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod core_v1;
+pub mod gateway_api;
+pub mod istio;
+
+pub use core_v1::Endpoints;
+pub use istio::{DestinationRule, ServiceEntry};
+
 /// Namespace of a resource that does not name one: what `kubectl apply` would use.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -77,6 +84,14 @@ pub struct ServerTls {
     pub https_redirect: bool,
     pub mode: Option<String>,
     pub credential_name: Option<String>,
+    pub credential_names: Vec<String>,
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub min_protocol_version: Option<String>,
+    pub max_protocol_version: Option<String>,
+    pub cipher_suites: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -249,4 +264,23 @@ pub struct EndpointPort {
     pub port: u32,
     #[serde(default)]
     pub protocol: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// v1 Secret (TLS credentials named by a Gateway server's `credentialName`)
+
+/// A Secret as mounted or exported: `data` is base64 (as the API returns it),
+/// `stringData` is plain text (as people write it by hand). Keys used: `tls.crt`,
+/// `tls.key`, `ca.crt` (type `kubernetes.io/tls`) or `cert`, `key`, `cacert` (generic).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, rename = "type")]
+    pub secret_type: Option<String>,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
 }
