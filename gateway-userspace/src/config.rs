@@ -11,13 +11,32 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use diagnostics::{Diagnostic, Diagnostics, Location, Severity};
-use resources::{EndpointSlice, Gateway, ObjectMeta, Secret, Service, VirtualService};
+use resources::{
+    DestinationRule, EndpointSlice, Endpoints, Gateway, ObjectMeta, Secret, Service,
+    ServiceEntry, VirtualService,
+    gateway_api::{
+        ApiGateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute,
+    },
+};
 pub use source::SourceError;
 use source::{Document, read_documents};
 
 const ISTIO_NETWORKING: &str = "networking.istio.io";
 const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
+/// Gateway API versions each kind is served in; the alpha ones are what older clusters
+/// (Gateway API ≤ 1.4) still serve for the experimental kinds.
+const GATEWAY_API_VERSIONS: [(&str, &[&str]); 7] = [
+    ("GatewayClass", &["v1", "v1beta1"]),
+    ("Gateway", &["v1", "v1beta1"]),
+    ("HTTPRoute", &["v1", "v1beta1"]),
+    ("GRPCRoute", &["v1", "v1alpha2"]),
+    ("TLSRoute", &["v1", "v1alpha3", "v1alpha2"]),
+    ("TCPRoute", &["v1", "v1alpha2"]),
+    ("ReferenceGrant", &["v1", "v1beta1", "v1alpha2"]),
+];
+/// Istio networking kinds that are served.
+const ISTIO_KINDS: [&str; 4] = ["Gateway", "VirtualService", "DestinationRule", "ServiceEntry"];
 
 /// A resource and where its document starts.
 #[derive(Clone, Debug)]
@@ -33,6 +52,17 @@ pub struct Resources {
     pub virtual_services: Vec<Sourced<VirtualService>>,
     pub services: Vec<Sourced<Service>>,
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+    pub endpoints: Vec<Sourced<Endpoints>>,
+    pub destination_rules: Vec<Sourced<DestinationRule>>,
+    pub service_entries: Vec<Sourced<ServiceEntry>>,
+    pub gateway_classes: Vec<Sourced<GatewayClass>>,
+    /// Gateway API Gateways (`gateways` holds Istio's).
+    pub api_gateways: Vec<Sourced<ApiGateway>>,
+    pub http_routes: Vec<Sourced<HttpRoute>>,
+    pub grpc_routes: Vec<Sourced<GrpcRoute>>,
+    pub tls_routes: Vec<Sourced<TlsRoute>>,
+    pub tcp_routes: Vec<Sourced<TcpRoute>>,
+    pub reference_grants: Vec<Sourced<ReferenceGrant>>,
     pub secrets: Vec<Sourced<Secret>>,
     /// `apiVersion kind` → how many documents of that kind were skipped.
     pub skipped: BTreeMap<String, usize>,
@@ -201,8 +231,25 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         };
     }
 
+    let gateway_api_versions = GATEWAY_API_VERSIONS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, versions)| *versions);
     match (group, kind.as_str()) {
-        (ISTIO_NETWORKING, "Gateway" | "VirtualService") if !ISTIO_VERSIONS.contains(&version) => {
+        (GATEWAY_API, _) if gateway_api_versions.is_some_and(|v| !v.contains(&version)) => {
+            diagnostics.push(
+                Diagnostic::error(format!(
+                    "unknown version {version} of {kind}: expected one of {}",
+                    gateway_api_versions.unwrap_or_default().join(", ")
+                ))
+                .at(location)
+                .resource(resource)
+                .field("apiVersion"),
+            );
+        }
+        (ISTIO_NETWORKING, _)
+            if ISTIO_KINDS.contains(&kind.as_str()) && !ISTIO_VERSIONS.contains(&version) =>
+        {
             diagnostics.push(
                 Diagnostic::error(format!(
                     "unknown version {version}: expected one of {}",
@@ -217,6 +264,16 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         (ISTIO_NETWORKING, "VirtualService") => parsed!(virtual_services),
         ("", "Service") => parsed!(services),
         ("discovery.k8s.io", "EndpointSlice") => parsed!(endpoint_slices),
+        ("", "Endpoints") => parsed!(endpoints),
+        (ISTIO_NETWORKING, "DestinationRule") => parsed!(destination_rules),
+        (ISTIO_NETWORKING, "ServiceEntry") => parsed!(service_entries),
+        (GATEWAY_API, "GatewayClass") => parsed!(gateway_classes),
+        (GATEWAY_API, "Gateway") => parsed!(api_gateways),
+        (GATEWAY_API, "HTTPRoute") => parsed!(http_routes),
+        (GATEWAY_API, "GRPCRoute") => parsed!(grpc_routes),
+        (GATEWAY_API, "TLSRoute") => parsed!(tls_routes),
+        (GATEWAY_API, "TCPRoute") => parsed!(tcp_routes),
+        (GATEWAY_API, "ReferenceGrant") => parsed!(reference_grants),
         ("", "Secret") => parsed!(secrets),
         (ISTIO_NETWORKING, _) | (GATEWAY_API, _) => {
             diagnostics.push(
