@@ -33,8 +33,10 @@ fn route(snapshot: &Snapshot, port: u16, host: &str, path: &str) -> String {
     match listener.routes.find(&request).map(|r| &r.action) {
         None => "404".into(),
         Some(RouteAction::Unsupported(what)) => format!("501 {what}"),
-        Some(RouteAction::Forward(clusters)) => {
-            let cluster = &clusters[0].cluster;
+        Some(RouteAction::Redirect(redirect)) => format!("redirect {}", redirect.status),
+        Some(RouteAction::DirectResponse(direct)) => format!("direct {}", direct.status),
+        Some(RouteAction::Forward(forward)) => {
+            let cluster = &forward.clusters[0].cluster;
             cluster
                 .pick()
                 .map_or_else(|| format!("503 {}", cluster.name), |e| e.to_string())

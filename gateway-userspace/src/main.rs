@@ -22,7 +22,10 @@ use gateway::{
     config::{self, Diagnostics},
     ebpf::{EbpfMode, KernelPath},
     metrics::{InterfaceLabels, Metrics, SharedKernelPath},
-    proxy::{self, AccessLogFormat, ProxyContext},
+    listeners::ListenerSet,
+    logging::{self, LogLevel},
+    proxy::{AccessLogFormat, ProxyContext},
+    reload::{ConfigSource, Reloader},
     snapshot::{RouteAction, Snapshot},
 };
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -134,6 +137,14 @@ impl ConfigArgs {
         identity
     }
 
+    /// What a reload compiles: the same paths and identity as the first load.
+    fn source(&self) -> ConfigSource {
+        ConfigSource {
+            paths: self.config.clone(),
+            identity: self.identity(),
+        }
+    }
+
     /// load → validate → compile. Errors in any document stop here.
     fn compile(&self) -> anyhow::Result<(Snapshot, Diagnostics, usize)> {
         let (resources, mut diagnostics) = config::load(&self.config)?;
@@ -197,8 +208,8 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
                 };
                 println!("    [{index}] {} when {matches}", route.name);
                 match &route.action {
-                    RouteAction::Forward(clusters) => {
-                        for c in clusters {
+                    RouteAction::Forward(forward) => {
+                        for c in &forward.clusters {
                             let endpoints: Vec<String> = c
                                 .cluster
                                 .endpoints
@@ -216,6 +227,12 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
                             );
                         }
                     }
+                    RouteAction::Redirect(redirect) => {
+                        println!("        → redirect {}", redirect.status)
+                    }
+                    RouteAction::DirectResponse(direct) => {
+                        println!("        → direct response {}", direct.status)
+                    }
                     RouteAction::Unsupported(what) => {
                         println!("        → 501 (`{what}` not served yet)")
                     }
@@ -227,14 +244,14 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    init_logging(args.log_json);
+    let log_level = logging::init(args.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, log_level))
 }
 
-async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
     let (snapshot, diagnostics, skipped) = args.config.compile()?;
     for d in diagnostics.warnings() {
         warn!("{d}");
@@ -275,12 +292,19 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
-    let listeners = proxy::bind_listeners(&snapshots.load())?;
+    let ctx = Arc::new(ProxyContext::new(
+        snapshots.clone(),
+        metrics.clone(),
+        args.access_log,
+    ));
+    let listeners = Arc::new(ListenerSet::new(ctx, args.drain_timeout));
+    let bound = listeners.bind_new(&snapshots.load()).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let admin_state = AdminState {
         ready: ready.clone(),
         metrics: metrics.clone(),
         snapshots: snapshots.clone(),
+        log_level: Some(log_level),
     };
     for (addr, surface) in [
         (args.readiness_addr, Surface::Readiness),
@@ -293,23 +317,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(admin::serve(listener, surface, admin_state.clone()));
     }
 
-    let ctx = Arc::new(ProxyContext::new(
-        snapshots.clone(),
-        metrics.clone(),
-        args.access_log,
-    ));
+    listeners.start(bound, &snapshots.load());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let servers: Vec<_> = listeners
-        .into_iter()
-        .map(|l| {
-            tokio::spawn(proxy::serve(
-                l,
-                ctx.clone(),
-                shutdown_rx.clone(),
-                args.drain_timeout,
-            ))
-        })
-        .collect();
+    let reloader = Reloader {
+        source: args.config.source(),
+        snapshots: snapshots.clone(),
+        listeners: listeners.clone(),
+        kernel: kernel.clone(),
+        metrics: metrics.clone(),
+    };
+    let reloading = tokio::spawn(reloader.watch(shutdown_rx)?);
     ready.store(true, Ordering::Relaxed);
     info!("ready");
 
@@ -317,9 +334,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     info!(drain_timeout = ?args.drain_timeout, "shutting down: not ready, no new connections, draining");
     ready.store(false, Ordering::Relaxed);
     let _ = shutdown.send(true);
-    for server in servers {
-        let _ = server.await;
-    }
+    let _ = reloading.await;
+    listeners.shutdown().await;
     // Dropping the kernel path closes its links: the programs detach.
     if let Ok(mut slot) = kernel.lock() {
         slot.take();
@@ -334,7 +350,7 @@ fn start_kernel_path(
     metrics: &Metrics,
 ) -> anyhow::Result<KernelPath> {
     let mut path = KernelPath::load()?;
-    path.set_ports(&snapshot.kernel.ports)?;
+    path.apply_policy(&snapshot.kernel)?;
     for interface in interfaces {
         let mode = path.attach(interface)?;
         metrics
@@ -359,19 +375,6 @@ async fn wait_for_termination() -> anyhow::Result<()> {
         _ = int.recv() => info!("SIGINT"),
     }
     Ok(())
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

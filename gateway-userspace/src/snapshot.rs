@@ -5,14 +5,17 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
+        Arc, OnceLock,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use regex::Regex;
+use serde::{Serialize, Serializer};
 
-use crate::route_table::RouteTable;
+use crate::route_table::{RouteTable, StringMatcher};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Snapshot {
@@ -33,6 +36,9 @@ pub struct Listener {
     /// `Gateway namespace/name` of each server merged into this listener.
     pub servers: Vec<String>,
     pub routes: RouteTable<RouteAction>,
+    /// HTTPS, TLS and TCP ports: SNI selection, termination, passthrough, TCP routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Arc<crate::tls::Transport>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -41,6 +47,9 @@ pub enum Protocol {
     Http,
     Http2,
     Grpc,
+    Https,
+    Tls,
+    Tcp,
 }
 
 impl Protocol {
@@ -49,25 +58,353 @@ impl Protocol {
             "HTTP" => Some(Protocol::Http),
             "HTTP2" => Some(Protocol::Http2),
             "GRPC" | "GRPC-WEB" => Some(Protocol::Grpc),
+            "HTTPS" => Some(Protocol::Https),
+            "TLS" => Some(Protocol::Tls),
+            "TCP" | "MONGO" | "REDIS" | "MYSQL" => Some(Protocol::Tcp),
             _ => None,
         }
     }
 }
 
-#[derive(Debug, Serialize)]
+/// What a matched route does with the request. Istio VirtualService `http` routes and
+/// Gateway API HTTPRoute rules both compile into these.
+#[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RouteAction {
-    /// Proxy to one of these clusters, chosen by weight.
-    Forward(Vec<WeightedCluster>),
-    /// The route asks for something the data plane does not do yet; answered with 501
+    /// Proxy to one of the clusters, chosen by weight, with the route's policies.
+    Forward(Box<Forward>),
+    /// Answer with a redirect (Istio `redirect`, Gateway API RequestRedirect).
+    Redirect(Box<Redirect>),
+    /// Answer locally (Istio `directResponse`).
+    DirectResponse(Box<DirectResponse>),
+    /// The route asks for something the data plane does not do; answered with 501
     /// rather than silently proxying a request the user meant to be handled otherwise.
     Unsupported(String),
 }
 
-#[derive(Debug, Serialize)]
+/// A proxied route: destinations plus everything Istio lets a route say about them.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forward {
+    pub clusters: Vec<WeightedCluster>,
+    /// Header operations of the route (Istio `headers`, Gateway API
+    /// RequestHeaderModifier/ResponseHeaderModifier).
+    #[serde(skip_serializing_if = "HeaderPolicy::is_empty")]
+    pub headers: HeaderPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// Whole-request timeout (first byte of request to response headers); None: no limit,
+    /// as Istio's default.
+    #[serde(skip_serializing_if = "Option::is_none", with = "duration_opt")]
+    pub timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    /// Copies of the request sent to these clusters, responses ignored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPolicy>,
+}
+
+impl Forward {
+    /// A plain forward to these clusters with Istio's defaults for everything else.
+    pub fn to(clusters: Vec<WeightedCluster>) -> Self {
+        Forward {
+            clusters,
+            ..Forward::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct WeightedCluster {
     pub weight: u32,
     pub cluster: Arc<Cluster>,
+    /// Header operations of this destination (Istio `route[].headers`, Gateway API
+    /// backendRef filters), applied after the route's.
+    #[serde(skip_serializing_if = "HeaderPolicy::is_empty")]
+    pub headers: HeaderPolicy,
+}
+
+impl WeightedCluster {
+    pub fn new(weight: u32, cluster: Arc<Cluster>) -> Self {
+        WeightedCluster {
+            weight,
+            cluster,
+            headers: HeaderPolicy::default(),
+        }
+    }
+}
+
+/// Header operations for the request (towards the upstream) and the response (towards
+/// the client).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HeaderPolicy {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+impl HeaderPolicy {
+    pub fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+}
+
+/// `set` replaces, `add` appends, `remove` deletes; applied remove → set → add, as
+/// Envoy applies header_to_remove before headers_to_add.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HeaderOps {
+    #[serde(serialize_with = "header_pairs")]
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "header_pairs")]
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "header_names")]
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// How the path of a forwarded or redirected request changes.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PathRewrite {
+    /// Replaces the prefix the route matched; the whole path when the route matched it
+    /// otherwise (Istio `rewrite.uri`, Gateway API ReplacePrefixMatch).
+    Prefix(String),
+    /// Replaces the whole path (Istio `redirect.uri`, Gateway API ReplaceFullPath).
+    Full(String),
+    /// Replaces every match of `pattern` with `substitution` (`\1` or `$1` for groups;
+    /// Istio `uriRegexRewrite`).
+    Regex {
+        #[serde(serialize_with = "regex_str")]
+        pattern: Regex,
+        substitution: String,
+    },
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rewrite {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+    /// Replaces Host/:authority towards the upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    /// None keeps the request's scheme.
+    pub scheme: Option<String>,
+    /// Host part of the Location; None keeps the request's host.
+    pub authority: Option<String>,
+    pub port: RedirectPort,
+    pub path: Option<PathRewrite>,
+    /// 301 (Istio's default), 302 (Gateway API's default), 303, 307 or 308.
+    pub status: u16,
+    #[serde(skip_serializing_if = "HeaderPolicy::is_empty")]
+    pub headers: HeaderPolicy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RedirectPort {
+    /// Keep the port of the request's Host (Istio's default; dropped when the scheme
+    /// changes, as Envoy does).
+    FromRequest,
+    /// No port in the Location: the scheme's default (Istio `derivePort:
+    /// FROM_PROTOCOL_DEFAULT`).
+    ProtocolDefault,
+    Fixed(u16),
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "HeaderPolicy::is_empty")]
+    pub headers: HeaderPolicy,
+}
+
+/// Istio's retry policy. Without `retries` in a VirtualService Istio still retries:
+/// 2 attempts on connect-failure, refused-stream, unavailable, cancelled and 503.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Retries after the first try (0 disables).
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none", with = "duration_opt")]
+    pub per_try_timeout: Option<Duration>,
+    pub retry_on: RetryOn,
+}
+
+/// Istio's default retry count.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            per_try_timeout: None,
+            retry_on: RetryOn::istio_default(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn none() -> Self {
+        RetryPolicy {
+            attempts: 0,
+            per_try_timeout: None,
+            retry_on: RetryOn::default(),
+        }
+    }
+}
+
+/// Envoy's `retry_on` conditions that the proxy knows how to observe.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryOn {
+    /// Any 5xx response, or a connect failure/reset/timeout (`5xx`).
+    pub server_error: bool,
+    /// 502, 503, 504, or a connect failure (`gateway-error`).
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    /// The upstream closed or reset before answering (`reset`).
+    pub reset: bool,
+    /// HTTP/2 REFUSED_STREAM (`refused-stream`).
+    pub refused_stream: bool,
+    /// 409 (`retriable-4xx`).
+    pub retriable_4xx: bool,
+    /// `retriable-status-codes` and bare numbers in `retryOn`.
+    pub status_codes: Vec<u16>,
+}
+
+impl RetryOn {
+    pub fn istio_default() -> Self {
+        RetryOn {
+            connect_failure: true,
+            refused_stream: true,
+            status_codes: vec![503],
+            ..RetryOn::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fault {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    #[serde(with = "duration")]
+    pub delay: Duration,
+    /// Share of requests delayed, 0–100.
+    pub percentage: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub status: u16,
+    /// Share of requests aborted, 0–100.
+    pub percentage: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    pub cluster: Arc<Cluster>,
+    /// Share of requests mirrored, 0–100.
+    pub percentage: f64,
+}
+
+/// Istio `corsPolicy`: preflight answered locally, CORS headers added to responses of
+/// allowed origins.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    pub allow_origins: Vec<StringMatcher>,
+    /// Comma-joined, as sent in `access-control-allow-methods`.
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    /// Seconds, as sent in `access-control-max-age`.
+    pub max_age: Option<u64>,
+    pub allow_credentials: bool,
+}
+
+/// Upstream HTTP version, from the Service port's `appProtocol` or name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// h2c with prior knowledge (`http2`, `grpc`, `h2c`).
+    Http2,
+}
+
+impl UpstreamProtocol {
+    /// Istio's protocol selection: `appProtocol` first, then the port name's prefix
+    /// before `-` (`grpc-web`, `http2-foo`).
+    pub fn from_service_port(app_protocol: Option<&str>, port_name: &str) -> Self {
+        let declared = app_protocol
+            .map(str::to_owned)
+            .unwrap_or_else(|| port_name.split('-').next().unwrap_or_default().to_owned());
+        match declared.to_ascii_lowercase().as_str() {
+            "http2" | "grpc" | "h2c" | "kubernetes.io/h2c" => UpstreamProtocol::Http2,
+            _ => UpstreamProtocol::Http1,
+        }
+    }
+}
+
+/// How a cluster picks among its ready endpoints (DestinationRule `loadBalancer.simple`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LoadBalancer {
+    /// The fewer of two random endpoints' in-flight requests (Istio's default).
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    Random,
+}
+
+/// Passive health checking (DestinationRule `outlierDetection`): an endpoint that fails
+/// `consecutive_errors` times in a row is left out for `base_ejection_time`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers or connect failures that eject (`consecutive5xxErrors`).
+    pub consecutive_errors: u32,
+    #[serde(with = "duration")]
+    pub base_ejection_time: Duration,
+    /// At most this share (0–100) of the endpoints is ejected at once.
+    pub max_ejection_percent: u32,
 }
 
 /// A service port and its ready endpoints, named as Envoy names clusters
@@ -80,8 +417,23 @@ pub struct Cluster {
     pub service_name: String,
     pub service_namespace: String,
     pub endpoints: Vec<SocketAddr>,
+    pub protocol: UpstreamProtocol,
+    pub load_balancer: LoadBalancer,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(skip)]
     next: AtomicUsize,
+    /// Per endpoint (same index as `endpoints`): in-flight requests and health.
+    #[serde(skip)]
+    state: Vec<EndpointState>,
+}
+
+#[derive(Debug, Default)]
+struct EndpointState {
+    active: AtomicUsize,
+    consecutive_errors: AtomicU32,
+    /// Milliseconds since `process_epoch()` until which the endpoint is ejected.
+    ejected_until_ms: AtomicU64,
 }
 
 impl Cluster {
@@ -92,44 +444,205 @@ impl Cluster {
         port: u16,
         endpoints: Vec<SocketAddr>,
     ) -> Self {
+        let state = endpoints.iter().map(|_| EndpointState::default()).collect();
         Cluster {
             name: format!("outbound|{port}||{service}"),
             service,
             service_name,
             service_namespace,
             endpoints,
+            protocol: UpstreamProtocol::default(),
+            load_balancer: LoadBalancer::default(),
+            outlier_detection: None,
             next: AtomicUsize::new(0),
+            state,
         }
     }
 
-    /// Round-robin over the ready endpoints; None when there are none (503).
+    /// One endpoint by the load balancer; None when there are none (503).
     pub fn pick(&self) -> Option<SocketAddr> {
-        if self.endpoints.is_empty() {
+        self.pick_endpoint().map(|picked| picked.addr)
+    }
+
+    /// One endpoint by the load balancer, skipping ejected endpoints (all of them are
+    /// candidates again when every one is ejected, as Envoy's panic threshold does).
+    /// The returned guard counts the request as in flight until it is dropped.
+    pub fn pick_endpoint(&self) -> Option<PickedEndpoint<'_>> {
+        let count = self.endpoints.len();
+        if count == 0 {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.endpoints.get(n % self.endpoints.len()).copied()
+        let now = now_ms();
+        let healthy = |i: usize| {
+            self.state
+                .get(i)
+                .is_none_or(|s| s.ejected_until_ms.load(Ordering::Relaxed) <= now)
+        };
+        let any_healthy = (0..count).any(healthy);
+        let candidate = |i: usize| !any_healthy || healthy(i);
+        let index = match self.load_balancer {
+            _ if count == 1 => 0,
+            LoadBalancer::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..count)
+                    .map(|k| (start + k) % count)
+                    .find(|&i| candidate(i))
+                    .unwrap_or(start % count)
+            }
+            LoadBalancer::Random => {
+                let start = fastrand::usize(..count);
+                (0..count)
+                    .map(|k| (start + k) % count)
+                    .find(|&i| candidate(i))
+                    .unwrap_or(start)
+            }
+            LoadBalancer::LeastRequest => {
+                // Power of two choices among candidates.
+                let active = |i: usize| {
+                    self.state
+                        .get(i)
+                        .map_or(0, |s| s.active.load(Ordering::Relaxed))
+                };
+                let first = fastrand::usize(..count);
+                let second = (first + 1 + fastrand::usize(..count - 1)) % count;
+                match (candidate(first), candidate(second)) {
+                    (true, true) if active(second) < active(first) => second,
+                    (true, _) => first,
+                    (false, true) => second,
+                    (false, false) => (0..count).find(|&i| candidate(i)).unwrap_or(first),
+                }
+            }
+        };
+        let addr = *self.endpoints.get(index)?;
+        if let Some(state) = self.state.get(index) {
+            state.active.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(PickedEndpoint {
+            cluster: self,
+            index,
+            addr,
+        })
     }
+
+    /// Records an answer from (or a failure to reach) an endpoint for outlier detection.
+    fn record(&self, index: usize, failed: bool) {
+        let (Some(state), Some(policy)) = (self.state.get(index), &self.outlier_detection) else {
+            return;
+        };
+        if !failed {
+            state.consecutive_errors.store(0, Ordering::Relaxed);
+            return;
+        }
+        let errors = state.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if policy.consecutive_errors == 0 || errors < policy.consecutive_errors {
+            return;
+        }
+        let now = now_ms();
+        let ejected = self
+            .state
+            .iter()
+            .filter(|s| s.ejected_until_ms.load(Ordering::Relaxed) > now)
+            .count();
+        let limit = (self.state.len() * policy.max_ejection_percent as usize).div_ceil(100);
+        if ejected < limit {
+            let until = now + u64::try_from(policy.base_ejection_time.as_millis()).unwrap_or(0);
+            state.ejected_until_ms.store(until, Ordering::Relaxed);
+            state.consecutive_errors.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An endpoint chosen for one try; counts as in flight while alive.
+pub struct PickedEndpoint<'a> {
+    cluster: &'a Cluster,
+    index: usize,
+    pub addr: SocketAddr,
+}
+
+impl PickedEndpoint<'_> {
+    /// Outlier detection's input: a 5xx or a failure to connect counts against the endpoint.
+    pub fn record(&self, failed: bool) {
+        self.cluster.record(self.index, failed);
+    }
+}
+
+impl Drop for PickedEndpoint<'_> {
+    fn drop(&mut self) {
+        if let Some(state) = self.cluster.state.get(self.index) {
+            state.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Milliseconds since the first call: a monotonic clock that fits in an atomic.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RouteAction {
     /// Picks a cluster by weight (uniform when all weights are zero).
-    pub fn pick_cluster(clusters: &[WeightedCluster]) -> Option<&Arc<Cluster>> {
+    pub fn pick_cluster(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
         let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
         if total == 0 {
-            return clusters
-                .get(fastrand::usize(..clusters.len().max(1)))
-                .map(|c| &c.cluster);
+            return clusters.get(fastrand::usize(..clusters.len().max(1)));
         }
         let mut ticket = fastrand::u64(..total);
         for c in clusters {
             let weight = u64::from(c.weight);
             if ticket < weight {
-                return Some(&c.cluster);
+                return Some(c);
             }
             ticket -= weight;
         }
         None
+    }
+}
+
+fn header_pairs<S: Serializer>(
+    pairs: &[(HeaderName, HeaderValue)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        pairs
+            .iter()
+            .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes()))),
+    )
+}
+
+fn header_names<S: Serializer>(names: &[HeaderName], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(names.iter().map(HeaderName::as_str))
+}
+
+fn regex_str<S: Serializer>(regex: &Regex, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(regex.as_str())
+}
+
+/// Durations in dumps as Istio writes them (`1.5s`).
+mod duration {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{}s", d.as_secs_f64()))
+    }
+}
+
+mod duration_opt {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, serializer),
+            None => serializer.serialize_none(),
+        }
     }
 }
 
@@ -138,4 +651,15 @@ impl RouteAction {
 pub struct KernelPolicy {
     /// Ports the programs count and (later) police: every listener's bind port.
     pub ports: Vec<u16>,
+    /// HTTPS/TLS bind ports and the SNI names each accepts, for early rejection.
+    pub tls_ports: Vec<TlsPortPolicy>,
+}
+
+/// SNI names one TLS port accepts: lowercase exact names and `*.suffix` wildcards;
+/// `accept_any` when a `*` server takes every name (and ClientHellos without SNI).
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct TlsPortPolicy {
+    pub port: u16,
+    pub accept_any: bool,
+    pub names: Vec<String>,
 }

@@ -9,7 +9,7 @@ use crate::{
         resources::{HttpMatchRequest, HttpRoute, StringMatch, VirtualService},
     },
     route_table::{RequestMatch, Route, StringMatcher},
-    snapshot::{RouteAction, WeightedCluster},
+    snapshot::{Forward, RouteAction, WeightedCluster},
 };
 
 impl Compiler<'_> {
@@ -96,34 +96,19 @@ impl Compiler<'_> {
             let weight = destination
                 .weight
                 .unwrap_or(if route.route.len() == 1 { 100 } else { 0 });
-            clusters.push(WeightedCluster { weight, cluster });
+            clusters.push(WeightedCluster::new(weight, cluster));
         }
         let _ = port;
         Some(Route {
             name,
             matches,
-            action: RouteAction::Forward(clusters),
+            action: RouteAction::Forward(Box::new(Forward::to(clusters))),
         })
     }
 }
 
 pub(super) fn clone_route(route: &Route<RouteAction>) -> Route<RouteAction> {
-    Route {
-        name: route.name.clone(),
-        matches: route.matches.clone(),
-        action: match &route.action {
-            RouteAction::Forward(clusters) => RouteAction::Forward(
-                clusters
-                    .iter()
-                    .map(|c| WeightedCluster {
-                        weight: c.weight,
-                        cluster: c.cluster.clone(),
-                    })
-                    .collect(),
-            ),
-            RouteAction::Unsupported(what) => RouteAction::Unsupported(what.clone()),
-        },
-    }
+    route.clone()
 }
 
 fn compile_match(m: &HttpMatchRequest) -> Result<RequestMatch, (String, String)> {

@@ -51,6 +51,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 
 /// One accepted connection and the snapshot it is served by.
@@ -59,6 +60,8 @@ pub struct Connection {
     pub local: SocketAddr,
     pub snapshot: Arc<Snapshot>,
     pub ctx: Arc<ProxyContext>,
+    /// Set on connections that TLS terminated: scheme https, SNI's server (421), XFCC.
+    pub tls: Option<Arc<crate::tls::TlsConnectionInfo>>,
 }
 
 /// What the access log and metrics need about the outcome.
@@ -162,12 +165,21 @@ impl Connection {
                 no_upstream(flags::NO_ROUTE),
             );
         };
+        if let (Some(tls), Some(listener_tls)) =
+            (&self.tls, listener.transport.as_ref().and_then(|t| t.tls()))
+            && tls.is_misdirected(listener_tls, authority)
+        {
+            return (
+                local_response(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n"),
+                no_upstream(flags::NONE),
+            );
+        }
         let info = RequestInfo {
             authority,
             path: request.uri().path(),
             query: request.uri().query(),
             method: request.method().as_str(),
-            scheme: "http",
+            scheme: self.scheme(),
             port: listener.port,
             headers: request.headers(),
         };
@@ -179,7 +191,13 @@ impl Connection {
             );
         };
         let clusters = match &route.action {
-            RouteAction::Forward(clusters) => clusters,
+            RouteAction::Forward(forward) => &forward.clusters,
+            RouteAction::Redirect(_) | RouteAction::DirectResponse(_) => {
+                return (
+                    local_response(StatusCode::NOT_IMPLEMENTED, ""),
+                    no_upstream(flags::NONE),
+                );
+            }
             RouteAction::Unsupported(what) => {
                 let body = format!("route action `{what}` is not supported by this gateway yet\n");
                 return (
@@ -188,7 +206,7 @@ impl Connection {
                 );
             }
         };
-        let Some(cluster) = RouteAction::pick_cluster(clusters) else {
+        let Some(cluster) = RouteAction::pick_cluster(clusters).map(|c| &c.cluster) else {
             return (
                 local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
                 no_upstream(flags::NO_HEALTHY_UPSTREAM),
@@ -254,6 +272,11 @@ impl Connection {
         }
     }
 
+    /// `https` on connections TLS terminated.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// The snapshot's listener for the port this connection arrived on.
     fn listener(&self) -> Option<&Listener> {
         self.snapshot
@@ -295,7 +318,17 @@ impl Connection {
         if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme()));
+        // Envoy's SANITIZE_SET (Istio's gateway default): never trust the client's XFCC.
+        headers.remove(X_FORWARDED_CLIENT_CERT);
+        if let Some(v) = self
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.client_cert.as_deref())
+            .and_then(|cert| HeaderValue::from_str(cert).ok())
+        {
+            headers.insert(X_FORWARDED_CLIENT_CERT, v);
+        }
         if !headers.contains_key(&X_REQUEST_ID)
             && let Ok(v) = HeaderValue::from_str(request_id)
         {
