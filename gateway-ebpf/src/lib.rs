@@ -3,10 +3,16 @@
 //! code runs under the verifier and in host unit tests, and the two sides cannot drift.
 #![no_std]
 
+pub mod client_hello;
 pub mod maps;
 pub mod packet;
+pub mod sni;
 #[cfg(any(test, feature = "test-frames"))]
 pub mod test_frames;
 
-pub use maps::{GlobalCounter, MAX_PORTS, PortStats};
+pub use client_hello::{Sni, find_sni};
+pub use maps::{
+    FlowKey, GlobalCounter, MAX_PORTS, PolicyKey, PortMode, PortPolicy, PortStats, SniKey,
+};
 pub use packet::{Bytes, HeaderError, Headers, IpVersion, parse_headers};
+pub use sni::{host_hash, sni_hashes};

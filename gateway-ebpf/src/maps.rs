@@ -1,31 +1,144 @@
 //! Map names and value layouts written by `gatewayd` and read by the programs (and back).
+//!
+//! Policy is versioned: every policy key carries a generation, and the programs read the
+//! active generation from [`POLICY_GENERATION_MAP`] first. gatewayd writes a whole new
+//! generation beside the live one and then flips the index, so a reload never shows the
+//! kernel half a policy. The previous generation stays intact until the next reload,
+//! long after any program run that read the old index has finished.
 
-/// Map from destination port (host byte order) to its slot in [`PORT_STATS_MAP`].
-pub const GATEWAY_PORTS_MAP: &str = "GATEWAY_PORTS";
+/// Port policy: [`PolicyKey`] → [`PortPolicy`], for every gateway (and node) port.
+pub const PORT_POLICY_MAP: &str = "PORT_POLICY";
+/// Accepted server names: [`SniKey`] → 1, for TLS ports that do not accept every name.
+pub const SNI_ALLOW_MAP: &str = "SNI_ALLOW";
+/// `Array<u32>` of one element: the generation the programs read.
+pub const POLICY_GENERATION_MAP: &str = "POLICY_GEN";
 /// Per-CPU array of [`PortStats`], one slot per gateway port.
 pub const PORT_STATS_MAP: &str = "PORT_STATS";
 /// Per-CPU array of `u64`, indexed by [`GlobalCounter`].
 pub const GLOBAL_STATS_MAP: &str = "GLOBAL_STATS";
+/// LRU of flows whose ClientHello the kernel turned into a reset: [`FlowKey`] → 1.
+pub const RESET_SENT_MAP: &str = "RESET_SENT";
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "gateway_xdp";
+/// Node-port steering (sk_lookup): local port (u32) → index into [`STEER_SOCKETS_MAP`].
+pub const STEER_PORTS_MAP: &str = "STEER_PORTS";
+/// Node-port steering: index → listening socket (a SockMap).
+pub const STEER_SOCKETS_MAP: &str = "STEER_SOCKETS";
+/// Name of the sk_lookup program in the object file.
+pub const STEER_PROGRAM: &str = "gateway_steer";
 
 /// How many distinct gateway ports the kernel tracks. Istio gateways expose a handful;
 /// 256 leaves room for node ports beside them.
 pub const MAX_PORTS: u32 = 256;
+/// Accepted names across all TLS ports and both live generations.
+pub const MAX_SNI_NAMES: u32 = 65_536;
+/// Flows remembered after a kernel reset, so the client's retransmission passes through
+/// to the stack (which answers it with a reset of its own) instead of being rewritten.
+pub const MAX_RESET_FLOWS: u32 = 65_536;
+/// Listening sockets node-port mode can steer to.
+pub const MAX_STEER_SOCKETS: u32 = 64;
 
-/// Packets and bytes seen on one gateway port (summed over CPUs by userspace).
+/// What a gateway port carries, as far as the kernel cares.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortMode {
+    /// Plain HTTP (or HTTP2/GRPC): counted only.
+    Http = 0,
+    /// TLS terminated by gatewayd: ClientHellos are checked.
+    TlsTerminate = 1,
+    /// TLS passed through by SNI: ClientHellos are checked.
+    TlsPassthrough = 2,
+    /// Opaque TCP: counted only.
+    Tcp = 3,
+}
+
+impl PortMode {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            0 => Some(PortMode::Http),
+            1 => Some(PortMode::TlsTerminate),
+            2 => Some(PortMode::TlsPassthrough),
+            3 => Some(PortMode::Tcp),
+            _ => None,
+        }
+    }
+
+    pub const fn checks_sni(self) -> bool {
+        matches!(self, PortMode::TlsTerminate | PortMode::TlsPassthrough)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    pub generation: u32,
+    /// Destination port, host byte order (u32 so the key has no padding).
+    pub port: u32,
+}
+
+/// `PortPolicy::flags`: some server on the port accepts every name (`*`), so the kernel
+/// never rejects there.
+pub const ACCEPT_ANY_SNI: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// Slot in [`PORT_STATS_MAP`].
+    pub stats_slot: u32,
+    /// A [`PortMode`].
+    pub mode: u32,
+    pub flags: u32,
+    pub reserved: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SniKey {
+    pub generation: u32,
+    pub port: u32,
+    /// [`crate::host_hash`] of an accepted name (`api.example.com` or `*.example.com`).
+    pub hash: u64,
+}
+
+/// A TCP flow as the client sent it. IPv4 addresses sit in the first word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// 4 or 6.
+    pub family: u32,
+}
+
+/// What the programs saw on one gateway port (summed over CPUs by userspace).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortStats {
     pub packets: u64,
     pub bytes: u64,
+    /// ClientHellos whose name the port accepts.
+    pub hellos_accepted: u64,
+    /// ClientHellos turned into a reset in the kernel.
+    pub hellos_rejected: u64,
+    /// ClientHellos (or first data) passed undecided: split, no SNI, malformed, not TLS.
+    pub hellos_undecided: u64,
+    /// Retransmitted hellos of rejected flows, passed so the stack resets the client.
+    pub reject_retransmits: u64,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: plain-old-data, `repr(C)`, no padding (two u64).
-unsafe impl aya::Pod for PortStats {}
+mod pod {
+    // SAFETY (all): plain-old-data, `repr(C)`, every bit pattern valid, no padding.
+    unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PortPolicy {}
+    unsafe impl aya::Pod for super::SniKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
+}
 
-/// Indices into [`GLOBAL_STATS_MAP`]: what the program saw, by outcome of header parsing.
+/// Indices into [`GLOBAL_STATS_MAP`]: what the program saw, by outcome.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GlobalCounter {
@@ -39,14 +152,28 @@ pub enum GlobalCounter {
     NotIp = 3,
     /// IP but not TCP, or IPv6 with extension headers before TCP.
     NotTcp = 4,
-    /// IPv4 fragments other than the first carry no TCP header.
+    /// IPv4 fragments carry no (whole) TCP header.
     Fragment = 5,
     /// Shorter than its headers claim, or lengths that do not add up.
     Malformed = 6,
+    /// TLS-port payloads whose ClientHello named an accepted server.
+    SniAccepted = 7,
+    /// ClientHellos rejected in the kernel (rewritten into a reset).
+    SniRejected = 8,
+    /// Retransmissions of rejected hellos, passed so the stack resets the client.
+    SniRejectRetransmit = 9,
+    /// Whole ClientHellos without a server_name.
+    SniAbsent = 10,
+    /// ClientHellos cut before the name (split segments, record fragments, >32 extensions).
+    SniIncomplete = 11,
+    /// ClientHellos with contradictory lengths or a name that is not a DNS name.
+    SniMalformed = 12,
+    /// TLS-port payloads that are not a ClientHello (later records, plain HTTP).
+    NotClientHello = 13,
 }
 
 impl GlobalCounter {
-    pub const ALL: [GlobalCounter; 7] = [
+    pub const ALL: [GlobalCounter; 14] = [
         GlobalCounter::Seen,
         GlobalCounter::GatewayPort,
         GlobalCounter::OtherPort,
@@ -54,6 +181,13 @@ impl GlobalCounter {
         GlobalCounter::NotTcp,
         GlobalCounter::Fragment,
         GlobalCounter::Malformed,
+        GlobalCounter::SniAccepted,
+        GlobalCounter::SniRejected,
+        GlobalCounter::SniRejectRetransmit,
+        GlobalCounter::SniAbsent,
+        GlobalCounter::SniIncomplete,
+        GlobalCounter::SniMalformed,
+        GlobalCounter::NotClientHello,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -67,6 +201,13 @@ impl GlobalCounter {
             GlobalCounter::NotTcp => "not_tcp",
             GlobalCounter::Fragment => "ip_fragment",
             GlobalCounter::Malformed => "malformed",
+            GlobalCounter::SniAccepted => "sni_accepted",
+            GlobalCounter::SniRejected => "sni_rejected",
+            GlobalCounter::SniRejectRetransmit => "sni_reject_retransmit",
+            GlobalCounter::SniAbsent => "sni_absent",
+            GlobalCounter::SniIncomplete => "sni_incomplete",
+            GlobalCounter::SniMalformed => "sni_malformed",
+            GlobalCounter::NotClientHello => "not_client_hello",
         }
     }
 }

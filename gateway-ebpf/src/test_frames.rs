@@ -14,6 +14,7 @@ pub struct Frame {
     pub tcp_options: usize,
     pub fragment: u16,
     pub protocol: u8,
+    pub src_port: u16,
     pub dst_port: u16,
     pub payload: usize,
 }
@@ -27,6 +28,7 @@ impl Default for Frame {
             tcp_options: 0,
             fragment: 0x4000, // don't-fragment, offset 0
             protocol: 6,
+            src_port: 40000,
             dst_port: 443,
             payload: 5,
         }
@@ -34,14 +36,20 @@ impl Default for Frame {
 }
 
 impl Frame {
+    /// The frame with `payload` filler bytes (0x16, a TLS handshake's content type).
     pub fn build(&self) -> Vec<u8> {
+        self.build_with_payload(&std::vec![0x16u8; self.payload])
+    }
+
+    /// The frame carrying these payload bytes (`self.payload` is ignored).
+    pub fn build_with_payload(&self, payload: &[u8]) -> Vec<u8> {
         let mut f = std::vec![0u8; 12]; // dst + src MAC
         for _ in 0..self.vlan_tags {
             f.extend_from_slice(&0x8100u16.to_be_bytes());
             f.extend_from_slice(&[0x00, 0x2a]);
         }
         let tcp_len = 20 + self.tcp_options;
-        let l4_len = tcp_len + self.payload;
+        let l4_len = tcp_len + payload.len();
         match self.ip {
             IpVersion::V4 => {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
@@ -63,14 +71,14 @@ impl Frame {
                 f.extend(std::iter::repeat_n(0xfdu8, 32));
             }
         }
-        f.extend_from_slice(&40000u16.to_be_bytes());
+        f.extend_from_slice(&self.src_port.to_be_bytes());
         f.extend_from_slice(&self.dst_port.to_be_bytes());
         f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
         f.push(((tcp_len / 4) as u8) << 4);
         f.push(0x18); // PSH|ACK
         f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
         f.extend(std::iter::repeat_n(1u8, self.tcp_options));
-        f.extend(std::iter::repeat_n(0x16u8, self.payload));
+        f.extend_from_slice(payload);
         f
     }
 }

@@ -8,14 +8,19 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{HashMap as BpfHashMap, MapError, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, Map, MapError, PerCpuArray},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use gateway_ebpf::{
-    GlobalCounter, MAX_PORTS, PortStats,
-    maps::{GATEWAY_PORTS_MAP, GLOBAL_STATS_MAP, PORT_STATS_MAP, XDP_PROGRAM},
+    GlobalCounter, MAX_PORTS, PolicyKey, PortMode, PortPolicy, PortStats, SniKey, host_hash,
+    maps::{
+        ACCEPT_ANY_SNI, GLOBAL_STATS_MAP, POLICY_GENERATION_MAP, PORT_POLICY_MAP, PORT_STATS_MAP,
+        SNI_ALLOW_MAP, XDP_PROGRAM,
+    },
 };
 use thiserror::Error;
+
+use crate::snapshot::{KernelPolicy, TlsPortPolicy};
 
 /// The object aya-build left in OUT_DIR (see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -58,6 +63,16 @@ pub struct KernelPath {
     attached: Vec<(String, XdpMode, XdpLinkId)>,
     /// Port → PORT_STATS slot, as last written.
     port_slots: BTreeMap<u16, u32>,
+    /// The generation the programs read (0 or 1).
+    generation: u32,
+    /// The keys each generation holds, so the one being reused can be cleared.
+    written: [WrittenPolicy; 2],
+}
+
+#[derive(Debug, Default)]
+struct WrittenPolicy {
+    ports: Vec<PolicyKey>,
+    names: Vec<SniKey>,
 }
 
 impl std::fmt::Debug for KernelPath {
@@ -79,6 +94,8 @@ impl KernelPath {
             ebpf,
             attached: Vec::new(),
             port_slots: BTreeMap::new(),
+            generation: 0,
+            written: Default::default(),
         })
     }
 
@@ -107,25 +124,101 @@ impl KernelPath {
         self.attached.iter().map(|(i, m, _)| (i.as_str(), *m))
     }
 
-    /// Makes the kernel count exactly these ports. Ports kept across a reload keep their
-    /// slot (and counters); new ones take free slots; removed ones are deleted last, so a
-    /// port that stays is never missing from the map in between.
-    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), KernelError> {
+    /// Replaces the kernel's whole policy with the snapshot's, atomically: the new
+    /// generation is written beside the live one, then the generation index flips (see
+    /// `gateway_ebpf::maps`). Ports kept across a reload keep their stats slot.
+    pub fn apply_policy(&mut self, policy: &KernelPolicy) -> Result<(), KernelError> {
+        let mut ports: Vec<(u16, PortPolicy, Option<&TlsPortPolicy>)> = Vec::new();
+        for &port in &policy.ports {
+            let tls = policy.tls_ports.iter().find(|t| t.port == port);
+            let mode = if tls.is_some() {
+                PortMode::TlsTerminate
+            } else {
+                PortMode::Http
+            };
+            let flags = if tls.is_some_and(|t| t.accept_any) {
+                ACCEPT_ANY_SNI
+            } else {
+                0
+            };
+            ports.push((
+                port,
+                PortPolicy {
+                    stats_slot: 0,
+                    mode: mode as u32,
+                    flags,
+                    reserved: 0,
+                },
+                tls,
+            ));
+        }
         if ports.len() > MAX_PORTS as usize {
             return Err(KernelError::TooManyPorts { count: ports.len() });
         }
+        let next_slots = self.assign_slots(ports.iter().map(|(p, _, _)| *p))?;
+        let generation = 1 - self.generation;
+
+        // Clear what the generation we are about to reuse held two reloads ago.
+        let stale = std::mem::take(&mut self.written[generation as usize]);
+        let mut port_map: BpfHashMap<_, PolicyKey, PortPolicy> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, PORT_POLICY_MAP)?)?;
+        for key in &stale.ports {
+            let _ = port_map.remove(key);
+        }
+        let mut written = WrittenPolicy::default();
+        for (port, mut value, _) in ports.iter().copied() {
+            value.stats_slot = next_slots[&port];
+            let key = PolicyKey {
+                generation,
+                port: u32::from(port),
+            };
+            port_map.insert(key, value, 0)?;
+            written.ports.push(key);
+        }
+        let mut sni_map: BpfHashMap<_, SniKey, u8> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, SNI_ALLOW_MAP)?)?;
+        for key in &stale.names {
+            let _ = sni_map.remove(key);
+        }
+        for (port, _, tls) in &ports {
+            for name in tls.iter().flat_map(|t| t.names.iter()) {
+                let key = SniKey {
+                    generation,
+                    port: u32::from(*port),
+                    hash: host_hash(name.as_bytes()),
+                };
+                sni_map.insert(key, 1, 0)?;
+                written.names.push(key);
+            }
+        }
+        let mut index: Array<_, u32> =
+            Array::try_from(map_mut(&mut self.ebpf, POLICY_GENERATION_MAP)?)?;
+        index.set(0, generation, 0)?;
+        self.written[generation as usize] = written;
+        self.generation = generation;
+        self.port_slots = next_slots;
+        Ok(())
+    }
+
+    /// Stable stats slots: kept ports keep theirs, new ports take free ones (zeroed).
+    fn assign_slots(
+        &mut self,
+        ports: impl Iterator<Item = u16> + Clone,
+    ) -> Result<BTreeMap<u16, u32>, KernelError> {
         let mut next = BTreeMap::new();
         let mut used: Vec<u32> = ports
-            .iter()
-            .filter_map(|p| self.port_slots.get(p).copied())
+            .clone()
+            .filter_map(|p| self.port_slots.get(&p).copied())
             .collect();
-        for &port in ports {
+        for port in ports {
             let slot = match self.port_slots.get(&port) {
                 Some(&slot) => slot,
                 None => {
-                    let free = (0..MAX_PORTS)
-                        .find(|s| !used.contains(s))
-                        .ok_or(KernelError::TooManyPorts { count: ports.len() })?;
+                    let free = (0..MAX_PORTS).find(|s| !used.contains(s)).ok_or(
+                        KernelError::TooManyPorts {
+                            count: MAX_PORTS as usize + 1,
+                        },
+                    )?;
                     used.push(free);
                     self.reset_port_stats(free)?;
                     free
@@ -133,19 +226,7 @@ impl KernelPath {
             };
             next.insert(port, slot);
         }
-        let mut map: BpfHashMap<_, u16, u32> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(GATEWAY_PORTS_MAP)
-                .ok_or(KernelError::Missing(GATEWAY_PORTS_MAP))?,
-        )?;
-        for (&port, &slot) in &next {
-            map.insert(port, slot, 0)?;
-        }
-        for port in self.port_slots.keys().filter(|p| !next.contains_key(p)) {
-            map.remove(port)?;
-        }
-        self.port_slots = next;
-        Ok(())
+        Ok(next)
     }
 
     fn reset_port_stats(&mut self, slot: u32) -> Result<(), KernelError> {
@@ -177,6 +258,10 @@ impl KernelPath {
                     .fold(PortStats::default(), |sum, s| PortStats {
                         packets: sum.packets + s.packets,
                         bytes: sum.bytes + s.bytes,
+                        hellos_accepted: sum.hellos_accepted + s.hellos_accepted,
+                        hellos_rejected: sum.hellos_rejected + s.hellos_rejected,
+                        hellos_undecided: sum.hellos_undecided + s.hellos_undecided,
+                        reject_retransmits: sum.reject_retransmits + s.reject_retransmits,
                     });
                 Ok((port, total))
             })
@@ -196,10 +281,20 @@ impl KernelPath {
             .collect()
     }
 
+    /// Instructions the verifier walked to accept the XDP program (of its 1M budget):
+    /// the program's complexity, watched by the kernel tests.
+    pub fn verified_instructions(&mut self) -> Result<Option<u32>, KernelError> {
+        Ok(self.xdp_program()?.info()?.verified_instruction_count())
+    }
+
     /// The loaded XDP program, for BPF_PROG_TEST_RUN in tests.
     pub fn xdp_program(&mut self) -> Result<&mut Xdp, KernelError> {
         xdp_program(&mut self.ebpf)
     }
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, KernelError> {
+    ebpf.map_mut(name).ok_or(KernelError::Missing(name))
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {

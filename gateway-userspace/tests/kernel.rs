@@ -2,12 +2,20 @@
 //! frames with BPF_PROG_TEST_RUN. Needs root (CAP_BPF); skipped, saying so, elsewhere.
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use gateway::ebpf::KernelPath;
+use gateway::{ebpf::KernelPath, snapshot::KernelPolicy};
 use gateway_ebpf::{
     GlobalCounter, HeaderError, IpVersion, PortStats, parse_headers, test_frames::Frame,
 };
 
 const XDP_PASS: u32 = 2;
+
+/// A policy of plain HTTP ports (counted, never policed).
+fn http_ports(ports: &[u16]) -> KernelPolicy {
+    KernelPolicy {
+        ports: ports.to_vec(),
+        ..KernelPolicy::default()
+    }
+}
 
 fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -51,7 +59,9 @@ fn counts_packets_per_gateway_port_and_passes_everything() {
         return;
     }
     let mut kernel = KernelPath::load().expect("load the embedded eBPF object");
-    kernel.set_ports(&[443, 8080]).expect("write ports");
+    kernel
+        .apply_policy(&http_ports(&[443, 8080]))
+        .expect("write ports");
 
     let frames = [
         Frame::default().build(),
@@ -103,11 +113,20 @@ fn counts_packets_per_gateway_port_and_passes_everything() {
         (GlobalCounter::NotTcp, 1),
         (GlobalCounter::Fragment, 1),
         (GlobalCounter::Malformed, 1),
+        (GlobalCounter::SniAccepted, 0),
+        (GlobalCounter::SniRejected, 0),
+        (GlobalCounter::SniRejectRetransmit, 0),
+        (GlobalCounter::SniAbsent, 0),
+        (GlobalCounter::SniIncomplete, 0),
+        (GlobalCounter::SniMalformed, 0),
+        (GlobalCounter::NotClientHello, 0),
     ];
     assert_eq!(counts, expected);
 
     // A reload that drops 8080 and adds 9090: 443 keeps its counters, 8080 stops counting.
-    kernel.set_ports(&[443, 9090]).expect("rewrite ports");
+    kernel
+        .apply_policy(&http_ports(&[443, 9090]))
+        .expect("rewrite ports");
     run(
         &mut kernel,
         &Frame {
@@ -143,7 +162,7 @@ fn kernel_verdicts_agree_with_the_host_parser() {
         return;
     }
     let mut kernel = KernelPath::load().expect("load");
-    kernel.set_ports(&[443]).expect("ports");
+    kernel.apply_policy(&http_ports(&[443])).expect("ports");
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let mut expected = [0u64; GlobalCounter::COUNT as usize];
     for _ in 0..3000 {
@@ -158,6 +177,7 @@ fn kernel_verdicts_agree_with_the_host_parser() {
             tcp_options: rng.usize(0..=10) * 4,
             fragment: if rng.u8(..) < 20 { rng.u16(..) } else { 0x4000 },
             protocol: if rng.u8(..) < 20 { rng.u8(..) } else { 6 },
+            src_port: rng.u16(..),
             dst_port: if rng.bool() { 443 } else { rng.u16(..) },
             payload: rng.usize(0..64),
         }
@@ -194,5 +214,298 @@ fn kernel_verdicts_agree_with_the_host_parser() {
     assert_eq!(
         got, expected,
         "kernel counters vs host parser, in GlobalCounter order"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// SNI early rejection
+
+use std::sync::Arc;
+
+use gateway::snapshot::TlsPortPolicy;
+use gateway_ebpf::{Sni, find_sni, host_hash, sni_hashes};
+
+/// Verifier budget the program must stay well inside (the kernel's limit is 1M): a
+/// regression guard on the program's complexity, not a timing.
+const VERIFIER_BUDGET: u32 = 500_000;
+
+/// 443 accepts two names (one wildcard); 8443 has a `*` server; 80 is plain HTTP.
+fn tls_policy() -> KernelPolicy {
+    KernelPolicy {
+        ports: vec![80, 443, 8443],
+        tls_ports: vec![
+            TlsPortPolicy {
+                port: 443,
+                accept_any: false,
+                names: vec!["api.example.com".into(), "*.example.org".into()],
+            },
+            TlsPortPolicy {
+                port: 8443,
+                accept_any: true,
+                names: vec![],
+            },
+        ],
+        ..KernelPolicy::default()
+    }
+}
+
+/// A real client's first flight: rustls with a post-quantum key share first, the
+/// ClientHello browsers send since 2025 (about 1.3 KB or more).
+fn client_hello(server_name: &str) -> Vec<u8> {
+    use rustls::crypto::aws_lc_rs;
+    let provider = rustls::crypto::CryptoProvider {
+        kx_groups: vec![
+            aws_lc_rs::kx_group::X25519MLKEM768,
+            aws_lc_rs::kx_group::X25519,
+        ],
+        ..aws_lc_rs::default_provider()
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("DNS name");
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut out = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut out).expect("write_tls");
+    }
+    out
+}
+
+/// Runs a frame and returns the frame as the stack would then see it.
+fn run_out(kernel: &mut KernelPath, frame: &[u8]) -> Vec<u8> {
+    let program = kernel.xdp_program().expect("XDP program");
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(
+        result.return_value, XDP_PASS,
+        "every packet passes, rewritten or not"
+    );
+    out.truncate(result.data_size_out as usize);
+    out
+}
+
+fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
+    for pair in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+fn folds_to_zero(mut sum: u32) -> bool {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// Checks that `out` is `input` turned into a valid in-window RST|ACK without payload.
+fn assert_reset(input: &[u8], out: &[u8]) {
+    let h = parse_headers(input).expect("input parses");
+    let o = parse_headers(out).expect("output parses");
+    assert_eq!(out.len(), h.payload_offset, "payload trimmed");
+    assert_eq!(
+        (o.payload_len, o.tcp_flags),
+        (0, 0x14),
+        "an RST|ACK without payload"
+    );
+    let (l4, end) = (h.l4_offset, h.payload_offset);
+    assert_eq!(
+        out[l4 + 4..l4 + 12],
+        input[l4 + 4..l4 + 12],
+        "seq and ack kept: in window"
+    );
+    assert_eq!(
+        out[..h.l3_offset],
+        input[..h.l3_offset],
+        "link layer and VLAN tags kept"
+    );
+    let tcp_len = (end - l4) as u32;
+    let pseudo = match h.ip {
+        IpVersion::V4 => {
+            assert!(
+                folds_to_zero(sum_words(&out[h.l3_offset..l4], 0)),
+                "IPv4 header checksum"
+            );
+            sum_words(&out[h.l3_offset + 12..h.l3_offset + 20], 6 + tcp_len)
+        }
+        IpVersion::V6 => sum_words(&out[h.l3_offset + 8..h.l3_offset + 40], 6 + tcp_len),
+    };
+    assert!(
+        folds_to_zero(sum_words(&out[l4..end], pseudo)),
+        "TCP checksum"
+    );
+}
+
+#[test]
+fn rejects_unknown_names_with_an_in_window_reset_and_passes_the_rest() {
+    if !privileged() {
+        return;
+    }
+    let mut kernel = KernelPath::load().expect("load");
+    let instructions = kernel.verified_instructions().expect("program info");
+    eprintln!("verifier walked {instructions:?} instructions");
+    assert!(
+        instructions.is_none_or(|n| n < VERIFIER_BUDGET),
+        "{instructions:?}"
+    );
+    kernel.apply_policy(&tls_policy()).expect("policy");
+
+    let mut src_port = 20000;
+    let mut frame = |name: &str, dst_port: u16, vlan_tags: usize, ip: IpVersion| {
+        src_port += 1;
+        Frame {
+            dst_port,
+            vlan_tags,
+            ip,
+            src_port,
+            tcp_options: 12,
+            ..Frame::default()
+        }
+        .build_with_payload(&client_hello(name))
+    };
+
+    // (name, port, rejected?)
+    let cases = [
+        ("api.example.com", 443, false),
+        ("API.Example.COM", 443, false),
+        ("www.example.org", 443, false),
+        ("a.b.example.org", 443, true),
+        ("example.org", 443, true),
+        ("unknown.example.net", 443, true),
+        ("unknown.example.net", 8443, false),
+        ("unknown.example.net", 80, false),
+        ("unknown.example.net", 9999, false),
+    ];
+    for (name, port, rejected) in cases {
+        for (vlan_tags, ip) in [
+            (0, IpVersion::V4),
+            (1, IpVersion::V4),
+            (0, IpVersion::V6),
+            (2, IpVersion::V6),
+        ] {
+            let input = frame(name, port, vlan_tags, ip);
+            let out = run_out(&mut kernel, &input);
+            if rejected {
+                assert_reset(&input, &out);
+                // The client's retransmission passes untouched: the stack has no socket left
+                // for the flow and answers with its own reset.
+                assert_eq!(
+                    run_out(&mut kernel, &input),
+                    input,
+                    "{name}: retransmission untouched"
+                );
+            } else {
+                assert_eq!(
+                    out, input,
+                    "{name} to {port} ({ip:?}, {vlan_tags} tags) passes untouched"
+                );
+            }
+        }
+    }
+
+    // A hello split over two segments, cut before the name: undecided, passed.
+    let hello = client_hello("unknown.example.net");
+    let Sni::Found { offset, .. } = find_sni(hello.as_slice(), 0) else {
+        panic!("has a name")
+    };
+    let first_segment = Frame {
+        src_port: 30000,
+        ..Frame::default()
+    }
+    .build_with_payload(&hello[..offset - 1]);
+    assert_eq!(run_out(&mut kernel, &first_segment), first_segment);
+
+    let port443 = kernel
+        .port_stats()
+        .expect("stats")
+        .into_iter()
+        .find(|(p, _)| *p == 443)
+        .map(|(_, s)| s);
+    let stats = port443.expect("443 counted");
+    assert_eq!(stats.hellos_rejected, 3 * 4);
+    assert_eq!(stats.reject_retransmits, 3 * 4);
+    assert_eq!(stats.hellos_accepted, 3 * 4);
+    assert_eq!(stats.hellos_undecided, 1);
+}
+
+/// Over thousands of real and damaged ClientHellos in every frame shape, the kernel
+/// rewrites exactly those the host-side parser and hashes say to reject.
+#[test]
+fn sni_verdicts_agree_with_the_host_parser() {
+    if !privileged() {
+        return;
+    }
+    let mut kernel = KernelPath::load().expect("load");
+    kernel.apply_policy(&tls_policy()).expect("policy");
+    let allowed = [host_hash(b"api.example.com"), host_hash(b"*.example.org")];
+    let names = [
+        "api.example.com",
+        "x.example.org",
+        "y.z.example.org",
+        "example.org",
+        "other.example.net",
+        "a-b_c.example.com",
+    ];
+    let hellos: Vec<Vec<u8>> = names.iter().map(|n| client_hello(n)).collect();
+    let mut rng = fastrand::Rng::with_seed(0x5a1);
+    let (mut rejected, mut total) = (0, 0);
+    for round in 0..2500u32 {
+        let mut payload = hellos[rng.usize(..hellos.len())].clone();
+        match rng.u8(..4) {
+            0 => payload.truncate(rng.usize(1..payload.len())),
+            1 => {
+                for _ in 0..rng.usize(1..4) {
+                    let i = rng.usize(..payload.len());
+                    payload[i] = rng.u8(..);
+                }
+            }
+            _ => {}
+        }
+        let host_rejects = match find_sni(payload.as_slice(), 0) {
+            Sni::Found { offset, len } => match sni_hashes(payload.as_slice(), offset, len) {
+                Ok((exact, wild)) => {
+                    !(allowed.contains(&exact) || wild.is_some_and(|w| allowed.contains(&w)))
+                }
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        let input = Frame {
+            src_port: 1024 + round as u16,
+            vlan_tags: rng.usize(0..=2),
+            ip: if rng.bool() {
+                IpVersion::V4
+            } else {
+                IpVersion::V6
+            },
+            tcp_options: rng.usize(0..=10) * 4,
+            ..Frame::default()
+        }
+        .build_with_payload(&payload);
+        let out = run_out(&mut kernel, &input);
+        let kernel_rejects = out != input;
+        assert_eq!(
+            kernel_rejects, host_rejects,
+            "round {round}: kernel and host disagree"
+        );
+        if kernel_rejects {
+            assert_reset(&input, &out);
+            rejected += 1;
+        }
+        total += 1;
+    }
+    eprintln!("{rejected} of {total} frames rejected");
+    assert!(
+        rejected > 100 && rejected < total - 100,
+        "both verdicts exercised: {rejected}/{total}"
     );
 }
