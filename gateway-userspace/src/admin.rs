@@ -1,6 +1,8 @@
 //! The admin surfaces, on Istio's ports: readiness (`/healthz/ready`, 15021), Prometheus
-//! (`/stats/prometheus`, 15090) and the local admin (`/config_dump`, 127.0.0.1:15000).
-//! They run on their own small tasks and read only shared state, never the hot path's.
+//! (`/stats/prometheus`, 15090) and the local admin on 127.0.0.1:15000: `GET /config_dump`
+//! (the live snapshot as JSON), `GET /logging` (the log filter in force) and
+//! `POST /logging?level=debug` (switch it, as Envoy's admin does). They run on their own
+//! small tasks and read only shared state, never the hot path's.
 
 use std::{
     net::SocketAddr,
@@ -19,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::{metrics::Metrics, snapshot::Snapshot};
+use crate::{logging::LogLevel, metrics::Metrics, snapshot::Snapshot};
 
 /// Which endpoints an address serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
     pub snapshots: Arc<ArcSwap<Snapshot>>,
+    /// The live log filter; None when logging was set up elsewhere (tests).
+    pub log_level: Option<LogLevel>,
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -75,10 +79,14 @@ fn respond(
     state: &AdminState,
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
-    }
+    let method = request.method();
     match (surface, request.uri().path()) {
+        (Surface::Admin, "/logging") if method == Method::POST => set_log_level(state, request),
+        (Surface::Admin, "/logging") if method == Method::GET => match &state.log_level {
+            Some(level) => text(StatusCode::OK, &format!("{}\n", level.current())),
+            None => text(StatusCode::NOT_FOUND, "no log-level switch\n"),
+        },
+        _ if method != Method::GET => text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
         (Surface::Readiness, "/healthz/ready") => {
             if state.ready.load(Ordering::Relaxed) {
                 text(StatusCode::OK, "")
@@ -108,6 +116,40 @@ fn respond(
             }
         }
         _ => text(StatusCode::NOT_FOUND, ""),
+    }
+}
+
+/// `POST /logging?level=DIRECTIVES`: `debug`, or `gateway=debug,hyper=info` (commas and
+/// `=` as they are; `%2C`/`%3D` are decoded too).
+fn set_log_level(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(log_level) = &state.log_level else {
+        return text(StatusCode::NOT_FOUND, "no log-level switch\n");
+    };
+    let level = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| {
+            pair.strip_prefix("level=").map(|v| {
+                v.replace("%2C", ",")
+                    .replace("%2c", ",")
+                    .replace("%3D", "=")
+                    .replace("%3d", "=")
+            })
+        });
+    let Some(level) = level.filter(|l| !l.is_empty()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "usage: POST /logging?level=debug\n",
+        );
+    };
+    match log_level.set(&level) {
+        Ok(()) => {
+            info!(level, "log level switched from the admin port");
+            text(StatusCode::OK, &format!("{}\n", log_level.current()))
+        }
+        Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
     }
 }
 

@@ -47,10 +47,6 @@ impl Default for Identity {
     }
 }
 
-/// VirtualService fields that change what a response is. Proxying such a route anyway
-/// would answer users wrongly, so the route answers 501 until the data plane does them.
-const UNSUPPORTED_ACTIONS: [&str; 4] = ["redirect", "directResponse", "delegate", "rewrite"];
-
 pub fn compile(resources: &Resources, identity: &Identity) -> (Snapshot, Diagnostics) {
     let mut compiler = Compiler {
         resources,

@@ -284,17 +284,17 @@ spec:
 fn routes_with_actions_not_served_yet_answer_501_and_warn() {
     let yaml = HTTPBIN.replace(
         "  - match:\n",
-        "  - redirect: {uri: /elsewhere}\n  - match:\n",
+        "  - delegate: {name: elsewhere}\n  - match:\n",
     );
     let (snapshot, diagnostics) = compile_yaml(&yaml);
     assert_eq!(
         route(&snapshot, 80, "httpbin.example.com", "/anything"),
-        "501 redirect"
+        "501 delegate"
     );
     assert!(
         diagnostics
             .warnings()
-            .any(|d| d.field.as_deref() == Some("spec.http[0].redirect")),
+            .any(|d| d.field.as_deref() == Some("spec.http[0].delegate")),
         "{diagnostics}"
     );
 }

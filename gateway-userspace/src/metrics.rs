@@ -39,6 +39,12 @@ pub struct InterfaceLabels {
     pub interface: String,
 }
 
+/// `result` = `success` or `failure`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
 /// Istio's buckets for request durations, in milliseconds.
 const DURATION_BUCKETS_MS: [f64; 20] = [
     0.5,
@@ -72,6 +78,10 @@ pub struct Metrics {
     pub ebpf_attached: Family<InterfaceLabels, Gauge>,
     /// Times the kernel path could not be loaded or attached and userspace served alone.
     pub ebpf_fallbacks: Counter,
+    /// Configuration reloads (file change or SIGHUP), by result.
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    /// 1 when the last reload was applied, 0 when it was refused (the old config serves).
+    pub config_last_reload_successful: Gauge,
 }
 
 /// The kernel path as the metrics collector sees it: absent when eBPF is off or failed.
@@ -112,6 +122,19 @@ impl Metrics {
             "Times the kernel path could not be used and userspace served alone",
             ebpf_fallbacks.clone(),
         );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "gateway_config_reloads",
+            "Configuration reloads, by result (failure: the last good configuration kept serving)",
+            config_reloads.clone(),
+        );
+        let config_last_reload_successful = Gauge::default();
+        config_last_reload_successful.set(1);
+        registry.register(
+            "gateway_config_last_reload_successful",
+            "1 when the last reload was applied, 0 when it was refused",
+            config_last_reload_successful.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         Metrics {
             registry,
@@ -120,6 +143,8 @@ impl Metrics {
             downstream_connections,
             ebpf_attached,
             ebpf_fallbacks,
+            config_reloads,
+            config_last_reload_successful,
         }
     }
 

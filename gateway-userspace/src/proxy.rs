@@ -76,17 +76,21 @@ impl ProxyContext {
 pub fn bind_listeners(snapshot: &Snapshot) -> Result<Vec<TcpListener>, ProxyError> {
     let mut listeners = Vec::new();
     for listener in &snapshot.listeners {
-        let port = listener.bind_port;
-        let bind = || -> std::io::Result<TcpListener> {
-            let socket = TcpSocket::new_v4()?;
-            socket.set_reuseaddr(true)?;
-            socket.set_nodelay(true)?;
-            socket.bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
-            socket.listen(LISTEN_BACKLOG)
-        };
-        listeners.push(bind().map_err(|source| ProxyError::Bind { port, source })?);
+        listeners.push(bind_port(listener.bind_port)?);
     }
     Ok(listeners)
+}
+
+/// Binds one listening socket on all addresses (IPv4); reload binds ports one by one.
+pub fn bind_port(port: u16) -> Result<TcpListener, ProxyError> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| ProxyError::Bind { port, source })
 }
 
 /// Accepts until `shutdown` turns true, then lets open connections finish their

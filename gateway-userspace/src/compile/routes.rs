@@ -1,15 +1,27 @@
-//! VirtualService `http` routes → compiled routes: matches and actions.
+//! VirtualService `http` routes → compiled routes: matches and actions (redirect, direct
+//! response, rewrite, header operations, timeout, retries, fault, mirrors, CORS).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
-use super::{Compiler, UNSUPPORTED_ACTIONS, name_of};
+use http::{HeaderName, HeaderValue};
+use regex::Regex;
+use serde::Deserialize;
+
+use super::{Compiler, name_of};
 use crate::{
     config::{
         Diagnostic, Sourced,
-        resources::{HttpMatchRequest, HttpRoute, StringMatch, VirtualService},
+        resources::{
+            Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch,
+            VirtualService,
+        },
     },
     route_table::{RequestMatch, Route, StringMatcher},
-    snapshot::{Forward, RouteAction, WeightedCluster},
+    snapshot::{
+        CorsPolicy, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
+        HeaderPolicy, Mirror, PathRewrite, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite,
+        RouteAction, WeightedCluster,
+    },
 };
 
 impl Compiler<'_> {
@@ -43,68 +55,647 @@ impl Compiler<'_> {
                 }
             }
         }
-        for key in route.other.keys() {
-            if !UNSUPPORTED_ACTIONS.contains(&key.as_str()) {
+        let actions = match RouteFields::parse(&route.other) {
+            Ok(actions) => actions,
+            Err((key, message)) => {
                 self.diagnostics.push(
-                    Diagnostic::warning(format!(
-                        "`{key}` is not applied yet; the route forwards without it"
-                    ))
-                    .at(vs.location.clone())
-                    .resource(&resource)
-                    .field(format!("{field}.{key}")),
+                    Diagnostic::error(message)
+                        .at(vs.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.{key}")),
                 );
+                return None;
             }
-        }
-        if let Some(key) = route
-            .other
-            .keys()
-            .find(|k| UNSUPPORTED_ACTIONS.contains(&k.as_str()))
-        {
+        };
+        for key in &actions.unknown {
             self.diagnostics.push(
                 Diagnostic::warning(format!(
-                    "`{key}` is not served yet; requests that reach this route get 501"
+                    "`{key}` is not a field this gateway knows; ignored"
                 ))
                 .at(vs.location.clone())
                 .resource(&resource)
                 .field(format!("{field}.{key}")),
             );
+        }
+        if actions.delegate {
+            self.diagnostics.push(
+                Diagnostic::warning(
+                    "`delegate` is not served yet; requests that reach this route get 501",
+                )
+                .at(vs.location.clone())
+                .resource(&resource)
+                .field(format!("{field}.delegate")),
+            );
             return Some(Route {
                 name,
                 matches,
-                action: RouteAction::Unsupported(key.clone()),
+                action: RouteAction::Unsupported("delegate".to_owned()),
             });
         }
+        let action = match self.action(vs, &resource, &field, route, actions) {
+            Ok(action) => action,
+            Err((sub_field, message)) => {
+                self.diagnostics.push(
+                    Diagnostic::error(message)
+                        .at(vs.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.{sub_field}")),
+                );
+                return None;
+            }
+        };
+        let _ = port;
+        Some(Route {
+            name,
+            matches,
+            action,
+        })
+    }
+
+    /// The route's action: redirect, direct response, or forward with its policies.
+    fn action(
+        &mut self,
+        vs: &Sourced<VirtualService>,
+        resource: &str,
+        field: &str,
+        route: &HttpRoute,
+        fields: RouteFields,
+    ) -> Result<RouteAction, FieldError> {
+        let headers = fields
+            .headers
+            .as_ref()
+            .map(|h| compile_headers(h).map_err(|(f, e)| (format!("headers.{f}"), e)))
+            .transpose()?
+            .unwrap_or_default();
+        if let Some(redirect) = fields.redirect {
+            return Ok(RouteAction::Redirect(Box::new(compile_redirect(
+                &redirect, headers,
+            )?)));
+        }
+        if let Some(direct) = fields.direct_response {
+            let status = u16::try_from(direct.status)
+                .ok()
+                .filter(|s| (200..=599).contains(s))
+                .ok_or_else(|| {
+                    (
+                        "directResponse.status".to_owned(),
+                        format!("status {} is not an HTTP status (200–599)", direct.status),
+                    )
+                })?;
+            return Ok(RouteAction::DirectResponse(Box::new(DirectResponse {
+                status,
+                body: direct.body.and_then(|b| b.string),
+                headers,
+            })));
+        }
         if route.route.is_empty() {
-            self.diagnostics.push(
-                Diagnostic::error("a route needs at least one destination under `route`")
-                    .at(vs.location.clone())
-                    .resource(&resource)
-                    .field(format!("{field}.route")),
-            );
-            return None;
+            return Err((
+                "route".to_owned(),
+                "a route needs at least one destination under `route` (or a redirect or directResponse)"
+                    .to_owned(),
+            ));
         }
         let mut clusters = Vec::new();
         for (d_index, destination) in route.route.iter().enumerate() {
             let d_field = format!("{field}.route[{d_index}].destination");
             let cluster = self.cluster(
                 &destination.destination,
-                meta.namespace(),
+                vs.resource.metadata.namespace(),
                 vs.location.as_ref(),
-                &resource,
+                resource,
                 &d_field,
             );
             let weight = destination
                 .weight
                 .unwrap_or(if route.route.len() == 1 { 100 } else { 0 });
-            clusters.push(WeightedCluster::new(weight, cluster));
+            let mut weighted = WeightedCluster::new(weight, cluster);
+            if let Some(h) = &destination.headers {
+                weighted.headers = compile_headers(h)
+                    .map_err(|(f, e)| (format!("route[{d_index}].headers.{f}"), e))?;
+            }
+            clusters.push(weighted);
         }
-        let _ = port;
-        Some(Route {
-            name,
-            matches,
-            action: RouteAction::Forward(Box::new(Forward::to(clusters))),
-        })
+        let mut forward = Forward::to(clusters);
+        forward.headers = headers;
+        if let Some(rewrite) = &fields.rewrite {
+            forward.rewrite = Some(compile_rewrite(rewrite)?);
+        }
+        if let Some(timeout) = &fields.timeout {
+            let timeout = parse_duration(timeout).map_err(|e| ("timeout".to_owned(), e))?;
+            // Istio: 0s means no timeout.
+            forward.timeout = (!timeout.is_zero()).then_some(timeout);
+        }
+        if let Some(retries) = &fields.retries {
+            forward.retry = compile_retries(retries)?;
+        }
+        if let Some(fault) = &fields.fault {
+            forward.fault = Some(compile_fault(fault)?);
+        }
+        let mut mirrors = Vec::new();
+        if let Some(mirror) = &fields.mirror {
+            let percentage = fields.mirror_percentage.as_ref().map_or(100.0, |p| p.value);
+            mirrors.push((mirror.clone(), percentage, "mirror".to_owned()));
+        }
+        for (m_index, m) in fields.mirrors.iter().enumerate() {
+            let percentage = m.percentage.as_ref().map_or(100.0, |p| p.value);
+            mirrors.push((
+                m.destination.clone(),
+                percentage,
+                format!("mirrors[{m_index}]"),
+            ));
+        }
+        for (destination, percentage, m_field) in mirrors {
+            let cluster = self.cluster(
+                &destination,
+                vs.resource.metadata.namespace(),
+                vs.location.as_ref(),
+                resource,
+                &format!("{field}.{m_field}"),
+            );
+            forward.mirrors.push(Mirror {
+                cluster,
+                percentage: check_percentage(percentage, &m_field)?,
+            });
+        }
+        if let Some(cors) = &fields.cors_policy {
+            forward.cors = Some(compile_cors(cors)?);
+        }
+        Ok(RouteAction::Forward(Box::new(forward)))
     }
+}
+
+/// A field path below the route and what is wrong there.
+type FieldError = (String, String);
+
+/// The VirtualService route fields beyond `match` and `route`, typed.
+#[derive(Default)]
+struct RouteFields {
+    redirect: Option<IstioRedirect>,
+    direct_response: Option<IstioDirectResponse>,
+    rewrite: Option<IstioRewrite>,
+    headers: Option<Headers>,
+    timeout: Option<String>,
+    retries: Option<IstioRetries>,
+    fault: Option<IstioFault>,
+    mirror: Option<Destination>,
+    mirror_percentage: Option<Percent>,
+    mirrors: Vec<IstioMirror>,
+    cors_policy: Option<IstioCors>,
+    delegate: bool,
+    /// Keys this gateway does not know at all.
+    unknown: Vec<String>,
+}
+
+impl RouteFields {
+    fn parse(other: &BTreeMap<String, serde_yaml::Value>) -> Result<Self, FieldError> {
+        fn typed<T: serde::de::DeserializeOwned>(
+            key: &str,
+            value: &serde_yaml::Value,
+        ) -> Result<T, FieldError> {
+            serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." || path.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{key}.{path}")
+                };
+                (field, e.into_inner().to_string())
+            })
+        }
+        let mut fields = RouteFields::default();
+        for (key, value) in other {
+            match key.as_str() {
+                "redirect" => fields.redirect = Some(typed(key, value)?),
+                "directResponse" => fields.direct_response = Some(typed(key, value)?),
+                "rewrite" => fields.rewrite = Some(typed(key, value)?),
+                "headers" => fields.headers = Some(typed(key, value)?),
+                "timeout" => fields.timeout = Some(typed(key, value)?),
+                "retries" => fields.retries = Some(typed(key, value)?),
+                "fault" => fields.fault = Some(typed(key, value)?),
+                "mirror" => fields.mirror = Some(typed(key, value)?),
+                "mirrorPercentage" => fields.mirror_percentage = Some(typed(key, value)?),
+                "mirrors" => fields.mirrors = typed(key, value)?,
+                "corsPolicy" => fields.cors_policy = Some(typed(key, value)?),
+                "delegate" => fields.delegate = true,
+                // Mesh-only or informational fields: nothing for an ingress gateway to do.
+                "mirror_percent" | "mirrorPercent" => {
+                    let percent: u32 = typed(key, value)?;
+                    fields.mirror_percentage = Some(Percent {
+                        value: f64::from(percent),
+                    });
+                }
+                _ => fields.unknown.push(key.clone()),
+            }
+        }
+        Ok(fields)
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+struct IstioRedirect {
+    uri: Option<String>,
+    authority: Option<String>,
+    port: Option<u32>,
+    derive_port: Option<String>,
+    scheme: Option<String>,
+    redirect_code: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+struct IstioRewrite {
+    uri: Option<String>,
+    authority: Option<String>,
+    uri_regex_rewrite: Option<IstioRegexRewrite>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IstioRegexRewrite {
+    #[serde(rename = "match")]
+    pattern: String,
+    rewrite: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IstioDirectResponse {
+    status: u32,
+    #[serde(default)]
+    body: Option<IstioBody>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct IstioBody {
+    #[serde(default)]
+    string: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct IstioRetries {
+    attempts: Option<u32>,
+    per_try_timeout: Option<String>,
+    retry_on: Option<String>,
+    /// Locality-aware retries: one locality here, nothing to do.
+    #[allow(dead_code)]
+    retry_remote_localities: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+struct IstioFault {
+    delay: Option<IstioDelay>,
+    abort: Option<IstioAbort>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct IstioDelay {
+    fixed_delay: Option<String>,
+    percentage: Option<Percent>,
+    /// Deprecated integer percentage.
+    percent: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct IstioAbort {
+    http_status: Option<u32>,
+    grpc_status: Option<String>,
+    percentage: Option<Percent>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct Percent {
+    value: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IstioMirror {
+    destination: Destination,
+    #[serde(default)]
+    percentage: Option<Percent>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct IstioCors {
+    allow_origins: Vec<StringMatch>,
+    /// Deprecated exact origins.
+    allow_origin: Vec<String>,
+    allow_methods: Vec<String>,
+    allow_headers: Vec<String>,
+    expose_headers: Vec<String>,
+    max_age: Option<String>,
+    allow_credentials: Option<bool>,
+}
+
+/// Istio's default redirect status.
+const DEFAULT_REDIRECT_CODE: u16 = 301;
+
+fn compile_redirect(r: &IstioRedirect, headers: HeaderPolicy) -> Result<Redirect, FieldError> {
+    let status = match r.redirect_code {
+        None => DEFAULT_REDIRECT_CODE,
+        Some(code @ (301 | 302 | 303 | 307 | 308)) => code as u16,
+        Some(code) => {
+            return Err((
+                "redirect.redirectCode".to_owned(),
+                format!("{code} is not a redirect status (301, 302, 303, 307, 308)"),
+            ));
+        }
+    };
+    let port = match (r.port, r.derive_port.as_deref()) {
+        (Some(p), _) => RedirectPort::Fixed(u16::try_from(p).map_err(|_| {
+            (
+                "redirect.port".to_owned(),
+                format!("port {p} is not a TCP port"),
+            )
+        })?),
+        (None, Some("FROM_PROTOCOL_DEFAULT")) => RedirectPort::ProtocolDefault,
+        (None, None | Some("FROM_REQUEST_PORT")) => RedirectPort::FromRequest,
+        (None, Some(other)) => {
+            return Err((
+                "redirect.derivePort".to_owned(),
+                format!("{other:?}: expected FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"),
+            ));
+        }
+    };
+    Ok(Redirect {
+        scheme: r.scheme.clone(),
+        authority: r.authority.clone(),
+        port,
+        path: r.uri.clone().map(PathRewrite::Full),
+        status,
+        headers,
+    })
+}
+
+fn compile_rewrite(r: &IstioRewrite) -> Result<Rewrite, FieldError> {
+    let path = match (&r.uri, &r.uri_regex_rewrite) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "rewrite".to_owned(),
+                "uri and uriRegexRewrite cannot both be set".to_owned(),
+            ));
+        }
+        (Some(uri), None) => Some(PathRewrite::Prefix(uri.clone())),
+        (None, Some(re)) => Some(PathRewrite::Regex {
+            pattern: Regex::new(&re.pattern).map_err(|e| {
+                (
+                    "rewrite.uriRegexRewrite.match".to_owned(),
+                    format!("invalid regex: {e}"),
+                )
+            })?,
+            // RE2 writes groups as \1; the regex crate as ${1}.
+            substitution: re2_substitution(&re.rewrite),
+        }),
+        (None, None) => None,
+    };
+    Ok(Rewrite {
+        path,
+        authority: r.authority.clone(),
+    })
+}
+
+/// `\1` → `${1}`, and a literal `$` escaped, so RE2 rewrite strings work with `regex`.
+fn re2_substitution(rewrite: &str) -> String {
+    let mut out = String::with_capacity(rewrite.len());
+    let mut chars = rewrite.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut group = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    group.push(*d);
+                    chars.next();
+                }
+                out.push_str(&format!("${{{group}}}"));
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn compile_headers(h: &Headers) -> Result<HeaderPolicy, FieldError> {
+    Ok(HeaderPolicy {
+        request: compile_header_ops(&h.request).map_err(|(f, e)| (format!("request.{f}"), e))?,
+        response: compile_header_ops(&h.response).map_err(|(f, e)| (format!("response.{f}"), e))?,
+    })
+}
+
+pub(crate) fn compile_header_ops(ops: &HeaderOperations) -> Result<HeaderOps, FieldError> {
+    let pairs = |kind: &str, map: &BTreeMap<String, String>| {
+        map.iter()
+            .map(|(name, value)| {
+                let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    (
+                        format!("{kind}.{name}"),
+                        format!("{name:?} is not a header name"),
+                    )
+                })?;
+                let v = HeaderValue::from_str(value).map_err(|_| {
+                    (
+                        format!("{kind}.{name}"),
+                        format!("{value:?} is not a valid header value"),
+                    )
+                })?;
+                Ok((n, v))
+            })
+            .collect::<Result<Vec<_>, FieldError>>()
+    };
+    Ok(HeaderOps {
+        set: pairs("set", &ops.set)?,
+        add: pairs("add", &ops.add)?,
+        remove: ops
+            .remove
+            .iter()
+            .map(|name| {
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    (
+                        "remove".to_owned(),
+                        format!("{name:?} is not a header name"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn compile_retries(r: &IstioRetries) -> Result<RetryPolicy, FieldError> {
+    let mut policy = RetryPolicy::default();
+    if let Some(attempts) = r.attempts {
+        policy.attempts = attempts;
+    }
+    if let Some(t) = &r.per_try_timeout {
+        policy.per_try_timeout =
+            Some(parse_duration(t).map_err(|e| ("retries.perTryTimeout".to_owned(), e))?);
+    }
+    if let Some(on) = &r.retry_on {
+        policy.retry_on = parse_retry_on(on).map_err(|e| ("retries.retryOn".to_owned(), e))?;
+    }
+    Ok(policy)
+}
+
+/// Envoy's `retry_on` list: `5xx,gateway-error,connect-failure,reset,503`.
+pub(crate) fn parse_retry_on(list: &str) -> Result<RetryOn, String> {
+    let mut on = RetryOn::default();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item {
+            "5xx" => on.server_error = true,
+            "gateway-error" => on.gateway_error = true,
+            "connect-failure" => on.connect_failure = true,
+            "reset" | "reset-before-request" => on.reset = true,
+            "refused-stream" => on.refused_stream = true,
+            "retriable-4xx" => on.retriable_4xx = true,
+            // The codes come as bare numbers in Istio's list.
+            "retriable-status-codes" => {}
+            // gRPC status conditions: the upstream's grpc-status is not inspected.
+            "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
+            | "unavailable" | "retriable-headers" | "envoy-ratelimited" => {}
+            code => match code.parse::<u16>() {
+                Ok(code) if (100..=599).contains(&code) => on.status_codes.push(code),
+                _ => return Err(format!("unknown retry condition {code:?}")),
+            },
+        }
+    }
+    Ok(on)
+}
+
+fn compile_fault(f: &IstioFault) -> Result<Fault, FieldError> {
+    let delay = match &f.delay {
+        None => None,
+        Some(d) => {
+            let fixed = d.fixed_delay.as_deref().ok_or_else(|| {
+                (
+                    "fault.delay.fixedDelay".to_owned(),
+                    "a delay needs fixedDelay".to_owned(),
+                )
+            })?;
+            let percentage = d
+                .percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or(d.percent.map(f64::from))
+                .unwrap_or(100.0);
+            Some(FaultDelay {
+                delay: parse_duration(fixed)
+                    .map_err(|e| ("fault.delay.fixedDelay".to_owned(), e))?,
+                percentage: check_percentage(percentage, "fault.delay.percentage")?,
+            })
+        }
+    };
+    let abort = match &f.abort {
+        None => None,
+        Some(a) => {
+            let status = match (a.http_status, &a.grpc_status) {
+                (Some(s), _) => u16::try_from(s)
+                    .ok()
+                    .filter(|s| (200..=599).contains(s))
+                    .ok_or_else(|| {
+                        (
+                            "fault.abort.httpStatus".to_owned(),
+                            format!("{s} is not an HTTP status (200–599)"),
+                        )
+                    })?,
+                (None, Some(_)) => {
+                    return Err((
+                        "fault.abort.grpcStatus".to_owned(),
+                        "grpcStatus aborts are not served yet; use httpStatus".to_owned(),
+                    ));
+                }
+                (None, None) => {
+                    return Err((
+                        "fault.abort".to_owned(),
+                        "an abort needs httpStatus".to_owned(),
+                    ));
+                }
+            };
+            let percentage = a.percentage.as_ref().map_or(100.0, |p| p.value);
+            Some(FaultAbort {
+                status,
+                percentage: check_percentage(percentage, "fault.abort.percentage")?,
+            })
+        }
+    };
+    Ok(Fault { delay, abort })
+}
+
+fn compile_cors(c: &IstioCors) -> Result<CorsPolicy, FieldError> {
+    let mut allow_origins = Vec::new();
+    for (i, origin) in c.allow_origins.iter().enumerate() {
+        allow_origins.push(
+            compile_string_match(origin, false)
+                .map_err(|e| (format!("corsPolicy.allowOrigins[{i}]"), e))?,
+        );
+    }
+    for origin in &c.allow_origin {
+        allow_origins.push(StringMatcher::Exact {
+            value: origin.clone(),
+            ignore_case: false,
+        });
+    }
+    let max_age = c
+        .max_age
+        .as_deref()
+        .map(|a| parse_duration(a).map_err(|e| ("corsPolicy.maxAge".to_owned(), e)))
+        .transpose()?
+        .map(|d| d.as_secs());
+    Ok(CorsPolicy {
+        allow_origins,
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+    })
+}
+
+fn check_percentage(value: f64, field: &str) -> Result<f64, FieldError> {
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err((
+            field.to_owned(),
+            format!("{value} is not a percentage (0–100)"),
+        ))
+    }
+}
+
+/// Durations as Istio accepts them: `1s`, `0.5s`, `250ms`, `1m30s`, `1h`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 1s, 250ms, 1m30s)");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        total += number * seconds;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 pub(super) fn clone_route(route: &Route<RouteAction>) -> Route<RouteAction> {
@@ -165,5 +756,37 @@ fn compile_string_match(s: &StringMatch, ignore_case: bool) -> Result<StringMatc
             StringMatcher::regex(regex, ignore_case).map_err(|e| format!("invalid regex: {e}"))
         }
         _ => Err("expected exactly one of exact, prefix or regex".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_istio_writes_them() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1 fortnight").is_err());
+    }
+
+    #[test]
+    fn re2_groups_become_regex_crate_groups() {
+        assert_eq!(re2_substitution("/v2/\\1/x"), "/v2/${1}/x");
+        assert_eq!(re2_substitution("/a$b"), "/a$$b");
+    }
+
+    #[test]
+    fn retry_conditions() {
+        let on = parse_retry_on("gateway-error,connect-failure,retriable-status-codes,409")
+            .expect("valid");
+        assert!(on.gateway_error && on.connect_failure && !on.server_error);
+        assert_eq!(on.status_codes, [409]);
+        assert!(parse_retry_on("sometimes").is_err());
     }
 }

@@ -160,6 +160,25 @@ pub struct HttpRouteDestination {
     pub destination: Destination,
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Header operations for requests to (and responses from) this destination.
+    #[serde(default)]
+    pub headers: Option<Headers>,
+}
+
+/// Istio's `Headers`: operations on request and response headers.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Headers {
+    pub request: HeaderOperations,
+    pub response: HeaderOperations,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HeaderOperations {
+    pub set: BTreeMap<String, String>,
+    pub add: BTreeMap<String, String>,
+    pub remove: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
