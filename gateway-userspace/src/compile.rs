@@ -7,6 +7,7 @@
 
 mod clusters;
 mod routes;
+mod tls;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,7 +20,7 @@ use crate::{
         resources::{Gateway, IntOrString, Service, VirtualService},
     },
     route_table::{Route, RouteTable, VirtualHost},
-    snapshot::{Cluster, KernelPolicy, Listener, Protocol, RouteAction, Snapshot},
+    snapshot::{Cluster, KernelPolicy, Listener, Protocol, RouteAction, Snapshot, TlsPortPolicy},
 };
 
 /// Who this gateway is: the labels its pods carry and its namespace.
@@ -79,6 +80,8 @@ struct PortServers<'a> {
     protocol: Protocol,
     /// (gateway, its server hosts)
     servers: Vec<(&'a Sourced<Gateway>, Vec<ServerHost>)>,
+    /// (gateway, index in its `spec.servers`), same order as `servers`: what TLS needs.
+    server_indices: Vec<(&'a Sourced<Gateway>, usize)>,
 }
 
 impl<'a> Compiler<'a> {
@@ -105,6 +108,7 @@ impl<'a> Compiler<'a> {
         for (port, servers) in ports {
             let (bind_port, node_port) = self.bind_port(port, own_service);
             let routes = self.route_table(port, &servers, &virtual_services);
+            let transport = self.transport(port, &servers, &virtual_services);
             listeners.push(Listener {
                 port,
                 bind_port,
@@ -116,15 +120,18 @@ impl<'a> Compiler<'a> {
                     .map(|(g, _)| name_of(&g.resource.metadata))
                     .collect(),
                 routes,
+                transport,
             });
         }
         let mut kernel_ports: Vec<u16> = listeners.iter().map(|l| l.bind_port).collect();
         kernel_ports.sort_unstable();
         kernel_ports.dedup();
+        let tls_ports = tls_port_policies(&listeners);
         Snapshot {
             listeners,
             kernel: KernelPolicy {
                 ports: kernel_ports,
+                tls_ports,
             },
         }
     }
@@ -162,7 +169,7 @@ impl<'a> Compiler<'a> {
                 let Some(protocol) = Protocol::parse(&server.port.protocol) else {
                     self.diagnostics.push(
                         Diagnostic::warning(format!(
-                            "protocol {} is not served yet (HTTP, HTTP2 and GRPC are); this server is skipped",
+                            "protocol {} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TLS and TCP are); this server is skipped",
                             server.port.protocol
                         ))
                         .at(gateway.location.clone())
@@ -185,8 +192,12 @@ impl<'a> Compiler<'a> {
                 let entry = ports.entry(port).or_insert_with(|| PortServers {
                     protocol,
                     servers: Vec::new(),
+                    server_indices: Vec::new(),
                 });
-                if entry.protocol != protocol {
+                // HTTPS and TLS servers share a port as Istio allows: SNI picks the server.
+                let both_tls = matches!(entry.protocol, Protocol::Https | Protocol::Tls)
+                    && matches!(protocol, Protocol::Https | Protocol::Tls);
+                if entry.protocol != protocol && !both_tls {
                     self.diagnostics.push(
                         Diagnostic::warning(format!(
                             "port {port} is already {:?} from another server; Istio keeps the first protocol, so this server's routes join that listener",
@@ -198,6 +209,7 @@ impl<'a> Compiler<'a> {
                     );
                 }
                 entry.servers.push((gateway, hosts));
+                entry.server_indices.push((gateway, index));
             }
         }
         ports
@@ -360,6 +372,22 @@ impl<'a> Compiler<'a> {
                 .collect(),
         )
     }
+}
+
+/// The SNI names each TLS port accepts, for the kernel's early rejection.
+fn tls_port_policies(listeners: &[Listener]) -> Vec<TlsPortPolicy> {
+    listeners
+        .iter()
+        .filter_map(|l| {
+            let tls = l.transport.as_ref()?.tls()?;
+            let (accept_any, names) = tls.kernel_policy();
+            Some(TlsPortPolicy {
+                port: l.bind_port,
+                accept_any,
+                names,
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn name_of(meta: &crate::config::resources::ObjectMeta) -> String {

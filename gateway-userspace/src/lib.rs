@@ -16,3 +16,4 @@ pub mod proxy;
 pub mod reload;
 pub mod route_table;
 pub mod snapshot;
+pub mod tls;

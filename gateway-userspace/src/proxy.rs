@@ -4,6 +4,8 @@
 
 mod access_log;
 mod forward;
+mod tcp;
+mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -133,11 +135,33 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         // The connection keeps the snapshot it started with, whatever reloads happen.
         let snapshot = ctx.snapshots.load_full();
+        // HTTPS, TLS and TCP listeners: SNI, termination, passthrough (proxy/tls.rs).
+        if let Some(transport) = snapshot
+            .listeners
+            .iter()
+            .find(|l| l.bind_port == bind_port)
+            .and_then(|l| l.transport.clone())
+        {
+            let accepted = tls::Accepted {
+                stream,
+                peer,
+                local,
+                snapshot,
+                transport,
+                ctx: ctx.clone(),
+            };
+            tokio::spawn(
+                tls::serve(accepted, builder.clone(), graceful.watcher())
+                    .instrument(info_span!("conn", %peer)),
+            );
+            continue;
+        }
         let connection = forward::Connection {
             peer,
             local,
             snapshot,
             ctx: ctx.clone(),
+            tls: None,
         };
         let connection = Arc::new(connection);
         let service = service_fn(move |request| {

@@ -3,3 +3,4 @@
 //! namespaces the tests create and remove.
 
 mod basics;
+mod tls;

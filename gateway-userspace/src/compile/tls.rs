@@ -1,0 +1,587 @@
+//! HTTPS, TLS and TCP servers → [`Transport`]: each TLS server's credentials (Secrets
+//! named by `credentialName(s)`, or files), client-certificate policy, versions and
+//! suites become a rustls configuration; PASSTHROUGH servers get the VirtualService `tls`
+//! routes matched by `sniHosts`; TCP servers and terminating TLS servers get `tcp` routes.
+//!
+//! A credential that cannot be read skips its server with a warning naming the Secret,
+//! so that every other host on the port keeps serving.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::{server::ProducesTickets, sign::CertifiedKey};
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+
+use super::{Compiler, PortServers, binds, intersect_hosts, name_of};
+use crate::{
+    config::{
+        Diagnostic, Sourced,
+        resources::{Destination, Gateway, Secret, Server, ServerTls, VirtualService},
+    },
+    snapshot::{Protocol, WeightedCluster},
+    tls::{
+        AfterTermination, ListenerTls, SniRoute, TlsMode, TlsServer, Transport,
+        certs::{self, CA_KEYS, CA_SECRET_SUFFIX},
+        server_config::{self, ClientAuth, HTTPS_ALPN, ServerSettings, TlsVersion},
+    },
+};
+
+/// Weight of a destination that names none: all of the traffic when it is alone.
+const SOLE_DESTINATION_WEIGHT: u32 = 100;
+
+/// VirtualService `tls` and `tcp` routes (kept as YAML by `config`, typed here).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct L4Route {
+    #[serde(rename = "match")]
+    matches: Vec<L4Match>,
+    route: Vec<L4Destination>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct L4Match {
+    sni_hosts: Vec<String>,
+    port: Option<u32>,
+    gateways: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct L4Destination {
+    destination: Destination,
+    #[serde(default)]
+    weight: Option<u32>,
+}
+
+/// One process-wide ticket key rotator: sessions resume across reloads and servers
+/// (rustls checks that a resumed session's SNI matches).
+fn ticketer() -> Option<Arc<dyn ProducesTickets>> {
+    static TICKETER: OnceLock<Option<Arc<dyn ProducesTickets>>> = OnceLock::new();
+    TICKETER
+        .get_or_init(|| rustls::crypto::aws_lc_rs::Ticketer::new().ok())
+        .clone()
+}
+
+/// Where a server and its diagnostics come from.
+struct ServerRef<'a> {
+    gateway: &'a Sourced<Gateway>,
+    server: &'a Server,
+    resource: String,
+    field: String,
+    /// Lowercase, `namespace/` removed.
+    hosts: Vec<String>,
+}
+
+impl<'a> Compiler<'a> {
+    /// The TLS or TCP part of a listener; None for plaintext HTTP ports.
+    pub(super) fn transport(
+        &mut self,
+        port: u16,
+        servers: &PortServers<'a>,
+        virtual_services: &[&'a Sourced<VirtualService>],
+    ) -> Option<Arc<Transport>> {
+        let refs: Vec<ServerRef<'a>> = servers
+            .server_indices
+            .iter()
+            .filter_map(|&(gateway, index)| {
+                let server = gateway.resource.spec.servers.get(index)?;
+                Some(ServerRef {
+                    gateway,
+                    server,
+                    resource: format!("Gateway {}", name_of(&gateway.resource.metadata)),
+                    field: format!("spec.servers[{index}]"),
+                    hosts: server
+                        .hosts
+                        .iter()
+                        .map(|h| {
+                            h.rsplit_once('/')
+                                .map_or(h.as_str(), |(_, host)| host)
+                                .to_ascii_lowercase()
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        match servers.protocol {
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc => None,
+            Protocol::Tcp => {
+                let clusters = refs
+                    .iter()
+                    .map(|r| self.tcp_clusters(port, r, virtual_services))
+                    .find(|c| !c.is_empty())
+                    .unwrap_or_default();
+                Some(Arc::new(Transport::Tcp(clusters)))
+            }
+            Protocol::Https | Protocol::Tls => {
+                let tls_servers: Vec<TlsServer> = refs
+                    .iter()
+                    .filter_map(|r| self.tls_server(port, r, virtual_services))
+                    .collect();
+                let listener_tls = ListenerTls {
+                    servers: tls_servers,
+                };
+                if !listener_tls.servers.is_empty()
+                    && listener_tls.select(None).is_none()
+                    && let Some(first) = refs.first()
+                {
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "no server on port {port} has host `*`: clients that send no SNI (an IP address in the URL, old clients) are refused there"
+                        ))
+                        .at(first.gateway.location.clone())
+                        .resource(&first.resource)
+                        .field(format!("{}.hosts", first.field)),
+                    );
+                }
+                Some(Arc::new(Transport::Tls(listener_tls)))
+            }
+        }
+    }
+
+    fn tls_server(
+        &mut self,
+        port: u16,
+        server: &ServerRef<'a>,
+        virtual_services: &[&'a Sourced<VirtualService>],
+    ) -> Option<TlsServer> {
+        let Some(tls) = &server.server.tls else {
+            self.server_error(
+                server,
+                "tls",
+                "an HTTPS or TLS server needs `tls` (mode and credentials)",
+            );
+            return None;
+        };
+        let mode = tls.mode.as_deref().unwrap_or("SIMPLE").to_ascii_uppercase();
+        let name = format!("{} {}", server.resource, server.field);
+        let protocol = Protocol::parse(&server.server.port.protocol);
+        let mode = match mode.as_str() {
+            "PASSTHROUGH" => TlsMode::Passthrough {
+                routes: self.sni_routes(port, server, virtual_services),
+            },
+            "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" => {
+                let settings = self.server_settings(server, tls, &mode)?;
+                let after = if protocol == Some(Protocol::Tls) {
+                    AfterTermination::Tcp(self.tcp_clusters(port, server, virtual_services))
+                } else {
+                    AfterTermination::Http
+                };
+                let ticketer = ticketer()?;
+                match server_config::build(settings, ticketer) {
+                    Ok(config) => TlsMode::Terminate { config, after },
+                    Err(e) => {
+                        self.server_error(server, "tls", &e.to_string());
+                        return None;
+                    }
+                }
+            }
+            other => {
+                self.server_warning(
+                    server,
+                    "tls.mode",
+                    &format!(
+                        "mode {other} is not served (SIMPLE, MUTUAL, OPTIONAL_MUTUAL and PASSTHROUGH are); this server is skipped"
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(TlsServer {
+            name,
+            hosts: server.hosts.clone(),
+            mode,
+        })
+    }
+
+    /// Certificates, client CA, versions, suites and ALPN of a terminating server.
+    fn server_settings(
+        &mut self,
+        server: &ServerRef<'a>,
+        tls: &ServerTls,
+        mode: &str,
+    ) -> Option<ServerSettings> {
+        let provider = server_config::provider();
+        let mut min_max = [None, None];
+        for (slot, (field, value)) in min_max.iter_mut().zip([
+            ("tls.minProtocolVersion", &tls.min_protocol_version),
+            ("tls.maxProtocolVersion", &tls.max_protocol_version),
+        ]) {
+            if let Some(value) = value {
+                match TlsVersion::parse(value) {
+                    Ok(version) => *slot = version,
+                    Err(e) => {
+                        self.server_error(server, field, &e.to_string());
+                        return None;
+                    }
+                }
+            }
+        }
+        let mut credential_names: Vec<&String> = tls.credential_names.iter().collect();
+        if let Some(name) = &tls.credential_name {
+            credential_names.insert(0, name);
+        }
+        let mut certificates: Vec<Arc<CertifiedKey>> = Vec::new();
+        let mut client_ca: Option<Vec<CertificateDer<'static>>> = None;
+        for name in &credential_names {
+            let secret = self.find_secret(server, name)?;
+            match certs::secret_certified_key(&secret.resource, &provider) {
+                Ok(key) => certificates.push(key),
+                Err(e) => {
+                    self.server_warning(
+                        server,
+                        "tls.credentialName",
+                        &format!(
+                            "Secret {}: {e}; this server is not served (the others are)",
+                            name_of(&secret.resource.metadata)
+                        ),
+                    );
+                    return None;
+                }
+            }
+            if client_ca.is_none() && mode != "SIMPLE" {
+                client_ca = self.secret_ca(server, &secret.resource, name)?;
+            }
+        }
+        match (&tls.server_certificate, &tls.private_key) {
+            (Some(cert_path), Some(key_path)) if certificates.is_empty() => {
+                let read =
+                    |path: &String| std::fs::read(path).map_err(|e| format!("reading {path}: {e}"));
+                let loaded = read(cert_path).and_then(|cert| {
+                    let key = read(key_path)?;
+                    certs::certified_key(&cert, &key, &provider)
+                        .map_err(|e| format!("{cert_path} / {key_path}: {e}"))
+                });
+                match loaded {
+                    Ok(key) => certificates.push(key),
+                    Err(e) => {
+                        self.server_warning(
+                            server,
+                            "tls.serverCertificate",
+                            &format!("{e}; this server is not served (the others are)"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            _ => {}
+        }
+        if certificates.is_empty() {
+            self.server_error(
+                server,
+                "tls",
+                &format!(
+                    "mode {mode} needs credentialName, credentialNames or serverCertificate and privateKey"
+                ),
+            );
+            return None;
+        }
+        if mode != "SIMPLE" && client_ca.is_none() {
+            if let Some(path) = &tls.ca_certificates {
+                let loaded = std::fs::read(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()));
+                match loaded {
+                    Ok(ca) => client_ca = Some(ca),
+                    Err(e) => {
+                        self.server_warning(
+                            server,
+                            "tls.caCertificates",
+                            &format!("{path}: {e}; this server is not served (the others are)"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        }
+        let client_auth = match (mode, client_ca) {
+            ("SIMPLE", _) => None,
+            (_, Some(roots)) => Some(ClientAuth {
+                roots,
+                optional: mode == "OPTIONAL_MUTUAL",
+                subject_alt_names: tls.subject_alt_names.clone(),
+            }),
+            (_, None) => {
+                self.server_error(
+                    server,
+                    "tls",
+                    &format!(
+                        "mode {mode} needs client CA certificates: ca.crt in the credential Secret, a `<credentialName>{CA_SECRET_SUFFIX}` Secret, or caCertificates"
+                    ),
+                );
+                return None;
+            }
+        };
+        let is_https = Protocol::parse(&server.server.port.protocol) == Some(Protocol::Https);
+        let settings = ServerSettings {
+            certificates,
+            client_auth,
+            min_version: min_max[0],
+            max_version: min_max[1],
+            cipher_suites: tls.cipher_suites.clone(),
+            alpn: if is_https {
+                HTTPS_ALPN.iter().map(|p| p.to_vec()).collect()
+            } else {
+                Vec::new()
+            },
+        };
+        if let Err(e) = server_config::check(&settings) {
+            self.server_error(server, "tls.cipherSuites", &e.to_string());
+            return None;
+        }
+        Some(settings)
+    }
+
+    /// A credential Secret: in the gateway's namespace (as Istio reads it), then in the
+    /// Gateway resource's own namespace.
+    fn find_secret(&mut self, server: &ServerRef<'a>, name: &str) -> Option<&'a Sourced<Secret>> {
+        let namespaces = self.secret_namespaces(server.gateway);
+        let found = namespaces.iter().find_map(|ns| {
+            self.resources
+                .secrets
+                .iter()
+                .find(|s| s.resource.metadata.name == name && s.resource.metadata.namespace() == ns)
+        });
+        if found.is_none() {
+            self.server_warning(
+                server,
+                "tls.credentialName",
+                &format!(
+                    "Secret {name} not found in namespace {}; this server is not served (the others are)",
+                    namespaces.join(" or ")
+                ),
+            );
+        }
+        found
+    }
+
+    fn secret_namespaces(&self, gateway: &Sourced<Gateway>) -> Vec<String> {
+        let mut namespaces = vec![self.identity.namespace.clone()];
+        let own = gateway.resource.metadata.namespace().to_owned();
+        if !namespaces.contains(&own) {
+            namespaces.push(own);
+        }
+        namespaces
+    }
+
+    /// `ca.crt`/`cacert` of the credential, else the `<name>-cacert` Secret's. Err (None
+    /// outer) when a CA is present but unreadable.
+    #[allow(clippy::option_option)]
+    fn secret_ca(
+        &mut self,
+        server: &ServerRef<'a>,
+        secret: &Secret,
+        name: &str,
+    ) -> Option<Option<Vec<CertificateDer<'static>>>> {
+        let ca_secret_name = format!("{name}{CA_SECRET_SUFFIX}");
+        let namespaces = self.secret_namespaces(server.gateway);
+        let ca_secret = namespaces.iter().find_map(|ns| {
+            self.resources.secrets.iter().find(|s| {
+                s.resource.metadata.name == ca_secret_name && s.resource.metadata.namespace() == ns
+            })
+        });
+        for candidate in std::iter::once(secret).chain(ca_secret.map(|s| &s.resource)) {
+            let pem = match certs::secret_first(candidate, &CA_KEYS) {
+                Ok(Some(pem)) => pem,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.ca_warning(server, candidate, &e.to_string());
+                    return None;
+                }
+            };
+            match certs::certificates(&pem) {
+                Ok(ca) => return Some(Some(ca)),
+                Err(e) => {
+                    self.ca_warning(server, candidate, &e.to_string());
+                    return None;
+                }
+            }
+        }
+        Some(None)
+    }
+
+    fn ca_warning(&mut self, server: &ServerRef<'a>, secret: &Secret, error: &str) {
+        self.server_warning(
+            server,
+            "tls.credentialName",
+            &format!(
+                "Secret {}: client CA: {error}; this server is not served (the others are)",
+                name_of(&secret.metadata)
+            ),
+        );
+    }
+
+    /// PASSTHROUGH: `tls` routes of VirtualServices bound to the server's Gateway whose
+    /// `sniHosts` the server accepts.
+    fn sni_routes(
+        &mut self,
+        port: u16,
+        server: &ServerRef<'a>,
+        virtual_services: &[&'a Sourced<VirtualService>],
+    ) -> Vec<SniRoute> {
+        let mut routes = Vec::new();
+        for vs in virtual_services {
+            if !binds(&vs.resource, server.gateway) {
+                continue;
+            }
+            for (index, value) in vs.resource.spec.tls.iter().enumerate() {
+                let field = format!("spec.tls[{index}]");
+                let Some(route) = self.l4_route(vs, value, &field) else {
+                    continue;
+                };
+                for m in &route.matches {
+                    if !self.l4_match_applies(m, port, server.gateway, vs) {
+                        continue;
+                    }
+                    let wanted = if m.sni_hosts.is_empty() {
+                        &vs.resource.spec.hosts
+                    } else {
+                        &m.sni_hosts
+                    };
+                    let sni_hosts: Vec<String> = wanted
+                        .iter()
+                        .flat_map(|sni| {
+                            server
+                                .hosts
+                                .iter()
+                                .filter_map(move |h| intersect_hosts(sni, h))
+                        })
+                        .collect();
+                    if sni_hosts.is_empty() {
+                        continue;
+                    }
+                    let clusters = self.l4_clusters(vs, &route, &field);
+                    routes.push(SniRoute {
+                        sni_hosts,
+                        clusters,
+                    });
+                }
+            }
+        }
+        routes
+    }
+
+    /// TCP servers and terminating TLS servers: the first `tcp` route of a VirtualService
+    /// bound to the Gateway, with a host the server accepts, that matches the port.
+    fn tcp_clusters(
+        &mut self,
+        port: u16,
+        server: &ServerRef<'a>,
+        virtual_services: &[&'a Sourced<VirtualService>],
+    ) -> Vec<WeightedCluster> {
+        for vs in virtual_services {
+            if !binds(&vs.resource, server.gateway) {
+                continue;
+            }
+            let host_ok = vs.resource.spec.hosts.iter().any(|vs_host| {
+                server
+                    .hosts
+                    .iter()
+                    .any(|h| intersect_hosts(vs_host, h).is_some())
+            });
+            if !host_ok {
+                continue;
+            }
+            for (index, value) in vs.resource.spec.tcp.iter().enumerate() {
+                let field = format!("spec.tcp[{index}]");
+                let Some(route) = self.l4_route(vs, value, &field) else {
+                    continue;
+                };
+                let applies = route.matches.is_empty()
+                    || route
+                        .matches
+                        .iter()
+                        .any(|m| self.l4_match_applies(m, port, server.gateway, vs));
+                if applies {
+                    return self.l4_clusters(vs, &route, &field);
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    fn l4_route(
+        &mut self,
+        vs: &Sourced<VirtualService>,
+        value: &serde_yaml::Value,
+        field: &str,
+    ) -> Option<L4Route> {
+        match serde_yaml::from_value::<L4Route>(value.clone()) {
+            Ok(route) => Some(route),
+            Err(e) => {
+                self.diagnostics.push(
+                    Diagnostic::error(e.to_string())
+                        .at(vs.location.clone())
+                        .resource(format!("VirtualService {}", name_of(&vs.resource.metadata)))
+                        .field(field.to_owned()),
+                );
+                None
+            }
+        }
+    }
+
+    fn l4_match_applies(
+        &self,
+        m: &L4Match,
+        port: u16,
+        gateway: &Sourced<Gateway>,
+        vs: &Sourced<VirtualService>,
+    ) -> bool {
+        let port_ok = m.port.is_none_or(|p| p == u32::from(port));
+        let vs_namespace = vs.resource.metadata.namespace();
+        let gateway_ok = m.gateways.is_empty()
+            || m.gateways.iter().any(|g| {
+                let (ns, name) = g.split_once('/').unwrap_or((vs_namespace, g));
+                ns == gateway.resource.metadata.namespace()
+                    && name == gateway.resource.metadata.name
+            });
+        port_ok && gateway_ok
+    }
+
+    fn l4_clusters(
+        &mut self,
+        vs: &Sourced<VirtualService>,
+        route: &L4Route,
+        field: &str,
+    ) -> Vec<WeightedCluster> {
+        let resource = format!("VirtualService {}", name_of(&vs.resource.metadata));
+        let vs_namespace = vs.resource.metadata.namespace().to_owned();
+        let sole = route.route.len() == 1;
+        route
+            .route
+            .iter()
+            .enumerate()
+            .map(|(index, d)| {
+                let cluster = self.cluster(
+                    &d.destination,
+                    &vs_namespace,
+                    vs.location.as_ref(),
+                    &resource,
+                    &format!("{field}.route[{index}].destination"),
+                );
+                let weight = d
+                    .weight
+                    .unwrap_or(if sole { SOLE_DESTINATION_WEIGHT } else { 0 });
+                WeightedCluster::new(weight, cluster)
+            })
+            .collect()
+    }
+
+    fn server_error(&mut self, server: &ServerRef<'a>, field: &str, message: &str) {
+        self.diagnostics.push(
+            Diagnostic::error(message)
+                .at(server.gateway.location.clone())
+                .resource(&server.resource)
+                .field(format!("{}.{field}", server.field)),
+        );
+    }
+
+    fn server_warning(&mut self, server: &ServerRef<'a>, field: &str, message: &str) {
+        self.diagnostics.push(
+            Diagnostic::warning(message)
+                .at(server.gateway.location.clone())
+                .resource(&server.resource)
+                .field(format!("{}.{field}", server.field)),
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! Byte streams to a destination: TCP servers, TLS-terminated TCP, and TLS passthrough
+//! (where the already-read ClientHello goes first).
+
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, copy_bidirectional},
+    net::TcpStream,
+};
+use tracing::debug;
+
+use crate::snapshot::{RouteAction, WeightedCluster};
+
+/// Istio's default upstream connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to an endpoint of one of `clusters` (by weight), sends `prefix`, then copies
+/// both ways until either side closes. Without a reachable endpoint the downstream is
+/// closed, as Envoy's tcp_proxy does.
+pub(super) async fn proxy<S>(mut downstream: S, prefix: &[u8], clusters: &[WeightedCluster])
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(cluster) = RouteAction::pick_cluster(clusters) else {
+        debug!("no tcp route: closing");
+        return;
+    };
+    let Some(endpoint) = cluster.cluster.pick_endpoint() else {
+        debug!(cluster = %cluster.cluster.name, "no healthy upstream: closing");
+        return;
+    };
+    let mut upstream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint.addr)).await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(e)) => {
+                endpoint.record(true);
+                debug!(upstream = %endpoint.addr, error = %e, "upstream connect failed");
+                return;
+            }
+            Err(_) => {
+                endpoint.record(true);
+                debug!(upstream = %endpoint.addr, "upstream connect timed out");
+                return;
+            }
+        };
+    endpoint.record(false);
+    let _ = upstream.set_nodelay(true);
+    if !prefix.is_empty()
+        && let Err(e) = upstream.write_all(prefix).await
+    {
+        debug!(upstream = %endpoint.addr, error = %e, "upstream write failed");
+        return;
+    }
+    match copy_bidirectional(&mut downstream, &mut upstream).await {
+        Ok((sent, received)) => debug!(upstream = %endpoint.addr, sent, received, "stream closed"),
+        Err(e) => debug!(upstream = %endpoint.addr, error = %e, "stream ended with an error"),
+    }
+}

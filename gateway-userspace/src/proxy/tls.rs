@@ -1,0 +1,270 @@
+//! HTTPS, TLS and TCP listeners. A TLS connection's ClientHello is read first and picks
+//! the server by SNI; a name no server accepts is refused before any handshake. Then the
+//! server terminates (rustls) and serves HTTP or proxies TCP, or passes the raw bytes,
+//! ClientHello included, through to the destination.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::Watcher},
+};
+use rustls::server::Acceptor;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::debug;
+
+use super::{ProxyContext, forward, tcp};
+use crate::{
+    snapshot::Snapshot,
+    tls::{
+        AfterTermination, ListenerTls, SniRoute, TlsConnectionInfo, TlsMode, Transport, client_cert,
+    },
+};
+
+/// A client gets this long to send its ClientHello and finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// ClientHellos larger than this are refused (real ones, post-quantum key shares
+/// included, are under 2 KiB; a record is at most 16 KiB).
+const MAX_CLIENT_HELLO: usize = 32 * 1024;
+/// Bytes read from the socket at a time while waiting for the ClientHello.
+const HELLO_READ_CHUNK: usize = 2048;
+
+/// An accepted connection on an HTTPS, TLS or TCP listener.
+pub(super) struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub snapshot: Arc<Snapshot>,
+    pub transport: Arc<Transport>,
+    pub ctx: Arc<ProxyContext>,
+}
+
+pub(super) async fn serve(
+    accepted: Accepted,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) {
+    let transport = accepted.transport.clone();
+    match &*transport {
+        Transport::Tcp(clusters) => tcp::proxy(accepted.stream, &[], clusters).await,
+        Transport::Tls(tls) => serve_tls(accepted, tls, builder, watcher).await,
+    }
+}
+
+async fn serve_tls(
+    accepted: Accepted,
+    tls: &ListenerTls,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) {
+    let Accepted {
+        mut stream,
+        peer,
+        local,
+        snapshot,
+        ctx,
+        ..
+    } = accepted;
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_client_hello(&mut stream)).await
+    {
+        Ok(Ok(Some(hello))) => hello,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            debug!(error = %e, "reading the ClientHello failed");
+            return;
+        }
+        Err(_) => {
+            debug!("no ClientHello in time");
+            return;
+        }
+    };
+    let Some((index, server)) = tls.select(hello.sni.as_deref()) else {
+        // Closing without a handshake, as Envoy does when no filter chain matches.
+        debug!(sni = ?hello.sni, "refused: no server accepts this SNI");
+        return;
+    };
+    match &server.mode {
+        TlsMode::Passthrough { routes } => {
+            let Some(route) = SniRoute::find(routes, hello.sni.as_deref()) else {
+                debug!(sni = ?hello.sni, server = %server.name, "refused: no tls route for this SNI");
+                return;
+            };
+            tcp::proxy(stream, &hello.bytes, &route.clusters).await;
+        }
+        TlsMode::Terminate { config, after } => {
+            let rewound = Rewind {
+                prefix: hello.bytes,
+                position: 0,
+                inner: stream,
+            };
+            let handshake = async {
+                let start = LazyConfigAcceptor::new(Acceptor::default(), rewound).await?;
+                start.into_stream(config.clone()).await
+            };
+            let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(tls_stream)) => tls_stream,
+                Ok(Err(e)) => {
+                    debug!(error = %e, sni = ?hello.sni, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(sni = ?hello.sni, "TLS handshake timed out");
+                    return;
+                }
+            };
+            match after {
+                AfterTermination::Tcp(clusters) => tcp::proxy(tls_stream, &[], clusters).await,
+                AfterTermination::Http => {
+                    let client_cert = tls_stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(client_cert::forwarded_client_cert);
+                    let info = TlsConnectionInfo {
+                        sni: hello.sni,
+                        server: index,
+                        client_cert,
+                    };
+                    let connection = Arc::new(forward::Connection {
+                        peer,
+                        local,
+                        snapshot,
+                        ctx,
+                        tls: Some(Arc::new(info)),
+                    });
+                    let service = service_fn(move |request| {
+                        let connection = connection.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(connection.handle(request).await)
+                        }
+                    });
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        debug!(error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The ClientHello's bytes as read from the socket, and its SNI (lowercase).
+struct ClientHello {
+    bytes: Vec<u8>,
+    sni: Option<String>,
+}
+
+/// Reads until rustls has a whole ClientHello. None: the client closed, sent something
+/// that is not a ClientHello, or sent too much.
+async fn read_client_hello(stream: &mut TcpStream) -> io::Result<Option<ClientHello>> {
+    let mut acceptor = Acceptor::default();
+    let mut bytes = Vec::with_capacity(HELLO_READ_CHUNK);
+    loop {
+        let start = bytes.len();
+        if start >= MAX_CLIENT_HELLO {
+            return Ok(None);
+        }
+        bytes.resize(start + HELLO_READ_CHUNK, 0);
+        let read = stream.read(&mut bytes[start..]).await?;
+        bytes.truncate(start + read);
+        if read == 0 {
+            return Ok(None);
+        }
+        let mut fresh = &bytes[start..];
+        while !fresh.is_empty() {
+            if acceptor.read_tls(&mut fresh)? == 0 {
+                break;
+            }
+        }
+        match acceptor.accept() {
+            Ok(None) => continue,
+            Ok(Some(accepted)) => {
+                let sni = accepted
+                    .client_hello()
+                    .server_name()
+                    .map(str::to_ascii_lowercase);
+                return Ok(Some(ClientHello { bytes, sni }));
+            }
+            Err((e, _alert)) => {
+                debug!(error = %e, "not a TLS ClientHello");
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// A stream that first replays bytes already read from it (the ClientHello), so that
+/// rustls sees the connection from its first byte.
+struct Rewind<S> {
+    prefix: Vec<u8>,
+    position: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.position < this.prefix.len() {
+            let rest = &this.prefix[this.position..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.position += n;
+            if this.position == this.prefix.len() {
+                // Idle connections should not keep the hello's buffer.
+                this.prefix = Vec::new();
+                this.position = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
