@@ -145,14 +145,6 @@ impl ConfigArgs {
         }
     }
 
-    /// What a reload compiles: the same paths and identity as the first load.
-    fn source(&self) -> ConfigSource {
-        ConfigSource {
-            paths: self.config.clone(),
-            identity: self.identity(),
-        }
-    }
-
     /// load → validate → compile. Errors in any document stop here.
     fn compile(&self) -> anyhow::Result<(Snapshot, Diagnostics, usize)> {
         let (resources, mut diagnostics) = config::load(&self.config)?;
