@@ -276,21 +276,22 @@ impl<'a> Compiler<'a> {
             );
             return None;
         }
-        if mode != "SIMPLE" && client_ca.is_none() {
-            if let Some(path) = &tls.ca_certificates {
-                let loaded = std::fs::read(path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()));
-                match loaded {
-                    Ok(ca) => client_ca = Some(ca),
-                    Err(e) => {
-                        self.server_warning(
-                            server,
-                            "tls.caCertificates",
-                            &format!("{path}: {e}; this server is not served (the others are)"),
-                        );
-                        return None;
-                    }
+        if mode != "SIMPLE"
+            && client_ca.is_none()
+            && let Some(path) = &tls.ca_certificates
+        {
+            let loaded = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(ca) => client_ca = Some(ca),
+                Err(e) => {
+                    self.server_warning(
+                        server,
+                        "tls.caCertificates",
+                        &format!("{path}: {e}; this server is not served (the others are)"),
+                    );
+                    return None;
                 }
             }
         }
