@@ -818,3 +818,74 @@ spec:
     assert!(raw.json()?["headers"].get("x-forwarded-for").is_none());
     Ok(())
 }
+
+/// A Secret changed on disk: the reload's snapshot carries the new certificate, and the
+/// next handshake gets it without a restart.
+#[test]
+fn a_swapped_secret_is_served_on_the_next_handshake() -> anyhow::Result<()> {
+    let dir = TempDir::new("tls-swap")?;
+    let pki_dir = TempDir::new("tls-swap-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (old_crt, old_key) = pki.issue(
+        "old",
+        "swap-old",
+        "DNS:swap.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (new_crt, new_key) = pki.issue(
+        "new",
+        "swap-new",
+        "DNS:swap.example.com",
+        Key::RsaPkcs1,
+        false,
+    )?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let (bind_port, tcp_port) = (free_port(), free_port());
+    let mut config = common_config(bind_port, tcp_port, upstream.addr);
+    config += r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["swap.example.com"]
+    tls: {mode: SIMPLE, credentialName: swap-cred}
+"#;
+    dir.write("config.yaml", &config)?;
+    dir.write(
+        "secret.yaml",
+        &tls_secret("swap-cred", "istio-system", &old_crt, &old_key, None),
+    )?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    assert_eq!(
+        served_subject(bind_port, Some("swap.example.com"))?.as_deref(),
+        Some("CN=swap-old"),
+        "{}",
+        gateway.stderr()
+    );
+
+    // Written as kubelet would: a new file renamed over the old one.
+    let staged = dir.write(
+        ".secret.yaml.new",
+        &tls_secret("swap-cred", "istio-system", &new_crt, &new_key, None),
+    )?;
+    std::fs::rename(staged, dir.path().join("secret.yaml"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut subject = None;
+    while std::time::Instant::now() < deadline {
+        subject = served_subject(bind_port, Some("swap.example.com"))?;
+        if subject.as_deref() == Some("CN=swap-new") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        subject.as_deref(),
+        Some("CN=swap-new"),
+        "{}",
+        gateway.stderr()
+    );
+    Ok(())
+}
