@@ -9,6 +9,8 @@ use anyhow::{Result, bail};
 
 use crate::Workspace;
 
+mod tls;
+
 /// A benchmark: its name on the command line, what it measures, and how to run it.
 pub(crate) struct Bench {
     pub name: &'static str,
@@ -17,7 +19,11 @@ pub(crate) struct Bench {
 }
 
 /// Every benchmark, in the order `cargo xtask bench` runs them.
-const BENCHES: &[Bench] = &[];
+const BENCHES: &[Bench] = &[Bench {
+    name: "tls",
+    about: "full TLS 1.3 handshakes and keep-alive HTTPS per CPU-second, idle TLS memory: gatewayd vs bare rustls, nginx, HAProxy",
+    run: tls::run,
+}];
 
 pub(crate) fn run(ws: &Workspace, names: &[String], list: bool) -> Result<()> {
     if list || BENCHES.is_empty() {

@@ -1,0 +1,633 @@
+//! `cargo xtask bench tls`: TLS termination side by side, same certificate (ECDSA P-256),
+//! same key exchange (X25519, forced on the client), TLS 1.3:
+//!
+//! - full handshakes per server CPU-second: h2load opens connections at a fixed rate, one
+//!   request each (HTTP/1.1, a local 404 everywhere, so the handshake dominates);
+//! - keep-alive HTTPS requests per server CPU-second, proxied to the demo upstream (the
+//!   bare rustls server answers locally: a ceiling, not a peer);
+//! - memory per idle TLS connection: RSS growth with N idle keep-alive connections that
+//!   each finished a handshake and one request.
+//!
+//! Servers: gatewayd (release), a bare rustls + hyper server (the limit for us), nginx
+//! and HAProxy (one worker/thread each). Servers are pinned to CPU 1, the load generator
+//! and the upstream to CPU 0; CPU is utime+stime from /proc over each run, all of a
+//! server's processes summed. Rounds interleave the servers; medians are reported.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::results_dir;
+use crate::{Workspace, cmd};
+
+/// Servers run here; the client and the upstream on the other CPU.
+const SERVER_CPU: &str = "1";
+const CLIENT_CPU: &str = "0";
+/// Interleaved rounds per measurement (median reported).
+const ROUNDS: usize = 3;
+/// Connections per handshake run, opened at `HANDSHAKE_RATE` per second: well below
+/// every server's capacity, so that CPU per handshake, not queueing, is measured.
+const HANDSHAKE_CONNECTIONS: u32 = 3000;
+const HANDSHAKE_RATE: u32 = 1000;
+/// Keep-alive run: requests over this many connections.
+const KEEPALIVE_REQUESTS: u32 = 30_000;
+const KEEPALIVE_CONNECTIONS: u32 = 16;
+/// Idle connections held for the memory figure.
+const IDLE_CONNECTIONS: u32 = 2000;
+const SNI: &str = "bench.example.com";
+/// How long a server gets to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One server under test.
+struct Server {
+    name: &'static str,
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // nginx's master stops its workers on SIGTERM; SIGKILL would orphan them.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Default)]
+struct Figures {
+    handshakes_per_cpu_s: Vec<f64>,
+    requests_per_cpu_s: Vec<f64>,
+    idle_bytes_per_connection: Option<f64>,
+    negotiated: String,
+}
+
+pub(crate) fn run(ws: &Workspace) -> Result<String> {
+    cmd(ws.cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gateway-userspace",
+        "--bin",
+        "gatewayd",
+        "--example",
+        "bare_rustls",
+        "-p",
+        "gateway-tests",
+        "--bin",
+        "demo-upstream",
+    ]))?;
+    let release = ws.target_dir().join("release");
+    let work = results_dir(ws).join("tls-work");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    certificate(&work)?;
+
+    let upstream = start_upstream(&release.join("demo-upstream"))?;
+    let mut servers = vec![
+        start_gatewayd(&release.join("gatewayd"), &work, upstream.1)?,
+        start_bare(&release.join("examples/bare_rustls"), &work)?,
+        start_nginx(&work, upstream.1)?,
+        start_haproxy(&work, upstream.1)?,
+    ];
+    let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
+
+    for round in 0..ROUNDS {
+        for (server, figures) in servers.iter().zip(&mut figures) {
+            println!("round {round}: {} handshakes", server.name);
+            let (rate, negotiated) = handshakes(server)?;
+            figures.handshakes_per_cpu_s.push(rate);
+            figures.negotiated = negotiated;
+        }
+        for (server, figures) in servers.iter().zip(&mut figures) {
+            println!("round {round}: {} keep-alive", server.name);
+            figures.requests_per_cpu_s.push(keep_alive(server)?);
+        }
+    }
+    for (server, figures) in servers.iter_mut().zip(&mut figures) {
+        println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
+        figures.idle_bytes_per_connection = Some(idle_memory(server)?);
+    }
+    drop(servers);
+    drop(upstream);
+    Ok(table(&figures))
+}
+
+fn table(figures: &[Figures]) -> String {
+    let names = [
+        "gatewayd",
+        "bare rustls (ceiling)",
+        "nginx 1.22",
+        "HAProxy 2.6",
+    ];
+    let bare = median(&figures[1].handshakes_per_cpu_s);
+    let best_peer =
+        median(&figures[2].handshakes_per_cpu_s).max(median(&figures[3].handshakes_per_cpu_s));
+    let mut out = String::from(
+        "| server | full TLS 1.3 handshakes per CPU-second | × bare rustls | × best peer | keep-alive HTTPS requests per CPU-second | memory per idle TLS connection |\n|---|---|---|---|---|---|\n",
+    );
+    for (name, f) in names.iter().zip(figures) {
+        let h = median(&f.handshakes_per_cpu_s);
+        let _ = writeln!(
+            out,
+            "| {name} | {h:.0} ({}) | {:.2} | {:.2} | {:.0} ({}){} | {:.1} KiB |",
+            spread(&f.handshakes_per_cpu_s),
+            h / bare,
+            h / best_peer,
+            median(&f.requests_per_cpu_s),
+            spread(&f.requests_per_cpu_s),
+            if name.starts_with("bare") {
+                ", local 404"
+            } else {
+                ""
+            },
+            f.idle_bytes_per_connection.unwrap_or(0.0) / 1024.0,
+        );
+    }
+    let _ = write!(
+        out,
+        "\nNegotiated (h2load, gatewayd): {}. Medians of {ROUNDS} interleaved rounds, min–max in parentheses. \
+         Handshakes: {HANDSHAKE_CONNECTIONS} connections at {HANDSHAKE_RATE}/s, one HTTP/1.1 request each (local 404). \
+         Keep-alive: {KEEPALIVE_REQUESTS} requests over {KEEPALIVE_CONNECTIONS} connections to /get, proxied to the demo upstream. \
+         Idle: RSS growth over {IDLE_CONNECTIONS} connections after one request each.\n",
+        figures[0].negotiated
+    );
+    out
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    format!("{min:.0}–{max:.0}")
+}
+
+fn certificate(work: &Path) -> Result<()> {
+    cmd(Command::new("openssl")
+        .current_dir(work)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "3",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+        ])
+        .arg(format!("/CN={SNI}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{SNI}")))?;
+    let combined =
+        fs::read_to_string(work.join("cert.pem"))? + &fs::read_to_string(work.join("key.pem"))?;
+    fs::write(work.join("combined.pem"), combined)?;
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn pinned(cpu: &str, program: &Path) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", cpu]).arg(program);
+    command
+}
+
+fn start_upstream(bin: &Path) -> Result<(KilledOnDrop, SocketAddr)> {
+    let mut child = pinned(CLIENT_CPU, bin)
+        .args(["--listen", "127.0.0.1:0", "--name", "upstream"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("upstream stdout")?;
+    let child = KilledOnDrop(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected upstream output {line:?}"))?
+        .parse()?;
+    Ok((child, addr))
+}
+
+fn wait_listening(name: &'static str, port: u16, mut child: Child) -> Result<Server> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited with {status} before listening on {port}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(Server { name, port, child });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    bail!("{name} is not listening on {port} after {START_TIMEOUT:?}")
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+fn start_gatewayd(bin: &Path, work: &Path, upstream: SocketAddr) -> Result<Server> {
+    let port = free_port()?;
+    let dir = work.join("gatewayd");
+    fs::create_dir_all(&dir)?;
+    let cert = fs::read_to_string(work.join("cert.pem"))?;
+    let key = fs::read_to_string(work.join("key.pem"))?;
+    let config = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: bench-cred, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{cert}  tls.key: |
+{key}---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: https, port: 443, targetPort: {port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["{SNI}"]
+    tls: {{mode: SIMPLE, credentialName: bench-cred}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bench, namespace: default}}
+spec:
+  hosts: ["{SNI}"]
+  gateways: [bench]
+  http:
+  - match: [{{uri: {{prefix: /get}}}}]
+    route:
+    - destination: {{host: upstream, port: {{number: 8000}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: upstream, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8000, targetPort: {upstream_port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: upstream-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: upstream}}
+addressType: IPv4
+ports: [{{name: http, port: {upstream_port}}}]
+endpoints:
+- addresses: ["{upstream_ip}"]
+"#,
+        cert = indent(&cert),
+        key = indent(&key),
+        upstream_port = upstream.port(),
+        upstream_ip = upstream.ip(),
+    );
+    fs::write(dir.join("config.yaml"), config)?;
+    let child = pinned(SERVER_CPU, bin)
+        .args(["run", "--config"])
+        .arg(&dir)
+        .args(["--ebpf", "off", "--access-log", "off"])
+        .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
+        .spawn()
+        .context("starting gatewayd")?;
+    wait_listening("gatewayd", port, child)
+}
+
+fn start_bare(bin: &Path, work: &Path) -> Result<Server> {
+    let port = free_port()?;
+    let child = pinned(SERVER_CPU, bin)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--cert")
+        .arg(work.join("cert.pem"))
+        .arg("--key")
+        .arg(work.join("key.pem"))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting bare_rustls")?;
+    wait_listening("bare rustls", port, child)
+}
+
+fn start_nginx(work: &Path, upstream: SocketAddr) -> Result<Server> {
+    let port = free_port()?;
+    let dir = work.join("nginx");
+    fs::create_dir_all(dir.join("logs"))?;
+    let w = work.display();
+    let conf = format!(
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections 10000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_timeout 300s;
+  keepalive_requests 1000000;
+  upstream up {{ server {upstream}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name {SNI};
+    ssl_certificate {w}/cert.pem;
+    ssl_certificate_key {w}/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ecdh_curve X25519;
+    ssl_session_tickets on;
+    location /get {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+    }}
+    location / {{ return 404; }}
+  }}
+}}
+"#,
+        d = dir.display(),
+    );
+    fs::write(dir.join("nginx.conf"), conf)?;
+    let child = pinned(SERVER_CPU, Path::new("nginx"))
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    wait_listening("nginx", port, child)
+}
+
+fn start_haproxy(work: &Path, upstream: SocketAddr) -> Result<Server> {
+    let port = free_port()?;
+    let conf = format!(
+        r#"global
+  nbthread 1
+  maxconn 20000
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+frontend tls
+  bind 127.0.0.1:{port} ssl crt {w}/combined.pem curves X25519 alpn http/1.1
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https
+  use_backend up if {{ path_beg /get }}
+  http-request return status 404
+backend up
+  http-reuse always
+  server s1 {upstream}
+"#,
+        w = work.display(),
+    );
+    fs::write(work.join("haproxy.cfg"), conf)?;
+    let child = pinned(SERVER_CPU, Path::new("haproxy"))
+        .args(["-db", "-f"])
+        .arg(work.join("haproxy.cfg"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting haproxy")?;
+    wait_listening("haproxy", port, child)
+}
+
+/// The server's pid and its children's (nginx workers).
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let parent = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+                .and_then(|rest| {
+                    rest.split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.parse::<u32>().ok())
+                });
+            if parent == Some(root) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// CPU seconds (user + system) used so far by the server's processes. taskset execs the
+/// server in place, so the child pid is the server's.
+fn cpu_seconds(server: &Server) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    process_tree(server.child.id())
+        .iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let rest = stat.rsplit_once(')')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // After the command: state is field 3, utime 14, stime 15 (1-based).
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .sum()
+}
+
+fn rss_bytes(server: &Server) -> f64 {
+    process_tree(server.child.id())
+        .iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024.0)
+        })
+        .sum()
+}
+
+/// Runs h2load against the server; returns (requests done, its output).
+fn h2load(server: &Server, args: &[String], path: &str) -> Result<(f64, String)> {
+    let mut command = pinned(CLIENT_CPU, Path::new("h2load"));
+    command
+        .args(["--h1", "--groups", "X25519"])
+        .arg(format!("--connect-to=127.0.0.1:{}", server.port))
+        .args(args)
+        // The name in the URI is the SNI; --connect-to says where it is.
+        .arg(format!("https://{SNI}:{}{path}", server.port));
+    let out = command.output().context("running h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("h2load against {} failed:\n{text}", server.name);
+    }
+    let done = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| l.split(", ").find_map(|part| part.strip_suffix(" done")))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .with_context(|| format!("no request count in h2load output:\n{text}"))?;
+    Ok((done, text))
+}
+
+fn handshakes(server: &Server) -> Result<(f64, String)> {
+    let before = cpu_seconds(server);
+    let (done, text) = h2load(
+        server,
+        &[
+            "-c".into(),
+            HANDSHAKE_CONNECTIONS.to_string(),
+            "-n".into(),
+            HANDSHAKE_CONNECTIONS.to_string(),
+            "-r".into(),
+            HANDSHAKE_RATE.to_string(),
+        ],
+        "/",
+    )?;
+    let used = cpu_seconds(server) - before;
+    if done < f64::from(HANDSHAKE_CONNECTIONS) * 0.99 {
+        bail!(
+            "{}: only {done} of {HANDSHAKE_CONNECTIONS} connections completed:\n{text}",
+            server.name
+        );
+    }
+    let negotiated = ["TLS Protocol: ", "Cipher: ", "Server Temp Key: "]
+        .iter()
+        .filter_map(|p| text.lines().find_map(|l| l.strip_prefix(p)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((done / used.max(0.01), negotiated))
+}
+
+fn keep_alive(server: &Server) -> Result<f64> {
+    let before = cpu_seconds(server);
+    let (done, _) = h2load(
+        server,
+        &[
+            "-c".into(),
+            KEEPALIVE_CONNECTIONS.to_string(),
+            "-n".into(),
+            KEEPALIVE_REQUESTS.to_string(),
+        ],
+        "/get",
+    )?;
+    let used = cpu_seconds(server) - before;
+    Ok(done / used.max(0.01))
+}
+
+/// Holds `IDLE_CONNECTIONS` TLS connections, each after one request, and measures the
+/// server's RSS growth. The client is Python's ssl module (OpenSSL), X25519 only.
+fn idle_memory(server: &Server) -> Result<f64> {
+    const CLIENT: &str = r#"
+import socket, ssl, sys
+port, count, sni = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["http/1.1"])
+ctx.set_ecdh_curve("X25519")
+held = []
+for _ in range(count):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=sni)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: " + sni.encode() + b"\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("connection closed")
+        data += chunk
+    held.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+    let before = rss_bytes(server);
+    let mut client = pinned(CLIENT_CPU, Path::new("python3"))
+        .args(["-c", CLIENT])
+        .arg(server.port.to_string())
+        .arg(IDLE_CONNECTIONS.to_string())
+        .arg(SNI)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the idle-connection client")?;
+    let stdout = client.stdout.take().context("client stdout")?;
+    let mut stdin = client.stdin.take().context("client stdin")?;
+    let client = KilledOnDrop(client);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("idle-connection client against {} failed", server.name);
+    }
+    // Let the server settle (buffers released after the response).
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_bytes(server);
+    let _ = stdin.write_all(b"");
+    drop(stdin);
+    drop(client);
+    Ok((after - before) / f64::from(IDLE_CONNECTIONS))
+}
