@@ -4,13 +4,14 @@
 
 mod access_log;
 mod forward;
+mod route_actions;
 mod tcp;
 mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use hyper::{body::Incoming, service::service_fn};
+use hyper::service::service_fn;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -49,7 +50,14 @@ pub struct ProxyContext {
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLogFormat,
-    upstream: Client<HttpConnector, Incoming>,
+    upstream: Upstreams,
+}
+
+/// Upstream clients with per-endpoint connection pools: HTTP/1.1 keep-alive, and h2c
+/// (prior knowledge, multiplexed) for clusters whose Service port says http2/grpc/h2c.
+struct Upstreams {
+    http1: Client<HttpConnector, forward::ProxyBody>,
+    http2: Client<HttpConnector, forward::ProxyBody>,
 }
 
 impl ProxyContext {
@@ -61,10 +69,17 @@ impl ProxyContext {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
-        let upstream = Client::builder(TokioExecutor::new())
+        let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
             .build(connector);
+        let upstream = Upstreams { http1, http2 };
         ProxyContext {
             snapshots,
             metrics,

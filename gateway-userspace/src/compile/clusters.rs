@@ -12,7 +12,7 @@ use crate::{
         Diagnostic, Diagnostics, Location,
         resources::{Destination, IntOrString, SERVICE_NAME_LABEL, Service, ServicePort},
     },
-    snapshot::Cluster,
+    snapshot::{Cluster, UpstreamProtocol},
 };
 
 impl Compiler<'_> {
@@ -88,7 +88,12 @@ impl Compiler<'_> {
                 ),
             );
         }
-        self.intern(Cluster::new(fqdn, name, namespace, port, endpoints))
+        let mut cluster = Cluster::new(fqdn, name, namespace, port, endpoints);
+        cluster.protocol = UpstreamProtocol::from_service_port(
+            service_port.app_protocol.as_deref(),
+            &service_port.name,
+        );
+        self.intern(cluster)
     }
 
     pub(super) fn intern(&mut self, cluster: Cluster) -> Arc<Cluster> {

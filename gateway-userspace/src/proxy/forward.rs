@@ -1,24 +1,33 @@
-//! One request: route it, rewrite its headers as Istio's gateway does, forward it, and
-//! answer locally (404, 501, 503, 502) when it cannot be forwarded.
+//! One request: route it, apply the route's action (redirect, direct response, or a
+//! forward with rewrites, header operations, faults, CORS, mirrors, retries and timeouts),
+//! rewrite its headers as Istio's gateway does, and answer locally (404, 503, 502, 504)
+//! when it cannot be forwarded.
 
 use std::{
     net::SocketAddr,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
 
-use super::{ProxyContext, access_log::AccessLogEntry};
+use super::{
+    ProxyContext,
+    access_log::AccessLogEntry,
+    route_actions::{self, TryFailure},
+};
 use crate::{
     metrics::RequestLabels,
-    route_table::RequestInfo,
-    snapshot::{Cluster, Listener, RouteAction, Snapshot},
+    route_table::{RequestInfo, Route},
+    snapshot::{
+        Cluster, Forward, Listener, RouteAction, Snapshot, UpstreamProtocol, WeightedCluster,
+    },
 };
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -36,7 +45,28 @@ pub mod flags {
     pub const UPSTREAM_PROTOCOL_ERROR: &str = "UPE";
     /// Downstream protocol error (bad request).
     pub const DOWNSTREAM_PROTOCOL_ERROR: &str = "DPE";
+    /// The upstream closed or reset the connection before answering.
+    pub const UPSTREAM_CONNECTION_TERMINATION: &str = "UC";
+    /// The route's timeout (or the last per-try timeout) expired.
+    pub const UPSTREAM_REQUEST_TIMEOUT: &str = "UT";
+    /// Retries were exhausted; the last answer is passed on.
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: &str = "URX";
+    pub const UPSTREAM_FAILURE_RETRIES_EXCEEDED: &str = "UF,URX";
+    pub const UPSTREAM_CONNECTION_TERMINATION_RETRIES_EXCEEDED: &str = "UC,URX";
+    pub const UPSTREAM_REQUEST_TIMEOUT_RETRIES_EXCEEDED: &str = "UT,URX";
+    /// Fault injection delayed / aborted the request.
+    pub const DELAY_INJECTED: &str = "DI";
+    pub const FAULT_INJECTED: &str = "FI";
+    pub const DELAY_AND_FAULT_INJECTED: &str = "DI,FI";
 }
+
+/// Request bodies up to this size are kept in memory so that a retry or a mirror can
+/// send them again (Envoy's default per-request buffer is 1 MiB too); larger or
+/// unknown-length bodies are streamed once, without retries or mirrors.
+const REPLAY_BODY_LIMIT: u64 = 1 << 20;
+/// First retry back-off; doubled per retry up to `RETRY_BACKOFF_MAX` (Envoy's 25 ms base).
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that one connection must not pass to the next.
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -148,21 +178,16 @@ impl Connection {
         authority: Option<&str>,
         request_id: &str,
     ) -> (Response<ProxyBody>, Outcome<'s>) {
-        let no_upstream = |flags| Outcome {
-            flags,
-            cluster: None,
-            upstream: None,
-        };
         let Some(authority) = authority else {
             return (
                 local_response(StatusCode::BAD_REQUEST, ""),
-                no_upstream(flags::DOWNSTREAM_PROTOCOL_ERROR),
+                Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR),
             );
         };
         let Some(listener) = self.listener() else {
             return (
                 local_response(StatusCode::NOT_FOUND, ""),
-                no_upstream(flags::NO_ROUTE),
+                Outcome::local(flags::NO_ROUTE),
             );
         };
         if let (Some(tls), Some(listener_tls)) =
@@ -171,7 +196,7 @@ impl Connection {
         {
             return (
                 local_response(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n"),
-                no_upstream(flags::NONE),
+                Outcome::local(flags::NONE),
             );
         }
         let info = RequestInfo {
@@ -187,89 +212,346 @@ impl Connection {
             // Envoy answers an unrouted request with 404 and an empty body.
             return (
                 local_response(StatusCode::NOT_FOUND, ""),
-                no_upstream(flags::NO_ROUTE),
+                Outcome::local(flags::NO_ROUTE),
             );
         };
-        let clusters = match &route.action {
-            RouteAction::Forward(forward) => &forward.clusters,
-            RouteAction::Redirect(_) | RouteAction::DirectResponse(_) => {
-                return (
-                    local_response(StatusCode::NOT_IMPLEMENTED, ""),
-                    no_upstream(flags::NONE),
+        match &route.action {
+            RouteAction::Forward(forward) => {
+                self.forward(request, route, forward, authority, request_id)
+                    .await
+            }
+            RouteAction::Redirect(redirect) => {
+                let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                let location = route_actions::redirect_location(
+                    redirect,
+                    self.scheme(),
+                    authority,
+                    path_and_query,
+                    &route.matches,
                 );
+                let status =
+                    StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+                let mut response = local_response(status, "");
+                if let Ok(location) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, location);
+                }
+                redirect.headers.response.apply(response.headers_mut());
+                (response, Outcome::local(flags::NONE))
+            }
+            RouteAction::DirectResponse(direct) => {
+                let status = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
+                let mut response = local_response(status, direct.body.as_deref().unwrap_or(""));
+                direct.headers.response.apply(response.headers_mut());
+                (response, Outcome::local(flags::NONE))
             }
             RouteAction::Unsupported(what) => {
                 let body = format!("route action `{what}` is not supported by this gateway yet\n");
-                return (
+                (
                     local_response(StatusCode::NOT_IMPLEMENTED, &body),
-                    no_upstream(flags::NONE),
-                );
-            }
-        };
-        let Some(cluster) = RouteAction::pick_cluster(clusters).map(|c| &c.cluster) else {
-            return (
-                local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-                no_upstream(flags::NO_HEALTHY_UPSTREAM),
-            );
-        };
-        let Some(endpoint) = cluster.pick() else {
-            let outcome = Outcome {
-                flags: flags::NO_HEALTHY_UPSTREAM,
-                cluster: Some(cluster),
-                upstream: None,
-            };
-            return (
-                local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-                outcome,
-            );
-        };
-
-        let upstream_request = match self.upstream_request(request, endpoint, authority, request_id)
-        {
-            Ok(r) => r,
-            Err(_) => {
-                return (
-                    local_response(StatusCode::BAD_REQUEST, ""),
-                    no_upstream(flags::DOWNSTREAM_PROTOCOL_ERROR),
-                );
-            }
-        };
-        match self.ctx.upstream.request(upstream_request).await {
-            Ok(mut response) => {
-                strip_hop_by_hop(response.headers_mut());
-                let outcome = Outcome {
-                    flags: flags::NONE,
-                    cluster: Some(cluster),
-                    upstream: Some(endpoint),
-                };
-                (response.map(BodyExt::boxed), outcome)
-            }
-            Err(e) if e.is_connect() => {
-                tracing::debug!(%endpoint, error = %e, "upstream connect failed");
-                let outcome = Outcome {
-                    flags: flags::UPSTREAM_FAILURE,
-                    cluster: Some(cluster),
-                    upstream: Some(endpoint),
-                };
-                let body = "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
-                (
-                    local_response(StatusCode::SERVICE_UNAVAILABLE, body),
-                    outcome,
-                )
-            }
-            Err(e) => {
-                tracing::debug!(%endpoint, error = %e, "upstream request failed");
-                let outcome = Outcome {
-                    flags: flags::UPSTREAM_PROTOCOL_ERROR,
-                    cluster: Some(cluster),
-                    upstream: Some(endpoint),
-                };
-                (
-                    local_response(StatusCode::BAD_GATEWAY, "upstream protocol error"),
-                    outcome,
+                    Outcome::local(flags::NONE),
                 )
             }
         }
+    }
+
+    /// A forwarded route: CORS, fault injection, cluster choice, mirrors, then tries
+    /// (retries and timeouts) against the cluster's endpoints.
+    async fn forward<'s>(
+        &'s self,
+        mut request: Request<Incoming>,
+        route: &'s Route<RouteAction>,
+        forward: &'s Forward,
+        authority: &str,
+        request_id: &str,
+    ) -> (Response<ProxyBody>, Outcome<'s>) {
+        let cors_origin = forward.cors.as_ref().and_then(|cors| {
+            route_actions::allowed_origin(cors, request.headers()).map(|o| (cors, o.clone()))
+        });
+        if let Some((cors, origin)) = &cors_origin
+            && route_actions::is_preflight(request.method(), request.headers())
+        {
+            let mut response = local_response(StatusCode::OK, "");
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            route_actions::preflight_headers(cors, origin, response.headers_mut());
+            return (response, Outcome::local(flags::NONE));
+        }
+
+        let mut fault_flags = flags::NONE;
+        if let Some(fault) = &forward.fault {
+            if let Some(delay) = &fault.delay
+                && route_actions::chance(delay.percentage)
+            {
+                tokio::time::sleep(delay.delay).await;
+                fault_flags = flags::DELAY_INJECTED;
+            }
+            if let Some(abort) = &fault.abort
+                && route_actions::chance(abort.percentage)
+            {
+                let status =
+                    StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let flags = if fault_flags == flags::DELAY_INJECTED {
+                    flags::DELAY_AND_FAULT_INJECTED
+                } else {
+                    flags::FAULT_INJECTED
+                };
+                return (
+                    local_response(status, "fault filter abort"),
+                    Outcome::local(flags),
+                );
+            }
+        }
+
+        let Some(weighted) = RouteAction::pick_cluster(&forward.clusters) else {
+            return (
+                local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                Outcome::local(flags::NO_HEALTHY_UPSTREAM),
+            );
+        };
+        let cluster: &'s Cluster = &weighted.cluster;
+
+        // Upgrades (WebSocket and friends): the client's side of the upgraded connection,
+        // joined to the upstream's once it answers 101.
+        let is_upgrade = request.version() == Version::HTTP_11
+            && request.headers().contains_key(header::UPGRADE);
+        let downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
+
+        let (parts, body) = request.into_parts();
+        let Some(head) = self.upstream_head(
+            parts, route, forward, weighted, authority, request_id, is_upgrade,
+        ) else {
+            return (
+                local_response(StatusCode::BAD_REQUEST, ""),
+                Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR),
+            );
+        };
+
+        // A body that can be sent more than once: empty, or small and of known length.
+        let wants_replay =
+            !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
+        let mut body = if body.is_end_stream() {
+            RequestBody::Replayable(Bytes::new())
+        } else if wants_replay
+            && body
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= REPLAY_BODY_LIMIT)
+        {
+            match body.collect().await {
+                Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
+                Err(_) => {
+                    return (
+                        local_response(StatusCode::BAD_REQUEST, ""),
+                        Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR),
+                    );
+                }
+            }
+        } else {
+            RequestBody::Streaming(Some(body))
+        };
+
+        if let RequestBody::Replayable(bytes) = &body {
+            for mirror in &forward.mirrors {
+                if route_actions::chance(mirror.percentage) {
+                    self.mirror(&head, bytes.clone(), &mirror.cluster);
+                }
+            }
+        }
+
+        let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
+        let retry = &forward.retry;
+        let mut retries_done = 0u32;
+        let mut backoff = RETRY_BACKOFF_BASE;
+        let (response, endpoint) = loop {
+            let Some(picked) = cluster.pick_endpoint() else {
+                return (
+                    local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                    Outcome {
+                        flags: flags::NO_HEALTHY_UPSTREAM,
+                        cluster: Some(cluster),
+                        upstream: None,
+                    },
+                );
+            };
+            let endpoint = picked.addr;
+            let Some(try_body) = body.for_try() else {
+                break (Err(TryFailure::Reset), endpoint);
+            };
+            let attempt = self.send(&head, endpoint, cluster, try_body);
+            let attempt = async {
+                match retry.per_try_timeout {
+                    Some(t) => tokio::time::timeout(t, attempt)
+                        .await
+                        .unwrap_or(Err(TryFailure::Timeout)),
+                    None => attempt.await,
+                }
+            };
+            let result = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        picked.record(true);
+                        let flags = if retries_done > 0 {
+                            flags::UPSTREAM_REQUEST_TIMEOUT_RETRIES_EXCEEDED
+                        } else {
+                            flags::UPSTREAM_REQUEST_TIMEOUT
+                        };
+                        return (
+                            local_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                            Outcome {
+                                flags,
+                                cluster: Some(cluster),
+                                upstream: Some(endpoint),
+                            },
+                        );
+                    }
+                },
+                None => attempt.await,
+            };
+            picked.record(match &result {
+                Ok(response) => response.status().is_server_error(),
+                Err(_) => true,
+            });
+            let retriable = match &result {
+                Ok(response) => route_actions::retriable_status(&retry.retry_on, response.status()),
+                Err(failure) => route_actions::retriable_failure(&retry.retry_on, *failure),
+            };
+            if !retriable || retries_done >= retry.attempts || !body.can_replay() {
+                break (result, endpoint);
+            }
+            retries_done += 1;
+            let jitter = Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 2));
+            tokio::time::sleep(backoff / 2 + jitter).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        };
+        let exhausted = |plain, exceeded| if retries_done > 0 { exceeded } else { plain };
+        let outcome = |flags| Outcome {
+            flags,
+            cluster: Some(cluster),
+            upstream: Some(endpoint),
+        };
+        match response {
+            Ok(mut upstream_response) => {
+                let switching = upstream_response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if switching && let Some(downstream) = downstream_upgrade {
+                    let upstream = hyper::upgrade::on(&mut upstream_response);
+                    tokio::spawn(join_upgraded(downstream, upstream));
+                } else {
+                    strip_hop_by_hop(upstream_response.headers_mut());
+                }
+                forward
+                    .headers
+                    .response
+                    .apply(upstream_response.headers_mut());
+                weighted
+                    .headers
+                    .response
+                    .apply(upstream_response.headers_mut());
+                if let Some((cors, origin)) = &cors_origin {
+                    route_actions::cors_response_headers(
+                        cors,
+                        origin,
+                        upstream_response.headers_mut(),
+                    );
+                }
+                let retried_status = retries_done > 0
+                    && route_actions::retriable_status(&retry.retry_on, upstream_response.status());
+                let flags = if retried_status {
+                    flags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+                } else {
+                    fault_flags
+                };
+                (upstream_response.map(BodyExt::boxed), outcome(flags))
+            }
+            Err(TryFailure::ConnectFailure) => (
+                local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                ),
+                outcome(exhausted(
+                    flags::UPSTREAM_FAILURE,
+                    flags::UPSTREAM_FAILURE_RETRIES_EXCEEDED,
+                )),
+            ),
+            Err(TryFailure::Reset) => (
+                local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                ),
+                outcome(exhausted(
+                    flags::UPSTREAM_CONNECTION_TERMINATION,
+                    flags::UPSTREAM_CONNECTION_TERMINATION_RETRIES_EXCEEDED,
+                )),
+            ),
+            Err(TryFailure::Timeout) => (
+                local_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                outcome(exhausted(
+                    flags::UPSTREAM_REQUEST_TIMEOUT,
+                    flags::UPSTREAM_REQUEST_TIMEOUT_RETRIES_EXCEEDED,
+                )),
+            ),
+            Err(TryFailure::ProtocolError) => (
+                local_response(StatusCode::BAD_GATEWAY, "upstream protocol error"),
+                outcome(flags::UPSTREAM_PROTOCOL_ERROR),
+            ),
+        }
+    }
+
+    /// One try: the request to one endpoint, over the cluster's protocol.
+    async fn send(
+        &self,
+        head: &UpstreamHead,
+        endpoint: SocketAddr,
+        cluster: &Cluster,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, TryFailure> {
+        let request = head
+            .request(endpoint, cluster.protocol, body)
+            .map_err(|_| TryFailure::ProtocolError)?;
+        let client = match cluster.protocol {
+            UpstreamProtocol::Http1 => &self.ctx.upstream.http1,
+            UpstreamProtocol::Http2 => &self.ctx.upstream.http2,
+        };
+        client.request(request).await.map_err(|e| {
+            tracing::debug!(%endpoint, error = ?e, "upstream request failed");
+            classify(&e)
+        })
+    }
+
+    /// A copy of the request to a mirror cluster; the answer is ignored. Envoy marks the
+    /// copy by appending `-shadow` to the host.
+    fn mirror(&self, head: &UpstreamHead, body: Bytes, cluster: &Arc<Cluster>) {
+        let Some(endpoint) = cluster.pick() else {
+            return;
+        };
+        let mut head = head.clone();
+        let shadow_host = head
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|host| {
+                let (host, port) = route_actions::split_authority(host);
+                match port {
+                    Some(port) => format!("{host}-shadow:{port}"),
+                    None => format!("{host}-shadow"),
+                }
+            });
+        if let Some(value) = shadow_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+            head.headers.insert(header::HOST, value);
+        }
+        let client = match cluster.protocol {
+            UpstreamProtocol::Http1 => self.ctx.upstream.http1.clone(),
+            UpstreamProtocol::Http2 => self.ctx.upstream.http2.clone(),
+        };
+        let protocol = cluster.protocol;
+        tokio::spawn(async move {
+            let body = Full::new(body).map_err(|never| match never {}).boxed();
+            if let Ok(request) = head.request(endpoint, protocol, body)
+                && let Ok(response) = client.request(request).await
+            {
+                // Drain so the pooled connection can be reused.
+                let _ = response.into_body().collect().await;
+            }
+        });
     }
 
     /// `https` on connections TLS terminated.
@@ -285,29 +567,44 @@ impl Connection {
             .find(|l| l.bind_port == self.local.port())
     }
 
-    /// The request as the upstream gets it: same method, path, Host and body; hop-by-hop
-    /// headers removed; forwarding headers set as Istio's gateway sets them.
-    fn upstream_request(
+    /// The request as the upstream gets it: same method, path, Host and body unless the
+    /// route rewrites them; hop-by-hop headers removed; forwarding headers set as Istio's
+    /// gateway sets them; then the route's and the destination's header operations.
+    #[allow(clippy::too_many_arguments)]
+    fn upstream_head(
         &self,
-        request: Request<Incoming>,
-        endpoint: SocketAddr,
+        parts: http::request::Parts,
+        route: &Route<RouteAction>,
+        forward: &Forward,
+        weighted: &WeightedCluster,
         authority: &str,
         request_id: &str,
-    ) -> Result<Request<Incoming>, http::Error> {
-        let (mut parts, body) = request.into_parts();
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.to_string())
-            .path_and_query(path_and_query)
-            .build()?;
-        // Upstreams speak HTTP/1.1 until appProtocol-based selection lands.
-        parts.version = Version::HTTP_11;
-        let headers = &mut parts.headers;
-        strip_hop_by_hop(headers);
-        if !headers.contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(authority)
-        {
+        is_upgrade: bool,
+    ) -> Option<UpstreamHead> {
+        let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path_and_query = match forward.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+            Some(rewrite) => {
+                route_actions::rewrite_path_and_query(rewrite, original, &route.matches)
+            }
+            None => original.to_owned(),
+        };
+        let mut headers = parts.headers;
+        let upgrade = if is_upgrade {
+            headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        strip_hop_by_hop(&mut headers);
+        if let Some(upgrade) = upgrade {
+            headers.insert(header::UPGRADE, upgrade);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let host = forward
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.authority.as_deref())
+            .unwrap_or(authority);
+        if let Ok(host) = HeaderValue::from_str(host) {
             headers.insert(header::HOST, host);
         }
         let client_ip = self.peer.ip().to_string();
@@ -337,7 +634,109 @@ impl Connection {
         if let Ok(v) = HeaderValue::from_str(&client_ip) {
             headers.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
         }
-        Ok(Request::from_parts(parts, body))
+        forward.headers.request.apply(&mut headers);
+        weighted.headers.request.apply(&mut headers);
+        Some(UpstreamHead {
+            method: parts.method,
+            path_and_query,
+            headers,
+        })
+    }
+}
+
+impl Outcome<'_> {
+    fn local(flags: &'static str) -> Self {
+        Outcome {
+            flags,
+            cluster: None,
+            upstream: None,
+        }
+    }
+}
+
+/// A request's head as every try and mirror sends it.
+#[derive(Clone)]
+struct UpstreamHead {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+}
+
+impl UpstreamHead {
+    fn request(
+        &self,
+        endpoint: SocketAddr,
+        protocol: UpstreamProtocol,
+        body: ProxyBody,
+    ) -> Result<Request<ProxyBody>, http::Error> {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.to_string())
+            .path_and_query(self.path_and_query.as_str())
+            .build()?;
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = self.headers.clone();
+        *request.version_mut() = match protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+        };
+        Ok(request)
+    }
+}
+
+enum RequestBody {
+    Replayable(Bytes),
+    /// Sent once; None after the first try took it.
+    Streaming(Option<Incoming>),
+}
+
+impl RequestBody {
+    fn for_try(&mut self) -> Option<ProxyBody> {
+        match self {
+            RequestBody::Replayable(bytes) => Some(
+                Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            ),
+            RequestBody::Streaming(body) => body.take().map(BodyExt::boxed),
+        }
+    }
+
+    fn can_replay(&self) -> bool {
+        matches!(self, RequestBody::Replayable(_))
+    }
+}
+
+/// Sorts a client error into what `retry_on` and the response flags speak of.
+fn classify(error: &hyper_util::client::legacy::Error) -> TryFailure {
+    if error.is_connect() {
+        return TryFailure::ConnectFailure;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_parse() || hyper_error.is_parse_status() {
+                return TryFailure::ProtocolError;
+            }
+            return TryFailure::Reset;
+        }
+        source = e.source();
+    }
+    TryFailure::Reset
+}
+
+/// Copies bytes both ways between an upgraded client connection and upstream connection.
+async fn join_upgraded(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) else {
+        tracing::debug!("upgrade failed on one side");
+        return;
+    };
+    let mut downstream = TokioIo::new(downstream);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
     }
 }
 
@@ -367,10 +766,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
+    // `TE: trailers` is the one TE value that crosses a proxy: gRPC needs it upstream.
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    // `Upgrade` is hop-by-hop too; upgrades are passed through once WebSocket support lands.
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    // `Upgrade` is hop-by-hop too; an upgrade request puts it back explicitly.
     headers.remove(header::UPGRADE);
 }
 
@@ -429,7 +835,7 @@ mod tests {
         );
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-secret-hop", HeaderValue::from_static("1"));
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut headers);
         let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();

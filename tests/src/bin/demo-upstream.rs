@@ -6,20 +6,26 @@
 //! (keep-alive) and HTTP/2 prior knowledge with a JSON description of the request:
 //! `{"method", "path", "host", "headers", "client", "upstream", "body_bytes"}`.
 //! `/status/NNN` answers with status NNN (200–599); HEAD, 204 and 304 carry no body.
+//! `/delay/S` waits S seconds (up to 10, fractions allowed) before answering, as httpbin.
+//! `/trailers` answers `ok` followed by the trailers `grpc-status: 0` and `x-trailer: yes`.
+//! `/__requests` lists the requests seen so far (`method`, `path`, `host`), oldest first,
+//! so tests can tell what reached the upstream (mirrors, retries, smuggling attempts).
+//! A request with `Upgrade` is answered 101 and the upgraded connection echoes its bytes.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, UPGRADE};
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{Map, Value, json};
@@ -39,10 +45,18 @@ struct Args {
     name: String,
 }
 
-/// What every connection needs to answer: this upstream's name.
+/// Longest `/delay/S` honoured, as httpbin caps it.
+const MAX_DELAY: Duration = Duration::from_secs(10);
+/// `/__requests` remembers at most this many requests.
+const SEEN_LIMIT: usize = 10_000;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What every connection needs to answer: this upstream's name, and what it has seen.
 struct Upstream {
     name: String,
     name_header: HeaderValue,
+    seen: Mutex<Vec<Value>>,
 }
 
 #[tokio::main]
@@ -53,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let upstream = Arc::new(Upstream {
         name: args.name,
         name_header,
+        seen: Mutex::new(Vec::new()),
     });
 
     let listener = TcpListener::bind(args.listen)
@@ -92,7 +107,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, upstream: Arc<Ups
     }
     let service = service_fn(move |req| respond(req, peer, Arc::clone(&upstream)));
     if let Err(err) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await
     {
         eprintln!("demo-upstream: connection from {peer}: {err}");
@@ -100,10 +115,71 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, upstream: Arc<Ups
 }
 
 async fn respond(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     upstream: Arc<Upstream>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
+) -> Result<Response<Body>, hyper::Error> {
+    if req.uri().path() != "/__requests"
+        && let Ok(mut seen) = upstream.seen.lock()
+        && seen.len() < SEEN_LIMIT
+    {
+        let host = req
+            .headers()
+            .get(HOST)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+            .unwrap_or_default();
+        seen.push(json!({
+            "method": req.method().as_str(),
+            "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            "host": host,
+        }));
+    }
+    if req.uri().path() == "/__requests" {
+        let seen = upstream
+            .seen
+            .lock()
+            .map(|seen| Value::Array(seen.clone()))
+            .unwrap_or_default();
+        return Ok(Response::new(full(Bytes::from(format!("{seen:#}\n")))));
+    }
+    if let Some(upgrade) = req.headers().get(UPGRADE).cloned() {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            }
+        });
+        let mut response = Response::new(full(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response.headers_mut().insert(UPGRADE, upgrade);
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        return Ok(response);
+    }
+    if let Some(delay) = delay_for_path(req.uri().path()) {
+        tokio::time::sleep(delay).await;
+    }
+    if req.uri().path() == "/trailers" {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("x-trailer", HeaderValue::from_static("yes"));
+        let body = Frames(
+            [
+                Frame::data(Bytes::from_static(b"ok\n")),
+                Frame::trailers(trailers),
+            ]
+            .into(),
+        )
+        .boxed();
+        let mut response = Response::new(body);
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        return Ok(response);
+    }
     let (parts, mut body) = req.into_parts();
 
     // Read (and count) the whole request body without keeping it.
@@ -160,7 +236,7 @@ async fn respond(
         Bytes::from(format!("{description:#}\n"))
     };
 
-    let mut response = Response::new(Full::new(payload));
+    let mut response = Response::new(full(payload));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -169,6 +245,33 @@ async fn respond(
         .headers_mut()
         .insert(UPSTREAM_NAME_HEADER, upstream.name_header.clone());
     Ok(response)
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// A body of fixed frames (data, then trailers), as a gRPC server answers.
+struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// `/delay/S`: how long to wait, capped at `MAX_DELAY`.
+fn delay_for_path(path: &str) -> Option<Duration> {
+    let seconds: f64 = path.strip_prefix("/delay/")?.parse().ok()?;
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .map(|d| d.min(MAX_DELAY))
 }
 
 /// `/status/NNN` with NNN in 200..=599 answers NNN; everything else answers 200.

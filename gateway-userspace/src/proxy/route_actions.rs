@@ -1,0 +1,271 @@
+//! The pure parts of route actions: redirect locations, path rewrites, CORS decisions,
+//! retry decisions. No I/O, so they are tested here with plain values.
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+
+use crate::{
+    route_table::{RequestMatch, StringMatcher},
+    snapshot::{CorsPolicy, PathRewrite, Redirect, RedirectPort, RetryOn},
+};
+
+/// The Location of a redirect for a request to `scheme://authority/path_and_query`.
+pub fn redirect_location(
+    redirect: &Redirect,
+    scheme: &str,
+    authority: &str,
+    path_and_query: &str,
+    matches: &[RequestMatch],
+) -> String {
+    let new_scheme = redirect.scheme.as_deref().unwrap_or(scheme);
+    let (request_host, request_port) = split_authority(authority);
+    let host = redirect.authority.as_deref().unwrap_or(request_host);
+    let port = match redirect.port {
+        RedirectPort::Fixed(port) => Some(port),
+        RedirectPort::ProtocolDefault => None,
+        // Envoy keeps the request's port unless the scheme changes.
+        RedirectPort::FromRequest if new_scheme.eq_ignore_ascii_case(scheme) => request_port,
+        RedirectPort::FromRequest => None,
+    };
+    let port = port.filter(|&p| !is_default_port(new_scheme, p));
+    let path_and_query = match &redirect.path {
+        None => path_and_query.to_owned(),
+        Some(rewrite) => rewrite_path_and_query(rewrite, path_and_query, matches),
+    };
+    match port {
+        Some(port) => format!("{new_scheme}://{host}:{port}{path_and_query}"),
+        None => format!("{new_scheme}://{host}{path_and_query}"),
+    }
+}
+
+fn is_default_port(scheme: &str, port: u16) -> bool {
+    matches!(
+        (scheme.to_ascii_lowercase().as_str(), port),
+        ("http", 80) | ("https", 443)
+    )
+}
+
+/// `host:port` → (host, port); IPv6 literals keep their brackets.
+pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+/// Applies a path rewrite to a path with its query; the query is kept unless the
+/// replacement brings its own.
+pub fn rewrite_path_and_query(
+    rewrite: &PathRewrite,
+    path_and_query: &str,
+    matches: &[RequestMatch],
+) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let new_path = match rewrite {
+        PathRewrite::Full(replacement) => replacement.clone(),
+        PathRewrite::Prefix(replacement) => match matched_prefix(path, matches) {
+            Some(prefix_len) => format!("{replacement}{}", &path[prefix_len..]),
+            None => replacement.clone(),
+        },
+        PathRewrite::Regex {
+            pattern,
+            substitution,
+        } => pattern
+            .replace_all(path, substitution.as_str())
+            .into_owned(),
+    };
+    match query {
+        Some(query) if !new_path.contains('?') => format!("{new_path}?{query}"),
+        _ => new_path,
+    }
+}
+
+/// Length of the prefix that a route's prefix match accepted; a route without a path
+/// match is a `/` prefix match (Istio's implied match); None for exact and regex matches,
+/// whose rewrite replaces the whole path.
+fn matched_prefix(path: &str, matches: &[RequestMatch]) -> Option<usize> {
+    if matches.is_empty() || matches.iter().any(|m| m.path.is_none()) {
+        return path.starts_with('/').then_some(1);
+    }
+    matches.iter().find_map(|m| match &m.path {
+        Some(matcher @ StringMatcher::Prefix { value, .. }) if matcher.matches(path) => {
+            Some(value.len())
+        }
+        _ => None,
+    })
+}
+
+/// The request's Origin when the CORS policy allows it.
+pub fn allowed_origin<'h>(cors: &CorsPolicy, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+    let origin = headers.get(header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    cors.allow_origins
+        .iter()
+        .any(|m| m.matches(text))
+        .then_some(origin)
+}
+
+pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+    method == Method::OPTIONS
+        && headers.contains_key(header::ORIGIN)
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// Headers of a preflight answer for an allowed origin.
+pub fn preflight_headers(cors: &CorsPolicy, origin: &HeaderValue, headers: &mut HeaderMap) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    let mut set = |name, value: &str| {
+        if !value.is_empty()
+            && let Ok(value) = HeaderValue::from_str(value)
+        {
+            headers.insert(name, value);
+        }
+    };
+    set(header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods);
+    set(header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers);
+    if let Some(age) = cors.max_age {
+        set(header::ACCESS_CONTROL_MAX_AGE, &age.to_string());
+    }
+    if cors.allow_credentials {
+        set(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
+    }
+}
+
+/// Headers added to an actual (non-preflight) response for an allowed origin.
+pub fn cors_response_headers(cors: &CorsPolicy, origin: &HeaderValue, headers: &mut HeaderMap) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    if cors.allow_credentials {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    if !cors.expose_headers.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&cors.expose_headers)
+    {
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, value);
+    }
+}
+
+/// How one try failed, in the terms `retry_on` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryFailure {
+    ConnectFailure,
+    /// Closed or reset before a response.
+    Reset,
+    /// Unparseable response.
+    ProtocolError,
+    /// The per-try timeout expired.
+    Timeout,
+}
+
+pub fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
+    match failure {
+        TryFailure::ConnectFailure => on.connect_failure || on.gateway_error || on.server_error,
+        TryFailure::Reset => on.reset || on.server_error,
+        TryFailure::Timeout => on.gateway_error || on.server_error,
+        TryFailure::ProtocolError => on.server_error,
+    }
+}
+
+pub fn retriable_status(on: &RetryOn, status: StatusCode) -> bool {
+    let code = status.as_u16();
+    (on.server_error && status.is_server_error())
+        || (on.gateway_error && matches!(code, 502..=504))
+        || (on.retriable_4xx && code == 409)
+        || on.status_codes.contains(&code)
+}
+
+/// True for `percentage` percent of calls.
+pub fn chance(percentage: f64) -> bool {
+    percentage >= 100.0 || fastrand::f64() * 100.0 < percentage
+}
+
+#[cfg(test)]
+mod tests {
+    use regex::Regex;
+
+    use super::*;
+    use crate::snapshot::HeaderPolicy;
+
+    fn prefix(value: &str) -> RequestMatch {
+        RequestMatch {
+            path: Some(StringMatcher::Prefix {
+                value: value.into(),
+                ignore_case: false,
+            }),
+            ..RequestMatch::default()
+        }
+    }
+
+    fn redirect(scheme: Option<&str>, port: RedirectPort, path: Option<PathRewrite>) -> Redirect {
+        Redirect {
+            scheme: scheme.map(str::to_owned),
+            authority: None,
+            port,
+            path,
+            status: 301,
+            headers: HeaderPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let to_https = redirect(Some("https"), RedirectPort::FromRequest, None);
+        assert_eq!(
+            redirect_location(&to_https, "http", "a.example:8080", "/x?y=1", &[]),
+            "https://a.example/x?y=1"
+        );
+        let keep = redirect(
+            None,
+            RedirectPort::FromRequest,
+            Some(PathRewrite::Full("/new".into())),
+        );
+        assert_eq!(
+            redirect_location(&keep, "http", "a.example:8080", "/old?q", &[]),
+            "http://a.example:8080/new?q"
+        );
+        let fixed = redirect(None, RedirectPort::Fixed(9000), None);
+        assert_eq!(
+            redirect_location(&fixed, "http", "a.example", "/", &[]),
+            "http://a.example:9000/"
+        );
+    }
+
+    #[test]
+    fn path_rewrites() {
+        let m = [prefix("/api/")];
+        let p = PathRewrite::Prefix("/v2/".into());
+        assert_eq!(
+            rewrite_path_and_query(&p, "/api/users?x=1", &m),
+            "/v2/users?x=1"
+        );
+        // No path match: Istio's implied `/` prefix.
+        assert_eq!(rewrite_path_and_query(&p, "/users", &[]), "/v2/users");
+        let r = PathRewrite::Regex {
+            pattern: Regex::new("^/service/([^/]+)(/.*)$").expect("regex"),
+            substitution: "${2}/instance/${1}".into(),
+        };
+        assert_eq!(
+            rewrite_path_and_query(&r, "/service/foo/v1/api?x", &[]),
+            "/v1/api/instance/foo?x"
+        );
+    }
+
+    #[test]
+    fn retry_decisions() {
+        let default = RetryOn::istio_default();
+        assert!(retriable_status(&default, StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!retriable_status(
+            &default,
+            StatusCode::INTERNAL_SERVER_ERROR
+        ));
+        assert!(retriable_failure(&default, TryFailure::ConnectFailure));
+        assert!(!retriable_failure(&default, TryFailure::Reset));
+    }
+}
