@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tracing_subscriber::{
-    EnvFilter, Registry, fmt, layer::SubscriberExt as _, reload, util::SubscriberInitExt as _,
+    EnvFilter, Registry, filter::LevelFilter, fmt, layer::SubscriberExt as _, reload,
+    util::SubscriberInitExt as _,
 };
 
 /// The filter used when `RUST_LOG` is unset or invalid.
@@ -34,6 +35,14 @@ pub struct LogLevel {
 impl LogLevel {
     /// Replaces the filter, e.g. `debug` or `gateway=debug,hyper=info`.
     pub fn set(&self, directives: &str) -> Result<(), LogLevelError> {
+        // EnvFilter reads a bare word as a target name, so `verbose` would silence
+        // everything; a directive without `=` must be a level.
+        if let Some(word) = directives
+            .split(',')
+            .find(|d| !d.contains('=') && d.parse::<LevelFilter>().is_err())
+        {
+            return Err(LogLevelError::Invalid(format!("{word:?} is not a level")));
+        }
         let filter =
             EnvFilter::try_new(directives).map_err(|e| LogLevelError::Invalid(e.to_string()))?;
         self.handle.reload(filter)?;

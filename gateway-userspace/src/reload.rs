@@ -11,6 +11,7 @@
 //! directory sees that rename, so volume updates reload like edits do.
 
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -99,6 +100,29 @@ pub fn apply_kernel_policy(
     }
 }
 
+/// Node-port mode: points each node port of the snapshot at its bind port's listening
+/// socket. Call after the snapshot's listeners are started.
+pub fn steer_node_ports(
+    kernel: &SharedKernelPath,
+    snapshot: &Snapshot,
+    listeners: &ListenerSet,
+) -> Result<(), KernelError> {
+    let sockets = listeners.sockets();
+    let routes: Vec<(u16, std::os::fd::RawFd)> = snapshot
+        .kernel
+        .node_ports
+        .iter()
+        .filter_map(|(node, bind)| sockets.iter().find(|(port, _)| port == bind).map(|(_, fd)| (*node, *fd)))
+        .collect();
+    let Ok(mut slot) = kernel.lock() else {
+        return Ok(());
+    };
+    match slot.as_mut() {
+        Some(path) => path.steer_node_ports(&routes),
+        None => Ok(()),
+    }
+}
+
 /// Everything a reload touches.
 pub struct Reloader {
     pub source: ConfigSource,
@@ -123,6 +147,9 @@ impl Reloader {
         let snapshot = Arc::new(snapshot);
         self.snapshots.store(snapshot.clone());
         self.listeners.start(bound, &snapshot);
+        if let Err(e) = steer_node_ports(&self.kernel, &snapshot, &self.listeners) {
+            error!(error = %e, "reload: node-port steering could not be updated");
+        }
         if let Err(e) = apply_kernel_policy(&self.kernel, &snapshot) {
             error!(error = %e, "reload: the kernel policy could not be updated; the kernel path keeps the previous one");
         }
@@ -205,20 +232,81 @@ impl Reloader {
     }
 }
 
-/// Directories are watched recursively (a ConfigMap volume's `..data` swap happens inside
-/// one); a file is watched through its directory, because editors and kubelet replace
-/// files by renaming rather than writing them in place.
+/// What one config path asks to watch: a directory recursively, or a file through its
+/// directory (editors and kubelet replace files by renaming rather than writing them in
+/// place, which a watch on the file itself would lose).
+#[derive(Debug)]
+struct Watched {
+    dir: PathBuf,
+    /// For a file: its name in `dir`; only it and `..data` matter there.
+    file: Option<OsString>,
+}
+
+impl Watched {
+    fn of(path: &Path) -> Self {
+        if path.is_dir() {
+            return Watched {
+                dir: path.to_owned(),
+                file: None,
+            };
+        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Watched {
+            dir: dir.to_owned(),
+            file: path.file_name().map(ToOwned::to_owned),
+        }
+    }
+
+    /// Whether a change at `path` can change what a load reads. The loader skips hidden
+    /// entries, so their changes cannot, except a volume's `..data` link, through which
+    /// the visible names of a ConfigMap or Secret volume point.
+    fn concerns(&self, path: &Path) -> bool {
+        let Ok(relative) = path.strip_prefix(&self.dir) else {
+            return false;
+        };
+        let is_data_link = |name: &str| name.starts_with("..data") && !name.ends_with("_tmp");
+        let mut names = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy());
+        let Some(first) = names.next() else {
+            return false;
+        };
+        if first.starts_with('.') && !is_data_link(&first) {
+            return false;
+        }
+        if names.any(|name| name.starts_with('.')) {
+            return false;
+        }
+        match &self.file {
+            None => true,
+            Some(file) => is_data_link(&first) || first == file.to_string_lossy(),
+        }
+    }
+}
+
 fn watch_paths(
     paths: &[PathBuf],
     changed: mpsc::UnboundedSender<()>,
 ) -> Result<notify::RecommendedWatcher, ReloadError> {
-    let files: Vec<PathBuf> = paths.iter().filter(|p| !p.is_dir()).cloned().collect();
+    let watched: Vec<Watched> = paths.iter().map(|p| Watched::of(p)).collect();
+    let targets: Vec<(PathBuf, RecursiveMode)> = watched
+        .iter()
+        .map(|w| {
+            let mode = match w.file {
+                None => RecursiveMode::Recursive,
+                Some(_) => RecursiveMode::NonRecursive,
+            };
+            (w.dir.clone(), mode)
+        })
+        .collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match event {
-            Ok(event) => {
-                announces_new_content(&event.kind)
-                    && (files.is_empty() || event.paths.iter().any(|p| concerns(p, &files)))
-            }
+            Ok(event) => event.paths.iter().any(|path| {
+                announces_new_content(&event.kind, path) && watched.iter().any(|w| w.concerns(path))
+            }),
             // Overflowed queue and the like: better one reload too many than one missed.
             Err(_) => true,
         };
@@ -230,51 +318,26 @@ fn watch_paths(
         path: PathBuf::new(),
         source,
     })?;
-    for path in paths {
-        let (target, mode) = if path.is_dir() {
-            (path.as_path(), RecursiveMode::Recursive)
-        } else {
-            let parent = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            (parent, RecursiveMode::NonRecursive)
-        };
+    for (dir, mode) in targets {
         watcher
-            .watch(target, mode)
-            .map_err(|source| ReloadError::Watch {
-                path: target.to_owned(),
-                source,
-            })?;
+            .watch(&dir, mode)
+            .map_err(|source| ReloadError::Watch { path: dir, source })?;
     }
     Ok(watcher)
 }
 
-/// Whether an event can mean a finished change. Writes in place are acted on when the
-/// writer closes the file, not at each write: a shell's `>` truncates first, and reading
-/// the empty file in between would be a valid configuration with nothing in it.
-fn announces_new_content(kind: &EventKind) -> bool {
+/// Whether an event can mean a finished change. A file's content is complete when its
+/// writer closes it: a shell's `>` truncates first, and reading the empty file in between
+/// would be a valid configuration with nothing in it. So data writes and the creation of
+/// a (still empty) regular file wait for the close; renames, removals, attribute changes
+/// and new symlinks count at once.
+fn announces_new_content(kind: &EventKind, path: &Path) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Modify(ModifyKind::Data(_)) => false,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => false,
+        EventKind::Create(_) => path.symlink_metadata().is_ok_and(|m| m.is_symlink()),
         _ => true,
     }
-}
-
-/// Whether an event's path matters when some config paths are files: anything inside a
-/// watched directory does; in a file's directory only that file and hidden entries
-/// (a volume's `..data` link) do.
-fn concerns(event_path: &Path, files: &[PathBuf]) -> bool {
-    let hidden = event_path
-        .file_name()
-        .is_some_and(|name| name.to_string_lossy().starts_with('.'));
-    let watched_dir = !files.iter().any(|f| f.parent() == event_path.parent());
-    watched_dir
-        || hidden
-        || files
-            .iter()
-            .any(|f| f.file_name() == event_path.file_name())
 }
 
 #[cfg(test)]
@@ -284,29 +347,37 @@ mod tests {
     #[test]
     fn writes_in_place_reload_when_the_writer_closes() {
         use notify::event::{CreateKind, DataChange, RenameMode};
-        assert!(!announces_new_content(&EventKind::Modify(
-            ModifyKind::Data(DataChange::Any)
-        )));
-        assert!(announces_new_content(&EventKind::Access(
-            AccessKind::Close(AccessMode::Write)
-        )));
-        assert!(!announces_new_content(&EventKind::Access(
-            AccessKind::Close(AccessMode::Read)
-        )));
-        assert!(announces_new_content(&EventKind::Modify(ModifyKind::Name(
-            RenameMode::To
-        ))));
-        assert!(announces_new_content(&EventKind::Create(CreateKind::File)));
+        let path = Path::new("/nonexistent/gateway.yaml");
+        let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(!announces_new_content(&data, path));
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(announces_new_content(&closed, path));
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert!(!announces_new_content(&read, path));
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(announces_new_content(&renamed, path));
+        // A new regular file is still empty; its close follows.
+        let created = EventKind::Create(CreateKind::File);
+        assert!(!announces_new_content(&created, path));
     }
 
     #[test]
-    fn file_watches_ignore_unrelated_siblings() {
-        let files = [PathBuf::from("/etc/gatewayd/gateway.yaml")];
-        assert!(concerns(Path::new("/etc/gatewayd/gateway.yaml"), &files));
-        assert!(concerns(Path::new("/etc/gatewayd/..data"), &files));
-        assert!(concerns(Path::new("/etc/gatewayd/..data_tmp"), &files));
-        assert!(!concerns(Path::new("/etc/gatewayd/notes.txt"), &files));
-        // Events from a directory given as a config path (watched recursively) all count.
-        assert!(concerns(Path::new("/srv/routes/a.yaml"), &files));
+    fn only_what_the_loader_reads_matters() {
+        let dir = Watched {
+            dir: PathBuf::from("/srv/routes"),
+            file: None,
+        };
+        assert!(dir.concerns(Path::new("/srv/routes/a.yaml")));
+        assert!(dir.concerns(Path::new("/srv/routes/team/b.yaml")));
+        assert!(dir.concerns(Path::new("/srv/routes/..data")));
+        assert!(!dir.concerns(Path::new("/srv/routes/..data_tmp")));
+        assert!(!dir.concerns(Path::new("/srv/routes/.a.yaml.swp")));
+        assert!(!dir.concerns(Path::new("/srv/routes/..2026_11_22_00_00_00.1/a.yaml")));
+        assert!(!dir.concerns(Path::new("/srv/other/a.yaml")));
+
+        let file = Watched::of(Path::new("/etc/gatewayd/gateway.yaml"));
+        assert!(file.concerns(Path::new("/etc/gatewayd/gateway.yaml")));
+        assert!(file.concerns(Path::new("/etc/gatewayd/..data")));
+        assert!(!file.concerns(Path::new("/etc/gatewayd/notes.yaml")));
     }
 }

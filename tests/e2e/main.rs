@@ -3,4 +3,5 @@
 //! namespaces the tests create and remove.
 
 mod basics;
+mod ops;
 mod tls;
