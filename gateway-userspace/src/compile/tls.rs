@@ -22,7 +22,9 @@ use crate::{
     tls::{
         AfterTermination, ListenerTls, SniRoute, TlsMode, TlsServer, Transport,
         certs::{self, CA_KEYS, CA_SECRET_SUFFIX},
-        server_config::{self, ClientAuth, HTTPS_ALPN, ServerSettings, TlsVersion},
+        server_config::{
+            self, ClientAuth, HTTPS_ALPN, ServerConfigError, ServerSettings, TlsVersion,
+        },
     },
 };
 
@@ -217,6 +219,15 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
+        // Configuration errors first: they do not depend on any Secret.
+        if let Err(e) = server_config::check(min_max[0], min_max[1], &tls.cipher_suites) {
+            let field = match e {
+                ServerConfigError::UnknownCipherSuite(_) => "tls.cipherSuites",
+                _ => "tls.maxProtocolVersion",
+            };
+            self.server_error(server, field, &e.to_string());
+            return None;
+        }
         let mut credential_names: Vec<&String> = tls.credential_names.iter().collect();
         if let Some(name) = &tls.credential_name {
             credential_names.insert(0, name);
@@ -326,10 +337,6 @@ impl<'a> Compiler<'a> {
                 Vec::new()
             },
         };
-        if let Err(e) = server_config::check(&settings) {
-            self.server_error(server, "tls.cipherSuites", &e.to_string());
-            return None;
-        }
         Some(settings)
     }
 
@@ -583,6 +590,79 @@ impl<'a> Compiler<'a> {
                 .at(server.gateway.location.clone())
                 .resource(&server.resource)
                 .field(format!("{}.{field}", server.field)),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::{
+        compile::{Identity, compile},
+        config::{Diagnostics, Resources, source::split_documents, tests_support::parse},
+        snapshot::TlsPortPolicy,
+    };
+
+    fn compiled(text: &str) -> (crate::snapshot::Snapshot, Diagnostics) {
+        let mut resources = Resources::default();
+        let mut diagnostics = Diagnostics::default();
+        for doc in split_documents(Path::new("gw.yaml"), text) {
+            parse(&doc, &mut resources, &mut diagnostics);
+        }
+        let (snapshot, more) = compile(&resources, &Identity::default());
+        diagnostics.extend(more);
+        (snapshot, diagnostics)
+    }
+
+    const GATEWAY: &str = "\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: a, protocol: TLS}
+    hosts: [\"Pass.Example.com\", \"*.wild.example.com\"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: b, protocol: HTTPS}
+    hosts: [\"secure.example.com\"]
+    tls: {mode: SIMPLE, credentialName: missing-cred}
+  - port: {number: 443, name: c, protocol: HTTPS}
+    hosts: [\"old.example.com\"]
+    tls: {mode: SIMPLE, credentialName: missing-cred, cipherSuites: [DES-CBC3-SHA]}
+";
+
+    #[test]
+    fn tls_ports_tell_the_kernel_their_names_and_bad_servers_are_reported() {
+        let (snapshot, diagnostics) = compiled(GATEWAY);
+        assert_eq!(
+            snapshot.kernel.tls_ports,
+            [TlsPortPolicy {
+                port: 443,
+                accept_any: false,
+                names: vec!["*.wild.example.com".into(), "pass.example.com".into()],
+            }]
+        );
+        let text = diagnostics.to_string();
+        assert!(
+            text.contains("spec.servers[1].tls.credentialName: Secret missing-cred not found in namespace istio-system or default"),
+            "{text}"
+        );
+        let error = diagnostics
+            .errors()
+            .next()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            error.contains(
+                "spec.servers[2].tls.cipherSuites: cipher suite \"DES-CBC3-SHA\" is not offered"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("no server on port 443 has host `*`"),
+            "{text}"
         );
     }
 }

@@ -94,9 +94,13 @@ pub fn provider() -> CryptoProvider {
 }
 
 /// Validates versions and suites without building anything (for `validate`).
-pub fn check(settings: &ServerSettings) -> Result<(), ServerConfigError> {
-    versions(settings.min_version, settings.max_version)?;
-    cipher_suites(&provider(), &settings.cipher_suites)?;
+pub fn check(
+    min_version: Option<TlsVersion>,
+    max_version: Option<TlsVersion>,
+    cipher_suites_named: &[String],
+) -> Result<(), ServerConfigError> {
+    versions(min_version, max_version)?;
+    cipher_suites(&provider(), cipher_suites_named)?;
     Ok(())
 }
 
