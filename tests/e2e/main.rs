@@ -3,5 +3,6 @@
 //! namespaces the tests create and remove.
 
 mod basics;
+mod http;
 mod ops;
 mod tls;

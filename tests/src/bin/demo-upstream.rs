@@ -4,7 +4,7 @@
 //! `demo-upstream --listen ADDR [--name NAME]` prints `listening on IP:PORT` (the bound
 //! address, so port 0 works) once, then answers every method on every path over HTTP/1.1
 //! (keep-alive) and HTTP/2 prior knowledge with a JSON description of the request:
-//! `{"method", "path", "host", "headers", "client", "upstream", "body_bytes"}`.
+//! `{"method", "path", "host", "headers", "client", "upstream", "body_bytes", "version"}`.
 //! `/status/NNN` answers with status NNN (200–599); HEAD, 204 and 304 carry no body.
 //! `/delay/S` waits S seconds (up to 10, fractions allowed) before answering, as httpbin.
 //! `/trailers` answers `ok` followed by the trailers `grpc-status: 0` and `x-trailer: yes`.
@@ -119,22 +119,6 @@ async fn respond(
     peer: SocketAddr,
     upstream: Arc<Upstream>,
 ) -> Result<Response<Body>, hyper::Error> {
-    if req.uri().path() != "/__requests"
-        && let Ok(mut seen) = upstream.seen.lock()
-        && seen.len() < SEEN_LIMIT
-    {
-        let host = req
-            .headers()
-            .get(HOST)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
-            .unwrap_or_default();
-        seen.push(json!({
-            "method": req.method().as_str(),
-            "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-            "host": host,
-        }));
-    }
     if req.uri().path() == "/__requests" {
         let seen = upstream
             .seen
@@ -190,6 +174,24 @@ async fn respond(
         }
     }
 
+    // Only complete requests count: a request whose body broke off never "arrived".
+    if parts.uri.path() != "/__requests"
+        && let Ok(mut seen) = upstream.seen.lock()
+        && seen.len() < SEEN_LIMIT
+    {
+        let host = parts
+            .headers
+            .get(HOST)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+            .unwrap_or_default();
+        seen.push(json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            "host": host,
+        }));
+    }
+
     let mut headers = Map::new();
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes());
@@ -232,6 +234,7 @@ async fn respond(
             "client": peer.to_string(),
             "upstream": upstream.name,
             "body_bytes": body_bytes,
+            "version": format!("{:?}", parts.version),
         });
         Bytes::from(format!("{description:#}\n"))
     };
