@@ -57,11 +57,23 @@ pub struct RequestMatch {
 
 /// Istio's StringMatch, compiled. `Prefix` is a plain string prefix (Istio's `prefix` is
 /// not segment-aware: `/status` matches `/statusfoo`); `Regex` must match the whole value.
+/// `PathPrefix` is Gateway API's segment-wise prefix.
 #[derive(Clone, Debug)]
 pub enum StringMatcher {
-    Exact { value: String, ignore_case: bool },
-    Prefix { value: String, ignore_case: bool },
+    Exact {
+        value: String,
+        ignore_case: bool,
+    },
+    Prefix {
+        value: String,
+        ignore_case: bool,
+    },
     Regex(Regex),
+    /// Gateway API `PathPrefix`: whole segments, so `/abc` matches `/abc`, `/abc/` and
+    /// `/abc/def` but not `/abcd`. `value` is kept without its trailing `/` (`/` is "").
+    PathPrefix {
+        value: String,
+    },
 }
 
 /// What a request says that routing can look at.
@@ -77,12 +89,17 @@ pub struct RequestInfo<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// Host → virtual host: exact names, then the longest wildcard suffix, then `*`.
+/// Host → virtual host: exact names, then the longest wildcard suffix, then `*`. Both
+/// lookups are hash probes (one per label of the request's host), never a scan of the
+/// table, so lookup time does not grow with the number of hosts.
 #[derive(Clone, Debug, Default)]
 struct HostIndex {
     exact: HashMap<String, usize>,
-    /// (suffix including the leading dot, index), longest suffix first.
-    wildcards: Vec<(String, usize)>,
+    /// `.example.com` (the suffix of `*.example.com`, leading dot kept) → index.
+    dot_wildcards: HashMap<String, usize>,
+    /// Wildcards whose suffix does not start at a label (`*foo.com`), longest first;
+    /// rare, so scanned.
+    other_wildcards: Vec<(String, usize)>,
     any: Option<usize>,
 }
 
@@ -96,15 +113,20 @@ impl<A> RouteTable<A> {
             if host == "*" {
                 hosts.any.get_or_insert(index);
             } else if let Some(suffix) = host.strip_prefix('*') {
-                if !hosts.wildcards.iter().any(|(s, _)| s == suffix) {
-                    hosts.wildcards.push((suffix.to_owned(), index));
+                if suffix.starts_with('.') {
+                    hosts
+                        .dot_wildcards
+                        .entry(suffix.to_owned())
+                        .or_insert(index);
+                } else if !hosts.other_wildcards.iter().any(|(s, _)| s == suffix) {
+                    hosts.other_wildcards.push((suffix.to_owned(), index));
                 }
             } else {
                 hosts.exact.entry(host).or_insert(index);
             }
         }
         hosts
-            .wildcards
+            .other_wildcards
             .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         RouteTable {
             virtual_hosts,
@@ -128,12 +150,41 @@ impl<A> RouteTable<A> {
         }
         // `*.example.com` matches `a.example.com` and `a.b.example.com` (Envoy's suffix
         // semantics) but not `example.com`: the wildcard stands for at least one character.
-        self.hosts
-            .wildcards
-            .iter()
-            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-            .map(|&(_, index)| index)
-            .or(self.hosts.any)
+        // Suffixes are tried from the longest (the first dot after the first character).
+        let longest_other = |min_len: usize| {
+            self.hosts
+                .other_wildcards
+                .iter()
+                .find(|(suffix, _)| {
+                    suffix.len() >= min_len
+                        && host.len() > suffix.len()
+                        && host.ends_with(suffix.as_str())
+                })
+                .map(|&(ref suffix, index)| (suffix.len(), index))
+        };
+        let dotted = if self.hosts.dot_wildcards.is_empty() {
+            None
+        } else {
+            host.char_indices()
+                .skip(1)
+                .filter(|&(_, c)| c == '.')
+                .find_map(|(at, _)| {
+                    let suffix = &host[at..];
+                    self.hosts
+                        .dot_wildcards
+                        .get(suffix)
+                        .map(|&index| (suffix.len(), index))
+                })
+        };
+        let best = match (dotted, self.hosts.other_wildcards.is_empty()) {
+            (Some((len, index)), true) => Some((len, index)),
+            (dotted, false) => {
+                let other = longest_other(dotted.map_or(0, |(len, _)| len + 1));
+                other.or(dotted)
+            }
+            (None, true) => None,
+        };
+        best.map(|(_, index)| index).or(self.hosts.any)
     }
 
     /// The route for a request, or None (the caller answers 404).
@@ -193,6 +244,17 @@ impl StringMatcher {
                 .get(..want.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(want)),
             StringMatcher::Regex(re) => re.is_match(value),
+            StringMatcher::PathPrefix { value: want } => {
+                value.starts_with(want.as_str())
+                    && matches!(value.as_bytes().get(want.len()), None | Some(b'/'))
+            }
+        }
+    }
+
+    /// Gateway API `PathPrefix`: a trailing `/` in the value is ignored.
+    pub fn path_prefix(value: &str) -> Self {
+        StringMatcher::PathPrefix {
+            value: value.trim_end_matches('/').to_owned(),
         }
     }
 
@@ -222,6 +284,10 @@ impl Serialize for StringMatcher {
                 }
             }
             StringMatcher::Regex(re) => map.serialize_entry("regex", re.as_str())?,
+            StringMatcher::PathPrefix { value } => {
+                let shown = if value.is_empty() { "/" } else { value };
+                map.serialize_entry("pathPrefix", shown)?
+            }
         }
         map.end()
     }

@@ -232,3 +232,74 @@ fn authority_port_is_ignored_for_hosts() {
         assert_eq!(host_without_port(authority), host, "{authority}");
     }
 }
+
+#[test]
+fn gateway_api_path_prefix_is_whole_segments() {
+    let cases: [(&str, &str, bool); 10] = [
+        ("/abc", "/abc", true),
+        ("/abc", "/abc/", true),
+        ("/abc", "/abc/def", true),
+        ("/abc", "/abcd", false),
+        ("/abc/", "/abc", true),
+        ("/abc/", "/abc/def", true),
+        ("/abc/", "/abcd", false),
+        ("/", "/", true),
+        ("/", "/anything/at/all", true),
+        ("/v1/api", "/v1", false),
+    ];
+    for (value, path, want) in cases {
+        assert_eq!(
+            StringMatcher::path_prefix(value).matches(path),
+            want,
+            "PathPrefix {value} on {path}"
+        );
+    }
+}
+
+fn host_table(hosts: &[&'static str]) -> RouteTable<&'static str> {
+    RouteTable::new(
+        hosts
+            .iter()
+            .map(|h| VirtualHost {
+                host: (*h).to_owned(),
+                routes: vec![route(h, Vec::new())],
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn wildcards_pick_the_longest_suffix_without_scanning_order() {
+    let table = host_table(&[
+        "*.com",
+        "*.example.com",
+        "*.b.example.com",
+        "exact.b.example.com",
+        "*-api.example.org",
+    ]);
+    let headers = HeaderMap::new();
+    let cases: [(&str, Option<&str>); 9] = [
+        ("exact.b.example.com", Some("exact.b.example.com")),
+        ("x.b.example.com", Some("*.b.example.com")),
+        ("x.y.b.example.com", Some("*.b.example.com")),
+        ("b.example.com", Some("*.example.com")),
+        ("example.com", Some("*.com")),
+        ("com", None),
+        ("shop-api.example.org", Some("*-api.example.org")),
+        ("-api.example.org", None),
+        ("X.B.Example.COM:8080", Some("*.b.example.com")),
+    ];
+    for (host, want) in cases {
+        assert_eq!(lookup(&table, host, "/", &headers), want, "host {host}");
+    }
+    let with_any = host_table(&["*.example.com", "*"]);
+    assert_eq!(
+        lookup(&with_any, "other.org", "/", &headers),
+        Some("*"),
+        "`*` catches what no wildcard does"
+    );
+    assert_eq!(
+        lookup(&with_any, "a.example.com", "/", &headers),
+        Some("*.example.com")
+    );
+}
