@@ -1,4 +1,5 @@
-//! The admin surfaces, on Istio's ports: readiness (`/healthz/ready`, 15021), Prometheus
+//! The admin surfaces, on Istio's ports: readiness (`/healthz/ready`, and `/healthz/live`
+//! for liveness probes, 15021), Prometheus
 //! (`/stats/prometheus`, 15090) and the local admin on 127.0.0.1:15000: `GET /config_dump`
 //! (the live snapshot as JSON), `GET /logging` (the log filter in force) and
 //! `POST /logging?level=debug` (switch it, as Envoy's admin does). They run on their own
@@ -87,6 +88,8 @@ fn respond(
             None => text(StatusCode::NOT_FOUND, "no log-level switch\n"),
         },
         _ if method != Method::GET => text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
+        // Liveness: the process answers, draining or not (a drain must not get it killed).
+        (Surface::Readiness, "/healthz/live") => text(StatusCode::OK, ""),
         (Surface::Readiness, "/healthz/ready") => {
             if state.ready.load(Ordering::Relaxed) {
                 text(StatusCode::OK, "")

@@ -101,6 +101,10 @@ struct RunArgs {
     /// How long in-flight requests may take to finish on SIGTERM (e.g. 5s, 500ms, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Also reload when these change (nothing is loaded from them): e.g. the directory of
+    /// the certificate files a Gateway names with serverCertificate/privateKey.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    watch: Vec<PathBuf>,
     /// Access log format on stdout.
     #[arg(long, value_enum, default_value_t = AccessLogFormat::Text)]
     access_log: AccessLogFormat,
@@ -321,6 +325,7 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let reloader = Reloader {
         source: args.config.source(),
+        watch_also: args.watch.clone(),
         snapshots: snapshots.clone(),
         listeners: listeners.clone(),
         kernel: kernel.clone(),

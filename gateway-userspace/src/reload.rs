@@ -126,6 +126,9 @@ pub fn steer_node_ports(
 /// Everything a reload touches.
 pub struct Reloader {
     pub source: ConfigSource,
+    /// More paths whose changes reload, though nothing is loaded from them: the
+    /// directories of certificate files that Gateways name by path (Secret volumes).
+    pub watch_also: Vec<PathBuf>,
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     pub listeners: Arc<ListenerSet>,
     pub kernel: SharedKernelPath,
@@ -206,10 +209,11 @@ impl Reloader {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<impl Future<Output = ()> + Send + 'static, ReloadError> {
         let (changed_tx, mut changed) = mpsc::unbounded_channel();
-        let watcher = watch_paths(&self.source.paths, changed_tx)?;
+        let watched = [self.source.paths.as_slice(), &self.watch_also].concat();
+        let watcher = watch_paths(&watched, changed_tx)?;
         let mut hangup =
             tokio::signal::unix::signal(SignalKind::hangup()).map_err(ReloadError::Signal)?;
-        info!(paths = ?self.source.paths, "watching the configuration; SIGHUP reloads too");
+        info!(paths = ?watched, "watching the configuration; SIGHUP reloads too");
         Ok(async move {
             let _watcher = watcher;
             loop {
