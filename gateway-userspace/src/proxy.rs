@@ -4,6 +4,7 @@
 
 mod access_log;
 mod forward;
+mod h1_guard;
 mod route_actions;
 mod tcp;
 mod tls;
@@ -32,6 +33,20 @@ use crate::{metrics::Metrics, snapshot::Snapshot};
 const LISTEN_BACKLOG: u32 = 4096;
 /// Slowloris guard: a client gets this long to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line + headers) read from a client: Envoy's default
+/// `max_request_headers_kb` (60 KiB). Larger heads get 431.
+const MAX_REQUEST_HEAD_BYTES: usize = 60 * 1024;
+/// Most headers in one request: Envoy's default `max_headers_count`. More get 431.
+const MAX_REQUEST_HEADERS: usize = 100;
+/// Concurrent streams per HTTP/2 connection: a client cannot pin unbounded work on one
+/// connection.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Streams a client may open and reset before the server accepted them: the HTTP/2
+/// rapid-reset flood guard (CVE-2023-44487); beyond it the connection gets GOAWAY.
+const MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Streams the server may reset because of client protocol errors before it gives up on
+/// the connection (the "MadeYouReset" guard).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// After a failed accept (EMFILE and the like), pause instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// Istio's default upstream connect timeout.
@@ -124,8 +139,16 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+        .max_headers(MAX_REQUEST_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
     info!(port = bind_port, "listening");
 
     loop {
@@ -184,7 +207,7 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(connection.handle(request).await) }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(h1_guard::H1Guard::new(stream)), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(

@@ -4,5 +4,6 @@
 
 mod basics;
 mod http;
+mod http_safety;
 mod ops;
 mod tls;

@@ -178,6 +178,15 @@ impl Connection {
         authority: Option<&str>,
         request_id: &str,
     ) -> (Response<ProxyBody>, Outcome<'s>) {
+        if let Some(status) = framing_problem(&request) {
+            // The message boundaries are in doubt: answer and close the connection so
+            // nothing after this request is read with the wrong framing.
+            let mut response = local_response(status, "");
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return (response, Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR));
+        }
         let Some(authority) = authority else {
             return (
                 local_response(StatusCode::BAD_REQUEST, ""),
@@ -325,6 +334,7 @@ impl Connection {
             );
         };
 
+        let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // A body that can be sent more than once: empty, or small and of known length.
         let wants_replay =
             !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
@@ -346,7 +356,10 @@ impl Connection {
                 }
             }
         } else {
-            RequestBody::Streaming(Some(body))
+            RequestBody::Streaming(Some(DownstreamBody {
+                inner: body,
+                failed: body_failed.clone(),
+            }))
         };
 
         if let RequestBody::Replayable(bytes) = &body {
@@ -423,6 +436,20 @@ impl Connection {
             tokio::time::sleep(backoff / 2 + jitter).await;
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         };
+        if response.is_err() && body_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut response = local_response(StatusCode::BAD_REQUEST, "");
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return (
+                response,
+                Outcome {
+                    flags: flags::DOWNSTREAM_PROTOCOL_ERROR,
+                    cluster: Some(cluster),
+                    upstream: Some(endpoint),
+                },
+            );
+        }
         let exhausted = |plain, exceeded| if retries_done > 0 { exceeded } else { plain };
         let outcome = |flags| Outcome {
             flags,
@@ -559,12 +586,15 @@ impl Connection {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
-    /// The snapshot's listener for the port this connection arrived on.
+    /// The snapshot's listener for the port this connection arrived on: its bind port, or
+    /// its node port when node-port mode steered the connection (sk_lookup keeps the
+    /// port the client dialled as the socket's local port).
     fn listener(&self) -> Option<&Listener> {
+        let port = self.local.port();
         self.snapshot
             .listeners
             .iter()
-            .find(|l| l.bind_port == self.local.port())
+            .find(|l| l.bind_port == port || l.node_port == Some(port))
     }
 
     /// The request as the upstream gets it: same method, path, Host and body unless the
@@ -689,7 +719,7 @@ impl UpstreamHead {
 enum RequestBody {
     Replayable(Bytes),
     /// Sent once; None after the first try took it.
-    Streaming(Option<Incoming>),
+    Streaming(Option<DownstreamBody>),
 }
 
 impl RequestBody {
@@ -737,6 +767,57 @@ async fn join_upgraded(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::u
     let mut upstream = TokioIo::new(upstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+/// Requests whose body length two parsers could read differently (RFC 9112 §6.1, §6.3):
+/// Content-Length beside Transfer-Encoding, Content-Length more than once, or a
+/// Transfer-Encoding other than `chunked` (501, which no proxy can frame). hyper's parser
+/// rejects conflicting Content-Length values itself; these it lets through.
+fn framing_problem<B>(request: &Request<B>) -> Option<StatusCode> {
+    let headers = request.headers();
+    let content_lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let transfer_encodings: Vec<&HeaderValue> =
+        headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if content_lengths > 1 || (content_lengths > 0 && !transfer_encodings.is_empty()) {
+        return Some(StatusCode::BAD_REQUEST);
+    }
+    match transfer_encodings.as_slice() {
+        [] => None,
+        [only] if only.as_bytes().eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(StatusCode::NOT_IMPLEMENTED),
+    }
+}
+
+/// A client's request body that remembers whether it broke off (a malformed chunk, a
+/// closed connection), so a failed try is blamed on the client (400), not the upstream.
+struct DownstreamBody {
+    inner: Incoming,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

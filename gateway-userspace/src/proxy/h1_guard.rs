@@ -1,0 +1,415 @@
+//! A strict HTTP/1 framing check in front of hyper, on the bytes a client sends.
+//!
+//! hyper's parser (httparse) is lenient where a proxy must not be: it accepts bare LF line
+//! endings, merges identical duplicate `Content-Length` headers, and quietly lets
+//! `Transfer-Encoding` win over `Content-Length`. A backend that reads such a request
+//! differently could see a second, smuggled request. This guard follows the message
+//! framing of every request on the connection (heads, Content-Length bodies, chunked
+//! bodies), holds each head back until it is complete, and when a head or a chunk-size
+//! line is ambiguous it corrupts its first byte before hyper sees it. hyper then rejects
+//! the request with 400 (or fails the body, which the proxy answers with 400), so the
+//! request never reaches an upstream. HTTP/2 (the connection preface) and upgraded
+//! connections pass through untouched.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Heads longer than this are passed on unchecked; hyper answers them 431 anyway (its
+/// limit is lower).
+const MAX_HELD_HEAD: usize = 128 * 1024;
+/// A chunk-size line longer than this (extensions included) is rejected.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Read size from the socket.
+const READ_CHUNK: usize = 16 * 1024;
+/// What hyper sees instead of the first byte of a rejected head: not a token character,
+/// so the request line fails to parse (400).
+const POISON_HEAD: u8 = 0x01;
+/// What hyper sees instead of the first byte of a rejected chunk-size line: not a hex
+/// digit, so the body fails (the proxy answers 400).
+const POISON_CHUNK: u8 = b'z';
+
+#[derive(Debug)]
+enum State {
+    /// Reading a request head (held back until complete).
+    Head,
+    /// A Content-Length body: this many bytes to pass.
+    Body(u64),
+    /// A chunk-size line (held back until complete).
+    ChunkSize,
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkDataEnd(u8),
+    /// Trailer lines after the last chunk, until an empty line.
+    Trailers {
+        line_len: usize,
+    },
+    /// HTTP/2, an upgraded connection, or a request hyper will reject anyway.
+    Passthrough,
+}
+
+pub struct H1Guard<S> {
+    inner: S,
+    state: State,
+    /// Bytes held back: the head or chunk-size line being read.
+    held: Vec<u8>,
+    /// Bytes cleared to go up to hyper, from `released_pos` on.
+    released: Vec<u8>,
+    released_pos: usize,
+    scratch: Box<[u8]>,
+}
+
+impl<S> H1Guard<S> {
+    pub fn new(inner: S) -> Self {
+        H1Guard {
+            inner,
+            state: State::Head,
+            held: Vec::new(),
+            released: Vec::new(),
+            released_pos: 0,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+        }
+    }
+
+    /// Follows the framing over `bytes`, moving what may go up into `released`.
+    fn process(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                State::Passthrough => {
+                    self.released.extend_from_slice(bytes);
+                    return;
+                }
+                State::Body(remaining) | State::ChunkData(remaining) => {
+                    let take = usize::try_from(*remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len());
+                    self.released.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    *remaining -= take as u64;
+                    if *remaining == 0 {
+                        self.state = match self.state {
+                            State::ChunkData(_) => State::ChunkDataEnd(2),
+                            _ => State::Head,
+                        };
+                    }
+                }
+                State::ChunkDataEnd(left) => {
+                    let take = usize::from(*left).min(bytes.len());
+                    self.released.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    *left -= take as u8;
+                    if *left == 0 {
+                        self.state = State::ChunkSize;
+                    }
+                }
+                State::Trailers { line_len } => {
+                    let byte = bytes[0];
+                    bytes = &bytes[1..];
+                    self.released.push(byte);
+                    match byte {
+                        b'\n' if *line_len == 0 => self.state = State::Head,
+                        b'\n' => *line_len = 0,
+                        b'\r' => {}
+                        _ => *line_len += 1,
+                    }
+                }
+                State::Head | State::ChunkSize => {
+                    let Some(newline) = bytes.iter().position(|&b| b == b'\n') else {
+                        self.held.extend_from_slice(bytes);
+                        self.check_held_size();
+                        return;
+                    };
+                    self.held.extend_from_slice(&bytes[..=newline]);
+                    bytes = &bytes[newline + 1..];
+                    if matches!(self.state, State::ChunkSize) {
+                        self.end_chunk_size_line();
+                    } else if self.held.ends_with(b"\r\n\r\n")
+                        || self.held.ends_with(b"\n\n")
+                        || self.held.ends_with(b"\n\r\n") && self.held.len() > 3
+                    {
+                        self.end_head();
+                    } else if self.held == b"\r\n" || self.held == b"\n" {
+                        // Empty lines before a request line are ignored (RFC 9112 §2.2).
+                        self.release_held();
+                    } else {
+                        self.check_held_size();
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_held_size(&mut self) {
+        let limit = match self.state {
+            State::ChunkSize => MAX_CHUNK_LINE,
+            _ => MAX_HELD_HEAD,
+        };
+        if self.held.starts_with(b"PRI ") || self.held.len() > limit {
+            // HTTP/2's preface, or something hyper will refuse by size: not ours to frame.
+            if matches!(self.state, State::ChunkSize)
+                && let Some(first) = self.held.first_mut()
+            {
+                *first = POISON_CHUNK;
+            }
+            self.state = State::Passthrough;
+            self.release_held();
+        }
+    }
+
+    fn release_held(&mut self) {
+        self.released.append(&mut self.held);
+    }
+
+    fn end_head(&mut self) {
+        let verdict = head_framing(&self.held);
+        self.state = match verdict {
+            Ok(next) => next,
+            Err(()) => {
+                if let Some(first) = self.held.first_mut() {
+                    *first = POISON_HEAD;
+                }
+                State::Passthrough
+            }
+        };
+        self.release_held();
+    }
+
+    fn end_chunk_size_line(&mut self) {
+        match chunk_size(&self.held) {
+            Some(0) => self.state = State::Trailers { line_len: 0 },
+            Some(size) => self.state = State::ChunkData(size),
+            None => {
+                if let Some(first) = self.held.first_mut() {
+                    *first = POISON_CHUNK;
+                }
+                self.state = State::Passthrough;
+            }
+        }
+        self.release_held();
+    }
+}
+
+/// The framing of the body after a complete head, or Err when the head is ambiguous:
+/// a bare LF, Content-Length more than once, or Content-Length beside Transfer-Encoding.
+fn head_framing(head: &[u8]) -> Result<State, ()> {
+    let head = head.strip_suffix(b"\r\n\r\n").ok_or(())?;
+    let lines: Vec<&[u8]> = head.split(|&b| b == b'\n').collect();
+    let (request_line, header_lines) = lines.split_first().ok_or(())?;
+    let last = header_lines.len().saturating_sub(1);
+    // Every line ends in CRLF; the head's last line lost its CRLF to strip_suffix.
+    let request_line = if header_lines.is_empty() {
+        request_line
+    } else {
+        request_line.strip_suffix(b"\r").ok_or(())?
+    };
+    if request_line.contains(&b'\r') {
+        return Err(());
+    }
+    let mut content_length: Option<u64> = None;
+    let mut content_lengths = 0;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut upgrade = request_line.starts_with(b"CONNECT ");
+    for (index, line) in header_lines.iter().enumerate() {
+        let line = if index == last {
+            line
+        } else {
+            line.strip_suffix(b"\r").ok_or(())?
+        };
+        if line.contains(&b'\r') {
+            return Err(());
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            // No colon (or obs-fold): hyper rejects it; nothing to frame.
+            return Ok(State::Passthrough);
+        };
+        let name = &line[..colon];
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            content_lengths += 1;
+            content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+            chunked = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+    }
+    if content_lengths > 1 || (content_lengths > 0 && transfer_encoding) {
+        return Err(());
+    }
+    Ok(if upgrade {
+        State::Passthrough
+    } else if transfer_encoding {
+        if chunked {
+            State::ChunkSize
+        } else {
+            State::Passthrough
+        }
+    } else {
+        match (content_lengths, content_length) {
+            (0, _) | (_, Some(0)) => State::Head,
+            (_, Some(n)) => State::Body(n),
+            // Unparseable length: hyper rejects it.
+            (_, None) => State::Passthrough,
+        }
+    })
+}
+
+/// The size of a chunk-size line (`1a;ext=1\r\n`), None when malformed.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r\n")?;
+    if line.contains(&b'\r') || line.contains(&b'\n') {
+        return None;
+    }
+    let digits = line.split(|&b| b == b';').next()?.trim_ascii_end();
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.released_pos < this.released.len() {
+                let ready = &this.released[this.released_pos..];
+                let n = ready.len().min(buf.remaining());
+                buf.put_slice(&ready[..n]);
+                this.released_pos += n;
+                if this.released_pos == this.released.len() {
+                    this.released.clear();
+                    this.released_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if matches!(this.state, State::Passthrough) && this.held.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut scratch = std::mem::take(&mut this.scratch);
+            let mut read = ReadBuf::new(&mut scratch);
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut read);
+            let filled = read.filled().len();
+            if let Poll::Ready(Ok(())) = polled
+                && filled > 0
+            {
+                this.process(&scratch[..filled]);
+            }
+            this.scratch = scratch;
+            ready!(polled)?;
+            if filled == 0 {
+                // End of stream: whatever is held goes up; hyper sees the truncation.
+                this.state = State::Passthrough;
+                this.release_held();
+                if this.released.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What hyper would be handed for `input`, fed in pieces of `step` bytes.
+    fn guarded(input: &[u8], step: usize) -> Vec<u8> {
+        let mut guard = H1Guard::new(());
+        for piece in input.chunks(step) {
+            guard.process(piece);
+        }
+        guard.release_held();
+        guard.released
+    }
+
+    #[test]
+    fn clean_pipelined_requests_pass_unchanged() {
+        let input = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+GET /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nT: 1\r\n\r\n\
+GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
+        for step in [1, 3, 7, input.len()] {
+            assert_eq!(guarded(input, step), input.to_vec(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_heads_are_poisoned() {
+        for bad in [
+            &b"GET / HTTP/1.1\nHost: h\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(guarded(bad, 2)[0], POISON_HEAD, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_smuggled_request_in_a_body_is_not_a_head() {
+        // The second request hides in the first one's body: it is passed as body bytes.
+        let input = b"POST / HTTP/1.1\r\nContent-Length: 20\r\n\r\nGET /x HTTP/1.1\n\n\n\n";
+        assert_eq!(guarded(input, 4), input.to_vec());
+    }
+
+    #[test]
+    fn bad_chunk_sizes_are_poisoned() {
+        let input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+        let out = guarded(input, 5);
+        let body_start = input.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+        assert_eq!(out[body_start], POISON_CHUNK);
+        assert_eq!(chunk_size(b"1a;ext\r\n"), Some(26));
+        assert_eq!(chunk_size(b"1a\n"), None);
+        assert_eq!(chunk_size(b"-1\r\n"), None);
+        assert_eq!(chunk_size(b"ffffffffffffffffff\r\n"), None);
+    }
+
+    #[test]
+    fn http2_preface_passes_through() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
+        assert_eq!(guarded(preface, 3), preface.to_vec());
+    }
+}
