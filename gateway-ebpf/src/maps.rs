@@ -170,10 +170,12 @@ pub enum GlobalCounter {
     SniMalformed = 12,
     /// TLS-port payloads that are not a ClientHello (later records, plain HTTP).
     NotClientHello = 13,
+    /// Connections to a node port handed to a gateway listener (sk_lookup).
+    NodePortSteered = 14,
 }
 
 impl GlobalCounter {
-    pub const ALL: [GlobalCounter; 14] = [
+    pub const ALL: [GlobalCounter; 15] = [
         GlobalCounter::Seen,
         GlobalCounter::GatewayPort,
         GlobalCounter::OtherPort,
@@ -188,6 +190,7 @@ impl GlobalCounter {
         GlobalCounter::SniIncomplete,
         GlobalCounter::SniMalformed,
         GlobalCounter::NotClientHello,
+        GlobalCounter::NodePortSteered,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -208,6 +211,7 @@ impl GlobalCounter {
             GlobalCounter::SniIncomplete => "sni_incomplete",
             GlobalCounter::SniMalformed => "sni_malformed",
             GlobalCounter::NotClientHello => "not_client_hello",
+            GlobalCounter::NodePortSteered => "node_port_steered",
         }
     }
 }

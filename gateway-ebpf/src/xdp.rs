@@ -391,7 +391,7 @@ fn launder<const N: usize>(s: &mut Scratch<N>, offset: usize, len: usize) -> (us
 }
 
 #[inline(always)]
-fn count(counter: GlobalCounter) {
+pub(crate) fn count(counter: GlobalCounter) {
     if let Some(value) = GLOBAL_STATS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU value, see `inspect`.
         unsafe { *value += 1 }

@@ -136,11 +136,13 @@ impl<'a> Compiler<'a> {
         }
     }
 
+        let node_ports = listeners.iter().filter_map(|l| Some((l.node_port?, l.bind_port))).collect();
     fn is_ours(&self, gateway: &Gateway) -> bool {
         gateway
             .spec
             .selector
             .iter()
+                node_ports,
             .all(|(k, v)| self.identity.labels.get(k) == Some(v))
     }
 

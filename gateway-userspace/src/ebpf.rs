@@ -4,18 +4,21 @@
 //! Programs attach through bpf links owned by this process, so they detach when
 //! `gatewayd` exits however it exits (fail-open: a dead daemon leaves no stale policy).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsRawFd, RawFd},
+};
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{Array, HashMap as BpfHashMap, Map, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, HashMap as BpfHashMap, Map, MapError, PerCpuArray, SockMap},
+    programs::{ProgramError, SkLookup, Xdp, XdpMode, sk_lookup::SkLookupLinkId, xdp::XdpLinkId},
 };
 use gateway_ebpf::{
     GlobalCounter, MAX_PORTS, PolicyKey, PortMode, PortPolicy, PortStats, SniKey, host_hash,
     maps::{
         ACCEPT_ANY_SNI, GLOBAL_STATS_MAP, POLICY_GENERATION_MAP, PORT_POLICY_MAP, PORT_STATS_MAP,
-        SNI_ALLOW_MAP, XDP_PROGRAM,
+        SNI_ALLOW_MAP, STEER_PORTS_MAP, STEER_PROGRAM, STEER_SOCKETS_MAP, XDP_PROGRAM,
     },
 };
 use thiserror::Error;
@@ -40,6 +43,8 @@ pub enum KernelError {
         interface: String,
         source: ProgramError,
     },
+    #[error("opening this network namespace for sk_lookup: {0}")]
+    Netns(std::io::Error),
     #[error("counting possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("{count} gateway ports exceed the kernel's {MAX_PORTS}")]
@@ -65,6 +70,10 @@ pub struct KernelPath {
     port_slots: BTreeMap<u16, u32>,
     /// The generation the programs read (0 or 1).
     generation: u32,
+    /// The sk_lookup program's link, once node-port steering is in use.
+    steer_link: Option<SkLookupLinkId>,
+    /// `--node-ports`: steer our Service's node ports to the listeners.
+    node_port_mode: bool,
     /// The keys each generation holds, so the one being reused can be cleared.
     written: [WrittenPolicy; 2],
 }
@@ -96,6 +105,8 @@ impl KernelPath {
             port_slots: BTreeMap::new(),
             generation: 0,
             written: Default::default(),
+            steer_link: None,
+            node_port_mode: false,
         })
     }
 
@@ -129,8 +140,21 @@ impl KernelPath {
     /// `gateway_ebpf::maps`). Ports kept across a reload keep their stats slot.
     pub fn apply_policy(&mut self, policy: &KernelPolicy) -> Result<(), KernelError> {
         let mut ports: Vec<(u16, PortPolicy, Option<&TlsPortPolicy>)> = Vec::new();
-        for &port in &policy.ports {
-            let tls = policy.tls_ports.iter().find(|t| t.port == port);
+        let tls_of = |port: u16| policy.tls_ports.iter().find(|t| t.port == port);
+        // A node port is policed like the port it leads to.
+        let node_ports = policy
+            .node_ports
+            .iter()
+            .map(|&(node, bind)| (node, tls_of(bind)));
+        for (port, tls) in policy
+            .ports
+            .iter()
+            .map(|&p| (p, tls_of(p)))
+            .chain(node_ports)
+        {
+            if ports.iter().any(|(p, _, _)| *p == port) {
+                continue;
+            }
             let mode = if tls.is_some() {
                 PortMode::TlsTerminate
             } else {
@@ -281,6 +305,55 @@ impl KernelPath {
             .collect()
     }
 
+    /// Turns node-port mode on (`--node-ports`); `steer_node_ports` does nothing otherwise.
+    pub fn enable_node_port_mode(&mut self) {
+        self.node_port_mode = true;
+    }
+
+    /// Hands connections for each node port to the listening socket of its bind port
+    /// (an sk_lookup program on this network namespace, loaded on first use). Node ports
+    /// whose listener is missing are dropped from the map, so they fall back to the normal
+    /// lookup (and kube-proxy, where it runs).
+    pub fn steer_node_ports(&mut self, routes: &[(u16, RawFd)]) -> Result<(), KernelError> {
+        if !self.node_port_mode {
+            return Ok(());
+        }
+        if self.steer_link.is_none() {
+            if routes.is_empty() {
+                return Ok(());
+            }
+            let netns = std::fs::File::open("/proc/self/ns/net").map_err(KernelError::Netns)?;
+            let program: &mut SkLookup = self
+                .ebpf
+                .program_mut(STEER_PROGRAM)
+                .ok_or(KernelError::Missing(STEER_PROGRAM))?
+                .try_into()?;
+            program.load()?;
+            self.steer_link = Some(program.attach(netns)?);
+        }
+        let mut sockets: SockMap<_> =
+            SockMap::try_from(map_mut(&mut self.ebpf, STEER_SOCKETS_MAP)?)?;
+        for (index, (_, fd)) in routes.iter().enumerate() {
+            let fd = SocketFd(*fd);
+            sockets.set(index as u32, &fd, 0)?;
+        }
+        let mut ports: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, STEER_PORTS_MAP)?)?;
+        let wanted: Vec<u32> = routes.iter().map(|(port, _)| u32::from(*port)).collect();
+        let stale: Vec<u32> = ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !wanted.contains(p))
+            .collect();
+        for port in stale {
+            ports.remove(&port)?;
+        }
+        for (index, port) in wanted.iter().enumerate() {
+            ports.insert(port, index as u32, 0)?;
+        }
+        Ok(())
+    }
+
     /// Instructions the verifier walked to accept the XDP program (of its 1M budget):
     /// the program's complexity, watched by the kernel tests.
     pub fn verified_instructions(&mut self) -> Result<Option<u32>, KernelError> {
@@ -302,4 +375,39 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {
         .program_mut(XDP_PROGRAM)
         .ok_or(KernelError::Missing(XDP_PROGRAM))?;
     Ok(program.try_into()?)
+}
+
+/// A listening socket's fd as the sockmap API wants it (the socket stays owned by its
+/// listener; the map holds its own reference to the socket).
+struct SocketFd(RawFd);
+
+impl AsRawFd for SocketFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// How long a TLS listener holds a connection in the kernel waiting for its first bytes.
+/// The kernel rejects a bad ClientHello before the daemon ever accepts the connection,
+/// and idle connects never reach accept() at all.
+pub const DEFER_ACCEPT_SECS: libc::c_int = 10;
+
+/// Sets TCP_DEFER_ACCEPT on a listening socket whose clients speak first (TLS).
+pub fn defer_accept(listener: &impl AsRawFd) -> std::io::Result<()> {
+    let secs = DEFER_ACCEPT_SECS;
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

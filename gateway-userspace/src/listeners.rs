@@ -5,6 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    os::fd::{AsRawFd, RawFd},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -14,7 +15,7 @@ use tracing::info;
 
 use crate::{
     proxy::{self, ProxyContext, ProxyError},
-    snapshot::Snapshot,
+    snapshot::{Protocol, Snapshot},
 };
 
 /// A port that just stopped accepting may still be held for a moment by its accept loop;
@@ -26,6 +27,8 @@ const REBIND_PAUSE: Duration = Duration::from_millis(10);
 struct Running {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The listening socket (owned by the accept loop), for node-port steering.
+    socket: RawFd,
 }
 
 /// Ports bound for a snapshot that is not yet serving; `ListenerSet::start` takes them.
@@ -62,6 +65,11 @@ impl ListenerSet {
         self.lock_running().keys().copied().collect()
     }
 
+    /// The listening socket of each bind port accepting right now.
+    pub fn sockets(&self) -> Vec<(u16, RawFd)> {
+        self.lock_running().iter().map(|(port, r)| (*port, r.socket)).collect()
+    }
+
     /// Binds every port of `snapshot` that is not bound yet. Nothing is served from them
     /// until `start`; on error the ports bound so far are closed again.
     pub async fn bind_new(&self, snapshot: &Snapshot) -> Result<Bound, ProxyError> {
@@ -69,7 +77,18 @@ impl ListenerSet {
         let wanted: BTreeSet<u16> = snapshot.listeners.iter().map(|l| l.bind_port).collect();
         let mut listeners = Vec::new();
         for port in wanted.difference(&running) {
-            listeners.push((*port, bind_with_retry(*port).await?));
+            let listener = bind_with_retry(*port).await?;
+            let tls = snapshot
+                .listeners
+                .iter()
+                .any(|l| l.bind_port == *port && matches!(l.protocol, Protocol::Https | Protocol::Tls));
+            // TLS clients speak first: the connection waits in the kernel for its
+            // ClientHello, where the kernel path can still refuse it (issue: SNI early
+            // rejection); an idle connect never reaches accept().
+            if tls && let Err(e) = crate::ebpf::defer_accept(&listener) {
+                tracing::warn!(port, error = %e, "TCP_DEFER_ACCEPT not set");
+            }
+            listeners.push((*port, listener));
         }
         Ok(Bound { listeners })
     }
@@ -80,6 +99,7 @@ impl ListenerSet {
         let wanted: BTreeSet<u16> = snapshot.listeners.iter().map(|l| l.bind_port).collect();
         let mut running = self.lock_running();
         for (port, listener) in bound.listeners {
+            let socket = listener.as_raw_fd();
             let (stop, stop_rx) = watch::channel(false);
             let task = tokio::spawn(proxy::serve(
                 listener,
@@ -87,7 +107,7 @@ impl ListenerSet {
                 stop_rx,
                 self.drain_timeout,
             ));
-            running.insert(port, Running { stop, task });
+            running.insert(port, Running { stop, task, socket });
         }
         let removed: Vec<u16> = running
             .keys()

@@ -270,17 +270,15 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
         listeners = snapshot.listeners.len(),
         skipped, "configuration compiled"
     );
-    if args.node_ports {
-        warn!(
-            "--node-ports is accepted but node-port steering is not implemented yet; node ports are not served"
-        );
-    }
 
     let kernel: SharedKernelPath = Arc::new(Mutex::new(None));
     let metrics = Arc::new(Metrics::new(kernel.clone()));
     if args.ebpf != EbpfMode::Off {
         match start_kernel_path(&args.interfaces, &snapshot, &metrics) {
-            Ok(path) => {
+            Ok(mut path) => {
+                if args.node_ports {
+                    path.enable_node_port_mode();
+                }
                 if let Ok(mut slot) = kernel.lock() {
                     *slot = Some(path);
                 }
@@ -323,6 +321,14 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
 
     listeners.start(bound, &snapshots.load());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    if args.node_ports {
+        let steered = kernel.lock().is_ok_and(|k| k.is_some());
+        match gateway::reload::steer_node_ports(&kernel, &snapshots.load(), &listeners) {
+            Ok(()) if steered => info!(node_ports = ?snapshots.load().kernel.node_ports, "node ports steered to the listeners"),
+            Ok(()) => warn!("--node-ports needs the kernel path (sk_lookup), which is unavailable: node ports are not served"),
+            Err(e) => return Err(anyhow::Error::new(e).context("--node-ports: steering node ports")),
+        }
+    }
     let reloader = Reloader {
         source: args.config.source(),
         watch_also: args.watch.clone(),

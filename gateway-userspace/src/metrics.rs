@@ -16,6 +16,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use gateway_ebpf::PortStats;
+use prometheus_client::metrics::MetricType;
+
 use crate::ebpf::KernelPath;
 
 /// Istio's standard labels that mean something at a gateway.
@@ -82,6 +85,15 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabels, Counter>,
     /// 1 when the last reload was applied, 0 when it was refused (the old config serves).
     pub config_last_reload_successful: Gauge,
+    /// TLS connections by how their handshake ended (`success`, `failure`,
+    /// `refused_sni`: no server accepts the ClientHello's name, refused before any crypto).
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub port: u16,
+    pub result: &'static str,
 }
 
 /// The kernel path as the metrics collector sees it: absent when eBPF is off or failed.
@@ -135,6 +147,12 @@ impl Metrics {
             "1 when the last reload was applied, 0 when it was refused",
             config_last_reload_successful.clone(),
         );
+        let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "gateway_tls_handshakes",
+            "TLS connections by handshake result (refused_sni: refused from the ClientHello, before any crypto)",
+            tls_handshakes.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         Metrics {
             registry,
@@ -145,6 +163,7 @@ impl Metrics {
             ebpf_fallbacks,
             config_reloads,
             config_last_reload_successful,
+            tls_handshakes,
         }
     }
 
@@ -160,6 +179,12 @@ impl Metrics {
 #[derive(Debug)]
 struct KernelCollector {
     kernel: SharedKernelPath,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HelloLabels {
+    port: u16,
+    verdict: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,7 +205,7 @@ impl Collector for KernelCollector {
                 "gateway_kernel_packets",
                 "Packets the XDP program ran on, by header-parsing outcome",
                 None,
-                prometheus_client::metrics::MetricType::Counter,
+                MetricType::Counter,
             )?;
             for (counter, value) in global {
                 let labels = OutcomeLabels {
@@ -194,28 +219,30 @@ impl Collector for KernelCollector {
                 (
                     "gateway_kernel_port_packets",
                     "Packets to a gateway port, seen by the XDP program",
-                    0,
+                    (|s| s.packets) as fn(&PortStats) -> u64,
                 ),
-                (
-                    "gateway_kernel_port_bytes",
-                    "Bytes to a gateway port, seen by the XDP program",
-                    1,
-                ),
+                ("gateway_kernel_port_bytes", "Bytes to a gateway port, seen by the XDP program", |s| s.bytes),
             ] {
-                let mut family = encoder.encode_descriptor(
-                    name,
-                    help,
-                    None,
-                    prometheus_client::metrics::MetricType::Counter,
-                )?;
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
                 for (port, stats) in &ports {
-                    let value = if pick == 0 {
-                        stats.packets
-                    } else {
-                        stats.bytes
-                    };
-                    ConstCounter::new(value)
-                        .encode(family.encode_family(&PortLabels { port: *port })?)?;
+                    ConstCounter::new(pick(stats)).encode(family.encode_family(&PortLabels { port: *port })?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "gateway_kernel_client_hellos",
+                "ClientHellos on TLS ports judged by the kernel: accepted, rejected (reset in the kernel), undecided (passed to userspace), reject_retransmit",
+                None,
+                MetricType::Counter,
+            )?;
+            for (port, stats) in &ports {
+                for (verdict, value) in [
+                    ("accepted", stats.hellos_accepted),
+                    ("rejected", stats.hellos_rejected),
+                    ("undecided", stats.hellos_undecided),
+                    ("reject_retransmit", stats.reject_retransmits),
+                ] {
+                    let labels = HelloLabels { port: *port, verdict };
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
                 }
             }
         }

@@ -653,6 +653,9 @@ pub struct KernelPolicy {
     pub ports: Vec<u16>,
     /// HTTPS/TLS bind ports and the SNI names each accepts, for early rejection.
     pub tls_ports: Vec<TlsPortPolicy>,
+    /// (node port, bind port) of our Service, for node-port mode: the kernel polices a
+    /// node port as it does its bind port, and steers its connections to that listener.
+    pub node_ports: Vec<(u16, u16)>,
 }
 
 /// SNI names one TLS port accepts: lowercase exact names and `*.suffix` wildcards;

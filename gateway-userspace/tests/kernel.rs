@@ -120,6 +120,7 @@ fn counts_packets_per_gateway_port_and_passes_everything() {
         (GlobalCounter::SniIncomplete, 0),
         (GlobalCounter::SniMalformed, 0),
         (GlobalCounter::NotClientHello, 0),
+        (GlobalCounter::NodePortSteered, 0),
     ];
     assert_eq!(counts, expected);
 

@@ -7,3 +7,4 @@ mod http;
 mod http_safety;
 mod ops;
 mod tls;
+mod kernel;

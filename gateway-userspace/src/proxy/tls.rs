@@ -27,6 +27,7 @@ use tracing::debug;
 
 use super::{ProxyContext, forward, tcp};
 use crate::{
+    metrics::HandshakeLabels,
     snapshot::Snapshot,
     tls::{
         AfterTermination, ListenerTls, SniRoute, TlsConnectionInfo, TlsMode, Transport, client_cert,
@@ -90,7 +91,11 @@ async fn serve_tls(
             return;
         }
     };
+    let handshakes = |result| {
+        ctx.metrics.tls_handshakes.get_or_create(&HandshakeLabels { port: local.port(), result }).inc();
+    };
     let Some((index, server)) = tls.select(hello.sni.as_deref()) else {
+        handshakes("refused_sni");
         // Closing without a handshake, as Envoy does when no filter chain matches.
         debug!(sni = ?hello.sni, "refused: no server accepts this SNI");
         return;
@@ -114,12 +119,17 @@ async fn serve_tls(
                 start.into_stream(config.clone()).await
             };
             let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                Ok(Ok(tls_stream)) => tls_stream,
+                Ok(Ok(tls_stream)) => {
+                    handshakes("success");
+                    tls_stream
+                }
                 Ok(Err(e)) => {
+                    handshakes("failure");
                     debug!(error = %e, sni = ?hello.sni, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    handshakes("failure");
                     debug!(sni = ?hello.sni, "TLS handshake timed out");
                     return;
                 }

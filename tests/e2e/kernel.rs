@@ -1,0 +1,363 @@
+//! The kernel path end to end, in two network namespaces joined by a veth pair at MTU
+//! 1500: SNI early rejection in front of a real TLS listener, and node-port steering with
+//! and without a kube-proxy-style DNAT rule. Root only (namespaces, eBPF).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use gateway_tests::{
+    Gateway, NetnsPair, TempDir, Upstream, binary, curl, free_port, httpbin_config,
+    skip_unless_root,
+};
+
+const NAME: &str = "api.example.com";
+
+/// A self-signed ECDSA P-256 certificate for `name`; returns (cert, key) paths.
+fn self_signed(dir: &TempDir, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (
+        dir.path().join(format!("{name}.crt")),
+        dir.path().join(format!("{name}.key")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{name}"),
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl")?;
+    if !out.status.success() {
+        bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((cert, key))
+}
+
+/// An HTTPS server for api.example.com on Gateway port 443 (bound on `bind_port`).
+fn https_config(bind_port: u16, upstream: SocketAddr, cert: &Path, key: &Path) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["{NAME}"]
+    tls: {{mode: SIMPLE, serverCertificate: "{cert}", privateKey: "{key}"}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: https, port: 443, targetPort: {bind_port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: default}}
+spec:
+  hosts: ["{NAME}"]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8000, targetPort: {upstream_port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: httpbin-1, namespace: default, labels: {{kubernetes.io/service-name: httpbin}}}}
+addressType: IPv4
+ports: [{{name: http, port: {upstream_port}}}]
+endpoints:
+- addresses: ["{upstream_ip}"]
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        upstream_port = upstream.port(),
+        upstream_ip = upstream.ip(),
+    )
+}
+
+/// Runs tls-probe from the client namespace; returns its one-line verdict.
+fn probe(
+    net: &NetnsPair,
+    port: u16,
+    sni: &str,
+    cafile: &Path,
+    extra: &[&str],
+) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.client_ns])
+        .arg(binary("TLS_PROBE_BIN", "tls-probe"))
+        .args([
+            "--connect",
+            &format!("{}:{port}", net.gateway_ip),
+            "--sni",
+            sni,
+            "--path",
+            "/status/200",
+        ])
+        .arg("--cafile")
+        .arg(cafile)
+        .args(extra)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn counter(gateway: &Gateway, sample: &str) -> anyhow::Result<f64> {
+    Ok(gateway.metric(sample)?.unwrap_or(0.0))
+}
+
+#[test]
+fn unknown_sni_is_reset_in_the_kernel_before_the_daemon_accepts() -> anyhow::Result<()> {
+    if skip_unless_root("creates network namespaces and attaches eBPF") {
+        return Ok(());
+    }
+    let net = NetnsPair::new("sni")?;
+    let dir = TempDir::new("kernel-sni")?;
+    let (cert, key) = self_signed(&dir, NAME)?;
+    let upstream = Upstream::start(Some(&net.gateway_ns), "127.0.0.1:0", "httpbin")?;
+    let port = free_port();
+    dir.write(
+        "config.yaml",
+        &https_config(port, upstream.addr, &cert, &key),
+    )?;
+    let args = ["--ebpf", "on", "--interface", &net.gateway_if];
+    let gateway = Gateway::start(dir.path(), &args, Some(&net.gateway_ns), &dir)?;
+    let hellos = |verdict: &str| {
+        format!("gateway_kernel_client_hellos_total{{port=\"{port}\",verdict=\"{verdict}\"}}")
+    };
+    let accepted_connections = format!("gateway_downstream_connections_total{{port=\"{port}\"}}");
+    let refused_in_userspace =
+        format!("gateway_tls_handshakes_total{{port=\"{port}\",result=\"refused_sni\"}}");
+
+    // An accepted name: handshake and request, and the kernel saw the hello and let it by.
+    assert_eq!(
+        probe(&net, port, NAME, &cert, &[])?,
+        "ok 200",
+        "{}",
+        gateway.stderr()
+    );
+    assert_eq!(counter(&gateway, &hellos("accepted"))?, 1.0);
+    let accepts_before = counter(&gateway, &accepted_connections)?;
+
+    // An unknown name: reset by the kernel; gatewayd never accepted the connection.
+    assert_eq!(probe(&net, port, "evil.example.net", &cert, &[])?, "reset");
+    assert_eq!(counter(&gateway, &hellos("rejected"))?, 1.0);
+    assert_eq!(
+        counter(&gateway, &accepted_connections)?,
+        accepts_before,
+        "no accept for a rejected hello"
+    );
+    assert_eq!(
+        counter(&gateway, &refused_in_userspace)?,
+        0.0,
+        "userspace never saw it"
+    );
+
+    // openssl's own hellos: the accepted name completes a handshake, the unknown one is
+    // reset before any certificate is sent.
+    let openssl = |name: &str| -> anyhow::Result<(bool, String)> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.client_ns,
+                "openssl",
+                "s_client",
+                "-connect",
+            ])
+            .arg(format!("{}:{port}", net.gateway_ip))
+            .args(["-servername", name, "-verify_return_error", "-CAfile"])
+            .arg(&cert)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((
+            out.status.success() && text.contains("-----BEGIN CERTIFICATE-----"),
+            text,
+        ))
+    };
+    let (ok, text) = openssl(NAME)?;
+    assert!(
+        ok,
+        "openssl s_client with {NAME} completes a handshake:\n{text}"
+    );
+    let (ok, text) = openssl("unknown.example.org")?;
+    assert!(
+        !ok && !text.contains("BEGIN CERTIFICATE"),
+        "openssl with an unknown name is refused:\n{text}"
+    );
+    assert_eq!(counter(&gateway, &hellos("rejected"))?, 2.0);
+    assert_eq!(
+        counter(&gateway, &accepted_connections)?,
+        accepts_before + 1.0,
+        "only the good one"
+    );
+
+    // Browsers' post-quantum hellos span two segments at MTU 1500, and clients shuffle
+    // extensions: the name is in the first segment (the kernel decides) or in the second
+    // (undecided; gatewayd refuses it from the whole hello, still before any crypto).
+    // Either way every one is refused, and never accepted by both.
+    assert_eq!(probe(&net, port, NAME, &cert, &["--pq"])?, "ok 200");
+    let (rejected_before, refused_before) = (
+        counter(&gateway, &hellos("rejected"))?,
+        counter(&gateway, &refused_in_userspace)?,
+    );
+    const PQ_ATTEMPTS: u32 = 12;
+    for _ in 0..PQ_ATTEMPTS {
+        let verdict = probe(&net, port, "evil.example.net", &cert, &["--pq"])?;
+        assert!(verdict == "reset" || verdict == "closed", "{verdict}");
+    }
+    let in_kernel = counter(&gateway, &hellos("rejected"))? - rejected_before;
+    let in_userspace = counter(&gateway, &refused_in_userspace)? - refused_before;
+    assert_eq!(
+        in_kernel + in_userspace,
+        f64::from(PQ_ATTEMPTS),
+        "kernel {in_kernel} + userspace {in_userspace}"
+    );
+    eprintln!(
+        "post-quantum hellos with an unknown name: {in_kernel} of {PQ_ATTEMPTS} decided in the kernel"
+    );
+
+    // A ClientHello split before its name is not decided in the kernel: an accepted name
+    // is served, an unknown one is refused by gatewayd (the authority) without a handshake.
+    let refused = counter(&gateway, &refused_in_userspace)?;
+    assert_eq!(
+        probe(&net, port, NAME, &cert, &["--split-at", "40"])?,
+        "ok 200"
+    );
+    assert_eq!(
+        probe(&net, port, "evil.example.net", &cert, &["--split-at", "40"])?,
+        "closed"
+    );
+    assert_eq!(counter(&gateway, &refused_in_userspace)?, refused + 1.0);
+    Ok(())
+}
+
+/// Node-port mode: a connection to our Service's nodePort reaches the listener bound on
+/// the targetPort with the client's own address; the same with kube-proxy's DNAT rule in
+/// place; other ports stay untouched; a killed daemon leaves nothing behind and a new one
+/// takes over.
+#[test]
+fn node_ports_reach_the_listener_with_the_client_address() -> anyhow::Result<()> {
+    if skip_unless_root("creates network namespaces, iptables rules and attaches eBPF") {
+        return Ok(());
+    }
+    let net = NetnsPair::new("np")?;
+    let dir = TempDir::new("kernel-nodeport")?;
+    let upstream = Upstream::start(Some(&net.gateway_ns), "127.0.0.1:0", "httpbin")?;
+    let (bind_port, node_port) = (free_port(), 30080);
+    let config = httpbin_config(bind_port, upstream.addr).replace(
+        &format!("targetPort: {bind_port}}}]"),
+        &format!("targetPort: {bind_port}, nodePort: {node_port}}}]"),
+    );
+    assert!(config.contains("nodePort"), "{config}");
+    dir.write("config.yaml", &config)?;
+    let args = [
+        "--ebpf",
+        "on",
+        "--node-ports",
+        "--interface",
+        &net.gateway_if,
+    ];
+    let url = |port: u16| format!("http://{}:{port}/status/200", net.gateway_ip);
+    let host = "Host: httpbin.example.com";
+
+    let mut gateway = Gateway::start(dir.path(), &args, Some(&net.gateway_ns), &dir)?;
+    let response = curl(Some(&net.client_ns), &["-H", host, &url(node_port)])?;
+    assert_eq!(response.status, 200, "{}", gateway.stderr());
+    assert_eq!(
+        response.json()?["headers"]["x-forwarded-for"],
+        net.client_ip.as_str()
+    );
+    let local = format!("{}:{node_port} {}:", net.gateway_ip, net.client_ip);
+    assert!(
+        gateway.access_log().contains(&local),
+        "served on the node port itself:\n{}",
+        gateway.access_log()
+    );
+    assert!(
+        curl(Some(&net.client_ns), &["-H", host, &url(node_port + 1)]).is_err(),
+        "other ports untouched"
+    );
+
+    // kube-proxy's rule for this node port, as it installs it: DNAT to our targetPort.
+    let iptables = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &net.gateway_ns, "iptables"])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "iptables {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let to = format!("{}:{bind_port}", net.gateway_ip);
+    let rule = [
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-p",
+        "tcp",
+        "--dport",
+        "30080",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &to,
+    ];
+    iptables(&rule)?;
+    let response = curl(Some(&net.client_ns), &["-H", host, &url(node_port)])?;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.json()?["headers"]["x-forwarded-for"],
+        net.client_ip.as_str()
+    );
+    iptables(&["-t", "nat", "-F", "PREROUTING"])?;
+
+    // kill -9: the steering dies with the process; a new daemon attaches again.
+    gateway.process.child.kill()?;
+    gateway.process.child.wait()?;
+    assert!(
+        curl(Some(&net.client_ns), &["-H", host, &url(node_port)]).is_err(),
+        "nothing steers any more"
+    );
+    let gateway = Gateway::start(dir.path(), &args, Some(&net.gateway_ns), &dir)?;
+    let response = curl(Some(&net.client_ns), &["-H", host, &url(node_port)])?;
+    assert_eq!(response.status, 200, "{}", gateway.stderr());
+    Ok(())
+}
