@@ -180,16 +180,6 @@ impl<'a> Compiler<'a> {
                     );
                     continue;
                 };
-                if server.tls.as_ref().is_some_and(|t| t.https_redirect) {
-                    self.diagnostics.push(
-                        Diagnostic::warning(
-                            "httpsRedirect is not served yet; requests are routed as plain HTTP",
-                        )
-                        .at(gateway.location.clone())
-                        .resource(&resource)
-                        .field(format!("{field}.tls.httpsRedirect")),
-                    );
-                }
                 let hosts = server.hosts.iter().map(|h| parse_server_host(h)).collect();
                 let entry = ports.entry(port).or_insert_with(|| PortServers {
                     protocol,
@@ -365,6 +355,30 @@ impl<'a> Compiler<'a> {
                     Some((_, existing)) => existing.extend(routes.iter().map(routes::clone_route)),
                     None => hosts.push((host, routes.iter().map(routes::clone_route).collect())),
                 }
+            }
+        }
+        // Istio's `tls.httpsRedirect`: every request to such a server's hosts gets 301.
+        let redirect_hosts: Vec<&str> = servers
+            .servers
+            .iter()
+            .zip(&servers.server_indices)
+            .filter(|(_, (gateway, index))| {
+                gateway
+                    .resource
+                    .spec
+                    .servers
+                    .get(*index)
+                    .and_then(|s| s.tls.as_ref())
+                    .is_some_and(|t| t.https_redirect)
+            })
+            .flat_map(|((_, server_hosts), _)| server_hosts.iter().map(|h| h.host.as_str()))
+            .collect();
+        for (host, routes) in &mut hosts {
+            if redirect_hosts
+                .iter()
+                .any(|server_host| intersect_hosts(host, server_host).as_deref() == Some(host))
+            {
+                *routes = vec![routes::https_redirect(host)];
             }
         }
         RouteTable::new(

@@ -481,3 +481,33 @@ fn read_head(stream: &mut TcpStream) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&head).into_owned())
 }
+
+#[test]
+fn https_redirect_on_a_server_answers_301() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "web")?;
+    let dir = TempDir::new("http-https-redirect")?;
+    let bind_port = free_port();
+    let extra = service("web", None, &[upstream.addr])
+        + &virtual_service("  - route: [{destination: {host: web}}]\n");
+    let yaml = config(bind_port, &extra).replace(
+        "    hosts: [\"h.example\"]\n",
+        "    hosts: [\"h.example\"]\n    tls: {httpsRedirect: true}\n",
+    );
+    dir.write("config.yaml", &yaml)?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let response = curl(
+        None,
+        &[
+            "-H",
+            "Host: h.example:8080",
+            &format!("http://127.0.0.1:{bind_port}/path?q=1"),
+        ],
+    )?;
+    assert_eq!(response.status, 301, "{response:?}\n{}", gateway.stderr());
+    assert_eq!(
+        header(&response.head, "location"),
+        Some("https://h.example/path?q=1")
+    );
+    assert!(seen(&upstream)?.is_empty());
+    Ok(())
+}

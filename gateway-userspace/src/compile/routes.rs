@@ -224,6 +224,23 @@ impl Compiler<'_> {
     }
 }
 
+/// The one route of a host whose server says `tls.httpsRedirect`: 301 to the same URL
+/// over https (on the scheme's default port).
+pub(super) fn https_redirect(host: &str) -> Route<RouteAction> {
+    Route {
+        name: format!("https-redirect.{host}"),
+        matches: Vec::new(),
+        action: RouteAction::Redirect(Box::new(Redirect {
+            scheme: Some("https".to_owned()),
+            authority: None,
+            port: RedirectPort::ProtocolDefault,
+            path: None,
+            status: 301,
+            headers: HeaderPolicy::default(),
+        })),
+    }
+}
+
 /// A field path below the route and what is wrong there.
 type FieldError = (String, String);
 
