@@ -111,6 +111,10 @@ struct RunArgs {
     /// Log as JSON lines instead of human-readable text (on stderr).
     #[arg(long)]
     log_json: bool,
+    /// Threads serving traffic (default: one per CPU); 1 for comparisons with
+    /// single-worker nginx/HAProxy.
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -249,9 +253,11 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let log_level = logging::init(args.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(serve(args, log_level))
 }
 
