@@ -6,6 +6,7 @@
 //! and which endpoints each destination reaches (Service port → EndpointSlice port).
 
 mod clusters;
+mod gateway_api;
 mod routes;
 mod tls;
 
@@ -28,7 +29,12 @@ use crate::{
 pub struct Identity {
     pub labels: BTreeMap<String, String>,
     pub namespace: String,
+    /// Gateway API Gateways of this `gatewayClassName` are ours.
+    pub gateway_class: String,
 }
+
+/// Istio's default GatewayClass.
+pub const DEFAULT_GATEWAY_CLASS: &str = "istio";
 
 /// Istio's defaults: the `istio-ingressgateway` deployment in `istio-system`.
 pub const DEFAULT_SELECTOR: (&str, &str) = ("istio", "ingressgateway");
@@ -44,6 +50,7 @@ impl Default for Identity {
                 DEFAULT_SELECTOR.1.to_owned(),
             )]),
             namespace: DEFAULT_NAMESPACE.to_owned(),
+            gateway_class: DEFAULT_GATEWAY_CLASS.to_owned(),
         }
     }
 }
@@ -123,26 +130,28 @@ impl<'a> Compiler<'a> {
                 transport,
             });
         }
+        let istio_ports = listeners.iter().map(|l| l.port).collect();
+        listeners.extend(self.gateway_api_listeners(own_service, &istio_ports));
         let mut kernel_ports: Vec<u16> = listeners.iter().map(|l| l.bind_port).collect();
         kernel_ports.sort_unstable();
         kernel_ports.dedup();
         let tls_ports = tls_port_policies(&listeners);
+        let node_ports = listeners.iter().filter_map(|l| Some((l.node_port?, l.bind_port))).collect();
         Snapshot {
             listeners,
             kernel: KernelPolicy {
                 ports: kernel_ports,
                 tls_ports,
+                node_ports,
             },
         }
     }
 
-        let node_ports = listeners.iter().filter_map(|l| Some((l.node_port?, l.bind_port))).collect();
     fn is_ours(&self, gateway: &Gateway) -> bool {
         gateway
             .spec
             .selector
             .iter()
-                node_ports,
             .all(|(k, v)| self.identity.labels.get(k) == Some(v))
     }
 

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 pub use diagnostics::{Diagnostic, Diagnostics, Location, Severity};
 use resources::{
-    DestinationRule, EndpointSlice, Endpoints, Gateway, ObjectMeta, Secret, Service,
-    ServiceEntry, VirtualService,
+    DestinationRule, EndpointSlice, Endpoints, Gateway, ObjectMeta, Secret, Service, ServiceEntry,
+    VirtualService,
     gateway_api::{
         ApiGateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute,
     },
@@ -36,7 +36,12 @@ const GATEWAY_API_VERSIONS: [(&str, &[&str]); 7] = [
     ("ReferenceGrant", &["v1", "v1beta1", "v1alpha2"]),
 ];
 /// Istio networking kinds that are served.
-const ISTIO_KINDS: [&str; 4] = ["Gateway", "VirtualService", "DestinationRule", "ServiceEntry"];
+const ISTIO_KINDS: [&str; 4] = [
+    "Gateway",
+    "VirtualService",
+    "DestinationRule",
+    "ServiceEntry",
+];
 
 /// A resource and where its document starts.
 #[derive(Clone, Debug)]
@@ -77,6 +82,17 @@ pub fn load(paths: &[PathBuf]) -> Result<(Resources, Diagnostics), SourceError> 
         parse_document(&document, &mut resources, &mut diagnostics);
     }
     Ok((resources, diagnostics))
+}
+
+/// Parses configuration text as if read from `file` (for tools, benchmarks and fuzzing
+/// that hold YAML in memory).
+pub fn load_text(file: &std::path::Path, text: &str) -> (Resources, Diagnostics) {
+    let mut resources = Resources::default();
+    let mut diagnostics = Diagnostics::default();
+    for document in source::split_documents(file, text) {
+        parse_document(&document, &mut resources, &mut diagnostics);
+    }
+    (resources, diagnostics)
 }
 
 fn parse_document(doc: &Document, resources: &mut Resources, diagnostics: &mut Diagnostics) {

@@ -70,8 +70,8 @@ struct ConfigArgs {
     /// The gateway's own namespace.
     #[arg(long, default_value = compile::DEFAULT_NAMESPACE)]
     namespace: String,
-    /// GatewayClass whose Gateway API Gateways are ours (used once Gateway API lands).
-    #[arg(long, default_value = "istio")]
+    /// GatewayClass whose Gateway API Gateways are ours.
+    #[arg(long, default_value = compile::DEFAULT_GATEWAY_CLASS)]
     gateway_class: String,
 }
 
@@ -137,6 +137,7 @@ impl ConfigArgs {
     fn identity(&self) -> Identity {
         let mut identity = Identity {
             namespace: self.namespace.clone(),
+            gateway_class: self.gateway_class.clone(),
             ..Identity::default()
         };
         if !self.selectors.is_empty() {

@@ -1,7 +1,14 @@
-//! Destinations → clusters: Service host resolution, Service port → EndpointSlice port,
-//! ready endpoints.
+//! Destinations → clusters: Service host resolution, Service port → EndpointSlice port
+//! (or core Endpoints when a Service has no EndpointSlice), ready endpoints; ServiceEntry
+//! hosts with static endpoints; DestinationRule subsets.
+//!
+//! Subsets select endpoints by labels. EndpointSlice endpoints do not carry their pods'
+//! labels, so a subset's labels are matched against the labels of the EndpointSlice
+//! itself (publish one slice per version, labelled `version: v1`, …) and against
+//! ServiceEntry endpoint labels.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -9,13 +16,16 @@ use std::{
 use super::{CLUSTER_DOMAIN, Compiler, name_of};
 use crate::{
     config::{
-        Diagnostic, Diagnostics, Location,
-        resources::{Destination, IntOrString, SERVICE_NAME_LABEL, Service, ServicePort},
+        Diagnostic, Diagnostics, Location, Sourced,
+        resources::{
+            Destination, DestinationRule, IntOrString, SERVICE_NAME_LABEL, Service, ServiceEntry,
+            ServicePort,
+        },
     },
     snapshot::{Cluster, UpstreamProtocol},
 };
 
-impl Compiler<'_> {
+impl<'a> Compiler<'a> {
     /// The cluster a destination names; one with no endpoints (503 at request time) when
     /// the Service, its port or its endpoints are missing, with a warning saying which.
     pub(super) fn cluster(
@@ -41,6 +51,28 @@ impl Compiler<'_> {
                     .resource(resource)
                     .field(field.to_owned()),
             );
+        };
+        if service.is_none()
+            && let Some(entry) = self.service_entry(&destination.host)
+        {
+            return self.service_entry_cluster(entry, destination, location, resource, field);
+        }
+        let subset_labels = match &destination.subset {
+            Some(subset) => match self.subset_labels(&fqdn, subset) {
+                Ok(labels) => Some(labels),
+                Err(message) => {
+                    warn(
+                        &mut self.diagnostics,
+                        format!("{message}; requests get 503"),
+                    );
+                    let port = destination.port.as_ref().map_or(0, |p| p.number);
+                    let mut cluster =
+                        Cluster::new(fqdn.clone(), name, namespace, port as u16, Vec::new());
+                    cluster.name = format!("outbound|{port}|{subset}|{fqdn}");
+                    return self.intern(cluster);
+                }
+            },
+            None => None,
         };
         let Some(service) = service else {
             warn(
@@ -75,20 +107,27 @@ impl Compiler<'_> {
             return self.intern(Cluster::new(fqdn, name, namespace, 0, Vec::new()));
         };
         let port = u16::try_from(service_port.port).unwrap_or(0);
-        let key = format!("outbound|{port}||{fqdn}");
+        let subset = destination.subset.as_deref().unwrap_or_default();
+        let key = format!("outbound|{port}|{subset}|{fqdn}");
         if let Some(existing) = self.clusters.get(&key) {
             return existing.clone();
         }
-        let endpoints = self.endpoints(service, service_port);
+        let endpoints = self.endpoints(service, service_port, subset_labels.as_ref());
         if endpoints.is_empty() {
+            let which = if subset.is_empty() {
+                String::new()
+            } else {
+                format!(" in subset {subset}")
+            };
             warn(
                 &mut self.diagnostics,
                 format!(
-                    "Service {namespace}/{name} port {port} has no ready endpoints; requests get 503"
+                    "Service {namespace}/{name} port {port} has no ready endpoints{which}; requests get 503"
                 ),
             );
         }
         let mut cluster = Cluster::new(fqdn, name, namespace, port, endpoints);
+        cluster.name = key;
         cluster.protocol = UpstreamProtocol::from_service_port(
             service_port.app_protocol.as_deref(),
             &service_port.name,
@@ -104,18 +143,25 @@ impl Compiler<'_> {
     }
 
     /// Ready endpoints of a Service port: EndpointSlice ports carry the Service port's name.
+    /// Without any EndpointSlice for the Service, its core `Endpoints` object is read.
     pub(super) fn endpoints(
         &mut self,
         service: &Service,
         service_port: &ServicePort,
+        subset_labels: Option<&BTreeMap<String, String>>,
     ) -> Vec<SocketAddr> {
         let namespace = service.metadata.namespace();
         let mut endpoints = Vec::new();
+        let mut any_slice = false;
         for slice in &self.resources.endpoint_slices {
             let slice = &slice.resource;
             if slice.metadata.namespace() != namespace
                 || slice.metadata.labels.get(SERVICE_NAME_LABEL) != Some(&service.metadata.name)
             {
+                continue;
+            }
+            any_slice = true;
+            if subset_labels.is_some_and(|want| !labels_match(want, &slice.metadata.labels)) {
                 continue;
             }
             let target = slice
@@ -148,10 +194,261 @@ impl Compiler<'_> {
                 }
             }
         }
+        if !any_slice && subset_labels.is_none() {
+            self.core_endpoints(service, service_port, &mut endpoints);
+        }
         endpoints.sort_unstable();
         endpoints.dedup();
         endpoints
     }
+
+    /// Ready addresses of the Service's core v1 `Endpoints` (same name and namespace); the
+    /// port is the Endpoints port of the Service port's name.
+    fn core_endpoints(
+        &mut self,
+        service: &Service,
+        service_port: &ServicePort,
+        endpoints: &mut Vec<SocketAddr>,
+    ) {
+        let namespace = service.metadata.namespace();
+        for object in &self.resources.endpoints {
+            let object = &object.resource;
+            if object.metadata.namespace() != namespace
+                || object.metadata.name != service.metadata.name
+            {
+                continue;
+            }
+            for subset in &object.subsets {
+                let target = subset
+                    .ports
+                    .iter()
+                    .find(|p| p.name.as_deref().unwrap_or_default() == service_port.name)
+                    .or_else(|| subset.ports.first().filter(|_| subset.ports.len() == 1))
+                    .and_then(|p| u16::try_from(p.port).ok());
+                let Some(target) = target else {
+                    continue;
+                };
+                for address in &subset.addresses {
+                    match address.ip.parse::<IpAddr>() {
+                        Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
+                        Err(_) => self.diagnostics.push(
+                            Diagnostic::warning(format!(
+                                "endpoint address {:?} is not an IP address; skipped",
+                                address.ip
+                            ))
+                            .resource(format!("Endpoints {}", name_of(&object.metadata))),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The ServiceEntry whose `hosts` hold this host (exactly, or by a `*.` wildcard).
+    fn service_entry(&self, host: &str) -> Option<&'a Sourced<ServiceEntry>> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let resources: &'a crate::config::Resources = self.resources;
+        resources
+            .service_entries
+            .iter()
+            .find(|e| {
+                e.resource
+                    .spec
+                    .hosts
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(&host))
+            })
+            .or_else(|| {
+                resources.service_entries.iter().find(|e| {
+                    e.resource.spec.hosts.iter().any(|h| {
+                        h.strip_prefix('*').is_some_and(|s| {
+                            host.len() > s.len() && host.ends_with(&s.to_ascii_lowercase())
+                        })
+                    })
+                })
+            })
+    }
+
+    /// A ServiceEntry destination: its port by number (or its only port), static endpoint
+    /// addresses with their per-port-name target ports, subsets by endpoint labels.
+    fn service_entry_cluster(
+        &mut self,
+        entry: &Sourced<ServiceEntry>,
+        destination: &Destination,
+        location: Option<&Location>,
+        resource: &str,
+        field: &str,
+    ) -> Arc<Cluster> {
+        let spec = &entry.resource.spec;
+        let namespace = entry.resource.metadata.namespace().to_owned();
+        let host = destination.host.trim_end_matches('.').to_ascii_lowercase();
+        let warn = |diagnostics: &mut Diagnostics, message: String| {
+            diagnostics.push(
+                Diagnostic::warning(message)
+                    .at(location.cloned())
+                    .resource(resource)
+                    .field(field.to_owned()),
+            );
+        };
+        let entry_port = match &destination.port {
+            Some(p) => spec.ports.iter().find(|sp| sp.number == p.number),
+            None if spec.ports.len() == 1 => spec.ports.first(),
+            None => None,
+        };
+        let subset = destination.subset.clone().unwrap_or_default();
+        let Some(entry_port) = entry_port else {
+            let have: Vec<u32> = spec.ports.iter().map(|p| p.number).collect();
+            warn(
+                &mut self.diagnostics,
+                format!(
+                    "ServiceEntry {} has no port {} (it has {have:?}); requests get 503",
+                    name_of(&entry.resource.metadata),
+                    destination
+                        .port
+                        .as_ref()
+                        .map_or("(none given)".to_owned(), |p| p.number.to_string())
+                ),
+            );
+            return self.intern(Cluster::new(host.clone(), host, namespace, 0, Vec::new()));
+        };
+        let port = u16::try_from(entry_port.number).unwrap_or(0);
+        let key = format!("outbound|{port}|{subset}|{host}");
+        if let Some(existing) = self.clusters.get(&key) {
+            return existing.clone();
+        }
+        let subset_labels = if subset.is_empty() {
+            None
+        } else {
+            match self.subset_labels(&host, &subset) {
+                Ok(labels) => Some(labels),
+                Err(message) => {
+                    warn(
+                        &mut self.diagnostics,
+                        format!("{message}; requests get 503"),
+                    );
+                    let mut cluster = Cluster::new(host.clone(), host, namespace, port, Vec::new());
+                    cluster.name = key;
+                    return self.intern(cluster);
+                }
+            }
+        };
+        let default_target = entry_port.target_port.unwrap_or(entry_port.number);
+        let mut endpoints = Vec::new();
+        for workload in &spec.endpoints {
+            if subset_labels
+                .as_ref()
+                .is_some_and(|want| !labels_match(want, &workload.labels))
+            {
+                continue;
+            }
+            let target = workload
+                .ports
+                .get(&entry_port.name)
+                .copied()
+                .unwrap_or(default_target);
+            let (Ok(ip), Ok(target)) = (workload.address.parse::<IpAddr>(), u16::try_from(target))
+            else {
+                warn(
+                    &mut self.diagnostics,
+                    format!(
+                        "ServiceEntry {} endpoint {:?}: only IP addresses are served (DNS resolution is not); skipped",
+                        name_of(&entry.resource.metadata),
+                        workload.address
+                    ),
+                );
+                continue;
+            };
+            endpoints.push(SocketAddr::new(ip, target));
+        }
+        if spec.endpoints.is_empty() {
+            // Without endpoints a DNS ServiceEntry resolves its host; literal IP hosts
+            // (and `addresses`) are served as they are.
+            for address in spec.hosts.iter().chain(&spec.addresses) {
+                if let Ok(ip) = address.parse::<IpAddr>() {
+                    endpoints.push(SocketAddr::new(
+                        ip,
+                        u16::try_from(default_target).unwrap_or(port),
+                    ));
+                }
+            }
+        }
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        if endpoints.is_empty() {
+            warn(
+                &mut self.diagnostics,
+                format!(
+                    "ServiceEntry {} has no endpoint addresses for {host} port {port}; requests get 503",
+                    name_of(&entry.resource.metadata)
+                ),
+            );
+        }
+        let mut cluster = Cluster::new(host.clone(), host, namespace, port, endpoints);
+        cluster.name = key;
+        cluster.protocol = UpstreamProtocol::from_service_port(
+            entry_port
+                .protocol
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            &entry_port.name,
+        );
+        self.intern(cluster)
+    }
+
+    /// The DestinationRule for a host (FQDN or ServiceEntry host): the one in the host's
+    /// namespace wins over others, as Istio prefers; then the oldest.
+    pub(super) fn destination_rule(&self, host: &str) -> Option<&'a Sourced<DestinationRule>> {
+        let resources: &'a crate::config::Resources = self.resources;
+        let matching = resources.destination_rules.iter().filter(|dr| {
+            let (name, namespace) =
+                resolve_service_host(&dr.resource.spec.host, dr.resource.metadata.namespace());
+            let fqdn = format!("{name}.{namespace}.{CLUSTER_DOMAIN}");
+            fqdn == host || dr.resource.spec.host.eq_ignore_ascii_case(host)
+        });
+        let host_namespace = host.split('.').nth(1).unwrap_or_default();
+        let mut first = None;
+        for dr in matching {
+            if dr.resource.metadata.namespace() == host_namespace {
+                return Some(dr);
+            }
+            first.get_or_insert(dr);
+        }
+        first
+    }
+
+    /// The labels of a DestinationRule subset, or why there are none.
+    fn subset_labels(&self, host: &str, subset: &str) -> Result<BTreeMap<String, String>, String> {
+        let Some(rule) = self.destination_rule(host) else {
+            return Err(format!(
+                "subset {subset:?} needs a DestinationRule for {host}, and there is none"
+            ));
+        };
+        rule.resource
+            .spec
+            .subsets
+            .iter()
+            .find(|s| s.name == subset)
+            .map(|s| s.labels.clone())
+            .ok_or_else(|| {
+                let have: Vec<&str> = rule
+                    .resource
+                    .spec
+                    .subsets
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect();
+                format!(
+                    "DestinationRule {} has no subset {subset:?} (it has {have:?})",
+                    name_of(&rule.resource.metadata)
+                )
+            })
+    }
+}
+
+/// Every wanted label is present with that value.
+fn labels_match(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
 /// `httpbin` → (httpbin, vs namespace); `httpbin.ns` and `httpbin.ns.svc.cluster.local`

@@ -1,0 +1,1158 @@
+//! Gateway API → the same listeners and route tables the Istio resources compile to.
+//!
+//! Gateways are ours by `gatewayClassName`. Their HTTP listeners on one port merge into
+//! one route table; an HTTPRoute (or GRPCRoute) attaches through `parentRefs` (by
+//! `sectionName` and/or `port`) to the listeners that allow its namespace and kind, for the
+//! hostnames both accept. Rules are ordered by Gateway API precedence (Exact path, then
+//! RegularExpression, then the longest PathPrefix; then method, header count, query count;
+//! then the oldest route, then `namespace/name`), so the first-match table serves them.
+//! A host's routes are followed by those of the wildcard hosts that cover it on the same
+//! listeners: a more specific hostname wins, a less specific one still catches the rest.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use http::{HeaderName, HeaderValue};
+
+use super::{CLUSTER_DOMAIN, Compiler, covers, intersect_hosts, name_of};
+use crate::{
+    config::{
+        Diagnostic, Location, Sourced,
+        resources::{
+            Destination, ObjectMeta, PortSelector, Service,
+            gateway_api::{
+                ApiGateway, BackendRef, FilterType, FromNamespaces, GrpcRoute, HeaderModifier,
+                HttpBackendRef, HttpHeader, HttpPathMatch, HttpRoute, HttpRouteFilter,
+                HttpRouteMatch, NameMatch, ParentReference, PathMatchType, PathModifier,
+                PathModifierType, ValueMatchType,
+            },
+        },
+    },
+    route_table::{RequestMatch, Route, RouteTable, StringMatcher, VirtualHost},
+    snapshot::{
+        Cluster, DirectResponse, Forward, HeaderOps, HeaderPolicy, Listener, Mirror, PathRewrite,
+        Protocol, Redirect, RedirectPort, Rewrite, RouteAction, WeightedCluster,
+    },
+};
+
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+/// Istio's backendRef kind for a ServiceEntry host (`group: networking.istio.io`).
+const ISTIO_GROUP: &str = "networking.istio.io";
+/// Gateway API's default backend weight.
+const DEFAULT_BACKEND_WEIGHT: u32 = 1;
+/// What a request gets when its rule cannot be served as written (an invalid or
+/// unpermitted backend, an unsupported filter): the spec asks for 500.
+const INVALID_RULE_STATUS: u16 = 500;
+/// RequestRedirect's default status code.
+const DEFAULT_REDIRECT_STATUS: u16 = 302;
+
+/// One of our Gateways' listeners that serves HTTP.
+struct ApiListener<'a> {
+    gateway: &'a Sourced<ApiGateway>,
+    name: &'a str,
+    port: u16,
+    /// Lowercased; None accepts every host.
+    hostname: Option<String>,
+    from: FromNamespaces,
+    /// Route kinds allowed; empty means the protocol's defaults (HTTPRoute, GRPCRoute).
+    kinds: Vec<String>,
+}
+
+/// A route kind that attaches to HTTP listeners.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+/// What both HTTPRoute and GRPCRoute are, for attachment.
+struct AnyRoute<'a> {
+    kind: RouteKind,
+    meta: &'a ObjectMeta,
+    location: Option<&'a Location>,
+    parent_refs: &'a [ParentReference],
+    hostnames: &'a [String],
+}
+
+/// A compiled match of one rule, with what orders it.
+struct Entry {
+    listener: usize,
+    precedence: Precedence,
+    route: Route<RouteAction>,
+}
+
+/// Sort key: smaller first.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Precedence {
+    /// 0 Exact, 1 RegularExpression, 2 PathPrefix.
+    path_kind: u8,
+    /// Longer prefixes first.
+    prefix_len: std::cmp::Reverse<usize>,
+    no_method: bool,
+    headers: std::cmp::Reverse<usize>,
+    query_params: std::cmp::Reverse<usize>,
+    created: String,
+    name: String,
+    rule: usize,
+    matched: usize,
+}
+
+impl<'a> Compiler<'a> {
+    /// Listeners for our Gateway API Gateways, skipping ports in `taken` (served by Istio
+    /// Gateways, which win, with a warning).
+    pub(super) fn gateway_api_listeners(
+        &mut self,
+        own_service: Option<&Service>,
+        taken: &BTreeSet<u16>,
+    ) -> Vec<Listener> {
+        let listeners = self.api_listeners(taken);
+        if listeners.is_empty() {
+            self.check_route_parents(&[]);
+            return Vec::new();
+        }
+        let mut entries: Vec<(String, Entry)> = Vec::new();
+        let http_routes: Vec<&'a Sourced<HttpRoute>> = self.resources.http_routes.iter().collect();
+        for route in http_routes {
+            self.http_route_entries(route, &listeners, &mut entries);
+        }
+        let grpc_routes: Vec<&'a Sourced<GrpcRoute>> = self.resources.grpc_routes.iter().collect();
+        for route in grpc_routes {
+            self.grpc_route_entries(route, &listeners, &mut entries);
+        }
+        self.check_route_parents(&listeners);
+
+        let ports: BTreeSet<u16> = listeners.iter().map(|l| l.port).collect();
+        let mut compiled = Vec::new();
+        for port in ports {
+            let on_port: Vec<(String, &Entry)> = entries
+                .iter()
+                .filter(|(_, e)| listeners[e.listener].port == port)
+                .map(|(h, e)| (h.clone(), e))
+                .collect();
+            let (bind_port, node_port) = self.bind_port(port, own_service);
+            let mut servers: Vec<String> = listeners
+                .iter()
+                .filter(|l| l.port == port)
+                .map(|l| format!("{}.{}", name_of(&l.gateway.resource.metadata), l.name))
+                .collect();
+            servers.dedup();
+            compiled.push(Listener {
+                port,
+                bind_port,
+                node_port,
+                protocol: Protocol::Http,
+                servers,
+                routes: route_table(on_port),
+                transport: None,
+            });
+        }
+        compiled
+    }
+
+    fn is_our_class(&self, gateway: &ApiGateway) -> bool {
+        gateway.spec.gateway_class_name == self.identity.gateway_class
+    }
+
+    /// Our Gateways' HTTP listeners; conflicts (the same port and hostname twice) are
+    /// reported and, as the spec says, neither conflicted listener is served.
+    fn api_listeners(&mut self, taken: &BTreeSet<u16>) -> Vec<ApiListener<'a>> {
+        let mut found: Vec<(ApiListener<'a>, Option<Location>, String)> = Vec::new();
+        for gateway in &self.resources.api_gateways {
+            if !self.is_our_class(&gateway.resource) {
+                continue;
+            }
+            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
+            let mut names = BTreeSet::new();
+            for (index, listener) in gateway.resource.spec.listeners.iter().enumerate() {
+                let field = format!("spec.listeners[{index}]");
+                let error = |message: String, sub: &str| {
+                    Diagnostic::error(message)
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}{sub}"))
+                };
+                if !names.insert(listener.name.as_str()) {
+                    self.diagnostics.push(error(
+                        format!(
+                            "listener name {:?} is used twice: listener names must be unique within a Gateway",
+                            listener.name
+                        ),
+                        ".name",
+                    ));
+                    continue;
+                }
+                let Some(port) = u16::try_from(listener.port).ok().filter(|p| *p != 0) else {
+                    self.diagnostics.push(error(
+                        format!("port {} is not a TCP port: expected 1-65535", listener.port),
+                        ".port",
+                    ));
+                    continue;
+                };
+                if !listener.protocol.eq_ignore_ascii_case("HTTP") {
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "Gateway API listeners with protocol {} are not served yet (HTTP is); this listener is skipped",
+                            listener.protocol
+                        ))
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.protocol")),
+                    );
+                    continue;
+                }
+                if taken.contains(&port) {
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "port {port} is already served by an Istio Gateway; this listener is skipped"
+                        ))
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.port")),
+                    );
+                    continue;
+                }
+                let hostname = listener.hostname.as_deref().map(str::to_ascii_lowercase);
+                if let Some(h) = &hostname
+                    && let Err(why) = check_hostname(h)
+                {
+                    self.diagnostics
+                        .push(error(format!("hostname {h:?}: {why}"), ".hostname"));
+                    continue;
+                }
+                let allowed = &listener.allowed_routes;
+                if allowed.namespaces.from == FromNamespaces::Selector {
+                    self.diagnostics.push(
+                        Diagnostic::warning(
+                            "allowedRoutes.namespaces.from: Selector needs Namespace objects, which are not loaded; only routes in the Gateway's namespace attach",
+                        )
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("{field}.allowedRoutes.namespaces.from")),
+                    );
+                }
+                let kinds = allowed.kinds.iter().map(|k| k.kind.clone()).collect();
+                found.push((
+                    ApiListener {
+                        gateway,
+                        name: &listener.name,
+                        port,
+                        hostname,
+                        from: allowed.namespaces.from,
+                        kinds,
+                    },
+                    gateway.location.clone(),
+                    format!("{resource}: {field}"),
+                ));
+            }
+        }
+        // Distinct listeners on one port differ in hostname.
+        let mut conflicted = BTreeSet::new();
+        for (i, (a, _, _)) in found.iter().enumerate() {
+            for (j, (b, _, _)) in found.iter().enumerate().skip(i + 1) {
+                if a.port == b.port && a.hostname == b.hostname {
+                    conflicted.insert(i);
+                    conflicted.insert(j);
+                }
+            }
+        }
+        let mut listeners = Vec::new();
+        for (index, (listener, location, place)) in found.into_iter().enumerate() {
+            if conflicted.contains(&index) {
+                self.diagnostics.push(
+                    Diagnostic::warning(format!(
+                        "{place}: another listener has the same port {} and hostname {}; conflicted listeners are not served (HostnameConflict)",
+                        listener.port,
+                        listener.hostname.as_deref().unwrap_or("(any)")
+                    ))
+                    .at(location),
+                );
+                continue;
+            }
+            listeners.push(listener);
+        }
+        listeners
+    }
+
+    /// Warnings for parentRefs naming a Gateway that does not exist.
+    fn check_route_parents(&mut self, _listeners: &[ApiListener<'a>]) {
+        let routes: Vec<AnyRoute<'a>> = self
+            .resources
+            .http_routes
+            .iter()
+            .map(|r| AnyRoute {
+                kind: RouteKind::Http,
+                meta: &r.resource.metadata,
+                location: r.location.as_ref(),
+                parent_refs: &r.resource.spec.parent_refs,
+                hostnames: &r.resource.spec.hostnames,
+            })
+            .chain(self.resources.grpc_routes.iter().map(|r| AnyRoute {
+                kind: RouteKind::Grpc,
+                meta: &r.resource.metadata,
+                location: r.location.as_ref(),
+                parent_refs: &r.resource.spec.parent_refs,
+                hostnames: &r.resource.spec.hostnames,
+            }))
+            .collect();
+        for route in routes {
+            for (index, parent) in route.parent_refs.iter().enumerate() {
+                if !is_gateway_ref(parent) {
+                    continue;
+                }
+                let namespace = parent
+                    .namespace
+                    .as_deref()
+                    .unwrap_or(route.meta.namespace());
+                let exists = self.resources.api_gateways.iter().any(|g| {
+                    g.resource.metadata.name == parent.name
+                        && g.resource.metadata.namespace() == namespace
+                });
+                if !exists {
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "Gateway {namespace}/{} does not exist; the route is not attached through it",
+                            parent.name
+                        ))
+                        .at(route.location.cloned())
+                        .resource(format!("{} {}", route.kind.name(), name_of(route.meta)))
+                        .field(format!("spec.parentRefs[{index}]")),
+                    );
+                }
+            }
+        }
+    }
+
+    /// (listener index, host) pairs a route attaches to, with a warning for each parentRef
+    /// to one of our Gateways that attaches nowhere.
+    fn attachments(
+        &mut self,
+        route: &AnyRoute<'_>,
+        listeners: &[ApiListener<'a>],
+    ) -> Vec<(usize, String)> {
+        let resource = format!("{} {}", route.kind.name(), name_of(route.meta));
+        let route_ns = route.meta.namespace();
+        let mut attached: Vec<(usize, String)> = Vec::new();
+        for (p_index, parent) in route.parent_refs.iter().enumerate() {
+            if !is_gateway_ref(parent) {
+                continue;
+            }
+            let gw_ns = parent.namespace.as_deref().unwrap_or(route_ns);
+            let ours = listeners.iter().any(|l| {
+                l.gateway.resource.metadata.name == parent.name
+                    && l.gateway.resource.metadata.namespace() == gw_ns
+            });
+            if !ours {
+                continue;
+            }
+            let mut reason = "no listener matches its sectionName/port (NoMatchingParent)";
+            let before = attached.len();
+            for (l_index, listener) in listeners.iter().enumerate() {
+                let gateway = &listener.gateway.resource.metadata;
+                if gateway.name != parent.name || gateway.namespace() != gw_ns {
+                    continue;
+                }
+                if parent
+                    .section_name
+                    .as_deref()
+                    .is_some_and(|s| s != listener.name)
+                    || parent.port.is_some_and(|p| p != u32::from(listener.port))
+                {
+                    continue;
+                }
+                let namespace_ok = match listener.from {
+                    FromNamespaces::All => true,
+                    FromNamespaces::Same | FromNamespaces::Selector => {
+                        route_ns == gateway.namespace()
+                    }
+                    FromNamespaces::None => false,
+                };
+                let kind_ok = listener.kinds.is_empty()
+                    || listener.kinds.iter().any(|k| k == route.kind.name());
+                if !namespace_ok || !kind_ok {
+                    reason = "the listeners' allowedRoutes do not admit it (NotAllowedByListeners)";
+                    continue;
+                }
+                let hosts = listener_hosts(listener.hostname.as_deref(), route.hostnames);
+                if hosts.is_empty() {
+                    reason = "none of its hostnames intersects the listeners' hostnames (NoMatchingListenerHostname)";
+                    continue;
+                }
+                for host in hosts {
+                    if !attached.contains(&(l_index, host.clone())) {
+                        attached.push((l_index, host));
+                    }
+                }
+            }
+            if attached.len() == before {
+                self.diagnostics.push(
+                    Diagnostic::warning(format!(
+                        "not attached to Gateway {gw_ns}/{}: {reason}",
+                        parent.name
+                    ))
+                    .at(route.location.cloned())
+                    .resource(&resource)
+                    .field(format!("spec.parentRefs[{p_index}]")),
+                );
+            }
+        }
+        attached
+    }
+
+    fn http_route_entries(
+        &mut self,
+        route: &'a Sourced<HttpRoute>,
+        listeners: &[ApiListener<'a>],
+        entries: &mut Vec<(String, Entry)>,
+    ) {
+        let spec = &route.resource.spec;
+        let any = AnyRoute {
+            kind: RouteKind::Http,
+            meta: &route.resource.metadata,
+            location: route.location.as_ref(),
+            parent_refs: &spec.parent_refs,
+            hostnames: &spec.hostnames,
+        };
+        let attached = self.attachments(&any, listeners);
+        if attached.is_empty() {
+            return;
+        }
+        let resource = format!("HTTPRoute {}", name_of(any.meta));
+        for (r_index, rule) in spec.rules.iter().enumerate() {
+            let field = format!("spec.rules[{r_index}]");
+            let mut matches = Vec::new();
+            let written: Vec<HttpRouteMatch> = if rule.matches.is_empty() {
+                vec![HttpRouteMatch::default()]
+            } else {
+                rule.matches.clone()
+            };
+            let mut failed = false;
+            for (m_index, m) in written.iter().enumerate() {
+                match compile_http_match(m) {
+                    Ok(compiled) => matches.push(compiled),
+                    Err((sub, message)) => {
+                        self.diagnostics.push(
+                            Diagnostic::error(message)
+                                .at(route.location.clone())
+                                .resource(&resource)
+                                .field(format!("{field}.matches[{m_index}].{sub}")),
+                        );
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                continue;
+            }
+            let action = self.rule_action(
+                &any,
+                &resource,
+                &field,
+                &rule.filters,
+                &rule.backend_refs,
+                rule.timeouts.as_ref().and_then(|t| t.request.as_deref()),
+            );
+            let rule_name = rule.name.clone().unwrap_or_else(|| r_index.to_string());
+            push_entries(
+                entries, &attached, &any, &rule_name, r_index, matches, &action,
+            );
+        }
+    }
+
+    fn grpc_route_entries(
+        &mut self,
+        route: &'a Sourced<GrpcRoute>,
+        listeners: &[ApiListener<'a>],
+        entries: &mut Vec<(String, Entry)>,
+    ) {
+        let spec = &route.resource.spec;
+        let any = AnyRoute {
+            kind: RouteKind::Grpc,
+            meta: &route.resource.metadata,
+            location: route.location.as_ref(),
+            parent_refs: &spec.parent_refs,
+            hostnames: &spec.hostnames,
+        };
+        let attached = self.attachments(&any, listeners);
+        if attached.is_empty() {
+            return;
+        }
+        let resource = format!("GRPCRoute {}", name_of(any.meta));
+        for (r_index, rule) in spec.rules.iter().enumerate() {
+            let field = format!("spec.rules[{r_index}]");
+            let mut matches = Vec::new();
+            let mut failed = false;
+            for (m_index, m) in rule.matches.iter().enumerate() {
+                let mut compiled = RequestMatch::default();
+                let path = m.method.as_ref().map(|method| {
+                    let service = method.service.as_deref();
+                    let name = method.method.as_deref();
+                    match (method.match_type, service, name) {
+                        (ValueMatchType::Exact, Some(s), Some(n)) => Ok(StringMatcher::Exact {
+                            value: format!("/{s}/{n}"),
+                            ignore_case: false,
+                        }),
+                        (ValueMatchType::Exact, Some(s), None) => Ok(StringMatcher::Prefix {
+                            value: format!("/{s}/"),
+                            ignore_case: false,
+                        }),
+                        (ValueMatchType::Exact, None, Some(n)) => {
+                            StringMatcher::regex(&format!("/[^/]+/{}", regex::escape(n)), false)
+                                .map_err(|e| e.to_string())
+                        }
+                        (ValueMatchType::RegularExpression, s, n) => StringMatcher::regex(
+                            &format!("/{}/{}", s.unwrap_or("[^/]+"), n.unwrap_or("[^/]+")),
+                            false,
+                        )
+                        .map_err(|e| format!("invalid regex: {e}")),
+                        (_, None, None) => {
+                            Err("a method match needs a service, a method or both".to_owned())
+                        }
+                    }
+                });
+                match path.transpose() {
+                    Ok(path) => compiled.path = path,
+                    Err(message) => {
+                        self.diagnostics.push(
+                            Diagnostic::error(message)
+                                .at(route.location.clone())
+                                .resource(&resource)
+                                .field(format!("{field}.matches[{m_index}].method")),
+                        );
+                        failed = true;
+                        continue;
+                    }
+                }
+                match compile_name_matches(&m.headers, true) {
+                    Ok(headers) => compiled.headers = headers,
+                    Err((sub, message)) => {
+                        self.diagnostics.push(
+                            Diagnostic::error(message)
+                                .at(route.location.clone())
+                                .resource(&resource)
+                                .field(format!("{field}.matches[{m_index}].headers{sub}")),
+                        );
+                        failed = true;
+                        continue;
+                    }
+                }
+                matches.push(compiled);
+            }
+            if failed {
+                continue;
+            }
+            if matches.is_empty() {
+                matches.push(RequestMatch::default());
+            }
+            let action = self.rule_action(
+                &any,
+                &resource,
+                &field,
+                &rule.filters,
+                &rule.backend_refs,
+                None,
+            );
+            let rule_name = rule.name.clone().unwrap_or_else(|| r_index.to_string());
+            push_entries(
+                entries, &attached, &any, &rule_name, r_index, matches, &action,
+            );
+        }
+    }
+
+    /// A rule's filters and backends → what a matching request gets.
+    fn rule_action(
+        &mut self,
+        route: &AnyRoute<'_>,
+        resource: &str,
+        field: &str,
+        filters: &[HttpRouteFilter],
+        backend_refs: &[HttpBackendRef],
+        request_timeout: Option<&str>,
+    ) -> RouteAction {
+        let location = route.location.cloned();
+        let invalid = |this: &mut Self, sub: String, message: String| {
+            this.diagnostics.push(
+                Diagnostic::warning(format!(
+                    "{message}; requests matching this rule get {INVALID_RULE_STATUS}"
+                ))
+                .at(location.clone())
+                .resource(resource)
+                .field(format!("{field}.{sub}")),
+            );
+            RouteAction::DirectResponse(Box::new(DirectResponse {
+                status: INVALID_RULE_STATUS,
+                body: None,
+                headers: HeaderPolicy::default(),
+            }))
+        };
+        let mut forward = Forward::default();
+        let mut redirect = None;
+        for (f_index, filter) in filters.iter().enumerate() {
+            let f_field = format!("filters[{f_index}]");
+            match compile_filter(filter) {
+                Ok(Filter::Headers { request, ops }) => {
+                    let target = if request {
+                        &mut forward.headers.request
+                    } else {
+                        &mut forward.headers.response
+                    };
+                    merge_ops(target, ops);
+                }
+                Ok(Filter::Redirect(r)) => redirect = Some(r),
+                Ok(Filter::Rewrite(r)) => forward.rewrite = Some(r),
+                Ok(Filter::Mirror {
+                    backend,
+                    percentage,
+                }) => {
+                    match self.backend_cluster(
+                        route,
+                        resource,
+                        &format!("{field}.{f_field}.requestMirror.backendRef"),
+                        &backend,
+                    ) {
+                        Ok(cluster) => forward.mirrors.push(Mirror {
+                            cluster,
+                            percentage,
+                        }),
+                        Err(message) => {
+                            self.diagnostics.push(
+                                Diagnostic::warning(format!("{message}; not mirrored"))
+                                    .at(location.clone())
+                                    .resource(resource)
+                                    .field(format!("{field}.{f_field}.requestMirror.backendRef")),
+                            );
+                        }
+                    }
+                }
+                Err(message) => return invalid(self, f_field, message),
+            }
+        }
+        if let Some(mut redirect) = redirect {
+            redirect.headers = forward.headers;
+            return RouteAction::Redirect(Box::new(redirect));
+        }
+        if let Some(timeout) = request_timeout {
+            match super::routes::parse_duration(timeout) {
+                // 0s disables the timeout.
+                Ok(t) => forward.timeout = (!t.is_zero()).then_some(t),
+                Err(e) => {
+                    self.diagnostics.push(
+                        Diagnostic::error(format!("timeouts.request {timeout:?}: {e}"))
+                            .at(location.clone())
+                            .resource(resource)
+                            .field(format!("{field}.timeouts.request")),
+                    );
+                }
+            }
+        }
+        if backend_refs.is_empty() {
+            return invalid(
+                self,
+                "backendRefs".to_owned(),
+                "the rule has no backendRefs and no redirect".to_owned(),
+            );
+        }
+        let mut clusters = Vec::new();
+        let mut problems = Vec::new();
+        for (b_index, backend) in backend_refs.iter().enumerate() {
+            let b_field = format!("{field}.backendRefs[{b_index}]");
+            let weight = backend.backend.weight.unwrap_or(DEFAULT_BACKEND_WEIGHT);
+            let cluster = match self.backend_cluster(route, resource, &b_field, &backend.backend) {
+                Ok(cluster) => cluster,
+                Err(message) => {
+                    problems.push((b_index, message.clone()));
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "{message}; its share of requests gets an error"
+                        ))
+                        .at(location.clone())
+                        .resource(resource)
+                        .field(b_field.clone()),
+                    );
+                    continue;
+                }
+            };
+            let mut weighted = WeightedCluster::new(weight, cluster);
+            for (f_index, filter) in backend.filters.iter().enumerate() {
+                match compile_filter(filter) {
+                    Ok(Filter::Headers { request, ops }) => merge_ops(
+                        if request {
+                            &mut weighted.headers.request
+                        } else {
+                            &mut weighted.headers.response
+                        },
+                        ops,
+                    ),
+                    Ok(_) | Err(_) => {
+                        return invalid(
+                            self,
+                            format!("backendRefs[{b_index}].filters[{f_index}]"),
+                            "only header modifiers are applied on a backendRef".to_owned(),
+                        );
+                    }
+                }
+            }
+            clusters.push(weighted);
+        }
+        if clusters.is_empty() {
+            let (b_index, message) = problems.swap_remove(0);
+            return invalid(self, format!("backendRefs[{b_index}]"), message);
+        }
+        if clusters.iter().all(|c| c.weight == 0) {
+            return invalid(
+                self,
+                "backendRefs".to_owned(),
+                "every backend has weight 0".to_owned(),
+            );
+        }
+        // Requests weighted to an invalid backend still get an error: a cluster without
+        // endpoints stands in for it (503 rather than 500).
+        for (b_index, _) in problems {
+            let weight = backend_refs[b_index]
+                .backend
+                .weight
+                .unwrap_or(DEFAULT_BACKEND_WEIGHT);
+            let name = &backend_refs[b_index].backend.name;
+            let placeholder = self.intern(Cluster::new(
+                format!("invalid-backend-ref.{name}"),
+                name.clone(),
+                route.meta.namespace().to_owned(),
+                0,
+                Vec::new(),
+            ));
+            clusters.push(WeightedCluster::new(weight, placeholder));
+        }
+        forward.clusters = clusters;
+        RouteAction::Forward(Box::new(forward))
+    }
+
+    /// The cluster of a backendRef, or why it is invalid (the spec's `InvalidKind`,
+    /// `RefNotPermitted`, `BackendNotFound`).
+    fn backend_cluster(
+        &mut self,
+        route: &AnyRoute<'_>,
+        resource: &str,
+        field: &str,
+        backend: &BackendRef,
+    ) -> Result<Arc<Cluster>, String> {
+        let group = backend.group.as_deref().unwrap_or_default();
+        let kind = backend.kind.as_deref().unwrap_or("Service");
+        let route_ns = route.meta.namespace();
+        let namespace = backend.namespace.as_deref().unwrap_or(route_ns);
+        let port = backend.port.map(|number| PortSelector { number });
+        let host = match (group, kind) {
+            ("", "Service") => {
+                if namespace != route_ns && !self.reference_granted(route, namespace, &backend.name)
+                {
+                    return Err(format!(
+                        "Service {namespace}/{} is in another namespace and no ReferenceGrant there allows {} from {route_ns} (RefNotPermitted)",
+                        backend.name,
+                        route.kind.name()
+                    ));
+                }
+                let exists = self.resources.services.iter().any(|s| {
+                    s.resource.metadata.name == backend.name
+                        && s.resource.metadata.namespace() == namespace
+                });
+                if !exists {
+                    return Err(format!(
+                        "no Service {namespace}/{} (BackendNotFound)",
+                        backend.name
+                    ));
+                }
+                if port.is_none() {
+                    return Err("a Service backendRef needs a port".to_owned());
+                }
+                format!("{}.{namespace}.{CLUSTER_DOMAIN}", backend.name)
+            }
+            (ISTIO_GROUP, "Hostname") => backend.name.clone(),
+            _ => {
+                return Err(format!(
+                    "backend kind {kind} (group {group:?}) is not supported: expected a Service, or an Istio Hostname (InvalidKind)"
+                ));
+            }
+        };
+        let destination = Destination {
+            host,
+            subset: None,
+            port,
+        };
+        Ok(self.cluster(&destination, namespace, route.location, resource, field))
+    }
+
+    /// Does a ReferenceGrant in `namespace` let this route refer to Service `name`?
+    fn reference_granted(&self, route: &AnyRoute<'_>, namespace: &str, name: &str) -> bool {
+        self.resources.reference_grants.iter().any(|grant| {
+            grant.resource.metadata.namespace() == namespace
+                && grant.resource.spec.from.iter().any(|from| {
+                    from.group == GATEWAY_API_GROUP
+                        && from.kind == route.kind.name()
+                        && from.namespace == route.meta.namespace()
+                })
+                && grant.resource.spec.to.iter().any(|to| {
+                    to.group.is_empty()
+                        && to.kind == "Service"
+                        && to.name.as_deref().is_none_or(|n| n == name)
+                })
+        })
+    }
+}
+
+fn is_gateway_ref(parent: &ParentReference) -> bool {
+    parent.group.as_deref().unwrap_or(GATEWAY_API_GROUP) == GATEWAY_API_GROUP
+        && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+}
+
+/// RFC 1123 names with an optional leading `*.`; no IP addresses.
+fn check_hostname(host: &str) -> Result<(), &'static str> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.is_empty() || name.len() > 253 {
+        return Err("expected a DNS name such as example.com or *.example.com");
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err("IP addresses are not hostnames");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err("expected a DNS name such as example.com or *.example.com")
+    }
+}
+
+/// The hosts a route serves on a listener: its hostnames ∩ the listener's hostname.
+fn listener_hosts(listener: Option<&str>, route: &[String]) -> Vec<String> {
+    let route: Vec<String> = route.iter().map(|h| h.to_ascii_lowercase()).collect();
+    match (listener, route.is_empty()) {
+        (None, true) => vec!["*".to_owned()],
+        (None, false) => route,
+        (Some(l), true) => vec![l.to_owned()],
+        (Some(l), false) => {
+            let mut hosts = Vec::new();
+            for h in &route {
+                if let Some(both) = intersect_hosts(h, l)
+                    && !hosts.contains(&both)
+                {
+                    hosts.push(both);
+                }
+            }
+            hosts
+        }
+    }
+}
+
+fn push_entries(
+    entries: &mut Vec<(String, Entry)>,
+    attached: &[(usize, String)],
+    route: &AnyRoute<'_>,
+    rule_name: &str,
+    rule: usize,
+    matches: Vec<RequestMatch>,
+    action: &RouteAction,
+) {
+    let name = format!("{}.{rule_name}", name_of(route.meta));
+    for (m_index, m) in matches.into_iter().enumerate() {
+        let precedence = Precedence {
+            path_kind: match &m.path {
+                Some(StringMatcher::Exact { .. }) => 0,
+                Some(StringMatcher::Regex(_)) => 1,
+                _ => 2,
+            },
+            prefix_len: std::cmp::Reverse(match &m.path {
+                Some(StringMatcher::PathPrefix { value }) => value.len() + 1,
+                Some(StringMatcher::Prefix { value, .. }) => value.len(),
+                _ => 0,
+            }),
+            no_method: m.method.is_none(),
+            headers: std::cmp::Reverse(m.headers.len()),
+            query_params: std::cmp::Reverse(m.query_params.len()),
+            created: route.meta.creation_timestamp.clone().unwrap_or_default(),
+            name: name_of(route.meta),
+            rule,
+            matched: m_index,
+        };
+        for (listener, host) in attached {
+            entries.push((
+                host.clone(),
+                Entry {
+                    listener: *listener,
+                    precedence: precedence.clone(),
+                    route: Route {
+                        name: name.clone(),
+                        matches: vec![m.clone()],
+                        action: action.clone(),
+                    },
+                },
+            ));
+        }
+    }
+}
+
+/// One port's entries → its route table: a virtual host per hostname, its rules in
+/// precedence order, then the rules of the wildcard hosts covering it on the same
+/// listeners.
+fn route_table(entries: Vec<(String, &Entry)>) -> RouteTable<RouteAction> {
+    let mut by_host: BTreeMap<String, Vec<&Entry>> = BTreeMap::new();
+    for (host, entry) in entries {
+        by_host.entry(host).or_default().push(entry);
+    }
+    for list in by_host.values_mut() {
+        list.sort_by(|a, b| a.precedence.cmp(&b.precedence));
+    }
+    let wildcards: Vec<(&String, &Vec<&Entry>)> =
+        by_host.iter().filter(|(h, _)| h.starts_with('*')).collect();
+    let mut virtual_hosts = Vec::new();
+    for (host, list) in &by_host {
+        let own_listeners: BTreeSet<usize> = list.iter().map(|e| e.listener).collect();
+        let mut routes: Vec<Route<RouteAction>> = list.iter().map(|e| e.route.clone()).collect();
+        // Covering wildcards from the longest (most specific) down.
+        let mut covering: Vec<&(&String, &Vec<&Entry>)> = wildcards
+            .iter()
+            .filter(|(w, _)| *w != host && covers(w, host))
+            .collect();
+        covering.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+        for (_, wildcard_entries) in covering {
+            routes.extend(
+                wildcard_entries
+                    .iter()
+                    .filter(|e| own_listeners.contains(&e.listener))
+                    .map(|e| e.route.clone()),
+            );
+        }
+        virtual_hosts.push(VirtualHost {
+            host: host.clone(),
+            routes,
+        });
+    }
+    RouteTable::new(virtual_hosts)
+}
+
+fn compile_http_match(m: &HttpRouteMatch) -> Result<RequestMatch, (String, String)> {
+    let mut compiled = RequestMatch::default();
+    let path = m.path.clone().unwrap_or(HttpPathMatch {
+        match_type: PathMatchType::PathPrefix,
+        value: "/".to_owned(),
+    });
+    if path.match_type != PathMatchType::RegularExpression && !path.value.starts_with('/') {
+        return Err((
+            "path.value".to_owned(),
+            format!("path {:?} must start with /", path.value),
+        ));
+    }
+    compiled.path = Some(match path.match_type {
+        PathMatchType::Exact => StringMatcher::Exact {
+            value: path.value.clone(),
+            ignore_case: false,
+        },
+        PathMatchType::PathPrefix => StringMatcher::path_prefix(&path.value),
+        PathMatchType::RegularExpression => StringMatcher::regex(&path.value, false)
+            .map_err(|e| ("path.value".to_owned(), format!("invalid regex: {e}")))?,
+    });
+    compiled.headers = compile_name_matches(&m.headers, true)
+        .map_err(|(sub, message)| (format!("headers{sub}"), message))?;
+    compiled.query_params = compile_name_matches(&m.query_params, false)
+        .map_err(|(sub, message)| (format!("queryParams{sub}"), message))?;
+    compiled.method = m.method.map(|method| StringMatcher::Exact {
+        value: method.as_str().to_owned(),
+        ignore_case: false,
+    });
+    Ok(compiled)
+}
+
+/// Header (names case-insensitive) or query (case-sensitive) matches; the first entry of
+/// a repeated name wins, as the spec says.
+fn compile_name_matches(
+    matches: &[NameMatch],
+    fold_case: bool,
+) -> Result<Vec<(String, StringMatcher)>, (String, String)> {
+    let mut compiled: Vec<(String, StringMatcher)> = Vec::new();
+    for (index, m) in matches.iter().enumerate() {
+        let name = if fold_case {
+            m.name.to_ascii_lowercase()
+        } else {
+            m.name.clone()
+        };
+        if compiled.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let matcher = match m.match_type {
+            ValueMatchType::Exact => StringMatcher::Exact {
+                value: m.value.clone(),
+                ignore_case: false,
+            },
+            ValueMatchType::RegularExpression => StringMatcher::regex(&m.value, false)
+                .map_err(|e| (format!("[{index}].value"), format!("invalid regex: {e}")))?,
+        };
+        compiled.push((name, matcher));
+    }
+    Ok(compiled)
+}
+
+enum Filter {
+    Headers {
+        request: bool,
+        ops: HeaderOps,
+    },
+    Redirect(Redirect),
+    Rewrite(Rewrite),
+    Mirror {
+        backend: BackendRef,
+        percentage: f64,
+    },
+}
+
+fn compile_filter(filter: &HttpRouteFilter) -> Result<Filter, String> {
+    let missing = |field: &str| {
+        format!(
+            "filter type {:?} needs its `{field}` field",
+            filter.filter_type
+        )
+    };
+    match filter.filter_type {
+        FilterType::RequestHeaderModifier => Ok(Filter::Headers {
+            request: true,
+            ops: header_ops(
+                filter
+                    .request_header_modifier
+                    .as_ref()
+                    .ok_or_else(|| missing("requestHeaderModifier"))?,
+            )?,
+        }),
+        FilterType::ResponseHeaderModifier => Ok(Filter::Headers {
+            request: false,
+            ops: header_ops(
+                filter
+                    .response_header_modifier
+                    .as_ref()
+                    .ok_or_else(|| missing("responseHeaderModifier"))?,
+            )?,
+        }),
+        FilterType::RequestRedirect => {
+            let r = filter
+                .request_redirect
+                .as_ref()
+                .ok_or_else(|| missing("requestRedirect"))?;
+            let status = r.status_code.unwrap_or(DEFAULT_REDIRECT_STATUS);
+            if ![301, 302, 303, 307, 308].contains(&status) {
+                return Err(format!(
+                    "redirect statusCode {status}: expected 301, 302, 303, 307 or 308"
+                ));
+            }
+            let port = match (r.port, &r.scheme) {
+                (Some(p), _) => RedirectPort::Fixed(
+                    u16::try_from(p)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| format!("redirect port {p}: expected 1-65535"))?,
+                ),
+                (None, Some(_)) => RedirectPort::ProtocolDefault,
+                (None, None) => RedirectPort::FromRequest,
+            };
+            Ok(Filter::Redirect(Redirect {
+                scheme: r.scheme.clone(),
+                authority: r.hostname.clone(),
+                port,
+                path: r.path.as_ref().map(path_modifier).transpose()?,
+                status,
+                headers: HeaderPolicy::default(),
+            }))
+        }
+        FilterType::UrlRewrite => {
+            let r = filter
+                .url_rewrite
+                .as_ref()
+                .ok_or_else(|| missing("urlRewrite"))?;
+            Ok(Filter::Rewrite(Rewrite {
+                path: r.path.as_ref().map(path_modifier).transpose()?,
+                authority: r.hostname.clone(),
+            }))
+        }
+        FilterType::RequestMirror => {
+            let m = filter
+                .request_mirror
+                .as_ref()
+                .ok_or_else(|| missing("requestMirror"))?;
+            let percentage = match (m.percent, &m.fraction) {
+                (Some(p), _) => f64::from(p.min(100)),
+                (None, Some(f)) => {
+                    let denominator = f.denominator.unwrap_or(100).max(1);
+                    100.0 * f64::from(f.numerator.min(denominator)) / f64::from(denominator)
+                }
+                (None, None) => 100.0,
+            };
+            Ok(Filter::Mirror {
+                backend: m.backend_ref.clone(),
+                percentage,
+            })
+        }
+        FilterType::Cors | FilterType::ExternalAuth | FilterType::ExtensionRef => Err(format!(
+            "filter type {:?} is not supported",
+            filter.filter_type
+        )),
+    }
+}
+
+fn path_modifier(m: &PathModifier) -> Result<PathRewrite, String> {
+    match m.modifier_type {
+        PathModifierType::ReplaceFullPath => Ok(PathRewrite::Full(
+            m.replace_full_path
+                .clone()
+                .ok_or("ReplaceFullPath needs replaceFullPath")?,
+        )),
+        PathModifierType::ReplacePrefixMatch => Ok(PathRewrite::Prefix(
+            m.replace_prefix_match
+                .clone()
+                .ok_or("ReplacePrefixMatch needs replacePrefixMatch")?,
+        )),
+    }
+}
+
+fn header_ops(modifier: &HeaderModifier) -> Result<HeaderOps, String> {
+    let name = |n: &str| {
+        HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("{n:?} is not a valid header name"))
+    };
+    let value = |v: &str| {
+        HeaderValue::from_str(v).map_err(|_| format!("{v:?} is not a valid header value"))
+    };
+    let pairs = |list: &[HttpHeader]| {
+        list.iter()
+            .map(|h| Ok((name(&h.name)?, value(&h.value)?)))
+            .collect::<Result<Vec<_>, String>>()
+    };
+    Ok(HeaderOps {
+        set: pairs(&modifier.set)?,
+        add: pairs(&modifier.add)?,
+        remove: modifier
+            .remove
+            .iter()
+            .map(|n| name(n))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn merge_ops(target: &mut HeaderOps, ops: HeaderOps) {
+    target.set.extend(ops.set);
+    target.add.extend(ops.add);
+    target.remove.extend(ops.remove);
+}
+
+#[cfg(test)]
+#[path = "gateway_api_tests.rs"]
+mod tests;

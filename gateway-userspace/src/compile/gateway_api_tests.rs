@@ -1,0 +1,457 @@
+use std::path::Path;
+
+use super::super::{Identity, compile};
+use crate::{
+    config::{self, Diagnostics},
+    route_table::RequestInfo,
+    snapshot::{RouteAction, Snapshot},
+};
+
+fn compile_yaml(yaml: &str) -> (Snapshot, Diagnostics) {
+    let (resources, mut diagnostics) = config::load_text(Path::new("gw-api.yaml"), yaml);
+    assert!(!diagnostics.has_errors(), "{diagnostics}");
+    let (snapshot, more) = compile(&resources, &Identity::default());
+    diagnostics.extend(more);
+    (snapshot, diagnostics)
+}
+
+/// What a request gets: the endpoint it goes to, `404`, `500`, `503 <cluster>`,
+/// `redirect <status> <authority>`.
+fn outcome(
+    snapshot: &Snapshot,
+    port: u16,
+    host: &str,
+    request: &str,
+    headers: &[(&'static str, &'static str)],
+) -> String {
+    let (method, path_and_query) = request.split_once(' ').unwrap_or(("GET", request));
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let Some(listener) = snapshot.listeners.iter().find(|l| l.port == port) else {
+        return "no listener".into();
+    };
+    let mut header_map = http::HeaderMap::new();
+    for (name, value) in headers {
+        header_map.append(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    let info = RequestInfo {
+        authority: host,
+        path,
+        query,
+        method,
+        scheme: "http",
+        port,
+        headers: &header_map,
+    };
+    match listener.routes.find(&info).map(|r| &r.action) {
+        None => "404".into(),
+        Some(RouteAction::Unsupported(what)) => format!("501 {what}"),
+        Some(RouteAction::Redirect(r)) => format!(
+            "redirect {} {}",
+            r.status,
+            r.authority.as_deref().unwrap_or("-")
+        ),
+        Some(RouteAction::DirectResponse(d)) => d.status.to_string(),
+        Some(RouteAction::Forward(forward)) => {
+            let cluster = &forward.clusters[0].cluster;
+            cluster
+                .pick()
+                .map_or_else(|| format!("503 {}", cluster.name), |e| e.to_string())
+        }
+    }
+}
+
+/// Two backends (`a` and `b`, one endpoint each) in `default`, `other` in namespace `other`.
+const BACKENDS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-1, labels: {kubernetes.io/service-name: a}}
+endpoints: [{addresses: [10.0.0.1]}]
+ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: b-1, labels: {kubernetes.io/service-name: b}}
+endpoints: [{addresses: [10.0.0.2]}]
+ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: other}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: other, namespace: other}
+subsets:
+- addresses: [{ip: 10.0.0.3}]
+  notReadyAddresses: [{ip: 10.0.0.99}]
+  ports: [{name: http, port: 9090}]
+"#;
+
+const GATEWAY: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio}
+spec: {controllerName: istio.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+  - {name: shop, port: 8080, protocol: HTTP, hostname: "*.shop.example"}
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: Gateway
+metadata: {name: someone-elses}
+spec:
+  gatewayClassName: nginx
+  listeners:
+  - {name: http, port: 9999, protocol: HTTP}
+"#;
+
+fn with(parts: &[&str]) -> String {
+    parts.join("\n---\n")
+}
+
+#[test]
+fn precedence_orders_rules_across_routes() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: older, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: a, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: newer, creationTimestamp: "2025-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  hostnames: [example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api/v2}}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {type: Exact, value: /api}}]
+    backendRefs: [{name: b, port: 80}]
+  - matches:
+    - path: {type: PathPrefix, value: /api}
+      method: POST
+    backendRefs: [{name: b, port: 80}]
+  - matches:
+    - path: {type: PathPrefix, value: /}
+      headers: [{name: X-Canary, value: "yes"}]
+    backendRefs: [{name: b, port: 80}]
+  - matches:
+    - path: {type: PathPrefix, value: /}
+      queryParams: [{name: v, value: "2"}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: b, port: 80}]
+"#;
+    let (snapshot, diagnostics) = compile_yaml(&with(&[BACKENDS, GATEWAY, routes]));
+    assert_eq!(diagnostics.warnings().count(), 0, "{diagnostics}");
+    let a = "10.0.0.1:8080";
+    let b = "10.0.0.2:8080";
+    let cases: [(&str, &[(&'static str, &'static str)], &str); 11] = [
+        ("GET /api", &[], b),                     // Exact beats every prefix
+        ("GET /api/v2/x", &[], b),                // longest prefix
+        ("GET /api/v2", &[], b),                  // whole segment
+        ("GET /api/v20", &[], a),                 // not a segment of /api/v2: /api
+        ("POST /api/x", &[], b),                  // method match beats an older route's same prefix
+        ("GET /api/x", &[], a),                   // same prefix, no method: the older route
+        ("GET /apix", &[("x-canary", "yes")], b), // header count beats the older `/`
+        ("GET /apix?v=2", &[], b),                // query count too
+        ("GET /apix", &[], a),                    // `/` twice: the older route wins
+        ("GET /", &[], a),
+        ("GET /other?v=3", &[], a),
+    ];
+    for (request, headers, want) in cases {
+        assert_eq!(
+            outcome(&snapshot, 80, "example.com", request, headers),
+            want,
+            "{request} {headers:?}"
+        );
+    }
+    assert_eq!(outcome(&snapshot, 80, "example.org", "GET /", &[]), "404");
+    assert!(
+        !snapshot.listeners.iter().any(|l| l.port == 9999),
+        "a Gateway of another class is not ours"
+    );
+}
+
+#[test]
+fn hostnames_intersect_with_listener_hostnames() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop}
+spec:
+  parentRefs: [{name: gw, port: 8080}]
+  hostnames: ["www.shop.example", "shop.example", "other.example"]
+  rules: [{backendRefs: [{name: a, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: any-shop}
+spec:
+  parentRefs: [{name: gw, sectionName: shop}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /b}}]
+    backendRefs: [{name: b, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: nowhere}
+spec:
+  parentRefs: [{name: gw, sectionName: shop}]
+  hostnames: [elsewhere.example]
+  rules: [{backendRefs: [{name: b, port: 80}]}]
+"#;
+    let (snapshot, diagnostics) = compile_yaml(&with(&[BACKENDS, GATEWAY, routes]));
+    let cases = [
+        ("www.shop.example", "/", "10.0.0.1:8080"),
+        // The specific hostname's rules come first, the listener-wide route's after.
+        ("www.shop.example", "/b", "10.0.0.1:8080"),
+        ("x.shop.example", "/b", "10.0.0.2:8080"),
+        ("x.shop.example", "/", "404"),
+        ("shop.example", "/", "404"),
+        ("other.example", "/", "404"),
+        ("WWW.Shop.Example:8080", "/", "10.0.0.1:8080"),
+    ];
+    for (host, path, want) in cases {
+        assert_eq!(
+            outcome(&snapshot, 8080, host, path, &[]),
+            want,
+            "{host}{path}"
+        );
+    }
+    let text = diagnostics.to_string();
+    assert!(
+        text.contains("HTTPRoute default/nowhere: spec.parentRefs[0]: not attached to Gateway default/gw: none of its hostnames intersects"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cross_namespace_backends_need_a_reference_grant() {
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [x.example]
+  rules:
+  - backendRefs: [{name: other, namespace: other, port: 80}]
+"#;
+    let grant = r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-default, namespace: other}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}]
+  to: [{group: "", kind: Service}]
+"#;
+    let (without, diagnostics) = compile_yaml(&with(&[BACKENDS, GATEWAY, route]));
+    assert_eq!(outcome(&without, 80, "x.example", "/", &[]), "500");
+    assert!(
+        diagnostics.to_string().contains("spec.rules[0].backendRefs[0]: Service other/other is in another namespace and no ReferenceGrant there allows HTTPRoute from default (RefNotPermitted)"),
+        "{diagnostics}"
+    );
+    let (with_grant, diagnostics) = compile_yaml(&with(&[BACKENDS, GATEWAY, route, grant]));
+    // Core Endpoints serve a Service without EndpointSlices; not-ready addresses are left out.
+    assert_eq!(
+        outcome(&with_grant, 80, "x.example", "/", &[]),
+        "10.0.0.3:9090",
+        "{diagnostics}"
+    );
+}
+
+#[test]
+fn filters_and_invalid_rules() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [x.example]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: new.example}
+  - matches: [{path: {type: PathPrefix, value: /missing}}]
+    backendRefs: [{name: nope, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /ext}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: x, kind: Y, name: z}}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /none}}]
+  - matches: [{path: {type: RegularExpression, value: "/re/[0-9]+"}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: X-Via, value: gw}], remove: [x-drop]}
+    backendRefs: [{name: b, port: 80}]
+"#;
+    let (snapshot, diagnostics) = compile_yaml(&with(&[BACKENDS, GATEWAY, routes]));
+    let cases = [
+        ("/old/page", "redirect 302 new.example"),
+        ("/missing", "500"),
+        ("/ext", "500"),
+        ("/none", "500"),
+        ("/re/42", "10.0.0.2:8080"),
+        ("/re/x", "404"),
+    ];
+    for (path, want) in cases {
+        assert_eq!(
+            outcome(&snapshot, 80, "x.example", path, &[]),
+            want,
+            "{path}"
+        );
+    }
+    let text = diagnostics.to_string();
+    assert!(
+        text.contains("spec.rules[1].backendRefs[0]: no Service default/nope (BackendNotFound)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.rules[2].filters[0]: filter type ExtensionRef is not supported"),
+        "{text}"
+    );
+    let listener = &snapshot.listeners[0];
+    let regex_route = listener
+        .routes
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| &v.routes)
+        .find_map(|r| match &r.action {
+            RouteAction::Forward(f) if !f.headers.request.is_empty() => Some(f),
+            _ => None,
+        })
+        .expect("the header-modifying rule");
+    assert_eq!(regex_route.headers.request.set[0].0.as_str(), "x-via");
+    assert_eq!(regex_route.headers.request.remove[0].as_str(), "x-drop");
+}
+
+#[test]
+fn listeners_conflicts_and_missing_parents_are_reported() {
+    let gateways = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: one}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: a, port: 80, protocol: HTTP, hostname: same.example}
+  - {name: b, port: 80, protocol: HTTP, hostname: same.example}
+  - {name: c, port: 80, protocol: HTTP, hostname: fine.example}
+  - {name: d, port: 443, protocol: HTTPS, hostname: fine.example}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: apps}
+spec:
+  parentRefs: [{name: one, namespace: default}, {name: ghost}]
+  rules: [{backendRefs: [{name: a, namespace: default, port: 80}]}]
+"#;
+    let (snapshot, diagnostics) = compile_yaml(&with(&[BACKENDS, gateways]));
+    let text = diagnostics.to_string();
+    assert!(text.contains("Gateway default/one: spec.listeners[0]: another listener has the same port 80 and hostname same.example"), "{text}");
+    assert!(
+        text.contains("spec.listeners[1]: another listener"),
+        "{text}"
+    );
+    assert!(text.contains("spec.listeners[3].protocol: Gateway API listeners with protocol HTTPS are not served yet"), "{text}");
+    assert!(text.contains("HTTPRoute apps/r: spec.parentRefs[0]: not attached to Gateway default/one: the listeners' allowedRoutes do not admit it (NotAllowedByListeners)"), "{text}");
+    assert!(
+        text.contains("HTTPRoute apps/r: spec.parentRefs[1]: Gateway apps/ghost does not exist"),
+        "{text}"
+    );
+    let ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
+    assert_eq!(ports, [80]);
+    assert_eq!(outcome(&snapshot, 80, "same.example", "/", &[]), "404");
+}
+
+#[test]
+fn grpc_routes_match_service_and_method() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [grpc.example]
+  rules:
+  - matches: [{method: {service: echo.Echo, method: Say}}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{method: {service: echo.Echo}}]
+    backendRefs: [{name: a, port: 80}]
+"#;
+    let (snapshot, _) = compile_yaml(&with(&[BACKENDS, GATEWAY, routes]));
+    let cases = [
+        ("POST /echo.Echo/Say", "10.0.0.2:8080"),
+        ("POST /echo.Echo/Other", "10.0.0.1:8080"),
+        ("POST /other.Svc/Say", "404"),
+    ];
+    for (request, want) in cases {
+        assert_eq!(
+            outcome(&snapshot, 80, "grpc.example", request, &[]),
+            want,
+            "{request}"
+        );
+    }
+}
+
+#[test]
+fn broken_gateway_api_fields_name_line_and_path() {
+    let text = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: typo}
+spec:
+  rules:
+  - matches:
+    - path:
+        type: Prefix
+        value: /x
+";
+    let (_, diagnostics) = config::load_text(Path::new("broken.yaml"), text);
+    let error = diagnostics.errors().next().expect("an error");
+    let shown = error.to_string();
+    assert!(shown.starts_with("error: broken.yaml:8: HTTPRoute default/typo: spec.rules[0].matches[0].path.type: unknown variant `Prefix`, expected one of `Exact`, `PathPrefix`, `RegularExpression`"), "{shown}");
+    let (_, diagnostics) = config::load_text(
+        Path::new("v.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1alpha1\nkind: HTTPRoute\nmetadata: {name: old}\n",
+    );
+    assert!(
+        diagnostics
+            .to_string()
+            .contains("unknown version v1alpha1 of HTTPRoute: expected one of v1, v1beta1"),
+        "{diagnostics}"
+    );
+}
