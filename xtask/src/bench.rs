@@ -9,6 +9,9 @@ use anyhow::{Result, bail};
 
 use crate::Workspace;
 
+mod http;
+mod reload;
+mod sni;
 mod tls;
 
 /// A benchmark: its name on the command line, what it measures, and how to run it.
@@ -23,6 +26,18 @@ const BENCHES: &[Bench] = &[Bench {
     name: "tls",
     about: "full TLS 1.3 handshakes and keep-alive HTTPS per CPU-second, idle TLS memory: gatewayd vs bare rustls, nginx, HAProxy",
     run: tls::run,
+}, Bench {
+    name: "http",
+    about: "HTTP/1.1 keep-alive and h2c proxying with 100 hosts × 10 prefixes: req/s, CPU and instructions per request, p50/p99, idle memory: gatewayd vs nginx, HAProxy",
+    run: http::run,
+}, Bench {
+    name: "reload",
+    about: "config write to new route served at 10 000 routes, p99 under load while reloading: gatewayd vs nginx -s reload, HAProxy master-worker reload",
+    run: reload::run,
+}, Bench {
+    name: "sni",
+    about: "unknown-SNI flood: CPU per rejected connection (kernel reset vs userspace vs full handshake vs nginx ssl_reject_handshake vs HAProxy strict-sni), legitimate HTTPS kept",
+    run: sni::run,
 }];
 
 pub(crate) fn run(ws: &Workspace, names: &[String], list: bool) -> Result<()> {

@@ -1,0 +1,465 @@
+//! `cargo xtask bench sni`: an unknown-SNI connection flood against a TLS port, from a
+//! client network namespace over a veth pair (MTU 1500), while legitimate HTTPS keep-alive
+//! traffic runs. For each server:
+//!
+//! - gatewayd with the kernel path (XDP rejects the ClientHello with an in-window reset),
+//! - gatewayd without it (`--ebpf off`: rustls reads the ClientHello and refuses the name
+//!   before any crypto),
+//! - gatewayd with a `*` server (every name accepted: a full handshake per connection),
+//! - nginx with `ssl_reject_handshake on`, and HAProxy with `strict-sni`,
+//!
+//! it measures CPU per flood connection (the server process, and the whole machine, which
+//! includes the kernel's softirq work and the load generators) and the legitimate request
+//! rate kept during the flood. The same run gives the cost of the attached program on
+//! normal traffic (gatewayd's legitimate rate with and without the kernel path).
+//!
+//! Servers are pinned to CPU 1; the flood generator and h2load to CPU 0.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::results_dir;
+use crate::{Workspace, cmd};
+
+const SERVER_CPU: &str = "1";
+const CLIENT_CPU: &str = "0";
+const NAME: &str = "api.example.com";
+const GATEWAY_IP: &str = "10.205.0.2";
+const CLIENT_IP: &str = "10.205.0.1";
+const PORT: u16 = 443;
+const UPSTREAM_PORT: u16 = 18080;
+/// Flood connections per second: well inside what every server survives, so the figures
+/// compare costs, not collapse.
+const FLOOD_RATE: u32 = 800;
+const PHASE_SECONDS: u32 = 5;
+const LEGIT_CONNECTIONS: &str = "8";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    KernelReject,
+    UserspaceReject,
+    FullHandshake,
+    Nginx,
+    Haproxy,
+}
+
+impl Mode {
+    const ALL: [Mode; 5] = [Mode::KernelReject, Mode::UserspaceReject, Mode::FullHandshake, Mode::Nginx, Mode::Haproxy];
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::KernelReject => "gatewayd, kernel rejects (XDP reset)",
+            Mode::UserspaceReject => "gatewayd --ebpf off (rustls refuses from the ClientHello)",
+            Mode::FullHandshake => "gatewayd, `*` server (full handshake)",
+            Mode::Nginx => "nginx 1.22, ssl_reject_handshake",
+            Mode::Haproxy => "HAProxy 2.6, strict-sni",
+        }
+    }
+}
+
+/// Two namespaces joined by veth, removed on drop.
+struct Net {
+    gw: String,
+    cli: String,
+}
+
+impl Net {
+    fn new() -> Result<Self> {
+        let id = std::process::id() % 100_000;
+        let net = Net { gw: format!("bgw{id}"), cli: format!("bcli{id}") };
+        let (gw, cli) = (net.gw.as_str(), net.cli.as_str());
+        let (gw_if, cli_if) = (format!("vbg{id}"), format!("vbc{id}"));
+        ip(&["netns", "add", gw])?;
+        ip(&["netns", "add", cli])?;
+        ip(&["link", "add", &gw_if, "netns", gw, "mtu", "1500", "type", "veth", "peer", "name", &cli_if, "netns", cli, "mtu", "1500"])?;
+        ip(&["-n", gw, "addr", "add", &format!("{GATEWAY_IP}/24"), "dev", &gw_if])?;
+        ip(&["-n", cli, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", &cli_if])?;
+        for (ns, dev) in [(gw, gw_if.as_str()), (cli, cli_if.as_str()), (gw, "lo"), (cli, "lo")] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        // `ip netns exec` mounts /etc/netns/NS/hosts over /etc/hosts: h2load then sends
+        // the name as SNI while connecting to the namespace's address.
+        let etc = PathBuf::from("/etc/netns").join(cli);
+        fs::create_dir_all(&etc)?;
+        fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{GATEWAY_IP} {NAME}\n"))?;
+        Ok(net)
+    }
+
+    fn gateway_if(&self) -> String {
+        format!("vbg{}", std::process::id() % 100_000)
+    }
+
+    fn exec(&self, ns: &str, cpu: &str, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, "taskset", "-c", cpu]).arg(program);
+        command
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.gw]);
+        let _ = ip(&["netns", "del", &self.cli]);
+        let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.cli));
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn process_cpu(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok(ticks / clock_ticks())
+}
+
+/// Busy CPU seconds of the whole machine (all CPUs, user to softirq and steal).
+fn machine_cpu() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum::<f64>();
+    Ok(busy / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+struct Bins {
+    gatewayd: PathBuf,
+    upstream: PathBuf,
+    flood: PathBuf,
+    probe: PathBuf,
+}
+
+struct Figures {
+    mode: Mode,
+    legit_alone: f64,
+    legit_flood: f64,
+    flood_counts: String,
+    flood_connections: f64,
+    server_cpu_per_conn_us: f64,
+    machine_cpu_per_conn_us: f64,
+}
+
+pub(crate) fn run(ws: &Workspace) -> Result<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the SNI flood benchmark creates network namespaces and attaches eBPF: run it as root");
+    }
+    cmd(ws.cargo().args(["build", "--release", "-p", "gateway-userspace", "--bin", "gatewayd", "-p", "gateway-tests"]).args([
+        "--bin",
+        "demo-upstream",
+        "--bin",
+        "sni-flood",
+        "--bin",
+        "tls-probe",
+    ]))?;
+    let release = ws.target_dir().join("release");
+    let bins = Bins {
+        gatewayd: release.join("gatewayd"),
+        upstream: release.join("demo-upstream"),
+        flood: release.join("sni-flood"),
+        probe: release.join("tls-probe"),
+    };
+    let work = results_dir(ws).join("sni-work");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let (cert, key) = self_signed(&work)?;
+    let net = Net::new()?;
+    let _upstream = KilledOnDrop(
+        net.exec(&net.gw, CLIENT_CPU, &bins.upstream)
+            .args(["--listen", &format!("127.0.0.1:{UPSTREAM_PORT}")])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let mut figures = Vec::new();
+    for mode in Mode::ALL {
+        println!("-- {}", mode.label());
+        let server = start(mode, &net, &bins, &work, &cert, &key)?;
+        wait_serving(&net, &bins, &cert)?;
+        figures.push(measure(mode, &net, &bins, server.0.id())?);
+    }
+    Ok(table(&figures))
+}
+
+fn self_signed(work: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (work.join("cert.pem"), work.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={NAME}"), "-addext", &format!("subjectAltName=DNS:{NAME}")])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    if !out.status.success() {
+        bail!("openssl: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((cert, key))
+}
+
+fn start(mode: Mode, net: &Net, bins: &Bins, work: &Path, cert: &Path, key: &Path) -> Result<KilledOnDrop> {
+    let dir = work.join(format!("{mode:?}"));
+    fs::create_dir_all(&dir)?;
+    let child = match mode {
+        Mode::KernelReject | Mode::UserspaceReject | Mode::FullHandshake => {
+            let any = if mode == Mode::FullHandshake { ", \"*\"" } else { "" };
+            fs::write(dir.join("gateway.yaml"), gatewayd_config(cert, key, any))?;
+            let mut command = net.exec(&net.gw, SERVER_CPU, &bins.gatewayd);
+            command.arg("run").arg("--config").arg(dir.join("gateway.yaml"));
+            command.args(["--access-log", "off", "--worker-threads", "1"]);
+            match mode {
+                Mode::KernelReject => command.args(["--ebpf", "on", "--interface", &net.gateway_if()]),
+                _ => command.args(["--ebpf", "off"]),
+            };
+            command.stdout(Stdio::null()).stderr(fs::File::create(dir.join("stderr"))?).spawn()?
+        }
+        Mode::Nginx => {
+            let conf = dir.join("nginx.conf");
+            fs::write(&conf, nginx_config(&dir, cert, key))?;
+            net.exec(&net.gw, SERVER_CPU, Path::new("/usr/sbin/nginx"))
+                .arg("-c")
+                .arg(&conf)
+                .stderr(fs::File::create(dir.join("stderr"))?)
+                .spawn()?
+        }
+        Mode::Haproxy => {
+            let pem = dir.join("combined.pem");
+            fs::write(&pem, format!("{}{}", fs::read_to_string(cert)?, fs::read_to_string(key)?))?;
+            let conf = dir.join("haproxy.cfg");
+            fs::write(&conf, haproxy_config(&pem))?;
+            net.exec(&net.gw, SERVER_CPU, Path::new("/usr/sbin/haproxy"))
+                .args(["-db", "-f"])
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(dir.join("stderr"))?)
+                .spawn()?
+        }
+    };
+    Ok(KilledOnDrop(child))
+}
+
+fn wait_serving(net: &Net, bins: &Bins, cert: &Path) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        let out = net
+            .exec(&net.cli, CLIENT_CPU, &bins.probe)
+            .args(["--connect", &format!("{GATEWAY_IP}:{PORT}"), "--sni", NAME, "--cafile"])
+            .arg(cert)
+            .output()?;
+        if String::from_utf8_lossy(&out.stdout).starts_with("ok ") {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the server did not serve https://{NAME} within {START_TIMEOUT:?}")
+}
+
+fn measure(mode: Mode, net: &Net, bins: &Bins, server_pid: u32) -> Result<Figures> {
+    let legit_alone = legit(net)?.join().map_err(|_| anyhow::anyhow!("h2load thread"))??;
+
+    let (server_before, machine_before) = (process_cpu(server_pid)?, machine_cpu()?);
+    let (flood_counts, flood_connections) = flood(net, bins)?;
+    let server_cpu = process_cpu(server_pid)? - server_before;
+    let machine = machine_cpu()? - machine_before;
+
+    let legit_run = legit(net)?;
+    let _ = flood(net, bins)?;
+    let legit_flood = legit_run.join().map_err(|_| anyhow::anyhow!("h2load thread"))??;
+    Ok(Figures {
+        mode,
+        legit_alone,
+        legit_flood,
+        flood_counts,
+        flood_connections,
+        server_cpu_per_conn_us: server_cpu * 1e6 / flood_connections.max(1.0),
+        machine_cpu_per_conn_us: machine * 1e6 / flood_connections.max(1.0),
+    })
+}
+
+/// Legitimate HTTPS keep-alive load (HTTP/1.1 over TLS) for one phase; returns req/s.
+fn legit(net: &Net) -> Result<thread::JoinHandle<Result<f64>>> {
+    let mut command = net.exec(&net.cli, CLIENT_CPU, Path::new("/usr/bin/h2load"));
+    command
+        .args(["--h1", "-c", LEGIT_CONNECTIONS, "-D", &PHASE_SECONDS.to_string()])
+        .arg(format!("https://{NAME}:{PORT}/status/200"));
+    Ok(thread::spawn(move || {
+        let out = command.output().context("running h2load")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("finished in ").and_then(|r| r.split(", ").nth(1)))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .with_context(|| format!("no rate in h2load output:\n{text}"))
+    }))
+}
+
+/// One flood phase; returns the generator's counts and how many connections it made.
+fn flood(net: &Net, bins: &Bins) -> Result<(String, f64)> {
+    let out = net
+        .exec(&net.cli, CLIENT_CPU, &bins.flood)
+        .args(["--connect", &format!("{GATEWAY_IP}:{PORT}")])
+        .args(["--rate", &FLOOD_RATE.to_string(), "--seconds", &PHASE_SECONDS.to_string()])
+        .output()?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let started = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0.0);
+    Ok((line, started))
+}
+
+fn gatewayd_config(cert: &Path, key: &Path, extra_hosts: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {PORT}, name: https, protocol: HTTPS}}
+    hosts: ["{NAME}"{extra_hosts}]
+    tls: {{mode: SIMPLE, serverCertificate: "{cert}", privateKey: "{key}"}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: default}}
+spec:
+  hosts: ["{NAME}"]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: up, port: {{number: 80}}}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: up, namespace: default}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {UPSTREAM_PORT}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
+addressType: IPv4
+ports: [{{name: http, port: {UPSTREAM_PORT}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+"#,
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+fn nginx_config(dir: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 32; }}
+  server {{ listen {PORT} ssl default_server; ssl_reject_handshake on; }}
+  server {{
+    listen {PORT} ssl;
+    server_name {NAME};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+"#,
+        dir = dir.display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+fn haproxy_config(pem: &Path) -> String {
+    format!(
+        r#"global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind {GATEWAY_IP}:{PORT} ssl crt {pem} strict-sni
+  default_backend up
+backend up
+  http-reuse always
+  server s1 127.0.0.1:{UPSTREAM_PORT}
+"#,
+        pem = pem.display(),
+    )
+}
+
+fn table(figures: &[Figures]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Unknown-SNI flood at {FLOOD_RATE} connections/s for {PHASE_SECONDS} s over veth (MTU 1500); server on CPU 1, generators on CPU 0.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| server | server CPU µs / flood conn | machine CPU µs / flood conn | legit req/s alone | legit req/s in flood | kept | flood outcomes |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for f in figures {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} % | {} ({:.0} conns) |",
+            f.mode.label(),
+            f.server_cpu_per_conn_us,
+            f.machine_cpu_per_conn_us,
+            f.legit_alone,
+            f.legit_flood,
+            100.0 * f.legit_flood / f.legit_alone.max(1.0),
+            f.flood_counts,
+            f.flood_connections,
+        );
+    }
+    let rate = |m: Mode| figures.iter().find(|f| f.mode == m).map_or(0.0, |f| f.legit_alone);
+    let (on, off) = (rate(Mode::KernelReject), rate(Mode::UserspaceReject));
+    if off > 0.0 {
+        let _ = writeln!(
+            out,
+            "\nAttached program on normal traffic: legitimate HTTPS rate with the kernel path {on:.0} req/s vs without {off:.0} req/s ({:+.1} %).",
+            100.0 * (on - off) / off
+        );
+    }
+    out
+}
