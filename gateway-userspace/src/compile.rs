@@ -110,6 +110,7 @@ impl<'a> Compiler<'a> {
             key(a).cmp(&key(b))
         });
         self.check_gateway_references(&virtual_services);
+        self.check_port_names();
 
         let mut listeners = Vec::new();
         for (port, servers) in ports {
@@ -272,6 +273,53 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// Istio rejects a Gateway whose servers repeat a port name, and when two of our
+    /// Gateways use one port name for different port numbers, Istio's merge keeps the first.
+    fn check_port_names(&mut self) {
+        let mut seen: BTreeMap<&str, (u32, String)> = BTreeMap::new();
+        for gateway in &self.resources.gateways {
+            if !self.is_ours(&gateway.resource) {
+                continue;
+            }
+            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
+            let mut own: BTreeMap<&str, usize> = BTreeMap::new();
+            for (index, server) in gateway.resource.spec.servers.iter().enumerate() {
+                let name = server.port.name.as_str();
+                if name.is_empty() {
+                    continue;
+                }
+                if let Some(first) = own.insert(name, index) {
+                    self.diagnostics.push(
+                        Diagnostic::error(format!(
+                            "port name {name:?} is also used by spec.servers[{first}]: port names in a Gateway's servers must be unique"
+                        ))
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("spec.servers[{index}].port.name")),
+                    );
+                    continue;
+                }
+                match seen.get(name) {
+                    Some((number, other)) if *number != server.port.number => {
+                        self.diagnostics.push(
+                            Diagnostic::warning(format!(
+                                "port name {name:?} is port {number} in {other}; the same name on port {} conflicts (Istio keeps the first)",
+                                server.port.number
+                            ))
+                            .at(gateway.location.clone())
+                            .resource(&resource)
+                            .field(format!("spec.servers[{index}].port.name")),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(name, (server.port.number, resource.clone()));
+                    }
+                }
+            }
+        }
+    }
+
     fn check_gateway_references(&mut self, virtual_services: &[&Sourced<VirtualService>]) {
         for vs in virtual_services {
             let namespace = vs.resource.metadata.namespace();
@@ -360,8 +408,23 @@ impl<'a> Compiler<'a> {
                 .collect();
             for host in accepted_hosts {
                 match hosts.iter_mut().find(|(h, _)| *h == host) {
-                    // Several VirtualServices for one host: routes concatenate in order.
-                    Some((_, existing)) => existing.extend(routes.iter().map(routes::clone_route)),
+                    // Several VirtualServices for one host: routes concatenate oldest
+                    // first, and catch-all routes move to the end so that an older
+                    // VirtualService's catch-all does not shadow a newer one's specific
+                    // routes (Istio's CombineVHostRoutes).
+                    Some((_, existing)) => {
+                        let mut combined: Vec<Route<RouteAction>> = Vec::new();
+                        let mut catch_alls: Vec<Route<RouteAction>> = Vec::new();
+                        for route in existing.drain(..).chain(routes.iter().map(routes::clone_route)) {
+                            if is_catch_all(&route) {
+                                catch_alls.push(route);
+                            } else {
+                                combined.push(route);
+                            }
+                        }
+                        combined.extend(catch_alls);
+                        *existing = combined;
+                    }
                     None => hosts.push((host, routes.iter().map(routes::clone_route).collect())),
                 }
             }
@@ -413,6 +476,30 @@ fn tls_port_policies(listeners: &[Listener]) -> Vec<TlsPortPolicy> {
             })
         })
         .collect()
+}
+
+/// A route that accepts every request: no match, or a match on nothing but the `/`
+/// prefix (or a regex that accepts any path).
+fn is_catch_all(route: &Route<RouteAction>) -> bool {
+    use crate::route_table::StringMatcher;
+    route.matches.is_empty()
+        || route.matches.iter().any(|m| {
+            let any_path = match &m.path {
+                None => true,
+                Some(StringMatcher::Prefix { value, .. }) => value == "/",
+                Some(StringMatcher::PathPrefix { value }) => value.is_empty(),
+                Some(StringMatcher::Regex(re)) => matches!(re.as_str(), "^(?:.*)$" | "^(?:/.*)$"),
+                Some(StringMatcher::Exact { .. }) => false,
+            };
+            any_path
+                && m.method.is_none()
+                && m.scheme.is_none()
+                && m.authority.is_none()
+                && m.headers.is_empty()
+                && m.without_headers.is_empty()
+                && m.query_params.is_empty()
+                && m.port.is_none()
+        })
 }
 
 pub(crate) fn name_of(meta: &crate::config::resources::ObjectMeta) -> String {
@@ -493,3 +580,7 @@ fn covers(wide: &str, narrow: &str) -> bool {
 #[cfg(test)]
 #[path = "compile_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "compile/istio_tests.rs"]
+mod istio_tests;

@@ -467,3 +467,7 @@ pub(super) fn resolve_service_host(host: &str, vs_namespace: &str) -> (String, S
         None => (short.to_owned(), vs_namespace.to_owned()),
     }
 }
+
+#[cfg(test)]
+#[path = "clusters_tests.rs"]
+mod tests;

@@ -1,0 +1,240 @@
+use std::path::Path;
+
+use super::super::{Identity, compile};
+use crate::{
+    config::{self, Diagnostics},
+    route_table::RequestInfo,
+    snapshot::{RouteAction, Snapshot},
+};
+
+fn compile_yaml(yaml: &str) -> (Snapshot, Diagnostics) {
+    let (resources, mut diagnostics) = config::load_text(Path::new("dest.yaml"), yaml);
+    assert!(!diagnostics.has_errors(), "{diagnostics}");
+    let (snapshot, more) = compile(&resources, &Identity::default());
+    diagnostics.extend(more);
+    (snapshot, diagnostics)
+}
+
+/// Cluster name and endpoints each route of `host` on port 80 forwards to, in order.
+fn destinations(snapshot: &Snapshot, host: &str, path: &str) -> Vec<(String, Vec<String>)> {
+    let headers = http::HeaderMap::new();
+    let request = RequestInfo {
+        authority: host,
+        path,
+        query: None,
+        method: "GET",
+        scheme: "http",
+        port: 80,
+        headers: &headers,
+    };
+    let Some(route) = snapshot.listeners[0].routes.find(&request) else {
+        return Vec::new();
+    };
+    match &route.action {
+        RouteAction::Forward(forward) => forward
+            .clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.cluster.name.clone(),
+                    c.cluster
+                        .endpoints
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+const GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#;
+
+#[test]
+fn service_entries_route_to_static_addresses_and_subsets_pick_by_labels() {
+    let yaml = format!(
+        "{GATEWAY}---\n{}",
+        r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: istio-system}
+spec:
+  hosts: [legacy.internal]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  resolution: STATIC
+  endpoints:
+  - {address: 192.0.2.1, labels: {version: v1}}
+  - {address: 192.0.2.2, labels: {version: v2}, ports: {http: 9090}}
+  - {address: legacy-3.example, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: legacy, namespace: istio-system}
+spec:
+  host: legacy.internal
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 10s, baseEjectionTime: 30s}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: legacy, namespace: istio-system}
+spec:
+  hosts: [legacy.example.com]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /v2}}]
+    route: [{destination: {host: legacy.internal, subset: v2}}]
+  - match: [{uri: {prefix: /missing}}]
+    route: [{destination: {host: legacy.internal, subset: v3}}]
+  - route:
+    - destination: {host: legacy.internal, port: {number: 80}}
+      weight: 90
+    - destination: {host: legacy.internal, subset: v1}
+      weight: 10
+"#
+    );
+    let (snapshot, diagnostics) = compile_yaml(&yaml);
+    assert_eq!(
+        destinations(&snapshot, "legacy.example.com", "/v2/x"),
+        [(
+            "outbound|80|v2|legacy.internal".to_owned(),
+            vec!["192.0.2.2:9090".to_owned()]
+        )]
+    );
+    assert_eq!(
+        destinations(&snapshot, "legacy.example.com", "/"),
+        [
+            (
+                "outbound|80||legacy.internal".to_owned(),
+                vec!["192.0.2.1:8080".to_owned(), "192.0.2.2:9090".to_owned()]
+            ),
+            (
+                "outbound|80|v1|legacy.internal".to_owned(),
+                vec!["192.0.2.1:8080".to_owned()]
+            )
+        ]
+    );
+    assert_eq!(
+        destinations(&snapshot, "legacy.example.com", "/missing"),
+        [("outbound|80|v3|legacy.internal".to_owned(), Vec::new())]
+    );
+    let text = diagnostics.to_string();
+    assert!(
+        text.contains("spec.http[1].route[0].destination: DestinationRule istio-system/legacy has no subset \"v3\" (it has [\"v1\", \"v2\"]); requests get 503"),
+        "{text}"
+    );
+    assert!(
+        text.contains("endpoint \"legacy-3.example\": only IP addresses are served"),
+        "{text}"
+    );
+}
+
+#[test]
+fn service_subsets_match_endpoint_slice_labels_and_endpoints_fill_in() {
+    let yaml = format!(
+        "{GATEWAY}---\n{}",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: istio-system}
+spec: {ports: [{name: http, port: 9080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: reviews-v1
+  namespace: istio-system
+  labels: {kubernetes.io/service-name: reviews, version: v1}
+endpoints: [{addresses: [10.1.0.1]}, {addresses: [10.1.0.9], conditions: {ready: false}}]
+ports: [{name: http, port: 9080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: reviews-v2
+  namespace: istio-system
+  labels: {kubernetes.io/service-name: reviews, version: v2}
+endpoints: [{addresses: [10.1.0.2]}]
+ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: istio-system}
+spec:
+  host: reviews
+  subsets: [{name: v2, labels: {version: v2}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: istio-system}
+spec: {ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: ratings, namespace: istio-system}
+subsets:
+- addresses: [{ip: 10.2.0.1}, {ip: 10.2.0.2}]
+  notReadyAddresses: [{ip: 10.2.0.3}]
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: istio-system}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /ratings}}]
+    route: [{destination: {host: ratings}}]
+  - match: [{uri: {prefix: /v2}}]
+    route: [{destination: {host: reviews.istio-system.svc.cluster.local, subset: v2}}]
+  - route: [{destination: {host: reviews}}]
+"#
+    );
+    let (snapshot, diagnostics) = compile_yaml(&yaml);
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
+            "/v2",
+            "outbound|9080|v2|reviews.istio-system.svc.cluster.local",
+            &["10.1.0.2:9080"],
+        ),
+        (
+            "/",
+            "outbound|9080||reviews.istio-system.svc.cluster.local",
+            &["10.1.0.1:9080", "10.1.0.2:9080"],
+        ),
+        (
+            "/ratings",
+            "outbound|9080||ratings.istio-system.svc.cluster.local",
+            &["10.2.0.1:8080", "10.2.0.2:8080"],
+        ),
+    ];
+    for (path, cluster, endpoints) in cases {
+        let want = vec![(
+            cluster.to_owned(),
+            endpoints
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect::<Vec<_>>(),
+        )];
+        assert_eq!(
+            destinations(&snapshot, "bookinfo.example.com", path),
+            want,
+            "{path}\n{diagnostics}"
+        );
+    }
+}
