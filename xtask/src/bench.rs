@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 
 use crate::Workspace;
 
+mod config;
 mod http;
 mod reload;
 mod sni;
@@ -34,6 +35,10 @@ const BENCHES: &[Bench] = &[Bench {
     name: "reload",
     about: "config write to new route served at 10 000 routes, p99 under load while reloading: gatewayd vs nginx -s reload, HAProxy master-worker reload",
     run: reload::run,
+}, Bench {
+    name: "config",
+    about: "compile 10 000 VirtualServices with 100 000 routes; host + path lookup at 10 / 1 000 / 10 000 / 100 000 routes (criterion)",
+    run: config::run,
 }, Bench {
     name: "sni",
     about: "unknown-SNI flood: CPU per rejected connection (kernel reset vs userspace vs full handshake vs nginx ssl_reject_handshake vs HAProxy strict-sni), legitimate HTTPS kept",
