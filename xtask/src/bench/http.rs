@@ -1,0 +1,694 @@
+//! `cargo xtask bench http`: the plaintext HTTP data plane side by side with identical
+//! routing in gatewayd, nginx and HAProxy: 100 hosts × 10 path prefixes, every route to
+//! one upstream service of 2 endpoints (round robin, keep-alive upstream connections).
+//!
+//! - HTTP/1.1 keep-alive: wrk, 1 thread, `WRK_CONNECTIONS` connections, `WRK_SECONDS`;
+//!   requests/s, p50/p99 latency (at saturation: wrk2 is not packaged), and the server's
+//!   CPU time, instructions and cycles per request;
+//! - HTTP/2 (h2c, prior knowledge): h2load, `H2_CLIENTS` connections × `H2_STREAMS`
+//!   concurrent streams, `H2_REQUESTS` requests; requests/s and CPU per request;
+//! - memory: RSS growth per 10 000 idle keep-alive connections, each after one request.
+//!
+//! Each server has one worker (gatewayd `--worker-threads 1`, nginx `worker_processes 1`,
+//! HAProxy `nbthread 1`) pinned to CPU 1; wrk/h2load and the upstream (an nginx answering
+//! a fixed 200 on two ports) share CPU 0. CPU is utime+stime from /proc over each run
+//! (all of a server's processes); instructions and cycles from `perf stat -p`. Rounds
+//! interleave the servers; medians are reported with the min–max spread.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::results_dir;
+use crate::{Workspace, cmd};
+
+const SERVER_CPU: &str = "1";
+const CLIENT_CPU: &str = "0";
+const ROUNDS: usize = 3;
+const HOSTS: usize = 100;
+const PREFIXES: usize = 10;
+/// The request every client sends: a host and prefix in the middle of the tables, so
+/// linear rule lists (HAProxy's) pay for the rules before it, as they would on average.
+const TARGET_HOST: &str = "h57.bench.example";
+const TARGET_PATH: &str = "/p7/item";
+const WRK_CONNECTIONS: u32 = 50;
+const WRK_SECONDS: u32 = 5;
+const H2_CLIENTS: u32 = 10;
+const H2_STREAMS: u32 = 10;
+const H2_REQUESTS: u32 = 50_000;
+const IDLE_CONNECTIONS: usize = 10_000;
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A child stopped with SIGTERM (nginx's master then stops its workers), then SIGKILL.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Server {
+    name: &'static str,
+    /// HTTP/1.1 port; `h2_port` serves h2c with prior knowledge (the same port for
+    /// gatewayd, which tells them apart by the preface).
+    h1_port: u16,
+    h2_port: u16,
+    process: Process,
+}
+
+#[derive(Default)]
+struct Figures {
+    h1_rps: Vec<f64>,
+    h1_cpu_us: Vec<f64>,
+    h1_instructions: Vec<f64>,
+    h1_cycles: Vec<f64>,
+    h1_p50_ms: Vec<f64>,
+    h1_p99_ms: Vec<f64>,
+    h2_rps: Vec<f64>,
+    h2_cpu_us: Vec<f64>,
+    h2_instructions: Vec<f64>,
+    idle_mib_per_10k: Option<f64>,
+}
+
+pub(crate) fn run(ws: &Workspace) -> Result<String> {
+    cmd(ws.cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gateway-userspace",
+        "--bin",
+        "gatewayd",
+    ]))?;
+    let release = ws.target_dir().join("release");
+    let work = results_dir(ws).join("http-work");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+
+    let upstream_ports = [free_port()?, free_port()?];
+    let _upstream = start_upstream(&work, upstream_ports)?;
+    let servers = [
+        start_gatewayd(&release.join("gatewayd"), &work, upstream_ports)?,
+        start_nginx(&work, upstream_ports)?,
+        start_haproxy(&work, upstream_ports)?,
+    ];
+    for server in &servers {
+        check_routing(server)?;
+    }
+    let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
+    for round in 0..ROUNDS {
+        for (server, f) in servers.iter().zip(&mut figures) {
+            println!("round {round}: {} HTTP/1.1 (wrk)", server.name);
+            wrk_run(server, f)?;
+        }
+        for (server, f) in servers.iter().zip(&mut figures) {
+            println!("round {round}: {} HTTP/2 (h2load)", server.name);
+            h2load_run(server, f)?;
+        }
+    }
+    for (server, f) in servers.iter().zip(&mut figures) {
+        println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
+        f.idle_mib_per_10k = Some(idle_memory(server)?);
+    }
+    Ok(table(&servers, &figures))
+}
+
+fn table(servers: &[Server], figures: &[Figures]) -> String {
+    let mut out = String::from(
+        "| server | HTTP/1.1 req/s | CPU µs/req | instructions/req | cycles/req | p50 | p99 | HTTP/2 req/s | CPU µs/req | instructions/req | RSS per 10 000 idle conns |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (server, f) in servers.iter().zip(figures) {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.0} ({}) | {:.1} | {:.0} | {:.1} MiB |",
+            server.name,
+            median(&f.h1_rps),
+            spread(&f.h1_rps),
+            median(&f.h1_cpu_us),
+            median(&f.h1_instructions),
+            median(&f.h1_cycles),
+            median(&f.h1_p50_ms),
+            median(&f.h1_p99_ms),
+            median(&f.h2_rps),
+            spread(&f.h2_rps),
+            median(&f.h2_cpu_us),
+            median(&f.h2_instructions),
+            f.idle_mib_per_10k.unwrap_or(0.0),
+        );
+    }
+    // Ratios of gatewayd to the best peer (lower is better for cost, higher for rate).
+    let best = |get: fn(&Figures) -> f64, lower_is_better: bool| {
+        let peers = figures[1..].iter().map(get);
+        if lower_is_better {
+            peers.fold(f64::INFINITY, f64::min)
+        } else {
+            peers.fold(0.0, f64::max)
+        }
+    };
+    let ours = &figures[0];
+    let _ = writeln!(
+        out,
+        "\ngatewayd ÷ best peer: HTTP/1.1 req/s {:.2}×, CPU/req {:.2}×, instructions/req {:.2}×, p99 {:.2}×; HTTP/2 req/s {:.2}×, CPU/req {:.2}×; idle memory {:.2}×.",
+        median(&ours.h1_rps) / best(|f| median(&f.h1_rps), false),
+        median(&ours.h1_cpu_us) / best(|f| median(&f.h1_cpu_us), true),
+        median(&ours.h1_instructions) / best(|f| median(&f.h1_instructions), true),
+        median(&ours.h1_p99_ms) / best(|f| median(&f.h1_p99_ms), true),
+        median(&ours.h2_rps) / best(|f| median(&f.h2_rps), false),
+        median(&ours.h2_cpu_us) / best(|f| median(&f.h2_cpu_us), true),
+        ours.idle_mib_per_10k.unwrap_or(0.0) / best(|f| f.idle_mib_per_10k.unwrap_or(0.0), true),
+    );
+    let _ = writeln!(
+        out,
+        "\nMedians of {ROUNDS} interleaved rounds (min–max in parentheses). Routing: {HOSTS} hosts × {PREFIXES} prefixes, requests to {TARGET_HOST}{TARGET_PATH}, upstream: 2 endpoints (nginx, fixed 200). \
+         HTTP/1.1: wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s --latency (latency at saturation). HTTP/2: h2load -c{H2_CLIENTS} -m{H2_STREAMS} -n{H2_REQUESTS} (h2c). \
+         One worker per server on CPU {SERVER_CPU}; clients and upstream on CPU {CLIENT_CPU}."
+    );
+    out
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    format!("{min:.0}–{max:.0}")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn pinned(cpu: &str, program: &Path) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", cpu]).arg(program);
+    command
+}
+
+fn wait_listening(port: u16, child: &mut Child, name: &str) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited with {status} before listening on {port}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{name} is not listening on {port} after {START_TIMEOUT:?}")
+}
+
+fn nginx_dir(work: &Path, name: &str) -> Result<PathBuf> {
+    let dir = work.join(name);
+    fs::create_dir_all(dir.join("logs"))?;
+    Ok(dir)
+}
+
+fn nginx_prelude(dir: &Path) -> String {
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections 15000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_timeout 300s;
+  keepalive_requests 10000000;
+"#,
+        d = dir.display()
+    )
+}
+
+fn start_nginx_process(dir: &Path, cpu: &str, port: u16, name: &str) -> Result<Process> {
+    let mut child = pinned(cpu, Path::new("nginx"))
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting nginx ({name})"))?;
+    wait_listening(port, &mut child, name)?;
+    Ok(Process(child))
+}
+
+/// The upstream: nginx answering `200 ok` on two ports (the two endpoints).
+fn start_upstream(work: &Path, ports: [u16; 2]) -> Result<Process> {
+    let dir = nginx_dir(work, "upstream")?;
+    let mut conf = nginx_prelude(&dir);
+    for port in ports {
+        let _ = writeln!(
+            conf,
+            "  server {{ listen 127.0.0.1:{port} reuseport; location / {{ return 200 \"ok\\n\"; }} }}"
+        );
+    }
+    conf.push_str("}\n");
+    fs::write(dir.join("nginx.conf"), conf)?;
+    start_nginx_process(&dir, CLIENT_CPU, ports[0], "upstream nginx")
+}
+
+fn start_gatewayd(bin: &Path, work: &Path, upstream: [u16; 2]) -> Result<Server> {
+    let port = free_port()?;
+    let dir = work.join("gatewayd");
+    fs::create_dir_all(&dir)?;
+    let hosts: Vec<String> = (0..HOSTS)
+        .map(|h| format!("\"h{h}.bench.example\""))
+        .collect();
+    let mut config = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [{hosts}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: up, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8000}}]
+"#,
+        hosts = hosts.join(", ")
+    );
+    for (i, upstream_port) in upstream.iter().enumerate() {
+        let _ = write!(
+            config,
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: up-{i}, namespace: default, labels: {{kubernetes.io/service-name: up}}}}\naddressType: IPv4\nports: [{{name: http, port: {upstream_port}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n"
+        );
+    }
+    for h in 0..HOSTS {
+        let _ = write!(
+            config,
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: h{h}, namespace: default}}\nspec:\n  hosts: [h{h}.bench.example]\n  gateways: [bench]\n  http:\n"
+        );
+        for p in 0..PREFIXES {
+            let _ = write!(
+                config,
+                "  - match: [{{uri: {{prefix: /p{p}/}}}}]\n    route: [{{destination: {{host: up}}}}]\n"
+            );
+        }
+    }
+    fs::write(dir.join("config.yaml"), config)?;
+    let mut child = pinned(SERVER_CPU, bin)
+        .args(["run", "--config"])
+        .arg(&dir)
+        .args([
+            "--ebpf",
+            "off",
+            "--access-log",
+            "off",
+            "--worker-threads",
+            "1",
+        ])
+        .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
+        .spawn()
+        .context("starting gatewayd")?;
+    wait_listening(port, &mut child, "gatewayd")?;
+    Ok(Server {
+        name: "gatewayd",
+        h1_port: port,
+        h2_port: port,
+        process: Process(child),
+    })
+}
+
+fn start_nginx(work: &Path, upstream: [u16; 2]) -> Result<Server> {
+    let (h1_port, h2_port) = (free_port()?, free_port()?);
+    let dir = nginx_dir(work, "nginx")?;
+    let mut conf = nginx_prelude(&dir);
+    let _ = writeln!(
+        conf,
+        "  upstream up {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}",
+        upstream[0], upstream[1]
+    );
+    for h in 0..HOSTS {
+        let _ = writeln!(
+            conf,
+            "  server {{\n    listen 127.0.0.1:{h1_port};\n    listen 127.0.0.1:{h2_port} http2;\n    server_name h{h}.bench.example;"
+        );
+        for p in 0..PREFIXES {
+            let _ = writeln!(
+                conf,
+                "    location /p{p}/ {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}"
+            );
+        }
+        conf.push_str("    location / { return 404; }\n  }\n");
+    }
+    let _ = writeln!(
+        conf,
+        "  server {{ listen 127.0.0.1:{h1_port} default_server; listen 127.0.0.1:{h2_port} http2 default_server; return 404; }}\n}}"
+    );
+    fs::write(dir.join("nginx.conf"), conf)?;
+    let process = start_nginx_process(&dir, SERVER_CPU, h1_port, "nginx")?;
+    Ok(Server {
+        name: "nginx",
+        h1_port,
+        h2_port,
+        process,
+    })
+}
+
+fn start_haproxy(work: &Path, upstream: [u16; 2]) -> Result<Server> {
+    let (h1_port, h2_port) = (free_port()?, free_port()?);
+    let mut conf = format!(
+        r#"global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+frontend web
+  bind 127.0.0.1:{h1_port}
+  bind 127.0.0.1:{h2_port} proto h2
+  option forwardfor
+"#
+    );
+    for h in 0..HOSTS {
+        for p in 0..PREFIXES {
+            let _ = writeln!(
+                conf,
+                "  use_backend up if {{ hdr(host) -m str h{h}.bench.example }} {{ path_beg /p{p}/ }}"
+            );
+        }
+    }
+    let _ = write!(
+        conf,
+        "  default_backend notfound\nbackend notfound\n  http-request return status 404\nbackend up\n  balance roundrobin\n  http-reuse always\n  server s1 127.0.0.1:{}\n  server s2 127.0.0.1:{}\n",
+        upstream[0], upstream[1]
+    );
+    let path = work.join("haproxy.cfg");
+    fs::write(&path, conf)?;
+    let mut child = pinned(SERVER_CPU, Path::new("haproxy"))
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting haproxy")?;
+    wait_listening(h1_port, &mut child, "haproxy")?;
+    Ok(Server {
+        name: "HAProxy",
+        h1_port,
+        h2_port,
+        process: Process(child),
+    })
+}
+
+/// One request through each server before measuring: the routing really is identical.
+fn check_routing(server: &Server) -> Result<()> {
+    for (host, path, want) in [
+        (TARGET_HOST, TARGET_PATH, "200"),
+        ("h3.bench.example", "/p9/x", "200"),
+        ("h3.bench.example", "/nope", "404"),
+    ] {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.h1_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        let status = answer.split_whitespace().nth(1).unwrap_or_default();
+        if status != want {
+            bail!(
+                "{}: {host}{path} answered {status:?}, expected {want}:\n{answer}",
+                server.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The server's pid and its children's (nginx workers).
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let parent = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+                .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if parent == Some(root) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn cpu_seconds(server: &Server) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    process_tree(server.process.0.id())
+        .iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let rest = stat.rsplit_once(')')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .sum()
+}
+
+fn rss_bytes(server: &Server) -> f64 {
+    process_tree(server.process.0.id())
+        .iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024.0)
+        })
+        .sum()
+}
+
+/// `perf stat` on the server's processes while `load` runs: (result, instructions, cycles).
+fn with_perf<T>(
+    server: &Server,
+    tag: &str,
+    load: impl FnOnce() -> Result<T>,
+) -> Result<(T, f64, f64)> {
+    let pids: Vec<String> = process_tree(server.process.0.id())
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    let out =
+        std::env::temp_dir().join(format!("gatewayd-bench-perf-{}-{tag}", std::process::id()));
+    let perf = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", "instructions,cycles", "-o"])
+        .arg(&out)
+        .args(["-p", &pids.join(",")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    std::thread::sleep(Duration::from_millis(200));
+    let result = load();
+    let (mut instructions, mut cycles) = (0.0, 0.0);
+    if let Ok(perf) = perf {
+        let perf = Process(perf);
+        // SAFETY: kill(2) on our own child's pid; SIGINT makes perf print its counts.
+        unsafe {
+            libc::kill(perf.0.id() as libc::pid_t, libc::SIGINT);
+        }
+        drop(perf);
+        let text = fs::read_to_string(&out).unwrap_or_default();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(',').collect();
+            let value: f64 = fields.first().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            match fields.get(2).map(|e| e.trim_end_matches(":u")) {
+                Some(e) if e.starts_with("instructions") => instructions = value,
+                Some(e) if e.starts_with("cycles") => cycles = value,
+                _ => {}
+            }
+        }
+        let _ = fs::remove_file(&out);
+    }
+    Ok((result?, instructions, cycles))
+}
+
+fn wrk_run(server: &Server, f: &mut Figures) -> Result<()> {
+    let before = cpu_seconds(server);
+    let (text, instructions, cycles) = with_perf(server, "wrk", || {
+        let output = pinned(CLIENT_CPU, Path::new("wrk"))
+            .args([
+                "-t1",
+                &format!("-c{WRK_CONNECTIONS}"),
+                &format!("-d{WRK_SECONDS}s"),
+                "--latency",
+            ])
+            .args(["-H", &format!("Host: {TARGET_HOST}")])
+            .arg(format!("http://127.0.0.1:{}{TARGET_PATH}", server.h1_port))
+            .output()
+            .context("running wrk")?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    })?;
+    let used = cpu_seconds(server) - before;
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!("{}: wrk saw errors:\n{text}", server.name);
+    }
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("wrk output:\n{text}"))?;
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output:\n{text}"))?;
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(str::trim))
+            .and_then(parse_wrk_duration_ms)
+            .unwrap_or(0.0)
+    };
+    f.h1_rps.push(rps);
+    f.h1_cpu_us.push(used / requests * 1e6);
+    f.h1_instructions.push(instructions / requests);
+    f.h1_cycles.push(cycles / requests);
+    f.h1_p50_ms.push(percentile("50%"));
+    f.h1_p99_ms.push(percentile("99%"));
+    Ok(())
+}
+
+/// wrk's `1.23ms`, `456.00us`, `1.01s` → milliseconds.
+fn parse_wrk_duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let value: f64 = text[..split].parse().ok()?;
+    Some(match &text[split..] {
+        "us" => value / 1000.0,
+        "ms" => value,
+        "s" => value * 1000.0,
+        "m" => value * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn h2load_run(server: &Server, f: &mut Figures) -> Result<()> {
+    let before = cpu_seconds(server);
+    let (text, instructions, _) = with_perf(server, "h2load", || {
+        let output = pinned(CLIENT_CPU, Path::new("h2load"))
+            .args([
+                "-c",
+                &H2_CLIENTS.to_string(),
+                "-m",
+                &H2_STREAMS.to_string(),
+                "-n",
+                &H2_REQUESTS.to_string(),
+                "-H",
+                &format!(":authority: {TARGET_HOST}"),
+            ])
+            .arg(format!("http://127.0.0.1:{}{TARGET_PATH}", server.h2_port))
+            .output()
+            .context("running h2load")?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    })?;
+    let used = cpu_seconds(server) - before;
+    let succeeded: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| {
+            l.split(", ")
+                .find_map(|part| part.strip_suffix(" succeeded"))?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("h2load output:\n{text}"))?;
+    if succeeded < f64::from(H2_REQUESTS) * 0.99 {
+        bail!(
+            "{}: only {succeeded} of {H2_REQUESTS} h2 requests succeeded:\n{text}",
+            server.name
+        );
+    }
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok())
+        .with_context(|| format!("h2load output:\n{text}"))?;
+    f.h2_rps.push(rps);
+    f.h2_cpu_us.push(used / succeeded * 1e6);
+    f.h2_instructions.push(instructions / succeeded);
+    Ok(())
+}
+
+/// RSS growth with `IDLE_CONNECTIONS` keep-alive connections open, each after one
+/// request, scaled to 10 000 connections, in MiB.
+fn idle_memory(server: &Server) -> Result<f64> {
+    let before = rss_bytes(server);
+    let mut held = Vec::with_capacity(IDLE_CONNECTIONS);
+    let request = format!("GET {TARGET_PATH} HTTP/1.1\r\nHost: {TARGET_HOST}\r\n\r\n");
+    for _ in 0..IDLE_CONNECTIONS {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.h1_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(request.as_bytes())?;
+        let mut buf = [0u8; 1024];
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"ok\n") {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        held.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss_bytes(server) - before;
+    drop(held);
+    Ok(grown / IDLE_CONNECTIONS as f64 * 10_000.0 / (1024.0 * 1024.0))
+}
