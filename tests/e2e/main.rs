@@ -3,6 +3,7 @@
 //! namespaces the tests create and remove.
 
 mod basics;
+mod config;
 mod http;
 mod http_safety;
 mod ops;
