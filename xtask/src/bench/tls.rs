@@ -42,6 +42,7 @@ const KEEPALIVE_REQUESTS: u32 = 30_000;
 const KEEPALIVE_CONNECTIONS: u32 = 16;
 /// Idle connections held for the memory figure.
 const IDLE_CONNECTIONS: u32 = 2000;
+const IDLE_WARMUP_CONNECTIONS: u32 = 20;
 const SNI: &str = "bench.example.com";
 /// How long a server gets to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -119,6 +120,12 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     ];
     let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
 
+    // Memory first, on fresh servers: after the load runs, allocators reuse freed memory
+    // and RSS no longer grows with connections.
+    for (server, figures) in servers.iter_mut().zip(&mut figures) {
+        println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
+        figures.idle_bytes_per_connection = Some(idle_memory(server)?);
+    }
     for round in 0..ROUNDS {
         for (server, figures) in servers.iter().zip(&mut figures) {
             println!("round {round}: {} handshakes", server.name);
@@ -130,10 +137,6 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             println!("round {round}: {} keep-alive", server.name);
             figures.requests_per_cpu_s.push(keep_alive(server)?);
         }
-    }
-    for (server, figures) in servers.iter_mut().zip(&mut figures) {
-        println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
-        figures.idle_bytes_per_connection = Some(idle_memory(server)?);
     }
     drop(servers);
     drop(upstream);
@@ -426,7 +429,7 @@ fn start_haproxy(work: &Path, upstream: SocketAddr) -> Result<Server> {
     let conf = format!(
         r#"global
   nbthread 1
-  maxconn 20000
+  maxconn 8000
   ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
   mode http
@@ -438,8 +441,8 @@ frontend tls
   bind 127.0.0.1:{port} ssl crt {w}/combined.pem curves X25519 alpn http/1.1
   option forwardfor
   http-request set-header X-Forwarded-Proto https
-  use_backend up if {{ path_beg /get }}
-  http-request return status 404
+  http-request return status 404 unless {{ path_beg /get }}
+  default_backend up
 backend up
   http-reuse always
   server s1 {upstream}
@@ -583,7 +586,48 @@ fn keep_alive(server: &Server) -> Result<f64> {
 /// Holds `IDLE_CONNECTIONS` TLS connections, each after one request, and measures the
 /// server's RSS growth. The client is Python's ssl module (OpenSSL), X25519 only.
 fn idle_memory(server: &Server) -> Result<f64> {
-    const CLIENT: &str = r#"
+    // Warm-up: first connections allocate per-process state (session caches, pools).
+    hold_idle(server, IDLE_WARMUP_CONNECTIONS, || Ok(()))?;
+    let before = rss_bytes(server);
+    let mut after = before;
+    hold_idle(server, IDLE_CONNECTIONS, || {
+        // Let the server settle (buffers released after the response).
+        std::thread::sleep(Duration::from_secs(1));
+        after = rss_bytes(server);
+        Ok(())
+    })?;
+    Ok((after - before) / f64::from(IDLE_CONNECTIONS))
+}
+
+/// Opens `count` TLS connections, one request each, and calls `measure` while they are
+/// all open and idle.
+fn hold_idle(server: &Server, count: u32, measure: impl FnOnce() -> Result<()>) -> Result<()> {
+    let mut client = pinned(CLIENT_CPU, Path::new("python3"))
+        .args(["-c", IDLE_CLIENT])
+        .arg(server.port.to_string())
+        .arg(count.to_string())
+        .arg(SNI)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the idle-connection client")?;
+    let stdout = client.stdout.take().context("client stdout")?;
+    let mut stdin = client.stdin.take().context("client stdin")?;
+    let client = KilledOnDrop(client);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("idle-connection client against {} failed", server.name);
+    }
+    measure()?;
+    let _ = stdin.write_all(b"");
+    drop(stdin);
+    drop(client);
+    Ok(())
+}
+
+/// Idle-connection client: Python's ssl module (OpenSSL), X25519 only.
+const IDLE_CLIENT: &str = r#"
 import socket, ssl, sys
 port, count, sni = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -605,29 +649,3 @@ for _ in range(count):
 print("ready", flush=True)
 sys.stdin.read()
 "#;
-    let before = rss_bytes(server);
-    let mut client = pinned(CLIENT_CPU, Path::new("python3"))
-        .args(["-c", CLIENT])
-        .arg(server.port.to_string())
-        .arg(IDLE_CONNECTIONS.to_string())
-        .arg(SNI)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the idle-connection client")?;
-    let stdout = client.stdout.take().context("client stdout")?;
-    let mut stdin = client.stdin.take().context("client stdin")?;
-    let client = KilledOnDrop(client);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    if line.trim() != "ready" {
-        bail!("idle-connection client against {} failed", server.name);
-    }
-    // Let the server settle (buffers released after the response).
-    std::thread::sleep(Duration::from_secs(1));
-    let after = rss_bytes(server);
-    let _ = stdin.write_all(b"");
-    drop(stdin);
-    drop(client);
-    Ok((after - before) / f64::from(IDLE_CONNECTIONS))
-}
