@@ -584,3 +584,7 @@ mod tests;
 #[cfg(test)]
 #[path = "compile/istio_tests.rs"]
 mod istio_tests;
+
+#[cfg(test)]
+#[path = "compile/examples_tests.rs"]
+mod examples_tests;
