@@ -666,3 +666,67 @@ pub struct TlsPortPolicy {
     pub accept_any: bool,
     pub names: Vec<String>,
 }
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    fn cluster(load_balancer: LoadBalancer, endpoints: usize) -> Cluster {
+        let endpoints = (0..endpoints)
+            .map(|i| SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)))
+            .collect();
+        let mut cluster = Cluster::new("s.ns.svc".into(), "s".into(), "ns".into(), 80, endpoints);
+        cluster.load_balancer = load_balancer;
+        cluster
+    }
+
+    #[test]
+    fn round_robin_takes_turns() {
+        let c = cluster(LoadBalancer::RoundRobin, 3);
+        let picked: Vec<SocketAddr> = (0..6).filter_map(|_| c.pick()).collect();
+        assert_eq!(picked[..3], picked[3..]);
+        assert_ne!(picked[0], picked[1]);
+        assert_ne!(picked[1], picked[2]);
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let c = cluster(LoadBalancer::LeastRequest, 2);
+        // Hold one request on whichever endpoint comes first; the next 50 picks made
+        // while it is in flight all go to the other one.
+        let busy = c.pick_endpoint().expect("an endpoint");
+        for _ in 0..50 {
+            let next = c.pick_endpoint().expect("an endpoint");
+            assert_ne!(next.addr, busy.addr);
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_an_endpoint_until_all_would_be_ejected() {
+        let mut c = cluster(LoadBalancer::RoundRobin, 2);
+        c.outlier_detection = Some(OutlierDetection {
+            consecutive_errors: 3,
+            base_ejection_time: Duration::from_secs(60),
+            max_ejection_percent: 50,
+        });
+        let bad = c.endpoints[0];
+        for _ in 0..3 {
+            let picked = loop {
+                let p = c.pick_endpoint().expect("an endpoint");
+                if p.addr == bad {
+                    break p;
+                }
+            };
+            picked.record(true);
+        }
+        for _ in 0..10 {
+            assert_ne!(c.pick(), Some(bad), "ejected endpoint picked");
+        }
+        // At most half may be out: failures of the other one do not eject it.
+        for _ in 0..5 {
+            let p = c.pick_endpoint().expect("an endpoint");
+            p.record(true);
+        }
+        assert!(c.pick().is_some());
+    }
+}
