@@ -352,6 +352,9 @@ spec:
   - port: {number: 443, name: https-deep, protocol: HTTPS}
     hosts: ["*.deep.example.com"]
     tls: {mode: SIMPLE, credentialName: deep-cred}
+  - port: {number: 443, name: https-dual, protocol: HTTPS}
+    hosts: ["dual.example.com"]
+    tls: {mode: SIMPLE, credentialNames: [wild-cred, deep-cred]}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -386,6 +389,23 @@ spec:
     assert_eq!(
         subject(Some("x.deep.example.com"))?.as_deref(),
         Some("CN=deep.example.com")
+    );
+    // An RSA and an ECDSA credential on one server: ECDSA unless the client can only
+    // verify RSA signatures.
+    assert_eq!(
+        subject(Some("dual.example.com"))?.as_deref(),
+        Some("CN=deep.example.com")
+    );
+    let rsa_only = Command::new("openssl")
+        .args(["s_client", "-sigalgs", "rsa_pss_rsae_sha256", "-connect"])
+        .arg(format!("127.0.0.1:{bind_port}"))
+        .args(["-servername", "dual.example.com"])
+        .stdin(Stdio::null())
+        .output()?;
+    let rsa_text = String::from_utf8_lossy(&rsa_only.stdout);
+    assert!(
+        rsa_text.contains("subject=CN = wild.example.com"),
+        "{rsa_text}"
     );
     // Unknown SNI and no SNI: refused without a certificate (no `*` server).
     assert_eq!(subject(Some("example.org"))?, None);
