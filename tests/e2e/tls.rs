@@ -909,3 +909,74 @@ spec:
     );
     Ok(())
 }
+
+/// Gateway API: an HTTPS listener terminates with a Secret from another namespace that a
+/// ReferenceGrant allows; one without a grant is refused with a warning.
+#[test]
+fn gateway_api_https_listeners_use_granted_certificate_refs() -> anyhow::Result<()> {
+    let dir = TempDir::new("tls-gateway-api")?;
+    let pki_dir = TempDir::new("tls-gateway-api-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (crt, key) = pki.issue(
+        "api",
+        "api.example.com",
+        "DNS:api.example.com,DNS:nogrant.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let (bind_port, tcp_port) = (free_port(), free_port());
+    let mut config = common_config(bind_port, tcp_port, upstream.addr);
+    config += &tls_secret("api-cert", "certs", &crt, &key, None);
+    config += &tls_secret("private-cert", "vault", &crt, &key, None);
+    config += r#"apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: gateways-may-read, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: default}]
+  to: [{group: "", kind: Secret}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: api, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: https
+    port: 443
+    protocol: HTTPS
+    hostname: api.example.com
+    tls:
+      mode: Terminate
+      certificateRefs: [{name: api-cert, namespace: certs}]
+  - name: nogrant
+    port: 443
+    protocol: HTTPS
+    hostname: nogrant.example.com
+    tls:
+      certificateRefs: [{name: private-cert, namespace: vault}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, namespace: default}
+spec:
+  parentRefs: [{name: api}]
+  rules: [{backendRefs: [{name: httpbin, port: 8000}]}]
+"#;
+    dir.write("config.yaml", &config)?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    assert!(
+        gateway.stderr().contains("RefNotPermitted"),
+        "{}",
+        gateway.stderr()
+    );
+    let ca = pki.path("test-ca.crt");
+    let answer = https("api.example.com", bind_port, &ca, "/headers", &[])?;
+    assert_eq!(answer.status, 200, "{answer:?}\n{}", gateway.stderr());
+    assert_eq!(answer.json()?["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(
+        served_subject(bind_port, Some("nogrant.example.com"))?,
+        None
+    );
+    Ok(())
+}

@@ -147,14 +147,33 @@ impl<'a> Compiler<'a> {
                 .map(|l| format!("{}.{}", name_of(&l.gateway.resource.metadata), l.name))
                 .collect();
             servers.dedup();
+            // HTTPS listeners (compile/tls.rs): certificates by hostname; a port whose
+            // HTTPS listeners all lack usable certificates is not served.
+            let api_on_port: Vec<(&'a Sourced<ApiGateway>, &'a str)> = listeners
+                .iter()
+                .filter(|l| l.port == port)
+                .map(|l| (l.gateway, l.name))
+                .collect();
+            let transport = self.gateway_api_tls(&api_on_port);
+            if transport
+                .as_ref()
+                .and_then(|t| t.tls())
+                .is_some_and(|tls| tls.servers.is_empty())
+            {
+                continue;
+            }
             compiled.push(Listener {
                 port,
                 bind_port,
                 node_port,
-                protocol: Protocol::Http,
+                protocol: if transport.is_some() {
+                    Protocol::Https
+                } else {
+                    Protocol::Http
+                },
                 servers,
                 routes: route_table(on_port),
-                transport: None,
+                transport,
             });
         }
         compiled
@@ -199,10 +218,12 @@ impl<'a> Compiler<'a> {
                     ));
                     continue;
                 };
-                if !listener.protocol.eq_ignore_ascii_case("HTTP") {
+                if !listener.protocol.eq_ignore_ascii_case("HTTP")
+                    && !listener.protocol.eq_ignore_ascii_case("HTTPS")
+                {
                     self.diagnostics.push(
                         Diagnostic::warning(format!(
-                            "Gateway API listeners with protocol {} are not served yet (HTTP is); this listener is skipped",
+                            "Gateway API listeners with protocol {} are not served yet (HTTP and HTTPS are); this listener is skipped",
                             listener.protocol
                         ))
                         .at(gateway.location.clone())

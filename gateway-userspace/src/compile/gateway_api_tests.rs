@@ -132,6 +132,9 @@ fn with(parts: &[&str]) -> String {
     parts.join("\n---\n")
 }
 
+/// Request headers of a case.
+type Headers = &'static [(&'static str, &'static str)];
+
 #[test]
 fn precedence_orders_rules_across_routes() {
     let routes = r#"
@@ -177,7 +180,7 @@ spec:
     assert_eq!(diagnostics.warnings().count(), 0, "{diagnostics}");
     let a = "10.0.0.1:8080";
     let b = "10.0.0.2:8080";
-    let cases: [(&str, &[(&'static str, &'static str)], &str); 11] = [
+    let cases: [(&str, Headers, &str); 11] = [
         ("GET /api", &[], b),                     // Exact beats every prefix
         ("GET /api/v2/x", &[], b),                // longest prefix
         ("GET /api/v2", &[], b),                  // whole segment
@@ -386,7 +389,7 @@ spec:
         text.contains("spec.listeners[1]: another listener"),
         "{text}"
     );
-    assert!(text.contains("spec.listeners[3].protocol: Gateway API listeners with protocol HTTPS are not served yet"), "{text}");
+    assert!(text.contains("spec.listeners[3].tls.certificateRefs: no usable certificateRefs"), "{text}");
     assert!(text.contains("HTTPRoute apps/r: spec.parentRefs[0]: not attached to Gateway default/one: the listeners' allowedRoutes do not admit it (NotAllowedByListeners)"), "{text}");
     assert!(
         text.contains("HTTPRoute apps/r: spec.parentRefs[1]: Gateway apps/ghost does not exist"),

@@ -12,11 +12,16 @@ use rustls::{server::ProducesTickets, sign::CertifiedKey};
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
-use super::{Compiler, PortServers, binds, intersect_hosts, name_of};
+use super::{
+    Compiler, PortServers, binds, gateway_api::GATEWAY_API_GROUP, intersect_hosts, name_of,
+};
 use crate::{
     config::{
         Diagnostic, Sourced,
-        resources::{Destination, Gateway, Secret, Server, ServerTls, VirtualService},
+        resources::{
+            Destination, Gateway, Secret, Server, ServerTls, VirtualService,
+            gateway_api::{ApiGateway, TlsMode as ApiTlsMode},
+        },
     },
     snapshot::{Protocol, WeightedCluster},
     tls::{
@@ -573,6 +578,172 @@ impl<'a> Compiler<'a> {
                 WeightedCluster::new(weight, cluster)
             })
             .collect()
+    }
+
+    /// Gateway API HTTPS listeners on one port (`tls.mode: Terminate`, the default): each
+    /// becomes a TLS server for its hostname (`*` without one) with the certificates of its
+    /// `certificateRefs` (Secrets; another namespace's only with a ReferenceGrant there).
+    /// None when no listener on the port is HTTPS.
+    pub(super) fn gateway_api_tls(
+        &mut self,
+        listeners: &[(&'a Sourced<ApiGateway>, &'a str)],
+    ) -> Option<Arc<Transport>> {
+        let mut servers = Vec::new();
+        let mut any_https = false;
+        for &(gateway, name) in listeners {
+            let Some((index, listener)) = gateway
+                .resource
+                .spec
+                .listeners
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.name == name)
+            else {
+                continue;
+            };
+            if !listener.protocol.eq_ignore_ascii_case("HTTPS") {
+                continue;
+            }
+            any_https = true;
+            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
+            let field = format!("spec.listeners[{index}].tls");
+            let warn =
+                |diagnostics: &mut crate::config::Diagnostics, message: String, sub: &str| {
+                    diagnostics.push(
+                        Diagnostic::warning(message)
+                            .at(gateway.location.clone())
+                            .resource(&resource)
+                            .field(format!("{field}{sub}")),
+                    );
+                };
+            let tls = listener.tls.clone().unwrap_or_default();
+            if tls.mode == Some(ApiTlsMode::Passthrough) {
+                warn(
+                    &mut self.diagnostics,
+                    "an HTTPS listener terminates TLS (Passthrough needs protocol TLS); this listener is skipped".into(),
+                    ".mode",
+                );
+                continue;
+            }
+            let gw_namespace = gateway.resource.metadata.namespace();
+            let provider = server_config::provider();
+            let mut certificates = Vec::new();
+            for (ref_index, reference) in tls.certificate_refs.iter().enumerate() {
+                let sub = format!(".certificateRefs[{ref_index}]");
+                let kind_ok = reference.group.as_deref().unwrap_or("").is_empty()
+                    && reference.kind.as_deref().unwrap_or("Secret") == "Secret";
+                if !kind_ok {
+                    warn(
+                        &mut self.diagnostics,
+                        "only core Secrets are served as certificates; this reference is skipped"
+                            .into(),
+                        &sub,
+                    );
+                    continue;
+                }
+                let namespace = reference.namespace.as_deref().unwrap_or(gw_namespace);
+                if namespace != gw_namespace
+                    && !self.secret_reference_granted(gw_namespace, namespace, &reference.name)
+                {
+                    warn(
+                        &mut self.diagnostics,
+                        format!(
+                            "Secret {namespace}/{} is in another namespace and no ReferenceGrant there allows it (RefNotPermitted); this reference is skipped",
+                            reference.name
+                        ),
+                        &sub,
+                    );
+                    continue;
+                }
+                let secret = self.resources.secrets.iter().find(|s| {
+                    s.resource.metadata.name == reference.name
+                        && s.resource.metadata.namespace() == namespace
+                });
+                let Some(secret) = secret else {
+                    warn(
+                        &mut self.diagnostics,
+                        format!(
+                            "Secret {namespace}/{} not found; this reference is skipped",
+                            reference.name
+                        ),
+                        &sub,
+                    );
+                    continue;
+                };
+                match certs::secret_certified_key(&secret.resource, &provider) {
+                    Ok(key) => certificates.push(key),
+                    Err(e) => warn(
+                        &mut self.diagnostics,
+                        format!(
+                            "Secret {namespace}/{}: {e}; this reference is skipped",
+                            reference.name
+                        ),
+                        &sub,
+                    ),
+                }
+            }
+            if certificates.is_empty() {
+                warn(
+                    &mut self.diagnostics,
+                    "no usable certificateRefs: this listener is not served (the others are)"
+                        .into(),
+                    ".certificateRefs",
+                );
+                continue;
+            }
+            let settings = ServerSettings {
+                certificates,
+                client_auth: None,
+                min_version: None,
+                max_version: None,
+                cipher_suites: Vec::new(),
+                alpn: HTTPS_ALPN.iter().map(|p| p.to_vec()).collect(),
+            };
+            let config = match ticketer().map(|t| server_config::build(settings, t)) {
+                Some(Ok(config)) => config,
+                Some(Err(e)) => {
+                    warn(&mut self.diagnostics, e.to_string(), "");
+                    continue;
+                }
+                None => continue,
+            };
+            let host = listener
+                .hostname
+                .as_deref()
+                .map_or_else(|| "*".to_owned(), str::to_ascii_lowercase);
+            servers.push(TlsServer {
+                name: format!("{resource} {}", listener.name),
+                hosts: vec![host],
+                mode: TlsMode::Terminate {
+                    config,
+                    after: AfterTermination::Http,
+                },
+            });
+        }
+        any_https.then(|| Arc::new(Transport::Tls(ListenerTls { servers })))
+    }
+
+    /// A ReferenceGrant in `secret_namespace` that lets Gateways of `gateway_namespace`
+    /// use Secret `name`.
+    fn secret_reference_granted(
+        &self,
+        gateway_namespace: &str,
+        secret_namespace: &str,
+        name: &str,
+    ) -> bool {
+        self.resources.reference_grants.iter().any(|grant| {
+            grant.resource.metadata.namespace() == secret_namespace
+                && grant.resource.spec.from.iter().any(|from| {
+                    from.group == GATEWAY_API_GROUP
+                        && from.kind == "Gateway"
+                        && from.namespace == gateway_namespace
+                })
+                && grant.resource.spec.to.iter().any(|to| {
+                    to.group.is_empty()
+                        && to.kind == "Secret"
+                        && to.name.as_deref().is_none_or(|n| n == name)
+                })
+        })
     }
 
     fn server_error(&mut self, server: &ServerRef<'a>, field: &str, message: &str) {
