@@ -251,8 +251,11 @@ fn probes_point_at_the_readiness_port_and_outlast_the_drain() -> anyhow::Result<
     Ok(())
 }
 
-/// The example Gateway's server ports and its own Service's (port, targetPort, nodePort).
-fn example_ports() -> anyhow::Result<(Vec<i64>, Vec<(i64, i64, i64)>)> {
+/// (port, targetPort, nodePort) of a Service port.
+type PortMapping = (i64, i64, i64);
+
+/// The example Gateway's server ports and its own Service's port mappings.
+fn example_ports() -> anyhow::Result<(Vec<i64>, Vec<PortMapping>)> {
     let text = std::fs::read_to_string(workspace().join("config/examples/httpbin/gateway.yaml"))?;
     let (mut gateway_ports, mut service_ports) = (Vec::new(), Vec::new());
     for document in serde_yaml::Deserializer::from_str(&text) {

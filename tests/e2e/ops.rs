@@ -558,6 +558,19 @@ fn reload_storm_drops_no_request_and_no_stream() -> anyhow::Result<()> {
         "TLS stream cut: {:?}",
         tls.body
     );
+    // Key material stays out of the config dump and the logs.
+    let dump = gateway.get(gateway.admin, "/config_dump")?.1;
+    assert!(dump.contains("storm.example.com"), "{dump}");
+    for cn in ["storm-v1", "storm-v2"] {
+        let key = std::fs::read_to_string(dir.path().join(format!("{cn}.key")))?;
+        let key_body = key.lines().nth(1).context("PEM body")?;
+        for text in [&dump, &gateway.stderr()] {
+            assert!(
+                !text.contains("PRIVATE KEY") && !text.contains(key_body),
+                "{cn}'s key exposed"
+            );
+        }
+    }
     assert_eq!(reloads(&gateway, "success")?, (STORM_RELOADS - 1) as f64);
     assert_eq!(reloads(&gateway, "failure")?, 1.0);
     Ok(())
