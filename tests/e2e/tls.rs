@@ -980,3 +980,78 @@ spec:
     );
     Ok(())
 }
+
+/// Gateway API: a TLS listener in Passthrough mode with a TLSRoute by hostname, and a TCP
+/// listener with a TCPRoute.
+#[test]
+fn gateway_api_tls_route_passes_through_and_tcp_route_proxies() -> anyhow::Result<()> {
+    let dir = TempDir::new("tls-api-l4")?;
+    let pki_dir = TempDir::new("tls-api-l4-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    pki.issue(
+        "backend",
+        "l4.example.com",
+        "DNS:l4.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_backend, backend_port) = tls_upstream(&pki, "backend")?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let (bind_port, tcp_port) = (free_port(), free_port());
+    let mut config = common_config(bind_port, tcp_port, upstream.addr);
+    config += &format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: backend, namespace: default}}
+spec:
+  ports: [{{name: tls, port: 443, targetPort: {backend_port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: backend-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: backend}}
+addressType: IPv4
+ports: [{{name: tls, port: {backend_port}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+---
+"#
+    );
+    config += r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: tls, port: 443, protocol: TLS, hostname: "*.example.com", tls: {mode: Passthrough}}
+  - {name: tcp, port: 9000, protocol: TCP}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: l4, namespace: default}
+spec:
+  parentRefs: [{name: l4, sectionName: tls}]
+  hostnames: ["l4.example.com"]
+  rules: [{backendRefs: [{name: backend, port: 443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: raw, namespace: default}
+spec:
+  parentRefs: [{name: l4, sectionName: tcp}]
+  rules: [{backendRefs: [{name: httpbin, port: 8000}]}]
+"#;
+    dir.write("config.yaml", &config)?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let ca = pki.path("test-ca.crt");
+    let passed = https("l4.example.com", bind_port, &ca, "/", &[])?;
+    assert_eq!(passed.status, 200, "{passed:?}\n{}", gateway.stderr());
+    assert!(passed.body.contains("s_server"), "{}", passed.body);
+    // A name the listener accepts but no TLSRoute serves: closed.
+    assert_eq!(served_subject(bind_port, Some("other.example.com"))?, None);
+    let raw = curl(None, &[&format!("http://127.0.0.1:{tcp_port}/headers")])?;
+    assert_eq!(raw.status, 200, "{raw:?}");
+    Ok(())
+}

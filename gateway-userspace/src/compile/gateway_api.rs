@@ -33,7 +33,7 @@ use crate::{
     route_table::{RequestMatch, Route, RouteTable, StringMatcher, VirtualHost},
     snapshot::{
         Cluster, DirectResponse, Forward, HeaderOps, HeaderPolicy, Listener, Mirror, PathRewrite,
-        Protocol, Redirect, RedirectPort, Rewrite, RouteAction, WeightedCluster,
+        Redirect, RedirectPort, Rewrite, RouteAction, WeightedCluster,
     },
 };
 
@@ -154,7 +154,7 @@ impl<'a> Compiler<'a> {
                 .filter(|l| l.port == port)
                 .map(|l| (l.gateway, l.name))
                 .collect();
-            let transport = self.gateway_api_tls(&api_on_port);
+            let (protocol, transport) = self.gateway_api_tls(&api_on_port);
             if transport
                 .as_ref()
                 .and_then(|t| t.tls())
@@ -166,11 +166,7 @@ impl<'a> Compiler<'a> {
                 port,
                 bind_port,
                 node_port,
-                protocol: if transport.is_some() {
-                    Protocol::Https
-                } else {
-                    Protocol::Http
-                },
+                protocol,
                 servers,
                 routes: route_table(on_port),
                 transport,
@@ -218,12 +214,13 @@ impl<'a> Compiler<'a> {
                     ));
                     continue;
                 };
-                if !listener.protocol.eq_ignore_ascii_case("HTTP")
-                    && !listener.protocol.eq_ignore_ascii_case("HTTPS")
+                if !["HTTP", "HTTPS", "TLS", "TCP"]
+                    .iter()
+                    .any(|p| listener.protocol.eq_ignore_ascii_case(p))
                 {
                     self.diagnostics.push(
                         Diagnostic::warning(format!(
-                            "Gateway API listeners with protocol {} are not served yet (HTTP and HTTPS are); this listener is skipped",
+                            "Gateway API listeners with protocol {} are not served yet (HTTP, HTTPS, TLS and TCP are); this listener is skipped",
                             listener.protocol
                         ))
                         .at(gateway.location.clone())

@@ -389,7 +389,10 @@ spec:
         text.contains("spec.listeners[1]: another listener"),
         "{text}"
     );
-    assert!(text.contains("spec.listeners[3].tls.certificateRefs: no usable certificateRefs"), "{text}");
+    assert!(
+        text.contains("spec.listeners[3].tls.certificateRefs: no usable certificateRefs"),
+        "{text}"
+    );
     assert!(text.contains("HTTPRoute apps/r: spec.parentRefs[0]: not attached to Gateway default/one: the listeners' allowedRoutes do not admit it (NotAllowedByListeners)"), "{text}");
     assert!(
         text.contains("HTTPRoute apps/r: spec.parentRefs[1]: Gateway apps/ghost does not exist"),

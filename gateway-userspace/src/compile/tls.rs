@@ -19,8 +19,9 @@ use crate::{
     config::{
         Diagnostic, Sourced,
         resources::{
-            Destination, Gateway, Secret, Server, ServerTls, VirtualService,
-            gateway_api::{ApiGateway, TlsMode as ApiTlsMode},
+            Destination, Gateway, ObjectMeta, PortSelector, Secret, Server, ServerTls,
+            VirtualService,
+            gateway_api::{ApiGateway, L4RouteRule, ParentReference, TlsMode as ApiTlsMode},
         },
     },
     snapshot::{Protocol, WeightedCluster},
@@ -587,9 +588,11 @@ impl<'a> Compiler<'a> {
     pub(super) fn gateway_api_tls(
         &mut self,
         listeners: &[(&'a Sourced<ApiGateway>, &'a str)],
-    ) -> Option<Arc<Transport>> {
+    ) -> (Protocol, Option<Arc<Transport>>) {
         let mut servers = Vec::new();
         let mut any_https = false;
+        let mut any_tls = false;
+        let mut tcp_clusters: Option<Vec<WeightedCluster>> = None;
         for &(gateway, name) in listeners {
             let Some((index, listener)) = gateway
                 .resource
@@ -601,11 +604,42 @@ impl<'a> Compiler<'a> {
             else {
                 continue;
             };
+            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
+            if listener.protocol.eq_ignore_ascii_case("TCP") {
+                let clusters = self.api_l4_clusters(gateway, &listener.name, None);
+                tcp_clusters.get_or_insert_with(Vec::new).extend(clusters);
+                continue;
+            }
+            if listener.protocol.eq_ignore_ascii_case("TLS") {
+                any_tls = true;
+                let host = listener
+                    .hostname
+                    .as_deref()
+                    .map_or_else(|| "*".to_owned(), str::to_ascii_lowercase);
+                let mode = listener.tls.as_ref().and_then(|t| t.mode);
+                if mode != Some(ApiTlsMode::Passthrough) {
+                    self.diagnostics.push(
+                        Diagnostic::warning(
+                            "TLS listeners are served with tls.mode Passthrough (TLSRoute); this listener is skipped",
+                        )
+                        .at(gateway.location.clone())
+                        .resource(&resource)
+                        .field(format!("spec.listeners[{index}].tls.mode")),
+                    );
+                    continue;
+                }
+                let routes = self.api_sni_routes(gateway, &listener.name, &host);
+                servers.push(TlsServer {
+                    name: format!("{resource} {}", listener.name),
+                    hosts: vec![host],
+                    mode: TlsMode::Passthrough { routes },
+                });
+                continue;
+            }
             if !listener.protocol.eq_ignore_ascii_case("HTTPS") {
                 continue;
             }
             any_https = true;
-            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
             let field = format!("spec.listeners[{index}].tls");
             let warn =
                 |diagnostics: &mut crate::config::Diagnostics, message: String, sub: &str| {
@@ -720,7 +754,150 @@ impl<'a> Compiler<'a> {
                 },
             });
         }
-        any_https.then(|| Arc::new(Transport::Tls(ListenerTls { servers })))
+        if let Some(clusters) = tcp_clusters {
+            return (Protocol::Tcp, Some(Arc::new(Transport::Tcp(clusters))));
+        }
+        if any_https || any_tls {
+            let protocol = if any_https {
+                Protocol::Https
+            } else {
+                Protocol::Tls
+            };
+            return (
+                protocol,
+                Some(Arc::new(Transport::Tls(ListenerTls { servers }))),
+            );
+        }
+        (Protocol::Http, None)
+    }
+
+    /// TLSRoutes attached to this listener whose hostnames the listener accepts.
+    fn api_sni_routes(
+        &mut self,
+        gateway: &'a Sourced<ApiGateway>,
+        listener: &str,
+        listener_host: &str,
+    ) -> Vec<SniRoute> {
+        let mut routes = Vec::new();
+        for route in &self.resources.tls_routes {
+            let meta = &route.resource.metadata;
+            if !attaches(
+                &route.resource.spec.parent_refs,
+                meta.namespace(),
+                gateway,
+                listener,
+            ) {
+                continue;
+            }
+            let wanted: Vec<String> = if route.resource.spec.hostnames.is_empty() {
+                vec!["*".to_owned()]
+            } else {
+                route.resource.spec.hostnames.clone()
+            };
+            let sni_hosts: Vec<String> = wanted
+                .iter()
+                .filter_map(|h| intersect_hosts(h, listener_host))
+                .collect();
+            if sni_hosts.is_empty() {
+                continue;
+            }
+            let clusters = self.api_backends(
+                &route.resource.spec.rules,
+                meta,
+                "TLSRoute",
+                route.location.as_ref(),
+            );
+            routes.push(SniRoute {
+                sni_hosts,
+                clusters,
+            });
+        }
+        routes
+    }
+
+    /// TCPRoutes attached to this listener: the first one's backends.
+    fn api_l4_clusters(
+        &mut self,
+        gateway: &'a Sourced<ApiGateway>,
+        listener: &str,
+        _host: Option<&str>,
+    ) -> Vec<WeightedCluster> {
+        for route in &self.resources.tcp_routes {
+            let meta = &route.resource.metadata;
+            if attaches(
+                &route.resource.spec.parent_refs,
+                meta.namespace(),
+                gateway,
+                listener,
+            ) {
+                return self.api_backends(
+                    &route.resource.spec.rules,
+                    meta,
+                    "TCPRoute",
+                    route.location.as_ref(),
+                );
+            }
+        }
+        Vec::new()
+    }
+
+    /// The first rule's Service backends (same namespace, or another with a
+    /// ReferenceGrant from this route kind), weighted (default 1).
+    fn api_backends(
+        &mut self,
+        rules: &[L4RouteRule],
+        meta: &ObjectMeta,
+        kind: &str,
+        location: Option<&crate::config::Location>,
+    ) -> Vec<WeightedCluster> {
+        let resource = format!("{kind} {}", name_of(meta));
+        let route_ns = meta.namespace().to_owned();
+        let Some(rule) = rules.first() else {
+            return Vec::new();
+        };
+        let mut clusters = Vec::new();
+        for (index, backend) in rule.backend_refs.iter().enumerate() {
+            let field = format!("spec.rules[0].backendRefs[{index}]");
+            let namespace = backend
+                .namespace
+                .clone()
+                .unwrap_or_else(|| route_ns.clone());
+            let is_service = backend.group.as_deref().unwrap_or("").is_empty()
+                && backend.kind.as_deref().unwrap_or("Service") == "Service";
+            let granted = namespace == route_ns
+                || self.resources.reference_grants.iter().any(|grant| {
+                    grant.resource.metadata.namespace() == namespace
+                        && grant.resource.spec.from.iter().any(|from| {
+                            from.group == GATEWAY_API_GROUP
+                                && from.kind == kind
+                                && from.namespace == route_ns
+                        })
+                        && grant.resource.spec.to.iter().any(|to| {
+                            to.group.is_empty()
+                                && to.kind == "Service"
+                                && to.name.as_deref().is_none_or(|n| n == backend.name)
+                        })
+                });
+            if !is_service || !granted || backend.port.is_none() {
+                self.diagnostics.push(
+                    Diagnostic::warning(
+                        "a backend must be a Service with a port, in the route's namespace or granted by a ReferenceGrant; skipped",
+                    )
+                    .at(location.cloned())
+                    .resource(&resource)
+                    .field(field),
+                );
+                continue;
+            }
+            let destination = Destination {
+                host: format!("{}.{namespace}", backend.name),
+                subset: None,
+                port: backend.port.map(|number| PortSelector { number }),
+            };
+            let cluster = self.cluster(&destination, &namespace, location, &resource, &field);
+            clusters.push(WeightedCluster::new(backend.weight.unwrap_or(1), cluster));
+        }
+        clusters
     }
 
     /// A ReferenceGrant in `secret_namespace` that lets Gateways of `gateway_namespace`
@@ -763,6 +940,24 @@ impl<'a> Compiler<'a> {
                 .field(format!("{}.{field}", server.field)),
         );
     }
+}
+
+/// Does a route's `parentRefs` name this Gateway, and this listener (by `sectionName`)
+/// or every listener?
+fn attaches(
+    parents: &[ParentReference],
+    route_namespace: &str,
+    gateway: &Sourced<ApiGateway>,
+    listener: &str,
+) -> bool {
+    let meta = &gateway.resource.metadata;
+    parents.iter().any(|parent| {
+        parent.group.as_deref().unwrap_or(GATEWAY_API_GROUP) == GATEWAY_API_GROUP
+            && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+            && parent.name == meta.name
+            && parent.namespace.as_deref().unwrap_or(route_namespace) == meta.namespace()
+            && parent.section_name.as_deref().is_none_or(|s| s == listener)
+    })
 }
 
 #[cfg(test)]
