@@ -606,7 +606,7 @@ impl<'a> Compiler<'a> {
             };
             let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
             if listener.protocol.eq_ignore_ascii_case("TCP") {
-                let clusters = self.api_l4_clusters(gateway, &listener.name, None);
+                let clusters = self.api_l4_clusters(gateway, &listener.name);
                 tcp_clusters.get_or_insert_with(Vec::new).extend(clusters);
                 continue;
             }
@@ -820,7 +820,6 @@ impl<'a> Compiler<'a> {
         &mut self,
         gateway: &'a Sourced<ApiGateway>,
         listener: &str,
-        _host: Option<&str>,
     ) -> Vec<WeightedCluster> {
         for route in &self.resources.tcp_routes {
             let meta = &route.resource.metadata;
