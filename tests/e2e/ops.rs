@@ -1,5 +1,6 @@
 //! Operations: hot reload under load (a storm of 50 reloads that add and remove routes and
-//! a listener, swap a certificate and include one broken config), graceful and forced
+//! a listener, swap a certificate and include one broken config, across a WebSocket and
+//! long streams), graceful and forced
 //! drain on SIGTERM, and the admin endpoints as the README documents them.
 
 use std::{
@@ -366,8 +367,32 @@ fn stream_over_http(port: u16) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// 50 reloads while four clients hammer the gateway: nothing fails, the long streams
-/// opened before the storm (plaintext and TLS) complete, routes and a listener come and
+/// Opens a WebSocket upgrade through the gateway to the demo upstream (which echoes the
+/// upgraded bytes) and returns the upgraded connection.
+fn open_websocket(port: u16) -> anyhow::Result<BufReader<TcpStream>> {
+    let mut stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /headers HTTP/1.1\r\nhost: {HOST}\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )?;
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    while reader.read_line(&mut head)? > 2 {}
+    ensure!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
+    Ok(reader)
+}
+
+/// Sends `message` on the upgraded connection and reads the echo.
+fn echo(websocket: &mut BufReader<TcpStream>, message: &str) -> anyhow::Result<String> {
+    websocket.get_mut().write_all(message.as_bytes())?;
+    let mut echoed = vec![0; message.len()];
+    websocket.read_exact(&mut echoed)?;
+    Ok(String::from_utf8_lossy(&echoed).into_owned())
+}
+
+/// 50 reloads while four clients hammer the gateway: nothing fails, the WebSocket opened
+/// before the storm still echoes, the long streams (plaintext and TLS) complete, routes and a listener come and
 /// go, the certificate swap reaches new handshakes, and the broken config is refused.
 #[test]
 fn reload_storm_drops_no_request_and_no_stream() -> anyhow::Result<()> {
@@ -400,7 +425,12 @@ fn reload_storm_drops_no_request_and_no_stream() -> anyhow::Result<()> {
     )?;
     assert_eq!(served_cn(tls_port)?, "CN=storm-v1");
 
-    // Long streams, opened before the storm, must survive it.
+    // A WebSocket and long streams, opened before the storm, must survive it.
+    let mut websocket = open_websocket(bind_port)?;
+    assert_eq!(
+        echo(&mut websocket, "before the storm\n")?,
+        "before the storm\n"
+    );
     let plain_stream = thread::spawn(move || stream_over_http(bind_port));
     let ca = dir.path().join("storm-v1.crt");
     let tls_stream = {
@@ -527,6 +557,11 @@ fn reload_storm_drops_no_request_and_no_stream() -> anyhow::Result<()> {
     let tls = tls_stream
         .join()
         .map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
+
+    assert_eq!(
+        echo(&mut websocket, "after the storm\n")?,
+        "after the storm\n"
+    );
 
     let ok = report.ok.load(Ordering::Relaxed);
     let failed = report.failed.load(Ordering::Relaxed);
