@@ -63,7 +63,9 @@ pub fn compile(resources: &Resources, identity: &Identity) -> (Snapshot, Diagnos
         clusters: HashMap::new(),
     };
     let snapshot = compiler.snapshot();
-    (snapshot, compiler.diagnostics)
+    let mut diagnostics = compiler.diagnostics;
+    resources.locate(&mut diagnostics);
+    (snapshot, diagnostics)
 }
 
 struct Compiler<'a> {

@@ -3,10 +3,11 @@
 //! with an error is left out, and the caller decides whether errors stop the load.
 
 pub mod diagnostics;
+pub mod locate;
 pub mod resources;
 pub mod source;
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use serde::de::DeserializeOwned;
 
@@ -71,6 +72,31 @@ pub struct Resources {
     pub secrets: Vec<Sourced<Secret>>,
     /// `apiVersion kind` → how many documents of that kind were skipped.
     pub skipped: BTreeMap<String, usize>,
+    /// (file, first line) → text of every document read, so that diagnostics found
+    /// after parsing can point at their field's line ([`Resources::locate`]).
+    pub documents: BTreeMap<(PathBuf, usize), Arc<str>>,
+}
+
+impl Resources {
+    /// Moves diagnostics that point at a document's first line to the line of their
+    /// field, where the field can be found in the document's text.
+    pub fn locate(&self, diagnostics: &mut Diagnostics) {
+        for diagnostic in &mut diagnostics.0 {
+            let (Some(location), Some(field)) = (&mut diagnostic.location, &diagnostic.field)
+            else {
+                continue;
+            };
+            let Some(text) = self
+                .documents
+                .get(&(location.file.clone(), location.line))
+            else {
+                continue;
+            };
+            if let Some(line) = locate::line_of(text, field) {
+                location.line += line - 1;
+            }
+        }
+    }
 }
 
 /// Reads and parses everything under `paths`. Only unreadable paths fail outright; every
@@ -96,6 +122,9 @@ pub fn load_text(file: &std::path::Path, text: &str) -> (Resources, Diagnostics)
 }
 
 fn parse_document(doc: &Document, resources: &mut Resources, diagnostics: &mut Diagnostics) {
+    resources
+        .documents
+        .insert((doc.file.clone(), doc.first_line), Arc::from(doc.text.as_str()));
     let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
         Ok(value) => value,
         Err(e) => {

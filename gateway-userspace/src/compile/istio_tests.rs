@@ -185,7 +185,7 @@ spec:
     assert_eq!(
         errors,
         [
-            "error: istio.yaml:1: Gateway istio-system/dup: spec.servers[1].port.name: port name \"web\" is also used by spec.servers[0]: port names in a Gateway's servers must be unique"
+            "error: istio.yaml:10: Gateway istio-system/dup: spec.servers[1].port.name: port name \"web\" is also used by spec.servers[0]: port names in a Gateway's servers must be unique"
         ]
     );
     assert!(
