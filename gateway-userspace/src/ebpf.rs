@@ -182,22 +182,24 @@ impl KernelPath {
         let next_slots = self.assign_slots(ports.iter().map(|(p, _, _)| *p))?;
         let generation = 1 - self.generation;
 
-        // Clear what the generation we are about to reuse held two reloads ago.
+        // Clear what the generation we are about to reuse held two reloads ago. Keys are
+        // recorded as they are written, so a write that fails halfway is still cleared
+        // by the next reload that reuses this generation.
         let stale = std::mem::take(&mut self.written[generation as usize]);
+        let written = &mut self.written[generation as usize];
         let mut port_map: BpfHashMap<_, PolicyKey, PortPolicy> =
             BpfHashMap::try_from(map_mut(&mut self.ebpf, PORT_POLICY_MAP)?)?;
         for key in &stale.ports {
             let _ = port_map.remove(key);
         }
-        let mut written = WrittenPolicy::default();
         for (port, mut value, _) in ports.iter().copied() {
             value.stats_slot = next_slots[&port];
             let key = PolicyKey {
                 generation,
                 port: u32::from(port),
             };
-            port_map.insert(key, value, 0)?;
             written.ports.push(key);
+            port_map.insert(key, value, 0)?;
         }
         let mut sni_map: BpfHashMap<_, SniKey, u8> =
             BpfHashMap::try_from(map_mut(&mut self.ebpf, SNI_ALLOW_MAP)?)?;
@@ -211,14 +213,13 @@ impl KernelPath {
                     port: u32::from(*port),
                     hash: host_hash(name.as_bytes()),
                 };
-                sni_map.insert(key, 1, 0)?;
                 written.names.push(key);
+                sni_map.insert(key, 1, 0)?;
             }
         }
         let mut index: Array<_, u32> =
             Array::try_from(map_mut(&mut self.ebpf, POLICY_GENERATION_MAP)?)?;
         index.set(0, generation, 0)?;
-        self.written[generation as usize] = written;
         self.generation = generation;
         self.port_slots = next_slots;
         Ok(())

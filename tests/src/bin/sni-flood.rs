@@ -82,8 +82,9 @@ async fn one(addr: SocketAddr, hello: Arc<Vec<u8>>, counts: Arc<Mutex<Counts>>) 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let hellos: Vec<Arc<Vec<u8>>> =
-        (0..HELLOS).map(|i| hello(&format!("unknown-{i}.flood.example")).map(Arc::new)).collect::<Result<_, _>>()?;
+    let hellos: Vec<Arc<Vec<u8>>> = (0..HELLOS)
+        .map(|i| hello(&format!("unknown-{i}.flood.example")).map(Arc::new))
+        .collect::<Result<_, _>>()?;
     let counts = Arc::new(Mutex::new(Counts::default()));
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / args.rate.max(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -92,7 +93,11 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..total {
         ticker.tick().await;
         counts.lock().await.started += 1;
-        tasks.spawn(one(args.connect, hellos[i as usize % HELLOS].clone(), counts.clone()));
+        tasks.spawn(one(
+            args.connect,
+            hellos[i as usize % HELLOS].clone(),
+            counts.clone(),
+        ));
     }
     while tasks.join_next().await.is_some() {}
     let c = counts.lock().await;
