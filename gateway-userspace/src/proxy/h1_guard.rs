@@ -24,8 +24,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_HELD_HEAD: usize = 128 * 1024;
 /// A chunk-size line longer than this (extensions included) is rejected.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Read size from the socket.
-const READ_CHUNK: usize = 16 * 1024;
 /// What hyper sees instead of the first byte of a rejected head: not a token character,
 /// so the request line fails to parse (400).
 const POISON_HEAD: u8 = 0x01;
@@ -60,7 +58,6 @@ pub struct H1Guard<S> {
     /// Bytes cleared to go up to hyper, from `released_pos` on.
     released: Vec<u8>,
     released_pos: usize,
-    scratch: Box<[u8]>,
 }
 
 impl<S> H1Guard<S> {
@@ -71,7 +68,6 @@ impl<S> H1Guard<S> {
             held: Vec::new(),
             released: Vec::new(),
             released_pos: 0,
-            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         }
     }
 
@@ -161,7 +157,12 @@ impl<S> H1Guard<S> {
     }
 
     fn release_held(&mut self) {
-        self.released.append(&mut self.held);
+        if self.released.is_empty() {
+            self.released = std::mem::take(&mut self.held);
+        } else {
+            self.released.append(&mut self.held);
+            self.held = Vec::new();
+        }
     }
 
     fn end_head(&mut self) {
@@ -283,6 +284,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if this.released_pos < this.released.len() {
                 let ready = &this.released[this.released_pos..];
@@ -290,7 +294,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
                 buf.put_slice(&ready[..n]);
                 this.released_pos += n;
                 if this.released_pos == this.released.len() {
-                    this.released.clear();
+                    // Idle keep-alive connections hold no buffer.
+                    this.released = Vec::new();
                     this.released_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
@@ -298,17 +303,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
             if matches!(this.state, State::Passthrough) && this.held.is_empty() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            let mut scratch = std::mem::take(&mut this.scratch);
-            let mut read = ReadBuf::new(&mut scratch);
-            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut read);
-            let filled = read.filled().len();
-            if let Poll::Ready(Ok(())) = polled
-                && filled > 0
-            {
-                this.process(&scratch[..filled]);
+            // Read into the caller's buffer, then take the new bytes back out through
+            // the framing check: no buffer of our own lives between reads.
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let filled = buf.filled().len() - before;
+            if filled > 0 {
+                let fresh = buf.filled()[before..].to_vec();
+                buf.set_filled(before);
+                this.process(&fresh);
             }
-            this.scratch = scratch;
-            ready!(polled)?;
             if filled == 0 {
                 // End of stream: whatever is held goes up; hyper sees the truncation.
                 this.state = State::Passthrough;
