@@ -157,6 +157,13 @@ fn inspect(ctx: &XdpContext) {
                 stats.hellos_rejected += 1;
                 count(GlobalCounter::SniRejected);
             } else {
+                // Rare (headers longer than the rewrite buffer, a helper refusing the
+                // frame): the hello passes, and userspace refuses it instead.
+                aya_log_ebpf::warn!(
+                    ctx,
+                    "could not rewrite a rejected ClientHello into a reset (port {})",
+                    parsed.dst_port
+                );
                 count(GlobalCounter::Malformed);
             }
         }

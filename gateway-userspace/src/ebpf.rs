@@ -43,6 +43,8 @@ pub enum KernelError {
         interface: String,
         source: ProgramError,
     },
+    #[error("reading the programs' log buffer: {0}")]
+    Log(aya_log::Error),
     #[error("opening this network namespace for sk_lookup: {0}")]
     Netns(std::io::Error),
     #[error("counting possible CPUs: {0}")]
@@ -74,6 +76,8 @@ pub struct KernelPath {
     steer_link: Option<SkLookupLinkId>,
     /// `--node-ports`: steer our Service's node ports to the listeners.
     node_port_mode: bool,
+    /// The programs' log records (aya-log), until `take_logger` hands them to a task.
+    logger: Option<ProgramLogger>,
     /// The keys each generation holds, so the one being reused can be cleared.
     written: [WrittenPolicy; 2],
 }
@@ -98,6 +102,9 @@ impl KernelPath {
     /// nothing yet.
     pub fn load() -> Result<Self, KernelError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        // Before any program loads: the logger takes the log ring buffer's map, and the
+        // map must stay open while the programs that write to it are loaded.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(KernelError::Log)?;
         xdp_program(&mut ebpf)?.load()?;
         Ok(KernelPath {
             ebpf,
@@ -107,6 +114,7 @@ impl KernelPath {
             written: Default::default(),
             steer_link: None,
             node_port_mode: false,
+            logger: Some(logger),
         })
     }
 
@@ -306,6 +314,11 @@ impl KernelPath {
             .collect()
     }
 
+    /// The programs' log records, for `forward_program_logs` (once).
+    pub fn take_logger(&mut self) -> Option<ProgramLogger> {
+        self.logger.take()
+    }
+
     /// Turns node-port mode on (`--node-ports`); `steer_node_ports` does nothing otherwise.
     pub fn enable_node_port_mode(&mut self) {
         self.node_port_mode = true;
@@ -410,5 +423,32 @@ pub fn defer_accept(listener: &impl AsRawFd) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The kernel programs' aya-log records, read from their ring buffer.
+pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Forwards the kernel programs' rare log records (aya-log) to the daemon's log for as long
+/// as the process runs. Keeping the logger alive also keeps the log map open.
+pub async fn forward_program_logs(logger: ProgramLogger) {
+    // SAFETY: the fd is the logger's ring buffer map, owned by the logger, which the
+    // AsyncFd owns for its whole life; it stays open and the same until both are dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut readable = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel program logs are not forwarded");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = readable.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
     }
 }

@@ -368,6 +368,9 @@ fn start_kernel_path(
     metrics: &Metrics,
 ) -> anyhow::Result<KernelPath> {
     let mut path = KernelPath::load()?;
+    if let Some(logger) = path.take_logger() {
+        tokio::spawn(gateway::ebpf::forward_program_logs(logger));
+    }
     path.apply_policy(&snapshot.kernel)?;
     for interface in interfaces {
         let mode = path.attach(interface)?;
