@@ -343,6 +343,7 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
         listeners: listeners.clone(),
         kernel: kernel.clone(),
         metrics: metrics.clone(),
+        parse_cache: Default::default(),
     };
     let reloading = tokio::spawn(reloader.watch(shutdown_rx)?);
     ready.store(true, Ordering::Relaxed);
