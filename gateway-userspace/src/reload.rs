@@ -212,7 +212,12 @@ pub fn steer_node_ports(
         .kernel
         .node_ports
         .iter()
-        .filter_map(|(node, bind)| sockets.iter().find(|(port, _)| port == bind).map(|(_, fd)| (*node, *fd)))
+        .filter_map(|(node, bind)| {
+            sockets
+                .iter()
+                .find(|(port, _)| port == bind)
+                .map(|(_, fd)| (*node, *fd))
+        })
         .collect();
     let Ok(mut slot) = kernel.lock() else {
         return Ok(());
@@ -482,11 +487,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gatewayd-parse-cache-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("team"))?;
         let service = |name: &str, port: u16| {
-            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: {port}}}]\n---\n")
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: {port}}}]\n---\n"
+            )
         };
         std::fs::write(dir.join("a.yaml"), service("a", 80) + &service("b", 81))?;
-        std::fs::write(dir.join("team/c.yaml"), service("c", 82) + "kind: Unknown\napiVersion: x/v1\n")?;
-        std::fs::write(dir.join("d.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: d\n")?;
+        std::fs::write(
+            dir.join("team/c.yaml"),
+            service("c", 82) + "kind: Unknown\napiVersion: x/v1\n",
+        )?;
+        std::fs::write(
+            dir.join("d.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: d\n",
+        )?;
         let paths = [dir.clone()];
         let mut cache = ParseCache::default();
         let same = |cache: &mut ParseCache| -> Result<bool, Box<dyn std::error::Error>> {
