@@ -355,6 +355,8 @@ impl<'a> Compiler<'a> {
     ) -> RouteTable<RouteAction> {
         // host → routes, in first-seen host order so output is stable.
         let mut hosts: Vec<(String, Vec<Route<RouteAction>>)> = Vec::new();
+        // host → index in `hosts`: thousands of VirtualServices must not scan the list.
+        let mut host_index: HashMap<String, usize> = HashMap::new();
         for vs in virtual_services {
             let meta = &vs.resource.metadata;
             let vs_namespace = meta.namespace();
@@ -409,7 +411,7 @@ impl<'a> Compiler<'a> {
                 .filter_map(|(index, route)| self.route(vs, index, route, port))
                 .collect();
             for host in accepted_hosts {
-                match hosts.iter_mut().find(|(h, _)| *h == host) {
+                match host_index.get(&host).and_then(|&i| hosts.get_mut(i)) {
                     // Several VirtualServices for one host: routes concatenate oldest
                     // first, and catch-all routes move to the end so that an older
                     // VirtualService's catch-all does not shadow a newer one's specific
@@ -427,7 +429,10 @@ impl<'a> Compiler<'a> {
                         combined.extend(catch_alls);
                         *existing = combined;
                     }
-                    None => hosts.push((host, routes.iter().map(routes::clone_route).collect())),
+                    None => {
+                        host_index.insert(host.clone(), hosts.len());
+                        hosts.push((host, routes.iter().map(routes::clone_route).collect()));
+                    }
                 }
             }
         }
