@@ -3,7 +3,8 @@
 //! and HAProxy (master-worker, SIGUSR2), same routes:
 //!
 //! - time from the start of a config write to the first request that the new route
-//!   serves: each reload adds `/new-N` on `h0.example.com`; a probe sends one request per
+//!   serves: each reload adds `/new-N` on `h0.example.com` (gatewayd: in h0's file of one
+//!   file per host; nginx and HAProxy: in their one configuration file); a probe sends one request per
 //!   new connection every millisecond until it gets a 200 (for nginx and HAProxy the time
 //!   includes their reload command; gatewayd only needs the file written);
 //! - p99 latency of keep-alive load (wrk, 16 connections) in steady state and while the
@@ -93,7 +94,7 @@ impl Server {
     fn reconfigure(&self, generation: usize) -> Result<()> {
         match self.kind {
             Kind::Gatewayd => {
-                write_atomically(&self.dir.join("routes.yaml"), &gatewayd_routes(generation))
+                write_atomically(&self.dir.join("h0.yaml"), &gatewayd_host(0, generation))
             }
             Kind::Nginx => {
                 fs::write(
@@ -439,26 +440,23 @@ fn wait_serving(server: Server) -> Result<Server> {
     bail!("{} did not serve within {START_TIMEOUT:?}", server.name)
 }
 
-fn gatewayd_routes(generation: usize) -> String {
-    let mut out = String::new();
-    for host in 0..HOSTS {
+/// Host `host`'s VirtualService: 100 prefixes, plus `/new-N` on h0. One file per host, as
+/// a ConfigMap with a key per VirtualService mounts; a reload rewrites h0's only.
+fn gatewayd_host(host: usize, generation: usize) -> String {
+    let mut out = format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: h{host}, namespace: default}}\nspec:\n  hosts: [h{host}.example.com]\n  gateways: [bench]\n  http:\n"
+    );
+    if host == 0 {
         let _ = write!(
             out,
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: h{host}, namespace: default}}\nspec:\n  hosts: [h{host}.example.com]\n  gateways: [bench]\n  http:\n"
+            "  - match: [{{uri: {{prefix: /new-{generation}}}}}]\n    route: [{{destination: {{host: upstream, port: {{number: 8000}}}}}}]\n"
         );
-        if host == 0 {
-            let _ = write!(
-                out,
-                "  - match: [{{uri: {{prefix: /new-{generation}}}}}]\n    route: [{{destination: {{host: upstream, port: {{number: 8000}}}}}}]\n"
-            );
-        }
-        for prefix in 0..PREFIXES_PER_HOST {
-            let _ = write!(
-                out,
-                "  - match: [{{uri: {{prefix: /p{prefix}}}}}]\n    route: [{{destination: {{host: upstream, port: {{number: 8000}}}}}}]\n"
-            );
-        }
-        out.push_str("---\n");
+    }
+    for prefix in 0..PREFIXES_PER_HOST {
+        let _ = write!(
+            out,
+            "  - match: [{{uri: {{prefix: /p{prefix}}}}}]\n    route: [{{destination: {{host: upstream, port: {{number: 8000}}}}}}]\n"
+        );
     }
     out
 }
@@ -505,7 +503,9 @@ endpoints:
         upstream_ip = upstream.ip(),
     );
     fs::write(dir.join("base.yaml"), base)?;
-    fs::write(dir.join("routes.yaml"), gatewayd_routes(0))?;
+    for host in 0..HOSTS {
+        fs::write(dir.join(format!("h{host}.yaml")), gatewayd_host(host, 0))?;
+    }
     let child = pinned(SERVER_CPU, bin)
         .args(["run", "--config"])
         .arg(&dir)
