@@ -855,3 +855,81 @@ fn admin_endpoints_answer_as_documented() -> anyhow::Result<()> {
     assert_eq!(on_readiness.status, 405);
     Ok(())
 }
+
+/// A Secret volume as kubelet updates it: files reached through a `..data` link that is
+/// swapped by a rename. With the directory under `--watch`, the swap reloads and new
+/// handshakes get the renewed certificate named by `serverCertificate`.
+#[test]
+fn a_secret_volume_swap_renews_the_certificate() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let dir = TempDir::new("secret-volume")?;
+    let (config_dir, certs) = (dir.path().join("config"), dir.path().join("certs"));
+    std::fs::create_dir_all(&config_dir)?;
+    // Kubelet's layout: ..<timestamp>/ holds the files, ..data links to it, and the
+    // visible names link through ..data.
+    let generation = |name: &str, cn: &str| -> anyhow::Result<()> {
+        let versioned = certs.join(name);
+        std::fs::create_dir_all(&versioned)?;
+        tls_secret(dir.path(), cn)?;
+        std::fs::copy(
+            dir.path().join(format!("{cn}.crt")),
+            versioned.join("tls.crt"),
+        )?;
+        std::fs::copy(
+            dir.path().join(format!("{cn}.key")),
+            versioned.join("tls.key"),
+        )?;
+        Ok(())
+    };
+    generation("..2026_11_22_01_00_00.1", "volume-v1")?;
+    std::os::unix::fs::symlink("..2026_11_22_01_00_00.1", certs.join("..data"))?;
+    for file in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{file}"), certs.join(file))?;
+    }
+    let tls_port = free_port();
+    let gateway_yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: volume, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {tls_port}, name: https, protocol: HTTPS}}
+    hosts: ["{HOST}"]
+    tls:
+      mode: SIMPLE
+      serverCertificate: {crt}
+      privateKey: {key}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: volume, namespace: default}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [volume]
+  http:
+  - route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]
+---
+{services}"#,
+        crt = certs.join("tls.crt").display(),
+        key = certs.join("tls.key").display(),
+        services = service_with_endpoint("httpbin", 8000, upstream.addr),
+    );
+    std::fs::write(config_dir.join("gateway.yaml"), gateway_yaml)?;
+    let watch = certs.to_string_lossy().into_owned();
+    let gateway = Gateway::start(
+        &config_dir,
+        &["--ebpf", "off", "--watch", &watch],
+        None,
+        &dir,
+    )?;
+    assert_eq!(served_cn(tls_port)?, "CN=volume-v1");
+
+    // The update: a new timestamped directory, then ..data swapped by a rename.
+    generation("..2026_11_22_02_00_00.2", "volume-v2")?;
+    std::os::unix::fs::symlink("..2026_11_22_02_00_00.2", certs.join("..data_tmp"))?;
+    std::fs::rename(certs.join("..data_tmp"), certs.join("..data"))?;
+    wait_for_reload(&gateway, "success", 0.0)?;
+    assert_eq!(served_cn(tls_port)?, "CN=volume-v2");
+    Ok(())
+}
