@@ -231,13 +231,17 @@ fn probes_point_at_the_readiness_port_and_outlast_the_drain() -> anyhow::Result<
         Some(("/healthz/live", &port))
     );
 
-    // kubelet's SIGKILL must not land before gatewayd's own drain timeout runs out.
-    let drain = flag_values(gatewayd, "--drain-timeout");
-    let drain_seconds: i64 = drain
-        .first()
-        .and_then(|d| d.strip_suffix('s'))
-        .context("--drain-timeout in seconds, e.g. 20s")?
-        .parse()?;
+    // kubelet's SIGKILL must not land before gatewayd's drain delay and timeout run out.
+    let seconds = |flag: &str| -> anyhow::Result<i64> {
+        match flag_values(gatewayd, flag).first() {
+            None => Ok(0),
+            Some(value) => Ok(value
+                .strip_suffix('s')
+                .with_context(|| format!("{flag} in seconds, e.g. 20s"))?
+                .parse()?),
+        }
+    };
+    let drain_seconds = seconds("--drain-delay")? + seconds("--drain-timeout")?;
     let grace = daemon_set
         .spec
         .as_ref()

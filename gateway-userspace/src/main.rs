@@ -101,6 +101,10 @@ struct RunArgs {
     /// How long in-flight requests may take to finish on SIGTERM (e.g. 5s, 500ms, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// On SIGTERM, report not ready but keep accepting for this long first, so load
+    /// balancers and kube-proxy stop sending new connections before the listeners close.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    drain_delay: Duration,
     /// Also reload when these change (nothing is loaded from them): e.g. the directory of
     /// the certificate files a Gateway names with serverCertificate/privateKey.
     #[arg(long, value_name = "PATH", num_args = 1..)]
@@ -350,8 +354,12 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
     info!("ready");
 
     wait_for_termination().await?;
-    info!(drain_timeout = ?args.drain_timeout, "shutting down: not ready, no new connections, draining");
     ready.store(false, Ordering::Relaxed);
+    if !args.drain_delay.is_zero() {
+        info!(drain_delay = ?args.drain_delay, "not ready; still accepting while load balancers catch up");
+        tokio::time::sleep(args.drain_delay).await;
+    }
+    info!(drain_timeout = ?args.drain_timeout, "shutting down: not ready, no new connections, draining");
     let _ = shutdown.send(true);
     let _ = reloading.await;
     listeners.shutdown().await;

@@ -723,9 +723,19 @@ fn sigterm_lets_in_flight_requests_finish() -> anyhow::Result<()> {
         "readiness never reported draining:\n{}",
         gateway.stderr()
     );
+    // The listener closes right after readiness turns (the accept loop sees the stop on
+    // its next poll), well before the 2 s request is done.
+    let refused_by = Instant::now() + Duration::from_secs(1);
+    while TcpStream::connect(("127.0.0.1", bind_port)).is_ok() {
+        assert!(
+            Instant::now() < refused_by,
+            "the listener still accepts while draining"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
     assert!(
-        TcpStream::connect(("127.0.0.1", bind_port)).is_err(),
-        "the listener still accepts while draining"
+        !client.is_finished(),
+        "the slow request ended before the listener closed"
     );
 
     let response = client
@@ -931,5 +941,43 @@ spec:
     std::fs::rename(certs.join("..data_tmp"), certs.join("..data"))?;
     wait_for_reload(&gateway, "success", 0.0)?;
     assert_eq!(served_cn(tls_port)?, "CN=volume-v2");
+    Ok(())
+}
+
+/// `--drain-delay`: after SIGTERM readiness turns 503 at once, but the listener keeps
+/// serving new connections for the delay (while load balancers and kube-proxy take the
+/// node out), then drains and exits 0.
+#[test]
+fn a_drain_delay_keeps_serving_while_reporting_not_ready() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let dir = TempDir::new("drain-delay")?;
+    let bind_port = free_port();
+    dir.write(
+        "config.yaml",
+        &gateway_tests::httpbin_config(bind_port, upstream.addr),
+    )?;
+    let extra = [
+        "--ebpf",
+        "off",
+        "--drain-delay",
+        "3s",
+        "--drain-timeout",
+        "1s",
+    ];
+    let mut gateway = Gateway::start(dir.path(), &extra, None, &dir)?;
+    sigterm(&gateway)?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while gateway.get(gateway.readiness, "/healthz/ready")?.0 != 503 {
+        ensure!(
+            Instant::now() < deadline,
+            "readiness still 200 after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let url = format!("http://127.0.0.1:{bind_port}/status/200");
+    let late = curl(None, &["-H", "Host: httpbin.example.com", &url])?;
+    assert_eq!(late.status, 200, "a new connection during the drain delay");
+    let status = gateway.process.child.wait()?;
+    assert!(status.success(), "exit {status}:\n{}", gateway.stderr());
     Ok(())
 }
