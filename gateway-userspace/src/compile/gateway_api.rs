@@ -24,7 +24,7 @@ use crate::{
             Destination, ObjectMeta, PortSelector, Service,
             gateway_api::{
                 ApiGateway, BackendRef, FilterType, FromNamespaces, GrpcRoute, HeaderModifier,
-                HttpBackendRef, HttpHeader, HttpPathMatch, HttpRoute, HttpRouteFilter,
+                HttpBackendRef, HttpCors, HttpHeader, HttpPathMatch, HttpRoute, HttpRouteFilter,
                 HttpRouteMatch, NameMatch, ParentReference, PathMatchType, PathModifier,
                 PathModifierType, ValueMatchType,
             },
@@ -32,8 +32,8 @@ use crate::{
     },
     route_table::{RequestMatch, Route, RouteTable, StringMatcher, VirtualHost},
     snapshot::{
-        Cluster, DirectResponse, Forward, HeaderOps, HeaderPolicy, Listener, Mirror, PathRewrite,
-        Redirect, RedirectPort, Rewrite, RouteAction, WeightedCluster,
+        Cluster, CorsPolicy, DirectResponse, Forward, HeaderOps, HeaderPolicy, Listener, Mirror,
+        PathRewrite, Redirect, RedirectPort, Rewrite, RouteAction, WeightedCluster,
     },
 };
 
@@ -628,6 +628,7 @@ impl<'a> Compiler<'a> {
                 }
                 Ok(Filter::Redirect(r)) => redirect = Some(r),
                 Ok(Filter::Rewrite(r)) => forward.rewrite = Some(r),
+                Ok(Filter::Cors(cors)) => forward.cors = Some(cors),
                 Ok(Filter::Mirror {
                     backend,
                     percentage,
@@ -1029,6 +1030,7 @@ enum Filter {
     },
     Redirect(Redirect),
     Rewrite(Rewrite),
+    Cors(CorsPolicy),
     Mirror {
         backend: BackendRef,
         percentage: f64,
@@ -1119,11 +1121,52 @@ fn compile_filter(filter: &HttpRouteFilter) -> Result<Filter, String> {
                 percentage,
             })
         }
-        FilterType::Cors | FilterType::ExternalAuth | FilterType::ExtensionRef => Err(format!(
+        FilterType::Cors => {
+            let c = filter.cors.as_ref().ok_or_else(|| missing("cors"))?;
+            Ok(Filter::Cors(compile_cors(c)?))
+        }
+        FilterType::ExternalAuth | FilterType::ExtensionRef => Err(format!(
             "filter type {:?} is not supported",
             filter.filter_type
         )),
     }
+}
+
+/// The spec's default `maxAge`.
+const DEFAULT_CORS_MAX_AGE: u64 = 5;
+
+fn compile_cors(c: &HttpCors) -> Result<CorsPolicy, String> {
+    let mut allow_origins = Vec::new();
+    for origin in &c.allow_origins {
+        if origin == "*" {
+            allow_origins
+                .push(StringMatcher::regex(".*", false).map_err(|e| format!("allowOrigins: {e}"))?);
+        } else if origin.contains('*') {
+            // `*` stands for one or more DNS labels' worth of characters, not a `/` or `:`.
+            let pattern = origin
+                .split('*')
+                .map(regex::escape)
+                .collect::<Vec<_>>()
+                .join("[^/:]+");
+            allow_origins.push(
+                StringMatcher::regex(&pattern, true)
+                    .map_err(|e| format!("allowOrigins {origin:?}: {e}"))?,
+            );
+        } else {
+            allow_origins.push(StringMatcher::Exact {
+                value: origin.clone(),
+                ignore_case: true,
+            });
+        }
+    }
+    Ok(CorsPolicy {
+        allow_origins,
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: Some(c.max_age.unwrap_or(DEFAULT_CORS_MAX_AGE)),
+        allow_credentials: c.allow_credentials,
+    })
 }
 
 fn path_modifier(m: &PathModifier) -> Result<PathRewrite, String> {

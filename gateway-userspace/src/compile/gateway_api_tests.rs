@@ -461,3 +461,51 @@ spec:
         "{diagnostics}"
     );
 }
+
+#[test]
+fn cors_filter_compiles_to_the_route_policy() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cors}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [x.example]
+  rules:
+  - filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://app.example", "https://*.shop.example"]
+        allowMethods: [GET, POST]
+        allowCredentials: true
+    backendRefs: [{name: a, port: 80}]
+"#;
+    let (snapshot, diagnostics) = compile_yaml(&with(&[BACKENDS, GATEWAY, routes]));
+    assert_eq!(diagnostics.warnings().count(), 0, "{diagnostics}");
+    let cors = snapshot.listeners[0]
+        .routes
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| &v.routes)
+        .find_map(|r| match &r.action {
+            RouteAction::Forward(f) => f.cors.clone(),
+            _ => None,
+        })
+        .expect("a CORS policy");
+    let allowed = |origin: &str| cors.allow_origins.iter().any(|m| m.matches(origin));
+    let cases = [
+        ("https://app.example", true),
+        ("https://APP.example", true),
+        ("https://a.shop.example", true),
+        ("https://a.b.shop.example", true),
+        ("https://shop.example", false),
+        ("http://a.shop.example", false),
+        ("https://evil.example/https://a.shop.example", false),
+    ];
+    for (origin, want) in cases {
+        assert_eq!(allowed(origin), want, "{origin}");
+    }
+    assert_eq!(cors.allow_methods, "GET,POST");
+    assert_eq!(cors.max_age, Some(5));
+    assert!(cors.allow_credentials);
+}

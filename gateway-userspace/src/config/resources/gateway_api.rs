@@ -241,7 +241,7 @@ pub struct HttpRouteFilter {
     #[serde(default)]
     pub request_mirror: Option<RequestMirror>,
     #[serde(default)]
-    pub cors: Option<serde_yaml::Value>,
+    pub cors: Option<HttpCors>,
     #[serde(default)]
     pub extension_ref: Option<ObjectReference>,
 }
@@ -258,6 +258,21 @@ pub enum FilterType {
     Cors,
     ExternalAuth,
     ExtensionRef,
+}
+
+/// The CORS filter (Extended `HTTPRouteCORS`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpCors {
+    /// `*`, or origins such as `https://example.com`, with `*` standing for a host's
+    /// leftmost labels (`https://*.example.com`).
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: bool,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    /// Seconds; the spec's default is 5.
+    pub max_age: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
