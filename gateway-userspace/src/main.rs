@@ -331,7 +331,6 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
     }
 
     listeners.start(bound, &snapshots.load());
-    let (shutdown, shutdown_rx) = watch::channel(false);
     if args.node_ports {
         let steered = kernel.lock().is_ok_and(|k| k.is_some());
         match gateway::reload::steer_node_ports(&kernel, &snapshots.load(), &listeners) {
@@ -340,6 +339,7 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(anyhow::Error::new(e).context("--node-ports: steering node ports")),
         }
     }
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let reloader = Reloader {
         source: args.config.source(),
         watch_also: args.watch.clone(),
