@@ -69,7 +69,13 @@ pub fn rewrite_path_and_query(
     let new_path = match rewrite {
         PathRewrite::Full(replacement) => replacement.clone(),
         PathRewrite::Prefix(replacement) => match matched_prefix(path, matches) {
-            Some(prefix_len) => format!("{replacement}{}", &path[prefix_len..]),
+            Some(MatchedPrefix::Chars(len)) => format!("{replacement}{}", &path[len..]),
+            // Gateway API ReplacePrefixMatch: whole segments are replaced, so `/foo` → `/`
+            // turns `/foo/bar` into `/bar`, not `//bar`.
+            Some(MatchedPrefix::Segments(len)) => {
+                let joined = format!("{}{}", replacement.trim_end_matches('/'), &path[len..]);
+                if joined.is_empty() { "/".to_owned() } else { joined }
+            }
             None => replacement.clone(),
         },
         PathRewrite::Regex {
@@ -88,16 +94,26 @@ pub fn rewrite_path_and_query(
 /// Length of the prefix that a route's prefix match accepted; a route without a path
 /// match is a `/` prefix match (Istio's implied match); None for exact and regex matches,
 /// whose rewrite replaces the whole path.
-fn matched_prefix(path: &str, matches: &[RequestMatch]) -> Option<usize> {
+fn matched_prefix(path: &str, matches: &[RequestMatch]) -> Option<MatchedPrefix> {
     if matches.is_empty() || matches.iter().any(|m| m.path.is_none()) {
-        return path.starts_with('/').then_some(1);
+        return path.starts_with('/').then_some(MatchedPrefix::Chars(1));
     }
     matches.iter().find_map(|m| match &m.path {
         Some(matcher @ StringMatcher::Prefix { value, .. }) if matcher.matches(path) => {
-            Some(value.len())
+            Some(MatchedPrefix::Chars(value.len()))
+        }
+        Some(matcher @ StringMatcher::PathPrefix { value }) if matcher.matches(path) => {
+            Some(MatchedPrefix::Segments(value.len()))
         }
         _ => None,
     })
+}
+
+/// How much of the path a prefix match accepted: Istio's string prefix, or Gateway API's
+/// whole segments (stored without a trailing `/`).
+enum MatchedPrefix {
+    Chars(usize),
+    Segments(usize),
 }
 
 /// The request's Origin when the CORS policy allows it.
@@ -255,6 +271,27 @@ mod tests {
             rewrite_path_and_query(&r, "/service/foo/v1/api?x", &[]),
             "/v1/api/instance/foo?x"
         );
+    }
+
+    /// Gateway API ReplacePrefixMatch replaces whole segments.
+    #[test]
+    fn segment_prefix_rewrites() {
+        let m = |value: &str| RequestMatch {
+            path: Some(StringMatcher::PathPrefix { value: value.into() }),
+            ..RequestMatch::default()
+        };
+        let cases = [
+            ("/foo", "/bar", "/foo/baz?q", "/bar/baz?q"),
+            ("/foo", "/bar", "/foo", "/bar"),
+            ("/foo", "/", "/foo/baz", "/baz"),
+            ("/foo", "/", "/foo", "/"),
+            ("/foo", "/bar/", "/foo/", "/bar/"),
+            ("", "/v2", "/x/y", "/v2/x/y"),
+        ];
+        for (prefix, replacement, path, want) in cases {
+            let rewrite = PathRewrite::Prefix(replacement.into());
+            assert_eq!(rewrite_path_and_query(&rewrite, path, &[m(prefix)]), want, "{prefix} → {replacement} on {path}");
+        }
     }
 
     #[test]
