@@ -13,7 +13,8 @@ use std::{
     sync::Arc,
 };
 
-use super::{CLUSTER_DOMAIN, Compiler, name_of};
+use super::{CLUSTER_DOMAIN, Compiler, name_of, routes::parse_duration};
+use crate::config::resources::istio::SimpleLoadBalancer;
 use crate::{
     config::{
         Diagnostic, Diagnostics, Location, Sourced,
@@ -22,8 +23,13 @@ use crate::{
             ServicePort,
         },
     },
-    snapshot::{Cluster, UpstreamProtocol},
+    snapshot::{Cluster, LoadBalancer, OutlierDetection, UpstreamProtocol},
 };
+
+/// Envoy's outlier-detection defaults, which Istio keeps for fields a rule leaves out.
+const DEFAULT_CONSECUTIVE_ERRORS: u32 = 5;
+const DEFAULT_BASE_EJECTION_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
 
 impl<'a> Compiler<'a> {
     /// The cluster a destination names; one with no endpoints (503 at request time) when
@@ -135,11 +141,83 @@ impl<'a> Compiler<'a> {
         self.intern(cluster)
     }
 
-    pub(super) fn intern(&mut self, cluster: Cluster) -> Arc<Cluster> {
-        self.clusters
-            .entry(cluster.name.clone())
-            .or_insert_with(|| Arc::new(cluster))
-            .clone()
+    pub(super) fn intern(&mut self, mut cluster: Cluster) -> Arc<Cluster> {
+        if let Some(existing) = self.clusters.get(&cluster.name) {
+            return existing.clone();
+        }
+        self.apply_traffic_policy(&mut cluster);
+        let cluster = Arc::new(cluster);
+        self.clusters.insert(cluster.name.clone(), cluster.clone());
+        cluster
+    }
+
+    /// The DestinationRule's load balancer and outlier detection for this cluster: the
+    /// subset's policy over the port-level one over the rule's, as Istio merges them.
+    /// Without a rule, Istio's defaults (least request, no ejection).
+    fn apply_traffic_policy(&mut self, cluster: &mut Cluster) {
+        let Some(rule) = self.destination_rule(&cluster.service) else {
+            return;
+        };
+        // outbound|PORT|SUBSET|HOST
+        let mut parts = cluster.name.split('|').skip(1);
+        let port: Option<u32> = parts.next().and_then(|p| p.parse().ok());
+        let subset = parts.next().filter(|s| !s.is_empty());
+        let spec = &rule.resource.spec;
+        let top = spec.traffic_policy.as_ref();
+        let port_level = top.and_then(|t| {
+            t.port_level_settings
+                .iter()
+                .find(|p| p.port.as_ref().map(|s| s.number) == port)
+        });
+        let subset_policy = subset
+            .and_then(|name| spec.subsets.iter().find(|s| s.name == name))
+            .and_then(|s| s.traffic_policy.as_ref());
+        let load_balancer = subset_policy
+            .and_then(|t| t.load_balancer.as_ref())
+            .or(port_level.and_then(|p| p.load_balancer.as_ref()))
+            .or(top.and_then(|t| t.load_balancer.as_ref()));
+        if let Some(simple) = load_balancer.and_then(|lb| lb.simple) {
+            cluster.load_balancer = match simple {
+                SimpleLoadBalancer::Random => LoadBalancer::Random,
+                SimpleLoadBalancer::RoundRobin => LoadBalancer::RoundRobin,
+                _ => LoadBalancer::LeastRequest,
+            };
+        }
+        let outlier = subset_policy
+            .and_then(|t| t.outlier_detection.as_ref())
+            .or(port_level.and_then(|p| p.outlier_detection.as_ref()))
+            .or(top.and_then(|t| t.outlier_detection.as_ref()));
+        if let Some(outlier) = outlier {
+            let base_ejection_time = match outlier.base_ejection_time.as_deref().map(parse_duration)
+            {
+                Some(Ok(d)) => d,
+                Some(Err(message)) => {
+                    self.diagnostics.push(
+                        Diagnostic::error(message)
+                            .at(rule.location.clone())
+                            .resource(format!(
+                                "DestinationRule {}",
+                                name_of(&rule.resource.metadata)
+                            ))
+                            .field("spec.trafficPolicy.outlierDetection.baseEjectionTime"),
+                    );
+                    DEFAULT_BASE_EJECTION_TIME
+                }
+                None => DEFAULT_BASE_EJECTION_TIME,
+            };
+            cluster.outlier_detection = Some(OutlierDetection {
+                consecutive_errors: outlier
+                    .consecutive_5xx_errors
+                    .or(outlier.consecutive_errors)
+                    .or(outlier.consecutive_gateway_errors)
+                    .unwrap_or(DEFAULT_CONSECUTIVE_ERRORS),
+                base_ejection_time,
+                max_ejection_percent: outlier
+                    .max_ejection_percent
+                    .unwrap_or(DEFAULT_MAX_EJECTION_PERCENT)
+                    .min(100),
+            });
+        }
     }
 
     /// Ready endpoints of a Service port: EndpointSlice ports carry the Service port's name.

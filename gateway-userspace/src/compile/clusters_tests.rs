@@ -86,7 +86,7 @@ spec:
     loadBalancer: {simple: ROUND_ROBIN}
     outlierDetection: {consecutive5xxErrors: 3, interval: 10s, baseEjectionTime: 30s}
   subsets:
-  - {name: v1, labels: {version: v1}}
+  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
   - {name: v2, labels: {version: v2}}
 ---
 apiVersion: networking.istio.io/v1
@@ -140,6 +140,43 @@ spec:
     assert!(
         text.contains("endpoint \"legacy-3.example\": only IP addresses are served"),
         "{text}"
+    );
+
+    // The rule's traffic policy reaches the clusters; a subset's own policy wins for it.
+    let headers = http::HeaderMap::new();
+    let request = RequestInfo {
+        authority: "legacy.example.com",
+        path: "/",
+        query: None,
+        method: "GET",
+        scheme: "http",
+        port: 80,
+        headers: &headers,
+    };
+    let Some(RouteAction::Forward(forward)) = snapshot.listeners[0]
+        .routes
+        .find(&request)
+        .map(|r| &r.action)
+    else {
+        panic!("the catch-all route forwards");
+    };
+    let (plain, v1) = (&forward.clusters[0].cluster, &forward.clusters[1].cluster);
+    assert_eq!(
+        plain.load_balancer,
+        crate::snapshot::LoadBalancer::RoundRobin
+    );
+    assert_eq!(v1.load_balancer, crate::snapshot::LoadBalancer::Random);
+    let outlier = plain
+        .outlier_detection
+        .as_ref()
+        .expect("outlier detection from the rule");
+    assert_eq!(
+        (
+            outlier.consecutive_errors,
+            outlier.base_ejection_time.as_secs(),
+            outlier.max_ejection_percent
+        ),
+        (3, 30, 10)
     );
 }
 

@@ -74,7 +74,11 @@ pub fn rewrite_path_and_query(
             // turns `/foo/bar` into `/bar`, not `//bar`.
             Some(MatchedPrefix::Segments(len)) => {
                 let joined = format!("{}{}", replacement.trim_end_matches('/'), &path[len..]);
-                if joined.is_empty() { "/".to_owned() } else { joined }
+                if joined.is_empty() {
+                    "/".to_owned()
+                } else {
+                    joined
+                }
             }
             None => replacement.clone(),
         },
@@ -277,7 +281,9 @@ mod tests {
     #[test]
     fn segment_prefix_rewrites() {
         let m = |value: &str| RequestMatch {
-            path: Some(StringMatcher::PathPrefix { value: value.into() }),
+            path: Some(StringMatcher::PathPrefix {
+                value: value.into(),
+            }),
             ..RequestMatch::default()
         };
         let cases = [
@@ -290,7 +296,11 @@ mod tests {
         ];
         for (prefix, replacement, path, want) in cases {
             let rewrite = PathRewrite::Prefix(replacement.into());
-            assert_eq!(rewrite_path_and_query(&rewrite, path, &[m(prefix)]), want, "{prefix} → {replacement} on {path}");
+            assert_eq!(
+                rewrite_path_and_query(&rewrite, path, &[m(prefix)]),
+                want,
+                "{prefix} → {replacement} on {path}"
+            );
         }
     }
 
