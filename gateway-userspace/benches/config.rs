@@ -88,10 +88,15 @@ fn lookup_by_table_size(c: &mut Criterion) {
             port: 80,
             headers: &headers,
         };
-        assert!(table.find(&request).is_some(), "the benchmark request must route");
-        group.bench_with_input(BenchmarkId::new("host+path", routes), &request, |b, request| {
-            b.iter(|| black_box(table.find(black_box(request)).is_some()))
-        });
+        assert!(
+            table.find(&request).is_some(),
+            "the benchmark request must route"
+        );
+        group.bench_with_input(
+            BenchmarkId::new("host+path", routes),
+            &request,
+            |b, request| b.iter(|| black_box(table.find(black_box(request)).is_some())),
+        );
     }
     group.finish();
 }

@@ -139,7 +139,10 @@ impl<'a> Compiler<'a> {
         kernel_ports.sort_unstable();
         kernel_ports.dedup();
         let tls_ports = tls_port_policies(&listeners);
-        let node_ports = listeners.iter().filter_map(|l| Some((l.node_port?, l.bind_port))).collect();
+        let node_ports = listeners
+            .iter()
+            .filter_map(|l| Some((l.node_port?, l.bind_port)))
+            .collect();
         Snapshot {
             listeners,
             kernel: KernelPolicy {
@@ -419,7 +422,10 @@ impl<'a> Compiler<'a> {
                     Some((_, existing)) => {
                         let mut combined: Vec<Route<RouteAction>> = Vec::new();
                         let mut catch_alls: Vec<Route<RouteAction>> = Vec::new();
-                        for route in existing.drain(..).chain(routes.iter().map(routes::clone_route)) {
+                        for route in existing
+                            .drain(..)
+                            .chain(routes.iter().map(routes::clone_route))
+                        {
                             if is_catch_all(&route) {
                                 catch_alls.push(route);
                             } else {

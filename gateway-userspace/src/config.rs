@@ -86,10 +86,7 @@ impl Resources {
             else {
                 continue;
             };
-            let Some(text) = self
-                .documents
-                .get(&(location.file.clone(), location.line))
-            else {
+            let Some(text) = self.documents.get(&(location.file.clone(), location.line)) else {
                 continue;
             };
             if let Some(line) = locate::line_of(text, field) {
@@ -122,9 +119,10 @@ pub fn load_text(file: &std::path::Path, text: &str) -> (Resources, Diagnostics)
 }
 
 fn parse_document(doc: &Document, resources: &mut Resources, diagnostics: &mut Diagnostics) {
-    resources
-        .documents
-        .insert((doc.file.clone(), doc.first_line), Arc::from(doc.text.as_str()));
+    resources.documents.insert(
+        (doc.file.clone(), doc.first_line),
+        Arc::from(doc.text.as_str()),
+    );
     let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
         Ok(value) => value,
         Err(e) => {

@@ -67,7 +67,10 @@ impl ListenerSet {
 
     /// The listening socket of each bind port accepting right now.
     pub fn sockets(&self) -> Vec<(u16, RawFd)> {
-        self.lock_running().iter().map(|(port, r)| (*port, r.socket)).collect()
+        self.lock_running()
+            .iter()
+            .map(|(port, r)| (*port, r.socket))
+            .collect()
     }
 
     /// Binds every port of `snapshot` that is not bound yet. Nothing is served from them
@@ -78,10 +81,9 @@ impl ListenerSet {
         let mut listeners = Vec::new();
         for port in wanted.difference(&running) {
             let listener = bind_with_retry(*port).await?;
-            let tls = snapshot
-                .listeners
-                .iter()
-                .any(|l| l.bind_port == *port && matches!(l.protocol, Protocol::Https | Protocol::Tls));
+            let tls = snapshot.listeners.iter().any(|l| {
+                l.bind_port == *port && matches!(l.protocol, Protocol::Https | Protocol::Tls)
+            });
             // TLS clients speak first: the connection waits in the kernel for its
             // ClientHello, where the kernel path can still refuse it (issue: SNI early
             // rejection); an idle connect never reaches accept().

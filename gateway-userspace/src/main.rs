@@ -21,9 +21,9 @@ use gateway::{
     compile::{self, Identity},
     config::{self, Diagnostics},
     ebpf::{EbpfMode, KernelPath},
-    metrics::{InterfaceLabels, Metrics, SharedKernelPath},
     listeners::ListenerSet,
     logging::{self, LogLevel},
+    metrics::{InterfaceLabels, Metrics, SharedKernelPath},
     proxy::{AccessLogFormat, ProxyContext},
     reload::{ConfigSource, Reloader},
     snapshot::{RouteAction, Snapshot},
@@ -334,9 +334,15 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
     if args.node_ports {
         let steered = kernel.lock().is_ok_and(|k| k.is_some());
         match gateway::reload::steer_node_ports(&kernel, &snapshots.load(), &listeners) {
-            Ok(()) if steered => info!(node_ports = ?snapshots.load().kernel.node_ports, "node ports steered to the listeners"),
-            Ok(()) => warn!("--node-ports needs the kernel path (sk_lookup), which is unavailable: node ports are not served"),
-            Err(e) => return Err(anyhow::Error::new(e).context("--node-ports: steering node ports")),
+            Ok(()) if steered => {
+                info!(node_ports = ?snapshots.load().kernel.node_ports, "node ports steered to the listeners")
+            }
+            Ok(()) => warn!(
+                "--node-ports needs the kernel path (sk_lookup), which is unavailable: node ports are not served"
+            ),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("--node-ports: steering node ports"));
+            }
         }
     }
     let (shutdown, shutdown_rx) = watch::channel(false);

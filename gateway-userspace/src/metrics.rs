@@ -221,11 +221,17 @@ impl Collector for KernelCollector {
                     "Packets to a gateway port, seen by the XDP program",
                     (|s| s.packets) as fn(&PortStats) -> u64,
                 ),
-                ("gateway_kernel_port_bytes", "Bytes to a gateway port, seen by the XDP program", |s| s.bytes),
+                (
+                    "gateway_kernel_port_bytes",
+                    "Bytes to a gateway port, seen by the XDP program",
+                    |s| s.bytes,
+                ),
             ] {
-                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
                 for (port, stats) in &ports {
-                    ConstCounter::new(pick(stats)).encode(family.encode_family(&PortLabels { port: *port })?)?;
+                    ConstCounter::new(pick(stats))
+                        .encode(family.encode_family(&PortLabels { port: *port })?)?;
                 }
             }
             let mut family = encoder.encode_descriptor(
@@ -241,7 +247,10 @@ impl Collector for KernelCollector {
                     ("undecided", stats.hellos_undecided),
                     ("reject_retransmit", stats.reject_retransmits),
                 ] {
-                    let labels = HelloLabels { port: *port, verdict };
+                    let labels = HelloLabels {
+                        port: *port,
+                        verdict,
+                    };
                     ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
                 }
             }

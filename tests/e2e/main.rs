@@ -6,6 +6,6 @@ mod basics;
 mod config;
 mod http;
 mod http_safety;
+mod kernel;
 mod ops;
 mod tls;
-mod kernel;

@@ -23,27 +23,33 @@ pub(crate) struct Bench {
 }
 
 /// Every benchmark, in the order `cargo xtask bench` runs them.
-const BENCHES: &[Bench] = &[Bench {
-    name: "tls",
-    about: "full TLS 1.3 handshakes and keep-alive HTTPS per CPU-second, idle TLS memory: gatewayd vs bare rustls, nginx, HAProxy",
-    run: tls::run,
-}, Bench {
-    name: "http",
-    about: "HTTP/1.1 keep-alive and h2c proxying with 100 hosts × 10 prefixes: req/s, CPU and instructions per request, p50/p99, idle memory: gatewayd vs nginx, HAProxy",
-    run: http::run,
-}, Bench {
-    name: "reload",
-    about: "config write to new route served at 10 000 routes, p99 under load while reloading: gatewayd vs nginx -s reload, HAProxy master-worker reload",
-    run: reload::run,
-}, Bench {
-    name: "config",
-    about: "compile 10 000 VirtualServices with 100 000 routes; host + path lookup at 10 / 1 000 / 10 000 / 100 000 routes (criterion)",
-    run: config::run,
-}, Bench {
-    name: "sni",
-    about: "unknown-SNI flood: CPU per rejected connection (kernel reset vs userspace vs full handshake vs nginx ssl_reject_handshake vs HAProxy strict-sni), legitimate HTTPS kept",
-    run: sni::run,
-}];
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "tls",
+        about: "full TLS 1.3 handshakes and keep-alive HTTPS per CPU-second, idle TLS memory: gatewayd vs bare rustls, nginx, HAProxy",
+        run: tls::run,
+    },
+    Bench {
+        name: "http",
+        about: "HTTP/1.1 keep-alive and h2c proxying with 100 hosts × 10 prefixes: req/s, CPU and instructions per request, p50/p99, idle memory: gatewayd vs nginx, HAProxy",
+        run: http::run,
+    },
+    Bench {
+        name: "reload",
+        about: "config write to new route served at 10 000 routes, p99 under load while reloading: gatewayd vs nginx -s reload, HAProxy master-worker reload",
+        run: reload::run,
+    },
+    Bench {
+        name: "config",
+        about: "compile 10 000 VirtualServices with 100 000 routes; host + path lookup at 10 / 1 000 / 10 000 / 100 000 routes (criterion)",
+        run: config::run,
+    },
+    Bench {
+        name: "sni",
+        about: "unknown-SNI flood: CPU per rejected connection (kernel reset vs userspace vs full handshake vs nginx ssl_reject_handshake vs HAProxy strict-sni), legitimate HTTPS kept",
+        run: sni::run,
+    },
+];
 
 pub(crate) fn run(ws: &Workspace, names: &[String], list: bool) -> Result<()> {
     if list || BENCHES.is_empty() {

@@ -575,6 +575,7 @@ fn test(ws: &Workspace, extra: &[String]) -> Result<()> {
             command
                 .env("GATEWAYD_BIN", bin_dir.join("gatewayd"))
                 .env("DEMO_UPSTREAM_BIN", bin_dir.join("demo-upstream"))
+                .env("TLS_PROBE_BIN", bin_dir.join("tls-probe"))
                 .arg("test")
                 .args(run.cargo);
             if !run.harness.is_empty() || !extra.is_empty() {

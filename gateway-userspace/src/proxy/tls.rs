@@ -92,7 +92,13 @@ async fn serve_tls(
         }
     };
     let handshakes = |result| {
-        ctx.metrics.tls_handshakes.get_or_create(&HandshakeLabels { port: local.port(), result }).inc();
+        ctx.metrics
+            .tls_handshakes
+            .get_or_create(&HandshakeLabels {
+                port: local.port(),
+                result,
+            })
+            .inc();
     };
     let Some((index, server)) = tls.select(hello.sni.as_deref()) else {
         handshakes("refused_sni");
