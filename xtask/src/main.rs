@@ -539,6 +539,15 @@ const TEST_STAGES: &[(&str, &[TestRun])] = &[
                 cargo: &["-p", "xtask"],
                 harness: &[],
             },
+            TestRun {
+                cargo: &["-p", "gateway-tests", "--lib", "--bins"],
+                harness: &[],
+            },
+            // The Kubernetes manifests in config/kubernetes/, parsed into the API types.
+            TestRun {
+                cargo: &["-p", "gateway-tests", "--test", "manifests"],
+                harness: &[],
+            },
         ],
     ),
     (
