@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 
 use crate::Workspace;
 
+mod common;
 mod config;
 mod http;
 mod reload;

@@ -19,7 +19,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -27,7 +27,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::results_dir;
+use super::{
+    common::{free_port, pinned},
+    results_dir,
+};
 use crate::{Workspace, cmd};
 
 const SERVER_CPU: &str = "1";
@@ -197,16 +200,6 @@ fn spread(values: &[f64]) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(0.0, f64::max);
     format!("{min:.0}–{max:.0}")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn pinned(cpu: &str, program: &Path) -> Command {
-    let mut command = Command::new("taskset");
-    command.args(["-c", cpu]).arg(program);
-    command
 }
 
 fn wait_listening(port: u16, child: &mut Child, name: &str) -> Result<()> {

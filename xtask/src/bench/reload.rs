@@ -17,7 +17,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -30,7 +30,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::results_dir;
+use super::{
+    common::{KilledOnDrop, free_port, pinned},
+    results_dir,
+};
 use crate::{Workspace, cmd};
 
 const SERVER_CPU: &str = "1";
@@ -386,25 +389,6 @@ fn wrk(server: &Server) -> Result<Latency> {
         requests_per_s,
         errors: errors.join("; "),
     })
-}
-
-fn pinned(cpu: &str, program: &Path) -> Command {
-    let mut command = Command::new("taskset");
-    command.args(["-c", cpu]).arg(program);
-    command
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-struct KilledOnDrop(Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn start_upstream(bin: &Path) -> Result<(KilledOnDrop, SocketAddr)> {

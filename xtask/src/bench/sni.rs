@@ -19,14 +19,14 @@ use std::{
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use super::results_dir;
+use super::{common::KilledOnDrop, results_dir};
 use crate::{Workspace, cmd};
 
 const SERVER_CPU: &str = "1";
@@ -164,15 +164,6 @@ fn ip(args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-struct KilledOnDrop(Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// CPU time of a process, all its threads, in seconds, from the scheduler's nanosecond

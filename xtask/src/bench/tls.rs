@@ -17,7 +17,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -25,7 +25,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::results_dir;
+use super::{
+    common::{KilledOnDrop, free_port, pinned},
+    results_dir,
+};
 use crate::{Workspace, cmd};
 
 /// Servers run here; the client and the upstream on the other CPU.
@@ -70,15 +73,6 @@ impl Drop for Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-struct KilledOnDrop(Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -223,16 +217,6 @@ fn certificate(work: &Path) -> Result<()> {
         fs::read_to_string(work.join("cert.pem"))? + &fs::read_to_string(work.join("key.pem"))?;
     fs::write(work.join("combined.pem"), combined)?;
     Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn pinned(cpu: &str, program: &Path) -> Command {
-    let mut command = Command::new("taskset");
-    command.args(["-c", cpu]).arg(program);
-    command
 }
 
 fn start_upstream(bin: &Path) -> Result<(KilledOnDrop, SocketAddr)> {
