@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use gateway_tests::{
     Gateway, NetnsPair, TempDir, Upstream, binary, curl, free_port, httpbin_config,
-    skip_unless_root,
+    service_with_endpoint, skip_unless_root,
 };
 
 const NAME: &str = "api.example.com";
@@ -82,24 +82,10 @@ spec:
   http:
   - route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  ports: [{{name: http, port: 8000, targetPort: {upstream_port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: httpbin-1, namespace: default, labels: {{kubernetes.io/service-name: httpbin}}}}
-addressType: IPv4
-ports: [{{name: http, port: {upstream_port}}}]
-endpoints:
-- addresses: ["{upstream_ip}"]
-"#,
+{}"#,
+        service_with_endpoint("httpbin", 8000, upstream),
         cert = cert.display(),
         key = key.display(),
-        upstream_port = upstream.port(),
-        upstream_ip = upstream.ip(),
     )
 }
 

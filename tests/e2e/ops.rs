@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use gateway_tests::{Gateway, TempDir, Upstream, curl, free_port};
+use gateway_tests::{Gateway, TempDir, Upstream, curl, free_port, service_with_endpoint};
 
 const HOST: &str = "storm.example.com";
 /// Reloads in the storm, one of them broken.
@@ -138,28 +138,6 @@ spec:
 {services}{secret}"#,
         services = service_with_endpoint("httpbin", 8000, upstream)
             + &service_with_endpoint("streamer", 80, streamer),
-    )
-}
-
-fn service_with_endpoint(name: &str, port: u16, endpoint: SocketAddr) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: default}}
-spec:
-  ports: [{{name: http, port: {port}, targetPort: {target}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{name: http, port: {target}}}]
-endpoints:
-- addresses: ["{ip}"]
----
-"#,
-        target = endpoint.port(),
-        ip = endpoint.ip(),
     )
 }
 

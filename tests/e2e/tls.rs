@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use gateway_tests::{
     CurlResponse, Gateway, Process, TempDir, Upstream, curl, free_port, gatewayd_bin,
+    service_with_endpoint,
 };
 
 /// Key types the gateway reads, each in the PEM encoding `openssl` gives it here.
@@ -230,26 +231,8 @@ spec:
   - {{name: https, port: 443, targetPort: {bind_port}}}
   - {{name: tcp, port: 9000, targetPort: {tcp_port}}}
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  ports: [{{name: http, port: 8000, targetPort: {upstream_port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: httpbin-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: httpbin}}
-addressType: IPv4
-ports: [{{name: http, port: {upstream_port}}}]
-endpoints:
-- addresses: ["{upstream_ip}"]
----
-"#,
-        upstream_port = upstream.port(),
-        upstream_ip = upstream.ip(),
+{}"#,
+        service_with_endpoint("httpbin", 8000, upstream)
     )
 }
 

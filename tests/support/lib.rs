@@ -467,24 +467,31 @@ spec:
     route:
     - destination: {{host: httpbin, port: {{number: 8000}}}}
 ---
-apiVersion: v1
+{}"#,
+        service_with_endpoint("httpbin", 8000, upstream)
+    )
+}
+
+/// A Service `name` in `default` with one `http` port whose EndpointSlice holds one
+/// ready endpoint, `endpoint` (its port is the targetPort); ends with `---`.
+pub fn service_with_endpoint(name: &str, port: u16, endpoint: SocketAddr) -> String {
+    format!(
+        r#"apiVersion: v1
 kind: Service
-metadata: {{name: httpbin, namespace: default}}
+metadata: {{name: {name}, namespace: default}}
 spec:
-  ports: [{{name: http, port: 8000, targetPort: {upstream_port}}}]
+  ports: [{{name: http, port: {port}, targetPort: {target}}}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata:
-  name: httpbin-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: httpbin}}
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: IPv4
-ports: [{{name: http, port: {upstream_port}}}]
+ports: [{{name: http, port: {target}}}]
 endpoints:
-- addresses: ["{upstream_ip}"]
+- addresses: ["{ip}"]
+---
 "#,
-        upstream_port = upstream.port(),
-        upstream_ip = upstream.ip(),
+        target = endpoint.port(),
+        ip = endpoint.ip(),
     )
 }
