@@ -143,11 +143,17 @@ impl<'a> Compiler<'a> {
             .iter()
             .filter_map(|l| Some((l.node_port?, l.bind_port)))
             .collect();
+        let tcp_ports = listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Tcp)
+            .map(|l| l.bind_port)
+            .collect();
         Snapshot {
             listeners,
             kernel: KernelPolicy {
                 ports: kernel_ports,
                 tls_ports,
+                tcp_ports,
                 node_ports,
             },
         }
@@ -486,6 +492,7 @@ fn tls_port_policies(listeners: &[Listener]) -> Vec<TlsPortPolicy> {
                 port: l.bind_port,
                 accept_any,
                 names,
+                passthrough: tls.all_passthrough(),
             })
         })
         .collect()

@@ -163,10 +163,11 @@ impl KernelPath {
             if ports.iter().any(|(p, _, _)| *p == port) {
                 continue;
             }
-            let mode = if tls.is_some() {
-                PortMode::TlsTerminate
-            } else {
-                PortMode::Http
+            let mode = match tls {
+                Some(t) if t.passthrough => PortMode::TlsPassthrough,
+                Some(_) => PortMode::TlsTerminate,
+                None if policy.tcp_ports.contains(&bind_port_of(policy, port)) => PortMode::Tcp,
+                None => PortMode::Http,
             };
             let flags = if tls.is_some_and(|t| t.accept_any) {
                 ACCEPT_ANY_SNI
@@ -231,6 +232,23 @@ impl KernelPath {
         self.generation = generation;
         self.port_slots = next_slots;
         Ok(())
+    }
+
+    /// The live generation's port policy, read back from the kernel: each port's mode.
+    pub fn port_modes(&self) -> Result<BTreeMap<u16, Option<PortMode>>, KernelError> {
+        let map: BpfHashMap<_, PolicyKey, PortPolicy> = BpfHashMap::try_from(
+            self.ebpf
+                .map(PORT_POLICY_MAP)
+                .ok_or(KernelError::Missing(PORT_POLICY_MAP))?,
+        )?;
+        let mut modes = BTreeMap::new();
+        for entry in map.iter() {
+            let (key, value) = entry?;
+            if key.generation == self.generation {
+                modes.insert(key.port as u16, PortMode::from_u32(value.mode));
+            }
+        }
+        Ok(modes)
     }
 
     /// Stable stats slots: kept ports keep theirs, new ports take free ones (zeroed).
@@ -378,6 +396,15 @@ impl KernelPath {
     pub fn xdp_program(&mut self) -> Result<&mut Xdp, KernelError> {
         xdp_program(&mut self.ebpf)
     }
+}
+
+/// The bind port a port leads to: itself, or the listener port behind a node port.
+fn bind_port_of(policy: &KernelPolicy, port: u16) -> u16 {
+    policy
+        .node_ports
+        .iter()
+        .find(|(node, _)| *node == port)
+        .map_or(port, |(_, bind)| *bind)
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, KernelError> {

@@ -653,6 +653,8 @@ pub struct KernelPolicy {
     pub ports: Vec<u16>,
     /// HTTPS/TLS bind ports and the SNI names each accepts, for early rejection.
     pub tls_ports: Vec<TlsPortPolicy>,
+    /// Bind ports of plain TCP servers (opaque streams: counted only).
+    pub tcp_ports: Vec<u16>,
     /// (node port, bind port) of our Service, for node-port mode: the kernel polices a
     /// node port as it does its bind port, and steers its connections to that listener.
     pub node_ports: Vec<(u16, u16)>,
@@ -665,6 +667,8 @@ pub struct TlsPortPolicy {
     pub port: u16,
     pub accept_any: bool,
     pub names: Vec<String>,
+    /// Every server on the port passes TLS through (none terminates it here).
+    pub passthrough: bool,
 }
 
 #[cfg(test)]

@@ -108,6 +108,13 @@ impl ListenerTls {
             .map(|(_, index, server)| (index, server))
     }
 
+    /// True when no server on the port terminates TLS.
+    pub fn all_passthrough(&self) -> bool {
+        self.servers
+            .iter()
+            .all(|s| matches!(s.mode, TlsMode::Passthrough { .. }))
+    }
+
     /// Names and wildcards the port accepts, for the kernel's early SNI check.
     pub fn kernel_policy(&self) -> (bool, Vec<String>) {
         let mut accept_any = false;

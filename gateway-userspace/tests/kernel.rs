@@ -224,26 +224,30 @@ fn kernel_verdicts_agree_with_the_host_parser() {
 use std::sync::Arc;
 
 use gateway::snapshot::TlsPortPolicy;
-use gateway_ebpf::{Sni, find_sni, host_hash, sni_hashes};
+use gateway_ebpf::{PortMode, Sni, find_sni, host_hash, sni_hashes};
 
 /// Verifier budget the program must stay well inside (the kernel's limit is 1M): a
 /// regression guard on the program's complexity, not a timing.
 const VERIFIER_BUDGET: u32 = 500_000;
 
-/// 443 accepts two names (one wildcard); 8443 has a `*` server; 80 is plain HTTP.
+/// 443 accepts two names (one wildcard); 8443 has a `*` server (passed through); 80 is
+/// plain HTTP; 9000 plain TCP.
 fn tls_policy() -> KernelPolicy {
     KernelPolicy {
-        ports: vec![80, 443, 8443],
+        ports: vec![80, 443, 8443, 9000],
+        tcp_ports: vec![9000],
         tls_ports: vec![
             TlsPortPolicy {
                 port: 443,
                 accept_any: false,
                 names: vec!["api.example.com".into(), "*.example.org".into()],
+                passthrough: false,
             },
             TlsPortPolicy {
                 port: 8443,
                 accept_any: true,
                 names: vec![],
+                passthrough: true,
             },
         ],
         ..KernelPolicy::default()
@@ -359,6 +363,14 @@ fn rejects_unknown_names_with_an_in_window_reset_and_passes_the_rest() {
         "{instructions:?}"
     );
     kernel.apply_policy(&tls_policy()).expect("policy");
+    let modes = kernel.port_modes().expect("read the policy back");
+    let expected = [
+        (80, Some(PortMode::Http)),
+        (443, Some(PortMode::TlsTerminate)),
+        (8443, Some(PortMode::TlsPassthrough)),
+        (9000, Some(PortMode::Tcp)),
+    ];
+    assert_eq!(modes.into_iter().collect::<Vec<_>>(), expected);
 
     let mut src_port = 20000;
     let mut frame = |name: &str, dst_port: u16, vlan_tags: usize, ip: IpVersion| {

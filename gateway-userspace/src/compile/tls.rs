@@ -1007,6 +1007,7 @@ spec:
                 port: 443,
                 accept_any: false,
                 names: vec!["*.wild.example.com".into(), "pass.example.com".into()],
+                passthrough: false,
             }]
         );
         let text = diagnostics.to_string();
