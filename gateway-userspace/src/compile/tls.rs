@@ -1007,7 +1007,8 @@ spec:
                 port: 443,
                 accept_any: false,
                 names: vec!["*.wild.example.com".into(), "pass.example.com".into()],
-                passthrough: false,
+                // The two terminating servers are skipped (bad Secret, bad suite).
+                passthrough: true,
             }]
         );
         let text = diagnostics.to_string();
