@@ -16,7 +16,8 @@ pub const POLICY_GENERATION_MAP: &str = "POLICY_GEN";
 pub const PORT_STATS_MAP: &str = "PORT_STATS";
 /// Per-CPU array of `u64`, indexed by [`GlobalCounter`].
 pub const GLOBAL_STATS_MAP: &str = "GLOBAL_STATS";
-/// LRU of flows whose ClientHello the kernel turned into a reset: [`FlowKey`] → 1.
+/// LRU of flows whose ClientHello the kernel turned into a reset: [`FlowKey`] → the
+/// hello's TCP sequence number (a retransmission repeats it).
 pub const RESET_SENT_MAP: &str = "RESET_SENT";
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "gateway_xdp";

@@ -55,7 +55,7 @@ static SNI_ALLOW: HashMap<SniKey, u8> = HashMap::with_max_entries(MAX_SNI_NAMES,
 static POLICY_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "RESET_SENT")]
-static RESET_SENT: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(MAX_RESET_FLOWS, 0);
+static RESET_SENT: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_RESET_FLOWS, 0);
 
 #[map(name = "PORT_STATS")]
 static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
@@ -144,15 +144,18 @@ fn inspect(ctx: &XdpContext) {
         }
         Judgement::Reject => {
             let flow = flow_key(headers, &parsed);
-            // SAFETY: read-only lookup.
-            if unsafe { RESET_SENT.get(&flow) }.is_some() {
-                // The client's retransmission: the stack has no socket any more and
-                // answers it with a reset the client accepts.
+            let seq = word(headers, parsed.l4_offset + 4);
+            // SAFETY: read-only lookup; the value is copied out.
+            if unsafe { RESET_SENT.get(&flow) }.copied() == Some(seq) {
+                // The client's retransmission (same flow, same sequence number): the
+                // stack has no socket any more and answers it with a reset the client
+                // accepts. A new connection that reuses the 4-tuple has another sequence
+                // number and is judged afresh.
                 stats.reject_retransmits += 1;
                 count(GlobalCounter::SniRejectRetransmit);
                 return;
             }
-            let _ = RESET_SENT.insert(&flow, &1, 0);
+            let _ = RESET_SENT.insert(&flow, &seq, 0);
             if rewrite_into_reset(ctx, &parsed, frame_len) {
                 stats.hellos_rejected += 1;
                 count(GlobalCounter::SniRejected);
@@ -301,14 +304,7 @@ fn set16<const N: usize>(s: &mut Scratch<N>, off: usize, value: u16) {
 
 #[inline(always)]
 fn flow_key(headers: &Scratch<HEADER_SCRATCH>, parsed: &Headers) -> FlowKey {
-    let word = |off: usize| {
-        u32::from_be_bytes([
-            headers.at(off).unwrap_or(0),
-            headers.at(off + 1).unwrap_or(0),
-            headers.at(off + 2).unwrap_or(0),
-            headers.at(off + 3).unwrap_or(0),
-        ])
-    };
+    let word = |off: usize| word(headers, off);
     let mut key = FlowKey {
         src_port: parsed.src_port,
         dst_port: parsed.dst_port,
@@ -331,6 +327,17 @@ fn flow_key(headers: &Scratch<HEADER_SCRATCH>, parsed: &Headers) -> FlowKey {
         }
     }
     key
+}
+
+/// Four bytes at `off`, big-endian (0 where the copy ends).
+#[inline(always)]
+fn word<const N: usize>(s: &Scratch<N>, off: usize) -> u32 {
+    u32::from_be_bytes([
+        s.at(off).unwrap_or(0),
+        s.at(off + 1).unwrap_or(0),
+        s.at(off + 2).unwrap_or(0),
+        s.at(off + 3).unwrap_or(0),
+    ])
 }
 
 #[inline(always)]

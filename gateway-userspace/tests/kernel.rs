@@ -425,6 +425,24 @@ fn rejects_unknown_names_with_an_in_window_reset_and_passes_the_rest() {
         }
     }
 
+    // A new connection that reuses a rejected flow's 4-tuple (another initial sequence
+    // number) is judged afresh, not mistaken for the old one's retransmission.
+    let first = Frame {
+        src_port: 31000,
+        ..Frame::default()
+    }
+    .build_with_payload(&client_hello("evil.example.net"));
+    assert_reset(&first, &run_out(&mut kernel, &first));
+    let mut reused = first.clone();
+    let seq_at = parse_headers(reused.as_slice()).expect("parses").l4_offset + 4;
+    reused[seq_at..seq_at + 4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    assert_reset(&reused, &run_out(&mut kernel, &reused));
+    assert_eq!(
+        run_out(&mut kernel, &reused),
+        reused,
+        "and its own retransmission passes"
+    );
+
     // A hello split over two segments, cut before the name: undecided, passed.
     let hello = client_hello("unknown.example.net");
     let Sni::Found { offset, .. } = find_sni(hello.as_slice(), 0) else {
@@ -444,8 +462,8 @@ fn rejects_unknown_names_with_an_in_window_reset_and_passes_the_rest() {
         .find(|(p, _)| *p == 443)
         .map(|(_, s)| s);
     let stats = port443.expect("443 counted");
-    assert_eq!(stats.hellos_rejected, 3 * 4);
-    assert_eq!(stats.reject_retransmits, 3 * 4);
+    assert_eq!(stats.hellos_rejected, 3 * 4 + 2);
+    assert_eq!(stats.reject_retransmits, 3 * 4 + 1);
     assert_eq!(stats.hellos_accepted, 3 * 4);
     assert_eq!(stats.hellos_undecided, 1);
 }
