@@ -138,15 +138,28 @@ fn walk<B: Bytes + ?Sized>(b: &B, start: usize) -> Result<Sni, Sni> {
 /// The server_name extension's body (already known to be present in full).
 #[inline(always)]
 fn server_name<B: Bytes + ?Sized>(b: &B, data: usize, ext_len: usize) -> Sni {
-    // The extension lies inside the hello, but the bytes may not all have arrived.
-    let (Some(list_len), Some(name_type), Some(name_len)) =
-        (b.be16(data), b.at(data + 2), b.be16(data + 3))
-    else {
+    // The extension lies inside the hello, but the bytes may not all have arrived. One
+    // read and one check at a time: reading all three first let LLVM combine the checks
+    // over a register that, on the path where a read failed, held a pointer — which the
+    // verifier refuses.
+    let Some(list_len) = b.be16(data) else {
+        return Sni::Incomplete;
+    };
+    if usize::from(list_len) + 2 != ext_len {
+        return Sni::Malformed;
+    }
+    let Some(name_type) = b.at(data + 2) else {
+        return Sni::Incomplete;
+    };
+    if name_type != NAME_TYPE_HOST_NAME {
+        return Sni::Malformed;
+    }
+    let Some(name_len) = b.be16(data + 3) else {
         return Sni::Incomplete;
     };
     let (list_len, name_len) = (usize::from(list_len), usize::from(name_len));
     // One host_name entry is all clients send (RFC 6066 forbids two of one type).
-    if list_len + 2 != ext_len || name_type != NAME_TYPE_HOST_NAME || name_len + 3 > list_len {
+    if name_len + 3 > list_len {
         return Sni::Malformed;
     }
     if name_len == 0 || name_len > MAX_SNI_LEN {

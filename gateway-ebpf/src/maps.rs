@@ -21,6 +21,8 @@ pub const GLOBAL_STATS_MAP: &str = "GLOBAL_STATS";
 pub const RESET_SENT_MAP: &str = "RESET_SENT";
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "gateway_xdp";
+/// The same filter as a TC ingress classifier.
+pub const TC_PROGRAM: &str = "gateway_tc";
 /// Node-port steering (sk_lookup): local port (u32) → index into [`STEER_SOCKETS_MAP`].
 pub const STEER_PORTS_MAP: &str = "STEER_PORTS";
 /// Node-port steering: index → listening socket (a SockMap).

@@ -1,4 +1,5 @@
-//! The XDP program: count packets per gateway port, and on TLS ports that do not accept
+//! The kernel filter, at XDP (`gateway_xdp`) or TC ingress (`gateway_tc`): count packets
+//! per gateway port, and on TLS ports that do not accept
 //! every name, turn a ClientHello whose complete server_name matches nothing the port
 //! accepts into a TCP reset before the daemon accepts the connection or spends a
 //! handshake on it. Everything not positively decided passes, and is counted.
@@ -8,13 +9,15 @@
 //! ranges are not, and the kernel then runs exactly the code the host tests run.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    EbpfContext as _,
+    bindings::{BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, xdp_action},
     helpers::generated::{
-        bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_adjust_tail,
+        bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use gateway_ebpf::{
     Bytes, FlowKey, GlobalCounter, HeaderError, Headers, IpVersion, MAX_PORTS, PolicyKey, PortMode,
@@ -82,12 +85,84 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The same filter at TC ingress (a TCX link), for devices and setups where it is the
+/// better hook; it sees the skb after GRO and VLAN untagging.
+#[classifier]
+pub fn gateway_tc(ctx: TcContext) -> i32 {
+    count(GlobalCounter::Seen);
+    inspect(&ctx);
+    TC_ACT_OK
+}
+
+/// What the filter needs from a hook: the frame's length, and bytes copied out of it and
+/// back in. Both copy through helpers, so the filter never walks packet pointers.
+trait Frame {
+    fn frame_len(&self) -> usize;
+    /// Copies `n` bytes at `from` to `dst`; `n` must be provably 1..=the buffer's size.
+    fn load(&self, from: usize, dst: *mut u8, n: u32) -> bool;
+    /// Cuts the frame to `new_len` bytes (`trim` fewer than now).
+    fn shrink(&self, new_len: usize, trim: usize) -> bool;
+    /// Writes `n` bytes from `src` at offset 0.
+    fn store_head(&self, src: *const u8, n: u32) -> bool;
+}
+
+impl Frame for XdpContext {
+    fn frame_len(&self) -> usize {
+        // SAFETY: self.ctx is this run's live xdp_md.
+        unsafe { bpf_xdp_get_buff_len(self.ctx) as usize }
+    }
+
+    fn load(&self, from: usize, dst: *mut u8, n: u32) -> bool {
+        // SAFETY: the caller proves dst holds n bytes and n fits the frame after `from`.
+        unsafe { bpf_xdp_load_bytes(self.ctx, from as u32, dst.cast(), n) == 0 }
+    }
+
+    fn shrink(&self, _new_len: usize, trim: usize) -> bool {
+        // SAFETY: shrinking this run's own frame; the headers stay in place.
+        unsafe { bpf_xdp_adjust_tail(self.ctx, -(trim as i32)) == 0 }
+    }
+
+    fn store_head(&self, src: *const u8, n: u32) -> bool {
+        // SAFETY: writes n bytes the frame still has.
+        unsafe { bpf_xdp_store_bytes(self.ctx, 0, src.cast_mut().cast(), n) == 0 }
+    }
+}
+
+impl Frame for TcContext {
+    fn frame_len(&self) -> usize {
+        self.len() as usize
+    }
+
+    fn load(&self, from: usize, dst: *mut u8, n: u32) -> bool {
+        // SAFETY: the caller proves dst holds n bytes and n fits the skb after `from`.
+        unsafe { bpf_skb_load_bytes(self.as_ptr().cast_const(), from as u32, dst.cast(), n) == 0 }
+    }
+
+    fn shrink(&self, new_len: usize, _trim: usize) -> bool {
+        // SAFETY: trimming this run's own skb; the helper keeps a complete checksum right.
+        unsafe { bpf_skb_change_tail(self.as_ptr().cast(), new_len as u32, 0) == 0 }
+    }
+
+    fn store_head(&self, src: *const u8, n: u32) -> bool {
+        // SAFETY: writes n bytes the skb still has; the flag keeps a CHECKSUM_COMPLETE
+        // skb's checksum in step with the new bytes.
+        unsafe {
+            bpf_skb_store_bytes(
+                self.as_ptr().cast(),
+                0,
+                src.cast(),
+                n,
+                u64::from(BPF_F_RECOMPUTE_CSUM),
+            ) == 0
+        }
+    }
+}
+
 /// Counts the packet and, when it carries a ClientHello to reject, rewrites it into a
 /// reset. Either way the (possibly rewritten) packet goes on to the stack.
 #[inline(always)]
-fn inspect(ctx: &XdpContext) {
-    // SAFETY: ctx.ctx is this run's live xdp_md.
-    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+fn inspect<F: Frame>(ctx: &F) {
+    let frame_len = ctx.frame_len();
     let Some(headers) = scratch(&HDR_SCRATCH) else {
         return;
     };
@@ -180,7 +255,7 @@ enum Judgement {
 }
 
 #[inline(always)]
-fn judge_hello(ctx: &XdpContext, parsed: &Headers, frame_len: usize, key: PolicyKey) -> Judgement {
+fn judge_hello<F: Frame>(ctx: &F, parsed: &Headers, frame_len: usize, key: PolicyKey) -> Judgement {
     let Some(hello) = scratch(&HELLO_SCRATCH) else {
         return Judgement::Undecided(GlobalCounter::SniIncomplete);
     };
@@ -218,7 +293,7 @@ fn judge_hello(ctx: &XdpContext, parsed: &Headers, frame_len: usize, key: Policy
 /// exactly what the server expects next, so the stack accepts it at once and drops the
 /// connection (or the request socket, with TCP_DEFER_ACCEPT) — and trims the payload.
 #[inline(always)]
-fn rewrite_into_reset(ctx: &XdpContext, parsed: &Headers, frame_len: usize) -> bool {
+fn rewrite_into_reset<F: Frame>(ctx: &F, parsed: &Headers, frame_len: usize) -> bool {
     let Some(r) = scratch(&RST_SCRATCH) else {
         return false;
     };
@@ -251,14 +326,11 @@ fn rewrite_into_reset(ctx: &XdpContext, parsed: &Headers, frame_len: usize) -> b
     sum = add_words(r, l4, tcp_len, sum);
     set16(r, l4 + 16, fold(sum));
 
-    let trim = frame_len as i32 - headers_len as i32;
-    // SAFETY: shrinking this run's own frame; the headers stay in place.
-    if trim > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -trim) } != 0 {
+    if frame_len > headers_len && !ctx.shrink(headers_len, frame_len - headers_len) {
         return false;
     }
     let n = bounded::<REWRITE_SCRATCH>(headers_len);
-    // SAFETY: writes n ≤ headers_len bytes, all of which the trimmed frame still has.
-    unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, r.buf.as_mut_ptr().cast(), n as u32) == 0 }
+    ctx.store_head(r.buf.as_ptr(), n as u32)
 }
 
 /// One's-complement sum of `len` bytes (big-endian words) from `start`.
@@ -349,8 +421,8 @@ fn scratch<const N: usize>(map: &PerCpuArray<Scratch<N>>) -> Option<&'static mut
 
 /// Copies `min(frame_len - from, N)` bytes of the frame starting at `from`.
 #[inline(always)]
-fn copy<const N: usize>(
-    ctx: &XdpContext,
+fn copy<F: Frame, const N: usize>(
+    ctx: &F,
     from: usize,
     frame_len: usize,
     into: &mut Scratch<N>,
@@ -360,11 +432,10 @@ fn copy<const N: usize>(
     }
     let available = frame_len - from;
     let n = bounded::<N>(if available < N { available } else { N });
-    // SAFETY: buf holds N bytes, n ≤ N, and n ≤ the bytes the frame has after `from`.
-    let loaded =
-        unsafe { bpf_xdp_load_bytes(ctx.ctx, from as u32, into.buf.as_mut_ptr().cast(), n as u32) };
+    // buf holds N bytes, n ≤ N, and n ≤ the bytes the frame has after `from`.
+    let loaded = ctx.load(from, into.buf.as_mut_ptr(), n as u32);
     into.len = n;
-    loaded == 0
+    loaded
 }
 
 /// `n` (1..=N) in a form the verifier can prove is 1..=N: helper sizes must be provably

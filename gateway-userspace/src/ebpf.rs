@@ -12,13 +12,16 @@ use std::{
 use aya::{
     Ebpf, EbpfError,
     maps::{Array, HashMap as BpfHashMap, Map, MapError, PerCpuArray, SockMap},
-    programs::{ProgramError, SkLookup, Xdp, XdpMode, sk_lookup::SkLookupLinkId, xdp::XdpLinkId},
+    programs::{
+        ProgramError, SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode,
+        sk_lookup::SkLookupLinkId,
+    },
 };
 use gateway_ebpf::{
     GlobalCounter, MAX_PORTS, PolicyKey, PortMode, PortPolicy, PortStats, SniKey, host_hash,
     maps::{
         ACCEPT_ANY_SNI, GLOBAL_STATS_MAP, POLICY_GENERATION_MAP, PORT_POLICY_MAP, PORT_STATS_MAP,
-        SNI_ALLOW_MAP, STEER_PORTS_MAP, STEER_PROGRAM, STEER_SOCKETS_MAP, XDP_PROGRAM,
+        SNI_ALLOW_MAP, STEER_PORTS_MAP, STEER_PROGRAM, STEER_SOCKETS_MAP, TC_PROGRAM, XDP_PROGRAM,
     },
 };
 use thiserror::Error;
@@ -64,10 +67,21 @@ pub enum EbpfMode {
     Off,
 }
 
+/// Where the filter runs on an interface (`--ebpf-hook`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelHook {
+    /// XDP: native (driver) mode where the driver has it, generic otherwise.
+    Xdp,
+    /// TC ingress through a TCX link: after GRO and VLAN untagging, on every device.
+    Tc,
+}
+
 /// The loaded programs and the interfaces they are attached to.
 pub struct KernelPath {
     ebpf: Ebpf,
-    attached: Vec<(String, XdpMode, XdpLinkId)>,
+    /// (interface, how the filter is attached). The links themselves are owned by the
+    /// programs, so they detach when this is dropped or the process exits.
+    attached: Vec<(String, String)>,
     /// Port → PORT_STATS slot, as last written.
     port_slots: BTreeMap<u16, u32>,
     /// The generation the programs read (0 or 1).
@@ -106,6 +120,7 @@ impl KernelPath {
         // map must stay open while the programs that write to it are loaded.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(KernelError::Log)?;
         xdp_program(&mut ebpf)?.load()?;
+        tc_program(&mut ebpf)?.load()?;
         Ok(KernelPath {
             ebpf,
             attached: Vec::new(),
@@ -118,14 +133,36 @@ impl KernelPath {
         })
     }
 
-    /// Attaches to an interface in driver (native) mode where the driver has it, else in
-    /// generic mode (lo, some virtual devices).
-    pub fn attach(&mut self, interface: &str) -> Result<XdpMode, KernelError> {
+    /// Attaches the filter to an interface at `hook`; says how, for the log.
+    pub fn attach(&mut self, interface: &str, hook: KernelHook) -> Result<String, KernelError> {
+        match hook {
+            KernelHook::Xdp => {
+                let how = format!("XDP {:?}", self.attach_xdp(interface)?);
+                self.attached.push((interface.to_owned(), how.clone()));
+                Ok(how)
+            }
+            KernelHook::Tc => {
+                tc_program(&mut self.ebpf)?
+                    .attach(interface, TcAttachType::Ingress)
+                    .map_err(|source| KernelError::Attach {
+                        interface: interface.to_owned(),
+                        source,
+                    })?;
+                let how = "TC ingress".to_owned();
+                self.attached.push((interface.to_owned(), how.clone()));
+                Ok(how)
+            }
+        }
+    }
+
+    /// XDP in driver (native) mode where the driver has it, else in generic mode (lo,
+    /// some virtual devices).
+    fn attach_xdp(&mut self, interface: &str) -> Result<XdpMode, KernelError> {
         let program = xdp_program(&mut self.ebpf)?;
-        let (mode, link) = match program.attach(interface, XdpMode::Driver) {
-            Ok(link) => (XdpMode::Driver, link),
+        let mode = match program.attach(interface, XdpMode::Driver) {
+            Ok(_) => XdpMode::Driver,
             Err(_) => match program.attach(interface, XdpMode::Skb) {
-                Ok(link) => (XdpMode::Skb, link),
+                Ok(_) => XdpMode::Skb,
                 Err(source) => {
                     return Err(KernelError::Attach {
                         interface: interface.to_owned(),
@@ -134,13 +171,7 @@ impl KernelPath {
                 }
             },
         };
-        self.attached.push((interface.to_owned(), mode, link));
         Ok(mode)
-    }
-
-    /// Interfaces and the mode each is attached in.
-    pub fn attached(&self) -> impl Iterator<Item = (&str, XdpMode)> {
-        self.attached.iter().map(|(i, m, _)| (i.as_str(), *m))
     }
 
     /// Replaces the kernel's whole policy with the snapshot's, atomically: the new
@@ -392,6 +423,11 @@ impl KernelPath {
         Ok(self.xdp_program()?.info()?.verified_instruction_count())
     }
 
+    /// The loaded TC program, for BPF_PROG_TEST_RUN in tests.
+    pub fn tc_program(&mut self) -> Result<&mut SchedClassifier, KernelError> {
+        tc_program(&mut self.ebpf)
+    }
+
     /// The loaded XDP program, for BPF_PROG_TEST_RUN in tests.
     pub fn xdp_program(&mut self) -> Result<&mut Xdp, KernelError> {
         xdp_program(&mut self.ebpf)
@@ -405,6 +441,13 @@ fn bind_port_of(policy: &KernelPolicy, port: u16) -> u16 {
         .iter()
         .find(|(node, _)| *node == port)
         .map_or(port, |(_, bind)| *bind)
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, KernelError> {
+    let program = ebpf
+        .program_mut(TC_PROGRAM)
+        .ok_or(KernelError::Missing(TC_PROGRAM))?;
+    Ok(program.try_into()?)
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, KernelError> {

@@ -20,7 +20,7 @@ use gateway::{
     admin::{self, AdminState, Surface},
     compile::{self, Identity},
     config::{self, Diagnostics},
-    ebpf::{EbpfMode, KernelPath},
+    ebpf::{EbpfMode, KernelHook, KernelPath},
     listeners::ListenerSet,
     logging::{self, LogLevel},
     metrics::{InterfaceLabels, Metrics, SharedKernelPath},
@@ -86,6 +86,10 @@ struct RunArgs {
     /// fail; off: no eBPF.
     #[arg(long, value_enum, default_value_t = EbpfMode::Auto)]
     ebpf: EbpfMode,
+    /// Where the kernel filter runs on each interface: XDP (native where the driver has
+    /// it) or TC ingress.
+    #[arg(long, value_enum, default_value_t = KernelHook::Xdp)]
+    ebpf_hook: KernelHook,
     /// Steer our Service's node ports to the listeners (arrives with the kernel-path work).
     #[arg(long)]
     node_ports: bool,
@@ -285,7 +289,7 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
     let kernel: SharedKernelPath = Arc::new(Mutex::new(None));
     let metrics = Arc::new(Metrics::new(kernel.clone()));
     if args.ebpf != EbpfMode::Off {
-        match start_kernel_path(&args.interfaces, &snapshot, &metrics) {
+        match start_kernel_path(&args.interfaces, args.ebpf_hook, &snapshot, &metrics) {
             Ok(mut path) => {
                 if args.node_ports {
                     path.enable_node_port_mode();
@@ -379,6 +383,7 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
 
 fn start_kernel_path(
     interfaces: &[String],
+    hook: KernelHook,
     snapshot: &Snapshot,
     metrics: &Metrics,
 ) -> anyhow::Result<KernelPath> {
@@ -388,14 +393,14 @@ fn start_kernel_path(
     }
     path.apply_policy(&snapshot.kernel)?;
     for interface in interfaces {
-        let mode = path.attach(interface)?;
+        let how = path.attach(interface, hook)?;
         metrics
             .ebpf_attached
             .get_or_create(&InterfaceLabels {
                 interface: interface.clone(),
             })
             .set(1);
-        info!(interface, ?mode, ports = ?snapshot.kernel.ports, "XDP program attached");
+        info!(interface, %how, ports = ?snapshot.kernel.ports, "kernel filter attached");
     }
     if interfaces.is_empty() {
         info!("eBPF loaded; no --interface given, so nothing is attached");

@@ -8,6 +8,7 @@ use gateway_ebpf::{
 };
 
 const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
 
 /// A policy of plain HTTP ports (counted, never policed).
 fn http_ports(ports: &[u16]) -> KernelPolicy {
@@ -280,6 +281,25 @@ fn client_hello(server_name: &str) -> Vec<u8> {
 }
 
 /// Runs a frame and returns the frame as the stack would then see it.
+/// Runs a frame through the TC program and returns the frame as the stack would see it.
+fn run_tc(kernel: &mut KernelPath, frame: &[u8]) -> Vec<u8> {
+    let program = kernel.tc_program().expect("TC program");
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(
+        result.return_value, TC_ACT_OK,
+        "every packet passes, rewritten or not"
+    );
+    out.truncate(result.data_size_out as usize);
+    out
+}
+
 fn run_out(kernel: &mut KernelPath, frame: &[u8]) -> Vec<u8> {
     let program = kernel.xdp_program().expect("XDP program");
     let mut out = vec![0u8; frame.len() + 256];
@@ -533,6 +553,23 @@ fn sni_verdicts_agree_with_the_host_parser() {
             rejected += 1;
         }
         total += 1;
+
+        // The TC program runs the same filter on an skb: same verdict, same reset. (Its
+        // own flow, so the XDP run above is not taken for a retransmission.)
+        let mut tc_input = input.clone();
+        let ports = parse_headers(tc_input.as_slice()).map(|h| h.l4_offset);
+        if let Ok(l4) = ports {
+            tc_input[l4..l4 + 2].copy_from_slice(&(40_000 + round as u16).to_be_bytes());
+        }
+        let tc_out = run_tc(&mut kernel, &tc_input);
+        assert_eq!(
+            tc_out != tc_input,
+            host_rejects,
+            "round {round}: TC and host disagree"
+        );
+        if host_rejects {
+            assert_reset(&tc_input, &tc_out);
+        }
     }
     eprintln!("{rejected} of {total} frames rejected");
     assert!(

@@ -121,6 +121,16 @@ fn counter(gateway: &Gateway, sample: &str) -> anyhow::Result<f64> {
 
 #[test]
 fn unknown_sni_is_reset_in_the_kernel_before_the_daemon_accepts() -> anyhow::Result<()> {
+    sni_rejection("xdp")
+}
+
+/// The same filter at TC ingress (`--ebpf-hook tc`, a TCX link).
+#[test]
+fn unknown_sni_is_reset_at_tc_ingress_too() -> anyhow::Result<()> {
+    sni_rejection("tc")
+}
+
+fn sni_rejection(hook: &str) -> anyhow::Result<()> {
     if skip_unless_root("creates network namespaces and attaches eBPF") {
         return Ok(());
     }
@@ -133,7 +143,14 @@ fn unknown_sni_is_reset_in_the_kernel_before_the_daemon_accepts() -> anyhow::Res
         "config.yaml",
         &https_config(port, upstream.addr, &cert, &key),
     )?;
-    let args = ["--ebpf", "on", "--interface", &net.gateway_if];
+    let args = [
+        "--ebpf",
+        "on",
+        "--ebpf-hook",
+        hook,
+        "--interface",
+        &net.gateway_if,
+    ];
     let gateway = Gateway::start(dir.path(), &args, Some(&net.gateway_ns), &dir)?;
     let hellos = |verdict: &str| {
         format!("gateway_kernel_client_hellos_total{{port=\"{port}\",verdict=\"{verdict}\"}}")
@@ -232,7 +249,7 @@ fn unknown_sni_is_reset_in_the_kernel_before_the_daemon_accepts() -> anyhow::Res
         "kernel {in_kernel} + userspace {in_userspace}"
     );
     eprintln!(
-        "post-quantum hellos with an unknown name: {in_kernel} of {PQ_ATTEMPTS} decided in the kernel"
+        "{hook}: post-quantum hellos with an unknown name: {in_kernel} of {PQ_ATTEMPTS} decided in the kernel"
     );
 
     // A ClientHello split before its name is not decided in the kernel: an accepted name
