@@ -1,4 +1,5 @@
-//! What every benchmark needs: pinned children that die with the run, free ports.
+//! What every benchmark needs: pinned children that die with the run, free ports, and
+//! the nginx settings every comparison shares.
 
 use std::{
     net::TcpListener,
@@ -28,4 +29,61 @@ pub(super) fn pinned(cpu: &str, program: &Path) -> Command {
 /// A loopback port that was free a moment ago.
 pub(super) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// nginx's global settings and the opening of its `http` block, as every benchmark runs
+/// it: one worker, logs off, temp paths under `dir`, long keep-alive. The caller adds
+/// upstreams and servers and closes the block.
+pub(super) fn nginx_prelude(dir: &Path) -> String {
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections 15000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_timeout 300s;
+  keepalive_requests 10000000;
+"#,
+        d = dir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared preamble, closed, is a configuration nginx accepts.
+    #[test]
+    fn nginx_accepts_the_prelude() -> Result<()> {
+        if Command::new("nginx").arg("-v").output().is_err() {
+            eprintln!("SKIPPED: no nginx (cargo xtask setup installs it)");
+            return Ok(());
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-nginx-prelude-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, format!("{}}}\n", nginx_prelude(&dir)))?;
+        let out = Command::new("nginx")
+            .arg("-t")
+            .arg("-c")
+            .arg(&conf)
+            .output()?;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
 }

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{free_port, pinned},
+    common::{free_port, nginx_prelude, pinned},
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -220,30 +220,6 @@ fn nginx_dir(work: &Path, name: &str) -> Result<PathBuf> {
     let dir = work.join(name);
     fs::create_dir_all(dir.join("logs"))?;
     Ok(dir)
-}
-
-fn nginx_prelude(dir: &Path) -> String {
-    format!(
-        r#"daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/logs/error.log warn;
-events {{ worker_connections 15000; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_timeout 300s;
-  keepalive_requests 10000000;
-"#,
-        d = dir.display()
-    )
 }
 
 fn start_nginx_process(dir: &Path, cpu: &str, port: u16, name: &str) -> Result<Process> {

@@ -31,7 +31,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{KilledOnDrop, free_port, pinned},
+    common::{KilledOnDrop, free_port, nginx_prelude, pinned},
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -512,7 +512,7 @@ endpoints:
 }
 
 fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr, generation: usize) -> String {
-    let d = dir.display();
+    let prelude = nginx_prelude(dir);
     let mut servers = String::new();
     for host in 0..HOSTS {
         let _ = write!(
@@ -534,24 +534,7 @@ fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr, generation: usize) 
         servers.push_str("    location / { return 404; }\n  }\n");
     }
     format!(
-        r#"daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/logs/error.log warn;
-events {{ worker_connections 10000; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  server_names_hash_bucket_size 128;
-  keepalive_timeout 300s;
-  keepalive_requests 1000000;
+        r#"{prelude}  server_names_hash_bucket_size 128;
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host $host;

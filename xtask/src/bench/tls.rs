@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{KilledOnDrop, free_port, pinned},
+    common::{KilledOnDrop, free_port, nginx_prelude, pinned},
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -356,24 +356,7 @@ fn start_nginx(work: &Path, upstream: SocketAddr) -> Result<Server> {
     fs::create_dir_all(dir.join("logs"))?;
     let w = work.display();
     let conf = format!(
-        r#"daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/logs/error.log warn;
-events {{ worker_connections 10000; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_timeout 300s;
-  keepalive_requests 1000000;
-  upstream up {{ server {upstream}; keepalive 32; }}
+        r#"{prelude}  upstream up {{ server {upstream}; keepalive 32; }}
   server {{
     listen 127.0.0.1:{port} ssl;
     server_name {SNI};
@@ -394,7 +377,7 @@ http {{
   }}
 }}
 "#,
-        d = dir.display(),
+        prelude = nginx_prelude(&dir),
     );
     fs::write(dir.join("nginx.conf"), conf)?;
     let child = pinned(SERVER_CPU, Path::new("nginx"))
