@@ -4,6 +4,7 @@
 
 mod access_log;
 mod forward;
+mod grpc;
 mod h1_guard;
 mod route_actions;
 mod tcp;

@@ -331,7 +331,11 @@ pub struct FaultDelay {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FaultAbort {
+    /// 200 when the abort names a gRPC status (as Envoy answers it).
     pub status: u16,
+    /// The gRPC status code a gRPC request gets (Istio's `grpcStatus`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u16>,
     /// Share of requests aborted, 0–100.
     pub percentage: f64,
 }

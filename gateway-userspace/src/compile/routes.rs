@@ -609,32 +609,33 @@ fn compile_fault(f: &IstioFault) -> Result<Fault, FieldError> {
     let abort = match &f.abort {
         None => None,
         Some(a) => {
-            let status = match (a.http_status, &a.grpc_status) {
-                (Some(s), _) => u16::try_from(s)
-                    .ok()
-                    .filter(|s| (200..=599).contains(s))
-                    .ok_or_else(|| {
-                        (
-                            "fault.abort.httpStatus".to_owned(),
-                            format!("{s} is not an HTTP status (200–599)"),
-                        )
-                    })?,
-                (None, Some(_)) => {
-                    return Err((
-                        "fault.abort.grpcStatus".to_owned(),
-                        "grpcStatus aborts are not served yet; use httpStatus".to_owned(),
-                    ));
-                }
+            // httpStatus wins when both are set, as in Envoy's fault filter.
+            let (status, grpc_status) = match (a.http_status, &a.grpc_status) {
+                (Some(s), _) => (
+                    u16::try_from(s)
+                        .ok()
+                        .filter(|s| (200..=599).contains(s))
+                        .ok_or_else(|| {
+                            (
+                                "fault.abort.httpStatus".to_owned(),
+                                format!("{s} is not an HTTP status (200–599)"),
+                            )
+                        })?,
+                    None,
+                ),
+                // Envoy answers a gRPC abort with HTTP 200 (the status is in grpc-status).
+                (None, Some(name)) => (200, Some(grpc_status_code(name)?)),
                 (None, None) => {
                     return Err((
                         "fault.abort".to_owned(),
-                        "an abort needs httpStatus".to_owned(),
+                        "an abort needs httpStatus or grpcStatus".to_owned(),
                     ));
                 }
             };
             let percentage = a.percentage.as_ref().map_or(100.0, |p| p.value);
             Some(FaultAbort {
                 status,
+                grpc_status,
                 percentage: check_percentage(percentage, "fault.abort.percentage")?,
             })
         }
@@ -670,6 +671,44 @@ fn compile_cors(c: &IstioCors) -> Result<CorsPolicy, FieldError> {
         max_age,
         allow_credentials: c.allow_credentials.unwrap_or(false),
     })
+}
+
+/// gRPC status codes by the names Istio's `grpcStatus` takes (the index is the code).
+const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Istio takes the status by name in capitals (`UNAVAILABLE`, not `14`).
+fn grpc_status_code(name: &str) -> Result<u16, FieldError> {
+    GRPC_STATUS_NAMES
+        .iter()
+        .position(|known| *known == name)
+        .and_then(|code| u16::try_from(code).ok())
+        .ok_or_else(|| {
+            (
+                "fault.abort.grpcStatus".to_owned(),
+                format!(
+                    "{name:?} is not a gRPC status name (one of {})",
+                    GRPC_STATUS_NAMES.join(", ")
+                ),
+            )
+        })
 }
 
 fn check_percentage(value: f64, field: &str) -> Result<f64, FieldError> {
@@ -796,6 +835,29 @@ mod tests {
     fn re2_groups_become_regex_crate_groups() {
         assert_eq!(re2_substitution("/v2/\\1/x"), "/v2/${1}/x");
         assert_eq!(re2_substitution("/a$b"), "/a$$b");
+    }
+
+    #[test]
+    fn grpc_aborts_by_status_name() {
+        let abort = |http_status, grpc_status: Option<&str>| {
+            let fault = IstioFault {
+                delay: None,
+                abort: Some(IstioAbort {
+                    http_status,
+                    grpc_status: grpc_status.map(str::to_owned),
+                    percentage: None,
+                }),
+            };
+            compile_fault(&fault).map(|f| f.abort.map(|a| (a.status, a.grpc_status)))
+        };
+        assert_eq!(abort(None, Some("UNAVAILABLE")), Ok(Some((200, Some(14)))));
+        assert_eq!(abort(None, Some("OK")), Ok(Some((200, Some(0)))));
+        assert_eq!(abort(Some(503), Some("NOT_FOUND")), Ok(Some((503, None))));
+        let (field, message) = abort(None, Some("14")).expect_err("numbers are refused");
+        assert_eq!(field, "fault.abort.grpcStatus");
+        assert!(message.contains("UNAUTHENTICATED"), "{message}");
+        assert!(abort(None, Some("unavailable")).is_err());
+        assert!(abort(None, None).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use super::{
     ProxyContext,
     access_log::AccessLogEntry,
+    grpc,
     route_actions::{self, TryFailure},
 };
 use crate::{
@@ -117,10 +118,14 @@ impl Connection {
         let request_id =
             header_str(request.headers(), &X_REQUEST_ID).unwrap_or_else(new_request_id);
         let forwarded_for = header_str(request.headers(), &X_FORWARDED_FOR);
+        let request_is_grpc = grpc::is_grpc(request.headers());
 
         let (response, outcome) = self
             .route_and_forward(request, authority.as_deref(), &request_id)
             .await;
+        // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
+        // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
+        let response = grpc::local_reply(request_is_grpc, response).await;
 
         let status = response.status();
         let labels = RequestLabels {
@@ -304,7 +309,10 @@ impl Connection {
                     flags::FAULT_INJECTED
                 };
                 return (
-                    local_response(status, "fault filter abort"),
+                    grpc::mark_local(
+                        local_response(status, "fault filter abort"),
+                        abort.grpc_status,
+                    ),
                     Outcome::local(flags),
                 );
             }
@@ -876,7 +884,7 @@ fn local_response(status: StatusCode, body: &str) -> Response<ProxyBody> {
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    response
+    grpc::mark_local(response, None)
 }
 
 /// A random UUID (version 4), as Envoy generates for `x-request-id`.
