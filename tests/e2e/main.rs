@@ -4,6 +4,7 @@
 
 mod basics;
 mod config;
+mod grpc;
 mod http;
 mod http_safety;
 mod kernel;

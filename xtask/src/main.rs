@@ -96,6 +96,10 @@ const APT_PACKAGES: &[(&[&str], &str)] = &[
     (&["build-essential", "pkg-config"], "C parts of crates"),
     (&["curl", "openssl"], "test clients"),
     (
+        &["python3-grpcio"],
+        "gRPC client and server peers in the gRPC end-to-end test",
+    ),
+    (
         &["iproute2", "iptables", "nftables"],
         "network namespaces and kube-proxy-style rules in kernel tests",
     ),
