@@ -17,3 +17,4 @@ pub mod reload;
 pub mod route_table;
 pub mod snapshot;
 pub mod tls;
+pub mod workers;

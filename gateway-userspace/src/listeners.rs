@@ -1,7 +1,8 @@
 //! The set of listening sockets, keyed by bind port. The first snapshot opens it; each
 //! reload diffs it against the new snapshot: ports that appear are bound *before* the new
 //! snapshot is swapped in (so a port that cannot be bound fails the reload and nothing
-//! changes), ports that disappear stop accepting and drain like a shutdown does.
+//! changes), ports that disappear stop accepting and drain like a shutdown does. Each
+//! port has one socket and accept loop per worker thread (workers.rs).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{runtime::Handle, sync::watch, task::JoinHandle};
 use tracing::info;
 
 use crate::{
@@ -23,17 +24,18 @@ use crate::{
 const REBIND_ATTEMPTS: u32 = 20;
 const REBIND_PAUSE: Duration = Duration::from_millis(10);
 
-/// One accept loop and the switch that stops it.
+/// A port's accept loops (one per worker) and the switch that stops them.
 struct Running {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    /// The listening socket (owned by the accept loop), for node-port steering.
+    tasks: Vec<JoinHandle<()>>,
+    /// A listening socket of the port (owned by an accept loop), for node-port
+    /// steering: the kernel picks among the port's reuse-port group from it.
     socket: RawFd,
 }
 
 /// Ports bound for a snapshot that is not yet serving; `ListenerSet::start` takes them.
 pub struct Bound {
-    listeners: Vec<(u16, TcpListener)>,
+    listeners: Vec<(u16, Vec<std::net::TcpListener>)>,
 }
 
 impl Bound {
@@ -44,6 +46,8 @@ impl Bound {
 
 pub struct ListenerSet {
     ctx: Arc<ProxyContext>,
+    /// The worker runtimes the accept loops run on.
+    workers: Vec<Handle>,
     drain_timeout: Duration,
     running: Mutex<BTreeMap<u16, Running>>,
     /// Accept loops of removed ports, finishing their drain.
@@ -51,9 +55,10 @@ pub struct ListenerSet {
 }
 
 impl ListenerSet {
-    pub fn new(ctx: Arc<ProxyContext>, drain_timeout: Duration) -> Self {
+    pub fn new(ctx: Arc<ProxyContext>, workers: Vec<Handle>, drain_timeout: Duration) -> Self {
         ListenerSet {
             ctx,
+            workers,
             drain_timeout,
             running: Mutex::default(),
             draining: Mutex::default(),
@@ -80,17 +85,19 @@ impl ListenerSet {
         let wanted: BTreeSet<u16> = snapshot.listeners.iter().map(|l| l.bind_port).collect();
         let mut listeners = Vec::new();
         for port in wanted.difference(&running) {
-            let listener = bind_with_retry(*port).await?;
+            let sockets = bind_with_retry(*port, self.workers.len()).await?;
             let tls = snapshot.listeners.iter().any(|l| {
                 l.bind_port == *port && matches!(l.protocol, Protocol::Https | Protocol::Tls)
             });
             // TLS clients speak first: the connection waits in the kernel for its
             // ClientHello, where the kernel path can still refuse it (issue: SNI early
             // rejection); an idle connect never reaches accept().
-            if tls && let Err(e) = crate::ebpf::defer_accept(&listener) {
-                tracing::warn!(port, error = %e, "TCP_DEFER_ACCEPT not set");
+            for socket in sockets.iter().filter(|_| tls) {
+                if let Err(e) = crate::ebpf::defer_accept(socket) {
+                    tracing::warn!(port, error = %e, "TCP_DEFER_ACCEPT not set");
+                }
             }
-            listeners.push((*port, listener));
+            listeners.push((*port, sockets));
         }
         Ok(Bound { listeners })
     }
@@ -100,16 +107,31 @@ impl ListenerSet {
     pub fn start(&self, bound: Bound, snapshot: &Snapshot) {
         let wanted: BTreeSet<u16> = snapshot.listeners.iter().map(|l| l.bind_port).collect();
         let mut running = self.lock_running();
-        for (port, listener) in bound.listeners {
-            let socket = listener.as_raw_fd();
+        for (port, sockets) in bound.listeners {
+            let Some(socket) = sockets.first().map(AsRawFd::as_raw_fd) else {
+                continue;
+            };
             let (stop, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(proxy::serve(
-                listener,
-                self.ctx.clone(),
-                stop_rx,
-                self.drain_timeout,
-            ));
-            running.insert(port, Running { stop, task, socket });
+            let tasks = sockets
+                .into_iter()
+                .zip(&self.workers)
+                .map(|(listener, worker)| {
+                    worker.spawn(proxy::serve(
+                        listener,
+                        self.ctx.clone(),
+                        stop_rx.clone(),
+                        self.drain_timeout,
+                    ))
+                })
+                .collect();
+            running.insert(
+                port,
+                Running {
+                    stop,
+                    tasks,
+                    socket,
+                },
+            );
         }
         let removed: Vec<u16> = running
             .keys()
@@ -121,7 +143,7 @@ impl ListenerSet {
             if let Some(listener) = running.remove(&port) {
                 info!(port, "listener removed by reload: draining it");
                 let _ = listener.stop.send(true);
-                draining.push(listener.task);
+                draining.extend(listener.tasks);
             }
         }
         draining.retain(|task| !task.is_finished());
@@ -133,9 +155,9 @@ impl ListenerSet {
             let mut running = self.lock_running();
             std::mem::take(&mut *running)
                 .into_values()
-                .map(|listener| {
+                .flat_map(|listener| {
                     let _ = listener.stop.send(true);
-                    listener.task
+                    listener.tasks
                 })
                 .collect()
         };
@@ -152,10 +174,13 @@ impl ListenerSet {
     }
 }
 
-async fn bind_with_retry(port: u16) -> Result<TcpListener, ProxyError> {
+async fn bind_with_retry(
+    port: u16,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, ProxyError> {
     let mut attempt = 1;
     loop {
-        match proxy::bind_port(port) {
+        match proxy::bind_port(port, count) {
             Err(ProxyError::Bind { source, .. })
                 if source.kind() == std::io::ErrorKind::AddrInUse && attempt < REBIND_ATTEMPTS =>
             {

@@ -32,6 +32,45 @@ pub struct RequestLabels {
     pub destination_service_namespace: String,
 }
 
+/// Istio's request counter and duration histogram for one label set.
+#[derive(Clone, Debug)]
+pub struct RequestStats {
+    pub count: Counter,
+    pub duration_ms: Histogram,
+}
+
+/// The label sets one destination has been seen with, resolved to their metrics once:
+/// a request then finds its counter by status, flags and protocol in a short list
+/// instead of cloning and hashing Istio's string labels every time.
+#[derive(Debug, Default)]
+pub struct RequestStatsCache {
+    entries: Mutex<Vec<(RequestKey, RequestStats)>>,
+}
+
+/// What varies between the requests to one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestKey {
+    pub response_code: u16,
+    pub response_flags: &'static str,
+    pub http2: bool,
+}
+
+/// Istio's `destination_service*` labels.
+pub struct Destination<'a> {
+    pub service: &'a str,
+    pub name: &'a str,
+    pub namespace: &'a str,
+}
+
+impl Destination<'static> {
+    /// Requests the gateway answered itself (no route, no cluster).
+    pub const UNKNOWN: Self = Destination {
+        service: "unknown",
+        name: "unknown",
+        namespace: "unknown",
+    };
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PortLabels {
     pub port: u16,
@@ -165,6 +204,36 @@ impl Metrics {
             config_last_reload_successful,
             tls_handshakes,
         }
+    }
+
+    /// The request metrics of `key` at `destination`, created on first use and cached.
+    pub fn request_stats(
+        &self,
+        cache: &RequestStatsCache,
+        destination: &Destination<'_>,
+        key: RequestKey,
+    ) -> RequestStats {
+        let mut entries = cache
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, stats)) = entries.iter().find(|(k, _)| *k == key) {
+            return stats.clone();
+        }
+        let labels = RequestLabels {
+            response_code: key.response_code,
+            response_flags: key.response_flags,
+            request_protocol: if key.http2 { "grpc_or_http2" } else { "http" },
+            destination_service: destination.service.to_owned(),
+            destination_service_name: destination.name.to_owned(),
+            destination_service_namespace: destination.namespace.to_owned(),
+        };
+        let stats = RequestStats {
+            count: self.requests.get_or_create(&labels).clone(),
+            duration_ms: self.request_duration_ms.get_or_create(&labels).clone(),
+        };
+        entries.push((key, stats.clone()));
+        stats
     }
 
     pub fn encode(&self) -> String {

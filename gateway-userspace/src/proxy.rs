@@ -6,16 +6,17 @@ mod access_log;
 mod forward;
 mod grpc;
 mod h1_guard;
+mod limits;
 mod route_actions;
 mod tcp;
 mod tls;
+mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
@@ -27,13 +28,12 @@ use tokio::{
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use access_log::AccessLogFormat;
+pub use limits::Limits;
 
 use crate::{metrics::Metrics, snapshot::Snapshot};
 
 /// Backlog of each listening socket: bursts of new connections queue in the kernel.
 const LISTEN_BACKLOG: u32 = 4096;
-/// Slowloris guard: a client gets this long to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line + headers) read from a client: Envoy's default
 /// `max_request_headers_kb` (60 KiB). Larger heads get 431.
 const MAX_REQUEST_HEAD_BYTES: usize = 60 * 1024;
@@ -50,10 +50,6 @@ const MAX_PENDING_RESET_STREAMS: usize = 20;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// After a failed accept (EMFILE and the like), pause instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-/// Istio's default upstream connect timeout.
-const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle upstream keep-alive connections are closed after this long.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Error)]
 pub enum ProxyError {
@@ -66,14 +62,10 @@ pub struct ProxyContext {
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLogFormat,
-    upstream: Upstreams,
-}
-
-/// Upstream clients with per-endpoint connection pools: HTTP/1.1 keep-alive, and h2c
-/// (prior knowledge, multiplexed) for clusters whose Service port says http2/grpc/h2c.
-struct Upstreams {
-    http1: Client<HttpConnector, forward::ProxyBody>,
-    http2: Client<HttpConnector, forward::ProxyBody>,
+    /// Timeouts and the body limit (set with `with_limits`).
+    pub limits: Limits,
+    /// Request metrics of the answers no cluster gave (404, direct responses, ...).
+    local_stats: crate::metrics::RequestStatsCache,
 }
 
 impl ProxyContext {
@@ -82,65 +74,64 @@ impl ProxyContext {
         metrics: Arc<Metrics>,
         access_log: AccessLogFormat,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(true)
-            .build(connector);
-        let upstream = Upstreams { http1, http2 };
         ProxyContext {
             snapshots,
             metrics,
             access_log,
-            upstream,
+            limits: Limits::default(),
+            local_stats: Default::default(),
         }
     }
 }
 
-/// Binds every listener of the snapshot (all addresses, IPv4).
-pub fn bind_listeners(snapshot: &Snapshot) -> Result<Vec<TcpListener>, ProxyError> {
-    let mut listeners = Vec::new();
-    for listener in &snapshot.listeners {
-        listeners.push(bind_port(listener.bind_port)?);
-    }
-    Ok(listeners)
-}
-
-/// Binds one listening socket on all addresses (IPv4); reload binds ports one by one.
-pub fn bind_port(port: u16) -> Result<TcpListener, ProxyError> {
-    let bind = || -> std::io::Result<TcpListener> {
+/// Binds `count` listening sockets for `port` on all addresses (IPv4), one per worker:
+/// a `SO_REUSEPORT` group when there are several, among which the kernel spreads new
+/// connections. The sockets are handed to the workers' runtimes (`serve`) unregistered.
+pub fn bind_port(port: u16, count: usize) -> Result<Vec<std::net::TcpListener>, ProxyError> {
+    let bind = |reuse_port: bool| -> std::io::Result<std::net::TcpListener> {
         let socket = TcpSocket::new_v4()?;
         socket.set_reuseaddr(true)?;
+        socket.set_reuseport(reuse_port)?;
         socket.set_nodelay(true)?;
         socket.bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
-        socket.listen(LISTEN_BACKLOG)
+        socket.listen(LISTEN_BACKLOG)?.into_std()
     };
-    bind().map_err(|source| ProxyError::Bind { port, source })
+    let group = count > 1;
+    if group {
+        // A plain bind first: it fails while anything holds the port, even another
+        // process's reuse-port group, which the group below would silently join.
+        drop(bind(false).map_err(|source| ProxyError::Bind { port, source })?);
+    }
+    (0..count.max(1))
+        .map(|_| bind(group).map_err(|source| ProxyError::Bind { port, source }))
+        .collect()
 }
 
 /// Accepts until `shutdown` turns true, then lets open connections finish their
 /// in-flight requests for up to `drain_timeout`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     ctx: Arc<ProxyContext>,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
     let bind_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    // Registered with the runtime of the worker this task runs on.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(port = bind_port, error = %e, "listener not served");
+            return;
+        }
+    };
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The framing guard times heads from their first byte (limits.rs); hyper's
+        // clock would also run while a keep-alive connection sits idle.
+        .header_read_timeout(None)
         .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .max_headers(MAX_REQUEST_HEADERS);
     builder
@@ -195,25 +186,24 @@ pub async fn serve(
             );
             continue;
         }
-        let connection = forward::Connection {
-            peer,
-            local,
-            snapshot,
-            ctx: ctx.clone(),
-            tls: None,
-        };
+        let connection = forward::Connection::new(peer, local, snapshot, ctx.clone(), None);
         let connection = Arc::new(connection);
         let service = service_fn(move |request| {
             let connection = connection.clone();
             async move { Ok::<_, std::convert::Infallible>(connection.handle(request).await) }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(h1_guard::H1Guard::new(stream)), service)
+            .serve_connection_with_upgrades(
+                TokioIo::new(h1_guard::H1Guard::new(stream, &ctx, peer, local)),
+                service,
+            )
             .into_owned();
         let conn = graceful.watch(conn);
+        let log_ctx = ctx.clone();
         tokio::spawn(
             async move {
                 if let Err(e) = conn.await {
+                    access_log::connection_error(&log_ctx, local, peer, &*e);
                     debug!(error = %e, "connection ended with an error");
                 }
             }

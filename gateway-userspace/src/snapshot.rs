@@ -364,7 +364,7 @@ pub struct CorsPolicy {
 }
 
 /// Upstream HTTP version, from the Service port's `appProtocol` or name.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum UpstreamProtocol {
     #[default]
@@ -411,6 +411,9 @@ pub struct OutlierDetection {
     pub max_ejection_percent: u32,
 }
 
+/// Istio's default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A service port and its ready endpoints, named as Envoy names clusters
 /// (`outbound|8000||httpbin.default.svc.cluster.local`) so metrics and logs read alike.
 #[derive(Debug, Serialize)]
@@ -425,11 +428,18 @@ pub struct Cluster {
     pub load_balancer: LoadBalancer,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// TCP connect timeout to an endpoint (DestinationRule
+    /// `connectionPool.tcp.connectTimeout`, Istio's default 10 s).
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
     #[serde(skip)]
     next: AtomicUsize,
     /// Per endpoint (same index as `endpoints`): in-flight requests and health.
     #[serde(skip)]
     state: Vec<EndpointState>,
+    /// This destination's request metrics, resolved once per label set.
+    #[serde(skip)]
+    pub stats: crate::metrics::RequestStatsCache,
 }
 
 #[derive(Debug, Default)]
@@ -458,8 +468,10 @@ impl Cluster {
             protocol: UpstreamProtocol::default(),
             load_balancer: LoadBalancer::default(),
             outlier_detection: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             next: AtomicUsize::new(0),
             state,
+            stats: Default::default(),
         }
     }
 

@@ -11,7 +11,8 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header, uri::PathAndQuery,
 };
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body as _, Incoming};
@@ -19,12 +20,13 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     ProxyContext,
-    access_log::AccessLogEntry,
-    grpc,
+    access_log::{AccessLogEntry, AccessLogFormat},
+    grpc, limits,
     route_actions::{self, TryFailure},
+    upstream::{self, UpstreamBody},
 };
 use crate::{
-    metrics::RequestLabels,
+    metrics::{Destination, RequestKey},
     route_table::{RequestInfo, Route},
     snapshot::{
         Cluster, Forward, Listener, RouteAction, Snapshot, UpstreamProtocol, WeightedCluster,
@@ -93,6 +95,8 @@ pub struct Connection {
     pub ctx: Arc<ProxyContext>,
     /// Set on connections that TLS terminated: scheme https, SNI's server (421), XFCC.
     pub tls: Option<Arc<crate::tls::TlsConnectionInfo>>,
+    /// The client's address as x-forwarded-for and x-envoy-external-address carry it.
+    peer_ip: HeaderValue,
 }
 
 /// What the access log and metrics need about the outcome.
@@ -103,60 +107,87 @@ struct Outcome<'a> {
 }
 
 impl Connection {
+    pub fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        snapshot: Arc<Snapshot>,
+        ctx: Arc<ProxyContext>,
+        tls: Option<Arc<crate::tls::TlsConnectionInfo>>,
+    ) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        Connection {
+            peer,
+            local,
+            snapshot,
+            ctx,
+            tls,
+            peer_ip,
+        }
+    }
+
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let start_time = SystemTime::now();
-        let method = request.method().clone();
         let version = request.version();
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
+        // What the access log needs from the request, kept only when there is a log (the
+        // values are reference-counted, not copied).
+        let logged = (self.ctx.access_log != AccessLogFormat::Off).then(|| LoggedRequest {
+            start_time: SystemTime::now(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            user_agent: request.headers().get(header::USER_AGENT).cloned(),
+            forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
+        });
         let authority = request_authority(&request);
-        let user_agent = header_str(request.headers(), &header::USER_AGENT);
-        let request_id =
-            header_str(request.headers(), &X_REQUEST_ID).unwrap_or_else(new_request_id);
-        let forwarded_for = header_str(request.headers(), &X_FORWARDED_FOR);
+        let request_id = match request.headers().get(&X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => new_request_id(),
+        };
         let request_is_grpc = grpc::is_grpc(request.headers());
 
         let (response, outcome) = self
-            .route_and_forward(request, authority.as_deref(), &request_id)
+            .route_and_forward(
+                request,
+                authority.as_ref().and_then(|a| a.to_str().ok()),
+                &request_id,
+            )
             .await;
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
         let response = grpc::local_reply(request_is_grpc, response).await;
 
         let status = response.status();
-        let labels = RequestLabels {
+        let key = RequestKey {
             response_code: status.as_u16(),
             response_flags: outcome.flags,
-            request_protocol: if version == Version::HTTP_2 {
-                "grpc_or_http2"
-            } else {
-                "http"
-            },
-            destination_service: outcome
-                .cluster
-                .map_or_else(|| "unknown".into(), |c| c.service.clone()),
-            destination_service_name: outcome
-                .cluster
-                .map_or_else(|| "unknown".into(), |c| c.service_name.clone()),
-            destination_service_namespace: outcome
-                .cluster
-                .map_or_else(|| "unknown".into(), |c| c.service_namespace.clone()),
+            http2: version == Version::HTTP_2,
         };
-        let metrics = &self.ctx.metrics;
-        metrics.requests.get_or_create(&labels).inc();
+        let stats = match outcome.cluster {
+            Some(cluster) => self.ctx.metrics.request_stats(
+                &cluster.stats,
+                &Destination {
+                    service: &cluster.service,
+                    name: &cluster.service_name,
+                    namespace: &cluster.service_namespace,
+                },
+                key,
+            ),
+            None => {
+                self.ctx
+                    .metrics
+                    .request_stats(&self.ctx.local_stats, &Destination::UNKNOWN, key)
+            }
+        };
+        stats.count.inc();
         let elapsed = started.elapsed();
-        metrics
-            .request_duration_ms
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64() * 1000.0);
+        stats.duration_ms.observe(elapsed.as_secs_f64() * 1000.0);
+        let Some(logged) = logged else {
+            return response;
+        };
         self.ctx.access_log.write(&AccessLogEntry {
-            start_time,
-            method: method.as_str(),
-            path: &path_and_query,
+            start_time: logged.start_time,
+            method: logged.method.as_str(),
+            path: logged.uri.path_and_query().map_or("/", |p| p.as_str()),
             version,
             status: status.as_u16(),
             flags: outcome.flags,
@@ -165,10 +196,10 @@ impl Connection {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()),
             duration: elapsed,
-            forwarded_for: forwarded_for.as_deref(),
-            user_agent: user_agent.as_deref(),
-            request_id: &request_id,
-            authority: authority.as_deref(),
+            forwarded_for: logged.forwarded_for.as_ref().and_then(|v| v.to_str().ok()),
+            user_agent: logged.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+            request_id: request_id.to_str().unwrap_or("-"),
+            authority: authority.as_ref().and_then(|a| a.to_str().ok()),
             upstream: outcome.upstream,
             cluster: outcome.cluster.map(|c| c.name.as_str()),
             downstream_local: self.local,
@@ -181,7 +212,7 @@ impl Connection {
         &'s self,
         request: Request<Incoming>,
         authority: Option<&str>,
-        request_id: &str,
+        request_id: &HeaderValue,
     ) -> (Response<ProxyBody>, Outcome<'s>) {
         if let Some(status) = framing_problem(&request) {
             // The message boundaries are in doubt: answer and close the connection so
@@ -191,6 +222,17 @@ impl Connection {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return (response, Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR));
+        }
+        if limits::declared_body_too_large(&request, &self.ctx.limits) {
+            // Refused before anything is forwarded; the unread body ends the connection.
+            let mut response = local_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                limits::PAYLOAD_TOO_LARGE_BODY,
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return (response, Outcome::local(flags::NONE));
         }
         let Some(authority) = authority else {
             return (
@@ -276,7 +318,7 @@ impl Connection {
         route: &'s Route<RouteAction>,
         forward: &'s Forward,
         authority: &str,
-        request_id: &str,
+        request_id: &HeaderValue,
     ) -> (Response<ProxyBody>, Outcome<'s>) {
         let cors_origin = forward.cors.as_ref().and_then(|cors| {
             route_actions::allowed_origin(cors, request.headers()).map(|o| (cors, o.clone()))
@@ -333,7 +375,7 @@ impl Connection {
         let downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
 
         let (parts, body) = request.into_parts();
-        let Some(head) = self.upstream_head(
+        let Some(mut head) = self.upstream_head(
             parts, route, forward, weighted, authority, request_id, is_upgrade,
         ) else {
             return (
@@ -342,7 +384,7 @@ impl Connection {
             );
         };
 
-        let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body_failed = Arc::new(limits::BodyFailure::default());
         // A body that can be sent more than once: empty, or small and of known length.
         let wants_replay =
             !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
@@ -397,7 +439,8 @@ impl Connection {
             let Some(try_body) = body.for_try() else {
                 break (Err(TryFailure::Reset), endpoint);
             };
-            let attempt = self.send(&head, endpoint, cluster, try_body);
+            let last_try = retries_done >= retry.attempts || !body.can_replay();
+            let attempt = self.send(&mut head, endpoint, cluster, try_body, last_try);
             let attempt = async {
                 match retry.per_try_timeout {
                     Some(t) => tokio::time::timeout(t, attempt)
@@ -444,15 +487,17 @@ impl Connection {
             tokio::time::sleep(backoff / 2 + jitter).await;
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         };
-        if response.is_err() && body_failed.load(std::sync::atomic::Ordering::Relaxed) {
-            let mut response = local_response(StatusCode::BAD_REQUEST, "");
+        if response.is_err()
+            && let Some((status, text, failure_flags)) = body_failed.answer()
+        {
+            let mut response = local_response(status, text);
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return (
                 response,
                 Outcome {
-                    flags: flags::DOWNSTREAM_PROTOCOL_ERROR,
+                    flags: failure_flags,
                     cluster: Some(cluster),
                     upstream: Some(endpoint),
                 },
@@ -507,7 +552,7 @@ impl Connection {
                     flags::UPSTREAM_FAILURE_RETRIES_EXCEEDED,
                 )),
             ),
-            Err(TryFailure::Reset) => (
+            Err(TryFailure::Reset | TryFailure::RefusedStream) => (
                 local_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
@@ -534,22 +579,16 @@ impl Connection {
     /// One try: the request to one endpoint, over the cluster's protocol.
     async fn send(
         &self,
-        head: &UpstreamHead,
+        head: &mut UpstreamHead,
         endpoint: SocketAddr,
         cluster: &Cluster,
         body: ProxyBody,
-    ) -> Result<Response<Incoming>, TryFailure> {
+        last_try: bool,
+    ) -> Result<Response<UpstreamBody>, TryFailure> {
         let request = head
-            .request(endpoint, cluster.protocol, body)
+            .request(cluster.protocol, body, last_try)
             .map_err(|_| TryFailure::ProtocolError)?;
-        let client = match cluster.protocol {
-            UpstreamProtocol::Http1 => &self.ctx.upstream.http1,
-            UpstreamProtocol::Http2 => &self.ctx.upstream.http2,
-        };
-        client.request(request).await.map_err(|e| {
-            tracing::debug!(%endpoint, error = ?e, "upstream request failed");
-            classify(&e)
-        })
+        upstream::send(endpoint, cluster.protocol, cluster.connect_timeout, request).await
     }
 
     /// A copy of the request to a mirror cluster; the answer is ignored. Envoy marks the
@@ -573,15 +612,13 @@ impl Connection {
         if let Some(value) = shadow_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
             head.headers.insert(header::HOST, value);
         }
-        let client = match cluster.protocol {
-            UpstreamProtocol::Http1 => self.ctx.upstream.http1.clone(),
-            UpstreamProtocol::Http2 => self.ctx.upstream.http2.clone(),
-        };
         let protocol = cluster.protocol;
+        let connect_timeout = cluster.connect_timeout;
         tokio::spawn(async move {
             let body = Full::new(body).map_err(|never| match never {}).boxed();
-            if let Ok(request) = head.request(endpoint, protocol, body)
-                && let Ok(response) = client.request(request).await
+            if let Ok(request) = head.request(protocol, body, true)
+                && let Ok(response) =
+                    upstream::send(endpoint, protocol, connect_timeout, request).await
             {
                 // Drain so the pooled connection can be reused.
                 let _ = response.into_body().collect().await;
@@ -616,15 +653,21 @@ impl Connection {
         forward: &Forward,
         weighted: &WeightedCluster,
         authority: &str,
-        request_id: &str,
+        request_id: &HeaderValue,
         is_upgrade: bool,
     ) -> Option<UpstreamHead> {
-        let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let path_and_query = match forward.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
             Some(rewrite) => {
-                route_actions::rewrite_path_and_query(rewrite, original, &route.matches)
+                let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let rewritten =
+                    route_actions::rewrite_path_and_query(rewrite, original, &route.matches);
+                PathAndQuery::try_from(rewritten).ok()?
             }
-            None => original.to_owned(),
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         let mut headers = parts.headers;
         let upgrade = if is_upgrade {
@@ -645,12 +688,17 @@ impl Connection {
         if let Ok(host) = HeaderValue::from_str(host) {
             headers.insert(header::HOST, host);
         }
-        let client_ip = self.peer.ip().to_string();
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(existing) if !existing.is_empty() => format!("{existing},{client_ip}"),
-            _ => client_ip.clone(),
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+            Some(existing) if !existing.is_empty() => {
+                let mut joined = Vec::with_capacity(existing.len() + 1 + self.peer_ip.len());
+                joined.extend_from_slice(existing.as_bytes());
+                joined.push(b',');
+                joined.extend_from_slice(self.peer_ip.as_bytes());
+                HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
+            }
+            _ => Some(self.peer_ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        if let Some(v) = forwarded_for {
             headers.insert(X_FORWARDED_FOR, v);
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme()));
@@ -664,19 +712,16 @@ impl Connection {
         {
             headers.insert(X_FORWARDED_CLIENT_CERT, v);
         }
-        if !headers.contains_key(&X_REQUEST_ID)
-            && let Ok(v) = HeaderValue::from_str(request_id)
-        {
-            headers.insert(X_REQUEST_ID, v);
+        if !headers.contains_key(&X_REQUEST_ID) {
+            headers.insert(X_REQUEST_ID, request_id.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(&client_ip) {
-            headers.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
-        }
+        headers.insert(X_ENVOY_EXTERNAL_ADDRESS, self.peer_ip.clone());
         forward.headers.request.apply(&mut headers);
         weighted.headers.request.apply(&mut headers);
         Some(UpstreamHead {
             method: parts.method,
             path_and_query,
+            authority: host.to_owned(),
             headers,
         })
     }
@@ -696,32 +741,55 @@ impl Outcome<'_> {
 #[derive(Clone)]
 struct UpstreamHead {
     method: Method,
-    path_and_query: String,
+    path_and_query: PathAndQuery,
+    /// The Host header's value: HTTP/2 upstreams get it as `:authority`.
+    authority: String,
     headers: HeaderMap,
 }
 
 impl UpstreamHead {
+    /// The request of one try: origin-form with a Host header for HTTP/1.1, absolute
+    /// (`:authority`, no Host) for HTTP/2. The last try takes the headers instead of
+    /// copying them.
     fn request(
-        &self,
-        endpoint: SocketAddr,
+        &mut self,
         protocol: UpstreamProtocol,
         body: ProxyBody,
+        last_try: bool,
     ) -> Result<Request<ProxyBody>, http::Error> {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.to_string())
-            .path_and_query(self.path_and_query.as_str())
-            .build()?;
+        let mut headers = if last_try {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
+        let (uri, version) = match protocol {
+            UpstreamProtocol::Http1 => (Uri::from(self.path_and_query.clone()), Version::HTTP_11),
+            UpstreamProtocol::Http2 => {
+                headers.remove(header::HOST);
+                let uri = Uri::builder()
+                    .scheme("http")
+                    .authority(self.authority.as_str())
+                    .path_and_query(self.path_and_query.clone())
+                    .build()?;
+                (uri, Version::HTTP_2)
+            }
+        };
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = self.headers.clone();
-        *request.version_mut() = match protocol {
-            UpstreamProtocol::Http1 => Version::HTTP_11,
-            UpstreamProtocol::Http2 => Version::HTTP_2,
-        };
+        *request.headers_mut() = headers;
+        *request.version_mut() = version;
         Ok(request)
     }
+}
+
+/// What the access log needs of a request after the request itself has moved on.
+struct LoggedRequest {
+    start_time: SystemTime,
+    method: Method,
+    uri: Uri,
+    user_agent: Option<HeaderValue>,
+    forwarded_for: Option<HeaderValue>,
 }
 
 enum RequestBody {
@@ -745,24 +813,6 @@ impl RequestBody {
     fn can_replay(&self) -> bool {
         matches!(self, RequestBody::Replayable(_))
     }
-}
-
-/// Sorts a client error into what `retry_on` and the response flags speak of.
-fn classify(error: &hyper_util::client::legacy::Error) -> TryFailure {
-    if error.is_connect() {
-        return TryFailure::ConnectFailure;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>() {
-            if hyper_error.is_parse() || hyper_error.is_parse_status() {
-                return TryFailure::ProtocolError;
-            }
-            return TryFailure::Reset;
-        }
-        source = e.source();
-    }
-    TryFailure::Reset
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection.
@@ -801,7 +851,7 @@ fn framing_problem<B>(request: &Request<B>) -> Option<StatusCode> {
 /// closed connection), so a failed try is blamed on the client (400), not the upstream.
 struct DownstreamBody {
     inner: Incoming,
-    failed: Arc<std::sync::atomic::AtomicBool>,
+    failed: Arc<limits::BodyFailure>,
 }
 
 impl hyper::body::Body for DownstreamBody {
@@ -813,9 +863,8 @@ impl hyper::body::Body for DownstreamBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
-            self.failed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            self.failed.record(e);
         }
         polled
     }
@@ -830,20 +879,12 @@ impl hyper::body::Body for DownstreamBody {
 }
 
 /// HTTP/2's :authority, else the Host header.
-fn request_authority<B>(request: &Request<B>) -> Option<String> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| header_str(request.headers(), &header::HOST))
-        .filter(|a| !a.is_empty())
-}
-
-fn header_str(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+fn request_authority<B>(request: &Request<B>) -> Option<HeaderValue> {
+    match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => request.headers().get(header::HOST).cloned(),
+    }
+    .filter(|a| !a.is_empty())
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
@@ -888,18 +929,21 @@ fn local_response(status: StatusCode, body: &str) -> Response<ProxyBody> {
 }
 
 /// A random UUID (version 4), as Envoy generates for `x-request-id`.
-fn new_request_id() -> String {
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = fastrand::u128(..);
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut id = [0u8; 36];
+    let mut nibble = 32;
+    for (i, out) in id.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *out = b'-';
+        } else {
+            nibble -= 1;
+            *out = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -909,10 +953,21 @@ mod tests {
     #[test]
     fn request_ids_are_version_4_uuids() {
         let id = new_request_id();
+        let id = id.to_str().expect("ascii");
+        assert!(
+            id.bytes()
+                .enumerate()
+                .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) {
+                    b == b'-'
+                } else {
+                    b.is_ascii_hexdigit()
+                }),
+            "{id}"
+        );
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4", "{id}");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
-        assert_ne!(new_request_id(), id);
+        assert_ne!(new_request_id().to_str().ok(), Some(id));
     }
 
     #[test]

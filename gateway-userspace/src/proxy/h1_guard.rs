@@ -10,14 +10,34 @@
 //! the request with 400 (or fails the body, which the proxy answers with 400), so the
 //! request never reaches an upstream. HTTP/2 (the connection preface) and upgraded
 //! connections pass through untouched.
+//!
+//! Because it knows where each request begins, the guard also keeps the connection's
+//! clocks (`limits.rs`): the header-read timeout runs from a head's first byte until the
+//! head is complete (408, then close), the idle timeout while a keep-alive connection
+//! waits between requests (close). It cuts off a chunked body that grows past the body
+//! limit, so that hyper fails the body with `BodyTooLarge` and the proxy answers 413.
 
 use std::{
+    future::Future,
     io,
+    net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
+    time::{Duration, SystemTime},
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use http::StatusCode;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::{Instant, Sleep},
+};
+use tracing::debug;
+
+use super::{
+    ProxyContext, access_log,
+    limits::{BodyTooLarge, Limits},
+};
 
 /// Heads longer than this are passed on unchecked; hyper answers them 431 anyway (its
 /// limit is lower).
@@ -30,6 +50,9 @@ const POISON_HEAD: u8 = 0x01;
 /// What hyper sees instead of the first byte of a rejected chunk-size line: not a hex
 /// digit, so the body fails (the proxy answers 400).
 const POISON_CHUNK: u8 = b'z';
+/// Envoy's answer when a head's time runs out; the connection closes after it.
+const REQUEST_TIMEOUT_ANSWER: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 #[derive(Debug)]
 enum State {
@@ -48,6 +71,26 @@ enum State {
     },
     /// HTTP/2, an upgraded connection, or a request hyper will reject anyway.
     Passthrough,
+    /// A chunked body grew past the body limit: reads fail with `BodyTooLarge`.
+    Cut(u64),
+    /// A timeout closed the connection: reads end.
+    Closed,
+}
+
+/// Which wait the guard's timer measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// Between requests, nothing of the next head yet: the idle timeout.
+    Idle,
+    /// A head has begun: the header-read timeout.
+    Head,
+}
+
+/// Whom the guard's own answers are logged for.
+struct Origin {
+    ctx: Arc<ProxyContext>,
+    peer: SocketAddr,
+    local: SocketAddr,
 }
 
 pub struct H1Guard<S> {
@@ -58,16 +101,56 @@ pub struct H1Guard<S> {
     /// Bytes cleared to go up to hyper, from `released_pos` on.
     released: Vec<u8>,
     released_pos: usize,
+    limits: Limits,
+    /// None in unit tests.
+    origin: Option<Origin>,
+    /// Armed the first time the guard waits for the client; reset only when the kind of
+    /// wait changes or it fires, so a keep-alive request costs no timer operation.
+    timer: Option<Pin<Box<Sleep>>>,
+    wait: Wait,
+    /// When bytes last went out, if since the timer was armed: the deadline counts from
+    /// then (a response in progress, or answers on a connection that is not idle).
+    last_write: Option<Instant>,
+    /// Bytes went out while the current head was being read: a response may still be
+    /// unfinished, so a 408 could land inside it; such a connection just closes.
+    wrote_during_head: bool,
+    /// A head went up to hyper and nothing has been written since: its answer is being
+    /// worked on, and no clock runs (a pipelined head waits its turn).
+    awaiting_answer: bool,
+    /// When the head being read began, for the access log.
+    head_started: SystemTime,
+    /// Body bytes of the current chunked request so far.
+    body_bytes: u64,
 }
 
 impl<S> H1Guard<S> {
-    pub fn new(inner: S) -> Self {
+    pub fn new(inner: S, ctx: &Arc<ProxyContext>, peer: SocketAddr, local: SocketAddr) -> Self {
+        let origin = Origin {
+            ctx: ctx.clone(),
+            peer,
+            local,
+        };
+        let mut guard = Self::with_limits(inner, ctx.limits);
+        guard.origin = Some(origin);
+        guard
+    }
+
+    fn with_limits(inner: S, limits: Limits) -> Self {
         H1Guard {
             inner,
             state: State::Head,
             held: Vec::new(),
             released: Vec::new(),
             released_pos: 0,
+            limits,
+            origin: None,
+            timer: None,
+            wait: Wait::Idle,
+            last_write: None,
+            wrote_during_head: false,
+            awaiting_answer: false,
+            head_started: SystemTime::UNIX_EPOCH,
+            body_bytes: 0,
         }
     }
 
@@ -79,6 +162,8 @@ impl<S> H1Guard<S> {
                     self.released.extend_from_slice(bytes);
                     return;
                 }
+                // Nothing after the cut goes up.
+                State::Cut(_) | State::Closed => return,
                 State::Body(remaining) | State::ChunkData(remaining) => {
                     let take = usize::try_from(*remaining)
                         .unwrap_or(usize::MAX)
@@ -166,6 +251,8 @@ impl<S> H1Guard<S> {
     }
 
     fn end_head(&mut self) {
+        self.awaiting_answer = true;
+        self.body_bytes = 0;
         let verdict = head_framing(&self.held);
         self.state = match verdict {
             Ok(next) => next,
@@ -182,7 +269,18 @@ impl<S> H1Guard<S> {
     fn end_chunk_size_line(&mut self) {
         match chunk_size(&self.held) {
             Some(0) => self.state = State::Trailers { line_len: 0 },
-            Some(size) => self.state = State::ChunkData(size),
+            Some(size) => {
+                self.body_bytes = self.body_bytes.saturating_add(size);
+                if let Some(limit) = self.limits.max_request_body_bytes
+                    && self.body_bytes > limit
+                {
+                    // This chunk would cross the limit: it and everything after stay here.
+                    self.held.clear();
+                    self.state = State::Cut(limit);
+                    return;
+                }
+                self.state = State::ChunkData(size);
+            }
             None => {
                 if let Some(first) = self.held.first_mut() {
                     *first = POISON_CHUNK;
@@ -277,7 +375,100 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
+impl<S: AsyncWrite + Unpin> H1Guard<S> {
+    /// Called when the client has nothing more for now: runs the clock of the current
+    /// wait. Pending while time remains; when it runs out, answers 408 if a head had
+    /// begun (and nothing else is on the wire), closes, and reports end of stream.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !matches!(self.state, State::Head) || self.awaiting_answer {
+            return Poll::Pending;
+        }
+        let wait = if self.held.is_empty() {
+            Wait::Idle
+        } else {
+            Wait::Head
+        };
+        let length = match wait {
+            Wait::Idle => self.limits.idle_timeout,
+            Wait::Head => self.limits.header_read_timeout,
+        };
+        if self.timer.is_none() || self.wait != wait {
+            self.wait = wait;
+            self.last_write = None;
+            if wait == Wait::Head {
+                self.wrote_during_head = false;
+                self.head_started = SystemTime::now();
+            }
+            let deadline = deadline_after(length);
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let Some(timer) = self.timer.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            let Some(wrote) = self.last_write.take() else {
+                break;
+            };
+            // Bytes went out since the timer was armed: measure from the last of them.
+            self.wrote_during_head |= wait == Wait::Head;
+            match wrote.checked_add(length) {
+                Some(deadline) if deadline > Instant::now() => timer.as_mut().reset(deadline),
+                _ => break,
+            }
+        }
+        match wait {
+            Wait::Idle => debug!(timeout = ?length, "idle keep-alive connection closed"),
+            Wait::Head if self.wrote_during_head => {
+                debug!(timeout = ?length, "request head too slow, behind a response: closed");
+            }
+            Wait::Head => {
+                debug!(timeout = ?length, "request head too slow: 408");
+                // Best effort: an answer that does not fit the send buffer at once is
+                // dropped; the connection closes either way.
+                let written = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT_ANSWER);
+                if let Poll::Ready(Ok(n)) = written
+                    && n == REQUEST_TIMEOUT_ANSWER.len()
+                {
+                    let _ = Pin::new(&mut self.inner).poll_flush(cx);
+                    if let Some(origin) = &self.origin {
+                        access_log::connection_answer(
+                            &origin.ctx,
+                            origin.local,
+                            origin.peer,
+                            StatusCode::REQUEST_TIMEOUT,
+                            self.head_started,
+                        );
+                    }
+                }
+            }
+        }
+        self.state = State::Closed;
+        self.held = Vec::new();
+        self.timer = None;
+        Poll::Ready(Ok(()))
+    }
+
+    fn note_written(&mut self, written: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written
+            && *n > 0
+        {
+            self.last_write = Some(Instant::now());
+            self.awaiting_answer = false;
+        }
+    }
+}
+
+fn deadline_after(length: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(length)
+        .unwrap_or(now + Duration::from_secs(86_400 * 365))
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -300,13 +491,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if matches!(this.state, State::Passthrough) && this.held.is_empty() {
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            match this.state {
+                State::Passthrough if this.held.is_empty() => {
+                    return Pin::new(&mut this.inner).poll_read(cx, buf);
+                }
+                State::Cut(limit) => {
+                    return Poll::Ready(Err(io::Error::other(BodyTooLarge { limit })));
+                }
+                State::Closed => return Poll::Ready(Ok(())),
+                _ => {}
             }
             // Read into the caller's buffer, then take the new bytes back out through
             // the framing check: no buffer of our own lives between reads.
             let before = buf.filled().len();
-            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_pending() {
+                return this.poll_deadline(cx);
+            }
             let filled = buf.filled().len() - before;
             if filled > 0 {
                 let fresh = buf.filled()[before..].to_vec();
@@ -332,7 +532,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_written(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -340,7 +542,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_written(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -362,12 +566,17 @@ mod tests {
 
     /// What hyper would be handed for `input`, fed in pieces of `step` bytes.
     fn guarded(input: &[u8], step: usize) -> Vec<u8> {
-        let mut guard = H1Guard::new(());
+        guarded_with(input, step, Limits::default()).0
+    }
+
+    /// The bytes released and the state the guard ended in, under `limits`.
+    fn guarded_with(input: &[u8], step: usize, limits: Limits) -> (Vec<u8>, State) {
+        let mut guard = H1Guard::with_limits((), limits);
         for piece in input.chunks(step) {
             guard.process(piece);
         }
         guard.release_held();
-        guard.released
+        (guard.released, guard.state)
     }
 
     #[test]

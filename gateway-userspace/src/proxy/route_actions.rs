@@ -182,6 +182,8 @@ pub enum TryFailure {
     ProtocolError,
     /// The per-try timeout expired.
     Timeout,
+    /// An HTTP/2 upstream refused the stream (REFUSED_STREAM): it did no work on it.
+    RefusedStream,
 }
 
 pub fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
@@ -190,6 +192,7 @@ pub fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
         TryFailure::Reset => on.reset || on.server_error,
         TryFailure::Timeout => on.gateway_error || on.server_error,
         TryFailure::ProtocolError => on.server_error,
+        TryFailure::RefusedStream => on.refused_stream || on.reset || on.server_error,
     }
 }
 

@@ -154,13 +154,16 @@ async fn serve_tls(
                         server: index,
                         client_cert,
                     };
-                    let connection = Arc::new(forward::Connection {
+                    // The framing guard and the connection's clocks, as on plaintext ports.
+                    let log_ctx = ctx.clone();
+                    let guarded = super::h1_guard::H1Guard::new(tls_stream, &ctx, peer, local);
+                    let connection = Arc::new(forward::Connection::new(
                         peer,
                         local,
                         snapshot,
                         ctx,
-                        tls: Some(Arc::new(info)),
-                    });
+                        Some(Arc::new(info)),
+                    ));
                     let service = service_fn(move |request| {
                         let connection = connection.clone();
                         async move {
@@ -168,9 +171,10 @@ async fn serve_tls(
                         }
                     });
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(guarded), service)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
+                        super::access_log::connection_error(&log_ctx, local, peer, &*e);
                         debug!(error = %e, "connection ended with an error");
                     }
                 }

@@ -1,0 +1,170 @@
+//! Limits on what one client may hold: time for a request's head, time idle between
+//! requests on a keep-alive connection, and the size of a request body. The HTTP/1
+//! framing guard (`h1_guard.rs`) enforces the two timeouts and the size of bodies whose
+//! length is not declared; a declared length over the limit is refused before routing.
+
+use std::{
+    error::Error,
+    sync::atomic::{AtomicU8, Ordering},
+    time::Duration,
+};
+
+use http::{Request, StatusCode, header};
+use thiserror::Error;
+
+use super::{ProxyContext, forward::flags};
+
+/// Slowloris guard: once a request head has begun, the client gets this long to finish
+/// it (Envoy's `request_headers_timeout` is off by default; a gateway facing the
+/// internet needs one, and 10 s covers the slowest honest client).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A keep-alive connection with no request in flight is closed after this long:
+/// Envoy's connection manager `idle_timeout` default, which Istio's gateway keeps (1 h).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// None: bodies stream through whatever their size, as Envoy streams them unless a
+    /// filter buffers.
+    pub max_request_body_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_request_body_bytes: None,
+        }
+    }
+}
+
+/// Why the framing guard cut a request body off; hyper hands it to the body's reader as
+/// the source of its error, so the proxy answers 413 instead of 400.
+#[derive(Debug, Error)]
+#[error("request body larger than {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+impl ProxyContext {
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// A request whose declared `Content-Length` is over the body limit: answered 413
+/// before anything reaches an upstream.
+pub fn declared_body_too_large<B>(request: &Request<B>, limits: &Limits) -> bool {
+    let Some(limit) = limits.max_request_body_bytes else {
+        return false;
+    };
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > limit)
+}
+
+/// Envoy's body for its 413 (the status's reason phrase).
+pub const PAYLOAD_TOO_LARGE_BODY: &str = "Payload Too Large";
+
+/// How a client's request body broke off, shared by the body (which sees the error)
+/// and the request's handler (which answers for it once the upstream try failed).
+#[derive(Debug, Default)]
+pub struct BodyFailure(AtomicU8);
+
+const BODY_INTACT: u8 = 0;
+const BODY_BROKEN: u8 = 1;
+const BODY_TOO_LARGE: u8 = 2;
+
+impl BodyFailure {
+    pub fn record(&self, error: &(dyn Error + 'static)) {
+        let what = if is_body_too_large(error) {
+            BODY_TOO_LARGE
+        } else {
+            BODY_BROKEN
+        };
+        self.0.store(what, Ordering::Relaxed);
+    }
+
+    /// The answer to the client when its body broke off: status, body, response flags.
+    /// 400 for a malformed or truncated body (a downstream protocol error), 413 for one
+    /// cut at the body limit.
+    pub fn answer(&self) -> Option<(StatusCode, &'static str, &'static str)> {
+        match self.0.load(Ordering::Relaxed) {
+            BODY_INTACT => None,
+            BODY_TOO_LARGE => Some((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                PAYLOAD_TOO_LARGE_BODY,
+                flags::NONE,
+            )),
+            _ => Some((
+                StatusCode::BAD_REQUEST,
+                "",
+                flags::DOWNSTREAM_PROTOCOL_ERROR,
+            )),
+        }
+    }
+}
+
+/// Whether `error` (a request body's error, through its sources) is the guard's cut.
+pub fn is_body_too_large(error: &(dyn Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        // An io::Error's `source` skips the error it wraps; `get_ref` is that error.
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_lengths_over_the_limit() {
+        let request = |length: &str| {
+            Request::builder()
+                .header(header::CONTENT_LENGTH, length)
+                .body(())
+                .unwrap_or_default()
+        };
+        let limited = Limits {
+            max_request_body_bytes: Some(10),
+            ..Limits::default()
+        };
+        assert!(!declared_body_too_large(&request("10"), &limited));
+        assert!(declared_body_too_large(&request("11"), &limited));
+        assert!(!declared_body_too_large(&request("11"), &Limits::default()));
+        assert!(!declared_body_too_large(&Request::new(()), &limited));
+    }
+
+    #[test]
+    fn the_cut_is_found_through_wrapping_errors() {
+        let io = std::io::Error::other(BodyTooLarge { limit: 1 });
+        assert!(is_body_too_large(&io));
+        let other = std::io::Error::other("reset");
+        assert!(!is_body_too_large(&other));
+
+        let failure = BodyFailure::default();
+        assert_eq!(failure.answer(), None);
+        failure.record(&other);
+        assert_eq!(failure.answer().map(|a| a.0), Some(StatusCode::BAD_REQUEST));
+        failure.record(&io);
+        assert_eq!(
+            failure.answer().map(|a| a.0),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+    }
+}
