@@ -8,5 +8,6 @@ mod grpc;
 mod http;
 mod http_safety;
 mod kernel;
+mod limits;
 mod ops;
 mod tls;

@@ -625,4 +625,82 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
         assert_eq!(guarded(preface, 3), preface.to_vec());
     }
+
+    #[test]
+    fn a_chunked_body_past_the_limit_is_cut_before_the_crossing_chunk() {
+        let input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        let limit = |bytes| Limits {
+            max_request_body_bytes: Some(bytes),
+            ..Limits::default()
+        };
+        let (out, state) = guarded_with(input, 4, limit(10));
+        assert!(out.ends_with(b"\r\n\r\n5\r\nhello\r\n"), "{out:?}");
+        assert!(matches!(state, State::Cut(10)), "{state:?}");
+        let (out, state) = guarded_with(input, 4, limit(11));
+        assert_eq!(out, input.to_vec());
+        assert!(matches!(state, State::Head), "{state:?}");
+    }
+
+    const CLOCKS: Limits = Limits {
+        header_read_timeout: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(300),
+        max_request_body_bytes: None,
+    };
+
+    #[tokio::test]
+    async fn a_slow_head_gets_408_and_ends_the_stream() -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut guard = H1Guard::with_limits(server, CLOCKS);
+        client.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").await?;
+        let mut buf = [0u8; 256];
+        // Well within the idle timeout: the head's own clock ran out.
+        let read = tokio::time::timeout(Duration::from_millis(250), guard.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        drop(guard);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await?;
+        assert_eq!(answer, REQUEST_TIMEOUT_ANSWER);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_head_waits_for_the_answer_before_its_clock_runs() -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut guard = H1Guard::with_limits(server, CLOCKS);
+        let first = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+        client.write_all(first).await?;
+        client.write_all(b"GET /b HTT").await?;
+        let mut buf = [0u8; 256];
+        let n = guard.read(&mut buf).await?;
+        assert_eq!(&buf[..n], first);
+        // The answer to /a is being worked on: no clock, however long it takes.
+        let waited = tokio::time::timeout(Duration::from_millis(500), guard.read(&mut buf)).await;
+        assert!(waited.is_err(), "{waited:?}");
+        guard
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        // Answered: now the held head's clock runs, and the 408 follows the answer.
+        let read = tokio::time::timeout(Duration::from_millis(250), guard.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        drop(guard);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await?;
+        assert!(answer.ends_with(REQUEST_TIMEOUT_ANSWER), "{answer:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_ends_after_the_idle_timeout_and_no_sooner() -> io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let (_client, server) = tokio::io::duplex(4096);
+        let mut guard = H1Guard::with_limits(server, CLOCKS);
+        let mut buf = [0u8; 16];
+        let early = tokio::time::timeout(Duration::from_millis(150), guard.read(&mut buf)).await;
+        assert!(early.is_err(), "closed before the idle timeout: {early:?}");
+        let read = tokio::time::timeout(Duration::from_secs(2), guard.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        Ok(())
+    }
 }
