@@ -7,10 +7,14 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use gateway_tests::{Gateway, TempDir, Upstream, curl, free_port, http_get, httpbin_config};
+use anyhow::Context as _;
+use gateway_tests::{
+    Gateway, TempDir, Upstream, curl, free_port, http_get, httpbin_config, service_with_endpoint,
+};
 
 /// Short clocks keep the suite fast; each test's bounds leave seconds of slack.
 const HEADER_READ_TIMEOUT: &str = "1s";
@@ -300,5 +304,146 @@ fn bodies_over_the_limit_get_413_and_never_reach_the_upstream() -> anyhow::Resul
         3,
         "{log}"
     );
+    Ok(())
+}
+
+/// An HTTPS server for httpbin.example.com (a self-signed certificate from `openssl`) on
+/// `bind_port`, routing `/status` to `upstream`.
+fn https_config(dir: &TempDir, bind_port: u16, upstream: SocketAddr) -> anyhow::Result<String> {
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=httpbin.example.com"])
+        .args([
+            "-addext",
+            "subjectAltName=DNS:httpbin.example.com",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: https, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["httpbin.example.com"]
+    tls: {{mode: SIMPLE, serverCertificate: "{cert}", privateKey: "{key}"}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: https, port: 443, targetPort: {bind_port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: ["httpbin.example.com"]
+  gateways: [https]
+  http:
+  - match: [{{uri: {{prefix: /status}}}}]
+    route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]
+---
+{}"#,
+        service_with_endpoint("httpbin", 8000, upstream),
+        cert = cert.display(),
+        key = key.display(),
+    ))
+}
+
+/// Sends `bytes` over TLS with `openssl s_client` (which keeps the connection open after
+/// them) and returns what the gateway answered before it closed the connection.
+fn tls_exchange(port: u16, bytes: &[u8]) -> anyhow::Result<String> {
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["-servername", "httpbin.example.com"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running openssl s_client")?;
+    let mut stdout = client.stdout.take().context("s_client stdout")?;
+    let (sender, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        let _ = sender.send(text);
+    });
+    // s_client's stdin stays open (not dropped) until the gateway has answered.
+    let mut stdin = client.stdin.take().context("s_client stdin")?;
+    stdin.write_all(bytes)?;
+    stdin.flush()?;
+    let answer = answer.recv_timeout(PATIENCE);
+    drop(stdin);
+    let _ = client.kill();
+    let _ = client.wait();
+    answer.context("the gateway did not close the TLS connection")
+}
+
+#[test]
+fn over_https_the_framing_guard_and_its_clocks_apply_too() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let dir = TempDir::new("limits-https")?;
+    let bind_port = free_port();
+    dir.write(
+        "config.yaml",
+        &https_config(&dir, bind_port, upstream.addr)?,
+    )?;
+    let args = [
+        "--ebpf",
+        "off",
+        "--header-read-timeout",
+        HEADER_READ_TIMEOUT,
+    ];
+    let gateway = Gateway::start(dir.path(), &args, None, &dir)?;
+
+    let answer = tls_exchange(
+        bind_port,
+        b"GET /status/200 HTTP/1.1\r\nHost: httpbin.example.com\r\n",
+    )?;
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "half a head over TLS: {answer:?}\n{}",
+        gateway.stderr()
+    );
+    let answer = tls_exchange(
+        bind_port,
+        b"GET /status/200 HTTP/1.1\nHost: httpbin.example.com\n\n",
+    )?;
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "bare LF over TLS: {answer:?}"
+    );
+    let answer = tls_exchange(
+        bind_port,
+        b"GET /status/200 HTTP/1.1\r\nHost: httpbin.example.com\r\nConnection: close\r\n\r\n",
+    )?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(requests_seen(&upstream)?, 1);
     Ok(())
 }
