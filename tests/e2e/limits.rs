@@ -153,6 +153,12 @@ fn an_idle_keep_alive_connection_outlives_the_header_read_timeout_then_closes() 
     let (answer, waited) = read_until_closed(&mut silent)?;
     assert_eq!(answer, "");
     assert!(waited >= Duration::from_secs(3), "closed after {waited:?}");
+
+    // HTTP/2 (prior knowledge): the preface and an empty SETTINGS frame, then silence.
+    let mut http2 = connect(setup.addr)?;
+    http2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")?;
+    let (_, waited) = read_until_closed(&mut http2)?;
+    assert!(waited >= Duration::from_secs(3), "closed after {waited:?}");
     assert_eq!(requests_seen(&setup.upstream)?, 2);
     Ok(())
 }

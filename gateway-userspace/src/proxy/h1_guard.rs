@@ -14,7 +14,8 @@
 //! Because it knows where each request begins, the guard also keeps the connection's
 //! clocks (`limits.rs`): the header-read timeout runs from a head's first byte until the
 //! head is complete (408, then close), the idle timeout while a keep-alive connection
-//! waits between requests (close). It cuts off a chunked body that grows past the body
+//! waits between requests (close; on HTTP/2, while no bytes move either way, since the
+//! guard does not follow HTTP/2's streams). It cuts off a chunked body that grows past the body
 //! limit, so that hyper fails the body with `BodyTooLarge` and the proxy answers 413.
 
 use std::{
@@ -69,8 +70,11 @@ enum State {
     Trailers {
         line_len: usize,
     },
-    /// HTTP/2, an upgraded connection, or a request hyper will reject anyway.
+    /// An upgraded connection, or a request hyper will reject anyway.
     Passthrough,
+    /// HTTP/2 (the connection preface): passed through; only the idle clock runs, over
+    /// bytes in either direction, as hyper has no idle timeout of its own for HTTP/2.
+    Http2,
     /// A chunked body grew past the body limit: reads fail with `BodyTooLarge`.
     Cut(u64),
     /// A timeout closed the connection: reads end.
@@ -108,9 +112,10 @@ pub struct H1Guard<S> {
     /// wait changes or it fires, so a keep-alive request costs no timer operation.
     timer: Option<Pin<Box<Sleep>>>,
     wait: Wait,
-    /// When bytes last went out, if since the timer was armed: the deadline counts from
-    /// then (a response in progress, or answers on a connection that is not idle).
-    last_write: Option<Instant>,
+    /// When bytes last went out (on HTTP/2: moved either way), if since the timer was
+    /// armed: the deadline counts from then (a response in progress, or answers on a
+    /// connection that is not idle).
+    last_activity: Option<Instant>,
     /// Bytes went out while the current head was being read: a response may still be
     /// unfinished, so a 408 could land inside it; such a connection just closes.
     wrote_during_head: bool,
@@ -146,7 +151,7 @@ impl<S> H1Guard<S> {
             origin: None,
             timer: None,
             wait: Wait::Idle,
-            last_write: None,
+            last_activity: None,
             wrote_during_head: false,
             awaiting_answer: false,
             head_started: SystemTime::UNIX_EPOCH,
@@ -158,7 +163,7 @@ impl<S> H1Guard<S> {
     fn process(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match &mut self.state {
-                State::Passthrough => {
+                State::Passthrough | State::Http2 => {
                     self.released.extend_from_slice(bytes);
                     return;
                 }
@@ -229,14 +234,19 @@ impl<S> H1Guard<S> {
             State::ChunkSize => MAX_CHUNK_LINE,
             _ => MAX_HELD_HEAD,
         };
-        if self.held.starts_with(b"PRI ") || self.held.len() > limit {
+        let http2 = matches!(self.state, State::Head) && self.held.starts_with(b"PRI ");
+        if http2 || self.held.len() > limit {
             // HTTP/2's preface, or something hyper will refuse by size: not ours to frame.
             if matches!(self.state, State::ChunkSize)
                 && let Some(first) = self.held.first_mut()
             {
                 *first = POISON_CHUNK;
             }
-            self.state = State::Passthrough;
+            self.state = if http2 {
+                State::Http2
+            } else {
+                State::Passthrough
+            };
             self.release_held();
         }
     }
@@ -380,7 +390,7 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
     /// wait. Pending while time remains; when it runs out, answers 408 if a head had
     /// begun (and nothing else is on the wire), closes, and reports end of stream.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !matches!(self.state, State::Head) || self.awaiting_answer {
+        if !matches!(self.state, State::Head | State::Http2) || self.awaiting_answer {
             return Poll::Pending;
         }
         let wait = if self.held.is_empty() {
@@ -394,7 +404,7 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
         };
         if self.timer.is_none() || self.wait != wait {
             self.wait = wait;
-            self.last_write = None;
+            self.last_activity = None;
             if wait == Wait::Head {
                 self.wrote_during_head = false;
                 self.head_started = SystemTime::now();
@@ -410,7 +420,7 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
         };
         loop {
             ready!(timer.as_mut().poll(cx));
-            let Some(wrote) = self.last_write.take() else {
+            let Some(wrote) = self.last_activity.take() else {
                 break;
             };
             // Bytes went out since the timer was armed: measure from the last of them.
@@ -456,7 +466,7 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
         if let Poll::Ready(Ok(n)) = written
             && *n > 0
         {
-            self.last_write = Some(Instant::now());
+            self.last_activity = Some(Instant::now());
             self.awaiting_answer = false;
         }
     }
@@ -494,6 +504,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
             match this.state {
                 State::Passthrough if this.held.is_empty() => {
                     return Pin::new(&mut this.inner).poll_read(cx, buf);
+                }
+                State::Http2 if this.held.is_empty() => {
+                    let before = buf.filled().len();
+                    if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_pending() {
+                        return this.poll_deadline(cx);
+                    }
+                    if buf.filled().len() > before {
+                        this.last_activity = Some(Instant::now());
+                    }
+                    return Poll::Ready(Ok(()));
                 }
                 State::Cut(limit) => {
                     return Poll::Ready(Err(io::Error::other(BodyTooLarge { limit })));
@@ -688,6 +708,33 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await?;
         assert!(answer.ends_with(REQUEST_TIMEOUT_ANSWER), "{answer:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_ends_after_the_idle_timeout_without_traffic() -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut guard = H1Guard::with_limits(server, CLOCKS);
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        client.write_all(preface).await?;
+        let mut buf = [0u8; 64];
+        let n = guard.read(&mut buf).await?;
+        assert_eq!(&buf[..n], preface);
+        // Traffic keeps it open past the idle timeout...
+        for _ in 0..4 {
+            let quiet = tokio::time::timeout(Duration::from_millis(100), guard.read(&mut buf));
+            assert!(quiet.await.is_err());
+            client.write_all(b"x").await?;
+            assert_eq!(guard.read(&mut buf).await?, 1);
+        }
+        // ...silence closes it, without a 408.
+        let read = tokio::time::timeout(Duration::from_secs(2), guard.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        drop(guard);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await?;
+        assert!(answer.is_empty(), "{answer:?}");
         Ok(())
     }
 
