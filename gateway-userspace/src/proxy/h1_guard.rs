@@ -420,12 +420,12 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
         };
         loop {
             ready!(timer.as_mut().poll(cx));
-            let Some(wrote) = self.last_activity.take() else {
+            let Some(active) = self.last_activity.take() else {
                 break;
             };
-            // Bytes went out since the timer was armed: measure from the last of them.
+            // Bytes moved since the timer was armed: measure from the last of them.
             self.wrote_during_head |= wait == Wait::Head;
-            match wrote.checked_add(length) {
+            match active.checked_add(length) {
                 Some(deadline) if deadline > Instant::now() => timer.as_mut().reset(deadline),
                 _ => break,
             }
