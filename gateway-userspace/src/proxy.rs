@@ -25,7 +25,7 @@ use tokio::{
     net::{TcpListener, TcpSocket},
     sync::watch,
 };
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 pub use access_log::AccessLogFormat;
 pub use limits::Limits;
@@ -142,6 +142,8 @@ pub async fn serve(
         .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
     info!(port = bind_port, "listening");
+    // The connection spans below are debug spans: at the default level they cost
+    // nothing per poll, and with debug logs on they tag every event with the client.
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -182,7 +184,7 @@ pub async fn serve(
             };
             tokio::spawn(
                 tls::serve(accepted, builder.clone(), graceful.watcher())
-                    .instrument(info_span!("conn", %peer)),
+                    .instrument(debug_span!("conn", %peer)),
             );
             continue;
         }
@@ -207,7 +209,7 @@ pub async fn serve(
                     debug!(error = %e, "connection ended with an error");
                 }
             }
-            .instrument(info_span!("conn", %peer)),
+            .instrument(debug_span!("conn", %peer)),
         );
     }
 

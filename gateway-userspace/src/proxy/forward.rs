@@ -889,6 +889,11 @@ fn request_authority<B>(request: &Request<B>) -> Option<HeaderValue> {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than the removals.
+    let hop_by_hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::UPGRADE;
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
