@@ -164,7 +164,12 @@ pub fn connection_error(
             let status = if hyper_error.is_parse_too_large() {
                 // hyper's 414 (a URI over 64 KiB) cannot happen: the head limit is lower.
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            } else if hyper_error.is_parse() {
+            } else if hyper_error.is_parse()
+                && !hyper_error.is_parse_status()
+                && !hyper_error.is_parse_version_h2()
+            {
+                // (hyper answers neither a status-line error, a client's, nor an HTTP/2
+                // preface after HTTP/1 requests: it just closes.)
                 StatusCode::BAD_REQUEST
             } else {
                 return;
