@@ -281,6 +281,20 @@ fn bodies_over_the_limit_get_413_and_never_reach_the_upstream() -> anyhow::Resul
     assert_eq!(refused.body, "Payload Too Large");
     let cut = post(&large, true)?;
     assert_eq!(cut.status, 413, "{cut:?}\n{}", setup.gateway.stderr());
+    // HTTP/2 bodies are limited by their declared length.
+    let data = format!("@{}", large.display());
+    let http2 = curl(
+        None,
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: httpbin.example.com",
+            "--data-binary",
+            &data,
+            &url,
+        ],
+    )?;
+    assert_eq!(http2.status, 413, "HTTP/2: {http2:?}");
 
     // The same over a raw socket, chunk by chunk: the third chunk crosses the limit,
     // and what follows (the last chunk, another request) is never read as a request.
@@ -308,6 +322,11 @@ fn bodies_over_the_limit_get_413_and_never_reach_the_upstream() -> anyhow::Resul
     assert_eq!(
         log.matches("\"POST /status/200 HTTP/1.1\" 413 - ").count(),
         3,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("\"POST /status/200 HTTP/2\" 413 - ").count(),
+        1,
         "{log}"
     );
     Ok(())
