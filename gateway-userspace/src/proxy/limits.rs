@@ -1,7 +1,8 @@
 //! Limits on what one client may hold: time for a request's head, time idle between
-//! requests on a keep-alive connection, and the size of a request body. The HTTP/1
-//! framing guard (`h1_guard.rs`) enforces the two timeouts and the size of bodies whose
-//! length is not declared; a declared length over the limit is refused before routing.
+//! requests on a keep-alive connection, and the size of a request body. The framing
+//! guard (`h1_guard.rs`, on plaintext and TLS ports alike) enforces the two timeouts
+//! (on HTTP/2 only the idle one, as time without a byte either way) and the size of
+//! chunked HTTP/1 bodies; a declared length over the limit is refused before routing.
 
 use std::{
     error::Error,
