@@ -484,6 +484,13 @@ impl Cluster {
     /// candidates again when every one is ejected, as Envoy's panic threshold does).
     /// The returned guard counts the request as in flight until it is dropped.
     pub fn pick_endpoint(&self) -> Option<PickedEndpoint<'_>> {
+        self.pick_endpoint_avoiding(&[])
+    }
+
+    /// Like `pick_endpoint`, but skipping the endpoints a request already tried while
+    /// others are left: Istio's retries carry Envoy's `previous_hosts` predicate, so a
+    /// retry goes to another endpoint when there is one.
+    pub fn pick_endpoint_avoiding(&self, tried: &[usize]) -> Option<PickedEndpoint<'_>> {
         let count = self.endpoints.len();
         if count == 0 {
             return None;
@@ -494,8 +501,17 @@ impl Cluster {
                 .get(i)
                 .is_none_or(|s| s.ejected_until_ms.load(Ordering::Relaxed) <= now)
         };
-        let any_healthy = (0..count).any(healthy);
-        let candidate = |i: usize| !any_healthy || healthy(i);
+        let fresh = |i: usize| !tried.contains(&i);
+        // The strictest filter that leaves someone: healthy and untried, healthy, anyone.
+        let any_fresh_healthy = (0..count).any(|i| healthy(i) && fresh(i));
+        let any_healthy = any_fresh_healthy || (0..count).any(healthy);
+        let candidate = |i: usize| {
+            if any_fresh_healthy {
+                healthy(i) && fresh(i)
+            } else {
+                !any_healthy || healthy(i)
+            }
+        };
         let index = match self.load_balancer {
             _ if count == 1 => 0,
             LoadBalancer::RoundRobin => {
@@ -576,6 +592,11 @@ pub struct PickedEndpoint<'a> {
 }
 
 impl PickedEndpoint<'_> {
+    /// The endpoint's position in its cluster (what `pick_endpoint_avoiding` takes).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// Outlier detection's input: a 5xx or a failure to connect counts against the endpoint.
     pub fn record(&self, failed: bool) {
         self.cluster.record(self.index, failed);
@@ -718,6 +739,27 @@ mod cluster_tests {
         for _ in 0..50 {
             let next = c.pick_endpoint().expect("an endpoint");
             assert_ne!(next.addr, busy.addr);
+        }
+    }
+
+    #[test]
+    fn retries_avoid_the_endpoints_already_tried_while_others_remain() {
+        for load_balancer in [
+            LoadBalancer::LeastRequest,
+            LoadBalancer::RoundRobin,
+            LoadBalancer::Random,
+        ] {
+            let c = cluster(load_balancer, 3);
+            for _ in 0..20 {
+                let mut tried = Vec::new();
+                for _ in 0..3 {
+                    let picked = c.pick_endpoint_avoiding(&tried).expect("an endpoint");
+                    assert!(!tried.contains(&picked.index()), "{load_balancer:?}");
+                    tried.push(picked.index());
+                }
+                // All tried: any endpoint again rather than none.
+                assert!(c.pick_endpoint_avoiding(&tried).is_some());
+            }
         }
     }
 

@@ -378,7 +378,7 @@ fn timeouts_retries_and_upstream_failures() -> anyhow::Result<()> {
     // One endpoint refuses connections: retries on connect-failure hide it.
     for _ in 0..10 {
         let flaky = curl(None, &["-H", HOST, &format!("{base}/flaky")])?;
-        assert_eq!(flaky.status, 200, "{flaky:?}");
+        assert_eq!(flaky.status, 200, "{flaky:?}\n{}", gateway.access_log());
     }
 
     let dead = curl(None, &["-H", HOST, &format!("{base}/dead")])?;
@@ -405,6 +405,61 @@ fn timeouts_retries_and_upstream_failures() -> anyhow::Result<()> {
     ] {
         assert!(log.contains(line), "{line} not in\n{log}");
     }
+    Ok(())
+}
+
+/// An endpoint that never completes a TCP handshake, like a host that went away: a
+/// listener that never accepts, its accept queue filled, so the kernel drops further
+/// SYNs and a connect hangs until the connecting side gives up.
+fn unresponsive_endpoint() -> anyhow::Result<(TcpListener, Vec<TcpStream>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut queued = Vec::new();
+    while let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        queued.push(stream);
+        anyhow::ensure!(queued.len() < 10_000, "the accept queue never filled");
+    }
+    Ok((listener, queued))
+}
+
+/// DestinationRule `connectionPool.tcp.connectTimeout` bounds the wait for a host that
+/// does not answer (Istio's default is 10 s).
+#[test]
+fn destination_rule_connect_timeout_bounds_a_silent_host() -> anyhow::Result<()> {
+    let (silent, _queued) = unresponsive_endpoint()?;
+    let routes = r#"
+  - retries: {attempts: 0}
+    route: [{destination: {host: silent}}]
+"#;
+    let rule = r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: silent, namespace: default}
+spec:
+  host: silent
+  trafficPolicy: {connectionPool: {tcp: {connectTimeout: 500ms}}}
+"#;
+    let extra = service("silent", None, &[silent.local_addr()?]) + rule + &virtual_service(routes);
+    let (gateway, _dir, base) = start("connect-timeout", &extra)?;
+
+    let started = Instant::now();
+    let answer = curl(None, &["-H", HOST, &format!("{base}/anything")])?;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(
+        answer.body.contains("connection failure"),
+        "{}",
+        answer.body
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "answered after {waited:?}: the rule's 500ms connect timeout was not applied"
+    );
+    let log = gateway.access_log();
+    assert!(
+        log.contains("\"GET /anything HTTP/1.1\" 503 UF "),
+        "no UF line in\n{log}"
+    );
     Ok(())
 }
 

@@ -218,6 +218,27 @@ impl<'a> Compiler<'a> {
                     .min(100),
             });
         }
+        let connect_timeout = subset_policy
+            .and_then(|t| t.connection_pool.as_ref())
+            .or(port_level.and_then(|p| p.connection_pool.as_ref()))
+            .or(top.and_then(|t| t.connection_pool.as_ref()))
+            .and_then(|pool| pool.tcp.as_ref())
+            .and_then(|tcp| tcp.connect_timeout.as_deref());
+        match connect_timeout.map(parse_duration) {
+            Some(Ok(timeout)) if !timeout.is_zero() => cluster.connect_timeout = timeout,
+            Some(result) => self.diagnostics.push(
+                Diagnostic::error(result.err().unwrap_or_else(|| {
+                    "a zero connect timeout would fail every connection".to_owned()
+                }))
+                .at(rule.location.clone())
+                .resource(format!(
+                    "DestinationRule {}",
+                    name_of(&rule.resource.metadata)
+                ))
+                .field("spec.trafficPolicy.connectionPool.tcp.connectTimeout"),
+            ),
+            None => {}
+        }
     }
 
     /// Ready endpoints of a Service port: EndpointSlice ports carry the Service port's name.

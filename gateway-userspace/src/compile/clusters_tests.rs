@@ -85,8 +85,11 @@ spec:
   trafficPolicy:
     loadBalancer: {simple: ROUND_ROBIN}
     outlierDetection: {consecutive5xxErrors: 3, interval: 10s, baseEjectionTime: 30s}
+    connectionPool: {tcp: {connectTimeout: 250ms}}
   subsets:
-  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {loadBalancer: {simple: RANDOM}, connectionPool: {tcp: {connectTimeout: 2s}}}
   - {name: v2, labels: {version: v2}}
 ---
 apiVersion: networking.istio.io/v1
@@ -166,6 +169,13 @@ spec:
         crate::snapshot::LoadBalancer::RoundRobin
     );
     assert_eq!(v1.load_balancer, crate::snapshot::LoadBalancer::Random);
+    assert_eq!(
+        (plain.connect_timeout, v1.connect_timeout),
+        (
+            std::time::Duration::from_millis(250),
+            std::time::Duration::from_secs(2)
+        )
+    );
     let outlier = plain
         .outlier_detection
         .as_ref()

@@ -424,8 +424,10 @@ impl Connection {
         let retry = &forward.retry;
         let mut retries_done = 0u32;
         let mut backoff = RETRY_BACKOFF_BASE;
+        // Endpoints this request tried: a retry goes elsewhere when it can.
+        let mut tried: Vec<usize> = Vec::new();
         let (response, endpoint) = loop {
-            let Some(picked) = cluster.pick_endpoint() else {
+            let Some(picked) = cluster.pick_endpoint_avoiding(&tried) else {
                 return (
                     local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
                     Outcome {
@@ -483,6 +485,7 @@ impl Connection {
                 break (result, endpoint);
             }
             retries_done += 1;
+            tried.push(picked.index());
             let jitter = Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 2));
             tokio::time::sleep(backoff / 2 + jitter).await;
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
