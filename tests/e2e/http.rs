@@ -96,6 +96,94 @@ fn dead_endpoint() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+/// Every kind of VirtualService match picks its route (each route answers its own
+/// name), first match wins, and a request no match takes falls to the catch-all.
+#[test]
+fn every_match_kind_selects_its_route() -> anyhow::Result<()> {
+    let route = |name: &str, matches: &str| {
+        format!(
+            "  - match: [{matches}]\n    directResponse: {{status: 200, body: {{string: {name}}}}}\n"
+        )
+    };
+    let routes = [
+        route("exact", "{uri: {exact: /exact}}"),
+        route("regex", "{uri: {regex: \"/re/[0-9]+\"}}"),
+        route(
+            "ignore-case",
+            "{uri: {prefix: /CaseLess}, ignoreUriCase: true}",
+        ),
+        route("method", "{uri: {prefix: /m}, method: {exact: POST}}"),
+        route(
+            "header-exact",
+            "{uri: {prefix: /h}, headers: {x-env: {exact: prod}}}",
+        ),
+        route(
+            "header-prefix",
+            "{uri: {prefix: /h}, headers: {x-env: {prefix: stag}}}",
+        ),
+        route(
+            "header-regex",
+            "{uri: {prefix: /h}, headers: {x-env: {regex: \"dev-[a-z]+\"}}}",
+        ),
+        route(
+            "without-header",
+            "{uri: {prefix: /h}, withoutHeaders: {x-block: {exact: \"yes\"}}}",
+        ),
+        route(
+            "query-exact",
+            "{uri: {prefix: /q}, queryParams: {v: {exact: \"1\"}}}",
+        ),
+        route(
+            "query-regex",
+            "{uri: {prefix: /q}, queryParams: {v: {regex: \"[0-9]+\"}}}",
+        ),
+        route("scheme", "{uri: {prefix: /s}, scheme: {exact: https}}"),
+        route(
+            "authority",
+            "{uri: {prefix: /a}, authority: {prefix: h.ex}}",
+        ),
+        route("port", "{uri: {prefix: /p}, port: 80}"),
+        route("prefix", "{uri: {prefix: /}}"),
+    ]
+    .concat();
+    let (_gateway, _dir, base) = start("match-kinds", &virtual_service(&routes))?;
+    let ask = |path: &str, extra: &[&str]| -> anyhow::Result<String> {
+        let url = format!("{base}{path}");
+        let mut args = vec!["-H", HOST];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let answer = curl(None, &args)?;
+        anyhow::ensure!(answer.status == 200, "{path}: {answer:?}");
+        Ok(answer.body)
+    };
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("/exact", &[], "exact"),
+        ("/exact/more", &[], "prefix"),
+        ("/re/123", &[], "regex"),
+        ("/re/abc", &[], "prefix"),
+        ("/caseless/x", &[], "ignore-case"),
+        ("/CASELESS", &[], "ignore-case"),
+        ("/m", &["-X", "POST"], "method"),
+        ("/m", &[], "prefix"),
+        ("/h", &["-H", "x-env: prod"], "header-exact"),
+        ("/h", &["-H", "x-env: staging"], "header-prefix"),
+        ("/h", &["-H", "x-env: dev-blue"], "header-regex"),
+        ("/h", &["-H", "x-env: dev-1"], "without-header"),
+        ("/h", &[], "without-header"),
+        ("/h", &["-H", "x-block: yes"], "prefix"),
+        ("/q?v=1", &[], "query-exact"),
+        ("/q?a=b&v=42", &[], "query-regex"),
+        ("/q?v=x", &[], "prefix"),
+        ("/s", &[], "prefix"),
+        ("/a", &[], "authority"),
+        ("/p", &[], "port"),
+    ];
+    for (path, extra, expected) in cases {
+        assert_eq!(ask(path, extra)?, *expected, "{path} {extra:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn redirects_direct_responses_and_cors() -> anyhow::Result<()> {
     let upstream = Upstream::start(None, "127.0.0.1:0", "web")?;
@@ -460,6 +548,92 @@ spec:
         log.contains("\"GET /anything HTTP/1.1\" 503 UF "),
         "no UF line in\n{log}"
     );
+    Ok(())
+}
+
+/// An HTTP/2 (h2c) upstream that refuses the first `refuse` streams with REFUSED_STREAM
+/// (what a server does when it cannot take a stream, e.g. while shutting down) and
+/// answers 200 `served` to the rest. Returns its address and the streams it saw.
+fn refusing_h2_upstream(
+    refuse: usize,
+) -> anyhow::Result<(SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let streams = Arc::new(AtomicUsize::new(0));
+    let seen = streams.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            while let Ok((socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                        if seen.fetch_add(1, Ordering::SeqCst) < refuse {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let response = http::Response::builder().status(200).body(());
+                        if let Ok(response) = response
+                            && let Ok(mut body) = respond.send_response(response, false)
+                        {
+                            let _ = body.send_data(bytes::Bytes::from_static(b"served"), true);
+                        }
+                    }
+                });
+            }
+        });
+    });
+    Ok((addr, streams))
+}
+
+/// Istio's default retry policy includes `refused-stream`: a stream the HTTP/2 upstream
+/// refused (it did no work on it) is sent again; without retries the client gets 503 UR.
+#[test]
+fn refused_http2_streams_are_retried() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let (retried, retried_streams) = refusing_h2_upstream(1)?;
+    let (refused, refused_streams) = refusing_h2_upstream(usize::MAX)?;
+    let routes = r#"
+  - match: [{uri: {prefix: /retried}}]
+    route: [{destination: {host: retried}}]
+  - match: [{uri: {prefix: /refused}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: refused}}]
+"#;
+    let extra = service("retried", Some("kubernetes.io/h2c"), &[retried])
+        + &service("refused", Some("kubernetes.io/h2c"), &[refused])
+        + &virtual_service(routes);
+    let (gateway, _dir, base) = start("refused-stream", &extra)?;
+
+    let answer = curl(None, &["-H", HOST, &format!("{base}/retried")])?;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "served"));
+    assert_eq!(
+        retried_streams.load(Ordering::SeqCst),
+        2,
+        "one refused, one served"
+    );
+
+    let answer = curl(None, &["-H", HOST, &format!("{base}/refused")])?;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(
+        answer.body.contains("remote refused stream reset"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(refused_streams.load(Ordering::SeqCst), 1, "no retry");
+    let log = gateway.access_log();
+    assert!(log.contains("\"GET /retried HTTP/1.1\" 200 - "), "{log}");
+    assert!(log.contains("\"GET /refused HTTP/1.1\" 503 UR "), "{log}");
     Ok(())
 }
 

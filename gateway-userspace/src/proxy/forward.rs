@@ -56,6 +56,9 @@ pub mod flags {
     pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: &str = "URX";
     pub const UPSTREAM_FAILURE_RETRIES_EXCEEDED: &str = "UF,URX";
     pub const UPSTREAM_CONNECTION_TERMINATION_RETRIES_EXCEEDED: &str = "UC,URX";
+    /// The upstream reset the stream (HTTP/2 RST_STREAM, here REFUSED_STREAM).
+    pub const UPSTREAM_REMOTE_RESET: &str = "UR";
+    pub const UPSTREAM_REMOTE_RESET_RETRIES_EXCEEDED: &str = "UR,URX";
     pub const UPSTREAM_REQUEST_TIMEOUT_RETRIES_EXCEEDED: &str = "UT,URX";
     /// Fault injection delayed / aborted the request.
     pub const DELAY_INJECTED: &str = "DI";
@@ -555,7 +558,17 @@ impl Connection {
                     flags::UPSTREAM_FAILURE_RETRIES_EXCEEDED,
                 )),
             ),
-            Err(TryFailure::Reset | TryFailure::RefusedStream) => (
+            Err(TryFailure::RefusedStream) => (
+                local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset",
+                ),
+                outcome(exhausted(
+                    flags::UPSTREAM_REMOTE_RESET,
+                    flags::UPSTREAM_REMOTE_RESET_RETRIES_EXCEEDED,
+                )),
+            ),
+            Err(TryFailure::Reset) => (
                 local_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
@@ -683,14 +696,21 @@ impl Connection {
             headers.insert(header::UPGRADE, upgrade);
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        let host = forward
+        // Host: the rewritten authority, else the request's (HTTP/2 requests carry it as
+        // :authority only; an HTTP/1.1 Host header that already says it stays as is).
+        let new_host = match forward
             .rewrite
             .as_ref()
             .and_then(|r| r.authority.as_deref())
-            .unwrap_or(authority);
-        if let Ok(host) = HeaderValue::from_str(host) {
+        {
+            Some(rewritten) => Some(rewritten),
+            None if headers.get(header::HOST).is_some_and(|h| h == authority) => None,
+            None => Some(authority),
+        };
+        if let Some(host) = new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
             headers.insert(header::HOST, host);
         }
+        let host = headers.get(header::HOST).cloned()?;
         let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
             Some(existing) if !existing.is_empty() => {
                 let mut joined = Vec::with_capacity(existing.len() + 1 + self.peer_ip.len());
@@ -724,7 +744,7 @@ impl Connection {
         Some(UpstreamHead {
             method: parts.method,
             path_and_query,
-            authority: host.to_owned(),
+            authority: host,
             headers,
         })
     }
@@ -746,7 +766,7 @@ struct UpstreamHead {
     method: Method,
     path_and_query: PathAndQuery,
     /// The Host header's value: HTTP/2 upstreams get it as `:authority`.
-    authority: String,
+    authority: HeaderValue,
     headers: HeaderMap,
 }
 
@@ -771,7 +791,7 @@ impl UpstreamHead {
                 headers.remove(header::HOST);
                 let uri = Uri::builder()
                     .scheme("http")
-                    .authority(self.authority.as_str())
+                    .authority(self.authority.as_bytes())
                     .path_and_query(self.path_and_query.clone())
                     .build()?;
                 (uri, Version::HTTP_2)
