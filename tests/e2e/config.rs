@@ -147,6 +147,116 @@ fn gateway_api_http_route_is_served() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every kind of HTTPRoute match picks its rule (each rule tags the request with
+/// `x-rule`), under the Gateway API's precedence.
+#[test]
+fn gateway_api_match_kinds_select_their_rules() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "alpha")?;
+    let dir = TempDir::new("gateway-api-matches")?;
+    let port = free_port();
+    let rule = |name: &str, matches: &str| {
+        format!(
+            "  - matches: [{matches}]\n    filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-rule, value: {name}}}]}}}}]\n    backendRefs: [{{name: alpha, port: 80}}]\n"
+        )
+    };
+    let rules = [
+        rule("prefix", "{path: {type: PathPrefix, value: /}}"),
+        rule("exact", "{path: {type: Exact, value: /exact}}"),
+        rule(
+            "regex",
+            "{path: {type: RegularExpression, value: \"/re/[0-9]+\"}}",
+        ),
+        rule(
+            "method",
+            "{path: {type: PathPrefix, value: /m}, method: POST}",
+        ),
+        rule(
+            "header-exact",
+            "{path: {type: PathPrefix, value: /h}, headers: [{name: x-env, value: prod}]}",
+        ),
+        rule(
+            "header-regex",
+            "{path: {type: PathPrefix, value: /h}, headers: [{type: RegularExpression, name: x-env, value: \"dev-.*\"}]}",
+        ),
+        rule(
+            "query-exact",
+            "{path: {type: PathPrefix, value: /q}, queryParams: [{name: v, value: \"1\"}]}",
+        ),
+        rule(
+            "query-regex",
+            "{path: {type: PathPrefix, value: /q}, queryParams: [{type: RegularExpression, name: v, value: \"[0-9]+\"}]}",
+        ),
+    ]
+    .concat();
+    dir.write(
+        "matches.yaml",
+        &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: apps}}
+spec:
+  gatewayClassName: istio
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: matches, namespace: apps}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: [match.example.com]
+  rules:
+{rules}---
+apiVersion: v1
+kind: Service
+metadata: {{name: alpha, namespace: apps}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: alpha-1, namespace: apps, labels: {{kubernetes.io/service-name: alpha}}}}
+endpoints: [{{addresses: ["{ip}"]}}]
+ports: [{{name: http, port: {upstream_port}}}]
+"#,
+            ip = upstream.addr.ip(),
+            upstream_port = upstream.addr.port(),
+        ),
+    )?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("/exact", &[], "exact"),
+        ("/exact/more", &[], "prefix"),
+        ("/re/42", &[], "regex"),
+        ("/re/x", &[], "prefix"),
+        ("/m", &["-X", "POST"], "method"),
+        ("/m", &[], "prefix"),
+        ("/h", &["-H", "x-env: prod"], "header-exact"),
+        ("/h", &["-H", "x-env: dev-blue"], "header-regex"),
+        ("/h", &["-H", "x-env: test"], "prefix"),
+        ("/q?v=1", &[], "query-exact"),
+        ("/q?v=7", &[], "query-regex"),
+        ("/q?v=x", &[], "prefix"),
+    ];
+    for (path, extra, expected) in cases {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let mut args = vec!["-H", "Host: match.example.com"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let answer = curl(None, &args)?;
+        assert_eq!(
+            answer.status,
+            200,
+            "{path}: {answer:?}\n{}",
+            gateway.stderr()
+        );
+        assert_eq!(
+            answer.json()?["headers"]["x-rule"],
+            *expected,
+            "{path} {extra:?}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn validate_and_routes_on_gateway_api_files() -> anyhow::Result<()> {
     let dir = TempDir::new("gateway-api-validate")?;
