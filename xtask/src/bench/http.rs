@@ -50,6 +50,12 @@ const H2_REQUESTS: u32 = 50_000;
 /// Below HAProxy's maxconn, which the 20 000-descriptor limit caps at 9 500; scaled to 10 000.
 const IDLE_CONNECTIONS: usize = 8_000;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// New-connection runs: wrk with `Connection: close`, so every request is a connection.
+const CONN_CONNECTIONS: u32 = 10;
+const CONN_SECONDS: u32 = 3;
+/// Latency at half load: open-loop (paced-load), this long, over this many connections.
+const PACED_SECONDS: u32 = 5;
+const PACED_CONNECTIONS: u32 = 16;
 
 /// A child stopped with SIGTERM (nginx's master then stops its workers), then SIGKILL.
 struct Process(Child);
@@ -92,6 +98,12 @@ struct Figures {
     h2_rps: Vec<f64>,
     h2_cpu_us: Vec<f64>,
     h2_instructions: Vec<f64>,
+    /// New connections (one request each): per second and CPU µs per connection.
+    conn_rps: Vec<f64>,
+    conn_cpu_us: Vec<f64>,
+    /// Open-loop latency at the common half load: p50 and p99, in ms.
+    paced_p50_ms: Option<f64>,
+    paced_p99_ms: Option<f64>,
     idle_mib_per_10k: Option<f64>,
 }
 
@@ -103,6 +115,10 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
         "gateway-userspace",
         "--bin",
         "gatewayd",
+        "-p",
+        "gateway-tests",
+        "--bin",
+        "paced-load",
     ]))?;
     let release = ws.target_dir().join("release");
     let work = results_dir(ws).join("http-work");
@@ -129,12 +145,117 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             println!("round {round}: {} HTTP/2 (h2load)", server.name);
             h2load_run(server, f)?;
         }
+        for (server, f) in servers.iter().zip(&mut figures) {
+            println!(
+                "round {round}: {} new connections (wrk, Connection: close)",
+                server.name
+            );
+            new_connections_run(server, f)?;
+        }
+    }
+    // Latency at half load: every server gets the same offered rate, half of what the
+    // slowest of them sustained, and the upstream alone is measured at it too, so the
+    // figure is the latency each proxy adds.
+    let half_load = 0.5
+        * figures
+            .iter()
+            .map(|f| median(&f.h1_rps))
+            .fold(f64::INFINITY, f64::min);
+    let paced_load = release.join("paced-load");
+    println!("direct to the upstream: {half_load:.0} req/s open loop");
+    let direct = paced_run(&paced_load, upstream_ports[0], half_load)?;
+    for (server, f) in servers.iter().zip(&mut figures) {
+        println!("{}: {half_load:.0} req/s open loop", server.name);
+        let (p50, p99) = paced_run(&paced_load, server.h1_port, half_load)?;
+        f.paced_p50_ms = Some(p50);
+        f.paced_p99_ms = Some(p99);
     }
     for (server, f) in servers.iter().zip(&mut figures) {
         println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
         f.idle_mib_per_10k = Some(idle_memory(server)?);
     }
-    Ok(table(&servers, &figures))
+    Ok(table(&servers, &figures) + &paced_table(&servers, &figures, half_load, direct))
+}
+
+/// The open-loop latency table: each server's latency minus the upstream's own.
+fn paced_table(servers: &[Server], figures: &[Figures], rate: f64, direct: (f64, f64)) -> String {
+    let mut out = format!(
+        "\nLatency added at half load ({rate:.0} requests/s offered to every server, open loop, {PACED_CONNECTIONS} keep-alive connections, {PACED_SECONDS} s; the upstream alone: p50 {:.3} ms, p99 {:.3} ms):\n\n| server | p50 | p99 | added p50 | added p99 | new connections/s | CPU µs per new connection |\n|---|---|---|---|---|---|---|\n",
+        direct.0, direct.1
+    );
+    for (server, f) in servers.iter().zip(figures) {
+        let (p50, p99) = (f.paced_p50_ms.unwrap_or(0.0), f.paced_p99_ms.unwrap_or(0.0));
+        let _ = writeln!(
+            out,
+            "| {} | {p50:.3} ms | {p99:.3} ms | {:.3} ms | {:.3} ms | {:.0} ({}) | {:.1} |",
+            server.name,
+            p50 - direct.0,
+            p99 - direct.1,
+            median(&f.conn_rps),
+            spread(&f.conn_rps),
+            median(&f.conn_cpu_us),
+        );
+    }
+    out
+}
+
+/// One open-loop run at `rate` against `port`: (p50, p99) in ms; fails on any error.
+fn paced_run(bin: &Path, port: u16, rate: f64) -> Result<(f64, f64)> {
+    let output = pinned(CLIENT_CPU, bin)
+        .args(["--connect", &format!("127.0.0.1:{port}")])
+        .args(["--host", TARGET_HOST, "--path", TARGET_PATH])
+        .args(["--rate", &format!("{rate:.0}")])
+        .args(["--seconds", &PACED_SECONDS.to_string()])
+        .args(["--connections", &PACED_CONNECTIONS.to_string()])
+        .output()
+        .context("running paced-load")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |name: &str| -> Option<f64> {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    if !output.status.success() || field("errors") != Some(0.0) {
+        bail!(
+            "paced-load on port {port} failed:\n{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let p50 = field("p50_us").context("p50_us")?;
+    let p99 = field("p99_us").context("p99_us")?;
+    Ok((p50 / 1000.0, p99 / 1000.0))
+}
+
+/// wrk with `Connection: close`: every request opens a connection (the server closes it).
+fn new_connections_run(server: &Server, f: &mut Figures) -> Result<()> {
+    let before = cpu_seconds(server);
+    let output = pinned(CLIENT_CPU, Path::new("wrk"))
+        .args([
+            "-t1",
+            &format!("-c{CONN_CONNECTIONS}"),
+            &format!("-d{CONN_SECONDS}s"),
+        ])
+        .args([
+            "-H",
+            &format!("Host: {TARGET_HOST}"),
+            "-H",
+            "Connection: close",
+        ])
+        .arg(format!("http://127.0.0.1:{}{TARGET_PATH}", server.h1_port))
+        .output()
+        .context("running wrk")?;
+    let used = cpu_seconds(server) - before;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if text.contains("Non-2xx") {
+        bail!("{}: wrk saw non-2xx answers:\n{text}", server.name);
+    }
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("wrk output:\n{text}"))?;
+    f.conn_rps.push(requests / f64::from(CONN_SECONDS));
+    f.conn_cpu_us.push(used / requests * 1e6);
+    Ok(())
 }
 
 fn table(servers: &[Server], figures: &[Figures]) -> String {
