@@ -229,6 +229,50 @@ impl<S> H1Guard<S> {
         }
     }
 
+    /// The common case without a copy: nothing held and the read is exactly one whole
+    /// head (a keep-alive request without a body, or whose body comes in later reads).
+    /// Reaches the verdict `process` would (same head end, same framing check, the
+    /// same poisoned first byte) with the bytes left where they are; false for anything
+    /// else, which `process` handles.
+    fn pass_whole_head(&mut self, fresh: &mut [u8]) -> bool {
+        if !matches!(self.state, State::Head)
+            || !self.held.is_empty()
+            || !self.released.is_empty()
+            || fresh.len() > MAX_HELD_HEAD
+            || !fresh.ends_with(b"\r\n\r\n")
+            || fresh.starts_with(b"PRI ")
+        {
+            return false;
+        }
+        // `process` ends a head at the first empty line after the request line (and
+        // skips empty lines before it): that line must be the read's last.
+        let mut line_start = 0;
+        for (index, &byte) in fresh.iter().enumerate() {
+            if byte != b'\n' {
+                continue;
+            }
+            let line = &fresh[line_start..=index];
+            let empty = line == b"\n" || line == b"\r\n";
+            if empty {
+                if line_start == 0 || index + 1 != fresh.len() {
+                    return false;
+                }
+                break;
+            }
+            line_start = index + 1;
+        }
+        self.awaiting_answer = true;
+        self.body_bytes = 0;
+        self.state = match head_framing(fresh) {
+            Ok(next) => next,
+            Err(()) => {
+                fresh[0] = POISON_HEAD;
+                State::Passthrough
+            }
+        };
+        true
+    }
+
     fn check_held_size(&mut self) {
         let limit = match self.state {
             State::ChunkSize => MAX_CHUNK_LINE,
@@ -528,6 +572,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
                 return this.poll_deadline(cx);
             }
             let filled = buf.filled().len() - before;
+            if filled > 0 && this.pass_whole_head(&mut buf.filled_mut()[before..]) {
+                return Poll::Ready(Ok(()));
+            }
             if filled > 0 {
                 let fresh = buf.filled()[before..].to_vec();
                 buf.set_filled(before);
@@ -597,6 +644,49 @@ mod tests {
         }
         guard.release_held();
         (guard.released, guard.state)
+    }
+
+    /// The copy-free path for a read that is one whole head agrees with `process` on
+    /// every head it takes, and leaves the rest to it.
+    #[test]
+    fn whole_head_fast_path_agrees_with_process() {
+        let heads: [(&[u8], bool); 9] = [
+            (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\n\r\n", true),
+            (
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+                true,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                true,
+            ),
+            (b"GET / HTTP/1.1\nHost: h\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\n\nGET /x HTTP/1.1\r\n\r\n",
+                false,
+            ),
+            (b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", false),
+            (b"PRI * HTTP/2.0\r\n\r\n", false),
+        ];
+        for (head, taken) in heads {
+            let mut fast = H1Guard::with_limits((), Limits::default());
+            let mut bytes = head.to_vec();
+            assert_eq!(fast.pass_whole_head(&mut bytes), taken, "{head:?}");
+            if !taken {
+                continue;
+            }
+            let mut slow = H1Guard::with_limits((), Limits::default());
+            slow.process(head);
+            slow.release_held();
+            assert_eq!(bytes, slow.released, "{head:?}");
+            assert_eq!(
+                format!("{:?}", fast.state),
+                format!("{:?}", slow.state),
+                "{head:?}"
+            );
+        }
     }
 
     #[test]
