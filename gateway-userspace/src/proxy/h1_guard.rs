@@ -437,28 +437,7 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
         if !matches!(self.state, State::Head | State::Http2) || self.awaiting_answer {
             return Poll::Pending;
         }
-        let wait = if self.held.is_empty() {
-            Wait::Idle
-        } else {
-            Wait::Head
-        };
-        let length = match wait {
-            Wait::Idle => self.limits.idle_timeout,
-            Wait::Head => self.limits.header_read_timeout,
-        };
-        if self.timer.is_none() || self.wait != wait {
-            self.wait = wait;
-            self.last_activity = None;
-            if wait == Wait::Head {
-                self.wrote_during_head = false;
-                self.head_started = SystemTime::now();
-            }
-            let deadline = deadline_after(length);
-            match &mut self.timer {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
+        let (wait, length) = self.arm_clock();
         let Some(timer) = self.timer.as_mut() else {
             return Poll::Pending;
         };
@@ -506,12 +485,57 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
         Poll::Ready(Ok(()))
     }
 
-    fn note_written(&mut self, written: &Poll<io::Result<usize>>) {
+    /// The clock of the current wait (idle, or a head under way): armed when the kind of
+    /// wait changes, kept otherwise.
+    fn arm_clock(&mut self) -> (Wait, Duration) {
+        let wait = if self.held.is_empty() {
+            Wait::Idle
+        } else {
+            Wait::Head
+        };
+        let length = match wait {
+            Wait::Idle => self.limits.idle_timeout,
+            Wait::Head => self.limits.header_read_timeout,
+        };
+        if self.timer.is_none() || self.wait != wait {
+            self.wait = wait;
+            self.last_activity = None;
+            if wait == Wait::Head {
+                self.wrote_during_head = false;
+                self.head_started = SystemTime::now();
+            }
+            let deadline = deadline_after(length);
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        (wait, length)
+    }
+
+    fn note_written(&mut self, cx: &mut Context<'_>, written: &Poll<io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = written
             && *n > 0
         {
             self.last_activity = Some(Instant::now());
-            self.awaiting_answer = false;
+            if std::mem::replace(&mut self.awaiting_answer, false) {
+                self.start_clock_after_answer(cx);
+            }
+        }
+    }
+
+    /// hyper need not poll the read side again once it has answered (its interest in
+    /// the socket is already registered), so the next wait's clock starts here, with
+    /// this task's waker: when it runs out, hyper's next read finds it expired.
+    fn start_clock_after_answer(&mut self, cx: &mut Context<'_>) {
+        if !matches!(self.state, State::Head | State::Http2) {
+            return;
+        }
+        self.arm_clock();
+        if let Some(timer) = self.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            cx.waker().wake_by_ref();
         }
     }
 }
@@ -600,7 +624,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.note_written(&written);
+        self.note_written(cx, &written);
         written
     }
 
@@ -610,7 +634,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.note_written(&written);
+        self.note_written(cx, &written);
         written
     }
 
