@@ -51,6 +51,14 @@ fn routes_by_host_and_prefix_to_the_upstream() -> anyhow::Result<()> {
     assert_eq!(routed.status, 200, "{routed:?}\n{}", gateway.stderr());
     let echo = routed.json()?;
     assert_eq!(echo["path"], "/status/200?probe=1");
+    // Istio's gateway names itself and says how long the upstream took.
+    let head = routed.head.to_ascii_lowercase();
+    assert!(head.contains("\r\nserver: istio-envoy"), "{}", routed.head);
+    let service_time = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-envoy-upstream-service-time: "))
+        .map(|v| v.trim().parse::<u64>());
+    assert!(matches!(service_time, Some(Ok(_))), "{}", routed.head);
     assert_eq!(echo["host"], "httpbin.example.com");
     assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(echo["headers"]["x-forwarded-proto"], "http");
@@ -103,6 +111,14 @@ fn routes_by_host_and_prefix_to_the_upstream() -> anyhow::Result<()> {
     // Unrouted path and unknown host: Envoy's 404 with an empty body.
     let unrouted = curl(None, &["-H", HOST, &format!("{base}/nothing-here")])?;
     assert_eq!((unrouted.status, unrouted.body.as_str()), (404, ""));
+    assert!(
+        unrouted
+            .head
+            .to_ascii_lowercase()
+            .contains("\r\nserver: istio-envoy"),
+        "{}",
+        unrouted.head
+    );
     let unknown = curl(
         None,
         &[

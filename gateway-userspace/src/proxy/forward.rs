@@ -89,6 +89,10 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+/// The `server` header of every answer, as Istio's gateways send it.
+const SERVER_NAME: &str = "istio-envoy";
 
 /// One accepted connection and the snapshot it is served by.
 pub struct Connection {
@@ -157,7 +161,12 @@ impl Connection {
             .await;
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
-        let response = grpc::local_reply(request_is_grpc, response).await;
+        let mut response = grpc::local_reply(request_is_grpc, response).await;
+        // Istio names its gateway in every answer, the upstream's Server header replaced
+        // (Envoy's default server_header_transformation, OVERWRITE).
+        response
+            .headers_mut()
+            .insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
 
         let status = response.status();
         let key = RequestKey {
@@ -429,6 +438,7 @@ impl Connection {
         let mut backoff = RETRY_BACKOFF_BASE;
         // Endpoints this request tried: a retry goes elsewhere when it can.
         let mut tried: Vec<usize> = Vec::new();
+        let mut try_started = Instant::now();
         let (response, endpoint) = loop {
             let Some(picked) = cluster.pick_endpoint_avoiding(&tried) else {
                 return (
@@ -445,6 +455,7 @@ impl Connection {
                 break (Err(TryFailure::Reset), endpoint);
             };
             let last_try = retries_done >= retry.attempts || !body.can_replay();
+            try_started = Instant::now();
             let attempt = self.send(&mut head, endpoint, cluster, try_body, last_try);
             let attempt = async {
                 match retry.per_try_timeout {
@@ -517,6 +528,12 @@ impl Connection {
         };
         match response {
             Ok(mut upstream_response) => {
+                // Envoy tells the client how long the upstream took (the last try, to
+                // its response headers), in milliseconds.
+                upstream_response.headers_mut().insert(
+                    X_ENVOY_UPSTREAM_SERVICE_TIME,
+                    HeaderValue::from(try_started.elapsed().as_millis() as u64),
+                );
                 let switching = upstream_response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if switching && let Some(downstream) = downstream_upgrade {
                     let upstream = hyper::upgrade::on(&mut upstream_response);
