@@ -248,11 +248,7 @@ fn new_connections_run(server: &Server, f: &mut Figures) -> Result<()> {
     if text.contains("Non-2xx") {
         bail!("{}: wrk saw non-2xx answers:\n{text}", server.name);
     }
-    let requests: f64 = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("wrk output:\n{text}"))?;
+    let requests = wrk_requests(&text)?;
     f.conn_rps.push(requests / f64::from(CONN_SECONDS));
     f.conn_cpu_us.push(used / requests * 1e6);
     Ok(())
@@ -672,11 +668,7 @@ fn wrk_run(server: &Server, f: &mut Figures) -> Result<()> {
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         bail!("{}: wrk saw errors:\n{text}", server.name);
     }
-    let requests: f64 = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("wrk output:\n{text}"))?;
+    let requests = wrk_requests(&text)?;
     let rps: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -695,6 +687,14 @@ fn wrk_run(server: &Server, f: &mut Figures) -> Result<()> {
     f.h1_p50_ms.push(percentile("50%"));
     f.h1_p99_ms.push(percentile("99%"));
     Ok(())
+}
+
+/// The request count of wrk's summary line (`N requests in 5.00s, …`).
+fn wrk_requests(text: &str) -> Result<f64> {
+    text.lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("wrk output:\n{text}"))
 }
 
 /// wrk's `1.23ms`, `456.00us`, `1.01s` → milliseconds.
