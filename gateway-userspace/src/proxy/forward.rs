@@ -33,7 +33,10 @@ use crate::{
     },
 };
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Bodies in both directions: a request body can fail for a reason of ours (the body
+/// limit), not only hyper's.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Envoy's response flags, as its access log and Istio's metrics spell them.
 pub mod flags {
@@ -421,6 +424,8 @@ impl Connection {
             RequestBody::Streaming(Some(DownstreamBody {
                 inner: body,
                 failed: body_failed.clone(),
+                received: 0,
+                limit: self.ctx.limits.max_request_body_bytes,
             }))
         };
 
@@ -563,7 +568,10 @@ impl Connection {
                 } else {
                     fault_flags
                 };
-                (upstream_response.map(BodyExt::boxed), outcome(flags))
+                (
+                    upstream_response.map(|body| body.map_err(BoxError::from).boxed()),
+                    outcome(flags),
+                )
             }
             Err(TryFailure::ConnectFailure) => (
                 local_response(
@@ -888,25 +896,45 @@ fn framing_problem<B>(request: &Request<B>) -> Option<StatusCode> {
 }
 
 /// A client's request body that remembers whether it broke off (a malformed chunk, a
-/// closed connection), so a failed try is blamed on the client (400), not the upstream.
+/// closed connection), so a failed try is blamed on the client (400), not the upstream;
+/// and that breaks it off itself past the body limit (413), whatever its framing: the
+/// framing guard cuts chunked HTTP/1 bodies earlier, this catches HTTP/2 bodies that
+/// declared no length. The error aborts the upstream request (a reset stream, or a
+/// connection closed before the last chunk), so the upstream never gets a whole request.
 struct DownstreamBody {
     inner: Incoming,
     failed: Arc<limits::BodyFailure>,
+    received: u64,
+    limit: Option<u64>,
 }
 
 impl hyper::body::Body for DownstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
-            self.failed.record(e);
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let frame = match std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                self.failed.record(&e);
+                return std::task::Poll::Ready(Some(Err(e.into())));
+            }
+            None => return std::task::Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            self.received = self.received.saturating_add(data.len() as u64);
+            if let Some(limit) = self.limit
+                && self.received > limit
+            {
+                let cut = limits::BodyTooLarge { limit };
+                self.failed.record(&cut);
+                return std::task::Poll::Ready(Some(Err(cut.into())));
+            }
         }
-        polled
+        std::task::Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
