@@ -19,6 +19,20 @@ impl Drop for KilledOnDrop {
     }
 }
 
+/// The median of a run's rounds (NaN when there are none).
+pub(super) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `min–max` of a run's rounds, as the tables print the spread.
+pub(super) fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    format!("{min:.0}–{max:.0}")
+}
+
 /// `program` pinned to `cpu`, so servers and load generators do not share a core.
 pub(super) fn pinned(cpu: &str, program: &Path) -> Command {
     let mut command = Command::new("taskset");

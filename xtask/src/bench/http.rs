@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{free_port, nginx_prelude, pinned},
+    common::{free_port, median, nginx_prelude, pinned, spread},
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -305,18 +305,6 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
          One worker per server on CPU {SERVER_CPU}; clients and upstream on CPU {CLIENT_CPU}."
     );
     out
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn spread(values: &[f64]) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    format!("{min:.0}–{max:.0}")
 }
 
 fn wait_listening(port: u16, child: &mut Child, name: &str) -> Result<()> {

@@ -31,7 +31,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{KilledOnDrop, free_port, nginx_prelude, pinned},
+    common::{KilledOnDrop, free_port, median, nginx_prelude, pinned},
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -276,12 +276,6 @@ fn table(figures: &[Figures], gatewayd_compile_ms: Vec<f64>) -> String {
         );
     }
     out
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// `elapsed_ms` of every "configuration reloaded" line gatewayd logged (`--log-json`).

@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{KilledOnDrop, free_port, nginx_prelude, pinned},
+    common::{KilledOnDrop, free_port, median, nginx_prelude, pinned, spread},
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -177,18 +177,6 @@ fn table(figures: &[Figures]) -> String {
         figures[0].negotiated
     );
     out
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn spread(values: &[f64]) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    format!("{min:.0}–{max:.0}")
 }
 
 fn certificate(work: &Path) -> Result<()> {
