@@ -129,6 +129,22 @@ struct RunArgs {
     /// forwarded; a chunked body that grows past it is cut off [default: unlimited].
     #[arg(long, value_name = "BYTES")]
     max_request_body_bytes: Option<u64>,
+    /// An HTTP stream (request body, response body, upgraded connection) with no bytes
+    /// either way for this long is closed (Envoy's stream_idle_timeout) [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    stream_idle_timeout: Option<Duration>,
+    /// A TCP or TLS-passthrough stream with no bytes either way for this long is closed
+    /// (Envoy's tcp_proxy idle_timeout) [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    tcp_idle_timeout: Option<Duration>,
+    /// Largest request body kept to replay for retries and mirrors; a longer body is
+    /// forwarded once, without retries [default: 32768].
+    #[arg(long, value_name = "BYTES")]
+    max_replay_body_bytes: Option<u64>,
+    /// Downstream connections served at once; beyond it new connections wait in the
+    /// kernel's backlog [default: sized from the descriptor limit].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// Also reload when these change (nothing is loaded from them): e.g. the directory of
     /// the certificate files a Gateway names with serverCertificate/privateKey.
     #[arg(long, value_name = "PATH", num_args = 1..)]
@@ -459,10 +475,18 @@ fn limits(args: &RunArgs) -> Limits {
             .unwrap_or(defaults.header_read_timeout),
         idle_timeout: args.idle_timeout.unwrap_or(defaults.idle_timeout),
         max_request_body_bytes: args.max_request_body_bytes,
+        stream_idle_timeout: args
+            .stream_idle_timeout
+            .unwrap_or(defaults.stream_idle_timeout),
+        tcp_idle_timeout: args.tcp_idle_timeout.unwrap_or(defaults.tcp_idle_timeout),
+        max_replay_body_bytes: args
+            .max_replay_body_bytes
+            .unwrap_or(defaults.max_replay_body_bytes),
+        max_connections: args.max_connections,
     }
 }
 
-/// `500ms`, `5s`, `2m`, or plain seconds.
+/// `500ms`, `5s`, `2m`, `1h`, or plain seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -471,11 +495,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("expected a duration like 5s or 500ms, got {s:?}"))?;
     match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown unit {unit:?} in {s:?}: use ms, s or m")),
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(60 * 60).map(Duration::from_secs),
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
     }
+    .ok_or_else(|| format!("duration {s:?} is too long"))
 }
 
 #[cfg(test)]
@@ -488,7 +514,9 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
         assert_eq!(
             parse_label("istio=ingressgateway"),
             Ok(("istio".into(), "ingressgateway".into()))

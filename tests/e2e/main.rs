@@ -5,6 +5,7 @@
 mod basics;
 mod config;
 mod grpc;
+mod hostile;
 mod http;
 mod http_safety;
 mod kernel;

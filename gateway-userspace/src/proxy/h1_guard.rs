@@ -775,10 +775,18 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
         assert!(matches!(state, State::Head), "{state:?}");
     }
 
+    use crate::proxy::limits::{
+        DEFAULT_MAX_REPLAY_BODY_BYTES, DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT,
+    };
+
     const CLOCKS: Limits = Limits {
         header_read_timeout: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(300),
         max_request_body_bytes: None,
+        stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+        tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
+        max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
+        max_connections: None,
     };
 
     #[tokio::test]

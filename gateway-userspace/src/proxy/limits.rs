@@ -22,6 +22,17 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A keep-alive connection with no request in flight is closed after this long:
 /// Envoy's connection manager `idle_timeout` default, which Istio's gateway keeps (1 h).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// An HTTP stream (a request body still arriving, a response still being sent, an
+/// upgraded WebSocket) with no bytes either way for this long is closed: Envoy's
+/// `stream_idle_timeout` default (5 min).
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// A TCP or TLS-passthrough stream with no bytes either way for this long is closed:
+/// Envoy's tcp_proxy `idle_timeout` default (1 h).
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// The copy of a request body kept so that a retry or a mirror can send it again; a body
+/// that outgrows it is still forwarded, once, without retries (Istio's gateway buffers
+/// at most 32 KiB per request for replay).
+pub const DEFAULT_MAX_REPLAY_BODY_BYTES: u64 = 32 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -30,6 +41,15 @@ pub struct Limits {
     /// None: bodies stream through whatever their size, as Envoy streams them unless a
     /// filter buffers.
     pub max_request_body_bytes: Option<u64>,
+    /// HTTP streams (bodies, upgraded connections) idle this long either way are closed.
+    pub stream_idle_timeout: Duration,
+    /// TCP and TLS-passthrough streams idle this long either way are closed.
+    pub tcp_idle_timeout: Duration,
+    /// Largest request body kept for replay (retries, mirrors).
+    pub max_replay_body_bytes: u64,
+    /// Downstream connections served at once (all listeners, all workers); beyond it new
+    /// connections wait in the kernel's backlog. None: sized from the descriptor limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -38,6 +58,10 @@ impl Default for Limits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_request_body_bytes: None,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
+            max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
+            max_connections: None,
         }
     }
 }

@@ -1,0 +1,1 @@
+//! Hostile clients: bodies (filled in by the hardening work).

@@ -1,0 +1,1 @@
+//! Hostile clients: edges (filled in by the hardening work).

@@ -1,0 +1,1 @@
+//! Hostile clients: ops (filled in by the hardening work).

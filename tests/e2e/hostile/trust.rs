@@ -1,0 +1,1 @@
+//! Hostile clients: trust (filled in by the hardening work).
