@@ -751,8 +751,18 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         total += number * seconds;
         rest = &rest[unit_len..];
     }
+    if total > MAX_DURATION_SECS {
+        return Err(format!(
+            "{text:?} is longer than the longest duration Istio accepts ({MAX_DURATION_SECS}s, \
+             protobuf's Duration limit)"
+        ));
+    }
     Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
+
+/// The longest `google.protobuf.Duration` (10 000 years), which is what Istio's API
+/// takes: longer values are refused there, and here they would overflow clocks.
+const MAX_DURATION_SECS: f64 = 315_576_000_000.0;
 
 pub(super) fn clone_route(route: &Route<RouteAction>) -> Route<RouteAction> {
     route.clone()
@@ -829,6 +839,12 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1 fortnight").is_err());
+        assert_eq!(
+            parse_duration("315576000000s"),
+            Ok(Duration::from_secs(315_576_000_000))
+        );
+        assert!(parse_duration("99999999999999999s").is_err());
+        assert!(parse_duration("1e300s").is_err());
     }
 
     #[test]

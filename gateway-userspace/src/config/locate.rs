@@ -105,9 +105,7 @@ fn find_key(lines: &[&str], scope: &Scope, key: &str) -> Option<(usize, Scope)> 
                     || (*indent == key_indent && *text != "-" && !text.starts_with("- ")))
         })
         .map_or(scope.end, |(n, _, _)| n);
-    let value = text[key.len()..]
-        .trim_start_matches([':', '"', '\''])
-        .trim();
+    let value = after_key(text, key).unwrap_or_default().trim();
     let first = if value.is_empty() || value.starts_with('#') {
         line + 1
     } else {
@@ -125,11 +123,17 @@ fn find_key(lines: &[&str], scope: &Scope, key: &str) -> Option<(usize, Scope)> 
 }
 
 fn is_key(text: &str, key: &str) -> bool {
-    let unquoted = text.trim_start_matches(['"', '\'']);
-    unquoted.starts_with(key)
-        && unquoted[key.len()..]
-            .trim_start_matches(['"', '\''])
-            .starts_with(':')
+    after_key(text, key).is_some()
+}
+
+/// What follows `key:` on a mapping line (quoted or not), or None when the line is not
+/// that key. Slices only at the boundaries `strip_prefix` found, so a key ending in a
+/// multi-byte character is safe.
+fn after_key<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    text.trim_start_matches(['"', '\''])
+        .strip_prefix(key)?
+        .trim_start_matches(['"', '\''])
+        .strip_prefix(':')
 }
 
 fn find_item(lines: &[&str], scope: &Scope, index: usize) -> Option<(usize, Scope)> {
@@ -203,5 +207,20 @@ spec:
         for (path, want) in cases {
             assert_eq!(line_of(TEXT, path), want, "{path}");
         }
+    }
+}
+
+#[cfg(test)]
+mod non_ascii_tests {
+    use super::*;
+
+    #[test]
+    fn quoted_keys_ending_in_multibyte_characters_are_found_without_panicking() {
+        let text = "metadata:\n  labels:\n    \"hé\": 1\n    'ö': {a: 2}\n    plain: 3\n";
+        assert_eq!(line_of(text, "metadata.labels.hé"), Some(3));
+        assert_eq!(line_of(text, "metadata.labels.ö"), Some(4));
+        assert_eq!(line_of(text, "metadata.labels.plain"), Some(5));
+        // Not a key there: the deepest line found is the parent mapping.
+        assert_eq!(line_of(text, "metadata.labels.h"), Some(2));
     }
 }
