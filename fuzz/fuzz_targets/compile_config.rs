@@ -44,7 +44,11 @@ impl Edits<'_> {
     }
 
     fn text(&mut self) -> String {
-        let end = self.data.iter().position(|&b| b == 0).unwrap_or(self.data.len());
+        let end = self
+            .data
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.data.len());
         let (text, rest) = self.data.split_at(end);
         self.data = rest.get(1..).unwrap_or_default();
         String::from_utf8_lossy(text).into_owned()
