@@ -173,6 +173,92 @@ spec:
     Ok(())
 }
 
+/// A reload that swaps a MUTUAL server's CA for another: a session that a client of the
+/// old CA got before the reload must not resume (its certificate would not verify now).
+#[test]
+fn a_reload_that_changes_the_client_ca_ends_earlier_sessions() -> anyhow::Result<()> {
+    let dir = TempDir::new("trust-reload-ca")?;
+    let pki_dir = TempDir::new("trust-reload-ca-pki")?;
+    let pki = Pki::new(pki_dir.path(), "trust-ca")?;
+    let other = Pki::new(pki_dir.path(), "other-ca")?;
+    let (crt, key) = pki.issue(
+        "server",
+        HOST,
+        &format!("DNS:{HOST}"),
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    pki.issue(
+        "client",
+        "client",
+        "URI:spiffe://example.org/c",
+        Key::EcP256Pkcs8,
+        true,
+    )?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let port = free_port();
+    let mut config = service(&[(8443, port)], upstream.addr);
+    config += &format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https-mutual, protocol: HTTPS}}
+    hosts: ["{HOST}"]
+    tls: {{mode: MUTUAL, credentialName: mutual-cred}}
+---
+{ROUTES}"#
+    );
+    dir.write("config.yaml", &config)?;
+    let secret = |ca: &str| tls_secret("mutual-cred", "istio-system", &crt, &key, Some(ca));
+    dir.write("secret.yaml", &secret(&pki.ca_pem()?))?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let (client_crt, client_key) = (pki.path("client.crt"), pki.path("client.key"));
+    for (label, version) in [("tls13", "-tls1_3"), ("tls12", "-tls1_2")] {
+        let session = dir
+            .path()
+            .join(format!("{label}.pem"))
+            .display()
+            .to_string();
+        let args = [
+            version,
+            "-cert",
+            &client_crt,
+            "-key",
+            &client_key,
+            "-sess_out",
+            &session,
+        ];
+        let first = s_client(port, &args)?;
+        assert!(served(&first), "{label}: {first}\n{}", gateway.stderr());
+        let again = s_client(port, &[version, "-sess_in", &session])?;
+        assert!(reused(&again) && served(&again), "{label}: {again}");
+    }
+
+    write_secret(&dir, &secret(&other.ca_pem()?))?;
+    wait_for_metric(
+        &gateway,
+        r#"gateway_config_reloads_total{result="success"}"#,
+        1.0,
+    )?;
+    for (label, version) in [("tls13", "-tls1_3"), ("tls12", "-tls1_2")] {
+        let session = dir
+            .path()
+            .join(format!("{label}.pem"))
+            .display()
+            .to_string();
+        let after = s_client(port, &[version, "-sess_in", &session])?;
+        assert!(
+            !reused(&after),
+            "{label}: resumed under the new CA:\n{after}"
+        );
+        assert!(!served(&after), "{label}: served:\n{after}");
+    }
+    Ok(())
+}
+
 /// The PEM of the certificate the gateway serves for `sni`.
 fn served_certificate(port: u16, sni: &str) -> anyhow::Result<Option<String>> {
     let out = Command::new("timeout")
