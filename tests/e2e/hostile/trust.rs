@@ -415,6 +415,66 @@ spec:
     Ok(())
 }
 
+/// The same with certificate files (`serverCertificate`/`privateKey`, a watched
+/// directory): a certificate file overwritten with garbage leaves the old one serving.
+#[test]
+fn a_broken_certificate_file_keeps_the_last_good_certificate() -> anyhow::Result<()> {
+    let dir = TempDir::new("trust-file")?;
+    let certs = TempDir::new("trust-file-certs")?;
+    let pki = Pki::new(certs.path(), "trust-ca")?;
+    let (crt, _) = pki.issue(
+        "file",
+        "trust-file",
+        &format!("DNS:{HOST}"),
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let port = free_port();
+    let (crt_path, key_path) = (pki.path("file.crt"), pki.path("file.key"));
+    let mut config = service(&[(443, port)], upstream.addr);
+    config += &format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["{HOST}"]
+    tls: {{mode: SIMPLE, serverCertificate: {crt_path}, privateKey: {key_path}}}
+---
+{ROUTES}"#
+    );
+    dir.write("config.yaml", &config)?;
+    let watch = certs.path().display().to_string();
+    let gateway = Gateway::start(
+        dir.path(),
+        &["--ebpf", "off", "--watch", &watch],
+        None,
+        &dir,
+    )?;
+    assert_eq!(served_certificate(port, HOST)?.as_deref(), Some(crt.trim()));
+
+    std::fs::write(&crt_path, "-----BEGIN CERTIFICATE-----\nnot base64!\n")?;
+    wait_for_metric(
+        &gateway,
+        r#"gateway_config_reloads_total{result="partial"}"#,
+        1.0,
+    )?;
+    let label = format!("file {crt_path} (key {key_path})");
+    assert_eq!(
+        gateway.metric(&format!(
+            "gateway_tls_credential_errors_total{{credential=\"{label}\"}}"
+        ))?,
+        Some(1.0),
+        "{}",
+        gateway.stderr()
+    );
+    assert_eq!(served_certificate(port, HOST)?.as_deref(), Some(crt.trim()));
+    Ok(())
+}
+
 /// A host whose credential never loaded is not served, and that is said loudly: a
 /// warning in `validate` and `routes`, an error in the log, the metrics; the other host
 /// on the port serves.
