@@ -56,13 +56,26 @@ impl Default for Identity {
 }
 
 pub fn compile(resources: &Resources, identity: &Identity) -> (Snapshot, Diagnostics) {
+    compile_with(resources, identity, &crate::tls::TlsState::default())
+}
+
+/// `compile` for a running gateway: TLS session scopes and the last good credentials
+/// carry over from one compile to the next in `tls` (see `compile::tls`).
+pub fn compile_with(
+    resources: &Resources,
+    identity: &Identity,
+    tls: &crate::tls::TlsState,
+) -> (Snapshot, Diagnostics) {
     let mut compiler = Compiler {
         resources,
         identity,
         diagnostics: Diagnostics::default(),
         clusters: HashMap::new(),
+        tls,
+        credentials: Default::default(),
     };
     let snapshot = compiler.snapshot();
+    compiler.stage_credentials();
     let mut diagnostics = compiler.diagnostics;
     resources.locate(&mut diagnostics);
     (snapshot, diagnostics)
@@ -74,6 +87,9 @@ struct Compiler<'a> {
     diagnostics: Diagnostics,
     /// Clusters are shared between routes that name the same service port.
     clusters: HashMap<String, Arc<Cluster>>,
+    tls: &'a crate::tls::TlsState,
+    /// The credentials this compile loaded or kept, staged in `tls` at the end.
+    credentials: tls::CompiledCredentials,
 }
 
 /// One server's host list entry, `namespace/host` split.

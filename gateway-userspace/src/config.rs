@@ -317,7 +317,14 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         (GATEWAY_API, "TLSRoute") => parsed!(tls_routes),
         (GATEWAY_API, "TCPRoute") => parsed!(tcp_routes),
         (GATEWAY_API, "ReferenceGrant") => parsed!(reference_grants),
-        ("", "Secret") => parsed!(secrets),
+        // Secret values are key material: their parse errors must not quote them.
+        ("", "Secret") => match item.typed(&resource) {
+            Ok(r) => resources.secrets.push(Sourced {
+                resource: r,
+                location,
+            }),
+            Err(d) => diagnostics.push(crate::tls::certs::redacted(d)),
+        },
         (ISTIO_NETWORKING, _) | (GATEWAY_API, _) => {
             diagnostics.push(
                 Diagnostic::warning(format!("{kind} ({api_version}) is not served yet; skipped"))

@@ -27,6 +27,7 @@ use gateway::{
     proxy::{AccessLogFormat, Limits, ProxyContext},
     reload::{ConfigSource, Reloader},
     snapshot::{RouteAction, Snapshot},
+    tls::{TlsState, Transport},
     workers::{self, Workers},
 };
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -190,26 +191,28 @@ impl ConfigArgs {
         identity
     }
 
-    /// What a reload compiles: the same paths and identity as the first load.
+    /// What the first load and every reload compile: the same paths and identity, and
+    /// one TLS state.
     fn source(&self) -> ConfigSource {
         ConfigSource {
             paths: self.config.clone(),
             identity: self.identity(),
+            tls: Default::default(),
         }
     }
 
     /// load → validate → compile. Errors in any document stop here.
-    fn compile(&self) -> anyhow::Result<(Snapshot, Diagnostics, usize)> {
+    fn compile(&self, tls: &TlsState) -> anyhow::Result<(Snapshot, Diagnostics, usize)> {
         let (resources, mut diagnostics) = config::load(&self.config)?;
         let skipped = resources.skipped.values().sum();
-        let (snapshot, more) = compile::compile(&resources, &self.identity());
+        let (snapshot, more) = compile::compile_with(&resources, &self.identity(), tls);
         diagnostics.extend(more);
         Ok((snapshot, diagnostics, skipped))
     }
 }
 
 fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
-    let (snapshot, diagnostics, skipped) = args.compile()?;
+    let (snapshot, diagnostics, skipped) = args.compile(&TlsState::default())?;
     print!("{diagnostics}");
     let errors = diagnostics.errors().count();
     let warnings = diagnostics.warnings().count();
@@ -231,10 +234,16 @@ fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let (snapshot, diagnostics, _) = args.compile()?;
+    let tls = TlsState::default();
+    let (snapshot, diagnostics, _) = args.compile(&tls)?;
     if diagnostics.has_errors() {
         eprint!("{diagnostics}");
         return Ok(ExitCode::FAILURE);
+    }
+    // Hosts that will not be served for want of a credential: say so, on stderr.
+    let credentials = tls.credentials.staged_report();
+    for d in diagnostics.warnings().filter(|d| credentials.is_problem(d)) {
+        eprintln!("{d}");
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
@@ -251,6 +260,22 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
             listener.bind_port,
             listener.servers.join(", ")
         );
+        if let Some(Transport::Tls(tls)) = listener.transport.as_deref() {
+            for server in &tls.servers {
+                for credential in &server.credentials {
+                    let stale = credential.stale.as_ref().map_or_else(String::new, |e| {
+                        format!(" (LAST GOOD VERSION: the current one fails: {e})")
+                    });
+                    println!(
+                        "  tls {} [{}]: {}: {}{stale}",
+                        server.name,
+                        server.hosts.join(", "),
+                        credential.name,
+                        credential.certificate
+                    );
+                }
+            }
+        }
         for vhost in &listener.routes.virtual_hosts {
             println!("  host {}", vhost.host);
             for (index, route) in vhost.routes.iter().enumerate() {
@@ -307,10 +332,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
-    let (snapshot, diagnostics, skipped) = args.config.compile()?;
-    for d in diagnostics.warnings() {
-        warn!("{d}");
-    }
+    let source = args.config.source();
+    let (snapshot, diagnostics, skipped) = args.config.compile(&source.tls)?;
+    gateway::reload::log_diagnostics(&diagnostics, &source.tls.credentials.staged_report());
     if diagnostics.has_errors() {
         for d in diagnostics.errors() {
             error!("{d}");
@@ -345,6 +369,7 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
     }
 
     let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
+    gateway::reload::report_credentials(&metrics, &source.tls.credentials.commit());
     let ctx = Arc::new(
         ProxyContext::new(snapshots.clone(), metrics.clone(), args.access_log)
             .with_limits(limits(&args)),
@@ -392,7 +417,7 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let reloader = Reloader {
-        source: args.config.source(),
+        source,
         watch_also: args.watch.clone(),
         snapshots: snapshots.clone(),
         listeners: listeners.clone(),

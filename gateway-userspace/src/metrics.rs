@@ -81,7 +81,8 @@ pub struct InterfaceLabels {
     pub interface: String,
 }
 
-/// `result` = `success` or `failure`.
+/// `result` = `success`, `partial` (applied except TLS credentials that did not load) or
+/// `failure` (refused).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: &'static str,
@@ -122,11 +123,24 @@ pub struct Metrics {
     pub ebpf_fallbacks: Counter,
     /// Configuration reloads (file change or SIGHUP), by result.
     pub config_reloads: Family<ReloadLabels, Counter>,
-    /// 1 when the last reload was applied, 0 when it was refused (the old config serves).
+    /// 1 when the last reload was applied in full, 0 when it was refused (the old config
+    /// serves) or partial (some TLS credential did not load).
     pub config_last_reload_successful: Gauge,
     /// TLS connections by how their handshake ended (`success`, `failure`,
     /// `refused_sni`: no server accepts the ClientHello's name, refused before any crypto).
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Compiles (start, reloads) in which a credential failed to load.
+    pub tls_credential_errors: Family<CredentialLabels, Counter>,
+    /// 1 when a credential's current version is served, 0 when it is broken (its last
+    /// good version serves, or its server is not served).
+    pub tls_credential_valid: Family<CredentialLabels, Gauge>,
+}
+
+/// `credential` = `Secret namespace/name`, `Secret namespace/name (client CA)`,
+/// `file PATH (key PATH)`, `file PATH (client CA)`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub credential: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,14 +190,14 @@ impl Metrics {
         let config_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "gateway_config_reloads",
-            "Configuration reloads, by result (failure: the last good configuration kept serving)",
+            "Configuration reloads, by result (partial: applied except TLS credentials that did not load; failure: the last good configuration kept serving)",
             config_reloads.clone(),
         );
         let config_last_reload_successful = Gauge::default();
         config_last_reload_successful.set(1);
         registry.register(
             "gateway_config_last_reload_successful",
-            "1 when the last reload was applied, 0 when it was refused",
+            "1 when the last reload was applied in full, 0 when it was refused or partial",
             config_last_reload_successful.clone(),
         );
         let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
@@ -191,6 +205,18 @@ impl Metrics {
             "gateway_tls_handshakes",
             "TLS connections by handshake result (refused_sni: refused from the ClientHello, before any crypto)",
             tls_handshakes.clone(),
+        );
+        let tls_credential_errors = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "gateway_tls_credential_errors",
+            "Loads of a TLS credential (Secret or file) that failed: bad PEM, a key that does not match, missing",
+            tls_credential_errors.clone(),
+        );
+        let tls_credential_valid = Family::<CredentialLabels, Gauge>::default();
+        registry.register(
+            "gateway_tls_credential_valid",
+            "1 when the credential's current version is served, 0 when it is broken (its last good version serves, or its server is not served)",
+            tls_credential_valid.clone(),
         );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         Metrics {
@@ -203,6 +229,8 @@ impl Metrics {
             config_reloads,
             config_last_reload_successful,
             tls_handshakes,
+            tls_credential_errors,
+            tls_credential_valid,
         }
     }
 

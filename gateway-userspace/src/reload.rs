@@ -35,9 +35,10 @@ use crate::{
     config::{self, Diagnostics, Resources, SourceError},
     ebpf::KernelError,
     listeners::ListenerSet,
-    metrics::{Metrics, ReloadLabels, SharedKernelPath},
+    metrics::{CredentialLabels, Metrics, ReloadLabels, SharedKernelPath},
     proxy::ProxyError,
     snapshot::Snapshot,
+    tls::{TlsState, credentials::CredentialReport},
 };
 
 /// Writers rarely finish in one event (an editor writes, renames, chmods; kubelet swaps
@@ -70,6 +71,8 @@ pub enum ReloadError {
 pub struct ConfigSource {
     pub paths: Vec<PathBuf>,
     pub identity: Identity,
+    /// TLS session scopes and last good credentials, kept across compiles.
+    pub tls: Arc<TlsState>,
 }
 
 impl ConfigSource {
@@ -77,7 +80,7 @@ impl ConfigSource {
     /// come back with the snapshot.
     pub fn compile(&self) -> Result<(Snapshot, Diagnostics), ReloadError> {
         let (resources, mut diagnostics) = config::load(&self.paths)?;
-        let (snapshot, more) = compile::compile(&resources, &self.identity);
+        let (snapshot, more) = compile::compile_with(&resources, &self.identity, &self.tls);
         diagnostics.extend(more);
         if diagnostics.has_errors() {
             return Err(ReloadError::Invalid(diagnostics));
@@ -92,7 +95,7 @@ impl ConfigSource {
         cache: &mut ParseCache,
     ) -> Result<(Snapshot, Diagnostics), ReloadError> {
         let (resources, mut diagnostics) = cache.load(&self.paths)?;
-        let (snapshot, more) = compile::compile(&resources, &self.identity);
+        let (snapshot, more) = compile::compile_with(&resources, &self.identity, &self.tls);
         diagnostics.extend(more);
         if diagnostics.has_errors() {
             return Err(ReloadError::Invalid(diagnostics));
@@ -244,7 +247,9 @@ pub struct Reloader {
 
 impl Reloader {
     /// Compiles the configuration again and, if it is good, makes it the live one.
-    pub async fn reload(&self) -> Result<(), ReloadError> {
+    /// Returns how many credentials it could not apply (their servers keep the last good
+    /// version, or are not served).
+    pub async fn reload(&self) -> Result<usize, ReloadError> {
         let started = Instant::now();
         let (source, cache) = (self.source.clone(), self.parse_cache.clone());
         let (snapshot, diagnostics) = tokio::task::spawn_blocking(move || {
@@ -252,13 +257,14 @@ impl Reloader {
             source.compile_cached(&mut cache)
         })
         .await??;
-        for warning in diagnostics.warnings() {
-            warn!("{warning}");
-        }
+        let credentials = self.source.tls.credentials.staged_report();
+        log_diagnostics(&diagnostics, &credentials);
         let bound = self.listeners.bind_new(&snapshot).await?;
         let added = bound.ports();
         let snapshot = Arc::new(snapshot);
         self.snapshots.store(snapshot.clone());
+        let credentials = self.source.tls.credentials.commit();
+        report_credentials(&self.metrics, &credentials);
         self.listeners.start(bound, &snapshot);
         if let Err(e) = steer_node_ports(&self.kernel, &snapshot, &self.listeners) {
             error!(error = %e, "reload: node-port steering could not be updated");
@@ -272,20 +278,34 @@ impl Reloader {
             .flat_map(|l| &l.routes.virtual_hosts)
             .map(|v| v.routes.len())
             .sum();
-        info!(
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            listeners = snapshot.listeners.len(),
-            routes,
-            new_ports = ?added,
-            "configuration reloaded"
-        );
-        Ok(())
+        let failing = credentials.failing().len();
+        if failing == 0 {
+            info!(
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                listeners = snapshot.listeners.len(),
+                routes,
+                new_ports = ?added,
+                "configuration reloaded"
+            );
+        } else {
+            error!(
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                listeners = snapshot.listeners.len(),
+                routes,
+                new_ports = ?added,
+                credentials_not_applied = ?credentials.failing(),
+                "configuration reloaded EXCEPT {failing} TLS credential(s) that did not load"
+            );
+        }
+        Ok(failing)
     }
 
     /// Reloads, and reports the outcome in logs and metrics; never stops serving.
     pub async fn reload_and_report(&self, cause: &str) {
         let result = match self.reload().await {
-            Ok(()) => "success",
+            Ok(0) => "success",
+            // Applied, but not all of it: a reload is successful only for what it applied.
+            Ok(_) => "partial",
             Err(ReloadError::Invalid(diagnostics)) => {
                 for d in diagnostics.errors() {
                     error!("{d}");
@@ -350,6 +370,37 @@ impl Reloader {
                 self.reload_and_report(cause).await;
             }
         })
+    }
+}
+
+/// Logs a compile's warnings; those about credentials that did not load at error level,
+/// since each means a host serves a stale certificate or none.
+pub fn log_diagnostics(diagnostics: &Diagnostics, credentials: &CredentialReport) {
+    for warning in diagnostics.warnings() {
+        if credentials.is_problem(warning) {
+            error!("{warning}");
+        } else {
+            warn!("{warning}");
+        }
+    }
+}
+
+/// Counts each credential that failed in a compile now live, and sets every credential's
+/// validity gauge (credentials no longer used disappear from it).
+pub fn report_credentials(metrics: &Metrics, credentials: &CredentialReport) {
+    metrics.tls_credential_valid.clear();
+    for name in &credentials.loaded {
+        let labels = CredentialLabels {
+            credential: name.clone(),
+        };
+        metrics.tls_credential_valid.get_or_create(&labels).set(1);
+    }
+    for name in credentials.failing() {
+        let labels = CredentialLabels {
+            credential: name.to_owned(),
+        };
+        metrics.tls_credential_errors.get_or_create(&labels).inc();
+        metrics.tls_credential_valid.get_or_create(&labels).set(0);
     }
 }
 

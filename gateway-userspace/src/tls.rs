@@ -6,11 +6,14 @@
 //!
 //! `compile` builds these from Gateway servers and Secrets; `proxy::tls` uses them. A new
 //! snapshot carries new configurations, so certificate changes reach the next handshake
-//! while open connections keep the snapshot they started with.
+//! while open connections keep the snapshot they started with. What outlives one compile
+//! (session scopes, the last good credentials) is in [`TlsState`].
 
 pub mod certs;
 pub mod client_cert;
+pub mod credentials;
 pub mod server_config;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -18,6 +21,24 @@ use rustls::ServerConfig;
 use serde::{Serialize, Serializer};
 
 use crate::snapshot::WeightedCluster;
+
+/// TLS state a running gateway keeps from one compile to the next.
+#[derive(Default)]
+pub struct TlsState {
+    /// Ticket keys and session caches, one per client-auth policy (see `sessions`).
+    pub sessions: sessions::SessionScopes,
+    /// The last good version of each credential (see `credentials`).
+    pub credentials: credentials::CredentialMemory,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials themselves.
+        f.debug_struct("TlsState")
+            .field("session_scopes", &self.sessions.live())
+            .finish_non_exhaustive()
+    }
+}
 
 /// What HTTPS, TLS and TCP listeners do with a connection before (or instead of) HTTP.
 #[derive(Debug, Serialize)]
@@ -51,6 +72,22 @@ pub struct TlsServer {
     /// Lowercase: exact names, `*.suffix` wildcards and `*`.
     pub hosts: Vec<String>,
     pub mode: TlsMode,
+    /// What a terminating server serves, for `routes` and the config dump.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<ServedCredential>,
+}
+
+/// One credential a server serves, described without its contents.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedCredential {
+    /// `Secret namespace/name`, `file PATH`, … (as in logs and metrics).
+    pub name: String,
+    /// Subject, serial and expiry of the certificate served.
+    pub certificate: String,
+    /// Set when the current version is broken and this is the last good one: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -218,6 +255,7 @@ mod tests {
             name: hosts.join(","),
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             mode: TlsMode::Passthrough { routes: Vec::new() },
+            credentials: Vec::new(),
         }
     }
 

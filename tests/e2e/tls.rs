@@ -18,7 +18,7 @@ use gateway_tests::{
 
 /// Key types the gateway reads, each in the PEM encoding `openssl` gives it here.
 #[derive(Clone, Copy)]
-enum Key {
+pub(crate) enum Key {
     /// `BEGIN PRIVATE KEY`.
     EcP256Pkcs8,
     /// `BEGIN EC PRIVATE KEY`.
@@ -30,13 +30,13 @@ enum Key {
 }
 
 /// A throwaway certificate authority in a temp dir.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     ca: String,
 }
 
 impl Pki {
-    fn new(dir: &Path, ca: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(dir: &Path, ca: &str) -> anyhow::Result<Self> {
         let pki = Pki {
             dir: dir.to_owned(),
             ca: ca.to_owned(),
@@ -61,7 +61,7 @@ impl Pki {
         Ok(pki)
     }
 
-    fn openssl(&self, args: &[&str]) -> anyhow::Result<()> {
+    pub(crate) fn openssl(&self, args: &[&str]) -> anyhow::Result<()> {
         let out = Command::new("openssl")
             .args(args)
             .current_dir(&self.dir)
@@ -77,17 +77,17 @@ impl Pki {
         std::fs::read_to_string(self.dir.join(file)).with_context(|| file.to_owned())
     }
 
-    fn path(&self, file: &str) -> String {
+    pub(crate) fn path(&self, file: &str) -> String {
         self.dir.join(file).display().to_string()
     }
 
-    fn ca_pem(&self) -> anyhow::Result<String> {
+    pub(crate) fn ca_pem(&self) -> anyhow::Result<String> {
         self.read(&format!("{}.crt", self.ca))
     }
 
     /// A certificate for `cn` with these subjectAltNames (`DNS:a,URI:b`), signed by the
     /// CA; returns (certificate PEM, key PEM).
-    fn issue(
+    pub(crate) fn issue(
         &self,
         name: &str,
         cn: &str,
@@ -171,7 +171,13 @@ impl Pki {
 }
 
 /// A `kubernetes.io/tls` Secret written by hand (`stringData`).
-fn tls_secret(name: &str, namespace: &str, cert: &str, key: &str, ca: Option<&str>) -> String {
+pub(crate) fn tls_secret(
+    name: &str,
+    namespace: &str,
+    cert: &str,
+    key: &str,
+    ca: Option<&str>,
+) -> String {
     let block = |text: &str| {
         text.lines().fold(String::new(), |mut out, line| {
             let _ = writeln!(out, "    {line}");
@@ -198,7 +204,7 @@ fn generic_secret_base64(name: &str, namespace: &str, cert: &str, key: &str) -> 
     )
 }
 
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
@@ -238,7 +244,7 @@ spec:
 
 /// The subject of the certificate the server presents, or None when the handshake is
 /// refused.
-fn served_subject(port: u16, sni: Option<&str>) -> anyhow::Result<Option<String>> {
+pub(crate) fn served_subject(port: u16, sni: Option<&str>) -> anyhow::Result<Option<String>> {
     let mut cmd = Command::new("openssl");
     cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")]);
     match sni {
@@ -275,7 +281,7 @@ fn https(
     curl(None, &args)
 }
 
-fn validate(dir: &Path) -> anyhow::Result<String> {
+pub(crate) fn validate(dir: &Path) -> anyhow::Result<String> {
     let out = Command::new(gatewayd_bin())
         .args(["validate", "--config"])
         .arg(dir)

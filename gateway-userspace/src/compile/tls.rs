@@ -3,12 +3,14 @@
 //! suites become a rustls configuration; PASSTHROUGH servers get the VirtualService `tls`
 //! routes matched by `sniHosts`; TCP servers and terminating TLS servers get `tcp` routes.
 //!
-//! A credential that cannot be read skips its server with a warning naming the Secret,
-//! so that every other host on the port keeps serving.
+//! A credential that cannot be read keeps its last good version (from the last applied
+//! compile, in [`TlsState`](crate::tls::TlsState)); one that never loaded skips its
+//! server. Either way a warning names the Secret or file, the report staged for the
+//! reload lists it, and every other host on the port keeps serving.
 
-use std::sync::{Arc, OnceLock};
+use std::{collections::HashMap, sync::Arc};
 
-use rustls::{server::ProducesTickets, sign::CertifiedKey};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
@@ -26,8 +28,9 @@ use crate::{
     },
     snapshot::{Protocol, WeightedCluster},
     tls::{
-        AfterTermination, ListenerTls, SniRoute, TlsMode, TlsServer, Transport,
+        AfterTermination, ListenerTls, ServedCredential, SniRoute, TlsMode, TlsServer, Transport,
         certs::{self, CA_KEYS, CA_SECRET_SUFFIX},
+        credentials::{Credential, CredentialProblem, CredentialReport, read_capped},
         server_config::{
             self, ClientAuth, HTTPS_ALPN, ServerConfigError, ServerSettings, TlsVersion,
         },
@@ -62,13 +65,14 @@ struct L4Destination {
     weight: Option<u32>,
 }
 
-/// One process-wide ticket key rotator: sessions resume across reloads and servers
-/// (rustls checks that a resumed session's SNI matches).
-fn ticketer() -> Option<Arc<dyn ProducesTickets>> {
-    static TICKETER: OnceLock<Option<Arc<dyn ProducesTickets>>> = OnceLock::new();
-    TICKETER
-        .get_or_init(|| rustls::crypto::aws_lc_rs::Ticketer::new().ok())
-        .clone()
+/// What happens to an Istio server whose credential has no version to serve.
+const SERVER_UNSERVED: &str = "this server is NOT served (the other servers are)";
+
+/// What a compile loaded or kept, and what it could not, by credential name.
+#[derive(Default)]
+pub(super) struct CompiledCredentials {
+    used: HashMap<String, Credential>,
+    report: CredentialReport,
 }
 
 /// Where a server and its diagnostics come from.
@@ -164,19 +168,19 @@ impl<'a> Compiler<'a> {
         let mode = tls.mode.as_deref().unwrap_or("SIMPLE").to_ascii_uppercase();
         let name = format!("{} {}", server.resource, server.field);
         let protocol = Protocol::parse(&server.server.port.protocol);
+        let mut credentials = Vec::new();
         let mode = match mode.as_str() {
             "PASSTHROUGH" => TlsMode::Passthrough {
                 routes: self.sni_routes(port, server, virtual_services),
             },
             "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" => {
-                let settings = self.server_settings(server, tls, &mode)?;
+                let settings = self.server_settings(server, tls, &mode, &mut credentials)?;
                 let after = if protocol == Some(Protocol::Tls) {
                     AfterTermination::Tcp(self.tcp_clusters(port, server, virtual_services))
                 } else {
                     AfterTermination::Http
                 };
-                let ticketer = ticketer()?;
-                match server_config::build(settings, ticketer) {
+                match server_config::build(settings, &self.tls.sessions) {
                     Ok(config) => TlsMode::Terminate { config, after },
                     Err(e) => {
                         self.server_error(server, "tls", &e.to_string());
@@ -199,6 +203,7 @@ impl<'a> Compiler<'a> {
             name,
             hosts: server.hosts.clone(),
             mode,
+            credentials,
         })
     }
 
@@ -208,6 +213,7 @@ impl<'a> Compiler<'a> {
         server: &ServerRef<'a>,
         tls: &ServerTls,
         mode: &str,
+        served: &mut Vec<ServedCredential>,
     ) -> Option<ServerSettings> {
         let provider = server_config::provider();
         let mut min_max = [None, None];
@@ -242,43 +248,47 @@ impl<'a> Compiler<'a> {
         let mut client_ca: Option<Vec<CertificateDer<'static>>> = None;
         for name in &credential_names {
             let secret = self.find_secret(server, name)?;
-            match certs::secret_certified_key(&secret.resource, &provider) {
-                Ok(key) => certificates.push(key),
-                Err(e) => {
-                    self.server_warning(
-                        server,
-                        "tls.credentialName",
-                        &format!(
-                            "Secret {}: {e}; this server is not served (the others are)",
-                            name_of(&secret.resource.metadata)
-                        ),
-                    );
-                    return None;
-                }
+            let loaded = certs::secret_certified_key(&secret.resource, &provider)
+                .map(Credential::Served)
+                .map_err(|e| e.to_string());
+            let credential = format!("Secret {}", name_of(&secret.resource.metadata));
+            let place = self.server_place(server, "tls.credentialName");
+            match self.credential(
+                credential,
+                &server_name(server),
+                loaded,
+                place,
+                SERVER_UNSERVED,
+                served,
+            )? {
+                Credential::Served(key) => certificates.push(key),
+                Credential::ClientCa(_) => return None,
             }
             if client_ca.is_none() && mode != "SIMPLE" {
-                client_ca = self.secret_ca(server, &secret.resource, name)?;
+                client_ca = self.secret_ca(server, &secret.resource, name, served)?;
             }
         }
         match (&tls.server_certificate, &tls.private_key) {
             (Some(cert_path), Some(key_path)) if certificates.is_empty() => {
-                let read =
-                    |path: &String| std::fs::read(path).map_err(|e| format!("reading {path}: {e}"));
+                let read = |path: &String| read_capped(path.as_ref()).map_err(|e| e.to_string());
                 let loaded = read(cert_path).and_then(|cert| {
                     let key = read(key_path)?;
                     certs::certified_key(&cert, &key, &provider)
-                        .map_err(|e| format!("{cert_path} / {key_path}: {e}"))
+                        .map(Credential::Served)
+                        .map_err(|e| e.to_string())
                 });
-                match loaded {
-                    Ok(key) => certificates.push(key),
-                    Err(e) => {
-                        self.server_warning(
-                            server,
-                            "tls.serverCertificate",
-                            &format!("{e}; this server is not served (the others are)"),
-                        );
-                        return None;
-                    }
+                let credential = format!("file {cert_path} (key {key_path})");
+                let place = self.server_place(server, "tls.serverCertificate");
+                match self.credential(
+                    credential,
+                    &server_name(server),
+                    loaded,
+                    place,
+                    SERVER_UNSERVED,
+                    served,
+                )? {
+                    Credential::Served(key) => certificates.push(key),
+                    Credential::ClientCa(_) => return None,
                 }
             }
             _ => {}
@@ -297,19 +307,22 @@ impl<'a> Compiler<'a> {
             && client_ca.is_none()
             && let Some(path) = &tls.ca_certificates
         {
-            let loaded = std::fs::read(path)
+            let loaded = read_capped(path.as_ref())
                 .map_err(|e| e.to_string())
-                .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()));
-            match loaded {
-                Ok(ca) => client_ca = Some(ca),
-                Err(e) => {
-                    self.server_warning(
-                        server,
-                        "tls.caCertificates",
-                        &format!("{path}: {e}; this server is not served (the others are)"),
-                    );
-                    return None;
-                }
+                .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()))
+                .map(Credential::ClientCa);
+            let credential = format!("file {path} (client CA)");
+            let place = self.server_place(server, "tls.caCertificates");
+            match self.credential(
+                credential,
+                &server_name(server),
+                loaded,
+                place,
+                SERVER_UNSERVED,
+                served,
+            )? {
+                Credential::ClientCa(ca) => client_ca = Some(ca),
+                Credential::Served(_) => return None,
             }
         }
         let client_auth = match (mode, client_ca) {
@@ -357,13 +370,14 @@ impl<'a> Compiler<'a> {
                 .find(|s| s.resource.metadata.name == name && s.resource.metadata.namespace() == ns)
         });
         if found.is_none() {
-            self.server_warning(
-                server,
-                "tls.credentialName",
-                &format!(
-                    "Secret {name} not found in namespace {}; this server is not served (the others are)",
-                    namespaces.join(" or ")
-                ),
+            let error = format!("not found in namespace {}", namespaces.join(" or "));
+            let place = self.server_place(server, "tls.credentialName");
+            self.credential_missing(
+                format!("Secret {}/{name}", namespaces[0]),
+                &server_name(server),
+                &format!("Secret {name} {error}"),
+                SERVER_UNSERVED,
+                place,
             );
         }
         found
@@ -386,6 +400,7 @@ impl<'a> Compiler<'a> {
         server: &ServerRef<'a>,
         secret: &Secret,
         name: &str,
+        served: &mut Vec<ServedCredential>,
     ) -> Option<Option<Vec<CertificateDer<'static>>>> {
         let ca_secret_name = format!("{name}{CA_SECRET_SUFFIX}");
         let namespaces = self.secret_namespaces(server.gateway);
@@ -395,34 +410,120 @@ impl<'a> Compiler<'a> {
             })
         });
         for candidate in std::iter::once(secret).chain(ca_secret.map(|s| &s.resource)) {
-            let pem = match certs::secret_first(candidate, &CA_KEYS) {
-                Ok(Some(pem)) => pem,
+            let loaded = match certs::secret_first(candidate, &CA_KEYS) {
+                Ok(Some(pem)) => certs::certificates(&pem),
                 Ok(None) => continue,
-                Err(e) => {
-                    self.ca_warning(server, candidate, &e.to_string());
-                    return None;
-                }
+                Err(e) => Err(e),
             };
-            match certs::certificates(&pem) {
-                Ok(ca) => return Some(Some(ca)),
-                Err(e) => {
-                    self.ca_warning(server, candidate, &e.to_string());
-                    return None;
-                }
-            }
+            let loaded = loaded.map(Credential::ClientCa).map_err(|e| e.to_string());
+            let credential = format!("Secret {} (client CA)", name_of(&candidate.metadata));
+            let place = self.server_place(server, "tls.credentialName");
+            return match self.credential(
+                credential,
+                &server_name(server),
+                loaded,
+                place,
+                SERVER_UNSERVED,
+                served,
+            )? {
+                Credential::ClientCa(ca) => Some(Some(ca)),
+                Credential::Served(_) => None,
+            };
         }
         Some(None)
     }
 
-    fn ca_warning(&mut self, server: &ServerRef<'a>, secret: &Secret, error: &str) {
-        self.server_warning(
-            server,
-            "tls.credentialName",
-            &format!(
-                "Secret {}: client CA: {error}; this server is not served (the others are)",
-                name_of(&secret.metadata)
+    /// A credential as loaded now or, when that failed, the version the live
+    /// configuration serves. None: neither; the server must not be served. Every
+    /// failure is a warning and a problem in the staged report.
+    fn credential(
+        &mut self,
+        name: String,
+        server: &str,
+        loaded: Result<Credential, String>,
+        place: Diagnostic,
+        unserved: &str,
+        served: &mut Vec<ServedCredential>,
+    ) -> Option<Credential> {
+        let error = match loaded {
+            Ok(credential) => {
+                served.push(ServedCredential {
+                    name: name.clone(),
+                    certificate: credential.describe(),
+                    stale: None,
+                });
+                if !self.credentials.report.loaded.contains(&name) {
+                    self.credentials.report.loaded.push(name.clone());
+                }
+                self.credentials.used.insert(name, credential.clone());
+                return Some(credential);
+            }
+            Err(error) => error,
+        };
+        let Some(last_good) = self.tls.credentials.last_good(&name) else {
+            let what = format!("{name}: {error}");
+            self.credential_missing(name, server, &what, unserved, place);
+            return None;
+        };
+        let description = last_good.describe();
+        let diagnostic = Diagnostic {
+            message: format!(
+                "{name}: {error}; this version is NOT applied: the server keeps serving the last good one ({description})"
             ),
-        );
+            ..place
+        };
+        self.diagnostics.push(diagnostic.clone());
+        self.credentials.report.problems.push(CredentialProblem {
+            credential: name.clone(),
+            server: server.to_owned(),
+            error: error.clone(),
+            kept: Some(description.clone()),
+            diagnostic,
+        });
+        served.push(ServedCredential {
+            name: name.clone(),
+            certificate: description,
+            stale: Some(error),
+        });
+        self.credentials.used.insert(name, last_good.clone());
+        Some(last_good)
+    }
+
+    /// A credential with no version to serve: its server is skipped, loudly.
+    fn credential_missing(
+        &mut self,
+        name: String,
+        server: &str,
+        what: &str,
+        unserved: &str,
+        place: Diagnostic,
+    ) {
+        let diagnostic = Diagnostic {
+            message: format!("{what}; no valid version of it has ever loaded, so {unserved}"),
+            ..place
+        };
+        self.diagnostics.push(diagnostic.clone());
+        self.credentials.report.problems.push(CredentialProblem {
+            credential: name,
+            server: server.to_owned(),
+            error: what.to_owned(),
+            kept: None,
+            diagnostic,
+        });
+    }
+
+    /// This compile's credentials, for the reload to commit once it is live.
+    pub(super) fn stage_credentials(&mut self) {
+        let CompiledCredentials { used, report } = std::mem::take(&mut self.credentials);
+        self.tls.credentials.stage(used, report);
+    }
+
+    /// An empty warning at a server's field, for a message to fill in.
+    fn server_place(&self, server: &ServerRef<'a>, field: &str) -> Diagnostic {
+        Diagnostic::warning("")
+            .at(server.gateway.location.clone())
+            .resource(&server.resource)
+            .field(format!("{}.{field}", server.field))
     }
 
     /// PASSTHROUGH: `tls` routes of VirtualServices bound to the server's Gateway whose
@@ -633,6 +734,7 @@ impl<'a> Compiler<'a> {
                     name: format!("{resource} {}", listener.name),
                     hosts: vec![host],
                     mode: TlsMode::Passthrough { routes },
+                    credentials: Vec::new(),
                 });
                 continue;
             }
@@ -662,6 +764,7 @@ impl<'a> Compiler<'a> {
             let gw_namespace = gateway.resource.metadata.namespace();
             let provider = server_config::provider();
             let mut certificates = Vec::new();
+            let mut served = Vec::new();
             for (ref_index, reference) in tls.certificate_refs.iter().enumerate() {
                 let sub = format!(".certificateRefs[{ref_index}]");
                 let kind_ok = reference.group.as_deref().unwrap_or("").is_empty()
@@ -693,27 +796,35 @@ impl<'a> Compiler<'a> {
                     s.resource.metadata.name == reference.name
                         && s.resource.metadata.namespace() == namespace
                 });
+                let credential = format!("Secret {namespace}/{}", reference.name);
+                let server_name = format!("{resource} {}", listener.name);
+                let place = Diagnostic::warning("")
+                    .at(gateway.location.clone())
+                    .resource(&resource)
+                    .field(format!("{field}{sub}"));
                 let Some(secret) = secret else {
-                    warn(
-                        &mut self.diagnostics,
-                        format!(
-                            "Secret {namespace}/{} not found; this reference is skipped",
-                            reference.name
-                        ),
-                        &sub,
+                    let what = format!("{credential} not found");
+                    self.credential_missing(
+                        credential,
+                        &server_name,
+                        &what,
+                        "this reference is skipped",
+                        place,
                     );
                     continue;
                 };
-                match certs::secret_certified_key(&secret.resource, &provider) {
-                    Ok(key) => certificates.push(key),
-                    Err(e) => warn(
-                        &mut self.diagnostics,
-                        format!(
-                            "Secret {namespace}/{}: {e}; this reference is skipped",
-                            reference.name
-                        ),
-                        &sub,
-                    ),
+                let loaded = certs::secret_certified_key(&secret.resource, &provider)
+                    .map(Credential::Served)
+                    .map_err(|e| e.to_string());
+                if let Some(Credential::Served(key)) = self.credential(
+                    credential,
+                    &server_name,
+                    loaded,
+                    place,
+                    "this reference is skipped",
+                    &mut served,
+                ) {
+                    certificates.push(key);
                 }
             }
             if certificates.is_empty() {
@@ -733,13 +844,12 @@ impl<'a> Compiler<'a> {
                 cipher_suites: Vec::new(),
                 alpn: HTTPS_ALPN.iter().map(|p| p.to_vec()).collect(),
             };
-            let config = match ticketer().map(|t| server_config::build(settings, t)) {
-                Some(Ok(config)) => config,
-                Some(Err(e)) => {
+            let config = match server_config::build(settings, &self.tls.sessions) {
+                Ok(config) => config,
+                Err(e) => {
                     warn(&mut self.diagnostics, e.to_string(), "");
                     continue;
                 }
-                None => continue,
             };
             let host = listener
                 .hostname
@@ -752,6 +862,7 @@ impl<'a> Compiler<'a> {
                     config,
                     after: AfterTermination::Http,
                 },
+                credentials: served,
             });
         }
         if let Some(clusters) = tcp_clusters {
@@ -941,6 +1052,10 @@ impl<'a> Compiler<'a> {
     }
 }
 
+fn server_name(server: &ServerRef<'_>) -> String {
+    format!("{} {}", server.resource, server.field)
+}
+
 /// Does a route's `parentRefs` name this Gateway, and this listener (by `sectionName`)
 /// or every listener?
 fn attaches(
@@ -1033,3 +1148,7 @@ spec:
         );
     }
 }
+
+#[cfg(test)]
+#[path = "tls_state_tests.rs"]
+mod state_tests;

@@ -19,25 +19,67 @@ pub const CA_KEYS: [&str; 2] = ["ca.crt", "cacert"];
 /// itself has none.
 pub const CA_SECRET_SUFFIX: &str = "-cacert";
 
+/// What went wrong with a credential. None of these quote what was read: the messages
+/// reach logs, `validate` and metrics, and the input may be a private key.
 #[derive(Debug, Error)]
 pub enum CredentialError {
     #[error("no PEM certificate found")]
     NoCertificate,
     #[error("certificate PEM: {0}")]
-    CertificatePem(rustls_pki_types::pem::Error),
+    CertificatePem(&'static str),
     #[error("private key PEM (PKCS#8, PKCS#1 or SEC1 expected): {0}")]
-    KeyPem(rustls_pki_types::pem::Error),
+    KeyPem(&'static str),
     #[error("private key: {0}")]
     Key(rustls::Error),
     #[error("the private key does not belong to the certificate")]
     KeyMismatch,
     #[error("Secret has no {0}")]
     MissingKey(String),
-    #[error("Secret data {key}: not base64: {source}")]
-    Base64 {
-        key: String,
-        source: base64::DecodeError,
-    },
+    #[error("Secret data {key}: not base64 ({problem})")]
+    Base64 { key: String, problem: String },
+}
+
+/// A PEM error without the bytes some variants carry (a line of the input).
+fn pem_problem(error: &rustls_pki_types::pem::Error) -> &'static str {
+    use rustls_pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { .. } => "a section has no END line",
+        Error::IllegalSectionStart { .. } => "a malformed BEGIN line",
+        Error::Base64Decode(_) => "a section is not valid base64",
+        Error::NoItemsFound => "no PEM section of the expected type",
+        Error::SectionTooLarge => "a section is too large",
+        _ => "unreadable PEM",
+    }
+}
+
+/// A base64 error by position only, never by the offending symbol.
+fn base64_problem(error: &base64::DecodeError) -> String {
+    match error {
+        base64::DecodeError::InvalidByte(offset, _) => {
+            format!("an invalid character at offset {offset}")
+        }
+        base64::DecodeError::InvalidLastSymbol(offset, _) => {
+            format!("an invalid last symbol at offset {offset}")
+        }
+        base64::DecodeError::InvalidLength(length) => format!("a length of {length}"),
+        base64::DecodeError::InvalidPadding => "bad padding".to_owned(),
+    }
+}
+
+/// A loader diagnostic about a Secret with the values serde quotes taken out: a mistyped
+/// Secret (`stringData: |` over its keys, a list where a string goes) would otherwise
+/// print its PEM in the message, e.g. `invalid type: string "-----BEGIN …", expected a
+/// map`.
+pub fn redacted(mut diagnostic: crate::config::Diagnostic) -> crate::config::Diagnostic {
+    let message = &diagnostic.message;
+    if let Some(start) = message.find(['"', '`', '\'']) {
+        let rest = &message[start..];
+        let end = rest
+            .rfind(", expected")
+            .map_or(message.len(), |at| start + at);
+        diagnostic.message = format!("{}(value not shown){}", &message[..start], &message[end..]);
+    }
+    diagnostic
 }
 
 /// A certificate chain (leaf first) with its signing key.
@@ -47,7 +89,8 @@ pub fn certified_key(
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, CredentialError> {
     let chain = certificates(cert_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(CredentialError::KeyPem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| CredentialError::KeyPem(pem_problem(&e)))?;
     let signing_key = provider
         .key_provider
         .load_private_key(key)
@@ -67,7 +110,7 @@ pub fn certified_key(
 pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CredentialError> {
     let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(CredentialError::CertificatePem)?;
+        .map_err(|e| CredentialError::CertificatePem(pem_problem(&e)))?;
     if chain.is_empty() {
         return Err(CredentialError::NoCertificate);
     }
@@ -87,9 +130,9 @@ pub fn secret_entry(secret: &Secret, key: &str) -> Result<Option<Vec<u8>>, Crede
     base64::engine::general_purpose::STANDARD
         .decode(compact)
         .map(Some)
-        .map_err(|source| CredentialError::Base64 {
+        .map_err(|e| CredentialError::Base64 {
             key: key.to_owned(),
-            source,
+            problem: base64_problem(&e),
         })
 }
 
@@ -153,4 +196,75 @@ mod tests {
             Err(CredentialError::Base64 { .. })
         ));
     }
+
+    #[test]
+    fn errors_never_quote_what_was_read() {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let secret_line = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
+        let cases: [&[u8]; 3] = [
+            // No END line, a bad BEGIN line, bad base64 inside.
+            b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n",
+            b"-----BEGIN PRIVATE KEY MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n",
+            b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7%\n-----END PRIVATE KEY-----\n",
+        ];
+        for key in cases {
+            let error = certified_key(CERT, key, &provider)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.starts_with("private key PEM"), "{error}");
+            assert!(!error.contains(&secret_line[..16]), "{error}");
+        }
+        let mut secret = Secret {
+            metadata: Default::default(),
+            secret_type: None,
+            data: Default::default(),
+            string_data: Default::default(),
+        };
+        secret
+            .data
+            .insert("tls.key".into(), format!("{secret_line}!!!!"));
+        let error = secret_first(&secret, &KEY_KEYS)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            error,
+            "Secret data tls.key: not base64 (an invalid character at offset 52)"
+        );
+    }
+
+    #[test]
+    fn secret_parse_errors_lose_their_values() {
+        let diagnostic = |message: &str| {
+            redacted(crate::config::Diagnostic::error(message))
+                .message
+                .clone()
+        };
+        assert_eq!(
+            diagnostic(
+                "invalid type: string \"tls.key: -----BEGIN PRIVATE KEY-----\\nMIIE\\\"x\", expected a map"
+            ),
+            "invalid type: string (value not shown), expected a map"
+        );
+        assert_eq!(
+            diagnostic("invalid type: integer `42`, expected a string"),
+            "invalid type: integer (value not shown), expected a string"
+        );
+        assert_eq!(
+            diagnostic("invalid type: sequence, expected a string"),
+            "invalid type: sequence, expected a string"
+        );
+        assert_eq!(diagnostic("unknown \"x"), "unknown (value not shown)");
+    }
+
+    /// PEM of arbitrary bytes: certificates are not parsed before the key fails.
+    const CERT: &[u8] = b"-----BEGIN CERTIFICATE-----
+MIIBfTCCASOgAwIBAgIUJ8i7NVTcjJ8b4a3CCmhxhEJgQ7IwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJdW5pdC10ZXN0MB4XDTI2MDEwMTAwMDAwMFoXDTM2MDEwMTAw
+MDAwMFowFDESMBAGA1UEAwwJdW5pdC10ZXN0MFkwEwYHKoZIzj0CAQYIKoZIzj0D
+AQcDQgAEN4P5Kp1bNkXQ2Zl8bHn6g3h1dF0vW1y0K3V4Q8zqHq1sC0P1yX4c8f6y
+Q2K8u0w9S8B8l0m3m3Qk0qkqM4bYZqNTMFEwHQYDVR0OBBYEFJ1jHn9e2Cq6k4ZR
+-----END CERTIFICATE-----
+";
 }

@@ -18,7 +18,10 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, UnixTime};
 use thiserror::Error;
 
-use super::client_cert;
+use super::{
+    client_cert,
+    sessions::{ScopeKey, SessionScopes},
+};
 
 /// ALPN on HTTPS servers: HTTP/2 preferred, as Envoy offers.
 pub const HTTPS_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -104,10 +107,15 @@ pub fn check(
     Ok(())
 }
 
+/// The rustls configuration, resuming only sessions of its own scope (see `sessions`).
 pub fn build(
     settings: ServerSettings,
-    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    scopes: &SessionScopes,
 ) -> Result<Arc<ServerConfig>, ServerConfigError> {
+    let scope = scopes.scope(ScopeKey::of(
+        settings.client_auth.as_ref(),
+        &settings.certificates,
+    ));
     let mut provider = provider();
     provider.cipher_suites = cipher_suites(&provider, &settings.cipher_suites)?;
     let provider = Arc::new(provider);
@@ -146,7 +154,8 @@ pub fn build(
     let mut config =
         builder.with_cert_resolver(Arc::new(ByClientSupport::new(settings.certificates)));
     config.alpn_protocols = settings.alpn;
-    config.ticketer = ticketer;
+    config.ticketer = scope.ticketer;
+    config.session_storage = scope.sessions;
     // No 0-RTT: replayable early data is not something a gateway should accept blindly.
     config.max_early_data_size = 0;
     Ok(Arc::new(config))
