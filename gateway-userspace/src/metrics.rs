@@ -127,6 +127,18 @@ pub struct Metrics {
     /// TLS connections by how their handshake ended (`success`, `failure`,
     /// `refused_sni`: no server accepts the ClientHello's name, refused before any crypto).
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Requests whose body outgrew `--max-replay-body-bytes`: no more retries, no mirror
+    /// (Envoy's `retry_or_shadow_abandoned`).
+    pub retry_or_shadow_abandoned: Counter,
+    /// Mirrored requests dropped instead of queued, by reason (`overflow`: too many in
+    /// flight; `timeout`: the mirror did not answer in time; `body`: the body outgrew the
+    /// replay copy).
+    pub mirror_dropped: Family<MirrorDropLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorDropLabels {
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,6 +204,18 @@ impl Metrics {
             "TLS connections by handshake result (refused_sni: refused from the ClientHello, before any crypto)",
             tls_handshakes.clone(),
         );
+        let retry_or_shadow_abandoned = Counter::default();
+        registry.register(
+            "gateway_retry_or_shadow_abandoned",
+            "Requests whose body outgrew the replay copy (--max-replay-body-bytes): forwarded once, without retries or mirrors",
+            retry_or_shadow_abandoned.clone(),
+        );
+        let mirror_dropped = Family::<MirrorDropLabels, Counter>::default();
+        registry.register(
+            "gateway_mirror_requests_dropped",
+            "Mirrored requests dropped, by reason (overflow: too many in flight; timeout; body: larger than the replay copy)",
+            mirror_dropped.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         Metrics {
             registry,
@@ -203,6 +227,8 @@ impl Metrics {
             config_reloads,
             config_last_reload_successful,
             tls_handshakes,
+            retry_or_shadow_abandoned,
+            mirror_dropped,
         }
     }
 
