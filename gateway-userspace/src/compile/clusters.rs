@@ -233,13 +233,14 @@ impl<'a> Compiler<'a> {
             max_connections: positive(tcp.and_then(|t| t.max_connections)),
             http1_max_pending_requests: positive(http.and_then(|h| h.http1_max_pending_requests)),
             http2_max_requests: positive(http.and_then(|h| h.http2_max_requests)),
-            max_requests_per_connection: positive(
-                http.and_then(|h| h.max_requests_per_connection),
-            ),
+            max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),
             max_retries: positive(http.and_then(|h| h.max_retries)),
             idle_timeout: None,
         };
-        match http.and_then(|h| h.idle_timeout.as_deref()).map(parse_duration) {
+        match http
+            .and_then(|h| h.idle_timeout.as_deref())
+            .map(parse_duration)
+        {
             Some(Ok(timeout)) if !timeout.is_zero() => {
                 cluster.connection_pool.idle_timeout = Some(timeout);
             }

@@ -717,9 +717,7 @@ impl Connection {
                     if tokio::time::timeout(timeout, exchange).await.is_err() {
                         ctx.metrics
                             .mirror_dropped
-                            .get_or_create(&crate::metrics::MirrorDropLabels {
-                                reason: "timeout",
-                            })
+                            .get_or_create(&crate::metrics::MirrorDropLabels { reason: "timeout" })
                             .inc();
                     }
                 });

@@ -118,7 +118,9 @@ impl ReplayBody {
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     // A panic while holding the lock leaves plain data behind; keep using it.
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {
@@ -282,26 +284,42 @@ mod tests {
         let mut first = replay.for_try();
         // The first try reads part of the body, then fails.
         let frame = first.frame().await.and_then(Result::ok);
-        assert_eq!(frame.and_then(|f| f.into_data().ok()).as_deref(), Some(&b"ab"[..]));
+        assert_eq!(
+            frame.and_then(|f| f.into_data().ok()).as_deref(),
+            Some(&b"ab"[..])
+        );
         assert!(replay.can_replay());
         replay.supersede();
-        assert!(first.frame().await.is_some_and(|r| r.is_err()), "old try cut");
+        assert!(
+            first.frame().await.is_some_and(|r| r.is_err()),
+            "old try cut"
+        );
         let second = replay.for_try();
         assert_eq!(read(second).await.ok().as_deref(), Some(&b"abcdef"[..]));
         // A third try replays the whole body from the copy.
         replay.supersede();
-        assert_eq!(read(replay.for_try()).await.ok().as_deref(), Some(&b"abcdef"[..]));
+        assert_eq!(
+            read(replay.for_try()).await.ok().as_deref(),
+            Some(&b"abcdef"[..])
+        );
     }
 
     #[tokio::test]
     async fn a_body_past_the_limit_is_sent_once_and_not_replayed() {
         let abandoned = Counter::<u64>::default();
-        let replay = ReplayBody::new(source(&[b"abcd", b"efgh", b"ij"]), 5, Some(abandoned.clone()));
+        let replay = ReplayBody::new(
+            source(&[b"abcd", b"efgh", b"ij"]),
+            5,
+            Some(abandoned.clone()),
+        );
         let (sender, receiver) = std::sync::mpsc::channel();
         replay.on_complete(Box::new(move |whole| {
             let _ = sender.send(whole);
         }));
-        assert_eq!(read(replay.for_try()).await.ok().as_deref(), Some(&b"abcdefghij"[..]));
+        assert_eq!(
+            read(replay.for_try()).await.ok().as_deref(),
+            Some(&b"abcdefghij"[..])
+        );
         assert!(!replay.can_replay());
         assert_eq!(receiver.try_recv().ok(), Some(None));
         assert_eq!(abandoned.get(), 1);
@@ -315,7 +333,10 @@ mod tests {
             let _ = sender.send(whole);
         }));
         assert!(receiver.try_recv().is_err(), "not before the body ended");
-        assert_eq!(read(replay.for_try()).await.ok().as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(
+            read(replay.for_try()).await.ok().as_deref(),
+            Some(&b"abcd"[..])
+        );
         assert_eq!(
             receiver.try_recv().ok(),
             Some(Some(Bytes::from_static(b"abcd")))

@@ -134,7 +134,9 @@ async fn send_http1(
                 // does one that carried its `maxRequestsPerConnection`.
                 let served = served.saturating_add(1);
                 let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS
-                    && limits.max_requests_per_connection.is_none_or(|max| served < max);
+                    && limits
+                        .max_requests_per_connection
+                        .is_none_or(|max| served < max);
                 let connection = reusable.then(|| Pooled {
                     sender,
                     since: Instant::now(),
@@ -186,7 +188,9 @@ async fn send_http2(
         match sender.try_send_request(request).await {
             Ok(response) => {
                 let idle_timeout = limits.idle_timeout();
-                return Ok(response.map(|body| UpstreamBody::new(body, endpoint, None, idle_timeout)));
+                return Ok(
+                    response.map(|body| UpstreamBody::new(body, endpoint, None, idle_timeout))
+                );
             }
             Err(mut failed) => match failed.take_message() {
                 Some(unsent) if reused => {
