@@ -1004,9 +1004,10 @@ struct DownstreamBody {
     received: u64,
     limit: Option<u64>,
     idle_timeout: Duration,
-    /// When a frame last arrived; the timer is only moved when it fires early, not per
-    /// frame.
-    last_frame: tokio::time::Instant,
+    /// Since when the body has been waited for without a frame: idleness is the client's
+    /// only while someone reads (an upstream that does not take the body is not the
+    /// client stalling). The timer is moved when it fires early, not per frame.
+    waiting_since: Option<tokio::time::Instant>,
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -1019,16 +1020,19 @@ impl DownstreamBody {
             received: 0,
             limit: limits.max_request_body_bytes,
             idle_timeout: limits.stream_idle_timeout,
-            last_frame: now,
+            waiting_since: None,
             idle: Box::pin(tokio::time::sleep_until(now + limits.stream_idle_timeout)),
         }
     }
 
     /// Ready with the error once the body has been idle for the timeout.
     fn poll_idle(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<BoxError> {
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
         loop {
             std::task::ready!(self.idle.as_mut().poll(cx));
-            let deadline = self.last_frame + self.idle_timeout;
+            let deadline = since + self.idle_timeout;
             if deadline <= tokio::time::Instant::now() {
                 let idle = limits::StreamIdleTimeout(self.idle_timeout);
                 self.failed.record(&idle);
@@ -1059,7 +1063,7 @@ impl hyper::body::Body for DownstreamBody {
             }
             None => return std::task::Poll::Ready(None),
         };
-        self.last_frame = tokio::time::Instant::now();
+        self.waiting_since = None;
         if let Some(data) = frame.data_ref() {
             self.received = self.received.saturating_add(data.len() as u64);
             if let Some(limit) = self.limit

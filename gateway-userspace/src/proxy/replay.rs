@@ -243,7 +243,7 @@ impl Body for TryBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        lock(&self.shared).hint.clone()
+        lock(&self.shared).hint
     }
 }
 
