@@ -137,7 +137,8 @@ impl CircuitBreakers {
         self.take(Resource::Pending, pool.http1_max_pending_requests)
     }
 
-    /// A request in flight (until its response ends).
+    /// A request in flight (until its response ends); unlike Envoy, which counts a
+    /// request once it has a connection, one queued for a connection counts too.
     pub fn request(self: &Arc<Self>, pool: &ConnectionPool) -> Option<Slot> {
         self.take(Resource::Request, pool.http2_max_requests)
     }

@@ -564,14 +564,18 @@ fn http2_streams_with_unfinished_bodies_hold_bounded_memory() -> anyhow::Result<
 fn connection_pool_overflow_is_answered_503_uo() -> anyhow::Result<()> {
     let by_connections = TestUpstream::start()?;
     let by_requests = TestUpstream::start()?;
+    let one_each = TestUpstream::start()?;
     let routes = r#"  - match: [{uri: {prefix: /connections}}]
     retries: {attempts: 0}
     route: [{destination: {host: narrow}}]
   - match: [{uri: {prefix: /requests}}]
     retries: {attempts: 0}
-    route: [{destination: {host: few}}]"#;
+    route: [{destination: {host: few}}]
+  - match: [{uri: {prefix: /once}}]
+    route: [{destination: {host: once}}]"#;
     let extra = service_with_endpoint("narrow", 80, by_connections.addr)
         + &service_with_endpoint("few", 80, by_requests.addr)
+        + &service_with_endpoint("once", 80, one_each.addr)
         + r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: narrow, namespace: default}
@@ -588,6 +592,13 @@ metadata: {name: few, namespace: default}
 spec:
   host: few
   trafficPolicy: {connectionPool: {http: {http2MaxRequests: 3}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: once, namespace: default}
+spec:
+  host: once
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}
 "#;
     let setup = start("pool-overflow", routes, &extra, &[])?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -630,6 +641,15 @@ spec:
         "no 503 UO line in\n{log}"
     );
     assert!(log.contains("\"POST /requests HTTP/2\" 503 UO "), "{log}");
+
+    // `maxRequestsPerConnection: 1`: three requests one after the other on one client
+    // connection take three upstream connections instead of one kept alive.
+    let url = format!("http://{}/once", setup.addr);
+    let host = format!("Host: {HOST}");
+    let sequential = curl(None, &["-H", &host, &url, &url, &url])?;
+    assert_eq!(sequential.status, 200, "{sequential:?}");
+    assert_eq!(one_each.seen.completed("/once").len(), 3);
+    assert_eq!(one_each.seen.connections.load(Ordering::SeqCst), 3);
     Ok(())
 }
 
