@@ -162,6 +162,8 @@ async fn send_http2(
     mut request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let limits = &cluster.connection_pool;
+    // Held while this request waits for the worker's connection to be established.
+    let mut queued: Option<Slot> = None;
     loop {
         let (mut sender, reused) = match checkout_http2(endpoint, limits, false) {
             Some(sender) => (sender, true),
@@ -174,14 +176,30 @@ async fn send_http2(
                             since: Instant::now(),
                             served: 1,
                         });
+                        // Requests that waited for this connection take it.
+                        pool.freed.notify_waiters();
                     });
                     (sender, false)
                 }
                 // At `maxConnections`: the connection that carried its
-                // `maxRequestsPerConnection` carries this one too rather than fail it.
+                // `maxRequestsPerConnection` carries this one too rather than fail it;
+                // while the worker's connection is still being set up, wait for it.
                 None => match checkout_http2(endpoint, limits, true) {
                     Some(sender) => (sender, true),
-                    None => return Err(TryFailure::Overflow),
+                    None => {
+                        if queued.is_none() {
+                            queued = Some(
+                                cluster
+                                    .breakers
+                                    .pending(limits)
+                                    .ok_or(TryFailure::Overflow)?,
+                            );
+                        }
+                        let freed =
+                            with_pool(endpoint, UpstreamProtocol::Http2, |p| p.freed.clone());
+                        freed.notified().await;
+                        continue;
+                    }
                 },
             },
         };
@@ -242,7 +260,12 @@ impl Drop for OpenConnection {
                 && let Some(pool) = pools.get_mut(&(self.endpoint, self.protocol))
             {
                 pool.open = pool.open.saturating_sub(1);
-                pool.freed.notify_one();
+                match self.protocol {
+                    // One HTTP/1.1 connection fewer: one queued request may open one.
+                    UpstreamProtocol::Http1 => pool.freed.notify_one(),
+                    // The shared connection failed or closed: everyone waiting looks again.
+                    UpstreamProtocol::Http2 => pool.freed.notify_waiters(),
+                }
             }
         });
     }

@@ -720,3 +720,60 @@ fn mirrors_to_a_black_hole_are_dropped_not_queued() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// At `maxConnections: 1` to an HTTP/2 (h2c) upstream, twenty streams that arrive at
+/// once share the one connection: those that come while it is being set up wait for it
+/// rather than overflow.
+#[test]
+fn http2_upstream_requests_wait_for_the_connection_being_set_up() -> anyhow::Result<()> {
+    let upstream = gateway_tests::Upstream::start(None, "127.0.0.1:0", "h2up")?;
+    let routes = "  - route: [{destination: {host: h2up}}]";
+    let extra = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: h2up, namespace: default}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {port}, appProtocol: kubernetes.io/h2c}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: h2up-1, namespace: default, labels: {{kubernetes.io/service-name: h2up}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: h2up, namespace: default}}
+spec:
+  host: h2up
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 1}}}}}}
+"#,
+        port = upstream.addr.port()
+    );
+    let setup = start("h2-upstream-pool", routes, &extra, &[])?;
+    let statuses = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let (mut client, _driver) = h2_client(setup.addr).await?;
+            let (_streams, statuses) =
+                open_stalled_streams(&mut client, "/status/200", 20, 0, 0).await?;
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            while statuses.lock().map(|s| s.len()).unwrap_or(0) < 20
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let answered = statuses.lock().map(|s| s.clone()).unwrap_or_default();
+            anyhow::Ok(answered)
+        })?;
+    assert_eq!(statuses, [200; 20], "{}", setup.gateway.access_log());
+    assert!(
+        !setup.gateway.access_log().contains(" UO "),
+        "{}",
+        setup.gateway.access_log()
+    );
+    Ok(())
+}
