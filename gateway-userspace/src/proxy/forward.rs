@@ -448,6 +448,7 @@ impl Connection {
         let mut tried: Vec<usize> = Vec::new();
         let mut try_started = Instant::now();
         let mut overflowed_retry = false;
+        let mut retrying = None;
         let (response, endpoint) = loop {
             let Some(picked) = cluster.pick_endpoint_avoiding(&tried) else {
                 return (
@@ -508,10 +509,13 @@ impl Connection {
                 break (result, endpoint);
             }
             // Retries in flight are bounded too (`maxRetries`); past it the answer stands.
-            let Some(_retrying) = cluster.breakers.retry(&cluster.connection_pool) else {
+            // The slot is held until the retry's try has ended.
+            drop(retrying.take());
+            retrying = cluster.breakers.retry(&cluster.connection_pool);
+            if retrying.is_none() {
                 overflowed_retry = true;
                 break (result, endpoint);
-            };
+            }
             // The failed try lets go of the body before the next one replays it.
             body.supersede();
             retries_done += 1;

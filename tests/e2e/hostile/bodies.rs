@@ -54,7 +54,8 @@ impl Seen {
 }
 
 /// An HTTP/1.1 upstream that reads every body to its end and then answers `got N`;
-/// paths under `/fail-once/` are answered 503 the first time each is seen.
+/// paths under `/fail-once/` are answered 503 the first time each is seen, those under
+/// `/slow-503/` always, after a second.
 struct TestUpstream {
     addr: SocketAddr,
     seen: Arc<Seen>,
@@ -115,6 +116,12 @@ async fn answer(
         completed.push((path.clone(), length));
         first
     };
+    if path.starts_with("/slow-503/") {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return Ok(Response::builder()
+            .status(503)
+            .body(Full::new(Bytes::from_static(b"unavailable")))?);
+    }
     let status = if path.starts_with("/fail-once/") && first {
         503
     } else {
@@ -775,5 +782,42 @@ spec:
         "{}",
         setup.gateway.access_log()
     );
+    Ok(())
+}
+
+/// `maxRetries: 1`: of four requests failing at once, one is retried and the others'
+/// first answers are passed on with flag UO (Envoy's retry overflow).
+#[test]
+fn retries_in_flight_are_bounded_by_max_retries() -> anyhow::Result<()> {
+    let upstream = TestUpstream::start()?;
+    let routes = r#"  - retries: {attempts: 2, retryOn: 5xx}
+    route: [{destination: {host: failing}}]"#;
+    let extra = service_with_endpoint("failing", 80, upstream.addr)
+        + r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: failing, namespace: default}
+spec:
+  host: failing
+  trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}
+"#;
+    let setup = start("max-retries", routes, &extra, &[])?;
+    let url = format!("http://{}/slow-503/x", setup.addr);
+    let host = format!("Host: {HOST}");
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| curl(None, &["-H", &host, &url]).map(|r| r.status)))
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().unwrap_or_else(|_| Ok(0)))
+            .collect::<anyhow::Result<_>>()
+    })?;
+    assert_eq!(statuses, [503; 4]);
+    let log = setup.gateway.access_log();
+    let overflowed = log.matches("\"GET /slow-503/x HTTP/1.1\" 503 UO ").count();
+    assert!(overflowed >= 2, "{overflowed} retry overflows in\n{log}");
+    // Without the limit, 4 requests x 3 tries.
+    let tries = upstream.seen.started.load(Ordering::SeqCst);
+    assert!(tries <= 4 + 2, "{tries} tries reached the upstream");
     Ok(())
 }
