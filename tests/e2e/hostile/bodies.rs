@@ -572,6 +572,7 @@ fn connection_pool_overflow_is_answered_503_uo() -> anyhow::Result<()> {
     let by_connections = TestUpstream::start()?;
     let by_requests = TestUpstream::start()?;
     let one_each = TestUpstream::start()?;
+    let short_idle = TestUpstream::start()?;
     let routes = r#"  - match: [{uri: {prefix: /connections}}]
     retries: {attempts: 0}
     route: [{destination: {host: narrow}}]
@@ -579,10 +580,13 @@ fn connection_pool_overflow_is_answered_503_uo() -> anyhow::Result<()> {
     retries: {attempts: 0}
     route: [{destination: {host: few}}]
   - match: [{uri: {prefix: /once}}]
-    route: [{destination: {host: once}}]"#;
+    route: [{destination: {host: once}}]
+  - match: [{uri: {prefix: /idle}}]
+    route: [{destination: {host: idle}}]"#;
     let extra = service_with_endpoint("narrow", 80, by_connections.addr)
         + &service_with_endpoint("few", 80, by_requests.addr)
         + &service_with_endpoint("once", 80, one_each.addr)
+        + &service_with_endpoint("idle", 80, short_idle.addr)
         + r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: narrow, namespace: default}
@@ -606,8 +610,16 @@ metadata: {name: once, namespace: default}
 spec:
   host: once
   trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: idle, namespace: default}
+spec:
+  host: idle
+  trafficPolicy: {connectionPool: {http: {idleTimeout: 300ms}}}
 "#;
-    let setup = start("pool-overflow", routes, &extra, &[])?;
+    // One worker: one pool, whichever client connection a request comes on.
+    let setup = start("pool-overflow", routes, &extra, &["--worker-threads", "1"])?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -657,6 +669,15 @@ spec:
     assert_eq!(sequential.status, 200, "{sequential:?}");
     assert_eq!(one_each.seen.completed("/once").len(), 3);
     assert_eq!(one_each.seen.connections.load(Ordering::SeqCst), 3);
+
+    // `idleTimeout: 300ms`: back-to-back requests share a pooled connection; one after
+    // the connection sat idle longer than that gets a new one.
+    let url = format!("http://{}/idle", setup.addr);
+    for pause in [Duration::ZERO, Duration::ZERO, Duration::from_secs(1)] {
+        std::thread::sleep(pause);
+        assert_eq!(curl(None, &["-H", &host, &url])?.status, 200);
+    }
+    assert_eq!(short_idle.seen.connections.load(Ordering::SeqCst), 2);
     Ok(())
 }
 
