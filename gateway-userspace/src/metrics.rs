@@ -134,6 +134,13 @@ pub struct Metrics {
     /// 1 when a credential's current version is served, 0 when it is broken (its last
     /// good version serves, or its server is not served).
     pub tls_credential_valid: Family<CredentialLabels, Gauge>,
+    /// Requests whose body outgrew `--max-replay-body-bytes`: no more retries, no mirror
+    /// (Envoy's `retry_or_shadow_abandoned`).
+    pub retry_or_shadow_abandoned: Counter,
+    /// Mirrored requests dropped instead of queued, by reason (`overflow`: too many in
+    /// flight; `timeout`: the mirror did not answer in time; `body`: the body outgrew the
+    /// replay copy).
+    pub mirror_dropped: Family<MirrorDropLabels, Counter>,
 }
 
 /// `credential` = `Secret namespace/name`, `Secret namespace/name (client CA)`,
@@ -141,6 +148,11 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabels {
     pub credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorDropLabels {
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -218,6 +230,18 @@ impl Metrics {
             "1 when the credential's current version is served, 0 when it is broken (its last good version serves, or its server is not served)",
             tls_credential_valid.clone(),
         );
+        let retry_or_shadow_abandoned = Counter::default();
+        registry.register(
+            "gateway_retry_or_shadow_abandoned",
+            "Requests whose body outgrew the replay copy (--max-replay-body-bytes): forwarded once, without retries or mirrors",
+            retry_or_shadow_abandoned.clone(),
+        );
+        let mirror_dropped = Family::<MirrorDropLabels, Counter>::default();
+        registry.register(
+            "gateway_mirror_requests_dropped",
+            "Mirrored requests dropped, by reason (overflow: too many in flight; timeout; body: larger than the replay copy)",
+            mirror_dropped.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         Metrics {
             registry,
@@ -231,6 +255,8 @@ impl Metrics {
             tls_handshakes,
             tls_credential_errors,
             tls_credential_valid,
+            retry_or_shadow_abandoned,
+            mirror_dropped,
         }
     }
 

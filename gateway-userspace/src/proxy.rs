@@ -7,6 +7,7 @@ mod forward;
 mod grpc;
 mod h1_guard;
 mod limits;
+mod replay;
 mod route_actions;
 mod tcp;
 mod tls;

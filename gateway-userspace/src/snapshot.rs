@@ -15,7 +15,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 use serde::{Serialize, Serializer};
 
-use crate::route_table::{RouteTable, StringMatcher};
+use crate::{
+    connection_pool::{CircuitBreakers, ConnectionPool},
+    route_table::{RouteTable, StringMatcher},
+};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Snapshot {
@@ -432,6 +435,12 @@ pub struct Cluster {
     /// `connectionPool.tcp.connectTimeout`, Istio's default 10 s).
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
+    /// DestinationRule `connectionPool` limits (unlimited unless set).
+    #[serde(skip_serializing_if = "ConnectionPool::is_unlimited")]
+    pub connection_pool: ConnectionPool,
+    /// What this cluster has in flight, counted against `connection_pool`.
+    #[serde(skip)]
+    pub breakers: Arc<CircuitBreakers>,
     #[serde(skip)]
     next: AtomicUsize,
     /// Per endpoint (same index as `endpoints`): in-flight requests and health.
@@ -469,6 +478,8 @@ impl Cluster {
             load_balancer: LoadBalancer::default(),
             outlier_detection: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connection_pool: ConnectionPool::default(),
+            breakers: Arc::default(),
             next: AtomicUsize::new(0),
             state,
             stats: Default::default(),

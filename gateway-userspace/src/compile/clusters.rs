@@ -15,6 +15,7 @@ use std::{
 
 use super::{CLUSTER_DOMAIN, Compiler, name_of, routes::parse_duration};
 use crate::config::resources::istio::SimpleLoadBalancer;
+use crate::connection_pool::ConnectionPool;
 use crate::{
     config::{
         Diagnostic, Diagnostics, Location, Sourced,
@@ -218,12 +219,43 @@ impl<'a> Compiler<'a> {
                     .min(100),
             });
         }
-        let connect_timeout = subset_policy
+        let pool = subset_policy
             .and_then(|t| t.connection_pool.as_ref())
             .or(port_level.and_then(|p| p.connection_pool.as_ref()))
-            .or(top.and_then(|t| t.connection_pool.as_ref()))
-            .and_then(|pool| pool.tcp.as_ref())
-            .and_then(|tcp| tcp.connect_timeout.as_deref());
+            .or(top.and_then(|t| t.connection_pool.as_ref()));
+        let (tcp, http) = (
+            pool.and_then(|p| p.tcp.as_ref()),
+            pool.and_then(|p| p.http.as_ref()),
+        );
+        // Istio applies only positive limits; zero leaves Envoy's (unlimited) default.
+        let positive = |n: Option<u32>| n.filter(|&n| n > 0);
+        cluster.connection_pool = ConnectionPool {
+            max_connections: positive(tcp.and_then(|t| t.max_connections)),
+            http1_max_pending_requests: positive(http.and_then(|h| h.http1_max_pending_requests)),
+            http2_max_requests: positive(http.and_then(|h| h.http2_max_requests)),
+            max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),
+            max_retries: positive(http.and_then(|h| h.max_retries)),
+            idle_timeout: None,
+        };
+        match http
+            .and_then(|h| h.idle_timeout.as_deref())
+            .map(parse_duration)
+        {
+            Some(Ok(timeout)) if !timeout.is_zero() => {
+                cluster.connection_pool.idle_timeout = Some(timeout);
+            }
+            Some(Ok(_)) | None => {}
+            Some(Err(message)) => self.diagnostics.push(
+                Diagnostic::error(message)
+                    .at(rule.location.clone())
+                    .resource(format!(
+                        "DestinationRule {}",
+                        name_of(&rule.resource.metadata)
+                    ))
+                    .field("spec.trafficPolicy.connectionPool.http.idleTimeout"),
+            ),
+        }
+        let connect_timeout = tcp.and_then(|tcp| tcp.connect_timeout.as_deref());
         match connect_timeout.map(parse_duration) {
             Some(Ok(timeout)) if !timeout.is_zero() => cluster.connect_timeout = timeout,
             Some(result) => self.diagnostics.push(

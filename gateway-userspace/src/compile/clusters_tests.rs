@@ -85,7 +85,9 @@ spec:
   trafficPolicy:
     loadBalancer: {simple: ROUND_ROBIN}
     outlierDetection: {consecutive5xxErrors: 3, interval: 10s, baseEjectionTime: 30s}
-    connectionPool: {tcp: {connectTimeout: 250ms}}
+    connectionPool:
+      tcp: {connectTimeout: 250ms, maxConnections: 4}
+      http: {http1MaxPendingRequests: 2, http2MaxRequests: 8, maxRequestsPerConnection: 0, maxRetries: 1, idleTimeout: 30s}
   subsets:
   - name: v1
     labels: {version: v1}
@@ -176,6 +178,20 @@ spec:
             std::time::Duration::from_secs(2)
         )
     );
+    // connectionPool: positive limits apply (0 is Istio's "unset"); the subset's pool
+    // replaces the rule's whole.
+    assert_eq!(
+        plain.connection_pool,
+        crate::connection_pool::ConnectionPool {
+            max_connections: Some(4),
+            http1_max_pending_requests: Some(2),
+            http2_max_requests: Some(8),
+            max_requests_per_connection: None,
+            max_retries: Some(1),
+            idle_timeout: Some(std::time::Duration::from_secs(30)),
+        }
+    );
+    assert!(v1.connection_pool.is_unlimited());
     let outlier = plain
         .outlier_detection
         .as_ref()

@@ -5,7 +5,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -22,6 +25,7 @@ use super::{
     ProxyContext,
     access_log::{AccessLogEntry, AccessLogFormat},
     grpc, limits,
+    replay::ReplayBody,
     route_actions::{self, TryFailure},
     upstream::{self, UpstreamBody},
 };
@@ -67,12 +71,18 @@ pub mod flags {
     pub const DELAY_INJECTED: &str = "DI";
     pub const FAULT_INJECTED: &str = "FI";
     pub const DELAY_AND_FAULT_INJECTED: &str = "DI,FI";
+    /// The request body stopped arriving for the stream idle timeout.
+    pub const STREAM_IDLE_TIMEOUT: &str = "SI";
+    /// The cluster's connection pool limits were reached (circuit breaking).
+    pub const UPSTREAM_OVERFLOW: &str = "UO";
 }
 
-/// Request bodies up to this size are kept in memory so that a retry or a mirror can
-/// send them again (Envoy's default per-request buffer is 1 MiB too); larger or
-/// unknown-length bodies are streamed once, without retries or mirrors.
-const REPLAY_BODY_LIMIT: u64 = 1 << 20;
+/// Mirrored requests in flight at once (all workers); more are dropped, not queued.
+const MAX_MIRRORS_IN_FLIGHT: usize = 256;
+/// A mirrored request gets the route's timeout, or this long when the route has none
+/// (Istio's routes have none by default); its answer is never waited for by anyone.
+const DEFAULT_MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
+static MIRRORS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// First retry back-off; doubled per retry up to `RETRY_BACKOFF_MAX` (Envoy's 25 ms base).
 const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
@@ -400,41 +410,34 @@ impl Connection {
         };
 
         let body_failed = Arc::new(limits::BodyFailure::default());
-        // A body that can be sent more than once: empty, or small and of known length.
+        // The body streams to the first try at once; a bounded copy is kept when a retry
+        // or a mirror may need it again (an upgrade's body is the tunnel: sent once).
         let wants_replay =
             !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
         let mut body = if body.is_end_stream() {
-            RequestBody::Replayable(Bytes::new())
-        } else if wants_replay
-            && body
-                .size_hint()
-                .exact()
-                .is_some_and(|n| n <= REPLAY_BODY_LIMIT)
-        {
-            match body.collect().await {
-                Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
-                Err(_) => {
-                    return (
-                        local_response(StatusCode::BAD_REQUEST, ""),
-                        Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR),
-                    );
-                }
-            }
+            RequestBody::Empty
         } else {
-            RequestBody::Streaming(Some(DownstreamBody {
-                inner: body,
-                failed: body_failed.clone(),
-                received: 0,
-                limit: self.ctx.limits.max_request_body_bytes,
-            }))
+            let downstream =
+                DownstreamBody::new(body, body_failed.clone(), &self.ctx.limits).boxed();
+            if wants_replay {
+                RequestBody::Replay(ReplayBody::new(
+                    downstream,
+                    self.ctx.limits.max_replay_body_bytes,
+                    Some(self.ctx.metrics.retry_or_shadow_abandoned.clone()),
+                ))
+            } else {
+                RequestBody::Once(Some(downstream))
+            }
         };
 
-        if let RequestBody::Replayable(bytes) = &body {
-            for mirror in &forward.mirrors {
-                if route_actions::chance(mirror.percentage) {
-                    self.mirror(&head, bytes.clone(), &mirror.cluster);
-                }
-            }
+        let mirrors: Vec<Arc<Cluster>> = forward
+            .mirrors
+            .iter()
+            .filter(|m| route_actions::chance(m.percentage))
+            .map(|m| m.cluster.clone())
+            .collect();
+        if !mirrors.is_empty() {
+            self.mirror(&head, mirrors, forward.timeout, &body);
         }
 
         let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -444,6 +447,8 @@ impl Connection {
         // Endpoints this request tried: a retry goes elsewhere when it can.
         let mut tried: Vec<usize> = Vec::new();
         let mut try_started = Instant::now();
+        let mut overflowed_retry = false;
+        let mut retrying = None;
         let (response, endpoint) = loop {
             let Some(picked) = cluster.pick_endpoint_avoiding(&tried) else {
                 return (
@@ -461,7 +466,7 @@ impl Connection {
             };
             let last_try = retries_done >= retry.attempts || !body.can_replay();
             try_started = Instant::now();
-            let attempt = self.send(&mut head, endpoint, cluster, try_body, last_try);
+            let attempt = Self::send(&mut head, endpoint, cluster, try_body, last_try);
             let attempt = async {
                 match retry.per_try_timeout {
                     Some(t) => tokio::time::timeout(t, attempt)
@@ -503,6 +508,16 @@ impl Connection {
             if !retriable || retries_done >= retry.attempts || !body.can_replay() {
                 break (result, endpoint);
             }
+            // Retries in flight are bounded too (`maxRetries`); past it the answer stands.
+            // The slot is held until the retry's try has ended.
+            drop(retrying.take());
+            retrying = cluster.breakers.retry(&cluster.connection_pool);
+            if retrying.is_none() {
+                overflowed_retry = true;
+                break (result, endpoint);
+            }
+            // The failed try lets go of the body before the next one replays it.
+            body.supersede();
             retries_done += 1;
             tried.push(picked.index());
             let jitter = Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 2));
@@ -563,7 +578,9 @@ impl Connection {
                 }
                 let retried_status = retries_done > 0
                     && route_actions::retriable_status(&retry.retry_on, upstream_response.status());
-                let flags = if retried_status {
+                let flags = if overflowed_retry {
+                    flags::UPSTREAM_OVERFLOW
+                } else if retried_status {
                     flags::UPSTREAM_RETRY_LIMIT_EXCEEDED
                 } else {
                     fault_flags
@@ -614,12 +631,18 @@ impl Connection {
                 local_response(StatusCode::BAD_GATEWAY, "upstream protocol error"),
                 outcome(flags::UPSTREAM_PROTOCOL_ERROR),
             ),
+            Err(TryFailure::Overflow) => (
+                local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                ),
+                outcome(flags::UPSTREAM_OVERFLOW),
+            ),
         }
     }
 
     /// One try: the request to one endpoint, over the cluster's protocol.
     async fn send(
-        &self,
         head: &mut UpstreamHead,
         endpoint: SocketAddr,
         cluster: &Cluster,
@@ -629,15 +652,21 @@ impl Connection {
         let request = head
             .request(cluster.protocol, body, last_try)
             .map_err(|_| TryFailure::ProtocolError)?;
-        upstream::send(endpoint, cluster.protocol, cluster.connect_timeout, request).await
+        upstream::send(cluster, endpoint, request).await
     }
 
-    /// A copy of the request to a mirror cluster; the answer is ignored. Envoy marks the
-    /// copy by appending `-shadow` to the host.
-    fn mirror(&self, head: &UpstreamHead, body: Bytes, cluster: &Arc<Cluster>) {
-        let Some(endpoint) = cluster.pick() else {
-            return;
-        };
+    /// Copies of the request to mirror clusters; their answers are ignored. Envoy marks a
+    /// copy by appending `-shadow` to the host. As Envoy shadows a buffered request, a
+    /// copy leaves once the whole body is in the replay copy, and is dropped when the body
+    /// outgrows it. Mirrors never queue: past `MAX_MIRRORS_IN_FLIGHT` they are dropped,
+    /// and each gets the route's timeout (or `DEFAULT_MIRROR_TIMEOUT`); drops are counted.
+    fn mirror(
+        &self,
+        head: &UpstreamHead,
+        clusters: Vec<Arc<Cluster>>,
+        timeout: Option<Duration>,
+        body: &RequestBody,
+    ) {
         let mut head = head.clone();
         let shadow_host = head
             .headers
@@ -653,18 +682,57 @@ impl Connection {
         if let Some(value) = shadow_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
             head.headers.insert(header::HOST, value);
         }
-        let protocol = cluster.protocol;
-        let connect_timeout = cluster.connect_timeout;
-        tokio::spawn(async move {
-            let body = Full::new(body).map_err(|never| match never {}).boxed();
-            if let Ok(request) = head.request(protocol, body, true)
-                && let Ok(response) =
-                    upstream::send(endpoint, protocol, connect_timeout, request).await
-            {
-                // Drain so the pooled connection can be reused.
-                let _ = response.into_body().collect().await;
+        let ctx = self.ctx.clone();
+        let timeout = timeout.unwrap_or(DEFAULT_MIRROR_TIMEOUT);
+        let send_all = move |body: Option<Bytes>| {
+            let dropped = |reason| {
+                ctx.metrics
+                    .mirror_dropped
+                    .get_or_create(&crate::metrics::MirrorDropLabels { reason })
+                    .inc();
+            };
+            let Some(body) = body else {
+                clusters.iter().for_each(|_| dropped("body"));
+                return;
+            };
+            for cluster in clusters {
+                let Some(endpoint) = cluster.pick() else {
+                    continue;
+                };
+                let Some(in_flight) = MirrorInFlight::take() else {
+                    dropped("overflow");
+                    continue;
+                };
+                let mut head = head.clone();
+                let ctx = ctx.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let _in_flight = in_flight;
+                    let body = Full::new(body).map_err(|never| match never {}).boxed();
+                    let Ok(request) = head.request(cluster.protocol, body, true) else {
+                        return;
+                    };
+                    let exchange = async {
+                        if let Ok(response) = upstream::send(&cluster, endpoint, request).await {
+                            // Drain so the pooled connection can be reused.
+                            let _ = response.into_body().collect().await;
+                        }
+                    };
+                    if tokio::time::timeout(timeout, exchange).await.is_err() {
+                        ctx.metrics
+                            .mirror_dropped
+                            .get_or_create(&crate::metrics::MirrorDropLabels { reason: "timeout" })
+                            .inc();
+                    }
+                });
             }
-        });
+        };
+        match body {
+            RequestBody::Replay(replay) => replay.on_complete(Box::new(send_all)),
+            RequestBody::Empty => send_all(Some(Bytes::new())),
+            // Not replayable (an upgrade): nothing to send again.
+            RequestBody::Once(_) => send_all(None),
+        }
     }
 
     /// `https` on connections TLS terminated.
@@ -840,26 +908,58 @@ struct LoggedRequest {
     forwarded_for: Option<HeaderValue>,
 }
 
+/// A request's body as its tries send it.
 enum RequestBody {
-    Replayable(Bytes),
-    /// Sent once; None after the first try took it.
-    Streaming(Option<DownstreamBody>),
+    /// No body: every try sends an empty one.
+    Empty,
+    /// Streamed to each try, with a bounded copy for the next (retries, mirrors).
+    Replay(ReplayBody),
+    /// Sent once (upgrades, routes without retries or mirrors); None once taken.
+    Once(Option<ProxyBody>),
 }
 
 impl RequestBody {
     fn for_try(&mut self) -> Option<ProxyBody> {
         match self {
-            RequestBody::Replayable(bytes) => Some(
-                Full::new(bytes.clone())
-                    .map_err(|never| match never {})
-                    .boxed(),
-            ),
-            RequestBody::Streaming(body) => body.take().map(BodyExt::boxed),
+            RequestBody::Empty => Some(Empty::new().map_err(|never| match never {}).boxed()),
+            RequestBody::Replay(replay) => Some(replay.for_try()),
+            RequestBody::Once(body) => body.take(),
         }
     }
 
     fn can_replay(&self) -> bool {
-        matches!(self, RequestBody::Replayable(_))
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Replay(replay) => replay.can_replay(),
+            RequestBody::Once(_) => false,
+        }
+    }
+
+    /// The try that just failed stops reading the client's body.
+    fn supersede(&self) {
+        if let RequestBody::Replay(replay) = self {
+            replay.supersede();
+        }
+    }
+}
+
+/// One mirrored request in flight, counted against `MAX_MIRRORS_IN_FLIGHT`.
+struct MirrorInFlight;
+
+impl MirrorInFlight {
+    fn take() -> Option<Self> {
+        MIRRORS_IN_FLIGHT
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_MIRRORS_IN_FLIGHT).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| MirrorInFlight)
+    }
+}
+
+impl Drop for MirrorInFlight {
+    fn drop(&mut self) {
+        MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -899,13 +999,52 @@ fn framing_problem<B>(request: &Request<B>) -> Option<StatusCode> {
 /// closed connection), so a failed try is blamed on the client (400), not the upstream;
 /// and that breaks it off itself past the body limit (413), whatever its framing: the
 /// framing guard cuts chunked HTTP/1 bodies earlier, this catches HTTP/2 bodies that
-/// declared no length. The error aborts the upstream request (a reset stream, or a
+/// declared no length; and that breaks off when no bytes arrive for the stream idle
+/// timeout (408). The error aborts the upstream request (a reset stream, or a
 /// connection closed before the last chunk), so the upstream never gets a whole request.
 struct DownstreamBody {
     inner: Incoming,
     failed: Arc<limits::BodyFailure>,
     received: u64,
     limit: Option<u64>,
+    idle_timeout: Duration,
+    /// Since when the body has been waited for without a frame: idleness is the client's
+    /// only while someone reads (an upstream that does not take the body is not the
+    /// client stalling). The timer is moved when it fires early, not per frame.
+    waiting_since: Option<tokio::time::Instant>,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DownstreamBody {
+    fn new(inner: Incoming, failed: Arc<limits::BodyFailure>, limits: &limits::Limits) -> Self {
+        let now = tokio::time::Instant::now();
+        DownstreamBody {
+            inner,
+            failed,
+            received: 0,
+            limit: limits.max_request_body_bytes,
+            idle_timeout: limits.stream_idle_timeout,
+            waiting_since: None,
+            idle: Box::pin(tokio::time::sleep_until(now + limits.stream_idle_timeout)),
+        }
+    }
+
+    /// Ready with the error once the body has been idle for the timeout.
+    fn poll_idle(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<BoxError> {
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        loop {
+            std::task::ready!(self.idle.as_mut().poll(cx));
+            let deadline = since + self.idle_timeout;
+            if deadline <= tokio::time::Instant::now() {
+                let idle = limits::StreamIdleTimeout(self.idle_timeout);
+                self.failed.record(&idle);
+                return std::task::Poll::Ready(idle.into());
+            }
+            self.idle.as_mut().reset(deadline);
+        }
+    }
 }
 
 impl hyper::body::Body for DownstreamBody {
@@ -916,7 +1055,11 @@ impl hyper::body::Body for DownstreamBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let frame = match std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx)) {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let std::task::Poll::Ready(polled) = polled else {
+            return self.poll_idle(cx).map(|e| Some(Err(e)));
+        };
+        let frame = match polled {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => {
                 self.failed.record(&e);
@@ -924,6 +1067,7 @@ impl hyper::body::Body for DownstreamBody {
             }
             None => return std::task::Poll::Ready(None),
         };
+        self.waiting_since = None;
         if let Some(data) = frame.data_ref() {
             self.received = self.received.saturating_add(data.len() as u64);
             if let Some(limit) = self.limit

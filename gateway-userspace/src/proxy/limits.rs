@@ -74,6 +74,12 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// A request body that stopped arriving for the stream idle timeout: the request ends
+/// (408 `SI` before any answer, else a reset) and its upstream request is aborted.
+#[derive(Debug, Error)]
+#[error("no request body bytes for {0:?}")]
+pub struct StreamIdleTimeout(pub Duration);
+
 impl ProxyContext {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -106,11 +112,14 @@ pub struct BodyFailure(AtomicU8);
 const BODY_INTACT: u8 = 0;
 const BODY_BROKEN: u8 = 1;
 const BODY_TOO_LARGE: u8 = 2;
+const BODY_IDLE: u8 = 3;
 
 impl BodyFailure {
     pub fn record(&self, error: &(dyn Error + 'static)) {
         let what = if is_body_too_large(error) {
             BODY_TOO_LARGE
+        } else if error.is::<StreamIdleTimeout>() {
+            BODY_IDLE
         } else {
             BODY_BROKEN
         };
@@ -119,7 +128,7 @@ impl BodyFailure {
 
     /// The answer to the client when its body broke off: status, body, response flags.
     /// 400 for a malformed or truncated body (a downstream protocol error), 413 for one
-    /// cut at the body limit.
+    /// cut at the body limit, 408 `SI` (Envoy's "stream timeout") for one that stopped.
     pub fn answer(&self) -> Option<(StatusCode, &'static str, &'static str)> {
         match self.0.load(Ordering::Relaxed) {
             BODY_INTACT => None,
@@ -127,6 +136,11 @@ impl BodyFailure {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 PAYLOAD_TOO_LARGE_BODY,
                 flags::NONE,
+            )),
+            BODY_IDLE => Some((
+                StatusCode::REQUEST_TIMEOUT,
+                "stream timeout",
+                flags::STREAM_IDLE_TIMEOUT,
             )),
             _ => Some((
                 StatusCode::BAD_REQUEST,

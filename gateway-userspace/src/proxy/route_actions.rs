@@ -184,6 +184,8 @@ pub enum TryFailure {
     Timeout,
     /// An HTTP/2 upstream refused the stream (REFUSED_STREAM): it did no work on it.
     RefusedStream,
+    /// The cluster's connection pool limits were reached (Envoy's circuit breakers).
+    Overflow,
 }
 
 pub fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
@@ -193,6 +195,8 @@ pub fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
         TryFailure::Timeout => on.gateway_error || on.server_error,
         TryFailure::ProtocolError => on.server_error,
         TryFailure::RefusedStream => on.refused_stream || on.reset || on.server_error,
+        // Envoy never retries an overflow: a retry would only add to the load.
+        TryFailure::Overflow => false,
     }
 }
 
@@ -317,5 +321,6 @@ mod tests {
         ));
         assert!(retriable_failure(&default, TryFailure::ConnectFailure));
         assert!(!retriable_failure(&default, TryFailure::Reset));
+        assert!(!retriable_failure(&default, TryFailure::Overflow));
     }
 }

@@ -3,13 +3,17 @@
 //! thread's connection: HTTP/1.1 connections carry one request at a time and go back to
 //! the pool when their response body ends (last in, first out, so a warm few carry the
 //! load and the rest age out); an HTTP/2 (h2c) connection is shared by every request of
-//! the thread to that endpoint.
+//! the thread to that endpoint. Each cluster's connection pool limits (DestinationRule
+//! `connectionPool`, `connection_pool.rs`) are counted across threads: beyond
+//! `maxConnections` an HTTP/1.1 request queues for a connection of its worker (up to
+//! `http1MaxPendingRequests`), beyond that or `http2MaxRequests` it overflows (503 `UO`).
 
 use std::{
     cell::RefCell,
     collections::HashMap,
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -22,17 +26,17 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustc_hash::FxBuildHasher;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::Notify};
 
 use super::{forward::ProxyBody, route_actions::TryFailure};
-use crate::snapshot::UpstreamProtocol;
+use crate::{
+    connection_pool::{ConnectionPool, Slot},
+    snapshot::{Cluster, UpstreamProtocol},
+};
 
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when they
 /// come back (a burst's connections do not stay open forever).
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
-/// Idle upstream connections are closed after this long (Envoy's upstream idle
-/// timeout is 1 h; upstream servers usually close sooner, nginx after 75 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A pooled HTTP/1.1 connection whose previous exchange is still finishing (its request
 /// body still being written) gets this long before a fresh connection is used instead.
 const POOLED_READY_WAIT: Duration = Duration::from_millis(10);
@@ -47,34 +51,73 @@ thread_local! {
 #[derive(Default)]
 struct EndpointPool {
     /// HTTP/1.1 connections waiting for a request, most recently used last.
-    idle: Vec<(http1::SendRequest<ProxyBody>, Instant)>,
+    idle: Vec<Pooled<http1::SendRequest<ProxyBody>>>,
     /// The shared HTTP/2 connection.
-    shared: Option<http2::SendRequest<ProxyBody>>,
+    shared: Option<Pooled<http2::SendRequest<ProxyBody>>>,
+    /// This worker's connections to the endpoint, open or opening.
+    open: usize,
+    /// Told when a connection comes back or closes: requests queued for a connection
+    /// (`http1MaxPendingRequests`) look again.
+    freed: Arc<Notify>,
+}
+
+/// A pooled connection, when it was last used, and how many requests it has carried.
+struct Pooled<S> {
+    sender: S,
+    since: Instant,
+    served: u32,
 }
 
 /// Sends `request` (origin-form URI and Host header for HTTP/1.1; absolute URI for
-/// HTTP/2) to `endpoint`, over a pooled connection when one is free.
+/// HTTP/2) to `endpoint` of `cluster`, over a pooled connection when one is free, within
+/// the cluster's connection pool limits (`TryFailure::Overflow` beyond them).
 pub(super) async fn send(
+    cluster: &Cluster,
     endpoint: SocketAddr,
-    protocol: UpstreamProtocol,
-    connect_timeout: Duration,
     request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
-    match protocol {
-        UpstreamProtocol::Http1 => send_http1(endpoint, connect_timeout, request).await,
-        UpstreamProtocol::Http2 => send_http2(endpoint, connect_timeout, request).await,
-    }
+    let in_flight = cluster
+        .breakers
+        .request(&cluster.connection_pool)
+        .ok_or(TryFailure::Overflow)?;
+    let mut response = match cluster.protocol {
+        UpstreamProtocol::Http1 => send_http1(cluster, endpoint, request).await,
+        UpstreamProtocol::Http2 => send_http2(cluster, endpoint, request).await,
+    }?;
+    response.body_mut().in_flight = Some(in_flight);
+    Ok(response)
 }
 
 async fn send_http1(
+    cluster: &Cluster,
     endpoint: SocketAddr,
-    connect_timeout: Duration,
     mut request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
+    let limits = &cluster.connection_pool;
+    // Held while this request waits for a connection.
+    let mut queued: Option<Slot> = None;
     loop {
-        let (mut sender, reused) = match checkout_http1(endpoint) {
-            Some(sender) => (sender, true),
-            None => (connect_http1(endpoint, connect_timeout).await?, false),
+        let (mut sender, served, reused) = match checkout_http1(endpoint, limits) {
+            Some(pooled) => (pooled.sender, pooled.served, true),
+            None => match new_connection_slot(cluster, endpoint, UpstreamProtocol::Http1) {
+                Some(slot) => {
+                    let sender = connect_http1(endpoint, cluster.connect_timeout, slot).await?;
+                    (sender, 0, false)
+                }
+                None => {
+                    if queued.is_none() {
+                        queued = Some(
+                            cluster
+                                .breakers
+                                .pending(limits)
+                                .ok_or(TryFailure::Overflow)?,
+                        );
+                    }
+                    let freed = with_pool(endpoint, UpstreamProtocol::Http1, |p| p.freed.clone());
+                    freed.notified().await;
+                    continue;
+                }
+            },
         };
         if reused
             && !sender.is_ready()
@@ -87,10 +130,21 @@ async fn send_http1(
         }
         match sender.try_send_request(request).await {
             Ok(response) => {
-                // An upgraded connection belongs to the upgrade, never to the pool.
-                let reusable =
-                    (response.status() != http::StatusCode::SWITCHING_PROTOCOLS).then_some(sender);
-                return Ok(response.map(|body| UpstreamBody::new(body, endpoint, reusable)));
+                // An upgraded connection belongs to the upgrade, never to the pool; nor
+                // does one that carried its `maxRequestsPerConnection`.
+                let served = served.saturating_add(1);
+                let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                    && limits
+                        .max_requests_per_connection
+                        .is_none_or(|max| served < max);
+                let connection = reusable.then(|| Pooled {
+                    sender,
+                    since: Instant::now(),
+                    served,
+                });
+                let idle_timeout = limits.idle_timeout();
+                return Ok(response
+                    .map(|body| UpstreamBody::new(body, endpoint, connection, idle_timeout)));
             }
             Err(mut failed) => match failed.take_message() {
                 // A kept-alive connection the upstream had just closed: the request
@@ -103,23 +157,59 @@ async fn send_http1(
 }
 
 async fn send_http2(
+    cluster: &Cluster,
     endpoint: SocketAddr,
-    connect_timeout: Duration,
     mut request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
+    let limits = &cluster.connection_pool;
+    // Held while this request waits for the worker's connection to be established.
+    let mut queued: Option<Slot> = None;
     loop {
-        let (mut sender, reused) = match checkout_http2(endpoint) {
+        let (mut sender, reused) = match checkout_http2(endpoint, limits, false) {
             Some(sender) => (sender, true),
-            None => {
-                let sender = connect_http2(endpoint, connect_timeout).await?;
-                with_pool(endpoint, UpstreamProtocol::Http2, |pool| {
-                    pool.shared = Some(sender.clone());
-                });
-                (sender, false)
-            }
+            None => match new_connection_slot(cluster, endpoint, UpstreamProtocol::Http2) {
+                Some(slot) => {
+                    let sender = connect_http2(endpoint, cluster.connect_timeout, slot).await?;
+                    with_pool(endpoint, UpstreamProtocol::Http2, |pool| {
+                        pool.shared = Some(Pooled {
+                            sender: sender.clone(),
+                            since: Instant::now(),
+                            served: 1,
+                        });
+                        // Requests that waited for this connection take it.
+                        pool.freed.notify_waiters();
+                    });
+                    (sender, false)
+                }
+                // At `maxConnections`: the connection that carried its
+                // `maxRequestsPerConnection` carries this one too rather than fail it;
+                // while the worker's connection is still being set up, wait for it.
+                None => match checkout_http2(endpoint, limits, true) {
+                    Some(sender) => (sender, true),
+                    None => {
+                        if queued.is_none() {
+                            queued = Some(
+                                cluster
+                                    .breakers
+                                    .pending(limits)
+                                    .ok_or(TryFailure::Overflow)?,
+                            );
+                        }
+                        let freed =
+                            with_pool(endpoint, UpstreamProtocol::Http2, |p| p.freed.clone());
+                        freed.notified().await;
+                        continue;
+                    }
+                },
+            },
         };
         match sender.try_send_request(request).await {
-            Ok(response) => return Ok(response.map(|body| UpstreamBody::new(body, endpoint, None))),
+            Ok(response) => {
+                let idle_timeout = limits.idle_timeout();
+                return Ok(
+                    response.map(|body| UpstreamBody::new(body, endpoint, None, idle_timeout))
+                );
+            }
             Err(mut failed) => match failed.take_message() {
                 Some(unsent) if reused => {
                     with_pool(endpoint, UpstreamProtocol::Http2, |pool| pool.shared = None);
@@ -128,6 +218,56 @@ async fn send_http2(
                 _ => return Err(classify(failed.error())),
             },
         }
+    }
+}
+
+/// The right to open a connection: within `maxConnections`, or beyond it when this
+/// worker has no connection to the endpoint at all (as Envoy's pools do, so requests
+/// queued here are not stranded by other workers' connections).
+fn new_connection_slot(
+    cluster: &Cluster,
+    endpoint: SocketAddr,
+    protocol: UpstreamProtocol,
+) -> Option<OpenConnection> {
+    let slot = match cluster.breakers.connection(&cluster.connection_pool) {
+        Some(slot) => slot,
+        None if with_pool(endpoint, protocol, |p| p.open) == 0 => {
+            cluster.breakers.connection_anyway()
+        }
+        None => return None,
+    };
+    with_pool(endpoint, protocol, |p| p.open += 1);
+    Some(OpenConnection {
+        _slot: slot,
+        endpoint,
+        protocol,
+    })
+}
+
+/// One of this worker's connections to an endpoint, counted until its task ends.
+struct OpenConnection {
+    _slot: Slot,
+    endpoint: SocketAddr,
+    protocol: UpstreamProtocol,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        // Not through `with_pool`: this may run while the thread's pools are borrowed or
+        // gone (runtime shutdown); then there is nobody left to tell.
+        let _ = POOLS.try_with(|pools| {
+            if let Ok(mut pools) = pools.try_borrow_mut()
+                && let Some(pool) = pools.get_mut(&(self.endpoint, self.protocol))
+            {
+                pool.open = pool.open.saturating_sub(1);
+                match self.protocol {
+                    // One HTTP/1.1 connection fewer: one queued request may open one.
+                    UpstreamProtocol::Http1 => pool.freed.notify_one(),
+                    // The shared connection failed or closed: everyone waiting looks again.
+                    UpstreamProtocol::Http2 => pool.freed.notify_waiters(),
+                }
+            }
+        });
     }
 }
 
@@ -140,46 +280,74 @@ fn with_pool<T>(
 }
 
 /// The most recently used live idle connection; expired and closed ones are dropped.
-fn checkout_http1(endpoint: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+fn checkout_http1(
+    endpoint: SocketAddr,
+    limits: &ConnectionPool,
+) -> Option<Pooled<http1::SendRequest<ProxyBody>>> {
+    let idle_timeout = limits.idle_timeout();
     with_pool(endpoint, UpstreamProtocol::Http1, |pool| {
-        while let Some((sender, since)) = pool.idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+        while let Some(pooled) = pool.idle.pop() {
+            if !pooled.sender.is_closed() && pooled.since.elapsed() < idle_timeout {
+                return Some(pooled);
             }
         }
         None
     })
 }
 
-fn checkout_http2(endpoint: SocketAddr) -> Option<http2::SendRequest<ProxyBody>> {
+/// The shared HTTP/2 connection while it is live, not idle too long and (unless
+/// `exhausted_ok`) under its `maxRequestsPerConnection`; counts the request on it.
+fn checkout_http2(
+    endpoint: SocketAddr,
+    limits: &ConnectionPool,
+    exhausted_ok: bool,
+) -> Option<http2::SendRequest<ProxyBody>> {
+    let idle_timeout = limits.idle_timeout();
     with_pool(endpoint, UpstreamProtocol::Http2, |pool| {
-        match &pool.shared {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
-            _ => {
-                pool.shared = None;
-                None
-            }
+        let shared = pool.shared.as_mut()?;
+        if shared.sender.is_closed() || shared.since.elapsed() >= idle_timeout {
+            pool.shared = None;
+            return None;
         }
+        let exhausted = limits
+            .max_requests_per_connection
+            .is_some_and(|max| shared.served >= max);
+        if exhausted && !exhausted_ok {
+            // Streams in flight keep the connection until they end; new ones go to a
+            // new connection.
+            return None;
+        }
+        shared.served = shared.served.saturating_add(1);
+        shared.since = Instant::now();
+        Some(shared.sender.clone())
     })
 }
 
 /// A connection back from a finished exchange. The oldest idle one is closed when it
 /// has been idle too long, so a pool that shrinks after a burst gives its connections
 /// back to the upstream without a sweeper.
-fn checkin_http1(endpoint: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
-    if sender.is_closed() {
+fn checkin_http1(
+    endpoint: SocketAddr,
+    pooled: Pooled<http1::SendRequest<ProxyBody>>,
+    idle_timeout: Duration,
+) {
+    if pooled.sender.is_closed() {
         return;
     }
     with_pool(endpoint, UpstreamProtocol::Http1, |pool| {
         if pool
             .idle
             .first()
-            .is_some_and(|(_, since)| since.elapsed() >= IDLE_TIMEOUT)
+            .is_some_and(|p| p.since.elapsed() >= idle_timeout)
         {
             pool.idle.remove(0);
         }
         if pool.idle.len() < MAX_IDLE_PER_ENDPOINT {
-            pool.idle.push((sender, Instant::now()));
+            pool.idle.push(Pooled {
+                since: Instant::now(),
+                ..pooled
+            });
+            pool.freed.notify_one();
         }
     });
 }
@@ -203,6 +371,7 @@ async fn connect(endpoint: SocketAddr, timeout: Duration) -> Result<TcpStream, T
 async fn connect_http1(
     endpoint: SocketAddr,
     timeout: Duration,
+    open: OpenConnection,
 ) -> Result<http1::SendRequest<ProxyBody>, TryFailure> {
     let stream = connect(endpoint, timeout).await?;
     let (sender, connection) = http1::Builder::new()
@@ -214,6 +383,7 @@ async fn connect_http1(
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(%endpoint, error = %e, "upstream connection ended");
         }
+        drop(open);
     });
     Ok(sender)
 }
@@ -221,6 +391,7 @@ async fn connect_http1(
 async fn connect_http2(
     endpoint: SocketAddr,
     timeout: Duration,
+    open: OpenConnection,
 ) -> Result<http2::SendRequest<ProxyBody>, TryFailure> {
     let stream = connect(endpoint, timeout).await?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
@@ -232,6 +403,7 @@ async fn connect_http2(
         if let Err(e) = connection.await {
             tracing::debug!(%endpoint, error = %e, "upstream connection ended");
         }
+        drop(open);
     });
     Ok(sender)
 }
@@ -255,33 +427,40 @@ fn classify(error: &hyper::Error) -> TryFailure {
 
 /// An upstream response body that gives its HTTP/1.1 connection back to the pool once
 /// the body has been read to its end (a body dropped half-read closes the connection,
-/// as its framing is lost).
+/// as its framing is lost), and counts as a request in flight until then.
 pub struct UpstreamBody {
     inner: Incoming,
     endpoint: SocketAddr,
-    connection: Option<http1::SendRequest<ProxyBody>>,
+    connection: Option<Pooled<http1::SendRequest<ProxyBody>>>,
+    idle_timeout: Duration,
+    /// The cluster's count of requests in flight (`http2MaxRequests`).
+    in_flight: Option<Slot>,
 }
 
 impl UpstreamBody {
     fn new(
         inner: Incoming,
         endpoint: SocketAddr,
-        connection: Option<http1::SendRequest<ProxyBody>>,
+        connection: Option<Pooled<http1::SendRequest<ProxyBody>>>,
+        idle_timeout: Duration,
     ) -> Self {
         let mut body = UpstreamBody {
             inner,
             endpoint,
             connection,
+            idle_timeout,
+            in_flight: None,
         };
         body.release_if_done();
         body
     }
 
     fn release_if_done(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(connection) = self.connection.take()
-        {
-            checkin_http1(self.endpoint, connection);
+        if self.inner.is_end_stream() {
+            self.in_flight = None;
+            if let Some(connection) = self.connection.take() {
+                checkin_http1(self.endpoint, connection, self.idle_timeout);
+            }
         }
     }
 }
@@ -298,7 +477,10 @@ impl Body for UpstreamBody {
         match &polled {
             Poll::Ready(None) => self.release_if_done(),
             Poll::Ready(Some(Ok(_))) => self.release_if_done(),
-            Poll::Ready(Some(Err(_))) => self.connection = None,
+            Poll::Ready(Some(Err(_))) => {
+                self.connection = None;
+                self.in_flight = None;
+            }
             Poll::Pending => {}
         }
         polled
