@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod compile;
 pub mod config;
+pub mod connections;
 pub mod ebpf;
 pub mod listeners;
 pub mod logging;

@@ -127,6 +127,12 @@ pub struct Metrics {
     /// TLS connections by how their handshake ended (`success`, `failure`,
     /// `refused_sni`: no server accepts the ClientHello's name, refused before any crypto).
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Downstream connections open now, all listeners (connections.rs).
+    pub downstream_connections_active: Gauge,
+    /// Times an accept loop stopped at `--max-connections` (Envoy's downstream_cx_overflow).
+    pub downstream_cx_overflow: Counter,
+    /// Access log lines dropped because stdout did not keep up (proxy/access_log.rs).
+    pub access_log_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,6 +198,24 @@ impl Metrics {
             "TLS connections by handshake result (refused_sni: refused from the ClientHello, before any crypto)",
             tls_handshakes.clone(),
         );
+        let downstream_connections_active = Gauge::default();
+        registry.register(
+            "gateway_downstream_connections_active",
+            "Downstream connections open now, all listeners",
+            downstream_connections_active.clone(),
+        );
+        let downstream_cx_overflow = Counter::default();
+        registry.register(
+            "gateway_downstream_cx_overflow",
+            "Times the listeners stopped accepting at --max-connections (new connections waited in the backlog)",
+            downstream_cx_overflow.clone(),
+        );
+        let access_log_dropped = crate::proxy::access_log_dropped();
+        registry.register(
+            "gateway_access_log_dropped",
+            "Access log lines dropped because stdout did not keep up",
+            access_log_dropped.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         Metrics {
             registry,
@@ -203,6 +227,9 @@ impl Metrics {
             config_reloads,
             config_last_reload_successful,
             tls_handshakes,
+            downstream_connections_active,
+            downstream_cx_overflow,
+            access_log_dropped,
         }
     }
 
