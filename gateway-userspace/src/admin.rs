@@ -8,7 +8,9 @@
 //!
 //! A client gets `AdminState::head_timeout` for each request head, and as long between
 //! requests on a kept-alive connection; a connection lasts at most
-//! `ADMIN_CONNECTION_LIMIT`. A slow or silent client cannot hold these ports.
+//! `ADMIN_CONNECTION_LIMIT`. A slow or silent client cannot hold these ports, and a flood
+//! of them cannot take more than `ADMIN_MAX_CONNECTIONS` descriptors per port (the rest
+//! wait in the backlog), so it cannot starve readiness or the listeners of descriptors.
 
 use std::{
     net::SocketAddr,
@@ -28,7 +30,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::{logging::LogLevel, metrics::Metrics, snapshot::Snapshot};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+
+use crate::{
+    connections::ConnectionLimit, logging::LogLevel, metrics::Metrics, snapshot::Snapshot,
+};
 
 /// Which endpoints an address serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +59,8 @@ pub struct AdminState {
 /// The longest an admin connection lasts, whatever it does: a client that stops reading
 /// a response does not keep it.
 pub const ADMIN_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+/// Connections served at once on each admin port.
+pub const ADMIN_MAX_CONNECTIONS: usize = 128;
 /// After a failed accept (EMFILE and the like), pause instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -88,7 +96,9 @@ pub async fn serve(listener: TcpListener, surface: Surface, state: AdminState) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, ?surface, "admin listening");
     }
+    let limit = ConnectionLimit::new(ADMIN_MAX_CONNECTIONS, Gauge::default(), Counter::default());
     loop {
+        let slot = limit.acquire().await;
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -99,6 +109,7 @@ pub async fn serve(listener: TcpListener, surface: Surface, state: AdminState) {
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let head_timeout = state.head_timeout;
             let service = service_fn(move |request| {
                 let state = state.clone();
