@@ -3,7 +3,14 @@
 //! (`/stats/prometheus`, 15090) and the local admin on 127.0.0.1:15000: `GET /config_dump`
 //! (the live snapshot as JSON), `GET /logging` (the log filter in force) and
 //! `POST /logging?level=debug` (switch it, as Envoy's admin does). They run on their own
-//! small tasks and read only shared state, never the hot path's.
+//! small tasks and read only shared state, never the hot path's. Readiness has a thread
+//! and runtime of its own, so a probe is answered however busy the metrics port is.
+//!
+//! A client gets `AdminState::head_timeout` for each request head, and as long between
+//! requests on a kept-alive connection; a connection lasts at most
+//! `ADMIN_CONNECTION_LIMIT`. A slow or silent client cannot hold these ports, and a flood
+//! of them cannot take more than `ADMIN_MAX_CONNECTIONS` descriptors per port (the rest
+//! wait in the backlog), so it cannot starve readiness or the listeners of descriptors.
 
 use std::{
     net::SocketAddr,
@@ -11,6 +18,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -18,11 +26,15 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::{logging::LogLevel, metrics::Metrics, snapshot::Snapshot};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+
+use crate::{
+    connections::ConnectionLimit, logging::LogLevel, metrics::Metrics, snapshot::Snapshot,
+};
 
 /// Which endpoints an address serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,36 +52,79 @@ pub struct AdminState {
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     /// The live log filter; None when logging was set up elsewhere (tests).
     pub log_level: Option<LogLevel>,
+    /// Time for a request head, and idle time allowed between requests.
+    pub head_timeout: Duration,
 }
+
+/// The longest an admin connection lasts, whatever it does: a client that stops reading
+/// a response does not keep it.
+pub const ADMIN_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+/// Connections served at once on each admin port.
+pub const ADMIN_MAX_CONNECTIONS: usize = 128;
+/// After a failed accept (EMFILE and the like), pause instead of spinning.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// Binds `addr` now and serves `surface` from a thread with a runtime of its own.
+pub fn serve_on_own_thread(
+    addr: SocketAddr,
+    surface: Surface,
+    state: AdminState,
+) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("{surface:?}").to_lowercase())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, surface, state).await,
+                    Err(e) => warn!(error = %e, ?surface, "admin endpoint not served"),
+                }
+            })
+        })?;
+    Ok(())
 }
 
 pub async fn serve(listener: TcpListener, surface: Surface, state: AdminState) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, ?surface, "admin listening");
     }
+    let limit = ConnectionLimit::new(ADMIN_MAX_CONNECTIONS, Gauge::default(), Counter::default());
     loop {
+        let slot = limit.acquire().await;
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                warn!(error = %e, "admin accept failed");
+                warn!(error = %e, ?surface, "admin accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let head_timeout = state.head_timeout;
             let service = service_fn(move |request| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(surface, &state, &request)) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(error = %e, "admin connection");
+            // HTTP/1 only (probes and scrapers speak it): hyper's head clock also runs
+            // while a kept-alive connection waits for its next request.
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(ADMIN_CONNECTION_LIMIT, connection).await {
+                Ok(Err(e)) => debug!(error = %e, ?surface, "admin connection"),
+                Err(_) => debug!(?surface, "admin connection closed at its time limit"),
+                Ok(Ok(())) => {}
             }
         });
     }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod compile;
 pub mod config;
 pub mod connection_pool;
+pub mod connections;
 pub mod ebpf;
 pub mod listeners;
 pub mod logging;

@@ -20,12 +20,13 @@ use gateway::{
     admin::{self, AdminState, Surface},
     compile::{self, Identity},
     config::{self, Diagnostics},
+    connections,
     ebpf::{EbpfMode, KernelHook, KernelPath},
     listeners::ListenerSet,
     logging::{self, LogLevel},
     metrics::{InterfaceLabels, Metrics, SharedKernelPath},
     proxy::{AccessLogFormat, Limits, ProxyContext},
-    reload::{ConfigSource, Reloader},
+    reload::{ChangeWatch, ConfigSource, Reloader},
     snapshot::{RouteAction, Snapshot},
     tls::{TlsState, Transport},
     workers::{self, Workers},
@@ -321,17 +322,41 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long the access log may take to reach stdout at exit.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
+
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // SIGHUP's default action kills: ignored until the reload loop's handler replaces
+    // this (first thing in `serve`), a SIGHUP while starting is harmless.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let log_level = logging::init(args.log_json);
+    let descriptors = match connections::raise_descriptor_limit() {
+        Ok(limit) => {
+            info!(
+                was = limit.was,
+                now = limit.now,
+                "descriptor limit (RLIMIT_NOFILE)"
+            );
+            limit.now
+        }
+        Err(e) => {
+            warn!(error = %e, "the descriptor limit could not be raised");
+            connections::soft_descriptor_limit().unwrap_or(1024)
+        }
+    };
     // The main thread's runtime runs the control plane (reloads, admin, signals); the
     // traffic runs on the workers (workers.rs).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(args, log_level))
+    runtime.block_on(serve(args, log_level, descriptors))
 }
 
-async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
+async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::Result<ExitCode> {
+    // Watching starts before the first compile: a change that lands while we start is
+    // reloaded once the reload loop runs, and SIGHUP is handled from here on.
+    let changes = ChangeWatch::start(&[args.config.config.as_slice(), &args.watch].concat())?;
     let source = args.config.source();
     let (snapshot, diagnostics, skipped) = args.config.compile(&source.tls)?;
     gateway::reload::log_diagnostics(&diagnostics, &source.tls.credentials.staged_report());
@@ -370,9 +395,15 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
 
     let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
     gateway::reload::report_credentials(&metrics, &source.tls.credentials.commit());
+    let limits = limits(&args);
+    let max_connections = limits
+        .max_connections
+        .unwrap_or_else(|| connections::default_max_connections(descriptors));
+    info!(max_connections, "downstream connection limit");
     let ctx = Arc::new(
         ProxyContext::new(snapshots.clone(), metrics.clone(), args.access_log)
-            .with_limits(limits(&args)),
+            .with_limits(limits)
+            .with_connection_limit(max_connections),
     );
     let workers = Workers::start(args.worker_threads.unwrap_or_else(workers::default_count))?;
     info!(workers = workers.len(), "worker threads started");
@@ -388,9 +419,12 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
         metrics: metrics.clone(),
         snapshots: snapshots.clone(),
         log_level: Some(log_level),
+        head_timeout: limits.header_read_timeout,
     };
+    // Probes get their own thread: a flood of scrapes cannot delay them.
+    admin::serve_on_own_thread(args.readiness_addr, Surface::Readiness, admin_state.clone())
+        .with_context(|| format!("binding the readiness endpoint {}", args.readiness_addr))?;
     for (addr, surface) in [
-        (args.readiness_addr, Surface::Readiness),
         (args.metrics_addr, Surface::Metrics),
         (args.admin_addr, Surface::Admin),
     ] {
@@ -418,14 +452,13 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let reloader = Reloader {
         source,
-        watch_also: args.watch.clone(),
         snapshots: snapshots.clone(),
         listeners: listeners.clone(),
         kernel: kernel.clone(),
         metrics: metrics.clone(),
         parse_cache: Default::default(),
     };
-    let reloading = tokio::spawn(reloader.watch(shutdown_rx)?);
+    let reloading = tokio::spawn(reloader.watch(changes, shutdown_rx));
     ready.store(true, Ordering::Relaxed);
     info!("ready");
 
@@ -444,6 +477,7 @@ async fn serve(args: RunArgs, log_level: LogLevel) -> anyhow::Result<ExitCode> {
         slot.take();
     }
     info!("stopped");
+    gateway::proxy::flush_access_log(ACCESS_LOG_FLUSH);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -141,6 +141,12 @@ pub struct Metrics {
     /// flight; `timeout`: the mirror did not answer in time; `body`: the body outgrew the
     /// replay copy).
     pub mirror_dropped: Family<MirrorDropLabels, Counter>,
+    /// Downstream connections open now, all listeners (connections.rs).
+    pub downstream_connections_active: Gauge,
+    /// Times an accept loop stopped at `--max-connections` (Envoy's downstream_cx_overflow).
+    pub downstream_cx_overflow: Counter,
+    /// Access log lines dropped because stdout did not keep up (proxy/access_log.rs).
+    pub access_log_dropped: Counter,
 }
 
 /// `credential` = `Secret namespace/name`, `Secret namespace/name (client CA)`,
@@ -242,6 +248,24 @@ impl Metrics {
             "Mirrored requests dropped, by reason (overflow: too many in flight; timeout; body: larger than the replay copy)",
             mirror_dropped.clone(),
         );
+        let downstream_connections_active = Gauge::default();
+        registry.register(
+            "gateway_downstream_connections_active",
+            "Downstream connections open now, all listeners",
+            downstream_connections_active.clone(),
+        );
+        let downstream_cx_overflow = Counter::default();
+        registry.register(
+            "gateway_downstream_cx_overflow",
+            "Times the listeners stopped accepting at --max-connections (new connections waited in the backlog)",
+            downstream_cx_overflow.clone(),
+        );
+        let access_log_dropped = crate::proxy::access_log_dropped();
+        registry.register(
+            "gateway_access_log_dropped",
+            "Access log lines dropped because stdout did not keep up",
+            access_log_dropped.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         Metrics {
             registry,
@@ -257,6 +281,9 @@ impl Metrics {
             tls_credential_valid,
             retry_or_shadow_abandoned,
             mirror_dropped,
+            downstream_connections_active,
+            downstream_cx_overflow,
+            access_log_dropped,
         }
     }
 

@@ -28,7 +28,7 @@ use tokio::{
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-pub use access_log::AccessLogFormat;
+pub use access_log::{AccessLogFormat, access_log_dropped, flush_access_log};
 pub use limits::Limits;
 
 use crate::{metrics::Metrics, snapshot::Snapshot};
@@ -67,6 +67,8 @@ pub struct ProxyContext {
     pub limits: Limits,
     /// Request metrics of the answers no cluster gave (404, direct responses, ...).
     local_stats: crate::metrics::RequestStatsCache,
+    /// Open downstream connections, all listeners and workers (`--max-connections`).
+    pub connections: Arc<crate::connections::ConnectionLimit>,
 }
 
 impl ProxyContext {
@@ -76,6 +78,7 @@ impl ProxyContext {
         access_log: AccessLogFormat,
     ) -> Self {
         ProxyContext {
+            connections: crate::connections::ConnectionLimit::unlimited(&metrics),
             snapshots,
             metrics,
             access_log,
@@ -147,6 +150,11 @@ pub async fn serve(
     // nothing per poll, and with debug logs on they tag every event with the client.
 
     loop {
+        // A slot first: at --max-connections, new connections wait in the backlog.
+        let slot = tokio::select! {
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            slot = ctx.connections.acquire() => slot,
+        };
         let (stream, peer) = tokio::select! {
             _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
             accepted = listener.accept() => match accepted {
@@ -184,8 +192,11 @@ pub async fn serve(
                 ctx: ctx.clone(),
             };
             tokio::spawn(
-                tls::serve(accepted, builder.clone(), graceful.watcher())
-                    .instrument(debug_span!("conn", %peer)),
+                crate::connections::holding(
+                    slot,
+                    tls::serve(accepted, builder.clone(), graceful.watcher()),
+                )
+                .instrument(debug_span!("conn", %peer)),
             );
             continue;
         }
@@ -205,6 +216,7 @@ pub async fn serve(
         let log_ctx = ctx.clone();
         tokio::spawn(
             async move {
+                let _slot = slot;
                 if let Err(e) = conn.await {
                     access_log::connection_error(&log_ctx, local, peer, &*e);
                     debug!(error = %e, "connection ended with an error");

@@ -234,9 +234,6 @@ pub fn steer_node_ports(
 /// Everything a reload touches.
 pub struct Reloader {
     pub source: ConfigSource,
-    /// More paths whose changes reload, though nothing is loaded from them: the
-    /// directories of certificate files that Gateways name by path (Secret volumes).
-    pub watch_also: Vec<PathBuf>,
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     pub listeners: Arc<ListenerSet>,
     pub kernel: SharedKernelPath,
@@ -331,20 +328,19 @@ impl Reloader {
             .set(i64::from(result == "success"));
     }
 
-    /// Sets up the watches and the SIGHUP handler now (so a SIGHUP from here on reloads
-    /// instead of killing the process), and returns the loop that reloads on either until
-    /// `shutdown` turns true.
+    /// The loop that reloads on the changes and SIGHUPs `changes` saw (those from before
+    /// this call first) until `shutdown` turns true.
     pub fn watch(
         self,
+        changes: ChangeWatch,
         mut shutdown: watch::Receiver<bool>,
-    ) -> Result<impl Future<Output = ()> + Send + 'static, ReloadError> {
-        let (changed_tx, mut changed) = mpsc::unbounded_channel();
-        let watched = [self.source.paths.as_slice(), &self.watch_also].concat();
-        let watcher = watch_paths(&watched, changed_tx)?;
-        let mut hangup =
-            tokio::signal::unix::signal(SignalKind::hangup()).map_err(ReloadError::Signal)?;
-        info!(paths = ?watched, "watching the configuration; SIGHUP reloads too");
-        Ok(async move {
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let ChangeWatch {
+            watcher,
+            mut changed,
+            mut hangup,
+        } = changes;
+        async move {
             let _watcher = watcher;
             // Parse everything once now, so the first reload re-parses only what changed.
             let (paths, cache) = (self.source.paths.clone(), self.parse_cache.clone());
@@ -369,6 +365,32 @@ impl Reloader {
                 }
                 self.reload_and_report(cause).await;
             }
+        }
+    }
+}
+
+/// The configuration's watches and the SIGHUP handler, set up before the first compile:
+/// a change or a SIGHUP that comes while the daemon starts is kept for the reload loop
+/// (`Reloader::watch`) instead of being missed or, for SIGHUP, killing the process.
+pub struct ChangeWatch {
+    watcher: notify::RecommendedWatcher,
+    changed: mpsc::UnboundedReceiver<()>,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl ChangeWatch {
+    /// Watches `paths` (config paths and `--watch` paths) and SIGHUP. Call it within
+    /// the control plane's runtime.
+    pub fn start(paths: &[PathBuf]) -> Result<Self, ReloadError> {
+        let hangup =
+            tokio::signal::unix::signal(SignalKind::hangup()).map_err(ReloadError::Signal)?;
+        let (changed_tx, changed) = mpsc::unbounded_channel();
+        let watcher = watch_paths(paths, changed_tx)?;
+        info!(paths = ?paths, "watching the configuration; SIGHUP reloads too");
+        Ok(ChangeWatch {
+            watcher,
+            changed,
+            hangup,
         })
     }
 }
@@ -515,6 +537,23 @@ fn announces_new_content(kind: &EventKind, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start-up race: a change written after the watch starts but before the reload
+    /// loop runs (while the first snapshot compiles and the listeners bind) waits for it.
+    #[tokio::test]
+    async fn a_change_during_start_up_waits_for_the_reload_loop()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("gatewayd-start-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("gateway.yaml");
+        std::fs::write(&file, "# first\n")?;
+        let mut changes = ChangeWatch::start(std::slice::from_ref(&file))?;
+        std::fs::write(&file, "# changed while starting\n")?;
+        let seen = tokio::time::timeout(Duration::from_secs(10), changes.changed.recv()).await;
+        std::fs::remove_dir_all(&dir)?;
+        assert_eq!(seen, Ok(Some(())));
+        Ok(())
+    }
 
     #[test]
     fn writes_in_place_reload_when_the_writer_closes() {

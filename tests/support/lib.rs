@@ -131,10 +131,25 @@ impl Gateway {
         netns: Option<&str>,
         scratch: &TempDir,
     ) -> anyhow::Result<Self> {
+        let mut gateway = Self::spawn(config, extra, netns, scratch, |_| {})?;
+        gateway.wait_ready()?;
+        Ok(gateway)
+    }
+
+    /// Like `start`, but returns at once (call `wait_ready`), after `configure` had its
+    /// say on the command (stdout, a pre_exec, ...).
+    pub fn spawn(
+        config: &Path,
+        extra: &[&str],
+        netns: Option<&str>,
+        scratch: &TempDir,
+        configure: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<Self> {
         let (readiness, metrics, admin) = (free_port(), free_port(), free_port());
         let stderr_path = scratch.path().join("gatewayd.stderr");
         let stdout_path = scratch.path().join("gatewayd.stdout");
-        let child = command(netns, &gatewayd_bin())
+        let mut command = command(netns, &gatewayd_bin());
+        command
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -143,10 +158,12 @@ impl Gateway {
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(extra)
             .stdout(std::fs::File::create(&stdout_path)?)
-            .stderr(std::fs::File::create(&stderr_path)?)
+            .stderr(std::fs::File::create(&stderr_path)?);
+        configure(&mut command);
+        let child = command
             .spawn()
             .context("starting gatewayd (build it first: cargo xtask test does)")?;
-        let mut gateway = Gateway {
+        Ok(Gateway {
             process: Process { child },
             readiness: SocketAddr::from(([127, 0, 0, 1], readiness)),
             metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
@@ -154,12 +171,10 @@ impl Gateway {
             netns: netns.map(str::to_owned),
             stderr_path,
             stdout_path,
-        };
-        gateway.wait_ready()?;
-        Ok(gateway)
+        })
     }
 
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.process.child.try_wait()? {

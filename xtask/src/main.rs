@@ -527,6 +527,20 @@ struct TestRun {
     harness: &'static [&'static str],
 }
 
+/// The first stage: the tree is formatted and clippy finds nothing, so neither regresses
+/// silently (cargo's arguments of each check).
+const LINT_CHECKS: &[&[&str]] = &[
+    &["fmt", "--all", "--check"],
+    &[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ],
+];
+
 const TEST_STAGES: &[(&str, &[TestRun])] = &[
     (
         "unit tests",
@@ -577,12 +591,18 @@ fn test(ws: &Workspace, extra: &[String]) -> Result<()> {
             "note: not running as root: the kernel-program and network-namespace tests skip themselves (they check the effective uid)"
         );
     }
+    // Cheapest first: a formatting or lint failure stops CI before the long stages.
+    let stages = TEST_STAGES.len() + 1;
+    println!("\n==== [1/{stages}] format and lints");
+    for check in LINT_CHECKS {
+        cmd(ws.cargo().args(*check)).context("format and lints failed")?;
+    }
     println!("\n==== build (debug)");
     build(ws, false)?;
 
     let bin_dir = ws.target_dir().join("debug");
     for (number, (stage, runs)) in TEST_STAGES.iter().enumerate() {
-        println!("\n==== [{}/{}] {stage}", number + 1, TEST_STAGES.len());
+        println!("\n==== [{}/{stages}] {stage}", number + 2);
         for run in *runs {
             let mut command = ws.cargo();
             command
