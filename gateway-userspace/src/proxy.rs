@@ -31,6 +31,8 @@ use tokio::{
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 pub use access_log::AccessLogFormat;
+#[doc(hidden)]
+pub use h1_guard::fuzzing as h1_fuzzing;
 pub use limits::Limits;
 
 use crate::{metrics::Metrics, snapshot::Snapshot};

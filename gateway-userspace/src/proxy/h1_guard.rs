@@ -842,6 +842,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
     }
 }
 
+/// The framing check without a socket, for the fuzzer (`fuzz/fuzz_targets/h1_framing.rs`).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{H1Guard, Limits};
+
+    /// The first byte of a head the guard refused, as hyper sees it.
+    pub const POISON_HEAD: u8 = super::POISON_HEAD;
+
+    /// What the guard made of some client bytes.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Fed {
+        /// The bytes cleared to go up to hyper.
+        pub released: Vec<u8>,
+        /// Bytes still held back (an unfinished head or chunk-size line).
+        pub held: usize,
+        /// The framing state reached, e.g. `Head`, `Body(5)`, `ChunkSize`, `Passthrough`.
+        pub state: String,
+        /// Bytes waiting for the answer to an upgrade request.
+        pub awaiting_upgrade: Option<usize>,
+    }
+
+    /// Feeds `input` to a fresh guard in pieces of `step` bytes (at least 1).
+    pub fn feed(input: &[u8], step: usize) -> Fed {
+        let mut guard = H1Guard::with_limits((), Limits::default());
+        for piece in input.chunks(step.max(1)) {
+            guard.process(piece);
+        }
+        Fed {
+            released: guard.released,
+            held: guard.held.len(),
+            state: format!("{:?}", guard.state),
+            awaiting_upgrade: guard.upgrade.map(|p| p.after.len()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
