@@ -23,7 +23,7 @@ const HOST: &str = "httpbin.example.com";
 struct Setup {
     upstream: Upstream,
     gateway: Gateway,
-    _dir: TempDir,
+    dir: TempDir,
     addr: SocketAddr,
 }
 
@@ -39,7 +39,7 @@ fn start_with(config: impl Fn(u16, SocketAddr) -> String, extra: &[&str]) -> any
     Ok(Setup {
         upstream,
         gateway,
-        _dir: dir,
+        dir,
         addr: SocketAddr::from(([127, 0, 0, 1], bind_port)),
     })
 }
@@ -405,5 +405,72 @@ fn dot_segments_meet_the_route_of_the_path_they_resolve_to() -> anyhow::Result<(
     ensure!(kept["headers"]["x-route"] == "public", "{kept}");
     let refused = get("/public/%zz")?;
     ensure!(refused.status == 400, "{refused:?}");
+    Ok(())
+}
+
+/// `httpbin_config` plus a second listener on `extra_port` serving the same routes.
+fn two_listeners(bind_port: u16, upstream: SocketAddr, extra_port: u16) -> String {
+    format!(
+        r#"{}---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {{name: extra, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {extra_port}, name: http-extra, protocol: HTTP}}
+    hosts: ["{HOST}"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: extra, namespace: default}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [extra]
+  http:
+  - route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]
+"#,
+        httpbin_config(bind_port, upstream)
+    )
+}
+
+#[test]
+fn a_listener_removed_by_a_reload_closes_its_websockets_after_the_drain_timeout()
+-> anyhow::Result<()> {
+    let extra_port = free_port();
+    let setup = start_with(
+        |bind_port, upstream| two_listeners(bind_port, upstream, extra_port),
+        &["--drain-timeout", "1s"],
+    )?;
+    let mut socket = open_websocket(SocketAddr::from(([127, 0, 0, 1], extra_port)))?;
+    echo(&mut socket)?;
+    let reloads = |gateway: &Gateway| -> anyhow::Result<f64> {
+        Ok(gateway
+            .metric("gateway_config_reloads_total{result=\"success\"}")?
+            .unwrap_or(0.0))
+    };
+    let before = reloads(&setup.gateway)?;
+    let config = setup.dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        httpbin_config(setup.addr.port(), setup.upstream.addr),
+    )?;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while reloads(&setup.gateway)? <= before {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no reload\n{}",
+            setup.gateway.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Open until the drain timeout, then told to go away rather than left forever.
+    let rest = read_until_closed(&mut socket).with_context(|| {
+        format!(
+            "WebSocket of a removed listener still open\n{}",
+            setup.gateway.stderr()
+        )
+    })?;
+    ensure!(rest == [0x88, 0x02, 0x03, 0xE9], "{rest:?}");
     Ok(())
 }
