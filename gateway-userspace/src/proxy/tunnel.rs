@@ -273,8 +273,7 @@ mod tests {
 
     #[test]
     fn frame_boundaries_are_followed_across_writes() {
-        let mut frames = Frames::default();
-        assert!(frames.at_boundary());
+        assert!(Frames::default().at_boundary());
         // Unmasked text "hello", then a masked 300-byte binary frame, in pieces.
         let mut stream = vec![0x81, 0x05];
         stream.extend_from_slice(b"hello");
