@@ -444,17 +444,30 @@ fn a_listener_removed_by_a_reload_closes_its_websockets_after_the_drain_timeout(
     )?;
     let mut socket = open_websocket(SocketAddr::from(([127, 0, 0, 1], extra_port)))?;
     echo(&mut socket)?;
+    reload(
+        &setup,
+        &httpbin_config(setup.addr.port(), setup.upstream.addr),
+    )?;
+    // Open until the drain timeout, then told to go away rather than left forever.
+    let rest = read_until_closed(&mut socket).with_context(|| {
+        format!(
+            "WebSocket of a removed listener still open\n{}",
+            setup.gateway.stderr()
+        )
+    })?;
+    ensure!(rest == [0x88, 0x02, 0x03, 0xE9], "{rest:?}");
+    Ok(())
+}
+
+/// Rewrites the configuration and waits for the gateway to apply it.
+fn reload(setup: &Setup, config: &str) -> anyhow::Result<()> {
     let reloads = |gateway: &Gateway| -> anyhow::Result<f64> {
         Ok(gateway
             .metric("gateway_config_reloads_total{result=\"success\"}")?
             .unwrap_or(0.0))
     };
     let before = reloads(&setup.gateway)?;
-    let config = setup.dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        httpbin_config(setup.addr.port(), setup.upstream.addr),
-    )?;
+    std::fs::write(setup.dir.path().join("config.yaml"), config)?;
     let deadline = std::time::Instant::now() + PATIENCE;
     while reloads(&setup.gateway)? <= before {
         ensure!(
@@ -464,13 +477,39 @@ fn a_listener_removed_by_a_reload_closes_its_websockets_after_the_drain_timeout(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Open until the drain timeout, then told to go away rather than left forever.
-    let rest = read_until_closed(&mut socket).with_context(|| {
+    Ok(())
+}
+
+#[test]
+fn a_listener_removed_by_a_reload_closes_its_tcp_streams_after_the_drain_timeout()
+-> anyhow::Result<()> {
+    let tcp_port = free_port();
+    let with_tcp = |bind_port: u16, upstream: SocketAddr| {
         format!(
-            "WebSocket of a removed listener still open\n{}",
+            "{}{}",
+            httpbin_config(bind_port, upstream),
+            tcp_config(tcp_port, upstream)
+                .split("---\napiVersion: v1\nkind: Service")
+                .next()
+                .unwrap_or_default()
+        )
+    };
+    let setup = start_with(with_tcp, &["--drain-timeout", "1s"])?;
+    let mut stream = connect(SocketAddr::from(([127, 0, 0, 1], tcp_port)))?;
+    stream.write_all(b"GET /status/200 HTTP/1.1\r\nHost: raw\r\n\r\n")?;
+    let head = read_response(&mut stream)?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    reload(
+        &setup,
+        &httpbin_config(setup.addr.port(), setup.upstream.addr),
+    )?;
+    // Idle far below --tcp-idle-timeout (1 h): only the drain can close it.
+    let rest = read_until_closed(&mut stream).with_context(|| {
+        format!(
+            "TCP stream of a removed listener still open\n{}",
             setup.gateway.stderr()
         )
     })?;
-    ensure!(rest == [0x88, 0x02, 0x03, 0xE9], "{rest:?}");
+    ensure!(rest.is_empty(), "{rest:?}");
     Ok(())
 }
