@@ -849,6 +849,8 @@ pub mod fuzzing {
 
     /// The first byte of a head the guard refused, as hyper sees it.
     pub const POISON_HEAD: u8 = super::POISON_HEAD;
+    /// The first byte of a chunk-size line the guard refused.
+    pub const POISON_CHUNK: u8 = super::POISON_CHUNK;
 
     /// What the guard made of some client bytes.
     #[derive(Debug, PartialEq, Eq)]
