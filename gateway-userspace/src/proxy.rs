@@ -3,14 +3,17 @@
 //! started with and forwarded to an upstream endpoint.
 
 mod access_log;
+mod edge_headers;
 mod forward;
 mod grpc;
 mod h1_guard;
 mod limits;
 mod replay;
+mod normalize;
 mod route_actions;
 mod tcp;
 mod tls;
+mod tunnel;
 mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -29,6 +32,8 @@ use tokio::{
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 pub use access_log::{AccessLogFormat, access_log_dropped, flush_access_log};
+#[doc(hidden)]
+pub use h1_guard::fuzzing as h1_fuzzing;
 pub use limits::Limits;
 
 use crate::{metrics::Metrics, snapshot::Snapshot};
@@ -129,6 +134,10 @@ pub async fn serve(
         }
     };
     let graceful = GracefulShutdown::new();
+    // Turns true at the drain deadline: what hyper's graceful shutdown does not reach
+    // (upgraded connections, TCP and passthrough streams, connections still busy) ends.
+    let (drain_deadline, drain) = watch::channel(false);
+    let drain = tunnel::Drain::new(drain);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -190,6 +199,7 @@ pub async fn serve(
                 snapshot,
                 transport,
                 ctx: ctx.clone(),
+                drain: drain.clone(),
             };
             tokio::spawn(
                 crate::connections::holding(
@@ -200,7 +210,8 @@ pub async fn serve(
             );
             continue;
         }
-        let connection = forward::Connection::new(peer, local, snapshot, ctx.clone(), None);
+        let connection = forward::Connection::new(peer, local, snapshot, ctx.clone(), None)
+            .with_drain(drain.clone());
         let connection = Arc::new(connection);
         let service = service_fn(move |request| {
             let connection = connection.clone();
@@ -214,12 +225,16 @@ pub async fn serve(
             .into_owned();
         let conn = graceful.watch(conn);
         let log_ctx = ctx.clone();
+        let mut deadline = drain.clone();
         tokio::spawn(
             async move {
                 let _slot = slot;
-                if let Err(e) = conn.await {
-                    access_log::connection_error(&log_ctx, local, peer, &*e);
-                    debug!(error = %e, "connection ended with an error");
+                tokio::select! {
+                    result = conn => if let Err(e) = result {
+                        access_log::connection_error(&log_ctx, local, peer, &*e);
+                        debug!(error = %e, "connection ended with an error");
+                    },
+                    _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
                 }
             }
             .instrument(debug_span!("conn", %peer)),
@@ -227,14 +242,20 @@ pub async fn serve(
     }
 
     drop(listener);
+    drop(drain);
     info!(port = bind_port, open = graceful.count(), "draining");
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        graceful.shutdown().await;
+        // Every tunnel and connection holds a receiver until it ends.
+        drain_deadline.closed().await;
+    };
+    if tokio::time::timeout(drain_timeout, drained).await.is_err() {
         warn!(
             port = bind_port,
             "drain timeout: closing the remaining connections"
         );
+        let _ = drain_deadline.send(true);
+        // WebSockets send their close frames before the process may exit.
+        let _ = tokio::time::timeout(tunnel::CLOSE_GRACE * 2, drain_deadline.closed()).await;
     }
 }

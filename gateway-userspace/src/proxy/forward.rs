@@ -24,9 +24,10 @@ use hyper_util::rt::TokioIo;
 use super::{
     ProxyContext,
     access_log::{AccessLogEntry, AccessLogFormat},
-    grpc, limits,
+    edge_headers, grpc, limits,
     replay::ReplayBody,
     route_actions::{self, TryFailure},
+    tunnel,
     upstream::{self, UpstreamBody},
 };
 use crate::{
@@ -117,6 +118,8 @@ pub struct Connection {
     pub tls: Option<Arc<crate::tls::TlsConnectionInfo>>,
     /// The client's address as x-forwarded-for and x-envoy-external-address carry it.
     peer_ip: HeaderValue,
+    /// The listener's drain deadline, for upgraded connections that outlive the request.
+    drain: tunnel::Drain,
 }
 
 /// What the access log and metrics need about the outcome.
@@ -143,6 +146,22 @@ impl Connection {
             ctx,
             tls,
             peer_ip,
+            drain: tunnel::Drain::default(),
+        }
+    }
+
+    /// Upgraded connections of this connection end at `drain`'s deadline.
+    pub fn with_drain(mut self, drain: tunnel::Drain) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// The clocks of an upgraded connection: the stream idle timeout and the drain.
+    fn upgrade_clocks(&self) -> tunnel::Clocks {
+        tunnel::Clocks {
+            idle: self.ctx.limits.stream_idle_timeout,
+            drain: self.drain.clone(),
+            websocket: true,
         }
     }
 
@@ -159,10 +178,9 @@ impl Connection {
             forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
         });
         let authority = request_authority(&request);
-        let request_id = match request.headers().get(&X_REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => new_request_id(),
-        };
+        // Every request here is external: Envoy replaces a client's x-request-id at the
+        // edge (`preserve_external_request_id` off, as Istio leaves it).
+        let request_id = new_request_id();
         let request_is_grpc = grpc::is_grpc(request.headers());
 
         let (response, outcome) = self
@@ -280,6 +298,15 @@ impl Connection {
                 Outcome::local(flags::NONE),
             );
         }
+        let request = match edge_headers::admit(request) {
+            Ok(request) => request,
+            Err(edge_headers::Refusal::BadPath) => {
+                return (
+                    local_response(StatusCode::BAD_REQUEST, ""),
+                    Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR),
+                );
+            }
+        };
         let info = RequestInfo {
             authority,
             path: request.uri().path(),
@@ -296,6 +323,14 @@ impl Connection {
                 Outcome::local(flags::NO_ROUTE),
             );
         };
+        if edge_headers::refused_upgrade(&request) {
+            let mut response = local_response(edge_headers::REFUSED_UPGRADE_STATUS, "");
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return (response, Outcome::local(flags::NONE));
+        }
         match &route.action {
             RouteAction::Forward(forward) => {
                 self.forward(request, route, forward, authority, request_id)
@@ -557,7 +592,7 @@ impl Connection {
                 let switching = upstream_response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if switching && let Some(downstream) = downstream_upgrade {
                     let upstream = hyper::upgrade::on(&mut upstream_response);
-                    tokio::spawn(join_upgraded(downstream, upstream));
+                    tokio::spawn(join_upgraded(downstream, upstream, self.upgrade_clocks()));
                 } else {
                     strip_hop_by_hop(upstream_response.headers_mut());
                 }
@@ -828,9 +863,7 @@ impl Connection {
         {
             headers.insert(X_FORWARDED_CLIENT_CERT, v);
         }
-        if !headers.contains_key(&X_REQUEST_ID) {
-            headers.insert(X_REQUEST_ID, request_id.clone());
-        }
+        headers.insert(X_REQUEST_ID, request_id.clone());
         headers.insert(X_ENVOY_EXTERNAL_ADDRESS, self.peer_ip.clone());
         forward.headers.request.apply(&mut headers);
         weighted.headers.request.apply(&mut headers);
@@ -963,16 +996,25 @@ impl Drop for MirrorInFlight {
     }
 }
 
-/// Copies bytes both ways between an upgraded client connection and upstream connection.
-async fn join_upgraded(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Copies bytes both ways between an upgraded client connection and upstream connection,
+/// until either closes, neither sends for `--stream-idle-timeout`, or the drain deadline
+/// (a WebSocket close frame, 1001, on each side). Only WebSocket upgrades get here.
+async fn join_upgraded(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    clocks: tunnel::Clocks,
+) {
     let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) else {
         tracing::debug!("upgrade failed on one side");
         return;
     };
     let mut downstream = TokioIo::new(downstream);
     let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection ended");
+    match tunnel::run(&mut downstream, &mut upstream, clocks).await {
+        tunnel::Ending::Closed { .. } => {}
+        tunnel::Ending::Failed(e) => tracing::debug!(error = %e, "upgraded connection ended"),
+        tunnel::Ending::Idle => tracing::debug!("idle upgraded connection closed"),
+        tunnel::Ending::Drained => tracing::debug!("upgraded connection closed by the drain"),
     }
 }
 

@@ -8,8 +8,11 @@
 //! bodies), holds each head back until it is complete, and when a head or a chunk-size
 //! line is ambiguous it corrupts its first byte before hyper sees it. hyper then rejects
 //! the request with 400 (or fails the body, which the proxy answers with 400), so the
-//! request never reaches an upstream. HTTP/2 (the connection preface) and upgraded
-//! connections pass through untouched.
+//! request never reaches an upstream. HTTP/2 (the connection preface, as a connection's
+//! first bytes) and upgraded connections pass through untouched. A request asking for an
+//! upgrade (`Upgrade`, `CONNECT`) does not switch the checks off by itself: the bytes
+//! after it wait until the answer is written, and only a `101` (a 2xx to `CONNECT`) hands
+//! the connection over; any other answer and those bytes are framed as the next request.
 //!
 //! Because it knows where each request begins, the guard also keeps the connection's
 //! clocks (`limits.rs`): the header-read timeout runs from a head's first byte until the
@@ -54,6 +57,11 @@ const POISON_CHUNK: u8 = b'z';
 /// Envoy's answer when a head's time runs out; the connection closes after it.
 const REQUEST_TIMEOUT_ANSWER: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+/// HTTP/2's connection preface: only a connection's first bytes, whole, switch to HTTP/2.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes a client may send after an upgrade request before it is answered; beyond it the
+/// guard stops reading until the answer decides what they are.
+const MAX_PENDING_UPGRADE: usize = 64 * 1024;
 
 #[derive(Debug)]
 enum State {
@@ -70,7 +78,7 @@ enum State {
     Trailers {
         line_len: usize,
     },
-    /// An upgraded connection, or a request hyper will reject anyway.
+    /// An upgraded connection (after its 101), or a request hyper will reject anyway.
     Passthrough,
     /// HTTP/2 (the connection preface): passed through; only the idle clock runs, over
     /// bytes in either direction, as hyper has no idle timeout of its own for HTTP/2.
@@ -126,6 +134,72 @@ pub struct H1Guard<S> {
     head_started: SystemTime,
     /// Body bytes of the current chunked request so far.
     body_bytes: u64,
+    /// Nothing but a prefix of the HTTP/2 preface has arrived on this connection yet.
+    preface_possible: bool,
+    /// An upgrade (or CONNECT) request went up and its answer is not decided yet.
+    upgrade: Option<PendingUpgrade>,
+}
+
+/// An upgrade request waiting for its answer, and what the client sent after it.
+#[derive(Debug, Default)]
+struct PendingUpgrade {
+    connect: bool,
+    /// Bytes after the request, unframed until the answer says what they are.
+    after: Vec<u8>,
+    /// The start of the answer's status line ("HTTP/1.1 101").
+    status_line: Vec<u8>,
+    /// Inside an interim (1xx) answer's head: its last bytes, to find its end.
+    interim_tail: Option<[u8; 4]>,
+}
+
+/// What the answer's first bytes decided for an upgrade request.
+#[derive(Debug, PartialEq, Eq)]
+enum UpgradeVerdict {
+    Undecided,
+    Upgraded,
+    Refused,
+}
+
+impl PendingUpgrade {
+    /// Follows the answer's bytes: interim 1xx answers (other than 101) are skipped, the
+    /// first final status decides.
+    fn observe(&mut self, mut written: &[u8]) -> UpgradeVerdict {
+        const STATUS_LINE: usize = b"HTTP/1.1 101".len();
+        while !written.is_empty() {
+            if let Some(tail) = &mut self.interim_tail {
+                let byte = written[0];
+                written = &written[1..];
+                tail.rotate_left(1);
+                tail[3] = byte;
+                if tail == b"\r\n\r\n" {
+                    self.interim_tail = None;
+                    self.status_line.clear();
+                }
+                continue;
+            }
+            let take = (STATUS_LINE - self.status_line.len()).min(written.len());
+            self.status_line.extend_from_slice(&written[..take]);
+            written = &written[take..];
+            if self.status_line.len() < STATUS_LINE {
+                return UpgradeVerdict::Undecided;
+            }
+            let status = &self.status_line[9..];
+            let upgraded = if self.connect {
+                status.first() == Some(&b'2')
+            } else {
+                status == b"101"
+            };
+            if upgraded {
+                return UpgradeVerdict::Upgraded;
+            }
+            if status.first() == Some(&b'1') && status != b"101" {
+                self.interim_tail = Some([0; 4]);
+                continue;
+            }
+            return UpgradeVerdict::Refused;
+        }
+        UpgradeVerdict::Undecided
+    }
 }
 
 impl<S> H1Guard<S> {
@@ -156,6 +230,8 @@ impl<S> H1Guard<S> {
             awaiting_answer: false,
             head_started: SystemTime::UNIX_EPOCH,
             body_bytes: 0,
+            preface_possible: true,
+            upgrade: None,
         }
     }
 
@@ -203,6 +279,31 @@ impl<S> H1Guard<S> {
                         _ => *line_len += 1,
                     }
                 }
+                State::Head if self.upgrade.is_some() => {
+                    // After an upgrade request: what these bytes are depends on the answer.
+                    if let Some(pending) = &mut self.upgrade {
+                        pending.after.extend_from_slice(bytes);
+                    }
+                    return;
+                }
+                State::Head if self.preface_possible => {
+                    let seen = self.held.len();
+                    let take = (HTTP2_PREFACE.len() - seen).min(bytes.len());
+                    if bytes[..take] == HTTP2_PREFACE[seen..seen + take] {
+                        self.held.extend_from_slice(&bytes[..take]);
+                        bytes = &bytes[take..];
+                        if self.held.len() == HTTP2_PREFACE.len() {
+                            self.preface_possible = false;
+                            self.state = State::Http2;
+                            self.release_held();
+                        }
+                        continue;
+                    }
+                    // Not HTTP/2: what was held is the start of an HTTP/1 head.
+                    self.preface_possible = false;
+                    let held = std::mem::take(&mut self.held);
+                    self.process(&held);
+                }
                 State::Head | State::ChunkSize => {
                     let Some(newline) = bytes.iter().position(|&b| b == b'\n') else {
                         self.held.extend_from_slice(bytes);
@@ -220,6 +321,7 @@ impl<S> H1Guard<S> {
                         self.end_head();
                     } else if self.held == b"\r\n" || self.held == b"\n" {
                         // Empty lines before a request line are ignored (RFC 9112 §2.2).
+                        self.preface_possible = false;
                         self.release_held();
                     } else {
                         self.check_held_size();
@@ -236,6 +338,7 @@ impl<S> H1Guard<S> {
     /// else, which `process` handles.
     fn pass_whole_head(&mut self, fresh: &mut [u8]) -> bool {
         if !matches!(self.state, State::Head)
+            || self.upgrade.is_some()
             || !self.held.is_empty()
             || !self.released.is_empty()
             || fresh.len() > MAX_HELD_HEAD
@@ -261,10 +364,11 @@ impl<S> H1Guard<S> {
             }
             line_start = index + 1;
         }
+        self.preface_possible = false;
         self.awaiting_answer = true;
         self.body_bytes = 0;
         self.state = match head_framing(fresh) {
-            Ok(next) => next,
+            Ok(framing) => self.follow(framing),
             Err(()) => {
                 fresh[0] = POISON_HEAD;
                 State::Passthrough
@@ -273,24 +377,51 @@ impl<S> H1Guard<S> {
         true
     }
 
+    /// The state after a sound head; an upgrade request's answer is awaited.
+    fn follow(&mut self, framing: Framing) -> State {
+        if let Some(connect) = framing.upgrade {
+            self.upgrade = Some(PendingUpgrade {
+                connect,
+                ..PendingUpgrade::default()
+            });
+        }
+        framing.next
+    }
+
+    /// Follows the answer to a pending upgrade request; true once it decided: the
+    /// connection handed over (101, or 2xx to CONNECT), or what followed the request
+    /// framed as HTTP/1.
+    fn decide_upgrade(&mut self, written: &[u8]) -> bool {
+        let Some(pending) = &mut self.upgrade else {
+            return false;
+        };
+        let verdict = pending.observe(written);
+        if verdict == UpgradeVerdict::Undecided {
+            return false;
+        }
+        let after = self.upgrade.take().map(|p| p.after).unwrap_or_default();
+        if verdict == UpgradeVerdict::Upgraded {
+            self.state = State::Passthrough;
+            self.released.extend_from_slice(&after);
+        } else {
+            self.process(&after);
+        }
+        true
+    }
+
     fn check_held_size(&mut self) {
         let limit = match self.state {
             State::ChunkSize => MAX_CHUNK_LINE,
             _ => MAX_HELD_HEAD,
         };
-        let http2 = matches!(self.state, State::Head) && self.held.starts_with(b"PRI ");
-        if http2 || self.held.len() > limit {
-            // HTTP/2's preface, or something hyper will refuse by size: not ours to frame.
+        if self.held.len() > limit {
+            // Something hyper will refuse by size: not ours to frame.
             if matches!(self.state, State::ChunkSize)
                 && let Some(first) = self.held.first_mut()
             {
                 *first = POISON_CHUNK;
             }
-            self.state = if http2 {
-                State::Http2
-            } else {
-                State::Passthrough
-            };
+            self.state = State::Passthrough;
             self.release_held();
         }
     }
@@ -307,9 +438,10 @@ impl<S> H1Guard<S> {
     fn end_head(&mut self) {
         self.awaiting_answer = true;
         self.body_bytes = 0;
+        self.preface_possible = false;
         let verdict = head_framing(&self.held);
         self.state = match verdict {
-            Ok(next) => next,
+            Ok(framing) => self.follow(framing),
             Err(()) => {
                 if let Some(first) = self.held.first_mut() {
                     *first = POISON_HEAD;
@@ -346,9 +478,17 @@ impl<S> H1Guard<S> {
     }
 }
 
+/// What a sound head says about what follows it.
+struct Framing {
+    /// The body's framing (State::Head when there is none).
+    next: State,
+    /// Some when the request asks for an upgrade: true for CONNECT.
+    upgrade: Option<bool>,
+}
+
 /// The framing of the body after a complete head, or Err when the head is ambiguous:
 /// a bare LF, Content-Length more than once, or Content-Length beside Transfer-Encoding.
-fn head_framing(head: &[u8]) -> Result<State, ()> {
+fn head_framing(head: &[u8]) -> Result<Framing, ()> {
     let head = head.strip_suffix(b"\r\n\r\n").ok_or(())?;
     let lines: Vec<&[u8]> = head.split(|&b| b == b'\n').collect();
     let (request_line, header_lines) = lines.split_first().ok_or(())?;
@@ -366,7 +506,8 @@ fn head_framing(head: &[u8]) -> Result<State, ()> {
     let mut content_lengths = 0;
     let mut chunked = false;
     let mut transfer_encoding = false;
-    let mut upgrade = request_line.starts_with(b"CONNECT ");
+    let connect = request_line.starts_with(b"CONNECT ");
+    let mut upgrade = connect;
     for (index, line) in header_lines.iter().enumerate() {
         let line = if index == last {
             line
@@ -378,7 +519,10 @@ fn head_framing(head: &[u8]) -> Result<State, ()> {
         }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             // No colon (or obs-fold): hyper rejects it; nothing to frame.
-            return Ok(State::Passthrough);
+            return Ok(Framing {
+                next: State::Passthrough,
+                upgrade: None,
+            });
         };
         let name = &line[..colon];
         let value = line[colon + 1..].trim_ascii();
@@ -398,9 +542,7 @@ fn head_framing(head: &[u8]) -> Result<State, ()> {
     if content_lengths > 1 || (content_lengths > 0 && transfer_encoding) {
         return Err(());
     }
-    Ok(if upgrade {
-        State::Passthrough
-    } else if transfer_encoding {
+    let next = if transfer_encoding {
         if chunked {
             State::ChunkSize
         } else {
@@ -413,6 +555,10 @@ fn head_framing(head: &[u8]) -> Result<State, ()> {
             // Unparseable length: hyper rejects it.
             (_, None) => State::Passthrough,
         }
+    };
+    Ok(Framing {
+        next,
+        upgrade: upgrade.then_some(connect),
     })
 }
 
@@ -430,11 +576,27 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 }
 
 impl<S: AsyncWrite + Unpin> H1Guard<S> {
+    /// The answer to a pending upgrade request is being written: hand the connection
+    /// over on 101 (2xx to CONNECT), or frame what followed the request as HTTP/1.
+    fn observe_answer(&mut self, cx: &mut Context<'_>, written: &[u8]) {
+        if !self.decide_upgrade(written) {
+            return;
+        }
+        if matches!(self.state, State::Head) && !self.awaiting_answer {
+            self.start_clock_after_answer(cx);
+        }
+        // The read side may be parked on this decision.
+        cx.waker().wake_by_ref();
+    }
+
     /// Called when the client has nothing more for now: runs the clock of the current
     /// wait. Pending while time remains; when it runs out, answers 408 if a head had
     /// begun (and nothing else is on the wire), closes, and reports end of stream.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !matches!(self.state, State::Head | State::Http2) || self.awaiting_answer {
+        if !matches!(self.state, State::Head | State::Http2)
+            || self.awaiting_answer
+            || self.upgrade.is_some()
+        {
             return Poll::Pending;
         }
         let (wait, length) = self.arm_clock();
@@ -528,7 +690,7 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
     /// the socket is already registered), so the next wait's clock starts here, with
     /// this task's waker: when it runs out, hyper's next read finds it expired.
     fn start_clock_after_answer(&mut self, cx: &mut Context<'_>) {
-        if !matches!(self.state, State::Head | State::Http2) {
+        if !matches!(self.state, State::Head | State::Http2) || self.upgrade.is_some() {
             return;
         }
         self.arm_clock();
@@ -587,6 +749,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
                     return Poll::Ready(Err(io::Error::other(BodyTooLarge { limit })));
                 }
                 State::Closed => return Poll::Ready(Ok(())),
+                State::Head
+                    if this
+                        .upgrade
+                        .as_ref()
+                        .is_some_and(|p| p.after.len() >= MAX_PENDING_UPGRADE) =>
+                {
+                    // Enough waits for the upgrade's answer, which wakes this side.
+                    return Poll::Pending;
+                }
                 _ => {}
             }
             // Read into the caller's buffer, then take the new bytes back out through
@@ -606,6 +777,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
             }
             if filled == 0 {
                 // End of stream: whatever is held goes up; hyper sees the truncation.
+                // Bytes after an unanswered upgrade request are dropped, never passed
+                // unframed.
+                this.upgrade = None;
                 this.state = State::Passthrough;
                 this.release_held();
                 if this.released.is_empty() {
@@ -625,6 +799,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.note_written(cx, &written);
+        if self.upgrade.is_some()
+            && let Poll::Ready(Ok(n)) = written
+        {
+            self.observe_answer(cx, &buf[..n.min(buf.len())]);
+        }
         written
     }
 
@@ -635,6 +814,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.note_written(cx, &written);
+        if self.upgrade.is_some()
+            && let Poll::Ready(Ok(mut n)) = written
+        {
+            for buf in bufs {
+                if n == 0 || self.upgrade.is_none() {
+                    break;
+                }
+                let take = n.min(buf.len());
+                self.observe_answer(cx, &buf[..take]);
+                n -= take;
+            }
+        }
         written
     }
 
@@ -648,6 +839,44 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The framing check without a socket, for the fuzzer (`fuzz/fuzz_targets/h1_framing.rs`).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{H1Guard, Limits};
+
+    /// The first byte of a head the guard refused, as hyper sees it.
+    pub const POISON_HEAD: u8 = super::POISON_HEAD;
+    /// The first byte of a chunk-size line the guard refused.
+    pub const POISON_CHUNK: u8 = super::POISON_CHUNK;
+
+    /// What the guard made of some client bytes.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Fed {
+        /// The bytes cleared to go up to hyper.
+        pub released: Vec<u8>,
+        /// Bytes still held back (an unfinished head or chunk-size line).
+        pub held: usize,
+        /// The framing state reached, e.g. `Head`, `Body(5)`, `ChunkSize`, `Passthrough`.
+        pub state: String,
+        /// Bytes waiting for the answer to an upgrade request.
+        pub awaiting_upgrade: Option<usize>,
+    }
+
+    /// Feeds `input` to a fresh guard in pieces of `step` bytes (at least 1).
+    pub fn feed(input: &[u8], step: usize) -> Fed {
+        let mut guard = H1Guard::with_limits((), Limits::default());
+        for piece in input.chunks(step.max(1)) {
+            guard.process(piece);
+        }
+        Fed {
+            released: guard.released,
+            held: guard.held.len(),
+            state: format!("{:?}", guard.state),
+            awaiting_upgrade: guard.upgrade.map(|p| p.after.len()),
+        }
     }
 }
 
@@ -754,6 +983,71 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
         assert_eq!(chunk_size(b"ffffffffffffffffff\r\n"), None);
     }
 
+    /// A guard that has sent `head` up and written `answer` back.
+    fn answered(head: &[u8], answer: &[u8]) -> H1Guard<()> {
+        let mut guard = H1Guard::with_limits((), Limits::default());
+        guard.process(head);
+        guard.decide_upgrade(answer);
+        guard
+    }
+
+    #[test]
+    fn a_refused_upgrade_leaves_the_next_request_framed() {
+        let smuggle = b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nA";
+        for upgrade in [
+            &b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"[..],
+            b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+        ] {
+            let mut input = upgrade.to_vec();
+            input.extend_from_slice(smuggle);
+            for answer in [
+                &b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"[..],
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\n\r\n",
+            ] {
+                let guard = answered(&input, answer);
+                assert_eq!(guard.released.len(), upgrade.len() + smuggle.len());
+                assert_eq!(guard.released[upgrade.len()], POISON_HEAD, "{answer:?}");
+                assert!(guard.upgrade.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn an_accepted_upgrade_passes_what_follows_untouched() {
+        let head =
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let frames = b"\x81\x85\x00\x00\x00\x00hello\nGET / HTTP/1.1\n\n";
+        let mut input = head.to_vec();
+        input.extend_from_slice(frames);
+        // Nothing after the head goes up before the answer.
+        let mut waiting = H1Guard::with_limits((), Limits::default());
+        waiting.process(&input);
+        assert_eq!(waiting.released, head.to_vec());
+        let guard = answered(&input, b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert_eq!(guard.released, input);
+        assert!(matches!(guard.state, State::Passthrough));
+    }
+
+    #[test]
+    fn pri_is_http2_only_as_a_whole_preface_first_on_the_connection() {
+        // Not first: an HTTP/1 request like any other (hyper refuses its version).
+        let input = b"GET / HTTP/1.1\r\nHost: h\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut guard = H1Guard::with_limits((), Limits::default());
+        guard.process(input);
+        assert!(matches!(guard.state, State::Head), "{:?}", guard.state);
+        // First, but not the whole preface: still HTTP/1, framed.
+        let input = b"PRI * HTTP/2.0\r\n\r\nXX / HTTP/1.1\r\n";
+        let mut guard = H1Guard::with_limits((), Limits::default());
+        guard.process(input);
+        assert!(matches!(guard.state, State::Head), "{:?}", guard.state);
+        assert_eq!(guard.held, b"XX / HTTP/1.1\r\n".to_vec());
+        // A prefix of the preface is held (and timed) like a head.
+        let mut guard = H1Guard::with_limits((), Limits::default());
+        guard.process(b"PRI * HTTP/2");
+        assert!(guard.released.is_empty());
+        assert!(matches!(guard.state, State::Head));
+    }
+
     #[test]
     fn http2_preface_passes_through() {
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
@@ -803,6 +1097,29 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await?;
         assert_eq!(answer, REQUEST_TIMEOUT_ANSWER);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_slow_head_after_a_refused_upgrade_gets_408() -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut guard = H1Guard::with_limits(server, CLOCKS);
+        let upgrade = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n";
+        client.write_all(upgrade).await?;
+        client.write_all(b"GET /slow HTTP/1.1\r\n").await?;
+        let mut buf = [0u8; 256];
+        let n = guard.read(&mut buf).await?;
+        assert_eq!(&buf[..n], upgrade);
+        guard
+            .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        let read = tokio::time::timeout(Duration::from_millis(250), guard.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        drop(guard);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await?;
+        assert!(answer.ends_with(REQUEST_TIMEOUT_ANSWER), "{answer:?}");
         Ok(())
     }
 

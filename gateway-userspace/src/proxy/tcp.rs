@@ -1,24 +1,31 @@
 //! Byte streams to a destination: TCP servers, TLS-terminated TCP, and TLS passthrough
-//! (where the already-read ClientHello goes first).
+//! (where the already-read ClientHello goes first). A stream idle either way for
+//! `--tcp-idle-timeout` is closed (Envoy's tcp_proxy `idle_timeout`), and so is one still
+//! open at its listener's drain deadline (`tunnel.rs`).
 
 use std::time::Duration;
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, copy_bidirectional},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tracing::debug;
 
+use super::tunnel::{self, Clocks, Ending};
 use crate::snapshot::{RouteAction, WeightedCluster};
 
 /// Istio's default upstream connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to an endpoint of one of `clusters` (by weight), sends `prefix`, then copies
-/// both ways until either side closes. Without a reachable endpoint the downstream is
-/// closed, as Envoy's tcp_proxy does.
-pub(super) async fn proxy<S>(mut downstream: S, prefix: &[u8], clusters: &[WeightedCluster])
-where
+/// both ways until either side closes or `clocks` end it. Without a reachable endpoint the
+/// downstream is closed, as Envoy's tcp_proxy does.
+pub(super) async fn proxy<S>(
+    mut downstream: S,
+    prefix: &[u8],
+    clusters: &[WeightedCluster],
+    clocks: Clocks,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(cluster) = RouteAction::pick_cluster(clusters) else {
@@ -51,8 +58,14 @@ where
         debug!(upstream = %endpoint.addr, error = %e, "upstream write failed");
         return;
     }
-    match copy_bidirectional(&mut downstream, &mut upstream).await {
-        Ok((sent, received)) => debug!(upstream = %endpoint.addr, sent, received, "stream closed"),
-        Err(e) => debug!(upstream = %endpoint.addr, error = %e, "stream ended with an error"),
+    match tunnel::run(&mut downstream, &mut upstream, clocks).await {
+        Ending::Closed { sent, received } => {
+            debug!(upstream = %endpoint.addr, sent, received, "stream closed");
+        }
+        Ending::Failed(e) => {
+            debug!(upstream = %endpoint.addr, error = %e, "stream ended with an error")
+        }
+        Ending::Idle => debug!(upstream = %endpoint.addr, "idle stream closed"),
+        Ending::Drained => debug!(upstream = %endpoint.addr, "stream closed at the drain deadline"),
     }
 }

@@ -25,7 +25,7 @@ use tokio::{
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
-use super::{ProxyContext, forward, tcp};
+use super::{ProxyContext, forward, tcp, tunnel};
 use crate::{
     metrics::HandshakeLabels,
     snapshot::Snapshot,
@@ -50,6 +50,19 @@ pub(super) struct Accepted {
     pub snapshot: Arc<Snapshot>,
     pub transport: Arc<Transport>,
     pub ctx: Arc<ProxyContext>,
+    /// The listener's drain deadline.
+    pub drain: tunnel::Drain,
+}
+
+impl Accepted {
+    /// The clocks of a TCP or passthrough stream: the TCP idle timeout and the drain.
+    fn stream_clocks(&self) -> tunnel::Clocks {
+        tunnel::Clocks {
+            idle: self.ctx.limits.tcp_idle_timeout,
+            drain: self.drain.clone(),
+            websocket: false,
+        }
+    }
 }
 
 pub(super) async fn serve(
@@ -59,7 +72,10 @@ pub(super) async fn serve(
 ) {
     let transport = accepted.transport.clone();
     match &*transport {
-        Transport::Tcp(clusters) => tcp::proxy(accepted.stream, &[], clusters).await,
+        Transport::Tcp(clusters) => {
+            let clocks = accepted.stream_clocks();
+            tcp::proxy(accepted.stream, &[], clusters, clocks).await;
+        }
         Transport::Tls(tls) => serve_tls(accepted, tls, builder, watcher).await,
     }
 }
@@ -70,12 +86,14 @@ async fn serve_tls(
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
 ) {
+    let clocks = accepted.stream_clocks();
     let Accepted {
         mut stream,
         peer,
         local,
         snapshot,
         ctx,
+        drain,
         ..
     } = accepted;
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_client_hello(&mut stream)).await
@@ -112,7 +130,7 @@ async fn serve_tls(
                 debug!(sni = ?hello.sni, server = %server.name, "refused: no tls route for this SNI");
                 return;
             };
-            tcp::proxy(stream, &hello.bytes, &route.clusters).await;
+            tcp::proxy(stream, &hello.bytes, &route.clusters, clocks).await;
         }
         TlsMode::Terminate { config, after } => {
             let rewound = Rewind {
@@ -141,7 +159,9 @@ async fn serve_tls(
                 }
             };
             match after {
-                AfterTermination::Tcp(clusters) => tcp::proxy(tls_stream, &[], clusters).await,
+                AfterTermination::Tcp(clusters) => {
+                    tcp::proxy(tls_stream, &[], clusters, clocks).await;
+                }
                 AfterTermination::Http => {
                     let client_cert = tls_stream
                         .get_ref()
@@ -157,13 +177,11 @@ async fn serve_tls(
                     // The framing guard and the connection's clocks, as on plaintext ports.
                     let log_ctx = ctx.clone();
                     let guarded = super::h1_guard::H1Guard::new(tls_stream, &ctx, peer, local);
-                    let connection = Arc::new(forward::Connection::new(
-                        peer,
-                        local,
-                        snapshot,
-                        ctx,
-                        Some(Arc::new(info)),
-                    ));
+                    let mut deadline = drain.clone();
+                    let connection = Arc::new(
+                        forward::Connection::new(peer, local, snapshot, ctx, Some(Arc::new(info)))
+                            .with_drain(drain),
+                    );
                     let service = service_fn(move |request| {
                         let connection = connection.clone();
                         async move {
@@ -173,9 +191,12 @@ async fn serve_tls(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(guarded), service)
                         .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        super::access_log::connection_error(&log_ctx, local, peer, &*e);
-                        debug!(error = %e, "connection ended with an error");
+                    tokio::select! {
+                        result = watcher.watch(conn) => if let Err(e) = result {
+                            super::access_log::connection_error(&log_ctx, local, peer, &*e);
+                            debug!(error = %e, "connection ended with an error");
+                        },
+                        _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
                     }
                 }
             }

@@ -5,7 +5,13 @@
 use std::fmt::Write;
 
 use rustls_pki_types::CertificateDer;
-use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
+use x509_parser::{
+    certificate::X509Certificate,
+    extensions::GeneralName,
+    objects::{oid_registry, oid2abbrev},
+    prelude::FromDer,
+    x509::X509Name,
+};
 
 /// DNS and URI subject alternative names; empty when the certificate does not parse.
 pub fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<String> {
@@ -33,7 +39,7 @@ fn names(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
 
 /// The `x-forwarded-client-cert` element for the client's leaf certificate, as Envoy
 /// sets it with `SANITIZE_SET` (Istio's gateway default): the certificate's SHA-256, its
-/// subject, and its URI and DNS names.
+/// subject (RFC 2253, escaped), and its URI and DNS names.
 pub fn forwarded_client_cert(cert: &CertificateDer<'_>) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
     let mut value = String::from("Hash=");
@@ -41,15 +47,152 @@ pub fn forwarded_client_cert(cert: &CertificateDer<'_>) -> String {
         let _ = write!(value, "{byte:02x}");
     }
     if let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) {
-        let subject = parsed.subject().to_string().replace('"', "\\\"");
+        let subject = rfc2253_name(parsed.subject());
         let _ = write!(value, ";Subject=\"{subject}\"");
         let (dns, uri) = names(&parsed);
         for u in uri {
-            let _ = write!(value, ";URI={u}");
+            let _ = write!(value, ";URI={}", xfcc_value(&u));
         }
         for d in dns {
-            let _ = write!(value, ";DNS={d}");
+            let _ = write!(value, ";DNS={}", xfcc_value(&d));
         }
     }
     value
+}
+
+/// A distinguished name as Envoy prints it for XFCC (OpenSSL's `XN_FLAG_RFC2253`): last
+/// RDN first, `,` between RDNs and `+` within one, and every value escaped so that no
+/// character of it can end the quoted Subject or pose as another attribute: `,+"\<>;`
+/// behind a backslash, control and non-ASCII bytes as `\XX`.
+fn rfc2253_name(name: &X509Name<'_>) -> String {
+    let registry = oid_registry();
+    let mut out = String::new();
+    for (index, rdn) in name
+        .iter_rdn()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .enumerate()
+    {
+        if index > 0 {
+            out.push(',');
+        }
+        for (position, attribute) in rdn.iter().enumerate() {
+            if position > 0 {
+                out.push('+');
+            }
+            match oid2abbrev(attribute.attr_type(), registry) {
+                Ok(abbrev) => out.push_str(abbrev),
+                Err(_) => out.push_str(&attribute.attr_type().to_id_string()),
+            }
+            out.push('=');
+            match attribute.as_str() {
+                Ok(text) => escape_rfc2253(text.as_bytes(), &mut out),
+                // Not a string type: its DER, as OpenSSL dumps it.
+                Err(_) => {
+                    out.push('#');
+                    for byte in attribute.attr_value().as_bytes() {
+                        let _ = write!(out, "{byte:02X}");
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn escape_rfc2253(value: &[u8], out: &mut String) {
+    let last = value.len().saturating_sub(1);
+    for (index, &byte) in value.iter().enumerate() {
+        let edge_space = byte == b' ' && (index == 0 || index == last);
+        match byte {
+            b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';' => {
+                out.push('\\');
+                out.push(byte as char);
+            }
+            b'#' if index == 0 => out.push_str("\\#"),
+            _ if edge_space => out.push_str("\\ "),
+            0x20..=0x7e => out.push(byte as char),
+            _ => {
+                let _ = write!(out, "\\{byte:02X}");
+            }
+        }
+    }
+}
+
+/// A URI or DNS name as an XFCC value: as is when plain (as Envoy writes it), quoted
+/// with `"` and `\` escaped when it holds a character that would end the element or
+/// the pair (`,;="` or whitespace), control bytes as `\XX`.
+fn xfcc_value(value: &str) -> String {
+    let plain = value
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'=' | b'"' | b'\\'));
+    if plain {
+        return value.to_owned();
+    }
+    let mut out = String::from("\"");
+    for byte in value.bytes() {
+        match byte {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(byte as char);
+            }
+            0x20..=0x7e => out.push(byte as char),
+            _ => {
+                let _ = write!(out, "\\{byte:02X}");
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_values_cannot_break_out_of_the_quotes() {
+        let escaped = |text: &str| {
+            let mut out = String::new();
+            escape_rfc2253(text.as_bytes(), &mut out);
+            out
+        };
+        assert_eq!(escaped("client"), "client");
+        assert_eq!(escaped("a\\"), "a\\\\");
+        assert_eq!(
+            escaped("x\";URI=spiffe://admin"),
+            "x\\\"\\;URI=spiffe://admin"
+        );
+        assert_eq!(escaped("a,O=admin+b"), "a\\,O=admin\\+b");
+        assert_eq!(escaped(" #lead "), "\\ #lead\\ ");
+        assert_eq!(escaped("#x"), "\\#x");
+        assert_eq!(escaped("caf\u{e9}\n"), "caf\\C3\\A9\\0A");
+        // However a value is built, no unescaped quote remains to end the Subject.
+        for hostile in ["\\\"", "\"\\", "\\\\\"", "a\\\";b"] {
+            let out = escaped(hostile);
+            let mut chars = out.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => panic!("unescaped quote in {out:?}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn san_values_are_quoted_only_when_they_must_be() {
+        assert_eq!(
+            xfcc_value("spiffe://cluster.local/ns/a/sa/b"),
+            "spiffe://cluster.local/ns/a/sa/b"
+        );
+        assert_eq!(xfcc_value("client.example.com"), "client.example.com");
+        assert_eq!(xfcc_value("a;Hash=1"), "\"a;Hash=1\"");
+        assert_eq!(xfcc_value("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(xfcc_value("a b,c"), "\"a b,c\"");
+    }
 }

@@ -1,0 +1,178 @@
+//! Request paths as routing and the upstream see them, normalized as Istio's gateway
+//! does by default (mesh `pathNormalization: BASE`: Envoy's `normalize_path` on,
+//! `merge_slashes` off, escaped slashes kept): RFC 3986 dot segments removed (`%2E`
+//! counts as a dot, `..;params` as `..`), percent-encoded unreserved characters decoded,
+//! backslashes read as slashes. Without it `/public/../admin` would match `/public`'s
+//! route while the upstream serves `/admin`. A path that cannot be normalized (a broken
+//! or NUL escape) is refused (400), as Envoy refuses it.
+
+use std::borrow::Cow;
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("`%` not followed by two hex digits at byte {0}")]
+    BadEscape(usize),
+    #[error("percent-encoded NUL at byte {0}")]
+    EscapedNul(usize),
+}
+
+/// The normalized form of `path` (origin-form, without the query); borrowed when the
+/// path is already normal.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let decoded = decode(path)?;
+    let normal = remove_dot_segments(&decoded);
+    if normal == path.as_bytes() {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Only ASCII was decoded and only ASCII separators were touched: still UTF-8.
+    String::from_utf8(normal)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::BadEscape(0))
+}
+
+/// Percent-decoding of unreserved characters (other escapes kept as written, as Envoy
+/// keeps them), and `\` read as `/`.
+fn decode(path: &str) -> Result<Vec<u8>, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    if bytes.first() != Some(&b'/') {
+        out.push(b'/');
+    }
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        match byte {
+            b'\\' => out.push(b'/'),
+            b'%' => {
+                let value = bytes
+                    .get(index + 1..index + 3)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .ok_or(PathError::BadEscape(index))?;
+                if value == 0 {
+                    return Err(PathError::EscapedNul(index));
+                }
+                if is_unreserved(value) {
+                    out.push(value);
+                } else {
+                    out.extend_from_slice(&bytes[index..index + 3]);
+                }
+                index += 3;
+                continue;
+            }
+            _ => out.push(byte),
+        }
+        index += 1;
+    }
+    Ok(out)
+}
+
+/// RFC 3986 §2.3.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 §5.2.4 over a path that starts with `/`. A segment is a dot segment by
+/// what precedes its first `;` (Tomcat-style path parameters hide `..` otherwise).
+fn remove_dot_segments(path: &[u8]) -> Vec<u8> {
+    let segments: Vec<&[u8]> = path[1..].split(|&b| b == b'/').collect();
+    let last = segments.len() - 1;
+    let mut kept: Vec<&[u8]> = Vec::with_capacity(segments.len());
+    for (index, segment) in segments.iter().enumerate() {
+        let name = segment.split(|&b| b == b';').next().unwrap_or_default();
+        match name {
+            b"." => {}
+            b".." => {
+                kept.pop();
+            }
+            _ => {
+                kept.push(segment);
+                continue;
+            }
+        }
+        // A dot segment at the end leaves a directory: "/a/b/.." is "/a/".
+        if index == last {
+            kept.push(b"");
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for segment in kept {
+        out.push(b'/');
+        out.extend_from_slice(segment);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalize_as_envoy_normalizes_them() {
+        let table = [
+            ("/", "/"),
+            ("/xyz", "/xyz"),
+            ("/x/y/z", "/x/y/z"),
+            ("/public/../admin", "/admin"),
+            ("/a/b/../c", "/a/c"),
+            ("/a/b/./c", "/a/b/c"),
+            ("a/b/../c", "/a/c"),
+            ("/a/b/../../../../c", "/c"),
+            ("/a/..\\c", "/c"),
+            ("/a\\b", "/a/b"),
+            ("/%c0%af", "/%c0%af"),
+            ("/%5c%25", "/%5c%25"),
+            ("/a/%2F/b", "/a/%2F/b"),
+            ("/a/b/%2E%2E/c", "/a/c"),
+            ("/a/b/%2e./c", "/a/c"),
+            ("/a/b/%2E/c", "/a/b/c"),
+            ("..", "/"),
+            ("/..", "/"),
+            ("/../a/b", "/a/b"),
+            ("/./a/b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a//b", "/a//b"),
+            ("/a//..", "/a/"),
+            ("/xyz/..;foo=bar/abc", "/abc"),
+            ("/..;foo=bar/abc", "/abc"),
+            ("/xyz/..;foo=bar", "/"),
+            ("/xyz/.;foo=bar/abc", "/xyz/abc"),
+            ("/%41%7a%30%2d%5F%7E", "/Az0-_~"),
+            ("/%61dmin", "/admin"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/a;b=c/d", "/a;b=c/d"),
+            ("/...", "/..."),
+            ("/.../..", "/"),
+        ];
+        for (path, normal) in table {
+            assert_eq!(normalize_path(path).as_deref(), Ok(normal), "{path}");
+        }
+        assert!(matches!(
+            normalize_path("/already/fine"),
+            Ok(Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn broken_escapes_are_refused() {
+        let table = [
+            ("/xyz/.%00../abc", PathError::EscapedNul(6)),
+            ("/xyz/%00.%00./abc", PathError::EscapedNul(5)),
+            ("/xyz/AAAAA%%0000/abc", PathError::BadEscape(10)),
+            ("/a%", PathError::BadEscape(2)),
+            ("/a%4", PathError::BadEscape(2)),
+            ("/a%zz", PathError::BadEscape(2)),
+            ("/a%+1", PathError::BadEscape(2)),
+        ];
+        for (path, error) in table {
+            assert_eq!(normalize_path(path), Err(error), "{path}");
+        }
+    }
+}
