@@ -445,7 +445,7 @@ metadata: {name: future}
 /// Lets other modules' tests parse documents without touching the file system.
 #[cfg(test)]
 pub(crate) mod tests_support {
-    pub fn parse(
+    pub(crate) fn parse(
         doc: &super::Document,
         resources: &mut super::Resources,
         diagnostics: &mut super::Diagnostics,

@@ -673,7 +673,7 @@ mod duration {
 
     use serde::Serializer;
 
-    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format!("{}s", d.as_secs_f64()))
     }
 }
@@ -683,7 +683,7 @@ mod duration_opt {
 
     use serde::Serializer;
 
-    pub fn serialize<S: Serializer>(
+    pub(super) fn serialize<S: Serializer>(
         d: &Option<Duration>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {

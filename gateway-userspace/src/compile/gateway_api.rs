@@ -37,7 +37,7 @@ use crate::{
     },
 };
 
-pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+pub(super) const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 /// Istio's backendRef kind for a ServiceEntry host (`group: networking.istio.io`).
 const ISTIO_GROUP: &str = "networking.istio.io";
 /// Gateway API's default backend weight.

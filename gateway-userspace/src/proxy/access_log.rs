@@ -230,7 +230,7 @@ impl AccessLogEntry<'_> {
 /// A connection's own answer to a request that never reached the router (a head that
 /// did not parse, was too large, or came too slowly): logged as Envoy logs a downstream
 /// protocol error, `DPE`, with `-` for what the head never told.
-pub fn connection_answer(
+pub(super) fn connection_answer(
     ctx: &ProxyContext,
     local: SocketAddr,
     peer: SocketAddr,
@@ -270,7 +270,7 @@ pub fn connection_answer(
 /// serving the connection returned): 431 for a head over the size or header-count limit,
 /// 400 for one that did not parse (the framing guard's rejections included). Other
 /// errors (resets, clients that left) had no answer and leave no line.
-pub fn connection_error(
+pub(super) fn connection_error(
     ctx: &ProxyContext,
     local: SocketAddr,
     peer: SocketAddr,

@@ -39,14 +39,14 @@ const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// A request's answer decided at the edge, before routing.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(super) enum Refusal {
     /// The path cannot be normalized.
     BadPath,
 }
 
 /// The request as the router and the upstream see it: edge headers removed, an `h2c`
 /// upgrade dropped, the path normalized.
-pub fn admit<B>(mut request: Request<B>) -> Result<Request<B>, Refusal> {
+pub(super) fn admit<B>(mut request: Request<B>) -> Result<Request<B>, Refusal> {
     let headers = request.headers_mut();
     for name in &EXTERNAL_STRIPPED {
         headers.remove(name);
@@ -62,7 +62,7 @@ pub fn admit<B>(mut request: Request<B>) -> Result<Request<B>, Refusal> {
 
 /// Whether the request asks for an upgrade the gateway does not do (anything but
 /// WebSocket), or is a CONNECT: Envoy answers it 403 once a route matched, and closes.
-pub fn refused_upgrade<B>(request: &Request<B>) -> bool {
+pub(super) fn refused_upgrade<B>(request: &Request<B>) -> bool {
     if request.method() == Method::CONNECT {
         return true;
     }
@@ -73,7 +73,7 @@ pub fn refused_upgrade<B>(request: &Request<B>) -> bool {
 }
 
 /// Envoy's answer to a refused upgrade (empty body; the connection closes after it).
-pub const REFUSED_UPGRADE_STATUS: StatusCode = StatusCode::FORBIDDEN;
+pub(super) const REFUSED_UPGRADE_STATUS: StatusCode = StatusCode::FORBIDDEN;
 
 fn upgrade_token(headers: &HeaderMap) -> Option<&[u8]> {
     headers

@@ -40,42 +40,42 @@ use crate::{
 
 /// Bodies in both directions: a request body can fail for a reason of ours (the body
 /// limit), not only hyper's.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Envoy's response flags, as its access log and Istio's metrics spell them.
-pub mod flags {
-    pub const NONE: &str = "-";
+pub(super) mod flags {
+    pub(crate) const NONE: &str = "-";
     /// No route matched.
-    pub const NO_ROUTE: &str = "NR";
+    pub(crate) const NO_ROUTE: &str = "NR";
     /// No healthy (ready) upstream endpoint.
-    pub const NO_HEALTHY_UPSTREAM: &str = "UH";
+    pub(crate) const NO_HEALTHY_UPSTREAM: &str = "UH";
     /// Upstream connection failure.
-    pub const UPSTREAM_FAILURE: &str = "UF";
+    pub(crate) const UPSTREAM_FAILURE: &str = "UF";
     /// Upstream protocol error.
-    pub const UPSTREAM_PROTOCOL_ERROR: &str = "UPE";
+    pub(crate) const UPSTREAM_PROTOCOL_ERROR: &str = "UPE";
     /// Downstream protocol error (bad request).
-    pub const DOWNSTREAM_PROTOCOL_ERROR: &str = "DPE";
+    pub(crate) const DOWNSTREAM_PROTOCOL_ERROR: &str = "DPE";
     /// The upstream closed or reset the connection before answering.
-    pub const UPSTREAM_CONNECTION_TERMINATION: &str = "UC";
+    pub(crate) const UPSTREAM_CONNECTION_TERMINATION: &str = "UC";
     /// The route's timeout (or the last per-try timeout) expired.
-    pub const UPSTREAM_REQUEST_TIMEOUT: &str = "UT";
+    pub(crate) const UPSTREAM_REQUEST_TIMEOUT: &str = "UT";
     /// Retries were exhausted; the last answer is passed on.
-    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: &str = "URX";
-    pub const UPSTREAM_FAILURE_RETRIES_EXCEEDED: &str = "UF,URX";
-    pub const UPSTREAM_CONNECTION_TERMINATION_RETRIES_EXCEEDED: &str = "UC,URX";
+    pub(crate) const UPSTREAM_RETRY_LIMIT_EXCEEDED: &str = "URX";
+    pub(crate) const UPSTREAM_FAILURE_RETRIES_EXCEEDED: &str = "UF,URX";
+    pub(crate) const UPSTREAM_CONNECTION_TERMINATION_RETRIES_EXCEEDED: &str = "UC,URX";
     /// The upstream reset the stream (HTTP/2 RST_STREAM, here REFUSED_STREAM).
-    pub const UPSTREAM_REMOTE_RESET: &str = "UR";
-    pub const UPSTREAM_REMOTE_RESET_RETRIES_EXCEEDED: &str = "UR,URX";
-    pub const UPSTREAM_REQUEST_TIMEOUT_RETRIES_EXCEEDED: &str = "UT,URX";
+    pub(crate) const UPSTREAM_REMOTE_RESET: &str = "UR";
+    pub(crate) const UPSTREAM_REMOTE_RESET_RETRIES_EXCEEDED: &str = "UR,URX";
+    pub(crate) const UPSTREAM_REQUEST_TIMEOUT_RETRIES_EXCEEDED: &str = "UT,URX";
     /// Fault injection delayed / aborted the request.
-    pub const DELAY_INJECTED: &str = "DI";
-    pub const FAULT_INJECTED: &str = "FI";
-    pub const DELAY_AND_FAULT_INJECTED: &str = "DI,FI";
+    pub(crate) const DELAY_INJECTED: &str = "DI";
+    pub(crate) const FAULT_INJECTED: &str = "FI";
+    pub(crate) const DELAY_AND_FAULT_INJECTED: &str = "DI,FI";
     /// The request body stopped arriving for the stream idle timeout.
-    pub const STREAM_IDLE_TIMEOUT: &str = "SI";
+    pub(crate) const STREAM_IDLE_TIMEOUT: &str = "SI";
     /// The cluster's connection pool limits were reached (circuit breaking).
-    pub const UPSTREAM_OVERFLOW: &str = "UO";
+    pub(crate) const UPSTREAM_OVERFLOW: &str = "UO";
 }
 
 /// Mirrored requests in flight at once (all workers); more are dropped, not queued.
@@ -109,7 +109,7 @@ const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 const SERVER_NAME: &str = "istio-envoy";
 
 /// One accepted connection and the snapshot it is served by.
-pub struct Connection {
+pub(super) struct Connection {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub snapshot: Arc<Snapshot>,
@@ -130,7 +130,7 @@ struct Outcome<'a> {
 }
 
 impl Connection {
-    pub fn new(
+    pub(super) fn new(
         peer: SocketAddr,
         local: SocketAddr,
         snapshot: Arc<Snapshot>,
@@ -151,7 +151,7 @@ impl Connection {
     }
 
     /// Upgraded connections of this connection end at `drain`'s deadline.
-    pub fn with_drain(mut self, drain: tunnel::Drain) -> Self {
+    pub(super) fn with_drain(mut self, drain: tunnel::Drain) -> Self {
         self.drain = drain;
         self
     }
@@ -165,7 +165,7 @@ impl Connection {
         }
     }
 
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+    pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let version = request.version();
         // What the access log needs from the request, kept only when there is a log (the

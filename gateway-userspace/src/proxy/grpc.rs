@@ -17,12 +17,12 @@ const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// gRPC status codes (grpc/doc/statuscodes.md) that the HTTP mapping produces.
 pub(super) mod code {
-    pub const UNKNOWN: u16 = 2;
-    pub const PERMISSION_DENIED: u16 = 7;
-    pub const UNIMPLEMENTED: u16 = 12;
-    pub const INTERNAL: u16 = 13;
-    pub const UNAVAILABLE: u16 = 14;
-    pub const UNAUTHENTICATED: u16 = 16;
+    pub(crate) const UNKNOWN: u16 = 2;
+    pub(crate) const PERMISSION_DENIED: u16 = 7;
+    pub(crate) const UNIMPLEMENTED: u16 = 12;
+    pub(crate) const INTERNAL: u16 = 13;
+    pub(crate) const UNAVAILABLE: u16 = 14;
+    pub(crate) const UNAUTHENTICATED: u16 = 16;
 }
 
 /// Put on every response the gateway produces itself (as an HTTP response extension), so

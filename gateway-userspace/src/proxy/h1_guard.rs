@@ -105,7 +105,7 @@ struct Origin {
     local: SocketAddr,
 }
 
-pub struct H1Guard<S> {
+pub(super) struct H1Guard<S> {
     inner: S,
     state: State,
     /// Bytes held back: the head or chunk-size line being read.
@@ -203,7 +203,12 @@ impl PendingUpgrade {
 }
 
 impl<S> H1Guard<S> {
-    pub fn new(inner: S, ctx: &Arc<ProxyContext>, peer: SocketAddr, local: SocketAddr) -> Self {
+    pub(super) fn new(
+        inner: S,
+        ctx: &Arc<ProxyContext>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
         let origin = Origin {
             ctx: ctx.clone(),
             peer,

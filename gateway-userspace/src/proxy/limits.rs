@@ -18,21 +18,21 @@ use super::{ProxyContext, forward::flags};
 /// Slowloris guard: once a request head has begun, the client gets this long to finish
 /// it (Envoy's `request_headers_timeout` is off by default; a gateway facing the
 /// internet needs one, and 10 s covers the slowest honest client).
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A keep-alive connection with no request in flight is closed after this long:
 /// Envoy's connection manager `idle_timeout` default, which Istio's gateway keeps (1 h).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+pub(super) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// An HTTP stream (a request body still arriving, a response still being sent, an
 /// upgraded WebSocket) with no bytes either way for this long is closed: Envoy's
 /// `stream_idle_timeout` default (5 min).
-pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub(super) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// A TCP or TLS-passthrough stream with no bytes either way for this long is closed:
 /// Envoy's tcp_proxy `idle_timeout` default (1 h).
-pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+pub(super) const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// The copy of a request body kept so that a retry or a mirror can send it again; a body
 /// that outgrows it is still forwarded, once, without retries (Istio's gateway buffers
 /// at most 32 KiB per request for replay).
-pub const DEFAULT_MAX_REPLAY_BODY_BYTES: u64 = 32 * 1024;
+pub(super) const DEFAULT_MAX_REPLAY_BODY_BYTES: u64 = 32 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -70,7 +70,7 @@ impl Default for Limits {
 /// the source of its error, so the proxy answers 413 instead of 400.
 #[derive(Debug, Error)]
 #[error("request body larger than {limit} bytes")]
-pub struct BodyTooLarge {
+pub(super) struct BodyTooLarge {
     pub limit: u64,
 }
 
@@ -78,7 +78,7 @@ pub struct BodyTooLarge {
 /// (408 `SI` before any answer, else a reset) and its upstream request is aborted.
 #[derive(Debug, Error)]
 #[error("no request body bytes for {0:?}")]
-pub struct StreamIdleTimeout(pub Duration);
+pub(super) struct StreamIdleTimeout(pub Duration);
 
 impl ProxyContext {
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -89,7 +89,7 @@ impl ProxyContext {
 
 /// A request whose declared `Content-Length` is over the body limit: answered 413
 /// before anything reaches an upstream.
-pub fn declared_body_too_large<B>(request: &Request<B>, limits: &Limits) -> bool {
+pub(super) fn declared_body_too_large<B>(request: &Request<B>, limits: &Limits) -> bool {
     let Some(limit) = limits.max_request_body_bytes else {
         return false;
     };
@@ -102,12 +102,12 @@ pub fn declared_body_too_large<B>(request: &Request<B>, limits: &Limits) -> bool
 }
 
 /// Envoy's body for its 413 (the status's reason phrase).
-pub const PAYLOAD_TOO_LARGE_BODY: &str = "Payload Too Large";
+pub(super) const PAYLOAD_TOO_LARGE_BODY: &str = "Payload Too Large";
 
 /// How a client's request body broke off, shared by the body (which sees the error)
 /// and the request's handler (which answers for it once the upstream try failed).
 #[derive(Debug, Default)]
-pub struct BodyFailure(AtomicU8);
+pub(super) struct BodyFailure(AtomicU8);
 
 const BODY_INTACT: u8 = 0;
 const BODY_BROKEN: u8 = 1;
@@ -115,7 +115,7 @@ const BODY_TOO_LARGE: u8 = 2;
 const BODY_IDLE: u8 = 3;
 
 impl BodyFailure {
-    pub fn record(&self, error: &(dyn Error + 'static)) {
+    pub(super) fn record(&self, error: &(dyn Error + 'static)) {
         let what = if is_body_too_large(error) {
             BODY_TOO_LARGE
         } else if error.is::<StreamIdleTimeout>() {
@@ -129,7 +129,7 @@ impl BodyFailure {
     /// The answer to the client when its body broke off: status, body, response flags.
     /// 400 for a malformed or truncated body (a downstream protocol error), 413 for one
     /// cut at the body limit, 408 `SI` (Envoy's "stream timeout") for one that stopped.
-    pub fn answer(&self) -> Option<(StatusCode, &'static str, &'static str)> {
+    pub(super) fn answer(&self) -> Option<(StatusCode, &'static str, &'static str)> {
         match self.0.load(Ordering::Relaxed) {
             BODY_INTACT => None,
             BODY_TOO_LARGE => Some((
@@ -152,7 +152,7 @@ impl BodyFailure {
 }
 
 /// Whether `error` (a request body's error, through its sources) is the guard's cut.
-pub fn is_body_too_large(error: &(dyn Error + 'static)) -> bool {
+pub(super) fn is_body_too_large(error: &(dyn Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(e) = current {
         if e.is::<BodyTooLarge>() {

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum PathError {
+pub(super) enum PathError {
     #[error("`%` not followed by two hex digits at byte {0}")]
     BadEscape(usize),
     #[error("percent-encoded NUL at byte {0}")]
@@ -20,7 +20,7 @@ pub enum PathError {
 
 /// The normalized form of `path` (origin-form, without the query); borrowed when the
 /// path is already normal.
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+pub(super) fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     let decoded = decode(path)?;
     let normal = remove_dot_segments(&decoded);
     if normal == path.as_bytes() {

@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// The Location of a redirect for a request to `scheme://authority/path_and_query`.
-pub fn redirect_location(
+pub(super) fn redirect_location(
     redirect: &Redirect,
     scheme: &str,
     authority: &str,
@@ -45,7 +45,7 @@ fn is_default_port(scheme: &str, port: u16) -> bool {
 }
 
 /// `host:port` → (host, port); IPv6 literals keep their brackets.
-pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+pub(super) fn split_authority(authority: &str) -> (&str, Option<u16>) {
     match authority.rsplit_once(':') {
         Some((host, port)) if !port.contains(']') => match port.parse() {
             Ok(port) => (host, Some(port)),
@@ -57,7 +57,7 @@ pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
 
 /// Applies a path rewrite to a path with its query; the query is kept unless the
 /// replacement brings its own.
-pub fn rewrite_path_and_query(
+pub(super) fn rewrite_path_and_query(
     rewrite: &PathRewrite,
     path_and_query: &str,
     matches: &[RequestMatch],
@@ -121,7 +121,10 @@ enum MatchedPrefix {
 }
 
 /// The request's Origin when the CORS policy allows it.
-pub fn allowed_origin<'h>(cors: &CorsPolicy, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+pub(super) fn allowed_origin<'h>(
+    cors: &CorsPolicy,
+    headers: &'h HeaderMap,
+) -> Option<&'h HeaderValue> {
     let origin = headers.get(header::ORIGIN)?;
     let text = origin.to_str().ok()?;
     cors.allow_origins
@@ -130,14 +133,14 @@ pub fn allowed_origin<'h>(cors: &CorsPolicy, headers: &'h HeaderMap) -> Option<&
         .then_some(origin)
 }
 
-pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+pub(super) fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
     method == Method::OPTIONS
         && headers.contains_key(header::ORIGIN)
         && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// Headers of a preflight answer for an allowed origin.
-pub fn preflight_headers(cors: &CorsPolicy, origin: &HeaderValue, headers: &mut HeaderMap) {
+pub(super) fn preflight_headers(cors: &CorsPolicy, origin: &HeaderValue, headers: &mut HeaderMap) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     let mut set = |name, value: &str| {
         if !value.is_empty()
@@ -157,7 +160,11 @@ pub fn preflight_headers(cors: &CorsPolicy, origin: &HeaderValue, headers: &mut 
 }
 
 /// Headers added to an actual (non-preflight) response for an allowed origin.
-pub fn cors_response_headers(cors: &CorsPolicy, origin: &HeaderValue, headers: &mut HeaderMap) {
+pub(super) fn cors_response_headers(
+    cors: &CorsPolicy,
+    origin: &HeaderValue,
+    headers: &mut HeaderMap,
+) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     if cors.allow_credentials {
         headers.insert(
@@ -174,7 +181,7 @@ pub fn cors_response_headers(cors: &CorsPolicy, origin: &HeaderValue, headers: &
 
 /// How one try failed, in the terms `retry_on` speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TryFailure {
+pub(super) enum TryFailure {
     ConnectFailure,
     /// Closed or reset before a response.
     Reset,
@@ -188,7 +195,7 @@ pub enum TryFailure {
     Overflow,
 }
 
-pub fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
+pub(super) fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
     match failure {
         TryFailure::ConnectFailure => on.connect_failure || on.gateway_error || on.server_error,
         TryFailure::Reset => on.reset || on.server_error,
@@ -200,7 +207,7 @@ pub fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
     }
 }
 
-pub fn retriable_status(on: &RetryOn, status: StatusCode) -> bool {
+pub(super) fn retriable_status(on: &RetryOn, status: StatusCode) -> bool {
     let code = status.as_u16();
     (on.server_error && status.is_server_error())
         || (on.gateway_error && matches!(code, 502..=504))
@@ -209,7 +216,7 @@ pub fn retriable_status(on: &RetryOn, status: StatusCode) -> bool {
 }
 
 /// True for `percentage` percent of calls.
-pub fn chance(percentage: f64) -> bool {
+pub(super) fn chance(percentage: f64) -> bool {
     percentage >= 100.0 || fastrand::f64() * 100.0 < percentage
 }
 

@@ -22,20 +22,20 @@ use tokio::{
 /// WebSocket close frame, status 1001 (going away), server to client (unmasked).
 const CLOSE_GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 /// How long the close frames get to go out at the drain deadline.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The listener's drain deadline, as seen by the connections it accepted: true once it
 /// has passed (or the listener is gone).
 #[derive(Clone, Debug, Default)]
-pub struct Drain(Option<watch::Receiver<bool>>);
+pub(super) struct Drain(Option<watch::Receiver<bool>>);
 
 impl Drain {
-    pub fn new(deadline: watch::Receiver<bool>) -> Self {
+    pub(super) fn new(deadline: watch::Receiver<bool>) -> Self {
         Drain(Some(deadline))
     }
 
     /// Resolves at the drain deadline; never for a connection without a listener's.
-    pub async fn deadline(&mut self) {
+    pub(super) async fn deadline(&mut self) {
         match &mut self.0 {
             // A dropped sender means the listener finished draining: the deadline passed.
             Some(deadline) => {
@@ -48,7 +48,7 @@ impl Drain {
 
 /// What a tunnel needs besides its two ends.
 #[derive(Clone, Debug)]
-pub struct Clocks {
+pub(super) struct Clocks {
     pub idle: Duration,
     pub drain: Drain,
     /// The tunnel carries WebSocket frames: it gets close frames at the drain deadline.
@@ -57,7 +57,7 @@ pub struct Clocks {
 
 /// Why a tunnel ended.
 #[derive(Debug)]
-pub enum Ending {
+pub(super) enum Ending {
     /// One side closed; bytes sent downstream-to-upstream and back.
     Closed {
         sent: u64,
@@ -72,7 +72,7 @@ pub enum Ending {
 
 /// Copies both ways between `downstream` (the client) and `upstream` until one closes,
 /// the tunnel idles out, or the drain deadline passes.
-pub async fn run<D, U>(downstream: &mut D, upstream: &mut U, mut clocks: Clocks) -> Ending
+pub(super) async fn run<D, U>(downstream: &mut D, upstream: &mut U, mut clocks: Clocks) -> Ending
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,

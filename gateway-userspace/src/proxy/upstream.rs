@@ -428,7 +428,7 @@ fn classify(error: &hyper::Error) -> TryFailure {
 /// An upstream response body that gives its HTTP/1.1 connection back to the pool once
 /// the body has been read to its end (a body dropped half-read closes the connection,
 /// as its framing is lost), and counts as a request in flight until then.
-pub struct UpstreamBody {
+pub(super) struct UpstreamBody {
     inner: Incoming,
     endpoint: SocketAddr,
     connection: Option<Pooled<http1::SendRequest<ProxyBody>>>,
