@@ -201,8 +201,21 @@ impl Gateway {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// The access log so far. gatewayd writes it from a thread of its own, a moment
+    /// after the answer went out: wait until the file has stopped growing (up to 3 s), so
+    /// a test that just got its answer sees that request's line.
     pub fn access_log(&self) -> String {
-        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+        let read = || std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
+        let give_up = Instant::now() + Duration::from_secs(3);
+        let mut log = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let again = read();
+            if again == log || Instant::now() > give_up {
+                return again;
+            }
+            log = again;
+        }
     }
 
     /// GET on one of the admin addresses (inside the daemon's namespace if it has one).

@@ -62,6 +62,9 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes a client may send after an upgrade request before it is answered; beyond it the
 /// guard stops reading until the answer decides what they are.
 const MAX_PENDING_UPGRADE: usize = 64 * 1024;
+/// Largest read of request-body bytes (nginx's default `client_body_buffer_size` on
+/// 64-bit systems): hyper's read buffer grows only when a read fills it.
+const BODY_READ_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug)]
 enum State {
@@ -768,7 +771,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
             // Read into the caller's buffer, then take the new bytes back out through
             // the framing check: no buffer of our own lives between reads.
             let before = buf.filled().len();
-            if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_pending() {
+            if matches!(this.state, State::Body(_) | State::ChunkData(_))
+                && buf.remaining() > BODY_READ_CHUNK
+            {
+                // hyper grows its read buffer whenever a read fills it and keeps it
+                // grown: a client that bursts its body and then stalls would leave its
+                // connection holding that buffer. Body reads come in bounded pieces.
+                let mut window = ReadBuf::new(buf.initialize_unfilled_to(BODY_READ_CHUNK));
+                if Pin::new(&mut this.inner)
+                    .poll_read(cx, &mut window)?
+                    .is_pending()
+                {
+                    return this.poll_deadline(cx);
+                }
+                let read = window.filled().len();
+                buf.advance(read);
+            } else if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_pending() {
                 return this.poll_deadline(cx);
             }
             let filled = buf.filled().len() - before;
