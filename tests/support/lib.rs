@@ -7,7 +7,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicU32, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -49,12 +49,32 @@ pub fn gatewayd_bin() -> PathBuf {
     binary("GATEWAYD_BIN", "gatewayd")
 }
 
-/// A port that was free a moment ago (bind to 0, read, release).
+/// A port that is free now and that no outgoing connection can take before the daemon
+/// binds it: below the kernel's ephemeral range (`ip_local_port_range`), where only
+/// explicit binds land. (A port found by binding to 0 is an ephemeral one: with the
+/// hostile-client tests' thousands of connections, a `connect()` took such a port as its
+/// local port before gatewayd bound it, and the test failed with EADDRINUSE.) Each call
+/// in a test run gives a new port, so no test meets an earlier one's lingering sockets.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_start.saturating_sub(LOWEST).max(1);
+    // Different test processes (the e2e run, a developer's second run) start apart.
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port below the ephemeral range");
+        let port = u16::try_from(LOWEST + (offset + n) % span).expect("ports fit in u16");
+        if TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// Builds `Command`s that run inside a network namespace when given one.
