@@ -253,17 +253,7 @@ impl<'a> Compiler<'a> {
                 .map_err(|e| e.to_string());
             let credential = format!("Secret {}", name_of(&secret.resource.metadata));
             let place = self.server_place(server, "tls.credentialName");
-            match self.credential(
-                credential,
-                &server_name(server),
-                loaded,
-                place,
-                SERVER_UNSERVED,
-                served,
-            )? {
-                Credential::Served(key) => certificates.push(key),
-                Credential::ClientCa(_) => return None,
-            }
+            certificates.push(self.served_key(server, credential, loaded, place, served)?);
             if client_ca.is_none() && mode != "SIMPLE" {
                 client_ca = self.secret_ca(server, &secret.resource, name, served)?;
             }
@@ -279,17 +269,7 @@ impl<'a> Compiler<'a> {
                 });
                 let credential = format!("file {cert_path} (key {key_path})");
                 let place = self.server_place(server, "tls.serverCertificate");
-                match self.credential(
-                    credential,
-                    &server_name(server),
-                    loaded,
-                    place,
-                    SERVER_UNSERVED,
-                    served,
-                )? {
-                    Credential::Served(key) => certificates.push(key),
-                    Credential::ClientCa(_) => return None,
-                }
+                certificates.push(self.served_key(server, credential, loaded, place, served)?);
             }
             _ => {}
         }
@@ -436,6 +416,23 @@ impl<'a> Compiler<'a> {
     /// A credential as loaded now or, when that failed, the version the live
     /// configuration serves. None: neither; the server must not be served. Every
     /// failure is a warning and a problem in the staged report.
+    /// A server's certificate and key through `credential`: None when neither this
+    /// version nor a last good one can be served (the server is then left out).
+    fn served_key(
+        &mut self,
+        server: &ServerRef<'_>,
+        credential: String,
+        loaded: Result<Credential, String>,
+        place: Diagnostic,
+        served: &mut Vec<ServedCredential>,
+    ) -> Option<Arc<CertifiedKey>> {
+        let server = server_name(server);
+        match self.credential(credential, &server, loaded, place, SERVER_UNSERVED, served)? {
+            Credential::Served(key) => Some(key),
+            Credential::ClientCa(_) => None,
+        }
+    }
+
     fn credential(
         &mut self,
         name: String,
