@@ -32,9 +32,7 @@ use tracing::{debug, info, warn};
 
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
-use crate::{
-    connections::ConnectionLimit, logging::LogLevel, metrics::Metrics, snapshot::Snapshot,
-};
+use crate::{connections::ConnectionLimit, logging::LogLevel, metrics::Metrics, runtime::Live};
 
 /// Which endpoints an address serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +47,8 @@ pub struct AdminState {
     /// True once listeners are bound, false again when draining.
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
-    pub snapshots: Arc<ArcSwap<Snapshot>>,
+    /// The live configuration, for `/config_dump`.
+    pub live: Arc<ArcSwap<Live>>,
     /// The live log filter; None when logging was set up elsewhere (tests).
     pub log_level: Option<LogLevel>,
     /// Time for a request head, and idle time allowed between requests.
@@ -161,7 +160,7 @@ fn respond(
             response
         }
         (Surface::Admin, "/config_dump") => {
-            match serde_json::to_string_pretty(&**state.snapshots.load()) {
+            match serde_json::to_string_pretty(&*state.live.load().snapshot) {
                 Ok(json) => {
                     let mut response = text(StatusCode::OK, &json);
                     response.headers_mut().insert(

@@ -71,6 +71,8 @@ pub fn compile_with(
         identity,
         diagnostics: Diagnostics::default(),
         clusters: HashMap::new(),
+        cluster_list: Vec::new(),
+        endpoint_lists: Vec::new(),
         tls,
         credentials: Default::default(),
     };
@@ -87,6 +89,9 @@ struct Compiler<'a> {
     diagnostics: Diagnostics,
     /// Clusters are shared between routes that name the same service port.
     clusters: HashMap<String, Arc<Cluster>>,
+    /// The same clusters by id, and their endpoints (`Snapshot::clusters`, `endpoints`).
+    cluster_list: Vec<Arc<Cluster>>,
+    endpoint_lists: Vec<Arc<[std::net::SocketAddr]>>,
     tls: &'a crate::tls::TlsState,
     /// The credentials this compile loaded or kept, staged in `tls` at the end.
     credentials: tls::CompiledCredentials,
@@ -165,7 +170,9 @@ impl<'a> Compiler<'a> {
             .map(|l| l.bind_port)
             .collect();
         Snapshot {
-            listeners,
+            listeners: Arc::new(listeners),
+            clusters: std::mem::take(&mut self.cluster_list),
+            endpoints: std::mem::take(&mut self.endpoint_lists),
             kernel: KernelPolicy {
                 ports: kernel_ports,
                 tls_ports,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod route_table;
+pub mod runtime;
 pub mod snapshot;
 pub mod tls;
 pub mod workers;

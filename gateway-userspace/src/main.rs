@@ -27,6 +27,7 @@ use gateway::{
     metrics::{InterfaceLabels, Metrics, SharedKernelPath},
     proxy::{AccessLogFormat, Limits, ProxyContext},
     reload::{ChangeWatch, ConfigSource, Reloader},
+    runtime::Live,
     snapshot::{RouteAction, Snapshot},
     tls::{TlsState, Transport},
     workers::{self, Workers},
@@ -250,7 +251,7 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for listener in &snapshot.listeners {
+    for listener in snapshot.listeners.iter() {
         let node_port = listener
             .node_port
             .map_or_else(String::new, |n| format!(", nodePort {n}"));
@@ -289,9 +290,8 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
                 match &route.action {
                     RouteAction::Forward(forward) => {
                         for c in &forward.clusters {
-                            let endpoints: Vec<String> = c
-                                .cluster
-                                .endpoints
+                            let endpoints: Vec<String> = snapshot
+                                .endpoints_of(&c.cluster)
                                 .iter()
                                 .map(ToString::to_string)
                                 .collect();
@@ -393,7 +393,7 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         }
     }
 
-    let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
+    let live = Arc::new(ArcSwap::from_pointee(Live::new(Arc::new(snapshot))));
     gateway::reload::report_credentials(&metrics, &source.tls.credentials.commit());
     let limits = limits(&args);
     let max_connections = limits
@@ -401,7 +401,7 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         .unwrap_or_else(|| connections::default_max_connections(descriptors));
     info!(max_connections, "downstream connection limit");
     let ctx = Arc::new(
-        ProxyContext::new(snapshots.clone(), metrics.clone(), args.access_log)
+        ProxyContext::new(live.clone(), metrics.clone(), args.access_log)
             .with_limits(limits)
             .with_connection_limit(max_connections),
     );
@@ -412,12 +412,12 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         workers.handles().to_vec(),
         args.drain_timeout,
     ));
-    let bound = listeners.bind_new(&snapshots.load()).await?;
+    let bound = listeners.bind_new(&live.load().snapshot).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let admin_state = AdminState {
         ready: ready.clone(),
         metrics: metrics.clone(),
-        snapshots: snapshots.clone(),
+        live: live.clone(),
         log_level: Some(log_level),
         head_timeout: limits.header_read_timeout,
     };
@@ -434,12 +434,12 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         tokio::spawn(admin::serve(listener, surface, admin_state.clone()));
     }
 
-    listeners.start(bound, &snapshots.load());
+    listeners.start(bound, &live.load().snapshot);
     if args.node_ports {
         let steered = kernel.lock().is_ok_and(|k| k.is_some());
-        match gateway::reload::steer_node_ports(&kernel, &snapshots.load(), &listeners) {
+        match gateway::reload::steer_node_ports(&kernel, &live.load().snapshot, &listeners) {
             Ok(()) if steered => {
-                info!(node_ports = ?snapshots.load().kernel.node_ports, "node ports steered to the listeners")
+                info!(node_ports = ?live.load().snapshot.kernel.node_ports, "node ports steered to the listeners")
             }
             Ok(()) => warn!(
                 "--node-ports needs the kernel path (sk_lookup), which is unavailable: node ports are not served"
@@ -452,7 +452,8 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     let (shutdown, shutdown_rx) = watch::channel(false);
     let reloader = Reloader {
         source,
-        snapshots: snapshots.clone(),
+        live: live.clone(),
+        retired: Default::default(),
         listeners: listeners.clone(),
         kernel: kernel.clone(),
         metrics: metrics.clone(),

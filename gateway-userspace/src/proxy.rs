@@ -1,6 +1,6 @@
 //! Serving: one accept loop per listener, HTTP/1.1 and h2c on every connection (told
-//! apart by the HTTP/2 preface), each request routed by the snapshot the connection
-//! started with and forwarded to an upstream endpoint.
+//! apart by the HTTP/2 preface), each request routed by the configuration live when it
+//! arrives and forwarded to an upstream endpoint.
 
 mod access_log;
 mod edge_headers;
@@ -36,7 +36,7 @@ pub use access_log::{AccessLogFormat, access_log_dropped, flush_access_log};
 pub use h1_guard::fuzzing as h1_fuzzing;
 pub use limits::Limits;
 
-use crate::{metrics::Metrics, snapshot::Snapshot};
+use crate::{metrics::Metrics, runtime::Live};
 
 /// Backlog of each listening socket: bursts of new connections queue in the kernel.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -65,7 +65,8 @@ pub enum ProxyError {
 
 /// What every connection handler shares.
 pub struct ProxyContext {
-    pub snapshots: Arc<ArcSwap<Snapshot>>,
+    /// The configuration and cluster state every request reads (swapped by reloads).
+    pub live: Arc<ArcSwap<Live>>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLogFormat,
     /// Timeouts and the body limit (set with `with_limits`).
@@ -78,13 +79,13 @@ pub struct ProxyContext {
 
 impl ProxyContext {
     pub fn new(
-        snapshots: Arc<ArcSwap<Snapshot>>,
+        live: Arc<ArcSwap<Live>>,
         metrics: Arc<Metrics>,
         access_log: AccessLogFormat,
     ) -> Self {
         ProxyContext {
             connections: crate::connections::ConnectionLimit::unlimited(&metrics),
-            snapshots,
+            live,
             metrics,
             access_log,
             limits: Limits::default(),
@@ -183,10 +184,10 @@ pub async fn serve(
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], bind_port)));
         let _ = stream.set_nodelay(true);
-        // The connection keeps the snapshot it started with, whatever reloads happen.
-        let snapshot = ctx.snapshots.load_full();
         // HTTPS, TLS and TCP listeners: SNI, termination, passthrough (proxy/tls.rs).
-        if let Some(transport) = snapshot
+        let live = ctx.live.load_full();
+        if let Some(transport) = live
+            .snapshot
             .listeners
             .iter()
             .find(|l| l.bind_port == bind_port)
@@ -196,7 +197,7 @@ pub async fn serve(
                 stream,
                 peer,
                 local,
-                snapshot,
+                live,
                 transport,
                 ctx: ctx.clone(),
                 drain: drain.clone(),
@@ -210,8 +211,9 @@ pub async fn serve(
             );
             continue;
         }
-        let connection = forward::Connection::new(peer, local, snapshot, ctx.clone(), None)
-            .with_drain(drain.clone());
+        drop(live);
+        let connection =
+            forward::Connection::new(peer, local, ctx.clone(), None).with_drain(drain.clone());
         let connection = Arc::new(connection);
         let service = service_fn(move |request| {
             let connection = connection.clone();

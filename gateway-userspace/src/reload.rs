@@ -37,6 +37,7 @@ use crate::{
     listeners::ListenerSet,
     metrics::{CredentialLabels, Metrics, ReloadLabels, SharedKernelPath},
     proxy::ProxyError,
+    runtime::Live,
     snapshot::Snapshot,
     tls::{TlsState, credentials::CredentialReport},
 };
@@ -231,10 +232,37 @@ pub fn steer_node_ports(
     }
 }
 
+/// How often replaced configurations are checked for release.
+const RETIRED_SWEEP: Duration = Duration::from_secs(1);
+
+/// Replaced configurations, kept until no request holds them any more, so that the last
+/// reference is dropped here on the control thread: freeing a large route table costs
+/// milliseconds that would otherwise land on whichever worker's request let go last.
+#[derive(Default)]
+pub struct Retired(Mutex<Vec<Arc<Live>>>);
+
+impl Retired {
+    fn retire(&self, live: Arc<Live>) {
+        let mut retired = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.retain(|old| Arc::strong_count(old) > 1);
+        retired.push(live);
+    }
+
+    /// Drops what no request holds any more.
+    pub fn sweep(&self) {
+        let mut retired = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.retain(|old| Arc::strong_count(old) > 1);
+    }
+}
+
 /// Everything a reload touches.
 pub struct Reloader {
     pub source: ConfigSource,
-    pub snapshots: Arc<ArcSwap<Snapshot>>,
+    /// The configuration and cluster state the proxy reads.
+    pub live: Arc<ArcSwap<Live>>,
+    /// Replaced configurations that requests may still hold; start with
+    /// `Default::default()`. See `Retired`.
+    pub retired: Retired,
     pub listeners: Arc<ListenerSet>,
     pub kernel: SharedKernelPath,
     pub metrics: Arc<Metrics>,
@@ -259,7 +287,7 @@ impl Reloader {
         let bound = self.listeners.bind_new(&snapshot).await?;
         let added = bound.ports();
         let snapshot = Arc::new(snapshot);
-        self.snapshots.store(snapshot.clone());
+        self.publish(snapshot.clone());
         let credentials = self.source.tls.credentials.commit();
         report_credentials(&self.metrics, &credentials);
         self.listeners.start(bound, &snapshot);
@@ -295,6 +323,14 @@ impl Reloader {
             );
         }
         Ok(failing)
+    }
+
+    /// Makes `snapshot` the live configuration, carrying over the cluster state of the
+    /// one it replaces.
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        let next = self.live.load().succeed(snapshot);
+        let previous = self.live.swap(Arc::new(next));
+        self.retired.retire(previous);
     }
 
     /// Reloads, and reports the outcome in logs and metrics; never stops serving.
@@ -349,9 +385,14 @@ impl Reloader {
                 let _ = cache.load(&paths);
             })
             .await;
+            let mut sweep = tokio::time::interval(RETIRED_SWEEP);
             loop {
                 let cause = tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = sweep.tick() => {
+                        self.retired.sweep();
+                        continue;
+                    }
                     Some(()) = changed.recv() => "file change",
                     Some(()) = hangup.recv() => "SIGHUP",
                 };

@@ -2,29 +2,60 @@
 //! the proxy (listeners, route tables, clusters) and the kernel loader (ports).
 //! A new one is built away from the hot path and swapped in whole.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 use serde::{Serialize, Serializer};
 
 use crate::{
-    connection_pool::{CircuitBreakers, ConnectionPool},
+    connection_pool::ConnectionPool,
     route_table::{RouteTable, StringMatcher},
 };
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Snapshot {
-    pub listeners: Vec<Listener>,
+    /// Shared with the snapshots that endpoint updates derive from this one.
+    pub listeners: Arc<Vec<Listener>>,
+    /// Every cluster a route names, by `Cluster::id`.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Each cluster's ready endpoints, by `Cluster::id`: what an endpoint update replaces.
+    pub endpoints: Vec<Arc<[SocketAddr]>>,
     /// What the kernel programs are told; derived from `listeners`.
     pub kernel: KernelPolicy,
+}
+
+impl Snapshot {
+    /// The ready endpoints of `cluster`, a cluster of this snapshot.
+    pub fn endpoints_of(&self, cluster: &Cluster) -> &[SocketAddr] {
+        self.endpoints.get(cluster.id).map_or(&[], |e| e)
+    }
+}
+
+/// `/config_dump` and `routes --json`: the listeners, then each cluster's endpoints
+/// under its name.
+impl Serialize for Snapshot {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        #[derive(Serialize)]
+        struct ClusterEndpoints<'a> {
+            name: &'a str,
+            endpoints: &'a [SocketAddr],
+        }
+        let clusters: Vec<ClusterEndpoints<'_>> = self
+            .clusters
+            .iter()
+            .map(|c| ClusterEndpoints {
+                name: &c.name,
+                endpoints: self.endpoints_of(c),
+            })
+            .collect();
+        let mut out = serializer.serialize_struct("Snapshot", 3)?;
+        out.serialize_field("listeners", &*self.listeners)?;
+        out.serialize_field("clusters", &clusters)?;
+        out.serialize_field("kernel", &self.kernel)?;
+        out.end()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -417,16 +448,23 @@ pub struct OutlierDetection {
 /// Istio's default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A service port and its ready endpoints, named as Envoy names clusters
-/// (`outbound|8000||httpbin.default.svc.cluster.local`) so metrics and logs read alike.
+/// A service port (or ServiceEntry host) and how to reach it, named as Envoy names
+/// clusters (`outbound|8000||httpbin.default.svc.cluster.local`) so metrics and logs read
+/// alike. Its ready endpoints are kept apart, in `Snapshot::endpoints`, so that an
+/// endpoint update replaces them without touching the routes that name the cluster.
 #[derive(Debug, Serialize)]
 pub struct Cluster {
+    /// Position in `Snapshot::clusters` and `Snapshot::endpoints`.
+    #[serde(skip)]
+    pub id: usize,
     pub name: String,
     /// The destination host as Istio reports it (`httpbin.default.svc.cluster.local`).
     pub service: String,
     pub service_name: String,
     pub service_namespace: String,
-    pub endpoints: Vec<SocketAddr>,
+    /// Where the endpoints come from, for endpoint updates.
+    #[serde(skip)]
+    pub endpoint_source: EndpointSource,
     pub protocol: UpstreamProtocol,
     pub load_balancer: LoadBalancer,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -438,25 +476,38 @@ pub struct Cluster {
     /// DestinationRule `connectionPool` limits (unlimited unless set).
     #[serde(skip_serializing_if = "ConnectionPool::is_unlimited")]
     pub connection_pool: ConnectionPool,
-    /// What this cluster has in flight, counted against `connection_pool`.
-    #[serde(skip)]
-    pub breakers: Arc<CircuitBreakers>,
-    #[serde(skip)]
-    next: AtomicUsize,
-    /// Per endpoint (same index as `endpoints`): in-flight requests and health.
-    #[serde(skip)]
-    state: Vec<EndpointState>,
-    /// This destination's request metrics, resolved once per label set.
-    #[serde(skip)]
-    pub stats: crate::metrics::RequestStatsCache,
 }
 
-#[derive(Debug, Default)]
-struct EndpointState {
-    active: AtomicUsize,
-    consecutive_errors: AtomicU32,
-    /// Milliseconds since `process_epoch()` until which the endpoint is ejected.
-    ejected_until_ms: AtomicU64,
+/// Where a cluster's endpoints come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// Written in the configuration itself (ServiceEntry endpoints), or none at all.
+    #[default]
+    Fixed,
+    /// The ready endpoints of a Service port: its EndpointSlices, else its Endpoints.
+    Service {
+        namespace: String,
+        name: String,
+        /// The Service port's name, which EndpointSlice ports carry.
+        port_name: String,
+        /// The target port when a slice does not name the port (None for a named
+        /// targetPort, which only the slices resolve).
+        fallback_port: Option<u16>,
+        /// A DestinationRule subset's labels, matched against the slices' labels.
+        subset_labels: Option<BTreeMap<String, String>>,
+    },
+}
+
+impl EndpointSource {
+    /// The Service (namespace, name) whose endpoint objects feed this cluster.
+    pub fn service(&self) -> Option<(&str, &str)> {
+        match self {
+            EndpointSource::Fixed => None,
+            EndpointSource::Service {
+                namespace, name, ..
+            } => Some((namespace, name)),
+        }
+    }
 }
 
 impl Cluster {
@@ -465,168 +516,21 @@ impl Cluster {
         service_name: String,
         service_namespace: String,
         port: u16,
-        endpoints: Vec<SocketAddr>,
     ) -> Self {
-        let state = endpoints.iter().map(|_| EndpointState::default()).collect();
         Cluster {
+            id: 0,
             name: format!("outbound|{port}||{service}"),
             service,
             service_name,
             service_namespace,
-            endpoints,
+            endpoint_source: EndpointSource::Fixed,
             protocol: UpstreamProtocol::default(),
             load_balancer: LoadBalancer::default(),
             outlier_detection: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             connection_pool: ConnectionPool::default(),
-            breakers: Arc::default(),
-            next: AtomicUsize::new(0),
-            state,
-            stats: Default::default(),
         }
     }
-
-    /// One endpoint by the load balancer; None when there are none (503).
-    pub fn pick(&self) -> Option<SocketAddr> {
-        self.pick_endpoint().map(|picked| picked.addr)
-    }
-
-    /// One endpoint by the load balancer, skipping ejected endpoints (all of them are
-    /// candidates again when every one is ejected, as Envoy's panic threshold does).
-    /// The returned guard counts the request as in flight until it is dropped.
-    pub fn pick_endpoint(&self) -> Option<PickedEndpoint<'_>> {
-        self.pick_endpoint_avoiding(&[])
-    }
-
-    /// Like `pick_endpoint`, but skipping the endpoints a request already tried while
-    /// others are left: Istio's retries carry Envoy's `previous_hosts` predicate, so a
-    /// retry goes to another endpoint when there is one.
-    pub fn pick_endpoint_avoiding(&self, tried: &[usize]) -> Option<PickedEndpoint<'_>> {
-        let count = self.endpoints.len();
-        if count == 0 {
-            return None;
-        }
-        let now = now_ms();
-        let healthy = |i: usize| {
-            self.state
-                .get(i)
-                .is_none_or(|s| s.ejected_until_ms.load(Ordering::Relaxed) <= now)
-        };
-        let fresh = |i: usize| !tried.contains(&i);
-        // The strictest filter that leaves someone: healthy and untried, healthy, anyone.
-        let any_fresh_healthy = (0..count).any(|i| healthy(i) && fresh(i));
-        let any_healthy = any_fresh_healthy || (0..count).any(healthy);
-        let candidate = |i: usize| {
-            if any_fresh_healthy {
-                healthy(i) && fresh(i)
-            } else {
-                !any_healthy || healthy(i)
-            }
-        };
-        let index = match self.load_balancer {
-            _ if count == 1 => 0,
-            LoadBalancer::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..count)
-                    .map(|k| (start + k) % count)
-                    .find(|&i| candidate(i))
-                    .unwrap_or(start % count)
-            }
-            LoadBalancer::Random => {
-                let start = fastrand::usize(..count);
-                (0..count)
-                    .map(|k| (start + k) % count)
-                    .find(|&i| candidate(i))
-                    .unwrap_or(start)
-            }
-            LoadBalancer::LeastRequest => {
-                // Power of two choices among candidates.
-                let active = |i: usize| {
-                    self.state
-                        .get(i)
-                        .map_or(0, |s| s.active.load(Ordering::Relaxed))
-                };
-                let first = fastrand::usize(..count);
-                let second = (first + 1 + fastrand::usize(..count - 1)) % count;
-                match (candidate(first), candidate(second)) {
-                    (true, true) if active(second) < active(first) => second,
-                    (true, _) => first,
-                    (false, true) => second,
-                    (false, false) => (0..count).find(|&i| candidate(i)).unwrap_or(first),
-                }
-            }
-        };
-        let addr = *self.endpoints.get(index)?;
-        if let Some(state) = self.state.get(index) {
-            state.active.fetch_add(1, Ordering::Relaxed);
-        }
-        Some(PickedEndpoint {
-            cluster: self,
-            index,
-            addr,
-        })
-    }
-
-    /// Records an answer from (or a failure to reach) an endpoint for outlier detection.
-    fn record(&self, index: usize, failed: bool) {
-        let (Some(state), Some(policy)) = (self.state.get(index), &self.outlier_detection) else {
-            return;
-        };
-        if !failed {
-            state.consecutive_errors.store(0, Ordering::Relaxed);
-            return;
-        }
-        let errors = state.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
-        if policy.consecutive_errors == 0 || errors < policy.consecutive_errors {
-            return;
-        }
-        let now = now_ms();
-        let ejected = self
-            .state
-            .iter()
-            .filter(|s| s.ejected_until_ms.load(Ordering::Relaxed) > now)
-            .count();
-        let limit = (self.state.len() * policy.max_ejection_percent as usize).div_ceil(100);
-        if ejected < limit {
-            let until = now + u64::try_from(policy.base_ejection_time.as_millis()).unwrap_or(0);
-            state.ejected_until_ms.store(until, Ordering::Relaxed);
-            state.consecutive_errors.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-/// An endpoint chosen for one try; counts as in flight while alive.
-pub struct PickedEndpoint<'a> {
-    cluster: &'a Cluster,
-    index: usize,
-    pub addr: SocketAddr,
-}
-
-impl PickedEndpoint<'_> {
-    /// The endpoint's position in its cluster (what `pick_endpoint_avoiding` takes).
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    /// Outlier detection's input: a 5xx or a failure to connect counts against the endpoint.
-    pub fn record(&self, failed: bool) {
-        self.cluster.record(self.index, failed);
-    }
-}
-
-impl Drop for PickedEndpoint<'_> {
-    fn drop(&mut self) {
-        if let Some(state) = self.cluster.state.get(self.index) {
-            state.active.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Milliseconds since the first call: a monotonic clock that fits in an atomic.
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RouteAction {
@@ -717,89 +621,4 @@ pub struct TlsPortPolicy {
     pub names: Vec<String>,
     /// Every server on the port passes TLS through (none terminates it here).
     pub passthrough: bool,
-}
-
-#[cfg(test)]
-mod cluster_tests {
-    use super::*;
-
-    fn cluster(load_balancer: LoadBalancer, endpoints: usize) -> Cluster {
-        let endpoints = (0..endpoints)
-            .map(|i| SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)))
-            .collect();
-        let mut cluster = Cluster::new("s.ns.svc".into(), "s".into(), "ns".into(), 80, endpoints);
-        cluster.load_balancer = load_balancer;
-        cluster
-    }
-
-    #[test]
-    fn round_robin_takes_turns() {
-        let c = cluster(LoadBalancer::RoundRobin, 3);
-        let picked: Vec<SocketAddr> = (0..6).filter_map(|_| c.pick()).collect();
-        assert_eq!(picked[..3], picked[3..]);
-        assert_ne!(picked[0], picked[1]);
-        assert_ne!(picked[1], picked[2]);
-    }
-
-    #[test]
-    fn least_request_avoids_the_busy_endpoint() {
-        let c = cluster(LoadBalancer::LeastRequest, 2);
-        // Hold one request on whichever endpoint comes first; the next 50 picks made
-        // while it is in flight all go to the other one.
-        let busy = c.pick_endpoint().expect("an endpoint");
-        for _ in 0..50 {
-            let next = c.pick_endpoint().expect("an endpoint");
-            assert_ne!(next.addr, busy.addr);
-        }
-    }
-
-    #[test]
-    fn retries_avoid_the_endpoints_already_tried_while_others_remain() {
-        for load_balancer in [
-            LoadBalancer::LeastRequest,
-            LoadBalancer::RoundRobin,
-            LoadBalancer::Random,
-        ] {
-            let c = cluster(load_balancer, 3);
-            for _ in 0..20 {
-                let mut tried = Vec::new();
-                for _ in 0..3 {
-                    let picked = c.pick_endpoint_avoiding(&tried).expect("an endpoint");
-                    assert!(!tried.contains(&picked.index()), "{load_balancer:?}");
-                    tried.push(picked.index());
-                }
-                // All tried: any endpoint again rather than none.
-                assert!(c.pick_endpoint_avoiding(&tried).is_some());
-            }
-        }
-    }
-
-    #[test]
-    fn consecutive_failures_eject_an_endpoint_until_all_would_be_ejected() {
-        let mut c = cluster(LoadBalancer::RoundRobin, 2);
-        c.outlier_detection = Some(OutlierDetection {
-            consecutive_errors: 3,
-            base_ejection_time: Duration::from_secs(60),
-            max_ejection_percent: 50,
-        });
-        let bad = c.endpoints[0];
-        for _ in 0..3 {
-            let picked = loop {
-                let p = c.pick_endpoint().expect("an endpoint");
-                if p.addr == bad {
-                    break p;
-                }
-            };
-            picked.record(true);
-        }
-        for _ in 0..10 {
-            assert_ne!(c.pick(), Some(bad), "ejected endpoint picked");
-        }
-        // At most half may be out: failures of the other one do not eject it.
-        for _ in 0..5 {
-            let p = c.pick_endpoint().expect("an endpoint");
-            p.record(true);
-        }
-        assert!(c.pick().is_some());
-    }
 }

@@ -18,13 +18,10 @@ use crate::config::resources::istio::SimpleLoadBalancer;
 use crate::connection_pool::ConnectionPool;
 use crate::{
     config::{
-        Diagnostic, Diagnostics, Location, Sourced,
-        resources::{
-            Destination, DestinationRule, IntOrString, SERVICE_NAME_LABEL, Service, ServiceEntry,
-            ServicePort,
-        },
+        Diagnostic, Diagnostics, Location, Resources, Sourced,
+        resources::{Destination, DestinationRule, IntOrString, SERVICE_NAME_LABEL, ServiceEntry},
     },
-    snapshot::{Cluster, LoadBalancer, OutlierDetection, UpstreamProtocol},
+    snapshot::{Cluster, EndpointSource, LoadBalancer, OutlierDetection, UpstreamProtocol},
 };
 
 /// Envoy's outlier-detection defaults, which Istio keeps for fields a rule leaves out.
@@ -73,8 +70,7 @@ impl<'a> Compiler<'a> {
                         format!("{message}; requests get 503"),
                     );
                     let port = destination.port.as_ref().map_or(0, |p| p.number);
-                    let mut cluster =
-                        Cluster::new(fqdn.clone(), name, namespace, port as u16, Vec::new());
+                    let mut cluster = Cluster::new(fqdn.clone(), name, namespace, port as u16);
                     cluster.name = format!("outbound|{port}|{subset}|{fqdn}");
                     return self.intern(cluster);
                 }
@@ -90,7 +86,7 @@ impl<'a> Compiler<'a> {
                 ),
             );
             let port = destination.port.as_ref().map_or(0, |p| p.number);
-            return self.intern(Cluster::new(fqdn, name, namespace, port as u16, Vec::new()));
+            return self.intern(Cluster::new(fqdn, name, namespace, port as u16));
         };
         let service_port = match &destination.port {
             Some(p) => service.spec.ports.iter().find(|sp| sp.port == p.number),
@@ -111,7 +107,7 @@ impl<'a> Compiler<'a> {
                     ),
                 },
             );
-            return self.intern(Cluster::new(fqdn, name, namespace, 0, Vec::new()));
+            return self.intern(Cluster::new(fqdn, name, namespace, 0));
         };
         let port = u16::try_from(service_port.port).unwrap_or(0);
         let subset = destination.subset.as_deref().unwrap_or_default();
@@ -119,7 +115,18 @@ impl<'a> Compiler<'a> {
         if let Some(existing) = self.clusters.get(&key) {
             return existing.clone();
         }
-        let endpoints = self.endpoints(service, service_port, subset_labels.as_ref());
+        let source = EndpointSource::Service {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            port_name: service_port.name.clone(),
+            fallback_port: match &service_port.target_port {
+                Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+                Some(IntOrString::String(_)) => None,
+                None => Some(port),
+            },
+            subset_labels,
+        };
+        let endpoints = service_endpoints(self.resources, &source, &mut self.diagnostics);
         if endpoints.is_empty() {
             let which = if subset.is_empty() {
                 String::new()
@@ -133,22 +140,33 @@ impl<'a> Compiler<'a> {
                 ),
             );
         }
-        let mut cluster = Cluster::new(fqdn, name, namespace, port, endpoints);
+        let mut cluster = Cluster::new(fqdn, name, namespace, port);
         cluster.name = key;
+        cluster.endpoint_source = source;
         cluster.protocol = UpstreamProtocol::from_service_port(
             service_port.app_protocol.as_deref(),
             &service_port.name,
         );
-        self.intern(cluster)
+        self.intern_with(cluster, endpoints)
     }
 
-    pub(super) fn intern(&mut self, mut cluster: Cluster) -> Arc<Cluster> {
+    /// A cluster with no endpoints (its requests get 503), or the one of that name.
+    pub(super) fn intern(&mut self, cluster: Cluster) -> Arc<Cluster> {
+        self.intern_with(cluster, Vec::new())
+    }
+
+    /// The cluster of that name if there is one already, else this one with these
+    /// endpoints, numbered in the order clusters are first named.
+    fn intern_with(&mut self, mut cluster: Cluster, endpoints: Vec<SocketAddr>) -> Arc<Cluster> {
         if let Some(existing) = self.clusters.get(&cluster.name) {
             return existing.clone();
         }
         self.apply_traffic_policy(&mut cluster);
+        cluster.id = self.cluster_list.len();
         let cluster = Arc::new(cluster);
         self.clusters.insert(cluster.name.clone(), cluster.clone());
+        self.cluster_list.push(cluster.clone());
+        self.endpoint_lists.push(endpoints.into());
         cluster
     }
 
@@ -273,108 +291,6 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    /// Ready endpoints of a Service port: EndpointSlice ports carry the Service port's name.
-    /// Without any EndpointSlice for the Service, its core `Endpoints` object is read.
-    pub(super) fn endpoints(
-        &mut self,
-        service: &Service,
-        service_port: &ServicePort,
-        subset_labels: Option<&BTreeMap<String, String>>,
-    ) -> Vec<SocketAddr> {
-        let namespace = service.metadata.namespace();
-        let mut endpoints = Vec::new();
-        let mut any_slice = false;
-        for slice in &self.resources.endpoint_slices {
-            let slice = &slice.resource;
-            if slice.metadata.namespace() != namespace
-                || slice.metadata.labels.get(SERVICE_NAME_LABEL) != Some(&service.metadata.name)
-            {
-                continue;
-            }
-            any_slice = true;
-            if subset_labels.is_some_and(|want| !labels_match(want, &slice.metadata.labels)) {
-                continue;
-            }
-            let target = slice
-                .ports
-                .iter()
-                .find(|p| p.name.as_deref().unwrap_or_default() == service_port.name)
-                .map(|p| p.port)
-                .or(match &service_port.target_port {
-                    Some(IntOrString::Int(n)) => Some(*n),
-                    Some(IntOrString::String(_)) => None,
-                    None => Some(service_port.port),
-                });
-            let Some(target) = target.and_then(|t| u16::try_from(t).ok()) else {
-                continue;
-            };
-            for endpoint in &slice.endpoints {
-                if endpoint.conditions.ready == Some(false) {
-                    continue;
-                }
-                for address in &endpoint.addresses {
-                    match address.parse::<IpAddr>() {
-                        Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
-                        Err(_) => self.diagnostics.push(
-                            Diagnostic::warning(format!(
-                                "endpoint address {address:?} is not an IP address; skipped"
-                            ))
-                            .resource(format!("EndpointSlice {}", name_of(&slice.metadata))),
-                        ),
-                    }
-                }
-            }
-        }
-        if !any_slice && subset_labels.is_none() {
-            self.core_endpoints(service, service_port, &mut endpoints);
-        }
-        endpoints.sort_unstable();
-        endpoints.dedup();
-        endpoints
-    }
-
-    /// Ready addresses of the Service's core v1 `Endpoints` (same name and namespace); the
-    /// port is the Endpoints port of the Service port's name.
-    fn core_endpoints(
-        &mut self,
-        service: &Service,
-        service_port: &ServicePort,
-        endpoints: &mut Vec<SocketAddr>,
-    ) {
-        let namespace = service.metadata.namespace();
-        for object in &self.resources.endpoints {
-            let object = &object.resource;
-            if object.metadata.namespace() != namespace
-                || object.metadata.name != service.metadata.name
-            {
-                continue;
-            }
-            for subset in &object.subsets {
-                let target = subset
-                    .ports
-                    .iter()
-                    .find(|p| p.name.as_deref().unwrap_or_default() == service_port.name)
-                    .or_else(|| subset.ports.first().filter(|_| subset.ports.len() == 1))
-                    .and_then(|p| u16::try_from(p.port).ok());
-                let Some(target) = target else {
-                    continue;
-                };
-                for address in &subset.addresses {
-                    match address.ip.parse::<IpAddr>() {
-                        Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
-                        Err(_) => self.diagnostics.push(
-                            Diagnostic::warning(format!(
-                                "endpoint address {:?} is not an IP address; skipped",
-                                address.ip
-                            ))
-                            .resource(format!("Endpoints {}", name_of(&object.metadata))),
-                        ),
-                    }
-                }
-            }
-        }
-    }
-
     /// The ServiceEntry whose `hosts` hold this host (exactly, or by a `*.` wildcard).
     fn service_entry(&self, host: &str) -> Option<&'a Sourced<ServiceEntry>> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -440,7 +356,7 @@ impl<'a> Compiler<'a> {
                         .map_or("(none given)".to_owned(), |p| p.number.to_string())
                 ),
             );
-            return self.intern(Cluster::new(host.clone(), host, namespace, 0, Vec::new()));
+            return self.intern(Cluster::new(host.clone(), host, namespace, 0));
         };
         let port = u16::try_from(entry_port.number).unwrap_or(0);
         let key = format!("outbound|{port}|{subset}|{host}");
@@ -457,7 +373,7 @@ impl<'a> Compiler<'a> {
                         &mut self.diagnostics,
                         format!("{message}; requests get 503"),
                     );
-                    let mut cluster = Cluster::new(host.clone(), host, namespace, port, Vec::new());
+                    let mut cluster = Cluster::new(host.clone(), host, namespace, port);
                     cluster.name = key;
                     return self.intern(cluster);
                 }
@@ -514,7 +430,7 @@ impl<'a> Compiler<'a> {
                 ),
             );
         }
-        let mut cluster = Cluster::new(host.clone(), host, namespace, port, endpoints);
+        let mut cluster = Cluster::new(host.clone(), host, namespace, port);
         cluster.name = key;
         cluster.protocol = UpstreamProtocol::from_service_port(
             entry_port
@@ -524,7 +440,7 @@ impl<'a> Compiler<'a> {
                 .as_deref(),
             &entry_port.name,
         );
-        self.intern(cluster)
+        self.intern_with(cluster, endpoints)
     }
 
     /// The DestinationRule for a host (FQDN or ServiceEntry host): the one in the host's
@@ -602,3 +518,119 @@ pub(super) fn resolve_service_host(host: &str, vs_namespace: &str) -> (String, S
 #[cfg(test)]
 #[path = "clusters_tests.rs"]
 mod tests;
+
+/// Ready endpoints of a Service port (`source`): EndpointSlice ports carry the Service
+/// port's name. Without any EndpointSlice for the Service, its core `Endpoints` object is
+/// read. Sorted and without duplicates, so that equal sets compare equal.
+pub(crate) fn service_endpoints(
+    resources: &Resources,
+    source: &EndpointSource,
+    diagnostics: &mut Diagnostics,
+) -> Vec<SocketAddr> {
+    let EndpointSource::Service {
+        namespace,
+        name,
+        port_name,
+        fallback_port,
+        subset_labels,
+    } = source
+    else {
+        return Vec::new();
+    };
+    let mut endpoints = Vec::new();
+    let mut any_slice = false;
+    for slice in &resources.endpoint_slices {
+        let slice = &slice.resource;
+        if slice.metadata.namespace() != namespace
+            || slice.metadata.labels.get(SERVICE_NAME_LABEL) != Some(name)
+        {
+            continue;
+        }
+        any_slice = true;
+        if subset_labels
+            .as_ref()
+            .is_some_and(|want| !labels_match(want, &slice.metadata.labels))
+        {
+            continue;
+        }
+        let target = slice
+            .ports
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
+            .and_then(|p| u16::try_from(p.port).ok())
+            .or(*fallback_port);
+        let Some(target) = target else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            if endpoint.conditions.ready == Some(false) {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                match address.parse::<IpAddr>() {
+                    Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
+                    Err(_) => diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "endpoint address {address:?} is not an IP address; skipped"
+                        ))
+                        .resource(format!("EndpointSlice {}", name_of(&slice.metadata))),
+                    ),
+                }
+            }
+        }
+    }
+    if !any_slice && subset_labels.is_none() {
+        core_endpoints(
+            resources,
+            namespace,
+            name,
+            port_name,
+            &mut endpoints,
+            diagnostics,
+        );
+    }
+    endpoints.sort_unstable();
+    endpoints.dedup();
+    endpoints
+}
+
+/// Ready addresses of the Service's core v1 `Endpoints` (same name and namespace); the
+/// port is the Endpoints port of the Service port's name.
+fn core_endpoints(
+    resources: &Resources,
+    namespace: &str,
+    name: &str,
+    port_name: &str,
+    endpoints: &mut Vec<SocketAddr>,
+    diagnostics: &mut Diagnostics,
+) {
+    for object in &resources.endpoints {
+        let object = &object.resource;
+        if object.metadata.namespace() != namespace || object.metadata.name != name {
+            continue;
+        }
+        for subset in &object.subsets {
+            let target = subset
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
+                .or_else(|| subset.ports.first().filter(|_| subset.ports.len() == 1))
+                .and_then(|p| u16::try_from(p.port).ok());
+            let Some(target) = target else {
+                continue;
+            };
+            for address in &subset.addresses {
+                match address.ip.parse::<IpAddr>() {
+                    Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
+                    Err(_) => diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "endpoint address {:?} is not an IP address; skipped",
+                            address.ip
+                        ))
+                        .resource(format!("Endpoints {}", name_of(&object.metadata))),
+                    ),
+                }
+            }
+        }
+    }
+}

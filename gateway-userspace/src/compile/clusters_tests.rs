@@ -37,8 +37,8 @@ fn destinations(snapshot: &Snapshot, host: &str, path: &str) -> Vec<(String, Vec
             .map(|c| {
                 (
                     c.cluster.name.clone(),
-                    c.cluster
-                        .endpoints
+                    snapshot
+                        .endpoints_of(&c.cluster)
                         .iter()
                         .map(ToString::to_string)
                         .collect(),

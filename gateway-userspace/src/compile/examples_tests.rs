@@ -20,7 +20,7 @@ fn rendered(example: &str) -> Vec<String> {
     diagnostics.extend(more);
     assert!(!diagnostics.has_errors(), "{example}: {diagnostics}");
     let mut lines = Vec::new();
-    for listener in &snapshot.listeners {
+    for listener in snapshot.listeners.iter() {
         for vhost in &listener.routes.virtual_hosts {
             for route in &vhost.routes {
                 let matches = serde_json::to_string(&route.matches).unwrap_or_default();
@@ -29,9 +29,8 @@ fn rendered(example: &str) -> Vec<String> {
                         .clusters
                         .iter()
                         .map(|c| {
-                            let endpoints: Vec<String> = c
-                                .cluster
-                                .endpoints
+                            let endpoints: Vec<String> = snapshot
+                                .endpoints_of(&c.cluster)
                                 .iter()
                                 .map(ToString::to_string)
                                 .collect();

@@ -747,7 +747,6 @@ impl<'a> Compiler<'a> {
                 name.clone(),
                 route.meta.namespace().to_owned(),
                 0,
-                Vec::new(),
             ));
             clusters.push(WeightedCluster::new(weight, placeholder));
         }

@@ -33,9 +33,9 @@ use super::{
 use crate::{
     metrics::{Destination, RequestKey},
     route_table::{RequestInfo, Route},
-    snapshot::{
-        Cluster, Forward, Listener, RouteAction, Snapshot, UpstreamProtocol, WeightedCluster,
-    },
+    runtime::{Live, LiveCluster},
+    snapshot::{Cluster, Forward, Listener, RouteAction, UpstreamProtocol, WeightedCluster},
+    tls::Transport,
 };
 
 /// Bodies in both directions: a request body can fail for a reason of ours (the body
@@ -108,14 +108,16 @@ const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 /// The `server` header of every answer, as Istio's gateways send it.
 const SERVER_NAME: &str = "istio-envoy";
 
-/// One accepted connection and the snapshot it is served by.
+/// One accepted connection. Each of its requests is served by the configuration that is
+/// live when the request arrives; only the TLS session (the server SNI chose, the client
+/// certificate) belongs to the connection.
 pub(super) struct Connection {
     pub peer: SocketAddr,
     pub local: SocketAddr,
-    pub snapshot: Arc<Snapshot>,
     pub ctx: Arc<ProxyContext>,
-    /// Set on connections that TLS terminated: scheme https, SNI's server (421), XFCC.
-    pub tls: Option<Arc<crate::tls::TlsConnectionInfo>>,
+    /// Set on connections that TLS terminated: scheme https, SNI's server (421), XFCC;
+    /// with the listener's TLS servers as they were at the handshake.
+    pub tls: Option<(Arc<crate::tls::TlsConnectionInfo>, Arc<Transport>)>,
     /// The client's address as x-forwarded-for and x-envoy-external-address carry it.
     peer_ip: HeaderValue,
     /// The listener's drain deadline, for upgraded connections that outlive the request.
@@ -125,7 +127,7 @@ pub(super) struct Connection {
 /// What the access log and metrics need about the outcome.
 struct Outcome<'a> {
     flags: &'static str,
-    cluster: Option<&'a Cluster>,
+    cluster: Option<LiveCluster<'a>>,
     upstream: Option<SocketAddr>,
 }
 
@@ -133,16 +135,14 @@ impl Connection {
     pub(super) fn new(
         peer: SocketAddr,
         local: SocketAddr,
-        snapshot: Arc<Snapshot>,
         ctx: Arc<ProxyContext>,
-        tls: Option<Arc<crate::tls::TlsConnectionInfo>>,
+        tls: Option<(Arc<crate::tls::TlsConnectionInfo>, Arc<Transport>)>,
     ) -> Self {
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("-"));
         Connection {
             peer,
             local,
-            snapshot,
             ctx,
             tls,
             peer_ip,
@@ -182,9 +182,13 @@ impl Connection {
         // edge (`preserve_external_request_id` off, as Istio leaves it).
         let request_id = new_request_id();
         let request_is_grpc = grpc::is_grpc(request.headers());
+        // This request's configuration and cluster state, whatever reloads happen while
+        // it is served; the next request on the connection reads the live one again.
+        let live = self.ctx.live.load_full();
 
         let (response, outcome) = self
             .route_and_forward(
+                &live,
                 request,
                 authority.as_ref().and_then(|a| a.to_str().ok()),
                 &request_id,
@@ -207,7 +211,7 @@ impl Connection {
         };
         let stats = match outcome.cluster {
             Some(cluster) => self.ctx.metrics.request_stats(
-                &cluster.stats,
+                &cluster.state.stats,
                 &Destination {
                     service: &cluster.service,
                     name: &cluster.service_name,
@@ -244,7 +248,7 @@ impl Connection {
             request_id: request_id.to_str().unwrap_or("-"),
             authority: authority.as_ref().and_then(|a| a.to_str().ok()),
             upstream: outcome.upstream,
-            cluster: outcome.cluster.map(|c| c.name.as_str()),
+            cluster: outcome.cluster.map(|c| c.cluster.name.as_str()),
             downstream_local: self.local,
             downstream_peer: self.peer,
         });
@@ -253,6 +257,7 @@ impl Connection {
 
     async fn route_and_forward<'s>(
         &'s self,
+        live: &'s Arc<Live>,
         request: Request<Incoming>,
         authority: Option<&str>,
         request_id: &HeaderValue,
@@ -283,14 +288,14 @@ impl Connection {
                 Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR),
             );
         };
-        let Some(listener) = self.listener() else {
+        let Some(listener) = self.listener(live) else {
             return (
                 local_response(StatusCode::NOT_FOUND, ""),
                 Outcome::local(flags::NO_ROUTE),
             );
         };
-        if let (Some(tls), Some(listener_tls)) =
-            (&self.tls, listener.transport.as_ref().and_then(|t| t.tls()))
+        if let Some((tls, transport)) = &self.tls
+            && let Some(listener_tls) = transport.tls()
             && tls.is_misdirected(listener_tls, authority)
         {
             return (
@@ -333,7 +338,7 @@ impl Connection {
         }
         match &route.action {
             RouteAction::Forward(forward) => {
-                self.forward(request, route, forward, authority, request_id)
+                self.forward(live, request, route, forward, authority, request_id)
                     .await
             }
             RouteAction::Redirect(redirect) => {
@@ -374,6 +379,7 @@ impl Connection {
     /// (retries and timeouts) against the cluster's endpoints.
     async fn forward<'s>(
         &'s self,
+        live: &'s Arc<Live>,
         mut request: Request<Incoming>,
         route: &'s Route<RouteAction>,
         forward: &'s Forward,
@@ -426,7 +432,12 @@ impl Connection {
                 Outcome::local(flags::NO_HEALTHY_UPSTREAM),
             );
         };
-        let cluster: &'s Cluster = &weighted.cluster;
+        let Some(cluster) = live.cluster(&weighted.cluster) else {
+            return (
+                local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                Outcome::local(flags::NO_HEALTHY_UPSTREAM),
+            );
+        };
 
         // Upgrades (WebSocket and friends): the client's side of the upgraded connection,
         // joined to the upstream's once it answers 101.
@@ -472,7 +483,7 @@ impl Connection {
             .map(|m| m.cluster.clone())
             .collect();
         if !mirrors.is_empty() {
-            self.mirror(&head, mirrors, forward.timeout, &body);
+            self.mirror(live, &head, mirrors, forward.timeout, &body);
         }
 
         let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -485,7 +496,7 @@ impl Connection {
         let mut overflowed_retry = false;
         let mut retrying = None;
         let (response, endpoint) = loop {
-            let Some(picked) = cluster.pick_endpoint_avoiding(&tried) else {
+            let Some(picked) = cluster.pick_avoiding(&tried) else {
                 return (
                     local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
                     Outcome {
@@ -501,7 +512,7 @@ impl Connection {
             };
             let last_try = retries_done >= retry.attempts || !body.can_replay();
             try_started = Instant::now();
-            let attempt = Self::send(&mut head, endpoint, cluster, try_body, last_try);
+            let attempt = Self::send(&mut head, endpoint, &cluster, try_body, last_try);
             let attempt = async {
                 match retry.per_try_timeout {
                     Some(t) => tokio::time::timeout(t, attempt)
@@ -546,7 +557,7 @@ impl Connection {
             // Retries in flight are bounded too (`maxRetries`); past it the answer stands.
             // The slot is held until the retry's try has ended.
             drop(retrying.take());
-            retrying = cluster.breakers.retry(&cluster.connection_pool);
+            retrying = cluster.state.breakers.retry(&cluster.connection_pool);
             if retrying.is_none() {
                 overflowed_retry = true;
                 break (result, endpoint);
@@ -680,7 +691,7 @@ impl Connection {
     async fn send(
         head: &mut UpstreamHead,
         endpoint: SocketAddr,
-        cluster: &Cluster,
+        cluster: &LiveCluster<'_>,
         body: ProxyBody,
         last_try: bool,
     ) -> Result<Response<UpstreamBody>, TryFailure> {
@@ -697,6 +708,7 @@ impl Connection {
     /// and each gets the route's timeout (or `DEFAULT_MIRROR_TIMEOUT`); drops are counted.
     fn mirror(
         &self,
+        live: &Arc<Live>,
         head: &UpstreamHead,
         clusters: Vec<Arc<Cluster>>,
         timeout: Option<Duration>,
@@ -718,6 +730,9 @@ impl Connection {
             head.headers.insert(header::HOST, value);
         }
         let ctx = self.ctx.clone();
+        // The copies go out when the body is complete; they use the configuration the
+        // request was routed by.
+        let live = live.clone();
         let timeout = timeout.unwrap_or(DEFAULT_MIRROR_TIMEOUT);
         let send_all = move |body: Option<Bytes>| {
             let dropped = |reason| {
@@ -731,9 +746,12 @@ impl Connection {
                 return;
             };
             for cluster in clusters {
-                let Some(endpoint) = cluster.pick() else {
+                if live
+                    .cluster(&cluster)
+                    .is_none_or(|c| c.endpoints.is_empty())
+                {
                     continue;
-                };
+                }
                 let Some(in_flight) = MirrorInFlight::take() else {
                     dropped("overflow");
                     continue;
@@ -741,14 +759,22 @@ impl Connection {
                 let mut head = head.clone();
                 let ctx = ctx.clone();
                 let body = body.clone();
+                let live = live.clone();
                 tokio::spawn(async move {
                     let _in_flight = in_flight;
+                    let Some(target) = live.cluster(&cluster) else {
+                        return;
+                    };
+                    let Some(endpoint) = target.pick() else {
+                        return;
+                    };
                     let body = Full::new(body).map_err(|never| match never {}).boxed();
                     let Ok(request) = head.request(cluster.protocol, body, true) else {
                         return;
                     };
                     let exchange = async {
-                        if let Ok(response) = upstream::send(&cluster, endpoint, request).await {
+                        if let Ok(response) = upstream::send(&target, endpoint.addr, request).await
+                        {
                             // Drain so the pooled connection can be reused.
                             let _ = response.into_body().collect().await;
                         }
@@ -778,9 +804,9 @@ impl Connection {
     /// The snapshot's listener for the port this connection arrived on: its bind port, or
     /// its node port when node-port mode steered the connection (sk_lookup keeps the
     /// port the client dialled as the socket's local port).
-    fn listener(&self) -> Option<&Listener> {
+    fn listener<'l>(&self, live: &'l Live) -> Option<&'l Listener> {
         let port = self.local.port();
-        self.snapshot
+        live.snapshot
             .listeners
             .iter()
             .find(|l| l.bind_port == port || l.node_port == Some(port))
@@ -858,7 +884,7 @@ impl Connection {
         if let Some(v) = self
             .tls
             .as_ref()
-            .and_then(|tls| tls.client_cert.as_deref())
+            .and_then(|(tls, _)| tls.client_cert.as_deref())
             .and_then(|cert| HeaderValue::from_str(cert).ok())
         {
             headers.insert(X_FORWARDED_CLIENT_CERT, v);

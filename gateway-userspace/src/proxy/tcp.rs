@@ -12,7 +12,10 @@ use tokio::{
 use tracing::debug;
 
 use super::tunnel::{self, Clocks, Ending};
-use crate::snapshot::{RouteAction, WeightedCluster};
+use crate::{
+    runtime::Live,
+    snapshot::{RouteAction, WeightedCluster},
+};
 
 /// Istio's default upstream connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,6 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// both ways until either side closes or `clocks` end it. Without a reachable endpoint the
 /// downstream is closed, as Envoy's tcp_proxy does.
 pub(super) async fn proxy<S>(
+    live: &Live,
     mut downstream: S,
     prefix: &[u8],
     clusters: &[WeightedCluster],
@@ -32,7 +36,7 @@ pub(super) async fn proxy<S>(
         debug!("no tcp route: closing");
         return;
     };
-    let Some(endpoint) = cluster.cluster.pick_endpoint() else {
+    let Some(endpoint) = live.cluster(&cluster.cluster).and_then(|c| c.pick()) else {
         debug!(cluster = %cluster.cluster.name, "no healthy upstream: closing");
         return;
     };

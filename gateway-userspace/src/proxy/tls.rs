@@ -28,7 +28,7 @@ use tracing::debug;
 use super::{ProxyContext, forward, tcp, tunnel};
 use crate::{
     metrics::HandshakeLabels,
-    snapshot::Snapshot,
+    runtime::Live,
     tls::{
         AfterTermination, ListenerTls, SniRoute, TlsConnectionInfo, TlsMode, Transport, client_cert,
     },
@@ -47,7 +47,9 @@ pub(super) struct Accepted {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub local: SocketAddr,
-    pub snapshot: Arc<Snapshot>,
+    /// The configuration live at accept: it decides the connection's TLS server, and
+    /// the upstream of TCP and passthrough streams.
+    pub live: Arc<Live>,
     pub transport: Arc<Transport>,
     pub ctx: Arc<ProxyContext>,
     /// The listener's drain deadline.
@@ -74,7 +76,7 @@ pub(super) async fn serve(
     match &*transport {
         Transport::Tcp(clusters) => {
             let clocks = accepted.stream_clocks();
-            tcp::proxy(accepted.stream, &[], clusters, clocks).await;
+            tcp::proxy(&accepted.live, accepted.stream, &[], clusters, clocks).await;
         }
         Transport::Tls(tls) => serve_tls(accepted, tls, builder, watcher).await,
     }
@@ -91,10 +93,10 @@ async fn serve_tls(
         mut stream,
         peer,
         local,
-        snapshot,
+        live,
+        transport,
         ctx,
         drain,
-        ..
     } = accepted;
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_client_hello(&mut stream)).await
     {
@@ -130,7 +132,7 @@ async fn serve_tls(
                 debug!(sni = ?hello.sni, server = %server.name, "refused: no tls route for this SNI");
                 return;
             };
-            tcp::proxy(stream, &hello.bytes, &route.clusters, clocks).await;
+            tcp::proxy(&live, stream, &hello.bytes, &route.clusters, clocks).await;
         }
         TlsMode::Terminate { config, after } => {
             let rewound = Rewind {
@@ -160,7 +162,7 @@ async fn serve_tls(
             };
             match after {
                 AfterTermination::Tcp(clusters) => {
-                    tcp::proxy(tls_stream, &[], clusters, clocks).await;
+                    tcp::proxy(&live, tls_stream, &[], clusters, clocks).await;
                 }
                 AfterTermination::Http => {
                     let client_cert = tls_stream
@@ -179,8 +181,13 @@ async fn serve_tls(
                     let guarded = super::h1_guard::H1Guard::new(tls_stream, &ctx, peer, local);
                     let mut deadline = drain.clone();
                     let connection = Arc::new(
-                        forward::Connection::new(peer, local, snapshot, ctx, Some(Arc::new(info)))
-                            .with_drain(drain),
+                        forward::Connection::new(
+                            peer,
+                            local,
+                            ctx,
+                            Some((Arc::new(info), transport.clone())),
+                        )
+                        .with_drain(drain),
                     );
                     let service = service_fn(move |request| {
                         let connection = connection.clone();

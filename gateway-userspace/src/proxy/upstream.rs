@@ -31,7 +31,8 @@ use tokio::{net::TcpStream, sync::Notify};
 use super::{forward::ProxyBody, route_actions::TryFailure};
 use crate::{
     connection_pool::{ConnectionPool, Slot},
-    snapshot::{Cluster, UpstreamProtocol},
+    runtime::LiveCluster,
+    snapshot::UpstreamProtocol,
 };
 
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when they
@@ -72,11 +73,12 @@ struct Pooled<S> {
 /// HTTP/2) to `endpoint` of `cluster`, over a pooled connection when one is free, within
 /// the cluster's connection pool limits (`TryFailure::Overflow` beyond them).
 pub(super) async fn send(
-    cluster: &Cluster,
+    cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let in_flight = cluster
+        .state
         .breakers
         .request(&cluster.connection_pool)
         .ok_or(TryFailure::Overflow)?;
@@ -89,7 +91,7 @@ pub(super) async fn send(
 }
 
 async fn send_http1(
-    cluster: &Cluster,
+    cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     mut request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
@@ -108,6 +110,7 @@ async fn send_http1(
                     if queued.is_none() {
                         queued = Some(
                             cluster
+                                .state
                                 .breakers
                                 .pending(limits)
                                 .ok_or(TryFailure::Overflow)?,
@@ -157,7 +160,7 @@ async fn send_http1(
 }
 
 async fn send_http2(
-    cluster: &Cluster,
+    cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     mut request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
@@ -190,6 +193,7 @@ async fn send_http2(
                         if queued.is_none() {
                             queued = Some(
                                 cluster
+                                    .state
                                     .breakers
                                     .pending(limits)
                                     .ok_or(TryFailure::Overflow)?,
@@ -225,14 +229,14 @@ async fn send_http2(
 /// worker has no connection to the endpoint at all (as Envoy's pools do, so requests
 /// queued here are not stranded by other workers' connections).
 fn new_connection_slot(
-    cluster: &Cluster,
+    cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     protocol: UpstreamProtocol,
 ) -> Option<OpenConnection> {
-    let slot = match cluster.breakers.connection(&cluster.connection_pool) {
+    let slot = match cluster.state.breakers.connection(&cluster.connection_pool) {
         Some(slot) => slot,
         None if with_pool(endpoint, protocol, |p| p.open) == 0 => {
-            cluster.breakers.connection_anyway()
+            cluster.state.breakers.connection_anyway()
         }
         None => return None,
     };

@@ -1,0 +1,163 @@
+//! Runtime state: what serving learns while it runs (requests in flight per endpoint,
+//! outlier ejections, circuit-breaker counts, the round-robin position, resolved metric
+//! handles), kept beside the compiled `Snapshot` instead of inside it.
+//!
+//! A `Live` pairs one snapshot with the state of its clusters, and the pair is swapped
+//! whole, so a request that loaded it sees endpoint lists and their state line up. A new
+//! snapshot takes over the state of the previous one by cluster name and endpoint address
+//! (`Live::succeed`): a reload or an endpoint update keeps ejections, in-flight counts and
+//! breaker counts of everything that still exists, and drops the state of endpoints and
+//! clusters that went away.
+//!
+//! The state is shared by all workers (atomics, one small struct per endpoint): Envoy's
+//! outlier detector likewise decides per cluster, not per thread, so an endpoint is
+//! ejected once for everyone.
+
+mod balancer;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize},
+    },
+};
+
+pub use balancer::PickedEndpoint;
+
+use crate::{
+    connection_pool::CircuitBreakers,
+    metrics::RequestStatsCache,
+    snapshot::{Cluster, Snapshot},
+};
+
+/// The configuration every request reads, and the runtime state of its clusters.
+#[derive(Debug)]
+pub struct Live {
+    pub snapshot: Arc<Snapshot>,
+    /// By `Cluster::id`.
+    clusters: Vec<Arc<ClusterState>>,
+}
+
+/// One cluster's runtime state. Its `endpoints` line up with the snapshot's endpoint list
+/// for the cluster; breakers and metric handles follow the cluster's name.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// What the cluster has in flight, counted against its `connectionPool` limits.
+    pub breakers: Arc<CircuitBreakers>,
+    /// The cluster's request metrics, resolved once per label set.
+    pub stats: Arc<RequestStatsCache>,
+    round_robin: Arc<AtomicUsize>,
+    endpoints: Vec<Arc<EndpointState>>,
+}
+
+/// One endpoint's in-flight requests and health.
+#[derive(Debug, Default)]
+struct EndpointState {
+    active: AtomicUsize,
+    consecutive_errors: AtomicU32,
+    /// Milliseconds since `balancer::now_ms()`'s epoch until which it is ejected.
+    ejected_until_ms: AtomicU64,
+}
+
+/// A cluster as one request sees it: its definition, its endpoints and their state.
+#[derive(Clone, Copy)]
+pub struct LiveCluster<'a> {
+    pub cluster: &'a Cluster,
+    pub endpoints: &'a [SocketAddr],
+    pub state: &'a ClusterState,
+}
+
+/// A live cluster reads as its definition; its state is `state`.
+impl std::ops::Deref for LiveCluster<'_> {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        self.cluster
+    }
+}
+
+impl Live {
+    /// A first snapshot: fresh state for every cluster.
+    pub fn new(snapshot: Arc<Snapshot>) -> Live {
+        Live::carry(snapshot, &HashMap::new())
+    }
+
+    /// The next snapshot, taking over this one's state where cluster names and endpoint
+    /// addresses match.
+    pub fn succeed(&self, snapshot: Arc<Snapshot>) -> Live {
+        let previous: HashMap<&str, (&Arc<ClusterState>, &[SocketAddr])> = self
+            .snapshot
+            .clusters
+            .iter()
+            .zip(&self.clusters)
+            .map(|(cluster, state)| {
+                let endpoints = self.snapshot.endpoints_of(cluster);
+                (cluster.name.as_str(), (state, endpoints))
+            })
+            .collect();
+        Live::carry(snapshot, &previous)
+    }
+
+    fn carry(
+        snapshot: Arc<Snapshot>,
+        previous: &HashMap<&str, (&Arc<ClusterState>, &[SocketAddr])>,
+    ) -> Live {
+        let clusters = snapshot
+            .clusters
+            .iter()
+            .map(|cluster| {
+                let endpoints = snapshot.endpoints_of(cluster);
+                match previous.get(cluster.name.as_str()) {
+                    // Same endpoints in the same order: the whole state stays as it is.
+                    Some((state, before)) if *before == endpoints => Arc::clone(state),
+                    Some((state, before)) => Arc::new(state.moved_to(before, endpoints)),
+                    None => Arc::new(ClusterState::fresh(endpoints.len())),
+                }
+            })
+            .collect();
+        Live { snapshot, clusters }
+    }
+
+    /// `cluster` (from this snapshot's routes) with its endpoints and state; None for a
+    /// cluster of another snapshot, whose id means nothing here.
+    pub fn cluster<'a>(&'a self, cluster: &'a Cluster) -> Option<LiveCluster<'a>> {
+        let ours = self.snapshot.clusters.get(cluster.id)?;
+        if !std::ptr::eq(&**ours, cluster) {
+            return None;
+        }
+        Some(LiveCluster {
+            cluster,
+            endpoints: self.snapshot.endpoints.get(cluster.id)?,
+            state: self.clusters.get(cluster.id)?,
+        })
+    }
+}
+
+impl ClusterState {
+    fn fresh(endpoints: usize) -> ClusterState {
+        ClusterState {
+            endpoints: (0..endpoints).map(|_| Arc::default()).collect(),
+            ..ClusterState::default()
+        }
+    }
+
+    /// The same cluster over a changed endpoint list: endpoints that stayed keep their
+    /// state (wherever they moved in the list), new ones start fresh.
+    fn moved_to(&self, before: &[SocketAddr], after: &[SocketAddr]) -> ClusterState {
+        let kept: HashMap<SocketAddr, &Arc<EndpointState>> =
+            before.iter().copied().zip(&self.endpoints).collect();
+        ClusterState {
+            breakers: Arc::clone(&self.breakers),
+            stats: Arc::clone(&self.stats),
+            round_robin: Arc::clone(&self.round_robin),
+            endpoints: after
+                .iter()
+                .map(|addr| kept.get(addr).map_or_else(Arc::default, |s| Arc::clone(s)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
