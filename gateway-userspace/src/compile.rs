@@ -24,6 +24,8 @@ use crate::{
     snapshot::{Cluster, KernelPolicy, Listener, Protocol, RouteAction, Snapshot, TlsPortPolicy},
 };
 
+pub use clusters::update_endpoints;
+
 /// Who this gateway is: the labels its pods carry and its namespace.
 #[derive(Clone, Debug)]
 pub struct Identity {

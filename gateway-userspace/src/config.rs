@@ -2,6 +2,7 @@
 //! Problems become [`Diagnostic`]s that name file, line, resource and field; a document
 //! with an error is left out, and the caller decides whether errors stop the load.
 
+pub mod cache;
 pub mod diagnostics;
 pub mod locate;
 pub mod resources;
@@ -78,6 +79,87 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// Appends another load's resources to these, as one load of both would have.
+    /// Destructured without `..`: a new kind must be added here and below too.
+    pub fn append(&mut self, from: Resources) {
+        let Resources {
+            gateways,
+            virtual_services,
+            services,
+            endpoint_slices,
+            endpoints,
+            destination_rules,
+            service_entries,
+            gateway_classes,
+            api_gateways,
+            http_routes,
+            grpc_routes,
+            tls_routes,
+            tcp_routes,
+            reference_grants,
+            secrets,
+            skipped,
+            documents,
+        } = from;
+        self.gateways.extend(gateways);
+        self.virtual_services.extend(virtual_services);
+        self.services.extend(services);
+        self.endpoint_slices.extend(endpoint_slices);
+        self.endpoints.extend(endpoints);
+        self.destination_rules.extend(destination_rules);
+        self.service_entries.extend(service_entries);
+        self.gateway_classes.extend(gateway_classes);
+        self.api_gateways.extend(api_gateways);
+        self.http_routes.extend(http_routes);
+        self.grpc_routes.extend(grpc_routes);
+        self.tls_routes.extend(tls_routes);
+        self.tcp_routes.extend(tcp_routes);
+        self.reference_grants.extend(reference_grants);
+        self.secrets.extend(secrets);
+        for (kind, count) in skipped {
+            *self.skipped.entry(kind).or_default() += count;
+        }
+        self.documents.extend(documents);
+    }
+
+    /// Whether these are EndpointSlices and Endpoints and nothing else (an endpoint
+    /// update, which needs no recompile of routes and TLS).
+    pub fn holds_only_endpoints(&self) -> bool {
+        let Resources {
+            gateways,
+            virtual_services,
+            services,
+            endpoint_slices: _,
+            endpoints: _,
+            destination_rules,
+            service_entries,
+            gateway_classes,
+            api_gateways,
+            http_routes,
+            grpc_routes,
+            tls_routes,
+            tcp_routes,
+            reference_grants,
+            secrets,
+            skipped,
+            documents: _,
+        } = self;
+        gateways.is_empty()
+            && virtual_services.is_empty()
+            && services.is_empty()
+            && destination_rules.is_empty()
+            && service_entries.is_empty()
+            && gateway_classes.is_empty()
+            && api_gateways.is_empty()
+            && http_routes.is_empty()
+            && grpc_routes.is_empty()
+            && tls_routes.is_empty()
+            && tcp_routes.is_empty()
+            && reference_grants.is_empty()
+            && secrets.is_empty()
+            && skipped.is_empty()
+    }
+
     /// Moves diagnostics that point at a document's first line to the line of their
     /// field, where the field can be found in the document's text.
     pub fn locate(&self, diagnostics: &mut Diagnostics) {

@@ -457,7 +457,7 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         listeners: listeners.clone(),
         kernel: kernel.clone(),
         metrics: metrics.clone(),
-        parse_cache: Default::default(),
+        compile_cache: Default::default(),
     };
     let reloading = tokio::spawn(reloader.watch(changes, shutdown_rx));
     ready.store(true, Ordering::Relaxed);

@@ -11,7 +11,6 @@
 //! directory sees that rename, so volume updates reload like edits do.
 
 use std::{
-    collections::HashMap,
     ffi::OsString,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
@@ -28,11 +27,14 @@ use tokio::{
     signal::unix::SignalKind,
     sync::{mpsc, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     compile::{self, Identity},
-    config::{self, Diagnostics, Resources, SourceError},
+    config::{
+        self, Diagnostics, SourceError,
+        cache::{Change, ParseCache},
+    },
     ebpf::KernelError,
     listeners::ListenerSet,
     metrics::{CredentialLabels, Metrics, ReloadLabels, SharedKernelPath},
@@ -90,103 +92,59 @@ impl ConfigSource {
     }
 
     /// The same as `compile`, re-parsing only the files whose text changed since `cache`
-    /// last saw them.
-    pub fn compile_cached(
+    /// last saw them; when only endpoints changed (and `previous` is up to date with
+    /// everything else), `previous` with those endpoints updated.
+    fn compile_cached(
         &self,
-        cache: &mut ParseCache,
-    ) -> Result<(Snapshot, Diagnostics), ReloadError> {
-        let (resources, mut diagnostics) = cache.load(&self.paths)?;
+        cache: &mut CompileCache,
+        previous: &Snapshot,
+    ) -> Result<Compiled, ReloadError> {
+        let change = cache.files.refresh(&self.paths)?;
+        if let Change::EndpointsOnly(services) = change
+            && cache.previous_is_current
+        {
+            let resources = cache.files.endpoint_resources();
+            let (snapshot, diagnostics) =
+                compile::update_endpoints(previous, &resources, &services);
+            return Ok(Compiled::Endpoints {
+                snapshot,
+                diagnostics,
+                services: services.len(),
+            });
+        }
+        // Until this compile is applied, the live snapshot lags the files.
+        cache.previous_is_current = false;
+        let (resources, mut diagnostics) = cache.files.resources();
         let (snapshot, more) = compile::compile_with(&resources, &self.identity, &self.tls);
         diagnostics.extend(more);
         if diagnostics.has_errors() {
             return Err(ReloadError::Invalid(diagnostics));
         }
-        Ok((snapshot, diagnostics))
+        Ok(Compiled::Full(snapshot, diagnostics))
     }
 }
 
-/// Parsed configuration files by path, with the text each was parsed from. YAML parsing
-/// is most of a reload's cost (about 100 ms for 10 000 routes), and a reload usually
-/// changes one file of many: unchanged files keep their parsed resources.
+/// What a reload compiled.
+enum Compiled {
+    /// Everything, from all the resources.
+    Full(Snapshot, Diagnostics),
+    /// The live snapshot with the endpoints of `services` Services read again.
+    Endpoints {
+        snapshot: Snapshot,
+        diagnostics: Diagnostics,
+        services: usize,
+    },
+}
+
+/// What reloads keep between them.
 #[derive(Default)]
-pub struct ParseCache {
-    files: HashMap<PathBuf, (String, Resources, Diagnostics)>,
-}
-
-impl ParseCache {
-    /// What `config::load(paths)` returns, in the same order, parsing only changed files.
-    pub fn load(&mut self, paths: &[PathBuf]) -> Result<(Resources, Diagnostics), SourceError> {
-        // The loader's own walk says which files count and in which order.
-        let mut files: Vec<PathBuf> = Vec::new();
-        for document in config::source::read_documents(paths)? {
-            if files.last() != Some(&document.file) {
-                files.push(document.file);
-            }
-        }
-        self.files.retain(|path, _| files.contains(path));
-        let (mut resources, mut diagnostics) = (Resources::default(), Diagnostics::default());
-        for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|source| SourceError::Io {
-                path: file.clone(),
-                source,
-            })?;
-            let parsed = match self.files.get(&file) {
-                Some((seen, parsed, found)) if *seen == text => (parsed.clone(), found.clone()),
-                _ => {
-                    let (parsed, found) = config::load_text(&file, &text);
-                    self.files
-                        .insert(file.clone(), (text, parsed.clone(), found.clone()));
-                    (parsed, found)
-                }
-            };
-            append(&mut resources, parsed.0);
-            diagnostics.extend(parsed.1);
-        }
-        Ok((resources, diagnostics))
-    }
-}
-
-/// Appends one file's resources to the others', as one load of both would have.
-/// Destructured without `..`: a new kind in `Resources` must be added here too.
-fn append(into: &mut Resources, from: Resources) {
-    let Resources {
-        gateways,
-        virtual_services,
-        services,
-        endpoint_slices,
-        endpoints,
-        destination_rules,
-        service_entries,
-        gateway_classes,
-        api_gateways,
-        http_routes,
-        grpc_routes,
-        tls_routes,
-        tcp_routes,
-        reference_grants,
-        secrets,
-        skipped,
-        documents,
-    } = from;
-    into.gateways.extend(gateways);
-    into.virtual_services.extend(virtual_services);
-    into.services.extend(services);
-    into.endpoint_slices.extend(endpoint_slices);
-    into.endpoints.extend(endpoints);
-    into.destination_rules.extend(destination_rules);
-    into.service_entries.extend(service_entries);
-    into.gateway_classes.extend(gateway_classes);
-    into.api_gateways.extend(api_gateways);
-    into.http_routes.extend(http_routes);
-    into.grpc_routes.extend(grpc_routes);
-    into.tls_routes.extend(tls_routes);
-    into.tcp_routes.extend(tcp_routes);
-    into.reference_grants.extend(reference_grants);
-    into.secrets.extend(secrets);
-    for (kind, count) in skipped {
-        *into.skipped.entry(kind).or_default() += count;
-    }
-    into.documents.extend(documents);
+pub struct CompileCache {
+    /// The configuration files, parsed.
+    files: ParseCache,
+    /// Whether the live snapshot was compiled from everything `files` held before the
+    /// current refresh (false after a full compile that was refused or not applied):
+    /// only then can an endpoint update patch it.
+    previous_is_current: bool,
 }
 
 /// Tells the kernel programs what a snapshot wants of them. Runs after every successful
@@ -267,7 +225,7 @@ pub struct Reloader {
     pub kernel: SharedKernelPath,
     pub metrics: Arc<Metrics>,
     /// What the last reload parsed, file by file; start with `Default::default()`.
-    pub parse_cache: Arc<Mutex<ParseCache>>,
+    pub compile_cache: Arc<Mutex<CompileCache>>,
 }
 
 impl Reloader {
@@ -276,18 +234,42 @@ impl Reloader {
     /// version, or are not served).
     pub async fn reload(&self) -> Result<usize, ReloadError> {
         let started = Instant::now();
-        let (source, cache) = (self.source.clone(), self.parse_cache.clone());
-        let (snapshot, diagnostics) = tokio::task::spawn_blocking(move || {
+        let (source, cache) = (self.source.clone(), self.compile_cache.clone());
+        let previous = self.live.load().snapshot.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-            source.compile_cached(&mut cache)
+            source.compile_cached(&mut cache, &previous)
         })
         .await??;
+        let (snapshot, diagnostics) = match compiled {
+            Compiled::Full(snapshot, diagnostics) => (snapshot, diagnostics),
+            Compiled::Endpoints {
+                snapshot,
+                diagnostics,
+                services,
+            } => {
+                // Listeners, TLS and the kernel policy are the previous snapshot's.
+                for d in diagnostics.warnings() {
+                    warn!("{d}");
+                }
+                self.publish(Arc::new(snapshot));
+                debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    services, "endpoints updated"
+                );
+                return Ok(0);
+            }
+        };
         let credentials = self.source.tls.credentials.staged_report();
         log_diagnostics(&diagnostics, &credentials);
         let bound = self.listeners.bind_new(&snapshot).await?;
         let added = bound.ports();
         let snapshot = Arc::new(snapshot);
         self.publish(snapshot.clone());
+        self.compile_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .previous_is_current = true;
         let credentials = self.source.tls.credentials.commit();
         report_credentials(&self.metrics, &credentials);
         self.listeners.start(bound, &snapshot);
@@ -379,10 +361,13 @@ impl Reloader {
         async move {
             let _watcher = watcher;
             // Parse everything once now, so the first reload re-parses only what changed.
-            let (paths, cache) = (self.source.paths.clone(), self.parse_cache.clone());
+            // The live snapshot was compiled from the files as they were at start; a
+            // change since then is caught by the first reload (a full one, as the files
+            // are then unchanged to the cache).
+            let (paths, cache) = (self.source.paths.clone(), self.compile_cache.clone());
             let _ = tokio::task::spawn_blocking(move || {
                 let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-                let _ = cache.load(&paths);
+                cache.previous_is_current = cache.files.refresh(&paths).is_ok();
             })
             .await;
             let mut sweep = tokio::time::interval(RETIRED_SWEEP);
@@ -611,42 +596,6 @@ mod tests {
         // A new regular file is still empty; its close follows.
         let created = EventKind::Create(CreateKind::File);
         assert!(!announces_new_content(&created, path));
-    }
-
-    #[test]
-    fn the_parse_cache_loads_what_the_loader_loads() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = std::env::temp_dir().join(format!("gatewayd-parse-cache-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("team"))?;
-        let service = |name: &str, port: u16| {
-            format!(
-                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: {port}}}]\n---\n"
-            )
-        };
-        std::fs::write(dir.join("a.yaml"), service("a", 80) + &service("b", 81))?;
-        std::fs::write(
-            dir.join("team/c.yaml"),
-            service("c", 82) + "kind: Unknown\napiVersion: x/v1\n",
-        )?;
-        std::fs::write(
-            dir.join("d.yaml"),
-            "apiVersion: v1\nkind: Service\nmetadata: {name: d\n",
-        )?;
-        let paths = [dir.clone()];
-        let mut cache = ParseCache::default();
-        let same = |cache: &mut ParseCache| -> Result<bool, Box<dyn std::error::Error>> {
-            let cached = cache.load(&paths)?;
-            let loaded = config::load(&paths)?;
-            Ok(format!("{cached:?}") == format!("{loaded:?}"))
-        };
-        assert!(same(&mut cache)?);
-        // One file changes, one disappears: the cached files and the new text still add
-        // up to what a full load gives.
-        std::fs::write(dir.join("team/c.yaml"), service("c", 8082))?;
-        std::fs::remove_file(dir.join("d.yaml"))?;
-        assert!(same(&mut cache)?);
-        assert_eq!(cache.files.len(), 2);
-        std::fs::remove_dir_all(&dir)?;
-        Ok(())
     }
 
     #[test]

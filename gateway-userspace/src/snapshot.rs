@@ -599,7 +599,7 @@ mod duration_opt {
 }
 
 /// The kernel's view of the snapshot.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct KernelPolicy {
     /// Ports the programs count and (later) police: every listener's bind port.
     pub ports: Vec<u16>,

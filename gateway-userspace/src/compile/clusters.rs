@@ -8,7 +8,7 @@
 //! ServiceEntry endpoint labels.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -19,9 +19,12 @@ use crate::connection_pool::ConnectionPool;
 use crate::{
     config::{
         Diagnostic, Diagnostics, Location, Resources, Sourced,
+        cache::ServiceKey,
         resources::{Destination, DestinationRule, IntOrString, SERVICE_NAME_LABEL, ServiceEntry},
     },
-    snapshot::{Cluster, EndpointSource, LoadBalancer, OutlierDetection, UpstreamProtocol},
+    snapshot::{
+        Cluster, EndpointSource, LoadBalancer, OutlierDetection, Snapshot, UpstreamProtocol,
+    },
 };
 
 /// Envoy's outlier-detection defaults, which Istio keeps for fields a rule leaves out.
@@ -633,4 +636,50 @@ fn core_endpoints(
             }
         }
     }
+}
+
+/// The snapshot `previous` with the endpoints of `services`' clusters read again from
+/// `resources` (which need hold only EndpointSlices and Endpoints): the routes, TLS and
+/// cluster definitions are shared, not recompiled. Clusters whose endpoints come out the
+/// same keep their list.
+pub fn update_endpoints(
+    previous: &Snapshot,
+    resources: &Resources,
+    services: &BTreeSet<ServiceKey>,
+) -> (Snapshot, Diagnostics) {
+    let mut diagnostics = Diagnostics::default();
+    let endpoints = previous
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let before = previous.endpoints_of(cluster);
+            let touched = cluster
+                .endpoint_source
+                .service()
+                .is_some_and(|(ns, name)| services.contains(&(ns.to_owned(), name.to_owned())));
+            if !touched {
+                return previous
+                    .endpoints
+                    .get(cluster.id)
+                    .cloned()
+                    .unwrap_or_default();
+            }
+            let after = service_endpoints(resources, &cluster.endpoint_source, &mut diagnostics);
+            if after == before {
+                return previous
+                    .endpoints
+                    .get(cluster.id)
+                    .cloned()
+                    .unwrap_or_default();
+            }
+            after.into()
+        })
+        .collect();
+    let snapshot = Snapshot {
+        listeners: Arc::clone(&previous.listeners),
+        clusters: previous.clusters.clone(),
+        endpoints,
+        kernel: previous.kernel.clone(),
+    };
+    (snapshot, diagnostics)
 }

@@ -1,6 +1,6 @@
-use std::path::Path;
+use std::{collections::BTreeSet, path::Path, sync::Arc};
 
-use super::super::{Identity, compile};
+use super::super::{Identity, compile, update_endpoints};
 use crate::{
     config::{self, Diagnostics},
     route_table::RequestInfo,
@@ -206,11 +206,7 @@ spec:
     );
 }
 
-#[test]
-fn service_subsets_match_endpoint_slice_labels_and_endpoints_fill_in() {
-    let yaml = format!(
-        "{GATEWAY}---\n{}",
-        r#"
+const BOOKINFO: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: reviews, namespace: istio-system}
@@ -266,8 +262,11 @@ spec:
   - match: [{uri: {prefix: /v2}}]
     route: [{destination: {host: reviews.istio-system.svc.cluster.local, subset: v2}}]
   - route: [{destination: {host: reviews}}]
-"#
-    );
+"#;
+
+#[test]
+fn service_subsets_match_endpoint_slice_labels_and_endpoints_fill_in() {
+    let yaml = format!("{GATEWAY}---\n{BOOKINFO}");
     let (snapshot, diagnostics) = compile_yaml(&yaml);
     let cases: [(&str, &str, &[&str]); 3] = [
         (
@@ -300,4 +299,39 @@ spec:
             "{path}\n{diagnostics}"
         );
     }
+}
+
+#[test]
+fn an_endpoint_update_gives_what_a_full_compile_gives_and_shares_the_rest() {
+    let before = format!("{GATEWAY}---\n{BOOKINFO}");
+    let after = before.replace("addresses: [10.1.0.2]", "addresses: [10.1.0.3, 10.1.0.4]");
+    assert_ne!(before, after);
+    let (previous, _) = compile_yaml(&before);
+    let (recompiled, _) = compile_yaml(&after);
+    let (resources, _) = config::load_text(Path::new("dest.yaml"), &after);
+    let services = BTreeSet::from([("istio-system".to_owned(), "reviews".to_owned())]);
+    let (updated, diagnostics) = update_endpoints(&previous, &resources, &services);
+    assert!(diagnostics.0.is_empty(), "{diagnostics}");
+    for path in ["/v2", "/", "/ratings"] {
+        assert_eq!(
+            destinations(&updated, "bookinfo.example.com", path),
+            destinations(&recompiled, "bookinfo.example.com", path),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        destinations(&updated, "bookinfo.example.com", "/v2")[0].1,
+        ["10.1.0.3:9080", "10.1.0.4:9080"]
+    );
+    // Routes, cluster definitions and untouched endpoint lists are the previous ones.
+    assert!(Arc::ptr_eq(&updated.listeners, &previous.listeners));
+    let ratings = previous
+        .clusters
+        .iter()
+        .find(|c| c.service_name == "ratings")
+        .expect("the ratings cluster");
+    assert!(Arc::ptr_eq(
+        &updated.endpoints[ratings.id],
+        &previous.endpoints[ratings.id]
+    ));
 }

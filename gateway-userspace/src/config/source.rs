@@ -48,10 +48,7 @@ const CONFIG_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 /// Reads every configuration document under `paths`, in a stable order (the order given,
 /// then file names sorted), so that "oldest first" ties break the same way every load.
 pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, SourceError> {
-    let mut files = Vec::new();
-    for path in paths {
-        collect_files(path, true, &mut files)?;
-    }
+    let files = config_files(paths)?;
     let mut documents = Vec::new();
     for file in files {
         let text = fs::read_to_string(&file).map_err(|source| SourceError::Io {
@@ -61,6 +58,15 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, SourceError> {
         documents.extend(split_documents(&file, &text));
     }
     Ok(documents)
+}
+
+/// The files a load of `paths` reads, in the order it reads them.
+pub fn config_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SourceError> {
+    let mut files = Vec::new();
+    for path in paths {
+        collect_files(path, true, &mut files)?;
+    }
+    Ok(files)
 }
 
 fn collect_files(path: &Path, given: bool, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
