@@ -4,6 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -41,10 +43,13 @@ pub struct RequestStats {
 
 /// The label sets one destination has been seen with, resolved to their metrics once:
 /// a request then finds its counter by status, flags and protocol in a short list
-/// instead of cloning and hashing Istio's string labels every time.
+/// instead of cloning and hashing Istio's string labels every time. Requests only read
+/// the list (no lock, nothing written that other workers read); a label set seen for
+/// the first time copies it under `adding`.
 #[derive(Debug, Default)]
 pub struct RequestStatsCache {
-    entries: Mutex<Vec<(RequestKey, RequestStats)>>,
+    entries: ArcSwap<Vec<(RequestKey, RequestStats)>>,
+    adding: Mutex<()>,
 }
 
 /// What varies between the requests to one destination.
@@ -288,18 +293,34 @@ impl Metrics {
     }
 
     /// The request metrics of `key` at `destination`, created on first use and cached.
-    pub fn request_stats(
+    /// Counts one request of `key` at `destination` and records its duration, in the
+    /// metrics resolved for that label set on first use.
+    pub fn record_request(
         &self,
         cache: &RequestStatsCache,
         destination: &Destination<'_>,
         key: RequestKey,
-    ) -> RequestStats {
-        let mut entries = cache
-            .entries
+        duration_ms: f64,
+    ) {
+        let record = |stats: &RequestStats| {
+            stats.count.inc();
+            stats.duration_ms.observe(duration_ms);
+        };
+        let find = |entries: &[(RequestKey, RequestStats)]| {
+            entries
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, s)| record(s))
+        };
+        if find(&cache.entries.load()).is_some() {
+            return;
+        }
+        let _adding = cache
+            .adding
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, stats)) = entries.iter().find(|(k, _)| *k == key) {
-            return stats.clone();
+        if find(&cache.entries.load()).is_some() {
+            return;
         }
         let labels = RequestLabels {
             response_code: key.response_code,
@@ -313,8 +334,10 @@ impl Metrics {
             count: self.requests.get_or_create(&labels).clone(),
             duration_ms: self.request_duration_ms.get_or_create(&labels).clone(),
         };
-        entries.push((key, stats.clone()));
-        stats
+        record(&stats);
+        let mut entries = Vec::clone(&cache.entries.load());
+        entries.push((key, stats));
+        cache.entries.store(Arc::new(entries));
     }
 
     pub fn encode(&self) -> String {

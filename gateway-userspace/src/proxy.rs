@@ -8,6 +8,7 @@ mod forward;
 mod grpc;
 mod h1_guard;
 mod limits;
+mod log_sink;
 mod normalize;
 mod replay;
 mod route_actions;
@@ -31,10 +32,11 @@ use tokio::{
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-pub use access_log::{AccessLogFormat, access_log_dropped, flush_access_log};
+pub use access_log::AccessLogFormat;
 #[doc(hidden)]
 pub use h1_guard::fuzzing as h1_fuzzing;
 pub use limits::Limits;
+pub use log_sink::{dropped as access_log_dropped, flush as flush_access_log};
 
 use crate::{metrics::Metrics, runtime::Live};
 

@@ -1,19 +1,12 @@
 //! One access log line per request on stdout, in Envoy's default format (what Istio users
 //! grep for), or as JSON with the same fields.
 //!
-//! Requests never wait for stdout: a line is appended to a bounded buffer that one
-//! writer thread drains to fd 1. When the reader of stdout stops (a stuck log shipper,
-//! a full pipe), the buffer fills and further lines are dropped and counted in
-//! `gateway_access_log_dropped_total` instead of stalling the workers.
+//! Lines go to stdout through `log_sink`, which never lets a request wait.
 
 use std::{
-    io::Write as _,
     net::SocketAddr,
-    sync::{Condvar, LazyLock, Mutex, PoisonError},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
-
-use prometheus_client::metrics::counter::Counter;
 
 use http::{StatusCode, Version};
 
@@ -54,118 +47,7 @@ impl AccessLogFormat {
             AccessLogFormat::Text => entry.text(),
             AccessLogFormat::Json => entry.json(),
         };
-        SINK.push(line.as_bytes());
-    }
-}
-
-/// Lines waiting for stdout, at most this many bytes (some 4000 lines): enough to ride
-/// out a slow reader, small enough not to matter for memory.
-const SINK_CAPACITY: usize = 1024 * 1024;
-
-/// The buffer between the workers and the writer thread.
-struct Sink {
-    pending: Mutex<Pending>,
-    /// Signalled when lines arrive (for the writer) and when the writer is idle.
-    changed: Condvar,
-    dropped: Counter,
-}
-
-#[derive(Default)]
-struct Pending {
-    bytes: Vec<u8>,
-    /// The writer is writing a batch it took.
-    writing: bool,
-    started: bool,
-}
-
-static SINK: LazyLock<Sink> = LazyLock::new(|| Sink {
-    pending: Mutex::default(),
-    changed: Condvar::new(),
-    dropped: Counter::default(),
-});
-
-/// Lines dropped because stdout did not keep up (registered in metrics.rs).
-pub fn access_log_dropped() -> Counter {
-    SINK.dropped.clone()
-}
-
-/// Waits up to `timeout` for the lines logged so far to reach stdout (at exit).
-pub fn flush_access_log(timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let mut pending = SINK.lock();
-    while pending.started && (pending.writing || !pending.bytes.is_empty()) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        pending = SINK
-            .changed
-            .wait_timeout(pending, left)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-    }
-}
-
-impl Sink {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Appends a whole line, or drops it when the buffer is full: the lock is held for a
-    /// copy, never across a write to stdout.
-    fn push(&'static self, line: &[u8]) {
-        let mut pending = self.lock();
-        if !pending.started {
-            pending.started = true;
-            let started = std::thread::Builder::new()
-                .name("access-log".into())
-                .spawn(move || self.drain());
-            if started.is_err() {
-                pending.started = false;
-                self.dropped.inc();
-                return;
-            }
-        }
-        if pending.bytes.len() + line.len() > SINK_CAPACITY {
-            drop(pending);
-            self.dropped.inc();
-            return;
-        }
-        // The writer sleeps only on an empty buffer: wake it for the first line only.
-        let wake = pending.bytes.is_empty();
-        pending.bytes.extend_from_slice(line);
-        drop(pending);
-        if wake {
-            self.changed.notify_all();
-        }
-    }
-
-    /// The writer thread: takes everything buffered and writes it in one go; blocking
-    /// here is what the buffer is for.
-    fn drain(&self) {
-        let mut batch = Vec::new();
-        loop {
-            {
-                let mut pending = self.lock();
-                pending.writing = false;
-                self.changed.notify_all();
-                while pending.bytes.is_empty() {
-                    pending = self
-                        .changed
-                        .wait(pending)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
-                std::mem::swap(&mut pending.bytes, &mut batch);
-                pending.writing = true;
-            }
-            // A closed stdout loses the lines; nothing else can be done with them.
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(&batch).and_then(|()| stdout.flush());
-            drop(stdout);
-            batch.clear();
-            // Do not keep a burst's allocation for ever.
-            batch.shrink_to(64 * 1024);
-        }
+        super::log_sink::push(line.as_bytes());
     }
 }
 

@@ -209,8 +209,11 @@ impl Connection {
             response_flags: outcome.flags,
             http2: version == Version::HTTP_2,
         };
-        let stats = match outcome.cluster {
-            Some(cluster) => self.ctx.metrics.request_stats(
+        let elapsed = started.elapsed();
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let metrics = &self.ctx.metrics;
+        match outcome.cluster {
+            Some(cluster) => metrics.record_request(
                 &cluster.state.stats,
                 &Destination {
                     service: &cluster.service,
@@ -218,16 +221,15 @@ impl Connection {
                     namespace: &cluster.service_namespace,
                 },
                 key,
+                duration_ms,
             ),
-            None => {
-                self.ctx
-                    .metrics
-                    .request_stats(&self.ctx.local_stats, &Destination::UNKNOWN, key)
-            }
-        };
-        stats.count.inc();
-        let elapsed = started.elapsed();
-        stats.duration_ms.observe(elapsed.as_secs_f64() * 1000.0);
+            None => metrics.record_request(
+                &self.ctx.local_stats,
+                &Destination::UNKNOWN,
+                key,
+                duration_ms,
+            ),
+        }
         let Some(logged) = logged else {
             return response;
         };
