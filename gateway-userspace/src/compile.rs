@@ -68,6 +68,20 @@ pub fn compile_with(
     identity: &Identity,
     tls: &crate::tls::TlsState,
 ) -> (Snapshot, Diagnostics) {
+    let (snapshot, diagnostics, _) = compile_reusing(resources, identity, tls, None);
+    (snapshot, diagnostics)
+}
+
+/// `compile_with`, reusing what `previous` compiled where it still applies: when the
+/// resources differ from the ones `previous` was compiled from in VirtualServices (and
+/// endpoints) only, the routes of unchanged VirtualServices are taken as they are and
+/// the clusters keep their numbering. Returns what the next compile may reuse.
+pub fn compile_reusing(
+    resources: &Resources,
+    identity: &Identity,
+    tls: &crate::tls::TlsState,
+    previous: Option<(&Snapshot, &RouteMemo)>,
+) -> (Snapshot, Diagnostics, RouteMemo) {
     let mut compiler = Compiler {
         resources,
         identity,
@@ -77,12 +91,40 @@ pub fn compile_with(
         endpoint_lists: Vec::new(),
         tls,
         credentials: Default::default(),
+        reusable: previous.map(|(_, memo)| memo),
+        memo: RouteMemo::default(),
     };
+    if let Some((snapshot, _)) = previous {
+        // Routes taken from the memo name these clusters by id.
+        for cluster in &snapshot.clusters {
+            compiler
+                .clusters
+                .insert(cluster.name.clone(), Arc::clone(cluster));
+        }
+        compiler.cluster_list = snapshot.clusters.clone();
+        compiler.endpoint_lists = snapshot.endpoints.clone();
+    }
     let snapshot = compiler.snapshot();
     compiler.stage_credentials();
     let mut diagnostics = compiler.diagnostics;
     resources.locate(&mut diagnostics);
-    (snapshot, diagnostics)
+    (snapshot, diagnostics, compiler.memo)
+}
+
+/// The routes each VirtualService compiled to on each port, with the diagnostics that
+/// compiling them gave, for the next compile to reuse. A VirtualService is known by its
+/// allocation, which the reload's parse cache keeps for as long as its file is unchanged
+/// (and the entry holds it, so the address cannot be reused by another).
+#[derive(Default)]
+pub struct RouteMemo {
+    entries: HashMap<(usize, u16), MemoEntry>,
+}
+
+#[derive(Clone)]
+struct MemoEntry {
+    _resource: Arc<VirtualService>,
+    routes: Arc<Vec<Route<RouteAction>>>,
+    diagnostics: Vec<Diagnostic>,
 }
 
 struct Compiler<'a> {
@@ -97,6 +139,10 @@ struct Compiler<'a> {
     tls: &'a crate::tls::TlsState,
     /// The credentials this compile loaded or kept, staged in `tls` at the end.
     credentials: tls::CompiledCredentials,
+    /// What the previous compile's VirtualServices gave, when it may be reused.
+    reusable: Option<&'a RouteMemo>,
+    /// What this compile's VirtualServices gave.
+    memo: RouteMemo,
 }
 
 /// One server's host list entry, `namespace/host` split.
@@ -276,6 +322,7 @@ impl<'a> Compiler<'a> {
         candidates
             .find(|s| s.metadata.namespace() == self.identity.namespace)
             .or(Some(first))
+            .map(|s| &**s)
     }
 
     fn bind_port(&mut self, port: u16, own_service: Option<&Service>) -> (u16, Option<u16>) {
@@ -388,7 +435,7 @@ impl<'a> Compiler<'a> {
         virtual_services: &[&'a Sourced<VirtualService>],
     ) -> RouteTable<RouteAction> {
         // host → routes, in first-seen host order so output is stable.
-        let mut hosts: Vec<(String, Vec<Route<RouteAction>>)> = Vec::new();
+        let mut hosts: Vec<(String, Arc<Vec<Route<RouteAction>>>)> = Vec::new();
         // host → index in `hosts`: thousands of VirtualServices must not scan the list.
         let mut host_index: HashMap<String, usize> = HashMap::new();
         for vs in virtual_services {
@@ -436,14 +483,7 @@ impl<'a> Compiler<'a> {
                 );
                 continue;
             }
-            let routes: Vec<Route<RouteAction>> = vs
-                .resource
-                .spec
-                .http
-                .iter()
-                .enumerate()
-                .filter_map(|(index, route)| self.route(vs, index, route, port))
-                .collect();
+            let routes = self.virtual_service_routes(vs, port);
             for host in accepted_hosts {
                 match host_index.get(&host).and_then(|&i| hosts.get_mut(i)) {
                     // Several VirtualServices for one host: routes concatenate oldest
@@ -453,10 +493,8 @@ impl<'a> Compiler<'a> {
                     Some((_, existing)) => {
                         let mut combined: Vec<Route<RouteAction>> = Vec::new();
                         let mut catch_alls: Vec<Route<RouteAction>> = Vec::new();
-                        for route in existing
-                            .drain(..)
-                            .chain(routes.iter().map(routes::clone_route))
-                        {
+                        for route in existing.iter().chain(routes.iter()) {
+                            let route = routes::clone_route(route);
                             if is_catch_all(&route) {
                                 catch_alls.push(route);
                             } else {
@@ -464,11 +502,13 @@ impl<'a> Compiler<'a> {
                             }
                         }
                         combined.extend(catch_alls);
-                        *existing = combined;
+                        *existing = Arc::new(combined);
                     }
+                    // The common case, one VirtualService per host: its routes as they
+                    // are, shared with the memo.
                     None => {
                         host_index.insert(host.clone(), hosts.len());
-                        hosts.push((host, routes.iter().map(routes::clone_route).collect()));
+                        hosts.push((host, Arc::clone(&routes)));
                     }
                 }
             }
@@ -494,7 +534,7 @@ impl<'a> Compiler<'a> {
                 .iter()
                 .any(|server_host| intersect_hosts(host, server_host).as_deref() == Some(host))
             {
-                *routes = vec![routes::https_redirect(host)];
+                *routes = Arc::new(vec![routes::https_redirect(host)]);
             }
         }
         RouteTable::new(
@@ -503,6 +543,45 @@ impl<'a> Compiler<'a> {
                 .map(|(host, routes)| VirtualHost { host, routes })
                 .collect(),
         )
+    }
+}
+
+impl<'a> Compiler<'a> {
+    /// A VirtualService's HTTP routes as compiled for `port`: taken from the previous
+    /// compile's memo when it has them, compiled (and remembered) otherwise.
+    fn virtual_service_routes(
+        &mut self,
+        vs: &'a Sourced<VirtualService>,
+        port: u16,
+    ) -> Arc<Vec<Route<RouteAction>>> {
+        let key = (Arc::as_ptr(&vs.resource) as usize, port);
+        if let Some(entry) = self.reusable.and_then(|memo| memo.entries.get(&key)) {
+            self.diagnostics.0.extend(entry.diagnostics.iter().cloned());
+            self.memo.entries.insert(key, entry.clone());
+            return Arc::clone(&entry.routes);
+        }
+        let before = self.diagnostics.0.len();
+        let routes: Arc<Vec<Route<RouteAction>>> = Arc::new(
+            vs.resource
+                .spec
+                .http
+                .iter()
+                .enumerate()
+                .filter_map(|(index, route)| self.route(vs, index, route, port))
+                .collect(),
+        );
+        let entry = MemoEntry {
+            _resource: Arc::clone(&vs.resource),
+            routes: Arc::clone(&routes),
+            diagnostics: self
+                .diagnostics
+                .0
+                .get(before..)
+                .unwrap_or_default()
+                .to_vec(),
+        };
+        self.memo.entries.insert(key, entry);
+        routes
     }
 }
 

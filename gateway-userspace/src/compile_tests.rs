@@ -314,3 +314,67 @@ fn bad_matches_are_errors_naming_the_field() {
     assert_eq!(error.field.as_deref(), Some("spec.http[0].match[1].uri"));
     assert!(error.message.starts_with("invalid regex"), "{error}");
 }
+
+#[test]
+fn a_recompile_reuses_the_routes_of_unchanged_virtual_services() {
+    // httpbin.example.com from HTTPBIN, plus a second host whose VirtualService changes.
+    let second = |path: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: other}}\nspec:\n  hosts: [\"other.example.com\"]\n  gateways: [httpbin-gateway]\n  http:\n  - match: [{{uri: {{prefix: {path}}}}}]\n    route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]\n"
+        )
+    };
+    let yaml = HTTPBIN.replace(
+        "hosts: [\"httpbin.example.com\"]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService",
+        "hosts: [\"httpbin.example.com\", \"other.example.com\"]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService",
+    );
+    let (resources, diagnostics) = config::load_text(
+        Path::new("test.yaml"),
+        &format!("{yaml}---\n{}", second("/old")),
+    );
+    assert!(!diagnostics.has_errors(), "{diagnostics}");
+    let tls = crate::tls::TlsState::default();
+    let (first, _, memo) = compile_reusing(&resources, &Identity::default(), &tls, None);
+    assert_eq!(
+        route(&first, 80, "other.example.com", "/old"),
+        "10.1.0.5:8080"
+    );
+
+    // The second VirtualService is parsed again (as the reload cache does for its file);
+    // everything else is the same allocation.
+    let mut changed = resources.clone();
+    let (reparsed, _) = config::load_text(Path::new("other.yaml"), &second("/new"));
+    changed.virtual_services[1] = reparsed.virtual_services[0].clone();
+    let (reused, diagnostics, _) =
+        compile_reusing(&changed, &Identity::default(), &tls, Some((&first, &memo)));
+    assert!(!diagnostics.has_errors(), "{diagnostics}");
+    let (full, _) = compile(&changed, &Identity::default());
+    for (host, path) in [
+        ("other.example.com", "/new"),
+        ("other.example.com", "/old"),
+        ("httpbin.example.com", "/status/200"),
+        ("httpbin.example.com", "/headers"),
+    ] {
+        assert_eq!(
+            route(&reused, 80, host, path),
+            route(&full, 80, host, path),
+            "{host}{path}"
+        );
+    }
+    assert_eq!(
+        route(&reused, 80, "other.example.com", "/new"),
+        "10.1.0.5:8080"
+    );
+    let vhost = |snapshot: &Snapshot, host: &str| {
+        let table = &snapshot.listeners[0].routes;
+        let found = table.virtual_hosts.iter().find(|v| v.host == host);
+        Arc::clone(&found.expect("the host").routes)
+    };
+    assert!(Arc::ptr_eq(
+        &vhost(&first, "httpbin.example.com"),
+        &vhost(&reused, "httpbin.example.com")
+    ));
+    assert!(!Arc::ptr_eq(
+        &vhost(&first, "other.example.com"),
+        &vhost(&reused, "other.example.com")
+    ));
+}

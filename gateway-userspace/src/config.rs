@@ -48,7 +48,9 @@ const ISTIO_KINDS: [&str; 4] = [
 /// A resource and where its document starts.
 #[derive(Clone, Debug)]
 pub struct Sourced<T> {
-    pub resource: T,
+    /// Shared: loads that reuse a file's parse (the reload cache) copy pointers, and an
+    /// unchanged resource is the same allocation from one load to the next.
+    pub resource: Arc<T>,
     pub location: Option<Location>,
 }
 
@@ -125,9 +127,15 @@ impl Resources {
     /// Whether these are EndpointSlices and Endpoints and nothing else (an endpoint
     /// update, which needs no recompile of routes and TLS).
     pub fn holds_only_endpoints(&self) -> bool {
+        self.virtual_services.is_empty() && self.holds_only_routes_and_endpoints()
+    }
+
+    /// Whether these are VirtualServices, EndpointSlices and Endpoints and nothing else
+    /// (a change that leaves clusters, listeners and TLS as they were).
+    pub fn holds_only_routes_and_endpoints(&self) -> bool {
         let Resources {
             gateways,
-            virtual_services,
+            virtual_services: _,
             services,
             endpoint_slices: _,
             endpoints: _,
@@ -145,7 +153,6 @@ impl Resources {
             documents: _,
         } = self;
         gateways.is_empty()
-            && virtual_services.is_empty()
             && services.is_empty()
             && destination_rules.is_empty()
             && service_entries.is_empty()
@@ -348,7 +355,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         ($list:ident) => {
             match item.typed(&resource) {
                 Ok(r) => resources.$list.push(Sourced {
-                    resource: r,
+                    resource: Arc::new(r),
                     location,
                 }),
                 Err(d) => diagnostics.push(d),
@@ -402,7 +409,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         // Secret values are key material: their parse errors must not quote them.
         ("", "Secret") => match item.typed(&resource) {
             Ok(r) => resources.secrets.push(Sourced {
-                resource: r,
+                resource: Arc::new(r),
                 location,
             }),
             Err(d) => diagnostics.push(crate::tls::certs::redacted(d)),

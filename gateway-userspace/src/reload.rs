@@ -100,26 +100,52 @@ impl ConfigSource {
         previous: &Snapshot,
     ) -> Result<Compiled, ReloadError> {
         let change = cache.files.refresh(&self.paths)?;
-        if let Change::EndpointsOnly(services) = change
+        if let Change::EndpointsOnly(services) = &change
             && cache.previous_is_current
         {
             let resources = cache.files.endpoint_resources();
-            let (snapshot, diagnostics) =
-                compile::update_endpoints(previous, &resources, &services);
+            let (snapshot, diagnostics) = compile::update_endpoints(previous, &resources, services);
             return Ok(Compiled::Endpoints {
                 snapshot,
                 diagnostics,
                 services: services.len(),
             });
         }
+        // Only VirtualServices changed: the routes of the others are reused, as long as
+        // the clusters carried over (some perhaps no longer named) stay few.
+        let reuse = match &change {
+            Change::Routes(_) if cache.previous_is_current => cache
+                .memo
+                .as_ref()
+                .filter(|_| previous.clusters.len() <= 2 * cache.clusters_at_full + 64)
+                .map(|memo| (previous, memo)),
+            _ => None,
+        };
+        let reused = reuse.is_some();
+        let (resources, mut diagnostics) = cache.files.resources();
+        let (mut snapshot, more, memo) =
+            compile::compile_reusing(&resources, &self.identity, &self.tls, reuse);
         // Until this compile is applied, the live snapshot lags the files.
         cache.previous_is_current = false;
-        let (resources, mut diagnostics) = cache.files.resources();
-        let (snapshot, more) = compile::compile_with(&resources, &self.identity, &self.tls);
+        cache.memo = None;
         diagnostics.extend(more);
         if diagnostics.has_errors() {
             return Err(ReloadError::Invalid(diagnostics));
         }
+        if let Change::Routes(services) = &change
+            && reused
+            && !services.is_empty()
+        {
+            // Carried-over clusters have the previous endpoints.
+            let endpoints = cache.files.endpoint_resources();
+            let (updated, more) = compile::update_endpoints(&snapshot, &endpoints, services);
+            snapshot = updated;
+            diagnostics.extend(more);
+        }
+        if !reused {
+            cache.clusters_at_full = snapshot.clusters.len();
+        }
+        cache.memo = Some(memo);
         Ok(Compiled::Full(snapshot, diagnostics))
     }
 }
@@ -143,8 +169,12 @@ pub struct CompileCache {
     files: ParseCache,
     /// Whether the live snapshot was compiled from everything `files` held before the
     /// current refresh (false after a full compile that was refused or not applied):
-    /// only then can an endpoint update patch it.
+    /// only then can an endpoint update patch it, or a route change reuse its parts.
     previous_is_current: bool,
+    /// What the last compile's VirtualServices gave (see `compile::compile_reusing`).
+    memo: Option<compile::RouteMemo>,
+    /// Clusters after the last compile that reused nothing.
+    clusters_at_full: usize,
 }
 
 /// Tells the kernel programs what a snapshot wants of them. Runs after every successful

@@ -4,7 +4,7 @@
 //!
 //! Generic over the action type so tests can route to plain labels.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use http::HeaderMap;
 use regex::Regex;
@@ -22,7 +22,9 @@ pub struct RouteTable<A> {
 #[derive(Clone, Debug, Serialize)]
 pub struct VirtualHost<A> {
     pub host: String,
-    pub routes: Vec<Route<A>>,
+    /// Shared with the compile that made them, so that a recompile reuses the routes of
+    /// hosts it did not change.
+    pub routes: Arc<Vec<Route<A>>>,
 }
 
 #[derive(Clone, Debug, Serialize)]

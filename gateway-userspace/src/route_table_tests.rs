@@ -1,4 +1,5 @@
 use http::{HeaderMap, HeaderValue};
+use std::sync::Arc;
 
 use super::*;
 
@@ -52,7 +53,7 @@ fn hosts_then_first_matching_prefix() {
     let table = RouteTable::new(vec![
         VirtualHost {
             host: "httpbin.example.com".into(),
-            routes: vec![
+            routes: Arc::new(vec![
                 route(
                     "status-or-delay",
                     vec![on_path(prefix("/status")), on_path(prefix("/delay"))],
@@ -64,19 +65,19 @@ fn hosts_then_first_matching_prefix() {
                         ignore_case: false,
                     }))],
                 ),
-            ],
+            ]),
         },
         VirtualHost {
             host: "*.example.com".into(),
-            routes: vec![route("wildcard", vec![])],
+            routes: Arc::new(vec![route("wildcard", vec![])]),
         },
         VirtualHost {
             host: "*.api.example.com".into(),
-            routes: vec![route("deeper-wildcard", vec![])],
+            routes: Arc::new(vec![route("deeper-wildcard", vec![])]),
         },
         VirtualHost {
             host: "*".into(),
-            routes: vec![route("catch-all", vec![on_path(prefix("/only"))])],
+            routes: Arc::new(vec![route("catch-all", vec![on_path(prefix("/only"))])]),
         },
     ]);
     let none = HeaderMap::new();
@@ -113,7 +114,7 @@ fn hosts_then_first_matching_prefix() {
 fn no_catch_all_host_means_unknown_hosts_miss() {
     let table = RouteTable::new(vec![VirtualHost {
         host: "a.example".into(),
-        routes: vec![route("a", vec![])],
+        routes: Arc::new(vec![route("a", vec![])]),
     }]);
     assert_eq!(lookup(&table, "b.example", "/", &HeaderMap::new()), None);
     assert_eq!(
@@ -126,7 +127,7 @@ fn no_catch_all_host_means_unknown_hosts_miss() {
 fn regex_is_whole_path_and_ignore_case_applies() -> Result<(), regex::Error> {
     let table = RouteTable::new(vec![VirtualHost {
         host: "*".into(),
-        routes: vec![
+        routes: Arc::new(vec![
             route(
                 "regex",
                 vec![on_path(Some(StringMatcher::regex(
@@ -145,7 +146,7 @@ fn regex_is_whole_path_and_ignore_case_applies() -> Result<(), regex::Error> {
                 "icase-regex",
                 vec![on_path(Some(StringMatcher::regex("/ab+", true)?))],
             ),
-        ],
+        ]),
     }]);
     let none = HeaderMap::new();
     assert_eq!(lookup(&table, "h", "/v2/items", &none), Some("regex"));
@@ -163,7 +164,7 @@ fn regex_is_whole_path_and_ignore_case_applies() -> Result<(), regex::Error> {
 fn headers_query_and_without_headers() {
     let table = RouteTable::new(vec![VirtualHost {
         host: "*".into(),
-        routes: vec![
+        routes: Arc::new(vec![
             route(
                 "canary",
                 vec![RequestMatch {
@@ -204,7 +205,7 @@ fn headers_query_and_without_headers() {
                 }],
             ),
             route("rest", vec![]),
-        ],
+        ]),
     }]);
     let mut canary = HeaderMap::new();
     canary.insert("x-canary", HeaderValue::from_static("1"));
@@ -262,7 +263,7 @@ fn host_table(hosts: &[&'static str]) -> RouteTable<&'static str> {
             .iter()
             .map(|h| VirtualHost {
                 host: (*h).to_owned(),
-                routes: vec![route(h, Vec::new())],
+                routes: Arc::new(vec![route(h, Vec::new())]),
             })
             .collect(),
     )

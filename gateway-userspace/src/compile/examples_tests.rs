@@ -22,7 +22,7 @@ fn rendered(example: &str) -> Vec<String> {
     let mut lines = Vec::new();
     for listener in snapshot.listeners.iter() {
         for vhost in &listener.routes.virtual_hosts {
-            for route in &vhost.routes {
+            for route in vhost.routes.iter() {
                 let matches = serde_json::to_string(&route.matches).unwrap_or_default();
                 let action = match &route.action {
                     RouteAction::Forward(forward) => forward

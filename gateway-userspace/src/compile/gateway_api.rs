@@ -955,7 +955,7 @@ fn route_table(entries: Vec<(String, &Entry)>) -> RouteTable<RouteAction> {
         }
         virtual_hosts.push(VirtualHost {
             host: host.clone(),
-            routes,
+            routes: routes.into(),
         });
     }
     RouteTable::new(virtual_hosts)

@@ -353,7 +353,7 @@ spec:
         .routes
         .virtual_hosts
         .iter()
-        .flat_map(|v| &v.routes)
+        .flat_map(|v| v.routes.iter())
         .find_map(|r| match &r.action {
             RouteAction::Forward(f) if !f.headers.request.is_empty() => Some(f),
             _ => None,
@@ -488,7 +488,7 @@ spec:
         .routes
         .virtual_hosts
         .iter()
-        .flat_map(|v| &v.routes)
+        .flat_map(|v| v.routes.iter())
         .find_map(|r| match &r.action {
             RouteAction::Forward(f) => f.cors.clone(),
             _ => None,

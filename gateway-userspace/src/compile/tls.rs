@@ -389,7 +389,7 @@ impl<'a> Compiler<'a> {
                 s.resource.metadata.name == ca_secret_name && s.resource.metadata.namespace() == ns
             })
         });
-        for candidate in std::iter::once(secret).chain(ca_secret.map(|s| &s.resource)) {
+        for candidate in std::iter::once(secret).chain(ca_secret.map(|s| &*s.resource)) {
             let loaded = match certs::secret_first(candidate, &CA_KEYS) {
                 Ok(Some(pem)) => certs::certificates(&pem),
                 Ok(None) => continue,

@@ -32,6 +32,8 @@ pub enum Change {
     Unchanged,
     /// Only EndpointSlices and Endpoints changed, of these Services.
     EndpointsOnly(BTreeSet<ServiceKey>),
+    /// Only VirtualServices changed, and the endpoints of these Services.
+    Routes(BTreeSet<ServiceKey>),
     /// Anything else.
     Other,
 }
@@ -86,10 +88,9 @@ impl ParseCache {
                 change.saw(&cached.resources, &cached.diagnostics);
             }
         }
-        if files != self.order {
-            // Reordered files reorder resources, and order decides precedence.
-            change.other();
-        }
+        // Files that came or went count by what they hold; the order of files matters
+        // only among resources of a kind, and a change of routes or endpoints recomputes
+        // that order from all of them.
         for file in &files {
             let stamp = Stamp::of(file);
             if let Some(cached) = self.files.get(file)
@@ -160,22 +161,19 @@ impl ParseCache {
 #[derive(Default)]
 struct Tally {
     any: bool,
+    routes: bool,
     other: bool,
     services: BTreeSet<ServiceKey>,
 }
 
 impl Tally {
-    fn other(&mut self) {
-        self.any = true;
-        self.other = true;
-    }
-
     fn saw(&mut self, resources: &Resources, diagnostics: &Diagnostics) {
         self.any = true;
-        if !resources.holds_only_endpoints() || diagnostics.has_errors() {
+        if !resources.holds_only_routes_and_endpoints() || diagnostics.has_errors() {
             self.other = true;
             return;
         }
+        self.routes |= !resources.virtual_services.is_empty();
         for slice in &resources.endpoint_slices {
             let meta = &slice.resource.metadata;
             if let Some(service) = meta.labels.get(SERVICE_NAME_LABEL) {
@@ -191,10 +189,11 @@ impl Tally {
     }
 
     fn into_change(self) -> Change {
-        match (self.any, self.other) {
-            (false, _) => Change::Unchanged,
-            (true, true) => Change::Other,
-            (true, false) => Change::EndpointsOnly(self.services),
+        match (self.any, self.other, self.routes) {
+            (false, _, _) => Change::Unchanged,
+            (true, true, _) => Change::Other,
+            (true, false, true) => Change::Routes(self.services),
+            (true, false, false) => Change::EndpointsOnly(self.services),
         }
     }
 }
@@ -261,6 +260,10 @@ mod tests {
         let endpoints = cache.endpoint_resources();
         assert_eq!(endpoints.endpoint_slices.len(), 1);
         assert!(endpoints.services.is_empty());
+        // A VirtualService beside the endpoints: routes change, clusters do not.
+        let route = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, namespace: ns}\nspec: {hosts: [a.example.com], http: []}\n";
+        std::fs::write(dir.join("routes.yaml"), route)?;
+        assert_eq!(cache.refresh(&paths)?, Change::Routes(BTreeSet::new()));
         // A file that held endpoints and now holds a Service is another kind of change.
         std::fs::write(
             dir.join("endpoints.yaml"),
