@@ -98,8 +98,19 @@ impl ConfigSource {
         &self,
         cache: &mut CompileCache,
         previous: &Snapshot,
+        trigger: &Trigger,
     ) -> Result<Compiled, ReloadError> {
-        let change = cache.files.refresh(&self.paths)?;
+        let change = match &trigger.touched {
+            Some(touched) if cache.previous_is_current => {
+                cache.files.refresh_touched(&self.paths, touched)?
+            }
+            _ => cache.files.refresh(&self.paths)?,
+        };
+        let beyond_config = trigger.beyond_config;
+        debug!(change = change.summary(), "configuration files read");
+        if change == Change::Unchanged && !beyond_config && cache.previous_is_current {
+            return Ok(Compiled::Nothing);
+        }
         if let Change::EndpointsOnly(services) = &change
             && cache.previous_is_current
         {
@@ -150,8 +161,22 @@ impl ConfigSource {
     }
 }
 
+/// What a reload applied.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing had changed.
+    Nothing,
+    /// Endpoints only.
+    Endpoints,
+    /// A new snapshot, except `failing` TLS credentials that did not load (their servers
+    /// keep the last good version, or are not served).
+    Full { failing: usize },
+}
+
 /// What a reload compiled.
 enum Compiled {
+    /// Nothing: the configuration files are as the live snapshot was compiled from.
+    Nothing,
     /// Everything, from all the resources.
     Full(Snapshot, Diagnostics),
     /// The live snapshot with the endpoints of `services` Services read again.
@@ -296,20 +321,21 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Compiles the configuration again and, if it is good, makes it the live one.
-    /// Returns how many credentials it could not apply (their servers keep the last good
-    /// version, or are not served).
-    pub async fn reload(&self) -> Result<usize, ReloadError> {
+    /// Compiles the configuration again and, if it is good, makes it the live one; only
+    /// what changed is recompiled, and nothing when the configuration files are unchanged
+    /// and `beyond_config` is false.
+    pub async fn reload(&self, trigger: Trigger) -> Result<Applied, ReloadError> {
         let started = Instant::now();
         let (source, cache) = (self.source.clone(), self.compile_cache.clone());
         let previous = self.live.load().snapshot.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             let _background = BackgroundPriority::enter();
             let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-            source.compile_cached(&mut cache, &previous)
+            source.compile_cached(&mut cache, &previous, &trigger)
         })
         .await??;
         let (snapshot, diagnostics) = match compiled {
+            Compiled::Nothing => return Ok(Applied::Nothing),
             Compiled::Full(snapshot, diagnostics) => (snapshot, diagnostics),
             Compiled::Endpoints {
                 snapshot,
@@ -325,7 +351,7 @@ impl Reloader {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     services, "endpoints updated"
                 );
-                return Ok(0);
+                return Ok(Applied::Endpoints);
             }
         };
         let credentials = self.source.tls.credentials.staged_report();
@@ -372,7 +398,7 @@ impl Reloader {
                 "configuration reloaded EXCEPT {failing} TLS credential(s) that did not load"
             );
         }
-        Ok(failing)
+        Ok(Applied::Full { failing })
     }
 
     /// Makes `snapshot` the live configuration, carrying over the cluster state of the
@@ -384,11 +410,15 @@ impl Reloader {
     }
 
     /// Reloads, and reports the outcome in logs and metrics; never stops serving.
-    pub async fn reload_and_report(&self, cause: &str) {
-        let result = match self.reload().await {
-            Ok(0) => "success",
+    pub async fn reload_and_report(&self, cause: &str, trigger: Trigger) {
+        let result = match self.reload(trigger).await {
+            Ok(Applied::Nothing) => {
+                debug!(cause, "configuration files unchanged; nothing to reload");
+                return;
+            }
+            Ok(Applied::Endpoints) | Ok(Applied::Full { failing: 0 }) => "success",
             // Applied, but not all of it: a reload is successful only for what it applied.
-            Ok(_) => "partial",
+            Ok(Applied::Full { .. }) => "partial",
             Err(ReloadError::Invalid(diagnostics)) => {
                 for d in diagnostics.errors() {
                     error!("{d}");
@@ -429,36 +459,104 @@ impl Reloader {
         async move {
             let _watcher = watcher;
             // Parse everything once now, so the first reload re-parses only what changed.
-            // The live snapshot was compiled from the files as they were at start; a
-            // change since then is caught by the first reload (a full one, as the files
-            // are then unchanged to the cache).
             let (paths, cache) = (self.source.paths.clone(), self.compile_cache.clone());
             let _ = tokio::task::spawn_blocking(move || {
                 let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-                cache.previous_is_current = cache.files.refresh(&paths).is_ok();
+                let _ = cache.files.refresh(&paths);
+                // The live snapshot may predate what this read saw (a change while
+                // starting): the first reload compiles everything.
+                cache.previous_is_current = false;
             })
             .await;
             let mut sweep = tokio::time::interval(RETIRED_SWEEP);
             loop {
+                let mut touched = Vec::new();
                 let cause = tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => return,
                     _ = sweep.tick() => {
                         self.retired.sweep();
                         continue;
                     }
-                    Some(()) = changed.recv() => "file change",
-                    Some(()) = hangup.recv() => "SIGHUP",
+                    Some(first) = changed.recv() => {
+                        touched.push(first);
+                        "file change"
+                    }
+                    Some(()) = hangup.recv() => {
+                        // Everything is read again, and compiled even if unchanged.
+                        touched.push(Touched::Unknown);
+                        "SIGHUP"
+                    }
                 };
                 // Let the writer finish: wait for a quiet moment, folding in further events.
                 let first = Instant::now();
                 while first.elapsed() < DEBOUNCE_MAX {
                     match tokio::time::timeout(DEBOUNCE, changed.recv()).await {
-                        Ok(Some(())) => continue,
+                        Ok(Some(more)) => touched.push(more),
                         _ => break,
                     }
                 }
-                self.reload_and_report(cause).await;
+                // Looked at now that the writer is done: its temporary files are gone.
+                let trigger = Trigger::of(&touched);
+                self.reload_and_report(cause, trigger).await;
             }
+        }
+    }
+}
+
+/// Why a reload runs.
+#[derive(Debug, Default)]
+pub struct Trigger {
+    /// The paths the watcher saw change; None when it could not tell (SIGHUP, lost
+    /// events, start-up), and then every file is looked at.
+    pub touched: Option<Vec<PathBuf>>,
+    /// The change may concern files other than the configuration files (see `Touched`):
+    /// a reload compiles even when those are unchanged.
+    pub beyond_config: bool,
+}
+
+impl Trigger {
+    /// Anything may have changed.
+    pub fn anything() -> Trigger {
+        Trigger {
+            touched: None,
+            beyond_config: true,
+        }
+    }
+
+    fn of(events: &[Touched]) -> Trigger {
+        let mut touched = Vec::new();
+        for event in events {
+            match event {
+                Touched::Paths(paths) => touched.extend(paths.iter().cloned()),
+                Touched::Unknown => return Trigger::anything(),
+            }
+        }
+        Trigger {
+            beyond_config: events.iter().any(Touched::beyond_config),
+            touched: Some(touched),
+        }
+    }
+}
+
+/// What a watch event touched.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Touched {
+    Paths(Vec<PathBuf>),
+    /// The watch lost events (its queue overflowed): anything may have changed.
+    Unknown,
+}
+
+impl Touched {
+    /// Whether the change may concern more than the configuration files the parse cache
+    /// compares (certificate files, a volume's `..data` link): then a reload that finds
+    /// the configuration files unchanged compiles anyway. A path that is gone (a
+    /// writer's temporary file, renamed into place) cannot.
+    fn beyond_config(&self) -> bool {
+        match self {
+            Touched::Unknown => true,
+            Touched::Paths(paths) => paths.iter().any(|path| {
+                !config::source::is_config_file(path) && path.symlink_metadata().is_ok()
+            }),
         }
     }
 }
@@ -468,7 +566,7 @@ impl Reloader {
 /// (`Reloader::watch`) instead of being missed or, for SIGHUP, killing the process.
 pub struct ChangeWatch {
     watcher: notify::RecommendedWatcher,
-    changed: mpsc::UnboundedReceiver<()>,
+    changed: mpsc::UnboundedReceiver<Touched>,
     hangup: tokio::signal::unix::Signal,
 }
 
@@ -577,7 +675,7 @@ impl Watched {
 
 fn watch_paths(
     paths: &[PathBuf],
-    changed: mpsc::UnboundedSender<()>,
+    changed: mpsc::UnboundedSender<Touched>,
 ) -> Result<notify::RecommendedWatcher, ReloadError> {
     let watched: Vec<Watched> = paths.iter().map(|p| Watched::of(p)).collect();
     let targets: Vec<(PathBuf, RecursiveMode)> = watched
@@ -591,16 +689,25 @@ fn watch_paths(
         })
         .collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match event {
-            Ok(event) => event.paths.iter().any(|path| {
-                announces_new_content(&event.kind, path) && watched.iter().any(|w| w.concerns(path))
-            }),
+        let touched = match event {
+            Ok(event) => {
+                let paths: Vec<PathBuf> = event
+                    .paths
+                    .into_iter()
+                    .filter(|path| {
+                        announces_new_content(&event.kind, path)
+                            && watched.iter().any(|w| w.concerns(path))
+                    })
+                    .collect();
+                if paths.is_empty() {
+                    return;
+                }
+                Touched::Paths(paths)
+            }
             // Overflowed queue and the like: better one reload too many than one missed.
-            Err(_) => true,
+            Err(_) => Touched::Unknown,
         };
-        if relevant {
-            let _ = changed.send(());
-        }
+        let _ = changed.send(touched);
     })
     .map_err(|source| ReloadError::Watch {
         path: PathBuf::new(),
@@ -645,7 +752,7 @@ mod tests {
         std::fs::write(&file, "# changed while starting\n")?;
         let seen = tokio::time::timeout(Duration::from_secs(10), changes.changed.recv()).await;
         std::fs::remove_dir_all(&dir)?;
-        assert_eq!(seen, Ok(Some(())));
+        assert_eq!(seen, Ok(Some(Touched::Paths(vec![file]))));
         Ok(())
     }
 

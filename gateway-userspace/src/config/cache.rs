@@ -6,11 +6,13 @@
 //! compile (`compile::update_endpoints`).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
+
+use rustc_hash::FxBuildHasher;
 
 use super::{
     Diagnostics, Resources, SourceError, load_text, resources::SERVICE_NAME_LABEL,
@@ -38,9 +40,21 @@ pub enum Change {
     Other,
 }
 
+impl Change {
+    /// A word for logs.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Change::Unchanged => "unchanged",
+            Change::EndpointsOnly(_) => "endpoints",
+            Change::Routes(_) => "routes",
+            Change::Other => "other",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct ParseCache {
-    files: HashMap<PathBuf, CachedFile>,
+    files: HashMap<PathBuf, CachedFile, FxBuildHasher>,
     /// The files of the last refresh, in load order.
     order: Vec<PathBuf>,
 }
@@ -83,7 +97,8 @@ impl ParseCache {
     pub fn refresh(&mut self, paths: &[PathBuf]) -> Result<Change, SourceError> {
         let files = config_files(paths)?;
         let mut change = Tally::default();
-        for gone in self.order.iter().filter(|f| !files.contains(f)) {
+        let present: HashSet<&PathBuf, FxBuildHasher> = files.iter().collect();
+        for gone in self.order.iter().filter(|f| !present.contains(f)) {
             if let Some(cached) = self.files.remove(gone) {
                 change.saw(&cached.resources, &cached.diagnostics);
             }
@@ -92,13 +107,55 @@ impl ParseCache {
         // only among resources of a kind, and a change of routes or endpoints recomputes
         // that order from all of them.
         for file in &files {
+            self.reread(file, true, &mut change)?;
+        }
+        self.order = files;
+        Ok(change.into_change())
+    }
+
+    /// `refresh` when the caller knows which files changed (the watcher's events): when
+    /// each of `touched` is a file the cache holds, or a path that is gone and was never
+    /// read (a writer's temporary file, renamed into place), only those are read again.
+    /// Anything else (a configuration file that came or went, a directory, a link) reads
+    /// everything.
+    pub fn refresh_touched(
+        &mut self,
+        paths: &[PathBuf],
+        touched: &[PathBuf],
+    ) -> Result<Change, SourceError> {
+        let mut known = Vec::new();
+        for path in touched {
+            let cached = self.files.contains_key(path);
+            match std::fs::symlink_metadata(path) {
+                Ok(metadata) if cached && metadata.is_file() => known.push(path),
+                Err(_) if !cached => {}
+                _ => return self.refresh(paths),
+            }
+        }
+        let mut change = Tally::default();
+        for file in known {
+            self.reread(file, false, &mut change)?;
+        }
+        Ok(change.into_change())
+    }
+
+    /// Reads `file` again unless its stamp says it is unchanged (when `trust_stamp`), and
+    /// parses it if its text changed, tallying what it held before and holds now.
+    fn reread(
+        &mut self,
+        file: &PathBuf,
+        trust_stamp: bool,
+        change: &mut Tally,
+    ) -> Result<(), SourceError> {
+        {
             let stamp = Stamp::of(file);
             if let Some(cached) = self.files.get(file)
+                && trust_stamp
                 && stamp.is_some()
                 && cached.stamp == stamp
                 && stamp.is_some_and(|s| s.modified + RACY_WINDOW < cached.read_at)
             {
-                continue;
+                return Ok(());
             }
             let read_at = SystemTime::now();
             let text = std::fs::read_to_string(file).map_err(|source| SourceError::Io {
@@ -110,7 +167,7 @@ impl ParseCache {
             {
                 cached.stamp = stamp;
                 cached.read_at = read_at;
-                continue;
+                return Ok(());
             }
             let (resources, diagnostics) = load_text(file, &text);
             change.saw(&resources, &diagnostics);
@@ -125,8 +182,7 @@ impl ParseCache {
                 change.saw(&old.resources, &old.diagnostics);
             }
         }
-        self.order = files;
-        Ok(change.into_change())
+        Ok(())
     }
 
     /// Everything the cached files hold, in load order.
@@ -260,10 +316,25 @@ mod tests {
         let endpoints = cache.endpoint_resources();
         assert_eq!(endpoints.endpoint_slices.len(), 1);
         assert!(endpoints.services.is_empty());
+        // Told which files changed: only those are read (the gone temporary file of a
+        // write-and-rename is no reason to look at more).
+        std::fs::write(dir.join("endpoints.yaml"), slice("10.0.0.3"))?;
+        let touched = [dir.join("endpoints.yaml"), dir.join("endpoints.yaml.tmp")];
+        let services = BTreeSet::from([("ns".to_owned(), "a".to_owned())]);
+        assert_eq!(
+            cache.refresh_touched(&paths, &touched)?,
+            Change::EndpointsOnly(services)
+        );
+        assert_eq!(cache.refresh_touched(&paths, &touched)?, Change::Unchanged);
         // A VirtualService beside the endpoints: routes change, clusters do not.
         let route = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, namespace: ns}\nspec: {hosts: [a.example.com], http: []}\n";
         std::fs::write(dir.join("routes.yaml"), route)?;
-        assert_eq!(cache.refresh(&paths)?, Change::Routes(BTreeSet::new()));
+        // A file the cache does not know: everything is looked at, and it is found.
+        let touched = [dir.join("routes.yaml")];
+        assert_eq!(
+            cache.refresh_touched(&paths, &touched)?,
+            Change::Routes(BTreeSet::new())
+        );
         // A file that held endpoints and now holds a Service is another kind of change.
         std::fs::write(
             dir.join("endpoints.yaml"),
