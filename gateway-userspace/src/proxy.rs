@@ -3,11 +3,16 @@
 //! arrives and forwarded to an upstream endpoint.
 
 mod access_log;
+mod body;
 mod edge_headers;
+mod flags;
 mod forward;
+mod forward_action;
 mod grpc;
 mod h1_guard;
 mod limits;
+mod local_reply;
+mod mirror;
 mod normalize;
 mod replay;
 mod route_actions;
@@ -15,6 +20,7 @@ mod tcp;
 mod tls;
 mod tunnel;
 mod upstream;
+mod upstream_head;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

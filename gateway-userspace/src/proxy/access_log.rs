@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use http::{StatusCode, Version};
 
-use super::{ProxyContext, forward::flags};
+use super::{ProxyContext, flags};
 use crate::metrics::RequestLabels;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

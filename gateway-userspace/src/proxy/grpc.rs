@@ -9,7 +9,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 
-use super::forward::ProxyBody;
+use super::body::ProxyBody;
 
 const GRPC_CONTENT_TYPE: &str = "application/grpc";
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");

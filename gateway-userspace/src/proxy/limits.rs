@@ -13,7 +13,7 @@ use std::{
 use http::{Request, StatusCode, header};
 use thiserror::Error;
 
-use super::{ProxyContext, forward::flags};
+use super::{ProxyContext, flags};
 
 /// Slowloris guard: once a request head has begun, the client gets this long to finish
 /// it (Envoy's `request_headers_timeout` is off by default; a gateway facing the
