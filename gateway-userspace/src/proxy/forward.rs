@@ -1,7 +1,7 @@
-//! One request: route it, apply the route's action (redirect, direct response, or a
-//! forward with rewrites, header operations, faults, CORS, mirrors, retries and timeouts),
-//! rewrite its headers as Istio's gateway does, and answer locally (404, 503, 502, 504)
-//! when it cannot be forwarded.
+//! One request, from the top: `handle` reads the live configuration, `route` checks the
+//! request and finds its route, the route's action answers (a redirect or a direct
+//! response here; a forward in `forward_action.rs`), and `handle` records the outcome in
+//! the metrics and the access log.
 
 use std::{
     net::SocketAddr,
@@ -16,15 +16,18 @@ use super::{
     ProxyContext,
     access_log::{AccessLogEntry, AccessLogFormat},
     body::ProxyBody,
-    edge_headers, flags, grpc, limits,
-    local_reply::local_response,
+    edge_headers,
+    flags::ResponseFlags,
+    forward_action, grpc, limits,
+    local_reply::LocalReply,
+    outcome::Outcome,
     route_actions, tunnel,
-    upstream_head::{X_FORWARDED_FOR, new_request_id},
+    upstream_head::{Downstream, X_FORWARDED_FOR, new_request_id},
 };
 use crate::{
     metrics::{Destination, RequestKey},
     route_table::RequestInfo,
-    runtime::{Live, LiveCluster},
+    runtime::Live,
     snapshot::{Listener, RouteAction},
     tls::Transport,
 };
@@ -43,16 +46,9 @@ pub(super) struct Connection {
     /// with the listener's TLS servers as they were at the handshake.
     pub tls: Option<(Arc<crate::tls::TlsConnectionInfo>, Arc<Transport>)>,
     /// The client's address as x-forwarded-for and x-envoy-external-address carry it.
-    pub(super) peer_ip: HeaderValue,
+    peer_ip: HeaderValue,
     /// The listener's drain deadline, for upgraded connections that outlive the request.
-    pub(super) drain: tunnel::Drain,
-}
-
-/// What the access log and metrics need about the outcome.
-pub(super) struct Outcome<'a> {
-    pub flags: &'static str,
-    pub cluster: Option<LiveCluster<'a>>,
-    pub upstream: Option<SocketAddr>,
+    drain: tunnel::Drain,
 }
 
 impl Connection {
@@ -80,15 +76,6 @@ impl Connection {
         self
     }
 
-    /// The clocks of an upgraded connection: the stream idle timeout and the drain.
-    pub(super) fn upgrade_clocks(&self) -> tunnel::Clocks {
-        tunnel::Clocks {
-            idle: self.ctx.limits.stream_idle_timeout,
-            drain: self.drain.clone(),
-            websocket: true,
-        }
-    }
-
     pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let version = request.version();
@@ -110,8 +97,8 @@ impl Connection {
         // it is served; the next request on the connection reads the live one again.
         let live = self.ctx.live.load_full();
 
-        let (response, outcome) = self
-            .route_and_forward(
+        let outcome = self
+            .route(
                 &live,
                 request,
                 authority.as_ref().and_then(|a| a.to_str().ok()),
@@ -120,7 +107,7 @@ impl Connection {
             .await;
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
-        let mut response = grpc::local_reply(request_is_grpc, response).await;
+        let (mut response, flags) = outcome.answer.into_response(request_is_grpc);
         // Istio names its gateway in every answer, the upstream's Server header replaced
         // (Envoy's default server_header_transformation, OVERWRITE).
         response
@@ -130,7 +117,7 @@ impl Connection {
         let status = response.status();
         let key = RequestKey {
             response_code: status.as_u16(),
-            response_flags: outcome.flags,
+            response_flags: flags.as_str(),
             http2: version == Version::HTTP_2,
         };
         let stats = match outcome.cluster {
@@ -161,7 +148,7 @@ impl Connection {
             path: logged.uri.path_and_query().map_or("/", |p| p.as_str()),
             version,
             status: status.as_u16(),
-            flags: outcome.flags,
+            flags: flags.as_str(),
             response_bytes: response
                 .headers()
                 .get(header::CONTENT_LENGTH)
@@ -179,62 +166,42 @@ impl Connection {
         response
     }
 
-    async fn route_and_forward<'s>(
+    /// Finds the request's route in `live` and applies its action.
+    async fn route<'s>(
         &'s self,
         live: &'s Arc<Live>,
         request: Request<Incoming>,
         authority: Option<&str>,
         request_id: &HeaderValue,
-    ) -> (Response<ProxyBody>, Outcome<'s>) {
+    ) -> Outcome<'s> {
         if let Some(status) = framing_problem(&request) {
             // The message boundaries are in doubt: answer and close the connection so
             // nothing after this request is read with the wrong framing.
-            let mut response = local_response(status, "");
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return (response, Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR));
+            return LocalReply::new(status, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR)
+                .closing()
+                .into();
         }
         if limits::declared_body_too_large(&request, &self.ctx.limits) {
             // Refused before anything is forwarded; the unread body ends the connection.
-            let mut response = local_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                limits::PAYLOAD_TOO_LARGE_BODY,
-            );
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return (response, Outcome::local(flags::NONE));
+            return LocalReply::payload_too_large().closing().into();
         }
         let Some(authority) = authority else {
-            return (
-                local_response(StatusCode::BAD_REQUEST, ""),
-                Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR),
-            );
+            return LocalReply::bad_request().into();
         };
         let Some(listener) = self.listener(live) else {
-            return (
-                local_response(StatusCode::NOT_FOUND, ""),
-                Outcome::local(flags::NO_ROUTE),
-            );
+            return LocalReply::no_route().into();
         };
         if let Some((tls, transport)) = &self.tls
             && let Some(listener_tls) = transport.tls()
             && tls.is_misdirected(listener_tls, authority)
         {
-            return (
-                local_response(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n"),
-                Outcome::local(flags::NONE),
-            );
+            return LocalReply::new(StatusCode::MISDIRECTED_REQUEST, ResponseFlags::NONE)
+                .text("misdirected request\n")
+                .into();
         }
         let request = match edge_headers::admit(request) {
             Ok(request) => request,
-            Err(edge_headers::Refusal::BadPath) => {
-                return (
-                    local_response(StatusCode::BAD_REQUEST, ""),
-                    Outcome::local(flags::DOWNSTREAM_PROTOCOL_ERROR),
-                );
-            }
+            Err(edge_headers::Refusal::BadPath) => return LocalReply::bad_request().into(),
         };
         let info = RequestInfo {
             authority,
@@ -246,24 +213,37 @@ impl Connection {
             headers: request.headers(),
         };
         let Some(route) = listener.routes.find(&info) else {
-            // Envoy answers an unrouted request with 404 and an empty body.
-            return (
-                local_response(StatusCode::NOT_FOUND, ""),
-                Outcome::local(flags::NO_ROUTE),
-            );
+            return LocalReply::no_route().into();
         };
         if edge_headers::refused_upgrade(&request) {
-            let mut response = local_response(edge_headers::REFUSED_UPGRADE_STATUS, "");
-            response.headers_mut().remove(header::CONTENT_TYPE);
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return (response, Outcome::local(flags::NONE));
+            return LocalReply::new(edge_headers::REFUSED_UPGRADE_STATUS, ResponseFlags::NONE)
+                .untyped()
+                .closing()
+                .into();
         }
         match &route.action {
             RouteAction::Forward(forward) => {
-                self.forward(live, request, route, forward, authority, request_id)
-                    .await
+                let downstream = Downstream {
+                    peer_ip: &self.peer_ip,
+                    scheme: self.scheme(),
+                    client_cert: self
+                        .tls
+                        .as_ref()
+                        .and_then(|(tls, _)| tls.client_cert.as_deref()),
+                    authority,
+                    request_id,
+                };
+                let ctx = &self.ctx;
+                forward_action::forward(
+                    ctx,
+                    live,
+                    request,
+                    route,
+                    forward,
+                    &downstream,
+                    &self.drain,
+                )
+                .await
             }
             RouteAction::Redirect(redirect) => {
                 let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -276,31 +256,32 @@ impl Connection {
                 );
                 let status =
                     StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-                let mut response = local_response(status, "");
+                let mut reply = LocalReply::new(status, ResponseFlags::NONE);
                 if let Ok(location) = HeaderValue::from_str(&location) {
-                    response.headers_mut().insert(header::LOCATION, location);
+                    reply.headers_mut().insert(header::LOCATION, location);
                 }
-                redirect.headers.response.apply(response.headers_mut());
-                (response, Outcome::local(flags::NONE))
+                redirect.headers.response.apply(reply.headers_mut());
+                reply.into()
             }
             RouteAction::DirectResponse(direct) => {
                 let status = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
-                let mut response = local_response(status, direct.body.as_deref().unwrap_or(""));
-                direct.headers.response.apply(response.headers_mut());
-                (response, Outcome::local(flags::NONE))
+                let mut reply = LocalReply::new(status, ResponseFlags::NONE)
+                    .text(direct.body.clone().unwrap_or_default());
+                direct.headers.response.apply(reply.headers_mut());
+                reply.into()
             }
             RouteAction::Unsupported(what) => {
-                let body = format!("route action `{what}` is not supported by this gateway yet\n");
-                (
-                    local_response(StatusCode::NOT_IMPLEMENTED, &body),
-                    Outcome::local(flags::NONE),
-                )
+                LocalReply::new(StatusCode::NOT_IMPLEMENTED, ResponseFlags::NONE)
+                    .text(format!(
+                        "route action `{what}` is not supported by this gateway yet\n"
+                    ))
+                    .into()
             }
         }
     }
 
     /// `https` on connections TLS terminated.
-    pub(super) fn scheme(&self) -> &'static str {
+    fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
@@ -313,16 +294,6 @@ impl Connection {
             .listeners
             .iter()
             .find(|l| l.bind_port == port || l.node_port == Some(port))
-    }
-}
-
-impl Outcome<'_> {
-    pub(super) fn local(flags: &'static str) -> Self {
-        Outcome {
-            flags,
-            cluster: None,
-            upstream: None,
-        }
     }
 }
 

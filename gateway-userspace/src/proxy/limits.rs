@@ -13,7 +13,7 @@ use std::{
 use http::{Request, StatusCode, header};
 use thiserror::Error;
 
-use super::{ProxyContext, flags};
+use super::{ProxyContext, flags::ResponseFlags, local_reply::LocalReply};
 
 /// Slowloris guard: once a request head has begun, the client gets this long to finish
 /// it (Envoy's `request_headers_timeout` is off by default; a gateway facing the
@@ -101,9 +101,6 @@ pub(super) fn declared_body_too_large<B>(request: &Request<B>, limits: &Limits) 
         .is_some_and(|length| length > limit)
 }
 
-/// Envoy's body for its 413 (the status's reason phrase).
-pub(super) const PAYLOAD_TOO_LARGE_BODY: &str = "Payload Too Large";
-
 /// How a client's request body broke off, shared by the body (which sees the error)
 /// and the request's handler (which answers for it once the upstream try failed).
 #[derive(Debug, Default)]
@@ -126,27 +123,21 @@ impl BodyFailure {
         self.0.store(what, Ordering::Relaxed);
     }
 
-    /// The answer to the client when its body broke off: status, body, response flags.
-    /// 400 for a malformed or truncated body (a downstream protocol error), 413 for one
-    /// cut at the body limit, 408 `SI` (Envoy's "stream timeout") for one that stopped.
-    pub(super) fn answer(&self) -> Option<(StatusCode, &'static str, &'static str)> {
+    /// The answer to the client when its body broke off: 400 for a malformed or
+    /// truncated body (a downstream protocol error), 413 for one cut at the body limit,
+    /// 408 `SI` (Envoy's "stream timeout") for one that stopped.
+    pub(super) fn answer(&self) -> Option<LocalReply> {
         match self.0.load(Ordering::Relaxed) {
             BODY_INTACT => None,
-            BODY_TOO_LARGE => Some((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                PAYLOAD_TOO_LARGE_BODY,
-                flags::NONE,
-            )),
-            BODY_IDLE => Some((
-                StatusCode::REQUEST_TIMEOUT,
-                "stream timeout",
-                flags::STREAM_IDLE_TIMEOUT,
-            )),
-            _ => Some((
-                StatusCode::BAD_REQUEST,
-                "",
-                flags::DOWNSTREAM_PROTOCOL_ERROR,
-            )),
+            BODY_TOO_LARGE => Some(LocalReply::payload_too_large()),
+            BODY_IDLE => Some(
+                LocalReply::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    ResponseFlags::STREAM_IDLE_TIMEOUT,
+                )
+                .text("stream timeout"),
+            ),
+            _ => Some(LocalReply::bad_request()),
         }
     }
 }
@@ -197,12 +188,15 @@ mod tests {
         assert!(!is_body_too_large(&other));
 
         let failure = BodyFailure::default();
-        assert_eq!(failure.answer(), None);
+        assert!(failure.answer().is_none());
         failure.record(&other);
-        assert_eq!(failure.answer().map(|a| a.0), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            failure.answer().map(|a| a.status()),
+            Some(StatusCode::BAD_REQUEST)
+        );
         failure.record(&io);
         assert_eq!(
-            failure.answer().map(|a| a.0),
+            failure.answer().map(|a| a.status()),
             Some(StatusCode::PAYLOAD_TOO_LARGE)
         );
     }

@@ -7,7 +7,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header, uri::PathAndQuery,
 };
 
-use super::{body::ProxyBody, forward::Connection, route_actions};
+use super::{body::ProxyBody, route_actions};
 use crate::{
     route_table::Route,
     snapshot::{Forward, RouteAction, UpstreamProtocol, WeightedCluster},
@@ -28,6 +28,19 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+/// The downstream side of a request, as the upstream is told of it.
+pub(super) struct Downstream<'a> {
+    /// The client's address, as x-forwarded-for and x-envoy-external-address carry it.
+    pub peer_ip: &'a HeaderValue,
+    /// `https` on connections TLS terminated.
+    pub scheme: &'static str,
+    /// The client's TLS certificate, as x-forwarded-client-cert carries it.
+    pub client_cert: Option<&'a str>,
+    /// The request's authority (HTTP/2's :authority, else Host).
+    pub authority: &'a str,
+    pub request_id: &'a HeaderValue,
+}
 
 /// A request's head as every try and mirror sends it.
 #[derive(Clone)]
@@ -75,21 +88,25 @@ impl UpstreamHead {
     }
 }
 
-impl Connection {
+impl UpstreamHead {
     /// The request as the upstream gets it: same method, path, Host and body unless the
     /// route rewrites them; hop-by-hop headers removed; forwarding headers set as Istio's
     /// gateway sets them; then the route's and the destination's header operations.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn upstream_head(
-        &self,
+    pub(super) fn new(
         parts: http::request::Parts,
         route: &Route<RouteAction>,
         forward: &Forward,
         weighted: &WeightedCluster,
-        authority: &str,
-        request_id: &HeaderValue,
+        downstream: &Downstream<'_>,
         is_upgrade: bool,
     ) -> Option<UpstreamHead> {
+        let Downstream {
+            peer_ip,
+            scheme,
+            client_cert,
+            authority,
+            request_id,
+        } = *downstream;
         let path_and_query = match forward.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
             Some(rewrite) => {
                 let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -131,30 +148,25 @@ impl Connection {
         let host = headers.get(header::HOST).cloned()?;
         let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
             Some(existing) if !existing.is_empty() => {
-                let mut joined = Vec::with_capacity(existing.len() + 1 + self.peer_ip.len());
+                let mut joined = Vec::with_capacity(existing.len() + 1 + peer_ip.len());
                 joined.extend_from_slice(existing.as_bytes());
                 joined.push(b',');
-                joined.extend_from_slice(self.peer_ip.as_bytes());
+                joined.extend_from_slice(peer_ip.as_bytes());
                 HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
             }
-            _ => Some(self.peer_ip.clone()),
+            _ => Some(peer_ip.clone()),
         };
         if let Some(v) = forwarded_for {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme()));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         // Envoy's SANITIZE_SET (Istio's gateway default): never trust the client's XFCC.
         headers.remove(X_FORWARDED_CLIENT_CERT);
-        if let Some(v) = self
-            .tls
-            .as_ref()
-            .and_then(|(tls, _)| tls.client_cert.as_deref())
-            .and_then(|cert| HeaderValue::from_str(cert).ok())
-        {
+        if let Some(v) = client_cert.and_then(|cert| HeaderValue::from_str(cert).ok()) {
             headers.insert(X_FORWARDED_CLIENT_CERT, v);
         }
         headers.insert(X_REQUEST_ID, request_id.clone());
-        headers.insert(X_ENVOY_EXTERNAL_ADDRESS, self.peer_ip.clone());
+        headers.insert(X_ENVOY_EXTERNAL_ADDRESS, peer_ip.clone());
         forward.headers.request.apply(&mut headers);
         weighted.headers.request.apply(&mut headers);
         Some(UpstreamHead {
