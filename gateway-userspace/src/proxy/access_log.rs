@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use http::{StatusCode, Version};
 
-use super::{ProxyContext, flags::ResponseFlags};
+use super::{context::ProxyContext, flags::ResponseFlags};
 use crate::metrics::RequestLabels;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,54 +1,19 @@
-//! Request bodies on their way upstream: the client's body as the proxy reads it
-//! (`DownstreamBody`: body limit, stream idle timeout, failures remembered), and as the
-//! tries of one request send it (`RequestBody`: once, or replayed from a bounded copy).
+//! Bodies as the proxy passes them on (`ProxyBody`), and the client's request body as the
+//! proxy reads it (`DownstreamBody`: body limit, stream idle timeout, failures
+//! remembered).
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, combinators::BoxBody};
+use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 
-use super::{limits, replay::ReplayBody};
+use super::limits;
 
 /// Bodies in both directions: a request body can fail for a reason of ours (the body
 /// limit), not only hyper's.
 pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A request's body as its tries send it.
-pub(super) enum RequestBody {
-    /// No body: every try sends an empty one.
-    Empty,
-    /// Streamed to each try, with a bounded copy for the next (retries, mirrors).
-    Replay(ReplayBody),
-    /// Sent once (upgrades, routes without retries or mirrors); None once taken.
-    Once(Option<ProxyBody>),
-}
-
-impl RequestBody {
-    pub(super) fn for_try(&mut self) -> Option<ProxyBody> {
-        match self {
-            RequestBody::Empty => Some(Empty::new().map_err(|never| match never {}).boxed()),
-            RequestBody::Replay(replay) => Some(replay.for_try()),
-            RequestBody::Once(body) => body.take(),
-        }
-    }
-
-    pub(super) fn can_replay(&self) -> bool {
-        match self {
-            RequestBody::Empty => true,
-            RequestBody::Replay(replay) => replay.can_replay(),
-            RequestBody::Once(_) => false,
-        }
-    }
-
-    /// The try that just failed stops reading the client's body.
-    pub(super) fn supersede(&self) {
-        if let RequestBody::Replay(replay) = self {
-            replay.supersede();
-        }
-    }
-}
 
 /// A client's request body that remembers whether it broke off (a malformed chunk, a
 /// closed connection), so a failed try is blamed on the client (400), not the upstream;

@@ -13,9 +13,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, hea
 use hyper::body::Incoming;
 
 use super::{
-    ProxyContext,
     access_log::{AccessLogEntry, AccessLogFormat},
     body::ProxyBody,
+    context::ProxyContext,
     edge_headers,
     flags::ResponseFlags,
     forward_action, grpc, limits,

@@ -10,8 +10,8 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 
 use super::{
-    ProxyContext,
-    body::{BoxError, DownstreamBody, RequestBody},
+    body::{BoxError, DownstreamBody},
+    context::ProxyContext,
     flags::ResponseFlags,
     limits,
     local_reply::LocalReply,
@@ -19,7 +19,7 @@ use super::{
     outcome::{Answer, Outcome},
     replay::ReplayBody,
     route_actions,
-    tries::{self, Ending},
+    tries::{self, Ending, RequestBody},
     tunnel,
     upstream_head::{Downstream, UpstreamHead, strip_hop_by_hop},
 };
@@ -140,8 +140,8 @@ pub(super) async fn forward<'s>(
         Ending::Failed(failure) => {
             // The client's body broke off: the failure is the client's, and the rest of
             // its body (if any) is not read, so the connection ends.
-            let reply = match body_failed.answer() {
-                Some(reply) => reply.closing(),
+            let reply = match body_failed.broken() {
+                Some(broken) => LocalReply::broken_body(broken).closing(),
                 None => LocalReply::try_failed(failure, retried),
             };
             return answered(reply.into());

@@ -10,10 +10,8 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, StatusCode, header};
+use http::{Request, header};
 use thiserror::Error;
-
-use super::{ProxyContext, flags::ResponseFlags, local_reply::LocalReply};
 
 /// Slowloris guard: once a request head has begun, the client gets this long to finish
 /// it (Envoy's `request_headers_timeout` is off by default; a gateway facing the
@@ -80,13 +78,6 @@ pub(super) struct BodyTooLarge {
 #[error("no request body bytes for {0:?}")]
 pub(super) struct StreamIdleTimeout(pub Duration);
 
-impl ProxyContext {
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-}
-
 /// A request whose declared `Content-Length` is over the body limit: answered 413
 /// before anything reaches an upstream.
 pub(super) fn declared_body_too_large<B>(request: &Request<B>, limits: &Limits) -> bool {
@@ -123,23 +114,26 @@ impl BodyFailure {
         self.0.store(what, Ordering::Relaxed);
     }
 
-    /// The answer to the client when its body broke off: 400 for a malformed or
-    /// truncated body (a downstream protocol error), 413 for one cut at the body limit,
-    /// 408 `SI` (Envoy's "stream timeout") for one that stopped.
-    pub(super) fn answer(&self) -> Option<LocalReply> {
+    /// How the body broke off, if it did.
+    pub(super) fn broken(&self) -> Option<BrokenBody> {
         match self.0.load(Ordering::Relaxed) {
             BODY_INTACT => None,
-            BODY_TOO_LARGE => Some(LocalReply::payload_too_large()),
-            BODY_IDLE => Some(
-                LocalReply::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    ResponseFlags::STREAM_IDLE_TIMEOUT,
-                )
-                .text("stream timeout"),
-            ),
-            _ => Some(LocalReply::bad_request()),
+            BODY_TOO_LARGE => Some(BrokenBody::TooLarge),
+            BODY_IDLE => Some(BrokenBody::Idle),
+            _ => Some(BrokenBody::Malformed),
         }
     }
+}
+
+/// How a client's request body broke off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BrokenBody {
+    /// Malformed or truncated (a broken chunk, a closed connection).
+    Malformed,
+    /// Cut at the body limit.
+    TooLarge,
+    /// No bytes for the stream idle timeout.
+    Idle,
 }
 
 /// Whether `error` (a request body's error, through its sources) is the guard's cut.
@@ -188,16 +182,12 @@ mod tests {
         assert!(!is_body_too_large(&other));
 
         let failure = BodyFailure::default();
-        assert!(failure.answer().is_none());
+        assert_eq!(failure.broken(), None);
         failure.record(&other);
-        assert_eq!(
-            failure.answer().map(|a| a.status()),
-            Some(StatusCode::BAD_REQUEST)
-        );
+        assert_eq!(failure.broken(), Some(BrokenBody::Malformed));
         failure.record(&io);
-        assert_eq!(
-            failure.answer().map(|a| a.status()),
-            Some(StatusCode::PAYLOAD_TOO_LARGE)
-        );
+        assert_eq!(failure.broken(), Some(BrokenBody::TooLarge));
+        failure.record(&StreamIdleTimeout(Duration::from_secs(1)));
+        assert_eq!(failure.broken(), Some(BrokenBody::Idle));
     }
 }

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 
-use super::{body::ProxyBody, flags::ResponseFlags, grpc, route_actions::TryFailure};
+use super::{
+    body::ProxyBody, flags::ResponseFlags, grpc, limits::BrokenBody, route_actions::TryFailure,
+};
 
 /// Envoy's body for its 413 (the status's reason phrase).
 const PAYLOAD_TOO_LARGE_BODY: &str = "Payload Too Large";
@@ -145,6 +147,21 @@ impl LocalReply {
                 ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
             )
             .text("upstream protocol error"),
+        }
+    }
+
+    /// The client's request body broke off: the failure is the client's. 400 for a
+    /// malformed or truncated body (a downstream protocol error), 413 for one cut at the
+    /// body limit, 408 `SI` (Envoy's "stream timeout") for one that stopped.
+    pub(super) fn broken_body(broken: BrokenBody) -> Self {
+        match broken {
+            BrokenBody::Malformed => LocalReply::bad_request(),
+            BrokenBody::TooLarge => LocalReply::payload_too_large(),
+            BrokenBody::Idle => LocalReply::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ResponseFlags::STREAM_IDLE_TIMEOUT,
+            )
+            .text("stream timeout"),
         }
     }
 

@@ -14,7 +14,7 @@ use http::{HeaderValue, header};
 use http_body_util::{BodyExt, Full};
 
 use super::{
-    ProxyContext, body::RequestBody, route_actions, upstream, upstream_head::UpstreamHead,
+    context::ProxyContext, route_actions, tries::RequestBody, upstream, upstream_head::UpstreamHead,
 };
 use crate::{runtime::Live, snapshot::Cluster};
 

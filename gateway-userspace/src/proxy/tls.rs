@@ -25,7 +25,7 @@ use tokio::{
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
-use super::{ProxyContext, forward, tcp, tunnel};
+use super::{context::ProxyContext, forward, tcp, tunnel};
 use crate::{
     metrics::HandshakeLabels,
     runtime::Live,

@@ -9,9 +9,11 @@ use std::{
 };
 
 use http::Response;
+use http_body_util::{BodyExt, Empty};
 
 use super::{
-    body::RequestBody,
+    body::ProxyBody,
+    replay::ReplayBody,
     route_actions::{self, TryFailure},
     upstream::{self, UpstreamBody},
     upstream_head::UpstreamHead,
@@ -21,6 +23,41 @@ use crate::{runtime::LiveCluster, snapshot::RetryPolicy};
 /// First retry back-off; doubled per retry up to `RETRY_BACKOFF_MAX` (Envoy's 25 ms base).
 const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// A request's body as its tries send it.
+pub(super) enum RequestBody {
+    /// No body: every try sends an empty one.
+    Empty,
+    /// Streamed to each try, with a bounded copy for the next (retries, mirrors).
+    Replay(ReplayBody),
+    /// Sent once (upgrades, routes without retries or mirrors); None once taken.
+    Once(Option<ProxyBody>),
+}
+
+impl RequestBody {
+    pub(super) fn for_try(&mut self) -> Option<ProxyBody> {
+        match self {
+            RequestBody::Empty => Some(Empty::new().map_err(|never| match never {}).boxed()),
+            RequestBody::Replay(replay) => Some(replay.for_try()),
+            RequestBody::Once(body) => body.take(),
+        }
+    }
+
+    pub(super) fn can_replay(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Replay(replay) => replay.can_replay(),
+            RequestBody::Once(_) => false,
+        }
+    }
+
+    /// The try that just failed stops reading the client's body.
+    pub(super) fn supersede(&self) {
+        if let RequestBody::Replay(replay) = self {
+            replay.supersede();
+        }
+    }
+}
 
 /// How the tries of a request ended.
 pub(super) struct Tried {
@@ -149,7 +186,7 @@ async fn send(
     head: &mut UpstreamHead,
     endpoint: SocketAddr,
     cluster: &LiveCluster<'_>,
-    body: super::body::ProxyBody,
+    body: ProxyBody,
     last_try: bool,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let request = head
