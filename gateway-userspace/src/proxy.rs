@@ -39,7 +39,7 @@ use tokio::{
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-pub use access_log::{AccessLogFormat, access_log_dropped, flush_access_log};
+pub use access_log::{AccessLogFormat, flush_access_log};
 pub use context::ProxyContext;
 #[doc(hidden)]
 pub use h1_guard::fuzzing as h1_fuzzing;

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use http::{StatusCode, Version};
 
 use super::{context::ProxyContext, flags::ResponseFlags};
-use crate::metrics::RequestLabels;
+use crate::metrics::{ACCESS_LOG_DROPPED, RequestLabels};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AccessLogFormat {
@@ -81,13 +81,8 @@ struct Pending {
 static SINK: LazyLock<Sink> = LazyLock::new(|| Sink {
     pending: Mutex::default(),
     changed: Condvar::new(),
-    dropped: Counter::default(),
+    dropped: ACCESS_LOG_DROPPED.clone(),
 });
-
-/// Lines dropped because stdout did not keep up (registered in metrics.rs).
-pub fn access_log_dropped() -> Counter {
-    SINK.dropped.clone()
-}
 
 /// Waits up to `timeout` for the lines logged so far to reach stdout (at exit).
 pub fn flush_access_log(timeout: Duration) {

@@ -28,8 +28,7 @@ use crate::{
     metrics::{Destination, RequestKey},
     route_table::RequestInfo,
     runtime::Live,
-    snapshot::{Listener, RouteAction},
-    tls::Transport,
+    snapshot::{Listener, RouteAction, Transport},
 };
 
 /// The `server` header of every answer, as Istio's gateways send it.
