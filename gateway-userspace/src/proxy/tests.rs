@@ -258,3 +258,45 @@ async fn a_kept_alive_connection_follows_reloads() {
     assert_eq!(client.get("/only").await.status, 200);
     assert_eq!(second.hits(), 2);
 }
+
+#[tokio::test]
+async fn an_http2_connection_follows_an_endpoint_update() {
+    let first = Upstream::start(Behaviour::Status(200)).await;
+    let second = Upstream::start(Behaviour::Status(200)).await;
+    let route = route_to("a", "");
+    let gateway = Gateway::start(|port| config(port, &route, &[("a", &[first.addr])], "")).await;
+    let mut client = gateway.h2_client().await;
+    assert_eq!(client.get("/").await.status, 200);
+    gateway.reload(|port| config(port, &route, &[("a", &[second.addr])], ""));
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!((first.hits(), second.hits()), (1, 3));
+}
+
+#[tokio::test]
+async fn fault_aborts_and_delays_are_flagged() {
+    let upstream = Upstream::start(Behaviour::Status(200)).await;
+    let aborted = route_to(
+        "a",
+        "fault: {abort: {httpStatus: 418, percentage: {value: 100}}}",
+    );
+    let delayed = format!(
+        "{{match: [{{uri: {{prefix: /delayed}}}}], {}",
+        &route_to(
+            "a",
+            "fault: {delay: {fixedDelay: 1ms, percentage: {value: 100}}, abort: {httpStatus: 503, percentage: {value: 100}}}",
+        )[1..]
+    );
+    let routes = format!("{delayed}, {aborted}");
+    let gateway =
+        Gateway::start(|port| config(port, &routes, &[("a", &[upstream.addr])], "")).await;
+    let answer = gateway.get("/").await;
+    assert_eq!(answer.status, 418);
+    assert_eq!(answer.body, "fault filter abort");
+    assert_eq!(gateway.requests(418, "FI"), 1);
+    let answer = gateway.get("/delayed").await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(gateway.requests(503, "DI,FI"), 1);
+    assert_eq!(upstream.hits(), 0);
+}

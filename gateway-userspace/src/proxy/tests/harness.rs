@@ -17,8 +17,12 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::{body::Incoming, client::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::AsyncReadExt,
     net::{TcpListener, TcpStream},
@@ -252,6 +256,16 @@ impl Gateway {
         Client { sender }
     }
 
+    /// An HTTP/2 connection (h2c with prior knowledge, as gRPC clients open them).
+    pub(super) async fn h2_client(&self) -> H2Client {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        H2Client { sender }
+    }
+
     /// One request on a connection of its own.
     pub(super) async fn get(&self, path: &str) -> Answer {
         self.client().await.get(path).await
@@ -292,6 +306,29 @@ impl Client {
     pub(super) async fn get_from(&mut self, host: &str, path: &str) -> Answer {
         let request = Request::get(path)
             .header(header::HOST, host)
+            .body(Empty::new())
+            .expect("request");
+        self.sender.ready().await.expect("connection ready");
+        let response = self.sender.send_request(request).await.expect("response");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.expect("body");
+        Answer {
+            status,
+            headers,
+            body: body.to_bytes(),
+        }
+    }
+}
+
+pub(super) struct H2Client {
+    sender: http2::SendRequest<Empty<Bytes>>,
+}
+
+impl H2Client {
+    /// One stream: a GET of `path` at `HOST`.
+    pub(super) async fn get(&mut self, path: &str) -> Answer {
+        let request = Request::get(format!("http://{HOST}{path}"))
             .body(Empty::new())
             .expect("request");
         self.sender.ready().await.expect("connection ready");
