@@ -16,9 +16,7 @@ use super::{
     access_log::{AccessLogEntry, AccessLogFormat},
     body::ProxyBody,
     context::ProxyContext,
-    edge_headers,
-    flags::ResponseFlags,
-    forward_action, grpc, limits,
+    edge_headers, forward_action, grpc, limits,
     local_reply::LocalReply,
     outcome::Outcome,
     route_actions, tunnel,
@@ -176,9 +174,7 @@ impl Connection {
         if let Some(status) = framing_problem(&request) {
             // The message boundaries are in doubt: answer and close the connection so
             // nothing after this request is read with the wrong framing.
-            return LocalReply::new(status, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR)
-                .closing()
-                .into();
+            return LocalReply::ambiguous_framing(status).into();
         }
         if limits::declared_body_too_large(&request, &self.ctx.limits) {
             // Refused before anything is forwarded; the unread body ends the connection.
@@ -194,9 +190,7 @@ impl Connection {
             && let Some(listener_tls) = transport.tls()
             && tls.is_misdirected(listener_tls, authority)
         {
-            return LocalReply::new(StatusCode::MISDIRECTED_REQUEST, ResponseFlags::NONE)
-                .text("misdirected request\n")
-                .into();
+            return LocalReply::misdirected().into();
         }
         let request = match edge_headers::admit(request) {
             Ok(request) => request,
@@ -215,10 +209,7 @@ impl Connection {
             return LocalReply::no_route().into();
         };
         if edge_headers::refused_upgrade(&request) {
-            return LocalReply::new(edge_headers::REFUSED_UPGRADE_STATUS, ResponseFlags::NONE)
-                .untyped()
-                .closing()
-                .into();
+            return LocalReply::refused_upgrade(edge_headers::REFUSED_UPGRADE_STATUS).into();
         }
         match &route.action {
             RouteAction::Forward(forward) => {
@@ -253,29 +244,10 @@ impl Connection {
                     path_and_query,
                     &route.matches,
                 );
-                let status =
-                    StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-                let mut reply = LocalReply::new(status, ResponseFlags::NONE);
-                if let Ok(location) = HeaderValue::from_str(&location) {
-                    reply.headers_mut().insert(header::LOCATION, location);
-                }
-                redirect.headers.response.apply(reply.headers_mut());
-                reply.into()
+                LocalReply::redirect(redirect, &location).into()
             }
-            RouteAction::DirectResponse(direct) => {
-                let status = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
-                let mut reply = LocalReply::new(status, ResponseFlags::NONE)
-                    .text(direct.body.clone().unwrap_or_default());
-                direct.headers.response.apply(reply.headers_mut());
-                reply.into()
-            }
-            RouteAction::Unsupported(what) => {
-                LocalReply::new(StatusCode::NOT_IMPLEMENTED, ResponseFlags::NONE)
-                    .text(format!(
-                        "route action `{what}` is not supported by this gateway yet\n"
-                    ))
-                    .into()
-            }
+            RouteAction::DirectResponse(direct) => LocalReply::direct_response(direct).into(),
+            RouteAction::Unsupported(what) => LocalReply::unsupported(what).into(),
         }
     }
 

@@ -48,9 +48,7 @@ pub(super) async fn forward<'s>(
     if let Some((cors, origin)) = &cors_origin
         && route_actions::is_preflight(request.method(), request.headers())
     {
-        let mut reply = LocalReply::new(StatusCode::OK, ResponseFlags::NONE).untyped();
-        route_actions::preflight_headers(cors, origin, reply.headers_mut());
-        return reply.into();
+        return LocalReply::preflight(cors, origin).into();
     }
 
     let mut fault_flags = ResponseFlags::NONE;
@@ -64,12 +62,8 @@ pub(super) async fn forward<'s>(
         if let Some(abort) = &fault.abort
             && route_actions::chance(abort.percentage)
         {
-            let status =
-                StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return LocalReply::new(status, fault_flags.with(ResponseFlags::FAULT_INJECTED))
-                .text("fault filter abort")
-                .grpc_status(abort.grpc_status)
-                .into();
+            let delayed = fault_flags == ResponseFlags::DELAY_INJECTED;
+            return LocalReply::fault_abort(abort, delayed).into();
         }
     }
 

@@ -15,8 +15,13 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 
 use super::{
-    body::ProxyBody, flags::ResponseFlags, grpc, limits::BrokenBody, route_actions::TryFailure,
+    body::ProxyBody,
+    flags::ResponseFlags,
+    grpc,
+    limits::BrokenBody,
+    route_actions::{self, TryFailure},
 };
+use crate::snapshot::{CorsPolicy, DirectResponse, FaultAbort, Redirect};
 
 /// Envoy's body for its 413 (the status's reason phrase).
 const PAYLOAD_TOO_LARGE_BODY: &str = "Payload Too Large";
@@ -38,7 +43,7 @@ pub(super) struct LocalReply {
 
 impl LocalReply {
     /// An empty `text/plain` answer; Envoy's 404 has no content type.
-    pub(super) fn new(status: StatusCode, flags: ResponseFlags) -> Self {
+    fn new(status: StatusCode, flags: ResponseFlags) -> Self {
         let mut headers = HeaderMap::new();
         if status != StatusCode::NOT_FOUND {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -53,7 +58,7 @@ impl LocalReply {
     }
 
     /// The body: a short text (the `grpc-message` of a gRPC answer).
-    pub(super) fn text(mut self, text: impl Into<Bytes>) -> Self {
+    fn text(mut self, text: impl Into<Bytes>) -> Self {
         self.text = text.into();
         self
     }
@@ -68,23 +73,81 @@ impl LocalReply {
 
     /// No content type (an empty answer that is not text: a CORS preflight, a refused
     /// upgrade).
-    pub(super) fn untyped(mut self) -> Self {
+    fn untyped(mut self) -> Self {
         self.headers.remove(header::CONTENT_TYPE);
         self
-    }
-
-    pub(super) fn grpc_status(mut self, status: Option<u16>) -> Self {
-        self.grpc_status = status;
-        self
-    }
-
-    pub(super) fn headers_mut(&mut self) -> &mut HeaderMap {
-        &mut self.headers
     }
 
     /// No route matched: Envoy's 404, with an empty body.
     pub(super) fn no_route() -> Self {
         LocalReply::new(StatusCode::NOT_FOUND, ResponseFlags::NO_ROUTE)
+    }
+
+    /// A request whose framing two parsers could read differently (400, or 501 for a
+    /// transfer coding no proxy can frame): nothing after it is read on the connection.
+    pub(super) fn ambiguous_framing(status: StatusCode) -> Self {
+        LocalReply::new(status, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR).closing()
+    }
+
+    /// A Host that another TLS server of the port serves (HTTP/2 coalescing across SNI).
+    pub(super) fn misdirected() -> Self {
+        LocalReply::new(StatusCode::MISDIRECTED_REQUEST, ResponseFlags::NONE)
+            .text("misdirected request\n")
+    }
+
+    /// An upgrade other than WebSocket; the connection closes, as the client may already
+    /// be speaking the other protocol.
+    pub(super) fn refused_upgrade(status: StatusCode) -> Self {
+        LocalReply::new(status, ResponseFlags::NONE)
+            .untyped()
+            .closing()
+    }
+
+    /// A route's redirect to `location`.
+    pub(super) fn redirect(redirect: &Redirect, location: &str) -> Self {
+        let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+        let mut reply = LocalReply::new(status, ResponseFlags::NONE);
+        if let Ok(location) = HeaderValue::from_str(location) {
+            reply.headers.insert(header::LOCATION, location);
+        }
+        redirect.headers.response.apply(&mut reply.headers);
+        reply
+    }
+
+    /// A route's direct response.
+    pub(super) fn direct_response(direct: &DirectResponse) -> Self {
+        let status = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
+        let mut reply = LocalReply::new(status, ResponseFlags::NONE)
+            .text(direct.body.clone().unwrap_or_default());
+        direct.headers.response.apply(&mut reply.headers);
+        reply
+    }
+
+    /// A route action the gateway does not implement.
+    pub(super) fn unsupported(what: &str) -> Self {
+        LocalReply::new(StatusCode::NOT_IMPLEMENTED, ResponseFlags::NONE).text(format!(
+            "route action `{what}` is not supported by this gateway yet\n"
+        ))
+    }
+
+    /// The answer to a CORS preflight from an allowed origin.
+    pub(super) fn preflight(cors: &CorsPolicy, origin: &HeaderValue) -> Self {
+        let mut reply = LocalReply::new(StatusCode::OK, ResponseFlags::NONE).untyped();
+        route_actions::preflight_headers(cors, origin, &mut reply.headers);
+        reply
+    }
+
+    /// A fault injection's abort (`delayed`: a delay was injected first).
+    pub(super) fn fault_abort(abort: &FaultAbort, delayed: bool) -> Self {
+        let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let flags = if delayed {
+            ResponseFlags::DELAY_INJECTED.with(ResponseFlags::FAULT_INJECTED)
+        } else {
+            ResponseFlags::FAULT_INJECTED
+        };
+        let mut reply = LocalReply::new(status, flags).text("fault filter abort");
+        reply.grpc_status = abort.grpc_status;
+        reply
     }
 
     /// A request body over `--max-request-body-bytes`.
@@ -287,10 +350,14 @@ mod tests {
         assert_eq!(header(&converted, "grpc-status"), Some("12"));
         assert_eq!(header(&converted, "grpc-message"), None);
 
-        let aborted = LocalReply::new(StatusCode::OK, ResponseFlags::FAULT_INJECTED)
-            .text("fault filter abort")
-            .grpc_status(Some(8))
-            .into_response(true);
+        let abort = FaultAbort {
+            status: 200,
+            grpc_status: Some(8),
+            percentage: 100.0,
+        };
+        let aborted = LocalReply::fault_abort(&abort, true);
+        assert_eq!(aborted.flags.as_str(), "DI,FI");
+        let aborted = aborted.into_response(true);
         assert_eq!(header(&aborted, "grpc-status"), Some("8"));
         assert_eq!(header(&aborted, "grpc-message"), Some("fault filter abort"));
     }
@@ -299,7 +366,7 @@ mod tests {
     fn a_grpc_status_the_route_set_is_kept() {
         let mut reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NONE);
         reply
-            .headers_mut()
+            .headers
             .insert(grpc::STATUS, HeaderValue::from_static("5"));
         let converted = reply.into_response(true);
         assert_eq!(header(&converted, "grpc-status"), Some("5"));
