@@ -15,7 +15,7 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::{metrics::Metrics, proxy::ProxyContext};
+use crate::metrics::Metrics;
 
 #[derive(Debug, Error)]
 pub enum DescriptorError {
@@ -182,14 +182,6 @@ impl Drop for ConnectionSlot {
 pub async fn holding<F: Future>(slot: ConnectionSlot, connection: F) -> F::Output {
     let _slot = slot;
     connection.await
-}
-
-impl ProxyContext {
-    /// Serve at most `max` downstream connections at once.
-    pub fn with_connection_limit(mut self, max: usize) -> Self {
-        self.connections = ConnectionLimit::for_metrics(max, &self.metrics);
-        self
-    }
 }
 
 #[cfg(test)]

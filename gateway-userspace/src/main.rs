@@ -28,8 +28,8 @@ use gateway::{
     proxy::{AccessLogFormat, Limits, ProxyContext},
     reload::{ChangeWatch, ConfigSource, Reloader},
     runtime::Live,
-    snapshot::{RouteAction, Snapshot},
-    tls::{TlsState, Transport},
+    snapshot::{RouteAction, Snapshot, Transport},
+    tls::TlsState,
     workers::{self, Workers},
 };
 use tokio::{signal::unix::SignalKind, sync::watch};

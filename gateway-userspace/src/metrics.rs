@@ -2,7 +2,7 @@
 //! (`istio_requests_total`, ...) and `gateway_*` for what only this gateway has.
 //! Kernel counters are read from the eBPF maps at scrape time.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -154,6 +154,10 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
 }
 
+/// Access log lines dropped because stdout did not keep up: one count for the process, as
+/// there is one log writer (proxy/access_log.rs counts, every `Metrics` reports it).
+pub static ACCESS_LOG_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 /// `credential` = `Secret namespace/name`, `Secret namespace/name (client CA)`,
 /// `file PATH (key PATH)`, `file PATH (client CA)`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -265,7 +269,7 @@ impl Metrics {
             "Times the listeners stopped accepting at --max-connections (new connections waited in the backlog)",
             downstream_cx_overflow.clone(),
         );
-        let access_log_dropped = crate::proxy::access_log_dropped();
+        let access_log_dropped = ACCESS_LOG_DROPPED.clone();
         registry.register(
             "gateway_access_log_dropped",
             "Access log lines dropped because stdout did not keep up",

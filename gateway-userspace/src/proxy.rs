@@ -3,23 +3,31 @@
 //! arrives and forwarded to an upstream endpoint.
 
 mod access_log;
+mod body;
+mod context;
 mod edge_headers;
+mod flags;
 mod forward;
+mod forward_action;
 mod grpc;
 mod h1_guard;
 mod limits;
+mod local_reply;
 mod log_sink;
+mod mirror;
 mod normalize;
+mod outcome;
 mod replay;
 mod route_actions;
 mod tcp;
 mod tls;
+mod tries;
 mod tunnel;
 mod upstream;
+mod upstream_head;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -33,12 +41,11 @@ use tokio::{
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 pub use access_log::AccessLogFormat;
+pub use context::ProxyContext;
 #[doc(hidden)]
 pub use h1_guard::fuzzing as h1_fuzzing;
 pub use limits::Limits;
-pub use log_sink::{dropped as access_log_dropped, flush as flush_access_log};
-
-use crate::{metrics::Metrics, runtime::Live};
+pub use log_sink::flush as flush_access_log;
 
 /// Backlog of each listening socket: bursts of new connections queue in the kernel.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -63,37 +70,6 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 pub enum ProxyError {
     #[error("binding port {port}: {source}")]
     Bind { port: u16, source: std::io::Error },
-}
-
-/// What every connection handler shares.
-pub struct ProxyContext {
-    /// The configuration and cluster state every request reads (swapped by reloads).
-    pub live: Arc<ArcSwap<Live>>,
-    pub metrics: Arc<Metrics>,
-    pub access_log: AccessLogFormat,
-    /// Timeouts and the body limit (set with `with_limits`).
-    pub limits: Limits,
-    /// Request metrics of the answers no cluster gave (404, direct responses, ...).
-    local_stats: crate::metrics::RequestStatsCache,
-    /// Open downstream connections, all listeners and workers (`--max-connections`).
-    pub connections: Arc<crate::connections::ConnectionLimit>,
-}
-
-impl ProxyContext {
-    pub fn new(
-        live: Arc<ArcSwap<Live>>,
-        metrics: Arc<Metrics>,
-        access_log: AccessLogFormat,
-    ) -> Self {
-        ProxyContext {
-            connections: crate::connections::ConnectionLimit::unlimited(&metrics),
-            live,
-            metrics,
-            access_log,
-            limits: Limits::default(),
-            local_stats: Default::default(),
-        }
-    }
 }
 
 /// Binds `count` listening sockets for `port` on all addresses (IPv4), one per worker:
@@ -263,3 +239,6 @@ pub async fn serve(
         let _ = tokio::time::timeout(tunnel::CLOSE_GRACE * 2, drain_deadline.closed()).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,10 +8,16 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 use serde::{Serialize, Serializer};
 
+pub use transport::{
+    AfterTermination, ListenerTls, ServedCredential, SniRoute, TlsMode, TlsServer, Transport,
+};
+
 use crate::{
     connection_pool::ConnectionPool,
     route_table::{RouteTable, StringMatcher},
 };
+
+mod transport;
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -72,7 +78,7 @@ pub struct Listener {
     pub routes: RouteTable<RouteAction>,
     /// HTTPS, TLS and TCP ports: SNI selection, termination, passthrough, TCP routes.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub transport: Option<Arc<crate::tls::Transport>>,
+    pub transport: Option<Arc<Transport>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

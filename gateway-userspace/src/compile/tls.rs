@@ -26,9 +26,11 @@ use crate::{
             gateway_api::{ApiGateway, L4RouteRule, ParentReference, TlsMode as ApiTlsMode},
         },
     },
-    snapshot::{Protocol, WeightedCluster},
+    snapshot::{
+        AfterTermination, ListenerTls, Protocol, ServedCredential, SniRoute, TlsMode, TlsServer,
+        Transport, WeightedCluster,
+    },
     tls::{
-        AfterTermination, ListenerTls, ServedCredential, SniRoute, TlsMode, TlsServer, Transport,
         certs::{self, CA_KEYS, CA_SECRET_SUFFIX},
         credentials::{Credential, CredentialProblem, CredentialReport, read_capped},
         server_config::{

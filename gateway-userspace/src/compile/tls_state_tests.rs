@@ -7,8 +7,8 @@ use rustls::ServerConfig;
 use super::super::{Identity, compile_with};
 use crate::{
     config::{self, Diagnostics},
-    snapshot::Snapshot,
-    tls::{TlsMode, TlsServer, TlsState, Transport},
+    snapshot::{Snapshot, TlsMode, TlsServer, Transport},
+    tls::TlsState,
 };
 
 /// A long-lived self-signed certificate for unit.example.com, its key, and an unrelated

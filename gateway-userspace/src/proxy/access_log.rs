@@ -10,7 +10,7 @@ use std::{
 
 use http::{StatusCode, Version};
 
-use super::{ProxyContext, forward::flags};
+use super::{context::ProxyContext, flags::ResponseFlags};
 use crate::metrics::RequestLabels;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -121,7 +121,7 @@ pub(super) fn connection_answer(
 ) {
     let labels = RequestLabels {
         response_code: status.as_u16(),
-        response_flags: flags::DOWNSTREAM_PROTOCOL_ERROR,
+        response_flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR.as_str(),
         request_protocol: "http",
         destination_service: "unknown".into(),
         destination_service_name: "unknown".into(),
@@ -134,7 +134,7 @@ pub(super) fn connection_answer(
         path: "-",
         version: Version::HTTP_11,
         status: status.as_u16(),
-        flags: flags::DOWNSTREAM_PROTOCOL_ERROR,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR.as_str(),
         response_bytes: Some("0"),
         duration: start_time.elapsed().unwrap_or_default(),
         forwarded_for: None,

@@ -39,7 +39,8 @@ use tokio::{
 use tracing::debug;
 
 use super::{
-    ProxyContext, access_log,
+    access_log,
+    context::ProxyContext,
     limits::{BodyTooLarge, Limits},
 };
 

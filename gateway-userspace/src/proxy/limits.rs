@@ -10,10 +10,8 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, StatusCode, header};
+use http::{Request, header};
 use thiserror::Error;
-
-use super::{ProxyContext, forward::flags};
 
 /// Slowloris guard: once a request head has begun, the client gets this long to finish
 /// it (Envoy's `request_headers_timeout` is off by default; a gateway facing the
@@ -80,13 +78,6 @@ pub(super) struct BodyTooLarge {
 #[error("no request body bytes for {0:?}")]
 pub(super) struct StreamIdleTimeout(pub Duration);
 
-impl ProxyContext {
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-}
-
 /// A request whose declared `Content-Length` is over the body limit: answered 413
 /// before anything reaches an upstream.
 pub(super) fn declared_body_too_large<B>(request: &Request<B>, limits: &Limits) -> bool {
@@ -100,9 +91,6 @@ pub(super) fn declared_body_too_large<B>(request: &Request<B>, limits: &Limits) 
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_some_and(|length| length > limit)
 }
-
-/// Envoy's body for its 413 (the status's reason phrase).
-pub(super) const PAYLOAD_TOO_LARGE_BODY: &str = "Payload Too Large";
 
 /// How a client's request body broke off, shared by the body (which sees the error)
 /// and the request's handler (which answers for it once the upstream try failed).
@@ -126,29 +114,26 @@ impl BodyFailure {
         self.0.store(what, Ordering::Relaxed);
     }
 
-    /// The answer to the client when its body broke off: status, body, response flags.
-    /// 400 for a malformed or truncated body (a downstream protocol error), 413 for one
-    /// cut at the body limit, 408 `SI` (Envoy's "stream timeout") for one that stopped.
-    pub(super) fn answer(&self) -> Option<(StatusCode, &'static str, &'static str)> {
+    /// How the body broke off, if it did.
+    pub(super) fn broken(&self) -> Option<BrokenBody> {
         match self.0.load(Ordering::Relaxed) {
             BODY_INTACT => None,
-            BODY_TOO_LARGE => Some((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                PAYLOAD_TOO_LARGE_BODY,
-                flags::NONE,
-            )),
-            BODY_IDLE => Some((
-                StatusCode::REQUEST_TIMEOUT,
-                "stream timeout",
-                flags::STREAM_IDLE_TIMEOUT,
-            )),
-            _ => Some((
-                StatusCode::BAD_REQUEST,
-                "",
-                flags::DOWNSTREAM_PROTOCOL_ERROR,
-            )),
+            BODY_TOO_LARGE => Some(BrokenBody::TooLarge),
+            BODY_IDLE => Some(BrokenBody::Idle),
+            _ => Some(BrokenBody::Malformed),
         }
     }
+}
+
+/// How a client's request body broke off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BrokenBody {
+    /// Malformed or truncated (a broken chunk, a closed connection).
+    Malformed,
+    /// Cut at the body limit.
+    TooLarge,
+    /// No bytes for the stream idle timeout.
+    Idle,
 }
 
 /// Whether `error` (a request body's error, through its sources) is the guard's cut.
@@ -197,13 +182,12 @@ mod tests {
         assert!(!is_body_too_large(&other));
 
         let failure = BodyFailure::default();
-        assert_eq!(failure.answer(), None);
+        assert_eq!(failure.broken(), None);
         failure.record(&other);
-        assert_eq!(failure.answer().map(|a| a.0), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(failure.broken(), Some(BrokenBody::Malformed));
         failure.record(&io);
-        assert_eq!(
-            failure.answer().map(|a| a.0),
-            Some(StatusCode::PAYLOAD_TOO_LARGE)
-        );
+        assert_eq!(failure.broken(), Some(BrokenBody::TooLarge));
+        failure.record(&StreamIdleTimeout(Duration::from_secs(1)));
+        assert_eq!(failure.broken(), Some(BrokenBody::Idle));
     }
 }

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus_client::metrics::counter::Counter;
+use crate::metrics::ACCESS_LOG_DROPPED;
 
 /// Bytes of lines one thread may have waiting for stdout (some 4000 lines): enough to
 /// ride out a slow reader, small enough not to matter for memory.
@@ -34,7 +34,6 @@ struct Sink {
     sleeping: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<Progress>,
-    dropped: Counter,
 }
 
 /// One thread's pending lines; locked by its thread for an append and by the writer for
@@ -65,16 +64,10 @@ static SINK: LazyLock<Sink> = LazyLock::new(|| Sink {
     sleeping: AtomicBool::new(false),
     wake: Condvar::new(),
     wake_lock: Mutex::default(),
-    dropped: Counter::default(),
 });
 
 thread_local! {
     static BUFFER: OnceCell<Option<Arc<ThreadBuffer>>> = const { OnceCell::new() };
-}
-
-/// Lines dropped because stdout did not keep up (registered in metrics.rs).
-pub fn dropped() -> Counter {
-    SINK.dropped.clone()
 }
 
 /// Queues one whole line for stdout, or drops and counts it when this thread's buffer
@@ -92,7 +85,7 @@ pub(super) fn push(line: &[u8]) {
         true
     });
     if !pushed {
-        SINK.dropped.inc();
+        ACCESS_LOG_DROPPED.inc();
         return;
     }
     // Only when the writer went to sleep on an idle log. Taking the lock it sleeps

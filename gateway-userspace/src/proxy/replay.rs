@@ -16,7 +16,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use thiserror::Error;
 
-use super::forward::{BoxError, ProxyBody};
+use super::body::{BoxError, ProxyBody};
 
 /// Called once: with the whole body when it ended within the replay limit, or with None
 /// when it outgrew it (mirrors are sent, or dropped, on that).

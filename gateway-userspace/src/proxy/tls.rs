@@ -25,13 +25,12 @@ use tokio::{
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
-use super::{ProxyContext, forward, tcp, tunnel};
+use super::{context::ProxyContext, forward, tcp, tunnel};
 use crate::{
     metrics::HandshakeLabels,
     runtime::Live,
-    tls::{
-        AfterTermination, ListenerTls, SniRoute, TlsConnectionInfo, TlsMode, Transport, client_cert,
-    },
+    snapshot::{AfterTermination, ListenerTls, SniRoute, TlsMode, Transport},
+    tls::{TlsConnectionInfo, client_cert},
 };
 
 /// A client gets this long to send its ClientHello and finish the handshake.

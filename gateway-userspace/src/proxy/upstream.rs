@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustc_hash::FxBuildHasher;
 use tokio::{net::TcpStream, sync::Notify};
 
-use super::{forward::ProxyBody, route_actions::TryFailure};
+use super::{body::ProxyBody, route_actions::TryFailure};
 use crate::{
     connection_pool::{ConnectionPool, Slot},
     runtime::LiveCluster,

@@ -1,0 +1,55 @@
+//! What every connection handler shares: the live configuration, the metrics, the
+//! access log's format, the limits, the connection limit.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{access_log::AccessLogFormat, limits::Limits};
+use crate::{
+    connections::ConnectionLimit,
+    metrics::{Metrics, RequestStatsCache},
+    runtime::Live,
+};
+
+/// What every connection handler shares.
+pub struct ProxyContext {
+    /// The configuration and cluster state every request reads (swapped by reloads).
+    pub live: Arc<ArcSwap<Live>>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLogFormat,
+    /// Timeouts and the body limit (set with `with_limits`).
+    pub limits: Limits,
+    /// Request metrics of the answers no cluster gave (404, direct responses, ...).
+    pub(super) local_stats: RequestStatsCache,
+    /// Open downstream connections, all listeners and workers (`--max-connections`).
+    pub connections: Arc<ConnectionLimit>,
+}
+
+impl ProxyContext {
+    pub fn new(
+        live: Arc<ArcSwap<Live>>,
+        metrics: Arc<Metrics>,
+        access_log: AccessLogFormat,
+    ) -> Self {
+        ProxyContext {
+            connections: ConnectionLimit::unlimited(&metrics),
+            live,
+            metrics,
+            access_log,
+            limits: Limits::default(),
+            local_stats: Default::default(),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Serve at most `max` downstream connections at once.
+    pub fn with_connection_limit(mut self, max: usize) -> Self {
+        self.connections = ConnectionLimit::for_metrics(max, &self.metrics);
+        self
+    }
+}

@@ -1,0 +1,203 @@
+//! A Forward route: CORS, fault injection, cluster choice, the request as the upstream
+//! gets it, mirrors, then the tries (`tries.rs`), and the upstream's answer as the client
+//! gets it.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Request, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
+
+use super::{
+    body::{BoxError, DownstreamBody},
+    context::ProxyContext,
+    flags::ResponseFlags,
+    limits,
+    local_reply::LocalReply,
+    mirror,
+    outcome::{Answer, Outcome},
+    replay::ReplayBody,
+    route_actions,
+    tries::{self, Ending, RequestBody},
+    tunnel,
+    upstream_head::{Downstream, UpstreamHead, strip_hop_by_hop},
+};
+use crate::{
+    route_table::Route,
+    runtime::Live,
+    snapshot::{Cluster, Forward, RouteAction},
+};
+
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+
+/// Forwards `request` by `forward`, its route's action.
+pub(super) async fn forward<'s>(
+    ctx: &Arc<ProxyContext>,
+    live: &'s Arc<Live>,
+    mut request: Request<Incoming>,
+    route: &'s Route<RouteAction>,
+    forward: &'s Forward,
+    downstream: &Downstream<'_>,
+    drain: &tunnel::Drain,
+) -> Outcome<'s> {
+    let cors_origin = forward.cors.as_ref().and_then(|cors| {
+        route_actions::allowed_origin(cors, request.headers()).map(|o| (cors, o.clone()))
+    });
+    if let Some((cors, origin)) = &cors_origin
+        && route_actions::is_preflight(request.method(), request.headers())
+    {
+        return LocalReply::preflight(cors, origin).into();
+    }
+
+    let mut fault_flags = ResponseFlags::NONE;
+    if let Some(fault) = &forward.fault {
+        if let Some(delay) = &fault.delay
+            && route_actions::chance(delay.percentage)
+        {
+            tokio::time::sleep(delay.delay).await;
+            fault_flags = ResponseFlags::DELAY_INJECTED;
+        }
+        if let Some(abort) = &fault.abort
+            && route_actions::chance(abort.percentage)
+        {
+            let delayed = fault_flags == ResponseFlags::DELAY_INJECTED;
+            return LocalReply::fault_abort(abort, delayed).into();
+        }
+    }
+
+    let Some(weighted) = RouteAction::pick_cluster(&forward.clusters) else {
+        return LocalReply::no_healthy_upstream().into();
+    };
+    let Some(cluster) = live.cluster(&weighted.cluster) else {
+        return LocalReply::no_healthy_upstream().into();
+    };
+
+    // Upgrades (WebSocket and friends): the client's side of the upgraded connection,
+    // joined to the upstream's once it answers 101.
+    let is_upgrade =
+        request.version() == Version::HTTP_11 && request.headers().contains_key(header::UPGRADE);
+    let downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
+
+    let (parts, body) = request.into_parts();
+    let Some(mut head) = UpstreamHead::new(parts, route, forward, weighted, downstream, is_upgrade)
+    else {
+        return LocalReply::bad_request().into();
+    };
+
+    let body_failed = Arc::new(limits::BodyFailure::default());
+    // The body streams to the first try at once; a bounded copy is kept when a retry
+    // or a mirror may need it again (an upgrade's body is the tunnel: sent once).
+    let wants_replay = !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
+    let mut body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        let downstream = DownstreamBody::new(body, body_failed.clone(), &ctx.limits).boxed();
+        if wants_replay {
+            RequestBody::Replay(ReplayBody::new(
+                downstream,
+                ctx.limits.max_replay_body_bytes,
+                Some(ctx.metrics.retry_or_shadow_abandoned.clone()),
+            ))
+        } else {
+            RequestBody::Once(Some(downstream))
+        }
+    };
+
+    let mirrors: Vec<Arc<Cluster>> = forward
+        .mirrors
+        .iter()
+        .filter(|m| route_actions::chance(m.percentage))
+        .map(|m| m.cluster.clone())
+        .collect();
+    if !mirrors.is_empty() {
+        mirror::send(ctx, live, &head, mirrors, forward.timeout, &body);
+    }
+
+    let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
+    let tried = tries::run(&cluster, &mut head, &mut body, &forward.retry, deadline).await;
+    let retried = tried.retried();
+    let answered = |answer: Answer| Outcome {
+        answer,
+        cluster: Some(cluster),
+        upstream: tried.endpoint,
+    };
+    let (mut response, took, retry_overflowed) = match tried.ending {
+        Ending::Answered {
+            response,
+            took,
+            retry_overflowed,
+        } => (response, took, retry_overflowed),
+        Ending::NoEndpoint => return answered(LocalReply::no_healthy_upstream().into()),
+        Ending::TimedOut => return answered(LocalReply::route_timeout(retried).into()),
+        Ending::Failed(failure) => {
+            // The client's body broke off: the failure is the client's, and the rest of
+            // its body (if any) is not read, so the connection ends.
+            let reply = match body_failed.broken() {
+                Some(broken) => LocalReply::broken_body(broken).closing(),
+                None => LocalReply::try_failed(failure, retried),
+            };
+            return answered(reply.into());
+        }
+    };
+
+    // Envoy tells the client how long the upstream took (the last try, to its response
+    // headers), in milliseconds.
+    response.headers_mut().insert(
+        X_ENVOY_UPSTREAM_SERVICE_TIME,
+        HeaderValue::from(took.as_millis() as u64),
+    );
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(client_side) = downstream_upgrade {
+        let upstream_side = hyper::upgrade::on(&mut response);
+        let clocks = tunnel::Clocks {
+            idle: ctx.limits.stream_idle_timeout,
+            drain: drain.clone(),
+            websocket: true,
+        };
+        tokio::spawn(join_upgraded(client_side, upstream_side, clocks));
+    } else {
+        strip_hop_by_hop(response.headers_mut());
+    }
+    forward.headers.response.apply(response.headers_mut());
+    weighted.headers.response.apply(response.headers_mut());
+    if let Some((cors, origin)) = &cors_origin {
+        route_actions::cors_response_headers(cors, origin, response.headers_mut());
+    }
+    let retried_status =
+        retried && route_actions::retriable_status(&forward.retry.retry_on, response.status());
+    let flags = if retry_overflowed {
+        ResponseFlags::UPSTREAM_OVERFLOW
+    } else if retried_status {
+        ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+    } else {
+        fault_flags
+    };
+    answered(Answer::Upstream {
+        response: response.map(|body| body.map_err(BoxError::from).boxed()),
+        flags,
+    })
+}
+
+/// Copies bytes both ways between an upgraded client connection and upstream connection,
+/// until either closes, neither sends for `--stream-idle-timeout`, or the drain deadline
+/// (a WebSocket close frame, 1001, on each side). Only WebSocket upgrades get here.
+async fn join_upgraded(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    clocks: tunnel::Clocks,
+) {
+    let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) else {
+        tracing::debug!("upgrade failed on one side");
+        return;
+    };
+    let mut downstream = TokioIo::new(downstream);
+    let mut upstream = TokioIo::new(upstream);
+    match tunnel::run(&mut downstream, &mut upstream, clocks).await {
+        tunnel::Ending::Closed { .. } => {}
+        tunnel::Ending::Failed(e) => tracing::debug!(error = %e, "upgraded connection ended"),
+        tunnel::Ending::Idle => tracing::debug!("idle upgraded connection closed"),
+        tunnel::Ending::Drained => tracing::debug!("upgraded connection closed by the drain"),
+    }
+}

@@ -1,0 +1,60 @@
+//! What became of a request: the answer (the upstream's, or the gateway's own) with its
+//! response flags, and the cluster and endpoint it went to, for the metrics and the
+//! access log.
+
+use std::net::SocketAddr;
+
+use http::Response;
+
+use super::{body::ProxyBody, flags::ResponseFlags, local_reply::LocalReply};
+use crate::runtime::LiveCluster;
+
+pub(super) struct Outcome<'a> {
+    pub answer: Answer,
+    /// The cluster the route chose; None when none was (no route, a local action).
+    pub cluster: Option<LiveCluster<'a>>,
+    /// The endpoint of the last try.
+    pub upstream: Option<SocketAddr>,
+}
+
+pub(super) enum Answer {
+    /// An upstream's response, with what the flags say of how it came (`URX`, `UO`, `DI`).
+    Upstream {
+        response: Response<ProxyBody>,
+        flags: ResponseFlags,
+    },
+    Local(LocalReply),
+}
+
+impl Answer {
+    /// The response to send, and its flags.
+    pub(super) fn into_response(
+        self,
+        request_is_grpc: bool,
+    ) -> (Response<ProxyBody>, ResponseFlags) {
+        match self {
+            Answer::Upstream { response, flags } => (response, flags),
+            Answer::Local(reply) => {
+                let flags = reply.flags;
+                (reply.into_response(request_is_grpc), flags)
+            }
+        }
+    }
+}
+
+impl From<LocalReply> for Answer {
+    fn from(reply: LocalReply) -> Self {
+        Answer::Local(reply)
+    }
+}
+
+/// An answer given before any cluster was chosen.
+impl From<LocalReply> for Outcome<'_> {
+    fn from(reply: LocalReply) -> Self {
+        Outcome {
+            answer: Answer::Local(reply),
+            cluster: None,
+            upstream: None,
+        }
+    }
+}

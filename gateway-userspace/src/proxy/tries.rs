@@ -1,0 +1,196 @@
+//! The tries of one forwarded request: an endpoint by the cluster's load balancer, the
+//! request sent within the per-try and the route's timeouts, and retries (Istio's
+//! `retries`: attempts, `retryOn`, a back-off, another endpoint when there is one)
+//! while the answer or failure is one the policy retries and the body can be replayed.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use http::Response;
+use http_body_util::{BodyExt, Empty};
+
+use super::{
+    body::ProxyBody,
+    replay::ReplayBody,
+    route_actions::{self, TryFailure},
+    upstream::{self, UpstreamBody},
+    upstream_head::UpstreamHead,
+};
+use crate::{runtime::LiveCluster, snapshot::RetryPolicy};
+
+/// First retry back-off; doubled per retry up to `RETRY_BACKOFF_MAX` (Envoy's 25 ms base).
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// A request's body as its tries send it.
+pub(super) enum RequestBody {
+    /// No body: every try sends an empty one.
+    Empty,
+    /// Streamed to each try, with a bounded copy for the next (retries, mirrors).
+    Replay(ReplayBody),
+    /// Sent once (upgrades, routes without retries or mirrors); None once taken.
+    Once(Option<ProxyBody>),
+}
+
+impl RequestBody {
+    pub(super) fn for_try(&mut self) -> Option<ProxyBody> {
+        match self {
+            RequestBody::Empty => Some(Empty::new().map_err(|never| match never {}).boxed()),
+            RequestBody::Replay(replay) => Some(replay.for_try()),
+            RequestBody::Once(body) => body.take(),
+        }
+    }
+
+    pub(super) fn can_replay(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Replay(replay) => replay.can_replay(),
+            RequestBody::Once(_) => false,
+        }
+    }
+
+    /// The try that just failed stops reading the client's body.
+    pub(super) fn supersede(&self) {
+        if let RequestBody::Replay(replay) = self {
+            replay.supersede();
+        }
+    }
+}
+
+/// How the tries of a request ended.
+pub(super) struct Tried {
+    pub ending: Ending,
+    /// The endpoint of the last try; None when there was none to try.
+    pub endpoint: Option<SocketAddr>,
+    /// Tries after the first.
+    pub retries: u32,
+}
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per request, moved once: not worth an allocation"
+)]
+pub(super) enum Ending {
+    /// The last try's answer, and how long the upstream took to its response headers.
+    Answered {
+        response: Response<UpstreamBody>,
+        took: Duration,
+        /// A retry was due but the cluster's `maxRetries` were in flight.
+        retry_overflowed: bool,
+    },
+    /// The last try failed without an answer.
+    Failed(TryFailure),
+    /// The route's timeout expired during a try.
+    TimedOut,
+    /// No endpoint to send the request to.
+    NoEndpoint,
+}
+
+impl Tried {
+    pub(super) fn retried(&self) -> bool {
+        self.retries > 0
+    }
+}
+
+/// Sends the request to `cluster` until an answer stands, by `retry` and within the
+/// route's `deadline`.
+pub(super) async fn run(
+    cluster: &LiveCluster<'_>,
+    head: &mut UpstreamHead,
+    body: &mut RequestBody,
+    retry: &RetryPolicy,
+    deadline: Option<tokio::time::Instant>,
+) -> Tried {
+    let mut retries = 0u32;
+    let mut backoff = RETRY_BACKOFF_BASE;
+    // Endpoints this request tried: a retry goes elsewhere when it can.
+    let mut tried: Vec<usize> = Vec::new();
+    // Retries in flight are bounded too (`maxRetries`); the slot is held until the
+    // retry's try has ended.
+    let mut retrying = None;
+    loop {
+        let ended = |ending, endpoint| Tried {
+            ending,
+            endpoint,
+            retries,
+        };
+        let Some(picked) = cluster.pick_avoiding(&tried) else {
+            return ended(Ending::NoEndpoint, None);
+        };
+        let endpoint = picked.addr;
+        let Some(try_body) = body.for_try() else {
+            return ended(Ending::Failed(TryFailure::Reset), Some(endpoint));
+        };
+        let last_try = retries >= retry.attempts || !body.can_replay();
+        let started = Instant::now();
+        let attempt = send(head, endpoint, cluster, try_body, last_try);
+        let attempt = async {
+            match retry.per_try_timeout {
+                Some(t) => tokio::time::timeout(t, attempt)
+                    .await
+                    .unwrap_or(Err(TryFailure::Timeout)),
+                None => attempt.await,
+            }
+        };
+        let result = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(result) => result,
+                Err(_) => {
+                    picked.record(true);
+                    return ended(Ending::TimedOut, Some(endpoint));
+                }
+            },
+            None => attempt.await,
+        };
+        picked.record(match &result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        });
+        let retriable = match &result {
+            Ok(response) => route_actions::retriable_status(&retry.retry_on, response.status()),
+            Err(failure) => route_actions::retriable_failure(&retry.retry_on, *failure),
+        };
+        let mut retry_overflowed = false;
+        if retriable && retries < retry.attempts && body.can_replay() {
+            drop(retrying.take());
+            retrying = cluster.state.breakers.retry(&cluster.connection_pool);
+            retry_overflowed = retrying.is_none();
+            if !retry_overflowed {
+                // The failed try lets go of the body before the next one replays it.
+                body.supersede();
+                retries += 1;
+                tried.push(picked.index());
+                let jitter =
+                    Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 2));
+                tokio::time::sleep(backoff / 2 + jitter).await;
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                continue;
+            }
+        }
+        let ending = match result {
+            Ok(response) => Ending::Answered {
+                response,
+                took: started.elapsed(),
+                retry_overflowed,
+            },
+            Err(failure) => Ending::Failed(failure),
+        };
+        return ended(ending, Some(endpoint));
+    }
+}
+
+/// One try: the request to one endpoint, over the cluster's protocol.
+async fn send(
+    head: &mut UpstreamHead,
+    endpoint: SocketAddr,
+    cluster: &LiveCluster<'_>,
+    body: ProxyBody,
+    last_try: bool,
+) -> Result<Response<UpstreamBody>, TryFailure> {
+    let request = head
+        .request(cluster.protocol, body, last_try)
+        .map_err(|_| TryFailure::ProtocolError)?;
+    upstream::send(cluster, endpoint, request).await
+}

@@ -1,0 +1,266 @@
+//! The request as the upstream gets it: hop-by-hop headers removed, forwarding headers
+//! (x-forwarded-for, x-forwarded-proto, XFCC, x-envoy-external-address) and the request
+//! id set as Istio's gateway sets them, the route's rewrites and header operations applied.
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header, uri::PathAndQuery,
+};
+
+use super::{body::ProxyBody, route_actions};
+use crate::{
+    route_table::Route,
+    snapshot::{Forward, RouteAction, UpstreamProtocol, WeightedCluster},
+};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that one connection must not pass to the next.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+/// The downstream side of a request, as the upstream is told of it.
+pub(super) struct Downstream<'a> {
+    /// The client's address, as x-forwarded-for and x-envoy-external-address carry it.
+    pub peer_ip: &'a HeaderValue,
+    /// `https` on connections TLS terminated.
+    pub scheme: &'static str,
+    /// The client's TLS certificate, as x-forwarded-client-cert carries it.
+    pub client_cert: Option<&'a str>,
+    /// The request's authority (HTTP/2's :authority, else Host).
+    pub authority: &'a str,
+    pub request_id: &'a HeaderValue,
+}
+
+/// A request's head as every try and mirror sends it.
+#[derive(Clone)]
+pub(super) struct UpstreamHead {
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    /// The Host header's value: HTTP/2 upstreams get it as `:authority`.
+    pub authority: HeaderValue,
+    pub headers: HeaderMap,
+}
+
+impl UpstreamHead {
+    /// The request of one try: origin-form with a Host header for HTTP/1.1, absolute
+    /// (`:authority`, no Host) for HTTP/2. The last try takes the headers instead of
+    /// copying them.
+    pub(super) fn request(
+        &mut self,
+        protocol: UpstreamProtocol,
+        body: ProxyBody,
+        last_try: bool,
+    ) -> Result<Request<ProxyBody>, http::Error> {
+        let mut headers = if last_try {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
+        let (uri, version) = match protocol {
+            UpstreamProtocol::Http1 => (Uri::from(self.path_and_query.clone()), Version::HTTP_11),
+            UpstreamProtocol::Http2 => {
+                headers.remove(header::HOST);
+                let uri = Uri::builder()
+                    .scheme("http")
+                    .authority(self.authority.as_bytes())
+                    .path_and_query(self.path_and_query.clone())
+                    .build()?;
+                (uri, Version::HTTP_2)
+            }
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        *request.version_mut() = version;
+        Ok(request)
+    }
+}
+
+impl UpstreamHead {
+    /// The request as the upstream gets it: same method, path, Host and body unless the
+    /// route rewrites them; hop-by-hop headers removed; forwarding headers set as Istio's
+    /// gateway sets them; then the route's and the destination's header operations.
+    pub(super) fn new(
+        parts: http::request::Parts,
+        route: &Route<RouteAction>,
+        forward: &Forward,
+        weighted: &WeightedCluster,
+        downstream: &Downstream<'_>,
+        is_upgrade: bool,
+    ) -> Option<UpstreamHead> {
+        let Downstream {
+            peer_ip,
+            scheme,
+            client_cert,
+            authority,
+            request_id,
+        } = *downstream;
+        let path_and_query = match forward.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+            Some(rewrite) => {
+                let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let rewritten =
+                    route_actions::rewrite_path_and_query(rewrite, original, &route.matches);
+                PathAndQuery::try_from(rewritten).ok()?
+            }
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+        let mut headers = parts.headers;
+        let upgrade = if is_upgrade {
+            headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        strip_hop_by_hop(&mut headers);
+        if let Some(upgrade) = upgrade {
+            headers.insert(header::UPGRADE, upgrade);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        // Host: the rewritten authority, else the request's (HTTP/2 requests carry it as
+        // :authority only; an HTTP/1.1 Host header that already says it stays as is).
+        let new_host = match forward
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.authority.as_deref())
+        {
+            Some(rewritten) => Some(rewritten),
+            None if headers.get(header::HOST).is_some_and(|h| h == authority) => None,
+            None => Some(authority),
+        };
+        if let Some(host) = new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(header::HOST, host);
+        }
+        let host = headers.get(header::HOST).cloned()?;
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+            Some(existing) if !existing.is_empty() => {
+                let mut joined = Vec::with_capacity(existing.len() + 1 + peer_ip.len());
+                joined.extend_from_slice(existing.as_bytes());
+                joined.push(b',');
+                joined.extend_from_slice(peer_ip.as_bytes());
+                HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
+            }
+            _ => Some(peer_ip.clone()),
+        };
+        if let Some(v) = forwarded_for {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+        // Envoy's SANITIZE_SET (Istio's gateway default): never trust the client's XFCC.
+        headers.remove(X_FORWARDED_CLIENT_CERT);
+        if let Some(v) = client_cert.and_then(|cert| HeaderValue::from_str(cert).ok()) {
+            headers.insert(X_FORWARDED_CLIENT_CERT, v);
+        }
+        headers.insert(X_REQUEST_ID, request_id.clone());
+        headers.insert(X_ENVOY_EXTERNAL_ADDRESS, peer_ip.clone());
+        forward.headers.request.apply(&mut headers);
+        weighted.headers.request.apply(&mut headers);
+        Some(UpstreamHead {
+            method: parts.method,
+            path_and_query,
+            authority: host,
+            headers,
+        })
+    }
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than the removals.
+    let hop_by_hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::UPGRADE;
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    // `TE: trailers` is the one TE value that crosses a proxy: gRPC needs it upstream.
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    // `Upgrade` is hop-by-hop too; an upgrade request puts it back explicitly.
+    headers.remove(header::UPGRADE);
+}
+
+/// A random UUID (version 4), as Envoy generates for `x-request-id`.
+pub(super) fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u128(..);
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let mut id = [0u8; 36];
+    let mut nibble = 32;
+    for (i, out) in id.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *out = b'-';
+        } else {
+            nibble -= 1;
+            *out = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let id = new_request_id();
+        let id = id.to_str().expect("ascii");
+        assert!(
+            id.bytes()
+                .enumerate()
+                .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) {
+                    b == b'-'
+                } else {
+                    b.is_ascii_hexdigit()
+                }),
+            "{id}"
+        );
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4", "{id}");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(new_request_id().to_str().ok(), Some(id));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+}
