@@ -143,6 +143,11 @@ struct RunArgs {
     /// forwarded once, without retries [default: 32768].
     #[arg(long, value_name = "BYTES")]
     max_replay_body_bytes: Option<u64>,
+    /// What the replay copies of all requests of one client connection (an HTTP/2
+    /// connection's streams) may hold together; a request whose copy does not fit is
+    /// forwarded once, without retries [default: 131072, four whole copies].
+    #[arg(long, value_name = "BYTES")]
+    max_replay_bytes_per_connection: Option<u64>,
     /// Downstream connections served at once; beyond it new connections wait in the
     /// kernel's backlog [default: sized from the descriptor limit].
     #[arg(long, value_name = "N")]
@@ -541,6 +546,9 @@ fn limits(args: &RunArgs) -> Limits {
         max_replay_body_bytes: args
             .max_replay_body_bytes
             .unwrap_or(defaults.max_replay_body_bytes),
+        max_replay_bytes_per_connection: args
+            .max_replay_bytes_per_connection
+            .unwrap_or(defaults.max_replay_bytes_per_connection),
         max_connections: args.max_connections,
     }
 }

@@ -25,7 +25,7 @@ use super::{
     ProxyContext,
     access_log::{AccessLogEntry, AccessLogFormat},
     edge_headers, grpc, limits,
-    replay::ReplayBody,
+    replay::{ReplayBody, ReplayBudget},
     route_actions::{self, TryFailure},
     tunnel,
     upstream::{self, UpstreamBody},
@@ -120,6 +120,8 @@ pub(super) struct Connection {
     peer_ip: HeaderValue,
     /// The listener's drain deadline, for upgraded connections that outlive the request.
     drain: tunnel::Drain,
+    /// What the replay copies of this connection's requests may hold together.
+    replay_budget: ReplayBudget,
 }
 
 /// What the access log and metrics need about the outcome.
@@ -143,10 +145,11 @@ impl Connection {
             peer,
             local,
             snapshot,
-            ctx,
             tls,
             peer_ip,
             drain: tunnel::Drain::default(),
+            replay_budget: ReplayBudget::new(ctx.limits.max_replay_bytes_per_connection),
+            ctx,
         }
     }
 
@@ -458,6 +461,7 @@ impl Connection {
                 RequestBody::Replay(ReplayBody::new(
                     downstream,
                     self.ctx.limits.max_replay_body_bytes,
+                    self.replay_budget.clone(),
                     Some(self.ctx.metrics.retry_or_shadow_abandoned.clone()),
                 ))
             } else {
