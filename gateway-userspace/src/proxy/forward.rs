@@ -176,7 +176,7 @@ impl Connection {
         let logged = (self.ctx.access_log != AccessLogFormat::Off).then(|| LoggedRequest {
             start_time: SystemTime::now(),
             method: request.method().clone(),
-            uri: request.uri().clone(),
+            uri: edge_headers::logged_uri(request.method(), request.uri()),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
         });

@@ -405,6 +405,15 @@ fn dot_segments_meet_the_route_of_the_path_they_resolve_to() -> anyhow::Result<(
     ensure!(kept["headers"]["x-route"] == "public", "{kept}");
     let refused = get("/public/%zz")?;
     ensure!(refused.status == 400, "{refused:?}");
+    // The access log shows the path as routed and forwarded, as Envoy logs `:path` once
+    // it normalizes; one that cannot be normalized is logged as sent.
+    let log = setup.gateway.access_log();
+    ensure!(
+        log.matches("\"GET /admin HTTP/1.1\" 200 ").count() == 4,
+        "normalized paths not logged:\n{log}"
+    );
+    ensure!(!log.contains("/public/../admin"), "{log}");
+    ensure!(log.contains("\"GET /public/%zz HTTP/1.1\" 400 "), "{log}");
     Ok(())
 }
 
