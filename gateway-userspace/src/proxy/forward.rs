@@ -327,6 +327,7 @@ impl Connection {
             );
         };
         if edge_headers::refused_upgrade(&request) {
+            self.ctx.metrics.upgrades_refused.inc();
             let mut response = local_response(edge_headers::REFUSED_UPGRADE_STATUS, "");
             response.headers_mut().remove(header::CONTENT_TYPE);
             response

@@ -322,6 +322,18 @@ fn upgrades_other_than_websocket_are_refused_with_403() -> anyhow::Result<()> {
         !seen.contains("/headers") && !seen.contains("/status/202"),
         "{seen}"
     );
+    let mut stream = connect(setup.addr)?;
+    stream.write_all(
+        b"GET /headers HTTP/1.1\r\nHost: httpbin.example.com\r\nUpgrade: TLS/1.2\r\nConnection: Upgrade\r\n\r\n",
+    )?;
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut stream)?).into_owned();
+    ensure!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Each refusal is counted, so an operator sees clients trying.
+    let refused = setup.gateway.metric("gateway_upgrades_refused_total")?;
+    ensure!(
+        refused == Some(2.0),
+        "gateway_upgrades_refused_total {refused:?}"
+    );
 
     // h2c is not refused but not tunnelled either: served as a plain request.
     let h2c = curl(
@@ -340,6 +352,11 @@ fn upgrades_other_than_websocket_are_refused_with_403() -> anyhow::Result<()> {
 
     // WebSocket is allowed.
     open_websocket(setup.addr)?;
+    let refused = setup.gateway.metric("gateway_upgrades_refused_total")?;
+    ensure!(
+        refused == Some(2.0),
+        "h2c or WebSocket counted: {refused:?}"
+    );
     Ok(())
 }
 
