@@ -144,6 +144,11 @@ struct RunArgs {
     /// forwarded once, without retries [default: 32768].
     #[arg(long, value_name = "BYTES")]
     max_replay_body_bytes: Option<u64>,
+    /// What the replay copies of all requests of one client connection (an HTTP/2
+    /// connection's streams) may hold together; a request whose copy does not fit is
+    /// forwarded once, without retries [default: 4 × --max-replay-body-bytes].
+    #[arg(long, value_name = "BYTES")]
+    max_replay_bytes_per_connection: Option<u64>,
     /// Downstream connections served at once; beyond it new connections wait in the
     /// kernel's backlog [default: sized from the descriptor limit].
     #[arg(long, value_name = "N")]
@@ -529,6 +534,9 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 /// The request limits the flags set, defaults for the rest.
 fn limits(args: &RunArgs) -> Limits {
     let defaults = Limits::default();
+    let max_replay_body_bytes = args
+        .max_replay_body_bytes
+        .unwrap_or(defaults.max_replay_body_bytes);
     Limits {
         header_read_timeout: args
             .header_read_timeout
@@ -539,9 +547,11 @@ fn limits(args: &RunArgs) -> Limits {
             .stream_idle_timeout
             .unwrap_or(defaults.stream_idle_timeout),
         tcp_idle_timeout: args.tcp_idle_timeout.unwrap_or(defaults.tcp_idle_timeout),
-        max_replay_body_bytes: args
-            .max_replay_body_bytes
-            .unwrap_or(defaults.max_replay_body_bytes),
+        max_replay_body_bytes,
+        // Four whole copies of whatever the per-request copy is.
+        max_replay_bytes_per_connection: args
+            .max_replay_bytes_per_connection
+            .unwrap_or(max_replay_body_bytes.saturating_mul(4)),
         max_connections: args.max_connections,
     }
 }

@@ -152,6 +152,9 @@ pub struct Metrics {
     pub downstream_cx_overflow: Counter,
     /// Access log lines dropped because stdout did not keep up (proxy/access_log.rs).
     pub access_log_dropped: Counter,
+    /// Upgrades no route allows (anything but WebSocket) and CONNECT, answered 403
+    /// (Envoy counts these in `downstream_rq_ws_on_non_ws_route`).
+    pub upgrades_refused: Counter,
 }
 
 /// Access log lines dropped because stdout did not keep up: one count for the process, as
@@ -275,6 +278,12 @@ impl Metrics {
             "Access log lines dropped because stdout did not keep up",
             access_log_dropped.clone(),
         );
+        let upgrades_refused = Counter::default();
+        registry.register(
+            "gateway_upgrades_refused",
+            "Requests answered 403 for an upgrade no route allows (anything but WebSocket) or a CONNECT",
+            upgrades_refused.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         Metrics {
             registry,
@@ -293,6 +302,7 @@ impl Metrics {
             downstream_connections_active,
             downstream_cx_overflow,
             access_log_dropped,
+            upgrades_refused,
         }
     }
 

@@ -63,6 +63,12 @@ const MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Streams the server may reset because of client protocol errors before it gives up on
 /// the connection (the "MadeYouReset" guard).
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// HTTP/2 flow control: request DATA a client may send that the gateway has not passed
+/// on yet, over all streams of its connection, and on one stream (hyper's defaults, set
+/// here because they are the bound): 1024 stalled streams park at most 1 MiB unread, not
+/// 1024 windows' worth. Data passed on is released as the upstream takes it.
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 /// After a failed accept (EMFILE and the like), pause instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -130,6 +136,8 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
         .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
         .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);

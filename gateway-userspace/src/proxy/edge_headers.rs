@@ -54,10 +54,20 @@ pub(super) fn admit<B>(mut request: Request<B>) -> Result<Request<B>, Refusal> {
     if upgrade_token(headers).is_some_and(|t| t.eq_ignore_ascii_case(b"h2c")) {
         drop_h2c_upgrade(headers);
     }
-    if let Some(uri) = normalized_uri(&request)? {
+    if let Some(uri) = normalized_uri(request.method(), request.uri())? {
         *request.uri_mut() = uri;
     }
     Ok(request)
+}
+
+/// The request's URI as the access log shows it: normalized as `admit` routes it (what
+/// Envoy's `%REQ(:PATH)%` shows once it normalizes paths; before any route rewrite, as
+/// Istio's `%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`), or as sent when it cannot be (400).
+pub(super) fn logged_uri(method: &Method, uri: &Uri) -> Uri {
+    match normalized_uri(method, uri) {
+        Ok(Some(normal)) => normal,
+        Ok(None) | Err(_) => uri.clone(),
+    }
 }
 
 /// Whether the request asks for an upgrade the gateway does not do (anything but
@@ -107,10 +117,9 @@ fn drop_h2c_upgrade(headers: &mut HeaderMap) {
 
 /// The request's URI with its path normalized; None when it already is (or has no
 /// path to normalize: CONNECT's authority, `OPTIONS *`).
-fn normalized_uri<B>(request: &Request<B>) -> Result<Option<Uri>, Refusal> {
-    let uri = request.uri();
+fn normalized_uri(method: &Method, uri: &Uri) -> Result<Option<Uri>, Refusal> {
     let path = uri.path();
-    if request.method() == Method::CONNECT || path.is_empty() || path == "*" {
+    if method == Method::CONNECT || path.is_empty() || path == "*" {
         return Ok(None);
     }
     let normal = match normalize::normalize_path(path) {
@@ -168,6 +177,22 @@ mod tests {
         assert_eq!(connect.uri(), "h:443");
         let options = admit(request("OPTIONS", "*", &[])).expect("admitted");
         assert_eq!(options.uri(), "*");
+    }
+
+    #[test]
+    fn the_log_shows_the_path_as_routed() {
+        let logged = |method: &str, uri: &str| {
+            let uri: Uri = uri.parse().unwrap_or_default();
+            logged_uri(
+                &Method::from_bytes(method.as_bytes()).unwrap_or_default(),
+                &uri,
+            )
+        };
+        assert_eq!(logged("GET", "/public/../admin?a=../b"), "/admin?a=../b");
+        assert_eq!(logged("GET", "/already/normal"), "/already/normal");
+        // Refused with 400: logged as sent.
+        assert_eq!(logged("GET", "/a%zz"), "/a%zz");
+        assert_eq!(logged("CONNECT", "h:443"), "h:443");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::{
     edge_headers, forward_action, grpc, limits,
     local_reply::LocalReply,
     outcome::Outcome,
+    replay::ReplayBudget,
     route_actions, tunnel,
     upstream_head::{Downstream, X_FORWARDED_FOR, new_request_id},
 };
@@ -46,6 +47,8 @@ pub(super) struct Connection {
     peer_ip: HeaderValue,
     /// The listener's drain deadline, for upgraded connections that outlive the request.
     drain: tunnel::Drain,
+    /// What the replay copies of this connection's requests may hold together.
+    replay_budget: ReplayBudget,
 }
 
 impl Connection {
@@ -60,6 +63,7 @@ impl Connection {
         Connection {
             peer,
             local,
+            replay_budget: ReplayBudget::new(ctx.limits.max_replay_bytes_per_connection),
             ctx,
             tls,
             peer_ip,
@@ -81,7 +85,7 @@ impl Connection {
         let logged = (self.ctx.access_log != AccessLogFormat::Off).then(|| LoggedRequest {
             start_time: SystemTime::now(),
             method: request.method().clone(),
-            uri: request.uri().clone(),
+            uri: edge_headers::logged_uri(request.method(), request.uri()),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
         });
@@ -211,6 +215,7 @@ impl Connection {
             return LocalReply::no_route().into();
         };
         if edge_headers::refused_upgrade(&request) {
+            self.ctx.metrics.upgrades_refused.inc();
             return LocalReply::refused_upgrade(edge_headers::REFUSED_UPGRADE_STATUS).into();
         }
         match &route.action {
@@ -224,6 +229,7 @@ impl Connection {
                         .and_then(|(tls, _)| tls.client_cert.as_deref()),
                     authority,
                     request_id,
+                    replay_budget: &self.replay_budget,
                 };
                 let ctx = &self.ctx;
                 forward_action::forward(

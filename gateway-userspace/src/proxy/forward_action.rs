@@ -93,15 +93,16 @@ pub(super) async fn forward<'s>(
     let mut body = if body.is_end_stream() {
         RequestBody::Empty
     } else {
-        let downstream = DownstreamBody::new(body, body_failed.clone(), &ctx.limits).boxed();
+        let streamed = DownstreamBody::new(body, body_failed.clone(), &ctx.limits).boxed();
         if wants_replay {
             RequestBody::Replay(ReplayBody::new(
-                downstream,
+                streamed,
                 ctx.limits.max_replay_body_bytes,
+                downstream.replay_budget.clone(),
                 Some(ctx.metrics.retry_or_shadow_abandoned.clone()),
             ))
         } else {
-            RequestBody::Once(Some(downstream))
+            RequestBody::Once(Some(streamed))
         }
     };
 

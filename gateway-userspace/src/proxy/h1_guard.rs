@@ -1094,7 +1094,8 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
     }
 
     use crate::proxy::limits::{
-        DEFAULT_MAX_REPLAY_BODY_BYTES, DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT,
+        DEFAULT_MAX_REPLAY_BODY_BYTES, DEFAULT_MAX_REPLAY_BYTES_PER_CONNECTION,
+        DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT,
     };
 
     const CLOCKS: Limits = Limits {
@@ -1104,6 +1105,7 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
         stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
         tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
         max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
+        max_replay_bytes_per_connection: DEFAULT_MAX_REPLAY_BYTES_PER_CONNECTION,
         max_connections: None,
     };
 

@@ -31,6 +31,9 @@ pub(super) const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 6
 /// that outgrows it is still forwarded, once, without retries (Istio's gateway buffers
 /// at most 32 KiB per request for replay).
 pub(super) const DEFAULT_MAX_REPLAY_BODY_BYTES: u64 = 32 * 1024;
+/// What the replay copies of all requests of one client connection may hold together:
+/// four whole copies, so an HTTP/2 client's 1024 streams cannot hold 1024 of them.
+pub(super) const DEFAULT_MAX_REPLAY_BYTES_PER_CONNECTION: u64 = 4 * DEFAULT_MAX_REPLAY_BODY_BYTES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -45,6 +48,8 @@ pub struct Limits {
     pub tcp_idle_timeout: Duration,
     /// Largest request body kept for replay (retries, mirrors).
     pub max_replay_body_bytes: u64,
+    /// What the replay copies of one connection's requests may hold together.
+    pub max_replay_bytes_per_connection: u64,
     /// Downstream connections served at once (all listeners, all workers); beyond it new
     /// connections wait in the kernel's backlog. None: sized from the descriptor limit.
     pub max_connections: Option<usize>,
@@ -59,6 +64,7 @@ impl Default for Limits {
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
             max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
+            max_replay_bytes_per_connection: DEFAULT_MAX_REPLAY_BYTES_PER_CONNECTION,
             max_connections: None,
         }
     }

@@ -3,10 +3,20 @@
 //! body; what has passed is kept (up to `--max-replay-body-bytes`) so a retry can send it
 //! again and then go on with the rest of the live body. A body that outgrows the copy
 //! gives up replay (no more retries, no mirrors), never the request.
+//!
+//! The copies of all requests of one client connection also share a budget
+//! (`--max-replay-bytes-per-connection`): an HTTP/2 client cannot make the gateway keep a
+//! copy for each of its 1024 streams. Envoy bounds each stream's buffers by the
+//! connection's `per_connection_buffer_limit_bytes` (32 KiB on Istio's gateways) and the
+//! rest with its overload manager; a shared budget is the bound this gateway has instead.
+//! A request whose copy does not fit the budget gives up replay as one past the limit does.
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -32,6 +42,38 @@ struct Superseded;
 #[error("request body broke off")]
 struct Broken;
 
+/// Bytes the replay copies of one client connection's requests may hold together.
+#[derive(Clone, Debug)]
+pub(super) struct ReplayBudget {
+    left: Arc<AtomicU64>,
+}
+
+impl ReplayBudget {
+    pub(super) fn new(bytes: u64) -> Self {
+        ReplayBudget {
+            left: Arc::new(AtomicU64::new(bytes)),
+        }
+    }
+
+    /// Takes `bytes` from the budget if that many are left.
+    fn take(&self, bytes: u64) -> bool {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.left.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    #[cfg(test)]
+    fn left(&self) -> u64 {
+        self.left.load(Ordering::Acquire)
+    }
+}
+
 /// The client's body and its replay copy, shared by the tries of one request.
 pub(super) struct ReplayBody {
     shared: Arc<Mutex<Shared>>,
@@ -43,8 +85,10 @@ struct Shared {
     hint: SizeHint,
     /// What has arrived so far, while it fits `limit`; emptied for good when it does not.
     kept: Vec<Bytes>,
+    /// Taken from `budget` and given back when the copy is dropped.
     kept_bytes: u64,
     limit: u64,
+    budget: ReplayBudget,
     overflowed: bool,
     ended: bool,
     broken: bool,
@@ -57,7 +101,12 @@ struct Shared {
 }
 
 impl ReplayBody {
-    pub(super) fn new(source: ProxyBody, limit: u64, abandoned: Option<Counter>) -> Self {
+    pub(super) fn new(
+        source: ProxyBody,
+        limit: u64,
+        budget: ReplayBudget,
+        abandoned: Option<Counter>,
+    ) -> Self {
         let hint = source.size_hint();
         ReplayBody {
             shared: Arc::new(Mutex::new(Shared {
@@ -66,6 +115,7 @@ impl ReplayBody {
                 kept: Vec::new(),
                 kept_bytes: 0,
                 limit,
+                budget,
                 overflowed: false,
                 ended: false,
                 broken: false,
@@ -138,16 +188,17 @@ impl Shared {
         }
     }
 
-    /// Keeps a copy of `data` while the copy fits; past the limit, drops it for good.
+    /// Keeps a copy of `data` while the copy fits its limit and the connection's budget;
+    /// past either, drops it for good.
     fn keep(&mut self, data: &Bytes) -> Option<OnComplete> {
         if self.overflowed {
             return None;
         }
         let total = self.kept_bytes.saturating_add(data.len() as u64);
-        if total > self.limit {
+        if total > self.limit || !self.budget.take(data.len() as u64) {
             self.overflowed = true;
             self.kept = Vec::new();
-            self.kept_bytes = 0;
+            self.budget.give_back(std::mem::take(&mut self.kept_bytes));
             if let Some(abandoned) = &self.abandoned {
                 abandoned.inc();
             }
@@ -156,6 +207,12 @@ impl Shared {
         self.kept.push(data.clone());
         self.kept_bytes = total;
         None
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.budget.give_back(self.kept_bytes);
     }
 }
 
@@ -278,9 +335,54 @@ mod tests {
         Ok(body.collect().await?.to_bytes().to_vec())
     }
 
+    fn plenty() -> ReplayBudget {
+        ReplayBudget::new(u64::MAX / 2)
+    }
+
+    #[tokio::test]
+    async fn requests_of_one_connection_share_the_replay_budget() {
+        let abandoned = Counter::<u64>::default();
+        let budget = ReplayBudget::new(10);
+        let first = ReplayBody::new(
+            source(&[b"abcd", b"efgh"]),
+            8,
+            budget.clone(),
+            Some(abandoned.clone()),
+        );
+        let second = ReplayBody::new(
+            source(&[b"ijkl"]),
+            8,
+            budget.clone(),
+            Some(abandoned.clone()),
+        );
+        assert_eq!(
+            read(first.for_try()).await.ok().as_deref(),
+            Some(&b"abcdefgh"[..])
+        );
+        assert!(first.can_replay());
+        assert_eq!(budget.left(), 2);
+        // Within its own limit, but the connection's budget is spent: sent, not kept.
+        assert_eq!(
+            read(second.for_try()).await.ok().as_deref(),
+            Some(&b"ijkl"[..])
+        );
+        assert!(!second.can_replay());
+        assert_eq!(abandoned.get(), 1);
+        // A finished request gives its share back to the next one.
+        drop(first);
+        assert_eq!(budget.left(), 10);
+        let third = ReplayBody::new(source(&[b"mnop"]), 8, budget.clone(), None);
+        assert_eq!(
+            read(third.for_try()).await.ok().as_deref(),
+            Some(&b"mnop"[..])
+        );
+        assert!(third.can_replay());
+        assert_eq!(budget.left(), 6);
+    }
+
     #[tokio::test]
     async fn a_retry_sends_the_kept_copy_then_the_rest() {
-        let replay = ReplayBody::new(source(&[b"ab", b"cd", b"ef"]), 100, None);
+        let replay = ReplayBody::new(source(&[b"ab", b"cd", b"ef"]), 100, plenty(), None);
         let mut first = replay.for_try();
         // The first try reads part of the body, then fails.
         let frame = first.frame().await.and_then(Result::ok);
@@ -310,6 +412,7 @@ mod tests {
         let replay = ReplayBody::new(
             source(&[b"abcd", b"efgh", b"ij"]),
             5,
+            plenty(),
             Some(abandoned.clone()),
         );
         let (sender, receiver) = std::sync::mpsc::channel();
@@ -327,7 +430,7 @@ mod tests {
 
     #[tokio::test]
     async fn mirrors_get_the_whole_body_once_it_ended() {
-        let replay = ReplayBody::new(source(&[b"ab", b"cd"]), 5, None);
+        let replay = ReplayBody::new(source(&[b"ab", b"cd"]), 5, plenty(), None);
         let (sender, receiver) = std::sync::mpsc::channel();
         replay.on_complete(Box::new(move |whole| {
             let _ = sender.send(whole);

@@ -40,6 +40,8 @@ pub(super) struct Downstream<'a> {
     /// The request's authority (HTTP/2's :authority, else Host).
     pub authority: &'a str,
     pub request_id: &'a HeaderValue,
+    /// What the replay copies of the connection's requests may hold together.
+    pub replay_budget: &'a super::replay::ReplayBudget,
 }
 
 /// A request's head as every try and mirror sends it.
@@ -106,6 +108,7 @@ impl UpstreamHead {
             client_cert,
             authority,
             request_id,
+            replay_budget: _,
         } = *downstream;
         let path_and_query = match forward.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
             Some(rewrite) => {

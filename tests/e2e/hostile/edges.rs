@@ -322,6 +322,18 @@ fn upgrades_other_than_websocket_are_refused_with_403() -> anyhow::Result<()> {
         !seen.contains("/headers") && !seen.contains("/status/202"),
         "{seen}"
     );
+    let mut stream = connect(setup.addr)?;
+    stream.write_all(
+        b"GET /headers HTTP/1.1\r\nHost: httpbin.example.com\r\nUpgrade: TLS/1.2\r\nConnection: Upgrade\r\n\r\n",
+    )?;
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut stream)?).into_owned();
+    ensure!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Each refusal is counted, so an operator sees clients trying.
+    let refused = setup.gateway.metric("gateway_upgrades_refused_total")?;
+    ensure!(
+        refused == Some(2.0),
+        "gateway_upgrades_refused_total {refused:?}"
+    );
 
     // h2c is not refused but not tunnelled either: served as a plain request.
     let h2c = curl(
@@ -340,6 +352,11 @@ fn upgrades_other_than_websocket_are_refused_with_403() -> anyhow::Result<()> {
 
     // WebSocket is allowed.
     open_websocket(setup.addr)?;
+    let refused = setup.gateway.metric("gateway_upgrades_refused_total")?;
+    ensure!(
+        refused == Some(2.0),
+        "h2c or WebSocket counted: {refused:?}"
+    );
     Ok(())
 }
 
@@ -405,6 +422,15 @@ fn dot_segments_meet_the_route_of_the_path_they_resolve_to() -> anyhow::Result<(
     ensure!(kept["headers"]["x-route"] == "public", "{kept}");
     let refused = get("/public/%zz")?;
     ensure!(refused.status == 400, "{refused:?}");
+    // The access log shows the path as routed and forwarded, as Envoy logs `:path` once
+    // it normalizes; one that cannot be normalized is logged as sent.
+    let log = setup.gateway.access_log();
+    ensure!(
+        log.matches("\"GET /admin HTTP/1.1\" 200 ").count() == 4,
+        "normalized paths not logged:\n{log}"
+    );
+    ensure!(!log.contains("/public/../admin"), "{log}");
+    ensure!(log.contains("\"GET /public/%zz HTTP/1.1\" 400 "), "{log}");
     Ok(())
 }
 
