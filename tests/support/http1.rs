@@ -2,7 +2,7 @@
 //! connection-pooling clients do, and says so when the server closes it.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     time::Duration,
 };
@@ -19,23 +19,52 @@ pub struct KeepAliveClient {
     host: String,
     /// Set once the server announced `Connection: close`.
     closed_by_server: bool,
+    /// How long an answer may take.
+    patience: Duration,
 }
 
 impl KeepAliveClient {
     pub fn connect(addr: SocketAddr, host: &str) -> anyhow::Result<Self> {
+        Self::connect_waiting(addr, host, ANSWER_TIMEOUT)
+    }
+
+    /// Like `connect`, giving up on an answer after `patience`.
+    pub fn connect_waiting(
+        addr: SocketAddr,
+        host: &str,
+        patience: Duration,
+    ) -> anyhow::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        stream.set_read_timeout(Some(patience))?;
         stream.set_nodelay(true)?;
         Ok(KeepAliveClient {
             connection: BufReader::new(stream),
             host: host.to_owned(),
             closed_by_server: false,
+            patience,
         })
     }
 
     /// GET `path` on this connection. An error means the connection is gone (closed by
-    /// the server or broken), never an HTTP status.
+    /// the server or broken) or no answer came in time, never an HTTP status.
     pub fn get(&mut self, path: &str) -> anyhow::Result<CurlResponse> {
+        self.send_get(path)?;
+        self.read_response().map_err(|err| {
+            let timed_out = err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+            if timed_out {
+                anyhow::anyhow!("no answer to GET {path} within {:?}", self.patience)
+            } else {
+                err.context(format!(
+                    "reading the answer to GET {path} on the kept connection"
+                ))
+            }
+        })
+    }
+
+    /// Sends GET `path` without reading the answer (a request left in flight).
+    pub fn send_get(&mut self, path: &str) -> anyhow::Result<()> {
         ensure!(
             !self.closed_by_server,
             "the server closed this keep-alive connection (Connection: close)"
@@ -45,9 +74,7 @@ impl KeepAliveClient {
             "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
             self.host
         )
-        .context("writing a request on the keep-alive connection")?;
-        self.read_response()
-            .with_context(|| format!("reading the answer to GET {path} on the kept connection"))
+        .context("writing a request on the keep-alive connection")
     }
 
     fn read_response(&mut self) -> anyhow::Result<CurlResponse> {

@@ -1,5 +1,6 @@
-//! An upstream that answers every request with one fixed status and counts what it got:
-//! a failing endpoint for outlier detection, a held one for least-request balancing.
+//! An upstream that answers every request with one fixed status, or never answers, and
+//! counts what it got: a failing endpoint for outlier detection, a busy one for
+//! least-request balancing.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -23,6 +24,15 @@ impl StatusUpstream {
     /// Answers `status`, named `name` (`x-upstream-name`, `{"upstream": name}`), on keep-alive
     /// connections, a thread per connection, for the rest of the test process.
     pub fn start(name: &str, status: u16) -> anyhow::Result<Self> {
+        Self::listen(name, Some(status))
+    }
+
+    /// Never answers: each request stays in flight until the gateway gives it up.
+    pub fn holding(name: &str) -> anyhow::Result<Self> {
+        Self::listen(name, None)
+    }
+
+    fn listen(name: &str, status: Option<u16>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicUsize::new(0));
@@ -43,7 +53,7 @@ impl StatusUpstream {
     }
 }
 
-fn serve(stream: TcpStream, status: u16, name: &str, requests: &AtomicUsize) {
+fn serve(stream: TcpStream, status: Option<u16>, name: &str, requests: &AtomicUsize) {
     // Named as the demo upstream names itself, in a header and in the JSON body.
     let body = format!("{{\"upstream\": \"{name}\"}}");
     let Ok(writer) = stream.try_clone() else {
@@ -78,6 +88,11 @@ fn serve(stream: TcpStream, status: u16, name: &str, requests: &AtomicUsize) {
             return;
         }
         requests.fetch_add(1, Ordering::SeqCst);
+        let Some(status) = status else {
+            // Held: wait for the gateway to close the connection.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            return;
+        };
         let answer = format!(
             "HTTP/1.1 {status} Fixed\r\nx-upstream-name: {name}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
