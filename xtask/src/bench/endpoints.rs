@@ -106,6 +106,9 @@ struct Latency {
     errors: u64,
     reloads: f64,
     cpu_s: f64,
+    /// The machine's 1-minute load average after the run: the cores are shared, and a
+    /// busy neighbour shows in the latency.
+    load_average: String,
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
@@ -315,6 +318,10 @@ fn paced(
         errors: field("errors")? as u64,
         reloads: gatewayd.reloads()? - reloads_before,
         cpu_s: cpu_seconds(gatewayd.pid())? - cpu_before,
+        load_average: fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default(),
     })
 }
 
@@ -337,13 +344,13 @@ fn table(
     );
     let _ = writeln!(
         out,
-        "Open-loop load on the churned service: paced-load, {LOAD_RATE} requests/s over {LOAD_CONNECTIONS} keep-alive connections, {LOAD_SECONDS} s.\n\n| run | p50 | p99 | max | errors | reloads | gatewayd CPU |\n|---|---|---|---|---|---|---|"
+        "Open-loop load on the churned service: paced-load, {LOAD_RATE} requests/s over {LOAD_CONNECTIONS} keep-alive connections, {LOAD_SECONDS} s.\n\n| run | p50 | p99 | max | errors | reloads | gatewayd CPU | load average after |\n|---|---|---|---|---|---|---|---|"
     );
     for (name, l) in [("steady", steady), ("endpoints churning 50/s", churning)] {
         let _ = writeln!(
             out,
-            "| {name} | {:.2} ms | {:.2} ms | {:.1} ms | {} | {} | {:.2} s |",
-            l.p50_ms, l.p99_ms, l.max_ms, l.errors, l.reloads, l.cpu_s
+            "| {name} | {:.2} ms | {:.2} ms | {:.1} ms | {} | {} | {:.2} s | {} |",
+            l.p50_ms, l.p99_ms, l.max_ms, l.errors, l.reloads, l.cpu_s, l.load_average
         );
     }
     let _ = writeln!(
