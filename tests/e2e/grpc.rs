@@ -4,78 +4,21 @@
 //! every kind keep their messages, metadata, trailers and statuses; the gateway's own
 //! answers reach the client as gRPC statuses, as Envoy sends them.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    net::SocketAddr,
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::{net::SocketAddr, process::Command};
 
-use anyhow::{Context as _, bail, ensure};
-use gateway_tests::{Gateway, Process, TempDir, curl, free_port};
+use anyhow::{Context as _, bail};
+use gateway_tests::{
+    Gateway, TempDir, curl, free_port,
+    grpc::{GrpcServer, PYTHON, peer_script},
+};
 use serde_json::{Value, json};
 
-/// Debian's interpreter: python3-grpcio installs into its dist-packages, which another
-/// python3 on PATH (pyenv, a venv) does not see.
-const PYTHON: &str = "/usr/bin/python3";
 const AUTHORITY: &str = "grpc.example";
 const ECHO: &str = "/gatewayd.test.Echo";
 /// Longer than the route timeout and the client deadlines below, so they always expire.
 const SLOW_SECONDS: &str = "3";
 /// One message bigger than any single HTTP/2 frame or flow-control window.
 const LARGE_MESSAGE_BYTES: u64 = 1 << 20;
-
-fn peer_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grpc/peer.py")
-}
-
-/// The peers need python3-grpcio; without it these tests fail (never skip) and say how to
-/// get it.
-fn require_grpcio() -> anyhow::Result<()> {
-    let probe = Command::new(PYTHON)
-        .args(["-c", "import grpc"])
-        .output()
-        .with_context(|| format!("running {PYTHON}: install python3 (`cargo xtask setup`)"))?;
-    ensure!(
-        probe.status.success(),
-        "{PYTHON} cannot import grpc: install python3-grpcio with `cargo xtask setup` \
-         (CI does)\n{}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
-    Ok(())
-}
-
-/// The gRPC server peer on an ephemeral port.
-struct GrpcServer {
-    addr: SocketAddr,
-    _process: Process,
-}
-
-impl GrpcServer {
-    fn start() -> anyhow::Result<Self> {
-        require_grpcio()?;
-        let mut child = Command::new(PYTHON)
-            .arg(peer_script())
-            .arg("server")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the gRPC server peer")?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let process = Process { child };
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .with_context(|| format!("unexpected gRPC server output {line:?}"))?
-            .parse()?;
-        Ok(GrpcServer {
-            addr,
-            _process: process,
-        })
-    }
-}
 
 /// One call by the gRPC client peer through `target`; its outcome (code, details,
 /// messages, initial and trailing metadata) as peer.py prints it.
@@ -168,7 +111,7 @@ spec:
 }
 
 fn start(label: &str) -> anyhow::Result<(GrpcServer, Gateway, TempDir, String)> {
-    let server = GrpcServer::start()?;
+    let server = GrpcServer::start("echo")?;
     let dir = TempDir::new(label)?;
     let bind_port = free_port();
     dir.write("config.yaml", &config(bind_port, server.addr))?;

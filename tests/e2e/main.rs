@@ -10,5 +10,6 @@ mod http;
 mod http_safety;
 mod kernel;
 mod limits;
+mod live_state;
 mod ops;
 mod tls;

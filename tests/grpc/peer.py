@@ -3,10 +3,14 @@
 (Debian's python3-grpcio): an independent implementation on each side of gatewayd.
 Messages are raw bytes (no protobuf), so no generated code is needed.
 
-  peer.py server                       serves gatewayd.test.Echo on 127.0.0.1, an ephemeral
-                                       port; prints "listening on 127.0.0.1:PORT"
+  peer.py server [NAME]                serves gatewayd.test.Echo on 127.0.0.1, an ephemeral
+                                       port; prints "listening on 127.0.0.1:PORT"; its
+                                       Name method answers NAME ("server" by default)
   peer.py client TARGET AUTHORITY CALL runs one call (JSON, see `call`) through TARGET
                                        and prints its outcome as one JSON line
+  peer.py session TARGET AUTHORITY     runs the calls read from stdin (one JSON per line)
+                                       on one channel, printing each outcome as a line:
+                                       a long-lived client, as real gRPC clients are
 """
 
 import json
@@ -78,9 +82,10 @@ def bidi(request_iterator, context):
         yield b"re:" + message
 
 
-def serve():
+def serve(name):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS))
     handlers = {
+        "Name": grpc.unary_unary_rpc_method_handler(lambda request, context: name.encode()),
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
@@ -113,75 +118,91 @@ def describe(messages):
     return [{"len": len(m), "crc32": zlib.crc32(m)} for m in messages]
 
 
+def open_channel(target, authority):
+    options = CHANNEL_OPTIONS + [("grpc.default_authority", authority)]
+    return grpc.insecure_channel(target, options=options)
+
+
 def client(target, authority, call):
+    with open_channel(target, authority) as channel:
+        run_call(channel, call)
+
+
+def session(target, authority):
+    with open_channel(target, authority) as channel:
+        for line in sys.stdin:
+            run_call(channel, json.loads(line))
+
+
+def run_call(channel, call):
     """One call: {"method": "/pkg.Svc/Method", "kind": "unary" | "server_stream" |
     "client_stream" | "bidi", "messages": [...] or "size": N, "metadata": {...},
     "timeout": seconds}."""
-    options = CHANNEL_OPTIONS + [("grpc.default_authority", authority)]
     requests = payloads(call)
     metadata = tuple(call.get("metadata", {}).items())
     timeout = call.get("timeout", 10)
     outcome = {"sent": describe(requests)}
-    with grpc.insecure_channel(target, options=options) as channel:
-        kind = call.get("kind", "unary")
-        method = call["method"]
-        try:
-            if kind == "unary":
-                response, rpc = channel.unary_unary(method).with_call(
-                    requests[0], timeout=timeout, metadata=metadata
-                )
-                responses = [response]
-            elif kind == "client_stream":
-                response, rpc = channel.stream_unary(method).with_call(
-                    iter(requests), timeout=timeout, metadata=metadata
-                )
-                responses = [response]
-            elif kind == "server_stream":
-                rpc = channel.unary_stream(method)(
-                    requests[0], timeout=timeout, metadata=metadata
-                )
-                responses = list(rpc)
-            elif kind == "bidi":
-                # Ping-pong: each message goes out only after the answer to the one
-                # before came back, so a proxy that waited for the whole request
-                # stream would hang the call until its deadline.
-                answered = queue.Queue()
+    kind = call.get("kind", "unary")
+    method = call["method"]
+    try:
+        if kind == "unary":
+            response, rpc = channel.unary_unary(method).with_call(
+                requests[0], timeout=timeout, metadata=metadata
+            )
+            responses = [response]
+        elif kind == "client_stream":
+            response, rpc = channel.stream_unary(method).with_call(
+                iter(requests), timeout=timeout, metadata=metadata
+            )
+            responses = [response]
+        elif kind == "server_stream":
+            rpc = channel.unary_stream(method)(
+                requests[0], timeout=timeout, metadata=metadata
+            )
+            responses = list(rpc)
+        elif kind == "bidi":
+            # Ping-pong: each message goes out only after the answer to the one
+            # before came back, so a proxy that waited for the whole request
+            # stream would hang the call until its deadline.
+            answered = queue.Queue()
 
-                def ping_pong():
-                    for i, message in enumerate(requests):
-                        if i > 0:
-                            answered.get(timeout=timeout)
-                        yield message
+            def ping_pong():
+                for i, message in enumerate(requests):
+                    if i > 0:
+                        answered.get(timeout=timeout)
+                    yield message
 
-                rpc = channel.stream_stream(method)(
-                    ping_pong(), timeout=timeout, metadata=metadata
-                )
-                responses = []
-                for response in rpc:
-                    responses.append(response)
-                    answered.put(response)
-            else:
-                sys.exit("unknown call kind %r" % kind)
-            code, details = rpc.code(), rpc.details()
-        except grpc.RpcError as error:
-            rpc, responses = error, []
-            code, details = error.code(), error.details()
-        outcome.update(
-            code=code.name,
-            details=details,
-            received=describe(responses),
-            responses=[m.decode("latin-1") for m in responses if len(m) <= 256],
-            initial=dict((k, text(v)) for k, v in (rpc.initial_metadata() or ())),
-            trailing=dict((k, text(v)) for k, v in (rpc.trailing_metadata() or ())),
-        )
+            rpc = channel.stream_stream(method)(
+                ping_pong(), timeout=timeout, metadata=metadata
+            )
+            responses = []
+            for response in rpc:
+                responses.append(response)
+                answered.put(response)
+        else:
+            sys.exit("unknown call kind %r" % kind)
+        code, details = rpc.code(), rpc.details()
+    except grpc.RpcError as error:
+        rpc, responses = error, []
+        code, details = error.code(), error.details()
+    outcome.update(
+        code=code.name,
+        details=details,
+        received=describe(responses),
+        responses=[m.decode("latin-1") for m in responses if len(m) <= 256],
+        initial=dict((k, text(v)) for k, v in (rpc.initial_metadata() or ())),
+        trailing=dict((k, text(v)) for k, v in (rpc.trailing_metadata() or ())),
+    )
     print(json.dumps(outcome), flush=True)
 
 
 def main():
-    if sys.argv[1:2] == ["server"]:
-        serve()
+    if sys.argv[1:2] == ["server"] and len(sys.argv) <= 3:
+        serve(sys.argv[2] if len(sys.argv) == 3 else "server")
     elif sys.argv[1:2] == ["client"] and len(sys.argv) == 5:
         client(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    elif sys.argv[1:2] == ["session"] and len(sys.argv) == 4:
+        session(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)
 

@@ -13,8 +13,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod grpc;
+pub mod h2c;
+pub mod http1;
+pub mod status_upstream;
+
 /// How long a daemon may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a configuration change may take to show up as a reload in the metrics.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -274,6 +281,44 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// `gateway_config_reloads_total` for `result` (`success`, `failure`, `partial`).
+    pub fn reloads(&self, result: &str) -> anyhow::Result<f64> {
+        Ok(self
+            .metric(&format!(
+                "gateway_config_reloads_total{{result=\"{result}\"}}"
+            ))?
+            .unwrap_or(0.0))
+    }
+
+    /// Runs `change` (a configuration write) and waits until the daemon has applied a
+    /// reload after it.
+    pub fn reload_after(&self, change: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let before = self.reloads("success")?;
+        change()?;
+        let deadline = Instant::now() + RELOAD_TIMEOUT;
+        while self.reloads("success")? <= before {
+            if Instant::now() > deadline {
+                bail!(
+                    "no successful reload {RELOAD_TIMEOUT:?} after the change:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `path` as kubelet and careful editors do: written aside, renamed over.
+pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let name = path.file_name().context("a file path")?.to_string_lossy();
+    let aside = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&aside, text)?;
+    std::fs::rename(&aside, path)?;
+    Ok(())
+}
+
 /// A minimal HTTP/1.0 GET, so readiness polling needs no client library.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -328,6 +373,23 @@ pub struct CurlResponse {
 }
 
 impl CurlResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    /// Which upstream answered (`x-upstream-name`, set by the test upstreams), or the
+    /// status and body when no upstream did (the gateway's own answers).
+    pub fn answered_by(&self) -> String {
+        match self.header("x-upstream-name") {
+            Some(name) if self.status < 500 => name.to_owned(),
+            _ => format!("{} {:?}", self.status, self.body.trim()),
+        }
+    }
+
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
         serde_json::from_str(&self.body).with_context(|| format!("not JSON: {:?}", self.body))
     }
@@ -518,6 +580,38 @@ spec:
 {}"#,
         service_with_endpoint("httpbin", 8000, upstream)
     )
+}
+
+/// A Service `name` in `default` with one port `port_name` (`http`, `grpc`, ...) numbered
+/// `port`; its endpoints come from `endpoint_slices`. Ends with `---`.
+pub fn service(name: &str, port: u16, port_name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports: [{{name: {port_name}, port: {port}}}]\n---\n"
+    )
+}
+
+/// Service `service`'s ready endpoints: one EndpointSlice per endpoint (each endpoint
+/// has its own port, as test upstreams on one address do). Ends with `---`.
+pub fn endpoint_slices(service: &str, port_name: &str, endpoints: &[SocketAddr]) -> String {
+    endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, endpoint)| {
+            format!(
+                r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {service}-{i}, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv4
+ports: [{{name: {port_name}, port: {port}}}]
+endpoints:
+- addresses: ["{ip}"]
+---
+"#,
+                port = endpoint.port(),
+                ip = endpoint.ip(),
+            )
+        })
+        .collect()
 }
 
 /// A Service `name` in `default` with one `http` port whose EndpointSlice holds one

@@ -11,6 +11,7 @@ use crate::Workspace;
 
 mod common;
 mod config;
+mod endpoints;
 mod http;
 mod reload;
 mod sni;
@@ -39,6 +40,11 @@ const BENCHES: &[Bench] = &[
         name: "reload",
         about: "config write to new route served at 10 000 routes, p99 under load while reloading: gatewayd vs nginx -s reload, HAProxy master-worker reload",
         run: reload::run,
+    },
+    Bench {
+        name: "endpoints",
+        about: "EndpointSlice updates at 1 000 Services: update to first request on the new endpoint (kept and new connections), gatewayd CPU per update, p99 while endpoints churn 50/s",
+        run: endpoints::run,
     },
     Bench {
         name: "config",

@@ -2,12 +2,14 @@
 //! the nginx settings every comparison shares.
 
 use std::{
-    net::TcpListener,
+    fs,
+    io::Read as _,
+    net::{SocketAddr, TcpListener},
     path::Path,
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 /// A child process killed and reaped when the benchmark is done with it (or fails).
 pub(super) struct KilledOnDrop(pub(super) Child);
@@ -43,6 +45,63 @@ pub(super) fn pinned(cpu: &str, program: &Path) -> Command {
 /// A loopback port that was free a moment ago.
 pub(super) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The way kubelet and careful editors write: aside, then rename over.
+pub(super) fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let aside = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    fs::write(&aside, text)?;
+    fs::rename(&aside, path)?;
+    Ok(())
+}
+
+/// The demo upstream (`bin`) named `name` on a loopback ephemeral port, pinned to `cpu`.
+pub(super) fn start_upstream(
+    cpu: &str,
+    bin: &Path,
+    name: &str,
+) -> Result<(KilledOnDrop, SocketAddr)> {
+    let mut child = pinned(cpu, bin)
+        .args(["--listen", "127.0.0.1:0", "--name", name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting demo-upstream")?;
+    let mut stdout = child.stdout.take().context("upstream stdout")?;
+    let child = KilledOnDrop(child);
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let addr = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected upstream output {line:?}"))?
+        .parse()?;
+    Ok((child, addr))
+}
+
+/// utime + stime of one process (all its threads), in seconds.
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may hold spaces and ends with `)`.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .with_context(|| format!("/proc/{pid}/stat: {stat}"))?
+            .parse()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / per_second)
 }
 
 /// nginx's global settings and the opening of its `http` block, as every benchmark runs

@@ -31,7 +31,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{KilledOnDrop, free_port, median, nginx_prelude, pinned},
+    common::{free_port, median, nginx_prelude, pinned, start_upstream, write_atomically},
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -128,17 +128,6 @@ impl Server {
     }
 }
 
-/// The way kubelet and careful editors write: aside, then rename over.
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let aside = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    fs::write(&aside, text)?;
-    fs::rename(&aside, path)?;
-    Ok(())
-}
-
 #[derive(Default)]
 struct Figures {
     name: &'static str,
@@ -172,7 +161,8 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
 
-    let (_upstream, upstream) = start_upstream(&release.join("demo-upstream"))?;
+    let (_upstream, upstream) =
+        start_upstream(CLIENT_CPU, &release.join("demo-upstream"), "demo-upstream")?;
     let servers = [
         start_gatewayd(&release.join("gatewayd"), &work, upstream)?,
         start_nginx(&work, upstream)?,
@@ -279,7 +269,7 @@ fn table(figures: &[Figures], gatewayd_compile_ms: Vec<f64>) -> String {
 }
 
 /// `elapsed_ms` of every "configuration reloaded" line gatewayd logged (`--log-json`).
-fn gatewayd_reload_log_ms(stderr: &Path) -> Vec<f64> {
+pub(super) fn gatewayd_reload_log_ms(stderr: &Path) -> Vec<f64> {
     fs::read_to_string(stderr)
         .unwrap_or_default()
         .lines()
@@ -383,27 +373,6 @@ fn wrk(server: &Server) -> Result<Latency> {
         requests_per_s,
         errors: errors.join("; "),
     })
-}
-
-fn start_upstream(bin: &Path) -> Result<(KilledOnDrop, SocketAddr)> {
-    let mut child = pinned(CLIENT_CPU, bin)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting demo-upstream")?;
-    let mut stdout = child.stdout.take().context("upstream stdout")?;
-    let child = KilledOnDrop(child);
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while stdout.read(&mut byte)? == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8_lossy(&line).into_owned();
-    let addr = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected upstream output {line:?}"))?
-        .parse()?;
-    Ok((child, addr))
 }
 
 /// Waits until `/p0` on h0 answers 200 (the configuration is loaded and proxies).

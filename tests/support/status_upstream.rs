@@ -1,0 +1,104 @@
+//! An upstream that answers every request with one fixed status, or never answers, and
+//! counts what it got: a failing endpoint for outlier detection, a busy one for
+//! least-request balancing.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+};
+
+/// Request bodies the tests send are small; a larger length is not read whole.
+const MAX_BODY: usize = 1 << 20;
+
+pub struct StatusUpstream {
+    pub addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+}
+
+impl StatusUpstream {
+    /// Answers `status`, named `name` (`x-upstream-name`, `{"upstream": name}`), on keep-alive
+    /// connections, a thread per connection, for the rest of the test process.
+    pub fn start(name: &str, status: u16) -> anyhow::Result<Self> {
+        Self::listen(name, Some(status))
+    }
+
+    /// Never answers: each request stays in flight until the gateway gives it up.
+    pub fn holding(name: &str) -> anyhow::Result<Self> {
+        Self::listen(name, None)
+    }
+
+    fn listen(name: &str, status: Option<u16>) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        let name = name.to_owned();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (counter, name) = (Arc::clone(&counter), name.clone());
+                thread::spawn(move || serve(stream, status, &name, &counter));
+            }
+        });
+        Ok(StatusUpstream { addr, requests })
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn serve(stream: TcpStream, status: Option<u16>, name: &str, requests: &AtomicUsize) {
+    // Named as the demo upstream names itself, in a header and in the JSON body.
+    let body = format!("{{\"upstream\": \"{name}\"}}");
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    let mut writer = writer;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut content_length = 0;
+        let mut lines = 0;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            lines += 1;
+            if let Some((header, value)) = line.split_once(':')
+                && header.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0).min(MAX_BODY);
+            }
+        }
+        if lines == 0 {
+            continue;
+        }
+        let mut request_body = vec![0; content_length];
+        if reader.read_exact(&mut request_body).is_err() {
+            return;
+        }
+        requests.fetch_add(1, Ordering::SeqCst);
+        let Some(status) = status else {
+            // Held: wait for the gateway to close the connection.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            return;
+        };
+        let answer = format!(
+            "HTTP/1.1 {status} Fixed\r\nx-upstream-name: {name}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
