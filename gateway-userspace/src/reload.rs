@@ -347,8 +347,8 @@ impl Reloader {
                     warn!("{d}");
                 }
                 self.publish(Arc::new(snapshot));
-                debug!(
-                    elapsed_us = started.elapsed().as_micros() as u64,
+                info!(
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                     services, "endpoints updated"
                 );
                 return Ok(Applied::Endpoints);

@@ -273,7 +273,7 @@ pub(super) fn gatewayd_reload_log_ms(stderr: &Path) -> Vec<f64> {
     fs::read_to_string(stderr)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("configuration reloaded"))
+        .filter(|l| l.contains("configuration reloaded") || l.contains("endpoints updated"))
         .filter_map(|l| {
             let rest = l.split("\"elapsed_ms\":").nth(1)?;
             let number: String = rest
