@@ -293,9 +293,11 @@ pub struct Retired(Mutex<Vec<Arc<Live>>>);
 
 impl Retired {
     fn retire(&self, live: Arc<Live>) {
-        let mut retired = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        retired.retain(|old| Arc::strong_count(old) > 1);
-        retired.push(live);
+        self.sweep();
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(live);
     }
 
     /// Drops what no request holds any more.

@@ -147,40 +147,37 @@ impl ParseCache {
         trust_stamp: bool,
         change: &mut Tally,
     ) -> Result<(), SourceError> {
+        let stamp = Stamp::of(file);
+        if let Some(cached) = self.files.get(file)
+            && trust_stamp
+            && cached.stamp == stamp
+            && stamp.is_some_and(|s| s.modified + RACY_WINDOW < cached.read_at)
         {
-            let stamp = Stamp::of(file);
-            if let Some(cached) = self.files.get(file)
-                && trust_stamp
-                && stamp.is_some()
-                && cached.stamp == stamp
-                && stamp.is_some_and(|s| s.modified + RACY_WINDOW < cached.read_at)
-            {
-                return Ok(());
-            }
-            let read_at = SystemTime::now();
-            let text = std::fs::read_to_string(file).map_err(|source| SourceError::Io {
-                path: file.clone(),
-                source,
-            })?;
-            if let Some(cached) = self.files.get_mut(file)
-                && cached.text == text
-            {
-                cached.stamp = stamp;
-                cached.read_at = read_at;
-                return Ok(());
-            }
-            let (resources, diagnostics) = load_text(file, &text);
-            change.saw(&resources, &diagnostics);
-            let fresh = CachedFile {
-                stamp,
-                read_at,
-                text,
-                resources,
-                diagnostics,
-            };
-            if let Some(old) = self.files.insert(file.clone(), fresh) {
-                change.saw(&old.resources, &old.diagnostics);
-            }
+            return Ok(());
+        }
+        let read_at = SystemTime::now();
+        let text = std::fs::read_to_string(file).map_err(|source| SourceError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        if let Some(cached) = self.files.get_mut(file)
+            && cached.text == text
+        {
+            cached.stamp = stamp;
+            cached.read_at = read_at;
+            return Ok(());
+        }
+        let (resources, diagnostics) = load_text(file, &text);
+        change.saw(&resources, &diagnostics);
+        let fresh = CachedFile {
+            stamp,
+            read_at,
+            text,
+            resources,
+            diagnostics,
+        };
+        if let Some(old) = self.files.insert(file.clone(), fresh) {
+            change.saw(&old.resources, &old.diagnostics);
         }
         Ok(())
     }
