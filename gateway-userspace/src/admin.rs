@@ -32,7 +32,10 @@ use tracing::{debug, info, warn};
 
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
-use crate::{connections::ConnectionLimit, logging::LogLevel, metrics::Metrics, runtime::Live};
+use crate::{
+    connections::ConnectionLimit, kubernetes::store::ClusterStore, logging::LogLevel,
+    metrics::Metrics, runtime::Live,
+};
 
 /// Which endpoints an address serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +56,8 @@ pub struct AdminState {
     pub log_level: Option<LogLevel>,
     /// Time for a request head, and idle time allowed between requests.
     pub head_timeout: Duration,
+    /// The cluster's watches (`--kubernetes`), whose health `/config_dump` shows.
+    pub cluster: Option<Arc<ClusterStore>>,
 }
 
 /// The longest an admin connection lasts, whatever it does: a client that stops reading
@@ -160,7 +165,7 @@ fn respond(
             response
         }
         (Surface::Admin, "/config_dump") => {
-            match serde_json::to_string_pretty(&*state.live.load().snapshot) {
+            match config_dump(state).and_then(|dump| serde_json::to_string_pretty(&dump)) {
                 Ok(json) => {
                     let mut response = text(StatusCode::OK, &json);
                     response.headers_mut().insert(
@@ -214,4 +219,16 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
     *response.status_mut() = status;
     response
+}
+
+/// The live snapshot and, with `--kubernetes`, how each watch of the cluster is doing.
+fn config_dump(state: &AdminState) -> serde_json::Result<serde_json::Value> {
+    let mut dump = serde_json::to_value(&*state.live.load().snapshot)?;
+    if let (Some(cluster), Some(fields)) = (&state.cluster, dump.as_object_mut()) {
+        fields.insert(
+            "kubernetes".into(),
+            serde_json::json!({ "watches": cluster.health() }),
+        );
+    }
+    Ok(dump)
 }

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 
 pub use diagnostics::{Diagnostic, Diagnostics, Location, Severity};
 use resources::{
-    DestinationRule, EndpointSlice, Endpoints, Gateway, ObjectMeta, Secret, Service, ServiceEntry,
-    VirtualService,
+    DestinationRule, EndpointSlice, Endpoints, Gateway, Namespace, ObjectMeta, Secret, Service,
+    ServiceEntry, VirtualService,
     gateway_api::{
         ApiGateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute,
     },
@@ -28,7 +28,7 @@ const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
 /// Gateway API versions each kind is served in; the alpha ones are what older clusters
 /// (Gateway API ≤ 1.4) still serve for the experimental kinds.
-const GATEWAY_API_VERSIONS: [(&str, &[&str]); 7] = [
+pub(crate) const GATEWAY_API_VERSIONS: [(&str, &[&str]); 7] = [
     ("GatewayClass", &["v1", "v1beta1"]),
     ("Gateway", &["v1", "v1beta1"]),
     ("HTTPRoute", &["v1", "v1beta1"]),
@@ -73,6 +73,7 @@ pub struct Resources {
     pub tcp_routes: Vec<Sourced<TcpRoute>>,
     pub reference_grants: Vec<Sourced<ReferenceGrant>>,
     pub secrets: Vec<Sourced<Secret>>,
+    pub namespaces: Vec<Sourced<Namespace>>,
     /// `apiVersion kind` → how many documents of that kind were skipped.
     pub skipped: BTreeMap<String, usize>,
     /// (file, first line) → text of every document read, so that diagnostics found
@@ -100,6 +101,7 @@ impl Resources {
             tcp_routes,
             reference_grants,
             secrets,
+            namespaces,
             skipped,
             documents,
         } = from;
@@ -118,6 +120,7 @@ impl Resources {
         self.tcp_routes.extend(tcp_routes);
         self.reference_grants.extend(reference_grants);
         self.secrets.extend(secrets);
+        self.namespaces.extend(namespaces);
         for (kind, count) in skipped {
             *self.skipped.entry(kind).or_default() += count;
         }
@@ -149,6 +152,7 @@ impl Resources {
             tcp_routes,
             reference_grants,
             secrets,
+            namespaces,
             skipped,
             documents: _,
         } = self;
@@ -164,6 +168,7 @@ impl Resources {
             && tcp_routes.is_empty()
             && reference_grants.is_empty()
             && secrets.is_empty()
+            && namespaces.is_empty()
             && skipped.is_empty()
     }
 
@@ -203,6 +208,23 @@ pub fn load_text(file: &std::path::Path, text: &str) -> (Resources, Diagnostics)
     let mut diagnostics = Diagnostics::default();
     for document in source::split_documents(file, text) {
         parse_document(&document, &mut resources, &mut diagnostics);
+    }
+    (resources, diagnostics)
+}
+
+/// Parses one object read from the Kubernetes API, as JSON. Its diagnostics name it by
+/// kind, namespace and name, and field path (there is no file).
+pub fn parse_object(value: &serde_json::Value) -> (Resources, Diagnostics) {
+    let mut resources = Resources::default();
+    let mut diagnostics = Diagnostics::default();
+    match serde_yaml::to_value(value) {
+        Ok(value) => parse_resource(
+            ItemSource::Object { value },
+            &mut resources,
+            &mut diagnostics,
+        ),
+        // JSON always has a YAML form; this is only for completeness.
+        Err(e) => diagnostics.push(Diagnostic::error(format!("unreadable object: {e}"))),
     }
     (resources, diagnostics)
 }
@@ -258,9 +280,13 @@ fn parse_document(doc: &Document, resources: &mut Resources, diagnostics: &mut D
     parse_resource(ItemSource::Document { doc, value }, resources, diagnostics);
 }
 
-/// A resource to parse: a whole document (line numbers are exact) or an item of a
-/// `kind: List` (line numbers point at the List).
+/// A resource to parse: a whole document (line numbers are exact), an item of a
+/// `kind: List` (line numbers point at the List), or an object read from the Kubernetes
+/// API (no file: diagnostics name it by kind, namespace and name).
 enum ItemSource<'a> {
+    Object {
+        value: serde_yaml::Value,
+    },
     Document {
         doc: &'a Document,
         value: serde_yaml::Value,
@@ -275,19 +301,25 @@ enum ItemSource<'a> {
 impl ItemSource<'_> {
     fn value(&self) -> &serde_yaml::Value {
         match self {
-            ItemSource::Document { value, .. } | ItemSource::ListItem { value, .. } => value,
+            ItemSource::Document { value, .. }
+            | ItemSource::ListItem { value, .. }
+            | ItemSource::Object { value } => value,
         }
     }
 
-    fn doc(&self) -> &Document {
+    /// Where the object's document has `line` (1-based), when it came from a file.
+    fn location(&self, line: usize) -> Option<Location> {
         match self {
-            ItemSource::Document { doc, .. } | ItemSource::ListItem { doc, .. } => doc,
+            ItemSource::Document { doc, .. } | ItemSource::ListItem { doc, .. } => {
+                Some(doc.location(line))
+            }
+            ItemSource::Object { .. } => None,
         }
     }
 
     fn field_prefix(&self) -> String {
         match self {
-            ItemSource::Document { .. } => String::new(),
+            ItemSource::Document { .. } | ItemSource::Object { .. } => String::new(),
             ItemSource::ListItem { index, .. } => format!("items[{index}]."),
         }
     }
@@ -298,13 +330,15 @@ impl ItemSource<'_> {
             ItemSource::Document { doc, .. } => {
                 serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&doc.text))
             }
-            ItemSource::ListItem { value, .. } => serde_path_to_error::deserialize(value.clone()),
+            ItemSource::ListItem { value, .. } | ItemSource::Object { value } => {
+                serde_path_to_error::deserialize(value.clone())
+            }
         };
         result.map_err(|e| {
             let field = format!("{}{}", self.field_prefix(), e.path());
             let line = match self {
                 ItemSource::Document { .. } => e.inner().location().map_or(1, |l| l.line()),
-                ItemSource::ListItem { .. } => 1,
+                ItemSource::ListItem { .. } | ItemSource::Object { .. } => 1,
             };
             let message = strip_position(&e.inner().to_string());
             // serde_yaml repeats the path in front of its message; the diagnostic says it once.
@@ -312,7 +346,7 @@ impl ItemSource<'_> {
                 .strip_prefix(&format!("{}: ", e.path()))
                 .map_or(message.clone(), str::to_owned);
             Diagnostic::error(message)
-                .at(Some(self.doc().location(line)))
+                .at(self.location(line))
                 .resource(resource)
                 .field(field)
         })
@@ -336,7 +370,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         .and_then(|m| serde_yaml::from_value(m.clone()).ok())
         .unwrap_or_default();
     let resource = format!("{kind} {}/{}", meta.namespace(), meta.name);
-    let location = Some(item.doc().location(1));
+    let location = item.location(1);
     let (group, version) = api_version
         .rsplit_once('/')
         .unwrap_or(("", api_version.as_str()));
@@ -396,6 +430,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         (ISTIO_NETWORKING, "VirtualService") => parsed!(virtual_services),
         ("", "Service") => parsed!(services),
         ("discovery.k8s.io", "EndpointSlice") => parsed!(endpoint_slices),
+        ("", "Namespace") => parsed!(namespaces),
         ("", "Endpoints") => parsed!(endpoints),
         (ISTIO_NETWORKING, "DestinationRule") => parsed!(destination_rules),
         (ISTIO_NETWORKING, "ServiceEntry") => parsed!(service_entries),

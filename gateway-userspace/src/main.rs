@@ -22,11 +22,12 @@ use gateway::{
     config::{self, Diagnostics},
     connections,
     ebpf::{EbpfMode, KernelHook, KernelPath},
+    kubernetes::{self, WatchOptions, store::ClusterStore},
     listeners::ListenerSet,
     logging::{self, LogLevel},
     metrics::{InterfaceLabels, Metrics, SharedKernelPath},
     proxy::{AccessLogFormat, Limits, ProxyContext},
-    reload::{ChangeWatch, ConfigSource, Reloader},
+    reload::{ChangeWatch, ConfigSource, ReloadError, Reloader},
     runtime::Live,
     snapshot::{RouteAction, Snapshot, Transport},
     tls::TlsState,
@@ -71,9 +72,34 @@ enum Command {
 
 #[derive(Args)]
 struct ConfigArgs {
-    /// YAML files or directories (read recursively); repeat or list several.
-    #[arg(long, required = true, num_args = 1..)]
+    /// YAML files or directories (read recursively); repeat or list several. With
+    /// --kubernetes, merged with the cluster's objects.
+    #[arg(long, required_unless_present = "kubernetes", num_args = 1..)]
     config: Vec<PathBuf>,
+    /// Follow the Kubernetes API: Istio and Gateway API resources, Services,
+    /// EndpointSlices, Namespaces and Secrets.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The cluster to follow [default: in-cluster service account, else $KUBECONFIG].
+    #[arg(long, value_name = "PATH", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Only these namespaces' objects are watched [default: all].
+    #[arg(
+        long,
+        value_name = "NS,...",
+        value_delimiter = ',',
+        requires = "kubernetes"
+    )]
+    watch_namespaces: Vec<String>,
+    /// Secrets are read from the gateway's namespace and these (`*`: all), for Gateway
+    /// API certificateRefs that a ReferenceGrant allows across namespaces.
+    #[arg(
+        long,
+        value_name = "NS,...",
+        value_delimiter = ',',
+        requires = "kubernetes"
+    )]
+    secret_namespaces: Vec<String>,
     /// Labels of this gateway's pods, matched against Gateway selectors.
     /// Default: istio=ingressgateway.
     #[arg(long = "selector", value_name = "KEY=VALUE", value_parser = parse_label)]
@@ -205,12 +231,54 @@ impl ConfigArgs {
             paths: self.config.clone(),
             identity: self.identity(),
             tls: Default::default(),
+            cluster: None,
         }
+    }
+
+    fn watch_options(&self) -> WatchOptions {
+        WatchOptions {
+            namespaces: self.watch_namespaces.clone(),
+            own_namespace: self.namespace.clone(),
+            secret_namespaces: self.secret_namespaces.clone(),
+        }
+    }
+
+    /// Starts following the cluster into a new store whose changes call `wake`, and
+    /// waits for the first list of every kind it serves.
+    async fn follow_cluster(
+        &self,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> anyhow::Result<Arc<ClusterStore>> {
+        let client = kubernetes::client(self.kubeconfig.as_ref()).await?;
+        let store = Arc::new(ClusterStore::new(wake));
+        tokio::spawn(kubernetes::follow(
+            client,
+            self.watch_options(),
+            store.clone(),
+        ));
+        info!("waiting for the first list of every watched kind");
+        store.wait_synced().await;
+        info!(objects = ?store.counts(), "the cluster's objects are listed");
+        Ok(store)
     }
 
     /// load → validate → compile. Errors in any document stop here.
     fn compile(&self, tls: &TlsState) -> anyhow::Result<(Snapshot, Diagnostics, usize)> {
-        let (resources, mut diagnostics) = config::load(&self.config)?;
+        let (mut resources, mut diagnostics) = config::load(&self.config)?;
+        if self.kubernetes {
+            // validate and routes: one list of the cluster, then done.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let store = runtime.block_on(async {
+                tokio::time::timeout(CLUSTER_LIST_TIMEOUT, self.follow_cluster(|| {}))
+                    .await
+                    .context("listing the cluster's objects took too long")?
+            })?;
+            let (objects, more) = store.resources();
+            resources.append(objects);
+            diagnostics.extend(more);
+        }
         let skipped = resources.skipped.values().sum();
         let (snapshot, more) = compile::compile_with(&resources, &self.identity(), tls);
         diagnostics.extend(more);
@@ -327,6 +395,9 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long `validate --kubernetes` and `routes --kubernetes` wait for the cluster.
+const CLUSTER_LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the access log may take to reach stdout at exit.
 const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
 
@@ -362,22 +433,58 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     // Watching starts before the first compile: a change that lands while we start is
     // reloaded once the reload loop runs, and SIGHUP is handled from here on.
     let changes = ChangeWatch::start(&[args.config.config.as_slice(), &args.watch].concat())?;
-    let source = args.config.source();
-    let (snapshot, diagnostics, skipped) = args.config.compile(&source.tls)?;
-    gateway::reload::log_diagnostics(&diagnostics, &source.tls.credentials.staged_report());
-    if diagnostics.has_errors() {
-        for d in diagnostics.errors() {
-            error!("{d}");
-        }
-        bail!("the configuration has errors; nothing to serve");
-    }
-    info!(
-        listeners = snapshot.listeners.len(),
-        skipped, "configuration compiled"
-    );
-
     let kernel: SharedKernelPath = Arc::new(Mutex::new(None));
     let metrics = Arc::new(Metrics::new(kernel.clone()));
+    let limits = limits(&args);
+    // Probes and metrics answer from the start, with nothing to serve yet (readiness 503
+    // until the first configuration is compiled and its listeners bound).
+    let live = Arc::new(ArcSwap::from_pointee(Live::new(Arc::new(
+        Snapshot::default(),
+    ))));
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut admin_state = AdminState {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+        live: live.clone(),
+        log_level: Some(log_level),
+        head_timeout: limits.header_read_timeout,
+        cluster: None,
+    };
+    let mut source = args.config.source();
+    if args.config.kubernetes {
+        let store = args.config.follow_cluster(changes.cluster_waker()).await?;
+        let _ = metrics.cluster.set(store.clone());
+        admin_state.cluster = Some(store.clone());
+        source.cluster = Some(store);
+    }
+    // Probes get their own thread: a flood of scrapes cannot delay them.
+    admin::serve_on_own_thread(args.readiness_addr, Surface::Readiness, admin_state.clone())
+        .with_context(|| format!("binding the readiness endpoint {}", args.readiness_addr))?;
+    for (addr, surface) in [
+        (args.metrics_addr, Surface::Metrics),
+        (args.admin_addr, Surface::Admin),
+    ] {
+        let listener = admin::bind(addr)
+            .await
+            .with_context(|| format!("binding {surface:?} endpoint {addr}"))?;
+        tokio::spawn(admin::serve(listener, surface, admin_state.clone()));
+    }
+    let (snapshot, diagnostics) = match source.compile() {
+        Ok(compiled) => compiled,
+        Err(ReloadError::Invalid(diagnostics)) => {
+            for d in diagnostics.errors() {
+                error!("{d}");
+            }
+            bail!("the configuration has errors; nothing to serve");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    gateway::reload::log_diagnostics(&diagnostics, &source.tls.credentials.staged_report());
+    info!(
+        listeners = snapshot.listeners.len(),
+        "configuration compiled"
+    );
+
     if args.ebpf != EbpfMode::Off {
         match start_kernel_path(&args.interfaces, args.ebpf_hook, &snapshot, &metrics) {
             Ok(mut path) => {
@@ -398,9 +505,8 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         }
     }
 
-    let live = Arc::new(ArcSwap::from_pointee(Live::new(Arc::new(snapshot))));
+    live.store(Arc::new(Live::new(Arc::new(snapshot))));
     gateway::reload::report_credentials(&metrics, &source.tls.credentials.commit());
-    let limits = limits(&args);
     let max_connections = limits
         .max_connections
         .unwrap_or_else(|| connections::default_max_connections(descriptors));
@@ -418,27 +524,6 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         args.drain_timeout,
     ));
     let bound = listeners.bind_new(&live.load().snapshot).await?;
-    let ready = Arc::new(AtomicBool::new(false));
-    let admin_state = AdminState {
-        ready: ready.clone(),
-        metrics: metrics.clone(),
-        live: live.clone(),
-        log_level: Some(log_level),
-        head_timeout: limits.header_read_timeout,
-    };
-    // Probes get their own thread: a flood of scrapes cannot delay them.
-    admin::serve_on_own_thread(args.readiness_addr, Surface::Readiness, admin_state.clone())
-        .with_context(|| format!("binding the readiness endpoint {}", args.readiness_addr))?;
-    for (addr, surface) in [
-        (args.metrics_addr, Surface::Metrics),
-        (args.admin_addr, Surface::Admin),
-    ] {
-        let listener = admin::bind(addr)
-            .await
-            .with_context(|| format!("binding {surface:?} endpoint {addr}"))?;
-        tokio::spawn(admin::serve(listener, surface, admin_state.clone()));
-    }
-
     listeners.start(bound, &live.load().snapshot);
     if args.node_ports {
         let steered = kernel.lock().is_ok_and(|k| k.is_some());

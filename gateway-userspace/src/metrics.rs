@@ -2,7 +2,7 @@
 //! (`istio_requests_total`, ...) and `gateway_*` for what only this gateway has.
 //! Kernel counters are read from the eBPF maps at scrape time.
 
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
@@ -21,7 +21,7 @@ use prometheus_client::{
 use gateway_ebpf::PortStats;
 use prometheus_client::metrics::MetricType;
 
-use crate::ebpf::KernelPath;
+use crate::{ebpf::KernelPath, kubernetes::store::ClusterStore};
 
 /// Istio's standard labels that mean something at a gateway.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,6 +155,8 @@ pub struct Metrics {
     /// Upgrades no route allows (anything but WebSocket) and CONNECT, answered 403
     /// (Envoy counts these in `downstream_rq_ws_on_non_ws_route`).
     pub upgrades_refused: Counter,
+    /// The cluster's watches (`--kubernetes`), set once they start; read at each scrape.
+    pub cluster: Arc<OnceLock<Arc<ClusterStore>>>,
 }
 
 /// Access log lines dropped because stdout did not keep up: one count for the process, as
@@ -285,6 +287,10 @@ impl Metrics {
             upgrades_refused.clone(),
         );
         registry.register_collector(Box::new(KernelCollector { kernel }));
+        let cluster = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(ClusterCollector {
+            cluster: cluster.clone(),
+        }));
         Metrics {
             registry,
             requests,
@@ -303,6 +309,7 @@ impl Metrics {
             downstream_cx_overflow,
             access_log_dropped,
             upgrades_refused,
+            cluster,
         }
     }
 
@@ -360,6 +367,70 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         out
+    }
+}
+
+/// Each watch of the Kubernetes API, read from the cluster store at scrape time.
+#[derive(Debug)]
+struct ClusterCollector {
+    cluster: Arc<OnceLock<Arc<ClusterStore>>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabels {
+    kind: String,
+    namespace: String,
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(());
+        };
+        let health = cluster.health();
+        let labelled: Vec<_> = health
+            .iter()
+            .map(|h| {
+                let labels = WatchLabels {
+                    kind: h.kind.clone(),
+                    namespace: h.namespace.clone().unwrap_or_default(),
+                };
+                (labels, h)
+            })
+            .collect();
+        for (name, help, value) in [
+            (
+                "gateway_kubernetes_watch_synced",
+                "1 once the watch's first list has completed",
+                (|h| i64::from(h.synced)) as fn(&crate::kubernetes::store::StreamHealth) -> i64,
+            ),
+            (
+                "gateway_kubernetes_watch_healthy",
+                "1 while the watch is streaming; 0 from an error until it recovers (the last good objects keep serving)",
+                |h| i64::from(h.healthy),
+            ),
+            (
+                "gateway_kubernetes_objects",
+                "Objects the watch holds",
+                |h| i64::try_from(h.objects).unwrap_or(i64::MAX),
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, h) in &labelled {
+                prometheus_client::metrics::gauge::ConstGauge::new(value(h))
+                    .encode(family.encode_family(labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "gateway_kubernetes_watch_errors",
+            "Errors of the watch (each is retried with backoff)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, h) in &labelled {
+            ConstCounter::new(h.errors).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
     }
 }
 

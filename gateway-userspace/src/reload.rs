@@ -4,7 +4,10 @@
 //! atomic store, starts and stops listeners, and rewrites the kernel policy. A broken
 //! configuration changes nothing: the last good snapshot keeps serving, the diagnostics
 //! are logged, `gateway_config_reloads_total{result="failure"}` counts it, and readiness
-//! stays up. Connections keep the snapshot they were accepted with until they close.
+//! stays up. Every request after the swap reads the new snapshot (see runtime.rs).
+//!
+//! With `--kubernetes`, the cluster's objects (kubernetes.rs) wake this same loop and are
+//! compiled together with the files.
 //!
 //! Kubernetes updates a ConfigMap or Secret volume by writing a new timestamped directory
 //! and renaming a `..data` symlink over the old one; a recursive watch of the mounted
@@ -36,6 +39,7 @@ use crate::{
         cache::{Change, ParseCache},
     },
     ebpf::KernelError,
+    kubernetes::store::ClusterStore,
     listeners::ListenerSet,
     metrics::{CredentialLabels, Metrics, ReloadLabels, SharedKernelPath},
     proxy::ProxyError,
@@ -76,13 +80,21 @@ pub struct ConfigSource {
     pub identity: Identity,
     /// TLS session scopes and last good credentials, kept across compiles.
     pub tls: Arc<TlsState>,
+    /// The cluster's objects (`--kubernetes`), compiled together with the files'.
+    pub cluster: Option<Arc<ClusterStore>>,
 }
 
 impl ConfigSource {
     /// load → validate → compile. Errors in any document fail the whole compile; warnings
     /// come back with the snapshot.
     pub fn compile(&self) -> Result<(Snapshot, Diagnostics), ReloadError> {
-        let (resources, mut diagnostics) = config::load(&self.paths)?;
+        let (mut resources, mut diagnostics) = config::load(&self.paths)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.take_change();
+            let (objects, more) = cluster.resources();
+            resources.append(objects);
+            diagnostics.extend(more);
+        }
         let (snapshot, more) = compile::compile_with(&resources, &self.identity, &self.tls);
         diagnostics.extend(more);
         if diagnostics.has_errors() {
@@ -106,6 +118,10 @@ impl ConfigSource {
             }
             _ => cache.files.refresh(&self.paths)?,
         };
+        let change = match &self.cluster {
+            Some(cluster) => change.merge(cluster.take_change()),
+            None => change,
+        };
         let beyond_config = trigger.beyond_config;
         debug!(change = change.summary(), "configuration files read");
         if change == Change::Unchanged && !beyond_config && cache.previous_is_current {
@@ -114,7 +130,7 @@ impl ConfigSource {
         if let Change::EndpointsOnly(services) = &change
             && cache.previous_is_current
         {
-            let resources = cache.files.endpoint_resources();
+            let resources = self.endpoint_resources(cache);
             let (snapshot, diagnostics) = compile::update_endpoints(previous, &resources, services);
             return Ok(Compiled::Endpoints {
                 snapshot,
@@ -133,7 +149,12 @@ impl ConfigSource {
             _ => None,
         };
         let reused = reuse.is_some();
-        let (resources, mut diagnostics) = cache.files.resources();
+        let (mut resources, mut diagnostics) = cache.files.resources();
+        if let Some(cluster) = &self.cluster {
+            let (objects, more) = cluster.resources();
+            resources.append(objects);
+            diagnostics.extend(more);
+        }
         let (mut snapshot, more, memo) =
             compile::compile_reusing(&resources, &self.identity, &self.tls, reuse);
         // Until this compile is applied, the live snapshot lags the files.
@@ -148,7 +169,7 @@ impl ConfigSource {
             && !services.is_empty()
         {
             // Carried-over clusters have the previous endpoints.
-            let endpoints = cache.files.endpoint_resources();
+            let endpoints = self.endpoint_resources(cache);
             let (updated, more) = compile::update_endpoints(&snapshot, &endpoints, services);
             snapshot = updated;
             diagnostics.extend(more);
@@ -158,6 +179,15 @@ impl ConfigSource {
         }
         cache.memo = Some(memo);
         Ok(Compiled::Full(snapshot, diagnostics))
+    }
+
+    /// The EndpointSlices and Endpoints of the files and the cluster.
+    fn endpoint_resources(&self, cache: &CompileCache) -> config::Resources {
+        let mut resources = cache.files.endpoint_resources();
+        if let Some(cluster) = &self.cluster {
+            resources.append(cluster.endpoint_resources());
+        }
+        resources
     }
 }
 
@@ -455,6 +485,7 @@ impl Reloader {
     ) -> impl Future<Output = ()> + Send + 'static {
         let ChangeWatch {
             watcher,
+            sender: _,
             mut changed,
             mut hangup,
         } = changes;
@@ -480,8 +511,12 @@ impl Reloader {
                         continue;
                     }
                     Some(first) = changed.recv() => {
+                        let cause = match first {
+                            Touched::Cluster => "cluster change",
+                            _ => "file change",
+                        };
                         touched.push(first);
-                        "file change"
+                        cause
                     }
                     Some(()) = hangup.recv() => {
                         // Everything is read again, and compiled even if unchanged.
@@ -530,6 +565,8 @@ impl Trigger {
         for event in events {
             match event {
                 Touched::Paths(paths) => touched.extend(paths.iter().cloned()),
+                // The cluster store says itself what changed (`ClusterStore::take_change`).
+                Touched::Cluster => {}
                 Touched::Unknown => return Trigger::anything(),
             }
         }
@@ -546,6 +583,8 @@ pub enum Touched {
     Paths(Vec<PathBuf>),
     /// The watch lost events (its queue overflowed): anything may have changed.
     Unknown,
+    /// Objects of the Kubernetes API changed.
+    Cluster,
 }
 
 impl Touched {
@@ -556,6 +595,7 @@ impl Touched {
     fn beyond_config(&self) -> bool {
         match self {
             Touched::Unknown => true,
+            Touched::Cluster => false,
             Touched::Paths(paths) => paths.iter().any(|path| {
                 !config::source::is_config_file(path) && path.symlink_metadata().is_ok()
             }),
@@ -568,21 +608,32 @@ impl Touched {
 /// (`Reloader::watch`) instead of being missed or, for SIGHUP, killing the process.
 pub struct ChangeWatch {
     watcher: notify::RecommendedWatcher,
+    sender: mpsc::UnboundedSender<Touched>,
     changed: mpsc::UnboundedReceiver<Touched>,
     hangup: tokio::signal::unix::Signal,
 }
 
 impl ChangeWatch {
+    /// What wakes the reload loop when the cluster's objects change (the cluster store's
+    /// waker): the same queue, so file and cluster changes debounce together.
+    pub fn cluster_waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let sender = self.sender.clone();
+        move || {
+            let _ = sender.send(Touched::Cluster);
+        }
+    }
+
     /// Watches `paths` (config paths and `--watch` paths) and SIGHUP. Call it within
     /// the control plane's runtime.
     pub fn start(paths: &[PathBuf]) -> Result<Self, ReloadError> {
         let hangup =
             tokio::signal::unix::signal(SignalKind::hangup()).map_err(ReloadError::Signal)?;
         let (changed_tx, changed) = mpsc::unbounded_channel();
-        let watcher = watch_paths(paths, changed_tx)?;
+        let watcher = watch_paths(paths, changed_tx.clone())?;
         info!(paths = ?paths, "watching the configuration; SIGHUP reloads too");
         Ok(ChangeWatch {
             watcher,
+            sender: changed_tx,
             changed,
             hangup,
         })

@@ -41,6 +41,23 @@ pub enum Change {
 }
 
 impl Change {
+    /// The change of two sources (files and the cluster) together.
+    pub fn merge(self, other: Change) -> Change {
+        match (self, other) {
+            (Change::Unchanged, change) | (change, Change::Unchanged) => change,
+            (Change::Other, _) | (_, Change::Other) => Change::Other,
+            (Change::EndpointsOnly(mut a), Change::EndpointsOnly(b)) => {
+                a.extend(b);
+                Change::EndpointsOnly(a)
+            }
+            (Change::Routes(mut a), Change::Routes(b) | Change::EndpointsOnly(b))
+            | (Change::EndpointsOnly(mut a), Change::Routes(b)) => {
+                a.extend(b);
+                Change::Routes(a)
+            }
+        }
+    }
+
     /// A word for logs.
     pub fn summary(&self) -> &'static str {
         match self {
@@ -210,9 +227,10 @@ impl ParseCache {
     }
 }
 
-/// The changed files' contents, before and after, summed up.
+/// The changed contents (files, or objects of the Kubernetes API), before and after,
+/// summed up.
 #[derive(Default)]
-struct Tally {
+pub struct Tally {
     any: bool,
     routes: bool,
     other: bool,
@@ -220,7 +238,8 @@ struct Tally {
 }
 
 impl Tally {
-    fn saw(&mut self, resources: &Resources, diagnostics: &Diagnostics) {
+    /// Counts what one changed file or object held before or holds now.
+    pub fn saw(&mut self, resources: &Resources, diagnostics: &Diagnostics) {
         self.any = true;
         if !resources.holds_only_routes_and_endpoints() || diagnostics.has_errors() {
             self.other = true;
@@ -241,7 +260,7 @@ impl Tally {
         }
     }
 
-    fn into_change(self) -> Change {
+    pub fn into_change(self) -> Change {
         match (self.any, self.other, self.routes) {
             (false, _, _) => Change::Unchanged,
             (true, true, _) => Change::Other,

@@ -13,7 +13,7 @@ pub mod core_v1;
 pub mod gateway_api;
 pub mod istio;
 
-pub use core_v1::Endpoints;
+pub use core_v1::{Endpoints, Namespace};
 pub use istio::{DestinationRule, ServiceEntry};
 
 /// Namespace of a resource that does not name one: what `kubectl apply` would use.

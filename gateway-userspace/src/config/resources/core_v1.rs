@@ -34,3 +34,11 @@ pub struct EndpointsPort {
     pub port: u32,
     pub protocol: Option<String>,
 }
+
+/// A Namespace: its labels are what Gateway API `allowedRoutes.namespaces.selector`
+/// matches.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Namespace {
+    pub metadata: ObjectMeta,
+}
