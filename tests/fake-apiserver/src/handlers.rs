@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::discovery;
 use crate::errors::ApiError;
 use crate::faults::{Outage, RequestRecord};
 use crate::patch::merge;
@@ -23,6 +22,7 @@ use crate::selectors::{FieldSelector, LabelSelector};
 use crate::state::{Shared, lock};
 use crate::store::{Filter, WriteMode};
 use crate::watch::{self, WatchRequest};
+use crate::{discovery, openapi};
 
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -100,6 +100,8 @@ async fn dispatch(
         Route::GroupList => Some(discovery::group_list(&served)),
         Route::Group(group) => discovery::group(&served, group),
         Route::ResourceList { group, version } => discovery::resource_list(&served, group, version),
+        Route::OpenApiRoot => Some(openapi::root(&served)),
+        Route::OpenApi(path) => openapi::group_version(&served, path),
         Route::Resource(_) | Route::Unknown => None,
     };
     let answer = document
@@ -150,6 +152,12 @@ async fn resource(
         "list" => cx.list(query),
         "get" => cx.get(),
         "delete" => cx.delete(),
+        // kubectl's typed commands (`create namespace`, ...) send protobuf.
+        "create" | "update" if is_protobuf(&request) => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the fake API server reads JSON request bodies only",
+        )),
         "create" | "update" | "patch" => match read_body(request).await {
             Ok(body) => cx.write(verb, &body, content_type_of(&body.1)),
             Err(e) => Err(e),
@@ -157,6 +165,14 @@ async fn resource(
         _ => Err(ApiError::new(405, "MethodNotAllowed", "method not allowed")),
     };
     (verb, answer)
+}
+
+fn is_protobuf(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("protobuf"))
 }
 
 fn content_type_of(content_type: &str) -> &str {
@@ -388,6 +404,9 @@ impl Target<'_> {
             && let Some(map) = object.as_object_mut()
         {
             map.remove("status");
+            if self.res.group.is_empty() && self.res.kind == "Namespace" {
+                map.insert("status".into(), json!({"phase": "Active"}));
+            }
         }
         lock(&self.shared.store).create(&self.res, object)
     }

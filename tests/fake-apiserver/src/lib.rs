@@ -20,6 +20,7 @@ mod discovery;
 mod errors;
 mod faults;
 mod handlers;
+mod openapi;
 mod patch;
 mod query;
 mod resources;
@@ -99,10 +100,20 @@ impl FakeApi {
             server::Listener::Bound(l) => l.local_addr()?,
             _ => options.addr,
         };
+        let mut store = Store::new(options.watch_buffer);
+        // The namespaces every cluster has, and the kubeconfig's.
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"]
+            .into_iter()
+            .chain([options.namespace.as_str()])
+        {
+            store
+                .ensure_namespace(ns)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
         let mut served: Vec<Resource> = resources::CORE.to_vec();
         served.extend(options.crds.iter().map(|c| c.resource()));
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(options.watch_buffer)),
+            store: Mutex::new(store),
             served: Mutex::new(served),
             faults: Mutex::default(),
             requests: Mutex::default(),
@@ -210,6 +221,7 @@ impl FakeApi {
         } else {
             ""
         };
+        store.ensure_namespace(ns)?;
         let exists = store.get(&res, ns, store::name_of(&object)).is_some();
         let mut object = object;
         if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {

@@ -70,6 +70,9 @@ const fn core(
     }
 }
 
+/// The Namespace kind: objects of namespaced kinds need theirs to exist.
+pub(crate) const NAMESPACE: &Resource = &CORE[0];
+
 /// Always served, as on any cluster.
 pub(crate) const CORE: &[Resource] = &[
     core("", &["v1"], "Namespace", "namespaces", false, true),

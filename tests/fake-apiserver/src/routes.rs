@@ -7,8 +7,14 @@ pub(crate) enum Route<'a> {
     CoreVersions,
     GroupList,
     Group(&'a str),
-    ResourceList { group: &'a str, version: &'a str },
+    ResourceList {
+        group: &'a str,
+        version: &'a str,
+    },
     Resource(ResourcePath<'a>),
+    OpenApiRoot,
+    /// `api/v1` or `apis/{g}/{v}`.
+    OpenApi(&'a str),
     Unknown,
 }
 
@@ -24,6 +30,12 @@ pub(crate) struct ResourcePath<'a> {
 }
 
 pub(crate) fn parse(path: &str) -> Route<'_> {
+    if let Some(rest) = path.strip_prefix("/openapi/v3") {
+        return match rest.trim_start_matches('/') {
+            "" => Route::OpenApiRoot,
+            group_version => Route::OpenApi(group_version),
+        };
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["version"] => Route::Version,

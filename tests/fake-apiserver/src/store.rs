@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use crate::errors::ApiError;
-use crate::resources::{Resource, ResourceKey};
+use crate::resources::{NAMESPACE, Resource, ResourceKey};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::time::rfc3339_now;
 
@@ -257,8 +257,23 @@ impl Store {
         })
     }
 
+    /// Creates the Namespace if it does not exist: what a test means when it applies an
+    /// object in a namespace it never mentioned.
+    pub(crate) fn ensure_namespace(&mut self, ns: &str) -> Result<(), ApiError> {
+        if ns.is_empty() || self.get(NAMESPACE, "", ns).is_some() {
+            return Ok(());
+        }
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns}, "status": {"phase": "Active"}});
+        self.create(NAMESPACE, namespace).map(drop)
+    }
+
     pub(crate) fn create(&mut self, res: &Resource, mut object: Value) -> Result<Value, ApiError> {
         let key = object_key(res, &object)?;
+        if !key.0.is_empty() && self.get(NAMESPACE, "", &key.0).is_none() {
+            // The apiserver's NamespaceLifecycle admission says so.
+            return Err(ApiError::not_found("namespaces", &key.0));
+        }
         if self.get(res, &key.0, &key.1).is_some() {
             return Err(ApiError::new(
                 409,

@@ -290,6 +290,14 @@ async fn writes_use_resource_version_compare_and_swap() {
     let route = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": {"name": "r"}, "spec": {"hostnames": ["a.example"]},
         "status": {"parents": [{"x": 1}]}});
+    let (code, missing) = call(api.addr(), "POST", path, Some(&route)).await;
+    assert_eq!(code, 404, "the namespace does not exist yet");
+    assert_eq!(missing["message"], r#"namespaces "ns" not found"#);
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}});
+    let (code, namespace) = call(api.addr(), "POST", "/api/v1/namespaces", Some(&namespace)).await;
+    assert_eq!(code, 201);
+    assert_eq!(namespace["status"]["phase"], "Active");
+
     let (code, created) = call(api.addr(), "POST", path, Some(&route)).await;
     assert_eq!(code, 201);
     assert_eq!(created["metadata"]["generation"], 1);
