@@ -96,6 +96,11 @@ const APT_PACKAGES: &[(&[&str], &str)] = &[
     (&["build-essential", "pkg-config"], "C parts of crates"),
     (&["curl", "openssl"], "test clients"),
     (
+        // The image's package (Google's Cloud SDK apt source), client-go v1.32.
+        &["kubectl"],
+        "real Kubernetes client that cross-checks the fake API server",
+    ),
+    (
         &["python3-grpcio"],
         "gRPC client and server peers in the gRPC end-to-end test",
     ),
@@ -121,6 +126,7 @@ const LLVM_BIN_DIR: &str = "/usr/lib/llvm-22/bin";
 
 fn setup(ws: &Workspace) -> Result<()> {
     setup_apt_packages(ws)?;
+    check_on_path(ws, "kubectl", &["version", "--client"])?;
     setup_rust_src(ws)?;
     setup_bpf_linker(ws)?;
     println!("setup: done");
@@ -159,6 +165,22 @@ fn setup_apt_packages(ws: &Workspace) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing))
+}
+
+/// A tool the tests run by name must be on PATH, not just installed.
+fn check_on_path(ws: &Workspace, tool: &str, args: &[&str]) -> Result<()> {
+    let found = ws
+        .command(tool)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        bail!("`{tool}` is not on PATH (it is needed by the tests)");
+    }
+    println!("  on PATH  {tool}");
+    Ok(())
 }
 
 fn apt_package_installed(ws: &Workspace, package: &str) -> bool {
@@ -564,6 +586,11 @@ const TEST_STAGES: &[(&str, &[TestRun])] = &[
             // The Kubernetes manifests in config/kubernetes/, parsed into the API types.
             TestRun {
                 cargo: &["-p", "gateway-tests", "--test", "manifests"],
+                harness: &[],
+            },
+            // The fake Kubernetes API server, cross-checked with kube-rs and kubectl.
+            TestRun {
+                cargo: &["-p", "fake-apiserver"],
                 harness: &[],
             },
         ],
