@@ -243,14 +243,10 @@ impl ConfigArgs {
         }
     }
 
-    /// Starts following the cluster into a new store whose changes call `wake`, and
-    /// waits for the first list of every kind it serves.
-    async fn follow_cluster(
-        &self,
-        wake: impl Fn() + Send + Sync + 'static,
-    ) -> anyhow::Result<Arc<ClusterStore>> {
+    /// Starts following the cluster into `store` and waits for the first list of every
+    /// kind it serves.
+    async fn follow_cluster(&self, store: Arc<ClusterStore>) -> anyhow::Result<()> {
         let client = kubernetes::client(self.kubeconfig.as_ref()).await?;
-        let store = Arc::new(ClusterStore::new(wake));
         tokio::spawn(kubernetes::follow(
             client,
             self.watch_options(),
@@ -259,7 +255,7 @@ impl ConfigArgs {
         info!("waiting for the first list of every watched kind");
         store.wait_synced().await;
         info!(objects = ?store.counts(), "the cluster's objects are listed");
-        Ok(store)
+        Ok(())
     }
 
     /// load → validate → compile. Errors in any document stop here.
@@ -270,8 +266,9 @@ impl ConfigArgs {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let store = runtime.block_on(async {
-                tokio::time::timeout(CLUSTER_LIST_TIMEOUT, self.follow_cluster(|| {}))
+            let store = Arc::new(ClusterStore::new(|| {}));
+            runtime.block_on(async {
+                tokio::time::timeout(CLUSTER_LIST_TIMEOUT, self.follow_cluster(store.clone()))
                     .await
                     .context("listing the cluster's objects took too long")?
             })?;
@@ -452,7 +449,7 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     };
     let mut source = args.config.source();
     if args.config.kubernetes {
-        let store = args.config.follow_cluster(changes.cluster_waker()).await?;
+        let store = Arc::new(ClusterStore::new(changes.cluster_waker()));
         let _ = metrics.cluster.set(store.clone());
         admin_state.cluster = Some(store.clone());
         source.cluster = Some(store);
@@ -468,6 +465,9 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
             .await
             .with_context(|| format!("binding {surface:?} endpoint {addr}"))?;
         tokio::spawn(admin::serve(listener, surface, admin_state.clone()));
+    }
+    if let Some(store) = &source.cluster {
+        args.config.follow_cluster(store.clone()).await?;
     }
     let (snapshot, diagnostics) = match source.compile() {
         Ok(compiled) => compiled,

@@ -9,6 +9,7 @@ mod hostile;
 mod http;
 mod http_safety;
 mod kernel;
+mod kubernetes;
 mod limits;
 mod live_state;
 mod ops;
