@@ -23,8 +23,9 @@ use kinds::{Scope, WATCHED};
 use store::{ClusterStore, StreamKey};
 
 /// How often discovery asks again for kinds the cluster did not serve (a CRD installed
-/// after the gateway started is picked up within this).
-const REDISCOVERY: Duration = Duration::from_secs(30);
+/// after the gateway started is picked up within this): a few small GETs each time, and
+/// only while a kind is missing.
+const REDISCOVERY: Duration = Duration::from_secs(10);
 /// Discovery retries while the API server cannot be reached, from...
 const DISCOVERY_RETRY_MIN: Duration = Duration::from_millis(500);
 /// ...doubling up to this.

@@ -10,8 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use fake_apiserver::{FakeApi, Options, Outage};
-use gateway_tests::{Gateway, TempDir, Upstream, curl, free_port, httpbin_config};
+use fake_apiserver::{Crd, FakeApi, Options, Outage};
+use gateway_tests::{Gateway, TempDir, Upstream, curl, free_port, gatewayd_bin, httpbin_config};
 use serde::Deserialize as _;
 
 use crate::tls::{Key, Pki, tls_secret};
@@ -31,7 +31,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(label: &str) -> anyhow::Result<Self> {
-        let api = FakeApi::start_blocking(Options::default())?;
+        Self::start_with(label, Options::default())
+    }
+
+    fn start_with(label: &str, options: Options) -> anyhow::Result<Self> {
+        let api = FakeApi::start_blocking(options)?;
         let dir = TempDir::new(label)?;
         let kubeconfig = dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig)?;
@@ -182,30 +186,7 @@ fn cluster_objects_are_served_and_their_changes_reach_open_traffic() -> anyhow::
 
     // Gateway API objects, on a second port: a GatewayClass of ours, a Gateway, a route.
     let api_port = free_port();
-    cluster.apply(&format!(
-        r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: istio}}
-spec: {{controllerName: istio.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: web, namespace: default}}
-spec:
-  gatewayClassName: istio
-  listeners:
-  - {{name: http, port: {api_port}, protocol: HTTP}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: web, namespace: default}}
-spec:
-  parentRefs: [{{name: web}}]
-  hostnames: ["web.example.com"]
-  rules:
-  - backendRefs: [{{name: httpbin, port: 8000}}]
-"#
-    ))?;
+    cluster.apply(&web_route(api_port))?;
     eventually(
         "the HTTPRoute",
         || status(api_port, "web.example.com", "/get"),
@@ -511,8 +492,110 @@ spec:
     )?;
     let stderr = gateway.stderr();
     assert!(
-        stderr.contains("VirtualService team-b/broken: spec.http[0].route[0].destination.port.number"),
+        stderr.contains(
+            "VirtualService team-b/broken: spec.http[0].route[0].destination.port.number"
+        ),
         "{stderr}"
+    );
+    Ok(())
+}
+
+fn web_route(api_port: u16) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: istio}}
+spec: {{controllerName: istio.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: default}}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {{name: http, port: {api_port}, protocol: HTTP}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: default}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: ["web.example.com"]
+  rules:
+  - backendRefs: [{{name: httpbin, port: 8000}}]
+"#
+    )
+}
+
+#[test]
+fn a_kind_the_cluster_lacks_or_forbids_does_not_hold_the_rest_back() -> anyhow::Result<()> {
+    // No HTTPRoute CRD yet, and TCPRoutes are forbidden to us.
+    let crds: Vec<Crd> = Crd::ALL
+        .into_iter()
+        .filter(|c| *c != Crd::HttpRoute)
+        .collect();
+    let cluster = Cluster::start_with("kube-missing", Options::with_crds(&crds))?;
+    cluster
+        .api
+        .fail("gateway.networking.k8s.io/v1alpha2", "TCPRoute", Some(403))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let one = Upstream::start(None, "127.0.0.1:0", "one")?;
+    let port = free_port();
+    cluster.apply(&httpbin_config(port, one.addr))?;
+    let gateway = cluster.gateway(&[])?;
+    assert_eq!(status(port, "httpbin.example.com", "/status/200")?.0, 200);
+    let sample = r#"gateway_kubernetes_watch_healthy{kind="TCPRoute.gateway.networking.k8s.io",namespace=""}"#;
+    assert_eq!(gateway.metric(sample)?, Some(0.0));
+    let stderr = gateway.stderr();
+    assert!(
+        stderr.contains("the cluster does not serve this kind") && stderr.contains("HTTPRoute"),
+        "{stderr}"
+    );
+
+    // The CRD is installed: discovery finds it and its routes serve.
+    cluster.api.install_crd(Crd::HttpRoute);
+    let api_port = free_port();
+    cluster.apply(&web_route(api_port))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(api_port, "web.example.com", "/get")
+        .map(|s| s.0)
+        .unwrap_or(0)
+        != 200
+    {
+        if Instant::now() > deadline {
+            bail!("the new CRD's route is not served:\n{}", gateway.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+#[test]
+fn validate_reads_the_cluster_and_names_objects_by_kind_namespace_and_name() -> anyhow::Result<()> {
+    let cluster = Cluster::start("kube-validate")?;
+    let one = Upstream::start(None, "127.0.0.1:0", "one")?;
+    cluster.apply(&httpbin_config(free_port(), one.addr))?;
+    cluster.apply(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: typo, namespace: team-a}
+spec:
+  parentRefs: [{name: web, namespace: default}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: 7}}]
+    backendRefs: [{name: httpbin, port: eighty}]
+"#,
+    )?;
+    let output = std::process::Command::new(gatewayd_bin())
+        .args(["validate", "--kubernetes", "--kubeconfig"])
+        .arg(&cluster.kubeconfig)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("error: HTTPRoute team-a/typo: spec.rules[0]"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
 }

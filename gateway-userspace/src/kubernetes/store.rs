@@ -235,6 +235,21 @@ impl ClusterStore {
         }
     }
 
+    /// The first list of a stream cannot be had (forbidden, not found): it counts as
+    /// synced, empty, so that the first compile does not wait for it; a later list fills
+    /// it in.
+    pub fn give_up_first_list(&self, key: &StreamKey) {
+        let mut inner = self.lock();
+        let Some(stream) = inner.streams.get_mut(key) else {
+            return;
+        };
+        if stream.synced {
+            return;
+        }
+        stream.synced = true;
+        self.publish_sync(&inner);
+    }
+
     fn changed(&self) {
         if !self.pending.swap(true, Ordering::AcqRel) {
             (self.wake)();

@@ -66,8 +66,24 @@ pub async fn follow(
                 // The watcher retries with backoff; what the store holds keeps serving.
                 warn!(kind = label, namespace, error = %e, "watch failed; retrying");
                 store.failed(&key, e.to_string());
+                if is_refused(&e) {
+                    // Not allowed to list this kind (RBAC) or it went away: the first
+                    // compile does not wait for it, and it keeps trying.
+                    store.give_up_first_list(&key);
+                }
             }
         }
+    }
+}
+
+/// Whether the API server refused the list itself (403 Forbidden, 404 Not Found), which
+/// retrying soon will not change.
+fn is_refused(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) => {
+            matches!(status.code, 403 | 404)
+        }
+        _ => false,
     }
 }
 
