@@ -208,7 +208,7 @@ impl ConfigArgs {
         }
     }
 
-    /// load → validate → compile. Errors in any document stop here.
+    /// load → validate → compile, every diagnostic kept (what a linter reports).
     fn compile(&self, tls: &TlsState) -> anyhow::Result<(Snapshot, Diagnostics, usize)> {
         let (resources, mut diagnostics) = config::load(&self.config)?;
         let skipped = resources.skipped.values().sum();
@@ -216,11 +216,42 @@ impl ConfigArgs {
         diagnostics.extend(more);
         Ok((snapshot, diagnostics, skipped))
     }
+
+    /// load → compile as a running gateway does: objects with errors are dropped; Err
+    /// with the diagnostics when an error names no object (nothing can be served).
+    fn compile_isolating(
+        &self,
+        tls: &TlsState,
+    ) -> anyhow::Result<(Result<compile::Isolated, Diagnostics>, usize)> {
+        let (resources, diagnostics) = config::load(&self.config)?;
+        let skipped = resources.skipped.values().sum();
+        let isolated =
+            compile::compile_isolating(&resources, diagnostics, &self.identity(), tls, None);
+        Ok((isolated, skipped))
+    }
 }
 
 fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     let (snapshot, diagnostics, skipped) = args.compile(&TlsState::default())?;
     print!("{diagnostics}");
+    if diagnostics.has_errors() {
+        // A linter fails on any error; a running gateway would serve around some of them.
+        match args.compile_isolating(&TlsState::default())?.0 {
+            Ok(isolated) => {
+                for d in &isolated.dropped {
+                    println!(
+                        "a running gateway would drop {} ({}): {}",
+                        d.object,
+                        d.object.qualified_kind(),
+                        d.reason()
+                    );
+                }
+            }
+            Err(_) => println!(
+                "a running gateway would refuse this configuration: some errors name no object (unreadable or invalid YAML, no apiVersion/kind/name)"
+            ),
+        }
+    }
     let errors = diagnostics.errors().count();
     let warnings = diagnostics.warnings().count();
     let routes: usize = snapshot
@@ -363,14 +394,20 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     // reloaded once the reload loop runs, and SIGHUP is handled from here on.
     let changes = ChangeWatch::start(&[args.config.config.as_slice(), &args.watch].concat())?;
     let source = args.config.source();
-    let (snapshot, diagnostics, skipped) = args.config.compile(&source.tls)?;
-    gateway::reload::log_diagnostics(&diagnostics, &source.tls.credentials.staged_report());
-    if diagnostics.has_errors() {
-        for d in diagnostics.errors() {
-            error!("{d}");
+    let (isolated, skipped) = args.config.compile_isolating(&source.tls)?;
+    let (snapshot, diagnostics) = match isolated {
+        Ok(isolated) => (isolated.snapshot, isolated.diagnostics),
+        Err(diagnostics) => {
+            for d in diagnostics.errors() {
+                error!("{d}");
+            }
+            bail!(
+                "the configuration has errors that name no object (see compile::isolate); nothing to serve"
+            );
         }
-        bail!("the configuration has errors; nothing to serve");
-    }
+    };
+    gateway::reload::log_diagnostics(&diagnostics, &source.tls.credentials.staged_report());
+    compile::isolate::log_dropped(&snapshot.report.dropped);
     info!(
         listeners = snapshot.listeners.len(),
         skipped, "configuration compiled"
@@ -378,6 +415,7 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
 
     let kernel: SharedKernelPath = Arc::new(Mutex::new(None));
     let metrics = Arc::new(Metrics::new(kernel.clone()));
+    metrics.report_dropped(&snapshot.report.dropped);
     if args.ebpf != EbpfMode::Off {
         match start_kernel_path(&args.interfaces, args.ebpf_hook, &snapshot, &metrics) {
             Ok(mut path) => {

@@ -155,6 +155,16 @@ pub struct Metrics {
     /// Upgrades no route allows (anything but WebSocket) and CONNECT, answered 403
     /// (Envoy counts these in `downstream_rq_ws_on_non_ws_route`).
     pub upgrades_refused: Counter,
+    /// Objects the live configuration leaves out for their errors (compile/isolate.rs).
+    pub config_objects_dropped: Family<ObjectKindLabels, Gauge>,
+}
+
+/// An object kind, by API group (empty for core) and kind: Istio's and Gateway API's
+/// `Gateway` differ by group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectKindLabels {
+    pub group: String,
+    pub kind: String,
 }
 
 /// Access log lines dropped because stdout did not keep up: one count for the process, as
@@ -284,6 +294,12 @@ impl Metrics {
             "Requests answered 403 for an upgrade no route allows (anything but WebSocket) or a CONNECT",
             upgrades_refused.clone(),
         );
+        let config_objects_dropped = Family::<ObjectKindLabels, Gauge>::default();
+        registry.register(
+            "gateway_config_objects_dropped",
+            "Objects the live configuration leaves out because they have errors (everything else is served), by group and kind",
+            config_objects_dropped.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         Metrics {
             registry,
@@ -303,6 +319,20 @@ impl Metrics {
             downstream_cx_overflow,
             access_log_dropped,
             upgrades_refused,
+            config_objects_dropped,
+        }
+    }
+
+    /// Sets `gateway_config_objects_dropped` to what the configuration just applied drops.
+    pub fn report_dropped(&self, dropped: &[crate::compile::DroppedObject]) {
+        self.config_objects_dropped.clear();
+        for d in dropped {
+            self.config_objects_dropped
+                .get_or_create(&ObjectKindLabels {
+                    group: d.object.group.clone(),
+                    kind: d.object.kind.clone(),
+                })
+                .inc();
         }
     }
 
