@@ -7,6 +7,8 @@
 
 mod clusters;
 mod gateway_api;
+pub mod isolate;
+pub mod report;
 mod routes;
 mod tls;
 
@@ -17,7 +19,7 @@ use std::{
 
 use crate::{
     config::{
-        Diagnostic, Diagnostics, Resources, Sourced,
+        Diagnostic, Diagnostics, Kind, Resources, Sourced,
         resources::{Gateway, IntOrString, Service, VirtualService},
     },
     route_table::{Route, RouteTable, VirtualHost},
@@ -25,6 +27,8 @@ use crate::{
 };
 
 pub use clusters::update_endpoints;
+pub use isolate::{DroppedObject, Isolated, compile_isolating};
+pub use report::Report;
 
 /// Who this gateway is: the labels its pods carry and its namespace.
 #[derive(Clone, Debug)]
@@ -227,6 +231,7 @@ impl<'a> Compiler<'a> {
                 tcp_ports,
                 node_ports,
             },
+            report: Default::default(),
         }
     }
 
@@ -245,7 +250,7 @@ impl<'a> Compiler<'a> {
             if !self.is_ours(&gateway.resource) {
                 continue;
             }
-            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
+            let resource = gateway.resource.object_ref();
             for (index, server) in gateway.resource.spec.servers.iter().enumerate() {
                 let field = format!("spec.servers[{index}]");
                 let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
@@ -255,7 +260,7 @@ impl<'a> Compiler<'a> {
                             server.port.number
                         ))
                         .at(gateway.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("{field}.port.number")),
                     );
                     continue;
@@ -267,7 +272,7 @@ impl<'a> Compiler<'a> {
                             server.port.protocol
                         ))
                         .at(gateway.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("{field}.port.protocol")),
                     );
                     continue;
@@ -288,7 +293,7 @@ impl<'a> Compiler<'a> {
                             entry.protocol
                         ))
                         .at(gateway.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("{field}.port.protocol")),
                     );
                 }
@@ -348,7 +353,7 @@ impl<'a> Compiler<'a> {
                     Diagnostic::warning(format!(
                         "targetPort {name:?} names a container port, which only the pod spec resolves; binding port {port}"
                     ))
-                    .resource(format!("Service {}", name_of(&service.metadata))),
+                    .object(&service.object_ref()),
                 );
                 (port, node_port)
             }
@@ -364,7 +369,7 @@ impl<'a> Compiler<'a> {
             if !self.is_ours(&gateway.resource) {
                 continue;
             }
-            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
+            let resource = gateway.resource.object_ref();
             let mut own: BTreeMap<&str, usize> = BTreeMap::new();
             for (index, server) in gateway.resource.spec.servers.iter().enumerate() {
                 let name = server.port.name.as_str();
@@ -377,7 +382,7 @@ impl<'a> Compiler<'a> {
                             "port name {name:?} is also used by spec.servers[{first}]: port names in a Gateway's servers must be unique"
                         ))
                         .at(gateway.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("spec.servers[{index}].port.name")),
                     );
                     continue;
@@ -390,13 +395,13 @@ impl<'a> Compiler<'a> {
                                 server.port.number
                             ))
                             .at(gateway.location.clone())
-                            .resource(&resource)
+                            .object(&resource)
                             .field(format!("spec.servers[{index}].port.name")),
                         );
                     }
                     Some(_) => {}
                     None => {
-                        seen.insert(name, (server.port.number, resource.clone()));
+                        seen.insert(name, (server.port.number, resource.to_string()));
                     }
                 }
             }
@@ -420,7 +425,7 @@ impl<'a> Compiler<'a> {
                             "gateway {gw_ns}/{gw_name} does not exist; nothing is bound through it"
                         ))
                         .at(vs.location.clone())
-                        .resource(format!("VirtualService {}", name_of(&vs.resource.metadata)))
+                        .object(&vs.resource.object_ref())
                         .field(format!("spec.gateways[{index}]")),
                     );
                 }
@@ -441,7 +446,7 @@ impl<'a> Compiler<'a> {
         for vs in virtual_services {
             let meta = &vs.resource.metadata;
             let vs_namespace = meta.namespace();
-            let resource = format!("VirtualService {}", name_of(meta));
+            let resource = vs.resource.object_ref();
             let mut bound_here = false;
             let mut accepted_hosts: Vec<String> = Vec::new();
             for (gateway, server_hosts) in &servers.servers {
@@ -478,7 +483,7 @@ impl<'a> Compiler<'a> {
                         vs.resource.spec.hosts
                     ))
                     .at(vs.location.clone())
-                    .resource(&resource)
+                    .object(&resource)
                     .field("spec.hosts"),
                 );
                 continue;

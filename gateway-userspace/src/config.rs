@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod diagnostics;
 pub mod locate;
+pub mod object_ref;
 pub mod resources;
 pub mod source;
 
@@ -13,6 +14,7 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 use serde::de::DeserializeOwned;
 
 pub use diagnostics::{Diagnostic, Diagnostics, Location, Severity};
+pub use object_ref::{Kind, ObjectRef};
 use resources::{
     DestinationRule, EndpointSlice, Endpoints, Gateway, Namespace, ObjectMeta, Secret, Service,
     ServiceEntry, VirtualService,
@@ -325,7 +327,7 @@ impl ItemSource<'_> {
     }
 
     /// Deserializes with the failing field's path and, for documents, its line.
-    fn typed<T: DeserializeOwned>(&self, resource: &str) -> Result<T, Diagnostic> {
+    fn typed<T: DeserializeOwned>(&self, resource: &ObjectRef) -> Result<T, Box<Diagnostic>> {
         let result = match self {
             ItemSource::Document { doc, .. } => {
                 serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&doc.text))
@@ -345,10 +347,12 @@ impl ItemSource<'_> {
             let message = message
                 .strip_prefix(&format!("{}: ", e.path()))
                 .map_or(message.clone(), str::to_owned);
-            Diagnostic::error(message)
-                .at(self.location(line))
-                .resource(resource)
-                .field(field)
+            Box::new(
+                Diagnostic::error(message)
+                    .at(self.location(line))
+                    .object(resource)
+                    .field(field),
+            )
         })
     }
 }
@@ -369,17 +373,18 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         .get("metadata")
         .and_then(|m| serde_yaml::from_value(m.clone()).ok())
         .unwrap_or_default();
-    let resource = format!("{kind} {}/{}", meta.namespace(), meta.name);
     let location = item.location(1);
     let (group, version) = api_version
         .rsplit_once('/')
         .unwrap_or(("", api_version.as_str()));
+    let resource = ObjectRef::new(group, &kind, &meta);
 
     if meta.name.is_empty() && !kind.is_empty() {
         diagnostics.push(
+            // Not attributed to an object: without a name, nothing says which it was.
             Diagnostic::error("every resource needs a name")
                 .at(location.clone())
-                .resource(resource.clone())
+                .resource(resource.to_string())
                 .field(format!("{}metadata.name", item.field_prefix())),
         );
         return;
@@ -392,7 +397,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
                     resource: Arc::new(r),
                     location,
                 }),
-                Err(d) => diagnostics.push(d),
+                Err(d) => diagnostics.push(*d),
             }
         };
     }
@@ -409,7 +414,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
                     gateway_api_versions.unwrap_or_default().join(", ")
                 ))
                 .at(location)
-                .resource(resource)
+                .object(&resource)
                 .field("apiVersion"),
             );
         }
@@ -422,7 +427,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
                     ISTIO_VERSIONS.join(", ")
                 ))
                 .at(location)
-                .resource(resource)
+                .object(&resource)
                 .field("apiVersion"),
             );
         }
@@ -447,13 +452,13 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
                 resource: Arc::new(r),
                 location,
             }),
-            Err(d) => diagnostics.push(crate::tls::certs::redacted(d)),
+            Err(d) => diagnostics.push(crate::tls::certs::redacted(*d)),
         },
         (ISTIO_NETWORKING, _) | (GATEWAY_API, _) => {
             diagnostics.push(
                 Diagnostic::warning(format!("{kind} ({api_version}) is not served yet; skipped"))
                     .at(location)
-                    .resource(resource),
+                    .object(&resource),
             );
             *resources
                 .skipped

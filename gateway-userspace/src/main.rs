@@ -258,8 +258,17 @@ impl ConfigArgs {
         Ok(())
     }
 
-    /// load → validate → compile. Errors in any document stop here.
+    /// load → validate → compile, every diagnostic kept (what a linter reports).
     fn compile(&self, tls: &TlsState) -> anyhow::Result<(Snapshot, Diagnostics, usize)> {
+        let (resources, mut diagnostics) = self.load()?;
+        let skipped = resources.skipped.values().sum();
+        let (snapshot, more) = compile::compile_with(&resources, &self.identity(), tls);
+        diagnostics.extend(more);
+        Ok((snapshot, diagnostics, skipped))
+    }
+
+    /// The files' objects and, with --kubernetes, the cluster's (listed once).
+    fn load(&self) -> anyhow::Result<(config::Resources, Diagnostics)> {
         let (mut resources, mut diagnostics) = config::load(&self.config)?;
         if self.kubernetes {
             // validate and routes: one list of the cluster, then done.
@@ -276,16 +285,44 @@ impl ConfigArgs {
             resources.append(objects);
             diagnostics.extend(more);
         }
+        Ok((resources, diagnostics))
+    }
+
+    /// load → compile as a running gateway does: objects with errors are dropped; Err
+    /// with the diagnostics when an error names no object (nothing can be served).
+    fn compile_isolating(
+        &self,
+        tls: &TlsState,
+    ) -> anyhow::Result<(Result<compile::Isolated, Diagnostics>, usize)> {
+        let (resources, diagnostics) = self.load()?;
         let skipped = resources.skipped.values().sum();
-        let (snapshot, more) = compile::compile_with(&resources, &self.identity(), tls);
-        diagnostics.extend(more);
-        Ok((snapshot, diagnostics, skipped))
+        let isolated =
+            compile::compile_isolating(&resources, diagnostics, &self.identity(), tls, None);
+        Ok((isolated, skipped))
     }
 }
 
 fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     let (snapshot, diagnostics, skipped) = args.compile(&TlsState::default())?;
     print!("{diagnostics}");
+    if diagnostics.has_errors() {
+        // A linter fails on any error; a running gateway would serve around some of them.
+        match args.compile_isolating(&TlsState::default())?.0 {
+            Ok(isolated) => {
+                for d in &isolated.dropped {
+                    println!(
+                        "a running gateway would drop {} ({}): {}",
+                        d.object,
+                        d.object.qualified_kind(),
+                        d.reason()
+                    );
+                }
+            }
+            Err(_) => println!(
+                "a running gateway would refuse this configuration: some errors name no object (unreadable or invalid YAML, no apiVersion/kind/name)"
+            ),
+        }
+    }
     let errors = diagnostics.errors().count();
     let warnings = diagnostics.warnings().count();
     let routes: usize = snapshot
@@ -475,11 +512,15 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
             for d in diagnostics.errors() {
                 error!("{d}");
             }
-            bail!("the configuration has errors; nothing to serve");
+            bail!(
+                "the configuration has errors that name no object (see compile::isolate); nothing to serve"
+            );
         }
         Err(e) => return Err(e.into()),
     };
     gateway::reload::log_diagnostics(&diagnostics, &source.tls.credentials.staged_report());
+    compile::isolate::log_dropped(&snapshot.report.dropped);
+    metrics.report_dropped(&snapshot.report.dropped);
     info!(
         listeners = snapshot.listeners.len(),
         "configuration compiled"

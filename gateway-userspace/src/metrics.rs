@@ -157,6 +157,16 @@ pub struct Metrics {
     pub upgrades_refused: Counter,
     /// The cluster's watches (`--kubernetes`), set once they start; read at each scrape.
     pub cluster: Arc<OnceLock<Arc<ClusterStore>>>,
+    /// Objects the live configuration leaves out for their errors (compile/isolate.rs).
+    pub config_objects_dropped: Family<ObjectKindLabels, Gauge>,
+}
+
+/// An object kind, by API group (empty for core) and kind: Istio's and Gateway API's
+/// `Gateway` differ by group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectKindLabels {
+    pub group: String,
+    pub kind: String,
 }
 
 /// Access log lines dropped because stdout did not keep up: one count for the process, as
@@ -286,6 +296,12 @@ impl Metrics {
             "Requests answered 403 for an upgrade no route allows (anything but WebSocket) or a CONNECT",
             upgrades_refused.clone(),
         );
+        let config_objects_dropped = Family::<ObjectKindLabels, Gauge>::default();
+        registry.register(
+            "gateway_config_objects_dropped",
+            "Objects the live configuration leaves out because they have errors (everything else is served), by group and kind",
+            config_objects_dropped.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         let cluster = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(ClusterCollector {
@@ -310,6 +326,20 @@ impl Metrics {
             access_log_dropped,
             upgrades_refused,
             cluster,
+            config_objects_dropped,
+        }
+    }
+
+    /// Sets `gateway_config_objects_dropped` to what the configuration just applied drops.
+    pub fn report_dropped(&self, dropped: &[crate::compile::DroppedObject]) {
+        self.config_objects_dropped.clear();
+        for d in dropped {
+            self.config_objects_dropped
+                .get_or_create(&ObjectKindLabels {
+                    group: d.object.group.clone(),
+                    kind: d.object.kind.clone(),
+                })
+                .inc();
         }
     }
 

@@ -1,10 +1,12 @@
 //! Hot reload: the config paths are watched (inotify through `notify`) and SIGHUP asks for
 //! a reload too. A reload runs load → validate → compile on a blocking thread, away from
 //! the accept loops, then binds the ports the new snapshot adds, swaps the snapshot in one
-//! atomic store, starts and stops listeners, and rewrites the kernel policy. A broken
-//! configuration changes nothing: the last good snapshot keeps serving, the diagnostics
-//! are logged, `gateway_config_reloads_total{result="failure"}` counts it, and readiness
-//! stays up. Every request after the swap reads the new snapshot (see runtime.rs).
+//! atomic store, starts and stops listeners, and rewrites the kernel policy. An object
+//! with errors is dropped and the rest served (`compile::isolate`); a configuration with
+//! errors that name no object (not YAML, no name) changes nothing: the last good snapshot
+//! keeps serving, the diagnostics are logged, `gateway_config_reloads_total{result="failure"}`
+//! counts it, and readiness stays up. Every request after the swap reads the new snapshot
+//! (see runtime.rs).
 //!
 //! With `--kubernetes`, the cluster's objects (kubernetes.rs) wake this same loop and are
 //! compiled together with the files.
@@ -85,8 +87,9 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
-    /// load → validate → compile. Errors in any document fail the whole compile; warnings
-    /// come back with the snapshot.
+    /// load → validate → compile. Objects with errors are dropped (`compile::isolate`);
+    /// errors that name no object fail the whole compile. Warnings come back with the
+    /// snapshot, whose report lists what was dropped.
     pub fn compile(&self) -> Result<(Snapshot, Diagnostics), ReloadError> {
         let (mut resources, mut diagnostics) = config::load(&self.paths)?;
         if let Some(cluster) = &self.cluster {
@@ -95,12 +98,10 @@ impl ConfigSource {
             resources.append(objects);
             diagnostics.extend(more);
         }
-        let (snapshot, more) = compile::compile_with(&resources, &self.identity, &self.tls);
-        diagnostics.extend(more);
-        if diagnostics.has_errors() {
-            return Err(ReloadError::Invalid(diagnostics));
-        }
-        Ok((snapshot, diagnostics))
+        let isolated =
+            compile::compile_isolating(&resources, diagnostics, &self.identity, &self.tls, None)
+                .map_err(ReloadError::Invalid)?;
+        Ok((isolated.snapshot, isolated.diagnostics))
     }
 
     /// The same as `compile`, re-parsing only the files whose text changed since `cache`
@@ -149,21 +150,23 @@ impl ConfigSource {
             _ => None,
         };
         let reused = reuse.is_some();
-        let (mut resources, mut diagnostics) = cache.files.resources();
+        let (mut resources, mut loaded) = cache.files.resources();
         if let Some(cluster) = &self.cluster {
             let (objects, more) = cluster.resources();
             resources.append(objects);
-            diagnostics.extend(more);
+            loaded.extend(more);
         }
-        let (mut snapshot, more, memo) =
-            compile::compile_reusing(&resources, &self.identity, &self.tls, reuse);
+        let isolated =
+            compile::compile_isolating(&resources, loaded, &self.identity, &self.tls, reuse);
         // Until this compile is applied, the live snapshot lags the files.
         cache.previous_is_current = false;
         cache.memo = None;
-        diagnostics.extend(more);
-        if diagnostics.has_errors() {
-            return Err(ReloadError::Invalid(diagnostics));
-        }
+        let compile::Isolated {
+            mut snapshot,
+            mut diagnostics,
+            memo,
+            ..
+        } = isolated.map_err(ReloadError::Invalid)?;
         if let Change::Routes(services) = &change
             && reused
             && !services.is_empty()
@@ -388,6 +391,7 @@ impl Reloader {
         };
         let credentials = self.source.tls.credentials.staged_report();
         log_diagnostics(&diagnostics, &credentials);
+        compile::isolate::log_dropped(&snapshot.report.dropped);
         let bound = self.listeners.bind_new(&snapshot).await?;
         let added = bound.ports();
         let snapshot = Arc::new(snapshot);
@@ -398,6 +402,7 @@ impl Reloader {
             .previous_is_current = true;
         let credentials = self.source.tls.credentials.commit();
         report_credentials(&self.metrics, &credentials);
+        self.metrics.report_dropped(&snapshot.report.dropped);
         self.listeners.start(bound, &snapshot);
         if let Err(e) = steer_node_ports(&self.kernel, &snapshot, &self.listeners) {
             error!(error = %e, "reload: node-port steering could not be updated");

@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub endpoints: Vec<Arc<[SocketAddr]>>,
     /// What the kernel programs are told; derived from `listeners`.
     pub kernel: KernelPolicy,
+    /// What the compile said about the objects (dropped ones, Gateway API status).
+    pub report: Arc<crate::compile::Report>,
 }
 
 impl Snapshot {
@@ -56,10 +58,11 @@ impl Serialize for Snapshot {
                 endpoints: self.endpoints_of(c),
             })
             .collect();
-        let mut out = serializer.serialize_struct("Snapshot", 3)?;
+        let mut out = serializer.serialize_struct("Snapshot", 4)?;
         out.serialize_field("listeners", &*self.listeners)?;
         out.serialize_field("clusters", &clusters)?;
         out.serialize_field("kernel", &self.kernel)?;
+        out.serialize_field("report", &*self.report)?;
         out.end()
     }
 }

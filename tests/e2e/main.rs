@@ -8,6 +8,7 @@ mod grpc;
 mod hostile;
 mod http;
 mod http_safety;
+mod isolation;
 mod kernel;
 mod kubernetes;
 mod limits;

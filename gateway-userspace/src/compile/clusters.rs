@@ -18,7 +18,7 @@ use crate::config::resources::istio::SimpleLoadBalancer;
 use crate::connection_pool::ConnectionPool;
 use crate::{
     config::{
-        Diagnostic, Diagnostics, Location, Resources, Sourced,
+        Diagnostic, Diagnostics, Kind, Location, ObjectRef, Resources, Sourced,
         cache::ServiceKey,
         resources::{Destination, DestinationRule, IntOrString, SERVICE_NAME_LABEL, ServiceEntry},
     },
@@ -40,7 +40,7 @@ impl<'a> Compiler<'a> {
         destination: &Destination,
         vs_namespace: &str,
         location: Option<&Location>,
-        resource: &str,
+        resource: &ObjectRef,
         field: &str,
     ) -> Arc<Cluster> {
         let (name, namespace) = resolve_service_host(&destination.host, vs_namespace);
@@ -55,7 +55,7 @@ impl<'a> Compiler<'a> {
             diagnostics.push(
                 Diagnostic::warning(message)
                     .at(location.cloned())
-                    .resource(resource)
+                    .object(resource)
                     .field(field.to_owned()),
             );
         };
@@ -217,10 +217,7 @@ impl<'a> Compiler<'a> {
                     self.diagnostics.push(
                         Diagnostic::error(message)
                             .at(rule.location.clone())
-                            .resource(format!(
-                                "DestinationRule {}",
-                                name_of(&rule.resource.metadata)
-                            ))
+                            .object(&rule.resource.object_ref())
                             .field("spec.trafficPolicy.outlierDetection.baseEjectionTime"),
                     );
                     DEFAULT_BASE_EJECTION_TIME
@@ -269,10 +266,7 @@ impl<'a> Compiler<'a> {
             Some(Err(message)) => self.diagnostics.push(
                 Diagnostic::error(message)
                     .at(rule.location.clone())
-                    .resource(format!(
-                        "DestinationRule {}",
-                        name_of(&rule.resource.metadata)
-                    ))
+                    .object(&rule.resource.object_ref())
                     .field("spec.trafficPolicy.connectionPool.http.idleTimeout"),
             ),
         }
@@ -284,10 +278,7 @@ impl<'a> Compiler<'a> {
                     "a zero connect timeout would fail every connection".to_owned()
                 }))
                 .at(rule.location.clone())
-                .resource(format!(
-                    "DestinationRule {}",
-                    name_of(&rule.resource.metadata)
-                ))
+                .object(&rule.resource.object_ref())
                 .field("spec.trafficPolicy.connectionPool.tcp.connectTimeout"),
             ),
             None => {}
@@ -326,7 +317,7 @@ impl<'a> Compiler<'a> {
         entry: &Sourced<ServiceEntry>,
         destination: &Destination,
         location: Option<&Location>,
-        resource: &str,
+        resource: &ObjectRef,
         field: &str,
     ) -> Arc<Cluster> {
         let spec = &entry.resource.spec;
@@ -336,7 +327,7 @@ impl<'a> Compiler<'a> {
             diagnostics.push(
                 Diagnostic::warning(message)
                     .at(location.cloned())
-                    .resource(resource)
+                    .object(resource)
                     .field(field.to_owned()),
             );
         };
@@ -576,7 +567,7 @@ pub(crate) fn service_endpoints(
                         Diagnostic::warning(format!(
                             "endpoint address {address:?} is not an IP address; skipped"
                         ))
-                        .resource(format!("EndpointSlice {}", name_of(&slice.metadata))),
+                        .object(&slice.object_ref()),
                     ),
                 }
             }
@@ -630,7 +621,7 @@ fn core_endpoints(
                             "endpoint address {:?} is not an IP address; skipped",
                             address.ip
                         ))
-                        .resource(format!("Endpoints {}", name_of(&object.metadata))),
+                        .object(&object.object_ref()),
                     ),
                 }
             }
@@ -680,6 +671,7 @@ pub fn update_endpoints(
         clusters: previous.clusters.clone(),
         endpoints,
         kernel: previous.kernel.clone(),
+        report: Arc::clone(&previous.report),
     };
     (snapshot, diagnostics)
 }

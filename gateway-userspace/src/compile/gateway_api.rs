@@ -19,7 +19,7 @@ use http::{HeaderName, HeaderValue};
 use super::{CLUSTER_DOMAIN, Compiler, covers, intersect_hosts, name_of};
 use crate::{
     config::{
-        Diagnostic, Location, Sourced,
+        Diagnostic, Kind, Location, ObjectRef, Sourced,
         resources::{
             Destination, ObjectMeta, PortSelector, Service,
             gateway_api::{
@@ -65,6 +65,12 @@ struct ApiListener<'a> {
 enum RouteKind {
     Http,
     Grpc,
+}
+
+impl AnyRoute<'_> {
+    fn object_ref(&self) -> ObjectRef {
+        ObjectRef::new(GATEWAY_API_GROUP, self.kind.name(), self.meta)
+    }
 }
 
 impl RouteKind {
@@ -187,14 +193,14 @@ impl<'a> Compiler<'a> {
             if !self.is_our_class(&gateway.resource) {
                 continue;
             }
-            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
+            let resource = gateway.resource.object_ref();
             let mut names = BTreeSet::new();
             for (index, listener) in gateway.resource.spec.listeners.iter().enumerate() {
                 let field = format!("spec.listeners[{index}]");
                 let error = |message: String, sub: &str| {
                     Diagnostic::error(message)
                         .at(gateway.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("{field}{sub}"))
                 };
                 if !names.insert(listener.name.as_str()) {
@@ -224,7 +230,7 @@ impl<'a> Compiler<'a> {
                             listener.protocol
                         ))
                         .at(gateway.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("{field}.protocol")),
                     );
                     continue;
@@ -235,7 +241,7 @@ impl<'a> Compiler<'a> {
                             "port {port} is already served by an Istio Gateway; this listener is skipped"
                         ))
                         .at(gateway.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("{field}.port")),
                     );
                     continue;
@@ -255,7 +261,7 @@ impl<'a> Compiler<'a> {
                             "allowedRoutes.namespaces.from: Selector needs Namespace objects, which are not loaded; only routes in the Gateway's namespace attach",
                         )
                         .at(gateway.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("{field}.allowedRoutes.namespaces.from")),
                     );
                 }
@@ -343,7 +349,7 @@ impl<'a> Compiler<'a> {
                             parent.name
                         ))
                         .at(route.location.cloned())
-                        .resource(format!("{} {}", route.kind.name(), name_of(route.meta)))
+                        .object(&route.object_ref())
                         .field(format!("spec.parentRefs[{index}]")),
                     );
                 }
@@ -358,7 +364,7 @@ impl<'a> Compiler<'a> {
         route: &AnyRoute<'_>,
         listeners: &[ApiListener<'a>],
     ) -> Vec<(usize, String)> {
-        let resource = format!("{} {}", route.kind.name(), name_of(route.meta));
+        let resource = route.object_ref();
         let route_ns = route.meta.namespace();
         let mut attached: Vec<(usize, String)> = Vec::new();
         for (p_index, parent) in route.parent_refs.iter().enumerate() {
@@ -419,7 +425,7 @@ impl<'a> Compiler<'a> {
                         parent.name
                     ))
                     .at(route.location.cloned())
-                    .resource(&resource)
+                    .object(&resource)
                     .field(format!("spec.parentRefs[{p_index}]")),
                 );
             }
@@ -445,7 +451,7 @@ impl<'a> Compiler<'a> {
         if attached.is_empty() {
             return;
         }
-        let resource = format!("HTTPRoute {}", name_of(any.meta));
+        let resource = any.object_ref();
         for (r_index, rule) in spec.rules.iter().enumerate() {
             let field = format!("spec.rules[{r_index}]");
             let mut matches = Vec::new();
@@ -462,7 +468,7 @@ impl<'a> Compiler<'a> {
                         self.diagnostics.push(
                             Diagnostic::error(message)
                                 .at(route.location.clone())
-                                .resource(&resource)
+                                .object(&resource)
                                 .field(format!("{field}.matches[{m_index}].{sub}")),
                         );
                         failed = true;
@@ -505,7 +511,7 @@ impl<'a> Compiler<'a> {
         if attached.is_empty() {
             return;
         }
-        let resource = format!("GRPCRoute {}", name_of(any.meta));
+        let resource = any.object_ref();
         for (r_index, rule) in spec.rules.iter().enumerate() {
             let field = format!("spec.rules[{r_index}]");
             let mut matches = Vec::new();
@@ -544,7 +550,7 @@ impl<'a> Compiler<'a> {
                         self.diagnostics.push(
                             Diagnostic::error(message)
                                 .at(route.location.clone())
-                                .resource(&resource)
+                                .object(&resource)
                                 .field(format!("{field}.matches[{m_index}].method")),
                         );
                         failed = true;
@@ -557,7 +563,7 @@ impl<'a> Compiler<'a> {
                         self.diagnostics.push(
                             Diagnostic::error(message)
                                 .at(route.location.clone())
-                                .resource(&resource)
+                                .object(&resource)
                                 .field(format!("{field}.matches[{m_index}].headers{sub}")),
                         );
                         failed = true;
@@ -591,7 +597,7 @@ impl<'a> Compiler<'a> {
     fn rule_action(
         &mut self,
         route: &AnyRoute<'_>,
-        resource: &str,
+        resource: &ObjectRef,
         field: &str,
         filters: &[HttpRouteFilter],
         backend_refs: &[HttpBackendRef],
@@ -604,7 +610,7 @@ impl<'a> Compiler<'a> {
                     "{message}; requests matching this rule get {INVALID_RULE_STATUS}"
                 ))
                 .at(location.clone())
-                .resource(resource)
+                .object(resource)
                 .field(format!("{field}.{sub}")),
             );
             RouteAction::DirectResponse(Box::new(DirectResponse {
@@ -647,7 +653,7 @@ impl<'a> Compiler<'a> {
                             self.diagnostics.push(
                                 Diagnostic::warning(format!("{message}; not mirrored"))
                                     .at(location.clone())
-                                    .resource(resource)
+                                    .object(resource)
                                     .field(format!("{field}.{f_field}.requestMirror.backendRef")),
                             );
                         }
@@ -668,7 +674,7 @@ impl<'a> Compiler<'a> {
                     self.diagnostics.push(
                         Diagnostic::error(format!("timeouts.request {timeout:?}: {e}"))
                             .at(location.clone())
-                            .resource(resource)
+                            .object(resource)
                             .field(format!("{field}.timeouts.request")),
                     );
                 }
@@ -695,7 +701,7 @@ impl<'a> Compiler<'a> {
                             "{message}; its share of requests gets an error"
                         ))
                         .at(location.clone())
-                        .resource(resource)
+                        .object(resource)
                         .field(b_field.clone()),
                     );
                     continue;
@@ -759,7 +765,7 @@ impl<'a> Compiler<'a> {
     fn backend_cluster(
         &mut self,
         route: &AnyRoute<'_>,
-        resource: &str,
+        resource: &ObjectRef,
         field: &str,
         backend: &BackendRef,
     ) -> Result<Arc<Cluster>, String> {

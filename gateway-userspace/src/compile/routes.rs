@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{Compiler, name_of};
 use crate::{
     config::{
-        Diagnostic, Sourced,
+        Diagnostic, Kind, ObjectRef, Sourced,
         resources::{
             Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch,
             VirtualService,
@@ -33,7 +33,7 @@ impl Compiler<'_> {
         port: u16,
     ) -> Option<Route<RouteAction>> {
         let meta = &vs.resource.metadata;
-        let resource = format!("VirtualService {}", name_of(meta));
+        let resource = vs.resource.object_ref();
         let field = format!("spec.http[{index}]");
         let name = format!(
             "{}.{}",
@@ -48,7 +48,7 @@ impl Compiler<'_> {
                     self.diagnostics.push(
                         Diagnostic::error(message)
                             .at(vs.location.clone())
-                            .resource(&resource)
+                            .object(&resource)
                             .field(format!("{field}.match[{m_index}].{sub_field}")),
                     );
                     return None;
@@ -61,7 +61,7 @@ impl Compiler<'_> {
                 self.diagnostics.push(
                     Diagnostic::error(message)
                         .at(vs.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("{field}.{key}")),
                 );
                 return None;
@@ -73,7 +73,7 @@ impl Compiler<'_> {
                     "`{key}` is not a field this gateway knows; ignored"
                 ))
                 .at(vs.location.clone())
-                .resource(&resource)
+                .object(&resource)
                 .field(format!("{field}.{key}")),
             );
         }
@@ -83,7 +83,7 @@ impl Compiler<'_> {
                     "`delegate` is not served yet; requests that reach this route get 501",
                 )
                 .at(vs.location.clone())
-                .resource(&resource)
+                .object(&resource)
                 .field(format!("{field}.delegate")),
             );
             return Some(Route {
@@ -98,7 +98,7 @@ impl Compiler<'_> {
                 self.diagnostics.push(
                     Diagnostic::error(message)
                         .at(vs.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("{field}.{sub_field}")),
                 );
                 return None;
@@ -116,7 +116,7 @@ impl Compiler<'_> {
     fn action(
         &mut self,
         vs: &Sourced<VirtualService>,
-        resource: &str,
+        resource: &ObjectRef,
         field: &str,
         route: &HttpRoute,
         fields: RouteFields,

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     config::{
-        Diagnostic, Sourced,
+        Diagnostic, Kind, ObjectRef, Sourced,
         resources::{
             Destination, Gateway, ObjectMeta, PortSelector, Secret, Server, ServerTls,
             VirtualService,
@@ -81,7 +81,7 @@ pub(super) struct CompiledCredentials {
 struct ServerRef<'a> {
     gateway: &'a Sourced<Gateway>,
     server: &'a Server,
-    resource: String,
+    resource: ObjectRef,
     field: String,
     /// Lowercase, `namespace/` removed.
     hosts: Vec<String>,
@@ -103,7 +103,7 @@ impl<'a> Compiler<'a> {
                 Some(ServerRef {
                     gateway,
                     server,
-                    resource: format!("Gateway {}", name_of(&gateway.resource.metadata)),
+                    resource: gateway.resource.object_ref(),
                     field: format!("spec.servers[{index}]"),
                     hosts: server
                         .hosts
@@ -144,7 +144,7 @@ impl<'a> Compiler<'a> {
                             "no server on port {port} has host `*`: clients that send no SNI (an IP address in the URL, old clients) are refused there"
                         ))
                         .at(first.gateway.location.clone())
-                        .resource(&first.resource)
+                        .object(&first.resource)
                         .field(format!("{}.hosts", first.field)),
                     );
                 }
@@ -521,7 +521,7 @@ impl<'a> Compiler<'a> {
     fn server_place(&self, server: &ServerRef<'a>, field: &str) -> Diagnostic {
         Diagnostic::warning("")
             .at(server.gateway.location.clone())
-            .resource(&server.resource)
+            .object(&server.resource)
             .field(format!("{}.{field}", server.field))
     }
 
@@ -626,7 +626,7 @@ impl<'a> Compiler<'a> {
                 self.diagnostics.push(
                     Diagnostic::error(e.to_string())
                         .at(vs.location.clone())
-                        .resource(format!("VirtualService {}", name_of(&vs.resource.metadata)))
+                        .object(&vs.resource.object_ref())
                         .field(field.to_owned()),
                 );
                 None
@@ -658,7 +658,7 @@ impl<'a> Compiler<'a> {
         route: &L4Route,
         field: &str,
     ) -> Vec<WeightedCluster> {
-        let resource = format!("VirtualService {}", name_of(&vs.resource.metadata));
+        let resource = vs.resource.object_ref();
         let vs_namespace = vs.resource.metadata.namespace().to_owned();
         let sole = route.route.len() == 1;
         route
@@ -704,7 +704,7 @@ impl<'a> Compiler<'a> {
             else {
                 continue;
             };
-            let resource = format!("Gateway {}", name_of(&gateway.resource.metadata));
+            let resource = gateway.resource.object_ref();
             if listener.protocol.eq_ignore_ascii_case("TCP") {
                 let clusters = self.api_l4_clusters(gateway, &listener.name);
                 tcp_clusters.get_or_insert_with(Vec::new).extend(clusters);
@@ -723,7 +723,7 @@ impl<'a> Compiler<'a> {
                             "TLS listeners are served with tls.mode Passthrough (TLSRoute); this listener is skipped",
                         )
                         .at(gateway.location.clone())
-                        .resource(&resource)
+                        .object(&resource)
                         .field(format!("spec.listeners[{index}].tls.mode")),
                     );
                     continue;
@@ -747,7 +747,7 @@ impl<'a> Compiler<'a> {
                     diagnostics.push(
                         Diagnostic::warning(message)
                             .at(gateway.location.clone())
-                            .resource(&resource)
+                            .object(&resource)
                             .field(format!("{field}{sub}")),
                     );
                 };
@@ -799,7 +799,7 @@ impl<'a> Compiler<'a> {
                 let server_name = format!("{resource} {}", listener.name);
                 let place = Diagnostic::warning("")
                     .at(gateway.location.clone())
-                    .resource(&resource)
+                    .object(&resource)
                     .field(format!("{field}{sub}"));
                 let Some(secret) = secret else {
                     let what = format!("{credential} not found");
@@ -959,7 +959,7 @@ impl<'a> Compiler<'a> {
         kind: &str,
         location: Option<&crate::config::Location>,
     ) -> Vec<WeightedCluster> {
-        let resource = format!("{kind} {}", name_of(meta));
+        let resource = ObjectRef::new(GATEWAY_API_GROUP, kind, meta);
         let route_ns = meta.namespace().to_owned();
         let Some(rule) = rules.first() else {
             return Vec::new();
@@ -993,7 +993,7 @@ impl<'a> Compiler<'a> {
                         "a backend must be a Service with a port, in the route's namespace or granted by a ReferenceGrant; skipped",
                     )
                     .at(location.cloned())
-                    .resource(&resource)
+                    .object(&resource)
                     .field(field),
                 );
                 continue;
@@ -1036,7 +1036,7 @@ impl<'a> Compiler<'a> {
         self.diagnostics.push(
             Diagnostic::error(message)
                 .at(server.gateway.location.clone())
-                .resource(&server.resource)
+                .object(&server.resource)
                 .field(format!("{}.{field}", server.field)),
         );
     }
@@ -1045,7 +1045,7 @@ impl<'a> Compiler<'a> {
         self.diagnostics.push(
             Diagnostic::warning(message)
                 .at(server.gateway.location.clone())
-                .resource(&server.resource)
+                .object(&server.resource)
                 .field(format!("{}.{field}", server.field)),
         );
     }

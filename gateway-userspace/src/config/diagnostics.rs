@@ -5,6 +5,8 @@ use std::{fmt, path::PathBuf};
 
 use serde::Serialize;
 
+use super::ObjectRef;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -30,8 +32,12 @@ impl fmt::Display for Location {
 pub struct Diagnostic {
     pub severity: Severity,
     pub location: Option<Location>,
-    /// `Kind namespace/name`.
+    /// `Kind namespace/name`, for people.
     pub resource: Option<String>,
+    /// The object the problem is in, when it is in one: an error with an object drops
+    /// that object alone (`compile::isolate`); one without refuses the whole reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectRef>,
     /// Dotted field path, e.g. `spec.servers[0].port.number`.
     pub field: Option<String>,
     pub message: String,
@@ -51,6 +57,7 @@ impl Diagnostic {
             severity,
             location: None,
             resource: None,
+            object: None,
             field: None,
             message: message.into(),
         }
@@ -63,6 +70,13 @@ impl Diagnostic {
 
     pub fn resource(mut self, resource: impl Into<String>) -> Self {
         self.resource = Some(resource.into());
+        self
+    }
+
+    /// Names the object the problem is in (and `resource` after it).
+    pub fn object(mut self, object: &ObjectRef) -> Self {
+        self.resource = Some(object.to_string());
+        self.object = Some(object.clone());
         self
     }
 

@@ -26,6 +26,8 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub creation_timestamp: Option<String>,
+    /// Bumped by the API server on spec changes; status conditions echo it.
+    pub generation: Option<i64>,
 }
 
 impl ObjectMeta {

@@ -1,0 +1,196 @@
+//! Per-object isolation: one broken object must not freeze everyone else's changes.
+//!
+//! An error attributed to one object (`Diagnostic::object`: a field that does not parse,
+//! a regex that does not compile, a listener that repeats a name) drops that object, and
+//! the configuration is compiled again without it; what depended only on it (a route bound
+//! to a dropped Gateway, a listener of a dropped Gateway) falls away in that recompile,
+//! with the usual warnings. The rest is served, and the dropped objects are reported: a
+//! warning each in the log, `gateway_config_objects_dropped{group,kind}`, and the report
+//! in `/config_dump`.
+//!
+//! Errors that cannot be attributed to one object refuse the whole reload, and the last
+//! good configuration keeps serving: an unreadable path, a document that is not YAML, a
+//! document without `apiVersion`, `kind` or `metadata.name`. We cannot know what such a
+//! document held, so dropping it could silently take live routes away.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use tracing::warn;
+
+use super::{Identity, RouteMemo, compile_reusing};
+use crate::{
+    config::{Diagnostic, Diagnostics, Kind, ObjectRef, Resources, Sourced},
+    snapshot::Snapshot,
+    tls::TlsState,
+};
+
+/// Each round drops at least one object; a chain of drops this long means something is
+/// wrong with attribution, and refusing is the safe answer.
+const MAX_ROUNDS: usize = 8;
+
+/// An object left out of the configuration, and the errors that made it so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DroppedObject {
+    pub object: ObjectRef,
+    pub errors: Vec<Diagnostic>,
+}
+
+impl DroppedObject {
+    /// The first error's message, with its field: what a log line or a status says.
+    pub fn reason(&self) -> String {
+        self.errors
+            .first()
+            .map(|d| match &d.field {
+                Some(field) => format!("{field}: {}", d.message),
+                None => d.message.clone(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A compile that served what it could.
+pub struct Isolated {
+    /// Its report lists `dropped` too.
+    pub snapshot: Snapshot,
+    /// The warnings of the compile that was kept; the errors are in `dropped`.
+    pub diagnostics: Diagnostics,
+    pub dropped: Vec<DroppedObject>,
+    /// What the next compile may reuse (`compile_reusing`).
+    pub memo: RouteMemo,
+}
+
+/// Compiles `resources` (loaded with `load_diagnostics`), dropping the objects that have
+/// errors. Refuses, with every diagnostic, when an error names no object.
+pub fn compile_isolating(
+    resources: &Resources,
+    load_diagnostics: Diagnostics,
+    identity: &Identity,
+    tls: &TlsState,
+    previous: Option<(&Snapshot, &RouteMemo)>,
+) -> Result<Isolated, Diagnostics> {
+    if load_diagnostics.errors().any(|d| d.object.is_none()) {
+        return Err(load_diagnostics);
+    }
+    let mut dropped: BTreeMap<ObjectRef, Vec<Diagnostic>> = BTreeMap::new();
+    for d in load_diagnostics.errors() {
+        if let Some(object) = &d.object {
+            dropped.entry(object.clone()).or_default().push(d.clone());
+        }
+    }
+    let mut kept = Diagnostics(load_diagnostics.warnings().cloned().collect());
+    let mut remaining: Option<Resources> = None;
+    for _ in 0..MAX_ROUNDS {
+        let current = remaining.as_ref().unwrap_or(resources);
+        let (mut snapshot, diagnostics, memo) = compile_reusing(current, identity, tls, previous);
+        if diagnostics.errors().any(|d| d.object.is_none()) {
+            let mut all = load_diagnostics;
+            all.extend(diagnostics);
+            return Err(all);
+        }
+        let mut new = false;
+        for d in diagnostics.errors() {
+            if let Some(object) = &d.object {
+                new |= !dropped.contains_key(object);
+                dropped.entry(object.clone()).or_default().push(d.clone());
+            }
+        }
+        if !diagnostics.has_errors() {
+            kept.extend(diagnostics);
+            let dropped: Vec<DroppedObject> = dropped
+                .into_iter()
+                .map(|(object, errors)| DroppedObject { object, errors })
+                .collect();
+            std::sync::Arc::make_mut(&mut snapshot.report).dropped = dropped.clone();
+            return Ok(Isolated {
+                snapshot,
+                diagnostics: kept,
+                dropped,
+                memo,
+            });
+        }
+        if !new {
+            // Errors on objects already left out: attribution went wrong somewhere.
+            break;
+        }
+        let names: BTreeSet<ObjectRef> = dropped.keys().cloned().collect();
+        remaining = Some(without(resources, &names));
+    }
+    let mut all = load_diagnostics;
+    all.extend(Diagnostics(dropped.into_values().flatten().collect()));
+    Err(all)
+}
+
+/// Says what was dropped, at warn: one line per object, with the reason.
+pub fn log_dropped(dropped: &[DroppedObject]) {
+    for d in dropped {
+        let at = d.errors.first().and_then(|e| e.location.as_ref());
+        warn!(
+            object = %d.object,
+            group = d.object.group,
+            location = at.map(ToString::to_string),
+            reason = d.reason(),
+            "object dropped from the configuration: it has errors; everything else is served"
+        );
+    }
+}
+
+/// `resources` without the `dropped` objects. Destructured without `..`: a new kind must
+/// be isolated too.
+pub fn without(resources: &Resources, dropped: &BTreeSet<ObjectRef>) -> Resources {
+    let Resources {
+        gateways,
+        virtual_services,
+        services,
+        endpoint_slices,
+        endpoints,
+        destination_rules,
+        service_entries,
+        gateway_classes,
+        api_gateways,
+        http_routes,
+        grpc_routes,
+        tls_routes,
+        tcp_routes,
+        reference_grants,
+        secrets,
+        namespaces,
+        skipped,
+        documents,
+    } = resources;
+    Resources {
+        gateways: keep(gateways, dropped),
+        virtual_services: keep(virtual_services, dropped),
+        services: keep(services, dropped),
+        endpoint_slices: keep(endpoint_slices, dropped),
+        endpoints: keep(endpoints, dropped),
+        destination_rules: keep(destination_rules, dropped),
+        service_entries: keep(service_entries, dropped),
+        gateway_classes: keep(gateway_classes, dropped),
+        api_gateways: keep(api_gateways, dropped),
+        http_routes: keep(http_routes, dropped),
+        grpc_routes: keep(grpc_routes, dropped),
+        tls_routes: keep(tls_routes, dropped),
+        tcp_routes: keep(tcp_routes, dropped),
+        reference_grants: keep(reference_grants, dropped),
+        secrets: keep(secrets, dropped),
+        namespaces: keep(namespaces, dropped),
+        skipped: skipped.clone(),
+        documents: documents.clone(),
+    }
+}
+
+fn keep<T: Kind + Clone>(list: &[Sourced<T>], dropped: &BTreeSet<ObjectRef>) -> Vec<Sourced<T>> {
+    let this_kind = |o: &ObjectRef| o.group == T::GROUP && o.kind == T::KIND;
+    if !dropped.iter().any(this_kind) {
+        return list.to_vec();
+    }
+    list.iter()
+        .filter(|s| !dropped.contains(&s.resource.object_ref()))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "isolate_tests.rs"]
+mod tests;
