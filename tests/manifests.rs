@@ -1,8 +1,9 @@
 //! The Kubernetes manifests in config/kubernetes/, parsed into the API types (k8s-openapi,
 //! Kubernetes 1.33), and the invariants a deployment depends on: probes on the readiness
 //! port, exactly the capabilities the kernel part needs, ports that agree with the example
-//! Gateway and its Service, RBAC that grants what the code watches and writes and nothing
-//! more (rbac.rs), and a ConfigMap that `gatewayd validate` accepts.
+//! Gateway and its Service, gatewayd following the API itself with the downward API's pod
+//! identity, RBAC that grants what the code watches and writes and nothing more (rbac.rs),
+//! and a ConfigMap that `gatewayd validate` accepts.
 
 #[path = "manifests/rbac.rs"]
 mod rbac;
@@ -174,7 +175,7 @@ fn the_daemon_set_runs_on_the_host_network_with_only_the_needed_capabilities() -
     assert_ne!(security.privileged, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
 
-    // Every other container (the config-sync sidecar) drops everything and adds nothing.
+    // Any other container drops everything and adds nothing.
     for container in pod
         .containers
         .iter()
@@ -363,6 +364,55 @@ fn pod_spec(daemon_set: &DaemonSet) -> anyhow::Result<&PodSpec> {
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .context("the DaemonSet has no pod spec")
+}
+
+/// The downward API field an environment variable of the container is taken from.
+fn downward_field<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+    let var = container.env.iter().flatten().find(|v| v.name == name)?;
+    let field = var.value_from.as_ref()?.field_ref.as_ref()?;
+    Some(field.field_path.as_str())
+}
+
+#[test]
+fn gatewayd_follows_the_api_itself_without_a_sidecar() -> anyhow::Result<()> {
+    let m = load()?;
+    let daemon_set = &m.daemon_sets[0];
+    let pod = pod_spec(daemon_set)?;
+    let names: Vec<&str> = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["gatewayd"], "containers besides gatewayd");
+
+    let gatewayd = gatewayd_container(daemon_set)?;
+    let args = gatewayd.args.as_deref().unwrap_or_default();
+    assert!(args.iter().any(|a| a == "--kubernetes"), "{args:?}");
+    // In-cluster config: the pod's own service account, not a kubeconfig file.
+    assert!(!args.iter().any(|a| a == "--kubeconfig"), "{args:?}");
+    assert_ne!(pod.automount_service_account_token, Some(false));
+    // Its namespace (Secrets, the Lease, its pods) is wherever the DaemonSet is applied.
+    assert_eq!(flag_values(gatewayd, "--namespace"), ["$(POD_NAMESPACE)"]);
+
+    for (var, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("NODE_NAME", "spec.nodeName"),
+        ("HOST_IP", "status.hostIP"),
+    ] {
+        assert_eq!(downward_field(gatewayd, var), Some(field), "env {var}");
+    }
+
+    // Secrets come through the API: none is mounted.
+    assert!(
+        !pod.volumes.iter().flatten().any(|v| v.secret.is_some()
+            || v.projected
+                .as_ref()
+                .is_some_and(|p| { p.sources.iter().flatten().any(|s| s.secret.is_some()) })),
+        "a Secret volume"
+    );
+    Ok(())
 }
 
 /// The ConfigMap's configuration, with the NodePort Service as the cluster would supply
