@@ -1,8 +1,12 @@
 //! The Kubernetes manifests in config/kubernetes/, parsed into the API types (k8s-openapi,
 //! Kubernetes 1.33), and the invariants a deployment depends on: probes on the readiness
 //! port, exactly the capabilities the kernel part needs, ports that agree with the example
-//! Gateway and its Service, RBAC bound to the ServiceAccount the pods run as, and a
-//! ConfigMap that `gatewayd validate` accepts.
+//! Gateway and its Service, gatewayd following the API itself with the downward API's pod
+//! identity, RBAC that grants what the code watches and writes and nothing more (rbac.rs),
+//! and a ConfigMap that `gatewayd validate` accepts.
+
+#[path = "manifests/rbac.rs"]
+mod rbac;
 
 use std::{
     collections::BTreeSet,
@@ -14,8 +18,8 @@ use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{ConfigMap, Container, Namespace, Probe, Service, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding},
+        core::v1::{ConfigMap, Container, Namespace, PodSpec, Probe, Service, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -39,6 +43,8 @@ struct Manifests {
     service_accounts: Vec<ServiceAccount>,
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
     config_maps: Vec<ConfigMap>,
     services: Vec<Service>,
     daemon_sets: Vec<DaemonSet>,
@@ -88,6 +94,8 @@ fn load() -> anyhow::Result<Manifests> {
                 "ServiceAccount" => manifests.service_accounts.push(typed(&doc, &origin)?),
                 "ClusterRole" => manifests.cluster_roles.push(typed(&doc, &origin)?),
                 "ClusterRoleBinding" => manifests.cluster_role_bindings.push(typed(&doc, &origin)?),
+                "Role" => manifests.roles.push(typed(&doc, &origin)?),
+                "RoleBinding" => manifests.role_bindings.push(typed(&doc, &origin)?),
                 "ConfigMap" => manifests.config_maps.push(typed(&doc, &origin)?),
                 "Service" => manifests.services.push(typed(&doc, &origin)?),
                 "DaemonSet" => manifests.daemon_sets.push(typed(&doc, &origin)?),
@@ -167,7 +175,7 @@ fn the_daemon_set_runs_on_the_host_network_with_only_the_needed_capabilities() -
     assert_ne!(security.privileged, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
 
-    // Every other container (the config-sync sidecar) drops everything and adds nothing.
+    // Any other container drops everything and adds nothing.
     for container in pod
         .containers
         .iter()
@@ -350,51 +358,60 @@ fn the_node_port_service_agrees_with_the_example_gateway_and_the_pods() -> anyho
     Ok(())
 }
 
-#[test]
-fn rbac_is_read_only_and_bound_to_the_pods_service_account() -> anyhow::Result<()> {
-    let m = load()?;
-    let pod = m.daemon_sets[0]
+fn pod_spec(daemon_set: &DaemonSet) -> anyhow::Result<&PodSpec> {
+    daemon_set
         .spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
-        .context("pod spec")?;
-    let account = pod
-        .service_account_name
-        .as_deref()
-        .context("serviceAccountName")?;
-    assert!(
-        m.service_accounts
-            .iter()
-            .any(|a| a.metadata.name.as_deref() == Some(account))
-    );
-    for binding in &m.cluster_role_bindings {
-        assert!(
-            binding
-                .subjects
-                .iter()
-                .flatten()
-                .all(|s| s.kind == "ServiceAccount" && s.name == account),
-            "{:?} binds someone else",
-            binding.metadata.name
-        );
-        let role = m
-            .cluster_roles
-            .iter()
-            .find(|r| r.metadata.name.as_deref() == Some(binding.role_ref.name.as_str()))
-            .context("the binding names a ClusterRole that is not here")?;
-        for rule in role.rules.iter().flatten() {
-            for verb in &rule.verbs {
-                assert!(
-                    ["get", "list", "watch"].contains(&verb.as_str()),
-                    "verb {verb}"
-                );
-            }
-            assert!(
-                !rule.resources.iter().flatten().any(|r| r == "secrets"),
-                "secrets are mounted, not read"
-            );
-        }
+        .context("the DaemonSet has no pod spec")
+}
+
+/// The downward API field an environment variable of the container is taken from.
+fn downward_field<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+    let var = container.env.iter().flatten().find(|v| v.name == name)?;
+    let field = var.value_from.as_ref()?.field_ref.as_ref()?;
+    Some(field.field_path.as_str())
+}
+
+#[test]
+fn gatewayd_follows_the_api_itself_without_a_sidecar() -> anyhow::Result<()> {
+    let m = load()?;
+    let daemon_set = &m.daemon_sets[0];
+    let pod = pod_spec(daemon_set)?;
+    let names: Vec<&str> = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["gatewayd"], "containers besides gatewayd");
+
+    let gatewayd = gatewayd_container(daemon_set)?;
+    let args = gatewayd.args.as_deref().unwrap_or_default();
+    assert!(args.iter().any(|a| a == "--kubernetes"), "{args:?}");
+    // In-cluster config: the pod's own service account, not a kubeconfig file.
+    assert!(!args.iter().any(|a| a == "--kubeconfig"), "{args:?}");
+    assert_ne!(pod.automount_service_account_token, Some(false));
+    // Its namespace (Secrets, the Lease, its pods) is wherever the DaemonSet is applied.
+    assert_eq!(flag_values(gatewayd, "--namespace"), ["$(POD_NAMESPACE)"]);
+
+    for (var, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("NODE_NAME", "spec.nodeName"),
+        ("HOST_IP", "status.hostIP"),
+    ] {
+        assert_eq!(downward_field(gatewayd, var), Some(field), "env {var}");
     }
+
+    // Secrets come through the API: none is mounted.
+    assert!(
+        !pod.volumes.iter().flatten().any(|v| v.secret.is_some()
+            || v.projected
+                .as_ref()
+                .is_some_and(|p| { p.sources.iter().flatten().any(|s| s.secret.is_some()) })),
+        "a Secret volume"
+    );
     Ok(())
 }
 
