@@ -492,11 +492,14 @@ spec:
     )?;
     let stderr = gateway.stderr();
     assert!(
-        stderr.contains(
-            "VirtualService team-b/broken: spec.http[0].route[0].destination.port.number"
-        ),
+        stderr.contains("object dropped from the configuration")
+            && stderr.contains("VirtualService team-b/broken")
+            && stderr.contains("spec.http[0].route[0].destination.port.number"),
         "{stderr}"
     );
+    let sample =
+        r#"gateway_config_objects_dropped{group="networking.istio.io",kind="VirtualService"}"#;
+    assert_eq!(gateway.metric(sample)?, Some(1.0));
     Ok(())
 }
 
