@@ -10,6 +10,7 @@ mod gateway_api;
 pub mod isolate;
 pub mod report;
 mod routes;
+pub mod status;
 mod tls;
 
 use std::{
@@ -35,12 +36,17 @@ pub use report::Report;
 pub struct Identity {
     pub labels: BTreeMap<String, String>,
     pub namespace: String,
-    /// Gateway API Gateways of this `gatewayClassName` are ours.
+    /// Gateway API Gateways of this `gatewayClassName` are ours...
     pub gateway_class: String,
+    /// ...and so are those of a GatewayClass with this `spec.controllerName`; route
+    /// status entries carry it.
+    pub controller_name: String,
 }
 
 /// Istio's default GatewayClass.
 pub const DEFAULT_GATEWAY_CLASS: &str = "istio";
+/// Our own controller name: not Istio's, so that status does not fight with istiod.
+pub const DEFAULT_CONTROLLER_NAME: &str = "gatewayd.dev/gateway-controller";
 
 /// Istio's defaults: the `istio-ingressgateway` deployment in `istio-system`.
 pub const DEFAULT_SELECTOR: (&str, &str) = ("istio", "ingressgateway");
@@ -57,6 +63,7 @@ impl Default for Identity {
             )]),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             gateway_class: DEFAULT_GATEWAY_CLASS.to_owned(),
+            controller_name: DEFAULT_CONTROLLER_NAME.to_owned(),
         }
     }
 }
@@ -97,6 +104,7 @@ pub fn compile_reusing(
         credentials: Default::default(),
         reusable: previous.map(|(_, memo)| memo),
         memo: RouteMemo::default(),
+        status: Default::default(),
     };
     if let Some((snapshot, _)) = previous {
         // Routes taken from the memo name these clusters by id.
@@ -108,7 +116,8 @@ pub fn compile_reusing(
         compiler.cluster_list = snapshot.clusters.clone();
         compiler.endpoint_lists = snapshot.endpoints.clone();
     }
-    let snapshot = compiler.snapshot();
+    let mut snapshot = compiler.snapshot();
+    snapshot.report = Arc::new(status::build(resources, identity, &compiler.status));
     compiler.stage_credentials();
     let mut diagnostics = compiler.diagnostics;
     resources.locate(&mut diagnostics);
@@ -147,6 +156,8 @@ struct Compiler<'a> {
     reusable: Option<&'a RouteMemo>,
     /// What this compile's VirtualServices gave.
     memo: RouteMemo,
+    /// What Gateway API status will say (`compile::status`).
+    status: status::StatusRecorder,
 }
 
 /// One server's host list entry, `namespace/host` split.
@@ -717,3 +728,7 @@ mod istio_tests;
 #[cfg(test)]
 #[path = "compile/examples_tests.rs"]
 mod examples_tests;
+
+#[cfg(test)]
+#[path = "compile/status_tests.rs"]
+mod status_tests;

@@ -305,22 +305,25 @@ impl ConfigArgs {
 fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     let (snapshot, diagnostics, skipped) = args.compile(&TlsState::default())?;
     print!("{diagnostics}");
-    if diagnostics.has_errors() {
-        // A linter fails on any error; a running gateway would serve around some of them.
-        match args.compile_isolating(&TlsState::default())?.0 {
-            Ok(isolated) => {
-                for d in &isolated.dropped {
-                    println!(
-                        "a running gateway would drop {} ({}): {}",
-                        d.object,
-                        d.object.qualified_kind(),
-                        d.reason()
-                    );
-                }
+    // What a running gateway would serve: Gateway API acceptance as status would say it,
+    // and the objects it would drop (a linter still fails on any error).
+    match args.compile_isolating(&TlsState::default())?.0 {
+        Ok(isolated) => {
+            print!("{}", isolated.snapshot.report);
+            for d in &isolated.dropped {
+                println!(
+                    "a running gateway would drop {} ({}): {}",
+                    d.object,
+                    d.object.qualified_kind(),
+                    d.reason()
+                );
             }
-            Err(_) => println!(
+        }
+        Err(_) => {
+            print!("{}", snapshot.report);
+            println!(
                 "a running gateway would refuse this configuration: some errors name no object (unreadable or invalid YAML, no apiVersion/kind/name)"
-            ),
+            );
         }
     }
     let errors = diagnostics.errors().count();
@@ -358,6 +361,7 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
         return Ok(ExitCode::SUCCESS);
     }
+    print!("{}", snapshot.report);
     for listener in snapshot.listeners.iter() {
         let node_port = listener
             .node_port

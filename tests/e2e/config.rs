@@ -274,6 +274,15 @@ fn validate_and_routes_on_gateway_api_files() -> anyhow::Result<()> {
         stdout.contains("HTTPRoute apps/api: spec.rules[3].backendRefs[0]: Service other/alpha is in another namespace and no ReferenceGrant there allows HTTPRoute from apps (RefNotPermitted)"),
         "{stdout}"
     );
+    // Acceptance as Gateway API status would say it.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("HTTPRoute apps/api: parent ")
+                && l.contains("Accepted=True Accepted")
+                && l.contains("ResolvedRefs=False RefNotPermitted")),
+        "{stdout}"
+    );
 
     // `routes` lists the listener and its rules in match order.
     let out = Command::new(gatewayd_bin())
@@ -308,5 +317,10 @@ fn validate_and_routes_on_gateway_api_files() -> anyhow::Result<()> {
         bad.display()
     );
     assert!(stdout.contains(&want), "expected {want:?} in:\n{stdout}");
+    // A linter fails on any error, and says what a running gateway would do about it.
+    assert!(
+        stdout.contains("a running gateway would drop HTTPRoute apps/api (HTTPRoute.gateway.networking.k8s.io): spec.rules[0].matches[0].path.type: unknown variant `Prefix`"),
+        "{stdout}"
+    );
     Ok(())
 }

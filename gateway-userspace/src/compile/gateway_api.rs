@@ -16,7 +16,10 @@ use std::{
 
 use http::{HeaderName, HeaderValue};
 
-use super::{CLUSTER_DOMAIN, Compiler, covers, intersect_hosts, name_of};
+use super::{
+    CLUSTER_DOMAIN, Compiler, covers, intersect_hosts, name_of,
+    status::{Finding, reason},
+};
 use crate::{
     config::{
         Diagnostic, Kind, Location, ObjectRef, Sourced,
@@ -55,6 +58,7 @@ struct ApiListener<'a> {
     port: u16,
     /// Lowercased; None accepts every host.
     hostname: Option<String>,
+    protocol: &'a str,
     from: FromNamespaces,
     /// Route kinds allowed; empty means the protocol's defaults (HTTPRoute, GRPCRoute).
     kinds: Vec<String>,
@@ -182,7 +186,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn is_our_class(&self, gateway: &ApiGateway) -> bool {
-        gateway.spec.gateway_class_name == self.identity.gateway_class
+        super::status::is_our_class(self.resources, self.identity, gateway)
     }
 
     /// Our Gateways' HTTP listeners; conflicts (the same port and hostname twice) are
@@ -197,6 +201,7 @@ impl<'a> Compiler<'a> {
             let mut names = BTreeSet::new();
             for (index, listener) in gateway.resource.spec.listeners.iter().enumerate() {
                 let field = format!("spec.listeners[{index}]");
+                self.status.listener(&resource, &listener.name);
                 let error = |message: String, sub: &str| {
                     Diagnostic::error(message)
                         .at(gateway.location.clone())
@@ -224,25 +229,31 @@ impl<'a> Compiler<'a> {
                     .iter()
                     .any(|p| listener.protocol.eq_ignore_ascii_case(p))
                 {
+                    let message = format!(
+                        "Gateway API listeners with protocol {} are not served yet (HTTP, HTTPS, TLS and TCP are); this listener is skipped",
+                        listener.protocol
+                    );
+                    self.status.listener(&resource, &listener.name).not_accepted =
+                        Some((reason::UNSUPPORTED_PROTOCOL, message.clone()));
                     self.diagnostics.push(
-                        Diagnostic::warning(format!(
-                            "Gateway API listeners with protocol {} are not served yet (HTTP, HTTPS, TLS and TCP are); this listener is skipped",
-                            listener.protocol
-                        ))
-                        .at(gateway.location.clone())
-                        .object(&resource)
-                        .field(format!("{field}.protocol")),
+                        Diagnostic::warning(message)
+                            .at(gateway.location.clone())
+                            .object(&resource)
+                            .field(format!("{field}.protocol")),
                     );
                     continue;
                 }
                 if taken.contains(&port) {
+                    let message = format!(
+                        "port {port} is already served by an Istio Gateway; this listener is skipped"
+                    );
+                    self.status.listener(&resource, &listener.name).not_accepted =
+                        Some((reason::PORT_UNAVAILABLE, message.clone()));
                     self.diagnostics.push(
-                        Diagnostic::warning(format!(
-                            "port {port} is already served by an Istio Gateway; this listener is skipped"
-                        ))
-                        .at(gateway.location.clone())
-                        .object(&resource)
-                        .field(format!("{field}.port")),
+                        Diagnostic::warning(message)
+                            .at(gateway.location.clone())
+                            .object(&resource)
+                            .field(format!("{field}.port")),
                     );
                     continue;
                 }
@@ -272,6 +283,7 @@ impl<'a> Compiler<'a> {
                         name: &listener.name,
                         port,
                         hostname,
+                        protocol: &listener.protocol,
                         from: allowed.namespaces.from,
                         kinds,
                     },
@@ -280,27 +292,47 @@ impl<'a> Compiler<'a> {
                 ));
             }
         }
-        // Distinct listeners on one port differ in hostname.
-        let mut conflicted = BTreeSet::new();
+        // Distinct listeners on one port differ in hostname, and speak one protocol (HTTPS
+        // and TLS share a port: SNI tells them apart).
+        let mut conflicted = BTreeMap::new();
         for (i, (a, _, _)) in found.iter().enumerate() {
             for (j, (b, _, _)) in found.iter().enumerate().skip(i + 1) {
-                if a.port == b.port && a.hostname == b.hostname {
-                    conflicted.insert(i);
-                    conflicted.insert(j);
+                if a.port != b.port {
+                    continue;
+                }
+                let protocols_agree = a.protocol.eq_ignore_ascii_case(b.protocol)
+                    || [a.protocol, b.protocol]
+                        .iter()
+                        .all(|p| p.eq_ignore_ascii_case("HTTPS") || p.eq_ignore_ascii_case("TLS"));
+                if !protocols_agree {
+                    conflicted.insert(i, reason::PROTOCOL_CONFLICT);
+                    conflicted.insert(j, reason::PROTOCOL_CONFLICT);
+                } else if a.hostname == b.hostname {
+                    conflicted.entry(i).or_insert(reason::HOSTNAME_CONFLICT);
+                    conflicted.entry(j).or_insert(reason::HOSTNAME_CONFLICT);
                 }
             }
         }
         let mut listeners = Vec::new();
         for (index, (listener, location, place)) in found.into_iter().enumerate() {
-            if conflicted.contains(&index) {
-                self.diagnostics.push(
-                    Diagnostic::warning(format!(
-                        "{place}: another listener has the same port {} and hostname {}; conflicted listeners are not served (HostnameConflict)",
+            if let Some(&why) = conflicted.get(&index) {
+                let message = if why == reason::PROTOCOL_CONFLICT {
+                    format!(
+                        "another listener on port {} has a different protocol; conflicted listeners are not served ({why})",
+                        listener.port
+                    )
+                } else {
+                    format!(
+                        "another listener has the same port {} and hostname {}; conflicted listeners are not served ({why})",
                         listener.port,
                         listener.hostname.as_deref().unwrap_or("(any)")
-                    ))
-                    .at(location),
-                );
+                    )
+                };
+                self.status
+                    .listener(&listener.gateway.resource.object_ref(), listener.name)
+                    .conflicted = Some((why, message.clone()));
+                self.diagnostics
+                    .push(Diagnostic::warning(format!("{place}: {message}")).at(location));
                 continue;
             }
             listeners.push(listener);
@@ -379,7 +411,10 @@ impl<'a> Compiler<'a> {
             if !ours {
                 continue;
             }
-            let mut reason = "no listener matches its sectionName/port (NoMatchingParent)";
+            let mut why = (
+                reason::NO_MATCHING_PARENT,
+                "no listener matches its sectionName/port (NoMatchingParent)",
+            );
             let before = attached.len();
             for (l_index, listener) in listeners.iter().enumerate() {
                 let gateway = &listener.gateway.resource.metadata;
@@ -401,24 +436,46 @@ impl<'a> Compiler<'a> {
                     }
                     FromNamespaces::None => false,
                 };
-                let kind_ok = listener.kinds.is_empty()
-                    || listener.kinds.iter().any(|k| k == route.kind.name());
+                // An HTTPRoute never attaches to a TLS or TCP listener, whatever its kinds say.
+                let kind_ok = super::status::kinds_for(listener.protocol)
+                    .contains(&route.kind.name())
+                    && (listener.kinds.is_empty()
+                        || listener.kinds.iter().any(|k| k == route.kind.name()));
                 if !namespace_ok || !kind_ok {
-                    reason = "the listeners' allowedRoutes do not admit it (NotAllowedByListeners)";
+                    why = (
+                        reason::NOT_ALLOWED_BY_LISTENERS,
+                        "the listeners' allowedRoutes do not admit it (NotAllowedByListeners)",
+                    );
                     continue;
                 }
                 let hosts = listener_hosts(listener.hostname.as_deref(), route.hostnames);
                 if hosts.is_empty() {
-                    reason = "none of its hostnames intersects the listeners' hostnames (NoMatchingListenerHostname)";
+                    if why.0 != reason::NOT_ALLOWED_BY_LISTENERS {
+                        why = (
+                            reason::NO_MATCHING_LISTENER_HOSTNAME,
+                            "none of its hostnames intersects the listeners' hostnames (NoMatchingListenerHostname)",
+                        );
+                    }
                     continue;
                 }
+                self.status
+                    .listener(&listener.gateway.resource.object_ref(), listener.name)
+                    .attached
+                    .insert(resource.clone());
                 for host in hosts {
                     if !attached.contains(&(l_index, host.clone())) {
                         attached.push((l_index, host));
                     }
                 }
             }
+            let outcome = if attached.len() == before {
+                Err((why.0, why.1.to_owned()))
+            } else {
+                Ok(())
+            };
+            self.status.parent(&resource, p_index, outcome);
             if attached.len() == before {
+                let reason = why.1;
                 self.diagnostics.push(
                     Diagnostic::warning(format!(
                         "not attached to Gateway {gw_ns}/{}: {reason}",
@@ -649,7 +706,9 @@ impl<'a> Compiler<'a> {
                             cluster,
                             percentage,
                         }),
-                        Err(message) => {
+                        Err((why, message)) => {
+                            self.status
+                                .unresolved(&route.object_ref(), why, message.clone());
                             self.diagnostics.push(
                                 Diagnostic::warning(format!("{message}; not mirrored"))
                                     .at(location.clone())
@@ -694,7 +753,9 @@ impl<'a> Compiler<'a> {
             let weight = backend.backend.weight.unwrap_or(DEFAULT_BACKEND_WEIGHT);
             let cluster = match self.backend_cluster(route, resource, &b_field, &backend.backend) {
                 Ok(cluster) => cluster,
-                Err(message) => {
+                Err((why, message)) => {
+                    self.status
+                        .unresolved(&route.object_ref(), why, message.clone());
                     problems.push((b_index, message.clone()));
                     self.diagnostics.push(
                         Diagnostic::warning(format!(
@@ -768,7 +829,7 @@ impl<'a> Compiler<'a> {
         resource: &ObjectRef,
         field: &str,
         backend: &BackendRef,
-    ) -> Result<Arc<Cluster>, String> {
+    ) -> Result<Arc<Cluster>, Finding> {
         let group = backend.group.as_deref().unwrap_or_default();
         let kind = backend.kind.as_deref().unwrap_or("Service");
         let route_ns = route.meta.namespace();
@@ -778,10 +839,13 @@ impl<'a> Compiler<'a> {
             ("", "Service") => {
                 if namespace != route_ns && !self.reference_granted(route, namespace, &backend.name)
                 {
-                    return Err(format!(
-                        "Service {namespace}/{} is in another namespace and no ReferenceGrant there allows {} from {route_ns} (RefNotPermitted)",
-                        backend.name,
-                        route.kind.name()
+                    return Err((
+                        reason::REF_NOT_PERMITTED,
+                        format!(
+                            "Service {namespace}/{} is in another namespace and no ReferenceGrant there allows {} from {route_ns} (RefNotPermitted)",
+                            backend.name,
+                            route.kind.name()
+                        ),
                     ));
                 }
                 let exists = self.resources.services.iter().any(|s| {
@@ -789,20 +853,28 @@ impl<'a> Compiler<'a> {
                         && s.resource.metadata.namespace() == namespace
                 });
                 if !exists {
-                    return Err(format!(
-                        "no Service {namespace}/{} (BackendNotFound)",
-                        backend.name
+                    return Err((
+                        reason::BACKEND_NOT_FOUND,
+                        format!("no Service {namespace}/{} (BackendNotFound)", backend.name),
                     ));
                 }
                 if port.is_none() {
-                    return Err("a Service backendRef needs a port".to_owned());
+                    // The API server's validation rejects this; without it, no port means
+                    // no backend to reach.
+                    return Err((
+                        reason::BACKEND_NOT_FOUND,
+                        "a Service backendRef needs a port".to_owned(),
+                    ));
                 }
                 format!("{}.{namespace}.{CLUSTER_DOMAIN}", backend.name)
             }
             (ISTIO_GROUP, "Hostname") => backend.name.clone(),
             _ => {
-                return Err(format!(
-                    "backend kind {kind} (group {group:?}) is not supported: expected a Service, or an Istio Hostname (InvalidKind)"
+                return Err((
+                    reason::INVALID_KIND,
+                    format!(
+                        "backend kind {kind} (group {group:?}) is not supported: expected a Service, or an Istio Hostname (InvalidKind)"
+                    ),
                 ));
             }
         };

@@ -101,7 +101,9 @@ pub fn compile_isolating(
                 .into_iter()
                 .map(|(object, errors)| DroppedObject { object, errors })
                 .collect();
-            std::sync::Arc::make_mut(&mut snapshot.report).dropped = dropped.clone();
+            let report = std::sync::Arc::make_mut(&mut snapshot.report);
+            report.dropped = dropped.clone();
+            super::status::add_dropped(report, resources, identity);
             return Ok(Isolated {
                 snapshot,
                 diagnostics: kept,

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::{
     Compiler, PortServers, binds, gateway_api::GATEWAY_API_GROUP, intersect_hosts, name_of,
+    status::reason,
 };
 use crate::{
     config::{
@@ -718,6 +719,10 @@ impl<'a> Compiler<'a> {
                     .map_or_else(|| "*".to_owned(), str::to_ascii_lowercase);
                 let mode = listener.tls.as_ref().and_then(|t| t.mode);
                 if mode != Some(ApiTlsMode::Passthrough) {
+                    self.status.listener(&resource, &listener.name).not_accepted = Some((
+                        reason::UNSUPPORTED_VALUE,
+                        "TLS listeners are served with tls.mode Passthrough".to_owned(),
+                    ));
                     self.diagnostics.push(
                         Diagnostic::warning(
                             "TLS listeners are served with tls.mode Passthrough (TLSRoute); this listener is skipped",
@@ -753,6 +758,10 @@ impl<'a> Compiler<'a> {
                 };
             let tls = listener.tls.clone().unwrap_or_default();
             if tls.mode == Some(ApiTlsMode::Passthrough) {
+                self.status.listener(&resource, &listener.name).not_accepted = Some((
+                    reason::UNSUPPORTED_VALUE,
+                    "an HTTPS listener terminates TLS (Passthrough needs protocol TLS)".to_owned(),
+                ));
                 warn(
                     &mut self.diagnostics,
                     "an HTTPS listener terminates TLS (Passthrough needs protocol TLS); this listener is skipped".into(),
@@ -769,6 +778,12 @@ impl<'a> Compiler<'a> {
                 let kind_ok = reference.group.as_deref().unwrap_or("").is_empty()
                     && reference.kind.as_deref().unwrap_or("Secret") == "Secret";
                 if !kind_ok {
+                    self.listener_unresolved(
+                        &resource,
+                        &listener.name,
+                        reason::INVALID_CERTIFICATE_REF,
+                        format!("certificateRefs[{ref_index}] is not a core Secret"),
+                    );
                     warn(
                         &mut self.diagnostics,
                         "only core Secrets are served as certificates; this reference is skipped"
@@ -781,6 +796,15 @@ impl<'a> Compiler<'a> {
                 if namespace != gw_namespace
                     && !self.secret_reference_granted(gw_namespace, namespace, &reference.name)
                 {
+                    self.listener_unresolved(
+                        &resource,
+                        &listener.name,
+                        reason::REF_NOT_PERMITTED,
+                        format!(
+                            "Secret {namespace}/{} is in another namespace and no ReferenceGrant there allows it",
+                            reference.name
+                        ),
+                    );
                     warn(
                         &mut self.diagnostics,
                         format!(
@@ -803,6 +827,12 @@ impl<'a> Compiler<'a> {
                     .field(format!("{field}{sub}"));
                 let Some(secret) = secret else {
                     let what = format!("{credential} not found");
+                    self.listener_unresolved(
+                        &resource,
+                        &listener.name,
+                        reason::INVALID_CERTIFICATE_REF,
+                        what.clone(),
+                    );
                     self.credential_missing(
                         credential,
                         &server_name,
@@ -815,6 +845,7 @@ impl<'a> Compiler<'a> {
                 let loaded = certs::secret_certified_key(&secret.resource, &provider)
                     .map(Credential::Served)
                     .map_err(|e| e.to_string());
+                let unusable = format!("{credential} does not hold a usable certificate and key");
                 if let Some(Credential::Served(key)) = self.credential(
                     credential,
                     &server_name,
@@ -824,9 +855,19 @@ impl<'a> Compiler<'a> {
                     &mut served,
                 ) {
                     certificates.push(key);
+                } else {
+                    self.listener_unresolved(
+                        &resource,
+                        &listener.name,
+                        reason::INVALID_CERTIFICATE_REF,
+                        unusable,
+                    );
                 }
             }
             if certificates.is_empty() {
+                self.status
+                    .listener(&resource, &listener.name)
+                    .not_programmed = Some("no usable certificateRefs".to_owned());
                 warn(
                     &mut self.diagnostics,
                     "no usable certificateRefs: this listener is not served (the others are)"
@@ -846,6 +887,9 @@ impl<'a> Compiler<'a> {
             let config = match server_config::build(settings, &self.tls.sessions) {
                 Ok(config) => config,
                 Err(e) => {
+                    self.status
+                        .listener(&resource, &listener.name)
+                        .not_programmed = Some(e.to_string());
                     warn(&mut self.diagnostics, e.to_string(), "");
                     continue;
                 }
@@ -891,14 +935,16 @@ impl<'a> Compiler<'a> {
         let mut routes = Vec::new();
         for route in &self.resources.tls_routes {
             let meta = &route.resource.metadata;
-            if !attaches(
+            let parents = attaching_parents(
                 &route.resource.spec.parent_refs,
                 meta.namespace(),
                 gateway,
                 listener,
-            ) {
+            );
+            if parents.is_empty() {
                 continue;
             }
+            let object = route.resource.object_ref();
             let wanted: Vec<String> = if route.resource.spec.hostnames.is_empty() {
                 vec!["*".to_owned()]
             } else {
@@ -909,8 +955,19 @@ impl<'a> Compiler<'a> {
                 .filter_map(|h| intersect_hosts(h, listener_host))
                 .collect();
             if sni_hosts.is_empty() {
+                for &index in &parents {
+                    self.status.parent(
+                        &object,
+                        index,
+                        Err((
+                            reason::NO_MATCHING_LISTENER_HOSTNAME,
+                            format!("none of its hostnames is accepted by listener {listener}"),
+                        )),
+                    );
+                }
                 continue;
             }
+            self.attached(&object, &parents, gateway, listener);
             let clusters = self.api_backends(
                 &route.resource.spec.rules,
                 meta,
@@ -933,12 +990,14 @@ impl<'a> Compiler<'a> {
     ) -> Vec<WeightedCluster> {
         for route in &self.resources.tcp_routes {
             let meta = &route.resource.metadata;
-            if attaches(
+            let parents = attaching_parents(
                 &route.resource.spec.parent_refs,
                 meta.namespace(),
                 gateway,
                 listener,
-            ) {
+            );
+            if !parents.is_empty() {
+                self.attached(&route.resource.object_ref(), &parents, gateway, listener);
                 return self.api_backends(
                     &route.resource.spec.rules,
                     meta,
@@ -988,6 +1047,17 @@ impl<'a> Compiler<'a> {
                         })
                 });
             if !is_service || !granted || backend.port.is_none() {
+                let (why, message) = if !is_service {
+                    (reason::INVALID_KIND, "a backend must be a Service")
+                } else if !granted {
+                    (
+                        reason::REF_NOT_PERMITTED,
+                        "the Service is in another namespace and no ReferenceGrant there allows it",
+                    )
+                } else {
+                    (reason::BACKEND_NOT_FOUND, "a Service backend needs a port")
+                };
+                self.status.unresolved(&resource, why, message.to_owned());
                 self.diagnostics.push(
                     Diagnostic::warning(
                         "a backend must be a Service with a port, in the route's namespace or granted by a ReferenceGrant; skipped",
@@ -1055,22 +1125,59 @@ fn server_name(server: &ServerRef<'_>) -> String {
     format!("{} {}", server.resource, server.field)
 }
 
-/// Does a route's `parentRefs` name this Gateway, and this listener (by `sectionName`)
-/// or every listener?
-fn attaches(
+/// The parentRefs (by index) that name this Gateway, and this listener (by `sectionName`)
+/// or every listener.
+fn attaching_parents(
     parents: &[ParentReference],
     route_namespace: &str,
     gateway: &Sourced<ApiGateway>,
     listener: &str,
-) -> bool {
+) -> Vec<usize> {
     let meta = &gateway.resource.metadata;
-    parents.iter().any(|parent| {
-        parent.group.as_deref().unwrap_or(GATEWAY_API_GROUP) == GATEWAY_API_GROUP
-            && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-            && parent.name == meta.name
-            && parent.namespace.as_deref().unwrap_or(route_namespace) == meta.namespace()
-            && parent.section_name.as_deref().is_none_or(|s| s == listener)
-    })
+    parents
+        .iter()
+        .enumerate()
+        .filter(|(_, parent)| {
+            parent.group.as_deref().unwrap_or(GATEWAY_API_GROUP) == GATEWAY_API_GROUP
+                && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+                && parent.name == meta.name
+                && parent.namespace.as_deref().unwrap_or(route_namespace) == meta.namespace()
+                && parent.section_name.as_deref().is_none_or(|s| s == listener)
+        })
+        .map(|(index, _)| index)
+        .collect()
+}
+
+impl Compiler<'_> {
+    /// A TLSRoute or TCPRoute is served on `listener` through `parents`.
+    fn attached(
+        &mut self,
+        route: &ObjectRef,
+        parents: &[usize],
+        gateway: &Sourced<ApiGateway>,
+        listener: &str,
+    ) {
+        for &index in parents {
+            self.status.parent(route, index, Ok(()));
+        }
+        self.status
+            .listener(&gateway.resource.object_ref(), listener)
+            .attached
+            .insert(route.clone());
+    }
+
+    fn listener_unresolved(
+        &mut self,
+        gateway: &ObjectRef,
+        listener: &str,
+        reason: &'static str,
+        message: String,
+    ) {
+        self.status
+            .listener(gateway, listener)
+            .unresolved
+            .get_or_insert((reason, message));
+    }
 }
 
 #[cfg(test)]
