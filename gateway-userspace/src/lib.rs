@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection_pool;
 pub mod connections;
 pub mod ebpf;
+pub mod kubernetes;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;

@@ -1,0 +1,7 @@
+//! Following a Kubernetes cluster: leader election and the Gateway API status writer.
+
+pub mod lease;
+pub mod status_writer;
+
+#[cfg(test)]
+mod test_apiserver;
