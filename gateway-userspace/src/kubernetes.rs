@@ -2,6 +2,3 @@
 
 pub mod lease;
 pub mod status_writer;
-
-#[cfg(test)]
-mod test_apiserver;

@@ -8,9 +8,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::{Elector, Timing, held_by_other, next_record};
-use crate::kubernetes::test_apiserver::TestApiServer;
+use fake_apiserver::{FakeApi, Options};
 
-const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/gateway/leases/status-leader";
+const LEASES: &str = "coordination.k8s.io/v1";
 
 /// Short periods so that take-overs happen within the test; the ratios are client-go's.
 const FAST: Timing = Timing {
@@ -127,19 +127,15 @@ fn taking_over_starts_a_new_term_and_renewing_keeps_it() {
 
 /// Runs an elector until the returned sender fires (or is dropped).
 fn spawn(
-    server: &TestApiServer,
+    api: &FakeApi,
     identity: &str,
 ) -> (
     watch::Receiver<bool>,
     oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (elector, leader) = Elector::new(
-        server.client(),
-        "gateway",
-        "status-leader",
-        identity.to_owned(),
-    );
+    let (elector, leader) =
+        Elector::new(client(api), "gateway", "status-leader", identity.to_owned());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(elector.with_timing(FAST).run(async move {
         let _ = stopped.await;
@@ -154,8 +150,16 @@ async fn until(leader: &mut watch::Receiver<bool>, leading: bool) {
         .expect("elector gone");
 }
 
-fn holder(server: &TestApiServer) -> String {
-    let lease = server.get(LEASE_PATH).expect("the lease exists");
+fn client(api: &FakeApi) -> kube::Client {
+    kube::Client::try_from(kube::Config::new(api.url().parse().expect("url"))).expect("client")
+}
+
+fn lease(api: &FakeApi) -> Option<serde_json::Value> {
+    api.get(LEASES, "Lease", "gateway", "status-leader")
+}
+
+fn holder(api: &FakeApi) -> String {
+    let lease = lease(api).expect("the lease exists");
     lease["spec"]["holderIdentity"]
         .as_str()
         .unwrap_or_default()
@@ -164,10 +168,12 @@ fn holder(server: &TestApiServer) -> String {
 
 #[tokio::test]
 async fn the_first_candidate_creates_the_lease_and_leads() {
-    let server = TestApiServer::start().await;
-    let (mut leader, stop, task) = spawn(&server, "pod-a");
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
+    let (mut leader, stop, task) = spawn(&api, "pod-a");
     until(&mut leader, true).await;
-    let lease = server.get(LEASE_PATH).expect("created");
+    let lease = lease(&api).expect("created");
     assert_eq!(lease["spec"]["holderIdentity"], json!("pod-a"));
     assert_eq!(lease["spec"]["leaseDurationSeconds"], json!(2));
     assert_eq!(lease["spec"]["leaseTransitions"], json!(0));
@@ -177,52 +183,58 @@ async fn the_first_candidate_creates_the_lease_and_leads() {
 
 #[tokio::test]
 async fn of_two_candidates_one_leads_and_the_other_takes_over_when_it_releases() {
-    let server = TestApiServer::start().await;
-    let (mut a, stop_a, task_a) = spawn(&server, "pod-a");
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
+    let (mut a, stop_a, task_a) = spawn(&api, "pod-a");
     until(&mut a, true).await;
-    let (mut b, stop_b, task_b) = spawn(&server, "pod-b");
+    let (mut b, stop_b, task_b) = spawn(&api, "pod-b");
     // b keeps reading a renewed lease: it must not lead while a renews.
-    while server.count("GET /apis/coordination.k8s.io") < 6 {
+    while api.requests().iter().filter(|r| r.verb == "get").count() < 6 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!*b.borrow(), "b leads while a renews");
     assert!(*a.borrow());
-    assert_eq!(holder(&server), "pod-a");
+    assert_eq!(holder(&api), "pod-a");
 
     stop_a.send(()).expect("a runs");
     task_a.await.expect("a");
     assert!(!*a.borrow(), "a still leads after shutdown");
     until(&mut b, true).await;
-    let lease = server.get(LEASE_PATH).expect("lease");
+    let lease = lease(&api).expect("lease");
     assert_eq!(lease["spec"]["holderIdentity"], json!("pod-b"));
     assert_eq!(lease["spec"]["leaseTransitions"], json!(1));
     drop(stop_b);
     task_b.await.expect("b");
-    assert_eq!(holder(&server), "", "b released the lease on shutdown");
+    assert_eq!(holder(&api), "", "b released the lease on shutdown");
 }
 
 #[tokio::test]
 async fn a_leader_that_stops_renewing_is_replaced_after_the_lease_expires() {
-    let server = TestApiServer::start().await;
-    let (mut a, _stop_a, task_a) = spawn(&server, "pod-a");
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
+    let (mut a, _stop_a, task_a) = spawn(&api, "pod-a");
     until(&mut a, true).await;
-    let (mut b, stop_b, task_b) = spawn(&server, "pod-b");
+    let (mut b, stop_b, task_b) = spawn(&api, "pod-b");
     // Killed: no release.
     task_a.abort();
     until(&mut b, true).await;
-    assert_eq!(holder(&server), "pod-b");
+    assert_eq!(holder(&api), "pod-b");
     drop(stop_b);
     task_b.await.expect("b");
 }
 
 #[tokio::test]
 async fn a_leader_that_cannot_renew_within_the_deadline_stops_leading() {
-    let server = TestApiServer::start().await;
-    let (mut a, stop, task) = spawn(&server, "pod-a");
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
+    let (mut a, stop, task) = spawn(&api, "pod-a");
     until(&mut a, true).await;
-    server.fail_with(Some(500));
+    api.fail(LEASES, "Lease", Some(500)).expect("a served kind");
     until(&mut a, false).await;
-    server.fail_with(None);
+    api.fail(LEASES, "Lease", None).expect("a served kind");
     until(&mut a, true).await;
     drop(stop);
     task.await.expect("elector");
@@ -230,7 +242,9 @@ async fn a_leader_that_cannot_renew_within_the_deadline_stops_leading() {
 
 #[tokio::test]
 async fn a_lease_held_by_someone_who_renews_is_never_taken() {
-    let server = TestApiServer::start().await;
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
     let lease = |renewed: i64| {
         json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -239,15 +253,15 @@ async fn a_lease_held_by_someone_who_renews_is_never_taken() {
                      "renewTime": format!("2026-01-01T00:00:{:02}.000000Z", renewed % 60)},
         })
     };
-    server.put(LEASE_PATH, lease(0));
-    let (b, stop, task) = spawn(&server, "pod-b");
+    api.apply(lease(0)).expect("a lease");
+    let (b, stop, task) = spawn(&api, "pod-b");
     // Renew every 500 ms for longer than two lease durations.
     for renewal in 1..=10 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        server.put(LEASE_PATH, lease(renewal));
+        api.apply(lease(renewal)).expect("a lease");
         assert!(!*b.borrow(), "took a lease that was being renewed");
     }
     drop(stop);
     task.await.expect("elector");
-    assert_eq!(holder(&server), "pod-z", "released a lease it did not hold");
+    assert_eq!(holder(&api), "pod-z", "released a lease it did not hold");
 }

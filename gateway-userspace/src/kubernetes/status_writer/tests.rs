@@ -9,11 +9,10 @@ use super::{
     Condition, Desired, DesiredStatus, ParentRef, RouteParentStatus, StatusWriter, WriteSummary,
     gateway_api_resource,
 };
-use crate::kubernetes::test_apiserver::TestApiServer;
+use fake_apiserver::{FakeApi, Options};
 
 const OURS: &str = "gatewayd.dev/gateway-controller";
-const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/apps/httproutes/web";
-const CLASS: &str = "/apis/gateway.networking.k8s.io/v1/gatewayclasses/gatewayd";
+const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
 
 fn istio_parent() -> Value {
     json!({
@@ -86,16 +85,31 @@ fn our_parents(object: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+fn client(api: &FakeApi) -> kube::Client {
+    kube::Client::try_from(kube::Config::new(api.url().parse().expect("url"))).expect("client")
+}
+
+fn route(api: &FakeApi) -> Option<Value> {
+    api.get(GATEWAY_API, "HTTPRoute", "apps", "web")
+}
+
+fn puts(api: &FakeApi) -> usize {
+    api.requests().iter().filter(|r| r.method == "PUT").count()
+}
+
 fn leading() -> (watch::Sender<bool>, watch::Receiver<bool>) {
     watch::channel(true)
 }
 
 #[tokio::test]
 async fn a_route_gets_our_parent_beside_others_and_the_same_status_is_not_written_again() {
-    let server = TestApiServer::start().await;
-    server.put(ROUTE, route_object(vec![istio_parent()]));
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
+    api.apply(route_object(vec![istio_parent()]))
+        .expect("stored");
     let (_leader, leader_rx) = leading();
-    let mut writer = StatusWriter::new(server.client(), OURS, leader_rx);
+    let mut writer = StatusWriter::new(client(&api), OURS, leader_rx);
 
     let summary = writer.apply(&[route_status(true, None)]).await;
     assert_eq!(
@@ -105,7 +119,7 @@ async fn a_route_gets_our_parent_beside_others_and_the_same_status_is_not_writte
             ..WriteSummary::default()
         }
     );
-    let route = server.get(ROUTE).expect("the route");
+    let route = route(&api).expect("the route");
     assert_eq!(
         route["status"]["parents"][0],
         istio_parent(),
@@ -122,7 +136,7 @@ async fn a_route_gets_our_parent_beside_others_and_the_same_status_is_not_writte
     );
 
     // From the object as the watch would deliver it now: no request at all.
-    let puts = server.count("PUT");
+    let writes = puts(&api);
     let summary = writer
         .apply(&[route_status(true, Some(route.clone()))])
         .await;
@@ -136,7 +150,7 @@ async fn a_route_gets_our_parent_beside_others_and_the_same_status_is_not_writte
     // Without it: one GET, no PUT.
     let summary = writer.apply(&[route_status(true, None)]).await;
     assert_eq!(summary.unchanged, 1);
-    assert_eq!(server.count("PUT"), puts);
+    assert_eq!(puts(&api), writes);
 
     let metrics = writer.metrics();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -155,13 +169,16 @@ async fn a_route_gets_our_parent_beside_others_and_the_same_status_is_not_writte
 
 #[tokio::test]
 async fn a_stale_copy_conflicts_once_and_the_write_lands_on_the_fresh_object() {
-    let server = TestApiServer::start().await;
-    server.put(ROUTE, route_object(vec![]));
-    let stale = server.get(ROUTE).expect("the route");
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
+    api.apply(route_object(vec![])).expect("stored");
+    let stale = route(&api).expect("the route");
     // Another controller writes its entry after our copy was taken.
-    server.put(ROUTE, route_object(vec![istio_parent()]));
+    api.apply(route_object(vec![istio_parent()]))
+        .expect("stored");
     let (_leader, leader_rx) = leading();
-    let mut writer = StatusWriter::new(server.client(), OURS, leader_rx);
+    let mut writer = StatusWriter::new(client(&api), OURS, leader_rx);
 
     let summary = writer.apply(&[route_status(false, Some(stale))]).await;
     assert_eq!(
@@ -171,7 +188,7 @@ async fn a_stale_copy_conflicts_once_and_the_write_lands_on_the_fresh_object() {
             ..WriteSummary::default()
         }
     );
-    let route = server.get(ROUTE).expect("the route");
+    let route = route(&api).expect("the route");
     assert_eq!(
         route["status"]["parents"][0],
         istio_parent(),
@@ -181,22 +198,22 @@ async fn a_stale_copy_conflicts_once_and_the_write_lands_on_the_fresh_object() {
         our_parents(&route)[0]["conditions"][0]["reason"],
         json!("NotAllowedByListeners")
     );
-    assert_eq!(server.count("PUT"), 2, "one conflict, one retry");
+    assert_eq!(puts(&api), 2, "one conflict, one retry");
 }
 
 #[tokio::test]
 async fn objects_that_are_gone_are_skipped_and_cluster_scoped_classes_are_written() {
-    let server = TestApiServer::start().await;
-    server.put(
-        CLASS,
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-            "metadata": {"name": "gatewayd", "generation": 1},
-            "spec": {"controllerName": OURS},
-        }),
-    );
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "gatewayd", "generation": 1},
+        "spec": {"controllerName": OURS},
+    }))
+    .expect("stored");
     let (_leader, leader_rx) = leading();
-    let mut writer = StatusWriter::new(server.client(), OURS, leader_rx);
+    let mut writer = StatusWriter::new(client(&api), OURS, leader_rx);
     let summary = writer
         .apply(&[route_status(true, None), class_status(true)])
         .await;
@@ -208,7 +225,9 @@ async fn objects_that_are_gone_are_skipped_and_cluster_scoped_classes_are_writte
             ..WriteSummary::default()
         }
     );
-    let class = server.get(CLASS).expect("the class");
+    let class = api
+        .get(GATEWAY_API, "GatewayClass", "", "gatewayd")
+        .expect("the class");
     assert_eq!(class["status"]["conditions"][0]["type"], json!("Accepted"));
     assert_eq!(
         class["status"]["conditions"][0]["observedGeneration"],
@@ -218,10 +237,12 @@ async fn objects_that_are_gone_are_skipped_and_cluster_scoped_classes_are_writte
 
 #[tokio::test]
 async fn a_follower_writes_nothing_and_an_outage_counts_errors() {
-    let server = TestApiServer::start().await;
-    server.put(ROUTE, route_object(vec![]));
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
+    api.apply(route_object(vec![])).expect("stored");
     let (leader, leader_rx) = watch::channel(false);
-    let mut writer = StatusWriter::new(server.client(), OURS, leader_rx);
+    let mut writer = StatusWriter::new(client(&api), OURS, leader_rx);
     let summary = writer
         .apply(&[route_status(true, None), class_status(true)])
         .await;
@@ -233,13 +254,14 @@ async fn a_follower_writes_nothing_and_an_outage_counts_errors() {
         }
     );
     assert!(
-        server.requests().is_empty(),
+        api.requests().is_empty(),
         "a follower asked the API server: {:?}",
-        server.requests()
+        api.requests()
     );
 
     leader.send_replace(true);
-    server.fail_with(Some(500));
+    api.fail(GATEWAY_API, "HTTPRoute", Some(500))
+        .expect("a served kind");
     let summary = writer.apply(&[route_status(true, None)]).await;
     assert_eq!(
         summary,
@@ -250,10 +272,10 @@ async fn a_follower_writes_nothing_and_an_outage_counts_errors() {
     );
 }
 
-async fn until_written(server: &TestApiServer, accepted: &str) {
+async fn until_written(api: &FakeApi, accepted: &str) {
     let wait = async {
         loop {
-            let status = server.get(ROUTE).map(|route| our_parents(&route));
+            let status = route(api).map(|route| our_parents(&route));
             if status.is_some_and(|ours| {
                 ours.first()
                     .is_some_and(|p| p["conditions"][0]["status"] == json!(accepted))
@@ -270,10 +292,12 @@ async fn until_written(server: &TestApiServer, accepted: &str) {
 
 #[tokio::test]
 async fn run_writes_when_leadership_is_gained_and_when_the_desired_status_changes() {
-    let server = TestApiServer::start().await;
-    server.put(ROUTE, route_object(vec![]));
+    let api = FakeApi::start(Options::default())
+        .await
+        .expect("fake API server");
+    api.apply(route_object(vec![])).expect("stored");
     let (leader, leader_rx) = watch::channel(false);
-    let writer = StatusWriter::new(server.client(), OURS, leader_rx);
+    let writer = StatusWriter::new(client(&api), OURS, leader_rx);
     let (desired, desired_rx) = watch::channel(Arc::new(vec![route_status(true, None)]));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(writer.run(desired_rx, async move {
@@ -281,9 +305,9 @@ async fn run_writes_when_leadership_is_gained_and_when_the_desired_status_change
     }));
 
     leader.send_replace(true);
-    until_written(&server, "True").await;
+    until_written(&api, "True").await;
     desired.send_replace(Arc::new(vec![route_status(false, None)]));
-    until_written(&server, "False").await;
+    until_written(&api, "False").await;
 
     stop.send(()).expect("running");
     task.await.expect("writer");
