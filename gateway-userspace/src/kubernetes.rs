@@ -3,10 +3,14 @@
 //! store current, and the store wakes the same reload loop that file changes do. Objects
 //! are parsed one at a time through the loader's own types, so one malformed object is
 //! one diagnostic, never a failed watch of its kind. A watch that breaks keeps what it
-//! had: the last good snapshot serves through an API server outage.
+//! had: the last good snapshot serves through an API server outage. Status flows back the
+//! other way: the leader among the gateway's pods (`lease`) writes Gateway API status
+//! (`status_writer`) from each compile's report.
 
 pub mod discovery;
 pub mod kinds;
+pub mod lease;
+pub mod status_writer;
 pub mod store;
 pub mod watch;
 
