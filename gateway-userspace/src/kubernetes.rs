@@ -10,6 +10,7 @@
 pub mod discovery;
 pub mod kinds;
 pub mod lease;
+pub mod status;
 pub mod status_writer;
 pub mod store;
 pub mod watch;

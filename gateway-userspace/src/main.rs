@@ -22,7 +22,13 @@ use gateway::{
     config::{self, Diagnostics},
     connections,
     ebpf::{EbpfMode, KernelHook, KernelPath},
-    kubernetes::{self, WatchOptions, store::ClusterStore},
+    kubernetes::{
+        self, WatchOptions,
+        lease::{self, Elector},
+        status::{self, Owner},
+        status_writer::StatusWriter,
+        store::ClusterStore,
+    },
     listeners::ListenerSet,
     logging::{self, LogLevel},
     metrics::{InterfaceLabels, Metrics, SharedKernelPath},
@@ -110,6 +116,10 @@ struct ConfigArgs {
     /// GatewayClass whose Gateway API Gateways are ours.
     #[arg(long, default_value = compile::DEFAULT_GATEWAY_CLASS)]
     gateway_class: String,
+    /// GatewayClasses whose spec.controllerName is this are ours too; route status
+    /// entries carry it.
+    #[arg(long, default_value = compile::DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
 }
 
 #[derive(Args)]
@@ -189,10 +199,22 @@ struct RunArgs {
     /// Log as JSON lines instead of human-readable text (on stderr).
     #[arg(long)]
     log_json: bool,
+    /// With --kubernetes: write Gateway API status (only the pod holding the Lease writes).
+    #[arg(long, value_enum, default_value_t = StatusMode::On)]
+    status: StatusMode,
+    /// The Lease (in the gateway's namespace) that elects the pod writing status.
+    #[arg(long, default_value = lease::DEFAULT_LEASE_NAME)]
+    lease_name: String,
     /// Threads serving traffic (default: one per CPU); 1 for comparisons with
     /// single-worker nginx/HAProxy.
     #[arg(long, value_name = "N")]
     worker_threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StatusMode {
+    On,
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -216,6 +238,7 @@ impl ConfigArgs {
         let mut identity = Identity {
             namespace: self.namespace.clone(),
             gateway_class: self.gateway_class.clone(),
+            controller_name: self.controller_name.clone(),
             ..Identity::default()
         };
         if !self.selectors.is_empty() {
@@ -245,8 +268,11 @@ impl ConfigArgs {
 
     /// Starts following the cluster into `store` and waits for the first list of every
     /// kind it serves.
-    async fn follow_cluster(&self, store: Arc<ClusterStore>) -> anyhow::Result<()> {
-        let client = kubernetes::client(self.kubeconfig.as_ref()).await?;
+    async fn follow_cluster(
+        &self,
+        client: kube::Client,
+        store: Arc<ClusterStore>,
+    ) -> anyhow::Result<()> {
         tokio::spawn(kubernetes::follow(
             client,
             self.watch_options(),
@@ -277,9 +303,13 @@ impl ConfigArgs {
                 .build()?;
             let store = Arc::new(ClusterStore::new(|| {}));
             runtime.block_on(async {
-                tokio::time::timeout(CLUSTER_LIST_TIMEOUT, self.follow_cluster(store.clone()))
-                    .await
-                    .context("listing the cluster's objects took too long")?
+                let client = kubernetes::client(self.kubeconfig.as_ref()).await?;
+                tokio::time::timeout(
+                    CLUSTER_LIST_TIMEOUT,
+                    self.follow_cluster(client, store.clone()),
+                )
+                .await
+                .context("listing the cluster's objects took too long")?
             })?;
             let (objects, more) = store.resources();
             resources.append(objects);
@@ -436,6 +466,9 @@ fn routes(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
 /// How long `validate --kubernetes` and `routes --kubernetes` wait for the cluster.
 const CLUSTER_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long releasing the status Lease may take at exit.
+const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long the access log may take to reach stdout at exit.
 const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
 
@@ -472,7 +505,32 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     // reloaded once the reload loop runs, and SIGHUP is handled from here on.
     let changes = ChangeWatch::start(&[args.config.config.as_slice(), &args.watch].concat())?;
     let kernel: SharedKernelPath = Arc::new(Mutex::new(None));
-    let metrics = Arc::new(Metrics::new(kernel.clone()));
+    let mut metrics = Metrics::new(kernel.clone());
+    let client = match args.config.kubernetes {
+        true => Some(kubernetes::client(args.config.kubeconfig.as_ref()).await?),
+        false => None,
+    };
+    // Status: every pod runs the election; only the leader writes.
+    let status_parts = match (&client, args.status) {
+        (Some(client), StatusMode::On) => {
+            let (elector, leader) = Elector::new(
+                client.clone(),
+                &args.config.namespace,
+                &args.lease_name,
+                lease::default_identity(),
+            );
+            metrics.registry.register(
+                "gateway_status_leader",
+                "1 while this pod holds the Lease that elects the Gateway API status writer",
+                elector.leader_gauge(),
+            );
+            let writer = StatusWriter::new(client.clone(), &args.config.controller_name, leader);
+            writer.metrics().register(&mut metrics.registry);
+            Some((elector, writer))
+        }
+        _ => None,
+    };
+    let metrics = Arc::new(metrics);
     let limits = limits(&args);
     // Probes and metrics answer from the start, with nothing to serve yet (readiness 503
     // until the first configuration is compiled and its listeners bound).
@@ -507,8 +565,10 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
             .with_context(|| format!("binding {surface:?} endpoint {addr}"))?;
         tokio::spawn(admin::serve(listener, surface, admin_state.clone()));
     }
-    if let Some(store) = &source.cluster {
-        args.config.follow_cluster(store.clone()).await?;
+    if let (Some(store), Some(client)) = (&source.cluster, &client) {
+        args.config
+            .follow_cluster(client.clone(), store.clone())
+            .await?;
     }
     let (snapshot, diagnostics) = match source.compile() {
         Ok(compiled) => compiled,
@@ -585,6 +645,28 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         }
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let stopping = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (reports, reports_rx) = watch::channel(live.load().snapshot.report.clone());
+    let mut election = None;
+    if let (Some((elector, writer)), Some(client), Some(store)) =
+        (status_parts, client, source.cluster.clone())
+    {
+        info!(
+            identity = elector.identity(),
+            lease = args.lease_name,
+            "status: running for leader"
+        );
+        election = Some(tokio::spawn(elector.run(stopping(shutdown_rx.clone()))));
+        let (desired, desired_rx) = watch::channel(Arc::new(Vec::new()));
+        let owner = Owner {
+            namespace: args.config.namespace.clone(),
+            labels: args.config.identity().labels,
+        };
+        tokio::spawn(status::publish(client, store, owner, reports_rx, desired));
+        tokio::spawn(writer.run(desired_rx, stopping(shutdown_rx.clone())));
+    }
     let reloader = Reloader {
         source,
         live: live.clone(),
@@ -593,6 +675,7 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         kernel: kernel.clone(),
         metrics: metrics.clone(),
         compile_cache: Default::default(),
+        reports: Some(reports),
     };
     let reloading = tokio::spawn(reloader.watch(changes, shutdown_rx));
     ready.store(true, Ordering::Relaxed);
@@ -607,6 +690,10 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     info!(drain_timeout = ?args.drain_timeout, "shutting down: not ready, no new connections, draining");
     let _ = shutdown.send(true);
     let _ = reloading.await;
+    if let Some(election) = election {
+        // Released, so that another pod takes over at once instead of after the lease.
+        let _ = tokio::time::timeout(LEASE_RELEASE_TIMEOUT, election).await;
+    }
     listeners.shutdown().await;
     // Dropping the kernel path closes its links: the programs detach.
     if let Ok(mut slot) = kernel.lock() {

@@ -353,6 +353,8 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// What the last reload parsed, file by file; start with `Default::default()`.
     pub compile_cache: Arc<Mutex<CompileCache>>,
+    /// Each new compile's report, for the Gateway API status writer (`--kubernetes`).
+    pub reports: Option<watch::Sender<Arc<crate::compile::Report>>>,
 }
 
 impl Reloader {
@@ -441,6 +443,16 @@ impl Reloader {
     /// Makes `snapshot` the live configuration, carrying over the cluster state of the
     /// one it replaces.
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        if let Some(reports) = &self.reports {
+            // Endpoint updates carry the report over: nothing new to write then.
+            reports.send_if_modified(|report| {
+                let new = !Arc::ptr_eq(report, &snapshot.report);
+                if new {
+                    *report = snapshot.report.clone();
+                }
+                new
+            });
+        }
         let next = self.live.load().succeed(snapshot);
         let previous = self.live.swap(Arc::new(next));
         self.retired.retire(previous);

@@ -602,3 +602,219 @@ spec:
     );
     Ok(())
 }
+
+/// Our Service `name` in istio-system for the pods labelled `app: name`: port 80 → `bind`,
+/// reachable at an external IP (what Gateway status reports as the address).
+fn own_service(name: &str, bind: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: istio-system}}
+spec:
+  selector: {{app: {name}}}
+  externalIPs: ["192.0.2.10"]
+  ports: [{{name: http, port: 80, targetPort: {bind}}}]
+---
+"#
+    )
+}
+
+fn status_route(name: &str, host: &str, backend: &str, generation_marker: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default, labels: {{marker: "{generation_marker}"}}}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: ["{host}"]
+  rules:
+  - backendRefs: [{{name: {backend}, port: 8000}}]
+status:
+  parents:
+  - parentRef: {{name: elsewhere}}
+    controllerName: example.com/another-controller
+    conditions:
+    - {{type: Accepted, status: "True", reason: Accepted, message: "", observedGeneration: 1, lastTransitionTime: "2026-01-01T00:00:00Z"}}
+---
+"#
+    )
+}
+
+/// The object's status entry written by us for its parent `web` (routes).
+fn our_parent(route: &serde_json::Value) -> Option<&serde_json::Value> {
+    route["status"]["parents"]
+        .as_array()?
+        .iter()
+        .find(|p| p["controllerName"] == "gatewayd.dev/gateway-controller")
+}
+
+fn condition<'a>(conditions: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+    conditions.as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+#[test]
+fn gateway_api_status_is_written_by_the_leader_alone_and_outlives_it() -> anyhow::Result<()> {
+    let cluster = Cluster::start("kube-status")?;
+    let one = Upstream::start(None, "127.0.0.1:0", "one")?;
+    let (bind_a, bind_b) = (free_port(), free_port());
+    cluster.apply(&format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: gatewayd}}
+spec: {{controllerName: gatewayd.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: default}}
+spec:
+  gatewayClassName: gatewayd
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP}}
+---
+{}{}{}{}{}"#,
+        own_service("gw-a", bind_a),
+        own_service("gw-b", bind_b),
+        gateway_tests::service_with_endpoint("httpbin", 8000, one.addr),
+        status_route("web", "web.example.com", "httpbin", "1"),
+        status_route("dangling", "dangling.example.com", "nothing-here", "1"),
+    ))?;
+    // Two pods of the same gateway (each with its own Service, so both can bind here).
+    let mut a = cluster.gateway(&["--selector", "app=gw-a"])?;
+    let b = cluster.gateway(&["--selector", "app=gw-b"])?;
+    assert_eq!(status(bind_a, "web.example.com", "/get")?.0, 200);
+    assert_eq!(status(bind_b, "web.example.com", "/get")?.0, 200);
+
+    let route = |name: &str| -> anyhow::Result<serde_json::Value> {
+        cluster
+            .api
+            .get("gateway.networking.k8s.io/v1", "HTTPRoute", "default", name)
+            .context("route gone")
+    };
+    let web = eventually(
+        "the route's status",
+        || route("web"),
+        |r| our_parent(r).is_some(),
+    )?;
+    let ours = our_parent(&web).context("our entry")?;
+    let accepted = condition(&ours["conditions"], "Accepted").context("Accepted")?;
+    assert_eq!(accepted["status"], "True", "{web}");
+    assert_eq!(
+        accepted["observedGeneration"], web["metadata"]["generation"],
+        "{web}"
+    );
+    assert_eq!(
+        condition(&ours["conditions"], "ResolvedRefs").map(|c| &c["status"]),
+        Some(&"True".into())
+    );
+    assert!(
+        web["status"]["parents"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p["controllerName"] == "example.com/another-controller")),
+        "another controller's entry was dropped: {web}"
+    );
+    let dangling = eventually(
+        "the dangling route's status",
+        || route("dangling"),
+        |r| our_parent(r).is_some(),
+    )?;
+    let resolved = condition(
+        &our_parent(&dangling).context("entry")?["conditions"],
+        "ResolvedRefs",
+    )
+    .cloned();
+    assert_eq!(
+        resolved.as_ref().map(|c| (&c["status"], &c["reason"])),
+        Some((&"False".into(), &"BackendNotFound".into())),
+        "{dangling}"
+    );
+
+    let gateway = cluster
+        .api
+        .get("gateway.networking.k8s.io/v1", "Gateway", "default", "web")
+        .context("gateway")?;
+    assert_eq!(
+        gateway["status"]["addresses"][0]["value"], "192.0.2.10",
+        "{gateway}"
+    );
+    assert_eq!(
+        condition(&gateway["status"]["conditions"], "Programmed").map(|c| &c["status"]),
+        Some(&"True".into()),
+        "{gateway}"
+    );
+    assert_eq!(
+        gateway["status"]["listeners"][0]["attachedRoutes"], 2,
+        "{gateway}"
+    );
+    let class = cluster
+        .api
+        .get(
+            "gateway.networking.k8s.io/v1",
+            "GatewayClass",
+            "",
+            "gatewayd",
+        )
+        .context("class")?;
+    assert_eq!(
+        condition(&class["status"]["conditions"], "Accepted").map(|c| &c["status"]),
+        Some(&"True".into()),
+        "{class}"
+    );
+
+    // Exactly one of them leads, and only it writes.
+    let leads = |g: &Gateway| -> anyhow::Result<bool> {
+        Ok(g.metric("gateway_status_leader")? == Some(1.0))
+    };
+    let (a_leads, b_leads) = (leads(&a)?, leads(&b)?);
+    assert!(a_leads != b_leads, "leaders: a {a_leads}, b {b_leads}");
+    let written = r#"gateway_status_writes_total{result="written"}"#;
+    let follower = if a_leads { &b } else { &a };
+    assert_eq!(follower.metric(written)?.unwrap_or(0.0), 0.0);
+
+    // A recompile that changes nothing for these objects writes nothing.
+    let leader = if a_leads { &a } else { &b };
+    let before = route("web")?["metadata"]["resourceVersion"].clone();
+    let unchanged = r#"gateway_status_writes_total{result="unchanged"}"#;
+    let seen = leader.metric(unchanged)?.unwrap_or(0.0);
+    cluster.apply(&gateway_tests::service("unrelated", 8000, "http"))?;
+    eventually(
+        "a status pass after the recompile",
+        || leader.metric(unchanged),
+        |v| v.unwrap_or(0.0) > seen,
+    )?;
+    assert_eq!(
+        route("web")?["metadata"]["resourceVersion"],
+        before,
+        "status rewritten with nothing changed"
+    );
+
+    // The leader dies without releasing: the other takes over and keeps status current.
+    let (survivor, killed) = if a_leads {
+        a.process.child.kill()?;
+        (&b, "a")
+    } else {
+        drop(b);
+        (&a, "b")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !leads(survivor)? {
+        if Instant::now() > deadline {
+            bail!(
+                "no take-over after {killed} was killed:\n{}",
+                survivor.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.apply(&status_route("web", "web2.example.com", "httpbin", "2"))?;
+    let generation = route("web")?["metadata"]["generation"].clone();
+    eventually(
+        "status for the new generation",
+        || route("web"),
+        |r| {
+            our_parent(r)
+                .and_then(|p| condition(&p["conditions"], "Accepted"))
+                .is_some_and(|c| c["observedGeneration"] == generation)
+        },
+    )?;
+    Ok(())
+}

@@ -303,6 +303,18 @@ impl ClusterStore {
         resources
     }
 
+    /// The version watched of a Gateway API kind (`HTTPRoute`, …), once discovery found it.
+    pub fn version_of(&self, kind: &str) -> Option<String> {
+        self.lock()
+            .streams
+            .iter()
+            .find(|(key, _)| {
+                key.kind().group == super::status_writer::GATEWAY_API_GROUP
+                    && key.kind().kind == kind
+            })
+            .map(|(_, stream)| stream.version.clone())
+    }
+
     /// Every watch's health.
     pub fn health(&self) -> Vec<StreamHealth> {
         self.lock()

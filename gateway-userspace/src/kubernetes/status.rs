@@ -1,0 +1,271 @@
+//! From each compile's report to the status the writer puts on Gateway API objects: the
+//! report's conditions, plus what only the cluster knows, the Gateway's addresses (our
+//! Service's load-balancer ingress, else its external IPs, else the host IPs of the ready
+//! gateway pods, as Istio does; none at all is `Programmed=False AddressNotAssigned`).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    api::{ApiResource, ListParams},
+};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::{
+    kinds::WATCHED,
+    status_writer::{
+        Condition, ConditionStatus, Desired, DesiredStatus, GatewayAddress, GatewayStatus,
+        ListenerStatus, ParentRef, RouteGroupKind, RouteParentStatus, gateway_api_resource,
+    },
+    store::ClusterStore,
+};
+use crate::compile::{
+    Report,
+    report::{self, ConditionStatus as Status},
+};
+
+/// Whose status this is: the gateway's pods and Service are found by these.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Turns every new report into desired statuses for the writer, until `reports` closes.
+pub async fn publish(
+    client: Client,
+    store: Arc<ClusterStore>,
+    owner: Owner,
+    mut reports: watch::Receiver<Arc<Report>>,
+    desired: watch::Sender<Arc<Vec<DesiredStatus>>>,
+) {
+    loop {
+        let report = Arc::clone(&reports.borrow_and_update());
+        let addresses = addresses(&client, &store, &owner).await;
+        let statuses = desired_statuses(&report, &addresses, |kind| store.version_of(kind));
+        debug!(objects = statuses.len(), "status to write");
+        desired.send_replace(Arc::new(statuses));
+        if reports.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The Gateway's addresses: our Service's load-balancer ingress, else its external IPs,
+/// else the host IPs of our ready pods.
+async fn addresses(client: &Client, store: &ClusterStore, owner: &Owner) -> Vec<GatewayAddress> {
+    let (resources, _) = store.resources();
+    let ours = resources.services.iter().find(|s| {
+        let service = &s.resource;
+        service.metadata.namespace() == owner.namespace
+            && !service.spec.selector.is_empty()
+            && service
+                .spec
+                .selector
+                .iter()
+                .all(|(k, v)| owner.labels.get(k) == Some(v))
+    });
+    if let Some(service) = ours {
+        let service = &service.resource;
+        let ingress: Vec<GatewayAddress> = service
+            .status
+            .load_balancer
+            .ingress
+            .iter()
+            .filter_map(|i| match (&i.ip, &i.hostname) {
+                (Some(ip), _) => Some(address("IPAddress", ip)),
+                (None, Some(host)) => Some(address("Hostname", host)),
+                (None, None) => None,
+            })
+            .collect();
+        if !ingress.is_empty() {
+            return ingress;
+        }
+        if !service.spec.external_ips.is_empty() {
+            return service
+                .spec
+                .external_ips
+                .iter()
+                .map(|ip| address("IPAddress", ip))
+                .collect();
+        }
+    }
+    pod_host_ips(client, owner).await
+}
+
+fn address(kind: &str, value: &str) -> GatewayAddress {
+    GatewayAddress {
+        address_type: Some(kind.to_owned()),
+        value: value.to_owned(),
+    }
+}
+
+/// The host IPs of our ready pods (a DaemonSet on the host network is reached there).
+async fn pod_host_ips(client: &Client, owner: &Owner) -> Vec<GatewayAddress> {
+    let selector = owner
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &owner.namespace);
+    let list = match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        Err(e) => {
+            warn!(error = %e, "listing the gateway's pods for Gateway addresses");
+            return Vec::new();
+        }
+    };
+    let mut ips: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|pod| pod.status.as_ref())
+        .filter(|status| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .filter_map(|status| status.host_ip.clone())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips.iter().map(|ip| address("IPAddress", ip)).collect()
+}
+
+/// The report as statuses to write. `version_of` names the version the cluster serves of
+/// a Gateway API kind (the one watched).
+pub fn desired_statuses(
+    report: &Report,
+    addresses: &[GatewayAddress],
+    version_of: impl Fn(&str) -> Option<String>,
+) -> Vec<DesiredStatus> {
+    let resource = |kind: &str| -> Option<ApiResource> {
+        let version = version_of(kind)?;
+        Some(gateway_api_resource(&version, kind))
+    };
+    let mut out = Vec::new();
+    for class in &report.gateway_classes {
+        let Some(resource) = resource("GatewayClass") else {
+            continue;
+        };
+        out.push(DesiredStatus {
+            resource,
+            namespace: None,
+            name: class.object.name.clone(),
+            current: None,
+            status: Desired::GatewayClass {
+                conditions: conditions(&class.conditions, class.generation),
+            },
+        });
+    }
+    for gateway in &report.gateways {
+        let Some(resource) = resource("Gateway") else {
+            continue;
+        };
+        let mut conditions = conditions(&gateway.conditions, gateway.generation);
+        if addresses.is_empty() {
+            for c in conditions
+                .iter_mut()
+                .filter(|c| c.condition_type == "Programmed")
+            {
+                c.status = ConditionStatus::False;
+                c.reason = "AddressNotAssigned".into();
+                c.message = "no address: the gateway's Service has no load-balancer ingress or external IP, and no gateway pod is ready".into();
+            }
+        }
+        out.push(DesiredStatus {
+            resource,
+            namespace: Some(gateway.object.namespace.clone()),
+            name: gateway.object.name.clone(),
+            current: None,
+            status: Desired::Gateway(GatewayStatus {
+                conditions,
+                addresses: addresses.to_vec(),
+                listeners: gateway
+                    .listeners
+                    .iter()
+                    .map(|l| listener(l, gateway.generation))
+                    .collect(),
+            }),
+        });
+    }
+    for route in &report.routes {
+        let Some(resource) = resource(&route.object.kind) else {
+            continue;
+        };
+        out.push(DesiredStatus {
+            resource,
+            namespace: Some(route.object.namespace.clone()),
+            name: route.object.name.clone(),
+            current: None,
+            status: Desired::Route {
+                parents: route
+                    .parents
+                    .iter()
+                    .map(|p| RouteParentStatus {
+                        parent_ref: parent_ref(&p.parent_ref),
+                        conditions: conditions(&p.conditions, route.generation),
+                    })
+                    .collect(),
+            },
+        });
+    }
+    out
+}
+
+fn conditions(conditions: &[report::Condition], generation: Option<i64>) -> Vec<Condition> {
+    conditions
+        .iter()
+        .map(|c| {
+            Condition::new(
+                c.kind,
+                c.status == Status::True,
+                c.reason,
+                c.message.clone(),
+                c.observed_generation.or(generation).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn listener(l: &report::ListenerStatus, generation: Option<i64>) -> ListenerStatus {
+    ListenerStatus {
+        name: l.name.clone(),
+        supported_kinds: l
+            .supported_kinds
+            .iter()
+            .map(|k| RouteGroupKind {
+                group: Some(k.group.clone()),
+                kind: k.kind.clone(),
+            })
+            .collect(),
+        attached_routes: i32::try_from(l.attached_routes).unwrap_or(i32::MAX),
+        conditions: conditions(&l.conditions, generation),
+    }
+}
+
+fn parent_ref(p: &report::ParentRef) -> ParentRef {
+    ParentRef {
+        group: Some(p.group.clone()),
+        kind: Some(p.kind.clone()),
+        namespace: Some(p.namespace.clone()),
+        name: p.name.clone(),
+        section_name: p.section_name.clone(),
+        port: p.port.and_then(|p| i32::try_from(p).ok()),
+    }
+}
+
+/// Every Gateway API kind status is written for is watched (the writer takes its version
+/// from the watch).
+pub fn status_kinds() -> impl Iterator<Item = &'static str> {
+    WATCHED
+        .iter()
+        .filter(|k| {
+            k.group == super::status_writer::GATEWAY_API_GROUP && k.kind != "ReferenceGrant"
+        })
+        .map(|k| k.kind)
+}
