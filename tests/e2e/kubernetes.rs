@@ -678,6 +678,18 @@ spec:
         status_route("web", "web.example.com", "httpbin", "1"),
         status_route("dangling", "dangling.example.com", "nothing-here", "1"),
     ))?;
+    // A malformed route (a path that is not a string): dropped, told so in its status.
+    cluster.apply(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: default}
+spec:
+  parentRefs: [{name: web}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: 7}}]
+    backendRefs: [{name: httpbin, port: 8000}]
+"#,
+    )?;
     // Two pods of the same gateway (each with its own Service, so both can bind here).
     let mut a = cluster.gateway(&["--selector", "app=gw-a"])?;
     let b = cluster.gateway(&["--selector", "app=gw-b"])?;
@@ -726,6 +738,21 @@ spec:
         resolved.as_ref().map(|c| (&c["status"], &c["reason"])),
         Some((&"False".into(), &"BackendNotFound".into())),
         "{dangling}"
+    );
+
+    let broken = eventually(
+        "the malformed route's status",
+        || route("broken"),
+        |r| our_parent(r).is_some(),
+    )?;
+    let accepted = condition(&our_parent(&broken).context("entry")?["conditions"], "Accepted")
+        .context("Accepted")?;
+    assert_eq!(accepted["status"], "False", "{broken}");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.rules[0].matches[0].path.value")),
+        "{broken}"
     );
 
     let gateway = cluster

@@ -14,16 +14,19 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::{
-    kinds::WATCHED,
     status_writer::{
-        Condition, ConditionStatus, Desired, DesiredStatus, GatewayAddress, GatewayStatus,
-        ListenerStatus, ParentRef, RouteGroupKind, RouteParentStatus, gateway_api_resource,
+        Condition, ConditionStatus, Desired, DesiredStatus, GATEWAY_API_GROUP, GatewayAddress,
+        GatewayStatus, ListenerStatus, ParentRef, RouteGroupKind, RouteParentStatus,
+        gateway_api_resource,
     },
-    store::ClusterStore,
+    store::{ClusterStore, RouteParents},
 };
-use crate::compile::{
-    Report,
-    report::{self, ConditionStatus as Status},
+use crate::{
+    compile::{
+        Report,
+        report::{self, ConditionStatus as Status},
+    },
+    config::ObjectRef,
 };
 
 /// Whose status this is: the gateway's pods and Service are found by these.
@@ -44,7 +47,12 @@ pub async fn publish(
     loop {
         let report = Arc::clone(&reports.borrow_and_update());
         let addresses = addresses(&client, &store, &owner).await;
-        let statuses = desired_statuses(&report, &addresses, |kind| store.version_of(kind));
+        let statuses = desired_statuses(
+            &report,
+            &addresses,
+            |kind| store.version_of(kind),
+            |o| store.route_parents(&o.group, &o.kind, &o.namespace, &o.name),
+        );
         debug!(objects = statuses.len(), "status to write");
         desired.send_replace(Arc::new(statuses));
         if reports.changed().await.is_err() {
@@ -138,10 +146,12 @@ async fn pod_host_ips(client: &Client, owner: &Owner) -> Vec<GatewayAddress> {
 
 /// The report as statuses to write. `version_of` names the version the cluster serves of
 /// a Gateway API kind (the one watched).
+/// `parents_of` gives the parents a dropped route names, read from the object as stored.
 pub fn desired_statuses(
     report: &Report,
     addresses: &[GatewayAddress],
     version_of: impl Fn(&str) -> Option<String>,
+    parents_of: impl Fn(&ObjectRef) -> Option<RouteParents>,
 ) -> Vec<DesiredStatus> {
     let resource = |kind: &str| -> Option<ApiResource> {
         let version = version_of(kind)?;
@@ -214,6 +224,50 @@ pub fn desired_statuses(
             },
         });
     }
+    // Routes dropped for their errors: not accepted, on each of our Gateways they name.
+    for dropped in report
+        .dropped
+        .iter()
+        .filter(|d| d.object.group == GATEWAY_API_GROUP && d.object.kind.ends_with("Route"))
+    {
+        let (Some(resource), Some(parents)) =
+            (resource(&dropped.object.kind), parents_of(&dropped.object))
+        else {
+            continue;
+        };
+        let route_namespace = &dropped.object.namespace;
+        let parents: Vec<RouteParentStatus> = parents
+            .parent_refs
+            .into_iter()
+            .filter(|p| {
+                let namespace = p.namespace.as_deref().unwrap_or(route_namespace);
+                report.gateway(namespace, &p.name).is_some()
+            })
+            .map(|parent_ref| RouteParentStatus {
+                parent_ref,
+                conditions: vec![Condition::new(
+                    "Accepted",
+                    false,
+                    "UnsupportedValue",
+                    format!(
+                        "the route has errors and is not served: {}",
+                        dropped.reason()
+                    ),
+                    parents.generation,
+                )],
+            })
+            .collect();
+        if parents.is_empty() {
+            continue;
+        }
+        out.push(DesiredStatus {
+            resource,
+            namespace: Some(route_namespace.clone()),
+            name: dropped.object.name.clone(),
+            current: None,
+            status: Desired::Route { parents },
+        });
+    }
     out
 }
 
@@ -257,15 +311,4 @@ fn parent_ref(p: &report::ParentRef) -> ParentRef {
         section_name: p.section_name.clone(),
         port: p.port.and_then(|p| i32::try_from(p).ok()),
     }
-}
-
-/// Every Gateway API kind status is written for is watched (the writer takes its version
-/// from the watch).
-pub fn status_kinds() -> impl Iterator<Item = &'static str> {
-    WATCHED
-        .iter()
-        .filter(|k| {
-            k.group == super::status_writer::GATEWAY_API_GROUP && k.kind != "ReferenceGrant"
-        })
-        .map(|k| k.kind)
 }

@@ -15,7 +15,10 @@ use std::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::kinds::{self, WatchedKind};
+use super::{
+    kinds::{self, WatchedKind},
+    status_writer::ParentRef,
+};
 use crate::config::{
     Diagnostics, Resources,
     cache::{Change, Tally},
@@ -43,6 +46,15 @@ pub struct Parsed {
     pub resource_version: String,
     pub resources: Resources,
     pub diagnostics: Diagnostics,
+    /// For Gateway API routes: `metadata.generation` and `spec.parentRefs`, read loosely,
+    /// so that a route dropped for its errors still gets `Accepted=False` on its parents.
+    pub route_parents: Option<RouteParents>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RouteParents {
+    pub generation: i64,
+    pub parent_refs: Vec<ParentRef>,
 }
 
 /// How a watch is doing, for `/config_dump` and the metrics.
@@ -315,6 +327,23 @@ impl ClusterStore {
             .map(|(_, stream)| stream.version.clone())
     }
 
+    /// The parents a route names (see `Parsed::route_parents`).
+    pub fn route_parents(
+        &self,
+        group: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<RouteParents> {
+        let inner = self.lock();
+        let name = (namespace.to_owned(), name.to_owned());
+        inner
+            .streams
+            .iter()
+            .filter(|(key, _)| key.kind().group == group && key.kind().kind == kind)
+            .find_map(|(_, stream)| stream.objects.get(&name)?.route_parents.clone())
+    }
+
     /// Every watch's health.
     pub fn health(&self) -> Vec<StreamHealth> {
         self.lock()
@@ -365,6 +394,7 @@ mod tests {
                 resource_version: version.into(),
                 resources,
                 diagnostics,
+                route_parents: None,
             },
         )
     }
@@ -462,6 +492,7 @@ mod tests {
                 resource_version: "1".into(),
                 resources,
                 diagnostics,
+                route_parents: None,
             },
         );
         let (resources, diagnostics) = store.resources();

@@ -13,7 +13,10 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-use super::store::{ClusterStore, Parsed, StreamKey};
+use super::{
+    status_writer::GATEWAY_API_GROUP,
+    store::{ClusterStore, Parsed, RouteParents, StreamKey},
+};
 use crate::config;
 
 /// kubectl's copy of the whole object: as large as the object, and never read.
@@ -108,12 +111,19 @@ fn parse(resource: &ApiResource, mut object: DynamicObject) -> Option<((String, 
         fields.insert("kind".into(), resource.kind.clone().into());
     }
     let (resources, diagnostics) = config::parse_object(&value);
+    let route_parents = (resource.group == GATEWAY_API_GROUP && resource.kind.ends_with("Route"))
+        .then(|| RouteParents {
+            generation: object.metadata.generation.unwrap_or_default(),
+            parent_refs: serde_json::from_value(value["spec"]["parentRefs"].clone())
+                .unwrap_or_default(),
+        });
     Some((
         name,
         Parsed {
             resource_version,
             resources,
             diagnostics,
+            route_parents,
         },
     ))
 }
