@@ -745,8 +745,11 @@ spec:
         || route("broken"),
         |r| our_parent(r).is_some(),
     )?;
-    let accepted = condition(&our_parent(&broken).context("entry")?["conditions"], "Accepted")
-        .context("Accepted")?;
+    let accepted = condition(
+        &our_parent(&broken).context("entry")?["conditions"],
+        "Accepted",
+    )
+    .context("Accepted")?;
     assert_eq!(accepted["status"], "False", "{broken}");
     assert!(
         accepted["message"]

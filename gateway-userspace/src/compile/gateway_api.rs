@@ -28,8 +28,8 @@ use crate::{
             gateway_api::{
                 ApiGateway, BackendRef, FilterType, FromNamespaces, GrpcRoute, HeaderModifier,
                 HttpBackendRef, HttpCors, HttpHeader, HttpPathMatch, HttpRoute, HttpRouteFilter,
-                HttpRouteMatch, NameMatch, ParentReference, PathMatchType, PathModifier,
-                PathModifierType, ValueMatchType,
+                HttpRouteMatch, LabelSelector, NameMatch, ParentReference, PathMatchType,
+                PathModifier, PathModifierType, ValueMatchType,
             },
         },
     },
@@ -60,6 +60,8 @@ struct ApiListener<'a> {
     hostname: Option<String>,
     protocol: &'a str,
     from: FromNamespaces,
+    /// For `from: Selector`: the namespaces whose labels it matches admit their routes.
+    selector: Option<&'a LabelSelector>,
     /// Route kinds allowed; empty means the protocol's defaults (HTTPRoute, GRPCRoute).
     kinds: Vec<String>,
 }
@@ -189,6 +191,23 @@ impl<'a> Compiler<'a> {
         super::status::is_our_class(self.resources, self.identity, gateway)
     }
 
+    /// Whether `allowedRoutes.namespaces.selector` admits routes of `namespace` (by the
+    /// labels of its Namespace object; a namespace we have no object for has none). No
+    /// selector selects nothing, as the spec requires one with `from: Selector`.
+    fn namespace_selected(&self, namespace: &str, selector: Option<&LabelSelector>) -> bool {
+        let Some(selector) = selector else {
+            return false;
+        };
+        let no_labels = BTreeMap::new();
+        let labels = self
+            .resources
+            .namespaces
+            .iter()
+            .find(|n| n.resource.metadata.name == namespace)
+            .map_or(&no_labels, |n| &n.resource.metadata.labels);
+        selector.matches(labels)
+    }
+
     /// Our Gateways' HTTP listeners; conflicts (the same port and hostname twice) are
     /// reported and, as the spec says, neither conflicted listener is served.
     fn api_listeners(&mut self, taken: &BTreeSet<u16>) -> Vec<ApiListener<'a>> {
@@ -266,7 +285,9 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
                 let allowed = &listener.allowed_routes;
-                if allowed.namespaces.from == FromNamespaces::Selector {
+                if allowed.namespaces.from == FromNamespaces::Selector
+                    && self.resources.namespaces.is_empty()
+                {
                     self.diagnostics.push(
                         Diagnostic::warning(
                             "allowedRoutes.namespaces.from: Selector needs Namespace objects, which are not loaded; only routes in the Gateway's namespace attach",
@@ -285,6 +306,7 @@ impl<'a> Compiler<'a> {
                         hostname,
                         protocol: &listener.protocol,
                         from: allowed.namespaces.from,
+                        selector: allowed.namespaces.selector.as_ref(),
                         kinds,
                     },
                     gateway.location.clone(),
@@ -431,6 +453,9 @@ impl<'a> Compiler<'a> {
                 }
                 let namespace_ok = match listener.from {
                     FromNamespaces::All => true,
+                    FromNamespaces::Selector if !self.resources.namespaces.is_empty() => {
+                        self.namespace_selected(route_ns, listener.selector)
+                    }
                     FromNamespaces::Same | FromNamespaces::Selector => {
                         route_ns == gateway.namespace()
                     }

@@ -511,3 +511,57 @@ spec:
     assert_eq!(cors.max_age, Some(5));
     assert!(cors.allow_credentials);
 }
+
+#[test]
+fn a_namespace_selector_admits_routes_of_the_namespaces_it_selects() {
+    let gateway = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio}
+spec: {controllerName: istio.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: http
+    port: 80
+    protocol: HTTP
+    allowedRoutes:
+      namespaces: {from: Selector, selector: {matchLabels: {expose: "yes"}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {expose: "yes"}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: internal, labels: {expose: "no"}}
+"#;
+    let route = |namespace: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: {namespace}}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [\"{namespace}.example\"]\n  rules:\n  - backendRefs: [{{name: svc, port: 80}}]\n"
+        )
+    };
+    let (snapshot, diagnostics) = compile_yaml(&with(&[
+        gateway,
+        &route("shop"),
+        &route("internal"),
+        &route("infra"),
+    ]));
+    let served = |host: &str| outcome(&snapshot, 80, host, "GET /", &[]) != "404";
+    assert!(served("shop.example"), "{diagnostics}");
+    assert!(!served("internal.example"), "{diagnostics}");
+    // The Gateway's own namespace is not selected either: no label says so.
+    assert!(!served("infra.example"), "{diagnostics}");
+    let rejected = snapshot
+        .report
+        .route("HTTPRoute", "internal", "r")
+        .expect("a status for the route");
+    assert_eq!(
+        rejected.parents[0].conditions[0].reason, "NotAllowedByListeners",
+        "{rejected:?}"
+    );
+}

@@ -99,6 +99,44 @@ pub struct LabelSelector {
     pub match_expressions: Vec<serde_yaml::Value>,
 }
 
+impl LabelSelector {
+    /// Whether `labels` satisfy the selector, as `metav1.LabelSelector` defines it: every
+    /// matchLabels pair and every matchExpression (In, NotIn, Exists, DoesNotExist). An
+    /// expression that cannot be read matches nothing (a selector we misread must not
+    /// admit routes it was meant to keep out).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self
+                .match_expressions
+                .iter()
+                .all(|e| expression_matches(e, labels))
+    }
+}
+
+fn expression_matches(expression: &serde_yaml::Value, labels: &BTreeMap<String, String>) -> bool {
+    let (Some(key), Some(operator)) = (
+        expression.get("key").and_then(|k| k.as_str()),
+        expression.get("operator").and_then(|o| o.as_str()),
+    ) else {
+        return false;
+    };
+    let values: Vec<&str> = expression
+        .get("values")
+        .and_then(|v| v.as_sequence())
+        .map(|v| v.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let value = labels.get(key).map(String::as_str);
+    match operator {
+        "In" => value.is_some_and(|v| values.contains(&v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(&v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        _ => false,
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RouteGroupKind {
@@ -442,4 +480,38 @@ pub struct ReferenceGrantTo {
     pub group: String,
     pub kind: String,
     pub name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_selectors_match_as_kubernetes_defines_them() {
+        let selector: LabelSelector = serde_yaml::from_str(
+            "matchLabels: {team: a}\nmatchExpressions:\n- {key: env, operator: In, values: [prod, staging]}\n- {key: legacy, operator: DoesNotExist}",
+        )
+        .expect("a selector");
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect()
+        };
+        for (pairs, want) in [
+            (&[("team", "a"), ("env", "prod")][..], true),
+            (&[("team", "a"), ("env", "staging"), ("x", "y")][..], true),
+            (&[("team", "b"), ("env", "prod")][..], false),
+            (&[("team", "a"), ("env", "dev")][..], false),
+            (&[("team", "a")][..], false),
+            (&[("team", "a"), ("env", "prod"), ("legacy", "")][..], false),
+        ] {
+            assert_eq!(selector.matches(&labels(pairs)), want, "{pairs:?}");
+        }
+        let unreadable: LabelSelector =
+            serde_yaml::from_str("matchExpressions: [{key: env, operator: Sometimes}]")
+                .expect("parses");
+        assert!(!unreadable.matches(&labels(&[("env", "prod")])));
+        assert!(LabelSelector::default().matches(&labels(&[])));
+    }
 }
