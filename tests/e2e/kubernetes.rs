@@ -848,3 +848,78 @@ spec:
     )?;
     Ok(())
 }
+
+#[test]
+fn namespace_labels_and_reference_grants_from_the_cluster_admit_routes() -> anyhow::Result<()> {
+    let cluster = Cluster::start("kube-namespaces")?;
+    let one = Upstream::start(None, "127.0.0.1:0", "one")?;
+    let port = free_port();
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: istio}}
+spec: {{controllerName: istio.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: default}}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: http
+    port: {port}
+    protocol: HTTP
+    allowedRoutes:
+      namespaces: {{from: Selector, selector: {{matchLabels: {{expose: "yes"}}}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shop, namespace: shop}}
+spec:
+  parentRefs: [{{name: web, namespace: default}}]
+  hostnames: ["shop.example.com"]
+  rules:
+  - backendRefs: [{{name: httpbin, namespace: default, port: 8000}}]
+---
+{}"#,
+        gateway_tests::service_with_endpoint("httpbin", 8000, one.addr).trim_end_matches("---\n")
+    ))?;
+    let _gateway = cluster.gateway(&[])?;
+    // The shop namespace is not selected yet.
+    assert_eq!(status(port, "shop.example.com", "/get")?.0, 404);
+    cluster.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {expose: \"yes\"}}\n",
+    )?;
+    // Attached now, but its backend is in another namespace with no grant: 500.
+    eventually(
+        "the selected namespace's route",
+        || status(port, "shop.example.com", "/get"),
+        |s| s.0 == 500,
+    )?;
+    cluster.apply(
+        r#"apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: shop-to-httpbin, namespace: default}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]
+  to: [{group: "", kind: Service}]
+"#,
+    )?;
+    eventually(
+        "the granted backend",
+        || status(port, "shop.example.com", "/get"),
+        |s| s.0 == 200,
+    )?;
+    // The label goes: the route no longer attaches.
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")?;
+    eventually(
+        "the unselected namespace",
+        || status(port, "shop.example.com", "/get"),
+        |s| s.0 == 404,
+    )?;
+    Ok(())
+}
