@@ -105,6 +105,7 @@ pub fn compile_reusing(
         reusable: previous.map(|(_, memo)| memo),
         memo: RouteMemo::default(),
         status: Default::default(),
+        slices: None,
     };
     if let Some((snapshot, _)) = previous {
         // Routes taken from the memo name these clusters by id.
@@ -158,6 +159,8 @@ struct Compiler<'a> {
     memo: RouteMemo,
     /// What Gateway API status will say (`compile::status`).
     status: status::StatusRecorder,
+    /// The EndpointSlices by Service, built when the first cluster needs it.
+    slices: Option<clusters::SliceIndex<'a>>,
 }
 
 /// One server's host list entry, `namespace/host` split.

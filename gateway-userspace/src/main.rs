@@ -7,7 +7,7 @@ use std::{
     path::PathBuf,
     process::ExitCode,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -33,7 +33,7 @@ use gateway::{
     logging::{self, LogLevel},
     metrics::{InterfaceLabels, Metrics, SharedKernelPath},
     proxy::{AccessLogFormat, Limits, ProxyContext},
-    reload::{ChangeWatch, ConfigSource, ReloadError, Reloader},
+    reload::{ChangeWatch, CompileCache, ConfigSource, ReloadError, Reloader},
     runtime::Live,
     snapshot::{RouteAction, Snapshot, Transport},
     tls::TlsState,
@@ -570,7 +570,10 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
             .follow_cluster(client.clone(), store.clone())
             .await?;
     }
-    let (snapshot, diagnostics) = match source.compile() {
+    let compile_cache: Arc<Mutex<CompileCache>> = Default::default();
+    let first =
+        source.compile_first(&mut compile_cache.lock().unwrap_or_else(PoisonError::into_inner));
+    let (snapshot, diagnostics) = match first {
         Ok(compiled) => compiled,
         Err(ReloadError::Invalid(diagnostics)) => {
             for d in diagnostics.errors() {
@@ -611,6 +614,10 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     }
 
     live.store(Arc::new(Live::new(Arc::new(snapshot))));
+    compile_cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .applied();
     gateway::reload::report_credentials(&metrics, &source.tls.credentials.commit());
     let max_connections = limits
         .max_connections
@@ -674,7 +681,7 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         listeners: listeners.clone(),
         kernel: kernel.clone(),
         metrics: metrics.clone(),
-        compile_cache: Default::default(),
+        compile_cache,
         reports: Some(reports),
     };
     let reloading = tokio::spawn(reloader.watch(changes, shutdown_rx));

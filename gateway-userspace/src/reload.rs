@@ -104,6 +104,29 @@ impl ConfigSource {
         Ok((isolated.snapshot, isolated.diagnostics))
     }
 
+    /// The first compile, through `cache` so that the reload loop starts from it: the
+    /// files parsed, the cluster's changes taken, the route memo kept. Call
+    /// `CompileCache::applied` once the snapshot is live.
+    pub fn compile_first(
+        &self,
+        cache: &mut CompileCache,
+    ) -> Result<(Snapshot, Diagnostics), ReloadError> {
+        cache.files.refresh(&self.paths)?;
+        let (mut resources, mut loaded) = cache.files.resources();
+        if let Some(cluster) = &self.cluster {
+            cluster.take_change();
+            let (objects, more) = cluster.resources();
+            resources.append(objects);
+            loaded.extend(more);
+        }
+        let isolated =
+            compile::compile_isolating(&resources, loaded, &self.identity, &self.tls, None)
+                .map_err(ReloadError::Invalid)?;
+        cache.clusters_at_full = isolated.snapshot.clusters.len();
+        cache.memo = Some(isolated.memo);
+        Ok((isolated.snapshot, isolated.diagnostics))
+    }
+
     /// The same as `compile`, re-parsing only the files whose text changed since `cache`
     /// last saw them; when only endpoints changed (and `previous` is up to date with
     /// everything else), `previous` with those endpoints updated.
@@ -233,6 +256,13 @@ pub struct CompileCache {
     memo: Option<compile::RouteMemo>,
     /// Clusters after the last compile that reused nothing.
     clusters_at_full: usize,
+}
+
+impl CompileCache {
+    /// The snapshot of `ConfigSource::compile_first` is live.
+    pub fn applied(&mut self) {
+        self.previous_is_current = true;
+    }
 }
 
 /// Tells the kernel programs what a snapshot wants of them. Runs after every successful
@@ -508,10 +538,14 @@ impl Reloader {
         } = changes;
         async move {
             let _watcher = watcher;
-            // Parse everything once now, so the first reload re-parses only what changed.
+            // Parse everything once now, so the first reload re-parses only what changed
+            // (unless the first compile went through the cache: `compile_first`).
             let (paths, cache) = (self.source.paths.clone(), self.compile_cache.clone());
             let _ = tokio::task::spawn_blocking(move || {
                 let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+                if cache.previous_is_current {
+                    return;
+                }
                 let _ = cache.files.refresh(&paths);
                 // The live snapshot may predate what this read saw (a change while
                 // starting): the first reload compiles everything.

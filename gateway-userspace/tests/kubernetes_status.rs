@@ -36,7 +36,7 @@ struct Candidate {
 fn candidate(api: &FakeApi, identity: &str) -> Candidate {
     let (elector, leader) = Elector::new(
         client(api),
-        "gateway",
+        "default",
         "gatewayd-status-leader",
         identity.into(),
     );
@@ -70,7 +70,7 @@ fn holder(api: &FakeApi) -> Value {
         .get(
             "coordination.k8s.io/v1",
             "Lease",
-            "gateway",
+            "default",
             "gatewayd-status-leader",
         )
         .expect("the lease");
@@ -113,7 +113,7 @@ async fn one_of_two_pods_leads_and_the_other_takes_over_on_release_and_on_a_kill
         .get(
             "coordination.k8s.io/v1",
             "Lease",
-            "gateway",
+            "default",
             "gatewayd-status-leader",
         )
         .expect("the lease");

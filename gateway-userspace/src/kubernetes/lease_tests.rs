@@ -135,7 +135,7 @@ fn spawn(
     tokio::task::JoinHandle<()>,
 ) {
     let (elector, leader) =
-        Elector::new(client(api), "gateway", "status-leader", identity.to_owned());
+        Elector::new(client(api), "default", "status-leader", identity.to_owned());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(elector.with_timing(FAST).run(async move {
         let _ = stopped.await;
@@ -155,7 +155,7 @@ fn client(api: &FakeApi) -> kube::Client {
 }
 
 fn lease(api: &FakeApi) -> Option<serde_json::Value> {
-    api.get(LEASES, "Lease", "gateway", "status-leader")
+    api.get(LEASES, "Lease", "default", "status-leader")
 }
 
 fn holder(api: &FakeApi) -> String {
@@ -248,7 +248,7 @@ async fn a_lease_held_by_someone_who_renews_is_never_taken() {
     let lease = |renewed: i64| {
         json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": "status-leader", "namespace": "gateway"},
+            "metadata": {"name": "status-leader", "namespace": "default"},
             "spec": {"holderIdentity": "pod-z", "leaseDurationSeconds": 2,
                      "renewTime": format!("2026-01-01T00:00:{:02}.000000Z", renewed % 60)},
         })
