@@ -511,7 +511,9 @@ spec:
     )?;
     let stderr = gateway.stderr();
     assert!(
-        stderr.contains("VirtualService team-b/broken: spec.http[0].route[0].destination.port.number"),
+        stderr.contains(
+            "VirtualService team-b/broken: spec.http[0].route[0].destination.port.number"
+        ),
         "{stderr}"
     );
     Ok(())

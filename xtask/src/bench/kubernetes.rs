@@ -56,6 +56,8 @@ const CHANGE_GAP: Duration = Duration::from_millis(20);
 /// CPU run: this many EndpointSlice updates at this pace, each to another Service.
 const CPU_UPDATES: usize = 1_000;
 const CPU_PACE: u32 = 200;
+/// After the last update: its reload, and the reload loop's longest debounce, run.
+const CPU_TAIL: Duration = Duration::from_secs(2);
 
 /// One start of gatewayd against a fake cluster of `slices` Services.
 struct Start {
@@ -484,7 +486,7 @@ fn cpu_per_updates(
     upstreams: [SocketAddr; 2],
 ) -> Result<Cpu> {
     let interval = Duration::from_secs(1) / CPU_PACE;
-    let span = interval * u32::try_from(CPU_UPDATES)?;
+    let span = interval * u32::try_from(CPU_UPDATES)? + CPU_TAIL;
     let idle_start = cpu_seconds(gatewayd.pid())?;
     thread::sleep(span);
     let idle = cpu_seconds(gatewayd.pid())? - idle_start;
@@ -500,7 +502,7 @@ fn cpu_per_updates(
         let next = started + interval * u32::try_from(update + 1)?;
         thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    // The last updates' reload, then the same span as the idle measurement.
+    // The last updates' reload: the same span as the idle measurement.
     thread::sleep(span.saturating_sub(started.elapsed()));
     let cpu = cpu_seconds(gatewayd.pid())? - cpu_before;
     let reloads = gatewayd.reloads()? - reloads_before;
