@@ -68,6 +68,8 @@ struct Start {
     listed_ms: f64,
     compiled_ms: f64,
     rss_kib: u64,
+    /// VmHWM: the peak resident set, the start-up's transient allocations included.
+    peak_kib: u64,
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
@@ -271,7 +273,8 @@ impl Cluster {
             served_ms: served_ms.unwrap_or(f64::NAN),
             listed_ms: logged_ms("the cluster's objects are listed"),
             compiled_ms: logged_ms("configuration compiled"),
-            rss_kib: gatewayd.rss_kib()?,
+            rss_kib: gatewayd.status_kib("VmRSS:")?,
+            peak_kib: gatewayd.status_kib("VmHWM:")?,
         };
         Ok((gatewayd, start))
     }
@@ -346,13 +349,14 @@ impl Gatewayd {
         self.child.0.id()
     }
 
-    fn rss_kib(&self) -> Result<u64> {
+    /// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`).
+    fn status_kib(&self, field: &str) -> Result<u64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc/PID/status")
+            .with_context(|| format!("no {field} in /proc/PID/status"))
     }
 
     /// Successful reloads so far (full ones and endpoint-only ones).
@@ -564,18 +568,19 @@ fn table(starts: &[Start], moves: &Changes, routes: &Changes, cpu: &Cpu, slices:
     );
     let _ = writeln!(
         out,
-        "| EndpointSlices | spawn → every kind listed (log) | spawn → first compile done (log) | spawn → ready (200) | spawn → first proxied 200 | VmRSS after sync + {SETTLE:?} |\n|---|---|---|---|---|---|"
+        "| EndpointSlices | spawn → every kind listed (log) | spawn → first compile done (log) | spawn → ready (200) | spawn → first proxied 200 | VmRSS after sync + {SETTLE:?} | VmHWM (peak) |\n|---|---|---|---|---|---|---|"
     );
     for s in starts {
         let _ = writeln!(
             out,
-            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} MiB |",
+            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB |",
             s.slices,
             s.listed_ms,
             s.compiled_ms,
             s.ready_ms,
             s.served_ms,
-            s.rss_kib as f64 / 1024.0
+            s.rss_kib as f64 / 1024.0,
+            s.peak_kib as f64 / 1024.0
         );
     }
     if let [small, .., large] = starts {
