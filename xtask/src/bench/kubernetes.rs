@@ -608,7 +608,7 @@ fn table(starts: &[Start], moves: &Changes, routes: &Changes, cpu: &Cpu, slices:
     out
 }
 
-/// A minimal HTTP/1.0 GET: (status, `x-upstream-name`).
+/// GET `path` on `host` over a new connection: (status, `x-upstream-name`).
 fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Option<String>)> {
     let mut connection = KeepAlive::connect(addr)?;
     connection.get(host, path)
