@@ -13,6 +13,7 @@ mod common;
 mod config;
 mod endpoints;
 mod http;
+mod kubernetes;
 mod reload;
 mod sni;
 mod tls;
@@ -45,6 +46,11 @@ const BENCHES: &[Bench] = &[
         name: "endpoints",
         about: "EndpointSlice updates at 1 000 Services: update to first request on the new endpoint (kept and new connections), gatewayd CPU per update, p99 while endpoints churn 50/s",
         run: endpoints::run,
+    },
+    Bench {
+        name: "kubernetes",
+        about: "gatewayd following the fake Kubernetes API: start to ready/served and memory at 1 000 / 10 000 EndpointSlices, object change → served p50/p99, CPU per 1 000 endpoint updates",
+        run: kubernetes::run,
     },
     Bench {
         name: "config",
