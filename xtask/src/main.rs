@@ -593,6 +593,11 @@ const TEST_STAGES: &[(&str, &[TestRun])] = &[
                 cargo: &["-p", "fake-apiserver"],
                 harness: &[],
             },
+            // Leader election and status writes against the fake API server.
+            TestRun {
+                cargo: &["-p", "gateway-userspace", "--test", "kubernetes_status"],
+                harness: &[],
+            },
         ],
     ),
     (

@@ -58,6 +58,11 @@ const CPU_UPDATES: usize = 1_000;
 const CPU_PACE: u32 = 200;
 /// After the last update: its reload, and the reload loop's longest debounce, run.
 const CPU_TAIL: Duration = Duration::from_secs(2);
+/// Status run: HTTPRoutes on a Gateway API Gateway, and reloads of each kind counted.
+const STATUS_ROUTES: usize = 100;
+const STATUS_RELOADS: usize = 20;
+/// After a reload, for the status writer to finish its pass (it writes at most 10/s).
+const STATUS_SETTLE: Duration = Duration::from_secs(2);
 
 /// One start of gatewayd against a fake cluster of `slices` Services.
 struct Start {
@@ -119,7 +124,16 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     let routes = time_route_changes(&cluster, &gatewayd)?;
     println!("CPU per {CPU_UPDATES} EndpointSlice updates at {CPU_PACE}/s");
     let cpu = cpu_per_updates(&cluster, &gatewayd, [a, b])?;
-    Ok(table(&starts, &moves, &routes, &cpu, cluster.slices))
+    println!("status writes per reload ({STATUS_ROUTES} HTTPRoutes)");
+    let status = status_writes(&cluster, &gatewayd)?;
+    Ok(table(
+        &starts,
+        &moves,
+        &routes,
+        &cpu,
+        &status,
+        cluster.slices,
+    ))
 }
 
 /// Pins every thread this process starts from now on (and the calling one) to `cpu`.
@@ -562,7 +576,120 @@ fn cpu_per_updates(
     })
 }
 
-fn table(starts: &[Start], moves: &Changes, routes: &Changes, cpu: &Cpu, slices: usize) -> String {
+/// Status writes (PUT/PATCH on `…/status` in the fake's request log) per reload.
+struct StatusWrites {
+    /// Over full reloads that change no Gateway API object's status.
+    per_unrelated_reload: f64,
+    /// Over changes of one HTTPRoute's spec (a new generation to report).
+    per_route_change: f64,
+    /// To write the status of a Gateway, its class and every route the first time.
+    initial: usize,
+}
+
+fn is_status_write(r: &fake_apiserver::RequestRecord) -> bool {
+    matches!(r.verb, "update" | "patch") && r.path.ends_with("/status")
+}
+
+fn http_route(n: usize, hostname: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": format!("r{n}"), "namespace": "default"},
+        "spec": {
+            "parentRefs": [{"name": "bench-api"}],
+            "hostnames": [hostname],
+            "rules": [{"backendRefs": [{"name": format!("s{n}"), "port": 8000}]}],
+        },
+    })
+}
+
+/// A GatewayClass of ours, a Gateway and `STATUS_ROUTES` HTTPRoutes are added; once their
+/// status is written, `STATUS_RELOADS` full reloads that change none of it (a VirtualService
+/// edited), then `STATUS_RELOADS` edits of one HTTPRoute, each waited for, with the status
+/// writes the fake saw.
+fn status_writes(cluster: &Cluster, gatewayd: &Gatewayd) -> Result<StatusWrites> {
+    cluster.api.clear_requests();
+    cluster.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": "gatewayd"},
+        "spec": {"controllerName": "gatewayd.dev/gateway-controller"},
+    }))?;
+    cluster.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "bench-api", "namespace": "default"},
+        "spec": {
+            "gatewayClassName": "gatewayd",
+            "listeners": [{"name": "http", "port": free_port()?, "protocol": "HTTP"}],
+        },
+    }))?;
+    for n in 0..STATUS_ROUTES {
+        cluster.apply(http_route(n, &format!("r{n}.api.example.com")))?;
+    }
+    let written = |cluster: &Cluster| {
+        cluster
+            .api
+            .requests()
+            .iter()
+            .filter(|r| is_status_write(r))
+            .count()
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    // The class, the Gateway and every route.
+    while written(cluster) < STATUS_ROUTES + 2 {
+        if Instant::now() > deadline {
+            bail!(
+                "status not written for every route (see {})",
+                gatewayd.stderr.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(STATUS_SETTLE);
+    let initial = written(cluster);
+    let count_over = |change: &dyn Fn(usize) -> Result<()>| -> Result<f64> {
+        cluster.api.clear_requests();
+        for round in 0..STATUS_RELOADS {
+            let before = gatewayd.reloads()?;
+            change(round)?;
+            let deadline = Instant::now() + CHANGE_TIMEOUT;
+            while gatewayd.reloads()? <= before {
+                if Instant::now() > deadline {
+                    bail!(
+                        "no reload after a change (see {})",
+                        gatewayd.stderr.display()
+                    );
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            thread::sleep(CHANGE_GAP);
+        }
+        thread::sleep(STATUS_SETTLE);
+        Ok(written(cluster) as f64 / STATUS_RELOADS as f64)
+    };
+    let per_unrelated_reload =
+        count_over(&|round| cluster.apply(virtual_service(1, &[format!("/unrelated-{round}")])))?;
+    let per_route_change =
+        count_over(&|round| cluster.apply(http_route(0, &format!("r0-{round}.api.example.com"))))?;
+    println!(
+        "  initial {initial}, per unrelated reload {per_unrelated_reload:.2}, per route change {per_route_change:.2}"
+    );
+    Ok(StatusWrites {
+        per_unrelated_reload,
+        per_route_change,
+        initial,
+    })
+}
+
+fn table(
+    starts: &[Start],
+    moves: &Changes,
+    routes: &Changes,
+    cpu: &Cpu,
+    status: &StatusWrites,
+    slices: usize,
+) -> String {
     let mut out = format!(
         "gatewayd `run --kubernetes` against the fake API server on loopback: N Services with one EndpointSlice each, {ROUTED} of them routed by VirtualServices; objects created before gatewayd starts.\n\n"
     );
@@ -595,7 +722,7 @@ fn table(starts: &[Start], moves: &Changes, routes: &Changes, cpu: &Cpu, slices:
     }
     let _ = writeln!(
         out,
-        "At {slices} EndpointSlices:\n\n| measure | value |\n|---|---|\n| EndpointSlice moved → served on a kept connection (p50 / p99 of {}) | {} |\n| VirtualService new prefix → served (p50 / p99 of {}) | {} |\n| gatewayd CPU per 1 000 EndpointSlice updates ({CPU_UPDATES} at {CPU_PACE}/s, idle subtracted) | {:.0} ms |\n| reloads those updates took (`gateway_config_reloads_total` / `endpoints updated` lines) | {} / {} |\n| endpoint-only reload, its log's elapsed_ms (median) | {:.1} ms |\n| status writes per reload | not measured yet (status writer not merged) |",
+        "At {slices} EndpointSlices:\n\n| measure | value |\n|---|---|\n| EndpointSlice moved → served on a kept connection (p50 / p99 of {}) | {} |\n| VirtualService new prefix → served (p50 / p99 of {}) | {} |\n| gatewayd CPU per 1 000 EndpointSlice updates ({CPU_UPDATES} at {CPU_PACE}/s, idle subtracted) | {:.0} ms |\n| reloads those updates took (`gateway_config_reloads_total` / `endpoints updated` lines) | {} / {} |\n| endpoint-only reload, its log's elapsed_ms (median) | {:.1} ms |\n| status writes: first pass for a GatewayClass, a Gateway and {STATUS_ROUTES} HTTPRoutes | {} |\n| status writes per full reload that changes no status ({STATUS_RELOADS} VirtualService edits) | {:.2} |\n| status writes per HTTPRoute spec change ({STATUS_RELOADS} edits of one route) | {:.2} |",
         moves.ms.len(),
         moves.describe(),
         routes.ms.len(),
@@ -604,6 +731,9 @@ fn table(starts: &[Start], moves: &Changes, routes: &Changes, cpu: &Cpu, slices:
         cpu.reloads,
         cpu.logged,
         cpu.update_ms,
+        status.initial,
+        status.per_unrelated_reload,
+        status.per_route_change,
     );
     out
 }
