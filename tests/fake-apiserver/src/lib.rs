@@ -31,6 +31,7 @@ mod state;
 mod store;
 mod time;
 mod watch;
+mod writes;
 
 use std::net::SocketAddr;
 use std::path::Path;
