@@ -123,6 +123,7 @@ impl FakeApi {
             outage: tokio::sync::watch::Sender::new(Outage::None),
             shutdown: tokio::sync::watch::Sender::new(false),
             listener: Mutex::new(listener),
+            open_watches: Mutex::default(),
             bookmark_interval: options.bookmark_interval,
         });
         tokio::spawn(server::serve(shared.clone()));
@@ -339,6 +340,18 @@ impl FakeApi {
 
     pub fn clear_requests(&self) {
         lock(&self.shared.requests).clear();
+    }
+
+    /// Watch streams open now on a kind: lets a test wait until a client watches (again)
+    /// before changing objects, instead of sleeping.
+    pub fn open_watches(&self, api_version: &str, kind: &str) -> usize {
+        let Ok((res, _)) = self.resource(api_version, kind) else {
+            return 0;
+        };
+        lock(&self.shared.open_watches)
+            .get(&res.key())
+            .copied()
+            .unwrap_or(0)
     }
 }
 
