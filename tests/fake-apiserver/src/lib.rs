@@ -60,6 +60,8 @@ pub struct Options {
     pub namespace: String,
     /// Events an open watch may fall behind by before it is ended with 410.
     pub watch_buffer: usize,
+    /// Events kept for watches to resume from; older resourceVersions get 410.
+    pub event_log_limit: usize,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(60),
             namespace: "default".into(),
             watch_buffer: 1 << 16,
+            event_log_limit: 1 << 20,
         }
     }
 }
@@ -101,7 +104,7 @@ impl FakeApi {
             server::Listener::Bound(l) => l.local_addr()?,
             _ => options.addr,
         };
-        let mut store = Store::new(options.watch_buffer);
+        let mut store = Store::new(options.watch_buffer, options.event_log_limit);
         // The namespaces every cluster has, and the kubeconfig's.
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"]
             .into_iter()

@@ -577,3 +577,42 @@ async fn send_initial_events_ends_with_an_annotated_bookmark() {
         "true"
     );
 }
+
+#[tokio::test]
+async fn a_bounded_event_log_expires_old_resource_versions() {
+    let api = FakeApi::start(Options {
+        event_log_limit: 2,
+        ..Options::default()
+    })
+    .await
+    .expect("start the fake");
+    let first = api.apply(service("ns", "a", json!({}))).expect("apply");
+    for name in ["b", "c", "d"] {
+        api.apply(service("ns", name, json!({}))).expect("apply");
+    }
+    let path = format!("/api/v1/services?watch=true&resourceVersion={}", rv(&first));
+    let error = watch(api.addr(), &path)
+        .await
+        .next()
+        .await
+        .expect("an event");
+    assert_eq!(
+        (error["type"].clone(), error["object"]["code"].clone()),
+        (json!("ERROR"), json!(410))
+    );
+    // The last two events are still there to resume from.
+    let recent = api.resource_version() - 2;
+    let mut events = watch(
+        api.addr(),
+        &format!("/api/v1/services?watch=true&resourceVersion={recent}"),
+    )
+    .await;
+    assert_eq!(
+        events.next_named().await,
+        Some(("ADDED".into(), "c".into()))
+    );
+    assert_eq!(
+        events.next_named().await,
+        Some(("ADDED".into(), "d".into()))
+    );
+}
