@@ -14,19 +14,18 @@ use serde_json::{Value, json};
 
 use crate::errors::ApiError;
 use crate::faults::{Outage, RequestRecord};
-use crate::patch::merge;
 use crate::query::Query;
 use crate::resources::Resource;
 use crate::routes::{self, ResourcePath, Route};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::state::{Shared, lock};
-use crate::store::{Filter, WriteMode};
+use crate::store::Filter;
 use crate::watch::{self, WatchRequest};
 use crate::{discovery, openapi};
 
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-type Answer = Result<Response<Body>, ApiError>;
+pub(crate) type Answer = Result<Response<Body>, ApiError>;
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -58,7 +57,7 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-fn json_response(code: u16, value: &Value) -> Response<Body> {
+pub(crate) fn json_response(code: u16, value: &Value) -> Response<Body> {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed_unsync());
     *response.status_mut() = status;
@@ -69,7 +68,7 @@ fn json_response(code: u16, value: &Value) -> Response<Body> {
     response
 }
 
-fn not_found() -> ApiError {
+pub(crate) fn not_found() -> ApiError {
     ApiError::new(
         404,
         "NotFound",
@@ -151,7 +150,10 @@ async fn resource(
         "watch" => cx.watch(query),
         "list" => cx.list(query),
         "get" => cx.get(),
-        "delete" => cx.delete(),
+        "delete" => match read_body(request).await {
+            Ok((body, _)) => cx.delete(&body),
+            Err(e) => Err(e),
+        },
         // kubectl's typed commands (`create namespace`, ...) send protobuf.
         "create" | "update" if is_protobuf(&request) => Err(ApiError::new(
             415,
@@ -159,7 +161,7 @@ async fn resource(
             "the fake API server reads JSON request bodies only",
         )),
         "create" | "update" | "patch" => match read_body(request).await {
-            Ok(body) => cx.write(verb, &body, content_type_of(&body.1)),
+            Ok(body) => cx.write(verb, &body, content_type_of(&body.1), query),
             Err(e) => Err(e),
         },
         _ => Err(ApiError::new(405, "MethodNotAllowed", "method not allowed")),
@@ -195,18 +197,18 @@ async fn read_body(request: Request<Incoming>) -> Result<(Bytes, String), ApiErr
 }
 
 /// The resource a request is about, with its path's namespace and name.
-struct Target<'a> {
-    shared: &'a Arc<Shared>,
-    res: Resource,
-    version: String,
-    namespace: String,
-    name: String,
-    status: bool,
+pub(crate) struct Target<'a> {
+    pub(crate) shared: &'a Arc<Shared>,
+    pub(crate) res: Resource,
+    pub(crate) version: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) status: bool,
 }
 
 impl Target<'_> {
     /// The object as served through the requested version.
-    fn served(&self, mut object: Value) -> Value {
+    pub(crate) fn served(&self, mut object: Value) -> Value {
         if let Some(map) = object.as_object_mut() {
             map.insert(
                 "apiVersion".into(),
@@ -303,153 +305,11 @@ impl Target<'_> {
         Ok(json_response(200, &self.served((*object).clone())))
     }
 
-    fn delete(&self) -> Answer {
-        let last = lock(&self.shared.store).delete(&self.res, &self.namespace, &self.name)?;
-        Ok(json_response(200, &self.served(last)))
-    }
-
-    fn qualified(&self) -> String {
+    pub(crate) fn qualified(&self) -> String {
         if self.res.group.is_empty() {
             self.res.plural.to_string()
         } else {
             format!("{}.{}", self.res.plural, self.res.group)
         }
-    }
-
-    fn write(&self, verb: &str, (body, _): &(Bytes, String), content_type: &str) -> Answer {
-        let incoming: Value = serde_json::from_slice(body).map_err(|e| {
-            let hint = if content_type.contains("yaml") {
-                " (the fake reads JSON bodies only)"
-            } else {
-                ""
-            };
-            ApiError::bad_request(format!("the request body is not JSON{hint}: {e}"))
-        })?;
-        if !incoming.is_object() {
-            return Err(ApiError::bad_request(
-                "the request body is not a JSON object",
-            ));
-        }
-        let (code, object) = match verb {
-            "create" => (201, self.create(incoming)?),
-            "update" => (200, self.update(incoming)?),
-            _ => self.patch(incoming, content_type)?,
-        };
-        Ok(json_response(code, &self.served(object)))
-    }
-
-    /// Namespace and name from the path, checked against the body's.
-    fn place(&self, object: &mut Value) -> Result<(), ApiError> {
-        let meta = object
-            .as_object_mut()
-            .map(|m| m.entry("metadata").or_insert_with(|| json!({})))
-            .and_then(Value::as_object_mut)
-            .ok_or_else(|| ApiError::bad_request("metadata is not a JSON object"))?;
-        if self.res.namespaced {
-            let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
-            if !ns.is_empty() && ns != self.namespace {
-                return Err(ApiError::bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request",
-                ));
-            }
-            if self.namespace.is_empty() {
-                return Err(not_found());
-            }
-            meta.insert("namespace".into(), self.namespace.clone().into());
-        } else {
-            meta.remove("namespace");
-        }
-        if !self.name.is_empty() {
-            let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
-            if !name.is_empty() && name != self.name {
-                return Err(ApiError::bad_request(
-                    "the name of the object does not match the name on the URL",
-                ));
-            }
-            meta.insert("name".into(), self.name.clone().into());
-        }
-        Ok(())
-    }
-
-    fn check_kind(&self, object: &Value) -> Result<(), ApiError> {
-        match object.get("kind").and_then(Value::as_str) {
-            Some(kind) if kind != self.res.kind => Err(ApiError::bad_request(format!(
-                "the kind {kind:?} does not match the resource {}",
-                self.res.kind
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    fn create(&self, mut object: Value) -> Result<Value, ApiError> {
-        self.check_kind(&object)?;
-        self.place(&mut object)?;
-        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.remove("resourceVersion");
-            let named = meta
-                .get("name")
-                .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty());
-            let prefix = meta
-                .get("generateName")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            if let (false, Some(prefix)) = (named, prefix) {
-                let suffix: String = (0..5).map(|_| fastrand::lowercase()).collect();
-                meta.insert("name".into(), format!("{prefix}{suffix}").into());
-            }
-        }
-        // Status is the controllers' to write, through the subresource.
-        if self.res.status_subresource
-            && let Some(map) = object.as_object_mut()
-        {
-            map.remove("status");
-            if self.res.group.is_empty() && self.res.kind == "Namespace" {
-                map.insert("status".into(), json!({"phase": "Active"}));
-            }
-        }
-        lock(&self.shared.store).create(&self.res, object)
-    }
-
-    fn mode(&self) -> WriteMode {
-        if self.status {
-            WriteMode::Status
-        } else {
-            WriteMode::Main
-        }
-    }
-
-    fn update(&self, mut object: Value) -> Result<Value, ApiError> {
-        self.check_kind(&object)?;
-        self.place(&mut object)?;
-        lock(&self.shared.store).replace(&self.res, object, self.mode())
-    }
-
-    fn patch(&self, patch: Value, content_type: &str) -> Result<(u16, Value), ApiError> {
-        let apply = content_type == "application/apply-patch+yaml";
-        if !apply
-            && !matches!(
-                content_type,
-                "application/merge-patch+json" | "application/strategic-merge-patch+json"
-            )
-        {
-            return Err(ApiError::new(
-                415,
-                "UnsupportedMediaType",
-                format!("the fake does not support patches of type {content_type:?}"),
-            ));
-        }
-        let mut store = lock(&self.shared.store);
-        let Some(current) = store.get(&self.res, &self.namespace, &self.name) else {
-            if apply && !self.status {
-                drop(store);
-                return Ok((201, self.create(patch)?));
-            }
-            return Err(ApiError::not_found(&self.qualified(), &self.name));
-        };
-        let mut merged = (*current).clone();
-        merge(&mut merged, &patch);
-        self.place(&mut merged)?;
-        Ok((200, store.replace(&self.res, merged, self.mode())?))
     }
 }

@@ -31,6 +31,7 @@ mod state;
 mod store;
 mod time;
 mod watch;
+mod writes;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -59,6 +60,8 @@ pub struct Options {
     pub namespace: String,
     /// Events an open watch may fall behind by before it is ended with 410.
     pub watch_buffer: usize,
+    /// Events kept for watches to resume from; older resourceVersions get 410.
+    pub event_log_limit: usize,
 }
 
 impl Default for Options {
@@ -69,6 +72,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(60),
             namespace: "default".into(),
             watch_buffer: 1 << 16,
+            event_log_limit: 1 << 20,
         }
     }
 }
@@ -100,7 +104,7 @@ impl FakeApi {
             server::Listener::Bound(l) => l.local_addr()?,
             _ => options.addr,
         };
-        let mut store = Store::new(options.watch_buffer);
+        let mut store = Store::new(options.watch_buffer, options.event_log_limit);
         // The namespaces every cluster has, and the kubeconfig's.
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"]
             .into_iter()
@@ -122,6 +126,7 @@ impl FakeApi {
             outage: tokio::sync::watch::Sender::new(Outage::None),
             shutdown: tokio::sync::watch::Sender::new(false),
             listener: Mutex::new(listener),
+            open_watches: Mutex::default(),
             bookmark_interval: options.bookmark_interval,
         });
         tokio::spawn(server::serve(shared.clone()));
@@ -338,6 +343,18 @@ impl FakeApi {
 
     pub fn clear_requests(&self) {
         lock(&self.shared.requests).clear();
+    }
+
+    /// Watch streams open now on a kind: lets a test wait until a client watches (again)
+    /// before changing objects, instead of sleeping.
+    pub fn open_watches(&self, api_version: &str, kind: &str) -> usize {
+        let Ok((res, _)) = self.resource(api_version, kind) else {
+            return 0;
+        };
+        lock(&self.shared.open_watches)
+            .get(&res.key())
+            .copied()
+            .unwrap_or(0)
     }
 }
 

@@ -1,12 +1,13 @@
 //! The state shared by the server tasks and the test-side handle.
 
-use std::sync::{Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::faults::{Faults, Outage, RequestRecord};
-use crate::resources::Resource;
+use crate::resources::{Resource, ResourceKey};
 use crate::server::Listener;
 use crate::store::Store;
 
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) outage: watch::Sender<Outage>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) listener: Mutex<Listener>,
+    /// Open watch streams per kind.
+    pub(crate) open_watches: Mutex<HashMap<ResourceKey, usize>>,
     pub(crate) bookmark_interval: Duration,
 }
 
@@ -52,5 +55,26 @@ impl Shared {
 
     pub(crate) fn bump(sender: &watch::Sender<u64>) {
         sender.send_modify(|n| *n += 1);
+    }
+}
+
+/// Counts an open watch stream for as long as it lives.
+pub(crate) struct OpenWatch {
+    shared: Arc<Shared>,
+    key: ResourceKey,
+}
+
+impl OpenWatch {
+    pub(crate) fn new(shared: Arc<Shared>, key: ResourceKey) -> Self {
+        *lock(&shared.open_watches).entry(key).or_default() += 1;
+        OpenWatch { shared, key }
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        if let Some(count) = lock(&self.shared.open_watches).get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+        }
     }
 }

@@ -84,6 +84,9 @@ pub(crate) struct Store {
     /// Events with resourceVersion > `compacted`.
     log: VecDeque<Arc<Event>>,
     compacted: u64,
+    /// Events kept for replay, as the apiserver's watch cache keeps a bounded window:
+    /// older ones are compacted away.
+    log_limit: usize,
     next_uid: u64,
     signals: broadcast::Sender<Signal>,
 }
@@ -136,13 +139,14 @@ fn spec_part(object: &Value) -> Value {
 }
 
 impl Store {
-    pub(crate) fn new(signal_capacity: usize) -> Self {
+    pub(crate) fn new(signal_capacity: usize, log_limit: usize) -> Self {
         let (signals, _) = broadcast::channel(signal_capacity);
         Store {
             rv: 1,
             objects: HashMap::new(),
             log: VecDeque::new(),
             compacted: 1,
+            log_limit: log_limit.max(1),
             next_uid: 1,
             signals,
         }
@@ -431,6 +435,11 @@ impl Store {
             old,
         });
         self.log.push_back(event.clone());
+        while self.log.len() > self.log_limit {
+            if let Some(oldest) = self.log.pop_front() {
+                self.compacted = oldest.rv;
+            }
+        }
         let _ = self.signals.send(Signal::Event(event));
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::errors::ApiError;
 use crate::resources::Resource;
-use crate::state::Shared;
+use crate::state::{OpenWatch, Shared};
 use crate::store::{Filter, Signal, WatchStart, visible};
 
 /// A response body fed from a channel; it ends when the sender is dropped.
@@ -82,7 +82,11 @@ fn error_line(error: &ApiError) -> Bytes {
 
 pub(crate) fn stream(shared: Arc<Shared>, request: WatchRequest, start: WatchStart) -> ChannelBody {
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(run(shared, request, start, tx));
+    let open = OpenWatch::new(shared.clone(), request.res.key());
+    tokio::spawn(async move {
+        run(shared, request, start, tx).await;
+        drop(open);
+    });
     ChannelBody(rx)
 }
 

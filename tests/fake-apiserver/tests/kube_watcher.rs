@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 use std::path::PathBuf;
 
-use fake_apiserver::{FakeApi, Options};
+use fake_apiserver::{Crd, FakeApi, Options};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -42,6 +42,18 @@ fn slice(name: &str, address: &str) -> serde_json::Value {
         "endpoints": [{"addresses": [address], "conditions": {"ready": true}}],
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
     })
+}
+
+/// Waits until the fake has ended every EndpointSlice watch stream.
+async fn until_no_watches(api: &FakeApi) {
+    let ended = async {
+        while api.open_watches("discovery.k8s.io/v1", "EndpointSlice") > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, ended)
+        .await
+        .expect("the streams end in time");
 }
 
 /// The next event, skipping errors (a watcher reports a failed reconnect as one).
@@ -111,6 +123,9 @@ async fn endpointslice_watcher_syncs_resumes_and_relists() {
     // A dropped stream is re-watched from the last resourceVersion, without a LIST.
     api.clear_requests();
     api.drop_watches();
+    // Applied once the old stream is over, so that only a resumed watch can carry it (the
+    // watcher is not polled meanwhile, so it has not reconnected yet).
+    until_no_watches(&api).await;
     api.apply(slice("web-3", "10.0.0.3")).expect("apply");
     assert_eq!(applied_name(next(&mut events).await), "web-3");
     let requests = api.requests();
@@ -126,23 +141,12 @@ async fn endpointslice_watcher_syncs_resumes_and_relists() {
 
     // A deletion while the watcher is cut off and the log is compacted: the resumed watch
     // gets 410, the watcher relists and the deleted slice is gone from its sync.
-    api.fail("discovery.k8s.io/v1", "EndpointSlice", Some(500))
-        .expect("fault");
     api.drop_watches();
-    loop {
-        let item = tokio::time::timeout(PATIENCE, events.next())
-            .await
-            .expect("in time");
-        if matches!(item, Some(Err(_))) {
-            break; // the reconnect failed: the old stream is surely gone
-        }
-    }
+    until_no_watches(&api).await;
     api.delete("discovery.k8s.io/v1", "EndpointSlice", "ns", "web-1")
         .expect("delete");
     api.compact();
     api.clear_requests();
-    api.fail("discovery.k8s.io/v1", "EndpointSlice", None)
-        .expect("fault");
     assert_eq!(initial_sync(&mut events).await, ["web-3"]);
     let requests = api.requests();
     let expired = requests
@@ -192,4 +196,51 @@ async fn dynamic_object_watcher_on_a_custom_resource() {
         Event::Delete(r) => assert_eq!(r.name_any(), "a"),
         other => panic!("expected Delete, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_crd_installed_while_the_watcher_runs() {
+    let api = FakeApi::start(Options::with_crds(&[]))
+        .await
+        .expect("start the fake");
+    let route = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "a", "namespace": "ns"}, "spec": {}});
+    assert_eq!(
+        api.apply(route.clone()).map_err(|e| e.code),
+        Err(404),
+        "not served yet"
+    );
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "httproutes");
+    let routes: Api<DynamicObject> = Api::all_with(client(&api, "late-crd").await, &resource);
+    let mut events = watcher::watcher(routes, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    assert!(matches!(next(&mut events).await, Event::Init));
+    let failed = tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .expect("in time");
+    assert!(
+        matches!(failed, Some(Err(_))),
+        "the LIST fails while the CRD is missing"
+    );
+
+    api.install_crd(Crd::HttpRoute);
+    api.apply(route).expect("served now");
+    // Each failed attempt starts over with Init; the first that succeeds lists the route.
+    let listed = loop {
+        match next(&mut events).await {
+            Event::Init => continue,
+            Event::InitApply(r) => break r.name_any(),
+            other => panic!("expected the initial sync, got {other:?}"),
+        }
+    };
+    assert_eq!(listed, "a");
+    assert!(matches!(next(&mut events).await, Event::InitDone));
+    let mut later = api
+        .get("gateway.networking.k8s.io/v1", "HTTPRoute", "ns", "a")
+        .expect("stored");
+    later["metadata"]["name"] = json!("b");
+    api.apply(later).expect("apply");
+    assert_eq!(applied_name(next(&mut events).await), "b");
 }

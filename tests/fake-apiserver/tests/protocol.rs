@@ -523,3 +523,96 @@ async fn faults_and_the_request_log() {
     assert_eq!(log[1].resource_version.as_deref(), Some("7"));
     assert_eq!(log[1].status, 200);
 }
+
+#[tokio::test]
+async fn custom_resource_write_rules_and_delete_preconditions() {
+    let api = fake().await;
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}))
+        .expect("apply");
+    let one = "/apis/gateway.networking.k8s.io/v1/namespaces/ns/httproutes/r";
+    let route = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "r", "namespace": "ns"}, "spec": {"hostnames": ["a.example"]}});
+
+    let merge = "application/merge-patch+json";
+    let apply = "application/apply-patch+yaml";
+    let (code, _) = call_typed(api.addr(), "PATCH", one, apply, Some(&route)).await;
+    assert_eq!(code, 400, "an apply patch needs a fieldManager");
+    let with_manager = format!("{one}?fieldManager=gatewayd");
+    let (code, created) = call_typed(api.addr(), "PATCH", &with_manager, apply, Some(&route)).await;
+    assert_eq!(code, 201, "an apply patch creates a missing object");
+    assert_eq!(created["metadata"]["generation"], 1);
+
+    let (code, _) = call(api.addr(), "PUT", one, Some(&route)).await;
+    assert_eq!(code, 422, "custom resources refuse unconditional updates");
+    let smp = "application/strategic-merge-patch+json";
+    let (code, _) = call_typed(api.addr(), "PATCH", one, smp, Some(&json!({"spec": {}}))).await;
+    assert_eq!(code, 415, "no strategic merge for custom resources");
+    let patch = json!({"spec": {"hostnames": ["b.example"]}});
+    let (code, patched) = call_typed(api.addr(), "PATCH", one, merge, Some(&patch)).await;
+    assert_eq!(
+        (code, patched["metadata"]["generation"].clone()),
+        (200, json!(2))
+    );
+
+    let stale = json!({"preconditions": {"resourceVersion": rv(&created)}});
+    assert_eq!(call(api.addr(), "DELETE", one, Some(&stale)).await.0, 409);
+    let current = json!({"preconditions": {"uid": patched["metadata"]["uid"], "resourceVersion": rv(&patched)}});
+    assert_eq!(call(api.addr(), "DELETE", one, Some(&current)).await.0, 200);
+}
+
+#[tokio::test]
+async fn send_initial_events_ends_with_an_annotated_bookmark() {
+    let api = fake().await;
+    api.apply(service("ns", "a", json!({}))).expect("apply");
+    let path = "/api/v1/services?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true";
+    let mut events = watch(api.addr(), path).await;
+    assert_eq!(
+        events.next_named().await,
+        Some(("ADDED".into(), "a".into()))
+    );
+    let end = events.next().await.expect("a BOOKMARK");
+    assert_eq!(end["type"], "BOOKMARK");
+    assert_eq!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+}
+
+#[tokio::test]
+async fn a_bounded_event_log_expires_old_resource_versions() {
+    let api = FakeApi::start(Options {
+        event_log_limit: 2,
+        ..Options::default()
+    })
+    .await
+    .expect("start the fake");
+    let first = api.apply(service("ns", "a", json!({}))).expect("apply");
+    for name in ["b", "c", "d"] {
+        api.apply(service("ns", name, json!({}))).expect("apply");
+    }
+    let path = format!("/api/v1/services?watch=true&resourceVersion={}", rv(&first));
+    let error = watch(api.addr(), &path)
+        .await
+        .next()
+        .await
+        .expect("an event");
+    assert_eq!(
+        (error["type"].clone(), error["object"]["code"].clone()),
+        (json!("ERROR"), json!(410))
+    );
+    // The last two events are still there to resume from.
+    let recent = api.resource_version() - 2;
+    let mut events = watch(
+        api.addr(),
+        &format!("/api/v1/services?watch=true&resourceVersion={recent}"),
+    )
+    .await;
+    assert_eq!(
+        events.next_named().await,
+        Some(("ADDED".into(), "c".into()))
+    );
+    assert_eq!(
+        events.next_named().await,
+        Some(("ADDED".into(), "d".into()))
+    );
+}

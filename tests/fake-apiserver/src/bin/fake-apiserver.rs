@@ -20,6 +20,10 @@ struct Args {
     /// The kubeconfig context's namespace.
     #[arg(long, default_value = "default")]
     namespace: String,
+    /// Objects to store before serving: a JSON file holding an array of objects or a
+    /// `List` (`{"items": [...]}`), e.g. the output of `kubectl get ... -o json`.
+    #[arg(long)]
+    preload: Vec<PathBuf>,
 }
 
 #[tokio::main]
@@ -32,6 +36,23 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("starting the fake API server")?;
+    for path in &args.preload {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut document: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let objects = match document.get_mut("items") {
+            Some(items) => items.take(),
+            None => document,
+        };
+        let serde_json::Value::Array(objects) = objects else {
+            anyhow::bail!("{}: expected an array or a List", path.display());
+        };
+        for object in objects {
+            api.apply(object)
+                .with_context(|| format!("storing an object from {}", path.display()))?;
+        }
+    }
     api.write_kubeconfig(&args.kubeconfig)
         .with_context(|| format!("writing {}", args.kubeconfig.display()))?;
     println!(
