@@ -415,41 +415,27 @@ spec:
     // No Secret yet: nothing serves that host.
     assert_ne!(https(&first_ca).unwrap_or(0), 200);
 
-    let (cert, key) = first.issue(
-        "secure1",
-        "secure.example.com",
-        "DNS:secure.example.com",
-        Key::EcP256Pkcs8,
-        false,
-    )?;
-    cluster.apply(&tls_secret(
-        "secure-cert",
-        "istio-system",
-        &cert,
-        &key,
-        None,
-    ))?;
+    // The credential Secret, issued by `pki`, created or replaced as cert-manager does.
+    let issue = |pki: &Pki, name: &str| -> anyhow::Result<()> {
+        let sans = "DNS:secure.example.com";
+        let (cert, key) = pki.issue(name, "secure.example.com", sans, Key::EcP256Pkcs8, false)?;
+        cluster.apply(&tls_secret(
+            "secure-cert",
+            "istio-system",
+            &cert,
+            &key,
+            None,
+        ))
+    };
+    issue(&first, "secure1")?;
     eventually(
         "HTTPS with the new Secret",
         || https(&first_ca),
         |s| *s == 200,
     )?;
 
-    // Renewed by cert-manager: a certificate from another CA replaces it.
-    let (cert, key) = second.issue(
-        "secure2",
-        "secure.example.com",
-        "DNS:secure.example.com",
-        Key::EcP256Pkcs8,
-        false,
-    )?;
-    cluster.apply(&tls_secret(
-        "secure-cert",
-        "istio-system",
-        &cert,
-        &key,
-        None,
-    ))?;
+    // Renewed: a certificate from another CA replaces it.
+    issue(&second, "secure2")?;
     eventually(
         "HTTPS with the renewed Secret",
         || https(&second_ca),
@@ -920,6 +906,135 @@ spec:
         "the unselected namespace",
         || status(port, "shop.example.com", "/get"),
         |s| s.0 == 404,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn service_entries_destination_rules_tcp_routes_and_classes_from_the_cluster() -> anyhow::Result<()>
+{
+    let cluster = Cluster::start("kube-kinds")?;
+    let one = Upstream::start(None, "127.0.0.1:0", "one")?;
+    let two = Upstream::start(None, "127.0.0.1:0", "two")?;
+    let port = free_port();
+    cluster.apply(&httpbin_config(port, one.addr))?;
+    let _gateway = cluster.gateway(&[])?;
+    // A ServiceEntry with two static endpoints, routed to from the httpbin host.
+    cluster.apply(&format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: legacy, namespace: default}}
+spec:
+  hosts: [legacy.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, labels: {{version: v1}}, ports: {{http: {one}}}}}
+  - {{address: 127.0.0.1, labels: {{version: v2}}, ports: {{http: {two}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: legacy, namespace: default}}
+spec:
+  hosts: ["httpbin.example.com"]
+  gateways: [httpbin-gateway]
+  http:
+  - match: [{{uri: {{prefix: /legacy}}}}]
+    route:
+    - destination: {{host: legacy.internal, port: {{number: 80}}}}
+"#,
+        one = one.addr.port(),
+        two = two.addr.port(),
+    ))?;
+    eventually(
+        "the ServiceEntry's host",
+        || status(port, "httpbin.example.com", "/legacy"),
+        |s| s.0 == 200,
+    )?;
+    // A DestinationRule's subset, and the route narrowed to it: only v2 answers.
+    cluster.apply(
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: legacy, namespace: default}
+spec:
+  host: legacy.internal
+  subsets:
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: legacy, namespace: default}
+spec:
+  hosts: ["httpbin.example.com"]
+  gateways: [httpbin-gateway]
+  http:
+  - match: [{uri: {prefix: /legacy}}]
+    route:
+    - destination: {host: legacy.internal, subset: v2, port: {number: 80}}
+"#,
+    )?;
+    eventually(
+        "the subset",
+        || status(port, "httpbin.example.com", "/legacy"),
+        |s| s.1 == "two",
+    )?;
+    for _ in 0..5 {
+        assert_eq!(
+            status(port, "httpbin.example.com", "/legacy")?,
+            (200, "two".into())
+        );
+    }
+    cluster.delete(
+        "networking.istio.io/v1",
+        "ServiceEntry",
+        "default",
+        "legacy",
+    )?;
+    eventually(
+        "the deleted ServiceEntry",
+        || status(port, "httpbin.example.com", "/legacy"),
+        |s| s.0 == 503,
+    )?;
+
+    // A TCP listener of a Gateway whose class is ours by controllerName, and a TCPRoute.
+    let tcp_port = free_port();
+    cluster.apply(&format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: by-controller}}
+spec: {{controllerName: gatewayd.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tcp, namespace: default}}
+spec:
+  gatewayClassName: by-controller
+  listeners:
+  - {{name: tcp, port: {tcp_port}, protocol: TCP}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: tcp, namespace: default}}
+spec:
+  parentRefs: [{{name: tcp}}]
+  rules:
+  - backendRefs: [{{name: httpbin, port: 8000}}]
+"#
+    ))?;
+    // Plain HTTP through the TCP proxy reaches the upstream whatever the Host.
+    eventually(
+        "the TCPRoute",
+        || status(tcp_port, "anything", "/get"),
+        |s| s.0 == 200,
+    )?;
+    // The class is handed to another controller: its Gateway is no longer ours.
+    cluster.apply(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: by-controller}\nspec: {controllerName: example.com/another}\n",
+    )?;
+    eventually(
+        "the class given away",
+        || Ok(status(tcp_port, "anything", "/get").map_or(0, |s| s.0)),
+        |s| *s != 200,
     )?;
     Ok(())
 }
