@@ -56,6 +56,106 @@ pub struct Sourced<T> {
     pub location: Option<Location>,
 }
 
+/// One object of any kind: what the cluster store keeps per object (a whole `Resources`
+/// would take about 450 bytes each, nearly all of it empty lists).
+#[derive(Clone, Debug)]
+pub enum Object {
+    Gateway(Sourced<Gateway>),
+    VirtualService(Sourced<VirtualService>),
+    Service(Sourced<Service>),
+    EndpointSlice(Sourced<EndpointSlice>),
+    Endpoints(Sourced<Endpoints>),
+    DestinationRule(Sourced<DestinationRule>),
+    ServiceEntry(Sourced<ServiceEntry>),
+    GatewayClass(Sourced<GatewayClass>),
+    ApiGateway(Sourced<ApiGateway>),
+    HttpRoute(Sourced<HttpRoute>),
+    GrpcRoute(Sourced<GrpcRoute>),
+    TlsRoute(Sourced<TlsRoute>),
+    TcpRoute(Sourced<TcpRoute>),
+    ReferenceGrant(Sourced<ReferenceGrant>),
+    Secret(Sourced<Secret>),
+    Namespace(Sourced<Namespace>),
+}
+
+/// `$m!(Variant, list)` for every kind: the one table `Object`'s conversions share.
+macro_rules! for_each_kind {
+    ($m:ident) => {
+        $m!(Gateway, gateways);
+        $m!(VirtualService, virtual_services);
+        $m!(Service, services);
+        $m!(EndpointSlice, endpoint_slices);
+        $m!(Endpoints, endpoints);
+        $m!(DestinationRule, destination_rules);
+        $m!(ServiceEntry, service_entries);
+        $m!(GatewayClass, gateway_classes);
+        $m!(ApiGateway, api_gateways);
+        $m!(HttpRoute, http_routes);
+        $m!(GrpcRoute, grpc_routes);
+        $m!(TlsRoute, tls_routes);
+        $m!(TcpRoute, tcp_routes);
+        $m!(ReferenceGrant, reference_grants);
+        $m!(Secret, secrets);
+        $m!(Namespace, namespaces);
+    };
+}
+
+impl Object {
+    /// The first object `resources` holds (a parse of one object holds one or none).
+    pub fn first(mut resources: Resources) -> Option<Object> {
+        // Without `..`: a new kind in `Resources` must be added to `for_each_kind!` too.
+        let Resources {
+            gateways: _,
+            virtual_services: _,
+            services: _,
+            endpoint_slices: _,
+            endpoints: _,
+            destination_rules: _,
+            service_entries: _,
+            gateway_classes: _,
+            api_gateways: _,
+            http_routes: _,
+            grpc_routes: _,
+            tls_routes: _,
+            tcp_routes: _,
+            reference_grants: _,
+            secrets: _,
+            namespaces: _,
+            skipped: _,
+            documents: _,
+        } = &resources;
+        macro_rules! take {
+            ($variant:ident, $list:ident) => {
+                if let Some(item) = resources.$list.pop() {
+                    return Some(Object::$variant(item));
+                }
+            };
+        }
+        for_each_kind!(take);
+        None
+    }
+
+    /// Adds this object to the list of its kind.
+    pub fn append_to(&self, resources: &mut Resources) {
+        macro_rules! put {
+            ($variant:ident, $list:ident) => {
+                if let Object::$variant(item) = self {
+                    resources.$list.push(item.clone());
+                    return;
+                }
+            };
+        }
+        for_each_kind!(put);
+    }
+
+    /// This object alone, as a load's result.
+    pub fn to_resources(&self) -> Resources {
+        let mut resources = Resources::default();
+        self.append_to(&mut resources);
+        resources
+    }
+}
+
 /// Everything a load found, by kind.
 #[derive(Clone, Debug, Default)]
 pub struct Resources {

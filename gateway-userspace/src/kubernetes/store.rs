@@ -20,7 +20,7 @@ use super::{
     status_writer::ParentRef,
 };
 use crate::config::{
-    Diagnostics, Resources,
+    Diagnostics, Object, Resources,
     cache::{Change, Tally},
 };
 
@@ -31,6 +31,18 @@ pub struct StreamKey {
     pub kind: usize,
     /// None: every namespace (or a cluster-scoped kind).
     pub namespace: Option<String>,
+}
+
+impl Parsed {
+    /// Counts it in a tally of changes.
+    fn tally(&self, changes: &mut Tally) {
+        let resources = self
+            .object
+            .as_ref()
+            .map(Object::to_resources)
+            .unwrap_or_default();
+        changes.saw(&resources, &self.diagnostics);
+    }
 }
 
 impl StreamKey {
@@ -44,7 +56,8 @@ impl StreamKey {
 #[derive(Clone, Debug)]
 pub struct Parsed {
     pub resource_version: String,
-    pub resources: Resources,
+    /// None when it did not parse (`diagnostics` say why).
+    pub object: Option<Object>,
     pub diagnostics: Diagnostics,
     /// For Gateway API routes: `metadata.generation` and `spec.parentRefs`, read loosely,
     /// so that a route dropped for its errors still gets `Accepted=False` on its parents.
@@ -177,7 +190,7 @@ impl ClusterStore {
             match stream.objects.get(name) {
                 Some(new) if new.resource_version == old.resource_version => {}
                 _ => {
-                    changes.saw(&old.resources, &old.diagnostics);
+                    old.tally(changes);
                     changed = true;
                 }
             }
@@ -187,7 +200,7 @@ impl ClusterStore {
                 .get(name)
                 .is_none_or(|old| old.resource_version != new.resource_version)
             {
-                changes.saw(&new.resources, &new.diagnostics);
+                new.tally(changes);
                 changed = true;
             }
         }
@@ -214,9 +227,9 @@ impl ClusterStore {
             if old.resource_version == parsed.resource_version {
                 return;
             }
-            changes.saw(&old.resources, &old.diagnostics);
+            old.tally(changes);
         }
-        changes.saw(&parsed.resources, &parsed.diagnostics);
+        parsed.tally(changes);
         stream.objects.insert(name, parsed);
         drop(inner);
         self.changed();
@@ -233,7 +246,7 @@ impl ClusterStore {
         let Some(old) = stream.objects.remove(name) else {
             return;
         };
-        changes.saw(&old.resources, &old.diagnostics);
+        old.tally(changes);
         drop(inner);
         self.changed();
     }
@@ -291,7 +304,9 @@ impl ClusterStore {
         let (mut resources, mut diagnostics) = (Resources::default(), Diagnostics::default());
         for stream in inner.streams.values() {
             for parsed in stream.objects.values() {
-                resources.append(parsed.resources.clone());
+                if let Some(object) = &parsed.object {
+                    object.append_to(&mut resources);
+                }
                 diagnostics.extend(parsed.diagnostics.clone());
             }
         }
@@ -307,9 +322,9 @@ impl ClusterStore {
                 continue;
             }
             for parsed in stream.objects.values() {
-                resources
-                    .endpoint_slices
-                    .extend(parsed.resources.endpoint_slices.iter().cloned());
+                if let Some(Object::EndpointSlice(slice)) = &parsed.object {
+                    resources.endpoint_slices.push(slice.clone());
+                }
             }
         }
         resources
@@ -392,7 +407,7 @@ mod tests {
             ("default".into(), name.into()),
             Parsed {
                 resource_version: version.into(),
-                resources,
+                object: Object::first(resources),
                 diagnostics,
                 route_parents: None,
             },
@@ -490,7 +505,7 @@ mod tests {
             ("team-a".into(), "bad".into()),
             Parsed {
                 resource_version: "1".into(),
-                resources,
+                object: Object::first(resources),
                 diagnostics,
                 route_parents: None,
             },

@@ -121,7 +121,7 @@ fn parse(resource: &ApiResource, mut object: DynamicObject) -> Option<((String, 
         name,
         Parsed {
             resource_version,
-            resources,
+            object: config::Object::first(resources),
             diagnostics,
             route_parents,
         },
