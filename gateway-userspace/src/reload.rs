@@ -87,24 +87,9 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
-    /// load → validate → compile. Objects with errors are dropped (`compile::isolate`);
-    /// errors that name no object fail the whole compile. Warnings come back with the
-    /// snapshot, whose report lists what was dropped.
-    pub fn compile(&self) -> Result<(Snapshot, Diagnostics), ReloadError> {
-        let (mut resources, mut diagnostics) = config::load(&self.paths)?;
-        if let Some(cluster) = &self.cluster {
-            cluster.take_change();
-            let (objects, more) = cluster.resources();
-            resources.append(objects);
-            diagnostics.extend(more);
-        }
-        let isolated =
-            compile::compile_isolating(&resources, diagnostics, &self.identity, &self.tls, None)
-                .map_err(ReloadError::Invalid)?;
-        Ok((isolated.snapshot, isolated.diagnostics))
-    }
-
-    /// The first compile, through `cache` so that the reload loop starts from it: the
+    /// load → validate → compile, the first time. Objects with errors are dropped
+    /// (`compile::isolate`); errors that name no object fail the whole compile. It goes
+    /// through `cache` so that the reload loop starts from it: the
     /// files parsed, the cluster's changes taken, the route memo kept. Call
     /// `CompileCache::applied` once the snapshot is live.
     pub fn compile_first(
