@@ -43,7 +43,9 @@ use tokio::{signal::unix::SignalKind, sync::watch};
 use tracing::{error, info, warn};
 
 /// mimalloc's thread-local free lists: the proxy allocates per request, and glibc's
-/// malloc/free were a fifth of its instructions.
+/// malloc/free were a fifth of its instructions. The `system-allocator` feature leaves
+/// glibc's in place, for heap profilers that intercept malloc (heaptrack, valgrind).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

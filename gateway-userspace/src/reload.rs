@@ -16,6 +16,7 @@
 //! directory sees that rename, so volume updates reload like edits do.
 
 use std::{
+    collections::BTreeSet,
     ffi::OsString,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
@@ -38,7 +39,7 @@ use crate::{
     compile::{self, Identity},
     config::{
         self, Diagnostics, SourceError,
-        cache::{Change, ParseCache},
+        cache::{Change, ParseCache, ServiceKey, ServiceSet},
     },
     ebpf::KernelError,
     kubernetes::store::ClusterStore,
@@ -139,7 +140,7 @@ impl ConfigSource {
         if let Change::EndpointsOnly(services) = &change
             && cache.previous_is_current
         {
-            let resources = self.endpoint_resources(cache);
+            let resources = self.endpoint_resources(cache, services);
             let (snapshot, diagnostics) = compile::update_endpoints(previous, &resources, services);
             return Ok(Compiled::Endpoints {
                 snapshot,
@@ -180,7 +181,7 @@ impl ConfigSource {
             && !services.is_empty()
         {
             // Carried-over clusters have the previous endpoints.
-            let endpoints = self.endpoint_resources(cache);
+            let endpoints = self.endpoint_resources(cache, services);
             let (updated, more) = compile::update_endpoints(&snapshot, &endpoints, services);
             snapshot = updated;
             diagnostics.extend(more);
@@ -192,11 +193,16 @@ impl ConfigSource {
         Ok(Compiled::Full(snapshot, diagnostics))
     }
 
-    /// The EndpointSlices and Endpoints of the files and the cluster.
-    fn endpoint_resources(&self, cache: &CompileCache) -> config::Resources {
-        let mut resources = cache.files.endpoint_resources();
+    /// The EndpointSlices and Endpoints of `services`, from the files and the cluster.
+    fn endpoint_resources(
+        &self,
+        cache: &CompileCache,
+        services: &BTreeSet<ServiceKey>,
+    ) -> config::Resources {
+        let services = ServiceSet::new(services);
+        let mut resources = cache.files.endpoint_resources(&services);
         if let Some(cluster) = &self.cluster {
-            resources.append(cluster.endpoint_resources());
+            resources.append(cluster.endpoint_resources(&services));
         }
         resources
     }

@@ -2,7 +2,7 @@
 //! the proxy (listeners, route tables, clusters) and the kernel loader (ports).
 //! A new one is built away from the hot path and swapped in whole.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
@@ -13,6 +13,7 @@ pub use transport::{
 };
 
 use crate::{
+    config::resources::Labels,
     connection_pool::ConnectionPool,
     route_table::{RouteTable, StringMatcher},
 };
@@ -503,7 +504,7 @@ pub enum EndpointSource {
         /// targetPort, which only the slices resolve).
         fallback_port: Option<u16>,
         /// A DestinationRule subset's labels, matched against the slices' labels.
-        subset_labels: Option<BTreeMap<String, String>>,
+        subset_labels: Option<Labels>,
     },
 }
 

@@ -8,7 +8,7 @@
 //! ServiceEntry endpoint labels.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -19,9 +19,9 @@ use crate::connection_pool::ConnectionPool;
 use crate::{
     config::{
         Diagnostic, Diagnostics, Kind, Location, ObjectRef, Resources, Sourced,
-        cache::ServiceKey,
+        cache::{ServiceKey, ServiceSet},
         resources::{
-            Destination, DestinationRule, EndpointSlice, IntOrString, SERVICE_NAME_LABEL,
+            Destination, DestinationRule, EndpointSlice, IntOrString, Labels, SERVICE_NAME_LABEL,
             ServiceEntry,
         },
     },
@@ -384,7 +384,7 @@ impl<'a> Compiler<'a> {
         for workload in &spec.endpoints {
             if subset_labels
                 .as_ref()
-                .is_some_and(|want| !labels_match(want, &workload.labels))
+                .is_some_and(|want| !workload.labels.contains_all(want))
             {
                 continue;
             }
@@ -465,7 +465,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// The labels of a DestinationRule subset, or why there are none.
-    fn subset_labels(&self, host: &str, subset: &str) -> Result<BTreeMap<String, String>, String> {
+    fn subset_labels(&self, host: &str, subset: &str) -> Result<Labels, String> {
         let Some(rule) = self.destination_rule(host) else {
             return Err(format!(
                 "subset {subset:?} needs a DestinationRule for {host}, and there is none"
@@ -491,11 +491,6 @@ impl<'a> Compiler<'a> {
                 )
             })
     }
-}
-
-/// Every wanted label is present with that value.
-fn labels_match(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
-    want.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
 /// `httpbin` → (httpbin, vs namespace); `httpbin.ns` and `httpbin.ns.svc.cluster.local`
@@ -579,7 +574,7 @@ pub(crate) fn service_endpoints(
         any_slice = true;
         if subset_labels
             .as_ref()
-            .is_some_and(|want| !labels_match(want, &slice.metadata.labels))
+            .is_some_and(|want| !slice.metadata.labels.contains_all(want))
         {
             continue;
         }
@@ -666,9 +661,9 @@ fn core_endpoints(
 }
 
 /// The snapshot `previous` with the endpoints of `services`' clusters read again from
-/// `resources` (which need hold only EndpointSlices and Endpoints): the routes, TLS and
-/// cluster definitions are shared, not recompiled. Clusters whose endpoints come out the
-/// same keep their list.
+/// `resources` (which need hold only those Services' EndpointSlices and Endpoints): the
+/// routes, TLS and cluster definitions are shared, not recompiled. Clusters whose
+/// endpoints come out the same keep their list.
 pub fn update_endpoints(
     previous: &Snapshot,
     resources: &Resources,
@@ -676,6 +671,7 @@ pub fn update_endpoints(
 ) -> (Snapshot, Diagnostics) {
     let mut diagnostics = Diagnostics::default();
     let slices = SliceIndex::new(resources);
+    let services = ServiceSet::new(services);
     let endpoints = previous
         .clusters
         .iter()
@@ -684,7 +680,7 @@ pub fn update_endpoints(
             let touched = cluster
                 .endpoint_source
                 .service()
-                .is_some_and(|(ns, name)| services.contains(&(ns.to_owned(), name.to_owned())));
+                .is_some_and(|service| services.contains(service));
             if !touched {
                 return previous
                     .endpoints

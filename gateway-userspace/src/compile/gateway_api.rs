@@ -24,7 +24,7 @@ use crate::{
     config::{
         Diagnostic, Kind, Location, ObjectRef, Sourced,
         resources::{
-            Destination, ObjectMeta, PortSelector, Service,
+            Destination, Labels, ObjectMeta, PortSelector, Service,
             gateway_api::{
                 ApiGateway, BackendRef, FilterType, FromNamespaces, GrpcRoute, HeaderModifier,
                 HttpBackendRef, HttpCors, HttpHeader, HttpPathMatch, HttpRoute, HttpRouteFilter,
@@ -198,7 +198,7 @@ impl<'a> Compiler<'a> {
         let Some(selector) = selector else {
             return false;
         };
-        let no_labels = BTreeMap::new();
+        let no_labels = Labels::default();
         let labels = self
             .resources
             .namespaces

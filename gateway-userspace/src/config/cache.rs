@@ -14,10 +14,7 @@ use std::{
 
 use rustc_hash::FxBuildHasher;
 
-use super::{
-    Diagnostics, Resources, SourceError, load_text, resources::SERVICE_NAME_LABEL,
-    source::config_files,
-};
+use super::{Diagnostics, Object, Resources, SourceError, load_text, source::config_files};
 
 /// A file modified this close to when it was read may have changed again within the
 /// same timestamp tick: it is read again rather than trusted by its stamp (git's
@@ -26,6 +23,40 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// A Service, as `(namespace, name)`.
 pub type ServiceKey = (String, String);
+
+/// Services by `(namespace, name)`, looked up without allocating a key: an endpoint
+/// update asks it once per endpoint object and once per cluster.
+pub struct ServiceSet<'a>(HashSet<(&'a str, &'a str), FxBuildHasher>);
+
+impl<'a> ServiceSet<'a> {
+    pub fn new(services: &'a BTreeSet<ServiceKey>) -> Self {
+        ServiceSet(
+            services
+                .iter()
+                .map(|(namespace, name)| (namespace.as_str(), name.as_str()))
+                .collect(),
+        )
+    }
+
+    pub fn contains(&self, service: (&str, &str)) -> bool {
+        self.0.contains(&service)
+    }
+
+    /// Whether an EndpointSlice or Endpoints object feeds one of these Services.
+    pub fn feeds(&self, object: &Object) -> bool {
+        match object {
+            Object::EndpointSlice(slice) => slice
+                .resource
+                .service()
+                .is_some_and(|service| self.contains(service)),
+            Object::Endpoints(endpoints) => {
+                let meta = &endpoints.resource.metadata;
+                self.contains((meta.namespace(), &meta.name))
+            }
+            _ => false,
+        }
+    }
+}
 
 /// What a refresh found.
 #[derive(Debug, PartialEq, Eq)]
@@ -211,17 +242,26 @@ impl ParseCache {
         (resources, diagnostics)
     }
 
-    /// Only the EndpointSlices and Endpoints of the cached files, in load order: what an
-    /// endpoint update reads.
-    pub fn endpoint_resources(&self) -> Resources {
+    /// The EndpointSlices and Endpoints of `services` in the cached files, in load order:
+    /// what an endpoint update reads.
+    pub fn endpoint_resources(&self, services: &ServiceSet<'_>) -> Resources {
         let mut resources = Resources::default();
         for cached in self.order.iter().filter_map(|f| self.files.get(f)) {
-            resources
-                .endpoint_slices
-                .extend(cached.resources.endpoint_slices.iter().cloned());
-            resources
-                .endpoints
-                .extend(cached.resources.endpoints.iter().cloned());
+            let slices = cached.resources.endpoint_slices.iter();
+            resources.endpoint_slices.extend(
+                slices
+                    .filter(|s| s.resource.service().is_some_and(|k| services.contains(k)))
+                    .cloned(),
+            );
+            let endpoints = cached.resources.endpoints.iter();
+            resources.endpoints.extend(
+                endpoints
+                    .filter(|e| {
+                        let meta = &e.resource.metadata;
+                        services.contains((meta.namespace(), &meta.name))
+                    })
+                    .cloned(),
+            );
         }
         resources
     }
@@ -247,10 +287,9 @@ impl Tally {
         }
         self.routes |= !resources.virtual_services.is_empty();
         for slice in &resources.endpoint_slices {
-            let meta = &slice.resource.metadata;
-            if let Some(service) = meta.labels.get(SERVICE_NAME_LABEL) {
+            if let Some((namespace, service)) = slice.resource.service() {
                 self.services
-                    .insert((meta.namespace().to_owned(), service.clone()));
+                    .insert((namespace.to_owned(), service.to_owned()));
             }
         }
         for endpoints in &resources.endpoints {
@@ -328,10 +367,17 @@ mod tests {
         assert_eq!(cache.refresh(&paths)?, Change::Unchanged);
         std::fs::write(dir.join("endpoints.yaml"), slice("10.0.0.2"))?;
         let services = BTreeSet::from([("ns".to_owned(), "a".to_owned())]);
-        assert_eq!(cache.refresh(&paths)?, Change::EndpointsOnly(services));
-        let endpoints = cache.endpoint_resources();
+        assert_eq!(
+            cache.refresh(&paths)?,
+            Change::EndpointsOnly(services.clone())
+        );
+        let endpoints = cache.endpoint_resources(&ServiceSet::new(&services));
         assert_eq!(endpoints.endpoint_slices.len(), 1);
         assert!(endpoints.services.is_empty());
+        // Only the changed Services' objects are read.
+        let other = BTreeSet::from([("ns".to_owned(), "b".to_owned())]);
+        let endpoints = cache.endpoint_resources(&ServiceSet::new(&other));
+        assert!(endpoints.endpoint_slices.is_empty());
         // Told which files changed: only those are read (the gone temporary file of a
         // write-and-rename is no reason to look at more).
         std::fs::write(dir.join("endpoints.yaml"), slice("10.0.0.3"))?;

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 pub mod core_v1;
 pub mod gateway_api;
 pub mod istio;
+pub mod labels;
 
 pub use core_v1::{Endpoints, Namespace};
 pub use istio::{DestinationRule, ServiceEntry};
+pub use labels::Labels;
 
 /// Namespace of a resource that does not name one: what `kubectl apply` would use.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -24,7 +26,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub struct ObjectMeta {
     pub name: String,
     pub namespace: Option<String>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub creation_timestamp: Option<String>,
     /// Bumped by the API server on spec changes; status conditions echo it.
     pub generation: Option<i64>,
@@ -237,7 +239,7 @@ pub struct LoadBalancerIngress {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ServiceSpec {
-    pub selector: BTreeMap<String, String>,
+    pub selector: Labels,
     pub ports: Vec<ServicePort>,
     #[serde(rename = "type")]
     pub service_type: Option<String>,
@@ -285,6 +287,14 @@ pub struct EndpointSlice {
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
     pub ports: Vec<EndpointPort>,
+}
+
+impl EndpointSlice {
+    /// The Service `(namespace, name)` this slice belongs to (its service-name label).
+    pub fn service(&self) -> Option<(&str, &str)> {
+        let service = self.metadata.labels.get(SERVICE_NAME_LABEL)?;
+        Some((self.metadata.namespace(), service.as_str()))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

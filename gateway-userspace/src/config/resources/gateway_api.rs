@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ObjectMeta;
+use super::{Labels, ObjectMeta};
 
 /// A Gateway API object: metadata and a spec, nothing else is read (status is ignored).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -104,7 +104,7 @@ impl LabelSelector {
     /// matchLabels pair and every matchExpression (In, NotIn, Exists, DoesNotExist). An
     /// expression that cannot be read matches nothing (a selector we misread must not
     /// admit routes it was meant to keep out).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &Labels) -> bool {
         self.match_labels
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
@@ -115,7 +115,7 @@ impl LabelSelector {
     }
 }
 
-fn expression_matches(expression: &serde_yaml::Value, labels: &BTreeMap<String, String>) -> bool {
+fn expression_matches(expression: &serde_yaml::Value, labels: &Labels) -> bool {
     let (Some(key), Some(operator)) = (
         expression.get("key").and_then(|k| k.as_str()),
         expression.get("operator").and_then(|o| o.as_str()),
@@ -492,7 +492,7 @@ mod tests {
             "matchLabels: {team: a}\nmatchExpressions:\n- {key: env, operator: In, values: [prod, staging]}\n- {key: legacy, operator: DoesNotExist}",
         )
         .expect("a selector");
-        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
             pairs
                 .iter()
                 .map(|(k, v)| ((*k).into(), (*v).into()))

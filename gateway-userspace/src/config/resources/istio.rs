@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ObjectMeta, PortSelector};
+use super::{Labels, ObjectMeta, PortSelector};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
@@ -27,7 +27,7 @@ pub struct DestinationRuleSpec {
 #[serde(rename_all = "camelCase", default)]
 pub struct Subset {
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
@@ -211,7 +211,7 @@ pub enum Resolution {
 pub struct WorkloadEntry {
     pub address: String,
     pub ports: BTreeMap<String, u32>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub network: Option<String>,
     pub locality: Option<String>,
     pub weight: Option<u32>,
