@@ -7,16 +7,19 @@ use http::{HeaderName, HeaderValue};
 use regex::Regex;
 use serde::Deserialize;
 
-use super::{Compiler, name_of};
+use super::{
+    Compiler,
+    istio_match::{MatchTarget, applies, compile_match, compile_string_match},
+    name_of,
+};
 use crate::{
     config::{
         Diagnostic, Kind, ObjectRef, Sourced,
         resources::{
-            Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch,
-            VirtualService,
+            Destination, HeaderOperations, Headers, HttpRoute, StringMatch, VirtualService,
         },
     },
-    route_table::{RequestMatch, Route, StringMatcher},
+    route_table::{Route, StringMatcher},
     snapshot::{
         CorsPolicy, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
         HeaderPolicy, Mirror, PathRewrite, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite,
@@ -30,7 +33,7 @@ impl Compiler<'_> {
         vs: &Sourced<VirtualService>,
         index: usize,
         route: &HttpRoute,
-        port: u16,
+        target: &MatchTarget,
     ) -> Option<Route<RouteAction>> {
         let meta = &vs.resource.metadata;
         let resource = vs.resource.object_ref();
@@ -40,8 +43,13 @@ impl Compiler<'_> {
             name_of(meta),
             route.name.clone().unwrap_or_else(|| index.to_string())
         );
+        let vs_namespace = meta.namespace();
         let mut matches = Vec::new();
         for (m_index, m) in route.matches.iter().enumerate() {
+            // Istio leaves out, for this gateway, a match meant for other proxies.
+            if !applies(m, vs_namespace, target) {
+                continue;
+            }
             match compile_match(m) {
                 Ok(compiled) => matches.push(compiled),
                 Err((sub_field, message)) => {
@@ -54,6 +62,10 @@ impl Compiler<'_> {
                     return None;
                 }
             }
+        }
+        // Every match was for someone else: the route is not this gateway's at all.
+        if !route.matches.is_empty() && matches.is_empty() {
+            return None;
         }
         let actions = match RouteFields::parse(&route.other) {
             Ok(actions) => actions,
@@ -77,20 +89,18 @@ impl Compiler<'_> {
                 .field(format!("{field}.{key}")),
             );
         }
+        // A root's delegates are merged before routes get here: this one is a delegate's
+        // own, and Istio follows one level only.
         if actions.delegate {
             self.diagnostics.push(
                 Diagnostic::warning(
-                    "`delegate` is not served yet; requests that reach this route get 501",
+                    "a delegate VirtualService's route cannot delegate again; this route is skipped",
                 )
                 .at(vs.location.clone())
                 .object(&resource)
                 .field(format!("{field}.delegate")),
             );
-            return Some(Route {
-                name,
-                matches,
-                action: RouteAction::Unsupported("delegate".to_owned()),
-            });
+            return None;
         }
         let action = match self.action(vs, &resource, &field, route, actions) {
             Ok(action) => action,
@@ -104,7 +114,6 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        let _ = port;
         Some(Route {
             name,
             matches,
@@ -543,22 +552,29 @@ pub(crate) fn compile_header_ops(ops: &HeaderOperations) -> Result<HeaderOps, Fi
     })
 }
 
+/// Istio's conversion: no `attempts` (or 0) disables retries; `attempts` alone keeps the
+/// default conditions.
 fn compile_retries(r: &IstioRetries) -> Result<RetryPolicy, FieldError> {
-    let mut policy = RetryPolicy::default();
-    if let Some(attempts) = r.attempts {
-        policy.attempts = attempts;
+    let attempts = r.attempts.unwrap_or(0);
+    if attempts == 0 {
+        return Ok(RetryPolicy::none());
     }
+    let mut policy = RetryPolicy {
+        attempts,
+        ..RetryPolicy::default()
+    };
     if let Some(t) = &r.per_try_timeout {
         policy.per_try_timeout =
             Some(parse_duration(t).map_err(|e| ("retries.perTryTimeout".to_owned(), e))?);
     }
-    if let Some(on) = &r.retry_on {
+    if let Some(on) = r.retry_on.as_deref().filter(|on| !on.trim().is_empty()) {
         policy.retry_on = parse_retry_on(on).map_err(|e| ("retries.retryOn".to_owned(), e))?;
     }
     Ok(policy)
 }
 
-/// Envoy's `retry_on` list: `5xx,gateway-error,connect-failure,reset,503`.
+/// Envoy's `retry_on` list (`5xx,gateway-error,connect-failure,reset,503`) and its
+/// `retry_grpc_on` conditions, which Istio writes in the same list.
 pub(crate) fn parse_retry_on(list: &str) -> Result<RetryOn, String> {
     let mut on = RetryOn::default();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -571,9 +587,13 @@ pub(crate) fn parse_retry_on(list: &str) -> Result<RetryOn, String> {
             "retriable-4xx" => on.retriable_4xx = true,
             // The codes come as bare numbers in Istio's list.
             "retriable-status-codes" => {}
-            // gRPC status conditions: the upstream's grpc-status is not inspected.
-            "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
-            | "unavailable" | "retriable-headers" | "envoy-ratelimited" => {}
+            "cancelled" => on.grpc_statuses.push(RetryOn::GRPC_CANCELLED),
+            "deadline-exceeded" => on.grpc_statuses.push(RetryOn::GRPC_DEADLINE_EXCEEDED),
+            "internal" => on.grpc_statuses.push(RetryOn::GRPC_INTERNAL),
+            "resource-exhausted" => on.grpc_statuses.push(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+            "unavailable" => on.grpc_statuses.push(RetryOn::GRPC_UNAVAILABLE),
+            // Conditions on headers or rate limiting that this gateway does not observe.
+            "retriable-headers" | "envoy-ratelimited" | "http3-post-connect-failure" => {}
             code => match code.parse::<u16>() {
                 Ok(code) if (100..=599).contains(&code) => on.status_codes.push(code),
                 _ => return Err(format!("unknown retry condition {code:?}")),
@@ -766,63 +786,6 @@ const MAX_DURATION_SECS: f64 = 315_576_000_000.0;
 
 pub(super) fn clone_route(route: &Route<RouteAction>) -> Route<RouteAction> {
     route.clone()
-}
-
-fn compile_match(m: &HttpMatchRequest) -> Result<RequestMatch, (String, String)> {
-    let string = |field: &str,
-                  s: &Option<StringMatch>,
-                  ignore_case: bool|
-     -> Result<Option<StringMatcher>, (String, String)> {
-        s.as_ref()
-            .map(|s| compile_string_match(s, ignore_case).map_err(|e| (field.to_owned(), e)))
-            .transpose()
-    };
-    let map = |field: &str,
-               entries: &BTreeMap<String, StringMatch>|
-     -> Result<Vec<(String, StringMatcher)>, (String, String)> {
-        entries
-            .iter()
-            .map(|(name, s)| {
-                compile_string_match(s, false)
-                    .map(|m| (name.to_ascii_lowercase(), m))
-                    .map_err(|e| (format!("{field}.{name}"), e))
-            })
-            .collect()
-    };
-    let port = match m.port {
-        Some(p) => Some(
-            u16::try_from(p)
-                .map_err(|_| ("port".to_owned(), format!("port {p} is not a TCP port")))?,
-        ),
-        None => None,
-    };
-    Ok(RequestMatch {
-        path: string("uri", &m.uri, m.ignore_uri_case)?,
-        method: string("method", &m.method, false)?,
-        scheme: string("scheme", &m.scheme, false)?,
-        authority: string("authority", &m.authority, false)?,
-        headers: map("headers", &m.headers)?,
-        without_headers: map("withoutHeaders", &m.without_headers)?,
-        query_params: map("queryParams", &m.query_params)?,
-        port,
-    })
-}
-
-fn compile_string_match(s: &StringMatch, ignore_case: bool) -> Result<StringMatcher, String> {
-    match (&s.exact, &s.prefix, &s.regex) {
-        (Some(exact), None, None) => Ok(StringMatcher::Exact {
-            value: exact.clone(),
-            ignore_case,
-        }),
-        (None, Some(prefix), None) => Ok(StringMatcher::Prefix {
-            value: prefix.clone(),
-            ignore_case,
-        }),
-        (None, None, Some(regex)) => {
-            StringMatcher::regex(regex, ignore_case).map_err(|e| format!("invalid regex: {e}"))
-        }
-        _ => Err("expected exactly one of exact, prefix or regex".to_owned()),
-    }
 }
 
 #[cfg(test)]

@@ -166,8 +166,12 @@ pub(super) async fn forward<'s>(
     if let Some((cors, origin)) = &cors_origin {
         route_actions::cors_response_headers(cors, origin, response.headers_mut());
     }
-    let retried_status =
-        retried && route_actions::retriable_status(&forward.retry.retry_on, response.status());
+    let retried_status = retried
+        && route_actions::retriable_response(
+            &forward.retry.retry_on,
+            response.status(),
+            response.headers(),
+        );
     let flags = if retry_overflowed {
         ResponseFlags::UPSTREAM_OVERFLOW
     } else if retried_status {

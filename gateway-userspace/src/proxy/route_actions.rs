@@ -207,12 +207,19 @@ pub(super) fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
     }
 }
 
-pub(super) fn retriable_status(on: &RetryOn, status: StatusCode) -> bool {
+/// Is this answer worth another try? Its status, or for gRPC the `grpc-status` in its
+/// headers (a trailers-only answer), as Envoy's `retry_on` and `retry_grpc_on` read them.
+pub(super) fn retriable_response(on: &RetryOn, status: StatusCode, headers: &HeaderMap) -> bool {
     let code = status.as_u16();
     (on.server_error && status.is_server_error())
         || (on.gateway_error && matches!(code, 502..=504))
         || (on.retriable_4xx && code == 409)
         || on.status_codes.contains(&code)
+        || (!on.grpc_statuses.is_empty()
+            && headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse::<u8>().ok())
+                .is_some_and(|grpc| on.grpc_statuses.contains(&grpc)))
 }
 
 /// True for `percentage` percent of calls.
@@ -321,11 +328,22 @@ mod tests {
     #[test]
     fn retry_decisions() {
         let default = RetryOn::istio_default();
-        assert!(retriable_status(&default, StatusCode::SERVICE_UNAVAILABLE));
-        assert!(!retriable_status(
+        let none = HeaderMap::new();
+        // Istio ≥ 1.24: no status code is retried by default...
+        assert!(!retriable_response(
             &default,
-            StatusCode::INTERNAL_SERVER_ERROR
+            StatusCode::SERVICE_UNAVAILABLE,
+            &none
         ));
+        // ...but gRPC's unavailable and cancelled are, and not internal.
+        let grpc = |code: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-status", HeaderValue::from_static(code));
+            headers
+        };
+        assert!(retriable_response(&default, StatusCode::OK, &grpc("14")));
+        assert!(retriable_response(&default, StatusCode::OK, &grpc("1")));
+        assert!(!retriable_response(&default, StatusCode::OK, &grpc("13")));
         assert!(retriable_failure(&default, TryFailure::ConnectFailure));
         assert!(!retriable_failure(&default, TryFailure::Reset));
         assert!(!retriable_failure(&default, TryFailure::Overflow));
