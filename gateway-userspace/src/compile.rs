@@ -14,6 +14,7 @@ pub mod report;
 mod routes;
 pub mod status;
 mod tls;
+mod unapplied;
 
 use std::{
     borrow::Cow,
@@ -204,6 +205,7 @@ impl<'a> Compiler<'a> {
         });
         self.check_gateway_references(&virtual_services);
         self.check_port_names();
+        self.check_unapplied_destination_rule_fields();
 
         let mut listeners = Vec::new();
         for (port, servers) in ports {

@@ -148,6 +148,10 @@ pub struct Forward {
     pub mirrors: Vec<Mirror>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsPolicy>,
+    /// A preflight from an origin `cors` does not allow is answered here (without
+    /// allow-origin) rather than passed on: Istio's `unmatchedPreflights: IGNORE`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cors_answers_unmatched_preflights: bool,
 }
 
 impl Forward {

@@ -526,3 +526,116 @@ fn accepted(wild: &TcpListener, exact: &TcpListener) -> anyhow::Result<&'static 
     }
     anyhow::bail!("neither upstream got a connection")
 }
+
+#[test]
+fn cors_preflights_as_envoys_filter() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "web")?;
+    let spec = r#"  hosts: [cors.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{uri: {prefix: /star}}]
+    corsPolicy:
+      allowOrigins: [{exact: "*"}]
+      allowMethods: ["*"]
+      allowHeaders: ["*"]
+      allowCredentials: true
+    route: [{destination: {host: web, port: {number: 8000}}}]
+  - match: [{uri: {prefix: /strict}}]
+    corsPolicy:
+      allowOrigins: [{prefix: "https://app."}]
+      maxAge: 10s
+      unmatchedPreflights: IGNORE
+    route: [{destination: {host: web, port: {number: 8000}}}]
+  - corsPolicy: {allowOrigins: [{exact: "https://app.example"}]}
+    route: [{destination: {host: web, port: {number: 8000}}}]
+"#;
+    let extra = virtual_service("vs", "default", "", spec)
+        + &service("default", "web", 8000, upstream.addr);
+    let setup = start("istio-cors", HTTP_SERVER, &extra)?;
+    let preflight = |path: &str, origin: &str| {
+        let origin = format!("Origin: {origin}");
+        setup.get(
+            "cors.example.com",
+            path,
+            &[
+                "-X",
+                "OPTIONS",
+                "-H",
+                &origin,
+                "-H",
+                "Access-Control-Request-Method: PUT",
+                "-H",
+                "Access-Control-Request-Headers: x-a,x-b",
+            ],
+        )
+    };
+    // `*` allows any origin; `*` methods and headers echo what the browser asked.
+    let star = preflight("/star", "https://anyone.example")?;
+    assert_eq!(star.status, 200, "{star:?}");
+    assert_eq!(
+        star.header("x-upstream-name"),
+        None,
+        "answered by the gateway"
+    );
+    assert_eq!(
+        star.header("access-control-allow-origin"),
+        Some("https://anyone.example")
+    );
+    assert_eq!(star.header("access-control-allow-methods"), Some("PUT"));
+    assert_eq!(star.header("access-control-allow-headers"), Some("x-a,x-b"));
+    assert_eq!(
+        star.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    // `unmatchedPreflights: IGNORE`: an origin the policy refuses gets the gateway's
+    // answer without allow-origin, so the browser stops there.
+    let refused = preflight("/strict", "https://evil.example")?;
+    assert_eq!(refused.status, 200, "{refused:?}");
+    assert_eq!(refused.header("x-upstream-name"), None);
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+    assert_eq!(refused.header("access-control-max-age"), Some("10"));
+    let allowed = preflight("/strict", "https://app.example")?;
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    // By default (FORWARD) an unmatched preflight goes to the upstream.
+    let forwarded = preflight("/other", "https://evil.example")?;
+    assert_eq!(
+        forwarded.header("x-upstream-name"),
+        Some("web"),
+        "{forwarded:?}"
+    );
+    assert_eq!(forwarded.header("access-control-allow-origin"), None);
+    Ok(())
+}
+
+#[test]
+fn validate_names_destination_rule_fields_not_applied() -> anyhow::Result<()> {
+    let dir = TempDir::new("istio-unapplied")?;
+    let config = dir.write(
+        "config.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}
+    tls: {mode: SIMPLE}
+"#,
+    )?;
+    let out = Command::new(gatewayd_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "warnings only: {stdout}");
+    for field in [
+        "DestinationRule default/web: spec.trafficPolicy.loadBalancer.consistentHash: not applied",
+        "DestinationRule default/web: spec.trafficPolicy.tls: not applied",
+    ] {
+        assert!(stdout.contains(field), "{field} not in\n{stdout}");
+    }
+    Ok(())
+}

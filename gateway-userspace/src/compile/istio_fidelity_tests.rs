@@ -506,3 +506,71 @@ fn exact_sni_hosts_beat_wildcards_regardless_of_order() {
     assert_eq!(found(Some("other.org")), Some("*"));
     assert_eq!(found(None), Some("*"));
 }
+
+#[test]
+fn cors_unmatched_preflights_follow_istio() {
+    let yaml = with_gateway(
+        r#"["*"]"#,
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: istio-system}
+spec:
+  hosts: [a.example.com]
+  gateways: [public]
+  http:
+  - match: [{uri: {prefix: /ignore}}]
+    corsPolicy: {allowOrigins: [{exact: "https://a"}], unmatchedPreflights: IGNORE}
+    route: [{destination: {host: web}}]
+  - corsPolicy: {allowOrigins: [{exact: "https://a"}]}
+    route: [{destination: {host: web}}]
+"#,
+    );
+    let (snapshot, diagnostics) = load(&yaml);
+    assert_eq!(diagnostics.errors().count(), 0, "{diagnostics}");
+    let answers = |path| match find(&snapshot, "a.example.com", path, &[]).map(|r| &r.action) {
+        Some(RouteAction::Forward(forward)) => forward.cors_answers_unmatched_preflights,
+        other => panic!("{path}: {other:?}"),
+    };
+    assert!(answers("/ignore"));
+    assert!(!answers("/"), "FORWARD is the default");
+}
+
+#[test]
+fn destination_rule_fields_not_applied_are_reported() {
+    let yaml = with_gateway(
+        r#"["*"]"#,
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: istio-system}
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+    connectionPool: {tcp: {maxConnections: 10, maxConnectionDuration: 1h}}
+    portLevelSettings:
+    - port: {number: 8443}
+      tls: {mode: SIMPLE}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 2, interval: 5s}}
+"#,
+    );
+    let (_, diagnostics) = load(&yaml);
+    let fields: Vec<&str> = diagnostics
+        .warnings()
+        .filter(|d| d.message.starts_with("not applied by this gateway yet"))
+        .filter_map(|d| d.field.as_deref())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+            "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+            "spec.trafficPolicy.portLevelSettings[0].tls",
+            "spec.subsets[0].trafficPolicy.outlierDetection.interval",
+        ]
+    );
+}

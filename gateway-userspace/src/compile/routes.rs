@@ -228,6 +228,16 @@ impl Compiler<'_> {
         }
         if let Some(cors) = &fields.cors_policy {
             forward.cors = Some(compile_cors(cors)?);
+            forward.cors_answers_unmatched_preflights = match cors.unmatched_preflights.as_deref() {
+                None | Some("UNSPECIFIED" | "FORWARD") => false,
+                Some("IGNORE") => true,
+                Some(other) => {
+                    return Err((
+                        "corsPolicy.unmatchedPreflights".to_owned(),
+                        format!("{other:?} is not one of UNSPECIFIED, FORWARD, IGNORE"),
+                    ));
+                }
+            };
         }
         Ok(RouteAction::Forward(Box::new(forward)))
     }
@@ -417,6 +427,9 @@ struct IstioCors {
     expose_headers: Vec<String>,
     max_age: Option<String>,
     allow_credentials: Option<bool>,
+    /// `FORWARD` (the default) or `IGNORE`: what happens to a preflight from an origin
+    /// the policy does not allow.
+    unmatched_preflights: Option<String>,
 }
 
 /// Istio's default redirect status.
