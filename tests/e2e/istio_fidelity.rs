@@ -639,3 +639,48 @@ spec:
     }
     Ok(())
 }
+
+#[test]
+fn host_header_set_rewrites_the_authority_for_http1_and_http2() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "web")?;
+    let spec = r#"  hosts: [h.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{uri: {prefix: /h1}}]
+    headers: {request: {set: {host: h1.internal}}}
+    route: [{destination: {host: web, port: {number: 8000}}}]
+  - match: [{uri: {prefix: /h2}}]
+    route:
+    - destination: {host: web2, port: {number: 8000}}
+      headers: {request: {set: {":authority": h2.internal}}}
+  - match: [{uri: {prefix: /both}}]
+    rewrite: {authority: rewrite.internal}
+    headers: {request: {set: {host: header.internal}}}
+    route: [{destination: {host: web2, port: {number: 8000}}}]
+"#;
+    let h2c_service = service("default", "web2", 8000, upstream.addr).replace(
+        "{name: http, port: 8000,",
+        "{name: http, port: 8000, appProtocol: kubernetes.io/h2c,",
+    );
+    let extra = virtual_service("vs", "default", "", spec)
+        + &service("default", "web", 8000, upstream.addr)
+        + &h2c_service;
+    let setup = start("istio-host-rewrite", HTTP_SERVER, &extra)?;
+    let h2 = setup.get("h.example.com", "/h2", &[])?.json()?;
+    assert_eq!(h2["version"], "HTTP/2.0", "the upstream speaks HTTP/2");
+    for path in ["/h1", "/both"] {
+        assert_eq!(setup.get("h.example.com", path, &[])?.status, 200, "{path}");
+    }
+    let (_, seen) = gateway_tests::http_get(upstream.addr, "/__requests")?;
+    let seen: serde_json::Value = serde_json::from_str(&seen)?;
+    let host_of = |path: &str| {
+        seen.as_array()
+            .and_then(|all| all.iter().find(|r| r["path"] == path))
+            .and_then(|r| r["host"].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(host_of("/h1").as_deref(), Some("h1.internal"));
+    assert_eq!(host_of("/h2").as_deref(), Some("h2.internal"));
+    assert_eq!(host_of("/both").as_deref(), Some("rewrite.internal"));
+    Ok(())
+}

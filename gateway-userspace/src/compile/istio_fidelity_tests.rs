@@ -574,3 +574,62 @@ spec:
         ]
     );
 }
+
+#[test]
+fn host_header_operations_rewrite_the_authority() {
+    let yaml = with_gateway(
+        r#"["*"]"#,
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: istio-system}
+spec:
+  hosts: [a.example.com]
+  gateways: [public]
+  http:
+  - match: [{uri: {prefix: /route}}]
+    headers: {request: {set: {host: route.internal, x-kept: "1"}}}
+    route: [{destination: {host: web}}]
+  - match: [{uri: {prefix: /both}}]
+    rewrite: {authority: rewrite.internal}
+    headers: {request: {set: {host: header.internal}}}
+    route: [{destination: {host: web}}]
+  - route:
+    - destination: {host: web}
+      headers: {request: {set: {":authority": dest.internal, ":path": /ignored}}}
+"#,
+    );
+    let (snapshot, diagnostics) = load(&yaml);
+    assert_eq!(diagnostics.errors().count(), 0, "{diagnostics}");
+    let forward = |path| match find(&snapshot, "a.example.com", path, &[]).map(|r| &r.action) {
+        Some(RouteAction::Forward(forward)) => forward.clone(),
+        other => panic!("{path}: {other:?}"),
+    };
+    let authority = |path| {
+        forward(path)
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.authority.clone())
+    };
+    assert_eq!(authority("/route").as_deref(), Some("route.internal"));
+    let route = forward("/route");
+    let set: Vec<&str> = route
+        .headers
+        .request
+        .set
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(set, ["x-kept"], "host is no header to set");
+    assert_eq!(authority("/both").as_deref(), Some("rewrite.internal"));
+    let other = forward("/");
+    assert_eq!(authority("/"), None);
+    let set: Vec<(&str, &str)> = other.clusters[0]
+        .headers
+        .request
+        .set
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(set, [("host", "dest.internal")]);
+}

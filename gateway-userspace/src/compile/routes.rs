@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, header};
 use regex::Regex;
 use serde::Deserialize;
 
@@ -130,12 +130,20 @@ impl Compiler<'_> {
         route: &HttpRoute,
         fields: RouteFields,
     ) -> Result<RouteAction, FieldError> {
-        let headers = fields
+        let mut headers = fields
             .headers
             .as_ref()
             .map(|h| compile_headers(h).map_err(|(f, e)| (format!("headers.{f}"), e)))
             .transpose()?
             .unwrap_or_default();
+        // `rewrite.authority` over the route's `host` header over a destination's (Istio).
+        let header_authority =
+            take_authority(&mut headers.request).and_then(|v| v.to_str().ok().map(str::to_owned));
+        let route_authority = fields
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.authority.clone())
+            .or(header_authority);
         if let Some(redirect) = fields.redirect {
             return Ok(RouteAction::Redirect(Box::new(compile_redirect(
                 &redirect, headers,
@@ -181,6 +189,14 @@ impl Compiler<'_> {
             if let Some(h) = &destination.headers {
                 weighted.headers = compile_headers(h)
                     .map_err(|(f, e)| (format!("route[{d_index}].headers.{f}"), e))?;
+                // A destination's authority is applied last, so it stays a `host` set;
+                // with one destination the route's own authority wins, as Istio has it.
+                let authority = take_authority(&mut weighted.headers.request);
+                if let Some(authority) = authority
+                    && (route.route.len() > 1 || route_authority.is_none())
+                {
+                    weighted.headers.request.set.push((header::HOST, authority));
+                }
             }
             clusters.push(weighted);
         }
@@ -188,6 +204,15 @@ impl Compiler<'_> {
         forward.headers = headers;
         if let Some(rewrite) = &fields.rewrite {
             forward.rewrite = Some(compile_rewrite(rewrite)?);
+        }
+        if let Some(authority) = route_authority {
+            forward
+                .rewrite
+                .get_or_insert_with(|| Rewrite {
+                    path: None,
+                    authority: None,
+                })
+                .authority = Some(authority);
         }
         if let Some(timeout) = &fields.timeout {
             let timeout = parse_duration(timeout).map_err(|e| ("timeout".to_owned(), e))?;
@@ -520,18 +545,54 @@ fn re2_substitution(rewrite: &str) -> String {
     out
 }
 
+/// Istio's header operations: `host` and `:authority` are no header to set but the
+/// authority (see `take_authority`), other pseudo-headers are left alone, as Istio drops
+/// its "internal" headers.
 fn compile_headers(h: &Headers) -> Result<HeaderPolicy, FieldError> {
-    Ok(HeaderPolicy {
+    let mut policy = HeaderPolicy {
         request: compile_header_ops(&h.request).map_err(|(f, e)| (format!("request.{f}"), e))?,
         response: compile_header_ops(&h.response).map_err(|(f, e)| (format!("response.{f}"), e))?,
-    })
+    };
+    policy.request.remove.retain(|n| n != header::HOST);
+    let response = &mut policy.response;
+    response.set.retain(|(n, _)| n != header::HOST);
+    response.add.retain(|(n, _)| n != header::HOST);
+    response.remove.retain(|n| n != header::HOST);
+    Ok(policy)
+}
+
+/// Takes `host` out of request header operations: the authority they ask for (`set`
+/// over `add`), which Istio turns into the route's (or destination's) host rewrite.
+fn take_authority(ops: &mut HeaderOps) -> Option<HeaderValue> {
+    let take = |list: &mut Vec<(HeaderName, HeaderValue)>| {
+        let found = list
+            .iter()
+            .rev()
+            .find(|(n, _)| n == header::HOST)
+            .map(|(_, v)| v.clone());
+        list.retain(|(n, _)| n != header::HOST);
+        found
+    };
+    let set = take(&mut ops.set);
+    let add = take(&mut ops.add);
+    set.or(add)
 }
 
 pub(crate) fn compile_header_ops(ops: &HeaderOperations) -> Result<HeaderOps, FieldError> {
+    // `:authority` is the Host header; other pseudo-headers cannot be set.
+    let pseudo = |name: &str| name.starts_with(':') && !name.eq_ignore_ascii_case(":authority");
+    let real = |name: &str| {
+        if name.eq_ignore_ascii_case(":authority") {
+            "host".to_owned()
+        } else {
+            name.to_owned()
+        }
+    };
     let pairs = |kind: &str, map: &BTreeMap<String, String>| {
         map.iter()
+            .filter(|(name, _)| !pseudo(name))
             .map(|(name, value)| {
-                let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                let n = HeaderName::from_bytes(real(name).as_bytes()).map_err(|_| {
                     (
                         format!("{kind}.{name}"),
                         format!("{name:?} is not a header name"),
@@ -553,6 +614,7 @@ pub(crate) fn compile_header_ops(ops: &HeaderOperations) -> Result<HeaderOps, Fi
         remove: ops
             .remove
             .iter()
+            .filter(|name| !name.starts_with(':'))
             .map(|name| {
                 HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                     (
