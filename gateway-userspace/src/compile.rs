@@ -6,14 +6,18 @@
 //! and which endpoints each destination reaches (Service port → EndpointSlice port).
 
 mod clusters;
+mod delegate;
 mod gateway_api;
 pub mod isolate;
+mod istio_match;
 pub mod report;
 mod routes;
 pub mod status;
 mod tls;
+mod unapplied;
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
     sync::Arc,
 };
@@ -21,7 +25,7 @@ use std::{
 use crate::{
     config::{
         Diagnostic, Diagnostics, Kind, Resources, Sourced,
-        resources::{Gateway, IntOrString, Service, VirtualService},
+        resources::{Gateway, HttpRoute, IntOrString, Service, VirtualService},
     },
     route_table::{Route, RouteTable, VirtualHost},
     snapshot::{Cluster, KernelPolicy, Listener, Protocol, RouteAction, Snapshot, TlsPortPolicy},
@@ -186,20 +190,22 @@ impl<'a> Compiler<'a> {
         let own_service = self.own_service();
         let mut virtual_services: Vec<&Sourced<VirtualService>> =
             self.resources.virtual_services.iter().collect();
-        // Oldest first; creation timestamps are RFC 3339 and sort as strings. Without one,
-        // the load order (file order) decides.
+        // Oldest first, then by name, then by namespace, as Istio orders them (creation
+        // timestamps are RFC 3339 and sort as strings; none counts as the oldest).
         virtual_services.sort_by(|a, b| {
-            let key = |vs: &Sourced<VirtualService>| {
-                vs.resource
-                    .metadata
-                    .creation_timestamp
-                    .clone()
-                    .unwrap_or_default()
+            let (a, b) = (&a.resource.metadata, &b.resource.metadata);
+            let created = |m: &'a crate::config::resources::ObjectMeta| {
+                m.creation_timestamp.as_deref().unwrap_or_default()
             };
-            key(a).cmp(&key(b))
+            (created(a), a.name.as_str(), a.namespace()).cmp(&(
+                created(b),
+                b.name.as_str(),
+                b.namespace(),
+            ))
         });
         self.check_gateway_references(&virtual_services);
         self.check_port_names();
+        self.check_unapplied_destination_rule_fields();
 
         let mut listeners = Vec::new();
         for (port, servers) in ports {
@@ -429,7 +435,7 @@ impl<'a> Compiler<'a> {
                 if reference == "mesh" {
                     continue;
                 }
-                let (gw_ns, gw_name) = split_reference(reference, namespace);
+                let (gw_ns, gw_name) = istio_match::resolve_gateway_name(reference, namespace);
                 let exists = self.resources.gateways.iter().any(|g| {
                     g.resource.metadata.namespace() == gw_ns && g.resource.metadata.name == gw_name
                 });
@@ -461,15 +467,19 @@ impl<'a> Compiler<'a> {
             let meta = &vs.resource.metadata;
             let vs_namespace = meta.namespace();
             let resource = vs.resource.object_ref();
-            let mut bound_here = false;
+            let mut bound_through: Vec<String> = Vec::new();
             let mut accepted_hosts: Vec<String> = Vec::new();
             for (gateway, server_hosts) in &servers.servers {
                 if !binds(&vs.resource, gateway) {
                     continue;
                 }
-                bound_here = true;
+                let gateway_name = name_of(&gateway.resource.metadata);
+                if !bound_through.contains(&gateway_name) {
+                    bound_through.push(gateway_name);
+                }
                 let gw_namespace = gateway.resource.metadata.namespace();
-                for vs_host in &vs.resource.spec.hosts {
+                for vs_host in vs.resource.resolved_hosts() {
+                    let vs_host = vs_host.as_str();
                     for server_host in server_hosts {
                         let namespace_ok = match server_host.namespace.as_str() {
                             "*" => true,
@@ -487,7 +497,7 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
-            if !bound_here {
+            if bound_through.is_empty() {
                 continue;
             }
             if accepted_hosts.is_empty() {
@@ -502,7 +512,7 @@ impl<'a> Compiler<'a> {
                 );
                 continue;
             }
-            let routes = self.virtual_service_routes(vs, port);
+            let routes = self.virtual_service_routes(vs, port, &bound_through);
             for host in accepted_hosts {
                 match host_index.get(&host).and_then(|&i| hosts.get_mut(i)) {
                     // Several VirtualServices for one host: routes concatenate oldest
@@ -532,7 +542,8 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        // Istio's `tls.httpsRedirect`: every request to such a server's hosts gets 301.
+        // Istio's `tls.httpsRedirect`: every request to such a server's hosts gets 301,
+        // whether or not a VirtualService is bound to them.
         let redirect_hosts: Vec<&str> = servers
             .servers
             .iter()
@@ -556,6 +567,15 @@ impl<'a> Compiler<'a> {
                 *routes = Arc::new(vec![routes::https_redirect(host)]);
             }
         }
+        for server_host in redirect_hosts {
+            if !host_index.contains_key(server_host) {
+                host_index.insert(server_host.to_owned(), hosts.len());
+                hosts.push((
+                    server_host.to_owned(),
+                    Arc::new(vec![routes::https_redirect(server_host)]),
+                ));
+            }
+        }
         RouteTable::new(
             hosts
                 .into_iter()
@@ -572,23 +592,54 @@ impl<'a> Compiler<'a> {
         &mut self,
         vs: &'a Sourced<VirtualService>,
         port: u16,
+        gateways: &[String],
     ) -> Arc<Vec<Route<RouteAction>>> {
         let key = (Arc::as_ptr(&vs.resource) as usize, port);
-        if let Some(entry) = self.reusable.and_then(|memo| memo.entries.get(&key)) {
+        // A root's routes depend on its delegates too, which the memo does not follow.
+        let delegates = vs
+            .resource
+            .spec
+            .http
+            .iter()
+            .any(|r| r.other.contains_key("delegate"));
+        if !delegates && let Some(entry) = self.reusable.and_then(|memo| memo.entries.get(&key)) {
             self.diagnostics.0.extend(entry.diagnostics.iter().cloned());
             self.memo.entries.insert(key, entry.clone());
             return Arc::clone(&entry.routes);
         }
         let before = self.diagnostics.0.len();
-        let routes: Arc<Vec<Route<RouteAction>>> = Arc::new(
-            vs.resource
-                .spec
-                .http
-                .iter()
-                .enumerate()
-                .filter_map(|(index, route)| self.route(vs, index, route, port))
-                .collect(),
-        );
+        let target = istio_match::MatchTarget {
+            port,
+            gateways,
+            labels: &self.identity.labels,
+            namespace: &self.identity.namespace,
+        };
+        let written = self.with_delegates(vs);
+        let mut routes = Vec::new();
+        for (position, (owner, index, route)) in written.iter().enumerate() {
+            let Some(route) = self.route(owner, *index, route, &target) else {
+                continue;
+            };
+            let catch_all = is_catch_all(&route);
+            routes.push(route);
+            // Istio stops at a route that accepts every request: later ones are dropped.
+            if catch_all && let Some((later, later_index, _)) = written.get(position + 1) {
+                self.diagnostics.push(
+                    Diagnostic::warning(format!(
+                        "never reached: spec.http[{index}] of {} before it accepts every request; Istio drops the routes after it",
+                        owner.resource.object_ref()
+                    ))
+                    .at(later.location.clone())
+                    .object(&later.resource.object_ref())
+                    .field(format!("spec.http[{later_index}]")),
+                );
+                break;
+            }
+        }
+        let routes = Arc::new(routes);
+        if delegates {
+            return routes;
+        }
         let entry = MemoEntry {
             _resource: Arc::clone(&vs.resource),
             routes: Arc::clone(&routes),
@@ -601,6 +652,75 @@ impl<'a> Compiler<'a> {
         };
         self.memo.entries.insert(key, entry);
         routes
+    }
+
+    /// A VirtualService's `http` routes with each `delegate` route replaced by its
+    /// delegate's routes merged under it: (the VirtualService a route is written in, its
+    /// index there, the route).
+    fn with_delegates(
+        &mut self,
+        vs: &'a Sourced<VirtualService>,
+    ) -> Vec<(&'a Sourced<VirtualService>, usize, Cow<'a, HttpRoute>)> {
+        let mut out = Vec::new();
+        let root_namespace = vs.resource.metadata.namespace();
+        for (index, route) in vs.resource.spec.http.iter().enumerate() {
+            let Some(reference) = route.other.get("delegate") else {
+                out.push((vs, index, Cow::Borrowed(route)));
+                continue;
+            };
+            let field = format!("spec.http[{index}].delegate");
+            let problem = |message: String| {
+                Diagnostic::warning(message)
+                    .at(vs.location.clone())
+                    .object(&vs.resource.object_ref())
+                    .field(field.clone())
+            };
+            let reference: delegate::DelegateRef = match serde_yaml::from_value(reference.clone()) {
+                Ok(reference) => reference,
+                Err(e) => {
+                    self.diagnostics.push(problem(format!(
+                        "{e}; expected {{name, namespace}}; this route is skipped"
+                    )));
+                    continue;
+                }
+            };
+            let namespace = reference.namespace.as_deref().unwrap_or(root_namespace);
+            // Istio's delegates are the VirtualServices without hosts.
+            let found = self.resources.virtual_services.iter().find(|d| {
+                d.resource.metadata.name == reference.name
+                    && d.resource.metadata.namespace() == namespace
+                    && d.resource.spec.hosts.is_empty()
+            });
+            let Some(delegate_vs) = found else {
+                self.diagnostics.push(problem(format!(
+                    "delegate {namespace}/{} does not exist (a delegate is a VirtualService without hosts); this route is skipped",
+                    reference.name
+                )));
+                continue;
+            };
+            if !delegate::exported_to(&delegate_vs.resource, root_namespace) {
+                self.diagnostics.push(problem(format!(
+                    "delegate {namespace}/{} is not exported to namespace {root_namespace}; this route is skipped",
+                    reference.name
+                )));
+                continue;
+            }
+            for (d_index, leaf) in delegate_vs.resource.spec.http.iter().enumerate() {
+                match delegate::merge_route(route, leaf) {
+                    Some(merged) => out.push((delegate_vs, d_index, Cow::Owned(merged))),
+                    None => self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "its matches fit in none of the matches of {}'s spec.http[{index}], which delegates here; Istio drops this route",
+                            vs.resource.object_ref()
+                        ))
+                        .at(delegate_vs.location.clone())
+                        .object(&delegate_vs.resource.object_ref())
+                        .field(format!("spec.http[{d_index}].match")),
+                    ),
+                }
+            }
+        }
+        out
     }
 }
 
@@ -633,6 +753,7 @@ fn is_catch_all(route: &Route<RouteAction>) -> bool {
                 Some(StringMatcher::PathPrefix { value }) => value.is_empty(),
                 Some(StringMatcher::Regex(re)) => matches!(re.as_str(), "^(?:.*)$" | "^(?:/.*)$"),
                 Some(StringMatcher::Exact { .. }) => false,
+                Some(StringMatcher::Present) => true,
             };
             any_path
                 && m.method.is_none()
@@ -649,31 +770,29 @@ pub(crate) fn name_of(meta: &crate::config::resources::ObjectMeta) -> String {
     format!("{}/{}", meta.namespace(), meta.name)
 }
 
-/// Does the VirtualService name this Gateway in `gateways` (short names resolve in the
-/// VirtualService's namespace)? No `gateways` means the mesh only.
+/// Does the VirtualService name this Gateway in `gateways` (in any of the forms Istio
+/// resolves)? No `gateways` means the mesh only.
 fn binds(vs: &VirtualService, gateway: &Sourced<Gateway>) -> bool {
     let vs_namespace = vs.metadata.namespace();
-    vs.gateways_named().any(|reference| {
-        let (ns, name) = split_reference(reference, vs_namespace);
-        ns == gateway.resource.metadata.namespace() && name == gateway.resource.metadata.name
-    })
+    vs.spec
+        .gateways
+        .iter()
+        .filter(|g| *g != "mesh")
+        .any(|reference| {
+            let (ns, name) = istio_match::resolve_gateway_name(reference, vs_namespace);
+            ns == gateway.resource.metadata.namespace() && name == gateway.resource.metadata.name
+        })
 }
 
 impl VirtualService {
-    fn gateways_named(&self) -> impl Iterator<Item = &str> {
+    /// `hosts` as Istio reads them: short names in full (`istio_match::resolve_short_host`).
+    fn resolved_hosts(&self) -> impl Iterator<Item = String> + '_ {
+        let namespace = self.metadata.namespace();
         self.spec
-            .gateways
+            .hosts
             .iter()
-            .map(String::as_str)
-            .filter(|g| *g != "mesh")
+            .map(move |h| istio_match::resolve_short_host(h, namespace))
     }
-}
-
-/// `name` or `namespace/name`.
-fn split_reference<'r>(reference: &'r str, default_namespace: &'r str) -> (&'r str, &'r str) {
-    reference
-        .split_once('/')
-        .unwrap_or((default_namespace, reference))
 }
 
 fn parse_server_host(host: &str) -> ServerHost {
@@ -727,6 +846,10 @@ mod tests;
 #[cfg(test)]
 #[path = "compile/istio_tests.rs"]
 mod istio_tests;
+
+#[cfg(test)]
+#[path = "compile/istio_fidelity_tests.rs"]
+mod istio_fidelity_tests;
 
 #[cfg(test)]
 #[path = "compile/examples_tests.rs"]

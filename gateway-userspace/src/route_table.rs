@@ -76,6 +76,9 @@ pub enum StringMatcher {
     PathPrefix {
         value: String,
     },
+    /// Istio's empty `StringMatch` (or regex `*`) on a header or query parameter: any
+    /// value, as long as it is there (Envoy's `present_match`).
+    Present,
 }
 
 /// What a request says that routing can look at.
@@ -215,7 +218,12 @@ impl RequestMatch {
                 .iter()
                 .all(|(name, m)| header_value(request.headers, name).is_some_and(|v| m.matches(&v)))
             && self.without_headers.iter().all(|(name, m)| {
-                !header_value(request.headers, name).is_some_and(|v| m.matches(&v))
+                let value = header_value(request.headers, name);
+                match m {
+                    StringMatcher::Present => value.is_none(),
+                    // Istio inverts the match and treats a missing header as empty.
+                    m => !m.matches(value.as_deref().unwrap_or_default()),
+                }
             })
             && self
                 .query_params
@@ -250,6 +258,8 @@ impl StringMatcher {
                 value.starts_with(want.as_str())
                     && matches!(value.as_bytes().get(want.len()), None | Some(b'/'))
             }
+            // Presence is the caller's part: a value it has is there.
+            StringMatcher::Present => true,
         }
     }
 
@@ -290,6 +300,7 @@ impl Serialize for StringMatcher {
                 let shown = if value.is_empty() { "/" } else { value };
                 map.serialize_entry("pathPrefix", shown)?
             }
+            StringMatcher::Present => map.serialize_entry("present", &true)?,
         }
         map.end()
     }

@@ -149,6 +149,10 @@ pub struct Forward {
     pub mirrors: Vec<Mirror>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsPolicy>,
+    /// A preflight from an origin `cors` does not allow is answered here (without
+    /// allow-origin) rather than passed on: Istio's `unmatchedPreflights: IGNORE`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cors_answers_unmatched_preflights: bool,
 }
 
 impl Forward {
@@ -289,8 +293,10 @@ pub struct DirectResponse {
     pub headers: HeaderPolicy,
 }
 
-/// Istio's retry policy. Without `retries` in a VirtualService Istio still retries:
-/// 2 attempts on connect-failure, refused-stream, unavailable, cancelled and 503.
+/// Istio's retry policy. Without `retries` in a VirtualService Istio (≥ 1.24) still
+/// retries: 2 attempts on connect-failure, refused-stream and the gRPC statuses
+/// unavailable and cancelled; `retriable-status-codes` is in the list but names no code,
+/// so a 503 is not retried.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
@@ -341,14 +347,25 @@ pub struct RetryOn {
     pub retriable_4xx: bool,
     /// `retriable-status-codes` and bare numbers in `retryOn`.
     pub status_codes: Vec<u16>,
+    /// gRPC statuses (in a response's headers: a trailers-only answer) that are retried,
+    /// Envoy's `retry_grpc_on` (`cancelled`, `unavailable`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grpc_statuses: Vec<u8>,
 }
 
 impl RetryOn {
+    pub const GRPC_CANCELLED: u8 = 1;
+    pub const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+    pub const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+    pub const GRPC_INTERNAL: u8 = 13;
+    pub const GRPC_UNAVAILABLE: u8 = 14;
+
+    /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`.
     pub fn istio_default() -> Self {
         RetryOn {
             connect_failure: true,
             refused_stream: true,
-            status_codes: vec![503],
+            grpc_statuses: vec![Self::GRPC_UNAVAILABLE, Self::GRPC_CANCELLED],
             ..RetryOn::default()
         }
     }

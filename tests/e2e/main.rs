@@ -9,6 +9,7 @@ mod hostile;
 mod http;
 mod http_safety;
 mod isolation;
+mod istio_fidelity;
 mod kernel;
 mod kubernetes;
 mod limits;

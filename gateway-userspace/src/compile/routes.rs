@@ -3,20 +3,23 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, header};
 use regex::Regex;
 use serde::Deserialize;
 
-use super::{Compiler, name_of};
+use super::{
+    Compiler,
+    istio_match::{MatchTarget, applies, compile_match, compile_string_match},
+    name_of,
+};
 use crate::{
     config::{
         Diagnostic, Kind, ObjectRef, Sourced,
         resources::{
-            Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch,
-            VirtualService,
+            Destination, HeaderOperations, Headers, HttpRoute, StringMatch, VirtualService,
         },
     },
-    route_table::{RequestMatch, Route, StringMatcher},
+    route_table::{Route, StringMatcher},
     snapshot::{
         CorsPolicy, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
         HeaderPolicy, Mirror, PathRewrite, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite,
@@ -30,7 +33,7 @@ impl Compiler<'_> {
         vs: &Sourced<VirtualService>,
         index: usize,
         route: &HttpRoute,
-        port: u16,
+        target: &MatchTarget,
     ) -> Option<Route<RouteAction>> {
         let meta = &vs.resource.metadata;
         let resource = vs.resource.object_ref();
@@ -40,8 +43,13 @@ impl Compiler<'_> {
             name_of(meta),
             route.name.clone().unwrap_or_else(|| index.to_string())
         );
+        let vs_namespace = meta.namespace();
         let mut matches = Vec::new();
         for (m_index, m) in route.matches.iter().enumerate() {
+            // Istio leaves out, for this gateway, a match meant for other proxies.
+            if !applies(m, vs_namespace, target) {
+                continue;
+            }
             match compile_match(m) {
                 Ok(compiled) => matches.push(compiled),
                 Err((sub_field, message)) => {
@@ -54,6 +62,10 @@ impl Compiler<'_> {
                     return None;
                 }
             }
+        }
+        // Every match was for someone else: the route is not this gateway's at all.
+        if !route.matches.is_empty() && matches.is_empty() {
+            return None;
         }
         let actions = match RouteFields::parse(&route.other) {
             Ok(actions) => actions,
@@ -77,20 +89,18 @@ impl Compiler<'_> {
                 .field(format!("{field}.{key}")),
             );
         }
+        // A root's delegates are merged before routes get here: this one is a delegate's
+        // own, and Istio follows one level only.
         if actions.delegate {
             self.diagnostics.push(
                 Diagnostic::warning(
-                    "`delegate` is not served yet; requests that reach this route get 501",
+                    "a delegate VirtualService's route cannot delegate again; this route is skipped",
                 )
                 .at(vs.location.clone())
                 .object(&resource)
                 .field(format!("{field}.delegate")),
             );
-            return Some(Route {
-                name,
-                matches,
-                action: RouteAction::Unsupported("delegate".to_owned()),
-            });
+            return None;
         }
         let action = match self.action(vs, &resource, &field, route, actions) {
             Ok(action) => action,
@@ -104,7 +114,6 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        let _ = port;
         Some(Route {
             name,
             matches,
@@ -121,12 +130,20 @@ impl Compiler<'_> {
         route: &HttpRoute,
         fields: RouteFields,
     ) -> Result<RouteAction, FieldError> {
-        let headers = fields
+        let mut headers = fields
             .headers
             .as_ref()
             .map(|h| compile_headers(h).map_err(|(f, e)| (format!("headers.{f}"), e)))
             .transpose()?
             .unwrap_or_default();
+        // `rewrite.authority` over the route's `host` header over a destination's (Istio).
+        let header_authority =
+            take_authority(&mut headers.request).and_then(|v| v.to_str().ok().map(str::to_owned));
+        let route_authority = fields
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.authority.clone())
+            .or(header_authority);
         if let Some(redirect) = fields.redirect {
             return Ok(RouteAction::Redirect(Box::new(compile_redirect(
                 &redirect, headers,
@@ -172,6 +189,14 @@ impl Compiler<'_> {
             if let Some(h) = &destination.headers {
                 weighted.headers = compile_headers(h)
                     .map_err(|(f, e)| (format!("route[{d_index}].headers.{f}"), e))?;
+                // A destination's authority is applied last, so it stays a `host` set;
+                // with one destination the route's own authority wins, as Istio has it.
+                let authority = take_authority(&mut weighted.headers.request);
+                if let Some(authority) = authority
+                    && (route.route.len() > 1 || route_authority.is_none())
+                {
+                    weighted.headers.request.set.push((header::HOST, authority));
+                }
             }
             clusters.push(weighted);
         }
@@ -179,6 +204,15 @@ impl Compiler<'_> {
         forward.headers = headers;
         if let Some(rewrite) = &fields.rewrite {
             forward.rewrite = Some(compile_rewrite(rewrite)?);
+        }
+        if let Some(authority) = route_authority {
+            forward
+                .rewrite
+                .get_or_insert_with(|| Rewrite {
+                    path: None,
+                    authority: None,
+                })
+                .authority = Some(authority);
         }
         if let Some(timeout) = &fields.timeout {
             let timeout = parse_duration(timeout).map_err(|e| ("timeout".to_owned(), e))?;
@@ -219,6 +253,16 @@ impl Compiler<'_> {
         }
         if let Some(cors) = &fields.cors_policy {
             forward.cors = Some(compile_cors(cors)?);
+            forward.cors_answers_unmatched_preflights = match cors.unmatched_preflights.as_deref() {
+                None | Some("UNSPECIFIED" | "FORWARD") => false,
+                Some("IGNORE") => true,
+                Some(other) => {
+                    return Err((
+                        "corsPolicy.unmatchedPreflights".to_owned(),
+                        format!("{other:?} is not one of UNSPECIFIED, FORWARD, IGNORE"),
+                    ));
+                }
+            };
         }
         Ok(RouteAction::Forward(Box::new(forward)))
     }
@@ -408,6 +452,9 @@ struct IstioCors {
     expose_headers: Vec<String>,
     max_age: Option<String>,
     allow_credentials: Option<bool>,
+    /// `FORWARD` (the default) or `IGNORE`: what happens to a preflight from an origin
+    /// the policy does not allow.
+    unmatched_preflights: Option<String>,
 }
 
 /// Istio's default redirect status.
@@ -498,18 +545,54 @@ fn re2_substitution(rewrite: &str) -> String {
     out
 }
 
+/// Istio's header operations: `host` and `:authority` are no header to set but the
+/// authority (see `take_authority`), other pseudo-headers are left alone, as Istio drops
+/// its "internal" headers.
 fn compile_headers(h: &Headers) -> Result<HeaderPolicy, FieldError> {
-    Ok(HeaderPolicy {
+    let mut policy = HeaderPolicy {
         request: compile_header_ops(&h.request).map_err(|(f, e)| (format!("request.{f}"), e))?,
         response: compile_header_ops(&h.response).map_err(|(f, e)| (format!("response.{f}"), e))?,
-    })
+    };
+    policy.request.remove.retain(|n| n != header::HOST);
+    let response = &mut policy.response;
+    response.set.retain(|(n, _)| n != header::HOST);
+    response.add.retain(|(n, _)| n != header::HOST);
+    response.remove.retain(|n| n != header::HOST);
+    Ok(policy)
+}
+
+/// Takes `host` out of request header operations: the authority they ask for (`set`
+/// over `add`), which Istio turns into the route's (or destination's) host rewrite.
+fn take_authority(ops: &mut HeaderOps) -> Option<HeaderValue> {
+    let take = |list: &mut Vec<(HeaderName, HeaderValue)>| {
+        let found = list
+            .iter()
+            .rev()
+            .find(|(n, _)| n == header::HOST)
+            .map(|(_, v)| v.clone());
+        list.retain(|(n, _)| n != header::HOST);
+        found
+    };
+    let set = take(&mut ops.set);
+    let add = take(&mut ops.add);
+    set.or(add)
 }
 
 pub(crate) fn compile_header_ops(ops: &HeaderOperations) -> Result<HeaderOps, FieldError> {
+    // `:authority` is the Host header; other pseudo-headers cannot be set.
+    let pseudo = |name: &str| name.starts_with(':') && !name.eq_ignore_ascii_case(":authority");
+    let real = |name: &str| {
+        if name.eq_ignore_ascii_case(":authority") {
+            "host".to_owned()
+        } else {
+            name.to_owned()
+        }
+    };
     let pairs = |kind: &str, map: &BTreeMap<String, String>| {
         map.iter()
+            .filter(|(name, _)| !pseudo(name))
             .map(|(name, value)| {
-                let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                let n = HeaderName::from_bytes(real(name).as_bytes()).map_err(|_| {
                     (
                         format!("{kind}.{name}"),
                         format!("{name:?} is not a header name"),
@@ -531,6 +614,7 @@ pub(crate) fn compile_header_ops(ops: &HeaderOperations) -> Result<HeaderOps, Fi
         remove: ops
             .remove
             .iter()
+            .filter(|name| !name.starts_with(':'))
             .map(|name| {
                 HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                     (
@@ -543,22 +627,29 @@ pub(crate) fn compile_header_ops(ops: &HeaderOperations) -> Result<HeaderOps, Fi
     })
 }
 
+/// Istio's conversion: no `attempts` (or 0) disables retries; `attempts` alone keeps the
+/// default conditions.
 fn compile_retries(r: &IstioRetries) -> Result<RetryPolicy, FieldError> {
-    let mut policy = RetryPolicy::default();
-    if let Some(attempts) = r.attempts {
-        policy.attempts = attempts;
+    let attempts = r.attempts.unwrap_or(0);
+    if attempts == 0 {
+        return Ok(RetryPolicy::none());
     }
+    let mut policy = RetryPolicy {
+        attempts,
+        ..RetryPolicy::default()
+    };
     if let Some(t) = &r.per_try_timeout {
         policy.per_try_timeout =
             Some(parse_duration(t).map_err(|e| ("retries.perTryTimeout".to_owned(), e))?);
     }
-    if let Some(on) = &r.retry_on {
+    if let Some(on) = r.retry_on.as_deref().filter(|on| !on.trim().is_empty()) {
         policy.retry_on = parse_retry_on(on).map_err(|e| ("retries.retryOn".to_owned(), e))?;
     }
     Ok(policy)
 }
 
-/// Envoy's `retry_on` list: `5xx,gateway-error,connect-failure,reset,503`.
+/// Envoy's `retry_on` list (`5xx,gateway-error,connect-failure,reset,503`) and its
+/// `retry_grpc_on` conditions, which Istio writes in the same list.
 pub(crate) fn parse_retry_on(list: &str) -> Result<RetryOn, String> {
     let mut on = RetryOn::default();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -571,9 +662,13 @@ pub(crate) fn parse_retry_on(list: &str) -> Result<RetryOn, String> {
             "retriable-4xx" => on.retriable_4xx = true,
             // The codes come as bare numbers in Istio's list.
             "retriable-status-codes" => {}
-            // gRPC status conditions: the upstream's grpc-status is not inspected.
-            "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
-            | "unavailable" | "retriable-headers" | "envoy-ratelimited" => {}
+            "cancelled" => on.grpc_statuses.push(RetryOn::GRPC_CANCELLED),
+            "deadline-exceeded" => on.grpc_statuses.push(RetryOn::GRPC_DEADLINE_EXCEEDED),
+            "internal" => on.grpc_statuses.push(RetryOn::GRPC_INTERNAL),
+            "resource-exhausted" => on.grpc_statuses.push(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+            "unavailable" => on.grpc_statuses.push(RetryOn::GRPC_UNAVAILABLE),
+            // Conditions on headers or rate limiting that this gateway does not observe.
+            "retriable-headers" | "envoy-ratelimited" | "http3-post-connect-failure" => {}
             code => match code.parse::<u16>() {
                 Ok(code) if (100..=599).contains(&code) => on.status_codes.push(code),
                 _ => return Err(format!("unknown retry condition {code:?}")),
@@ -766,63 +861,6 @@ const MAX_DURATION_SECS: f64 = 315_576_000_000.0;
 
 pub(super) fn clone_route(route: &Route<RouteAction>) -> Route<RouteAction> {
     route.clone()
-}
-
-fn compile_match(m: &HttpMatchRequest) -> Result<RequestMatch, (String, String)> {
-    let string = |field: &str,
-                  s: &Option<StringMatch>,
-                  ignore_case: bool|
-     -> Result<Option<StringMatcher>, (String, String)> {
-        s.as_ref()
-            .map(|s| compile_string_match(s, ignore_case).map_err(|e| (field.to_owned(), e)))
-            .transpose()
-    };
-    let map = |field: &str,
-               entries: &BTreeMap<String, StringMatch>|
-     -> Result<Vec<(String, StringMatcher)>, (String, String)> {
-        entries
-            .iter()
-            .map(|(name, s)| {
-                compile_string_match(s, false)
-                    .map(|m| (name.to_ascii_lowercase(), m))
-                    .map_err(|e| (format!("{field}.{name}"), e))
-            })
-            .collect()
-    };
-    let port = match m.port {
-        Some(p) => Some(
-            u16::try_from(p)
-                .map_err(|_| ("port".to_owned(), format!("port {p} is not a TCP port")))?,
-        ),
-        None => None,
-    };
-    Ok(RequestMatch {
-        path: string("uri", &m.uri, m.ignore_uri_case)?,
-        method: string("method", &m.method, false)?,
-        scheme: string("scheme", &m.scheme, false)?,
-        authority: string("authority", &m.authority, false)?,
-        headers: map("headers", &m.headers)?,
-        without_headers: map("withoutHeaders", &m.without_headers)?,
-        query_params: map("queryParams", &m.query_params)?,
-        port,
-    })
-}
-
-fn compile_string_match(s: &StringMatch, ignore_case: bool) -> Result<StringMatcher, String> {
-    match (&s.exact, &s.prefix, &s.regex) {
-        (Some(exact), None, None) => Ok(StringMatcher::Exact {
-            value: exact.clone(),
-            ignore_case,
-        }),
-        (None, Some(prefix), None) => Ok(StringMatcher::Prefix {
-            value: prefix.clone(),
-            ignore_case,
-        }),
-        (None, None, Some(regex)) => {
-            StringMatcher::regex(regex, ignore_case).map_err(|e| format!("invalid regex: {e}"))
-        }
-        _ => Err("expected exactly one of exact, prefix or regex".to_owned()),
-    }
 }
 
 #[cfg(test)]

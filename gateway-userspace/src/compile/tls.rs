@@ -548,10 +548,10 @@ impl<'a> Compiler<'a> {
                     if !self.l4_match_applies(m, port, server.gateway, vs) {
                         continue;
                     }
-                    let wanted = if m.sni_hosts.is_empty() {
-                        &vs.resource.spec.hosts
+                    let wanted: Vec<String> = if m.sni_hosts.is_empty() {
+                        vs.resource.resolved_hosts().collect()
                     } else {
-                        &m.sni_hosts
+                        m.sni_hosts.clone()
                     };
                     let sni_hosts: Vec<String> = wanted
                         .iter()
@@ -588,11 +588,11 @@ impl<'a> Compiler<'a> {
             if !binds(&vs.resource, server.gateway) {
                 continue;
             }
-            let host_ok = vs.resource.spec.hosts.iter().any(|vs_host| {
+            let host_ok = vs.resource.resolved_hosts().any(|vs_host| {
                 server
                     .hosts
                     .iter()
-                    .any(|h| intersect_hosts(vs_host, h).is_some())
+                    .any(|h| intersect_hosts(&vs_host, h).is_some())
             });
             if !host_ok {
                 continue;
@@ -646,7 +646,7 @@ impl<'a> Compiler<'a> {
         let vs_namespace = vs.resource.metadata.namespace();
         let gateway_ok = m.gateways.is_empty()
             || m.gateways.iter().any(|g| {
-                let (ns, name) = g.split_once('/').unwrap_or((vs_namespace, g));
+                let (ns, name) = super::istio_match::resolve_gateway_name(g, vs_namespace);
                 ns == gateway.resource.metadata.namespace()
                     && name == gateway.resource.metadata.name
             });

@@ -119,6 +119,8 @@ pub struct VirtualServiceSpec {
     /// Parsed only so that validation can say these are not served yet.
     pub tls: Vec<serde_yaml::Value>,
     pub tcp: Vec<serde_yaml::Value>,
+    /// Namespaces that may use it; for a delegate, whose root may refer to it.
+    pub export_to: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -147,9 +149,15 @@ pub struct HttpMatchRequest {
     pub query_params: BTreeMap<String, StringMatch>,
     pub port: Option<u32>,
     pub ignore_uri_case: bool,
+    /// The match applies only to these gateways (`mesh` is the sidecars).
+    pub gateways: Vec<String>,
+    /// The match applies only to proxies with these labels, in this namespace.
+    pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
 }
 
-/// Istio's `StringMatch`: exactly one of the three.
+/// Istio's `StringMatch`: at most one of the three; none means "present" in `headers`,
+/// `withoutHeaders` and `queryParams`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct StringMatch {

@@ -45,10 +45,20 @@ pub(super) async fn forward<'s>(
     let cors_origin = forward.cors.as_ref().and_then(|cors| {
         route_actions::allowed_origin(cors, request.headers()).map(|o| (cors, o.clone()))
     });
-    if let Some((cors, origin)) = &cors_origin
+    // Envoy's CORS filter answers a preflight it allows, and one it does not allow when
+    // told not to pass those on; other preflights go to the upstream.
+    if let Some(cors) = &forward.cors
         && route_actions::is_preflight(request.method(), request.headers())
     {
-        return LocalReply::preflight(cors, origin).into();
+        match &cors_origin {
+            Some((_, origin)) => {
+                return LocalReply::preflight(cors, Some(origin), request.headers()).into();
+            }
+            None if forward.cors_answers_unmatched_preflights => {
+                return LocalReply::preflight(cors, None, request.headers()).into();
+            }
+            None => {}
+        }
     }
 
     let mut fault_flags = ResponseFlags::NONE;
@@ -166,8 +176,12 @@ pub(super) async fn forward<'s>(
     if let Some((cors, origin)) = &cors_origin {
         route_actions::cors_response_headers(cors, origin, response.headers_mut());
     }
-    let retried_status =
-        retried && route_actions::retriable_status(&forward.retry.retry_on, response.status());
+    let retried_status = retried
+        && route_actions::retriable_response(
+            &forward.retry.retry_on,
+            response.status(),
+            response.headers(),
+        );
     let flags = if retry_overflowed {
         ResponseFlags::UPSTREAM_OVERFLOW
     } else if retried_status {

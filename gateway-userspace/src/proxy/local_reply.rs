@@ -130,10 +130,15 @@ impl LocalReply {
         ))
     }
 
-    /// The answer to a CORS preflight from an allowed origin.
-    pub(super) fn preflight(cors: &CorsPolicy, origin: &HeaderValue) -> Self {
+    /// The answer to a CORS preflight (`origin`: the allowed origin, None when the
+    /// policy does not allow it and unmatched preflights are answered here).
+    pub(super) fn preflight(
+        cors: &CorsPolicy,
+        origin: Option<&HeaderValue>,
+        request: &http::HeaderMap,
+    ) -> Self {
         let mut reply = LocalReply::new(StatusCode::OK, ResponseFlags::NONE).untyped();
-        route_actions::preflight_headers(cors, origin, &mut reply.headers);
+        route_actions::preflight_headers(cors, origin, request, &mut reply.headers);
         reply
     }
 

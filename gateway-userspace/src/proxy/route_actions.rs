@@ -120,42 +120,74 @@ enum MatchedPrefix {
     Segments(usize),
 }
 
-/// The request's Origin when the CORS policy allows it.
+/// The request's Origin when the CORS policy allows it. As Envoy's filter, a matcher
+/// that accepts `*` itself (`exact: "*"`, `regex: ".*"`) allows every origin.
 pub(super) fn allowed_origin<'h>(
     cors: &CorsPolicy,
     headers: &'h HeaderMap,
 ) -> Option<&'h HeaderValue> {
-    let origin = headers.get(header::ORIGIN)?;
+    let origin = headers.get(header::ORIGIN).filter(|o| !o.is_empty())?;
     let text = origin.to_str().ok()?;
     cors.allow_origins
         .iter()
-        .any(|m| m.matches(text))
+        .any(|m| m.matches("*") || m.matches(text))
         .then_some(origin)
 }
 
 pub(super) fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+    let present = |name| {
+        headers
+            .get(name)
+            .is_some_and(|v: &HeaderValue| !v.is_empty())
+    };
     method == Method::OPTIONS
-        && headers.contains_key(header::ORIGIN)
-        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && present(header::ORIGIN)
+        && present(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-/// Headers of a preflight answer for an allowed origin.
-pub(super) fn preflight_headers(cors: &CorsPolicy, origin: &HeaderValue, headers: &mut HeaderMap) {
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    let mut set = |name, value: &str| {
-        if !value.is_empty()
-            && let Ok(value) = HeaderValue::from_str(value)
-        {
-            headers.insert(name, value);
-        }
-    };
-    set(header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods);
-    set(header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers);
-    if let Some(age) = cors.max_age {
-        set(header::ACCESS_CONTROL_MAX_AGE, &age.to_string());
+/// Headers of a preflight answer: allow-origin for an allowed `origin` only, the rest
+/// from the policy; `*` in allow-methods or allow-headers echoes what the browser asked.
+pub(super) fn preflight_headers(
+    cors: &CorsPolicy,
+    origin: Option<&HeaderValue>,
+    request: &HeaderMap,
+    headers: &mut HeaderMap,
+) {
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     }
     if cors.allow_credentials {
-        set(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    let mut set = |name: header::HeaderName, value: &str, asked: header::HeaderName| {
+        let value = match value {
+            "" => return,
+            "*" => match request.get(&asked) {
+                Some(asked) => asked.clone(),
+                None => return,
+            },
+            value => match HeaderValue::from_str(value) {
+                Ok(value) => value,
+                Err(_) => return,
+            },
+        };
+        headers.insert(name, value);
+    };
+    set(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        &cors.allow_methods,
+        header::ACCESS_CONTROL_REQUEST_METHOD,
+    );
+    set(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        &cors.allow_headers,
+        header::ACCESS_CONTROL_REQUEST_HEADERS,
+    );
+    if let Some(age) = cors.max_age {
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
     }
 }
 
@@ -207,12 +239,19 @@ pub(super) fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
     }
 }
 
-pub(super) fn retriable_status(on: &RetryOn, status: StatusCode) -> bool {
+/// Is this answer worth another try? Its status, or for gRPC the `grpc-status` in its
+/// headers (a trailers-only answer), as Envoy's `retry_on` and `retry_grpc_on` read them.
+pub(super) fn retriable_response(on: &RetryOn, status: StatusCode, headers: &HeaderMap) -> bool {
     let code = status.as_u16();
     (on.server_error && status.is_server_error())
         || (on.gateway_error && matches!(code, 502..=504))
         || (on.retriable_4xx && code == 409)
         || on.status_codes.contains(&code)
+        || (!on.grpc_statuses.is_empty()
+            && headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse::<u8>().ok())
+                .is_some_and(|grpc| on.grpc_statuses.contains(&grpc)))
 }
 
 /// True for `percentage` percent of calls.
@@ -319,13 +358,66 @@ mod tests {
     }
 
     #[test]
+    fn cors_as_envoys_filter() {
+        let cors = CorsPolicy {
+            allow_origins: vec![StringMatcher::Exact {
+                value: "*".into(),
+                ignore_case: false,
+            }],
+            allow_methods: "*".into(),
+            allow_headers: "*".into(),
+            allow_credentials: true,
+            ..CorsPolicy::default()
+        };
+        let mut request = HeaderMap::new();
+        request.insert(header::ORIGIN, HeaderValue::from_static("https://any"));
+        request.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("PUT"),
+        );
+        request.insert(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            HeaderValue::from_static("x-a,x-b"),
+        );
+        // `exact: "*"` allows every origin, which is echoed.
+        let origin = allowed_origin(&cors, &request).expect("allowed");
+        let mut answer = HeaderMap::new();
+        preflight_headers(&cors, Some(origin), &request, &mut answer);
+        assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://any");
+        assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_METHODS], "PUT");
+        assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_HEADERS], "x-a,x-b");
+        assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        // An unmatched preflight answered here carries no allow-origin.
+        let mut unmatched = HeaderMap::new();
+        preflight_headers(&cors, None, &request, &mut unmatched);
+        assert!(!unmatched.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        let empty_origin = {
+            let mut headers = request.clone();
+            headers.insert(header::ORIGIN, HeaderValue::from_static(""));
+            headers
+        };
+        assert!(allowed_origin(&cors, &empty_origin).is_none());
+    }
+
+    #[test]
     fn retry_decisions() {
         let default = RetryOn::istio_default();
-        assert!(retriable_status(&default, StatusCode::SERVICE_UNAVAILABLE));
-        assert!(!retriable_status(
+        let none = HeaderMap::new();
+        // Istio ≥ 1.24: no status code is retried by default...
+        assert!(!retriable_response(
             &default,
-            StatusCode::INTERNAL_SERVER_ERROR
+            StatusCode::SERVICE_UNAVAILABLE,
+            &none
         ));
+        // ...but gRPC's unavailable and cancelled are, and not internal.
+        let grpc = |code: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-status", HeaderValue::from_static(code));
+            headers
+        };
+        assert!(retriable_response(&default, StatusCode::OK, &grpc("14")));
+        assert!(retriable_response(&default, StatusCode::OK, &grpc("1")));
+        assert!(!retriable_response(&default, StatusCode::OK, &grpc("13")));
         assert!(retriable_failure(&default, TryFailure::ConnectFailure));
         assert!(!retriable_failure(&default, TryFailure::Reset));
         assert!(!retriable_failure(&default, TryFailure::Overflow));

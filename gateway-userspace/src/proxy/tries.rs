@@ -149,7 +149,11 @@ pub(super) async fn run(
             Err(_) => true,
         });
         let retriable = match &result {
-            Ok(response) => route_actions::retriable_status(&retry.retry_on, response.status()),
+            Ok(response) => route_actions::retriable_response(
+                &retry.retry_on,
+                response.status(),
+                response.headers(),
+            ),
             Err(failure) => route_actions::retriable_failure(&retry.retry_on, *failure),
         };
         let mut retry_overflowed = false;

@@ -148,7 +148,6 @@ impl UpstreamHead {
         if let Some(host) = new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
             headers.insert(header::HOST, host);
         }
-        let host = headers.get(header::HOST).cloned()?;
         let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
             Some(existing) if !existing.is_empty() => {
                 let mut joined = Vec::with_capacity(existing.len() + 1 + peer_ip.len());
@@ -172,6 +171,9 @@ impl UpstreamHead {
         headers.insert(X_ENVOY_EXTERNAL_ADDRESS, peer_ip.clone());
         forward.headers.request.apply(&mut headers);
         weighted.headers.request.apply(&mut headers);
+        // After the header operations: a destination's `host` set is the authority
+        // HTTP/2 upstreams get too.
+        let host = headers.get(header::HOST).cloned()?;
         Some(UpstreamHead {
             method: parts.method,
             path_and_query,

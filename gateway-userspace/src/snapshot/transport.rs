@@ -137,15 +137,27 @@ impl ListenerTls {
 }
 
 impl SniRoute {
-    /// The first route whose `sniHosts` accept the name.
+    /// The route whose `sniHosts` accept the name most specifically (exact, then the
+    /// longest wildcard, then `*`, as Envoy picks a filter chain by server name), the
+    /// first among equals.
     pub fn find<'r>(routes: &'r [SniRoute], sni: Option<&str>) -> Option<&'r SniRoute> {
         let sni = sni.map(str::to_ascii_lowercase);
-        routes.iter().find(|route| {
-            route.sni_hosts.iter().any(|host| match &sni {
-                Some(name) => host_rank(host, name).is_some(),
-                None => host == "*",
+        routes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, route)| {
+                let rank = route
+                    .sni_hosts
+                    .iter()
+                    .filter_map(|host| match &sni {
+                        Some(name) => host_rank(host, name),
+                        None => (host == "*").then_some(0),
+                    })
+                    .max()?;
+                Some((rank, index, route))
             })
-        })
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+            .map(|(_, _, route)| route)
     }
 }
 

@@ -342,13 +342,13 @@ fn stalled_uploads_reach_the_upstream_at_once_and_hold_little_memory() -> anyhow
     Ok(())
 }
 
-/// Retries under the default policy replay a body that fits the replay copy; a larger
-/// one is forwarded once and its first answer passed on (Envoy gives up retrying, not
-/// the request, and counts `retry_or_shadow_abandoned`).
+/// Retries (on 503, which Istio's default policy no longer names) replay a body that
+/// fits the replay copy; a larger one is forwarded once and its first answer passed on
+/// (Envoy gives up retrying, not the request, and counts `retry_or_shadow_abandoned`).
 #[test]
 fn retries_replay_small_bodies_and_forward_large_ones_once() -> anyhow::Result<()> {
     let upstream = TestUpstream::start()?;
-    let routes = "  - route: [{destination: {host: flaky}}]";
+    let routes = "  - route: [{destination: {host: flaky}}]\n    retries: {attempts: 2, retryOn: \"connect-failure,refused-stream,503\"}";
     let setup = start(
         "replay",
         routes,

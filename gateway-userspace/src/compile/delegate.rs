@@ -1,0 +1,207 @@
+//! Istio's delegate VirtualServices: a root route with `delegate` is replaced by the
+//! delegate's routes, each narrowed by the root's matches (a delegate match must fit in
+//! a root match, or the delegate route is dropped) and given the root's policies where
+//! it has none of its own.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::config::resources::{HttpMatchRequest, HttpRoute, StringMatch, VirtualService};
+
+/// `delegate: {name, namespace}`; the namespace defaults to the root's.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DelegateRef {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// The root route fields a delegate route takes when it has none of its own (Istio's
+/// `mergeHTTPRoute`; `redirect` and the destinations are the delegate's alone).
+const INHERITED: [&str; 12] = [
+    "rewrite",
+    "directResponse",
+    "timeout",
+    "retries",
+    "fault",
+    "mirror",
+    "mirrorPercent",
+    "mirror_percent",
+    "mirrorPercentage",
+    "corsPolicy",
+    "mirrors",
+    "headers",
+];
+
+/// May a root in `root_namespace` use this delegate? Without `exportTo` a VirtualService
+/// is visible everywhere (Istio's default); `.` is its own namespace, `*` everywhere.
+pub(super) fn exported_to(delegate: &VirtualService, root_namespace: &str) -> bool {
+    let own = delegate.metadata.namespace();
+    let export_to = &delegate.spec.export_to;
+    export_to.is_empty()
+        || export_to.iter().any(|e| match e.as_str() {
+            "*" => true,
+            "." => own == root_namespace,
+            ns => ns == root_namespace,
+        })
+}
+
+/// The delegate route merged under the root route, or None when one of its matches fits
+/// in none of the root's (Istio ignores such a delegate route).
+pub(super) fn merge_route(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
+    let mut merged = leaf.clone();
+    merged.matches = merge_matches(&root.matches, &leaf.matches)?;
+    merged.name = joined_name(&root.name, &leaf.name);
+    for key in INHERITED {
+        if !merged.other.contains_key(key)
+            && let Some(value) = root.other.get(key)
+        {
+            merged.other.insert(key.to_owned(), value.clone());
+        }
+    }
+    Some(merged)
+}
+
+fn joined_name(root: &Option<String>, leaf: &Option<String>) -> Option<String> {
+    match (root, leaf) {
+        (Some(root), Some(leaf)) => Some(format!("{root}-{leaf}")),
+        (root, None) => root.clone(),
+        (None, leaf) => leaf.clone(),
+    }
+}
+
+fn merge_matches(
+    root: &[HttpMatchRequest],
+    leaf: &[HttpMatchRequest],
+) -> Option<Vec<HttpMatchRequest>> {
+    if root.is_empty() {
+        return Some(leaf.to_vec());
+    }
+    if leaf.is_empty() {
+        return Some(root.to_vec());
+    }
+    let mut out = Vec::new();
+    for sub in leaf {
+        let before = out.len();
+        for parent in root.iter().filter(|parent| !conflicts(parent, sub)) {
+            out.push(merge_match(parent, sub));
+        }
+        if out.len() == before {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchRequest {
+    fn maps(
+        root: &BTreeMap<String, StringMatch>,
+        leaf: &BTreeMap<String, StringMatch>,
+    ) -> BTreeMap<String, StringMatch> {
+        let mut out = root.clone();
+        out.extend(leaf.iter().map(|(k, v)| (k.clone(), v.clone())));
+        out
+    }
+    let mut out = leaf.clone();
+    out.name = joined_name(&root.name, &leaf.name);
+    out.uri = leaf.uri.clone().or_else(|| root.uri.clone());
+    out.scheme = leaf.scheme.clone().or_else(|| root.scheme.clone());
+    out.method = leaf.method.clone().or_else(|| root.method.clone());
+    out.authority = leaf.authority.clone().or_else(|| root.authority.clone());
+    out.headers = maps(&root.headers, &leaf.headers);
+    out.without_headers = maps(&root.without_headers, &leaf.without_headers);
+    out.query_params = maps(&root.query_params, &leaf.query_params);
+    out.port = leaf.port.or(root.port);
+    let mut labels = root.source_labels.clone();
+    labels.extend(leaf.source_labels.clone());
+    out.source_labels = labels;
+    out.source_namespace = leaf
+        .source_namespace
+        .clone()
+        .or_else(|| root.source_namespace.clone());
+    if out.gateways.is_empty() {
+        out.gateways = root.gateways.clone();
+    }
+    out
+}
+
+/// Does the leaf ask for something the root excludes (Istio's `hasConflict`)?
+fn conflicts(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
+    let pairs = [
+        (&root.uri, &leaf.uri),
+        (&root.scheme, &leaf.scheme),
+        (&root.method, &leaf.method),
+        (&root.authority, &leaf.authority),
+    ];
+    if pairs
+        .iter()
+        .any(|(r, l)| string_conflict(r.as_ref(), l.as_ref()))
+    {
+        return true;
+    }
+    let map_conflict = |root: &BTreeMap<String, StringMatch>,
+                        leaf: &BTreeMap<String, StringMatch>| {
+        leaf.iter()
+            .any(|(key, l)| string_conflict(root.get(key), Some(l)))
+    };
+    if map_conflict(&root.headers, &leaf.headers)
+        || map_conflict(&root.without_headers, &leaf.without_headers)
+        || map_conflict(&root.query_params, &leaf.query_params)
+    {
+        return true;
+    }
+    if root.ignore_uri_case != leaf.ignore_uri_case {
+        return true;
+    }
+    if let (Some(r), Some(l)) = (root.port, leaf.port)
+        && r != l
+    {
+        return true;
+    }
+    if let Some(ns) = &root.source_namespace
+        && leaf.source_namespace.as_ref() != Some(ns)
+    {
+        return true;
+    }
+    if leaf
+        .source_labels
+        .iter()
+        .any(|(k, v)| root.source_labels.get(k).is_some_and(|r| r != v))
+    {
+        return true;
+    }
+    !root.gateways.is_empty()
+        && !leaf.gateways.is_empty()
+        && leaf.gateways.iter().any(|g| !root.gateways.contains(g))
+}
+
+/// A leaf string match conflicts unless it only narrows the root's: same exact, or a
+/// prefix/exact under the root's prefix. Regexes cannot be compared, so a regex on
+/// either side conflicts with any other condition.
+fn string_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>) -> bool {
+    let (Some(root), Some(leaf)) = (root, leaf) else {
+        return false;
+    };
+    let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    let (r_exact, r_prefix, r_regex) = (text(&root.exact), text(&root.prefix), text(&root.regex));
+    let (l_exact, l_prefix, l_regex) = (text(&leaf.exact), text(&leaf.prefix), text(&leaf.regex));
+    let leaf_any = !(l_exact.is_empty() && l_prefix.is_empty() && l_regex.is_empty());
+    let root_any = !(r_exact.is_empty() && r_prefix.is_empty() && r_regex.is_empty());
+    if (!r_regex.is_empty() && leaf_any) || (!l_regex.is_empty() && root_any) {
+        return true;
+    }
+    if !r_exact.is_empty() {
+        return !l_prefix.is_empty() || l_exact != r_exact;
+    }
+    if !r_prefix.is_empty() {
+        if !l_prefix.is_empty() {
+            return !l_prefix.starts_with(&r_prefix);
+        }
+        if !l_exact.is_empty() {
+            return !l_exact.starts_with(&r_prefix);
+        }
+    }
+    true
+}
