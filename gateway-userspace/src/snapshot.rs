@@ -168,6 +168,10 @@ pub struct WeightedCluster {
     /// backendRef filters), applied after the route's.
     #[serde(skip_serializing_if = "HeaderPolicy::is_empty")]
     pub headers: HeaderPolicy,
+    /// A Gateway API backendRef that could not be resolved (no such Service, a kind we do
+    /// not serve, a refused cross-namespace reference): its share of requests gets 500.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
 }
 
 impl WeightedCluster {
@@ -176,6 +180,7 @@ impl WeightedCluster {
             weight,
             cluster,
             headers: HeaderPolicy::default(),
+            invalid: false,
         }
     }
 }
@@ -298,6 +303,10 @@ pub struct RetryPolicy {
     #[serde(skip_serializing_if = "Option::is_none", with = "duration_opt")]
     pub per_try_timeout: Option<Duration>,
     pub retry_on: RetryOn,
+    /// The first back-off (doubled per retry up to ten times it, as Envoy's
+    /// `base_interval`); None: the proxy's default.
+    #[serde(skip_serializing_if = "Option::is_none", with = "duration_opt")]
+    pub backoff: Option<Duration>,
 }
 
 /// Istio's default retry count.
@@ -309,6 +318,7 @@ impl Default for RetryPolicy {
             attempts: DEFAULT_RETRY_ATTEMPTS,
             per_try_timeout: None,
             retry_on: RetryOn::istio_default(),
+            backoff: None,
         }
     }
 }
@@ -319,6 +329,7 @@ impl RetryPolicy {
             attempts: 0,
             per_try_timeout: None,
             retry_on: RetryOn::default(),
+            backoff: None,
         }
     }
 }

@@ -15,7 +15,9 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use super::{
-    Compiler, PortServers, binds, gateway_api::GATEWAY_API_GROUP, intersect_hosts, name_of,
+    Compiler, PortServers, binds,
+    gateway_api::{GATEWAY_API_GROUP, PortListener},
+    intersect_hosts, name_of,
     status::reason,
 };
 use crate::{
@@ -24,7 +26,7 @@ use crate::{
         resources::{
             Destination, Gateway, ObjectMeta, PortSelector, Secret, Server, ServerTls,
             VirtualService,
-            gateway_api::{ApiGateway, L4RouteRule, ParentReference, TlsMode as ApiTlsMode},
+            gateway_api::{L4RouteRule, TlsMode as ApiTlsMode, TlsRoute},
         },
     },
     snapshot::{
@@ -688,13 +690,14 @@ impl<'a> Compiler<'a> {
     /// None when no listener on the port is HTTPS.
     pub(super) fn gateway_api_tls(
         &mut self,
-        listeners: &[(&'a Sourced<ApiGateway>, &'a str)],
+        listeners: &[PortListener<'a>],
     ) -> (Protocol, Option<Arc<Transport>>) {
         let mut servers = Vec::new();
         let mut any_https = false;
         let mut any_tls = false;
         let mut tcp_clusters: Option<Vec<WeightedCluster>> = None;
-        for &(gateway, name) in listeners {
+        for port_listener in listeners {
+            let (gateway, name) = (port_listener.gateway, port_listener.name);
             let Some((index, listener)) = gateway
                 .resource
                 .spec
@@ -707,7 +710,17 @@ impl<'a> Compiler<'a> {
             };
             let resource = gateway.resource.object_ref();
             if listener.protocol.eq_ignore_ascii_case("TCP") {
-                let clusters = self.api_l4_clusters(gateway, &listener.name);
+                let clusters = port_listener
+                    .tcp_route
+                    .map(|route| {
+                        self.api_backends(
+                            &route.resource.spec.rules,
+                            &route.resource.metadata,
+                            "TCPRoute",
+                            route.location.as_ref(),
+                        )
+                    })
+                    .unwrap_or_default();
                 tcp_clusters.get_or_insert_with(Vec::new).extend(clusters);
                 continue;
             }
@@ -733,7 +746,7 @@ impl<'a> Compiler<'a> {
                     );
                     continue;
                 }
-                let routes = self.api_sni_routes(gateway, &listener.name, &host);
+                let routes = self.api_sni_routes(&port_listener.tls_routes);
                 servers.push(TlsServer {
                     name: format!("{resource} {}", listener.name),
                     hosts: vec![host],
@@ -925,88 +938,21 @@ impl<'a> Compiler<'a> {
         (Protocol::Http, None)
     }
 
-    /// TLSRoutes attached to this listener whose hostnames the listener accepts.
-    fn api_sni_routes(
-        &mut self,
-        gateway: &'a Sourced<ApiGateway>,
-        listener: &str,
-        listener_host: &str,
-    ) -> Vec<SniRoute> {
-        let mut routes = Vec::new();
-        for route in &self.resources.tls_routes {
-            let meta = &route.resource.metadata;
-            let parents = attaching_parents(
-                &route.resource.spec.parent_refs,
-                meta.namespace(),
-                gateway,
-                listener,
-            );
-            if parents.is_empty() {
-                continue;
-            }
-            let object = route.resource.object_ref();
-            let wanted: Vec<String> = if route.resource.spec.hostnames.is_empty() {
-                vec!["*".to_owned()]
-            } else {
-                route.resource.spec.hostnames.clone()
-            };
-            let sni_hosts: Vec<String> = wanted
-                .iter()
-                .filter_map(|h| intersect_hosts(h, listener_host))
-                .collect();
-            if sni_hosts.is_empty() {
-                for &index in &parents {
-                    self.status.parent(
-                        &object,
-                        index,
-                        Err((
-                            reason::NO_MATCHING_LISTENER_HOSTNAME,
-                            format!("none of its hostnames is accepted by listener {listener}"),
-                        )),
-                    );
-                }
-                continue;
-            }
-            self.attached(&object, &parents, gateway, listener);
-            let clusters = self.api_backends(
-                &route.resource.spec.rules,
-                meta,
-                "TLSRoute",
-                route.location.as_ref(),
-            );
-            routes.push(SniRoute {
-                sni_hosts,
-                clusters,
-            });
-        }
+    /// The TLSRoutes attached to a listener (oldest first, with the SNI hosts each
+    /// serves there, compile/gateway_api.rs) → its passthrough routes.
+    fn api_sni_routes(&mut self, routes: &[(&'a Sourced<TlsRoute>, Vec<String>)]) -> Vec<SniRoute> {
         routes
-    }
-
-    /// TCPRoutes attached to this listener: the first one's backends.
-    fn api_l4_clusters(
-        &mut self,
-        gateway: &'a Sourced<ApiGateway>,
-        listener: &str,
-    ) -> Vec<WeightedCluster> {
-        for route in &self.resources.tcp_routes {
-            let meta = &route.resource.metadata;
-            let parents = attaching_parents(
-                &route.resource.spec.parent_refs,
-                meta.namespace(),
-                gateway,
-                listener,
-            );
-            if !parents.is_empty() {
-                self.attached(&route.resource.object_ref(), &parents, gateway, listener);
-                return self.api_backends(
+            .iter()
+            .map(|(route, sni_hosts)| SniRoute {
+                sni_hosts: sni_hosts.clone(),
+                clusters: self.api_backends(
                     &route.resource.spec.rules,
-                    meta,
-                    "TCPRoute",
+                    &route.resource.metadata,
+                    "TLSRoute",
                     route.location.as_ref(),
-                );
-            }
-        }
-        Vec::new()
+                ),
+            })
+            .collect()
     }
 
     /// The first rule's Service backends (same namespace, or another with a
@@ -1125,47 +1071,7 @@ fn server_name(server: &ServerRef<'_>) -> String {
     format!("{} {}", server.resource, server.field)
 }
 
-/// The parentRefs (by index) that name this Gateway, and this listener (by `sectionName`)
-/// or every listener.
-fn attaching_parents(
-    parents: &[ParentReference],
-    route_namespace: &str,
-    gateway: &Sourced<ApiGateway>,
-    listener: &str,
-) -> Vec<usize> {
-    let meta = &gateway.resource.metadata;
-    parents
-        .iter()
-        .enumerate()
-        .filter(|(_, parent)| {
-            parent.group.as_deref().unwrap_or(GATEWAY_API_GROUP) == GATEWAY_API_GROUP
-                && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-                && parent.name == meta.name
-                && parent.namespace.as_deref().unwrap_or(route_namespace) == meta.namespace()
-                && parent.section_name.as_deref().is_none_or(|s| s == listener)
-        })
-        .map(|(index, _)| index)
-        .collect()
-}
-
 impl Compiler<'_> {
-    /// A TLSRoute or TCPRoute is served on `listener` through `parents`.
-    fn attached(
-        &mut self,
-        route: &ObjectRef,
-        parents: &[usize],
-        gateway: &Sourced<ApiGateway>,
-        listener: &str,
-    ) {
-        for &index in parents {
-            self.status.parent(route, index, Ok(()));
-        }
-        self.status
-            .listener(&gateway.resource.object_ref(), listener)
-            .attached
-            .insert(route.clone());
-    }
-
     fn listener_unresolved(
         &mut self,
         gateway: &ObjectRef,

@@ -70,6 +70,9 @@ pub(super) async fn forward<'s>(
     let Some(weighted) = RouteAction::pick_cluster(&forward.clusters) else {
         return LocalReply::no_healthy_upstream().into();
     };
+    if weighted.invalid {
+        return LocalReply::invalid_backend().into();
+    }
     let Some(cluster) = live.cluster(&weighted.cluster) else {
         return LocalReply::no_healthy_upstream().into();
     };
