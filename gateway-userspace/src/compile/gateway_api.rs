@@ -432,8 +432,8 @@ impl<'a> Compiler<'a> {
     /// TLSRoutes (with the SNI hosts each gets) and the TCPRoute attached to each
     /// listener (by index). Routes are taken oldest first (creationTimestamp, then
     /// namespace/name), as the spec orders routes that want the same thing: the oldest
-    /// TLSRoute comes first for a hostname, the oldest TCPRoute takes a TCP listener and
-    /// the later ones are refused there.
+    /// TLSRoute comes first for a hostname, the oldest TCPRoute takes a TCP listener's
+    /// connections (the later ones are attached, with a warning).
     #[allow(clippy::type_complexity)]
     fn l4_attachments(
         &mut self,
@@ -454,7 +454,7 @@ impl<'a> Compiler<'a> {
                 parent_refs: &route.resource.spec.parent_refs,
                 hostnames: &route.resource.spec.hostnames,
             };
-            for (_, listener, host) in self.attachments_by_parent(&any, listeners, &[]) {
+            for (_, listener, host) in self.attachments_by_parent(&any, listeners) {
                 let served = &mut tls[listener];
                 match served.iter_mut().find(|(r, _)| std::ptr::eq(*r, route)) {
                     Some((_, hosts)) if !hosts.contains(&host) => hosts.push(host),
@@ -474,9 +474,22 @@ impl<'a> Compiler<'a> {
                 parent_refs: &route.resource.spec.parent_refs,
                 hostnames: &[],
             };
-            let occupied: Vec<bool> = tcp.iter().map(Option::is_some).collect();
-            for (_, listener, _) in self.attachments_by_parent(&any, listeners, &occupied) {
-                tcp[listener] = Some(route);
+            // Every one attaches (Accepted, counted in attachedRoutes), as the
+            // conformance suite's TCPRouteMultipleRoutesAttachment expects; the oldest
+            // gets the connections.
+            for (_, listener, _) in self.attachments_by_parent(&any, listeners) {
+                if tcp[listener].is_none() {
+                    tcp[listener] = Some(route);
+                } else {
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "attached to listener {}, which an older TCPRoute serves: a TCP listener forwards to its oldest route",
+                            listeners[listener].name
+                        ))
+                        .at(route.location.clone())
+                        .object(&any.object_ref()),
+                    );
+                }
             }
         }
         (tls, tcp)
@@ -553,7 +566,7 @@ impl<'a> Compiler<'a> {
         listeners: &[ApiListener<'a>],
     ) -> Vec<(usize, String)> {
         let mut pairs: Vec<(usize, String)> = Vec::new();
-        for (_, listener, host) in self.attachments_by_parent(route, listeners, &[]) {
+        for (_, listener, host) in self.attachments_by_parent(route, listeners) {
             if !pairs.contains(&(listener, host.clone())) {
                 pairs.push((listener, host));
             }
@@ -563,14 +576,12 @@ impl<'a> Compiler<'a> {
 
     /// (parentRef index, listener index, host) triples a route attaches to, honouring
     /// `sectionName`, `port`, `allowedRoutes.namespaces` and `.kinds` and hostnames, for
-    /// every route kind. `occupied[listener]` refuses a listener that already has its one
-    /// route (TCP). Each parentRef's outcome goes to the status report; one to our
+    /// every route kind. Each parentRef's outcome goes to the status report; one to our
     /// Gateways that attaches nowhere gets a warning.
     fn attachments_by_parent(
         &mut self,
         route: &AnyRoute<'_>,
         listeners: &[ApiListener<'a>],
-        occupied: &[bool],
     ) -> Vec<(usize, usize, String)> {
         let resource = route.object_ref();
         let route_ns = route.meta.namespace();
@@ -625,15 +636,6 @@ impl<'a> Compiler<'a> {
                         reason::NOT_ALLOWED_BY_LISTENERS,
                         "the listeners' allowedRoutes do not admit it (NotAllowedByListeners)",
                     );
-                    continue;
-                }
-                if occupied.get(l_index).copied().unwrap_or(false) {
-                    if why.0 != reason::NOT_ALLOWED_BY_LISTENERS {
-                        why = (
-                            reason::UNSUPPORTED_VALUE,
-                            "an older TCPRoute already serves the listener: a TCP listener forwards to one route",
-                        );
-                    }
                     continue;
                 }
                 // TCP carries no hostname: a TCPRoute takes the whole listener.
@@ -955,18 +957,21 @@ impl<'a> Compiler<'a> {
             );
         }
         if let Some(retry) = retry {
-            // As Istio converts it: the codes join the default conditions, attempts
-            // replace the default count, and a back-off sets the first interval.
+            // As Istio converts it: the codes replace the default ones (a code not
+            // listed is not retried, as HTTPRouteRetry checks) beside the default
+            // connection conditions, attempts replace the default count, and a back-off
+            // sets the first interval.
             if let Some(attempts) = retry.attempts {
                 forward.retry.attempts = attempts;
             }
-            forward.retry.retry_on.status_codes.extend(
-                retry
+            if !retry.codes.is_empty() {
+                forward.retry.retry_on.status_codes = retry
                     .codes
                     .iter()
                     .copied()
-                    .filter(|c| (500..600).contains(c)),
-            );
+                    .filter(|c| (500..600).contains(c))
+                    .collect();
+            }
             if let Some(code) = retry.codes.iter().find(|c| !(500..600).contains(*c)) {
                 self.diagnostics.push(
                     Diagnostic::warning(format!(

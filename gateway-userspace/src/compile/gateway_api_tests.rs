@@ -752,8 +752,7 @@ fn the_oldest_tcp_route_takes_a_tcp_listener() {
     assert_eq!(tcp_endpoints(&snapshot, 9000), ["10.0.0.1:8080"]);
     let text = diagnostics.to_string();
     assert!(
-        text.contains("TCPRoute default/newer")
-            && text.contains("an older TCPRoute already serves the listener"),
+        text.contains("TCPRoute default/newer") && text.contains("which an older TCPRoute serves"),
         "{text}"
     );
 }

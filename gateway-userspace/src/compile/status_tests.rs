@@ -430,7 +430,7 @@ fn each_reason_comes_from_a_minimal_configuration() {
             "NoMatchingParent",
         ),
         (
-            "a newer TCPRoute on a TCP listener an older one serves",
+            "a newer TCPRoute on a TCP listener an older one serves: accepted too",
             yaml(&[
                 CLASS,
                 &gateway(&["{name: tcp, port: 9000, protocol: TCP}"]),
@@ -440,8 +440,8 @@ fn each_reason_comes_from_a_minimal_configuration() {
             ]),
             At::Route("TCPRoute", "t"),
             "Accepted",
-            false,
-            "UnsupportedValue",
+            true,
+            "Accepted",
         ),
         (
             "a TCPRoute on a TCP listener",

@@ -1,0 +1,259 @@
+//! TLSRoute and TCPRoute conformance cases: attachment and backend references.
+
+use gateway_tests::{TempDir, Upstream, curl, free_port};
+
+use super::{INFRA, WEB, backend, class_and_ports, report, serve};
+use crate::tls::{Key, Pki, https, served_subject, tls_upstream};
+
+/// The suite's `gateway-tlsroute`: a Passthrough listener for `*.example.com` that admits
+/// TLSRoutes of its own namespace.
+fn tls_gateway() -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gateway-tlsroute, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - name: https
+    port: 443
+    protocol: TLS
+    hostname: "*.example.com"
+    allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TLSRoute}}]}}
+    tls: {{mode: Passthrough}}
+---
+"#
+    )
+}
+
+/// TLSRoute `name` in `namespace` on `gateway-tlsroute` for `hostnames`, to `backend_ref`.
+fn tls_route(
+    name: &str,
+    namespace: &str,
+    extra_meta: &str,
+    hostnames: &str,
+    backend_ref: &str,
+) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: {name}, namespace: {namespace}{extra_meta}}}
+spec:
+  parentRefs: [{{name: gateway-tlsroute, namespace: {INFRA}}}]
+  hostnames: {hostnames}
+  rules: [{{backendRefs: [{backend_ref}]}}]
+---
+"#
+    )
+}
+
+/// TLSRouteSimpleSameNamespace: a TLSRoute for `abc.example.com` passes the connection
+/// through to its backend, whose certificate the client sees.
+#[test]
+fn tls_route_simple_same_namespace() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tls-simple")?;
+    let pki_dir = TempDir::new("conf-tls-simple-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    pki.issue(
+        "backend",
+        "abc.example.com",
+        "DNS:abc.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_backend, backend_port) = tls_upstream(&pki, "backend")?;
+    let port = free_port();
+    let config = class_and_ports(&[(443, port)])
+        + &tls_gateway()
+        + &backend(
+            "tcp-backend",
+            INFRA,
+            8443,
+            ([127, 0, 0, 1], backend_port).into(),
+        )
+        + &tls_route(
+            "gateway-conformance-infra-test",
+            INFRA,
+            "",
+            "[abc.example.com]",
+            "{name: tcp-backend, port: 8443}",
+        );
+    let _gateway = serve(&dir, &config)?;
+    let answer = https("abc.example.com", port, &pki.path("test-ca.crt"), "/", &[])?;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.body.contains("s_server"), "{}", answer.body);
+    Ok(())
+}
+
+/// TLSRouteInvalidReferenceGrant: a backendRef to another namespace whose ReferenceGrant
+/// does not cover the Service gives ResolvedRefs=False RefNotPermitted; the hostname
+/// reaches nothing.
+#[test]
+fn tls_route_invalid_reference_grant() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tls-grant")?;
+    let pki_dir = TempDir::new("conf-tls-grant-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    pki.issue(
+        "backend",
+        "abc.example.com",
+        "DNS:abc.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_backend, backend_port) = tls_upstream(&pki, "backend")?;
+    let port = free_port();
+    let config = class_and_ports(&[(443, port)])
+        + &tls_gateway()
+        + &backend(
+            "tls-backend",
+            WEB,
+            443,
+            ([127, 0, 0, 1], backend_port).into(),
+        )
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {{name: reference-grant-wrong-name, namespace: {WEB}}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: TLSRoute, namespace: {INFRA}}}]
+  to: [{{group: "", kind: Service, name: not-tls-backend}}]
+---
+"#
+        )
+        + &tls_route(
+            "gateway-conformance-infra",
+            INFRA,
+            "",
+            "[abc.example.com]",
+            &format!("{{name: tls-backend, namespace: {WEB}, port: 443}}"),
+        );
+    let _gateway = serve(&dir, &config)?;
+    assert_eq!(served_subject(port, Some("abc.example.com"))?, None);
+    let report = report(dir.path())?;
+    assert!(
+        report.contains("ResolvedRefs=False RefNotPermitted"),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// Not a test of the suite but the rule its attachment tests check (allowedRoutes
+/// `from: Same`), for the case that matters most at L4: a TLSRoute from another
+/// namespace, older than the owner's, asks for the owner's hostname on a `Same`
+/// listener. It is refused (NotAllowedByListeners) and the owner's backend keeps the
+/// hostname; its other hostname reaches nothing.
+#[test]
+fn tls_route_from_another_namespace_cannot_take_a_hostname() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tls-takeover")?;
+    let pki_dir = TempDir::new("conf-tls-takeover-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    pki.issue(
+        "owner",
+        "owner",
+        "DNS:abc.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    pki.issue(
+        "thief",
+        "thief",
+        "DNS:abc.example.com,DNS:loot.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_owner, owner_port) = tls_upstream(&pki, "owner")?;
+    let (_thief, thief_port) = tls_upstream(&pki, "thief")?;
+    let port = free_port();
+    let config = class_and_ports(&[(443, port)])
+        + &tls_gateway()
+        + &backend("owner", INFRA, 443, ([127, 0, 0, 1], owner_port).into())
+        + &backend("thief", "tenant", 443, ([127, 0, 0, 1], thief_port).into())
+        + &tls_route(
+            "owner",
+            INFRA,
+            ", creationTimestamp: \"2025-01-01T00:00:00Z\"",
+            "[abc.example.com]",
+            "{name: owner, port: 443}",
+        )
+        + &tls_route(
+            "thief",
+            "tenant",
+            ", creationTimestamp: \"2020-01-01T00:00:00Z\"",
+            "[abc.example.com, loot.example.com]",
+            "{name: thief, port: 443}",
+        );
+    let _gateway = serve(&dir, &config)?;
+    let subject = served_subject(port, Some("abc.example.com"))?.unwrap_or_default();
+    assert!(subject.contains("CN=owner"), "{subject}");
+    assert_eq!(served_subject(port, Some("loot.example.com"))?, None);
+    let report = report(dir.path())?;
+    assert!(
+        report.lines().any(|l| l.contains("TLSRoute tenant/thief")
+            && l.contains("Accepted=False NotAllowedByListeners")),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// TCPRouteMultipleRoutesAttachment: two TCPRoutes on one TCP listener are both
+/// Accepted and counted (attachedRoutes 2), and only the older one gets connections.
+#[test]
+fn tcp_route_multiple_routes_attachment() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tcp-multi")?;
+    let older = Upstream::start(None, "127.0.0.1:0", "tcp-attach-backend-1")?;
+    let newer = Upstream::start(None, "127.0.0.1:0", "tcp-attach-backend-2")?;
+    let port = free_port();
+    let route = |name: &str, created: &str, backend: &str| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: {name}, namespace: {INFRA}, creationTimestamp: "{created}"}}
+spec:
+  parentRefs: [{{name: tcp-multi-route-attach-gateway, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: {backend}, port: 3000}}]}}]
+---
+"#
+        )
+    };
+    let config = class_and_ports(&[(9000, port)])
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tcp-multi-route-attach-gateway, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - {{name: tcp, port: 9000, protocol: TCP, allowedRoutes: {{kinds: [{{kind: TCPRoute}}]}}}}
+---
+"#
+        )
+        + &backend("tcp-attach-backend-1", INFRA, 3000, older.addr)
+        + &backend("tcp-attach-backend-2", INFRA, 3000, newer.addr)
+        // The newer one first in the file: age decides, not order.
+        + &route("tcproute-attach-newer", "2025-06-01T00:00:01Z", "tcp-attach-backend-2")
+        + &route("tcproute-attach-older", "2025-06-01T00:00:00Z", "tcp-attach-backend-1");
+    let _gateway = serve(&dir, &config)?;
+    for _ in 0..10 {
+        let answer = curl(None, &[&format!("http://127.0.0.1:{port}/")])?;
+        assert_eq!(
+            answer.json()?["upstream"],
+            "tcp-attach-backend-1",
+            "{answer:?}"
+        );
+    }
+    let report = report(dir.path())?;
+    assert!(
+        report.contains("listener tcp: attachedRoutes 2"),
+        "{report}"
+    );
+    for name in ["tcproute-attach-older", "tcproute-attach-newer"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains(&format!("TCPRoute {INFRA}/{name}"))
+                    && l.contains("Accepted=True")),
+            "{report}"
+        );
+    }
+    Ok(())
+}
