@@ -151,6 +151,9 @@ pub(super) fn preflight_headers(cors: &CorsPolicy, origin: &HeaderValue, headers
     };
     set(header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods);
     set(header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers);
+    // Envoy's CORS filter answers the preflight through its own encoder, which adds the
+    // exposed headers as on any response (HTTPRouteCORS expects them there too).
+    set(header::ACCESS_CONTROL_EXPOSE_HEADERS, &cors.expose_headers);
     if let Some(age) = cors.max_age {
         set(header::ACCESS_CONTROL_MAX_AGE, &age.to_string());
     }

@@ -23,36 +23,56 @@ spec:
 }
 
 /// A gateway on port 80 (bound to a free port) with the suite's backends
-/// `infra-backend-v1` (the demo upstream) and `web-backend` (in the web namespace), plus
-/// `routes`.
+/// `infra-backend-v1` and `-v2` (demo upstreams named so) and `web-backend` (in the web
+/// namespace), plus `routes`.
 struct Case {
     dir: TempDir,
     port: u16,
     _gateway: gateway_tests::Gateway,
-    _upstream: Upstream,
+    _upstreams: [Upstream; 2],
 }
 
 impl Case {
     fn start(label: &str, routes: &str) -> anyhow::Result<Self> {
         let dir = TempDir::new(label)?;
-        let upstream = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+        let v1 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+        let v2 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v2")?;
         let port = free_port();
         let config = class_and_ports(&[(80, port)])
             + &same_namespace_gateway()
-            + &backend("infra-backend-v1", INFRA, 8080, upstream.addr)
-            + &backend("web-backend", WEB, 8080, upstream.addr)
+            + &backend("infra-backend-v1", INFRA, 8080, v1.addr)
+            + &backend("infra-backend-v2", INFRA, 8080, v2.addr)
+            + &backend("web-backend", WEB, 8080, v1.addr)
             + routes;
         let gateway = serve(&dir, &config)?;
         Ok(Case {
             dir,
             port,
             _gateway: gateway,
-            _upstream: upstream,
+            _upstreams: [v1, v2],
         })
     }
 
     fn get(&self, path: &str) -> anyhow::Result<CurlResponse> {
-        curl(None, &[&format!("http://127.0.0.1:{}{path}", self.port)])
+        self.request("example.com", "GET", path, &[])
+    }
+
+    /// `method` `path` for `host` with these headers (`name: value`).
+    fn request(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+    ) -> anyhow::Result<CurlResponse> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let host = format!("Host: {host}");
+        let mut args = vec!["-X", method, "-H", &host];
+        for header in headers {
+            args.extend(["-H", header]);
+        }
+        args.push(&url);
+        curl(None, &args)
     }
 }
 
@@ -252,6 +272,211 @@ spec:
         assert_eq!(
             answer.status, want,
             "{path}: {failures} × {code} first: {answer:?}"
+        );
+    }
+    Ok(())
+}
+
+/// HTTPRouteMatchingAcrossRoutes: two routes sharing `example.com`, each with a path and
+/// a header match, are merged by precedence: `/v2` and `version: two` reach v2, the rest
+/// v1, and `example.net` (part 1's alone) never reaches v2.
+#[test]
+fn http_route_matching_across_routes() -> anyhow::Result<()> {
+    let routes = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: matching-part1, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  hostnames: [example.com, example.net]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /}}}}, {{headers: [{{name: version, value: one}}]}}]
+    backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: matching-part2, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  hostnames: [example.com]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /v2}}}}, {{headers: [{{name: version, value: two}}]}}]
+    backendRefs: [{{name: infra-backend-v2, port: 8080}}]
+"#
+    );
+    let case = Case::start("conf-across-routes", &routes)?;
+    let cases: [(&str, &str, &[&str], &str); 8] = [
+        ("example.com", "/", &[], "infra-backend-v1"),
+        ("example.com", "/example", &[], "infra-backend-v1"),
+        ("example.net", "/example", &[], "infra-backend-v1"),
+        (
+            "example.com",
+            "/example",
+            &["Version: one"],
+            "infra-backend-v1",
+        ),
+        ("example.com", "/v2", &[], "infra-backend-v2"),
+        ("example.net", "/v2", &[], "infra-backend-v1"),
+        ("example.com", "/v2/example", &[], "infra-backend-v2"),
+        ("example.com", "/", &["Version: two"], "infra-backend-v2"),
+    ];
+    for (host, path, headers, want) in cases {
+        let answer = case.request(host, "GET", path, headers)?;
+        assert_eq!(answer.status, 200, "{host}{path} {headers:?}: {answer:?}");
+        assert_eq!(answer.json()?["upstream"], want, "{host}{path} {headers:?}");
+    }
+    Ok(())
+}
+
+/// HTTPRouteCORS: preflights from allowed origins (exact, `https://*.bar.com` over any
+/// number of labels, `*`) are answered by the gateway with the policy's headers;
+/// credentials only where allowed; a preflight or a simple request from another origin
+/// gets no `access-control-allow-origin`; a simple request from an allowed origin gets
+/// it on the backend's answer.
+#[test]
+fn http_route_cors() -> anyhow::Result<()> {
+    let routes = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: cors-multiple-origins-methods-headers, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /cors-1}}}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://www.foo.com", "https://*.bar.com"]
+        allowMethods: [GET, OPTIONS]
+        allowHeaders: [x-header-1, x-header-2]
+        exposeHeaders: [x-header-3, x-header-4]
+        allowCredentials: true
+        maxAge: 3600
+    backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: cors-wildcard-methods, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /cors-2}}}}]
+    filters: [{{type: CORS, cors: {{allowOrigins: ["https://www.foo.com"], allowMethods: ["*"]}}}}]
+    backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: cors-wildcard-origin, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /cors-wildcard-origin}}}}]
+    filters: [{{type: CORS, cors: {{allowOrigins: ["*"], allowMethods: [PUT], allowCredentials: false}}}}]
+    backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+"#
+    );
+    let case = Case::start("conf-cors", &routes)?;
+    let no_space = |v: Option<&str>| v.map(|v| v.replace(' ', ""));
+    let preflight = |path: &str, origin: &str, method: &str| {
+        case.request(
+            "example.com",
+            "OPTIONS",
+            path,
+            &[
+                &format!("Origin: {origin}"),
+                &format!("access-control-request-method: {method}"),
+                "access-control-request-headers: x-header-1, x-header-2",
+            ],
+        )
+    };
+    for origin in [
+        "https://www.foo.com",
+        "https://www.bar.com",
+        "https://xpto.www.bar.com",
+    ] {
+        let answer = preflight("/cors-1", origin, "GET")?;
+        assert!([200, 204].contains(&answer.status), "{answer:?}");
+        assert_eq!(answer.header("access-control-allow-origin"), Some(origin));
+        let methods = no_space(answer.header("access-control-allow-methods"));
+        assert!(
+            ["GET,OPTIONS", "OPTIONS,GET"]
+                .map(Some)
+                .contains(&methods.as_deref()),
+            "{answer:?}"
+        );
+        let headers = no_space(answer.header("access-control-allow-headers"));
+        assert!(
+            ["x-header-1,x-header-2", "x-header-2,x-header-1"]
+                .map(Some)
+                .contains(&headers.as_deref()),
+            "{answer:?}"
+        );
+        let expose = no_space(answer.header("access-control-expose-headers"));
+        assert!(
+            ["x-header-3,x-header-4", "x-header-4,x-header-3"]
+                .map(Some)
+                .contains(&expose.as_deref()),
+            "{answer:?}"
+        );
+        assert_eq!(answer.header("access-control-max-age"), Some("3600"));
+        assert_eq!(
+            answer.header("access-control-allow-credentials"),
+            Some("true")
+        );
+    }
+    let refused = preflight("/cors-1", "https://foobar.com", "GET")?;
+    assert!([200, 204, 403].contains(&refused.status), "{refused:?}");
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+
+    for origin in ["https://www.foo.com", "https://www.bar.com"] {
+        let simple = case.request(
+            "example.com",
+            "GET",
+            "/cors-1",
+            &[&format!("Origin: {origin}")],
+        )?;
+        assert_eq!(simple.status, 200);
+        assert_eq!(simple.header("access-control-allow-origin"), Some(origin));
+    }
+    let foreign = case.request(
+        "example.com",
+        "GET",
+        "/cors-1",
+        &["Origin: https://foobar.com"],
+    )?;
+    assert_eq!(foreign.header("access-control-allow-origin"), None);
+
+    let any_method = preflight("/cors-2", "https://www.foo.com", "POST")?;
+    assert!([200, 204].contains(&any_method.status), "{any_method:?}");
+    assert!(
+        [Some("POST"), Some("*")].contains(&any_method.header("access-control-allow-methods")),
+        "{any_method:?}"
+    );
+    assert_eq!(
+        any_method.header("access-control-allow-origin"),
+        Some("https://www.foo.com")
+    );
+    assert_eq!(any_method.header("access-control-allow-credentials"), None);
+
+    for origin in ["https://foobar.com", "https://foobar.com:12345"] {
+        let answer = preflight("/cors-wildcard-origin", origin, "PUT")?;
+        assert!([200, 204].contains(&answer.status), "{answer:?}");
+        assert!(
+            [Some(origin), Some("*")].contains(&answer.header("access-control-allow-origin")),
+            "{answer:?}"
+        );
+        assert_eq!(answer.header("access-control-allow-methods"), Some("PUT"));
+        assert_eq!(answer.header("access-control-allow-credentials"), None);
+        let simple = case.request(
+            "example.com",
+            "PUT",
+            "/cors-wildcard-origin",
+            &[&format!("Origin: {origin}")],
+        )?;
+        assert_eq!(simple.status, 200);
+        assert!(
+            [Some(origin), Some("*")].contains(&simple.header("access-control-allow-origin")),
+            "{simple:?}"
         );
     }
     Ok(())
