@@ -3,7 +3,7 @@
 use gateway_tests::{TempDir, Upstream, curl, free_port};
 
 use super::{INFRA, WEB, backend, class_and_ports, report, serve};
-use crate::tls::{Key, Pki, https, served_subject, tls_upstream};
+use crate::tls::{Key, Pki, https, served_subject, tls_secret, tls_upstream};
 
 /// The suite's `gateway-tlsroute`: a Passthrough listener for `*.example.com` that admits
 /// TLSRoutes of its own namespace.
@@ -255,5 +255,59 @@ spec:
             "{report}"
         );
     }
+    Ok(())
+}
+
+/// TLSRouteTerminateSimpleSameNamespace: a TLS listener with `mode: Terminate` presents
+/// its certificate and hands the decrypted stream to the TLSRoute's plain-text backend.
+#[test]
+fn tls_route_terminate_simple_same_namespace() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tls-terminate")?;
+    let pki_dir = TempDir::new("conf-tls-terminate-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (crt, key) = pki.issue(
+        "gateway",
+        "tls.example.com",
+        "DNS:tls.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let plain = Upstream::start(None, "127.0.0.1:0", "tcp-backend")?;
+    let port = free_port();
+    let config = class_and_ports(&[(8443, port)])
+        + &tls_secret("tls-terminate-checks-certificate", INFRA, &crt, &key, None)
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gateway-tlsroute-terminate, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - name: tlsterminate
+    port: 8443
+    protocol: TLS
+    hostname: tls.example.com
+    allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TLSRoute}}]}}
+    tls:
+      mode: Terminate
+      certificateRefs: [{{name: tls-terminate-checks-certificate}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: tlsroute-terminated-test, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: gateway-tlsroute-terminate, namespace: {INFRA}}}]
+  hostnames: [tls.example.com]
+  rules: [{{backendRefs: [{{name: tcp-backend, port: 3000}}]}}]
+---
+"#
+        )
+        + &backend("tcp-backend", INFRA, 3000, plain.addr);
+    let _gateway = serve(&dir, &config)?;
+    let subject = served_subject(port, Some("tls.example.com"))?.unwrap_or_default();
+    assert!(subject.contains("CN=tls.example.com"), "{subject}");
+    let answer = https("tls.example.com", port, &pki.path("test-ca.crt"), "/", &[])?;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()?["upstream"], "tcp-backend");
     Ok(())
 }
