@@ -311,3 +311,179 @@ spec:
     assert_eq!(answer.json()?["upstream"], "tcp-backend");
     Ok(())
 }
+
+/// TCPRouteParentRefPortAndSectionName: three TCPRoutes on one Gateway's three TCP
+/// listeners, attached by `port`, by `sectionName` and by both; each listener's
+/// connections reach its route's backend only.
+#[test]
+fn tcp_route_parent_ref_port_and_section_name() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tcp-parentref")?;
+    let names = ["tcp-echo-one", "tcp-echo-two", "tcp-echo-three"];
+    let upstreams = names
+        .iter()
+        .map(|name| Upstream::start(None, "127.0.0.1:0", name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let binds = [free_port(), free_port(), free_port()];
+    let mut config = class_and_ports(&[(9001, binds[0]), (9002, binds[1]), (9003, binds[2])])
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tcp-parentref-gateway, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - {{name: one, port: 9001, protocol: TCP}}
+  - {{name: two, port: 9002, protocol: TCP}}
+  - {{name: three, port: 9003, protocol: TCP}}
+---
+"#
+        );
+    let parents = [
+        "{name: tcp-parentref-gateway, port: 9001}",
+        "{name: tcp-parentref-gateway, sectionName: two}",
+        "{name: tcp-parentref-gateway, sectionName: three, port: 9003}",
+    ];
+    for ((name, upstream), parent) in names.iter().zip(&upstreams).zip(parents) {
+        config += &backend(name, INFRA, 3000, upstream.addr);
+        config += &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  parentRefs: [{parent}]
+  rules: [{{backendRefs: [{{name: {name}, port: 3000}}]}}]
+---
+"#
+        );
+    }
+    let _gateway = serve(&dir, &config)?;
+    for (bind, name) in binds.iter().zip(names) {
+        let answer = curl(None, &[&format!("http://127.0.0.1:{bind}/")])?;
+        assert_eq!(answer.json()?["upstream"], name, "port {bind}: {answer:?}");
+    }
+    Ok(())
+}
+
+/// TCPRouteInvalidNonTCPListener: a TCPRoute naming an HTTP listener that allows only
+/// HTTPRoutes is Accepted=False NotAllowedByListeners, and the listener counts no route.
+#[test]
+fn tcp_route_invalid_non_tcp_listener() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tcp-non-tcp")?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "tcp-echo-backend")?;
+    let config = class_and_ports(&[(5300, free_port())])
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tcp-mixed-protocol-gateway, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - {{name: only-allow-http-routes, protocol: HTTP, port: 5300, allowedRoutes: {{kinds: [{{kind: HTTPRoute}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: tcp-route, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: tcp-mixed-protocol-gateway, sectionName: only-allow-http-routes}}]
+  rules: [{{backendRefs: [{{name: tcp-echo-backend, port: 8080}}]}}]
+---
+"#
+        )
+        + &backend("tcp-echo-backend", INFRA, 8080, upstream.addr);
+    dir.write("config.yaml", &config)?;
+    let report = report(dir.path())?;
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains(&format!("TCPRoute {INFRA}/tcp-route"))
+                && l.contains("Accepted=False NotAllowedByListeners")),
+        "{report}"
+    );
+    assert!(
+        report.contains("listener only-allow-http-routes: attachedRoutes 0"),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// TLSRouteInvalidNoMatchingListenerHostname: TLSRoutes whose hostnames neither an exact
+/// (`www.example.com`) nor a wildcard (`*.example.com`) listener accepts are
+/// Accepted=False NoMatchingListenerHostname, and their hostnames reach nothing.
+#[test]
+fn tls_route_invalid_no_matching_listener_hostname() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tls-no-hostname")?;
+    let pki_dir = TempDir::new("conf-tls-no-hostname-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    pki.issue(
+        "backend",
+        "backend",
+        "DNS:foo.bar.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_backend, backend_port) = tls_upstream(&pki, "backend")?;
+    let (exact, wildcard) = (free_port(), free_port());
+    let gateway = |name: &str, port: u16, hostname: &str| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - {{name: tls, port: {port}, protocol: TLS, hostname: "{hostname}", tls: {{mode: Passthrough}}}}
+---
+"#
+        )
+    };
+    let config = class_and_ports(&[(443, exact), (8443, wildcard)])
+        + &gateway("gateway-tls-exact-hostname", 443, "www.example.com")
+        + &gateway("gateway-tls-wildcard-hostname", 8443, "*.example.com")
+        + &backend(
+            "tls-backend",
+            INFRA,
+            443,
+            ([127, 0, 0, 1], backend_port).into(),
+        )
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: tlsroute-hostname-mismatch-1, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: gateway-tls-exact-hostname}}]
+  hostnames: [foo.bar.com]
+  rules: [{{backendRefs: [{{name: tls-backend, port: 443}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: tlsroute-hostname-mismatch-2, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: gateway-tls-wildcard-hostname}}]
+  hostnames: [foo.bar.com]
+  rules: [{{backendRefs: [{{name: tls-backend, port: 443}}]}}]
+---
+"#
+        );
+    let _gateway = serve(&dir, &config)?;
+    for port in [exact, wildcard] {
+        assert_eq!(
+            served_subject(port, Some("foo.bar.com"))?,
+            None,
+            "port {port}"
+        );
+    }
+    let report = report(dir.path())?;
+    for name in [
+        "tlsroute-hostname-mismatch-1",
+        "tlsroute-hostname-mismatch-2",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains(&format!("TLSRoute {INFRA}/{name}"))
+                    && l.contains("Accepted=False NoMatchingListenerHostname")),
+            "{report}"
+        );
+    }
+    Ok(())
+}
