@@ -481,3 +481,83 @@ spec:
     }
     Ok(())
 }
+
+/// HTTPRouteRequestHeaderModifierBackendWeights: each weighted backendRef's own
+/// RequestHeaderModifier applies to the requests sent to that backend only.
+#[test]
+fn http_route_request_header_modifier_backend_weights() -> anyhow::Result<()> {
+    let routes = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: request-header-modifier-backend-weights, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+  - backendRefs:
+    - name: infra-backend-v1
+      port: 8080
+      weight: 10
+      filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: Backend, value: infra-backend-v1}}]}}}}]
+    - name: infra-backend-v2
+      port: 8080
+      weight: 10
+      filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: Backend, value: infra-backend-v2}}]}}}}]
+"#
+    );
+    let case = Case::start("conf-backend-weights-headers", &routes)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let answer = case.get("/")?;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let echoed = answer.json()?;
+        assert_eq!(echoed["headers"]["backend"], echoed["upstream"], "{echoed}");
+        seen.insert(echoed["upstream"].to_string());
+    }
+    assert_eq!(seen.len(), 2, "both backends get their share: {seen:?}");
+    Ok(())
+}
+
+/// HTTPRouteInvalidParentRefNotMatchingListenerPort and
+/// HTTPRouteInvalidParentRefNotMatchingSectionName: a parentRef whose `port` or
+/// `sectionName` no listener has is Accepted=False NoMatchingParent, and the route serves
+/// nothing.
+#[test]
+fn http_route_invalid_parent_ref_not_matching_listener_port_or_section_name() -> anyhow::Result<()>
+{
+    let routes = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: httproute-listener-not-matching-route-port, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace, port: 81}}]
+  hostnames: [port.example.com]
+  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: httproute-listener-not-matching-section-name, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace, sectionName: nonexistent}}]
+  hostnames: [section.example.com]
+  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]
+"#
+    );
+    let case = Case::start("conf-parent-ref-mismatch", &routes)?;
+    for host in ["port.example.com", "section.example.com"] {
+        assert_eq!(case.request(host, "GET", "/", &[])?.status, 404, "{host}");
+    }
+    let report = report(case.dir.path())?;
+    for name in [
+        "httproute-listener-not-matching-route-port",
+        "httproute-listener-not-matching-section-name",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains(&format!("HTTPRoute {INFRA}/{name}"))
+                    && l.contains("Accepted=False NoMatchingParent")),
+            "{report}"
+        );
+    }
+    Ok(())
+}
