@@ -172,6 +172,12 @@ pub struct WeightedCluster {
     /// not serve, a refused cross-namespace reference): its share of requests gets 500.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub invalid: bool,
+    /// A Gateway API backendRef's URLRewrite: replaces the route's for this destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// A Gateway API backendRef's RequestRedirect: this destination's share is redirected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Box<Redirect>>,
 }
 
 impl WeightedCluster {
@@ -181,6 +187,8 @@ impl WeightedCluster {
             cluster,
             headers: HeaderPolicy::default(),
             invalid: false,
+            rewrite: None,
+            redirect: None,
         }
     }
 }

@@ -1024,11 +1024,16 @@ impl<'a> Compiler<'a> {
                         },
                         ops,
                     ),
+                    Ok(Filter::Rewrite(rewrite)) => weighted.rewrite = Some(rewrite),
+                    Ok(Filter::Redirect(mut redirect)) => {
+                        redirect.headers = weighted.headers.clone();
+                        weighted.redirect = Some(Box::new(redirect));
+                    }
                     Ok(_) | Err(_) => {
                         return invalid(
                             self,
                             format!("backendRefs[{b_index}].filters[{f_index}]"),
-                            "only header modifiers are applied on a backendRef".to_owned(),
+                            "only header modifiers, URLRewrite and RequestRedirect are applied on a backendRef".to_owned(),
                         );
                     }
                 }

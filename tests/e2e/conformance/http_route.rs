@@ -561,3 +561,78 @@ spec:
     }
     Ok(())
 }
+
+/// HTTPRouteBackendURLRewrite: a URLRewrite on a backendRef rewrites the path of the
+/// requests sent to it (full path, and prefix).
+#[test]
+fn http_route_backend_url_rewrite() -> anyhow::Result<()> {
+    let routes = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: backend-url-rewrite, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /full}}}}]
+    backendRefs:
+    - name: infra-backend-v1
+      port: 8080
+      filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplaceFullPath, replaceFullPath: /rewritten-full}}}}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /prefix}}}}]
+    backendRefs:
+    - name: infra-backend-v1
+      port: 8080
+      filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /rewritten-prefix}}}}}}]
+"#
+    );
+    let case = Case::start("conf-backend-rewrite", &routes)?;
+    for (path, upstream_path) in [
+        ("/full/original", "/rewritten-full"),
+        ("/prefix/original", "/rewritten-prefix/original"),
+    ] {
+        let answer = case.get(path)?;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let echoed = answer.json()?;
+        assert_eq!(echoed["path"], upstream_path, "{path}");
+        assert_eq!(echoed["upstream"], "infra-backend-v1");
+    }
+    Ok(())
+}
+
+/// HTTPRouteBackendRequestRedirect: a RequestRedirect on a backendRef answers its share
+/// with a 302 to the rewritten path.
+#[test]
+fn http_route_backend_request_redirect() -> anyhow::Result<()> {
+    let routes = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: backend-request-redirect, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /full}}}}]
+    backendRefs:
+    - name: infra-backend-v1
+      port: 8080
+      filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /redirected-full}}}}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /prefix}}}}]
+    backendRefs:
+    - name: infra-backend-v1
+      port: 8080
+      filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /redirected-prefix}}}}}}]
+"#
+    );
+    let case = Case::start("conf-backend-redirect", &routes)?;
+    for (path, location) in [
+        ("/full/original", "http://example.com/redirected-full"),
+        (
+            "/prefix/original",
+            "http://example.com/redirected-prefix/original",
+        ),
+    ] {
+        let answer = case.get(path)?;
+        assert_eq!(answer.status, 302, "{answer:?}");
+        assert_eq!(answer.header("location"), Some(location), "{answer:?}");
+    }
+    Ok(())
+}
