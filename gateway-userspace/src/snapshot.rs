@@ -173,6 +173,16 @@ pub struct WeightedCluster {
     /// backendRef filters), applied after the route's.
     #[serde(skip_serializing_if = "HeaderPolicy::is_empty")]
     pub headers: HeaderPolicy,
+    /// A Gateway API backendRef that could not be resolved (no such Service, a kind we do
+    /// not serve, a refused cross-namespace reference): its share of requests gets 500.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
+    /// A Gateway API backendRef's URLRewrite: replaces the route's for this destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// A Gateway API backendRef's RequestRedirect: this destination's share is redirected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Box<Redirect>>,
 }
 
 impl WeightedCluster {
@@ -181,6 +191,9 @@ impl WeightedCluster {
             weight,
             cluster,
             headers: HeaderPolicy::default(),
+            invalid: false,
+            rewrite: None,
+            redirect: None,
         }
     }
 }
@@ -305,6 +318,10 @@ pub struct RetryPolicy {
     #[serde(skip_serializing_if = "Option::is_none", with = "duration_opt")]
     pub per_try_timeout: Option<Duration>,
     pub retry_on: RetryOn,
+    /// The first back-off (doubled per retry up to ten times it, as Envoy's
+    /// `base_interval`); None: the proxy's default.
+    #[serde(skip_serializing_if = "Option::is_none", with = "duration_opt")]
+    pub backoff: Option<Duration>,
 }
 
 /// Istio's default retry count.
@@ -316,6 +333,7 @@ impl Default for RetryPolicy {
             attempts: DEFAULT_RETRY_ATTEMPTS,
             per_try_timeout: None,
             retry_on: RetryOn::istio_default(),
+            backoff: None,
         }
     }
 }
@@ -326,6 +344,7 @@ impl RetryPolicy {
             attempts: 0,
             per_try_timeout: None,
             retry_on: RetryOn::default(),
+            backoff: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod basics;
 mod config;
+mod conformance;
 mod grpc;
 mod hostile;
 mod http;

@@ -262,7 +262,7 @@ pub(crate) fn served_subject(port: u16, sni: Option<&str>) -> anyhow::Result<Opt
         .map(|s| s.replace(' ', "")))
 }
 
-fn https(
+pub(crate) fn https(
     name: &str,
     port: u16,
     pki_ca: &str,
@@ -675,7 +675,7 @@ spec:
 }
 
 /// `openssl s_server -www` on 127.0.0.1 with the given certificate.
-fn tls_upstream(pki: &Pki, name: &str) -> anyhow::Result<(Process, u16)> {
+pub(crate) fn tls_upstream(pki: &Pki, name: &str) -> anyhow::Result<(Process, u16)> {
     let port = free_port();
     let mut child = Command::new("openssl")
         .args(["s_server", "-www", "-accept"])

@@ -1,13 +1,14 @@
 //! An upstream that answers every request with one fixed status, or never answers, and
 //! counts what it got: a failing endpoint for outlier detection, a busy one for
-//! least-request balancing.
+//! least-request balancing; told to, it fails the next N requests with another status
+//! first (a backend that recovers, for retries).
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU16, AtomicUsize, Ordering},
     },
     thread,
 };
@@ -18,6 +19,14 @@ const MAX_BODY: usize = 1 << 20;
 pub struct StatusUpstream {
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    failing: Arc<Failing>,
+}
+
+/// Requests still to fail, and with what status.
+#[derive(Default)]
+struct Failing {
+    remaining: AtomicUsize,
+    status: AtomicU16,
 }
 
 impl StatusUpstream {
@@ -36,15 +45,28 @@ impl StatusUpstream {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(Failing::default());
         let counter = Arc::clone(&requests);
+        let failures = Arc::clone(&failing);
         let name = name.to_owned();
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (counter, name) = (Arc::clone(&counter), name.clone());
-                thread::spawn(move || serve(stream, status, &name, &counter));
+                let (counter, failures, name) =
+                    (Arc::clone(&counter), Arc::clone(&failures), name.clone());
+                thread::spawn(move || serve(stream, status, &name, &counter, &failures));
             }
         });
-        Ok(StatusUpstream { addr, requests })
+        Ok(StatusUpstream {
+            addr,
+            requests,
+            failing,
+        })
+    }
+
+    /// The next `count` requests get `status`; the ones after, the usual answer.
+    pub fn fail_next(&self, count: usize, status: u16) {
+        self.failing.status.store(status, Ordering::SeqCst);
+        self.failing.remaining.store(count, Ordering::SeqCst);
     }
 
     /// Requests received so far.
@@ -53,7 +75,13 @@ impl StatusUpstream {
     }
 }
 
-fn serve(stream: TcpStream, status: Option<u16>, name: &str, requests: &AtomicUsize) {
+fn serve(
+    stream: TcpStream,
+    status: Option<u16>,
+    name: &str,
+    requests: &AtomicUsize,
+    failing: &Failing,
+) {
     // Named as the demo upstream names itself, in a header and in the JSON body.
     let body = format!("{{\"upstream\": \"{name}\"}}");
     let Ok(writer) = stream.try_clone() else {
@@ -88,6 +116,15 @@ fn serve(stream: TcpStream, status: Option<u16>, name: &str, requests: &AtomicUs
             return;
         }
         requests.fetch_add(1, Ordering::SeqCst);
+        let failed = failing
+            .remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let status = if failed {
+            Some(failing.status.load(Ordering::SeqCst))
+        } else {
+            status
+        };
         let Some(status) = status else {
             // Held: wait for the gateway to close the connection.
             let _ = std::io::copy(&mut reader, &mut std::io::sink());

@@ -3,9 +3,11 @@
 //! Gateways are ours by `gatewayClassName`. Their HTTP listeners on one port merge into
 //! one route table; an HTTPRoute (or GRPCRoute) attaches through `parentRefs` (by
 //! `sectionName` and/or `port`) to the listeners that allow its namespace and kind, for the
-//! hostnames both accept. Rules are ordered by Gateway API precedence (Exact path, then
-//! RegularExpression, then the longest PathPrefix; then method, header count, query count;
-//! then the oldest route, then `namespace/name`), so the first-match table serves them.
+//! hostnames both accept; so do TLSRoutes and TCPRoutes, for compile/tls.rs. Rules are
+//! ordered by Gateway API precedence (Exact path, then the longest PathPrefix, then
+//! RegularExpression as Istio ranks it; then method, header count, query count; then the
+//! oldest route, then `namespace/name`; GRPCRoute: service characters, then method
+//! characters, then header count), so the first-match table serves them.
 //! A host's routes are followed by those of the wildcard hosts that cover it on the same
 //! listeners: a more specific hostname wins, a less specific one still catches the rest.
 
@@ -28,8 +30,9 @@ use crate::{
             gateway_api::{
                 ApiGateway, BackendRef, FilterType, FromNamespaces, GrpcRoute, HeaderModifier,
                 HttpBackendRef, HttpCors, HttpHeader, HttpPathMatch, HttpRoute, HttpRouteFilter,
-                HttpRouteMatch, LabelSelector, NameMatch, ParentReference, PathMatchType,
-                PathModifier, PathModifierType, ValueMatchType,
+                HttpRouteMatch, HttpRouteRetry, HttpRouteTimeouts, LabelSelector, NameMatch,
+                ParentReference, PathMatchType, PathModifier, PathModifierType, TcpRoute, TlsRoute,
+                ValueMatchType,
             },
         },
     },
@@ -66,11 +69,13 @@ struct ApiListener<'a> {
     kinds: Vec<String>,
 }
 
-/// A route kind that attaches to HTTP listeners.
+/// A route kind, for attachment (`allowedRoutes.kinds`, the listener's protocol).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RouteKind {
     Http,
     Grpc,
+    Tls,
+    Tcp,
 }
 
 impl AnyRoute<'_> {
@@ -84,17 +89,37 @@ impl RouteKind {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tls => "TLSRoute",
+            RouteKind::Tcp => "TCPRoute",
         }
     }
 }
 
-/// What both HTTPRoute and GRPCRoute are, for attachment.
+/// What every route kind is, for attachment.
 struct AnyRoute<'a> {
     kind: RouteKind,
     meta: &'a ObjectMeta,
     location: Option<&'a Location>,
     parent_refs: &'a [ParentReference],
     hostnames: &'a [String],
+}
+
+/// One of our listeners on a port, with the TLSRoutes (and the SNI hosts each serves
+/// there) and the TCPRoute that attached to it, for compile/tls.rs.
+pub(super) struct PortListener<'a> {
+    pub gateway: &'a Sourced<ApiGateway>,
+    pub name: &'a str,
+    /// Oldest first (creationTimestamp, then namespace/name): the oldest wins a hostname.
+    pub tls_routes: Vec<(&'a Sourced<TlsRoute>, Vec<String>)>,
+    /// The oldest attached TCPRoute: a TCP listener has one destination.
+    pub tcp_route: Option<&'a Sourced<TcpRoute>>,
+}
+
+/// An HTTPRoute rule's timeouts and retry (GRPCRoute rules have neither).
+#[derive(Default)]
+struct RulePolicy<'r> {
+    timeouts: Option<&'r HttpRouteTimeouts>,
+    retry: Option<&'r HttpRouteRetry>,
 }
 
 /// A compiled match of one rule, with what orders it.
@@ -107,10 +132,7 @@ struct Entry {
 /// Sort key: smaller first.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Precedence {
-    /// 0 Exact, 1 RegularExpression, 2 PathPrefix.
-    path_kind: u8,
-    /// Longer prefixes first.
-    prefix_len: std::cmp::Reverse<usize>,
+    specificity: Specificity,
     no_method: bool,
     headers: std::cmp::Reverse<usize>,
     query_params: std::cmp::Reverse<usize>,
@@ -118,6 +140,45 @@ struct Precedence {
     name: String,
     rule: usize,
     matched: usize,
+}
+
+/// How specific a match's path is; smaller first.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Specificity {
+    /// HTTPRoute: 0 Exact, 1 PathPrefix, 2 RegularExpression (Istio's order for the
+    /// implementation-specific regex). GRPCRoute: always 0.
+    path_rank: u8,
+    /// HTTPRoute: the path's characters, more first. GRPCRoute: the service's.
+    path_len: std::cmp::Reverse<usize>,
+    /// GRPCRoute: the method's characters, ranked after the service's as the spec says.
+    method_len: std::cmp::Reverse<usize>,
+}
+
+impl Specificity {
+    fn http(m: &RequestMatch) -> Self {
+        let (path_rank, path_len) = match &m.path {
+            Some(StringMatcher::Exact { value, .. }) => (0, value.len()),
+            // `value` is kept without its trailing `/`: count it back.
+            Some(StringMatcher::PathPrefix { value }) => (1, value.len() + 1),
+            Some(StringMatcher::Prefix { value, .. }) => (1, value.len()),
+            Some(StringMatcher::Regex(re)) => (2, re.as_str().len()),
+            // Only Istio's presence matches make these; a path is always present.
+            Some(StringMatcher::Present) | None => (1, 0),
+        };
+        Specificity {
+            path_rank,
+            path_len: std::cmp::Reverse(path_len),
+            method_len: std::cmp::Reverse(0),
+        }
+    }
+
+    fn grpc(service: Option<&str>, method: Option<&str>) -> Self {
+        Specificity {
+            path_rank: 0,
+            path_len: std::cmp::Reverse(service.map_or(0, str::len)),
+            method_len: std::cmp::Reverse(method.map_or(0, str::len)),
+        }
+    }
 }
 
 impl<'a> Compiler<'a> {
@@ -142,6 +203,7 @@ impl<'a> Compiler<'a> {
         for route in grpc_routes {
             self.grpc_route_entries(route, &listeners, &mut entries);
         }
+        let (mut tls_attached, mut tcp_attached) = self.l4_attachments(&listeners);
         self.check_route_parents(&listeners);
 
         let ports: BTreeSet<u16> = listeners.iter().map(|l| l.port).collect();
@@ -161,10 +223,16 @@ impl<'a> Compiler<'a> {
             servers.dedup();
             // HTTPS listeners (compile/tls.rs): certificates by hostname; a port whose
             // HTTPS listeners all lack usable certificates is not served.
-            let api_on_port: Vec<(&'a Sourced<ApiGateway>, &'a str)> = listeners
+            let api_on_port: Vec<PortListener<'a>> = listeners
                 .iter()
-                .filter(|l| l.port == port)
-                .map(|l| (l.gateway, l.name))
+                .enumerate()
+                .filter(|(_, l)| l.port == port)
+                .map(|(index, l)| PortListener {
+                    gateway: l.gateway,
+                    name: l.name,
+                    tls_routes: std::mem::take(&mut tls_attached[index]),
+                    tcp_route: tcp_attached[index].take(),
+                })
                 .collect();
             let (protocol, transport) = self.gateway_api_tls(&api_on_port);
             if transport
@@ -362,6 +430,72 @@ impl<'a> Compiler<'a> {
         listeners
     }
 
+    /// TLSRoutes (with the SNI hosts each gets) and the TCPRoute attached to each
+    /// listener (by index). Routes are taken oldest first (creationTimestamp, then
+    /// namespace/name), as the spec orders routes that want the same thing: the oldest
+    /// TLSRoute comes first for a hostname, the oldest TCPRoute takes a TCP listener's
+    /// connections (the later ones are attached, with a warning).
+    #[allow(clippy::type_complexity)]
+    fn l4_attachments(
+        &mut self,
+        listeners: &[ApiListener<'a>],
+    ) -> (
+        Vec<Vec<(&'a Sourced<TlsRoute>, Vec<String>)>>,
+        Vec<Option<&'a Sourced<TcpRoute>>>,
+    ) {
+        let mut tls: Vec<Vec<(&'a Sourced<TlsRoute>, Vec<String>)>> =
+            vec![Vec::new(); listeners.len()];
+        let mut tls_routes: Vec<&'a Sourced<TlsRoute>> = self.resources.tls_routes.iter().collect();
+        tls_routes.sort_by_key(|r| age(&r.resource.metadata));
+        for route in tls_routes {
+            let any = AnyRoute {
+                kind: RouteKind::Tls,
+                meta: &route.resource.metadata,
+                location: route.location.as_ref(),
+                parent_refs: &route.resource.spec.parent_refs,
+                hostnames: &route.resource.spec.hostnames,
+            };
+            for (_, listener, host) in self.attachments_by_parent(&any, listeners) {
+                let served = &mut tls[listener];
+                match served.iter_mut().find(|(r, _)| std::ptr::eq(*r, route)) {
+                    Some((_, hosts)) if !hosts.contains(&host) => hosts.push(host),
+                    Some(_) => {}
+                    None => served.push((route, vec![host])),
+                }
+            }
+        }
+        let mut tcp: Vec<Option<&'a Sourced<TcpRoute>>> = vec![None; listeners.len()];
+        let mut tcp_routes: Vec<&'a Sourced<TcpRoute>> = self.resources.tcp_routes.iter().collect();
+        tcp_routes.sort_by_key(|r| age(&r.resource.metadata));
+        for route in tcp_routes {
+            let any = AnyRoute {
+                kind: RouteKind::Tcp,
+                meta: &route.resource.metadata,
+                location: route.location.as_ref(),
+                parent_refs: &route.resource.spec.parent_refs,
+                hostnames: &[],
+            };
+            // Every one attaches (Accepted, counted in attachedRoutes), as the
+            // conformance suite's TCPRouteMultipleRoutesAttachment expects; the oldest
+            // gets the connections.
+            for (_, listener, _) in self.attachments_by_parent(&any, listeners) {
+                if tcp[listener].is_none() {
+                    tcp[listener] = Some(route);
+                } else {
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "attached to listener {}, which an older TCPRoute serves: a TCP listener forwards to its oldest route",
+                            listeners[listener].name
+                        ))
+                        .at(route.location.clone())
+                        .object(&any.object_ref()),
+                    );
+                }
+            }
+        }
+        (tls, tcp)
+    }
+
     /// Warnings for parentRefs naming a Gateway that does not exist.
     fn check_route_parents(&mut self, _listeners: &[ApiListener<'a>]) {
         let routes: Vec<AnyRoute<'a>> = self
@@ -381,6 +515,20 @@ impl<'a> Compiler<'a> {
                 location: r.location.as_ref(),
                 parent_refs: &r.resource.spec.parent_refs,
                 hostnames: &r.resource.spec.hostnames,
+            }))
+            .chain(self.resources.tls_routes.iter().map(|r| AnyRoute {
+                kind: RouteKind::Tls,
+                meta: &r.resource.metadata,
+                location: r.location.as_ref(),
+                parent_refs: &r.resource.spec.parent_refs,
+                hostnames: &r.resource.spec.hostnames,
+            }))
+            .chain(self.resources.tcp_routes.iter().map(|r| AnyRoute {
+                kind: RouteKind::Tcp,
+                meta: &r.resource.metadata,
+                location: r.location.as_ref(),
+                parent_refs: &r.resource.spec.parent_refs,
+                hostnames: &[],
             }))
             .collect();
         for route in routes {
@@ -418,9 +566,27 @@ impl<'a> Compiler<'a> {
         route: &AnyRoute<'_>,
         listeners: &[ApiListener<'a>],
     ) -> Vec<(usize, String)> {
+        let mut pairs: Vec<(usize, String)> = Vec::new();
+        for (_, listener, host) in self.attachments_by_parent(route, listeners) {
+            if !pairs.contains(&(listener, host.clone())) {
+                pairs.push((listener, host));
+            }
+        }
+        pairs
+    }
+
+    /// (parentRef index, listener index, host) triples a route attaches to, honouring
+    /// `sectionName`, `port`, `allowedRoutes.namespaces` and `.kinds` and hostnames, for
+    /// every route kind. Each parentRef's outcome goes to the status report; one to our
+    /// Gateways that attaches nowhere gets a warning.
+    fn attachments_by_parent(
+        &mut self,
+        route: &AnyRoute<'_>,
+        listeners: &[ApiListener<'a>],
+    ) -> Vec<(usize, usize, String)> {
         let resource = route.object_ref();
         let route_ns = route.meta.namespace();
-        let mut attached: Vec<(usize, String)> = Vec::new();
+        let mut attached: Vec<(usize, usize, String)> = Vec::new();
         for (p_index, parent) in route.parent_refs.iter().enumerate() {
             if !is_gateway_ref(parent) {
                 continue;
@@ -473,7 +639,12 @@ impl<'a> Compiler<'a> {
                     );
                     continue;
                 }
-                let hosts = listener_hosts(listener.hostname.as_deref(), route.hostnames);
+                // TCP carries no hostname: a TCPRoute takes the whole listener.
+                let hosts = if route.kind == RouteKind::Tcp {
+                    vec!["*".to_owned()]
+                } else {
+                    listener_hosts(listener.hostname.as_deref(), route.hostnames)
+                };
                 if hosts.is_empty() {
                     if why.0 != reason::NOT_ALLOWED_BY_LISTENERS {
                         why = (
@@ -488,9 +659,7 @@ impl<'a> Compiler<'a> {
                     .attached
                     .insert(resource.clone());
                 for host in hosts {
-                    if !attached.contains(&(l_index, host.clone())) {
-                        attached.push((l_index, host));
-                    }
+                    attached.push((p_index, l_index, host));
                 }
             }
             let outcome = if attached.len() == before {
@@ -545,7 +714,10 @@ impl<'a> Compiler<'a> {
             let mut failed = false;
             for (m_index, m) in written.iter().enumerate() {
                 match compile_http_match(m) {
-                    Ok(compiled) => matches.push(compiled),
+                    Ok(compiled) => {
+                        let specificity = Specificity::http(&compiled);
+                        matches.push((compiled, specificity));
+                    }
                     Err((sub, message)) => {
                         self.diagnostics.push(
                             Diagnostic::error(message)
@@ -566,7 +738,10 @@ impl<'a> Compiler<'a> {
                 &field,
                 &rule.filters,
                 &rule.backend_refs,
-                rule.timeouts.as_ref().and_then(|t| t.request.as_deref()),
+                RulePolicy {
+                    timeouts: rule.timeouts.as_ref(),
+                    retry: rule.retry.as_ref(),
+                },
             );
             let rule_name = rule.name.clone().unwrap_or_else(|| r_index.to_string());
             push_entries(
@@ -652,13 +827,18 @@ impl<'a> Compiler<'a> {
                         continue;
                     }
                 }
-                matches.push(compiled);
+                let method = m.method.as_ref();
+                let specificity = Specificity::grpc(
+                    method.and_then(|m| m.service.as_deref()),
+                    method.and_then(|m| m.method.as_deref()),
+                );
+                matches.push((compiled, specificity));
             }
             if failed {
                 continue;
             }
             if matches.is_empty() {
-                matches.push(RequestMatch::default());
+                matches.push((RequestMatch::default(), Specificity::grpc(None, None)));
             }
             let action = self.rule_action(
                 &any,
@@ -666,7 +846,7 @@ impl<'a> Compiler<'a> {
                 &field,
                 &rule.filters,
                 &rule.backend_refs,
-                None,
+                RulePolicy::default(),
             );
             let rule_name = rule.name.clone().unwrap_or_else(|| r_index.to_string());
             push_entries(
@@ -683,8 +863,9 @@ impl<'a> Compiler<'a> {
         field: &str,
         filters: &[HttpRouteFilter],
         backend_refs: &[HttpBackendRef],
-        request_timeout: Option<&str>,
+        policy: RulePolicy<'_>,
     ) -> RouteAction {
+        let RulePolicy { timeouts, retry } = policy;
         let location = route.location.cloned();
         let invalid = |this: &mut Self, sub: String, message: String| {
             this.diagnostics.push(
@@ -750,19 +931,59 @@ impl<'a> Compiler<'a> {
             redirect.headers = forward.headers;
             return RouteAction::Redirect(Box::new(redirect));
         }
-        if let Some(timeout) = request_timeout {
-            match super::routes::parse_duration(timeout) {
+        let duration = |this: &mut Self, value: Option<&str>, sub: &str| {
+            let value = value?;
+            match super::routes::parse_duration(value) {
                 // 0s disables the timeout.
-                Ok(t) => forward.timeout = (!t.is_zero()).then_some(t),
+                Ok(t) => (!t.is_zero()).then_some(t),
                 Err(e) => {
-                    self.diagnostics.push(
-                        Diagnostic::error(format!("timeouts.request {timeout:?}: {e}"))
+                    this.diagnostics.push(
+                        Diagnostic::error(format!("{sub} {value:?}: {e}"))
                             .at(location.clone())
                             .object(resource)
-                            .field(format!("{field}.timeouts.request")),
+                            .field(format!("{field}.{sub}")),
                     );
+                    None
                 }
             }
+        };
+        if let Some(timeouts) = timeouts {
+            // `request` bounds the whole exchange, retries included; `backendRequest`
+            // each try towards a backend.
+            forward.timeout = duration(self, timeouts.request.as_deref(), "timeouts.request");
+            forward.retry.per_try_timeout = duration(
+                self,
+                timeouts.backend_request.as_deref(),
+                "timeouts.backendRequest",
+            );
+        }
+        if let Some(retry) = retry {
+            // As Istio converts it: the codes replace the default ones (a code not
+            // listed is not retried, as HTTPRouteRetry checks) beside the default
+            // connection conditions, attempts replace the default count, and a back-off
+            // sets the first interval.
+            if let Some(attempts) = retry.attempts {
+                forward.retry.attempts = attempts;
+            }
+            if !retry.codes.is_empty() {
+                forward.retry.retry_on.status_codes = retry
+                    .codes
+                    .iter()
+                    .copied()
+                    .filter(|c| (500..600).contains(c))
+                    .collect();
+            }
+            if let Some(code) = retry.codes.iter().find(|c| !(500..600).contains(*c)) {
+                self.diagnostics.push(
+                    Diagnostic::warning(format!(
+                        "retry code {code} is not retried: the spec allows 500-599"
+                    ))
+                    .at(location.clone())
+                    .object(resource)
+                    .field(format!("{field}.retry.codes")),
+                );
+            }
+            forward.retry.backoff = duration(self, retry.backoff.as_deref(), "retry.backoff");
         }
         if backend_refs.is_empty() {
             return invalid(
@@ -804,11 +1025,16 @@ impl<'a> Compiler<'a> {
                         },
                         ops,
                     ),
+                    Ok(Filter::Rewrite(rewrite)) => weighted.rewrite = Some(rewrite),
+                    Ok(Filter::Redirect(mut redirect)) => {
+                        redirect.headers = weighted.headers.clone();
+                        weighted.redirect = Some(Box::new(redirect));
+                    }
                     Ok(_) | Err(_) => {
                         return invalid(
                             self,
                             format!("backendRefs[{b_index}].filters[{f_index}]"),
-                            "only header modifiers are applied on a backendRef".to_owned(),
+                            "only header modifiers, URLRewrite and RequestRedirect are applied on a backendRef".to_owned(),
                         );
                     }
                 }
@@ -826,8 +1052,8 @@ impl<'a> Compiler<'a> {
                 "every backend has weight 0".to_owned(),
             );
         }
-        // Requests weighted to an invalid backend still get an error: a cluster without
-        // endpoints stands in for it (503 rather than 500).
+        // Requests weighted to an invalid backend get 500 (the spec's answer); a
+        // cluster without endpoints stands in for it, marked invalid.
         for (b_index, _) in problems {
             let weight = backend_refs[b_index]
                 .backend
@@ -840,7 +1066,9 @@ impl<'a> Compiler<'a> {
                 route.meta.namespace().to_owned(),
                 0,
             ));
-            clusters.push(WeightedCluster::new(weight, placeholder));
+            let mut invalid = WeightedCluster::new(weight, placeholder);
+            invalid.invalid = true;
+            clusters.push(invalid);
         }
         forward.clusters = clusters;
         RouteAction::Forward(Box::new(forward))
@@ -929,6 +1157,16 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// The spec's order among routes that want the same thing: the oldest, then the first by
+/// namespace/name. (A route without a creationTimestamp, from a file, counts as oldest.)
+fn age(meta: &ObjectMeta) -> (String, String, String) {
+    (
+        meta.creation_timestamp.clone().unwrap_or_default(),
+        meta.namespace().to_owned(),
+        meta.name.clone(),
+    )
+}
+
 fn is_gateway_ref(parent: &ParentReference) -> bool {
     parent.group.as_deref().unwrap_or(GATEWAY_API_GROUP) == GATEWAY_API_GROUP
         && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
@@ -984,22 +1222,13 @@ fn push_entries(
     route: &AnyRoute<'_>,
     rule_name: &str,
     rule: usize,
-    matches: Vec<RequestMatch>,
+    matches: Vec<(RequestMatch, Specificity)>,
     action: &RouteAction,
 ) {
     let name = format!("{}.{rule_name}", name_of(route.meta));
-    for (m_index, m) in matches.into_iter().enumerate() {
+    for (m_index, (m, specificity)) in matches.into_iter().enumerate() {
         let precedence = Precedence {
-            path_kind: match &m.path {
-                Some(StringMatcher::Exact { .. }) => 0,
-                Some(StringMatcher::Regex(_)) => 1,
-                _ => 2,
-            },
-            prefix_len: std::cmp::Reverse(match &m.path {
-                Some(StringMatcher::PathPrefix { value }) => value.len() + 1,
-                Some(StringMatcher::Prefix { value, .. }) => value.len(),
-                _ => 0,
-            }),
+            specificity,
             no_method: m.method.is_none(),
             headers: std::cmp::Reverse(m.headers.len()),
             query_params: std::cmp::Reverse(m.query_params.len()),

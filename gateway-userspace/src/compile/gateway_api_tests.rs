@@ -4,7 +4,7 @@ use super::super::{Identity, compile};
 use crate::{
     config::{self, Diagnostics},
     route_table::RequestInfo,
-    snapshot::{RouteAction, Snapshot},
+    snapshot::{RouteAction, Snapshot, TlsMode, Transport, WeightedCluster},
 };
 
 fn compile_yaml(yaml: &str) -> (Snapshot, Diagnostics) {
@@ -57,6 +57,7 @@ fn outcome(
             r.authority.as_deref().unwrap_or("-")
         ),
         Some(RouteAction::DirectResponse(d)) => d.status.to_string(),
+        Some(RouteAction::Forward(forward)) if forward.clusters[0].invalid => "500".into(),
         Some(RouteAction::Forward(forward)) => {
             let cluster = &forward.clusters[0].cluster;
             // Every test backend has one endpoint: the first is the one picked.
@@ -564,4 +565,318 @@ metadata: {name: internal, labels: {expose: "no"}}
         rejected.parents[0].conditions[0].reason, "NotAllowedByListeners",
         "{rejected:?}"
     );
+}
+
+/// The endpoints behind weighted clusters, as `ip:port` (the test backends have one each).
+fn endpoints(snapshot: &Snapshot, clusters: &[WeightedCluster]) -> Vec<String> {
+    clusters
+        .iter()
+        .flat_map(|c| snapshot.endpoints_of(&c.cluster))
+        .map(|e| e.to_string())
+        .collect()
+}
+
+/// A passthrough port's routes: (SNI hosts, endpoints), in the order they are tried.
+fn sni_routes(snapshot: &Snapshot, port: u16) -> Vec<(Vec<String>, Vec<String>)> {
+    let Some(listener) = snapshot.listeners.iter().find(|l| l.port == port) else {
+        return Vec::new();
+    };
+    let Some(Transport::Tls(tls)) = listener.transport.as_deref() else {
+        return Vec::new();
+    };
+    tls.servers
+        .iter()
+        .filter_map(|server| match &server.mode {
+            TlsMode::Passthrough { routes } => Some(routes),
+            _ => None,
+        })
+        .flatten()
+        .map(|r| (r.sni_hosts.clone(), endpoints(snapshot, &r.clusters)))
+        .collect()
+}
+
+/// A TCP port's destinations.
+fn tcp_endpoints(snapshot: &Snapshot, port: u16) -> Vec<String> {
+    match snapshot
+        .listeners
+        .iter()
+        .find(|l| l.port == port)
+        .and_then(|l| l.transport.as_deref())
+    {
+        Some(Transport::Tcp(clusters)) => endpoints(snapshot, clusters),
+        _ => Vec::new(),
+    }
+}
+
+const L4_GATEWAY: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio}
+spec: {controllerName: istio.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: tls, port: 443, protocol: TLS, hostname: "*.example.com", tls: {mode: Passthrough}}
+  - name: shared
+    port: 8443
+    protocol: TLS
+    tls: {mode: Passthrough}
+    allowedRoutes: {namespaces: {from: All}}
+  - {name: tcp, port: 9000, protocol: TCP}
+  - name: tcp-no-tls-routes
+    port: 9001
+    protocol: TCP
+    allowedRoutes: {namespaces: {from: All}, kinds: [{kind: TCPRoute}]}
+"#;
+
+/// A TLSRoute `name` in `namespace` with this parentRef and hostnames, to Service `a`
+/// (or `b` in `default`, by the last argument).
+fn tls_route(name: &str, namespace: &str, parent: &str, hostnames: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  parentRefs: [{parent}]\n  hostnames: {hostnames}\n  rules: [{{backendRefs: [{{name: {backend}, namespace: default, port: 80}}]}}]\n"
+    )
+}
+
+fn tcp_route(name: &str, created: &str, parent: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: {name}, creationTimestamp: \"{created}\"}}\nspec:\n  parentRefs: [{parent}]\n  rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]\n"
+    )
+}
+
+#[test]
+fn tls_routes_attach_only_where_listeners_allow_them() {
+    let grant_all = r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: routes-may-use-a, namespace: default}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: TLSRoute, namespace: evil}]
+  to: [{group: "", kind: Service}]
+"#;
+    let (snapshot, diagnostics) = compile_yaml(&with(&[
+        BACKENDS,
+        L4_GATEWAY,
+        grant_all,
+        &tls_route(
+            "bank",
+            "default",
+            "{name: gw, sectionName: tls}",
+            "[bank.example.com]",
+            "a",
+        ),
+        // Another namespace asks for the same hostname on the `Same` listener: refused,
+        // whatever it names (the takeover this guards against).
+        &tls_route(
+            "thief",
+            "evil",
+            "{name: gw, namespace: default}",
+            "[bank.example.com, loot.example.com]",
+            "b",
+        ),
+        // By port: only the listener on 8443.
+        &tls_route(
+            "by-port",
+            "default",
+            "{name: gw, port: 8443}",
+            "[port.example.org]",
+            "b",
+        ),
+        // A port no listener has.
+        &tls_route("nowhere", "default", "{name: gw, port: 7777}", "[]", "b"),
+    ]));
+    assert_eq!(
+        sni_routes(&snapshot, 443),
+        [(
+            vec!["bank.example.com".to_owned()],
+            vec!["10.0.0.1:8080".to_owned()]
+        )],
+    );
+    // 8443 admits every namespace: the thief's hostnames are served there (and the port
+    // route's); the Same listener on 443 kept them out.
+    let shared = sni_routes(&snapshot, 8443);
+    assert!(
+        shared.contains(&(
+            vec!["bank.example.com".to_owned(), "loot.example.com".to_owned()],
+            vec!["10.0.0.2:8080".to_owned()]
+        )),
+        "{shared:?}"
+    );
+    assert!(
+        shared.contains(&(
+            vec!["port.example.org".to_owned()],
+            vec!["10.0.0.2:8080".to_owned()]
+        )),
+        "{shared:?}"
+    );
+    assert!(
+        !shared.iter().any(|(hosts, _)| hosts.is_empty()),
+        "{shared:?}"
+    );
+    // The TCP listener that allows only TCPRoutes takes no TLSRoute.
+    assert!(tcp_endpoints(&snapshot, 9001).is_empty());
+    let text = diagnostics.to_string();
+    assert!(
+        text.contains("not attached to Gateway default/gw: no listener matches its sectionName/port (NoMatchingParent)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_oldest_tcp_route_takes_a_tcp_listener() {
+    let (snapshot, diagnostics) = compile_yaml(&with(&[
+        BACKENDS,
+        L4_GATEWAY,
+        &tcp_route(
+            "newer",
+            "2025-01-01T00:00:00Z",
+            "{name: gw, sectionName: tcp}",
+            "b",
+        ),
+        &tcp_route(
+            "older",
+            "2024-01-01T00:00:00Z",
+            "{name: gw, sectionName: tcp}",
+            "a",
+        ),
+        &tcp_route(
+            "wrong-port",
+            "2023-01-01T00:00:00Z",
+            "{name: gw, port: 9002}",
+            "b",
+        ),
+    ]));
+    assert_eq!(tcp_endpoints(&snapshot, 9000), ["10.0.0.1:8080"]);
+    let text = diagnostics.to_string();
+    assert!(
+        text.contains("TCPRoute default/newer") && text.contains("which an older TCPRoute serves"),
+        "{text}"
+    );
+}
+
+#[test]
+fn weighted_invalid_backends_get_500_for_their_share() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [x.example]
+  rules:
+  - backendRefs:
+    - {name: a, port: 80, weight: 1}
+    - {name: nope, port: 80, weight: 1}
+    - {group: example.com, kind: Bucket, name: unknown, weight: 2}
+    - {name: other, namespace: other, port: 80, weight: 3}
+"#;
+    let (snapshot, _) = compile_yaml(&with(&[BACKENDS, GATEWAY, routes]));
+    let listener = snapshot
+        .listeners
+        .iter()
+        .find(|l| l.port == 80)
+        .expect("port 80");
+    let forward = listener
+        .routes
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| v.routes.iter())
+        .find_map(|r| match &r.action {
+            RouteAction::Forward(f) => Some(f),
+            _ => None,
+        })
+        .expect("a forward");
+    let shares: Vec<(u32, bool)> = forward
+        .clusters
+        .iter()
+        .map(|c| (c.weight, c.invalid))
+        .collect();
+    // The valid backend keeps its share; each invalid one's share (missing Service,
+    // unknown kind, refused cross-namespace reference) is answered with 500.
+    assert_eq!(shares, [(1, false), (1, true), (2, true), (3, true)]);
+}
+
+#[test]
+fn regular_expressions_rank_after_prefixes_and_grpc_services_before_methods() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [x.example]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "/api/[a-z]+"}}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: Exact, value: /api/exact}}]
+    backendRefs: [{name: b, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [grpc.example]
+  rules:
+  - matches: [{method: {method: Say}}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{method: {type: RegularExpression, service: "echo\\..*"}}]
+    backendRefs: [{name: b, port: 80}]
+"#;
+    let (snapshot, _) = compile_yaml(&with(&[BACKENDS, GATEWAY, routes]));
+    let (a, b) = ("10.0.0.1:8080", "10.0.0.2:8080");
+    let cases = [
+        ("x.example", "GET /api/x", a), // even `/` beats a regex (Istio's rank)
+        ("x.example", "GET /api/exact", b),
+        ("grpc.example", "POST /echo.Echo/Say", b), // a service's characters first
+        ("grpc.example", "POST /other.Svc/Say", a),
+    ];
+    for (host, request, want) in cases {
+        assert_eq!(
+            outcome(&snapshot, 80, host, request, &[]),
+            want,
+            "{request}"
+        );
+    }
+}
+
+#[test]
+fn retry_and_timeouts_compile_as_the_spec_says() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [x.example]
+  rules:
+  - backendRefs: [{name: a, port: 80}]
+    timeouts: {request: 10s, backendRequest: 2s}
+    retry: {codes: [500, 502], attempts: 3, backoff: 100ms}
+"#;
+    let (snapshot, diagnostics) = compile_yaml(&with(&[BACKENDS, GATEWAY, routes]));
+    assert_eq!(diagnostics.warnings().count(), 0, "{diagnostics}");
+    let forward = snapshot.listeners[0]
+        .routes
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| v.routes.iter())
+        .find_map(|r| match &r.action {
+            RouteAction::Forward(f) => Some(f),
+            _ => None,
+        })
+        .expect("a forward");
+    let second = std::time::Duration::from_secs(1);
+    assert_eq!(forward.timeout, Some(10 * second));
+    assert_eq!(forward.retry.per_try_timeout, Some(2 * second));
+    assert_eq!(forward.retry.attempts, 3);
+    assert_eq!(forward.retry.backoff, Some(second / 10));
+    assert!(forward.retry.retry_on.status_codes.contains(&500));
+    assert!(forward.retry.retry_on.status_codes.contains(&502));
+    assert!(forward.retry.retry_on.connect_failure);
 }

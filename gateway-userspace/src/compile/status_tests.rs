@@ -403,6 +403,47 @@ fn each_reason_comes_from_a_minimal_configuration() {
             "NotAllowedByListeners",
         ),
         (
+            "a TLSRoute from another namespace on a listener that admits its own",
+            yaml(&[
+                CLASS,
+                &gateway(&["{name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}"])
+                    .replace("namespace: default", "namespace: infra"),
+                BACKEND,
+                "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {name: t, namespace: default}\nspec:\n  parentRefs: [{name: gw, namespace: infra}]\n  hostnames: [a.example.com]\n  rules: [{backendRefs: [{name: backend, port: 80}]}]\n",
+            ]),
+            At::Route("TLSRoute", "t"),
+            "Accepted",
+            false,
+            "NotAllowedByListeners",
+        ),
+        (
+            "a TLSRoute whose parentRef port no listener has",
+            yaml(&[
+                CLASS,
+                &gateway(&["{name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}"]),
+                BACKEND,
+                "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {name: t, namespace: default}\nspec:\n  parentRefs: [{name: gw, port: 8443}]\n  rules: [{backendRefs: [{name: backend, port: 80}]}]\n",
+            ]),
+            At::Route("TLSRoute", "t"),
+            "Accepted",
+            false,
+            "NoMatchingParent",
+        ),
+        (
+            "a newer TCPRoute on a TCP listener an older one serves: accepted too",
+            yaml(&[
+                CLASS,
+                &gateway(&["{name: tcp, port: 9000, protocol: TCP}"]),
+                BACKEND,
+                "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: t, namespace: default, creationTimestamp: \"2025-01-01T00:00:00Z\"}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: backend, port: 80}]}]\n",
+                "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: first, namespace: default, creationTimestamp: \"2024-01-01T00:00:00Z\"}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: backend, port: 80}]}]\n",
+            ]),
+            At::Route("TCPRoute", "t"),
+            "Accepted",
+            true,
+            "Accepted",
+        ),
+        (
             "a TCPRoute on a TCP listener",
             yaml(&[
                 CLASS,

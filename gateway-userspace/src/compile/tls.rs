@@ -15,7 +15,9 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use super::{
-    Compiler, PortServers, binds, gateway_api::GATEWAY_API_GROUP, intersect_hosts, name_of,
+    Compiler, PortServers, binds,
+    gateway_api::{GATEWAY_API_GROUP, PortListener},
+    intersect_hosts, name_of,
     status::reason,
 };
 use crate::{
@@ -24,7 +26,7 @@ use crate::{
         resources::{
             Destination, Gateway, ObjectMeta, PortSelector, Secret, Server, ServerTls,
             VirtualService,
-            gateway_api::{ApiGateway, L4RouteRule, ParentReference, TlsMode as ApiTlsMode},
+            gateway_api::{ApiGateway, L4RouteRule, TlsMode as ApiTlsMode, TlsRoute},
         },
     },
     snapshot::{
@@ -688,13 +690,14 @@ impl<'a> Compiler<'a> {
     /// None when no listener on the port is HTTPS.
     pub(super) fn gateway_api_tls(
         &mut self,
-        listeners: &[(&'a Sourced<ApiGateway>, &'a str)],
+        listeners: &[PortListener<'a>],
     ) -> (Protocol, Option<Arc<Transport>>) {
         let mut servers = Vec::new();
         let mut any_https = false;
         let mut any_tls = false;
         let mut tcp_clusters: Option<Vec<WeightedCluster>> = None;
-        for &(gateway, name) in listeners {
+        for port_listener in listeners {
+            let (gateway, name) = (port_listener.gateway, port_listener.name);
             let Some((index, listener)) = gateway
                 .resource
                 .spec
@@ -707,7 +710,17 @@ impl<'a> Compiler<'a> {
             };
             let resource = gateway.resource.object_ref();
             if listener.protocol.eq_ignore_ascii_case("TCP") {
-                let clusters = self.api_l4_clusters(gateway, &listener.name);
+                let clusters = port_listener
+                    .tcp_route
+                    .map(|route| {
+                        self.api_backends(
+                            &route.resource.spec.rules,
+                            &route.resource.metadata,
+                            "TCPRoute",
+                            route.location.as_ref(),
+                        )
+                    })
+                    .unwrap_or_default();
                 tcp_clusters.get_or_insert_with(Vec::new).extend(clusters);
                 continue;
             }
@@ -719,21 +732,38 @@ impl<'a> Compiler<'a> {
                     .map_or_else(|| "*".to_owned(), str::to_ascii_lowercase);
                 let mode = listener.tls.as_ref().and_then(|t| t.mode);
                 if mode != Some(ApiTlsMode::Passthrough) {
-                    self.status.listener(&resource, &listener.name).not_accepted = Some((
-                        reason::UNSUPPORTED_VALUE,
-                        "TLS listeners are served with tls.mode Passthrough".to_owned(),
-                    ));
-                    self.diagnostics.push(
-                        Diagnostic::warning(
-                            "TLS listeners are served with tls.mode Passthrough (TLSRoute); this listener is skipped",
-                        )
-                        .at(gateway.location.clone())
-                        .object(&resource)
-                        .field(format!("spec.listeners[{index}].tls.mode")),
-                    );
+                    // Terminate (the default): the gateway's certificate, then each
+                    // TLSRoute's hostnames get the decrypted stream to its backends.
+                    let Some((config, mut served)) =
+                        self.api_terminating_config(gateway, index, Vec::new())
+                    else {
+                        continue;
+                    };
+                    for (route, sni_hosts) in &port_listener.tls_routes {
+                        let clusters = self.api_backends(
+                            &route.resource.spec.rules,
+                            &route.resource.metadata,
+                            "TLSRoute",
+                            route.location.as_ref(),
+                        );
+                        servers.push(TlsServer {
+                            name: format!(
+                                "{resource} {} {}",
+                                listener.name,
+                                route.resource.object_ref()
+                            ),
+                            hosts: sni_hosts.clone(),
+                            mode: TlsMode::Terminate {
+                                config: config.clone(),
+                                after: AfterTermination::Tcp(clusters),
+                            },
+                            // Listed once, on the listener's first server.
+                            credentials: std::mem::take(&mut served),
+                        });
+                    }
                     continue;
                 }
-                let routes = self.api_sni_routes(gateway, &listener.name, &host);
+                let routes = self.api_sni_routes(&port_listener.tls_routes);
                 servers.push(TlsServer {
                     name: format!("{resource} {}", listener.name),
                     hosts: vec![host],
@@ -746,153 +776,9 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             any_https = true;
-            let field = format!("spec.listeners[{index}].tls");
-            let warn =
-                |diagnostics: &mut crate::config::Diagnostics, message: String, sub: &str| {
-                    diagnostics.push(
-                        Diagnostic::warning(message)
-                            .at(gateway.location.clone())
-                            .object(&resource)
-                            .field(format!("{field}{sub}")),
-                    );
-                };
-            let tls = listener.tls.clone().unwrap_or_default();
-            if tls.mode == Some(ApiTlsMode::Passthrough) {
-                self.status.listener(&resource, &listener.name).not_accepted = Some((
-                    reason::UNSUPPORTED_VALUE,
-                    "an HTTPS listener terminates TLS (Passthrough needs protocol TLS)".to_owned(),
-                ));
-                warn(
-                    &mut self.diagnostics,
-                    "an HTTPS listener terminates TLS (Passthrough needs protocol TLS); this listener is skipped".into(),
-                    ".mode",
-                );
+            let alpn = HTTPS_ALPN.iter().map(|p| p.to_vec()).collect();
+            let Some((config, served)) = self.api_terminating_config(gateway, index, alpn) else {
                 continue;
-            }
-            let gw_namespace = gateway.resource.metadata.namespace();
-            let provider = server_config::provider();
-            let mut certificates = Vec::new();
-            let mut served = Vec::new();
-            for (ref_index, reference) in tls.certificate_refs.iter().enumerate() {
-                let sub = format!(".certificateRefs[{ref_index}]");
-                let kind_ok = reference.group.as_deref().unwrap_or("").is_empty()
-                    && reference.kind.as_deref().unwrap_or("Secret") == "Secret";
-                if !kind_ok {
-                    self.listener_unresolved(
-                        &resource,
-                        &listener.name,
-                        reason::INVALID_CERTIFICATE_REF,
-                        format!("certificateRefs[{ref_index}] is not a core Secret"),
-                    );
-                    warn(
-                        &mut self.diagnostics,
-                        "only core Secrets are served as certificates; this reference is skipped"
-                            .into(),
-                        &sub,
-                    );
-                    continue;
-                }
-                let namespace = reference.namespace.as_deref().unwrap_or(gw_namespace);
-                if namespace != gw_namespace
-                    && !self.secret_reference_granted(gw_namespace, namespace, &reference.name)
-                {
-                    self.listener_unresolved(
-                        &resource,
-                        &listener.name,
-                        reason::REF_NOT_PERMITTED,
-                        format!(
-                            "Secret {namespace}/{} is in another namespace and no ReferenceGrant there allows it",
-                            reference.name
-                        ),
-                    );
-                    warn(
-                        &mut self.diagnostics,
-                        format!(
-                            "Secret {namespace}/{} is in another namespace and no ReferenceGrant there allows it (RefNotPermitted); this reference is skipped",
-                            reference.name
-                        ),
-                        &sub,
-                    );
-                    continue;
-                }
-                let secret = self.resources.secrets.iter().find(|s| {
-                    s.resource.metadata.name == reference.name
-                        && s.resource.metadata.namespace() == namespace
-                });
-                let credential = format!("Secret {namespace}/{}", reference.name);
-                let server_name = format!("{resource} {}", listener.name);
-                let place = Diagnostic::warning("")
-                    .at(gateway.location.clone())
-                    .object(&resource)
-                    .field(format!("{field}{sub}"));
-                let Some(secret) = secret else {
-                    let what = format!("{credential} not found");
-                    self.listener_unresolved(
-                        &resource,
-                        &listener.name,
-                        reason::INVALID_CERTIFICATE_REF,
-                        what.clone(),
-                    );
-                    self.credential_missing(
-                        credential,
-                        &server_name,
-                        &what,
-                        "this reference is skipped",
-                        place,
-                    );
-                    continue;
-                };
-                let loaded = certs::secret_certified_key(&secret.resource, &provider)
-                    .map(Credential::Served)
-                    .map_err(|e| e.to_string());
-                let unusable = format!("{credential} does not hold a usable certificate and key");
-                if let Some(Credential::Served(key)) = self.credential(
-                    credential,
-                    &server_name,
-                    loaded,
-                    place,
-                    "this reference is skipped",
-                    &mut served,
-                ) {
-                    certificates.push(key);
-                } else {
-                    self.listener_unresolved(
-                        &resource,
-                        &listener.name,
-                        reason::INVALID_CERTIFICATE_REF,
-                        unusable,
-                    );
-                }
-            }
-            if certificates.is_empty() {
-                self.status
-                    .listener(&resource, &listener.name)
-                    .not_programmed = Some("no usable certificateRefs".to_owned());
-                warn(
-                    &mut self.diagnostics,
-                    "no usable certificateRefs: this listener is not served (the others are)"
-                        .into(),
-                    ".certificateRefs",
-                );
-                continue;
-            }
-            let settings = ServerSettings {
-                certificates,
-                client_auth: None,
-                min_version: None,
-                max_version: None,
-                cipher_suites: Vec::new(),
-                alpn: HTTPS_ALPN.iter().map(|p| p.to_vec()).collect(),
-            };
-            let config = match server_config::build(settings, &self.tls.sessions) {
-                Ok(config) => config,
-                Err(e) => {
-                    self.status
-                        .listener(&resource, &listener.name)
-                        .not_programmed = Some(e.to_string());
-                    warn(&mut self.diagnostics, e.to_string(), "");
-                    continue;
-                }
             };
             let host = listener
                 .hostname
@@ -925,88 +811,182 @@ impl<'a> Compiler<'a> {
         (Protocol::Http, None)
     }
 
-    /// TLSRoutes attached to this listener whose hostnames the listener accepts.
-    fn api_sni_routes(
+    /// A terminating Gateway API listener's (HTTPS, or TLS with `mode: Terminate`) server
+    /// configuration from its `certificateRefs` (Secrets; another namespace's only with a
+    /// ReferenceGrant there), offering `alpn`, and the credentials it serves. None (with
+    /// the listener's status and a warning) when no certificate is usable.
+    fn api_terminating_config(
         &mut self,
         gateway: &'a Sourced<ApiGateway>,
-        listener: &str,
-        listener_host: &str,
-    ) -> Vec<SniRoute> {
-        let mut routes = Vec::new();
-        for route in &self.resources.tls_routes {
-            let meta = &route.resource.metadata;
-            let parents = attaching_parents(
-                &route.resource.spec.parent_refs,
-                meta.namespace(),
-                gateway,
-                listener,
+        index: usize,
+        alpn: Vec<Vec<u8>>,
+    ) -> Option<(Arc<rustls::ServerConfig>, Vec<ServedCredential>)> {
+        let listener = gateway.resource.spec.listeners.get(index)?;
+        let resource = gateway.resource.object_ref();
+        let field = format!("spec.listeners[{index}].tls");
+        let warn = |diagnostics: &mut crate::config::Diagnostics, message: String, sub: &str| {
+            diagnostics.push(
+                Diagnostic::warning(message)
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("{field}{sub}")),
             );
-            if parents.is_empty() {
-                continue;
-            }
-            let object = route.resource.object_ref();
-            let wanted: Vec<String> = if route.resource.spec.hostnames.is_empty() {
-                vec!["*".to_owned()]
-            } else {
-                route.resource.spec.hostnames.clone()
-            };
-            let sni_hosts: Vec<String> = wanted
-                .iter()
-                .filter_map(|h| intersect_hosts(h, listener_host))
-                .collect();
-            if sni_hosts.is_empty() {
-                for &index in &parents {
-                    self.status.parent(
-                        &object,
-                        index,
-                        Err((
-                            reason::NO_MATCHING_LISTENER_HOSTNAME,
-                            format!("none of its hostnames is accepted by listener {listener}"),
-                        )),
-                    );
-                }
-                continue;
-            }
-            self.attached(&object, &parents, gateway, listener);
-            let clusters = self.api_backends(
-                &route.resource.spec.rules,
-                meta,
-                "TLSRoute",
-                route.location.as_ref(),
+        };
+        let tls = listener.tls.clone().unwrap_or_default();
+        if tls.mode == Some(ApiTlsMode::Passthrough) {
+            self.status.listener(&resource, &listener.name).not_accepted = Some((
+                reason::UNSUPPORTED_VALUE,
+                "an HTTPS listener terminates TLS (Passthrough needs protocol TLS)".to_owned(),
+            ));
+            warn(
+                &mut self.diagnostics,
+                "an HTTPS listener terminates TLS (Passthrough needs protocol TLS); this listener is skipped".into(),
+                ".mode",
             );
-            routes.push(SniRoute {
-                sni_hosts,
-                clusters,
-            });
+            return None;
         }
-        routes
-    }
-
-    /// TCPRoutes attached to this listener: the first one's backends.
-    fn api_l4_clusters(
-        &mut self,
-        gateway: &'a Sourced<ApiGateway>,
-        listener: &str,
-    ) -> Vec<WeightedCluster> {
-        for route in &self.resources.tcp_routes {
-            let meta = &route.resource.metadata;
-            let parents = attaching_parents(
-                &route.resource.spec.parent_refs,
-                meta.namespace(),
-                gateway,
-                listener,
-            );
-            if !parents.is_empty() {
-                self.attached(&route.resource.object_ref(), &parents, gateway, listener);
-                return self.api_backends(
-                    &route.resource.spec.rules,
-                    meta,
-                    "TCPRoute",
-                    route.location.as_ref(),
+        let gw_namespace = gateway.resource.metadata.namespace();
+        let provider = server_config::provider();
+        let mut certificates = Vec::new();
+        let mut served = Vec::new();
+        for (ref_index, reference) in tls.certificate_refs.iter().enumerate() {
+            let sub = format!(".certificateRefs[{ref_index}]");
+            let kind_ok = reference.group.as_deref().unwrap_or("").is_empty()
+                && reference.kind.as_deref().unwrap_or("Secret") == "Secret";
+            if !kind_ok {
+                self.listener_unresolved(
+                    &resource,
+                    &listener.name,
+                    reason::INVALID_CERTIFICATE_REF,
+                    format!("certificateRefs[{ref_index}] is not a core Secret"),
+                );
+                warn(
+                    &mut self.diagnostics,
+                    "only core Secrets are served as certificates; this reference is skipped"
+                        .into(),
+                    &sub,
+                );
+                continue;
+            }
+            let namespace = reference.namespace.as_deref().unwrap_or(gw_namespace);
+            if namespace != gw_namespace
+                && !self.secret_reference_granted(gw_namespace, namespace, &reference.name)
+            {
+                self.listener_unresolved(
+                    &resource,
+                    &listener.name,
+                    reason::REF_NOT_PERMITTED,
+                    format!(
+                        "Secret {namespace}/{} is in another namespace and no ReferenceGrant there allows it",
+                        reference.name
+                    ),
+                );
+                warn(
+                    &mut self.diagnostics,
+                    format!(
+                        "Secret {namespace}/{} is in another namespace and no ReferenceGrant there allows it (RefNotPermitted); this reference is skipped",
+                        reference.name
+                    ),
+                    &sub,
+                );
+                continue;
+            }
+            let secret = self.resources.secrets.iter().find(|s| {
+                s.resource.metadata.name == reference.name
+                    && s.resource.metadata.namespace() == namespace
+            });
+            let credential = format!("Secret {namespace}/{}", reference.name);
+            let server_name = format!("{resource} {}", listener.name);
+            let place = Diagnostic::warning("")
+                .at(gateway.location.clone())
+                .object(&resource)
+                .field(format!("{field}{sub}"));
+            let Some(secret) = secret else {
+                let what = format!("{credential} not found");
+                self.listener_unresolved(
+                    &resource,
+                    &listener.name,
+                    reason::INVALID_CERTIFICATE_REF,
+                    what.clone(),
+                );
+                self.credential_missing(
+                    credential,
+                    &server_name,
+                    &what,
+                    "this reference is skipped",
+                    place,
+                );
+                continue;
+            };
+            let loaded = certs::secret_certified_key(&secret.resource, &provider)
+                .map(Credential::Served)
+                .map_err(|e| e.to_string());
+            let unusable = format!("{credential} does not hold a usable certificate and key");
+            if let Some(Credential::Served(key)) = self.credential(
+                credential,
+                &server_name,
+                loaded,
+                place,
+                "this reference is skipped",
+                &mut served,
+            ) {
+                certificates.push(key);
+            } else {
+                self.listener_unresolved(
+                    &resource,
+                    &listener.name,
+                    reason::INVALID_CERTIFICATE_REF,
+                    unusable,
                 );
             }
         }
-        Vec::new()
+        if certificates.is_empty() {
+            self.status
+                .listener(&resource, &listener.name)
+                .not_programmed = Some("no usable certificateRefs".to_owned());
+            warn(
+                &mut self.diagnostics,
+                "no usable certificateRefs: this listener is not served (the others are)".into(),
+                ".certificateRefs",
+            );
+            return None;
+        }
+        let settings = ServerSettings {
+            certificates,
+            client_auth: None,
+            min_version: None,
+            max_version: None,
+            cipher_suites: Vec::new(),
+            alpn,
+        };
+        let config = match server_config::build(settings, &self.tls.sessions) {
+            Ok(config) => config,
+            Err(e) => {
+                self.status
+                    .listener(&resource, &listener.name)
+                    .not_programmed = Some(e.to_string());
+                warn(&mut self.diagnostics, e.to_string(), "");
+                return None;
+            }
+        };
+        Some((config, served))
+    }
+
+    /// The TLSRoutes attached to a listener (oldest first, with the SNI hosts each
+    /// serves there, compile/gateway_api.rs) → its passthrough routes.
+    fn api_sni_routes(&mut self, routes: &[(&'a Sourced<TlsRoute>, Vec<String>)]) -> Vec<SniRoute> {
+        routes
+            .iter()
+            .map(|(route, sni_hosts)| SniRoute {
+                sni_hosts: sni_hosts.clone(),
+                clusters: self.api_backends(
+                    &route.resource.spec.rules,
+                    &route.resource.metadata,
+                    "TLSRoute",
+                    route.location.as_ref(),
+                ),
+            })
+            .collect()
     }
 
     /// The first rule's Service backends (same namespace, or another with a
@@ -1125,47 +1105,7 @@ fn server_name(server: &ServerRef<'_>) -> String {
     format!("{} {}", server.resource, server.field)
 }
 
-/// The parentRefs (by index) that name this Gateway, and this listener (by `sectionName`)
-/// or every listener.
-fn attaching_parents(
-    parents: &[ParentReference],
-    route_namespace: &str,
-    gateway: &Sourced<ApiGateway>,
-    listener: &str,
-) -> Vec<usize> {
-    let meta = &gateway.resource.metadata;
-    parents
-        .iter()
-        .enumerate()
-        .filter(|(_, parent)| {
-            parent.group.as_deref().unwrap_or(GATEWAY_API_GROUP) == GATEWAY_API_GROUP
-                && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-                && parent.name == meta.name
-                && parent.namespace.as_deref().unwrap_or(route_namespace) == meta.namespace()
-                && parent.section_name.as_deref().is_none_or(|s| s == listener)
-        })
-        .map(|(index, _)| index)
-        .collect()
-}
-
 impl Compiler<'_> {
-    /// A TLSRoute or TCPRoute is served on `listener` through `parents`.
-    fn attached(
-        &mut self,
-        route: &ObjectRef,
-        parents: &[usize],
-        gateway: &Sourced<ApiGateway>,
-        listener: &str,
-    ) {
-        for &index in parents {
-            self.status.parent(route, index, Ok(()));
-        }
-        self.status
-            .listener(&gateway.resource.object_ref(), listener)
-            .attached
-            .insert(route.clone());
-    }
-
     fn listener_unresolved(
         &mut self,
         gateway: &ObjectRef,

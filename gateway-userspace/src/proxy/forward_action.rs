@@ -80,6 +80,20 @@ pub(super) async fn forward<'s>(
     let Some(weighted) = RouteAction::pick_cluster(&forward.clusters) else {
         return LocalReply::no_healthy_upstream().into();
     };
+    if weighted.invalid {
+        return LocalReply::invalid_backend().into();
+    }
+    if let Some(redirect) = &weighted.redirect {
+        let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = route_actions::redirect_location(
+            redirect,
+            downstream.scheme,
+            downstream.authority,
+            path_and_query,
+            &route.matches,
+        );
+        return LocalReply::redirect(redirect, &location).into();
+    }
     let Some(cluster) = live.cluster(&weighted.cluster) else {
         return LocalReply::no_healthy_upstream().into();
     };

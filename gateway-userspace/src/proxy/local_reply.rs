@@ -169,6 +169,12 @@ impl LocalReply {
         )
     }
 
+    /// The share of a Gateway API rule weighted to a backendRef that could not be
+    /// resolved: the spec asks for 500.
+    pub(super) fn invalid_backend() -> Self {
+        LocalReply::new(StatusCode::INTERNAL_SERVER_ERROR, ResponseFlags::NONE)
+    }
+
     /// No cluster or no endpoint to send the request to.
     pub(super) fn no_healthy_upstream() -> Self {
         LocalReply::new(

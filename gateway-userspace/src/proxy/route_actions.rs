@@ -155,6 +155,13 @@ pub(super) fn preflight_headers(
 ) {
     if let Some(origin) = origin {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        // Envoy's CORS filter answers the preflight through its own encoder, which adds
+        // the exposed headers as on any response (HTTPRouteCORS expects them there too).
+        if !cors.expose_headers.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&cors.expose_headers)
+        {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, value);
+        }
     }
     if cors.allow_credentials {
         headers.insert(

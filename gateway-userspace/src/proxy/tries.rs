@@ -23,6 +23,8 @@ use crate::{runtime::LiveCluster, snapshot::RetryPolicy};
 /// First retry back-off; doubled per retry up to `RETRY_BACKOFF_MAX` (Envoy's 25 ms base).
 const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// A configured back-off grows up to this many times itself (Envoy's max_interval default).
+const RETRY_BACKOFF_MAX_FACTOR: u32 = 10;
 
 /// A request's body as its tries send it.
 pub(super) enum RequestBody {
@@ -104,7 +106,10 @@ pub(super) async fn run(
     deadline: Option<tokio::time::Instant>,
 ) -> Tried {
     let mut retries = 0u32;
-    let mut backoff = RETRY_BACKOFF_BASE;
+    let mut backoff = retry.backoff.unwrap_or(RETRY_BACKOFF_BASE);
+    let backoff_max = retry
+        .backoff
+        .map_or(RETRY_BACKOFF_MAX, |b| b * RETRY_BACKOFF_MAX_FACTOR);
     // Endpoints this request tried: a retry goes elsewhere when it can.
     let mut tried: Vec<usize> = Vec::new();
     // Retries in flight are bounded too (`maxRetries`); the slot is held until the
@@ -169,7 +174,7 @@ pub(super) async fn run(
                 let jitter =
                     Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 2));
                 tokio::time::sleep(backoff / 2 + jitter).await;
-                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                backoff = (backoff * 2).min(backoff_max);
                 continue;
             }
         }

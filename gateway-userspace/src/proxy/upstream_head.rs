@@ -110,7 +110,9 @@ impl UpstreamHead {
             request_id,
             replay_budget: _,
         } = *downstream;
-        let path_and_query = match forward.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+        // A backendRef's own URLRewrite replaces the route's for its share.
+        let rewrite = weighted.rewrite.as_ref().or(forward.rewrite.as_ref());
+        let path_and_query = match rewrite.and_then(|r| r.path.as_ref()) {
             Some(rewrite) => {
                 let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 let rewritten =
@@ -136,11 +138,7 @@ impl UpstreamHead {
         }
         // Host: the rewritten authority, else the request's (HTTP/2 requests carry it as
         // :authority only; an HTTP/1.1 Host header that already says it stays as is).
-        let new_host = match forward
-            .rewrite
-            .as_ref()
-            .and_then(|r| r.authority.as_deref())
-        {
+        let new_host = match rewrite.and_then(|r| r.authority.as_deref()) {
             Some(rewritten) => Some(rewritten),
             None if headers.get(header::HOST).is_some_and(|h| h == authority) => None,
             None => Some(authority),

@@ -184,6 +184,17 @@ pub struct HttpRouteRule {
     pub filters: Vec<HttpRouteFilter>,
     pub backend_refs: Vec<HttpBackendRef>,
     pub timeouts: Option<HttpRouteTimeouts>,
+    pub retry: Option<HttpRouteRetry>,
+}
+
+/// Extended `HTTPRouteRetry`: status codes to retry on, how many retries, and the
+/// back-off between them (a duration such as `100ms`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteRetry {
+    pub codes: Vec<u16>,
+    pub attempts: Option<u32>,
+    pub backoff: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
