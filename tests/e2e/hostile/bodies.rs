@@ -765,7 +765,10 @@ fn mirrors_to_a_black_hole_are_dropped_not_queued() -> anyhow::Result<()> {
     const REQUESTS: usize = 600;
     let upstream = TestUpstream::start()?;
     let (hole, accepted) = black_hole()?;
-    let routes = r#"  - timeout: 2s
+    // The mirrors must outlive the whole run of requests for the cap to be reached: a
+    // timeout well beyond how long 610 requests take on a loaded machine (a debug build
+    // beside other builds took over 2 s).
+    let routes = r#"  - timeout: 12s
     mirror: {host: hole}
     route: [{destination: {host: primary}}]"#;
     let extra = service_with_endpoint("primary", 80, upstream.addr)
@@ -810,7 +813,7 @@ fn mirrors_to_a_black_hole_are_dropped_not_queued() -> anyhow::Result<()> {
         "RSS grew {} KiB",
         after.saturating_sub(before)
     );
-    // They time out with the route (2 s), and mirroring resumes.
+    // They time out with the route (12 s), and mirroring resumes.
     let timed_out = wait_for(|| {
         setup
             .counter("gateway_mirror_requests_dropped_total{reason=\"timeout\"}")
