@@ -806,3 +806,48 @@ pub async fn forward_program_logs(logger: ProgramLogger) {
         guard.clear_ready();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_port(port: u16, names: Vec<String>) -> TlsPortPolicy {
+        TlsPortPolicy {
+            port,
+            accept_any: false,
+            names,
+            passthrough: false,
+        }
+    }
+
+    #[test]
+    fn validate_warns_when_the_kernel_cannot_hold_a_config() {
+        let fits = KernelPolicy {
+            ports: vec![443],
+            tls_ports: vec![tls_port(443, vec!["*.a.b.c.d.e.f.g.example".into()])],
+            ..KernelPolicy::default()
+        };
+        assert_eq!(policy_warnings(&fits), Vec::<String>::new());
+
+        let deep = KernelPolicy {
+            tls_ports: vec![tls_port(443, vec!["*.a.b.c.d.e.f.g.h.example".into()])],
+            ..fits.clone()
+        };
+        let warnings = policy_warnings(&deep);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("port 443"), "{warnings:?}");
+
+        // Half the names on a port that also has a node port: counted twice, too many.
+        let half = (MAX_SNI_NAMES_PER_GENERATION / 2 + 1) as usize;
+        let names = (0..half).map(|i| format!("h{i}.example.com")).collect();
+        let big = KernelPolicy {
+            ports: vec![443],
+            tls_ports: vec![tls_port(443, names)],
+            node_ports: vec![(30443, 443)],
+            ..KernelPolicy::default()
+        };
+        let warnings = policy_warnings(&big);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("100000"), "{warnings:?}");
+    }
+}
