@@ -38,6 +38,7 @@ use thiserror::Error;
 use crate::snapshot::{KernelPolicy, TlsPortPolicy};
 
 pub mod addresses;
+mod stale_xdp;
 
 /// The object aya-build left in OUT_DIR (see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -231,6 +232,7 @@ impl KernelPath {
     /// XDP in driver (native) mode where the driver has it, else in generic mode (lo,
     /// some virtual devices).
     fn attach_xdp(&mut self, interface: &str) -> Result<XdpMode, KernelError> {
+        self.remove_stale_xdp(interface);
         let program = xdp_program(&mut self.ebpf)?;
         let mode = match program.attach(interface, XdpMode::Driver) {
             Ok(_) => XdpMode::Driver,
@@ -245,6 +247,39 @@ impl KernelPath {
             },
         };
         Ok(mode)
+    }
+
+    /// Detaches an XDP program of ours that a killed gatewayd left attached through
+    /// netlink (kernels before 5.9; see `stale_xdp`). Best effort: attaching reports
+    /// what is really wrong.
+    fn remove_stale_xdp(&mut self, interface: &str) {
+        let Ok(if_index) = if_index(interface) else {
+            return;
+        };
+        let Ok(Some((mode, id))) = stale_xdp::attached_program(if_index) else {
+            return;
+        };
+        let own = self
+            .xdp_program()
+            .ok()
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id());
+        let ours_by_name = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .any(|p| p.id() == id && p.name_as_str() == Some(XDP_PROGRAM));
+        if own == Some(id) || !ours_by_name {
+            return;
+        }
+        match stale_xdp::detach(if_index, mode) {
+            Ok(()) => tracing::warn!(
+                interface,
+                program_id = id,
+                "removed a stale XDP attachment of the kernel filter, left by a gatewayd that did not exit cleanly"
+            ),
+            Err(e) => {
+                tracing::warn!(interface, program_id = id, error = %e, "a stale XDP attachment of the kernel filter could not be removed")
+            }
+        }
     }
 
     /// Replaces the kernel's whole policy with the snapshot's, atomically: the new
@@ -693,6 +728,15 @@ pub fn remove_stale_tc_filters(interface: &str) -> usize {
             tracing::debug!(interface, error = %e, "no stale TC attachment removed");
             0
         }
+    }
+}
+
+fn if_index(interface: &str) -> std::io::Result<u32> {
+    let name = std::ffi::CString::new(interface).map_err(std::io::Error::other)?;
+    // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        index => Ok(index),
     }
 }
 

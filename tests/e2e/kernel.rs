@@ -662,3 +662,96 @@ fn a_killed_daemons_netlink_attachment_is_removed_at_start() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// The same for XDP, whose netlink attachment is what kernels before 5.9 get: a killed
+/// daemon's program, attached through netlink (by bpftool, as libbpf does), is found by
+/// its name and detached by the next daemon, which then attaches its own.
+#[test]
+fn a_killed_daemons_netlink_xdp_program_is_removed_at_start() -> anyhow::Result<()> {
+    if skip_unless_root("creates network namespaces and attaches eBPF") {
+        return Ok(());
+    }
+    let net = NetnsPair::new("stalexdp")?;
+    let dir = TempDir::new("kernel-stale-xdp")?;
+    const LATER: &str = "later.example.com";
+    let (cert, key) = self_signed_for(&dir, &[NAME, LATER])?;
+    let upstream = Upstream::start(Some(&net.gateway_ns), "127.0.0.1:0", "httpbin")?;
+    let port = free_port();
+    dir.write(
+        "config.yaml",
+        &https_config(port, upstream.addr, &cert, &key),
+    )?;
+    // Loaded, not attached: the test attaches it through netlink itself.
+    let mut gateway = Gateway::start(dir.path(), &["--ebpf", "on"], Some(&net.gateway_ns), &dir)?;
+    // bpftool here lists no owning pids: ours is the newest gateway_xdp (ids only grow).
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show", "name", "gateway_xdp"])
+        .output()?;
+    let programs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = match &programs {
+        serde_json::Value::Array(list) => list.iter().filter_map(|p| p["id"].as_u64()).max(),
+        one => one["id"].as_u64(),
+    }
+    .with_context(|| format!("our gateway_xdp among {programs}"))?;
+    let id = id.to_string();
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &net.gateway_ns,
+            "bpftool",
+            "net",
+            "attach",
+            "xdpgeneric",
+            "id",
+            &id,
+            "dev",
+            &net.gateway_if,
+        ],
+    )?;
+    let attached = || -> anyhow::Result<String> {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &net.gateway_ns,
+                "link",
+                "show",
+                "dev",
+                &net.gateway_if,
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    gateway.process.child.kill()?;
+    gateway.process.child.wait()?;
+    assert!(
+        attached()?.contains(&format!("id {id}")),
+        "the netlink attachment outlives the process: {}",
+        attached()?
+    );
+
+    dir.write(
+        "config.yaml",
+        &https_config_for(&[NAME, LATER], port, upstream.addr, &cert, &key),
+    )?;
+    let args = ["--ebpf", "on", "--interface", &net.gateway_if];
+    let gateway = Gateway::start(dir.path(), &args, Some(&net.gateway_ns), &dir)?;
+    assert!(
+        gateway.stderr().contains("removed a stale XDP attachment"),
+        "{}",
+        gateway.stderr()
+    );
+    assert!(
+        !attached()?.contains(&format!("id {id} ")),
+        "{}",
+        attached()?
+    );
+    assert_eq!(
+        probe(&net, port, LATER, &cert, &[])?,
+        "ok 200",
+        "{}",
+        gateway.stderr()
+    );
+    Ok(())
+}
