@@ -8,11 +8,13 @@ pub mod maps;
 pub mod packet;
 pub mod sni;
 #[cfg(any(test, feature = "test-frames"))]
+pub mod sni_table;
+#[cfg(any(test, feature = "test-frames"))]
 pub mod test_frames;
 
 pub use client_hello::{Sni, find_sni};
 pub use maps::{
-    FlowKey, GlobalCounter, MAX_PORTS, PolicyKey, PortMode, PortPolicy, PortStats, SniKey,
+    AddrKey, GlobalCounter, MAX_PORTS, PolicyKey, PortMode, PortPolicy, PortStats, SniKey,
 };
 pub use packet::{Bytes, HeaderError, Headers, IpVersion, parse_headers};
-pub use sni::{host_hash, sni_hashes};
+pub use sni::{NameHashes, host_hash, pattern_matches, sni_hashes};

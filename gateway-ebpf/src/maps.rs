@@ -16,9 +16,9 @@ pub const POLICY_GENERATION_MAP: &str = "POLICY_GEN";
 pub const PORT_STATS_MAP: &str = "PORT_STATS";
 /// Per-CPU array of `u64`, indexed by [`GlobalCounter`].
 pub const GLOBAL_STATS_MAP: &str = "GLOBAL_STATS";
-/// LRU of flows whose ClientHello the kernel turned into a reset: [`FlowKey`] → the
-/// hello's TCP sequence number (a retransmission repeats it).
-pub const RESET_SENT_MAP: &str = "RESET_SENT";
+/// This node's gateway addresses: [`AddrKey`] → 1. The filter polices only traffic
+/// addressed to one of them (an empty map polices nothing: fail open).
+pub const GATEWAY_ADDRS_MAP: &str = "GATEWAY_ADDRS";
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "gateway_xdp";
 /// The same filter as a TC ingress classifier.
@@ -33,11 +33,17 @@ pub const STEER_PROGRAM: &str = "gateway_steer";
 /// How many distinct gateway ports the kernel tracks. Istio gateways expose a handful;
 /// 256 leaves room for node ports beside them.
 pub const MAX_PORTS: u32 = 256;
-/// Accepted names across all TLS ports and both live generations.
-pub const MAX_SNI_NAMES: u32 = 65_536;
-/// Flows remembered after a kernel reset, so the client's retransmission passes through
-/// to the stack (which answers it with a reset of its own) instead of being rewritten.
-pub const MAX_RESET_FLOWS: u32 = 65_536;
+/// Accepted names of one generation, summed over TLS ports (a name on two ports, or on
+/// a port and its node port, counts twice). The map holds two generations.
+pub const MAX_SNI_NAMES_PER_GENERATION: u32 = 100_000;
+/// Entries of [`SNI_ALLOW_MAP`]: both live generations. Allocated as names are written
+/// (BPF_F_NO_PREALLOC), so a small config does not pin 200 000 entries of kernel memory.
+pub const MAX_SNI_NAMES: u32 = 2 * MAX_SNI_NAMES_PER_GENERATION;
+/// Local addresses the filter knows (every address of every interface of the node).
+pub const MAX_GATEWAY_ADDRS: u32 = 4096;
+/// The generation the programs read when gatewayd could not write a whole policy: no
+/// key ever carries it, so nothing is policed (fail open) until the next good write.
+pub const FAIL_OPEN_GENERATION: u32 = 2;
 /// Listening sockets node-port mode can steer to.
 pub const MAX_STEER_SOCKETS: u32 = 64;
 
@@ -103,16 +109,35 @@ pub struct SniKey {
     pub hash: u64,
 }
 
-/// A TCP flow as the client sent it. IPv4 addresses sit in the first word.
+/// A destination address as the filter reads it from the IP header: each 4-byte group
+/// read big-endian, IPv4 in the first word.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-    pub src_port: u16,
-    pub dst_port: u16,
+pub struct AddrKey {
+    pub addr: [u32; 4],
     /// 4 or 6.
     pub family: u32,
+}
+
+impl AddrKey {
+    pub const fn v4(octets: [u8; 4]) -> Self {
+        AddrKey {
+            addr: [u32::from_be_bytes(octets), 0, 0, 0],
+            family: 4,
+        }
+    }
+
+    pub const fn v6(o: [u8; 16]) -> Self {
+        AddrKey {
+            addr: [
+                u32::from_be_bytes([o[0], o[1], o[2], o[3]]),
+                u32::from_be_bytes([o[4], o[5], o[6], o[7]]),
+                u32::from_be_bytes([o[8], o[9], o[10], o[11]]),
+                u32::from_be_bytes([o[12], o[13], o[14], o[15]]),
+            ],
+            family: 6,
+        }
+    }
 }
 
 /// What the programs saw on one gateway port (summed over CPUs by userspace).
@@ -127,7 +152,8 @@ pub struct PortStats {
     pub hellos_rejected: u64,
     /// ClientHellos (or first data) passed undecided: split, no SNI, malformed, not TLS.
     pub hellos_undecided: u64,
-    /// Retransmitted hellos of rejected flows, passed so the stack resets the client.
+    /// Rejectable hellos of flows without a socket (the client's retransmission after
+    /// a kernel reset, or a spoofed hello), passed so the stack resets the client.
     pub reject_retransmits: u64,
 }
 
@@ -138,7 +164,7 @@ mod pod {
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::PortPolicy {}
     unsafe impl aya::Pod for super::SniKey {}
-    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::AddrKey {}
 }
 
 /// Indices into [`GLOBAL_STATS_MAP`]: what the program saw, by outcome.
@@ -163,7 +189,8 @@ pub enum GlobalCounter {
     SniAccepted = 7,
     /// ClientHellos rejected in the kernel (rewritten into a reset).
     SniRejected = 8,
-    /// Retransmissions of rejected hellos, passed so the stack resets the client.
+    /// Rejectable hellos of flows without a socket (retransmissions after a kernel reset,
+    /// spoofed hellos), passed so the stack resets the client.
     SniRejectRetransmit = 9,
     /// Whole ClientHellos without a server_name.
     SniAbsent = 10,
@@ -175,10 +202,13 @@ pub enum GlobalCounter {
     NotClientHello = 13,
     /// Connections to a node port handed to a gateway listener (sk_lookup).
     NodePortSteered = 14,
+    /// TCP to a gateway port number but not to one of this node's gateway addresses
+    /// (a pod behind the node, say): passed untouched and not counted per port.
+    OtherAddress = 15,
 }
 
 impl GlobalCounter {
-    pub const ALL: [GlobalCounter; 15] = [
+    pub const ALL: [GlobalCounter; 16] = [
         GlobalCounter::Seen,
         GlobalCounter::GatewayPort,
         GlobalCounter::OtherPort,
@@ -194,6 +224,7 @@ impl GlobalCounter {
         GlobalCounter::SniMalformed,
         GlobalCounter::NotClientHello,
         GlobalCounter::NodePortSteered,
+        GlobalCounter::OtherAddress,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -215,6 +246,7 @@ impl GlobalCounter {
             GlobalCounter::SniMalformed => "sni_malformed",
             GlobalCounter::NotClientHello => "not_client_hello",
             GlobalCounter::NodePortSteered => "node_port_steered",
+            GlobalCounter::OtherAddress => "other_address",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! BPF_PROG_TEST_RUN in gatewayd's kernel tests. Each test states only what differs
 //! from the default: IPv4 TCP to port 443 with a 5-byte payload.
 extern crate std;
-use std::vec::Vec;
+use std::{net::IpAddr, vec::Vec};
 
 use crate::IpVersion;
 
@@ -17,7 +17,18 @@ pub struct Frame {
     pub src_port: u16,
     pub dst_port: u16,
     pub payload: usize,
+    /// (source, destination) when not the defaults (10.0.0.1 → 10.0.0.2, fdfd…fdfd twice);
+    /// used when their family is the frame's.
+    pub addresses: Option<(IpAddr, IpAddr)>,
 }
+
+/// The default frames' destinations, IPv4 and IPv6: a gateway address in tests.
+pub const DEFAULT_DESTINATIONS: [IpAddr; 2] = [
+    IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+    IpAddr::V6(std::net::Ipv6Addr::from_bits(u128::from_be_bytes(
+        [0xfd; 16],
+    ))),
+];
 
 impl Default for Frame {
     fn default() -> Self {
@@ -31,6 +42,7 @@ impl Default for Frame {
             src_port: 40000,
             dst_port: 443,
             payload: 5,
+            addresses: None,
         }
     }
 }
@@ -60,7 +72,13 @@ impl Frame {
                 f.extend_from_slice(&[0, 1]);
                 f.extend_from_slice(&self.fragment.to_be_bytes());
                 f.extend_from_slice(&[64, self.protocol, 0, 0]);
-                f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+                match self.addresses {
+                    Some((IpAddr::V4(src), IpAddr::V4(dst))) => {
+                        f.extend_from_slice(&src.octets());
+                        f.extend_from_slice(&dst.octets());
+                    }
+                    _ => f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]),
+                }
                 f.extend(std::iter::repeat_n(1u8, self.ipv4_options));
             }
             IpVersion::V6 => {
@@ -68,7 +86,13 @@ impl Frame {
                 f.extend_from_slice(&[0x60, 0, 0, 0]);
                 f.extend_from_slice(&(l4_len as u16).to_be_bytes());
                 f.extend_from_slice(&[self.protocol, 64]);
-                f.extend(std::iter::repeat_n(0xfdu8, 32));
+                match self.addresses {
+                    Some((IpAddr::V6(src), IpAddr::V6(dst))) => {
+                        f.extend_from_slice(&src.octets());
+                        f.extend_from_slice(&dst.octets());
+                    }
+                    _ => f.extend(std::iter::repeat_n(0xfdu8, 32)),
+                }
             }
         }
         f.extend_from_slice(&self.src_port.to_be_bytes());

@@ -9,22 +9,25 @@
 //! ranges are not, and the kernel then runs exactly the code the host tests run.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::{BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, xdp_action},
+    EbpfContext,
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, bpf_sock_tuple, xdp_action},
     helpers::generated::{
-        bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_adjust_tail,
-        bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_sk_release, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes,
+        bpf_skc_lookup_tcp, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
     },
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use gateway_ebpf::{
-    Bytes, FlowKey, GlobalCounter, HeaderError, Headers, IpVersion, MAX_PORTS, PolicyKey, PortMode,
+    AddrKey, Bytes, GlobalCounter, HeaderError, Headers, IpVersion, MAX_PORTS, PolicyKey, PortMode,
     PortPolicy, PortStats, Sni, SniKey, find_sni,
-    maps::{ACCEPT_ANY_SNI, MAX_RESET_FLOWS, MAX_SNI_NAMES},
+    maps::{ACCEPT_ANY_SNI, MAX_GATEWAY_ADDRS, MAX_SNI_NAMES},
     packet::MAX_HEADER_BYTES,
-    parse_headers, sni_hashes,
+    parse_headers,
+    sni::MAX_WILDCARD_LABELS,
+    sni_hashes,
 };
 
 /// Header copy: a power of two ≥ MAX_HEADER_BYTES, so indices can be masked into range.
@@ -52,13 +55,13 @@ pub struct Scratch<const N: usize> {
 static PORT_POLICY: HashMap<PolicyKey, PortPolicy> = HashMap::with_max_entries(2 * MAX_PORTS, 0);
 
 #[map(name = "SNI_ALLOW")]
-static SNI_ALLOW: HashMap<SniKey, u8> = HashMap::with_max_entries(MAX_SNI_NAMES, 0);
+static SNI_ALLOW: HashMap<SniKey, u8> = HashMap::with_max_entries(MAX_SNI_NAMES, BPF_F_NO_PREALLOC);
 
 #[map(name = "POLICY_GEN")]
 static POLICY_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "RESET_SENT")]
-static RESET_SENT: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_RESET_FLOWS, 0);
+#[map(name = "GATEWAY_ADDRS")]
+static GATEWAY_ADDRS: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_GATEWAY_ADDRS, 0);
 
 #[map(name = "PORT_STATS")]
 static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
@@ -96,7 +99,7 @@ pub fn gateway_tc(ctx: TcContext) -> i32 {
 
 /// What the filter needs from a hook: the frame's length, and bytes copied out of it and
 /// back in. Both copy through helpers, so the filter never walks packet pointers.
-trait Frame {
+trait Frame: EbpfContext {
     fn frame_len(&self) -> usize;
     /// Copies `n` bytes at `from` to `dst`; `n` must be provably 1..=the buffer's size.
     fn load(&self, from: usize, dst: *mut u8, n: u32) -> bool;
@@ -195,6 +198,13 @@ fn inspect<F: Frame>(ctx: &F) {
         count(GlobalCounter::OtherPort);
         return;
     };
+    // A gateway port number to an address that is not ours (a pod routed over this
+    // interface, a webhook on 8443): not our traffic, whatever its name.
+    // SAFETY: read-only lookup.
+    if unsafe { GATEWAY_ADDRS.get(&destination(headers, &parsed)) }.is_none() {
+        count(GlobalCounter::OtherAddress);
+        return;
+    }
     count(GlobalCounter::GatewayPort);
     let Some(stats) = PORT_STATS.get_ptr_mut(policy.stats_slot) else {
         return;
@@ -218,19 +228,15 @@ fn inspect<F: Frame>(ctx: &F) {
             count(why);
         }
         Judgement::Reject => {
-            let flow = flow_key(headers, &parsed);
-            let seq = word(headers, parsed.l4_offset + 4);
-            // SAFETY: read-only lookup; the value is copied out.
-            if unsafe { RESET_SENT.get(&flow) }.copied() == Some(seq) {
-                // The client's retransmission (same flow, same sequence number): the
-                // stack has no socket any more and answers it with a reset the client
-                // accepts. A new connection that reuses the 4-tuple has another sequence
-                // number and is judged afresh.
+            if !flow_has_socket(ctx, headers, &parsed) {
+                // No socket holds the flow: the client's retransmission after our reset
+                // (the stack answers it with a reset the client accepts), or a spoofed
+                // hello (which the stack resets too). Decided statelessly, so no flood
+                // of spoofed hellos can make the filter forget a rejected flow.
                 stats.reject_retransmits += 1;
                 count(GlobalCounter::SniRejectRetransmit);
                 return;
             }
-            let _ = RESET_SENT.insert(&flow, &seq, 0);
             if rewrite_into_reset(ctx, &parsed, frame_len) {
                 stats.hellos_rejected += 1;
                 count(GlobalCounter::SniRejected);
@@ -270,7 +276,7 @@ fn judge_hello<F: Frame>(ctx: &F, parsed: &Headers, frame_len: usize, key: Polic
         Sni::Malformed => return Judgement::Undecided(GlobalCounter::SniMalformed),
     };
     let (offset, len) = launder(hello, offset, len);
-    let Ok((exact, wildcard)) = sni_hashes(&*hello, offset, len) else {
+    let Ok(names) = sni_hashes(&*hello, offset, len) else {
         return Judgement::Undecided(GlobalCounter::SniMalformed);
     };
     let accepted = |hash: u64| {
@@ -282,11 +288,94 @@ fn judge_hello<F: Frame>(ctx: &F, parsed: &Headers, frame_len: usize, key: Polic
         // SAFETY: read-only lookup.
         unsafe { SNI_ALLOW.get(&key) }.is_some()
     };
-    if accepted(exact) || wildcard.is_some_and(accepted) {
-        Judgement::Accept
-    } else {
-        Judgement::Reject
+    if accepted(names.exact) {
+        return Judgement::Accept;
     }
+    // `*.suffix` at each of the name's last dots: any wildcard depth (see gateway_ebpf::sni).
+    // Slots past the name's dots hold the exact hash, already looked up.
+    let mut i = 0;
+    while i < MAX_WILDCARD_LABELS {
+        let hash = names.wildcards[i];
+        if hash != names.exact && accepted(hash) {
+            return Judgement::Accept;
+        }
+        i += 1;
+    }
+    Judgement::Reject
+}
+
+/// IPv4 `saddr, daddr, sport, dport` as bpf_sock_tuple lays it out (network order).
+#[repr(C)]
+struct Tuple4 {
+    addrs: [u32; 2],
+    ports: [u16; 2],
+}
+
+/// IPv6 `saddr[4], daddr[4], sport, dport`.
+#[repr(C)]
+struct Tuple6 {
+    addrs: [u32; 8],
+    ports: [u16; 2],
+}
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_RECV: u32 = 3;
+/// A request socket (the handshake done, TCP_DEFER_ACCEPT still waiting for data).
+const TCP_NEW_SYN_RECV: u32 = 12;
+/// The helpers' "this network namespace" (BPF_F_CURRENT_NETNS, -1).
+const CURRENT_NETNS: u64 = u64::MAX;
+
+/// Whether the stack holds a connection (or a request socket) for this flow: only then
+/// does a reset from us end something; otherwise the stack answers the packet itself.
+#[inline(always)]
+fn flow_has_socket<F: Frame>(ctx: &F, h: &Scratch<HEADER_SCRATCH>, parsed: &Headers) -> bool {
+    let ports = [parsed.src_port.to_be(), parsed.dst_port.to_be()];
+    let l3 = parsed.l3_offset;
+    // SAFETY: the tuples live on this stack frame for the call; the size passed is theirs.
+    let sk = unsafe {
+        match parsed.ip {
+            IpVersion::V4 => {
+                let mut t = Tuple4 {
+                    addrs: [word(h, l3 + 12).to_be(), word(h, l3 + 16).to_be()],
+                    ports,
+                };
+                bpf_skc_lookup_tcp(
+                    ctx.as_ptr(),
+                    (&mut t as *mut Tuple4).cast::<bpf_sock_tuple>(),
+                    core::mem::size_of::<Tuple4>() as u32,
+                    CURRENT_NETNS,
+                    0,
+                )
+            }
+            IpVersion::V6 => {
+                let mut t = Tuple6 {
+                    addrs: [0; 8],
+                    ports,
+                };
+                let mut i = 0;
+                while i < 8 {
+                    t.addrs[i] = word(h, l3 + 8 + 4 * i).to_be();
+                    i += 1;
+                }
+                bpf_skc_lookup_tcp(
+                    ctx.as_ptr(),
+                    (&mut t as *mut Tuple6).cast::<bpf_sock_tuple>(),
+                    core::mem::size_of::<Tuple6>() as u32,
+                    CURRENT_NETNS,
+                    0,
+                )
+            }
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a socket the lookup returned, referenced until released just below; state
+    // is a field every socket kind (request, established, listener) has.
+    let state = unsafe { (*sk).state };
+    // SAFETY: releases the reference the lookup took, exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    matches!(state, TCP_ESTABLISHED | TCP_SYN_RECV | TCP_NEW_SYN_RECV)
 }
 
 /// Rewrites the packet in place into RST|ACK with the client's own sequence number —
@@ -374,26 +463,21 @@ fn set16<const N: usize>(s: &mut Scratch<N>, off: usize, value: u16) {
     set(s, off + 1, lo);
 }
 
+/// The packet's destination address, as the GATEWAY_ADDRS keys hold it.
 #[inline(always)]
-fn flow_key(headers: &Scratch<HEADER_SCRATCH>, parsed: &Headers) -> FlowKey {
+fn destination(headers: &Scratch<HEADER_SCRATCH>, parsed: &Headers) -> AddrKey {
     let word = |off: usize| word(headers, off);
-    let mut key = FlowKey {
-        src_port: parsed.src_port,
-        dst_port: parsed.dst_port,
-        ..FlowKey::default()
-    };
+    let mut key = AddrKey::default();
     match parsed.ip {
         IpVersion::V4 => {
             key.family = 4;
-            key.src[0] = word(parsed.l3_offset + 12);
-            key.dst[0] = word(parsed.l3_offset + 16);
+            key.addr[0] = word(parsed.l3_offset + 16);
         }
         IpVersion::V6 => {
             key.family = 6;
             let mut i = 0;
             while i < 4 {
-                key.src[i] = word(parsed.l3_offset + 8 + 4 * i);
-                key.dst[i] = word(parsed.l3_offset + 24 + 4 * i);
+                key.addr[i] = word(parsed.l3_offset + 24 + 4 * i);
                 i += 1;
             }
         }

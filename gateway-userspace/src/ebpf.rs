@@ -3,9 +3,13 @@
 //!
 //! Programs attach through bpf links owned by this process, so they detach when
 //! `gatewayd` exits however it exits (fail-open: a dead daemon leaves no stale policy).
+//! Older kernels have no links for some hooks (TC before 6.6, XDP before 5.9) and aya
+//! attaches through netlink instead, which outlives a killed process: stale TC
+//! attachments are removed at start (`remove_stale_tc_filters`).
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     os::fd::{AsRawFd, RawFd},
 };
 
@@ -15,18 +19,26 @@ use aya::{
     programs::{
         ProgramError, SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode,
         sk_lookup::SkLookupLinkId,
+        tc::{NlOptions, TcAttachOptions},
     },
 };
 use gateway_ebpf::{
-    GlobalCounter, MAX_PORTS, PolicyKey, PortMode, PortPolicy, PortStats, SniKey, host_hash,
+    AddrKey, GlobalCounter, MAX_PORTS, PolicyKey, PortMode, PortPolicy, PortStats, SniKey,
+    host_hash,
     maps::{
-        ACCEPT_ANY_SNI, GLOBAL_STATS_MAP, POLICY_GENERATION_MAP, PORT_POLICY_MAP, PORT_STATS_MAP,
-        SNI_ALLOW_MAP, STEER_PORTS_MAP, STEER_PROGRAM, STEER_SOCKETS_MAP, TC_PROGRAM, XDP_PROGRAM,
+        ACCEPT_ANY_SNI, FAIL_OPEN_GENERATION, GATEWAY_ADDRS_MAP, GLOBAL_STATS_MAP,
+        MAX_GATEWAY_ADDRS, MAX_SNI_NAMES_PER_GENERATION, POLICY_GENERATION_MAP, PORT_POLICY_MAP,
+        PORT_STATS_MAP, SNI_ALLOW_MAP, STEER_PORTS_MAP, STEER_PROGRAM, STEER_SOCKETS_MAP,
+        TC_PROGRAM, XDP_PROGRAM,
     },
+    sni::{MAX_WILDCARD_LABELS, wildcard_labels},
 };
 use thiserror::Error;
 
 use crate::snapshot::{KernelPolicy, TlsPortPolicy};
+
+pub mod addresses;
+mod stale_xdp;
 
 /// The object aya-build left in OUT_DIR (see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -54,6 +66,8 @@ pub enum KernelError {
     Cpus(std::io::Error),
     #[error("{count} gateway ports exceed the kernel's {MAX_PORTS}")]
     TooManyPorts { count: usize },
+    #[error("{count} local addresses exceed the kernel's {MAX_GATEWAY_ADDRS}")]
+    TooManyAddresses { count: usize },
 }
 
 /// How `--ebpf` asked for the kernel path.
@@ -73,7 +87,12 @@ pub enum KernelHook {
     /// XDP: native (driver) mode where the driver has it, generic otherwise.
     Xdp,
     /// TC ingress through a TCX link: after GRO and VLAN untagging, on every device.
+    /// Kernels before 6.6 have no TCX: aya then attaches through netlink (clsact + a
+    /// cls_bpf filter), which outlives the process (see `remove_stale_tc_filters`).
     Tc,
+    /// TC ingress through netlink even where TCX exists: the attachment kernels before
+    /// 6.6 get, for testing that path on a newer kernel.
+    TcNetlink,
 }
 
 /// The loaded programs and the interfaces they are attached to.
@@ -94,6 +113,33 @@ pub struct KernelPath {
     logger: Option<ProgramLogger>,
     /// The keys each generation holds, so the one being reused can be cleared.
     written: [WrittenPolicy; 2],
+    /// Ports the live policy does not police, and why (see `Unpoliced`).
+    unpoliced: BTreeMap<u16, Unpoliced>,
+    /// Policy writes that failed (each left the affected ports unpoliced).
+    policy_write_failures: u64,
+    /// The addresses GATEWAY_ADDRS holds.
+    addresses: Vec<AddrKey>,
+}
+
+/// Why the kernel does not police a TLS port that has names (userspace still does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unpoliced {
+    /// A wildcard deeper than the kernel matches (`gateway_ebpf::sni::MAX_WILDCARD_LABELS`).
+    WildcardTooDeep,
+    /// The port's names did not fit the SNI map (or the kernel refused an entry).
+    SniMapFull,
+    /// The policy could not be written at all: nothing is policed until the next write.
+    PolicyWriteFailed,
+}
+
+impl Unpoliced {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Unpoliced::WildcardTooDeep => "wildcard_too_deep",
+            Unpoliced::SniMapFull => "sni_map_full",
+            Unpoliced::PolicyWriteFailed => "policy_write_failed",
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +176,9 @@ impl KernelPath {
             steer_link: None,
             node_port_mode: false,
             logger: Some(logger),
+            unpoliced: BTreeMap::new(),
+            policy_write_failures: 0,
+            addresses: Vec::new(),
         })
     }
 
@@ -141,14 +190,39 @@ impl KernelPath {
                 self.attached.push((interface.to_owned(), how.clone()));
                 Ok(how)
             }
-            KernelHook::Tc => {
-                tc_program(&mut self.ebpf)?
-                    .attach(interface, TcAttachType::Ingress)
-                    .map_err(|source| KernelError::Attach {
-                        interface: interface.to_owned(),
-                        source,
-                    })?;
-                let how = "TC ingress".to_owned();
+            KernelHook::Tc | KernelHook::TcNetlink => {
+                let removed = remove_stale_tc_filters(interface);
+                let attach_error = |source| KernelError::Attach {
+                    interface: interface.to_owned(),
+                    source,
+                };
+                let program = tc_program(&mut self.ebpf)?;
+                let netlink = hook == KernelHook::TcNetlink || !has_tcx();
+                if netlink {
+                    // Netlink filters need the clsact qdisc (EEXIST when it is there).
+                    let _ = aya::programs::tc::qdisc_add_clsact(interface);
+                }
+                let how = if hook == KernelHook::TcNetlink {
+                    program
+                        .attach_with_options(
+                            interface,
+                            TcAttachType::Ingress,
+                            TcAttachOptions::Netlink(NlOptions::default()),
+                        )
+                        .map_err(attach_error)?;
+                    "TC ingress (netlink)".to_owned()
+                } else {
+                    program
+                        .attach(interface, TcAttachType::Ingress)
+                        .map_err(attach_error)?;
+                    "TC ingress".to_owned()
+                };
+                let how = match removed {
+                    0 => how,
+                    n => format!(
+                        "{how}, after removing {n} stale netlink attachment(s) of a previous gatewayd"
+                    ),
+                };
                 self.attached.push((interface.to_owned(), how.clone()));
                 Ok(how)
             }
@@ -158,6 +232,7 @@ impl KernelPath {
     /// XDP in driver (native) mode where the driver has it, else in generic mode (lo,
     /// some virtual devices).
     fn attach_xdp(&mut self, interface: &str) -> Result<XdpMode, KernelError> {
+        self.remove_stale_xdp(interface);
         let program = xdp_program(&mut self.ebpf)?;
         let mode = match program.attach(interface, XdpMode::Driver) {
             Ok(_) => XdpMode::Driver,
@@ -174,10 +249,73 @@ impl KernelPath {
         Ok(mode)
     }
 
+    /// Detaches an XDP program of ours that a killed gatewayd left attached through
+    /// netlink (kernels before 5.9; see `stale_xdp`). Best effort: attaching reports
+    /// what is really wrong.
+    fn remove_stale_xdp(&mut self, interface: &str) {
+        let Ok(if_index) = if_index(interface) else {
+            return;
+        };
+        let Ok(Some((mode, id))) = stale_xdp::attached_program(if_index) else {
+            return;
+        };
+        let own = self
+            .xdp_program()
+            .ok()
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id());
+        let ours_by_name = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .any(|p| p.id() == id && p.name_as_str() == Some(XDP_PROGRAM));
+        if own == Some(id) || !ours_by_name {
+            return;
+        }
+        match stale_xdp::detach(if_index, mode) {
+            Ok(()) => tracing::warn!(
+                interface,
+                program_id = id,
+                "removed a stale XDP attachment of the kernel filter, left by a gatewayd that did not exit cleanly"
+            ),
+            Err(e) => {
+                tracing::warn!(interface, program_id = id, error = %e, "a stale XDP attachment of the kernel filter could not be removed")
+            }
+        }
+    }
+
     /// Replaces the kernel's whole policy with the snapshot's, atomically: the new
     /// generation is written beside the live one, then the generation index flips (see
     /// `gateway_ebpf::maps`). Ports kept across a reload keep their stats slot.
+    ///
+    /// Never leaves a stale policy rejecting names userspace now serves: a port whose
+    /// names cannot all be written is marked accept-any in the new generation, and when
+    /// the generation cannot be written at all, the programs switch to an empty one
+    /// (nothing policed) and the error is returned. Either way `unpoliced` says which
+    /// ports, for the log and the metrics.
     pub fn apply_policy(&mut self, policy: &KernelPolicy) -> Result<(), KernelError> {
+        match self.write_policy(policy) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.policy_write_failures += 1;
+                let index: Result<Array<_, u32>, _> =
+                    map_mut(&mut self.ebpf, POLICY_GENERATION_MAP)
+                        .and_then(|m| Ok(Array::try_from(m)?));
+                if let Ok(mut index) = index {
+                    // If even this fails the map is unusable and so is every lookup in it.
+                    let _ = index.set(0, FAIL_OPEN_GENERATION, 0);
+                }
+                self.unpoliced = policy
+                    .ports
+                    .iter()
+                    .chain(policy.node_ports.iter().map(|(node, _)| node))
+                    .map(|&port| (port, Unpoliced::PolicyWriteFailed))
+                    .collect();
+                Err(e)
+            }
+        }
+    }
+
+    fn write_policy(&mut self, policy: &KernelPolicy) -> Result<(), KernelError> {
+        let mut unpoliced = BTreeMap::new();
         let mut ports: Vec<(u16, PortPolicy, Option<&TlsPortPolicy>)> = Vec::new();
         let tls_of = |port: u16| policy.tls_ports.iter().find(|t| t.port == port);
         // A node port is policed like the port it leads to.
@@ -200,7 +338,12 @@ impl KernelPath {
                 None if policy.tcp_ports.contains(&bind_port_of(policy, port)) => PortMode::Tcp,
                 None => PortMode::Http,
             };
-            let flags = if tls.is_some_and(|t| t.accept_any) {
+            let too_deep =
+                tls.is_some_and(|t| !t.accept_any && t.names.iter().any(|n| !kernel_matches(n)));
+            if too_deep {
+                unpoliced.insert(port, Unpoliced::WildcardTooDeep);
+            }
+            let flags = if tls.is_some_and(|t| t.accept_any) || too_deep {
                 ACCEPT_ANY_SNI
             } else {
                 0
@@ -232,36 +375,121 @@ impl KernelPath {
         for key in &stale.ports {
             let _ = port_map.remove(key);
         }
-        for (port, mut value, _) in ports.iter().copied() {
-            value.stats_slot = next_slots[&port];
+        for (port, value, _) in ports.iter_mut() {
+            value.stats_slot = next_slots[port];
             let key = PolicyKey {
                 generation,
-                port: u32::from(port),
+                port: u32::from(*port),
             };
             written.ports.push(key);
-            port_map.insert(key, value, 0)?;
+            port_map.insert(key, *value, 0)?;
         }
         let mut sni_map: BpfHashMap<_, SniKey, u8> =
             BpfHashMap::try_from(map_mut(&mut self.ebpf, SNI_ALLOW_MAP)?)?;
         for key in &stale.names {
             let _ = sni_map.remove(key);
         }
-        for (port, _, tls) in &ports {
+        let mut names_written = 0u32;
+        let mut full = Vec::new();
+        for (port, value, tls) in &ports {
+            if value.flags & ACCEPT_ANY_SNI != 0 {
+                continue;
+            }
             for name in tls.iter().flat_map(|t| t.names.iter()) {
                 let key = SniKey {
                     generation,
                     port: u32::from(*port),
                     hash: host_hash(name.as_bytes()),
                 };
+                // One generation's share of the map, so the live one always fits beside.
+                let fits = names_written < MAX_SNI_NAMES_PER_GENERATION;
+                if !fits || sni_map.insert(key, 1, 0).is_err() {
+                    full.push(*port);
+                    break;
+                }
+                names_written += 1;
                 written.names.push(key);
-                sni_map.insert(key, 1, 0)?;
             }
+        }
+        // Ports whose names are not all in: accept every name there rather than reject
+        // the names left out (the names already written stay, harmless).
+        let mut port_map: BpfHashMap<_, PolicyKey, PortPolicy> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, PORT_POLICY_MAP)?)?;
+        for port in full {
+            if let Some((_, mut value, _)) = ports.iter().copied().find(|(p, _, _)| *p == port) {
+                value.flags |= ACCEPT_ANY_SNI;
+                port_map.insert(
+                    PolicyKey {
+                        generation,
+                        port: u32::from(port),
+                    },
+                    value,
+                    0,
+                )?;
+            }
+            unpoliced.insert(port, Unpoliced::SniMapFull);
         }
         let mut index: Array<_, u32> =
             Array::try_from(map_mut(&mut self.ebpf, POLICY_GENERATION_MAP)?)?;
         index.set(0, generation, 0)?;
+        if unpoliced.values().any(|u| *u == Unpoliced::SniMapFull) {
+            self.policy_write_failures += 1;
+        }
         self.generation = generation;
         self.port_slots = next_slots;
+        self.unpoliced = unpoliced;
+        Ok(())
+    }
+
+    /// Says in the log which ports the policy just written leaves to userspace: an error
+    /// when names did not fit, a warning for wildcards deeper than the kernel matches.
+    pub fn log_unpoliced(&self) {
+        for (port, why) in &self.unpoliced {
+            match why {
+                Unpoliced::WildcardTooDeep => tracing::warn!(
+                    port,
+                    max_labels = MAX_WILDCARD_LABELS,
+                    "kernel filter: a wildcard on this port is deeper than the kernel matches; the port's SNI is checked in userspace only"
+                ),
+                Unpoliced::SniMapFull | Unpoliced::PolicyWriteFailed => tracing::error!(
+                    port,
+                    reason = why.name(),
+                    "kernel filter: the new policy could not be written in full; the kernel no longer rejects on this port (fail open), userspace still checks SNI"
+                ),
+            }
+        }
+    }
+
+    /// Ports the live policy leaves unpoliced (empty when the whole policy is in force).
+    pub fn unpoliced_ports(&self) -> &BTreeMap<u16, Unpoliced> {
+        &self.unpoliced
+    }
+
+    /// Policy writes that left ports unpoliced, since load.
+    pub fn policy_write_failures(&self) -> u64 {
+        self.policy_write_failures
+    }
+
+    /// Replaces the addresses the filter polices traffic to (this node's gateway
+    /// addresses): only the difference is written, so packets never see a gap.
+    pub fn set_gateway_addresses(&mut self, addresses: &[IpAddr]) -> Result<(), KernelError> {
+        let mut wanted: Vec<AddrKey> = addresses.iter().map(|a| addr_key(*a)).collect();
+        wanted.sort_by_key(|k| (k.family, k.addr));
+        wanted.dedup();
+        if wanted.len() > MAX_GATEWAY_ADDRS as usize {
+            return Err(KernelError::TooManyAddresses {
+                count: wanted.len(),
+            });
+        }
+        let mut map: BpfHashMap<_, AddrKey, u8> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, GATEWAY_ADDRS_MAP)?)?;
+        for key in wanted.iter().filter(|k| !self.addresses.contains(k)) {
+            map.insert(*key, 1, 0)?;
+        }
+        for key in self.addresses.iter().filter(|k| !wanted.contains(k)) {
+            let _ = map.remove(key);
+        }
+        self.addresses = wanted;
         Ok(())
     }
 
@@ -434,6 +662,106 @@ impl KernelPath {
     }
 }
 
+/// What `gatewayd validate` says about a config the kernel filter cannot hold in full:
+/// each case fails open at run time (the port is checked in userspace only).
+pub fn policy_warnings(policy: &KernelPolicy) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut ports: Vec<u16> = policy.ports.clone();
+    for (node, _) in &policy.node_ports {
+        if !ports.contains(node) {
+            ports.push(*node);
+        }
+    }
+    if ports.len() > MAX_PORTS as usize {
+        warnings.push(format!(
+            "kernel filter: {} gateway ports (node ports included) exceed the {MAX_PORTS} the kernel holds; the kernel path will not load",
+            ports.len()
+        ));
+    }
+    let mut names = 0usize;
+    for tls in &policy.tls_ports {
+        if tls.accept_any {
+            continue;
+        }
+        if let Some(deep) = tls.names.iter().find(|n| !kernel_matches(n)) {
+            warnings.push(format!(
+                "kernel filter: port {}: `{deep}` has more than {MAX_WILDCARD_LABELS} labels after `*.`; the kernel does not check SNI on this port (userspace does)",
+                tls.port
+            ));
+            continue;
+        }
+        let copies = 1 + policy
+            .node_ports
+            .iter()
+            .filter(|(_, bind)| *bind == tls.port)
+            .count();
+        names += tls.names.len() * copies;
+    }
+    if names > MAX_SNI_NAMES_PER_GENERATION as usize {
+        warnings.push(format!(
+            "kernel filter: {names} server names (per TLS port, node ports included) exceed the {MAX_SNI_NAMES_PER_GENERATION} the kernel holds; ports whose names do not fit are not checked in the kernel (userspace still checks them)"
+        ));
+    }
+    warnings
+}
+
+/// Removes our TC filters that a previous gatewayd left on the interface's ingress.
+///
+/// A netlink attachment (all TC attachments before Linux 6.6) belongs to the interface,
+/// not to the process: after a SIGKILL (or OOM kill) the program stays attached with the
+/// dead daemon's last policy, rejecting names a new config may serve. Filters are found
+/// by our program's name, so other programs on the interface are left alone; one
+/// gatewayd per interface is the deployment this assumes. Returns how many were removed
+/// (0 or 1 per stale program; aya removes every filter of that name at once).
+pub fn remove_stale_tc_filters(interface: &str) -> usize {
+    match aya::programs::tc::qdisc_detach_program(interface, TcAttachType::Ingress, TC_PROGRAM) {
+        Ok(()) => {
+            tracing::warn!(
+                interface,
+                "removed a stale TC attachment of the kernel filter, left by a gatewayd that did not exit cleanly"
+            );
+            1
+        }
+        // NotFound: nothing stale. Other errors (no clsact qdisc, no such device) mean
+        // there is nothing of ours to remove either; attaching reports real problems.
+        Err(e) => {
+            tracing::debug!(interface, error = %e, "no stale TC attachment removed");
+            0
+        }
+    }
+}
+
+fn if_index(interface: &str) -> std::io::Result<u32> {
+    let name = std::ffi::CString::new(interface).map_err(std::io::Error::other)?;
+    // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
+/// TCX links arrived in Linux 6.6; aya attaches TC through netlink before that.
+fn has_tcx() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Whether the kernel can match this configured name exactly as userspace does.
+pub fn kernel_matches(name: &str) -> bool {
+    wildcard_labels(name.as_bytes()).is_none_or(|labels| labels <= MAX_WILDCARD_LABELS)
+}
+
+fn addr_key(address: IpAddr) -> AddrKey {
+    match address {
+        IpAddr::V4(v4) => AddrKey::v4(v4.octets()),
+        // A v4-mapped address arrives on the wire as IPv4.
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => AddrKey::v4(v4.octets()),
+            None => AddrKey::v6(v6.octets()),
+        },
+    }
+}
+
 /// The bind port a port leads to: itself, or the listener port behind a node port.
 fn bind_port_of(policy: &KernelPolicy, port: u16) -> u16 {
     policy
@@ -520,5 +848,50 @@ pub async fn forward_program_logs(logger: ProgramLogger) {
         };
         guard.get_inner_mut().flush();
         guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_port(port: u16, names: Vec<String>) -> TlsPortPolicy {
+        TlsPortPolicy {
+            port,
+            accept_any: false,
+            names,
+            passthrough: false,
+        }
+    }
+
+    #[test]
+    fn validate_warns_when_the_kernel_cannot_hold_a_config() {
+        let fits = KernelPolicy {
+            ports: vec![443],
+            tls_ports: vec![tls_port(443, vec!["*.a.b.c.d.e.f.g.example".into()])],
+            ..KernelPolicy::default()
+        };
+        assert_eq!(policy_warnings(&fits), Vec::<String>::new());
+
+        let deep = KernelPolicy {
+            tls_ports: vec![tls_port(443, vec!["*.a.b.c.d.e.f.g.h.example".into()])],
+            ..fits.clone()
+        };
+        let warnings = policy_warnings(&deep);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("port 443"), "{warnings:?}");
+
+        // Half the names on a port that also has a node port: counted twice, too many.
+        let half = (MAX_SNI_NAMES_PER_GENERATION / 2 + 1) as usize;
+        let names = (0..half).map(|i| format!("h{i}.example.com")).collect();
+        let big = KernelPolicy {
+            ports: vec![443],
+            tls_ports: vec![tls_port(443, names)],
+            node_ports: vec![(30443, 443)],
+            ..KernelPolicy::default()
+        };
+        let warnings = policy_warnings(&big);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("100000"), "{warnings:?}");
     }
 }

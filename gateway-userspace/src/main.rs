@@ -358,8 +358,13 @@ fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // The kernel filter's limits: what a running gateway would leave to userspace.
+    let kernel_warnings = gateway::ebpf::policy_warnings(&snapshot.kernel);
+    for warning in &kernel_warnings {
+        println!("warning: {warning}");
+    }
     let errors = diagnostics.errors().count();
-    let warnings = diagnostics.warnings().count();
+    let warnings = diagnostics.warnings().count() + kernel_warnings.len();
     let routes: usize = snapshot
         .listeners
         .iter()
@@ -604,6 +609,9 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
                 if let Ok(mut slot) = kernel.lock() {
                     *slot = Some(path);
                 }
+                tokio::spawn(gateway::ebpf::addresses::keep_gateway_addresses(
+                    kernel.clone(),
+                ));
             }
             Err(e) if args.ebpf == EbpfMode::Auto => {
                 metrics.ebpf_fallbacks.inc();
@@ -723,7 +731,10 @@ fn start_kernel_path(
     if let Some(logger) = path.take_logger() {
         tokio::spawn(gateway::ebpf::forward_program_logs(logger));
     }
+    // Before attaching, so the first packets are judged with the node's addresses.
+    path.set_gateway_addresses(&gateway::ebpf::addresses::local_addresses()?)?;
     path.apply_policy(&snapshot.kernel)?;
+    path.log_unpoliced();
     for interface in interfaces {
         let how = path.attach(interface, hook)?;
         metrics

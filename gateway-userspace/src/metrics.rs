@@ -476,6 +476,12 @@ struct HelloLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnpolicedLabels {
+    port: u16,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -488,6 +494,28 @@ impl Collector for KernelCollector {
         let Some(kernel) = guard.as_ref() else {
             return Ok(());
         };
+        {
+            let mut family = encoder.encode_descriptor(
+                "gateway_kernel_unpoliced_ports",
+                "1 for each gateway port whose SNI the kernel filter does not check (userspace still does), by reason: sni_map_full or policy_write_failed (a failed policy write: fail open), wildcard_too_deep",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (port, why) in kernel.unpoliced_ports() {
+                let labels = UnpolicedLabels {
+                    port: *port,
+                    reason: why.name(),
+                };
+                prometheus_client::metrics::gauge::ConstGauge::new(1i64)
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        ConstCounter::new(kernel.policy_write_failures()).encode(encoder.encode_descriptor(
+            "gateway_kernel_policy_write_failures",
+            "Kernel policy writes that failed in part or in full and left ports unpoliced (fail open)",
+            None,
+            MetricType::Counter,
+        )?)?;
         if let Ok(global) = kernel.global_stats() {
             let mut family = encoder.encode_descriptor(
                 "gateway_kernel_packets",

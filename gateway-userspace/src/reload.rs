@@ -266,7 +266,11 @@ pub fn apply_kernel_policy(
         return Ok(());
     };
     match slot.as_mut() {
-        Some(path) => path.apply_policy(&snapshot.kernel),
+        Some(path) => {
+            let applied = path.apply_policy(&snapshot.kernel);
+            path.log_unpoliced();
+            applied
+        }
         None => Ok(()),
     }
 }
@@ -431,7 +435,7 @@ impl Reloader {
             error!(error = %e, "reload: node-port steering could not be updated");
         }
         if let Err(e) = apply_kernel_policy(&self.kernel, &snapshot) {
-            error!(error = %e, "reload: the kernel policy could not be updated; the kernel path keeps the previous one");
+            error!(error = %e, "reload: the kernel policy could not be written; the kernel filter polices nothing until the next reload (fail open), userspace still checks SNI");
         }
         let routes: usize = snapshot
             .listeners

@@ -4,8 +4,11 @@
 use aya::programs::{TestRun as _, TestRunOptions};
 use gateway::{ebpf::KernelPath, snapshot::KernelPolicy};
 use gateway_ebpf::{
-    GlobalCounter, HeaderError, IpVersion, PortStats, parse_headers, test_frames::Frame,
+    GlobalCounter, HeaderError, Headers, IpVersion, PortStats, parse_headers,
+    test_frames::{DEFAULT_DESTINATIONS, Frame},
 };
+
+use std::net::IpAddr;
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
@@ -40,6 +43,20 @@ fn run(kernel: &mut KernelPath, frame: &[u8]) -> u32 {
     result.return_value
 }
 
+/// The frame's destination address, read as the filter reads it.
+fn destination(frame: &[u8], h: &Headers) -> IpAddr {
+    match h.ip {
+        IpVersion::V4 => {
+            let at = h.l3_offset + 16;
+            IpAddr::from(<[u8; 4]>::try_from(&frame[at..at + 4]).expect("4 bytes"))
+        }
+        IpVersion::V6 => {
+            let at = h.l3_offset + 24;
+            IpAddr::from(<[u8; 16]>::try_from(&frame[at..at + 16]).expect("16 bytes"))
+        }
+    }
+}
+
 fn global(kernel: &KernelPath) -> Vec<(GlobalCounter, u64)> {
     kernel.global_stats().expect("global stats")
 }
@@ -60,6 +77,9 @@ fn counts_packets_per_gateway_port_and_passes_everything() {
         return;
     }
     let mut kernel = KernelPath::load().expect("load the embedded eBPF object");
+    kernel
+        .set_gateway_addresses(&DEFAULT_DESTINATIONS)
+        .expect("addresses");
     kernel
         .apply_policy(&http_ports(&[443, 8080]))
         .expect("write ports");
@@ -122,6 +142,7 @@ fn counts_packets_per_gateway_port_and_passes_everything() {
         (GlobalCounter::SniMalformed, 0),
         (GlobalCounter::NotClientHello, 0),
         (GlobalCounter::NodePortSteered, 0),
+        (GlobalCounter::OtherAddress, 0),
     ];
     assert_eq!(counts, expected);
 
@@ -164,6 +185,9 @@ fn kernel_verdicts_agree_with_the_host_parser() {
         return;
     }
     let mut kernel = KernelPath::load().expect("load");
+    kernel
+        .set_gateway_addresses(&DEFAULT_DESTINATIONS)
+        .expect("addresses");
     kernel.apply_policy(&http_ports(&[443])).expect("ports");
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let mut expected = [0u64; GlobalCounter::COUNT as usize];
@@ -182,6 +206,7 @@ fn kernel_verdicts_agree_with_the_host_parser() {
             src_port: rng.u16(..),
             dst_port: if rng.bool() { 443 } else { rng.u16(..) },
             payload: rng.usize(0..64),
+            ..Frame::default()
         }
         .build();
         // Corrupt a few bytes of some frames and truncate others.
@@ -196,7 +221,12 @@ fn kernel_verdicts_agree_with_the_host_parser() {
         }
         expected[GlobalCounter::Seen as usize] += 1;
         let outcome = match parse_headers(frame.as_slice()) {
-            Ok(h) if h.dst_port == 443 => GlobalCounter::GatewayPort,
+            Ok(h)
+                if h.dst_port == 443 && DEFAULT_DESTINATIONS.contains(&destination(&frame, &h)) =>
+            {
+                GlobalCounter::GatewayPort
+            }
+            Ok(h) if h.dst_port == 443 => GlobalCounter::OtherAddress,
             Ok(_) => GlobalCounter::OtherPort,
             Err(HeaderError::NotIp) => GlobalCounter::NotIp,
             Err(HeaderError::NotTcp) => GlobalCounter::NotTcp,
@@ -222,36 +252,149 @@ fn kernel_verdicts_agree_with_the_host_parser() {
 // ---------------------------------------------------------------------------------------
 // SNI early rejection
 
-use std::sync::Arc;
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::Arc,
+};
 
-use gateway::snapshot::TlsPortPolicy;
-use gateway_ebpf::{PortMode, Sni, find_sni, host_hash, sni_hashes};
+use gateway::{ebpf::Unpoliced, snapshot::TlsPortPolicy};
+use gateway_ebpf::{PortMode, Sni, find_sni, host_hash, sni_hashes, sni_table};
 
 /// Verifier budget the program must stay well inside (the kernel's limit is 1M): a
 /// regression guard on the program's complexity, not a timing.
 const VERIFIER_BUDGET: u32 = 500_000;
 
-/// 443 accepts two names (one wildcard); 8443 has a `*` server (passed through); 80 is
-/// plain HTTP; 9000 plain TCP.
-fn tls_policy() -> KernelPolicy {
-    KernelPolicy {
-        ports: vec![80, 443, 8443, 9000],
-        tcp_ports: vec![9000],
-        tls_ports: vec![
-            TlsPortPolicy {
-                port: 443,
-                accept_any: false,
-                names: vec!["api.example.com".into(), "*.example.org".into()],
-                passthrough: false,
+/// Real connections on loopback, each port a dual-stack listener: the filter only
+/// resets flows the stack holds a socket for (BPF_PROG_TEST_RUN does not deliver the
+/// rewritten frame, so a flow stays alive across runs until `kill`).
+struct Lab {
+    /// Policed: accepts two names (one wildcard).
+    tls: TcpListener,
+    /// A `*` server: passed through, never policed.
+    any: TcpListener,
+    /// Plain HTTP.
+    http: TcpListener,
+}
+
+impl Lab {
+    fn new(kernel: &mut KernelPath) -> Self {
+        let listen = || TcpListener::bind("[::]:0").expect("dual-stack listener");
+        let lab = Lab {
+            tls: listen(),
+            any: listen(),
+            http: listen(),
+        };
+        kernel
+            .set_gateway_addresses(&LOOPBACK)
+            .expect("gateway addresses");
+        lab
+    }
+
+    fn port(listener: &TcpListener) -> u16 {
+        listener.local_addr().expect("bound").port()
+    }
+
+    fn tls_port(&self) -> u16 {
+        Self::port(&self.tls)
+    }
+
+    fn policy(&self) -> KernelPolicy {
+        let (tls, any, http) = (
+            self.tls_port(),
+            Self::port(&self.any),
+            Self::port(&self.http),
+        );
+        KernelPolicy {
+            ports: vec![http, tls, any],
+            tls_ports: vec![
+                TlsPortPolicy {
+                    port: tls,
+                    accept_any: false,
+                    names: vec!["api.example.com".into(), "*.example.org".into()],
+                    passthrough: false,
+                },
+                TlsPortPolicy {
+                    port: any,
+                    accept_any: true,
+                    names: vec![],
+                    passthrough: true,
+                },
+            ],
+            ..KernelPolicy::default()
+        }
+    }
+}
+
+const LOOPBACK: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::LOCALHOST),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
+];
+
+/// One live connection, seen from the client's side as the filter sees its packets.
+struct Flow {
+    _client: TcpStream,
+    server: TcpStream,
+    src: SocketAddr,
+    dst: SocketAddr,
+}
+
+impl Flow {
+    fn open(listener: &TcpListener, ip: IpVersion) -> Flow {
+        let port = Lab::port(listener);
+        let dst: SocketAddr = match ip {
+            IpVersion::V4 => (Ipv4Addr::LOCALHOST, port).into(),
+            IpVersion::V6 => (Ipv6Addr::LOCALHOST, port).into(),
+        };
+        let client = TcpStream::connect(dst).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        Flow {
+            src: client.local_addr().expect("client address"),
+            _client: client,
+            server,
+            dst,
+        }
+    }
+
+    fn frame(&self, vlan_tags: usize, tcp_options: usize, payload: &[u8]) -> Vec<u8> {
+        Frame {
+            vlan_tags,
+            ip: if self.dst.is_ipv4() {
+                IpVersion::V4
+            } else {
+                IpVersion::V6
             },
-            TlsPortPolicy {
-                port: 8443,
-                accept_any: true,
-                names: vec![],
-                passthrough: true,
-            },
-        ],
-        ..KernelPolicy::default()
+            tcp_options,
+            src_port: self.src.port(),
+            dst_port: self.dst.port(),
+            addresses: Some((self.src.ip(), self.dst.ip())),
+            ..Frame::default()
+        }
+        .build_with_payload(payload)
+    }
+
+    fn hello(&self, name: &str) -> Vec<u8> {
+        self.frame(0, 12, &client_hello(name))
+    }
+
+    /// Ends the connection at once (a reset, as our rewritten hello does): the stack
+    /// holds no socket for the flow afterwards.
+    fn kill(self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a linger value of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.server.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER");
     }
 }
 
@@ -382,55 +525,42 @@ fn rejects_unknown_names_with_an_in_window_reset_and_passes_the_rest() {
         instructions.is_none_or(|n| n < VERIFIER_BUDGET),
         "{instructions:?}"
     );
-    kernel.apply_policy(&tls_policy()).expect("policy");
+    let lab = Lab::new(&mut kernel);
+    kernel.apply_policy(&lab.policy()).expect("policy");
     let modes = kernel.port_modes().expect("read the policy back");
-    let expected = [
-        (80, Some(PortMode::Http)),
-        (443, Some(PortMode::TlsTerminate)),
-        (8443, Some(PortMode::TlsPassthrough)),
-        (9000, Some(PortMode::Tcp)),
-    ];
-    assert_eq!(modes.into_iter().collect::<Vec<_>>(), expected);
+    assert_eq!(modes[&lab.tls_port()], Some(PortMode::TlsTerminate));
+    assert_eq!(modes[&Lab::port(&lab.any)], Some(PortMode::TlsPassthrough));
+    assert_eq!(modes[&Lab::port(&lab.http)], Some(PortMode::Http));
 
-    let mut src_port = 20000;
-    let mut frame = |name: &str, dst_port: u16, vlan_tags: usize, ip: IpVersion| {
-        src_port += 1;
-        Frame {
-            dst_port,
-            vlan_tags,
-            ip,
-            src_port,
-            tcp_options: 12,
-            ..Frame::default()
-        }
-        .build_with_payload(&client_hello(name))
-    };
-
-    // (name, port, rejected?)
+    // (name, listener, rejected?)
     let cases = [
-        ("api.example.com", 443, false),
-        ("API.Example.COM", 443, false),
-        ("www.example.org", 443, false),
-        ("a.b.example.org", 443, true),
-        ("example.org", 443, true),
-        ("unknown.example.net", 443, true),
-        ("unknown.example.net", 8443, false),
-        ("unknown.example.net", 80, false),
-        ("unknown.example.net", 9999, false),
+        ("api.example.com", &lab.tls, false),
+        ("API.Example.COM", &lab.tls, false),
+        ("www.example.org", &lab.tls, false),
+        ("a.b.example.org", &lab.tls, false),
+        ("example.org", &lab.tls, true),
+        ("unknown.example.net", &lab.tls, true),
+        ("unknown.example.net", &lab.any, false),
+        ("unknown.example.net", &lab.http, false),
     ];
-    for (name, port, rejected) in cases {
+    let mut rejected_count = 0;
+    for (name, listener, rejected) in cases {
         for (vlan_tags, ip) in [
             (0, IpVersion::V4),
             (1, IpVersion::V4),
             (0, IpVersion::V6),
             (2, IpVersion::V6),
         ] {
-            let input = frame(name, port, vlan_tags, ip);
+            let flow = Flow::open(listener, ip);
+            let input = flow.frame(vlan_tags, 12, &client_hello(name));
             let out = run_out(&mut kernel, &input);
             if rejected {
                 assert_reset(&input, &out);
-                // The client's retransmission passes untouched: the stack has no socket left
-                // for the flow and answers with its own reset.
+                rejected_count += 1;
+                // The client's retransmission, once the reset has ended the connection,
+                // passes untouched: the stack has no socket left for the flow and
+                // answers with its own reset.
+                flow.kill();
                 assert_eq!(
                     run_out(&mut kernel, &input),
                     input,
@@ -439,53 +569,223 @@ fn rejects_unknown_names_with_an_in_window_reset_and_passes_the_rest() {
             } else {
                 assert_eq!(
                     out, input,
-                    "{name} to {port} ({ip:?}, {vlan_tags} tags) passes untouched"
+                    "{name} to {} ({ip:?}, {vlan_tags} tags) passes untouched",
+                    flow.dst
                 );
             }
         }
     }
 
-    // A new connection that reuses a rejected flow's 4-tuple (another initial sequence
-    // number) is judged afresh, not mistaken for the old one's retransmission.
-    let first = Frame {
-        src_port: 31000,
-        ..Frame::default()
-    }
-    .build_with_payload(&client_hello("evil.example.net"));
+    // A new connection that reuses a rejected flow's 4-tuple is judged afresh: the
+    // decision follows the stack's sockets, not a memory of past flows.
+    let flow = Flow::open(&lab.tls, IpVersion::V4);
+    let first = flow.hello("evil.example.net");
     assert_reset(&first, &run_out(&mut kernel, &first));
-    let mut reused = first.clone();
-    let seq_at = parse_headers(reused.as_slice()).expect("parses").l4_offset + 4;
-    reused[seq_at..seq_at + 4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    assert_reset(&reused, &run_out(&mut kernel, &reused));
-    assert_eq!(
-        run_out(&mut kernel, &reused),
-        reused,
-        "and its own retransmission passes"
-    );
+    flow.kill();
+    assert_eq!(run_out(&mut kernel, &first), first, "no socket: passed");
 
     // A hello split over two segments, cut before the name: undecided, passed.
     let hello = client_hello("unknown.example.net");
     let Sni::Found { offset, .. } = find_sni(hello.as_slice(), 0) else {
         panic!("has a name")
     };
-    let first_segment = Frame {
-        src_port: 30000,
-        ..Frame::default()
-    }
-    .build_with_payload(&hello[..offset - 1]);
+    let flow = Flow::open(&lab.tls, IpVersion::V4);
+    let first_segment = flow.frame(0, 0, &hello[..offset - 1]);
     assert_eq!(run_out(&mut kernel, &first_segment), first_segment);
 
-    let port443 = kernel
-        .port_stats()
-        .expect("stats")
-        .into_iter()
-        .find(|(p, _)| *p == 443)
-        .map(|(_, s)| s);
-    let stats = port443.expect("443 counted");
-    assert_eq!(stats.hellos_rejected, 3 * 4 + 2);
-    assert_eq!(stats.reject_retransmits, 3 * 4 + 1);
-    assert_eq!(stats.hellos_accepted, 3 * 4);
+    let stats = port_stats(&kernel, lab.tls_port());
+    assert_eq!(stats.hellos_rejected, rejected_count + 1);
+    assert_eq!(stats.reject_retransmits, rejected_count + 1);
+    assert_eq!(stats.hellos_accepted, 4 * 4);
     assert_eq!(stats.hellos_undecided, 1);
+}
+
+/// The destination-address check: TLS to a gateway port number but not to one of this
+/// node's gateway addresses (a pod routed over the same interface) passes untouched.
+#[test]
+fn polices_only_traffic_to_the_gateway_addresses() {
+    if !privileged() {
+        return;
+    }
+    let mut kernel = KernelPath::load().expect("load");
+    let lab = Lab::new(&mut kernel);
+    kernel.apply_policy(&lab.policy()).expect("policy");
+    for ip in [IpVersion::V4, IpVersion::V6] {
+        let flow = Flow::open(&lab.tls, ip);
+        let hello = flow.hello("unknown.example.net");
+        let (ours, other): (Vec<IpAddr>, Vec<IpAddr>) =
+            LOOPBACK.iter().partition(|a| *a == &flow.dst.ip());
+        kernel.set_gateway_addresses(&other).expect("addresses");
+        assert_eq!(
+            run_out(&mut kernel, &hello),
+            hello,
+            "{ip:?}: not a gateway address: untouched"
+        );
+        kernel.set_gateway_addresses(&ours).expect("addresses");
+        assert_reset(&hello, &run_out(&mut kernel, &hello));
+    }
+    let other = global(&kernel)
+        .into_iter()
+        .find(|(c, _)| *c == GlobalCounter::OtherAddress)
+        .map(|(_, n)| n);
+    assert_eq!(other, Some(2));
+}
+
+/// Wildcards match at any depth in the kernel as in userspace: the generated table
+/// (gateway_ebpf::sni_table) that the host hashes and gatewayd's server selection are
+/// tested against, run through the real program.
+#[test]
+fn wildcard_depth_agrees_with_the_shared_table() {
+    if !privileged() {
+        return;
+    }
+    let mut kernel = KernelPath::load().expect("load");
+    let lab = Lab::new(&mut kernel);
+    let flows = [
+        Flow::open(&lab.tls, IpVersion::V4),
+        Flow::open(&lab.tls, IpVersion::V6),
+    ];
+    let mut checked = 0;
+    for pattern in sni_table::PATTERNS {
+        let mut policy = lab.policy();
+        policy.tls_ports[0].names = vec![pattern.to_owned()];
+        kernel.apply_policy(&policy).expect("policy");
+        assert!(
+            kernel.unpoliced_ports().is_empty(),
+            "{pattern} fits the kernel"
+        );
+        for case in sni_table::cases()
+            .into_iter()
+            .filter(|c| c.pattern == pattern)
+        {
+            for flow in &flows {
+                let input = flow.hello(&case.name);
+                let rejected = run_out(&mut kernel, &input) != input;
+                assert_eq!(rejected, !case.accepted, "XDP: {case:?}");
+                let rejected = run_tc(&mut kernel, &input) != input;
+                assert_eq!(rejected, !case.accepted, "TC: {case:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "{checked}");
+
+    // A wildcard deeper than the kernel matches: the port is left to userspace (never
+    // rejected in the kernel), and said so.
+    let mut policy = lab.policy();
+    policy.tls_ports[0].names = vec!["*.a.b.c.d.e.f.g.h.example.com".into()];
+    kernel.apply_policy(&policy).expect("policy");
+    assert_eq!(
+        kernel.unpoliced_ports().get(&lab.tls_port()),
+        Some(&Unpoliced::WildcardTooDeep)
+    );
+    let input = flows[0].hello("x.a.b.c.d.e.f.g.h.example.com");
+    assert_eq!(run_out(&mut kernel, &input), input);
+}
+
+/// A policy whose names do not fit never leaves the previous one rejecting names the
+/// new one serves: the port stops being policed in the kernel (fail open), says why,
+/// and the other ports stay policed.
+#[test]
+fn a_policy_that_overflows_the_sni_map_fails_open() {
+    if !privileged() {
+        return;
+    }
+    let mut kernel = KernelPath::load().expect("load");
+    let lab = Lab::new(&mut kernel);
+    let second = TcpListener::bind("[::]:0").expect("listener");
+    let mut policy = lab.policy();
+    policy.ports.insert(0, Lab::port(&second));
+    policy.tls_ports.insert(
+        0,
+        TlsPortPolicy {
+            port: Lab::port(&second),
+            accept_any: false,
+            names: vec!["kept.example.com".into()],
+            passthrough: false,
+        },
+    );
+    kernel.apply_policy(&policy).expect("policy");
+    let flow = Flow::open(&lab.tls, IpVersion::V4);
+    let other = Flow::open(&second, IpVersion::V4);
+    let served_later = flow.hello("new.example.net");
+    assert_reset(&served_later, &run_out(&mut kernel, &served_later));
+
+    // The next config serves new.example.net among more names than the map holds.
+    let limit = gateway_ebpf::maps::MAX_SNI_NAMES_PER_GENERATION as usize;
+    policy.tls_ports[1].names = (0..limit)
+        .map(|i| format!("host{i}.example.com"))
+        .chain(["new.example.net".to_owned()])
+        .collect();
+    kernel.apply_policy(&policy).expect("written, failing open");
+    assert_eq!(
+        kernel.unpoliced_ports().get(&lab.tls_port()),
+        Some(&Unpoliced::SniMapFull)
+    );
+    assert_eq!(kernel.policy_write_failures(), 1);
+    assert_eq!(
+        run_out(&mut kernel, &served_later),
+        served_later,
+        "fail open"
+    );
+    let rejected = other.hello("unknown.example.net");
+    assert_reset(&rejected, &run_out(&mut kernel, &rejected));
+    let kept = other.hello("kept.example.com");
+    assert_eq!(
+        run_out(&mut kernel, &kept),
+        kept,
+        "the other port still policed"
+    );
+}
+
+/// Spoofed hellos cannot make the filter forget a flow it rejected: there is no state
+/// to evict. Far more spoofed hellos than the old reset LRU held (65 536), and the
+/// rejected client's retransmission still reaches the stack, which resets it at once.
+#[test]
+fn a_spoofed_hello_flood_leaves_rejected_clients_their_prompt_reset() {
+    if !privileged() {
+        return;
+    }
+    let mut kernel = KernelPath::load().expect("load");
+    let lab = Lab::new(&mut kernel);
+    kernel.apply_policy(&lab.policy()).expect("policy");
+    let flow = Flow::open(&lab.tls, IpVersion::V4);
+    let hello = flow.hello("unknown.example.net");
+    assert_reset(&hello, &run_out(&mut kernel, &hello));
+    flow.kill();
+
+    let payload = client_hello("spoofed.example.net");
+    let mut spoofed = Frame {
+        dst_port: lab.tls_port(),
+        addresses: Some((
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        )),
+        ..Frame::default()
+    }
+    .build_with_payload(&payload);
+    let h = parse_headers(spoofed.as_slice()).expect("parses");
+    const FLOOD: u32 = 100_000;
+    for i in 0..FLOOD {
+        // A different source address and port each time, none with a socket.
+        let src = h.l3_offset + 12;
+        spoofed[src..src + 4].copy_from_slice(&[127, 1, (i >> 8) as u8, i as u8]);
+        spoofed[h.l4_offset..h.l4_offset + 2]
+            .copy_from_slice(&(1024 + (i % 60_000) as u16).to_be_bytes());
+        assert_eq!(run_out(&mut kernel, &spoofed), spoofed, "spoofed hello {i}");
+    }
+    assert_eq!(
+        run_out(&mut kernel, &hello),
+        hello,
+        "the rejected client's retransmission reaches the stack, which resets it"
+    );
+    // And a new client with a name nobody serves is still reset in the kernel.
+    let next = Flow::open(&lab.tls, IpVersion::V6);
+    let hello = next.hello("unknown.example.net");
+    assert_reset(&hello, &run_out(&mut kernel, &hello));
+    let stats = port_stats(&kernel, lab.tls_port());
+    assert_eq!(stats.hellos_rejected, 2);
+    assert_eq!(stats.reject_retransmits, u64::from(FLOOD) + 1);
 }
 
 /// Over thousands of real and damaged ClientHellos in every frame shape, the kernel
@@ -496,7 +796,12 @@ fn sni_verdicts_agree_with_the_host_parser() {
         return;
     }
     let mut kernel = KernelPath::load().expect("load");
-    kernel.apply_policy(&tls_policy()).expect("policy");
+    let lab = Lab::new(&mut kernel);
+    kernel.apply_policy(&lab.policy()).expect("policy");
+    let flows = [
+        Flow::open(&lab.tls, IpVersion::V4),
+        Flow::open(&lab.tls, IpVersion::V6),
+    ];
     let allowed = [host_hash(b"api.example.com"), host_hash(b"*.example.org")];
     let names = [
         "api.example.com",
@@ -523,25 +828,13 @@ fn sni_verdicts_agree_with_the_host_parser() {
         }
         let host_rejects = match find_sni(payload.as_slice(), 0) {
             Sni::Found { offset, len } => match sni_hashes(payload.as_slice(), offset, len) {
-                Ok((exact, wild)) => {
-                    !(allowed.contains(&exact) || wild.is_some_and(|w| allowed.contains(&w)))
-                }
+                Ok(hashes) => !hashes.accepted_by(|h| allowed.contains(&h)),
                 Err(_) => false,
             },
             _ => false,
         };
-        let input = Frame {
-            src_port: 1024 + round as u16,
-            vlan_tags: rng.usize(0..=2),
-            ip: if rng.bool() {
-                IpVersion::V4
-            } else {
-                IpVersion::V6
-            },
-            tcp_options: rng.usize(0..=10) * 4,
-            ..Frame::default()
-        }
-        .build_with_payload(&payload);
+        let flow = &flows[rng.usize(..flows.len())];
+        let input = flow.frame(rng.usize(0..=2), rng.usize(0..=10) * 4, &payload);
         let out = run_out(&mut kernel, &input);
         let kernel_rejects = out != input;
         assert_eq!(
@@ -554,21 +847,15 @@ fn sni_verdicts_agree_with_the_host_parser() {
         }
         total += 1;
 
-        // The TC program runs the same filter on an skb: same verdict, same reset. (Its
-        // own flow, so the XDP run above is not taken for a retransmission.)
-        let mut tc_input = input.clone();
-        let ports = parse_headers(tc_input.as_slice()).map(|h| h.l4_offset);
-        if let Ok(l4) = ports {
-            tc_input[l4..l4 + 2].copy_from_slice(&(40_000 + round as u16).to_be_bytes());
-        }
-        let tc_out = run_tc(&mut kernel, &tc_input);
+        // The TC program runs the same filter on an skb: same verdict, same reset.
+        let tc_out = run_tc(&mut kernel, &input);
         assert_eq!(
-            tc_out != tc_input,
+            tc_out != input,
             host_rejects,
             "round {round}: TC and host disagree"
         );
         if host_rejects {
-            assert_reset(&tc_input, &tc_out);
+            assert_reset(&input, &tc_out);
         }
     }
     eprintln!("{rejected} of {total} frames rejected");

@@ -162,18 +162,17 @@ impl SniRoute {
 }
 
 /// How specifically `pattern` matches `name`: exact beats every wildcard, a longer
-/// wildcard suffix beats a shorter one, `*` matches last. None: no match.
+/// wildcard suffix beats a shorter one, `*` matches last. None: no match. Whether it
+/// matches is the rule the kernel filter shares (`gateway_ebpf::sni`): `*.example.com`
+/// matches `a.example.com` and `a.b.example.com`, not `example.com`.
 fn host_rank(pattern: &str, name: &str) -> Option<usize> {
-    if pattern == name {
-        return Some(usize::MAX);
+    if !gateway_ebpf::pattern_matches(pattern.as_bytes(), name.as_bytes()) {
+        return None;
     }
-    if pattern == "*" {
-        return Some(0);
-    }
-    let suffix = pattern.strip_prefix('*')?;
-    // `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`.
-    (suffix.starts_with('.') && name.len() > suffix.len() && name.ends_with(suffix))
-        .then_some(suffix.len())
+    Some(match pattern.strip_prefix('*') {
+        None => usize::MAX,
+        Some(suffix) => suffix.len(),
+    })
 }
 
 fn config_summary<S: Serializer>(
@@ -203,6 +202,31 @@ mod tests {
 
     fn chosen(tls: &ListenerTls, sni: Option<&str>) -> Option<usize> {
         tls.select(sni).map(|(index, _)| index)
+    }
+
+    /// Userspace serves exactly what the shared rule accepts, on the table the kernel
+    /// tests run too (gateway_ebpf::sni_table).
+    #[test]
+    fn server_selection_agrees_with_the_generated_sni_table() {
+        for case in gateway_ebpf::sni_table::cases() {
+            let tls = ListenerTls {
+                servers: vec![server(&[case.pattern])],
+            };
+            assert_eq!(
+                tls.select(Some(&case.name)).is_some(),
+                case.accepted,
+                "select: {case:?}"
+            );
+            let routes = [SniRoute {
+                sni_hosts: vec![case.pattern.to_owned()],
+                clusters: Vec::new(),
+            }];
+            assert_eq!(
+                SniRoute::find(&routes, Some(&case.name)).is_some(),
+                case.accepted,
+                "passthrough route: {case:?}"
+            );
+        }
     }
 
     #[test]
