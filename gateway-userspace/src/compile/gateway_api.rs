@@ -174,6 +174,8 @@ impl<'a> Compiler<'a> {
             {
                 continue;
             }
+            let gateways: Vec<&ApiGateway> =
+                api_on_port.iter().map(|(g, _)| &*g.resource).collect();
             compiled.push(Listener {
                 port,
                 bind_port,
@@ -182,6 +184,7 @@ impl<'a> Compiler<'a> {
                 servers,
                 routes: route_table(on_port),
                 transport,
+                authz: self.listener_authz(&gateways),
             });
         }
         compiled

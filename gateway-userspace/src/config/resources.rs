@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub mod core_v1;
 pub mod gateway_api;
 pub mod istio;
+pub mod security;
 
 pub use core_v1::{Endpoints, Namespace};
 pub use istio::{DestinationRule, ServiceEntry};
