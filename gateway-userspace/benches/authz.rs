@@ -91,7 +91,7 @@ fn bench(c: &mut Criterion) {
                 "ALLOW",
                 |i| {
                     format!(
-                        "{{from: [{{source: {{namespaces: [ns-{i}]}}}}], to: [{{operation: {{hosts: [svc-{i}.example.com], methods: [GET], paths: ['/api/{{*}}/users/*']}}}}], when: [{{key: 'request.headers[x-tenant]', values: [tenant-{i}]}}]}}"
+                        "{{from: [{{source: {{namespaces: [ns-{i}]}}}}], to: [{{operation: {{hosts: [svc-{i}.example.com], methods: [GET], paths: ['/api/{{*}}/users/{{**}}']}}}}], when: [{{key: 'request.headers[x-tenant]', values: [tenant-{i}]}}]}}"
                     )
                 },
                 &[],
