@@ -5,6 +5,7 @@
 //! intersection), route order (VirtualServices oldest first, routes in written order),
 //! and which endpoints each destination reaches (Service port → EndpointSlice port).
 
+mod authz;
 mod clusters;
 mod delegate;
 mod gateway_api;
@@ -110,6 +111,7 @@ pub fn compile_reusing(
         memo: RouteMemo::default(),
         status: Default::default(),
         slices: None,
+        workload_authz: None,
     };
     if let Some((snapshot, _)) = previous {
         // Routes taken from the memo name these clusters by id.
@@ -165,6 +167,8 @@ struct Compiler<'a> {
     status: status::StatusRecorder,
     /// The EndpointSlices by Service, built when the first cluster needs it.
     slices: Option<clusters::SliceIndex<'a>>,
+    /// The policies selected onto every listener, compiled once (`compile/authz.rs`).
+    workload_authz: Option<Arc<crate::authz::ListenerAuthz>>,
 }
 
 /// One server's host list entry, `namespace/host` split.
@@ -206,6 +210,7 @@ impl<'a> Compiler<'a> {
         self.check_gateway_references(&virtual_services);
         self.check_port_names();
         self.check_unapplied_destination_rule_fields();
+        self.check_authorization_policies();
 
         let mut listeners = Vec::new();
         for (port, servers) in ports {
@@ -224,6 +229,7 @@ impl<'a> Compiler<'a> {
                     .collect(),
                 routes,
                 transport,
+                authz: self.listener_authz(&[]),
             });
         }
         let istio_ports = listeners.iter().map(|l| l.port).collect();

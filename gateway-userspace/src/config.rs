@@ -21,11 +21,15 @@ use resources::{
     gateway_api::{
         ApiGateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute,
     },
+    security::AuthorizationPolicy,
 };
 pub use source::SourceError;
 use source::{Document, read_documents};
 
 const ISTIO_NETWORKING: &str = "networking.istio.io";
+const ISTIO_SECURITY: &str = "security.istio.io";
+/// AuthorizationPolicy versions served (v1beta1 is what clusters before Istio 1.22 have).
+const ISTIO_SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
 /// Gateway API versions each kind is served in; the alpha ones are what older clusters
@@ -76,6 +80,7 @@ pub enum Object {
     ReferenceGrant(Sourced<ReferenceGrant>),
     Secret(Sourced<Secret>),
     Namespace(Sourced<Namespace>),
+    AuthorizationPolicy(Sourced<AuthorizationPolicy>),
 }
 
 /// `$m!(Variant, list)` for every kind: the one table `Object`'s conversions share.
@@ -97,6 +102,7 @@ macro_rules! for_each_kind {
         $m!(ReferenceGrant, reference_grants);
         $m!(Secret, secrets);
         $m!(Namespace, namespaces);
+        $m!(AuthorizationPolicy, authorization_policies);
     };
 }
 
@@ -121,6 +127,7 @@ impl Object {
             reference_grants: _,
             secrets: _,
             namespaces: _,
+            authorization_policies: _,
             skipped: _,
             documents: _,
         } = &resources;
@@ -176,6 +183,8 @@ pub struct Resources {
     pub reference_grants: Vec<Sourced<ReferenceGrant>>,
     pub secrets: Vec<Sourced<Secret>>,
     pub namespaces: Vec<Sourced<Namespace>>,
+    /// `security.istio.io` AuthorizationPolicies (compiled by `compile::authz`).
+    pub authorization_policies: Vec<Sourced<AuthorizationPolicy>>,
     /// `apiVersion kind` → how many documents of that kind were skipped.
     pub skipped: BTreeMap<String, usize>,
     /// (file, first line) → text of every document read, so that diagnostics found
@@ -204,6 +213,7 @@ impl Resources {
             reference_grants,
             secrets,
             namespaces,
+            authorization_policies,
             skipped,
             documents,
         } = from;
@@ -223,6 +233,7 @@ impl Resources {
         self.reference_grants.extend(reference_grants);
         self.secrets.extend(secrets);
         self.namespaces.extend(namespaces);
+        self.authorization_policies.extend(authorization_policies);
         for (kind, count) in skipped {
             *self.skipped.entry(kind).or_default() += count;
         }
@@ -255,6 +266,7 @@ impl Resources {
             reference_grants,
             secrets,
             namespaces,
+            authorization_policies,
             skipped,
             documents: _,
         } = self;
@@ -271,6 +283,7 @@ impl Resources {
             && reference_grants.is_empty()
             && secrets.is_empty()
             && namespaces.is_empty()
+            && authorization_policies.is_empty()
             && skipped.is_empty()
     }
 
@@ -530,6 +543,34 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
                 .object(&resource)
                 .field("apiVersion"),
             );
+        }
+        (ISTIO_SECURITY, "AuthorizationPolicy") if !ISTIO_SECURITY_VERSIONS.contains(&version) => {
+            diagnostics.push(
+                Diagnostic::error(format!(
+                    "unknown version {version} of AuthorizationPolicy: expected one of {}",
+                    ISTIO_SECURITY_VERSIONS.join(", ")
+                ))
+                .at(location)
+                .object(&resource)
+                .field("apiVersion"),
+            );
+        }
+        (ISTIO_SECURITY, "AuthorizationPolicy") => {
+            match item.typed::<AuthorizationPolicy>(&resource) {
+                Ok(mut policy) => {
+                    policy.dry_run = value
+                        .get("metadata")
+                        .and_then(|m| m.get("annotations"))
+                        .and_then(|a| a.get(resources::security::DRY_RUN_ANNOTATION))
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                    resources.authorization_policies.push(Sourced {
+                        resource: Arc::new(policy),
+                        location,
+                    });
+                }
+                Err(d) => diagnostics.push(*d),
+            }
         }
         (ISTIO_NETWORKING, "Gateway") => parsed!(gateways),
         (ISTIO_NETWORKING, "VirtualService") => parsed!(virtual_services),

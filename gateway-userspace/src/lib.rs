@@ -6,6 +6,7 @@
 //! reporting on all of them.
 
 pub mod admin;
+pub mod authz;
 pub mod compile;
 pub mod config;
 pub mod connection_pool;

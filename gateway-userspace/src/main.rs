@@ -191,6 +191,12 @@ struct RunArgs {
     /// kernel's backlog [default: sized from the descriptor limit].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Proxies in front of the gateway that append to x-forwarded-for (Istio's
+    /// `gatewayTopology.numTrustedProxies`, Envoy's `xff_num_trusted_hops`):
+    /// AuthorizationPolicy `remoteIpBlocks` and `remote.ip` read the client address this
+    /// many entries from the right of x-forwarded-for; 0 reads the peer address.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    num_trusted_proxies: usize,
     /// Also reload when these change (nothing is loaded from them): e.g. the directory of
     /// the certificate files a Gateway names with serverCertificate/privateKey.
     #[arg(long, value_name = "PATH", num_args = 1..)]
@@ -636,7 +642,8 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     let ctx = Arc::new(
         ProxyContext::new(live.clone(), metrics.clone(), args.access_log)
             .with_limits(limits)
-            .with_connection_limit(max_connections),
+            .with_connection_limit(max_connections)
+            .with_num_trusted_proxies(args.num_trusted_proxies),
     );
     let workers = Workers::start(args.worker_threads.unwrap_or_else(workers::default_count))?;
     info!(workers = workers.len(), "worker threads started");

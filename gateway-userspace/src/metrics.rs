@@ -155,6 +155,8 @@ pub struct Metrics {
     /// Upgrades no route allows (anything but WebSocket) and CONNECT, answered 403
     /// (Envoy counts these in `downstream_rq_ws_on_non_ws_route`).
     pub upgrades_refused: Counter,
+    /// AuthorizationPolicy decisions (`gateway_authz_decisions_total`).
+    pub authz_decisions: AuthzDecisions,
     /// The cluster's watches (`--kubernetes`), set once they start; read at each scrape.
     pub cluster: Arc<OnceLock<Arc<ClusterStore>>>,
     /// Objects the live configuration leaves out for their errors (compile/isolate.rs).
@@ -172,6 +174,56 @@ pub struct ObjectKindLabels {
 /// Access log lines dropped because stdout did not keep up: one count for the process, as
 /// there is one log writer (proxy/access_log.rs counts, every `Metrics` reports it).
 pub static ACCESS_LOG_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub action: &'static str,
+    pub decision: &'static str,
+}
+
+/// `gateway_authz_decisions_total`'s counters, made at start: a request counts its
+/// decision without taking the family's lock.
+pub struct AuthzDecisions {
+    custom_deny: Counter,
+    deny_deny: Counter,
+    allow_allow: Counter,
+    allow_deny: Counter,
+    none_allow: Counter,
+    audit: Counter,
+}
+
+impl AuthzDecisions {
+    fn new(family: &Family<AuthzLabels, Counter>) -> Self {
+        let counter = |action, decision| {
+            family
+                .get_or_create(&AuthzLabels { action, decision })
+                .clone()
+        };
+        AuthzDecisions {
+            custom_deny: counter("CUSTOM", "deny"),
+            deny_deny: counter("DENY", "deny"),
+            allow_allow: counter("ALLOW", "allow"),
+            allow_deny: counter("ALLOW", "deny"),
+            none_allow: counter("NONE", "allow"),
+            audit: counter("AUDIT", "audit"),
+        }
+    }
+
+    pub fn record(&self, verdict: &crate::authz::Verdict<'_>) {
+        use crate::authz::DecidedBy;
+        if verdict.audited.is_some() {
+            self.audit.inc();
+        }
+        match verdict.decided_by {
+            DecidedBy::Custom => &self.custom_deny,
+            DecidedBy::Deny => &self.deny_deny,
+            DecidedBy::Allow => &self.allow_allow,
+            DecidedBy::NoAllowMatched => &self.allow_deny,
+            DecidedBy::Default => &self.none_allow,
+        }
+        .inc();
+    }
+}
 
 /// `credential` = `Secret namespace/name`, `Secret namespace/name (client CA)`,
 /// `file PATH (key PATH)`, `file PATH (client CA)`.
@@ -296,6 +348,13 @@ impl Metrics {
             "Requests answered 403 for an upgrade no route allows (anything but WebSocket) or a CONNECT",
             upgrades_refused.clone(),
         );
+        let authz_family = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "gateway_authz_decisions",
+            "AuthorizationPolicy decisions on requests and connections, by the action that decided (CUSTOM, DENY, ALLOW, NONE: no policy matched and none is ALLOW; AUDIT: an audit or dry-run policy matched) and the decision",
+            authz_family.clone(),
+        );
+        let authz_decisions = AuthzDecisions::new(&authz_family);
         let config_objects_dropped = Family::<ObjectKindLabels, Gauge>::default();
         registry.register(
             "gateway_config_objects_dropped",
@@ -325,6 +384,7 @@ impl Metrics {
             downstream_cx_overflow,
             access_log_dropped,
             upgrades_refused,
+            authz_decisions,
             cluster,
             config_objects_dropped,
         }

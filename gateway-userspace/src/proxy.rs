@@ -3,6 +3,7 @@
 //! arrives and forwarded to an upstream endpoint.
 
 mod access_log;
+mod authz;
 mod body;
 mod context;
 mod edge_headers;
@@ -172,12 +173,12 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         // HTTPS, TLS and TCP listeners: SNI, termination, passthrough (proxy/tls.rs).
         let live = ctx.live.load_full();
-        if let Some(transport) = live
+        if let Some((transport, authz)) = live
             .snapshot
             .listeners
             .iter()
             .find(|l| l.bind_port == bind_port)
-            .and_then(|l| l.transport.clone())
+            .and_then(|l| Some((l.transport.clone()?, l.authz.clone())))
         {
             let accepted = tls::Accepted {
                 stream,
@@ -185,6 +186,7 @@ pub async fn serve(
                 local,
                 live,
                 transport,
+                authz,
                 ctx: ctx.clone(),
                 drain: drain.clone(),
             };

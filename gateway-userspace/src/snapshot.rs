@@ -83,6 +83,9 @@ pub struct Listener {
     /// HTTPS, TLS and TCP ports: SNI selection, termination, passthrough, TCP routes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transport: Option<Arc<Transport>>,
+    /// The AuthorizationPolicies that apply to this listener (`compile/authz.rs`).
+    #[serde(skip_serializing_if = "crate::authz::ListenerAuthz::is_empty")]
+    pub authz: Arc<crate::authz::ListenerAuthz>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

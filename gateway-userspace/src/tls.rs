@@ -45,6 +45,9 @@ pub struct TlsConnectionInfo {
     pub server: usize,
     /// `x-forwarded-client-cert` for a verified client certificate.
     pub client_cert: Option<String>,
+    /// The verified client certificate's identity for AuthorizationPolicy `principals`
+    /// (`tls::client_cert::principal`).
+    pub principal: Option<String>,
 }
 
 impl TlsConnectionInfo {
@@ -97,6 +100,7 @@ mod tests {
             sni: Some("a.example.com".into()),
             server: 0,
             client_cert: None,
+            principal: None,
         };
         assert!(!on_a.is_misdirected(&tls, "a.example.com:8443"));
         assert!(on_a.is_misdirected(&tls, "b.example.com"));

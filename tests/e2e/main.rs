@@ -2,6 +2,7 @@
 //! upstream, curl as the client, and real kernel programs on a veth pair in network
 //! namespaces the tests create and remove.
 
+mod authz;
 mod basics;
 mod config;
 mod conformance;

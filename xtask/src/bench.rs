@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 
 use crate::Workspace;
 
+mod authz;
 mod common;
 mod config;
 mod endpoints;
@@ -56,6 +57,11 @@ const BENCHES: &[Bench] = &[
         name: "config",
         about: "compile 10 000 VirtualServices with 100 000 routes; host + path lookup at 10 / 1 000 / 10 000 / 100 000 routes (criterion)",
         run: config::run,
+    },
+    Bench {
+        name: "authz",
+        about: "AuthorizationPolicy evaluation per request at 1 000 rules (ipBlocks, path prefixes, from+to+when), worst case: every rule evaluated (criterion)",
+        run: authz::run,
     },
     Bench {
         name: "sni",

@@ -242,6 +242,8 @@ impl<'a> Compiler<'a> {
             {
                 continue;
             }
+            let gateways: Vec<&ApiGateway> =
+                api_on_port.iter().map(|l| &*l.gateway.resource).collect();
             compiled.push(Listener {
                 port,
                 bind_port,
@@ -250,6 +252,7 @@ impl<'a> Compiler<'a> {
                 servers,
                 routes: route_table(on_port),
                 transport,
+                authz: self.listener_authz(&gateways),
             });
         }
         compiled

@@ -157,6 +157,7 @@ pub fn without(resources: &Resources, dropped: &BTreeSet<ObjectRef>) -> Resource
         reference_grants,
         secrets,
         namespaces,
+        authorization_policies,
         skipped,
         documents,
     } = resources;
@@ -177,6 +178,7 @@ pub fn without(resources: &Resources, dropped: &BTreeSet<ObjectRef>) -> Resource
         reference_grants: keep(reference_grants, dropped),
         secrets: keep(secrets, dropped),
         namespaces: keep(namespaces, dropped),
+        authorization_policies: keep(authorization_policies, dropped),
         skipped: skipped.clone(),
         documents: documents.clone(),
     }

@@ -16,6 +16,7 @@ use super::resources::{
 
 pub const CORE_GROUP: &str = "";
 pub const ISTIO_GROUP: &str = "networking.istio.io";
+pub const ISTIO_SECURITY_GROUP: &str = "security.istio.io";
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 pub const DISCOVERY_GROUP: &str = "discovery.k8s.io";
 
@@ -96,4 +97,5 @@ kinds! {
     TlsRoute => (GATEWAY_API_GROUP, "TLSRoute"),
     TcpRoute => (GATEWAY_API_GROUP, "TCPRoute"),
     ReferenceGrant => (GATEWAY_API_GROUP, "ReferenceGrant"),
+    super::resources::security::AuthorizationPolicy => (ISTIO_SECURITY_GROUP, "AuthorizationPolicy"),
 }

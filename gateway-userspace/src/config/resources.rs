@@ -13,6 +13,7 @@ pub mod core_v1;
 pub mod gateway_api;
 pub mod istio;
 pub mod labels;
+pub mod security;
 
 pub use core_v1::{Endpoints, Namespace};
 pub use istio::{DestinationRule, ServiceEntry};

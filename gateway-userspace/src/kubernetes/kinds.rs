@@ -41,6 +41,7 @@ impl WatchedKind {
 const ISTIO: &str = "networking.istio.io";
 const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
+const ISTIO_SECURITY: &str = "security.istio.io";
 
 const fn kind(
     group: &'static str,
@@ -59,7 +60,7 @@ const fn kind(
 }
 
 /// Every kind the gateway watches.
-pub const WATCHED: [WatchedKind; 15] = [
+pub const WATCHED: [WatchedKind; 16] = [
     kind(
         ISTIO,
         "Gateway",
@@ -86,6 +87,13 @@ pub const WATCHED: [WatchedKind; 15] = [
         "ServiceEntry",
         "serviceentries",
         ISTIO_VERSIONS,
+        Scope::Namespaced,
+    ),
+    kind(
+        ISTIO_SECURITY,
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        &["v1", "v1beta1"],
         Scope::Namespaced,
     ),
     kind(

@@ -24,6 +24,9 @@ pub struct ProxyContext {
     pub(super) local_stats: RequestStatsCache,
     /// Open downstream connections, all listeners and workers (`--max-connections`).
     pub connections: Arc<ConnectionLimit>,
+    /// `--num-trusted-proxies`: how the client address is read from x-forwarded-for
+    /// for AuthorizationPolicy (`proxy/authz.rs`).
+    pub num_trusted_proxies: usize,
 }
 
 impl ProxyContext {
@@ -39,7 +42,13 @@ impl ProxyContext {
             access_log,
             limits: Limits::default(),
             local_stats: Default::default(),
+            num_trusted_proxies: 0,
         }
+    }
+
+    pub fn with_num_trusted_proxies(mut self, hops: usize) -> Self {
+        self.num_trusted_proxies = hops;
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {

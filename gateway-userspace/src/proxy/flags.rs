@@ -36,11 +36,13 @@ impl ResponseFlags {
     pub(super) const DOWNSTREAM_PROTOCOL_ERROR: Self = Self(1 << 11);
     /// Upstream protocol error.
     pub(super) const UPSTREAM_PROTOCOL_ERROR: Self = Self(1 << 12);
+    /// An AuthorizationPolicy denied the request (Envoy's RBAC filter).
+    pub(super) const RBAC_ACCESS_DENIED: Self = Self(1 << 13);
 }
 
 /// The flags' short names, bit 0 first (Envoy's `ResponseFlagUtils` order).
-const NAMES: [&str; 13] = [
-    "UH", "UT", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "URX", "SI", "DPE", "UPE",
+const NAMES: [&str; 14] = [
+    "UH", "UT", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "URX", "SI", "DPE", "UPE", "RBAC",
 ];
 
 /// Each set's text, made the first time it is written: the access log and the metrics'
@@ -110,6 +112,7 @@ mod tests {
             (F::STREAM_IDLE_TIMEOUT, "SI"),
             (F::UPSTREAM_OVERFLOW, "UO"),
             (F::NO_HEALTHY_UPSTREAM, "UH"),
+            (F::RBAC_ACCESS_DENIED, "RBAC"),
         ];
         for (flags, text) in cases {
             assert_eq!(flags.as_str(), text);

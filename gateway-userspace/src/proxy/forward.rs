@@ -24,6 +24,7 @@ use super::{
     upstream_head::{Downstream, X_FORWARDED_FOR, new_request_id},
 };
 use crate::{
+    authz::{Attributes, HttpAttributes},
     metrics::{Destination, RequestKey},
     route_table::RequestInfo,
     runtime::Live,
@@ -202,6 +203,9 @@ impl Connection {
             Ok(request) => request,
             Err(edge_headers::Refusal::BadPath) => return LocalReply::bad_request().into(),
         };
+        if !self.authorized(listener, &request, authority) {
+            return LocalReply::rbac_denied().into();
+        }
         let info = RequestInfo {
             authority,
             path: request.uri().path(),
@@ -257,6 +261,34 @@ impl Connection {
             RouteAction::DirectResponse(direct) => LocalReply::direct_response(direct).into(),
             RouteAction::Unsupported(what) => LocalReply::unsupported(what).into(),
         }
+    }
+
+    /// Whether the listener's AuthorizationPolicies let the request through: evaluated on
+    /// the normalized path, before routing, as Envoy's RBAC filter runs before its router.
+    fn authorized<B>(&self, listener: &Listener, request: &Request<B>, authority: &str) -> bool {
+        let engine = &listener.authz.http;
+        if engine.is_empty() {
+            return true;
+        }
+        let tls = self.tls.as_ref().map(|(tls, _)| &**tls);
+        let attributes = Attributes {
+            peer: self.peer.ip(),
+            remote: super::authz::remote_address(
+                self.peer.ip(),
+                request.headers(),
+                self.ctx.num_trusted_proxies,
+            ),
+            destination: self.local,
+            sni: tls.and_then(|t| t.sni.as_deref()),
+            principal: tls.and_then(|t| t.principal.as_deref()),
+            http: Some(HttpAttributes {
+                host: authority,
+                method: request.method().as_str(),
+                path: request.uri().path(),
+                headers: request.headers(),
+            }),
+        };
+        super::authz::allowed(&self.ctx, engine, &attributes)
     }
 
     /// `https` on connections TLS terminated.

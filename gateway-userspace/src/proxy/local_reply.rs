@@ -103,6 +103,12 @@ impl LocalReply {
             .closing()
     }
 
+    /// An AuthorizationPolicy denied the request: Envoy's RBAC filter's answer.
+    pub(super) fn rbac_denied() -> Self {
+        LocalReply::new(StatusCode::FORBIDDEN, ResponseFlags::RBAC_ACCESS_DENIED)
+            .text("RBAC: access denied")
+    }
+
     /// A route's redirect to `location`.
     pub(super) fn redirect(redirect: &Redirect, location: &str) -> Self {
         let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);

@@ -27,6 +27,7 @@ use tracing::debug;
 
 use super::{context::ProxyContext, forward, tcp, tunnel};
 use crate::{
+    authz::{Attributes, ListenerAuthz},
     metrics::HandshakeLabels,
     runtime::Live,
     snapshot::{AfterTermination, ListenerTls, SniRoute, TlsMode, Transport},
@@ -50,6 +51,8 @@ pub(super) struct Accepted {
     /// the upstream of TCP and passthrough streams.
     pub live: Arc<Live>,
     pub transport: Arc<Transport>,
+    /// The listener's AuthorizationPolicies, as they were at accept.
+    pub authz: Arc<ListenerAuthz>,
     pub ctx: Arc<ProxyContext>,
     /// The listener's drain deadline.
     pub drain: tunnel::Drain,
@@ -57,6 +60,21 @@ pub(super) struct Accepted {
 
 impl Accepted {
     /// The clocks of a TCP or passthrough stream: the TCP idle timeout and the drain.
+    /// Whether the listener's policies let this connection through, by what a connection
+    /// tells (Istio's TCP RBAC: addresses, port, SNI, client certificate; no HTTP fields).
+    fn connection_allowed(&self, sni: Option<&str>, principal: Option<&str>) -> bool {
+        let attributes = Attributes {
+            peer: self.peer.ip(),
+            // No x-forwarded-for on a byte stream: the peer is the client.
+            remote: self.peer.ip(),
+            destination: self.local,
+            sni,
+            principal,
+            http: None,
+        };
+        super::authz::allowed(&self.ctx, &self.authz.tcp, &attributes)
+    }
+
     fn stream_clocks(&self) -> tunnel::Clocks {
         tunnel::Clocks {
             idle: self.ctx.limits.tcp_idle_timeout,
@@ -74,6 +92,10 @@ pub(super) async fn serve(
     let transport = accepted.transport.clone();
     match &*transport {
         Transport::Tcp(clusters) => {
+            if !accepted.connection_allowed(None, None) {
+                // Closed before any upstream connection, as Envoy's network RBAC filter does.
+                return;
+            }
             let clocks = accepted.stream_clocks();
             tcp::proxy(&accepted.live, accepted.stream, &[], clusters, clocks).await;
         }
@@ -88,16 +110,12 @@ async fn serve_tls(
     watcher: Watcher,
 ) {
     let clocks = accepted.stream_clocks();
-    let Accepted {
-        mut stream,
-        peer,
-        local,
-        live,
-        transport,
-        ctx,
-        drain,
-    } = accepted;
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_client_hello(&mut stream)).await
+    let mut accepted = accepted;
+    let hello = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        read_client_hello(&mut accepted.stream),
+    )
+    .await
     {
         Ok(Ok(Some(hello))) => hello,
         Ok(Ok(None)) => return,
@@ -110,6 +128,22 @@ async fn serve_tls(
             return;
         }
     };
+    let passthrough = tls
+        .select(hello.sni.as_deref())
+        .is_some_and(|(_, server)| matches!(server.mode, TlsMode::Passthrough { .. }));
+    if passthrough && !accepted.connection_allowed(hello.sni.as_deref(), None) {
+        return;
+    }
+    let Accepted {
+        stream,
+        peer,
+        local,
+        live,
+        transport,
+        authz,
+        ctx,
+        drain,
+    } = accepted;
     let handshakes = |result| {
         ctx.metrics
             .tls_handshakes
@@ -159,21 +193,34 @@ async fn serve_tls(
                     return;
                 }
             };
+            let leaf = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first());
+            let principal = leaf.and_then(client_cert::principal);
             match after {
                 AfterTermination::Tcp(clusters) => {
+                    let attributes = Attributes {
+                        peer: peer.ip(),
+                        remote: peer.ip(),
+                        destination: local,
+                        sni: hello.sni.as_deref(),
+                        principal: principal.as_deref(),
+                        http: None,
+                    };
+                    if !super::authz::allowed(&ctx, &authz.tcp, &attributes) {
+                        return;
+                    }
                     tcp::proxy(&live, tls_stream, &[], clusters, clocks).await;
                 }
                 AfterTermination::Http => {
-                    let client_cert = tls_stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(client_cert::forwarded_client_cert);
+                    let client_cert = leaf.map(client_cert::forwarded_client_cert);
                     let info = TlsConnectionInfo {
                         sni: hello.sni,
                         server: index,
                         client_cert,
+                        principal,
                     };
                     // The framing guard and the connection's clocks, as on plaintext ports.
                     let log_ctx = ctx.clone();

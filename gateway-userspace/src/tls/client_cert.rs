@@ -37,6 +37,14 @@ fn names(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
     (dns, uri)
 }
 
+/// The identity AuthorizationPolicy `principals` match: the first URI SAN (a SPIFFE ID
+/// in a mesh), else the first DNS SAN, as Envoy's `principal_name` reads a certificate.
+pub fn principal(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let (dns, uri) = names(&parsed);
+    uri.into_iter().chain(dns).next()
+}
+
 /// The `x-forwarded-client-cert` element for the client's leaf certificate, as Envoy
 /// sets it with `SANITIZE_SET` (Istio's gateway default): the certificate's SHA-256, its
 /// subject (RFC 2253, escaped), and its URI and DNS names.

@@ -117,10 +117,11 @@ pub enum Crd {
     ReferenceGrant,
     TlsRoute,
     TcpRoute,
+    AuthorizationPolicy,
 }
 
 impl Crd {
-    pub const ALL: [Crd; 11] = [
+    pub const ALL: [Crd; 12] = [
         Crd::IstioGateway,
         Crd::VirtualService,
         Crd::DestinationRule,
@@ -132,6 +133,7 @@ impl Crd {
         Crd::ReferenceGrant,
         Crd::TlsRoute,
         Crd::TcpRoute,
+        Crd::AuthorizationPolicy,
     ];
 
     pub fn resource(self) -> Resource {
@@ -201,6 +203,13 @@ impl Crd {
                 &["v1alpha2", "v1alpha3"],
                 "TCPRoute",
                 "tcproutes",
+                true,
+            ),
+            Crd::AuthorizationPolicy => crd(
+                "security.istio.io",
+                &["v1", "v1beta1"],
+                "AuthorizationPolicy",
+                "authorizationpolicies",
                 true,
             ),
         }

@@ -52,7 +52,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     Ok(table)
 }
 
-fn find_estimates(criterion: &Path, bench: &str) -> Option<String> {
+pub(super) fn find_estimates(criterion: &Path, bench: &str) -> Option<String> {
     let path = criterion.join(bench).join("new/estimates.json");
     fs::read_to_string(&path).ok().or_else(|| {
         let sanitized: String = bench
@@ -64,7 +64,7 @@ fn find_estimates(criterion: &Path, bench: &str) -> Option<String> {
 }
 
 /// (point estimate, lower bound, upper bound) of the mean, in nanoseconds.
-fn mean_estimate(json: &str) -> Result<(f64, f64, f64)> {
+pub(super) fn mean_estimate(json: &str) -> Result<(f64, f64, f64)> {
     let mean = json
         .find("\"mean\"")
         .map(|at| &json[at..])
@@ -89,7 +89,7 @@ fn mean_estimate(json: &str) -> Result<(f64, f64, f64)> {
     ))
 }
 
-fn human(nanoseconds: f64) -> String {
+pub(super) fn human(nanoseconds: f64) -> String {
     if nanoseconds >= 1e9 {
         format!("{:.2} s", nanoseconds / 1e9)
     } else if nanoseconds >= 1e6 {

@@ -97,10 +97,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_and_writes_as_a_yaml_map() {
-        let l: Labels = serde_yaml::from_str("{z: last, a: first}").unwrap();
+    fn reads_and_writes_as_a_yaml_map() -> Result<(), serde_yaml::Error> {
+        let l: Labels = serde_yaml::from_str("{z: last, a: first}")?;
         assert_eq!(l.get("z").map(String::as_str), Some("last"));
-        assert_eq!(serde_yaml::to_string(&l).unwrap(), "a: first\nz: last\n");
+        assert_eq!(serde_yaml::to_string(&l)?, "a: first\nz: last\n");
         assert!(serde_yaml::from_str::<Labels>("[a]").is_err());
+        Ok(())
     }
 }
