@@ -14,7 +14,11 @@ use std::{
 
 use rustc_hash::FxBuildHasher;
 
-use super::{Diagnostics, Object, Resources, SourceError, load_text, source::config_files};
+use super::{
+    Diagnostics, Object, Resources, SourceError, load_text,
+    resources::{EndpointSlice, Endpoints},
+    source::config_files,
+};
 
 /// A file modified this close to when it was read may have changed again within the
 /// same timestamp tick: it is read again rather than trusted by its stamp (git's
@@ -45,16 +49,21 @@ impl<'a> ServiceSet<'a> {
     /// Whether an EndpointSlice or Endpoints object feeds one of these Services.
     pub fn feeds(&self, object: &Object) -> bool {
         match object {
-            Object::EndpointSlice(slice) => slice
-                .resource
-                .service()
-                .is_some_and(|service| self.contains(service)),
-            Object::Endpoints(endpoints) => {
-                let meta = &endpoints.resource.metadata;
-                self.contains((meta.namespace(), &meta.name))
-            }
+            Object::EndpointSlice(slice) => self.feeds_slice(&slice.resource),
+            Object::Endpoints(endpoints) => self.feeds_endpoints(&endpoints.resource),
             _ => false,
         }
+    }
+
+    fn feeds_slice(&self, slice: &EndpointSlice) -> bool {
+        slice
+            .service()
+            .is_some_and(|service| self.contains(service))
+    }
+
+    fn feeds_endpoints(&self, endpoints: &Endpoints) -> bool {
+        let meta = &endpoints.metadata;
+        self.contains((meta.namespace(), &meta.name))
     }
 }
 
@@ -250,16 +259,13 @@ impl ParseCache {
             let slices = cached.resources.endpoint_slices.iter();
             resources.endpoint_slices.extend(
                 slices
-                    .filter(|s| s.resource.service().is_some_and(|k| services.contains(k)))
+                    .filter(|s| services.feeds_slice(&s.resource))
                     .cloned(),
             );
             let endpoints = cached.resources.endpoints.iter();
             resources.endpoints.extend(
                 endpoints
-                    .filter(|e| {
-                        let meta = &e.resource.metadata;
-                        services.contains((meta.namespace(), &meta.name))
-                    })
+                    .filter(|e| services.feeds_endpoints(&e.resource))
                     .cloned(),
             );
         }
