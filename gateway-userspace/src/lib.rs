@@ -11,6 +11,7 @@ pub mod compile;
 pub mod config;
 pub mod connection_pool;
 pub mod connections;
+pub mod dns;
 pub mod ebpf;
 pub mod kubernetes;
 pub mod listeners;

@@ -21,6 +21,7 @@ use gateway::{
     compile::{self, Identity},
     config::{self, Diagnostics},
     connections,
+    dns::{self, DnsAnswers},
     ebpf::{EbpfMode, KernelHook, KernelPath},
     kubernetes::{
         self, WatchOptions,
@@ -217,6 +218,10 @@ struct RunArgs {
     /// single-worker nginx/HAProxy.
     #[arg(long, value_name = "N")]
     worker_threads: Option<usize>,
+    /// Where the resolver that looks up ServiceEntry hosts (`resolution: DNS`,
+    /// `DNS_ROUND_ROBIN`) finds its nameservers, search domains and options.
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -263,6 +268,7 @@ impl ConfigArgs {
             identity: self.identity(),
             tls: Default::default(),
             cluster: None,
+            dns: None,
         }
     }
 
@@ -583,6 +589,19 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
             .follow_cluster(client.clone(), store.clone())
             .await?;
     }
+    let dns_answers = Arc::new(DnsAnswers::default());
+    source.dns = Some(dns_answers.clone());
+    let mut resolver = match dns::Resolver::from_resolv_conf(
+        &args.resolv_conf,
+        dns_answers,
+        metrics.clone(),
+    ) {
+        Ok(resolver) => Some(resolver),
+        Err(e) => {
+            warn!(error = %e, "!!! no DNS resolver: ServiceEntry hosts with DNS resolution have no endpoints (503)");
+            None
+        }
+    };
     let compile_cache: Arc<Mutex<CompileCache>> = Default::default();
     let first =
         source.compile_first(&mut compile_cache.lock().unwrap_or_else(PoisonError::into_inner));
@@ -597,6 +616,15 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
             );
         }
         Err(e) => return Err(e.into()),
+    };
+    // As Envoy warms DNS clusters before taking traffic: the first answers, briefly.
+    let dns_names = dns::wanted_names(&snapshot);
+    let snapshot = match (&mut resolver, &source.dns) {
+        (Some(resolver), Some(answers)) if !dns_names.is_empty() => {
+            resolver.resolve_first(&dns_names).await;
+            dns::apply_answers(&snapshot, answers).unwrap_or(snapshot)
+        }
+        _ => snapshot,
     };
     gateway::reload::log_diagnostics(&diagnostics, &source.tls.credentials.staged_report());
     compile::isolate::log_dropped(&snapshot.report.dropped);
@@ -673,6 +701,7 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let (reports, reports_rx) = watch::channel(live.load().snapshot.report.clone());
+    let (dns_names_tx, dns_names_rx) = watch::channel(Arc::new(dns_names));
     let mut election = None;
     if let (Some((elector, writer)), Some(client), Some(store)) =
         (status_parts, client, source.cluster.clone())
@@ -700,7 +729,11 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         metrics: metrics.clone(),
         compile_cache,
         reports: Some(reports),
+        dns_names: Some(dns_names_tx),
     };
+    if let Some(resolver) = resolver {
+        tokio::spawn(resolver.run(dns_names_rx, changes.dns_waker(), shutdown_rx.clone()));
+    }
     let reloading = tokio::spawn(reloader.watch(changes, shutdown_rx));
     ready.store(true, Ordering::Relaxed);
     info!("ready");

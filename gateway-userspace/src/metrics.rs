@@ -161,6 +161,16 @@ pub struct Metrics {
     pub cluster: Arc<OnceLock<Arc<ClusterStore>>>,
     /// Objects the live configuration leaves out for their errors (compile/isolate.rs).
     pub config_objects_dropped: Family<ObjectKindLabels, Gauge>,
+    /// Lookups of ServiceEntry hosts (dns.rs), by host and result.
+    pub dns_resolutions: Family<DnsLabels, Counter>,
+}
+
+/// `result` = `success`, `empty` (the name has no address: its clusters have no
+/// endpoints) or `failure` (no answer: the last good one keeps serving).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    pub host: String,
+    pub result: &'static str,
 }
 
 /// An object kind, by API group (empty for core) and kind: Istio's and Gateway API's
@@ -361,6 +371,12 @@ impl Metrics {
             "Objects the live configuration leaves out because they have errors (everything else is served), by group and kind",
             config_objects_dropped.clone(),
         );
+        let dns_resolutions = Family::<DnsLabels, Counter>::default();
+        registry.register(
+            "gateway_dns_resolutions",
+            "DNS lookups of ServiceEntry hosts, by host and result (failure: no answer, the last good one keeps serving; empty: the name has no address)",
+            dns_resolutions.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector { kernel }));
         let cluster = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(ClusterCollector {
@@ -387,6 +403,7 @@ impl Metrics {
             authz_decisions,
             cluster,
             config_objects_dropped,
+            dns_resolutions,
         }
     }
 

@@ -41,6 +41,7 @@ use crate::{
         self, Diagnostics, SourceError,
         cache::{Change, ParseCache, ServiceKey, ServiceSet},
     },
+    dns::{self, DnsAnswers},
     ebpf::KernelError,
     kubernetes::store::ClusterStore,
     listeners::ListenerSet,
@@ -85,6 +86,9 @@ pub struct ConfigSource {
     pub tls: Arc<TlsState>,
     /// The cluster's objects (`--kubernetes`), compiled together with the files'.
     pub cluster: Option<Arc<ClusterStore>>,
+    /// The last DNS answers for ServiceEntry hosts (dns.rs): a compile's DNS clusters
+    /// start with them.
+    pub dns: Option<Arc<DnsAnswers>>,
 }
 
 impl ConfigSource {
@@ -110,7 +114,10 @@ impl ConfigSource {
                 .map_err(ReloadError::Invalid)?;
         cache.clusters_at_full = isolated.snapshot.clusters.len();
         cache.memo = Some(isolated.memo);
-        Ok((isolated.snapshot, isolated.diagnostics))
+        Ok((
+            self.with_dns_answers(isolated.snapshot),
+            isolated.diagnostics,
+        ))
     }
 
     /// The same as `compile`, re-parsing only the files whose text changed since `cache`
@@ -190,7 +197,15 @@ impl ConfigSource {
             cache.clusters_at_full = snapshot.clusters.len();
         }
         cache.memo = Some(memo);
-        Ok(Compiled::Full(snapshot, diagnostics))
+        Ok(Compiled::Full(self.with_dns_answers(snapshot), diagnostics))
+    }
+
+    /// `snapshot` with its DNS clusters' endpoints from the answers known now.
+    fn with_dns_answers(&self, snapshot: Snapshot) -> Snapshot {
+        self.dns
+            .as_ref()
+            .and_then(|answers| dns::apply_answers(&snapshot, answers))
+            .unwrap_or(snapshot)
     }
 
     /// The EndpointSlices and Endpoints of `services`, from the files and the cluster.
@@ -380,6 +395,8 @@ pub struct Reloader {
     pub compile_cache: Arc<Mutex<CompileCache>>,
     /// Each new compile's report, for the Gateway API status writer (`--kubernetes`).
     pub reports: Option<watch::Sender<Arc<crate::compile::Report>>>,
+    /// The names the live snapshot's DNS clusters resolve, for the resolver task.
+    pub dns_names: Option<watch::Sender<Arc<BTreeSet<String>>>>,
 }
 
 impl Reloader {
@@ -423,6 +440,16 @@ impl Reloader {
         let added = bound.ports();
         let snapshot = Arc::new(snapshot);
         self.publish(snapshot.clone());
+        if let Some(names) = &self.dns_names {
+            let wanted = dns::wanted_names(&snapshot);
+            names.send_if_modified(|names| {
+                let new = **names != wanted;
+                if new {
+                    *names = Arc::new(wanted);
+                }
+                new
+            });
+        }
         self.compile_cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -481,6 +508,20 @@ impl Reloader {
         let next = self.live.load().succeed(snapshot);
         let previous = self.live.swap(Arc::new(next));
         self.retired.retire(previous);
+    }
+
+    /// Puts the DNS answers known now into the live snapshot's endpoint lists (nothing
+    /// else is recompiled), when they differ from what it serves.
+    pub fn apply_dns_answers(&self) {
+        let Some(answers) = &self.source.dns else {
+            return;
+        };
+        let live = self.live.load();
+        if let Some(snapshot) = dns::apply_answers(&live.snapshot, answers) {
+            drop(live);
+            self.publish(Arc::new(snapshot));
+            info!("DNS answers applied to the endpoints");
+        }
     }
 
     /// Reloads, and reports the outcome in logs and metrics; never stops serving.
@@ -557,6 +598,11 @@ impl Reloader {
                         continue;
                     }
                     Some(first) = changed.recv() => {
+                        if first == Touched::Dns {
+                            // The answers are stored already: only endpoint lists change.
+                            self.apply_dns_answers();
+                            continue;
+                        }
                         let cause = match first {
                             Touched::Cluster => "cluster change",
                             _ => "file change",
@@ -581,6 +627,11 @@ impl Reloader {
                 // Looked at now that the writer is done: its temporary files are gone.
                 let trigger = Trigger::of(&touched);
                 self.reload_and_report(cause, trigger).await;
+                if touched.contains(&Touched::Dns) {
+                    // An unchanged configuration compiles nothing, and a refused one
+                    // leaves the live snapshot: either way the answers still apply.
+                    self.apply_dns_answers();
+                }
             }
         }
     }
@@ -613,6 +664,8 @@ impl Trigger {
                 Touched::Paths(paths) => touched.extend(paths.iter().cloned()),
                 // The cluster store says itself what changed (`ClusterStore::take_change`).
                 Touched::Cluster => {}
+                // DNS answers are applied after the reload (`Reloader::watch`).
+                Touched::Dns => {}
                 Touched::Unknown => return Trigger::anything(),
             }
         }
@@ -631,6 +684,8 @@ pub enum Touched {
     Unknown,
     /// Objects of the Kubernetes API changed.
     Cluster,
+    /// A ServiceEntry host's DNS answer changed (dns.rs).
+    Dns,
 }
 
 impl Touched {
@@ -641,7 +696,7 @@ impl Touched {
     fn beyond_config(&self) -> bool {
         match self {
             Touched::Unknown => true,
-            Touched::Cluster => false,
+            Touched::Cluster | Touched::Dns => false,
             Touched::Paths(paths) => paths.iter().any(|path| {
                 !config::source::is_config_file(path) && path.symlink_metadata().is_ok()
             }),
@@ -666,6 +721,14 @@ impl ChangeWatch {
         let sender = self.sender.clone();
         move || {
             let _ = sender.send(Touched::Cluster);
+        }
+    }
+
+    /// What wakes the reload loop when a DNS answer changed (the resolver's callback).
+    pub fn dns_waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let sender = self.sender.clone();
+        move || {
+            let _ = sender.send(Touched::Dns);
         }
     }
 

@@ -545,13 +545,39 @@ pub enum EndpointSource {
         /// A DestinationRule subset's labels, matched against the slices' labels.
         subset_labels: Option<Labels>,
     },
+    /// The addresses a DNS resolver gives for names (ServiceEntry `resolution: DNS` or
+    /// `DNS_ROUND_ROBIN`), kept up to date by `dns::Resolver`; any `fixed` IP endpoints
+    /// the entry also lists are served beside them.
+    Dns {
+        targets: Vec<DnsTarget>,
+        pick: DnsPick,
+        fixed: Vec<SocketAddr>,
+    },
+}
+
+/// A name to resolve and the port its addresses are served on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsTarget {
+    /// Lowercase, without a trailing dot.
+    pub name: String,
+    pub port: u16,
+}
+
+/// Which of a name's addresses are endpoints, as Envoy's cluster types that Istio picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsPick {
+    /// `resolution: DNS` (Envoy `STRICT_DNS`): every address is an endpoint.
+    All,
+    /// `resolution: DNS_ROUND_ROBIN` (Envoy `LOGICAL_DNS`): new connections go to the first
+    /// address of the latest answer; a server that rotates its answers spreads them.
+    First,
 }
 
 impl EndpointSource {
     /// The Service (namespace, name) whose endpoint objects feed this cluster.
     pub fn service(&self) -> Option<(&str, &str)> {
         match self {
-            EndpointSource::Fixed => None,
+            EndpointSource::Fixed | EndpointSource::Dns { .. } => None,
             EndpointSource::Service {
                 namespace, name, ..
             } => Some((namespace, name)),

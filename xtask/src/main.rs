@@ -109,6 +109,10 @@ const APT_PACKAGES: &[(&[&str], &str)] = &[
         "network namespaces and kube-proxy-style rules in kernel tests",
     ),
     (
+        &["dnsmasq-base"],
+        "a real DNS server for the egress gateway's ServiceEntry resolution tests",
+    ),
+    (
         &[
             "nginx-light",
             "haproxy",

@@ -22,11 +22,12 @@ use crate::{
         cache::{ServiceKey, ServiceSet},
         resources::{
             Destination, DestinationRule, EndpointSlice, IntOrString, Labels, SERVICE_NAME_LABEL,
-            ServiceEntry,
+            ServiceEntry, istio::Resolution,
         },
     },
     snapshot::{
-        Cluster, EndpointSource, LoadBalancer, OutlierDetection, Snapshot, UpstreamProtocol,
+        Cluster, DnsPick, DnsTarget, EndpointSource, LoadBalancer, OutlierDetection, Snapshot,
+        UpstreamProtocol,
     },
 };
 
@@ -380,7 +381,11 @@ impl<'a> Compiler<'a> {
             }
         };
         let default_target = entry_port.target_port.unwrap_or(entry_port.number);
+        let resolution = spec.resolution.unwrap_or(Resolution::None);
+        let resolves = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+        let entry_name = name_of(&entry.resource.metadata);
         let mut endpoints = Vec::new();
+        let mut names = Vec::new();
         for workload in &spec.endpoints {
             if subset_labels
                 .as_ref()
@@ -393,45 +398,97 @@ impl<'a> Compiler<'a> {
                 .get(&entry_port.name)
                 .copied()
                 .unwrap_or(default_target);
-            let (Ok(ip), Ok(target)) = (workload.address.parse::<IpAddr>(), u16::try_from(target))
-            else {
+            let Ok(target) = u16::try_from(target) else {
                 warn(
                     &mut self.diagnostics,
                     format!(
-                        "ServiceEntry {} endpoint {:?}: only IP addresses are served (DNS resolution is not); skipped",
-                        name_of(&entry.resource.metadata),
+                        "ServiceEntry {entry_name} endpoint {:?}: port {target} is out of range; skipped",
                         workload.address
                     ),
                 );
                 continue;
             };
-            endpoints.push(SocketAddr::new(ip, target));
+            match workload.address.parse::<IpAddr>() {
+                Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
+                Err(_) if resolves && is_dns_name(&workload.address) => names.push(DnsTarget {
+                    name: dns_name(&workload.address),
+                    port: target,
+                }),
+                Err(_) => warn(
+                    &mut self.diagnostics,
+                    format!(
+                        "ServiceEntry {entry_name} endpoint {:?}: only IP addresses are served with resolution {resolution:?} (DNS and DNS_ROUND_ROBIN resolve names); skipped",
+                        workload.address
+                    ),
+                ),
+            }
         }
+        let target = u16::try_from(default_target).unwrap_or(port);
         if spec.endpoints.is_empty() {
-            // Without endpoints a DNS ServiceEntry resolves its host; literal IP hosts
-            // (and `addresses`) are served as they are.
+            // Literal IP hosts (and `addresses`) are served as they are.
             for address in spec.hosts.iter().chain(&spec.addresses) {
                 if let Ok(ip) = address.parse::<IpAddr>() {
-                    endpoints.push(SocketAddr::new(
-                        ip,
-                        u16::try_from(default_target).unwrap_or(port),
-                    ));
+                    endpoints.push(SocketAddr::new(ip, target));
+                }
+            }
+            // Without endpoints, DNS resolves the host itself. So does NONE: at a
+            // gateway the connection's original destination is the gateway, so the
+            // address the client asked for is the host it named (see README, egress).
+            if endpoints.is_empty() && resolution != Resolution::Static {
+                if is_dns_name(&host) {
+                    names.push(DnsTarget {
+                        name: dns_name(&host),
+                        port: target,
+                    });
+                } else {
+                    warn(
+                        &mut self.diagnostics,
+                        format!(
+                            "ServiceEntry {entry_name}: the host {host} cannot be resolved (a wildcard names no address); requests get 503"
+                        ),
+                    );
                 }
             }
         }
         endpoints.sort_unstable();
         endpoints.dedup();
-        if endpoints.is_empty() {
+        if resolution == Resolution::DnsRoundRobin && names.len() + endpoints.len() > 1 {
+            // Envoy's LOGICAL_DNS clusters have exactly one endpoint; Istio refuses more.
             warn(
                 &mut self.diagnostics,
                 format!(
-                    "ServiceEntry {} has no endpoint addresses for {host} port {port}; requests get 503",
-                    name_of(&entry.resource.metadata)
+                    "ServiceEntry {entry_name}: DNS_ROUND_ROBIN takes one endpoint; only the first is served"
+                ),
+            );
+            if names.is_empty() {
+                endpoints.truncate(1);
+            } else {
+                names.truncate(1);
+                endpoints.clear();
+            }
+        }
+        if endpoints.is_empty() && names.is_empty() {
+            warn(
+                &mut self.diagnostics,
+                format!(
+                    "ServiceEntry {entry_name} has no endpoint addresses for {host} port {port}; requests get 503"
                 ),
             );
         }
+        let source = match names.is_empty() {
+            true => EndpointSource::Fixed,
+            false => EndpointSource::Dns {
+                targets: names,
+                pick: match resolution {
+                    Resolution::DnsRoundRobin => DnsPick::First,
+                    _ => DnsPick::All,
+                },
+                fixed: endpoints.clone(),
+            },
+        };
         let mut cluster = Cluster::new(host.clone(), host, namespace, port);
         cluster.name = key;
+        cluster.endpoint_source = source;
         cluster.protocol = UpstreamProtocol::from_service_port(
             entry_port
                 .protocol
@@ -546,6 +603,21 @@ impl<'a> SliceIndex<'a> {
             .and_then(|services| services.get(name))
             .map_or(&[], Vec::as_slice)
     }
+}
+
+/// Whether a ServiceEntry host or endpoint address is a name a resolver can look up (not
+/// a wildcard, not empty).
+fn is_dns_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
+/// A name as the resolver and its answer table keep it.
+fn dns_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Ready endpoints of a Service port (`source`): EndpointSlice ports carry the Service
