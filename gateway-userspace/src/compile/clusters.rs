@@ -424,30 +424,43 @@ impl<'a> Compiler<'a> {
             }
         }
         let target = u16::try_from(default_target).unwrap_or(port);
-        if spec.endpoints.is_empty() {
+        let mut explained = false;
+        if spec.endpoints.is_empty() && resolves {
+            // Istio makes the host its one endpoint, for Envoy to resolve; `addresses`
+            // are the VIPs sidecars capture, not endpoints.
+            match host.parse::<IpAddr>() {
+                Ok(ip) => endpoints.push(SocketAddr::new(ip, target)),
+                Err(_) if is_dns_name(&host) => names.push(DnsTarget {
+                    name: dns_name(&host),
+                    port: target,
+                }),
+                Err(_) => {
+                    warn(
+                        &mut self.diagnostics,
+                        format!(
+                            "ServiceEntry {entry_name}: {host} is a wildcard, which names no address to resolve; requests get 503"
+                        ),
+                    );
+                    explained = true;
+                }
+            }
+        } else if spec.endpoints.is_empty() {
             // Literal IP hosts (and `addresses`) are served as they are.
             for address in spec.hosts.iter().chain(&spec.addresses) {
                 if let Ok(ip) = address.parse::<IpAddr>() {
                     endpoints.push(SocketAddr::new(ip, target));
                 }
             }
-            // Without endpoints, DNS resolves the host itself. So does NONE: at a
-            // gateway the connection's original destination is the gateway, so the
-            // address the client asked for is the host it named (see README, egress).
-            if endpoints.is_empty() && resolution != Resolution::Static {
-                if is_dns_name(&host) {
-                    names.push(DnsTarget {
-                        name: dns_name(&host),
-                        port: target,
-                    });
-                } else {
-                    warn(
-                        &mut self.diagnostics,
-                        format!(
-                            "ServiceEntry {entry_name}: the host {host} cannot be resolved (a wildcard names no address); requests get 503"
-                        ),
-                    );
-                }
+            if endpoints.is_empty() && resolution == Resolution::None {
+                // Istio gives gateways no original-destination clusters (a gateway is the
+                // connection's original destination): NONE serves the entry's endpoints.
+                warn(
+                    &mut self.diagnostics,
+                    format!(
+                        "ServiceEntry {entry_name}: resolution NONE at a gateway serves the entry's endpoints only, as Istio does, and {host} has none; set resolution: DNS to have it looked up; requests get 503"
+                    ),
+                );
+                explained = true;
             }
         }
         endpoints.sort_unstable();
@@ -467,7 +480,7 @@ impl<'a> Compiler<'a> {
                 endpoints.clear();
             }
         }
-        if endpoints.is_empty() && names.is_empty() {
+        if endpoints.is_empty() && names.is_empty() && !explained {
             warn(
                 &mut self.diagnostics,
                 format!(

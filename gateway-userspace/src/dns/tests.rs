@@ -3,7 +3,7 @@ use std::path::Path;
 use super::*;
 use crate::{
     compile::{Identity, compile},
-    config,
+    config::{self, Diagnostics},
     metrics::Metrics,
     snapshot::DnsTarget,
 };
@@ -11,6 +11,10 @@ use crate::{
 /// An egress gateway for `api.example.com` (HTTP on 80) routed to the ServiceEntry host,
 /// with `resolution` and `endpoints` as given.
 fn egress(resolution: &str, endpoints: &str) -> Snapshot {
+    egress_with_diagnostics(resolution, endpoints).0
+}
+
+fn egress_with_diagnostics(resolution: &str, endpoints: &str) -> (Snapshot, Diagnostics) {
     let yaml = format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -42,13 +46,15 @@ spec:
     - destination: {{host: api.example.com, port: {{number: 80}}}}
 "#
     );
-    let (resources, diagnostics) = config::load_text(Path::new("egress.yaml"), &yaml);
+    let (resources, mut diagnostics) = config::load_text(Path::new("egress.yaml"), &yaml);
     assert_eq!(diagnostics.errors().count(), 0, "{diagnostics:?}");
     let identity = Identity {
         labels: [("istio".to_owned(), "egressgateway".to_owned())].into(),
         ..Identity::default()
     };
-    compile(&resources, &identity).0
+    let (snapshot, more) = compile(&resources, &identity);
+    diagnostics.extend(more);
+    (snapshot, diagnostics)
 }
 
 fn cluster_source(snapshot: &Snapshot) -> &EndpointSource {
@@ -118,9 +124,20 @@ fn each_resolution_gives_its_endpoint_source() {
     let fixed = egress("STATIC", "endpoints: [{address: 192.0.2.9}]");
     assert_eq!(cluster_source(&fixed), &EndpointSource::Fixed);
     assert_eq!(sockets(&fixed), ["192.0.2.9:80"]);
-    // NONE at a gateway: the host the client asked for is resolved.
-    let none = egress("NONE", "");
-    assert_eq!(wanted_names(&none), wanted_names(&strict));
+    // NONE at a gateway: Istio serves the entry's endpoints (EDS), and looks nothing up.
+    let (none, diagnostics) = egress_with_diagnostics("NONE", "");
+    assert_eq!(cluster_source(&none), &EndpointSource::Fixed);
+    assert!(sockets(&none).is_empty());
+    assert!(
+        diagnostics
+            .warnings()
+            .any(|w| w.to_string().contains("set resolution: DNS")),
+        "{diagnostics:?}"
+    );
+    // `addresses` are VIPs for sidecars: a DNS entry resolves its host all the same.
+    let with_vip = egress("DNS", "addresses: [240.240.0.1]");
+    assert_eq!(wanted_names(&with_vip), wanted_names(&strict));
+    assert!(sockets(&with_vip).is_empty());
 }
 
 #[test]
