@@ -6,6 +6,7 @@ mod authz;
 mod basics;
 mod config;
 mod conformance;
+mod egress;
 mod grpc;
 mod hostile;
 mod http;
