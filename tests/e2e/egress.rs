@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use gateway_tests::{
     Gateway, NetnsPair, Process, TempDir, Upstream, curl, http1::KeepAliveClient, skip_unless_root,
+    write_atomically,
 };
 
 const HOST: &str = "api.example.com";
@@ -329,6 +330,33 @@ fn egress_http_with_dns_round_robin() -> anyhow::Result<()> {
     let gateway = outside.gateway("DNS_ROUND_ROBIN")?;
     let answer = outside.keep_alive_client()?.get("/get")?;
     assert_eq!(answer.answered_by(), "first", "{}", gateway.stderr());
+    Ok(())
+}
+
+/// A reload that makes the ServiceEntry resolve by DNS has its host looked up at once:
+/// STATIC without endpoints serves nothing (503), DNS then reaches the external host.
+#[test]
+fn egress_dns_entry_added_by_a_reload_is_resolved() -> anyhow::Result<()> {
+    if skip_unless_root("network namespaces") {
+        return Ok(());
+    }
+    let outside = Outside::start("egress-reload")?;
+    let gateway = outside.gateway("STATIC")?;
+    let before = outside.keep_alive_client()?.get("/get")?;
+    assert_eq!(before.status, 503, "{}", gateway.stderr());
+    gateway.reload_after(|| {
+        write_atomically(
+            &outside.dir.path().join("egress.yaml"),
+            &egress_config("DNS"),
+        )
+    })?;
+    let deadline = Instant::now() + DNS_PATIENCE;
+    let mut seen = outside.keep_alive_client()?.get("/get")?.answered_by();
+    while seen != "first" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        seen = outside.keep_alive_client()?.get("/get")?.answered_by();
+    }
+    assert_eq!(seen, "first", "{}", gateway.stderr());
     Ok(())
 }
 
