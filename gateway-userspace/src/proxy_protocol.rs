@@ -22,6 +22,45 @@ pub const MAX_V1_HEADER_BYTES: usize = 107;
 /// connection id), so a larger header is refused rather than buffered.
 pub const MAX_V2_HEADER_BYTES: usize = 4096;
 
+/// Which listeners expect the header: `--proxy-protocol all` or a list of Gateway ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ProxyProtocolPorts {
+    #[default]
+    None,
+    All,
+    Ports(Vec<u16>),
+}
+
+impl ProxyProtocolPorts {
+    /// Whether the listener for the Gateway port `port` reads a header first.
+    pub fn applies_to(&self, port: u16) -> bool {
+        match self {
+            ProxyProtocolPorts::None => false,
+            ProxyProtocolPorts::All => true,
+            ProxyProtocolPorts::Ports(ports) => ports.contains(&port),
+        }
+    }
+}
+
+impl std::str::FromStr for ProxyProtocolPorts {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.eq_ignore_ascii_case("all") {
+            return Ok(ProxyProtocolPorts::All);
+        }
+        text.split(',')
+            .map(|port| match port.trim().parse::<u16>() {
+                Ok(port) if port != 0 => Ok(port),
+                _ => Err(format!(
+                    "{port:?} is not a port: expected `all` or PORT,PORT,..."
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(ProxyProtocolPorts::Ports)
+    }
+}
+
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 const V2_FIXED_BYTES: usize = 16;
 const V1_PREFIX: &[u8] = b"PROXY ";

@@ -8,7 +8,7 @@ use tokio::{
 use super::*;
 
 fn addr(text: &str) -> SocketAddr {
-    text.parse().unwrap()
+    text.parse().expect("test fixture")
 }
 
 fn proxied(source: &str, destination: &str) -> Result<Header, ProxyHeaderError> {
@@ -109,8 +109,18 @@ fn inet_body(tlvs: &[u8]) -> Vec<u8> {
 fn version_2_headers() {
     use ProxyHeaderError::*;
     let mut inet6 = Vec::new();
-    inet6.extend_from_slice(&"2001:db8::7".parse::<Ipv6Addr>().unwrap().octets());
-    inet6.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+    inet6.extend_from_slice(
+        &"2001:db8::7"
+            .parse::<Ipv6Addr>()
+            .expect("test fixture")
+            .octets(),
+    );
+    inet6.extend_from_slice(
+        &"2001:db8::1"
+            .parse::<Ipv6Addr>()
+            .expect("test fixture")
+            .octets(),
+    );
     inet6.extend_from_slice(&[0xdc, 0x04, 0x01, 0xbb]);
     // An AWS-style TLV (type 0xEA, a VPC endpoint id) and a NOOP.
     let tlvs = [&[0xea, 0, 5][..], b"vpce-", &[0x04, 0, 0]].concat();
@@ -188,25 +198,27 @@ fn version_2_headers() {
 /// Writes `sent` to a fresh loopback connection and reads the header on the other end;
 /// returns what the header read said and the bytes left after it.
 async fn read_from(sent: Vec<u8>) -> (Result<Header, ProxyHeaderError>, Vec<u8>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let to = listener.local_addr().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("test fixture");
+    let to = listener.local_addr().expect("test fixture");
     let writer = tokio::spawn(async move {
-        let mut client = TcpStream::connect(to).await.unwrap();
+        let mut client = TcpStream::connect(to).await.expect("test fixture");
         // Byte by byte: the reader must cope with a header arriving in pieces.
         for byte in sent {
-            client.write_all(&[byte]).await.unwrap();
-            client.flush().await.unwrap();
+            client.write_all(&[byte]).await.expect("test fixture");
+            client.flush().await.expect("test fixture");
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
     });
-    let (mut server, _) = listener.accept().await.unwrap();
+    let (mut server, _) = listener.accept().await.expect("test fixture");
     let header = tokio::time::timeout(Duration::from_secs(10), read_header(&mut server))
         .await
         .expect("the header read finished");
-    writer.await.unwrap();
+    writer.await.expect("test fixture");
     let mut rest = Vec::new();
     if header.is_ok() {
-        server.read_to_end(&mut rest).await.unwrap();
+        server.read_to_end(&mut rest).await.expect("test fixture");
     }
     (header, rest)
 }
@@ -245,4 +257,17 @@ async fn reading_refuses_what_is_not_a_header() {
     huge[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
     let (read, _) = read_from(huge).await;
     assert!(matches!(read, Err(ProxyHeaderError::V2TooLong(_))));
+}
+
+#[test]
+fn the_flag_names_all_or_gateway_ports() {
+    use ProxyProtocolPorts::*;
+    assert_eq!("all".parse(), Ok(All));
+    assert_eq!("443".parse(), Ok(Ports(vec![443])));
+    assert_eq!("80, 443".parse(), Ok(Ports(vec![80, 443])));
+    for bad in ["", "0", "https", "80,", "70000"] {
+        assert!(bad.parse::<ProxyProtocolPorts>().is_err(), "{bad:?}");
+    }
+    assert!(Ports(vec![443]).applies_to(443) && !Ports(vec![443]).applies_to(80));
+    assert!(All.applies_to(1) && !None.applies_to(443));
 }
