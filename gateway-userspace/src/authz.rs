@@ -14,6 +14,8 @@
 //! CUSTOM policies are not supported: no extension provider can be called, so what they
 //! match is denied, as istiod configures it when the provider is missing.
 
+mod index;
+
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
@@ -23,6 +25,7 @@ use http::{HeaderMap, HeaderName};
 use regex::Regex;
 use serde::Serialize;
 
+use self::index::RuleSet;
 use crate::config::resources::security::{
     Action as SpecAction, AuthorizationPolicy, Condition, Operation, Rule as SpecRule, Source,
 };
@@ -122,11 +125,11 @@ impl Serialize for ListenerAuthz {
 /// The policies that apply to one listener, compiled for HTTP or for TCP.
 #[derive(Debug, Default)]
 pub struct Engine {
-    custom: Vec<Policy>,
-    deny: Vec<Policy>,
-    allow: Vec<Policy>,
+    custom: RuleSet,
+    deny: RuleSet,
+    allow: RuleSet,
     /// AUDIT policies and dry-run policies of any action: matched only to be logged.
-    audit: Vec<Policy>,
+    audit: RuleSet,
     /// Whether any (enforced) ALLOW policy applies, even one that can match nothing.
     has_allow: bool,
 }
@@ -141,9 +144,9 @@ impl Engine {
             && !self.has_allow
     }
 
-    pub fn evaluate(&self, attributes: &Attributes<'_>) -> Verdict<'_> {
-        let audited = first_match(&self.audit, attributes);
-        let first = |policies| first_match(policies, attributes);
+    pub fn evaluate<'e>(&'e self, attributes: &Attributes<'_>) -> Verdict<'e> {
+        let audited = self.audit.first_match(attributes);
+        let first = |policies: &'e RuleSet| policies.first_match(attributes);
         let verdict = |allowed, decided_by, policy| Verdict {
             allowed,
             decided_by,
@@ -191,28 +194,20 @@ impl Engine {
             .enumerate()
             .filter_map(|(index, rule)| compiler.rule(rule, &format!("spec.rules[{index}]")))
             .collect();
-        let compiled = Policy { name, rules };
         if dry_run {
-            self.audit.push(compiled);
+            self.audit.push(name, rules);
             return;
         }
         match action {
             SpecAction::Allow => {
                 self.has_allow = true;
-                self.allow.push(compiled);
+                self.allow.push(name, rules);
             }
-            SpecAction::Deny => self.deny.push(compiled),
-            SpecAction::Audit => self.audit.push(compiled),
-            SpecAction::Custom => self.custom.push(compiled),
+            SpecAction::Deny => self.deny.push(name, rules),
+            SpecAction::Audit => self.audit.push(name, rules),
+            SpecAction::Custom => self.custom.push(name, rules),
         }
     }
-}
-
-fn first_match<'e>(policies: &'e [Policy], attributes: &Attributes<'_>) -> Option<&'e str> {
-    policies
-        .iter()
-        .find(|p| p.matches(attributes))
-        .map(|p| &*p.name)
 }
 
 /// Something in a policy that is not evaluated as written.
@@ -221,18 +216,6 @@ pub struct Problem {
     /// Path of the field in the policy (`spec.rules[0].when[1].key`).
     pub field: String,
     pub message: String,
-}
-
-#[derive(Debug)]
-struct Policy {
-    name: Arc<str>,
-    rules: Vec<Rule>,
-}
-
-impl Policy {
-    fn matches(&self, attributes: &Attributes<'_>) -> bool {
-        self.rules.iter().any(|r| r.matches(attributes))
-    }
 }
 
 /// One of `from` and one of `to` (any, when empty) and every `when`.

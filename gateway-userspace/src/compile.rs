@@ -46,6 +46,9 @@ pub struct Identity {
     /// ...and so are those of a GatewayClass with this `spec.controllerName`; route
     /// status entries carry it.
     pub controller_name: String,
+    /// `--proxy-protocol`: how the deployment is fronted (Istio's `gatewayTopology`);
+    /// these Gateway ports read a PROXY protocol header first.
+    pub proxy_protocol: crate::proxy_protocol::ProxyProtocolPorts,
 }
 
 /// Istio's default GatewayClass.
@@ -69,6 +72,7 @@ impl Default for Identity {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             gateway_class: DEFAULT_GATEWAY_CLASS.to_owned(),
             controller_name: DEFAULT_CONTROLLER_NAME.to_owned(),
+            proxy_protocol: Default::default(),
         }
     }
 }
@@ -230,6 +234,7 @@ impl<'a> Compiler<'a> {
                 routes,
                 transport,
                 authz: self.listener_authz(&[]),
+                proxy_protocol: self.proxy_protocol(port, own_service),
             });
         }
         let istio_ports = listeners.iter().map(|l| l.port).collect();
@@ -354,6 +359,14 @@ impl<'a> Compiler<'a> {
             .find(|s| s.metadata.namespace() == self.identity.namespace)
             .or(Some(first))
             .map(|s| &**s)
+    }
+
+    /// Whether the listener for Gateway port `port` reads a PROXY protocol header first:
+    /// `--proxy-protocol` names it, or our Service's `proxy.istio.io/config` annotation
+    /// asks for it on every listener (Istio's `gatewayTopology.proxyProtocol`).
+    fn proxy_protocol(&self, port: u16, own_service: Option<&Service>) -> bool {
+        self.identity.proxy_protocol.applies_to(port)
+            || own_service.is_some_and(|s| s.proxy_protocol)
     }
 
     fn bind_port(&mut self, port: u16, own_service: Option<&Service>) -> (u16, Option<u16>) {
@@ -734,6 +747,9 @@ impl<'a> Compiler<'a> {
 fn tls_port_policies(listeners: &[Listener]) -> Vec<TlsPortPolicy> {
     listeners
         .iter()
+        // On a PROXY protocol listener the ClientHello follows the balancer's header,
+        // which the kernel does not parse: userspace alone judges its SNI.
+        .filter(|l| !l.proxy_protocol)
         .filter_map(|l| {
             let tls = l.transport.as_ref()?.tls()?;
             let (accept_any, names) = tls.kernel_policy();

@@ -381,3 +381,86 @@ fn a_recompile_reuses_the_routes_of_unchanged_virtual_services() {
         &vhost(&reused, "other.example.com")
     ));
 }
+
+/// A passthrough server on 443 and our Service with `annotations`.
+fn proxy_protocol_yaml(annotations: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: pass, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: tls, protocol: TLS}}
+    hosts: ["pass.example.com"]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: istio-ingressgateway
+  namespace: istio-system
+  annotations: {annotations}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: tls, port: 443, targetPort: 8443}}]
+"#
+    )
+}
+
+#[test]
+fn the_proxy_config_annotation_or_the_flag_turns_the_proxy_protocol_on() {
+    let policed = |snapshot: &Snapshot| -> Vec<u16> {
+        snapshot.kernel.tls_ports.iter().map(|p| p.port).collect()
+    };
+    let (plain, _) = compile_yaml(&proxy_protocol_yaml("{}"));
+    assert!(!plain.listeners[0].proxy_protocol);
+    assert_eq!(policed(&plain), vec![8443]);
+
+    for annotation in [
+        r#"{"proxy.istio.io/config": "gatewayTopology: {proxyProtocol: {}}"}"#,
+        r#"{"proxy.istio.io/config": "{\"gatewayTopology\": {\"numTrustedProxies\": 1, \"proxyProtocol\": {}}}"}"#,
+    ] {
+        let (snapshot, diagnostics) = compile_yaml(&proxy_protocol_yaml(annotation));
+        assert!(snapshot.listeners[0].proxy_protocol, "{annotation}");
+        assert!(
+            !diagnostics.to_string().contains("proxy.istio.io"),
+            "{diagnostics}"
+        );
+        // The ClientHello follows the balancer's header: the kernel does not judge it.
+        assert_eq!(policed(&snapshot), Vec::<u16>::new(), "{annotation}");
+    }
+
+    let (snapshot, _) = compile_yaml(&proxy_protocol_yaml(
+        r#"{"proxy.istio.io/config": "gatewayTopology: {numTrustedProxies: 2}"}"#,
+    ));
+    assert!(!snapshot.listeners[0].proxy_protocol);
+
+    let (snapshot, diagnostics) = compile_yaml(&proxy_protocol_yaml(
+        r#"{"proxy.istio.io/config": "gatewayTopology: ["}"#,
+    ));
+    assert!(!snapshot.listeners[0].proxy_protocol);
+    let warning = diagnostics.to_string();
+    assert!(
+        warning.contains("Service istio-system/istio-ingressgateway")
+            && warning.contains("metadata.annotations")
+            && warning.contains("proxy.istio.io/config"),
+        "{warning}"
+    );
+
+    // `--proxy-protocol 443` names the Gateway port, not the bind port.
+    let mut resources = Resources::default();
+    let mut diagnostics = Diagnostics::default();
+    for doc in split_documents(Path::new("test.yaml"), &proxy_protocol_yaml("{}")) {
+        config::tests_support::parse(&doc, &mut resources, &mut diagnostics);
+    }
+    for (ports, expected) in [("443", true), ("8443", false), ("all", true)] {
+        let identity = Identity {
+            proxy_protocol: ports.parse().expect("a valid --proxy-protocol"),
+            ..Identity::default()
+        };
+        let (snapshot, _) = compile(&resources, &identity);
+        assert_eq!(snapshot.listeners[0].proxy_protocol, expected, "{ports}");
+    }
+}

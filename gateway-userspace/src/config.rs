@@ -574,7 +574,34 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         }
         (ISTIO_NETWORKING, "Gateway") => parsed!(gateways),
         (ISTIO_NETWORKING, "VirtualService") => parsed!(virtual_services),
-        ("", "Service") => parsed!(services),
+        ("", "Service") => match item.typed::<resources::Service>(&resource) {
+            Ok(mut service) => {
+                let annotation = value
+                    .get("metadata")
+                    .and_then(|m| m.get("annotations"))
+                    .and_then(|a| a.get(resources::PROXY_CONFIG_ANNOTATION))
+                    .and_then(|v| v.as_str());
+                if let Some(proxy_config) = annotation {
+                    match proxy_protocol_requested(proxy_config) {
+                        Ok(requested) => service.proxy_protocol = requested,
+                        Err(e) => diagnostics.push(
+                            Diagnostic::warning(format!(
+                                "annotation {} is not a ProxyConfig ({e}); its gatewayTopology is not applied",
+                                resources::PROXY_CONFIG_ANNOTATION
+                            ))
+                            .at(location.clone())
+                            .object(&resource)
+                            .field("metadata.annotations"),
+                        ),
+                    }
+                }
+                resources.services.push(Sourced {
+                    resource: Arc::new(service),
+                    location,
+                });
+            }
+            Err(d) => diagnostics.push(*d),
+        },
         ("discovery.k8s.io", "EndpointSlice") => parsed!(endpoint_slices),
         ("", "Namespace") => parsed!(namespaces),
         ("", "Endpoints") => parsed!(endpoints),
@@ -722,4 +749,15 @@ pub(crate) mod tests_support {
     ) {
         super::parse_document(doc, resources, diagnostics);
     }
+}
+
+/// Whether an Istio ProxyConfig (YAML) asks for `gatewayTopology.proxyProtocol`; its
+/// presence, even as `{}`, turns the PROXY protocol on (Istio's ProxyProtocolConfiguration
+/// has no fields).
+fn proxy_protocol_requested(proxy_config: &str) -> Result<bool, serde_yaml::Error> {
+    let config: serde_yaml::Value = serde_yaml::from_str(proxy_config)?;
+    Ok(config
+        .get("gatewayTopology")
+        .and_then(|t| t.get("proxyProtocol"))
+        .is_some_and(|p| !p.is_null()))
 }

@@ -18,6 +18,7 @@ pub mod listeners;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod route_table;
 pub mod runtime;

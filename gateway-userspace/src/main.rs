@@ -123,6 +123,12 @@ struct ConfigArgs {
     /// entries carry it.
     #[arg(long, default_value = compile::DEFAULT_CONTROLLER_NAME)]
     controller_name: String,
+    /// Listeners whose connections come from a load balancer that sends the PROXY
+    /// protocol (v1 or v2) first: `all`, or Gateway ports (`443,8443`). Our Service's
+    /// `proxy.istio.io/config` annotation with `gatewayTopology.proxyProtocol` turns it
+    /// on for every listener too.
+    #[arg(long, value_name = "all|PORT,...")]
+    proxy_protocol: Option<gateway::proxy_protocol::ProxyProtocolPorts>,
 }
 
 #[derive(Args)]
@@ -179,6 +185,10 @@ struct RunArgs {
     /// (Envoy's tcp_proxy idle_timeout) [default: 1h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     tcp_idle_timeout: Option<Duration>,
+    /// On PROXY protocol listeners, a connection whose header is not complete within
+    /// this long is closed (Envoy's listener_filters_timeout) [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    proxy_protocol_timeout: Option<Duration>,
     /// Largest request body kept to replay for retries and mirrors; a longer body is
     /// forwarded once, without retries [default: 32768].
     #[arg(long, value_name = "BYTES")]
@@ -252,6 +262,7 @@ impl ConfigArgs {
             namespace: self.namespace.clone(),
             gateway_class: self.gateway_class.clone(),
             controller_name: self.controller_name.clone(),
+            proxy_protocol: self.proxy_protocol.clone().unwrap_or_default(),
             ..Identity::default()
         };
         if !self.selectors.is_empty() {
@@ -830,6 +841,9 @@ fn limits(args: &RunArgs) -> Limits {
             .max_replay_bytes_per_connection
             .unwrap_or(max_replay_body_bytes.saturating_mul(4)),
         max_connections: args.max_connections,
+        proxy_protocol_timeout: args
+            .proxy_protocol_timeout
+            .unwrap_or(defaults.proxy_protocol_timeout),
     }
 }
 

@@ -122,6 +122,9 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration_ms: Family<RequestLabels, Histogram>,
     pub downstream_connections: Family<PortLabels, Counter>,
+    /// Connections closed on a PROXY protocol listener for a missing, malformed or late
+    /// header (Envoy's downstream_cx_proxy_proto_error).
+    pub downstream_cx_proxy_proto_error: Family<PortLabels, Counter>,
     /// 1 per interface the programs are attached to.
     pub ebpf_attached: Family<InterfaceLabels, Gauge>,
     /// Times the kernel path could not be loaded or attached and userspace served alone.
@@ -279,6 +282,12 @@ impl Metrics {
             "Connections accepted, by listener bind port",
             downstream_connections.clone(),
         );
+        let downstream_cx_proxy_proto_error = Family::<PortLabels, Counter>::default();
+        registry.register(
+            "gateway_downstream_cx_proxy_proto_error",
+            "Connections closed on a PROXY protocol listener without a valid header in time, by bind port",
+            downstream_cx_proxy_proto_error.clone(),
+        );
         let ebpf_attached = Family::<InterfaceLabels, Gauge>::default();
         registry.register(
             "gateway_ebpf_attached",
@@ -387,6 +396,7 @@ impl Metrics {
             requests,
             request_duration_ms,
             downstream_connections,
+            downstream_cx_proxy_proto_error,
             ebpf_attached,
             ebpf_fallbacks,
             config_reloads,

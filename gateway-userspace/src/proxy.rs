@@ -32,11 +32,14 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
 };
 use thiserror::Error;
 use tokio::{
-    net::{TcpListener, TcpSocket},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
@@ -171,63 +174,26 @@ pub async fn serve(
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], bind_port)));
         let _ = stream.set_nodelay(true);
-        // HTTPS, TLS and TCP listeners: SNI, termination, passthrough (proxy/tls.rs).
-        let live = ctx.live.load_full();
-        if let Some((transport, authz)) = live
+        let proxy_protocol = ctx
+            .live
+            .load()
             .snapshot
             .listeners
             .iter()
-            .find(|l| l.bind_port == bind_port)
-            .and_then(|l| Some((l.transport.clone()?, l.authz.clone())))
-        {
-            let accepted = tls::Accepted {
-                stream,
-                peer,
-                local,
-                live,
-                transport,
-                authz,
-                ctx: ctx.clone(),
-                drain: drain.clone(),
-            };
-            tokio::spawn(
-                crate::connections::holding(
-                    slot,
-                    tls::serve(accepted, builder.clone(), graceful.watcher()),
-                )
-                .instrument(debug_span!("conn", %peer)),
-            );
-            continue;
-        }
-        drop(live);
-        let connection =
-            forward::Connection::new(peer, local, ctx.clone(), None).with_drain(drain.clone());
-        let connection = Arc::new(connection);
-        let service = service_fn(move |request| {
-            let connection = connection.clone();
-            async move { Ok::<_, std::convert::Infallible>(connection.handle(request).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(h1_guard::H1Guard::new(stream, &ctx, peer, local)),
-                service,
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let log_ctx = ctx.clone();
-        let mut deadline = drain.clone();
+            .any(|l| l.bind_port == bind_port && l.proxy_protocol);
+        let accepted = AcceptedConnection {
+            stream,
+            peer,
+            local,
+            proxy_protocol,
+            ctx: ctx.clone(),
+            builder: builder.clone(),
+            graceful: graceful.watcher(),
+            drain: drain.clone(),
+        };
         tokio::spawn(
-            async move {
-                let _slot = slot;
-                tokio::select! {
-                    result = conn => if let Err(e) = result {
-                        access_log::connection_error(&log_ctx, local, peer, &*e);
-                        debug!(error = %e, "connection ended with an error");
-                    },
-                    _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
-                }
-            }
-            .instrument(debug_span!("conn", %peer)),
+            crate::connections::holding(slot, accepted.serve())
+                .instrument(debug_span!("conn", %peer)),
         );
     }
 
@@ -252,3 +218,109 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests;
+
+/// One accepted connection and what its listener's loop shares with it.
+struct AcceptedConnection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    /// The listener expects a PROXY protocol header before anything else.
+    proxy_protocol: bool,
+    ctx: Arc<ProxyContext>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: Watcher,
+    drain: tunnel::Drain,
+}
+
+impl AcceptedConnection {
+    /// The balancer's PROXY protocol header, where the listener expects one; then TLS
+    /// (HTTPS, TLS and TCP listeners) or plain HTTP/1.1 and h2c.
+    async fn serve(self) {
+        let AcceptedConnection {
+            mut stream,
+            mut peer,
+            local,
+            proxy_protocol,
+            ctx,
+            builder,
+            graceful,
+            drain,
+        } = self;
+        if proxy_protocol {
+            match read_proxy_header(&mut stream, &ctx, local).await {
+                // The client's address stands for the balancer's. The local address stays
+                // the socket's: it names the listener the connection arrived on.
+                Some(header) => peer = header.addresses(peer, local).0,
+                None => return,
+            }
+        }
+        let live = ctx.live.load_full();
+        if let Some((transport, authz)) = live
+            .snapshot
+            .listeners
+            .iter()
+            .find(|l| l.bind_port == local.port())
+            .and_then(|l| Some((l.transport.clone()?, l.authz.clone())))
+        {
+            let accepted = tls::Accepted {
+                stream,
+                peer,
+                local,
+                live,
+                transport,
+                authz,
+                ctx,
+                drain,
+            };
+            return tls::serve(accepted, builder, graceful).await;
+        }
+        drop(live);
+        let connection =
+            forward::Connection::new(peer, local, ctx.clone(), None).with_drain(drain.clone());
+        let connection = Arc::new(connection);
+        let service = service_fn(move |request| {
+            let connection = connection.clone();
+            async move { Ok::<_, std::convert::Infallible>(connection.handle(request).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(h1_guard::H1Guard::new(stream, &ctx, peer, local)),
+                service,
+            )
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let mut deadline = drain;
+        tokio::select! {
+            result = conn => if let Err(e) = result {
+                access_log::connection_error(&ctx, local, peer, &*e);
+                debug!(error = %e, "connection ended with an error");
+            },
+            _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
+        }
+    }
+}
+
+/// Reads the PROXY protocol header within `--proxy-protocol-timeout`. A connection
+/// without a valid one is closed (counted, logged at debug: a scanner can send many).
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    ctx: &ProxyContext,
+    local: SocketAddr,
+) -> Option<crate::proxy_protocol::Header> {
+    let read = tokio::time::timeout(
+        ctx.limits.proxy_protocol_timeout,
+        crate::proxy_protocol::read_header(stream),
+    )
+    .await;
+    let error = match read {
+        Ok(Ok(header)) => return Some(header),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no complete PROXY protocol header in time".to_owned(),
+    };
+    ctx.metrics
+        .downstream_cx_proxy_proto_error
+        .get_or_create(&crate::metrics::PortLabels { port: local.port() })
+        .inc();
+    debug!(error, "closing: no valid PROXY protocol header");
+    None
+}

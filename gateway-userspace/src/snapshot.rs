@@ -86,6 +86,10 @@ pub struct Listener {
     /// The AuthorizationPolicies that apply to this listener (`compile/authz.rs`).
     #[serde(skip_serializing_if = "crate::authz::ListenerAuthz::is_empty")]
     pub authz: Arc<crate::authz::ListenerAuthz>,
+    /// Connections start with a PROXY protocol header from a load balancer
+    /// (`proxy_protocol.rs`), whose client address then stands for the peer's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -18,4 +18,5 @@ mod kubernetes;
 mod limits;
 mod live_state;
 mod ops;
+mod proxy_protocol;
 mod tls;

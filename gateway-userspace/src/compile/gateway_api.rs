@@ -253,6 +253,7 @@ impl<'a> Compiler<'a> {
                 routes: route_table(on_port),
                 transport,
                 authz: self.listener_authz(&gateways),
+                proxy_protocol: self.proxy_protocol(port, own_service),
             });
         }
         compiled

@@ -224,7 +224,15 @@ pub struct Service {
     /// Gateway API `status.addresses` reports.
     #[serde(default)]
     pub status: ServiceStatus,
+    /// Istio's `proxy.istio.io/config` annotation asks for
+    /// `gatewayTopology.proxyProtocol`: on our own Service, every listener reads a PROXY
+    /// protocol header first. Read by the loader (`ObjectMeta` keeps no annotations).
+    #[serde(skip)]
+    pub proxy_protocol: bool,
 }
+
+/// Istio's proxy configuration annotation (a ProxyConfig in YAML).
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]

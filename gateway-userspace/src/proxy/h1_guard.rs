@@ -1095,7 +1095,7 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
 
     use crate::proxy::limits::{
         DEFAULT_MAX_REPLAY_BODY_BYTES, DEFAULT_MAX_REPLAY_BYTES_PER_CONNECTION,
-        DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT,
+        DEFAULT_PROXY_PROTOCOL_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT,
     };
 
     const CLOCKS: Limits = Limits {
@@ -1107,6 +1107,7 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
         max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
         max_replay_bytes_per_connection: DEFAULT_MAX_REPLAY_BYTES_PER_CONNECTION,
         max_connections: None,
+        proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
     };
 
     #[tokio::test]

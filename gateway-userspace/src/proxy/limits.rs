@@ -27,6 +27,9 @@ pub(super) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(5 *
 /// A TCP or TLS-passthrough stream with no bytes either way for this long is closed:
 /// Envoy's tcp_proxy `idle_timeout` default (1 h).
 pub(super) const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// A connection on a PROXY protocol listener must deliver its header within this long:
+/// Envoy's `listener_filters_timeout` default (15 s).
+pub(super) const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The copy of a request body kept so that a retry or a mirror can send it again; a body
 /// that outgrows it is still forwarded, once, without retries (Istio's gateway buffers
 /// at most 32 KiB per request for replay).
@@ -53,6 +56,8 @@ pub struct Limits {
     /// Downstream connections served at once (all listeners, all workers); beyond it new
     /// connections wait in the kernel's backlog. None: sized from the descriptor limit.
     pub max_connections: Option<usize>,
+    /// A PROXY protocol header not complete within this long closes the connection.
+    pub proxy_protocol_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -66,6 +71,7 @@ impl Default for Limits {
             max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
             max_replay_bytes_per_connection: DEFAULT_MAX_REPLAY_BYTES_PER_CONNECTION,
             max_connections: None,
+            proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
         }
     }
 }
