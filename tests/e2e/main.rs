@@ -18,3 +18,4 @@ mod limits;
 mod live_state;
 mod ops;
 mod tls;
+mod upstream_tls;
