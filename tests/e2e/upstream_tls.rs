@@ -279,3 +279,63 @@ fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Res
     assert!(rotated.body.contains("CN=client-b"), "{}", rotated.body);
     Ok(())
 }
+
+/// The demo upstream speaking TLS only (ALPN `h2`, `http/1.1`) with `name`'s certificate.
+fn tls_upstream(pki: &Pki, name: &str) -> anyhow::Result<(Process, std::net::SocketAddr)> {
+    let mut child = Command::new(gateway_tests::binary("DEMO_UPSTREAM_BIN", "demo-upstream"))
+        .args(["--listen", "127.0.0.1:0", "--name", name])
+        .args(["--tls-cert", &pki.path(&format!("{name}.crt"))])
+        .args(["--tls-key", &pki.path(&format!("{name}.key"))])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting demo-upstream")?;
+    let stdout = child.stdout.take().context("upstream stdout")?;
+    let process = Process { child };
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected upstream output {line:?}"))?
+        .parse()?;
+    Ok((process, addr))
+}
+
+#[test]
+fn http2_clusters_negotiate_h2_over_tls_and_http1_clusters_http1() -> anyhow::Result<()> {
+    let dir = TempDir::new("upstream-tls-h2")?;
+    let pki_dir = TempDir::new("upstream-tls-h2-pki")?;
+    let pki = Pki::new(pki_dir.path(), "upstream-ca")?;
+    pki.issue(
+        "backend",
+        "backend",
+        "DNS:h2.default.svc.cluster.local,DNS:h1.default.svc.cluster.local",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_upstream, addr) = tls_upstream(&pki, "backend")?;
+    let (bind_port, tcp_port) = (free_port(), free_port());
+    let ca = pki.path("upstream-ca.crt");
+    let mut config = gateway_config(bind_port, tcp_port, &["h2", "h1"], "h1");
+    // `http2` port name: an HTTP/2 cluster, which offers only h2 by ALPN.
+    config += &gateway_tests::service("h2", 8443, "http2");
+    config += &gateway_tests::endpoint_slices("h2", "http2", &[addr]);
+    config += &service_with_endpoint("h1", 8443, addr);
+    for name in ["h2", "h1"] {
+        config += &destination_rule(name, &format!("{{mode: SIMPLE, caCertificates: {ca}}}"));
+    }
+    let config_dir = TempDir::new("upstream-tls-h2-config")?;
+    config_dir.write("gateway.yaml", &config)?;
+    let gateway = Gateway::start(config_dir.path(), &["--ebpf", "off"], None, &dir)?;
+
+    for _ in 0..3 {
+        let h2 = get(bind_port, "/h2")?;
+        assert_eq!(h2.status, 200, "{h2:?}\n{}", gateway.stderr());
+        assert_eq!(h2.json()?["version"], "HTTP/2.0", "{}", h2.body);
+    }
+    let h1 = get(bind_port, "/h1")?;
+    assert_eq!(h1.status, 200, "{h1:?}");
+    assert_eq!(h1.json()?["version"], "HTTP/1.1", "{}", h1.body);
+    Ok(())
+}
