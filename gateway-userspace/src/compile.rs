@@ -16,6 +16,7 @@ mod routes;
 pub mod status;
 mod tls;
 mod unapplied;
+mod upstream_tls;
 
 use std::{
     borrow::Cow,
@@ -111,6 +112,7 @@ pub fn compile_reusing(
         endpoint_lists: Vec::new(),
         tls,
         credentials: Default::default(),
+        upstream_tls_keys: Vec::new(),
         reusable: previous.map(|(_, memo)| memo),
         memo: RouteMemo::default(),
         status: Default::default(),
@@ -123,6 +125,9 @@ pub fn compile_reusing(
             compiler
                 .clusters
                 .insert(cluster.name.clone(), Arc::clone(cluster));
+            if let Some(tls) = &cluster.tls {
+                compiler.upstream_tls_keys.push(tls.key);
+            }
         }
         compiler.cluster_list = snapshot.clusters.clone();
         compiler.endpoint_lists = snapshot.endpoints.clone();
@@ -163,6 +168,8 @@ struct Compiler<'a> {
     tls: &'a crate::tls::TlsState,
     /// The credentials this compile loaded or kept, staged in `tls` at the end.
     credentials: tls::CompiledCredentials,
+    /// The upstream TLS configurations this compile used (`tls::upstream::ClientConfigs`).
+    upstream_tls_keys: Vec<u64>,
     /// What the previous compile's VirtualServices gave, when it may be reused.
     reusable: Option<&'a RouteMemo>,
     /// What this compile's VirtualServices gave.

@@ -250,6 +250,18 @@ pub struct MirrorDropLabels {
     pub reason: &'static str,
 }
 
+/// Failed upstream TLS handshakes by cluster and reason. Counted where the handshake
+/// fails (`proxy/upstream_tls.rs`), which requests, mirrors and TCP routes all reach
+/// without the request context; every `Metrics` registers this one family.
+pub static UPSTREAM_TLS_HANDSHAKE_ERRORS: std::sync::LazyLock<Family<UpstreamTlsLabels, Counter>> =
+    std::sync::LazyLock::new(Family::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamTlsLabels {
+    pub cluster: String,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub port: u16,
@@ -318,6 +330,11 @@ impl Metrics {
             "gateway_tls_handshakes",
             "TLS connections by handshake result (refused_sni: refused from the ClientHello, before any crypto)",
             tls_handshakes.clone(),
+        );
+        registry.register(
+            "gateway_upstream_tls_handshake_errors",
+            "Upstream TLS handshakes (DestinationRule tls origination) that failed, by cluster and reason (certificate_untrusted, certificate_expired, name_mismatch, peer_alert, not_tls, closed, timeout, unconfigured, handshake_failure)",
+            UPSTREAM_TLS_HANDSHAKE_ERRORS.clone(),
         );
         let tls_credential_errors = Family::<CredentialLabels, Counter>::default();
         registry.register(

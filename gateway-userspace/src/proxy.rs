@@ -26,6 +26,7 @@ mod tries;
 mod tunnel;
 mod upstream;
 mod upstream_head;
+mod upstream_tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

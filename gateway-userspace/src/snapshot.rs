@@ -529,6 +529,9 @@ pub struct Cluster {
     /// DestinationRule `connectionPool` limits (unlimited unless set).
     #[serde(skip_serializing_if = "ConnectionPool::is_unlimited")]
     pub connection_pool: ConnectionPool,
+    /// TLS origination (DestinationRule `tls`, SIMPLE or MUTUAL); None: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
 }
 
 /// Where a cluster's endpoints come from.
@@ -608,6 +611,7 @@ impl Cluster {
             outlier_detection: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             connection_pool: ConnectionPool::default(),
+            tls: None,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod client_cert;
 pub mod credentials;
 pub mod server_config;
 pub mod sessions;
+pub mod upstream;
 
 use crate::snapshot::ListenerTls;
 
@@ -25,6 +26,8 @@ pub struct TlsState {
     pub sessions: sessions::SessionScopes,
     /// The last good version of each credential (see `credentials`).
     pub credentials: credentials::CredentialMemory,
+    /// Upstream TLS client configurations by settings (see `upstream`).
+    pub upstream: upstream::ClientConfigs,
 }
 
 impl std::fmt::Debug for TlsState {

@@ -20,3 +20,4 @@ mod live_state;
 mod ops;
 mod proxy_protocol;
 mod tls;
+mod upstream_tls;

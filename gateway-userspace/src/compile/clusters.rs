@@ -191,6 +191,7 @@ impl<'a> Compiler<'a> {
         let mut parts = cluster.name.split('|').skip(1);
         let port: Option<u32> = parts.next().and_then(|p| p.parse().ok());
         let subset = parts.next().filter(|s| !s.is_empty());
+        cluster.tls = self.upstream_tls(rule, cluster, port, subset);
         let spec = &rule.resource.spec;
         let top = spec.traffic_policy.as_ref();
         let port_level = top.and_then(|t| {

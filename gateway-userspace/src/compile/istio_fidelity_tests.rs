@@ -569,7 +569,7 @@ spec:
         [
             "spec.trafficPolicy.loadBalancer.consistentHash",
             "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
-            "spec.trafficPolicy.portLevelSettings[0].tls",
+            // `tls` is applied (TLS origination): not listed.
             "spec.subsets[0].trafficPolicy.outlierDetection.interval",
         ]
     );

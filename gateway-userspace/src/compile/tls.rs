@@ -438,7 +438,7 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn credential(
+    pub(super) fn credential(
         &mut self,
         name: String,
         server: &str,
@@ -516,6 +516,7 @@ impl<'a> Compiler<'a> {
 
     /// This compile's credentials, for the reload to commit once it is live.
     pub(super) fn stage_credentials(&mut self) {
+        self.tls.upstream.keep_only(&self.upstream_tls_keys);
         let CompiledCredentials { used, report } = std::mem::take(&mut self.credentials);
         self.tls.credentials.stage(used, report);
     }

@@ -15,7 +15,6 @@ struct PolicyParts<'p> {
     load_balancer: Option<&'p LoadBalancerSettings>,
     connection_pool: Option<&'p ConnectionPoolSettings>,
     outlier_detection: Option<&'p OutlierDetection>,
-    tls: bool,
 }
 
 impl Compiler<'_> {
@@ -32,7 +31,6 @@ impl Compiler<'_> {
                         load_balancer: policy.load_balancer.as_ref(),
                         connection_pool: policy.connection_pool.as_ref(),
                         outlier_detection: policy.outlier_detection.as_ref(),
-                        tls: policy.tls.is_some(),
                     },
                     &mut found,
                 );
@@ -43,7 +41,6 @@ impl Compiler<'_> {
                             load_balancer: port.load_balancer.as_ref(),
                             connection_pool: port.connection_pool.as_ref(),
                             outlier_detection: port.outlier_detection.as_ref(),
-                            tls: port.tls.is_some(),
                         },
                         &mut found,
                     );
@@ -150,11 +147,5 @@ fn unapplied(prefix: &str, policy: &PolicyParts, found: &mut Vec<(String, &'stat
                 "ejection follows maxEjectionPercent only",
             );
         }
-    }
-    if policy.tls {
-        note(
-            "tls",
-            "no TLS origination: requests go to the endpoints in plaintext",
-        );
     }
 }

@@ -28,6 +28,8 @@ pub struct AccessLogEntry<'a> {
     pub version: Version,
     pub status: u16,
     pub flags: &'a str,
+    /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub transport_failure: Option<&'a str>,
     pub response_bytes: Option<&'a str>,
     pub duration: Duration,
     pub forwarded_for: Option<&'a str>,
@@ -60,18 +62,19 @@ impl AccessLogEntry<'_> {
         }
     }
 
-    /// `[START] "METHOD PATH PROTO" CODE FLAGS - "-" RX TX DURATION - "XFF" "UA" "ID"
+    /// `[START] "METHOD PATH PROTO" CODE FLAGS - "TRANSPORT_FAILURE" RX TX DURATION - "XFF" "UA" "ID"
     /// "AUTHORITY" "UPSTREAM" CLUSTER - LOCAL PEER - -`
     fn text(&self) -> String {
         let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
         format!(
-            "[{}] \"{} {} {}\" {} {} - \"-\" - {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - -\n",
+            "[{}] \"{} {} {}\" {} {} - \"{}\" - {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - -\n",
             rfc3339_millis(self.start_time),
             self.method,
             self.path,
             self.protocol(),
             self.status,
             self.flags,
+            or_dash(self.transport_failure),
             or_dash(self.response_bytes),
             self.duration.as_millis(),
             or_dash(self.forwarded_for),
@@ -94,6 +97,7 @@ impl AccessLogEntry<'_> {
             "protocol": self.protocol(),
             "response_code": self.status,
             "response_flags": self.flags,
+            "upstream_transport_failure_reason": self.transport_failure,
             "bytes_sent": self.response_bytes,
             "duration": self.duration.as_millis() as u64,
             "x_forwarded_for": self.forwarded_for,
@@ -135,6 +139,7 @@ pub(super) fn connection_answer(
         version: Version::HTTP_11,
         status: status.as_u16(),
         flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR.as_str(),
+        transport_failure: None,
         response_bytes: Some("0"),
         duration: start_time.elapsed().unwrap_or_default(),
         forwarded_for: None,

@@ -109,6 +109,7 @@ impl Connection {
             .await;
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
+        let transport_failure = outcome.answer.transport_failure();
         let (mut response, flags) = outcome.answer.into_response(request_is_grpc);
         // Istio names its gateway in every answer, the upstream's Server header replaced
         // (Envoy's default server_header_transformation, OVERWRITE).
@@ -153,6 +154,7 @@ impl Connection {
             version,
             status: status.as_u16(),
             flags: flags.as_str(),
+            transport_failure,
             response_bytes: response
                 .headers()
                 .get(header::CONTENT_LENGTH)

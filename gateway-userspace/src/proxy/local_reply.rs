@@ -39,6 +39,8 @@ pub(super) struct LocalReply {
     headers: HeaderMap,
     /// Overrides the gRPC status mapped from `status` (a fault abort's `grpcStatus`).
     grpc_status: Option<u16>,
+    /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%` (a failed upstream TLS handshake).
+    pub transport_failure: Option<&'static str>,
 }
 
 impl LocalReply {
@@ -54,6 +56,7 @@ impl LocalReply {
             flags,
             headers,
             grpc_status: None,
+            transport_failure: None,
         }
     }
 
@@ -220,6 +223,22 @@ impl LocalReply {
                 ResponseFlags::UPSTREAM_CONNECTION_TERMINATION.retried(retried),
                 "connection termination",
             ),
+            TryFailure::Tls(tls) => {
+                let mut reply = LocalReply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE.retried(retried),
+                )
+                .text(Bytes::from(
+                    [
+                        RESET,
+                        "connection failure, transport failure reason: ",
+                        tls.reason(),
+                    ]
+                    .concat(),
+                ));
+                reply.transport_failure = Some(tls.reason());
+                reply
+            }
             TryFailure::Overflow => unavailable(ResponseFlags::UPSTREAM_OVERFLOW, "overflow"),
             TryFailure::Timeout => LocalReply::route_timeout(retried),
             TryFailure::ProtocolError => LocalReply::new(

@@ -42,6 +42,16 @@ impl Answer {
     }
 }
 
+impl Answer {
+    /// Why the upstream connection failed, when a TLS handshake did.
+    pub(super) fn transport_failure(&self) -> Option<&'static str> {
+        match self {
+            Answer::Upstream { .. } => None,
+            Answer::Local(reply) => reply.transport_failure,
+        }
+    }
+}
+
 impl From<LocalReply> for Answer {
     fn from(reply: LocalReply) -> Self {
         Answer::Local(reply)

@@ -222,6 +222,8 @@ pub(super) fn cors_response_headers(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum TryFailure {
     ConnectFailure,
+    /// The TLS handshake with the upstream failed (Envoy counts it a connect failure).
+    Tls(super::upstream_tls::TlsFailure),
     /// Closed or reset before a response.
     Reset,
     /// Unparseable response.
@@ -236,7 +238,9 @@ pub(super) enum TryFailure {
 
 pub(super) fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
     match failure {
-        TryFailure::ConnectFailure => on.connect_failure || on.gateway_error || on.server_error,
+        TryFailure::ConnectFailure | TryFailure::Tls(_) => {
+            on.connect_failure || on.gateway_error || on.server_error
+        }
         TryFailure::Reset => on.reset || on.server_error,
         TryFailure::Timeout => on.gateway_error || on.server_error,
         TryFailure::ProtocolError => on.server_error,

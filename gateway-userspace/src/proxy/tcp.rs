@@ -11,7 +11,10 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::tunnel::{self, Clocks, Ending};
+use super::{
+    tunnel::{self, Clocks, Ending},
+    upstream_tls,
+};
 use crate::{
     runtime::Live,
     snapshot::{RouteAction, WeightedCluster},
@@ -40,7 +43,7 @@ pub(super) async fn proxy<S>(
         debug!(cluster = %cluster.cluster.name, "no healthy upstream: closing");
         return;
     };
-    let mut upstream =
+    let upstream =
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint.addr)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(e)) => {
@@ -54,8 +57,18 @@ pub(super) async fn proxy<S>(
                 return;
             }
         };
-    endpoint.record(false);
     let _ = upstream.set_nodelay(true);
+    // A cluster that originates TLS (DestinationRule `tls`) gets it on TCP routes too.
+    let mut upstream = match upstream_tls::secure(upstream, &cluster.cluster, CONNECT_TIMEOUT).await
+    {
+        Ok(upstream) => upstream,
+        Err(failure) => {
+            endpoint.record(true);
+            debug!(upstream = %endpoint.addr, reason = failure.reason(), "upstream TLS handshake failed: closing");
+            return;
+        }
+    };
+    endpoint.record(false);
     if !prefix.is_empty()
         && let Err(e) = upstream.write_all(prefix).await
     {

@@ -28,7 +28,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustc_hash::FxBuildHasher;
 use tokio::{net::TcpStream, sync::Notify};
 
-use super::{body::ProxyBody, route_actions::TryFailure};
+use super::{
+    body::ProxyBody,
+    route_actions::TryFailure,
+    upstream_tls::{self, UpstreamStream},
+};
 use crate::{
     connection_pool::{ConnectionPool, Slot},
     runtime::LiveCluster,
@@ -42,7 +46,27 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// body still being written) gets this long before a fresh connection is used instead.
 const POOLED_READY_WAIT: Duration = Duration::from_millis(10);
 
-type Pools = HashMap<(SocketAddr, UpstreamProtocol), EndpointPool, FxBuildHasher>;
+type Pools = HashMap<PoolKey, EndpointPool, FxBuildHasher>;
+
+/// Connections are shared by requests to the same endpoint, protocol and TLS settings
+/// (`UpstreamTls::key`, 0 for plaintext): two clusters that reach one endpoint with
+/// different client certificates never share a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    endpoint: SocketAddr,
+    protocol: UpstreamProtocol,
+    tls: u64,
+}
+
+impl PoolKey {
+    fn new(cluster: &LiveCluster<'_>, endpoint: SocketAddr, protocol: UpstreamProtocol) -> Self {
+        PoolKey {
+            endpoint,
+            protocol,
+            tls: cluster.tls.as_ref().map_or(0, |tls| tls.key),
+        }
+    }
+}
 
 thread_local! {
     /// This worker thread's pools (each worker is a single-threaded runtime).
@@ -96,14 +120,15 @@ async fn send_http1(
     mut request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let limits = &cluster.connection_pool;
+    let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1);
     // Held while this request waits for a connection.
     let mut queued: Option<Slot> = None;
     loop {
-        let (mut sender, served, reused) = match checkout_http1(endpoint, limits) {
+        let (mut sender, served, reused) = match checkout_http1(key, limits) {
             Some(pooled) => (pooled.sender, pooled.served, true),
-            None => match new_connection_slot(cluster, endpoint, UpstreamProtocol::Http1) {
+            None => match new_connection_slot(cluster, key) {
                 Some(slot) => {
-                    let sender = connect_http1(endpoint, cluster.connect_timeout, slot).await?;
+                    let sender = connect_http1(cluster, endpoint, slot).await?;
                     (sender, 0, false)
                 }
                 None => {
@@ -116,7 +141,7 @@ async fn send_http1(
                                 .ok_or(TryFailure::Overflow)?,
                         );
                     }
-                    let freed = with_pool(endpoint, UpstreamProtocol::Http1, |p| p.freed.clone());
+                    let freed = with_pool(key, |p| p.freed.clone());
                     freed.notified().await;
                     continue;
                 }
@@ -146,14 +171,15 @@ async fn send_http1(
                     served,
                 });
                 let idle_timeout = limits.idle_timeout();
-                return Ok(response
-                    .map(|body| UpstreamBody::new(body, endpoint, connection, idle_timeout)));
+                return Ok(
+                    response.map(|body| UpstreamBody::new(body, key, connection, idle_timeout))
+                );
             }
             Err(mut failed) => match failed.take_message() {
                 // A kept-alive connection the upstream had just closed: the request
                 // never left, so it goes out again on another connection.
                 Some(unsent) if reused => request = unsent,
-                _ => return Err(classify(failed.error())),
+                _ => return Err(classify(cluster, failed.error())),
             },
         }
     }
@@ -165,15 +191,16 @@ async fn send_http2(
     mut request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let limits = &cluster.connection_pool;
+    let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http2);
     // Held while this request waits for the worker's connection to be established.
     let mut queued: Option<Slot> = None;
     loop {
-        let (mut sender, reused) = match checkout_http2(endpoint, limits, false) {
+        let (mut sender, reused) = match checkout_http2(key, limits, false) {
             Some(sender) => (sender, true),
-            None => match new_connection_slot(cluster, endpoint, UpstreamProtocol::Http2) {
+            None => match new_connection_slot(cluster, key) {
                 Some(slot) => {
-                    let sender = connect_http2(endpoint, cluster.connect_timeout, slot).await?;
-                    with_pool(endpoint, UpstreamProtocol::Http2, |pool| {
+                    let sender = connect_http2(cluster, endpoint, slot).await?;
+                    with_pool(key, |pool| {
                         pool.shared = Some(Pooled {
                             sender: sender.clone(),
                             since: Instant::now(),
@@ -187,7 +214,7 @@ async fn send_http2(
                 // At `maxConnections`: the connection that carried its
                 // `maxRequestsPerConnection` carries this one too rather than fail it;
                 // while the worker's connection is still being set up, wait for it.
-                None => match checkout_http2(endpoint, limits, true) {
+                None => match checkout_http2(key, limits, true) {
                     Some(sender) => (sender, true),
                     None => {
                         if queued.is_none() {
@@ -199,8 +226,7 @@ async fn send_http2(
                                     .ok_or(TryFailure::Overflow)?,
                             );
                         }
-                        let freed =
-                            with_pool(endpoint, UpstreamProtocol::Http2, |p| p.freed.clone());
+                        let freed = with_pool(key, |p| p.freed.clone());
                         freed.notified().await;
                         continue;
                     }
@@ -210,16 +236,14 @@ async fn send_http2(
         match sender.try_send_request(request).await {
             Ok(response) => {
                 let idle_timeout = limits.idle_timeout();
-                return Ok(
-                    response.map(|body| UpstreamBody::new(body, endpoint, None, idle_timeout))
-                );
+                return Ok(response.map(|body| UpstreamBody::new(body, key, None, idle_timeout)));
             }
             Err(mut failed) => match failed.take_message() {
                 Some(unsent) if reused => {
-                    with_pool(endpoint, UpstreamProtocol::Http2, |pool| pool.shared = None);
+                    with_pool(key, |pool| pool.shared = None);
                     request = unsent;
                 }
-                _ => return Err(classify(failed.error())),
+                _ => return Err(classify(cluster, failed.error())),
             },
         }
     }
@@ -228,31 +252,20 @@ async fn send_http2(
 /// The right to open a connection: within `maxConnections`, or beyond it when this
 /// worker has no connection to the endpoint at all (as Envoy's pools do, so requests
 /// queued here are not stranded by other workers' connections).
-fn new_connection_slot(
-    cluster: &LiveCluster<'_>,
-    endpoint: SocketAddr,
-    protocol: UpstreamProtocol,
-) -> Option<OpenConnection> {
+fn new_connection_slot(cluster: &LiveCluster<'_>, key: PoolKey) -> Option<OpenConnection> {
     let slot = match cluster.state.breakers.connection(&cluster.connection_pool) {
         Some(slot) => slot,
-        None if with_pool(endpoint, protocol, |p| p.open) == 0 => {
-            cluster.state.breakers.connection_anyway()
-        }
+        None if with_pool(key, |p| p.open) == 0 => cluster.state.breakers.connection_anyway(),
         None => return None,
     };
-    with_pool(endpoint, protocol, |p| p.open += 1);
-    Some(OpenConnection {
-        _slot: slot,
-        endpoint,
-        protocol,
-    })
+    with_pool(key, |p| p.open += 1);
+    Some(OpenConnection { _slot: slot, key })
 }
 
 /// One of this worker's connections to an endpoint, counted until its task ends.
 struct OpenConnection {
     _slot: Slot,
-    endpoint: SocketAddr,
-    protocol: UpstreamProtocol,
+    key: PoolKey,
 }
 
 impl Drop for OpenConnection {
@@ -261,10 +274,10 @@ impl Drop for OpenConnection {
         // gone (runtime shutdown); then there is nobody left to tell.
         let _ = POOLS.try_with(|pools| {
             if let Ok(mut pools) = pools.try_borrow_mut()
-                && let Some(pool) = pools.get_mut(&(self.endpoint, self.protocol))
+                && let Some(pool) = pools.get_mut(&self.key)
             {
                 pool.open = pool.open.saturating_sub(1);
-                match self.protocol {
+                match self.key.protocol {
                     // One HTTP/1.1 connection fewer: one queued request may open one.
                     UpstreamProtocol::Http1 => pool.freed.notify_one(),
                     // The shared connection failed or closed: everyone waiting looks again.
@@ -275,21 +288,17 @@ impl Drop for OpenConnection {
     }
 }
 
-fn with_pool<T>(
-    endpoint: SocketAddr,
-    protocol: UpstreamProtocol,
-    f: impl FnOnce(&mut EndpointPool) -> T,
-) -> T {
-    POOLS.with_borrow_mut(|pools| f(pools.entry((endpoint, protocol)).or_default()))
+fn with_pool<T>(key: PoolKey, f: impl FnOnce(&mut EndpointPool) -> T) -> T {
+    POOLS.with_borrow_mut(|pools| f(pools.entry(key).or_default()))
 }
 
 /// The most recently used live idle connection; expired and closed ones are dropped.
 fn checkout_http1(
-    endpoint: SocketAddr,
+    key: PoolKey,
     limits: &ConnectionPool,
 ) -> Option<Pooled<http1::SendRequest<ProxyBody>>> {
     let idle_timeout = limits.idle_timeout();
-    with_pool(endpoint, UpstreamProtocol::Http1, |pool| {
+    with_pool(key, |pool| {
         while let Some(pooled) = pool.idle.pop() {
             if !pooled.sender.is_closed() && pooled.since.elapsed() < idle_timeout {
                 return Some(pooled);
@@ -302,12 +311,12 @@ fn checkout_http1(
 /// The shared HTTP/2 connection while it is live, not idle too long and (unless
 /// `exhausted_ok`) under its `maxRequestsPerConnection`; counts the request on it.
 fn checkout_http2(
-    endpoint: SocketAddr,
+    key: PoolKey,
     limits: &ConnectionPool,
     exhausted_ok: bool,
 ) -> Option<http2::SendRequest<ProxyBody>> {
     let idle_timeout = limits.idle_timeout();
-    with_pool(endpoint, UpstreamProtocol::Http2, |pool| {
+    with_pool(key, |pool| {
         let shared = pool.shared.as_mut()?;
         if shared.sender.is_closed() || shared.since.elapsed() >= idle_timeout {
             pool.shared = None;
@@ -331,14 +340,14 @@ fn checkout_http2(
 /// has been idle too long, so a pool that shrinks after a burst gives its connections
 /// back to the upstream without a sweeper.
 fn checkin_http1(
-    endpoint: SocketAddr,
+    key: PoolKey,
     pooled: Pooled<http1::SendRequest<ProxyBody>>,
     idle_timeout: Duration,
 ) {
     if pooled.sender.is_closed() {
         return;
     }
-    with_pool(endpoint, UpstreamProtocol::Http1, |pool| {
+    with_pool(key, |pool| {
         if pool
             .idle
             .first()
@@ -356,7 +365,12 @@ fn checkin_http1(
     });
 }
 
-async fn connect(endpoint: SocketAddr, timeout: Duration) -> Result<TcpStream, TryFailure> {
+/// A connection to `endpoint`, secured as `cluster` asks (TLS origination).
+async fn connect(
+    cluster: &LiveCluster<'_>,
+    endpoint: SocketAddr,
+) -> Result<UpstreamStream, TryFailure> {
+    let timeout = cluster.connect_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -369,22 +383,26 @@ async fn connect(endpoint: SocketAddr, timeout: Duration) -> Result<TcpStream, T
         }
     };
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    upstream_tls::secure(stream, cluster, timeout)
+        .await
+        .map_err(TryFailure::Tls)
 }
 
 async fn connect_http1(
+    cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
-    timeout: Duration,
     open: OpenConnection,
 ) -> Result<http1::SendRequest<ProxyBody>, TryFailure> {
-    let stream = connect(endpoint, timeout).await?;
+    let stream = connect(cluster, endpoint).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|_| TryFailure::ConnectFailure)?;
     // Upgrades (WebSocket) take the connection over once the upstream answers 101.
+    let tls_cluster = cluster.tls.is_some().then(|| cluster.name.clone());
     tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
+            count_tls_refusal(tls_cluster.as_deref(), &e);
             tracing::debug!(%endpoint, error = %e, "upstream connection ended");
         }
         drop(open);
@@ -393,18 +411,20 @@ async fn connect_http1(
 }
 
 async fn connect_http2(
+    cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
-    timeout: Duration,
     open: OpenConnection,
 ) -> Result<http2::SendRequest<ProxyBody>, TryFailure> {
-    let stream = connect(endpoint, timeout).await?;
+    let stream = connect(cluster, endpoint).await?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|_| TryFailure::ConnectFailure)?;
+    let tls_cluster = cluster.tls.is_some().then(|| cluster.name.clone());
     tokio::spawn(async move {
         if let Err(e) = connection.await {
+            count_tls_refusal(tls_cluster.as_deref(), &e);
             tracing::debug!(%endpoint, error = %e, "upstream connection ended");
         }
         drop(open);
@@ -412,10 +432,28 @@ async fn connect_http2(
     Ok(sender)
 }
 
+/// A TLS connection the upstream ended with an alert after our side of the handshake
+/// was done: with TLS 1.3 that is how an upstream refuses our client certificate. The
+/// request on it has already failed (a connection termination); the refusal is counted
+/// as the failed handshake it is.
+fn count_tls_refusal(cluster: Option<&str>, error: &hyper::Error) {
+    if let Some(cluster) = cluster
+        && let Some(failure) = upstream_tls::TlsFailure::under(error)
+    {
+        upstream_tls::count(cluster, failure);
+    }
+}
+
 /// Sorts a failed exchange into what `retry_on` and the response flags speak of.
-fn classify(error: &hyper::Error) -> TryFailure {
+fn classify(cluster: &LiveCluster<'_>, error: &hyper::Error) -> TryFailure {
     if error.is_parse() || error.is_parse_status() {
         return TryFailure::ProtocolError;
+    }
+    if cluster.tls.is_some()
+        && let Some(failure) = upstream_tls::TlsFailure::under(error)
+    {
+        upstream_tls::count(&cluster.name, failure);
+        return TryFailure::Tls(failure);
     }
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
@@ -434,7 +472,7 @@ fn classify(error: &hyper::Error) -> TryFailure {
 /// as its framing is lost), and counts as a request in flight until then.
 pub(super) struct UpstreamBody {
     inner: Incoming,
-    endpoint: SocketAddr,
+    pool: PoolKey,
     connection: Option<Pooled<http1::SendRequest<ProxyBody>>>,
     idle_timeout: Duration,
     /// The cluster's count of requests in flight (`http2MaxRequests`).
@@ -444,13 +482,13 @@ pub(super) struct UpstreamBody {
 impl UpstreamBody {
     fn new(
         inner: Incoming,
-        endpoint: SocketAddr,
+        pool: PoolKey,
         connection: Option<Pooled<http1::SendRequest<ProxyBody>>>,
         idle_timeout: Duration,
     ) -> Self {
         let mut body = UpstreamBody {
             inner,
-            endpoint,
+            pool,
             connection,
             idle_timeout,
             in_flight: None,
@@ -463,7 +501,7 @@ impl UpstreamBody {
         if self.inner.is_end_stream() {
             self.in_flight = None;
             if let Some(connection) = self.connection.take() {
-                checkin_http1(self.endpoint, connection, self.idle_timeout);
+                checkin_http1(self.pool, connection, self.idle_timeout);
             }
         }
     }

@@ -11,6 +11,7 @@
 //! `/__requests` lists the requests seen so far (`method`, `path`, `host`), oldest first,
 //! so tests can tell what reached the upstream (mirrors, retries, smuggling attempts).
 //! A request with `Upgrade` is answered 101 and the upgraded connection echoes its bytes.
+//! With `--tls-cert FILE --tls-key FILE` it speaks TLS only (ALPN `h2`, `http/1.1`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -43,6 +44,12 @@ struct Args {
     /// Name reported in the `x-upstream-name` header and the `upstream` field.
     #[arg(long, default_value = "demo-upstream")]
     name: String,
+    /// Serve TLS with this PEM certificate chain (and `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// Longest `/delay/S` honoured, as httpbin caps it.
@@ -70,6 +77,10 @@ async fn main() -> anyhow::Result<()> {
         seen: Mutex::new(Vec::new()),
     });
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -86,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(stream, peer, Arc::clone(&upstream)));
+                    tokio::spawn(serve_connection(stream, peer, Arc::clone(&upstream), tls.clone()));
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -101,15 +112,57 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, upstream: Arc<Upstream>) {
+/// A TLS acceptor for `--tls-cert`/`--tls-key`, offering HTTP/2 and HTTP/1.1.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .context("reading --tls-cert")?
+        .collect::<Result<Vec<_>, _>>()
+        .context("parsing --tls-cert")?;
+    let key = PrivateKeyDer::from_pem_file(key).context("reading --tls-key")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    upstream: Arc<Upstream>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     if let Err(err) = stream.set_nodelay(true) {
         eprintln!("demo-upstream: connection from {peer}: set_nodelay: {err}");
     }
     let service = service_fn(move |req| respond(req, peer, Arc::clone(&upstream)));
-    if let Err(err) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-    {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let served = match tls {
+        None => {
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+        }
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(stream) => {
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await
+            }
+            Err(err) => {
+                eprintln!("demo-upstream: TLS handshake from {peer}: {err}");
+                return;
+            }
+        },
+    };
+    if let Err(err) = served {
         eprintln!("demo-upstream: connection from {peer}: {err}");
     }
 }

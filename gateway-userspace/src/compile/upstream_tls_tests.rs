@@ -1,0 +1,190 @@
+use super::*;
+
+fn spec(yaml: &str) -> DestinationRuleSpec {
+    serde_yaml::from_str(yaml).expect("a DestinationRule spec")
+}
+
+fn chosen(spec: &DestinationRuleSpec, port: u32, subset: Option<&str>) -> Option<String> {
+    selected_tls(spec, Some(port), subset)
+        .map(|(tls, field)| format!("{:?} {field}", tls.sni.as_deref().unwrap_or("-")))
+}
+
+#[test]
+fn subset_port_beats_subset_beats_port_beats_rule() {
+    let spec = spec(
+        r#"
+host: web
+trafficPolicy:
+  tls: {mode: SIMPLE, sni: rule}
+  portLevelSettings:
+  - port: {number: 443}
+    tls: {mode: SIMPLE, sni: rule-port}
+  - port: {number: 8080}
+    loadBalancer: {simple: RANDOM}
+subsets:
+- name: v1
+  labels: {version: v1}
+  trafficPolicy:
+    tls: {mode: MUTUAL, sni: subset}
+    portLevelSettings:
+    - port: {number: 9443}
+      tls: {mode: SIMPLE, sni: subset-port}
+- name: v2
+  labels: {version: v2}
+- name: v3
+  labels: {version: v3}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      loadBalancer: {simple: RANDOM}
+"#,
+    );
+    let cases = [
+        (80, None, Some(r#""rule" spec.trafficPolicy.tls"#)),
+        (
+            443,
+            None,
+            Some(r#""rule-port" spec.trafficPolicy.portLevelSettings[0].tls"#),
+        ),
+        // A matching port entry without tls: no TLS (no inheritance).
+        (8080, None, None),
+        (
+            80,
+            Some("v1"),
+            Some(r#""subset" spec.subsets[0].trafficPolicy.tls"#),
+        ),
+        (
+            443,
+            Some("v1"),
+            Some(r#""subset" spec.subsets[0].trafficPolicy.tls"#),
+        ),
+        (
+            9443,
+            Some("v1"),
+            Some(r#""subset-port" spec.subsets[0].trafficPolicy.portLevelSettings[0].tls"#),
+        ),
+        // A subset without a policy keeps the rule's (port-level included).
+        (
+            443,
+            Some("v2"),
+            Some(r#""rule-port" spec.trafficPolicy.portLevelSettings[0].tls"#),
+        ),
+        (80, Some("v2"), Some(r#""rule" spec.trafficPolicy.tls"#)),
+        // The subset's own port entry without tls turns TLS off for that port.
+        (443, Some("v3"), None),
+        (80, Some("v3"), Some(r#""rule" spec.trafficPolicy.tls"#)),
+        (
+            80,
+            Some("unknown"),
+            Some(r#""rule" spec.trafficPolicy.tls"#),
+        ),
+    ];
+    for (port, subset, want) in cases {
+        assert_eq!(
+            chosen(&spec, port, subset).as_deref(),
+            want,
+            "port {port} subset {subset:?}"
+        );
+    }
+}
+
+#[test]
+fn clusters_carry_their_tls_and_what_cannot_be_honoured_refuses_connections() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: istio-system}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: STATIC
+  endpoints:
+  - {address: 192.0.2.1, labels: {version: v1}}
+  - {address: 192.0.2.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: istio-system}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: MUTUAL, credentialName: missing-client}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {tls: {mode: SIMPLE, sni: origin.example.com, insecureSkipVerify: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: istio-system}
+spec:
+  hosts: [api.local]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /v1}}]
+    route: [{destination: {host: api.example.com, subset: v1}}]
+  - match: [{uri: {prefix: /v2}}]
+    route: [{destination: {host: api.example.com, subset: v2}}]
+  - route: [{destination: {host: api.example.com}}]
+"#;
+    let (resources, mut diagnostics) =
+        crate::config::load_text(std::path::Path::new("dr.yaml"), yaml);
+    let (snapshot, more) = super::super::compile(&resources, &Default::default());
+    diagnostics.extend(more);
+    let tls = |name: &str| {
+        snapshot
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.tls.clone())
+            .unwrap_or_else(|| panic!("{name} has no TLS"))
+    };
+    let v2 = tls("outbound|443|v2|api.example.com");
+    assert_eq!(
+        (v2.mode, v2.sni.to_str().as_ref()),
+        ("SIMPLE", "origin.example.com")
+    );
+    assert!(v2.config.is_ok(), "{:?}", v2.refused);
+    let v1 = tls("outbound|443|v1|api.example.com");
+    assert!(v1.config.is_err());
+    let top = tls("outbound|443||api.example.com");
+    assert!(top.config.is_err());
+    let warned = |field: &str, text: &str| {
+        diagnostics.warnings().any(|d| {
+            d.field.as_deref() == Some(field)
+                && d.message.contains(text)
+                && d.message.contains("refused (503 UF)")
+        })
+    };
+    assert!(
+        warned("spec.subsets[0].trafficPolicy.tls.mode", "ISTIO_MUTUAL"),
+        "{diagnostics}"
+    );
+    assert!(
+        warned("spec.trafficPolicy.tls.credentialName", "missing-client"),
+        "{diagnostics}"
+    );
+    // Applied: `validate` does not call it unapplied.
+    assert!(
+        !diagnostics
+            .warnings()
+            .any(|d| d.message.starts_with("not applied")),
+        "{diagnostics}"
+    );
+}
+
+#[test]
+fn no_tls_anywhere_is_none() {
+    let spec = spec("host: web\ntrafficPolicy: {loadBalancer: {simple: RANDOM}}\n");
+    assert_eq!(chosen(&spec, 80, None), None);
+}

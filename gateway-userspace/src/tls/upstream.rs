@@ -1,0 +1,293 @@
+//! TLS origination (DestinationRule `trafficPolicy.tls`, modes SIMPLE and MUTUAL): the
+//! rustls client configuration of one cluster, built at compile time and kept in the
+//! snapshot's cluster, and the server-certificate check Istio asks Envoy for.
+//!
+//! Verification follows Istio (`cluster_tls.go`): the chain is checked against
+//! `caCertificates` (or the credential Secret's `ca.crt`), else against the system trust
+//! store (Istio's `VERIFY_CERTIFICATE_AT_CLIENT`, on by default since 1.20); the names
+//! are checked against `subjectAltNames` when given, else against the SNI when the SNI is
+//! the default one (Envoy's `auto_san_validation`); an explicit `sni` without
+//! `subjectAltNames` checks the chain only. `insecureSkipVerify` checks nothing.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+};
+
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{
+        ClientSessionMemoryCache, ResolvesClientCert, Resumption,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        verify_server_cert_signed_by_trust_anchor, verify_server_name,
+    },
+    crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
+    server::ParsedCertificate,
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use serde::Serialize;
+
+use super::client_cert;
+
+/// TLS sessions remembered per cluster for resumption: one per endpoint of a large
+/// cluster, with room to spare.
+const SESSIONS_PER_CLUSTER: usize = 256;
+
+/// How a cluster's upstream connections are secured.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTls {
+    /// `SIMPLE` or `MUTUAL`.
+    pub mode: &'static str,
+    /// The name sent in the ClientHello.
+    #[serde(serialize_with = "server_name")]
+    pub sni: ServerName<'static>,
+    /// Where the settings come from: `DestinationRule ns/name spec.trafficPolicy.tls`.
+    pub origin: String,
+    /// The client configuration, or why none could be built: then every connection is
+    /// refused (503 `UF`) rather than sent in plaintext.
+    #[serde(skip)]
+    pub config: Result<Arc<ClientConfig>, Arc<str>>,
+    /// Set when `config` is an error: the reason, for the config dump.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Arc<str>>,
+    /// Identifies the settings and credentials: pooled connections are shared only by
+    /// clusters (and snapshots) with the same key, so a rotated client certificate is
+    /// used by the next connection while open ones finish.
+    #[serde(skip)]
+    pub key: u64,
+}
+
+fn server_name<S: serde::Serializer>(name: &ServerName<'static>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&name.to_str())
+}
+
+/// What a cluster's TLS client is made of, as read from the rule and its credentials.
+pub struct ClientSettings {
+    pub mode: &'static str,
+    pub sni: ServerName<'static>,
+    /// Whether `sni` is the default (the destination host): then it is also the name
+    /// checked when no `subjectAltNames` are given.
+    pub sni_is_default: bool,
+    pub subject_alt_names: Vec<String>,
+    /// None: the system trust store.
+    pub roots: Option<Vec<CertificateDer<'static>>>,
+    pub client_certificate: Option<Arc<CertifiedKey>>,
+    pub insecure_skip_verify: bool,
+    /// `h2` for HTTP/2 clusters, `http/1.1` otherwise.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl ClientSettings {
+    /// Identifies these settings (certificates included, the key by its certificate).
+    pub fn key(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        self.mode.hash(&mut hasher);
+        self.sni.to_str().hash(&mut hasher);
+        self.sni_is_default.hash(&mut hasher);
+        self.subject_alt_names.hash(&mut hasher);
+        self.roots
+            .iter()
+            .flatten()
+            .for_each(|c| c.as_ref().hash(&mut hasher));
+        if let Some(key) = &self.client_certificate {
+            key.cert.iter().for_each(|c| c.as_ref().hash(&mut hasher));
+        }
+        self.insecure_skip_verify.hash(&mut hasher);
+        self.alpn.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The rustls client configuration, with its own session cache.
+    pub fn build(&self, provider: &Arc<CryptoProvider>) -> Result<Arc<ClientConfig>, String> {
+        let roots = match &self.roots {
+            // Nothing is checked: no trust store needed.
+            _ if self.insecure_skip_verify => Arc::new(RootCertStore::empty()),
+            Some(certificates) => {
+                let mut roots = RootCertStore::empty();
+                let (added, _) = roots.add_parsable_certificates(certificates.iter().cloned());
+                if added == 0 {
+                    return Err("caCertificates: no usable CA certificate".to_owned());
+                }
+                Arc::new(roots)
+            }
+            None => system_roots()?,
+        };
+        let verifier = Arc::new(NameCheck {
+            roots,
+            names: if self.insecure_skip_verify {
+                Names::Nothing
+            } else if !self.subject_alt_names.is_empty() {
+                Names::AnyOf(self.subject_alt_names.clone())
+            } else if self.sni_is_default {
+                Names::Sni
+            } else {
+                Names::ChainOnly
+            },
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match &self.client_certificate {
+            Some(key) => {
+                builder.with_client_cert_resolver(Arc::new(ClientCertificate(key.clone())))
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = self.alpn.clone();
+        config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(
+            SESSIONS_PER_CLUSTER,
+        )));
+        Ok(Arc::new(config))
+    }
+}
+
+/// The client configurations of the last compiles by [`ClientSettings::key`]: a reload
+/// that leaves a cluster's TLS settings alone keeps its configuration, and with it the
+/// TLS sessions it can resume.
+#[derive(Default)]
+pub struct ClientConfigs(Mutex<HashMap<u64, Arc<ClientConfig>>>);
+
+impl ClientConfigs {
+    pub fn get(&self, key: u64) -> Option<Arc<ClientConfig>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned()
+    }
+
+    pub fn insert(&self, key: u64, config: Arc<ClientConfig>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, config);
+    }
+
+    /// Forgets the configurations a compile did not use.
+    pub fn keep_only(&self, used: &[u64]) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, _| used.contains(key));
+    }
+}
+
+/// The client certificate of MUTUAL mode, sent whatever CAs the server names (Envoy
+/// sends its one certificate too).
+#[derive(Debug)]
+struct ClientCertificate(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for ClientCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _schemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The system trust store, read once (Debian's `/etc/ssl/certs`, or `SSL_CERT_FILE`).
+fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(
+                    "no caCertificates given and the system trust store is empty".to_owned(),
+                );
+            }
+            Ok(Arc::new(roots))
+        })
+        .clone()
+}
+
+/// Which names the upstream's certificate must carry.
+#[derive(Debug)]
+enum Names {
+    /// The SNI (the default name): Envoy's `auto_san_validation`.
+    Sni,
+    /// One of these (DNS names, IP addresses or URIs such as SPIFFE IDs).
+    AnyOf(Vec<String>),
+    /// Any: an explicit `sni` without `subjectAltNames` checks the chain only, as Envoy.
+    ChainOnly,
+    /// Nothing at all (`insecureSkipVerify`).
+    Nothing,
+}
+
+#[derive(Debug)]
+struct NameCheck {
+    roots: Arc<RootCertStore>,
+    names: Names,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for NameCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if matches!(self.names, Names::Nothing) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        match &self.names {
+            Names::Sni => verify_server_name(&cert, server_name)?,
+            Names::AnyOf(wanted) => {
+                let present = client_cert::subject_alt_names(end_entity);
+                // Exact matches, as Istio configures Envoy's SAN matchers.
+                if !wanted.iter().any(|want| present.contains(want)) {
+                    return Err(CertificateError::NotValidForName.into());
+                }
+            }
+            Names::ChainOnly | Names::Nothing => {}
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

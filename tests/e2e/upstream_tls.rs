@@ -1,0 +1,341 @@
+//! TLS origination (DestinationRule `trafficPolicy.tls`) against real TLS upstreams:
+//! `openssl s_server` with certificates from the `openssl` CLI, one that asks for no
+//! client certificate and one that requires it. SIMPLE, MUTUAL from a Secret (hot-swapped),
+//! an untrusted certificate and a SAN mismatch refused with 503 `UF` and counted,
+//! `insecureSkipVerify`, and a TCP route to a TLS-originating cluster.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use gateway_tests::{
+    Gateway, Process, TempDir, curl, free_port, service_with_endpoint, write_atomically,
+};
+
+use crate::tls::{Key, Pki, tls_secret};
+
+/// `openssl s_server -www` on a free port with `name`'s certificate; `extra` adds options
+/// (`-Verify 1 -CAfile …` to require a client certificate). Its page shows the client
+/// certificate it got.
+fn s_server(pki: &Pki, name: &str, extra: &[&str]) -> anyhow::Result<(Process, u16)> {
+    let port = free_port();
+    let mut child = Command::new("openssl")
+        .args(["s_server", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-cert", &pki.path(&format!("{name}.crt"))])
+        .args(["-key", &pki.path(&format!("{name}.key"))])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting openssl s_server")?;
+    let stdout = child.stdout.take().context("s_server stdout")?;
+    let process = Process { child };
+    let mut line = String::new();
+    let mut reader = BufReader::new(stdout);
+    while !line.contains("ACCEPT") {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("openssl s_server exited");
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    Ok((process, port))
+}
+
+/// An HTTP Gateway on `bind_port` for `tls.example.com`, whose `/NAME` paths go to the
+/// Service NAME port 8443, and a TCP server on `tcp_port` to `tcp_service`.
+fn gateway_config(bind_port: u16, tcp_port: u16, names: &[&str], tcp_service: &str) -> String {
+    let routes: String = names
+        .iter()
+        .map(|name| {
+            format!(
+                "  - match: [{{uri: {{prefix: /{name}}}}}]\n    route: [{{destination: {{host: {name}, port: {{number: 8443}}}}}}]\n"
+            )
+        })
+        .collect();
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["tls.example.com"]
+  - port: {{number: 9000, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports:
+  - {{name: http, port: 80, targetPort: {bind_port}}}
+  - {{name: tcp, port: 9000, targetPort: {tcp_port}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: routes, namespace: default}}
+spec:
+  hosts: ["tls.example.com"]
+  gateways: [gw]
+  http:
+{routes}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  tcp:
+  - route: [{{destination: {{host: {tcp_service}, port: {{number: 8443}}}}}}]
+---
+"#
+    )
+}
+
+fn destination_rule(host: &str, tls: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {host}, namespace: default}}\nspec:\n  host: {host}\n  trafficPolicy:\n    tls: {tls}\n---\n"
+    )
+}
+
+fn get(bind_port: u16, path: &str) -> anyhow::Result<gateway_tests::CurlResponse> {
+    curl(
+        None,
+        &[
+            "-H",
+            "Host: tls.example.com",
+            &format!("http://127.0.0.1:{bind_port}{path}"),
+        ],
+    )
+}
+
+fn handshake_errors(gateway: &Gateway, service: &str, reason: &str) -> anyhow::Result<f64> {
+    Ok(gateway
+        .metric(&format!(
+            "gateway_upstream_tls_handshake_errors_total{{cluster=\"outbound|8443||{service}.default.svc.cluster.local\",reason=\"{reason}\"}}"
+        ))?
+        .unwrap_or(0.0))
+}
+
+#[test]
+fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Result<()> {
+    let dir = TempDir::new("upstream-tls")?;
+    let pki_dir = TempDir::new("upstream-tls-pki")?;
+    let pki = Pki::new(pki_dir.path(), "upstream-ca")?;
+    let other = Pki::new(pki_dir.path(), "other-ca")?;
+    let names = [
+        "simple",
+        "untrusted",
+        "san",
+        "skip",
+        "mtls",
+        "nocert",
+        "tcp",
+    ];
+    let sans: Vec<String> = names
+        .iter()
+        .map(|n| format!("DNS:{n}.default.svc.cluster.local"))
+        .collect();
+    pki.issue(
+        "backend",
+        "backend",
+        &sans.join(","),
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    // Client certificates the MUTUAL upstream trusts (another CA signs them).
+    let (client_a, client_a_key) = other.issue(
+        "client-a",
+        "client-a",
+        "DNS:client-a",
+        Key::EcP256Pkcs8,
+        true,
+    )?;
+    let (client_b, client_b_key) = other.issue(
+        "client-b",
+        "client-b",
+        "DNS:client-b",
+        Key::EcP256Pkcs8,
+        true,
+    )?;
+    let (_plain, plain_port) = s_server(&pki, "backend", &[])?;
+    let other_ca = other.path("other-ca.crt");
+    let (_mutual, mutual_port) =
+        s_server(&pki, "backend", &["-Verify", "1", "-CAfile", &other_ca])?;
+
+    let (bind_port, tcp_port) = (free_port(), free_port());
+    let ca = pki.path("upstream-ca.crt");
+    let mut config = gateway_config(bind_port, tcp_port, &names, "tcp");
+    for name in names {
+        let port = if matches!(name, "mtls" | "nocert") {
+            mutual_port
+        } else {
+            plain_port
+        };
+        config += &service_with_endpoint(name, 8443, ([127, 0, 0, 1], port).into());
+    }
+    config += &destination_rule("simple", &format!("{{mode: SIMPLE, caCertificates: {ca}}}"));
+    config += &destination_rule("tcp", &format!("{{mode: SIMPLE, caCertificates: {ca}}}"));
+    // Signed by a CA the rule does not trust.
+    config += &destination_rule(
+        "untrusted",
+        &format!("{{mode: SIMPLE, caCertificates: {other_ca}}}"),
+    );
+    config += &destination_rule(
+        "san",
+        &format!("{{mode: SIMPLE, caCertificates: {ca}, subjectAltNames: [nobody.example.com]}}"),
+    );
+    config += &destination_rule(
+        "skip",
+        &format!("{{mode: SIMPLE, caCertificates: {other_ca}, insecureSkipVerify: true}}"),
+    );
+    config += &destination_rule("mtls", "{mode: MUTUAL, credentialName: mtls-client}");
+    config += &destination_rule("nocert", &format!("{{mode: SIMPLE, caCertificates: {ca}}}"));
+    let upstream_ca = pki.ca_pem()?;
+    let secret = |cert: &str, key: &str| {
+        tls_secret("mtls-client", "istio-system", cert, key, Some(&upstream_ca))
+    };
+    let config_dir = TempDir::new("upstream-tls-config")?;
+    config_dir.write("gateway.yaml", &config)?;
+    let secret_path = config_dir.write("secret.yaml", &secret(&client_a, &client_a_key))?;
+    let gateway = Gateway::start(config_dir.path(), &["--ebpf", "off"], None, &dir)?;
+
+    // SIMPLE: the upstream speaks TLS only; the gateway verified it and got the page.
+    let simple = get(bind_port, "/simple")?;
+    assert_eq!(simple.status, 200, "{simple:?}\n{}", gateway.stderr());
+    assert!(simple.body.contains("s_server"), "{}", simple.body);
+    assert!(
+        !simple.body.contains("Client certificate"),
+        "{}",
+        simple.body
+    );
+
+    // A certificate from a CA the rule does not trust: 503 UF, Envoy's text, counted.
+    let untrusted = get(bind_port, "/untrusted")?;
+    assert_eq!(untrusted.status, 503, "{untrusted:?}");
+    assert!(
+        untrusted.body.starts_with(
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS_error:"
+        ) && untrusted.body.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{}",
+        untrusted.body
+    );
+    assert!(handshake_errors(&gateway, "untrusted", "certificate_untrusted")? >= 1.0);
+
+    // The right CA but none of the subjectAltNames asked for.
+    let san = get(bind_port, "/san")?;
+    assert_eq!(san.status, 503, "{san:?}");
+    assert!(
+        san.body.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{}",
+        san.body
+    );
+    assert!(handshake_errors(&gateway, "san", "name_mismatch")? >= 1.0);
+
+    // insecureSkipVerify: the untrusted certificate is accepted.
+    let skip = get(bind_port, "/skip")?;
+    assert_eq!(skip.status, 200, "{skip:?}");
+
+    // MUTUAL from the Secret: the upstream that requires a client certificate got ours.
+    let mtls = get(bind_port, "/mtls")?;
+    assert_eq!(mtls.status, 200, "{mtls:?}\n{}", gateway.stderr());
+    assert!(mtls.body.contains("CN=client-a"), "{}", mtls.body);
+
+    // Without a client certificate that upstream refuses us. With TLS 1.3 the refusal
+    // comes after our side of the handshake, once the request is being written: the
+    // request fails as a connection termination (503 UC).
+    let nocert = get(bind_port, "/nocert")?;
+    assert_eq!(nocert.status, 503, "{nocert:?}");
+
+    // The access log has the flags (UF, and URX: Istio retries connect failures twice by
+    // default) and the reason, where Envoy's default format puts them.
+    let log = gateway.access_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("GET /untrusted"))
+        .with_context(|| format!("no access log line for /untrusted:\n{log}"))?;
+    assert!(
+        line.contains(" 503 UF,URX - \"TLS_error:|") && line.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{line}"
+    );
+
+    // A TCP route to a TLS-originating cluster: the bytes arrive decrypted by the gateway
+    // (the client speaks plain HTTP to the TCP port, the upstream only TLS).
+    let tcp = curl(None, &[&format!("http://127.0.0.1:{tcp_port}/tcp")])?;
+    assert_eq!(tcp.status, 200, "{tcp:?}");
+    assert!(tcp.body.contains("s_server"), "{}", tcp.body);
+
+    // The credential Secret rotated: the next connection presents the new certificate.
+    gateway.reload_after(|| write_atomically(&secret_path, &secret(&client_b, &client_b_key)))?;
+    let rotated = get(bind_port, "/mtls")?;
+    assert_eq!(rotated.status, 200, "{rotated:?}");
+    assert!(rotated.body.contains("CN=client-b"), "{}", rotated.body);
+    Ok(())
+}
+
+/// The demo upstream speaking TLS only (ALPN `h2`, `http/1.1`) with `name`'s certificate.
+fn tls_upstream(pki: &Pki, name: &str) -> anyhow::Result<(Process, std::net::SocketAddr)> {
+    let mut child = Command::new(gateway_tests::binary("DEMO_UPSTREAM_BIN", "demo-upstream"))
+        .args(["--listen", "127.0.0.1:0", "--name", name])
+        .args(["--tls-cert", &pki.path(&format!("{name}.crt"))])
+        .args(["--tls-key", &pki.path(&format!("{name}.key"))])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting demo-upstream")?;
+    let stdout = child.stdout.take().context("upstream stdout")?;
+    let process = Process { child };
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected upstream output {line:?}"))?
+        .parse()?;
+    Ok((process, addr))
+}
+
+#[test]
+fn http2_clusters_negotiate_h2_over_tls_and_http1_clusters_http1() -> anyhow::Result<()> {
+    let dir = TempDir::new("upstream-tls-h2")?;
+    let pki_dir = TempDir::new("upstream-tls-h2-pki")?;
+    let pki = Pki::new(pki_dir.path(), "upstream-ca")?;
+    pki.issue(
+        "backend",
+        "backend",
+        "DNS:h2.default.svc.cluster.local,DNS:h1.default.svc.cluster.local",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_upstream, addr) = tls_upstream(&pki, "backend")?;
+    let (bind_port, tcp_port) = (free_port(), free_port());
+    let ca = pki.path("upstream-ca.crt");
+    let mut config = gateway_config(bind_port, tcp_port, &["h2", "h1"], "h1");
+    // `http2` port name: an HTTP/2 cluster, which offers only h2 by ALPN.
+    config += &gateway_tests::service("h2", 8443, "http2");
+    config += &gateway_tests::endpoint_slices("h2", "http2", &[addr]);
+    config += &service_with_endpoint("h1", 8443, addr);
+    for name in ["h2", "h1"] {
+        config += &destination_rule(name, &format!("{{mode: SIMPLE, caCertificates: {ca}}}"));
+    }
+    let config_dir = TempDir::new("upstream-tls-h2-config")?;
+    config_dir.write("gateway.yaml", &config)?;
+    let gateway = Gateway::start(config_dir.path(), &["--ebpf", "off"], None, &dir)?;
+
+    for _ in 0..3 {
+        let h2 = get(bind_port, "/h2")?;
+        assert_eq!(h2.status, 200, "{h2:?}\n{}", gateway.stderr());
+        assert_eq!(h2.json()?["version"], "HTTP/2.0", "{}", h2.body);
+    }
+    let h1 = get(bind_port, "/h1")?;
+    assert_eq!(h1.status, 200, "{h1:?}");
+    assert_eq!(h1.json()?["version"], "HTTP/1.1", "{}", h1.body);
+    Ok(())
+}
