@@ -41,7 +41,7 @@ use crate::{
         self, Diagnostics, SourceError,
         cache::{Change, ParseCache, ServiceKey, ServiceSet},
     },
-    ebpf::KernelError,
+    ebpf::{KernelError, NodePortRoute},
     kubernetes::store::ClusterStore,
     listeners::ListenerSet,
     metrics::{CredentialLabels, Metrics, ReloadLabels, SharedKernelPath},
@@ -283,15 +283,19 @@ pub fn steer_node_ports(
     listeners: &ListenerSet,
 ) -> Result<(), KernelError> {
     let sockets = listeners.sockets();
-    let routes: Vec<(u16, std::os::fd::RawFd)> = snapshot
+    let routes: Vec<NodePortRoute> = snapshot
         .kernel
         .node_ports
         .iter()
-        .filter_map(|(node, bind)| {
+        .filter_map(|&(node_port, bind_port)| {
             sockets
                 .iter()
-                .find(|(port, _)| port == bind)
-                .map(|(_, fd)| (*node, *fd))
+                .find(|(port, _)| *port == bind_port)
+                .map(|&(_, socket)| NodePortRoute {
+                    node_port,
+                    bind_port,
+                    socket,
+                })
         })
         .collect();
     let Ok(mut slot) = kernel.lock() else {

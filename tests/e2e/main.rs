@@ -16,5 +16,6 @@ mod kernel;
 mod kubernetes;
 mod limits;
 mod live_state;
+mod node_ports;
 mod ops;
 mod tls;
