@@ -97,6 +97,17 @@ fn translated(gateway: &Gateway) -> anyhow::Result<f64> {
 /// other node serves it, as it would without gatewayd.
 #[test]
 fn node_ports_are_served_here_whatever_kube_proxy_decided() -> anyhow::Result<()> {
+    served_whatever_kube_proxy_decided("xdp")
+}
+
+/// The same with the filter at TC ingress too: the translation is attached first on the
+/// hook and lets the filter run after it (which then sees the listener's port).
+#[test]
+fn node_ports_are_translated_ahead_of_a_tc_filter() -> anyhow::Result<()> {
+    served_whatever_kube_proxy_decided("tc")
+}
+
+fn served_whatever_kube_proxy_decided(hook: &str) -> anyhow::Result<()> {
     if skip_unless_root("creates network namespaces, iptables rules and attaches eBPF") {
         return Ok(());
     }
@@ -115,6 +126,8 @@ fn node_ports_are_served_here_whatever_kube_proxy_decided() -> anyhow::Result<()
     let args = [
         "--ebpf",
         "on",
+        "--ebpf-hook",
+        hook,
         "--node-ports",
         "--interface",
         &net.gateway_if,
@@ -136,6 +149,17 @@ fn node_ports_are_served_here_whatever_kube_proxy_decided() -> anyhow::Result<()
     kube_proxy_dnat(&net, &cluster_rule)?;
     served_here(&net, &gateway, "Cluster: DNAT to another node")?;
     assert_eq!(translated(&gateway)?, 3.0, "one translation per connection");
+    // The filter ran on every connection, and where it runs after the translation (TC)
+    // it saw the listener's port.
+    let seen_on = |port: u16| {
+        gateway
+            .metric(&format!(
+                "gateway_kernel_port_packets_total{{port=\"{port}\"}}"
+            ))
+            .map(|v| v.unwrap_or(0.0))
+    };
+    let filtered_on = if hook == "tc" { bind_port } else { NODE_PORT };
+    assert!(seen_on(filtered_on)? > 0.0, "{}", gateway.stderr());
     // A connection straight to the listener is not a node-port connection.
     let direct = get(&net, bind_port)?;
     assert_eq!(direct.status, 200);
