@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, net::IpAddr, os::fd::AsRawFd};
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, MapError, PerCpuArray},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -23,8 +23,9 @@ use gateway_ebpf::{
     host_hash,
     maps::{
         ACCEPT_ANY_SNI, FAIL_OPEN_GENERATION, GATEWAY_ADDRS_MAP, GLOBAL_STATS_MAP,
-        MAX_GATEWAY_ADDRS, MAX_SNI_NAMES_PER_GENERATION, POLICY_GENERATION_MAP, PORT_POLICY_MAP,
-        PORT_STATS_MAP, SNI_ALLOW_MAP, TC_PROGRAM, XDP_PROGRAM,
+        MAX_GATEWAY_ADDRS, MAX_SNI_NAMES_PER_GENERATION, NODE_PORT_FLOWS_MAP,
+        POLICY_GENERATION_MAP, PORT_POLICY_MAP, PORT_STATS_MAP, SNI_ALLOW_MAP, TC_PROGRAM,
+        XDP_PROGRAM,
     },
     sni::{MAX_WILDCARD_LABELS, wildcard_labels},
 };
@@ -159,10 +160,21 @@ impl std::fmt::Debug for KernelPath {
 }
 
 impl KernelPath {
-    /// Loads the object and the XDP program into the kernel (verifier included); attaches
-    /// nothing yet.
+    /// Loads the object and the XDP program into the kernel (verifier included), ready
+    /// for node-port mode; attaches nothing yet.
     pub fn load() -> Result<Self, KernelError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        Self::load_with(true)
+    }
+
+    /// The same, with the node-port translation's flow table sized for `node_ports`:
+    /// the LRU is preallocated (LRU maps always are), so without node-port mode it is
+    /// shrunk to one entry rather than pin ~13 MiB of kernel memory for nothing.
+    pub fn load_with(node_ports: bool) -> Result<Self, KernelError> {
+        let mut loader = EbpfLoader::new();
+        if !node_ports {
+            loader.map_max_entries(NODE_PORT_FLOWS_MAP, 1);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         // Before any program loads: the logger takes the log ring buffer's map, and the
         // map must stay open while the programs that write to it are loaded.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(KernelError::Log)?;
