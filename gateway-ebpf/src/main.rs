@@ -4,6 +4,8 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod nodeport;
+#[cfg(target_arch = "bpf")]
 mod steer;
 #[cfg(target_arch = "bpf")]
 mod xdp;

@@ -29,6 +29,15 @@ pub const STEER_PORTS_MAP: &str = "STEER_PORTS";
 pub const STEER_SOCKETS_MAP: &str = "STEER_SOCKETS";
 /// Name of the sk_lookup program in the object file.
 pub const STEER_PROGRAM: &str = "gateway_steer";
+/// Node-port translation: node port (u32, host order) → the listener's bind port (u32).
+pub const NODE_PORT_TARGETS_MAP: &str = "NODE_PORT_TARGETS";
+/// Node-port translation: [`NodePortFlow`] → [`NodePortFlowState`], an LRU of the flows
+/// translated at ingress, so later segments follow and replies are translated back.
+pub const NODE_PORT_FLOWS_MAP: &str = "NODE_PORT_FLOWS";
+/// TC ingress: node port → bind port, ahead of netfilter (and so of kube-proxy's DNAT).
+pub const NODE_PORT_INGRESS_PROGRAM: &str = "gateway_np_in";
+/// TC egress: bind port → node port on the replies of translated flows.
+pub const NODE_PORT_EGRESS_PROGRAM: &str = "gateway_np_out";
 
 /// How many distinct gateway ports the kernel tracks. Istio gateways expose a handful;
 /// 256 leaves room for node ports beside them.
@@ -46,6 +55,11 @@ pub const MAX_GATEWAY_ADDRS: u32 = 4096;
 pub const FAIL_OPEN_GENERATION: u32 = 2;
 /// Listening sockets node-port mode can steer to.
 pub const MAX_STEER_SOCKETS: u32 = 64;
+/// Node-port connections the translation remembers (LRU, about 100 bytes each with the
+/// kernel's overhead: ~13 MiB). A flow evicted while alive loses its translation: its
+/// next segments reach the node port untranslated and are reset, so size for the
+/// node's concurrent node-port connections.
+pub const MAX_NODE_PORT_FLOWS: u32 = 131_072;
 
 /// What a gateway port carries, as far as the kernel cares.
 #[repr(u32)]
@@ -140,6 +154,30 @@ impl AddrKey {
     }
 }
 
+/// A node-port connection as the stack sees it after the ingress translation: the
+/// client's address and port, and the node's local address with the listener's bind
+/// port. Addresses as in [`AddrKey`] (each 4-byte group read big-endian).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodePortFlow {
+    pub client: [u32; 4],
+    pub local: [u32; 4],
+    /// Host byte order.
+    pub client_port: u16,
+    /// The bind port (host byte order).
+    pub local_port: u16,
+    /// 4 or 6.
+    pub family: u32,
+}
+
+/// What the translation remembers of a flow: the node port the client dialled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodePortFlowState {
+    /// Host byte order (u32 so the value has no padding).
+    pub node_port: u32,
+}
+
 /// What the programs saw on one gateway port (summed over CPUs by userspace).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,6 +203,8 @@ mod pod {
     unsafe impl aya::Pod for super::PortPolicy {}
     unsafe impl aya::Pod for super::SniKey {}
     unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::NodePortFlow {}
+    unsafe impl aya::Pod for super::NodePortFlowState {}
 }
 
 /// Indices into [`GLOBAL_STATS_MAP`]: what the program saw, by outcome.
@@ -205,10 +245,12 @@ pub enum GlobalCounter {
     /// TCP to a gateway port number but not to one of this node's gateway addresses
     /// (a pod behind the node, say): passed untouched and not counted per port.
     OtherAddress = 15,
+    /// Connections to a node port translated to the listener's port at TC ingress.
+    NodePortTranslated = 16,
 }
 
 impl GlobalCounter {
-    pub const ALL: [GlobalCounter; 16] = [
+    pub const ALL: [GlobalCounter; 17] = [
         GlobalCounter::Seen,
         GlobalCounter::GatewayPort,
         GlobalCounter::OtherPort,
@@ -225,6 +267,7 @@ impl GlobalCounter {
         GlobalCounter::NotClientHello,
         GlobalCounter::NodePortSteered,
         GlobalCounter::OtherAddress,
+        GlobalCounter::NodePortTranslated,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -247,6 +290,7 @@ impl GlobalCounter {
             GlobalCounter::NotClientHello => "not_client_hello",
             GlobalCounter::NodePortSteered => "node_port_steered",
             GlobalCounter::OtherAddress => "other_address",
+            GlobalCounter::NodePortTranslated => "node_port_translated",
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Frame {
     pub src_port: u16,
     pub dst_port: u16,
     pub payload: usize,
+    /// PSH|ACK unless a test says otherwise (SYN: 0x02).
+    pub tcp_flags: u8,
     /// (source, destination) when not the defaults (10.0.0.1 → 10.0.0.2, fdfd…fdfd twice);
     /// used when their family is the frame's.
     pub addresses: Option<(IpAddr, IpAddr)>,
@@ -42,6 +44,7 @@ impl Default for Frame {
             src_port: 40000,
             dst_port: 443,
             payload: 5,
+            tcp_flags: 0x18,
             addresses: None,
         }
     }
@@ -99,7 +102,7 @@ impl Frame {
         f.extend_from_slice(&self.dst_port.to_be_bytes());
         f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
         f.push(((tcp_len / 4) as u8) << 4);
-        f.push(0x18); // PSH|ACK
+        f.push(self.tcp_flags);
         f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
         f.extend(std::iter::repeat_n(1u8, self.tcp_options));
         f.extend_from_slice(payload);

@@ -31,7 +31,7 @@ use gateway_ebpf::{
 };
 
 /// Header copy: a power of two ≥ MAX_HEADER_BYTES, so indices can be masked into range.
-const HEADER_SCRATCH: usize = 128;
+pub(crate) const HEADER_SCRATCH: usize = 128;
 /// Copy for the reset rewrite: the longest headers (2 VLAN tags, 60-byte IPv4 and TCP).
 const REWRITE_SCRATCH: usize = 256;
 /// ClientHello bytes examined: post-quantum hellos are ~1.8 KB; names beyond this pass.
@@ -61,7 +61,8 @@ static SNI_ALLOW: HashMap<SniKey, u8> = HashMap::with_max_entries(MAX_SNI_NAMES,
 static POLICY_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "GATEWAY_ADDRS")]
-static GATEWAY_ADDRS: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_GATEWAY_ADDRS, 0);
+pub(crate) static GATEWAY_ADDRS: HashMap<AddrKey, u8> =
+    HashMap::with_max_entries(MAX_GATEWAY_ADDRS, 0);
 
 #[map(name = "PORT_STATS")]
 static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
@@ -71,7 +72,8 @@ static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GlobalCoun
 
 /// The BPF stack is 512 bytes; copies live in per-CPU map values instead.
 #[map(name = "HDR_SCRATCH")]
-static HDR_SCRATCH: PerCpuArray<Scratch<HEADER_SCRATCH>> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static HDR_SCRATCH: PerCpuArray<Scratch<HEADER_SCRATCH>> =
+    PerCpuArray::with_max_entries(1, 0);
 #[map(name = "RST_SCRATCH")]
 static RST_SCRATCH: PerCpuArray<Scratch<REWRITE_SCRATCH>> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "HELLO_SCRATCH")]
@@ -99,7 +101,7 @@ pub fn gateway_tc(ctx: TcContext) -> i32 {
 
 /// What the filter needs from a hook: the frame's length, and bytes copied out of it and
 /// back in. Both copy through helpers, so the filter never walks packet pointers.
-trait Frame: EbpfContext {
+pub(crate) trait Frame: EbpfContext {
     fn frame_len(&self) -> usize;
     /// Copies `n` bytes at `from` to `dst`; `n` must be provably 1..=the buffer's size.
     fn load(&self, from: usize, dst: *mut u8, n: u32) -> bool;
@@ -487,7 +489,7 @@ fn destination(headers: &Scratch<HEADER_SCRATCH>, parsed: &Headers) -> AddrKey {
 
 /// Four bytes at `off`, big-endian (0 where the copy ends).
 #[inline(always)]
-fn word<const N: usize>(s: &Scratch<N>, off: usize) -> u32 {
+pub(crate) fn word<const N: usize>(s: &Scratch<N>, off: usize) -> u32 {
     u32::from_be_bytes([
         s.at(off).unwrap_or(0),
         s.at(off + 1).unwrap_or(0),
@@ -497,7 +499,9 @@ fn word<const N: usize>(s: &Scratch<N>, off: usize) -> u32 {
 }
 
 #[inline(always)]
-fn scratch<const N: usize>(map: &PerCpuArray<Scratch<N>>) -> Option<&'static mut Scratch<N>> {
+pub(crate) fn scratch<const N: usize>(
+    map: &PerCpuArray<Scratch<N>>,
+) -> Option<&'static mut Scratch<N>> {
     // SAFETY: a per-CPU map value, valid for the whole run and touched by no other CPU;
     // each scratch map is borrowed once per run.
     map.get_ptr_mut(0).map(|p| unsafe { &mut *p })
@@ -505,7 +509,7 @@ fn scratch<const N: usize>(map: &PerCpuArray<Scratch<N>>) -> Option<&'static mut
 
 /// Copies `min(frame_len - from, N)` bytes of the frame starting at `from`.
 #[inline(always)]
-fn copy<F: Frame, const N: usize>(
+pub(crate) fn copy<F: Frame, const N: usize>(
     ctx: &F,
     from: usize,
     frame_len: usize,
@@ -534,7 +538,7 @@ fn bounded<const N: usize>(n: usize) -> usize {
 /// would verify everything downstream once per shape; values read back from a map are
 /// just numbers to it, so everything downstream is verified once.
 #[inline(always)]
-fn launder_headers(parsed: Headers) -> Option<Headers> {
+pub(crate) fn launder_headers(parsed: Headers) -> Option<Headers> {
     let slot = PARSED.get_ptr_mut(0)?;
     // SAFETY: a per-CPU map value valid for this run; written, then read back.
     unsafe {

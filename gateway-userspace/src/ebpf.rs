@@ -7,17 +7,13 @@
 //! attaches through netlink instead, which outlives a killed process: stale TC
 //! attachments are removed at start (`remove_stale_tc_filters`).
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    os::fd::{AsRawFd, RawFd},
-};
+use std::{collections::BTreeMap, net::IpAddr, os::fd::AsRawFd};
 
 use aya::{
-    Ebpf, EbpfError,
-    maps::{Array, HashMap as BpfHashMap, Map, MapError, PerCpuArray, SockMap},
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, Map, MapError, PerCpuArray},
     programs::{
-        ProgramError, SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         sk_lookup::SkLookupLinkId,
         tc::{NlOptions, TcAttachOptions},
     },
@@ -27,9 +23,9 @@ use gateway_ebpf::{
     host_hash,
     maps::{
         ACCEPT_ANY_SNI, FAIL_OPEN_GENERATION, GATEWAY_ADDRS_MAP, GLOBAL_STATS_MAP,
-        MAX_GATEWAY_ADDRS, MAX_SNI_NAMES_PER_GENERATION, POLICY_GENERATION_MAP, PORT_POLICY_MAP,
-        PORT_STATS_MAP, SNI_ALLOW_MAP, STEER_PORTS_MAP, STEER_PROGRAM, STEER_SOCKETS_MAP,
-        TC_PROGRAM, XDP_PROGRAM,
+        MAX_GATEWAY_ADDRS, MAX_SNI_NAMES_PER_GENERATION, NODE_PORT_FLOWS_MAP,
+        POLICY_GENERATION_MAP, PORT_POLICY_MAP, PORT_STATS_MAP, SNI_ALLOW_MAP, TC_PROGRAM,
+        XDP_PROGRAM,
     },
     sni::{MAX_WILDCARD_LABELS, wildcard_labels},
 };
@@ -38,7 +34,10 @@ use thiserror::Error;
 use crate::snapshot::{KernelPolicy, TlsPortPolicy};
 
 pub mod addresses;
+mod node_ports;
 mod stale_xdp;
+
+pub use node_ports::NodePortRoute;
 
 /// The object aya-build left in OUT_DIR (see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -53,7 +52,7 @@ pub enum KernelError {
     Program(#[from] ProgramError),
     #[error("map: {0}")]
     Map(#[from] MapError),
-    #[error("attaching XDP to {interface}: {source}")]
+    #[error("attaching to {interface}: {source}")]
     Attach {
         interface: String,
         source: ProgramError,
@@ -107,6 +106,9 @@ pub struct KernelPath {
     generation: u32,
     /// The sk_lookup program's link, once node-port steering is in use.
     steer_link: Option<SkLookupLinkId>,
+    /// Whether the node-port translation (TC ingress and egress) is attached to the
+    /// interfaces in `attached`.
+    translating: bool,
     /// `--node-ports`: steer our Service's node ports to the listeners.
     node_port_mode: bool,
     /// The programs' log records (aya-log), until `take_logger` hands them to a task.
@@ -158,10 +160,21 @@ impl std::fmt::Debug for KernelPath {
 }
 
 impl KernelPath {
-    /// Loads the object and the XDP program into the kernel (verifier included); attaches
-    /// nothing yet.
+    /// Loads the object and the XDP program into the kernel (verifier included), ready
+    /// for node-port mode; attaches nothing yet.
     pub fn load() -> Result<Self, KernelError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        Self::load_with(true)
+    }
+
+    /// The same, with the node-port translation's flow table sized for `node_ports`:
+    /// the LRU is preallocated (LRU maps always are), so without node-port mode it is
+    /// shrunk to one entry rather than pin ~13 MiB of kernel memory for nothing.
+    pub fn load_with(node_ports: bool) -> Result<Self, KernelError> {
+        let mut loader = EbpfLoader::new();
+        if !node_ports {
+            loader.map_max_entries(NODE_PORT_FLOWS_MAP, 1);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         // Before any program loads: the logger takes the log ring buffer's map, and the
         // map must stay open while the programs that write to it are loaded.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(KernelError::Log)?;
@@ -174,6 +187,7 @@ impl KernelPath {
             generation: 0,
             written: Default::default(),
             steer_link: None,
+            translating: false,
             node_port_mode: false,
             logger: Some(logger),
             unpoliced: BTreeMap::new(),
@@ -596,55 +610,6 @@ impl KernelPath {
         self.logger.take()
     }
 
-    /// Turns node-port mode on (`--node-ports`); `steer_node_ports` does nothing otherwise.
-    pub fn enable_node_port_mode(&mut self) {
-        self.node_port_mode = true;
-    }
-
-    /// Hands connections for each node port to the listening socket of its bind port
-    /// (an sk_lookup program on this network namespace, loaded on first use). Node ports
-    /// whose listener is missing are dropped from the map, so they fall back to the normal
-    /// lookup (and kube-proxy, where it runs).
-    pub fn steer_node_ports(&mut self, routes: &[(u16, RawFd)]) -> Result<(), KernelError> {
-        if !self.node_port_mode {
-            return Ok(());
-        }
-        if self.steer_link.is_none() {
-            if routes.is_empty() {
-                return Ok(());
-            }
-            let netns = std::fs::File::open("/proc/self/ns/net").map_err(KernelError::Netns)?;
-            let program: &mut SkLookup = self
-                .ebpf
-                .program_mut(STEER_PROGRAM)
-                .ok_or(KernelError::Missing(STEER_PROGRAM))?
-                .try_into()?;
-            program.load()?;
-            self.steer_link = Some(program.attach(netns)?);
-        }
-        let mut sockets: SockMap<_> =
-            SockMap::try_from(map_mut(&mut self.ebpf, STEER_SOCKETS_MAP)?)?;
-        for (index, (_, fd)) in routes.iter().enumerate() {
-            let fd = SocketFd(*fd);
-            sockets.set(index as u32, &fd, 0)?;
-        }
-        let mut ports: BpfHashMap<_, u32, u32> =
-            BpfHashMap::try_from(map_mut(&mut self.ebpf, STEER_PORTS_MAP)?)?;
-        let wanted: Vec<u32> = routes.iter().map(|(port, _)| u32::from(*port)).collect();
-        let stale: Vec<u32> = ports
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|p| !wanted.contains(p))
-            .collect();
-        for port in stale {
-            ports.remove(&port)?;
-        }
-        for (index, port) in wanted.iter().enumerate() {
-            ports.insert(port, index as u32, 0)?;
-        }
-        Ok(())
-    }
-
     /// Instructions the verifier walked to accept the XDP program (of its 1M budget):
     /// the program's complexity, watched by the kernel tests.
     pub fn verified_instructions(&mut self) -> Result<Option<u32>, KernelError> {
@@ -787,16 +752,6 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {
         .program_mut(XDP_PROGRAM)
         .ok_or(KernelError::Missing(XDP_PROGRAM))?;
     Ok(program.try_into()?)
-}
-
-/// A listening socket's fd as the sockmap API wants it (the socket stays owned by its
-/// listener; the map holds its own reference to the socket).
-struct SocketFd(RawFd);
-
-impl AsRawFd for SocketFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
 }
 
 /// How long a TLS listener holds a connection in the kernel waiting for its first bytes.

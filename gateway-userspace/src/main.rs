@@ -646,7 +646,14 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     );
 
     if args.ebpf != EbpfMode::Off {
-        match start_kernel_path(&args.interfaces, args.ebpf_hook, &snapshot, &metrics) {
+        let kernel_path = start_kernel_path(
+            &args.interfaces,
+            args.ebpf_hook,
+            args.node_ports,
+            &snapshot,
+            &metrics,
+        );
+        match kernel_path {
             Ok(mut path) => {
                 if args.node_ports {
                     path.enable_node_port_mode();
@@ -775,10 +782,11 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
 fn start_kernel_path(
     interfaces: &[String],
     hook: KernelHook,
+    node_ports: bool,
     snapshot: &Snapshot,
     metrics: &Metrics,
 ) -> anyhow::Result<KernelPath> {
-    let mut path = KernelPath::load()?;
+    let mut path = KernelPath::load_with(node_ports)?;
     if let Some(logger) = path.take_logger() {
         tokio::spawn(gateway::ebpf::forward_program_logs(logger));
     }

@@ -42,7 +42,7 @@ use crate::{
         cache::{Change, ParseCache, ServiceKey, ServiceSet},
     },
     dns::{self, DnsAnswers},
-    ebpf::KernelError,
+    ebpf::{KernelError, NodePortRoute},
     kubernetes::store::ClusterStore,
     listeners::ListenerSet,
     metrics::{CredentialLabels, Metrics, ReloadLabels, SharedKernelPath},
@@ -298,15 +298,19 @@ pub fn steer_node_ports(
     listeners: &ListenerSet,
 ) -> Result<(), KernelError> {
     let sockets = listeners.sockets();
-    let routes: Vec<(u16, std::os::fd::RawFd)> = snapshot
+    let routes: Vec<NodePortRoute> = snapshot
         .kernel
         .node_ports
         .iter()
-        .filter_map(|(node, bind)| {
+        .filter_map(|&(node_port, bind_port)| {
             sockets
                 .iter()
-                .find(|(port, _)| port == bind)
-                .map(|(_, fd)| (*node, *fd))
+                .find(|(port, _)| *port == bind_port)
+                .map(|&(_, socket)| NodePortRoute {
+                    node_port,
+                    bind_port,
+                    socket,
+                })
         })
         .collect();
     let Ok(mut slot) = kernel.lock() else {

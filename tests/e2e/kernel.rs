@@ -1,6 +1,7 @@
 //! The kernel path end to end, in two network namespaces joined by a veth pair at MTU
-//! 1500: SNI early rejection in front of a real TLS listener, and node-port steering with
-//! and without a kube-proxy-style DNAT rule. Root only (namespaces, eBPF).
+//! 1500: SNI early rejection in front of a real TLS listener, the filter's view of
+//! addresses and stale attachments. Node ports are in `node_ports.rs`. Root only
+//! (namespaces, eBPF).
 
 use std::{
     net::SocketAddr,
@@ -10,8 +11,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use gateway_tests::{
-    Gateway, NetnsPair, TempDir, Upstream, binary, curl, free_port, httpbin_config,
-    service_with_endpoint, skip_unless_root,
+    Gateway, NetnsPair, TempDir, Upstream, binary, free_port, service_with_endpoint,
+    skip_unless_root,
 };
 
 const NAME: &str = "api.example.com";
@@ -290,104 +291,6 @@ fn sni_rejection(hook: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Node-port mode: a connection to our Service's nodePort reaches the listener bound on
-/// the targetPort with the client's own address; the same with kube-proxy's DNAT rule in
-/// place; other ports stay untouched; a killed daemon leaves nothing behind and a new one
-/// takes over.
-#[test]
-fn node_ports_reach_the_listener_with_the_client_address() -> anyhow::Result<()> {
-    if skip_unless_root("creates network namespaces, iptables rules and attaches eBPF") {
-        return Ok(());
-    }
-    let net = NetnsPair::new("np")?;
-    let dir = TempDir::new("kernel-nodeport")?;
-    let upstream = Upstream::start(Some(&net.gateway_ns), "127.0.0.1:0", "httpbin")?;
-    let (bind_port, node_port) = (free_port(), 30080);
-    let config = httpbin_config(bind_port, upstream.addr).replace(
-        &format!("targetPort: {bind_port}}}]"),
-        &format!("targetPort: {bind_port}, nodePort: {node_port}}}]"),
-    );
-    assert!(config.contains("nodePort"), "{config}");
-    dir.write("config.yaml", &config)?;
-    let args = [
-        "--ebpf",
-        "on",
-        "--node-ports",
-        "--interface",
-        &net.gateway_if,
-    ];
-    let url = |port: u16| format!("http://{}:{port}/status/200", net.gateway_ip);
-    let host = "Host: httpbin.example.com";
-
-    let mut gateway = Gateway::start(dir.path(), &args, Some(&net.gateway_ns), &dir)?;
-    let response = curl(Some(&net.client_ns), &["-H", host, &url(node_port)])?;
-    assert_eq!(response.status, 200, "{}", gateway.stderr());
-    assert_eq!(
-        response.json()?["headers"]["x-forwarded-for"],
-        net.client_ip.as_str()
-    );
-    let local = format!("{}:{node_port} {}:", net.gateway_ip, net.client_ip);
-    assert!(
-        gateway.access_log().contains(&local),
-        "served on the node port itself:\n{}",
-        gateway.access_log()
-    );
-    assert!(
-        curl(Some(&net.client_ns), &["-H", host, &url(node_port + 1)]).is_err(),
-        "other ports untouched"
-    );
-
-    // kube-proxy's rule for this node port, as it installs it: DNAT to our targetPort.
-    let iptables = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &net.gateway_ns, "iptables"])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "iptables {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
-    let to = format!("{}:{bind_port}", net.gateway_ip);
-    let rule = [
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-p",
-        "tcp",
-        "--dport",
-        "30080",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &to,
-    ];
-    iptables(&rule)?;
-    let response = curl(Some(&net.client_ns), &["-H", host, &url(node_port)])?;
-    assert_eq!(response.status, 200);
-    assert_eq!(
-        response.json()?["headers"]["x-forwarded-for"],
-        net.client_ip.as_str()
-    );
-    iptables(&["-t", "nat", "-F", "PREROUTING"])?;
-
-    // kill -9: the steering dies with the process; a new daemon attaches again.
-    gateway.process.child.kill()?;
-    gateway.process.child.wait()?;
-    assert!(
-        curl(Some(&net.client_ns), &["-H", host, &url(node_port)]).is_err(),
-        "nothing steers any more"
-    );
-    let gateway = Gateway::start(dir.path(), &args, Some(&net.gateway_ns), &dir)?;
-    let response = curl(Some(&net.client_ns), &["-H", host, &url(node_port)])?;
-    assert_eq!(response.status, 200, "{}", gateway.stderr());
-    Ok(())
-}
-
 /// Wildcards match at any depth in the kernel, as in userspace: `*.example.com` serves
 /// `a.b.example.com`, and the kernel lets its hello by instead of resetting it.
 #[test]
@@ -425,15 +328,15 @@ fn deep_names_under_a_wildcard_pass_the_kernel_filter() -> anyhow::Result<()> {
 /// A third namespace routed through the gateway's namespace, as pods are on nodes with
 /// native routing: traffic to it crosses the gateway's interface (and its filter).
 /// Removed on drop, even when the test fails.
-struct RoutedPod {
-    ns: String,
-    ip: String,
+pub(crate) struct RoutedPod {
+    pub(crate) ns: String,
+    pub(crate) ip: String,
 }
 
 const POD_SUBNET: &str = "10.204.0";
 
 impl RoutedPod {
-    fn new(net: &NetnsPair) -> anyhow::Result<Self> {
+    pub(crate) fn new(net: &NetnsPair) -> anyhow::Result<Self> {
         let id = std::process::id() % 100_000;
         let pod = RoutedPod {
             ns: format!("pod-{id}-{}", free_port()),
@@ -492,7 +395,7 @@ impl Drop for RoutedPod {
     }
 }
 
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(program).args(args).output()?;
     if !out.status.success() {
         bail!(

@@ -17,6 +17,7 @@ mod kernel;
 mod kubernetes;
 mod limits;
 mod live_state;
+mod node_ports;
 mod ops;
 mod proxy_protocol;
 mod tls;

@@ -15,6 +15,7 @@ mod config;
 mod endpoints;
 mod http;
 mod kubernetes;
+mod node_ports;
 mod reload;
 mod sni;
 mod tls;
@@ -67,6 +68,11 @@ const BENCHES: &[Bench] = &[
         name: "sni",
         about: "unknown-SNI flood: CPU per rejected connection (kernel reset vs userspace vs full handshake vs nginx ssl_reject_handshake vs HAProxy strict-sni), legitimate HTTPS kept",
         run: sni::run,
+    },
+    Bench {
+        name: "node-ports",
+        about: "a node-port request: translated at TC (--node-ports) vs kube-proxy's path (iptables DNAT to the local listener) vs direct to the listener; keep-alive and a new connection per request: latency, gatewayd CPU and the programs' run time per request",
+        run: node_ports::run,
     },
 ];
 

@@ -32,7 +32,7 @@ use crate::{Workspace, cmd};
 const SERVER_CPU: &str = "1";
 const CLIENT_CPU: &str = "0";
 const NAME: &str = "api.example.com";
-const GATEWAY_IP: &str = "10.205.0.2";
+pub(super) const GATEWAY_IP: &str = "10.205.0.2";
 const CLIENT_IP: &str = "10.205.0.1";
 const PORT: u16 = 443;
 const UPSTREAM_PORT: u16 = 18080;
@@ -73,13 +73,13 @@ impl Mode {
 }
 
 /// Two namespaces joined by veth, removed on drop.
-struct Net {
-    gw: String,
-    cli: String,
+pub(super) struct Net {
+    pub(super) gw: String,
+    pub(super) cli: String,
 }
 
 impl Net {
-    fn new() -> Result<Self> {
+    pub(super) fn new() -> Result<Self> {
         let id = std::process::id() % 100_000;
         let net = Net {
             gw: format!("bgw{id}"),
@@ -130,11 +130,11 @@ impl Net {
         Ok(net)
     }
 
-    fn gateway_if(&self) -> String {
+    pub(super) fn gateway_if(&self) -> String {
         format!("vbg{}", std::process::id() % 100_000)
     }
 
-    fn exec(&self, ns: &str, cpu: &str, program: &Path) -> Command {
+    pub(super) fn exec(&self, ns: &str, cpu: &str, program: &Path) -> Command {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", ns, "taskset", "-c", cpu])
@@ -169,7 +169,7 @@ fn ip(args: &[&str]) -> Result<()> {
 /// CPU time of a process, all its threads, in seconds, from the scheduler's nanosecond
 /// counters (`/proc/PID/task/*/schedstat`): clock-tick accounting (10 ms) is too coarse for
 /// microseconds per connection.
-fn process_cpu(pid: u32) -> Result<f64> {
+pub(super) fn process_cpu(pid: u32) -> Result<f64> {
     let mut ns = 0u64;
     for task in fs::read_dir(format!("/proc/{pid}/task"))? {
         let stat = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
@@ -448,7 +448,7 @@ fn xdp_program_id(net: &Net) -> Result<u32> {
 }
 
 /// (run_time_ns, run_cnt) of a program, from the kernel's BPF statistics.
-fn xdp_run_stats(id: u32) -> Result<(f64, f64)> {
+pub(super) fn xdp_run_stats(id: u32) -> Result<(f64, f64)> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "id", &id.to_string()])
         .output()?;
@@ -464,10 +464,10 @@ fn xdp_run_stats(id: u32) -> Result<(f64, f64)> {
 }
 
 /// Turns the kernel's per-program run-time statistics on for the run, and back off.
-struct BpfStats(String);
+pub(super) struct BpfStats(String);
 
 impl BpfStats {
-    fn enable() -> Result<Self> {
+    pub(super) fn enable() -> Result<Self> {
         let previous = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?
             .trim()
             .to_owned();
