@@ -51,6 +51,8 @@ pub use context::ProxyContext;
 #[doc(hidden)]
 pub use h1_guard::fuzzing as h1_fuzzing;
 pub use http1::Http1Server;
+#[doc(hidden)]
+pub use http1::fuzzing as h1_codec_fuzzing;
 pub use limits::Limits;
 pub use log_sink::flush as flush_access_log;
 
@@ -300,7 +302,7 @@ async fn serve_with_codec<S>(
     shutdown: watch::Receiver<bool>,
     mut deadline: tunnel::Drain,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + http1::IdleWait + Unpin + Send + 'static,
 {
     let CodecClient {
         connection,

@@ -10,6 +10,8 @@
 
 mod body;
 mod chunked;
+#[doc(hidden)]
+pub mod fuzzing;
 mod head;
 mod response;
 pub(super) mod rules;
@@ -17,7 +19,7 @@ mod serve;
 mod upgrade;
 
 pub(super) use body::RequestBody;
-pub(super) use serve::{Ending, serve};
+pub(super) use serve::{Ending, IdleWait, serve};
 pub(super) use upgrade::{PendingUpgrade, Upgraded};
 
 /// Which HTTP/1 server answers downstream connections.

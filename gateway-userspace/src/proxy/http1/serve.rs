@@ -3,13 +3,19 @@
 //! response, and start over; pipelined requests wait in the buffer and are answered in
 //! order. A 101 (a 2xx to CONNECT) hands the connection to the upgrade's owner.
 
-use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+    time::SystemTime,
+};
 
 use bytes::{Buf, BytesMut};
 use http::{Method, Response, StatusCode};
 use hyper::body::Frame;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    net::TcpStream,
     sync::{mpsc, oneshot, watch},
     time::{Instant, sleep_until},
 };
@@ -57,25 +63,25 @@ pub(in crate::proxy) async fn serve<S>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Ending<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + IdleWait + Unpin + Send + 'static,
 {
     let client = Client { connection, ctx };
-    let (mut reader, mut writer) = tokio::io::split(io);
+    let mut io = io;
     let mut buf = BytesMut::new();
     let mut first = true;
     loop {
-        let head = match read_head(&mut reader, &mut buf, &client, &mut shutdown, first).await {
+        let head = match read_head(&mut io, &mut buf, &client, &mut shutdown, first).await {
             HeadRead::Head(head) => head,
             HeadRead::Closed => break,
             HeadRead::Http2 => {
                 return Ending::Http2 {
                     read: buf.to_vec(),
-                    io: reader.unsplit(writer),
+                    io,
                 };
             }
             HeadRead::Refused(status, started) => {
-                let _ = writer.write_all(&response::refusal(status)).await;
-                let _ = writer.flush().await;
+                let _ = io.write_all(&response::refusal(status)).await;
+                let _ = io.flush().await;
                 access_log::connection_answer(&client.ctx, local, peer, status, started);
                 break;
             }
@@ -83,14 +89,19 @@ where
         first = false;
         buf.advance(head.len);
         let upgrading = head.upgrade;
-        let exchange = exchange(*head, &mut reader, &mut writer, &mut buf, &client).await;
+        let exchange = {
+            // Split only while a request is in flight: its body is read while the
+            // handler runs and while the response is written.
+            let (mut reader, mut writer) = tokio::io::split(&mut io);
+            exchange(*head, &mut reader, &mut writer, &mut buf, &client).await
+        };
         match exchange {
             Exchanged::KeepAlive if !*shutdown.borrow() => {}
             Exchanged::KeepAlive | Exchanged::Close => break,
             Exchanged::Upgrade(sender) if upgrading => {
                 let upgraded = Upgraded {
                     prefix: buf.split().freeze(),
-                    io: Box::new(reader.unsplit(writer)),
+                    io: Box::new(io),
                 };
                 let _ = sender.send(upgraded);
                 return Ending::Closed;
@@ -102,8 +113,27 @@ where
             buf = BytesMut::new();
         }
     }
-    let _ = writer.shutdown().await;
+    let _ = io.shutdown().await;
     Ending::Closed
+}
+
+/// Waiting for a client's next bytes without a buffer, so an idle keep-alive connection
+/// holds none: a TCP socket tells when it is readable. A TLS stream cannot tell whether
+/// rustls holds decrypted bytes already, so it reads (and holds the buffer) at once.
+pub(in crate::proxy) trait IdleWait {
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl IdleWait for TcpStream {
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl<S> IdleWait for tokio_rustls::server::TlsStream<S> {
+    fn poll_idle(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 enum HeadRead {
@@ -116,7 +146,7 @@ enum HeadRead {
 
 /// Waits for the next head: the idle clock until its first byte, then the header-read
 /// clock until it is whole (408 when it runs out).
-async fn read_head<R: AsyncRead + Unpin>(
+async fn read_head<R: AsyncRead + IdleWait + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     client: &Client,
@@ -153,6 +183,20 @@ async fn read_head<R: AsyncRead + Unpin>(
             }
         }
         let deadline = head_clock.map_or(idle_deadline, |(deadline, _)| deadline);
+        if buf.capacity() == 0 {
+            tokio::select! {
+                ready = std::future::poll_fn(|cx| reader.poll_idle(cx)) => {
+                    if ready.is_err() {
+                        return HeadRead::Closed;
+                    }
+                }
+                _ = sleep_until(idle_deadline) => {
+                    debug!("idle keep-alive connection closed");
+                    return HeadRead::Closed;
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return HeadRead::Closed,
+            }
+        }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
