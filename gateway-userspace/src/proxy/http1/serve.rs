@@ -93,7 +93,9 @@ where
             // Split only while a request is in flight: its body is read while the
             // handler runs and while the response is written.
             let (mut reader, mut writer) = tokio::io::split(&mut io);
-            exchange(*head, &mut reader, &mut writer, &mut buf, &client).await
+            // Boxed for the time of the request: the handler's future is large, and the
+            // connection's own future (what an idle connection costs) must not be.
+            Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
         };
         match exchange {
             Exchanged::KeepAlive if !*shutdown.borrow() => {}
