@@ -156,13 +156,13 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
     first: bool,
 ) -> HeadRead {
     let limits = &client.ctx.limits;
-    let idle_deadline = Instant::now() + limits.idle_timeout;
+    let idle_deadline = deadline_after(limits.idle_timeout);
     let mut head_clock: Option<(Instant, SystemTime)> = None;
     loop {
         if !buf.is_empty() {
             if head_clock.is_none() {
                 head_clock = Some((
-                    Instant::now() + limits.header_read_timeout,
+                    deadline_after(limits.header_read_timeout),
                     SystemTime::now(),
                 ));
             }
@@ -222,6 +222,13 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
             _ = shutdown.wait_for(|stop| *stop), if buf.is_empty() => return HeadRead::Closed,
         }
     }
+}
+
+/// `length` from now; a timeout too long for the clock (a configured century) is a year.
+fn deadline_after(length: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(length)
+        .unwrap_or(now + std::time::Duration::from_secs(86_400 * 365))
 }
 
 enum Exchanged {
