@@ -112,3 +112,33 @@ pub fn frame(input: &[u8], step: usize) -> Vec<Event> {
         events.push(Event::Body { bytes, trailers });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzz target's first property on its seeds: the same requests however the
+    /// bytes are split across reads.
+    #[test]
+    fn framing_does_not_depend_on_how_reads_split_the_bytes() {
+        let seeds: [&[u8]; 6] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /x HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\x81\x00",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\nHost: a\n\n",
+        ];
+        for seed in seeds {
+            let whole = frame(seed, seed.len());
+            assert!(!whole.is_empty(), "{seed:?}");
+            for step in 1..seed.len() {
+                assert_eq!(frame(seed, step), whole, "{seed:?} step {step}");
+            }
+        }
+        let pipelined = frame(seeds[0], 5);
+        assert_eq!(pipelined.len(), 6, "{pipelined:?}");
+        assert_eq!(frame(seeds[2], 1), [Event::Refused(400)]);
+        assert_eq!(frame(seeds[4], 3).last(), Some(&Event::BrokenBody));
+    }
+}
