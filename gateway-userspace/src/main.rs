@@ -208,6 +208,10 @@ struct RunArgs {
     /// many entries from the right of x-forwarded-for; 0 reads the peer address.
     #[arg(long, value_name = "N", default_value_t = 0)]
     num_trusted_proxies: usize,
+    /// Which HTTP/1 server answers downstream connections: hyper's behind the framing
+    /// guard, or the gateway's own codec (issue 15; HTTP/2 stays with hyper either way).
+    #[arg(long, value_enum, default_value_t = gateway::proxy::Http1Server::Own)]
+    http1_server: gateway::proxy::Http1Server,
     /// Also reload when these change (nothing is loaded from them): e.g. the directory of
     /// the certificate files a Gateway names with serverCertificate/privateKey.
     #[arg(long, value_name = "PATH", num_args = 1..)]
@@ -689,7 +693,8 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         ProxyContext::new(live.clone(), metrics.clone(), args.access_log)
             .with_limits(limits)
             .with_connection_limit(max_connections)
-            .with_num_trusted_proxies(args.num_trusted_proxies),
+            .with_num_trusted_proxies(args.num_trusted_proxies)
+            .with_http1_server(args.http1_server),
     );
     let workers = Workers::start(args.worker_threads.unwrap_or_else(workers::default_count))?;
     info!(workers = workers.len(), "worker threads started");

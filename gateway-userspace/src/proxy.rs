@@ -12,6 +12,7 @@ mod forward;
 mod forward_action;
 mod grpc;
 mod h1_guard;
+mod http1;
 mod limits;
 mod local_reply;
 mod log_sink;
@@ -30,7 +31,7 @@ mod upstream_tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::service::service_fn;
+use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{
@@ -40,6 +41,7 @@ use hyper_util::{
 };
 use thiserror::Error;
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
 };
@@ -49,16 +51,17 @@ pub use access_log::AccessLogFormat;
 pub use context::ProxyContext;
 #[doc(hidden)]
 pub use h1_guard::fuzzing as h1_fuzzing;
+pub use http1::Http1Server;
+#[doc(hidden)]
+pub use http1::fuzzing as h1_codec_fuzzing;
 pub use limits::Limits;
 pub use log_sink::flush as flush_access_log;
 
 /// Backlog of each listening socket: bursts of new connections queue in the kernel.
 const LISTEN_BACKLOG: u32 = 4096;
-/// Largest request head (request line + headers) read from a client: Envoy's default
-/// `max_request_headers_kb` (60 KiB). Larger heads get 431.
-const MAX_REQUEST_HEAD_BYTES: usize = 60 * 1024;
-/// Most headers in one request: Envoy's default `max_headers_count`. More get 431.
-const MAX_REQUEST_HEADERS: usize = 100;
+/// The head limits are the codec's (`http1/rules.rs`); hyper's server gets the same.
+const MAX_REQUEST_HEAD_BYTES: usize = http1::rules::MAX_HEAD_BYTES;
+const MAX_REQUEST_HEADERS: usize = http1::rules::MAX_HEADERS;
 /// Concurrent streams per HTTP/2 connection: a client cannot pin unbounded work on one
 /// connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -191,6 +194,7 @@ pub async fn serve(
             builder: builder.clone(),
             graceful: graceful.watcher(),
             drain: drain.clone(),
+            shutdown: shutdown.clone(),
         };
         tokio::spawn(
             crate::connections::holding(slot, accepted.serve())
@@ -217,6 +221,63 @@ pub async fn serve(
     }
 }
 
+/// A connection served by the codec, and whom its answers are logged for.
+struct CodecClient {
+    connection: Arc<forward::Connection>,
+    ctx: Arc<ProxyContext>,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+/// One downstream HTTP connection (plaintext or TLS-terminated) under `--http1-server
+/// own`: HTTP/1 by the codec until the connection ends or the drain deadline; a
+/// connection that opens with the HTTP/2 preface goes to hyper's h2 server behind the
+/// framing guard (which keeps HTTP/2's idle clock).
+async fn serve_with_codec<S>(
+    io: S,
+    client: CodecClient,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
+    mut deadline: tunnel::Drain,
+) where
+    S: AsyncRead + AsyncWrite + http1::IdleWait + Unpin + Send + 'static,
+{
+    let CodecClient {
+        connection,
+        ctx,
+        peer,
+        local,
+    } = client;
+    let served = http1::serve(io, connection.clone(), ctx.clone(), peer, local, shutdown);
+    let ending = tokio::select! {
+        ending = served => ending,
+        _ = deadline.deadline() => {
+            debug!("connection closed at the drain deadline");
+            return;
+        }
+    };
+    let http1::Ending::Http2 { read, io } = ending else {
+        return;
+    };
+    let service = service_fn(move |request: hyper::Request<Incoming>| {
+        let connection = connection.clone();
+        let request = request.map(body::ClientBody::Hyper);
+        async move { Ok::<_, std::convert::Infallible>(connection.handle(request).await) }
+    });
+    let guarded = h1_guard::H1Guard::new(tls::Rewind::new(read, io), &ctx, peer, local);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(guarded), service)
+        .into_owned();
+    tokio::select! {
+        result = watcher.watch(conn) => if let Err(e) = result {
+            access_log::connection_error(&ctx, local, peer, &*e);
+            debug!(error = %e, "connection ended with an error");
+        },
+        _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -231,6 +292,7 @@ struct AcceptedConnection {
     builder: auto::Builder<TokioExecutor>,
     graceful: Watcher,
     drain: tunnel::Drain,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl AcceptedConnection {
@@ -246,6 +308,7 @@ impl AcceptedConnection {
             builder,
             graceful,
             drain,
+            shutdown,
         } = self;
         if proxy_protocol {
             match read_proxy_header(&mut stream, &ctx, local).await {
@@ -272,6 +335,7 @@ impl AcceptedConnection {
                 authz,
                 ctx,
                 drain,
+                shutdown,
             };
             return tls::serve(accepted, builder, graceful).await;
         }
@@ -279,8 +343,18 @@ impl AcceptedConnection {
         let connection =
             forward::Connection::new(peer, local, ctx.clone(), None).with_drain(drain.clone());
         let connection = Arc::new(connection);
-        let service = service_fn(move |request| {
+        if ctx.http1_server == Http1Server::Own {
+            let client = CodecClient {
+                connection,
+                ctx,
+                peer,
+                local,
+            };
+            return serve_with_codec(stream, client, builder, graceful, shutdown, drain).await;
+        }
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
             let connection = connection.clone();
+            let request = request.map(body::ClientBody::Hyper);
             async move { Ok::<_, std::convert::Infallible>(connection.handle(request).await) }
         });
         let conn = builder

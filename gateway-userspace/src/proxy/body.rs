@@ -15,6 +15,46 @@ use super::limits;
 pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A client's request body as the server that read its head delivers it: hyper's (HTTP/2,
+/// or HTTP/1 under `--http1-server hyper`) or the codec's.
+pub(super) enum ClientBody {
+    Hyper(Incoming),
+    Own(super::http1::RequestBody),
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
+            ClientBody::Own(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Own(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A client's request body that remembers whether it broke off (a malformed chunk, a
 /// closed connection), so a failed try is blamed on the client (400), not the upstream;
 /// and that breaks it off itself past the body limit (413), whatever its framing: the
@@ -23,7 +63,7 @@ pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// timeout (408). The error aborts the upstream request (a reset stream, or a
 /// connection closed before the last chunk), so the upstream never gets a whole request.
 pub(super) struct DownstreamBody {
-    inner: Incoming,
+    inner: ClientBody,
     failed: Arc<limits::BodyFailure>,
     received: u64,
     limit: Option<u64>,
@@ -37,7 +77,7 @@ pub(super) struct DownstreamBody {
 
 impl DownstreamBody {
     pub(super) fn new(
-        inner: Incoming,
+        inner: ClientBody,
         failed: Arc<limits::BodyFailure>,
         limits: &limits::Limits,
     ) -> Self {
@@ -86,8 +126,8 @@ impl hyper::body::Body for DownstreamBody {
         let frame = match polled {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => {
-                self.failed.record(&e);
-                return std::task::Poll::Ready(Some(Err(e.into())));
+                self.failed.record(&*e);
+                return std::task::Poll::Ready(Some(Err(e)));
             }
             None => return std::task::Poll::Ready(None),
         };

@@ -27,6 +27,8 @@ pub struct ProxyContext {
     /// `--num-trusted-proxies`: how the client address is read from x-forwarded-for
     /// for AuthorizationPolicy (`proxy/authz.rs`).
     pub num_trusted_proxies: usize,
+    /// `--http1-server`: which HTTP/1 server answers downstream connections.
+    pub http1_server: super::http1::Http1Server,
 }
 
 impl ProxyContext {
@@ -43,6 +45,7 @@ impl ProxyContext {
             limits: Limits::default(),
             local_stats: Default::default(),
             num_trusted_proxies: 0,
+            http1_server: Default::default(),
         }
     }
 
@@ -53,6 +56,12 @@ impl ProxyContext {
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Which HTTP/1 server answers downstream connections (`--http1-server`).
+    pub fn with_http1_server(mut self, server: super::http1::Http1Server) -> Self {
+        self.http1_server = server;
         self
     }
 

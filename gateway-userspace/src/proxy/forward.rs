@@ -10,11 +10,10 @@ use std::{
 };
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
-use hyper::body::Incoming;
 
 use super::{
     access_log::{AccessLogEntry, AccessLogFormat},
-    body::ProxyBody,
+    body::{ClientBody, ProxyBody},
     context::ProxyContext,
     edge_headers, forward_action, grpc, limits,
     local_reply::LocalReply,
@@ -78,7 +77,7 @@ impl Connection {
         self
     }
 
-    pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+    pub(super) async fn handle(&self, request: Request<ClientBody>) -> Response<ProxyBody> {
         let started = Instant::now();
         let version = request.version();
         // What the access log needs from the request, kept only when there is a log (the
@@ -176,7 +175,7 @@ impl Connection {
     async fn route<'s>(
         &'s self,
         live: &'s Arc<Live>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         authority: Option<&str>,
         request_id: &HeaderValue,
     ) -> Outcome<'s> {

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Request, StatusCode, Version, header};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use hyper_util::rt::TokioIo;
 
 use super::{
-    body::{BoxError, DownstreamBody},
+    body::{BoxError, ClientBody, DownstreamBody},
     context::ProxyContext,
     flags::ResponseFlags,
+    http1::{PendingUpgrade, Upgraded},
     limits,
     local_reply::LocalReply,
     mirror,
@@ -36,7 +37,7 @@ const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 pub(super) async fn forward<'s>(
     ctx: &Arc<ProxyContext>,
     live: &'s Arc<Live>,
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     route: &'s Route<RouteAction>,
     forward: &'s Forward,
     downstream: &Downstream<'_>,
@@ -102,7 +103,7 @@ pub(super) async fn forward<'s>(
     // joined to the upstream's once it answers 101.
     let is_upgrade =
         request.version() == Version::HTTP_11 && request.headers().contains_key(header::UPGRADE);
-    let downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
+    let downstream_upgrade = is_upgrade.then(|| ClientUpgrade::on(&mut request));
 
     let (parts, body) = request.into_parts();
     let Some(mut head) = UpstreamHead::new(parts, route, forward, weighted, downstream, is_upgrade)
@@ -213,20 +214,96 @@ pub(super) async fn forward<'s>(
 /// until either closes, neither sends for `--stream-idle-timeout`, or the drain deadline
 /// (a WebSocket close frame, 1001, on each side). Only WebSocket upgrades get here.
 async fn join_upgraded(
-    downstream: hyper::upgrade::OnUpgrade,
+    downstream: ClientUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     clocks: tunnel::Clocks,
 ) {
-    let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) else {
+    let (Some(mut downstream), Ok(upstream)) = (downstream.upgraded().await, upstream.await) else {
         tracing::debug!("upgrade failed on one side");
         return;
     };
-    let mut downstream = TokioIo::new(downstream);
     let mut upstream = TokioIo::new(upstream);
     match tunnel::run(&mut downstream, &mut upstream, clocks).await {
         tunnel::Ending::Closed { .. } => {}
         tunnel::Ending::Failed(e) => tracing::debug!(error = %e, "upgraded connection ended"),
         tunnel::Ending::Idle => tracing::debug!("idle upgraded connection closed"),
         tunnel::Ending::Drained => tracing::debug!("upgraded connection closed by the drain"),
+    }
+}
+
+/// The client's side of an upgrade, from whichever server read the request.
+enum ClientUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Own(PendingUpgrade),
+}
+
+/// The client's upgraded connection.
+enum ClientUpgraded {
+    Hyper(TokioIo<hyper::upgrade::Upgraded>),
+    Own(Upgraded),
+}
+
+impl ClientUpgrade {
+    fn on<B>(request: &mut Request<B>) -> Self {
+        match request.extensions_mut().remove::<PendingUpgrade>() {
+            Some(pending) => ClientUpgrade::Own(pending),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(request)),
+        }
+    }
+
+    async fn upgraded(self) -> Option<ClientUpgraded> {
+        match self {
+            ClientUpgrade::Hyper(on) => on
+                .await
+                .ok()
+                .map(|u| ClientUpgraded::Hyper(TokioIo::new(u))),
+            ClientUpgrade::Own(pending) => pending.upgraded().await.map(ClientUpgraded::Own),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ClientUpgraded {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientUpgraded::Hyper(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            ClientUpgraded::Own(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientUpgraded {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientUpgraded::Hyper(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            ClientUpgraded::Own(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientUpgraded::Hyper(io) => std::pin::Pin::new(io).poll_flush(cx),
+            ClientUpgraded::Own(io) => std::pin::Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientUpgraded::Hyper(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            ClientUpgraded::Own(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+        }
     }
 }

@@ -56,6 +56,9 @@ pub(super) struct Accepted {
     pub ctx: Arc<ProxyContext>,
     /// The listener's drain deadline.
     pub drain: tunnel::Drain,
+    /// Turns true when the listener starts draining (the codec's connections close
+    /// between requests).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Accepted {
@@ -143,6 +146,7 @@ async fn serve_tls(
         authz,
         ctx,
         drain,
+        shutdown,
     } = accepted;
     let handshakes = |result| {
         ctx.metrics
@@ -222,6 +226,26 @@ async fn serve_tls(
                         client_cert,
                         principal,
                     };
+                    if ctx.http1_server == super::http1::Http1Server::Own {
+                        let connection = forward::Connection::new(
+                            peer,
+                            local,
+                            ctx.clone(),
+                            Some((Arc::new(info), transport.clone())),
+                        )
+                        .with_drain(drain.clone());
+                        let client = super::CodecClient {
+                            connection: Arc::new(connection),
+                            ctx,
+                            peer,
+                            local,
+                        };
+                        super::serve_with_codec(
+                            tls_stream, client, builder, watcher, shutdown, drain,
+                        )
+                        .await;
+                        return;
+                    }
                     // The framing guard and the connection's clocks, as on plaintext ports.
                     let log_ctx = ctx.clone();
                     let guarded = super::h1_guard::H1Guard::new(tls_stream, &ctx, peer, local);
@@ -238,6 +262,7 @@ async fn serve_tls(
                     let service = service_fn(move |request| {
                         let connection = connection.clone();
                         async move {
+                            let request = request.map(super::body::ClientBody::Hyper);
                             Ok::<_, std::convert::Infallible>(connection.handle(request).await)
                         }
                     });
@@ -302,12 +327,22 @@ async fn read_client_hello(stream: &mut TcpStream) -> io::Result<Option<ClientHe
     }
 }
 
-/// A stream that first replays bytes already read from it (the ClientHello), so that
-/// rustls sees the connection from its first byte.
-struct Rewind<S> {
+/// A stream that first replays bytes already read from it (the ClientHello, or the
+/// HTTP/2 preface the codec read), so the next reader sees it from its first byte.
+pub(super) struct Rewind<S> {
     prefix: Vec<u8>,
     position: usize,
     inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub(super) fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Rewind {
+            prefix,
+            position: 0,
+            inner,
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

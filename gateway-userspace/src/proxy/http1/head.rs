@@ -1,0 +1,191 @@
+//! A request head: found in the connection's buffer, checked against `rules.rs`, parsed
+//! by httparse, and turned into the `http::Request` parts the handler takes.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+
+use super::rules::{HeadError, MAX_HEAD_BYTES, MAX_HEADERS, MAX_REQUEST_LINE_BYTES};
+
+/// How the body after a head is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed head and what the connection must know about it.
+#[derive(Debug)]
+pub(super) struct Head {
+    pub request: Request<()>,
+    pub framing: BodyFraming,
+    /// Bytes of the buffer the head took (empty lines before it included).
+    pub len: usize,
+    /// The connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request with a body.
+    pub expect_continue: bool,
+    /// `Upgrade` on HTTP/1.1, or CONNECT: a 101 (2xx) hands the connection over.
+    pub upgrade: bool,
+}
+
+/// The head at the start of `buf`: None while it is incomplete (and within the limits).
+pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    // Empty lines before a request line are ignored (RFC 9112 §2.2).
+    let mut skipped = 0;
+    while buf[skipped..].starts_with(b"\r\n") {
+        skipped += 2;
+    }
+    let rest = &buf[skipped..];
+    let Some(end) = head_end(rest)? else {
+        return Ok(None);
+    };
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    match parsed.parse(&rest[..end]) {
+        Ok(httparse::Status::Complete(n)) if n == end => {}
+        Ok(_) => return Err(HeadError::Malformed(httparse::Error::Token)),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(e) => return Err(HeadError::Malformed(e)),
+    }
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError::Invalid)?;
+    let uri: Uri = parsed
+        .path
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| HeadError::Invalid)?;
+
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut framing = Framing::default();
+    for field in parsed.headers.iter() {
+        framing.observe(field.name.as_bytes(), field.value)?;
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| HeadError::Invalid)?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| HeadError::Invalid)?;
+        headers.append(name, value);
+    }
+    let body = framing.body()?;
+    let keep_alive = match version {
+        Version::HTTP_10 => framing.keep_alive_token,
+        _ => !framing.close_token,
+    };
+    let upgrade = method == Method::CONNECT
+        || (version == Version::HTTP_11 && headers.contains_key(header::UPGRADE));
+    let expect_continue =
+        version == Version::HTTP_11 && framing.expect_continue && body != BodyFraming::None;
+
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(Head {
+        request,
+        framing: body,
+        len: skipped + end,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    }))
+}
+
+/// Where the head ends (after its empty line), refusing bare LFs and heads or request
+/// lines over their limits as soon as the bytes show them.
+fn head_end(rest: &[u8]) -> Result<Option<usize>, HeadError> {
+    let mut request_line_ended = false;
+    for (index, _) in rest.iter().enumerate().filter(|(_, b)| **b == b'\n') {
+        if index == 0 || rest[index - 1] != b'\r' {
+            return Err(HeadError::BareLf);
+        }
+        if !request_line_ended {
+            request_line_ended = true;
+            if index + 1 > MAX_REQUEST_LINE_BYTES {
+                return Err(HeadError::RequestLineTooLong);
+            }
+        }
+        if index >= 3 && &rest[index - 3..=index] == b"\r\n\r\n" {
+            let end = index + 1;
+            if end > MAX_HEAD_BYTES {
+                return Err(HeadError::HeadTooLarge);
+            }
+            return Ok(Some(end));
+        }
+    }
+    if !request_line_ended && rest.len() > MAX_REQUEST_LINE_BYTES {
+        return Err(HeadError::RequestLineTooLong);
+    }
+    if rest.len() >= MAX_HEAD_BYTES {
+        return Err(HeadError::HeadTooLarge);
+    }
+    Ok(None)
+}
+
+/// What the framing and connection headers of a head say.
+#[derive(Debug, Default)]
+struct Framing {
+    content_lengths: usize,
+    content_length: u64,
+    transfer_encoding: bool,
+    /// The last transfer coding seen is `chunked`.
+    chunked_last: bool,
+    close_token: bool,
+    keep_alive_token: bool,
+    expect_continue: bool,
+}
+
+impl Framing {
+    fn observe(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeadError> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.content_lengths += 1;
+            self.content_length = content_length(value)?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = true;
+            self.chunked_last = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close_token |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        Ok(())
+    }
+
+    fn body(&self) -> Result<BodyFraming, HeadError> {
+        if self.content_lengths > 1 {
+            return Err(HeadError::DuplicateContentLength);
+        }
+        if self.transfer_encoding {
+            if self.content_lengths > 0 {
+                return Err(HeadError::LengthBesideEncoding);
+            }
+            if !self.chunked_last {
+                return Err(HeadError::UnframedEncoding);
+            }
+            return Ok(BodyFraming::Chunked);
+        }
+        Ok(match (self.content_lengths, self.content_length) {
+            (0, _) | (_, 0) => BodyFraming::None,
+            (_, length) => BodyFraming::Length(length),
+        })
+    }
+}
+
+/// Digits only (no sign, no list, no spaces inside): at most 18, so no overflow.
+fn content_length(value: &[u8]) -> Result<u64, HeadError> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(HeadError::InvalidContentLength);
+    }
+    Ok(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests;

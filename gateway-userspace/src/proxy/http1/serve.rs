@@ -1,0 +1,484 @@
+//! One client connection under the codec: read a head (idle and header-read clocks),
+//! hand the request to the handler while its body is decoded into a channel, write the
+//! response, and start over; pipelined requests wait in the buffer and are answered in
+//! order. A 101 (a 2xx to CONNECT) hands the connection to the upgrade's owner.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+    time::SystemTime,
+};
+
+use bytes::{Buf, BytesMut};
+use http::{Method, Response, StatusCode};
+use hyper::body::Frame;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    net::TcpStream,
+    sync::{mpsc, oneshot, watch},
+    time::{Instant, sleep_until},
+};
+use tracing::debug;
+
+use super::{
+    body::{BodyError, BodyFrame, RequestBody},
+    chunked::{ChunkedDecoder, Decoded},
+    head::{self, BodyFraming, Head},
+    response::{self, Answering, Written},
+    rules::{HTTP2_PREFACE, READ_CHUNK},
+    upgrade::{PendingUpgrade, Upgraded},
+};
+use crate::proxy::{
+    access_log,
+    body::{ClientBody, ProxyBody},
+    context::ProxyContext,
+    forward,
+};
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// How a connection left the codec.
+pub(in crate::proxy) enum Ending<S> {
+    Closed,
+    /// It opened with the HTTP/2 preface: the bytes read so far, for hyper's h2 server.
+    Http2 {
+        read: Vec<u8>,
+        io: S,
+    },
+}
+
+/// What the handler needs, and the clocks' limits.
+struct Client {
+    connection: Arc<forward::Connection>,
+    ctx: Arc<ProxyContext>,
+}
+
+pub(in crate::proxy) async fn serve<S>(
+    io: S,
+    connection: Arc<forward::Connection>,
+    ctx: Arc<ProxyContext>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> Ending<S>
+where
+    S: AsyncRead + AsyncWrite + IdleWait + Unpin + Send + 'static,
+{
+    let client = Client { connection, ctx };
+    let mut io = io;
+    let mut buf = BytesMut::new();
+    let mut first = true;
+    loop {
+        let head = match read_head(&mut io, &mut buf, &client, &mut shutdown, first).await {
+            HeadRead::Head(head) => head,
+            HeadRead::Closed => break,
+            HeadRead::Http2 => {
+                return Ending::Http2 {
+                    read: buf.to_vec(),
+                    io,
+                };
+            }
+            HeadRead::Refused(status, started) => {
+                let _ = io.write_all(&response::refusal(status)).await;
+                let _ = io.flush().await;
+                access_log::connection_answer(&client.ctx, local, peer, status, started);
+                break;
+            }
+        };
+        first = false;
+        buf.advance(head.len);
+        let upgrading = head.upgrade;
+        let exchange = {
+            // Split only while a request is in flight: its body is read while the
+            // handler runs and while the response is written.
+            let (mut reader, mut writer) = tokio::io::split(&mut io);
+            // Boxed for the time of the request: the handler's future is large, and the
+            // connection's own future (what an idle connection costs) must not be.
+            Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
+        };
+        match exchange {
+            Exchanged::KeepAlive if !*shutdown.borrow() => {}
+            Exchanged::KeepAlive | Exchanged::Close => break,
+            Exchanged::Upgrade(sender) if upgrading => {
+                let upgraded = Upgraded {
+                    prefix: buf.split().freeze(),
+                    io: Box::new(io),
+                };
+                let _ = sender.send(upgraded);
+                return Ending::Closed;
+            }
+            Exchanged::Upgrade(_) => break,
+        }
+        if buf.is_empty() {
+            // An idle connection keeps no buffer.
+            buf = BytesMut::new();
+        }
+    }
+    let _ = io.shutdown().await;
+    Ending::Closed
+}
+
+/// Waiting for a client's next bytes without a buffer, so an idle keep-alive connection
+/// holds none: a TCP socket tells when it is readable. A TLS stream cannot tell whether
+/// rustls holds decrypted bytes already, so it reads (and holds the buffer) at once.
+pub(in crate::proxy) trait IdleWait {
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl IdleWait for TcpStream {
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl<S> IdleWait for tokio_rustls::server::TlsStream<S> {
+    fn poll_idle(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+enum HeadRead {
+    /// Boxed: a head is large, and read once per request anyway.
+    Head(Box<Head>),
+    Closed,
+    Http2,
+    Refused(StatusCode, SystemTime),
+}
+
+/// Waits for the next head: the idle clock until its first byte, then the header-read
+/// clock until it is whole (408 when it runs out).
+async fn read_head<R: AsyncRead + IdleWait + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    client: &Client,
+    shutdown: &mut watch::Receiver<bool>,
+    first: bool,
+) -> HeadRead {
+    let limits = &client.ctx.limits;
+    let idle_deadline = deadline_after(limits.idle_timeout);
+    let mut head_clock: Option<(Instant, SystemTime)> = None;
+    loop {
+        if !buf.is_empty() {
+            if head_clock.is_none() {
+                head_clock = Some((
+                    deadline_after(limits.header_read_timeout),
+                    SystemTime::now(),
+                ));
+            }
+            let started = head_clock.map_or(SystemTime::now(), |(_, s)| s);
+            if first && buf.len() <= HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(buf) {
+                if buf.len() == HTTP2_PREFACE.len() {
+                    return HeadRead::Http2;
+                }
+            } else if first && buf.starts_with(HTTP2_PREFACE) {
+                return HeadRead::Http2;
+            } else {
+                match head::parse(buf) {
+                    Ok(Some(head)) => return HeadRead::Head(Box::new(head)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(error = %e, "request head refused");
+                        return HeadRead::Refused(e.status(), started);
+                    }
+                }
+            }
+        }
+        let deadline = head_clock.map_or(idle_deadline, |(deadline, _)| deadline);
+        if buf.capacity() == 0 {
+            tokio::select! {
+                ready = std::future::poll_fn(|cx| reader.poll_idle(cx)) => {
+                    if ready.is_err() {
+                        return HeadRead::Closed;
+                    }
+                }
+                _ = sleep_until(idle_deadline) => {
+                    debug!("idle keep-alive connection closed");
+                    return HeadRead::Closed;
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return HeadRead::Closed,
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = reader.read_buf(buf) => match read {
+                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(_) => {}
+            },
+            _ = sleep_until(deadline) => {
+                return match head_clock {
+                    Some((_, started)) => {
+                        debug!("request head too slow: 408");
+                        HeadRead::Refused(StatusCode::REQUEST_TIMEOUT, started)
+                    }
+                    None => {
+                        debug!("idle keep-alive connection closed");
+                        HeadRead::Closed
+                    }
+                };
+            }
+            _ = shutdown.wait_for(|stop| *stop), if buf.is_empty() => return HeadRead::Closed,
+        }
+    }
+}
+
+/// `length` from now; a timeout too long for the clock (a configured century) is a year.
+fn deadline_after(length: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(length)
+        .unwrap_or(now + std::time::Duration::from_secs(86_400 * 365))
+}
+
+enum Exchanged {
+    KeepAlive,
+    Close,
+    /// The answer switched protocols: the connection goes to the request's upgrade.
+    Upgrade(oneshot::Sender<Upgraded>),
+}
+
+/// One request and its response; the body is read while the handler runs and while the
+/// response is written (an upstream may answer before it has read the whole body).
+async fn exchange<S>(
+    head: Head,
+    reader: &mut ReadHalf<S>,
+    writer: &mut WriteHalf<S>,
+    buf: &mut BytesMut,
+    client: &Client,
+) -> Exchanged
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Head {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+        ..
+    } = head;
+    let method = request.method().clone();
+    let version = request.version();
+    let (mut pump, body, mut wanted) = BodyPump::new(framing, expect_continue);
+    let mut request = request.map(|()| ClientBody::Own(body));
+    let mut upgrade_sender = None;
+    if upgrade {
+        let (pending, sender) = PendingUpgrade::new();
+        request.extensions_mut().insert(pending);
+        upgrade_sender = Some(sender);
+    }
+    let handler = client.connection.handle(request);
+    let mut handler = std::pin::pin!(handler);
+    let response: Response<ProxyBody> = loop {
+        let need_read = pump.advance(buf);
+        tokio::select! {
+            biased;
+            response = &mut handler => break response,
+            asked = async {
+                match wanted.as_mut() {
+                    Some(wanted) => wanted.await.is_ok(),
+                    None => false,
+                }
+            }, if wanted.is_some() => {
+                wanted = None;
+                if asked && writer.write_all(CONTINUE).await.is_err() {
+                    return Exchanged::Close;
+                }
+            }
+            sent = pump.send(), if pump.pending.is_some() => sent,
+            read = reader.read_buf(buf), if need_read && wanted.is_none() => {
+                pump.note_read(read, buf);
+            }
+        }
+    };
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS
+        || (method == Method::CONNECT && response.status().is_success());
+    let answering = Answering {
+        method: &method,
+        version,
+        keep_alive,
+    };
+    // The 100 was never sent: the client still holds its body back.
+    let body_withheld = wanted.is_some();
+    let written = {
+        let write = response::write(writer, response, answering);
+        let mut write = std::pin::pin!(write);
+        loop {
+            let need_read = !body_withheld && pump.advance(buf);
+            tokio::select! {
+                biased;
+                written = &mut write => break written,
+                sent = pump.send(), if pump.pending.is_some() => sent,
+                read = reader.read_buf(buf), if need_read => pump.note_read(read, buf),
+            }
+        }
+    };
+    let written = match written {
+        Ok(written) => written,
+        Err(e) => {
+            debug!(error = %e, "response not written whole");
+            return Exchanged::Close;
+        }
+    };
+    if switching && let Some(sender) = upgrade_sender {
+        return Exchanged::Upgrade(sender);
+    }
+    if written == Written::Close || !pump.finished() {
+        // Unread body bytes (abandoned by the handler, or never asked for) would be
+        // read as the next request.
+        return Exchanged::Close;
+    }
+    Exchanged::KeepAlive
+}
+
+/// The request body's side of the connection loop: decodes frames out of the buffer and
+/// sends them one at a time.
+struct BodyPump {
+    decoder: Decoder,
+    sender: Option<mpsc::Sender<BodyFrame>>,
+    /// A frame decoded and not yet taken by the handler.
+    pending: Option<BodyFrame>,
+    /// The whole body came off the wire (or it broke, which also ends it).
+    ended: bool,
+    broken: bool,
+}
+
+enum Decoder {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+impl BodyPump {
+    /// The pump, the body the handler reads, and (for 100-continue) what tells when the
+    /// body is first read.
+    fn new(
+        framing: BodyFraming,
+        expect_continue: bool,
+    ) -> (Self, RequestBody, Option<oneshot::Receiver<()>>) {
+        let decoder = match framing {
+            BodyFraming::None => {
+                let pump = BodyPump {
+                    decoder: Decoder::Length(0),
+                    sender: None,
+                    pending: None,
+                    ended: true,
+                    broken: false,
+                };
+                return (pump, RequestBody::empty(), None);
+            }
+            BodyFraming::Length(length) => Decoder::Length(length),
+            BodyFraming::Chunked => Decoder::Chunked(ChunkedDecoder::new()),
+        };
+        let length = match decoder {
+            Decoder::Length(length) => Some(length),
+            Decoder::Chunked(_) => None,
+        };
+        let (sender, receiver) = mpsc::channel(1);
+        let (wanted_sender, wanted) = if expect_continue {
+            let (sender, receiver) = oneshot::channel();
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
+        let pump = BodyPump {
+            decoder,
+            sender: Some(sender),
+            pending: None,
+            ended: false,
+            broken: false,
+        };
+        (
+            pump,
+            RequestBody::streamed(receiver, wanted_sender, length),
+            wanted,
+        )
+    }
+
+    /// Decodes the next frame out of `buf` if none is waiting; true when bytes must be
+    /// read first.
+    fn advance(&mut self, buf: &mut BytesMut) -> bool {
+        if self.ended || self.pending.is_some() || self.sender.is_none() {
+            return false;
+        }
+        let decoded = match &mut self.decoder {
+            Decoder::Length(remaining) => {
+                if buf.is_empty() {
+                    return true;
+                }
+                let take = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                *remaining -= take as u64;
+                if *remaining == 0 {
+                    self.ended = true;
+                }
+                Ok(Decoded::Data(buf.split_to(take).freeze()))
+            }
+            Decoder::Chunked(decoder) => decoder.decode(buf),
+        };
+        match decoded {
+            Ok(Decoded::NeedMore) => return true,
+            Ok(Decoded::Data(data)) => self.pending = Some(Ok(Frame::data(data))),
+            Ok(Decoded::End(trailers)) => {
+                self.ended = true;
+                if trailers.is_empty() {
+                    self.sender = None;
+                } else {
+                    self.pending = Some(Ok(Frame::trailers(trailers)));
+                }
+            }
+            Err(e) => {
+                self.fail(e.into());
+            }
+        }
+        false
+    }
+
+    fn fail(&mut self, error: BodyError) {
+        self.ended = true;
+        self.broken = true;
+        self.pending = Some(Err(error));
+    }
+
+    fn note_read(&mut self, read: std::io::Result<usize>, buf: &mut BytesMut) {
+        match read {
+            Ok(0) => self.fail(BodyError::Truncated),
+            Ok(_) => {
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+            }
+            Err(e) => self.fail(e.into()),
+        }
+    }
+
+    /// Hands the waiting frame to the handler when it has room for it; the channel
+    /// closes after the last one.
+    async fn send(&mut self) {
+        let delivered = match &self.sender {
+            Some(sender) => match sender.reserve().await {
+                Ok(permit) => {
+                    if let Some(frame) = self.pending.take() {
+                        permit.send(frame);
+                    }
+                    true
+                }
+                // The handler dropped the body: nothing more is read.
+                Err(_) => false,
+            },
+            None => false,
+        };
+        if !delivered {
+            self.pending = None;
+            self.sender = None;
+        } else if self.ended && self.pending.is_none() {
+            self.sender = None;
+        }
+    }
+
+    /// The body was read whole and soundly: the next request starts right after it.
+    fn finished(&self) -> bool {
+        self.ended && !self.broken && self.pending.is_none()
+    }
+}
