@@ -9,12 +9,22 @@ use std::{
 
 use gateway_tests::{Gateway, TempDir, Upstream, free_port, http_get, httpbin_config};
 
-fn start() -> anyhow::Result<(Upstream, Gateway, TempDir, SocketAddr)> {
+/// Both HTTP/1 servers answer by the same rules: hyper behind the framing guard (the
+/// default) and our own codec (`--http1-server own`, issue 15).
+const SERVERS: [&str; 2] = ["hyper", "own"];
+
+fn start(server: &str) -> anyhow::Result<(Upstream, Gateway, TempDir, SocketAddr)> {
+    eprintln!("--http1-server {server}");
     let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
     let dir = TempDir::new("http-safety")?;
     let bind_port = free_port();
     dir.write("config.yaml", &httpbin_config(bind_port, upstream.addr))?;
-    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let gateway = Gateway::start(
+        dir.path(),
+        &["--ebpf", "off", "--http1-server", server],
+        None,
+        &dir,
+    )?;
     Ok((
         upstream,
         gateway,
@@ -46,7 +56,13 @@ fn status_line(answer: &str) -> &str {
 
 #[test]
 fn ambiguous_requests_get_400_and_never_reach_the_upstream() -> anyhow::Result<()> {
-    let (upstream, gateway, _dir, addr) = start()?;
+    SERVERS
+        .into_iter()
+        .try_for_each(ambiguous_requests_get_400_and_never_reach_the_upstream_on)
+}
+
+fn ambiguous_requests_get_400_and_never_reach_the_upstream_on(server: &str) -> anyhow::Result<()> {
+    let (upstream, gateway, _dir, addr) = start(server)?;
     let cases: [(&str, &[u8], &str); 10] = [
         (
             "Content-Length beside Transfer-Encoding",
@@ -116,7 +132,13 @@ fn ambiguous_requests_get_400_and_never_reach_the_upstream() -> anyhow::Result<(
 
 #[test]
 fn limits_on_header_size_and_count() -> anyhow::Result<()> {
-    let (upstream, _gateway, _dir, addr) = start()?;
+    SERVERS
+        .into_iter()
+        .try_for_each(limits_on_header_size_and_count_on)
+}
+
+fn limits_on_header_size_and_count_on(server: &str) -> anyhow::Result<()> {
+    let (upstream, _gateway, _dir, addr) = start(server)?;
     let big = format!(
         "GET /status/200 HTTP/1.1\r\nHost: httpbin.example.com\r\nX-Big: {}\r\n\r\n",
         "a".repeat(64 * 1024)
@@ -132,7 +154,13 @@ fn limits_on_header_size_and_count() -> anyhow::Result<()> {
 
 #[test]
 fn pipelined_keep_alive_requests_with_chunked_bodies() -> anyhow::Result<()> {
-    let (upstream, _gateway, _dir, addr) = start()?;
+    SERVERS
+        .into_iter()
+        .try_for_each(pipelined_keep_alive_requests_with_chunked_bodies_on)
+}
+
+fn pipelined_keep_alive_requests_with_chunked_bodies_on(server: &str) -> anyhow::Result<()> {
+    let (upstream, _gateway, _dir, addr) = start(server)?;
     let answer = exchange(
         addr,
         b"POST /status/201 HTTP/1.1\r\nHost: httpbin.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n\
