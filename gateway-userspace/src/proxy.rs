@@ -178,18 +178,10 @@ pub async fn serve(
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], bind_port)));
         let _ = stream.set_nodelay(true);
-        let proxy_protocol = ctx
-            .live
-            .load()
-            .snapshot
-            .listeners
-            .iter()
-            .any(|l| l.bind_port == bind_port && l.proxy_protocol);
         let accepted = AcceptedConnection {
             stream,
             peer,
             local,
-            proxy_protocol,
             ctx: ctx.clone(),
             builder: builder.clone(),
             graceful: graceful.watcher(),
@@ -286,8 +278,6 @@ struct AcceptedConnection {
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    /// The listener expects a PROXY protocol header before anything else.
-    proxy_protocol: bool,
     ctx: Arc<ProxyContext>,
     builder: auto::Builder<TokioExecutor>,
     graceful: Watcher,
@@ -303,13 +293,21 @@ impl AcceptedConnection {
             mut stream,
             mut peer,
             local,
-            proxy_protocol,
             ctx,
             builder,
             graceful,
             drain,
             shutdown,
         } = self;
+        // The configuration live at accept decides the connection's listener, found once.
+        let live = ctx.live.load_full();
+        let listener = live
+            .snapshot
+            .listeners
+            .iter()
+            .find(|l| l.bind_port == local.port());
+        let proxy_protocol = listener.is_some_and(|l| l.proxy_protocol);
+        let terminating = listener.and_then(|l| Some((l.transport.clone()?, l.authz.clone())));
         if proxy_protocol {
             match read_proxy_header(&mut stream, &ctx, local).await {
                 // The client's address stands for the balancer's. The local address stays
@@ -318,14 +316,7 @@ impl AcceptedConnection {
                 None => return,
             }
         }
-        let live = ctx.live.load_full();
-        if let Some((transport, authz)) = live
-            .snapshot
-            .listeners
-            .iter()
-            .find(|l| l.bind_port == local.port())
-            .and_then(|l| Some((l.transport.clone()?, l.authz.clone())))
-        {
+        if let Some((transport, authz)) = terminating {
             let accepted = tls::Accepted {
                 stream,
                 peer,
