@@ -698,6 +698,9 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
     );
     let workers = Workers::start(args.worker_threads.unwrap_or_else(workers::default_count))?;
     info!(workers = workers.len(), "worker threads started");
+    for worker in workers.handles() {
+        worker.spawn(gateway::proxy::sweep_upstream_pools(ctx.clone()));
+    }
     let listeners = Arc::new(ListenerSet::new(
         ctx,
         workers.handles().to_vec(),

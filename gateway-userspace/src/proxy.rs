@@ -109,6 +109,12 @@ pub fn bind_port(port: u16, count: usize) -> Result<Vec<std::net::TcpListener>, 
         .collect()
 }
 
+/// Closes the pooled upstream connections of the worker it runs on when their endpoint
+/// leaves the configuration; one per worker, for the process's life.
+pub async fn sweep_upstream_pools(ctx: Arc<ProxyContext>) {
+    upstream::sweep_removed_endpoints(ctx.live.clone()).await;
+}
+
 /// Accepts until `shutdown` turns true, then lets open connections finish their
 /// in-flight requests for up to `drain_timeout`.
 pub async fn serve(

@@ -275,6 +275,34 @@ async fn an_http2_connection_follows_an_endpoint_update() {
 }
 
 #[tokio::test]
+async fn pooled_connections_to_a_removed_endpoint_are_closed() {
+    let first = Upstream::start(Behaviour::Status(200)).await;
+    let second = Upstream::start(Behaviour::Status(200)).await;
+    let route = route_to("a", "");
+    let gateway = Gateway::start(|port| config(port, &route, &[("a", &[first.addr])], "")).await;
+    assert_eq!(gateway.get("/").await.status, 200);
+    // The connection to `first` went back to the pool, kept alive.
+    assert_eq!(first.open_connections(), 1);
+
+    gateway.reload(|port| config(port, &route, &[("a", &[second.addr])], ""));
+    let deadline = tokio::time::Instant::now() + super::upstream::SWEEP_INTERVAL * 3;
+    while first.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        first.open_connections(),
+        0,
+        "the pooled connection to the removed endpoint stayed open"
+    );
+    assert_eq!(gateway.get("/").await.status, 200);
+    assert_eq!(
+        second.open_connections(),
+        1,
+        "the kept endpoint's pool was closed"
+    );
+}
+
+#[tokio::test]
 async fn fault_aborts_and_delays_are_flagged() {
     let upstream = Upstream::start(Behaviour::Status(200)).await;
     let aborted = route_to(

@@ -10,7 +10,7 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -334,6 +334,49 @@ fn checkout_http2(
         shared.since = Instant::now();
         Some(shared.sender.clone())
     })
+}
+
+/// How often each worker looks for pooled connections to endpoints that went away.
+pub(super) const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Closes this worker's pooled connections to endpoints no cluster has any more, as
+/// Envoy drains a removed host's pools: idle HTTP/1.1 connections close now, the shared
+/// HTTP/2 connection once its streams end; exchanges in flight finish. Without it they
+/// would stay open until the upstream or the idle timeout closed them.
+pub(super) async fn sweep_removed_endpoints(live: Arc<arc_swap::ArcSwap<crate::runtime::Live>>) {
+    let mut seen: Option<Arc<crate::runtime::Live>> = None;
+    let mut current: HashSet<SocketAddr, FxBuildHasher> = HashSet::default();
+    let mut clock = tokio::time::interval(SWEEP_INTERVAL);
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        clock.tick().await;
+        let now = live.load_full();
+        if !seen.as_ref().is_some_and(|seen| Arc::ptr_eq(seen, &now)) {
+            current = now
+                .snapshot
+                .endpoints
+                .iter()
+                .flat_map(|endpoints| endpoints.iter().copied())
+                .collect();
+            seen = Some(now);
+        }
+        drain_pools_outside(&current);
+    }
+}
+
+fn drain_pools_outside(current: &HashSet<SocketAddr, FxBuildHasher>) {
+    POOLS.with_borrow_mut(|pools| {
+        pools.retain(|key, pool| {
+            if current.contains(&key.endpoint) {
+                return true;
+            }
+            pool.idle.clear();
+            pool.shared = None;
+            // Kept while connections are open or requests wait on `freed`: their
+            // counts and wake-ups live here.
+            pool.open > 0 || Arc::strong_count(&pool.freed) > 1
+        });
+    });
 }
 
 /// A connection back from a finished exchange. The oldest idle one is closed when it

@@ -54,6 +54,7 @@ pub(super) enum Behaviour {
 pub(super) struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -61,17 +62,28 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let hits = Arc::new(AtomicUsize::new(0));
-        let counted = hits.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (counted, connections) = (hits.clone(), open.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(answer(stream, behaviour, counted.clone()));
+                let (counted, connections) = (counted.clone(), connections.clone());
+                connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    answer(stream, behaviour, counted).await;
+                    connections.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
-        Upstream { addr, hits }
+        Upstream { addr, hits, open }
     }
 
     pub(super) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections from the gateway this upstream still holds open.
+    pub(super) fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 
@@ -232,6 +244,7 @@ impl Gateway {
         ));
         let (shutdown, stop) = watch::channel(false);
         tokio::spawn(serve(listener, ctx.clone(), stop, Duration::from_secs(1)));
+        tokio::spawn(crate::proxy::sweep_upstream_pools(ctx.clone()));
         Gateway {
             addr,
             ctx,
