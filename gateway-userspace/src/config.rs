@@ -620,7 +620,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
                 resource: Arc::new(r),
                 location,
             }),
-            Err(d) => diagnostics.push(crate::tls::certs::redacted(*d)),
+            Err(d) => diagnostics.push((*d).with_values_redacted()),
         },
         (ISTIO_NETWORKING, _) | (GATEWAY_API, _) => {
             diagnostics.push(

@@ -5,6 +5,7 @@
 mod access_log;
 mod authz;
 mod body;
+mod connection_log;
 mod context;
 mod edge_headers;
 mod flags;
@@ -269,7 +270,7 @@ async fn serve_with_codec<S>(
         .into_owned();
     tokio::select! {
         result = watcher.watch(conn) => if let Err(e) = result {
-            access_log::connection_error(&ctx, local, peer, &*e);
+            connection_log::connection_error(&ctx, local, peer, &*e);
             debug!(error = %e, "connection ended with an error");
         },
         _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
@@ -364,7 +365,7 @@ impl AcceptedConnection {
         let mut deadline = drain;
         tokio::select! {
             result = conn => if let Err(e) = result {
-                access_log::connection_error(&ctx, local, peer, &*e);
+                connection_log::connection_error(&ctx, local, peer, &*e);
                 debug!(error = %e, "connection ended with an error");
             },
             _ = deadline.deadline() => debug!("connection closed at the drain deadline"),

@@ -35,10 +35,9 @@ use crate::{
     },
     tls::{
         certs::{self, CA_KEYS, CA_SECRET_SUFFIX},
+        client_cert::ClientAuth,
         credentials::{Credential, CredentialProblem, CredentialReport, read_capped},
-        server_config::{
-            self, ClientAuth, HTTPS_ALPN, ServerConfigError, ServerSettings, TlsVersion,
-        },
+        server_config::{self, HTTPS_ALPN, ServerConfigError, ServerSettings, TlsVersion},
     },
 };
 

@@ -63,6 +63,22 @@ impl Diagnostic {
         }
     }
 
+    /// The diagnostic with the values serde quotes taken out, for Secrets: a mistyped
+    /// Secret (`stringData: |` over its keys, a list where a string goes) would otherwise
+    /// print its PEM in the message, e.g. `invalid type: string "-----BEGIN …", expected a
+    /// map`.
+    pub fn with_values_redacted(mut self) -> Self {
+        let message = &self.message;
+        if let Some(start) = message.find(['"', '`', '\'']) {
+            let rest = &message[start..];
+            let end = rest
+                .rfind(", expected")
+                .map_or(message.len(), |at| start + at);
+            self.message = format!("{}(value not shown){}", &message[..start], &message[end..]);
+        }
+        self
+    }
+
     pub fn at(mut self, location: Option<Location>) -> Self {
         self.location = location;
         self
@@ -142,5 +158,35 @@ impl fmt::Display for Diagnostics {
             writeln!(f, "{d}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_parse_errors_lose_their_values() {
+        let diagnostic = |message: &str| {
+            Diagnostic::error(message)
+                .with_values_redacted()
+                .message
+                .clone()
+        };
+        assert_eq!(
+            diagnostic(
+                "invalid type: string \"tls.key: -----BEGIN PRIVATE KEY-----\\nMIIE\\\"x\", expected a map"
+            ),
+            "invalid type: string (value not shown), expected a map"
+        );
+        assert_eq!(
+            diagnostic("invalid type: integer `42`, expected a string"),
+            "invalid type: integer (value not shown), expected a string"
+        );
+        assert_eq!(
+            diagnostic("invalid type: sequence, expected a string"),
+            "invalid type: sequence, expected a string"
+        );
+        assert_eq!(diagnostic("unknown \"x"), "unknown (value not shown)");
     }
 }

@@ -39,7 +39,7 @@ use tokio::{
 use tracing::debug;
 
 use super::{
-    access_log,
+    connection_log,
     context::ProxyContext,
     limits::{BodyTooLarge, Limits},
 };
@@ -639,7 +639,7 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
                 {
                     let _ = Pin::new(&mut self.inner).poll_flush(cx);
                     if let Some(origin) = &self.origin {
-                        access_log::connection_answer(
+                        connection_log::connection_answer(
                             &origin.ctx,
                             origin.local,
                             origin.peer,

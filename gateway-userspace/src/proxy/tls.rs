@@ -271,7 +271,7 @@ async fn serve_tls(
                         .into_owned();
                     tokio::select! {
                         result = watcher.watch(conn) => if let Err(e) = result {
-                            super::access_log::connection_error(&log_ctx, local, peer, &*e);
+                            super::connection_log::connection_error(&log_ctx, local, peer, &*e);
                             debug!(error = %e, "connection ended with an error");
                         },
                         _ = deadline.deadline() => debug!("connection closed at the drain deadline"),

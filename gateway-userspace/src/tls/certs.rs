@@ -66,22 +66,6 @@ fn base64_problem(error: &base64::DecodeError) -> String {
     }
 }
 
-/// A loader diagnostic about a Secret with the values serde quotes taken out: a mistyped
-/// Secret (`stringData: |` over its keys, a list where a string goes) would otherwise
-/// print its PEM in the message, e.g. `invalid type: string "-----BEGIN …", expected a
-/// map`.
-pub fn redacted(mut diagnostic: crate::config::Diagnostic) -> crate::config::Diagnostic {
-    let message = &diagnostic.message;
-    if let Some(start) = message.find(['"', '`', '\'']) {
-        let rest = &message[start..];
-        let end = rest
-            .rfind(", expected")
-            .map_or(message.len(), |at| start + at);
-        diagnostic.message = format!("{}(value not shown){}", &message[..start], &message[end..]);
-    }
-    diagnostic
-}
-
 /// A certificate chain (leaf first) with its signing key.
 pub fn certified_key(
     cert_pem: &[u8],
@@ -232,30 +216,6 @@ mod tests {
             error,
             "Secret data tls.key: not base64 (an invalid character at offset 52)"
         );
-    }
-
-    #[test]
-    fn secret_parse_errors_lose_their_values() {
-        let diagnostic = |message: &str| {
-            redacted(crate::config::Diagnostic::error(message))
-                .message
-                .clone()
-        };
-        assert_eq!(
-            diagnostic(
-                "invalid type: string \"tls.key: -----BEGIN PRIVATE KEY-----\\nMIIE\\\"x\", expected a map"
-            ),
-            "invalid type: string (value not shown), expected a map"
-        );
-        assert_eq!(
-            diagnostic("invalid type: integer `42`, expected a string"),
-            "invalid type: integer (value not shown), expected a string"
-        );
-        assert_eq!(
-            diagnostic("invalid type: sequence, expected a string"),
-            "invalid type: sequence, expected a string"
-        );
-        assert_eq!(diagnostic("unknown \"x"), "unknown (value not shown)");
     }
 
     /// PEM of arbitrary bytes: certificates are not parsed before the key fails.

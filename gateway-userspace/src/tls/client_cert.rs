@@ -1,6 +1,7 @@
 //! What a verified client certificate tells the upstream: Envoy's
 //! `x-forwarded-client-cert` (`Hash=…;Subject="…";URI=…;DNS=…`), and the subject
-//! alternative names Istio's `subjectAltNames` are checked against.
+//! alternative names Istio's `subjectAltNames` are checked against; and what a server asks of
+//! client certificates.
 
 use std::fmt::Write;
 
@@ -12,6 +13,16 @@ use x509_parser::{
     prelude::FromDer,
     x509::X509Name,
 };
+
+/// Client certificates (MUTUAL, OPTIONAL_MUTUAL).
+#[derive(Debug)]
+pub struct ClientAuth {
+    pub roots: Vec<CertificateDer<'static>>,
+    /// OPTIONAL_MUTUAL: a client without a certificate is served too.
+    pub optional: bool,
+    /// Istio `subjectAltNames`: a client certificate must carry one of these (DNS or URI).
+    pub subject_alt_names: Vec<String>,
+}
 
 /// DNS and URI subject alternative names; empty when the certificate does not parse.
 pub fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<String> {

@@ -19,7 +19,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use thiserror::Error;
 
 use super::{
-    client_cert,
+    client_cert::{self, ClientAuth},
     sessions::{ScopeKey, SessionScopes},
 };
 
@@ -65,16 +65,6 @@ impl TlsVersion {
             _ => Err(ServerConfigError::UnknownVersion(value.to_owned())),
         }
     }
-}
-
-/// Client certificates (MUTUAL, OPTIONAL_MUTUAL).
-#[derive(Debug)]
-pub struct ClientAuth {
-    pub roots: Vec<CertificateDer<'static>>,
-    /// OPTIONAL_MUTUAL: a client without a certificate is served too.
-    pub optional: bool,
-    /// Istio `subjectAltNames`: a client certificate must carry one of these (DNS or URI).
-    pub subject_alt_names: Vec<String>,
 }
 
 /// Everything a server's rustls configuration is built from.

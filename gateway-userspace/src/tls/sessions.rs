@@ -22,7 +22,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use super::server_config::ClientAuth;
+use super::client_cert::ClientAuth;
 
 /// TLS 1.2 session IDs (and TLS 1.3 stateful resumption) kept per scope.
 const SESSIONS_PER_SCOPE: usize = 1024;

@@ -30,8 +30,8 @@ use super::{
     upgrade::{PendingUpgrade, Upgraded},
 };
 use crate::proxy::{
-    access_log,
     body::{ClientBody, ProxyBody},
+    connection_log,
     context::ProxyContext,
     forward,
 };
@@ -82,7 +82,7 @@ where
             HeadRead::Refused(status, started) => {
                 let _ = io.write_all(&response::refusal(status)).await;
                 let _ = io.flush().await;
-                access_log::connection_answer(&client.ctx, local, peer, status, started);
+                connection_log::connection_answer(&client.ctx, local, peer, status, started);
                 break;
             }
         };
