@@ -12,7 +12,8 @@
 //! programs' own run time per request (kernel BPF statistics). Netfilter's and the TCP
 //! stack's work runs in softirq context and is in no column.
 //!
-//! gatewayd is pinned to CPU 1; h2load and the upstream to CPU 0.
+//! gatewayd is pinned to CPU 1; h2load and the upstream to CPU 0. The ways take turns over
+//! three rounds in changing order, and the table has the medians.
 
 use std::{
     fmt::Write as _,
@@ -42,6 +43,8 @@ const KEEPALIVE_CONNECTIONS: &str = "8";
 /// New connections per second, and how many: 5 s worth.
 const NEW_CONNECTION_RATE: u32 = 200;
 const NEW_CONNECTIONS: u32 = 5 * NEW_CONNECTION_RATE;
+/// Every way runs once per round; the table has each figure's median.
+const ROUNDS: usize = 3;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The translation's programs, as bpftool names them.
 const PROGRAMS: [&str; 2] = ["gateway_np_in", "gateway_np_out"];
@@ -114,17 +117,63 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             .stdout(Stdio::null())
             .spawn()?,
     );
-    let mut figures = Vec::new();
-    for way in Way::ALL {
-        println!("-- {}", way.label());
-        let _rule = (way == Way::KubeProxy)
-            .then(|| DnatRule::add(&net))
-            .transpose()?;
-        let server = start(way, &net, &release.join("gatewayd"), &work)?;
-        wait_serving(&net, way.port())?;
-        figures.push(measure(way, &net, server.0.id())?);
+    // The ways take turns, each round in another order, so that a machine that warms up
+    // or slows down over the run does not favour the way that always runs first.
+    let mut rounds: Vec<Vec<Figures>> = Vec::new();
+    for round in 0..ROUNDS {
+        let mut order = Way::ALL;
+        order.rotate_left(round % Way::ALL.len());
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for way in order {
+            println!("-- round {}: {}", round + 1, way.label());
+            let _rule = (way == Way::KubeProxy)
+                .then(|| DnatRule::add(&net))
+                .transpose()?;
+            let server = start(way, &net, &release.join("gatewayd"), &work)?;
+            wait_serving(&net, way.port())?;
+            let figures = measure(way, &net, server.0.id())?;
+            match rounds.iter_mut().find(|r| r[0].way == way) {
+                Some(runs) => runs.push(figures),
+                None => rounds.push(vec![figures]),
+            }
+        }
     }
-    Ok(table(&figures))
+    let medians: Vec<Figures> = Way::ALL
+        .iter()
+        .filter_map(|way| rounds.iter().find(|r| r[0].way == *way))
+        .map(|runs| median_figures(runs))
+        .collect();
+    Ok(table(&medians))
+}
+
+/// Each figure's median over the rounds.
+fn median_figures(runs: &[Figures]) -> Figures {
+    let load = |pick: fn(&Figures) -> &Load| Load {
+        requests: median(runs.iter().map(|f| pick(f).requests)),
+        rate: median(runs.iter().map(|f| pick(f).rate)),
+        request_us: median(runs.iter().map(|f| pick(f).request_us)),
+        connect_us: median_of_some(runs.iter().map(|f| pick(f).connect_us)),
+        server_cpu_us: median(runs.iter().map(|f| pick(f).server_cpu_us)),
+        programs_ns: median_of_some(runs.iter().map(|f| pick(f).programs_ns)),
+    };
+    Figures {
+        way: runs[0].way,
+        keepalive: load(|f| &f.keepalive),
+        new_connections: load(|f| &f.new_connections),
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+fn median_of_some(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let values: Vec<f64> = values.flatten().collect();
+    (!values.is_empty()).then(|| median(values.into_iter()))
 }
 
 fn start(way: Way, net: &Net, gatewayd: &Path, work: &Path) -> Result<KilledOnDrop> {
@@ -358,7 +407,7 @@ fn table(figures: &[Figures]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "A request to gatewayd over veth (MTU 1500), HTTP/1.1 to the demo upstream; gatewayd (1 worker) on CPU 1, h2load on CPU 0.\n"
+        "A request to gatewayd over veth (MTU 1500), HTTP/1.1 to the demo upstream; gatewayd (1 worker) on CPU 1, h2load on CPU 0. Medians of {ROUNDS} rounds, the ways in a different order each round.\n"
     );
     let _ = writeln!(
         out,
