@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::KilledOnDrop,
+    common::{KilledOnDrop, median},
     results_dir,
     sni::{BpfStats, GATEWAY_IP, Net, process_cpu},
 };
@@ -151,11 +151,16 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
 /// Each figure's median over the rounds.
 fn median_figures(runs: &[Figures]) -> Figures {
     let load = |pick: fn(&Figures) -> &Load| Load {
-        requests: median(runs.iter().map(|f| pick(f).requests)),
-        rate: median(runs.iter().map(|f| pick(f).rate)),
-        request_us: median(runs.iter().map(|f| pick(f).request_us)),
+        requests: median(&runs.iter().map(|f| pick(f).requests).collect::<Vec<_>>()),
+        rate: median(&runs.iter().map(|f| pick(f).rate).collect::<Vec<_>>()),
+        request_us: median(&runs.iter().map(|f| pick(f).request_us).collect::<Vec<_>>()),
         connect_us: median_of_some(runs.iter().map(|f| pick(f).connect_us)),
-        server_cpu_us: median(runs.iter().map(|f| pick(f).server_cpu_us)),
+        server_cpu_us: median(
+            &runs
+                .iter()
+                .map(|f| pick(f).server_cpu_us)
+                .collect::<Vec<_>>(),
+        ),
         programs_ns: median_of_some(runs.iter().map(|f| pick(f).programs_ns)),
     };
     Figures {
@@ -165,15 +170,9 @@ fn median_figures(runs: &[Figures]) -> Figures {
     }
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or_default()
-}
-
 fn median_of_some(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     let values: Vec<f64> = values.flatten().collect();
-    (!values.is_empty()).then(|| median(values.into_iter()))
+    (!values.is_empty()).then(|| median(&values))
 }
 
 fn start(way: Way, net: &Net, gatewayd: &Path, work: &Path) -> Result<KilledOnDrop> {
