@@ -104,6 +104,47 @@ pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / per_second)
 }
 
+/// `root` and its children's pids (nginx's and HAProxy's workers).
+pub(super) fn process_tree(root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let parent = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+                .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if parent == Some(root) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// CPU seconds (user + system) used so far by `root` and its children.
+pub(super) fn tree_cpu_seconds(root: u32) -> f64 {
+    process_tree(root)
+        .into_iter()
+        .filter_map(|pid| cpu_seconds(pid).ok())
+        .sum()
+}
+
+/// Resident bytes of `root` and its children.
+pub(super) fn tree_rss_bytes(root: u32) -> f64 {
+    process_tree(root)
+        .iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024.0)
+        })
+        .sum()
+}
+
 /// nginx's global settings and the opening of its `http` block, as every benchmark runs
 /// it: one worker, logs off, temp paths under `dir`, long keep-alive. The caller adds
 /// upstreams and servers and closes the block.

@@ -28,7 +28,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{free_port, median, nginx_prelude, pinned, spread},
+    common::{
+        free_port, median, nginx_prelude, pinned, process_tree, spread, tree_cpu_seconds,
+        tree_rss_bytes,
+    },
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -544,52 +547,12 @@ fn check_routing(server: &Server) -> Result<()> {
     Ok(())
 }
 
-/// The server's pid and its children's (nginx workers).
-fn process_tree(root: u32) -> Vec<u32> {
-    let mut pids = vec![root];
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let parent = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
-                .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-            if parent == Some(root) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
 fn cpu_seconds(server: &Server) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    process_tree(server.process.0.id())
-        .iter()
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            let rest = stat.rsplit_once(')')?.1.to_owned();
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .sum()
+    tree_cpu_seconds(server.process.0.id())
 }
 
 fn rss_bytes(server: &Server) -> f64 {
-    process_tree(server.process.0.id())
-        .iter()
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024.0)
-        })
-        .sum()
+    tree_rss_bytes(server.process.0.id())
 }
 
 /// `perf stat` on the server's processes while `load` runs: (result, instructions, cycles).
