@@ -19,6 +19,7 @@ mod node_ports;
 mod reload;
 mod sni;
 mod tls;
+mod upstream_tls;
 
 /// A benchmark: its name on the command line, what it measures, and how to run it.
 pub(crate) struct Bench {
@@ -73,6 +74,11 @@ const BENCHES: &[Bench] = &[
         name: "node-ports",
         about: "a node-port request: translated at TC (--node-ports) vs kube-proxy's path (iptables DNAT to the local listener) vs direct to the listener; keep-alive and a new connection per request: latency, gatewayd CPU and the programs' run time per request",
         run: node_ports::run,
+    },
+    Bench {
+        name: "upstream-tls",
+        about: "TLS origination on kept-alive connections: CPU per request, gatewayd (DestinationRule SIMPLE) vs nginx proxy_ssl vs HAProxy ssl, plaintext upstream as the floor",
+        run: upstream_tls::run,
     },
 ];
 

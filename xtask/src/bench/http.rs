@@ -61,7 +61,7 @@ const PACED_SECONDS: u32 = 5;
 const PACED_CONNECTIONS: u32 = 16;
 
 /// A child stopped with SIGTERM (nginx's master then stops its workers), then SIGKILL.
-struct Process(Child);
+pub(super) struct Process(pub(super) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -310,7 +310,7 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
     out
 }
 
-fn wait_listening(port: u16, child: &mut Child, name: &str) -> Result<()> {
+pub(super) fn wait_listening(port: u16, child: &mut Child, name: &str) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
@@ -324,13 +324,13 @@ fn wait_listening(port: u16, child: &mut Child, name: &str) -> Result<()> {
     bail!("{name} is not listening on {port} after {START_TIMEOUT:?}")
 }
 
-fn nginx_dir(work: &Path, name: &str) -> Result<PathBuf> {
+pub(super) fn nginx_dir(work: &Path, name: &str) -> Result<PathBuf> {
     let dir = work.join(name);
     fs::create_dir_all(dir.join("logs"))?;
     Ok(dir)
 }
 
-fn start_nginx_process(dir: &Path, cpu: &str, port: u16, name: &str) -> Result<Process> {
+pub(super) fn start_nginx_process(dir: &Path, cpu: &str, port: u16, name: &str) -> Result<Process> {
     let mut child = pinned(cpu, Path::new("nginx"))
         .arg("-p")
         .arg(dir)
