@@ -41,6 +41,11 @@ const BENCHES: &[Bench] = &[
         run: http::run,
     },
     Bench {
+        name: "workers",
+        about: "gatewayd HTTP/1.1 and h2c CPU per request with 1 and with 2 workers on one core: what state shared between workers costs per request",
+        run: http::run_workers,
+    },
+    Bench {
         name: "reload",
         about: "config write to new route served at 10 000 routes, p99 under load while reloading: gatewayd vs nginx -s reload, HAProxy master-worker reload",
         run: reload::run,

@@ -131,7 +131,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     let upstream_ports = [free_port()?, free_port()?];
     let _upstream = start_upstream(&work, upstream_ports)?;
     let servers = [
-        start_gatewayd(&release.join("gatewayd"), &work, upstream_ports)?,
+        start_gatewayd(&release.join("gatewayd"), &work, upstream_ports, 1)?,
         start_nginx(&work, upstream_ports)?,
         start_haproxy(&work, upstream_ports)?,
     ];
@@ -181,6 +181,64 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
 }
 
 /// The open-loop latency table: each server's latency minus the upstream's own.
+/// `cargo xtask bench workers`: gatewayd's HTTP/1.1 and h2c CPU per request with one
+/// worker and with two, the same routing and load as `bench http`. Both gatewayds are
+/// pinned to CPU 1, as this machine has no second server core beside the load generator:
+/// the figure shows what the workers' shared state costs per request (atomics, locks,
+/// cross-thread wake-ups), not what a second core adds.
+pub(crate) fn run_workers(ws: &Workspace) -> Result<String> {
+    cmd(ws
+        .cargo()
+        .args(["build", "--release", "-p", "gateway-userspace", "--bin"])
+        .arg("gatewayd"))?;
+    let gatewayd = ws.target_dir().join("release").join("gatewayd");
+    let work = results_dir(ws).join("workers-work");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let upstream_ports = [free_port()?, free_port()?];
+    let _upstream = start_upstream(&work, upstream_ports)?;
+    let servers = [
+        start_gatewayd(&gatewayd, &work, upstream_ports, 1)?,
+        start_gatewayd(&gatewayd, &work, upstream_ports, 2)?,
+    ];
+    for server in &servers {
+        check_routing(server)?;
+    }
+    let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
+    for round in 0..ROUNDS {
+        // Each round starts with the other server.
+        for i in [round % 2, (round + 1) % 2] {
+            println!("round {round}: {} worker(s) HTTP/1.1 and h2c", i + 1);
+            wrk_run(&servers[i], &mut figures[i])?;
+            h2load_run(&servers[i], &mut figures[i])?;
+        }
+    }
+    let mut out = String::from(
+        "| gatewayd | HTTP/1.1 req/s | HTTP/1.1 CPU µs / req | h2c req/s | h2c CPU µs / req |\n|---|---|---|---|---|\n",
+    );
+    for (workers, f) in [1, 2].iter().zip(&figures) {
+        let _ = writeln!(
+            out,
+            "| {workers} worker(s) | {:.0} ({}) | {:.1} ({}) | {:.0} ({}) | {:.1} ({}) |",
+            median(&f.h1_rps),
+            spread(&f.h1_rps),
+            median(&f.h1_cpu_us),
+            spread(&f.h1_cpu_us),
+            median(&f.h2_rps),
+            spread(&f.h2_rps),
+            median(&f.h2_cpu_us),
+            spread(&f.h2_cpu_us),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nTwo workers against one: HTTP/1.1 CPU per request {:.2}×, h2c {:.2}×. Medians of {ROUNDS} rounds (min–max), alternating which runs first; wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s and h2load -c{H2_CLIENTS} -m{H2_STREAMS} -n{H2_REQUESTS} as in `bench http`. Both gatewayds pinned to CPU {SERVER_CPU}; clients and upstream on CPU {CLIENT_CPU}.",
+        median(&figures[1].h1_cpu_us) / median(&figures[0].h1_cpu_us),
+        median(&figures[1].h2_cpu_us) / median(&figures[0].h2_cpu_us),
+    );
+    Ok(out)
+}
+
 fn paced_table(servers: &[Server], figures: &[Figures], rate: f64, direct: (f64, f64)) -> String {
     let mut out = format!(
         "\nLatency added at half load ({rate:.0} requests/s offered to every server, open loop, {PACED_CONNECTIONS} keep-alive connections, {PACED_SECONDS} s; the upstream alone: p50 {:.3} ms, p99 {:.3} ms):\n\n| server | p50 | p99 | added p50 | added p99 | new connections/s | CPU µs per new connection |\n|---|---|---|---|---|---|---|\n",
@@ -358,9 +416,9 @@ fn start_upstream(work: &Path, ports: [u16; 2]) -> Result<Process> {
     start_nginx_process(&dir, CLIENT_CPU, ports[0], "upstream nginx")
 }
 
-fn start_gatewayd(bin: &Path, work: &Path, upstream: [u16; 2]) -> Result<Server> {
+fn start_gatewayd(bin: &Path, work: &Path, upstream: [u16; 2], workers: usize) -> Result<Server> {
     let port = free_port()?;
-    let dir = work.join("gatewayd");
+    let dir = work.join(format!("gatewayd-{workers}"));
     fs::create_dir_all(&dir)?;
     let hosts: Vec<String> = (0..HOSTS)
         .map(|h| format!("\"h{h}.bench.example\""))
@@ -412,14 +470,8 @@ spec:
     let mut child = pinned(SERVER_CPU, bin)
         .args(["run", "--config"])
         .arg(&dir)
-        .args([
-            "--ebpf",
-            "off",
-            "--access-log",
-            "off",
-            "--worker-threads",
-            "1",
-        ])
+        .args(["--ebpf", "off", "--access-log", "off", "--worker-threads"])
+        .arg(workers.to_string())
         .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port()?)])
         .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
         .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
