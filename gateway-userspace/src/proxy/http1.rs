@@ -11,6 +11,7 @@
 //! HTTP/2 either way (a connection that opens with the HTTP/2 preface is handed to it).
 
 mod body;
+mod buffer;
 mod chunked;
 #[doc(hidden)]
 pub mod fuzzing;
