@@ -41,12 +41,13 @@ pub(super) fn take(buf: &mut BytesMut, n: usize) -> Bytes {
     taken
 }
 
-/// Between requests: an empty buffer is dropped (an idle connection holds none), one a
-/// large head grew is shrunk back to READ_CHUNK when what it holds fits.
+/// Between requests: an empty buffer is dropped (an idle connection holds none); what a
+/// pipelining client sent ahead moves to a fresh READ_CHUNK buffer when it fits half of
+/// one, since BytesMut does not tell how large a head made the allocation behind it.
 pub(super) fn settle(buf: &mut BytesMut) {
     if buf.is_empty() {
         *buf = BytesMut::new();
-    } else if buf.capacity() > READ_CHUNK && buf.len() <= READ_CHUNK / 2 {
+    } else if buf.len() <= READ_CHUNK / 2 {
         let mut smaller = BytesMut::with_capacity(READ_CHUNK);
         smaller.extend_from_slice(buf);
         *buf = smaller;
