@@ -210,7 +210,7 @@ struct RunArgs {
     num_trusted_proxies: usize,
     /// Which HTTP/1 server answers downstream connections: hyper's behind the framing
     /// guard, or the gateway's own codec (issue 15; HTTP/2 stays with hyper either way).
-    #[arg(long, value_enum, default_value_t = gateway::proxy::Http1Server::Hyper)]
+    #[arg(long, value_enum, default_value_t = gateway::proxy::Http1Server::Own)]
     http1_server: gateway::proxy::Http1Server,
     /// Also reload when these change (nothing is loaded from them): e.g. the directory of
     /// the certificate files a Gateway names with serverCertificate/privateKey.

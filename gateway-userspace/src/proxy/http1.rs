@@ -4,13 +4,13 @@
 //! where the body is ready. Every framing and size rule lives in `rules.rs`, each with its
 //! default; the header-read and idle clocks are kept by the connection loop (`serve.rs`).
 //!
-//! Opt in with `--http1-server own`; hyper's server behind the framing guard stays the
-//! default until an upload stalled after a large burst holds no more under the codec than
-//! under hyper (the hostile-client suite measures 192 KiB per upload against hyper's ~85:
-//! frozen read chunks keep their 16 KiB allocations alive while frames wait). hyper serves
-//! HTTP/2 either way (a connection that opens with the HTTP/2 preface is handed to it).
+//! The default since an upload stalled after a large burst holds about what it holds
+//! under hyper (`buffer.rs`); `--http1-server hyper` serves with hyper behind the
+//! framing guard instead. hyper serves HTTP/2 either way (a connection that opens with the
+//! HTTP/2 preface is handed to it).
 
 mod body;
+mod buffer;
 mod chunked;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -28,8 +28,8 @@ pub(super) use upgrade::{PendingUpgrade, Upgraded};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Http1Server {
     /// hyper's server behind the framing guard (`h1_guard.rs`).
-    #[default]
     Hyper,
     /// This codec.
+    #[default]
     Own,
 }

@@ -45,6 +45,11 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// A pooled HTTP/1.1 connection whose previous exchange is still finishing (its request
 /// body still being written) gets this long before a fresh connection is used instead.
 const POOLED_READY_WAIT: Duration = Duration::from_millis(10);
+/// An HTTP/1.1 upstream connection's buffers: hyper's default (~400 KiB) let it queue 16
+/// request-body frames ahead of a slow upstream socket, 256 KiB per upload in flight; the
+/// kernel's socket buffer queues enough. Also the largest response head (Envoy's
+/// `max_response_headers_kb` is 60).
+const UPSTREAM_H1_MAX_BUF: usize = 64 * 1024;
 
 type Pools = HashMap<PoolKey, EndpointPool, FxBuildHasher>;
 
@@ -438,6 +443,7 @@ async fn connect_http1(
 ) -> Result<http1::SendRequest<ProxyBody>, TryFailure> {
     let stream = connect(cluster, endpoint).await?;
     let (sender, connection) = http1::Builder::new()
+        .max_buf_size(UPSTREAM_H1_MAX_BUF)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|_| TryFailure::ConnectFailure)?;

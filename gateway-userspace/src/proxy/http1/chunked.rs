@@ -1,9 +1,10 @@
 //! The chunked transfer coding (RFC 9112 §7.1), decoded from the connection's buffer one
-//! piece at a time: chunk data is split off the buffer without a copy.
+//! piece at a time: chunk data is copied out of the buffer (see `buffer.rs` for why).
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::buffer;
 use super::rules::{MAX_CHUNK_LINE_BYTES, MAX_CHUNK_SIZE_DIGITS, MAX_HEADERS, MAX_TRAILER_BYTES};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,7 +83,7 @@ impl ChunkedDecoder {
                     } else {
                         State::Data(left)
                     };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    return Ok(Decoded::Data(buffer::take(buf, take)));
                 }
                 State::DataEnd => {
                     if buf.len() < 2 {
@@ -101,9 +102,10 @@ impl ChunkedDecoder {
                     let Some(len) = trailer_section_end(buf)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    let section = buf.split_to(len);
+                    let trailers = trailers(&buf[..len]);
+                    buf.advance(len);
                     self.state = State::Done;
-                    return Ok(Decoded::End(trailers(&section)?));
+                    return Ok(Decoded::End(trailers?));
                 }
                 State::Done => return Ok(Decoded::End(HeaderMap::new())),
             }

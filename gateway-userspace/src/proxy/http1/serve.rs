@@ -10,7 +10,7 @@ use std::{
     time::SystemTime,
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, StatusCode};
 use hyper::body::Frame;
 use tokio::{
@@ -23,10 +23,11 @@ use tracing::debug;
 
 use super::{
     body::{BodyError, BodyFrame, RequestBody},
+    buffer,
     chunked::{ChunkedDecoder, Decoded},
     head::{self, BodyFraming, Head},
     response::{self, Answering, Written},
-    rules::{HTTP2_PREFACE, READ_CHUNK},
+    rules::HTTP2_PREFACE,
     upgrade::{PendingUpgrade, Upgraded},
 };
 use crate::proxy::{
@@ -102,7 +103,7 @@ where
             Exchanged::KeepAlive | Exchanged::Close => break,
             Exchanged::Upgrade(sender) if upgrading => {
                 let upgraded = Upgraded {
-                    prefix: buf.split().freeze(),
+                    prefix: Bytes::copy_from_slice(&buf),
                     io: Box::new(io),
                 };
                 let _ = sender.send(upgraded);
@@ -110,10 +111,7 @@ where
             }
             Exchanged::Upgrade(_) => break,
         }
-        if buf.is_empty() {
-            // An idle connection keeps no buffer.
-            buf = BytesMut::new();
-        }
+        buffer::settle(&mut buf);
     }
     let _ = io.shutdown().await;
     Ending::Closed
@@ -199,9 +197,7 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                 _ = shutdown.wait_for(|stop| *stop) => return HeadRead::Closed,
             }
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+        buffer::make_room(buf);
         tokio::select! {
             read = reader.read_buf(buf) => match read {
                 Ok(0) | Err(_) => return HeadRead::Closed,
@@ -288,7 +284,7 @@ where
             }
             sent = pump.send(), if pump.pending.is_some() => sent,
             read = reader.read_buf(buf), if need_read && wanted.is_none() => {
-                pump.note_read(read, buf);
+                pump.note_read(read);
             }
         }
     };
@@ -310,7 +306,7 @@ where
                 biased;
                 written = &mut write => break written,
                 sent = pump.send(), if pump.pending.is_some() => sent,
-                read = reader.read_buf(buf), if need_read => pump.note_read(read, buf),
+                read = reader.read_buf(buf), if need_read => pump.note_read(read),
             }
         }
     };
@@ -396,8 +392,16 @@ impl BodyPump {
     }
 
     /// Decodes the next frame out of `buf` if none is waiting; true when bytes must be
-    /// read first.
+    /// read first (and then the buffer has room for them).
     fn advance(&mut self, buf: &mut BytesMut) -> bool {
+        let need_read = self.decode(buf);
+        if need_read {
+            buffer::make_room(buf);
+        }
+        need_read
+    }
+
+    fn decode(&mut self, buf: &mut BytesMut) -> bool {
         if self.ended || self.pending.is_some() || self.sender.is_none() {
             return false;
         }
@@ -413,7 +417,7 @@ impl BodyPump {
                 if *remaining == 0 {
                     self.ended = true;
                 }
-                Ok(Decoded::Data(buf.split_to(take).freeze()))
+                Ok(Decoded::Data(buffer::take(buf, take)))
             }
             Decoder::Chunked(decoder) => decoder.decode(buf),
         };
@@ -441,14 +445,10 @@ impl BodyPump {
         self.pending = Some(Err(error));
     }
 
-    fn note_read(&mut self, read: std::io::Result<usize>, buf: &mut BytesMut) {
+    fn note_read(&mut self, read: std::io::Result<usize>) {
         match read {
             Ok(0) => self.fail(BodyError::Truncated),
-            Ok(_) => {
-                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                    buf.reserve(READ_CHUNK);
-                }
-            }
+            Ok(_) => {}
             Err(e) => self.fail(e.into()),
         }
     }
