@@ -14,7 +14,12 @@ use crate::tls::{Key, Pki, tls_secret};
 
 /// A Gateway for every host on port 80 (bound to `bind_port`) and 9000 (TCP, bound to
 /// `tcp_port`), routed to the demo upstream, plus `policies`.
-fn config(bind_port: u16, tcp_port: u16, upstream: SocketAddr, policies: &str) -> String {
+pub(crate) fn config(
+    bind_port: u16,
+    tcp_port: u16,
+    upstream: SocketAddr,
+    policies: &str,
+) -> String {
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -53,7 +58,7 @@ spec:
 }
 
 /// An AuthorizationPolicy document.
-fn policy(name: &str, namespace: &str, spec: &str) -> String {
+pub(crate) fn policy(name: &str, namespace: &str, spec: &str) -> String {
     let spec: String = spec.lines().map(|l| format!("  {l}\n")).collect();
     format!(
         "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
@@ -69,7 +74,7 @@ fn get_from(source: &str, port: u16, path: &str, extra: &[&str]) -> anyhow::Resu
     curl(None, &args)
 }
 
-fn decisions(gateway: &Gateway, action: &str, decision: &str) -> anyhow::Result<f64> {
+pub(crate) fn decisions(gateway: &Gateway, action: &str, decision: &str) -> anyhow::Result<f64> {
     Ok(gateway
         .metric(&format!(
             "gateway_authz_decisions_total{{action=\"{action}\",decision=\"{decision}\"}}"
