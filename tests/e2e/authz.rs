@@ -410,3 +410,54 @@ fn validate_names_what_is_not_enforced() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A DENY policy that does not parse keeps denying, everything, until it is fixed: a
+/// broken object is dropped from the configuration, but a DENY policy that vanished would
+/// let through what it was written to stop.
+#[test]
+fn a_deny_policy_that_does_not_parse_fails_closed() -> anyhow::Result<()> {
+    let dir = TempDir::new("authz-broken")?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let (port, tcp_port) = (free_port(), free_port());
+    // ipBlocks is a list: a plain string does not parse.
+    let broken = policy(
+        "no-bad-peer",
+        "istio-system",
+        "action: DENY\nrules: [{from: [{source: {ipBlocks: 127.0.0.6}}]}]",
+    );
+    let file = dir.write(
+        "config.yaml",
+        &config(port, tcp_port, upstream.addr, &broken),
+    )?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let denied = "403 \"RBAC: access denied\"";
+    assert_eq!(
+        get_from("127.0.0.7", port, "/get", &[])?.answered_by(),
+        denied
+    );
+    let closed = get_from("127.0.0.7", tcp_port, "/get", &[]);
+    assert!(closed.is_err(), "the TCP port is closed too: {closed:?}");
+    assert!(
+        gateway.stderr().contains("fails closed"),
+        "{}",
+        gateway.stderr()
+    );
+
+    // Fixed: the policy denies what it says, and only that.
+    let fixed = policy(
+        "no-bad-peer",
+        "istio-system",
+        "action: DENY\nrules: [{from: [{source: {ipBlocks: [127.0.0.6]}}]}]",
+    );
+    gateway
+        .reload_after(|| write_atomically(&file, &config(port, tcp_port, upstream.addr, &fixed)))?;
+    assert_eq!(
+        get_from("127.0.0.7", port, "/get", &[])?.answered_by(),
+        "httpbin"
+    );
+    assert_eq!(
+        get_from("127.0.0.6", port, "/get", &[])?.answered_by(),
+        denied
+    );
+    Ok(())
+}
