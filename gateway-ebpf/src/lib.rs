@@ -14,8 +14,8 @@ pub mod test_frames;
 
 pub use client_hello::{Sni, find_sni};
 pub use maps::{
-    AddrKey, GlobalCounter, MAX_PORTS, NodePortFlow, NodePortFlowState, PolicyKey, PortMode,
-    PortPolicy, PortStats, SniKey,
+    AddrKey, GlobalCounter, IpRuleKey, MAX_PORTS, NodePortFlow, NodePortFlowState, PolicyKey,
+    PortMode, PortPolicy, PortStats, SniKey,
 };
 pub use packet::{Bytes, HeaderError, Headers, IpVersion, parse_headers};
 pub use sni::{NameHashes, host_hash, pattern_matches, sni_hashes};

@@ -19,6 +19,10 @@ pub const GLOBAL_STATS_MAP: &str = "GLOBAL_STATS";
 /// This node's gateway addresses: [`AddrKey`] → 1. The filter polices only traffic
 /// addressed to one of them (an empty map polices nothing: fail open).
 pub const GATEWAY_ADDRS_MAP: &str = "GATEWAY_ADDRS";
+/// Source-address rules (LPM trie): [`IpRuleKey`] → [`IP_RULE_DENY`] or [`IP_RULE_PASS`],
+/// for ports whose AuthorizationPolicies decide a connection from its source address
+/// alone; read for SYNs on ports whose policy has [`SOURCE_RULES`].
+pub const IP_RULES_MAP: &str = "IP_RULES";
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "gateway_xdp";
 /// The same filter as a TC ingress classifier.
@@ -48,6 +52,11 @@ pub const MAX_SNI_NAMES_PER_GENERATION: u32 = 100_000;
 /// Entries of [`SNI_ALLOW_MAP`]: both live generations. Allocated as names are written
 /// (BPF_F_NO_PREALLOC), so a small config does not pin 200 000 entries of kernel memory.
 pub const MAX_SNI_NAMES: u32 = 2 * MAX_SNI_NAMES_PER_GENERATION;
+/// Source-address rules of one generation, summed over ports (each address block of an
+/// AuthorizationPolicy on a kernel-enforced port is one). The trie holds two generations.
+pub const MAX_IP_RULES_PER_GENERATION: u32 = 16_384;
+/// Entries of [`IP_RULES_MAP`] (allocated as written, as LPM tries always are).
+pub const MAX_IP_RULES: u32 = 2 * MAX_IP_RULES_PER_GENERATION;
 /// Local addresses the filter knows (every address of every interface of the node).
 pub const MAX_GATEWAY_ADDRS: u32 = 4096;
 /// The generation the programs read when gatewayd could not write a whole policy: no
@@ -102,6 +111,33 @@ pub struct PolicyKey {
 /// `PortPolicy::flags`: some server on the port accepts every name (`*`), so the kernel
 /// never rejects there.
 pub const ACCEPT_ANY_SNI: u32 = 1;
+
+/// `PortPolicy::flags`: the port's AuthorizationPolicies decide a connection by its source
+/// address alone, so SYNs are looked up in [`IP_RULES_MAP`] and denied ones dropped.
+pub const SOURCE_RULES: u32 = 2;
+/// `PortPolicy::flags` with [`SOURCE_RULES`]: a source no rule names is denied (ALLOW
+/// policies apply and every one of them is a source-address rule).
+pub const SOURCE_DEFAULT_DENY: u32 = 4;
+/// [`IP_RULES_MAP`] values.
+pub const IP_RULE_PASS: u8 = 0;
+pub const IP_RULE_DENY: u8 = 1;
+/// Bits of an [`IpRuleKey`] before the address: generation, port and family always match
+/// in full, so a key's prefix length is this plus the address block's.
+pub const IP_RULE_FIXED_BITS: u32 = 96;
+
+/// The data of an [`IP_RULES_MAP`] key (behind the trie's prefix length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpRuleKey {
+    pub generation: u32,
+    /// Destination port, host byte order.
+    pub port: u32,
+    /// 4 or 6: an IPv6 block never matches an IPv4 source (nor the reverse), as in Istio.
+    pub family: u32,
+    /// The source address in network byte order (IPv4 in the first four bytes), so the
+    /// trie's bitwise prefix is the address's.
+    pub addr: [u8; 16],
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -193,6 +229,8 @@ pub struct PortStats {
     /// Rejectable hellos of flows without a socket (the client's retransmission after
     /// a kernel reset, or a spoofed hello), passed so the stack resets the client.
     pub reject_retransmits: u64,
+    /// SYNs dropped because the port's AuthorizationPolicies deny their source.
+    pub syns_denied: u64,
 }
 
 #[cfg(feature = "user")]
@@ -203,6 +241,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortPolicy {}
     unsafe impl aya::Pod for super::SniKey {}
     unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::IpRuleKey {}
     unsafe impl aya::Pod for super::NodePortFlow {}
     unsafe impl aya::Pod for super::NodePortFlowState {}
 }
@@ -247,10 +286,12 @@ pub enum GlobalCounter {
     OtherAddress = 15,
     /// Connections to a node port translated to the listener's port at TC ingress.
     NodePortTranslated = 16,
+    /// SYNs dropped because the port's AuthorizationPolicies deny their source address.
+    IpDenied = 17,
 }
 
 impl GlobalCounter {
-    pub const ALL: [GlobalCounter; 17] = [
+    pub const ALL: [GlobalCounter; 18] = [
         GlobalCounter::Seen,
         GlobalCounter::GatewayPort,
         GlobalCounter::OtherPort,
@@ -268,6 +309,7 @@ impl GlobalCounter {
         GlobalCounter::NodePortSteered,
         GlobalCounter::OtherAddress,
         GlobalCounter::NodePortTranslated,
+        GlobalCounter::IpDenied,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -291,6 +333,7 @@ impl GlobalCounter {
             GlobalCounter::NodePortSteered => "node_port_steered",
             GlobalCounter::OtherAddress => "other_address",
             GlobalCounter::NodePortTranslated => "node_port_translated",
+            GlobalCounter::IpDenied => "ip_denied",
         }
     }
 }

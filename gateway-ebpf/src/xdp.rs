@@ -2,7 +2,9 @@
 //! per gateway port, and on TLS ports that do not accept
 //! every name, turn a ClientHello whose complete server_name matches nothing the port
 //! accepts into a TCP reset before the daemon accepts the connection or spends a
-//! handshake on it. Everything not positively decided passes, and is counted.
+//! handshake on it; on ports whose AuthorizationPolicies decide by source address alone,
+//! drop the SYNs of denied sources. Everything not positively decided passes, and is
+//! counted.
 //!
 //! Bytes are copied into per-CPU scratch buffers and parsed there by the shared
 //! `gateway_ebpf` parsers: map-value bounds are easy for the verifier, packet pointer
@@ -10,20 +12,25 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, bpf_sock_tuple, xdp_action},
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple, xdp_action,
+    },
     helpers::generated::{
         bpf_sk_release, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes,
         bpf_skc_lookup_tcp, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
         bpf_xdp_store_bytes,
     },
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key as LpmKey},
     programs::{TcContext, XdpContext},
 };
 use gateway_ebpf::{
-    AddrKey, Bytes, GlobalCounter, HeaderError, Headers, IpVersion, MAX_PORTS, PolicyKey, PortMode,
-    PortPolicy, PortStats, Sni, SniKey, find_sni,
-    maps::{ACCEPT_ANY_SNI, MAX_GATEWAY_ADDRS, MAX_SNI_NAMES},
+    AddrKey, Bytes, GlobalCounter, HeaderError, Headers, IpRuleKey, IpVersion, MAX_PORTS,
+    PolicyKey, PortMode, PortPolicy, PortStats, Sni, SniKey, find_sni,
+    maps::{
+        ACCEPT_ANY_SNI, IP_RULE_DENY, IP_RULE_FIXED_BITS, MAX_GATEWAY_ADDRS, MAX_IP_RULES,
+        MAX_SNI_NAMES, SOURCE_DEFAULT_DENY, SOURCE_RULES,
+    },
     packet::MAX_HEADER_BYTES,
     parse_headers,
     sni::MAX_WILDCARD_LABELS,
@@ -40,6 +47,8 @@ const _: () = assert!(HEADER_SCRATCH >= MAX_HEADER_BYTES && HEADER_SCRATCH.is_po
 const _: () = assert!(PAYLOAD_SCRATCH.is_power_of_two() && REWRITE_SCRATCH.is_power_of_two());
 
 const TCP_FLAGS_RST_ACK: u8 = 0x14;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
 
 #[repr(C)]
 pub struct Scratch<const N: usize> {
@@ -64,6 +73,9 @@ static POLICY_GEN: Array<u32> = Array::with_max_entries(1, 0);
 pub(crate) static GATEWAY_ADDRS: HashMap<AddrKey, u8> =
     HashMap::with_max_entries(MAX_GATEWAY_ADDRS, 0);
 
+#[map(name = "IP_RULES")]
+static IP_RULES: LpmTrie<IpRuleKey, u8> = LpmTrie::with_max_entries(MAX_IP_RULES, 0);
+
 #[map(name = "PORT_STATS")]
 static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
 
@@ -86,8 +98,10 @@ static PARSED: PerCpuArray<Headers> = PerCpuArray::with_max_entries(1, 0);
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     count(GlobalCounter::Seen);
-    inspect(&ctx);
-    xdp_action::XDP_PASS
+    match inspect(&ctx) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
 }
 
 /// The same filter at TC ingress (a TCX link), for devices and setups where it is the
@@ -95,8 +109,18 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn gateway_tc(ctx: TcContext) -> i32 {
     count(GlobalCounter::Seen);
-    inspect(&ctx);
-    TC_ACT_OK
+    match inspect(&ctx) {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
+    }
+}
+
+/// What becomes of a packet: on (possibly rewritten), or dropped (a SYN from a source
+/// the port's AuthorizationPolicies deny).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Drop,
 }
 
 /// What the filter needs from a hook: the frame's length, and bytes copied out of it and
@@ -163,17 +187,18 @@ impl Frame for TcContext {
     }
 }
 
-/// Counts the packet and, when it carries a ClientHello to reject, rewrites it into a
-/// reset. Either way the (possibly rewritten) packet goes on to the stack.
+/// Counts the packet; drops a SYN whose source the port's AuthorizationPolicies deny;
+/// when it carries a ClientHello to reject, rewrites it into a reset. Anything not
+/// dropped (possibly rewritten) goes on to the stack.
 #[inline(always)]
-fn inspect<F: Frame>(ctx: &F) {
+fn inspect<F: Frame>(ctx: &F) -> Verdict {
     let frame_len = ctx.frame_len();
     let Some(headers) = scratch(&HDR_SCRATCH) else {
-        return;
+        return Verdict::Pass;
     };
     if !copy(ctx, 0, frame_len, headers) {
         count(GlobalCounter::Malformed);
-        return;
+        return Verdict::Pass;
     }
     let parsed = match parse_headers(&*headers) {
         Ok(parsed) => parsed,
@@ -184,11 +209,11 @@ fn inspect<F: Frame>(ctx: &F) {
                 HeaderError::Fragment => GlobalCounter::Fragment,
                 HeaderError::Malformed => GlobalCounter::Malformed,
             });
-            return;
+            return Verdict::Pass;
         }
     };
     let Some(parsed) = launder_headers(parsed) else {
-        return;
+        return Verdict::Pass;
     };
     let generation = POLICY_GEN.get(0).copied().unwrap_or(0);
     let key = PolicyKey {
@@ -198,18 +223,18 @@ fn inspect<F: Frame>(ctx: &F) {
     // SAFETY: read-only lookup; the value is copied out at once.
     let Some(policy) = (unsafe { PORT_POLICY.get(&key) }).copied() else {
         count(GlobalCounter::OtherPort);
-        return;
+        return Verdict::Pass;
     };
     // A gateway port number to an address that is not ours (a pod routed over this
     // interface, a webhook on 8443): not our traffic, whatever its name.
     // SAFETY: read-only lookup.
     if unsafe { GATEWAY_ADDRS.get(&destination(headers, &parsed)) }.is_none() {
         count(GlobalCounter::OtherAddress);
-        return;
+        return Verdict::Pass;
     }
     count(GlobalCounter::GatewayPort);
     let Some(stats) = PORT_STATS.get_ptr_mut(policy.stats_slot) else {
-        return;
+        return Verdict::Pass;
     };
     // SAFETY: a per-CPU value; XDP runs are not preempted on their CPU.
     let stats = unsafe { &mut *stats };
@@ -218,7 +243,21 @@ fn inspect<F: Frame>(ctx: &F) {
 
     let checks_sni = PortMode::from_u32(policy.mode).is_some_and(PortMode::checks_sni);
     if !checks_sni || policy.flags & ACCEPT_ANY_SNI != 0 || parsed.payload_len == 0 {
-        return;
+        // Only a SYN without ACK opens a connection: dropping it means the daemon never
+        // accepts one. Other segments pass (a stray one from a denied source finds no
+        // socket, and the stack resets it). Decided on this branch only, so the verifier
+        // does not walk the ClientHello judgement once more per outcome of the lookup; a
+        // SYN carrying data (TCP Fast Open) to a TLS port is left to userspace.
+        let syn = parsed.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+        if syn
+            && policy.flags & SOURCE_RULES != 0
+            && source_denied(headers, &parsed, key, policy.flags)
+        {
+            stats.syns_denied += 1;
+            count(GlobalCounter::IpDenied);
+            return Verdict::Drop;
+        }
+        return Verdict::Pass;
     }
     match judge_hello(ctx, &parsed, frame_len, key) {
         Judgement::Accept => {
@@ -237,7 +276,7 @@ fn inspect<F: Frame>(ctx: &F) {
                 // of spoofed hellos can make the filter forget a rejected flow.
                 stats.reject_retransmits += 1;
                 count(GlobalCounter::SniRejectRetransmit);
-                return;
+                return Verdict::Pass;
             }
             if rewrite_into_reset(ctx, &parsed, frame_len) {
                 stats.hellos_rejected += 1;
@@ -254,6 +293,7 @@ fn inspect<F: Frame>(ctx: &F) {
             }
         }
     }
+    Verdict::Pass
 }
 
 enum Judgement {
@@ -463,6 +503,46 @@ fn set16<const N: usize>(s: &mut Scratch<N>, off: usize, value: u16) {
     let [hi, lo] = value.to_be_bytes();
     set(s, off, hi);
     set(s, off + 1, lo);
+}
+
+/// Whether the port's source rules deny this packet's source: the longest block naming
+/// it decides; a source no block names is denied only where ALLOW rules are all there is.
+#[inline(always)]
+fn source_denied(
+    headers: &Scratch<HEADER_SCRATCH>,
+    parsed: &Headers,
+    port: PolicyKey,
+    flags: u32,
+) -> bool {
+    let mut data = IpRuleKey {
+        generation: port.generation,
+        port: port.port,
+        family: 4,
+        addr: [0; 16],
+    };
+    let (start, words, bits) = match parsed.ip {
+        IpVersion::V4 => (parsed.l3_offset + 12, 1, 32),
+        IpVersion::V6 => {
+            data.family = 6;
+            (parsed.l3_offset + 8, 4, 128)
+        }
+    };
+    let mut i = 0;
+    while i < 4 {
+        if i < words {
+            let [a, b, c, d] = word(headers, start + 4 * i).to_be_bytes();
+            data.addr[4 * i] = a;
+            data.addr[4 * i + 1] = b;
+            data.addr[4 * i + 2] = c;
+            data.addr[4 * i + 3] = d;
+        }
+        i += 1;
+    }
+    let key = LpmKey::new(IP_RULE_FIXED_BITS + bits, data);
+    match IP_RULES.get(&key) {
+        Some(&action) => action == IP_RULE_DENY,
+        None => flags & SOURCE_DEFAULT_DENY != 0,
+    }
 }
 
 /// The packet's destination address, as the GATEWAY_ADDRS keys hold it.

@@ -15,6 +15,7 @@
 //! match is denied, as istiod configures it when the provider is missing.
 
 mod index;
+mod source_rules;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -26,6 +27,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use self::index::RuleSet;
+pub use self::source_rules::{IpBlock, SourceRules};
 use crate::config::resources::security::{
     Action as SpecAction, AuthorizationPolicy, Condition, Operation, Rule as SpecRule, Source,
 };

@@ -30,7 +30,10 @@ use crate::{
         resources::{Gateway, HttpRoute, IntOrString, Service, VirtualService},
     },
     route_table::{Route, RouteTable, VirtualHost},
-    snapshot::{Cluster, KernelPolicy, Listener, Protocol, RouteAction, Snapshot, TlsPortPolicy},
+    snapshot::{
+        Cluster, KernelPolicy, Listener, PortSourceRules, Protocol, RouteAction, Snapshot,
+        TlsPortPolicy,
+    },
 };
 
 pub use clusters::update_endpoints;
@@ -250,6 +253,7 @@ impl<'a> Compiler<'a> {
         kernel_ports.sort_unstable();
         kernel_ports.dedup();
         let tls_ports = tls_port_policies(&listeners);
+        let source_rules = source_rule_policies(&listeners);
         let node_ports = listeners
             .iter()
             .filter_map(|l| Some((l.node_port?, l.bind_port)))
@@ -268,6 +272,7 @@ impl<'a> Compiler<'a> {
                 tls_ports,
                 tcp_ports,
                 node_ports,
+                source_rules,
             },
             report: Default::default(),
         }
@@ -751,6 +756,37 @@ impl<'a> Compiler<'a> {
 }
 
 /// The SNI names each TLS port accepts, for the kernel's early rejection.
+/// The bind ports where the kernel can drop the SYNs of sources the policies deny: TLS,
+/// HTTPS and TCP listeners, where a denial closes the connection (HTTP answers a 403 the
+/// client should see), without a PROXY protocol header (the kernel sees the balancer,
+/// userspace the client). A port two listeners share needs the same rules from both.
+fn source_rule_policies(listeners: &[Listener]) -> Vec<PortSourceRules> {
+    let mut ports: Vec<PortSourceRules> = Vec::new();
+    let mut mixed: Vec<u16> = Vec::new();
+    for listener in listeners {
+        let port = listener.bind_port;
+        let rules = matches!(
+            listener.protocol,
+            Protocol::Https | Protocol::Tls | Protocol::Tcp
+        )
+        .then_some(())
+        .filter(|()| !listener.proxy_protocol)
+        .and_then(|()| listener.authz.source_rules(port));
+        match (ports.iter().position(|p| p.port == port), rules) {
+            (None, Some(rules)) if !mixed.contains(&port) => {
+                ports.push(PortSourceRules { port, rules });
+            }
+            (Some(at), Some(rules)) if ports[at].rules == rules => {}
+            (Some(at), _) => {
+                ports.remove(at);
+                mixed.push(port);
+            }
+            (None, _) => mixed.push(port),
+        }
+    }
+    ports
+}
+
 fn tls_port_policies(listeners: &[Listener]) -> Vec<TlsPortPolicy> {
     listeners
         .iter()

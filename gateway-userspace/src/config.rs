@@ -569,7 +569,38 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
                         location,
                     });
                 }
-                Err(d) => diagnostics.push(*d),
+                Err(d) => {
+                    let dry_run = value
+                        .get("metadata")
+                        .and_then(|m| m.get("annotations"))
+                        .and_then(|a| a.get(resources::security::DRY_RUN_ANNOTATION))
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                    let stand_in = (!dry_run)
+                        .then(|| AuthorizationPolicy::fail_closed(meta.clone(), value))
+                        .flatten();
+                    if let Some(stand_in) = stand_in {
+                        let what =
+                            if stand_in.spec.action == Some(resources::security::Action::Allow) {
+                                "as an ALLOW policy it allows nothing"
+                            } else {
+                                "as a DENY policy it denies every request and connection"
+                            };
+                        diagnostics.push(
+                            Diagnostic::warning(format!(
+                                "this AuthorizationPolicy does not parse, and fails closed: {what} on the workloads it selects until it is fixed"
+                            ))
+                            .at(location.clone())
+                            .object(&resource)
+                            .field("spec"),
+                        );
+                        resources.authorization_policies.push(Sourced {
+                            resource: Arc::new(stand_in),
+                            location,
+                        });
+                    }
+                    diagnostics.push(*d);
+                }
             }
         }
         (ISTIO_NETWORKING, "Gateway") => parsed!(gateways),

@@ -22,10 +22,10 @@ use gateway_ebpf::{
     AddrKey, GlobalCounter, MAX_PORTS, PolicyKey, PortMode, PortPolicy, PortStats, SniKey,
     host_hash,
     maps::{
-        ACCEPT_ANY_SNI, FAIL_OPEN_GENERATION, GATEWAY_ADDRS_MAP, GLOBAL_STATS_MAP,
-        MAX_GATEWAY_ADDRS, MAX_SNI_NAMES_PER_GENERATION, NODE_PORT_FLOWS_MAP,
-        POLICY_GENERATION_MAP, PORT_POLICY_MAP, PORT_STATS_MAP, SNI_ALLOW_MAP, TC_PROGRAM,
-        XDP_PROGRAM,
+        ACCEPT_ANY_SNI, FAIL_OPEN_GENERATION, GATEWAY_ADDRS_MAP, GLOBAL_STATS_MAP, IP_RULES_MAP,
+        MAX_GATEWAY_ADDRS, MAX_IP_RULES_PER_GENERATION, MAX_SNI_NAMES_PER_GENERATION,
+        NODE_PORT_FLOWS_MAP, POLICY_GENERATION_MAP, PORT_POLICY_MAP, PORT_STATS_MAP, SNI_ALLOW_MAP,
+        TC_PROGRAM, XDP_PROGRAM,
     },
     sni::{MAX_WILDCARD_LABELS, wildcard_labels},
 };
@@ -34,6 +34,7 @@ use thiserror::Error;
 use crate::snapshot::{KernelPolicy, TlsPortPolicy};
 
 pub mod addresses;
+mod ip_rules;
 mod node_ports;
 mod stale_xdp;
 
@@ -65,6 +66,8 @@ pub enum KernelError {
     Cpus(std::io::Error),
     #[error("{count} gateway ports exceed the kernel's {MAX_PORTS}")]
     TooManyPorts { count: usize },
+    #[error("{count} source-address rules exceed the kernel's {MAX_IP_RULES_PER_GENERATION}")]
+    TooManyIpRules { count: usize },
     #[error("{count} local addresses exceed the kernel's {MAX_GATEWAY_ADDRS}")]
     TooManyAddresses { count: usize },
 }
@@ -144,10 +147,11 @@ impl Unpoliced {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct WrittenPolicy {
     ports: Vec<PolicyKey>,
     names: Vec<SniKey>,
+    ip_rules: Vec<ip_rules::RuleKey>,
 }
 
 impl std::fmt::Debug for KernelPath {
@@ -357,11 +361,19 @@ impl KernelPath {
             if too_deep {
                 unpoliced.insert(port, Unpoliced::WildcardTooDeep);
             }
-            let flags = if tls.is_some_and(|t| t.accept_any) || too_deep {
+            let sni_flags = if tls.is_some_and(|t| t.accept_any) || too_deep {
                 ACCEPT_ANY_SNI
             } else {
                 0
             };
+            // Source rules are keyed by bind port: a node port's SYN carries the node
+            // port (XDP sees it before translation), and is left to userspace.
+            let source_flags = policy
+                .source_rules
+                .iter()
+                .find(|r| r.port == port)
+                .map_or(0, ip_rules::port_flags);
+            let flags = sni_flags | source_flags;
             ports.push((
                 port,
                 PortPolicy {
@@ -443,6 +455,19 @@ impl KernelPath {
             }
             unpoliced.insert(port, Unpoliced::SniMapFull);
         }
+        let rule_entries: Vec<_> = policy
+            .source_rules
+            .iter()
+            .filter(|r| ports.iter().any(|(p, _, _)| *p == r.port))
+            .flat_map(|r| ip_rules::entries(generation, r))
+            .collect();
+        let written = &mut self.written[generation as usize];
+        ip_rules::write(
+            map_mut(&mut self.ebpf, IP_RULES_MAP)?,
+            &stale.ip_rules,
+            &rule_entries,
+            &mut written.ip_rules,
+        )?;
         let mut index: Array<_, u32> =
             Array::try_from(map_mut(&mut self.ebpf, POLICY_GENERATION_MAP)?)?;
         index.set(0, generation, 0)?;
@@ -586,6 +611,7 @@ impl KernelPath {
                         hellos_rejected: sum.hellos_rejected + s.hellos_rejected,
                         hellos_undecided: sum.hellos_undecided + s.hellos_undecided,
                         reject_retransmits: sum.reject_retransmits + s.reject_retransmits,
+                        syns_denied: sum.syns_denied + s.syns_denied,
                     });
                 Ok((port, total))
             })
@@ -661,6 +687,16 @@ pub fn policy_warnings(policy: &KernelPolicy) -> Vec<String> {
             .filter(|(_, bind)| *bind == tls.port)
             .count();
         names += tls.names.len() * copies;
+    }
+    let source_rules: usize = policy
+        .source_rules
+        .iter()
+        .map(|r| r.rules.deny.len() + r.rules.allow_only.as_ref().map_or(0, Vec::len))
+        .sum();
+    if source_rules > MAX_IP_RULES_PER_GENERATION as usize {
+        warnings.push(format!(
+            "kernel filter: {source_rules} AuthorizationPolicy address blocks on kernel-enforced ports exceed the {MAX_IP_RULES_PER_GENERATION} the kernel holds; the kernel filter will police nothing (userspace still enforces every policy)"
+        ));
     }
     if names > MAX_SNI_NAMES_PER_GENERATION as usize {
         warnings.push(format!(

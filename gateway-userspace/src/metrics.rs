@@ -646,6 +646,11 @@ impl Collector for KernelCollector {
                     "Bytes to a gateway port, seen by the XDP program",
                     |s| s.bytes,
                 ),
+                (
+                    "gateway_kernel_source_denied_syns",
+                    "SYNs dropped in the kernel because the port's AuthorizationPolicies deny their source address",
+                    |s| s.syns_denied,
+                ),
             ] {
                 let mut family =
                     encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

@@ -693,6 +693,16 @@ pub struct KernelPolicy {
     /// (node port, bind port) of our Service, for node-port mode: the kernel polices a
     /// node port as it does its bind port, and steers its connections to that listener.
     pub node_ports: Vec<(u16, u16)>,
+    /// Bind ports whose AuthorizationPolicies decide a connection from its source address
+    /// alone: the kernel drops denied sources' SYNs (`authz/source_rules.rs`).
+    pub source_rules: Vec<PortSourceRules>,
+}
+
+/// What the kernel enforces on one port's SYNs, by source address.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PortSourceRules {
+    pub port: u16,
+    pub rules: crate::authz::SourceRules,
 }
 
 /// SNI names one TLS port accepts: lowercase exact names and `*.suffix` wildcards;

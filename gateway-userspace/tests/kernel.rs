@@ -144,6 +144,7 @@ fn counts_packets_per_gateway_port_and_passes_everything() {
         (GlobalCounter::NodePortSteered, 0),
         (GlobalCounter::OtherAddress, 0),
         (GlobalCounter::NodePortTranslated, 0),
+        (GlobalCounter::IpDenied, 0),
     ];
     assert_eq!(counts, expected);
 

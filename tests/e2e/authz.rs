@@ -14,7 +14,12 @@ use crate::tls::{Key, Pki, tls_secret};
 
 /// A Gateway for every host on port 80 (bound to `bind_port`) and 9000 (TCP, bound to
 /// `tcp_port`), routed to the demo upstream, plus `policies`.
-fn config(bind_port: u16, tcp_port: u16, upstream: SocketAddr, policies: &str) -> String {
+pub(crate) fn config(
+    bind_port: u16,
+    tcp_port: u16,
+    upstream: SocketAddr,
+    policies: &str,
+) -> String {
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -53,7 +58,7 @@ spec:
 }
 
 /// An AuthorizationPolicy document.
-fn policy(name: &str, namespace: &str, spec: &str) -> String {
+pub(crate) fn policy(name: &str, namespace: &str, spec: &str) -> String {
     let spec: String = spec.lines().map(|l| format!("  {l}\n")).collect();
     format!(
         "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
@@ -69,7 +74,7 @@ fn get_from(source: &str, port: u16, path: &str, extra: &[&str]) -> anyhow::Resu
     curl(None, &args)
 }
 
-fn decisions(gateway: &Gateway, action: &str, decision: &str) -> anyhow::Result<f64> {
+pub(crate) fn decisions(gateway: &Gateway, action: &str, decision: &str) -> anyhow::Result<f64> {
     Ok(gateway
         .metric(&format!(
             "gateway_authz_decisions_total{{action=\"{action}\",decision=\"{decision}\"}}"
@@ -402,6 +407,57 @@ fn validate_names_what_is_not_enforced() -> anyhow::Result<()> {
     assert!(
         report.contains("spec.action") && report.contains("CUSTOM is not supported"),
         "{report}"
+    );
+    Ok(())
+}
+
+/// A DENY policy that does not parse keeps denying, everything, until it is fixed: a
+/// broken object is dropped from the configuration, but a DENY policy that vanished would
+/// let through what it was written to stop.
+#[test]
+fn a_deny_policy_that_does_not_parse_fails_closed() -> anyhow::Result<()> {
+    let dir = TempDir::new("authz-broken")?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let (port, tcp_port) = (free_port(), free_port());
+    // ipBlocks is a list: a plain string does not parse.
+    let broken = policy(
+        "no-bad-peer",
+        "istio-system",
+        "action: DENY\nrules: [{from: [{source: {ipBlocks: 127.0.0.6}}]}]",
+    );
+    let file = dir.write(
+        "config.yaml",
+        &config(port, tcp_port, upstream.addr, &broken),
+    )?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let denied = "403 \"RBAC: access denied\"";
+    assert_eq!(
+        get_from("127.0.0.7", port, "/get", &[])?.answered_by(),
+        denied
+    );
+    let closed = get_from("127.0.0.7", tcp_port, "/get", &[]);
+    assert!(closed.is_err(), "the TCP port is closed too: {closed:?}");
+    assert!(
+        gateway.stderr().contains("fails closed"),
+        "{}",
+        gateway.stderr()
+    );
+
+    // Fixed: the policy denies what it says, and only that.
+    let fixed = policy(
+        "no-bad-peer",
+        "istio-system",
+        "action: DENY\nrules: [{from: [{source: {ipBlocks: [127.0.0.6]}}]}]",
+    );
+    gateway
+        .reload_after(|| write_atomically(&file, &config(port, tcp_port, upstream.addr, &fixed)))?;
+    assert_eq!(
+        get_from("127.0.0.7", port, "/get", &[])?.answered_by(),
+        "httpbin"
+    );
+    assert_eq!(
+        get_from("127.0.0.6", port, "/get", &[])?.answered_by(),
+        denied
     );
     Ok(())
 }

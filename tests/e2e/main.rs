@@ -14,6 +14,7 @@ mod http_safety;
 mod isolation;
 mod istio_fidelity;
 mod kernel;
+mod kernel_authz;
 mod kubernetes;
 mod limits;
 mod live_state;

@@ -250,9 +250,17 @@ fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Res
 
     // Without a client certificate that upstream refuses us. With TLS 1.3 the refusal
     // comes after our side of the handshake, once the request is being written: the
-    // request fails as a connection termination (503 UC).
+    // request fails as a connection termination (503 UC), with the alert as Envoy's
+    // transport failure reason (asserted loosely: a close that resets the connection
+    // before the alert is read would leave only the termination).
     let nocert = get(bind_port, "/nocert")?;
     assert_eq!(nocert.status, 503, "{nocert:?}");
+    eprintln!("missing client certificate: {:?}", nocert.body);
+    assert!(
+        nocert.body.contains("reset reason: connection termination"),
+        "{}",
+        nocert.body
+    );
 
     // The access log has the flags (UF, and URX: Istio retries connect failures twice by
     // default) and the reason, where Envoy's default format puts them.

@@ -606,10 +606,16 @@ const TEST_STAGES: &[(&str, &[TestRun])] = &[
     ),
     (
         "kernel-program tests",
-        &[TestRun {
-            cargo: &["-p", "gateway-userspace", "--test", "kernel"],
-            harness: &["--test-threads=1"],
-        }],
+        &[
+            TestRun {
+                cargo: &["-p", "gateway-userspace", "--test", "kernel"],
+                harness: &["--test-threads=1"],
+            },
+            TestRun {
+                cargo: &["-p", "gateway-userspace", "--test", "kernel_source_rules"],
+                harness: &["--test-threads=1"],
+            },
+        ],
     ),
     (
         "end-to-end tests",

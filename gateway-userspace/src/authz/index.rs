@@ -53,6 +53,11 @@ impl RuleSet {
         self.policies.is_empty()
     }
 
+    /// Every rule, in policy order.
+    pub(super) fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().map(|(_, rule)| rule)
+    }
+
     /// Adds a policy's rules after those already here.
     pub(super) fn push(&mut self, name: std::sync::Arc<str>, rules: Vec<Rule>) {
         let policy = self.policies.len();

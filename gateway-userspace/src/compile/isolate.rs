@@ -20,7 +20,10 @@ use tracing::warn;
 
 use super::{Identity, RouteMemo, compile_reusing};
 use crate::{
-    config::{Diagnostic, Diagnostics, Kind, ObjectRef, Resources, Sourced},
+    config::{
+        Diagnostic, Diagnostics, Kind, ObjectRef, Resources, Sourced,
+        resources::security::AuthorizationPolicy,
+    },
     snapshot::Snapshot,
     tls::TlsState,
 };
@@ -178,10 +181,22 @@ pub fn without(resources: &Resources, dropped: &BTreeSet<ObjectRef>) -> Resource
         reference_grants: keep(reference_grants, dropped),
         secrets: keep(secrets, dropped),
         namespaces: keep(namespaces, dropped),
-        authorization_policies: keep(authorization_policies, dropped),
+        authorization_policies: keep_failing_closed(authorization_policies, dropped),
         skipped: skipped.clone(),
         documents: documents.clone(),
     }
+}
+
+/// Policies as `keep` keeps them, and the stand-ins of dropped policies that did not
+/// parse: a broken policy must keep enforcing (`AuthorizationPolicy::fail_closed`).
+fn keep_failing_closed(
+    list: &[Sourced<AuthorizationPolicy>],
+    dropped: &BTreeSet<ObjectRef>,
+) -> Vec<Sourced<AuthorizationPolicy>> {
+    list.iter()
+        .filter(|s| s.resource.fail_closed || !dropped.contains(&s.resource.object_ref()))
+        .cloned()
+        .collect()
 }
 
 fn keep<T: Kind + Clone>(list: &[Sourced<T>], dropped: &BTreeSet<ObjectRef>) -> Vec<Sourced<T>> {

@@ -20,6 +20,7 @@ use super::{
     grpc,
     limits::BrokenBody,
     route_actions::{self, TryFailure},
+    upstream_tls::TlsFailure,
 };
 use crate::snapshot::{CorsPolicy, DirectResponse, FaultAbort, Redirect};
 
@@ -202,6 +203,22 @@ impl LocalReply {
         .text(UPSTREAM_TIMEOUT)
     }
 
+    /// 503 with Envoy's text for a TLS failure: the reset reason, then the transport
+    /// failure reason (also in the access log's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    fn tls_failure(flags: ResponseFlags, reset: &str, tls: TlsFailure) -> Self {
+        let mut reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, flags).text(Bytes::from(
+            [
+                "upstream connect error or disconnect/reset before headers. reset reason: ",
+                reset,
+                ", transport failure reason: ",
+                tls.reason(),
+            ]
+            .concat(),
+        ));
+        reply.transport_failure = Some(tls.reason());
+        reply
+    }
+
     /// The last try failed without an answer: Envoy's status, text and flags for it.
     pub(super) fn try_failed(failure: TryFailure, retried: bool) -> Self {
         const RESET: &str =
@@ -223,22 +240,16 @@ impl LocalReply {
                 ResponseFlags::UPSTREAM_CONNECTION_TERMINATION.retried(retried),
                 "connection termination",
             ),
-            TryFailure::Tls(tls) => {
-                let mut reply = LocalReply::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE.retried(retried),
-                )
-                .text(Bytes::from(
-                    [
-                        RESET,
-                        "connection failure, transport failure reason: ",
-                        tls.reason(),
-                    ]
-                    .concat(),
-                ));
-                reply.transport_failure = Some(tls.reason());
-                reply
-            }
+            TryFailure::Tls(tls) => LocalReply::tls_failure(
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE.retried(retried),
+                "connection failure",
+                tls,
+            ),
+            TryFailure::ResetTls(tls) => LocalReply::tls_failure(
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION.retried(retried),
+                "connection termination",
+                tls,
+            ),
             TryFailure::Overflow => unavailable(ResponseFlags::UPSTREAM_OVERFLOW, "overflow"),
             TryFailure::Timeout => LocalReply::route_timeout(retried),
             TryFailure::ProtocolError => LocalReply::new(
@@ -364,6 +375,16 @@ mod tests {
             reset.text,
             "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
         );
+        // TLS 1.3: the upstream refuses our (missing) client certificate after the
+        // handshake; Envoy reports the termination with BoringSSL's reason.
+        let refused = TlsFailure::PeerAlert(super::super::upstream_tls::Alert::CertificateRequired);
+        let reply = LocalReply::try_failed(TryFailure::ResetTls(refused), false);
+        assert_eq!(reply.flags.as_str(), "UC");
+        assert_eq!(
+            reply.text,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection termination, transport failure reason: TLS_error:|SSL routines:TLSV1_ALERT_CERTIFICATE_REQUIRED:TLS_error_end"
+        );
+        assert_eq!(reply.transport_failure, Some(refused.reason()));
     }
 
     #[tokio::test]

@@ -226,6 +226,10 @@ pub(super) enum TryFailure {
     Tls(super::upstream_tls::TlsFailure),
     /// Closed or reset before a response.
     Reset,
+    /// Ended by a TLS alert after the handshake, before a response: with TLS 1.3 that is
+    /// how an upstream refuses our client certificate. A connection termination, as for
+    /// Envoy, with the TLS reason as its transport failure reason.
+    ResetTls(super::upstream_tls::TlsFailure),
     /// Unparseable response.
     ProtocolError,
     /// The per-try timeout expired.
@@ -241,7 +245,7 @@ pub(super) fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
         TryFailure::ConnectFailure | TryFailure::Tls(_) => {
             on.connect_failure || on.gateway_error || on.server_error
         }
-        TryFailure::Reset => on.reset || on.server_error,
+        TryFailure::Reset | TryFailure::ResetTls(_) => on.reset || on.server_error,
         TryFailure::Timeout => on.gateway_error || on.server_error,
         TryFailure::ProtocolError => on.server_error,
         TryFailure::RefusedStream => on.refused_stream || on.reset || on.server_error,

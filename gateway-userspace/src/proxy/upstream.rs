@@ -498,11 +498,13 @@ fn classify(cluster: &LiveCluster<'_>, error: &hyper::Error) -> TryFailure {
     if error.is_parse() || error.is_parse_status() {
         return TryFailure::ProtocolError;
     }
+    // The handshake was done before the exchange began (a failed one never gets here):
+    // a TLS error now is the upstream ending the connection with an alert, counted by
+    // the connection's task (`count_tls_refusal`).
     if cluster.tls.is_some()
         && let Some(failure) = upstream_tls::TlsFailure::under(error)
     {
-        upstream_tls::count(&cluster.name, failure);
-        return TryFailure::Tls(failure);
+        return TryFailure::ResetTls(failure);
     }
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {

@@ -85,7 +85,7 @@ impl TlsFailure {
                 "TLS_error:|SSL routines:SSLV3_ALERT_HANDSHAKE_FAILURE:TLS_error_end"
             }
             TlsFailure::PeerAlert(Alert::CertificateRequired) => {
-                "TLS_error:|SSL routines:TLSV13_ALERT_CERTIFICATE_REQUIRED:TLS_error_end"
+                "TLS_error:|SSL routines:TLSV1_ALERT_CERTIFICATE_REQUIRED:TLS_error_end"
             }
             TlsFailure::PeerAlert(Alert::BadCertificate) => {
                 "TLS_error:|SSL routines:SSLV3_ALERT_BAD_CERTIFICATE:TLS_error_end"
@@ -128,6 +128,15 @@ impl TlsFailure {
         let mut source = Some(error);
         while let Some(e) = source {
             if let Some(rustls_error) = e.downcast_ref::<rustls::Error>() {
+                return Some(TlsFailure::of_rustls(rustls_error));
+            }
+            // An io::Error's source() is its inner error's source, skipping the inner
+            // error itself, where tokio-rustls puts the rustls error: look inside.
+            if let Some(rustls_error) = e
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
                 return Some(TlsFailure::of_rustls(rustls_error));
             }
             source = e.source();

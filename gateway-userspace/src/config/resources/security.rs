@@ -16,6 +16,53 @@ pub struct AuthorizationPolicy {
     /// Read by the loader (`ObjectMeta` keeps no annotations: they can be large).
     #[serde(skip)]
     pub dry_run: bool,
+    /// A stand-in for a policy that does not parse (`fail_closed`): kept when the broken
+    /// object itself is dropped from the configuration.
+    #[serde(skip)]
+    pub fail_closed: bool,
+}
+
+impl AuthorizationPolicy {
+    /// What a policy that does not parse enforces until it is fixed: it must not simply
+    /// vanish, or a broken DENY policy would stop denying. Istio widens what it cannot
+    /// read in a DENY policy (a value left out matches more), and an ALLOW rule it cannot
+    /// read allows nothing; a whole unreadable policy is the limit of both: a DENY (or
+    /// CUSTOM, or unreadable action) policy denies everything on the workloads it selects,
+    /// an ALLOW policy allows nothing. AUDIT and dry-run policies only log: None.
+    /// The selector and targets are read where they parse; where they do not, the policy
+    /// applies to everything its namespace reaches (closed again).
+    pub fn fail_closed(metadata: ObjectMeta, document: &serde_yaml::Value) -> Option<Self> {
+        let spec = document.get("spec");
+        let field = |name: &str| spec.and_then(|s| s.get(name)).cloned();
+        let action = match field("action") {
+            None => Action::Allow,
+            Some(value) => match serde_yaml::from_value::<Action>(value) {
+                Ok(Action::Audit) => return None,
+                Ok(Action::Allow) => Action::Allow,
+                Ok(Action::Deny | Action::Custom) | Err(_) => Action::Deny,
+            },
+        };
+        fn read<T: serde::de::DeserializeOwned>(value: Option<serde_yaml::Value>) -> Option<T> {
+            value.and_then(|v| serde_yaml::from_value(v).ok())
+        }
+        let rules = match action {
+            Action::Allow => Vec::new(),
+            _ => vec![Rule::default()],
+        };
+        Some(AuthorizationPolicy {
+            metadata,
+            spec: AuthorizationPolicySpec {
+                selector: read(field("selector")),
+                target_ref: read(field("targetRef")),
+                target_refs: read(field("targetRefs")).unwrap_or_default(),
+                rules,
+                action: Some(action),
+                provider: None,
+            },
+            dry_run: false,
+            fail_closed: true,
+        })
+    }
 }
 
 /// The annotation that makes a policy dry-run.
