@@ -20,6 +20,7 @@ use super::{
     outcome::{Answer, Outcome},
     replay::ReplayBody,
     route_actions,
+    route_clock::{self, DeadlineBody, RequestEnd},
     tries::{self, Ending, RequestBody},
     tunnel,
     upstream_head::{Downstream, UpstreamHead, strip_hop_by_hop},
@@ -115,11 +116,12 @@ pub(super) async fn forward<'s>(
     // The body streams to the first try at once; a bounded copy is kept when a retry
     // or a mirror may need it again (an upgrade's body is the tunnel: sent once).
     let wants_replay = !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
-    let mut body = if body.is_end_stream() {
-        RequestBody::Empty
+    let (request_end, mut body) = if body.is_end_stream() {
+        (RequestEnd::now(), RequestBody::Empty)
     } else {
-        let streamed = DownstreamBody::new(body, body_failed.clone(), &ctx.limits).boxed();
-        if wants_replay {
+        let (request_end, mark) = RequestEnd::pending();
+        let streamed = DownstreamBody::new(body, body_failed.clone(), &ctx.limits, mark).boxed();
+        let body = if wants_replay {
             RequestBody::Replay(ReplayBody::new(
                 streamed,
                 ctx.limits.max_replay_body_bytes,
@@ -128,7 +130,8 @@ pub(super) async fn forward<'s>(
             ))
         } else {
             RequestBody::Once(Some(streamed))
-        }
+        };
+        (request_end, body)
     };
 
     let mirrors: Vec<Arc<Cluster>> = forward
@@ -141,8 +144,11 @@ pub(super) async fn forward<'s>(
         mirror::send(ctx, live, &head, mirrors, forward.timeout, &body);
     }
 
-    let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
-    let tried = tries::run(&cluster, &mut head, &mut body, &forward.retry, deadline).await;
+    let clock = tries::Clock {
+        request_end: &request_end,
+        route_timeout: forward.timeout,
+    };
+    let tried = tries::run(&cluster, &mut head, &mut body, &forward.retry, clock).await;
     let retried = tried.retried();
     let answered = |answer: Answer| Outcome {
         answer,
@@ -204,10 +210,14 @@ pub(super) async fn forward<'s>(
     } else {
         fault_flags
     };
-    answered(Answer::Upstream {
-        response: response.map(|body| body.map_err(BoxError::from).boxed()),
-        flags,
-    })
+    // The route's timeout runs on to the end of the response (a tunnel has no end).
+    let response = response.map(|body| body.map_err(BoxError::from).boxed());
+    let response = match forward.timeout {
+        Some(timeout) if !switching => response
+            .map(|body| DeadlineBody::new(body, route_clock::expiry(request_end, timeout)).boxed()),
+        _ => response,
+    };
+    answered(Answer::Upstream { response, flags })
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection,
