@@ -627,6 +627,7 @@ spec:
   host: web
   trafficPolicy:
     loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}
+    connectionPool: {tcp: {maxConnectionDuration: 1h}}
     tls: {mode: SIMPLE}
 "#,
     )?;
@@ -636,10 +637,10 @@ spec:
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "warnings only: {stdout}");
-    let field =
-        "DestinationRule default/web: spec.trafficPolicy.loadBalancer.consistentHash: not applied";
+    let field = "DestinationRule default/web: spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration: not applied";
     assert!(stdout.contains(field), "{field} not in\n{stdout}");
-    // Upstream TLS origination is applied (issue 17): not listed.
+    // Consistent hashing and upstream TLS origination (issue 17) are applied: not listed.
+    assert!(!stdout.contains("consistentHash"), "{stdout}");
     assert!(
         !stdout.contains("spec.trafficPolicy.tls: not applied"),
         "{stdout}"

@@ -13,6 +13,7 @@ use super::{
     body::{BoxError, ClientBody, DownstreamBody},
     context::ProxyContext,
     flags::ResponseFlags,
+    hash_key,
     http1::{PendingUpgrade, Upgraded},
     limits,
     local_reply::LocalReply,
@@ -106,6 +107,14 @@ pub(super) async fn forward<'s>(
         request.version() == Version::HTTP_11 && request.headers().contains_key(header::UPGRADE);
     let downstream_upgrade = is_upgrade.then(|| ClientUpgrade::on(&mut request));
 
+    let hash = cluster.hash_policy.as_ref().and_then(|policy| {
+        hash_key::request_key(
+            policy,
+            request.headers(),
+            request.uri().query(),
+            downstream.peer,
+        )
+    });
     let (parts, body) = request.into_parts();
     let Some(mut head) = UpstreamHead::new(parts, route, forward, weighted, downstream, is_upgrade)
     else {
@@ -148,7 +157,15 @@ pub(super) async fn forward<'s>(
         request_end: &request_end,
         route_timeout: forward.timeout,
     };
-    let tried = tries::run(&cluster, &mut head, &mut body, &forward.retry, clock).await;
+    let tried = tries::run(
+        &cluster,
+        &mut head,
+        &mut body,
+        &forward.retry,
+        clock,
+        hash.as_ref().map(|k| k.hash),
+    )
+    .await;
     let retried = tried.retried();
     let answered = |answer: Answer| Outcome {
         answer,
@@ -196,6 +213,9 @@ pub(super) async fn forward<'s>(
     weighted.headers.response.apply(response.headers_mut());
     if let Some((cors, origin)) = &cors_origin {
         route_actions::cors_response_headers(cors, origin, response.headers_mut());
+    }
+    if let Some(cookie) = hash.and_then(|k| k.set_cookie) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     let retried_status = retried
         && route_actions::retriable_response(

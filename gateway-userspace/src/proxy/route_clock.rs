@@ -76,6 +76,10 @@ pub(super) struct DeadlineBody<B> {
 }
 
 /// The route timeout's expiry as a future, for `DeadlineBody`.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "spelled out for the Sync bound a boxed body needs"
+)]
 pub(super) fn expiry(end: RequestEnd, timeout: Duration) -> impl Future<Output = ()> + Send + Sync {
     async move { end.expired(timeout, None).await }
 }

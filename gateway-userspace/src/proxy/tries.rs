@@ -113,6 +113,7 @@ pub(super) async fn run(
     body: &mut RequestBody,
     retry: &RetryPolicy,
     clock: Clock<'_>,
+    hash: Option<u64>,
 ) -> Tried {
     let mut retries = 0u32;
     let mut backoff = retry.backoff.unwrap_or(RETRY_BACKOFF_BASE);
@@ -130,7 +131,7 @@ pub(super) async fn run(
             endpoint,
             retries,
         };
-        let Some(picked) = cluster.pick_avoiding(&tried) else {
+        let Some(picked) = cluster.pick_avoiding(&tried, hash) else {
             return ended(Ending::NoEndpoint, None);
         };
         let endpoint = picked.addr;
@@ -183,7 +184,9 @@ pub(super) async fn run(
                 // The failed try lets go of the body before the next one replays it.
                 body.supersede();
                 retries += 1;
-                tried.push(picked.index());
+                if retry.avoid_previous_hosts {
+                    tried.push(picked.index());
+                }
                 let jitter =
                     Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 2));
                 tokio::time::sleep(backoff / 2 + jitter).await;
