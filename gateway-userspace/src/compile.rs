@@ -206,8 +206,13 @@ impl<'a> Compiler<'a> {
     fn snapshot(&mut self) -> Snapshot {
         let ports = self.ports();
         let own_service = self.own_service();
-        let mut virtual_services: Vec<&Sourced<VirtualService>> =
-            self.resources.virtual_services.iter().collect();
+        let resources = self.resources;
+        let mut virtual_services: Vec<&Sourced<VirtualService>> = Vec::new();
+        for vs in &resources.virtual_services {
+            if self.exported_to_us(vs) {
+                virtual_services.push(vs);
+            }
+        }
         // Oldest first, then by name, then by namespace, as Istio orders them (creation
         // timestamps are RFC 3339 and sort as strings; none counts as the oldest).
         virtual_services.sort_by(|a, b| {
@@ -457,6 +462,26 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
+    }
+
+    /// Istio gives a gateway the VirtualServices exported to the gateway's own namespace
+    /// (`VirtualServicesForGateway` reads them by the proxy's namespace): one with
+    /// `exportTo: ["."]` in another namespace binds no gateway of ours. Delegates are
+    /// looked up apart, by their root's namespace.
+    fn exported_to_us(&mut self, vs: &Sourced<VirtualService>) -> bool {
+        let exported = delegate::exported_to(&vs.resource, &self.identity.namespace);
+        if !exported && !vs.resource.spec.gateways.is_empty() {
+            self.diagnostics.push(
+                Diagnostic::warning(format!(
+                    "not exported to this gateway's namespace {:?} (exportTo): not bound, as Istio",
+                    self.identity.namespace
+                ))
+                .at(vs.location.clone())
+                .object(&vs.resource.object_ref())
+                .field("spec.exportTo"),
+            );
+        }
+        exported
     }
 
     fn check_gateway_references(&mut self, virtual_services: &[&Sourced<VirtualService>]) {

@@ -14,12 +14,13 @@
 //! ejected once for everyone.
 
 mod balancer;
+pub mod hash_ring;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU32, AtomicU64, AtomicUsize},
     },
 };
@@ -29,7 +30,7 @@ pub use balancer::PickedEndpoint;
 use crate::{
     connection_pool::CircuitBreakers,
     metrics::RequestStatsCache,
-    snapshot::{Cluster, Snapshot},
+    snapshot::{Cluster, LoadBalancer, Snapshot},
 };
 
 /// The configuration every request reads, and the runtime state of its clusters.
@@ -50,7 +51,12 @@ pub struct ClusterState {
     pub stats: Arc<RequestStatsCache>,
     round_robin: Arc<AtomicUsize>,
     endpoints: Vec<Arc<EndpointState>>,
+    /// The ring or Maglev table of a hashing cluster, built from `endpoints` on first use.
+    hash_table: OnceLock<Option<hash_ring::HashTable>>,
 }
+
+/// A previous snapshot's cluster state, its endpoints and its balancer.
+type Previous<'a> = (&'a Arc<ClusterState>, &'a [SocketAddr], LoadBalancer);
 
 /// One endpoint's in-flight requests and health.
 #[derive(Debug, Default)]
@@ -86,32 +92,37 @@ impl Live {
     /// The next snapshot, taking over this one's state where cluster names and endpoint
     /// addresses match.
     pub fn succeed(&self, snapshot: Arc<Snapshot>) -> Live {
-        let previous: HashMap<&str, (&Arc<ClusterState>, &[SocketAddr])> = self
+        let previous: HashMap<&str, Previous<'_>> = self
             .snapshot
             .clusters
             .iter()
             .zip(&self.clusters)
             .map(|(cluster, state)| {
                 let endpoints = self.snapshot.endpoints_of(cluster);
-                (cluster.name.as_str(), (state, endpoints))
+                (
+                    cluster.name.as_str(),
+                    (state, endpoints, cluster.load_balancer),
+                )
             })
             .collect();
         Live::carry(snapshot, &previous)
     }
 
-    fn carry(
-        snapshot: Arc<Snapshot>,
-        previous: &HashMap<&str, (&Arc<ClusterState>, &[SocketAddr])>,
-    ) -> Live {
+    fn carry(snapshot: Arc<Snapshot>, previous: &HashMap<&str, Previous<'_>>) -> Live {
         let clusters = snapshot
             .clusters
             .iter()
             .map(|cluster| {
                 let endpoints = snapshot.endpoints_of(cluster);
                 match previous.get(cluster.name.as_str()) {
-                    // Same endpoints in the same order: the whole state stays as it is.
-                    Some((state, before)) if *before == endpoints => Arc::clone(state),
-                    Some((state, before)) => Arc::new(state.moved_to(before, endpoints)),
+                    // Same endpoints in the same order and the same balancer (its hash
+                    // table follows both): the whole state stays as it is.
+                    Some((state, before, balancer))
+                        if *before == endpoints && *balancer == cluster.load_balancer =>
+                    {
+                        Arc::clone(state)
+                    }
+                    Some((state, before, _)) => Arc::new(state.moved_to(before, endpoints)),
                     None => Arc::new(ClusterState::fresh(endpoints.len())),
                 }
             })
@@ -155,6 +166,7 @@ impl ClusterState {
                 .iter()
                 .map(|addr| kept.get(addr).map_or_else(Arc::default, |s| Arc::clone(s)))
                 .collect(),
+            hash_table: OnceLock::new(),
         }
     }
 }

@@ -329,6 +329,9 @@ pub struct RetryPolicy {
     /// `base_interval`); None: the proxy's default.
     #[serde(skip_serializing_if = "Option::is_none", with = "duration_opt")]
     pub backoff: Option<Duration>,
+    /// A retry goes to an endpoint not tried yet when there is one (Envoy's
+    /// `previous_hosts` predicate, which Istio adds unless `retryIgnorePreviousHosts: false`).
+    pub avoid_previous_hosts: bool,
 }
 
 /// Istio's default retry count.
@@ -341,6 +344,7 @@ impl Default for RetryPolicy {
             per_try_timeout: None,
             retry_on: RetryOn::istio_default(),
             backoff: None,
+            avoid_previous_hosts: true,
         }
     }
 }
@@ -352,6 +356,7 @@ impl RetryPolicy {
             per_try_timeout: None,
             retry_on: RetryOn::default(),
             backoff: None,
+            avoid_previous_hosts: true,
         }
     }
 }
@@ -483,6 +488,37 @@ pub enum LoadBalancer {
     LeastRequest,
     RoundRobin,
     Random,
+    /// `consistentHash` (Istio's default for it, and `ringHash`): Envoy's ring hash.
+    #[serde(rename_all = "camelCase")]
+    RingHash {
+        minimum_ring_size: u64,
+    },
+    /// `consistentHash.maglev`.
+    #[serde(rename_all = "camelCase")]
+    Maglev {
+        table_size: u64,
+    },
+}
+
+/// What a hashing cluster hashes (DestinationRule `consistentHash`), as Envoy's route
+/// hash policy that Istio generates for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HashPolicy {
+    /// `httpHeaderName`: the header's value.
+    Header(String),
+    /// `httpCookie`: the cookie's value; with a `ttl`, a client without the cookie gets
+    /// one generated (Max-Age = ttl; a session cookie for 0).
+    Cookie {
+        name: String,
+        path: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none", with = "duration_opt")]
+        ttl: Option<Duration>,
+    },
+    /// `useSourceIp`: the client's address.
+    SourceIp,
+    /// `httpQueryParameterName`: the query parameter's value.
+    QueryParameter(String),
 }
 
 /// Passive health checking (DestinationRule `outlierDetection`): an endpoint that fails
@@ -520,6 +556,9 @@ pub struct Cluster {
     pub endpoint_source: EndpointSource,
     pub protocol: UpstreamProtocol,
     pub load_balancer: LoadBalancer,
+    /// The request's key for `RingHash` and `Maglev` balancers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_policy: Option<HashPolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     /// TCP connect timeout to an endpoint (DestinationRule
@@ -608,6 +647,7 @@ impl Cluster {
             endpoint_source: EndpointSource::Fixed,
             protocol: UpstreamProtocol::default(),
             load_balancer: LoadBalancer::default(),
+            hash_policy: None,
             outlier_detection: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             connection_pool: ConnectionPool::default(),

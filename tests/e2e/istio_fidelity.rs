@@ -18,19 +18,19 @@ use gateway_tests::{
 };
 
 /// Port 80 for every host, the Gateway `istio-system/gw`'s default servers.
-const HTTP_SERVER: &str =
+pub(crate) const HTTP_SERVER: &str =
     "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*/*\"]\n";
 
-struct Setup {
+pub(crate) struct Setup {
     _gateway: Gateway,
-    dir: TempDir,
-    http: String,
+    pub(crate) dir: TempDir,
+    pub(crate) http: String,
     tls_port: u16,
 }
 
 /// gatewayd with the Gateway `istio-system/gw` (`servers`), its own Service mapping 80
 /// and 443 to free ports, and `extra` documents.
-fn start(label: &str, servers: &str, extra: &str) -> anyhow::Result<Setup> {
+pub(crate) fn start(label: &str, servers: &str, extra: &str) -> anyhow::Result<Setup> {
     let dir = TempDir::new(label)?;
     let (http_port, tls_port) = (free_port(), free_port());
     let config = format!(
@@ -62,7 +62,12 @@ spec:
 }
 
 impl Setup {
-    fn get(&self, host: &str, path: &str, extra: &[&str]) -> anyhow::Result<CurlResponse> {
+    pub(crate) fn get(
+        &self,
+        host: &str,
+        path: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<CurlResponse> {
         let host = format!("Host: {host}");
         let url = format!("{}{path}", self.http);
         let mut args = vec!["-H", host.as_str()];
@@ -72,7 +77,7 @@ impl Setup {
     }
 
     /// The body of a 200 answer.
-    fn body(&self, host: &str, path: &str, extra: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn body(&self, host: &str, path: &str, extra: &[&str]) -> anyhow::Result<String> {
         let answer = self.get(host, path, extra)?;
         anyhow::ensure!(answer.status == 200, "{host}{path} {extra:?}: {answer:?}");
         Ok(answer.body)
@@ -80,19 +85,19 @@ impl Setup {
 }
 
 /// A VirtualService; `meta` goes into its metadata after the name.
-fn virtual_service(name: &str, namespace: &str, meta: &str, spec: &str) -> String {
+pub(crate) fn virtual_service(name: &str, namespace: &str, meta: &str, spec: &str) -> String {
     format!(
         "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {namespace}{meta}}}\nspec:\n{spec}"
     )
 }
 
 /// A route that answers 200 with `body`.
-fn answer(body: &str) -> String {
+pub(crate) fn answer(body: &str) -> String {
     format!("directResponse: {{status: 200, body: {{string: {body}}}}}")
 }
 
 /// Service `name` in `namespace`, port `port`, its one endpoint `endpoint`.
-fn service(namespace: &str, name: &str, port: u16, endpoint: SocketAddr) -> String {
+pub(crate) fn service(namespace: &str, name: &str, port: u16, endpoint: SocketAddr) -> String {
     format!(
         r#"---
 apiVersion: v1
@@ -622,6 +627,7 @@ spec:
   host: web
   trafficPolicy:
     loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}
+    connectionPool: {tcp: {maxConnectionDuration: 1h}}
     tls: {mode: SIMPLE}
 "#,
     )?;
@@ -631,10 +637,10 @@ spec:
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "warnings only: {stdout}");
-    let field =
-        "DestinationRule default/web: spec.trafficPolicy.loadBalancer.consistentHash: not applied";
+    let field = "DestinationRule default/web: spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration: not applied";
     assert!(stdout.contains(field), "{field} not in\n{stdout}");
-    // Upstream TLS origination is applied (issue 17): not listed.
+    // Consistent hashing and upstream TLS origination (issue 17) are applied: not listed.
+    assert!(!stdout.contains("consistentHash"), "{stdout}");
     assert!(
         !stdout.contains("spec.trafficPolicy.tls: not applied"),
         "{stdout}"

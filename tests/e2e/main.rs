@@ -13,6 +13,7 @@ mod http;
 mod http_safety;
 mod isolation;
 mod istio_fidelity;
+mod istio_traffic;
 mod kernel;
 mod kernel_authz;
 mod kubernetes;

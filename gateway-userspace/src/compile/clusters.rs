@@ -14,7 +14,7 @@ use std::{
 };
 
 use super::{CLUSTER_DOMAIN, Compiler, name_of, routes::parse_duration};
-use crate::config::resources::istio::SimpleLoadBalancer;
+use crate::config::resources::istio::{ConsistentHash, SimpleLoadBalancer};
 use crate::connection_pool::ConnectionPool;
 use crate::{
     config::{
@@ -25,9 +25,10 @@ use crate::{
             ServiceEntry, istio::Resolution,
         },
     },
+    runtime::hash_ring::{DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE},
     snapshot::{
-        Cluster, DnsPick, DnsTarget, EndpointSource, LoadBalancer, OutlierDetection, Snapshot,
-        UpstreamProtocol,
+        Cluster, DnsPick, DnsTarget, EndpointSource, HashPolicy, LoadBalancer, OutlierDetection,
+        Snapshot, UpstreamProtocol,
     },
 };
 
@@ -212,6 +213,11 @@ impl<'a> Compiler<'a> {
                 SimpleLoadBalancer::RoundRobin => LoadBalancer::RoundRobin,
                 _ => LoadBalancer::LeastRequest,
             };
+        }
+        if let Some(hash) = load_balancer.and_then(|lb| lb.consistent_hash.as_ref()) {
+            let (balancer, policy) = self.consistent_hash(rule, hash);
+            cluster.load_balancer = balancer;
+            cluster.hash_policy = policy;
         }
         let outlier = subset_policy
             .and_then(|t| t.outlier_detection.as_ref())
@@ -578,6 +584,61 @@ pub(super) fn resolve_service_host(host: &str, vs_namespace: &str) -> (String, S
         }
         Some(_) => (host.to_owned(), vs_namespace.to_owned()),
         None => (short.to_owned(), vs_namespace.to_owned()),
+    }
+}
+
+impl Compiler<'_> {
+    /// `consistentHash` as Istio turns it into Envoy's: `maglev` or `ringHash` when named,
+    /// else a ring hash of at least the deprecated `minimumRingSize` (1024 when unset);
+    /// the key is the one field set among header, cookie, source IP and query parameter.
+    fn consistent_hash(
+        &mut self,
+        rule: &Sourced<DestinationRule>,
+        hash: &ConsistentHash,
+    ) -> (LoadBalancer, Option<HashPolicy>) {
+        let positive = |n: Option<u64>| n.filter(|&n| n > 0);
+        let balancer = if let Some(maglev) = &hash.maglev {
+            LoadBalancer::Maglev {
+                table_size: positive(maglev.table_size).unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE),
+            }
+        } else {
+            let size = hash
+                .ring_hash
+                .as_ref()
+                .map_or(hash.minimum_ring_size, |ring| ring.minimum_ring_size);
+            LoadBalancer::RingHash {
+                minimum_ring_size: positive(size).unwrap_or(DEFAULT_MINIMUM_RING_SIZE),
+            }
+        };
+        let policy = if let Some(header) = &hash.http_header_name {
+            Some(HashPolicy::Header(header.to_ascii_lowercase()))
+        } else if let Some(cookie) = &hash.http_cookie {
+            let ttl = match cookie.ttl.as_deref().map(parse_duration) {
+                Some(Ok(ttl)) => Some(ttl),
+                Some(Err(message)) => {
+                    self.diagnostics.push(
+                        Diagnostic::error(message)
+                            .at(rule.location.clone())
+                            .object(&rule.resource.object_ref())
+                            .field("loadBalancer.consistentHash.httpCookie.ttl"),
+                    );
+                    None
+                }
+                None => None,
+            };
+            Some(HashPolicy::Cookie {
+                name: cookie.name.clone(),
+                path: cookie.path.clone().filter(|p| !p.is_empty()),
+                ttl,
+            })
+        } else if hash.use_source_ip == Some(true) {
+            Some(HashPolicy::SourceIp)
+        } else {
+            hash.http_query_parameter_name
+                .clone()
+                .map(HashPolicy::QueryParameter)
+        };
+        (balancer, policy)
     }
 }
 

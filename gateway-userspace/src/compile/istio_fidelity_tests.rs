@@ -567,7 +567,7 @@ spec:
     assert_eq!(
         fields,
         [
-            "spec.trafficPolicy.loadBalancer.consistentHash",
+            // `consistentHash` is applied (ring hash): not listed.
             "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
             // `tls` is applied (TLS origination): not listed.
             "spec.subsets[0].trafficPolicy.outlierDetection.interval",
@@ -632,4 +632,89 @@ spec:
         .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or_default()))
         .collect();
     assert_eq!(set, [("host", "dest.internal")]);
+}
+
+#[test]
+fn virtual_services_not_exported_to_the_gateways_namespace_do_not_bind() {
+    let vs = |name: &str, namespace: &str, export_to: &str, host: &str| {
+        format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: [{host}]
+  gateways: [istio-system/public]
+  exportTo: {export_to}
+  http:
+  - directResponse: {{status: 200}}
+"#
+        )
+    };
+    let yaml = with_gateway(
+        r#"["*/*"]"#,
+        &[
+            vs("private", "team", r#"["."]"#, "private.example.com"),
+            vs(
+                "to-gateway",
+                "team",
+                r#"["istio-system"]"#,
+                "shared.example.com",
+            ),
+            vs("public", "team", r#"["*"]"#, "public.example.com"),
+            vs("local", "istio-system", r#"["."]"#, "local.example.com"),
+        ]
+        .concat(),
+    );
+    let (snapshot, diagnostics) = load(&yaml);
+    let bound = |host| find(&snapshot, host, "/", &[]).is_some();
+    assert!(!bound("private.example.com"));
+    assert!(bound("shared.example.com"));
+    assert!(bound("public.example.com"));
+    assert!(bound("local.example.com"));
+    assert!(
+        diagnostics
+            .warnings()
+            .any(|d| d.field.as_deref() == Some("spec.exportTo")),
+        "no warning for the unexported VirtualService"
+    );
+}
+
+#[test]
+fn retry_backoff_and_previous_hosts_as_istio_converts_them() {
+    let yaml = with_gateway(
+        r#"["*"]"#,
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: istio-system}
+spec:
+  hosts: [a.example.com]
+  gateways: [public]
+  http:
+  - match: [{uri: {prefix: /same-host}}]
+    retries: {attempts: 2, backoff: 100ms, retryIgnorePreviousHosts: false}
+    route: [{destination: {host: web}}]
+  - retries: {attempts: 2}
+    route: [{destination: {host: web}}]
+"#,
+    );
+    let (snapshot, diagnostics) = load(&yaml);
+    assert_eq!(diagnostics.errors().count(), 0, "{diagnostics}");
+    let policy = |path| match find(&snapshot, "a.example.com", path, &[]).map(|r| &r.action) {
+        Some(RouteAction::Forward(forward)) => forward.retry.clone(),
+        other => panic!("{path}: {other:?}"),
+    };
+    let same_host = policy("/same-host");
+    assert_eq!(
+        same_host.backoff,
+        Some(std::time::Duration::from_millis(100))
+    );
+    assert!(!same_host.avoid_previous_hosts);
+    let default = policy("/");
+    assert_eq!(default.backoff, None);
+    assert!(
+        default.avoid_previous_hosts,
+        "Istio adds previous_hosts by default"
+    );
 }

@@ -399,6 +399,8 @@ struct IstioRetries {
     attempts: Option<u32>,
     per_try_timeout: Option<String>,
     retry_on: Option<String>,
+    retry_ignore_previous_hosts: Option<bool>,
+    backoff: Option<String>,
     /// Locality-aware retries: one locality here, nothing to do.
     #[allow(dead_code)]
     retry_remote_localities: Option<bool>,
@@ -645,6 +647,12 @@ fn compile_retries(r: &IstioRetries) -> Result<RetryPolicy, FieldError> {
     if let Some(on) = r.retry_on.as_deref().filter(|on| !on.trim().is_empty()) {
         policy.retry_on = parse_retry_on(on).map_err(|e| ("retries.retryOn".to_owned(), e))?;
     }
+    // Istio sets Envoy's `base_interval` from `backoff`, and drops the previous-hosts
+    // predicate only for an explicit `retryIgnorePreviousHosts: false`.
+    if let Some(b) = &r.backoff {
+        policy.backoff = Some(parse_duration(b).map_err(|e| ("retries.backoff".to_owned(), e))?);
+    }
+    policy.avoid_previous_hosts = r.retry_ignore_previous_hosts != Some(false);
     Ok(policy)
 }
 

@@ -72,19 +72,13 @@ impl Compiler<'_> {
 fn unapplied(prefix: &str, policy: &PolicyParts, found: &mut Vec<(String, &'static str)>) {
     let mut note =
         |field: &str, what: &'static str| found.push((format!("{prefix}.{field}"), what));
-    if let Some(lb) = policy.load_balancer {
-        if lb.consistent_hash.is_some() {
-            note(
-                "loadBalancer.consistentHash",
-                "requests are spread by the simple balancer (least request unless `simple` says otherwise), not hashed",
-            );
-        }
-        if lb.simple == Some(SimpleLoadBalancer::Passthrough) {
-            note(
-                "loadBalancer.simple",
-                "PASSTHROUGH balances over the Service's endpoints by least request",
-            );
-        }
+    if let Some(lb) = policy.load_balancer
+        && lb.simple == Some(SimpleLoadBalancer::Passthrough)
+    {
+        note(
+            "loadBalancer.simple",
+            "PASSTHROUGH balances over the Service's endpoints by least request",
+        );
     }
     if let Some(pool) = policy.connection_pool {
         if let Some(tcp) = &pool.tcp {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 
-use super::limits;
+use super::{limits, route_clock::RequestEndMark};
 
 /// Bodies in both directions: a request body can fail for a reason of ours (the body
 /// limit), not only hyper's.
@@ -73,6 +73,8 @@ pub(super) struct DownstreamBody {
     /// client stalling). The timer is moved when it fires early, not per frame.
     waiting_since: Option<tokio::time::Instant>,
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Set when the last frame has been read: the route timeout's clock starts then.
+    end: RequestEndMark,
 }
 
 impl DownstreamBody {
@@ -80,6 +82,7 @@ impl DownstreamBody {
         inner: ClientBody,
         failed: Arc<limits::BodyFailure>,
         limits: &limits::Limits,
+        end: RequestEndMark,
     ) -> Self {
         let now = tokio::time::Instant::now();
         DownstreamBody {
@@ -90,6 +93,7 @@ impl DownstreamBody {
             idle_timeout: limits.stream_idle_timeout,
             waiting_since: None,
             idle: Box::pin(tokio::time::sleep_until(now + limits.stream_idle_timeout)),
+            end,
         }
     }
 
@@ -129,7 +133,10 @@ impl hyper::body::Body for DownstreamBody {
                 self.failed.record(&*e);
                 return std::task::Poll::Ready(Some(Err(e)));
             }
-            None => return std::task::Poll::Ready(None),
+            None => {
+                self.end.mark();
+                return std::task::Poll::Ready(None);
+            }
         };
         self.waiting_since = None;
         if let Some(data) = frame.data_ref() {
@@ -141,6 +148,9 @@ impl hyper::body::Body for DownstreamBody {
                 self.failed.record(&cut);
                 return std::task::Poll::Ready(Some(Err(cut.into())));
             }
+        }
+        if self.inner.is_end_stream() {
+            self.end.mark();
         }
         std::task::Poll::Ready(Some(Ok(frame)))
     }

@@ -226,6 +226,7 @@ impl Connection {
         match &route.action {
             RouteAction::Forward(forward) => {
                 let downstream = Downstream {
+                    peer: self.peer,
                     peer_ip: &self.peer_ip,
                     scheme: self.scheme(),
                     client_cert: self

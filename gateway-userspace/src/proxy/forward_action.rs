@@ -13,6 +13,7 @@ use super::{
     body::{BoxError, ClientBody, DownstreamBody},
     context::ProxyContext,
     flags::ResponseFlags,
+    hash_key,
     http1::{PendingUpgrade, Upgraded},
     limits,
     local_reply::LocalReply,
@@ -20,6 +21,7 @@ use super::{
     outcome::{Answer, Outcome},
     replay::ReplayBody,
     route_actions,
+    route_clock::{self, DeadlineBody, RequestEnd},
     tries::{self, Ending, RequestBody},
     tunnel,
     upstream_head::{Downstream, UpstreamHead, strip_hop_by_hop},
@@ -105,6 +107,14 @@ pub(super) async fn forward<'s>(
         request.version() == Version::HTTP_11 && request.headers().contains_key(header::UPGRADE);
     let downstream_upgrade = is_upgrade.then(|| ClientUpgrade::on(&mut request));
 
+    let hash = cluster.hash_policy.as_ref().and_then(|policy| {
+        hash_key::request_key(
+            policy,
+            request.headers(),
+            request.uri().query(),
+            downstream.peer,
+        )
+    });
     let (parts, body) = request.into_parts();
     let Some(mut head) = UpstreamHead::new(parts, route, forward, weighted, downstream, is_upgrade)
     else {
@@ -115,11 +125,12 @@ pub(super) async fn forward<'s>(
     // The body streams to the first try at once; a bounded copy is kept when a retry
     // or a mirror may need it again (an upgrade's body is the tunnel: sent once).
     let wants_replay = !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
-    let mut body = if body.is_end_stream() {
-        RequestBody::Empty
+    let (request_end, mut body) = if body.is_end_stream() {
+        (RequestEnd::now(), RequestBody::Empty)
     } else {
-        let streamed = DownstreamBody::new(body, body_failed.clone(), &ctx.limits).boxed();
-        if wants_replay {
+        let (request_end, mark) = RequestEnd::pending();
+        let streamed = DownstreamBody::new(body, body_failed.clone(), &ctx.limits, mark).boxed();
+        let body = if wants_replay {
             RequestBody::Replay(ReplayBody::new(
                 streamed,
                 ctx.limits.max_replay_body_bytes,
@@ -128,7 +139,8 @@ pub(super) async fn forward<'s>(
             ))
         } else {
             RequestBody::Once(Some(streamed))
-        }
+        };
+        (request_end, body)
     };
 
     let mirrors: Vec<Arc<Cluster>> = forward
@@ -141,8 +153,19 @@ pub(super) async fn forward<'s>(
         mirror::send(ctx, live, &head, mirrors, forward.timeout, &body);
     }
 
-    let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
-    let tried = tries::run(&cluster, &mut head, &mut body, &forward.retry, deadline).await;
+    let clock = tries::Clock {
+        request_end: &request_end,
+        route_timeout: forward.timeout,
+    };
+    let tried = tries::run(
+        &cluster,
+        &mut head,
+        &mut body,
+        &forward.retry,
+        clock,
+        hash.as_ref().map(|k| k.hash),
+    )
+    .await;
     let retried = tried.retried();
     let answered = |answer: Answer| Outcome {
         answer,
@@ -191,6 +214,9 @@ pub(super) async fn forward<'s>(
     if let Some((cors, origin)) = &cors_origin {
         route_actions::cors_response_headers(cors, origin, response.headers_mut());
     }
+    if let Some(cookie) = hash.and_then(|k| k.set_cookie) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     let retried_status = retried
         && route_actions::retriable_response(
             &forward.retry.retry_on,
@@ -204,10 +230,14 @@ pub(super) async fn forward<'s>(
     } else {
         fault_flags
     };
-    answered(Answer::Upstream {
-        response: response.map(|body| body.map_err(BoxError::from).boxed()),
-        flags,
-    })
+    // The route's timeout runs on to the end of the response (a tunnel has no end).
+    let response = response.map(|body| body.map_err(BoxError::from).boxed());
+    let response = match forward.timeout {
+        Some(timeout) if !switching => response
+            .map(|body| DeadlineBody::new(body, route_clock::expiry(request_end, timeout)).boxed()),
+        _ => response,
+    };
+    answered(Answer::Upstream { response, flags })
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection,

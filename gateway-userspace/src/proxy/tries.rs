@@ -15,6 +15,7 @@ use super::{
     body::ProxyBody,
     replay::ReplayBody,
     route_actions::{self, TryFailure},
+    route_clock::RequestEnd,
     upstream::{self, UpstreamBody},
     upstream_head::UpstreamHead,
 };
@@ -96,14 +97,23 @@ impl Tried {
     }
 }
 
+/// The clocks of a request's tries: the route's timeout counts from the end of the
+/// client's request (`route_clock`).
+#[derive(Clone, Copy)]
+pub(super) struct Clock<'a> {
+    pub request_end: &'a RequestEnd,
+    pub route_timeout: Option<Duration>,
+}
+
 /// Sends the request to `cluster` until an answer stands, by `retry` and within the
-/// route's `deadline`.
+/// route's timeout.
 pub(super) async fn run(
     cluster: &LiveCluster<'_>,
     head: &mut UpstreamHead,
     body: &mut RequestBody,
     retry: &RetryPolicy,
-    deadline: Option<tokio::time::Instant>,
+    clock: Clock<'_>,
+    hash: Option<u64>,
 ) -> Tried {
     let mut retries = 0u32;
     let mut backoff = retry.backoff.unwrap_or(RETRY_BACKOFF_BASE);
@@ -121,7 +131,7 @@ pub(super) async fn run(
             endpoint,
             retries,
         };
-        let Some(picked) = cluster.pick_avoiding(&tried) else {
+        let Some(picked) = cluster.pick_avoiding(&tried, hash) else {
             return ended(Ending::NoEndpoint, None);
         };
         let endpoint = picked.addr;
@@ -133,16 +143,20 @@ pub(super) async fn run(
         let attempt = send(head, endpoint, cluster, try_body, last_try);
         let attempt = async {
             match retry.per_try_timeout {
-                Some(t) => tokio::time::timeout(t, attempt)
-                    .await
-                    .unwrap_or(Err(TryFailure::Timeout)),
+                Some(t) => {
+                    let since = Some(tokio::time::Instant::from_std(started));
+                    tokio::select! {
+                        result = attempt => result,
+                        () = clock.request_end.expired(t, since) => Err(TryFailure::Timeout),
+                    }
+                }
                 None => attempt.await,
             }
         };
-        let result = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(result) => result,
-                Err(_) => {
+        let result = match clock.route_timeout {
+            Some(timeout) => tokio::select! {
+                result = attempt => result,
+                () = clock.request_end.expired(timeout, None) => {
                     picked.record(true);
                     return ended(Ending::TimedOut, Some(endpoint));
                 }
@@ -170,7 +184,9 @@ pub(super) async fn run(
                 // The failed try lets go of the body before the next one replays it.
                 body.supersede();
                 retries += 1;
-                tried.push(picked.index());
+                if retry.avoid_previous_hosts {
+                    tried.push(picked.index());
+                }
                 let jitter =
                     Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 2));
                 tokio::time::sleep(backoff / 2 + jitter).await;

@@ -31,6 +31,8 @@ const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-ex
 
 /// The downstream side of a request, as the upstream is told of it.
 pub(super) struct Downstream<'a> {
+    /// The client's address and port (consistent hashing by source IP, generated cookies).
+    pub peer: std::net::SocketAddr,
     /// The client's address, as x-forwarded-for and x-envoy-external-address carry it.
     pub peer_ip: &'a HeaderValue,
     /// `https` on connections TLS terminated.
@@ -103,6 +105,7 @@ impl UpstreamHead {
         is_upgrade: bool,
     ) -> Option<UpstreamHead> {
         let Downstream {
+            peer: _,
             peer_ip,
             scheme,
             client_cert,

@@ -7,21 +7,23 @@ use std::{
     time::Instant,
 };
 
-use super::{EndpointState, LiveCluster};
+use super::{EndpointState, LiveCluster, hash_ring::HashTable};
 use crate::snapshot::LoadBalancer;
 
 impl<'a> LiveCluster<'a> {
     /// One endpoint by the load balancer; None when there are none (503).
     pub fn pick(&self) -> Option<PickedEndpoint<'a>> {
-        self.pick_avoiding(&[])
+        self.pick_avoiding(&[], None)
     }
 
     /// One endpoint by the load balancer, skipping ejected endpoints (all of them are
     /// candidates again when every one is ejected, as Envoy's panic threshold does) and,
     /// while others are left, the endpoints this request already tried: Istio's retries
-    /// carry Envoy's `previous_hosts` predicate. The returned guard counts the request as
-    /// in flight until it is dropped.
-    pub fn pick_avoiding(&self, tried: &[usize]) -> Option<PickedEndpoint<'a>> {
+    /// carry Envoy's `previous_hosts` predicate. A hashing cluster takes the endpoint that
+    /// owns `hash` in its table, else the next one in table order that qualifies (only
+    /// the left-out endpoint's keys move); without a key it picks at random, as Envoy.
+    /// The returned guard counts the request as in flight until it is dropped.
+    pub fn pick_avoiding(&self, tried: &[usize], hash: Option<u64>) -> Option<PickedEndpoint<'a>> {
         let count = self.endpoints.len();
         if count == 0 {
             return None;
@@ -50,7 +52,18 @@ impl<'a> LiveCluster<'a> {
                     .find(|&i| candidate(i))
                     .unwrap_or(start % count)
             }
-            LoadBalancer::Random => {
+            LoadBalancer::RingHash { .. } | LoadBalancer::Maglev { .. }
+                if let Some(key) = hash
+                    && let Some(table) = self.hash_table() =>
+            {
+                let mut owners = table.candidates(key);
+                let first = owners.next().unwrap_or(0);
+                std::iter::once(first)
+                    .chain(owners)
+                    .find(|&i| candidate(i))
+                    .unwrap_or(first)
+            }
+            LoadBalancer::Random | LoadBalancer::RingHash { .. } | LoadBalancer::Maglev { .. } => {
                 let start = fastrand::usize(..count);
                 (0..count)
                     .map(|k| (start + k) % count)
@@ -81,6 +94,15 @@ impl<'a> LiveCluster<'a> {
             index,
             addr,
         })
+    }
+
+    fn hash_table(&self) -> Option<&'a HashTable> {
+        let endpoints = self.endpoints;
+        let balancer = self.cluster.load_balancer;
+        self.state
+            .hash_table
+            .get_or_init(|| HashTable::build(balancer, endpoints))
+            .as_ref()
     }
 
     /// Records an answer from (or a failure to reach) an endpoint for outlier detection.

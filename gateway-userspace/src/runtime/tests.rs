@@ -87,12 +87,12 @@ fn retries_avoid_the_endpoints_already_tried_while_others_remain() {
         for _ in 0..20 {
             let mut tried = Vec::new();
             for _ in 0..3 {
-                let picked = c.pick_avoiding(&tried).expect("an endpoint");
+                let picked = c.pick_avoiding(&tried, None).expect("an endpoint");
                 assert!(!tried.contains(&picked.index()), "{load_balancer:?}");
                 tried.push(picked.index());
             }
             // All tried: any endpoint again rather than none.
-            assert!(c.pick_avoiding(&tried).is_some());
+            assert!(c.pick_avoiding(&tried, None).is_some());
         }
     }
 }
@@ -154,7 +154,7 @@ fn in_flight_counts_follow_an_endpoint_to_its_new_position() {
         &[addr(2), addr(3)],
     ));
     let busy = only_cluster(&first)
-        .pick_avoiding(&[1])
+        .pick_avoiding(&[1], None)
         .expect("an endpoint");
     assert_eq!(busy.addr, addr(2));
     // addr(2) moves from index 0 to index 1; its in-flight request moves with it.

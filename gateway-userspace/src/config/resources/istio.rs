@@ -77,7 +77,22 @@ pub struct ConsistentHash {
     pub http_cookie: Option<HttpCookie>,
     pub use_source_ip: Option<bool>,
     pub http_query_parameter_name: Option<String>,
+    /// Deprecated spelling of `ringHash.minimumRingSize`.
     pub minimum_ring_size: Option<u64>,
+    pub ring_hash: Option<RingHash>,
+    pub maglev: Option<Maglev>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RingHash {
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Maglev {
+    pub table_size: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
