@@ -270,8 +270,10 @@ async fn serve_with_codec<S>(
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(guarded), service)
         .into_owned();
+    // Boxed: HTTP/2 connections are the few here, and an HTTP/1 connection's task need
+    // not carry room for hyper's HTTP/2 server.
     tokio::select! {
-        result = watcher.watch(conn) => if let Err(e) = result {
+        result = Box::pin(watcher.watch(conn)) => if let Err(e) = result {
             connection_log::connection_error(&ctx, local, peer, &*e);
             debug!(error = %e, "connection ended with an error");
         },
@@ -337,7 +339,9 @@ impl AcceptedConnection {
                 drain,
                 shutdown,
             };
-            return tls::serve(accepted, builder, graceful).await;
+            // Boxed: otherwise every plaintext connection's task would be as large as
+            // the TLS path's state (the handshake, rustls' connection, its HTTP server).
+            return Box::pin(tls::serve(accepted, builder, graceful)).await;
         }
         drop(live);
         let connection =
