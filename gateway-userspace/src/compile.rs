@@ -36,7 +36,7 @@ use crate::{
     },
 };
 
-pub use clusters::update_endpoints;
+pub use clusters::{ClustersByService, update_endpoints, update_endpoints_indexed};
 pub use isolate::{DroppedObject, Isolated, compile_isolating};
 pub use report::Report;
 
@@ -124,7 +124,7 @@ pub fn compile_reusing(
     };
     if let Some((snapshot, _)) = previous {
         // Routes taken from the memo name these clusters by id.
-        for cluster in &snapshot.clusters {
+        for cluster in snapshot.clusters.iter() {
             compiler
                 .clusters
                 .insert(cluster.name.clone(), Arc::clone(cluster));
@@ -132,10 +132,17 @@ pub fn compile_reusing(
                 compiler.upstream_tls_keys.push(tls.key);
             }
         }
-        compiler.cluster_list = snapshot.clusters.clone();
+        compiler.cluster_list = snapshot.clusters.to_vec();
         compiler.endpoint_lists = snapshot.endpoints.clone();
     }
     let mut snapshot = compiler.snapshot();
+    if let Some((previous, _)) = previous
+        && snapshot.clusters.len() == previous.clusters.len()
+    {
+        // No cluster added to the previous list (it only grows): share it, so that the
+        // runtime state and the endpoint index carry over without a pass over it.
+        snapshot.clusters = Arc::clone(&previous.clusters);
+    }
     snapshot.report = Arc::new(status::build(resources, identity, &compiler.status));
     compiler.stage_credentials();
     let mut diagnostics = compiler.diagnostics;
@@ -270,7 +277,7 @@ impl<'a> Compiler<'a> {
             .collect();
         Snapshot {
             listeners: Arc::new(listeners),
-            clusters: std::mem::take(&mut self.cluster_list),
+            clusters: Arc::new(std::mem::take(&mut self.cluster_list)),
             endpoints: std::mem::take(&mut self.endpoint_lists),
             kernel: KernelPolicy {
                 ports: kernel_ports,

@@ -147,7 +147,7 @@ pub fn apply_answers(snapshot: &Snapshot, answers: &DnsAnswers) -> Option<Snapsh
         .collect();
     changed.then(|| Snapshot {
         listeners: Arc::clone(&snapshot.listeners),
-        clusters: snapshot.clusters.clone(),
+        clusters: Arc::clone(&snapshot.clusters),
         endpoints,
         kernel: snapshot.kernel.clone(),
         report: Arc::clone(&snapshot.report),

@@ -35,6 +35,9 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+mod cpu_time;
+use cpu_time::{CpuLaps, thread_cpu};
+
 use crate::{
     compile::{self, Identity},
     config::{
@@ -148,7 +151,14 @@ impl ConfigSource {
             && cache.previous_is_current
         {
             let resources = self.endpoint_resources(cache, services);
-            let (snapshot, diagnostics) = compile::update_endpoints(previous, &resources, services);
+            let index = cache
+                .clusters_by_service
+                .take()
+                .filter(|index| index.is_for(&previous.clusters))
+                .unwrap_or_else(|| compile::ClustersByService::of(&previous.clusters));
+            let (snapshot, diagnostics) =
+                compile::update_endpoints_indexed(previous, &resources, services, &index);
+            cache.clusters_by_service = Some(index);
             return Ok(Compiled::Endpoints {
                 snapshot,
                 diagnostics,
@@ -262,6 +272,9 @@ pub struct CompileCache {
     memo: Option<compile::RouteMemo>,
     /// Clusters after the last compile that reused nothing.
     clusters_at_full: usize,
+    /// The live cluster list's clusters by Service, kept for the endpoint updates that
+    /// share the list.
+    clusters_by_service: Option<compile::ClustersByService>,
 }
 
 impl CompileCache {
@@ -409,14 +422,23 @@ impl Reloader {
     /// and `beyond_config` is false.
     pub async fn reload(&self, trigger: Trigger) -> Result<Applied, ReloadError> {
         let started = Instant::now();
+        // CPU time of this thread's stretches and of the compile's blocking thread.
+        let mut cpu = CpuLaps::default();
+        cpu.resume();
         let (source, cache) = (self.source.clone(), self.compile_cache.clone());
         let previous = self.live.load().snapshot.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
+        cpu.pause();
+        let (compiled, compile_cpu) = tokio::task::spawn_blocking(move || {
+            let before = thread_cpu();
             let _background = BackgroundPriority::enter();
             let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-            source.compile_cached(&mut cache, &previous, &trigger)
+            let compiled = source.compile_cached(&mut cache, &previous, &trigger);
+            (compiled, thread_cpu().saturating_sub(before))
         })
-        .await??;
+        .await?;
+        cpu.resume();
+        cpu.add(compile_cpu);
+        let compiled = compiled?;
         let (snapshot, diagnostics) = match compiled {
             Compiled::Nothing => return Ok(Applied::Nothing),
             Compiled::Full(snapshot, diagnostics) => (snapshot, diagnostics),
@@ -432,7 +454,9 @@ impl Reloader {
                 self.publish(Arc::new(snapshot));
                 info!(
                     elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    services, "endpoints updated"
+                    cpu_ms = cpu.ms(),
+                    services,
+                    "endpoints updated"
                 );
                 return Ok(Applied::Endpoints);
             }
@@ -440,7 +464,9 @@ impl Reloader {
         let credentials = self.source.tls.credentials.staged_report();
         log_diagnostics(&diagnostics, &credentials);
         compile::isolate::log_dropped(&snapshot.report.dropped);
+        cpu.pause();
         let bound = self.listeners.bind_new(&snapshot).await?;
+        cpu.resume();
         let added = bound.ports();
         let snapshot = Arc::new(snapshot);
         self.publish(snapshot.clone());
@@ -478,6 +504,7 @@ impl Reloader {
         if failing == 0 {
             info!(
                 elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                cpu_ms = cpu.ms(),
                 listeners = snapshot.listeners.len(),
                 routes,
                 new_ports = ?added,
@@ -486,6 +513,7 @@ impl Reloader {
         } else {
             error!(
                 elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                cpu_ms = cpu.ms(),
                 listeners = snapshot.listeners.len(),
                 routes,
                 new_ports = ?added,

@@ -41,6 +41,12 @@ pub struct Live {
     clusters: Vec<Arc<ClusterState>>,
 }
 
+/// A previous snapshot's cluster state, its endpoints and its balancer.
+type Previous<'a> = (&'a Arc<ClusterState>, &'a [SocketAddr], LoadBalancer);
+
+/// A snapshot's cluster states, with the endpoints and balancer they are for, by name.
+type ByName<'a> = HashMap<&'a str, Previous<'a>>;
+
 /// One cluster's runtime state. Its `endpoints` line up with the snapshot's endpoint list
 /// for the cluster; breakers and metric handles follow the cluster's name.
 #[derive(Debug, Default)]
@@ -54,9 +60,6 @@ pub struct ClusterState {
     /// The ring or Maglev table of a hashing cluster, built from `endpoints` on first use.
     hash_table: OnceLock<Option<hash_ring::HashTable>>,
 }
-
-/// A previous snapshot's cluster state, its endpoints and its balancer.
-type Previous<'a> = (&'a Arc<ClusterState>, &'a [SocketAddr], LoadBalancer);
 
 /// One endpoint's in-flight requests and health.
 #[derive(Debug, Default)]
@@ -86,14 +89,54 @@ impl std::ops::Deref for LiveCluster<'_> {
 impl Live {
     /// A first snapshot: fresh state for every cluster.
     pub fn new(snapshot: Arc<Snapshot>) -> Live {
-        Live::carry(snapshot, &HashMap::new())
+        let clusters = snapshot
+            .clusters
+            .iter()
+            .map(|cluster| ClusterState::carried(None, snapshot.endpoints_of(cluster), cluster.load_balancer))
+            .collect();
+        Live { snapshot, clusters }
     }
 
     /// The next snapshot, taking over this one's state where cluster names and endpoint
-    /// addresses match.
+    /// addresses match. An endpoint update or a route change shares most cluster
+    /// definitions with the previous snapshot, at the same ids: those are matched by
+    /// pointer, and only the others by name, so the work follows what changed.
     pub fn succeed(&self, snapshot: Arc<Snapshot>) -> Live {
-        let previous: HashMap<&str, Previous<'_>> = self
-            .snapshot
+        let shared = Arc::ptr_eq(&self.snapshot.clusters, &snapshot.clusters);
+        let mut by_name: Option<ByName<'_>> = None;
+        // Clusters are numbered by their position (`Cluster::id`): comparing the lists'
+        // pointers and endpoint slices reads no cluster.
+        let clusters = snapshot
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(id, cluster)| {
+                let endpoints = snapshot.endpoints.get(id).map_or(&[][..], |e| e);
+                let same_id = self
+                    .snapshot
+                    .clusters
+                    .get(id)
+                    .filter(|before| shared || Arc::ptr_eq(before, cluster))
+                    .and(self.clusters.get(id));
+                let previous = match same_id {
+                    Some(state) => {
+                        let before = self.snapshot.endpoints.get(id).map_or(&[][..], |e| e);
+                        Some((state, before, cluster.load_balancer))
+                    }
+                    None => by_name
+                        .get_or_insert_with(|| self.by_name())
+                        .get(cluster.name.as_str())
+                        .copied(),
+                };
+                ClusterState::carried(previous, endpoints, cluster.load_balancer)
+            })
+            .collect();
+        Live { snapshot, clusters }
+    }
+
+    /// This snapshot's cluster states and endpoints by cluster name.
+    fn by_name(&self) -> ByName<'_> {
+        self.snapshot
             .clusters
             .iter()
             .zip(&self.clusters)
@@ -104,30 +147,7 @@ impl Live {
                     (state, endpoints, cluster.load_balancer),
                 )
             })
-            .collect();
-        Live::carry(snapshot, &previous)
-    }
-
-    fn carry(snapshot: Arc<Snapshot>, previous: &HashMap<&str, Previous<'_>>) -> Live {
-        let clusters = snapshot
-            .clusters
-            .iter()
-            .map(|cluster| {
-                let endpoints = snapshot.endpoints_of(cluster);
-                match previous.get(cluster.name.as_str()) {
-                    // Same endpoints in the same order and the same balancer (its hash
-                    // table follows both): the whole state stays as it is.
-                    Some((state, before, balancer))
-                        if *before == endpoints && *balancer == cluster.load_balancer =>
-                    {
-                        Arc::clone(state)
-                    }
-                    Some((state, before, _)) => Arc::new(state.moved_to(before, endpoints)),
-                    None => Arc::new(ClusterState::fresh(endpoints.len())),
-                }
-            })
-            .collect();
-        Live { snapshot, clusters }
+            .collect()
     }
 
     /// `cluster` (from this snapshot's routes) with its endpoints and state; None for a
@@ -146,6 +166,26 @@ impl Live {
 }
 
 impl ClusterState {
+    /// The state of a cluster now serving `endpoints`, from its state over `before` in
+    /// the previous snapshot if it was there.
+    fn carried(
+        previous: Option<Previous<'_>>,
+        endpoints: &[SocketAddr],
+        balancer: LoadBalancer,
+    ) -> Arc<ClusterState> {
+        match previous {
+            // Same endpoints in the same order and the same balancer (its hash table
+            // follows both): the whole state stays as it is.
+            Some((state, before, was))
+                if was == balancer && (std::ptr::eq(before, endpoints) || before == endpoints) =>
+            {
+                Arc::clone(state)
+            }
+            Some((state, before, _)) => Arc::new(state.moved_to(before, endpoints)),
+            None => Arc::new(ClusterState::fresh(endpoints.len())),
+        }
+    }
+
     fn fresh(endpoints: usize) -> ClusterState {
         ClusterState {
             endpoints: (0..endpoints).map(|_| Arc::default()).collect(),

@@ -24,8 +24,9 @@ mod transport;
 pub struct Snapshot {
     /// Shared with the snapshots that endpoint updates derive from this one.
     pub listeners: Arc<Vec<Listener>>,
-    /// Every cluster a route names, by `Cluster::id`.
-    pub clusters: Vec<Arc<Cluster>>,
+    /// Every cluster a route names, by `Cluster::id`. Shared whole by the snapshots that
+    /// endpoint updates (and route changes that name no new cluster) derive from this one.
+    pub clusters: Arc<Vec<Arc<Cluster>>>,
     /// Each cluster's ready endpoints, by `Cluster::id`: what an endpoint update replaces.
     pub endpoints: Vec<Arc<[SocketAddr]>>,
     /// What the kernel programs are told; derived from `listeners`.

@@ -19,7 +19,7 @@ use crate::connection_pool::ConnectionPool;
 use crate::{
     config::{
         Diagnostic, Diagnostics, Kind, Location, ObjectRef, Resources, Sourced,
-        cache::{ServiceKey, ServiceSet},
+        cache::ServiceKey,
         resources::{
             Destination, DestinationRule, EndpointSlice, IntOrString, Labels, SERVICE_NAME_LABEL,
             ServiceEntry, istio::Resolution,
@@ -816,47 +816,88 @@ pub fn update_endpoints(
     resources: &Resources,
     services: &BTreeSet<ServiceKey>,
 ) -> (Snapshot, Diagnostics) {
+    let index = ClustersByService::of(&previous.clusters);
+    update_endpoints_indexed(previous, resources, services, &index)
+}
+
+/// `update_endpoints` with the clusters found through `index` (built for
+/// `previous.clusters`, or it is built again here): only the changed Services' clusters
+/// are looked at.
+pub fn update_endpoints_indexed(
+    previous: &Snapshot,
+    resources: &Resources,
+    services: &BTreeSet<ServiceKey>,
+    index: &ClustersByService,
+) -> (Snapshot, Diagnostics) {
+    if !index.is_for(&previous.clusters) {
+        return update_endpoints(previous, resources, services);
+    }
     let mut diagnostics = Diagnostics::default();
     let slices = SliceIndex::new(resources);
-    let services = ServiceSet::new(services);
-    let endpoints = previous
-        .clusters
-        .iter()
-        .map(|cluster| {
-            let before = previous.endpoints_of(cluster);
-            let touched = cluster
-                .endpoint_source
-                .service()
-                .is_some_and(|service| services.contains(service));
-            if !touched {
-                return previous
-                    .endpoints
-                    .get(cluster.id)
-                    .cloned()
-                    .unwrap_or_default();
-            }
+    let mut endpoints = previous.endpoints.clone();
+    for (namespace, name) in services {
+        for &id in index.ids(namespace, name) {
+            let (Some(cluster), Some(before)) = (previous.clusters.get(id), endpoints.get_mut(id))
+            else {
+                continue;
+            };
             let after = service_endpoints(
                 resources,
                 &slices,
                 &cluster.endpoint_source,
                 &mut diagnostics,
             );
-            if after == before {
-                return previous
-                    .endpoints
-                    .get(cluster.id)
-                    .cloned()
-                    .unwrap_or_default();
+            if *after != **before {
+                *before = after.into();
             }
-            after.into()
-        })
-        .collect();
+        }
+    }
     let snapshot = Snapshot {
         listeners: Arc::clone(&previous.listeners),
-        clusters: previous.clusters.clone(),
+        clusters: Arc::clone(&previous.clusters),
         endpoints,
         kernel: previous.kernel.clone(),
         report: Arc::clone(&previous.report),
     };
     (snapshot, diagnostics)
+}
+
+/// The ids of a cluster list's clusters by the Service whose endpoints they serve, kept
+/// between endpoint updates while the list is shared (`Snapshot::clusters`).
+pub struct ClustersByService {
+    /// The list indexed; held so that its address stays its own.
+    clusters: Arc<Vec<Arc<Cluster>>>,
+    /// namespace → name → ids.
+    ids: HashMap<String, HashMap<String, Vec<usize>>>,
+}
+
+impl ClustersByService {
+    pub fn of(clusters: &Arc<Vec<Arc<Cluster>>>) -> ClustersByService {
+        let mut ids: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (id, cluster) in clusters.iter().enumerate() {
+            if let Some((namespace, name)) = cluster.endpoint_source.service() {
+                ids.entry(namespace.to_owned())
+                    .or_default()
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push(id);
+            }
+        }
+        ClustersByService {
+            clusters: Arc::clone(clusters),
+            ids,
+        }
+    }
+
+    /// Whether this indexes `clusters`.
+    pub fn is_for(&self, clusters: &Arc<Vec<Arc<Cluster>>>) -> bool {
+        Arc::ptr_eq(&self.clusters, clusters)
+    }
+
+    fn ids(&self, namespace: &str, name: &str) -> &[usize] {
+        self.ids
+            .get(namespace)
+            .and_then(|names| names.get(name))
+            .map_or(&[], Vec::as_slice)
+    }
 }

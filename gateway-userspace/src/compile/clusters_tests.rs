@@ -1,6 +1,8 @@
 use std::{collections::BTreeSet, path::Path, sync::Arc};
 
-use super::super::{Identity, compile, update_endpoints};
+use super::super::{
+    ClustersByService, Identity, compile, update_endpoints, update_endpoints_indexed,
+};
 use crate::{
     config::{self, Diagnostics},
     route_table::RequestInfo,
@@ -334,4 +336,14 @@ fn an_endpoint_update_gives_what_a_full_compile_gives_and_shares_the_rest() {
         &updated.endpoints[ratings.id],
         &previous.endpoints[ratings.id]
     ));
+    assert!(Arc::ptr_eq(&updated.clusters, &previous.clusters));
+    // Through an index kept from an earlier update: the same; an index of another
+    // cluster list is not trusted.
+    let index = ClustersByService::of(&previous.clusters);
+    let (indexed, _) = update_endpoints_indexed(&previous, &resources, &services, &index);
+    assert_eq!(indexed.endpoints, updated.endpoints);
+    let (other, _) = compile_yaml(&before);
+    let stale = ClustersByService::of(&other.clusters);
+    let (checked, _) = update_endpoints_indexed(&previous, &resources, &services, &stale);
+    assert_eq!(checked.endpoints, updated.endpoints);
 }

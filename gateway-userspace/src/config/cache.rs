@@ -46,6 +46,11 @@ impl<'a> ServiceSet<'a> {
         self.0.contains(&service)
     }
 
+    /// The Services, as `(namespace, name)`, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
+        self.0.iter().copied()
+    }
+
     /// Whether an EndpointSlice or Endpoints object feeds one of these Services.
     pub fn feeds(&self, object: &Object) -> bool {
         match object {
@@ -56,15 +61,23 @@ impl<'a> ServiceSet<'a> {
     }
 
     fn feeds_slice(&self, slice: &EndpointSlice) -> bool {
-        slice
-            .service()
-            .is_some_and(|service| self.contains(service))
+        slice_service(slice).is_some_and(|service| self.contains(service))
     }
 
     fn feeds_endpoints(&self, endpoints: &Endpoints) -> bool {
-        let meta = &endpoints.metadata;
-        self.contains((meta.namespace(), &meta.name))
+        self.contains(endpoints_service(endpoints))
     }
+}
+
+/// The Service an EndpointSlice feeds: the one its service-name label names.
+fn slice_service(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    slice.service()
+}
+
+/// The Service a core Endpoints object feeds: the one of its own name.
+fn endpoints_service(endpoints: &Endpoints) -> (&str, &str) {
+    let meta = &endpoints.metadata;
+    (meta.namespace(), &meta.name)
 }
 
 /// What a refresh found.
@@ -123,6 +136,48 @@ struct CachedFile {
     text: String,
     resources: Resources,
     diagnostics: Diagnostics,
+    /// Its EndpointSlices and Endpoints by Service: an endpoint update looks up the
+    /// changed Services instead of going through every slice of the file.
+    endpoint_index: EndpointIndex,
+}
+
+/// Positions in a file's `endpoint_slices` and `endpoints` lists, by the Service they
+/// feed: namespace → name → (slices, Endpoints), each in file order.
+#[derive(Default)]
+struct EndpointIndex(HashMap<String, ByName, FxBuildHasher>);
+
+/// A namespace's Services: name → (slice positions, Endpoints positions).
+type ByName = HashMap<String, Positions, FxBuildHasher>;
+type Positions = (Vec<usize>, Vec<usize>);
+
+impl EndpointIndex {
+    fn of(resources: &Resources) -> EndpointIndex {
+        let mut index = EndpointIndex::default();
+        for (position, slice) in resources.endpoint_slices.iter().enumerate() {
+            if let Some(service) = slice_service(&slice.resource) {
+                index.entry(service).0.push(position);
+            }
+        }
+        for (position, endpoints) in resources.endpoints.iter().enumerate() {
+            index
+                .entry(endpoints_service(&endpoints.resource))
+                .1
+                .push(position);
+        }
+        index
+    }
+
+    fn entry(&mut self, (namespace, name): (&str, &str)) -> &mut Positions {
+        self.0
+            .entry(namespace.to_owned())
+            .or_default()
+            .entry(name.to_owned())
+            .or_default()
+    }
+
+    fn get(&self, (namespace, name): (&str, &str)) -> Option<&Positions> {
+        self.0.get(namespace)?.get(name)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +285,7 @@ impl ParseCache {
             stamp,
             read_at,
             text,
+            endpoint_index: EndpointIndex::of(&resources),
             resources,
             diagnostics,
         };
@@ -252,20 +308,37 @@ impl ParseCache {
     }
 
     /// The EndpointSlices and Endpoints of `services` in the cached files, in load order:
-    /// what an endpoint update reads.
+    /// what an endpoint update reads. Each file's index is asked for the Services, so
+    /// the work follows the change, not the number of slices.
     pub fn endpoint_resources(&self, services: &ServiceSet<'_>) -> Resources {
         let mut resources = Resources::default();
+        let (mut slices, mut endpoints) = (Vec::new(), Vec::new());
         for cached in self.order.iter().filter_map(|f| self.files.get(f)) {
-            let slices = cached.resources.endpoint_slices.iter();
+            if cached.endpoint_index.0.is_empty() {
+                continue;
+            }
+            slices.clear();
+            endpoints.clear();
+            for service in services.iter() {
+                if let Some((s, e)) = cached.endpoint_index.get(service) {
+                    slices.extend_from_slice(s);
+                    endpoints.extend_from_slice(e);
+                }
+            }
+            // Several Services' positions interleave in the file.
+            slices.sort_unstable();
+            endpoints.sort_unstable();
+            let file = &cached.resources;
             resources.endpoint_slices.extend(
                 slices
-                    .filter(|s| services.feeds_slice(&s.resource))
+                    .iter()
+                    .filter_map(|&i| file.endpoint_slices.get(i))
                     .cloned(),
             );
-            let endpoints = cached.resources.endpoints.iter();
             resources.endpoints.extend(
                 endpoints
-                    .filter(|e| services.feeds_endpoints(&e.resource))
+                    .iter()
+                    .filter_map(|&i| file.endpoints.get(i))
                     .cloned(),
             );
         }
@@ -409,6 +482,51 @@ mod tests {
             service.replace("name: a,", "name: b,"),
         )?;
         assert_eq!(cache.refresh(&paths)?, Change::Other);
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn endpoint_objects_are_found_by_service_in_load_order()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("gatewayd-by-service-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let slice = |name: &str, service: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: ns, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: []\nendpoints: []\n---\n"
+            )
+        };
+        let endpoints =
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {name: c, namespace: ns}\nsubsets: []\n";
+        std::fs::write(
+            dir.join("a.yaml"),
+            slice("a-1", "a") + &slice("b-1", "b") + &slice("a-2", "a") + endpoints,
+        )?;
+        std::fs::write(dir.join("b.yaml"), slice("b-2", "b"))?;
+        let mut cache = ParseCache::default();
+        cache.refresh(std::slice::from_ref(&dir))?;
+        let names = |services: &[&str]| {
+            let keys: BTreeSet<ServiceKey> = services
+                .iter()
+                .map(|s| ("ns".to_owned(), (*s).to_owned()))
+                .collect();
+            let found = cache.endpoint_resources(&ServiceSet::new(&keys));
+            let mut names: Vec<String> = found
+                .endpoint_slices
+                .iter()
+                .map(|s| s.resource.metadata.name.clone())
+                .collect();
+            names.extend(
+                found
+                    .endpoints
+                    .iter()
+                    .map(|e| e.resource.metadata.name.clone()),
+            );
+            names
+        };
+        assert_eq!(names(&["a", "b"]), ["a-1", "b-1", "a-2", "b-2"]);
+        assert_eq!(names(&["a"]), ["a-1", "a-2"]);
+        assert_eq!(names(&["c", "d"]), ["c"]);
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -17,7 +17,7 @@ fn snapshot(
     cluster.load_balancer = load_balancer;
     cluster.outlier_detection = outlier;
     Arc::new(Snapshot {
-        clusters: vec![Arc::new(cluster)],
+        clusters: Arc::new(vec![Arc::new(cluster)]),
         endpoints: vec![endpoints.into()],
         ..Snapshot::default()
     })
@@ -214,4 +214,43 @@ fn a_cluster_of_another_snapshot_is_not_resolved() {
     let first = Live::new(snapshot(LoadBalancer::RoundRobin, None, &endpoints(2)));
     let other = snapshot(LoadBalancer::RoundRobin, None, &endpoints(2));
     assert!(first.cluster(&other.clusters[0]).is_none());
+}
+
+/// Two clusters, `a` and `b`, in that order or the other.
+fn two_clusters(order: [&str; 2], endpoints_of_a: &[SocketAddr]) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for (id, name) in order.into_iter().enumerate() {
+        let mut cluster = Cluster::new(format!("{name}.ns.svc"), name.into(), "ns".into(), 80);
+        cluster.id = id;
+        Arc::make_mut(&mut snapshot.clusters).push(Arc::new(cluster));
+        let endpoints: Vec<SocketAddr> = if name == "a" {
+            endpoints_of_a.to_vec()
+        } else {
+            vec![addr(9)]
+        };
+        snapshot.endpoints.push(endpoints.into());
+    }
+    snapshot
+}
+
+#[test]
+fn shared_and_renumbered_clusters_both_keep_their_state() {
+    let first = Live::new(Arc::new(two_clusters(["a", "b"], &endpoints(2))));
+    // An endpoint update: the same definitions, `a`'s endpoints replaced.
+    let mut update = Snapshot {
+        clusters: first.snapshot.clusters.clone(),
+        endpoints: first.snapshot.endpoints.clone(),
+        ..Snapshot::default()
+    };
+    update.endpoints[0] = endpoints(3).into();
+    let updated = first.succeed(Arc::new(update));
+    assert!(Arc::ptr_eq(&first.clusters[1], &updated.clusters[1]));
+    assert!(Arc::ptr_eq(
+        &first.clusters[0].endpoints[1],
+        &updated.clusters[0].endpoints[1]
+    ));
+    // A recompile that numbers the clusters the other way round: matched by name.
+    let renumbered = updated.succeed(Arc::new(two_clusters(["b", "a"], &endpoints(3))));
+    assert!(Arc::ptr_eq(&updated.clusters[1], &renumbered.clusters[0]));
+    assert!(Arc::ptr_eq(&updated.clusters[0], &renumbered.clusters[1]));
 }

@@ -34,7 +34,7 @@ use super::{
     common::{
         KilledOnDrop, cpu_seconds, free_port, median, pinned, start_upstream, write_atomically,
     },
-    reload::gatewayd_reload_log_ms,
+    reload::{gatewayd_reload_log_cpu_ms, gatewayd_reload_log_ms},
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -143,10 +143,14 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     thread::sleep(CPU_SPACING);
 
     println!("CPU per endpoint update ({CPU_UPDATES} updates, {CPU_SPACING:?} apart)");
-    let logged_before = gatewayd_reload_log_ms(&work.join("gatewayd.stderr")).len();
+    let stderr = work.join("gatewayd.stderr");
+    let logged_before = gatewayd_reload_log_ms(&stderr).len();
+    let cpu_logged_before = gatewayd_reload_log_cpu_ms(&stderr).len();
     let cpu_ms_per_update = cpu_per_update(&gatewayd, a, b)?;
-    let compile_ms = gatewayd_reload_log_ms(&work.join("gatewayd.stderr"));
+    let compile_ms = gatewayd_reload_log_ms(&stderr);
     let compile_ms = median(compile_ms.get(logged_before..).unwrap_or_default());
+    let compile_cpu_ms = gatewayd_reload_log_cpu_ms(&stderr);
+    let compile_cpu_ms = median(compile_cpu_ms.get(cpu_logged_before..).unwrap_or_default());
 
     let paced_load = release.join("paced-load");
     println!("steady load");
@@ -157,7 +161,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
         &kept,
         &fresh,
         cpu_ms_per_update,
-        compile_ms,
+        (compile_ms, compile_cpu_ms),
         &steady,
         &churning,
     ))
@@ -329,7 +333,7 @@ fn table(
     kept: &Moves,
     fresh: &Moves,
     cpu_ms_per_update: f64,
-    compile_ms: f64,
+    (compile_ms, compile_cpu_ms): (f64, f64),
     steady: &Latency,
     churning: &Latency,
 ) -> String {
@@ -338,7 +342,7 @@ fn table(
     );
     let _ = writeln!(
         out,
-        "| update → first request on the new endpoint (median / p90 of {MOVES}) | |\n|---|---|\n| keep-alive connection opened before the update | {} |\n| new connection per probe | {} |\n| gatewayd CPU per endpoint update ({CPU_UPDATES} updates, idle subtracted) | {cpu_ms_per_update:.1} ms |\n| its log's load + compile + swap per update (median) | {compile_ms:.1} ms |\n",
+        "| update → first request on the new endpoint (median / p90 of {MOVES}) | |\n|---|---|\n| keep-alive connection opened before the update | {} |\n| new connection per probe | {} |\n| gatewayd CPU per endpoint update ({CPU_UPDATES} updates, idle subtracted) | {cpu_ms_per_update:.2} ms |\n| its log's load + compile + swap per update (median): wall / CPU of its threads | {compile_ms:.2} ms / {compile_cpu_ms:.2} ms |\n",
         kept.describe(),
         fresh.describe(),
     );
