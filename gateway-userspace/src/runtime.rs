@@ -92,7 +92,9 @@ impl Live {
         let clusters = snapshot
             .clusters
             .iter()
-            .map(|cluster| ClusterState::carried(None, snapshot.endpoints_of(cluster), cluster.load_balancer))
+            .map(|cluster| {
+                ClusterState::carried(None, snapshot.endpoints_of(cluster), cluster.load_balancer)
+            })
             .collect();
         Live { snapshot, clusters }
     }
