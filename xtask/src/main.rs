@@ -615,6 +615,10 @@ const TEST_STAGES: &[(&str, &[TestRun])] = &[
                 cargo: &["-p", "gateway-userspace", "--test", "kernel_source_rules"],
                 harness: &["--test-threads=1"],
             },
+            TestRun {
+                cargo: &["-p", "gateway-userspace", "--test", "kernel_node_ports"],
+                harness: &["--test-threads=1"],
+            },
         ],
     ),
     (
