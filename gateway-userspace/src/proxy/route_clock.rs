@@ -19,7 +19,12 @@ use super::body::BoxError;
 
 /// When the client's request ended, as the tries wait for it.
 #[derive(Clone)]
-pub(super) struct RequestEnd(watch::Receiver<Option<Instant>>);
+pub(super) enum RequestEnd {
+    /// It had ended when the tries began (no body): no channel for the common GET.
+    At(Instant),
+    /// Its body is still arriving; the body's reader marks the end.
+    Pending(watch::Receiver<Option<Instant>>),
+}
 
 /// Held by whoever reads the client's body: marks the request's end once.
 pub(super) struct RequestEndMark(watch::Sender<Option<Instant>>);
@@ -28,19 +33,21 @@ impl RequestEnd {
     /// A request whose body has yet to arrive, and the mark its reader sets.
     pub(super) fn pending() -> (RequestEnd, RequestEndMark) {
         let (tx, rx) = watch::channel(None);
-        (RequestEnd(rx), RequestEndMark(tx))
+        (RequestEnd::Pending(rx), RequestEndMark(tx))
     }
 
     /// A request that has arrived whole already (no body).
     pub(super) fn now() -> RequestEnd {
-        let (_, rx) = watch::channel(Some(Instant::now()));
-        RequestEnd(rx)
+        RequestEnd::At(Instant::now())
     }
 
     /// When the request ended; pends while it has not (forever if the body was dropped
     /// unfinished: the try fails of its own accord then).
     pub(super) async fn ended(&self) -> Instant {
-        let mut rx = self.0.clone();
+        let mut rx = match self {
+            RequestEnd::At(at) => return *at,
+            RequestEnd::Pending(rx) => rx.clone(),
+        };
         let ended = rx.wait_for(Option::is_some).await.ok().and_then(|at| *at);
         match ended {
             Some(at) => at,
