@@ -11,7 +11,7 @@ pub mod source;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 
 pub use diagnostics::{Diagnostic, Diagnostics, Location, Severity};
 pub use object_ref::{Kind, ObjectRef};
@@ -439,8 +439,29 @@ impl ItemSource<'_> {
         }
     }
 
-    /// Deserializes with the failing field's path and, for documents, its line.
+    /// Deserializes the typed object from the `Value` already parsed: one YAML scan per
+    /// document. Only when that fails does it read the text again (`typed_slowly`), which
+    /// both finds the failing field's line and keeps the text deserializer's readings
+    /// the `Value` cannot give (a plain scalar such as `80` or `true` read into a string
+    /// field is its text there, and a number or bool in a `Value`).
     fn typed<T: DeserializeOwned>(&self, resource: &ObjectRef) -> Result<T, Box<Diagnostic>> {
+        #[cfg(test)]
+        if tests::TWO_PASS.get() {
+            return self.typed_slowly(resource);
+        }
+        match T::deserialize(self.value()) {
+            Ok(typed) => Ok(typed),
+            Err(_) => self.typed_slowly(resource),
+        }
+    }
+
+    /// Deserializes with the failing field's path and, for documents, its line: the
+    /// text of a document again (what every document cost before `typed` read the
+    /// `Value`), the `Value` of a List item or an API object.
+    fn typed_slowly<T: DeserializeOwned>(
+        &self,
+        resource: &ObjectRef,
+    ) -> Result<T, Box<Diagnostic>> {
         let result = match self {
             ItemSource::Document { doc, .. } => {
                 serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&doc.text))
@@ -484,7 +505,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         .to_owned();
     let meta: ObjectMeta = value
         .get("metadata")
-        .and_then(|m| serde_yaml::from_value(m.clone()).ok())
+        .and_then(|m| ObjectMeta::deserialize(m).ok())
         .unwrap_or_default();
     let location = item.location(1);
     let (group, version) = api_version
@@ -758,6 +779,146 @@ metadata: {name: future}
         assert_eq!(resources.virtual_services.len(), 1);
         let errors: Vec<_> = diagnostics.errors().map(|d| d.field.clone()).collect();
         assert_eq!(errors, [Some("apiVersion".to_owned())]);
+    }
+
+    thread_local! {
+        /// Makes `ItemSource::typed` read every document's text again, as every load
+        /// did before it read the `Value`: the reference the parse-once path must equal.
+        pub(super) static TWO_PASS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A load of `text` in one pass and in two, as comparable text.
+    fn both_ways(file: &Path, text: &str) -> [String; 2] {
+        [false, true].map(|two_pass| {
+            TWO_PASS.set(two_pass);
+            let (resources, diagnostics) = super::load_text(file, text);
+            TWO_PASS.set(false);
+            format!("{resources:#?}\n{diagnostics}")
+        })
+    }
+
+    /// Documents where a `Value` and the text read differently, or that fail.
+    const TRICKY: &str = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: plain-scalars, namespace: default, labels: {version: v1}}
+spec:
+  hosts: [80, true, a.example.com]
+  gateways: [~]
+  exportTo: [0x1F]
+  http:
+  - match: [{uri: {prefix: /a}, headers: {x-v: {exact: \"2\"}}, port: 8080}]
+    route: [{destination: {host: upstream, port: {number: 8000}}, weight: 100}]
+    timeout: 1.5s
+    retries: {attempts: 3}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: number-header}
+spec:
+  hosts: [b.example.com]
+  http:
+  - match: [{headers: {x-v: {exact: 2}}}]
+    route: [{destination: {host: upstream}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: 1234}
+spec: {servers: []}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: svc
+  annotations: {proxy.istio.io/config: 'gatewayTopology: {proxyProtocol: {}}'}
+spec:
+  ports:
+  - {name: 80, port: 80, targetPort: http}
+  - {port: 81, targetPort: 8081}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: svc-1, labels: {kubernetes.io/service-name: svc}}
+addressType: IPv4
+ports: [{name: http, port: \"8080\"}]
+endpoints: [{addresses: [10.0.0.1]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken}
+spec: {action: DENY, rules: {not: a list}}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: networking.istio.io/v1
+  kind: DestinationRule
+  metadata: {name: dr}
+  spec: {host: svc, trafficPolicy: {connectionPool: {tcp: {maxConnections: many}}}}
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: HTTPRoute
+  metadata: {name: r}
+  spec: {hostnames: [c.example.com], rules: [{backendRefs: [{name: svc, port: 80}]}]}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: key}
+data: {tls.crt: [not, a, string]}
+";
+
+    #[test]
+    fn one_pass_loads_what_two_passes_load() -> Result<(), Box<dyn std::error::Error>> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = source::config_files(&[root.join("config"), root.join("fuzz/seeds")])?;
+        files.sort();
+        assert!(files.len() >= 10, "{files:?}");
+        for file in &files {
+            let text = std::fs::read_to_string(file)?;
+            let [one, two] = both_ways(file, &text);
+            assert_eq!(one, two, "{}", file.display());
+        }
+        let [one, two] = both_ways(Path::new("tricky.yaml"), TRICKY);
+        assert_eq!(one, two);
+        // The documents above do reach both kinds of reading.
+        let (resources, diagnostics) = super::load_text(Path::new("tricky.yaml"), TRICKY);
+        let hosts = &resources.virtual_services[0].resource.spec.hosts;
+        assert_eq!(hosts, &["80", "true", "a.example.com"]);
+        assert_eq!(resources.services.len(), 1);
+        assert_eq!(resources.endpoint_slices.len(), 0, "{diagnostics}");
+        assert!(diagnostics.errors().count() >= 4, "{diagnostics}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_field_error_read_once_still_names_file_line_and_field() {
+        let (resources, diagnostics) = super::load_text(Path::new("tricky.yaml"), TRICKY);
+        let located: Vec<String> = diagnostics
+            .errors()
+            .map(|e| {
+                format!(
+                    "{}:{} {}",
+                    e.location.as_ref().map_or(0, |l| l.line),
+                    e.resource.as_deref().unwrap_or("-"),
+                    e.field.as_deref().unwrap_or("-")
+                )
+            })
+            .collect();
+        assert!(
+            located.contains(&"45:EndpointSlice default/svc-1 ports[0].port".to_owned()),
+            "{located:?}"
+        );
+        assert!(
+            located.contains(&"53:AuthorizationPolicy default/broken spec.rules".to_owned()),
+            "{located:?}"
+        );
+        // A List item's error names the item; its line is the List's.
+        assert!(
+            located.iter().any(|l| l.starts_with("55:DestinationRule default/dr items[0].spec.trafficPolicy")),
+            "{located:?}"
+        );
+        // A Secret's error does not quote its value.
+        assert!(!diagnostics.to_string().contains("not, a, string"), "{diagnostics}");
+        assert_eq!(resources.http_routes.len(), 1);
     }
 
     #[test]
