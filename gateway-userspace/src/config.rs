@@ -904,20 +904,30 @@ data: {tls.crt: [not, a, string]}
             })
             .collect();
         assert!(
-            located.contains(&"45:EndpointSlice default/svc-1 ports[0].port".to_owned()),
+            located.contains(&"42:EndpointSlice default/svc-1 ports[0].port".to_owned()),
             "{located:?}"
         );
         assert!(
-            located.contains(&"53:AuthorizationPolicy default/broken spec.rules".to_owned()),
+            located.contains(&"48:AuthorizationPolicy default/broken spec.rules".to_owned()),
             "{located:?}"
         );
         // A List item's error names the item; its line is the List's.
         assert!(
-            located.iter().any(|l| l.starts_with("55:DestinationRule default/dr items[0].spec.trafficPolicy")),
+            located.contains(
+                &"50:DestinationRule default/dr items[0].spec.trafficPolicy.connectionPool.tcp.maxConnections"
+                    .to_owned()
+            ),
+            "{located:?}"
+        );
+        assert!(
+            located.contains(&"65:Secret default/key data.tls.crt".to_owned()),
             "{located:?}"
         );
         // A Secret's error does not quote its value.
-        assert!(!diagnostics.to_string().contains("not, a, string"), "{diagnostics}");
+        assert!(
+            !diagnostics.to_string().contains("not, a, string"),
+            "{diagnostics}"
+        );
         assert_eq!(resources.http_routes.len(), 1);
     }
 
