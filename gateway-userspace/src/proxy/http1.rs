@@ -12,6 +12,7 @@
 mod body;
 mod buffer;
 mod chunked;
+pub(super) mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 mod head;
@@ -31,5 +32,15 @@ pub enum Http1Server {
     Hyper,
     /// This codec.
     #[default]
+    Own,
+}
+
+/// Which HTTP/1 client carries requests to HTTP/1.1 upstreams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1Client {
+    /// hyper's client connection (a connection task per upstream connection).
+    #[default]
+    Hyper,
+    /// This codec's client (`client.rs`).
     Own,
 }
