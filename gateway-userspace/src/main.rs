@@ -214,7 +214,7 @@ struct RunArgs {
     http1_server: gateway::proxy::Http1Server,
     /// Which HTTP/1 client carries requests to HTTP/1.1 upstreams: hyper's, or the
     /// gateway's own codec (issue 15; HTTP/2 upstreams stay with hyper either way).
-    #[arg(long, value_enum, default_value_t = gateway::proxy::Http1Client::Hyper)]
+    #[arg(long, value_enum, default_value_t = gateway::proxy::Http1Client::Own)]
     http1_client: gateway::proxy::Http1Client,
     /// Also reload when these change (nothing is loaded from them): e.g. the directory of
     /// the certificate files a Gateway names with serverCertificate/privateKey.

@@ -39,8 +39,8 @@ pub enum Http1Server {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Http1Client {
     /// hyper's client connection (a connection task per upstream connection).
-    #[default]
     Hyper,
     /// This codec's client (`client.rs`).
+    #[default]
     Own,
 }

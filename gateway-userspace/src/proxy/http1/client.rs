@@ -85,7 +85,7 @@ pub(in crate::proxy) async fn send<S>(
     request: Request<ProxyBody>,
 ) -> Result<Response<ResponseBody<S>>, SendError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin,
 {
     let (parts, body) = request.into_parts();
     let mut out = Outgoing::default();
@@ -98,7 +98,6 @@ where
             body: Some(body),
             encoder,
             coalesce: true,
-            wrote: false,
             frame_taken: false,
             done: false,
             write_failed: None,
@@ -111,7 +110,7 @@ where
         Ok(head) => head,
         Err(error) => {
             let request = &mut exchange.request;
-            let unsent = (!request.wrote && !request.frame_taken)
+            let unsent = (!request.out.written && !request.frame_taken)
                 .then(|| request.body.take())
                 .flatten()
                 .map(|body| Request::from_parts(parts, body));
@@ -126,12 +125,7 @@ where
         keep_alive,
         ..
     } = head;
-    let decoder = match framing {
-        Framing::NoBody | Framing::Length(0) => BodyDecoder::Done,
-        Framing::Length(length) => BodyDecoder::Length(length),
-        Framing::Chunked => BodyDecoder::Chunked(ChunkedDecoder::new()),
-        Framing::UntilClose => BodyDecoder::UntilClose,
-    };
+    let decoder = BodyDecoder::new(framing);
     let size_hint = match framing {
         Framing::NoBody => Some(0),
         Framing::Length(length) => Some(length),
@@ -168,7 +162,30 @@ struct Exchange<S> {
     upgrade: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<S> {
+/// Waiting for a connection's next bytes without a buffer: a TCP socket tells when it is
+/// readable, so an exchange takes its read buffer only when the response starts to
+/// arrive (a request whose upload stalls holds none). A TLS stream cannot tell whether
+/// rustls holds decrypted bytes already, so it reads (and holds the buffer) at once.
+pub(in crate::proxy) trait ReadReady {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for crate::proxy::upstream_tls::UpstreamStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Plain(tcp) => tcp.poll_read_ready(cx),
+            Self::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin> Exchange<S> {
     /// Writes what it can of the request, and reads until a final response head.
     fn poll_response_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, ClientError>> {
         self.poll_request(cx)?;
@@ -219,6 +236,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<S> {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            ready!(self.io.poll_read_ready(cx))?;
+        }
         buffer::make_room(&mut self.buf);
         let read = self.io.read_buf(&mut self.buf);
         std::pin::pin!(read).poll(cx)
@@ -233,8 +253,6 @@ struct RequestSide {
     encoder: Encoder,
     /// The first write may carry body bytes behind the head.
     coalesce: bool,
-    /// Some bytes reached the connection.
-    wrote: bool,
     frame_taken: bool,
     /// Written whole.
     done: bool,
@@ -264,9 +282,7 @@ impl RequestSide {
         }
         loop {
             if !self.out.is_empty() {
-                let wrote = ready!(self.out.poll_write(io, cx));
-                self.wrote |= self.out.written;
-                wrote?;
+                ready!(self.out.poll_write(io, cx))?;
             }
             ready!(Pin::new(&mut *io).poll_flush(cx))?;
             let Some(body) = &self.body else {
@@ -363,7 +379,7 @@ struct Outgoing {
     head_at: usize,
     data: Bytes,
     tail: &'static [u8],
-    /// Some bytes went out in the last `poll_write`.
+    /// Some bytes have reached the connection.
     written: bool,
 }
 
@@ -388,7 +404,6 @@ impl Outgoing {
         io: &mut S,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        self.written = false;
         while !self.is_empty() {
             let slices = [
                 IoSlice::new(&self.head[self.head_at..]),
@@ -613,8 +628,58 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+impl BodyDecoder {
+    pub(super) fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::NoBody | Framing::Length(0) => BodyDecoder::Done,
+            Framing::Length(length) => BodyDecoder::Length(length),
+            Framing::Chunked => BodyDecoder::Chunked(ChunkedDecoder::new()),
+            Framing::UntilClose => BodyDecoder::UntilClose,
+        }
+    }
+}
+
+/// The next piece of a response body out of `buf`: None when more bytes are needed or
+/// the body has ended (the decoder is `Done` then).
+pub(super) fn decode_body(
+    decoder: &mut BodyDecoder,
+    buf: &mut BytesMut,
+) -> Result<Option<Frame<Bytes>>, ClientError> {
+    match decoder {
+        BodyDecoder::Done => Ok(None),
+        BodyDecoder::Length(remaining) => {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let take = usize::try_from(*remaining)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            *remaining -= take as u64;
+            if *remaining == 0 {
+                *decoder = BodyDecoder::Done;
+            }
+            Ok(Some(Frame::data(buffer::take(buf, take))))
+        }
+        BodyDecoder::UntilClose => {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let n = buf.len();
+            Ok(Some(Frame::data(buffer::take(buf, n))))
+        }
+        BodyDecoder::Chunked(chunked) => match chunked.decode(buf)? {
+            Decoded::NeedMore => Ok(None),
+            Decoded::Data(data) => Ok(Some(Frame::data(data))),
+            Decoded::End(trailers) => {
+                *decoder = BodyDecoder::Done;
+                Ok((!trailers.is_empty()).then(|| Frame::trailers(trailers)))
+            }
+        },
+    }
+}
+
 #[derive(Debug)]
-enum BodyDecoder {
+pub(super) enum BodyDecoder {
     Length(u64),
     Chunked(ChunkedDecoder),
     UntilClose,
@@ -633,7 +698,7 @@ pub(in crate::proxy) struct ResponseBody<S> {
     upgraded: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> ResponseBody<S> {
+impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin> ResponseBody<S> {
     /// The connection once the exchange ended soundly and it may carry another request:
     /// the request written whole, the response read whole, nothing after it.
     pub(in crate::proxy) fn take_reusable(&mut self) -> Option<S> {
@@ -666,40 +731,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ResponseBody<S> {
     }
 
     fn decode(&mut self) -> Result<Option<Frame<Bytes>>, ClientError> {
-        let Some(exchange) = self.exchange.as_mut() else {
-            return Ok(None);
-        };
-        let buf = &mut exchange.buf;
-        match &mut self.decoder {
-            BodyDecoder::Done => Ok(None),
-            BodyDecoder::Length(remaining) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let take = usize::try_from(*remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len());
-                *remaining -= take as u64;
-                if *remaining == 0 {
-                    self.decoder = BodyDecoder::Done;
-                }
-                Ok(Some(Frame::data(buffer::take(buf, take))))
-            }
-            BodyDecoder::UntilClose => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = buf.len();
-                Ok(Some(Frame::data(buffer::take(buf, n))))
-            }
-            BodyDecoder::Chunked(decoder) => match decoder.decode(buf)? {
-                Decoded::NeedMore => Ok(None),
-                Decoded::Data(data) => Ok(Some(Frame::data(data))),
-                Decoded::End(trailers) => {
-                    self.decoder = BodyDecoder::Done;
-                    Ok((!trailers.is_empty()).then(|| Frame::trailers(trailers)))
-                }
-            },
+        match self.exchange.as_mut() {
+            Some(exchange) => decode_body(&mut self.decoder, &mut exchange.buf),
+            None => Ok(None),
         }
     }
 
@@ -711,7 +745,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ResponseBody<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<S> {
+impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin> Body for ResponseBody<S> {
     type Data = Bytes;
     type Error = ClientError;
 
