@@ -288,10 +288,7 @@ impl ClientUpgrade {
 
     async fn upgraded(self) -> Option<UpgradedIo> {
         match self {
-            ClientUpgrade::Hyper(on) => on
-                .await
-                .ok()
-                .map(|u| UpgradedIo::Hyper(TokioIo::new(u))),
+            ClientUpgrade::Hyper(on) => on.await.ok().map(|u| UpgradedIo::Hyper(TokioIo::new(u))),
             ClientUpgrade::Own(pending) => pending.upgraded().await.map(UpgradedIo::Own),
         }
     }

@@ -164,9 +164,9 @@ async fn send_http1(
             None => match new_connection_slot(cluster, key) {
                 Some(slot) => {
                     let connection = match client {
-                        Http1Client::Hyper => Http1Connection::Hyper(
-                            connect_http1(cluster, endpoint, slot).await?,
-                        ),
+                        Http1Client::Hyper => {
+                            Http1Connection::Hyper(connect_http1(cluster, endpoint, slot).await?)
+                        }
                         Http1Client::Own => Http1Connection::Own(OwnConnection {
                             io: connect(cluster, endpoint).await?,
                             open: slot,

@@ -134,11 +134,7 @@ where
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
     let body = ResponseBody {
         exchange: Some(exchange),
-        decoder: if upgraded {
-            BodyDecoder::Done
-        } else {
-            decoder
-        },
+        decoder: if upgraded { BodyDecoder::Done } else { decoder },
         remaining: size_hint,
         keep_alive: keep_alive && framing != Framing::UntilClose && !upgraded,
         upgraded,
@@ -187,7 +183,10 @@ impl ReadReady for crate::proxy::upstream_tls::UpstreamStream {
 
 impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin> Exchange<S> {
     /// Writes what it can of the request, and reads until a final response head.
-    fn poll_response_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, ClientError>> {
+    fn poll_response_head(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<ResponseHead, ClientError>> {
         self.poll_request(cx)?;
         loop {
             if !self.buf.is_empty() {
@@ -301,7 +300,10 @@ impl RequestSide {
     }
 
     /// The next frame, None while it is not ready; Some(Ok(None)) at the body's end.
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Option<Result<Option<Frame<Bytes>>, ClientError>> {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Option<Result<Option<Frame<Bytes>>, ClientError>> {
         let body = self.body.as_mut()?;
         match Pin::new(body).poll_frame(cx) {
             Poll::Pending => None,
@@ -766,8 +768,7 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin> Body for ResponseBody<S> {
             }
             match this.decode() {
                 Ok(Some(frame)) => {
-                    if let (Some(remaining), Some(data)) = (&mut this.remaining, frame.data_ref())
-                    {
+                    if let (Some(remaining), Some(data)) = (&mut this.remaining, frame.data_ref()) {
                         *remaining = remaining.saturating_sub(data.len() as u64);
                     }
                     return Poll::Ready(Some(Ok(frame)));

@@ -250,14 +250,42 @@ mod tests {
         for (seed, head_only) in seeds {
             let whole = frame_response(seed, head_only, seed.len());
             for step in 1..seed.len() {
-                assert_eq!(frame_response(seed, head_only, step), whole, "{seed:?} step {step}");
+                assert_eq!(
+                    frame_response(seed, head_only, step),
+                    whole,
+                    "{seed:?} step {step}"
+                );
             }
         }
         let body = |seed: &[u8], head_only| frame_response(seed, head_only, 4).pop();
-        assert_eq!(body(seeds[0].0, false), Some(ResponseEvent::Body { bytes: 3, trailers: 0 }));
-        assert_eq!(body(seeds[1].0, false), Some(ResponseEvent::Body { bytes: 3, trailers: 1 }));
-        assert_eq!(body(seeds[2].0, false), Some(ResponseEvent::Body { bytes: 15, trailers: 0 }));
-        assert_eq!(body(seeds[3].0, true), Some(ResponseEvent::Body { bytes: 0, trailers: 0 }));
+        assert_eq!(
+            body(seeds[0].0, false),
+            Some(ResponseEvent::Body {
+                bytes: 3,
+                trailers: 0
+            })
+        );
+        assert_eq!(
+            body(seeds[1].0, false),
+            Some(ResponseEvent::Body {
+                bytes: 3,
+                trailers: 1
+            })
+        );
+        assert_eq!(
+            body(seeds[2].0, false),
+            Some(ResponseEvent::Body {
+                bytes: 15,
+                trailers: 0
+            })
+        );
+        assert_eq!(
+            body(seeds[3].0, true),
+            Some(ResponseEvent::Body {
+                bytes: 0,
+                trailers: 0
+            })
+        );
         assert_eq!(body(seeds[4].0, false), Some(ResponseEvent::ProtocolError));
         assert_eq!(body(seeds[5].0, false), Some(ResponseEvent::Incomplete));
     }

@@ -144,13 +144,19 @@ async fn a_close_delimited_response_ends_with_the_connection() {
     let (addr, _upstream) = upstream(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", 4, true).await;
     let answer = exchange(addr, get(Method::GET)).await;
     assert_eq!(answer.body, "until the end");
-    assert!(!answer.reusable, "a close-delimited body used the connection up");
+    assert!(
+        !answer.reusable,
+        "a close-delimited body used the connection up"
+    );
 }
 
 #[tokio::test]
 async fn no_body_after_head_204_and_304_whatever_the_head_says() {
     for (method, head) in [
-        (Method::HEAD, &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"[..]),
+        (
+            Method::HEAD,
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"[..],
+        ),
         (Method::GET, &b"HTTP/1.1 204 No Content\r\n\r\n"[..]),
         (
             Method::GET,
@@ -175,7 +181,9 @@ async fn interim_answers_are_skipped_and_the_body_still_goes_out() {
         let (mut stream, _) = listener.accept().await.expect("accept");
         let request = read_request(&mut stream).await;
         stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok")
+            .write_all(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            )
             .await
             .expect("write");
         let mut rest = Vec::new();
@@ -200,7 +208,8 @@ async fn interim_answers_are_skipped_and_the_body_still_goes_out() {
 
 #[tokio::test]
 async fn a_streamed_body_of_unknown_length_goes_chunked() {
-    let (addr, upstream) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 64, false).await;
+    let (addr, upstream) =
+        upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 64, false).await;
     let frames = futures::stream::iter([
         Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"abc"))),
         Ok(Frame::data(Bytes::from(vec![b'z'; 5000]))),
@@ -286,8 +295,12 @@ async fn malformed_responses_are_protocol_errors_and_a_close_is_not() {
 
 #[tokio::test]
 async fn a_response_body_cut_short_is_an_error() {
-    let (addr, _upstream) =
-        upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", 64, true).await;
+    let (addr, _upstream) = upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+        64,
+        true,
+    )
+    .await;
     let stream = TcpStream::connect(addr).await.expect("connect");
     let Ok(response) = send(stream, get(Method::GET)).await else {
         panic!("no head");
