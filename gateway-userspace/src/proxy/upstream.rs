@@ -624,6 +624,10 @@ fn classify_own(cluster: &LiveCluster<'_>, error: &ClientError) -> TryFailure {
 }
 
 /// The response body as the client that read its head delivers it.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per request, boxed with the response body (`ProxyBody`) right after"
+)]
 enum Inner {
     Hyper(Incoming),
     Own(ResponseBody<UpstreamStream>),
