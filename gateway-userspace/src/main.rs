@@ -212,6 +212,10 @@ struct RunArgs {
     /// guard, or the gateway's own codec (issue 15; HTTP/2 stays with hyper either way).
     #[arg(long, value_enum, default_value_t = gateway::proxy::Http1Server::Own)]
     http1_server: gateway::proxy::Http1Server,
+    /// Which HTTP/1 client carries requests to HTTP/1.1 upstreams: hyper's, or the
+    /// gateway's own codec (issue 15; HTTP/2 upstreams stay with hyper either way).
+    #[arg(long, value_enum, default_value_t = gateway::proxy::Http1Client::Own)]
+    http1_client: gateway::proxy::Http1Client,
     /// Also reload when these change (nothing is loaded from them): e.g. the directory of
     /// the certificate files a Gateway names with serverCertificate/privateKey.
     #[arg(long, value_name = "PATH", num_args = 1..)]
@@ -694,7 +698,8 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
             .with_limits(limits)
             .with_connection_limit(max_connections)
             .with_num_trusted_proxies(args.num_trusted_proxies)
-            .with_http1_server(args.http1_server),
+            .with_http1_server(args.http1_server)
+            .with_http1_client(args.http1_client),
     );
     let workers = Workers::start(args.worker_threads.unwrap_or_else(workers::default_count))?;
     info!(workers = workers.len(), "worker threads started");

@@ -54,9 +54,9 @@ pub use access_log::AccessLogFormat;
 pub use context::ProxyContext;
 #[doc(hidden)]
 pub use h1_guard::fuzzing as h1_fuzzing;
-pub use http1::Http1Server;
 #[doc(hidden)]
 pub use http1::fuzzing as h1_codec_fuzzing;
+pub use http1::{Http1Client, Http1Server};
 pub use limits::Limits;
 pub use log_sink::flush as flush_access_log;
 

@@ -29,6 +29,8 @@ pub struct ProxyContext {
     pub num_trusted_proxies: usize,
     /// `--http1-server`: which HTTP/1 server answers downstream connections.
     pub http1_server: super::http1::Http1Server,
+    /// `--http1-client`: which HTTP/1 client carries requests to HTTP/1.1 upstreams.
+    pub http1_client: super::http1::Http1Client,
 }
 
 impl ProxyContext {
@@ -46,6 +48,7 @@ impl ProxyContext {
             local_stats: Default::default(),
             num_trusted_proxies: 0,
             http1_server: Default::default(),
+            http1_client: Default::default(),
         }
     }
 
@@ -62,6 +65,12 @@ impl ProxyContext {
     /// Which HTTP/1 server answers downstream connections (`--http1-server`).
     pub fn with_http1_server(mut self, server: super::http1::Http1Server) -> Self {
         self.http1_server = server;
+        self
+    }
+
+    /// Which HTTP/1 client carries requests to HTTP/1.1 upstreams (`--http1-client`).
+    pub fn with_http1_client(mut self, client: super::http1::Http1Client) -> Self {
+        self.http1_client = client;
         self
     }
 

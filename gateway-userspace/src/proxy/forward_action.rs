@@ -24,6 +24,7 @@ use super::{
     route_clock::{self, DeadlineBody, RequestEnd},
     tries::{self, Ending, RequestBody},
     tunnel,
+    upstream::{UpstreamBody, UpstreamUpgrade},
     upstream_head::{Downstream, UpstreamHead, strip_hop_by_hop},
 };
 use crate::{
@@ -164,6 +165,7 @@ pub(super) async fn forward<'s>(
         &forward.retry,
         clock,
         hash.as_ref().map(|k| k.hash),
+        ctx.http1_client,
     )
     .await;
     let retried = tried.retried();
@@ -199,7 +201,7 @@ pub(super) async fn forward<'s>(
     );
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client_side) = downstream_upgrade {
-        let upstream_side = hyper::upgrade::on(&mut response);
+        let upstream_side = UpstreamBody::upgrade(&mut response);
         let clocks = tunnel::Clocks {
             idle: ctx.limits.stream_idle_timeout,
             drain: drain.clone(),
@@ -245,14 +247,17 @@ pub(super) async fn forward<'s>(
 /// (a WebSocket close frame, 1001, on each side). Only WebSocket upgrades get here.
 async fn join_upgraded(
     downstream: ClientUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: UpstreamUpgrade,
     clocks: tunnel::Clocks,
 ) {
-    let (Some(mut downstream), Ok(upstream)) = (downstream.upgraded().await, upstream.await) else {
+    let upstream = match upstream {
+        UpstreamUpgrade::Hyper(on) => on.await.ok().map(|u| UpgradedIo::Hyper(TokioIo::new(u))),
+        UpstreamUpgrade::Own(upgraded) => Some(UpgradedIo::Own(upgraded)),
+    };
+    let (Some(mut downstream), Some(mut upstream)) = (downstream.upgraded().await, upstream) else {
         tracing::debug!("upgrade failed on one side");
         return;
     };
-    let mut upstream = TokioIo::new(upstream);
     match tunnel::run(&mut downstream, &mut upstream, clocks).await {
         tunnel::Ending::Closed { .. } => {}
         tunnel::Ending::Failed(e) => tracing::debug!(error = %e, "upgraded connection ended"),
@@ -267,8 +272,8 @@ enum ClientUpgrade {
     Own(PendingUpgrade),
 }
 
-/// The client's upgraded connection.
-enum ClientUpgraded {
+/// An upgraded connection, client's or upstream's, from hyper or the codec.
+enum UpgradedIo {
     Hyper(TokioIo<hyper::upgrade::Upgraded>),
     Own(Upgraded),
 }
@@ -281,39 +286,36 @@ impl ClientUpgrade {
         }
     }
 
-    async fn upgraded(self) -> Option<ClientUpgraded> {
+    async fn upgraded(self) -> Option<UpgradedIo> {
         match self {
-            ClientUpgrade::Hyper(on) => on
-                .await
-                .ok()
-                .map(|u| ClientUpgraded::Hyper(TokioIo::new(u))),
-            ClientUpgrade::Own(pending) => pending.upgraded().await.map(ClientUpgraded::Own),
+            ClientUpgrade::Hyper(on) => on.await.ok().map(|u| UpgradedIo::Hyper(TokioIo::new(u))),
+            ClientUpgrade::Own(pending) => pending.upgraded().await.map(UpgradedIo::Own),
         }
     }
 }
 
-impl tokio::io::AsyncRead for ClientUpgraded {
+impl tokio::io::AsyncRead for UpgradedIo {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ClientUpgraded::Hyper(io) => std::pin::Pin::new(io).poll_read(cx, buf),
-            ClientUpgraded::Own(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            UpgradedIo::Hyper(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            UpgradedIo::Own(io) => std::pin::Pin::new(io).poll_read(cx, buf),
         }
     }
 }
 
-impl tokio::io::AsyncWrite for ClientUpgraded {
+impl tokio::io::AsyncWrite for UpgradedIo {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            ClientUpgraded::Hyper(io) => std::pin::Pin::new(io).poll_write(cx, buf),
-            ClientUpgraded::Own(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            UpgradedIo::Hyper(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            UpgradedIo::Own(io) => std::pin::Pin::new(io).poll_write(cx, buf),
         }
     }
 
@@ -322,8 +324,8 @@ impl tokio::io::AsyncWrite for ClientUpgraded {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ClientUpgraded::Hyper(io) => std::pin::Pin::new(io).poll_flush(cx),
-            ClientUpgraded::Own(io) => std::pin::Pin::new(io).poll_flush(cx),
+            UpgradedIo::Hyper(io) => std::pin::Pin::new(io).poll_flush(cx),
+            UpgradedIo::Own(io) => std::pin::Pin::new(io).poll_flush(cx),
         }
     }
 
@@ -332,8 +334,8 @@ impl tokio::io::AsyncWrite for ClientUpgraded {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ClientUpgraded::Hyper(io) => std::pin::Pin::new(io).poll_shutdown(cx),
-            ClientUpgraded::Own(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            UpgradedIo::Hyper(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            UpgradedIo::Own(io) => std::pin::Pin::new(io).poll_shutdown(cx),
         }
     }
 }

@@ -12,6 +12,7 @@
 mod body;
 mod buffer;
 mod chunked;
+pub(super) mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 mod head;
@@ -30,6 +31,16 @@ pub enum Http1Server {
     /// hyper's server behind the framing guard (`h1_guard.rs`).
     Hyper,
     /// This codec.
+    #[default]
+    Own,
+}
+
+/// Which HTTP/1 client carries requests to HTTP/1.1 upstreams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1Client {
+    /// hyper's client connection (a connection task per upstream connection).
+    Hyper,
+    /// This codec's client (`client.rs`).
     #[default]
     Own,
 }

@@ -97,7 +97,9 @@ pub(super) fn send(
                     return;
                 };
                 let exchange = async {
-                    if let Ok(response) = upstream::send(&target, endpoint.addr, request).await {
+                    if let Ok(response) =
+                        upstream::send(&target, endpoint.addr, request, ctx.http1_client).await
+                    {
                         // Drain so the pooled connection can be reused.
                         let _ = response.into_body().collect().await;
                     }

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Empty};
 
 use super::{
     body::ProxyBody,
+    http1::Http1Client,
     replay::ReplayBody,
     route_actions::{self, TryFailure},
     route_clock::RequestEnd,
@@ -114,6 +115,7 @@ pub(super) async fn run(
     retry: &RetryPolicy,
     clock: Clock<'_>,
     hash: Option<u64>,
+    client: Http1Client,
 ) -> Tried {
     let mut retries = 0u32;
     let mut backoff = retry.backoff.unwrap_or(RETRY_BACKOFF_BASE);
@@ -140,7 +142,7 @@ pub(super) async fn run(
         };
         let last_try = retries >= retry.attempts || !body.can_replay();
         let started = Instant::now();
-        let attempt = send(head, endpoint, cluster, try_body, last_try);
+        let attempt = send(head, endpoint, cluster, try_body, last_try, client);
         let attempt = async {
             match retry.per_try_timeout {
                 Some(t) => {
@@ -213,9 +215,10 @@ async fn send(
     cluster: &LiveCluster<'_>,
     body: ProxyBody,
     last_try: bool,
+    client: Http1Client,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let request = head
         .request(cluster.protocol, body, last_try)
         .map_err(|_| TryFailure::ProtocolError)?;
-    upstream::send(cluster, endpoint, request).await
+    upstream::send(cluster, endpoint, request, client).await
 }

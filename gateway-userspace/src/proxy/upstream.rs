@@ -29,7 +29,11 @@ use rustc_hash::FxBuildHasher;
 use tokio::{net::TcpStream, sync::Notify};
 
 use super::{
-    body::ProxyBody,
+    body::{BoxError, ProxyBody},
+    http1::{
+        Http1Client, Upgraded,
+        client::{self, ClientError, ResponseBody},
+    },
     route_actions::TryFailure,
     upstream_tls::{self, UpstreamStream},
 };
@@ -81,7 +85,7 @@ thread_local! {
 #[derive(Default)]
 struct EndpointPool {
     /// HTTP/1.1 connections waiting for a request, most recently used last.
-    idle: Vec<Pooled<http1::SendRequest<ProxyBody>>>,
+    idle: Vec<Pooled<Http1Connection>>,
     /// The shared HTTP/2 connection.
     shared: Option<Pooled<http2::SendRequest<ProxyBody>>>,
     /// This worker's connections to the endpoint, open or opening.
@@ -89,6 +93,30 @@ struct EndpointPool {
     /// Told when a connection comes back or closes: requests queued for a connection
     /// (`http1MaxPendingRequests`) look again.
     freed: Arc<Notify>,
+}
+
+/// An HTTP/1.1 connection as the pool keeps it: hyper's handle (its connection task
+/// owns the socket), or the socket itself for the codec's client (no task, no buffer).
+enum Http1Connection {
+    Hyper(http1::SendRequest<ProxyBody>),
+    Own(OwnConnection),
+}
+
+struct OwnConnection {
+    io: UpstreamStream,
+    /// Counted among the worker's connections to the endpoint while the socket is open.
+    open: OpenConnection,
+}
+
+impl Http1Connection {
+    /// Closed by the upstream (or useless: it sent bytes nobody asked for). The codec's
+    /// connections are looked at without a syscall unless the socket has become readable.
+    fn is_closed(&mut self) -> bool {
+        match self {
+            Http1Connection::Hyper(sender) => sender.is_closed(),
+            Http1Connection::Own(own) => !upstream_tls::idle_and_open(&mut own.io),
+        }
+    }
 }
 
 /// A pooled connection, when it was last used, and how many requests it has carried.
@@ -105,6 +133,7 @@ pub(super) async fn send(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     request: Request<ProxyBody>,
+    client: Http1Client,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let in_flight = cluster
         .state
@@ -112,7 +141,7 @@ pub(super) async fn send(
         .request(&cluster.connection_pool)
         .ok_or(TryFailure::Overflow)?;
     let mut response = match cluster.protocol {
-        UpstreamProtocol::Http1 => send_http1(cluster, endpoint, request).await,
+        UpstreamProtocol::Http1 => send_http1(cluster, endpoint, request, client).await,
         UpstreamProtocol::Http2 => send_http2(cluster, endpoint, request).await,
     }?;
     response.body_mut().in_flight = Some(in_flight);
@@ -123,18 +152,27 @@ async fn send_http1(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     mut request: Request<ProxyBody>,
+    client: Http1Client,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let limits = &cluster.connection_pool;
     let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1);
     // Held while this request waits for a connection.
     let mut queued: Option<Slot> = None;
     loop {
-        let (mut sender, served, reused) = match checkout_http1(key, limits) {
+        let (connection, served, reused) = match checkout_http1(key, limits) {
             Some(pooled) => (pooled.sender, pooled.served, true),
             None => match new_connection_slot(cluster, key) {
                 Some(slot) => {
-                    let sender = connect_http1(cluster, endpoint, slot).await?;
-                    (sender, 0, false)
+                    let connection = match client {
+                        Http1Client::Hyper => {
+                            Http1Connection::Hyper(connect_http1(cluster, endpoint, slot).await?)
+                        }
+                        Http1Client::Own => Http1Connection::Own(OwnConnection {
+                            io: connect(cluster, endpoint).await?,
+                            open: slot,
+                        }),
+                    };
+                    (connection, 0, false)
                 }
                 None => {
                     if queued.is_none() {
@@ -152,6 +190,47 @@ async fn send_http1(
                 }
             },
         };
+        // An upgraded connection belongs to the upgrade, never to the pool; nor does one
+        // that carried its `maxRequestsPerConnection`.
+        let served = served.saturating_add(1);
+        let reusable = |status: http::StatusCode| {
+            status != http::StatusCode::SWITCHING_PROTOCOLS
+                && limits
+                    .max_requests_per_connection
+                    .is_none_or(|max| served < max)
+        };
+        let idle_timeout = limits.idle_timeout();
+        let mut sender = match connection {
+            Http1Connection::Hyper(sender) => sender,
+            Http1Connection::Own(OwnConnection { io, open }) => {
+                match client::send(io, request).await {
+                    Ok(response) => {
+                        let reuse = OwnReuse {
+                            open,
+                            served,
+                            reusable: reusable(response.status()),
+                        };
+                        return Ok(response.map(|body| {
+                            UpstreamBody::new(
+                                Inner::Own(body),
+                                key,
+                                Reuse::Own(reuse),
+                                idle_timeout,
+                            )
+                        }));
+                    }
+                    Err(failed) => match failed.unsent {
+                        // A kept-alive connection the upstream had just closed: the
+                        // request never left, so it goes out again on another one.
+                        Some(unsent) if reused => {
+                            request = unsent;
+                            continue;
+                        }
+                        _ => return Err(classify_own(cluster, &failed.error)),
+                    },
+                }
+            }
+        };
         if reused
             && !sender.is_ready()
             && !matches!(
@@ -163,22 +242,19 @@ async fn send_http1(
         }
         match sender.try_send_request(request).await {
             Ok(response) => {
-                // An upgraded connection belongs to the upgrade, never to the pool; nor
-                // does one that carried its `maxRequestsPerConnection`.
-                let served = served.saturating_add(1);
-                let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS
-                    && limits
-                        .max_requests_per_connection
-                        .is_none_or(|max| served < max);
-                let connection = reusable.then(|| Pooled {
-                    sender,
+                let connection = reusable(response.status()).then(|| Pooled {
+                    sender: Http1Connection::Hyper(sender),
                     since: Instant::now(),
                     served,
                 });
-                let idle_timeout = limits.idle_timeout();
-                return Ok(
-                    response.map(|body| UpstreamBody::new(body, key, connection, idle_timeout))
-                );
+                return Ok(response.map(|body| {
+                    UpstreamBody::new(
+                        Inner::Hyper(body),
+                        key,
+                        Reuse::Hyper(connection),
+                        idle_timeout,
+                    )
+                }));
             }
             Err(mut failed) => match failed.take_message() {
                 // A kept-alive connection the upstream had just closed: the request
@@ -241,7 +317,9 @@ async fn send_http2(
         match sender.try_send_request(request).await {
             Ok(response) => {
                 let idle_timeout = limits.idle_timeout();
-                return Ok(response.map(|body| UpstreamBody::new(body, key, None, idle_timeout)));
+                return Ok(response.map(|body| {
+                    UpstreamBody::new(Inner::Hyper(body), key, Reuse::None, idle_timeout)
+                }));
             }
             Err(mut failed) => match failed.take_message() {
                 Some(unsent) if reused => {
@@ -267,7 +345,8 @@ fn new_connection_slot(cluster: &LiveCluster<'_>, key: PoolKey) -> Option<OpenCo
     Some(OpenConnection { _slot: slot, key })
 }
 
-/// One of this worker's connections to an endpoint, counted until its task ends.
+/// One of this worker's connections to an endpoint, counted until its task ends (hyper)
+/// or its socket is closed (the codec's client).
 struct OpenConnection {
     _slot: Slot,
     key: PoolKey,
@@ -298,19 +377,22 @@ fn with_pool<T>(key: PoolKey, f: impl FnOnce(&mut EndpointPool) -> T) -> T {
 }
 
 /// The most recently used live idle connection; expired and closed ones are dropped.
-fn checkout_http1(
-    key: PoolKey,
-    limits: &ConnectionPool,
-) -> Option<Pooled<http1::SendRequest<ProxyBody>>> {
+fn checkout_http1(key: PoolKey, limits: &ConnectionPool) -> Option<Pooled<Http1Connection>> {
     let idle_timeout = limits.idle_timeout();
-    with_pool(key, |pool| {
-        while let Some(pooled) = pool.idle.pop() {
+    // Closed connections are dropped outside the pool's borrow: the count of open
+    // connections they hold is given back through it.
+    let mut closed = Vec::new();
+    let found = with_pool(key, |pool| {
+        while let Some(mut pooled) = pool.idle.pop() {
             if !pooled.sender.is_closed() && pooled.since.elapsed() < idle_timeout {
                 return Some(pooled);
             }
+            closed.push(pooled);
         }
         None
-    })
+    });
+    drop(closed);
+    found
 }
 
 /// The shared HTTP/2 connection while it is live, not idle too long and (unless
@@ -375,7 +457,13 @@ fn drain_pools_outside(current: &HashSet<SocketAddr, FxBuildHasher>) {
             if current.contains(&key.endpoint) {
                 return true;
             }
-            pool.idle.clear();
+            // The codec's connections count themselves out when dropped, which needs
+            // this borrow: count them out here instead.
+            for pooled in pool.idle.drain(..) {
+                if matches!(pooled.sender, Http1Connection::Own(_)) {
+                    pool.open = pool.open.saturating_sub(1);
+                }
+            }
             pool.shared = None;
             // Kept while connections are open or requests wait on `freed`: their
             // counts and wake-ups live here.
@@ -387,21 +475,19 @@ fn drain_pools_outside(current: &HashSet<SocketAddr, FxBuildHasher>) {
 /// A connection back from a finished exchange. The oldest idle one is closed when it
 /// has been idle too long, so a pool that shrinks after a burst gives its connections
 /// back to the upstream without a sweeper.
-fn checkin_http1(
-    key: PoolKey,
-    pooled: Pooled<http1::SendRequest<ProxyBody>>,
-    idle_timeout: Duration,
-) {
+fn checkin_http1(key: PoolKey, mut pooled: Pooled<Http1Connection>, idle_timeout: Duration) {
     if pooled.sender.is_closed() {
         return;
     }
+    // What is closed here is dropped after the pool's borrow (see `checkout_http1`).
+    let mut closed = Vec::new();
     with_pool(key, |pool| {
         if pool
             .idle
             .first()
             .is_some_and(|p| p.since.elapsed() >= idle_timeout)
         {
-            pool.idle.remove(0);
+            closed.push(pool.idle.remove(0));
         }
         if pool.idle.len() < MAX_IDLE_PER_ENDPOINT {
             pool.idle.push(Pooled {
@@ -409,8 +495,11 @@ fn checkin_http1(
                 ..pooled
             });
             pool.freed.notify_one();
+        } else {
+            closed.push(pooled);
         }
     });
+    drop(closed);
 }
 
 /// A connection to `endpoint`, secured as `cluster` asks (TLS origination).
@@ -518,29 +607,71 @@ fn classify(cluster: &LiveCluster<'_>, error: &hyper::Error) -> TryFailure {
     TryFailure::Reset
 }
 
+/// Sorts a failed exchange of the codec's client as `classify` sorts hyper's. A TLS
+/// error after the handshake is the upstream ending the connection with an alert
+/// (refusing our client certificate, with TLS 1.3): counted as the failed handshake it is.
+fn classify_own(cluster: &LiveCluster<'_>, error: &ClientError) -> TryFailure {
+    if error.is_protocol() {
+        return TryFailure::ProtocolError;
+    }
+    if cluster.tls.is_some()
+        && let Some(failure) = upstream_tls::TlsFailure::under(error)
+    {
+        upstream_tls::count(&cluster.name, failure);
+        return TryFailure::ResetTls(failure);
+    }
+    TryFailure::Reset
+}
+
+/// The response body as the client that read its head delivers it.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per request, boxed with the response body (`ProxyBody`) right after"
+)]
+enum Inner {
+    Hyper(Incoming),
+    Own(ResponseBody<UpstreamStream>),
+}
+
+/// What becomes of the HTTP/1.1 connection once the response has been read whole.
+enum Reuse {
+    /// HTTP/2, or a connection that will not carry another request.
+    None,
+    Hyper(Option<Pooled<Http1Connection>>),
+    Own(OwnReuse),
+}
+
+struct OwnReuse {
+    open: OpenConnection,
+    served: u32,
+    /// Within `maxRequestsPerConnection`, not upgraded.
+    reusable: bool,
+}
+
 /// An upstream response body that gives its HTTP/1.1 connection back to the pool once
 /// the body has been read to its end (a body dropped half-read closes the connection,
 /// as its framing is lost), and counts as a request in flight until then.
 pub(super) struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     pool: PoolKey,
-    connection: Option<Pooled<http1::SendRequest<ProxyBody>>>,
+    reuse: Reuse,
     idle_timeout: Duration,
     /// The cluster's count of requests in flight (`http2MaxRequests`).
     in_flight: Option<Slot>,
 }
 
+/// The upstream's side of an upgraded (101) connection.
+pub(super) enum UpstreamUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Own(Upgraded),
+}
+
 impl UpstreamBody {
-    fn new(
-        inner: Incoming,
-        pool: PoolKey,
-        connection: Option<Pooled<http1::SendRequest<ProxyBody>>>,
-        idle_timeout: Duration,
-    ) -> Self {
+    fn new(inner: Inner, pool: PoolKey, reuse: Reuse, idle_timeout: Duration) -> Self {
         let mut body = UpstreamBody {
             inner,
             pool,
-            connection,
+            reuse,
             idle_timeout,
             in_flight: None,
         };
@@ -548,11 +679,51 @@ impl UpstreamBody {
         body
     }
 
+    /// After a 101: the upstream's connection, for the tunnel.
+    pub(super) fn upgrade(response: &mut Response<UpstreamBody>) -> UpstreamUpgrade {
+        if let Inner::Own(body) = &mut response.body_mut().inner
+            && let Some(upgraded) = body.take_upgraded()
+        {
+            return UpstreamUpgrade::Own(upgraded);
+        }
+        UpstreamUpgrade::Hyper(hyper::upgrade::on(response))
+    }
+
+    fn is_done(&self) -> bool {
+        match &self.inner {
+            Inner::Hyper(body) => body.is_end_stream(),
+            Inner::Own(body) => body.is_end_stream(),
+        }
+    }
+
     fn release_if_done(&mut self) {
-        if self.inner.is_end_stream() {
-            self.in_flight = None;
-            if let Some(connection) = self.connection.take() {
-                checkin_http1(self.pool, connection, self.idle_timeout);
+        if !self.is_done() {
+            return;
+        }
+        self.in_flight = None;
+        match std::mem::replace(&mut self.reuse, Reuse::None) {
+            Reuse::None => {}
+            Reuse::Hyper(connection) => {
+                if let Some(connection) = connection {
+                    checkin_http1(self.pool, connection, self.idle_timeout);
+                }
+            }
+            Reuse::Own(reuse) => {
+                let io = match &mut self.inner {
+                    Inner::Own(body) if reuse.reusable => body.take_reusable(),
+                    _ => None,
+                };
+                if let Some(io) = io {
+                    let connection = Pooled {
+                        sender: Http1Connection::Own(OwnConnection {
+                            io,
+                            open: reuse.open,
+                        }),
+                        since: Instant::now(),
+                        served: reuse.served,
+                    };
+                    checkin_http1(self.pool, connection, self.idle_timeout);
+                }
             }
         }
     }
@@ -560,18 +731,25 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match &mut self.inner {
+            Inner::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
+            Inner::Own(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
+        };
         match &polled {
             Poll::Ready(None) => self.release_if_done(),
             Poll::Ready(Some(Ok(_))) => self.release_if_done(),
             Poll::Ready(Some(Err(_))) => {
-                self.connection = None;
+                self.reuse = Reuse::None;
                 self.in_flight = None;
             }
             Poll::Pending => {}
@@ -580,11 +758,14 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(body) => body.size_hint(),
+            Inner::Own(body) => body.size_hint(),
+        }
     }
 }
 

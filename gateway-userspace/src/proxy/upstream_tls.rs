@@ -177,6 +177,25 @@ pub(crate) enum UpstreamStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// Whether a pooled connection nobody reads is still open and silent (an idle HTTP/1.1
+/// upstream connection must send nothing): looked at without waiting, and without a
+/// syscall unless the reactor has seen the socket become readable.
+pub(crate) fn idle_and_open(stream: &mut UpstreamStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let tcp = match &*stream {
+        UpstreamStream::Plain(tcp) => tcp,
+        UpstreamStream::Tls(tls) => tls.get_ref().0,
+    };
+    if tcp.poll_read_ready(&mut cx).is_pending() {
+        return true;
+    }
+    // Readable: the end of the stream, stray bytes, or (TLS) a record with no data in
+    // it, such as a session ticket, which leaves the read pending.
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    Pin::new(stream).poll_read(&mut cx, &mut buf).is_pending()
+}
+
 /// `stream` as `cluster` wants it: wrapped in TLS when the cluster originates TLS (the
 /// handshake bounded by `timeout`), as it is otherwise. A failed handshake is counted.
 pub(crate) async fn secure(

@@ -1,10 +1,12 @@
-//! The codec's framing without sockets, for the fuzz target (`fuzz/fuzz_targets/
-//! h1_codec.rs`) and tests: what a byte stream becomes, request by request.
+//! The codec's framing without sockets, for the fuzz targets (`fuzz/fuzz_targets/
+//! h1_codec.rs`, `h1_response.rs`) and tests: what a byte stream becomes, request by
+//! request, and what an upstream's bytes become as the client reads one response.
 
 use bytes::{Buf, BytesMut};
 
 use super::{
     chunked::{ChunkedDecoder, Decoded},
+    client::{self, BodyDecoder},
     head::{self, BodyFraming},
 };
 
@@ -113,6 +115,97 @@ pub fn frame(input: &[u8], step: usize) -> Vec<Event> {
     }
 }
 
+/// What the client made of an upstream's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseEvent {
+    /// A response head (interim ones too): its status, framing and field count, and
+    /// whether the connection may carry another request after it.
+    Head {
+        status: u16,
+        framing: String,
+        fields: usize,
+        keep_alive: bool,
+    },
+    /// The body ended soundly: this many bytes and trailer fields.
+    Body { bytes: u64, trailers: usize },
+    /// The head or body could not be framed (502 `UPE` before the head is passed on).
+    ProtocolError,
+    /// The bytes ended inside a head or a length-framed or chunked body.
+    Incomplete,
+}
+
+/// Frames `input` as the client reads one response to a request (HEAD when
+/// `head_only`), fed in pieces of `step` bytes; the end of `input` is the upstream
+/// closing the connection.
+pub fn frame_response(input: &[u8], head_only: bool, step: usize) -> Vec<ResponseEvent> {
+    let mut pieces = input.chunks(step.max(1));
+    let mut buf = BytesMut::new();
+    let mut events = Vec::new();
+    let mut more = |buf: &mut BytesMut| match pieces.next() {
+        Some(piece) => {
+            buf.extend_from_slice(piece);
+            true
+        }
+        None => false,
+    };
+    let head = loop {
+        match client::parse_response(&buf, head_only) {
+            Ok(Some(head)) => {
+                buf.advance(head.len);
+                events.push(ResponseEvent::Head {
+                    status: head.status.as_u16(),
+                    framing: format!("{:?}", head.framing),
+                    fields: head.headers.len(),
+                    keep_alive: head.keep_alive,
+                });
+                if head.status.is_informational() && head.status.as_u16() != 101 {
+                    continue;
+                }
+                break head;
+            }
+            Ok(None) => {
+                if !more(&mut buf) {
+                    events.push(ResponseEvent::Incomplete);
+                    return events;
+                }
+            }
+            Err(_) => {
+                events.push(ResponseEvent::ProtocolError);
+                return events;
+            }
+        }
+    };
+    if head.status.as_u16() == 101 {
+        return events;
+    }
+    let mut decoder = BodyDecoder::new(head.framing);
+    let (mut bytes, mut trailers) = (0u64, 0usize);
+    loop {
+        match client::decode_body(&mut decoder, &mut buf) {
+            Ok(Some(frame)) => match frame.into_data() {
+                Ok(data) => bytes += data.len() as u64,
+                Err(frame) => trailers = frame.into_trailers().map_or(0, |t| t.len()),
+            },
+            Ok(None) if matches!(decoder, BodyDecoder::Done) => break,
+            Ok(None) => {
+                if !more(&mut buf) {
+                    if matches!(decoder, BodyDecoder::UntilClose) {
+                        break;
+                    }
+                    events.push(ResponseEvent::Incomplete);
+                    return events;
+                }
+            }
+            Err(_) => {
+                events.push(ResponseEvent::ProtocolError);
+                return events;
+            }
+        }
+    }
+    events.push(ResponseEvent::Body { bytes, trailers });
+    events
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +233,60 @@ mod tests {
         assert_eq!(pipelined.len(), 6, "{pipelined:?}");
         assert_eq!(frame(seeds[2], 1), [Event::Refused(400)]);
         assert_eq!(frame(seeds[4], 3).last(), Some(&Event::BrokenBody));
+    }
+
+    /// The response fuzz target's property on its seeds: one framing however the
+    /// upstream's bytes are split across reads.
+    #[test]
+    fn response_framing_does_not_depend_on_how_reads_split_the_bytes() {
+        let seeds: [(&[u8], bool); 6] = [
+            (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", false),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n", false),
+            (b"HTTP/1.1 200 OK\r\n\r\nclose-delimited", false),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab", false),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", false),
+        ];
+        for (seed, head_only) in seeds {
+            let whole = frame_response(seed, head_only, seed.len());
+            for step in 1..seed.len() {
+                assert_eq!(
+                    frame_response(seed, head_only, step),
+                    whole,
+                    "{seed:?} step {step}"
+                );
+            }
+        }
+        let body = |seed: &[u8], head_only| frame_response(seed, head_only, 4).pop();
+        assert_eq!(
+            body(seeds[0].0, false),
+            Some(ResponseEvent::Body {
+                bytes: 3,
+                trailers: 0
+            })
+        );
+        assert_eq!(
+            body(seeds[1].0, false),
+            Some(ResponseEvent::Body {
+                bytes: 3,
+                trailers: 1
+            })
+        );
+        assert_eq!(
+            body(seeds[2].0, false),
+            Some(ResponseEvent::Body {
+                bytes: 15,
+                trailers: 0
+            })
+        );
+        assert_eq!(
+            body(seeds[3].0, true),
+            Some(ResponseEvent::Body {
+                bytes: 0,
+                trailers: 0
+            })
+        );
+        assert_eq!(body(seeds[4].0, false), Some(ResponseEvent::ProtocolError));
+        assert_eq!(body(seeds[5].0, false), Some(ResponseEvent::Incomplete));
     }
 }

@@ -1,0 +1,121 @@
+"""User-space instructions per proxied HTTP/1.1 keep-alive request, counted by callgrind.
+
+Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx]
+gatewayd (one worker, access log off) under `valgrind --tool=callgrind`, in front of an
+nginx answering a fixed 200 over kept-alive upstream connections (`--http1-client` MODE);
+1000 requests to warm up, the counters zeroed (`callgrind_control -z`), N requests by
+`h2load --h1 -c4` over keep-alive connections, the counters dumped (`callgrind_control
+-d`): every instruction of the process (all threads) between the two, divided by N.
+With `nginx` as the last argument, the same for an nginx proxy (one worker process,
+`proxy_http_version 1.1` and an upstream keepalive pool) instead of gatewayd.
+"""
+import glob, os, socket, subprocess, sys, time
+
+BIN, MODE, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
+PEER = len(sys.argv) > 4 and sys.argv[4] == "nginx"
+UP, GW = 18480, 18580
+WORK = f"/tmp/h1cg-{os.getpid()}"
+os.makedirs(WORK, exist_ok=True)
+
+upstream_conf = f"""daemon off; master_process off; worker_processes 1; pid {WORK}/up.pid;
+error_log {WORK}/up.err; events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{UP}; location / {{ return 200 "upstream\\n"; }} }} }}
+"""
+open(f"{WORK}/up.conf", "w").write(upstream_conf)
+
+config = f"""apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http2, port: 80, targetPort: {GW}}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: vs, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route:
+    - destination: {{host: up, port: {{number: 8000}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: up, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8000, targetPort: {UP}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
+addressType: IPv4
+ports: [{{name: http, port: {UP}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+"""
+open(f"{WORK}/gw.yaml", "w").write(config)
+
+nginx_proxy = f"""daemon off; master_process off; worker_processes 1; pid {WORK}/gw.pid;
+error_log {WORK}/gw.err; events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream up {{ server 127.0.0.1:{UP}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{GW};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+"""
+open(f"{WORK}/gw.conf", "w").write(nginx_proxy)
+
+up = subprocess.Popen(["nginx", "-c", f"{WORK}/up.conf", "-p", WORK], stderr=subprocess.DEVNULL)
+out = f"{WORK}/callgrind.out"
+if PEER:
+    command = ["nginx", "-c", f"{WORK}/gw.conf", "-p", WORK]
+else:
+    command = [BIN, "run", "--config", f"{WORK}/gw.yaml", "--ebpf", "off", "--worker-threads", "1",
+               "--access-log", "off", "--http1-client", MODE,
+               "--readiness-addr", f"127.0.0.1:{GW+200}", "--metrics-addr", f"127.0.0.1:{GW+300}",
+               "--admin-addr", f"127.0.0.1:{GW+400}"]
+gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
+                      stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def load(n):
+    subprocess.run(["h2load", "--h1", "-n", str(n), "-c", "4", f"http://127.0.0.1:{GW}/item"],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+try:
+    deadline = time.time() + 300
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", GW)).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
+    load(1000)
+    subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True, stdout=subprocess.DEVNULL)
+    load(N)
+    subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, stdout=subprocess.DEVNULL)
+    time.sleep(1)
+    dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
+    total = 0
+    for line in open(dumps[-1]):
+        if line.startswith("summary:") or line.startswith("totals:"):
+            total = int(line.split()[1])
+            break
+    who = "nginx" if PEER else f"gatewayd --http1-client {MODE}"
+    print(f"{who}: {N} requests, {total} instructions, {total / N:.0f} per request")
+finally:
+    gw.kill()
+    up.kill()
