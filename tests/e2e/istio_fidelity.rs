@@ -692,3 +692,81 @@ fn host_header_set_rewrites_the_authority_for_http1_and_http2() -> anyhow::Resul
     assert_eq!(host_of("/both").as_deref(), Some("rewrite.internal"));
     Ok(())
 }
+
+/// Several Istio Gateways with servers on the same port and different hosts all serve,
+/// as Istio merges servers by port: plain HTTP by Host, HTTPS by SNI with each
+/// Gateway's own certificate; a VirtualService serves only through the Gateway it
+/// names.
+#[test]
+fn several_gateways_on_one_port_all_serve() -> anyhow::Result<()> {
+    use crate::tls::{Key, Pki, https, served_subject, tls_secret};
+    let pki_dir = TempDir::new("istio-two-gateways-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (b_crt, b_key) = pki.issue(
+        "b",
+        "b.example.com",
+        "DNS:b.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (c_crt, c_key) = pki.issue(
+        "c",
+        "c.example.com",
+        "DNS:c.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let servers = "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"a.example.com\"]\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [\"b.example.com\"]\n    tls: {mode: SIMPLE, credentialName: b-cred}\n";
+    let bound = |name: &str, gateway: &str| {
+        virtual_service(
+            name,
+            "apps",
+            "",
+            &format!(
+                "  hosts: [{name}.example.com]\n  gateways: [\"{gateway}\"]\n  http: [{{{}}}]\n",
+                answer(name)
+            ),
+        )
+    };
+    let extra = [
+        "---\n".to_owned(),
+        tls_secret("b-cred", "istio-system", &b_crt, &b_key, None),
+        tls_secret("c-cred", "istio-system", &c_crt, &c_key, None),
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: other, namespace: apps}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["d.example.com"]
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["c.example.com"]
+    tls: {mode: SIMPLE, credentialName: c-cred}
+"#
+        .to_owned(),
+        bound("a", "istio-system/gw"),
+        bound("b", "istio-system/gw"),
+        bound("c", "apps/other"),
+        bound("d", "apps/other"),
+        // Bound to `gw`, whose servers do not have this host: not served.
+        bound("e", "istio-system/gw"),
+    ]
+    .concat();
+    let setup = start("istio-two-gateways", servers, &extra)?;
+    assert_eq!(setup.body("a.example.com", "/", &[])?, "a");
+    assert_eq!(setup.body("d.example.com", "/", &[])?, "d");
+    assert_eq!(setup.get("e.example.com", "/", &[])?.status, 404);
+    let ca = pki.path("test-ca.crt");
+    for name in ["b", "c"] {
+        let host = format!("{name}.example.com");
+        assert_eq!(
+            served_subject(setup.tls_port, Some(&host))?.as_deref(),
+            Some(format!("CN={host}").as_str())
+        );
+        let answer = https(&host, setup.tls_port, &ca, "/", &[])?;
+        assert_eq!(answer.status, 200, "{host}: {answer:?}");
+        assert_eq!(answer.body, name, "{host}");
+    }
+    Ok(())
+}

@@ -426,8 +426,9 @@ impl<'a> Compiler<'a> {
     /// where it cannot be told apart from an older one's: another protocol on the port
     /// (ProtocolConflict), a second TCP listener, or an HTTPS/TLS listener with the same
     /// hostname (SNI picks one; HostnameConflict). HTTP listeners with the same hostname
-    /// merge as long as their routes' hostnames tell them apart; where both serve a
-    /// hostname, the younger is conflicted (HostnameConflict). So a new Gateway never takes
+    /// merge as long as their routes' hostnames tell them apart (a host both serve with
+    /// the same routes, one route attached to both, is fine); where other routes of both
+    /// serve a hostname, the younger is conflicted (HostnameConflict). So a new Gateway never takes
     /// traffic from an existing one.
     fn conflicts(&self, found: &[&ApiListener<'a>]) -> BTreeMap<usize, Finding> {
         let family = |protocol: &str| {
@@ -480,15 +481,18 @@ impl<'a> Compiler<'a> {
             }
         }
         let routes = self.all_routes();
-        let served = |l: &ApiListener<'a>| -> BTreeSet<String> {
-            let mut hosts = BTreeSet::new();
+        // host → the routes serving it on a listener.
+        let served = |l: &ApiListener<'a>| -> BTreeMap<String, BTreeSet<ObjectRef>> {
+            let mut hosts: BTreeMap<String, BTreeSet<ObjectRef>> = BTreeMap::new();
             for route in routes
                 .iter()
                 .filter(|r| matches!(r.kind, RouteKind::Http | RouteKind::Grpc))
             {
                 for parent in route.parent_refs {
                     if let Admission::Hosts(h) = self.admission(route, parent, l) {
-                        hosts.extend(h);
+                        for host in h {
+                            hosts.entry(host).or_default().insert(route.object_ref());
+                        }
                     }
                 }
             }
@@ -530,8 +534,16 @@ impl<'a> Compiler<'a> {
                         any_host(&a.hostname)
                     ),
                     "HTTP" if a.hostname == b.hostname => {
-                        let both: Vec<String> =
-                            served(a).intersection(&served(b)).cloned().collect();
+                        // A host both serve with the same routes (one route attached
+                        // to both Gateways) is served alike whichever listener takes it.
+                        let (mine, theirs) = (served(a), served(b));
+                        let both: Vec<String> = mine
+                            .iter()
+                            .filter(|(host, routes)| {
+                                theirs.get(*host).is_some_and(|other| other != *routes)
+                            })
+                            .map(|(host, _)| host.clone())
+                            .collect();
                         if both.is_empty() {
                             return None;
                         }
