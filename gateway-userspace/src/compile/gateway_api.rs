@@ -299,6 +299,30 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             let resource = gateway.resource.object_ref();
+            // Parsed, not applied: said so rather than silently ignored.
+            let spec = &gateway.resource.spec;
+            let unapplied = [
+                (
+                    spec.tls.as_ref().is_some_and(|t| t.backend.is_some()),
+                    "spec.tls.backend",
+                    "the Gateway's client certificate towards backends is not presented (BackendTLSPolicy is not supported)",
+                ),
+                (
+                    !spec.addresses.is_empty(),
+                    "spec.addresses",
+                    "requested addresses are not applied: every Gateway is served on this node's addresses",
+                ),
+            ];
+            for (present, field, message) in unapplied {
+                if present {
+                    self.diagnostics.push(
+                        Diagnostic::warning(message)
+                            .at(gateway.location.clone())
+                            .object(&resource)
+                            .field(field),
+                    );
+                }
+            }
             let mut names = BTreeSet::new();
             for (index, listener) in gateway.resource.spec.listeners.iter().enumerate() {
                 let field = format!("spec.listeners[{index}]");

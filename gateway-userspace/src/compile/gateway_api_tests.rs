@@ -962,3 +962,32 @@ spec:
     let ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
     assert_eq!(ports, [80, 9000]);
 }
+
+/// Gateway fields parsed but not applied are named by a warning.
+#[test]
+fn unapplied_gateway_fields_are_reported() {
+    let gateway = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: istio
+  addresses: [{type: IPAddress, value: 10.9.9.9}]
+  tls:
+    backend: {clientCertificateRef: {name: client}}
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+"#;
+    let (_, diagnostics) = compile_yaml(&with(&[BACKENDS, gateway]));
+    let text = diagnostics.to_string();
+    assert!(
+        text.contains(
+            "spec.tls.backend: the Gateway's client certificate towards backends is not presented"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.addresses: requested addresses are not applied"),
+        "{text}"
+    );
+}

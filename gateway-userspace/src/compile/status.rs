@@ -31,6 +31,9 @@ pub mod reason {
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
+    pub const INVALID_CA_CERTIFICATE_KIND: &str = "InvalidCACertificateKind";
+    pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
     pub const NO_CONFLICTS: &str = "NoConflicts";
