@@ -1066,6 +1066,7 @@ impl<'a> Compiler<'a> {
                 status: INVALID_RULE_STATUS,
                 body: None,
                 headers: HeaderPolicy::default(),
+                cors: None,
             }))
         };
         let mut forward = Forward::default();
@@ -1608,6 +1609,7 @@ fn compile_filter(filter: &HttpRouteFilter) -> Result<Filter, String> {
                 path: r.path.as_ref().map(path_modifier).transpose()?,
                 status,
                 headers: HeaderPolicy::default(),
+                cors: None,
             }))
         }
         FilterType::UrlRewrite => {
