@@ -635,7 +635,13 @@ spec:
     };
     // (Gateway, its listener hostname, its routes (name, hostname, backend), the SNI
     // names that must be refused).
-    let cases: [(&str, Option<&str>, Vec<(&str, &str, &str)>, &str); 4] = [
+    type Case<'c> = (
+        &'c str,
+        Option<&'c str>,
+        Vec<(&'c str, &'c str, &'c str)>,
+        &'c str,
+    );
+    let cases: [Case; 4] = [
         (
             "gw-tlsroute-exact-hostname-x-1",
             Some("abc.example.com"),
