@@ -16,8 +16,8 @@ use serde::{Deserialize, de::DeserializeOwned};
 pub use diagnostics::{Diagnostic, Diagnostics, Location, Severity};
 pub use object_ref::{Kind, ObjectRef};
 use resources::{
-    DestinationRule, EndpointSlice, Endpoints, Gateway, Namespace, ObjectMeta, Secret, Service,
-    ServiceEntry, VirtualService,
+    ConfigMap, DestinationRule, EndpointSlice, Endpoints, Gateway, Namespace, ObjectMeta, Secret,
+    Service, ServiceEntry, VirtualService,
     gateway_api::{
         ApiGateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute,
     },
@@ -79,6 +79,7 @@ pub enum Object {
     TcpRoute(Sourced<TcpRoute>),
     ReferenceGrant(Sourced<ReferenceGrant>),
     Secret(Sourced<Secret>),
+    ConfigMap(Sourced<ConfigMap>),
     Namespace(Sourced<Namespace>),
     AuthorizationPolicy(Sourced<AuthorizationPolicy>),
 }
@@ -101,6 +102,7 @@ macro_rules! for_each_kind {
         $m!(TcpRoute, tcp_routes);
         $m!(ReferenceGrant, reference_grants);
         $m!(Secret, secrets);
+        $m!(ConfigMap, config_maps);
         $m!(Namespace, namespaces);
         $m!(AuthorizationPolicy, authorization_policies);
     };
@@ -126,6 +128,7 @@ impl Object {
             tcp_routes: _,
             reference_grants: _,
             secrets: _,
+            config_maps: _,
             namespaces: _,
             authorization_policies: _,
             skipped: _,
@@ -182,6 +185,8 @@ pub struct Resources {
     pub tcp_routes: Vec<Sourced<TcpRoute>>,
     pub reference_grants: Vec<Sourced<ReferenceGrant>>,
     pub secrets: Vec<Sourced<Secret>>,
+    /// CA bundles for Gateway API frontend client-certificate validation.
+    pub config_maps: Vec<Sourced<ConfigMap>>,
     pub namespaces: Vec<Sourced<Namespace>>,
     /// `security.istio.io` AuthorizationPolicies (compiled by `compile::authz`).
     pub authorization_policies: Vec<Sourced<AuthorizationPolicy>>,
@@ -212,6 +217,7 @@ impl Resources {
             tcp_routes,
             reference_grants,
             secrets,
+            config_maps,
             namespaces,
             authorization_policies,
             skipped,
@@ -232,6 +238,7 @@ impl Resources {
         self.tcp_routes.extend(tcp_routes);
         self.reference_grants.extend(reference_grants);
         self.secrets.extend(secrets);
+        self.config_maps.extend(config_maps);
         self.namespaces.extend(namespaces);
         self.authorization_policies.extend(authorization_policies);
         for (kind, count) in skipped {
@@ -265,6 +272,7 @@ impl Resources {
             tcp_routes,
             reference_grants,
             secrets,
+            config_maps,
             namespaces,
             authorization_policies,
             skipped,
@@ -282,6 +290,7 @@ impl Resources {
             && tcp_routes.is_empty()
             && reference_grants.is_empty()
             && secrets.is_empty()
+            && config_maps.is_empty()
             && namespaces.is_empty()
             && authorization_policies.is_empty()
             && skipped.is_empty()
@@ -657,6 +666,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         ("discovery.k8s.io", "EndpointSlice") => parsed!(endpoint_slices),
         ("", "Namespace") => parsed!(namespaces),
         ("", "Endpoints") => parsed!(endpoints),
+        ("", "ConfigMap") => parsed!(config_maps),
         (ISTIO_NETWORKING, "DestinationRule") => parsed!(destination_rules),
         (ISTIO_NETWORKING, "ServiceEntry") => parsed!(service_entries),
         (GATEWAY_API, "GatewayClass") => parsed!(gateway_classes),
@@ -722,7 +732,7 @@ mod tests {
     fn a_bad_field_names_file_line_resource_and_path() {
         let text = "\
 apiVersion: v1
-kind: ConfigMap
+kind: Pod
 metadata: {name: unrelated}
 ---
 apiVersion: networking.istio.io/v1alpha3
@@ -738,7 +748,7 @@ spec:
 ";
         let (resources, diagnostics) = load_text(text);
         assert!(resources.gateways.is_empty());
-        assert_eq!(resources.skipped.get("v1 ConfigMap"), Some(&1));
+        assert_eq!(resources.skipped.get("v1 Pod"), Some(&1));
         let errors: Vec<_> = diagnostics.errors().collect();
         assert_eq!(errors.len(), 1, "{diagnostics}");
         let e = errors[0];

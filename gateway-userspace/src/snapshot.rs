@@ -291,14 +291,30 @@ pub struct Redirect {
     pub status: u16,
     #[serde(skip_serializing_if = "HeaderPolicy::is_empty")]
     pub headers: HeaderPolicy,
+    /// The route's CORS policy: Envoy's CORS filter runs before the router, so it answers
+    /// preflights and adds its headers to the redirect too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Box<LocalCors>>,
+}
+
+/// A CORS policy on a route the gateway answers itself (redirect, direct response).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalCors {
+    pub policy: CorsPolicy,
+    /// Istio's `unmatchedPreflights: IGNORE` (see [`Forward`]).
+    pub answers_unmatched_preflights: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RedirectPort {
-    /// Keep the port of the request's Host (Istio's default; dropped when the scheme
-    /// changes, as Envoy does).
+    /// Keep the port of the request's Host (Istio's default). When the scheme changes it
+    /// is dropped only if it is the old scheme's default port, as Envoy's redirect does.
     FromRequest,
+    /// Keep the request's Host verbatim, port and all: Istio's `tls.httpsRedirect`, which
+    /// Envoy serves with the virtual host's `require_tls` (`https://` + Host + path).
+    KeepAuthority,
     /// No port in the Location: the scheme's default (Istio `derivePort:
     /// FROM_PROTOCOL_DEFAULT`).
     ProtocolDefault,
@@ -312,6 +328,9 @@ pub struct DirectResponse {
     pub body: Option<String>,
     #[serde(skip_serializing_if = "HeaderPolicy::is_empty")]
     pub headers: HeaderPolicy,
+    /// The route's CORS policy (see [`Redirect::cors`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Box<LocalCors>>,
 }
 
 /// Istio's retry policy. Without `retries` in a VirtualService Istio (≥ 1.24) still

@@ -5,6 +5,7 @@
 //! openssl. Status expectations are read from `gatewayd validate`, which prints the
 //! report the status writer would write.
 
+mod gateway;
 mod http_route;
 mod l4_route;
 

@@ -220,7 +220,7 @@ fn redirects_direct_responses_and_cors() -> anyhow::Result<()> {
         &["-H", "Host: h.example:8080", &format!("{base}/secure")],
     )?;
     assert_eq!(secure.status, 301);
-    // The scheme changes, so the request's port is dropped (as Envoy does).
+    // A new authority (Envoy's host_redirect) takes no port from the request.
     assert_eq!(
         header(&secure.head, "location"),
         Some("https://secure.example/secure")
@@ -733,9 +733,10 @@ fn https_redirect_on_a_server_answers_301() -> anyhow::Result<()> {
         ],
     )?;
     assert_eq!(response.status, 301, "{response:?}\n{}", gateway.stderr());
+    // Envoy's `require_tls` (Istio's httpsRedirect) keeps the Host as sent, port and all.
     assert_eq!(
         header(&response.head, "location"),
-        Some("https://h.example/path?q=1")
+        Some("https://h.example:8080/path?q=1")
     );
     assert!(seen(&upstream)?.is_empty());
     Ok(())

@@ -692,3 +692,227 @@ fn host_header_set_rewrites_the_authority_for_http1_and_http2() -> anyhow::Resul
     assert_eq!(host_of("/both").as_deref(), Some("rewrite.internal"));
     Ok(())
 }
+
+/// Several Istio Gateways with servers on the same port and different hosts all serve,
+/// as Istio merges servers by port: plain HTTP by Host, HTTPS by SNI with each
+/// Gateway's own certificate; a VirtualService serves only through the Gateway it
+/// names.
+#[test]
+fn several_gateways_on_one_port_all_serve() -> anyhow::Result<()> {
+    use crate::tls::{Key, Pki, https, served_subject, tls_secret};
+    let pki_dir = TempDir::new("istio-two-gateways-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (b_crt, b_key) = pki.issue(
+        "b",
+        "b.example.com",
+        "DNS:b.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (c_crt, c_key) = pki.issue(
+        "c",
+        "c.example.com",
+        "DNS:c.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let servers = "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"a.example.com\"]\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [\"b.example.com\"]\n    tls: {mode: SIMPLE, credentialName: b-cred}\n";
+    let bound = |name: &str, gateway: &str| {
+        virtual_service(
+            name,
+            "apps",
+            "",
+            &format!(
+                "  hosts: [{name}.example.com]\n  gateways: [\"{gateway}\"]\n  http: [{{{}}}]\n",
+                answer(name)
+            ),
+        )
+    };
+    let extra = [
+        "---\n".to_owned(),
+        tls_secret("b-cred", "istio-system", &b_crt, &b_key, None),
+        tls_secret("c-cred", "istio-system", &c_crt, &c_key, None),
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: other, namespace: apps}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["d.example.com"]
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["c.example.com"]
+    tls: {mode: SIMPLE, credentialName: c-cred}
+"#
+        .to_owned(),
+        bound("a", "istio-system/gw"),
+        bound("b", "istio-system/gw"),
+        bound("c", "apps/other"),
+        bound("d", "apps/other"),
+        // Bound to `gw`, whose servers do not have this host: not served.
+        bound("e", "istio-system/gw"),
+    ]
+    .concat();
+    let setup = start("istio-two-gateways", servers, &extra)?;
+    assert_eq!(setup.body("a.example.com", "/", &[])?, "a");
+    assert_eq!(setup.body("d.example.com", "/", &[])?, "d");
+    assert_eq!(setup.get("e.example.com", "/", &[])?.status, 404);
+    let ca = pki.path("test-ca.crt");
+    for name in ["b", "c"] {
+        let host = format!("{name}.example.com");
+        assert_eq!(
+            served_subject(setup.tls_port, Some(&host))?.as_deref(),
+            Some(format!("CN={host}").as_str())
+        );
+        let answer = https(&host, setup.tls_port, &ca, "/", &[])?;
+        assert_eq!(answer.status, 200, "{host}: {answer:?}");
+        assert_eq!(answer.body, name, "{host}");
+    }
+    Ok(())
+}
+
+/// Redirect ports as Envoy writes them: `tls.httpsRedirect` is the virtual host's
+/// `require_tls`, whose Location is `https://` + the request's Host as sent (a port
+/// included); a VirtualService redirect changing the scheme keeps a non-default request
+/// port and drops the old scheme's default one; a new `authority` takes no port from the
+/// request; `port` and `derivePort: FROM_PROTOCOL_DEFAULT` decide it outright.
+#[test]
+fn redirect_ports_as_envoy_writes_them() -> anyhow::Result<()> {
+    let servers = r#"  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["secure.example.com"]
+    tls: {httpsRedirect: true}
+  - port: {number: 80, name: http-plain, protocol: HTTP}
+    hosts: ["*.redirect.example.com"]
+"#;
+    let spec = r#"  hosts: ["*.redirect.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{uri: {prefix: /scheme}}]
+    redirect: {scheme: https}
+  - match: [{uri: {prefix: /default}}]
+    redirect: {scheme: https, derivePort: FROM_PROTOCOL_DEFAULT}
+  - match: [{uri: {prefix: /fixed}}]
+    redirect: {port: 9443, scheme: https}
+  - match: [{uri: {prefix: /elsewhere}}]
+    redirect: {authority: other.example.com}
+  - match: [{uri: {prefix: /same}}]
+    redirect: {uri: /moved}
+"#;
+    let setup = start(
+        "istio-redirect-ports",
+        servers,
+        &virtual_service("r", "default", "", spec),
+    )?;
+    let location = |host: &str, path: &str| -> anyhow::Result<String> {
+        let answer = setup.get(host, path, &[])?;
+        anyhow::ensure!(answer.status == 301, "{host}{path}: {answer:?}");
+        Ok(answer.header("location").unwrap_or_default().to_owned())
+    };
+    let cases = [
+        (
+            "secure.example.com",
+            "/x?y=1",
+            "https://secure.example.com/x?y=1",
+        ),
+        (
+            "secure.example.com:8080",
+            "/x",
+            "https://secure.example.com:8080/x",
+        ),
+        (
+            "a.redirect.example.com:8080",
+            "/scheme",
+            "https://a.redirect.example.com:8080/scheme",
+        ),
+        (
+            "a.redirect.example.com:80",
+            "/scheme",
+            "https://a.redirect.example.com/scheme",
+        ),
+        (
+            "a.redirect.example.com:8080",
+            "/default",
+            "https://a.redirect.example.com/default",
+        ),
+        (
+            "a.redirect.example.com:8080",
+            "/fixed",
+            "https://a.redirect.example.com:9443/fixed",
+        ),
+        (
+            "a.redirect.example.com:8080",
+            "/elsewhere",
+            "http://other.example.com/elsewhere",
+        ),
+        (
+            "a.redirect.example.com:8080",
+            "/same",
+            "http://a.redirect.example.com:8080/moved",
+        ),
+    ];
+    for (host, path, want) in cases {
+        assert_eq!(location(host, path)?, want, "{host}{path}");
+    }
+    Ok(())
+}
+
+/// A VirtualService `corsPolicy` on a redirect or a direct response applies as Envoy's
+/// CORS filter, which runs before the router: an allowed preflight is answered by the
+/// filter (not redirected), and the redirect or direct response to an allowed origin
+/// carries `access-control-allow-origin`; another origin gets neither.
+#[test]
+fn cors_applies_to_redirect_and_direct_response_routes() -> anyhow::Result<()> {
+    let spec = r#"  hosts: [cors-local.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{uri: {prefix: /moved}}]
+    corsPolicy: {allowOrigins: [{exact: "https://app.example"}], allowMethods: [GET, PUT]}
+    redirect: {uri: /new}
+  - match: [{uri: {prefix: /direct}}]
+    corsPolicy: {allowOrigins: [{exact: "https://app.example"}], exposeHeaders: [x-trace]}
+    directResponse: {status: 200, body: {string: direct}}
+"#;
+    let setup = start(
+        "istio-cors-local",
+        HTTP_SERVER,
+        &virtual_service("vs", "default", "", spec),
+    )?;
+    let request = |path: &str, origin: &str, preflight: bool| {
+        let origin = format!("Origin: {origin}");
+        let mut extra = vec!["-H", origin.as_str()];
+        if preflight {
+            extra.extend(["-X", "OPTIONS", "-H", "Access-Control-Request-Method: PUT"]);
+        }
+        setup.get("cors-local.example.com", path, &extra)
+    };
+    for path in ["/moved", "/direct"] {
+        let answer = request(path, "https://app.example", true)?;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        assert_eq!(
+            answer.header("access-control-allow-origin"),
+            Some("https://app.example"),
+            "{path}: {answer:?}"
+        );
+        assert_eq!(answer.header("location"), None, "{path}");
+        let other = request(path, "https://evil.example", false)?;
+        assert_eq!(other.header("access-control-allow-origin"), None, "{path}");
+    }
+    let moved = request("/moved", "https://app.example", false)?;
+    assert_eq!(moved.status, 301, "{moved:?}");
+    assert_eq!(
+        moved.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let direct = request("/direct", "https://app.example", false)?;
+    assert_eq!(direct.status, 200, "{direct:?}");
+    assert_eq!(direct.body, "direct");
+    assert_eq!(
+        direct.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        direct.header("access-control-expose-headers"),
+        Some("x-trace")
+    );
+    Ok(())
+}

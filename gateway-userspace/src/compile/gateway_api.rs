@@ -104,6 +104,16 @@ struct AnyRoute<'a> {
     hostnames: &'a [String],
 }
 
+/// What a listener makes of a route's parentRef.
+enum Admission {
+    /// The parentRef names another Gateway, listener or port.
+    Elsewhere,
+    /// `allowedRoutes` refuses the route's namespace or kind.
+    NotAllowed,
+    /// Attached for these hosts (none: no hostname in common).
+    Hosts(Vec<String>),
+}
+
 /// One of our listeners on a port, with the TLSRoutes (and the SNI hosts each serves
 /// there) and the TCPRoute that attached to it, for compile/tls.rs.
 pub(super) struct PortListener<'a> {
@@ -289,6 +299,30 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             let resource = gateway.resource.object_ref();
+            // Parsed, not applied: said so rather than silently ignored.
+            let spec = &gateway.resource.spec;
+            let unapplied = [
+                (
+                    spec.tls.as_ref().is_some_and(|t| t.backend.is_some()),
+                    "spec.tls.backend",
+                    "the Gateway's client certificate towards backends is not presented (BackendTLSPolicy is not supported)",
+                ),
+                (
+                    !spec.addresses.is_empty(),
+                    "spec.addresses",
+                    "requested addresses are not applied: every Gateway is served on this node's addresses",
+                ),
+            ];
+            for (present, field, message) in unapplied {
+                if present {
+                    self.diagnostics.push(
+                        Diagnostic::warning(message)
+                            .at(gateway.location.clone())
+                            .object(&resource)
+                            .field(field),
+                    );
+                }
+            }
             let mut names = BTreeSet::new();
             for (index, listener) in gateway.resource.spec.listeners.iter().enumerate() {
                 let field = format!("spec.listeners[{index}]");
@@ -386,45 +420,15 @@ impl<'a> Compiler<'a> {
                 ));
             }
         }
-        // Distinct listeners on one port differ in hostname, and speak one protocol (HTTPS
-        // and TLS share a port: SNI tells them apart).
-        let mut conflicted = BTreeMap::new();
-        for (i, (a, _, _)) in found.iter().enumerate() {
-            for (j, (b, _, _)) in found.iter().enumerate().skip(i + 1) {
-                if a.port != b.port {
-                    continue;
-                }
-                let protocols_agree = a.protocol.eq_ignore_ascii_case(b.protocol)
-                    || [a.protocol, b.protocol]
-                        .iter()
-                        .all(|p| p.eq_ignore_ascii_case("HTTPS") || p.eq_ignore_ascii_case("TLS"));
-                if !protocols_agree {
-                    conflicted.insert(i, reason::PROTOCOL_CONFLICT);
-                    conflicted.insert(j, reason::PROTOCOL_CONFLICT);
-                } else if a.hostname == b.hostname {
-                    conflicted.entry(i).or_insert(reason::HOSTNAME_CONFLICT);
-                    conflicted.entry(j).or_insert(reason::HOSTNAME_CONFLICT);
-                }
-            }
-        }
+        let conflicted = self.conflicts(&found.iter().map(|(l, _, _)| l).collect::<Vec<_>>());
         let mut listeners = Vec::new();
         for (index, (listener, location, place)) in found.into_iter().enumerate() {
-            if let Some(&why) = conflicted.get(&index) {
-                let message = if why == reason::PROTOCOL_CONFLICT {
-                    format!(
-                        "another listener on port {} has a different protocol; conflicted listeners are not served ({why})",
-                        listener.port
-                    )
-                } else {
-                    format!(
-                        "another listener has the same port {} and hostname {}; conflicted listeners are not served ({why})",
-                        listener.port,
-                        listener.hostname.as_deref().unwrap_or("(any)")
-                    )
-                };
-                self.status
-                    .listener(&listener.gateway.resource.object_ref(), listener.name)
-                    .conflicted = Some((why, message.clone()));
+            if let Some((why, message)) = conflicted.get(&index) {
+                let findings = self
+                    .status
+                    .listener(&listener.gateway.resource.object_ref(), listener.name);
+                findings.conflicted = Some((why, message.clone()));
+                findings.not_accepted = Some((why, message.clone()));
                 self.diagnostics
                     .push(Diagnostic::warning(format!("{place}: {message}")).at(location));
                 continue;
@@ -432,6 +436,165 @@ impl<'a> Compiler<'a> {
             listeners.push(listener);
         }
         listeners
+    }
+
+    /// The listeners (by index) that cannot be served with the others, with the reason.
+    ///
+    /// Within one Gateway, the spec's distinctness: listeners on one port speak one
+    /// protocol (HTTPS and TLS share a port: SNI tells them apart) and differ in hostname;
+    /// every indistinct one is conflicted, none wins.
+    ///
+    /// Across Gateways, which this node-local data plane merges onto one address, the
+    /// listeners are taken oldest Gateway first (creationTimestamp, then namespace/name, as
+    /// the spec orders merged ListenerSets) and a younger Gateway's listener is conflicted
+    /// where it cannot be told apart from an older one's: another protocol on the port
+    /// (ProtocolConflict), a second TCP listener, or an HTTPS/TLS listener with the same
+    /// hostname (SNI picks one; HostnameConflict). HTTP listeners with the same hostname
+    /// merge as long as their routes' hostnames tell them apart (a host both serve with
+    /// the same routes, one route attached to both, is fine); where other routes of both
+    /// serve a hostname, the younger is conflicted (HostnameConflict). So a new Gateway never takes
+    /// traffic from an existing one.
+    fn conflicts(&self, found: &[&ApiListener<'a>]) -> BTreeMap<usize, Finding> {
+        let family = |protocol: &str| {
+            if protocol.eq_ignore_ascii_case("HTTPS") || protocol.eq_ignore_ascii_case("TLS") {
+                "TLS"
+            } else if protocol.eq_ignore_ascii_case("TCP") {
+                "TCP"
+            } else {
+                "HTTP"
+            }
+        };
+        let any_host = |h: &Option<String>| h.clone().unwrap_or_else(|| "(any)".to_owned());
+        let mut conflicted: BTreeMap<usize, Finding> = BTreeMap::new();
+        for (i, a) in found.iter().enumerate() {
+            for (j, b) in found.iter().enumerate().skip(i + 1) {
+                if a.port != b.port || !std::ptr::eq(a.gateway, b.gateway) {
+                    continue;
+                }
+                let protocols_agree = a.protocol.eq_ignore_ascii_case(b.protocol)
+                    || (family(a.protocol) == "TLS" && family(b.protocol) == "TLS");
+                if !protocols_agree {
+                    for k in [i, j] {
+                        conflicted.insert(
+                            k,
+                            (
+                                reason::PROTOCOL_CONFLICT,
+                                format!(
+                                    "another listener on port {} has a different protocol; conflicted listeners are not served ({})",
+                                    a.port,
+                                    reason::PROTOCOL_CONFLICT
+                                ),
+                            ),
+                        );
+                    }
+                } else if a.hostname == b.hostname {
+                    for k in [i, j] {
+                        conflicted.entry(k).or_insert_with(|| {
+                            (
+                                reason::HOSTNAME_CONFLICT,
+                                format!(
+                                    "another listener has the same port {} and hostname {}; conflicted listeners are not served ({})",
+                                    a.port,
+                                    any_host(&a.hostname),
+                                    reason::HOSTNAME_CONFLICT
+                                ),
+                            )
+                        });
+                    }
+                }
+            }
+        }
+        let routes = self.all_routes();
+        // host → the routes serving it on a listener.
+        let served = |l: &ApiListener<'a>| -> BTreeMap<String, BTreeSet<ObjectRef>> {
+            let mut hosts: BTreeMap<String, BTreeSet<ObjectRef>> = BTreeMap::new();
+            for route in routes
+                .iter()
+                .filter(|r| matches!(r.kind, RouteKind::Http | RouteKind::Grpc))
+            {
+                for parent in route.parent_refs {
+                    if let Admission::Hosts(h) = self.admission(route, parent, l) {
+                        for host in h {
+                            hosts.entry(host).or_default().insert(route.object_ref());
+                        }
+                    }
+                }
+            }
+            hosts
+        };
+        let mut order: Vec<usize> = (0..found.len())
+            .filter(|i| !conflicted.contains_key(i))
+            .collect();
+        order.sort_by_key(|&i| age(&found[i].gateway.resource.metadata));
+        let mut kept: Vec<usize> = Vec::new();
+        for i in order {
+            let a = found[i];
+            let clash = kept.iter().map(|&k| found[k]).find_map(|b| {
+                if a.port != b.port || std::ptr::eq(a.gateway, b.gateway) {
+                    return None;
+                }
+                let older = format!(
+                    "Gateway {}/{} listener {}",
+                    b.gateway.resource.metadata.namespace(),
+                    b.gateway.resource.metadata.name,
+                    b.name
+                );
+                let (fa, fb) = (family(a.protocol), family(b.protocol));
+                if fa != fb {
+                    return Some((
+                        reason::PROTOCOL_CONFLICT,
+                        format!(
+                            "port {} is already {} on the older {older}; one port speaks one protocol, so this listener is not served ({})",
+                            a.port,
+                            b.protocol,
+                            reason::PROTOCOL_CONFLICT
+                        ),
+                    ));
+                }
+                let why = match fa {
+                    "TCP" => "a TCP listener has no hostname to tell them apart".to_owned(),
+                    "TLS" if a.hostname == b.hostname => format!(
+                        "it has the same hostname {}, and SNI picks one",
+                        any_host(&a.hostname)
+                    ),
+                    "HTTP" if a.hostname == b.hostname => {
+                        // A host both serve with the same routes (one route attached
+                        // to both Gateways) is served alike whichever listener takes it.
+                        let (mine, theirs) = (served(a), served(b));
+                        let both: Vec<String> = mine
+                            .iter()
+                            .filter(|(host, routes)| {
+                                theirs.get(*host).is_some_and(|other| other != *routes)
+                            })
+                            .map(|(host, _)| host.clone())
+                            .collect();
+                        if both.is_empty() {
+                            return None;
+                        }
+                        format!(
+                            "the routes of both serve {} on it",
+                            both.join(", ")
+                        )
+                    }
+                    _ => return None,
+                };
+                Some((
+                    reason::HOSTNAME_CONFLICT,
+                    format!(
+                        "port {} is already served by the older {older}: {why}; this listener is not served ({})",
+                        a.port,
+                        reason::HOSTNAME_CONFLICT
+                    ),
+                ))
+            });
+            match clash {
+                Some(finding) => {
+                    conflicted.insert(i, finding);
+                }
+                None => kept.push(i),
+            }
+        }
+        conflicted
     }
 
     /// TLSRoutes (with the SNI hosts each gets) and the TCPRoute attached to each
@@ -500,10 +663,9 @@ impl<'a> Compiler<'a> {
         (tls, tcp)
     }
 
-    /// Warnings for parentRefs naming a Gateway that does not exist.
-    fn check_route_parents(&mut self, _listeners: &[ApiListener<'a>]) {
-        let routes: Vec<AnyRoute<'a>> = self
-            .resources
+    /// Every route of every kind, for attachment.
+    fn all_routes(&self) -> Vec<AnyRoute<'a>> {
+        self.resources
             .http_routes
             .iter()
             .map(|r| AnyRoute {
@@ -534,7 +696,12 @@ impl<'a> Compiler<'a> {
                 parent_refs: &r.resource.spec.parent_refs,
                 hostnames: &[],
             }))
-            .collect();
+            .collect()
+    }
+
+    /// Warnings for parentRefs naming a Gateway that does not exist.
+    fn check_route_parents(&mut self, _listeners: &[ApiListener<'a>]) {
+        let routes = self.all_routes();
         for route in routes {
             for (index, parent) in route.parent_refs.iter().enumerate() {
                 if !is_gateway_ref(parent) {
@@ -609,55 +776,26 @@ impl<'a> Compiler<'a> {
             );
             let before = attached.len();
             for (l_index, listener) in listeners.iter().enumerate() {
-                let gateway = &listener.gateway.resource.metadata;
-                if gateway.name != parent.name || gateway.namespace() != gw_ns {
-                    continue;
-                }
-                if parent
-                    .section_name
-                    .as_deref()
-                    .is_some_and(|s| s != listener.name)
-                    || parent.port.is_some_and(|p| p != u32::from(listener.port))
-                {
-                    continue;
-                }
-                let namespace_ok = match listener.from {
-                    FromNamespaces::All => true,
-                    FromNamespaces::Selector if !self.resources.namespaces.is_empty() => {
-                        self.namespace_selected(route_ns, listener.selector)
-                    }
-                    FromNamespaces::Same | FromNamespaces::Selector => {
-                        route_ns == gateway.namespace()
-                    }
-                    FromNamespaces::None => false,
-                };
-                // An HTTPRoute never attaches to a TLS or TCP listener, whatever its kinds say.
-                let kind_ok = super::status::kinds_for(listener.protocol)
-                    .contains(&route.kind.name())
-                    && (listener.kinds.is_empty()
-                        || listener.kinds.iter().any(|k| k == route.kind.name()));
-                if !namespace_ok || !kind_ok {
-                    why = (
-                        reason::NOT_ALLOWED_BY_LISTENERS,
-                        "the listeners' allowedRoutes do not admit it (NotAllowedByListeners)",
-                    );
-                    continue;
-                }
-                // TCP carries no hostname: a TCPRoute takes the whole listener.
-                let hosts = if route.kind == RouteKind::Tcp {
-                    vec!["*".to_owned()]
-                } else {
-                    listener_hosts(listener.hostname.as_deref(), route.hostnames)
-                };
-                if hosts.is_empty() {
-                    if why.0 != reason::NOT_ALLOWED_BY_LISTENERS {
+                let hosts = match self.admission(route, parent, listener) {
+                    Admission::Elsewhere => continue,
+                    Admission::NotAllowed => {
                         why = (
-                            reason::NO_MATCHING_LISTENER_HOSTNAME,
-                            "none of its hostnames intersects the listeners' hostnames (NoMatchingListenerHostname)",
+                            reason::NOT_ALLOWED_BY_LISTENERS,
+                            "the listeners' allowedRoutes do not admit it (NotAllowedByListeners)",
                         );
+                        continue;
                     }
-                    continue;
-                }
+                    Admission::Hosts(hosts) if hosts.is_empty() => {
+                        if why.0 != reason::NOT_ALLOWED_BY_LISTENERS {
+                            why = (
+                                reason::NO_MATCHING_LISTENER_HOSTNAME,
+                                "none of its hostnames intersects the listeners' hostnames (NoMatchingListenerHostname)",
+                            );
+                        }
+                        continue;
+                    }
+                    Admission::Hosts(hosts) => hosts,
+                };
                 self.status
                     .listener(&listener.gateway.resource.object_ref(), listener.name)
                     .attached
@@ -686,6 +824,50 @@ impl<'a> Compiler<'a> {
             }
         }
         attached
+    }
+
+    /// Whether `listener` takes `route` through `parent`, and for which hosts (none: no
+    /// hostname in common). Pure: the status report is the caller's.
+    fn admission(
+        &self,
+        route: &AnyRoute<'_>,
+        parent: &ParentReference,
+        listener: &ApiListener<'a>,
+    ) -> Admission {
+        let route_ns = route.meta.namespace();
+        let gw_ns = parent.namespace.as_deref().unwrap_or(route_ns);
+        let gateway = &listener.gateway.resource.metadata;
+        if !is_gateway_ref(parent)
+            || gateway.name != parent.name
+            || gateway.namespace() != gw_ns
+            || parent
+                .section_name
+                .as_deref()
+                .is_some_and(|s| s != listener.name)
+            || parent.port.is_some_and(|p| p != u32::from(listener.port))
+        {
+            return Admission::Elsewhere;
+        }
+        let namespace_ok = match listener.from {
+            FromNamespaces::All => true,
+            FromNamespaces::Selector if !self.resources.namespaces.is_empty() => {
+                self.namespace_selected(route_ns, listener.selector)
+            }
+            FromNamespaces::Same | FromNamespaces::Selector => route_ns == gateway.namespace(),
+            FromNamespaces::None => false,
+        };
+        // An HTTPRoute never attaches to a TLS or TCP listener, whatever its kinds say.
+        let kind_ok = super::status::kinds_for(listener.protocol).contains(&route.kind.name())
+            && (listener.kinds.is_empty() || listener.kinds.iter().any(|k| k == route.kind.name()));
+        if !namespace_ok || !kind_ok {
+            return Admission::NotAllowed;
+        }
+        // TCP carries no hostname: a TCPRoute takes the whole listener.
+        Admission::Hosts(if route.kind == RouteKind::Tcp {
+            vec!["*".to_owned()]
+        } else {
+            listener_hosts(listener.hostname.as_deref(), route.hostnames)
+        })
     }
 
     fn http_route_entries(
@@ -884,6 +1066,7 @@ impl<'a> Compiler<'a> {
                 status: INVALID_RULE_STATUS,
                 body: None,
                 headers: HeaderPolicy::default(),
+                cors: None,
             }))
         };
         let mut forward = Forward::default();
@@ -1426,6 +1609,7 @@ fn compile_filter(filter: &HttpRouteFilter) -> Result<Filter, String> {
                 path: r.path.as_ref().map(path_modifier).transpose()?,
                 status,
                 headers: HeaderPolicy::default(),
+                cors: None,
             }))
         }
         FilterType::UrlRewrite => {

@@ -880,3 +880,114 @@ spec:
     assert!(forward.retry.retry_on.status_codes.contains(&502));
     assert!(forward.retry.retry_on.connect_failure);
 }
+
+/// Several Gateways of our class on one port: HTTP listeners merge while their routes'
+/// hostnames tell them apart; where they cannot be told apart, the younger Gateway's
+/// listener is conflicted and the older keeps serving.
+#[test]
+fn several_gateways_on_one_port_merge_or_conflict_youngest_first() {
+    let gateways = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: old, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: tcp, port: 9000, protocol: TCP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: young, creationTimestamp: "2025-01-01T00:00:00Z"}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: tcp, port: 9000, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: newest, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: old-route}
+spec:
+  parentRefs: [{name: old}]
+  hostnames: [a.example]
+  rules: [{backendRefs: [{name: a, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: young-route}
+spec:
+  parentRefs: [{name: young, sectionName: http}]
+  hostnames: [b.example]
+  rules: [{backendRefs: [{name: b, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: newest-route}
+spec:
+  parentRefs: [{name: newest}]
+  hostnames: [a.example]
+  rules: [{backendRefs: [{name: b, port: 80}]}]
+"#;
+    let (snapshot, diagnostics) = compile_yaml(&with(&[BACKENDS, gateways]));
+    let text = diagnostics.to_string();
+    assert_eq!(
+        outcome(&snapshot, 80, "a.example", "/", &[]),
+        "10.0.0.1:8080"
+    );
+    assert_eq!(
+        outcome(&snapshot, 80, "b.example", "/", &[]),
+        "10.0.0.2:8080"
+    );
+    assert!(
+        text.contains("Gateway default/newest: spec.listeners[0]: port 80 is already served by the older Gateway default/old listener http: the routes of both serve a.example on it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Gateway default/young: spec.listeners[1]: port 9000 is already TCP on the older Gateway default/old listener tcp"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Gateway default/young: spec.listeners[0]"),
+        "{text}"
+    );
+    let ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
+    assert_eq!(ports, [80, 9000]);
+}
+
+/// Gateway fields parsed but not applied are named by a warning.
+#[test]
+fn unapplied_gateway_fields_are_reported() {
+    let gateway = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: istio
+  addresses: [{type: IPAddress, value: 10.9.9.9}]
+  tls:
+    backend: {clientCertificateRef: {name: client}}
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+"#;
+    let (_, diagnostics) = compile_yaml(&with(&[BACKENDS, gateway]));
+    let text = diagnostics.to_string();
+    assert!(
+        text.contains(
+            "spec.tls.backend: the Gateway's client certificate towards backends is not presented"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.addresses: requested addresses are not applied"),
+        "{text}"
+    );
+}

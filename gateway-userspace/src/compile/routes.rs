@@ -22,8 +22,8 @@ use crate::{
     route_table::{Route, StringMatcher},
     snapshot::{
         CorsPolicy, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
-        HeaderPolicy, Mirror, PathRewrite, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite,
-        RouteAction, WeightedCluster,
+        HeaderPolicy, LocalCors, Mirror, PathRewrite, Redirect, RedirectPort, RetryOn, RetryPolicy,
+        Rewrite, RouteAction, WeightedCluster,
     },
 };
 
@@ -144,10 +144,19 @@ impl Compiler<'_> {
             .as_ref()
             .and_then(|r| r.authority.clone())
             .or(header_authority);
+        // Istio sets a route's CORS policy whatever its action; Envoy's CORS filter runs
+        // before the router, so redirects and direct responses get it too.
+        let local_cors = match &fields.cors_policy {
+            Some(cors) => Some(Box::new(LocalCors {
+                policy: compile_cors(cors)?,
+                answers_unmatched_preflights: unmatched_preflights(cors)?,
+            })),
+            None => None,
+        };
         if let Some(redirect) = fields.redirect {
-            return Ok(RouteAction::Redirect(Box::new(compile_redirect(
-                &redirect, headers,
-            )?)));
+            let mut redirect = compile_redirect(&redirect, headers)?;
+            redirect.cors = local_cors;
+            return Ok(RouteAction::Redirect(Box::new(redirect)));
         }
         if let Some(direct) = fields.direct_response {
             let status = u16::try_from(direct.status)
@@ -163,6 +172,7 @@ impl Compiler<'_> {
                 status,
                 body: direct.body.and_then(|b| b.string),
                 headers,
+                cors: local_cors,
             })));
         }
         if route.route.is_empty() {
@@ -253,23 +263,15 @@ impl Compiler<'_> {
         }
         if let Some(cors) = &fields.cors_policy {
             forward.cors = Some(compile_cors(cors)?);
-            forward.cors_answers_unmatched_preflights = match cors.unmatched_preflights.as_deref() {
-                None | Some("UNSPECIFIED" | "FORWARD") => false,
-                Some("IGNORE") => true,
-                Some(other) => {
-                    return Err((
-                        "corsPolicy.unmatchedPreflights".to_owned(),
-                        format!("{other:?} is not one of UNSPECIFIED, FORWARD, IGNORE"),
-                    ));
-                }
-            };
+            forward.cors_answers_unmatched_preflights = unmatched_preflights(cors)?;
         }
         Ok(RouteAction::Forward(Box::new(forward)))
     }
 }
 
 /// The one route of a host whose server says `tls.httpsRedirect`: 301 to the same URL
-/// over https (on the scheme's default port).
+/// over https with the request's Host kept as it is (port included), as Envoy's
+/// `require_tls` answers (Istio's translation of `httpsRedirect`).
 pub(super) fn https_redirect(host: &str) -> Route<RouteAction> {
     Route {
         name: format!("https-redirect.{host}"),
@@ -277,10 +279,11 @@ pub(super) fn https_redirect(host: &str) -> Route<RouteAction> {
         action: RouteAction::Redirect(Box::new(Redirect {
             scheme: Some("https".to_owned()),
             authority: None,
-            port: RedirectPort::ProtocolDefault,
+            port: RedirectPort::KeepAuthority,
             path: None,
             status: 301,
             headers: HeaderPolicy::default(),
+            cors: None,
         })),
     }
 }
@@ -489,6 +492,12 @@ fn compile_redirect(r: &IstioRedirect, headers: HeaderPolicy) -> Result<Redirect
             ));
         }
     };
+    // Envoy takes the request's port from its Host only when the host is kept: with a
+    // `host_redirect` (Istio `authority`) the Location has no port unless one is set.
+    let port = match port {
+        RedirectPort::FromRequest if r.authority.is_some() => RedirectPort::ProtocolDefault,
+        other => other,
+    };
     Ok(Redirect {
         scheme: r.scheme.clone(),
         authority: r.authority.clone(),
@@ -496,6 +505,7 @@ fn compile_redirect(r: &IstioRedirect, headers: HeaderPolicy) -> Result<Redirect
         path: r.uri.clone().map(PathRewrite::Full),
         status,
         headers,
+        cors: None,
     })
 }
 
@@ -744,6 +754,19 @@ fn compile_fault(f: &IstioFault) -> Result<Fault, FieldError> {
         }
     };
     Ok(Fault { delay, abort })
+}
+
+/// `corsPolicy.unmatchedPreflights`: whether the gateway answers a preflight its
+/// policy does not allow (IGNORE) rather than passing it on (FORWARD, the default).
+fn unmatched_preflights(c: &IstioCors) -> Result<bool, FieldError> {
+    match c.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED" | "FORWARD") => Ok(false),
+        Some("IGNORE") => Ok(true),
+        Some(other) => Err((
+            "corsPolicy.unmatchedPreflights".to_owned(),
+            format!("{other:?} is not one of UNSPECIFIED, FORWARD, IGNORE"),
+        )),
+    }
 }
 
 fn compile_cors(c: &IstioCors) -> Result<CorsPolicy, FieldError> {

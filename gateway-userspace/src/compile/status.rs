@@ -31,6 +31,9 @@ pub mod reason {
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
+    pub const INVALID_CA_CERTIFICATE_KIND: &str = "InvalidCACertificateKind";
+    pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
     pub const NO_CONFLICTS: &str = "NoConflicts";
@@ -186,15 +189,17 @@ fn listener_status(
         Some((reason, message)) => Condition::new("Conflicted", true, reason, message),
         None => Condition::new("Conflicted", false, reason::NO_CONFLICTS, ""),
     };
-    let why_not = if !accepted.is_true() {
-        Some(accepted.message.clone())
-    } else if conflicted.is_true() {
-        Some(conflicted.message.clone())
+    // A conflicted listener is neither accepted nor programmed, for the conflict's reason
+    // (as the spec's ListenerSet conflict tests expect of merged listeners).
+    let why_not = if let Some((reason, message)) = &found.conflicted {
+        Some((*reason, message.clone()))
+    } else if !accepted.is_true() {
+        Some((reason::INVALID, accepted.message.clone()))
     } else {
-        found.not_programmed.clone()
+        found.not_programmed.clone().map(|m| (reason::INVALID, m))
     };
     let programmed = match why_not {
-        Some(message) => Condition::new("Programmed", false, reason::INVALID, message),
+        Some((reason, message)) => Condition::new("Programmed", false, reason, message),
         None => Condition::new("Programmed", true, reason::PROGRAMMED, ""),
     };
     ListenerStatus {

@@ -951,9 +951,12 @@ impl<'a> Compiler<'a> {
             );
             return None;
         }
+        let Ok(client_auth) = self.api_client_auth(gateway, index) else {
+            return None;
+        };
         let settings = ServerSettings {
             certificates,
-            client_auth: None,
+            client_auth,
             min_version: None,
             max_version: None,
             cipher_suites: Vec::new(),
@@ -1061,6 +1064,168 @@ impl<'a> Compiler<'a> {
 
     /// A ReferenceGrant in `secret_namespace` that lets Gateways of `gateway_namespace`
     /// use Secret `name`.
+    /// The client certificates a terminating listener asks for: the Gateway's
+    /// `spec.tls.frontend` validation for the listener's port (`perPort`), else its
+    /// `default`. CA bundles come from ConfigMaps (`ca.crt`; another namespace's only with
+    /// a ReferenceGrant there). Err (the listener is not served, `Accepted=False
+    /// NoValidCACertificate`) when validation is asked for and no CA certificate is usable.
+    #[allow(clippy::result_unit_err)]
+    fn api_client_auth(
+        &mut self,
+        gateway: &'a Sourced<ApiGateway>,
+        index: usize,
+    ) -> Result<Option<ClientAuth>, ()> {
+        let Some(listener) = gateway.resource.spec.listeners.get(index) else {
+            return Ok(None);
+        };
+        let Some(frontend) = gateway
+            .resource
+            .spec
+            .tls
+            .as_ref()
+            .and_then(|t| t.frontend.as_ref())
+        else {
+            return Ok(None);
+        };
+        let (validation, field) = match frontend
+            .per_port
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.port == listener.port)
+        {
+            Some((i, p)) => (
+                p.tls.validation.as_ref(),
+                format!("spec.tls.frontend.perPort[{i}].tls.validation"),
+            ),
+            None => (
+                frontend.default.validation.as_ref(),
+                "spec.tls.frontend.default.validation".to_owned(),
+            ),
+        };
+        let Some(validation) = validation else {
+            return Ok(None);
+        };
+        let resource = gateway.resource.object_ref();
+        let gw_namespace = gateway.resource.metadata.namespace();
+        let mut roots = Vec::new();
+        for (i, reference) in validation.ca_certificate_refs.iter().enumerate() {
+            let group = reference.group.as_deref().unwrap_or("");
+            let kind = reference.kind.as_deref().unwrap_or("ConfigMap");
+            let namespace = reference.namespace.as_deref().unwrap_or(gw_namespace);
+            let problem = if !group.is_empty() || kind != "ConfigMap" {
+                Some((
+                    reason::INVALID_CA_CERTIFICATE_KIND,
+                    format!(
+                        "caCertificateRefs[{i}] is a {kind} (group {group:?}): expected a core ConfigMap"
+                    ),
+                ))
+            } else if namespace != gw_namespace
+                && !self.reference_granted_to(gw_namespace, namespace, "ConfigMap", &reference.name)
+            {
+                Some((
+                    reason::REF_NOT_PERMITTED,
+                    format!(
+                        "ConfigMap {namespace}/{} is in another namespace and no ReferenceGrant there allows it",
+                        reference.name
+                    ),
+                ))
+            } else {
+                let found = self.resources.config_maps.iter().find(|c| {
+                    c.resource.metadata.name == reference.name
+                        && c.resource.metadata.namespace() == namespace
+                });
+                match found.map(|c| c.resource.data.get("ca.crt")) {
+                    None => Some((
+                        reason::INVALID_CA_CERTIFICATE_REF,
+                        format!("ConfigMap {namespace}/{} not found", reference.name),
+                    )),
+                    Some(None) => Some((
+                        reason::INVALID_CA_CERTIFICATE_REF,
+                        format!("ConfigMap {namespace}/{} has no ca.crt", reference.name),
+                    )),
+                    Some(Some(pem)) => match certs::certificates(pem.as_bytes()) {
+                        Ok(certificates) => {
+                            roots.extend(certificates);
+                            None
+                        }
+                        Err(e) => Some((
+                            reason::INVALID_CA_CERTIFICATE_REF,
+                            format!(
+                                "ConfigMap {namespace}/{} ca.crt is not usable: {e}",
+                                reference.name
+                            ),
+                        )),
+                    },
+                }
+            };
+            if let Some((why, message)) = problem {
+                self.listener_unresolved(&resource, &listener.name, why, message.clone());
+                self.diagnostics.push(
+                    Diagnostic::warning(format!("{message} ({why}); this reference is skipped"))
+                        .at(gateway.location.clone())
+                        .object(&resource)
+                        .field(format!("{field}.caCertificateRefs[{i}]")),
+                );
+            }
+        }
+        if roots.is_empty() {
+            let message = "client-certificate validation has no usable CA certificate; this listener is not served".to_owned();
+            self.status.listener(&resource, &listener.name).not_accepted =
+                Some((reason::NO_VALID_CA_CERTIFICATE, message.clone()));
+            self.diagnostics.push(
+                Diagnostic::warning(format!("listener {}: {message}", listener.name))
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("{field}.caCertificateRefs")),
+            );
+            return Err(());
+        }
+        let optional = match validation.mode.as_deref() {
+            None | Some("AllowValidOnly") => false,
+            Some("AllowInsecureFallback") => true,
+            Some(other) => {
+                self.diagnostics.push(
+                    Diagnostic::warning(format!(
+                        "mode {other:?} is not a validation mode (AllowValidOnly, AllowInsecureFallback); AllowValidOnly applies"
+                    ))
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("{field}.mode")),
+                );
+                false
+            }
+        };
+        Ok(Some(ClientAuth {
+            roots,
+            optional,
+            subject_alt_names: Vec::new(),
+        }))
+    }
+
+    /// Whether a ReferenceGrant in `target_namespace` lets Gateways of
+    /// `gateway_namespace` refer to the core `kind` object `name`.
+    fn reference_granted_to(
+        &self,
+        gateway_namespace: &str,
+        target_namespace: &str,
+        kind: &str,
+        name: &str,
+    ) -> bool {
+        self.resources.reference_grants.iter().any(|grant| {
+            grant.resource.metadata.namespace() == target_namespace
+                && grant.resource.spec.from.iter().any(|from| {
+                    from.group == GATEWAY_API_GROUP
+                        && from.kind == "Gateway"
+                        && from.namespace == gateway_namespace
+                })
+                && grant.resource.spec.to.iter().any(|to| {
+                    to.group.is_empty()
+                        && to.kind == kind
+                        && to.name.as_deref().is_none_or(|n| n == name)
+                })
+        })
+    }
+
     fn secret_reference_granted(
         &self,
         gateway_namespace: &str,

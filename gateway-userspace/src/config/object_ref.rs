@@ -7,8 +7,8 @@ use std::fmt;
 use serde::Serialize;
 
 use super::resources::{
-    DestinationRule, EndpointSlice, Endpoints, Gateway, Namespace, ObjectMeta, Secret, Service,
-    ServiceEntry, VirtualService,
+    ConfigMap, DestinationRule, EndpointSlice, Endpoints, Gateway, Namespace, ObjectMeta, Secret,
+    Service, ServiceEntry, VirtualService,
     gateway_api::{
         ApiGateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute,
     },
@@ -88,6 +88,7 @@ kinds! {
     Service => (CORE_GROUP, "Service"),
     Endpoints => (CORE_GROUP, "Endpoints"),
     Secret => (CORE_GROUP, "Secret"),
+    ConfigMap => (CORE_GROUP, "ConfigMap"),
     Namespace => (CORE_GROUP, "Namespace"),
     EndpointSlice => (DISCOVERY_GROUP, "EndpointSlice"),
     GatewayClass => (GATEWAY_API_GROUP, "GatewayClass"),

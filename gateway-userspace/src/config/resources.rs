@@ -340,6 +340,19 @@ pub struct EndpointPort {
 }
 
 // ---------------------------------------------------------------------------
+// v1 ConfigMap (CA certificates for Gateway API frontend client-certificate validation)
+
+/// A ConfigMap; `ca.crt` holds the PEM CA bundle a `caCertificateRefs` entry names.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMap {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------
 // v1 Secret (TLS credentials named by a Gateway server's `credentialName`)
 
 /// A Secret as mounted or exported: `data` is base64 (as the API returns it),

@@ -60,7 +60,7 @@ const fn kind(
 }
 
 /// Every kind the gateway watches.
-pub const WATCHED: [WatchedKind; 16] = [
+pub const WATCHED: [WatchedKind; 17] = [
     kind(
         ISTIO,
         "Gateway",
@@ -155,6 +155,9 @@ pub const WATCHED: [WatchedKind; 16] = [
     ),
     kind("", "Namespace", "namespaces", &["v1"], Scope::Cluster),
     kind("", "Secret", "secrets", &["v1"], Scope::Secrets),
+    // CA bundles for frontend client-certificate validation: watched where Secrets are
+    // (a cluster's ConfigMaps are many and mostly not ours).
+    kind("", "ConfigMap", "configmaps", &["v1"], Scope::Secrets),
 ];
 
 /// Whether objects of this kind only carry endpoints (a change to them takes the cheap

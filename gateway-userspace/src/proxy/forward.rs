@@ -27,7 +27,7 @@ use crate::{
     metrics::{Destination, RequestKey},
     route_table::RequestInfo,
     runtime::Live,
-    snapshot::{Listener, RouteAction, Transport},
+    snapshot::{Listener, LocalCors, RouteAction, Transport},
 };
 
 /// The `server` header of every answer, as Istio's gateways send it.
@@ -250,6 +250,9 @@ impl Connection {
                 .await
             }
             RouteAction::Redirect(redirect) => {
+                if let Some(preflight) = local_preflight(redirect.cors.as_deref(), &request) {
+                    return preflight.into();
+                }
                 let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
                 let location = route_actions::redirect_location(
                     redirect,
@@ -258,9 +261,21 @@ impl Connection {
                     path_and_query,
                     &route.matches,
                 );
-                LocalReply::redirect(redirect, &location).into()
+                let mut reply = LocalReply::redirect(redirect, &location);
+                reply.add_cors(
+                    redirect.cors.as_deref().map(|c| &c.policy),
+                    request.headers(),
+                );
+                reply.into()
             }
-            RouteAction::DirectResponse(direct) => LocalReply::direct_response(direct).into(),
+            RouteAction::DirectResponse(direct) => {
+                if let Some(preflight) = local_preflight(direct.cors.as_deref(), &request) {
+                    return preflight.into();
+                }
+                let mut reply = LocalReply::direct_response(direct);
+                reply.add_cors(direct.cors.as_deref().map(|c| &c.policy), request.headers());
+                reply.into()
+            }
             RouteAction::Unsupported(what) => LocalReply::unsupported(what).into(),
         }
     }
@@ -345,4 +360,24 @@ fn request_authority<B>(request: &Request<B>) -> Option<HeaderValue> {
         None => request.headers().get(header::HOST).cloned(),
     }
     .filter(|a| !a.is_empty())
+}
+
+/// Envoy's CORS filter ahead of a route the gateway answers itself: a preflight it allows
+/// (or, with `unmatchedPreflights: IGNORE`, one it does not) is answered by the filter.
+fn local_preflight<B>(cors: Option<&LocalCors>, request: &Request<B>) -> Option<LocalReply> {
+    let cors = cors?;
+    if !route_actions::is_preflight(request.method(), request.headers()) {
+        return None;
+    }
+    match route_actions::allowed_origin(&cors.policy, request.headers()) {
+        Some(origin) => Some(LocalReply::preflight(
+            &cors.policy,
+            Some(origin),
+            request.headers(),
+        )),
+        None if cors.answers_unmatched_preflights => {
+            Some(LocalReply::preflight(&cors.policy, None, request.headers()))
+        }
+        None => None,
+    }
 }

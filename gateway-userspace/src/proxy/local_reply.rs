@@ -140,6 +140,16 @@ impl LocalReply {
         ))
     }
 
+    /// The CORS headers `cors` gives a request from an allowed origin (none otherwise), as
+    /// Envoy's CORS filter adds them to every answer, local ones included.
+    pub(super) fn add_cors(&mut self, cors: Option<&CorsPolicy>, request: &http::HeaderMap) {
+        if let Some(cors) = cors
+            && let Some(origin) = route_actions::allowed_origin(cors, request)
+        {
+            route_actions::cors_response_headers(cors, origin, &mut self.headers);
+        }
+    }
+
     /// The answer to a CORS preflight (`origin`: the allowed origin, None when the
     /// policy does not allow it and unmatched preflights are answered here).
     pub(super) fn preflight(

@@ -17,14 +17,28 @@ pub(super) fn redirect_location(
     matches: &[RequestMatch],
 ) -> String {
     let new_scheme = redirect.scheme.as_deref().unwrap_or(scheme);
+    if redirect.port == RedirectPort::KeepAuthority && redirect.authority.is_none() {
+        let path_and_query = match &redirect.path {
+            None => path_and_query.to_owned(),
+            Some(rewrite) => rewrite_path_and_query(rewrite, path_and_query, matches),
+        };
+        return format!("{new_scheme}://{authority}{path_and_query}");
+    }
     let (request_host, request_port) = split_authority(authority);
     let host = redirect.authority.as_deref().unwrap_or(request_host);
     let port = match redirect.port {
         RedirectPort::Fixed(port) => Some(port),
         RedirectPort::ProtocolDefault => None,
-        // Envoy keeps the request's port unless the scheme changes.
-        RedirectPort::FromRequest if new_scheme.eq_ignore_ascii_case(scheme) => request_port,
-        RedirectPort::FromRequest => None,
+        // Envoy keeps the request's port, unless the scheme changes and it is the old
+        // scheme's default (`http://a:80` → `https://a`, `http://a:8080` → `https://a:8080`).
+        RedirectPort::FromRequest | RedirectPort::KeepAuthority
+            if new_scheme.eq_ignore_ascii_case(scheme) =>
+        {
+            request_port
+        }
+        RedirectPort::FromRequest | RedirectPort::KeepAuthority => {
+            request_port.filter(|&p| !is_default_port(scheme, p))
+        }
     };
     let port = port.filter(|&p| !is_default_port(new_scheme, p));
     let path_and_query = match &redirect.path {
@@ -299,6 +313,7 @@ mod tests {
             path,
             status: 301,
             headers: HeaderPolicy::default(),
+            cors: None,
         }
     }
 
@@ -307,7 +322,20 @@ mod tests {
         let to_https = redirect(Some("https"), RedirectPort::FromRequest, None);
         assert_eq!(
             redirect_location(&to_https, "http", "a.example:8080", "/x?y=1", &[]),
-            "https://a.example/x?y=1"
+            "https://a.example:8080/x?y=1"
+        );
+        assert_eq!(
+            redirect_location(&to_https, "http", "a.example:80", "/x", &[]),
+            "https://a.example/x"
+        );
+        let require_tls = redirect(Some("https"), RedirectPort::KeepAuthority, None);
+        assert_eq!(
+            redirect_location(&require_tls, "http", "a.example:8080", "/x?y=1", &[]),
+            "https://a.example:8080/x?y=1"
+        );
+        assert_eq!(
+            redirect_location(&require_tls, "http", "a.example", "/x", &[]),
+            "https://a.example/x"
         );
         let keep = redirect(
             None,

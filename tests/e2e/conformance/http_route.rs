@@ -29,7 +29,7 @@ struct Case {
     dir: TempDir,
     port: u16,
     _gateway: gateway_tests::Gateway,
-    _upstreams: [Upstream; 2],
+    _upstreams: [Upstream; 3],
 }
 
 impl Case {
@@ -37,11 +37,13 @@ impl Case {
         let dir = TempDir::new(label)?;
         let v1 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
         let v2 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v2")?;
+        let v3 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v3")?;
         let port = free_port();
         let config = class_and_ports(&[(80, port)])
             + &same_namespace_gateway()
             + &backend("infra-backend-v1", INFRA, 8080, v1.addr)
             + &backend("infra-backend-v2", INFRA, 8080, v2.addr)
+            + &backend("infra-backend-v3", INFRA, 8080, v3.addr)
             + &backend("web-backend", WEB, 8080, v1.addr)
             + routes;
         let gateway = serve(&dir, &config)?;
@@ -49,7 +51,7 @@ impl Case {
             dir,
             port,
             _gateway: gateway,
-            _upstreams: [v1, v2],
+            _upstreams: [v1, v2, v3],
         })
     }
 
@@ -633,6 +635,82 @@ spec:
         let answer = case.get(path)?;
         assert_eq!(answer.status, 302, "{answer:?}");
         assert_eq!(answer.header("location"), Some(location), "{answer:?}");
+    }
+    Ok(())
+}
+
+/// HTTPRouteMethodMatching: rules by method alone, with a path, with headers, with both,
+/// several matches in one rule, and method-less rules after method rules; an unmatched
+/// method gets 404.
+#[test]
+fn http_route_method_matching() -> anyhow::Result<()> {
+    let rule = |matches: &str, to: &str| {
+        format!(
+            "  - matches: {matches}\n    backendRefs: [{{name: infra-backend-{to}, port: 8080}}]\n"
+        )
+    };
+    let routes = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: method-matching, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: same-namespace}}]\n  rules:\n{}",
+        [
+            rule("[{method: POST}]", "v1"),
+            rule("[{method: GET}]", "v2"),
+            rule("[{path: {type: PathPrefix, value: /path1}, method: GET}]", "v1"),
+            rule("[{headers: [{name: version, value: one}], method: PUT}]", "v2"),
+            rule("[{path: {type: PathPrefix, value: /path2}, headers: [{name: version, value: two}], method: POST}]", "v3"),
+            rule("[{path: {type: PathPrefix, value: /path3}, method: PATCH}, {path: {type: PathPrefix, value: /path4}, headers: [{name: version, value: three}], method: DELETE}]", "v1"),
+            rule("[{path: {type: PathPrefix, value: /path5}}]", "v1"),
+            rule("[{method: PATCH}]", "v2"),
+            rule("[{headers: [{name: version, value: four}]}]", "v3"),
+        ]
+        .concat()
+    );
+    let case = Case::start("conf-method-matching", &routes)?;
+    let cases: [(&str, &str, &[&str], &str); 13] = [
+        ("POST", "/", &[], "infra-backend-v1"),
+        ("GET", "/", &[], "infra-backend-v2"),
+        ("HEAD", "/", &[], "404"),
+        ("GET", "/path1", &[], "infra-backend-v1"),
+        ("PUT", "/", &["version: one"], "infra-backend-v2"),
+        ("POST", "/path2", &["version: two"], "infra-backend-v3"),
+        ("PATCH", "/path3", &[], "infra-backend-v1"),
+        ("DELETE", "/path4", &["version: three"], "infra-backend-v1"),
+        ("PUT", "/", &[], "404"),
+        ("DELETE", "/path4", &[], "404"),
+        ("PATCH", "/path5", &[], "infra-backend-v1"),
+        ("PATCH", "/", &["version: four"], "infra-backend-v2"),
+        ("PUT", "/", &["version: four"], "infra-backend-v3"),
+    ];
+    for (method, path, headers, want) in cases {
+        // curl's own HEAD (-I), which does not wait for a body.
+        let answer = if method == "HEAD" {
+            curl(
+                None,
+                &[
+                    "-I",
+                    "-H",
+                    "Host: example.com",
+                    &format!("http://127.0.0.1:{}{path}", case.port),
+                ],
+            )?
+        } else {
+            case.request("example.com", method, path, headers)?
+        };
+        if want == "404" {
+            assert_eq!(
+                answer.status, 404,
+                "{method} {path} {headers:?}: {answer:?}"
+            );
+            continue;
+        }
+        assert_eq!(
+            answer.status, 200,
+            "{method} {path} {headers:?}: {answer:?}"
+        );
+        assert_eq!(
+            answer.json()?["upstream"],
+            want,
+            "{method} {path} {headers:?}"
+        );
     }
     Ok(())
 }

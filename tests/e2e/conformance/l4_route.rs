@@ -487,3 +487,274 @@ spec:
     }
     Ok(())
 }
+
+/// TLSRouteMixedTerminationSameNamespace: a Terminate and a Passthrough TLS listener on
+/// one port, told apart by SNI: `tls.example.com` is terminated with the Gateway's
+/// certificate and its plain stream reaches `tcp-backend:3000`; `abc.example.com` passes
+/// through to `tcp-backend:8443`, whose certificate the client sees. Both listeners are
+/// accepted with one route each.
+#[test]
+fn tls_route_mixed_termination_same_namespace() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tls-mixed")?;
+    let pki_dir = TempDir::new("conf-tls-mixed-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (crt, key) = pki.issue(
+        "gateway",
+        "tls.example.com",
+        "DNS:tls.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    pki.issue(
+        "backend",
+        "abc.example.com",
+        "DNS:abc.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_tls_backend, tls_port) = tls_upstream(&pki, "backend")?;
+    let plain = Upstream::start(None, "127.0.0.1:0", "tcp-backend")?;
+    let port = free_port();
+    let config = class_and_ports(&[(8883, port)])
+        + &tls_secret("tls-terminate-checks-certificate", INFRA, &crt, &key, None)
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gateway-tlsroute-mixed-termination, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - name: tls-terminate
+    port: 8883
+    protocol: TLS
+    hostname: tls.example.com
+    allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TLSRoute}}]}}
+    tls:
+      mode: Terminate
+      certificateRefs: [{{name: tls-terminate-checks-certificate}}]
+  - name: tls-passthrough
+    port: 8883
+    protocol: TLS
+    hostname: abc.example.com
+    allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TLSRoute}}]}}
+    tls: {{mode: Passthrough}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: gateway-conformance-mixed-passthroughroute, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: gateway-tlsroute-mixed-termination, namespace: {INFRA}}}]
+  hostnames: [abc.example.com]
+  rules: [{{backendRefs: [{{name: tcp-backend, port: 8443}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: gateway-conformance-mixed-terminateroute, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: gateway-tlsroute-mixed-termination, namespace: {INFRA}}}]
+  hostnames: [tls.example.com]
+  rules: [{{backendRefs: [{{name: tcp-backend, port: 3000}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: tcp-backend, namespace: {INFRA}}}
+spec:
+  ports:
+  - {{name: tls, port: 8443, targetPort: {tls_port}}}
+  - {{name: plain, port: 3000, targetPort: {plain_port}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: tcp-backend-1, namespace: {INFRA}, labels: {{kubernetes.io/service-name: tcp-backend}}}}
+addressType: IPv4
+ports: [{{name: tls, port: {tls_port}}}, {{name: plain, port: {plain_port}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+---
+"#,
+            plain_port = plain.addr.port(),
+        );
+    let _gateway = serve(&dir, &config)?;
+    let ca = pki.path("test-ca.crt");
+    // Terminated: the Gateway's certificate, the plain backend's answer.
+    let subject = served_subject(port, Some("tls.example.com"))?.unwrap_or_default();
+    assert!(subject.contains("CN=tls.example.com"), "{subject}");
+    let answer = https("tls.example.com", port, &ca, "/", &[])?;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()?["upstream"], "tcp-backend");
+    // Passed through: the backend's own certificate and answer.
+    let subject = served_subject(port, Some("abc.example.com"))?.unwrap_or_default();
+    assert!(subject.contains("CN=abc.example.com"), "{subject}");
+    let answer = https("abc.example.com", port, &ca, "/", &[])?;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.body.contains("s_server"), "{}", answer.body);
+    let report = report(dir.path())?;
+    for listener in ["tls-terminate", "tls-passthrough"] {
+        let line = report
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("listener {listener}:")))
+            .unwrap_or_default();
+        assert!(line.contains("attachedRoutes 1"), "{report}");
+        assert!(line.contains("Accepted=True Accepted"), "{report}");
+    }
+    Ok(())
+}
+
+/// TLSRouteHostnameIntersection: each of the suite's four Gateways (listener hostname
+/// exact, `*.example.com`, `*.com`, none) with its TLSRoutes, served on its own (the
+/// suite gives each Gateway its own address): a TLSRoute serves the intersection of its
+/// hostnames and the listener's, the more specific host wins, and an SNI name outside
+/// every intersection is refused.
+#[test]
+fn tls_route_hostname_intersection() -> anyhow::Result<()> {
+    let pki_dir = TempDir::new("conf-tls-intersection-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let sans = "DNS:abc.example.com,DNS:other.example.com,DNS:non.matching.com";
+    pki.issue("tls-backend", "tls-backend", sans, Key::EcP256Pkcs8, false)?;
+    pki.issue(
+        "tls-backend-2",
+        "tls-backend-2",
+        sans,
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_b1, b1_port) = tls_upstream(&pki, "tls-backend")?;
+    let (_b2, b2_port) = tls_upstream(&pki, "tls-backend-2")?;
+    let route = |name: &str, gateway: &str, hostname: &str, backend: &str| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: {gateway}, namespace: {INFRA}}}]
+  hostnames: ["{hostname}"]
+  rules: [{{backendRefs: [{{name: {backend}, port: 443}}]}}]
+---
+"#
+        )
+    };
+    // (Gateway, its listener hostname, its routes (name, hostname, backend), the SNI
+    // names that must be refused).
+    type Case<'c> = (
+        &'c str,
+        Option<&'c str>,
+        Vec<(&'c str, &'c str, &'c str)>,
+        &'c str,
+    );
+    let cases: [Case; 4] = [
+        (
+            "gw-tlsroute-exact-hostname-x-1",
+            Some("abc.example.com"),
+            vec![(
+                "tlsroute-more-specific-wc-hostname-x-1",
+                "*.example.com",
+                "tls-backend",
+            )],
+            "non.matching.com",
+        ),
+        (
+            "gw-tlsroute-more-specific-wc-hostname-x-2",
+            Some("*.example.com"),
+            vec![
+                (
+                    "tlsroute-exact-hostname-x-2",
+                    "abc.example.com",
+                    "tls-backend",
+                ),
+                (
+                    "tlsroute-less-specific-wc-hostname-x-2",
+                    "*.com",
+                    "tls-backend-2",
+                ),
+            ],
+            "non.matching.com",
+        ),
+        (
+            "gw-tlsroute-less-specific-wc-hostname-x-3",
+            Some("*.com"),
+            vec![
+                (
+                    "tlsroute-exact-hostname-x-3",
+                    "abc.example.com",
+                    "tls-backend",
+                ),
+                (
+                    "tlsroute-more-specific-wc-hostname-x-3",
+                    "*.example.com",
+                    "tls-backend-2",
+                ),
+            ],
+            "non.matching.com",
+        ),
+        (
+            "gw-tlsroute-empty-hostname-x-4",
+            None,
+            vec![
+                (
+                    "tlsroute-exact-hostname-x-4",
+                    "abc.example.com",
+                    "tls-backend",
+                ),
+                (
+                    "tlsroute-less-specific-wc-hostname-x-4",
+                    "*.com",
+                    "tls-backend-2",
+                ),
+            ],
+            "non.matching.org",
+        ),
+    ];
+    for (gateway, hostname, routes, refused) in cases {
+        let dir = TempDir::new("conf-tls-intersection")?;
+        let port = free_port();
+        let hostname = hostname.map_or(String::new(), |h| format!("\n    hostname: \"{h}\""));
+        let mut config = class_and_ports(&[(443, port)])
+            + &format!(
+                r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {gateway}, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - name: listener
+    protocol: TLS
+    port: 443{hostname}
+    allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TLSRoute}}]}}
+    tls: {{mode: Passthrough}}
+---
+"#
+            )
+            + &backend("tls-backend", INFRA, 443, ([127, 0, 0, 1], b1_port).into())
+            + &backend(
+                "tls-backend-2",
+                INFRA,
+                443,
+                ([127, 0, 0, 1], b2_port).into(),
+            );
+        for (name, host, to) in &routes {
+            config += &route(name, gateway, host, to);
+        }
+        let _gateway = serve(&dir, &config)?;
+        let wildcard_backend = if routes.len() > 1 {
+            "tls-backend-2"
+        } else {
+            "tls-backend"
+        };
+        for (sni, want) in [
+            ("abc.example.com", "tls-backend"),
+            ("other.example.com", wildcard_backend),
+        ] {
+            if routes.len() == 1 && sni != "abc.example.com" {
+                continue;
+            }
+            let subject = served_subject(port, Some(sni))?.unwrap_or_default();
+            assert_eq!(subject, format!("CN={want}"), "{gateway}: {sni}");
+        }
+        assert_eq!(
+            served_subject(port, Some(refused))?,
+            None,
+            "{gateway}: {refused}"
+        );
+    }
+    Ok(())
+}

@@ -38,6 +38,46 @@ pub struct ApiGatewaySpec {
     pub gateway_class_name: String,
     pub listeners: Vec<Listener>,
     pub addresses: Vec<serde_yaml::Value>,
+    /// `spec.tls`: frontend client-certificate validation (`backend` is reported as not
+    /// applied).
+    #[serde(default)]
+    pub tls: Option<GatewayTls>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewayTls {
+    pub frontend: Option<FrontendTls>,
+    /// The Gateway's client certificate towards backends: parsed to be reported.
+    pub backend: Option<serde_yaml::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FrontendTls {
+    pub default: TlsConfig,
+    pub per_port: Vec<PortTlsConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PortTlsConfig {
+    pub port: u32,
+    pub tls: TlsConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TlsConfig {
+    pub validation: Option<FrontendValidation>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FrontendValidation {
+    pub ca_certificate_refs: Vec<ObjectReference>,
+    /// `AllowValidOnly` (the default) or `AllowInsecureFallback`.
+    pub mode: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
