@@ -319,10 +319,11 @@ pub fn steer_node_ports(
             sockets
                 .iter()
                 .find(|(port, _)| *port == bind_port)
-                .map(|&(_, socket)| NodePortRoute {
+                .map(|&(_, sockets)| NodePortRoute {
                     node_port,
                     bind_port,
-                    socket,
+                    socket: sockets.v4,
+                    socket_v6: sockets.v6,
                 })
         })
         .collect();
