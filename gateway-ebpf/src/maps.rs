@@ -27,7 +27,8 @@ pub const IP_RULES_MAP: &str = "IP_RULES";
 pub const XDP_PROGRAM: &str = "gateway_xdp";
 /// The same filter as a TC ingress classifier.
 pub const TC_PROGRAM: &str = "gateway_tc";
-/// Node-port steering (sk_lookup): local port (u32) → index into [`STEER_SOCKETS_MAP`].
+/// Node-port steering (sk_lookup): local port (u32) → index into [`STEER_SOCKETS_MAP`] of
+/// the listener's IPv4 socket; its IPv6 socket is at the next index.
 pub const STEER_PORTS_MAP: &str = "STEER_PORTS";
 /// Node-port steering: index → listening socket (a SockMap).
 pub const STEER_SOCKETS_MAP: &str = "STEER_SOCKETS";
@@ -62,8 +63,8 @@ pub const MAX_GATEWAY_ADDRS: u32 = 4096;
 /// The generation the programs read when gatewayd could not write a whole policy: no
 /// key ever carries it, so nothing is policed (fail open) until the next good write.
 pub const FAIL_OPEN_GENERATION: u32 = 2;
-/// Listening sockets node-port mode can steer to.
-pub const MAX_STEER_SOCKETS: u32 = 64;
+/// Listening sockets node-port mode can steer to: an IPv4 and an IPv6 one per node port.
+pub const MAX_STEER_SOCKETS: u32 = 128;
 /// Node-port connections the translation remembers (LRU, about 100 bytes each with the
 /// kernel's overhead: ~13 MiB). A flow evicted while alive loses its translation: its
 /// next segments reach the node port untranslated and are reset, so size for the

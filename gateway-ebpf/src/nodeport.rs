@@ -139,6 +139,26 @@ fn translate_egress(ctx: &TcContext) {
     }
 }
 
+/// The local port the stack sees this inbound segment at: the bind port for a node-port
+/// flow the ingress translation rewrites (the filter at XDP runs before it), else the
+/// segment's own destination port.
+#[inline(always)]
+pub(crate) fn translated_port(h: &Scratch<HEADER_SCRATCH>, parsed: &Headers) -> u16 {
+    let node_port = u32::from(parsed.dst_port);
+    // SAFETY: read-only lookup; the value is copied out.
+    let Some(bind_port) = (unsafe { NODE_PORT_TARGETS.get(&node_port) }).copied() else {
+        return parsed.dst_port;
+    };
+    let bind_port = bind_port as u16;
+    let (client, local) = addresses(h, parsed);
+    let flow = flow(&client, &local, parsed.src_port, bind_port);
+    // SAFETY: read-only lookup; the value is copied out.
+    match unsafe { NODE_PORT_FLOWS.get(&flow) }.copied() {
+        Some(state) if state.node_port == node_port => bind_port,
+        _ => parsed.dst_port,
+    }
+}
+
 #[inline(always)]
 fn flow(client: &AddrKey, local: &AddrKey, client_port: u16, local_port: u16) -> NodePortFlow {
     NodePortFlow {

@@ -21,8 +21,10 @@ use gateway_ebpf::{
 use crate::xdp::count;
 
 const IPPROTO_TCP: u32 = 6;
+const AF_INET6: u32 = 10;
 
-/// Node port (host order) → index of the listener in STEER_SOCKETS.
+/// Node port (host order) → index of the listener's IPv4 socket in STEER_SOCKETS; its
+/// IPv6 socket is at the next index.
 #[map(name = "STEER_PORTS")]
 static STEER_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
 
@@ -32,14 +34,21 @@ static STEER_SOCKETS: SockMap = SockMap::with_max_entries(MAX_STEER_SOCKETS, 0);
 #[sk_lookup]
 pub fn gateway_steer(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel hands us a valid bpf_sk_lookup for this run.
-    let (protocol, port) = unsafe { ((*ctx.lookup).protocol, (*ctx.lookup).local_port) };
+    let (protocol, port, family) = unsafe {
+        (
+            (*ctx.lookup).protocol,
+            (*ctx.lookup).local_port,
+            (*ctx.lookup).family,
+        )
+    };
     if protocol != IPPROTO_TCP {
         return sk_action::SK_PASS;
     }
     // SAFETY: read-only lookup; the value is copied out.
     if let Some(&index) = unsafe { STEER_PORTS.get(&port) } {
-        // A failed assignment (say, an IPv6 lookup and an IPv4-only listener) falls back
-        // to the normal lookup.
+        let index = if family == AF_INET6 { index + 1 } else { index };
+        // A failed assignment (an IPv6 lookup on a node where the listener has no IPv6
+        // socket, say) falls back to the normal lookup.
         if STEER_SOCKETS.redirect_sk_lookup(&ctx, index, 0).is_ok() {
             count(GlobalCounter::NodePortSteered);
         }

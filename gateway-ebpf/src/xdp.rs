@@ -371,7 +371,10 @@ const CURRENT_NETNS: u64 = u64::MAX;
 /// does a reset from us end something; otherwise the stack answers the packet itself.
 #[inline(always)]
 fn flow_has_socket<F: Frame>(ctx: &F, h: &Scratch<HEADER_SCRATCH>, parsed: &Headers) -> bool {
-    let ports = [parsed.src_port.to_be(), parsed.dst_port.to_be()];
+    // A node-port flow the translation at TC ingress (after XDP) rewrites to the bind
+    // port: its socket is there.
+    let local_port = crate::nodeport::translated_port(h, parsed);
+    let ports = [parsed.src_port.to_be(), local_port.to_be()];
     let l3 = parsed.l3_offset;
     // SAFETY: the tuples live on this stack frame for the call; the size passed is theirs.
     let sk = unsafe {

@@ -31,7 +31,7 @@ use gateway_ebpf::{
 };
 use thiserror::Error;
 
-use crate::snapshot::{KernelPolicy, TlsPortPolicy};
+use crate::snapshot::{KernelPolicy, PortSourceRules, TlsPortPolicy};
 
 pub mod addresses;
 mod ip_rules;
@@ -366,13 +366,10 @@ impl KernelPath {
             } else {
                 0
             };
-            // Source rules are keyed by bind port: a node port's SYN carries the node
-            // port (XDP sees it before translation), and is left to userspace.
-            let source_flags = policy
-                .source_rules
-                .iter()
-                .find(|r| r.port == port)
-                .map_or(0, ip_rules::port_flags);
+            // A node port takes its bind port's source rules: the filter sees a node-port
+            // SYN with the node port where it runs ahead of the translation (XDP, or TC
+            // on an interface without it), with the bind port after it.
+            let source_flags = source_rules_of(policy, port).map_or(0, ip_rules::port_flags);
             let flags = sni_flags | source_flags;
             ports.push((
                 port,
@@ -455,11 +452,10 @@ impl KernelPath {
             }
             unpoliced.insert(port, Unpoliced::SniMapFull);
         }
-        let rule_entries: Vec<_> = policy
-            .source_rules
+        let rule_entries: Vec<_> = ports
             .iter()
-            .filter(|r| ports.iter().any(|(p, _, _)| *p == r.port))
-            .flat_map(|r| ip_rules::entries(generation, r))
+            .filter_map(|(port, _, _)| Some((*port, source_rules_of(policy, *port)?)))
+            .flat_map(|(port, rules)| ip_rules::entries(generation, port, rules))
             .collect();
         let written = &mut self.written[generation as usize];
         ip_rules::write(
@@ -688,9 +684,9 @@ pub fn policy_warnings(policy: &KernelPolicy) -> Vec<String> {
             .count();
         names += tls.names.len() * copies;
     }
-    let source_rules: usize = policy
-        .source_rules
+    let source_rules: usize = ports
         .iter()
+        .filter_map(|&port| source_rules_of(policy, port))
         .map(|r| r.rules.deny.len() + r.rules.allow_only.as_ref().map_or(0, Vec::len))
         .sum();
     if source_rules > MAX_IP_RULES_PER_GENERATION as usize {
@@ -761,6 +757,12 @@ fn addr_key(address: IpAddr) -> AddrKey {
             None => AddrKey::v6(v6.octets()),
         },
     }
+}
+
+/// The source rules the kernel enforces on a port: a node port's are its bind port's.
+fn source_rules_of(policy: &KernelPolicy, port: u16) -> Option<&PortSourceRules> {
+    let bind = bind_port_of(policy, port);
+    policy.source_rules.iter().find(|r| r.port == bind)
 }
 
 /// The bind port a port leads to: itself, or the listener port behind a node port.

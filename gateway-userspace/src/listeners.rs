@@ -2,7 +2,8 @@
 //! reload diffs it against the new snapshot: ports that appear are bound *before* the new
 //! snapshot is swapped in (so a port that cannot be bound fails the reload and nothing
 //! changes), ports that disappear stop accepting and drain like a shutdown does. Each
-//! port has one socket and accept loop per worker thread (workers.rs).
+//! port has one socket and accept loop per worker thread (workers.rs) and address
+//! family (`bind.rs`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,6 +20,8 @@ use crate::{
     snapshot::{Protocol, Snapshot},
 };
 
+mod bind;
+
 /// A port that just stopped accepting may still be held for a moment by its accept loop;
 /// rebinding it (removed, then added back by a quick second reload) retries this often.
 const REBIND_ATTEMPTS: u32 = 20;
@@ -28,9 +31,17 @@ const REBIND_PAUSE: Duration = Duration::from_millis(10);
 struct Running {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    /// A listening socket of the port (owned by an accept loop), for node-port
+    /// A listening socket of the port per family (owned by accept loops), for node-port
     /// steering: the kernel picks among the port's reuse-port group from it.
-    socket: RawFd,
+    sockets: ListenerSockets,
+}
+
+/// A listening socket of a port for each address family it is bound in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerSockets {
+    pub v4: RawFd,
+    /// None where the node has no IPv6.
+    pub v6: Option<RawFd>,
 }
 
 /// Ports bound for a snapshot that is not yet serving; `ListenerSet::start` takes them.
@@ -70,11 +81,11 @@ impl ListenerSet {
         self.lock_running().keys().copied().collect()
     }
 
-    /// The listening socket of each bind port accepting right now.
-    pub fn sockets(&self) -> Vec<(u16, RawFd)> {
+    /// The listening sockets of each bind port accepting right now.
+    pub fn sockets(&self) -> Vec<(u16, ListenerSockets)> {
         self.lock_running()
             .iter()
-            .map(|(port, r)| (*port, r.socket))
+            .map(|(port, r)| (*port, r.sockets))
             .collect()
     }
 
@@ -108,13 +119,25 @@ impl ListenerSet {
         let wanted: BTreeSet<u16> = snapshot.listeners.iter().map(|l| l.bind_port).collect();
         let mut running = self.lock_running();
         for (port, sockets) in bound.listeners {
-            let Some(socket) = sockets.first().map(AsRawFd::as_raw_fd) else {
+            let family = |v6: bool| {
+                sockets
+                    .iter()
+                    .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv6() == v6))
+                    .map(AsRawFd::as_raw_fd)
+            };
+            let Some(v4) = family(false) else {
                 continue;
             };
+            let fds = ListenerSockets {
+                v4,
+                v6: family(true),
+            };
             let (stop, stop_rx) = watch::channel(false);
+            // The sockets come per family, one per worker each: every worker accepts on
+            // one socket of each family.
             let tasks = sockets
                 .into_iter()
-                .zip(&self.workers)
+                .zip(self.workers.iter().cycle())
                 .map(|(listener, worker)| {
                     worker.spawn(proxy::serve(
                         listener,
@@ -129,7 +152,7 @@ impl ListenerSet {
                 Running {
                     stop,
                     tasks,
-                    socket,
+                    sockets: fds,
                 },
             );
         }
@@ -180,7 +203,7 @@ async fn bind_with_retry(
 ) -> Result<Vec<std::net::TcpListener>, ProxyError> {
     let mut attempt = 1;
     loop {
-        match proxy::bind_port(port, count) {
+        match bind::bind_port(port, count) {
             Err(ProxyError::Bind { source, .. })
                 if source.kind() == std::io::ErrorKind::AddrInUse && attempt < REBIND_ATTEMPTS =>
             {

@@ -45,7 +45,7 @@ use hyper_util::{
 use thiserror::Error;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpSocket, TcpStream},
+    net::{TcpListener, TcpStream},
     sync::watch,
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
@@ -61,7 +61,7 @@ pub use limits::Limits;
 pub use log_sink::flush as flush_access_log;
 
 /// Backlog of each listening socket: bursts of new connections queue in the kernel.
-const LISTEN_BACKLOG: u32 = 4096;
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
 /// The head limits are the codec's (`http1/rules.rs`); hyper's server gets the same.
 const MAX_REQUEST_HEAD_BYTES: usize = http1::rules::MAX_HEAD_BYTES;
 const MAX_REQUEST_HEADERS: usize = http1::rules::MAX_HEADERS;
@@ -87,29 +87,6 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 pub enum ProxyError {
     #[error("binding port {port}: {source}")]
     Bind { port: u16, source: std::io::Error },
-}
-
-/// Binds `count` listening sockets for `port` on all addresses (IPv4), one per worker:
-/// a `SO_REUSEPORT` group when there are several, among which the kernel spreads new
-/// connections. The sockets are handed to the workers' runtimes (`serve`) unregistered.
-pub fn bind_port(port: u16, count: usize) -> Result<Vec<std::net::TcpListener>, ProxyError> {
-    let bind = |reuse_port: bool| -> std::io::Result<std::net::TcpListener> {
-        let socket = TcpSocket::new_v4()?;
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(reuse_port)?;
-        socket.set_nodelay(true)?;
-        socket.bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
-        socket.listen(LISTEN_BACKLOG)?.into_std()
-    };
-    let group = count > 1;
-    if group {
-        // A plain bind first: it fails while anything holds the port, even another
-        // process's reuse-port group, which the group below would silently join.
-        drop(bind(false).map_err(|source| ProxyError::Bind { port, source })?);
-    }
-    (0..count.max(1))
-        .map(|_| bind(group).map_err(|source| ProxyError::Bind { port, source }))
-        .collect()
 }
 
 /// Closes the pooled upstream connections of the worker it runs on when their endpoint

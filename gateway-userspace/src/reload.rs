@@ -319,10 +319,11 @@ pub fn steer_node_ports(
             sockets
                 .iter()
                 .find(|(port, _)| *port == bind_port)
-                .map(|&(_, socket)| NodePortRoute {
+                .map(|&(_, sockets)| NodePortRoute {
                     node_port,
                     bind_port,
-                    socket,
+                    socket: sockets.v4,
+                    socket_v6: sockets.v6,
                 })
         })
         .collect();
@@ -605,7 +606,8 @@ impl Reloader {
             mut hangup,
         } = changes;
         async move {
-            let _watcher = watcher;
+            let mut watcher = watcher;
+            watcher.follow_credentials(&self.source.tls.credentials.files());
             // Parse everything once now, so the first reload re-parses only what changed
             // (unless the first compile went through the cache: `compile_first`).
             let (paths, cache) = (self.source.paths.clone(), self.compile_cache.clone());
@@ -659,6 +661,7 @@ impl Reloader {
                 // Looked at now that the writer is done: its temporary files are gone.
                 let trigger = Trigger::of(&touched);
                 self.reload_and_report(cause, trigger).await;
+                watcher.follow_credentials(&self.source.tls.credentials.files());
                 if touched.contains(&Touched::Dns) {
                     // An unchanged configuration compiles nothing, and a refused one
                     // leaves the live snapshot: either way the answers still apply.
@@ -740,7 +743,7 @@ impl Touched {
 /// a change or a SIGHUP that comes while the daemon starts is kept for the reload loop
 /// (`Reloader::watch`) instead of being missed or, for SIGHUP, killing the process.
 pub struct ChangeWatch {
-    watcher: notify::RecommendedWatcher,
+    watcher: FileWatch,
     sender: mpsc::UnboundedSender<Touched>,
     changed: mpsc::UnboundedReceiver<Touched>,
     hangup: tokio::signal::unix::Signal,
@@ -867,12 +870,71 @@ impl Watched {
     }
 }
 
+/// The configuration's watches, and those of the credential files the live
+/// configuration reads (DestinationRule and Gateway certificate, key and CA files):
+/// those follow each compile, so a rotated client certificate reloads like an edit.
+struct FileWatch {
+    watcher: notify::RecommendedWatcher,
+    /// What the event filter looks at: the configuration paths (the first `fixed`),
+    /// then the credential files.
+    watched: Arc<Mutex<Vec<Watched>>>,
+    fixed: usize,
+    /// Directories watched for credential files alone (none of the configuration's
+    /// watches covers them).
+    credential_dirs: Vec<PathBuf>,
+}
+
+impl FileWatch {
+    /// Watches the directories of `files` that no watch covers yet and drops the watches
+    /// of credential directories no longer used. A directory that cannot be watched is
+    /// logged: its files are still re-read on every reload.
+    fn follow_credentials(&mut self, files: &[PathBuf]) {
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        watched.truncate(self.fixed);
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for file in files {
+            let entry = Watched::of(file);
+            let covered = watched[..self.fixed].iter().any(|w| match w.file {
+                None => entry.dir.starts_with(&w.dir),
+                Some(_) => entry.dir == w.dir,
+            });
+            if !covered && !dirs.contains(&entry.dir) {
+                dirs.push(entry.dir.clone());
+            }
+            watched.push(entry);
+        }
+        drop(watched);
+        for dir in self.credential_dirs.iter().filter(|d| !dirs.contains(d)) {
+            let _ = self.watcher.unwatch(dir);
+        }
+        let mut now = Vec::new();
+        for dir in dirs {
+            if self.credential_dirs.contains(&dir) {
+                now.push(dir);
+                continue;
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    info!(dir = %dir.display(), "watching credential files");
+                    now.push(dir);
+                }
+                Err(e) => warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "credential files here are not watched: a change applies at the next reload"
+                ),
+            }
+        }
+        self.credential_dirs = now;
+    }
+}
+
 fn watch_paths(
     paths: &[PathBuf],
     changed: mpsc::UnboundedSender<Touched>,
-) -> Result<notify::RecommendedWatcher, ReloadError> {
-    let watched: Vec<Watched> = paths.iter().map(|p| Watched::of(p)).collect();
-    let targets: Vec<(PathBuf, RecursiveMode)> = watched
+) -> Result<FileWatch, ReloadError> {
+    let fixed: Vec<Watched> = paths.iter().map(|p| Watched::of(p)).collect();
+    let targets: Vec<(PathBuf, RecursiveMode)> = fixed
         .iter()
         .map(|w| {
             let mode = match w.file {
@@ -882,9 +944,13 @@ fn watch_paths(
             (w.dir.clone(), mode)
         })
         .collect();
+    let count = fixed.len();
+    let watched = Arc::new(Mutex::new(fixed));
+    let filter = watched.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let touched = match event {
             Ok(event) => {
+                let watched = filter.lock().unwrap_or_else(PoisonError::into_inner);
                 let paths: Vec<PathBuf> = event
                     .paths
                     .into_iter()
@@ -912,7 +978,12 @@ fn watch_paths(
             .watch(&dir, mode)
             .map_err(|source| ReloadError::Watch { path: dir, source })?;
     }
-    Ok(watcher)
+    Ok(FileWatch {
+        watcher,
+        watched,
+        fixed: count,
+        credential_dirs: Vec::new(),
+    })
 }
 
 /// Whether an event can mean a finished change. A file's content is complete when its

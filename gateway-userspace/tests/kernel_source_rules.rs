@@ -226,3 +226,61 @@ fn traffic_to_other_addresses_is_not_policed() {
     .build();
     assert_eq!(run_xdp(&mut kernel, &elsewhere), XDP_PASS);
 }
+
+/// A node port takes its bind port's source rules: a SYN to node port 30443 (leading to
+/// 443) from a denied source is dropped where the filter runs ahead of the translation
+/// (XDP, or TC on an interface without it), IPv4 and IPv6 alike; the allow list of 8443
+/// applies on its node port 30843 too.
+#[test]
+fn syns_to_a_node_port_meet_the_bind_ports_source_rules() {
+    if !privileged() {
+        return;
+    }
+    let mut kernel = KernelPath::load().expect("load the embedded eBPF object");
+    kernel
+        .set_gateway_addresses(&DEFAULT_DESTINATIONS)
+        .expect("addresses");
+    let with_node_ports = KernelPolicy {
+        node_ports: vec![(30443, 443), (30843, 8443), (30943, 9443)],
+        ..policy()
+    };
+    kernel
+        .apply_policy(&with_node_ports)
+        .expect("write the policy");
+    let cases: &[(&str, u16, bool)] = &[
+        ("10.1.2.3", 30443, true),
+        ("2001:db8::7", 30443, true),
+        ("11.0.0.1", 30443, false),
+        ("192.169.0.1", 30843, true),
+        ("192.168.1.1", 30843, false),
+        ("fd12::1", 30843, false),
+        ("10.1.2.3", 30943, false),
+    ];
+    for (source, port, dropped) in cases {
+        let frame = segment(source, *port, SYN);
+        let (xdp, tc) = if *dropped {
+            (XDP_DROP, TC_ACT_SHOT)
+        } else {
+            (XDP_PASS, TC_ACT_OK)
+        };
+        assert_eq!(run_xdp(&mut kernel, &frame), xdp, "XDP: {source} → {port}");
+        assert_eq!(run_tc(&mut kernel, &frame), tc, "TC: {source} → {port}");
+    }
+    let ports = kernel.port_stats().expect("port stats");
+    let denied_on = |port| {
+        ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(0, |(_, s)| s.syns_denied)
+    };
+    assert_eq!(denied_on(30443), 4, "counted on the node port");
+    assert_eq!(denied_on(30843), 2);
+    assert_eq!(denied_on(443), 0);
+
+    // Without node ports in the next policy, the node port's rules go with it.
+    kernel.apply_policy(&policy()).expect("reload");
+    assert_eq!(
+        run_xdp(&mut kernel, &segment("10.1.2.3", 30443, SYN)),
+        XDP_PASS
+    );
+}

@@ -15,10 +15,10 @@ use gateway_tests::{
     skip_unless_root,
 };
 
-const NAME: &str = "api.example.com";
+pub(crate) const NAME: &str = "api.example.com";
 
 /// A self-signed ECDSA P-256 certificate for `name`; returns (cert, key) paths.
-fn self_signed(dir: &TempDir, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub(crate) fn self_signed(dir: &TempDir, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
     self_signed_for(dir, &[name])
 }
 
@@ -62,7 +62,12 @@ fn self_signed_for(dir: &TempDir, names: &[&str]) -> anyhow::Result<(PathBuf, Pa
 }
 
 /// An HTTPS server for api.example.com on Gateway port 443 (bound on `bind_port`).
-fn https_config(bind_port: u16, upstream: SocketAddr, cert: &Path, key: &Path) -> String {
+pub(crate) fn https_config(
+    bind_port: u16,
+    upstream: SocketAddr,
+    cert: &Path,
+    key: &Path,
+) -> String {
     https_config_for(&[NAME], bind_port, upstream, cert, key)
 }
 

@@ -16,6 +16,7 @@ mod istio_fidelity;
 mod istio_traffic;
 mod kernel;
 mod kernel_authz;
+mod kernel_ipv6;
 mod kubernetes;
 mod limits;
 mod live_state;

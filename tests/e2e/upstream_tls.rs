@@ -347,3 +347,124 @@ fn http2_clusters_negotiate_h2_over_tls_and_http1_clusters_http1() -> anyhow::Re
     assert_eq!(h1.json()?["version"], "HTTP/1.1", "{}", h1.body);
     Ok(())
 }
+
+/// A Secret volume as kubelet lays it out: `dir/tls.crt → ..data/tls.crt`, `..data → ..vN`;
+/// each version written aside, then `..data` renamed over, so both files change at once.
+fn publish_volume(
+    dir: &std::path::Path,
+    version: u32,
+    cert: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::symlink;
+    let versioned = dir.join(format!("..v{version}"));
+    std::fs::create_dir(&versioned)?;
+    std::fs::write(versioned.join("tls.crt"), cert)?;
+    std::fs::write(versioned.join("tls.key"), key)?;
+    let tmp = dir.join("..data_tmp");
+    symlink(format!("..v{version}"), &tmp)?;
+    std::fs::rename(&tmp, dir.join("..data"))?;
+    for name in ["tls.crt", "tls.key"] {
+        let link = dir.join(name);
+        if link.symlink_metadata().is_err() {
+            symlink(format!("..data/{name}"), link)?;
+        }
+    }
+    Ok(())
+}
+
+/// MUTUAL with `clientCertificate`/`privateKey` files outside the configuration (a Secret
+/// volume, no `--watch`): a rotated volume is followed by the next connection without a
+/// SIGHUP, and a broken version keeps the last good certificate in use (reported as a
+/// partial reload and a credential error).
+#[test]
+fn client_certificate_files_are_followed_and_a_broken_version_keeps_the_last_good()
+-> anyhow::Result<()> {
+    let dir = TempDir::new("upstream-tls-files")?;
+    let pki_dir = TempDir::new("upstream-tls-files-pki")?;
+    let pki = Pki::new(pki_dir.path(), "upstream-ca")?;
+    let other = Pki::new(pki_dir.path(), "client-ca")?;
+    let host = "mtlsfile.default.svc.cluster.local";
+    pki.issue(
+        "backend",
+        "backend",
+        &format!("DNS:{host}"),
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (client_a, client_a_key) = other.issue(
+        "client-a",
+        "client-a",
+        "DNS:client-a",
+        Key::EcP256Pkcs8,
+        true,
+    )?;
+    let (client_b, client_b_key) = other.issue(
+        "client-b",
+        "client-b",
+        "DNS:client-b",
+        Key::EcP256Pkcs8,
+        true,
+    )?;
+    let client_ca = other.path("client-ca.crt");
+    let (_mutual, mutual_port) =
+        s_server(&pki, "backend", &["-Verify", "1", "-CAfile", &client_ca])?;
+
+    let volume = TempDir::new("upstream-tls-files-volume")?;
+    publish_volume(volume.path(), 1, &client_a, &client_a_key)?;
+    let (cert, key) = (
+        volume.path().join("tls.crt").display().to_string(),
+        volume.path().join("tls.key").display().to_string(),
+    );
+    let (bind_port, tcp_port) = (free_port(), free_port());
+    let mut config = gateway_config(bind_port, tcp_port, &["mtlsfile"], "mtlsfile");
+    config += &service_with_endpoint("mtlsfile", 8443, ([127, 0, 0, 1], mutual_port).into());
+    config += &destination_rule(
+        "mtlsfile",
+        &format!(
+            "{{mode: MUTUAL, clientCertificate: {cert}, privateKey: {key}, caCertificates: {}}}",
+            pki.path("upstream-ca.crt")
+        ),
+    );
+    let config_dir = TempDir::new("upstream-tls-files-config")?;
+    config_dir.write("gateway.yaml", &config)?;
+    let gateway = Gateway::start(config_dir.path(), &["--ebpf", "off"], None, &dir)?;
+
+    let presented = |cn: &str| -> anyhow::Result<()> {
+        let response = get(bind_port, "/mtlsfile")?;
+        assert_eq!(response.status, 200, "{response:?}\n{}", gateway.stderr());
+        assert!(
+            response.body.contains(&format!("CN={cn}")),
+            "{}",
+            response.body
+        );
+        Ok(())
+    };
+    presented("client-a")?;
+
+    // kubelet rotates the volume: followed without a SIGHUP or --watch.
+    gateway.reload_after(|| publish_volume(volume.path(), 2, &client_b, &client_b_key))?;
+    presented("client-b")?;
+
+    // A broken version (the certificate cut short): the reload applies everything else,
+    // the credential is reported, and the last good certificate is still presented.
+    let partial = gateway.reloads("partial")?;
+    publish_volume(volume.path(), 3, &client_b[..40], &client_b_key)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gateway.reloads("partial")? <= partial {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partial reload after the broken version:\n{}",
+            gateway.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let errors = gateway
+        .metric(&format!(
+            "gateway_tls_credential_errors_total{{credential=\"file {cert} (key {key})\"}}"
+        ))?
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "the broken credential is counted");
+    presented("client-b")?;
+    Ok(())
+}

@@ -76,8 +76,14 @@ pub fn free_port() -> u16 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         assert!(n < span, "no free port below the ephemeral range");
         let port = u16::try_from(LOWEST + (offset + n) % span).expect("ports fit in u16");
+        // gatewayd binds `::` too (where the host has IPv6).
+        let free_v6 = || match TcpListener::bind(("::", port)) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+        };
         if TcpListener::bind(("0.0.0.0", port)).is_ok()
             && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && free_v6()
         {
             return port;
         }
@@ -439,17 +445,25 @@ pub struct NetnsPair {
 
 /// Private addresses used only inside the namespaces the tests create.
 const NETNS_SUBNET: &str = "10.203.0";
+/// The same for IPv6 (a unique-local /64).
+const NETNS_SUBNET6: &str = "fd00:203:";
 
 impl NetnsPair {
     pub fn new(label: &str) -> anyhow::Result<Self> {
+        Self::with_prefix("", label)
+    }
+
+    /// The same with both namespace names starting with `prefix` (`v6k-gw-LABEL-ID`), so
+    /// a group of tests can tell its namespaces from everyone else's.
+    pub fn with_prefix(prefix: &str, label: &str) -> anyhow::Result<Self> {
         let id = format!(
             "{}{}",
             std::process::id() % 100_000,
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let pair = NetnsPair {
-            gateway_ns: format!("gw-{label}-{id}"),
-            client_ns: format!("cli-{label}-{id}"),
+            gateway_ns: format!("{prefix}gw-{label}-{id}"),
+            client_ns: format!("{prefix}cli-{label}-{id}"),
             gateway_if: format!("vgw{id}"),
             gateway_ip: format!("{NETNS_SUBNET}.2"),
             client_ip: format!("{NETNS_SUBNET}.1"),
@@ -504,6 +518,21 @@ impl NetnsPair {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
         Ok(pair)
+    }
+
+    /// Adds IPv6 addresses to both ends of the veth (`NETNS_SUBNET6`, without duplicate
+    /// address detection, so they are usable at once); returns (gateway, client).
+    pub fn add_ipv6(&self) -> anyhow::Result<(String, String)> {
+        let (gateway, client) = (format!("{NETNS_SUBNET6}:2"), format!("{NETNS_SUBNET6}:1"));
+        let client_if = self.gateway_if.replacen("vgw", "vcl", 1);
+        for (ns, dev, address) in [
+            (&self.gateway_ns, &self.gateway_if, &gateway),
+            (&self.client_ns, &client_if, &client),
+        ] {
+            let address = format!("{address}/64");
+            ip(&["-n", ns, "addr", "add", &address, "dev", dev, "nodad"])?;
+        }
+        Ok((gateway, client))
     }
 
     /// `ip link show` of the gateway's veth, to see what is attached to it.

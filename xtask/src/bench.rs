@@ -14,6 +14,7 @@ mod common;
 mod config;
 mod endpoints;
 mod http;
+mod ip_deny;
 mod kubernetes;
 mod node_ports;
 mod reload;
@@ -74,6 +75,11 @@ const BENCHES: &[Bench] = &[
         name: "sni",
         about: "unknown-SNI flood: CPU per rejected connection (kernel reset vs userspace vs full handshake vs nginx ssl_reject_handshake vs HAProxy strict-sni), legitimate HTTPS kept",
         run: sni::run,
+    },
+    Bench {
+        name: "ip-deny",
+        about: "connections from a source an AuthorizationPolicy denies: refused in the kernel (XDP drops the SYN) vs in userspace (--ebpf off): gatewayd CPU, XDP run time and softirq per refused connection",
+        run: ip_deny::run,
     },
     Bench {
         name: "node-ports",

@@ -264,6 +264,7 @@ impl<'a> Compiler<'a> {
         }
         match (&tls.server_certificate, &tls.private_key) {
             (Some(cert_path), Some(key_path)) if certificates.is_empty() => {
+                self.read_credential_files(&[cert_path.as_str(), key_path.as_str()]);
                 let read = |path: &String| read_capped(path.as_ref()).map_err(|e| e.to_string());
                 let loaded = read(cert_path).and_then(|cert| {
                     let key = read(key_path)?;
@@ -291,6 +292,7 @@ impl<'a> Compiler<'a> {
             && client_ca.is_none()
             && let Some(path) = &tls.ca_certificates
         {
+            self.read_credential_files(&[path.as_str()]);
             let loaded = read_capped(path.as_ref())
                 .map_err(|e| e.to_string())
                 .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()))
@@ -511,6 +513,12 @@ impl<'a> Compiler<'a> {
             kept: None,
             diagnostic,
         });
+    }
+
+    /// Notes credential files this compile reads, for the reload loop to watch.
+    pub(super) fn read_credential_files(&mut self, paths: &[&str]) {
+        let files = &mut self.credentials.report.files;
+        files.extend(paths.iter().map(std::path::PathBuf::from));
     }
 
     /// This compile's credentials, for the reload to commit once it is live.

@@ -223,6 +223,7 @@ impl<'a> Compiler<'a> {
                     "MUTUAL needs credentialName, or clientCertificate and privateKey".to_owned(),
                 ));
             };
+            self.read_credential_files(&[cert, key]);
             let loaded = (|| {
                 let cert_pem = read_capped(cert.as_ref()).map_err(|e| e.to_string())?;
                 let key_pem = read_capped(key.as_ref()).map_err(|e| e.to_string())?;
@@ -248,6 +249,7 @@ impl<'a> Compiler<'a> {
             .filter(|p| !p.is_empty())
         {
             Some(path) => {
+                self.read_credential_files(&[path]);
                 let loaded = read_capped(path.as_ref())
                     .map_err(|e| e.to_string())
                     .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()))

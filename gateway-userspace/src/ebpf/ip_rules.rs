@@ -33,15 +33,16 @@ pub(super) fn port_flags(rules: &PortSourceRules) -> u32 {
         }
 }
 
-/// The trie entries for one port, in the order they are written.
-pub(super) fn entries(generation: u32, port: &PortSourceRules) -> Vec<(RuleKey, u8)> {
-    let deny = &port.rules.deny;
-    let pass = port.rules.allow_only.iter().flatten();
+/// The trie entries for `port` (a bind port, or a node port leading to the bind port
+/// `rules` belong to), in the order they are written.
+pub(super) fn entries(generation: u32, port: u16, rules: &PortSourceRules) -> Vec<(RuleKey, u8)> {
+    let deny = &rules.rules.deny;
+    let pass = rules.rules.allow_only.iter().flatten();
     pass.filter(|allowed| !deny.iter().any(|d| d.covers(allowed)))
-        .map(|b| (key(generation, port.port, b), IP_RULE_PASS))
+        .map(|b| (key(generation, port, b), IP_RULE_PASS))
         .chain(
             deny.iter()
-                .map(|b| (key(generation, port.port, b), IP_RULE_DENY)),
+                .map(|b| (key(generation, port, b), IP_RULE_DENY)),
         )
         .collect()
 }

@@ -38,9 +38,11 @@ const NETLINK_PRIORITY: u16 = 1;
 pub struct NodePortRoute {
     pub node_port: u16,
     pub bind_port: u16,
-    /// The listener's socket (owned by the listener; the kernel maps hold their own
+    /// The listener's IPv4 socket (owned by the listener; the kernel maps hold their own
     /// reference).
     pub socket: RawFd,
+    /// Its IPv6 socket, where the node has IPv6.
+    pub socket_v6: Option<RawFd>,
 }
 
 impl KernelPath {
@@ -147,10 +149,20 @@ impl KernelPath {
             program.load()?;
             self.steer_link = Some(program.attach(netns)?);
         }
+        // Each route has two slots, IPv4 then IPv6: the program picks by the lookup's
+        // family (a socket of the other family cannot take the connection).
         let mut sockets: SockMap<_> =
             SockMap::try_from(map_mut(&mut self.ebpf, STEER_SOCKETS_MAP)?)?;
         for (index, route) in routes.iter().enumerate() {
-            sockets.set(index as u32, &SocketFd(route.socket), 0)?;
+            let slot = 2 * index as u32;
+            sockets.set(slot, &SocketFd(route.socket), 0)?;
+            match route.socket_v6 {
+                Some(v6) => sockets.set(slot + 1, &SocketFd(v6), 0)?,
+                // An empty slot: the redirect fails and the normal lookup goes on.
+                None => {
+                    let _ = sockets.clear_index(&(slot + 1));
+                }
+            }
         }
         let mut ports: BpfHashMap<_, u32, u32> =
             BpfHashMap::try_from(map_mut(&mut self.ebpf, STEER_PORTS_MAP)?)?;
@@ -164,7 +176,7 @@ impl KernelPath {
             ports.remove(&port)?;
         }
         for (index, port) in wanted.iter().enumerate() {
-            ports.insert(port, index as u32, 0)?;
+            ports.insert(port, 2 * index as u32, 0)?;
         }
         Ok(())
     }

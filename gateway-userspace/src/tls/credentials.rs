@@ -128,6 +128,9 @@ pub struct CredentialReport {
     /// Credentials whose current version loaded.
     pub loaded: Vec<String>,
     pub problems: Vec<CredentialProblem>,
+    /// The files credentials were read from (certificates, keys, CAs), watched so that
+    /// a rotated file reloads without `--watch` or SIGHUP.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 impl CredentialReport {
@@ -159,6 +162,8 @@ impl CredentialReport {
 pub struct CredentialMemory {
     committed: Mutex<HashMap<String, Credential>>,
     staged: Mutex<Option<(HashMap<String, Credential>, CredentialReport)>>,
+    /// The credential files the latest compile read (applied or not).
+    files: Mutex<Vec<std::path::PathBuf>>,
 }
 
 impl CredentialMemory {
@@ -173,7 +178,19 @@ impl CredentialMemory {
 
     /// What a compile used; replaces an earlier compile's that was never applied.
     pub fn stage(&self, used: HashMap<String, Credential>, report: CredentialReport) {
+        let mut files = report.files.clone();
+        files.sort_unstable();
+        files.dedup();
+        *self.files.lock().unwrap_or_else(PoisonError::into_inner) = files;
         *self.staged.lock().unwrap_or_else(PoisonError::into_inner) = Some((used, report));
+    }
+
+    /// The files the latest compile read credentials from, for the reload loop to watch.
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        self.files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The staged compile's report, before it is applied.
