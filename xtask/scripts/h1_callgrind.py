@@ -11,6 +11,8 @@ With `nginx` as the last argument, the same for an nginx proxy (one worker proce
 """
 import glob, os, socket, subprocess, sys, time
 
+from one_route_config import one_route_config
+
 BIN, MODE, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
 PEER = len(sys.argv) > 4 and sys.argv[4] == "nginx"
 UP, GW = 18480, 18580
@@ -24,46 +26,7 @@ http {{ access_log off; keepalive_requests 1000000;
 """
 open(f"{WORK}/up.conf", "w").write(upstream_conf)
 
-config = f"""apiVersion: networking.istio.io/v1alpha3
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http2, port: 80, targetPort: {GW}}}]
----
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata: {{name: vs, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route:
-    - destination: {{host: up, port: {{number: 8000}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: default}}
-spec:
-  ports: [{{name: http, port: 8000, targetPort: {UP}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
-addressType: IPv4
-ports: [{{name: http, port: {UP}}}]
-endpoints:
-- addresses: ["127.0.0.1"]
-"""
+config = one_route_config(GW, UP)
 open(f"{WORK}/gw.yaml", "w").write(config)
 
 nginx_proxy = f"""daemon off; master_process off; worker_processes 1; pid {WORK}/gw.pid;

@@ -6,48 +6,11 @@ its answer's head, then 2 s of quiet; prints the VmRSS growth divided by N.
 """
 import os, socket, subprocess, sys, time
 
+from one_route_config import one_route_config
+
 BIN, UPSTREAM_BIN, MODE, N = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 UP, GW = 18080 + (MODE == "own"), 18180 + (MODE == "own")
-config = f"""apiVersion: networking.istio.io/v1alpha3
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http2, port: 80, targetPort: {GW}}}]
----
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata: {{name: vs, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route:
-    - destination: {{host: up, port: {{number: 8000}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: default}}
-spec:
-  ports: [{{name: http, port: 8000, targetPort: {UP}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
-addressType: IPv4
-ports: [{{name: http, port: {UP}}}]
-endpoints:
-- addresses: ["127.0.0.1"]
-"""
+config = one_route_config(GW, UP)
 open(f"/tmp/{MODE}.yaml", "w").write(config)
 up = subprocess.Popen([UPSTREAM_BIN, "--listen", f"127.0.0.1:{UP}", "--name", "up"], stderr=subprocess.DEVNULL)
 gw = subprocess.Popen([BIN, "run", "--config", f"/tmp/{MODE}.yaml", "--ebpf", "off",
