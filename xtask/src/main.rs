@@ -352,6 +352,11 @@ fn run(ws: &Workspace, config: Option<PathBuf>, debug: bool) -> Result<()> {
 
     while !stop.load(Ordering::SeqCst) {
         if let Some((name, status)) = children.first_exited()? {
+            // A terminal's Ctrl-C reaches the children and us together: a child may
+            // finish before our handler has set the flag, which is a normal stop.
+            if stopped_by_user(&stop) {
+                break;
+            }
             children.stop_all();
             bail!("{name} exited unexpectedly: {status}");
         }
@@ -360,6 +365,13 @@ fn run(ws: &Workspace, config: Option<PathBuf>, debug: bool) -> Result<()> {
     println!("\nstopping gatewayd and demo-upstream");
     children.stop_all();
     Ok(())
+}
+
+/// Whether Ctrl-C has been seen, allowing its handler a moment to run: the signal
+/// reaches the whole process group at once, so a child's exit can be noticed first.
+fn stopped_by_user(stop: &AtomicBool) -> bool {
+    thread::sleep(Duration::from_millis(300));
+    stop.load(Ordering::SeqCst)
 }
 
 /// Polls the readiness endpoint until it answers 200. `Ok(false)` means Ctrl-C came first.
@@ -376,6 +388,9 @@ fn wait_until_ready(
             return Ok(false);
         }
         if let Some((name, status)) = children.first_exited()? {
+            if stopped_by_user(stop) {
+                return Ok(false);
+            }
             // Once gatewayd has exited its stderr closes, so all of it can be shown.
             let stderr = if name == "gatewayd" {
                 gatewayd_stderr.finish()
