@@ -283,20 +283,8 @@ spec:
   action: DENY
   rules: [{{from: [{{source: {{ipBlocks: ["{CLIENT_IP}/32"]}}}}]}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: default}}
-spec:
-  ports: [{{name: tcp, port: 80, targetPort: {UPSTREAM_PORT}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
-addressType: IPv4
-ports: [{{name: tcp, port: {UPSTREAM_PORT}}}]
-endpoints:
-- addresses: ["127.0.0.1"]
-"#
+{upstream}"#,
+        upstream = super::common::upstream_service_yaml("tcp", UPSTREAM_PORT),
     )
 }
 

@@ -385,20 +385,8 @@ spec:
   http:
   - route: [{{destination: {{host: up, port: {{number: 80}}}}}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: default}}
-spec:
-  ports: [{{name: http, port: 80, targetPort: {UPSTREAM_PORT}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
-addressType: IPv4
-ports: [{{name: http, port: {UPSTREAM_PORT}}}]
-endpoints:
-- addresses: ["127.0.0.1"]
-"#
+{upstream}"#,
+        upstream = super::common::upstream_service_yaml("http", UPSTREAM_PORT),
     )
 }
 
