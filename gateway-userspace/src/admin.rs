@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use crate::{
-    connections::ConnectionLimit, kubernetes::store::ClusterStore, logging::LogLevel,
+    connections::ConnectionLimit, kubernetes::store::ClusterStore, listeners, logging::LogLevel,
     metrics::Metrics, runtime::Live,
 };
 
@@ -68,8 +68,15 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 128;
 /// After a failed accept (EMFILE and the like), pause instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Binds `addr` (and `::` beside an unspecified IPv4 address) for the caller's runtime.
+pub fn bind(addr: SocketAddr) -> std::io::Result<Vec<TcpListener>> {
+    listeners::bind_admin(addr)?
+        .into_iter()
+        .map(|listener| {
+            listener.set_nonblocking(true)?;
+            TcpListener::from_std(listener)
+        })
+        .collect()
 }
 
 /// Binds `addr` now and serves `surface` from a thread with a runtime of its own.
@@ -78,8 +85,10 @@ pub fn serve_on_own_thread(
     surface: Surface,
     state: AdminState,
 ) -> std::io::Result<()> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
+    let listeners = listeners::bind_admin(addr)?;
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -87,10 +96,16 @@ pub fn serve_on_own_thread(
         .name(format!("{surface:?}").to_lowercase())
         .spawn(move || {
             runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, surface, state).await,
-                    Err(e) => warn!(error = %e, ?surface, "admin endpoint not served"),
+                let mut served = tokio::task::JoinSet::new();
+                for listener in listeners {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            served.spawn(serve(listener, surface, state.clone()));
+                        }
+                        Err(e) => warn!(error = %e, ?surface, "admin endpoint not served"),
+                    }
                 }
+                while served.join_next().await.is_some() {}
             })
         })?;
     Ok(())

@@ -22,6 +22,8 @@ use crate::{
 
 mod bind;
 
+pub(crate) use bind::bind_admin;
+
 /// A port that just stopped accepting may still be held for a moment by its accept loop;
 /// rebinding it (removed, then added back by a quick second reload) retries this often.
 const REBIND_ATTEMPTS: u32 = 20;

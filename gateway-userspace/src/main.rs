@@ -598,10 +598,11 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
         (args.metrics_addr, Surface::Metrics),
         (args.admin_addr, Surface::Admin),
     ] {
-        let listener = admin::bind(addr)
-            .await
-            .with_context(|| format!("binding {surface:?} endpoint {addr}"))?;
-        tokio::spawn(admin::serve(listener, surface, admin_state.clone()));
+        for listener in
+            admin::bind(addr).with_context(|| format!("binding {surface:?} endpoint {addr}"))?
+        {
+            tokio::spawn(admin::serve(listener, surface, admin_state.clone()));
+        }
     }
     if let (Some(store), Some(client)) = (&source.cluster, &client) {
         args.config

@@ -40,6 +40,28 @@ pub(super) fn bind_port(port: u16, count: usize) -> Result<Vec<std::net::TcpList
     Ok(sockets)
 }
 
+/// Binds one listening socket for an admin address (readiness, metrics, admin). An
+/// unspecified IPv4 address (`0.0.0.0`, the probes' default) also gets an IPv6-only socket
+/// on `::`, as the listeners do, so that a kubelet probing an IPv6 pod address is answered;
+/// any other address is bound as given.
+pub(crate) fn bind_admin(address: SocketAddr) -> io::Result<Vec<std::net::TcpListener>> {
+    let v4 = std::net::TcpListener::bind(address)?;
+    // Port 0 asks for any port: IPv6 takes the one IPv4 was given.
+    let port = v4.local_addr()?.port();
+    let mut sockets = vec![v4];
+    if address.ip() != std::net::Ipv4Addr::UNSPECIFIED {
+        return Ok(sockets);
+    }
+    match bind_family(Family::V6, port, 1) {
+        Ok(v6) => sockets.extend(v6),
+        Err(e) if no_ipv6(&e) => {
+            tracing::warn!(error = %e, %address, "IPv6 is not available on this node: served over IPv4 only");
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(sockets)
+}
+
 #[derive(Clone, Copy)]
 enum Family {
     V4,
@@ -165,5 +187,25 @@ mod tests {
             }
             Ok(_) => panic!("bound a port another socket holds over IPv6"),
         }
+    }
+
+    /// A probe address on `0.0.0.0` answers over IPv6 too (a kubelet probing an IPv6 pod
+    /// address), on the same port; a specific address is bound alone.
+    // tokio's listen() registers nothing but wants a runtime about.
+    #[tokio::test]
+    async fn an_unspecified_admin_address_listens_on_both_families() {
+        let sockets = bind_admin(SocketAddr::from(([0, 0, 0, 0], 0))).expect("bind");
+        let port = sockets[0].local_addr().expect("addr").port();
+        let families: Vec<(bool, u16)> = sockets
+            .iter()
+            .map(|s| s.local_addr().expect("addr"))
+            .map(|a| (a.is_ipv6(), a.port()))
+            .collect();
+        assert_eq!(families, [(false, port), (true, port)]);
+        std::net::TcpStream::connect(("::1", port)).expect("connect over IPv6");
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect over IPv4");
+
+        let one = bind_admin(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        assert_eq!(one.len(), 1);
     }
 }
