@@ -719,6 +719,11 @@ pub(crate) fn service_endpoints(
     for slice in slices.of(namespace, name) {
         let slice = &slice.resource;
         any_slice = true;
+        // Istio's registry skips FQDN slices (deprecated in Kubernetes): they name hosts,
+        // not endpoints, so they add none and need no warning.
+        if slice.address_type.as_deref() == Some("FQDN") {
+            continue;
+        }
         if subset_labels
             .as_ref()
             .is_some_and(|want| !slice.metadata.labels.contains_all(want))

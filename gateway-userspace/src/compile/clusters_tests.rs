@@ -347,3 +347,62 @@ fn an_endpoint_update_gives_what_a_full_compile_gives_and_shares_the_rest() {
     let (checked, _) = update_endpoints_indexed(&previous, &resources, &services, &stale);
     assert_eq!(checked.endpoints, updated.endpoints);
 }
+
+/// A dual-stack Service has an IPv4 and an IPv6 slice: both families' endpoints serve.
+/// An FQDN slice names hosts, not endpoints: skipped without a warning, as Istio does.
+#[test]
+fn ipv6_slices_serve_beside_ipv4_and_fqdn_slices_are_skipped() {
+    let yaml = format!(
+        r#"{GATEWAY}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: istio-system}}
+spec:
+  hosts: [web.example.com]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: web}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: istio-system}}
+spec:
+  ipFamilies: [IPv4, IPv6]
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-v4, namespace: istio-system, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: [10.0.0.1]}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-v6, namespace: istio-system, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv6
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: ["fd00::1"]}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-fqdn, namespace: istio-system, labels: {{kubernetes.io/service-name: web}}}}
+addressType: FQDN
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: [web.internal.example]}}]
+"#
+    );
+    let (snapshot, diagnostics) = compile_yaml(&yaml);
+    assert_eq!(
+        destinations(&snapshot, "web.example.com", "/"),
+        vec![(
+            "outbound|80||web.istio-system.svc.cluster.local".to_owned(),
+            vec!["10.0.0.1:8080".to_owned(), "[fd00::1]:8080".to_owned()]
+        )],
+        "{diagnostics}"
+    );
+    assert!(
+        !diagnostics.to_string().contains("web.internal.example"),
+        "no warning for the FQDN slice: {diagnostics}"
+    );
+}
