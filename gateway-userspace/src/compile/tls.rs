@@ -185,7 +185,11 @@ impl<'a> Compiler<'a> {
                     AfterTermination::Http
                 };
                 match server_config::build(settings, &self.tls.sessions) {
-                    Ok(config) => TlsMode::Terminate { config, after },
+                    Ok((config, trust)) => TlsMode::Terminate {
+                        config,
+                        trust,
+                        after,
+                    },
                     Err(e) => {
                         self.server_error(server, "tls", &e.to_string());
                         return None;
@@ -316,6 +320,7 @@ impl<'a> Compiler<'a> {
             (_, Some(roots)) => Some(ClientAuth {
                 roots,
                 optional: mode == "OPTIONAL_MUTUAL",
+                insecure_fallback: false,
                 subject_alt_names: tls.subject_alt_names.clone(),
             }),
             (_, None) => {
@@ -762,7 +767,8 @@ impl<'a> Compiler<'a> {
                             ),
                             hosts: sni_hosts.clone(),
                             mode: TlsMode::Terminate {
-                                config: config.clone(),
+                                config: config.0.clone(),
+                                trust: config.1.clone(),
                                 after: AfterTermination::Tcp(clusters),
                             },
                             // Listed once, on the listener's first server.
@@ -796,7 +802,8 @@ impl<'a> Compiler<'a> {
                 name: format!("{resource} {}", listener.name),
                 hosts: vec![host],
                 mode: TlsMode::Terminate {
-                    config,
+                    config: config.0,
+                    trust: config.1,
                     after: AfterTermination::Http,
                 },
                 credentials: served,
@@ -828,7 +835,10 @@ impl<'a> Compiler<'a> {
         gateway: &'a Sourced<ApiGateway>,
         index: usize,
         alpn: Vec<Vec<u8>>,
-    ) -> Option<(Arc<rustls::ServerConfig>, Vec<ServedCredential>)> {
+    ) -> Option<(
+        (Arc<rustls::ServerConfig>, server_config::ClientTrust),
+        Vec<ServedCredential>,
+    )> {
         let listener = gateway.resource.spec.listeners.get(index)?;
         let resource = gateway.resource.object_ref();
         let field = format!("spec.listeners[{index}].tls");
@@ -1206,6 +1216,7 @@ impl<'a> Compiler<'a> {
         Ok(Some(ClientAuth {
             roots,
             optional,
+            insecure_fallback: optional,
             subject_alt_names: Vec::new(),
         }))
     }

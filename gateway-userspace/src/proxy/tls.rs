@@ -171,7 +171,11 @@ async fn serve_tls(
             };
             tcp::proxy(&live, stream, &hello.bytes, &route.clusters, clocks).await;
         }
-        TlsMode::Terminate { config, after } => {
+        TlsMode::Terminate {
+            config,
+            trust,
+            after,
+        } => {
             let rewound = Rewind {
                 prefix: hello.bytes,
                 position: 0,
@@ -197,11 +201,17 @@ async fn serve_tls(
                     return;
                 }
             };
-            let leaf = tls_stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first());
+            // A certificate that did not verify (AllowInsecureFallback) is served as
+            // none: never an identity, never forwarded.
+            let (leaf, unverified_client_cert) = match trust
+                .trusted_leaf(tls_stream.get_ref().1.peer_certificates())
+            {
+                Ok(leaf) => (leaf, false),
+                Err(()) => {
+                    debug!(sni = ?hello.sni, "client certificate did not verify: served as unverified");
+                    (None, true)
+                }
+            };
             let principal = leaf.and_then(client_cert::principal);
             match after {
                 AfterTermination::Tcp(clusters) => {
@@ -225,6 +235,7 @@ async fn serve_tls(
                         server: index,
                         client_cert,
                         principal,
+                        unverified_client_cert,
                     };
                     if ctx.http1_server == super::http1::Http1Server::Own {
                         let connection = forward::Connection::new(
