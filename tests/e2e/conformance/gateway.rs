@@ -311,19 +311,26 @@ fn gateway_frontend_client_certificate_validation() -> anyhow::Result<()> {
     );
     let report = report(dir.path())?;
     assert!(!report.contains("NoValidCACertificate"), "{report}");
+    assert!(!report.contains("InsecureFrontendValidationMode"), "{report}");
     Ok(())
 }
 
 /// GatewayFrontendClientCertificateValidationInsecureFallback: with
 /// `mode: AllowInsecureFallback` (on `default` and on the `perPort` entry for 8443) every
 /// client is served on both ports: one with a certificate of the port's CA, one with a
-/// certificate of the other CA, and one without a certificate.
+/// certificate of the other CA, and one without a certificate; the Gateway reports
+/// `InsecureFrontendValidationMode=True ConfigurationChanged`.
 #[test]
 fn gateway_frontend_client_certificate_validation_insecure_fallback() -> anyhow::Result<()> {
     let pki = FrontendPki::new("conf-frontend-fallback")?;
     let frontend = "      default:\n        validation:\n          mode: AllowInsecureFallback\n          caCertificateRefs: [{kind: ConfigMap, group: \"\", name: tls-validity-checks-ca-certificate}]\n      perPort:\n      - port: 8443\n        tls:\n          validation:\n            mode: AllowInsecureFallback\n            caCertificateRefs: [{kind: ConfigMap, group: \"\", name: tls-validity-checks-per-port-ca-certificate}]\n";
-    let (_dir, gateway, _upstreams, p443, p8443) =
+    let (dir, gateway, _upstreams, p443, p8443) =
         serve_client_validation("conf-frontend-fallback", &pki, frontend)?;
+    let text = report(dir.path())?;
+    assert!(
+        text.contains("InsecureFrontendValidationMode=True ConfigurationChanged"),
+        "{text}"
+    );
     for (host, port, upstream) in [
         ("example.org", p443, "infra-backend-v1"),
         ("second-example.org", p8443, "infra-backend-v2"),
