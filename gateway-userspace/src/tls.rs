@@ -108,6 +108,7 @@ mod tests {
             server: 0,
             client_cert: None,
             principal: None,
+            unverified_client_cert: false,
         };
         assert!(!on_a.is_misdirected(&tls, "a.example.com:8443"));
         assert!(on_a.is_misdirected(&tls, "b.example.com"));

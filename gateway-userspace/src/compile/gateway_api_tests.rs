@@ -985,7 +985,9 @@ spec:
     let (_, diagnostics) = compile_yaml(&with(&[BACKENDS, gateway]));
     let text = diagnostics.to_string();
     assert!(
-        text.contains("spec.listeners[1].tls.options: TLS options example.com/cipher are not applied"),
+        text.contains(
+            "spec.listeners[1].tls.options: TLS options example.com/cipher are not applied"
+        ),
         "{text}"
     );
     assert!(

@@ -311,7 +311,10 @@ fn gateway_frontend_client_certificate_validation() -> anyhow::Result<()> {
     );
     let report = report(dir.path())?;
     assert!(!report.contains("NoValidCACertificate"), "{report}");
-    assert!(!report.contains("InsecureFrontendValidationMode"), "{report}");
+    assert!(
+        !report.contains("InsecureFrontendValidationMode"),
+        "{report}"
+    );
     Ok(())
 }
 
