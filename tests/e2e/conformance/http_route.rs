@@ -909,3 +909,134 @@ fn http_route_query_param_matching() -> anyhow::Result<()> {
         ],
     )
 }
+
+/// HTTPRouteSimpleSameNamespace: a route of the Gateway's namespace with one backend and
+/// no match serves `/`.
+#[test]
+fn http_route_simple_same_namespace() -> anyhow::Result<()> {
+    let routes = route_to(
+        "gateway-conformance-infra-test",
+        "{name: infra-backend-v1, port: 8080}",
+    );
+    let case = Case::start("conf-simple-same-namespace", &routes)?;
+    expect_each(&case, &[("/", &[], "infra-backend-v1")])
+}
+
+/// HTTPRouteExactPathMatching: `Exact` matches the whole path, case-sensitively, with
+/// no trailing slash or further segment.
+#[test]
+fn http_route_exact_path_matching() -> anyhow::Result<()> {
+    let routes = route_with_rules(
+        "exact-matching",
+        &(rule("[{path: {type: Exact, value: /one}}]", "v1")
+            + &rule("[{path: {type: Exact, value: /two}}]", "v2")),
+    );
+    let case = Case::start("conf-exact-path-matching", &routes)?;
+    expect_each(
+        &case,
+        &[
+            ("/one", &[], "infra-backend-v1"),
+            ("/two", &[], "infra-backend-v2"),
+            ("/", &[], "404"),
+            ("/one/example", &[], "404"),
+            ("/two/", &[], "404"),
+            ("/Two", &[], "404"),
+        ],
+    )
+}
+
+/// HTTPRoutePathMatchOrder: Exact beats every prefix, and the longest prefix wins,
+/// whatever the rules' order.
+#[test]
+fn http_route_path_match_order() -> anyhow::Result<()> {
+    let routes = route_with_rules(
+        "path-matching-order",
+        &[
+            rule("[{path: {type: Exact, value: /match}}]", "v1"),
+            rule("[{path: {type: Exact, value: /match/exact}}]", "v2"),
+            rule("[{path: {type: Exact, value: /match/exact/one}}]", "v3"),
+            rule("[{path: {type: PathPrefix, value: /match/}}]", "v3"),
+            rule("[{path: {type: PathPrefix, value: /match/prefix/}}]", "v1"),
+            rule(
+                "[{path: {type: PathPrefix, value: /match/prefix/one}}]",
+                "v2",
+            ),
+        ]
+        .concat(),
+    );
+    let case = Case::start("conf-path-match-order", &routes)?;
+    expect_each(
+        &case,
+        &[
+            ("/match/exact/one", &[], "infra-backend-v3"),
+            ("/match/exact", &[], "infra-backend-v2"),
+            ("/match", &[], "infra-backend-v1"),
+            ("/match/prefix/one/any", &[], "infra-backend-v2"),
+            ("/match/prefix/any", &[], "infra-backend-v1"),
+            ("/match/any", &[], "infra-backend-v3"),
+        ],
+    )
+}
+
+/// A route whose rules each redirect (`filters` YAML per path prefix).
+fn redirect_route(name: &str, rules: &[(&str, &str)]) -> String {
+    let rules: String = rules
+        .iter()
+        .map(|(prefix, redirect)| {
+            format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    filters: [{{type: RequestRedirect, requestRedirect: {redirect}}}]\n"
+            )
+        })
+        .collect();
+    route_with_rules(name, &rules)
+}
+
+/// HTTPRoute303Redirect, HTTPRoute307Redirect, HTTPRoute308Redirect: the status code
+/// asked for, the path kept (303 to a POST, as the suite sends).
+#[test]
+fn http_route_303_307_308_redirect() -> anyhow::Result<()> {
+    let routes = redirect_route(
+        "redirects",
+        &[
+            ("/see-other", "{statusCode: 303}"),
+            ("/temporary", "{statusCode: 307}"),
+            ("/permanent", "{statusCode: 308}"),
+        ],
+    );
+    let case = Case::start("conf-redirect-codes", &routes)?;
+    for (method, path, status) in [
+        ("POST", "/see-other", 303),
+        ("GET", "/temporary", 307),
+        ("GET", "/permanent", 308),
+    ] {
+        let answer = case.request("example.com", method, path, &[])?;
+        assert_eq!(answer.status, status, "{answer:?}");
+        let location = format!("http://example.com{path}");
+        assert_eq!(answer.header("location"), Some(&*location), "{answer:?}");
+    }
+    Ok(())
+}
+
+/// HTTPRouteRedirectHostAndStatus: `hostname` replaces the host (302 by default), with
+/// `statusCode: 301` where asked.
+#[test]
+fn http_route_redirect_host_and_status() -> anyhow::Result<()> {
+    let routes = redirect_route(
+        "redirect-host-and-status",
+        &[
+            ("/hostname-redirect", "{hostname: example.org}"),
+            (
+                "/host-and-status",
+                "{statusCode: 301, hostname: example.org}",
+            ),
+        ],
+    );
+    let case = Case::start("conf-redirect-host", &routes)?;
+    for (path, status) in [("/hostname-redirect", 302), ("/host-and-status", 301)] {
+        let answer = case.get(path)?;
+        assert_eq!(answer.status, status, "{answer:?}");
+        let location = format!("http://example.org{path}");
+        assert_eq!(answer.header("location"), Some(&*location), "{answer:?}");
+    }
+    Ok(())
+}
