@@ -89,6 +89,9 @@ struct ServerRef<'a> {
     hosts: Vec<String>,
 }
 
+/// A terminating server's rustls configuration and what it may trust of client
+/// certificates.
+type TerminatingConfig = (Arc<rustls::ServerConfig>, server_config::ClientTrust);
 impl<'a> Compiler<'a> {
     /// The TLS or TCP part of a listener; None for plaintext HTTP ports.
     pub(super) fn transport(
@@ -835,10 +838,7 @@ impl<'a> Compiler<'a> {
         gateway: &'a Sourced<ApiGateway>,
         index: usize,
         alpn: Vec<Vec<u8>>,
-    ) -> Option<(
-        (Arc<rustls::ServerConfig>, server_config::ClientTrust),
-        Vec<ServedCredential>,
-    )> {
+    ) -> Option<(TerminatingConfig, Vec<ServedCredential>)> {
         let listener = gateway.resource.spec.listeners.get(index)?;
         let resource = gateway.resource.object_ref();
         let field = format!("spec.listeners[{index}].tls");

@@ -31,7 +31,7 @@ use crate::{
     metrics::HandshakeLabels,
     runtime::Live,
     snapshot::{AfterTermination, ListenerTls, SniRoute, TlsMode, Transport},
-    tls::{TlsConnectionInfo, client_cert},
+    tls::{TlsConnectionInfo, client_cert, server_config::PeerCertificate},
 };
 
 /// A client gets this long to send its ClientHello and finish the handshake.
@@ -204,10 +204,11 @@ async fn serve_tls(
             // A certificate that did not verify (AllowInsecureFallback) is served as
             // none: never an identity, never forwarded.
             let (leaf, unverified_client_cert) = match trust
-                .trusted_leaf(tls_stream.get_ref().1.peer_certificates())
+                .check(tls_stream.get_ref().1.peer_certificates())
             {
-                Ok(leaf) => (leaf, false),
-                Err(()) => {
+                PeerCertificate::Absent => (None, false),
+                PeerCertificate::Trusted(leaf) => (Some(leaf), false),
+                PeerCertificate::Unverified => {
                     debug!(sni = ?hello.sni, "client certificate did not verify: served as unverified");
                     (None, true)
                 }

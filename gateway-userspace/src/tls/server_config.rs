@@ -172,23 +172,32 @@ pub enum ClientTrust {
     Recheck(Arc<dyn ClientCertVerifier>),
 }
 
+/// The client certificate of a terminated connection, as far as it may be trusted.
+#[derive(Debug)]
+pub enum PeerCertificate<'c> {
+    /// The client sent none.
+    Absent,
+    /// The leaf of a chain the CAs verified.
+    Trusted(&'c CertificateDer<'static>),
+    /// A certificate that did not verify, served under AllowInsecureFallback: the
+    /// connection's "unverified" mark; it stands for no identity.
+    Unverified,
+}
+
 impl ClientTrust {
-    /// The client's leaf certificate when it is trusted: Err(()) marks a certificate
-    /// that was presented and did not verify (the connection's "unverified" mark); Ok(None)
-    /// no certificate.
-    pub fn trusted_leaf<'c>(
-        &self,
-        chain: Option<&'c [CertificateDer<'static>]>,
-    ) -> Result<Option<&'c CertificateDer<'static>>, ()> {
+    /// What the connection may make of the chain rustls accepted.
+    pub fn check<'c>(&self, chain: Option<&'c [CertificateDer<'static>]>) -> PeerCertificate<'c> {
         let Some((leaf, intermediates)) = chain.and_then(<[_]>::split_first) else {
-            return Ok(None);
+            return PeerCertificate::Absent;
         };
         match self {
-            ClientTrust::Verified => Ok(Some(leaf)),
-            ClientTrust::Recheck(strict) => strict
-                .verify_client_cert(leaf, intermediates, UnixTime::now())
-                .map(|_| Some(leaf))
-                .map_err(|_| ()),
+            ClientTrust::Verified => PeerCertificate::Trusted(leaf),
+            ClientTrust::Recheck(strict) => {
+                match strict.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+                    Ok(_) => PeerCertificate::Trusted(leaf),
+                    Err(_) => PeerCertificate::Unverified,
+                }
+            }
         }
     }
 }
