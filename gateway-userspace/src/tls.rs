@@ -51,6 +51,10 @@ pub struct TlsConnectionInfo {
     /// The verified client certificate's identity for AuthorizationPolicy `principals`
     /// (`tls::client_cert::principal`).
     pub principal: Option<String>,
+    /// The client presented a certificate that did not verify and was served anyway
+    /// (AllowInsecureFallback): `client_cert` and `principal` are None, and nothing
+    /// else may take the certificate for an identity.
+    pub unverified_client_cert: bool,
 }
 
 impl TlsConnectionInfo {
@@ -104,6 +108,7 @@ mod tests {
             server: 0,
             client_cert: None,
             principal: None,
+            unverified_client_cert: false,
         };
         assert!(!on_a.is_misdirected(&tls, "a.example.com:8443"));
         assert!(on_a.is_misdirected(&tls, "b.example.com"));

@@ -6,6 +6,7 @@
 //! report the status writer would write.
 
 mod gateway;
+mod grpc_route;
 mod http_route;
 mod l4_route;
 

@@ -22,7 +22,7 @@ const LARGE_MESSAGE_BYTES: u64 = 1 << 20;
 
 /// One call by the gRPC client peer through `target`; its outcome (code, details,
 /// messages, initial and trailing metadata) as peer.py prints it.
-fn call(target: &str, call: Value) -> anyhow::Result<Value> {
+pub(crate) fn call(target: &str, call: Value) -> anyhow::Result<Value> {
     let out = Command::new(PYTHON)
         .arg(peer_script())
         .args(["client", target, AUTHORITY])

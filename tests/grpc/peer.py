@@ -5,7 +5,8 @@ Messages are raw bytes (no protobuf), so no generated code is needed.
 
   peer.py server [NAME]                serves gatewayd.test.Echo on 127.0.0.1, an ephemeral
                                        port; prints "listening on 127.0.0.1:PORT"; its
-                                       Name method answers NAME ("server" by default)
+                                       Name method answers NAME ("server" by default), as do
+                                       the conformance suite's GrpcEcho/Echo, EchoTwo, EchoThree
   peer.py client TARGET AUTHORITY CALL runs one call (JSON, see `call`) through TARGET
                                        and prints its outcome as one JSON line
   peer.py session TARGET AUTHORITY     runs the calls read from stdin (one JSON per line)
@@ -26,6 +27,7 @@ except ImportError:
     sys.exit("python3-grpcio is missing: run `cargo xtask setup` (CI installs it)")
 
 SERVICE = "gatewayd.test.Echo"
+CONFORMANCE_SERVICE = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"
 # A call through the gateway must never wait on a forgotten proxy variable.
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 # Keeps workers free while a test waits on deadlines.
@@ -93,8 +95,17 @@ def serve(name):
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
     }
+    # The Gateway API conformance suite's echo service: every method answers NAME, so a
+    # test sees which backend a route chose (tests/e2e/conformance/grpc_route.rs).
+    conformance = dict(
+        (method, grpc.unary_unary_rpc_method_handler(lambda request, context: name.encode()))
+        for method in ("Echo", "EchoTwo", "EchoThree")
+    )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+        (
+            grpc.method_handlers_generic_handler(SERVICE, handlers),
+            grpc.method_handlers_generic_handler(CONFORMANCE_SERVICE, conformance),
+        )
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

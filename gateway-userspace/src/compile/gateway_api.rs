@@ -326,6 +326,21 @@ impl<'a> Compiler<'a> {
             let mut names = BTreeSet::new();
             for (index, listener) in gateway.resource.spec.listeners.iter().enumerate() {
                 let field = format!("spec.listeners[{index}]");
+                // Implementation-specific TLS options: we define none.
+                if let Some(options) = listener.tls.as_ref().map(|t| &t.options)
+                    && !options.is_empty()
+                {
+                    let keys: Vec<&str> = options.keys().map(String::as_str).collect();
+                    self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "TLS options {} are not applied: this gateway defines no listener TLS options",
+                            keys.join(", ")
+                        ))
+                        .at(gateway.location.clone())
+                        .object(&resource)
+                        .field(format!("{field}.tls.options")),
+                    );
+                }
                 self.status.listener(&resource, &listener.name);
                 let error = |message: String, sub: &str| {
                     Diagnostic::error(message)

@@ -977,9 +977,19 @@ spec:
     backend: {clientCertificateRef: {name: client}}
   listeners:
   - {name: http, port: 80, protocol: HTTP}
+  - name: https
+    port: 443
+    protocol: HTTPS
+    tls: {certificateRefs: [{name: missing}], options: {example.com/cipher: fast}}
 "#;
     let (_, diagnostics) = compile_yaml(&with(&[BACKENDS, gateway]));
     let text = diagnostics.to_string();
+    assert!(
+        text.contains(
+            "spec.listeners[1].tls.options: TLS options example.com/cipher are not applied"
+        ),
+        "{text}"
+    );
     assert!(
         text.contains(
             "spec.tls.backend: the Gateway's client certificate towards backends is not presented"

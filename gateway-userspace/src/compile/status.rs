@@ -44,6 +44,7 @@ pub mod reason {
     pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
 }
 
 /// A reason and the message that explains it.
@@ -252,9 +253,25 @@ fn gateway_status(gateway: &ApiGateway, recorder: &StatusRecorder) -> GatewaySta
             "no listener is served",
         )
     };
+    let mut conditions = vec![accepted, programmed];
+    // Present only while some port allows unverified clients, as the spec asks.
+    if let Some(frontend) = gateway.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) {
+        let insecure = std::iter::once(&frontend.default)
+            .chain(frontend.per_port.iter().map(|p| &p.tls))
+            .filter_map(|tls| tls.validation.as_ref())
+            .any(|v| v.mode.as_deref() == Some("AllowInsecureFallback"));
+        if insecure {
+            conditions.push(Condition::new(
+                "InsecureFrontendValidationMode",
+                true,
+                reason::CONFIGURATION_CHANGED,
+                "client certificates that do not verify are accepted (AllowInsecureFallback); they are served as no certificate",
+            ));
+        }
+    }
     GatewayStatus {
         generation: gateway.metadata.generation,
-        conditions: generation(&gateway.metadata, vec![accepted, programmed]),
+        conditions: generation(&gateway.metadata, conditions),
         listeners: listeners
             .into_iter()
             .map(|mut l| {

@@ -89,6 +89,9 @@ struct ServerRef<'a> {
     hosts: Vec<String>,
 }
 
+/// A terminating server's rustls configuration and what it may trust of client
+/// certificates.
+type TerminatingConfig = (Arc<rustls::ServerConfig>, server_config::ClientTrust);
 impl<'a> Compiler<'a> {
     /// The TLS or TCP part of a listener; None for plaintext HTTP ports.
     pub(super) fn transport(
@@ -185,7 +188,11 @@ impl<'a> Compiler<'a> {
                     AfterTermination::Http
                 };
                 match server_config::build(settings, &self.tls.sessions) {
-                    Ok(config) => TlsMode::Terminate { config, after },
+                    Ok((config, trust)) => TlsMode::Terminate {
+                        config,
+                        trust,
+                        after,
+                    },
                     Err(e) => {
                         self.server_error(server, "tls", &e.to_string());
                         return None;
@@ -316,6 +323,7 @@ impl<'a> Compiler<'a> {
             (_, Some(roots)) => Some(ClientAuth {
                 roots,
                 optional: mode == "OPTIONAL_MUTUAL",
+                insecure_fallback: false,
                 subject_alt_names: tls.subject_alt_names.clone(),
             }),
             (_, None) => {
@@ -762,7 +770,8 @@ impl<'a> Compiler<'a> {
                             ),
                             hosts: sni_hosts.clone(),
                             mode: TlsMode::Terminate {
-                                config: config.clone(),
+                                config: config.0.clone(),
+                                trust: config.1.clone(),
                                 after: AfterTermination::Tcp(clusters),
                             },
                             // Listed once, on the listener's first server.
@@ -796,7 +805,8 @@ impl<'a> Compiler<'a> {
                 name: format!("{resource} {}", listener.name),
                 hosts: vec![host],
                 mode: TlsMode::Terminate {
-                    config,
+                    config: config.0,
+                    trust: config.1,
                     after: AfterTermination::Http,
                 },
                 credentials: served,
@@ -828,7 +838,7 @@ impl<'a> Compiler<'a> {
         gateway: &'a Sourced<ApiGateway>,
         index: usize,
         alpn: Vec<Vec<u8>>,
-    ) -> Option<(Arc<rustls::ServerConfig>, Vec<ServedCredential>)> {
+    ) -> Option<(TerminatingConfig, Vec<ServedCredential>)> {
         let listener = gateway.resource.spec.listeners.get(index)?;
         let resource = gateway.resource.object_ref();
         let field = format!("spec.listeners[{index}].tls");
@@ -1206,6 +1216,7 @@ impl<'a> Compiler<'a> {
         Ok(Some(ClientAuth {
             roots,
             optional,
+            insecure_fallback: optional,
             subject_alt_names: Vec::new(),
         }))
     }

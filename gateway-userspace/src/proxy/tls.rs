@@ -31,7 +31,7 @@ use crate::{
     metrics::HandshakeLabels,
     runtime::Live,
     snapshot::{AfterTermination, ListenerTls, SniRoute, TlsMode, Transport},
-    tls::{TlsConnectionInfo, client_cert},
+    tls::{TlsConnectionInfo, client_cert, server_config::PeerCertificate},
 };
 
 /// A client gets this long to send its ClientHello and finish the handshake.
@@ -171,7 +171,11 @@ async fn serve_tls(
             };
             tcp::proxy(&live, stream, &hello.bytes, &route.clusters, clocks).await;
         }
-        TlsMode::Terminate { config, after } => {
+        TlsMode::Terminate {
+            config,
+            trust,
+            after,
+        } => {
             let rewound = Rewind {
                 prefix: hello.bytes,
                 position: 0,
@@ -197,11 +201,18 @@ async fn serve_tls(
                     return;
                 }
             };
-            let leaf = tls_stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first());
+            // A certificate that did not verify (AllowInsecureFallback) is served as
+            // none: never an identity, never forwarded.
+            let (leaf, unverified_client_cert) = match trust
+                .check(tls_stream.get_ref().1.peer_certificates())
+            {
+                PeerCertificate::Absent => (None, false),
+                PeerCertificate::Trusted(leaf) => (Some(leaf), false),
+                PeerCertificate::Unverified => {
+                    debug!(sni = ?hello.sni, "client certificate did not verify: served as unverified");
+                    (None, true)
+                }
+            };
             let principal = leaf.and_then(client_cert::principal);
             match after {
                 AfterTermination::Tcp(clusters) => {
@@ -225,6 +236,7 @@ async fn serve_tls(
                         server: index,
                         client_cert,
                         principal,
+                        unverified_client_cert,
                     };
                     if ctx.http1_server == super::http1::Http1Server::Own {
                         let connection = forward::Connection::new(

@@ -7,6 +7,7 @@ use rustls::ServerConfig;
 use serde::{Serialize, Serializer};
 
 use super::WeightedCluster;
+use crate::tls::server_config::ClientTrust;
 
 /// What HTTPS, TLS and TCP listeners do with a connection before (or instead of) HTTP.
 #[derive(Debug, Serialize)]
@@ -65,6 +66,9 @@ pub enum TlsMode {
     Terminate {
         #[serde(serialize_with = "config_summary")]
         config: Arc<ServerConfig>,
+        /// Whether the client certificate the handshake accepted may be trusted.
+        #[serde(skip)]
+        trust: ClientTrust,
         after: AfterTermination,
     },
     /// PASSTHROUGH: the raw stream goes to the first route whose `sniHosts` match.

@@ -20,6 +20,10 @@ pub struct ClientAuth {
     pub roots: Vec<CertificateDer<'static>>,
     /// OPTIONAL_MUTUAL: a client without a certificate is served too.
     pub optional: bool,
+    /// Gateway API `AllowInsecureFallback`: a client whose certificate does not verify is
+    /// served too, as if it had sent none (implies `optional`). Its certificate is never
+    /// trusted: see [`ClientTrust`].
+    pub insecure_fallback: bool,
     /// Istio `subjectAltNames`: a client certificate must carry one of these (DNS or URI).
     pub subject_alt_names: Vec<String>,
 }

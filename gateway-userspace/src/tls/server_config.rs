@@ -97,11 +97,12 @@ pub fn check(
     Ok(())
 }
 
-/// The rustls configuration, resuming only sessions of its own scope (see `sessions`).
+/// The rustls configuration, resuming only sessions of its own scope (see `sessions`),
+/// and what the connection may trust of the client certificate it accepted.
 pub fn build(
     settings: ServerSettings,
     scopes: &SessionScopes,
-) -> Result<Arc<ServerConfig>, ServerConfigError> {
+) -> Result<(Arc<ServerConfig>, ClientTrust), ServerConfigError> {
     let scope = scopes.scope(ScopeKey::of(
         settings.client_auth.as_ref(),
         &settings.certificates,
@@ -111,6 +112,7 @@ pub fn build(
     let provider = Arc::new(provider);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions(settings.min_version, settings.max_version)?)?;
+    let mut trust = ClientTrust::Verified;
     let builder = match settings.client_auth {
         None => builder.with_no_client_auth(),
         Some(auth) => {
@@ -122,7 +124,7 @@ pub fn build(
             }
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-            let verifier = if auth.optional {
+            let verifier = if auth.optional || auth.insecure_fallback {
                 verifier.allow_unauthenticated()
             } else {
                 verifier
@@ -138,6 +140,12 @@ pub fn build(
                     allowed: auth.subject_alt_names,
                 })
             };
+            let verifier: Arc<dyn ClientCertVerifier> = if auth.insecure_fallback {
+                trust = ClientTrust::Recheck(verifier.clone());
+                Arc::new(InsecureFallbackVerifier { inner: verifier })
+            } else {
+                verifier
+            };
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -148,7 +156,105 @@ pub fn build(
     config.session_storage = scope.sessions;
     // No 0-RTT: replayable early data is not something a gateway should accept blindly.
     config.max_early_data_size = 0;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), trust))
+}
+
+/// What a terminated connection may trust of the client certificate rustls accepted.
+#[derive(Clone, Debug, Default)]
+pub enum ClientTrust {
+    /// rustls verified every certificate it accepted (MUTUAL, OPTIONAL_MUTUAL,
+    /// AllowValidOnly), or asked for none.
+    #[default]
+    Verified,
+    /// AllowInsecureFallback: the handshake accepted any certificate, so the connection
+    /// checks its client's chain again with this (the strict) verifier; one that fails
+    /// is marked unverified and serves as no certificate at all.
+    Recheck(Arc<dyn ClientCertVerifier>),
+}
+
+/// The client certificate of a terminated connection, as far as it may be trusted.
+#[derive(Debug)]
+pub enum PeerCertificate<'c> {
+    /// The client sent none.
+    Absent,
+    /// The leaf of a chain the CAs verified.
+    Trusted(&'c CertificateDer<'static>),
+    /// A certificate that did not verify, served under AllowInsecureFallback: the
+    /// connection's "unverified" mark; it stands for no identity.
+    Unverified,
+}
+
+impl ClientTrust {
+    /// What the connection may make of the chain rustls accepted.
+    pub fn check<'c>(&self, chain: Option<&'c [CertificateDer<'static>]>) -> PeerCertificate<'c> {
+        let Some((leaf, intermediates)) = chain.and_then(<[_]>::split_first) else {
+            return PeerCertificate::Absent;
+        };
+        match self {
+            ClientTrust::Verified => PeerCertificate::Trusted(leaf),
+            ClientTrust::Recheck(strict) => {
+                match strict.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+                    Ok(_) => PeerCertificate::Trusted(leaf),
+                    Err(_) => PeerCertificate::Unverified,
+                }
+            }
+        }
+    }
+}
+
+/// Gateway API `AllowInsecureFallback`: a client certificate that does not verify
+/// against the CA still completes the handshake (its signature over the handshake is
+/// still checked), as the conformance suite expects; [`ClientTrust::Recheck`] then keeps
+/// it from becoming an identity.
+#[derive(Debug)]
+struct InsecureFallbackVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for InsecureFallbackVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Verified or not, the handshake goes on; the connection tells the two apart.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// TLS 1.2 unless `minProtocolVersion` says 1.3; rustls offers nothing older, so an

@@ -49,6 +49,9 @@ impl ScopeKey {
         };
         let mode: &[u8] = match client_auth {
             None => b"none",
+            // A session a fallback server issued to an unverified client must never
+            // resume where verification is required, nor where it is optional.
+            Some(auth) if auth.insecure_fallback => b"insecure-fallback",
             Some(auth) if auth.optional => b"optional",
             Some(_) => b"required",
         };
@@ -167,6 +170,7 @@ mod tests {
                 .map(|r| CertificateDer::from(r.to_vec()))
                 .collect(),
             optional,
+            insecure_fallback: false,
             subject_alt_names: names.iter().map(|n| (*n).to_owned()).collect(),
         }
     }
@@ -186,6 +190,12 @@ mod tests {
         assert_ne!(key(None), key(Some(&mutual)));
         let optional = auth(true, &[b"ca-1", b"ca-2"], &["spiffe://a", "spiffe://b"]);
         assert_ne!(key(Some(&mutual)), key(Some(&optional)));
+        let fallback = ClientAuth {
+            insecure_fallback: true,
+            ..auth(true, &[b"ca-1", b"ca-2"], &["spiffe://a", "spiffe://b"])
+        };
+        assert_ne!(key(Some(&optional)), key(Some(&fallback)));
+        assert_ne!(key(Some(&mutual)), key(Some(&fallback)));
         let fewer_cas = auth(false, &[b"ca-1"], &["spiffe://a", "spiffe://b"]);
         assert_ne!(key(Some(&mutual)), key(Some(&fewer_cas)));
         let other_names = auth(false, &[b"ca-1", b"ca-2"], &["spiffe://a"]);

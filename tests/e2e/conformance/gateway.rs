@@ -311,26 +311,127 @@ fn gateway_frontend_client_certificate_validation() -> anyhow::Result<()> {
     );
     let report = report(dir.path())?;
     assert!(!report.contains("NoValidCACertificate"), "{report}");
+    assert!(
+        !report.contains("InsecureFrontendValidationMode"),
+        "{report}"
+    );
     Ok(())
 }
 
 /// GatewayFrontendClientCertificateValidationInsecureFallback: with
-/// `mode: AllowInsecureFallback` a client without a certificate is served too; one with
-/// a certificate the CA did not sign is refused (the suite serves it: a deviation).
+/// `mode: AllowInsecureFallback` (on `default` and on the `perPort` entry for 8443) every
+/// client is served on both ports: one with a certificate of the port's CA, one with a
+/// certificate of the other CA, and one without a certificate; the Gateway reports
+/// `InsecureFrontendValidationMode=True ConfigurationChanged`.
 #[test]
 fn gateway_frontend_client_certificate_validation_insecure_fallback() -> anyhow::Result<()> {
     let pki = FrontendPki::new("conf-frontend-fallback")?;
-    let frontend = "      default:\n        validation:\n          mode: AllowInsecureFallback\n          caCertificateRefs: [{kind: ConfigMap, group: \"\", name: tls-validity-checks-ca-certificate}]\n";
-    let (_dir, gateway, _upstreams, p443, _) =
+    let frontend = "      default:\n        validation:\n          mode: AllowInsecureFallback\n          caCertificateRefs: [{kind: ConfigMap, group: \"\", name: tls-validity-checks-ca-certificate}]\n      perPort:\n      - port: 8443\n        tls:\n          validation:\n            mode: AllowInsecureFallback\n            caCertificateRefs: [{kind: ConfigMap, group: \"\", name: tls-validity-checks-per-port-ca-certificate}]\n";
+    let (dir, gateway, _upstreams, p443, p8443) =
         serve_client_validation("conf-frontend-fallback", &pki, frontend)?;
-    let answer = pki.get("example.org", p443, Some(&pki.server))?;
+    let text = report(dir.path())?;
+    assert!(
+        text.contains("InsecureFrontendValidationMode=True ConfigurationChanged"),
+        "{text}"
+    );
+    for (host, port, upstream) in [
+        ("example.org", p443, "infra-backend-v1"),
+        ("second-example.org", p8443, "infra-backend-v2"),
+    ] {
+        for client in [Some(&pki.server), Some(&pki.per_port), None] {
+            let answer = pki.get(host, port, client)?;
+            assert_eq!(answer.status, 200, "{answer:?}\n{}", gateway.stderr());
+            assert_eq!(answer.json()?["upstream"], upstream);
+        }
+    }
+    Ok(())
+}
+
+/// AllowInsecureFallback serves a certificate the CA did not sign, but never trusts it:
+/// an impostor whose certificate (from another CA) names the same SPIFFE identity as a
+/// real client gets no `x-forwarded-client-cert` (a forged one is dropped too) and is
+/// not that principal for an AuthorizationPolicy, exactly as a client without a
+/// certificate; the real client is both.
+#[test]
+fn insecure_fallback_never_trusts_an_unverified_certificate() -> anyhow::Result<()> {
+    let dirs = [
+        TempDir::new("conf-fallback-trust-pki")?,
+        TempDir::new("conf-fallback-trust-pki2")?,
+    ];
+    let pki = Pki::new(dirs[0].path(), "test-ca")?;
+    pki.issue(
+        "server",
+        "example.org",
+        "DNS:example.org,DNS:second-example.org",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let identity = "URI:spiffe://cluster.local/ns/frontend/sa/web";
+    pki.issue("client", "web", identity, Key::EcP256Pkcs8, true)?;
+    let impostor = Pki::new(dirs[1].path(), "impostor-ca")?;
+    impostor.issue("client", "web", identity, Key::EcP256Pkcs8, true)?;
+    let read = |pki: &Pki, file: &str| std::fs::read_to_string(pki.path(file));
+    let dir = TempDir::new("conf-fallback-trust")?;
+    let v1 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+    let p443 = free_port();
+    let frontend = "      default:\n        validation:\n          mode: AllowInsecureFallback\n          caCertificateRefs: [{kind: ConfigMap, group: \"\", name: tls-validity-checks-ca-certificate}]\n";
+    let config = class_and_ports(&[(443, p443), (8443, free_port())])
+        + &tls_secret(
+            "tls-validity-checks-certificate",
+            INFRA,
+            &read(&pki, "server.crt")?,
+            &read(&pki, "server.key")?,
+            None,
+        )
+        + &ca_config_map(
+            "tls-validity-checks-ca-certificate",
+            &read(&pki, "test-ca.crt")?,
+        )
+        + &backend("infra-backend-v1", INFRA, 8080, v1.addr)
+        + &backend("infra-backend-v2", INFRA, 8080, v1.addr)
+        + &client_validation_gateway(frontend)
+        + &crate::authz::policy(
+            "web-only",
+            "istio-system",
+            "rules:\n- from: [{source: {principals: [cluster.local/ns/frontend/sa/web]}}]\n  to: [{operation: {paths: [/web/*]}}]\n- to: [{operation: {paths: [/open/*]}}]",
+        );
+    let gateway = serve(&dir, &config)?;
+    let ca = pki.path("test-ca.crt");
+    let get = |client: Option<&Pki>, path: &str| {
+        let mut args = vec![
+            "-H",
+            "x-forwarded-client-cert: Hash=forged;URI=spiffe://cluster.local/ns/frontend/sa/web",
+        ];
+        let (cert, key);
+        if let Some(client) = client {
+            (cert, key) = (client.path("client.crt"), client.path("client.key"));
+            args.extend(["--cert", &cert, "--key", &key]);
+        }
+        https("example.org", p443, &ca, path, &args)
+    };
+    let xfcc = |answer: &CurlResponse| -> anyhow::Result<Option<String>> {
+        Ok(answer.json()?["headers"]["x-forwarded-client-cert"]
+            .as_str()
+            .map(str::to_owned))
+    };
+    // The real client: its identity is forwarded and allowed.
+    let answer = get(Some(&pki), "/web/a")?;
     assert_eq!(answer.status, 200, "{answer:?}\n{}", gateway.stderr());
-    let answer = pki.get("example.org", p443, None)?;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    // Deviation: the suite expects a certificate of another CA to be served too; here it
-    // is refused, as Istio's OPTIONAL_MUTUAL refuses it, so that an unverified
-    // certificate never becomes an identity (x-forwarded-client-cert, principals).
-    assert!(pki.get("example.org", p443, Some(&pki.per_port)).is_err());
+    let forwarded = xfcc(&answer)?.unwrap_or_default();
+    assert!(
+        forwarded.contains("URI=spiffe://cluster.local/ns/frontend/sa/web")
+            && !forwarded.contains("forged"),
+        "{forwarded}"
+    );
+    // The impostor and the client without a certificate: served where anyone is, with no
+    // identity forwarded, and refused where the identity is required.
+    for client in [Some(&impostor), None] {
+        let answer = get(client, "/open/a")?;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(xfcc(&answer)?, None, "{answer:?}");
+        let answer = get(client, "/web/a")?;
+        assert_eq!(answer.status, 403, "{answer:?}");
+    }
     Ok(())
 }
 

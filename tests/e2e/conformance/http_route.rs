@@ -1,4 +1,4 @@
-//! HTTPRoute conformance cases: invalid backendRefs, retries and timeouts.
+//! HTTPRoute conformance cases: matching, invalid backendRefs, retries and timeouts.
 
 use gateway_tests::{
     CurlResponse, TempDir, Upstream, curl, free_port, status_upstream::StatusUpstream,
@@ -711,6 +711,332 @@ fn http_route_method_matching() -> anyhow::Result<()> {
             want,
             "{method} {path} {headers:?}"
         );
+    }
+    Ok(())
+}
+
+/// HTTPRoute `name` on `same-namespace` with `rules` (YAML list items, indented by two).
+fn route_with_rules(name: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: same-namespace}}]\n  rules:\n{rules}---\n"
+    )
+}
+
+/// One rule: `matches` (a flow list) to `infra-backend-{to}`.
+fn rule(matches: &str, to: &str) -> String {
+    format!("  - matches: {matches}\n    backendRefs: [{{name: infra-backend-{to}, port: 8080}}]\n")
+}
+
+/// GET `path` for example.com with `headers`: the backend's name, or "404".
+fn expect_each(case: &Case, cases: &[(&str, &[&str], &str)]) -> anyhow::Result<()> {
+    for (path, headers, want) in cases {
+        let answer = case.request("example.com", "GET", path, headers)?;
+        if *want == "404" {
+            assert_eq!(answer.status, 404, "{path} {headers:?}: {answer:?}");
+            continue;
+        }
+        assert_eq!(answer.status, 200, "{path} {headers:?}: {answer:?}");
+        assert_eq!(answer.json()?["upstream"], *want, "{path} {headers:?}");
+    }
+    Ok(())
+}
+
+/// HTTPRouteMatching: a rule's matches are ORed; `PathPrefix /v2` matches by path
+/// segment (`/v2/`, `/v2/example`, not `/v2example`), and wins over `/`.
+#[test]
+fn http_route_matching() -> anyhow::Result<()> {
+    let routes = route_with_rules(
+        "matching",
+        &[
+            rule(
+                "[{path: {type: PathPrefix, value: /}}, {headers: [{name: version, value: one}]}]",
+                "v1",
+            ),
+            rule(
+                "[{path: {type: PathPrefix, value: /v2}}, {headers: [{name: version, value: two}]}]",
+                "v2",
+            ),
+        ]
+        .concat(),
+    );
+    let case = Case::start("conf-matching", &routes)?;
+    let (v1, v2) = ("infra-backend-v1", "infra-backend-v2");
+    expect_each(
+        &case,
+        &[
+            ("/", &[], v1),
+            ("/example", &[], v1),
+            ("/", &["Version: one"], v1),
+            ("/v2", &[], v2),
+            ("/v2/example", &[], v2),
+            ("/", &["Version: two"], v2),
+            ("/v2/", &[], v2),
+            ("/v2example", &[], v1),
+            ("/foo/v2/example", &[], v1),
+        ],
+    )
+}
+
+/// HTTPRouteHeaderMatching: header matches are ANDed within a match and ORed across
+/// matches; more headers win (`version: two` + `color: orange`), and between rules with
+/// as many headers the first rule does (`version: two` + `color: blue` → v2).
+#[test]
+fn http_route_header_matching() -> anyhow::Result<()> {
+    let routes = route_with_rules(
+        "header-matching",
+        &[
+            rule("[{headers: [{name: version, value: one}]}]", "v1"),
+            rule("[{headers: [{name: version, value: two}]}]", "v2"),
+            rule(
+                "[{headers: [{name: version, value: two}, {name: color, value: orange}]}]",
+                "v1",
+            ),
+            rule(
+                "[{headers: [{name: color, value: blue}]}, {headers: [{name: color, value: green}]}]",
+                "v1",
+            ),
+            rule(
+                "[{headers: [{name: color, value: red}]}, {headers: [{name: color, value: yellow}]}]",
+                "v2",
+            ),
+        ]
+        .concat(),
+    );
+    let case = Case::start("conf-header-matching", &routes)?;
+    let (v1, v2) = ("infra-backend-v1", "infra-backend-v2");
+    expect_each(
+        &case,
+        &[
+            ("/", &["Version: one"], v1),
+            ("/", &["Version: two"], v2),
+            ("/", &["Version: two", "Color: orange"], v1),
+            ("/", &["Version: two", "Color: blue"], v2),
+            ("/", &["Color: orange"], "404"),
+            ("/", &["Some-Other-Header: one"], "404"),
+            ("/", &["Color: blue"], v1),
+            ("/", &["Color: green"], v1),
+            ("/", &["Color: red"], v2),
+            ("/", &["Color: yellow"], v2),
+            ("/", &["Color: purple"], "404"),
+        ],
+    )
+}
+
+/// HTTPRouteQueryParamMatching: exact query parameter matches (names case-sensitive,
+/// `ANIMAL=Whale` is another parameter), combined with path and header matches, ORed
+/// across matches and ANDed within one, and ranked by the spec's precedence: a path
+/// match beats a query parameter match (`/path5?animal=hydra` → v1), and so does a header
+/// match (`version: four` with `animal=hydra` → v3).
+#[test]
+fn http_route_query_param_matching() -> anyhow::Result<()> {
+    let q = |name: &str, value: &str| format!("{{name: {name}, value: {value}}}");
+    let routes = route_with_rules(
+        "query-param-matching",
+        &[
+            rule(&format!("[{{queryParams: [{}]}}]", q("animal", "whale")), "v1"),
+            rule(&format!("[{{queryParams: [{}]}}]", q("animal", "dolphin")), "v2"),
+            rule(
+                &format!(
+                    "[{{queryParams: [{}, {}]}}, {{queryParams: [{}]}}]",
+                    q("animal", "dolphin"),
+                    q("color", "blue"),
+                    q("ANIMAL", "Whale")
+                ),
+                "v3",
+            ),
+            rule(
+                &format!(
+                    "[{{path: {{type: PathPrefix, value: /path1}}, queryParams: [{}]}}]",
+                    q("animal", "whale")
+                ),
+                "v1",
+            ),
+            rule(
+                &format!(
+                    "[{{headers: [{}], queryParams: [{}]}}]",
+                    q("version", "one"),
+                    q("animal", "whale")
+                ),
+                "v2",
+            ),
+            rule(
+                &format!(
+                    "[{{path: {{type: PathPrefix, value: /path2}}, headers: [{}], queryParams: [{}]}}]",
+                    q("version", "two"),
+                    q("animal", "whale")
+                ),
+                "v3",
+            ),
+            rule(
+                &format!(
+                    "[{{path: {{type: PathPrefix, value: /path3}}, queryParams: [{}]}}, {{path: {{type: PathPrefix, value: /path4}}, headers: [{}], queryParams: [{}]}}]",
+                    q("animal", "shark"),
+                    q("version", "three"),
+                    q("animal", "kraken")
+                ),
+                "v1",
+            ),
+            rule("[{path: {type: PathPrefix, value: /path5}}]", "v1"),
+            rule(&format!("[{{queryParams: [{}]}}]", q("animal", "hydra")), "v2"),
+            rule(&format!("[{{headers: [{}]}}]", q("version", "four")), "v3"),
+        ]
+        .concat(),
+    );
+    let case = Case::start("conf-query-param-matching", &routes)?;
+    let (v1, v2, v3) = ("infra-backend-v1", "infra-backend-v2", "infra-backend-v3");
+    expect_each(
+        &case,
+        &[
+            ("/?animal=whale", &[], v1),
+            ("/?animal=dolphin", &[], v2),
+            ("/?animal=dolphin&color=blue", &[], v3),
+            ("/?ANIMAL=Whale", &[], v3),
+            ("/?animal=whale&otherparam=irrelevant", &[], v1),
+            ("/?animal=dolphin&color=yellow", &[], v2),
+            ("/?color=blue", &[], "404"),
+            ("/?animal=dog", &[], "404"),
+            ("/?animal=whaledolphin", &[], "404"),
+            ("/", &[], "404"),
+            ("/path1?animal=whale", &[], v1),
+            ("/?animal=whale", &["version: one"], v2),
+            ("/path2?animal=whale", &["version: two"], v3),
+            ("/path3?animal=shark", &[], v1),
+            ("/path4?animal=kraken", &["version: three"], v1),
+            ("/?animal=shark", &[], "404"),
+            ("/path4?animal=kraken", &[], "404"),
+            ("/path5?animal=hydra", &[], v1),
+            ("/?animal=hydra", &["version: four"], v3),
+        ],
+    )
+}
+
+/// HTTPRouteSimpleSameNamespace: a route of the Gateway's namespace with one backend and
+/// no match serves `/`.
+#[test]
+fn http_route_simple_same_namespace() -> anyhow::Result<()> {
+    let routes = route_to(
+        "gateway-conformance-infra-test",
+        "{name: infra-backend-v1, port: 8080}",
+    );
+    let case = Case::start("conf-simple-same-namespace", &routes)?;
+    expect_each(&case, &[("/", &[], "infra-backend-v1")])
+}
+
+/// HTTPRouteExactPathMatching: `Exact` matches the whole path, case-sensitively, with
+/// no trailing slash or further segment.
+#[test]
+fn http_route_exact_path_matching() -> anyhow::Result<()> {
+    let routes = route_with_rules(
+        "exact-matching",
+        &(rule("[{path: {type: Exact, value: /one}}]", "v1")
+            + &rule("[{path: {type: Exact, value: /two}}]", "v2")),
+    );
+    let case = Case::start("conf-exact-path-matching", &routes)?;
+    expect_each(
+        &case,
+        &[
+            ("/one", &[], "infra-backend-v1"),
+            ("/two", &[], "infra-backend-v2"),
+            ("/", &[], "404"),
+            ("/one/example", &[], "404"),
+            ("/two/", &[], "404"),
+            ("/Two", &[], "404"),
+        ],
+    )
+}
+
+/// HTTPRoutePathMatchOrder: Exact beats every prefix, and the longest prefix wins,
+/// whatever the rules' order.
+#[test]
+fn http_route_path_match_order() -> anyhow::Result<()> {
+    let routes = route_with_rules(
+        "path-matching-order",
+        &[
+            rule("[{path: {type: Exact, value: /match}}]", "v1"),
+            rule("[{path: {type: Exact, value: /match/exact}}]", "v2"),
+            rule("[{path: {type: Exact, value: /match/exact/one}}]", "v3"),
+            rule("[{path: {type: PathPrefix, value: /match/}}]", "v3"),
+            rule("[{path: {type: PathPrefix, value: /match/prefix/}}]", "v1"),
+            rule(
+                "[{path: {type: PathPrefix, value: /match/prefix/one}}]",
+                "v2",
+            ),
+        ]
+        .concat(),
+    );
+    let case = Case::start("conf-path-match-order", &routes)?;
+    expect_each(
+        &case,
+        &[
+            ("/match/exact/one", &[], "infra-backend-v3"),
+            ("/match/exact", &[], "infra-backend-v2"),
+            ("/match", &[], "infra-backend-v1"),
+            ("/match/prefix/one/any", &[], "infra-backend-v2"),
+            ("/match/prefix/any", &[], "infra-backend-v1"),
+            ("/match/any", &[], "infra-backend-v3"),
+        ],
+    )
+}
+
+/// A route whose rules each redirect (`filters` YAML per path prefix).
+fn redirect_route(name: &str, rules: &[(&str, &str)]) -> String {
+    let rules: String = rules
+        .iter()
+        .map(|(prefix, redirect)| {
+            format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    filters: [{{type: RequestRedirect, requestRedirect: {redirect}}}]\n"
+            )
+        })
+        .collect();
+    route_with_rules(name, &rules)
+}
+
+/// HTTPRoute303Redirect, HTTPRoute307Redirect, HTTPRoute308Redirect: the status code
+/// asked for, the path kept (303 to a POST, as the suite sends).
+#[test]
+fn http_route_303_307_308_redirect() -> anyhow::Result<()> {
+    let routes = redirect_route(
+        "redirects",
+        &[
+            ("/see-other", "{statusCode: 303}"),
+            ("/temporary", "{statusCode: 307}"),
+            ("/permanent", "{statusCode: 308}"),
+        ],
+    );
+    let case = Case::start("conf-redirect-codes", &routes)?;
+    for (method, path, status) in [
+        ("POST", "/see-other", 303),
+        ("GET", "/temporary", 307),
+        ("GET", "/permanent", 308),
+    ] {
+        let answer = case.request("example.com", method, path, &[])?;
+        assert_eq!(answer.status, status, "{answer:?}");
+        let location = format!("http://example.com{path}");
+        assert_eq!(answer.header("location"), Some(&*location), "{answer:?}");
+    }
+    Ok(())
+}
+
+/// HTTPRouteRedirectHostAndStatus: `hostname` replaces the host (302 by default), with
+/// `statusCode: 301` where asked.
+#[test]
+fn http_route_redirect_host_and_status() -> anyhow::Result<()> {
+    let routes = redirect_route(
+        "redirect-host-and-status",
+        &[
+            ("/hostname-redirect", "{hostname: example.org}"),
+            (
+                "/host-and-status",
+                "{statusCode: 301, hostname: example.org}",
+            ),
+        ],
+    );
+    let case = Case::start("conf-redirect-host", &routes)?;
+    for (path, status) in [("/hostname-redirect", 302), ("/host-and-status", 301)] {
+        let answer = case.get(path)?;
+        assert_eq!(answer.status, status, "{answer:?}");
+        let location = format!("http://example.org{path}");
+        assert_eq!(answer.header("location"), Some(&*location), "{answer:?}");
     }
     Ok(())
 }
