@@ -178,11 +178,10 @@ pub async fn serve(
             drain: drain.clone(),
             shutdown: shutdown.clone(),
         };
-        let task = crate::connections::holding(slot, accepted.serve())
-            .instrument(debug_span!("conn", %peer));
-        // MEASURE-ONLY (mem11): the idle task's size.
-        tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task size");
-        tokio::spawn(task);
+        tokio::spawn(
+            crate::connections::holding(slot, accepted.serve())
+                .instrument(debug_span!("conn", %peer)),
+        );
     }
 
     drop(listener);
@@ -324,10 +323,7 @@ impl AcceptedConnection {
             };
             // Boxed: otherwise every plaintext connection's task would be as large as
             // the TLS path's state (the handshake, rustls' connection, its HTTP server).
-            let tls_task = Box::pin(tls::serve(accepted, builder, graceful));
-            // MEASURE-ONLY (mem11)
-            tracing::trace!(bytes = std::mem::size_of_val(&*tls_task), "tls task size");
-            return tls_task.await;
+            return Box::pin(tls::serve(accepted, builder, graceful)).await;
         }
         drop(live);
         let connection =
