@@ -80,6 +80,8 @@ const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// 1024 windows' worth. Data passed on is released as the upstream takes it.
 const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// hyper's server settings, shared by a listener's connections.
+type ServerBuilder = Arc<auto::Builder<TokioExecutor>>;
 /// After a failed accept (EMFILE and the like), pause instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -135,6 +137,8 @@ pub async fn serve(
         .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
         .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+    // Shared: a connection needs it only when it turns out to be HTTP/2.
+    let builder: ServerBuilder = Arc::new(builder);
     info!(port = bind_port, "listening");
     // The connection spans below are debug spans: at the default level they cost
     // nothing per poll, and with debug logs on they tag every event with the client.
@@ -214,7 +218,7 @@ struct CodecClient {
 async fn serve_with_codec<S>(
     io: S,
     client: CodecClient,
-    builder: auto::Builder<TokioExecutor>,
+    builder: ServerBuilder,
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
     mut deadline: tunnel::Drain,
@@ -267,7 +271,7 @@ struct AcceptedConnection {
     peer: SocketAddr,
     local: SocketAddr,
     ctx: Arc<ProxyContext>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: ServerBuilder,
     graceful: Watcher,
     drain: tunnel::Drain,
     shutdown: watch::Receiver<bool>,
@@ -297,7 +301,8 @@ impl AcceptedConnection {
         let proxy_protocol = listener.is_some_and(|l| l.proxy_protocol);
         let terminating = listener.and_then(|l| Some((l.transport.clone()?, l.authz.clone())));
         if proxy_protocol {
-            match read_proxy_header(&mut stream, &ctx, local).await {
+            // Boxed: only PROXY protocol listeners need room for the header's read.
+            match Box::pin(read_proxy_header(&mut stream, &ctx, local)).await {
                 // The client's address stands for the balancer's. The local address stays
                 // the socket's: it names the listener the connection arrived on.
                 Some(header) => peer = header.addresses(peer, local).0,
@@ -323,36 +328,55 @@ impl AcceptedConnection {
         drop(live);
         let connection =
             forward::Connection::new(peer, local, ctx.clone(), None).with_drain(drain.clone());
-        let connection = Arc::new(connection);
-        if ctx.http1_server == Http1Server::Own {
-            let client = CodecClient {
-                connection,
-                ctx,
-                peer,
-                local,
-            };
+        let own = ctx.http1_server == Http1Server::Own;
+        let client = CodecClient {
+            connection: Arc::new(connection),
+            ctx,
+            peer,
+            local,
+        };
+        if own {
             return serve_with_codec(stream, client, builder, graceful, shutdown, drain).await;
         }
-        let service = service_fn(move |request: hyper::Request<Incoming>| {
-            let connection = connection.clone();
-            let request = request.map(body::ClientBody::Hyper);
-            async move { Ok::<_, std::convert::Infallible>(connection.handle(request).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(h1_guard::H1Guard::new(stream, &ctx, peer, local)),
-                service,
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let mut deadline = drain;
-        tokio::select! {
-            result = conn => if let Err(e) = result {
-                connection_log::connection_error(&ctx, local, peer, &*e);
-                debug!(error = %e, "connection ended with an error");
-            },
-            _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
-        }
+        // Boxed: hyper's connection state would otherwise make every connection's task,
+        // the codec's idle ones included, as large as hyper's server.
+        Box::pin(serve_with_hyper(stream, client, builder, graceful, drain)).await;
+    }
+}
+
+/// One downstream plaintext connection under `--http1-server hyper`: hyper's server
+/// behind the framing guard, until the connection ends or the drain deadline.
+async fn serve_with_hyper(
+    stream: TcpStream,
+    client: CodecClient,
+    builder: ServerBuilder,
+    graceful: Watcher,
+    mut deadline: tunnel::Drain,
+) {
+    let CodecClient {
+        connection,
+        ctx,
+        peer,
+        local,
+    } = client;
+    let service = service_fn(move |request: hyper::Request<Incoming>| {
+        let connection = connection.clone();
+        let request = request.map(body::ClientBody::Hyper);
+        async move { Ok::<_, std::convert::Infallible>(connection.handle(request).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(
+            TokioIo::new(h1_guard::H1Guard::new(stream, &ctx, peer, local)),
+            service,
+        )
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::select! {
+        result = conn => if let Err(e) = result {
+            connection_log::connection_error(&ctx, local, peer, &*e);
+            debug!(error = %e, "connection ended with an error");
+        },
+        _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
     }
 }
 

@@ -15,6 +15,8 @@ mod chunked;
 pub(super) mod client;
 #[doc(hidden)]
 pub mod fuzzing;
+mod halves;
+mod handoff;
 mod head;
 mod response;
 pub(super) mod rules;

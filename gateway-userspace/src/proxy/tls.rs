@@ -13,10 +13,7 @@ use std::{
 };
 
 use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::Watcher},
-};
+use hyper_util::{rt::TokioIo, server::graceful::Watcher};
 use rustls::server::Acceptor;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
@@ -87,11 +84,7 @@ impl Accepted {
     }
 }
 
-pub(super) async fn serve(
-    accepted: Accepted,
-    builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-) {
+pub(super) async fn serve(accepted: Accepted, builder: super::ServerBuilder, watcher: Watcher) {
     let transport = accepted.transport.clone();
     match &*transport {
         Transport::Tcp(clusters) => {
@@ -109,7 +102,7 @@ pub(super) async fn serve(
 async fn serve_tls(
     accepted: Accepted,
     tls: &ListenerTls,
-    builder: auto::Builder<TokioExecutor>,
+    builder: super::ServerBuilder,
     watcher: Watcher,
 ) {
     let clocks = accepted.stream_clocks();
@@ -227,7 +220,8 @@ async fn serve_tls(
                     if !super::authz::allowed(&ctx, &authz.tcp, &attributes) {
                         return;
                     }
-                    tcp::proxy(&live, tls_stream, &[], clusters, clocks).await;
+                    // Boxed: an HTTP connection's task need not hold a TCP proxy's state.
+                    Box::pin(tcp::proxy(&live, tls_stream, &[], clusters, clocks)).await;
                 }
                 AfterTermination::Http => {
                     let client_cert = leaf.map(client_cert::forwarded_client_cert);
@@ -281,8 +275,9 @@ async fn serve_tls(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(guarded), service)
                         .into_owned();
+                    // Boxed: the codec's connections need no room for hyper's.
                     tokio::select! {
-                        result = watcher.watch(conn) => if let Err(e) = result {
+                        result = Box::pin(watcher.watch(conn)) => if let Err(e) = result {
                             super::connection_log::connection_error(&log_ctx, local, peer, &*e);
                             debug!(error = %e, "connection ended with an error");
                         },
@@ -354,6 +349,16 @@ impl<S> Rewind<S> {
             position: 0,
             inner,
         }
+    }
+}
+
+/// Readable at once while the prefix lasts, then when the socket is.
+impl<S: super::http1::IdleWait> super::http1::IdleWait for Rewind<S> {
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.position < self.prefix.len() {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_idle(cx)
     }
 }
 

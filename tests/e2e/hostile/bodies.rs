@@ -319,12 +319,11 @@ fn stalled_uploads_reach_the_upstream_at_once_and_hold_little_memory() -> anyhow
         growth < bound,
         "RSS grew {growth} KiB for {UPLOADS} uploads stalled after 4 KiB (bound {bound} KiB)"
     );
-    // Measured 99-132 KiB each in a debug build under the codec (hyper's server: ~103),
-    // above the 64 KiB goal: ~75 KiB is what any stalled upload holds (the request's
-    // tasks and the upstream connection), the rest is what the allocator keeps of the
-    // burst's freed frames. The bound catches a return to buffers that grow with the
-    // burst (179-192 KiB each while frames were slices of the codec's read buffer, 195
-    // before hyper's body reads were capped at 16 KiB).
+    // Measured 50 KiB each in a debug build (28 after 4 KiB; docs/benchmarks.md has the
+    // release figures): a stalled body holds no read buffer, whatever burst came before.
+    // The bound is not the goal: it catches a return to buffers that grow with the burst
+    // (179-192 KiB each while frames were slices of the codec's read buffer, 195 before
+    // hyper's body reads were capped at 16 KiB), not a few KiB of futures more.
     let (half, growth) = stall_uploads(&setup, &upstream, UPLOADS, DECLARED / 2)?;
     let bound = UPLOADS as u64 * 112 + 4 * 1024;
     assert!(

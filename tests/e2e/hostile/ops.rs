@@ -80,13 +80,18 @@ fn start(extra: &[&str], configure: impl FnOnce(&mut Command)) -> anyhow::Result
 
 /// Starts the daemon with a descriptor limit of `n` (soft and hard: it cannot raise it).
 fn with_descriptor_limit(n: u64) -> impl FnOnce(&mut Command) {
+    with_descriptor_limits(n, n)
+}
+
+/// Starts the daemon with a soft and a hard descriptor limit.
+fn with_descriptor_limits(soft: u64, hard: u64) -> impl FnOnce(&mut Command) {
     move |command| {
         // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
         unsafe {
             command.pre_exec(move || {
                 let limit = libc::rlimit {
-                    rlim_cur: n,
-                    rlim_max: n,
+                    rlim_cur: soft,
+                    rlim_max: hard,
                 };
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -116,6 +121,28 @@ fn eventually(what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> an
         }
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The soft descriptor limit is raised to the hard one at start (as Envoy's and nginx's
+/// packaging do), the figure is logged, and the default connection limit follows it.
+#[test]
+fn the_descriptor_limit_is_raised_to_the_hard_limit_and_logged() -> anyhow::Result<()> {
+    let setup = start(&[], with_descriptor_limits(256, 1024))?;
+    let stderr = setup.gateway.stderr();
+    ensure!(
+        stderr
+            .lines()
+            .any(|l| l.contains("RLIMIT_NOFILE") && l.contains("256") && l.contains("1024")),
+        "the raise from 256 to 1024 is logged:\n{stderr}"
+    );
+    ensure!(
+        stderr
+            .lines()
+            .any(|l| l.contains("downstream connection limit") && l.contains("512")),
+        "the default limit is half the raised descriptors:\n{stderr}"
+    );
+    ensure!(setup.get("/status/200")? == 200);
+    Ok(())
 }
 
 /// Idle connections past --max-connections (here the default, half of a 256-descriptor

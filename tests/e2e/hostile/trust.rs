@@ -685,3 +685,99 @@ spec:
     );
     Ok(())
 }
+
+/// The first bytes a real client (`openssl s_client`) sends for `HOST`: its ClientHello,
+/// caught by a listener that never answers.
+fn client_hello() -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let catcher = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = catcher.local_addr()?.port();
+    let mut client = Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-servername", HOST])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running openssl s_client")?;
+    let (mut stream, _) = catcher.accept()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // A TLS record: 5 header bytes, then the length they announce.
+    let mut hello = vec![0u8; 5];
+    stream.read_exact(&mut hello)?;
+    let length = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
+    hello.resize(5 + length, 0);
+    stream.read_exact(&mut hello[5..])?;
+    let _ = client.kill();
+    let _ = client.wait();
+    anyhow::ensure!(hello[0] == 22, "not a handshake record: {hello:?}");
+    Ok(hello)
+}
+
+/// Reads until the gateway closes the connection; an error when it is still open after
+/// `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    stream.set_read_timeout(Some(within))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => anyhow::bail!("still open after {within:?}: {e}"),
+        }
+    }
+}
+
+/// The TLS handshake keeps its clock (10 s) whatever the client stalls on: a ClientHello
+/// that never ends, or a whole one after which the client never finishes the handshake.
+/// Both connections are closed, and the port still serves.
+#[test]
+fn stalled_tls_handshakes_are_closed_after_the_handshake_timeout() -> anyhow::Result<()> {
+    let dir = TempDir::new("trust-handshake")?;
+    let pki_dir = TempDir::new("trust-handshake-pki")?;
+    let pki = Pki::new(pki_dir.path(), "trust-ca")?;
+    let (crt, key) = pki.issue(
+        "server",
+        HOST,
+        &format!("DNS:{HOST}"),
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let port = free_port();
+    let mut config = service(&[(443, port)], upstream.addr);
+    config += &tls_secret("cred", "istio-system", &crt, &key, None);
+    config += &format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["{HOST}"]
+    tls: {{mode: SIMPLE, credentialName: cred}}
+---
+{ROUTES}"#
+    );
+    dir.write("config.yaml", &config)?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let hello = client_hello()?;
+
+    let mut partial = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    partial.write_all(&hello[..hello.len() / 2])?;
+    let mut unfinished = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    unfinished.write_all(&hello)?;
+    let patience = Duration::from_secs(30);
+    closed_within(&mut partial, patience)
+        .with_context(|| format!("half a ClientHello\n{}", gateway.stderr()))?;
+    closed_within(&mut unfinished, patience)
+        .with_context(|| format!("a handshake never finished\n{}", gateway.stderr()))?;
+
+    let answer = s_client(port, &[])?;
+    assert!(served(&answer), "{answer}");
+    Ok(())
+}

@@ -1,5 +1,6 @@
-//! A request body as the handler reads it: frames the connection loop decodes and sends
-//! through a channel of one, so the client is read only as fast as the body is taken.
+//! A request body as the handler reads it: frames the connection loop decodes and hands
+//! over one at a time (`handoff.rs`), so the client is read only as fast as the body is
+//! taken.
 
 use std::{
     pin::Pin,
@@ -8,9 +9,9 @@ use std::{
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::chunked::ChunkError;
+use super::{chunked::ChunkError, handoff};
 
 /// Why a request body broke off.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,7 @@ pub(super) type BodyFrame = Result<Frame<Bytes>, BodyError>;
 
 pub(in crate::proxy) struct RequestBody {
     /// None: no body.
-    frames: Option<mpsc::Receiver<BodyFrame>>,
+    frames: Option<handoff::Receiver<BodyFrame>>,
     /// Told the first time the body is read: the connection answers 100 Continue then.
     wanted: Option<oneshot::Sender<()>>,
     /// Content-Length bytes not yet taken.
@@ -44,7 +45,7 @@ impl RequestBody {
     }
 
     pub(super) fn streamed(
-        frames: mpsc::Receiver<BodyFrame>,
+        frames: handoff::Receiver<BodyFrame>,
         wanted: Option<oneshot::Sender<()>>,
         length: Option<u64>,
     ) -> Self {

@@ -40,6 +40,10 @@ use crate::proxy::body::{BoxError, ProxyBody};
 /// Body data up to this size is copied behind the head (or its chunk-size line) so that
 /// both go in one write; larger data is written from its own buffer (one `writev`).
 const COALESCE_BYTES: usize = 4 * 1024;
+/// Room for copied bytes kept once they are written: a chunk-size line and small data
+/// reuse it; a head with coalesced data is let go, so a request whose upload stalls
+/// after its head does not hold what the head needed.
+const KEPT_COPY_BYTES: usize = 512;
 
 /// Why an exchange failed. `is_protocol` sorts the upstream's framing errors (502 `UPE`)
 /// from connection failures (503 `UC`).
@@ -426,7 +430,11 @@ impl Outgoing {
             n -= from_data;
             self.tail = &self.tail[n.min(self.tail.len())..];
         }
-        self.head.clear();
+        if self.head.capacity() > KEPT_COPY_BYTES {
+            self.head = Vec::new();
+        } else {
+            self.head.clear();
+        }
         self.head_at = 0;
         Poll::Ready(Ok(()))
     }

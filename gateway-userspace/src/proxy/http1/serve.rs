@@ -14,9 +14,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, StatusCode};
 use hyper::body::Frame;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
-    sync::{mpsc, oneshot, watch},
+    sync::{oneshot, watch},
     time::{Instant, sleep_until},
 };
 use tracing::debug;
@@ -25,6 +25,7 @@ use super::{
     body::{BodyError, BodyFrame, RequestBody},
     buffer,
     chunked::{ChunkedDecoder, Decoded},
+    halves, handoff,
     head::{self, BodyFraming, Head},
     response::{self, Answering, Written},
     rules::HTTP2_PREFACE,
@@ -93,7 +94,8 @@ where
         let exchange = {
             // Split only while a request is in flight: its body is read while the
             // handler runs and while the response is written.
-            let (mut reader, mut writer) = tokio::io::split(&mut io);
+            let shared = std::sync::Mutex::new(&mut io);
+            let (mut reader, mut writer) = halves::split(&shared);
             // Boxed for the time of the request: the handler's future is large, and the
             // connection's own future (what an idle connection costs) must not be.
             Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
@@ -118,22 +120,65 @@ where
 }
 
 /// Waiting for a client's next bytes without a buffer, so an idle keep-alive connection
-/// holds none: a TCP socket tells when it is readable. A TLS stream cannot tell whether
-/// rustls holds decrypted bytes already, so it reads (and holds the buffer) at once.
+/// holds none: a TCP socket tells when it is readable; a TLS stream when rustls holds
+/// decrypted bytes already or its socket is readable.
 pub(in crate::proxy) trait IdleWait {
-    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 }
 
 impl IdleWait for TcpStream {
-    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.poll_read_ready(cx)
     }
 }
 
-impl<S> IdleWait for tokio_rustls::server::TlsStream<S> {
-    fn poll_idle(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+/// rustls wants more of the socket's bytes only when it holds no decrypted bytes (a read
+/// returned all of them) and no close_notify: then the socket's readiness is the wait,
+/// and the connection holds no buffer of ours meanwhile.
+impl<S: IdleWait> IdleWait for tokio_rustls::server::TlsStream<S> {
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let (io, tls) = self.get_mut();
+        if tls.wants_read() {
+            io.poll_idle(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
     }
+}
+
+impl<S: IdleWait + ?Sized> IdleWait for &mut S {
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        (**self).poll_idle(cx)
+    }
+}
+
+/// Reads more of a request body into `buf`. A buffer the body has emptied is let go
+/// while the client sends nothing (a stalled upload holds none, whatever burst came
+/// before), and a new one is taken when the connection is readable again.
+fn poll_body_read<R: AsyncRead + IdleWait + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() == 0 {
+        std::task::ready!(reader.poll_idle(cx))?;
+    }
+    buffer::make_room(buf);
+    let read = {
+        let read = reader.read_buf(buf);
+        std::pin::pin!(read).poll(cx)
+    };
+    if read.is_pending() && buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+    read
+}
+
+async fn read_body<R: AsyncRead + IdleWait + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| poll_body_read(reader, buf, cx)).await
 }
 
 enum HeadRead {
@@ -236,15 +281,16 @@ enum Exchanged {
 
 /// One request and its response; the body is read while the handler runs and while the
 /// response is written (an upstream may answer before it has read the whole body).
-async fn exchange<S>(
+async fn exchange<R, W>(
     head: Head,
-    reader: &mut ReadHalf<S>,
-    writer: &mut WriteHalf<S>,
+    reader: &mut R,
+    writer: &mut W,
     buf: &mut BytesMut,
     client: &Client,
 ) -> Exchanged
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + IdleWait + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let Head {
         request,
@@ -283,7 +329,7 @@ where
                 }
             }
             sent = pump.send(), if pump.pending.is_some() => sent,
-            read = reader.read_buf(buf), if need_read && wanted.is_none() => {
+            read = read_body(reader, buf), if need_read && wanted.is_none() => {
                 pump.note_read(read);
             }
         }
@@ -306,7 +352,7 @@ where
                 biased;
                 written = &mut write => break written,
                 sent = pump.send(), if pump.pending.is_some() => sent,
-                read = reader.read_buf(buf), if need_read => pump.note_read(read),
+                read = read_body(reader, buf), if need_read => pump.note_read(read),
             }
         }
     };
@@ -332,7 +378,7 @@ where
 /// sends them one at a time.
 struct BodyPump {
     decoder: Decoder,
-    sender: Option<mpsc::Sender<BodyFrame>>,
+    sender: Option<handoff::Sender<BodyFrame>>,
     /// A frame decoded and not yet taken by the handler.
     pending: Option<BodyFrame>,
     /// The whole body came off the wire (or it broke, which also ends it).
@@ -370,7 +416,7 @@ impl BodyPump {
             Decoder::Length(length) => Some(length),
             Decoder::Chunked(_) => None,
         };
-        let (sender, receiver) = mpsc::channel(1);
+        let (sender, receiver) = handoff::channel();
         let (wanted_sender, wanted) = if expect_continue {
             let (sender, receiver) = oneshot::channel();
             (Some(sender), Some(receiver))
@@ -392,16 +438,8 @@ impl BodyPump {
     }
 
     /// Decodes the next frame out of `buf` if none is waiting; true when bytes must be
-    /// read first (and then the buffer has room for them).
+    /// read first (`read_body`).
     fn advance(&mut self, buf: &mut BytesMut) -> bool {
-        let need_read = self.decode(buf);
-        if need_read {
-            buffer::make_room(buf);
-        }
-        need_read
-    }
-
-    fn decode(&mut self, buf: &mut BytesMut) -> bool {
         if self.ended || self.pending.is_some() || self.sender.is_none() {
             return false;
         }
@@ -457,10 +495,10 @@ impl BodyPump {
     /// closes after the last one.
     async fn send(&mut self) {
         let delivered = match &self.sender {
-            Some(sender) => match sender.reserve().await {
-                Ok(permit) => {
+            Some(sender) => match sender.ready().await {
+                Ok(()) => {
                     if let Some(frame) = self.pending.take() {
-                        permit.send(frame);
+                        sender.put(frame);
                     }
                     true
                 }
