@@ -6,7 +6,10 @@ INTERVAL apart (each change adds one route `/new-G`). Per binary and round: the 
 gatewayd's log `cpu_ms` (the reload's threads) and its whole-process utime + stime from
 /proc/PID/stat over the changes, its idle CPU over the same time subtracted, divided by N.
 
-    python3 xtask/scripts/one_route_cpu.py [--rounds 3] [--changes 40] NAME=BIN [NAME=BIN...]
+    python3 xtask/scripts/one_route_cpu.py [--rounds 3] [--changes 40] [--perf perf.data] NAME=BIN [NAME=BIN...]
+
+`--one-file`: the 100 VirtualServices are documents of one file instead, h0's first, and
+every other change makes h0's two lines longer (the 99 documents after it move).
 
 Binaries alternate round by round, so that the machine's neighbours weigh on each alike.
 gatewayd runs pinned to CPU 1 (`taskset`), `--ebpf off --access-log off`. Nothing serves
@@ -35,7 +38,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def host_file(host, generation):
+def host_file(host, generation, one_file=False):
     out = (
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
         f"metadata: {{name: h{host}, namespace: default}}\nspec:\n"
@@ -44,6 +47,9 @@ def host_file(host, generation):
     route = "    route: [{destination: {host: upstream, port: {number: 8000}}}]\n"
     if host == 0:
         out += f"  - match: [{{uri: {{prefix: /new-{generation}}}}}]\n" + route
+        if one_file and generation % 2:
+            # Every other change is two lines longer: the documents after it move.
+            out += f"  - match: [{{uri: {{prefix: /new-{generation}-b}}}}]\n" + route
     for prefix in range(PREFIXES):
         out += f"  - match: [{{uri: {{prefix: /p{prefix}}}}}]\n" + route
     return out
@@ -112,16 +118,24 @@ def write_atomically(path, text):
     os.rename(tmp, path)
 
 
-def one_round(binary, changes, interval, generation):
+def routes_file(generation):
+    return "---\n".join(host_file(host, generation, True) for host in range(HOSTS))
+
+
+def one_round(binary, changes, interval, generation, perf=None, one_file=False):
     work = tempfile.mkdtemp(prefix="one-route-")
     config = os.path.join(work, "config")
     os.mkdir(config)
     port = free_port()
     with open(os.path.join(config, "base.yaml"), "w") as f:
         f.write(base_file(port))
-    for host in range(HOSTS):
-        with open(os.path.join(config, f"h{host}.yaml"), "w") as f:
-            f.write(host_file(host, generation))
+    if one_file:
+        with open(os.path.join(config, "routes.yaml"), "w") as f:
+            f.write(routes_file(generation))
+    else:
+        for host in range(HOSTS):
+            with open(os.path.join(config, f"h{host}.yaml"), "w") as f:
+                f.write(host_file(host, generation))
     stderr = os.path.join(work, "gatewayd.stderr")
     args = ["taskset", "-c", "1", binary, "run", "--config", config, "--ebpf", "off",
             "--access-log", "off", "--log-json"]
@@ -143,14 +157,27 @@ def one_round(binary, changes, interval, generation):
         idle_from, t0 = cpu_ticks(child.pid), time.time()
         time.sleep(3.0)
         idle_per_s = (cpu_ticks(child.pid) - idle_from) / (time.time() - t0)
+        recorder = None
+        if perf:
+            recorder = subprocess.Popen(
+                ["perf", "record", "-F", "4000", "-g", "--call-graph", "dwarf,16384",
+                 "-p", str(child.pid), "-o", perf],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         before, t0 = cpu_ticks(child.pid), time.time()
         lines_before = len(reload_lines(stderr))
         for n in range(changes):
             generation += 1
-            write_atomically(os.path.join(config, "h0.yaml"), host_file(0, generation))
+            if one_file:
+                write_atomically(os.path.join(config, "routes.yaml"), routes_file(generation))
+            else:
+                write_atomically(os.path.join(config, "h0.yaml"), host_file(0, generation))
             time.sleep(interval)
         time.sleep(0.5)
         spent = cpu_ticks(child.pid) - before - idle_per_s * (time.time() - t0)
+        if recorder:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
         lines = reload_lines(stderr)[lines_before:]
         if len(lines) != changes:
             print(f"  warning: {len(lines)} reloads logged for {changes} changes", file=sys.stderr)
@@ -171,6 +198,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--changes", type=int, default=40)
     parser.add_argument("--interval", type=float, default=0.3)
+    parser.add_argument("--one-file", action="store_true",
+                        help="all 100 VirtualServices as documents of one file, h0's first; every other change makes it two lines longer")
+    parser.add_argument("--perf", help="perf record the first binary's first round into this file")
     parser.add_argument("binaries", nargs="+", help="NAME=PATH")
     args = parser.parse_args()
     binaries = [b.split("=", 1) for b in args.binaries]
@@ -178,7 +208,8 @@ def main():
     generation = 0
     for round_ in range(args.rounds):
         for name, path in binaries:
-            cpu_ms, process_ms, generation = one_round(path, args.changes, args.interval, generation)
+            perf = args.perf if round_ == 0 and name == binaries[0][0] else None
+            cpu_ms, process_ms, generation = one_round(path, args.changes, args.interval, generation, perf, args.one_file)
             results[name].append((cpu_ms, process_ms))
             print(f"round {round_ + 1}: {name}: cpu_ms median {cpu_ms:.2f} ms, whole process {process_ms:.2f} ms per change", flush=True)
     print()
