@@ -152,11 +152,13 @@ pub fn compile_reusing(
 
 /// The routes each VirtualService compiled to on each port, with the diagnostics that
 /// compiling them gave, for the next compile to reuse. A VirtualService is known by its
-/// allocation, which the reload's parse cache keeps for as long as its file is unchanged
-/// (and the entry holds it, so the address cannot be reused by another).
+/// allocation and line: the reload's parse cache keeps the allocation for as long as its
+/// document's text is unchanged (and the entry holds it, so the address cannot be reused
+/// by another).
 #[derive(Default)]
 pub struct RouteMemo {
-    entries: HashMap<(usize, u16), MemoEntry>,
+    /// By (allocation, port, line).
+    entries: HashMap<(usize, u16, usize), MemoEntry>,
 }
 
 #[derive(Clone)]
@@ -657,7 +659,10 @@ impl<'a> Compiler<'a> {
         port: u16,
         gateways: &[String],
     ) -> Arc<Vec<Route<RouteAction>>> {
-        let key = (Arc::as_ptr(&vs.resource) as usize, port);
+        // The line too: a VirtualService whose document moved in its file keeps its
+        // allocation (`config::documents`), and its diagnostics must say the new line.
+        let line = vs.location.as_ref().map_or(0, |l| l.line);
+        let key = (Arc::as_ptr(&vs.resource) as usize, port, line);
         // A root's routes depend on its delegates too, which the memo does not follow.
         let delegates = vs
             .resource

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod diagnostics;
+pub mod documents;
 pub mod locate;
 pub mod object_ref;
 pub mod resources;
@@ -107,6 +108,7 @@ macro_rules! for_each_kind {
         $m!(AuthorizationPolicy, authorization_policies);
     };
 }
+pub(crate) use for_each_kind;
 
 impl Object {
     /// The first object `resources` holds (a parse of one object holds one or none).

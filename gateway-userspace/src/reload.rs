@@ -1001,6 +1001,9 @@ fn announces_new_content(kind: &EventKind, path: &Path) -> bool {
 }
 
 #[cfg(test)]
+mod incremental_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -43,7 +43,7 @@ const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "workers",
-        about: "gatewayd HTTP/1.1 and h2c CPU per request with 1 and with 2 workers on one core: what state shared between workers costs per request",
+        about: "gatewayd HTTP/1.1 and h2c CPU per request with 1 and with 2 workers on one core at a fixed rate: what state shared between workers costs per request",
         run: http::run_workers,
     },
     Bench {

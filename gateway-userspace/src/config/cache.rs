@@ -15,7 +15,8 @@ use std::{
 use rustc_hash::FxBuildHasher;
 
 use super::{
-    Diagnostics, Object, Resources, SourceError, load_text,
+    Diagnostics, Object, Resources, SourceError,
+    documents::{ParsedDocuments, load_text_reusing},
     resources::{EndpointSlice, Endpoints},
     source::config_files,
 };
@@ -136,6 +137,9 @@ struct CachedFile {
     text: String,
     resources: Resources,
     diagnostics: Diagnostics,
+    /// What each of its documents gave: when the file changes, its unchanged documents
+    /// are taken from here rather than parsed (`config::documents`).
+    documents: ParsedDocuments,
     /// Its EndpointSlices and Endpoints by Service: an endpoint update looks up the
     /// changed Services instead of going through every slice of the file.
     endpoint_index: EndpointIndex,
@@ -279,19 +283,27 @@ impl ParseCache {
             cached.read_at = read_at;
             return Ok(());
         }
-        let (resources, diagnostics) = load_text(file, &text);
-        change.saw(&resources, &diagnostics);
+        let none = ParsedDocuments::default();
+        let before = self
+            .files
+            .get(file)
+            .map_or(&none, |cached| &cached.documents);
+        let (resources, diagnostics, documents, _) = load_text_reusing(file, &text, before);
+        // Only the documents that changed or moved count: one VirtualService edited in a
+        // file that also holds a Gateway is a change of routes.
+        for (resources, diagnostics) in documents.differences(before) {
+            change.saw(resources, diagnostics);
+        }
         let fresh = CachedFile {
             stamp,
             read_at,
             text,
+            documents,
             endpoint_index: EndpointIndex::of(&resources),
             resources,
             diagnostics,
         };
-        if let Some(old) = self.files.insert(file.clone(), fresh) {
-            change.saw(&old.resources, &old.diagnostics);
-        }
+        self.files.insert(file.clone(), fresh);
         Ok(())
     }
 

@@ -182,16 +182,29 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
 
 /// The open-loop latency table: each server's latency minus the upstream's own.
 /// `cargo xtask bench workers`: gatewayd's HTTP/1.1 and h2c CPU per request with one
-/// worker and with two, the same routing and load as `bench http`. Both gatewayds are
-/// pinned to CPU 1, as this machine has no second server core beside the load generator:
-/// the figure shows what the workers' shared state costs per request (atomics, locks,
-/// cross-thread wake-ups), not what a second core adds.
+/// worker and with two, the routing of `bench http`, at a fixed offered rate well below
+/// what one worker sustains (`WORKERS_RATE`: open loop, paced-load for HTTP/1.1, h2load
+/// `--rps` for h2c). Both gatewayds are pinned to CPU 1, the load and the upstream to
+/// CPU 0: at a fixed rate neither run time-shares its core with the load generator, and
+/// the two workers seldom run at once, so the figure shows what the workers' shared
+/// state costs per request (atomics, locks, cross-thread wake-ups), not what a second
+/// core adds or what batching at saturation saves.
 pub(crate) fn run_workers(ws: &Workspace) -> Result<String> {
-    cmd(ws
-        .cargo()
-        .args(["build", "--release", "-p", "gateway-userspace", "--bin"])
-        .arg("gatewayd"))?;
-    let gatewayd = ws.target_dir().join("release").join("gatewayd");
+    cmd(ws.cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gateway-userspace",
+        "--bin",
+        "gatewayd",
+        "-p",
+        "gateway-tests",
+        "--bin",
+        "paced-load",
+    ]))?;
+    let release = ws.target_dir().join("release");
+    let gatewayd = release.join("gatewayd");
+    let paced_load = release.join("paced-load");
     let work = results_dir(ws).join("workers-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
@@ -205,38 +218,108 @@ pub(crate) fn run_workers(ws: &Workspace) -> Result<String> {
         check_routing(server)?;
     }
     let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
-    for round in 0..ROUNDS {
+    for round in 0..WORKERS_ROUNDS {
         // Each round starts with the other server.
         for i in [round % 2, (round + 1) % 2] {
-            println!("round {round}: {} worker(s) HTTP/1.1 and h2c", i + 1);
-            wrk_run(&servers[i], &mut figures[i])?;
-            h2load_run(&servers[i], &mut figures[i])?;
+            println!(
+                "round {round}: {} worker(s) HTTP/1.1 and h2c at {WORKERS_RATE} req/s",
+                i + 1
+            );
+            paced_cpu_run(&paced_load, &servers[i], &mut figures[i])?;
+            h2load_paced_run(&servers[i], &mut figures[i])?;
         }
     }
-    let mut out = String::from(
-        "| gatewayd | HTTP/1.1 req/s | HTTP/1.1 CPU µs / req | h2c req/s | h2c CPU µs / req |\n|---|---|---|---|---|\n",
-    );
+    let mut out =
+        String::from("| gatewayd | HTTP/1.1 CPU µs / req | h2c CPU µs / req |\n|---|---|---|\n");
     for (workers, f) in [1, 2].iter().zip(&figures) {
         let _ = writeln!(
             out,
-            "| {workers} worker(s) | {:.0} ({}) | {:.1} ({}) | {:.0} ({}) | {:.1} ({}) |",
-            median(&f.h1_rps),
-            spread(&f.h1_rps),
+            "| {workers} worker(s) | {:.1} ({}) | {:.1} ({}) |",
             median(&f.h1_cpu_us),
             spread(&f.h1_cpu_us),
-            median(&f.h2_rps),
-            spread(&f.h2_rps),
             median(&f.h2_cpu_us),
             spread(&f.h2_cpu_us),
         );
     }
     let _ = writeln!(
         out,
-        "\nTwo workers against one: HTTP/1.1 CPU per request {:.2}×, h2c {:.2}×. Medians of {ROUNDS} rounds (min–max), alternating which runs first; wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s and h2load -c{H2_CLIENTS} -m{H2_STREAMS} -n{H2_REQUESTS} as in `bench http`. Both gatewayds pinned to CPU {SERVER_CPU}; clients and upstream on CPU {CLIENT_CPU}.",
+        "\nTwo workers against one: HTTP/1.1 CPU per request {:.2}×, h2c {:.2}×. Medians of {WORKERS_ROUNDS} rounds (min–max), alternating which runs first; {WORKERS_RATE} requests/s offered for {PACED_SECONDS} s: HTTP/1.1 by paced-load over {PACED_CONNECTIONS} keep-alive connections, h2c by h2load -c{H2_PACED_CLIENTS} -m1 --rps {}. Both gatewayds pinned to CPU {SERVER_CPU}; clients and upstream on CPU {CLIENT_CPU}.",
         median(&figures[1].h1_cpu_us) / median(&figures[0].h1_cpu_us),
         median(&figures[1].h2_cpu_us) / median(&figures[0].h2_cpu_us),
+        WORKERS_RATE / H2_PACED_CLIENTS,
     );
     Ok(out)
+}
+
+/// `bench workers`: the offered rate, its rounds, and h2load's clients at that rate.
+const WORKERS_RATE: u32 = 4_000;
+const WORKERS_ROUNDS: usize = 5;
+const H2_PACED_CLIENTS: u32 = 8;
+
+/// paced-load at `WORKERS_RATE` against the server: its CPU per request.
+fn paced_cpu_run(bin: &Path, server: &Server, f: &mut Figures) -> Result<()> {
+    let before = cpu_seconds(server);
+    let output = pinned(CLIENT_CPU, bin)
+        .args(["--connect", &format!("127.0.0.1:{}", server.h1_port)])
+        .args(["--host", TARGET_HOST, "--path", TARGET_PATH])
+        .args(["--rate", &WORKERS_RATE.to_string()])
+        .args(["--seconds", &PACED_SECONDS.to_string()])
+        .args(["--connections", &PACED_CONNECTIONS.to_string()])
+        .output()
+        .context("running paced-load")?;
+    let used = cpu_seconds(server) - before;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |name: &str| -> Option<f64> {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    let ok = field("ok").unwrap_or(0.0);
+    if !output.status.success() || field("errors") != Some(0.0) || ok == 0.0 {
+        bail!(
+            "paced-load against {} failed:\n{text}{}",
+            server.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    f.h1_cpu_us.push(used / ok * 1e6);
+    Ok(())
+}
+
+/// h2load at `WORKERS_RATE` (`--rps` per client, one stream each) for `PACED_SECONDS`:
+/// the server's CPU per request.
+fn h2load_paced_run(server: &Server, f: &mut Figures) -> Result<()> {
+    let before = cpu_seconds(server);
+    let output = pinned(CLIENT_CPU, Path::new("h2load"))
+        .args(["-c", &H2_PACED_CLIENTS.to_string(), "-m", "1"])
+        .args(["--rps", &(WORKERS_RATE / H2_PACED_CLIENTS).to_string()])
+        .args(["-D", &PACED_SECONDS.to_string()])
+        .args(["-H", &format!(":authority: {TARGET_HOST}")])
+        .arg(format!("http://127.0.0.1:{}{TARGET_PATH}", server.h2_port))
+        .output()
+        .context("running h2load")?;
+    let used = cpu_seconds(server) - before;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let count = |label: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix("requests: "))?
+            .split(", ")
+            .find_map(|part| part.strip_suffix(label))?
+            .parse()
+            .ok()
+    };
+    let (started, succeeded) = (count(" started"), count(" succeeded"));
+    let (Some(started), Some(succeeded)) = (started, succeeded) else {
+        bail!("{}: h2load output:\n{text}", server.name);
+    };
+    // A duration run stops with requests in flight; any other shortfall is a failure.
+    if succeeded == 0.0 || succeeded + f64::from(H2_PACED_CLIENTS) < started {
+        bail!(
+            "{}: {succeeded} of {started} h2 requests succeeded:\n{text}",
+            server.name
+        );
+    }
+    f.h2_cpu_us.push(used / succeeded * 1e6);
+    Ok(())
 }
 
 fn paced_table(servers: &[Server], figures: &[Figures], rate: f64, direct: (f64, f64)) -> String {

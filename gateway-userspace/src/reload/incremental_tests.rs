@@ -1,0 +1,296 @@
+//! A reload that reuses (parsed documents, compiled routes, the cluster list, an
+//! endpoint patch) gives what a compile of everything from scratch gives, edit after
+//! edit: the compile stays a function of the resources.
+
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+use super::*;
+use crate::config::Diagnostics;
+
+const BASE: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*.example.com\"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {ports: [{name: http, port: 8000}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: default}
+spec: {ports: [{name: http, port: 8000}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c, namespace: default}
+spec: {ports: [{name: http, port: 8000}]}
+";
+
+fn slice(service: &str, address: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8000}}]
+endpoints: [{{addresses: [\"{address}\"]}}]
+"
+    )
+}
+
+/// A VirtualService for `host` with one route per prefix to `service`.
+fn virtual_service(name: &str, host: &str, service: &str, prefixes: &[&str]) -> String {
+    let mut out = format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{host}]
+  gateways: [gw]
+  http:
+"
+    );
+    for prefix in prefixes {
+        out.push_str(&format!(
+            "  - match: [{{uri: {{prefix: {prefix}}}}}]\n    route: [{{destination: {{host: {service}, port: {{number: 8000}}}}}}]\n"
+        ));
+    }
+    out
+}
+
+/// A VirtualService with a route the compile warns about (unreachable after a
+/// catch-all): a compile diagnostic with a line in the file.
+fn warned(name: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.example.com]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: a, port: {{number: 8000}}}}}}]
+  - match: [{{uri: {{prefix: /never}}}}]
+    route: [{{destination: {{host: a, port: {{number: 8000}}}}}}]
+"
+    )
+}
+
+/// A VirtualService with a field error: a load diagnostic with a line, and a dropped
+/// object in the report.
+fn broken(name: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.example.com]
+  gateways: [gw]
+  http:
+  - timeout: [not, a, duration]
+    route: [{{destination: {{host: a, port: {{number: 8000}}}}}}]
+"
+    )
+}
+
+fn documents(parts: &[String]) -> String {
+    parts.join("---\n")
+}
+
+/// What a user (or `/config_dump`) sees of a compile: listeners and routes, the kernel
+/// policy, the status report (with dropped objects and their diagnostics' lines), each
+/// cluster's endpoints by name, and the diagnostics.
+fn seen(snapshot: &Snapshot, diagnostics: &Diagnostics) -> Result<String, serde_json::Error> {
+    // A reusing compile may carry clusters no route names any more (they are dropped at
+    // the next full compile): compare the named ones.
+    let mut named = BTreeMap::new();
+    for listener in snapshot.listeners.iter() {
+        for host in &listener.routes.virtual_hosts {
+            for route in host.routes.iter() {
+                if let crate::snapshot::RouteAction::Forward(forward) = &route.action {
+                    for weighted in &forward.clusters {
+                        let cluster = &weighted.cluster;
+                        // The route's cluster must be the one at its id in this snapshot.
+                        let listed = snapshot.clusters.get(cluster.id).map(|c| c.name.clone());
+                        named.insert(
+                            cluster.name.clone(),
+                            (listed, snapshot.endpoints_of(cluster).to_vec()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let mut diagnostics: Vec<String> = diagnostics
+        .0
+        .iter()
+        .map(|d| format!("{:?} {d}", d.severity))
+        .collect();
+    diagnostics.sort();
+    Ok(format!(
+        "{}\n{}\n{}\n{named:?}\n{diagnostics:#?}",
+        serde_json::to_string_pretty(&*snapshot.listeners)?,
+        serde_json::to_string(&snapshot.kernel)?,
+        serde_json::to_string_pretty(&*snapshot.report)?,
+    ))
+}
+
+#[test]
+fn a_reusing_reload_compiles_what_a_full_compile_does() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("gatewayd-incremental-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text);
+    write("base.yaml", BASE)?;
+    write("a.yaml", &slice("a", "10.0.0.1"))?;
+    write("b.yaml", &slice("b", "10.0.0.2"))?;
+    let h1 = virtual_service("h1", "h1.example.com", "a", &["/one"]);
+    let h2 = virtual_service("h2", "h2.example.com", "a", &["/two"]);
+    let h3 = virtual_service("h3", "h3.example.com", "b", &["/three"]);
+    write(
+        "routes.yaml",
+        &documents(&[h1.clone(), h2.clone(), h3.clone()]),
+    )?;
+    write(
+        "h4.yaml",
+        &virtual_service("h4", "h4.example.com", "b", &["/four"]),
+    )?;
+
+    let source = ConfigSource {
+        paths: vec![dir.clone()],
+        identity: Identity::default(),
+        tls: Arc::new(TlsState::default()),
+        cluster: None,
+        dns: None,
+    };
+    let mut cache = CompileCache::default();
+    let (mut live, _) = source.compile_first(&mut cache)?;
+    cache.applied();
+
+    // (file changed, its new text, what the change is)
+    let h2_longer = virtual_service("h2", "h2.example.com", "b", &["/two", "/deux", "/zwei"]);
+    let edits: Vec<(&str, String, &str)> = vec![
+        // The middle document grows: the third moves two lines down.
+        (
+            "routes.yaml",
+            documents(&[h1.clone(), h2_longer.clone(), h3.clone()]),
+            "routes",
+        ),
+        ("b.yaml", slice("b", "10.0.0.3"), "endpoints"),
+        // A route to a Service no route named before: a new cluster.
+        (
+            "h4.yaml",
+            virtual_service("h4", "h4.example.com", "c", &["/four"]),
+            "routes",
+        ),
+        // The first document goes: the others move up.
+        (
+            "routes.yaml",
+            documents(&[h2_longer.clone(), h3.clone()]),
+            "routes",
+        ),
+        // Diagnostics in documents after one that changes length.
+        (
+            "routes.yaml",
+            documents(&[h2_longer.clone(), warned("w"), h3.clone()]),
+            "routes",
+        ),
+        (
+            "routes.yaml",
+            documents(&[h2.clone(), warned("w"), h3.clone()]),
+            "routes",
+        ),
+        (
+            "routes.yaml",
+            documents(&[h2.clone(), warned("w"), broken("x"), h3.clone()]),
+            "other",
+        ),
+        (
+            "routes.yaml",
+            documents(&[h2_longer.clone(), warned("w"), broken("x"), h3.clone()]),
+            "other",
+        ),
+        // Same documents, another order.
+        (
+            "routes.yaml",
+            documents(&[h3.clone(), broken("x"), warned("w"), h2.clone()]),
+            "other",
+        ),
+        // The Gateway changes: everything is compiled again.
+        (
+            "base.yaml",
+            BASE.replace("*.example.com", "h3.example.com"),
+            "other",
+        ),
+        ("base.yaml", BASE.to_owned(), "other"),
+        // The route to `c` goes: its cluster is named by no route.
+        (
+            "h4.yaml",
+            virtual_service("h4", "h4.example.com", "b", &["/four"]),
+            "routes",
+        ),
+        ("a.yaml", slice("a", "10.0.0.9"), "endpoints"),
+    ];
+    for (step, (file, text, kind)) in edits.into_iter().enumerate() {
+        write(file, &text)?;
+        let trigger = Trigger {
+            touched: Some(vec![dir.join(file)]),
+            beyond_config: false,
+        };
+        let compiled = source.compile_cached(&mut cache, &live, &trigger)?;
+        let (snapshot, diagnostics) = match compiled {
+            Compiled::Full(snapshot, diagnostics) => (snapshot, Some(diagnostics)),
+            Compiled::Endpoints { snapshot, .. } => (snapshot, None),
+            Compiled::Nothing => panic!("step {step}: {file} changed, nothing compiled"),
+        };
+        assert_eq!(
+            diagnostics.is_none(),
+            kind == "endpoints",
+            "step {step}: an endpoint patch for {kind}"
+        );
+        cache.applied();
+        let (resources, loaded) = config::load(std::slice::from_ref(&dir))?;
+        let full = compile::compile_isolating(
+            &resources,
+            loaded,
+            &source.identity,
+            &TlsState::default(),
+            None,
+        )
+        .map_err(|d| format!("step {step}: {d:?}"))?;
+        // An endpoint patch brings no diagnostics of its own: the full compile's are what
+        // the last full reload said.
+        let diagnostics = diagnostics.unwrap_or_else(|| full.diagnostics.clone());
+        assert_eq!(
+            seen(&snapshot, &diagnostics)?,
+            seen(&full.snapshot, &full.diagnostics)?,
+            "step {step}: {file} ({kind})"
+        );
+        if kind == "routes" && file == "routes.yaml" {
+            // h4's routes, in another file, are the previous compile's.
+            let routes = |s: &Snapshot| {
+                s.listeners.iter().find_map(|l| {
+                    l.routes
+                        .virtual_hosts
+                        .iter()
+                        .find(|v| v.host == "h4.example.com")
+                        .map(|v| Arc::clone(&v.routes))
+                })
+            };
+            let (before, after) = (routes(&live), routes(&snapshot));
+            assert!(
+                matches!((&before, &after), (Some(b), Some(a)) if Arc::ptr_eq(b, a)),
+                "step {step}: h4's routes recompiled"
+            );
+        }
+        live = snapshot;
+    }
+    std::fs::remove_dir_all(Path::new(&dir))?;
+    Ok(())
+}
