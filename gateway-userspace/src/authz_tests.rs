@@ -130,6 +130,24 @@ fn http_decisions() {
             true,
         ),
         (
+            "notRemoteIpBlocks: a remote address outside the blocks is denied",
+            &["action: DENY\nrules: [{from: [{source: {notRemoteIpBlocks: [203.0.113.0/24]}}]}]"],
+            Req {
+                remote: Some("198.51.100.7"),
+                ..REQ
+            },
+            false,
+        ),
+        (
+            "notRemoteIpBlocks: a remote address inside the blocks is not",
+            &["action: DENY\nrules: [{from: [{source: {notRemoteIpBlocks: [203.0.113.0/24]}}]}]"],
+            Req {
+                remote: Some("203.0.113.7"),
+                ..REQ
+            },
+            true,
+        ),
+        (
             "ipBlocks read the peer, not the remote address",
             &["rules: [{from: [{source: {ipBlocks: [203.0.113.0/24]}}]}]"],
             Req {

@@ -607,7 +607,7 @@ impl Reloader {
         } = changes;
         async move {
             let mut watcher = watcher;
-            watcher.follow_credentials(&self.source.tls.credentials.files());
+            let _ = watcher.follow_credentials(&self.source.tls.credentials.files());
             // Parse everything once now, so the first reload re-parses only what changed
             // (unless the first compile went through the cache: `compile_first`).
             let (paths, cache) = (self.source.paths.clone(), self.compile_cache.clone());
@@ -661,7 +661,7 @@ impl Reloader {
                 // Looked at now that the writer is done: its temporary files are gone.
                 let trigger = Trigger::of(&touched);
                 self.reload_and_report(cause, trigger).await;
-                watcher.follow_credentials(&self.source.tls.credentials.files());
+                let _ = watcher.follow_credentials(&self.source.tls.credentials.files());
                 if touched.contains(&Touched::Dns) {
                     // An unchanged configuration compiles nothing, and a refused one
                     // leaves the live snapshot: either way the answers still apply.
@@ -882,13 +882,18 @@ struct FileWatch {
     /// Directories watched for credential files alone (none of the configuration's
     /// watches covers them).
     credential_dirs: Vec<PathBuf>,
+    /// Credential directories in use that could not be watched, already warned about:
+    /// tried again at each reload, but warned about again only once they have been
+    /// out of use (or watched) in between.
+    unwatchable: Vec<PathBuf>,
 }
 
 impl FileWatch {
     /// Watches the directories of `files` that no watch covers yet and drops the watches
     /// of credential directories no longer used. A directory that cannot be watched is
-    /// logged: its files are still re-read on every reload.
-    fn follow_credentials(&mut self, files: &[PathBuf]) {
+    /// logged once (its files are still re-read on every reload) and returned, so every
+    /// reload does not repeat the same warning.
+    fn follow_credentials(&mut self, files: &[PathBuf]) -> Vec<PathBuf> {
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         watched.truncate(self.fixed);
         let mut dirs: Vec<PathBuf> = Vec::new();
@@ -908,6 +913,8 @@ impl FileWatch {
             let _ = self.watcher.unwatch(dir);
         }
         let mut now = Vec::new();
+        let mut unwatchable = Vec::new();
+        let mut warned = Vec::new();
         for dir in dirs {
             if self.credential_dirs.contains(&dir) {
                 now.push(dir);
@@ -918,14 +925,24 @@ impl FileWatch {
                     info!(dir = %dir.display(), "watching credential files");
                     now.push(dir);
                 }
-                Err(e) => warn!(
-                    dir = %dir.display(),
-                    error = %e,
-                    "credential files here are not watched: a change applies at the next reload"
-                ),
+                Err(e) if self.unwatchable.contains(&dir) => {
+                    debug!(dir = %dir.display(), error = %e, "credential files still not watched");
+                    unwatchable.push(dir);
+                }
+                Err(e) => {
+                    warn!(
+                        dir = %dir.display(),
+                        error = %e,
+                        "credential files here are not watched: a change applies at the next reload"
+                    );
+                    warned.push(dir.clone());
+                    unwatchable.push(dir);
+                }
             }
         }
         self.credential_dirs = now;
+        self.unwatchable = unwatchable;
+        warned
     }
 }
 
@@ -983,6 +1000,7 @@ fn watch_paths(
         watched,
         fixed: count,
         credential_dirs: Vec::new(),
+        unwatchable: Vec::new(),
     })
 }
 
@@ -1039,6 +1057,49 @@ mod tests {
         // A new regular file is still empty; its close follows.
         let created = EventKind::Create(CreateKind::File);
         assert!(!announces_new_content(&created, path));
+    }
+
+    /// A credential directory that cannot be watched (here: it does not exist yet) is
+    /// warned about once while it stays in use, not at every reload; it is tried again
+    /// each time, and watched once it can be.
+    #[test]
+    fn an_unwatchable_credential_directory_warns_once() -> Result<(), Box<dyn std::error::Error>> {
+        let root = std::env::temp_dir().join(format!("gatewayd-cred-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let config = root.join("config");
+        std::fs::create_dir_all(&config)?;
+        let (sender, _changes) = mpsc::unbounded_channel();
+        let mut watch = watch_paths(std::slice::from_ref(&config), sender)?;
+        let missing = root.join("certs");
+        let files = [missing.join("client.pem"), missing.join("client.key")];
+
+        assert_eq!(watch.follow_credentials(&files), vec![missing.clone()]);
+        assert_eq!(
+            watch.follow_credentials(&files),
+            Vec::<PathBuf>::new(),
+            "second reload"
+        );
+        assert_eq!(
+            watch.follow_credentials(&files),
+            Vec::<PathBuf>::new(),
+            "third reload"
+        );
+        // Out of use, then used again: a new warning.
+        assert_eq!(watch.follow_credentials(&[]), Vec::<PathBuf>::new());
+        assert_eq!(watch.follow_credentials(&files), vec![missing.clone()]);
+        // The directory appears: the next reload watches it.
+        std::fs::create_dir_all(&missing)?;
+        assert_eq!(watch.follow_credentials(&files), Vec::<PathBuf>::new());
+        assert_eq!(watch.credential_dirs, vec![missing.clone()]);
+        assert!(watch.unwatchable.is_empty());
+        // Covered by the configuration's own (recursive) watch: nothing more to watch.
+        assert_eq!(
+            watch.follow_credentials(&[config.join("tls/ca.pem")]),
+            Vec::<PathBuf>::new()
+        );
+        assert!(watch.credential_dirs.is_empty());
+        std::fs::remove_dir_all(&root)?;
+        Ok(())
     }
 
     #[test]

@@ -192,7 +192,11 @@ impl Outside {
     }
 
     fn gateway(&self, resolution: &str) -> anyhow::Result<Gateway> {
-        let config = self.dir.write("egress.yaml", &egress_config(resolution))?;
+        self.gateway_with(&egress_config(resolution))
+    }
+
+    fn gateway_with(&self, egress_yaml: &str) -> anyhow::Result<Gateway> {
+        let config = self.dir.write("egress.yaml", egress_yaml)?;
         let resolv = self.dir.path().join("resolv.conf");
         Gateway::start(
             &config,
@@ -438,6 +442,172 @@ fn egress_https_passes_through_by_sni() -> anyhow::Result<()> {
             .lines()
             .any(|line| line.starts_with("gateway_dns_resolutions_total{") && line.contains(HOST)),
         "{metrics}"
+    );
+    Ok(())
+}
+
+/// Istio's "egress gateway with mutual TLS origination" task as written: the workload
+/// sends plain HTTP to the egress gateway, which resolves the ServiceEntry host by DNS
+/// and originates TLS to it on 443 (DestinationRule `portLevelSettings` MUTUAL with a
+/// `credentialName` Secret in the gateway's namespace, `sni`): the external server, which
+/// requires a client certificate, sees the Secret's, and the gateway verified the
+/// server's against the Secret's `ca.crt`. A rule with another CA is refused with 503
+/// `UF` and Envoy's TLS reason.
+#[test]
+fn egress_originates_mutual_tls_to_the_external_host() -> anyhow::Result<()> {
+    use crate::tls::{Key, Pki, tls_secret};
+
+    if skip_unless_root("network namespaces") {
+        return Ok(());
+    }
+    let outside = Outside::start("egress-mtls")?;
+    let pki = Pki::new(outside.dir.path(), "external-ca")?;
+    let clients = Pki::new(outside.dir.path(), "client-ca")?;
+    pki.issue("api", HOST, &format!("DNS:{HOST}"), Key::EcP256Pkcs8, false)?;
+    let (client, client_key) = clients.issue(
+        "client",
+        "egress-client",
+        "DNS:egress-client",
+        Key::EcP256Pkcs8,
+        true,
+    )?;
+    let _tls_server = Process {
+        child: Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &outside.net.client_ns,
+                "openssl",
+                "s_server",
+            ])
+            .args(["-quiet", "-www", "-accept", &format!("{FIRST}:443")])
+            .args(["-cert", &pki.path("api.crt"), "-key", &pki.path("api.key")])
+            .args(["-Verify", "1", "-CAfile", &clients.path("client-ca.crt")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    };
+    let external_ca = pki.ca_pem()?;
+    let mut config = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  ports:
+  - {{name: http2, port: 80, targetPort: 8080}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: default}}
+spec:
+  hosts: [{HOST}]
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  - {{number: 443, name: https, protocol: HTTPS}}
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: default}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [{HOST}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-api-through-egress-gateway, namespace: default}}
+spec:
+  hosts: [{HOST}]
+  gateways: [istio-egressgateway]
+  http:
+  - match: [{{uri: {{prefix: /wrong-ca}}}}]
+    route:
+    - destination: {{host: {HOST}, subset: wrong-ca, port: {{number: 443}}}}
+  - route:
+    - destination: {{host: {HOST}, port: {{number: 443}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate-mtls-for-api, namespace: default}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls: {{mode: MUTUAL, credentialName: client-credential, sni: {HOST}}}
+  subsets:
+  - name: wrong-ca
+    trafficPolicy:
+      portLevelSettings:
+      - port: {{number: 443}}
+        tls: {{mode: MUTUAL, credentialName: wrong-ca-credential, sni: {HOST}}}
+---
+"#
+    );
+    config += &tls_secret(
+        "client-credential",
+        "istio-system",
+        &client,
+        &client_key,
+        Some(&external_ca),
+    );
+    config += &tls_secret(
+        "wrong-ca-credential",
+        "istio-system",
+        &client,
+        &client_key,
+        Some(&clients.ca_pem()?),
+    );
+    let gateway = outside.gateway_with(&config)?;
+    let get = |path: &str| {
+        curl(
+            Some(&outside.net.client_ns),
+            &[
+                "-H",
+                &format!("Host: {HOST}"),
+                &format!("http://{}:8080{path}", outside.net.gateway_ip),
+            ],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        // The first answer waits for the DNS lookup and s_server's start.
+        let answer = get("/")?;
+        if answer.status == 200 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(answer.status, 200, "{answer:?}\n{}", gateway.stderr());
+    assert!(answer.body.contains("s_server"), "{}", answer.body);
+    assert!(answer.body.contains("CN=egress-client"), "{}", answer.body);
+    // s_server -www closes after each answer: the next request's connection resumes the
+    // session (its page says "Reused" rather than "New").
+    let again = get("/")?;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert!(again.body.contains("Reused, TLSv1.3"), "{}", again.body);
+
+    let refused = get("/wrong-ca")?;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        refused.body.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{}",
+        refused.body
+    );
+    let log = gateway.access_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("GET /wrong-ca"))
+        .with_context(|| format!("no access log line for /wrong-ca:\n{log}"))?;
+    assert!(line.contains(" 503 UF"), "{line}");
+    assert!(
+        line.contains(&format!("outbound|443|wrong-ca|{HOST}")),
+        "{line}"
     );
     Ok(())
 }

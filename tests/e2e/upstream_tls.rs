@@ -216,6 +216,11 @@ fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Res
         "{}",
         simple.body
     );
+    assert!(simple.body.contains("New, TLSv1.3"), "{}", simple.body);
+    // s_server -www closes after each answer: the next connection resumes the session.
+    let resumed = get(bind_port, "/simple")?;
+    assert_eq!(resumed.status, 200, "{resumed:?}");
+    assert!(resumed.body.contains("Reused, TLSv1.3"), "{}", resumed.body);
 
     // A certificate from a CA the rule does not trust: 503 UF, Envoy's text, counted.
     let untrusted = get(bind_port, "/untrusted")?;

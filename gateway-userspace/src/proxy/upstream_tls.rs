@@ -268,7 +268,17 @@ impl AsyncWrite for UpstreamStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => {
+                // rustls makes one record of all the slices it is given, but gathers
+                // more than one into a Vec first: the HTTP/1 client's writes are mostly
+                // a head with empty body slices, which go as the one slice they are.
+                let mut given = bufs.iter().filter(|b| !b.is_empty());
+                match (given.next(), given.next()) {
+                    (None, _) => Poll::Ready(Ok(0)),
+                    (Some(only), None) => Pin::new(s.as_mut()).poll_write(cx, only),
+                    _ => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+                }
+            }
         }
     }
 

@@ -50,11 +50,18 @@ struct Figures {
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
-    cmd(ws
-        .cargo()
-        .args(["build", "--release", "-p", "gateway-userspace", "--bin"])
-        .arg("gatewayd"))?;
-    let gatewayd = ws.target_dir().join("release").join("gatewayd");
+    // GATEWAYD_BIN measures a gatewayd built elsewhere (another profile, another commit)
+    // without building this tree's.
+    let gatewayd = match std::env::var_os("GATEWAYD_BIN") {
+        Some(bin) => std::path::PathBuf::from(bin),
+        None => {
+            cmd(ws
+                .cargo()
+                .args(["build", "--release", "-p", "gateway-userspace", "--bin"])
+                .arg("gatewayd"))?;
+            ws.target_dir().join("release").join("gatewayd")
+        }
+    };
     let work = results_dir(ws).join("upstream-tls-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;

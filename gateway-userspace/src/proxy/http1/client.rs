@@ -164,8 +164,10 @@ struct Exchange<S> {
 
 /// Waiting for a connection's next bytes without a buffer: a TCP socket tells when it is
 /// readable, so an exchange takes its read buffer only when the response starts to
-/// arrive (a request whose upload stalls holds none). A TLS stream cannot tell whether
-/// rustls holds decrypted bytes already, so it reads (and holds the buffer) at once.
+/// arrive (a request whose upload stalls holds none). A TLS stream is readable when
+/// rustls holds decrypted bytes (or the peer's close) already, and otherwise when its
+/// socket is: rustls processes every whole record it reads, so what it keeps back is
+/// part of a record that only the socket can complete.
 pub(in crate::proxy) trait ReadReady {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
@@ -180,7 +182,14 @@ impl ReadReady for crate::proxy::upstream_tls::UpstreamStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Self::Plain(tcp) => tcp.poll_read_ready(cx),
-            Self::Tls(_) => Poll::Ready(Ok(())),
+            Self::Tls(tls) => {
+                let (tcp, session) = tls.get_ref();
+                if session.wants_read() {
+                    tcp.poll_read_ready(cx)
+                } else {
+                    Poll::Ready(Ok(()))
+                }
+            }
         }
     }
 }
