@@ -698,6 +698,64 @@ fn websocket_upgrades_trailers_and_h2c_upstreams() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `Expect: 100-continue` is answered by the gateway, as Envoy answers it by default: the
+/// client gets its 100 from the gateway, sends the body, and the upstream sees the body
+/// without the Expect header (so it sends no 100 of its own).
+#[test]
+fn expect_100_continue_is_answered_by_the_gateway() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "web")?;
+    let extra = service("web", None, &[upstream.addr])
+        + &virtual_service("  - route: [{destination: {host: web}}]\n");
+    let (gateway, _dir, base) = start("http-expect", &extra)?;
+    let addr: SocketAddr = base.trim_start_matches("http://").parse()?;
+
+    let mut client = TcpStream::connect(addr)?;
+    client.set_read_timeout(Some(Duration::from_secs(5)))?;
+    client.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: h.example\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )?;
+    let interim = read_head(&mut client)?;
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue"),
+        "{interim:?}\n{}",
+        gateway.stderr()
+    );
+    client.write_all(b"hello")?;
+    let head = read_head(&mut client)?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = header(&head, "content-length")
+        .context("content-length")?
+        .parse()?;
+    let mut body = vec![0u8; length];
+    client.read_exact(&mut body)?;
+    let echo: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(echo["body_bytes"], 5, "{echo}");
+    assert!(echo["headers"].get("expect").is_none(), "{echo}");
+
+    // curl waits for the 100 too (a body over 1 KiB), and gets one answer.
+    let dir = TempDir::new("http-expect-body")?;
+    let file = dir.write("body", &"x".repeat(4096))?;
+    let posted = curl(
+        None,
+        &[
+            "-H",
+            HOST,
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{base}/curl"),
+        ],
+    )?;
+    let echo: serde_json::Value = serde_json::from_str(
+        posted
+            .body
+            .split_once("\r\n\r\n")
+            .map_or(posted.body.as_str(), |(_, body)| body),
+    )?;
+    assert_eq!(echo["body_bytes"], 4096, "{echo}");
+    assert!(echo["headers"].get("expect").is_none(), "{echo}");
+    Ok(())
+}
+
 /// Reads a response head (up to the blank line) byte by byte.
 fn read_head(stream: &mut TcpStream) -> anyhow::Result<String> {
     let mut head = Vec::new();

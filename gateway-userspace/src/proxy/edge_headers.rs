@@ -35,6 +35,8 @@ const EXTERNAL_STRIPPED: [HeaderName; 19] = [
     // Envoy overwrites it when it rewrites a path; a client's copy would pose as one.
     HeaderName::from_static("x-envoy-original-path"),
 ];
+/// What every name of EXTERNAL_STRIPPED starts with.
+const STRIPPED_PREFIX: &str = "x-envoy-";
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// A request's answer decided at the edge, before routing.
@@ -48,8 +50,15 @@ pub(super) enum Refusal {
 /// upgrade dropped, the path normalized.
 pub(super) fn admit<B>(mut request: Request<B>) -> Result<Request<B>, Refusal> {
     let headers = request.headers_mut();
-    for name in &EXTERNAL_STRIPPED {
-        headers.remove(name);
+    // Every stripped name starts with `x-envoy-`, which almost no request carries: one
+    // pass over the names instead of 19 hashed removals.
+    if headers
+        .keys()
+        .any(|name| name.as_str().starts_with(STRIPPED_PREFIX))
+    {
+        for name in &EXTERNAL_STRIPPED {
+            headers.remove(name);
+        }
     }
     if upgrade_token(headers).is_some_and(|t| t.eq_ignore_ascii_case(b"h2c")) {
         drop_h2c_upgrade(headers);
@@ -144,6 +153,13 @@ fn normalized_uri(method: &Method, uri: &Uri) -> Result<Option<Uri>, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_stripped_name_has_the_prefix_admit_looks_for() {
+        for name in &EXTERNAL_STRIPPED {
+            assert!(name.as_str().starts_with(STRIPPED_PREFIX), "{name}");
+        }
+    }
 
     fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::builder().method(method).uri(uri);

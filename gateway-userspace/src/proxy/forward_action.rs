@@ -197,7 +197,7 @@ pub(super) async fn forward<'s>(
     // headers), in milliseconds.
     response.headers_mut().insert(
         X_ENVOY_UPSTREAM_SERVICE_TIME,
-        HeaderValue::from(took.as_millis() as u64),
+        millis(took.as_millis() as u64),
     );
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client_side) = downstream_upgrade {
@@ -240,6 +240,16 @@ pub(super) async fn forward<'s>(
         _ => response,
     };
     answered(Answer::Upstream { response, flags })
+}
+
+/// A count of milliseconds as a header value; the usual few (a nearby upstream) without
+/// an allocation.
+fn millis(ms: u64) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match usize::try_from(ms).ok().and_then(|ms| SMALL.get(ms)) {
+        Some(small) => HeaderValue::from_static(small),
+        None => HeaderValue::from(ms),
+    }
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection,

@@ -302,6 +302,61 @@ async fn pooled_connections_to_a_removed_endpoint_are_closed() {
     );
 }
 
+/// The gateway's sockets to `upstream` that the upstream has closed and the gateway not
+/// yet (CLOSE_WAIT in /proc/net/tcp; this test process is the gateway).
+fn half_closed_to(upstream: std::net::SocketAddr) -> usize {
+    let port = format!(":{:04X}", upstream.port());
+    std::fs::read_to_string("/proc/self/net/tcp")
+        .expect("/proc/self/net/tcp")
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2).is_some_and(|remote| remote.ends_with(&port))
+                && fields.get(3) == Some(&"08")
+        })
+        .count()
+}
+
+/// An upstream that closes a kept-alive connection while it sits in the pool: the
+/// gateway closes its side within the pool sweep, not only at the next checkout (hyper's
+/// connection task noticed at once; the codec's pooled connections have no task), and the
+/// next request opens a new connection and is answered.
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_closed_by_the_sweep() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 4096];
+            if matches!(stream.read(&mut head).await, Ok(n) if n > 0) {
+                // Kept alive as far as the gateway knows, then closed once it is pooled.
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let route = route_to("a", "");
+    let gateway = Gateway::start(|port| config(port, &route, &[("a", &[upstream])], "")).await;
+    assert_eq!(gateway.get("/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let deadline = tokio::time::Instant::now() + super::upstream::SWEEP_INTERVAL * 2;
+    while half_closed_to(upstream) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        half_closed_to(upstream),
+        0,
+        "the pooled connection the upstream closed stayed open"
+    );
+    assert_eq!(gateway.get("/").await.status, 200);
+}
+
 #[tokio::test]
 async fn fault_aborts_and_delays_are_flagged() {
     let upstream = Upstream::start(Behaviour::Status(200)).await;

@@ -455,6 +455,7 @@ fn drain_pools_outside(current: &HashSet<SocketAddr, FxBuildHasher>) {
     POOLS.with_borrow_mut(|pools| {
         pools.retain(|key, pool| {
             if current.contains(&key.endpoint) {
+                drop_closed_idle(pool);
                 return true;
             }
             // The codec's connections count themselves out when dropped, which needs
@@ -470,6 +471,23 @@ fn drain_pools_outside(current: &HashSet<SocketAddr, FxBuildHasher>) {
             pool.open > 0 || Arc::strong_count(&pool.freed) > 1
         });
     });
+}
+
+/// Idle HTTP/1.1 connections the upstream has closed since they were pooled (hyper's
+/// connection task noticed at once; the codec's connections have no task, so the sweep
+/// looks): their sockets close and stop counting against the pool's limits now, not at
+/// the next checkout. No syscall unless the reactor has seen a socket become readable.
+fn drop_closed_idle(pool: &mut EndpointPool) {
+    let before = pool.idle.len();
+    pool.idle.retain_mut(|pooled| {
+        !(matches!(pooled.sender, Http1Connection::Own(_)) && pooled.sender.is_closed())
+    });
+    // The codec's connections count themselves out when dropped, which needs this
+    // borrow: count them out here instead, and let queued requests look again.
+    for _ in pool.idle.len()..before {
+        pool.open = pool.open.saturating_sub(1);
+        pool.freed.notify_one();
+    }
 }
 
 /// A connection back from a finished exchange. The oldest idle one is closed when it

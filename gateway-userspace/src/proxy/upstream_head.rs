@@ -135,6 +135,15 @@ impl UpstreamHead {
             None
         };
         strip_hop_by_hop(&mut headers);
+        // The gateway answers `Expect: 100-continue` itself (the codec sends the 100 when
+        // the body is first wanted) and the upstream is not asked again: Envoy's default
+        // (`proxy_100_continue` off, as Istio leaves it) removes the header.
+        if headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            headers.remove(header::EXPECT);
+        }
         if let Some(upgrade) = upgrade {
             headers.insert(header::UPGRADE, upgrade);
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -149,24 +158,41 @@ impl UpstreamHead {
         if let Some(host) = new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
             headers.insert(header::HOST, host);
         }
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-            Some(existing) if !existing.is_empty() => {
-                let mut joined = Vec::with_capacity(existing.len() + 1 + peer_ip.len());
-                joined.extend_from_slice(existing.as_bytes());
+        // Entries, not a look-up and then an insert: each hashes the name once.
+        match headers.entry(X_FORWARDED_FOR) {
+            header::Entry::Occupied(mut existing) if !existing.get().is_empty() => {
+                let first = existing.get();
+                let mut joined = Vec::with_capacity(first.len() + 1 + peer_ip.len());
+                joined.extend_from_slice(first.as_bytes());
                 joined.push(b',');
                 joined.extend_from_slice(peer_ip.as_bytes());
-                HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
+                if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+                    // Replaces every value, as an insert does.
+                    existing.insert(v);
+                }
             }
-            _ => Some(peer_ip.clone()),
-        };
-        if let Some(v) = forwarded_for {
-            headers.insert(X_FORWARDED_FOR, v);
+            header::Entry::Occupied(mut empty) => {
+                empty.insert(peer_ip.clone());
+            }
+            header::Entry::Vacant(vacant) => {
+                vacant.insert(peer_ip.clone());
+            }
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         // Envoy's SANITIZE_SET (Istio's gateway default): never trust the client's XFCC.
-        headers.remove(X_FORWARDED_CLIENT_CERT);
-        if let Some(v) = client_cert.and_then(|cert| HeaderValue::from_str(cert).ok()) {
-            headers.insert(X_FORWARDED_CLIENT_CERT, v);
+        let client_cert = client_cert.and_then(|cert| HeaderValue::from_str(cert).ok());
+        match (headers.entry(X_FORWARDED_CLIENT_CERT), client_cert) {
+            (header::Entry::Occupied(mut sent), Some(ours)) => {
+                sent.insert(ours);
+            }
+            (header::Entry::Occupied(sent), None) => {
+                // Every value of it, as `remove` does.
+                drop(sent.remove_entry_mult());
+            }
+            (header::Entry::Vacant(vacant), Some(ours)) => {
+                vacant.insert(ours);
+            }
+            (header::Entry::Vacant(_), None) => {}
         }
         headers.insert(X_REQUEST_ID, request_id.clone());
         headers.insert(X_ENVOY_EXTERNAL_ADDRESS, peer_ip.clone());
@@ -186,30 +212,53 @@ impl UpstreamHead {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than the removals.
-    let hop_by_hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::UPGRADE;
-    if !headers.keys().any(hop_by_hop) {
+    // Most messages carry none or only `Connection: keep-alive`: one pass over the names
+    // tells which are there, and only those are removed (each removal hashes a name).
+    let mut present = 0u8;
+    let mut upgrade = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+            Some(index) => present |= 1 << index,
+            None => upgrade |= name == header::UPGRADE,
+        }
+    }
+    if present == 0 && !upgrade {
         return;
     }
+    // Names the Connection header adds to the standard ones (rare: no allocation for
+    // `keep-alive`, `close` or `upgrade`).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| {
+            !["close", "keep-alive", "upgrade"]
+                .iter()
+                .any(|standard| name.eq_ignore_ascii_case(standard))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     // `TE: trailers` is the one TE value that crosses a proxy: gRPC needs it upstream.
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in &named {
         headers.remove(name);
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     // `Upgrade` is hop-by-hop too; an upgrade request puts it back explicitly.
-    headers.remove(header::UPGRADE);
+    if upgrade {
+        headers.remove(header::UPGRADE);
+    }
 }
 
 /// A random UUID (version 4), as Envoy generates for `x-request-id`.
@@ -227,7 +276,10 @@ pub(super) fn new_request_id() -> HeaderValue {
             *out = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
         }
     }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // Owned by a reference-counted `Bytes` from the start: the copy that goes upstream
+    // is a count, not a second allocation (a `Bytes` from a Vec allocates on its first clone).
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]

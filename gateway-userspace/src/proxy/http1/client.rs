@@ -572,7 +572,11 @@ pub(super) fn parse_response(
         .code
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(ClientError::Malformed("invalid status code"))?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // One copy of the head for every value to point into: no allocation per header.
+    let copy = Bytes::copy_from_slice(&buf[..len]);
+    // Room for what the proxy adds to an answer (server, x-envoy-upstream-service-time,
+    // a route's few), so that it does not grow the map.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked_last = false;
@@ -599,8 +603,9 @@ pub(super) fn parse_response(
             close |= has_token(field.value, b"close");
             keep_alive_token |= has_token(field.value, b"keep-alive");
         }
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| ClientError::Malformed("invalid header value"))?;
+        let value = super::head::shared_part(&copy, &buf[..len], field.value)
+            .and_then(|value| HeaderValue::from_maybe_shared(value).ok())
+            .ok_or(ClientError::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
     let mut keep_alive = match version {

@@ -1,9 +1,14 @@
 //! A request head: found in the connection's buffer, checked against `rules.rs`, parsed
 //! by httparse, and turned into the `http::Request` parts the handler takes.
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 
 use super::rules::{HeadError, MAX_HEAD_BYTES, MAX_HEADERS, MAX_REQUEST_LINE_BYTES};
+
+/// Headers the proxy adds to a request before it goes upstream (x-forwarded-for and
+/// -proto, x-request-id, x-envoy-external-address, a route's few), reserved up front.
+const FORWARDING_HEADERS: usize = 6;
 
 /// How the body after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,18 +58,22 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     };
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Invalid)?;
-    let uri: Uri = parsed
-        .path
-        .unwrap_or_default()
-        .parse()
-        .map_err(|_| HeadError::Invalid)?;
+    // One copy of the head, which the target and every header value point into: no
+    // allocation per header (a slice of the connection's buffer would keep the whole
+    // buffer alive and shared, see `buffer.rs`).
+    let copy = Bytes::copy_from_slice(&rest[..end]);
+    let shared = |part: &[u8]| shared_part(&copy, &rest[..end], part).ok_or(HeadError::Invalid);
+    let target = shared(parsed.path.unwrap_or_default().as_bytes())?;
+    let uri = Uri::from_maybe_shared(target).map_err(|_| HeadError::Invalid)?;
 
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for the forwarding headers the proxy adds, so that they do not grow the map.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + FORWARDING_HEADERS);
     let mut framing = Framing::default();
     for field in parsed.headers.iter() {
         framing.observe(field.name.as_bytes(), field.value)?;
         let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| HeadError::Invalid)?;
-        let value = HeaderValue::from_bytes(field.value).map_err(|_| HeadError::Invalid)?;
+        let value =
+            HeaderValue::from_maybe_shared(shared(field.value)?).map_err(|_| HeadError::Invalid)?;
         headers.append(name, value);
     }
     let body = framing.body()?;
@@ -90,6 +99,18 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         expect_continue,
         upgrade,
     }))
+}
+
+/// `part` of `parsed` (a slice httparse returned) as the same bytes of `copy`, a copy of
+/// `parsed`: a reference-counted slice, no allocation. None if `part` is not inside
+/// `parsed` (it always is).
+pub(super) fn shared_part(copy: &Bytes, parsed: &[u8], part: &[u8]) -> Option<Bytes> {
+    if part.is_empty() {
+        return Some(Bytes::new());
+    }
+    let offset = (part.as_ptr() as usize).checked_sub(parsed.as_ptr() as usize)?;
+    let end = offset.checked_add(part.len())?;
+    (end <= copy.len() && end <= parsed.len()).then(|| copy.slice(offset..end))
 }
 
 /// Where the head ends (after its empty line), refusing bare LFs and heads or request

@@ -243,7 +243,10 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
             }
         }
         buffer::make_room(buf);
+        // The read first: it is ready at once after the idle wait, and then neither the
+        // clock nor the shutdown watch is registered (and unregistered) for nothing.
         tokio::select! {
+            biased;
             read = reader.read_buf(buf) => match read {
                 Ok(0) | Err(_) => return HeadRead::Closed,
                 Ok(_) => {}
