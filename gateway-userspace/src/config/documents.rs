@@ -10,12 +10,7 @@
 //! keys a VirtualService by allocation *and* line, so it recompiles a moved one rather
 //! than reuse diagnostics with old lines).
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, Hash, Hasher},
-    path::Path,
-    sync::Arc,
-};
+use std::{collections::HashMap, hash::BuildHasher, path::Path, sync::Arc};
 
 use rustc_hash::FxBuildHasher;
 
@@ -75,9 +70,7 @@ pub fn load_text_reusing(
 }
 
 fn hash_of(text: &str) -> u64 {
-    let mut hasher = FxBuildHasher.build_hasher();
-    text.hash(&mut hasher);
-    hasher.finish()
+    FxBuildHasher.hash_one(text)
 }
 
 fn parse(document: &Document, hash: u64) -> ParsedDocument {
