@@ -9,8 +9,9 @@ nginx answering a fixed 200 over kept-alive upstream connections (`--http1-clien
 With `nginx` as the last argument, the same for an nginx proxy (one worker process,
 `proxy_http_version 1.1` and an upstream keepalive pool) instead of gatewayd.
 """
-import glob, os, socket, subprocess, sys, time
+import os, subprocess, sys
 
+from callgrind_run import count_instructions
 from one_route_config import one_route_config
 
 BIN, MODE, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -57,26 +58,7 @@ def load(n):
 
 
 try:
-    deadline = time.time() + 300
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", GW)).close()
-            break
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(1)
-    load(1000)
-    subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True, stdout=subprocess.DEVNULL)
-    load(N)
-    subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, stdout=subprocess.DEVNULL)
-    time.sleep(1)
-    dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
-    total = 0
-    for line in open(dumps[-1]):
-        if line.startswith("summary:") or line.startswith("totals:"):
-            total = int(line.split()[1])
-            break
+    total, dump = count_instructions(gw.pid, GW, out, load, N)
     who = "nginx" if PEER else f"gatewayd --http1-client {MODE}"
     print(f"{who}: {N} requests, {total} instructions, {total / N:.0f} per request")
 finally:

@@ -14,8 +14,9 @@ keepalive pool), as `cargo xtask bench upstream-tls` configures it; `plain` meas
 gatewayd to the same nginx in plaintext (the floor). The dump is kept in DIR for
 `callgrind_annotate`.
 """
-import glob, os, shutil, socket, subprocess, sys, time
+import os, shutil, subprocess, sys
 
+from callgrind_run import count_instructions
 from one_route_config import one_route_config
 
 args = [a for a in sys.argv[1:]]
@@ -98,29 +99,10 @@ def load(n):
 
 
 try:
-    deadline = time.time() + 300
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", GW)).close()
-            break
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(1)
-    load(1000)
-    subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True, stdout=subprocess.DEVNULL)
-    load(N)
-    subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, stdout=subprocess.DEVNULL)
-    time.sleep(1)
-    dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
-    total = 0
-    for line in open(dumps[-1]):
-        if line.startswith("summary:") or line.startswith("totals:"):
-            total = int(line.split()[1])
-            break
+    total, dump = count_instructions(gw.pid, GW, out, load, N)
     if DUMP_DIR:
         os.makedirs(DUMP_DIR, exist_ok=True)
-        shutil.copy(dumps[-1], os.path.join(DUMP_DIR, f"callgrind.{WHAT}"))
+        shutil.copy(dump, os.path.join(DUMP_DIR, f"callgrind.{WHAT}"))
     print(f"{WHAT}: {N} requests, {total} instructions, {total / N:.0f} per request")
 finally:
     gw.kill()
