@@ -461,3 +461,247 @@ fn a_deny_policy_that_does_not_parse_fails_closed() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The demo upstream's count of accepted TCP connections, asked directly over TLS (the
+/// asking connection included).
+fn upstream_connections(backend: SocketAddr, ca: &str) -> anyhow::Result<u64> {
+    let resolve = format!("allowed.example.com:{}:127.0.0.1", backend.port());
+    let url = format!(
+        "https://allowed.example.com:{}/__connections",
+        backend.port()
+    );
+    let answer = curl(None, &["--resolve", &resolve, "--cacert", ca, &url])?;
+    anyhow::ensure!(answer.status == 200, "{answer:?}");
+    Ok(answer.body.trim().parse()?)
+}
+
+#[test]
+fn tls_passthrough_connections_denied_by_address_or_sni_never_reach_the_upstream()
+-> anyhow::Result<()> {
+    let dir = TempDir::new("authz-passthrough")?;
+    let pki_dir = TempDir::new("authz-passthrough-pki")?;
+    let pki = Pki::new(pki_dir.path(), "pass-ca")?;
+    pki.issue(
+        "backend",
+        "backend",
+        "DNS:allowed.example.com,DNS:denied.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_backend, backend) = crate::upstream_tls::tls_upstream(&pki, "backend")?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let (port, tcp_port, pass_port) = (free_port(), free_port(), free_port());
+    // Not a port of our Service: the server binds its own number.
+    let mut extra = format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: pass, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {pass_port}, name: tls-pass, protocol: TLS}}
+    hosts: [allowed.example.com, denied.example.com]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: pass, namespace: default}}
+spec:
+  hosts: [allowed.example.com, denied.example.com]
+  gateways: [pass]
+  tls:
+  - match: [{{sniHosts: [allowed.example.com, denied.example.com]}}]
+    route: [{{destination: {{host: backend, port: {{number: 443}}}}}}]
+---
+{}"#,
+        service_with_endpoint("backend", 443, backend).trim_end_matches("---\n")
+    );
+    extra += &policy(
+        "no-bad-peer",
+        "istio-system",
+        "selector: {matchLabels: {istio: ingressgateway}}\naction: DENY\nrules: [{from: [{source: {ipBlocks: [127.0.0.6]}}]}]",
+    );
+    extra += &policy(
+        "no-denied-name",
+        "istio-system",
+        "action: DENY\nrules: [{when: [{key: connection.sni, values: [denied.example.com]}]}]",
+    );
+    dir.write(
+        "config.yaml",
+        &config(port, tcp_port, upstream.addr, &extra),
+    )?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let ca = pki.path("pass-ca.crt");
+    // curl from `source` to `name` on the passthrough port: the handshake is the
+    // backend's (curl trusts only its CA), so an answer means the bytes went through.
+    let through = |source: &str, name: &str| {
+        let resolve = format!("{name}:{pass_port}:127.0.0.1");
+        let url = format!("https://{name}:{pass_port}/get");
+        curl(
+            None,
+            &[
+                "--interface",
+                source,
+                "--resolve",
+                &resolve,
+                "--cacert",
+                &ca,
+                &url,
+            ],
+        )
+    };
+
+    // Allowed address and name: passed through to the backend.
+    let passed = through("127.0.0.7", "allowed.example.com").with_context(|| gateway.stderr())?;
+    assert_eq!(passed.answered_by(), "backend", "{passed:?}");
+    let echo = passed.json()?;
+    assert_eq!(
+        echo["host"],
+        format!("allowed.example.com:{pass_port}"),
+        "{echo}"
+    );
+
+    let before = upstream_connections(backend, &ca)?;
+    // A denied address, and a denied name from an allowed address: closed.
+    let by_address = through("127.0.0.6", "allowed.example.com");
+    assert!(by_address.is_err(), "{by_address:?}");
+    let by_name = through("127.0.0.7", "denied.example.com");
+    assert!(by_name.is_err(), "{by_name:?}");
+    // Neither reached the backend: the only new connection is the one asking.
+    assert_eq!(upstream_connections(backend, &ca)?, before + 1);
+
+    // Each decision counted: two denials, one connection allowed (no ALLOW policy).
+    assert_eq!(decisions(&gateway, "DENY", "deny")?, 2.0);
+    assert_eq!(decisions(&gateway, "NONE", "allow")?, 1.0);
+    // And the allowed ones still pass after the denials.
+    let again = through("127.0.0.8", "allowed.example.com")?;
+    assert_eq!(again.answered_by(), "backend", "{again:?}");
+    assert_eq!(decisions(&gateway, "NONE", "allow")?, 2.0);
+    Ok(())
+}
+
+/// Gateway API Gateways `api` and `internal` (ours, listeners on 8080 and 8081 bound to
+/// `api_port` and `internal_port`) and `other` (another class's), each routing every
+/// request to the demo upstream, plus `policies`.
+fn api_gateways_config(
+    api_port: u16,
+    internal_port: u16,
+    upstream: SocketAddr,
+    policies: &str,
+) -> String {
+    let mut yaml = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports:
+  - {{name: api, port: 8080, targetPort: {api_port}}}
+  - {{name: internal, port: 8081, targetPort: {internal_port}}}
+---
+{}"#,
+        service_with_endpoint("httpbin", 8000, upstream)
+    );
+    for (name, class, port) in [
+        ("api", "istio", 8080),
+        ("internal", "istio", 8081),
+        ("other", "nginx", 8082),
+    ] {
+        yaml += &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: default}}
+spec:
+  gatewayClassName: {class}
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: {name}}}]
+  rules: [{{backendRefs: [{{name: httpbin, port: 8000}}]}}]
+"#
+        );
+        yaml += "---\n";
+    }
+    yaml.trim_end_matches("---\n").to_owned() + policies
+}
+
+/// A DENY policy for `/admin` attached by `targetRefs` to the Gateway `target`, in `namespace`.
+fn deny_admin_on(name: &str, namespace: &str, target: &str) -> String {
+    policy(
+        name,
+        namespace,
+        &format!(
+            "targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: {target}}}]\naction: DENY\nrules: [{{to: [{{operation: {{paths: ['/admin*']}}}}]}}]"
+        ),
+    )
+}
+
+#[test]
+fn target_refs_attach_a_policy_to_the_named_gateway_only() -> anyhow::Result<()> {
+    let dir = TempDir::new("authz-target-refs")?;
+    let upstream = Upstream::start(None, "127.0.0.1:0", "httpbin")?;
+    let (api_port, internal_port) = (free_port(), free_port());
+    let policies = |target: &str| {
+        deny_admin_on("admin-closed", "default", target)
+            // Policies that must not reach us: one attached to another class's Gateway,
+            // one naming our Gateway from another namespace (a targetRef is local).
+            + &policy(
+                "deny-all-on-other",
+                "default",
+                "targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: other}]\naction: DENY\nrules: [{}]",
+            )
+            + &policy(
+                "deny-all-from-elsewhere",
+                "elsewhere",
+                "targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: api}]\naction: DENY\nrules: [{}]",
+            )
+    };
+    let file = dir.write(
+        "config.yaml",
+        &api_gateways_config(api_port, internal_port, upstream.addr, &policies("api")),
+    )?;
+    let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let denied = "403 \"RBAC: access denied\"";
+    let answered = |port: u16, path: &str| -> anyhow::Result<String> {
+        Ok(get_from("127.0.0.1", port, path, &[])
+            .with_context(|| gateway.stderr())?
+            .answered_by())
+    };
+
+    // The policy attached to `api` applies there, and nothing else is denied.
+    assert_eq!(answered(api_port, "/admin/users")?, denied);
+    assert_eq!(answered(api_port, "/get")?, "httpbin");
+    // Not on our other Gateway's listener.
+    assert_eq!(answered(internal_port, "/admin/users")?, "httpbin");
+    assert_eq!(decisions(&gateway, "DENY", "deny")?, 1.0);
+
+    // Attached to `internal` instead: it follows the name.
+    gateway.reload_after(|| {
+        write_atomically(
+            &file,
+            &api_gateways_config(
+                api_port,
+                internal_port,
+                upstream.addr,
+                &policies("internal"),
+            ),
+        )
+    })?;
+    assert_eq!(answered(api_port, "/admin/users")?, "httpbin");
+    assert_eq!(answered(internal_port, "/admin/users")?, denied);
+
+    // Attached to a Gateway that does not exist: applies nowhere.
+    gateway.reload_after(|| {
+        write_atomically(
+            &file,
+            &api_gateways_config(api_port, internal_port, upstream.addr, &policies("gone")),
+        )
+    })?;
+    assert_eq!(answered(api_port, "/admin/users")?, "httpbin");
+    assert_eq!(answered(internal_port, "/admin/users")?, "httpbin");
+    Ok(())
+}

@@ -7,4 +7,5 @@
 mod bodies;
 mod edges;
 mod ops;
+mod passthrough;
 mod trust;

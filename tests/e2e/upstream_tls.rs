@@ -294,7 +294,10 @@ fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Res
 }
 
 /// The demo upstream speaking TLS only (ALPN `h2`, `http/1.1`) with `name`'s certificate.
-fn tls_upstream(pki: &Pki, name: &str) -> anyhow::Result<(Process, std::net::SocketAddr)> {
+pub(crate) fn tls_upstream(
+    pki: &Pki,
+    name: &str,
+) -> anyhow::Result<(Process, std::net::SocketAddr)> {
     let mut child = Command::new(gateway_tests::binary("DEMO_UPSTREAM_BIN", "demo-upstream"))
         .args(["--listen", "127.0.0.1:0", "--name", name])
         .args(["--tls-cert", &pki.path(&format!("{name}.crt"))])

@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod h2c;
 pub mod http1;
 pub mod status_upstream;
+pub mod tls_client;
 
 /// How long a daemon may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

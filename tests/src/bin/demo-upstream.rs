@@ -10,12 +10,17 @@
 //! `/trailers` answers `ok` followed by the trailers `grpc-status: 0` and `x-trailer: yes`.
 //! `/__requests` lists the requests seen so far (`method`, `path`, `host`), oldest first,
 //! so tests can tell what reached the upstream (mirrors, retries, smuggling attempts).
+//! `/__connections` answers how many TCP connections it has accepted, this one included,
+//! so tests can tell that a connection never reached it (a denied TLS passthrough).
 //! A request with `Upgrade` is answered 101 and the upgraded connection echoes its bytes.
 //! With `--tls-cert FILE --tls-key FILE` it speaks TLS only (ALPN `h2`, `http/1.1`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -64,6 +69,8 @@ struct Upstream {
     name: String,
     name_header: HeaderValue,
     seen: Mutex<Vec<Value>>,
+    /// TCP connections accepted, counted before any TLS handshake.
+    connections: AtomicU64,
 }
 
 #[tokio::main]
@@ -75,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         name: args.name,
         name_header,
         seen: Mutex::new(Vec::new()),
+        connections: AtomicU64::new(0),
     });
 
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -97,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    upstream.connections.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(serve_connection(stream, peer, Arc::clone(&upstream), tls.clone()));
                 }
                 Err(err) => {
@@ -179,6 +188,10 @@ async fn respond(
             .map(|seen| Value::Array(seen.clone()))
             .unwrap_or_default();
         return Ok(Response::new(full(Bytes::from(format!("{seen:#}\n")))));
+    }
+    if req.uri().path() == "/__connections" {
+        let accepted = upstream.connections.load(Ordering::Relaxed);
+        return Ok(Response::new(full(Bytes::from(format!("{accepted}\n")))));
     }
     if let Some(upgrade) = req.headers().get(UPGRADE).cloned() {
         let on_upgrade = hyper::upgrade::on(&mut req);
