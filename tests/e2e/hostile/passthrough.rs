@@ -222,6 +222,9 @@ fn a_listener_removed_by_a_reload_closes_its_passthrough_streams_at_the_drain_de
     Ok(())
 }
 
+/// SIGTERM: the stream is not cut at the signal, is closed, and the process exits. That
+/// the close comes at the deadline rather than from the exit is what the reload test
+/// proves: here the process ends right after its deadline either way.
 #[test]
 fn shutdown_closes_an_open_passthrough_stream_at_the_drain_deadline_and_exits() -> anyhow::Result<()>
 {
