@@ -1,7 +1,8 @@
 //! From each compile's report to the status the writer puts on Gateway API objects: the
 //! report's conditions, plus what only the cluster knows, the Gateway's addresses (our
 //! Service's load-balancer ingress, else its external IPs, else the host IPs of the ready
-//! gateway pods, as Istio does; none at all is `Programmed=False AddressNotAssigned`).
+//! gateway pods, as Istio does; none at all is `Programmed=False AddressNotAssigned`),
+//! except for a Gateway whose `spec.addresses` name where it is served: those are its.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -177,7 +178,17 @@ pub fn desired_statuses(
             continue;
         };
         let mut conditions = conditions(&gateway.conditions, gateway.generation);
-        if addresses.is_empty() {
+        // A Gateway served on the addresses its `spec.addresses` name reports those;
+        // the others are served on the node's.
+        let addresses: Vec<GatewayAddress> = match &gateway.addresses {
+            Some(own) => own
+                .iter()
+                .map(|ip| address("IPAddress", &ip.to_string()))
+                .collect(),
+            None => addresses.to_vec(),
+        };
+        let unassigned = addresses.is_empty() && gateway.addresses.is_none();
+        if unassigned {
             for c in conditions
                 .iter_mut()
                 .filter(|c| c.condition_type == "Programmed")
@@ -194,7 +205,7 @@ pub fn desired_statuses(
             current: None,
             status: Desired::Gateway(GatewayStatus {
                 conditions,
-                addresses: addresses.to_vec(),
+                addresses,
                 listeners: gateway
                     .listeners
                     .iter()
