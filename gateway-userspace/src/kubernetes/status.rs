@@ -323,3 +323,73 @@ fn parent_ref(p: &report::ParentRef) -> ParentRef {
         port: p.port.and_then(|p| i32::try_from(p).ok()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::report::{Condition as ReportCondition, GatewayStatus as ReportGateway};
+
+    fn gateway(name: &str, addresses: Option<Vec<std::net::IpAddr>>) -> ReportGateway {
+        ReportGateway {
+            object: ObjectRef {
+                group: GATEWAY_API_GROUP.to_owned(),
+                kind: "Gateway".to_owned(),
+                namespace: "default".to_owned(),
+                name: name.to_owned(),
+            },
+            generation: Some(1),
+            conditions: vec![
+                ReportCondition::new("Accepted", true, "Accepted", ""),
+                ReportCondition::new("Programmed", true, "Programmed", ""),
+            ],
+            listeners: Vec::new(),
+            addresses,
+        }
+    }
+
+    /// A Gateway with `spec.addresses` reports the addresses it is served on, whatever
+    /// the cluster says; the others get the cluster's, and none is AddressNotAssigned.
+    #[test]
+    fn a_gateway_with_its_own_addresses_reports_them() {
+        let report = Report {
+            gateways: vec![
+                gateway("own", Some(vec!["10.0.0.1".parse().expect("an IP")])),
+                gateway("node", None),
+            ],
+            ..Report::default()
+        };
+        let statuses = |cluster: &[GatewayAddress]| {
+            desired_statuses(&report, cluster, |_| Some("v1".to_owned()), |_| None)
+        };
+        let of = |statuses: &[DesiredStatus], name: &str| match statuses
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| &s.status)
+        {
+            Some(Desired::Gateway(g)) => g.clone(),
+            other => panic!("no Gateway status for {name}: {other:?}"),
+        };
+        let none = statuses(&[]);
+        let own = of(&none, "own");
+        assert_eq!(own.addresses, [address("IPAddress", "10.0.0.1")]);
+        assert!(
+            own.conditions
+                .iter()
+                .all(|c| c.reason != "AddressNotAssigned")
+        );
+        let node = of(&none, "node");
+        assert!(node.addresses.is_empty());
+        assert!(
+            node.conditions
+                .iter()
+                .any(|c| c.reason == "AddressNotAssigned")
+        );
+        let cluster = [address("IPAddress", "192.168.1.10")];
+        let some = statuses(&cluster);
+        assert_eq!(
+            of(&some, "own").addresses,
+            [address("IPAddress", "10.0.0.1")]
+        );
+        assert_eq!(of(&some, "node").addresses, cluster);
+    }
+}
