@@ -6,6 +6,7 @@ use gateway_tests::{
 
 use super::{INFRA, WEB, backend, class_and_ports, report, serve};
 
+mod attachment;
 mod filters;
 
 /// The suite's `same-namespace` Gateway: one HTTP listener on port 80 for routes of its
