@@ -1,8 +1,10 @@
 //! HTTPRoute attachment and backend cases: routes from another namespace, backends in
 //! another namespace by ReferenceGrant, listener hostnames, weights.
 
-use super::{Case, route_to};
-use crate::conformance::{INFRA, WEB, report};
+use gateway_tests::{TempDir, Upstream, curl, free_port};
+
+use super::{Case, route_to, route_with_rules};
+use crate::conformance::{INFRA, WEB, backend, class_and_ports, report, serve};
 
 /// The suite's `backend-namespaces` Gateway (routes from namespaces labelled
 /// `gateway-conformance: backend`) and the web namespace so labelled.
@@ -184,5 +186,131 @@ fn http_route_weight() -> anyhow::Result<()> {
     assert!((share("infra-backend-v1") - 0.7).abs() < 0.1, "{counts:?}");
     assert!((share("infra-backend-v2") - 0.3).abs() < 0.1, "{counts:?}");
     assert_eq!(counts.get("infra-backend-v3"), None, "{counts:?}");
+    Ok(())
+}
+
+/// HTTPRouteOmittedBackendRefs: a rule without backendRefs (omitted, or an empty list)
+/// answers 500 and forwards nothing; the catch-all rule beside them forwards.
+#[test]
+fn http_route_omitted_backend_refs() -> anyhow::Result<()> {
+    let rules = "  - matches: [{path: {type: Exact, value: /omitted-no-forward}}]\n  - matches: [{path: {type: Exact, value: /empty-no-forward}}]\n    backendRefs: []\n  - matches: [{path: {type: PathPrefix, value: /}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+    let case = Case::start(
+        "conf-omitted-backend-refs",
+        &route_with_rules("omitted-backendrefs", rules),
+    )?;
+    let forward = case.get("/forward")?;
+    assert_eq!(forward.status, 200, "{forward:?}");
+    assert_eq!(forward.json()?["upstream"], "infra-backend-v1");
+    for path in ["/omitted-no-forward", "/empty-no-forward"] {
+        let answer = case.get(path)?;
+        assert_eq!(answer.status, 500, "{path}: {answer:?}");
+        assert_ne!(
+            answer.header("x-upstream-name"),
+            Some("infra-backend-v1"),
+            "{path}"
+        );
+    }
+    let report = report(case.dir.path())?;
+    let lines = route_lines(&report, INFRA, "omitted-backendrefs");
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("Accepted=True")
+            && lines[0].contains("ResolvedRefs=True"),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// HTTPRouteNamedRule: a rule's `name` is accepted and changes nothing; named and
+/// unnamed rules both serve.
+#[test]
+fn http_route_named_rule() -> anyhow::Result<()> {
+    let rules = "  - name: named-rule\n    matches: [{path: {type: PathPrefix, value: /named}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /unnamed}}]\n    backendRefs: [{name: infra-backend-v2, port: 8080}]\n";
+    let case = Case::start(
+        "conf-named-rule",
+        &route_with_rules("http-named-rules", rules),
+    )?;
+    for (path, want) in [
+        ("/named", "infra-backend-v1"),
+        ("/unnamed", "infra-backend-v2"),
+    ] {
+        let answer = case.get(path)?;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        assert_eq!(answer.json()?["upstream"], want, "{path}");
+    }
+    let report = report(case.dir.path())?;
+    let lines = route_lines(&report, INFRA, "http-named-rules");
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("Accepted=True")
+            && lines[0].contains("ResolvedRefs=True"),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// HTTPRouteListenerPortMatching: listeners on ports 80 (foo.com), 8080 (foo.com,
+/// bar.com) and 8090 (foo.com, bar.com); routes attach by parentRef `port` (and
+/// `sectionName`), so each port serves its own routes, and bar.com on 8090, whose
+/// listener no route attached to, gets 404. The Host carries the Gateway's port.
+#[test]
+fn http_route_listener_port_matching() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-listener-port-matching")?;
+    let v1 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+    let v2 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v2")?;
+    let v3 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v3")?;
+    let binds = [(80, free_port()), (8080, free_port()), (8090, free_port())];
+    let listener = |name: &str, port: u16, host: &str| {
+        format!(
+            "  - {{name: {name}, port: {port}, protocol: HTTP, hostname: {host}, allowedRoutes: {{namespaces: {{from: Same}}}}}}\n"
+        )
+    };
+    let route = |name: &str, parent: &str, to: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: httproute-listener-port-matching, namespace: {INFRA}, {parent}}}]\n  rules:\n  - backendRefs: [{{name: {to}, port: 8080}}]\n---\n"
+        )
+    };
+    let config = class_and_ports(&binds)
+        + &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: httproute-listener-port-matching, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gateway-conformance\n  listeners:\n{}{}{}{}{}---\n",
+            listener("listener-1", 80, "foo.com"),
+            listener("listener-2", 8080, "foo.com"),
+            listener("listener-3", 8080, "bar.com"),
+            listener("listener-4", 8090, "foo.com"),
+            listener("listener-5", 8090, "bar.com"),
+        )
+        + &backend("infra-backend-v1", INFRA, 8080, v1.addr)
+        + &backend("infra-backend-v2", INFRA, 8080, v2.addr)
+        + &backend("infra-backend-v3", INFRA, 8080, v3.addr)
+        + &route("backend-v1", "port: 80", "infra-backend-v1")
+        + &route("backend-v2", "port: 8080", "infra-backend-v2")
+        + &route(
+            "backend-v3",
+            "port: 8090, sectionName: listener-4",
+            "infra-backend-v3",
+        );
+    let _gateway = serve(&dir, &config)?;
+    let bind = |port: u16| {
+        binds
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(0, |(_, b)| *b)
+    };
+    for (host, port, want) in [
+        ("foo.com", 80, "infra-backend-v1"),
+        ("foo.com:8080", 8080, "infra-backend-v2"),
+        ("bar.com:8080", 8080, "infra-backend-v2"),
+        ("foo.com:8090", 8090, "infra-backend-v3"),
+        ("bar.com:8090", 8090, "404"),
+    ] {
+        let url = format!("http://127.0.0.1:{}/", bind(port));
+        let answer = curl(None, &["-H", &format!("Host: {host}"), &url])?;
+        if want == "404" {
+            assert_eq!(answer.status, 404, "{host}: {answer:?}");
+        } else {
+            assert_eq!(answer.status, 200, "{host}: {answer:?}");
+            assert_eq!(answer.json()?["upstream"], want, "{host}");
+        }
+    }
     Ok(())
 }
