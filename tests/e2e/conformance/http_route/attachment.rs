@@ -314,3 +314,206 @@ fn http_route_listener_port_matching() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A Gateway `name` in the infra namespace with HTTP `listeners` on port 80, each
+/// (name, hostname or "", allowed namespaces).
+fn port_80_gateway(name: &str, listeners: &[(&str, &str, &str)]) -> String {
+    let listeners: String = listeners
+        .iter()
+        .map(|(listener, host, from)| {
+            let host = if host.is_empty() {
+                String::new()
+            } else {
+                format!(", hostname: \"{host}\"")
+            };
+            format!(
+                "  - {{name: {listener}, port: 80, protocol: HTTP{host}, allowedRoutes: {{namespaces: {{from: {from}}}}}}}\n"
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gateway-conformance\n  listeners:\n{listeners}---\n"
+    )
+}
+
+/// An HTTPRoute `name` with `parent` (flow YAML inside the parentRef), `hostnames`
+/// (a flow list) and one rule, on `prefix` when given, to `to`.
+fn hosted_route(
+    name: &str,
+    parent: &str,
+    hostnames: &str,
+    prefix: Option<&str>,
+    to: &str,
+) -> String {
+    let matches = prefix.map_or_else(String::new, |p| {
+        format!("matches: [{{path: {{type: PathPrefix, value: {p}}}}}], ")
+    });
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{{parent}}}]\n  hostnames: {hostnames}\n  rules:\n  - {{{matches}backendRefs: [{{name: {to}, port: 8080}}]}}\n---\n"
+    )
+}
+
+/// (host, path, backend or "404") for each request.
+fn expect_hosts(case: &Case, cases: &[(&str, &str, &str)]) -> anyhow::Result<()> {
+    for (host, path, want) in cases {
+        let answer = case.request(host, "GET", path, &[])?;
+        if *want == "404" {
+            assert_eq!(answer.status, 404, "{host}{path}: {answer:?}");
+        } else {
+            assert_eq!(answer.status, 200, "{host}{path}: {answer:?}");
+            assert_eq!(answer.json()?["upstream"], *want, "{host}{path}");
+        }
+    }
+    Ok(())
+}
+
+/// HTTPRouteHostnameIntersection: a route serves the intersection of its hostnames with
+/// its listener's (specific in wildcard, wildcard over specific, wildcard in wildcard);
+/// a route whose hostnames meet no listener's serves nothing; on a listener without a
+/// hostname the route's own hostnames are served exactly.
+#[test]
+fn http_route_hostname_intersection() -> anyhow::Result<()> {
+    let gw = "name: httproute-hostname-intersection";
+    let routes = port_80_gateway(
+        "httproute-hostname-intersection",
+        &[
+            ("listener-1", "very.specific.com", "Same"),
+            ("listener-2", "*.wildcard.io", "Same"),
+            ("listener-3", "*.anotherwildcard.io", "Same"),
+        ],
+    ) + &port_80_gateway(
+        "httproute-hostname-intersection-all",
+        &[("listener-1", "", "Same")],
+    ) + &hosted_route(
+        "specific-host-matches-listener-specific-host",
+        gw,
+        "[non.matching.com, \"*.nonmatchingwildcard.io\", very.specific.com]",
+        Some("/s1"),
+        "infra-backend-v1",
+    ) + &hosted_route(
+        "specific-host-matches-listener-wildcard-host",
+        gw,
+        "[non.matching.com, wildcard.io, foo.wildcard.io, bar.wildcard.io, foo.bar.wildcard.io]",
+        Some("/s2"),
+        "infra-backend-v2",
+    ) + &hosted_route(
+        "wildcard-host-matches-listener-specific-host",
+        gw,
+        "[non.matching.com, \"*.specific.com\"]",
+        Some("/s3"),
+        "infra-backend-v3",
+    ) + &hosted_route(
+        "wildcard-host-matches-listener-wildcard-host",
+        gw,
+        "[\"*.anotherwildcard.io\"]",
+        Some("/s4"),
+        "infra-backend-v1",
+    ) + &hosted_route(
+        "no-intersecting-hosts",
+        gw,
+        "[specific.but.wrong.com, wildcard.io]",
+        Some("/s5"),
+        "infra-backend-v2",
+    ) + &hosted_route(
+        "httproute-hostname-intersection-all",
+        "name: httproute-hostname-intersection-all",
+        "[first.com, sub.first.com, second.com, sub.second.com]",
+        None,
+        "infra-backend-v2",
+    );
+    let case = Case::start("conf-hostname-intersection", &routes)?;
+    let (v1, v2, v3) = ("infra-backend-v1", "infra-backend-v2", "infra-backend-v3");
+    expect_hosts(
+        &case,
+        &[
+            ("very.specific.com", "/s1", v1),
+            ("very.specific.com:1234", "/s1", v1),
+            ("non.matching.com", "/s1", "404"),
+            ("foo.nonmatchingwildcard.io", "/s1", "404"),
+            ("foo.wildcard.io", "/s1", "404"),
+            ("very.specific.com", "/non-matching-prefix", "404"),
+            ("foo.wildcard.io", "/s2", v2),
+            ("bar.wildcard.io", "/s2", v2),
+            ("foo.bar.wildcard.io", "/s2", v2),
+            ("non.matching.com", "/s2", "404"),
+            ("wildcard.io", "/s2", "404"),
+            ("very.specific.com", "/s2", "404"),
+            ("foo.wildcard.io", "/non-matching-prefix", "404"),
+            ("very.specific.com", "/s3", v3),
+            ("non.matching.com", "/s3", "404"),
+            ("foo.specific.com", "/s3", "404"),
+            ("foo.wildcard.io", "/s3", "404"),
+            ("foo.anotherwildcard.io", "/s4", v1),
+            ("bar.anotherwildcard.io", "/s4", v1),
+            ("foo.bar.anotherwildcard.io", "/s4", v1),
+            ("anotherwildcard.io", "/s4", "404"),
+            ("foo.wildcard.io", "/s4", "404"),
+            ("very.specific.com", "/s4", "404"),
+            ("foo.anotherwildcard.io", "/non-matching-prefix", "404"),
+            ("specific.but.wrong.com", "/s5", "404"),
+            ("wildcard.io", "/s5", "404"),
+            ("first.com", "/", v2),
+            ("sub.first.com", "/", v2),
+            ("second.com", "/", v2),
+            ("sub.second.com", "/", v2),
+            ("third.com", "/", "404"),
+            ("sub.third.com", "/", "404"),
+        ],
+    )?;
+    let report = report(case.dir.path())?;
+    let lines = route_lines(&report, INFRA, "no-intersecting-hosts");
+    assert!(
+        lines.len() == 1 && lines[0].contains("Accepted=False NoMatchingListenerHostname"),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// GatewayHTTPListenerIsolation: on one port, a request is served by the routes of the
+/// listener whose hostname matches it most specifically only (no hostname, then
+/// `*.example.com`, `*.foo.example.com`, `abc.foo.example.com`); another listener's
+/// route for the same path is not reached.
+#[test]
+fn gateway_http_listener_isolation() -> anyhow::Result<()> {
+    let listeners = [
+        ("empty-hostname", ""),
+        ("wildcard-example-com", "*.example.com"),
+        ("wildcard-foo-example-com", "*.foo.example.com"),
+        ("abc-foo-example-com", "abc.foo.example.com"),
+    ];
+    let mut routes = port_80_gateway(
+        "http-listener-isolation",
+        &listeners.map(|(name, host)| (name, host, "All")),
+    );
+    for (name, _) in listeners {
+        routes.push_str(&hosted_route(
+            &format!("attaches-to-{name}"),
+            &format!("name: http-listener-isolation, sectionName: {name}"),
+            "[]",
+            Some(&format!("/{name}")),
+            "infra-backend-v1",
+        ));
+    }
+    // The suite's base `same-namespace` Gateway (no hostname, no routes here) shares
+    // port 80 with this one.
+    let case = Case::start("conf-http-listener-isolation", &routes)?;
+    let hosts = [
+        ("bar.com", "empty-hostname"),
+        ("bar.example.com", "wildcard-example-com"),
+        ("bar.foo.example.com", "wildcard-foo-example-com"),
+        ("abc.foo.example.com", "abc-foo-example-com"),
+    ];
+    for (host, own) in hosts {
+        for (listener, _) in listeners {
+            let path = format!("/{listener}");
+            let answer = case.request(host, "GET", &path, &[])?;
+            if listener == own {
+                assert_eq!(answer.status, 200, "{host}{path}: {answer:?}");
+                assert_eq!(answer.json()?["upstream"], "infra-backend-v1");
+            } else {
+                assert_eq!(answer.status, 404, "{host}{path}: {answer:?}");
+            }
+        }
+    }
+    Ok(())
+}
