@@ -1,6 +1,7 @@
-//! TCPRoute backend and attachment cases: a backend that does not exist, one in another
-//! namespace with and without a ReferenceGrant, a route attached to every listener. The
-//! backends are demo upstreams; HTTP through the TCP listener shows which one answered.
+//! TCPRoute backend and attachment cases (and TLSRoute invalid backends): a backend that
+//! does not exist, one in another namespace with and without a ReferenceGrant, a route
+//! attached to every listener. The backends are demo upstreams; HTTP through the TCP
+//! listener shows which one answered.
 
 use gateway_tests::{TempDir, Upstream, curl, free_port};
 
@@ -177,5 +178,50 @@ fn tcp_route_parent_ref_attach_all() -> anyhow::Result<()> {
             "{name}: {report}"
         );
     }
+    Ok(())
+}
+
+/// A Passthrough TLS listener `tls` on Gateway `gateway` and a TLSRoute `route` for
+/// `example.com` to `backend_ref`: what `validate` reports of the route.
+fn tls_route_report(gateway: &str, route: &str, backend_ref: &str) -> anyhow::Result<String> {
+    let dir = TempDir::new("conf-tls-invalid-backend")?;
+    let config = class_and_ports(&[(443, free_port())])
+        + &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {gateway}, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gateway-conformance\n  listeners:\n  - {{name: tls, protocol: TLS, port: 443, allowedRoutes: {{namespaces: {{from: Same}}}}, tls: {{mode: Passthrough}}}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: {route}, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: {gateway}, namespace: {INFRA}}}]\n  hostnames: [example.com]\n  rules: [{{backendRefs: [{backend_ref}]}}]\n---\n"
+        );
+    dir.write("config.yaml", &config)?;
+    let report = report(dir.path())?;
+    Ok(report
+        .lines()
+        .find(|l| l.starts_with(&format!("TLSRoute {INFRA}/{route}:")))
+        .map_or_else(|| report.clone(), str::to_owned))
+}
+
+/// TLSRouteInvalidBackendRefNonexistent: a TLSRoute whose one backendRef names a Service
+/// that does not exist is ResolvedRefs=False BackendNotFound.
+#[test]
+fn tls_route_invalid_backend_ref_nonexistent() -> anyhow::Result<()> {
+    let line = tls_route_report(
+        "gateway-tlsroute-invalid-backend-ref-nonexistent",
+        "invalid-backend-ref-nonexistent",
+        &format!("{{name: nonexistent, namespace: {INFRA}, port: 443}}"),
+    )?;
+    assert!(
+        line.contains("ResolvedRefs=False BackendNotFound"),
+        "{line}"
+    );
+    Ok(())
+}
+
+/// TLSRouteInvalidBackendRefUnknownKind: a backendRef of a kind we do not know is
+/// ResolvedRefs=False InvalidKind.
+#[test]
+fn tls_route_invalid_backend_ref_unknown_kind() -> anyhow::Result<()> {
+    let line = tls_route_report(
+        "gateway-tlsroute-invalid-backend-ref-unknown-kind",
+        "invalid-backend-ref-unknown-kind",
+        "{group: unknownkind.example.com, kind: NonExistent, name: tls-backend, port: 443}",
+    )?;
+    assert!(line.contains("ResolvedRefs=False InvalidKind"), "{line}");
     Ok(())
 }
