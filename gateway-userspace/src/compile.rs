@@ -5,6 +5,7 @@
 //! intersection), route order (VirtualServices oldest first, routes in written order),
 //! and which endpoints each destination reaches (Service port → EndpointSlice port).
 
+pub mod addresses;
 mod authz;
 mod clusters;
 mod delegate;
@@ -53,6 +54,9 @@ pub struct Identity {
     /// `--proxy-protocol`: how the deployment is fronted (Istio's `gatewayTopology`);
     /// these Gateway ports read a PROXY protocol header first.
     pub proxy_protocol: crate::proxy_protocol::ProxyProtocolPorts,
+    /// Whether this node can listen on an address a Gateway asks for in `spec.addresses`
+    /// (`addresses::local_address`, a bind; tests put a fixed answer here).
+    pub address_check: addresses::AddressCheck,
 }
 
 /// Istio's default GatewayClass.
@@ -77,6 +81,7 @@ impl Default for Identity {
             gateway_class: DEFAULT_GATEWAY_CLASS.to_owned(),
             controller_name: DEFAULT_CONTROLLER_NAME.to_owned(),
             proxy_protocol: Default::default(),
+            address_check: addresses::local_address,
         }
     }
 }
@@ -248,6 +253,7 @@ impl<'a> Compiler<'a> {
             listeners.push(Listener {
                 port,
                 bind_port,
+                address: None,
                 node_port,
                 protocol: servers.protocol,
                 servers: servers
@@ -824,23 +830,47 @@ fn source_rule_policies(listeners: &[Listener]) -> Vec<PortSourceRules> {
     ports
 }
 
+/// The kernel's SNI policy per bind port. The kernel sees ports, not addresses: where
+/// listeners on several addresses share a port (Gateway API `spec.addresses`), the port
+/// admits what any of them admits, and a port where one of them is not TLS (or reads a
+/// PROXY protocol header first) gets no SNI policy at all.
 fn tls_port_policies(listeners: &[Listener]) -> Vec<TlsPortPolicy> {
-    listeners
-        .iter()
+    let mut policies: Vec<TlsPortPolicy> = Vec::new();
+    let mut unpoliced: Vec<u16> = Vec::new();
+    for l in listeners {
+        let port = l.bind_port;
+        let tls = l.transport.as_ref().and_then(|t| t.tls());
         // On a PROXY protocol listener the ClientHello follows the balancer's header,
         // which the kernel does not parse: userspace alone judges its SNI.
-        .filter(|l| !l.proxy_protocol)
-        .filter_map(|l| {
-            let tls = l.transport.as_ref()?.tls()?;
-            let (accept_any, names) = tls.kernel_policy();
-            Some(TlsPortPolicy {
-                port: l.bind_port,
+        let Some(tls) = tls.filter(|_| !l.proxy_protocol) else {
+            policies.retain(|p| p.port != port);
+            unpoliced.push(port);
+            continue;
+        };
+        if unpoliced.contains(&port) {
+            continue;
+        }
+        let (accept_any, names) = tls.kernel_policy();
+        let passthrough = tls.all_passthrough();
+        match policies.iter_mut().find(|p| p.port == port) {
+            Some(p) => {
+                p.accept_any |= accept_any;
+                for name in names {
+                    if !p.names.contains(&name) {
+                        p.names.push(name);
+                    }
+                }
+                p.passthrough &= passthrough;
+            }
+            None => policies.push(TlsPortPolicy {
+                port,
                 accept_any,
                 names,
-                passthrough: tls.all_passthrough(),
-            })
-        })
-        .collect()
+                passthrough,
+            }),
+        }
+    }
+    policies
 }
 
 /// A route that accepts every request: no match, or a match on nothing but the `/`
@@ -960,3 +990,7 @@ mod examples_tests;
 #[cfg(test)]
 #[path = "compile/status_tests.rs"]
 mod status_tests;
+
+#[cfg(test)]
+#[path = "compile/addresses_tests.rs"]
+mod addresses_tests;

@@ -1,12 +1,15 @@
-//! The set of listening sockets, keyed by bind port. The first snapshot opens it; each
-//! reload diffs it against the new snapshot: ports that appear are bound *before* the new
-//! snapshot is swapped in (so a port that cannot be bound fails the reload and nothing
-//! changes), ports that disappear stop accepting and drain like a shutdown does. Each
-//! port has one socket and accept loop per worker thread (workers.rs) and address
-//! family (`bind.rs`).
+//! The set of listening sockets, keyed by bind port and address (every address, or one a
+//! Gateway's `spec.addresses` names). The first snapshot opens it; each reload diffs it
+//! against the new snapshot: ports that appear are bound *before* the new snapshot is
+//! swapped in (so a port that cannot be bound fails the reload and nothing changes),
+//! ports that disappear stop accepting and drain like a shutdown does. Each port has one
+//! socket and accept loop per worker thread (workers.rs) and address family (`bind.rs`).
+//! Which listener of the snapshot serves a connection is decided by its local address
+//! (`Snapshot::listener_for`), not by the socket that accepted it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     os::fd::{AsRawFd, RawFd},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -29,6 +32,18 @@ pub(crate) use bind::bind_admin;
 const REBIND_ATTEMPTS: u32 = 20;
 const REBIND_PAUSE: Duration = Duration::from_millis(10);
 
+/// A bind port and the address bound there: None is every address.
+pub type BindKey = (u16, Option<IpAddr>);
+
+/// What `snapshot` wants bound.
+fn wanted(snapshot: &Snapshot) -> BTreeSet<BindKey> {
+    snapshot
+        .listeners
+        .iter()
+        .map(|l| (l.bind_port, l.address))
+        .collect()
+}
+
 /// A port's accept loops (one per worker) and the switch that stops them.
 struct Running {
     stop: watch::Sender<bool>,
@@ -41,19 +56,22 @@ struct Running {
 /// A listening socket of a port for each address family it is bound in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerSockets {
-    pub v4: RawFd,
-    /// None where the node has no IPv6.
+    /// None for a port bound on one IPv6 address.
+    pub v4: Option<RawFd>,
+    /// None where the node has no IPv6, or for one IPv4 address.
     pub v6: Option<RawFd>,
 }
 
 /// Ports bound for a snapshot that is not yet serving; `ListenerSet::start` takes them.
 pub struct Bound {
-    listeners: Vec<(u16, Vec<std::net::TcpListener>)>,
+    listeners: Vec<(BindKey, Vec<std::net::TcpListener>)>,
 }
 
 impl Bound {
     pub fn ports(&self) -> Vec<u16> {
-        self.listeners.iter().map(|(port, _)| *port).collect()
+        let mut ports: Vec<u16> = self.listeners.iter().map(|((port, _), _)| *port).collect();
+        ports.dedup();
+        ports
     }
 }
 
@@ -62,7 +80,7 @@ pub struct ListenerSet {
     /// The worker runtimes the accept loops run on.
     workers: Vec<Handle>,
     drain_timeout: Duration,
-    running: Mutex<BTreeMap<u16, Running>>,
+    running: Mutex<BTreeMap<BindKey, Running>>,
     /// Accept loops of removed ports, finishing their drain.
     draining: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -78,29 +96,39 @@ impl ListenerSet {
         }
     }
 
-    /// The bind ports accepting right now.
-    pub fn ports(&self) -> BTreeSet<u16> {
+    /// The bind ports and addresses accepting right now.
+    pub fn keys(&self) -> BTreeSet<BindKey> {
         self.lock_running().keys().copied().collect()
     }
 
-    /// The listening sockets of each bind port accepting right now.
+    /// The listening sockets of each bind port accepting right now on every address
+    /// (node-port steering leads a node port to these).
     pub fn sockets(&self) -> Vec<(u16, ListenerSockets)> {
         self.lock_running()
             .iter()
-            .map(|(port, r)| (*port, r.sockets))
+            .filter(|((_, address), _)| address.is_none())
+            .map(|((port, _), r)| (*port, r.sockets))
             .collect()
     }
 
     /// Binds every port of `snapshot` that is not bound yet. Nothing is served from them
     /// until `start`; on error the ports bound so far are closed again.
     pub async fn bind_new(&self, snapshot: &Snapshot) -> Result<Bound, ProxyError> {
-        let running = self.ports();
-        let wanted: BTreeSet<u16> = snapshot.listeners.iter().map(|l| l.bind_port).collect();
+        let mut held = self.keys();
+        let wanted = wanted(snapshot);
         let mut listeners = Vec::new();
-        for port in wanted.difference(&running) {
-            let sockets = bind_with_retry(*port, self.workers.len()).await?;
+        // Every address comes first on a port (None sorts first), with the probe.
+        for (port, address) in wanted.difference(&held.clone()).copied() {
+            // One address beside every address on a port (or the other way round) is
+            // ours to share: the exclusive probe would fail on our own socket.
+            let probe = !held
+                .iter()
+                .any(|&(p, a)| p == port && a != address && (a.is_none() || address.is_none()));
+            let sockets = bind_with_retry(port, address, self.workers.len(), probe).await?;
+            held.insert((port, address));
             let tls = snapshot.listeners.iter().any(|l| {
-                l.bind_port == *port && matches!(l.protocol, Protocol::Https | Protocol::Tls)
+                (l.bind_port, l.address) == (port, address)
+                    && matches!(l.protocol, Protocol::Https | Protocol::Tls)
             });
             // TLS clients speak first: the connection waits in the kernel for its
             // ClientHello, where the kernel path can still refuse it (issue: SNI early
@@ -110,7 +138,7 @@ impl ListenerSet {
                     tracing::warn!(port, error = %e, "TCP_DEFER_ACCEPT not set");
                 }
             }
-            listeners.push((*port, sockets));
+            listeners.push(((port, address), sockets));
         }
         Ok(Bound { listeners })
     }
@@ -118,20 +146,17 @@ impl ListenerSet {
     /// Starts accepting on the newly bound ports and stops the ports `snapshot` no longer
     /// has. Call it after `snapshot` is the live one, so new ports serve the new routes.
     pub fn start(&self, bound: Bound, snapshot: &Snapshot) {
-        let wanted: BTreeSet<u16> = snapshot.listeners.iter().map(|l| l.bind_port).collect();
+        let wanted = wanted(snapshot);
         let mut running = self.lock_running();
-        for (port, sockets) in bound.listeners {
+        for (key, sockets) in bound.listeners {
             let family = |v6: bool| {
                 sockets
                     .iter()
                     .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv6() == v6))
                     .map(AsRawFd::as_raw_fd)
             };
-            let Some(v4) = family(false) else {
-                continue;
-            };
             let fds = ListenerSockets {
-                v4,
+                v4: family(false),
                 v6: family(true),
             };
             let (stop, stop_rx) = watch::channel(false);
@@ -150,7 +175,7 @@ impl ListenerSet {
                 })
                 .collect();
             running.insert(
-                port,
+                key,
                 Running {
                     stop,
                     tasks,
@@ -158,15 +183,16 @@ impl ListenerSet {
                 },
             );
         }
-        let removed: Vec<u16> = running
+        let removed: Vec<BindKey> = running
             .keys()
-            .filter(|port| !wanted.contains(port))
+            .filter(|key| !wanted.contains(key))
             .copied()
             .collect();
         let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
-        for port in removed {
-            if let Some(listener) = running.remove(&port) {
-                info!(port, "listener removed by reload: draining it");
+        for key in removed {
+            if let Some(listener) = running.remove(&key) {
+                let (port, address) = key;
+                info!(port, ?address, "listener removed by reload: draining it");
                 let _ = listener.stop.send(true);
                 draining.extend(listener.tasks);
             }
@@ -194,18 +220,20 @@ impl ListenerSet {
         }
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Running>> {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, BTreeMap<BindKey, Running>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 async fn bind_with_retry(
     port: u16,
+    address: Option<IpAddr>,
     count: usize,
+    probe: bool,
 ) -> Result<Vec<std::net::TcpListener>, ProxyError> {
     let mut attempt = 1;
     loop {
-        match bind::bind_port(port, count) {
+        match bind::bind_port(port, address, count, probe) {
             Err(ProxyError::Bind { source, .. })
                 if source.kind() == std::io::ErrorKind::AddrInUse && attempt < REBIND_ATTEMPTS =>
             {

@@ -87,8 +87,13 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Error)]
 pub enum ProxyError {
-    #[error("binding port {port}: {source}")]
-    Bind { port: u16, source: std::io::Error },
+    #[error("binding port {port}{}: {source}", address.map_or_else(String::new, |a| format!(" on {a}")))]
+    Bind {
+        port: u16,
+        /// None: every address.
+        address: Option<std::net::IpAddr>,
+        source: std::io::Error,
+    },
 }
 
 /// Closes the pooled upstream connections of the worker it runs on when their endpoint
@@ -293,11 +298,7 @@ impl AcceptedConnection {
         } = self;
         // The configuration live at accept decides the connection's listener, found once.
         let live = ctx.live.load_full();
-        let listener = live
-            .snapshot
-            .listeners
-            .iter()
-            .find(|l| l.bind_port == local.port());
+        let listener = live.snapshot.listener_for(local);
         let proxy_protocol = listener.is_some_and(|l| l.proxy_protocol);
         let terminating = listener.and_then(|l| Some((l.transport.clone()?, l.authz.clone())));
         if proxy_protocol {

@@ -319,11 +319,13 @@ pub fn steer_node_ports(
             sockets
                 .iter()
                 .find(|(port, _)| *port == bind_port)
-                .map(|&(_, sockets)| NodePortRoute {
-                    node_port,
-                    bind_port,
-                    socket: sockets.v4,
-                    socket_v6: sockets.v6,
+                .and_then(|&(_, sockets)| {
+                    Some(NodePortRoute {
+                        node_port,
+                        bind_port,
+                        socket: sockets.v4?,
+                        socket_v6: sockets.v6,
+                    })
                 })
         })
         .collect();

@@ -36,6 +36,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The listener a connection whose socket's local address is `local` belongs to: the
+    /// one bound to that address and port, else the one for every address on the port (by
+    /// bind port, or by node port when node-port mode steered the connection: sk_lookup
+    /// keeps the port the client dialled as the socket's local port).
+    pub fn listener_for(&self, local: SocketAddr) -> Option<&Listener> {
+        let port = local.port();
+        let on_port = |l: &&Listener| l.bind_port == port || l.node_port == Some(port);
+        let mut wildcard = None;
+        for listener in self.listeners.iter().filter(on_port) {
+            match listener.address {
+                Some(address) if address == local.ip() => return Some(listener),
+                Some(_) => {}
+                None => {
+                    wildcard.get_or_insert(listener);
+                }
+            }
+        }
+        wildcard
+    }
+
     /// The ready endpoints of `cluster`, a cluster of this snapshot.
     pub fn endpoints_of(&self, cluster: &Cluster) -> &[SocketAddr] {
         self.endpoints.get(cluster.id).map_or(&[], |e| e)
@@ -75,6 +95,11 @@ pub struct Listener {
     pub port: u16,
     /// Where the socket binds: the targetPort of our own Service, else `port`.
     pub bind_port: u16,
+    /// The one address it serves (a Gateway API Gateway's `spec.addresses`); None serves
+    /// every address of the node. A connection is served by the listener of its exact
+    /// local address where there is one, else by the port's listener for every address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
     /// The nodePort our Service maps to `port`, for node-port mode.
     pub node_port: Option<u16>,
     pub protocol: Protocol,

@@ -13,13 +13,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     sync::Arc,
 };
 
 use http::{HeaderName, HeaderValue};
 
 use super::{
-    CLUSTER_DOMAIN, Compiler, covers, intersect_hosts, name_of,
+    CLUSTER_DOMAIN, Compiler, addresses, covers, intersect_hosts, name_of,
     status::{Finding, reason},
 };
 use crate::{
@@ -59,6 +60,9 @@ struct ApiListener<'a> {
     gateway: &'a Sourced<ApiGateway>,
     name: &'a str,
     port: u16,
+    /// The addresses it binds on (its Gateway's `spec.addresses`, compile/addresses.rs);
+    /// None is every address of the node.
+    binds: Arc<[Option<IpAddr>]>,
     /// Lowercased; None accepts every host.
     hostname: Option<String>,
     protocol: &'a str,
@@ -213,21 +217,27 @@ impl<'a> Compiler<'a> {
         for route in grpc_routes {
             self.grpc_route_entries(route, &listeners, &mut entries);
         }
-        let (mut tls_attached, mut tcp_attached) = self.l4_attachments(&listeners);
+        let (tls_attached, tcp_attached) = self.l4_attachments(&listeners);
         self.check_route_parents(&listeners);
 
-        let ports: BTreeSet<u16> = listeners.iter().map(|l| l.port).collect();
+        // One listener per port and address: Gateways with `spec.addresses` on a port
+        // are served apart from each other and from those on every address.
+        let keys: BTreeSet<(u16, Option<IpAddr>)> = listeners
+            .iter()
+            .flat_map(|l| l.binds.iter().map(|address| (l.port, *address)))
+            .collect();
         let mut compiled = Vec::new();
-        for port in ports {
+        for (port, address) in keys {
+            let serves = |l: &ApiListener<'_>| l.port == port && l.binds.contains(&address);
             let on_port: Vec<(String, &Entry)> = entries
                 .iter()
-                .filter(|(_, e)| listeners[e.listener].port == port)
+                .filter(|(_, e)| serves(&listeners[e.listener]))
                 .map(|(h, e)| (h.clone(), e))
                 .collect();
             let (bind_port, node_port) = self.bind_port(port, own_service);
             let mut servers: Vec<String> = listeners
                 .iter()
-                .filter(|l| l.port == port)
+                .filter(|l| serves(l))
                 .map(|l| format!("{}.{}", name_of(&l.gateway.resource.metadata), l.name))
                 .collect();
             servers.dedup();
@@ -236,12 +246,13 @@ impl<'a> Compiler<'a> {
             let api_on_port: Vec<PortListener<'a>> = listeners
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| l.port == port)
+                .filter(|(_, l)| serves(l))
                 .map(|(index, l)| PortListener {
                     gateway: l.gateway,
                     name: l.name,
-                    tls_routes: std::mem::take(&mut tls_attached[index]),
-                    tcp_route: tcp_attached[index].take(),
+                    // A Gateway with several addresses serves them on each.
+                    tls_routes: tls_attached[index].clone(),
+                    tcp_route: tcp_attached[index],
                 })
                 .collect();
             let (protocol, transport) = self.gateway_api_tls(&api_on_port);
@@ -257,6 +268,7 @@ impl<'a> Compiler<'a> {
             compiled.push(Listener {
                 port,
                 bind_port,
+                address,
                 node_port,
                 protocol,
                 servers,
@@ -301,18 +313,11 @@ impl<'a> Compiler<'a> {
             let resource = gateway.resource.object_ref();
             // Parsed, not applied: said so rather than silently ignored.
             let spec = &gateway.resource.spec;
-            let unapplied = [
-                (
-                    spec.tls.as_ref().is_some_and(|t| t.backend.is_some()),
-                    "spec.tls.backend",
-                    "the Gateway's client certificate towards backends is not presented (BackendTLSPolicy is not supported)",
-                ),
-                (
-                    !spec.addresses.is_empty(),
-                    "spec.addresses",
-                    "requested addresses are not applied: every Gateway is served on this node's addresses",
-                ),
-            ];
+            let unapplied = [(
+                spec.tls.as_ref().is_some_and(|t| t.backend.is_some()),
+                "spec.tls.backend",
+                "the Gateway's client certificate towards backends is not presented (BackendTLSPolicy is not supported)",
+            )];
             for (present, field, message) in unapplied {
                 if present {
                     self.diagnostics.push(
@@ -323,6 +328,9 @@ impl<'a> Compiler<'a> {
                     );
                 }
             }
+            let Some(binds) = self.gateway_binds(gateway) else {
+                continue;
+            };
             let mut names = BTreeSet::new();
             for (index, listener) in gateway.resource.spec.listeners.iter().enumerate() {
                 let field = format!("spec.listeners[{index}]");
@@ -424,6 +432,7 @@ impl<'a> Compiler<'a> {
                         gateway,
                         name: &listener.name,
                         port,
+                        binds: binds.clone(),
                         hostname,
                         protocol: &listener.protocol,
                         from: allowed.namespaces.from,
@@ -453,13 +462,65 @@ impl<'a> Compiler<'a> {
         listeners
     }
 
+    /// Where `gateway`'s listeners bind (compile/addresses.rs), its findings recorded for
+    /// status; None when none is served: an address of a type we do not support (the
+    /// Gateway is not accepted) or none of its addresses usable here.
+    fn gateway_binds(&mut self, gateway: &'a Sourced<ApiGateway>) -> Option<Arc<[Option<IpAddr>]>> {
+        let resource = gateway.resource.object_ref();
+        let spec = &gateway.resource.spec;
+        let resolved = addresses::resolve(&spec.addresses, self.identity.address_check);
+        let warn = |message: String| {
+            Diagnostic::warning(message)
+                .at(gateway.location.clone())
+                .object(&resource)
+                .field("spec.addresses")
+        };
+        let not_served = if !resolved.unsupported.is_empty() {
+            let message = format!(
+                "unsupported address: {}; the Gateway is not accepted ({})",
+                resolved.unsupported.join("; "),
+                reason::UNSUPPORTED_ADDRESS
+            );
+            self.diagnostics.push(warn(message.clone()));
+            self.status.gateway(&resource).unsupported_address = Some(message);
+            Some("the Gateway is not accepted (UnsupportedAddress)")
+        } else {
+            None
+        };
+        if !resolved.unusable.is_empty() {
+            let message = format!(
+                "address not usable: {} ({})",
+                resolved.unusable.join("; "),
+                reason::ADDRESS_NOT_USABLE
+            );
+            self.diagnostics.push(warn(message.clone()));
+            self.status.gateway(&resource).unusable_address = Some(message);
+        }
+        self.status.gateway(&resource).addresses = resolved.reported;
+        let not_served = not_served.or_else(|| {
+            resolved.binds.is_empty().then_some(
+                "none of the Gateway's addresses can be used on this node (AddressNotUsable)",
+            )
+        });
+        if let Some(why) = not_served {
+            for listener in &spec.listeners {
+                self.status
+                    .listener(&resource, &listener.name)
+                    .not_programmed = Some(why.to_owned());
+            }
+            return None;
+        }
+        Some(resolved.binds.into())
+    }
+
     /// The listeners (by index) that cannot be served with the others, with the reason.
     ///
     /// Within one Gateway, the spec's distinctness: listeners on one port speak one
     /// protocol (HTTPS and TLS share a port: SNI tells them apart) and differ in hostname;
     /// every indistinct one is conflicted, none wins.
     ///
-    /// Across Gateways, which this node-local data plane merges onto one address, the
+    /// Across Gateways that share an address (every address of the node, or the same one
+    /// in `spec.addresses`), which this node-local data plane merges, the
     /// listeners are taken oldest Gateway first (creationTimestamp, then namespace/name, as
     /// the spec orders merged ListenerSets) and a younger Gateway's listener is conflicted
     /// where it cannot be told apart from an older one's: another protocol on the port
@@ -545,7 +606,10 @@ impl<'a> Compiler<'a> {
         for i in order {
             let a = found[i];
             let clash = kept.iter().map(|&k| found[k]).find_map(|b| {
-                if a.port != b.port || std::ptr::eq(a.gateway, b.gateway) {
+                // Gateways on different addresses never meet: a connection is served by
+                // the listener of its exact address, else by the one on every address.
+                let shared_address = a.binds.iter().any(|x| b.binds.contains(x));
+                if a.port != b.port || std::ptr::eq(a.gateway, b.gateway) || !shared_address {
                     return None;
                 }
                 let older = format!(

@@ -2,8 +2,9 @@
 //! dropped (`compile::isolate`) and, for Gateway API objects, the status a conformant
 //! implementation writes (conditions with the spec's types and reasons, `observedGeneration`
 //! from `metadata.generation`). A status writer and `gatewayd validate`/`routes` are built
-//! from it; addresses are not in it (they come from the cluster, not the compile), and
-//! `Programmed` is the compile's view: what the snapshot serves.
+//! from it; addresses are in it only where a Gateway's `spec.addresses` decide them (else
+//! they come from the cluster, not the compile), and `Programmed` is the compile's view:
+//! what the snapshot serves.
 
 use std::fmt;
 
@@ -85,6 +86,10 @@ pub struct GatewayStatus {
     pub generation: Option<i64>,
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerStatus>,
+    /// `status.addresses` where the Gateway's `spec.addresses` decide them (the ones it is
+    /// served on); None leaves them to the cluster (the node's addresses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<std::net::IpAddr>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -180,6 +185,10 @@ impl fmt::Display for Report {
         for gateway in &self.gateways {
             write!(f, "{}: ", gateway.object)?;
             conditions(f, &gateway.conditions)?;
+            if let Some(addresses) = &gateway.addresses {
+                let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                write!(f, "; addresses: [{}]", list.join(", "))?;
+            }
             writeln!(f)?;
             for listener in &gateway.listeners {
                 write!(

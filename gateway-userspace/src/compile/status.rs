@@ -45,6 +45,8 @@ pub mod reason {
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
+    pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
+    pub const ADDRESS_NOT_USABLE: &str = "AddressNotUsable";
 }
 
 /// A reason and the message that explains it.
@@ -61,9 +63,21 @@ pub(super) struct ListenerFindings {
     pub attached: BTreeSet<ObjectRef>,
 }
 
+/// What compiling a Gateway's `spec.addresses` found (compile/addresses.rs).
+#[derive(Default)]
+pub(super) struct GatewayFindings {
+    /// Why it is not accepted: an address of a type we do not support.
+    pub unsupported_address: Option<String>,
+    /// Addresses it asked for that this node cannot listen on.
+    pub unusable_address: Option<String>,
+    /// The addresses it is served on, for `status.addresses`; None: the node's.
+    pub addresses: Option<Vec<std::net::IpAddr>>,
+}
+
 #[derive(Default)]
 pub(super) struct StatusRecorder {
     listeners: HashMap<(ObjectRef, String), ListenerFindings>,
+    gateways: HashMap<ObjectRef, GatewayFindings>,
     /// (route, index in its parentRefs) → attached somewhere, or why not.
     parents: HashMap<(ObjectRef, usize), Result<(), Finding>>,
     /// A route's first reference that did not resolve.
@@ -75,6 +89,10 @@ impl StatusRecorder {
         self.listeners
             .entry((gateway.clone(), name.to_owned()))
             .or_default()
+    }
+
+    pub(super) fn gateway(&mut self, gateway: &ObjectRef) -> &mut GatewayFindings {
+        self.gateways.entry(gateway.clone()).or_default()
     }
 
     /// An attachment wins over any reason for not attaching through the same parentRef.
@@ -229,7 +247,11 @@ fn gateway_status(gateway: &ApiGateway, recorder: &StatusRecorder) -> GatewaySta
         .iter()
         .filter(|l| condition(l, "Programmed"))
         .count();
-    let accepted = if valid == listeners.len() {
+    let empty = GatewayFindings::default();
+    let found = recorder.gateways.get(&object).unwrap_or(&empty);
+    let accepted = if let Some(message) = &found.unsupported_address {
+        Condition::new("Accepted", false, reason::UNSUPPORTED_ADDRESS, message)
+    } else if valid == listeners.len() {
         Condition::new("Accepted", true, reason::ACCEPTED, "")
     } else {
         Condition::new(
@@ -243,7 +265,16 @@ fn gateway_status(gateway: &ApiGateway, recorder: &StatusRecorder) -> GatewaySta
             ),
         )
     };
-    let programmed = if programmed > 0 {
+    let programmed = if found.unsupported_address.is_some() {
+        Condition::new(
+            "Programmed",
+            false,
+            reason::INVALID,
+            "the Gateway is not accepted: no listener is served",
+        )
+    } else if let Some(message) = &found.unusable_address {
+        Condition::new("Programmed", false, reason::ADDRESS_NOT_USABLE, message)
+    } else if programmed > 0 {
         Condition::new("Programmed", true, reason::PROGRAMMED, "")
     } else {
         Condition::new(
@@ -280,6 +311,7 @@ fn gateway_status(gateway: &ApiGateway, recorder: &StatusRecorder) -> GatewaySta
             })
             .collect(),
         object,
+        addresses: found.addresses.clone(),
     }
 }
 
@@ -491,6 +523,7 @@ pub(super) fn add_dropped(report: &mut Report, original: &Resources, identity: &
                             ],
                         ),
                         listeners: Vec::new(),
+                        addresses: None,
                     });
                 }
                 continue;

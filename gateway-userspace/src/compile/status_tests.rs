@@ -488,6 +488,18 @@ fn each_reason_comes_from_a_minimal_configuration() {
             true,
             "Accepted",
         ),
+        (
+            "a TCPRoute to a Service that does not exist",
+            yaml(&[
+                CLASS,
+                &gateway(&["{name: tcp, port: 9000, protocol: TCP}"]),
+                "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: t, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: nonexistent, port: 80}]}]\n",
+            ]),
+            At::Route("TCPRoute", "t"),
+            "ResolvedRefs",
+            false,
+            "BackendNotFound",
+        ),
     ];
     let mut failures = Vec::new();
     for (name, config, at, kind, status, reason) in &cases {

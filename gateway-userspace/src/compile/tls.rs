@@ -1047,22 +1047,40 @@ impl<'a> Compiler<'a> {
                                 && to.name.as_deref().is_none_or(|n| n == backend.name)
                         })
                 });
-            if !is_service || !granted || backend.port.is_none() {
+            // The spec's BackendNotFound: a Service that does not exist is not a backend
+            // (as for HTTPRoutes, compile/gateway_api.rs).
+            let exists = self.resources.services.iter().any(|s| {
+                s.resource.metadata.name == backend.name
+                    && s.resource.metadata.namespace() == namespace
+            });
+            if !is_service || !granted || backend.port.is_none() || !exists {
                 let (why, message) = if !is_service {
-                    (reason::INVALID_KIND, "a backend must be a Service")
+                    (
+                        reason::INVALID_KIND,
+                        "a backend must be a Service".to_owned(),
+                    )
                 } else if !granted {
                     (
                         reason::REF_NOT_PERMITTED,
-                        "the Service is in another namespace and no ReferenceGrant there allows it",
+                        "the Service is in another namespace and no ReferenceGrant there allows it"
+                            .to_owned(),
+                    )
+                } else if backend.port.is_none() {
+                    (
+                        reason::BACKEND_NOT_FOUND,
+                        "a Service backend needs a port".to_owned(),
                     )
                 } else {
-                    (reason::BACKEND_NOT_FOUND, "a Service backend needs a port")
-                };
-                self.status.unresolved(&resource, why, message.to_owned());
-                self.diagnostics.push(
-                    Diagnostic::warning(
-                        "a backend must be a Service with a port, in the route's namespace or granted by a ReferenceGrant; skipped",
+                    (
+                        reason::BACKEND_NOT_FOUND,
+                        format!("no Service {namespace}/{} (BackendNotFound)", backend.name),
                     )
+                };
+                self.status.unresolved(&resource, why, message.clone());
+                self.diagnostics.push(
+                    Diagnostic::warning(format!(
+                        "{message}: a backend must be an existing Service with a port, in the route's namespace or granted by a ReferenceGrant; skipped",
+                    ))
                     .at(location.cloned())
                     .object(&resource)
                     .field(field),

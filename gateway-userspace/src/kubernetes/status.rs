@@ -1,7 +1,8 @@
 //! From each compile's report to the status the writer puts on Gateway API objects: the
 //! report's conditions, plus what only the cluster knows, the Gateway's addresses (our
 //! Service's load-balancer ingress, else its external IPs, else the host IPs of the ready
-//! gateway pods, as Istio does; none at all is `Programmed=False AddressNotAssigned`).
+//! gateway pods, as Istio does; none at all is `Programmed=False AddressNotAssigned`),
+//! except for a Gateway whose `spec.addresses` name where it is served: those are its.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -177,7 +178,17 @@ pub fn desired_statuses(
             continue;
         };
         let mut conditions = conditions(&gateway.conditions, gateway.generation);
-        if addresses.is_empty() {
+        // A Gateway served on the addresses its `spec.addresses` name reports those;
+        // the others are served on the node's.
+        let addresses: Vec<GatewayAddress> = match &gateway.addresses {
+            Some(own) => own
+                .iter()
+                .map(|ip| address("IPAddress", &ip.to_string()))
+                .collect(),
+            None => addresses.to_vec(),
+        };
+        let unassigned = addresses.is_empty() && gateway.addresses.is_none();
+        if unassigned {
             for c in conditions
                 .iter_mut()
                 .filter(|c| c.condition_type == "Programmed")
@@ -194,7 +205,7 @@ pub fn desired_statuses(
             current: None,
             status: Desired::Gateway(GatewayStatus {
                 conditions,
-                addresses: addresses.to_vec(),
+                addresses,
                 listeners: gateway
                     .listeners
                     .iter()
@@ -310,5 +321,75 @@ fn parent_ref(p: &report::ParentRef) -> ParentRef {
         name: p.name.clone(),
         section_name: p.section_name.clone(),
         port: p.port.and_then(|p| i32::try_from(p).ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::report::{Condition as ReportCondition, GatewayStatus as ReportGateway};
+
+    fn gateway(name: &str, addresses: Option<Vec<std::net::IpAddr>>) -> ReportGateway {
+        ReportGateway {
+            object: ObjectRef {
+                group: GATEWAY_API_GROUP.to_owned(),
+                kind: "Gateway".to_owned(),
+                namespace: "default".to_owned(),
+                name: name.to_owned(),
+            },
+            generation: Some(1),
+            conditions: vec![
+                ReportCondition::new("Accepted", true, "Accepted", ""),
+                ReportCondition::new("Programmed", true, "Programmed", ""),
+            ],
+            listeners: Vec::new(),
+            addresses,
+        }
+    }
+
+    /// A Gateway with `spec.addresses` reports the addresses it is served on, whatever
+    /// the cluster says; the others get the cluster's, and none is AddressNotAssigned.
+    #[test]
+    fn a_gateway_with_its_own_addresses_reports_them() {
+        let report = Report {
+            gateways: vec![
+                gateway("own", Some(vec!["10.0.0.1".parse().expect("an IP")])),
+                gateway("node", None),
+            ],
+            ..Report::default()
+        };
+        let statuses = |cluster: &[GatewayAddress]| {
+            desired_statuses(&report, cluster, |_| Some("v1".to_owned()), |_| None)
+        };
+        let of = |statuses: &[DesiredStatus], name: &str| match statuses
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| &s.status)
+        {
+            Some(Desired::Gateway(g)) => g.clone(),
+            other => panic!("no Gateway status for {name}: {other:?}"),
+        };
+        let none = statuses(&[]);
+        let own = of(&none, "own");
+        assert_eq!(own.addresses, [address("IPAddress", "10.0.0.1")]);
+        assert!(
+            own.conditions
+                .iter()
+                .all(|c| c.reason != "AddressNotAssigned")
+        );
+        let node = of(&none, "node");
+        assert!(node.addresses.is_empty());
+        assert!(
+            node.conditions
+                .iter()
+                .any(|c| c.reason == "AddressNotAssigned")
+        );
+        let cluster = [address("IPAddress", "192.168.1.10")];
+        let some = statuses(&cluster);
+        assert_eq!(
+            of(&some, "own").addresses,
+            [address("IPAddress", "10.0.0.1")]
+        );
+        assert_eq!(of(&some, "node").addresses, cluster);
     }
 }

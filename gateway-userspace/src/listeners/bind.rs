@@ -11,7 +11,7 @@
 
 use std::{
     io,
-    net::{Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
     sync::Once,
 };
@@ -22,12 +22,39 @@ use crate::proxy::{LISTEN_BACKLOG, ProxyError};
 
 /// Binds `count` listening sockets for `port` on every IPv4 address and `count` on every
 /// IPv6 address (IPv4 first), one of each per worker: a `SO_REUSEPORT` group per family
-/// when there are several, among which the kernel spreads new connections. The sockets
-/// are handed to the workers' runtimes (`proxy::serve`) unregistered.
-pub(super) fn bind_port(port: u16, count: usize) -> Result<Vec<std::net::TcpListener>, ProxyError> {
-    let error = |source| ProxyError::Bind { port, source };
-    let mut sockets = bind_family(Family::V4, port, count).map_err(error)?;
-    match bind_family(Family::V6, port, count) {
+/// when there are several, among which the kernel spreads new connections. With an
+/// `address` (a Gateway's `spec.addresses`), `count` sockets on that address alone.
+/// The sockets are handed to the workers' runtimes (`proxy::serve`) unregistered.
+///
+/// Every socket has `SO_REUSEPORT`, so that one address and every address can listen on
+/// one port side by side (Linux refuses `10.0.0.1:80` beside a listening `0.0.0.0:80`
+/// otherwise); the kernel gives a connection to the socket of its exact address first,
+/// and a reuse-port group holds sockets of one address only. `probe` first binds the
+/// address without `SO_REUSEPORT`, which fails while anything holds it, even another
+/// process's reuse-port group that ours would silently join; the caller leaves it out
+/// where a socket of its own on the port overlaps the address (and would fail it).
+pub(super) fn bind_port(
+    port: u16,
+    address: Option<IpAddr>,
+    count: usize,
+    probe: bool,
+) -> Result<Vec<std::net::TcpListener>, ProxyError> {
+    let error = |source| ProxyError::Bind {
+        port,
+        address,
+        source,
+    };
+    if let Some(address) = address {
+        let family = if address.is_ipv6() {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        return bind_family(family, address, port, count, probe).map_err(error);
+    }
+    let v4 = IpAddr::from(Ipv4Addr::UNSPECIFIED);
+    let mut sockets = bind_family(Family::V4, v4, port, count, probe).map_err(error)?;
+    match bind_family(Family::V6, Ipv6Addr::UNSPECIFIED.into(), port, count, probe) {
         Ok(v6) => sockets.extend(v6),
         Err(e) if no_ipv6(&e) => {
             static WARNED: Once = Once::new();
@@ -52,7 +79,7 @@ pub(crate) fn bind_admin(address: SocketAddr) -> io::Result<Vec<std::net::TcpLis
     if address.ip() != std::net::Ipv4Addr::UNSPECIFIED {
         return Ok(sockets);
     }
-    match bind_family(Family::V6, port, 1) {
+    match bind_family(Family::V6, Ipv6Addr::UNSPECIFIED.into(), port, 1, true) {
         Ok(v6) => sockets.extend(v6),
         Err(e) if no_ipv6(&e) => {
             tracing::warn!(error = %e, %address, "IPv6 is not available on this node: served over IPv4 only");
@@ -68,14 +95,21 @@ enum Family {
     V6,
 }
 
-fn bind_family(family: Family, port: u16, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+fn bind_family(
+    family: Family,
+    ip: IpAddr,
+    port: u16,
+    count: usize,
+    probe: bool,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let address = SocketAddr::new(ip, port);
     let bind = |reuse_port: bool| -> io::Result<std::net::TcpListener> {
-        let (socket, address) = match family {
-            Family::V4 => (TcpSocket::new_v4()?, SocketAddr::from(([0, 0, 0, 0], port))),
+        let socket = match family {
+            Family::V4 => TcpSocket::new_v4()?,
             Family::V6 => {
                 let socket = TcpSocket::new_v6()?;
                 v6_only(&socket)?;
-                (socket, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+                socket
             }
         };
         socket.set_reuseaddr(true)?;
@@ -84,13 +118,12 @@ fn bind_family(family: Family, port: u16, count: usize) -> io::Result<Vec<std::n
         socket.bind(address)?;
         socket.listen(LISTEN_BACKLOG)?.into_std()
     };
-    let group = count > 1;
-    if group {
-        // A plain bind first: it fails while anything holds the port, even another
-        // process's reuse-port group, which the group below would silently join.
+    if probe {
+        // A plain bind first: it fails while anything holds the address and port, even
+        // another process's reuse-port group, which the sockets below would silently join.
         drop(bind(false)?);
     }
-    (0..count.max(1)).map(|_| bind(group)).collect()
+    (0..count.max(1)).map(|_| bind(true)).collect()
 }
 
 /// IPV6_V6ONLY: the `::` socket takes IPv6 only, the `0.0.0.0` one IPv4 (set explicitly,
@@ -135,7 +168,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let sockets = bind_port(port, 1).expect("bind");
+        let sockets = bind_port(port, None, 1, true).expect("bind");
         let families: Vec<bool> = sockets
             .iter()
             .map(|s| s.local_addr().expect("addr").is_ipv6())
@@ -180,13 +213,67 @@ mod tests {
             return;
         };
         let port = holder.local_addr().expect("addr").port();
-        match bind_port(port, 2) {
-            Err(ProxyError::Bind { port: p, source }) => {
+        match bind_port(port, None, 2, true) {
+            Err(ProxyError::Bind {
+                port: p, source, ..
+            }) => {
                 assert_eq!(p, port);
                 assert_eq!(source.kind(), io::ErrorKind::AddrInUse);
             }
             Ok(_) => panic!("bound a port another socket holds over IPv6"),
         }
+    }
+
+    /// One address beside every address on one port: both bind, and the kernel hands a
+    /// connection to the socket of its exact address first. A socket of someone else's
+    /// on the port (no SO_REUSEPORT) still fails the bind of one address.
+    #[tokio::test]
+    async fn one_address_listens_beside_every_address_on_a_port() {
+        let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let port = holder.local_addr().expect("addr").port();
+        let two = IpAddr::from([127, 0, 0, 2]);
+        assert!(
+            bind_port(port, Some(IpAddr::from([127, 0, 0, 1])), 2, true).is_err(),
+            "bound an address another socket holds"
+        );
+        drop(holder);
+        let every = bind_port(port, None, 2, true).expect("bind every address");
+        let one = bind_port(port, Some(two), 2, false).expect("bind one address beside it");
+        assert_eq!(one.len(), 2);
+        assert!(
+            one.iter()
+                .all(|s| s.local_addr().is_ok_and(|a| a.ip() == two))
+        );
+        for s in every.iter().chain(&one) {
+            s.set_nonblocking(true).expect("nonblocking");
+        }
+        let accepted_on = |sockets: &[std::net::TcpListener]| {
+            for _ in 0..100 {
+                for s in sockets {
+                    if let Ok((stream, _)) = s.accept() {
+                        return stream.local_addr().ok();
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            None
+        };
+        let _c = std::net::TcpStream::connect((two, port)).expect("connect to 127.0.0.2");
+        assert_eq!(
+            accepted_on(&one).map(|a| a.ip()),
+            Some(two),
+            "127.0.0.2 goes to its own sockets"
+        );
+        let _d = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        assert_eq!(
+            accepted_on(&every).map(|a| a.ip()),
+            Some(IpAddr::from([127, 0, 0, 1])),
+            "another address goes to every address's sockets"
+        );
+        assert!(
+            accepted_on(&one).is_none(),
+            "nothing else reached 127.0.0.2's"
+        );
     }
 
     /// A probe address on `0.0.0.0` answers over IPv6 too (a kubelet probing an IPv6 pod

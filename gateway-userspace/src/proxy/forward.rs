@@ -313,15 +313,10 @@ impl Connection {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
-    /// The snapshot's listener for the port this connection arrived on: its bind port, or
-    /// its node port when node-port mode steered the connection (sk_lookup keeps the
-    /// port the client dialled as the socket's local port).
+    /// The snapshot's listener for the address and port this connection arrived on
+    /// (`Snapshot::listener_for`).
     fn listener<'l>(&self, live: &'l Live) -> Option<&'l Listener> {
-        let port = self.local.port();
-        live.snapshot
-            .listeners
-            .iter()
-            .find(|l| l.bind_port == port || l.node_port == Some(port))
+        live.snapshot.listener_for(self.local)
     }
 }
 

@@ -145,6 +145,188 @@ fn http_route_multiple_gateways_on_one_port() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// HTTPRouteMultipleGateways: the suite's `same-namespace` and `all-namespaces` Gateways
+/// both listen on port 80 with no hostname, and the suite tells them apart by address
+/// (each Gateway gets its own). Here each names its address in `spec.addresses`
+/// (127.0.0.2 and 127.0.0.3, on the loopback): the shared route serves `/shared` through
+/// both, and each Gateway's catch-all route serves `/` on its own address only. Status
+/// reports each Gateway's address; neither Gateway is served on other addresses.
+#[test]
+fn http_route_multiple_gateways() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-http-route-multiple-gateways")?;
+    let v1 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+    let v2 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v2")?;
+    let v3 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v3")?;
+    let port = free_port();
+    let with_address = |name: &str, from: &str, address: &str| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  addresses: [{{type: IPAddress, value: {address}}}]
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP, allowedRoutes: {{namespaces: {{from: {from}}}}}}}
+---
+"#
+        )
+    };
+    let config = class_and_ports(&[(80, port)])
+        + &with_address("same-namespace", "Same", "127.0.0.2")
+        + &with_address("all-namespaces", "All", "127.0.0.3")
+        + &backend("infra-backend-v1", INFRA, 8080, v1.addr)
+        + &backend("infra-backend-v2", INFRA, 8080, v2.addr)
+        + &backend("infra-backend-v3", INFRA, 8080, v3.addr)
+        + &route(
+            "multiple-gateways-shared-route",
+            "[{name: same-namespace}, {name: all-namespaces}]",
+            "[]",
+            "/shared",
+            "infra-backend-v1",
+        )
+        + &route(
+            "same-namespace-dedicated-route",
+            "[{name: same-namespace}]",
+            "[]",
+            "/",
+            "infra-backend-v2",
+        )
+        + &route(
+            "all-namespaces-dedicated-route",
+            "[{name: all-namespaces}]",
+            "[]",
+            "/",
+            "infra-backend-v3",
+        );
+    let _gateway = serve(&dir, &config)?;
+    let cases = [
+        ("127.0.0.2", "/shared", "infra-backend-v1"),
+        ("127.0.0.2", "/", "infra-backend-v2"),
+        ("127.0.0.3", "/shared", "infra-backend-v1"),
+        ("127.0.0.3", "/", "infra-backend-v3"),
+    ];
+    for (address, path, want) in cases {
+        let answer = curl(None, &[&format!("http://{address}:{port}{path}")])?;
+        assert_eq!(answer.status, 200, "{address}{path}: {answer:?}");
+        assert_eq!(answer.json()?["upstream"], want, "{address}{path}");
+    }
+    assert!(
+        curl(None, &[&format!("http://127.0.0.1:{port}/shared")]).is_err(),
+        "served on an address neither Gateway asked for"
+    );
+    let report = report(dir.path())?;
+    for (gateway, address) in [
+        ("same-namespace", "127.0.0.2"),
+        ("all-namespaces", "127.0.0.3"),
+    ] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("Gateway {INFRA}/{gateway}:")))
+            .unwrap_or_default();
+        assert!(line.contains("Accepted=True Accepted"), "{report}");
+        assert!(line.contains("Programmed=True Programmed"), "{report}");
+        assert!(
+            line.ends_with(&format!("addresses: [{address}]")),
+            "{report}"
+        );
+    }
+    assert!(!report.contains("Conflicted=True"), "{report}");
+    for route in [
+        "multiple-gateways-shared-route",
+        "same-namespace-dedicated-route",
+        "all-namespaces-dedicated-route",
+    ] {
+        let parents: Vec<&str> = report
+            .lines()
+            .filter(|l| l.starts_with(&format!("HTTPRoute {INFRA}/{route}:")))
+            .collect();
+        assert!(!parents.is_empty(), "{route}: {report}");
+        assert!(
+            parents.iter().all(|l| l.contains("Accepted=True")),
+            "{route}: {report}"
+        );
+    }
+    Ok(())
+}
+
+/// GatewayStaticAddresses: a Gateway with an address of a type we do not support is
+/// not accepted (UnsupportedAddress); without it, one the node cannot listen on
+/// (192.0.2.1, TEST-NET-1) leaves it accepted but not programmed (AddressNotUsable);
+/// without that too, it is programmed and reports the usable address (127.0.0.2) alone,
+/// where it serves. The suite patches one Gateway three times; here each step is a
+/// configuration of its own, read by `gatewayd validate`, and the last one is served.
+#[test]
+fn gateway_static_addresses() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+    let port = free_port();
+    let invalid = "  - {type: test/fake-invalid-type, value: \"fake address teehee!\"}\n";
+    let unusable = "  - {value: 192.0.2.1}\n";
+    let usable = "  - {value: 127.0.0.2}\n";
+    let config = |addresses: &str| {
+        class_and_ports(&[(8080, port)])
+            + &format!(
+                r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gateway-static-addresses, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  addresses:
+{addresses}  listeners:
+  - {{name: http, port: 8080, protocol: HTTP}}
+---
+"#
+            )
+            + &backend("infra-backend-v1", INFRA, 8080, upstream.addr)
+            + &route(
+                "static-addresses-route",
+                "[{name: gateway-static-addresses}]",
+                "[]",
+                "/",
+                "infra-backend-v1",
+            )
+    };
+    let gateway_line = |dir: &TempDir| -> anyhow::Result<String> {
+        let report = report(dir.path())?;
+        Ok(report
+            .lines()
+            .find(|l| l.starts_with(&format!("Gateway {INFRA}/gateway-static-addresses:")))
+            .unwrap_or_default()
+            .to_owned())
+    };
+    let steps = TempDir::new("conf-static-addresses-steps")?;
+    steps.write(
+        "config.yaml",
+        &config(&format!("{invalid}{unusable}{usable}")),
+    )?;
+    let line = gateway_line(&steps)?;
+    assert!(line.contains("Accepted=False UnsupportedAddress"), "{line}");
+    steps.write("config.yaml", &config(&format!("{unusable}{usable}")))?;
+    let line = gateway_line(&steps)?;
+    assert!(line.contains("Accepted=True Accepted"), "{line}");
+    assert!(line.contains("Programmed=False AddressNotUsable"), "{line}");
+    assert!(
+        line.contains("192.0.2.1"),
+        "the message names the address: {line}"
+    );
+
+    let dir = TempDir::new("conf-static-addresses")?;
+    let _gateway = serve(&dir, &config(usable))?;
+    let line = gateway_line(&dir)?;
+    assert!(line.contains("Accepted=True Accepted"), "{line}");
+    assert!(line.contains("Programmed=True Programmed"), "{line}");
+    assert!(line.ends_with("addresses: [127.0.0.2]"), "{line}");
+    let report = report(dir.path())?;
+    assert!(
+        report.contains("listener http: attachedRoutes 1; Accepted=True Accepted; Programmed=True Programmed; ResolvedRefs=True"),
+        "{report}"
+    );
+    let answer = curl(None, &[&format!("http://127.0.0.2:{port}/")])?;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()?["upstream"], "infra-backend-v1");
+    Ok(())
+}
+
 /// A ConfigMap `name` in the infra namespace holding `ca` as `ca.crt`.
 fn ca_config_map(name: &str, ca: &str) -> String {
     let block: String = ca.lines().map(|l| format!("    {l}\n")).collect();

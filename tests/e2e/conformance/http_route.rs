@@ -6,6 +6,9 @@ use gateway_tests::{
 
 use super::{INFRA, WEB, backend, class_and_ports, report, serve};
 
+mod attachment;
+mod filters;
+
 /// The suite's `same-namespace` Gateway: one HTTP listener on port 80 for routes of its
 /// own namespace.
 fn same_namespace_gateway() -> String {

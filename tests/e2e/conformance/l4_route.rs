@@ -5,6 +5,8 @@ use gateway_tests::{TempDir, Upstream, curl, free_port};
 use super::{INFRA, WEB, backend, class_and_ports, report, serve};
 use crate::tls::{Key, Pki, https, served_subject, tls_secret, tls_upstream};
 
+mod tcp_backends;
+
 /// The suite's `gateway-tlsroute`: a Passthrough listener for `*.example.com` that admits
 /// TLSRoutes of its own namespace.
 fn tls_gateway() -> String {

@@ -12,6 +12,8 @@
 //! so tests can tell what reached the upstream (mirrors, retries, smuggling attempts).
 //! `/__connections` answers how many TCP connections it has accepted, this one included,
 //! so tests can tell that a connection never reached it (a denied TLS passthrough).
+//! `x-echo-set-header: Name: value, Other: value` adds those headers to the response (as
+//! the Gateway API conformance suite's echo backend does).
 //! A request with `Upgrade` is answered 101 and the upgraded connection echoes its bytes.
 //! With `--tls-cert FILE --tls-key FILE` it speaks TLS only (ALPN `h2`, `http/1.1`).
 
@@ -313,6 +315,20 @@ async fn respond(
     response
         .headers_mut()
         .insert(UPSTREAM_NAME_HEADER, upstream.name_header.clone());
+    for wanted in parts.headers.get_all("x-echo-set-header") {
+        let wanted = String::from_utf8_lossy(wanted.as_bytes());
+        for pair in wanted.split(',') {
+            let Some((name, value)) = pair.split_once(':') else {
+                continue;
+            };
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.trim().as_bytes()),
+                HeaderValue::from_str(value.trim()),
+            ) {
+                response.headers_mut().append(name, value);
+            }
+        }
+    }
     Ok(response)
 }
 

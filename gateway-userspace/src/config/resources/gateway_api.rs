@@ -37,11 +37,23 @@ pub struct GatewayClassSpec {
 pub struct ApiGatewaySpec {
     pub gateway_class_name: String,
     pub listeners: Vec<Listener>,
-    pub addresses: Vec<serde_yaml::Value>,
+    /// `spec.addresses`: IPAddress values bind the listeners there (compile/addresses.rs).
+    pub addresses: Vec<GatewaySpecAddress>,
     /// `spec.tls`: frontend client-certificate validation (`backend` is reported as not
     /// applied).
     #[serde(default)]
     pub tls: Option<GatewayTls>,
+}
+
+/// `GatewaySpecAddress`: `type` defaults to `IPAddress`; an empty value asks the
+/// implementation to choose. The type is an open vocabulary (domain-prefixed types are
+/// implementation-specific), so it stays a string and the compile judges it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewaySpecAddress {
+    #[serde(rename = "type")]
+    pub address_type: Option<String>,
+    pub value: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
