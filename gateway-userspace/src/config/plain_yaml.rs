@@ -82,7 +82,7 @@ fn strip_comment(content: &str) -> Option<&str> {
     if content.starts_with('#') {
         return Some("");
     }
-    match content.find(" #") {
+    match find_pair(content, b' ', b'#') {
         None => Some(content),
         Some(_) if content.contains(['"', '\'']) => None,
         Some(at) => Some(&content[..at]),
@@ -232,7 +232,7 @@ fn entry(text: &str) -> Option<Option<(&str, &str)>> {
     if text.starts_with(['[', '{']) {
         return Some(None);
     }
-    let (key, value) = match text.find(": ") {
+    let (key, value) = match find_pair(text, b':', b' ') {
         Some(at) => (&text[..at], &text[at + 2..]),
         None => match text.strip_suffix(':') {
             Some(key) => (key, ""),
@@ -244,6 +244,15 @@ fn entry(text: &str) -> Option<Option<(&str, &str)>> {
         return None;
     }
     Some(Some((key, value.trim_start_matches(' '))))
+}
+
+/// Where `first` followed by `second` is in `text` (`str::find` with a pattern of two
+/// bytes costs a searcher's set-up on every line).
+fn find_pair(text: &str, first: u8, second: u8) -> Option<usize> {
+    let bytes = text.as_bytes();
+    bytes
+        .windows(2)
+        .position(|pair| pair[0] == first && pair[1] == second)
 }
 
 /// A quoted scalar at the start of `text` (with its quotes) and what follows it.
@@ -280,7 +289,7 @@ fn inline(text: &str, depth: usize) -> Option<Value> {
         return rest.is_empty().then(|| scalar(quoted)).flatten();
     }
     // `a: b: c` is an error, `a: b:` too.
-    if text.contains(": ") || text.ends_with(':') {
+    if find_pair(text, b':', b' ').is_some() || text.ends_with(':') {
         return None;
     }
     scalar(text)
