@@ -19,7 +19,7 @@ use serde_yaml::{Mapping, Number, Value};
 const MAX_DEPTH: usize = 100;
 
 /// `text` read as `serde_yaml::from_str::<Value>` would, when it is plain enough.
-pub fn parse(text: &str) -> Option<Value> {
+pub(super) fn parse(text: &str) -> Option<Value> {
     let mut lines = lines(text)?;
     if lines.is_empty() {
         return None;
