@@ -27,7 +27,7 @@ use std::{
 
 use crate::{
     config::{
-        Diagnostic, Diagnostics, Kind, Resources, Sourced,
+        Diagnostic, Diagnostics, Kind, Location, Resources, Sourced,
         resources::{Gateway, HttpRoute, IntOrString, Service, VirtualService},
     },
     route_table::{Route, RouteTable, VirtualHost},
@@ -157,20 +157,42 @@ pub fn compile_reusing(
 
 /// The routes each VirtualService compiled to on each port, with the diagnostics that
 /// compiling them gave, for the next compile to reuse. A VirtualService is known by its
-/// allocation and line: the reload's parse cache keeps the allocation for as long as its
-/// document's text is unchanged (and the entry holds it, so the address cannot be reused
-/// by another).
+/// allocation: the reload's parse cache keeps the allocation for as long as its
+/// document's text is unchanged, even when the document moved in its file (and the
+/// entry holds it, so the address cannot be reused by another).
 #[derive(Default)]
 pub struct RouteMemo {
-    /// By (allocation, port, line).
-    entries: HashMap<(usize, u16, usize), MemoEntry>,
+    /// By (allocation, port).
+    entries: HashMap<(usize, u16), MemoEntry>,
 }
 
 #[derive(Clone)]
 struct MemoEntry {
     _resource: Arc<VirtualService>,
+    /// Where its document started when it was compiled.
+    location: Option<Location>,
     routes: Arc<Vec<Route<RouteAction>>>,
+    /// Not yet moved to their fields' lines (`Resources::locate` runs after the compile).
     diagnostics: Vec<Diagnostic>,
+}
+
+impl MemoEntry {
+    /// This entry for the same VirtualService whose document now starts at `location`.
+    /// Routes hold no lines, so they are kept whole; the diagnostics that point at the
+    /// document (all of them, but for a DestinationRule's, which did not move: a moved
+    /// DestinationRule is no route change, and nothing is reused then) move with it.
+    fn moved_to(&self, location: &Option<Location>) -> MemoEntry {
+        let mut entry = self.clone();
+        if entry.location != *location {
+            for diagnostic in &mut entry.diagnostics {
+                if diagnostic.location == self.location {
+                    diagnostic.location.clone_from(location);
+                }
+            }
+            entry.location.clone_from(location);
+        }
+        entry
+    }
 }
 
 struct Compiler<'a> {
@@ -665,10 +687,7 @@ impl<'a> Compiler<'a> {
         port: u16,
         gateways: &[String],
     ) -> Arc<Vec<Route<RouteAction>>> {
-        // The line too: a VirtualService whose document moved in its file keeps its
-        // allocation (`config::documents`), and its diagnostics must say the new line.
-        let line = vs.location.as_ref().map_or(0, |l| l.line);
-        let key = (Arc::as_ptr(&vs.resource) as usize, port, line);
+        let key = (Arc::as_ptr(&vs.resource) as usize, port);
         // A root's routes depend on its delegates too, which the memo does not follow.
         let delegates = vs
             .resource
@@ -677,9 +696,13 @@ impl<'a> Compiler<'a> {
             .iter()
             .any(|r| r.other.contains_key("delegate"));
         if !delegates && let Some(entry) = self.reusable.and_then(|memo| memo.entries.get(&key)) {
+            // A document that moved in its file (an earlier one grew or shrank) keeps its
+            // allocation (`config::documents`): its diagnostics must say the new line.
+            let entry = entry.moved_to(&vs.location);
             self.diagnostics.0.extend(entry.diagnostics.iter().cloned());
-            self.memo.entries.insert(key, entry.clone());
-            return Arc::clone(&entry.routes);
+            let routes = Arc::clone(&entry.routes);
+            self.memo.entries.insert(key, entry);
+            return routes;
         }
         let before = self.diagnostics.0.len();
         let target = istio_match::MatchTarget {
@@ -716,6 +739,7 @@ impl<'a> Compiler<'a> {
         }
         let entry = MemoEntry {
             _resource: Arc::clone(&vs.resource),
+            location: vs.location.clone(),
             routes: Arc::clone(&routes),
             diagnostics: self
                 .diagnostics

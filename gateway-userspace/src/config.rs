@@ -7,6 +7,7 @@ pub mod diagnostics;
 pub mod documents;
 pub mod locate;
 pub mod object_ref;
+mod plain_yaml;
 pub mod resources;
 pub mod source;
 
@@ -360,7 +361,13 @@ fn parse_document(doc: &Document, resources: &mut Resources, diagnostics: &mut D
         (doc.file.clone(), doc.first_line),
         Arc::from(doc.text.as_str()),
     );
-    let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
+    // Most documents are plain enough for the fast reader; the rest, and every error,
+    // are serde_yaml's.
+    let parsed = match plain_yaml::parse(&doc.text) {
+        Some(value) => Ok(value),
+        None => serde_yaml::from_str(&doc.text),
+    };
+    let value: serde_yaml::Value = match parsed {
         Ok(value) => value,
         Err(e) => {
             let location = doc.location(e.location().map_or(1, |l| l.line()));

@@ -6,9 +6,9 @@
 //!
 //! Every location stays exact: a reused document that moved in its file (an earlier
 //! document grew or shrank) has its resources', diagnostics' and document map's lines
-//! moved by as much. A moved resource keeps its allocation (the compile's route memo
-//! keys a VirtualService by allocation *and* line, so it recompiles a moved one rather
-//! than reuse diagnostics with old lines).
+//! moved by as much. A moved resource keeps its allocation: the compile's route memo
+//! knows a VirtualService by it, and keeps a moved one's routes, moving only its
+//! diagnostics' lines (`compile::RouteMemo`).
 
 use std::{collections::HashMap, hash::BuildHasher, path::Path, sync::Arc};
 

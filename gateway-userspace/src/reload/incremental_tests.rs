@@ -274,23 +274,129 @@ fn a_reusing_reload_compiles_what_a_full_compile_does() -> Result<(), Box<dyn st
         );
         if kind == "routes" && file == "routes.yaml" {
             // h4's routes, in another file, are the previous compile's.
-            let routes = |s: &Snapshot| {
-                s.listeners.iter().find_map(|l| {
-                    l.routes
-                        .virtual_hosts
-                        .iter()
-                        .find(|v| v.host == "h4.example.com")
-                        .map(|v| Arc::clone(&v.routes))
-                })
-            };
-            let (before, after) = (routes(&live), routes(&snapshot));
             assert!(
-                matches!((&before, &after), (Some(b), Some(a)) if Arc::ptr_eq(b, a)),
+                same_routes(&live, &snapshot, "h4.example.com"),
                 "step {step}: h4's routes recompiled"
             );
         }
         live = snapshot;
     }
     std::fs::remove_dir_all(Path::new(&dir))?;
+    Ok(())
+}
+
+/// The routes of `host` on the first listener that serves it.
+fn routes_of(
+    snapshot: &Snapshot,
+    host: &str,
+) -> Option<Arc<Vec<crate::route_table::Route<crate::snapshot::RouteAction>>>> {
+    snapshot.listeners.iter().find_map(|l| {
+        l.routes
+            .virtual_hosts
+            .iter()
+            .find(|v| v.host == host)
+            .map(|v| Arc::clone(&v.routes))
+    })
+}
+
+/// Whether `host`'s routes are the same allocation in both snapshots (not compiled again).
+fn same_routes(before: &Snapshot, after: &Snapshot, host: &str) -> bool {
+    matches!(
+        (routes_of(before, host), routes_of(after, host)),
+        (Some(b), Some(a)) if Arc::ptr_eq(&b, &a)
+    )
+}
+
+/// One file of many VirtualServices, the first edited: the ones after it move, keep their
+/// compiled routes, and their diagnostics name the new lines, as a full compile's do.
+#[test]
+fn a_moved_virtual_service_keeps_its_routes_and_its_lines_move()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("gatewayd-moved-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let write = |text: &str| std::fs::write(dir.join("routes.yaml"), text);
+    std::fs::write(dir.join("base.yaml"), BASE)?;
+    std::fs::write(dir.join("a.yaml"), slice("a", "10.0.0.1"))?;
+    let first = |prefixes: &[&str]| virtual_service("h1", "h1.example.com", "a", prefixes);
+    // After the first: one with a compile warning (its line is found in its text after
+    // the compile) and a plain one. (One that does not load would make every edit a full
+    // compile: its document moves, and a moved error counts as a change of it.)
+    let rest = [
+        warned("w"),
+        virtual_service("h3", "h3.example.com", "a", &["/three"]),
+    ];
+    let file = |prefixes: &[&str]| {
+        let mut parts = vec![first(prefixes)];
+        parts.extend(rest.iter().cloned());
+        documents(&parts)
+    };
+    write(&file(&["/one"]))?;
+    let source = ConfigSource {
+        paths: vec![dir.clone()],
+        identity: Identity::default(),
+        tls: Arc::new(TlsState::default()),
+        cluster: None,
+        dns: None,
+    };
+    let mut cache = CompileCache::default();
+    let (mut live, _) = source.compile_first(&mut cache)?;
+    cache.applied();
+    // Longer by two lines, by four, back, and the same length with another prefix.
+    let edits: [&[&str]; 4] = [
+        &["/one", "/uno"],
+        &["/one", "/uno", "/eins"],
+        &["/one"],
+        &["/een"],
+    ];
+    for (step, prefixes) in edits.into_iter().enumerate() {
+        write(&file(prefixes))?;
+        let trigger = Trigger {
+            touched: Some(vec![dir.join("routes.yaml")]),
+            beyond_config: false,
+        };
+        let Compiled::Full(snapshot, diagnostics) =
+            source.compile_cached(&mut cache, &live, &trigger)?
+        else {
+            panic!("step {step}: not a compile");
+        };
+        cache.applied();
+        let (resources, loaded) = config::load(std::slice::from_ref(&dir))?;
+        let full = compile::compile_isolating(
+            &resources,
+            loaded,
+            &source.identity,
+            &TlsState::default(),
+            None,
+        )
+        .map_err(|d| format!("step {step}: {d:?}"))?;
+        assert_eq!(
+            seen(&snapshot, &diagnostics)?,
+            seen(&full.snapshot, &full.diagnostics)?,
+            "step {step}"
+        );
+        // The warning is there, at its field's line in the moved document.
+        let line = |diagnostics: &Diagnostics| {
+            diagnostics
+                .0
+                .iter()
+                .find(|d| d.message.contains("never reached"))
+                .and_then(|d| d.location.as_ref().map(|l| l.line))
+        };
+        assert_eq!(line(&diagnostics), line(&full.diagnostics), "step {step}");
+        assert!(line(&diagnostics).is_some(), "step {step}: no warning");
+        for host in ["w.example.com", "h3.example.com"] {
+            assert!(
+                same_routes(&live, &snapshot, host),
+                "step {step}: {host}'s routes compiled again"
+            );
+        }
+        assert!(
+            !same_routes(&live, &snapshot, "h1.example.com"),
+            "step {step}"
+        );
+        live = snapshot;
+    }
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
