@@ -163,12 +163,15 @@ async fn send_http1(
             Some(pooled) => (pooled.sender, pooled.served, true),
             None => match new_connection_slot(cluster, key) {
                 Some(slot) => {
+                    // Boxed: a connect's future holds a TLS handshake (rustls' whole
+                    // connection state) and is rare, while this future is moved with
+                    // every request's.
                     let connection = match client {
-                        Http1Client::Hyper => {
-                            Http1Connection::Hyper(connect_http1(cluster, endpoint, slot).await?)
-                        }
+                        Http1Client::Hyper => Http1Connection::Hyper(
+                            Box::pin(connect_http1(cluster, endpoint, slot)).await?,
+                        ),
                         Http1Client::Own => Http1Connection::Own(OwnConnection {
-                            io: connect(cluster, endpoint).await?,
+                            io: Box::pin(connect(cluster, endpoint)).await?,
                             open: slot,
                         }),
                     };
@@ -280,7 +283,8 @@ async fn send_http2(
             Some(sender) => (sender, true),
             None => match new_connection_slot(cluster, key) {
                 Some(slot) => {
-                    let sender = connect_http2(cluster, endpoint, slot).await?;
+                    // Boxed, as the HTTP/1.1 connects are.
+                    let sender = Box::pin(connect_http2(cluster, endpoint, slot)).await?;
                     with_pool(key, |pool| {
                         pool.shared = Some(Pooled {
                             sender: sender.clone(),

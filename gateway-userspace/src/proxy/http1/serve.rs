@@ -338,27 +338,31 @@ where
         request.extensions_mut().insert(pending);
         upgrade_sender = Some(sender);
     }
-    let handler = client.connection.handle(request);
-    let mut handler = std::pin::pin!(handler);
-    let response: Response<ProxyBody> = loop {
-        let need_read = pump.advance(buf);
-        tokio::select! {
-            biased;
-            response = &mut handler => break response,
-            asked = async {
-                match wanted.as_mut() {
-                    Some(wanted) => wanted.await.is_ok(),
-                    None => false,
+    // In a block of its own: the handler's future (the largest part of this one) and
+    // the response's writer then share their room in this future's layout.
+    let response: Response<ProxyBody> = {
+        let handler = client.connection.handle(request);
+        let mut handler = std::pin::pin!(handler);
+        loop {
+            let need_read = pump.advance(buf);
+            tokio::select! {
+                biased;
+                response = &mut handler => break response,
+                asked = async {
+                    match wanted.as_mut() {
+                        Some(wanted) => wanted.await.is_ok(),
+                        None => false,
+                    }
+                }, if wanted.is_some() => {
+                    wanted = None;
+                    if asked && writer.write_all(CONTINUE).await.is_err() {
+                        return Exchanged::Close;
+                    }
                 }
-            }, if wanted.is_some() => {
-                wanted = None;
-                if asked && writer.write_all(CONTINUE).await.is_err() {
-                    return Exchanged::Close;
+                sent = pump.send(), if pump.pending.is_some() => sent,
+                read = read_body(reader, buf), if need_read && wanted.is_none() => {
+                    pump.note_read(read);
                 }
-            }
-            sent = pump.send(), if pump.pending.is_some() => sent,
-            read = read_body(reader, buf), if need_read && wanted.is_none() => {
-                pump.note_read(read);
             }
         }
     };
