@@ -237,7 +237,7 @@ async fn send(
     client: Http1Client,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let request = head
-        .request(cluster.protocol, body, last_try)
+        .outgoing(cluster.protocol, client, body, last_try)
         .map_err(|_| TryFailure::ProtocolError)?;
     upstream::send(cluster, endpoint, request, client).await
 }

@@ -7,7 +7,12 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header, uri::PathAndQuery,
 };
 
-use super::{body::ProxyBody, route_actions};
+use super::{
+    body::ProxyBody,
+    http1::{Http1Client, client::Outbound},
+    route_actions,
+    upstream::Outgoing,
+};
 use crate::{
     route_table::Route,
     snapshot::{Forward, RouteAction, UpstreamProtocol, WeightedCluster},
@@ -57,6 +62,27 @@ pub(super) struct UpstreamHead {
 }
 
 impl UpstreamHead {
+    /// What one try sends: for the codec's HTTP/1.1 client, the head encoded straight
+    /// from this one (no header map copied per try); else `request`.
+    pub(super) fn outgoing(
+        &mut self,
+        protocol: UpstreamProtocol,
+        client: Http1Client,
+        body: ProxyBody,
+        last_try: bool,
+    ) -> Result<Outgoing, http::Error> {
+        if protocol == UpstreamProtocol::Http1 && client == Http1Client::Own {
+            return Ok(Outgoing::Http1(Outbound::new(
+                &self.method,
+                self.path_and_query.as_str(),
+                &self.headers,
+                body,
+            )));
+        }
+        self.request(protocol, body, last_try)
+            .map(Outgoing::Request)
+    }
+
     /// The request of one try: origin-form with a Host header for HTTP/1.1, absolute
     /// (`:authority`, no Host) for HTTP/2. The last try takes the headers instead of
     /// copying them.
