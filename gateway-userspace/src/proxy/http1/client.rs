@@ -661,6 +661,14 @@ pub(super) fn parse_response(
         } else if name == header::CONNECTION {
             close |= has_token(field.value, b"close");
             keep_alive_token |= has_token(field.value, b"keep-alive");
+            // What it says is kept in `keep_alive`, and it is hop-by-hop: not passed on,
+            // so not kept (the proxy would only hash it again to remove it), unless it
+            // goes with a 101 or names headers that must go with it.
+            if passes_by(status) && only_close_or_keep_alive(field.value) {
+                continue;
+            }
+        } else if passes_by(status) && name.as_str() == "keep-alive" {
+            continue;
         }
         let value = super::head::shared_part(&copy, &buf[..len], field.value)
             .and_then(|value| HeaderValue::from_maybe_shared(value).ok())
@@ -700,6 +708,22 @@ pub(super) fn parse_response(
         keep_alive,
         len,
     }))
+}
+
+/// A response whose hop-by-hop headers the proxy strips (all but a 101's, which the
+/// upgraded connection keeps).
+fn passes_by(status: StatusCode) -> bool {
+    status != StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// A Connection value of the standard tokens only (`close`, `keep-alive`).
+fn only_close_or_keep_alive(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').all(|token| {
+        let token = token.trim_ascii();
+        token.is_empty()
+            || token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"keep-alive")
+    })
 }
 
 /// Digits only: at most 18, so no overflow.
