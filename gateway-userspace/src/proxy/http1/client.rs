@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use super::{
     buffer,
     chunked::{ChunkError, ChunkedDecoder, Decoded},
-    response::has_token,
+    response::{has_token, push_decimal, push_hex},
     rules::{MAX_HEAD_BYTES, MAX_HEADERS},
     upgrade::{ClientIo, Upgraded},
 };
@@ -503,14 +503,6 @@ impl Outgoing {
     }
 }
 
-fn push_hex(out: &mut Vec<u8>, n: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
-    for shift in (0..digits).rev() {
-        out.push(HEX[(n >> (shift * 4)) & 0xf]);
-    }
-}
-
 fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
@@ -563,7 +555,7 @@ fn encode_head(
         None => match body.size_hint().exact() {
             Some(length) => {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(length.to_string().as_bytes());
+                push_decimal(out, length);
                 out.extend_from_slice(b"\r\n");
                 Encoder::Length(length)
             }
