@@ -238,7 +238,9 @@ async fn send_http1_own(
             continue;
         };
         let served = served.saturating_add(1);
-        match client::send(io, request).await {
+        // Boxed: the exchange's future is the largest part of a try's, which every
+        // future above it would otherwise carry and move.
+        match Box::pin(client::send(io, request)).await {
             Ok(response) => {
                 let reuse = OwnReuse {
                     open,
