@@ -63,7 +63,7 @@ pub(in crate::proxy) async fn serve<S>(
     ctx: Arc<ProxyContext>,
     peer: SocketAddr,
     local: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Ending<S>
 where
     S: AsyncRead + AsyncWrite + IdleWait + Unpin + Send + 'static,
@@ -75,12 +75,20 @@ where
     // The idle and header-read clocks of every request on the connection: one timer,
     // moved rather than registered anew per request (a later deadline is a store).
     let mut clock = Box::pin(sleep_until(Instant::now()));
+    // The shutdown watch's wait, registered once for the connection's life rather than
+    // per request; ready once the listener stops (or goes away).
+    let mut stopping = {
+        let mut shutdown = shutdown.clone();
+        Box::pin(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+    };
     loop {
         let read = read_head(
             &mut io,
             &mut buf,
             &client,
-            &mut shutdown,
+            stopping.as_mut(),
             first,
             clock.as_mut(),
         );
@@ -208,7 +216,7 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     client: &Client,
-    shutdown: &mut watch::Receiver<bool>,
+    mut stopping: Pin<&mut impl Future<Output = ()>>,
     first: bool,
     mut clock: Pin<&mut Sleep>,
 ) -> HeadRead {
@@ -257,7 +265,7 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                     debug!("idle keep-alive connection closed");
                     return HeadRead::Closed;
                 }
-                _ = shutdown.wait_for(|stop| *stop) => return HeadRead::Closed,
+                () = stopping.as_mut() => return HeadRead::Closed,
             }
         }
         buffer::make_room(buf);
@@ -281,7 +289,7 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                     }
                 };
             }
-            _ = shutdown.wait_for(|stop| *stop), if buf.is_empty() => return HeadRead::Closed,
+            () = stopping.as_mut(), if buf.is_empty() => return HeadRead::Closed,
         }
     }
 }
