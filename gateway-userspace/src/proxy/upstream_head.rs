@@ -19,7 +19,8 @@ use crate::{
 };
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that one connection must not pass to the next.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// A static, not a const: a const array of names is built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
