@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use super::{
     buffer,
     chunked::{ChunkError, ChunkedDecoder, Decoded},
-    response::{has_token, push_decimal, push_hex},
+    response::{push_decimal, push_hex},
     rules::{MAX_HEAD_BYTES, MAX_HEADERS},
     upgrade::{ClientIo, Upgraded},
 };
@@ -651,12 +651,13 @@ pub(super) fn parse_response(
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
-            close |= has_token(field.value, b"close");
-            keep_alive_token |= has_token(field.value, b"keep-alive");
+            let tokens = ConnectionTokens::of(field.value);
+            close |= tokens.close;
+            keep_alive_token |= tokens.keep_alive;
             // What it says is kept in `keep_alive`, and it is hop-by-hop: not passed on,
             // so not kept (the proxy would only hash it again to remove it), unless it
             // goes with a 101 or names headers that must go with it.
-            if passes_by(status) && only_close_or_keep_alive(field.value) {
+            if passes_by(status) && !tokens.other {
                 continue;
             }
         } else if passes_by(status) && name.as_str() == "keep-alive" {
@@ -708,14 +709,29 @@ fn passes_by(status: StatusCode) -> bool {
     status != StatusCode::SWITCHING_PROTOCOLS
 }
 
-/// A Connection value of the standard tokens only (`close`, `keep-alive`).
-fn only_close_or_keep_alive(value: &[u8]) -> bool {
-    value.split(|&b| b == b',').all(|token| {
-        let token = token.trim_ascii();
-        token.is_empty()
-            || token.eq_ignore_ascii_case(b"close")
-            || token.eq_ignore_ascii_case(b"keep-alive")
-    })
+/// What a Connection value says, in one pass over its tokens.
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    /// Any other token (`upgrade`, or the name of a header to remove).
+    other: bool,
+}
+
+impl ConnectionTokens {
+    fn of(value: &[u8]) -> Self {
+        let mut tokens = ConnectionTokens::default();
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                tokens.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                tokens.keep_alive = true;
+            } else if !token.is_empty() {
+                tokens.other = true;
+            }
+        }
+        tokens
+    }
 }
 
 /// Digits only: at most 18, so no overflow.
