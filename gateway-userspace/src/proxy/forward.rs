@@ -81,13 +81,16 @@ impl Connection {
         let started = Instant::now();
         let version = request.version();
         // What the access log needs from the request, kept only when there is a log (the
-        // values are reference-counted, not copied).
-        let logged = (self.ctx.access_log != AccessLogFormat::Off).then(|| LoggedRequest {
-            start_time: SystemTime::now(),
-            method: request.method().clone(),
-            uri: edge_headers::logged_uri(request.method(), request.uri()),
-            user_agent: request.headers().get(header::USER_AGENT).cloned(),
-            forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
+        // values are reference-counted, not copied; boxed, so that without a log this
+        // future, moved with every request, carries a pointer's room for it).
+        let logged = (self.ctx.access_log != AccessLogFormat::Off).then(|| {
+            Box::new(LoggedRequest {
+                start_time: SystemTime::now(),
+                method: request.method().clone(),
+                uri: edge_headers::logged_uri(request.method(), request.uri()),
+                user_agent: request.headers().get(header::USER_AGENT).cloned(),
+                forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
+            })
         });
         let authority = request_authority(&request);
         // Every request here is external: Envoy replaces a client's x-request-id at the
@@ -238,7 +241,10 @@ impl Connection {
                     replay_budget: &self.replay_budget,
                 };
                 let ctx = &self.ctx;
-                forward_action::forward(
+                // Boxed: a forward's future (the tries, the upstream exchange) is most of
+                // a request's, and each future it is nested in would carry room for it
+                // and be moved whole (a memcpy per level and request).
+                Box::pin(forward_action::forward(
                     ctx,
                     live,
                     request,
@@ -246,7 +252,7 @@ impl Connection {
                     forward,
                     &downstream,
                     &self.drain,
-                )
+                ))
                 .await
             }
             RouteAction::Redirect(redirect) => {

@@ -93,7 +93,8 @@ pub(super) fn send(
                     return;
                 };
                 let body = Full::new(body).map_err(|never| match never {}).boxed();
-                let Ok(request) = head.request(cluster.protocol, body, true) else {
+                let Ok(request) = head.outgoing(cluster.protocol, ctx.http1_client, body, true)
+                else {
                     return;
                 };
                 let exchange = async {

@@ -143,27 +143,18 @@ pub(super) async fn run(
         let last_try = retries >= retry.attempts || !body.can_replay();
         let started = Instant::now();
         let attempt = send(head, endpoint, cluster, try_body, last_try, client);
-        let attempt = async {
-            match retry.per_try_timeout {
-                Some(t) => {
-                    let since = Some(tokio::time::Instant::from_std(started));
-                    tokio::select! {
-                        result = attempt => result,
-                        () = clock.request_end.expired(t, since) => Err(TryFailure::Timeout),
-                    }
-                }
-                None => attempt.await,
-            }
-        };
-        let result = match clock.route_timeout {
-            Some(timeout) => tokio::select! {
-                result = attempt => result,
-                () = clock.request_end.expired(timeout, None) => {
+        let result = if retry.per_try_timeout.is_none() && clock.route_timeout.is_none() {
+            attempt.await
+        } else {
+            // Boxed: the clocks' futures would otherwise take room in this future (and
+            // in every future above it, moved with each request) on routes without them.
+            match Box::pin(timed(attempt, clock, retry.per_try_timeout, started)).await {
+                Some(result) => result,
+                None => {
                     picked.record(true);
                     return ended(Ending::TimedOut, Some(endpoint));
                 }
-            },
-            None => attempt.await,
+            }
         };
         picked.record(match &result {
             Ok(response) => response.status().is_server_error(),
@@ -208,6 +199,34 @@ pub(super) async fn run(
     }
 }
 
+/// A try within its per-try timeout and the route's: None when the route's ran out.
+async fn timed(
+    attempt: impl Future<Output = Result<Response<UpstreamBody>, TryFailure>>,
+    clock: Clock<'_>,
+    per_try_timeout: Option<Duration>,
+    started: Instant,
+) -> Option<Result<Response<UpstreamBody>, TryFailure>> {
+    let attempt = async {
+        match per_try_timeout {
+            Some(t) => {
+                let since = Some(tokio::time::Instant::from_std(started));
+                tokio::select! {
+                    result = attempt => result,
+                    () = clock.request_end.expired(t, since) => Err(TryFailure::Timeout),
+                }
+            }
+            None => attempt.await,
+        }
+    };
+    match clock.route_timeout {
+        Some(timeout) => tokio::select! {
+            result = attempt => Some(result),
+            () = clock.request_end.expired(timeout, None) => None,
+        },
+        None => Some(attempt.await),
+    }
+}
+
 /// One try: the request to one endpoint, over the cluster's protocol.
 async fn send(
     head: &mut UpstreamHead,
@@ -218,7 +237,7 @@ async fn send(
     client: Http1Client,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let request = head
-        .request(cluster.protocol, body, last_try)
+        .outgoing(cluster.protocol, client, body, last_try)
         .map_err(|_| TryFailure::ProtocolError)?;
     upstream::send(cluster, endpoint, request, client).await
 }

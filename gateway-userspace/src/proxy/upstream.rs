@@ -126,13 +126,20 @@ struct Pooled<S> {
     served: u32,
 }
 
+/// A request for an upstream: as hyper's clients take it, or with its head already
+/// encoded for the codec's HTTP/1.1 client (`client::Outbound`).
+pub(super) enum Outgoing {
+    Request(Request<ProxyBody>),
+    Http1(client::Outbound),
+}
+
 /// Sends `request` (origin-form URI and Host header for HTTP/1.1; absolute URI for
 /// HTTP/2) to `endpoint` of `cluster`, over a pooled connection when one is free, within
 /// the cluster's connection pool limits (`TryFailure::Overflow` beyond them).
 pub(super) async fn send(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
-    request: Request<ProxyBody>,
+    request: Outgoing,
     client: Http1Client,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let in_flight = cluster
@@ -140,97 +147,138 @@ pub(super) async fn send(
         .breakers
         .request(&cluster.connection_pool)
         .ok_or(TryFailure::Overflow)?;
-    let mut response = match cluster.protocol {
-        UpstreamProtocol::Http1 => send_http1(cluster, endpoint, request, client).await,
-        UpstreamProtocol::Http2 => send_http2(cluster, endpoint, request).await,
+    let mut response = match (cluster.protocol, request) {
+        (UpstreamProtocol::Http1, Outgoing::Http1(request)) => {
+            send_http1_own(cluster, endpoint, request).await
+        }
+        (UpstreamProtocol::Http1, Outgoing::Request(request)) => match client {
+            Http1Client::Hyper => send_http1_hyper(cluster, endpoint, request).await,
+            Http1Client::Own => send_http1_own(cluster, endpoint, request.into()).await,
+        },
+        (UpstreamProtocol::Http2, Outgoing::Request(request)) => {
+            send_http2(cluster, endpoint, request).await
+        }
+        // An encoded HTTP/1.1 head is made only for HTTP/1.1 clusters (`tries::send`).
+        (UpstreamProtocol::Http2, Outgoing::Http1(_)) => Err(TryFailure::ProtocolError),
     }?;
     response.body_mut().in_flight = Some(in_flight);
     Ok(response)
 }
 
-async fn send_http1(
+/// An HTTP/1.1 connection for one exchange: the most recently pooled live one, else a
+/// new one within `maxConnections`, else the first one a finished exchange frees (this
+/// request queued, within `http1MaxPendingRequests`, while `queued` holds its place).
+/// With how many requests it carried before, and whether it was pooled.
+async fn acquire_http1(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
-    mut request: Request<ProxyBody>,
+    key: PoolKey,
     client: Http1Client,
+    queued: &mut Option<Slot>,
+) -> Result<(Http1Connection, u32, bool), TryFailure> {
+    let limits = &cluster.connection_pool;
+    loop {
+        if let Some(pooled) = checkout_http1(key, limits) {
+            return Ok((pooled.sender, pooled.served, true));
+        }
+        if let Some(slot) = new_connection_slot(cluster, key) {
+            // Boxed: a connect's future holds a TLS handshake (rustls' whole connection
+            // state) and is rare, while this future is moved with every request's.
+            let connection = match client {
+                Http1Client::Hyper => {
+                    Http1Connection::Hyper(Box::pin(connect_http1(cluster, endpoint, slot)).await?)
+                }
+                Http1Client::Own => Http1Connection::Own(OwnConnection {
+                    io: Box::pin(connect(cluster, endpoint)).await?,
+                    open: slot,
+                }),
+            };
+            return Ok((connection, 0, false));
+        }
+        if queued.is_none() {
+            *queued = Some(
+                cluster
+                    .state
+                    .breakers
+                    .pending(limits)
+                    .ok_or(TryFailure::Overflow)?,
+            );
+        }
+        let freed = with_pool(key, |p| p.freed.clone());
+        freed.notified().await;
+    }
+}
+
+/// Whether an HTTP/1.1 connection may go back to the pool after an answer with `status`
+/// as its `served`th request: an upgraded connection belongs to the upgrade, never to
+/// the pool; nor does one that carried its `maxRequestsPerConnection`.
+fn reusable(limits: &ConnectionPool, status: http::StatusCode, served: u32) -> bool {
+    status != http::StatusCode::SWITCHING_PROTOCOLS
+        && limits
+            .max_requests_per_connection
+            .is_none_or(|max| served < max)
+}
+
+/// An HTTP/1.1 exchange by the codec's client, on the connection itself (no task).
+async fn send_http1_own(
+    cluster: &LiveCluster<'_>,
+    endpoint: SocketAddr,
+    mut request: client::Outbound,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let limits = &cluster.connection_pool;
     let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1);
     // Held while this request waits for a connection.
     let mut queued: Option<Slot> = None;
     loop {
-        let (connection, served, reused) = match checkout_http1(key, limits) {
-            Some(pooled) => (pooled.sender, pooled.served, true),
-            None => match new_connection_slot(cluster, key) {
-                Some(slot) => {
-                    let connection = match client {
-                        Http1Client::Hyper => {
-                            Http1Connection::Hyper(connect_http1(cluster, endpoint, slot).await?)
-                        }
-                        Http1Client::Own => Http1Connection::Own(OwnConnection {
-                            io: connect(cluster, endpoint).await?,
-                            open: slot,
-                        }),
-                    };
-                    (connection, 0, false)
-                }
-                None => {
-                    if queued.is_none() {
-                        queued = Some(
-                            cluster
-                                .state
-                                .breakers
-                                .pending(limits)
-                                .ok_or(TryFailure::Overflow)?,
-                        );
-                    }
-                    let freed = with_pool(key, |p| p.freed.clone());
-                    freed.notified().await;
-                    continue;
-                }
-            },
+        let (connection, served, reused) =
+            acquire_http1(cluster, endpoint, key, Http1Client::Own, &mut queued).await?;
+        // A pool holds one client's connections (the client is chosen per process);
+        // another's is let go.
+        let Http1Connection::Own(OwnConnection { io, open }) = connection else {
+            continue;
         };
-        // An upgraded connection belongs to the upgrade, never to the pool; nor does one
-        // that carried its `maxRequestsPerConnection`.
         let served = served.saturating_add(1);
-        let reusable = |status: http::StatusCode| {
-            status != http::StatusCode::SWITCHING_PROTOCOLS
-                && limits
-                    .max_requests_per_connection
-                    .is_none_or(|max| served < max)
-        };
-        let idle_timeout = limits.idle_timeout();
-        let mut sender = match connection {
-            Http1Connection::Hyper(sender) => sender,
-            Http1Connection::Own(OwnConnection { io, open }) => {
-                match client::send(io, request).await {
-                    Ok(response) => {
-                        let reuse = OwnReuse {
-                            open,
-                            served,
-                            reusable: reusable(response.status()),
-                        };
-                        return Ok(response.map(|body| {
-                            UpstreamBody::new(
-                                Inner::Own(body),
-                                key,
-                                Reuse::Own(reuse),
-                                idle_timeout,
-                            )
-                        }));
-                    }
-                    Err(failed) => match failed.unsent {
-                        // A kept-alive connection the upstream had just closed: the
-                        // request never left, so it goes out again on another one.
-                        Some(unsent) if reused => {
-                            request = unsent;
-                            continue;
-                        }
-                        _ => return Err(classify_own(cluster, &failed.error)),
-                    },
-                }
+        // Boxed: the exchange's future is the largest part of a try's, which every
+        // future above it would otherwise carry and move.
+        match Box::pin(client::send(io, request)).await {
+            Ok(response) => {
+                let reuse = OwnReuse {
+                    open,
+                    served,
+                    reusable: reusable(limits, response.status(), served),
+                };
+                let idle_timeout = limits.idle_timeout();
+                return Ok(response.map(|body| {
+                    UpstreamBody::new(Inner::Own(body), key, Reuse::Own(reuse), idle_timeout)
+                }));
             }
+            Err(failed) => match failed.unsent {
+                // A kept-alive connection the upstream had just closed: the request
+                // never left, so it goes out again on another one.
+                Some(unsent) if reused => request = unsent,
+                _ => return Err(classify_own(cluster, &failed.error)),
+            },
+        }
+    }
+}
+
+/// An HTTP/1.1 exchange by hyper's client (`--http1-client hyper`).
+async fn send_http1_hyper(
+    cluster: &LiveCluster<'_>,
+    endpoint: SocketAddr,
+    mut request: Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, TryFailure> {
+    let limits = &cluster.connection_pool;
+    let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1);
+    // Held while this request waits for a connection.
+    let mut queued: Option<Slot> = None;
+    loop {
+        let (connection, served, reused) =
+            acquire_http1(cluster, endpoint, key, Http1Client::Hyper, &mut queued).await?;
+        let Http1Connection::Hyper(mut sender) = connection else {
+            continue;
         };
+        let served = served.saturating_add(1);
         if reused
             && !sender.is_ready()
             && !matches!(
@@ -242,11 +290,12 @@ async fn send_http1(
         }
         match sender.try_send_request(request).await {
             Ok(response) => {
-                let connection = reusable(response.status()).then(|| Pooled {
+                let connection = reusable(limits, response.status(), served).then(|| Pooled {
                     sender: Http1Connection::Hyper(sender),
                     since: Instant::now(),
                     served,
                 });
+                let idle_timeout = limits.idle_timeout();
                 return Ok(response.map(|body| {
                     UpstreamBody::new(
                         Inner::Hyper(body),
@@ -280,7 +329,8 @@ async fn send_http2(
             Some(sender) => (sender, true),
             None => match new_connection_slot(cluster, key) {
                 Some(slot) => {
-                    let sender = connect_http2(cluster, endpoint, slot).await?;
+                    // Boxed, as in `acquire_http1`.
+                    let sender = Box::pin(connect_http2(cluster, endpoint, slot)).await?;
                     with_pool(key, |pool| {
                         pool.shared = Some(Pooled {
                             sender: sender.clone(),

@@ -7,14 +7,20 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header, uri::PathAndQuery,
 };
 
-use super::{body::ProxyBody, route_actions};
+use super::{
+    body::ProxyBody,
+    http1::{Http1Client, client::Outbound},
+    route_actions,
+    upstream::Outgoing,
+};
 use crate::{
     route_table::Route,
     snapshot::{Forward, RouteAction, UpstreamProtocol, WeightedCluster},
 };
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that one connection must not pass to the next.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// A static, not a const: a const array of names is built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -57,6 +63,27 @@ pub(super) struct UpstreamHead {
 }
 
 impl UpstreamHead {
+    /// What one try sends: for the codec's HTTP/1.1 client, the head encoded straight
+    /// from this one (no header map copied per try); else `request`.
+    pub(super) fn outgoing(
+        &mut self,
+        protocol: UpstreamProtocol,
+        client: Http1Client,
+        body: ProxyBody,
+        last_try: bool,
+    ) -> Result<Outgoing, http::Error> {
+        if protocol == UpstreamProtocol::Http1 && client == Http1Client::Own {
+            return Ok(Outgoing::Http1(Outbound::new(
+                &self.method,
+                self.path_and_query.as_str(),
+                &self.headers,
+                body,
+            )));
+        }
+        self.request(protocol, body, last_try)
+            .map(Outgoing::Request)
+    }
+
     /// The request of one try: origin-form with a Host header for HTTP/1.1, absolute
     /// (`:authority`, no Host) for HTTP/2. The last try takes the headers instead of
     /// copying them.
@@ -266,16 +293,20 @@ pub(super) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = fastrand::u128(..);
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let mut id = [0u8; 36];
-    let mut nibble = 32;
-    for (i, out) in id.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *out = b'-';
-        } else {
-            nibble -= 1;
-            *out = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+    // The 32 digits from the two halves (64-bit shifts, not 128-bit ones), most
+    // significant first, then the dashes put in.
+    let mut digits = [0u8; 32];
+    for (half, word) in [(bits >> 64) as u64, bits as u64].into_iter().enumerate() {
+        for (i, out) in digits[half * 16..][..16].iter_mut().enumerate() {
+            *out = HEX[((word >> (60 - 4 * i)) & 0xf) as usize];
         }
     }
+    let mut id = [b'-'; 36];
+    id[..8].copy_from_slice(&digits[..8]);
+    id[9..13].copy_from_slice(&digits[8..12]);
+    id[14..18].copy_from_slice(&digits[12..16]);
+    id[19..23].copy_from_slice(&digits[16..20]);
+    id[24..].copy_from_slice(&digits[20..]);
     // Owned by a reference-counted `Bytes` from the start: the copy that goes upstream
     // is a count, not a second allocation (a `Bytes` from a Vec allocates on its first clone).
     HeaderValue::from_maybe_shared(Bytes::from_owner(id))

@@ -23,7 +23,6 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
-    request::Parts,
 };
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -31,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use super::{
     buffer,
     chunked::{ChunkError, ChunkedDecoder, Decoded},
-    response::has_token,
+    response::{push_decimal, push_hex},
     rules::{MAX_HEAD_BYTES, MAX_HEADERS},
     upgrade::{ClientIo, Upgraded},
 };
@@ -79,26 +78,74 @@ impl ClientError {
 /// connection the upstream had closed: it can go out on another).
 pub(in crate::proxy) struct SendError {
     pub error: ClientError,
-    pub unsent: Option<Request<ProxyBody>>,
+    pub unsent: Option<Outbound>,
+}
+
+/// A request as the client sends it: its head already encoded (straight from the
+/// proxy's `UpstreamHead`, without building a `Request` and its header map per try),
+/// and its body.
+pub(in crate::proxy) struct Outbound {
+    head: Vec<u8>,
+    encoder: Encoder,
+    /// HEAD: no response body follows whatever the response head says.
+    head_only: bool,
+    /// An upgrade was asked for: a 101 is expected.
+    upgrade: bool,
+    body: ProxyBody,
+}
+
+impl Outbound {
+    /// `method path` (origin-form) with `headers` (the Host header among them).
+    pub(in crate::proxy) fn new(
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: ProxyBody,
+    ) -> Self {
+        let mut head = Vec::new();
+        let encoder = encode_head(&mut head, method, path, headers, &body);
+        Outbound {
+            head,
+            encoder,
+            head_only: *method == Method::HEAD,
+            upgrade: headers.contains_key(header::UPGRADE),
+            body,
+        }
+    }
+}
+
+impl From<Request<ProxyBody>> for Outbound {
+    fn from(request: Request<ProxyBody>) -> Self {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        Outbound::new(&parts.method, path, &parts.headers, body)
+    }
 }
 
 /// Sends `request` (origin-form, with its Host header) on `io` and waits for the
 /// response head.
 pub(in crate::proxy) async fn send<S>(
     io: S,
-    request: Request<ProxyBody>,
+    request: impl Into<Outbound>,
 ) -> Result<Response<ResponseBody<S>>, SendError>
 where
     S: AsyncRead + AsyncWrite + ReadReady + Unpin,
 {
-    let (parts, body) = request.into_parts();
-    let mut out = Outgoing::default();
-    let encoder = encode_head(&mut out.head, &parts, &body);
+    let Outbound {
+        head,
+        encoder,
+        head_only,
+        upgrade,
+        body,
+    } = request.into();
     let mut exchange = Exchange {
         io,
         buf: BytesMut::new(),
         request: RequestSide {
-            out,
+            out: Outgoing {
+                head,
+                ..Outgoing::default()
+            },
             body: Some(body),
             encoder,
             coalesce: true,
@@ -106,18 +153,25 @@ where
             done: false,
             write_failed: None,
         },
-        head_only: parts.method == Method::HEAD,
-        upgrade: parts.headers.contains_key(header::UPGRADE),
+        head_only,
+        upgrade,
     };
     let head = std::future::poll_fn(|cx| exchange.poll_response_head(cx)).await;
     let head = match head {
         Ok(head) => head,
         Err(error) => {
             let request = &mut exchange.request;
+            // Nothing was written: the head is still whole in `out`.
             let unsent = (!request.out.written && !request.frame_taken)
                 .then(|| request.body.take())
                 .flatten()
-                .map(|body| Request::from_parts(parts, body));
+                .map(|body| Outbound {
+                    head: std::mem::take(&mut request.out.head),
+                    encoder,
+                    head_only,
+                    upgrade,
+                    body,
+                });
             return Err(SendError { error, unsent });
         }
     };
@@ -449,14 +503,6 @@ impl Outgoing {
     }
 }
 
-fn push_hex(out: &mut Vec<u8>, n: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
-    for shift in (0..digits).rev() {
-        out.push(HEX[(n >> (shift * 4)) & 0xf]);
-    }
-}
-
 fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
@@ -469,19 +515,24 @@ fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
 /// The request head into `out`, and how its body is framed: the Content-Length the
 /// request carries, else none for a body that has ended, else the exact size the body
 /// knows, else chunked (as hyper's client decides).
-fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: &ProxyBody) -> Encoder {
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut size = parts.method.as_str().len() + path.len() + 16;
-    for (name, value) in &parts.headers {
+fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &ProxyBody,
+) -> Encoder {
+    let mut size = method.as_str().len() + path.len() + 16;
+    for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
     }
     out.reserve(size + 32);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut declared = None;
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         if name == header::TRANSFER_ENCODING {
             continue;
         }
@@ -496,7 +547,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: &ProxyBody) -> Encoder {
     let encoder = match declared {
         Some(length) => Encoder::Length(length),
         None if body.is_end_stream() => {
-            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
             Encoder::Length(0)
@@ -504,7 +555,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: &ProxyBody) -> Encoder {
         None => match body.size_hint().exact() {
             Some(length) => {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(length.to_string().as_bytes());
+                push_decimal(out, length);
                 out.extend_from_slice(b"\r\n");
                 Encoder::Length(length)
             }
@@ -600,8 +651,17 @@ pub(super) fn parse_response(
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
-            close |= has_token(field.value, b"close");
-            keep_alive_token |= has_token(field.value, b"keep-alive");
+            let tokens = ConnectionTokens::of(field.value);
+            close |= tokens.close;
+            keep_alive_token |= tokens.keep_alive;
+            // What it says is kept in `keep_alive`, and it is hop-by-hop: not passed on,
+            // so not kept (the proxy would only hash it again to remove it), unless it
+            // goes with a 101 or names headers that must go with it.
+            if passes_by(status) && !tokens.other {
+                continue;
+            }
+        } else if passes_by(status) && name.as_str() == "keep-alive" {
+            continue;
         }
         let value = super::head::shared_part(&copy, &buf[..len], field.value)
             .and_then(|value| HeaderValue::from_maybe_shared(value).ok())
@@ -641,6 +701,37 @@ pub(super) fn parse_response(
         keep_alive,
         len,
     }))
+}
+
+/// A response whose hop-by-hop headers the proxy strips (all but a 101's, which the
+/// upgraded connection keeps).
+fn passes_by(status: StatusCode) -> bool {
+    status != StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// What a Connection value says, in one pass over its tokens.
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    /// Any other token (`upgrade`, or the name of a header to remove).
+    other: bool,
+}
+
+impl ConnectionTokens {
+    fn of(value: &[u8]) -> Self {
+        let mut tokens = ConnectionTokens::default();
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                tokens.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                tokens.keep_alive = true;
+            } else if !token.is_empty() {
+                tokens.other = true;
+            }
+        }
+        tokens
+    }
 }
 
 /// Digits only: at most 18, so no overflow.

@@ -133,7 +133,8 @@ where
                     continue;
                 }
                 if framing == ResponseFraming::Chunked {
-                    pending_out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    push_hex(&mut pending_out, data.len());
+                    pending_out.extend_from_slice(b"\r\n");
                 }
                 if data.len() <= COALESCE_BYTES {
                     pending_out.extend_from_slice(&data);
@@ -261,7 +262,7 @@ fn write_head(
     match framing {
         ResponseFraming::Length(length) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(length.to_string().as_bytes());
+            push_decimal(out, length);
             out.extend_from_slice(b"\r\n");
         }
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -295,6 +296,31 @@ fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `n` in decimal, without formatting machinery or an allocation.
+pub(super) fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `n` in lowercase hexadecimal (a chunk-size line's number).
+pub(super) fn push_hex(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        out.push(HEX[(n >> (shift * 4)) & 0xf]);
     }
 }
 

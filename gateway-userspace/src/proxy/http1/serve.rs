@@ -5,6 +5,7 @@
 
 use std::{
     net::SocketAddr,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::SystemTime,
@@ -17,7 +18,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::{oneshot, watch},
-    time::{Instant, sleep_until},
+    time::{Instant, Sleep, sleep_until},
 };
 use tracing::debug;
 
@@ -62,7 +63,7 @@ pub(in crate::proxy) async fn serve<S>(
     ctx: Arc<ProxyContext>,
     peer: SocketAddr,
     local: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Ending<S>
 where
     S: AsyncRead + AsyncWrite + IdleWait + Unpin + Send + 'static,
@@ -71,8 +72,27 @@ where
     let mut io = io;
     let mut buf = BytesMut::new();
     let mut first = true;
+    // The idle and header-read clocks of every request on the connection: one timer,
+    // moved rather than registered anew per request (a later deadline is a store).
+    let mut clock = Box::pin(sleep_until(Instant::now()));
+    // The shutdown watch's wait, registered once for the connection's life rather than
+    // per request; ready once the listener stops (or goes away).
+    let mut stopping = {
+        let mut shutdown = shutdown.clone();
+        Box::pin(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+    };
     loop {
-        let head = match read_head(&mut io, &mut buf, &client, &mut shutdown, first).await {
+        let read = read_head(
+            &mut io,
+            &mut buf,
+            &client,
+            stopping.as_mut(),
+            first,
+            clock.as_mut(),
+        );
+        let head = match read.await {
             HeadRead::Head(head) => head,
             HeadRead::Closed => break,
             HeadRead::Http2 => {
@@ -190,26 +210,25 @@ enum HeadRead {
 }
 
 /// Waits for the next head: the idle clock until its first byte, then the header-read
-/// clock until it is whole (408 when it runs out).
+/// clock until it is whole (408 when it runs out). Both are `clock`, the connection's one
+/// timer, moved to each deadline.
 async fn read_head<R: AsyncRead + IdleWait + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     client: &Client,
-    shutdown: &mut watch::Receiver<bool>,
+    mut stopping: Pin<&mut impl Future<Output = ()>>,
     first: bool,
+    mut clock: Pin<&mut Sleep>,
 ) -> HeadRead {
     let limits = &client.ctx.limits;
-    let idle_deadline = deadline_after(limits.idle_timeout);
-    let mut head_clock: Option<(Instant, SystemTime)> = None;
+    clock
+        .as_mut()
+        .reset(deadline_after(Instant::now(), limits.idle_timeout));
+    // When the head's first bytes were seen, once a read left it incomplete: a head that
+    // arrives whole (the usual case) never starts the header-read clock.
+    let mut head_started: Option<Instant> = None;
     loop {
         if !buf.is_empty() {
-            if head_clock.is_none() {
-                head_clock = Some((
-                    deadline_after(limits.header_read_timeout),
-                    SystemTime::now(),
-                ));
-            }
-            let started = head_clock.map_or(SystemTime::now(), |(_, s)| s);
             if first && buf.len() <= HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(buf) {
                 if buf.len() == HTTP2_PREFACE.len() {
                     return HeadRead::Http2;
@@ -222,12 +241,19 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                     Ok(None) => {}
                     Err(e) => {
                         debug!(error = %e, "request head refused");
+                        let started = head_started.map_or_else(SystemTime::now, wall_clock_at);
                         return HeadRead::Refused(e.status(), started);
                     }
                 }
             }
+            if head_started.is_none() {
+                let started = Instant::now();
+                clock
+                    .as_mut()
+                    .reset(deadline_after(started, limits.header_read_timeout));
+                head_started = Some(started);
+            }
         }
-        let deadline = head_clock.map_or(idle_deadline, |(deadline, _)| deadline);
         if buf.capacity() == 0 {
             tokio::select! {
                 ready = std::future::poll_fn(|cx| reader.poll_idle(cx)) => {
@@ -235,27 +261,27 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                         return HeadRead::Closed;
                     }
                 }
-                _ = sleep_until(idle_deadline) => {
+                () = clock.as_mut() => {
                     debug!("idle keep-alive connection closed");
                     return HeadRead::Closed;
                 }
-                _ = shutdown.wait_for(|stop| *stop) => return HeadRead::Closed,
+                () = stopping.as_mut() => return HeadRead::Closed,
             }
         }
         buffer::make_room(buf);
         // The read first: it is ready at once after the idle wait, and then neither the
-        // clock nor the shutdown watch is registered (and unregistered) for nothing.
+        // clock nor the shutdown watch is polled (and registered) for nothing.
         tokio::select! {
             biased;
             read = reader.read_buf(buf) => match read {
                 Ok(0) | Err(_) => return HeadRead::Closed,
                 Ok(_) => {}
             },
-            _ = sleep_until(deadline) => {
-                return match head_clock {
-                    Some((_, started)) => {
+            () = clock.as_mut() => {
+                return match head_started {
+                    Some(started) => {
                         debug!("request head too slow: 408");
-                        HeadRead::Refused(StatusCode::REQUEST_TIMEOUT, started)
+                        HeadRead::Refused(StatusCode::REQUEST_TIMEOUT, wall_clock_at(started))
                     }
                     None => {
                         debug!("idle keep-alive connection closed");
@@ -263,16 +289,23 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                     }
                 };
             }
-            _ = shutdown.wait_for(|stop| *stop), if buf.is_empty() => return HeadRead::Closed,
+            () = stopping.as_mut(), if buf.is_empty() => return HeadRead::Closed,
         }
     }
 }
 
-/// `length` from now; a timeout too long for the clock (a configured century) is a year.
-fn deadline_after(length: std::time::Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(length)
-        .unwrap_or(now + std::time::Duration::from_secs(86_400 * 365))
+/// `length` after `start`; a timeout too long for the clock (a configured century) is a
+/// year.
+fn deadline_after(start: Instant, length: std::time::Duration) -> Instant {
+    start
+        .checked_add(length)
+        .unwrap_or(start + std::time::Duration::from_secs(86_400 * 365))
+}
+
+/// The wall-clock time of `instant`, for the log of a refused head: read only then.
+fn wall_clock_at(instant: Instant) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_sub(instant.elapsed()).unwrap_or(now)
 }
 
 enum Exchanged {
@@ -313,27 +346,31 @@ where
         request.extensions_mut().insert(pending);
         upgrade_sender = Some(sender);
     }
-    let handler = client.connection.handle(request);
-    let mut handler = std::pin::pin!(handler);
-    let response: Response<ProxyBody> = loop {
-        let need_read = pump.advance(buf);
-        tokio::select! {
-            biased;
-            response = &mut handler => break response,
-            asked = async {
-                match wanted.as_mut() {
-                    Some(wanted) => wanted.await.is_ok(),
-                    None => false,
+    // In a block of its own: the handler's future (the largest part of this one) and
+    // the response's writer then share their room in this future's layout.
+    let response: Response<ProxyBody> = {
+        let handler = client.connection.handle(request);
+        let mut handler = std::pin::pin!(handler);
+        loop {
+            let need_read = pump.advance(buf);
+            tokio::select! {
+                biased;
+                response = &mut handler => break response,
+                asked = async {
+                    match wanted.as_mut() {
+                        Some(wanted) => wanted.await.is_ok(),
+                        None => false,
+                    }
+                }, if wanted.is_some() => {
+                    wanted = None;
+                    if asked && writer.write_all(CONTINUE).await.is_err() {
+                        return Exchanged::Close;
+                    }
                 }
-            }, if wanted.is_some() => {
-                wanted = None;
-                if asked && writer.write_all(CONTINUE).await.is_err() {
-                    return Exchanged::Close;
+                sent = pump.send(), if pump.pending.is_some() => sent,
+                read = read_body(reader, buf), if need_read && wanted.is_none() => {
+                    pump.note_read(read);
                 }
-            }
-            sent = pump.send(), if pump.pending.is_some() => sent,
-            read = read_body(reader, buf), if need_read && wanted.is_none() => {
-                pump.note_read(read);
             }
         }
     };

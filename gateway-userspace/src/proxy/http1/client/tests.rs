@@ -259,6 +259,35 @@ async fn a_connection_that_says_close_or_speaks_http_1_0_is_not_reused() {
     assert!(exchange(addr, get(Method::GET)).await.reusable);
 }
 
+#[test]
+fn a_standard_connection_header_is_read_not_kept_and_one_naming_headers_is_kept() {
+    let parse = |head: &[u8]| {
+        parse_response(head, false)
+            .expect("parsed")
+            .expect("complete")
+    };
+    let kept = parse(b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive\r\nkeep-alive: timeout=5\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n");
+    assert!(kept.keep_alive);
+    assert_eq!(
+        kept.headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+        ["x-a", "content-length"]
+    );
+    let closing = parse(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+    assert!(!closing.keep_alive);
+    assert!(!closing.headers.contains_key(header::CONNECTION));
+    // Names another header: kept for the proxy's hop-by-hop strip to read.
+    let naming = parse(
+        b"HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n",
+    );
+    assert!(!naming.keep_alive);
+    assert_eq!(naming.headers[header::CONNECTION], "close, x-hop");
+    // A 101 keeps its Connection: the upgraded connection is passed through.
+    let switching = parse(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    );
+    assert_eq!(switching.headers[header::CONNECTION], "upgrade");
+}
+
 #[tokio::test]
 async fn malformed_responses_are_protocol_errors_and_a_close_is_not() {
     for (answer, protocol) in [

@@ -99,3 +99,27 @@ fn refusals_close() {
     );
     assert!(answer.contains("connection: close\r\n") && answer.ends_with("\r\n\r\n"));
 }
+
+#[test]
+fn numbers_are_written_as_formatting_writes_them() {
+    for n in [
+        0u64,
+        1,
+        9,
+        10,
+        99,
+        100,
+        12_345,
+        u64::from(u32::MAX),
+        u64::MAX,
+    ] {
+        let mut out = Vec::new();
+        push_decimal(&mut out, n);
+        assert_eq!(out, n.to_string().as_bytes());
+    }
+    for n in [0usize, 1, 15, 16, 255, 4096, 0xdead_beef, usize::MAX] {
+        let mut out = Vec::new();
+        push_hex(&mut out, n);
+        assert_eq!(out, format!("{n:x}").as_bytes());
+    }
+}
