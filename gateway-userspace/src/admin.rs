@@ -129,7 +129,10 @@ pub async fn serve(listener: TcpListener, surface: Surface, state: AdminState) {
         let state = state.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let head_timeout = state.head_timeout;
+            // The connection ends at ADMIN_CONNECTION_LIMIT anyway; a longer head clock
+            // (`--header-read-timeout` has no upper bound) would overflow hyper's
+            // `Instant + Duration` and panic the admin thread.
+            let head_timeout = state.head_timeout.min(ADMIN_CONNECTION_LIMIT);
             let service = service_fn(move |request| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(surface, &state, &request)) }

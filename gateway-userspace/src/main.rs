@@ -212,6 +212,12 @@ struct RunArgs {
     /// guard, or the gateway's own codec (issue 15; HTTP/2 stays with hyper either way).
     #[arg(long, value_enum, default_value_t = gateway::proxy::Http1Server::Own)]
     http1_server: gateway::proxy::Http1Server,
+    /// How request paths are normalized before routing and authorization, as Istio's
+    /// mesh `pathNormalization`: `base` (its default: dot segments, unreserved escapes,
+    /// backslashes), `merge-slashes` (also `//` → `/`), `decode-and-merge-slashes` (also
+    /// `%2F`/`%5C` decoded first).
+    #[arg(long, value_enum, default_value_t = gateway::proxy::PathNormalization::Base)]
+    path_normalization: gateway::proxy::PathNormalization,
     /// Which HTTP/1 client carries requests to HTTP/1.1 upstreams: hyper's, or the
     /// gateway's own codec (issue 15; HTTP/2 upstreams stay with hyper either way).
     #[arg(long, value_enum, default_value_t = gateway::proxy::Http1Client::Own)]
@@ -700,7 +706,8 @@ async fn serve(args: RunArgs, log_level: LogLevel, descriptors: u64) -> anyhow::
             .with_connection_limit(max_connections)
             .with_num_trusted_proxies(args.num_trusted_proxies)
             .with_http1_server(args.http1_server)
-            .with_http1_client(args.http1_client),
+            .with_http1_client(args.http1_client)
+            .with_path_normalization(args.path_normalization),
     );
     let workers = Workers::start(args.worker_threads.unwrap_or_else(workers::default_count))?;
     info!(workers = workers.len(), "worker threads started");

@@ -59,6 +59,7 @@ pub use http1::fuzzing as h1_codec_fuzzing;
 pub use http1::{Http1Client, Http1Server};
 pub use limits::Limits;
 pub use log_sink::flush as flush_access_log;
+pub use normalize::PathNormalization;
 
 /// Backlog of each listening socket: bursts of new connections queue in the kernel.
 pub(crate) const LISTEN_BACKLOG: u32 = 4096;

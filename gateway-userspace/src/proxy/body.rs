@@ -92,7 +92,10 @@ impl DownstreamBody {
             limit: limits.max_request_body_bytes,
             idle_timeout: limits.stream_idle_timeout,
             waiting_since: None,
-            idle: Box::pin(tokio::time::sleep_until(now + limits.stream_idle_timeout)),
+            idle: Box::pin(tokio::time::sleep_until(limits::deadline_after(
+                now,
+                limits.stream_idle_timeout,
+            ))),
             end,
         }
     }
@@ -104,7 +107,7 @@ impl DownstreamBody {
             .get_or_insert_with(tokio::time::Instant::now);
         loop {
             std::task::ready!(self.idle.as_mut().poll(cx));
-            let deadline = since + self.idle_timeout;
+            let deadline = limits::deadline_after(since, self.idle_timeout);
             if deadline <= tokio::time::Instant::now() {
                 let idle = limits::StreamIdleTimeout(self.idle_timeout);
                 self.failed.record(&idle);

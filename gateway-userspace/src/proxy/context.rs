@@ -31,6 +31,8 @@ pub struct ProxyContext {
     pub http1_server: super::http1::Http1Server,
     /// `--http1-client`: which HTTP/1 client carries requests to HTTP/1.1 upstreams.
     pub http1_client: super::http1::Http1Client,
+    /// `--path-normalization`: Istio's mesh `pathNormalization` (`normalize.rs`).
+    pub path_normalization: super::PathNormalization,
 }
 
 impl ProxyContext {
@@ -49,6 +51,7 @@ impl ProxyContext {
             num_trusted_proxies: 0,
             http1_server: Default::default(),
             http1_client: Default::default(),
+            path_normalization: Default::default(),
         }
     }
 
@@ -71,6 +74,12 @@ impl ProxyContext {
     /// Which HTTP/1 client carries requests to HTTP/1.1 upstreams (`--http1-client`).
     pub fn with_http1_client(mut self, client: super::http1::Http1Client) -> Self {
         self.http1_client = client;
+        self
+    }
+
+    /// How request paths are normalized before routing (`--path-normalization`).
+    pub fn with_path_normalization(mut self, paths: super::PathNormalization) -> Self {
+        self.path_normalization = paths;
         self
     }
 

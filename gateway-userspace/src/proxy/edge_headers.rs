@@ -9,7 +9,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 
-use super::normalize;
+use super::normalize::{self, PathNormalization};
 
 /// Client-sent headers Envoy removes from an external request at the edge (a static: a
 /// const array is built and dropped at every use).
@@ -49,7 +49,10 @@ pub(super) enum Refusal {
 
 /// The request as the router and the upstream see it: edge headers removed, an `h2c`
 /// upgrade dropped, the path normalized.
-pub(super) fn admit<B>(mut request: Request<B>) -> Result<Request<B>, Refusal> {
+pub(super) fn admit<B>(
+    mut request: Request<B>,
+    paths: PathNormalization,
+) -> Result<Request<B>, Refusal> {
     let headers = request.headers_mut();
     // Every stripped name starts with `x-envoy-`, which almost no request carries: one
     // pass over the names instead of 19 hashed removals.
@@ -64,7 +67,7 @@ pub(super) fn admit<B>(mut request: Request<B>) -> Result<Request<B>, Refusal> {
     if upgrade_token(headers).is_some_and(|t| t.eq_ignore_ascii_case(b"h2c")) {
         drop_h2c_upgrade(headers);
     }
-    if let Some(uri) = normalized_uri(request.method(), request.uri())? {
+    if let Some(uri) = normalized_uri(request.method(), request.uri(), paths)? {
         *request.uri_mut() = uri;
     }
     Ok(request)
@@ -73,8 +76,8 @@ pub(super) fn admit<B>(mut request: Request<B>) -> Result<Request<B>, Refusal> {
 /// The request's URI as the access log shows it: normalized as `admit` routes it (what
 /// Envoy's `%REQ(:PATH)%` shows once it normalizes paths; before any route rewrite, as
 /// Istio's `%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`), or as sent when it cannot be (400).
-pub(super) fn logged_uri(method: &Method, uri: &Uri) -> Uri {
-    match normalized_uri(method, uri) {
+pub(super) fn logged_uri(method: &Method, uri: &Uri, paths: PathNormalization) -> Uri {
+    match normalized_uri(method, uri, paths) {
         Ok(Some(normal)) => normal,
         Ok(None) | Err(_) => uri.clone(),
     }
@@ -127,12 +130,16 @@ fn drop_h2c_upgrade(headers: &mut HeaderMap) {
 
 /// The request's URI with its path normalized; None when it already is (or has no
 /// path to normalize: CONNECT's authority, `OPTIONS *`).
-fn normalized_uri(method: &Method, uri: &Uri) -> Result<Option<Uri>, Refusal> {
+fn normalized_uri(
+    method: &Method,
+    uri: &Uri,
+    paths: PathNormalization,
+) -> Result<Option<Uri>, Refusal> {
     let path = uri.path();
     if method == Method::CONNECT || path.is_empty() || path == "*" {
         return Ok(None);
     }
-    let normal = match normalize::normalize_path(path) {
+    let normal = match normalize::normalize_path(path, paths) {
         Ok(std::borrow::Cow::Borrowed(_)) => return Ok(None),
         Ok(std::borrow::Cow::Owned(normal)) => normal,
         Err(e) => {
@@ -175,24 +182,35 @@ mod tests {
         let stripped = &EXTERNAL_STRIPPED;
         let mut sent = vec![("x-envoy-custom", "kept"), ("x-kept", "1")];
         sent.extend(stripped.iter().map(|n| (n.as_str(), "5")));
-        let admitted = admit(request("GET", "/", &sent)).expect("admitted");
+        let admitted =
+            admit(request("GET", "/", &sent), PathNormalization::Base).expect("admitted");
         let left: Vec<&str> = admitted.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-envoy-custom", "x-kept"]);
     }
 
     #[test]
     fn paths_are_normalized_and_queries_kept() {
-        let admitted = admit(request("GET", "/public/../admin?a=../b", &[])).expect("admitted");
+        let admitted = admit(
+            request("GET", "/public/../admin?a=../b", &[]),
+            PathNormalization::Base,
+        )
+        .expect("admitted");
         assert_eq!(admitted.uri(), "/admin?a=../b");
-        let admitted = admit(request("GET", "http://h/%61/./b", &[])).expect("admitted");
+        let admitted = admit(
+            request("GET", "http://h/%61/./b", &[]),
+            PathNormalization::Base,
+        )
+        .expect("admitted");
         assert_eq!(admitted.uri(), "http://h/a/b");
         assert_eq!(
-            admit(request("GET", "/a%zz", &[])).map(|_| ()),
+            admit(request("GET", "/a%zz", &[]), PathNormalization::Base).map(|_| ()),
             Err(Refusal::BadPath)
         );
-        let connect = admit(request("CONNECT", "h:443", &[])).expect("admitted");
+        let connect =
+            admit(request("CONNECT", "h:443", &[]), PathNormalization::Base).expect("admitted");
         assert_eq!(connect.uri(), "h:443");
-        let options = admit(request("OPTIONS", "*", &[])).expect("admitted");
+        let options =
+            admit(request("OPTIONS", "*", &[]), PathNormalization::Base).expect("admitted");
         assert_eq!(options.uri(), "*");
     }
 
@@ -203,6 +221,7 @@ mod tests {
             logged_uri(
                 &Method::from_bytes(method.as_bytes()).unwrap_or_default(),
                 &uri,
+                PathNormalization::Base,
             )
         };
         assert_eq!(logged("GET", "/public/../admin?a=../b"), "/admin?a=../b");
@@ -229,15 +248,18 @@ mod tests {
         assert!(refused_upgrade(&upgrade("websocket, foo")));
         assert!(refused_upgrade(&request("CONNECT", "h:443", &[])));
         assert!(!refused_upgrade(&request("GET", "/", &[])));
-        let h2c = admit(request(
-            "GET",
-            "/",
-            &[
-                ("upgrade", "h2c"),
-                ("http2-settings", "AAMAAABkAAQAAP__"),
-                ("connection", "Upgrade, HTTP2-Settings, x-a"),
-            ],
-        ))
+        let h2c = admit(
+            request(
+                "GET",
+                "/",
+                &[
+                    ("upgrade", "h2c"),
+                    ("http2-settings", "AAMAAABkAAQAAP__"),
+                    ("connection", "Upgrade, HTTP2-Settings, x-a"),
+                ],
+            ),
+            PathNormalization::Base,
+        )
         .expect("admitted");
         assert!(!refused_upgrade(&h2c));
         assert!(h2c.headers().get(header::UPGRADE).is_none());

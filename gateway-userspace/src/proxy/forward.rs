@@ -87,7 +87,11 @@ impl Connection {
             Box::new(LoggedRequest {
                 start_time: SystemTime::now(),
                 method: request.method().clone(),
-                uri: edge_headers::logged_uri(request.method(), request.uri()),
+                uri: edge_headers::logged_uri(
+                    request.method(),
+                    request.uri(),
+                    self.ctx.path_normalization,
+                ),
                 user_agent: request.headers().get(header::USER_AGENT).cloned(),
                 forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
             })
@@ -203,7 +207,7 @@ impl Connection {
         {
             return LocalReply::misdirected().into();
         }
-        let request = match edge_headers::admit(request) {
+        let request = match edge_headers::admit(request, self.ctx.path_normalization) {
             Ok(request) => request,
             Err(edge_headers::Refusal::BadPath) => return LocalReply::bad_request().into(),
         };

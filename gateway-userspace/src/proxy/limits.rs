@@ -13,6 +13,17 @@ use std::{
 use http::{Request, header};
 use thiserror::Error;
 
+/// `start + length`, saturated a year out: the duration flags take any number of
+/// seconds, and `Instant + Duration` panics past what the clock can hold.
+pub(super) fn deadline_after(
+    start: tokio::time::Instant,
+    length: Duration,
+) -> tokio::time::Instant {
+    start
+        .checked_add(length)
+        .unwrap_or(start + Duration::from_secs(86_400 * 365))
+}
+
 /// Slowloris guard: once a request head has begun, the client gets this long to finish
 /// it (Envoy's `request_headers_timeout` is off by default; a gateway facing the
 /// internet needs one, and 10 s covers the slowest honest client).

@@ -1,10 +1,12 @@
 //! Request paths as routing and the upstream see them, normalized as Istio's gateway
-//! does by default (mesh `pathNormalization: BASE`: Envoy's `normalize_path` on,
-//! `merge_slashes` off, escaped slashes kept): RFC 3986 dot segments removed (`%2E`
-//! counts as a dot, `..;params` as `..`), percent-encoded unreserved characters decoded,
-//! backslashes read as slashes. Without it `/public/../admin` would match `/public`'s
-//! route while the upstream serves `/admin`. A path that cannot be normalized (a broken
-//! or NUL escape) is refused (400), as Envoy refuses it.
+//! does (mesh `pathNormalization`, `--path-normalization` here). By default `BASE`
+//! (Envoy's `normalize_path` on, `merge_slashes` off, escaped slashes kept): RFC 3986
+//! dot segments removed (`%2E` counts as a dot, `..;params` as `..`), percent-encoded
+//! unreserved characters decoded, backslashes read as slashes. `MERGE_SLASHES` also
+//! merges runs of slashes; `DECODE_AND_MERGE_SLASHES` first decodes `%2F` and `%5C`
+//! (Envoy's `UNESCAPE_AND_FORWARD`). Without it `/public/../admin` would match
+//! `/public`'s route while the upstream serves `/admin`. A path that cannot be
+//! normalized (a broken or NUL escape) is refused (400), as Envoy refuses it.
 
 use std::borrow::Cow;
 
@@ -18,14 +20,43 @@ pub(super) enum PathError {
     EscapedNul(usize),
 }
 
+/// Istio's mesh `pathNormalization.normalization` (`NONE` is left out: it would let
+/// `/public/../admin` meet `/public`'s rules).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PathNormalization {
+    /// RFC 3986 dot segments, unreserved escapes decoded, `\` read as `/` (Istio's default).
+    #[default]
+    Base,
+    /// `Base`, then runs of slashes merged: `/a//b` is `/a/b`.
+    MergeSlashes,
+    /// `%2F` and `%5C` decoded first, then `MergeSlashes`: `/a%2Fb` is `/a/b`.
+    DecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    fn merges_slashes(self) -> bool {
+        self != PathNormalization::Base
+    }
+
+    fn decodes_slashes(self) -> bool {
+        self == PathNormalization::DecodeAndMergeSlashes
+    }
+}
+
 /// The normalized form of `path` (origin-form, without the query); borrowed when the
 /// path is already normal.
-pub(super) fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
-    if is_normal(path.as_bytes()) {
+pub(super) fn normalize_path(
+    path: &str,
+    mode: PathNormalization,
+) -> Result<Cow<'_, str>, PathError> {
+    if is_normal(path.as_bytes()) && !(mode.merges_slashes() && path.contains("//")) {
         return Ok(Cow::Borrowed(path));
     }
-    let decoded = decode(path)?;
-    let normal = remove_dot_segments(&decoded);
+    let decoded = decode(path, mode.decodes_slashes())?;
+    let mut normal = remove_dot_segments(&decoded);
+    if mode.merges_slashes() {
+        normal.dedup_by(|next, previous| *next == b'/' && *previous == b'/');
+    }
     if normal == path.as_bytes() {
         return Ok(Cow::Borrowed(path));
     }
@@ -46,9 +77,9 @@ fn is_normal(path: &[u8]) -> bool {
         })
 }
 
-/// Percent-decoding of unreserved characters (other escapes kept as written, as Envoy
-/// keeps them), and `\` read as `/`.
-fn decode(path: &str) -> Result<Vec<u8>, PathError> {
+/// Percent-decoding of unreserved characters (and of `%2F`, `%5C` when `slashes`; other
+/// escapes kept as written, as Envoy keeps them), and `\` read as `/`.
+fn decode(path: &str, slashes: bool) -> Result<Vec<u8>, PathError> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len() + 1);
     if bytes.first() != Some(&b'/') {
@@ -71,6 +102,8 @@ fn decode(path: &str) -> Result<Vec<u8>, PathError> {
                 }
                 if is_unreserved(value) {
                     out.push(value);
+                } else if slashes && (value == b'/' || value == b'\\') {
+                    out.push(b'/');
                 } else {
                     out.extend_from_slice(&bytes[index..index + 3]);
                 }
@@ -166,10 +199,50 @@ mod tests {
             ("/.../..", "/"),
         ];
         for (path, normal) in table {
-            assert_eq!(normalize_path(path).as_deref(), Ok(normal), "{path}");
+            assert_eq!(
+                normalize_path(path, PathNormalization::Base).as_deref(),
+                Ok(normal),
+                "{path}"
+            );
         }
         assert!(matches!(
-            normalize_path("/already/fine"),
+            normalize_path("/already/fine", PathNormalization::Base),
+            Ok(Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn slashes_are_merged_and_escaped_slashes_decoded_as_istio_asks() {
+        use PathNormalization::{Base, DecodeAndMergeSlashes, MergeSlashes};
+        // (path, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)
+        let table = [
+            ("/a//b", "/a/b", "/a/b"),
+            ("//a///b//", "/a/b/", "/a/b/"),
+            ("/a/%2F/b", "/a/%2F/b", "/a/b"),
+            ("/a%2fb", "/a%2fb", "/a/b"),
+            ("/a%5Cb", "/a%5Cb", "/a/b"),
+            ("/a/b%2F..%2Fc", "/a/b%2F..%2Fc", "/a/c"),
+            ("/a//../b", "/a/b", "/a/b"),
+            ("/a\\\\b", "/a/b", "/a/b"),
+            ("/fine", "/fine", "/fine"),
+        ];
+        for (path, merged, decoded) in table {
+            assert_eq!(
+                normalize_path(path, MergeSlashes).as_deref(),
+                Ok(merged),
+                "{path}"
+            );
+            assert_eq!(
+                normalize_path(path, DecodeAndMergeSlashes).as_deref(),
+                Ok(decoded),
+                "{path}"
+            );
+        }
+        // BASE keeps them all, as Istio's default does.
+        assert_eq!(normalize_path("/a//b", Base).as_deref(), Ok("/a//b"));
+        assert_eq!(normalize_path("/a%2Fb", Base).as_deref(), Ok("/a%2Fb"));
+        assert!(matches!(
+            normalize_path("/already/fine", MergeSlashes),
             Ok(Cow::Borrowed(_))
         ));
     }
@@ -199,7 +272,7 @@ mod tests {
             "/x//y",
             "/%41",
         ] {
-            let full = decode(path).map(|decoded| remove_dot_segments(&decoded));
+            let full = decode(path, false).map(|decoded| remove_dot_segments(&decoded));
             if is_normal(path.as_bytes()) {
                 assert_eq!(full.as_deref(), Ok(path.as_bytes()), "{path}");
             }
@@ -220,7 +293,11 @@ mod tests {
             ("/a%+1", PathError::BadEscape(2)),
         ];
         for (path, error) in table {
-            assert_eq!(normalize_path(path), Err(error), "{path}");
+            assert_eq!(
+                normalize_path(path, PathNormalization::Base),
+                Err(error),
+                "{path}"
+            );
         }
     }
 }

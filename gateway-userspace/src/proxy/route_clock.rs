@@ -59,7 +59,7 @@ impl RequestEnd {
     pub(super) async fn expired(&self, timeout: Duration, since: Option<Instant>) {
         let ended = self.ended().await;
         let start = since.map_or(ended, |since| since.max(ended));
-        tokio::time::sleep_until(start + timeout).await;
+        tokio::time::sleep_until(super::limits::deadline_after(start, timeout)).await;
     }
 }
 

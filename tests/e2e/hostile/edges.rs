@@ -434,6 +434,116 @@ fn dot_segments_meet_the_route_of_the_path_they_resolve_to() -> anyhow::Result<(
     Ok(())
 }
 
+#[test]
+fn slashes_are_merged_and_escaped_slashes_decoded_only_when_asked() -> anyhow::Result<()> {
+    // (mode, path, the route it must meet or None for 404, the path the upstream gets)
+    let cases: [(&str, &str, Option<&str>, &str); 6] = [
+        ("base", "//admin//x", None, ""),
+        (
+            "base",
+            "/public%2F..%2Fadmin",
+            Some("public"),
+            "/public%2F..%2Fadmin",
+        ),
+        ("merge-slashes", "//admin//x", Some("admin"), "/admin/x"),
+        (
+            "merge-slashes",
+            "/public%2F..%2Fadmin",
+            Some("public"),
+            "/public%2F..%2Fadmin",
+        ),
+        (
+            "decode-and-merge-slashes",
+            "/public%2F..%2Fadmin",
+            Some("admin"),
+            "/admin",
+        ),
+        (
+            "decode-and-merge-slashes",
+            "/public%5C%5Cx",
+            Some("public"),
+            "/public/x",
+        ),
+    ];
+    for mode in ["base", "merge-slashes", "decode-and-merge-slashes"] {
+        let setup = start_with(admin_config, &["--path-normalization", mode])?;
+        for (_, path, route, forwarded) in cases.iter().filter(|case| case.0 == mode) {
+            let response = curl(
+                None,
+                &[
+                    "--path-as-is",
+                    "-H",
+                    "Host: httpbin.example.com",
+                    &format!("http://{}{path}", setup.addr),
+                ],
+            )?;
+            match route {
+                None => ensure!(response.status == 404, "{mode} {path}: {response:?}"),
+                Some(route) => {
+                    ensure!(response.status == 200, "{mode} {path}: {response:?}");
+                    let echo = response.json()?;
+                    ensure!(
+                        echo["headers"]["x-route"] == *route,
+                        "{mode} {path}: {echo}"
+                    );
+                    ensure!(echo["path"] == *forwarded, "{mode} {path}: {echo}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_largest_timeouts_istio_accepts_are_served_without_overflow() -> anyhow::Result<()> {
+    // Routes: protobuf's largest Duration (10 000 years, what Istio accepts); flags: the
+    // largest `u64` of seconds, past which `Instant + Duration` overflows, so every
+    // deadline must saturate instead of panicking the worker.
+    const HUGE: &str = "315576000000s";
+    const LARGEST: &str = "18446744073709551615s";
+    let config = |bind_port: u16, upstream: SocketAddr| {
+        admin_config(bind_port, upstream).replace(
+            "    route: [{destination: {host: httpbin, port: {number: 8000}}}]\n  - match: [{uri: {prefix: /public}}]",
+            &format!(
+                "    timeout: {HUGE}\n    retries: {{attempts: 2, perTryTimeout: {HUGE}}}\n    route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]\n  - match: [{{uri: {{prefix: /public}}}}]"
+            ),
+        )
+    };
+    let flags = [
+        "--header-read-timeout",
+        "--idle-timeout",
+        "--stream-idle-timeout",
+        "--tcp-idle-timeout",
+        "--drain-timeout",
+        "--proxy-protocol-timeout",
+    ];
+    let mut args = Vec::new();
+    for flag in flags {
+        args.extend([flag, LARGEST]);
+    }
+    let setup = start_with(config, &args)?;
+    ensure!(
+        std::fs::read_to_string(setup.dir.path().join("config.yaml"))?.contains(HUGE),
+        "the route timeout was not written into the config"
+    );
+    for _ in 0..2 {
+        let response = curl(
+            None,
+            &[
+                "-d",
+                "body",
+                "-H",
+                "Host: httpbin.example.com",
+                &format!("http://{}/admin/x", setup.addr),
+            ],
+        )
+        .map_err(|e| anyhow::anyhow!("{e}; gatewayd:\n{}", setup.gateway.stderr()))?;
+        ensure!(response.status == 200, "{response:?}");
+        ensure!(response.json()?["headers"]["x-route"] == "admin");
+    }
+    Ok(())
+}
+
 /// `httpbin_config` plus a second listener on `extra_port` serving the same routes.
 fn two_listeners(bind_port: u16, upstream: SocketAddr, extra_port: u16) -> String {
     format!(

@@ -37,6 +37,7 @@ use crate::proxy::{
     connection_log,
     context::ProxyContext,
     forward,
+    limits::deadline_after,
 };
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -292,14 +293,6 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
             () = stopping.as_mut(), if buf.is_empty() => return HeadRead::Closed,
         }
     }
-}
-
-/// `length` after `start`; a timeout too long for the clock (a configured century) is a
-/// year.
-fn deadline_after(start: Instant, length: std::time::Duration) -> Instant {
-    start
-        .checked_add(length)
-        .unwrap_or(start + std::time::Duration::from_secs(86_400 * 365))
 }
 
 /// The wall-clock time of `instant`, for the log of a refused head: read only then.
