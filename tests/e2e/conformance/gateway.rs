@@ -900,6 +900,15 @@ fn gateway_secret_invalid_reference_grant() -> anyhow::Result<()> {
 #[test]
 fn gateway_invalid_tls_configuration() -> anyhow::Result<()> {
     let dir = TempDir::new("conf-invalid-tls")?;
+    let pki_dir = TempDir::new("conf-invalid-tls-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (cert, key) = pki.issue(
+        "server",
+        "example.org",
+        "DNS:example.org",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
     let port = free_port();
     let gateways = [
         (
@@ -924,6 +933,9 @@ fn gateway_invalid_tls_configuration() -> anyhow::Result<()> {
         ),
     ];
     let mut config = class_and_ports(&[(443, port)])
+        // The suite's valid Secret, which the wrong group and the wrong kind name: only
+        // the reference's group and kind make those invalid.
+        + &tls_secret("tls-validity-checks-certificate", INFRA, &cert, &key, None)
         // base64 of "Hello world\n" for both the certificate and the key, as the suite's.
         + &format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: malformed-certificate, namespace: {INFRA}}}\ntype: kubernetes.io/tls\ndata: {{tls.crt: SGVsbG8gd29ybGQK, tls.key: SGVsbG8gd29ybGQK}}\n---\n"
