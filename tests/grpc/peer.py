@@ -7,6 +7,8 @@ Messages are raw bytes (no protobuf), so no generated code is needed.
                                        port; prints "listening on 127.0.0.1:PORT"; its
                                        Name method answers NAME ("server" by default), as do
                                        the conformance suite's GrpcEcho/Echo, EchoTwo, EchoThree
+                                       (these return the request's metadata as echo-*
+                                       trailers)
   peer.py client TARGET AUTHORITY CALL runs one call (JSON, see `call`) through TARGET
                                        and prints its outcome as one JSON line
   peer.py session TARGET AUTHORITY     runs the calls read from stdin (one JSON per line)
