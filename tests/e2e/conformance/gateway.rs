@@ -743,7 +743,11 @@ fn web_certificate_ref() -> String {
 /// (YAML, possibly empty): the listener's report line, and whether a client trusting
 /// the certificate's CA completes a handshake for `example.org` (no route is attached,
 /// so a served listener answers 404).
-fn secret_reference_case(label: &str, gateway: &str, grants: &str) -> anyhow::Result<(String, bool)> {
+fn secret_reference_case(
+    label: &str,
+    gateway: &str,
+    grants: &str,
+) -> anyhow::Result<(String, bool)> {
     let (secret, ca, _pki) = web_certificate(&format!("{label}-pki"))?;
     let dir = TempDir::new(label)?;
     let port = free_port();
@@ -759,7 +763,10 @@ fn secret_reference_case(label: &str, gateway: &str, grants: &str) -> anyhow::Re
         }
         Err(_) => false,
     };
-    Ok((listener_line(&report(dir.path())?, gateway, "https"), served))
+    Ok((
+        listener_line(&report(dir.path())?, gateway, "https"),
+        served,
+    ))
 }
 
 /// GatewaySecretReferenceGrantAllInNamespace: a ReferenceGrant in the Secret's namespace
@@ -821,7 +828,10 @@ fn gateway_secret_missing_reference_grant() -> anyhow::Result<()> {
         "",
     )?;
     assert!(line.contains("attachedRoutes 0"), "{line}");
-    assert!(line.contains("ResolvedRefs=False RefNotPermitted"), "{line}");
+    assert!(
+        line.contains("ResolvedRefs=False RefNotPermitted"),
+        "{line}"
+    );
     assert!(line.contains("Programmed=False"), "{line}");
     assert!(!served, "a certificate no grant allows is served");
     Ok(())
@@ -885,7 +895,10 @@ fn gateway_secret_invalid_reference_grant() -> anyhow::Result<()> {
         &grants,
     )?;
     assert!(line.contains("attachedRoutes 0"), "{line}");
-    assert!(line.contains("ResolvedRefs=False RefNotPermitted"), "{line}");
+    assert!(
+        line.contains("ResolvedRefs=False RefNotPermitted"),
+        "{line}"
+    );
     assert!(line.contains("Programmed=False"), "{line}");
     assert!(!served, "a certificate no grant allows is served");
     Ok(())

@@ -73,7 +73,10 @@ struct GrpcCase {
 impl GrpcCase {
     /// The suite's `same-namespace` Gateway and GRPCRoute `name` with `rules`.
     fn start(label: &str, name: &str, rules: &str) -> anyhow::Result<Self> {
-        Self::serve(label, &(same_namespace_gateway() + &grpc_route(name, rules)))
+        Self::serve(
+            label,
+            &(same_namespace_gateway() + &grpc_route(name, rules)),
+        )
     }
 
     fn serve(label: &str, resources: &str) -> anyhow::Result<Self> {
@@ -120,7 +123,9 @@ fn echo(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), json!(v)))
         .collect();
-    session.call(&json!({"method": format!("/{SERVICE}/{method}"), "messages": [""], "metadata": metadata}))
+    session.call(
+        &json!({"method": format!("/{SERVICE}/{method}"), "messages": [""], "metadata": metadata}),
+    )
 }
 
 /// The backend that answered `outcome`, or its status code.
