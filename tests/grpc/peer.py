@@ -7,6 +7,8 @@ Messages are raw bytes (no protobuf), so no generated code is needed.
                                        port; prints "listening on 127.0.0.1:PORT"; its
                                        Name method answers NAME ("server" by default), as do
                                        the conformance suite's GrpcEcho/Echo, EchoTwo, EchoThree
+                                       (these return the request's metadata as echo-*
+                                       trailers)
   peer.py client TARGET AUTHORITY CALL runs one call (JSON, see `call`) through TARGET
                                        and prints its outcome as one JSON line
   peer.py session TARGET AUTHORITY     runs the calls read from stdin (one JSON per line)
@@ -42,6 +44,16 @@ def echoed_metadata(context):
         for key, value in context.invocation_metadata()
         if key.startswith("x-")
     )
+
+
+def request_metadata(context):
+    """Every text metadata key of the request under echo-KEY, its values in arrival
+    order joined by commas (one field or several read the same, as in HTTP)."""
+    values = {}
+    for key, value in context.invocation_metadata():
+        if isinstance(value, str):
+            values.setdefault(key, []).append(value)
+    return tuple(("echo-" + key, ",".join(v)) for key, v in values.items())
 
 
 def unary(request, context):
@@ -96,9 +108,14 @@ def serve(name):
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
     }
     # The Gateway API conformance suite's echo service: every method answers NAME, so a
-    # test sees which backend a route chose (tests/e2e/conformance/grpc_route.rs).
+    # test sees which backend a route chose, and returns the request's metadata as the
+    # suite's echo server does (tests/e2e/conformance/grpc_route.rs).
+    def conformance_echo(request, context):
+        context.set_trailing_metadata(request_metadata(context))
+        return name.encode()
+
     conformance = dict(
-        (method, grpc.unary_unary_rpc_method_handler(lambda request, context: name.encode()))
+        (method, grpc.unary_unary_rpc_method_handler(conformance_echo))
         for method in ("Echo", "EchoTwo", "EchoThree")
     )
     server.add_generic_rpc_handlers(

@@ -3,7 +3,7 @@
 
 use gateway_tests::{CurlResponse, TempDir, Upstream, curl, free_port};
 
-use super::{INFRA, backend, class_and_ports, report, serve};
+use super::{INFRA, WEB, backend, class_and_ports, report, serve};
 use crate::tls::{Key, Pki, https, tls_secret};
 
 /// Gateway `name` in the infra namespace, created at `created`, with `listeners`.
@@ -669,5 +669,304 @@ fn gateway_invalid_frontend_client_certificate_validation() -> anyhow::Result<()
         listener.contains("Accepted=False NoValidCACertificate"),
         "{text}"
     );
+    Ok(())
+}
+
+/// Gateway `name` with one HTTPS listener `https` on 443 for routes of every namespace,
+/// its certificate `certificate_ref` (flow YAML); `addresses` (flow YAML, `[]` for the
+/// node's) where the suite gives each Gateway an address of its own.
+fn https_gateway(name: &str, addresses: &str, certificate_ref: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  addresses: {addresses}
+  listeners:
+  - name: https
+    port: 443
+    protocol: HTTPS
+    allowedRoutes: {{namespaces: {{from: All}}}}
+    tls: {{certificateRefs: [{certificate_ref}]}}
+---
+"#
+    )
+}
+
+/// A ReferenceGrant `name` in `namespace` from `from` to `to` (each flow YAML).
+fn reference_grant(name: &str, namespace: &str, from: &str, to: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  from: [{from}]\n  to: [{to}]\n---\n"
+    )
+}
+
+/// The report's status line of listener `listener` of Gateway `gateway`.
+fn listener_line(report: &str, gateway: &str, listener: &str) -> String {
+    let start = report
+        .find(&format!("\nGateway {INFRA}/{gateway}: "))
+        .map_or(report.len(), |at| at + 1);
+    report[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .find(|l| l.trim_start().starts_with(&format!("listener {listener}:")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The suite's `certificate` Secret in the web-backend namespace (for `example.org`),
+/// its CA's path, and the temp dir holding them.
+fn web_certificate(label: &str) -> anyhow::Result<(String, String, TempDir)> {
+    let dir = TempDir::new(label)?;
+    let pki = Pki::new(dir.path(), "test-ca")?;
+    let (cert, key) = pki.issue(
+        "server",
+        "example.org",
+        "DNS:example.org",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    Ok((
+        tls_secret("certificate", WEB, &cert, &key, None),
+        pki.path("test-ca.crt"),
+        dir,
+    ))
+}
+
+/// The certificateRef of the suite's Secret-reference cases.
+fn web_certificate_ref() -> String {
+    format!("{{group: \"\", kind: Secret, name: certificate, namespace: {WEB}}}")
+}
+
+/// A Gateway whose listener takes the web namespace's `certificate` under `grant`
+/// (YAML, possibly empty): the listener's report line, and whether a client trusting
+/// the certificate's CA completes a handshake for `example.org` (no route is attached,
+/// so a served listener answers 404).
+fn secret_reference_case(
+    label: &str,
+    gateway: &str,
+    grants: &str,
+) -> anyhow::Result<(String, bool)> {
+    let (secret, ca, _pki) = web_certificate(&format!("{label}-pki"))?;
+    let dir = TempDir::new(label)?;
+    let port = free_port();
+    let config = class_and_ports(&[(443, port)])
+        + &secret
+        + &https_gateway(gateway, "[]", &web_certificate_ref())
+        + grants;
+    let _gateway = serve(&dir, &config)?;
+    let served = match https("example.org", port, &ca, "/", &[]) {
+        Ok(answer) => {
+            assert_eq!(answer.status, 404, "{answer:?}");
+            true
+        }
+        Err(_) => false,
+    };
+    Ok((
+        listener_line(&report(dir.path())?, gateway, "https"),
+        served,
+    ))
+}
+
+/// GatewaySecretReferenceGrantAllInNamespace: a ReferenceGrant in the Secret's namespace
+/// for every Secret there, from Gateways of the infra namespace, lets the listener use
+/// it: ResolvedRefs=True and Programmed=True, no routes attached, and the listener
+/// serves the certificate.
+#[test]
+fn gateway_secret_reference_grant_all_in_namespace() -> anyhow::Result<()> {
+    let grant = reference_grant(
+        "reference-grant-all-in-namespace",
+        WEB,
+        &format!("{{group: gateway.networking.k8s.io, kind: Gateway, namespace: {INFRA}}}"),
+        "{group: \"\", kind: Secret}",
+    );
+    let (line, served) = secret_reference_case(
+        "conf-secret-grant-all",
+        "gateway-secret-reference-grant-all-in-namespace",
+        &grant,
+    )?;
+    assert!(
+        line.contains("attachedRoutes 0; Accepted=True Accepted; Programmed=True Programmed; ResolvedRefs=True"),
+        "{line}"
+    );
+    assert!(served, "the granted certificate is not served");
+    Ok(())
+}
+
+/// GatewaySecretReferenceGrantSpecific: a ReferenceGrant naming the Secret lets the
+/// listener use it: ResolvedRefs=True and Programmed=True, and it serves the certificate.
+#[test]
+fn gateway_secret_reference_grant_specific() -> anyhow::Result<()> {
+    let grant = reference_grant(
+        "reference-grant-specific",
+        WEB,
+        &format!("{{group: gateway.networking.k8s.io, kind: Gateway, namespace: {INFRA}}}"),
+        "{group: \"\", kind: Secret, name: certificate}",
+    );
+    let (line, served) = secret_reference_case(
+        "conf-secret-grant-specific",
+        "gateway-secret-reference-grant-specific",
+        &grant,
+    )?;
+    assert!(
+        line.contains("attachedRoutes 0; Accepted=True Accepted; Programmed=True Programmed; ResolvedRefs=True"),
+        "{line}"
+    );
+    assert!(served, "the granted certificate is not served");
+    Ok(())
+}
+
+/// GatewaySecretMissingReferenceGrant: without a ReferenceGrant the Secret in another
+/// namespace is not used: ResolvedRefs=False RefNotPermitted, the listener is not
+/// programmed and no handshake completes.
+#[test]
+fn gateway_secret_missing_reference_grant() -> anyhow::Result<()> {
+    let (line, served) = secret_reference_case(
+        "conf-secret-grant-missing",
+        "gateway-secret-missing-reference-grant",
+        "",
+    )?;
+    assert!(line.contains("attachedRoutes 0"), "{line}");
+    assert!(
+        line.contains("ResolvedRefs=False RefNotPermitted"),
+        "{line}"
+    );
+    assert!(line.contains("Programmed=False"), "{line}");
+    assert!(!served, "a certificate no grant allows is served");
+    Ok(())
+}
+
+/// GatewaySecretInvalidReferenceGrant: seven ReferenceGrants that each get one thing
+/// wrong (their namespace, the from group, kind or namespace, the to group, kind or
+/// name) grant nothing: ResolvedRefs=False RefNotPermitted, not programmed, not served.
+#[test]
+fn gateway_secret_invalid_reference_grant() -> anyhow::Result<()> {
+    let from = format!("{{group: gateway.networking.k8s.io, kind: Gateway, namespace: {INFRA}}}");
+    let to = "{group: \"\", kind: Secret, name: certificate}";
+    let grants = [
+        reference_grant(
+            "reference-grant-wrong-namespace",
+            "gateway-conformance-app-backend",
+            &from,
+            to,
+        ),
+        reference_grant(
+            "reference-grant-wrong-from-group",
+            WEB,
+            &format!("{{group: not-the-group-youre-looking-for, kind: Gateway, namespace: {INFRA}}}"),
+            to,
+        ),
+        reference_grant(
+            "reference-grant-wrong-from-kind",
+            WEB,
+            &format!("{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {INFRA}}}"),
+            to,
+        ),
+        reference_grant(
+            "reference-grant-wrong-from-namespace",
+            WEB,
+            "{group: gateway.networking.k8s.io, kind: Gateway, namespace: not-the-namespace-youre-looking-for}",
+            to,
+        ),
+        reference_grant(
+            "reference-grant-wrong-to-group",
+            WEB,
+            &from,
+            "{group: not-the-group-youre-looking-for, kind: Secret, name: not-the-certificate-youre-looking-for}",
+        ),
+        reference_grant(
+            "reference-grant-wrong-to-kind",
+            WEB,
+            &from,
+            "{group: \"\", kind: Service, name: certificate}",
+        ),
+        reference_grant(
+            "reference-grant-wrong-to-name",
+            WEB,
+            &from,
+            "{group: \"\", kind: Secret, name: not-the-certificate-youre-looking-for}",
+        ),
+    ]
+    .concat();
+    let (line, served) = secret_reference_case(
+        "conf-secret-grant-invalid",
+        "gateway-secret-invalid-reference-grant",
+        &grants,
+    )?;
+    assert!(line.contains("attachedRoutes 0"), "{line}");
+    assert!(
+        line.contains("ResolvedRefs=False RefNotPermitted"),
+        "{line}"
+    );
+    assert!(line.contains("Programmed=False"), "{line}");
+    assert!(!served, "a certificate no grant allows is served");
+    Ok(())
+}
+
+/// GatewayInvalidTLSConfiguration: four Gateways whose HTTPS listener names a Secret
+/// that does not exist, a Secret of another group, a kind that is not a Secret, or a
+/// Secret that holds no certificate (the suite's "Hello world" PEM): each listener is
+/// ResolvedRefs=False InvalidCertificateRef with no routes, and none is programmed. The
+/// suite gives each Gateway an address of its own; here each names one in
+/// `spec.addresses` (127.0.0.2 to 127.0.0.5), so they share port 443 without conflict.
+#[test]
+fn gateway_invalid_tls_configuration() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-invalid-tls")?;
+    let pki_dir = TempDir::new("conf-invalid-tls-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (cert, key) = pki.issue(
+        "server",
+        "example.org",
+        "DNS:example.org",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let port = free_port();
+    let gateways = [
+        (
+            "gateway-certificate-nonexistent-secret",
+            "127.0.0.2",
+            "{group: \"\", kind: Secret, name: nonexistent-certificate}",
+        ),
+        (
+            "gateway-certificate-unsupported-group",
+            "127.0.0.3",
+            "{group: wrong.group.company.io, kind: Secret, name: tls-validity-checks-certificate}",
+        ),
+        (
+            "gateway-certificate-unsupported-kind",
+            "127.0.0.4",
+            "{group: \"\", kind: WrongKind, name: tls-validity-checks-certificate}",
+        ),
+        (
+            "gateway-certificate-malformed-secret",
+            "127.0.0.5",
+            "{group: \"\", kind: Secret, name: malformed-certificate}",
+        ),
+    ];
+    let mut config = class_and_ports(&[(443, port)])
+        // The suite's valid Secret, which the wrong group and the wrong kind name: only
+        // the reference's group and kind make those invalid.
+        + &tls_secret("tls-validity-checks-certificate", INFRA, &cert, &key, None)
+        // base64 of "Hello world\n" for both the certificate and the key, as the suite's.
+        + &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: malformed-certificate, namespace: {INFRA}}}\ntype: kubernetes.io/tls\ndata: {{tls.crt: SGVsbG8gd29ybGQK, tls.key: SGVsbG8gd29ybGQK}}\n---\n"
+        );
+    for (name, address, certificate_ref) in gateways {
+        config += &https_gateway(name, &format!("[{{value: {address}}}]"), certificate_ref);
+    }
+    dir.write("config.yaml", &config)?;
+    let report = report(dir.path())?;
+    for (name, _, _) in gateways {
+        let line = listener_line(&report, name, "https");
+        assert!(line.contains("attachedRoutes 0"), "{name}: {report}");
+        assert!(
+            line.contains("ResolvedRefs=False InvalidCertificateRef"),
+            "{name}: {report}"
+        );
+        assert!(line.contains("Programmed=False"), "{name}: {report}");
+        assert!(!line.contains("Conflicted=True"), "{name}: {report}");
+    }
     Ok(())
 }
