@@ -1,9 +1,14 @@
 //! HTTPRoute backend cases: Services of other shapes (headless, EndpointSlices written by
-//! hand) and a Service port whose `appProtocol` asks for HTTP/2 in cleartext.
+//! hand) and Service ports whose `appProtocol` asks for HTTP/2 in cleartext or WebSocket.
 
-use std::net::SocketAddr;
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::Duration,
+};
 
 use gateway_tests::{TempDir, Upstream, free_port, h2c::H2cClient};
+use tungstenite::{Message, client::IntoClientRequest as _};
 
 use super::{Case, route_with_rules, same_namespace_gateway};
 use crate::conformance::{INFRA, class_and_ports, serve};
@@ -145,5 +150,69 @@ fn http_route_backend_protocol_h2c() -> anyhow::Result<()> {
     let json = answer.json()?;
     assert_eq!(json["upstream"], "infra-backend-v1");
     assert_eq!(json["version"], "HTTP/2.0", "the backend saw {json}");
+    Ok(())
+}
+
+/// A WebSocket echo backend (tungstenite's server handshake and framing): every text
+/// or binary message comes back as it was, on a thread per connection.
+fn websocket_echo() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let Ok(mut socket) = tungstenite::accept(stream) else {
+                    return;
+                };
+                while let Ok(message) = socket.read() {
+                    if (message.is_text() || message.is_binary()) && socket.send(message).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// HTTPRouteBackendProtocolWebSocket: a route to the `kubernetes.io/ws` port; a
+/// WebSocket client (tungstenite) opens `ws://…/ws` through the gateway and gets its
+/// text frame and its binary frame echoed by the backend.
+#[test]
+fn http_route_backend_protocol_websocket() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-backend-ws")?;
+    let echo = websocket_echo()?;
+    let port = free_port();
+    let config = class_and_ports(&[(80, port)])
+        + &same_namespace_gateway()
+        + &infra_backend_v1_ports(echo)
+        + &route_with_rules(
+            "backend-protocol-ws",
+            "  - backendRefs: [{name: infra-backend-v1, port: 8082}]\n",
+        );
+    let _gateway = serve(&dir, &config)?;
+    let stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = "ws://example.com/ws".into_client_request()?;
+    request.headers_mut().insert(
+        "origin",
+        http::HeaderValue::from_static("ws://gateway/http_route_backend_protocol_websocket"),
+    );
+    let (mut socket, response) = tungstenite::client(request, stream)?;
+    assert_eq!(response.status(), 101, "{response:?}");
+    let mut echoed = |sent: Message| -> anyhow::Result<Message> {
+        socket.send(sent)?;
+        loop {
+            let message = socket.read()?;
+            if message.is_text() || message.is_binary() {
+                return Ok(message);
+            }
+        }
+    };
+    let text = Message::text("Websocket Support!");
+    assert_eq!(echoed(text.clone())?, text);
+    let binary = Message::binary(vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(echoed(binary.clone())?, binary);
+    socket.close(None)?;
     Ok(())
 }
