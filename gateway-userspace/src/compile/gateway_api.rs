@@ -1232,8 +1232,9 @@ impl<'a> Compiler<'a> {
                 forward.retry.attempts = attempts;
             }
             // The spec: with a retry stanza, connection errors (disconnect, reset,
-            // timeout) are retried too, which Envoy's `reset` condition covers
-            // (HTTPRouteRetryConnectionError, HTTPRouteRetryWithTimeouts).
+            // timeout) SHOULD be retried too, which Envoy's `reset` condition covers, an
+            // expired backendRequest timeout included (HTTPRouteRetryConnectionError,
+            // HTTPRouteRetryWithTimeouts).
             forward.retry.retry_on.reset = true;
             if !retry.codes.is_empty() {
                 forward.retry.retry_on.status_codes = retry

@@ -260,8 +260,8 @@ pub(super) fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
             on.connect_failure || on.gateway_error || on.server_error
         }
         TryFailure::Reset | TryFailure::ResetTls(_) => on.reset || on.server_error,
-        // Envoy's `reset` is "the upstream does not respond at all (disconnect, reset,
-        // read timeout)": an expired per-try timeout is one.
+        // Envoy's router retries an expired per-try timeout as a local reset of the
+        // stream: `reset` covers it, beside `5xx` and `gateway-error`.
         TryFailure::Timeout => on.gateway_error || on.server_error || on.reset,
         TryFailure::ProtocolError => on.server_error,
         TryFailure::RefusedStream => on.refused_stream || on.reset || on.server_error,
