@@ -153,6 +153,32 @@ fn http_route_request_multiple_mirrors() -> anyhow::Result<()> {
 /// standard deviations of the share asked for.
 const TOTAL: usize = 500;
 const TOLERANCE_STD_DEVS: f64 = 3.0;
+const DISTRIBUTION_CHECKS: usize = 5;
+
+/// Sends 500 requests for one unique `path` on a kept connection, each answered by
+/// infra-backend-v1, and returns how many reached the mirror at `mirror`.
+fn mirrored_of_500(case: &Case, mirror: SocketAddr, path: &str) -> anyhow::Result<usize> {
+    // One path for all 500, as the suite's: the mirror counts requests for it.
+    let path = unique(path);
+    let mut client =
+        KeepAliveClient::connect(SocketAddr::from(([127, 0, 0, 1], case.port)), "example.com")?;
+    for _ in 0..TOTAL {
+        let answer = client.get(&path)?;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        assert_eq!(answer.json()?["upstream"], "infra-backend-v1", "{path}");
+    }
+    // Mirrors finish on their own time: wait until the count settles.
+    let mut mirrored = received(mirror, &path)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        thread::sleep(Duration::from_millis(200));
+        let now = received(mirror, &path)?;
+        if now == mirrored || Instant::now() > deadline {
+            return Ok(now);
+        }
+        mirrored = now;
+    }
+}
 
 /// HTTPRouteRequestPercentageMirror: `percent: 20`, `fraction: 25/50` and `percent: 35`
 /// (with header changes) mirror that share of 500 requests to infra-backend-v2, each
@@ -179,33 +205,23 @@ fn http_route_request_percentage_mirror() -> anyhow::Result<()> {
         ("/percent-mirror-and-modify-headers", 35.0, SENT),
     ] {
         primary(&case, path, sent)?;
-        // One path for all 500, as the suite's: the mirror counts requests for it.
-        let path = unique(path);
-        let mut client =
-            KeepAliveClient::connect(SocketAddr::from(([127, 0, 0, 1], case.port)), "example.com")?;
-        for _ in 0..TOTAL {
-            let answer = client.get(&path)?;
-            assert_eq!(answer.status, 200, "{path}: {answer:?}");
-            assert_eq!(answer.json()?["upstream"], "infra-backend-v1", "{path}");
-        }
         let p = percent / 100.0;
         let expected = TOTAL as f64 * p;
         let margin = TOLERANCE_STD_DEVS * (TOTAL as f64 * p * (1.0 - p)).sqrt();
-        // Mirrors finish on their own time: wait until the count settles.
-        let mut mirrored = received(v2, &path)?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            thread::sleep(Duration::from_millis(200));
-            let now = received(v2, &path)?;
-            if now == mirrored || Instant::now() > deadline {
-                mirrored = now;
+        // As the suite: up to five rounds of 500, the first within tolerance passes
+        // (a fair share falls outside three deviations once in 370 rounds).
+        let mut rounds = Vec::new();
+        for _ in 0..DISTRIBUTION_CHECKS {
+            let mirrored = mirrored_of_500(&case, v2, path)?;
+            rounds.push(mirrored);
+            if (expected - margin..=expected + margin).contains(&(mirrored as f64)) {
                 break;
             }
-            mirrored = now;
         }
+        let last = rounds.last().copied().unwrap_or_default() as f64;
         assert!(
-            (expected - margin..=expected + margin).contains(&(mirrored as f64)),
-            "{path}: {mirrored} of {TOTAL} mirrored, {percent}% asked (±{margin:.0})"
+            (expected - margin..=expected + margin).contains(&last),
+            "{path}: {rounds:?} of {TOTAL} mirrored, {percent}% asked (±{margin:.0})"
         );
     }
     Ok(())
