@@ -1,16 +1,19 @@
 //! An upstream that answers every request with one fixed status, or never answers, and
 //! counts what it got: a failing endpoint for outlier detection, a busy one for
 //! least-request balancing; told to, it fails the next N requests with another status
-//! first (a backend that recovers, for retries).
+//! (answered late if asked) or by resetting the connection first (a backend that
+//! recovers, for retries).
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     sync::{
         Arc,
-        atomic::{AtomicU16, AtomicUsize, Ordering},
+        atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
     thread,
+    time::Duration,
 };
 
 /// Request bodies the tests send are small; a larger length is not read whole.
@@ -26,7 +29,10 @@ pub struct StatusUpstream {
 #[derive(Default)]
 struct Failing {
     remaining: AtomicUsize,
+    /// 0: reset the connection instead of answering.
     status: AtomicU16,
+    /// How long a failing answer waits, in milliseconds.
+    delay_ms: AtomicU64,
 }
 
 impl StatusUpstream {
@@ -65,8 +71,21 @@ impl StatusUpstream {
 
     /// The next `count` requests get `status`; the ones after, the usual answer.
     pub fn fail_next(&self, count: usize, status: u16) {
+        self.fail_next_late(count, status, Duration::ZERO);
+    }
+
+    /// The next `count` requests get `status` after `delay`.
+    pub fn fail_next_late(&self, count: usize, status: u16, delay: Duration) {
         self.failing.status.store(status, Ordering::SeqCst);
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.failing.delay_ms.store(delay_ms, Ordering::SeqCst);
         self.failing.remaining.store(count, Ordering::SeqCst);
+    }
+
+    /// The next `count` requests are read whole and then get their connection reset
+    /// (RST), no answer.
+    pub fn reset_next(&self, count: usize) {
+        self.fail_next_late(count, 0, Duration::ZERO);
     }
 
     /// Requests received so far.
@@ -121,7 +140,16 @@ fn serve(
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         let status = if failed {
-            Some(failing.status.load(Ordering::SeqCst))
+            thread::sleep(Duration::from_millis(
+                failing.delay_ms.load(Ordering::SeqCst),
+            ));
+            match failing.status.load(Ordering::SeqCst) {
+                0 => {
+                    reset(&writer);
+                    return;
+                }
+                code => Some(code),
+            }
         } else {
             status
         };
@@ -137,5 +165,24 @@ fn serve(
         if writer.write_all(answer.as_bytes()).is_err() {
             return;
         }
+    }
+}
+
+/// Closes `stream` with a RST rather than a FIN: SO_LINGER on, zero seconds, then the
+/// close when the caller drops its handles.
+fn reset(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a `linger` of the size passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }

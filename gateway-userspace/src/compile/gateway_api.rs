@@ -1010,7 +1010,7 @@ impl<'a> Compiler<'a> {
             );
             let rule_name = rule.name.clone().unwrap_or_else(|| r_index.to_string());
             push_entries(
-                entries, &attached, &any, &rule_name, r_index, matches, &action,
+                entries, listeners, &attached, &any, &rule_name, r_index, matches, &action,
             );
         }
     }
@@ -1115,7 +1115,7 @@ impl<'a> Compiler<'a> {
             );
             let rule_name = rule.name.clone().unwrap_or_else(|| r_index.to_string());
             push_entries(
-                entries, &attached, &any, &rule_name, r_index, matches, &action,
+                entries, listeners, &attached, &any, &rule_name, r_index, matches, &action,
             );
         }
     }
@@ -1231,6 +1231,11 @@ impl<'a> Compiler<'a> {
             if let Some(attempts) = retry.attempts {
                 forward.retry.attempts = attempts;
             }
+            // The spec: with a retry stanza, connection errors (disconnect, reset,
+            // timeout) SHOULD be retried too, which Envoy's `reset` condition covers, an
+            // expired backendRequest timeout included (HTTPRouteRetryConnectionError,
+            // HTTPRouteRetryWithTimeouts).
+            forward.retry.retry_on.reset = true;
             if !retry.codes.is_empty() {
                 forward.retry.retry_on.status_codes = retry
                     .codes
@@ -1482,8 +1487,10 @@ fn listener_hosts(listener: Option<&str>, route: &[String]) -> Vec<String> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn push_entries(
     entries: &mut Vec<(String, Entry)>,
+    listeners: &[ApiListener<'_>],
     attached: &[(usize, String)],
     route: &AnyRoute<'_>,
     rule_name: &str,
@@ -1512,12 +1519,43 @@ fn push_entries(
                     route: Route {
                         name: name.clone(),
                         matches: vec![m.clone()],
-                        action: action.clone(),
+                        action: redirect_to_listener_port(
+                            action,
+                            listeners.get(*listener).map(|l| l.port),
+                        ),
                     },
                 },
             ));
         }
     }
+}
+
+/// A RequestRedirect with neither `port` nor `scheme` goes to the listener's port, as
+/// the spec asks (HTTPRouteRedirectPortAndScheme): `FromRequest`, which only that case
+/// compiles to here, becomes the port of the listener the rule is served on (left out
+/// of the Location when it is the scheme's own). The route's and its backendRefs'.
+fn redirect_to_listener_port(action: &RouteAction, port: Option<u16>) -> RouteAction {
+    let mut action = action.clone();
+    let Some(port) = port else {
+        return action;
+    };
+    let fix = |redirect: &mut Redirect| {
+        if redirect.port == RedirectPort::FromRequest {
+            redirect.port = RedirectPort::Fixed(port);
+        }
+    };
+    match &mut action {
+        RouteAction::Redirect(redirect) => fix(redirect),
+        RouteAction::Forward(forward) => {
+            for cluster in &mut forward.clusters {
+                if let Some(redirect) = &mut cluster.redirect {
+                    fix(redirect);
+                }
+            }
+        }
+        RouteAction::DirectResponse(_) | RouteAction::Unsupported(_) => {}
+    }
+    action
 }
 
 /// One port's entries → its route table: a virtual host per hostname, its rules in
@@ -1679,6 +1717,8 @@ fn compile_filter(filter: &HttpRouteFilter) -> Result<Filter, String> {
                         .ok_or_else(|| format!("redirect port {p}: expected 1-65535"))?,
                 ),
                 (None, Some(_)) => RedirectPort::ProtocolDefault,
+                // The spec: the listener's port. Compiled as the request's and replaced
+                // per listener in `push_entries` (`redirect_to_listener_port`).
                 (None, None) => RedirectPort::FromRequest,
             };
             Ok(Filter::Redirect(Redirect {

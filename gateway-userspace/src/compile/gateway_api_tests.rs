@@ -879,6 +879,9 @@ spec:
     assert!(forward.retry.retry_on.status_codes.contains(&500));
     assert!(forward.retry.retry_on.status_codes.contains(&502));
     assert!(forward.retry.retry_on.connect_failure);
+    // A retry stanza retries connection errors (reset, disconnect, per-try timeout) too,
+    // as the spec asks; without one the rule keeps Istio's default, which does not.
+    assert!(forward.retry.retry_on.reset);
 }
 
 /// Several Gateways of our class on one port: HTTP listeners merge while their routes'
@@ -994,5 +997,66 @@ spec:
             "spec.tls.backend: the Gateway's client certificate towards backends is not presented"
         ),
         "{text}"
+    );
+}
+
+/// A RequestRedirect with neither port nor scheme goes to the port of the listener it
+/// is served on (the spec; HTTPRouteRedirectPortAndScheme), one route on two listeners
+/// getting each its own; a scheme alone gives the scheme's port, a port stays as given.
+#[test]
+fn redirects_without_port_or_scheme_keep_the_listener_port() {
+    use crate::snapshot::RedirectPort;
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw, sectionName: http}, {name: gw, sectionName: shop}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /nil}}]
+    filters: [{type: RequestRedirect, requestRedirect: {hostname: example.org}}]
+  - matches: [{path: {type: PathPrefix, value: /https}}]
+    filters: [{type: RequestRedirect, requestRedirect: {scheme: https}}]
+  - matches: [{path: {type: PathPrefix, value: /port}}]
+    filters: [{type: RequestRedirect, requestRedirect: {port: 9443}}]
+"#;
+    let (snapshot, diagnostics) = compile_yaml(&with(&[BACKENDS, GATEWAY, routes]));
+    let port_of = |listener: u16, host: &str, path: &str| {
+        let listener = snapshot
+            .listeners
+            .iter()
+            .find(|l| l.port == listener)
+            .expect("the listener");
+        let header_map = http::HeaderMap::new();
+        let info = RequestInfo {
+            authority: host,
+            path,
+            query: None,
+            method: "GET",
+            scheme: "http",
+            port: listener.port,
+            headers: &header_map,
+        };
+        match listener.routes.find(&info).map(|r| &r.action) {
+            Some(RouteAction::Redirect(r)) => r.port,
+            other => panic!("{path}: {other:?}"),
+        }
+    };
+    assert_eq!(
+        port_of(80, "x.example", "/nil"),
+        RedirectPort::Fixed(80),
+        "{diagnostics}"
+    );
+    assert_eq!(
+        port_of(8080, "a.shop.example", "/nil"),
+        RedirectPort::Fixed(8080)
+    );
+    assert_eq!(
+        port_of(8080, "a.shop.example", "/https"),
+        RedirectPort::ProtocolDefault
+    );
+    assert_eq!(
+        port_of(8080, "a.shop.example", "/port"),
+        RedirectPort::Fixed(9443)
     );
 }

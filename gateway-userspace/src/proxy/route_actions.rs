@@ -260,7 +260,9 @@ pub(super) fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
             on.connect_failure || on.gateway_error || on.server_error
         }
         TryFailure::Reset | TryFailure::ResetTls(_) => on.reset || on.server_error,
-        TryFailure::Timeout => on.gateway_error || on.server_error,
+        // Envoy's router retries an expired per-try timeout as a local reset of the
+        // stream: `reset` covers it, beside `5xx` and `gateway-error`.
+        TryFailure::Timeout => on.gateway_error || on.server_error || on.reset,
         TryFailure::ProtocolError => on.server_error,
         TryFailure::RefusedStream => on.refused_stream || on.reset || on.server_error,
         // Envoy never retries an overflow: a retry would only add to the load.
@@ -464,5 +466,18 @@ mod tests {
         assert!(retriable_failure(&default, TryFailure::ConnectFailure));
         assert!(!retriable_failure(&default, TryFailure::Reset));
         assert!(!retriable_failure(&default, TryFailure::Overflow));
+        assert!(!retriable_failure(&default, TryFailure::Timeout));
+        // `reset` covers an upstream that does not answer at all, a per-try timeout too.
+        let reset = RetryOn {
+            reset: true,
+            ..RetryOn::default()
+        };
+        assert!(retriable_failure(&reset, TryFailure::Reset));
+        assert!(retriable_failure(&reset, TryFailure::Timeout));
+        assert!(!retriable_response(
+            &reset,
+            StatusCode::GATEWAY_TIMEOUT,
+            &none
+        ));
     }
 }

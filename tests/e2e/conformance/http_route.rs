@@ -7,7 +7,11 @@ use gateway_tests::{
 use super::{INFRA, WEB, backend, class_and_ports, report, serve};
 
 mod attachment;
+mod backends;
 mod filters;
+mod listeners;
+mod mirrors;
+mod retries;
 
 /// The suite's `same-namespace` Gateway: one HTTP listener on port 80 for routes of its
 /// own namespace.
@@ -32,7 +36,7 @@ struct Case {
     dir: TempDir,
     port: u16,
     _gateway: gateway_tests::Gateway,
-    _upstreams: [Upstream; 3],
+    upstreams: [Upstream; 3],
 }
 
 impl Case {
@@ -54,8 +58,13 @@ impl Case {
             dir,
             port,
             _gateway: gateway,
-            _upstreams: [v1, v2, v3],
+            upstreams: [v1, v2, v3],
         })
+    }
+
+    /// The address of `infra-backend-v{version}` (1, 2 or 3).
+    fn backend_addr(&self, version: usize) -> std::net::SocketAddr {
+        self.upstreams[version - 1].addr
     }
 
     fn get(&self, path: &str) -> anyhow::Result<CurlResponse> {
