@@ -197,7 +197,20 @@ impl fmt::Display for Report {
                     listener.name, listener.attached_routes
                 )?;
                 conditions(f, &listener.conditions)?;
-                writeln!(f)?;
+                // The suite checks supportedKinds too (e.g. a TLS listener allowing
+                // TCPRoute supports TLSRoute only); the Gateway API group goes unsaid.
+                let kinds: Vec<String> = listener
+                    .supported_kinds
+                    .iter()
+                    .map(|k| {
+                        if k.group == super::gateway_api::GATEWAY_API_GROUP {
+                            k.kind.clone()
+                        } else {
+                            format!("{}/{}", k.group, k.kind)
+                        }
+                    })
+                    .collect();
+                writeln!(f, "; supportedKinds: [{}]", kinds.join(", "))?;
             }
         }
         for route in &self.routes {

@@ -584,3 +584,33 @@ fn validate_lines_name_route_parent_listener_and_reason() {
         "{text}"
     );
 }
+
+/// `validate` prints each listener's supportedKinds (the conformance suite checks them):
+/// a TLS listener allowing TCPRoute and TLSRoute supports TLSRoute only.
+#[test]
+fn validate_lines_name_supported_kinds() {
+    let report = report(&yaml(&[
+        CLASS,
+        &gateway(&[
+            HTTP,
+            "{name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}, allowedRoutes: {kinds: [{kind: TCPRoute}, {kind: TLSRoute}]}}",
+        ]),
+    ]));
+    let text = report.to_string();
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("  listener {name}:")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("http").ends_with("; supportedKinds: [HTTPRoute, GRPCRoute]"),
+        "{text}"
+    );
+    let tls = line("tls");
+    assert!(
+        tls.contains("ResolvedRefs=False InvalidRouteKinds"),
+        "{text}"
+    );
+    assert!(tls.ends_with("; supportedKinds: [TLSRoute]"), "{text}");
+}

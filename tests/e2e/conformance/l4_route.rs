@@ -760,3 +760,99 @@ spec:
     }
     Ok(())
 }
+
+/// The report's line for listener `listener` of Gateway `gateway` (infra namespace).
+fn l4_listener_line(report: &str, gateway: &str, listener: &str) -> String {
+    let start = report
+        .find(&format!("\nGateway {INFRA}/{gateway}: "))
+        .map_or(report.len(), |at| at + 1);
+    report[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .find(|l| l.trim_start().starts_with(&format!("listener {listener}:")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// TLSRouteListenerPassthroughSupportedKinds: a Passthrough TLS listener that allows
+/// TCPRoute and TLSRoute supports TLSRoute only: its supportedKinds is `[TLSRoute]` and
+/// ResolvedRefs=False InvalidRouteKinds, with no route attached.
+#[test]
+fn tls_route_listener_passthrough_supported_kinds() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tls-passthrough-kinds")?;
+    let name = "gateway-tlsroute-passthrough-supported-kind";
+    let config = class_and_ports(&[(443, free_port())])
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - name: tls-passthrough
+    port: 443
+    protocol: TLS
+    allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TCPRoute}}, {{kind: TLSRoute}}]}}
+    tls: {{mode: Passthrough}}
+---
+"#
+        );
+    dir.write("config.yaml", &config)?;
+    let text = report(dir.path())?;
+    let line = l4_listener_line(&text, name, "tls-passthrough");
+    assert!(line.contains("attachedRoutes 0;"), "{text}");
+    assert!(
+        line.contains("ResolvedRefs=False InvalidRouteKinds"),
+        "{text}"
+    );
+    assert!(line.ends_with("supportedKinds: [TLSRoute]"), "{text}");
+    Ok(())
+}
+
+/// TLSRouteListenerTerminateSupportedKinds: a TLS listener with `mode: Terminate`
+/// (termination is supported here) is Accepted with supportedKinds `[TLSRoute]` and no
+/// route attached.
+#[test]
+fn tls_route_listener_terminate_supported_kinds() -> anyhow::Result<()> {
+    let dir = TempDir::new("conf-tls-terminate-kinds")?;
+    let pki_dir = TempDir::new("conf-tls-terminate-kinds-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (crt, key) = pki.issue(
+        "gateway",
+        "terminate.example.com",
+        "DNS:terminate.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let name = "gateway-tlsroute-terminate-supported";
+    let config = class_and_ports(&[(8443, free_port())])
+        + &tls_secret("tls-terminate-checks-certificate", INFRA, &crt, &key, None)
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - name: tls-terminate
+    port: 8443
+    protocol: TLS
+    hostname: terminate.example.com
+    allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TLSRoute}}]}}
+    tls:
+      mode: Terminate
+      certificateRefs: [{{name: tls-terminate-checks-certificate}}]
+---
+"#
+        );
+    dir.write("config.yaml", &config)?;
+    let text = report(dir.path())?;
+    let line = l4_listener_line(&text, name, "tls-terminate");
+    assert!(
+        line.contains("attachedRoutes 0; Accepted=True Accepted;"),
+        "{text}"
+    );
+    assert!(line.ends_with("supportedKinds: [TLSRoute]"), "{text}");
+    Ok(())
+}
