@@ -970,3 +970,270 @@ fn gateway_invalid_tls_configuration() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The `supportedKinds` and conditions the suite asks of an HTTP listener here, with
+/// `attached` routes.
+fn expect_http_listener(report: &str, gateway: &str, listener: &str, attached: usize) {
+    let line = listener_line(report, gateway, listener);
+    assert!(
+        line.contains(&format!("attachedRoutes {attached}; Accepted=True"))
+            && line.contains("ResolvedRefs=True"),
+        "{gateway} {listener}: {report}"
+    );
+}
+
+/// GatewayWithAttachedRoutesWithPort8080: of a Gateway's two HTTP listeners, on 8080 and
+/// 80, the route names `http` (80) by `sectionName`: both listeners are accepted with
+/// their references resolved, `http` counts the route and `http-unattached` none. Port
+/// 80 serves the route; 8080 has no route (404).
+#[test]
+fn gateway_with_attached_routes_with_port_8080() -> anyhow::Result<()> {
+    let name = "gateway-with-two-listeners-and-one-attached-route";
+    let upstream = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+    let (http, http_8080) = (free_port(), free_port());
+    let config = class_and_ports(&[(80, http), (8080, http_8080)])
+        + &backend("infra-backend-v1", INFRA, 8080, upstream.addr)
+        + &gateway(
+            name,
+            "2024-01-01T00:00:00Z",
+            "  - {name: http-unattached, port: 8080, protocol: HTTP, allowedRoutes: {kinds: [{kind: HTTPRoute}], namespaces: {from: All}}}\n  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {kinds: [{kind: HTTPRoute}], namespaces: {from: All}}}\n",
+        )
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: http-route-4-port-8080, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{kind: Gateway, name: {name}, namespace: {INFRA}, sectionName: http}}]
+  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]
+---
+"#
+        );
+    let dir = TempDir::new("conf-attached-routes-8080")?;
+    let _gateway = serve(&dir, &config)?;
+    let report = report(dir.path())?;
+    expect_http_listener(&report, name, "http-unattached", 0);
+    expect_http_listener(&report, name, "http", 1);
+    let served = curl(None, &[&format!("http://127.0.0.1:{http}/")])?;
+    assert_eq!(served.status, 200, "{served:?}");
+    assert_eq!(served.json()?["upstream"], "infra-backend-v1");
+    let unattached = curl(None, &[&format!("http://127.0.0.1:{http_8080}/")])?;
+    assert_eq!(unattached.status, 404, "{unattached:?}");
+    Ok(())
+}
+
+/// GatewayModifyListeners: the suite's two Gateways, `gateway-add-listener` (HTTPS for
+/// `secure.test.com`) and `gateway-remove-listener` (that and HTTP on 80), each with a
+/// route attached to the whole Gateway. Adding an HTTP listener for `data.test.com` to
+/// the first gives it two listeners each counting the route, and its address starts
+/// serving `data.test.com` on port 80; removing the HTTPS listener from the second
+/// leaves its `http` listener with the route, and its address stops serving HTTPS. The
+/// suite patches the Gateways; here each step is a configuration of its own, and each
+/// Gateway names its address (127.0.0.2, 127.0.0.3) where the suite's implementation
+/// gives each its own (on one address their HTTPS listeners' equal hostnames conflict).
+#[test]
+fn gateway_modify_listeners() -> anyhow::Result<()> {
+    let pki_dir = TempDir::new("conf-modify-listeners-pki")?;
+    let pki = Pki::new(pki_dir.path(), "test-ca")?;
+    let (cert, key) = pki.issue(
+        "server",
+        "secure.test.com",
+        "DNS:secure.test.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let ca = pki.path("test-ca.crt");
+    let secret = tls_secret("tls-validity-checks-certificate", INFRA, &cert, &key, None);
+    let upstream = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+    let (http, https_port) = (free_port(), free_port());
+    let https_listener = format!(
+        "  - {{name: https, port: 443, protocol: HTTPS, hostname: secure.test.com, allowedRoutes: {{namespaces: {{from: All}}}}, tls: {{certificateRefs: [{{group: \"\", kind: Secret, name: tls-validity-checks-certificate, namespace: {INFRA}}}]}}}}\n"
+    );
+    let http_listener = |hostname: &str| {
+        format!(
+            "  - {{name: http, port: 80, protocol: HTTP{hostname}, allowedRoutes: {{namespaces: {{from: All}}}}}}\n"
+        )
+    };
+    let gateway_at = |name: &str, address: &str, listeners: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gateway-conformance\n  addresses: [{{type: IPAddress, value: {address}}}]\n  listeners:\n{listeners}---\n"
+        )
+    };
+    let route = |name: &str, parent: &str| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{kind: Gateway, name: {parent}, namespace: {INFRA}}}]
+  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]
+---
+"#
+        )
+    };
+    let config = |add: &str, remove: &str| {
+        class_and_ports(&[(80, http), (443, https_port)])
+            + &secret
+            + &backend("infra-backend-v1", INFRA, 8080, upstream.addr)
+            + &gateway_at("gateway-add-listener", "127.0.0.2", add)
+            + &route("http-route-1", "gateway-add-listener")
+            + &gateway_at("gateway-remove-listener", "127.0.0.3", remove)
+            + &route("http-route-2", "gateway-remove-listener")
+    };
+    let plain = |address: &str, host: &str| {
+        curl(
+            None,
+            &[
+                "-H",
+                &format!("Host: {host}"),
+                &format!("http://{address}:{http}/"),
+            ],
+        )
+    };
+    let secure = |address: &str| {
+        curl(
+            None,
+            &[
+                "--resolve",
+                &format!("secure.test.com:{https_port}:{address}"),
+                "--cacert",
+                &ca,
+                &format!("https://secure.test.com:{https_port}/"),
+            ],
+        )
+    };
+    let both = format!("{https_listener}{}", http_listener(""));
+
+    // As applied: the first Gateway has its HTTPS listener only.
+    let dir = TempDir::new("conf-modify-listeners-before")?;
+    let gatewayd = serve(&dir, &config(&https_listener, &both))?;
+    let text = report(dir.path())?;
+    expect_http_listener(&text, "gateway-add-listener", "https", 1);
+    assert_eq!(
+        listener_line(&text, "gateway-add-listener", "http"),
+        "",
+        "{text}"
+    );
+    expect_http_listener(&text, "gateway-remove-listener", "https", 1);
+    expect_http_listener(&text, "gateway-remove-listener", "http", 1);
+    assert_eq!(secure("127.0.0.2")?.status, 200);
+    assert!(
+        plain("127.0.0.2", "data.test.com").is_err(),
+        "no HTTP listener yet"
+    );
+    drop(gatewayd);
+
+    // Add: an HTTP listener for data.test.com on the first Gateway.
+    let added = format!(
+        "{https_listener}{}",
+        http_listener(", hostname: data.test.com")
+    );
+    let dir = TempDir::new("conf-modify-listeners-added")?;
+    let gatewayd = serve(&dir, &config(&added, &both))?;
+    let text = report(dir.path())?;
+    expect_http_listener(&text, "gateway-add-listener", "https", 1);
+    expect_http_listener(&text, "gateway-add-listener", "http", 1);
+    let data = plain("127.0.0.2", "data.test.com")?;
+    assert_eq!(data.status, 200, "{data:?}");
+    assert_eq!(data.json()?["upstream"], "infra-backend-v1");
+    assert_eq!(secure("127.0.0.3")?.status, 200);
+    drop(gatewayd);
+
+    // Remove: the second Gateway keeps its `http` listener only.
+    let dir = TempDir::new("conf-modify-listeners-removed")?;
+    let _gatewayd = serve(&dir, &config(&added, &http_listener("")))?;
+    let text = report(dir.path())?;
+    expect_http_listener(&text, "gateway-remove-listener", "http", 1);
+    assert_eq!(
+        listener_line(&text, "gateway-remove-listener", "https"),
+        "",
+        "{text}"
+    );
+    assert_eq!(plain("127.0.0.3", "example.com")?.status, 200);
+    assert!(
+        secure("127.0.0.3").is_err(),
+        "the removed HTTPS listener still serves"
+    );
+    assert_eq!(secure("127.0.0.2")?.status, 200);
+    Ok(())
+}
+
+/// GatewayFrontendInvalidDefaultClientCertificateValidation: a `default` validation
+/// naming a ConfigMap that does not exist (and a `perPort` entry for the HTTP port 80,
+/// which has no TLS) makes the HTTPS listener ResolvedRefs=False InvalidCACertificateRef,
+/// Accepted=False NoValidCACertificate, Programmed=False and refuses its handshake, while
+/// the HTTP listener is accepted, programmed and serves the route.
+#[test]
+fn gateway_frontend_invalid_default_client_certificate_validation() -> anyhow::Result<()> {
+    let pki = FrontendPki::new("conf-frontend-invalid-default")?;
+    let name = "invalid-default-client-validation-config";
+    let dir = TempDir::new("conf-frontend-invalid-default")?;
+    let v1 = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+    let (p80, p443) = (free_port(), free_port());
+    let config = class_and_ports(&[(80, p80), (443, p443)])
+        + &pki.config()?
+        + &backend("infra-backend-v1", INFRA, 8080, v1.addr)
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  tls:
+    frontend:
+      default:
+        validation:
+          caCertificateRefs: [{{kind: ConfigMap, group: "", name: does-not-exist}}]
+      perPort:
+      - port: 80
+        tls:
+          validation:
+            caCertificateRefs: [{{kind: ConfigMap, group: "", name: tls-validity-checks-per-port-ca-certificate}}]
+  listeners:
+  - name: https
+    port: 443
+    protocol: HTTPS
+    allowedRoutes: {{namespaces: {{from: Same}}}}
+    tls: {{certificateRefs: [{{group: "", kind: Secret, name: tls-validity-checks-certificate, namespace: {INFRA}}}]}}
+  - {{name: http, port: 80, protocol: HTTP, allowedRoutes: {{namespaces: {{from: Same}}}}}}
+---
+"#
+        )
+        + &route(
+            name,
+            &format!("[{{name: {name}}}]"),
+            "[example.org]",
+            "/",
+            "infra-backend-v1",
+        );
+    let gateway = serve(&dir, &config)?;
+    let text = report(dir.path())?;
+    let http = listener_line(&text, name, "http");
+    assert!(
+        http.contains("Accepted=True")
+            && http.contains("Programmed=True")
+            && http.contains("ResolvedRefs=True"),
+        "{text}"
+    );
+    let answer = curl(
+        None,
+        &[
+            "-H",
+            "Host: example.org",
+            &format!("http://127.0.0.1:{p80}/"),
+        ],
+    )?;
+    assert_eq!(answer.status, 200, "{answer:?}\n{}", gateway.stderr());
+    assert_eq!(answer.json()?["upstream"], "infra-backend-v1");
+
+    let https_line = listener_line(&text, name, "https");
+    assert!(
+        https_line.contains("ResolvedRefs=False InvalidCACertificateRef")
+            && https_line.contains("Accepted=False NoValidCACertificate")
+            && https_line.contains("Programmed=False"),
+        "{text}"
+    );
+    // The suite's client trusts the server certificate and offers none of its own.
+    assert!(pki.get("example.org", p443, None).is_err());
+    assert!(pki.get("example.org", p443, Some(&pki.server)).is_err());
+    Ok(())
+}

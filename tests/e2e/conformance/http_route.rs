@@ -576,6 +576,95 @@ spec:
     Ok(())
 }
 
+/// The report's line for listener `listener` of Gateway `name` in the infra namespace.
+fn listener_line(report: &str, name: &str, listener: &str) -> String {
+    let start = report
+        .find(&format!("\nGateway {INFRA}/{name}: "))
+        .map_or(report.len(), |at| at + 1);
+    report[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .find(|l| l.trim_start().starts_with(&format!("listener {listener}:")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// HTTPRouteInvalidCrossNamespaceParentRef: a route in the web namespace naming the
+/// infra namespace's `same-namespace` Gateway (routes from its own namespace only) is
+/// Accepted=False NotAllowedByListeners with its backends resolved; the Gateway counts
+/// no route and the route serves nothing.
+#[test]
+fn http_route_invalid_cross_namespace_parent_ref() -> anyhow::Result<()> {
+    let routes = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: invalid-cross-namespace-parent-ref, namespace: {WEB}}}
+spec:
+  parentRefs: [{{name: same-namespace, namespace: {INFRA}}}]
+  rules: [{{backendRefs: [{{name: web-backend, port: 8080}}]}}]
+"#
+    );
+    let case = Case::start("conf-cross-namespace-parent-ref", &routes)?;
+    let answer = case.get("/")?;
+    assert_eq!(answer.status, 404, "{answer:?}");
+    let report = report(case.dir.path())?;
+    let route = report
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "HTTPRoute {WEB}/invalid-cross-namespace-parent-ref"
+            ))
+        })
+        .unwrap_or_default();
+    assert!(
+        route.contains("Accepted=False NotAllowedByListeners")
+            && route.contains("ResolvedRefs=True"),
+        "{report}"
+    );
+    let listener = listener_line(&report, "same-namespace", "http");
+    assert!(listener.contains("attachedRoutes 0"), "{report}");
+    Ok(())
+}
+
+/// HTTPRouteInvalidParentRefSectionNameNotMatchingPort: a parentRef naming listener
+/// `http` (port 80) with `port: 81` is Accepted=False NoMatchingParent; the Gateway
+/// counts no route and the route serves nothing.
+#[test]
+fn http_route_invalid_parent_ref_section_name_not_matching_port() -> anyhow::Result<()> {
+    let gateway = "gateway-with-one-not-matching-port-and-section-name-route";
+    let routes = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {gateway}, namespace: {INFRA}}}
+spec:
+  gatewayClassName: gateway-conformance
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP, allowedRoutes: {{kinds: [{{kind: HTTPRoute}}], namespaces: {{from: All}}}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: httproute-listener-section-name-not-matching-port, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: {gateway}, namespace: {INFRA}, sectionName: http, port: 81}}]
+  rules: [{{backendRefs: [{{name: infra-backend-v1, kind: Service, port: 8080}}]}}]
+"#
+    );
+    let case = Case::start("conf-section-name-not-matching-port", &routes)?;
+    let answer = case.get("/")?;
+    assert_eq!(answer.status, 404, "{answer:?}");
+    let report = report(case.dir.path())?;
+    assert!(
+        report.lines().any(|l| l.contains(&format!(
+            "HTTPRoute {INFRA}/httproute-listener-section-name-not-matching-port"
+        )) && l.contains("Accepted=False NoMatchingParent")),
+        "{report}"
+    );
+    let listener = listener_line(&report, gateway, "http");
+    assert!(listener.contains("attachedRoutes 0"), "{report}");
+    Ok(())
+}
+
 /// HTTPRouteBackendURLRewrite: a URLRewrite on a backendRef rewrites the path of the
 /// requests sent to it (full path, and prefix).
 #[test]

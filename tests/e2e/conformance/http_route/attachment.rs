@@ -105,6 +105,137 @@ spec:
     Ok(())
 }
 
+/// HTTPRouteInvalidReferenceGrant: seven ReferenceGrants that each miss the route by one
+/// field (in the route's namespace rather than the Service's, the wrong `from` group,
+/// kind or namespace, the wrong `to` group, kind or name) grant nothing: the route is
+/// accepted with ResolvedRefs=False RefNotPermitted and its requests get 500.
+#[test]
+fn http_route_invalid_reference_grant() -> anyhow::Result<()> {
+    let grant = |name: &str, namespace: &str, from: (&str, &str, &str), to: (&str, &str, &str)| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  from: [{{group: {}, kind: {}, namespace: {}}}]
+  to: [{{group: {}, kind: {}, name: {}}}]
+---
+"#,
+            from.0, from.1, from.2, to.0, to.1, to.2
+        )
+    };
+    let route_from = ("gateway.networking.k8s.io", "HTTPRoute", INFRA);
+    let service = ("\"\"", "Service", "web-backend");
+    let grants = [
+        grant(
+            "reference-grant-wrong-namespace",
+            INFRA,
+            route_from,
+            service,
+        ),
+        grant(
+            "reference-grant-wrong-from-group",
+            WEB,
+            ("not-the-group-youre-looking-for", "HTTPRoute", INFRA),
+            service,
+        ),
+        grant(
+            "reference-grant-wrong-from-kind",
+            WEB,
+            ("gateway.networking.k8s.io", "Gateway", INFRA),
+            service,
+        ),
+        grant(
+            "reference-grant-wrong-from-namespace",
+            WEB,
+            (
+                "gateway.networking.k8s.io",
+                "HTTPRoute",
+                "not-the-namespace-youre-looking-for",
+            ),
+            service,
+        ),
+        grant(
+            "reference-grant-wrong-to-group",
+            WEB,
+            route_from,
+            ("not-the-group-youre-looking-for", "Service", "web-backend"),
+        ),
+        grant(
+            "reference-grant-wrong-to-kind",
+            WEB,
+            route_from,
+            ("\"\"", "Secret", "web-backend"),
+        ),
+        grant(
+            "reference-grant-wrong-to-name",
+            WEB,
+            route_from,
+            ("\"\"", "Secret", "not-the-service-youre-looking-for"),
+        ),
+    ]
+    .concat();
+    let route = route_to(
+        "reference-grant",
+        &format!("{{name: web-backend, namespace: {WEB}, port: 8080}}"),
+    );
+    let case = Case::start("conf-invalid-reference-grant", &format!("{grants}{route}"))?;
+    let answer = case.get("/")?;
+    assert_eq!(answer.status, 500, "{answer:?}");
+    let report = report(case.dir.path())?;
+    let lines = route_lines(&report, INFRA, "reference-grant");
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("Accepted=True")
+            && lines[0].contains("ResolvedRefs=False RefNotPermitted"),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// HTTPRoutePartiallyInvalidViaInvalidReferenceGrant: the app namespace grants the
+/// route `app-backend-v1` only; the rule to `app-backend-v2` gets 500 and the route
+/// ResolvedRefs=False RefNotPermitted, while the sibling rule to `app-backend-v1` serves.
+#[test]
+fn http_route_partially_invalid_via_invalid_reference_grant() -> anyhow::Result<()> {
+    const APP: &str = "gateway-conformance-app-backend";
+    let app_v1 = Upstream::start(None, "127.0.0.1:0", "app-backend-v1")?;
+    let app_v2 = Upstream::start(None, "127.0.0.1:0", "app-backend-v2")?;
+    let routes = backend("app-backend-v1", APP, 8080, app_v1.addr)
+        + &backend("app-backend-v2", APP, 8080, app_v2.addr)
+        + &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {{name: invalid-reference-grant, namespace: {APP}}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {INFRA}}}]
+  to: [{{group: "", kind: Service, name: app-backend-v1}}]
+---
+"#
+        )
+        + &route_with_rules(
+            "invalid-reference-grant",
+            &format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: /v2}}}}]\n    backendRefs: [{{name: app-backend-v2, namespace: {APP}, port: 8080}}]\n  - backendRefs: [{{name: app-backend-v1, namespace: {APP}, port: 8080}}]\n"
+            ),
+        );
+    let case = Case::start("conf-partially-invalid-grant", &routes)?;
+    let refused = case.get("/v2")?;
+    assert_eq!(refused.status, 500, "{refused:?}");
+    let served = case.get("/")?;
+    assert_eq!(served.status, 200, "{served:?}");
+    assert_eq!(served.json()?["upstream"], "app-backend-v1");
+    let report = report(case.dir.path())?;
+    let lines = route_lines(&report, INFRA, "invalid-reference-grant");
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("Accepted=True")
+            && lines[0].contains("ResolvedRefs=False RefNotPermitted"),
+        "{report}"
+    );
+    Ok(())
+}
+
 /// HTTPRouteListenerHostnameMatching: four listeners on port 80 with hostnames
 /// `bar.com`, `foo.bar.com`, `*.bar.com`, `*.foo.com`; a route per listener by
 /// `sectionName`. The most specific listener hostname wins, the wildcards take any
@@ -189,10 +320,11 @@ fn http_route_weight() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// HTTPRouteOmittedBackendRefs: a rule without backendRefs (omitted, or an empty list)
+/// HTTPRouteNoBackendRefs (in `httproute-omitted-backendrefs.go`; this test was named
+/// after its file before): a rule without backendRefs (omitted, or an empty list)
 /// answers 500 and forwards nothing; the catch-all rule beside them forwards.
 #[test]
-fn http_route_omitted_backend_refs() -> anyhow::Result<()> {
+fn http_route_no_backend_refs() -> anyhow::Result<()> {
     let rules = "  - matches: [{path: {type: Exact, value: /omitted-no-forward}}]\n  - matches: [{path: {type: Exact, value: /empty-no-forward}}]\n    backendRefs: []\n  - matches: [{path: {type: PathPrefix, value: /}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
     let case = Case::start(
         "conf-omitted-backend-refs",

@@ -36,6 +36,14 @@ fn filtered_rule(prefix: &str, filters: &str, backend: &str) -> String {
     )
 }
 
+/// The same rule with the `filters` on its backendRef instead, as the suite's
+/// `httproute-request-header-modifier-backend.yaml` has them.
+fn backend_filtered_rule(prefix: &str, filters: &str, backend: &str) -> String {
+    format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    backendRefs: [{{name: {backend}, port: 8080, filters: [{filters}]}}]\n"
+    )
+}
+
 /// The values of a header, comma-joined lists and repeated lines alike, in order.
 fn values_of<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<String> {
     lines
@@ -84,7 +92,7 @@ fn check(
 }
 
 /// The suite's header-modifier rules (shared by the request and response tests).
-fn header_modifier_rules(kind: &str) -> String {
+fn header_modifier_rules(kind: &str, rule: fn(&str, &str, &str) -> String) -> String {
     let mut rules = String::new();
     for (prefix, filter) in [
         (
@@ -122,7 +130,7 @@ fn header_modifier_rules(kind: &str) -> String {
             ),
         ),
     ] {
-        rules.push_str(&filtered_rule(prefix, &filter, "infra-backend-v1"));
+        rules.push_str(&rule(prefix, &filter, "infra-backend-v1"));
     }
     rules
 }
@@ -227,9 +235,29 @@ const HEADER_CASES: &[HeaderCase<'static>] = &[
 fn http_route_request_header_modifier() -> anyhow::Result<()> {
     let routes = route_with_rules(
         "request-header-modifier",
-        &header_modifier_rules("RequestHeaderModifier"),
+        &header_modifier_rules("RequestHeaderModifier", filtered_rule),
     );
     let case = Case::start("conf-request-header-modifier", &routes)?;
+    for (path, sent, want, absent) in HEADER_CASES {
+        let headers: Vec<String> = sent.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let answer = case.request("example.com", "GET", path, &headers)?;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        assert_eq!(answer.json()?["upstream"], "infra-backend-v1");
+        check(path, |name| echoed(&answer, name), want, absent)?;
+    }
+    Ok(())
+}
+
+/// HTTPRouteBackendRequestHeaderModifier: the same cases with the modifiers on each
+/// rule's backendRef rather than on the rule.
+#[test]
+fn http_route_backend_request_header_modifier() -> anyhow::Result<()> {
+    let routes = route_with_rules(
+        "request-header-modifier",
+        &header_modifier_rules("RequestHeaderModifier", backend_filtered_rule),
+    );
+    let case = Case::start("conf-backend-request-header-modifier", &routes)?;
     for (path, sent, want, absent) in HEADER_CASES {
         let headers: Vec<String> = sent.iter().map(|(n, v)| format!("{n}: {v}")).collect();
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
@@ -247,7 +275,7 @@ fn http_route_request_header_modifier() -> anyhow::Result<()> {
 fn http_route_response_header_modifier() -> anyhow::Result<()> {
     let routes = route_with_rules(
         "response-header-modifier",
-        &header_modifier_rules("ResponseHeaderModifier"),
+        &header_modifier_rules("ResponseHeaderModifier", filtered_rule),
     );
     let case = Case::start("conf-response-header-modifier", &routes)?;
     for (path, set_by_backend, want, absent) in HEADER_CASES {
