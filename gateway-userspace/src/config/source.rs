@@ -138,71 +138,43 @@ fn collect_files(path: &Path, given: bool, files: &mut Vec<PathBuf>) -> Result<(
 }
 
 /// Splits a YAML stream on `---` separator lines. Documents that hold nothing but blank
-/// lines and comments are dropped. A document's text is its lines as `str::lines` gives
-/// them, each ended by `\n`: a slice of `text` copied once, unless it has a `\r` or lacks
-/// the last `\n` (a reload of a large file goes through here for every document).
+/// lines and comments are dropped.
 pub fn split_documents(file: &Path, text: &str) -> Vec<Document> {
     let file: Arc<Path> = Arc::from(file);
+    let file = &file;
     let mut documents = Vec::new();
-    // The document being read: what followed `---` on its first line, if anything, then
-    // `text` from `start` on.
-    let (mut head, mut start, mut first_line) = ("", 0, 1);
-    let mut at = 0;
-    for (index, line) in text.split_inclusive('\n').enumerate() {
-        let line_start = at;
-        at += line.len();
-        let line = bare(line);
-        if !is_separator(line) {
+    let mut current = String::new();
+    let mut first_line = 1;
+    for (index, line) in text.lines().enumerate() {
+        if is_separator(line) {
+            push_document(
+                file,
+                first_line,
+                std::mem::take(&mut current),
+                &mut documents,
+            );
+            first_line = index + 2;
+            // `--- ` may carry content on the same line (`--- {}`); keep it.
+            let rest = line.trim_start_matches("---").trim();
+            if !rest.is_empty() {
+                first_line = index + 1;
+                current.push_str(rest);
+                current.push('\n');
+            }
             continue;
         }
-        let lines = text.get(start..line_start).unwrap_or_default();
-        push_document(&file, first_line, head, lines, &mut documents);
-        (head, start, first_line) = ("", at, index + 2);
-        // `--- ` may carry content on the same line (`--- {}`); keep it.
-        let rest = line.trim_start_matches("---").trim();
-        if !rest.is_empty() {
-            (head, first_line) = (rest, index + 1);
-        }
+        current.push_str(line);
+        current.push('\n');
     }
-    let lines = text.get(start..).unwrap_or_default();
-    push_document(&file, first_line, head, lines, &mut documents);
+    push_document(file, first_line, current, &mut documents);
     documents
-}
-
-/// A line as `str::lines` gives it: without its `\n` or `\r\n`.
-fn bare(line: &str) -> &str {
-    let Some(line) = line.strip_suffix('\n') else {
-        return line;
-    };
-    line.strip_suffix('\r').unwrap_or(line)
 }
 
 fn is_separator(line: &str) -> bool {
     line == "---" || line.starts_with("--- ") || line.starts_with("---\t") || line == "..."
 }
 
-/// Pushes the document of `head` (a first line, when not empty) and `lines`, if it has
-/// content.
-fn push_document(
-    file: &Arc<Path>,
-    first_line: usize,
-    head: &str,
-    lines: &str,
-    documents: &mut Vec<Document>,
-) {
-    let mut text = String::with_capacity(head.len() + lines.len() + 2);
-    if !head.is_empty() {
-        text.push_str(head);
-        text.push('\n');
-    }
-    if !lines.contains('\r') && (lines.is_empty() || lines.ends_with('\n')) {
-        text.push_str(lines);
-    } else {
-        for line in lines.lines() {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
+fn push_document(file: &Arc<Path>, first_line: usize, text: String, documents: &mut Vec<Document>) {
     let has_content = text.lines().any(|l| {
         let l = l.trim();
         !l.is_empty() && !l.starts_with('#')
@@ -237,59 +209,6 @@ mod tests {
             ]
         );
         assert_eq!(docs[1].location(2).line, 5);
-    }
-
-    /// The split as it was written first, line by line: the reference for the slicing one.
-    fn split_line_by_line(text: &str) -> Vec<(usize, String)> {
-        let mut out = Vec::new();
-        let (mut current, mut first_line) = (String::new(), 1);
-        let mut push = |first_line: usize, text: String| {
-            if text
-                .lines()
-                .any(|l| !l.trim().is_empty() && !l.trim().starts_with('#'))
-            {
-                out.push((first_line, text));
-            }
-        };
-        for (index, line) in text.lines().enumerate() {
-            if is_separator(line) {
-                push(first_line, std::mem::take(&mut current));
-                first_line = index + 2;
-                let rest = line.trim_start_matches("---").trim();
-                if !rest.is_empty() {
-                    first_line = index + 1;
-                    current.push_str(rest);
-                    current.push('\n');
-                }
-                continue;
-            }
-            current.push_str(line);
-            current.push('\n');
-        }
-        push(first_line, current);
-        out
-    }
-
-    #[test]
-    fn documents_are_the_lines_as_a_line_by_line_split_gives_them() {
-        let texts = [
-            "",
-            "a: 1",
-            "a: 1\n",
-            "a: 1\n---\nb: 2",
-            "a: 1\r\n---\r\nb: 2\r\n",
-            "a: 1\r\nc: x\ry\n--- {x: 1}\nb: 2\n...\n# c\n",
-            "---\n---\n--- \n---\ta: 1\n\n",
-            "\n\na: 1\n\n---\r\n\r\nb: |\n  x\r\n  y\n--- # c\nz: 1",
-            "--- [1]\n---\n- x\n---",
-        ];
-        for text in texts {
-            let split: Vec<(usize, String)> = split_documents(Path::new("x.yaml"), text)
-                .into_iter()
-                .map(|d| (d.first_line, d.text))
-                .collect();
-            assert_eq!(split, split_line_by_line(text), "{text:?}");
-        }
     }
 
     #[test]
