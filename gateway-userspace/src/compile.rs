@@ -12,6 +12,7 @@ mod delegate;
 mod gateway_api;
 pub mod isolate;
 mod istio_match;
+mod memo;
 pub mod report;
 mod routes;
 pub mod status;
@@ -27,7 +28,7 @@ use std::{
 
 use crate::{
     config::{
-        Diagnostic, Diagnostics, Kind, Location, Resources, Sourced,
+        Diagnostic, Diagnostics, Kind, Resources, Sourced,
         resources::{Gateway, HttpRoute, IntOrString, Service, VirtualService},
     },
     route_table::{Route, RouteTable, VirtualHost},
@@ -39,6 +40,7 @@ use crate::{
 
 pub use clusters::{ClustersByService, update_endpoints, update_endpoints_indexed};
 pub use isolate::{DroppedObject, Isolated, compile_isolating};
+pub use memo::RouteMemo;
 pub use report::Report;
 
 /// Who this gateway is: the labels its pods carry and its namespace.
@@ -123,6 +125,7 @@ pub fn compile_reusing(
         upstream_tls_keys: Vec::new(),
         reusable: previous.map(|(_, memo)| memo),
         memo: RouteMemo::default(),
+        previous_by_name: None,
         status: Default::default(),
         slices: None,
         workload_authz: None,
@@ -155,46 +158,6 @@ pub fn compile_reusing(
     (snapshot, diagnostics, compiler.memo)
 }
 
-/// The routes each VirtualService compiled to on each port, with the diagnostics that
-/// compiling them gave, for the next compile to reuse. A VirtualService is known by its
-/// allocation: the reload's parse cache keeps the allocation for as long as its
-/// document's text is unchanged, even when the document moved in its file (and the
-/// entry holds it, so the address cannot be reused by another).
-#[derive(Default)]
-pub struct RouteMemo {
-    /// By (allocation, port).
-    entries: HashMap<(usize, u16), MemoEntry>,
-}
-
-#[derive(Clone)]
-struct MemoEntry {
-    _resource: Arc<VirtualService>,
-    /// Where its document started when it was compiled.
-    location: Option<Location>,
-    routes: Arc<Vec<Route<RouteAction>>>,
-    /// Not yet moved to their fields' lines (`Resources::locate` runs after the compile).
-    diagnostics: Vec<Diagnostic>,
-}
-
-impl MemoEntry {
-    /// This entry for the same VirtualService whose document now starts at `location`.
-    /// Routes hold no lines, so they are kept whole; the diagnostics that point at the
-    /// document (all of them, but for a DestinationRule's, which did not move: a moved
-    /// DestinationRule is no route change, and nothing is reused then) move with it.
-    fn moved_to(&self, location: &Option<Location>) -> MemoEntry {
-        let mut entry = self.clone();
-        if entry.location != *location {
-            for diagnostic in &mut entry.diagnostics {
-                if diagnostic.location == self.location {
-                    diagnostic.location.clone_from(location);
-                }
-            }
-            entry.location.clone_from(location);
-        }
-        entry
-    }
-}
-
 struct Compiler<'a> {
     resources: &'a Resources,
     identity: &'a Identity,
@@ -213,6 +176,9 @@ struct Compiler<'a> {
     reusable: Option<&'a RouteMemo>,
     /// What this compile's VirtualServices gave.
     memo: RouteMemo,
+    /// The previous compile's memo entries by (namespace, name, port), made when a
+    /// VirtualService is not found there by allocation (it changed).
+    previous_by_name: Option<HashMap<(&'a str, &'a str, u16), &'a memo::MemoEntry>>,
     /// What Gateway API status will say (`compile::status`).
     status: status::StatusRecorder,
     /// The EndpointSlices by Service, built when the first cluster needs it.
@@ -556,58 +522,20 @@ impl<'a> Compiler<'a> {
         let mut hosts: Vec<(String, Arc<Vec<Route<RouteAction>>>)> = Vec::new();
         // host → index in `hosts`: thousands of VirtualServices must not scan the list.
         let mut host_index: HashMap<String, usize> = HashMap::new();
+        // Bindings found against other servers are not this port's.
+        let seen = memo::ServersSeen::of(servers);
+        let bindings_valid = self
+            .reusable
+            .and_then(|memo| memo.servers.get(&port))
+            .is_some_and(|previous| previous.same_as(&seen));
+        self.memo.servers.insert(port, seen);
         for vs in virtual_services {
-            let meta = &vs.resource.metadata;
-            let vs_namespace = meta.namespace();
-            let resource = vs.resource.object_ref();
-            let mut bound_through: Vec<String> = Vec::new();
-            let mut accepted_hosts: Vec<String> = Vec::new();
-            for (gateway, server_hosts) in &servers.servers {
-                if !binds(&vs.resource, gateway) {
-                    continue;
-                }
-                let gateway_name = name_of(&gateway.resource.metadata);
-                if !bound_through.contains(&gateway_name) {
-                    bound_through.push(gateway_name);
-                }
-                let gw_namespace = gateway.resource.metadata.namespace();
-                for vs_host in vs.resource.resolved_hosts() {
-                    let vs_host = vs_host.as_str();
-                    for server_host in server_hosts {
-                        let namespace_ok = match server_host.namespace.as_str() {
-                            "*" => true,
-                            "." => vs_namespace == gw_namespace,
-                            ns => ns == vs_namespace,
-                        };
-                        if !namespace_ok {
-                            continue;
-                        }
-                        if let Some(host) = intersect_hosts(vs_host, &server_host.host)
-                            && !accepted_hosts.contains(&host)
-                        {
-                            accepted_hosts.push(host);
-                        }
-                    }
-                }
-            }
-            if bound_through.is_empty() {
+            let Some(binding) = self.binding(vs, port, servers, bindings_valid) else {
                 continue;
-            }
-            if accepted_hosts.is_empty() {
-                self.diagnostics.push(
-                    Diagnostic::warning(format!(
-                        "none of its hosts {:?} is accepted by a server on port {port}; it is not bound there",
-                        vs.resource.spec.hosts
-                    ))
-                    .at(vs.location.clone())
-                    .object(&resource)
-                    .field("spec.hosts"),
-                );
-                continue;
-            }
-            let routes = self.virtual_service_routes(vs, port, &bound_through);
-            for host in accepted_hosts {
-                match host_index.get(&host).and_then(|&i| hosts.get_mut(i)) {
+            };
+            let routes = self.virtual_service_routes(vs, port, &binding.gateways);
+            for host in &binding.hosts {
+                match host_index.get(host).and_then(|&i| hosts.get_mut(i)) {
                     // Several VirtualServices for one host: routes concatenate oldest
                     // first, and catch-all routes move to the end so that an older
                     // VirtualService's catch-all does not shadow a newer one's specific
@@ -630,7 +558,7 @@ impl<'a> Compiler<'a> {
                     // are, shared with the memo.
                     None => {
                         host_index.insert(host.clone(), hosts.len());
-                        hosts.push((host, Arc::clone(&routes)));
+                        hosts.push((host.clone(), Arc::clone(&routes)));
                     }
                 }
             }
@@ -679,8 +607,54 @@ impl<'a> Compiler<'a> {
 }
 
 impl<'a> Compiler<'a> {
+    /// The Gateways `vs` is bound through on `port` and the hosts their servers accept,
+    /// or None when it is not bound there (warned when it names a Gateway of the port
+    /// but none of its hosts is accepted). Taken from the previous compile's memo when
+    /// `valid` (the port's servers are the same) and it has them.
+    fn binding(
+        &mut self,
+        vs: &'a Sourced<VirtualService>,
+        port: u16,
+        servers: &PortServers<'a>,
+        valid: bool,
+    ) -> Option<Arc<memo::Binding>> {
+        let key = (Arc::as_ptr(&vs.resource) as usize, port);
+        let found = if valid {
+            self.reusable.and_then(|memo| memo.bindings.get(&key))
+        } else {
+            None
+        };
+        let binding = match found {
+            Some(entry) => entry.binding.clone(),
+            None => bind(vs, servers).map(Arc::new),
+        };
+        self.memo.bindings.insert(
+            key,
+            memo::BindingEntry {
+                _resource: Arc::clone(&vs.resource),
+                binding: binding.clone(),
+            },
+        );
+        let binding = binding?;
+        if binding.hosts.is_empty() {
+            self.diagnostics.push(
+                Diagnostic::warning(format!(
+                    "none of its hosts {:?} is accepted by a server on port {port}; it is not bound there",
+                    vs.resource.spec.hosts
+                ))
+                .at(vs.location.clone())
+                .object(&vs.resource.object_ref())
+                .field("spec.hosts"),
+            );
+            return None;
+        }
+        Some(binding)
+    }
+
     /// A VirtualService's HTTP routes as compiled for `port`: taken from the previous
-    /// compile's memo when it has them, compiled (and remembered) otherwise.
+    /// compile's memo when it has them, compiled (and remembered) otherwise; a changed
+    /// VirtualService takes the `http` entries it did not change from its previous
+    /// compile (`memo::MemoEntry::same_route`).
     fn virtual_service_routes(
         &mut self,
         vs: &'a Sourced<VirtualService>,
@@ -699,11 +673,18 @@ impl<'a> Compiler<'a> {
             // A document that moved in its file (an earlier one grew or shrank) keeps its
             // allocation (`config::documents`): its diagnostics must say the new line.
             let entry = entry.moved_to(&vs.location);
-            self.diagnostics.0.extend(entry.diagnostics.iter().cloned());
-            let routes = Arc::clone(&entry.routes);
+            self.diagnostics
+                .0
+                .extend(entry.compiled.diagnostics.iter().cloned());
+            let routes = Arc::clone(&entry.compiled.routes);
             self.memo.entries.insert(key, entry);
             return routes;
         }
+        let previous = if delegates {
+            None
+        } else {
+            self.previous_entry(vs, port, gateways)
+        };
         let before = self.diagnostics.0.len();
         let target = istio_match::MatchTarget {
             port,
@@ -712,9 +693,34 @@ impl<'a> Compiler<'a> {
             namespace: &self.identity.namespace,
         };
         let written = self.with_delegates(vs);
+        // How many more `http` entries than before: entries after an added or removed
+        // one are found as far from the end as they were.
+        let shift = previous.map_or(0, |p| {
+            written.len() as isize - p.resource.spec.http.len() as isize
+        });
+        let mut taken = vec![false; previous.map_or(0, |p| p.compiled.written.len())];
         let mut routes = Vec::new();
+        let mut entries = Vec::new();
         for (position, (owner, index, route)) in written.iter().enumerate() {
-            let Some(route) = self.route(owner, *index, route, &target) else {
+            let from = self.diagnostics.0.len() - before;
+            let same =
+                previous.and_then(|p| Some((p, p.same_route(*index, route, shift, &mut taken)?)));
+            let compiled = match same {
+                Some((previous, old)) => {
+                    let (route, diagnostics) = previous.reuse(old, *index, vs);
+                    self.diagnostics.0.extend(diagnostics);
+                    route
+                }
+                None => {
+                    self.memo.compiled_routes += 1;
+                    self.route(owner, *index, route, &target)
+                }
+            };
+            entries.push(memo::Written {
+                route: compiled.as_ref().map(|_| routes.len()),
+                diagnostics: from..self.diagnostics.0.len() - before,
+            });
+            let Some(route) = compiled else {
                 continue;
             };
             let catch_all = is_catch_all(&route);
@@ -737,19 +743,49 @@ impl<'a> Compiler<'a> {
         if delegates {
             return routes;
         }
-        let entry = MemoEntry {
-            _resource: Arc::clone(&vs.resource),
+        let entry = memo::MemoEntry {
+            resource: Arc::clone(&vs.resource),
             location: vs.location.clone(),
-            routes: Arc::clone(&routes),
-            diagnostics: self
-                .diagnostics
-                .0
-                .get(before..)
-                .unwrap_or_default()
-                .to_vec(),
+            compiled: Arc::new(memo::Compiled {
+                gateways: gateways.to_vec(),
+                routes: Arc::clone(&routes),
+                diagnostics: self
+                    .diagnostics
+                    .0
+                    .get(before..)
+                    .unwrap_or_default()
+                    .to_vec(),
+                written: entries,
+            }),
         };
         self.memo.entries.insert(key, entry);
         routes
+    }
+
+    /// The previous compile's entry for a VirtualService of `vs`'s namespace and name on
+    /// `port`, bound through the same Gateways, when this compile reuses one.
+    fn previous_entry(
+        &mut self,
+        vs: &Sourced<VirtualService>,
+        port: u16,
+        gateways: &[String],
+    ) -> Option<&'a memo::MemoEntry> {
+        let memo = self.reusable?;
+        let by_name = self.previous_by_name.get_or_insert_with(|| {
+            memo.entries
+                .iter()
+                .map(|(&(_, port), entry)| {
+                    let meta = &entry.resource.metadata;
+                    ((meta.namespace(), meta.name.as_str()), port, entry)
+                })
+                .map(|((namespace, name), port, entry)| ((namespace, name, port), entry))
+                .collect()
+        });
+        let meta = &vs.resource.metadata;
+        by_name
+            .get(&(meta.namespace(), meta.name.as_str(), port))
+            .copied()
+            .filter(|entry| entry.compiled.gateways == gateways)
     }
 
     /// A VirtualService's `http` routes with each `delegate` route replaced by its
@@ -938,6 +974,47 @@ fn binds(vs: &VirtualService, gateway: &Sourced<Gateway>) -> bool {
             let (ns, name) = istio_match::resolve_gateway_name(reference, vs_namespace);
             ns == gateway.resource.metadata.namespace() && name == gateway.resource.metadata.name
         })
+}
+
+/// The Gateways among `servers` that `vs` names, and the hosts of `vs` their servers
+/// accept (Istio's host intersection, with the servers' `namespace/` restrictions), or
+/// None when it names none of them.
+fn bind(vs: &Sourced<VirtualService>, servers: &PortServers<'_>) -> Option<memo::Binding> {
+    let vs_namespace = vs.resource.metadata.namespace();
+    let mut binding = memo::Binding {
+        gateways: Vec::new(),
+        hosts: Vec::new(),
+    };
+    let mut vs_hosts: Option<Vec<String>> = None;
+    for (gateway, server_hosts) in &servers.servers {
+        if !binds(&vs.resource, gateway) {
+            continue;
+        }
+        let gateway_name = name_of(&gateway.resource.metadata);
+        if !binding.gateways.contains(&gateway_name) {
+            binding.gateways.push(gateway_name);
+        }
+        let gw_namespace = gateway.resource.metadata.namespace();
+        let vs_hosts = vs_hosts.get_or_insert_with(|| vs.resource.resolved_hosts().collect());
+        for vs_host in vs_hosts.iter() {
+            for server_host in server_hosts {
+                let namespace_ok = match server_host.namespace.as_str() {
+                    "*" => true,
+                    "." => vs_namespace == gw_namespace,
+                    ns => ns == vs_namespace,
+                };
+                if !namespace_ok {
+                    continue;
+                }
+                if let Some(host) = intersect_hosts(vs_host, &server_host.host)
+                    && !binding.hosts.contains(&host)
+                {
+                    binding.hosts.push(host);
+                }
+            }
+        }
+    }
+    (!binding.gateways.is_empty()).then_some(binding)
 }
 
 impl VirtualService {

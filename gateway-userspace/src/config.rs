@@ -11,7 +11,11 @@ mod plain_yaml;
 pub mod resources;
 pub mod source;
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::{Deserialize, de::DeserializeOwned};
 
@@ -197,7 +201,7 @@ pub struct Resources {
     pub skipped: BTreeMap<String, usize>,
     /// (file, first line) → text of every document read, so that diagnostics found
     /// after parsing can point at their field's line ([`Resources::locate`]).
-    pub documents: BTreeMap<(PathBuf, usize), Arc<str>>,
+    pub documents: BTreeMap<(Arc<Path>, usize), Arc<str>>,
 }
 
 impl Resources {
@@ -248,6 +252,56 @@ impl Resources {
             *self.skipped.entry(kind).or_default() += count;
         }
         self.documents.extend(documents);
+    }
+
+    /// `append` of a copy of `from`, but for its documents, which the caller gathers:
+    /// the reload's parse cache puts every file's together once
+    /// (`cache::ParseCache::resources`). Destructured without `..`, as `append`.
+    pub fn extend_from(&mut self, from: &Resources) {
+        let Resources {
+            gateways,
+            virtual_services,
+            services,
+            endpoint_slices,
+            endpoints,
+            destination_rules,
+            service_entries,
+            gateway_classes,
+            api_gateways,
+            http_routes,
+            grpc_routes,
+            tls_routes,
+            tcp_routes,
+            reference_grants,
+            secrets,
+            config_maps,
+            namespaces,
+            authorization_policies,
+            skipped,
+            documents: _,
+        } = from;
+        self.gateways.extend_from_slice(gateways);
+        self.virtual_services.extend_from_slice(virtual_services);
+        self.services.extend_from_slice(services);
+        self.endpoint_slices.extend_from_slice(endpoint_slices);
+        self.endpoints.extend_from_slice(endpoints);
+        self.destination_rules.extend_from_slice(destination_rules);
+        self.service_entries.extend_from_slice(service_entries);
+        self.gateway_classes.extend_from_slice(gateway_classes);
+        self.api_gateways.extend_from_slice(api_gateways);
+        self.http_routes.extend_from_slice(http_routes);
+        self.grpc_routes.extend_from_slice(grpc_routes);
+        self.tls_routes.extend_from_slice(tls_routes);
+        self.tcp_routes.extend_from_slice(tcp_routes);
+        self.reference_grants.extend_from_slice(reference_grants);
+        self.secrets.extend_from_slice(secrets);
+        self.config_maps.extend_from_slice(config_maps);
+        self.namespaces.extend_from_slice(namespaces);
+        self.authorization_policies
+            .extend_from_slice(authorization_policies);
+        for (kind, count) in skipped {
+            *self.skipped.entry(kind.clone()).or_default() += count;
+        }
     }
 
     /// Whether these are EndpointSlices and Endpoints and nothing else (an endpoint
@@ -307,7 +361,10 @@ impl Resources {
             else {
                 continue;
             };
-            let Some(text) = self.documents.get(&(location.file.clone(), location.line)) else {
+            let Some(text) = self
+                .documents
+                .get(&(Arc::clone(&location.file), location.line))
+            else {
                 continue;
             };
             if let Some(line) = locate::line_of(text, field) {
@@ -358,7 +415,7 @@ pub fn parse_object(value: &serde_json::Value) -> (Resources, Diagnostics) {
 
 fn parse_document(doc: &Document, resources: &mut Resources, diagnostics: &mut Diagnostics) {
     resources.documents.insert(
-        (doc.file.clone(), doc.first_line),
+        (Arc::clone(&doc.file), doc.first_line),
         Arc::from(doc.text.as_str()),
     );
     // Most documents are plain enough for the fast reader; the rest, and every error,

@@ -20,20 +20,23 @@ pub(super) struct MatchTarget<'t> {
 
 /// Istio's `gateways` reference forms, resolved against the VirtualService's namespace:
 /// `name`, `ns/name`, `./name`, and the legacy `name.ns` / `name.ns.svc.cluster.local`.
-pub(crate) fn resolve_gateway_name(reference: &str, vs_namespace: &str) -> (String, String) {
+pub(crate) fn resolve_gateway_name<'r>(
+    reference: &'r str,
+    vs_namespace: &'r str,
+) -> (&'r str, &'r str) {
     if let Some((namespace, name)) = reference.split_once('/') {
         let namespace = if namespace == "." {
             vs_namespace
         } else {
             namespace
         };
-        return (namespace.to_owned(), name.to_owned());
+        return (namespace, name);
     }
     match reference.split_once('.') {
-        None => (vs_namespace.to_owned(), reference.to_owned()),
+        None => (vs_namespace, reference),
         Some((name, rest)) => {
             let namespace = rest.split_once('.').map_or(rest, |(ns, _)| ns);
-            (namespace.to_owned(), name.to_owned())
+            (namespace, name)
         }
     }
 }

@@ -9,6 +9,7 @@ use std::{
     collections::{BTreeSet, HashMap, HashSet},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -307,15 +308,27 @@ impl ParseCache {
         Ok(())
     }
 
-    /// Everything the cached files hold, in load order.
+    /// Everything the cached files hold, in load order. Each reload of a one-route change
+    /// goes through every file here: the lists are copied by pointer, and the documents
+    /// of all files are put in their map in one go (sorted already, mostly, as files are
+    /// read in name order) rather than one insertion each.
     pub fn resources(&self) -> (Resources, Diagnostics) {
         let (mut resources, mut diagnostics) = (Resources::default(), Diagnostics::default());
+        let mut documents = Vec::new();
         for file in &self.order {
             if let Some(cached) = self.files.get(file) {
-                resources.append(cached.resources.clone());
-                diagnostics.extend(cached.diagnostics.clone());
+                resources.extend_from(&cached.resources);
+                documents.extend(
+                    cached
+                        .resources
+                        .documents
+                        .iter()
+                        .map(|(key, text)| (key.clone(), Arc::clone(text))),
+                );
+                diagnostics.0.extend_from_slice(&cached.diagnostics.0);
             }
         }
+        resources.documents = documents.into_iter().collect();
         (resources, diagnostics)
     }
 

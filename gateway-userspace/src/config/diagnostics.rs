@@ -1,7 +1,7 @@
 //! What loading and compiling found wrong, said so that a user can find it: file, line,
 //! resource (`Kind namespace/name`), field path, and what would have been accepted.
 
-use std::{fmt, path::PathBuf};
+use std::{fmt, path::Path, sync::Arc};
 
 use serde::Serialize;
 
@@ -17,7 +17,8 @@ pub enum Severity {
 /// Where a document starts, or where inside it a problem is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Location {
-    pub file: PathBuf,
+    /// Shared by every location in the file: a reload copies thousands of them.
+    pub file: Arc<Path>,
     /// 1-based.
     pub line: usize,
 }

@@ -4,6 +4,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use thiserror::Error;
@@ -13,7 +14,7 @@ use super::diagnostics::Location;
 /// One YAML document of a (possibly multi-document) file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Document {
-    pub file: PathBuf,
+    pub file: Arc<Path>,
     /// 1-based line of the document's first line in `file`.
     pub first_line: usize,
     pub text: String,
@@ -25,7 +26,7 @@ impl Document {
     pub fn location(&self, line_in_document: usize) -> Location {
         let line = line_in_document.clamp(1, self.text.lines().count().max(1));
         Location {
-            file: self.file.clone(),
+            file: Arc::clone(&self.file),
             line: self.first_line + line - 1,
         }
     }
@@ -139,6 +140,8 @@ fn collect_files(path: &Path, given: bool, files: &mut Vec<PathBuf>) -> Result<(
 /// Splits a YAML stream on `---` separator lines. Documents that hold nothing but blank
 /// lines and comments are dropped.
 pub fn split_documents(file: &Path, text: &str) -> Vec<Document> {
+    let file: Arc<Path> = Arc::from(file);
+    let file = &file;
     let mut documents = Vec::new();
     let mut current = String::new();
     let mut first_line = 1;
@@ -171,14 +174,14 @@ fn is_separator(line: &str) -> bool {
     line == "---" || line.starts_with("--- ") || line.starts_with("---\t") || line == "..."
 }
 
-fn push_document(file: &Path, first_line: usize, text: String, documents: &mut Vec<Document>) {
+fn push_document(file: &Arc<Path>, first_line: usize, text: String, documents: &mut Vec<Document>) {
     let has_content = text.lines().any(|l| {
         let l = l.trim();
         !l.is_empty() && !l.starts_with('#')
     });
     if has_content {
         documents.push(Document {
-            file: file.to_owned(),
+            file: Arc::clone(file),
             first_line,
             text,
         });

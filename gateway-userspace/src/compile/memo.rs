@@ -1,0 +1,255 @@
+//! What one compile keeps for the next to reuse (`compile_reusing`), so that a change of
+//! one VirtualService among thousands costs about one VirtualService's work, and an edit
+//! of one `http` entry about one route's:
+//!
+//! - per VirtualService and port, its binding: the Gateways it is bound through there and
+//!   the hosts their servers accept (the loop over every server and host). Valid while
+//!   the VirtualService and the port's servers are the same allocations;
+//! - per VirtualService and port, its compiled routes and the diagnostics compiling them
+//!   gave, and which of those each `http` entry gave: an edited VirtualService takes the
+//!   entries it did not edit from its previous entry (found by namespace and name).
+//!
+//! A VirtualService is known by its allocation: the reload's parse cache keeps it for as
+//! long as its document's text is unchanged, even when the document moved in its file
+//! (and the memo holds it, so the address cannot be reused by another). The caller
+//! reuses only across changes of VirtualServices and endpoints (`reload`), which is what
+//! the routes depend on beside the VirtualService itself and its bindings.
+
+use std::{collections::HashMap, ops::Range, sync::Arc};
+
+use rustc_hash::FxBuildHasher;
+
+use super::{PortServers, name_of};
+use crate::{
+    config::{
+        Diagnostic, Location, Sourced,
+        resources::{Gateway, HttpRoute, VirtualService},
+    },
+    route_table::Route,
+    snapshot::RouteAction,
+};
+
+#[derive(Default)]
+pub struct RouteMemo {
+    /// By (allocation, port).
+    pub(super) entries: HashMap<(usize, u16), MemoEntry, FxBuildHasher>,
+    /// By (allocation, port); valid while the port's servers are `servers`'.
+    pub(super) bindings: HashMap<(usize, u16), BindingEntry, FxBuildHasher>,
+    /// Each port's servers when its bindings were found.
+    pub(super) servers: HashMap<u16, ServersSeen, FxBuildHasher>,
+    /// How many VirtualService `http` entries the compile compiled, rather than took
+    /// from the previous one.
+    pub(super) compiled_routes: usize,
+}
+
+impl RouteMemo {
+    /// How many VirtualService `http` entries the compile that made this memo compiled
+    /// (the others it took from the previous compile's memo): what a reload logs.
+    pub fn compiled_routes(&self) -> usize {
+        self.compiled_routes
+    }
+}
+
+/// The servers of one port, as (Gateway allocation, index in its `spec.servers`): a
+/// Gateway that changed is another allocation. The Gateways are held so that their
+/// addresses are not reused while the memo lives.
+pub(super) struct ServersSeen {
+    keys: Vec<(usize, usize)>,
+    _gateways: Vec<Arc<Gateway>>,
+}
+
+impl ServersSeen {
+    pub(super) fn of(servers: &PortServers<'_>) -> ServersSeen {
+        ServersSeen {
+            keys: servers
+                .server_indices
+                .iter()
+                .map(|(gateway, index)| (Arc::as_ptr(&gateway.resource) as usize, *index))
+                .collect(),
+            _gateways: servers
+                .server_indices
+                .iter()
+                .map(|(gateway, _)| Arc::clone(&gateway.resource))
+                .collect(),
+        }
+    }
+
+    pub(super) fn same_as(&self, other: &ServersSeen) -> bool {
+        self.keys == other.keys
+    }
+}
+
+/// A VirtualService's binding on one port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Binding {
+    /// The Gateways (`namespace/name`) it is bound through on this port.
+    pub(super) gateways: Vec<String>,
+    /// The hosts their servers accept of its hosts; empty: not bound here (warned).
+    pub(super) hosts: Vec<String>,
+}
+
+pub(super) struct BindingEntry {
+    pub(super) _resource: Arc<VirtualService>,
+    /// None: bound through no server on this port.
+    pub(super) binding: Option<Arc<Binding>>,
+}
+
+/// Where an entry's `http[i]` went: its route's position in `routes` (none when it gave
+/// no route) and its diagnostics' in `diagnostics`.
+#[derive(Clone)]
+pub(super) struct Written {
+    pub(super) route: Option<usize>,
+    pub(super) diagnostics: Range<usize>,
+}
+
+/// One VirtualService's compile on one port. Cloned for every VirtualService at every
+/// reusing compile: what it compiled is shared.
+#[derive(Clone)]
+pub(super) struct MemoEntry {
+    pub(super) resource: Arc<VirtualService>,
+    /// Where its document started when it was compiled.
+    pub(super) location: Option<Location>,
+    pub(super) compiled: Arc<Compiled>,
+}
+
+pub(super) struct Compiled {
+    /// The Gateways it was bound through: its routes' matches may name them.
+    pub(super) gateways: Vec<String>,
+    pub(super) routes: Arc<Vec<Route<RouteAction>>>,
+    /// Not yet moved to their fields' lines (`Resources::locate` runs after the compile).
+    pub(super) diagnostics: Vec<Diagnostic>,
+    /// By `http` index, up to the last one compiled (a catch-all ends the list).
+    pub(super) written: Vec<Written>,
+}
+
+impl MemoEntry {
+    /// This entry for the same VirtualService whose document now starts at `location`.
+    /// Routes hold no lines, so they are kept whole; the diagnostics that point at the
+    /// document (all of them, but for a DestinationRule's, which did not move: a moved
+    /// DestinationRule is no route change, and nothing is reused then) move with it.
+    pub(super) fn moved_to(&self, location: &Option<Location>) -> MemoEntry {
+        let mut entry = self.clone();
+        if entry.location != *location {
+            if self
+                .compiled
+                .diagnostics
+                .iter()
+                .any(|d| d.location == self.location)
+            {
+                let mut diagnostics = self.compiled.diagnostics.clone();
+                for diagnostic in &mut diagnostics {
+                    if diagnostic.location == self.location {
+                        diagnostic.location.clone_from(location);
+                    }
+                }
+                entry.compiled = Arc::new(Compiled {
+                    gateways: self.compiled.gateways.clone(),
+                    routes: Arc::clone(&self.compiled.routes),
+                    diagnostics,
+                    written: self.compiled.written.clone(),
+                });
+            }
+            entry.location.clone_from(location);
+        }
+        entry
+    }
+
+    /// Which of this entry's `http` entries compiled what `route` at `index` of `vs`
+    /// compiles to: the same index with the same text, or, when entries were added or
+    /// removed before it, the one as far from the end (`shift`: how many more entries
+    /// `vs` has). Each is taken once (`taken`), so its diagnostics are said once.
+    pub(super) fn same_route(
+        &self,
+        index: usize,
+        route: &HttpRoute,
+        shift: isize,
+        taken: &mut [bool],
+    ) -> Option<usize> {
+        let http = &self.resource.spec.http;
+        let candidates = [Some(index), index.checked_add_signed(-shift)];
+        candidates.into_iter().flatten().find(|&old| {
+            let fits = old < self.compiled.written.len()
+                && !taken.get(old).copied().unwrap_or(true)
+                && http.get(old) == Some(route)
+                && (old == index || self.renumberable(old));
+            if fits && let Some(taken) = taken.get_mut(old) {
+                *taken = true;
+            }
+            fits
+        })
+    }
+
+    /// Whether what `http[old]` gave can be said of another index: its diagnostics are
+    /// either about another object or name a field under `spec.http[old]`.
+    fn renumberable(&self, old: usize) -> bool {
+        let prefix = format!("spec.http[{old}]");
+        let compiled = &self.compiled;
+        compiled.written.get(old).is_some_and(|written| {
+            compiled
+                .diagnostics
+                .get(written.diagnostics.clone())
+                .unwrap_or_default()
+                .iter()
+                .all(|d| {
+                    d.location != self.location
+                        || d.field.as_deref().is_some_and(|f| under(f, &prefix))
+                })
+        })
+    }
+
+    /// What `http[old]` gave, for `http[index]` of `vs` (the same text): its route
+    /// (renamed when it is known by its index) and its diagnostics, at `vs`'s document
+    /// and under `spec.http[index]`.
+    pub(super) fn reuse(
+        &self,
+        old: usize,
+        index: usize,
+        vs: &Sourced<VirtualService>,
+    ) -> (Option<Route<RouteAction>>, Vec<Diagnostic>) {
+        let compiled = &self.compiled;
+        let Some(written) = compiled.written.get(old) else {
+            return (None, Vec::new());
+        };
+        let mut route = written
+            .route
+            .and_then(|at| compiled.routes.get(at))
+            .map(super::routes::clone_route);
+        let mut diagnostics = compiled
+            .diagnostics
+            .get(written.diagnostics.clone())
+            .unwrap_or_default()
+            .to_vec();
+        let (from, to) = (format!("spec.http[{old}]"), format!("spec.http[{index}]"));
+        for d in &mut diagnostics {
+            if d.location != self.location {
+                continue;
+            }
+            d.location.clone_from(&vs.location);
+            if old != index
+                && let Some(field) = &mut d.field
+                && under(field, &from)
+            {
+                field.replace_range(..from.len(), &to);
+            }
+        }
+        if old != index
+            && let Some(route) = &mut route
+            && vs
+                .resource
+                .spec
+                .http
+                .get(index)
+                .is_some_and(|r| r.name.is_none())
+        {
+            route.name = format!("{}.{index}", name_of(&vs.resource.metadata));
+        }
+        (route, diagnostics)
+    }
+}
+
+/// Whether `field` is `prefix` or a field under it.
+fn under(field: &str, prefix: &str) -> bool {
+    field
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
