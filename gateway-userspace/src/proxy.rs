@@ -32,7 +32,7 @@ mod upstream;
 mod upstream_head;
 mod upstream_tls;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -174,6 +174,7 @@ pub async fn serve(
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], bind_port)));
         let _ = stream.set_nodelay(true);
         let accepted = AcceptedConnection {
+            slot,
             stream,
             peer,
             local,
@@ -183,10 +184,9 @@ pub async fn serve(
             drain: drain.clone(),
             shutdown: shutdown.clone(),
         };
-        tokio::spawn(
-            crate::connections::holding(slot, accepted.serve())
-                .instrument(debug_span!("conn", %peer)),
-        );
+        let task = accepted.serve().instrument(debug_span!("conn", %peer));
+        tracing::trace!(target: "sizes", task = std::mem::size_of_val(&task), "TEMP sizes: connection task");
+        tokio::spawn(task);
     }
 
     drop(listener);
@@ -220,23 +220,42 @@ struct CodecClient {
 /// own`: HTTP/1 by the codec until the connection ends or the drain deadline; a
 /// connection that opens with the HTTP/2 preface goes to hyper's h2 server behind the
 /// framing guard (which keeps HTTP/2's idle clock).
-async fn serve_with_codec<S>(
+///
+/// Not an async fn: the codec's loop is boxed here, from `io` given by value, so no
+/// future holds the stream as an argument besides the loop that uses it (an async fn
+/// keeps its arguments' room for its whole life: rust-lang/rust#62958). What an idle
+/// connection costs is the loop's state once, and this wrapper's few words.
+fn serve_with_codec<S>(
     io: S,
     client: CodecClient,
     builder: ServerBuilder,
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
-    mut deadline: tunnel::Drain,
-) where
+    deadline: tunnel::Drain,
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + http1::IdleWait + Unpin + Send + 'static,
 {
-    let CodecClient {
-        connection,
-        ctx,
-        peer,
-        local,
-    } = client;
-    let served = http1::serve(io, connection.clone(), ctx.clone(), peer, local, shutdown);
+    let served = Box::pin(sized("http1::serve", http1::serve(
+        io,
+        client.connection.clone(),
+        client.ctx.clone(),
+        shutdown,
+    )));
+    until_drained(served, client, builder, watcher, deadline)
+}
+
+/// The codec's loop until it ends or the drain deadline; HTTP/2 after it when the
+/// connection opened with the preface.
+async fn until_drained<S>(
+    served: Pin<Box<impl Future<Output = http1::Ending<S>> + Send>>,
+    client: CodecClient,
+    builder: ServerBuilder,
+    watcher: Watcher,
+    mut deadline: tunnel::Drain,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ending = tokio::select! {
         ending = served => ending,
         _ = deadline.deadline() => {
@@ -247,6 +266,29 @@ async fn serve_with_codec<S>(
     let http1::Ending::Http2 { read, io } = ending else {
         return;
     };
+    // Boxed: HTTP/2 connections are the few here, and an HTTP/1 connection's task need
+    // not carry room for hyper's HTTP/2 server (nor for building it).
+    Box::pin(serve_h2_after_preface(read, io, client, builder, watcher, deadline)).await;
+}
+
+/// A connection that opened with the HTTP/2 preface: hyper's h2 server behind the
+/// framing guard, fed the bytes the codec read first.
+async fn serve_h2_after_preface<S>(
+    read: Vec<u8>,
+    io: S,
+    client: CodecClient,
+    builder: ServerBuilder,
+    watcher: Watcher,
+    mut deadline: tunnel::Drain,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let CodecClient {
+        connection,
+        ctx,
+        peer,
+        local,
+    } = client;
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let connection = connection.clone();
         let request = request.map(body::ClientBody::Hyper);
@@ -256,10 +298,8 @@ async fn serve_with_codec<S>(
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(guarded), service)
         .into_owned();
-    // Boxed: HTTP/2 connections are the few here, and an HTTP/1 connection's task need
-    // not carry room for hyper's HTTP/2 server.
     tokio::select! {
-        result = Box::pin(watcher.watch(conn)) => if let Err(e) = result {
+        result = watcher.watch(conn) => if let Err(e) = result {
             connection_log::connection_error(&ctx, local, peer, &*e);
             debug!(error = %e, "connection ended with an error");
         },
@@ -270,8 +310,18 @@ async fn serve_with_codec<S>(
 #[cfg(test)]
 mod tests;
 
+/// TEMP: the size of a future, logged without borrowing it.
+pub(super) fn sized<F>(what: &'static str, f: F) -> F {
+    tracing::trace!(target: "sizes", what, size = std::mem::size_of::<F>(), "TEMP sizes");
+    f
+}
+
 /// One accepted connection and what its listener's loop shares with it.
 struct AcceptedConnection {
+    /// Held until the connection ends. Inside the connection's future rather than
+    /// around it: an async fn that awaits a future it was given keeps room for it twice
+    /// (rust-lang/rust#62958), and the task is what every idle connection costs.
+    slot: crate::connections::ConnectionSlot,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -287,6 +337,7 @@ impl AcceptedConnection {
     /// (HTTPS, TLS and TCP listeners) or plain HTTP/1.1 and h2c.
     async fn serve(self) {
         let AcceptedConnection {
+            slot: _slot,
             mut stream,
             mut peer,
             local,
@@ -324,7 +375,7 @@ impl AcceptedConnection {
             };
             // Boxed: otherwise every plaintext connection's task would be as large as
             // the TLS path's state (the handshake, rustls' connection, its HTTP server).
-            return Box::pin(tls::serve(accepted, builder, graceful)).await;
+            return Box::pin(sized("tls::serve", tls::serve(accepted, builder, graceful))).await;
         }
         drop(live);
         let connection =
@@ -337,7 +388,7 @@ impl AcceptedConnection {
             local,
         };
         if own {
-            return serve_with_codec(stream, client, builder, graceful, shutdown, drain).await;
+            return sized("serve_with_codec plain", serve_with_codec(stream, client, builder, graceful, shutdown, drain)).await;
         }
         // Boxed: hyper's connection state would otherwise make every connection's task,
         // the codec's idle ones included, as large as hyper's server.

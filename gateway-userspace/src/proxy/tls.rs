@@ -93,18 +93,34 @@ pub(super) async fn serve(accepted: Accepted, builder: super::ServerBuilder, wat
                 return;
             }
             let clocks = accepted.stream_clocks();
-            tcp::proxy(&accepted.live, accepted.stream, &[], clusters, clocks).await;
+            // Boxed: a TLS connection's future need not hold room for a TCP proxy's.
+            Box::pin(tcp::proxy(&accepted.live, accepted.stream, &[], clusters, clocks)).await;
         }
-        Transport::Tls(tls) => serve_tls(accepted, tls, builder, watcher).await,
+        Transport::Tls(tls) => {
+            // The ClientHello read and the handshake in a box of their own, freed once
+            // the connection is terminated: an idle HTTPS connection keeps only what
+            // serving it needs (the TLS stream and the codec's loop), not room for
+            // rustls' handshake state and its clocks.
+            let serving = Box::pin(super::sized("serve_tls", serve_tls(accepted, tls, builder, watcher))).await;
+            if let Some(serving) = serving {
+                serving.await;
+            }
+        }
     }
 }
 
+/// What an HTTPS connection does once terminated: the codec's loop over the TLS stream.
+type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Reads the ClientHello and passes the connection through, or terminates it and
+/// proxies TCP or serves HTTP under hyper; an HTTP connection served by the codec is
+/// returned to the caller to run (`Serving`).
 async fn serve_tls(
     accepted: Accepted,
     tls: &ListenerTls,
     builder: super::ServerBuilder,
     watcher: Watcher,
-) {
+) -> Option<Serving> {
     let clocks = accepted.stream_clocks();
     let mut accepted = accepted;
     let hello = match tokio::time::timeout(
@@ -114,21 +130,21 @@ async fn serve_tls(
     .await
     {
         Ok(Ok(Some(hello))) => hello,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             debug!(error = %e, "reading the ClientHello failed");
-            return;
+            return None;
         }
         Err(_) => {
             debug!("no ClientHello in time");
-            return;
+            return None;
         }
     };
     let passthrough = tls
         .select(hello.sni.as_deref())
         .is_some_and(|(_, server)| matches!(server.mode, TlsMode::Passthrough { .. }));
     if passthrough && !accepted.connection_allowed(hello.sni.as_deref(), None) {
-        return;
+        return None;
     }
     let Accepted {
         stream,
@@ -154,13 +170,13 @@ async fn serve_tls(
         handshakes("refused_sni");
         // Closing without a handshake, as Envoy does when no filter chain matches.
         debug!(sni = ?hello.sni, "refused: no server accepts this SNI");
-        return;
+        return None;
     };
     match &server.mode {
         TlsMode::Passthrough { routes } => {
             let Some(route) = SniRoute::find(routes, hello.sni.as_deref()) else {
                 debug!(sni = ?hello.sni, server = %server.name, "refused: no tls route for this SNI");
-                return;
+                return None;
             };
             tcp::proxy(&live, stream, &hello.bytes, &route.clusters, clocks).await;
         }
@@ -186,14 +202,15 @@ async fn serve_tls(
                 Ok(Err(e)) => {
                     handshakes("failure");
                     debug!(error = %e, sni = ?hello.sni, "TLS handshake failed");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     handshakes("failure");
                     debug!(sni = ?hello.sni, "TLS handshake timed out");
-                    return;
+                    return None;
                 }
             };
+            tracing::trace!(target: "sizes", server_connection = std::mem::size_of::<rustls::ServerConnection>(), "TEMP sizes: tls stream");
             // A certificate that did not verify (AllowInsecureFallback) is served as
             // none: never an identity, never forwarded.
             let (leaf, unverified_client_cert) = match trust
@@ -218,7 +235,7 @@ async fn serve_tls(
                         http: None,
                     };
                     if !super::authz::allowed(&ctx, &authz.tcp, &attributes) {
-                        return;
+                        return None;
                     }
                     // Boxed: an HTTP connection's task need not hold a TCP proxy's state.
                     Box::pin(tcp::proxy(&live, tls_stream, &[], clusters, clocks)).await;
@@ -246,11 +263,9 @@ async fn serve_tls(
                             peer,
                             local,
                         };
-                        super::serve_with_codec(
+                        return Some(Box::pin(super::sized("serve_with_codec tls", super::serve_with_codec(
                             tls_stream, client, builder, watcher, shutdown, drain,
-                        )
-                        .await;
-                        return;
+                        ))));
                     }
                     // The framing guard and the connection's clocks, as on plaintext ports.
                     let log_ctx = ctx.clone();
@@ -287,6 +302,7 @@ async fn serve_tls(
             }
         }
     }
+    None
 }
 
 /// The ClientHello's bytes as read from the socket, and its SNI (lowercase).

@@ -4,7 +4,6 @@
 //! order. A 101 (a 2xx to CONNECT) hands the connection to the upgrade's owner.
 
 use std::{
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -58,18 +57,18 @@ struct Client {
 }
 
 pub(in crate::proxy) async fn serve<S>(
-    io: S,
+    // Used in place, never moved into a local: an async fn's argument keeps its room
+    // for the future's life, so a rebinding would hold the stream (rustls' connection,
+    // on TLS) twice.
+    mut io: S,
     connection: Arc<forward::Connection>,
     ctx: Arc<ProxyContext>,
-    peer: SocketAddr,
-    local: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) -> Ending<S>
 where
     S: AsyncRead + AsyncWrite + IdleWait + Unpin + Send + 'static,
 {
     let client = Client { connection, ctx };
-    let mut io = io;
     let mut buf = BytesMut::new();
     let mut first = true;
     // The idle and header-read clocks of every request on the connection: one timer,
@@ -84,14 +83,14 @@ where
         })
     };
     loop {
-        let read = read_head(
+        let read = crate::proxy::sized("read_head", read_head(
             &mut io,
             &mut buf,
             &client,
             stopping.as_mut(),
             first,
             clock.as_mut(),
-        );
+        ));
         let head = match read.await {
             HeadRead::Head(head) => head,
             HeadRead::Closed => break,
@@ -104,6 +103,7 @@ where
             HeadRead::Refused(status, started) => {
                 let _ = io.write_all(&response::refusal(status)).await;
                 let _ = io.flush().await;
+                let (local, peer) = (client.connection.local, client.connection.peer);
                 connection_log::connection_answer(&client.ctx, local, peer, status, started);
                 break;
             }
