@@ -174,7 +174,7 @@ pub async fn serve(
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], bind_port)));
         let _ = stream.set_nodelay(true);
         let accepted = AcceptedConnection {
-            slot,
+            _slot: slot,
             stream,
             peer,
             local,
@@ -236,39 +236,43 @@ fn serve_with_codec<S>(
 where
     S: AsyncRead + AsyncWrite + http1::IdleWait + Unpin + Send + 'static,
 {
-    let served = Box::pin(sized("http1::serve", http1::serve(
-        io,
-        client.connection.clone(),
-        client.ctx.clone(),
-        shutdown,
-    )));
+    let served = Box::pin(sized(
+        "http1::serve",
+        http1::serve(io, client.connection.clone(), client.ctx.clone(), shutdown),
+    ));
     until_drained(served, client, builder, watcher, deadline)
 }
 
 /// The codec's loop until it ends or the drain deadline; HTTP/2 after it when the
-/// connection opened with the preface.
-async fn until_drained<S>(
+/// connection opened with the preface. A block, not an async fn, for the reason above.
+fn until_drained<S>(
     served: Pin<Box<impl Future<Output = http1::Ending<S>> + Send>>,
     client: CodecClient,
     builder: ServerBuilder,
     watcher: Watcher,
     mut deadline: tunnel::Drain,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ending = tokio::select! {
-        ending = served => ending,
-        _ = deadline.deadline() => {
-            debug!("connection closed at the drain deadline");
+    async move {
+        let ending = tokio::select! {
+            ending = served => ending,
+            _ = deadline.deadline() => {
+                debug!("connection closed at the drain deadline");
+                return;
+            }
+        };
+        let http1::Ending::Http2 { read, io } = ending else {
             return;
-        }
-    };
-    let http1::Ending::Http2 { read, io } = ending else {
-        return;
-    };
-    // Boxed: HTTP/2 connections are the few here, and an HTTP/1 connection's task need
-    // not carry room for hyper's HTTP/2 server (nor for building it).
-    Box::pin(serve_h2_after_preface(read, io, client, builder, watcher, deadline)).await;
+        };
+        // Boxed: HTTP/2 connections are the few here, and an HTTP/1 connection's task need
+        // not carry room for hyper's HTTP/2 server (nor for building it).
+        Box::pin(serve_h2_after_preface(
+            read, io, client, builder, watcher, deadline,
+        ))
+        .await;
+    }
 }
 
 /// A connection that opened with the HTTP/2 preface: hyper's h2 server behind the
@@ -321,7 +325,7 @@ struct AcceptedConnection {
     /// Held until the connection ends. Inside the connection's future rather than
     /// around it: an async fn that awaits a future it was given keeps room for it twice
     /// (rust-lang/rust#62958), and the task is what every idle connection costs.
-    slot: crate::connections::ConnectionSlot,
+    _slot: crate::connections::ConnectionSlot,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -335,64 +339,80 @@ struct AcceptedConnection {
 impl AcceptedConnection {
     /// The balancer's PROXY protocol header, where the listener expects one; then TLS
     /// (HTTPS, TLS and TCP listeners) or plain HTTP/1.1 and h2c.
-    async fn serve(self) {
-        let AcceptedConnection {
-            slot: _slot,
-            mut stream,
-            mut peer,
-            local,
-            ctx,
-            builder,
-            graceful,
-            drain,
-            shutdown,
-        } = self;
-        // The configuration live at accept decides the connection's listener, found once.
-        let live = ctx.live.load_full();
-        let listener = live.snapshot.listener_for(local);
-        let proxy_protocol = listener.is_some_and(|l| l.proxy_protocol);
-        let terminating = listener.and_then(|l| Some((l.transport.clone()?, l.authz.clone())));
-        if proxy_protocol {
-            // Boxed: only PROXY protocol listeners need room for the header's read.
-            match Box::pin(read_proxy_header(&mut stream, &ctx, local)).await {
-                // The client's address stands for the balancer's. The local address stays
-                // the socket's: it names the listener the connection arrived on.
-                Some(header) => peer = header.addresses(peer, local).0,
-                None => return,
+    ///
+    /// A block using `self`'s fields in place rather than an async fn destructuring it:
+    /// that would keep the struct's room beside the moved fields (rust-lang/rust#62958)
+    /// in the task of every connection.
+    fn serve(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            // The configuration live at accept decides the connection's listener, found
+            // once.
+            let live = self.ctx.live.load_full();
+            let listener = live.snapshot.listener_for(self.local);
+            let proxy_protocol = listener.is_some_and(|l| l.proxy_protocol);
+            let terminating = listener.and_then(|l| Some((l.transport.clone()?, l.authz.clone())));
+            if proxy_protocol {
+                // Boxed: only PROXY protocol listeners need room for the header's read.
+                let read = read_proxy_header(&mut self.stream, &self.ctx, self.local);
+                match Box::pin(read).await {
+                    // The client's address stands for the balancer's. The local address
+                    // stays the socket's: it names the listener the connection arrived on.
+                    Some(header) => self.peer = header.addresses(self.peer, self.local).0,
+                    None => return,
+                }
             }
-        }
-        if let Some((transport, authz)) = terminating {
-            let accepted = tls::Accepted {
-                stream,
+            let (peer, local) = (self.peer, self.local);
+            if let Some((transport, authz)) = terminating {
+                let accepted = tls::Accepted {
+                    stream: self.stream,
+                    peer,
+                    local,
+                    live,
+                    transport,
+                    authz,
+                    ctx: self.ctx,
+                    drain: self.drain,
+                    shutdown: self.shutdown,
+                };
+                // Boxed: otherwise every plaintext connection's task would be as large as
+                // the TLS path's state (the handshake, rustls' connection). The box is
+                // freed once the handshake is done: an HTTP connection then runs what it
+                // returned.
+                let serving = tls::serve(accepted, self.builder, self.graceful);
+                let serving = Box::pin(sized("tls::serve", serving)).await;
+                if let Some(serving) = serving {
+                    serving.await;
+                }
+                return;
+            }
+            drop(live);
+            let ctx = self.ctx;
+            let connection = forward::Connection::new(peer, local, ctx.clone(), None)
+                .with_drain(self.drain.clone());
+            let own = ctx.http1_server == Http1Server::Own;
+            let client = CodecClient {
+                connection: Arc::new(connection),
+                ctx,
                 peer,
                 local,
-                live,
-                transport,
-                authz,
-                ctx,
-                drain,
-                shutdown,
             };
-            // Boxed: otherwise every plaintext connection's task would be as large as
-            // the TLS path's state (the handshake, rustls' connection, its HTTP server).
-            return Box::pin(sized("tls::serve", tls::serve(accepted, builder, graceful))).await;
+            let (builder, graceful, drain) = (self.builder, self.graceful, self.drain);
+            if own {
+                let served =
+                    serve_with_codec(self.stream, client, builder, graceful, self.shutdown, drain);
+                return sized("serve_with_codec plain", served).await;
+            }
+            // Boxed: hyper's connection state would otherwise make every connection's
+            // task, the codec's idle ones included, as large as hyper's server.
+            Box::pin(serve_with_hyper(
+                self.stream,
+                client,
+                builder,
+                graceful,
+                drain,
+            ))
+            .await;
         }
-        drop(live);
-        let connection =
-            forward::Connection::new(peer, local, ctx.clone(), None).with_drain(drain.clone());
-        let own = ctx.http1_server == Http1Server::Own;
-        let client = CodecClient {
-            connection: Arc::new(connection),
-            ctx,
-            peer,
-            local,
-        };
-        if own {
-            return sized("serve_with_codec plain", serve_with_codec(stream, client, builder, graceful, shutdown, drain)).await;
-        }
-        // Boxed: hyper's connection state would otherwise make every connection's task,
-        // the codec's idle ones included, as large as hyper's server.
-        Box::pin(serve_with_hyper(stream, client, builder, graceful, drain)).await;
     }
 }
 

@@ -84,33 +84,40 @@ impl Accepted {
     }
 }
 
-pub(super) async fn serve(accepted: Accepted, builder: super::ServerBuilder, watcher: Watcher) {
+/// Serves a TCP listener's connection, or reads a TLS connection's ClientHello and
+/// passes it through or terminates it; an HTTP connection served by the codec is
+/// returned once terminated, for the caller to run (`Serving`), so that nothing of the
+/// handshake stays allocated while it is idle.
+pub(super) async fn serve(
+    accepted: Accepted,
+    builder: super::ServerBuilder,
+    watcher: Watcher,
+) -> Option<Serving> {
     let transport = accepted.transport.clone();
     match &*transport {
         Transport::Tcp(clusters) => {
             if !accepted.connection_allowed(None, None) {
                 // Closed before any upstream connection, as Envoy's network RBAC filter does.
-                return;
+                return None;
             }
             let clocks = accepted.stream_clocks();
             // Boxed: a TLS connection's future need not hold room for a TCP proxy's.
-            Box::pin(tcp::proxy(&accepted.live, accepted.stream, &[], clusters, clocks)).await;
+            Box::pin(tcp::proxy(
+                &accepted.live,
+                accepted.stream,
+                &[],
+                clusters,
+                clocks,
+            ))
+            .await;
+            None
         }
-        Transport::Tls(tls) => {
-            // The ClientHello read and the handshake in a box of their own, freed once
-            // the connection is terminated: an idle HTTPS connection keeps only what
-            // serving it needs (the TLS stream and the codec's loop), not room for
-            // rustls' handshake state and its clocks.
-            let serving = Box::pin(super::sized("serve_tls", serve_tls(accepted, tls, builder, watcher))).await;
-            if let Some(serving) = serving {
-                serving.await;
-            }
-        }
+        Transport::Tls(tls) => serve_tls(accepted, tls, builder, watcher).await,
     }
 }
 
 /// What an HTTPS connection does once terminated: the codec's loop over the TLS stream.
-type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(super) type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Reads the ClientHello and passes the connection through, or terminates it and
 /// proxies TCP or serves HTTP under hyper; an HTTP connection served by the codec is
@@ -263,9 +270,12 @@ async fn serve_tls(
                             peer,
                             local,
                         };
-                        return Some(Box::pin(super::sized("serve_with_codec tls", super::serve_with_codec(
-                            tls_stream, client, builder, watcher, shutdown, drain,
-                        ))));
+                        return Some(Box::pin(super::sized(
+                            "serve_with_codec tls",
+                            super::serve_with_codec(
+                                tls_stream, client, builder, watcher, shutdown, drain,
+                            ),
+                        )));
                     }
                     // The framing guard and the connection's clocks, as on plaintext ports.
                     let log_ctx = ctx.clone();
