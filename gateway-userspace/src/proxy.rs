@@ -210,10 +210,9 @@ pub async fn serve(
 
 /// A connection served by the codec, and whom its answers are logged for.
 struct CodecClient {
+    /// Its peer and local addresses too.
     connection: Arc<forward::Connection>,
     ctx: Arc<ProxyContext>,
-    peer: SocketAddr,
-    local: SocketAddr,
 }
 
 /// One downstream HTTP connection (plaintext or TLS-terminated) under `--http1-server
@@ -287,12 +286,8 @@ async fn serve_h2_after_preface<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let CodecClient {
-        connection,
-        ctx,
-        peer,
-        local,
-    } = client;
+    let CodecClient { connection, ctx } = client;
+    let (peer, local) = (connection.peer, connection.local);
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let connection = connection.clone();
         let request = request.map(body::ClientBody::Hyper);
@@ -393,8 +388,6 @@ impl AcceptedConnection {
             let client = CodecClient {
                 connection: Arc::new(connection),
                 ctx,
-                peer,
-                local,
             };
             let (builder, graceful, drain) = (self.builder, self.graceful, self.drain);
             if own {
@@ -425,12 +418,8 @@ async fn serve_with_hyper(
     graceful: Watcher,
     mut deadline: tunnel::Drain,
 ) {
-    let CodecClient {
-        connection,
-        ctx,
-        peer,
-        local,
-    } = client;
+    let CodecClient { connection, ctx } = client;
+    let (peer, local) = (connection.peer, connection.local);
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let connection = connection.clone();
         let request = request.map(body::ClientBody::Hyper);

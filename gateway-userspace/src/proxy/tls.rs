@@ -267,8 +267,6 @@ async fn serve_tls(
                         let client = super::CodecClient {
                             connection: Arc::new(connection),
                             ctx,
-                            peer,
-                            local,
                         };
                         return Some(Box::pin(super::sized(
                             "serve_with_codec tls",
