@@ -174,7 +174,7 @@ pub async fn serve(
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], bind_port)));
         let _ = stream.set_nodelay(true);
         let accepted = AcceptedConnection {
-            _slot: slot,
+            slot,
             stream,
             peer,
             local,
@@ -320,7 +320,7 @@ struct AcceptedConnection {
     /// Held until the connection ends. Inside the connection's future rather than
     /// around it: an async fn that awaits a future it was given keeps room for it twice
     /// (rust-lang/rust#62958), and the task is what every idle connection costs.
-    _slot: crate::connections::ConnectionSlot,
+    slot: crate::connections::ConnectionSlot,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -340,6 +340,10 @@ impl AcceptedConnection {
     /// in the task of every connection.
     fn serve(mut self) -> impl Future<Output = ()> + Send {
         async move {
+            // Named, so that the block owns the slot until the connection ends: a block
+            // captures only the fields it mentions, and one never mentioned would be
+            // dropped when the block is made, freeing the slot at accept.
+            let _slot = self.slot;
             // The configuration live at accept decides the connection's listener, found
             // once.
             let live = self.ctx.live.load_full();
