@@ -184,9 +184,7 @@ pub async fn serve(
             drain: drain.clone(),
             shutdown: shutdown.clone(),
         };
-        let task = accepted.serve().instrument(debug_span!("conn", %peer));
-        tracing::trace!(target: "sizes", task = std::mem::size_of_val(&task), "TEMP sizes: connection task");
-        tokio::spawn(task);
+        tokio::spawn(accepted.serve().instrument(debug_span!("conn", %peer)));
     }
 
     drop(listener);
@@ -210,7 +208,7 @@ pub async fn serve(
 
 /// A connection served by the codec, and whom its answers are logged for.
 struct CodecClient {
-    /// Its peer and local addresses too.
+    /// Carries the client's peer and local addresses too.
     connection: Arc<forward::Connection>,
     ctx: Arc<ProxyContext>,
 }
@@ -235,9 +233,11 @@ fn serve_with_codec<S>(
 where
     S: AsyncRead + AsyncWrite + http1::IdleWait + Unpin + Send + 'static,
 {
-    let served = Box::pin(sized(
-        "http1::serve",
-        http1::serve(io, client.connection.clone(), client.ctx.clone(), shutdown),
+    let served = Box::pin(http1::serve(
+        io,
+        client.connection.clone(),
+        client.ctx.clone(),
+        shutdown,
     ));
     until_drained(served, client, builder, watcher, deadline)
 }
@@ -309,12 +309,6 @@ async fn serve_h2_after_preface<S>(
 #[cfg(test)]
 mod tests;
 
-/// TEMP: the size of a future, logged without borrowing it.
-pub(super) fn sized<F>(what: &'static str, f: F) -> F {
-    tracing::trace!(target: "sizes", what, size = std::mem::size_of::<F>(), "TEMP sizes");
-    f
-}
-
 /// One accepted connection and what its listener's loop shares with it.
 struct AcceptedConnection {
     /// Held until the connection ends. Inside the connection's future rather than
@@ -378,7 +372,7 @@ impl AcceptedConnection {
                 // freed once the handshake is done: an HTTP connection then runs what it
                 // returned.
                 let serving = tls::serve(accepted, self.builder, self.graceful);
-                let serving = Box::pin(sized("tls::serve", serving)).await;
+                let serving = Box::pin(serving).await;
                 if let Some(serving) = serving {
                     serving.await;
                 }
@@ -397,7 +391,7 @@ impl AcceptedConnection {
             if own {
                 let served =
                     serve_with_codec(self.stream, client, builder, graceful, self.shutdown, drain);
-                return sized("serve_with_codec plain", served).await;
+                return served.await;
             }
             // Boxed: hyper's connection state would otherwise make every connection's
             // task, the codec's idle ones included, as large as hyper's server.

@@ -217,7 +217,6 @@ async fn serve_tls(
                     return None;
                 }
             };
-            tracing::trace!(target: "sizes", server_connection = std::mem::size_of::<rustls::ServerConnection>(), "TEMP sizes: tls stream");
             // A certificate that did not verify (AllowInsecureFallback) is served as
             // none: never an identity, never forwarded.
             let (leaf, unverified_client_cert) = match trust
@@ -268,11 +267,8 @@ async fn serve_tls(
                             connection: Arc::new(connection),
                             ctx,
                         };
-                        return Some(Box::pin(super::sized(
-                            "serve_with_codec tls",
-                            super::serve_with_codec(
-                                tls_stream, client, builder, watcher, shutdown, drain,
-                            ),
+                        return Some(Box::pin(super::serve_with_codec(
+                            tls_stream, client, builder, watcher, shutdown, drain,
                         )));
                     }
                     // The framing guard and the connection's clocks, as on plaintext ports.

@@ -87,16 +87,13 @@ where
             })
         };
         loop {
-            let read = crate::proxy::sized(
-                "read_head",
-                read_head(
-                    &mut io,
-                    &mut buf,
-                    &client,
-                    stopping.as_mut(),
-                    first,
-                    clock.as_mut(),
-                ),
+            let read = read_head(
+                &mut io,
+                &mut buf,
+                &client,
+                stopping.as_mut(),
+                first,
+                clock.as_mut(),
             );
             let head = match read.await {
                 HeadRead::Head(head) => head,
