@@ -244,6 +244,7 @@ where
 
 /// The codec's loop until it ends or the drain deadline; HTTP/2 after it when the
 /// connection opened with the preface. A block, not an async fn, for the reason above.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 fn until_drained<S>(
     served: Pin<Box<impl Future<Output = http1::Ending<S>> + Send>>,
     client: CodecClient,
@@ -332,6 +333,7 @@ impl AcceptedConnection {
     /// A block using `self`'s fields in place rather than an async fn destructuring it:
     /// that would keep the struct's room beside the moved fields (rust-lang/rust#62958)
     /// in the task of every connection.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
     fn serve(mut self) -> impl Future<Output = ()> + Send {
         async move {
             // Named, so that the block owns the slot until the connection ends: a block

@@ -62,6 +62,7 @@ struct Client {
 /// argument's room stays in the future beside it (rust-lang/rust#62958), so the stream
 /// (rustls' whole connection, on TLS) would be held twice. The block below uses `io` in
 /// place.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(in crate::proxy) fn serve<S>(
     mut io: S,
     connection: Arc<forward::Connection>,
