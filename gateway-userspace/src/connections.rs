@@ -178,12 +178,6 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Runs `connection` holding its slot until it ends.
-pub async fn holding<F: Future>(slot: ConnectionSlot, connection: F) -> F::Output {
-    let _slot = slot;
-    connection.await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

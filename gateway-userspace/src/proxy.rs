@@ -32,7 +32,7 @@ mod upstream;
 mod upstream_head;
 mod upstream_tls;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -175,6 +175,7 @@ pub async fn serve(
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], bind_port)));
         let _ = stream.set_nodelay(true);
         let accepted = AcceptedConnection {
+            slot,
             stream,
             peer,
             local,
@@ -184,10 +185,7 @@ pub async fn serve(
             drain: drain.clone(),
             shutdown: shutdown.clone(),
         };
-        tokio::spawn(
-            crate::connections::holding(slot, accepted.serve())
-                .instrument(debug_span!("conn", %peer)),
-        );
+        tokio::spawn(accepted.serve().instrument(debug_span!("conn", %peer)));
     }
 
     drop(listener);
@@ -211,43 +209,87 @@ pub async fn serve(
 
 /// A connection served by the codec, and whom its answers are logged for.
 struct CodecClient {
+    /// Carries the client's peer and local addresses too.
     connection: Arc<forward::Connection>,
     ctx: Arc<ProxyContext>,
-    peer: SocketAddr,
-    local: SocketAddr,
 }
 
 /// One downstream HTTP connection (plaintext or TLS-terminated) under `--http1-server
 /// own`: HTTP/1 by the codec until the connection ends or the drain deadline; a
 /// connection that opens with the HTTP/2 preface goes to hyper's h2 server behind the
 /// framing guard (which keeps HTTP/2's idle clock).
-async fn serve_with_codec<S>(
+///
+/// Not an async fn: the codec's loop is boxed here, from `io` given by value, so no
+/// future holds the stream as an argument besides the loop that uses it (an async fn
+/// keeps its arguments' room for its whole life: rust-lang/rust#62958). What an idle
+/// connection costs is the loop's state once, and this wrapper's few words.
+fn serve_with_codec<S>(
     io: S,
     client: CodecClient,
     builder: ServerBuilder,
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
-    mut deadline: tunnel::Drain,
-) where
+    deadline: tunnel::Drain,
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + http1::IdleWait + Unpin + Send + 'static,
 {
-    let CodecClient {
-        connection,
-        ctx,
-        peer,
-        local,
-    } = client;
-    let served = http1::serve(io, connection.clone(), ctx.clone(), peer, local, shutdown);
-    let ending = tokio::select! {
-        ending = served => ending,
-        _ = deadline.deadline() => {
-            debug!("connection closed at the drain deadline");
+    let served = Box::pin(http1::serve(
+        io,
+        client.connection.clone(),
+        client.ctx.clone(),
+        shutdown,
+    ));
+    until_drained(served, client, builder, watcher, deadline)
+}
+
+/// The codec's loop until it ends or the drain deadline; HTTP/2 after it when the
+/// connection opened with the preface. A block, not an async fn, for the reason above.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn until_drained<S>(
+    served: Pin<Box<impl Future<Output = http1::Ending<S>> + Send>>,
+    client: CodecClient,
+    builder: ServerBuilder,
+    watcher: Watcher,
+    mut deadline: tunnel::Drain,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async move {
+        let ending = tokio::select! {
+            ending = served => ending,
+            _ = deadline.deadline() => {
+                debug!("connection closed at the drain deadline");
+                return;
+            }
+        };
+        let http1::Ending::Http2 { read, io } = ending else {
             return;
-        }
-    };
-    let http1::Ending::Http2 { read, io } = ending else {
-        return;
-    };
+        };
+        // Boxed: HTTP/2 connections are the few here, and an HTTP/1 connection's task need
+        // not carry room for hyper's HTTP/2 server (nor for building it).
+        Box::pin(serve_h2_after_preface(
+            read, io, client, builder, watcher, deadline,
+        ))
+        .await;
+    }
+}
+
+/// A connection that opened with the HTTP/2 preface: hyper's h2 server behind the
+/// framing guard, fed the bytes the codec read first.
+async fn serve_h2_after_preface<S>(
+    read: Vec<u8>,
+    io: S,
+    client: CodecClient,
+    builder: ServerBuilder,
+    watcher: Watcher,
+    mut deadline: tunnel::Drain,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let CodecClient { connection, ctx } = client;
+    let (peer, local) = (connection.peer, connection.local);
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let connection = connection.clone();
         let request = request.map(body::ClientBody::Hyper);
@@ -257,10 +299,8 @@ async fn serve_with_codec<S>(
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(guarded), service)
         .into_owned();
-    // Boxed: HTTP/2 connections are the few here, and an HTTP/1 connection's task need
-    // not carry room for hyper's HTTP/2 server.
     tokio::select! {
-        result = Box::pin(watcher.watch(conn)) => if let Err(e) = result {
+        result = watcher.watch(conn) => if let Err(e) = result {
             connection_log::connection_error(&ctx, local, peer, &*e);
             debug!(error = %e, "connection ended with an error");
         },
@@ -273,6 +313,10 @@ mod tests;
 
 /// One accepted connection and what its listener's loop shares with it.
 struct AcceptedConnection {
+    /// Held until the connection ends. Inside the connection's future rather than
+    /// around it: an async fn that awaits a future it was given keeps room for it twice
+    /// (rust-lang/rust#62958), and the task is what every idle connection costs.
+    slot: crate::connections::ConnectionSlot,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -286,63 +330,83 @@ struct AcceptedConnection {
 impl AcceptedConnection {
     /// The balancer's PROXY protocol header, where the listener expects one; then TLS
     /// (HTTPS, TLS and TCP listeners) or plain HTTP/1.1 and h2c.
-    async fn serve(self) {
-        let AcceptedConnection {
-            mut stream,
-            mut peer,
-            local,
-            ctx,
-            builder,
-            graceful,
-            drain,
-            shutdown,
-        } = self;
-        // The configuration live at accept decides the connection's listener, found once.
-        let live = ctx.live.load_full();
-        let listener = live.snapshot.listener_for(local);
-        let proxy_protocol = listener.is_some_and(|l| l.proxy_protocol);
-        let terminating = listener.and_then(|l| Some((l.transport.clone()?, l.authz.clone())));
-        if proxy_protocol {
-            // Boxed: only PROXY protocol listeners need room for the header's read.
-            match Box::pin(read_proxy_header(&mut stream, &ctx, local)).await {
-                // The client's address stands for the balancer's. The local address stays
-                // the socket's: it names the listener the connection arrived on.
-                Some(header) => peer = header.addresses(peer, local).0,
-                None => return,
+    ///
+    /// A block using `self`'s fields in place rather than an async fn destructuring it:
+    /// that would keep the struct's room beside the moved fields (rust-lang/rust#62958)
+    /// in the task of every connection.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn serve(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            // Named, so that the block owns the slot until the connection ends: a block
+            // captures only the fields it mentions, and one never mentioned would be
+            // dropped when the block is made, freeing the slot at accept.
+            let _slot = self.slot;
+            // The configuration live at accept decides the connection's listener, found
+            // once.
+            let live = self.ctx.live.load_full();
+            let listener = live.snapshot.listener_for(self.local);
+            let proxy_protocol = listener.is_some_and(|l| l.proxy_protocol);
+            let terminating = listener.and_then(|l| Some((l.transport.clone()?, l.authz.clone())));
+            if proxy_protocol {
+                // Boxed: only PROXY protocol listeners need room for the header's read.
+                let read = read_proxy_header(&mut self.stream, &self.ctx, self.local);
+                match Box::pin(read).await {
+                    // The client's address stands for the balancer's. The local address
+                    // stays the socket's: it names the listener the connection arrived on.
+                    Some(header) => self.peer = header.addresses(self.peer, self.local).0,
+                    None => return,
+                }
             }
-        }
-        if let Some((transport, authz)) = terminating {
-            let accepted = tls::Accepted {
-                stream,
-                peer,
-                local,
-                live,
-                transport,
-                authz,
+            let (peer, local) = (self.peer, self.local);
+            if let Some((transport, authz)) = terminating {
+                let accepted = tls::Accepted {
+                    stream: self.stream,
+                    peer,
+                    local,
+                    live,
+                    transport,
+                    authz,
+                    ctx: self.ctx,
+                    drain: self.drain,
+                    shutdown: self.shutdown,
+                };
+                // Boxed: otherwise every plaintext connection's task would be as large as
+                // the TLS path's state (the handshake, rustls' connection). The box is
+                // freed once the handshake is done: an HTTP connection then runs what it
+                // returned.
+                let serving = tls::serve(accepted, self.builder, self.graceful);
+                let serving = Box::pin(serving).await;
+                if let Some(serving) = serving {
+                    serving.await;
+                }
+                return;
+            }
+            drop(live);
+            let ctx = self.ctx;
+            let connection = forward::Connection::new(peer, local, ctx.clone(), None)
+                .with_drain(self.drain.clone());
+            let own = ctx.http1_server == Http1Server::Own;
+            let client = CodecClient {
+                connection: Arc::new(connection),
                 ctx,
-                drain,
-                shutdown,
             };
-            // Boxed: otherwise every plaintext connection's task would be as large as
-            // the TLS path's state (the handshake, rustls' connection, its HTTP server).
-            return Box::pin(tls::serve(accepted, builder, graceful)).await;
+            let (builder, graceful, drain) = (self.builder, self.graceful, self.drain);
+            if own {
+                let served =
+                    serve_with_codec(self.stream, client, builder, graceful, self.shutdown, drain);
+                return served.await;
+            }
+            // Boxed: hyper's connection state would otherwise make every connection's
+            // task, the codec's idle ones included, as large as hyper's server.
+            Box::pin(serve_with_hyper(
+                self.stream,
+                client,
+                builder,
+                graceful,
+                drain,
+            ))
+            .await;
         }
-        drop(live);
-        let connection =
-            forward::Connection::new(peer, local, ctx.clone(), None).with_drain(drain.clone());
-        let own = ctx.http1_server == Http1Server::Own;
-        let client = CodecClient {
-            connection: Arc::new(connection),
-            ctx,
-            peer,
-            local,
-        };
-        if own {
-            return serve_with_codec(stream, client, builder, graceful, shutdown, drain).await;
-        }
-        // Boxed: hyper's connection state would otherwise make every connection's task,
-        // the codec's idle ones included, as large as hyper's server.
-        Box::pin(serve_with_hyper(stream, client, builder, graceful, drain)).await;
     }
 }
 
@@ -355,12 +419,8 @@ async fn serve_with_hyper(
     graceful: Watcher,
     mut deadline: tunnel::Drain,
 ) {
-    let CodecClient {
-        connection,
-        ctx,
-        peer,
-        local,
-    } = client;
+    let CodecClient { connection, ctx } = client;
+    let (peer, local) = (connection.peer, connection.local);
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let connection = connection.clone();
         let request = request.map(body::ClientBody::Hyper);

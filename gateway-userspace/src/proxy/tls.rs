@@ -84,27 +84,50 @@ impl Accepted {
     }
 }
 
-pub(super) async fn serve(accepted: Accepted, builder: super::ServerBuilder, watcher: Watcher) {
+/// Serves a TCP listener's connection, or reads a TLS connection's ClientHello and
+/// passes it through or terminates it; an HTTP connection served by the codec is
+/// returned once terminated, for the caller to run (`Serving`), so that nothing of the
+/// handshake stays allocated while it is idle.
+pub(super) async fn serve(
+    accepted: Accepted,
+    builder: super::ServerBuilder,
+    watcher: Watcher,
+) -> Option<Serving> {
     let transport = accepted.transport.clone();
     match &*transport {
         Transport::Tcp(clusters) => {
             if !accepted.connection_allowed(None, None) {
                 // Closed before any upstream connection, as Envoy's network RBAC filter does.
-                return;
+                return None;
             }
             let clocks = accepted.stream_clocks();
-            tcp::proxy(&accepted.live, accepted.stream, &[], clusters, clocks).await;
+            // Boxed: a TLS connection's future need not hold room for a TCP proxy's.
+            Box::pin(tcp::proxy(
+                &accepted.live,
+                accepted.stream,
+                &[],
+                clusters,
+                clocks,
+            ))
+            .await;
+            None
         }
         Transport::Tls(tls) => serve_tls(accepted, tls, builder, watcher).await,
     }
 }
 
+/// What an HTTPS connection does once terminated: the codec's loop over the TLS stream.
+pub(super) type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Reads the ClientHello and passes the connection through, or terminates it and
+/// proxies TCP or serves HTTP under hyper; an HTTP connection served by the codec is
+/// returned to the caller to run (`Serving`).
 async fn serve_tls(
     accepted: Accepted,
     tls: &ListenerTls,
     builder: super::ServerBuilder,
     watcher: Watcher,
-) {
+) -> Option<Serving> {
     let clocks = accepted.stream_clocks();
     let mut accepted = accepted;
     let hello = match tokio::time::timeout(
@@ -114,21 +137,21 @@ async fn serve_tls(
     .await
     {
         Ok(Ok(Some(hello))) => hello,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             debug!(error = %e, "reading the ClientHello failed");
-            return;
+            return None;
         }
         Err(_) => {
             debug!("no ClientHello in time");
-            return;
+            return None;
         }
     };
     let passthrough = tls
         .select(hello.sni.as_deref())
         .is_some_and(|(_, server)| matches!(server.mode, TlsMode::Passthrough { .. }));
     if passthrough && !accepted.connection_allowed(hello.sni.as_deref(), None) {
-        return;
+        return None;
     }
     let Accepted {
         stream,
@@ -154,13 +177,13 @@ async fn serve_tls(
         handshakes("refused_sni");
         // Closing without a handshake, as Envoy does when no filter chain matches.
         debug!(sni = ?hello.sni, "refused: no server accepts this SNI");
-        return;
+        return None;
     };
     match &server.mode {
         TlsMode::Passthrough { routes } => {
             let Some(route) = SniRoute::find(routes, hello.sni.as_deref()) else {
                 debug!(sni = ?hello.sni, server = %server.name, "refused: no tls route for this SNI");
-                return;
+                return None;
             };
             tcp::proxy(&live, stream, &hello.bytes, &route.clusters, clocks).await;
         }
@@ -186,12 +209,12 @@ async fn serve_tls(
                 Ok(Err(e)) => {
                     handshakes("failure");
                     debug!(error = %e, sni = ?hello.sni, "TLS handshake failed");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     handshakes("failure");
                     debug!(sni = ?hello.sni, "TLS handshake timed out");
-                    return;
+                    return None;
                 }
             };
             // A certificate that did not verify (AllowInsecureFallback) is served as
@@ -218,7 +241,7 @@ async fn serve_tls(
                         http: None,
                     };
                     if !super::authz::allowed(&ctx, &authz.tcp, &attributes) {
-                        return;
+                        return None;
                     }
                     // Boxed: an HTTP connection's task need not hold a TCP proxy's state.
                     Box::pin(tcp::proxy(&live, tls_stream, &[], clusters, clocks)).await;
@@ -243,14 +266,10 @@ async fn serve_tls(
                         let client = super::CodecClient {
                             connection: Arc::new(connection),
                             ctx,
-                            peer,
-                            local,
                         };
-                        super::serve_with_codec(
+                        return Some(Box::pin(super::serve_with_codec(
                             tls_stream, client, builder, watcher, shutdown, drain,
-                        )
-                        .await;
-                        return;
+                        )));
                     }
                     // The framing guard and the connection's clocks, as on plaintext ports.
                     let log_ctx = ctx.clone();
@@ -287,6 +306,7 @@ async fn serve_tls(
             }
         }
     }
+    None
 }
 
 /// The ClientHello's bytes as read from the socket, and its SNI (lowercase).

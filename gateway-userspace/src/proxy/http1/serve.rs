@@ -4,7 +4,6 @@
 //! order. A 101 (a 2xx to CONNECT) hands the connection to the upgrade's owner.
 
 use std::{
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -48,7 +47,9 @@ pub(in crate::proxy) enum Ending<S> {
     /// It opened with the HTTP/2 preface: the bytes read so far, for hyper's h2 server.
     Http2 {
         read: Vec<u8>,
-        io: S,
+        /// Boxed: the connection's futures need no room for the stream's value beside
+        /// the loop that holds it.
+        io: Box<S>,
     },
 }
 
@@ -58,86 +59,91 @@ struct Client {
     ctx: Arc<ProxyContext>,
 }
 
-pub(in crate::proxy) async fn serve<S>(
-    io: S,
+/// Not an async fn: an async fn moves each argument into a local of its body, and the
+/// argument's room stays in the future beside it (rust-lang/rust#62958), so the stream
+/// (rustls' whole connection, on TLS) would be held twice. The block below uses `io` in
+/// place.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(in crate::proxy) fn serve<S>(
+    mut io: S,
     connection: Arc<forward::Connection>,
     ctx: Arc<ProxyContext>,
-    peer: SocketAddr,
-    local: SocketAddr,
     shutdown: watch::Receiver<bool>,
-) -> Ending<S>
+) -> impl Future<Output = Ending<S>> + Send
 where
     S: AsyncRead + AsyncWrite + IdleWait + Unpin + Send + 'static,
 {
-    let client = Client { connection, ctx };
-    let mut io = io;
-    let mut buf = BytesMut::new();
-    let mut first = true;
-    // The idle and header-read clocks of every request on the connection: one timer,
-    // moved rather than registered anew per request (a later deadline is a store).
-    let mut clock = Box::pin(sleep_until(Instant::now()));
-    // The shutdown watch's wait, registered once for the connection's life rather than
-    // per request; ready once the listener stops (or goes away).
-    let mut stopping = {
-        let mut shutdown = shutdown.clone();
-        Box::pin(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-    };
-    loop {
-        let read = read_head(
-            &mut io,
-            &mut buf,
-            &client,
-            stopping.as_mut(),
-            first,
-            clock.as_mut(),
-        );
-        let head = match read.await {
-            HeadRead::Head(head) => head,
-            HeadRead::Closed => break,
-            HeadRead::Http2 => {
-                return Ending::Http2 {
-                    read: buf.to_vec(),
-                    io,
-                };
-            }
-            HeadRead::Refused(status, started) => {
-                let _ = io.write_all(&response::refusal(status)).await;
-                let _ = io.flush().await;
-                connection_log::connection_answer(&client.ctx, local, peer, status, started);
-                break;
-            }
+    async move {
+        let client = Client { connection, ctx };
+        let mut buf = BytesMut::new();
+        let mut first = true;
+        // The idle and header-read clocks of every request on the connection: one timer,
+        // moved rather than registered anew per request (a later deadline is a store).
+        let mut clock = Box::pin(sleep_until(Instant::now()));
+        // The shutdown watch's wait, registered once for the connection's life rather than
+        // per request; ready once the listener stops (or goes away).
+        let mut stopping = {
+            let mut shutdown = shutdown.clone();
+            Box::pin(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
         };
-        first = false;
-        buf.advance(head.len);
-        let upgrading = head.upgrade;
-        let exchange = {
-            // Split only while a request is in flight: its body is read while the
-            // handler runs and while the response is written.
-            let shared = std::sync::Mutex::new(&mut io);
-            let (mut reader, mut writer) = halves::split(&shared);
-            // Boxed for the time of the request: the handler's future is large, and the
-            // connection's own future (what an idle connection costs) must not be.
-            Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
-        };
-        match exchange {
-            Exchanged::KeepAlive if !*shutdown.borrow() => {}
-            Exchanged::KeepAlive | Exchanged::Close => break,
-            Exchanged::Upgrade(sender) if upgrading => {
-                let upgraded = Upgraded {
-                    prefix: Bytes::copy_from_slice(&buf),
-                    io: Box::new(io),
-                };
-                let _ = sender.send(upgraded);
-                return Ending::Closed;
+        loop {
+            let read = read_head(
+                &mut io,
+                &mut buf,
+                &client,
+                stopping.as_mut(),
+                first,
+                clock.as_mut(),
+            );
+            let head = match read.await {
+                HeadRead::Head(head) => head,
+                HeadRead::Closed => break,
+                HeadRead::Http2 => {
+                    return Ending::Http2 {
+                        read: buf.to_vec(),
+                        io: Box::new(io),
+                    };
+                }
+                HeadRead::Refused(status, started) => {
+                    let _ = io.write_all(&response::refusal(status)).await;
+                    let _ = io.flush().await;
+                    let (local, peer) = (client.connection.local, client.connection.peer);
+                    connection_log::connection_answer(&client.ctx, local, peer, status, started);
+                    break;
+                }
+            };
+            first = false;
+            buf.advance(head.len);
+            let upgrading = head.upgrade;
+            let exchange = {
+                // Split only while a request is in flight: its body is read while the
+                // handler runs and while the response is written.
+                let shared = std::sync::Mutex::new(&mut io);
+                let (mut reader, mut writer) = halves::split(&shared);
+                // Boxed for the time of the request: the handler's future is large, and the
+                // connection's own future (what an idle connection costs) must not be.
+                Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
+            };
+            match exchange {
+                Exchanged::KeepAlive if !*shutdown.borrow() => {}
+                Exchanged::KeepAlive | Exchanged::Close => break,
+                Exchanged::Upgrade(sender) if upgrading => {
+                    let upgraded = Upgraded {
+                        prefix: Bytes::copy_from_slice(&buf),
+                        io: Box::new(io),
+                    };
+                    let _ = sender.send(upgraded);
+                    return Ending::Closed;
+                }
+                Exchanged::Upgrade(_) => break,
             }
-            Exchanged::Upgrade(_) => break,
+            buffer::settle(&mut buf);
         }
-        buffer::settle(&mut buf);
+        let _ = io.shutdown().await;
+        Ending::Closed
     }
-    let _ = io.shutdown().await;
-    Ending::Closed
 }
 
 /// Waiting for a client's next bytes without a buffer, so an idle keep-alive connection
