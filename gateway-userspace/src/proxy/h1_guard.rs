@@ -675,7 +675,7 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
                 self.wrote_during_head = false;
                 self.head_started = SystemTime::now();
             }
-            let deadline = deadline_after(length);
+            let deadline = super::limits::deadline_after(Instant::now(), length);
             match &mut self.timer {
                 Some(timer) => timer.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -709,12 +709,6 @@ impl<S: AsyncWrite + Unpin> H1Guard<S> {
             cx.waker().wake_by_ref();
         }
     }
-}
-
-fn deadline_after(length: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(length)
-        .unwrap_or(now + Duration::from_secs(86_400 * 365))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {

@@ -103,6 +103,23 @@ fn documents(parts: &[String]) -> String {
     parts.join("---\n")
 }
 
+/// What a full compile of `dir` gives, the reference a reusing compile must equal.
+fn full_compile(
+    source: &ConfigSource,
+    dir: &Path,
+    step: usize,
+) -> Result<compile::Isolated, Box<dyn std::error::Error>> {
+    let (resources, loaded) = config::load(std::slice::from_ref(&dir.to_path_buf()))?;
+    compile::compile_isolating(
+        &resources,
+        loaded,
+        &source.identity,
+        &TlsState::default(),
+        None,
+    )
+    .map_err(|d| format!("step {step}: {d:?}").into())
+}
+
 /// What a user (or `/config_dump`) sees of a compile: listeners and routes, the kernel
 /// policy, the status report (with dropped objects and their diagnostics' lines), each
 /// cluster's endpoints by name, and the diagnostics.
@@ -255,15 +272,7 @@ fn a_reusing_reload_compiles_what_a_full_compile_does() -> Result<(), Box<dyn st
             "step {step}: an endpoint patch for {kind}"
         );
         cache.applied();
-        let (resources, loaded) = config::load(std::slice::from_ref(&dir))?;
-        let full = compile::compile_isolating(
-            &resources,
-            loaded,
-            &source.identity,
-            &TlsState::default(),
-            None,
-        )
-        .map_err(|d| format!("step {step}: {d:?}"))?;
+        let full = full_compile(&source, &dir, step)?;
         // An endpoint patch brings no diagnostics of its own: the full compile's are what
         // the last full reload said.
         let diagnostics = diagnostics.unwrap_or_else(|| full.diagnostics.clone());
@@ -361,15 +370,7 @@ fn a_moved_virtual_service_keeps_its_routes_and_its_lines_move()
             panic!("step {step}: not a compile");
         };
         cache.applied();
-        let (resources, loaded) = config::load(std::slice::from_ref(&dir))?;
-        let full = compile::compile_isolating(
-            &resources,
-            loaded,
-            &source.identity,
-            &TlsState::default(),
-            None,
-        )
-        .map_err(|d| format!("step {step}: {d:?}"))?;
+        let full = full_compile(&source, &dir, step)?;
         assert_eq!(
             seen(&snapshot, &diagnostics)?,
             seen(&full.snapshot, &full.diagnostics)?,
@@ -502,15 +503,7 @@ fn an_edited_virtual_service_compiles_only_its_edited_routes()
             panic!("step {step}: not a compile");
         };
         cache.applied();
-        let (resources, loaded) = config::load(std::slice::from_ref(&dir))?;
-        let full = compile::compile_isolating(
-            &resources,
-            loaded,
-            &source.identity,
-            &TlsState::default(),
-            None,
-        )
-        .map_err(|d| format!("step {step}: {d:?}"))?;
+        let full = full_compile(&source, &dir, step)?;
         assert_eq!(
             seen(&snapshot, &diagnostics)?,
             seen(&full.snapshot, &full.diagnostics)?,
