@@ -37,6 +37,35 @@ pub struct AccessLogEntry<'a> {
     pub cluster: Option<&'a str>,
     pub downstream_local: SocketAddr,
     pub downstream_peer: SocketAddr,
+    /// Envoy's `%REQUESTED_SERVER_NAME%`: the SNI of a TLS connection.
+    pub requested_server_name: Option<&'a str>,
+    /// What the client's certificate counts for (JSON only: Envoy's text format has no
+    /// field for it).
+    pub client_certificate: ClientCertificate,
+}
+
+/// The client certificate of the request's connection, as the access log reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientCertificate {
+    /// Plaintext, or TLS without a client certificate.
+    #[default]
+    None,
+    /// Verified against the server's CAs: an identity (`x-forwarded-client-cert`,
+    /// AuthorizationPolicy principals).
+    Verified,
+    /// Presented, did not verify, and served anyway (Gateway API `AllowInsecureFallback`):
+    /// no identity. Logged so that an operator can see who relies on the fallback.
+    Unverified,
+}
+
+impl ClientCertificate {
+    fn as_json(self) -> Option<&'static str> {
+        match self {
+            ClientCertificate::None => None,
+            ClientCertificate::Verified => Some("verified"),
+            ClientCertificate::Unverified => Some("unverified"),
+        }
+    }
 }
 
 impl AccessLogFormat {
@@ -60,11 +89,11 @@ impl AccessLogEntry<'_> {
     }
 
     /// `[START] "METHOD PATH PROTO" CODE FLAGS - "TRANSPORT_FAILURE" RX TX DURATION - "XFF" "UA" "ID"
-    /// "AUTHORITY" "UPSTREAM" CLUSTER - LOCAL PEER - -`
+    /// "AUTHORITY" "UPSTREAM" CLUSTER - LOCAL PEER SNI -` (Istio's default format)
     fn text(&self) -> String {
         let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
         format!(
-            "[{}] \"{} {} {}\" {} {} - \"{}\" - {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - -\n",
+            "[{}] \"{} {} {}\" {} {} - \"{}\" - {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} {} -\n",
             rfc3339_millis(self.start_time),
             self.method,
             self.path,
@@ -83,6 +112,7 @@ impl AccessLogEntry<'_> {
             or_dash(self.cluster),
             self.downstream_local,
             self.downstream_peer,
+            or_dash(self.requested_server_name),
         )
     }
 
@@ -105,6 +135,8 @@ impl AccessLogEntry<'_> {
             "upstream_cluster": self.cluster,
             "downstream_local_address": self.downstream_local.to_string(),
             "downstream_remote_address": self.downstream_peer.to_string(),
+            "requested_server_name": self.requested_server_name,
+            "downstream_peer_certificate": self.client_certificate.as_json(),
         });
         format!("{value}\n")
     }
@@ -139,6 +171,59 @@ fn rfc3339_millis(time: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(sni: Option<&str>) -> AccessLogEntry<'_> {
+        AccessLogEntry {
+            start_time: SystemTime::UNIX_EPOCH,
+            method: "GET",
+            path: "/a",
+            version: Version::HTTP_11,
+            status: 200,
+            flags: "-",
+            transport_failure: None,
+            response_bytes: Some("2"),
+            duration: Duration::from_millis(3),
+            forwarded_for: None,
+            user_agent: Some("curl/8"),
+            request_id: "id",
+            authority: Some("example.org"),
+            upstream: Some(([10, 0, 0, 1], 8080).into()),
+            cluster: Some("outbound|80||web.default.svc.cluster.local"),
+            downstream_local: ([10, 0, 0, 2], 443).into(),
+            downstream_peer: ([10, 0, 0, 3], 5555).into(),
+            requested_server_name: sni,
+            client_certificate: ClientCertificate::None,
+        }
+    }
+
+    #[test]
+    fn text_lines_follow_istios_default_format_with_the_sni() {
+        let tail = "\"10.0.0.1:8080\" outbound|80||web.default.svc.cluster.local - 10.0.0.2:443 10.0.0.3:5555";
+        assert!(
+            entry(Some("example.org"))
+                .text()
+                .ends_with(&format!("{tail} example.org -\n"))
+        );
+        assert!(entry(None).text().ends_with(&format!("{tail} - -\n")));
+    }
+
+    #[test]
+    fn json_lines_mark_the_client_certificate() {
+        for (mark, want) in [
+            (ClientCertificate::None, serde_json::Value::Null),
+            (ClientCertificate::Verified, "verified".into()),
+            (ClientCertificate::Unverified, "unverified".into()),
+        ] {
+            let line = AccessLogEntry {
+                client_certificate: mark,
+                ..entry(Some("example.org"))
+            }
+            .json();
+            let value: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+            assert_eq!(value["downstream_peer_certificate"], want);
+            assert_eq!(value["requested_server_name"], "example.org");
+        }
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

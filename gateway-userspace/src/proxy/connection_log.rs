@@ -5,7 +5,11 @@ use std::{net::SocketAddr, time::SystemTime};
 
 use http::{StatusCode, Version};
 
-use super::{access_log::AccessLogEntry, context::ProxyContext, flags::ResponseFlags};
+use super::{
+    access_log::{AccessLogEntry, ClientCertificate},
+    context::ProxyContext,
+    flags::ResponseFlags,
+};
 use crate::metrics::RequestLabels;
 
 /// A connection's own answer to a request that never reached the router (a head that
@@ -45,6 +49,8 @@ pub(super) fn connection_answer(
         cluster: None,
         downstream_local: local,
         downstream_peer: peer,
+        requested_server_name: None,
+        client_certificate: ClientCertificate::None,
     });
 }
 

@@ -12,7 +12,7 @@ use std::{
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 
 use super::{
-    access_log::{AccessLogEntry, AccessLogFormat},
+    access_log::{AccessLogEntry, AccessLogFormat, ClientCertificate},
     body::{ClientBody, ProxyBody},
     context::ProxyContext,
     edge_headers, forward_action, grpc, limits,
@@ -174,6 +174,8 @@ impl Connection {
             cluster: outcome.cluster.map(|c| c.cluster.name.as_str()),
             downstream_local: self.local,
             downstream_peer: self.peer,
+            requested_server_name: self.tls.as_ref().and_then(|(tls, _)| tls.sni.as_deref()),
+            client_certificate: self.client_certificate(),
         });
         response
     }
@@ -316,6 +318,15 @@ impl Connection {
             }),
         };
         super::authz::allowed(&self.ctx, engine, &attributes)
+    }
+
+    /// The connection's client certificate as the access log reports it.
+    fn client_certificate(&self) -> ClientCertificate {
+        match self.tls.as_ref() {
+            Some((tls, _)) if tls.unverified_client_cert => ClientCertificate::Unverified,
+            Some((tls, _)) if tls.client_cert.is_some() => ClientCertificate::Verified,
+            _ => ClientCertificate::None,
+        }
     }
 
     /// `https` on connections TLS terminated.

@@ -1,7 +1,7 @@
 //! Gateway-level cases: several Gateways of our class on one port, frontend
 //! client-certificate validation.
 
-use gateway_tests::{CurlResponse, TempDir, Upstream, curl, free_port};
+use gateway_tests::{CurlResponse, Gateway, TempDir, Upstream, curl, free_port};
 
 use super::{INFRA, WEB, backend, class_and_ports, report, serve};
 use crate::tls::{Key, Pki, https, tls_secret};
@@ -533,7 +533,8 @@ fn gateway_frontend_client_certificate_validation_insecure_fallback() -> anyhow:
 /// an impostor whose certificate (from another CA) names the same SPIFFE identity as a
 /// real client gets no `x-forwarded-client-cert` (a forged one is dropped too) and is
 /// not that principal for an AuthorizationPolicy, exactly as a client without a
-/// certificate; the real client is both.
+/// certificate; the real client is both. The JSON access log marks each request's
+/// certificate (verified, unverified, none) and names the SNI.
 #[test]
 fn insecure_fallback_never_trusts_an_unverified_certificate() -> anyhow::Result<()> {
     let dirs = [
@@ -577,7 +578,13 @@ fn insecure_fallback_never_trusts_an_unverified_certificate() -> anyhow::Result<
             "istio-system",
             "rules:\n- from: [{source: {principals: [cluster.local/ns/frontend/sa/web]}}]\n  to: [{operation: {paths: [/web/*]}}]\n- to: [{operation: {paths: [/open/*]}}]",
         );
-    let gateway = serve(&dir, &config)?;
+    dir.write("config.yaml", &config)?;
+    let gateway = Gateway::start(
+        dir.path(),
+        &["--ebpf", "off", "--access-log", "json"],
+        None,
+        &dir,
+    )?;
     let ca = pki.path("test-ca.crt");
     let get = |client: Option<&Pki>, path: &str| {
         let mut args = vec![
@@ -614,6 +621,34 @@ fn insecure_fallback_never_trusts_an_unverified_certificate() -> anyhow::Result<
         let answer = get(client, "/web/a")?;
         assert_eq!(answer.status, 403, "{answer:?}");
     }
+    // One line per request above, in order: the real client, then the impostor's two
+    // requests, then the two without a certificate.
+    let lines: Vec<serde_json::Value> = gateway
+        .access_log()
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let marks: Vec<_> = lines
+        .iter()
+        .map(|l| l["downstream_peer_certificate"].as_str())
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            Some("verified"),
+            Some("unverified"),
+            Some("unverified"),
+            None,
+            None
+        ],
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["requested_server_name"] == "example.org"),
+        "{lines:?}"
+    );
     Ok(())
 }
 
