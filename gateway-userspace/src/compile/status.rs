@@ -26,6 +26,7 @@ pub mod reason {
     pub const PROGRAMMED: &str = "Programmed";
     pub const INVALID: &str = "Invalid";
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
@@ -229,7 +230,39 @@ fn listener_status(
     }
 }
 
-fn gateway_status(gateway: &ApiGateway, recorder: &StatusRecorder) -> GatewayStatus {
+/// Why a Gateway's `spec.infrastructure.parametersRef` is invalid, as Istio judges it: only
+/// a ConfigMap in the Gateway's namespace that exists. The Gateway is still served (Istio
+/// keeps it programmed); its `Accepted` condition says what is wrong.
+fn invalid_parameters(gateway: &ApiGateway, resources: &Resources) -> Option<String> {
+    let params = gateway
+        .spec
+        .infrastructure
+        .as_ref()?
+        .parameters_ref
+        .as_ref()?;
+    if params.kind != "ConfigMap" || !params.group.is_empty() {
+        return Some(format!(
+            "unsupported parametersRef group/kind {}/{}: only a core ConfigMap is supported",
+            params.group, params.kind
+        ));
+    }
+    let namespace = gateway.metadata.namespace();
+    let exists = resources.config_maps.iter().any(|c| {
+        c.resource.metadata.namespace() == namespace && c.resource.metadata.name == params.name
+    });
+    (!exists).then(|| {
+        format!(
+            "parametersRef ConfigMap {namespace}/{} does not exist",
+            params.name
+        )
+    })
+}
+
+fn gateway_status(
+    gateway: &ApiGateway,
+    resources: &Resources,
+    recorder: &StatusRecorder,
+) -> GatewayStatus {
     let object = gateway.object_ref();
     let listeners: Vec<ListenerStatus> = gateway
         .spec
@@ -251,6 +284,8 @@ fn gateway_status(gateway: &ApiGateway, recorder: &StatusRecorder) -> GatewaySta
     let found = recorder.gateways.get(&object).unwrap_or(&empty);
     let accepted = if let Some(message) = &found.unsupported_address {
         Condition::new("Accepted", false, reason::UNSUPPORTED_ADDRESS, message)
+    } else if let Some(message) = invalid_parameters(gateway, resources) {
+        Condition::new("Accepted", false, reason::INVALID_PARAMETERS, message)
     } else if valid == listeners.len() {
         Condition::new("Accepted", true, reason::ACCEPTED, "")
     } else {
@@ -442,7 +477,7 @@ pub(super) fn build(
         .api_gateways
         .iter()
         .filter(|g| is_our_class(resources, identity, &g.resource))
-        .map(|g| gateway_status(&g.resource, recorder))
+        .map(|g| gateway_status(&g.resource, resources, recorder))
         .collect();
     let mut routes = Vec::new();
     let mut add = |object: ObjectRef, meta: &ObjectMeta, parents: &[ParentReference]| {

@@ -435,6 +435,53 @@ fn each_reason_comes_from_a_minimal_configuration() {
             "NotAllowedByListeners",
         ),
         (
+            "HTTPRouteDisallowedKind: an HTTPRoute on a listener that admits TLSRoutes only",
+            yaml(&[
+                CLASS,
+                &gateway(&["{name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}, allowedRoutes: {kinds: [{kind: TLSRoute}]}}"]),
+                BACKEND,
+                &good_route,
+            ]),
+            At::Route("HTTPRoute", "r"),
+            "Accepted",
+            false,
+            "NotAllowedByListeners",
+        ),
+        (
+            "TLSRouteInvalidNoMatchingListener: a TLSRoute on an HTTP listener",
+            yaml(&[CLASS, &gateway(&[HTTP]), BACKEND, "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {name: t, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [tls.example.com]\n  rules: [{backendRefs: [{name: backend, port: 80}]}]\n"]),
+            At::Route("TLSRoute", "t"),
+            "Accepted",
+            false,
+            "NotAllowedByListeners",
+        ),
+        (
+            "TLSRouteInvalidNoMatchingListener: a TLSRoute on an HTTPS listener",
+            yaml(&[
+                CLASS,
+                &gateway(&["{name: https, port: 443, protocol: HTTPS, tls: {mode: Terminate, certificateRefs: [{name: cert}]}}"]),
+                BACKEND,
+                "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {name: t, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [tls.example.com]\n  rules: [{backendRefs: [{name: backend, port: 80}]}]\n",
+            ]),
+            At::Route("TLSRoute", "t"),
+            "Accepted",
+            false,
+            "NotAllowedByListeners",
+        ),
+        (
+            "TLSRouteInvalidNoMatchingListener: a TLSRoute whose sectionName no listener has",
+            yaml(&[
+                CLASS,
+                &gateway(&["{name: tls-passthrough, port: 443, protocol: TLS, tls: {mode: Passthrough}}"]),
+                BACKEND,
+                "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {name: t, namespace: default}\nspec:\n  parentRefs: [{name: gw, sectionName: nonexistent-listener}]\n  hostnames: [tls.example.com]\n  rules: [{backendRefs: [{name: backend, port: 80}]}]\n",
+            ]),
+            At::Route("TLSRoute", "t"),
+            "Accepted",
+            false,
+            "NoMatchingParent",
+        ),
+        (
             "a TLSRoute from another namespace on a listener that admits its own",
             yaml(&[
                 CLASS,

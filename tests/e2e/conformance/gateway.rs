@@ -1272,3 +1272,123 @@ spec:
     assert!(pki.get("example.org", p443, Some(&pki.server)).is_err());
     Ok(())
 }
+
+/// GatewayInvalidParametersRef: a Gateway whose `spec.infrastructure.parametersRef` names
+/// a kind we do not support, or a ConfigMap that does not exist, is `Accepted=False
+/// InvalidParameters`, the message saying which; as Istio, its listeners keep serving. A
+/// ConfigMap that exists in its namespace is accepted.
+#[test]
+fn gateway_invalid_parameters_ref() -> anyhow::Result<()> {
+    let upstream = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+    let port = free_port();
+    let with_ref = |name: &str, group: &str, kind: &str, target: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gateway-conformance\n  listeners:\n  - {{name: http, port: 80, protocol: HTTP, hostname: {name}.example.com}}\n  infrastructure:\n    parametersRef: {{group: \"{group}\", kind: {kind}, name: {target}}}\n---\n"
+        )
+    };
+    let config = class_and_ports(&[(80, port)])
+        + &with_ref(
+            "gateway-invalid-parameters-ref",
+            "invalid.io",
+            "InvalidParameters",
+            "invalid",
+        )
+        + &with_ref("missing-parameters", "", "ConfigMap", "does-not-exist")
+        + &with_ref("good-parameters", "", "ConfigMap", "gateway-params")
+        + &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gateway-params, namespace: {INFRA}}}\ndata: {{replicas: \"2\"}}\n---\n"
+        )
+        + &backend("infra-backend-v1", INFRA, 8080, upstream.addr)
+        + &route(
+            "to-all",
+            "[{name: gateway-invalid-parameters-ref}, {name: missing-parameters}, {name: good-parameters}]",
+            "[]",
+            "/",
+            "infra-backend-v1",
+        );
+    let dir = TempDir::new("conf-invalid-parameters-ref")?;
+    let gateway = serve(&dir, &config)?;
+    let report = report(dir.path())?;
+    let line = |name: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(&format!("Gateway {INFRA}/{name}:")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let invalid = line("gateway-invalid-parameters-ref");
+    assert!(
+        invalid.contains("Accepted=False InvalidParameters")
+            && invalid.contains("invalid.io/InvalidParameters"),
+        "{report}"
+    );
+    let missing = line("missing-parameters");
+    assert!(
+        missing.contains("Accepted=False InvalidParameters") && missing.contains("does-not-exist"),
+        "{report}"
+    );
+    assert!(
+        line("good-parameters").contains("Accepted=True Accepted"),
+        "{report}"
+    );
+    for name in [
+        "gateway-invalid-parameters-ref",
+        "missing-parameters",
+        "good-parameters",
+    ] {
+        let answer = curl(
+            None,
+            &[
+                "-H",
+                &format!("host: {name}.example.com"),
+                &format!("http://127.0.0.1:{port}/"),
+            ],
+        )?;
+        assert_eq!(
+            answer.status,
+            200,
+            "{name}: {answer:?}\n{}",
+            gateway.stderr()
+        );
+    }
+    Ok(())
+}
+
+/// GatewayNameMaximumLength: a Gateway with a 253-character name (the longest a
+/// Kubernetes name may be) is reconciled and served like any other.
+#[test]
+fn gateway_name_maximum_length() -> anyhow::Result<()> {
+    let prefix = "gateway-name-maximum-length-";
+    let name = format!("{prefix}{}", "a".repeat(253 - prefix.len()));
+    let upstream = Upstream::start(None, "127.0.0.1:0", "infra-backend-v1")?;
+    let port = free_port();
+    let config = class_and_ports(&[(80, port)])
+        + &gateway(
+            &name,
+            "2026-01-01T00:00:00Z",
+            "  - {name: http, port: 80, protocol: HTTP}\n",
+        )
+        + &backend("infra-backend-v1", INFRA, 8080, upstream.addr)
+        + &route(
+            "long-parent",
+            &format!("[{{name: {name}}}]"),
+            "[]",
+            "/",
+            "infra-backend-v1",
+        );
+    let dir = TempDir::new("conf-name-maximum-length")?;
+    let gateway = serve(&dir, &config)?;
+    let report = report(dir.path())?;
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&format!("Gateway {INFRA}/{name}:")))
+        .unwrap_or_default();
+    assert!(
+        line.contains("Accepted=True Accepted") && line.contains("Programmed=True Programmed"),
+        "{report}"
+    );
+    let answer = curl(None, &[&format!("http://127.0.0.1:{port}/")])?;
+    assert_eq!(answer.status, 200, "{answer:?}\n{}", gateway.stderr());
+    assert_eq!(answer.json()?["upstream"], "infra-backend-v1");
+    Ok(())
+}

@@ -43,6 +43,26 @@ pub struct ApiGatewaySpec {
     /// applied).
     #[serde(default)]
     pub tls: Option<GatewayTls>,
+    /// `spec.infrastructure`: only its `parametersRef` is judged (we provision nothing).
+    #[serde(default)]
+    pub infrastructure: Option<GatewayInfrastructure>,
+}
+
+/// `GatewayInfrastructure`; labels and annotations are for provisioned resources, which a
+/// node-local data plane does not create.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewayInfrastructure {
+    pub parameters_ref: Option<LocalParametersReference>,
+}
+
+/// `LocalParametersReference`: an object in the Gateway's namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalParametersReference {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
 }
 
 /// `GatewaySpecAddress`: `type` defaults to `IPAddress`; an empty value asks the

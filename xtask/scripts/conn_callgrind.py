@@ -1,0 +1,96 @@
+"""User-space instructions and system calls per new connection (one HTTP/1.1 request with
+`Connection: close` each), gatewayd against nginx: the per-connection profile issue 15
+asks for, counted repeatably whatever else the machine is doing.
+
+Usage: python3 conn_callgrind.py GATEWAYD N [nginx] [--strace]
+The proxy (gatewayd: one worker, access log off; or with `nginx`, one nginx worker
+process, `proxy_http_version 1.1` and an upstream keepalive pool) in front of an nginx
+answering a fixed 200 over kept-alive upstream connections, as `h1_callgrind.py` sets
+them up. A client opens N connections one after the other, each sending one request with
+`Connection: close` and reading the answer to the end. 200 connections warm up first.
+Default: under `valgrind --tool=callgrind`, every instruction of the process (all threads)
+between `callgrind_control -z` and `-d`, divided by N. With `--strace`: the proxy runs
+natively and `strace -c -f` counts its system calls over the N connections.
+"""
+import os, signal, socket, subprocess, sys, time
+
+from callgrind_run import count_instructions, wait_for_port
+from one_route_config import one_route_config
+
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+STRACE = "--strace" in sys.argv
+BIN, N = args[0], int(args[1])
+PEER = len(args) > 2 and args[2] == "nginx"
+UP, GW = 18490, 18590
+WORK = f"/tmp/conncg-{os.getpid()}"
+os.makedirs(WORK, exist_ok=True)
+
+open(f"{WORK}/up.conf", "w").write(f"""daemon off; master_process off; worker_processes 1; pid {WORK}/up.pid;
+error_log {WORK}/up.err; events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{UP}; location / {{ return 200 "upstream\\n"; }} }} }}
+""")
+open(f"{WORK}/gw.yaml", "w").write(one_route_config(GW, UP))
+open(f"{WORK}/gw.conf", "w").write(f"""daemon off; master_process off; worker_processes 1; pid {WORK}/gw.pid;
+error_log {WORK}/gw.err; events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream up {{ server 127.0.0.1:{UP}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{GW};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+
+if PEER:
+    command = ["nginx", "-c", f"{WORK}/gw.conf", "-p", WORK]
+else:
+    command = [BIN, "run", "--config", f"{WORK}/gw.yaml", "--ebpf", "off", "--worker-threads", "1",
+               "--access-log", "off",
+               "--readiness-addr", f"127.0.0.1:{GW+200}", "--metrics-addr", f"127.0.0.1:{GW+300}",
+               "--admin-addr", f"127.0.0.1:{GW+400}"]
+
+REQUEST = b"GET /item HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+
+
+def load(n):
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", GW)) as s:
+            s.sendall(REQUEST)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            if not answer.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"unexpected answer: {answer[:80]!r}")
+
+
+who = "nginx" if PEER else "gatewayd"
+up = subprocess.Popen(["nginx", "-c", f"{WORK}/up.conf", "-p", WORK], stderr=subprocess.DEVNULL)
+try:
+    if STRACE:
+        gw = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        wait_for_port(GW)
+        load(200)
+        trace = subprocess.Popen(["strace", "-c", "-f", "-o", f"{WORK}/strace.txt", "-p", str(gw.pid)])
+        time.sleep(1)
+        load(N)
+        time.sleep(0.5)
+        trace.send_signal(signal.SIGINT)
+        trace.wait()
+        gw.kill()
+        calls = {}
+        for line in open(f"{WORK}/strace.txt"):
+            fields = line.split()
+            if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+                calls[fields[-1]] = int(fields[3])
+        total = sum(calls.values())
+        print(f"{who}: {N} connections, {total} system calls, {total / N:.1f} per connection")
+        for name, count in sorted(calls.items(), key=lambda kv: -kv[1]):
+            if count >= N / 10:
+                print(f"  {name:<16} {count / N:.2f}")
+    else:
+        out = f"{WORK}/callgrind.out"
+        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
+                              stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        total, dump = count_instructions(gw.pid, GW, out, load, N, warm_up=200)
+        gw.kill()
+        print(f"{who}: {N} connections, {total} instructions, {total / N:.0f} per connection ({dump})")
+finally:
+    up.kill()
