@@ -190,12 +190,8 @@ impl ConfigSource {
         let previous = match &change {
             Change::Routes(services) if reusable && !services.is_empty() => {
                 let endpoints = self.endpoint_resources(cache, services);
-                let (updated, _) = compile::update_endpoints(
-                    previous,
-                    &endpoints,
-                    services,
-                    cache.memo.as_mut(),
-                );
+                let (updated, _) =
+                    compile::update_endpoints(previous, &endpoints, services, cache.memo.as_mut());
                 patched = updated;
                 &patched
             }

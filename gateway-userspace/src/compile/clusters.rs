@@ -109,7 +109,8 @@ impl<'a> Compiler<'a> {
                 false => said.clone(),
             });
         }
-        self.said_of_clusters.extend(notes.endpoints.iter().cloned());
+        self.said_of_clusters
+            .extend(notes.endpoints.iter().cloned());
         if let Some(message) = &notes.when_empty
             && self.endpoint_lists.get(id).is_some_and(|e| e.is_empty())
         {

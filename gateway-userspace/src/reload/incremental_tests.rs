@@ -592,6 +592,9 @@ fn step<'s>(file: &'s str, text: String, kind: &'s str, kept: Option<&'s str>) -
     }
 }
 
+/// What a step said: its diagnostics, and the objects it dropped.
+type Said = (Diagnostics, Vec<String>);
+
 /// Writes `files` into a fresh directory, compiles them, then applies `steps` one by one
 /// through the reload's cache: after each, what the reload gives (diagnostics included)
 /// must be what a full compile of the directory gives. Returns each step's diagnostics and
@@ -600,7 +603,7 @@ fn check_steps(
     name: &str,
     files: &[(&str, String)],
     steps: Vec<Step<'_>>,
-) -> Result<Vec<(Diagnostics, Vec<String>)>, Box<dyn std::error::Error>> {
+) -> Result<Vec<Said>, Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("gatewayd-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -663,7 +666,7 @@ fn check_steps(
 }
 
 /// The resources `diagnostics` (of a step) that say `text` are about.
-fn saying((diagnostics, _): &(Diagnostics, Vec<String>), text: &str) -> Vec<String> {
+fn saying((diagnostics, _): &Said, text: &str) -> Vec<String> {
     diagnostics
         .0
         .iter()
@@ -842,7 +845,12 @@ spec:
         &files(rule("b", "{tls: {mode: ISTIO_MUTUAL}}"), "b"),
         vec![
             // No route names `b`: its cluster is carried over, and nothing said of it.
-            step("routes.yaml", routes("a", &[]), "routes", Some("h3.example.com")),
+            step(
+                "routes.yaml",
+                routes("a", &[]),
+                "routes",
+                Some("h3.example.com"),
+            ),
             // A new VirtualService names it.
             step(
                 "routes.yaml",
@@ -857,7 +865,10 @@ spec:
     // The rule with an error is dropped at the start; a new VirtualService names `b`.
     let said = check_steps(
         "rule-error",
-        &files(rule("b", "{outlierDetection: {baseEjectionTime: soon}}"), "b"),
+        &files(
+            rule("b", "{outlierDetection: {baseEjectionTime: soon}}"),
+            "b",
+        ),
         vec![step(
             "routes.yaml",
             routes("b", std::slice::from_ref(&h5)),
@@ -942,7 +953,10 @@ fn a_cluster_warning_goes_with_its_last_route_and_with_its_endpoints()
     let h1 = vec!["VirtualService default/h1".to_owned()];
     assert_eq!(warned(1), Some(vec![]));
     assert_eq!(warned(3), Some(h1));
-    assert_eq!(warned(4), Some(vec!["VirtualService default/h2".to_owned()]));
+    assert_eq!(
+        warned(4),
+        Some(vec!["VirtualService default/h2".to_owned()])
+    );
     assert_eq!(warned(5), Some(vec![]));
     Ok(())
 }
