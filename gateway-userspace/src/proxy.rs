@@ -28,6 +28,7 @@ mod tcp;
 mod tls;
 mod tries;
 mod tunnel;
+mod turned;
 mod upstream;
 mod upstream_head;
 mod upstream_tls;
@@ -251,7 +252,7 @@ fn until_drained<S>(
     client: CodecClient,
     builder: ServerBuilder,
     watcher: Watcher,
-    mut deadline: tunnel::Drain,
+    deadline: tunnel::Drain,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -284,7 +285,7 @@ async fn serve_h2_after_preface<S>(
     client: CodecClient,
     builder: ServerBuilder,
     watcher: Watcher,
-    mut deadline: tunnel::Drain,
+    deadline: tunnel::Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -417,7 +418,7 @@ async fn serve_with_hyper(
     client: CodecClient,
     builder: ServerBuilder,
     graceful: Watcher,
-    mut deadline: tunnel::Drain,
+    deadline: tunnel::Drain,
 ) {
     let CodecClient { connection, ctx } = client;
     let (peer, local) = (connection.peer, connection.local);

@@ -37,6 +37,7 @@ use crate::proxy::{
     context::ProxyContext,
     forward,
     limits::deadline_after,
+    turned::turned,
 };
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -81,13 +82,9 @@ where
         // moved rather than registered anew per request (a later deadline is a store).
         let mut clock = Box::pin(sleep_until(Instant::now()));
         // The shutdown watch's wait, registered once for the connection's life rather than
-        // per request; ready once the listener stops (or goes away).
-        let mut stopping = {
-            let mut shutdown = shutdown.clone();
-            Box::pin(async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
-        };
+        // per request, and polled (locked) only when the watch changed: ready once the
+        // listener stops (or goes away).
+        let mut stopping = std::pin::pin!(turned(shutdown));
         loop {
             let read = read_head(
                 &mut io,
@@ -127,7 +124,7 @@ where
                 Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
             };
             match exchange {
-                Exchanged::KeepAlive if !*shutdown.borrow() => {}
+                Exchanged::KeepAlive if !stopping.as_mut().turned() => {}
                 Exchanged::KeepAlive | Exchanged::Close => break,
                 Exchanged::Upgrade(sender) if upgrading => {
                     let upgraded = Upgraded {
