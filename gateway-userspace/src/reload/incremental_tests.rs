@@ -472,9 +472,7 @@ fn an_edited_virtual_service_compiles_only_its_edited_routes()
         ("big.example.com", with(&["/z", "/a2"]), 1),
         // And removed again: none.
         ("big.example.com", with(&["/a2"]), 0),
-        // A warned entry edited: it is compiled, and warned, again. (Not the one to
-        // `c`: a cluster carried over from the previous compile is not warned about
-        // again when a compiled entry names it first; see the report.)
+        // A warned entry edited: it is compiled, and warned, again.
         (
             "big.example.com",
             vec![
@@ -485,7 +483,18 @@ fn an_edited_virtual_service_compiles_only_its_edited_routes()
             ],
             2,
         ),
-        ("big.example.com", with(&["/a2"]), 2),
+        // The entry to `c` edited: its cluster, carried over, is warned about there.
+        (
+            "big.example.com",
+            vec![
+                entry("/a3", "a", ""),
+                entry("/b", "a", "    mirrorElse: 1\n"),
+                entry("/c", "c", "    name: cee\n"),
+                named.clone(),
+            ],
+            1,
+        ),
+        ("big.example.com", with(&["/a2"]), 3),
         // Another host: bound anew, no route compiled.
         ("other.example.com", with(&["/a2"]), 0),
         // A host no server accepts: not bound (warned), nothing compiled.
