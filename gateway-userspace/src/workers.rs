@@ -43,13 +43,8 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
-                    // I/O and timers only: signals are the control plane's. A runtime
-                    // with every driver also reaps orphaned child processes at each park,
-                    // under a lock of the whole process's (tokio's orphan queue), which
-                    // every worker would take at every turn of its loop.
                     let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_io()
-                        .enable_time()
+                        .enable_all()
                         .build()
                     {
                         Ok(runtime) => runtime,
