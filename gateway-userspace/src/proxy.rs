@@ -252,7 +252,7 @@ fn until_drained<S>(
     client: CodecClient,
     builder: ServerBuilder,
     watcher: Watcher,
-    deadline: tunnel::Drain,
+    mut deadline: tunnel::Drain,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -285,7 +285,7 @@ async fn serve_h2_after_preface<S>(
     client: CodecClient,
     builder: ServerBuilder,
     watcher: Watcher,
-    deadline: tunnel::Drain,
+    mut deadline: tunnel::Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -418,7 +418,7 @@ async fn serve_with_hyper(
     client: CodecClient,
     builder: ServerBuilder,
     graceful: Watcher,
-    deadline: tunnel::Drain,
+    mut deadline: tunnel::Drain,
 ) {
     let CodecClient { connection, ctx } = client;
     let (peer, local) = (connection.peer, connection.local);

@@ -274,7 +274,7 @@ async fn serve_tls(
                     // The framing guard and the connection's clocks, as on plaintext ports.
                     let log_ctx = ctx.clone();
                     let guarded = super::h1_guard::H1Guard::new(tls_stream, &ctx, peer, local);
-                    let deadline = drain.clone();
+                    let mut deadline = drain.clone();
                     let connection = Arc::new(
                         forward::Connection::new(
                             peer,

@@ -13,14 +13,11 @@ use std::{
     time::Duration,
 };
 
-use futures::future::Either;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, copy_bidirectional},
     sync::watch,
     time::Instant,
 };
-
-use super::turned::turned;
 
 /// WebSocket close frame, status 1001 (going away), server to client (unmasked).
 const CLOSE_GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
@@ -37,14 +34,14 @@ impl Drain {
         Drain(Some(deadline))
     }
 
-    /// Resolves at the drain deadline; never for a connection without a listener's. A
-    /// dropped sender means the listener finished draining: the deadline passed. Polled
-    /// at every wake-up of the connection's task: see `turned` for why it is no
-    /// `wait_for`.
-    pub(super) fn deadline(&self) -> impl Future<Output = ()> + Send + 'static {
-        match &self.0 {
-            Some(deadline) => Either::Left(turned(deadline.clone())),
-            None => Either::Right(std::future::pending()),
+    /// Resolves at the drain deadline; never for a connection without a listener's.
+    pub(super) async fn deadline(&mut self) {
+        match &mut self.0 {
+            // A dropped sender means the listener finished draining: the deadline passed.
+            Some(deadline) => {
+                let _ = deadline.wait_for(|passed| *passed).await;
+            }
+            None => std::future::pending().await,
         }
     }
 }
@@ -75,7 +72,7 @@ pub(super) enum Ending {
 
 /// Copies both ways between `downstream` (the client) and `upstream` until one closes,
 /// the tunnel idles out, or the drain deadline passes.
-pub(super) async fn run<D, U>(downstream: &mut D, upstream: &mut U, clocks: Clocks) -> Ending
+pub(super) async fn run<D, U>(downstream: &mut D, upstream: &mut U, mut clocks: Clocks) -> Ending
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,

@@ -9,7 +9,11 @@
 //! lock on the request path). `Turned` polls that wait only when there is news: the first
 //! time, when the watch's version moved (an atomic load, no lock), or when the task's
 //! waker changed; otherwise the registered wait stands and `Turned` answers Pending.
-//! The wait is held inline, not boxed: it is in every idle connection.
+//!
+//! The connection's drain-deadline wait (`tunnel::Drain`) is left as it is: its watch is
+//! the worker's own (one per listener and worker), so its lock is not shared, and what
+//! holding it in `Turned` adds to every idle connection (a receiver and a waker) costs
+//! more than it saves.
 
 use std::{
     future::Future,
@@ -17,85 +21,87 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use pin_project_lite::pin_project;
 use tokio::sync::watch;
 
-pin_project! {
-    pub(crate) struct Turned<F> {
-        // A receiver of its own, marked seen at each news: `has_changed` is the cheap check.
-        seen: watch::Receiver<bool>,
-        #[pin]
-        wait: F,
-        // The waker the wait was last polled with; None: poll it at the next poll.
-        waker: Option<Waker>,
-        done: bool,
-    }
+type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pub(crate) struct Turned {
+    /// A receiver of its own, marked seen at each news: `has_changed` is the cheap check.
+    seen: watch::Receiver<bool>,
+    /// The registered wait (boxed, so that `Turned` is Unpin and used in place: the
+    /// connection's future keeps no second copy of it). Built at the first poll.
+    wait: Option<Wait>,
+    /// The waker the wait was last polled with; None: poll it at the next poll.
+    waker: Option<Waker>,
+    done: bool,
 }
 
 /// The wait for `seen` to turn true (or its sender to go).
-pub(crate) fn turned(mut seen: watch::Receiver<bool>) -> Turned<impl Future<Output = ()> + Send> {
+pub(crate) fn turned(mut seen: watch::Receiver<bool>) -> Turned {
     let done = *seen.borrow_and_update();
-    let mut receiver = seen.clone();
-    // Unconstrained: a wait that ran out of its task's budget would answer Pending without
-    // registering, and then not be polled again.
-    let wait = tokio::task::coop::unconstrained(async move {
-        let _ = receiver.wait_for(|turned| *turned).await;
-    });
     Turned {
         seen,
-        wait,
+        wait: None,
         waker: None,
         done,
     }
 }
 
-impl<F: Future<Output = ()>> Turned<F> {
+impl Turned {
     /// Whether it has turned, without waiting: an atomic load while nothing changed.
-    pub(crate) fn turned(self: Pin<&mut Self>) -> bool {
-        let this = self.project();
-        look(this.seen, this.waker, this.done);
-        *this.done
+    pub(crate) fn turned(&mut self) -> bool {
+        self.look();
+        self.done
     }
-}
 
-/// Takes in what changed since the last look.
-fn look(seen: &mut watch::Receiver<bool>, waker: &mut Option<Waker>, done: &mut bool) {
-    if *done {
-        return;
-    }
-    match seen.has_changed() {
-        Ok(false) => {}
-        Ok(true) => {
-            *done = *seen.borrow_and_update();
-            // The wait was woken (or will be) by this change: poll it again, so that it is
-            // registered for the next one.
-            *waker = None;
+    /// Takes in what changed since the last look.
+    fn look(&mut self) {
+        if self.done {
+            return;
         }
-        // The sender is gone: the listener is, too.
-        Err(_) => *done = true,
+        match self.seen.has_changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                self.done = *self.seen.borrow_and_update();
+                // The wait was woken (or will be) by this change: poll it again, so that
+                // it is registered for the next one.
+                self.waker = None;
+            }
+            // The sender is gone: the listener is, too.
+            Err(_) => self.done = true,
+        }
     }
 }
 
-impl<F: Future<Output = ()>> Future for Turned<F> {
+impl Future for Turned {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        look(this.seen, this.waker, this.done);
-        if *this.done {
+        let this = self.get_mut();
+        this.look();
+        if this.done {
             return Poll::Ready(());
         }
         if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             // Registered with this task's waker, and nothing changed since.
             return Poll::Pending;
         }
-        match this.wait.poll(cx) {
+        let seen = &this.seen;
+        let wait = this.wait.get_or_insert_with(|| {
+            let mut receiver = seen.clone();
+            // Unconstrained: a wait that ran out of its task's budget would answer
+            // Pending without registering, and then not be polled again.
+            Box::pin(tokio::task::coop::unconstrained(async move {
+                let _ = receiver.wait_for(|turned| *turned).await;
+            }))
+        });
+        match wait.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                *this.done = true;
+                this.done = true;
                 Poll::Ready(())
             }
             Poll::Pending => {
-                *this.waker = Some(cx.waker().clone());
+                this.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         }
@@ -114,14 +120,14 @@ mod tests {
     #[tokio::test]
     async fn turns_when_the_watch_turns_or_its_sender_goes() {
         let (sender, receiver) = watch::channel(false);
-        let mut waiting = Box::pin(turned(receiver));
+        let mut waiting = turned(receiver);
         for _ in 0..3 {
-            let polled = tokio::time::timeout(Duration::from_millis(5), waiting.as_mut()).await;
+            let polled = tokio::time::timeout(Duration::from_millis(5), &mut waiting).await;
             assert!(polled.is_err(), "ready before the watch turned");
-            assert!(!waiting.as_mut().turned());
+            assert!(!waiting.turned());
         }
         sender.send_replace(false);
-        let polled = tokio::time::timeout(Duration::from_millis(5), waiting.as_mut()).await;
+        let polled = tokio::time::timeout(Duration::from_millis(5), &mut waiting).await;
         assert!(polled.is_err(), "a change that is no turn");
         let waiter = tokio::spawn(async move {
             waiting.await;
@@ -135,15 +141,15 @@ mod tests {
         );
 
         let (sender, receiver) = watch::channel(false);
-        let mut gone = Box::pin(turned(receiver));
-        let polled = tokio::time::timeout(Duration::from_millis(5), gone.as_mut()).await;
+        let mut gone = turned(receiver);
+        let polled = tokio::time::timeout(Duration::from_millis(5), &mut gone).await;
         assert!(polled.is_err());
         drop(sender);
-        let ended = tokio::time::timeout(Duration::from_secs(5), gone.as_mut()).await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), &mut gone).await;
         assert!(ended.is_ok(), "not woken by the sender going");
-        assert!(gone.as_mut().turned());
+        assert!(gone.turned());
 
         let (_sender, receiver) = watch::channel(true);
-        assert!(Box::pin(turned(receiver)).as_mut().turned());
+        assert!(turned(receiver).turned());
     }
 }
