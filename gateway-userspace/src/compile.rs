@@ -129,8 +129,12 @@ pub fn compile_reusing(
         status: Default::default(),
         slices: None,
         workload_authz: None,
+        cluster_notes: Default::default(),
+        named: Vec::new(),
+        namings: Vec::new(),
+        said_of_clusters: Vec::new(),
     };
-    if let Some((snapshot, _)) = previous {
+    if let Some((snapshot, memo)) = previous {
         // Routes taken from the memo name these clusters by id.
         for cluster in snapshot.clusters.iter() {
             compiler
@@ -142,6 +146,8 @@ pub fn compile_reusing(
         }
         compiler.cluster_list = snapshot.clusters.to_vec();
         compiler.endpoint_lists = snapshot.endpoints.clone();
+        compiler.named = vec![false; snapshot.clusters.len()];
+        compiler.cluster_notes = Arc::clone(&memo.clusters);
     }
     let mut snapshot = compiler.snapshot();
     if let Some((previous, _)) = previous
@@ -154,7 +160,9 @@ pub fn compile_reusing(
     snapshot.report = Arc::new(status::build(resources, identity, &compiler.status));
     compiler.stage_credentials();
     let mut diagnostics = compiler.diagnostics;
+    diagnostics.0.append(&mut compiler.said_of_clusters);
     resources.locate(&mut diagnostics);
+    compiler.memo.clusters = compiler.cluster_notes;
     (snapshot, diagnostics, compiler.memo)
 }
 
@@ -185,6 +193,17 @@ struct Compiler<'a> {
     slices: Option<clusters::SliceIndex<'a>>,
     /// The policies selected onto every listener, compiled once (`compile/authz.rs`).
     workload_authz: Option<Arc<crate::authz::ListenerAuthz>>,
+    /// By cluster id: what is said of it at the first route naming it (`memo::ClusterNotes`),
+    /// carried over with the clusters by a reusing compile.
+    cluster_notes: Arc<Vec<memo::ClusterNotes>>,
+    /// By cluster id: whether a route of this compile named it yet.
+    named: Vec<bool>,
+    /// The clusters routes named, in order: a VirtualService's are kept in its memo entry.
+    namings: Vec<memo::Naming>,
+    /// What was said of clusters at their first naming: kept apart from `diagnostics`, so
+    /// that no route's memoized diagnostics hold them (another route may name the cluster
+    /// first at the next compile).
+    said_of_clusters: Vec<crate::config::Diagnostic>,
 }
 
 /// One server's host list entry, `namespace/host` split.
@@ -676,6 +695,7 @@ impl<'a> Compiler<'a> {
             self.diagnostics
                 .0
                 .extend(entry.compiled.diagnostics.iter().cloned());
+            self.name_again(vs, &entry.compiled.namings);
             let routes = Arc::clone(&entry.compiled.routes);
             self.memo.entries.insert(key, entry);
             return routes;
@@ -686,6 +706,9 @@ impl<'a> Compiler<'a> {
             self.previous_entry(vs, port, gateways)
         };
         let before = self.diagnostics.0.len();
+        // The namings of routes compiled elsewhere (Gateway API, TLS) are kept by no one.
+        self.namings.clear();
+        let namings_before = self.namings.len();
         let target = istio_match::MatchTarget {
             port,
             gateways,
@@ -703,12 +726,15 @@ impl<'a> Compiler<'a> {
         let mut entries = Vec::new();
         for (position, (owner, index, route)) in written.iter().enumerate() {
             let from = self.diagnostics.0.len() - before;
+            let namings_from = self.namings.len() - namings_before;
             let same =
                 previous.and_then(|p| Some((p, p.same_route(*index, route, shift, &mut taken)?)));
             let compiled = match same {
                 Some((previous, old)) => {
-                    let (route, diagnostics) = previous.reuse(old, *index, vs);
+                    let (route, diagnostics, namings) = previous.reuse(old, *index, vs);
                     self.diagnostics.0.extend(diagnostics);
+                    self.name_again(vs, &namings);
+                    self.namings.extend(namings);
                     route
                 }
                 None => {
@@ -719,6 +745,7 @@ impl<'a> Compiler<'a> {
             entries.push(memo::Written {
                 route: compiled.as_ref().map(|_| routes.len()),
                 diagnostics: from..self.diagnostics.0.len() - before,
+                namings: namings_from..self.namings.len() - namings_before,
             });
             let Some(route) = compiled else {
                 continue;
@@ -741,6 +768,7 @@ impl<'a> Compiler<'a> {
         }
         let routes = Arc::new(routes);
         if delegates {
+            self.namings.truncate(namings_before);
             return routes;
         }
         let entry = memo::MemoEntry {
@@ -755,6 +783,7 @@ impl<'a> Compiler<'a> {
                     .get(before..)
                     .unwrap_or_default()
                     .to_vec(),
+                namings: self.namings.split_off(namings_before),
                 written: entries,
             }),
         };

@@ -28,6 +28,7 @@ mod tcp;
 mod tls;
 mod tries;
 mod tunnel;
+mod turned;
 mod upstream;
 mod upstream_head;
 mod upstream_tls;

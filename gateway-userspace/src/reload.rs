@@ -156,8 +156,14 @@ impl ConfigSource {
                 .take()
                 .filter(|index| index.is_for(&previous.clusters))
                 .unwrap_or_else(|| compile::ClustersByService::of(&previous.clusters));
-            let (snapshot, diagnostics) =
-                compile::update_endpoints_indexed(previous, &resources, services, &index);
+            // The memo learns the endpoints' warnings, for the next reusing compile.
+            let (snapshot, diagnostics) = compile::update_endpoints_indexed(
+                previous,
+                &resources,
+                services,
+                &index,
+                cache.memo.as_mut(),
+            );
             cache.clusters_by_service = Some(index);
             return Ok(Compiled::Endpoints {
                 snapshot,
@@ -166,15 +172,36 @@ impl ConfigSource {
             });
         }
         // Only VirtualServices changed: the routes of the others are reused, as long as
-        // the clusters carried over (some perhaps no longer named) stay few.
-        let reuse = match &change {
-            Change::Routes(_) if cache.previous_is_current => cache
-                .memo
-                .as_ref()
-                .filter(|_| previous.clusters.len() <= 2 * cache.clusters_at_full + 64)
-                .map(|memo| (previous, memo)),
-            _ => None,
+        // the clusters carried over (some perhaps no longer named) stay few, and they were
+        // made with every DestinationRule this compile has: one dropped for its errors
+        // (which a rule is given when a cluster is made with it) is back in this
+        // compile's first round, and only making its clusters again finds them.
+        let reusable = matches!(change, Change::Routes(_))
+            && cache.previous_is_current
+            && previous.clusters.len() <= 2 * cache.clusters_at_full + 64
+            && !previous
+                .report
+                .dropped
+                .iter()
+                .any(|d| d.object.kind == "DestinationRule");
+        // The carried-over clusters get the changed Services' endpoints first, so that
+        // the compile says what a full one says of them (no ready endpoints, say).
+        let patched;
+        let previous = match &change {
+            Change::Routes(services) if reusable && !services.is_empty() => {
+                let endpoints = self.endpoint_resources(cache, services);
+                let (updated, _) =
+                    compile::update_endpoints(previous, &endpoints, services, cache.memo.as_mut());
+                patched = updated;
+                &patched
+            }
+            _ => previous,
         };
+        let reuse = cache
+            .memo
+            .as_ref()
+            .filter(|_| reusable)
+            .map(|memo| (previous, memo));
         let reused = reuse.is_some();
         let (mut resources, mut loaded) = cache.files.resources();
         if let Some(cluster) = &self.cluster {
@@ -188,21 +215,11 @@ impl ConfigSource {
         cache.previous_is_current = false;
         cache.memo = None;
         let compile::Isolated {
-            mut snapshot,
-            mut diagnostics,
+            snapshot,
+            diagnostics,
             memo,
             ..
         } = isolated.map_err(ReloadError::Invalid)?;
-        if let Change::Routes(services) = &change
-            && reused
-            && !services.is_empty()
-        {
-            // Carried-over clusters have the previous endpoints.
-            let endpoints = self.endpoint_resources(cache, services);
-            let (updated, more) = compile::update_endpoints(&snapshot, &endpoints, services);
-            snapshot = updated;
-            diagnostics.extend(more);
-        }
         if !reused {
             cache.clusters_at_full = snapshot.clusters.len();
         }

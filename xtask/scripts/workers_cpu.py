@@ -4,13 +4,17 @@ of its own: `cargo xtask bench workers`' routing (100 hosts x 10 prefixes, one S
 two endpoints) and load, with the demo upstream instead of nginx.
 
 Two gatewayds (`--worker-threads 1` and `2`, `--ebpf off --access-log off`) are pinned to
-CPU 1, the upstreams and the load to CPU 0. Each round runs, for each gatewayd (the order
+CPU 1, the upstreams and the load to CPU 0. With `--both-cores`, the gatewayds get both
+cores (`taskset -c 0,1`) and the upstreams and the load are not pinned: the two workers
+can run at once, but share the two cores with the load, so the figure is noisy (and on a
+machine shared with other work, more so); callgrind's count (`workers_callgrind.py`) is
+the exact one. Each round runs, for each gatewayd (the order
 alternating round by round), HTTP/1.1 keep-alive at a fixed rate (paced-load, open loop,
 16 connections) and h2c at the same rate (h2load -c8 -m1 --rps); the figure is gatewayd's
 utime + stime from /proc over the run divided by the requests that succeeded.
 
     python3 xtask/scripts/workers_cpu.py --gatewayd BIN --upstream BIN --paced-load BIN
-        [--rounds 5] [--rate 4000] [--seconds 5]
+        [--rounds 5] [--rate 4000] [--seconds 5] [--both-cores]
 """
 
 import argparse
@@ -23,6 +27,12 @@ import tempfile
 import time
 
 TICK = os.sysconf("SC_CLK_TCK")
+# Where gatewayd runs, and where the upstreams and the load run (empty: anywhere).
+GATEWAYD_CPUS, LOAD_CPUS = "1", "0"
+
+
+def pinned(cpus, args):
+    return ["taskset", "-c", cpus] + args if cpus else args
 HOSTS, PREFIXES = 100, 10
 TARGET_HOST, TARGET_PATH = "h57.bench.example", "/p7/item"
 
@@ -106,8 +116,8 @@ def start_gatewayd(binary, work, upstreams, workers):
     os.makedirs(directory)
     with open(os.path.join(directory, "config.yaml"), "w") as f:
         f.write(config(port, upstreams))
-    args = ["taskset", "-c", "1", binary, "run", "--config", directory, "--ebpf", "off",
-            "--access-log", "off", "--worker-threads", str(workers)]
+    args = pinned(GATEWAYD_CPUS, [binary, "run", "--config", directory, "--ebpf", "off",
+                                  "--access-log", "off", "--worker-threads", str(workers)])
     for flag in ("--readiness-addr", "--metrics-addr", "--admin-addr"):
         args += [flag, f"127.0.0.1:{free_port()}"]
     child = subprocess.Popen(args, stdout=subprocess.DEVNULL,
@@ -128,8 +138,9 @@ def h1_run(paced_load, pid, port, rate, seconds, perf_stat=False):
         time.sleep(0.5)
     before = process_cpu_seconds(pid)
     out = subprocess.run(
-        ["taskset", "-c", "0", paced_load, "--connect", f"127.0.0.1:{port}", "--host", TARGET_HOST,
-         "--path", TARGET_PATH, "--rate", str(rate), "--seconds", str(seconds), "--connections", "16"],
+        pinned(LOAD_CPUS, [paced_load, "--connect", f"127.0.0.1:{port}", "--host", TARGET_HOST,
+                           "--path", TARGET_PATH, "--rate", str(rate), "--seconds", str(seconds),
+                           "--connections", "16"]),
         capture_output=True, text=True, check=True).stdout
     used = process_cpu_seconds(pid) - before
     fields = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
@@ -157,8 +168,9 @@ def h2_run(pid, port, rate, seconds, record=None):
         time.sleep(0.5)
     before = process_cpu_seconds(pid)
     out = subprocess.run(
-        ["taskset", "-c", "0", "h2load", "-c", str(clients), "-m", "1", "--rps", str(rate // clients),
-         "-D", str(seconds), "-H", f":authority: {TARGET_HOST}", f"http://127.0.0.1:{port}{TARGET_PATH}"],
+        pinned(LOAD_CPUS, ["h2load", "-c", str(clients), "-m", "1", "--rps", str(rate // clients),
+                           "-D", str(seconds), "-H", f":authority: {TARGET_HOST}",
+                           f"http://127.0.0.1:{port}{TARGET_PATH}"]),
         capture_output=True, text=True, check=True).stdout
     used = process_cpu_seconds(pid) - before
     if recorder:
@@ -181,14 +193,20 @@ def main():
     parser.add_argument("--perf-record", help="perf record each gatewayd's first h2c run into this directory")
     parser.add_argument("--perf-stat", action="store_true",
                         help="also count context switches, futex calls and epoll_waits per HTTP/1.1 request")
+    parser.add_argument("--both-cores", action="store_true",
+                        help="gatewayd on CPUs 0 and 1, the upstreams and the load unpinned")
     args = parser.parse_args()
+    if args.both_cores:
+        global GATEWAYD_CPUS, LOAD_CPUS
+        GATEWAYD_CPUS, LOAD_CPUS = "0,1", ""
     work = tempfile.mkdtemp(prefix="workers-cpu-")
     upstreams, children = [], []
     try:
         for i in range(2):
             port = free_port()
-            child = subprocess.Popen(["taskset", "-c", "0", args.upstream, "--listen", f"127.0.0.1:{port}",
-                                      "--name", f"u{i}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            child = subprocess.Popen(pinned(LOAD_CPUS, [args.upstream, "--listen", f"127.0.0.1:{port}",
+                                                        "--name", f"u{i}"]),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             children.append(child)
             wait_port(port, child, "demo-upstream")
             upstreams.append(port)

@@ -13,7 +13,12 @@ use std::{
     sync::Arc,
 };
 
-use super::{CLUSTER_DOMAIN, Compiler, name_of, routes::parse_duration};
+use super::{
+    CLUSTER_DOMAIN, Compiler, RouteMemo,
+    memo::{ClusterNotes, Naming},
+    name_of,
+    routes::parse_duration,
+};
 use crate::config::resources::istio::{ConsistentHash, SimpleLoadBalancer};
 use crate::connection_pool::ConnectionPool;
 use crate::{
@@ -22,7 +27,7 @@ use crate::{
         cache::ServiceKey,
         resources::{
             Destination, DestinationRule, EndpointSlice, IntOrString, Labels, SERVICE_NAME_LABEL,
-            ServiceEntry, istio::Resolution,
+            ServiceEntry, VirtualService, istio::Resolution,
         },
     },
     runtime::hash_ring::{DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE},
@@ -37,10 +42,96 @@ const DEFAULT_CONSECUTIVE_ERRORS: u32 = 5;
 const DEFAULT_BASE_EJECTION_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
 
+/// A cluster being made: where what is said of it starts in `Compiler::diagnostics`, and
+/// the route (location, object, field) that names it; see `memo::ClusterNotes`.
+struct Making<'r> {
+    said_from: usize,
+    at: Option<(Option<&'r Location>, &'r ObjectRef, &'r str)>,
+    endpoints: Vec<Diagnostic>,
+    when_empty: Option<String>,
+}
+
 impl<'a> Compiler<'a> {
     /// The cluster a destination names; one with no endpoints (503 at request time) when
     /// the Service, its port or its endpoints are missing, with a warning saying which.
+    /// The first route of a compile to name a cluster is told what is said of the
+    /// cluster (`name_cluster`), whether this compile made it or took it over.
     pub(super) fn cluster(
+        &mut self,
+        destination: &Destination,
+        vs_namespace: &str,
+        location: Option<&Location>,
+        resource: &ObjectRef,
+        field: &str,
+    ) -> Arc<Cluster> {
+        let cluster = self.find_cluster(destination, vs_namespace, location, resource, field);
+        self.namings.push(Naming {
+            cluster: cluster.id,
+            field: field.to_owned(),
+        });
+        if self.first_naming(cluster.id) {
+            self.say_of_cluster(cluster.id, location, resource, field);
+        }
+        cluster
+    }
+
+    /// Whether this is the first naming of cluster `id` in this compile (which it marks)
+    /// with something to say of the cluster.
+    pub(super) fn first_naming(&mut self, id: usize) -> bool {
+        match self.named.get_mut(id) {
+            Some(named) if !*named => *named = true,
+            _ => return false,
+        }
+        self.cluster_notes.get(id).is_some_and(|notes| {
+            !notes.made.is_empty()
+                || !notes.endpoints.is_empty()
+                || (notes.when_empty.is_some()
+                    && self.endpoint_lists.get(id).is_some_and(|e| e.is_empty()))
+        })
+    }
+
+    /// Says what is said of cluster `id` (`memo::ClusterNotes`) at the route that names
+    /// it first.
+    pub(super) fn say_of_cluster(
+        &mut self,
+        id: usize,
+        location: Option<&Location>,
+        resource: &ObjectRef,
+        field: &str,
+    ) {
+        let Some(notes) = self.cluster_notes.get(id) else {
+            return;
+        };
+        let at_route = |d: Diagnostic| d.at(location.cloned()).object(resource).field(field);
+        for (said, at_naming) in &notes.made {
+            self.said_of_clusters.push(match at_naming {
+                true => at_route(said.clone()),
+                false => said.clone(),
+            });
+        }
+        self.said_of_clusters
+            .extend(notes.endpoints.iter().cloned());
+        if let Some(message) = &notes.when_empty
+            && self.endpoint_lists.get(id).is_some_and(|e| e.is_empty())
+        {
+            self.said_of_clusters
+                .push(at_route(Diagnostic::warning(message.clone())));
+        }
+    }
+
+    /// The namings of routes taken from the memo for `vs`: the clusters they name first in
+    /// this compile are said of there, as when the routes were compiled.
+    pub(super) fn name_again(&mut self, vs: &Sourced<VirtualService>, namings: &[Naming]) {
+        let mut object = None;
+        for naming in namings {
+            if self.first_naming(naming.cluster) {
+                let object = object.get_or_insert_with(|| vs.resource.object_ref());
+                self.say_of_cluster(naming.cluster, vs.location.as_ref(), object, &naming.field);
+            }
+        }
+    }
+
+    fn find_cluster(
         &mut self,
         destination: &Destination,
         vs_namespace: &str,
@@ -137,20 +228,21 @@ impl<'a> Compiler<'a> {
         let slices = self
             .slices
             .get_or_insert_with(|| SliceIndex::new(self.resources));
-        let endpoints = service_endpoints(self.resources, slices, &source, &mut self.diagnostics);
-        if endpoints.is_empty() {
-            let which = if subset.is_empty() {
-                String::new()
-            } else {
-                format!(" in subset {subset}")
-            };
-            warn(
-                &mut self.diagnostics,
-                format!(
-                    "Service {namespace}/{name} port {port} has no ready endpoints{which}; requests get 503"
-                ),
-            );
-        }
+        let mut read = Diagnostics::default();
+        let endpoints = service_endpoints(self.resources, slices, &source, &mut read);
+        let which = if subset.is_empty() {
+            String::new()
+        } else {
+            format!(" in subset {subset}")
+        };
+        let making = Making {
+            said_from: self.diagnostics.0.len(),
+            at: Some((location, resource, field)),
+            endpoints: read.0,
+            when_empty: Some(format!(
+                "Service {namespace}/{name} port {port} has no ready endpoints{which}; requests get 503"
+            )),
+        };
         let mut cluster = Cluster::new(fqdn, name, namespace, port);
         cluster.name = key;
         cluster.endpoint_source = source;
@@ -158,26 +250,58 @@ impl<'a> Compiler<'a> {
             service_port.app_protocol.as_deref(),
             &service_port.name,
         );
-        self.intern_with(cluster, endpoints)
+        self.intern_with(cluster, endpoints, making)
     }
 
     /// A cluster with no endpoints (its requests get 503), or the one of that name.
     pub(super) fn intern(&mut self, cluster: Cluster) -> Arc<Cluster> {
-        self.intern_with(cluster, Vec::new())
+        let making = Making {
+            said_from: self.diagnostics.0.len(),
+            at: None,
+            endpoints: Vec::new(),
+            when_empty: None,
+        };
+        self.intern_with(cluster, Vec::new(), making)
     }
 
     /// The cluster of that name if there is one already, else this one with these
-    /// endpoints, numbered in the order clusters are first named.
-    fn intern_with(&mut self, mut cluster: Cluster, endpoints: Vec<SocketAddr>) -> Arc<Cluster> {
+    /// endpoints, numbered in the order clusters are first named. What was said in making
+    /// it (from `making.said_from`, and its traffic policy's) is taken out of the
+    /// diagnostics into its notes, for the route that names it first to say.
+    fn intern_with(
+        &mut self,
+        mut cluster: Cluster,
+        endpoints: Vec<SocketAddr>,
+        making: Making<'_>,
+    ) -> Arc<Cluster> {
         if let Some(existing) = self.clusters.get(&cluster.name) {
             return existing.clone();
         }
         self.apply_traffic_policy(&mut cluster);
+        let made = self
+            .diagnostics
+            .0
+            .drain(making.said_from.min(self.diagnostics.0.len())..)
+            .map(|d| {
+                let at_naming = making.at.is_some_and(|(location, object, field)| {
+                    d.location.as_ref() == location
+                        && d.object.as_ref() == Some(object)
+                        && d.field.as_deref() == Some(field)
+                });
+                (d, at_naming)
+            })
+            .collect();
         cluster.id = self.cluster_list.len();
         let cluster = Arc::new(cluster);
         self.clusters.insert(cluster.name.clone(), cluster.clone());
         self.cluster_list.push(cluster.clone());
         self.endpoint_lists.push(endpoints.into());
+        self.named.push(false);
+        Arc::make_mut(&mut self.cluster_notes).push(ClusterNotes {
+            made,
+            endpoints: making.endpoints,
+            when_empty: making.when_empty,
+        });
         cluster
     }
 
@@ -371,6 +495,13 @@ impl<'a> Compiler<'a> {
         if let Some(existing) = self.clusters.get(&key) {
             return existing.clone();
         }
+        // From here on, what is said is said of the cluster being made.
+        let making = Making {
+            said_from: self.diagnostics.0.len(),
+            at: Some((location, resource, field)),
+            endpoints: Vec::new(),
+            when_empty: None,
+        };
         let subset_labels = if subset.is_empty() {
             None
         } else {
@@ -383,7 +514,7 @@ impl<'a> Compiler<'a> {
                     );
                     let mut cluster = Cluster::new(host.clone(), host, namespace, port);
                     cluster.name = key;
-                    return self.intern(cluster);
+                    return self.intern_with(cluster, Vec::new(), making);
                 }
             }
         };
@@ -517,7 +648,7 @@ impl<'a> Compiler<'a> {
                 .as_deref(),
             &entry_port.name,
         );
-        self.intern_with(cluster, endpoints)
+        self.intern_with(cluster, endpoints, making)
     }
 
     /// The DestinationRule for a host (FQDN or ServiceEntry host): the one in the host's
@@ -815,14 +946,17 @@ fn core_endpoints(
 /// The snapshot `previous` with the endpoints of `services`' clusters read again from
 /// `resources` (which need hold only those Services' EndpointSlices and Endpoints): the
 /// routes, TLS and cluster definitions are shared, not recompiled. Clusters whose
-/// endpoints come out the same keep their list.
+/// endpoints come out the same keep their list. `memo`, the one of the compile that made
+/// `previous`, keeps the endpoints' warnings for the next compile that reuses it to say
+/// (`memo::ClusterNotes`).
 pub fn update_endpoints(
     previous: &Snapshot,
     resources: &Resources,
     services: &BTreeSet<ServiceKey>,
+    memo: Option<&mut RouteMemo>,
 ) -> (Snapshot, Diagnostics) {
     let index = ClustersByService::of(&previous.clusters);
-    update_endpoints_indexed(previous, resources, services, &index)
+    update_endpoints_indexed(previous, resources, services, &index, memo)
 }
 
 /// `update_endpoints` with the clusters found through `index` (built for
@@ -833,9 +967,10 @@ pub fn update_endpoints_indexed(
     resources: &Resources,
     services: &BTreeSet<ServiceKey>,
     index: &ClustersByService,
+    mut memo: Option<&mut RouteMemo>,
 ) -> (Snapshot, Diagnostics) {
     if !index.is_for(&previous.clusters) {
-        return update_endpoints(previous, resources, services);
+        return update_endpoints(previous, resources, services, memo);
     }
     let mut diagnostics = Diagnostics::default();
     let slices = SliceIndex::new(resources);
@@ -846,15 +981,15 @@ pub fn update_endpoints_indexed(
             else {
                 continue;
             };
-            let after = service_endpoints(
-                resources,
-                &slices,
-                &cluster.endpoint_source,
-                &mut diagnostics,
-            );
+            let mut read = Diagnostics::default();
+            let after = service_endpoints(resources, &slices, &cluster.endpoint_source, &mut read);
             if *after != **before {
                 *before = after.into();
             }
+            if let Some(memo) = memo.as_deref_mut() {
+                memo.endpoints_read(id, read.0.clone());
+            }
+            diagnostics.extend(read);
         }
     }
     let snapshot = Snapshot {

@@ -312,7 +312,7 @@ fn an_endpoint_update_gives_what_a_full_compile_gives_and_shares_the_rest() {
     let (recompiled, _) = compile_yaml(&after);
     let (resources, _) = config::load_text(Path::new("dest.yaml"), &after);
     let services = BTreeSet::from([("istio-system".to_owned(), "reviews".to_owned())]);
-    let (updated, diagnostics) = update_endpoints(&previous, &resources, &services);
+    let (updated, diagnostics) = update_endpoints(&previous, &resources, &services, None);
     assert!(diagnostics.0.is_empty(), "{diagnostics}");
     for path in ["/v2", "/", "/ratings"] {
         assert_eq!(
@@ -340,11 +340,11 @@ fn an_endpoint_update_gives_what_a_full_compile_gives_and_shares_the_rest() {
     // Through an index kept from an earlier update: the same; an index of another
     // cluster list is not trusted.
     let index = ClustersByService::of(&previous.clusters);
-    let (indexed, _) = update_endpoints_indexed(&previous, &resources, &services, &index);
+    let (indexed, _) = update_endpoints_indexed(&previous, &resources, &services, &index, None);
     assert_eq!(indexed.endpoints, updated.endpoints);
     let (other, _) = compile_yaml(&before);
     let stale = ClustersByService::of(&other.clusters);
-    let (checked, _) = update_endpoints_indexed(&previous, &resources, &services, &stale);
+    let (checked, _) = update_endpoints_indexed(&previous, &resources, &services, &stale, None);
     assert_eq!(checked.endpoints, updated.endpoints);
 }
 

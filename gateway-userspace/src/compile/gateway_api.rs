@@ -1337,6 +1337,10 @@ impl<'a> Compiler<'a> {
                 route.meta.namespace().to_owned(),
                 0,
             ));
+            let b_field = format!("{field}.backendRefs[{b_index}]");
+            if self.first_naming(placeholder.id) {
+                self.say_of_cluster(placeholder.id, location.as_ref(), resource, &b_field);
+            }
             let mut invalid = WeightedCluster::new(weight, placeholder);
             invalid.invalid = true;
             clusters.push(invalid);

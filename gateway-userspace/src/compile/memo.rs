@@ -7,7 +7,13 @@
 //!   the VirtualService and the port's servers are the same allocations;
 //! - per VirtualService and port, its compiled routes and the diagnostics compiling them
 //!   gave, and which of those each `http` entry gave: an edited VirtualService takes the
-//!   entries it did not edit from its previous entry (found by namespace and name).
+//!   entries it did not edit from its previous entry (found by namespace and name);
+//! - per cluster (by id), what is said of it when a compile first names it
+//!   (`ClusterNotes`): the clusters carry over into the next compile, which does not make
+//!   them again, and each route keeps which clusters it named (`Naming`) so that a route
+//!   taken from the memo names them again. Where a full compile says such a warning
+//!   depends on which route names the cluster first, so it is never part of a route's
+//!   diagnostics.
 //!
 //! A VirtualService is known by its allocation: the reload's parse cache keeps it for as
 //! long as its document's text is unchanged, even when the document moved in its file
@@ -40,6 +46,31 @@ pub struct RouteMemo {
     /// How many VirtualService `http` entries the compile compiled, rather than took
     /// from the previous one.
     pub(super) compiled_routes: usize,
+    /// By cluster id: what is said of each cluster when a compile first names it.
+    pub(super) clusters: Arc<Vec<ClusterNotes>>,
+}
+
+/// What a compile says of a cluster at the first route that names it. A full compile
+/// says it when it makes the cluster; a compile that reuses the cluster says it again,
+/// at its own first route naming it, and nothing when no route names it.
+#[derive(Clone, Debug, Default)]
+pub(super) struct ClusterNotes {
+    /// Said when it was made (a DestinationRule's warnings, a ServiceEntry's), with
+    /// whether it is said at the naming route (`true`) or at its own object.
+    pub(super) made: Vec<(Diagnostic, bool)>,
+    /// Its endpoints' warnings (an address that is no IP address), read again with the
+    /// endpoints at each endpoint update (`RouteMemo::endpoints_read`).
+    pub(super) endpoints: Vec<Diagnostic>,
+    /// A Service port's warning when it has no ready endpoints: said when its endpoint
+    /// list is empty at the compile (which may be an endpoint update's list).
+    pub(super) when_empty: Option<String>,
+}
+
+/// A cluster a route named, and the field that named it.
+#[derive(Clone, Debug)]
+pub(super) struct Naming {
+    pub(super) cluster: usize,
+    pub(super) field: String,
 }
 
 impl RouteMemo {
@@ -47,6 +78,18 @@ impl RouteMemo {
     /// (the others it took from the previous compile's memo): what a reload logs.
     pub fn compiled_routes(&self) -> usize {
         self.compiled_routes
+    }
+
+    /// The endpoints of cluster `id` were read again (an endpoint update of the snapshot
+    /// this memo's compile made), with these warnings.
+    pub(super) fn endpoints_read(&mut self, id: usize, warnings: Vec<Diagnostic>) {
+        let changed = self
+            .clusters
+            .get(id)
+            .is_some_and(|notes| notes.endpoints != warnings);
+        if changed && let Some(notes) = Arc::make_mut(&mut self.clusters).get_mut(id) {
+            notes.endpoints = warnings;
+        }
     }
 }
 
@@ -95,11 +138,12 @@ pub(super) struct BindingEntry {
 }
 
 /// Where an entry's `http[i]` went: its route's position in `routes` (none when it gave
-/// no route) and its diagnostics' in `diagnostics`.
+/// no route), its diagnostics' in `diagnostics` and its namings' in `namings`.
 #[derive(Clone)]
 pub(super) struct Written {
     pub(super) route: Option<usize>,
     pub(super) diagnostics: Range<usize>,
+    pub(super) namings: Range<usize>,
 }
 
 /// One VirtualService's compile on one port. Cloned for every VirtualService at every
@@ -118,6 +162,8 @@ pub(super) struct Compiled {
     pub(super) routes: Arc<Vec<Route<RouteAction>>>,
     /// Not yet moved to their fields' lines (`Resources::locate` runs after the compile).
     pub(super) diagnostics: Vec<Diagnostic>,
+    /// The clusters its routes named, in order (at its document, under `spec.http`).
+    pub(super) namings: Vec<Naming>,
     /// By `http` index, up to the last one compiled (a catch-all ends the list).
     pub(super) written: Vec<Written>,
 }
@@ -146,6 +192,7 @@ impl MemoEntry {
                     gateways: self.compiled.gateways.clone(),
                     routes: Arc::clone(&self.compiled.routes),
                     diagnostics,
+                    namings: self.compiled.namings.clone(),
                     written: self.compiled.written.clone(),
                 });
             }
@@ -198,17 +245,17 @@ impl MemoEntry {
     }
 
     /// What `http[old]` gave, for `http[index]` of `vs` (the same text): its route
-    /// (renamed when it is known by its index) and its diagnostics, at `vs`'s document
-    /// and under `spec.http[index]`.
+    /// (renamed when it is known by its index), its diagnostics, at `vs`'s document and
+    /// under `spec.http[index]`, and the clusters it named.
     pub(super) fn reuse(
         &self,
         old: usize,
         index: usize,
         vs: &Sourced<VirtualService>,
-    ) -> (Option<Route<RouteAction>>, Vec<Diagnostic>) {
+    ) -> (Option<Route<RouteAction>>, Vec<Diagnostic>, Vec<Naming>) {
         let compiled = &self.compiled;
         let Some(written) = compiled.written.get(old) else {
-            return (None, Vec::new());
+            return (None, Vec::new(), Vec::new());
         };
         let mut route = written
             .route
@@ -220,6 +267,18 @@ impl MemoEntry {
             .unwrap_or_default()
             .to_vec();
         let (from, to) = (format!("spec.http[{old}]"), format!("spec.http[{index}]"));
+        let mut namings = compiled
+            .namings
+            .get(written.namings.clone())
+            .unwrap_or_default()
+            .to_vec();
+        if old != index {
+            for naming in &mut namings {
+                if under(&naming.field, &from) {
+                    naming.field.replace_range(..from.len(), &to);
+                }
+            }
+        }
         for d in &mut diagnostics {
             if d.location != self.location {
                 continue;
@@ -243,7 +302,7 @@ impl MemoEntry {
         {
             route.name = format!("{}.{index}", name_of(&vs.resource.metadata));
         }
-        (route, diagnostics)
+        (route, diagnostics, namings)
     }
 }
 

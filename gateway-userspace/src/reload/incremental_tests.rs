@@ -472,9 +472,7 @@ fn an_edited_virtual_service_compiles_only_its_edited_routes()
         ("big.example.com", with(&["/z", "/a2"]), 1),
         // And removed again: none.
         ("big.example.com", with(&["/a2"]), 0),
-        // A warned entry edited: it is compiled, and warned, again. (Not the one to
-        // `c`: a cluster carried over from the previous compile is not warned about
-        // again when a compiled entry names it first; see the report.)
+        // A warned entry edited: it is compiled, and warned, again.
         (
             "big.example.com",
             vec![
@@ -485,7 +483,18 @@ fn an_edited_virtual_service_compiles_only_its_edited_routes()
             ],
             2,
         ),
-        ("big.example.com", with(&["/a2"]), 2),
+        // The entry to `c` edited: its cluster, carried over, is warned about there.
+        (
+            "big.example.com",
+            vec![
+                entry("/a3", "a", ""),
+                entry("/b", "a", "    mirrorElse: 1\n"),
+                entry("/c", "c", "    name: cee\n"),
+                named.clone(),
+            ],
+            1,
+        ),
+        ("big.example.com", with(&["/a2"]), 3),
         // Another host: bound anew, no route compiled.
         ("other.example.com", with(&["/a2"]), 0),
         // A host no server accepts: not bound (warned), nothing compiled.
@@ -569,5 +578,394 @@ fn a_changed_gateway_is_seen_by_a_reusing_compile() -> Result<(), Box<dyn std::e
             .any(|d| d.message.contains("is not bound there")),
         "{diagnostics:?}"
     );
+    Ok(())
+}
+
+/// What a step of `check_steps` does: write `text` to `file`; `kind` is what the reload
+/// must be (`routes`: a compile that reuses, `endpoints`: an endpoint patch, `full`: a
+/// compile of everything); `kept`: a host whose routes the reuse must have kept (which
+/// only a compile that reuses keeps).
+struct Step<'s> {
+    file: &'s str,
+    text: String,
+    kind: &'s str,
+    kept: Option<&'s str>,
+}
+
+fn step<'s>(file: &'s str, text: String, kind: &'s str, kept: Option<&'s str>) -> Step<'s> {
+    Step {
+        file,
+        text,
+        kind,
+        kept,
+    }
+}
+
+/// What a step said: its diagnostics, and the objects it dropped.
+type Said = (Diagnostics, Vec<String>);
+
+/// Writes `files` into a fresh directory, compiles them, then applies `steps` one by one
+/// through the reload's cache: after each, what the reload gives (diagnostics included)
+/// must be what a full compile of the directory gives. Returns each step's diagnostics and
+/// the objects it dropped.
+fn check_steps(
+    name: &str,
+    files: &[(&str, String)],
+    steps: Vec<Step<'_>>,
+) -> Result<Vec<Said>, Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("gatewayd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text)?;
+    }
+    let source = ConfigSource {
+        paths: vec![dir.clone()],
+        identity: Identity::default(),
+        tls: Arc::new(TlsState::default()),
+        cluster: None,
+        dns: None,
+    };
+    let mut cache = CompileCache::default();
+    let (mut live, _) = source.compile_first(&mut cache)?;
+    cache.applied();
+    let mut said = Vec::new();
+    for (index, step) in steps.into_iter().enumerate() {
+        std::fs::write(dir.join(step.file), &step.text)?;
+        let trigger = Trigger {
+            touched: Some(vec![dir.join(step.file)]),
+            beyond_config: false,
+        };
+        let compiled = source.compile_cached(&mut cache, &live, &trigger)?;
+        let full = full_compile(&source, &dir, index)?;
+        let (snapshot, diagnostics) = match compiled {
+            Compiled::Full(snapshot, diagnostics) => (snapshot, diagnostics),
+            // An endpoint patch says nothing of the routes: what the last compile said.
+            Compiled::Endpoints { snapshot, .. } => (snapshot, full.diagnostics.clone()),
+            Compiled::Nothing => panic!("step {index}: {} changed, nothing compiled", step.file),
+        };
+        cache.applied();
+        match step.kind {
+            "endpoints" => assert!(
+                Arc::ptr_eq(&snapshot.listeners, &live.listeners),
+                "step {index}: not an endpoint patch"
+            ),
+            "routes" => assert!(step.kept.is_some(), "step {index}: say what is kept"),
+            _ => {}
+        }
+        if let Some(host) = step.kept {
+            assert!(
+                same_routes(&live, &snapshot, host),
+                "step {index}: {host}'s routes compiled again"
+            );
+        }
+        assert_eq!(
+            seen(&snapshot, &diagnostics)?,
+            seen(&full.snapshot, &full.diagnostics)?,
+            "step {index}: {} ({})",
+            step.file,
+            step.kind
+        );
+        let dropped = snapshot.report.dropped.iter();
+        said.push((diagnostics, dropped.map(|d| d.object.to_string()).collect()));
+        live = snapshot;
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(said)
+}
+
+/// The resources `diagnostics` (of a step) that say `text` are about.
+fn saying((diagnostics, _): &Said, text: &str) -> Vec<String> {
+    diagnostics
+        .0
+        .iter()
+        .filter(|d| d.message.contains(text))
+        .map(|d| d.resource.clone().unwrap_or_default())
+        .collect()
+}
+
+const NO_ENDPOINTS: &str = "has no ready endpoints";
+
+/// A new VirtualService that names a cluster the previous compile made (Service `c`, no
+/// endpoints) before the VirtualService that named it until then: the warning is said
+/// at the new one, as a full compile says it, not at the one that named it first before.
+#[test]
+fn a_new_virtual_service_naming_a_carried_over_cluster_is_warned()
+-> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        ("base.yaml", BASE.to_owned()),
+        ("a.yaml", slice("a", "10.0.0.1")),
+        (
+            "h1.yaml",
+            virtual_service("h1", "h1.example.com", "c", &["/one"]),
+        ),
+        (
+            "h3.yaml",
+            virtual_service("h3", "h3.example.com", "a", &["/three"]),
+        ),
+    ];
+    let said = check_steps(
+        "new-names-carried",
+        &files,
+        vec![
+            // `g0` is older by name: it is compiled first, and names `c` first.
+            step(
+                "g0.yaml",
+                virtual_service("g0", "g0.example.com", "c", &["/zero"]),
+                "routes",
+                Some("h3.example.com"),
+            ),
+            // And with `h1` going to `a`, `g0` alone names `c`.
+            step(
+                "h1.yaml",
+                virtual_service("h1", "h1.example.com", "a", &["/one"]),
+                "routes",
+                Some("g0.example.com"),
+            ),
+        ],
+    )?;
+    let warned = |step: usize| said.get(step).map(|d| saying(d, NO_ENDPOINTS));
+    let at_g0 = Some(vec!["VirtualService default/g0".to_owned()]);
+    assert_eq!(warned(0), at_g0);
+    assert_eq!(warned(1), at_g0);
+    Ok(())
+}
+
+/// An edited route that names a cluster no route of the previous compile named (it was
+/// made by a compile before, and carried over): the warnings said when such a cluster is
+/// made (a Service without endpoints; a ServiceEntry without addresses) are said again.
+#[test]
+fn an_edited_route_naming_a_carried_over_cluster_is_warned()
+-> Result<(), Box<dyn std::error::Error>> {
+    let entry = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [ext.example.org]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: NONE
+";
+    let files = [
+        ("base.yaml", format!("{BASE}---\n{entry}")),
+        ("a.yaml", slice("a", "10.0.0.1")),
+        (
+            "h1.yaml",
+            virtual_service("h1", "h1.example.com", "c", &["/one"]),
+        ),
+        (
+            "h2.yaml",
+            virtual_service("h2", "h2.example.com", "a", &["/two"]),
+        ),
+        (
+            "h3.yaml",
+            virtual_service("h3", "h3.example.com", "a", &["/three"]),
+        ),
+        (
+            "h4.yaml",
+            virtual_service("h4", "h4.example.com", "ext.example.org", &["/four"])
+                .replace("number: 8000", "number: 80"),
+        ),
+    ];
+    let said = check_steps(
+        "edited-names-carried",
+        &files,
+        vec![
+            // Nothing names `c` or the ServiceEntry's cluster: nothing is said of them.
+            step(
+                "h1.yaml",
+                virtual_service("h1", "h1.example.com", "a", &["/one"]),
+                "routes",
+                Some("h3.example.com"),
+            ),
+            step(
+                "h4.yaml",
+                virtual_service("h4", "h4.example.com", "a", &["/four"]),
+                "routes",
+                Some("h3.example.com"),
+            ),
+            // An edited route names each again.
+            step(
+                "h2.yaml",
+                virtual_service("h2", "h2.example.com", "c", &["/two"]),
+                "routes",
+                Some("h3.example.com"),
+            ),
+            step(
+                "h3.yaml",
+                virtual_service("h3", "h3.example.com", "ext.example.org", &["/three"])
+                    .replace("number: 8000", "number: 80"),
+                "routes",
+                Some("h2.example.com"),
+            ),
+        ],
+    )?;
+    let warned = |step: usize, text: &str| said.get(step).map(|d| saying(d, text));
+    assert_eq!(warned(1, NO_ENDPOINTS), Some(vec![]));
+    assert_eq!(
+        warned(2, NO_ENDPOINTS),
+        Some(vec!["VirtualService default/h2".to_owned()])
+    );
+    assert_eq!(warned(2, "resolution NONE"), Some(vec![]));
+    assert_eq!(
+        warned(3, "resolution NONE"),
+        Some(vec!["VirtualService default/h3".to_owned()])
+    );
+    Ok(())
+}
+
+/// A DestinationRule is checked as its clusters are made: a reusing compile says its
+/// warning (TLS it cannot originate) when a route names a carried-over cluster again, and
+/// drops it for its error (a bad duration) as a full compile does, although the cluster
+/// was made without it (it was dropped then too).
+#[test]
+fn a_destination_rule_of_a_carried_over_cluster_is_checked_again()
+-> Result<(), Box<dyn std::error::Error>> {
+    let rule = |service: &str, policy: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {service}-rule, namespace: default}}
+spec:
+  host: {service}
+  trafficPolicy: {policy}
+"
+        )
+    };
+    let routes = |h1: &str, more: &[String]| {
+        let mut parts = vec![virtual_service("h1", "h1.example.com", h1, &["/one"])];
+        parts.extend(more.iter().cloned());
+        documents(&parts)
+    };
+    let files = |rule: String, to: &str| {
+        vec![
+            ("base.yaml", documents(&[BASE.to_owned(), rule])),
+            ("a.yaml", slice("a", "10.0.0.1")),
+            ("b.yaml", slice("b", "10.0.0.2")),
+            ("routes.yaml", routes(to, &[])),
+            (
+                "h3.yaml",
+                virtual_service("h3", "h3.example.com", "a", &["/three"]),
+            ),
+        ]
+    };
+    let h5 = virtual_service("h5", "h5.example.com", "b", &["/five"]);
+    let said = check_steps(
+        "rule-warning",
+        &files(rule("b", "{tls: {mode: ISTIO_MUTUAL}}"), "b"),
+        vec![
+            // No route names `b`: its cluster is carried over, and nothing said of it.
+            step(
+                "routes.yaml",
+                routes("a", &[]),
+                "routes",
+                Some("h3.example.com"),
+            ),
+            // A new VirtualService names it.
+            step(
+                "routes.yaml",
+                routes("a", std::slice::from_ref(&h5)),
+                "routes",
+                Some("h3.example.com"),
+            ),
+        ],
+    )?;
+    let warned = |step: usize| said.get(step).map(|d| saying(d, "ISTIO_MUTUAL").len());
+    assert_eq!((warned(0), warned(1)), (Some(0), Some(1)));
+    // The rule with an error is dropped at the start; a new VirtualService names `b`.
+    let said = check_steps(
+        "rule-error",
+        &files(
+            rule("b", "{outlierDetection: {baseEjectionTime: soon}}"),
+            "b",
+        ),
+        vec![step(
+            "routes.yaml",
+            routes("b", std::slice::from_ref(&h5)),
+            "full",
+            None,
+        )],
+    )?;
+    assert_eq!(
+        said.first().map(|(_, dropped)| dropped.clone()),
+        Some(vec!["DestinationRule default/b-rule".to_owned()])
+    );
+    Ok(())
+}
+
+/// The reverse: a cluster's warning goes when the last route naming it goes, or when its
+/// Service gets endpoints (by an endpoint patch, before a reusing compile), and comes back
+/// when they go.
+#[test]
+fn a_cluster_warning_goes_with_its_last_route_and_with_its_endpoints()
+-> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        ("base.yaml", BASE.to_owned()),
+        ("a.yaml", slice("a", "10.0.0.1")),
+        (
+            "c.yaml",
+            slice("c", "10.0.0.3").replace("endpoints: [", "endpoints: [] #"),
+        ),
+        (
+            "h1.yaml",
+            virtual_service("h1", "h1.example.com", "c", &["/one"]),
+        ),
+        (
+            "h2.yaml",
+            virtual_service("h2", "h2.example.com", "c", &["/two"]),
+        ),
+        (
+            "h3.yaml",
+            virtual_service("h3", "h3.example.com", "a", &["/three"]),
+        ),
+    ];
+    let said = check_steps(
+        "warning-goes",
+        &files,
+        vec![
+            // `c` gets an endpoint, then another VirtualService changes.
+            step("c.yaml", slice("c", "10.0.0.3"), "endpoints", None),
+            step(
+                "h3.yaml",
+                virtual_service("h3", "h3.example.com", "a", &["/three", "/drei"]),
+                "routes",
+                Some("h1.example.com"),
+            ),
+            // It loses it again, then another VirtualService changes.
+            step(
+                "c.yaml",
+                slice("c", "10.0.0.3").replace("endpoints: [", "endpoints: [] #"),
+                "endpoints",
+                None,
+            ),
+            step(
+                "h3.yaml",
+                virtual_service("h3", "h3.example.com", "a", &["/three"]),
+                "routes",
+                Some("h1.example.com"),
+            ),
+            // The routes naming `c` go, one by one.
+            step(
+                "h1.yaml",
+                virtual_service("h1", "h1.example.com", "a", &["/one"]),
+                "routes",
+                Some("h2.example.com"),
+            ),
+            step(
+                "h2.yaml",
+                virtual_service("h2", "h2.example.com", "a", &["/two"]),
+                "routes",
+                Some("h3.example.com"),
+            ),
+        ],
+    )?;
+    let warned = |step: usize| said.get(step).map(|d| saying(d, NO_ENDPOINTS));
+    let h1 = vec!["VirtualService default/h1".to_owned()];
+    assert_eq!(warned(1), Some(vec![]));
+    assert_eq!(warned(3), Some(h1));
+    assert_eq!(
+        warned(4),
+        Some(vec!["VirtualService default/h2".to_owned()])
+    );
+    assert_eq!(warned(5), Some(vec![]));
     Ok(())
 }

@@ -37,6 +37,7 @@ use crate::proxy::{
     context::ProxyContext,
     forward,
     limits::deadline_after,
+    turned::turned,
 };
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -73,6 +74,10 @@ pub(in crate::proxy) fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + IdleWait + Unpin + Send + 'static,
 {
+    // The shutdown watch's wait, registered once for the connection's life rather than
+    // per request, and polled (locked) only when the watch changed: ready once the
+    // listener stops (or goes away). Made here and used in place, for the reason above.
+    let mut stopping = turned(shutdown);
     async move {
         let client = Client { connection, ctx };
         let mut buf = BytesMut::new();
@@ -80,20 +85,12 @@ where
         // The idle and header-read clocks of every request on the connection: one timer,
         // moved rather than registered anew per request (a later deadline is a store).
         let mut clock = Box::pin(sleep_until(Instant::now()));
-        // The shutdown watch's wait, registered once for the connection's life rather than
-        // per request; ready once the listener stops (or goes away).
-        let mut stopping = {
-            let mut shutdown = shutdown.clone();
-            Box::pin(async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
-        };
         loop {
             let read = read_head(
                 &mut io,
                 &mut buf,
                 &client,
-                stopping.as_mut(),
+                Pin::new(&mut stopping),
                 first,
                 clock.as_mut(),
             );
@@ -127,7 +124,7 @@ where
                 Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
             };
             match exchange {
-                Exchanged::KeepAlive if !*shutdown.borrow() => {}
+                Exchanged::KeepAlive if !stopping.turned() => {}
                 Exchanged::KeepAlive | Exchanged::Close => break,
                 Exchanged::Upgrade(sender) if upgrading => {
                     let upgraded = Upgraded {
