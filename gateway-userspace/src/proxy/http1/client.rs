@@ -103,12 +103,12 @@ impl Outbound {
         body: ProxyBody,
     ) -> Self {
         let mut head = Vec::new();
-        let encoder = encode_head(&mut head, method, path, headers, &body);
+        let (encoder, upgrade) = encode_head(&mut head, method, path, headers, &body);
         Outbound {
             head,
             encoder,
             head_only: *method == Method::HEAD,
-            upgrade: headers.contains_key(header::UPGRADE),
+            upgrade,
             body,
         }
     }
@@ -521,7 +521,7 @@ fn encode_head(
     path: &str,
     headers: &HeaderMap,
     body: &ProxyBody,
-) -> Encoder {
+) -> (Encoder, bool) {
     let mut size = method.as_str().len() + path.len() + 16;
     for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
@@ -532,6 +532,8 @@ fn encode_head(
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut declared = None;
+    // Seen while writing, rather than looked up (hashed) again after.
+    let mut upgrade = false;
     for (name, value) in headers {
         if name == header::TRANSFER_ENCODING {
             continue;
@@ -539,6 +541,7 @@ fn encode_head(
         if name == header::CONTENT_LENGTH {
             declared = parse_length(value.as_bytes());
         }
+        upgrade |= name == header::UPGRADE;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -566,7 +569,7 @@ fn encode_head(
         },
     };
     out.extend_from_slice(b"\r\n");
-    encoder
+    (encoder, upgrade)
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
