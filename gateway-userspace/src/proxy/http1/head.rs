@@ -63,7 +63,7 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     // One copy of the head, which the target and every header value point into: no
     // allocation per header (a slice of the connection's buffer would keep the whole
     // buffer alive and shared, see `buffer.rs`).
-    let copy = Bytes::copy_from_slice(&rest[..end]);
+    let copy = shared_copy(&rest[..end]);
     let shared = |part: &[u8]| shared_part(&copy, &rest[..end], part).ok_or(HeadError::Invalid);
     let target = shared(parsed.path.unwrap_or_default().as_bytes())?;
     let uri = Uri::from_maybe_shared(target).map_err(|_| HeadError::Invalid)?;
@@ -101,6 +101,23 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         expect_continue,
         upgrade,
     }))
+}
+
+/// A reference-counted copy of a head, for its values to be slices of: one allocation.
+/// (`Bytes::copy_from_slice` makes a `Bytes` from a `Vec`, which allocates again, for its
+/// count, when it is first sliced.) Heads up to 1 KiB (nearly all) are copied into an
+/// array owned by the `Bytes`; larger ones as before.
+pub(super) fn shared_copy(head: &[u8]) -> Bytes {
+    fn inline<const N: usize>(head: &[u8]) -> Bytes {
+        let mut owner = [0u8; N];
+        owner[..head.len()].copy_from_slice(head);
+        Bytes::from_owner(owner).slice(..head.len())
+    }
+    match head.len() {
+        0..=256 => inline::<256>(head),
+        257..=1024 => inline::<1024>(head),
+        _ => Bytes::copy_from_slice(head),
+    }
 }
 
 /// `part` of `parsed` (a slice httparse returned) as the same bytes of `copy`, a copy of
