@@ -95,15 +95,17 @@ pub(in crate::proxy) struct Outbound {
 }
 
 impl Outbound {
-    /// `method path` (origin-form) with `headers` (the Host header among them).
-    pub(in crate::proxy) fn new(
+    /// `method path` (origin-form) with `headers` (the Host header among them), then the
+    /// `appended` fields (names none of `headers` has).
+    pub(in crate::proxy) fn new<'a>(
         method: &Method,
         path: &str,
         headers: &HeaderMap,
+        appended: impl Iterator<Item = (&'static str, &'a HeaderValue)> + Clone,
         body: ProxyBody,
     ) -> Self {
         let mut head = Vec::new();
-        let (encoder, upgrade) = encode_head(&mut head, method, path, headers, &body);
+        let (encoder, upgrade) = encode_head(&mut head, method, path, headers, appended, &body);
         Outbound {
             head,
             encoder,
@@ -118,7 +120,13 @@ impl From<Request<ProxyBody>> for Outbound {
     fn from(request: Request<ProxyBody>) -> Self {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        Outbound::new(&parts.method, path, &parts.headers, body)
+        Outbound::new(
+            &parts.method,
+            path,
+            &parts.headers,
+            std::iter::empty(),
+            body,
+        )
     }
 }
 
@@ -515,16 +523,20 @@ fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
 /// The request head into `out`, and how its body is framed: the Content-Length the
 /// request carries, else none for a body that has ended, else the exact size the body
 /// knows, else chunked (as hyper's client decides).
-fn encode_head(
+fn encode_head<'a>(
     out: &mut Vec<u8>,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    appended: impl Iterator<Item = (&'static str, &'a HeaderValue)> + Clone,
     body: &ProxyBody,
 ) -> (Encoder, bool) {
     let mut size = method.as_str().len() + path.len() + 16;
     for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
+    }
+    for (name, value) in appended.clone() {
+        size += name.len() + value.len() + 4;
     }
     out.reserve(size + 32);
     out.extend_from_slice(method.as_str().as_bytes());
@@ -543,6 +555,12 @@ fn encode_head(
         }
         upgrade |= name == header::UPGRADE;
         out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in appended {
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -632,7 +650,7 @@ pub(super) fn parse_response(
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(ClientError::Malformed("invalid status code"))?;
     // One copy of the head for every value to point into: no allocation per header.
-    let copy = Bytes::copy_from_slice(&buf[..len]);
+    let copy = super::head::shared_copy(&buf[..len]);
     // Room for what the proxy adds to an answer (server, x-envoy-upstream-service-time,
     // a route's few), so that it does not grow the map.
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
