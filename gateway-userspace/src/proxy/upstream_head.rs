@@ -447,6 +447,8 @@ pub(super) fn new_request_id() -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
 
     #[test]
@@ -467,6 +469,54 @@ mod tests {
         assert_eq!(&id[14..15], "4", "{id}");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
         assert_ne!(new_request_id().to_str().ok(), Some(id));
+    }
+
+    fn head_with_appended() -> UpstreamHead {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("a.example"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        UpstreamHead {
+            method: Method::GET,
+            path_and_query: PathAndQuery::from_static("/item"),
+            authority: HeaderValue::from_static("a.example"),
+            headers,
+            appended: Appended {
+                forwarded_for: Some(HeaderValue::from_static("10.0.0.1")),
+                forwarded_proto: Some(HeaderValue::from_static("http")),
+                request_id: Some(HeaderValue::from_static("id-1")),
+                external_address: Some(HeaderValue::from_static("10.0.0.1")),
+            },
+        }
+    }
+
+    #[test]
+    fn appended_forwarding_headers_go_into_the_map_for_other_clients() {
+        let mut head = head_with_appended();
+        let names: Vec<_> = head.appended.fields().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-request-id",
+                "x-envoy-external-address"
+            ]
+        );
+        let body = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed();
+        let request = head
+            .request(UpstreamProtocol::Http1, body, false)
+            .expect("request");
+        let headers = request.headers();
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-request-id"], "id-1");
+        assert_eq!(headers["x-envoy-external-address"], "10.0.0.1");
+        assert_eq!(headers["x-kept"], "1");
+        // Moved, not kept twice: a second try (or the codec's client) sees them once.
+        assert_eq!(head.appended.fields().count(), 0);
+        assert_eq!(head.headers.get_all("x-request-id").iter().count(), 1);
     }
 
     #[test]
