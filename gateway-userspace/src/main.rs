@@ -48,7 +48,72 @@ use tracing::{error, info, warn};
 /// glibc's in place, for heap profilers that intercept malloc (heaptrack, valgrind).
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: MiMalloc = MiMalloc;
+
+/// mimalloc, asked for plain blocks whenever a plain block is aligned enough.
+///
+/// The `mimalloc` crate's allocator passes every request to `mi_malloc_aligned`, and
+/// mimalloc 3 serves a block over 1 KiB (a header map's entries, a read buffer, a boxed
+/// future) through its over-allocating aligned path unless the block's size is a power of
+/// two: a slower allocation, and a slower free of every block on that page. Every block
+/// mimalloc hands out is aligned to a word at least, so requests for no more than that
+/// (nearly all of them) take `mi_malloc`.
+#[cfg(not(feature = "system-allocator"))]
+struct MiMalloc;
+
+#[cfg(not(feature = "system-allocator"))]
+const WORD: usize = std::mem::size_of::<usize>();
+
+#[cfg(not(feature = "system-allocator"))]
+// SAFETY: each function hands the request to mimalloc's matching entry point; blocks from
+// `mi_malloc`/`mi_zalloc`/`mi_realloc` are word-aligned, so they are used only for layouts
+// needing no more, and `mi_free` frees blocks of either kind.
+unsafe impl std::alloc::GlobalAlloc for MiMalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys::{mi_malloc, mi_malloc_aligned};
+        // SAFETY: plain FFI calls with the layout's size and (power-of-two) alignment.
+        unsafe {
+            if layout.align() <= WORD {
+                mi_malloc(layout.size()).cast()
+            } else {
+                mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys::{mi_zalloc, mi_zalloc_aligned};
+        // SAFETY: as in `alloc`.
+        unsafe {
+            if layout.align() <= WORD {
+                mi_zalloc(layout.size()).cast()
+            } else {
+                mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from this allocator (GlobalAlloc's contract).
+        unsafe { libmimalloc_sys::mi_free(ptr.cast()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        use libmimalloc_sys::{mi_realloc, mi_realloc_aligned};
+        // SAFETY: `ptr` came from this allocator with `layout` (GlobalAlloc's contract).
+        unsafe {
+            if layout.align() <= WORD {
+                mi_realloc(ptr.cast(), new_size).cast()
+            } else {
+                mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(

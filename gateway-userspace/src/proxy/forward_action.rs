@@ -122,7 +122,8 @@ pub(super) async fn forward<'s>(
         return LocalReply::bad_request().into();
     };
 
-    let body_failed = Arc::new(limits::BodyFailure::default());
+    // Only a request with a body can break off (no allocation for the others).
+    let mut body_failed = None;
     // The body streams to the first try at once; a bounded copy is kept when a retry
     // or a mirror may need it again (an upgrade's body is the tunnel: sent once).
     let wants_replay = !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
@@ -130,7 +131,9 @@ pub(super) async fn forward<'s>(
         (RequestEnd::now(), RequestBody::Empty)
     } else {
         let (request_end, mark) = RequestEnd::pending();
-        let streamed = DownstreamBody::new(body, body_failed.clone(), &ctx.limits, mark).boxed();
+        let failure = Arc::new(limits::BodyFailure::default());
+        body_failed = Some(failure.clone());
+        let streamed = DownstreamBody::new(body, failure, &ctx.limits, mark).boxed();
         let body = if wants_replay {
             RequestBody::Replay(ReplayBody::new(
                 streamed,
@@ -185,7 +188,7 @@ pub(super) async fn forward<'s>(
         Ending::Failed(failure) => {
             // The client's body broke off: the failure is the client's, and the rest of
             // its body (if any) is not read, so the connection ends.
-            let reply = match body_failed.broken() {
+            let reply = match body_failed.as_ref().and_then(|failed| failed.broken()) {
                 Some(broken) => LocalReply::broken_body(broken).closing(),
                 None => LocalReply::try_failed(failure, retried),
             };

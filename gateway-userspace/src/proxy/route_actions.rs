@@ -1,7 +1,7 @@
 //! The pure parts of route actions: redirect locations, path rewrites, CORS decisions,
 //! retry decisions. No I/O, so they are tested here with plain values.
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
 use crate::{
     route_table::{RequestMatch, StringMatcher},
@@ -272,6 +272,9 @@ pub(super) fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
 
 /// Is this answer worth another try? Its status, or for gRPC the `grpc-status` in its
 /// headers (a trailers-only answer), as Envoy's `retry_on` and `retry_grpc_on` read them.
+/// A name, not a string: a `&str` key is parsed into a header name at every look-up.
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 pub(super) fn retriable_response(on: &RetryOn, status: StatusCode, headers: &HeaderMap) -> bool {
     let code = status.as_u16();
     (on.server_error && status.is_server_error())
@@ -280,7 +283,7 @@ pub(super) fn retriable_response(on: &RetryOn, status: StatusCode, headers: &Hea
         || on.status_codes.contains(&code)
         || (!on.grpc_statuses.is_empty()
             && headers
-                .get("grpc-status")
+                .get(&GRPC_STATUS)
                 .and_then(|v| v.to_str().ok()?.parse::<u8>().ok())
                 .is_some_and(|grpc| on.grpc_statuses.contains(&grpc)))
 }

@@ -543,28 +543,35 @@ fn drop_closed_idle(pool: &mut EndpointPool) {
 /// A connection back from a finished exchange. The oldest idle one is closed when it
 /// has been idle too long, so a pool that shrinks after a burst gives its connections
 /// back to the upstream without a sweeper.
-fn checkin_http1(key: PoolKey, mut pooled: Pooled<Http1Connection>, idle_timeout: Duration) {
-    if pooled.sender.is_closed() {
+fn checkin_http1(key: PoolKey, mut sender: Http1Connection, served: u32, idle_timeout: Duration) {
+    if sender.is_closed() {
         return;
     }
+    // One clock read for both the oldest idle connection's age and this one's start.
+    let now = Instant::now();
     // What is closed here is dropped after the pool's borrow (see `checkout_http1`).
     let mut closed = Vec::new();
     with_pool(key, |pool| {
         if pool
             .idle
             .first()
-            .is_some_and(|p| p.since.elapsed() >= idle_timeout)
+            .is_some_and(|p| now.saturating_duration_since(p.since) >= idle_timeout)
         {
             closed.push(pool.idle.remove(0));
         }
         if pool.idle.len() < MAX_IDLE_PER_ENDPOINT {
             pool.idle.push(Pooled {
-                since: Instant::now(),
-                ..pooled
+                sender,
+                since: now,
+                served,
             });
             pool.freed.notify_one();
         } else {
-            closed.push(pooled);
+            closed.push(Pooled {
+                sender,
+                since: now,
+                served,
+            });
         }
     });
     drop(closed);
@@ -773,7 +780,12 @@ impl UpstreamBody {
             Reuse::None => {}
             Reuse::Hyper(connection) => {
                 if let Some(connection) = connection {
-                    checkin_http1(self.pool, connection, self.idle_timeout);
+                    checkin_http1(
+                        self.pool,
+                        connection.sender,
+                        connection.served,
+                        self.idle_timeout,
+                    );
                 }
             }
             Reuse::Own(reuse) => {
@@ -782,15 +794,11 @@ impl UpstreamBody {
                     _ => None,
                 };
                 if let Some(io) = io {
-                    let connection = Pooled {
-                        sender: Http1Connection::Own(OwnConnection {
-                            io,
-                            open: reuse.open,
-                        }),
-                        since: Instant::now(),
-                        served: reuse.served,
-                    };
-                    checkin_http1(self.pool, connection, self.idle_timeout);
+                    let connection = Http1Connection::Own(OwnConnection {
+                        io,
+                        open: reuse.open,
+                    });
+                    checkin_http1(self.pool, connection, reuse.served, self.idle_timeout);
                 }
             }
         }

@@ -60,6 +60,56 @@ pub(super) struct UpstreamHead {
     /// The Host header's value: HTTP/2 upstreams get it as `:authority`.
     pub authority: HeaderValue,
     pub headers: HeaderMap,
+    /// Forwarding headers the request did not carry, set after `headers`.
+    pub appended: Appended,
+}
+
+/// Forwarding headers the client did not send, on a route without request header rules:
+/// kept out of the header map (each insert there hashes the name, and the map is only
+/// read again to write it), written after the map's fields by the codec's client, put
+/// into the map by `UpstreamHead::request` for the other clients. The order is the one
+/// the inserts had.
+#[derive(Clone, Default)]
+pub(super) struct Appended {
+    forwarded_for: Option<HeaderValue>,
+    forwarded_proto: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    external_address: Option<HeaderValue>,
+}
+
+impl Appended {
+    /// The fields, as name and value, in their order.
+    pub(super) fn fields(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> + Clone {
+        [
+            ("x-forwarded-for", &self.forwarded_for),
+            ("x-forwarded-proto", &self.forwarded_proto),
+            ("x-request-id", &self.request_id),
+            ("x-envoy-external-address", &self.external_address),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|value| (name, value)))
+    }
+
+    /// Moves the fields into `headers` (none of them is there).
+    fn move_into(&mut self, headers: &mut HeaderMap) {
+        let names = [
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_REQUEST_ID,
+            X_ENVOY_EXTERNAL_ADDRESS,
+        ];
+        let values = [
+            self.forwarded_for.take(),
+            self.forwarded_proto.take(),
+            self.request_id.take(),
+            self.external_address.take(),
+        ];
+        for (name, value) in names.into_iter().zip(values) {
+            if let Some(value) = value {
+                headers.insert(name, value);
+            }
+        }
+    }
 }
 
 impl UpstreamHead {
@@ -77,6 +127,7 @@ impl UpstreamHead {
                 &self.method,
                 self.path_and_query.as_str(),
                 &self.headers,
+                self.appended.fields(),
                 body,
             )));
         }
@@ -93,6 +144,7 @@ impl UpstreamHead {
         body: ProxyBody,
         last_try: bool,
     ) -> Result<Request<ProxyBody>, http::Error> {
+        self.appended.move_into(&mut self.headers);
         let mut headers = if last_try {
             std::mem::take(&mut self.headers)
         } else {
@@ -156,6 +208,13 @@ impl UpstreamHead {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         let mut headers = parts.headers;
+        // Which of the names below the request carries, from one pass over its names:
+        // the ones it lacks are not looked up (hashed) at all.
+        let carried = Carried::of(&headers);
+        // Without request header rules nothing reads the map before it is written, so
+        // forwarding headers the request lacks need not go into it (`Appended`).
+        let no_rules = forward.headers.request.is_empty() && weighted.headers.request.is_empty();
+        let mut appended = Appended::default();
         let upgrade = if is_upgrade {
             headers.get(header::UPGRADE).cloned()
         } else {
@@ -165,9 +224,10 @@ impl UpstreamHead {
         // The gateway answers `Expect: 100-continue` itself (the codec sends the 100 when
         // the body is first wanted) and the upstream is not asked again: Envoy's default
         // (`proxy_100_continue` off, as Istio leaves it) removes the header.
-        if headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        if carried.expect
+            && headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
         {
             headers.remove(header::EXPECT);
         }
@@ -177,63 +237,135 @@ impl UpstreamHead {
         }
         // Host: the rewritten authority, else the request's (HTTP/2 requests carry it as
         // :authority only; an HTTP/1.1 Host header that already says it stays as is).
+        let mut host = headers.get(header::HOST).cloned();
         let new_host = match rewrite.and_then(|r| r.authority.as_deref()) {
             Some(rewritten) => Some(rewritten),
-            None if headers.get(header::HOST).is_some_and(|h| h == authority) => None,
+            None if host.as_ref().is_some_and(|h| h == authority) => None,
             None => Some(authority),
         };
-        if let Some(host) = new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(header::HOST, host);
+        if let Some(new_host) = new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(header::HOST, new_host.clone());
+            host = Some(new_host);
         }
-        // Entries, not a look-up and then an insert: each hashes the name once.
-        match headers.entry(X_FORWARDED_FOR) {
-            header::Entry::Occupied(mut existing) if !existing.get().is_empty() => {
-                let first = existing.get();
-                let mut joined = Vec::with_capacity(first.len() + 1 + peer_ip.len());
-                joined.extend_from_slice(first.as_bytes());
-                joined.push(b',');
-                joined.extend_from_slice(peer_ip.as_bytes());
-                if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
-                    // Replaces every value, as an insert does.
-                    existing.insert(v);
-                }
-            }
-            header::Entry::Occupied(mut empty) => {
-                empty.insert(peer_ip.clone());
-            }
-            header::Entry::Vacant(vacant) => {
-                vacant.insert(peer_ip.clone());
-            }
+        if no_rules && !carried.forwarded_for {
+            appended.forwarded_for = Some(peer_ip.clone());
+        } else {
+            forwarded_for(&mut headers, peer_ip);
         }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+        if no_rules && !carried.forwarded_proto {
+            appended.forwarded_proto = Some(HeaderValue::from_static(scheme));
+        } else {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+        }
         // Envoy's SANITIZE_SET (Istio's gateway default): never trust the client's XFCC.
         let client_cert = client_cert.and_then(|cert| HeaderValue::from_str(cert).ok());
-        match (headers.entry(X_FORWARDED_CLIENT_CERT), client_cert) {
-            (header::Entry::Occupied(mut sent), Some(ours)) => {
-                sent.insert(ours);
+        if carried.forwarded_client_cert || client_cert.is_some() {
+            match (headers.entry(X_FORWARDED_CLIENT_CERT), client_cert) {
+                (header::Entry::Occupied(mut sent), Some(ours)) => {
+                    sent.insert(ours);
+                }
+                (header::Entry::Occupied(sent), None) => {
+                    // Every value of it, as `remove` does.
+                    drop(sent.remove_entry_mult());
+                }
+                (header::Entry::Vacant(vacant), Some(ours)) => {
+                    vacant.insert(ours);
+                }
+                (header::Entry::Vacant(_), None) => {}
             }
-            (header::Entry::Occupied(sent), None) => {
-                // Every value of it, as `remove` does.
-                drop(sent.remove_entry_mult());
-            }
-            (header::Entry::Vacant(vacant), Some(ours)) => {
-                vacant.insert(ours);
-            }
-            (header::Entry::Vacant(_), None) => {}
         }
-        headers.insert(X_REQUEST_ID, request_id.clone());
-        headers.insert(X_ENVOY_EXTERNAL_ADDRESS, peer_ip.clone());
-        forward.headers.request.apply(&mut headers);
-        weighted.headers.request.apply(&mut headers);
-        // After the header operations: a destination's `host` set is the authority
-        // HTTP/2 upstreams get too.
-        let host = headers.get(header::HOST).cloned()?;
+        if no_rules && !carried.request_id {
+            appended.request_id = Some(request_id.clone());
+        } else {
+            headers.insert(X_REQUEST_ID, request_id.clone());
+        }
+        if no_rules && !carried.external_address {
+            appended.external_address = Some(peer_ip.clone());
+        } else {
+            headers.insert(X_ENVOY_EXTERNAL_ADDRESS, peer_ip.clone());
+        }
+        if !no_rules {
+            forward.headers.request.apply(&mut headers);
+            weighted.headers.request.apply(&mut headers);
+            // After the header operations: a destination's `host` set is the authority
+            // HTTP/2 upstreams get too.
+            host = headers.get(header::HOST).cloned();
+        }
         Some(UpstreamHead {
             method: parts.method,
             path_and_query,
-            authority: host,
+            authority: host?,
             headers,
+            appended,
         })
+    }
+}
+
+/// Which of the headers `UpstreamHead::new` sets or removes a request carries.
+#[derive(Default)]
+struct Carried {
+    expect: bool,
+    forwarded_for: bool,
+    forwarded_proto: bool,
+    forwarded_client_cert: bool,
+    request_id: bool,
+    external_address: bool,
+}
+
+impl Carried {
+    fn of(headers: &HeaderMap) -> Carried {
+        let mut carried = Carried::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "expect" => carried.expect = true,
+                "x-forwarded-for" => carried.forwarded_for = true,
+                "x-forwarded-proto" => carried.forwarded_proto = true,
+                "x-forwarded-client-cert" => carried.forwarded_client_cert = true,
+                "x-request-id" => carried.request_id = true,
+                "x-envoy-external-address" => carried.external_address = true,
+                _ => {}
+            }
+        }
+        carried
+    }
+}
+
+/// x-forwarded-for with the client's address appended (set to it when empty).
+fn forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
+    // An entry, not a look-up and then an insert: it hashes the name once.
+    match headers.entry(X_FORWARDED_FOR) {
+        header::Entry::Occupied(mut existing) if !existing.get().is_empty() => {
+            let first = existing.get();
+            let mut joined = Vec::with_capacity(first.len() + 1 + peer_ip.len());
+            joined.extend_from_slice(first.as_bytes());
+            joined.push(b',');
+            joined.extend_from_slice(peer_ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+                // Replaces every value, as an insert does.
+                existing.insert(v);
+            }
+        }
+        header::Entry::Occupied(mut empty) => {
+            empty.insert(peer_ip.clone());
+        }
+        header::Entry::Vacant(vacant) => {
+            vacant.insert(peer_ip.clone());
+        }
+    }
+}
+
+/// `name`'s place in `HOP_BY_HOP`: one string match, not seven comparisons of names, for
+/// every header of every message.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "te" => Some(4),
+        "trailer" => Some(5),
+        "transfer-encoding" => Some(6),
+        _ => None,
     }
 }
 
@@ -244,7 +376,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u8;
     let mut upgrade = false;
     for name in headers.keys() {
-        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+        match hop_by_hop_index(name.as_str()) {
             Some(index) => present |= 1 << index,
             None => upgrade |= name == header::UPGRADE,
         }
@@ -315,6 +447,8 @@ pub(super) fn new_request_id() -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
 
     #[test]
@@ -335,6 +469,64 @@ mod tests {
         assert_eq!(&id[14..15], "4", "{id}");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
         assert_ne!(new_request_id().to_str().ok(), Some(id));
+    }
+
+    fn head_with_appended() -> UpstreamHead {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("a.example"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        UpstreamHead {
+            method: Method::GET,
+            path_and_query: PathAndQuery::from_static("/item"),
+            authority: HeaderValue::from_static("a.example"),
+            headers,
+            appended: Appended {
+                forwarded_for: Some(HeaderValue::from_static("10.0.0.1")),
+                forwarded_proto: Some(HeaderValue::from_static("http")),
+                request_id: Some(HeaderValue::from_static("id-1")),
+                external_address: Some(HeaderValue::from_static("10.0.0.1")),
+            },
+        }
+    }
+
+    #[test]
+    fn appended_forwarding_headers_go_into_the_map_for_other_clients() {
+        let mut head = head_with_appended();
+        let names: Vec<_> = head.appended.fields().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-request-id",
+                "x-envoy-external-address"
+            ]
+        );
+        let body = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed();
+        let request = head
+            .request(UpstreamProtocol::Http1, body, false)
+            .expect("request");
+        let headers = request.headers();
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-request-id"], "id-1");
+        assert_eq!(headers["x-envoy-external-address"], "10.0.0.1");
+        assert_eq!(headers["x-kept"], "1");
+        // Moved, not kept twice: a second try (or the codec's client) sees them once.
+        assert_eq!(head.appended.fields().count(), 0);
+        assert_eq!(head.headers.get_all("x-request-id").iter().count(), 1);
+    }
+
+    #[test]
+    fn the_hop_by_hop_index_matches_the_list() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(index), "{name}");
+        }
+        for name in ["upgrade", "host", "x-te", "content-length", "connections"] {
+            assert_eq!(hop_by_hop_index(name), None, "{name}");
+        }
     }
 
     #[test]

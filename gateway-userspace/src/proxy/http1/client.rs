@@ -95,20 +95,22 @@ pub(in crate::proxy) struct Outbound {
 }
 
 impl Outbound {
-    /// `method path` (origin-form) with `headers` (the Host header among them).
-    pub(in crate::proxy) fn new(
+    /// `method path` (origin-form) with `headers` (the Host header among them), then the
+    /// `appended` fields (names none of `headers` has).
+    pub(in crate::proxy) fn new<'a>(
         method: &Method,
         path: &str,
         headers: &HeaderMap,
+        appended: impl Iterator<Item = (&'static str, &'a HeaderValue)> + Clone,
         body: ProxyBody,
     ) -> Self {
         let mut head = Vec::new();
-        let encoder = encode_head(&mut head, method, path, headers, &body);
+        let (encoder, upgrade) = encode_head(&mut head, method, path, headers, appended, &body);
         Outbound {
             head,
             encoder,
             head_only: *method == Method::HEAD,
-            upgrade: headers.contains_key(header::UPGRADE),
+            upgrade,
             body,
         }
     }
@@ -118,7 +120,13 @@ impl From<Request<ProxyBody>> for Outbound {
     fn from(request: Request<ProxyBody>) -> Self {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        Outbound::new(&parts.method, path, &parts.headers, body)
+        Outbound::new(
+            &parts.method,
+            path,
+            &parts.headers,
+            std::iter::empty(),
+            body,
+        )
     }
 }
 
@@ -515,16 +523,20 @@ fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
 /// The request head into `out`, and how its body is framed: the Content-Length the
 /// request carries, else none for a body that has ended, else the exact size the body
 /// knows, else chunked (as hyper's client decides).
-fn encode_head(
+fn encode_head<'a>(
     out: &mut Vec<u8>,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    appended: impl Iterator<Item = (&'static str, &'a HeaderValue)> + Clone,
     body: &ProxyBody,
-) -> Encoder {
+) -> (Encoder, bool) {
     let mut size = method.as_str().len() + path.len() + 16;
     for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
+    }
+    for (name, value) in appended.clone() {
+        size += name.len() + value.len() + 4;
     }
     out.reserve(size + 32);
     out.extend_from_slice(method.as_str().as_bytes());
@@ -532,6 +544,8 @@ fn encode_head(
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut declared = None;
+    // Seen while writing, rather than looked up (hashed) again after.
+    let mut upgrade = false;
     for (name, value) in headers {
         if name == header::TRANSFER_ENCODING {
             continue;
@@ -539,7 +553,14 @@ fn encode_head(
         if name == header::CONTENT_LENGTH {
             declared = parse_length(value.as_bytes());
         }
+        upgrade |= name == header::UPGRADE;
         out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in appended {
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -566,7 +587,7 @@ fn encode_head(
         },
     };
     out.extend_from_slice(b"\r\n");
-    encoder
+    (encoder, upgrade)
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -597,9 +618,14 @@ pub(super) fn parse_response(
     buf: &[u8],
     head_only: bool,
 ) -> Result<Option<ResponseHead>, ClientError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    // Uninitialized, as for request heads (`head.rs`).
+    let mut fields = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= MAX_HEAD_BYTES {
@@ -624,7 +650,7 @@ pub(super) fn parse_response(
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(ClientError::Malformed("invalid status code"))?;
     // One copy of the head for every value to point into: no allocation per header.
-    let copy = Bytes::copy_from_slice(&buf[..len]);
+    let copy = super::head::shared_copy(&buf[..len]);
     // Room for what the proxy adds to an answer (server, x-envoy-upstream-service-time,
     // a route's few), so that it does not grow the map.
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);

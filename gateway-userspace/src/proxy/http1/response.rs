@@ -245,7 +245,10 @@ fn write_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let switching = *status == StatusCode::SWITCHING_PROTOCOLS;
+    // Seen while writing, rather than looked up (hashed) again after.
+    let mut dated = false;
     for (name, value) in headers {
+        dated |= name == header::DATE;
         // The codec frames the body and says what becomes of the connection itself; a
         // 101 keeps its `Connection: upgrade`.
         let ours = name == header::TRANSFER_ENCODING
@@ -282,7 +285,7 @@ fn write_head(
             out.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(&http_date());
         out.extend_from_slice(b"\r\n");

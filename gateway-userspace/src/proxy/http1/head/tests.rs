@@ -159,3 +159,15 @@ fn upgrades_and_connect() {
     let old = parse(b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n");
     assert!(old.ok().flatten().is_some_and(|h| !h.upgrade));
 }
+
+#[test]
+fn shared_copies_hold_the_head_whatever_its_size() {
+    for len in [0, 1, 255, 256, 257, 1024, 1025, 5000] {
+        let head: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let copy = shared_copy(&head);
+        assert_eq!(&copy[..], &head[..], "{len}");
+        let part = &head[len / 3..len / 2];
+        let shared = shared_part(&copy, &head, part).expect("inside");
+        assert_eq!(&shared[..], part, "{len}");
+    }
+}
