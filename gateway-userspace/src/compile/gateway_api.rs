@@ -26,7 +26,7 @@ use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 use crate::compile::{Compiler, name_of};
 use crate::{
     config::{
-        Kind, Location, ObjectRef, Sourced,
+        Location, ObjectRef, Sourced,
         resources::{
             ObjectMeta, Service,
             gateway_api::{

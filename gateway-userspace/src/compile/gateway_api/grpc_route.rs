@@ -5,7 +5,7 @@ use super::{AnyRoute, ApiListener, Entry, RouteKind, RulePolicy, Specificity};
 use crate::compile::Compiler;
 use crate::{
     config::{
-        Diagnostic, Kind, Sourced,
+        Diagnostic, Sourced,
         resources::gateway_api::{GrpcRoute, ValueMatchType},
     },
     route_table::{RequestMatch, StringMatcher},

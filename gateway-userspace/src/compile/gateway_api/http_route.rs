@@ -6,7 +6,7 @@ use super::{AnyRoute, ApiListener, Entry, Precedence, RouteKind, RulePolicy, Spe
 use crate::compile::{Compiler, hosts::covers, name_of};
 use crate::{
     config::{
-        Diagnostic, Kind, Sourced,
+        Diagnostic, Sourced,
         resources::gateway_api::{
             HttpPathMatch, HttpRoute, HttpRouteMatch, NameMatch, PathMatchType, ValueMatchType,
         },

@@ -3,7 +3,6 @@
 
 use super::{AnyRoute, GATEWAY_API_GROUP};
 use crate::compile::Compiler;
-use crate::config::Kind;
 
 impl<'a> Compiler<'a> {
     /// Does a ReferenceGrant in `namespace` let this route refer to Service `name`?

@@ -10,7 +10,7 @@ use crate::compile::{
 };
 use crate::{
     config::{
-        Diagnostic, Kind, ObjectRef,
+        Diagnostic, ObjectRef,
         resources::{
             Destination, PortSelector,
             gateway_api::{BackendRef, HttpBackendRef, HttpRouteFilter},

@@ -5,41 +5,13 @@
 
 use std::{borrow::Cow, collections::BTreeMap};
 
-use serde::Deserialize;
-
 use crate::{
     compile::Compiler,
     config::{
         Diagnostic, Kind, Sourced,
-        resources::{HttpMatchRequest, HttpRoute, StringMatch, VirtualService},
+        resources::{HttpMatchRequest, HttpRoute, Lenient, StringMatch, VirtualService},
     },
 };
-
-/// `delegate: {name, namespace}`; the namespace defaults to the root's.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DelegateRef {
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-}
-
-/// The root route fields a delegate route takes when it has none of its own (Istio's
-/// `mergeHTTPRoute`; `redirect` and the destinations are the delegate's alone).
-const INHERITED: [&str; 12] = [
-    "rewrite",
-    "directResponse",
-    "timeout",
-    "retries",
-    "fault",
-    "mirror",
-    "mirrorPercent",
-    "mirror_percent",
-    "mirrorPercentage",
-    "corsPolicy",
-    "mirrors",
-    "headers",
-];
 
 /// May a root in `root_namespace` use this delegate? Without `exportTo` a VirtualService
 /// is visible everywhere (Istio's default); `.` is its own namespace, `*` everywhere.
@@ -60,14 +32,30 @@ fn merge_route(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
     let mut merged = leaf.clone();
     merged.matches = merge_matches(&root.matches, &leaf.matches)?;
     merged.name = joined_name(&root.name, &leaf.name);
-    for key in INHERITED {
-        if !merged.other.contains_key(key)
-            && let Some(value) = root.other.get(key)
-        {
-            merged.other.insert(key.to_owned(), value.clone());
+    inherit(&mut merged, root);
+    Some(merged)
+}
+
+/// The root route fields a delegate route takes when it has none of its own (Istio's
+/// `mergeHTTPRoute`; `redirect` and the destinations are the delegate's alone).
+fn inherit(leaf: &mut HttpRoute, root: &HttpRoute) {
+    fn field<T: Clone>(leaf: &mut Option<T>, root: &Option<T>) {
+        if leaf.is_none() {
+            leaf.clone_from(root);
         }
     }
-    Some(merged)
+    field(&mut leaf.rewrite, &root.rewrite);
+    field(&mut leaf.direct_response, &root.direct_response);
+    field(&mut leaf.timeout, &root.timeout);
+    field(&mut leaf.retries, &root.retries);
+    field(&mut leaf.fault, &root.fault);
+    field(&mut leaf.mirror, &root.mirror);
+    field(&mut leaf.mirror_percent, &root.mirror_percent);
+    field(&mut leaf.mirror_percent_snake, &root.mirror_percent_snake);
+    field(&mut leaf.mirror_percentage, &root.mirror_percentage);
+    field(&mut leaf.cors_policy, &root.cors_policy);
+    field(&mut leaf.mirrors, &root.mirrors);
+    field(&mut leaf.headers, &root.headers);
 }
 
 fn joined_name(root: &Option<String>, leaf: &Option<String>) -> Option<String> {
@@ -223,7 +211,7 @@ impl<'a> Compiler<'a> {
         let mut out = Vec::new();
         let root_namespace = vs.resource.metadata.namespace();
         for (index, route) in vs.resource.spec.http.iter().enumerate() {
-            let Some(reference) = route.other.get("delegate") else {
+            let Some(reference) = &route.delegate else {
                 out.push((vs, index, Cow::Borrowed(route)));
                 continue;
             };
@@ -234,11 +222,12 @@ impl<'a> Compiler<'a> {
                     .object(&vs.resource.object_ref())
                     .field(field.clone())
             };
-            let reference: DelegateRef = match serde_yaml::from_value(reference.clone()) {
-                Ok(reference) => reference,
-                Err(e) => {
+            let reference = match reference {
+                Lenient::Valid(reference) => reference,
+                Lenient::Invalid(invalid) => {
                     self.diagnostics.push(problem(format!(
-                        "{e}; expected {{name, namespace}}; this route is skipped"
+                        "{}; expected {{name, namespace}}; this route is skipped",
+                        invalid.message
                     )));
                     continue;
                 }

@@ -411,7 +411,7 @@ pub(super) fn check_percentage(value: f64, field: &str) -> Result<f64, FieldErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::istio::route_fields::IstioAbort;
+    use crate::config::resources::http_route::IstioAbort;
 
     #[test]
     fn re2_groups_become_regex_crate_groups() {

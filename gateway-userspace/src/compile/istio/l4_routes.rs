@@ -1,45 +1,18 @@
 //! VirtualService `tls` and `tcp` routes: PASSTHROUGH servers get the `tls` routes matched
 //! by `sniHosts`; TCP servers and terminating TLS servers get the `tcp` routes.
 
-use serde::Deserialize;
-
 use super::{bind::binds, server_tls::ServerRef};
 use crate::compile::{Compiler, hosts::intersect_hosts};
 use crate::{
     config::{
         Diagnostic, Kind, Sourced,
-        resources::{Destination, Gateway, VirtualService},
+        resources::{Gateway, Lenient, RouteDestination, VirtualService},
     },
     snapshot::{SniRoute, WeightedCluster},
 };
 
 /// Weight of a destination that names none: all of the traffic when it is alone.
 const SOLE_DESTINATION_WEIGHT: u32 = 100;
-
-/// VirtualService `tls` and `tcp` routes (kept as YAML by `config`, typed here).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct L4Route {
-    #[serde(rename = "match")]
-    pub(super) matches: Vec<L4Match>,
-    pub(super) route: Vec<L4Destination>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct L4Match {
-    pub(super) sni_hosts: Vec<String>,
-    pub(super) port: Option<u32>,
-    pub(super) gateways: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct L4Destination {
-    pub(super) destination: Destination,
-    #[serde(default)]
-    pub(super) weight: Option<u32>,
-}
 
 impl<'a> Compiler<'a> {
     /// PASSTHROUGH: `tls` routes of VirtualServices bound to the server's Gateway whose
@@ -55,13 +28,13 @@ impl<'a> Compiler<'a> {
             if !binds(&vs.resource, server.gateway) {
                 continue;
             }
-            for (index, value) in vs.resource.spec.tls.iter().enumerate() {
+            for (index, route) in vs.resource.spec.tls.iter().enumerate() {
                 let field = format!("spec.tls[{index}]");
-                let Some(route) = self.l4_route(vs, value, &field) else {
+                let Some(route) = self.l4_route(vs, route, &field) else {
                     continue;
                 };
                 for m in &route.matches {
-                    if !self.l4_match_applies(m, port, server.gateway, vs) {
+                    if !self.l4_match_applies(m.port, &m.gateways, port, server.gateway, vs) {
                         continue;
                     }
                     let wanted: Vec<String> = if m.sni_hosts.is_empty() {
@@ -81,7 +54,7 @@ impl<'a> Compiler<'a> {
                     if sni_hosts.is_empty() {
                         continue;
                     }
-                    let clusters = self.l4_clusters(vs, &route, &field);
+                    let clusters = self.l4_clusters(vs, &route.route, &field);
                     routes.push(SniRoute {
                         sni_hosts,
                         clusters,
@@ -113,38 +86,39 @@ impl<'a> Compiler<'a> {
             if !host_ok {
                 continue;
             }
-            for (index, value) in vs.resource.spec.tcp.iter().enumerate() {
+            for (index, route) in vs.resource.spec.tcp.iter().enumerate() {
                 let field = format!("spec.tcp[{index}]");
-                let Some(route) = self.l4_route(vs, value, &field) else {
+                let Some(route) = self.l4_route(vs, route, &field) else {
                     continue;
                 };
                 let applies = route.matches.is_empty()
-                    || route
-                        .matches
-                        .iter()
-                        .any(|m| self.l4_match_applies(m, port, server.gateway, vs));
+                    || route.matches.iter().any(|m| {
+                        self.l4_match_applies(m.port, &m.gateways, port, server.gateway, vs)
+                    });
                 if applies {
-                    return self.l4_clusters(vs, &route, &field);
+                    return self.l4_clusters(vs, &route.route, &field);
                 }
             }
         }
         Vec::new()
     }
 
-    fn l4_route(
+    /// A `tls` or `tcp` route as written, or None (reported at the field that is not of
+    /// its type) when it is not one.
+    fn l4_route<'r, T>(
         &mut self,
         vs: &Sourced<VirtualService>,
-        value: &serde_yaml::Value,
+        route: &'r Lenient<T>,
         field: &str,
-    ) -> Option<L4Route> {
-        match serde_yaml::from_value::<L4Route>(value.clone()) {
+    ) -> Option<&'r T> {
+        match route.at(field) {
             Ok(route) => Some(route),
-            Err(e) => {
+            Err((field, message)) => {
                 self.diagnostics.push(
-                    Diagnostic::error(e.to_string())
+                    Diagnostic::error(message)
                         .at(vs.location.clone())
                         .object(&vs.resource.object_ref())
-                        .field(field.to_owned()),
+                        .field(field),
                 );
                 None
             }
@@ -153,15 +127,16 @@ impl<'a> Compiler<'a> {
 
     fn l4_match_applies(
         &self,
-        m: &L4Match,
+        match_port: Option<u32>,
+        gateways: &[String],
         port: u16,
         gateway: &Sourced<Gateway>,
         vs: &Sourced<VirtualService>,
     ) -> bool {
-        let port_ok = m.port.is_none_or(|p| p == u32::from(port));
+        let port_ok = match_port.is_none_or(|p| p == u32::from(port));
         let vs_namespace = vs.resource.metadata.namespace();
-        let gateway_ok = m.gateways.is_empty()
-            || m.gateways.iter().any(|g| {
+        let gateway_ok = gateways.is_empty()
+            || gateways.iter().any(|g| {
                 let (ns, name) = super::matches::resolve_gateway_name(g, vs_namespace);
                 ns == gateway.resource.metadata.namespace()
                     && name == gateway.resource.metadata.name
@@ -172,14 +147,13 @@ impl<'a> Compiler<'a> {
     fn l4_clusters(
         &mut self,
         vs: &Sourced<VirtualService>,
-        route: &L4Route,
+        destinations: &[RouteDestination],
         field: &str,
     ) -> Vec<WeightedCluster> {
         let resource = vs.resource.object_ref();
         let vs_namespace = vs.resource.metadata.namespace().to_owned();
-        let sole = route.route.len() == 1;
-        route
-            .route
+        let sole = destinations.len() == 1;
+        destinations
             .iter()
             .enumerate()
             .map(|(index, d)| {

@@ -119,12 +119,7 @@ impl<'a> Compiler<'a> {
     ) -> Arc<Vec<Route<RouteAction>>> {
         let key = (Arc::as_ptr(&vs.resource) as usize, port);
         // A root's routes depend on its delegates too, which the memo does not follow.
-        let delegates = vs
-            .resource
-            .spec
-            .http
-            .iter()
-            .any(|r| r.other.contains_key("delegate"));
+        let delegates = vs.resource.spec.http.iter().any(|r| r.delegate.is_some());
         if !delegates && let Some(entry) = self.reusable.and_then(|memo| memo.entries.get(&key)) {
             // A document that moved in its file (an earlier one grew or shrank) keeps its
             // allocation (`config::documents`): its diagnostics must say the new line.
