@@ -37,10 +37,10 @@ use crate::{
 
 pub use clusters::{ClustersByService, update_endpoints, update_endpoints_indexed};
 pub use hosts::intersect_hosts;
-pub use isolate::{DroppedObject, Isolated, compile_isolating};
+pub use isolate::{Isolated, compile_isolating};
 use istio::PortServers;
 pub use memo::RouteMemo;
-pub use report::Report;
+pub use report::{DroppedObject, Report};
 
 /// Who this gateway is: the labels its pods carry and its namespace.
 #[derive(Clone, Debug)]

@@ -39,7 +39,7 @@ use crate::{
     snapshot::{Listener, RouteAction},
 };
 
-pub(super) const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+pub(super) use crate::config::object_ref::GATEWAY_API_GROUP;
 /// Istio's backendRef kind for a ServiceEntry host (`group: networking.istio.io`).
 const ISTIO_GROUP: &str = "networking.istio.io";
 /// Gateway API's default backend weight.

@@ -1,7 +1,5 @@
-//! HTTPS, TLS and TCP servers → [`Transport`]: each TLS server's credentials (Secrets
-//! named by `credentialName(s)`, or files), client-certificate policy, versions and
-//! suites become a rustls configuration; PASSTHROUGH servers get the VirtualService `tls`
-//! routes matched by `sniHosts`; TCP servers and terminating TLS servers get `tcp` routes.
+//! Served credentials, for both front ends (Istio servers in `istio/server_tls.rs`,
+//! Gateway API listeners in `gateway_api/tls.rs`): what a compile loaded or kept, by name.
 //!
 //! A credential that cannot be read keeps its last good version (from the last applied
 //! compile, in [`TlsState`](crate::tls::TlsState)); one that never loaded skips its

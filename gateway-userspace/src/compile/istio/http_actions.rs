@@ -1,4 +1,5 @@
-//! VirtualService `http` route actions → compiled ones.
+//! VirtualService `http` route actions → compiled ones: redirect, rewrite, header
+//! operations, retries, fault, CORS, with Istio's defaults and spellings.
 
 use std::collections::BTreeMap;
 

@@ -68,7 +68,7 @@ impl Compiler<'_> {
         if !route.matches.is_empty() && matches.is_empty() {
             return None;
         }
-        let actions = match RouteFields::parse(&route) {
+        let actions = match RouteFields::parse(route) {
             Ok(actions) => actions,
             Err((key, message)) => {
                 self.diagnostics.push(
