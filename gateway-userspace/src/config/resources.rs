@@ -164,6 +164,8 @@ pub struct TcpRoute {
 pub struct L4MatchAttributes {
     pub destination_subnets: Vec<String>,
     pub port: Option<u32>,
+    /// Hidden from Istio's documentation, still in its API.
+    pub source_subnet: Option<String>,
     pub source_labels: BTreeMap<String, String>,
     pub gateways: Vec<String>,
     pub source_namespace: Option<String>,
