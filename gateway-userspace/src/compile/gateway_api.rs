@@ -3,7 +3,7 @@
 //! Gateways are ours by `gatewayClassName`. Their HTTP listeners on one port merge into
 //! one route table; an HTTPRoute (or GRPCRoute) attaches through `parentRefs` (by
 //! `sectionName` and/or `port`) to the listeners that allow its namespace and kind, for the
-//! hostnames both accept; so do TLSRoutes and TCPRoutes, for compile/tls.rs. Rules are
+//! hostnames both accept; so do TLSRoutes and TCPRoutes, for `gateway_api/tls.rs`. Rules are
 //! ordered by Gateway API precedence (Exact path, then the longest PathPrefix, then
 //! RegularExpression as Istio ranks it; then method, header count, query count; then the
 //! oldest route, then `namespace/name`; GRPCRoute: service characters, then method
@@ -114,7 +114,7 @@ enum Admission {
 }
 
 /// One of our listeners on a port, with the TLSRoutes (and the SNI hosts each serves
-/// there) and the TCPRoute that attached to it, for compile/tls.rs.
+/// there) and the TCPRoute that attached to it, for `gateway_api/tls.rs`.
 pub(super) struct PortListener<'a> {
     pub gateway: &'a Sourced<ApiGateway>,
     pub name: &'a str,
@@ -236,7 +236,7 @@ impl<'a> Compiler<'a> {
                 .map(|l| format!("{}.{}", name_of(&l.gateway.resource.metadata), l.name))
                 .collect();
             servers.dedup();
-            // HTTPS listeners (compile/tls.rs): certificates by hostname; a port whose
+            // HTTPS listeners (`gateway_api/tls.rs`): certificates by hostname; a port whose
             // HTTPS listeners all lack usable certificates is not served.
             let api_on_port: Vec<PortListener<'a>> = listeners
                 .iter()

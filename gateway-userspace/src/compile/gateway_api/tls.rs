@@ -324,7 +324,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// The TLSRoutes attached to a listener (oldest first, with the SNI hosts each
-    /// serves there, compile/gateway_api.rs) → its passthrough routes.
+    /// serves there, `attach.rs`) → its passthrough routes.
     fn api_sni_routes(&mut self, routes: &[(&'a Sourced<TlsRoute>, Vec<String>)]) -> Vec<SniRoute> {
         routes
             .iter()
@@ -378,7 +378,7 @@ impl<'a> Compiler<'a> {
                         })
                 });
             // The spec's BackendNotFound: a Service that does not exist is not a backend
-            // (as for HTTPRoutes, compile/gateway_api.rs).
+            // (as for HTTPRoutes, `rules.rs`).
             let exists = self.resources.services.iter().any(|s| {
                 s.resource.metadata.name == backend.name
                     && s.resource.metadata.namespace() == namespace
