@@ -1,7 +1,9 @@
 use std::path::Path;
 
 use super::{clusters::resolve_service_host, *};
-use crate::{config, config::source::split_documents, route_table::RequestInfo};
+use crate::{
+    config, config::source::split_documents, route_table::RequestInfo, snapshot::RouteAction,
+};
 
 fn compile_yaml(yaml: &str) -> (Snapshot, Diagnostics) {
     let mut resources = Resources::default();

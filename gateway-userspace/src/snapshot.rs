@@ -32,7 +32,7 @@ pub struct Snapshot {
     /// What the kernel programs are told; derived from `listeners`.
     pub kernel: KernelPolicy,
     /// What the compile said about the objects (dropped ones, Gateway API status).
-    pub report: Arc<crate::compile::Report>,
+    pub report: Arc<crate::compile::report::Report>,
 }
 
 impl Snapshot {

@@ -15,10 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
 use tracing::warn;
 
-use super::{Identity, RouteMemo, compile_reusing};
+use super::{Identity, RouteMemo, compile_reusing, report::DroppedObject};
 use crate::{
     config::{
         Diagnostic, Diagnostics, Kind, ObjectRef, Resources, Sourced,
@@ -31,26 +30,6 @@ use crate::{
 /// Each round drops at least one object; a chain of drops this long means something is
 /// wrong with attribution, and refusing is the safe answer.
 const MAX_ROUNDS: usize = 8;
-
-/// An object left out of the configuration, and the errors that made it so.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DroppedObject {
-    pub object: ObjectRef,
-    pub errors: Vec<Diagnostic>,
-}
-
-impl DroppedObject {
-    /// The first error's message, with its field: what a log line or a status says.
-    pub fn reason(&self) -> String {
-        self.errors
-            .first()
-            .map(|d| match &d.field {
-                Some(field) => format!("{field}: {}", d.message),
-                None => d.message.clone(),
-            })
-            .unwrap_or_default()
-    }
-}
 
 /// A compile that served what it could.
 pub struct Isolated {

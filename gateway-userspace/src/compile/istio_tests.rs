@@ -193,3 +193,59 @@ spec:
         "{diagnostics}"
     );
 }
+
+/// Each route field is type-checked on its own (`config::resources::Lenient`): a wrong
+/// one is an error at its file, line and field path, its route is skipped, and the rest
+/// of the VirtualService (and of the file) is still served.
+#[test]
+fn a_wrongly_typed_route_field_is_reported_at_its_path_and_the_rest_is_served() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 9000, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: typed, namespace: istio-system}
+spec:
+  hosts: [typed.example.com]
+  gateways: [edge]
+  http:
+  - name: bad
+    match: [{uri: {prefix: /bad}}]
+    retries: {attempts: many}
+    route: [{destination: {host: web}}]
+  - name: good
+    route: [{destination: {host: web}}]
+  tcp:
+  - route: [{destination: {host: web}, weight: heavy}]
+  - route: [{destination: {host: web}}]
+"#;
+    let (snapshot, diagnostics) = load(yaml);
+    let text = diagnostics.to_string();
+    assert!(
+        text.contains("istio.yaml:22: VirtualService istio-system/typed: spec.http[0].retries.attempts: invalid type: string \"many\", expected u32"),
+        "{text}"
+    );
+    assert!(
+        text.contains("VirtualService istio-system/typed: spec.tcp[0].route[0].weight: invalid type: string \"heavy\", expected u32"),
+        "{text}"
+    );
+    assert_eq!(
+        route_name(&snapshot, "typed.example.com", "/bad"),
+        "istio-system/typed.good"
+    );
+    let tcp = snapshot
+        .listeners
+        .iter()
+        .find(|l| l.port == 9000)
+        .expect("the TCP listener");
+    assert!(tcp.transport.is_some(), "the second tcp route is served");
+}

@@ -10,8 +10,27 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::isolate::DroppedObject;
-use crate::config::ObjectRef;
+use crate::config::{Diagnostic, ObjectRef};
+
+/// An object left out of the configuration, and the errors that made it so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DroppedObject {
+    pub object: ObjectRef,
+    pub errors: Vec<Diagnostic>,
+}
+
+impl DroppedObject {
+    /// The first error's message, with its field: what a log line or a status says.
+    pub fn reason(&self) -> String {
+        self.errors
+            .first()
+            .map(|d| match &d.field {
+                Some(field) => format!("{field}: {}", d.message),
+                None => d.message.clone(),
+            })
+            .unwrap_or_default()
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -203,7 +222,7 @@ impl fmt::Display for Report {
                     .supported_kinds
                     .iter()
                     .map(|k| {
-                        if k.group == super::gateway_api::GATEWAY_API_GROUP {
+                        if k.group == crate::config::object_ref::GATEWAY_API_GROUP {
                             k.kind.clone()
                         } else {
                             format!("{}/{}", k.group, k.kind)

@@ -6,7 +6,6 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{
     Identity,
-    gateway_api::GATEWAY_API_GROUP,
     report::{
         Condition, GatewayStatus, GroupKind, ListenerStatus, ObjectStatus, ParentRef, Report,
         RouteParentStatus, RouteStatus,
@@ -14,6 +13,7 @@ use super::{
 };
 use crate::config::{
     Kind, ObjectRef, Resources,
+    object_ref::GATEWAY_API_GROUP,
     resources::{
         ObjectMeta,
         gateway_api::{ApiGateway, Listener, ParentReference},

@@ -11,13 +11,17 @@ use serde::{Deserialize, Serialize};
 
 pub mod core_v1;
 pub mod gateway_api;
+pub mod http_route;
 pub mod istio;
 pub mod labels;
+pub mod lenient;
 pub mod security;
 
 pub use core_v1::{Endpoints, Namespace};
+pub use http_route::HttpRoute;
 pub use istio::{DestinationRule, ServiceEntry};
 pub use labels::Labels;
+pub use lenient::Lenient;
 
 /// Namespace of a resource that does not name one: what `kubectl apply` would use.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -117,24 +121,63 @@ pub struct VirtualServiceSpec {
     pub hosts: Vec<String>,
     pub gateways: Vec<String>,
     pub http: Vec<HttpRoute>,
-    /// Parsed only so that validation can say these are not served yet.
-    pub tls: Vec<serde_yaml::Value>,
-    pub tcp: Vec<serde_yaml::Value>,
+    /// Each route checked on its own: a wrongly typed one is reported and skipped by
+    /// compile, the rest of the VirtualService still served.
+    pub tls: Vec<Lenient<TlsRoute>>,
+    pub tcp: Vec<Lenient<TcpRoute>>,
     /// Namespaces that may use it; for a delegate, whose root may refer to it.
     pub export_to: Vec<String>,
 }
 
+/// Istio's `TLSRoute`: passthrough traffic by SNI.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
-pub struct HttpRoute {
-    pub name: Option<String>,
+pub struct TlsRoute {
     #[serde(rename = "match")]
-    pub matches: Vec<HttpMatchRequest>,
-    pub route: Vec<HttpRouteDestination>,
-    /// Actions the data plane does not perform yet; kept so compile can refuse to
-    /// silently route a request that the user meant to redirect, rewrite, and so on.
-    #[serde(flatten)]
-    pub other: BTreeMap<String, serde_yaml::Value>,
+    pub matches: Vec<TlsMatchAttributes>,
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TlsMatchAttributes {
+    pub sni_hosts: Vec<String>,
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u32>,
+    /// Sidecar-only conditions, as in `HttpMatchRequest`.
+    pub source_labels: BTreeMap<String, String>,
+    pub gateways: Vec<String>,
+    pub source_namespace: Option<String>,
+}
+
+/// Istio's `TCPRoute`: opaque TCP traffic.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TcpRoute {
+    #[serde(rename = "match")]
+    pub matches: Vec<L4MatchAttributes>,
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct L4MatchAttributes {
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u32>,
+    /// Hidden from Istio's documentation, still in its API.
+    pub source_subnet: Option<String>,
+    pub source_labels: BTreeMap<String, String>,
+    pub gateways: Vec<String>,
+    pub source_namespace: Option<String>,
+}
+
+/// Istio's `RouteDestination`: a destination of a `tls` or `tcp` route and its share.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteDestination {
+    pub destination: Destination,
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Labels, ObjectMeta};
+use super::{Labels, Lenient, ObjectMeta};
 
 /// A Gateway API object: metadata and a spec, nothing else is read (status is ignored).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -81,7 +81,14 @@ pub struct GatewaySpecAddress {
 pub struct GatewayTls {
     pub frontend: Option<FrontendTls>,
     /// The Gateway's client certificate towards backends: parsed to be reported.
-    pub backend: Option<serde_yaml::Value>,
+    pub backend: Option<Lenient<GatewayBackendTls>>,
+}
+
+/// `GatewayBackendTLS`: the client certificate the Gateway would present to backends.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewayBackendTls {
+    pub client_certificate_ref: Option<ObjectReference>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -168,7 +175,18 @@ pub enum FromNamespaces {
 #[serde(rename_all = "camelCase", default)]
 pub struct LabelSelector {
     pub match_labels: BTreeMap<String, String>,
-    pub match_expressions: Vec<serde_yaml::Value>,
+    /// Each checked on its own: one that cannot be read matches nothing.
+    pub match_expressions: Vec<Lenient<LabelSelectorRequirement>>,
+}
+
+/// `metav1.LabelSelectorRequirement`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
 }
 
 impl LabelSelector {
@@ -187,22 +205,20 @@ impl LabelSelector {
     }
 }
 
-fn expression_matches(expression: &serde_yaml::Value, labels: &Labels) -> bool {
-    let (Some(key), Some(operator)) = (
-        expression.get("key").and_then(|k| k.as_str()),
-        expression.get("operator").and_then(|o| o.as_str()),
-    ) else {
+fn expression_matches(expression: &Lenient<LabelSelectorRequirement>, labels: &Labels) -> bool {
+    let Some(LabelSelectorRequirement {
+        key,
+        operator,
+        values,
+    }) = expression.valid()
+    else {
         return false;
     };
-    let values: Vec<&str> = expression
-        .get("values")
-        .and_then(|v| v.as_sequence())
-        .map(|v| v.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
     let value = labels.get(key).map(String::as_str);
-    match operator {
-        "In" => value.is_some_and(|v| values.contains(&v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(&v)),
+    let listed = |v: &str| values.iter().any(|listed| listed == v);
+    match operator.as_str() {
+        "In" => value.is_some_and(listed),
+        "NotIn" => value.is_none_or(|v| !listed(v)),
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         _ => false,

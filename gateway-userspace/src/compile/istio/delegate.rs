@@ -3,37 +3,15 @@
 //! a root match, or the delegate route is dropped) and given the root's policies where
 //! it has none of its own.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
-use serde::Deserialize;
-
-use crate::config::resources::{HttpMatchRequest, HttpRoute, StringMatch, VirtualService};
-
-/// `delegate: {name, namespace}`; the namespace defaults to the root's.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DelegateRef {
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-}
-
-/// The root route fields a delegate route takes when it has none of its own (Istio's
-/// `mergeHTTPRoute`; `redirect` and the destinations are the delegate's alone).
-const INHERITED: [&str; 12] = [
-    "rewrite",
-    "directResponse",
-    "timeout",
-    "retries",
-    "fault",
-    "mirror",
-    "mirrorPercent",
-    "mirror_percent",
-    "mirrorPercentage",
-    "corsPolicy",
-    "mirrors",
-    "headers",
-];
+use crate::{
+    compile::Compiler,
+    config::{
+        Diagnostic, Kind, Sourced,
+        resources::{HttpMatchRequest, HttpRoute, Lenient, StringMatch, VirtualService},
+    },
+};
 
 /// May a root in `root_namespace` use this delegate? Without `exportTo` a VirtualService
 /// is visible everywhere (Istio's default); `.` is its own namespace, `*` everywhere.
@@ -50,18 +28,34 @@ pub(super) fn exported_to(delegate: &VirtualService, root_namespace: &str) -> bo
 
 /// The delegate route merged under the root route, or None when one of its matches fits
 /// in none of the root's (Istio ignores such a delegate route).
-pub(super) fn merge_route(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
+fn merge_route(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
     let mut merged = leaf.clone();
     merged.matches = merge_matches(&root.matches, &leaf.matches)?;
     merged.name = joined_name(&root.name, &leaf.name);
-    for key in INHERITED {
-        if !merged.other.contains_key(key)
-            && let Some(value) = root.other.get(key)
-        {
-            merged.other.insert(key.to_owned(), value.clone());
+    inherit(&mut merged, root);
+    Some(merged)
+}
+
+/// The root route fields a delegate route takes when it has none of its own (Istio's
+/// `mergeHTTPRoute`; `redirect` and the destinations are the delegate's alone).
+fn inherit(leaf: &mut HttpRoute, root: &HttpRoute) {
+    fn field<T: Clone>(leaf: &mut Option<T>, root: &Option<T>) {
+        if leaf.is_none() {
+            leaf.clone_from(root);
         }
     }
-    Some(merged)
+    field(&mut leaf.rewrite, &root.rewrite);
+    field(&mut leaf.direct_response, &root.direct_response);
+    field(&mut leaf.timeout, &root.timeout);
+    field(&mut leaf.retries, &root.retries);
+    field(&mut leaf.fault, &root.fault);
+    field(&mut leaf.mirror, &root.mirror);
+    field(&mut leaf.mirror_percent, &root.mirror_percent);
+    field(&mut leaf.mirror_percent_snake, &root.mirror_percent_snake);
+    field(&mut leaf.mirror_percentage, &root.mirror_percentage);
+    field(&mut leaf.cors_policy, &root.cors_policy);
+    field(&mut leaf.mirrors, &root.mirrors);
+    field(&mut leaf.headers, &root.headers);
 }
 
 fn joined_name(root: &Option<String>, leaf: &Option<String>) -> Option<String> {
@@ -96,7 +90,7 @@ fn merge_matches(
 }
 
 fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchRequest {
-    fn maps(
+    pub(super) fn maps(
         root: &BTreeMap<String, StringMatch>,
         leaf: &BTreeMap<String, StringMatch>,
     ) -> BTreeMap<String, StringMatch> {
@@ -128,7 +122,7 @@ fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchReq
 }
 
 /// Does the leaf ask for something the root excludes (Istio's `hasConflict`)?
-fn conflicts(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
+pub(super) fn conflicts(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
     let pairs = [
         (&root.uri, &leaf.uri),
         (&root.scheme, &leaf.scheme),
@@ -204,4 +198,76 @@ fn string_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>) -> bo
         }
     }
     true
+}
+
+impl<'a> Compiler<'a> {
+    /// A VirtualService's `http` routes with each `delegate` route replaced by its
+    /// delegate's routes merged under it: (the VirtualService a route is written in, its
+    /// index there, the route).
+    pub(super) fn with_delegates(
+        &mut self,
+        vs: &'a Sourced<VirtualService>,
+    ) -> Vec<(&'a Sourced<VirtualService>, usize, Cow<'a, HttpRoute>)> {
+        let mut out = Vec::new();
+        let root_namespace = vs.resource.metadata.namespace();
+        for (index, route) in vs.resource.spec.http.iter().enumerate() {
+            let Some(reference) = &route.delegate else {
+                out.push((vs, index, Cow::Borrowed(route)));
+                continue;
+            };
+            let field = format!("spec.http[{index}].delegate");
+            let problem = |message: String| {
+                Diagnostic::warning(message)
+                    .at(vs.location.clone())
+                    .object(&vs.resource.object_ref())
+                    .field(field.clone())
+            };
+            let reference = match reference {
+                Lenient::Valid(reference) => reference,
+                Lenient::Invalid(invalid) => {
+                    self.diagnostics.push(problem(format!(
+                        "{}; expected {{name, namespace}}; this route is skipped",
+                        invalid.message
+                    )));
+                    continue;
+                }
+            };
+            let namespace = reference.namespace.as_deref().unwrap_or(root_namespace);
+            // Istio's delegates are the VirtualServices without hosts.
+            let found = self.resources.virtual_services.iter().find(|d| {
+                d.resource.metadata.name == reference.name
+                    && d.resource.metadata.namespace() == namespace
+                    && d.resource.spec.hosts.is_empty()
+            });
+            let Some(delegate_vs) = found else {
+                self.diagnostics.push(problem(format!(
+                    "delegate {namespace}/{} does not exist (a delegate is a VirtualService without hosts); this route is skipped",
+                    reference.name
+                )));
+                continue;
+            };
+            if !exported_to(&delegate_vs.resource, root_namespace) {
+                self.diagnostics.push(problem(format!(
+                    "delegate {namespace}/{} is not exported to namespace {root_namespace}; this route is skipped",
+                    reference.name
+                )));
+                continue;
+            }
+            for (d_index, leaf) in delegate_vs.resource.spec.http.iter().enumerate() {
+                match merge_route(route, leaf) {
+                    Some(merged) => out.push((delegate_vs, d_index, Cow::Owned(merged))),
+                    None => self.diagnostics.push(
+                        Diagnostic::warning(format!(
+                            "its matches fit in none of the matches of {}'s spec.http[{index}], which delegates here; Istio drops this route",
+                            vs.resource.object_ref()
+                        ))
+                        .at(delegate_vs.location.clone())
+                        .object(&delegate_vs.resource.object_ref())
+                        .field(format!("spec.http[{d_index}].match")),
+                    ),
+                }
+            }
+        }
+        out
+    }
 }

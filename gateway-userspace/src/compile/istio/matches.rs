@@ -48,7 +48,7 @@ pub(crate) fn resolve_short_host(host: &str, vs_namespace: &str) -> String {
     if host == "*" || host.contains('.') || host.parse::<std::net::IpAddr>().is_ok() {
         return host.to_owned();
     }
-    format!("{host}.{vs_namespace}.{}", super::CLUSTER_DOMAIN)
+    format!("{host}.{vs_namespace}.{}", crate::compile::CLUSTER_DOMAIN)
 }
 
 /// Does this match apply to the target at all? Istio drops, for a gateway, a match that

@@ -1,0 +1,101 @@
+//! A field that is type-checked on its own. A wrongly typed value does not fail its
+//! document: it is kept with the error it gives (the path below the field and the
+//! message), the rest of the resource loads, and `compile` reports the error at the field
+//! and skips what it would have configured, as it does for any field it cannot apply.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lenient<T> {
+    Valid(T),
+    Invalid(Invalid),
+}
+
+/// A value that is not of the field's type, as written, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invalid {
+    /// What was written, kept so that the resource serializes as it was read.
+    pub value: serde_yaml::Value,
+    /// Where below the field the error is (`match[0].port`); empty at the field itself.
+    pub path: String,
+    pub message: String,
+}
+
+impl<T> Lenient<T> {
+    /// The value, or the error with the field path it is at: `field` followed by the
+    /// path below it.
+    pub fn at(&self, field: &str) -> Result<&T, (String, &str)> {
+        match self {
+            Lenient::Valid(value) => Ok(value),
+            Lenient::Invalid(invalid) => Err((invalid.field(field), &invalid.message)),
+        }
+    }
+
+    pub fn valid(&self) -> Option<&T> {
+        match self {
+            Lenient::Valid(value) => Some(value),
+            Lenient::Invalid(_) => None,
+        }
+    }
+}
+
+impl Invalid {
+    /// `field` and the path below it where the error is.
+    pub fn field(&self, field: &str) -> String {
+        if self.path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{field}.{}", self.path)
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_yaml::Value::deserialize(deserializer)?;
+        Ok(
+            match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(typed) => Lenient::Valid(typed),
+                Err(e) => {
+                    let path = e.path().to_string();
+                    Lenient::Invalid(Invalid {
+                        value,
+                        path: if path == "." { String::new() } else { path },
+                        message: e.into_inner().to_string(),
+                    })
+                }
+            },
+        )
+    }
+}
+
+impl<T: Serialize> Serialize for Lenient<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Lenient::Valid(value) => value.serialize(serializer),
+            Lenient::Invalid(invalid) => invalid.value.serialize(serializer),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Port {
+        number: u32,
+    }
+
+    #[test]
+    fn a_wrong_type_is_kept_with_its_path_and_the_rest_loads() {
+        let list: Vec<Lenient<Port>> =
+            serde_yaml::from_str("[{number: 80}, {number: eighty}]").expect("a list");
+        assert_eq!(list[0], Lenient::Valid(Port { number: 80 }));
+        let Err((field, message)) = list[1].at("spec.ports[1]") else {
+            panic!("not valid: {:?}", list[1]);
+        };
+        assert_eq!(field, "spec.ports[1].number");
+        assert!(message.contains("invalid type"), "{message}");
+    }
+}
