@@ -213,6 +213,7 @@ impl<'a> Compiler<'a> {
         let own_service = self.own_service();
         let virtual_services = self.istio_virtual_services();
         self.check_unapplied_destination_rule_fields();
+        self.check_unapplied_virtual_service_fields();
         self.check_authorization_policies();
 
         let mut listeners = self.istio_listeners(ports, &virtual_services, own_service);

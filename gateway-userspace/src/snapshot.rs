@@ -350,7 +350,9 @@ pub enum RedirectPort {
 #[serde(rename_all = "camelCase")]
 pub struct DirectResponse {
     pub status: u16,
-    pub body: Option<String>,
+    /// Istio's `body.string` or the bytes `body.bytes` decodes to; empty for none.
+    #[serde(serialize_with = "lossy_text")]
+    pub body: bytes::Bytes,
     #[serde(skip_serializing_if = "HeaderPolicy::is_empty")]
     pub headers: HeaderPolicy,
     /// The route's CORS policy (see [`Redirect::cors`]).
@@ -733,6 +735,11 @@ fn header_pairs<S: Serializer>(
 
 fn header_names<S: Serializer>(names: &[HeaderName], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(names.iter().map(HeaderName::as_str))
+}
+
+/// A body in dumps: its text, with any bytes that are not UTF-8 replaced.
+fn lossy_text<S: Serializer>(body: &bytes::Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&String::from_utf8_lossy(body))
 }
 
 fn regex_str<S: Serializer>(regex: &Regex, serializer: S) -> Result<S::Ok, S::Error> {

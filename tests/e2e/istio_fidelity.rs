@@ -648,6 +648,49 @@ spec:
     Ok(())
 }
 
+/// Istio's `HTTPBody.bytes` (base64) is served; a fault Istio cannot express in Envoy
+/// (`exponentialDelay`, `http2Error`) is dropped with a warning, the route still serves;
+/// the sidecar-only conditions of `tls`/`tcp` matches are named by `validate`.
+#[test]
+fn body_bytes_served_and_ignored_fields_named() -> anyhow::Result<()> {
+    let spec = r#"  hosts: [bytes.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{uri: {prefix: /bytes}}]
+    directResponse: {status: 200, body: {bytes: aGVsbG8gYnl0ZXMK}}
+  - match: [{uri: {prefix: /faulty}}]
+    fault: {delay: {exponentialDelay: 10s}, abort: {http2Error: REFUSED_STREAM}}
+    directResponse: {status: 200, body: {string: unfaulted}}
+  tcp:
+  - match: [{port: 31400, sourceLabels: {app: sleep}}]
+    route: [{destination: {host: web, port: {number: 8000}}}]
+"#;
+    let setup = start(
+        "istio-body-bytes",
+        HTTP_SERVER,
+        &virtual_service("vs", "default", "", spec),
+    )?;
+    let bytes = setup.get("bytes.example.com", "/bytes", &[])?;
+    assert_eq!((bytes.status, bytes.body.as_str()), (200, "hello bytes\n"));
+    let faulty = setup.get("bytes.example.com", "/faulty", &[])?;
+    assert_eq!((faulty.status, faulty.body.as_str()), (200, "unfaulted"));
+
+    let out = Command::new(gatewayd_bin())
+        .args(["validate", "--config"])
+        .arg(setup.dir.path())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "warnings only: {stdout}");
+    for field in [
+        "VirtualService default/vs: spec.http[1].fault.delay.exponentialDelay: ignored",
+        "VirtualService default/vs: spec.http[1].fault.abort.http2Error: ignored",
+        "VirtualService default/vs: spec.tcp[0].match[0].sourceLabels: ignored",
+    ] {
+        assert!(stdout.contains(field), "{field} not in\n{stdout}");
+    }
+    Ok(())
+}
+
 #[test]
 fn host_header_set_rewrites_the_authority_for_http1_and_http2() -> anyhow::Result<()> {
     let upstream = Upstream::start(None, "127.0.0.1:0", "web")?;

@@ -1,9 +1,10 @@
-//! DestinationRule fields this gateway reads but does not act on: each gets a warning
-//! naming the field, so that a policy is never silently ignored.
+//! DestinationRule and VirtualService fields this gateway reads but does not act on: each
+//! gets a warning naming the field, so that a policy is never silently ignored.
 
 use super::Compiler;
 use crate::config::{
     Diagnostic, Kind,
+    resources::VirtualServiceSpec,
     resources::istio::{
         ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, SimpleLoadBalancer,
         TrafficPolicy,
@@ -67,6 +68,95 @@ impl Compiler<'_> {
             }
         }
     }
+}
+
+impl Compiler<'_> {
+    pub(super) fn check_unapplied_virtual_service_fields(&mut self) {
+        for vs in &self.resources.virtual_services {
+            for (field, what) in virtual_service_unapplied(&vs.resource.spec) {
+                self.diagnostics.push(
+                    Diagnostic::warning(format!("ignored: {what}"))
+                        .at(vs.location.clone())
+                        .object(&vs.resource.object_ref())
+                        .field(field),
+                );
+            }
+        }
+    }
+}
+
+/// What a gateway ignores in a VirtualService, as Istio's does: the sidecar-only
+/// conditions of `tls` and `tcp` matches (Istio's gateway checks only `port` and
+/// `gateways` there), and the fault kinds Istio cannot express in Envoy.
+fn virtual_service_unapplied(spec: &VirtualServiceSpec) -> Vec<(String, &'static str)> {
+    const SIDECAR_ONLY: &str = "a gateway matches `tls` and `tcp` routes by port, gateways and SNI only (sidecars apply this condition)";
+    let mut found = Vec::new();
+    let mut l4_match = |field: String,
+                        source_labels: bool,
+                        source_namespace: bool,
+                        destination_subnets: bool,
+                        source_subnet: bool| {
+        for (set, name) in [
+            (source_labels, "sourceLabels"),
+            (source_namespace, "sourceNamespace"),
+            (destination_subnets, "destinationSubnets"),
+            (source_subnet, "sourceSubnet"),
+        ] {
+            if set {
+                found.push((format!("{field}.{name}"), SIDECAR_ONLY));
+            }
+        }
+    };
+    for (r_index, route) in spec.tls.iter().enumerate() {
+        let Some(route) = route.valid() else { continue };
+        for (m_index, m) in route.matches.iter().enumerate() {
+            l4_match(
+                format!("spec.tls[{r_index}].match[{m_index}]"),
+                !m.source_labels.is_empty(),
+                m.source_namespace.is_some(),
+                !m.destination_subnets.is_empty(),
+                false,
+            );
+        }
+    }
+    for (r_index, route) in spec.tcp.iter().enumerate() {
+        let Some(route) = route.valid() else { continue };
+        for (m_index, m) in route.matches.iter().enumerate() {
+            l4_match(
+                format!("spec.tcp[{r_index}].match[{m_index}]"),
+                !m.source_labels.is_empty(),
+                m.source_namespace.is_some(),
+                !m.destination_subnets.is_empty(),
+                m.source_subnet.is_some(),
+            );
+        }
+    }
+    for (r_index, route) in spec.http.iter().enumerate() {
+        let Some(fault) = route.fault.as_ref().and_then(|f| f.valid()) else {
+            continue;
+        };
+        if fault
+            .delay
+            .as_ref()
+            .is_some_and(|d| d.exponential_delay.is_some())
+        {
+            found.push((
+                format!("spec.http[{r_index}].fault.delay.exponentialDelay"),
+                "exponential delays are not implemented (Istio drops them too); only fixedDelay is injected",
+            ));
+        }
+        if fault
+            .abort
+            .as_ref()
+            .is_some_and(|a| a.http2_error.is_some())
+        {
+            found.push((
+                format!("spec.http[{r_index}].fault.abort.http2Error"),
+                "HTTP/2 error aborts are not implemented (Istio drops them too); only httpStatus and grpcStatus abort",
+            ));
+        }
+    }
+    found
 }
 
 fn unapplied(prefix: &str, policy: &PolicyParts, found: &mut Vec<(String, &'static str)>) {
@@ -140,6 +230,55 @@ fn unapplied(prefix: &str, policy: &PolicyParts, found: &mut Vec<(String, &'stat
                 "outlierDetection.minHealthPercent",
                 "ejection follows maxEjectionPercent only",
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(yaml: &str) -> Vec<String> {
+        let spec: VirtualServiceSpec = serde_yaml::from_str(yaml).expect("a spec");
+        virtual_service_unapplied(&spec)
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect()
+    }
+
+    #[test]
+    fn sidecar_only_l4_conditions_and_unexpressible_faults_are_named() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "{tls: [{match: [{sniHosts: [a.example], port: 443}]}]}",
+                &[],
+            ),
+            (
+                "{tls: [{match: [{sniHosts: [a.example], sourceLabels: {app: x}, sourceNamespace: ns, destinationSubnets: [10.0.0.0/8]}]}]}",
+                &[
+                    "spec.tls[0].match[0].sourceLabels",
+                    "spec.tls[0].match[0].sourceNamespace",
+                    "spec.tls[0].match[0].destinationSubnets",
+                ],
+            ),
+            (
+                "{tcp: [{match: [{port: 31400}, {sourceSubnet: 10.0.0.0/8}]}]}",
+                &["spec.tcp[0].match[1].sourceSubnet"],
+            ),
+            (
+                "{http: [{fault: {delay: {exponentialDelay: 1s}, abort: {http2Error: REFUSED_STREAM}}}]}",
+                &[
+                    "spec.http[0].fault.delay.exponentialDelay",
+                    "spec.http[0].fault.abort.http2Error",
+                ],
+            ),
+            (
+                "{http: [{fault: {delay: {fixedDelay: 1s}, abort: {httpStatus: 503}}}]}",
+                &[],
+            ),
+        ];
+        for (yaml, expected) in cases {
+            assert_eq!(fields(yaml), *expected, "{yaml}");
         }
     }
 }

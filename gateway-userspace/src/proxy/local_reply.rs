@@ -127,8 +127,7 @@ impl LocalReply {
     /// A route's direct response.
     pub(super) fn direct_response(direct: &DirectResponse) -> Self {
         let status = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
-        let mut reply = LocalReply::new(status, ResponseFlags::NONE)
-            .text(direct.body.clone().unwrap_or_default());
+        let mut reply = LocalReply::new(status, ResponseFlags::NONE).text(direct.body.clone());
         direct.headers.response.apply(&mut reply.headers);
         reply
     }

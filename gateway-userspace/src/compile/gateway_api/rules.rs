@@ -45,7 +45,7 @@ impl<'a> Compiler<'a> {
             );
             RouteAction::DirectResponse(Box::new(DirectResponse {
                 status: INVALID_RULE_STATUS,
-                body: None,
+                body: bytes::Bytes::new(),
                 headers: HeaderPolicy::default(),
                 cors: None,
             }))

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, header};
 use regex::Regex;
 
@@ -12,7 +14,7 @@ use super::route_fields::{
 use crate::compile::istio::matches::compile_string_match;
 use crate::compile::routes::parse_duration;
 use crate::{
-    config::resources::{HeaderOperations, Headers},
+    config::resources::{HeaderOperations, Headers, http_route::IstioBody},
     route_table::StringMatcher,
     snapshot::{
         CorsPolicy, Fault, FaultAbort, FaultDelay, HeaderOps, HeaderPolicy, PathRewrite, Redirect,
@@ -260,6 +262,9 @@ pub(crate) fn parse_retry_on(list: &str) -> Result<RetryOn, String> {
 pub(super) fn compile_fault(f: &IstioFault) -> Result<Fault, FieldError> {
     let delay = match &f.delay {
         None => None,
+        // Istio drops a delay it cannot express in Envoy (`exponentialDelay`), with a
+        // warning; `unapplied` says so here too.
+        Some(d) if d.fixed_delay.is_none() && d.exponential_delay.is_some() => None,
         Some(d) => {
             let fixed = d.fixed_delay.as_deref().ok_or_else(|| {
                 (
@@ -282,6 +287,12 @@ pub(super) fn compile_fault(f: &IstioFault) -> Result<Fault, FieldError> {
     };
     let abort = match &f.abort {
         None => None,
+        // The same for an abort with only `http2Error`.
+        Some(a)
+            if a.http_status.is_none() && a.grpc_status.is_none() && a.http2_error.is_some() =>
+        {
+            None
+        }
         Some(a) => {
             // httpStatus wins when both are set, as in Envoy's fault filter.
             let (status, grpc_status) = match (a.http_status, &a.grpc_status) {
@@ -398,6 +409,28 @@ fn grpc_status_code(name: &str) -> Result<u16, FieldError> {
         })
 }
 
+/// `directResponse.body`: `string` as written, or `bytes` decoded from base64 (protobuf's
+/// JSON form, as Istio reads it); one of the two.
+pub(super) fn direct_response_body(body: &IstioBody) -> Result<Bytes, FieldError> {
+    match (&body.string, &body.bytes) {
+        (Some(_), Some(_)) => Err((
+            "directResponse.body".to_owned(),
+            "set `string` or `bytes`, not both".to_owned(),
+        )),
+        (Some(text), None) => Ok(Bytes::from(text.clone())),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map(Bytes::from)
+            .map_err(|e| {
+                (
+                    "directResponse.body.bytes".to_owned(),
+                    format!("not base64: {e}"),
+                )
+            }),
+        (None, None) => Ok(Bytes::new()),
+    }
+}
+
 pub(super) fn check_percentage(value: f64, field: &str) -> Result<f64, FieldError> {
     if (0.0..=100.0).contains(&value) {
         Ok(value)
@@ -428,7 +461,7 @@ mod tests {
                 abort: Some(IstioAbort {
                     http_status,
                     grpc_status: grpc_status.map(str::to_owned),
-                    percentage: None,
+                    ..IstioAbort::default()
                 }),
             };
             compile_fault(&fault).map(|f| f.abort.map(|a| (a.status, a.grpc_status)))
@@ -441,6 +474,45 @@ mod tests {
         assert!(message.contains("UNAUTHENTICATED"), "{message}");
         assert!(abort(None, Some("unavailable")).is_err());
         assert!(abort(None, None).is_err());
+    }
+
+    #[test]
+    fn faults_istio_cannot_express_are_dropped_not_refused() {
+        let fault: IstioFault = serde_yaml::from_str(
+            "{delay: {exponentialDelay: 1s}, abort: {http2Error: REFUSED_STREAM}}",
+        )
+        .expect("a fault");
+        let compiled = compile_fault(&fault).expect("accepted, as Istio does");
+        assert!(compiled.delay.is_none() && compiled.abort.is_none());
+        // Beside a fixed delay or an HTTP status, they change nothing.
+        let fault: IstioFault = serde_yaml::from_str(
+            "{delay: {fixedDelay: 2s, exponentialDelay: 1s}, abort: {httpStatus: 503, http2Error: X}}",
+        )
+        .expect("a fault");
+        let compiled = compile_fault(&fault).expect("valid");
+        assert_eq!(compiled.delay.map(|d| d.delay.as_secs()), Some(2));
+        assert_eq!(compiled.abort.map(|a| a.status), Some(503));
+        // A delay with neither is still an error.
+        let fault: IstioFault = serde_yaml::from_str("{delay: {percent: 5}}").expect("a fault");
+        assert!(compile_fault(&fault).is_err());
+    }
+
+    #[test]
+    fn direct_response_bodies_from_text_or_base64() {
+        let body = |yaml: &str| {
+            let body: IstioBody = serde_yaml::from_str(yaml).expect("a body");
+            direct_response_body(&body)
+        };
+        assert_eq!(body("{string: hi}"), Ok(Bytes::from_static(b"hi")));
+        assert_eq!(
+            body("{bytes: AAEC/w==}"),
+            Ok(Bytes::from_static(&[0, 1, 2, 255]))
+        );
+        let (field, message) = body("{bytes: 'not base64!'}").expect_err("refused");
+        assert_eq!(field, "directResponse.body.bytes");
+        assert!(message.contains("base64"), "{message}");
+        assert!(body("{string: a, bytes: YQ==}").is_err());
+        assert!(serde_yaml::from_str::<IstioBody>("{text: a}").is_err());
     }
 
     #[test]

@@ -6,7 +6,8 @@ use http::header;
 use super::{
     http_actions::{
         check_percentage, compile_cors, compile_fault, compile_headers, compile_redirect,
-        compile_retries, compile_rewrite, take_authority, unmatched_preflights,
+        compile_retries, compile_rewrite, direct_response_body, take_authority,
+        unmatched_preflights,
     },
     route_fields::{FieldError, RouteFields},
 };
@@ -171,7 +172,12 @@ impl Compiler<'_> {
                 })?;
             return Ok(RouteAction::DirectResponse(Box::new(DirectResponse {
                 status,
-                body: direct.body.and_then(|b| b.string),
+                body: direct
+                    .body
+                    .as_ref()
+                    .map(direct_response_body)
+                    .transpose()?
+                    .unwrap_or_default(),
                 headers,
                 cors: local_cors,
             })));

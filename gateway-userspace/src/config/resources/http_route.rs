@@ -95,10 +95,14 @@ pub struct IstioDirectResponse {
     pub body: Option<IstioBody>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// Istio's `HTTPBody`: one of `string` or `bytes` (base64, as protobuf's JSON has it).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct IstioBody {
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub string: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -128,6 +132,9 @@ pub struct IstioDelay {
     pub percentage: Option<Percent>,
     /// Deprecated integer percentage.
     pub percent: Option<u32>,
+    /// In Istio's API, never implemented: Istio drops a delay that has only this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exponential_delay: Option<serde_yaml::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -135,6 +142,9 @@ pub struct IstioDelay {
 pub struct IstioAbort {
     pub http_status: Option<u32>,
     pub grpc_status: Option<String>,
+    /// In Istio's API, never implemented: Istio drops an abort that has only this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_error: Option<serde_yaml::Value>,
     pub percentage: Option<Percent>,
 }
 
