@@ -10,6 +10,7 @@ pub mod object_ref;
 mod plain_yaml;
 pub mod resources;
 pub mod source;
+mod unknown_fields;
 
 use std::{
     collections::BTreeMap,
@@ -530,6 +531,45 @@ impl ItemSource<'_> {
         }
     }
 
+    /// As `typed`, and the `spec` fields the type has no place for (`unknown_fields`).
+    /// Unknown fields are found on the `Value`; when only the text reads as `T`, none
+    /// are named.
+    fn typed_noting_unknown<T: DeserializeOwned>(
+        &self,
+        resource: &ObjectRef,
+    ) -> Result<(T, Vec<String>), Box<Diagnostic>> {
+        let noted = unknown_fields::deserialize_noting::<T>(self.value());
+        #[cfg(test)]
+        if tests::TWO_PASS.get() {
+            let unknown = noted.map(|(_, unknown)| unknown).unwrap_or_default();
+            return self.typed_slowly(resource).map(|typed| (typed, unknown));
+        }
+        match noted {
+            Ok(noted) => Ok(noted),
+            Err(_) => self.typed_slowly(resource).map(|typed| (typed, Vec::new())),
+        }
+    }
+
+    /// A warning for each field `typed_noting_unknown` found.
+    fn warn_unknown(
+        &self,
+        resource: &ObjectRef,
+        unknown: Vec<String>,
+        diagnostics: &mut Diagnostics,
+    ) {
+        for field in unknown {
+            let key = field.rsplit('.').next().unwrap_or(&field).to_owned();
+            diagnostics.push(
+                Diagnostic::warning(format!(
+                    "`{key}` is not a field this gateway knows; ignored"
+                ))
+                .at(self.location(1))
+                .object(resource)
+                .field(format!("{}{field}", self.field_prefix())),
+            );
+        }
+    }
+
     /// Deserializes with the failing field's path and, for documents, its line: the
     /// text of a document again (what every document cost before `typed` read the
     /// `Value`), the `Value` of a List item or an API object.
@@ -610,6 +650,22 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
             }
         };
     }
+    // Istio and Gateway API kinds: their spec is the user's routing, every field of it
+    // is either read or named as ignored.
+    macro_rules! parsed_spec {
+        ($list:ident) => {
+            match item.typed_noting_unknown(&resource) {
+                Ok((r, unknown)) => {
+                    item.warn_unknown(&resource, unknown, diagnostics);
+                    resources.$list.push(Sourced {
+                        resource: Arc::new(r),
+                        location,
+                    })
+                }
+                Err(d) => diagnostics.push(*d),
+            }
+        };
+    }
 
     let gateway_api_versions = GATEWAY_API_VERSIONS
         .iter()
@@ -652,8 +708,9 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
             );
         }
         (ISTIO_SECURITY, "AuthorizationPolicy") => {
-            match item.typed::<AuthorizationPolicy>(&resource) {
-                Ok(mut policy) => {
+            match item.typed_noting_unknown::<AuthorizationPolicy>(&resource) {
+                Ok((mut policy, unknown)) => {
+                    item.warn_unknown(&resource, unknown, diagnostics);
                     policy.dry_run = value
                         .get("metadata")
                         .and_then(|m| m.get("annotations"))
@@ -699,8 +756,8 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
                 }
             }
         }
-        (ISTIO_NETWORKING, "Gateway") => parsed!(gateways),
-        (ISTIO_NETWORKING, "VirtualService") => parsed!(virtual_services),
+        (ISTIO_NETWORKING, "Gateway") => parsed_spec!(gateways),
+        (ISTIO_NETWORKING, "VirtualService") => parsed_spec!(virtual_services),
         ("", "Service") => match item.typed::<resources::Service>(&resource) {
             Ok(mut service) => {
                 let annotation = value
@@ -733,15 +790,15 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         ("", "Namespace") => parsed!(namespaces),
         ("", "Endpoints") => parsed!(endpoints),
         ("", "ConfigMap") => parsed!(config_maps),
-        (ISTIO_NETWORKING, "DestinationRule") => parsed!(destination_rules),
-        (ISTIO_NETWORKING, "ServiceEntry") => parsed!(service_entries),
-        (GATEWAY_API, "GatewayClass") => parsed!(gateway_classes),
-        (GATEWAY_API, "Gateway") => parsed!(api_gateways),
-        (GATEWAY_API, "HTTPRoute") => parsed!(http_routes),
-        (GATEWAY_API, "GRPCRoute") => parsed!(grpc_routes),
-        (GATEWAY_API, "TLSRoute") => parsed!(tls_routes),
-        (GATEWAY_API, "TCPRoute") => parsed!(tcp_routes),
-        (GATEWAY_API, "ReferenceGrant") => parsed!(reference_grants),
+        (ISTIO_NETWORKING, "DestinationRule") => parsed_spec!(destination_rules),
+        (ISTIO_NETWORKING, "ServiceEntry") => parsed_spec!(service_entries),
+        (GATEWAY_API, "GatewayClass") => parsed_spec!(gateway_classes),
+        (GATEWAY_API, "Gateway") => parsed_spec!(api_gateways),
+        (GATEWAY_API, "HTTPRoute") => parsed_spec!(http_routes),
+        (GATEWAY_API, "GRPCRoute") => parsed_spec!(grpc_routes),
+        (GATEWAY_API, "TLSRoute") => parsed_spec!(tls_routes),
+        (GATEWAY_API, "TCPRoute") => parsed_spec!(tcp_routes),
+        (GATEWAY_API, "ReferenceGrant") => parsed_spec!(reference_grants),
         // Secret values are key material: their parse errors must not quote them.
         ("", "Secret") => match item.typed(&resource) {
             Ok(r) => resources.secrets.push(Sourced {

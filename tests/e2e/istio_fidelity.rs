@@ -650,13 +650,14 @@ spec:
 
 /// Istio's `HTTPBody.bytes` (base64) is served; a fault Istio cannot express in Envoy
 /// (`exponentialDelay`, `http2Error`) is dropped with a warning, the route still serves;
-/// the sidecar-only conditions of `tls`/`tcp` matches are named by `validate`.
+/// the sidecar-only conditions of `tls`/`tcp` matches and fields this gateway does not
+/// know are named by `validate`.
 #[test]
 fn body_bytes_served_and_ignored_fields_named() -> anyhow::Result<()> {
     let spec = r#"  hosts: [bytes.example.com]
   gateways: [istio-system/gw]
   http:
-  - match: [{uri: {prefix: /bytes}}]
+  - match: [{uri: {prefix: /bytes}, statPrefix: bytes}]
     directResponse: {status: 200, body: {bytes: aGVsbG8gYnl0ZXMK}}
   - match: [{uri: {prefix: /faulty}}]
     fault: {delay: {exponentialDelay: 10s}, abort: {http2Error: REFUSED_STREAM}}
@@ -685,6 +686,8 @@ fn body_bytes_served_and_ignored_fields_named() -> anyhow::Result<()> {
         "VirtualService default/vs: spec.http[1].fault.delay.exponentialDelay: ignored",
         "VirtualService default/vs: spec.http[1].fault.abort.http2Error: ignored",
         "VirtualService default/vs: spec.tcp[0].match[0].sourceLabels: ignored",
+        // A field this gateway has no place for at all.
+        "VirtualService default/vs: spec.http[0].match[0].statPrefix: `statPrefix` is not a field this gateway knows; ignored",
     ] {
         assert!(stdout.contains(field), "{field} not in\n{stdout}");
     }
