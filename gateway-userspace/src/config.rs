@@ -10,7 +10,7 @@ pub mod object_ref;
 mod plain_yaml;
 pub mod resources;
 pub mod source;
-mod unknown_fields;
+pub(crate) mod unknown_fields;
 
 use std::{
     collections::BTreeMap,

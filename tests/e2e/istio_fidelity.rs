@@ -661,6 +661,7 @@ fn body_bytes_served_and_ignored_fields_named() -> anyhow::Result<()> {
     directResponse: {status: 200, body: {bytes: aGVsbG8gYnl0ZXMK}}
   - match: [{uri: {prefix: /faulty}}]
     fault: {delay: {exponentialDelay: 10s}, abort: {http2Error: REFUSED_STREAM}}
+    retries: {attempts: 1, perTryTimout: 1s}
     directResponse: {status: 200, body: {string: unfaulted}}
   tcp:
   - match: [{port: 31400, sourceLabels: {app: sleep}}]
@@ -688,6 +689,7 @@ fn body_bytes_served_and_ignored_fields_named() -> anyhow::Result<()> {
         "VirtualService default/vs: spec.tcp[0].match[0].sourceLabels: ignored",
         // A field this gateway has no place for at all.
         "VirtualService default/vs: spec.http[0].match[0].statPrefix: `statPrefix` is not a field this gateway knows; ignored",
+        "VirtualService default/vs: spec.http[1].retries.perTryTimout: `retries.perTryTimout` is not a field this gateway knows; ignored",
     ] {
         assert!(stdout.contains(field), "{field} not in\n{stdout}");
     }

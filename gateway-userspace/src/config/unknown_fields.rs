@@ -7,7 +7,8 @@ use serde_ignored::Path;
 
 /// `value` deserialized as `T`, and the `spec` fields (`spec.http[0].match[0].foo`) it
 /// skipped. Fields kept whole in a `serde_yaml::Value` (`Lenient` fields, flattened
-/// catch-alls) are not skipped and not named: their own checks say what they ignore.
+/// catch-alls) are not skipped and not named here: a `Lenient` keeps what it ignored
+/// for compile to name, a catch-all is named by compile.
 pub(super) fn deserialize_noting<T: DeserializeOwned>(
     value: &serde_yaml::Value,
 ) -> Result<(T, Vec<String>), serde_yaml::Error> {
@@ -22,7 +23,7 @@ pub(super) fn deserialize_noting<T: DeserializeOwned>(
 }
 
 /// A path as diagnostics spell fields: keys joined by dots, indexes in brackets.
-fn render(path: &Path) -> String {
+pub(crate) fn render(path: &Path) -> String {
     let mut out = String::new();
     push(path, &mut out);
     out

@@ -223,7 +223,7 @@ impl<'a> Compiler<'a> {
                     .field(field.clone())
             };
             let reference = match reference {
-                Lenient::Valid(reference) => reference,
+                Lenient::Valid(reference, _) => reference,
                 Lenient::Invalid(invalid) => {
                     self.diagnostics.push(problem(format!(
                         "{}; expected {{name, namespace}}; this route is skipped",

@@ -31,33 +31,49 @@ pub(super) struct RouteFields {
 
 impl RouteFields {
     pub(super) fn parse(route: &HttpRoute) -> Result<Self, FieldError> {
-        fn typed<T: Clone>(key: &str, field: &Option<Lenient<T>>) -> Result<Option<T>, FieldError> {
+        /// The field's value; the keys below it that its type ignored go to `unknown`.
+        fn typed<T: Clone>(
+            key: &str,
+            field: &Option<Lenient<T>>,
+            unknown: &mut Vec<String>,
+        ) -> Result<Option<T>, FieldError> {
             match field {
                 None => Ok(None),
-                Some(Lenient::Valid(value)) => Ok(Some(value.clone())),
+                Some(Lenient::Valid(value, ignored)) => {
+                    unknown.extend(ignored.iter().map(|path| {
+                        if path.starts_with('[') {
+                            format!("{key}{path}")
+                        } else {
+                            format!("{key}.{path}")
+                        }
+                    }));
+                    Ok(Some(value.clone()))
+                }
                 Some(Lenient::Invalid(invalid)) => {
                     Err((invalid.field(key), invalid.message.clone()))
                 }
             }
         }
+        let mut unknown: Vec<String> = route.unknown.keys().cloned().collect();
+        let u = &mut unknown;
         let percent = |percent: u32| Percent {
             value: f64::from(percent),
         };
         // In the order of the keys as written sorted, as they were read: the first
         // error is the route's, and of the mirror percentages the last key wins.
-        let cors_policy = typed("corsPolicy", &route.cors_policy)?;
-        let direct_response = typed("directResponse", &route.direct_response)?;
-        let fault = typed("fault", &route.fault)?;
-        let headers = typed("headers", &route.headers)?;
-        let mirror = typed("mirror", &route.mirror)?;
-        let mirror_percent = typed("mirrorPercent", &route.mirror_percent)?;
-        let mirror_percentage = typed("mirrorPercentage", &route.mirror_percentage)?;
-        let mirror_percent_snake = typed("mirror_percent", &route.mirror_percent_snake)?;
-        let mirrors = typed("mirrors", &route.mirrors)?;
-        let redirect = typed("redirect", &route.redirect)?;
-        let retries = typed("retries", &route.retries)?;
-        let rewrite = typed("rewrite", &route.rewrite)?;
-        let timeout = typed("timeout", &route.timeout)?;
+        let cors_policy = typed("corsPolicy", &route.cors_policy, u)?;
+        let direct_response = typed("directResponse", &route.direct_response, u)?;
+        let fault = typed("fault", &route.fault, u)?;
+        let headers = typed("headers", &route.headers, u)?;
+        let mirror = typed("mirror", &route.mirror, u)?;
+        let mirror_percent = typed("mirrorPercent", &route.mirror_percent, u)?;
+        let mirror_percentage = typed("mirrorPercentage", &route.mirror_percentage, u)?;
+        let mirror_percent_snake = typed("mirror_percent", &route.mirror_percent_snake, u)?;
+        let mirrors = typed("mirrors", &route.mirrors, u)?;
+        let redirect = typed("redirect", &route.redirect, u)?;
+        let retries = typed("retries", &route.retries, u)?;
+        let rewrite = typed("rewrite", &route.rewrite, u)?;
+        let timeout = typed("timeout", &route.timeout, u)?;
         Ok(RouteFields {
             redirect,
             direct_response,
@@ -74,7 +90,7 @@ impl RouteFields {
             mirrors: mirrors.unwrap_or_default(),
             cors_policy,
             delegate: route.delegate.is_some(),
-            unknown: route.unknown.keys().cloned().collect(),
+            unknown,
         })
     }
 }

@@ -2,12 +2,15 @@
 //! document: it is kept with the error it gives (the path below the field and the
 //! message), the rest of the resource loads, and `compile` reports the error at the field
 //! and skips what it would have configured, as it does for any field it cannot apply.
+//! A valid value keeps the paths of the keys below it that its type has no place for, so
+//! that compile can name them as ignored.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lenient<T> {
-    Valid(T),
+    /// The value, and the keys below the field it ignored (`attemps`, `match[0].foo`).
+    Valid(T, Vec<String>),
     Invalid(Invalid),
 }
 
@@ -26,14 +29,14 @@ impl<T> Lenient<T> {
     /// path below it.
     pub fn at(&self, field: &str) -> Result<&T, (String, &str)> {
         match self {
-            Lenient::Valid(value) => Ok(value),
+            Lenient::Valid(value, _) => Ok(value),
             Lenient::Invalid(invalid) => Err((invalid.field(field), &invalid.message)),
         }
     }
 
     pub fn valid(&self) -> Option<&T> {
         match self {
-            Lenient::Valid(value) => Some(value),
+            Lenient::Valid(value, _) => Some(value),
             Lenient::Invalid(_) => None,
         }
     }
@@ -53,26 +56,29 @@ impl Invalid {
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = serde_yaml::Value::deserialize(deserializer)?;
-        Ok(
-            match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-                Ok(typed) => Lenient::Valid(typed),
-                Err(e) => {
-                    let path = e.path().to_string();
-                    Lenient::Invalid(Invalid {
-                        value,
-                        path: if path == "." { String::new() } else { path },
-                        message: e.into_inner().to_string(),
-                    })
-                }
-            },
-        )
+        let mut unknown = Vec::new();
+        let mut note = |path: serde_ignored::Path| {
+            unknown.push(crate::config::unknown_fields::render(&path));
+        };
+        let noting = serde_ignored::Deserializer::new(value.clone(), &mut note);
+        Ok(match serde_path_to_error::deserialize::<_, T>(noting) {
+            Ok(typed) => Lenient::Valid(typed, unknown),
+            Err(e) => {
+                let path = e.path().to_string();
+                Lenient::Invalid(Invalid {
+                    value,
+                    path: if path == "." { String::new() } else { path },
+                    message: e.into_inner().to_string(),
+                })
+            }
+        })
     }
 }
 
 impl<T: Serialize> Serialize for Lenient<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            Lenient::Valid(value) => value.serialize(serializer),
+            Lenient::Valid(value, _) => value.serialize(serializer),
             Lenient::Invalid(invalid) => invalid.value.serialize(serializer),
         }
     }
@@ -91,11 +97,24 @@ mod tests {
     fn a_wrong_type_is_kept_with_its_path_and_the_rest_loads() {
         let list: Vec<Lenient<Port>> =
             serde_yaml::from_str("[{number: 80}, {number: eighty}]").expect("a list");
-        assert_eq!(list[0], Lenient::Valid(Port { number: 80 }));
+        assert_eq!(list[0], Lenient::Valid(Port { number: 80 }, Vec::new()));
         let Err((field, message)) = list[1].at("spec.ports[1]") else {
             panic!("not valid: {:?}", list[1]);
         };
         assert_eq!(field, "spec.ports[1].number");
         assert!(message.contains("invalid type"), "{message}");
+    }
+
+    #[test]
+    fn a_valid_value_keeps_the_keys_it_ignored() {
+        let list: Vec<Lenient<Vec<Port>>> =
+            serde_yaml::from_str("[[{number: 80, nmber: 81}, {number: 1}]]").expect("a list");
+        assert_eq!(
+            list[0],
+            Lenient::Valid(
+                vec![Port { number: 80 }, Port { number: 1 }],
+                vec!["[0].nmber".to_owned()]
+            )
+        );
     }
 }
