@@ -94,8 +94,15 @@ spec:
   rules:
   - matches: [{path: {type: PathPrefix, value: /}}]
     sessionPersistence: {sessionName: s}
+    backendRefs: [{name: web, port: 80, wieght: 2}]
 ",
         );
-        assert_eq!(fields, ["spec.rules[0].sessionPersistence"]);
+        assert_eq!(
+            fields,
+            [
+                "spec.rules[0].sessionPersistence",
+                "spec.rules[0].backendRefs[0].wieght"
+            ]
+        );
     }
 }

@@ -494,12 +494,43 @@ pub struct BackendRef {
     pub weight: Option<u32>,
 }
 
+/// A backend of an HTTPRoute or GRPCRoute rule, with its own filters. Read through
+/// [`HttpBackendRefWire`], not `#[serde(flatten)]`: flatten drops the keys neither part
+/// knows where `validate` could not see them.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(from = "HttpBackendRefWire")]
 pub struct HttpBackendRef {
     #[serde(flatten)]
     pub backend: BackendRef,
     pub filters: Vec<HttpRouteFilter>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct HttpBackendRefWire {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<u32>,
+    weight: Option<u32>,
+    filters: Vec<HttpRouteFilter>,
+}
+
+impl From<HttpBackendRefWire> for HttpBackendRef {
+    fn from(wire: HttpBackendRefWire) -> Self {
+        HttpBackendRef {
+            backend: BackendRef {
+                group: wire.group,
+                kind: wire.kind,
+                name: wire.name,
+                namespace: wire.namespace,
+                port: wire.port,
+                weight: wire.weight,
+            },
+            filters: wire.filters,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
