@@ -51,28 +51,28 @@ impl Compiler<'_> {
             return false;
         }
         let namespace = policy.metadata.namespace();
-        if namespace != ROOT_NAMESPACE && namespace != self.identity.namespace {
+        if namespace != ROOT_NAMESPACE && namespace != self.index.identity.namespace {
             return false;
         }
         policy.spec.selector.as_ref().is_none_or(|selector| {
             selector
                 .match_labels
                 .iter()
-                .all(|(k, v)| self.identity.labels.get(k) == Some(v))
+                .all(|(k, v)| self.index.identity.labels.get(k) == Some(v))
         })
     }
 
     /// The policies of a listener that `gateways` (Gateway API Gateways; none for Istio's)
     /// serve. Listeners no `targetRefs` name share one compile.
     pub(super) fn listener_authz(&mut self, gateways: &[&ApiGateway]) -> Arc<ListenerAuthz> {
-        let resources = self.resources;
+        let resources = self.index.resources;
         let targeted: Vec<&Sourced<AuthorizationPolicy>> = resources
             .authorization_policies
             .iter()
             .filter(|p| gateways.iter().any(|g| targets_gateway(&p.resource, g)))
             .collect();
         if targeted.is_empty()
-            && let Some(shared) = &self.workload_authz
+            && let Some(shared) = self.index.workload_authz.get()
         {
             return shared.clone();
         }
@@ -85,19 +85,19 @@ impl Compiler<'_> {
         policies.extend(targeted);
         let compiled = Arc::new(build(&policies));
         if shared {
-            self.workload_authz = Some(compiled.clone());
+            let _ = self.index.workload_authz.set(compiled.clone());
         }
         compiled
     }
 
     /// Reports, once per policy that applies to us, what is not enforced as written.
     pub(super) fn check_authorization_policies(&mut self) {
-        let resources = self.resources;
+        let resources = self.index.resources;
         let our_gateways: Vec<&ApiGateway> = resources
             .api_gateways
             .iter()
             .map(|g| &*g.resource)
-            .filter(|g| super::status::is_our_class(resources, self.identity, g))
+            .filter(|g| super::status::is_our_class(resources, self.index.identity, g))
             .collect();
         for sourced in &resources.authorization_policies {
             let policy = &*sourced.resource;
@@ -133,10 +133,10 @@ impl Compiler<'_> {
                 continue;
             }
             for diagnostic in found {
-                self.diagnostics.push(diagnostic);
+                self.sink.push(diagnostic);
             }
             if policy.spec.action == Some(Action::Custom) {
-                self.diagnostics.push(warn(
+                self.sink.push(warn(
                     "action CUSTOM is not supported (no extension provider can be called): requests its rules match are denied, as Istio does when the provider is missing".to_owned(),
                     "spec.action",
                 ));
@@ -145,7 +145,7 @@ impl Compiler<'_> {
             let mut scratch = crate::authz::Engine::default();
             scratch.add(policy, policy.dry_run, false, &mut problems);
             for problem in problems {
-                self.diagnostics.push(warn(problem.message, &problem.field));
+                self.sink.push(warn(problem.message, &problem.field));
             }
         }
     }

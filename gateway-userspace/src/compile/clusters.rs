@@ -51,6 +51,51 @@ struct Making<'r> {
     when_empty: Option<String>,
 }
 
+/// The clusters a compile builds: shared between routes that name the same service port,
+/// numbered in the order they are first named, with what is said of each.
+#[derive(Default)]
+pub(super) struct ClusterTable {
+    /// By name (`outbound|PORT|SUBSET|HOST`).
+    pub(super) by_name: HashMap<String, Arc<Cluster>>,
+    /// The same clusters by id, and their endpoints (`Snapshot::clusters`, `endpoints`).
+    pub(super) list: Vec<Arc<Cluster>>,
+    pub(super) endpoints: Vec<Arc<[SocketAddr]>>,
+    /// By cluster id: what is said of it at the first route naming it (`memo::ClusterNotes`),
+    /// carried over with the clusters by a reusing compile.
+    pub(super) notes: Arc<Vec<ClusterNotes>>,
+    /// By cluster id: whether a route of this compile named it yet.
+    pub(super) named: Vec<bool>,
+    /// The clusters routes named, in order: a VirtualService's are kept in its memo entry.
+    pub(super) namings: Vec<Naming>,
+    /// What was said of clusters at their first naming: kept apart from the sink, so that
+    /// no route's memoized diagnostics hold them (another route may name the cluster
+    /// first at the next compile).
+    pub(super) said: Vec<Diagnostic>,
+    /// The upstream TLS configurations these clusters use (`tls::upstream::ClientConfigs`).
+    pub(super) upstream_tls_keys: Vec<u64>,
+}
+
+impl ClusterTable {
+    /// The previous compile's clusters, kept with their numbering: routes taken from its
+    /// memo name them by id.
+    pub(super) fn carried_over(snapshot: &Snapshot, memo: &RouteMemo) -> Self {
+        let mut table = ClusterTable::default();
+        for cluster in snapshot.clusters.iter() {
+            table
+                .by_name
+                .insert(cluster.name.clone(), Arc::clone(cluster));
+            if let Some(tls) = &cluster.tls {
+                table.upstream_tls_keys.push(tls.key);
+            }
+        }
+        table.list = snapshot.clusters.to_vec();
+        table.endpoints = snapshot.endpoints.clone();
+        table.named = vec![false; snapshot.clusters.len()];
+        table.notes = Arc::clone(&memo.clusters);
+        table
+    }
+}
+
 impl<'a> Compiler<'a> {
     /// The cluster a destination names; one with no endpoints (503 at request time) when
     /// the Service, its port or its endpoints are missing, with a warning saying which.
@@ -65,7 +110,7 @@ impl<'a> Compiler<'a> {
         field: &str,
     ) -> Arc<Cluster> {
         let cluster = self.find_cluster(destination, vs_namespace, location, resource, field);
-        self.namings.push(Naming {
+        self.clusters.namings.push(Naming {
             cluster: cluster.id,
             field: field.to_owned(),
         });
@@ -78,15 +123,19 @@ impl<'a> Compiler<'a> {
     /// Whether this is the first naming of cluster `id` in this compile (which it marks)
     /// with something to say of the cluster.
     pub(super) fn first_naming(&mut self, id: usize) -> bool {
-        match self.named.get_mut(id) {
+        match self.clusters.named.get_mut(id) {
             Some(named) if !*named => *named = true,
             _ => return false,
         }
-        self.cluster_notes.get(id).is_some_and(|notes| {
+        self.clusters.notes.get(id).is_some_and(|notes| {
             !notes.made.is_empty()
                 || !notes.endpoints.is_empty()
                 || (notes.when_empty.is_some()
-                    && self.endpoint_lists.get(id).is_some_and(|e| e.is_empty()))
+                    && self
+                        .clusters
+                        .endpoints
+                        .get(id)
+                        .is_some_and(|e| e.is_empty()))
         })
     }
 
@@ -99,22 +148,26 @@ impl<'a> Compiler<'a> {
         resource: &ObjectRef,
         field: &str,
     ) {
-        let Some(notes) = self.cluster_notes.get(id) else {
+        let Some(notes) = self.clusters.notes.get(id) else {
             return;
         };
         let at_route = |d: Diagnostic| d.at(location.cloned()).object(resource).field(field);
         for (said, at_naming) in &notes.made {
-            self.said_of_clusters.push(match at_naming {
+            self.clusters.said.push(match at_naming {
                 true => at_route(said.clone()),
                 false => said.clone(),
             });
         }
-        self.said_of_clusters
-            .extend(notes.endpoints.iter().cloned());
+        self.clusters.said.extend(notes.endpoints.iter().cloned());
         if let Some(message) = &notes.when_empty
-            && self.endpoint_lists.get(id).is_some_and(|e| e.is_empty())
+            && self
+                .clusters
+                .endpoints
+                .get(id)
+                .is_some_and(|e| e.is_empty())
         {
-            self.said_of_clusters
+            self.clusters
+                .said
                 .push(at_route(Diagnostic::warning(message.clone())));
         }
     }
@@ -142,6 +195,7 @@ impl<'a> Compiler<'a> {
         let (name, namespace) = resolve_service_host(&destination.host, vs_namespace);
         let fqdn = format!("{name}.{namespace}.{CLUSTER_DOMAIN}");
         let service = self
+            .index
             .resources
             .services
             .iter()
@@ -165,7 +219,7 @@ impl<'a> Compiler<'a> {
                 Ok(labels) => Some(labels),
                 Err(message) => {
                     warn(
-                        &mut self.diagnostics,
+                        &mut self.sink.diagnostics,
                         format!("{message}; requests get 503"),
                     );
                     let port = destination.port.as_ref().map_or(0, |p| p.number);
@@ -178,7 +232,7 @@ impl<'a> Compiler<'a> {
         };
         let Some(service) = service else {
             warn(
-                &mut self.diagnostics,
+                &mut self.sink.diagnostics,
                 format!(
                     "no Service {namespace}/{name} for host {}; requests get 503",
                     destination.host
@@ -195,7 +249,7 @@ impl<'a> Compiler<'a> {
         let Some(service_port) = service_port else {
             let have: Vec<u32> = service.spec.ports.iter().map(|p| p.port).collect();
             warn(
-                &mut self.diagnostics,
+                &mut self.sink.diagnostics,
                 match &destination.port {
                     Some(p) => format!(
                         "Service {namespace}/{name} has no port {} (it has {have:?}); requests get 503",
@@ -211,7 +265,7 @@ impl<'a> Compiler<'a> {
         let port = u16::try_from(service_port.port).unwrap_or(0);
         let subset = destination.subset.as_deref().unwrap_or_default();
         let key = format!("outbound|{port}|{subset}|{fqdn}");
-        if let Some(existing) = self.clusters.get(&key) {
+        if let Some(existing) = self.clusters.by_name.get(&key) {
             return existing.clone();
         }
         let source = EndpointSource::Service {
@@ -225,18 +279,20 @@ impl<'a> Compiler<'a> {
             },
             subset_labels,
         };
-        let slices = self
-            .slices
-            .get_or_insert_with(|| SliceIndex::new(self.resources));
         let mut read = Diagnostics::default();
-        let endpoints = service_endpoints(self.resources, slices, &source, &mut read);
+        let endpoints = service_endpoints(
+            self.index.resources,
+            self.index.slices(),
+            &source,
+            &mut read,
+        );
         let which = if subset.is_empty() {
             String::new()
         } else {
             format!(" in subset {subset}")
         };
         let making = Making {
-            said_from: self.diagnostics.0.len(),
+            said_from: self.sink.diagnostics.0.len(),
             at: Some((location, resource, field)),
             endpoints: read.0,
             when_empty: Some(format!(
@@ -256,7 +312,7 @@ impl<'a> Compiler<'a> {
     /// A cluster with no endpoints (its requests get 503), or the one of that name.
     pub(super) fn intern(&mut self, cluster: Cluster) -> Arc<Cluster> {
         let making = Making {
-            said_from: self.diagnostics.0.len(),
+            said_from: self.sink.diagnostics.0.len(),
             at: None,
             endpoints: Vec::new(),
             when_empty: None,
@@ -274,14 +330,15 @@ impl<'a> Compiler<'a> {
         endpoints: Vec<SocketAddr>,
         making: Making<'_>,
     ) -> Arc<Cluster> {
-        if let Some(existing) = self.clusters.get(&cluster.name) {
+        if let Some(existing) = self.clusters.by_name.get(&cluster.name) {
             return existing.clone();
         }
         self.apply_traffic_policy(&mut cluster);
         let made = self
+            .sink
             .diagnostics
             .0
-            .drain(making.said_from.min(self.diagnostics.0.len())..)
+            .drain(making.said_from.min(self.sink.diagnostics.0.len())..)
             .map(|d| {
                 let at_naming = making.at.is_some_and(|(location, object, field)| {
                     d.location.as_ref() == location
@@ -291,13 +348,15 @@ impl<'a> Compiler<'a> {
                 (d, at_naming)
             })
             .collect();
-        cluster.id = self.cluster_list.len();
+        cluster.id = self.clusters.list.len();
         let cluster = Arc::new(cluster);
-        self.clusters.insert(cluster.name.clone(), cluster.clone());
-        self.cluster_list.push(cluster.clone());
-        self.endpoint_lists.push(endpoints.into());
-        self.named.push(false);
-        Arc::make_mut(&mut self.cluster_notes).push(ClusterNotes {
+        self.clusters
+            .by_name
+            .insert(cluster.name.clone(), cluster.clone());
+        self.clusters.list.push(cluster.clone());
+        self.clusters.endpoints.push(endpoints.into());
+        self.clusters.named.push(false);
+        Arc::make_mut(&mut self.clusters.notes).push(ClusterNotes {
             made,
             endpoints: making.endpoints,
             when_empty: making.when_empty,
@@ -352,7 +411,7 @@ impl<'a> Compiler<'a> {
             {
                 Some(Ok(d)) => d,
                 Some(Err(message)) => {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::error(message)
                             .at(rule.location.clone())
                             .object(&rule.resource.object_ref())
@@ -401,7 +460,7 @@ impl<'a> Compiler<'a> {
                 cluster.connection_pool.idle_timeout = Some(timeout);
             }
             Some(Ok(_)) | None => {}
-            Some(Err(message)) => self.diagnostics.push(
+            Some(Err(message)) => self.sink.push(
                 Diagnostic::error(message)
                     .at(rule.location.clone())
                     .object(&rule.resource.object_ref())
@@ -411,7 +470,7 @@ impl<'a> Compiler<'a> {
         let connect_timeout = tcp.and_then(|tcp| tcp.connect_timeout.as_deref());
         match connect_timeout.map(parse_duration) {
             Some(Ok(timeout)) if !timeout.is_zero() => cluster.connect_timeout = timeout,
-            Some(result) => self.diagnostics.push(
+            Some(result) => self.sink.push(
                 Diagnostic::error(result.err().unwrap_or_else(|| {
                     "a zero connect timeout would fail every connection".to_owned()
                 }))
@@ -426,7 +485,7 @@ impl<'a> Compiler<'a> {
     /// The ServiceEntry whose `hosts` hold this host (exactly, or by a `*.` wildcard).
     fn service_entry(&self, host: &str) -> Option<&'a Sourced<ServiceEntry>> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let resources: &'a crate::config::Resources = self.resources;
+        let resources: &'a crate::config::Resources = self.index.resources;
         resources
             .service_entries
             .iter()
@@ -478,7 +537,7 @@ impl<'a> Compiler<'a> {
         let Some(entry_port) = entry_port else {
             let have: Vec<u32> = spec.ports.iter().map(|p| p.number).collect();
             warn(
-                &mut self.diagnostics,
+                &mut self.sink.diagnostics,
                 format!(
                     "ServiceEntry {} has no port {} (it has {have:?}); requests get 503",
                     name_of(&entry.resource.metadata),
@@ -492,12 +551,12 @@ impl<'a> Compiler<'a> {
         };
         let port = u16::try_from(entry_port.number).unwrap_or(0);
         let key = format!("outbound|{port}|{subset}|{host}");
-        if let Some(existing) = self.clusters.get(&key) {
+        if let Some(existing) = self.clusters.by_name.get(&key) {
             return existing.clone();
         }
         // From here on, what is said is said of the cluster being made.
         let making = Making {
-            said_from: self.diagnostics.0.len(),
+            said_from: self.sink.diagnostics.0.len(),
             at: Some((location, resource, field)),
             endpoints: Vec::new(),
             when_empty: None,
@@ -509,7 +568,7 @@ impl<'a> Compiler<'a> {
                 Ok(labels) => Some(labels),
                 Err(message) => {
                     warn(
-                        &mut self.diagnostics,
+                        &mut self.sink.diagnostics,
                         format!("{message}; requests get 503"),
                     );
                     let mut cluster = Cluster::new(host.clone(), host, namespace, port);
@@ -538,7 +597,7 @@ impl<'a> Compiler<'a> {
                 .unwrap_or(default_target);
             let Ok(target) = u16::try_from(target) else {
                 warn(
-                    &mut self.diagnostics,
+                    &mut self.sink.diagnostics,
                     format!(
                         "ServiceEntry {entry_name} endpoint {:?}: port {target} is out of range; skipped",
                         workload.address
@@ -553,7 +612,7 @@ impl<'a> Compiler<'a> {
                     port: target,
                 }),
                 Err(_) => warn(
-                    &mut self.diagnostics,
+                    &mut self.sink.diagnostics,
                     format!(
                         "ServiceEntry {entry_name} endpoint {:?}: only IP addresses are served with resolution {resolution:?} (DNS and DNS_ROUND_ROBIN resolve names); skipped",
                         workload.address
@@ -574,7 +633,7 @@ impl<'a> Compiler<'a> {
                 }),
                 Err(_) => {
                     warn(
-                        &mut self.diagnostics,
+                        &mut self.sink.diagnostics,
                         format!(
                             "ServiceEntry {entry_name}: {host} is a wildcard, which names no address to resolve; requests get 503"
                         ),
@@ -593,7 +652,7 @@ impl<'a> Compiler<'a> {
                 // Istio gives gateways no original-destination clusters (a gateway is the
                 // connection's original destination): NONE serves the entry's endpoints.
                 warn(
-                    &mut self.diagnostics,
+                    &mut self.sink.diagnostics,
                     format!(
                         "ServiceEntry {entry_name}: resolution NONE at a gateway serves the entry's endpoints only, as Istio does, and {host} has none; set resolution: DNS to have it looked up; requests get 503"
                     ),
@@ -606,7 +665,7 @@ impl<'a> Compiler<'a> {
         if resolution == Resolution::DnsRoundRobin && names.len() + endpoints.len() > 1 {
             // Envoy's LOGICAL_DNS clusters have exactly one endpoint; Istio refuses more.
             warn(
-                &mut self.diagnostics,
+                &mut self.sink.diagnostics,
                 format!(
                     "ServiceEntry {entry_name}: DNS_ROUND_ROBIN takes one endpoint; only the first is served"
                 ),
@@ -620,7 +679,7 @@ impl<'a> Compiler<'a> {
         }
         if endpoints.is_empty() && names.is_empty() && !explained {
             warn(
-                &mut self.diagnostics,
+                &mut self.sink.diagnostics,
                 format!(
                     "ServiceEntry {entry_name} has no endpoint addresses for {host} port {port}; requests get 503"
                 ),
@@ -654,7 +713,7 @@ impl<'a> Compiler<'a> {
     /// The DestinationRule for a host (FQDN or ServiceEntry host): the one in the host's
     /// namespace wins over others, as Istio prefers; then the oldest.
     pub(super) fn destination_rule(&self, host: &str) -> Option<&'a Sourced<DestinationRule>> {
-        let resources: &'a crate::config::Resources = self.resources;
+        let resources: &'a crate::config::Resources = self.index.resources;
         let matching = resources.destination_rules.iter().filter(|dr| {
             let (name, namespace) =
                 resolve_service_host(&dr.resource.spec.host, dr.resource.metadata.namespace());
@@ -747,7 +806,7 @@ impl Compiler<'_> {
             let ttl = match cookie.ttl.as_deref().map(parse_duration) {
                 Some(Ok(ttl)) => Some(ttl),
                 Some(Err(message)) => {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::error(message)
                             .at(rule.location.clone())
                             .object(&rule.resource.object_ref())

@@ -204,11 +204,13 @@ impl<'a> Compiler<'a> {
             return Vec::new();
         }
         let mut entries: Vec<(String, Entry)> = Vec::new();
-        let http_routes: Vec<&'a Sourced<HttpRoute>> = self.resources.http_routes.iter().collect();
+        let http_routes: Vec<&'a Sourced<HttpRoute>> =
+            self.index.resources.http_routes.iter().collect();
         for route in http_routes {
             self.http_route_entries(route, &listeners, &mut entries);
         }
-        let grpc_routes: Vec<&'a Sourced<GrpcRoute>> = self.resources.grpc_routes.iter().collect();
+        let grpc_routes: Vec<&'a Sourced<GrpcRoute>> =
+            self.index.resources.grpc_routes.iter().collect();
         for route in grpc_routes {
             self.grpc_route_entries(route, &listeners, &mut entries);
         }

@@ -35,7 +35,7 @@ impl<'a> Compiler<'a> {
     /// then by namespace. Their `gateways` references and our Gateways' port names are
     /// checked on the way.
     pub(super) fn istio_virtual_services(&mut self) -> Vec<&'a Sourced<VirtualService>> {
-        let resources = self.resources;
+        let resources = self.index.resources;
         let mut virtual_services: Vec<&Sourced<VirtualService>> = Vec::new();
         for vs in &resources.virtual_services {
             if self.exported_to_us(vs) {

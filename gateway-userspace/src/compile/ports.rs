@@ -14,8 +14,9 @@ impl<'a> Compiler<'a> {
     /// The Service that fronts our pods: its selector matches our labels. Its ports tell
     /// which targetPort a Gateway port binds and which nodePort reaches it.
     pub(super) fn own_service(&self) -> Option<&'a Service> {
-        let labels = &self.identity.labels;
+        let labels = &self.index.identity.labels;
         let mut candidates = self
+            .index
             .resources
             .services
             .iter()
@@ -28,11 +29,11 @@ impl<'a> Compiler<'a> {
                         .all(|(k, v)| labels.get(k) == Some(v))
             });
         let first = candidates.next()?;
-        if first.metadata.namespace() == self.identity.namespace {
+        if first.metadata.namespace() == self.index.identity.namespace {
             return Some(first);
         }
         candidates
-            .find(|s| s.metadata.namespace() == self.identity.namespace)
+            .find(|s| s.metadata.namespace() == self.index.identity.namespace)
             .or(Some(first))
             .map(|s| &**s)
     }
@@ -41,7 +42,7 @@ impl<'a> Compiler<'a> {
     /// `--proxy-protocol` names it, or our Service's `proxy.istio.io/config` annotation
     /// asks for it on every listener (Istio's `gatewayTopology.proxyProtocol`).
     pub(super) fn proxy_protocol(&self, port: u16, own_service: Option<&Service>) -> bool {
-        self.identity.proxy_protocol.applies_to(port)
+        self.index.identity.proxy_protocol.applies_to(port)
             || own_service.is_some_and(|s| s.proxy_protocol)
     }
 
@@ -68,7 +69,7 @@ impl<'a> Compiler<'a> {
                 _ => (port, node_port),
             },
             Some(IntOrString::String(name)) => {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::warning(format!(
                         "targetPort {name:?} names a container port, which only the pod spec resolves; binding port {port}"
                     ))

@@ -54,7 +54,7 @@ impl<'a> Compiler<'a> {
             }
             Err(error) => error,
         };
-        let Some(last_good) = self.tls.credentials.last_good(&name) else {
+        let Some(last_good) = self.index.tls.credentials.last_good(&name) else {
             let what = format!("{name}: {error}");
             self.credential_missing(name, server, &what, unserved, place);
             return None;
@@ -66,7 +66,7 @@ impl<'a> Compiler<'a> {
             ),
             ..place
         };
-        self.diagnostics.push(diagnostic.clone());
+        self.sink.push(diagnostic.clone());
         self.credentials.report.problems.push(CredentialProblem {
             credential: name.clone(),
             server: server.to_owned(),
@@ -96,7 +96,7 @@ impl<'a> Compiler<'a> {
             message: format!("{what}; no valid version of it has ever loaded, so {unserved}"),
             ..place
         };
-        self.diagnostics.push(diagnostic.clone());
+        self.sink.push(diagnostic.clone());
         self.credentials.report.problems.push(CredentialProblem {
             credential: name,
             server: server.to_owned(),
@@ -114,9 +114,12 @@ impl<'a> Compiler<'a> {
 
     /// This compile's credentials, for the reload to commit once it is live.
     pub(super) fn stage_credentials(&mut self) {
-        self.tls.upstream.keep_only(&self.upstream_tls_keys);
+        self.index
+            .tls
+            .upstream
+            .keep_only(&self.clusters.upstream_tls_keys);
         let CompiledCredentials { used, report } = std::mem::take(&mut self.credentials);
-        self.tls.credentials.stage(used, report);
+        self.index.tls.credentials.stage(used, report);
     }
 }
 

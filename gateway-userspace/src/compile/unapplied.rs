@@ -19,7 +19,7 @@ struct PolicyParts<'p> {
 
 impl Compiler<'_> {
     pub(super) fn check_unapplied_destination_rule_fields(&mut self) {
-        for rule in &self.resources.destination_rules {
+        for rule in &self.index.resources.destination_rules {
             let mut found: Vec<(String, &'static str)> = Vec::new();
             let mut visit = |prefix: String, policy: Option<&TrafficPolicy>| {
                 let Some(policy) = policy else {
@@ -58,7 +58,7 @@ impl Compiler<'_> {
                 );
             }
             for (field, what) in found {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::warning(format!("not applied by this gateway yet: {what}"))
                         .at(rule.location.clone())
                         .object(&rule.resource.object_ref())

@@ -177,17 +177,17 @@ impl<'a> Compiler<'a> {
         let key = client.key();
         // The same settings as the last compile: the same configuration, so its TLS
         // sessions resume across reloads.
-        let config = match self.tls.upstream.get(key) {
+        let config = match self.index.tls.upstream.get(key) {
             Some(config) => config,
             None => match client.build(&Arc::new(server_config::provider())) {
                 Ok(config) => {
-                    self.tls.upstream.insert(key, config.clone());
+                    self.index.tls.upstream.insert(key, config.clone());
                     config
                 }
                 Err(why) => return refuse(self, "caCertificates", why, sni),
             },
         };
-        self.upstream_tls_keys.push(key);
+        self.clusters.upstream_tls_keys.push(key);
         Some(Arc::new(UpstreamTls {
             mode,
             sni,
@@ -278,11 +278,11 @@ impl<'a> Compiler<'a> {
         mutual: bool,
     ) -> Result<ClientCredentials, (String, String)> {
         let namespaces = [
-            self.identity.namespace.clone(),
+            self.index.identity.namespace.clone(),
             place.rule.resource.metadata.namespace().to_owned(),
         ];
         let find = |wanted: &str| -> Option<&'a Secret> {
-            let resources: &'a crate::config::Resources = self.resources;
+            let resources: &'a crate::config::Resources = self.index.resources;
             namespaces.iter().find_map(|ns| {
                 resources
                     .secrets
@@ -376,7 +376,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn warn_rule(&mut self, place: &RulePlace<'a>, field: &str, message: String) {
-        self.diagnostics.push(
+        self.sink.push(
             Diagnostic::warning(message)
                 .at(place.rule.location.clone())
                 .object(&place.rule.resource.object_ref())

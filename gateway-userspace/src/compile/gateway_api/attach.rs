@@ -27,7 +27,8 @@ impl<'a> Compiler<'a> {
     ) {
         let mut tls: Vec<Vec<(&'a Sourced<TlsRoute>, Vec<String>)>> =
             vec![Vec::new(); listeners.len()];
-        let mut tls_routes: Vec<&'a Sourced<TlsRoute>> = self.resources.tls_routes.iter().collect();
+        let mut tls_routes: Vec<&'a Sourced<TlsRoute>> =
+            self.index.resources.tls_routes.iter().collect();
         tls_routes.sort_by_key(|r| age(&r.resource.metadata));
         for route in tls_routes {
             let any = AnyRoute {
@@ -47,7 +48,8 @@ impl<'a> Compiler<'a> {
             }
         }
         let mut tcp: Vec<Option<&'a Sourced<TcpRoute>>> = vec![None; listeners.len()];
-        let mut tcp_routes: Vec<&'a Sourced<TcpRoute>> = self.resources.tcp_routes.iter().collect();
+        let mut tcp_routes: Vec<&'a Sourced<TcpRoute>> =
+            self.index.resources.tcp_routes.iter().collect();
         tcp_routes.sort_by_key(|r| age(&r.resource.metadata));
         for route in tcp_routes {
             let any = AnyRoute {
@@ -64,7 +66,7 @@ impl<'a> Compiler<'a> {
                 if tcp[listener].is_none() {
                     tcp[listener] = Some(route);
                 } else {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(format!(
                             "attached to listener {}, which an older TCPRoute serves: a TCP listener forwards to its oldest route",
                             listeners[listener].name
@@ -80,7 +82,8 @@ impl<'a> Compiler<'a> {
 
     /// Every route of every kind, for attachment.
     pub(super) fn all_routes(&self) -> Vec<AnyRoute<'a>> {
-        self.resources
+        self.index
+            .resources
             .http_routes
             .iter()
             .map(|r| AnyRoute {
@@ -90,21 +93,21 @@ impl<'a> Compiler<'a> {
                 parent_refs: &r.resource.spec.parent_refs,
                 hostnames: &r.resource.spec.hostnames,
             })
-            .chain(self.resources.grpc_routes.iter().map(|r| AnyRoute {
+            .chain(self.index.resources.grpc_routes.iter().map(|r| AnyRoute {
                 kind: RouteKind::Grpc,
                 meta: &r.resource.metadata,
                 location: r.location.as_ref(),
                 parent_refs: &r.resource.spec.parent_refs,
                 hostnames: &r.resource.spec.hostnames,
             }))
-            .chain(self.resources.tls_routes.iter().map(|r| AnyRoute {
+            .chain(self.index.resources.tls_routes.iter().map(|r| AnyRoute {
                 kind: RouteKind::Tls,
                 meta: &r.resource.metadata,
                 location: r.location.as_ref(),
                 parent_refs: &r.resource.spec.parent_refs,
                 hostnames: &r.resource.spec.hostnames,
             }))
-            .chain(self.resources.tcp_routes.iter().map(|r| AnyRoute {
+            .chain(self.index.resources.tcp_routes.iter().map(|r| AnyRoute {
                 kind: RouteKind::Tcp,
                 meta: &r.resource.metadata,
                 location: r.location.as_ref(),
@@ -126,12 +129,12 @@ impl<'a> Compiler<'a> {
                     .namespace
                     .as_deref()
                     .unwrap_or(route.meta.namespace());
-                let exists = self.resources.api_gateways.iter().any(|g| {
+                let exists = self.index.resources.api_gateways.iter().any(|g| {
                     g.resource.metadata.name == parent.name
                         && g.resource.metadata.namespace() == namespace
                 });
                 if !exists {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(format!(
                             "Gateway {namespace}/{} does not exist; the route is not attached through it",
                             parent.name
@@ -211,7 +214,8 @@ impl<'a> Compiler<'a> {
                     }
                     Admission::Hosts(hosts) => hosts,
                 };
-                self.status
+                self.sink
+                    .status
                     .listener(&listener.gateway.resource.object_ref(), listener.name)
                     .attached
                     .insert(resource.clone());
@@ -224,10 +228,10 @@ impl<'a> Compiler<'a> {
             } else {
                 Ok(())
             };
-            self.status.parent(&resource, p_index, outcome);
+            self.sink.status.parent(&resource, p_index, outcome);
             if attached.len() == before {
                 let reason = why.1;
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::warning(format!(
                         "not attached to Gateway {gw_ns}/{}: {reason}",
                         parent.name
@@ -265,7 +269,7 @@ impl<'a> Compiler<'a> {
         }
         let namespace_ok = match listener.from {
             FromNamespaces::All => true,
-            FromNamespaces::Selector if !self.resources.namespaces.is_empty() => {
+            FromNamespaces::Selector if !self.index.resources.namespaces.is_empty() => {
                 self.namespace_selected(route_ns, listener.selector)
             }
             FromNamespaces::Same | FromNamespaces::Selector => route_ns == gateway.namespace(),

@@ -66,7 +66,7 @@ impl<'a> Compiler<'a> {
                 match path.transpose() {
                     Ok(path) => compiled.path = path,
                     Err(message) => {
-                        self.diagnostics.push(
+                        self.sink.push(
                             Diagnostic::error(message)
                                 .at(route.location.clone())
                                 .object(&resource)
@@ -79,7 +79,7 @@ impl<'a> Compiler<'a> {
                 match compile_name_matches(&m.headers, true) {
                     Ok(headers) => compiled.headers = headers,
                     Err((sub, message)) => {
-                        self.diagnostics.push(
+                        self.sink.push(
                             Diagnostic::error(message)
                                 .at(route.location.clone())
                                 .object(&resource)

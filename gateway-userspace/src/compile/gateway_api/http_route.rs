@@ -51,7 +51,7 @@ impl<'a> Compiler<'a> {
                         matches.push((compiled, specificity));
                     }
                     Err((sub, message)) => {
-                        self.diagnostics.push(
+                        self.sink.push(
                             Diagnostic::error(message)
                                 .at(route.location.clone())
                                 .object(&resource)

@@ -23,7 +23,7 @@ use crate::config::{
 
 impl<'a> Compiler<'a> {
     pub(super) fn is_our_class(&self, gateway: &ApiGateway) -> bool {
-        crate::compile::status::is_our_class(self.resources, self.identity, gateway)
+        crate::compile::status::is_our_class(self.index.resources, self.index.identity, gateway)
     }
 
     /// Whether `allowedRoutes.namespaces.selector` admits routes of `namespace` (by the
@@ -39,6 +39,7 @@ impl<'a> Compiler<'a> {
         };
         let no_labels = Labels::default();
         let labels = self
+            .index
             .resources
             .namespaces
             .iter()
@@ -51,7 +52,7 @@ impl<'a> Compiler<'a> {
     /// reported and, as the spec says, neither conflicted listener is served.
     pub(super) fn api_listeners(&mut self, taken: &BTreeSet<u16>) -> Vec<ApiListener<'a>> {
         let mut found: Vec<(ApiListener<'a>, Option<Location>, String)> = Vec::new();
-        for gateway in &self.resources.api_gateways {
+        for gateway in &self.index.resources.api_gateways {
             if !self.is_our_class(&gateway.resource) {
                 continue;
             }
@@ -65,7 +66,7 @@ impl<'a> Compiler<'a> {
             )];
             for (present, field, message) in unapplied {
                 if present {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(message)
                             .at(gateway.location.clone())
                             .object(&resource)
@@ -84,7 +85,7 @@ impl<'a> Compiler<'a> {
                     && !options.is_empty()
                 {
                     let keys: Vec<&str> = options.keys().map(String::as_str).collect();
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(format!(
                             "TLS options {} are not applied: this gateway defines no listener TLS options",
                             keys.join(", ")
@@ -94,7 +95,7 @@ impl<'a> Compiler<'a> {
                         .field(format!("{field}.tls.options")),
                     );
                 }
-                self.status.listener(&resource, &listener.name);
+                self.sink.status.listener(&resource, &listener.name);
                 let error = |message: String, sub: &str| {
                     Diagnostic::error(message)
                         .at(gateway.location.clone())
@@ -102,7 +103,7 @@ impl<'a> Compiler<'a> {
                         .field(format!("{field}{sub}"))
                 };
                 if !names.insert(listener.name.as_str()) {
-                    self.diagnostics.push(error(
+                    self.sink.push(error(
                         format!(
                             "listener name {:?} is used twice: listener names must be unique within a Gateway",
                             listener.name
@@ -112,7 +113,7 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
                 let Some(port) = u16::try_from(listener.port).ok().filter(|p| *p != 0) else {
-                    self.diagnostics.push(error(
+                    self.sink.push(error(
                         format!("port {} is not a TCP port: expected 1-65535", listener.port),
                         ".port",
                     ));
@@ -126,9 +127,11 @@ impl<'a> Compiler<'a> {
                         "Gateway API listeners with protocol {} are not served yet (HTTP, HTTPS, TLS and TCP are); this listener is skipped",
                         listener.protocol
                     );
-                    self.status.listener(&resource, &listener.name).not_accepted =
-                        Some((reason::UNSUPPORTED_PROTOCOL, message.clone()));
-                    self.diagnostics.push(
+                    self.sink
+                        .status
+                        .listener(&resource, &listener.name)
+                        .not_accepted = Some((reason::UNSUPPORTED_PROTOCOL, message.clone()));
+                    self.sink.push(
                         Diagnostic::warning(message)
                             .at(gateway.location.clone())
                             .object(&resource)
@@ -140,9 +143,11 @@ impl<'a> Compiler<'a> {
                     let message = format!(
                         "port {port} is already served by an Istio Gateway; this listener is skipped"
                     );
-                    self.status.listener(&resource, &listener.name).not_accepted =
-                        Some((reason::PORT_UNAVAILABLE, message.clone()));
-                    self.diagnostics.push(
+                    self.sink
+                        .status
+                        .listener(&resource, &listener.name)
+                        .not_accepted = Some((reason::PORT_UNAVAILABLE, message.clone()));
+                    self.sink.push(
                         Diagnostic::warning(message)
                             .at(gateway.location.clone())
                             .object(&resource)
@@ -154,15 +159,15 @@ impl<'a> Compiler<'a> {
                 if let Some(h) = &hostname
                     && let Err(why) = check_hostname(h)
                 {
-                    self.diagnostics
+                    self.sink
                         .push(error(format!("hostname {h:?}: {why}"), ".hostname"));
                     continue;
                 }
                 let allowed = &listener.allowed_routes;
                 if allowed.namespaces.from == FromNamespaces::Selector
-                    && self.resources.namespaces.is_empty()
+                    && self.index.resources.namespaces.is_empty()
                 {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(
                             "allowedRoutes.namespaces.from: Selector needs Namespace objects, which are not loaded; only routes in the Gateway's namespace attach",
                         )
@@ -194,11 +199,12 @@ impl<'a> Compiler<'a> {
         for (index, (listener, location, place)) in found.into_iter().enumerate() {
             if let Some((why, message)) = conflicted.get(&index) {
                 let findings = self
+                    .sink
                     .status
                     .listener(&listener.gateway.resource.object_ref(), listener.name);
                 findings.conflicted = Some((why, message.clone()));
                 findings.not_accepted = Some((why, message.clone()));
-                self.diagnostics
+                self.sink
                     .push(Diagnostic::warning(format!("{place}: {message}")).at(location));
                 continue;
             }
@@ -213,7 +219,7 @@ impl<'a> Compiler<'a> {
     fn gateway_binds(&mut self, gateway: &'a Sourced<ApiGateway>) -> Option<Arc<[Option<IpAddr>]>> {
         let resource = gateway.resource.object_ref();
         let spec = &gateway.resource.spec;
-        let resolved = addresses::resolve(&spec.addresses, self.identity.address_check);
+        let resolved = addresses::resolve(&spec.addresses, self.index.identity.address_check);
         let warn = |message: String| {
             Diagnostic::warning(message)
                 .at(gateway.location.clone())
@@ -226,8 +232,8 @@ impl<'a> Compiler<'a> {
                 resolved.unsupported.join("; "),
                 reason::UNSUPPORTED_ADDRESS
             );
-            self.diagnostics.push(warn(message.clone()));
-            self.status.gateway(&resource).unsupported_address = Some(message);
+            self.sink.push(warn(message.clone()));
+            self.sink.status.gateway(&resource).unsupported_address = Some(message);
             Some("the Gateway is not accepted (UnsupportedAddress)")
         } else {
             None
@@ -238,10 +244,10 @@ impl<'a> Compiler<'a> {
                 resolved.unusable.join("; "),
                 reason::ADDRESS_NOT_USABLE
             );
-            self.diagnostics.push(warn(message.clone()));
-            self.status.gateway(&resource).unusable_address = Some(message);
+            self.sink.push(warn(message.clone()));
+            self.sink.status.gateway(&resource).unusable_address = Some(message);
         }
-        self.status.gateway(&resource).addresses = resolved.reported;
+        self.sink.status.gateway(&resource).addresses = resolved.reported;
         let not_served = not_served.or_else(|| {
             resolved.binds.is_empty().then_some(
                 "none of the Gateway's addresses can be used on this node (AddressNotUsable)",
@@ -249,7 +255,8 @@ impl<'a> Compiler<'a> {
         });
         if let Some(why) = not_served {
             for listener in &spec.listeners {
-                self.status
+                self.sink
+                    .status
                     .listener(&resource, &listener.name)
                     .not_programmed = Some(why.to_owned());
             }

@@ -12,7 +12,7 @@ impl<'a> Compiler<'a> {
         namespace: &str,
         name: &str,
     ) -> bool {
-        self.resources.reference_grants.iter().any(|grant| {
+        self.index.resources.reference_grants.iter().any(|grant| {
             grant.resource.metadata.namespace() == namespace
                 && grant.resource.spec.from.iter().any(|from| {
                     from.group == GATEWAY_API_GROUP
@@ -36,7 +36,7 @@ impl<'a> Compiler<'a> {
         kind: &str,
         name: &str,
     ) -> bool {
-        self.resources.reference_grants.iter().any(|grant| {
+        self.index.resources.reference_grants.iter().any(|grant| {
             grant.resource.metadata.namespace() == target_namespace
                 && grant.resource.spec.from.iter().any(|from| {
                     from.group == GATEWAY_API_GROUP
@@ -57,7 +57,7 @@ impl<'a> Compiler<'a> {
         secret_namespace: &str,
         name: &str,
     ) -> bool {
-        self.resources.reference_grants.iter().any(|grant| {
+        self.index.resources.reference_grants.iter().any(|grant| {
             grant.resource.metadata.namespace() == secret_namespace
                 && grant.resource.spec.from.iter().any(|from| {
                     from.group == GATEWAY_API_GROUP

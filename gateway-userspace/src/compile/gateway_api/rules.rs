@@ -35,7 +35,7 @@ impl<'a> Compiler<'a> {
         let RulePolicy { timeouts, retry } = policy;
         let location = route.location.cloned();
         let invalid = |this: &mut Self, sub: String, message: String| {
-            this.diagnostics.push(
+            this.sink.push(
                 Diagnostic::warning(format!(
                     "{message}; requests matching this rule get {INVALID_RULE_STATUS}"
                 ))
@@ -81,9 +81,10 @@ impl<'a> Compiler<'a> {
                             percentage,
                         }),
                         Err((why, message)) => {
-                            self.status
+                            self.sink
+                                .status
                                 .unresolved(&route.object_ref(), why, message.clone());
-                            self.diagnostics.push(
+                            self.sink.push(
                                 Diagnostic::warning(format!("{message}; not mirrored"))
                                     .at(location.clone())
                                     .object(resource)
@@ -105,7 +106,7 @@ impl<'a> Compiler<'a> {
                 // 0s disables the timeout.
                 Ok(t) => (!t.is_zero()).then_some(t),
                 Err(e) => {
-                    this.diagnostics.push(
+                    this.sink.push(
                         Diagnostic::error(format!("{sub} {value:?}: {e}"))
                             .at(location.clone())
                             .object(resource)
@@ -147,7 +148,7 @@ impl<'a> Compiler<'a> {
                     .collect();
             }
             if let Some(code) = retry.codes.iter().find(|c| !(500..600).contains(*c)) {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::warning(format!(
                         "retry code {code} is not retried: the spec allows 500-599"
                     ))
@@ -173,10 +174,11 @@ impl<'a> Compiler<'a> {
             let cluster = match self.backend_cluster(route, resource, &b_field, &backend.backend) {
                 Ok(cluster) => cluster,
                 Err((why, message)) => {
-                    self.status
+                    self.sink
+                        .status
                         .unresolved(&route.object_ref(), why, message.clone());
                     problems.push((b_index, message.clone()));
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(format!(
                             "{message}; its share of requests gets an error"
                         ))
@@ -278,7 +280,7 @@ impl<'a> Compiler<'a> {
                         ),
                     ));
                 }
-                let exists = self.resources.services.iter().any(|s| {
+                let exists = self.index.resources.services.iter().any(|s| {
                     s.resource.metadata.name == backend.name
                         && s.resource.metadata.namespace() == namespace
                 });

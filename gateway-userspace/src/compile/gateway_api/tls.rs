@@ -182,12 +182,15 @@ impl<'a> Compiler<'a> {
         };
         let tls = listener.tls.clone().unwrap_or_default();
         if tls.mode == Some(ApiTlsMode::Passthrough) {
-            self.status.listener(&resource, &listener.name).not_accepted = Some((
+            self.sink
+                .status
+                .listener(&resource, &listener.name)
+                .not_accepted = Some((
                 reason::UNSUPPORTED_VALUE,
                 "an HTTPS listener terminates TLS (Passthrough needs protocol TLS)".to_owned(),
             ));
             warn(
-                &mut self.diagnostics,
+                &mut self.sink.diagnostics,
                 "an HTTPS listener terminates TLS (Passthrough needs protocol TLS); this listener is skipped".into(),
                 ".mode",
             );
@@ -209,7 +212,7 @@ impl<'a> Compiler<'a> {
                     format!("certificateRefs[{ref_index}] is not a core Secret"),
                 );
                 warn(
-                    &mut self.diagnostics,
+                    &mut self.sink.diagnostics,
                     "only core Secrets are served as certificates; this reference is skipped"
                         .into(),
                     &sub,
@@ -230,7 +233,7 @@ impl<'a> Compiler<'a> {
                     ),
                 );
                 warn(
-                    &mut self.diagnostics,
+                    &mut self.sink.diagnostics,
                     format!(
                         "Secret {namespace}/{} is in another namespace and no ReferenceGrant there allows it (RefNotPermitted); this reference is skipped",
                         reference.name
@@ -239,7 +242,7 @@ impl<'a> Compiler<'a> {
                 );
                 continue;
             }
-            let secret = self.resources.secrets.iter().find(|s| {
+            let secret = self.index.resources.secrets.iter().find(|s| {
                 s.resource.metadata.name == reference.name
                     && s.resource.metadata.namespace() == namespace
             });
@@ -289,11 +292,12 @@ impl<'a> Compiler<'a> {
             }
         }
         if certificates.is_empty() {
-            self.status
+            self.sink
+                .status
                 .listener(&resource, &listener.name)
                 .not_programmed = Some("no usable certificateRefs".to_owned());
             warn(
-                &mut self.diagnostics,
+                &mut self.sink.diagnostics,
                 "no usable certificateRefs: this listener is not served (the others are)".into(),
                 ".certificateRefs",
             );
@@ -310,13 +314,14 @@ impl<'a> Compiler<'a> {
             cipher_suites: Vec::new(),
             alpn,
         };
-        let config = match server_config::build(settings, &self.tls.sessions) {
+        let config = match server_config::build(settings, &self.index.tls.sessions) {
             Ok(config) => config,
             Err(e) => {
-                self.status
+                self.sink
+                    .status
                     .listener(&resource, &listener.name)
                     .not_programmed = Some(e.to_string());
-                warn(&mut self.diagnostics, e.to_string(), "");
+                warn(&mut self.sink.diagnostics, e.to_string(), "");
                 return None;
             }
         };
@@ -364,7 +369,7 @@ impl<'a> Compiler<'a> {
             let is_service = backend.group.as_deref().unwrap_or("").is_empty()
                 && backend.kind.as_deref().unwrap_or("Service") == "Service";
             let granted = namespace == route_ns
-                || self.resources.reference_grants.iter().any(|grant| {
+                || self.index.resources.reference_grants.iter().any(|grant| {
                     grant.resource.metadata.namespace() == namespace
                         && grant.resource.spec.from.iter().any(|from| {
                             from.group == GATEWAY_API_GROUP
@@ -379,7 +384,7 @@ impl<'a> Compiler<'a> {
                 });
             // The spec's BackendNotFound: a Service that does not exist is not a backend
             // (as for HTTPRoutes, `rules.rs`).
-            let exists = self.resources.services.iter().any(|s| {
+            let exists = self.index.resources.services.iter().any(|s| {
                 s.resource.metadata.name == backend.name
                     && s.resource.metadata.namespace() == namespace
             });
@@ -406,8 +411,8 @@ impl<'a> Compiler<'a> {
                         format!("no Service {namespace}/{} (BackendNotFound)", backend.name),
                     )
                 };
-                self.status.unresolved(&resource, why, message.clone());
-                self.diagnostics.push(
+                self.sink.status.unresolved(&resource, why, message.clone());
+                self.sink.push(
                     Diagnostic::warning(format!(
                         "{message}: a backend must be an existing Service with a port, in the route's namespace or granted by a ReferenceGrant; skipped",
                     ))
@@ -496,7 +501,7 @@ impl<'a> Compiler<'a> {
                     ),
                 ))
             } else {
-                let found = self.resources.config_maps.iter().find(|c| {
+                let found = self.index.resources.config_maps.iter().find(|c| {
                     c.resource.metadata.name == reference.name
                         && c.resource.metadata.namespace() == namespace
                 });
@@ -526,7 +531,7 @@ impl<'a> Compiler<'a> {
             };
             if let Some((why, message)) = problem {
                 self.listener_unresolved(&resource, &listener.name, why, message.clone());
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::warning(format!("{message} ({why}); this reference is skipped"))
                         .at(gateway.location.clone())
                         .object(&resource)
@@ -536,9 +541,11 @@ impl<'a> Compiler<'a> {
         }
         if roots.is_empty() {
             let message = "client-certificate validation has no usable CA certificate; this listener is not served".to_owned();
-            self.status.listener(&resource, &listener.name).not_accepted =
-                Some((reason::NO_VALID_CA_CERTIFICATE, message.clone()));
-            self.diagnostics.push(
+            self.sink
+                .status
+                .listener(&resource, &listener.name)
+                .not_accepted = Some((reason::NO_VALID_CA_CERTIFICATE, message.clone()));
+            self.sink.push(
                 Diagnostic::warning(format!("listener {}: {message}", listener.name))
                     .at(gateway.location.clone())
                     .object(&resource)
@@ -550,7 +557,7 @@ impl<'a> Compiler<'a> {
             None | Some("AllowValidOnly") => false,
             Some("AllowInsecureFallback") => true,
             Some(other) => {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::warning(format!(
                         "mode {other:?} is not a validation mode (AllowValidOnly, AllowInsecureFallback); AllowValidOnly applies"
                     ))
@@ -576,7 +583,8 @@ impl<'a> Compiler<'a> {
         reason: &'static str,
         message: String,
     ) {
-        self.status
+        self.sink
+            .status
             .listener(gateway, listener)
             .unresolved
             .get_or_insert((reason, message));

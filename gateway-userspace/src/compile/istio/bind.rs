@@ -18,12 +18,12 @@ impl<'a> Compiler<'a> {
     /// `exportTo: ["."]` in another namespace binds no gateway of ours. Delegates are
     /// looked up apart, by their root's namespace.
     pub(super) fn exported_to_us(&mut self, vs: &Sourced<VirtualService>) -> bool {
-        let exported = delegate::exported_to(&vs.resource, &self.identity.namespace);
+        let exported = delegate::exported_to(&vs.resource, &self.index.identity.namespace);
         if !exported && !vs.resource.spec.gateways.is_empty() {
-            self.diagnostics.push(
+            self.sink.push(
                 Diagnostic::warning(format!(
                     "not exported to this gateway's namespace {:?} (exportTo): not bound, as Istio",
-                    self.identity.namespace
+                    self.index.identity.namespace
                 ))
                 .at(vs.location.clone())
                 .object(&vs.resource.object_ref())
@@ -44,11 +44,11 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
                 let (gw_ns, gw_name) = matches::resolve_gateway_name(reference, namespace);
-                let exists = self.resources.gateways.iter().any(|g| {
+                let exists = self.index.resources.gateways.iter().any(|g| {
                     g.resource.metadata.namespace() == gw_ns && g.resource.metadata.name == gw_name
                 });
                 if !exists {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(format!(
                             "gateway {gw_ns}/{gw_name} does not exist; nothing is bound through it"
                         ))
@@ -74,7 +74,7 @@ impl<'a> Compiler<'a> {
     ) -> Option<Arc<memo::Binding>> {
         let key = (Arc::as_ptr(&vs.resource) as usize, port);
         let found = if valid {
-            self.reusable.and_then(|memo| memo.bindings.get(&key))
+            self.index.reusable.and_then(|memo| memo.bindings.get(&key))
         } else {
             None
         };
@@ -91,7 +91,7 @@ impl<'a> Compiler<'a> {
         );
         let binding = binding?;
         if binding.hosts.is_empty() {
-            self.diagnostics.push(
+            self.sink.push(
                 Diagnostic::warning(format!(
                     "none of its hosts {:?} is accepted by a server on port {port}; it is not bound there",
                     vs.resource.spec.hosts

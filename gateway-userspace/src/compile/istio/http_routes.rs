@@ -54,7 +54,7 @@ impl Compiler<'_> {
             match compile_match(m) {
                 Ok(compiled) => matches.push(compiled),
                 Err((sub_field, message)) => {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::error(message)
                             .at(vs.location.clone())
                             .object(&resource)
@@ -71,7 +71,7 @@ impl Compiler<'_> {
         let actions = match RouteFields::parse(route) {
             Ok(actions) => actions,
             Err((key, message)) => {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::error(message)
                         .at(vs.location.clone())
                         .object(&resource)
@@ -81,7 +81,7 @@ impl Compiler<'_> {
             }
         };
         for key in &actions.unknown {
-            self.diagnostics.push(
+            self.sink.push(
                 Diagnostic::warning(format!(
                     "`{key}` is not a field this gateway knows; ignored"
                 ))
@@ -93,7 +93,7 @@ impl Compiler<'_> {
         // A root's delegates are merged before routes get here: this one is a delegate's
         // own, and Istio follows one level only.
         if actions.delegate {
-            self.diagnostics.push(
+            self.sink.push(
                 Diagnostic::warning(
                     "a delegate VirtualService's route cannot delegate again; this route is skipped",
                 )
@@ -106,7 +106,7 @@ impl Compiler<'_> {
         let action = match self.action(vs, &resource, &field, route, actions) {
             Ok(action) => action,
             Err((sub_field, message)) => {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::error(message)
                         .at(vs.location.clone())
                         .object(&resource)

@@ -89,7 +89,7 @@ impl<'a> Compiler<'a> {
                     && listener_tls.select(None).is_none()
                     && let Some(first) = refs.first()
                 {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(format!(
                             "no server on port {port} has host `*`: clients that send no SNI (an IP address in the URL, old clients) are refused there"
                         ))
@@ -132,7 +132,7 @@ impl<'a> Compiler<'a> {
                 } else {
                     AfterTermination::Http
                 };
-                match server_config::build(settings, &self.tls.sessions) {
+                match server_config::build(settings, &self.index.tls.sessions) {
                     Ok((config, trust)) => TlsMode::Terminate {
                         config,
                         trust,
@@ -302,12 +302,12 @@ impl<'a> Compiler<'a> {
     /// Gateway resource's own namespace.
     fn find_secret(&mut self, server: &ServerRef<'a>, name: &str) -> Option<&'a Sourced<Secret>> {
         let namespaces = self.secret_namespaces(server.gateway);
-        let found = namespaces.iter().find_map(|ns| {
-            self.resources
-                .secrets
-                .iter()
-                .find(|s| s.resource.metadata.name == name && s.resource.metadata.namespace() == ns)
-        });
+        let found =
+            namespaces.iter().find_map(|ns| {
+                self.index.resources.secrets.iter().find(|s| {
+                    s.resource.metadata.name == name && s.resource.metadata.namespace() == ns
+                })
+            });
         if found.is_none() {
             let error = format!("not found in namespace {}", namespaces.join(" or "));
             let place = self.server_place(server, "tls.credentialName");
@@ -323,7 +323,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn secret_namespaces(&self, gateway: &Sourced<Gateway>) -> Vec<String> {
-        let mut namespaces = vec![self.identity.namespace.clone()];
+        let mut namespaces = vec![self.index.identity.namespace.clone()];
         let own = gateway.resource.metadata.namespace().to_owned();
         if !namespaces.contains(&own) {
             namespaces.push(own);
@@ -344,7 +344,7 @@ impl<'a> Compiler<'a> {
         let ca_secret_name = format!("{name}{CA_SECRET_SUFFIX}");
         let namespaces = self.secret_namespaces(server.gateway);
         let ca_secret = namespaces.iter().find_map(|ns| {
-            self.resources.secrets.iter().find(|s| {
+            self.index.resources.secrets.iter().find(|s| {
                 s.resource.metadata.name == ca_secret_name && s.resource.metadata.namespace() == ns
             })
         });
@@ -401,7 +401,7 @@ impl<'a> Compiler<'a> {
     }
 
     pub(super) fn server_error(&mut self, server: &ServerRef<'a>, field: &str, message: &str) {
-        self.diagnostics.push(
+        self.sink.push(
             Diagnostic::error(message)
                 .at(server.gateway.location.clone())
                 .object(&server.resource)
@@ -410,7 +410,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn server_warning(&mut self, server: &ServerRef<'a>, field: &str, message: &str) {
-        self.diagnostics.push(
+        self.sink.push(
             Diagnostic::warning(message)
                 .at(server.gateway.location.clone())
                 .object(&server.resource)

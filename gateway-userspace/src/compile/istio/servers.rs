@@ -32,13 +32,13 @@ impl<'a> Compiler<'a> {
             .spec
             .selector
             .iter()
-            .all(|(k, v)| self.identity.labels.get(k) == Some(v))
+            .all(|(k, v)| self.index.identity.labels.get(k) == Some(v))
     }
 
     /// Our Gateways' servers, grouped by port.
     pub(in crate::compile) fn istio_servers(&mut self) -> BTreeMap<u16, PortServers<'a>> {
         let mut ports: BTreeMap<u16, PortServers<'a>> = BTreeMap::new();
-        for gateway in &self.resources.gateways {
+        for gateway in &self.index.resources.gateways {
             if !self.is_ours(&gateway.resource) {
                 continue;
             }
@@ -46,7 +46,7 @@ impl<'a> Compiler<'a> {
             for (index, server) in gateway.resource.spec.servers.iter().enumerate() {
                 let field = format!("spec.servers[{index}]");
                 let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::error(format!(
                             "port {} is not a TCP port: expected 1-65535",
                             server.port.number
@@ -58,7 +58,7 @@ impl<'a> Compiler<'a> {
                     continue;
                 };
                 let Some(protocol) = Protocol::parse(&server.port.protocol) else {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(format!(
                             "protocol {} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TLS and TCP are); this server is skipped",
                             server.port.protocol
@@ -79,7 +79,7 @@ impl<'a> Compiler<'a> {
                 let both_tls = matches!(entry.protocol, Protocol::Https | Protocol::Tls)
                     && matches!(protocol, Protocol::Https | Protocol::Tls);
                 if entry.protocol != protocol && !both_tls {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(format!(
                             "port {port} is already {:?} from another server; Istio keeps the first protocol, so this server's routes join that listener",
                             entry.protocol
@@ -100,7 +100,7 @@ impl<'a> Compiler<'a> {
     /// Gateways use one port name for different port numbers, Istio's merge keeps the first.
     pub(super) fn check_port_names(&mut self) {
         let mut seen: BTreeMap<&str, (u32, String)> = BTreeMap::new();
-        for gateway in &self.resources.gateways {
+        for gateway in &self.index.resources.gateways {
             if !self.is_ours(&gateway.resource) {
                 continue;
             }
@@ -112,7 +112,7 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
                 if let Some(first) = own.insert(name, index) {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::error(format!(
                             "port name {name:?} is also used by spec.servers[{first}]: port names in a Gateway's servers must be unique"
                         ))
@@ -124,7 +124,7 @@ impl<'a> Compiler<'a> {
                 }
                 match seen.get(name) {
                     Some((number, other)) if *number != server.port.number => {
-                        self.diagnostics.push(
+                        self.sink.push(
                             Diagnostic::warning(format!(
                                 "port name {name:?} is port {number} in {other}; the same name on port {} conflicts (Istio keeps the first)",
                                 server.port.number
