@@ -134,7 +134,9 @@ pub fn compile_reusing(
         snapshot.clusters = Arc::clone(&previous.clusters);
     }
     snapshot.report = Arc::new(status::build(resources, identity, &compiler.sink.status));
-    compiler.stage_credentials();
+    compiler
+        .credentials
+        .stage(tls, &compiler.clusters.upstream_tls_keys);
     let mut diagnostics = compiler.sink.diagnostics;
     diagnostics.0.append(&mut compiler.clusters.said);
     resources.locate(&mut diagnostics);

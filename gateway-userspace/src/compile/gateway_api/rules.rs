@@ -235,15 +235,21 @@ impl<'a> Compiler<'a> {
                 .weight
                 .unwrap_or(DEFAULT_BACKEND_WEIGHT);
             let name = &backend_refs[b_index].backend.name;
-            let placeholder = self.intern(Cluster::new(
-                format!("invalid-backend-ref.{name}"),
-                name.clone(),
-                route.meta.namespace().to_owned(),
-                0,
-            ));
+            let placeholder = self.clusters.intern(
+                &self.index,
+                &mut self.sink,
+                &mut self.credentials,
+                Cluster::new(
+                    format!("invalid-backend-ref.{name}"),
+                    name.clone(),
+                    route.meta.namespace().to_owned(),
+                    0,
+                ),
+            );
             let b_field = format!("{field}.backendRefs[{b_index}]");
-            if self.first_naming(placeholder.id) {
-                self.say_of_cluster(placeholder.id, location.as_ref(), resource, &b_field);
+            if self.clusters.first_naming(placeholder.id) {
+                let clusters = &mut self.clusters;
+                clusters.say_of_cluster(placeholder.id, location.as_ref(), resource, &b_field);
             }
             let mut invalid = WeightedCluster::new(weight, placeholder);
             invalid.invalid = true;

@@ -7,7 +7,7 @@ use crate::compile::{
     Compiler,
     gateway_api::{GATEWAY_API_GROUP, PortListener},
     status::reason,
-    tls::TerminatingConfig,
+    tls::{TerminatingConfig, Wanted},
 };
 use crate::{
     config::{
@@ -252,6 +252,12 @@ impl<'a> Compiler<'a> {
                 .at(gateway.location.clone())
                 .object(&resource)
                 .field(format!("{field}{sub}"));
+            let wanted = Wanted {
+                name: credential.clone(),
+                user: &server_name,
+                place,
+                unserved: "this reference is skipped",
+            };
             let Some(secret) = secret else {
                 let what = format!("{credential} not found");
                 self.listener_unresolved(
@@ -260,25 +266,18 @@ impl<'a> Compiler<'a> {
                     reason::INVALID_CERTIFICATE_REF,
                     what.clone(),
                 );
-                self.credential_missing(
-                    credential,
-                    &server_name,
-                    &what,
-                    "this reference is skipped",
-                    place,
-                );
+                self.credentials.missing(&mut self.sink, wanted, &what);
                 continue;
             };
             let loaded = certs::secret_certified_key(&secret.resource, &provider)
                 .map(Credential::Served)
                 .map_err(|e| e.to_string());
             let unusable = format!("{credential} does not hold a usable certificate and key");
-            if let Some(Credential::Served(key)) = self.credential(
-                credential,
-                &server_name,
+            if let Some(Credential::Served(key)) = self.credentials.credential(
+                &self.index,
+                &mut self.sink,
+                wanted,
                 loaded,
-                place,
-                "this reference is skipped",
                 &mut served,
             ) {
                 certificates.push(key);

@@ -131,7 +131,7 @@ impl<'a> Compiler<'a> {
                 .diagnostics
                 .0
                 .extend(entry.compiled.diagnostics.iter().cloned());
-            self.name_again(vs, &entry.compiled.namings);
+            self.clusters.name_again(vs, &entry.compiled.namings);
             let routes = Arc::clone(&entry.compiled.routes);
             self.memo.entries.insert(key, entry);
             return routes;
@@ -169,7 +169,7 @@ impl<'a> Compiler<'a> {
                 Some((previous, old)) => {
                     let (route, diagnostics, namings) = previous.reuse(old, *index, vs);
                     self.sink.diagnostics.0.extend(diagnostics);
-                    self.name_again(vs, &namings);
+                    self.clusters.name_again(vs, &namings);
                     self.clusters.namings.extend(namings);
                     route
                 }
