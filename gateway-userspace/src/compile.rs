@@ -161,11 +161,11 @@ impl<'a> Compiler<'a> {
     /// Bind each front end's resources to listeners (compiling the clusters and TLS
     /// configurations their routes need on the way), then assemble the snapshot.
     fn snapshot(&mut self) -> Snapshot {
-        let ports = self.istio_servers();
-        let own_service = self.own_service();
+        let ports = istio::istio_servers(&self.index, &mut self.sink);
+        let own_service = self.index.own_service();
         let virtual_services = self.istio_virtual_services();
         self.check_unapplied_destination_rule_fields();
-        self.check_authorization_policies();
+        authz::check_authorization_policies(&self.index, &mut self.sink);
 
         let mut listeners = self.istio_listeners(ports, &virtual_services, own_service);
         let istio_ports = listeners.iter().map(|l| l.port).collect();

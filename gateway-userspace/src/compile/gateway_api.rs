@@ -23,7 +23,7 @@ mod tls;
 use http_route::route_table;
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
-use crate::compile::{Compiler, name_of};
+use crate::compile::{Compiler, name_of, ports};
 use crate::{
     config::{
         Location, ObjectRef, Sourced,
@@ -198,9 +198,9 @@ impl<'a> Compiler<'a> {
         own_service: Option<&Service>,
         taken: &BTreeSet<u16>,
     ) -> Vec<Listener> {
-        let listeners = self.api_listeners(taken);
+        let listeners = listeners::api_listeners(&self.index, &mut self.sink, taken);
         if listeners.is_empty() {
-            self.check_route_parents(&[]);
+            attach::check_route_parents(&self.index, &mut self.sink, &[]);
             return Vec::new();
         }
         let mut entries: Vec<(String, Entry)> = Vec::new();
@@ -214,8 +214,9 @@ impl<'a> Compiler<'a> {
         for route in grpc_routes {
             self.grpc_route_entries(route, &listeners, &mut entries);
         }
-        let (tls_attached, tcp_attached) = self.l4_attachments(&listeners);
-        self.check_route_parents(&listeners);
+        let (tls_attached, tcp_attached) =
+            attach::l4_attachments(&self.index, &mut self.sink, &listeners);
+        attach::check_route_parents(&self.index, &mut self.sink, &listeners);
 
         // One listener per port and address: Gateways with `spec.addresses` on a port
         // are served apart from each other and from those on every address.
@@ -231,7 +232,7 @@ impl<'a> Compiler<'a> {
                 .filter(|(_, e)| serves(&listeners[e.listener]))
                 .map(|(h, e)| (h.clone(), e))
                 .collect();
-            let (bind_port, node_port) = self.bind_port(port, own_service);
+            let (bind_port, node_port) = ports::bind_port(&mut self.sink, port, own_service);
             let mut servers: Vec<String> = listeners
                 .iter()
                 .filter(|l| serves(l))
@@ -271,8 +272,8 @@ impl<'a> Compiler<'a> {
                 servers,
                 routes: route_table(on_port),
                 transport,
-                authz: self.listener_authz(&gateways),
-                proxy_protocol: self.proxy_protocol(port, own_service),
+                authz: self.index.listener_authz(&gateways),
+                proxy_protocol: self.index.proxy_protocol(port, own_service),
             });
         }
         compiled

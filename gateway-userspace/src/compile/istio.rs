@@ -21,9 +21,9 @@ mod servers;
 
 use std::collections::BTreeMap;
 
-pub(super) use servers::PortServers;
+pub(super) use servers::{PortServers, istio_servers};
 
-use super::{Compiler, name_of};
+use super::{Compiler, name_of, ports};
 use crate::{
     config::resources::Service,
     config::{Sourced, resources::VirtualService},
@@ -56,7 +56,7 @@ impl<'a> Compiler<'a> {
             ))
         });
         self.check_gateway_references(&virtual_services);
-        self.check_port_names();
+        servers::check_port_names(&self.index, &mut self.sink);
         virtual_services
     }
 
@@ -70,7 +70,7 @@ impl<'a> Compiler<'a> {
     ) -> Vec<Listener> {
         let mut listeners = Vec::new();
         for (port, servers) in ports {
-            let (bind_port, node_port) = self.bind_port(port, own_service);
+            let (bind_port, node_port) = ports::bind_port(&mut self.sink, port, own_service);
             let routes = self.route_table(port, &servers, virtual_services);
             let transport = self.transport(port, &servers, virtual_services);
             listeners.push(Listener {
@@ -86,8 +86,8 @@ impl<'a> Compiler<'a> {
                     .collect(),
                 routes,
                 transport,
-                authz: self.listener_authz(&[]),
-                proxy_protocol: self.proxy_protocol(port, own_service),
+                authz: self.index.listener_authz(&[]),
+                proxy_protocol: self.index.proxy_protocol(port, own_service),
             });
         }
         listeners

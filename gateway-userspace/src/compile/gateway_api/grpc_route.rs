@@ -1,7 +1,7 @@
 //! GRPCRoute rules → route table entries (service and method matches).
 
 use super::http_route::{compile_name_matches, push_entries};
-use super::{AnyRoute, ApiListener, Entry, RouteKind, RulePolicy, Specificity};
+use super::{AnyRoute, ApiListener, Entry, RouteKind, RulePolicy, Specificity, attach};
 use crate::compile::Compiler;
 use crate::{
     config::{
@@ -26,7 +26,7 @@ impl<'a> Compiler<'a> {
             parent_refs: &spec.parent_refs,
             hostnames: &spec.hostnames,
         };
-        let attached = self.attachments(&any, listeners);
+        let attached = attach::attachments(&self.index, &mut self.sink, &any, listeners);
         if attached.is_empty() {
             return;
         }

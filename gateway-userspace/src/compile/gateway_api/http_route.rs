@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{AnyRoute, ApiListener, Entry, Precedence, RouteKind, RulePolicy, Specificity};
+use super::{AnyRoute, ApiListener, Entry, Precedence, RouteKind, RulePolicy, Specificity, attach};
 use crate::compile::{Compiler, hosts::covers, name_of};
 use crate::{
     config::{
@@ -30,7 +30,7 @@ impl<'a> Compiler<'a> {
             parent_refs: &spec.parent_refs,
             hostnames: &spec.hostnames,
         };
-        let attached = self.attachments(&any, listeners);
+        let attached = attach::attachments(&self.index, &mut self.sink, &any, listeners);
         if attached.is_empty() {
             return;
         }

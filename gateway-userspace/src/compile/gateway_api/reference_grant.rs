@@ -2,9 +2,9 @@
 //! backend, a Gateway's certificate Secret or CA ConfigMap).
 
 use super::{AnyRoute, GATEWAY_API_GROUP};
-use crate::compile::Compiler;
+use crate::compile::index::Index;
 
-impl<'a> Compiler<'a> {
+impl<'a> Index<'a> {
     /// Does a ReferenceGrant in `namespace` let this route refer to Service `name`?
     pub(super) fn reference_granted(
         &self,
@@ -12,7 +12,7 @@ impl<'a> Compiler<'a> {
         namespace: &str,
         name: &str,
     ) -> bool {
-        self.index.resources.reference_grants.iter().any(|grant| {
+        self.resources.reference_grants.iter().any(|grant| {
             grant.resource.metadata.namespace() == namespace
                 && grant.resource.spec.from.iter().any(|from| {
                     from.group == GATEWAY_API_GROUP
@@ -36,7 +36,7 @@ impl<'a> Compiler<'a> {
         kind: &str,
         name: &str,
     ) -> bool {
-        self.index.resources.reference_grants.iter().any(|grant| {
+        self.resources.reference_grants.iter().any(|grant| {
             grant.resource.metadata.namespace() == target_namespace
                 && grant.resource.spec.from.iter().any(|from| {
                     from.group == GATEWAY_API_GROUP
@@ -57,7 +57,7 @@ impl<'a> Compiler<'a> {
         secret_namespace: &str,
         name: &str,
     ) -> bool {
-        self.index.resources.reference_grants.iter().any(|grant| {
+        self.resources.reference_grants.iter().any(|grant| {
             grant.resource.metadata.namespace() == secret_namespace
                 && grant.resource.spec.from.iter().any(|from| {
                     from.group == GATEWAY_API_GROUP

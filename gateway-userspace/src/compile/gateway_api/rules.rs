@@ -275,7 +275,10 @@ impl<'a> Compiler<'a> {
         let port = backend.port.map(|number| PortSelector { number });
         let host = match (group, kind) {
             ("", "Service") => {
-                if namespace != route_ns && !self.reference_granted(route, namespace, &backend.name)
+                if namespace != route_ns
+                    && !self
+                        .index
+                        .reference_granted(route, namespace, &backend.name)
                 {
                     return Err((
                         reason::REF_NOT_PERMITTED,

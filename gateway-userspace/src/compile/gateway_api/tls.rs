@@ -221,7 +221,9 @@ impl<'a> Compiler<'a> {
             }
             let namespace = reference.namespace.as_deref().unwrap_or(gw_namespace);
             if namespace != gw_namespace
-                && !self.secret_reference_granted(gw_namespace, namespace, &reference.name)
+                && !self
+                    .index
+                    .secret_reference_granted(gw_namespace, namespace, &reference.name)
             {
                 self.listener_unresolved(
                     &resource,
@@ -490,7 +492,12 @@ impl<'a> Compiler<'a> {
                     ),
                 ))
             } else if namespace != gw_namespace
-                && !self.reference_granted_to(gw_namespace, namespace, "ConfigMap", &reference.name)
+                && !self.index.reference_granted_to(
+                    gw_namespace,
+                    namespace,
+                    "ConfigMap",
+                    &reference.name,
+                )
             {
                 Some((
                     reason::REF_NOT_PERMITTED,
