@@ -24,6 +24,7 @@ use http_route::route_table;
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 use crate::compile::{Compiler, name_of, ports};
+use crate::config::Kind;
 use crate::{
     config::{
         Location, ObjectRef, Sourced,
@@ -77,7 +78,56 @@ enum RouteKind {
     Tcp,
 }
 
-impl AnyRoute<'_> {
+/// What attachment reads of each route kind.
+trait AttachedRoute: Kind {
+    const ROUTE_KIND: RouteKind;
+    fn parent_refs(&self) -> &[ParentReference];
+    fn hostnames(&self) -> &[String];
+}
+
+macro_rules! attached_routes {
+    ($($type:ty => $kind:ident),* $(,)?) => {$(
+        impl AttachedRoute for $type {
+            const ROUTE_KIND: RouteKind = RouteKind::$kind;
+            fn parent_refs(&self) -> &[ParentReference] {
+                &self.spec.parent_refs
+            }
+            fn hostnames(&self) -> &[String] {
+                &self.spec.hostnames
+            }
+        }
+    )*};
+}
+
+attached_routes! {
+    HttpRoute => Http,
+    GrpcRoute => Grpc,
+    TlsRoute => Tls,
+}
+
+impl AttachedRoute for TcpRoute {
+    const ROUTE_KIND: RouteKind = RouteKind::Tcp;
+    fn parent_refs(&self) -> &[ParentReference] {
+        &self.spec.parent_refs
+    }
+    /// A TCPRoute has no hostnames: it takes a whole listener.
+    fn hostnames(&self) -> &[String] {
+        &[]
+    }
+}
+
+impl<'a> AnyRoute<'a> {
+    fn of<R: AttachedRoute>(route: &'a Sourced<R>) -> Self {
+        let resource: &'a R = &route.resource;
+        AnyRoute {
+            kind: R::ROUTE_KIND,
+            meta: resource.meta(),
+            location: route.location.as_ref(),
+            parent_refs: resource.parent_refs(),
+            hostnames: resource.hostnames(),
+        }
+    }
+
     fn object_ref(&self) -> ObjectRef {
         ObjectRef::new(GATEWAY_API_GROUP, self.kind.name(), self.meta)
     }
@@ -207,12 +257,12 @@ impl<'a> Compiler<'a> {
         let http_routes: Vec<&'a Sourced<HttpRoute>> =
             self.index.resources.http_routes.iter().collect();
         for route in http_routes {
-            self.http_route_entries(route, &listeners, &mut entries);
+            self.route_entries(route, &listeners, &mut entries);
         }
         let grpc_routes: Vec<&'a Sourced<GrpcRoute>> =
             self.index.resources.grpc_routes.iter().collect();
         for route in grpc_routes {
-            self.grpc_route_entries(route, &listeners, &mut entries);
+            self.route_entries(route, &listeners, &mut entries);
         }
         let (tls_attached, tcp_attached) =
             attach::l4_attachments(&self.index, &mut self.sink, &listeners);

@@ -17,34 +17,10 @@ impl<'a> Index<'a> {
         self.resources
             .http_routes
             .iter()
-            .map(|r| AnyRoute {
-                kind: RouteKind::Http,
-                meta: &r.resource.metadata,
-                location: r.location.as_ref(),
-                parent_refs: &r.resource.spec.parent_refs,
-                hostnames: &r.resource.spec.hostnames,
-            })
-            .chain(self.resources.grpc_routes.iter().map(|r| AnyRoute {
-                kind: RouteKind::Grpc,
-                meta: &r.resource.metadata,
-                location: r.location.as_ref(),
-                parent_refs: &r.resource.spec.parent_refs,
-                hostnames: &r.resource.spec.hostnames,
-            }))
-            .chain(self.resources.tls_routes.iter().map(|r| AnyRoute {
-                kind: RouteKind::Tls,
-                meta: &r.resource.metadata,
-                location: r.location.as_ref(),
-                parent_refs: &r.resource.spec.parent_refs,
-                hostnames: &r.resource.spec.hostnames,
-            }))
-            .chain(self.resources.tcp_routes.iter().map(|r| AnyRoute {
-                kind: RouteKind::Tcp,
-                meta: &r.resource.metadata,
-                location: r.location.as_ref(),
-                parent_refs: &r.resource.spec.parent_refs,
-                hostnames: &[],
-            }))
+            .map(AnyRoute::of)
+            .chain(self.resources.grpc_routes.iter().map(AnyRoute::of))
+            .chain(self.resources.tls_routes.iter().map(AnyRoute::of))
+            .chain(self.resources.tcp_routes.iter().map(AnyRoute::of))
             .collect()
     }
 
@@ -112,13 +88,7 @@ pub(super) fn l4_attachments<'a>(
     let mut tls_routes: Vec<&'a Sourced<TlsRoute>> = ix.resources.tls_routes.iter().collect();
     tls_routes.sort_by_key(|r| age(&r.resource.metadata));
     for route in tls_routes {
-        let any = AnyRoute {
-            kind: RouteKind::Tls,
-            meta: &route.resource.metadata,
-            location: route.location.as_ref(),
-            parent_refs: &route.resource.spec.parent_refs,
-            hostnames: &route.resource.spec.hostnames,
-        };
+        let any = AnyRoute::of(route);
         for (_, listener, host) in attachments_by_parent(ix, sink, &any, listeners) {
             let served = &mut tls[listener];
             match served.iter_mut().find(|(r, _)| std::ptr::eq(*r, route)) {
@@ -132,13 +102,7 @@ pub(super) fn l4_attachments<'a>(
     let mut tcp_routes: Vec<&'a Sourced<TcpRoute>> = ix.resources.tcp_routes.iter().collect();
     tcp_routes.sort_by_key(|r| age(&r.resource.metadata));
     for route in tcp_routes {
-        let any = AnyRoute {
-            kind: RouteKind::Tcp,
-            meta: &route.resource.metadata,
-            location: route.location.as_ref(),
-            parent_refs: &route.resource.spec.parent_refs,
-            hostnames: &[],
-        };
+        let any = AnyRoute::of(route);
         // Every one attaches (Accepted, counted in attachedRoutes), as the
         // conformance suite's TCPRouteMultipleRoutesAttachment expects; the oldest
         // gets the connections.

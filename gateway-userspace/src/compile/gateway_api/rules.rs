@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::filters::{Filter, compile_filter, merge_ops};
+use super::reference_grant::Reference;
 use super::{AnyRoute, DEFAULT_BACKEND_WEIGHT, INVALID_RULE_STATUS, ISTIO_GROUP, RulePolicy};
 use crate::compile::{
     CLUSTER_DOMAIN, Compiler,
@@ -276,9 +277,13 @@ impl<'a> Compiler<'a> {
         let host = match (group, kind) {
             ("", "Service") => {
                 if namespace != route_ns
-                    && !self
-                        .index
-                        .reference_granted(route, namespace, &backend.name)
+                    && !self.index.reference_granted(&Reference {
+                        from_kind: route.kind.name(),
+                        from_namespace: route_ns,
+                        to_kind: "Service",
+                        to_namespace: namespace,
+                        name: &backend.name,
+                    })
                 {
                     return Err((
                         reason::REF_NOT_PERMITTED,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::compile::{
     Compiler,
-    gateway_api::{GATEWAY_API_GROUP, PortListener},
+    gateway_api::{GATEWAY_API_GROUP, PortListener, reference_grant::Reference},
     status::reason,
     tls::{TerminatingConfig, Wanted},
 };
@@ -221,9 +221,13 @@ impl<'a> Compiler<'a> {
             }
             let namespace = reference.namespace.as_deref().unwrap_or(gw_namespace);
             if namespace != gw_namespace
-                && !self
-                    .index
-                    .secret_reference_granted(gw_namespace, namespace, &reference.name)
+                && !self.index.reference_granted(&Reference {
+                    from_kind: "Gateway",
+                    from_namespace: gw_namespace,
+                    to_kind: "Secret",
+                    to_namespace: namespace,
+                    name: &reference.name,
+                })
             {
                 self.listener_unresolved(
                     &resource,
@@ -492,12 +496,13 @@ impl<'a> Compiler<'a> {
                     ),
                 ))
             } else if namespace != gw_namespace
-                && !self.index.reference_granted_to(
-                    gw_namespace,
-                    namespace,
-                    "ConfigMap",
-                    &reference.name,
-                )
+                && !self.index.reference_granted(&Reference {
+                    from_kind: "Gateway",
+                    from_namespace: gw_namespace,
+                    to_kind: "ConfigMap",
+                    to_namespace: namespace,
+                    name: &reference.name,
+                })
             {
                 Some((
                     reason::REF_NOT_PERMITTED,
