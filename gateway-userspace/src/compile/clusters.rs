@@ -46,11 +46,24 @@ pub(super) struct At<'r> {
     pub(super) field: &'r str,
 }
 
+impl At<'_> {
+    fn place(&self, diagnostic: Diagnostic) -> Diagnostic {
+        diagnostic
+            .at(self.location.cloned())
+            .object(self.object)
+            .field(self.field.to_owned())
+    }
+
+    fn warning(&self, message: String) -> Diagnostic {
+        self.place(Diagnostic::warning(message))
+    }
+}
+
 /// A cluster being made: where what is said of it starts in the sink's diagnostics, and
 /// the route (location, object, field) that names it; see `memo::ClusterNotes`.
 struct Making<'r> {
     said_from: usize,
-    at: Option<(Option<&'r Location>, &'r ObjectRef, &'r str)>,
+    at: Option<At<'r>>,
     endpoints: Vec<Diagnostic>,
     when_empty: Option<String>,
 }
@@ -114,18 +127,13 @@ impl ClusterTable {
         vs_namespace: &str,
         at: At<'_>,
     ) -> Arc<Cluster> {
-        let At {
-            location,
-            object: resource,
-            field,
-        } = at;
         let cluster = self.find_cluster(ix, sink, credentials, destination, vs_namespace, at);
         self.namings.push(Naming {
             cluster: cluster.id,
-            field: field.to_owned(),
+            field: at.field.to_owned(),
         });
         if self.first_naming(cluster.id) {
-            self.say_of_cluster(cluster.id, location, resource, field);
+            self.say_of_cluster(cluster.id, at);
         }
         cluster
     }
@@ -147,20 +155,13 @@ impl ClusterTable {
 
     /// Says what is said of cluster `id` (`memo::ClusterNotes`) at the route that names
     /// it first.
-    pub(super) fn say_of_cluster(
-        &mut self,
-        id: usize,
-        location: Option<&Location>,
-        resource: &ObjectRef,
-        field: &str,
-    ) {
+    pub(super) fn say_of_cluster(&mut self, id: usize, at: At<'_>) {
         let Some(notes) = self.notes.get(id) else {
             return;
         };
-        let at_route = |d: Diagnostic| d.at(location.cloned()).object(resource).field(field);
         for (said, at_naming) in &notes.made {
             self.said.push(match at_naming {
-                true => at_route(said.clone()),
+                true => at.place(said.clone()),
                 false => said.clone(),
             });
         }
@@ -168,8 +169,7 @@ impl ClusterTable {
         if let Some(message) = &notes.when_empty
             && self.endpoints.get(id).is_some_and(|e| e.is_empty())
         {
-            self.said
-                .push(at_route(Diagnostic::warning(message.clone())));
+            self.said.push(at.warning(message.clone()));
         }
     }
 
@@ -180,7 +180,12 @@ impl ClusterTable {
         for naming in namings {
             if self.first_naming(naming.cluster) {
                 let object = object.get_or_insert_with(|| vs.resource.object_ref());
-                self.say_of_cluster(naming.cluster, vs.location.as_ref(), object, &naming.field);
+                let at = At {
+                    location: vs.location.as_ref(),
+                    object,
+                    field: &naming.field,
+                };
+                self.say_of_cluster(naming.cluster, at);
             }
         }
     }
@@ -229,10 +234,10 @@ impl ClusterTable {
             .0
             .drain(making.said_from.min(sink.diagnostics.0.len())..)
             .map(|d| {
-                let at_naming = making.at.is_some_and(|(location, object, field)| {
-                    d.location.as_ref() == location
-                        && d.object.as_ref() == Some(object)
-                        && d.field.as_deref() == Some(field)
+                let at_naming = making.at.is_some_and(|at| {
+                    d.location.as_ref() == at.location
+                        && d.object.as_ref() == Some(at.object)
+                        && d.field.as_deref() == Some(at.field)
                 });
                 (d, at_naming)
             })

@@ -384,10 +384,7 @@ fn client_credential<'a>(
     name: String,
     loaded: Result<Credential, String>,
 ) -> Option<Credential> {
-    let diagnostic = Diagnostic::warning("")
-        .at(place.rule.location.clone())
-        .object(&place.rule.resource.object_ref())
-        .field(format!("{}.{field}", place.field));
+    let diagnostic = place.at(field, Diagnostic::warning(""));
     let user = format!(
         "DestinationRule {} {}",
         name_of(&place.rule.resource.metadata),
@@ -403,12 +400,17 @@ fn client_credential<'a>(
 }
 
 fn warn_rule(sink: &mut Sink, place: &RulePlace<'_>, field: &str, message: String) {
-    sink.push(
-        Diagnostic::warning(message)
-            .at(place.rule.location.clone())
-            .object(&place.rule.resource.object_ref())
-            .field(format!("{}.{field}", place.field)),
-    );
+    sink.push(place.at(field, Diagnostic::warning(message)));
+}
+
+impl RulePlace<'_> {
+    /// `diagnostic` placed at `field` of the rule's TLS settings.
+    fn at(&self, field: &str, diagnostic: Diagnostic) -> Diagnostic {
+        diagnostic
+            .at(self.rule.location.clone())
+            .object(&self.rule.resource.object_ref())
+            .field(format!("{}.{field}", self.field))
+    }
 }
 
 struct ClientCredentials {

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     config::{
-        Diagnostic, Diagnostics,
+        Diagnostics,
         resources::{Destination, IntOrString},
     },
     snapshot::{Cluster, EndpointSource, UpstreamProtocol},
@@ -26,11 +26,6 @@ impl ClusterTable {
         vs_namespace: &str,
         at: At<'_>,
     ) -> Arc<Cluster> {
-        let At {
-            location,
-            object: resource,
-            field,
-        } = at;
         let (name, namespace) = resolve_service_host(&destination.host, vs_namespace);
         let fqdn = format!("{name}.{namespace}.{CLUSTER_DOMAIN}");
         let service = ix
@@ -39,14 +34,6 @@ impl ClusterTable {
             .iter()
             .map(|s| &s.resource)
             .find(|s| s.metadata.name == name && s.metadata.namespace() == namespace);
-        let warn = |diagnostics: &mut Diagnostics, message: String| {
-            diagnostics.push(
-                Diagnostic::warning(message)
-                    .at(location.cloned())
-                    .object(resource)
-                    .field(field.to_owned()),
-            );
-        };
         if service.is_none()
             && let Some(entry) = ix.service_entry(&destination.host)
         {
@@ -56,10 +43,7 @@ impl ClusterTable {
             Some(subset) => match ix.subset_labels(&fqdn, subset) {
                 Ok(labels) => Some(labels),
                 Err(message) => {
-                    warn(
-                        &mut sink.diagnostics,
-                        format!("{message}; requests get 503"),
-                    );
+                    sink.push(at.warning(format!("{message}; requests get 503")));
                     let port = destination.port.as_ref().map_or(0, |p| p.number);
                     let mut cluster = Cluster::new(fqdn.clone(), name, namespace, port as u16);
                     cluster.name = format!("outbound|{port}|{subset}|{fqdn}");
@@ -69,13 +53,10 @@ impl ClusterTable {
             None => None,
         };
         let Some(service) = service else {
-            warn(
-                &mut sink.diagnostics,
-                format!(
-                    "no Service {namespace}/{name} for host {}; requests get 503",
-                    destination.host
-                ),
-            );
+            sink.push(at.warning(format!(
+                "no Service {namespace}/{name} for host {}; requests get 503",
+                destination.host
+            )));
             let port = destination.port.as_ref().map_or(0, |p| p.number);
             return self.intern(
                 ix,
@@ -91,9 +72,7 @@ impl ClusterTable {
         };
         let Some(service_port) = service_port else {
             let have: Vec<u32> = service.spec.ports.iter().map(|p| p.port).collect();
-            warn(
-                &mut sink.diagnostics,
-                match &destination.port {
+            sink.push(at.warning(match &destination.port {
                     Some(p) => format!(
                         "Service {namespace}/{name} has no port {} (it has {have:?}); requests get 503",
                         p.number
@@ -101,8 +80,7 @@ impl ClusterTable {
                     None => format!(
                         "Service {namespace}/{name} has ports {have:?}: say which with destination.port.number"
                     ),
-                },
-            );
+                }));
             return self.intern(
                 ix,
                 sink,
@@ -136,7 +114,7 @@ impl ClusterTable {
         };
         let making = Making {
             said_from: sink.diagnostics.0.len(),
-            at: Some((location, resource, field)),
+            at: Some(at),
             endpoints: read.0,
             when_empty: Some(format!(
                 "Service {namespace}/{name} port {port} has no ready endpoints{which}; requests get 503"

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     config::{
-        Diagnostic, Diagnostics, Sourced,
+        Sourced,
         resources::{Destination, ServiceEntry, istio::Resolution},
     },
     snapshot::{Cluster, DnsPick, DnsTarget, EndpointSource, UpstreamProtocol},
@@ -57,22 +57,9 @@ impl ClusterTable {
         destination: &Destination,
         at: At<'_>,
     ) -> Arc<Cluster> {
-        let At {
-            location,
-            object: resource,
-            field,
-        } = at;
         let spec = &entry.resource.spec;
         let namespace = entry.resource.metadata.namespace().to_owned();
         let host = destination.host.trim_end_matches('.').to_ascii_lowercase();
-        let warn = |diagnostics: &mut Diagnostics, message: String| {
-            diagnostics.push(
-                Diagnostic::warning(message)
-                    .at(location.cloned())
-                    .object(resource)
-                    .field(field.to_owned()),
-            );
-        };
         let entry_port = match &destination.port {
             Some(p) => spec.ports.iter().find(|sp| sp.number == p.number),
             None if spec.ports.len() == 1 => spec.ports.first(),
@@ -81,17 +68,14 @@ impl ClusterTable {
         let subset = destination.subset.clone().unwrap_or_default();
         let Some(entry_port) = entry_port else {
             let have: Vec<u32> = spec.ports.iter().map(|p| p.number).collect();
-            warn(
-                &mut sink.diagnostics,
-                format!(
+            sink.push(at.warning(format!(
                     "ServiceEntry {} has no port {} (it has {have:?}); requests get 503",
                     name_of(&entry.resource.metadata),
                     destination
                         .port
                         .as_ref()
                         .map_or("(none given)".to_owned(), |p| p.number.to_string())
-                ),
-            );
+                )));
             return self.intern(
                 ix,
                 sink,
@@ -107,7 +91,7 @@ impl ClusterTable {
         // From here on, what is said is said of the cluster being made.
         let making = Making {
             said_from: sink.diagnostics.0.len(),
-            at: Some((location, resource, field)),
+            at: Some(at),
             endpoints: Vec::new(),
             when_empty: None,
         };
@@ -117,10 +101,7 @@ impl ClusterTable {
             match ix.subset_labels(&host, &subset) {
                 Ok(labels) => Some(labels),
                 Err(message) => {
-                    warn(
-                        &mut sink.diagnostics,
-                        format!("{message}; requests get 503"),
-                    );
+                    sink.push(at.warning(format!("{message}; requests get 503")));
                     let mut cluster = Cluster::new(host.clone(), host, namespace, port);
                     cluster.name = key;
                     return self.intern_with(ix, sink, credentials, cluster, Vec::new(), making);
@@ -146,13 +127,10 @@ impl ClusterTable {
                 .copied()
                 .unwrap_or(default_target);
             let Ok(target) = u16::try_from(target) else {
-                warn(
-                    &mut sink.diagnostics,
-                    format!(
+                sink.push(at.warning(format!(
                         "ServiceEntry {entry_name} endpoint {:?}: port {target} is out of range; skipped",
                         workload.address
-                    ),
-                );
+                    )));
                 continue;
             };
             match workload.address.parse::<IpAddr>() {
@@ -161,13 +139,10 @@ impl ClusterTable {
                     name: dns_name(&workload.address),
                     port: target,
                 }),
-                Err(_) => warn(
-                    &mut sink.diagnostics,
-                    format!(
+                Err(_) => sink.push(at.warning(format!(
                         "ServiceEntry {entry_name} endpoint {:?}: only IP addresses are served with resolution {resolution:?} (DNS and DNS_ROUND_ROBIN resolve names); skipped",
                         workload.address
-                    ),
-                ),
+                    ))),
             }
         }
         let target = u16::try_from(default_target).unwrap_or(port);
@@ -182,12 +157,9 @@ impl ClusterTable {
                     port: target,
                 }),
                 Err(_) => {
-                    warn(
-                        &mut sink.diagnostics,
-                        format!(
+                    sink.push(at.warning(format!(
                             "ServiceEntry {entry_name}: {host} is a wildcard, which names no address to resolve; requests get 503"
-                        ),
-                    );
+                        )));
                     explained = true;
                 }
             }
@@ -201,12 +173,9 @@ impl ClusterTable {
             if endpoints.is_empty() && resolution == Resolution::None {
                 // Istio gives gateways no original-destination clusters (a gateway is the
                 // connection's original destination): NONE serves the entry's endpoints.
-                warn(
-                    &mut sink.diagnostics,
-                    format!(
+                sink.push(at.warning(format!(
                         "ServiceEntry {entry_name}: resolution NONE at a gateway serves the entry's endpoints only, as Istio does, and {host} has none; set resolution: DNS to have it looked up; requests get 503"
-                    ),
-                );
+                    )));
                 explained = true;
             }
         }
@@ -214,12 +183,9 @@ impl ClusterTable {
         endpoints.dedup();
         if resolution == Resolution::DnsRoundRobin && names.len() + endpoints.len() > 1 {
             // Envoy's LOGICAL_DNS clusters have exactly one endpoint; Istio refuses more.
-            warn(
-                &mut sink.diagnostics,
-                format!(
+            sink.push(at.warning(format!(
                     "ServiceEntry {entry_name}: DNS_ROUND_ROBIN takes one endpoint; only the first is served"
-                ),
-            );
+                )));
             if names.is_empty() {
                 endpoints.truncate(1);
             } else {
@@ -228,12 +194,9 @@ impl ClusterTable {
             }
         }
         if endpoints.is_empty() && names.is_empty() && !explained {
-            warn(
-                &mut sink.diagnostics,
-                format!(
+            sink.push(at.warning(format!(
                     "ServiceEntry {entry_name} has no endpoint addresses for {host} port {port}; requests get 503"
-                ),
-            );
+                )));
         }
         let source = match names.is_empty() {
             true => EndpointSource::Fixed,

@@ -7,6 +7,7 @@ use super::reference_grant::Reference;
 use super::{AnyRoute, DEFAULT_BACKEND_WEIGHT, INVALID_RULE_STATUS, ISTIO_GROUP, RulePolicy};
 use crate::compile::{
     CLUSTER_DOMAIN, Compiler,
+    clusters::At,
     status::{Finding, reason},
 };
 use crate::{
@@ -249,8 +250,12 @@ impl<'a> Compiler<'a> {
             );
             let b_field = format!("{field}.backendRefs[{b_index}]");
             if self.clusters.first_naming(placeholder.id) {
-                let clusters = &mut self.clusters;
-                clusters.say_of_cluster(placeholder.id, location.as_ref(), resource, &b_field);
+                let at = At {
+                    location: location.as_ref(),
+                    object: resource,
+                    field: &b_field,
+                };
+                self.clusters.say_of_cluster(placeholder.id, at);
             }
             let mut invalid = WeightedCluster::new(weight, placeholder);
             invalid.invalid = true;

@@ -397,30 +397,27 @@ impl<'a> Compiler<'a> {
     }
 
     pub(super) fn server_error(&mut self, server: &ServerRef<'a>, field: &str, message: &str) {
-        self.sink.push(
-            Diagnostic::error(message)
-                .at(server.gateway.location.clone())
-                .object(&server.resource)
-                .field(format!("{}.{field}", server.field)),
-        );
+        self.sink
+            .push(at_server(server, field, Diagnostic::error(message)));
     }
 
     fn server_warning(&mut self, server: &ServerRef<'a>, field: &str, message: &str) {
-        self.sink.push(
-            Diagnostic::warning(message)
-                .at(server.gateway.location.clone())
-                .object(&server.resource)
-                .field(format!("{}.{field}", server.field)),
-        );
+        self.sink
+            .push(at_server(server, field, Diagnostic::warning(message)));
     }
+}
+
+/// `diagnostic` placed at a server's field.
+fn at_server(server: &ServerRef<'_>, field: &str, diagnostic: Diagnostic) -> Diagnostic {
+    diagnostic
+        .at(server.gateway.location.clone())
+        .object(&server.resource)
+        .field(format!("{}.{field}", server.field))
 }
 
 /// An empty warning at a server's field, for a message to fill in.
 fn server_place(server: &ServerRef<'_>, field: &str) -> Diagnostic {
-    Diagnostic::warning("")
-        .at(server.gateway.location.clone())
-        .object(&server.resource)
-        .field(format!("{}.{field}", server.field))
+    at_server(server, field, Diagnostic::warning(""))
 }
 
 pub(super) fn server_name(server: &ServerRef<'_>) -> String {
