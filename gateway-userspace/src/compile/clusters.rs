@@ -18,7 +18,6 @@ mod service_entry;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-pub(super) use endpoints::SliceIndex;
 pub use endpoints::{ClustersByService, update_endpoints, update_endpoints_indexed};
 pub(super) use service::resolve_service_host;
 

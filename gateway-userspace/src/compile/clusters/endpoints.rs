@@ -7,47 +7,9 @@ use std::{
     sync::Arc,
 };
 
-use super::super::RouteMemo;
-use crate::config::{
-    Diagnostic, Diagnostics, Kind, Resources, Sourced,
-    cache::ServiceKey,
-    resources::{EndpointSlice, SERVICE_NAME_LABEL},
-};
+use super::super::{RouteMemo, index::SliceIndex};
+use crate::config::{Diagnostic, Diagnostics, Kind, Resources, cache::ServiceKey};
 use crate::snapshot::{Cluster, EndpointSource, Snapshot};
-
-/// EndpointSlices by the Service they belong to (namespace, `kubernetes.io/service-name`):
-/// a cluster's slices are then a lookup, not a scan of every slice (which made 1 000
-/// Services × 10 000 slices most of a compile's time).
-/// By namespace, then Service name.
-type SlicesByService<'a> = HashMap<&'a str, HashMap<&'a str, Vec<&'a Sourced<EndpointSlice>>>>;
-
-pub(crate) struct SliceIndex<'a>(SlicesByService<'a>);
-
-impl<'a> SliceIndex<'a> {
-    pub(crate) fn new(resources: &'a Resources) -> Self {
-        let mut index: SlicesByService<'a> = HashMap::new();
-        for slice in &resources.endpoint_slices {
-            let meta = &slice.resource.metadata;
-            if let Some(service) = meta.labels.get(SERVICE_NAME_LABEL) {
-                index
-                    .entry(meta.namespace())
-                    .or_default()
-                    .entry(service.as_str())
-                    .or_default()
-                    .push(slice);
-            }
-        }
-        SliceIndex(index)
-    }
-
-    /// The slices of Service `namespace/name`, in load order.
-    fn of(&self, namespace: &str, name: &str) -> &[&'a Sourced<EndpointSlice>] {
-        self.0
-            .get(namespace)
-            .and_then(|services| services.get(name))
-            .map_or(&[], Vec::as_slice)
-    }
-}
 
 /// Ready endpoints of a Service port (`source`): EndpointSlice ports carry the Service
 /// port's name. Without any EndpointSlice for the Service, its core `Endpoints` object is
