@@ -117,13 +117,11 @@ pub fn compile_reusing(
     let mut compiler = Compiler {
         index: Index::new(resources, identity, tls, previous.map(|(_, memo)| memo)),
         sink: Sink::default(),
-        clusters: ClusterTable::default(),
-        credentials: Default::default(),
-        memo: RouteMemo::default(),
+        built: Built::default(),
     };
     if let Some((snapshot, memo)) = previous {
         // Routes taken from the memo name these clusters by id.
-        compiler.clusters = ClusterTable::carried_over(snapshot, memo);
+        compiler.built.clusters = ClusterTable::carried_over(snapshot, memo);
     }
     let mut snapshot = compiler.snapshot();
     if let Some((previous, _)) = previous
@@ -134,22 +132,31 @@ pub fn compile_reusing(
         snapshot.clusters = Arc::clone(&previous.clusters);
     }
     snapshot.report = Arc::new(status::build(resources, identity, &compiler.sink.status));
-    compiler
-        .credentials
-        .stage(tls, &compiler.clusters.upstream_tls_keys);
+    let Built {
+        clusters,
+        credentials,
+        mut memo,
+    } = compiler.built;
+    credentials.stage(tls, &clusters.upstream_tls_keys);
     let mut diagnostics = compiler.sink.diagnostics;
-    diagnostics.0.append(&mut compiler.clusters.said);
+    diagnostics.0.extend(clusters.said);
     resources.locate(&mut diagnostics);
-    compiler.memo.clusters = compiler.clusters.notes;
-    (snapshot, diagnostics, compiler.memo)
+    memo.clusters = clusters.notes;
+    (snapshot, diagnostics, memo)
 }
 
 /// A compile in progress: what it reads (`index`), what it says (`sink`), and what it
-/// builds (`clusters`, `credentials`, `memo`). The three are apart so that a function can
-/// read the index while it writes the sink and one part of the output.
+/// builds (`built`). The three are apart so that a function can read the index while it
+/// writes the sink and what is built.
 struct Compiler<'a> {
     index: Index<'a>,
     sink: Sink,
+    built: Built,
+}
+
+/// What a compile builds besides its listeners.
+#[derive(Default)]
+struct Built {
     clusters: ClusterTable,
     /// The credentials this compile loaded or kept, staged in `tls` at the end.
     credentials: tls::CompiledCredentials,
@@ -169,11 +176,17 @@ impl<'a> Compiler<'a> {
 
         let mut listeners = self.istio_listeners(ports, &virtual_services, own_service);
         let istio_ports = listeners.iter().map(|l| l.port).collect();
-        listeners.extend(self.gateway_api_listeners(own_service, &istio_ports));
+        listeners.extend(gateway_api::gateway_api_listeners(
+            &self.index,
+            &mut self.sink,
+            &mut self.built,
+            own_service,
+            &istio_ports,
+        ));
         assemble(
             listeners,
-            std::mem::take(&mut self.clusters.list),
-            std::mem::take(&mut self.clusters.endpoints),
+            std::mem::take(&mut self.built.clusters.list),
+            std::mem::take(&mut self.built.clusters.endpoints),
         )
     }
 }

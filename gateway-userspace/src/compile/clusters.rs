@@ -22,7 +22,7 @@ pub use endpoints::{ClustersByService, update_endpoints, update_endpoints_indexe
 pub(super) use service::resolve_service_host;
 
 use super::{
-    Compiler, RouteMemo,
+    Built, Compiler, RouteMemo,
     index::Index,
     memo::{ClusterNotes, Naming},
     sink::Sink,
@@ -256,8 +256,30 @@ impl ClusterTable {
     }
 }
 
+impl Built {
+    /// The cluster a destination names, made with the credentials its DestinationRule's
+    /// TLS needs (`ClusterTable::cluster`).
+    pub(super) fn cluster(
+        &mut self,
+        ix: &Index<'_>,
+        sink: &mut Sink,
+        destination: &Destination,
+        vs_namespace: &str,
+        at: At<'_>,
+    ) -> Arc<Cluster> {
+        self.clusters.cluster(
+            ix,
+            sink,
+            &mut self.credentials,
+            destination,
+            vs_namespace,
+            at,
+        )
+    }
+}
+
 impl Compiler<'_> {
-    /// `ClusterTable::cluster` for the route compilers that hold the whole compile.
+    /// `Built::cluster` for the Istio route compilers, which hold the whole compile.
     pub(super) fn cluster(
         &mut self,
         destination: &Destination,
@@ -266,18 +288,13 @@ impl Compiler<'_> {
         object: &ObjectRef,
         field: &str,
     ) -> Arc<Cluster> {
-        self.clusters.cluster(
-            &self.index,
-            &mut self.sink,
-            &mut self.credentials,
-            destination,
-            vs_namespace,
-            At {
-                location,
-                object,
-                field,
-            },
-        )
+        let at = At {
+            location,
+            object,
+            field,
+        };
+        self.built
+            .cluster(&self.index, &mut self.sink, destination, vs_namespace, at)
     }
 }
 

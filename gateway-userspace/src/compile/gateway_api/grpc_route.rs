@@ -1,11 +1,9 @@
 //! GRPCRoute rules → route table entries (service and method matches).
 
 use super::http_route::{RuleRoute, compile_name_matches};
-use super::{RulePolicy, Specificity};
+use super::{RuleSpec, Specificity};
 use crate::{
-    config::resources::gateway_api::{
-        GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HttpBackendRef, HttpRouteFilter, ValueMatchType,
-    },
+    config::resources::gateway_api::{GrpcRoute, GrpcRouteMatch, GrpcRouteRule, ValueMatchType},
     route_table::{RequestMatch, StringMatcher},
 };
 
@@ -17,15 +15,14 @@ impl RuleRoute for GrpcRoute {
     fn rule_name(rule: &GrpcRouteRule) -> Option<&String> {
         rule.name.as_ref()
     }
-    fn filters(rule: &GrpcRouteRule) -> &[HttpRouteFilter] {
-        &rule.filters
-    }
-    fn backend_refs(rule: &GrpcRouteRule) -> &[HttpBackendRef] {
-        &rule.backend_refs
-    }
     /// GRPCRoute rules have neither timeouts nor retry.
-    fn policy(_: &GrpcRouteRule) -> RulePolicy<'_> {
-        RulePolicy::default()
+    fn spec(rule: &GrpcRouteRule) -> RuleSpec<'_> {
+        RuleSpec {
+            filters: &rule.filters,
+            backend_refs: &rule.backend_refs,
+            timeouts: None,
+            retry: None,
+        }
     }
     fn compile_matches(
         rule: &GrpcRouteRule,

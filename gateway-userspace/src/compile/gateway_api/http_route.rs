@@ -3,15 +3,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    AnyRoute, ApiListener, AttachedRoute, Entry, Precedence, RulePolicy, Specificity, attach,
+    AnyRoute, ApiListener, AttachedRoute, Entry, Precedence, RuleSpec, Specificity, attach,
 };
-use crate::compile::{Compiler, hosts::covers, name_of};
+use crate::compile::{Built, hosts::covers, index::Index, name_of, sink::Sink};
 use crate::{
     config::{
         Diagnostic, Sourced,
         resources::gateway_api::{
-            HttpBackendRef, HttpPathMatch, HttpRoute, HttpRouteFilter, HttpRouteMatch,
-            HttpRouteRule, NameMatch, PathMatchType, ValueMatchType,
+            HttpPathMatch, HttpRoute, HttpRouteMatch, HttpRouteRule, NameMatch, PathMatchType,
+            ValueMatchType,
         },
     },
     route_table::{RequestMatch, Route, RouteTable, StringMatcher, VirtualHost},
@@ -25,9 +25,7 @@ pub(super) trait RuleRoute: AttachedRoute {
     type Rule;
     fn rules(&self) -> &[Self::Rule];
     fn rule_name(rule: &Self::Rule) -> Option<&String>;
-    fn filters(rule: &Self::Rule) -> &[HttpRouteFilter];
-    fn backend_refs(rule: &Self::Rule) -> &[HttpBackendRef];
-    fn policy(rule: &Self::Rule) -> RulePolicy<'_>;
+    fn spec(rule: &Self::Rule) -> RuleSpec<'_>;
     /// Each of the rule's matches with its precedence, or the field under `matches[i]`
     /// at fault and why. A rule without matches matches every request.
     fn compile_matches(
@@ -43,14 +41,10 @@ impl RuleRoute for HttpRoute {
     fn rule_name(rule: &HttpRouteRule) -> Option<&String> {
         rule.name.as_ref()
     }
-    fn filters(rule: &HttpRouteRule) -> &[HttpRouteFilter] {
-        &rule.filters
-    }
-    fn backend_refs(rule: &HttpRouteRule) -> &[HttpBackendRef] {
-        &rule.backend_refs
-    }
-    fn policy(rule: &HttpRouteRule) -> RulePolicy<'_> {
-        RulePolicy {
+    fn spec(rule: &HttpRouteRule) -> RuleSpec<'_> {
+        RuleSpec {
+            filters: &rule.filters,
+            backend_refs: &rule.backend_refs,
             timeouts: rule.timeouts.as_ref(),
             retry: rule.retry.as_ref(),
         }
@@ -75,57 +69,51 @@ impl RuleRoute for HttpRoute {
     }
 }
 
-impl<'a> Compiler<'a> {
-    /// A route's rules → route table entries on the listeners it attaches to; a rule with
-    /// a match that does not compile is left out, with an error.
-    pub(super) fn route_entries<R: RuleRoute>(
-        &mut self,
-        route: &'a Sourced<R>,
-        listeners: &[ApiListener<'a>],
-        entries: &mut Vec<(String, Entry)>,
-    ) {
-        let any = AnyRoute::of(route);
-        let attached = attach::attachments(&self.index, &mut self.sink, &any, listeners);
-        if attached.is_empty() {
-            return;
-        }
-        let resource = any.object_ref();
-        for (r_index, rule) in route.resource.rules().iter().enumerate() {
-            let field = format!("spec.rules[{r_index}]");
-            let mut matches = Vec::new();
-            let mut failed = false;
-            for (m_index, compiled) in R::compile_matches(rule).into_iter().enumerate() {
-                match compiled {
-                    Ok(compiled) => matches.push(compiled),
-                    Err((sub, message)) => {
-                        self.sink.push(
-                            Diagnostic::error(message)
-                                .at(route.location.clone())
-                                .object(&resource)
-                                .field(format!("{field}.matches[{m_index}]{sub}")),
-                        );
-                        failed = true;
-                    }
+/// A route's rules → route table entries on the listeners it attaches to; a rule with
+/// a match that does not compile is left out, with an error.
+pub(super) fn route_entries<'a, R: RuleRoute>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    built: &mut Built,
+    route: &'a Sourced<R>,
+    listeners: &[ApiListener<'a>],
+    entries: &mut Vec<(String, Entry)>,
+) {
+    let any = AnyRoute::of(route);
+    let attached = attach::attachments(ix, sink, &any, listeners);
+    if attached.is_empty() {
+        return;
+    }
+    let resource = any.object_ref();
+    for (r_index, rule) in route.resource.rules().iter().enumerate() {
+        let field = format!("spec.rules[{r_index}]");
+        let mut matches = Vec::new();
+        let mut failed = false;
+        for (m_index, compiled) in R::compile_matches(rule).into_iter().enumerate() {
+            match compiled {
+                Ok(compiled) => matches.push(compiled),
+                Err((sub, message)) => {
+                    sink.push(
+                        Diagnostic::error(message)
+                            .at(route.location.clone())
+                            .object(&resource)
+                            .field(format!("{field}.matches[{m_index}]{sub}")),
+                    );
+                    failed = true;
                 }
             }
-            if failed {
-                continue;
-            }
-            let action = self.rule_action(
-                &any,
-                &resource,
-                &field,
-                R::filters(rule),
-                R::backend_refs(rule),
-                R::policy(rule),
-            );
-            let rule_name = R::rule_name(rule)
-                .cloned()
-                .unwrap_or_else(|| r_index.to_string());
-            push_entries(
-                entries, listeners, &attached, &any, &rule_name, r_index, matches, &action,
-            );
         }
+        if failed {
+            continue;
+        }
+        let action =
+            super::rules::rule_action(ix, sink, built, &any, &resource, &field, R::spec(rule));
+        let rule_name = R::rule_name(rule)
+            .cloned()
+            .unwrap_or_else(|| r_index.to_string());
+        push_entries(
+            entries, listeners, &attached, &any, &rule_name, r_index, matches, &action,
+        );
     }
 }
 

@@ -82,7 +82,7 @@ impl<'a> Compiler<'a> {
             Some(entry) => entry.binding.clone(),
             None => bind(vs, servers).map(Arc::new),
         };
-        self.memo.bindings.insert(
+        self.built.memo.bindings.insert(
             key,
             memo::BindingEntry {
                 _resource: Arc::clone(&vs.resource),

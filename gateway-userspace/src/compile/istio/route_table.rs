@@ -31,7 +31,7 @@ impl<'a> Compiler<'a> {
             .reusable
             .and_then(|memo| memo.servers.get(&port))
             .is_some_and(|previous| previous.same_as(&seen));
-        self.memo.servers.insert(port, seen);
+        self.built.memo.servers.insert(port, seen);
         for vs in virtual_services {
             let Some(binding) = self.binding(vs, port, servers, bindings_valid) else {
                 continue;
@@ -131,9 +131,9 @@ impl<'a> Compiler<'a> {
                 .diagnostics
                 .0
                 .extend(entry.compiled.diagnostics.iter().cloned());
-            self.clusters.name_again(vs, &entry.compiled.namings);
+            self.built.clusters.name_again(vs, &entry.compiled.namings);
             let routes = Arc::clone(&entry.compiled.routes);
-            self.memo.entries.insert(key, entry);
+            self.built.memo.entries.insert(key, entry);
             return routes;
         }
         let previous = if delegates {
@@ -143,8 +143,8 @@ impl<'a> Compiler<'a> {
         };
         let before = self.sink.diagnostics.0.len();
         // The namings of routes compiled elsewhere (Gateway API, TLS) are kept by no one.
-        self.clusters.namings.clear();
-        let namings_before = self.clusters.namings.len();
+        self.built.clusters.namings.clear();
+        let namings_before = self.built.clusters.namings.len();
         let target = matches::MatchTarget {
             port,
             gateways,
@@ -162,26 +162,26 @@ impl<'a> Compiler<'a> {
         let mut entries = Vec::new();
         for (position, (owner, index, route)) in written.iter().enumerate() {
             let from = self.sink.diagnostics.0.len() - before;
-            let namings_from = self.clusters.namings.len() - namings_before;
+            let namings_from = self.built.clusters.namings.len() - namings_before;
             let same =
                 previous.and_then(|p| Some((p, p.same_route(*index, route, shift, &mut taken)?)));
             let compiled = match same {
                 Some((previous, old)) => {
                     let (route, diagnostics, namings) = previous.reuse(old, *index, vs);
                     self.sink.diagnostics.0.extend(diagnostics);
-                    self.clusters.name_again(vs, &namings);
-                    self.clusters.namings.extend(namings);
+                    self.built.clusters.name_again(vs, &namings);
+                    self.built.clusters.namings.extend(namings);
                     route
                 }
                 None => {
-                    self.memo.compiled_routes += 1;
+                    self.built.memo.compiled_routes += 1;
                     self.route(owner, *index, route, &target)
                 }
             };
             entries.push(memo::Written {
                 route: compiled.as_ref().map(|_| routes.len()),
                 diagnostics: from..self.sink.diagnostics.0.len() - before,
-                namings: namings_from..self.clusters.namings.len() - namings_before,
+                namings: namings_from..self.built.clusters.namings.len() - namings_before,
             });
             let Some(route) = compiled else {
                 continue;
@@ -204,7 +204,7 @@ impl<'a> Compiler<'a> {
         }
         let routes = Arc::new(routes);
         if delegates {
-            self.clusters.namings.truncate(namings_before);
+            self.built.clusters.namings.truncate(namings_before);
             return routes;
         }
         let entry = memo::MemoEntry {
@@ -220,11 +220,11 @@ impl<'a> Compiler<'a> {
                     .get(before..)
                     .unwrap_or_default()
                     .to_vec(),
-                namings: self.clusters.namings.split_off(namings_before),
+                namings: self.built.clusters.namings.split_off(namings_before),
                 written: entries,
             }),
         };
-        self.memo.entries.insert(key, entry);
+        self.built.memo.entries.insert(key, entry);
         routes
     }
 

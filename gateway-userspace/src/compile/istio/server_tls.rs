@@ -216,7 +216,8 @@ impl<'a> Compiler<'a> {
         }
         match (&tls.server_certificate, &tls.private_key) {
             (Some(cert_path), Some(key_path)) if certificates.is_empty() => {
-                self.credentials
+                self.built
+                    .credentials
                     .read_files(&[cert_path.as_str(), key_path.as_str()]);
                 let read = |path: &String| read_capped(path.as_ref()).map_err(|e| e.to_string());
                 let loaded = read(cert_path).and_then(|cert| {
@@ -245,7 +246,7 @@ impl<'a> Compiler<'a> {
             && client_ca.is_none()
             && let Some(path) = &tls.ca_certificates
         {
-            self.credentials.read_files(&[path.as_str()]);
+            self.built.credentials.read_files(&[path.as_str()]);
             let loaded = read_capped(path.as_ref())
                 .map_err(|e| e.to_string())
                 .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()))
@@ -311,7 +312,9 @@ impl<'a> Compiler<'a> {
                 unserved: SERVER_UNSERVED,
             };
             let what = format!("Secret {name} {error}");
-            self.credentials.missing(&mut self.sink, wanted, &what);
+            self.built
+                .credentials
+                .missing(&mut self.sink, wanted, &what);
         }
         found
     }
@@ -392,7 +395,8 @@ impl<'a> Compiler<'a> {
             place: server_place(server, field),
             unserved: SERVER_UNSERVED,
         };
-        self.credentials
+        self.built
+            .credentials
             .credential(&self.index, &mut self.sink, wanted, loaded, served)
     }
 
