@@ -38,7 +38,7 @@ impl<'a> Compiler<'a> {
         let resources = self.index.resources;
         let mut virtual_services: Vec<&Sourced<VirtualService>> = Vec::new();
         for vs in &resources.virtual_services {
-            if self.exported_to_us(vs) {
+            if bind::exported_to_us(&self.index, &mut self.sink, vs) {
                 virtual_services.push(vs);
             }
         }
@@ -55,7 +55,7 @@ impl<'a> Compiler<'a> {
                 b.namespace(),
             ))
         });
-        self.check_gateway_references(&virtual_services);
+        bind::check_gateway_references(&self.index, &mut self.sink, &virtual_services);
         servers::check_port_names(&self.index, &mut self.sink);
         virtual_services
     }

@@ -7,7 +7,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
 use super::PortServers;
-use crate::compile::{Compiler, name_of, tls::Wanted};
+use crate::compile::{Compiler, index::Index, name_of, tls::Wanted};
 use crate::{
     config::{
         Diagnostic, Kind, ObjectRef, Sourced,
@@ -35,6 +35,19 @@ pub(super) struct ServerRef<'a> {
     pub(super) field: String,
     /// Lowercase, `namespace/` removed.
     pub(super) hosts: Vec<String>,
+}
+
+impl Index<'_> {
+    /// Where a Gateway's credential Secrets are looked for: our namespace (as Istio reads
+    /// them), then the Gateway resource's own.
+    fn secret_namespaces(&self, gateway: &Sourced<Gateway>) -> Vec<String> {
+        let mut namespaces = vec![self.identity.namespace.clone()];
+        let own = gateway.resource.metadata.namespace().to_owned();
+        if !namespaces.contains(&own) {
+            namespaces.push(own);
+        }
+        namespaces
+    }
 }
 
 impl<'a> Compiler<'a> {
@@ -296,7 +309,7 @@ impl<'a> Compiler<'a> {
     /// A credential Secret: in the gateway's namespace (as Istio reads it), then in the
     /// Gateway resource's own namespace.
     fn find_secret(&mut self, server: &ServerRef<'a>, name: &str) -> Option<&'a Sourced<Secret>> {
-        let namespaces = self.secret_namespaces(server.gateway);
+        let namespaces = self.index.secret_namespaces(server.gateway);
         let found =
             namespaces.iter().find_map(|ns| {
                 self.index.resources.secrets.iter().find(|s| {
@@ -319,15 +332,6 @@ impl<'a> Compiler<'a> {
         found
     }
 
-    fn secret_namespaces(&self, gateway: &Sourced<Gateway>) -> Vec<String> {
-        let mut namespaces = vec![self.index.identity.namespace.clone()];
-        let own = gateway.resource.metadata.namespace().to_owned();
-        if !namespaces.contains(&own) {
-            namespaces.push(own);
-        }
-        namespaces
-    }
-
     /// `ca.crt`/`cacert` of the credential, else the `<name>-cacert` Secret's. Err (None
     /// outer) when a CA is present but unreadable.
     #[allow(clippy::option_option)]
@@ -339,7 +343,7 @@ impl<'a> Compiler<'a> {
         served: &mut Vec<ServedCredential>,
     ) -> Option<Option<Vec<CertificateDer<'static>>>> {
         let ca_secret_name = format!("{name}{CA_SECRET_SUFFIX}");
-        let namespaces = self.secret_namespaces(server.gateway);
+        let namespaces = self.index.secret_namespaces(server.gateway);
         let ca_secret = namespaces.iter().find_map(|ns| {
             self.index.resources.secrets.iter().find(|s| {
                 s.resource.metadata.name == ca_secret_name && s.resource.metadata.namespace() == ns
