@@ -13,6 +13,7 @@ mod authz;
 mod clusters;
 mod gateway_api;
 mod hosts;
+mod index;
 pub mod isolate;
 mod istio;
 mod kernel;
@@ -20,27 +21,28 @@ mod memo;
 mod ports;
 pub mod report;
 mod routes;
+mod sink;
 pub mod status;
 mod tls;
 mod unapplied;
 mod upstream_tls;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     config::{Diagnostics, Resources},
     snapshot::{Cluster, KernelPolicy, Listener, Protocol, Snapshot},
 };
 
+use clusters::ClusterTable;
 pub use clusters::{ClustersByService, update_endpoints, update_endpoints_indexed};
 pub use hosts::intersect_hosts;
+use index::Index;
 pub use isolate::{Isolated, compile_isolating};
 use istio::PortServers;
 pub use memo::RouteMemo;
 pub use report::{DroppedObject, Report};
+use sink::Sink;
 
 /// Who this gateway is: the labels its pods carry and its namespace.
 #[derive(Clone, Debug)]
@@ -113,40 +115,13 @@ pub fn compile_reusing(
     previous: Option<(&Snapshot, &RouteMemo)>,
 ) -> (Snapshot, Diagnostics, RouteMemo) {
     let mut compiler = Compiler {
-        resources,
-        identity,
-        diagnostics: Diagnostics::default(),
-        clusters: HashMap::new(),
-        cluster_list: Vec::new(),
-        endpoint_lists: Vec::new(),
-        tls,
-        credentials: Default::default(),
-        upstream_tls_keys: Vec::new(),
-        reusable: previous.map(|(_, memo)| memo),
-        memo: RouteMemo::default(),
-        previous_by_name: None,
-        status: Default::default(),
-        slices: None,
-        workload_authz: None,
-        cluster_notes: Default::default(),
-        named: Vec::new(),
-        namings: Vec::new(),
-        said_of_clusters: Vec::new(),
+        index: Index::new(resources, identity, tls, previous.map(|(_, memo)| memo)),
+        sink: Sink::default(),
+        built: Built::default(),
     };
     if let Some((snapshot, memo)) = previous {
         // Routes taken from the memo name these clusters by id.
-        for cluster in snapshot.clusters.iter() {
-            compiler
-                .clusters
-                .insert(cluster.name.clone(), Arc::clone(cluster));
-            if let Some(tls) = &cluster.tls {
-                compiler.upstream_tls_keys.push(tls.key);
-            }
-        }
-        compiler.cluster_list = snapshot.clusters.to_vec();
-        compiler.endpoint_lists = snapshot.endpoints.clone();
-        compiler.named = vec![false; snapshot.clusters.len()];
-        compiler.cluster_notes = Arc::clone(&memo.clusters);
+        compiler.built.clusters = ClusterTable::carried_over(snapshot, memo);
     }
     let mut snapshot = compiler.snapshot();
     if let Some((previous, _)) = previous
@@ -156,73 +131,63 @@ pub fn compile_reusing(
         // runtime state and the endpoint index carry over without a pass over it.
         snapshot.clusters = Arc::clone(&previous.clusters);
     }
-    snapshot.report = Arc::new(status::build(resources, identity, &compiler.status));
-    compiler.stage_credentials();
-    let mut diagnostics = compiler.diagnostics;
-    diagnostics.0.append(&mut compiler.said_of_clusters);
+    snapshot.report = Arc::new(status::build(resources, identity, &compiler.sink.status));
+    let Built {
+        clusters,
+        credentials,
+        mut memo,
+    } = compiler.built;
+    credentials.stage(tls, &clusters.upstream_tls_keys);
+    let mut diagnostics = compiler.sink.diagnostics;
+    diagnostics.0.extend(clusters.said);
     resources.locate(&mut diagnostics);
-    compiler.memo.clusters = compiler.cluster_notes;
-    (snapshot, diagnostics, compiler.memo)
+    memo.clusters = clusters.notes;
+    (snapshot, diagnostics, memo)
 }
 
+/// A compile in progress: what it reads (`index`), what it says (`sink`), and what it
+/// builds (`built`). The three are apart so that a function can read the index while it
+/// writes the sink and what is built.
 struct Compiler<'a> {
-    resources: &'a Resources,
-    identity: &'a Identity,
-    diagnostics: Diagnostics,
-    /// Clusters are shared between routes that name the same service port.
-    clusters: HashMap<String, Arc<Cluster>>,
-    /// The same clusters by id, and their endpoints (`Snapshot::clusters`, `endpoints`).
-    cluster_list: Vec<Arc<Cluster>>,
-    endpoint_lists: Vec<Arc<[std::net::SocketAddr]>>,
-    tls: &'a crate::tls::TlsState,
+    index: Index<'a>,
+    sink: Sink,
+    built: Built,
+}
+
+/// What a compile builds besides its listeners.
+#[derive(Default)]
+struct Built {
+    clusters: ClusterTable,
     /// The credentials this compile loaded or kept, staged in `tls` at the end.
     credentials: tls::CompiledCredentials,
-    /// The upstream TLS configurations this compile used (`tls::upstream::ClientConfigs`).
-    upstream_tls_keys: Vec<u64>,
-    /// What the previous compile's VirtualServices gave, when it may be reused.
-    reusable: Option<&'a RouteMemo>,
     /// What this compile's VirtualServices gave.
     memo: RouteMemo,
-    /// The previous compile's memo entries by (namespace, name, port), made when a
-    /// VirtualService is not found there by allocation (it changed).
-    previous_by_name: Option<HashMap<(&'a str, &'a str, u16), &'a memo::MemoEntry>>,
-    /// What Gateway API status will say (`compile::status`).
-    status: status::StatusRecorder,
-    /// The EndpointSlices by Service, built when the first cluster needs it.
-    slices: Option<clusters::SliceIndex<'a>>,
-    /// The policies selected onto every listener, compiled once (`compile/authz.rs`).
-    workload_authz: Option<Arc<crate::authz::ListenerAuthz>>,
-    /// By cluster id: what is said of it at the first route naming it (`memo::ClusterNotes`),
-    /// carried over with the clusters by a reusing compile.
-    cluster_notes: Arc<Vec<memo::ClusterNotes>>,
-    /// By cluster id: whether a route of this compile named it yet.
-    named: Vec<bool>,
-    /// The clusters routes named, in order: a VirtualService's are kept in its memo entry.
-    namings: Vec<memo::Naming>,
-    /// What was said of clusters at their first naming: kept apart from `diagnostics`, so
-    /// that no route's memoized diagnostics hold them (another route may name the cluster
-    /// first at the next compile).
-    said_of_clusters: Vec<crate::config::Diagnostic>,
 }
 
 impl<'a> Compiler<'a> {
     /// Bind each front end's resources to listeners (compiling the clusters and TLS
     /// configurations their routes need on the way), then assemble the snapshot.
     fn snapshot(&mut self) -> Snapshot {
-        let ports = self.istio_servers();
-        let own_service = self.own_service();
+        let ports = istio::istio_servers(&self.index, &mut self.sink);
+        let own_service = self.index.own_service();
         let virtual_services = self.istio_virtual_services();
         self.check_unapplied_destination_rule_fields();
         self.check_unapplied_virtual_service_fields();
-        self.check_authorization_policies();
+        authz::check_authorization_policies(&self.index, &mut self.sink);
 
         let mut listeners = self.istio_listeners(ports, &virtual_services, own_service);
         let istio_ports = listeners.iter().map(|l| l.port).collect();
-        listeners.extend(self.gateway_api_listeners(own_service, &istio_ports));
+        listeners.extend(gateway_api::gateway_api_listeners(
+            &self.index,
+            &mut self.sink,
+            &mut self.built,
+            own_service,
+            &istio_ports,
+        ));
         assemble(
             listeners,
-            std::mem::take(&mut self.cluster_list),
-            std::mem::take(&mut self.endpoint_lists),
+            std::mem::take(&mut self.built.clusters.list),
+            std::mem::take(&mut self.built.clusters.endpoints),
         )
     }
 }

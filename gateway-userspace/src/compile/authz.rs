@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::Compiler;
+use super::{index::Index, sink::Sink};
 use crate::{
     authz::{ListenerAuthz, Problem},
     config::{
@@ -44,7 +44,7 @@ fn targets_gateway(policy: &AuthorizationPolicy, gateway: &ApiGateway) -> bool {
         })
 }
 
-impl Compiler<'_> {
+impl<'a> Index<'a> {
     /// Whether `policy` selects our pods (not through `targetRefs`).
     fn selects_us(&self, policy: &AuthorizationPolicy) -> bool {
         if targets(policy).next().is_some() {
@@ -64,7 +64,7 @@ impl Compiler<'_> {
 
     /// The policies of a listener that `gateways` (Gateway API Gateways; none for Istio's)
     /// serve. Listeners no `targetRefs` name share one compile.
-    pub(super) fn listener_authz(&mut self, gateways: &[&ApiGateway]) -> Arc<ListenerAuthz> {
+    pub(super) fn listener_authz(&self, gateways: &[&ApiGateway]) -> Arc<ListenerAuthz> {
         let resources = self.resources;
         let targeted: Vec<&Sourced<AuthorizationPolicy>> = resources
             .authorization_policies
@@ -72,7 +72,7 @@ impl Compiler<'_> {
             .filter(|p| gateways.iter().any(|g| targets_gateway(&p.resource, g)))
             .collect();
         if targeted.is_empty()
-            && let Some(shared) = &self.workload_authz
+            && let Some(shared) = self.workload_authz.get()
         {
             return shared.clone();
         }
@@ -85,68 +85,68 @@ impl Compiler<'_> {
         policies.extend(targeted);
         let compiled = Arc::new(build(&policies));
         if shared {
-            self.workload_authz = Some(compiled.clone());
+            let _ = self.workload_authz.set(compiled.clone());
         }
         compiled
     }
+}
 
-    /// Reports, once per policy that applies to us, what is not enforced as written.
-    pub(super) fn check_authorization_policies(&mut self) {
-        let resources = self.resources;
-        let our_gateways: Vec<&ApiGateway> = resources
-            .api_gateways
-            .iter()
-            .map(|g| &*g.resource)
-            .filter(|g| super::status::is_our_class(resources, self.identity, g))
-            .collect();
-        for sourced in &resources.authorization_policies {
-            let policy = &*sourced.resource;
-            let object = policy.object_ref();
-            let warn = |message: String, field: &str| {
-                Diagnostic::warning(message)
-                    .at(sourced.location.clone())
-                    .object(&object)
-                    .field(field.to_owned())
-            };
-            let mut found = Vec::new();
-            for (index, target) in targets(policy).enumerate() {
-                if target.group != GATEWAY_API_GROUP || target.kind != "Gateway" {
-                    found.push(warn(
-                        format!(
-                            "targetRefs to {}.{} are not supported (a gateway is targeted as a Gateway API Gateway); this reference selects nothing",
-                            target.kind, target.group
-                        ),
-                        &format!("spec.targetRefs[{index}]"),
-                    ));
-                }
-            }
-            if policy.spec.selector.is_some() && targets(policy).next().is_some() {
+/// Reports, once per policy that applies to us, what is not enforced as written.
+pub(super) fn check_authorization_policies<'a>(ix: &Index<'a>, sink: &mut Sink) {
+    let resources = ix.resources;
+    let our_gateways: Vec<&ApiGateway> = resources
+        .api_gateways
+        .iter()
+        .map(|g| &*g.resource)
+        .filter(|g| super::status::is_our_class(resources, ix.identity, g))
+        .collect();
+    for sourced in &resources.authorization_policies {
+        let policy = &*sourced.resource;
+        let object = policy.object_ref();
+        let warn = |message: String, field: &str| {
+            Diagnostic::warning(message)
+                .at(sourced.location.clone())
+                .object(&object)
+                .field(field.to_owned())
+        };
+        let mut found = Vec::new();
+        for (index, target) in targets(policy).enumerate() {
+            if target.group != GATEWAY_API_GROUP || target.kind != "Gateway" {
                 found.push(warn(
-                    "selector and targetRefs are exclusive (Istio refuses the policy); targetRefs decide".to_owned(),
-                    "spec.selector",
+                    format!(
+                        "targetRefs to {}.{} are not supported (a gateway is targeted as a Gateway API Gateway); this reference selects nothing",
+                        target.kind, target.group
+                    ),
+                    &format!("spec.targetRefs[{index}]"),
                 ));
             }
-            let applies =
-                self.selects_us(policy) || our_gateways.iter().any(|g| targets_gateway(policy, g));
-            if !applies {
-                // Reports about policies for other workloads would only be noise.
-                continue;
-            }
-            for diagnostic in found {
-                self.diagnostics.push(diagnostic);
-            }
-            if policy.spec.action == Some(Action::Custom) {
-                self.diagnostics.push(warn(
-                    "action CUSTOM is not supported (no extension provider can be called): requests its rules match are denied, as Istio does when the provider is missing".to_owned(),
-                    "spec.action",
-                ));
-            }
-            let mut problems: Vec<Problem> = Vec::new();
-            let mut scratch = crate::authz::Engine::default();
-            scratch.add(policy, policy.dry_run, false, &mut problems);
-            for problem in problems {
-                self.diagnostics.push(warn(problem.message, &problem.field));
-            }
+        }
+        if policy.spec.selector.is_some() && targets(policy).next().is_some() {
+            found.push(warn(
+                "selector and targetRefs are exclusive (Istio refuses the policy); targetRefs decide".to_owned(),
+                "spec.selector",
+            ));
+        }
+        let applies =
+            ix.selects_us(policy) || our_gateways.iter().any(|g| targets_gateway(policy, g));
+        if !applies {
+            // Reports about policies for other workloads would only be noise.
+            continue;
+        }
+        for diagnostic in found {
+            sink.push(diagnostic);
+        }
+        if policy.spec.action == Some(Action::Custom) {
+            sink.push(warn(
+                "action CUSTOM is not supported (no extension provider can be called): requests its rules match are denied, as Istio does when the provider is missing".to_owned(),
+                "spec.action",
+            ));
+        }
+        let mut problems: Vec<Problem> = Vec::new();
+        let mut scratch = crate::authz::Engine::default();
+        scratch.add(policy, policy.dry_run, false, &mut problems);
+        for problem in problems {
+            sink.push(warn(problem.message, &problem.field));
         }
     }
 }

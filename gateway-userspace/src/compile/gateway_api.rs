@@ -23,15 +23,17 @@ mod tls;
 use http_route::route_table;
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
-use crate::compile::{Compiler, name_of};
+use crate::compile::{Built, index::Index, name_of, ports, sink::Sink};
+use crate::config::Kind;
 use crate::{
     config::{
         Location, ObjectRef, Sourced,
         resources::{
             ObjectMeta, Service,
             gateway_api::{
-                ApiGateway, FromNamespaces, GrpcRoute, HttpRoute, HttpRouteRetry,
-                HttpRouteTimeouts, LabelSelector, ParentReference, TcpRoute, TlsRoute,
+                ApiGateway, FromNamespaces, GrpcRoute, HttpBackendRef, HttpRoute, HttpRouteFilter,
+                HttpRouteRetry, HttpRouteTimeouts, LabelSelector, ParentReference, TcpRoute,
+                TlsRoute,
             },
         },
     },
@@ -77,7 +79,56 @@ enum RouteKind {
     Tcp,
 }
 
-impl AnyRoute<'_> {
+/// What attachment reads of each route kind.
+trait AttachedRoute: Kind {
+    const ROUTE_KIND: RouteKind;
+    fn parent_refs(&self) -> &[ParentReference];
+    fn hostnames(&self) -> &[String];
+}
+
+macro_rules! attached_routes {
+    ($($type:ty => $kind:ident),* $(,)?) => {$(
+        impl AttachedRoute for $type {
+            const ROUTE_KIND: RouteKind = RouteKind::$kind;
+            fn parent_refs(&self) -> &[ParentReference] {
+                &self.spec.parent_refs
+            }
+            fn hostnames(&self) -> &[String] {
+                &self.spec.hostnames
+            }
+        }
+    )*};
+}
+
+attached_routes! {
+    HttpRoute => Http,
+    GrpcRoute => Grpc,
+    TlsRoute => Tls,
+}
+
+impl AttachedRoute for TcpRoute {
+    const ROUTE_KIND: RouteKind = RouteKind::Tcp;
+    fn parent_refs(&self) -> &[ParentReference] {
+        &self.spec.parent_refs
+    }
+    /// A TCPRoute has no hostnames: it takes a whole listener.
+    fn hostnames(&self) -> &[String] {
+        &[]
+    }
+}
+
+impl<'a> AnyRoute<'a> {
+    fn of<R: AttachedRoute>(route: &'a Sourced<R>) -> Self {
+        let resource: &'a R = &route.resource;
+        AnyRoute {
+            kind: R::ROUTE_KIND,
+            meta: resource.meta(),
+            location: route.location.as_ref(),
+            parent_refs: resource.parent_refs(),
+            hostnames: resource.hostnames(),
+        }
+    }
+
     fn object_ref(&self) -> ObjectRef {
         ObjectRef::new(GATEWAY_API_GROUP, self.kind.name(), self.meta)
     }
@@ -124,9 +175,11 @@ pub(super) struct PortListener<'a> {
     pub tcp_route: Option<&'a Sourced<TcpRoute>>,
 }
 
-/// An HTTPRoute rule's timeouts and retry (GRPCRoute rules have neither).
-#[derive(Default)]
-struct RulePolicy<'r> {
+/// What a rule asks of a matching request: its filters and backends, and (HTTPRoute
+/// only: GRPCRoute rules have neither) its timeouts and retry.
+struct RuleSpec<'r> {
+    filters: &'r [HttpRouteFilter],
+    backend_refs: &'r [HttpBackendRef],
     timeouts: Option<&'r HttpRouteTimeouts>,
     retry: Option<&'r HttpRouteRetry>,
 }
@@ -190,91 +243,90 @@ impl Specificity {
     }
 }
 
-impl<'a> Compiler<'a> {
-    /// Listeners for our Gateway API Gateways, skipping ports in `taken` (served by Istio
-    /// Gateways, which win, with a warning).
-    pub(super) fn gateway_api_listeners(
-        &mut self,
-        own_service: Option<&Service>,
-        taken: &BTreeSet<u16>,
-    ) -> Vec<Listener> {
-        let listeners = self.api_listeners(taken);
-        if listeners.is_empty() {
-            self.check_route_parents(&[]);
-            return Vec::new();
-        }
-        let mut entries: Vec<(String, Entry)> = Vec::new();
-        let http_routes: Vec<&'a Sourced<HttpRoute>> = self.resources.http_routes.iter().collect();
-        for route in http_routes {
-            self.http_route_entries(route, &listeners, &mut entries);
-        }
-        let grpc_routes: Vec<&'a Sourced<GrpcRoute>> = self.resources.grpc_routes.iter().collect();
-        for route in grpc_routes {
-            self.grpc_route_entries(route, &listeners, &mut entries);
-        }
-        let (tls_attached, tcp_attached) = self.l4_attachments(&listeners);
-        self.check_route_parents(&listeners);
-
-        // One listener per port and address: Gateways with `spec.addresses` on a port
-        // are served apart from each other and from those on every address.
-        let keys: BTreeSet<(u16, Option<IpAddr>)> = listeners
-            .iter()
-            .flat_map(|l| l.binds.iter().map(|address| (l.port, *address)))
-            .collect();
-        let mut compiled = Vec::new();
-        for (port, address) in keys {
-            let serves = |l: &ApiListener<'_>| l.port == port && l.binds.contains(&address);
-            let on_port: Vec<(String, &Entry)> = entries
-                .iter()
-                .filter(|(_, e)| serves(&listeners[e.listener]))
-                .map(|(h, e)| (h.clone(), e))
-                .collect();
-            let (bind_port, node_port) = self.bind_port(port, own_service);
-            let mut servers: Vec<String> = listeners
-                .iter()
-                .filter(|l| serves(l))
-                .map(|l| format!("{}.{}", name_of(&l.gateway.resource.metadata), l.name))
-                .collect();
-            servers.dedup();
-            // HTTPS listeners (`gateway_api/tls.rs`): certificates by hostname; a port whose
-            // HTTPS listeners all lack usable certificates is not served.
-            let api_on_port: Vec<PortListener<'a>> = listeners
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| serves(l))
-                .map(|(index, l)| PortListener {
-                    gateway: l.gateway,
-                    name: l.name,
-                    // A Gateway with several addresses serves them on each.
-                    tls_routes: tls_attached[index].clone(),
-                    tcp_route: tcp_attached[index],
-                })
-                .collect();
-            let (protocol, transport) = self.gateway_api_tls(&api_on_port);
-            if transport
-                .as_ref()
-                .and_then(|t| t.tls())
-                .is_some_and(|tls| tls.servers.is_empty())
-            {
-                continue;
-            }
-            let gateways: Vec<&ApiGateway> =
-                api_on_port.iter().map(|l| &*l.gateway.resource).collect();
-            compiled.push(Listener {
-                port,
-                bind_port,
-                address,
-                node_port,
-                protocol,
-                servers,
-                routes: route_table(on_port),
-                transport,
-                authz: self.listener_authz(&gateways),
-                proxy_protocol: self.proxy_protocol(port, own_service),
-            });
-        }
-        compiled
+/// Listeners for our Gateway API Gateways, skipping ports in `taken` (served by Istio
+/// Gateways, which win, with a warning).
+pub(super) fn gateway_api_listeners<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    built: &mut Built,
+    own_service: Option<&Service>,
+    taken: &BTreeSet<u16>,
+) -> Vec<Listener> {
+    let listeners = listeners::api_listeners(ix, sink, taken);
+    if listeners.is_empty() {
+        attach::check_route_parents(ix, sink, &[]);
+        return Vec::new();
     }
+    let mut entries: Vec<(String, Entry)> = Vec::new();
+    let http_routes: Vec<&'a Sourced<HttpRoute>> = ix.resources.http_routes.iter().collect();
+    for route in http_routes {
+        http_route::route_entries(ix, sink, built, route, &listeners, &mut entries);
+    }
+    let grpc_routes: Vec<&'a Sourced<GrpcRoute>> = ix.resources.grpc_routes.iter().collect();
+    for route in grpc_routes {
+        http_route::route_entries(ix, sink, built, route, &listeners, &mut entries);
+    }
+    let (tls_attached, tcp_attached) = attach::l4_attachments(ix, sink, &listeners);
+    attach::check_route_parents(ix, sink, &listeners);
+
+    // One listener per port and address: Gateways with `spec.addresses` on a port
+    // are served apart from each other and from those on every address.
+    let keys: BTreeSet<(u16, Option<IpAddr>)> = listeners
+        .iter()
+        .flat_map(|l| l.binds.iter().map(|address| (l.port, *address)))
+        .collect();
+    let mut compiled = Vec::new();
+    for (port, address) in keys {
+        let serves = |l: &ApiListener<'_>| l.port == port && l.binds.contains(&address);
+        let on_port: Vec<(String, &Entry)> = entries
+            .iter()
+            .filter(|(_, e)| serves(&listeners[e.listener]))
+            .map(|(h, e)| (h.clone(), e))
+            .collect();
+        let (bind_port, node_port) = ports::bind_port(sink, port, own_service);
+        let mut servers: Vec<String> = listeners
+            .iter()
+            .filter(|l| serves(l))
+            .map(|l| format!("{}.{}", name_of(&l.gateway.resource.metadata), l.name))
+            .collect();
+        servers.dedup();
+        // HTTPS listeners (`gateway_api/tls.rs`): certificates by hostname; a port whose
+        // HTTPS listeners all lack usable certificates is not served.
+        let api_on_port: Vec<PortListener<'a>> = listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| serves(l))
+            .map(|(index, l)| PortListener {
+                gateway: l.gateway,
+                name: l.name,
+                // A Gateway with several addresses serves them on each.
+                tls_routes: tls_attached[index].clone(),
+                tcp_route: tcp_attached[index],
+            })
+            .collect();
+        let (protocol, transport) = tls::gateway_api_tls(ix, sink, built, &api_on_port);
+        if transport
+            .as_ref()
+            .and_then(|t| t.tls())
+            .is_some_and(|tls| tls.servers.is_empty())
+        {
+            continue;
+        }
+        let gateways: Vec<&ApiGateway> = api_on_port.iter().map(|l| &*l.gateway.resource).collect();
+        compiled.push(Listener {
+            port,
+            bind_port,
+            address,
+            node_port,
+            protocol,
+            servers,
+            routes: route_table(on_port),
+            transport,
+            authz: ix.listener_authz(&gateways),
+            proxy_protocol: ix.proxy_protocol(port, own_service),
+        });
+    }
+    compiled
 }
 
 #[cfg(test)]

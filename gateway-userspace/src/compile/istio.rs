@@ -21,9 +21,9 @@ mod servers;
 
 use std::collections::BTreeMap;
 
-pub(super) use servers::PortServers;
+pub(super) use servers::{PortServers, istio_servers};
 
-use super::{Compiler, name_of};
+use super::{Compiler, name_of, ports};
 use crate::{
     config::resources::Service,
     config::{Sourced, resources::VirtualService},
@@ -35,10 +35,10 @@ impl<'a> Compiler<'a> {
     /// then by namespace. Their `gateways` references and our Gateways' port names are
     /// checked on the way.
     pub(super) fn istio_virtual_services(&mut self) -> Vec<&'a Sourced<VirtualService>> {
-        let resources = self.resources;
+        let resources = self.index.resources;
         let mut virtual_services: Vec<&Sourced<VirtualService>> = Vec::new();
         for vs in &resources.virtual_services {
-            if self.exported_to_us(vs) {
+            if bind::exported_to_us(&self.index, &mut self.sink, vs) {
                 virtual_services.push(vs);
             }
         }
@@ -55,8 +55,8 @@ impl<'a> Compiler<'a> {
                 b.namespace(),
             ))
         });
-        self.check_gateway_references(&virtual_services);
-        self.check_port_names();
+        bind::check_gateway_references(&self.index, &mut self.sink, &virtual_services);
+        servers::check_port_names(&self.index, &mut self.sink);
         virtual_services
     }
 
@@ -70,7 +70,7 @@ impl<'a> Compiler<'a> {
     ) -> Vec<Listener> {
         let mut listeners = Vec::new();
         for (port, servers) in ports {
-            let (bind_port, node_port) = self.bind_port(port, own_service);
+            let (bind_port, node_port) = ports::bind_port(&mut self.sink, port, own_service);
             let routes = self.route_table(port, &servers, virtual_services);
             let transport = self.transport(port, &servers, virtual_services);
             listeners.push(Listener {
@@ -86,8 +86,8 @@ impl<'a> Compiler<'a> {
                     .collect(),
                 routes,
                 transport,
-                authz: self.listener_authz(&[]),
-                proxy_protocol: self.proxy_protocol(port, own_service),
+                authz: self.index.listener_authz(&[]),
+                proxy_protocol: self.index.proxy_protocol(port, own_service),
             });
         }
         listeners

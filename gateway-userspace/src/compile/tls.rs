@@ -8,11 +8,12 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::compile::Compiler;
+use super::{index::Index, sink::Sink};
 use crate::{
     config::Diagnostic,
     snapshot::ServedCredential,
     tls::{
+        TlsState,
         credentials::{Credential, CredentialProblem, CredentialReport},
         server_config::{self},
     },
@@ -29,16 +30,32 @@ pub(super) struct CompiledCredentials {
     report: CredentialReport,
 }
 
-impl<'a> Compiler<'a> {
+/// A credential a server or a rule asks for: its name, who uses it (for the report),
+/// where to say what went wrong, and what happens without it.
+pub(super) struct Wanted<'r> {
+    pub(super) name: String,
+    pub(super) user: &'r str,
+    pub(super) place: Diagnostic,
+    pub(super) unserved: &'r str,
+}
+
+impl CompiledCredentials {
+    /// This version of a credential, else its last good one (with a warning), else None
+    /// (warned, counted, reported).
     pub(super) fn credential(
         &mut self,
-        name: String,
-        server: &str,
+        ix: &Index<'_>,
+        sink: &mut Sink,
+        wanted: Wanted<'_>,
         loaded: Result<Credential, String>,
-        place: Diagnostic,
-        unserved: &str,
         served: &mut Vec<ServedCredential>,
     ) -> Option<Credential> {
+        let Wanted {
+            name,
+            user: server,
+            place,
+            unserved,
+        } = wanted;
         let error = match loaded {
             Ok(credential) => {
                 served.push(ServedCredential {
@@ -46,17 +63,26 @@ impl<'a> Compiler<'a> {
                     certificate: credential.describe(),
                     stale: None,
                 });
-                if !self.credentials.report.loaded.contains(&name) {
-                    self.credentials.report.loaded.push(name.clone());
+                if !self.report.loaded.contains(&name) {
+                    self.report.loaded.push(name.clone());
                 }
-                self.credentials.used.insert(name, credential.clone());
+                self.used.insert(name, credential.clone());
                 return Some(credential);
             }
             Err(error) => error,
         };
-        let Some(last_good) = self.tls.credentials.last_good(&name) else {
+        let Some(last_good) = ix.tls.credentials.last_good(&name) else {
             let what = format!("{name}: {error}");
-            self.credential_missing(name, server, &what, unserved, place);
+            self.missing(
+                sink,
+                Wanted {
+                    name,
+                    user: server,
+                    place,
+                    unserved,
+                },
+                &what,
+            );
             return None;
         };
         let description = last_good.describe();
@@ -66,8 +92,8 @@ impl<'a> Compiler<'a> {
             ),
             ..place
         };
-        self.diagnostics.push(diagnostic.clone());
-        self.credentials.report.problems.push(CredentialProblem {
+        sink.push(diagnostic.clone());
+        self.report.problems.push(CredentialProblem {
             credential: name.clone(),
             server: server.to_owned(),
             error: error.clone(),
@@ -79,27 +105,24 @@ impl<'a> Compiler<'a> {
             certificate: description,
             stale: Some(error),
         });
-        self.credentials.used.insert(name, last_good.clone());
+        self.used.insert(name, last_good.clone());
         Some(last_good)
     }
 
-    /// A credential with no version to serve: its server is skipped, loudly.
-    pub(super) fn credential_missing(
-        &mut self,
-        name: String,
-        server: &str,
-        what: &str,
-        unserved: &str,
-        place: Diagnostic,
-    ) {
+    /// A credential with no version to serve (`what` says why): its server is skipped,
+    /// loudly.
+    pub(super) fn missing(&mut self, sink: &mut Sink, wanted: Wanted<'_>, what: &str) {
         let diagnostic = Diagnostic {
-            message: format!("{what}; no valid version of it has ever loaded, so {unserved}"),
-            ..place
+            message: format!(
+                "{what}; no valid version of it has ever loaded, so {}",
+                wanted.unserved
+            ),
+            ..wanted.place
         };
-        self.diagnostics.push(diagnostic.clone());
-        self.credentials.report.problems.push(CredentialProblem {
-            credential: name,
-            server: server.to_owned(),
+        sink.push(diagnostic.clone());
+        self.report.problems.push(CredentialProblem {
+            credential: wanted.name,
+            server: wanted.user.to_owned(),
             error: what.to_owned(),
             kept: None,
             diagnostic,
@@ -107,16 +130,16 @@ impl<'a> Compiler<'a> {
     }
 
     /// Notes credential files this compile reads, for the reload loop to watch.
-    pub(super) fn read_credential_files(&mut self, paths: &[&str]) {
-        let files = &mut self.credentials.report.files;
+    pub(super) fn read_files(&mut self, paths: &[&str]) {
+        let files = &mut self.report.files;
         files.extend(paths.iter().map(std::path::PathBuf::from));
     }
 
-    /// This compile's credentials, for the reload to commit once it is live.
-    pub(super) fn stage_credentials(&mut self) {
-        self.tls.upstream.keep_only(&self.upstream_tls_keys);
-        let CompiledCredentials { used, report } = std::mem::take(&mut self.credentials);
-        self.tls.credentials.stage(used, report);
+    /// This compile's credentials (and the upstream TLS configurations its clusters use),
+    /// for the reload to commit once it is live.
+    pub(super) fn stage(self, tls: &TlsState, upstream_tls_keys: &[u64]) {
+        tls.upstream.keep_only(upstream_tls_keys);
+        tls.credentials.stage(self.used, self.report);
     }
 }
 

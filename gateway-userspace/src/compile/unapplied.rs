@@ -20,7 +20,7 @@ struct PolicyParts<'p> {
 
 impl Compiler<'_> {
     pub(super) fn check_unapplied_destination_rule_fields(&mut self) {
-        for rule in &self.resources.destination_rules {
+        for rule in &self.index.resources.destination_rules {
             let mut found: Vec<(String, &'static str)> = Vec::new();
             let mut visit = |prefix: String, policy: Option<&TrafficPolicy>| {
                 let Some(policy) = policy else {
@@ -59,7 +59,7 @@ impl Compiler<'_> {
                 );
             }
             for (field, what) in found {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::warning(format!("not applied by this gateway yet: {what}"))
                         .at(rule.location.clone())
                         .object(&rule.resource.object_ref())
@@ -72,9 +72,9 @@ impl Compiler<'_> {
 
 impl Compiler<'_> {
     pub(super) fn check_unapplied_virtual_service_fields(&mut self) {
-        for vs in &self.resources.virtual_services {
+        for vs in &self.index.resources.virtual_services {
             for (field, what) in virtual_service_unapplied(&vs.resource.spec) {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::warning(format!("ignored: {what}"))
                         .at(vs.location.clone())
                         .object(&vs.resource.object_ref())

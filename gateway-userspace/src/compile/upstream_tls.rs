@@ -11,7 +11,12 @@ use std::sync::Arc;
 
 use rustls_pki_types::{CertificateDer, ServerName};
 
-use super::{Compiler, name_of};
+use super::{
+    index::Index,
+    name_of,
+    sink::Sink,
+    tls::{CompiledCredentials, Wanted},
+};
 use crate::{
     config::{
         Diagnostic, Kind, Sourced,
@@ -83,305 +88,328 @@ struct RulePlace<'a> {
     field: String,
 }
 
-impl<'a> Compiler<'a> {
-    /// The TLS origination of `cluster` (named `outbound|PORT|SUBSET|HOST`) by `rule`.
-    pub(super) fn upstream_tls(
-        &mut self,
-        rule: &'a Sourced<DestinationRule>,
-        cluster: &Cluster,
-        port: Option<u32>,
-        subset: Option<&str>,
-    ) -> Option<Arc<UpstreamTls>> {
-        let (settings, field) = selected_tls(&rule.resource.spec, port, subset)?;
-        let place = RulePlace { rule, field };
-        let origin = format!(
-            "DestinationRule {} {}",
-            name_of(&rule.resource.metadata),
-            place.field
-        );
-        let mode = match settings.mode.unwrap_or(ClientTlsMode::Disable) {
-            ClientTlsMode::Disable => return None,
-            ClientTlsMode::Simple => "SIMPLE",
-            ClientTlsMode::Mutual => "MUTUAL",
-            ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
-        };
-        // Shown for a refused cluster whose host is no DNS name (a wildcard ServiceEntry).
-        let placeholder = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let default_sni = ServerName::try_from(cluster.service.clone()).ok();
-        let refuse = |this: &mut Self, field: &str, why: String, sni: ServerName<'static>| {
-            this.warn_rule(&place, field, format!("{why}; {CONNECTIONS_REFUSED}"));
-            let why: Arc<str> = why.into();
-            Some(Arc::new(UpstreamTls {
-                mode,
-                sni,
-                origin: origin.clone(),
-                config: Err(why.clone()),
-                refused: Some(why),
-                key: 0,
-            }))
-        };
-        if mode == "ISTIO_MUTUAL" {
-            // Istio's gateways present their SPIFFE identity from istiod; this gateway has
-            // none, and plaintext to a mesh workload would break the mesh's promise.
-            return refuse(
-                self,
-                "mode",
-                "ISTIO_MUTUAL needs an Istio mesh identity (a SPIFFE certificate from istiod), which this gateway does not have; use MUTUAL with credentialName".to_owned(),
-                default_sni.unwrap_or(placeholder),
-            );
-        }
-        let (sni, sni_is_default) = match settings.sni.as_deref().filter(|s| !s.is_empty()) {
-            Some(sni) => match ServerName::try_from(sni.to_owned()) {
-                Ok(name) => (name, false),
-                Err(_) => {
-                    return refuse(
-                        self,
-                        "sni",
-                        format!("sni {sni:?} is not a DNS name or IP address"),
-                        default_sni.unwrap_or(placeholder),
-                    );
-                }
-            },
-            None => match default_sni {
-                Some(name) => (name, true),
-                None => {
-                    return refuse(
-                        self,
-                        "sni",
-                        format!(
-                            "the host {:?} is no DNS name to send as SNI: set sni",
-                            cluster.service
-                        ),
-                        placeholder,
-                    );
-                }
-            },
-        };
-        let credentials = match self.client_credentials(&place, settings, mode == "MUTUAL") {
-            Ok(credentials) => credentials,
-            Err((field, why)) => return refuse(self, &field, why, sni),
-        };
-        let client = ClientSettings {
-            mode,
-            sni: sni.clone(),
-            sni_is_default,
-            subject_alt_names: settings.subject_alt_names.clone(),
-            roots: credentials.roots,
-            client_certificate: credentials.certificate,
-            insecure_skip_verify: settings.insecure_skip_verify.unwrap_or(false),
-            alpn: match cluster.protocol {
-                UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
-                UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
-            },
-        };
-        let key = client.key();
-        // The same settings as the last compile: the same configuration, so its TLS
-        // sessions resume across reloads.
-        let config = match self.tls.upstream.get(key) {
-            Some(config) => config,
-            None => match client.build(&Arc::new(server_config::provider())) {
-                Ok(config) => {
-                    self.tls.upstream.insert(key, config.clone());
-                    config
-                }
-                Err(why) => return refuse(self, "caCertificates", why, sni),
-            },
-        };
-        self.upstream_tls_keys.push(key);
+/// The TLS origination of `cluster` (named `outbound|PORT|SUBSET|HOST`) by `rule`.
+pub(super) fn upstream_tls<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    credentials: &mut CompiledCredentials,
+    rule: &'a Sourced<DestinationRule>,
+    cluster: &Cluster,
+    port: Option<u32>,
+    subset: Option<&str>,
+) -> Option<Arc<UpstreamTls>> {
+    let (settings, field) = selected_tls(&rule.resource.spec, port, subset)?;
+    let place = RulePlace { rule, field };
+    let origin = format!(
+        "DestinationRule {} {}",
+        name_of(&rule.resource.metadata),
+        place.field
+    );
+    let mode = match settings.mode.unwrap_or(ClientTlsMode::Disable) {
+        ClientTlsMode::Disable => return None,
+        ClientTlsMode::Simple => "SIMPLE",
+        ClientTlsMode::Mutual => "MUTUAL",
+        ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
+    };
+    // Shown for a refused cluster whose host is no DNS name (a wildcard ServiceEntry).
+    let placeholder = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let default_sni = ServerName::try_from(cluster.service.clone()).ok();
+    let refuse = |sink: &mut Sink, field: &str, why: String, sni: ServerName<'static>| {
+        warn_rule(sink, &place, field, format!("{why}; {CONNECTIONS_REFUSED}"));
+        let why: Arc<str> = why.into();
         Some(Arc::new(UpstreamTls {
             mode,
             sni,
-            origin,
-            config: Ok(config),
-            refused: None,
-            key,
+            origin: origin.clone(),
+            config: Err(why.clone()),
+            refused: Some(why),
+            key: 0,
         }))
+    };
+    if mode == "ISTIO_MUTUAL" {
+        // Istio's gateways present their SPIFFE identity from istiod; this gateway has
+        // none, and plaintext to a mesh workload would break the mesh's promise.
+        return refuse(
+            sink,
+            "mode",
+            "ISTIO_MUTUAL needs an Istio mesh identity (a SPIFFE certificate from istiod), which this gateway does not have; use MUTUAL with credentialName".to_owned(),
+            default_sni.unwrap_or(placeholder),
+        );
     }
+    let (sni, sni_is_default) = match settings.sni.as_deref().filter(|s| !s.is_empty()) {
+        Some(sni) => match ServerName::try_from(sni.to_owned()) {
+            Ok(name) => (name, false),
+            Err(_) => {
+                return refuse(
+                    sink,
+                    "sni",
+                    format!("sni {sni:?} is not a DNS name or IP address"),
+                    default_sni.unwrap_or(placeholder),
+                );
+            }
+        },
+        None => match default_sni {
+            Some(name) => (name, true),
+            None => {
+                return refuse(
+                    sink,
+                    "sni",
+                    format!(
+                        "the host {:?} is no DNS name to send as SNI: set sni",
+                        cluster.service
+                    ),
+                    placeholder,
+                );
+            }
+        },
+    };
+    let client = match client_credentials(ix, sink, credentials, &place, settings, mode == "MUTUAL")
+    {
+        Ok(client) => client,
+        Err((field, why)) => return refuse(sink, &field, why, sni),
+    };
+    let client_settings = ClientSettings {
+        mode,
+        sni: sni.clone(),
+        sni_is_default,
+        subject_alt_names: settings.subject_alt_names.clone(),
+        roots: client.roots,
+        client_certificate: client.certificate,
+        insecure_skip_verify: settings.insecure_skip_verify.unwrap_or(false),
+        alpn: match cluster.protocol {
+            UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+            UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        },
+    };
+    let key = client_settings.key();
+    // The same settings as the last compile: the same configuration, so its TLS
+    // sessions resume across reloads.
+    let config = match ix.tls.upstream.get(key) {
+        Some(config) => config,
+        None => match client_settings.build(&Arc::new(server_config::provider())) {
+            Ok(config) => {
+                ix.tls.upstream.insert(key, config.clone());
+                config
+            }
+            Err(why) => return refuse(sink, "caCertificates", why, sni),
+        },
+    };
+    Some(Arc::new(UpstreamTls {
+        mode,
+        sni,
+        origin,
+        config: Ok(config),
+        refused: None,
+        key,
+    }))
+}
 
-    /// The client certificate (MUTUAL) and the CA, from `credentialName` or the files.
-    /// Err: the field at fault and why.
-    fn client_credentials(
-        &mut self,
-        place: &RulePlace<'a>,
-        settings: &ClientTlsSettings,
-        mutual: bool,
-    ) -> Result<ClientCredentials, (String, String)> {
-        if let Some(name) = settings
-            .credential_name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-        {
-            return self.secret_credentials(place, name, mutual);
+/// The client certificate (MUTUAL) and the CA, from `credentialName` or the files.
+/// Err: the field at fault and why.
+fn client_credentials<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    credentials: &mut CompiledCredentials,
+    place: &RulePlace<'a>,
+    settings: &ClientTlsSettings,
+    mutual: bool,
+) -> Result<ClientCredentials, (String, String)> {
+    if let Some(name) = settings
+        .credential_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+    {
+        return secret_credentials(ix, sink, credentials, place, name, mutual);
+    }
+    let certificate = if mutual {
+        let (Some(cert), Some(key)) = (
+            settings.client_certificate.as_deref(),
+            settings.private_key.as_deref(),
+        ) else {
+            return Err((
+                "clientCertificate".to_owned(),
+                "MUTUAL needs credentialName, or clientCertificate and privateKey".to_owned(),
+            ));
+        };
+        credentials.read_files(&[cert, key]);
+        let loaded = (|| {
+            let cert_pem = read_capped(cert.as_ref()).map_err(|e| e.to_string())?;
+            let key_pem = read_capped(key.as_ref()).map_err(|e| e.to_string())?;
+            certs::certified_key(&cert_pem, &key_pem, &server_config::provider())
+                .map(Credential::Served)
+                .map_err(|e| e.to_string())
+        })();
+        match client_credential(
+            ix,
+            sink,
+            credentials,
+            place,
+            "clientCertificate",
+            format!("file {cert} (key {key})"),
+            loaded,
+        ) {
+            Some(Credential::Served(key)) => Some(key),
+            _ => return Err(unloaded("clientCertificate")),
         }
-        let certificate = if mutual {
-            let (Some(cert), Some(key)) = (
-                settings.client_certificate.as_deref(),
-                settings.private_key.as_deref(),
-            ) else {
-                return Err((
-                    "clientCertificate".to_owned(),
-                    "MUTUAL needs credentialName, or clientCertificate and privateKey".to_owned(),
-                ));
-            };
-            self.read_credential_files(&[cert, key]);
-            let loaded = (|| {
-                let cert_pem = read_capped(cert.as_ref()).map_err(|e| e.to_string())?;
-                let key_pem = read_capped(key.as_ref()).map_err(|e| e.to_string())?;
-                certs::certified_key(&cert_pem, &key_pem, &server_config::provider())
-                    .map(Credential::Served)
-                    .map_err(|e| e.to_string())
-            })();
-            match self.client_credential(
+    } else {
+        None
+    };
+    let roots = match settings
+        .ca_certificates
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        Some(path) => {
+            credentials.read_files(&[path]);
+            let loaded = read_capped(path.as_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()))
+                .map(Credential::ClientCa);
+            match client_credential(
+                ix,
+                sink,
+                credentials,
                 place,
-                "clientCertificate",
-                format!("file {cert} (key {key})"),
+                "caCertificates",
+                format!("file {path} (CA)"),
                 loaded,
             ) {
-                Some(Credential::Served(key)) => Some(key),
-                _ => return Err(unloaded("clientCertificate")),
+                Some(Credential::ClientCa(roots)) => Some(roots),
+                _ => return Err(unloaded("caCertificates")),
             }
-        } else {
-            None
-        };
-        let roots = match settings
-            .ca_certificates
-            .as_deref()
-            .filter(|p| !p.is_empty())
-        {
-            Some(path) => {
-                self.read_credential_files(&[path]);
-                let loaded = read_capped(path.as_ref())
-                    .map_err(|e| e.to_string())
-                    .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()))
-                    .map(Credential::ClientCa);
-                match self.client_credential(
-                    place,
-                    "caCertificates",
-                    format!("file {path} (CA)"),
-                    loaded,
-                ) {
-                    Some(Credential::ClientCa(roots)) => Some(roots),
-                    _ => return Err(unloaded("caCertificates")),
-                }
-            }
-            None => None,
-        };
-        Ok(ClientCredentials { certificate, roots })
-    }
-
-    /// `credentialName`: a Secret in the gateway's namespace (where Istio reads it), else
-    /// in the rule's; `tls.crt`/`tls.key` for MUTUAL, `ca.crt` (or the `-cacert` Secret).
-    fn secret_credentials(
-        &mut self,
-        place: &RulePlace<'a>,
-        name: &str,
-        mutual: bool,
-    ) -> Result<ClientCredentials, (String, String)> {
-        let namespaces = [
-            self.identity.namespace.clone(),
-            place.rule.resource.metadata.namespace().to_owned(),
-        ];
-        let find = |wanted: &str| -> Option<&'a Secret> {
-            let resources: &'a crate::config::Resources = self.resources;
-            namespaces.iter().find_map(|ns| {
-                resources
-                    .secrets
-                    .iter()
-                    .map(|s| &*s.resource)
-                    .find(|s| s.metadata.name == wanted && s.metadata.namespace() == ns)
-            })
-        };
-        let secret = find(name);
-        let ca_secret = find(&format!("{name}{CA_SECRET_SUFFIX}"));
-        let shown = |s: Option<&Secret>| match s {
-            Some(s) => format!("Secret {}", name_of(&s.metadata)),
-            None => format!("Secret {}/{name}", namespaces[0]),
-        };
-        let certificate = if mutual {
-            let loaded = match secret {
-                Some(secret) => certs::secret_certified_key(secret, &server_config::provider())
-                    .map(Credential::Served)
-                    .map_err(|e| e.to_string()),
-                None => Err(format!(
-                    "not found in namespace {}",
-                    namespaces.join(" or ")
-                )),
-            };
-            match self.client_credential(place, "credentialName", shown(secret), loaded) {
-                Some(Credential::Served(key)) => Some(key),
-                _ => return Err(unloaded("credentialName")),
-            }
-        } else {
-            if secret.is_none() && ca_secret.is_none() {
-                return Err((
-                    "credentialName".to_owned(),
-                    format!(
-                        "Secret {name} not found in namespace {}",
-                        namespaces.join(" or ")
-                    ),
-                ));
-            }
-            None
-        };
-        let mut roots = None;
-        for candidate in secret.into_iter().chain(ca_secret) {
-            let loaded: Result<Vec<CertificateDer<'static>>, String> =
-                match certs::secret_first(candidate, &CA_KEYS) {
-                    Ok(Some(pem)) => certs::certificates(&pem).map_err(|e| e.to_string()),
-                    Ok(None) => continue,
-                    Err(e) => Err(e.to_string()),
-                };
-            let credential = format!("Secret {} (CA)", name_of(&candidate.metadata));
-            match self.client_credential(
-                place,
-                "credentialName",
-                credential,
-                loaded.map(Credential::ClientCa),
-            ) {
-                Some(Credential::ClientCa(ca)) => roots = Some(ca),
-                _ => return Err(unloaded("credentialName")),
-            }
-            break;
         }
-        Ok(ClientCredentials { certificate, roots })
-    }
+        None => None,
+    };
+    Ok(ClientCredentials { certificate, roots })
+}
 
-    /// One credential through the server side's memory: this version, else the last
-    /// good one (with a warning), else None (warned, counted, reported).
-    fn client_credential(
-        &mut self,
-        place: &RulePlace<'a>,
-        field: &str,
-        name: String,
-        loaded: Result<Credential, String>,
-    ) -> Option<Credential> {
-        let diagnostic = Diagnostic::warning("")
-            .at(place.rule.location.clone())
-            .object(&place.rule.resource.object_ref())
-            .field(format!("{}.{field}", place.field));
-        let user = format!(
-            "DestinationRule {} {}",
-            name_of(&place.rule.resource.metadata),
-            place.field
-        );
-        let mut served = Vec::new();
-        self.credential(
-            name,
-            &user,
+/// `credentialName`: a Secret in the gateway's namespace (where Istio reads it), else
+/// in the rule's; `tls.crt`/`tls.key` for MUTUAL, `ca.crt` (or the `-cacert` Secret).
+fn secret_credentials<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    credentials: &mut CompiledCredentials,
+    place: &RulePlace<'a>,
+    name: &str,
+    mutual: bool,
+) -> Result<ClientCredentials, (String, String)> {
+    let namespaces = [
+        ix.identity.namespace.clone(),
+        place.rule.resource.metadata.namespace().to_owned(),
+    ];
+    let find = |wanted: &str| -> Option<&'a Secret> {
+        let resources: &'a crate::config::Resources = ix.resources;
+        namespaces.iter().find_map(|ns| {
+            resources
+                .secrets
+                .iter()
+                .map(|s| &*s.resource)
+                .find(|s| s.metadata.name == wanted && s.metadata.namespace() == ns)
+        })
+    };
+    let secret = find(name);
+    let ca_secret = find(&format!("{name}{CA_SECRET_SUFFIX}"));
+    let shown = |s: Option<&Secret>| match s {
+        Some(s) => format!("Secret {}", name_of(&s.metadata)),
+        None => format!("Secret {}/{name}", namespaces[0]),
+    };
+    let certificate = if mutual {
+        let loaded = match secret {
+            Some(secret) => certs::secret_certified_key(secret, &server_config::provider())
+                .map(Credential::Served)
+                .map_err(|e| e.to_string()),
+            None => Err(format!(
+                "not found in namespace {}",
+                namespaces.join(" or ")
+            )),
+        };
+        match client_credential(
+            ix,
+            sink,
+            credentials,
+            place,
+            "credentialName",
+            shown(secret),
             loaded,
-            diagnostic,
-            CONNECTIONS_REFUSED,
-            &mut served,
-        )
+        ) {
+            Some(Credential::Served(key)) => Some(key),
+            _ => return Err(unloaded("credentialName")),
+        }
+    } else {
+        if secret.is_none() && ca_secret.is_none() {
+            return Err((
+                "credentialName".to_owned(),
+                format!(
+                    "Secret {name} not found in namespace {}",
+                    namespaces.join(" or ")
+                ),
+            ));
+        }
+        None
+    };
+    let mut roots = None;
+    for candidate in secret.into_iter().chain(ca_secret) {
+        let loaded: Result<Vec<CertificateDer<'static>>, String> =
+            match certs::secret_first(candidate, &CA_KEYS) {
+                Ok(Some(pem)) => certs::certificates(&pem).map_err(|e| e.to_string()),
+                Ok(None) => continue,
+                Err(e) => Err(e.to_string()),
+            };
+        let credential = format!("Secret {} (CA)", name_of(&candidate.metadata));
+        match client_credential(
+            ix,
+            sink,
+            credentials,
+            place,
+            "credentialName",
+            credential,
+            loaded.map(Credential::ClientCa),
+        ) {
+            Some(Credential::ClientCa(ca)) => roots = Some(ca),
+            _ => return Err(unloaded("credentialName")),
+        }
+        break;
     }
+    Ok(ClientCredentials { certificate, roots })
+}
 
-    fn warn_rule(&mut self, place: &RulePlace<'a>, field: &str, message: String) {
-        self.diagnostics.push(
-            Diagnostic::warning(message)
-                .at(place.rule.location.clone())
-                .object(&place.rule.resource.object_ref())
-                .field(format!("{}.{field}", place.field)),
-        );
+/// One credential through the server side's memory: this version, else the last
+/// good one (with a warning), else None (warned, counted, reported).
+fn client_credential<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    credentials: &mut CompiledCredentials,
+    place: &RulePlace<'a>,
+    field: &str,
+    name: String,
+    loaded: Result<Credential, String>,
+) -> Option<Credential> {
+    let diagnostic = place.at(field, Diagnostic::warning(""));
+    let user = format!(
+        "DestinationRule {} {}",
+        name_of(&place.rule.resource.metadata),
+        place.field
+    );
+    let wanted = Wanted {
+        name,
+        user: &user,
+        place: diagnostic,
+        unserved: CONNECTIONS_REFUSED,
+    };
+    credentials.credential(ix, sink, wanted, loaded, &mut Vec::new())
+}
+
+fn warn_rule(sink: &mut Sink, place: &RulePlace<'_>, field: &str, message: String) {
+    sink.push(place.at(field, Diagnostic::warning(message)));
+}
+
+impl RulePlace<'_> {
+    /// `diagnostic` placed at `field` of the rule's TLS settings.
+    fn at(&self, field: &str, diagnostic: Diagnostic) -> Diagnostic {
+        diagnostic
+            .at(self.rule.location.clone())
+            .object(&self.rule.resource.object_ref())
+            .field(format!("{}.{field}", self.field))
     }
 }
 

@@ -2,84 +2,118 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{AnyRoute, ApiListener, Entry, Precedence, RouteKind, RulePolicy, Specificity};
-use crate::compile::{Compiler, hosts::covers, name_of};
+use super::{
+    AnyRoute, ApiListener, AttachedRoute, Entry, Precedence, RuleSpec, Specificity, attach,
+};
+use crate::compile::{Built, hosts::covers, index::Index, name_of, sink::Sink};
 use crate::{
     config::{
         Diagnostic, Sourced,
         resources::gateway_api::{
-            HttpPathMatch, HttpRoute, HttpRouteMatch, NameMatch, PathMatchType, ValueMatchType,
+            HttpPathMatch, HttpRoute, HttpRouteMatch, HttpRouteRule, NameMatch, PathMatchType,
+            ValueMatchType,
         },
     },
     route_table::{RequestMatch, Route, RouteTable, StringMatcher, VirtualHost},
     snapshot::{Redirect, RedirectPort, RouteAction},
 };
 
-impl<'a> Compiler<'a> {
-    pub(super) fn http_route_entries(
-        &mut self,
-        route: &'a Sourced<HttpRoute>,
-        listeners: &[ApiListener<'a>],
-        entries: &mut Vec<(String, Entry)>,
-    ) {
-        let spec = &route.resource.spec;
-        let any = AnyRoute {
-            kind: RouteKind::Http,
-            meta: &route.resource.metadata,
-            location: route.location.as_ref(),
-            parent_refs: &spec.parent_refs,
-            hostnames: &spec.hostnames,
-        };
-        let attached = self.attachments(&any, listeners);
-        if attached.is_empty() {
-            return;
+/// What the HTTPRoute and GRPCRoute compilers differ in: how a rule's matches compile
+/// and what policy a rule carries. The rest (attachment, rule actions, precedence) is
+/// `route_entries`' for both.
+pub(super) trait RuleRoute: AttachedRoute {
+    type Rule;
+    fn rules(&self) -> &[Self::Rule];
+    fn rule_name(rule: &Self::Rule) -> Option<&String>;
+    fn spec(rule: &Self::Rule) -> RuleSpec<'_>;
+    /// Each of the rule's matches with its precedence, or the field under `matches[i]`
+    /// at fault and why. A rule without matches matches every request.
+    fn compile_matches(
+        rule: &Self::Rule,
+    ) -> Vec<Result<(RequestMatch, Specificity), (String, String)>>;
+}
+
+impl RuleRoute for HttpRoute {
+    type Rule = HttpRouteRule;
+    fn rules(&self) -> &[HttpRouteRule] {
+        &self.spec.rules
+    }
+    fn rule_name(rule: &HttpRouteRule) -> Option<&String> {
+        rule.name.as_ref()
+    }
+    fn spec(rule: &HttpRouteRule) -> RuleSpec<'_> {
+        RuleSpec {
+            filters: &rule.filters,
+            backend_refs: &rule.backend_refs,
+            timeouts: rule.timeouts.as_ref(),
+            retry: rule.retry.as_ref(),
         }
-        let resource = any.object_ref();
-        for (r_index, rule) in spec.rules.iter().enumerate() {
-            let field = format!("spec.rules[{r_index}]");
-            let mut matches = Vec::new();
-            let written: Vec<HttpRouteMatch> = if rule.matches.is_empty() {
-                vec![HttpRouteMatch::default()]
-            } else {
-                rule.matches.clone()
-            };
-            let mut failed = false;
-            for (m_index, m) in written.iter().enumerate() {
-                match compile_http_match(m) {
-                    Ok(compiled) => {
-                        let specificity = Specificity::http(&compiled);
-                        matches.push((compiled, specificity));
-                    }
-                    Err((sub, message)) => {
-                        self.diagnostics.push(
-                            Diagnostic::error(message)
-                                .at(route.location.clone())
-                                .object(&resource)
-                                .field(format!("{field}.matches[{m_index}].{sub}")),
-                        );
-                        failed = true;
-                    }
+    }
+    fn compile_matches(
+        rule: &HttpRouteRule,
+    ) -> Vec<Result<(RequestMatch, Specificity), (String, String)>> {
+        let everything = [HttpRouteMatch::default()];
+        let written = match rule.matches.is_empty() {
+            true => &everything[..],
+            false => &rule.matches,
+        };
+        written
+            .iter()
+            .map(|m| {
+                let compiled =
+                    compile_http_match(m).map_err(|(sub, why)| (format!(".{sub}"), why))?;
+                let specificity = Specificity::http(&compiled);
+                Ok((compiled, specificity))
+            })
+            .collect()
+    }
+}
+
+/// A route's rules → route table entries on the listeners it attaches to; a rule with
+/// a match that does not compile is left out, with an error.
+pub(super) fn route_entries<'a, R: RuleRoute>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    built: &mut Built,
+    route: &'a Sourced<R>,
+    listeners: &[ApiListener<'a>],
+    entries: &mut Vec<(String, Entry)>,
+) {
+    let any = AnyRoute::of(route);
+    let attached = attach::attachments(ix, sink, &any, listeners);
+    if attached.is_empty() {
+        return;
+    }
+    let resource = any.object_ref();
+    for (r_index, rule) in route.resource.rules().iter().enumerate() {
+        let field = format!("spec.rules[{r_index}]");
+        let mut matches = Vec::new();
+        let mut failed = false;
+        for (m_index, compiled) in R::compile_matches(rule).into_iter().enumerate() {
+            match compiled {
+                Ok(compiled) => matches.push(compiled),
+                Err((sub, message)) => {
+                    sink.push(
+                        Diagnostic::error(message)
+                            .at(route.location.clone())
+                            .object(&resource)
+                            .field(format!("{field}.matches[{m_index}]{sub}")),
+                    );
+                    failed = true;
                 }
             }
-            if failed {
-                continue;
-            }
-            let action = self.rule_action(
-                &any,
-                &resource,
-                &field,
-                &rule.filters,
-                &rule.backend_refs,
-                RulePolicy {
-                    timeouts: rule.timeouts.as_ref(),
-                    retry: rule.retry.as_ref(),
-                },
-            );
-            let rule_name = rule.name.clone().unwrap_or_else(|| r_index.to_string());
-            push_entries(
-                entries, listeners, &attached, &any, &rule_name, r_index, matches, &action,
-            );
         }
+        if failed {
+            continue;
+        }
+        let action =
+            super::rules::rule_action(ix, sink, built, &any, &resource, &field, R::spec(rule));
+        let rule_name = R::rule_name(rule)
+            .cloned()
+            .unwrap_or_else(|| r_index.to_string());
+        push_entries(
+            entries, listeners, &attached, &any, &rule_name, r_index, matches, &action,
+        );
     }
 }
 

@@ -10,7 +10,9 @@ use std::{
 use super::attach::age;
 use super::{Admission, ApiListener, RouteKind};
 use crate::compile::{
-    Compiler, addresses,
+    addresses,
+    index::Index,
+    sink::Sink,
     status::{Finding, reason},
 };
 use crate::config::{
@@ -21,7 +23,7 @@ use crate::config::{
     },
 };
 
-impl<'a> Compiler<'a> {
+impl<'a> Index<'a> {
     pub(super) fn is_our_class(&self, gateway: &ApiGateway) -> bool {
         crate::compile::status::is_our_class(self.resources, self.identity, gateway)
     }
@@ -45,217 +47,6 @@ impl<'a> Compiler<'a> {
             .find(|n| n.resource.metadata.name == namespace)
             .map_or(&no_labels, |n| &n.resource.metadata.labels);
         selector.matches(labels)
-    }
-
-    /// Our Gateways' HTTP listeners; conflicts (the same port and hostname twice) are
-    /// reported and, as the spec says, neither conflicted listener is served.
-    pub(super) fn api_listeners(&mut self, taken: &BTreeSet<u16>) -> Vec<ApiListener<'a>> {
-        let mut found: Vec<(ApiListener<'a>, Option<Location>, String)> = Vec::new();
-        for gateway in &self.resources.api_gateways {
-            if !self.is_our_class(&gateway.resource) {
-                continue;
-            }
-            let resource = gateway.resource.object_ref();
-            // Parsed, not applied: said so rather than silently ignored.
-            let spec = &gateway.resource.spec;
-            let unapplied = [(
-                spec.tls.as_ref().is_some_and(|t| t.backend.is_some()),
-                "spec.tls.backend",
-                "the Gateway's client certificate towards backends is not presented (BackendTLSPolicy is not supported)",
-            )];
-            for (present, field, message) in unapplied {
-                if present {
-                    self.diagnostics.push(
-                        Diagnostic::warning(message)
-                            .at(gateway.location.clone())
-                            .object(&resource)
-                            .field(field),
-                    );
-                }
-            }
-            let Some(binds) = self.gateway_binds(gateway) else {
-                continue;
-            };
-            let mut names = BTreeSet::new();
-            for (index, listener) in gateway.resource.spec.listeners.iter().enumerate() {
-                let field = format!("spec.listeners[{index}]");
-                // Implementation-specific TLS options: we define none.
-                if let Some(options) = listener.tls.as_ref().map(|t| &t.options)
-                    && !options.is_empty()
-                {
-                    let keys: Vec<&str> = options.keys().map(String::as_str).collect();
-                    self.diagnostics.push(
-                        Diagnostic::warning(format!(
-                            "TLS options {} are not applied: this gateway defines no listener TLS options",
-                            keys.join(", ")
-                        ))
-                        .at(gateway.location.clone())
-                        .object(&resource)
-                        .field(format!("{field}.tls.options")),
-                    );
-                }
-                self.status.listener(&resource, &listener.name);
-                let error = |message: String, sub: &str| {
-                    Diagnostic::error(message)
-                        .at(gateway.location.clone())
-                        .object(&resource)
-                        .field(format!("{field}{sub}"))
-                };
-                if !names.insert(listener.name.as_str()) {
-                    self.diagnostics.push(error(
-                        format!(
-                            "listener name {:?} is used twice: listener names must be unique within a Gateway",
-                            listener.name
-                        ),
-                        ".name",
-                    ));
-                    continue;
-                }
-                let Some(port) = u16::try_from(listener.port).ok().filter(|p| *p != 0) else {
-                    self.diagnostics.push(error(
-                        format!("port {} is not a TCP port: expected 1-65535", listener.port),
-                        ".port",
-                    ));
-                    continue;
-                };
-                if !["HTTP", "HTTPS", "TLS", "TCP"]
-                    .iter()
-                    .any(|p| listener.protocol.eq_ignore_ascii_case(p))
-                {
-                    let message = format!(
-                        "Gateway API listeners with protocol {} are not served yet (HTTP, HTTPS, TLS and TCP are); this listener is skipped",
-                        listener.protocol
-                    );
-                    self.status.listener(&resource, &listener.name).not_accepted =
-                        Some((reason::UNSUPPORTED_PROTOCOL, message.clone()));
-                    self.diagnostics.push(
-                        Diagnostic::warning(message)
-                            .at(gateway.location.clone())
-                            .object(&resource)
-                            .field(format!("{field}.protocol")),
-                    );
-                    continue;
-                }
-                if taken.contains(&port) {
-                    let message = format!(
-                        "port {port} is already served by an Istio Gateway; this listener is skipped"
-                    );
-                    self.status.listener(&resource, &listener.name).not_accepted =
-                        Some((reason::PORT_UNAVAILABLE, message.clone()));
-                    self.diagnostics.push(
-                        Diagnostic::warning(message)
-                            .at(gateway.location.clone())
-                            .object(&resource)
-                            .field(format!("{field}.port")),
-                    );
-                    continue;
-                }
-                let hostname = listener.hostname.as_deref().map(str::to_ascii_lowercase);
-                if let Some(h) = &hostname
-                    && let Err(why) = check_hostname(h)
-                {
-                    self.diagnostics
-                        .push(error(format!("hostname {h:?}: {why}"), ".hostname"));
-                    continue;
-                }
-                let allowed = &listener.allowed_routes;
-                if allowed.namespaces.from == FromNamespaces::Selector
-                    && self.resources.namespaces.is_empty()
-                {
-                    self.diagnostics.push(
-                        Diagnostic::warning(
-                            "allowedRoutes.namespaces.from: Selector needs Namespace objects, which are not loaded; only routes in the Gateway's namespace attach",
-                        )
-                        .at(gateway.location.clone())
-                        .object(&resource)
-                        .field(format!("{field}.allowedRoutes.namespaces.from")),
-                    );
-                }
-                let kinds = allowed.kinds.iter().map(|k| k.kind.clone()).collect();
-                found.push((
-                    ApiListener {
-                        gateway,
-                        name: &listener.name,
-                        port,
-                        binds: binds.clone(),
-                        hostname,
-                        protocol: &listener.protocol,
-                        from: allowed.namespaces.from,
-                        selector: allowed.namespaces.selector.as_ref(),
-                        kinds,
-                    },
-                    gateway.location.clone(),
-                    format!("{resource}: {field}"),
-                ));
-            }
-        }
-        let conflicted = self.conflicts(&found.iter().map(|(l, _, _)| l).collect::<Vec<_>>());
-        let mut listeners = Vec::new();
-        for (index, (listener, location, place)) in found.into_iter().enumerate() {
-            if let Some((why, message)) = conflicted.get(&index) {
-                let findings = self
-                    .status
-                    .listener(&listener.gateway.resource.object_ref(), listener.name);
-                findings.conflicted = Some((why, message.clone()));
-                findings.not_accepted = Some((why, message.clone()));
-                self.diagnostics
-                    .push(Diagnostic::warning(format!("{place}: {message}")).at(location));
-                continue;
-            }
-            listeners.push(listener);
-        }
-        listeners
-    }
-
-    /// Where `gateway`'s listeners bind (compile/addresses.rs), its findings recorded for
-    /// status; None when none is served: an address of a type we do not support (the
-    /// Gateway is not accepted) or none of its addresses usable here.
-    fn gateway_binds(&mut self, gateway: &'a Sourced<ApiGateway>) -> Option<Arc<[Option<IpAddr>]>> {
-        let resource = gateway.resource.object_ref();
-        let spec = &gateway.resource.spec;
-        let resolved = addresses::resolve(&spec.addresses, self.identity.address_check);
-        let warn = |message: String| {
-            Diagnostic::warning(message)
-                .at(gateway.location.clone())
-                .object(&resource)
-                .field("spec.addresses")
-        };
-        let not_served = if !resolved.unsupported.is_empty() {
-            let message = format!(
-                "unsupported address: {}; the Gateway is not accepted ({})",
-                resolved.unsupported.join("; "),
-                reason::UNSUPPORTED_ADDRESS
-            );
-            self.diagnostics.push(warn(message.clone()));
-            self.status.gateway(&resource).unsupported_address = Some(message);
-            Some("the Gateway is not accepted (UnsupportedAddress)")
-        } else {
-            None
-        };
-        if !resolved.unusable.is_empty() {
-            let message = format!(
-                "address not usable: {} ({})",
-                resolved.unusable.join("; "),
-                reason::ADDRESS_NOT_USABLE
-            );
-            self.diagnostics.push(warn(message.clone()));
-            self.status.gateway(&resource).unusable_address = Some(message);
-        }
-        self.status.gateway(&resource).addresses = resolved.reported;
-        let not_served = not_served.or_else(|| {
-            resolved.binds.is_empty().then_some(
-                "none of the Gateway's addresses can be used on this node (AddressNotUsable)",
-            )
-        });
-        if let Some(why) = not_served {
-            for listener in &spec.listeners {
-                self.status
-                    .listener(&resource, &listener.name)
-                    .not_programmed = Some(why.to_owned());
-            }
-            return None;
-        }
-        Some(resolved.binds.into())
     }
 
     /// The listeners (by index) that cannot be served with the others, with the reason.
@@ -420,6 +211,223 @@ impl<'a> Compiler<'a> {
         }
         conflicted
     }
+}
+
+/// Our Gateways' HTTP listeners; conflicts (the same port and hostname twice) are
+/// reported and, as the spec says, neither conflicted listener is served.
+pub(super) fn api_listeners<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    taken: &BTreeSet<u16>,
+) -> Vec<ApiListener<'a>> {
+    let mut found: Vec<(ApiListener<'a>, Option<Location>, String)> = Vec::new();
+    for gateway in &ix.resources.api_gateways {
+        if !ix.is_our_class(&gateway.resource) {
+            continue;
+        }
+        let resource = gateway.resource.object_ref();
+        // Parsed, not applied: said so rather than silently ignored.
+        let spec = &gateway.resource.spec;
+        let unapplied = [(
+            spec.tls.as_ref().is_some_and(|t| t.backend.is_some()),
+            "spec.tls.backend",
+            "the Gateway's client certificate towards backends is not presented (BackendTLSPolicy is not supported)",
+        )];
+        for (present, field, message) in unapplied {
+            if present {
+                sink.push(
+                    Diagnostic::warning(message)
+                        .at(gateway.location.clone())
+                        .object(&resource)
+                        .field(field),
+                );
+            }
+        }
+        let Some(binds) = gateway_binds(ix, sink, gateway) else {
+            continue;
+        };
+        let mut names = BTreeSet::new();
+        for (index, listener) in gateway.resource.spec.listeners.iter().enumerate() {
+            let field = format!("spec.listeners[{index}]");
+            // Implementation-specific TLS options: we define none.
+            if let Some(options) = listener.tls.as_ref().map(|t| &t.options)
+                && !options.is_empty()
+            {
+                let keys: Vec<&str> = options.keys().map(String::as_str).collect();
+                sink.push(
+                    Diagnostic::warning(format!(
+                        "TLS options {} are not applied: this gateway defines no listener TLS options",
+                        keys.join(", ")
+                    ))
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("{field}.tls.options")),
+                );
+            }
+            sink.status.listener(&resource, &listener.name);
+            let error = |message: String, sub: &str| {
+                Diagnostic::error(message)
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("{field}{sub}"))
+            };
+            if !names.insert(listener.name.as_str()) {
+                sink.push(error(
+                    format!(
+                        "listener name {:?} is used twice: listener names must be unique within a Gateway",
+                        listener.name
+                    ),
+                    ".name",
+                ));
+                continue;
+            }
+            let Some(port) = u16::try_from(listener.port).ok().filter(|p| *p != 0) else {
+                sink.push(error(
+                    format!("port {} is not a TCP port: expected 1-65535", listener.port),
+                    ".port",
+                ));
+                continue;
+            };
+            if !["HTTP", "HTTPS", "TLS", "TCP"]
+                .iter()
+                .any(|p| listener.protocol.eq_ignore_ascii_case(p))
+            {
+                let message = format!(
+                    "Gateway API listeners with protocol {} are not served yet (HTTP, HTTPS, TLS and TCP are); this listener is skipped",
+                    listener.protocol
+                );
+                sink.status.listener(&resource, &listener.name).not_accepted =
+                    Some((reason::UNSUPPORTED_PROTOCOL, message.clone()));
+                sink.push(
+                    Diagnostic::warning(message)
+                        .at(gateway.location.clone())
+                        .object(&resource)
+                        .field(format!("{field}.protocol")),
+                );
+                continue;
+            }
+            if taken.contains(&port) {
+                let message = format!(
+                    "port {port} is already served by an Istio Gateway; this listener is skipped"
+                );
+                sink.status.listener(&resource, &listener.name).not_accepted =
+                    Some((reason::PORT_UNAVAILABLE, message.clone()));
+                sink.push(
+                    Diagnostic::warning(message)
+                        .at(gateway.location.clone())
+                        .object(&resource)
+                        .field(format!("{field}.port")),
+                );
+                continue;
+            }
+            let hostname = listener.hostname.as_deref().map(str::to_ascii_lowercase);
+            if let Some(h) = &hostname
+                && let Err(why) = check_hostname(h)
+            {
+                sink.push(error(format!("hostname {h:?}: {why}"), ".hostname"));
+                continue;
+            }
+            let allowed = &listener.allowed_routes;
+            if allowed.namespaces.from == FromNamespaces::Selector
+                && ix.resources.namespaces.is_empty()
+            {
+                sink.push(
+                    Diagnostic::warning(
+                        "allowedRoutes.namespaces.from: Selector needs Namespace objects, which are not loaded; only routes in the Gateway's namespace attach",
+                    )
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("{field}.allowedRoutes.namespaces.from")),
+                );
+            }
+            let kinds = allowed.kinds.iter().map(|k| k.kind.clone()).collect();
+            found.push((
+                ApiListener {
+                    gateway,
+                    name: &listener.name,
+                    port,
+                    binds: binds.clone(),
+                    hostname,
+                    protocol: &listener.protocol,
+                    from: allowed.namespaces.from,
+                    selector: allowed.namespaces.selector.as_ref(),
+                    kinds,
+                },
+                gateway.location.clone(),
+                format!("{resource}: {field}"),
+            ));
+        }
+    }
+    let conflicted = ix.conflicts(&found.iter().map(|(l, _, _)| l).collect::<Vec<_>>());
+    let mut listeners = Vec::new();
+    for (index, (listener, location, place)) in found.into_iter().enumerate() {
+        if let Some((why, message)) = conflicted.get(&index) {
+            let findings = sink
+                .status
+                .listener(&listener.gateway.resource.object_ref(), listener.name);
+            findings.conflicted = Some((why, message.clone()));
+            findings.not_accepted = Some((why, message.clone()));
+            sink.push(Diagnostic::warning(format!("{place}: {message}")).at(location));
+            continue;
+        }
+        listeners.push(listener);
+    }
+    listeners
+}
+
+/// Where `gateway`'s listeners bind (compile/addresses.rs), its findings recorded for
+/// status; None when none is served: an address of a type we do not support (the
+/// Gateway is not accepted) or none of its addresses usable here.
+fn gateway_binds<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    gateway: &'a Sourced<ApiGateway>,
+) -> Option<Arc<[Option<IpAddr>]>> {
+    let resource = gateway.resource.object_ref();
+    let spec = &gateway.resource.spec;
+    let resolved = addresses::resolve(&spec.addresses, ix.identity.address_check);
+    let warn = |message: String| {
+        Diagnostic::warning(message)
+            .at(gateway.location.clone())
+            .object(&resource)
+            .field("spec.addresses")
+    };
+    let not_served = if !resolved.unsupported.is_empty() {
+        let message = format!(
+            "unsupported address: {}; the Gateway is not accepted ({})",
+            resolved.unsupported.join("; "),
+            reason::UNSUPPORTED_ADDRESS
+        );
+        sink.push(warn(message.clone()));
+        sink.status.gateway(&resource).unsupported_address = Some(message);
+        Some("the Gateway is not accepted (UnsupportedAddress)")
+    } else {
+        None
+    };
+    if !resolved.unusable.is_empty() {
+        let message = format!(
+            "address not usable: {} ({})",
+            resolved.unusable.join("; "),
+            reason::ADDRESS_NOT_USABLE
+        );
+        sink.push(warn(message.clone()));
+        sink.status.gateway(&resource).unusable_address = Some(message);
+    }
+    sink.status.gateway(&resource).addresses = resolved.reported;
+    let not_served = not_served.or_else(|| {
+        resolved.binds.is_empty().then_some(
+            "none of the Gateway's addresses can be used on this node (AddressNotUsable)",
+        )
+    });
+    if let Some(why) = not_served {
+        for listener in &spec.listeners {
+            sink.status
+                .listener(&resource, &listener.name)
+                .not_programmed = Some(why.to_owned());
+        }
+        return None;
+    }
+    Some(resolved.binds.into())
 }
 
 /// RFC 1123 names with an optional leading `*.`; no IP addresses.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{PortServers, delegate, matches};
 use crate::{
-    compile::{Compiler, hosts::intersect_hosts, memo, name_of},
+    compile::{Compiler, hosts::intersect_hosts, index::Index, memo, name_of, sink::Sink},
     config::{
         Diagnostic, Kind, Sourced,
         resources::{Gateway, VirtualService},
@@ -13,54 +13,6 @@ use crate::{
 };
 
 impl<'a> Compiler<'a> {
-    /// Istio gives a gateway the VirtualServices exported to the gateway's own namespace
-    /// (`VirtualServicesForGateway` reads them by the proxy's namespace): one with
-    /// `exportTo: ["."]` in another namespace binds no gateway of ours. Delegates are
-    /// looked up apart, by their root's namespace.
-    pub(super) fn exported_to_us(&mut self, vs: &Sourced<VirtualService>) -> bool {
-        let exported = delegate::exported_to(&vs.resource, &self.identity.namespace);
-        if !exported && !vs.resource.spec.gateways.is_empty() {
-            self.diagnostics.push(
-                Diagnostic::warning(format!(
-                    "not exported to this gateway's namespace {:?} (exportTo): not bound, as Istio",
-                    self.identity.namespace
-                ))
-                .at(vs.location.clone())
-                .object(&vs.resource.object_ref())
-                .field("spec.exportTo"),
-            );
-        }
-        exported
-    }
-
-    pub(super) fn check_gateway_references(
-        &mut self,
-        virtual_services: &[&Sourced<VirtualService>],
-    ) {
-        for vs in virtual_services {
-            let namespace = vs.resource.metadata.namespace();
-            for (index, reference) in vs.resource.spec.gateways.iter().enumerate() {
-                if reference == "mesh" {
-                    continue;
-                }
-                let (gw_ns, gw_name) = matches::resolve_gateway_name(reference, namespace);
-                let exists = self.resources.gateways.iter().any(|g| {
-                    g.resource.metadata.namespace() == gw_ns && g.resource.metadata.name == gw_name
-                });
-                if !exists {
-                    self.diagnostics.push(
-                        Diagnostic::warning(format!(
-                            "gateway {gw_ns}/{gw_name} does not exist; nothing is bound through it"
-                        ))
-                        .at(vs.location.clone())
-                        .object(&vs.resource.object_ref())
-                        .field(format!("spec.gateways[{index}]")),
-                    );
-                }
-            }
-        }
-    }
-
     /// The Gateways `vs` is bound through on `port` and the hosts their servers accept,
     /// or None when it is not bound there (warned when it names a Gateway of the port
     /// but none of its hosts is accepted). Taken from the previous compile's memo when
@@ -74,7 +26,7 @@ impl<'a> Compiler<'a> {
     ) -> Option<Arc<memo::Binding>> {
         let key = (Arc::as_ptr(&vs.resource) as usize, port);
         let found = if valid {
-            self.reusable.and_then(|memo| memo.bindings.get(&key))
+            self.index.reusable.and_then(|memo| memo.bindings.get(&key))
         } else {
             None
         };
@@ -82,7 +34,7 @@ impl<'a> Compiler<'a> {
             Some(entry) => entry.binding.clone(),
             None => bind(vs, servers).map(Arc::new),
         };
-        self.memo.bindings.insert(
+        self.built.memo.bindings.insert(
             key,
             memo::BindingEntry {
                 _resource: Arc::clone(&vs.resource),
@@ -91,7 +43,7 @@ impl<'a> Compiler<'a> {
         );
         let binding = binding?;
         if binding.hosts.is_empty() {
-            self.diagnostics.push(
+            self.sink.push(
                 Diagnostic::warning(format!(
                     "none of its hosts {:?} is accepted by a server on port {port}; it is not bound there",
                     vs.resource.spec.hosts
@@ -103,6 +55,59 @@ impl<'a> Compiler<'a> {
             return None;
         }
         Some(binding)
+    }
+}
+
+/// Istio gives a gateway the VirtualServices exported to the gateway's own namespace
+/// (`VirtualServicesForGateway` reads them by the proxy's namespace): one with
+/// `exportTo: ["."]` in another namespace binds no gateway of ours. Delegates are
+/// looked up apart, by their root's namespace.
+pub(super) fn exported_to_us(
+    ix: &Index<'_>,
+    sink: &mut Sink,
+    vs: &Sourced<VirtualService>,
+) -> bool {
+    let exported = delegate::exported_to(&vs.resource, &ix.identity.namespace);
+    if !exported && !vs.resource.spec.gateways.is_empty() {
+        sink.push(
+            Diagnostic::warning(format!(
+                "not exported to this gateway's namespace {:?} (exportTo): not bound, as Istio",
+                ix.identity.namespace
+            ))
+            .at(vs.location.clone())
+            .object(&vs.resource.object_ref())
+            .field("spec.exportTo"),
+        );
+    }
+    exported
+}
+
+pub(super) fn check_gateway_references(
+    ix: &Index<'_>,
+    sink: &mut Sink,
+    virtual_services: &[&Sourced<VirtualService>],
+) {
+    for vs in virtual_services {
+        let namespace = vs.resource.metadata.namespace();
+        for (index, reference) in vs.resource.spec.gateways.iter().enumerate() {
+            if reference == "mesh" {
+                continue;
+            }
+            let (gw_ns, gw_name) = matches::resolve_gateway_name(reference, namespace);
+            let exists = ix.resources.gateways.iter().any(|g| {
+                g.resource.metadata.namespace() == gw_ns && g.resource.metadata.name == gw_name
+            });
+            if !exists {
+                sink.push(
+                    Diagnostic::warning(format!(
+                        "gateway {gw_ns}/{gw_name} does not exist; nothing is bound through it"
+                    ))
+                    .at(vs.location.clone())
+                    .object(&vs.resource.object_ref())
+                    .field(format!("spec.gateways[{index}]")),
+                );
+            }
+        }
     }
 }
 

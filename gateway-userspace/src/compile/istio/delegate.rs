@@ -225,7 +225,7 @@ impl<'a> Compiler<'a> {
             let reference = match reference {
                 Lenient::Valid(reference, _) => reference,
                 Lenient::Invalid(invalid) => {
-                    self.diagnostics.push(problem(format!(
+                    self.sink.push(problem(format!(
                         "{}; expected {{name, namespace}}; this route is skipped",
                         invalid.message
                     )));
@@ -234,20 +234,20 @@ impl<'a> Compiler<'a> {
             };
             let namespace = reference.namespace.as_deref().unwrap_or(root_namespace);
             // Istio's delegates are the VirtualServices without hosts.
-            let found = self.resources.virtual_services.iter().find(|d| {
+            let found = self.index.resources.virtual_services.iter().find(|d| {
                 d.resource.metadata.name == reference.name
                     && d.resource.metadata.namespace() == namespace
                     && d.resource.spec.hosts.is_empty()
             });
             let Some(delegate_vs) = found else {
-                self.diagnostics.push(problem(format!(
+                self.sink.push(problem(format!(
                     "delegate {namespace}/{} does not exist (a delegate is a VirtualService without hosts); this route is skipped",
                     reference.name
                 )));
                 continue;
             };
             if !exported_to(&delegate_vs.resource, root_namespace) {
-                self.diagnostics.push(problem(format!(
+                self.sink.push(problem(format!(
                     "delegate {namespace}/{} is not exported to namespace {root_namespace}; this route is skipped",
                     reference.name
                 )));
@@ -256,7 +256,7 @@ impl<'a> Compiler<'a> {
             for (d_index, leaf) in delegate_vs.resource.spec.http.iter().enumerate() {
                 match merge_route(route, leaf) {
                     Some(merged) => out.push((delegate_vs, d_index, Cow::Owned(merged))),
-                    None => self.diagnostics.push(
+                    None => self.sink.push(
                         Diagnostic::warning(format!(
                             "its matches fit in none of the matches of {}'s spec.http[{index}], which delegates here; Istio drops this route",
                             vs.resource.object_ref()

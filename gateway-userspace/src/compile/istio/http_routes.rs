@@ -55,7 +55,7 @@ impl Compiler<'_> {
             match compile_match(m) {
                 Ok(compiled) => matches.push(compiled),
                 Err((sub_field, message)) => {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::error(message)
                             .at(vs.location.clone())
                             .object(&resource)
@@ -72,7 +72,7 @@ impl Compiler<'_> {
         let actions = match RouteFields::parse(route) {
             Ok(actions) => actions,
             Err((key, message)) => {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::error(message)
                         .at(vs.location.clone())
                         .object(&resource)
@@ -82,7 +82,7 @@ impl Compiler<'_> {
             }
         };
         for key in &actions.unknown {
-            self.diagnostics.push(
+            self.sink.push(
                 Diagnostic::warning(format!(
                     "`{key}` is not a field this gateway knows; ignored"
                 ))
@@ -94,7 +94,7 @@ impl Compiler<'_> {
         // A root's delegates are merged before routes get here: this one is a delegate's
         // own, and Istio follows one level only.
         if actions.delegate {
-            self.diagnostics.push(
+            self.sink.push(
                 Diagnostic::warning(
                     "a delegate VirtualService's route cannot delegate again; this route is skipped",
                 )
@@ -107,7 +107,7 @@ impl Compiler<'_> {
         let action = match self.action(vs, &resource, &field, route, actions) {
             Ok(action) => action,
             Err((sub_field, message)) => {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::error(message)
                         .at(vs.location.clone())
                         .object(&resource)

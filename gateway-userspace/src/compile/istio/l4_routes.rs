@@ -114,7 +114,7 @@ impl<'a> Compiler<'a> {
         match route.at(field) {
             Ok(route) => Some(route),
             Err((field, message)) => {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::error(message)
                         .at(vs.location.clone())
                         .object(&vs.resource.object_ref())

@@ -27,10 +27,11 @@ impl<'a> Compiler<'a> {
         // Bindings found against other servers are not this port's.
         let seen = memo::ServersSeen::of(servers);
         let bindings_valid = self
+            .index
             .reusable
             .and_then(|memo| memo.servers.get(&port))
             .is_some_and(|previous| previous.same_as(&seen));
-        self.memo.servers.insert(port, seen);
+        self.built.memo.servers.insert(port, seen);
         for vs in virtual_services {
             let Some(binding) = self.binding(vs, port, servers, bindings_valid) else {
                 continue;
@@ -120,16 +121,19 @@ impl<'a> Compiler<'a> {
         let key = (Arc::as_ptr(&vs.resource) as usize, port);
         // A root's routes depend on its delegates too, which the memo does not follow.
         let delegates = vs.resource.spec.http.iter().any(|r| r.delegate.is_some());
-        if !delegates && let Some(entry) = self.reusable.and_then(|memo| memo.entries.get(&key)) {
+        if !delegates
+            && let Some(entry) = self.index.reusable.and_then(|memo| memo.entries.get(&key))
+        {
             // A document that moved in its file (an earlier one grew or shrank) keeps its
             // allocation (`config::documents`): its diagnostics must say the new line.
             let entry = entry.moved_to(&vs.location);
-            self.diagnostics
+            self.sink
+                .diagnostics
                 .0
                 .extend(entry.compiled.diagnostics.iter().cloned());
-            self.name_again(vs, &entry.compiled.namings);
+            self.built.clusters.name_again(vs, &entry.compiled.namings);
             let routes = Arc::clone(&entry.compiled.routes);
-            self.memo.entries.insert(key, entry);
+            self.built.memo.entries.insert(key, entry);
             return routes;
         }
         let previous = if delegates {
@@ -137,15 +141,15 @@ impl<'a> Compiler<'a> {
         } else {
             self.previous_entry(vs, port, gateways)
         };
-        let before = self.diagnostics.0.len();
+        let before = self.sink.diagnostics.0.len();
         // The namings of routes compiled elsewhere (Gateway API, TLS) are kept by no one.
-        self.namings.clear();
-        let namings_before = self.namings.len();
+        self.built.clusters.namings.clear();
+        let namings_before = self.built.clusters.namings.len();
         let target = matches::MatchTarget {
             port,
             gateways,
-            labels: &self.identity.labels,
-            namespace: &self.identity.namespace,
+            labels: &self.index.identity.labels,
+            namespace: &self.index.identity.namespace,
         };
         let written = self.with_delegates(vs);
         // How many more `http` entries than before: entries after an added or removed
@@ -157,27 +161,27 @@ impl<'a> Compiler<'a> {
         let mut routes = Vec::new();
         let mut entries = Vec::new();
         for (position, (owner, index, route)) in written.iter().enumerate() {
-            let from = self.diagnostics.0.len() - before;
-            let namings_from = self.namings.len() - namings_before;
+            let from = self.sink.diagnostics.0.len() - before;
+            let namings_from = self.built.clusters.namings.len() - namings_before;
             let same =
                 previous.and_then(|p| Some((p, p.same_route(*index, route, shift, &mut taken)?)));
             let compiled = match same {
                 Some((previous, old)) => {
                     let (route, diagnostics, namings) = previous.reuse(old, *index, vs);
-                    self.diagnostics.0.extend(diagnostics);
-                    self.name_again(vs, &namings);
-                    self.namings.extend(namings);
+                    self.sink.diagnostics.0.extend(diagnostics);
+                    self.built.clusters.name_again(vs, &namings);
+                    self.built.clusters.namings.extend(namings);
                     route
                 }
                 None => {
-                    self.memo.compiled_routes += 1;
+                    self.built.memo.compiled_routes += 1;
                     self.route(owner, *index, route, &target)
                 }
             };
             entries.push(memo::Written {
                 route: compiled.as_ref().map(|_| routes.len()),
-                diagnostics: from..self.diagnostics.0.len() - before,
-                namings: namings_from..self.namings.len() - namings_before,
+                diagnostics: from..self.sink.diagnostics.0.len() - before,
+                namings: namings_from..self.built.clusters.namings.len() - namings_before,
             });
             let Some(route) = compiled else {
                 continue;
@@ -186,7 +190,7 @@ impl<'a> Compiler<'a> {
             routes.push(route);
             // Istio stops at a route that accepts every request: later ones are dropped.
             if catch_all && let Some((later, later_index, _)) = written.get(position + 1) {
-                self.diagnostics.push(
+                self.sink.push(
                     Diagnostic::warning(format!(
                         "never reached: spec.http[{index}] of {} before it accepts every request; Istio drops the routes after it",
                         owner.resource.object_ref()
@@ -200,7 +204,7 @@ impl<'a> Compiler<'a> {
         }
         let routes = Arc::new(routes);
         if delegates {
-            self.namings.truncate(namings_before);
+            self.built.clusters.namings.truncate(namings_before);
             return routes;
         }
         let entry = memo::MemoEntry {
@@ -210,16 +214,17 @@ impl<'a> Compiler<'a> {
                 gateways: gateways.to_vec(),
                 routes: Arc::clone(&routes),
                 diagnostics: self
+                    .sink
                     .diagnostics
                     .0
                     .get(before..)
                     .unwrap_or_default()
                     .to_vec(),
-                namings: self.namings.split_off(namings_before),
+                namings: self.built.clusters.namings.split_off(namings_before),
                 written: entries,
             }),
         };
-        self.memo.entries.insert(key, entry);
+        self.built.memo.entries.insert(key, entry);
         routes
     }
 
@@ -231,21 +236,9 @@ impl<'a> Compiler<'a> {
         port: u16,
         gateways: &[String],
     ) -> Option<&'a memo::MemoEntry> {
-        let memo = self.reusable?;
-        let by_name = self.previous_by_name.get_or_insert_with(|| {
-            memo.entries
-                .iter()
-                .map(|(&(_, port), entry)| {
-                    let meta = &entry.resource.metadata;
-                    ((meta.namespace(), meta.name.as_str()), port, entry)
-                })
-                .map(|((namespace, name), port, entry)| ((namespace, name, port), entry))
-                .collect()
-        });
         let meta = &vs.resource.metadata;
-        by_name
-            .get(&(meta.namespace(), meta.name.as_str(), port))
-            .copied()
+        self.index
+            .previous_by_name(meta.namespace(), &meta.name, port)
             .filter(|entry| entry.compiled.gateways == gateways)
     }
 }

@@ -7,7 +7,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
 use super::PortServers;
-use crate::compile::{Compiler, name_of};
+use crate::compile::{Compiler, index::Index, name_of, tls::Wanted};
 use crate::{
     config::{
         Diagnostic, Kind, ObjectRef, Sourced,
@@ -35,6 +35,19 @@ pub(super) struct ServerRef<'a> {
     pub(super) field: String,
     /// Lowercase, `namespace/` removed.
     pub(super) hosts: Vec<String>,
+}
+
+impl Index<'_> {
+    /// Where a Gateway's credential Secrets are looked for: our namespace (as Istio reads
+    /// them), then the Gateway resource's own.
+    fn secret_namespaces(&self, gateway: &Sourced<Gateway>) -> Vec<String> {
+        let mut namespaces = vec![self.identity.namespace.clone()];
+        let own = gateway.resource.metadata.namespace().to_owned();
+        if !namespaces.contains(&own) {
+            namespaces.push(own);
+        }
+        namespaces
+    }
 }
 
 impl<'a> Compiler<'a> {
@@ -89,7 +102,7 @@ impl<'a> Compiler<'a> {
                     && listener_tls.select(None).is_none()
                     && let Some(first) = refs.first()
                 {
-                    self.diagnostics.push(
+                    self.sink.push(
                         Diagnostic::warning(format!(
                             "no server on port {port} has host `*`: clients that send no SNI (an IP address in the URL, old clients) are refused there"
                         ))
@@ -132,7 +145,7 @@ impl<'a> Compiler<'a> {
                 } else {
                     AfterTermination::Http
                 };
-                match server_config::build(settings, &self.tls.sessions) {
+                match server_config::build(settings, &self.index.tls.sessions) {
                     Ok((config, trust)) => TlsMode::Terminate {
                         config,
                         trust,
@@ -208,15 +221,17 @@ impl<'a> Compiler<'a> {
                 .map(Credential::Served)
                 .map_err(|e| e.to_string());
             let credential = format!("Secret {}", name_of(&secret.resource.metadata));
-            let place = self.server_place(server, "tls.credentialName");
-            certificates.push(self.served_key(server, credential, loaded, place, served)?);
+            let key = self.served_key(server, "tls.credentialName", credential, loaded, served);
+            certificates.push(key?);
             if client_ca.is_none() && mode != "SIMPLE" {
                 client_ca = self.secret_ca(server, &secret.resource, name, served)?;
             }
         }
         match (&tls.server_certificate, &tls.private_key) {
             (Some(cert_path), Some(key_path)) if certificates.is_empty() => {
-                self.read_credential_files(&[cert_path.as_str(), key_path.as_str()]);
+                self.built
+                    .credentials
+                    .read_files(&[cert_path.as_str(), key_path.as_str()]);
                 let read = |path: &String| read_capped(path.as_ref()).map_err(|e| e.to_string());
                 let loaded = read(cert_path).and_then(|cert| {
                     let key = read(key_path)?;
@@ -225,8 +240,8 @@ impl<'a> Compiler<'a> {
                         .map_err(|e| e.to_string())
                 });
                 let credential = format!("file {cert_path} (key {key_path})");
-                let place = self.server_place(server, "tls.serverCertificate");
-                certificates.push(self.served_key(server, credential, loaded, place, served)?);
+                let field = "tls.serverCertificate";
+                certificates.push(self.served_key(server, field, credential, loaded, served)?);
             }
             _ => {}
         }
@@ -244,21 +259,14 @@ impl<'a> Compiler<'a> {
             && client_ca.is_none()
             && let Some(path) = &tls.ca_certificates
         {
-            self.read_credential_files(&[path.as_str()]);
+            self.built.credentials.read_files(&[path.as_str()]);
             let loaded = read_capped(path.as_ref())
                 .map_err(|e| e.to_string())
                 .and_then(|pem| certs::certificates(&pem).map_err(|e| e.to_string()))
                 .map(Credential::ClientCa);
             let credential = format!("file {path} (client CA)");
-            let place = self.server_place(server, "tls.caCertificates");
-            match self.credential(
-                credential,
-                &server_name(server),
-                loaded,
-                place,
-                SERVER_UNSERVED,
-                served,
-            )? {
+            let field = "tls.caCertificates";
+            match self.server_credential(server, field, credential, loaded, served)? {
                 Credential::ClientCa(ca) => client_ca = Some(ca),
                 Credential::Served(_) => return None,
             }
@@ -301,34 +309,27 @@ impl<'a> Compiler<'a> {
     /// A credential Secret: in the gateway's namespace (as Istio reads it), then in the
     /// Gateway resource's own namespace.
     fn find_secret(&mut self, server: &ServerRef<'a>, name: &str) -> Option<&'a Sourced<Secret>> {
-        let namespaces = self.secret_namespaces(server.gateway);
-        let found = namespaces.iter().find_map(|ns| {
-            self.resources
-                .secrets
-                .iter()
-                .find(|s| s.resource.metadata.name == name && s.resource.metadata.namespace() == ns)
-        });
+        let namespaces = self.index.secret_namespaces(server.gateway);
+        let found =
+            namespaces.iter().find_map(|ns| {
+                self.index.resources.secrets.iter().find(|s| {
+                    s.resource.metadata.name == name && s.resource.metadata.namespace() == ns
+                })
+            });
         if found.is_none() {
             let error = format!("not found in namespace {}", namespaces.join(" or "));
-            let place = self.server_place(server, "tls.credentialName");
-            self.credential_missing(
-                format!("Secret {}/{name}", namespaces[0]),
-                &server_name(server),
-                &format!("Secret {name} {error}"),
-                SERVER_UNSERVED,
-                place,
-            );
+            let wanted = Wanted {
+                name: format!("Secret {}/{name}", namespaces[0]),
+                user: &server_name(server),
+                place: server_place(server, "tls.credentialName"),
+                unserved: SERVER_UNSERVED,
+            };
+            let what = format!("Secret {name} {error}");
+            self.built
+                .credentials
+                .missing(&mut self.sink, wanted, &what);
         }
         found
-    }
-
-    fn secret_namespaces(&self, gateway: &Sourced<Gateway>) -> Vec<String> {
-        let mut namespaces = vec![self.identity.namespace.clone()];
-        let own = gateway.resource.metadata.namespace().to_owned();
-        if !namespaces.contains(&own) {
-            namespaces.push(own);
-        }
-        namespaces
     }
 
     /// `ca.crt`/`cacert` of the credential, else the `<name>-cacert` Secret's. Err (None
@@ -342,9 +343,9 @@ impl<'a> Compiler<'a> {
         served: &mut Vec<ServedCredential>,
     ) -> Option<Option<Vec<CertificateDer<'static>>>> {
         let ca_secret_name = format!("{name}{CA_SECRET_SUFFIX}");
-        let namespaces = self.secret_namespaces(server.gateway);
+        let namespaces = self.index.secret_namespaces(server.gateway);
         let ca_secret = namespaces.iter().find_map(|ns| {
-            self.resources.secrets.iter().find(|s| {
+            self.index.resources.secrets.iter().find(|s| {
                 s.resource.metadata.name == ca_secret_name && s.resource.metadata.namespace() == ns
             })
         });
@@ -356,15 +357,8 @@ impl<'a> Compiler<'a> {
             };
             let loaded = loaded.map(Credential::ClientCa).map_err(|e| e.to_string());
             let credential = format!("Secret {} (client CA)", name_of(&candidate.metadata));
-            let place = self.server_place(server, "tls.credentialName");
-            return match self.credential(
-                credential,
-                &server_name(server),
-                loaded,
-                place,
-                SERVER_UNSERVED,
-                served,
-            )? {
+            let field = "tls.credentialName";
+            return match self.server_credential(server, field, credential, loaded, served)? {
                 Credential::ClientCa(ca) => Some(Some(ca)),
                 Credential::Served(_) => None,
             };
@@ -372,51 +366,66 @@ impl<'a> Compiler<'a> {
         Some(None)
     }
 
-    /// A credential as loaded now or, when that failed, the version the live
-    /// configuration serves. None: neither; the server must not be served. Every
-    /// failure is a warning and a problem in the staged report.
-    /// A server's certificate and key through `credential`: None when neither this
-    /// version nor a last good one can be served (the server is then left out).
+    /// A server's certificate and key through `server_credential`: None when neither
+    /// this version nor a last good one can be served (the server is then left out).
     fn served_key(
         &mut self,
         server: &ServerRef<'_>,
+        field: &str,
         credential: String,
         loaded: Result<Credential, String>,
-        place: Diagnostic,
         served: &mut Vec<ServedCredential>,
     ) -> Option<Arc<CertifiedKey>> {
-        let server = server_name(server);
-        match self.credential(credential, &server, loaded, place, SERVER_UNSERVED, served)? {
+        match self.server_credential(server, field, credential, loaded, served)? {
             Credential::Served(key) => Some(key),
             Credential::ClientCa(_) => None,
         }
     }
 
-    /// An empty warning at a server's field, for a message to fill in.
-    fn server_place(&self, server: &ServerRef<'a>, field: &str) -> Diagnostic {
-        Diagnostic::warning("")
-            .at(server.gateway.location.clone())
-            .object(&server.resource)
-            .field(format!("{}.{field}", server.field))
+    /// A credential of a server, read at its `field`: as loaded now or, when that failed,
+    /// the version the live configuration serves. None: neither; the server must not be
+    /// served. Every failure is a warning and a problem in the staged report.
+    fn server_credential(
+        &mut self,
+        server: &ServerRef<'_>,
+        field: &str,
+        credential: String,
+        loaded: Result<Credential, String>,
+        served: &mut Vec<ServedCredential>,
+    ) -> Option<Credential> {
+        let wanted = Wanted {
+            name: credential,
+            user: &server_name(server),
+            place: server_place(server, field),
+            unserved: SERVER_UNSERVED,
+        };
+        self.built
+            .credentials
+            .credential(&self.index, &mut self.sink, wanted, loaded, served)
     }
 
     pub(super) fn server_error(&mut self, server: &ServerRef<'a>, field: &str, message: &str) {
-        self.diagnostics.push(
-            Diagnostic::error(message)
-                .at(server.gateway.location.clone())
-                .object(&server.resource)
-                .field(format!("{}.{field}", server.field)),
-        );
+        self.sink
+            .push(at_server(server, field, Diagnostic::error(message)));
     }
 
     fn server_warning(&mut self, server: &ServerRef<'a>, field: &str, message: &str) {
-        self.diagnostics.push(
-            Diagnostic::warning(message)
-                .at(server.gateway.location.clone())
-                .object(&server.resource)
-                .field(format!("{}.{field}", server.field)),
-        );
+        self.sink
+            .push(at_server(server, field, Diagnostic::warning(message)));
     }
+}
+
+/// `diagnostic` placed at a server's field.
+fn at_server(server: &ServerRef<'_>, field: &str, diagnostic: Diagnostic) -> Diagnostic {
+    diagnostic
+        .at(server.gateway.location.clone())
+        .object(&server.resource)
+        .field(format!("{}.{field}", server.field))
+}
+
+/// An empty warning at a server's field, for a message to fill in.
+fn server_place(server: &ServerRef<'_>, field: &str) -> Diagnostic {
+    at_server(server, field, Diagnostic::warning(""))
 }
 
 pub(super) fn server_name(server: &ServerRef<'_>) -> String {

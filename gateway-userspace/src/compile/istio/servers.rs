@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    compile::Compiler,
+    compile::{index::Index, sink::Sink},
     config::{Diagnostic, Kind, Sourced, resources::Gateway},
     snapshot::Protocol,
 };
@@ -26,7 +26,7 @@ pub(in crate::compile) struct PortServers<'a> {
     pub(in crate::compile) server_indices: Vec<(&'a Sourced<Gateway>, usize)>,
 }
 
-impl<'a> Compiler<'a> {
+impl<'a> Index<'a> {
     fn is_ours(&self, gateway: &Gateway) -> bool {
         gateway
             .spec
@@ -34,110 +34,113 @@ impl<'a> Compiler<'a> {
             .iter()
             .all(|(k, v)| self.identity.labels.get(k) == Some(v))
     }
+}
 
-    /// Our Gateways' servers, grouped by port.
-    pub(in crate::compile) fn istio_servers(&mut self) -> BTreeMap<u16, PortServers<'a>> {
-        let mut ports: BTreeMap<u16, PortServers<'a>> = BTreeMap::new();
-        for gateway in &self.resources.gateways {
-            if !self.is_ours(&gateway.resource) {
-                continue;
-            }
-            let resource = gateway.resource.object_ref();
-            for (index, server) in gateway.resource.spec.servers.iter().enumerate() {
-                let field = format!("spec.servers[{index}]");
-                let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
-                    self.diagnostics.push(
-                        Diagnostic::error(format!(
-                            "port {} is not a TCP port: expected 1-65535",
-                            server.port.number
-                        ))
-                        .at(gateway.location.clone())
-                        .object(&resource)
-                        .field(format!("{field}.port.number")),
-                    );
-                    continue;
-                };
-                let Some(protocol) = Protocol::parse(&server.port.protocol) else {
-                    self.diagnostics.push(
-                        Diagnostic::warning(format!(
-                            "protocol {} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TLS and TCP are); this server is skipped",
-                            server.port.protocol
-                        ))
-                        .at(gateway.location.clone())
-                        .object(&resource)
-                        .field(format!("{field}.port.protocol")),
-                    );
-                    continue;
-                };
-                let hosts = server.hosts.iter().map(|h| parse_server_host(h)).collect();
-                let entry = ports.entry(port).or_insert_with(|| PortServers {
-                    protocol,
-                    servers: Vec::new(),
-                    server_indices: Vec::new(),
-                });
-                // HTTPS and TLS servers share a port as Istio allows: SNI picks the server.
-                let both_tls = matches!(entry.protocol, Protocol::Https | Protocol::Tls)
-                    && matches!(protocol, Protocol::Https | Protocol::Tls);
-                if entry.protocol != protocol && !both_tls {
-                    self.diagnostics.push(
-                        Diagnostic::warning(format!(
-                            "port {port} is already {:?} from another server; Istio keeps the first protocol, so this server's routes join that listener",
-                            entry.protocol
-                        ))
-                        .at(gateway.location.clone())
-                        .object(&resource)
-                        .field(format!("{field}.port.protocol")),
-                    );
-                }
-                entry.servers.push((gateway, hosts));
-                entry.server_indices.push((gateway, index));
-            }
+/// Our Gateways' servers, grouped by port.
+pub(in crate::compile) fn istio_servers<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+) -> BTreeMap<u16, PortServers<'a>> {
+    let mut ports: BTreeMap<u16, PortServers<'a>> = BTreeMap::new();
+    for gateway in &ix.resources.gateways {
+        if !ix.is_ours(&gateway.resource) {
+            continue;
         }
-        ports
+        let resource = gateway.resource.object_ref();
+        for (index, server) in gateway.resource.spec.servers.iter().enumerate() {
+            let field = format!("spec.servers[{index}]");
+            let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
+                sink.push(
+                    Diagnostic::error(format!(
+                        "port {} is not a TCP port: expected 1-65535",
+                        server.port.number
+                    ))
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("{field}.port.number")),
+                );
+                continue;
+            };
+            let Some(protocol) = Protocol::parse(&server.port.protocol) else {
+                sink.push(
+                    Diagnostic::warning(format!(
+                        "protocol {} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TLS and TCP are); this server is skipped",
+                        server.port.protocol
+                    ))
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("{field}.port.protocol")),
+                );
+                continue;
+            };
+            let hosts = server.hosts.iter().map(|h| parse_server_host(h)).collect();
+            let entry = ports.entry(port).or_insert_with(|| PortServers {
+                protocol,
+                servers: Vec::new(),
+                server_indices: Vec::new(),
+            });
+            // HTTPS and TLS servers share a port as Istio allows: SNI picks the server.
+            let both_tls = matches!(entry.protocol, Protocol::Https | Protocol::Tls)
+                && matches!(protocol, Protocol::Https | Protocol::Tls);
+            if entry.protocol != protocol && !both_tls {
+                sink.push(
+                    Diagnostic::warning(format!(
+                        "port {port} is already {:?} from another server; Istio keeps the first protocol, so this server's routes join that listener",
+                        entry.protocol
+                    ))
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("{field}.port.protocol")),
+                );
+            }
+            entry.servers.push((gateway, hosts));
+            entry.server_indices.push((gateway, index));
+        }
     }
+    ports
+}
 
-    /// Istio rejects a Gateway whose servers repeat a port name, and when two of our
-    /// Gateways use one port name for different port numbers, Istio's merge keeps the first.
-    pub(super) fn check_port_names(&mut self) {
-        let mut seen: BTreeMap<&str, (u32, String)> = BTreeMap::new();
-        for gateway in &self.resources.gateways {
-            if !self.is_ours(&gateway.resource) {
+/// Istio rejects a Gateway whose servers repeat a port name, and when two of our
+/// Gateways use one port name for different port numbers, Istio's merge keeps the first.
+pub(super) fn check_port_names<'a>(ix: &Index<'a>, sink: &mut Sink) {
+    let mut seen: BTreeMap<&str, (u32, String)> = BTreeMap::new();
+    for gateway in &ix.resources.gateways {
+        if !ix.is_ours(&gateway.resource) {
+            continue;
+        }
+        let resource = gateway.resource.object_ref();
+        let mut own: BTreeMap<&str, usize> = BTreeMap::new();
+        for (index, server) in gateway.resource.spec.servers.iter().enumerate() {
+            let name = server.port.name.as_str();
+            if name.is_empty() {
                 continue;
             }
-            let resource = gateway.resource.object_ref();
-            let mut own: BTreeMap<&str, usize> = BTreeMap::new();
-            for (index, server) in gateway.resource.spec.servers.iter().enumerate() {
-                let name = server.port.name.as_str();
-                if name.is_empty() {
-                    continue;
-                }
-                if let Some(first) = own.insert(name, index) {
-                    self.diagnostics.push(
-                        Diagnostic::error(format!(
-                            "port name {name:?} is also used by spec.servers[{first}]: port names in a Gateway's servers must be unique"
+            if let Some(first) = own.insert(name, index) {
+                sink.push(
+                    Diagnostic::error(format!(
+                        "port name {name:?} is also used by spec.servers[{first}]: port names in a Gateway's servers must be unique"
+                    ))
+                    .at(gateway.location.clone())
+                    .object(&resource)
+                    .field(format!("spec.servers[{index}].port.name")),
+                );
+                continue;
+            }
+            match seen.get(name) {
+                Some((number, other)) if *number != server.port.number => {
+                    sink.push(
+                        Diagnostic::warning(format!(
+                            "port name {name:?} is port {number} in {other}; the same name on port {} conflicts (Istio keeps the first)",
+                            server.port.number
                         ))
                         .at(gateway.location.clone())
                         .object(&resource)
                         .field(format!("spec.servers[{index}].port.name")),
                     );
-                    continue;
                 }
-                match seen.get(name) {
-                    Some((number, other)) if *number != server.port.number => {
-                        self.diagnostics.push(
-                            Diagnostic::warning(format!(
-                                "port name {name:?} is port {number} in {other}; the same name on port {} conflicts (Istio keeps the first)",
-                                server.port.number
-                            ))
-                            .at(gateway.location.clone())
-                            .object(&resource)
-                            .field(format!("spec.servers[{index}].port.name")),
-                        );
-                    }
-                    Some(_) => {}
-                    None => {
-                        seen.insert(name, (server.port.number, resource.to_string()));
-                    }
+                Some(_) => {}
+                None => {
+                    seen.insert(name, (server.port.number, resource.to_string()));
                 }
             }
         }
