@@ -30,6 +30,20 @@ use crate::{
     snapshot::{Listener, LocalCors, RouteAction, Transport},
 };
 
+/// An address as a header value, formatted on the stack: the value's own copy is the one
+/// allocation (a `to_string` first would add two, at every accepted connection).
+fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    // The longest IPv6 text (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`) is 45.
+    let mut text = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    write!(cursor, "{ip}")
+        .ok()
+        .and_then(|()| usize::try_from(cursor.position()).ok())
+        .and_then(|len| HeaderValue::from_bytes(&text[..len]).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("-"))
+}
+
 /// The `server` header of every answer, as Istio's gateways send it.
 const SERVER_NAME: &str = "istio-envoy";
 
@@ -58,8 +72,7 @@ impl Connection {
         ctx: Arc<ProxyContext>,
         tls: Option<(Arc<crate::tls::TlsConnectionInfo>, Arc<Transport>)>,
     ) -> Self {
-        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        let peer_ip = ip_header_value(peer.ip());
         Connection {
             peer,
             local,
@@ -395,5 +408,30 @@ fn local_preflight<B>(cors: Option<&LocalCors>, request: &Request<B>) -> Option<
             Some(LocalReply::preflight(&cors.policy, None, request.headers()))
         }
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv6Addr};
+
+    use super::ip_header_value;
+
+    #[test]
+    fn addresses_become_header_values_as_written() {
+        for ip in [
+            IpAddr::from([10, 0, 0, 7]),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+            // The longest text an address has.
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+                .parse()
+                .expect("ip"),
+            "::ffff:255.255.255.255".parse().expect("ip"),
+        ] {
+            assert_eq!(
+                ip_header_value(ip).to_str().ok(),
+                Some(ip.to_string().as_str())
+            );
+        }
     }
 }
