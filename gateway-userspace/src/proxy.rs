@@ -158,8 +158,8 @@ pub async fn serve(
         .get_or_create(&crate::metrics::PortLabels { port: bind_port })
         .clone();
     info!(port = bind_port, "listening");
-    // The connection spans below are debug spans: at the default level they cost
-    // nothing per poll, and with debug logs on they tag every event with the client.
+    // The connection spans below are debug spans, made only with debug logs on, where
+    // they tag every event with the client.
 
     // The shutdown wait, registered once for the loop's life: a `wait_for` made per
     // accept registered with the watch's notifier, and unregistered, each time (a lock
@@ -206,7 +206,13 @@ pub async fn serve(
             drain: drain.clone(),
             shutdown: shutdown.clone(),
         };
-        tokio::spawn(accepted.serve().instrument(debug_span!("conn", %peer)));
+        // The connection's span only where debug logs are on: a disabled span still costs
+        // its wrapper's enter and exit at every poll of the connection's task.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tokio::spawn(accepted.serve().instrument(debug_span!("conn", %peer)));
+        } else {
+            tokio::spawn(accepted.serve());
+        }
     }
 
     drop(listener);
@@ -272,15 +278,16 @@ fn until_drained<S>(
     client: CodecClient,
     builder: ServerBuilder,
     watcher: Watcher,
-    mut deadline: tunnel::Drain,
+    deadline: tunnel::Drain,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
         let ending = tokio::select! {
+            biased;
             ending = served => ending,
-            _ = deadline.deadline() => {
+            () = deadline.passed() => {
                 debug!("connection closed at the drain deadline");
                 return;
             }
