@@ -128,6 +128,11 @@ impl ConnectionLimit {
     /// A slot for one more connection, waiting while `max` are open. Each wait counts
     /// once in the overflow metric.
     pub async fn acquire(self: &Arc<Self>) -> ConnectionSlot {
+        // Below the limit (nearly always), no wait is registered: registering one takes
+        // and frees the notifier's lock, at every accept of every listener.
+        if let Some(slot) = self.try_acquire() {
+            return slot;
+        }
         let mut counted = false;
         loop {
             // Registered before the check, so a close between the two still wakes us.

@@ -109,10 +109,14 @@ pub async fn sweep_upstream_pools(ctx: Arc<ProxyContext>) {
 pub async fn serve(
     listener: std::net::TcpListener,
     ctx: Arc<ProxyContext>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
     let bind_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    // Set once here for every connection the socket will accept (they inherit it).
+    if let Err(e) = crate::listeners::set_nodelay(&listener) {
+        warn!(port = bind_port, error = %e, "TCP_NODELAY not set on the listener");
+    }
     // Registered with the runtime of the worker this task runs on.
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
@@ -146,18 +150,34 @@ pub async fn serve(
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
     // Shared: a connection needs it only when it turns out to be HTTP/2.
     let builder: ServerBuilder = Arc::new(builder);
+    // The port's accepted-connections counter, looked up once (the family's lookup takes
+    // its lock and hashes the labels) and counted per connection.
+    let accepted_total = ctx
+        .metrics
+        .downstream_connections
+        .get_or_create(&crate::metrics::PortLabels { port: bind_port })
+        .clone();
     info!(port = bind_port, "listening");
-    // The connection spans below are debug spans: at the default level they cost
-    // nothing per poll, and with debug logs on they tag every event with the client.
+    // The connection spans below are debug spans, made only with debug logs on, where
+    // they tag every event with the client.
 
+    // The shutdown wait, registered once for the loop's life: a `wait_for` made per
+    // accept registered with the watch's notifier, and unregistered, each time (a lock
+    // the listener's other workers take too).
+    let mut stopping = turned::turned(shutdown.clone());
     loop {
         // A slot first: at --max-connections, new connections wait in the backlog.
-        let slot = tokio::select! {
-            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
-            slot = ctx.connections.acquire() => slot,
+        let slot = match ctx.connections.try_acquire() {
+            Some(slot) => slot,
+            None => tokio::select! {
+                biased;
+                () = &mut stopping => break,
+                slot = ctx.connections.acquire() => slot,
+            },
         };
         let (stream, peer) = tokio::select! {
-            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            biased;
+            () = &mut stopping => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -167,14 +187,14 @@ pub async fn serve(
                 }
             },
         };
-        ctx.metrics
-            .downstream_connections
-            .get_or_create(&crate::metrics::PortLabels { port: bind_port })
-            .inc();
+        accepted_total.inc();
+        // Not the listener's address: a wildcard socket accepts for every local address,
+        // and node-port steering hands it connections to another port.
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], bind_port)));
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY is not set here: accepted sockets inherit it from the listening
+        // socket (`listeners/bind.rs`), a system call saved per connection.
         let accepted = AcceptedConnection {
             slot,
             stream,
@@ -186,7 +206,13 @@ pub async fn serve(
             drain: drain.clone(),
             shutdown: shutdown.clone(),
         };
-        tokio::spawn(accepted.serve().instrument(debug_span!("conn", %peer)));
+        // The connection's span only where debug logs are on: a disabled span still costs
+        // its wrapper's enter and exit at every poll of the connection's task.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tokio::spawn(accepted.serve().instrument(debug_span!("conn", %peer)));
+        } else {
+            tokio::spawn(accepted.serve());
+        }
     }
 
     drop(listener);
@@ -252,15 +278,16 @@ fn until_drained<S>(
     client: CodecClient,
     builder: ServerBuilder,
     watcher: Watcher,
-    mut deadline: tunnel::Drain,
+    deadline: tunnel::Drain,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
         let ending = tokio::select! {
+            biased;
             ending = served => ending,
-            _ = deadline.deadline() => {
+            () = deadline.passed() => {
                 debug!("connection closed at the drain deadline");
                 return;
             }

@@ -114,6 +114,8 @@ fn bind_family(
         };
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(reuse_port)?;
+        // Accepted sockets inherit TCP_NODELAY from the listening one, so the accept
+        // loop need not set it on each (`proxy::serve` sets it again on what it is given).
         socket.set_nodelay(true)?;
         socket.bind(address)?;
         socket.listen(LISTEN_BACKLOG)?.into_std()
@@ -124,6 +126,27 @@ fn bind_family(
         drop(bind(false)?);
     }
     (0..count.max(1)).map(|_| bind(true)).collect()
+}
+
+/// TCP_NODELAY on a listening socket: every socket it accepts inherits it, so that an
+/// answer's last small write leaves at once instead of waiting for the client's ACK.
+pub(crate) fn set_nodelay(socket: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// IPV6_V6ONLY: the `::` socket takes IPv6 only, the `0.0.0.0` one IPv4 (set explicitly,
@@ -204,6 +227,48 @@ mod tests {
             sockets[1].accept().is_err() && sockets[0].accept().is_err(),
             "one connection each, none crossed over"
         );
+    }
+
+    /// Accepted connections have TCP_NODELAY without a system call of their own: they
+    /// inherit it from the listening socket (IPv4 and IPv6 alike).
+    #[tokio::test]
+    async fn accepted_sockets_inherit_tcp_nodelay() {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let sockets = bind_port(port, None, 1, true).expect("bind");
+        for (socket, client) in sockets.iter().zip(["127.0.0.1", "::1"]) {
+            let _client = std::net::TcpStream::connect((client, port)).expect("connect");
+            // Non-blocking: the handshake completes in the kernel, accept may retry.
+            let accepted = (0..100)
+                .find_map(|_| match socket.accept() {
+                    Ok((accepted, _)) => Some(accepted),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        None
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                })
+                .expect("accepted");
+            let mut on: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid socket fd and a c_int-sized out value.
+            let rc = unsafe {
+                libc::getsockopt(
+                    accepted.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&mut on as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0, "getsockopt: {}", io::Error::last_os_error());
+            assert_eq!(
+                on, 1,
+                "a connection accepted over {client} lacks TCP_NODELAY"
+            );
+        }
     }
 
     /// The port taken over IPv6 alone still fails the bind (no silent IPv4-only port).

@@ -34,6 +34,12 @@ impl Drain {
         Drain(Some(deadline))
     }
 
+    /// The deadline as a wait that is cheap to poll again (`Turned`): a connection's task
+    /// polls it at every wake-up, and `deadline`'s wait takes the watch's lock at each.
+    pub(super) fn passed(&self) -> Passed {
+        Passed(self.0.clone().map(super::turned::turned))
+    }
+
     /// Resolves at the drain deadline; never for a connection without a listener's.
     pub(super) async fn deadline(&mut self) {
         match &mut self.0 {
@@ -42,6 +48,20 @@ impl Drain {
                 let _ = deadline.wait_for(|passed| *passed).await;
             }
             None => std::future::pending().await,
+        }
+    }
+}
+
+/// `Drain::passed`: ready at the drain deadline; never without a listener's.
+pub(super) struct Passed(Option<super::turned::Turned>);
+
+impl Future for Passed {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.get_mut().0 {
+            Some(turned) => Pin::new(turned).poll(cx),
+            None => Poll::Pending,
         }
     }
 }

@@ -30,7 +30,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     common::{
         free_port, median, nginx_prelude, pinned, process_tree, spread, tree_cpu_seconds,
-        tree_rss_bytes,
+        tree_on_cpu_seconds, tree_rss_bytes,
     },
     results_dir,
 };
@@ -53,9 +53,15 @@ const H2_REQUESTS: u32 = 50_000;
 /// Below HAProxy's maxconn, which the 20 000-descriptor limit caps at 9 500; scaled to 10 000.
 const IDLE_CONNECTIONS: usize = 8_000;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// New-connection runs: wrk with `Connection: close`, so every request is a connection.
-const CONN_CONNECTIONS: u32 = 10;
-const CONN_SECONDS: u32 = 3;
+/// New-connection runs: wrk with `Connection: close`, so every request is a connection,
+/// one connection at a time: at saturation (the earlier `-c10`) the work per connection
+/// depended on how many events each wake-up found, which depended on what the machine's
+/// other tenants left the load generator, and two runs disagreed (issue 15: 0.78× nginx
+/// in one, 1.29× in another). More, shorter rounds than the other rows, the servers'
+/// order rotating, and the ratio to nginx taken within each round.
+const CONN_CONNECTIONS: u32 = 1;
+const CONN_SECONDS: u32 = 2;
+const CONN_ROUNDS: usize = 9;
 /// Latency at half load: open-loop (paced-load), this long, over this many connections.
 const PACED_SECONDS: u32 = 5;
 const PACED_CONNECTIONS: u32 = 16;
@@ -104,6 +110,8 @@ struct Figures {
     /// New connections (one request each): per second and CPU µs per connection.
     conn_rps: Vec<f64>,
     conn_cpu_us: Vec<f64>,
+    /// gatewayd's only: its CPU per new connection ÷ nginx's, round by round.
+    conn_ratio: Vec<f64>,
     /// Open-loop latency at the common half load: p50 and p99, in ms.
     paced_p50_ms: Option<f64>,
     paced_p99_ms: Option<f64>,
@@ -148,13 +156,20 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             println!("round {round}: {} HTTP/2 (h2load)", server.name);
             h2load_run(server, f)?;
         }
-        for (server, f) in servers.iter().zip(&mut figures) {
+    }
+    for round in 0..CONN_ROUNDS {
+        let rotated = (0..servers.len()).map(|i| (i + round) % servers.len());
+        for i in rotated {
             println!(
-                "round {round}: {} new connections (wrk, Connection: close)",
-                server.name
+                "round {round}: {} new connections (wrk -c{CONN_CONNECTIONS}, Connection: close)",
+                servers[i].name
             );
-            new_connections_run(server, f)?;
+            new_connections_run(&servers[i], &mut figures[i])?;
         }
+        // gatewayd ÷ nginx within the round: both measured seconds apart.
+        let ratio = figures[0].conn_cpu_us.last().copied().unwrap_or(0.0)
+            / figures[1].conn_cpu_us.last().copied().unwrap_or(f64::NAN);
+        figures[0].conn_ratio.push(ratio);
     }
     // Latency at half load: every server gets the same offered rate, half of what the
     // slowest of them sustained, and the upstream alone is measured at it too, so the
@@ -324,23 +339,44 @@ fn h2load_paced_run(server: &Server, f: &mut Figures) -> Result<()> {
 
 fn paced_table(servers: &[Server], figures: &[Figures], rate: f64, direct: (f64, f64)) -> String {
     let mut out = format!(
-        "\nLatency added at half load ({rate:.0} requests/s offered to every server, open loop, {PACED_CONNECTIONS} keep-alive connections, {PACED_SECONDS} s; the upstream alone: p50 {:.3} ms, p99 {:.3} ms):\n\n| server | p50 | p99 | added p50 | added p99 | new connections/s | CPU µs per new connection |\n|---|---|---|---|---|---|---|\n",
+        "\nLatency added at half load ({rate:.0} requests/s offered to every server, open loop, {PACED_CONNECTIONS} keep-alive connections, {PACED_SECONDS} s; the upstream alone: p50 {:.3} ms, p99 {:.3} ms):\n\n| server | p50 | p99 | added p50 | added p99 | new connections/s | CPU µs per new connection | ÷ nginx, per round |\n|---|---|---|---|---|---|---|---|\n",
         direct.0, direct.1
     );
     for (server, f) in servers.iter().zip(figures) {
         let (p50, p99) = (f.paced_p50_ms.unwrap_or(0.0), f.paced_p99_ms.unwrap_or(0.0));
         let _ = writeln!(
             out,
-            "| {} | {p50:.3} ms | {p99:.3} ms | {:.3} ms | {:.3} ms | {:.0} ({}) | {:.1} |",
+            "| {} | {p50:.3} ms | {p99:.3} ms | {:.3} ms | {:.3} ms | {:.0} ({}) | {:.1} ({}) | {} |",
             server.name,
             p50 - direct.0,
             p99 - direct.1,
             median(&f.conn_rps),
             spread(&f.conn_rps),
             median(&f.conn_cpu_us),
+            spread_to(&f.conn_cpu_us, 1),
+            if f.conn_ratio.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{:.2} ({})",
+                    median(&f.conn_ratio),
+                    spread_to(&f.conn_ratio, 2)
+                )
+            },
         );
     }
+    let _ = writeln!(
+        out,
+        "\nNew connections: wrk -t1 -c{CONN_CONNECTIONS} -d{CONN_SECONDS}s with `Connection: close`, {CONN_ROUNDS} rounds (the servers' order rotating), CPU from each server's scheduler time (/proc/PID/task/*/schedstat); medians (min–max)."
+    );
     out
+}
+
+/// min–max with `decimals` places (ratios and µs need more than `spread`'s none).
+fn spread_to(values: &[f64], decimals: usize) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.decimals$}–{max:.decimals$}")
 }
 
 /// One open-loop run at `rate` against `port`: (p50, p99) in ms; fails on any error.
@@ -371,7 +407,7 @@ fn paced_run(bin: &Path, port: u16, rate: f64) -> Result<(f64, f64)> {
 
 /// wrk with `Connection: close`: every request opens a connection (the server closes it).
 fn new_connections_run(server: &Server, f: &mut Figures) -> Result<()> {
-    let before = cpu_seconds(server);
+    let before = tree_on_cpu_seconds(server.process.0.id());
     let output = pinned(CLIENT_CPU, Path::new("wrk"))
         .args([
             "-t1",
@@ -387,7 +423,7 @@ fn new_connections_run(server: &Server, f: &mut Figures) -> Result<()> {
         .arg(format!("http://127.0.0.1:{}{TARGET_PATH}", server.h1_port))
         .output()
         .context("running wrk")?;
-    let used = cpu_seconds(server) - before;
+    let used = tree_on_cpu_seconds(server.process.0.id()) - before;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if text.contains("Non-2xx") {
         bail!("{}: wrk saw non-2xx answers:\n{text}", server.name);
