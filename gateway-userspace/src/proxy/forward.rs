@@ -15,7 +15,9 @@ use super::{
     access_log::{AccessLogEntry, AccessLogFormat, ClientCertificate},
     body::{ClientBody, ProxyBody},
     context::ProxyContext,
-    edge_headers, forward_action, grpc, limits,
+    edge_headers, forward_action, grpc,
+    http1::passed::{self, PassedFields, ResponseFields},
+    limits,
     local_reply::LocalReply,
     outcome::Outcome,
     replay::ReplayBudget,
@@ -77,7 +79,15 @@ impl Connection {
         self
     }
 
+    /// The answer to `request` as a response with its whole header map (for hyper's
+    /// servers).
     pub(super) async fn handle(&self, request: Request<ClientBody>) -> Response<ProxyBody> {
+        self.answer(request).await.into_response()
+    }
+
+    /// The answer to `request`: the response, and the upstream head's fields when they
+    /// are passed as they came (`http1::passed`; the codec writes them).
+    pub(super) async fn answer(&self, request: Request<ClientBody>) -> Answered {
         let started = Instant::now();
         let version = request.version();
         // What the access log needs from the request, kept only when there is a log (the
@@ -116,12 +126,14 @@ impl Connection {
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
         let transport_failure = outcome.answer.transport_failure();
-        let (mut response, flags) = outcome.answer.into_response(request_is_grpc);
+        let (mut response, mut passed, flags) = outcome.answer.into_response(request_is_grpc);
         // Istio names its gateway in every answer, the upstream's Server header replaced
         // (Envoy's default server_header_transformation, OVERWRITE).
-        response
-            .headers_mut()
-            .insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
+        ResponseFields {
+            map: response.headers_mut(),
+            passed: &mut passed,
+        }
+        .insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
 
         let status = response.status();
         let key = RequestKey {
@@ -151,7 +163,7 @@ impl Connection {
             ),
         }
         let Some(logged) = logged else {
-            return response;
+            return Answered { response, passed };
         };
         self.ctx.access_log.write(&AccessLogEntry {
             start_time: logged.start_time,
@@ -161,10 +173,12 @@ impl Connection {
             status: status.as_u16(),
             flags: flags.as_str(),
             transport_failure,
-            response_bytes: response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()),
+            response_bytes: passed::get(
+                response.headers(),
+                passed.as_deref(),
+                &header::CONTENT_LENGTH,
+            )
+            .and_then(passed::as_text),
             duration: elapsed,
             forwarded_for: logged.forwarded_for.as_ref().and_then(|v| v.to_str().ok()),
             user_agent: logged.user_agent.as_ref().and_then(|v| v.to_str().ok()),
@@ -177,7 +191,7 @@ impl Connection {
             requested_server_name: self.tls.as_ref().and_then(|(tls, _)| tls.sni.as_deref()),
             client_certificate: self.client_certificate(),
         });
-        response
+        Answered { response, passed }
     }
 
     /// Finds the request's route in `live` and applies its action.
@@ -338,6 +352,25 @@ impl Connection {
     /// (`Snapshot::listener_for`).
     fn listener<'l>(&self, live: &'l Live) -> Option<&'l Listener> {
         live.snapshot.listener_for(self.local)
+    }
+}
+
+/// A response, and the upstream head's fields when they are passed as they came: its
+/// map is empty then (`http1::passed`).
+pub(super) struct Answered {
+    pub response: Response<ProxyBody>,
+    pub passed: Option<Box<PassedFields>>,
+}
+
+impl Answered {
+    /// The response with its whole header map.
+    pub(super) fn into_response(self) -> Response<ProxyBody> {
+        let Answered {
+            mut response,
+            mut passed,
+        } = self;
+        passed::whole(response.headers_mut(), &mut passed);
+        response
     }
 }
 

@@ -161,11 +161,11 @@ pub(super) async fn run(
             Err(_) => true,
         });
         let retriable = match &result {
-            Ok(response) => route_actions::retriable_response(
-                &retry.retry_on,
-                response.status(),
-                response.headers(),
-            ),
+            Ok(response) => {
+                route_actions::retriable_response(&retry.retry_on, response.status(), || {
+                    UpstreamBody::field(response, &route_actions::GRPC_STATUS)
+                })
+            }
             Err(failure) => route_actions::retriable_failure(&retry.retry_on, *failure),
         };
         let mut retry_overflowed = false;

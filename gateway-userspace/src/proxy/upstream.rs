@@ -19,7 +19,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
     client::conn::{http1, http2},
@@ -33,6 +33,7 @@ use super::{
     http1::{
         Http1Client, Upgraded,
         client::{self, ClientError, ResponseBody},
+        passed::{self, PassedFields},
     },
     route_actions::TryFailure,
     upstream_tls::{self, UpstreamStream},
@@ -762,6 +763,30 @@ impl UpstreamBody {
             return UpstreamUpgrade::Own(upgraded);
         }
         UpstreamUpgrade::Hyper(hyper::upgrade::on(response))
+    }
+
+    /// The response head's fields passed as they came, if they were: the response's
+    /// map is empty then (`http1::passed`).
+    pub(super) fn passed(&self) -> Option<&PassedFields> {
+        match &self.inner {
+            Inner::Own(body) => body.passed(),
+            Inner::Hyper(_) => None,
+        }
+    }
+
+    pub(super) fn take_passed(&mut self) -> Option<Box<PassedFields>> {
+        match &mut self.inner {
+            Inner::Own(body) => body.take_passed(),
+            Inner::Hyper(_) => None,
+        }
+    }
+
+    /// `name`'s value in `response`, wherever its fields are.
+    pub(super) fn field<'a>(
+        response: &'a Response<UpstreamBody>,
+        name: &HeaderName,
+    ) -> Option<&'a [u8]> {
+        passed::get(response.headers(), response.body().passed(), name)
     }
 
     fn is_done(&self) -> bool {
