@@ -259,7 +259,7 @@ pub(super) async fn forward<'s>(
         fault_flags
     };
     // The route's timeout runs on to the end of the response (a tunnel has no end).
-    let response = response.map(|body| body.map_err(BoxError::from).boxed());
+    let response = (*response).map(|body| body.map_err(BoxError::from).boxed());
     let response = match forward.timeout {
         Some(timeout) if !switching => response
             .map(|body| DeadlineBody::new(body, route_clock::expiry(request_end, timeout)).boxed()),
