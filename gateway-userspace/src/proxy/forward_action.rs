@@ -44,6 +44,8 @@ pub(super) async fn forward<'s>(
     ctx: &Arc<ProxyContext>,
     live: &'s Arc<Live>,
     mut request: Request<ClientBody>,
+    // The request carries an Upgrade header (once the edge dropped h2c's).
+    upgrade_asked: bool,
     route: &'s Route<RouteAction>,
     forward: &'s Forward,
     downstream: &Downstream<'_>,
@@ -107,8 +109,7 @@ pub(super) async fn forward<'s>(
 
     // Upgrades (WebSocket and friends): the client's side of the upgraded connection,
     // joined to the upstream's once it answers 101.
-    let is_upgrade =
-        request.version() == Version::HTTP_11 && request.headers().contains_key(header::UPGRADE);
+    let is_upgrade = request.version() == Version::HTTP_11 && upgrade_asked;
     let downstream_upgrade = is_upgrade.then(|| ClientUpgrade::on(&mut request));
 
     let hash = cluster.hash_policy.as_ref().and_then(|policy| {

@@ -326,6 +326,7 @@ where
         keep_alive,
         expect_continue,
         upgrade,
+        facts,
         ..
     } = head;
     let method = request.method().clone();
@@ -341,7 +342,7 @@ where
     // In a block of its own: the handler's future (the largest part of this one) and
     // the response's writer then share their room in this future's layout.
     let forward::Answered { response, passed } = {
-        let handler = client.connection.answer(request);
+        let handler = client.connection.answer(request, facts);
         let mut handler = std::pin::pin!(handler);
         loop {
             let need_read = pump.advance(buf);
