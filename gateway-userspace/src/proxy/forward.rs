@@ -268,6 +268,7 @@ impl Connection {
                     authority,
                     request_id,
                     replay_budget: &self.replay_budget,
+                    upgrade_asked: facts.upgrade != Upgrade::None,
                 };
                 let ctx = &self.ctx;
                 // Boxed: a forward's future (the tries, the upstream exchange) is most of
@@ -277,7 +278,6 @@ impl Connection {
                     ctx,
                     live,
                     request,
-                    facts.upgrade != Upgrade::None,
                     route,
                     forward,
                     &downstream,

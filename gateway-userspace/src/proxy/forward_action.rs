@@ -44,8 +44,6 @@ pub(super) async fn forward<'s>(
     ctx: &Arc<ProxyContext>,
     live: &'s Arc<Live>,
     mut request: Request<ClientBody>,
-    // The request carries an Upgrade header (once the edge dropped h2c's).
-    upgrade_asked: bool,
     route: &'s Route<RouteAction>,
     forward: &'s Forward,
     downstream: &Downstream<'_>,
@@ -109,7 +107,7 @@ pub(super) async fn forward<'s>(
 
     // Upgrades (WebSocket and friends): the client's side of the upgraded connection,
     // joined to the upstream's once it answers 101.
-    let is_upgrade = request.version() == Version::HTTP_11 && upgrade_asked;
+    let is_upgrade = request.version() == Version::HTTP_11 && downstream.upgrade_asked;
     let downstream_upgrade = is_upgrade.then(|| ClientUpgrade::on(&mut request));
 
     let hash = cluster.hash_policy.as_ref().and_then(|policy| {
@@ -223,9 +221,9 @@ pub(super) async fn forward<'s>(
             websocket: true,
         };
         tokio::spawn(join_upgraded(client_side, upstream_side, clocks));
-    } else if !passed
+    } else if passed
         .as_deref_mut()
-        .is_some_and(|passed| passed.strip_hop_by_hop().is_ok())
+        .is_none_or(|passed| passed.strip_hop_by_hop().is_err())
     {
         strip_hop_by_hop(passed::whole(response.headers_mut(), &mut passed));
     }
