@@ -84,7 +84,8 @@ pub(in crate::proxy) struct PassedFields {
     /// The head's bytes (a copy: every field below is a range of it).
     head: Bytes,
     fields: [Field; MAX_FIELDS],
-    inserted: [Option<(HeaderName, HeaderValue)>; MAX_INSERTED],
+    /// The proxy's inserts, each with its name's kind (found once, when inserted).
+    inserted: [Option<(HeaderName, HeaderValue, Kind)>; MAX_INSERTED],
     /// The entries in the map's order.
     order: [Entry; MAX_FIELDS + MAX_INSERTED],
     entries: u8,
@@ -120,15 +121,12 @@ impl Name<'_> {
     /// The name, lowercase, onto `out`.
     pub(in crate::proxy) fn push_to(&self, out: &mut Vec<u8>) {
         match self {
-            Name::Field(name) => out.extend(name.iter().map(u8::to_ascii_lowercase)),
+            Name::Field(name) => {
+                let start = out.len();
+                out.extend_from_slice(name);
+                out[start..].make_ascii_lowercase();
+            }
             Name::Inserted(name) => out.extend_from_slice(name.as_str().as_bytes()),
-        }
-    }
-
-    fn is(&self, name: &HeaderName) -> bool {
-        match self {
-            Name::Field(field) => field.eq_ignore_ascii_case(name.as_str().as_bytes()),
-            Name::Inserted(inserted) => *inserted == name,
         }
     }
 }
@@ -242,14 +240,20 @@ impl PassedFields {
                 )
             }
             Entry::Inserted(at) => match &self.inserted[usize::from(at)] {
-                Some((name, value)) => (
-                    Name::Inserted(name),
-                    value.as_bytes(),
-                    Kind::of(name.as_str().as_bytes()),
-                ),
+                Some((name, value, kind)) => (Name::Inserted(name), value.as_bytes(), *kind),
                 // Every inserted entry has its slot filled.
                 None => (Name::Field(b""), b"", Kind::Other),
             },
+        }
+    }
+
+    /// An entry's kind, without its name and value.
+    fn kind(&self, entry: Entry) -> Kind {
+        match entry {
+            Entry::Field(at) => self.fields[usize::from(at)].kind,
+            Entry::Inserted(slot) => self.inserted[usize::from(slot)]
+                .as_ref()
+                .map_or(Kind::Other, |(_, _, kind)| *kind),
         }
     }
 
@@ -272,10 +276,27 @@ impl PassedFields {
         self.position(name).map(|at| self.entry(self.order[at]).1)
     }
 
+    /// Where `name`'s entry is in the order. A name the proxy knows by its kind (each
+    /// kind but `Other` is one name, and a passed head has each name once) is found by
+    /// it, without comparing names; others by name, length first.
     fn position(&self, name: &HeaderName) -> Option<usize> {
-        self.entries()
-            .iter()
-            .position(|&entry| self.entry(entry).0.is(name))
+        let wanted = name.as_str().as_bytes();
+        let kind = Kind::of(wanted);
+        self.entries().iter().position(|&entry| match entry {
+            Entry::Field(at) => {
+                let field = &self.fields[usize::from(at)];
+                if kind != Kind::Other {
+                    field.kind == kind
+                } else {
+                    field.kind == Kind::Other
+                        && usize::from(field.name.1) == wanted.len()
+                        && self.field_name(field).eq_ignore_ascii_case(wanted)
+                }
+            }
+            Entry::Inserted(slot) => self.inserted[usize::from(slot)]
+                .as_ref()
+                .is_some_and(|(inserted, _, _)| inserted == name),
+        })
     }
 
     /// As `HeaderMap::insert`: the value replaces the entry of that name in its place, or
@@ -289,7 +310,8 @@ impl PassedFields {
         let slot = match self.position(&name) {
             Some(at) => match self.order[at] {
                 Entry::Inserted(slot) => {
-                    self.inserted[usize::from(slot)] = Some((name, value));
+                    let kind = Kind::of(name.as_str().as_bytes());
+                    self.inserted[usize::from(slot)] = Some((name, value, kind));
                     return Ok(());
                 }
                 Entry::Field(_) => Err(at),
@@ -299,7 +321,8 @@ impl PassedFields {
         let Some(free) = self.inserted.iter().position(Option::is_none) else {
             return Err((name, value));
         };
-        self.inserted[free] = Some((name, value));
+        let kind = Kind::of(name.as_str().as_bytes());
+        self.inserted[free] = Some((name, value, kind));
         let entry = Entry::Inserted(free as u8);
         match slot {
             Err(at) => self.order[at] = entry,
@@ -326,7 +349,7 @@ impl PassedFields {
         let mut present = 0u8;
         let mut upgrade = false;
         for &entry in self.entries() {
-            match self.entry(entry).2 {
+            match self.kind(entry) {
                 Kind::HopByHop(index) => present |= 1 << index,
                 Kind::Upgrade => upgrade = true,
                 _ => {}
@@ -354,7 +377,7 @@ impl PassedFields {
             let at = self
                 .entries()
                 .iter()
-                .position(|&e| self.entry(e).2 == Kind::HopByHop(index));
+                .position(|&e| self.kind(e) == Kind::HopByHop(index));
             if let Some(at) = at {
                 self.swap_remove(at);
             }
@@ -367,7 +390,7 @@ impl PassedFields {
             && let Some(at) = self
                 .entries()
                 .iter()
-                .position(|&e| self.entry(e).2 == Kind::Upgrade)
+                .position(|&e| self.kind(e) == Kind::Upgrade)
         {
             self.swap_remove(at);
         }
@@ -395,7 +418,7 @@ impl PassedFields {
                     }
                 }
                 Entry::Inserted(at) => {
-                    if let Some((name, value)) = &self.inserted[usize::from(at)] {
+                    if let Some((name, value, _)) = &self.inserted[usize::from(at)] {
                         map.append(name.clone(), value.clone());
                     }
                 }
