@@ -14,6 +14,7 @@ mod forward_action;
 mod grpc;
 mod h1_guard;
 mod hash_key;
+mod head_facts;
 mod http1;
 mod limits;
 mod local_reply;

@@ -9,7 +9,10 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 
-use super::normalize::{self, PathNormalization};
+use super::{
+    head_facts::{HeadFacts, Upgrade},
+    normalize::{self, PathNormalization},
+};
 
 /// Client-sent headers Envoy removes from an external request at the edge (a static: a
 /// const array is built and dropped at every use).
@@ -36,8 +39,6 @@ static EXTERNAL_STRIPPED: [HeaderName; 19] = [
     // Envoy overwrites it when it rewrites a path; a client's copy would pose as one.
     HeaderName::from_static("x-envoy-original-path"),
 ];
-/// What every name of EXTERNAL_STRIPPED starts with.
-const STRIPPED_PREFIX: &str = "x-envoy-";
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// A request's answer decided at the edge, before routing.
@@ -52,20 +53,19 @@ pub(super) enum Refusal {
 pub(super) fn admit<B>(
     mut request: Request<B>,
     paths: PathNormalization,
+    facts: &mut HeadFacts,
 ) -> Result<Request<B>, Refusal> {
     let headers = request.headers_mut();
-    // Every stripped name starts with `x-envoy-`, which almost no request carries: one
-    // pass over the names instead of 19 hashed removals.
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with(STRIPPED_PREFIX))
-    {
+    // Every stripped name starts with `x-envoy-`, which almost no request carries: the
+    // head's one pass over the names tells, instead of 19 hashed removals.
+    if facts.envoy_prefixed {
         for name in &EXTERNAL_STRIPPED {
             headers.remove(name);
         }
     }
-    if upgrade_token(headers).is_some_and(|t| t.eq_ignore_ascii_case(b"h2c")) {
+    if facts.upgrade == Upgrade::H2c {
         drop_h2c_upgrade(headers);
+        facts.upgrade = Upgrade::None;
     }
     if let Some(uri) = normalized_uri(request.method(), request.uri(), paths)? {
         *request.uri_mut() = uri;
@@ -85,24 +85,12 @@ pub(super) fn logged_uri(method: &Method, uri: &Uri, paths: PathNormalization) -
 
 /// Whether the request asks for an upgrade the gateway does not do (anything but
 /// WebSocket), or is a CONNECT: Envoy answers it 403 once a route matched, and closes.
-pub(super) fn refused_upgrade<B>(request: &Request<B>) -> bool {
-    if request.method() == Method::CONNECT {
-        return true;
-    }
-    match upgrade_token(request.headers()) {
-        Some(token) => !token.eq_ignore_ascii_case(b"websocket"),
-        None => false,
-    }
+pub(super) fn refused_upgrade(method: &Method, upgrade: Upgrade) -> bool {
+    *method == Method::CONNECT || !matches!(upgrade, Upgrade::None | Upgrade::WebSocket)
 }
 
 /// Envoy's answer to a refused upgrade (empty body; the connection closes after it).
 pub(super) const REFUSED_UPGRADE_STATUS: StatusCode = StatusCode::FORBIDDEN;
-
-fn upgrade_token(headers: &HeaderMap) -> Option<&[u8]> {
-    headers
-        .get(header::UPGRADE)
-        .map(|v| v.as_bytes().trim_ascii())
-}
 
 /// Envoy's HTTP/1 codec: `Upgrade: h2c` and its `HTTP2-Settings` are removed, and so
 /// are those tokens from `Connection`.
@@ -165,8 +153,21 @@ mod tests {
     #[test]
     fn every_stripped_name_has_the_prefix_admit_looks_for() {
         for name in &EXTERNAL_STRIPPED {
-            assert!(name.as_str().starts_with(STRIPPED_PREFIX), "{name}");
+            assert!(
+                name.as_str()
+                    .starts_with(super::super::head_facts::ENVOY_PREFIX),
+                "{name}"
+            );
         }
+    }
+
+    fn admit<B>(request: Request<B>, paths: PathNormalization) -> Result<Request<B>, Refusal> {
+        let mut facts = HeadFacts::of(request.headers());
+        super::admit(request, paths, &mut facts)
+    }
+
+    fn refused_upgrade<B>(request: &Request<B>) -> bool {
+        super::refused_upgrade(request.method(), HeadFacts::of(request.headers()).upgrade)
     }
 
     fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {

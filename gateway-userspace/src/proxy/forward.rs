@@ -9,13 +9,16 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
 
 use super::{
     access_log::{AccessLogEntry, AccessLogFormat, ClientCertificate},
     body::{ClientBody, ProxyBody},
     context::ProxyContext,
-    edge_headers, forward_action, grpc, limits,
+    edge_headers, forward_action,
+    head_facts::{HeadFacts, Upgrade},
+    http1::passed::{self, PassedFields, ResponseFields},
+    limits,
     local_reply::LocalReply,
     outcome::Outcome,
     replay::ReplayBudget,
@@ -114,7 +117,21 @@ impl Connection {
         self
     }
 
+    /// The answer to `request` as a response with its whole header map (for hyper's
+    /// servers).
     pub(super) async fn handle(&self, request: Request<ClientBody>) -> Response<ProxyBody> {
+        let facts = HeadFacts::of(request.headers());
+        self.answer(request, facts).await.into_response()
+    }
+
+    /// The answer to `request`: the response, and the upstream head's fields when they
+    /// are passed as they came (`http1::passed`; the codec writes them). `facts`: what
+    /// the request's head says (`head_facts.rs`).
+    pub(super) async fn answer(
+        &self,
+        request: Request<ClientBody>,
+        mut facts: HeadFacts,
+    ) -> Answered {
         let started = Instant::now();
         let version = request.version();
         // What the access log needs from the request, kept only when there is a log (the
@@ -133,11 +150,11 @@ impl Connection {
                 forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
             })
         });
-        let authority = request_authority(&request);
+        let authority = request_authority(&request, facts.host.take());
         // Every request here is external: Envoy replaces a client's x-request-id at the
         // edge (`preserve_external_request_id` off, as Istio leaves it).
         let request_id = new_request_id();
-        let request_is_grpc = grpc::is_grpc(request.headers());
+        let request_is_grpc = facts.grpc;
         // This request's configuration and cluster state, whatever reloads happen while
         // it is served; the next request on the connection reads the live one again.
         let live = self.ctx.live.load_full();
@@ -146,6 +163,7 @@ impl Connection {
             .route(
                 &live,
                 request,
+                facts,
                 authority.as_ref().and_then(|a| a.to_str().ok()),
                 &request_id,
             )
@@ -153,12 +171,14 @@ impl Connection {
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
         let transport_failure = outcome.answer.transport_failure();
-        let (mut response, flags) = outcome.answer.into_response(request_is_grpc);
+        let (mut response, mut passed, flags) = outcome.answer.into_response(request_is_grpc);
         // Istio names its gateway in every answer, the upstream's Server header replaced
         // (Envoy's default server_header_transformation, OVERWRITE).
-        response
-            .headers_mut()
-            .insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
+        ResponseFields {
+            map: response.headers_mut(),
+            passed: &mut passed,
+        }
+        .insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
 
         let status = response.status();
         let key = RequestKey {
@@ -188,7 +208,7 @@ impl Connection {
             ),
         }
         let Some(logged) = logged else {
-            return response;
+            return Answered { response, passed };
         };
         self.ctx.access_log.write(&AccessLogEntry {
             start_time: logged.start_time,
@@ -198,10 +218,12 @@ impl Connection {
             status: status.as_u16(),
             flags: flags.as_str(),
             transport_failure,
-            response_bytes: response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()),
+            response_bytes: passed::get(
+                response.headers(),
+                passed.as_deref(),
+                &header::CONTENT_LENGTH,
+            )
+            .and_then(passed::as_text),
             duration: elapsed,
             forwarded_for: logged.forwarded_for.as_ref().and_then(|v| v.to_str().ok()),
             user_agent: logged.user_agent.as_ref().and_then(|v| v.to_str().ok()),
@@ -214,7 +236,7 @@ impl Connection {
             requested_server_name: self.tls.as_ref().and_then(|(tls, _)| tls.sni.as_deref()),
             client_certificate: self.client_certificate(),
         });
-        response
+        Answered { response, passed }
     }
 
     /// Finds the request's route in `live` and applies its action.
@@ -222,15 +244,16 @@ impl Connection {
         &'s self,
         live: &'s Arc<Live>,
         request: Request<ClientBody>,
+        mut facts: HeadFacts,
         authority: Option<&str>,
         request_id: &HeaderValue,
     ) -> Outcome<'s> {
-        if let Some(status) = framing_problem(&request) {
+        if let Some(status) = facts.framing_problem() {
             // The message boundaries are in doubt: answer and close the connection so
             // nothing after this request is read with the wrong framing.
             return LocalReply::ambiguous_framing(status).into();
         }
-        if limits::declared_body_too_large(&request, &self.ctx.limits) {
+        if limits::declared_body_too_large(facts.declared_length, &self.ctx.limits) {
             // Refused before anything is forwarded; the unread body ends the connection.
             return LocalReply::payload_too_large().closing().into();
         }
@@ -246,7 +269,7 @@ impl Connection {
         {
             return LocalReply::misdirected().into();
         }
-        let request = match edge_headers::admit(request, self.ctx.path_normalization) {
+        let request = match edge_headers::admit(request, self.ctx.path_normalization, &mut facts) {
             Ok(request) => request,
             Err(edge_headers::Refusal::BadPath) => return LocalReply::bad_request().into(),
         };
@@ -265,7 +288,7 @@ impl Connection {
         let Some(route) = listener.routes.find(&info) else {
             return LocalReply::no_route().into();
         };
-        if edge_headers::refused_upgrade(&request) {
+        if edge_headers::refused_upgrade(request.method(), facts.upgrade) {
             self.ctx.metrics.upgrades_refused.inc();
             return LocalReply::refused_upgrade(edge_headers::REFUSED_UPGRADE_STATUS).into();
         }
@@ -282,6 +305,7 @@ impl Connection {
                     authority,
                     request_id,
                     replay_budget: &self.replay_budget,
+                    upgrade_asked: facts.upgrade != Upgrade::None,
                 };
                 let ctx = &self.ctx;
                 // Boxed: a forward's future (the tries, the upstream exchange) is most of
@@ -378,6 +402,25 @@ impl Connection {
     }
 }
 
+/// A response, and the upstream head's fields when they are passed as they came: its
+/// map is empty then (`http1::passed`).
+pub(super) struct Answered {
+    pub response: Response<ProxyBody>,
+    pub passed: Option<Box<PassedFields>>,
+}
+
+impl Answered {
+    /// The response with its whole header map.
+    pub(super) fn into_response(self) -> Response<ProxyBody> {
+        let Answered {
+            mut response,
+            mut passed,
+        } = self;
+        passed::whole(response.headers_mut(), &mut passed);
+        response
+    }
+}
+
 /// What the access log needs of a request after the request itself has moved on.
 struct LoggedRequest {
     start_time: SystemTime,
@@ -387,30 +430,11 @@ struct LoggedRequest {
     forwarded_for: Option<HeaderValue>,
 }
 
-/// Requests whose body length two parsers could read differently (RFC 9112 §6.1, §6.3):
-/// Content-Length beside Transfer-Encoding, Content-Length more than once, or a
-/// Transfer-Encoding other than `chunked` (501, which no proxy can frame). hyper's parser
-/// rejects conflicting Content-Length values itself; these it lets through.
-fn framing_problem<B>(request: &Request<B>) -> Option<StatusCode> {
-    let headers = request.headers();
-    let content_lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    let transfer_encodings: Vec<&HeaderValue> =
-        headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    if content_lengths > 1 || (content_lengths > 0 && !transfer_encodings.is_empty()) {
-        return Some(StatusCode::BAD_REQUEST);
-    }
-    match transfer_encodings.as_slice() {
-        [] => None,
-        [only] if only.as_bytes().eq_ignore_ascii_case(b"chunked") => None,
-        _ => Some(StatusCode::NOT_IMPLEMENTED),
-    }
-}
-
-/// HTTP/2's :authority, else the Host header.
-fn request_authority<B>(request: &Request<B>) -> Option<HeaderValue> {
+/// HTTP/2's :authority, else the Host header (`host`, the head's first).
+fn request_authority<B>(request: &Request<B>, host: Option<HeaderValue>) -> Option<HeaderValue> {
     match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => request.headers().get(header::HOST).cloned(),
+        None => host,
     }
     .filter(|a| !a.is_empty())
 }

@@ -14,7 +14,10 @@ use super::{
     context::ProxyContext,
     flags::ResponseFlags,
     hash_key,
-    http1::{PendingUpgrade, Upgraded},
+    http1::{
+        PendingUpgrade, Upgraded,
+        passed::{self, ResponseFields},
+    },
     limits,
     local_reply::LocalReply,
     mirror,
@@ -104,8 +107,7 @@ pub(super) async fn forward<'s>(
 
     // Upgrades (WebSocket and friends): the client's side of the upgraded connection,
     // joined to the upstream's once it answers 101.
-    let is_upgrade =
-        request.version() == Version::HTTP_11 && request.headers().contains_key(header::UPGRADE);
+    let is_upgrade = request.version() == Version::HTTP_11 && downstream.upgrade_asked;
     let downstream_upgrade = is_upgrade.then(|| ClientUpgrade::on(&mut request));
 
     let hash = cluster.hash_policy.as_ref().and_then(|policy| {
@@ -196,9 +198,17 @@ pub(super) async fn forward<'s>(
         }
     };
 
+    // The head's fields as the upstream sent them, when the client passed them so
+    // (`http1::passed`): the edits below go beside them, and only those that need more
+    // than an insert turn them into the map (`passed::whole`).
+    let mut passed = response.body_mut().take_passed();
     // Envoy tells the client how long the upstream took (the last try, to its response
     // headers), in milliseconds.
-    response.headers_mut().insert(
+    ResponseFields {
+        map: response.headers_mut(),
+        passed: &mut passed,
+    }
+    .insert(
         X_ENVOY_UPSTREAM_SERVICE_TIME,
         millis(took.as_millis() as u64),
     );
@@ -211,23 +221,35 @@ pub(super) async fn forward<'s>(
             websocket: true,
         };
         tokio::spawn(join_upgraded(client_side, upstream_side, clocks));
-    } else {
-        strip_hop_by_hop(response.headers_mut());
+    } else if passed
+        .as_deref_mut()
+        .is_none_or(|passed| passed.strip_hop_by_hop().is_err())
+    {
+        strip_hop_by_hop(passed::whole(response.headers_mut(), &mut passed));
     }
-    forward.headers.response.apply(response.headers_mut());
-    weighted.headers.response.apply(response.headers_mut());
+    for rules in [&forward.headers.response, &weighted.headers.response] {
+        if !rules.is_empty() {
+            rules.apply(passed::whole(response.headers_mut(), &mut passed));
+        }
+    }
     if let Some((cors, origin)) = &cors_origin {
-        route_actions::cors_response_headers(cors, origin, response.headers_mut());
+        route_actions::cors_response_headers(
+            cors,
+            origin,
+            passed::whole(response.headers_mut(), &mut passed),
+        );
     }
     if let Some(cookie) = hash.and_then(|k| k.set_cookie) {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
+        passed::whole(response.headers_mut(), &mut passed).append(header::SET_COOKIE, cookie);
     }
     let retried_status = retried
-        && route_actions::retriable_response(
-            &forward.retry.retry_on,
-            response.status(),
-            response.headers(),
-        );
+        && route_actions::retriable_response(&forward.retry.retry_on, response.status(), || {
+            passed::get(
+                response.headers(),
+                passed.as_deref(),
+                &route_actions::GRPC_STATUS,
+            )
+        });
     let flags = if retry_overflowed {
         ResponseFlags::UPSTREAM_OVERFLOW
     } else if retried_status {
@@ -236,13 +258,17 @@ pub(super) async fn forward<'s>(
         fault_flags
     };
     // The route's timeout runs on to the end of the response (a tunnel has no end).
-    let response = response.map(|body| body.map_err(BoxError::from).boxed());
+    let response = (*response).map(|body| body.map_err(BoxError::from).boxed());
     let response = match forward.timeout {
         Some(timeout) if !switching => response
             .map(|body| DeadlineBody::new(body, route_clock::expiry(request_end, timeout)).boxed()),
         _ => response,
     };
-    answered(Answer::Upstream { response, flags })
+    answered(Answer::Upstream {
+        response,
+        passed,
+        flags,
+    })
 }
 
 /// A count of milliseconds as a header value; the usual few (a nearby upstream) without

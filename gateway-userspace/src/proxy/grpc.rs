@@ -22,7 +22,13 @@ pub(super) mod code {
 pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.as_bytes().strip_prefix(CONTENT_TYPE.as_bytes()))
+        .is_some_and(|v| is_grpc_content_type(v.as_bytes()))
+}
+
+/// A `content-type` value that says gRPC.
+pub(super) fn is_grpc_content_type(value: &[u8]) -> bool {
+    value
+        .strip_prefix(CONTENT_TYPE.as_bytes())
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"+"))
 }
 

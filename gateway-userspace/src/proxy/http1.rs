@@ -18,6 +18,7 @@ pub mod fuzzing;
 mod halves;
 mod handoff;
 mod head;
+pub(super) mod passed;
 mod response;
 pub(super) mod rules;
 mod serve;

@@ -10,7 +10,6 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, header};
 use thiserror::Error;
 
 /// `start + length`, saturated a year out: the duration flags take any number of
@@ -103,16 +102,12 @@ pub(super) struct StreamIdleTimeout(pub Duration);
 
 /// A request whose declared `Content-Length` is over the body limit: answered 413
 /// before anything reaches an upstream.
-pub(super) fn declared_body_too_large<B>(request: &Request<B>, limits: &Limits) -> bool {
+/// `declared`: the request's Content-Length (`HeadFacts::declared_length`).
+pub(super) fn declared_body_too_large(declared: Option<u64>, limits: &Limits) -> bool {
     let Some(limit) = limits.max_request_body_bytes else {
         return false;
     };
-    request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|length| length > limit)
+    declared.is_some_and(|length| length > limit)
 }
 
 /// How a client's request body broke off, shared by the body (which sees the error)
@@ -177,6 +172,8 @@ pub(super) fn is_body_too_large(error: &(dyn Error + 'static)) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use http::{Request, header};
+
     use super::*;
 
     #[test]
@@ -191,10 +188,18 @@ mod tests {
             max_request_body_bytes: Some(10),
             ..Limits::default()
         };
-        assert!(!declared_body_too_large(&request("10"), &limited));
-        assert!(declared_body_too_large(&request("11"), &limited));
-        assert!(!declared_body_too_large(&request("11"), &Limits::default()));
-        assert!(!declared_body_too_large(&Request::new(()), &limited));
+        let declared =
+            |r: Request<()>| super::super::head_facts::HeadFacts::of(r.headers()).declared_length;
+        assert!(!declared_body_too_large(declared(request("10")), &limited));
+        assert!(declared_body_too_large(declared(request("11")), &limited));
+        assert!(!declared_body_too_large(
+            declared(request("11")),
+            &Limits::default()
+        ));
+        assert!(!declared_body_too_large(
+            declared(Request::new(())),
+            &limited
+        ));
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub(super) fn send(
                         upstream::send(&target, endpoint.addr, request, ctx.http1_client).await
                     {
                         // Drain so the pooled connection can be reused.
-                        let _ = response.into_body().collect().await;
+                        let _ = (*response).into_body().collect().await;
                     }
                 };
                 if tokio::time::timeout(timeout, exchange).await.is_err() {

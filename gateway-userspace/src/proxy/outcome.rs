@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use http::Response;
 
-use super::{body::ProxyBody, flags::ResponseFlags, local_reply::LocalReply};
+use super::{
+    body::ProxyBody, flags::ResponseFlags, http1::passed::PassedFields, local_reply::LocalReply,
+};
 use crate::runtime::LiveCluster;
 
 pub(super) struct Outcome<'a> {
@@ -21,22 +23,33 @@ pub(super) enum Answer {
     /// An upstream's response, with what the flags say of how it came (`URX`, `UO`, `DI`).
     Upstream {
         response: Response<ProxyBody>,
+        /// The upstream head's fields when passed as they came (`http1::passed`): the
+        /// response's map is empty then.
+        passed: Option<Box<PassedFields>>,
         flags: ResponseFlags,
     },
     Local(LocalReply),
 }
 
 impl Answer {
-    /// The response to send, and its flags.
+    /// The response to send, its passed fields (if any), and its flags.
     pub(super) fn into_response(
         self,
         request_is_grpc: bool,
-    ) -> (Response<ProxyBody>, ResponseFlags) {
+    ) -> (
+        Response<ProxyBody>,
+        Option<Box<PassedFields>>,
+        ResponseFlags,
+    ) {
         match self {
-            Answer::Upstream { response, flags } => (response, flags),
+            Answer::Upstream {
+                response,
+                passed,
+                flags,
+            } => (response, passed, flags),
             Answer::Local(reply) => {
                 let flags = reply.flags;
-                (reply.into_response(request_is_grpc), flags)
+                (reply.into_response(request_is_grpc), None, flags)
             }
         }
     }

@@ -273,18 +273,22 @@ pub(super) fn retriable_failure(on: &RetryOn, failure: TryFailure) -> bool {
 /// Is this answer worth another try? Its status, or for gRPC the `grpc-status` in its
 /// headers (a trailers-only answer), as Envoy's `retry_on` and `retry_grpc_on` read them.
 /// A name, not a string: a `&str` key is parsed into a header name at every look-up.
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(super) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
-pub(super) fn retriable_response(on: &RetryOn, status: StatusCode, headers: &HeaderMap) -> bool {
+/// `grpc_status` reads the answer's grpc-status (only when the policy retries on one).
+pub(super) fn retriable_response<'a>(
+    on: &RetryOn,
+    status: StatusCode,
+    grpc_status: impl FnOnce() -> Option<&'a [u8]>,
+) -> bool {
     let code = status.as_u16();
     (on.server_error && status.is_server_error())
         || (on.gateway_error && matches!(code, 502..=504))
         || (on.retriable_4xx && code == 409)
         || on.status_codes.contains(&code)
         || (!on.grpc_statuses.is_empty()
-            && headers
-                .get(&GRPC_STATUS)
-                .and_then(|v| v.to_str().ok()?.parse::<u8>().ok())
+            && grpc_status()
+                .and_then(|v| super::http1::passed::as_text(v)?.parse::<u8>().ok())
                 .is_some_and(|grpc| on.grpc_statuses.contains(&grpc)))
 }
 
@@ -450,22 +454,18 @@ mod tests {
     #[test]
     fn retry_decisions() {
         let default = RetryOn::istio_default();
-        let none = HeaderMap::new();
+        let none = || None;
         // Istio ≥ 1.24: no status code is retried by default...
         assert!(!retriable_response(
             &default,
             StatusCode::SERVICE_UNAVAILABLE,
-            &none
+            none
         ));
         // ...but gRPC's unavailable and cancelled are, and not internal.
-        let grpc = |code: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("grpc-status", HeaderValue::from_static(code));
-            headers
-        };
-        assert!(retriable_response(&default, StatusCode::OK, &grpc("14")));
-        assert!(retriable_response(&default, StatusCode::OK, &grpc("1")));
-        assert!(!retriable_response(&default, StatusCode::OK, &grpc("13")));
+        let grpc = |code: &'static str| move || Some(code.as_bytes());
+        assert!(retriable_response(&default, StatusCode::OK, grpc("14")));
+        assert!(retriable_response(&default, StatusCode::OK, grpc("1")));
+        assert!(!retriable_response(&default, StatusCode::OK, grpc("13")));
         assert!(retriable_failure(&default, TryFailure::ConnectFailure));
         assert!(!retriable_failure(&default, TryFailure::Reset));
         assert!(!retriable_failure(&default, TryFailure::Overflow));
@@ -480,7 +480,7 @@ mod tests {
         assert!(!retriable_response(
             &reset,
             StatusCode::GATEWAY_TIMEOUT,
-            &none
+            none
         ));
     }
 }

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::Response;
 use http_body_util::{BodyExt, Empty};
 
 use super::{
@@ -72,14 +71,10 @@ pub(super) struct Tried {
     pub retries: u32,
 }
 
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one per request, moved once: not worth an allocation"
-)]
 pub(super) enum Ending {
     /// The last try's answer, and how long the upstream took to its response headers.
     Answered {
-        response: Response<UpstreamBody>,
+        response: upstream::Answered,
         took: Duration,
         /// A retry was due but the cluster's `maxRetries` were in flight.
         retry_overflowed: bool,
@@ -161,11 +156,11 @@ pub(super) async fn run(
             Err(_) => true,
         });
         let retriable = match &result {
-            Ok(response) => route_actions::retriable_response(
-                &retry.retry_on,
-                response.status(),
-                response.headers(),
-            ),
+            Ok(response) => {
+                route_actions::retriable_response(&retry.retry_on, response.status(), || {
+                    UpstreamBody::field(response, &route_actions::GRPC_STATUS)
+                })
+            }
             Err(failure) => route_actions::retriable_failure(&retry.retry_on, *failure),
         };
         let mut retry_overflowed = false;
@@ -201,11 +196,11 @@ pub(super) async fn run(
 
 /// A try within its per-try timeout and the route's: None when the route's ran out.
 async fn timed(
-    attempt: impl Future<Output = Result<Response<UpstreamBody>, TryFailure>>,
+    attempt: impl Future<Output = Result<upstream::Answered, TryFailure>>,
     clock: Clock<'_>,
     per_try_timeout: Option<Duration>,
     started: Instant,
-) -> Option<Result<Response<UpstreamBody>, TryFailure>> {
+) -> Option<Result<upstream::Answered, TryFailure>> {
     let attempt = async {
         match per_try_timeout {
             Some(t) => {
@@ -235,7 +230,7 @@ async fn send(
     body: ProxyBody,
     last_try: bool,
     client: Http1Client,
-) -> Result<Response<UpstreamBody>, TryFailure> {
+) -> Result<upstream::Answered, TryFailure> {
     let request = head
         .outgoing(cluster.protocol, client, body, last_try)
         .map_err(|_| TryFailure::ProtocolError)?;

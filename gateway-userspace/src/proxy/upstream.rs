@@ -19,7 +19,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
     client::conn::{http1, http2},
@@ -33,6 +33,7 @@ use super::{
     http1::{
         Http1Client, Upgraded,
         client::{self, ClientError, ResponseBody},
+        passed::{self, PassedFields},
     },
     route_actions::TryFailure,
     upstream_tls::{self, UpstreamStream},
@@ -126,6 +127,11 @@ struct Pooled<S> {
     served: u32,
 }
 
+/// An upstream's response, boxed where it is made: it is ~600 bytes (the response body
+/// holds the connection and both messages' state), and each future between the client
+/// and the forward (the try, the tries, their timeouts) would otherwise move it whole.
+pub(super) type Answered = Box<Response<UpstreamBody>>;
+
 /// A request for an upstream: as hyper's clients take it, or with its head already
 /// encoded for the codec's HTTP/1.1 client (`client::Outbound`).
 pub(super) enum Outgoing {
@@ -141,7 +147,7 @@ pub(super) async fn send(
     endpoint: SocketAddr,
     request: Outgoing,
     client: Http1Client,
-) -> Result<Response<UpstreamBody>, TryFailure> {
+) -> Result<Answered, TryFailure> {
     let in_flight = cluster
         .state
         .breakers
@@ -224,7 +230,7 @@ async fn send_http1_own(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     mut request: client::Outbound,
-) -> Result<Response<UpstreamBody>, TryFailure> {
+) -> Result<Answered, TryFailure> {
     let limits = &cluster.connection_pool;
     let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1);
     // Held while this request waits for a connection.
@@ -248,9 +254,9 @@ async fn send_http1_own(
                     reusable: reusable(limits, response.status(), served),
                 };
                 let idle_timeout = limits.idle_timeout();
-                return Ok(response.map(|body| {
+                return Ok(Box::new(response.map(|body| {
                     UpstreamBody::new(Inner::Own(body), key, Reuse::Own(reuse), idle_timeout)
-                }));
+                })));
             }
             Err(failed) => match failed.unsent {
                 // A kept-alive connection the upstream had just closed: the request
@@ -267,7 +273,7 @@ async fn send_http1_hyper(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     mut request: Request<ProxyBody>,
-) -> Result<Response<UpstreamBody>, TryFailure> {
+) -> Result<Answered, TryFailure> {
     let limits = &cluster.connection_pool;
     let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1);
     // Held while this request waits for a connection.
@@ -296,14 +302,14 @@ async fn send_http1_hyper(
                     served,
                 });
                 let idle_timeout = limits.idle_timeout();
-                return Ok(response.map(|body| {
+                return Ok(Box::new(response.map(|body| {
                     UpstreamBody::new(
                         Inner::Hyper(body),
                         key,
                         Reuse::Hyper(connection),
                         idle_timeout,
                     )
-                }));
+                })));
             }
             Err(mut failed) => match failed.take_message() {
                 // A kept-alive connection the upstream had just closed: the request
@@ -319,7 +325,7 @@ async fn send_http2(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     mut request: Request<ProxyBody>,
-) -> Result<Response<UpstreamBody>, TryFailure> {
+) -> Result<Answered, TryFailure> {
     let limits = &cluster.connection_pool;
     let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http2);
     // Held while this request waits for the worker's connection to be established.
@@ -367,9 +373,9 @@ async fn send_http2(
         match sender.try_send_request(request).await {
             Ok(response) => {
                 let idle_timeout = limits.idle_timeout();
-                return Ok(response.map(|body| {
+                return Ok(Box::new(response.map(|body| {
                     UpstreamBody::new(Inner::Hyper(body), key, Reuse::None, idle_timeout)
-                }));
+                })));
             }
             Err(mut failed) => match failed.take_message() {
                 Some(unsent) if reused => {
@@ -762,6 +768,30 @@ impl UpstreamBody {
             return UpstreamUpgrade::Own(upgraded);
         }
         UpstreamUpgrade::Hyper(hyper::upgrade::on(response))
+    }
+
+    /// The response head's fields passed as they came, if they were: the response's
+    /// map is empty then (`http1::passed`).
+    pub(super) fn passed(&self) -> Option<&PassedFields> {
+        match &self.inner {
+            Inner::Own(body) => body.passed(),
+            Inner::Hyper(_) => None,
+        }
+    }
+
+    pub(super) fn take_passed(&mut self) -> Option<Box<PassedFields>> {
+        match &mut self.inner {
+            Inner::Own(body) => body.take_passed(),
+            Inner::Hyper(_) => None,
+        }
+    }
+
+    /// `name`'s value in `response`, wherever its fields are.
+    pub(super) fn field<'a>(
+        response: &'a Response<UpstreamBody>,
+        name: &HeaderName,
+    ) -> Option<&'a [u8]> {
+        passed::get(response.headers(), response.body().passed(), name)
     }
 
     fn is_done(&self) -> bool {

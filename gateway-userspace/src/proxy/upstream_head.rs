@@ -50,6 +50,8 @@ pub(super) struct Downstream<'a> {
     pub request_id: &'a HeaderValue,
     /// What the replay copies of the connection's requests may hold together.
     pub replay_budget: &'a super::replay::ReplayBudget,
+    /// The request carries an Upgrade header (once the edge dropped h2c's).
+    pub upgrade_asked: bool,
 }
 
 /// A request's head as every try and mirror sends it.
@@ -191,6 +193,7 @@ impl UpstreamHead {
             authority,
             request_id,
             replay_budget: _,
+            upgrade_asked: _,
         } = *downstream;
         // A backendRef's own URLRewrite replaces the route's for its share.
         let rewrite = weighted.rewrite.as_ref().or(forward.rewrite.as_ref());

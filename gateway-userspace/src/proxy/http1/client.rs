@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use super::{
     buffer,
     chunked::{ChunkError, ChunkedDecoder, Decoded},
+    passed::{self, PassedFields},
     response::{push_decimal, push_hex},
     rules::{MAX_HEAD_BYTES, MAX_HEADERS},
     upgrade::{ClientIo, Upgraded},
@@ -198,7 +199,9 @@ where
         _ => None,
     };
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
+    let (headers, passed) = headers.split();
     let body = ResponseBody {
+        passed,
         exchange: Some(exchange),
         decoder: if upgraded { BodyDecoder::Done } else { decoder },
         remaining: size_hint,
@@ -604,7 +607,7 @@ pub(super) enum Framing {
 pub(super) struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    pub headers: HeadFields,
     pub framing: Framing,
     /// The upstream lets the connection carry another request.
     pub keep_alive: bool,
@@ -651,49 +654,57 @@ pub(super) fn parse_response(
         .ok_or(ClientError::Malformed("invalid status code"))?;
     // One copy of the head for every value to point into: no allocation per header.
     let copy = super::head::shared_copy(&buf[..len]);
-    // Room for what the proxy adds to an answer (server, x-envoy-upstream-service-time,
-    // a route's few), so that it does not grow the map.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked_last = false;
     let mut close = false;
     let mut keep_alive_token = false;
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| ClientError::Malformed("invalid header name"))?;
-        if name == header::CONTENT_LENGTH {
-            let value = parse_length(field.value)
-                .ok_or(ClientError::Malformed("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != value) {
-                return Err(ClientError::Malformed("conflicting Content-Length"));
-            }
-            length = Some(value);
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-            chunked_last = field
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            let tokens = ConnectionTokens::of(field.value);
-            close |= tokens.close;
-            keep_alive_token |= tokens.keep_alive;
-            // What it says is kept in `keep_alive`, and it is hop-by-hop: not passed on,
-            // so not kept (the proxy would only hash it again to remove it), unless it
-            // goes with a 101 or names headers that must go with it.
-            if passes_by(status) && !tokens.other {
-                continue;
-            }
-        } else if passes_by(status) && name.as_str() == "keep-alive" {
-            continue;
-        }
-        let value = super::head::shared_part(&copy, &buf[..len], field.value)
-            .and_then(|value| HeaderValue::from_maybe_shared(value).ok())
-            .ok_or(ClientError::Malformed("invalid header value"))?;
-        headers.append(name, value);
+    // The fields as they came, passed on with the proxy's edits (`passed.rs`); a head
+    // that cannot be passed so becomes a map below, as every head did before.
+    let mut passing = passed::Builder::new();
+    if !passes_by(status) {
+        passing.refuse();
     }
+    for field in parsed.headers.iter() {
+        let kind = passed::Kind::of(field.name.as_bytes());
+        match kind {
+            passed::Kind::ContentLength => {
+                let value = parse_length(field.value)
+                    .ok_or(ClientError::Malformed("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != value) {
+                    return Err(ClientError::Malformed("conflicting Content-Length"));
+                }
+                length = Some(value);
+            }
+            TRANSFER_ENCODING => {
+                transfer_encoding = true;
+                chunked_last = field
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            CONNECTION => {
+                let tokens = ConnectionTokens::of(field.value);
+                close |= tokens.close;
+                keep_alive_token |= tokens.keep_alive;
+                // What it says is kept in `keep_alive`, and it is hop-by-hop: not passed
+                // on, so not kept (the proxy would only look at it again to remove it),
+                // unless it goes with a 101 or names headers that must go with it.
+                if passes_by(status) && !tokens.other {
+                    continue;
+                }
+                passing.refuse();
+            }
+            _ if dropped(kind, status, field.value) => continue,
+            _ => {}
+        }
+        passing.push(&buf[..len], field.name.as_bytes(), field.value, kind);
+    }
+    let headers = match passing.finish(copy.clone()) {
+        Some(passed) => HeadFields::Passed(passed),
+        None => HeadFields::Map(fields_map(&parsed, &buf[..len], &copy, status)?),
+    };
     let mut keep_alive = match version {
         Version::HTTP_10 => keep_alive_token && !close,
         _ => !close,
@@ -727,6 +738,79 @@ pub(super) fn parse_response(
         keep_alive,
         len,
     }))
+}
+
+const TRANSFER_ENCODING: passed::Kind = passed::Kind::HopByHop(passed::TRANSFER_ENCODING);
+const CONNECTION: passed::Kind = passed::Kind::HopByHop(passed::CONNECTION);
+const KEEP_ALIVE: passed::Kind = passed::Kind::HopByHop(passed::KEEP_ALIVE);
+
+/// A field the client reads and does not keep: Connection (unless it goes with a 101 or
+/// names other headers) and Keep-Alive (unless with a 101).
+fn dropped(kind: passed::Kind, status: StatusCode, value: &[u8]) -> bool {
+    match kind {
+        CONNECTION => passes_by(status) && !ConnectionTokens::of(value).other,
+        KEEP_ALIVE => passes_by(status),
+        _ => false,
+    }
+}
+
+/// The head's kept fields as a map, for a head whose fields cannot be passed as they
+/// came; the values point into `copy`, the head's copy.
+fn fields_map(
+    parsed: &httparse::Response<'_, '_>,
+    head: &[u8],
+    copy: &Bytes,
+    status: StatusCode,
+) -> Result<HeaderMap, ClientError> {
+    // Room for what the proxy adds to an answer (server, x-envoy-upstream-service-time,
+    // a route's few), so that it does not grow the map.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
+    for field in parsed.headers.iter() {
+        if dropped(passed::Kind::of(field.name.as_bytes()), status, field.value) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| ClientError::Malformed("invalid header name"))?;
+        let value = super::head::shared_part(copy, head, field.value)
+            .and_then(|value| HeaderValue::from_maybe_shared(value).ok())
+            .ok_or(ClientError::Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// A response head's fields: passed as they came, or (heads that cannot be) a map.
+#[derive(Debug)]
+pub(in crate::proxy) enum HeadFields {
+    Map(HeaderMap),
+    Passed(Box<PassedFields>),
+}
+
+impl HeadFields {
+    /// The number of fields kept (as `HeaderMap::len`).
+    pub(super) fn len(&self) -> usize {
+        match self {
+            HeadFields::Map(map) => map.len(),
+            HeadFields::Passed(passed) => passed.len(),
+        }
+    }
+
+    /// The map, and the passed fields (when there are, the map is empty).
+    pub(in crate::proxy) fn split(self) -> (HeaderMap, Option<Box<PassedFields>>) {
+        match self {
+            HeadFields::Map(map) => (map, None),
+            HeadFields::Passed(passed) => (HeaderMap::new(), Some(passed)),
+        }
+    }
+
+    /// The whole map.
+    #[cfg(test)]
+    pub(super) fn into_map(self) -> HeaderMap {
+        match self {
+            HeadFields::Map(map) => map,
+            HeadFields::Passed(passed) => passed.into_map(),
+        }
+    }
 }
 
 /// A response whose hop-by-hop headers the proxy strips (all but a 101's, which the
@@ -830,6 +914,9 @@ pub(super) enum BodyDecoder {
 /// An upstream response's body, read from the connection as it is polled; it owns the
 /// connection until the exchange is over (`take_reusable`, `take_upgraded`).
 pub(in crate::proxy) struct ResponseBody<S> {
+    /// The head's fields when passed as they came (`passed.rs`; the response's map is
+    /// empty then), until the proxy takes them (`take_passed`).
+    passed: Option<Box<PassedFields>>,
     /// None once the connection has been taken back (or failed).
     exchange: Option<Exchange<S>>,
     decoder: BodyDecoder,
@@ -854,6 +941,16 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin> ResponseBody<S> {
         }
         let sound = exchange.request.done && exchange.buf.is_empty();
         sound.then_some(exchange.io)
+    }
+
+    /// The head's fields passed as they came, if they were (the response's map is empty
+    /// then); see `passed.rs`.
+    pub(in crate::proxy) fn passed(&self) -> Option<&PassedFields> {
+        self.passed.as_deref()
+    }
+
+    pub(in crate::proxy) fn take_passed(&mut self) -> Option<Box<PassedFields>> {
+        self.passed.take()
     }
 
     /// After a 101: the connection, with any bytes the upstream sent after the head.

@@ -2,7 +2,9 @@
 //! by httparse, and turned into the `http::Request` parts the handler takes.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+
+use crate::proxy::head_facts::{HeadFacts, Upgrade};
 
 use super::rules::{HeadError, MAX_HEAD_BYTES, MAX_HEADERS, MAX_REQUEST_LINE_BYTES};
 
@@ -31,6 +33,8 @@ pub(super) struct Head {
     pub expect_continue: bool,
     /// `Upgrade` on HTTP/1.1, or CONNECT: a 101 (2xx) hands the connection over.
     pub upgrade: bool,
+    /// What the fields say that the handler asks about (read in the same pass).
+    pub facts: HeadFacts,
 }
 
 /// The head at the start of `buf`: None while it is incomplete (and within the limits).
@@ -71,11 +75,13 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     // Room for the forwarding headers the proxy adds, so that they do not grow the map.
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + FORWARDING_HEADERS);
     let mut framing = Framing::default();
+    let mut facts = HeadFacts::default();
     for field in parsed.headers.iter() {
         framing.observe(field.name.as_bytes(), field.value)?;
         let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| HeadError::Invalid)?;
         let value =
             HeaderValue::from_maybe_shared(shared(field.value)?).map_err(|_| HeadError::Invalid)?;
+        facts.observe(&name, &value);
         headers.append(name, value);
     }
     let body = framing.body()?;
@@ -84,7 +90,7 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         _ => !framing.close_token,
     };
     let upgrade = method == Method::CONNECT
-        || (version == Version::HTTP_11 && headers.contains_key(header::UPGRADE));
+        || (version == Version::HTTP_11 && facts.upgrade != Upgrade::None);
     let expect_continue =
         version == Version::HTTP_11 && framing.expect_continue && body != BodyFraming::None;
 
@@ -100,6 +106,7 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         keep_alive,
         expect_continue,
         upgrade,
+        facts,
     }))
 }
 

@@ -6,10 +6,12 @@ use std::{cell::RefCell, io, time::SystemTime};
 
 use bytes::Buf;
 use futures::FutureExt;
-use http::{HeaderMap, Method, Response, StatusCode, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::passed::{self, CONNECTION, KEEP_ALIVE, Kind, Name, PassedFields, TRANSFER_ENCODING};
 
 /// Body bytes copied behind the head (or a chunk's size line) so that both go in one
 /// write; larger data is written on its own.
@@ -57,9 +59,12 @@ pub(super) enum WriteError {
     TooLong,
 }
 
+/// Writes `response`; `passed`, when the upstream head's fields are passed as they came
+/// (`passed.rs`), holds its fields (the response's map is empty then).
 pub(super) async fn write<W, B>(
     writer: &mut W,
     response: Response<B>,
+    passed: Option<&PassedFields>,
     answering: Answering<'_>,
 ) -> Result<Written, WriteError>
 where
@@ -68,19 +73,28 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, mut body) = response.into_parts();
-    let framing = framing(&parts.status, &parts.headers, &body, answering);
-    let close_asked = parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"close"));
+    let fields = match passed {
+        Some(passed) => Fields::Passed(passed),
+        None => Fields::Map(&parts.headers),
+    };
+    let framing = framing(&parts.status, fields, &body, answering);
+    let close_asked = match fields {
+        Fields::Map(map) => map
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"close")),
+        // One entry per name.
+        Fields::Passed(passed) => passed
+            .get(&header::CONNECTION)
+            .is_some_and(|v| has_token(v, b"close")),
+    };
     let keep_alive = answering.keep_alive && !close_asked && framing != ResponseFraming::UntilClose;
 
     let mut out = Vec::with_capacity(512);
     write_head(
         &mut out,
         &parts.status,
-        &parts.headers,
+        fields,
         framing,
         keep_alive,
         answering.version,
@@ -190,7 +204,7 @@ pub(super) fn refusal(status: StatusCode) -> Vec<u8> {
     write_head(
         &mut out,
         &status,
-        &HeaderMap::new(),
+        Fields::Map(&HeaderMap::new()),
         ResponseFraming::Length(0),
         false,
         Version::HTTP_11,
@@ -198,9 +212,38 @@ pub(super) fn refusal(status: StatusCode) -> Vec<u8> {
     out
 }
 
+/// A response's fields: its map, or the passed fields of an upstream's head.
+#[derive(Clone, Copy)]
+enum Fields<'a> {
+    Map(&'a HeaderMap),
+    Passed(&'a PassedFields),
+}
+
+impl<'a> Fields<'a> {
+    fn get(self, name: &HeaderName) -> Option<&'a [u8]> {
+        match self {
+            Fields::Map(map) => map.get(name).map(HeaderValue::as_bytes),
+            Fields::Passed(passed) => passed.get(name),
+        }
+    }
+
+    /// Each field as written (its name lowercase by `Name::push_to`), with its kind.
+    fn for_each(self, mut each: impl FnMut(Name<'a>, &'a [u8], Kind)) {
+        match self {
+            Fields::Map(map) => {
+                for (name, value) in map {
+                    let kind = Kind::of(name.as_str().as_bytes());
+                    each(Name::Inserted(name), value.as_bytes(), kind);
+                }
+            }
+            Fields::Passed(passed) => passed.for_each(each),
+        }
+    }
+}
+
 fn framing<B: Body>(
     status: &StatusCode,
-    headers: &HeaderMap,
+    headers: Fields<'_>,
     body: &B,
     answering: Answering<'_>,
 ) -> ResponseFraming {
@@ -212,8 +255,8 @@ fn framing<B: Body>(
         return ResponseFraming::NoBody;
     }
     if let Some(length) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+        .get(&header::CONTENT_LENGTH)
+        .and_then(passed::as_text)
         .and_then(|v| v.trim().parse::<u64>().ok())
     {
         return ResponseFraming::Length(length);
@@ -234,7 +277,7 @@ fn framing<B: Body>(
 fn write_head(
     out: &mut Vec<u8>,
     status: &StatusCode,
-    headers: &HeaderMap,
+    headers: Fields<'_>,
     framing: ResponseFraming,
     keep_alive: bool,
     request_version: Version,
@@ -247,21 +290,23 @@ fn write_head(
     let switching = *status == StatusCode::SWITCHING_PROTOCOLS;
     // Seen while writing, rather than looked up (hashed) again after.
     let mut dated = false;
-    for (name, value) in headers {
-        dated |= name == header::DATE;
+    headers.for_each(|name, value, kind| {
+        dated |= kind == Kind::Date;
         // The codec frames the body and says what becomes of the connection itself; a
         // 101 keeps its `Connection: upgrade`.
-        let ours = name == header::TRANSFER_ENCODING
-            || name == header::CONTENT_LENGTH
-            || (!switching && (name == header::CONNECTION || name.as_str() == "keep-alive"));
+        let ours = match kind {
+            Kind::ContentLength | Kind::HopByHop(TRANSFER_ENCODING) => true,
+            Kind::HopByHop(CONNECTION | KEEP_ALIVE) => !switching,
+            _ => false,
+        };
         if ours {
-            continue;
+            return;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
+        name.push_to(out);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
-    }
+    });
     match framing {
         ResponseFraming::Length(length) => {
             out.extend_from_slice(b"content-length: ");
@@ -271,9 +316,9 @@ fn write_head(
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         ResponseFraming::NoBody | ResponseFraming::UntilClose => {
             // A HEAD answer says the length a GET would have had.
-            if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+            if let Some(length) = headers.get(&header::CONTENT_LENGTH) {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(length.as_bytes());
+                out.extend_from_slice(length);
                 out.extend_from_slice(b"\r\n");
             }
         }

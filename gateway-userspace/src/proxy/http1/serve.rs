@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Response, StatusCode};
+use http::{Method, StatusCode};
 use hyper::body::Frame;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -32,11 +32,7 @@ use super::{
     upgrade::{PendingUpgrade, Upgraded},
 };
 use crate::proxy::{
-    body::{ClientBody, ProxyBody},
-    connection_log,
-    context::ProxyContext,
-    forward,
-    limits::deadline_after,
+    body::ClientBody, connection_log, context::ProxyContext, forward, limits::deadline_after,
     turned::turned,
 };
 
@@ -330,6 +326,7 @@ where
         keep_alive,
         expect_continue,
         upgrade,
+        facts,
         ..
     } = head;
     let method = request.method().clone();
@@ -344,8 +341,8 @@ where
     }
     // In a block of its own: the handler's future (the largest part of this one) and
     // the response's writer then share their room in this future's layout.
-    let response: Response<ProxyBody> = {
-        let handler = client.connection.handle(request);
+    let forward::Answered { response, passed } = {
+        let handler = client.connection.answer(request, facts);
         let mut handler = std::pin::pin!(handler);
         loop {
             let need_read = pump.advance(buf);
@@ -380,7 +377,7 @@ where
     // The 100 was never sent: the client still holds its body back.
     let body_withheld = wanted.is_some();
     let written = {
-        let write = response::write(writer, response, answering);
+        let write = response::write(writer, response, passed.as_deref(), answering);
         let mut write = std::pin::pin!(write);
         loop {
             let need_read = !body_withheld && pump.advance(buf);

@@ -17,7 +17,7 @@ async fn written(
         version,
         keep_alive: true,
     };
-    let ending = write(&mut out, response, answering).await;
+    let ending = write(&mut out, response, None, answering).await;
     let ending = ending.unwrap_or_else(|e| panic!("{e}"));
     (String::from_utf8_lossy(&out).into_owned(), ending)
 }

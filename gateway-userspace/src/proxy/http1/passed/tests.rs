@@ -1,0 +1,241 @@
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Version, header};
+use http_body_util::{BodyExt, Full};
+
+use super::super::{
+    client::{HeadFields, parse_response},
+    response::{Answering, write},
+};
+use super::*;
+use crate::proxy::upstream_head::strip_hop_by_hop;
+
+/// httparse admits exactly the name and value bytes that `HeaderName` and `HeaderValue`
+/// do: a passed head's fields need no second look, and `into_map` never drops one.
+#[test]
+fn httparse_admits_the_bytes_the_map_s_types_admit() {
+    for byte in 0..=255u8 {
+        if byte == b':' {
+            // Ends the name.
+            continue;
+        }
+        let name = [b'x', byte];
+        let head = [b"HTTP/1.1 200 OK\r\n".as_slice(), &name, b": v\r\n\r\n"].concat();
+        let parsed = parse_response(&head, false);
+        let admitted = matches!(parsed, Ok(Some(_)));
+        assert_eq!(
+            admitted,
+            HeaderName::from_bytes(&name).is_ok(),
+            "name byte {byte:#x}"
+        );
+        let value = [b'v', byte, b'v'];
+        let head = [b"HTTP/1.1 200 OK\r\nx: ".as_slice(), &value, b"\r\n\r\n"].concat();
+        let parsed = parse_response(&head, false);
+        let admitted = matches!(parsed, Ok(Some(_)));
+        assert_eq!(
+            admitted,
+            HeaderValue::from_bytes(&value).is_ok(),
+            "value byte {byte:#x}"
+        );
+    }
+}
+
+/// The head's fields as the client made them into a map before heads were passed.
+fn reference_map(head: &[u8]) -> HeaderMap {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut fields);
+    parsed.parse(head).expect("a head");
+    let switching = parsed.code == Some(101);
+    let mut map = HeaderMap::new();
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).expect("name");
+        let tokens = ConnectionTokens(field.value);
+        if !switching && name == header::CONNECTION && !tokens.other() {
+            continue;
+        }
+        if !switching && name.as_str() == "keep-alive" {
+            continue;
+        }
+        map.append(name, HeaderValue::from_bytes(field.value).expect("value"));
+    }
+    map
+}
+
+struct ConnectionTokens<'a>(&'a [u8]);
+
+impl ConnectionTokens<'_> {
+    fn other(&self) -> bool {
+        self.0
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+            })
+    }
+}
+
+fn listed(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    map.iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The edits the proxy makes to every upstream answer, in its order: the service time
+/// (`forward_action`), the hop-by-hop strip, `server` (`forward.rs`).
+fn edit_map(map: &mut HeaderMap) {
+    map.insert(
+        "x-envoy-upstream-service-time",
+        HeaderValue::from_static("3"),
+    );
+    strip_hop_by_hop(map);
+    map.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
+}
+
+fn edit_passed(fields: &mut ResponseFields<'_>) {
+    fields.insert(
+        HeaderName::from_static("x-envoy-upstream-service-time"),
+        HeaderValue::from_static("3"),
+    );
+    let stripped = fields
+        .passed
+        .as_deref_mut()
+        .is_some_and(|p| p.strip_hop_by_hop().is_ok());
+    if !stripped {
+        strip_hop_by_hop(fields.whole());
+    }
+    fields.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
+}
+
+const HEADS: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 03 Dec 2026 05:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: keep-alive\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\nTrailer: x-sum\r\nX-B: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTE: trailers\r\nX-A: 1\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nX-B: 2\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTE: gzip\r\nX-A: 1\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nx-envoy-upstream-service-time: 99\r\nX-A: 1\r\nserver: up\r\nKeep-Alive: timeout=5\r\ncontent-length: 2\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nSet-Cookie: a=1\r\nX-A: 1\r\nSet-Cookie: b=2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nx-hop: 1\r\nX-A: 1\r\ncontent-length: 2\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 20\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nX-A: \t v\xff \r\n\r\n",
+    b"HTTP/1.1 404 Not Found\r\n\r\n",
+];
+
+/// A passed head edited as every answer is gives the map, and the bytes, that the map
+/// the head was parsed into before gives.
+#[tokio::test]
+async fn passed_heads_give_what_their_maps_gave() {
+    let mut passed_any = false;
+    for head in HEADS {
+        let mut map = reference_map(head);
+        edit_map(&mut map);
+        let parsed = parse_response(head, false)
+            .expect("parsed")
+            .expect("complete");
+        let status = parsed.status;
+        passed_any |= matches!(parsed.headers, HeadFields::Passed(_));
+        let (mut own_map, mut passed) = parsed.headers.split();
+        edit_passed(&mut ResponseFields {
+            map: &mut own_map,
+            passed: &mut passed,
+        });
+        for (method, version) in [
+            (Method::GET, Version::HTTP_11),
+            (Method::HEAD, Version::HTTP_11),
+            (Method::GET, Version::HTTP_10),
+        ] {
+            let answer = |headers: HeaderMap| {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                response
+            };
+            let answering = Answering {
+                method: &method,
+                version,
+                keep_alive: true,
+            };
+            let mut before = Vec::new();
+            let before_end = write(&mut before, answer(map.clone()), None, answering).await;
+            let mut after = Vec::new();
+            let after_end = write(
+                &mut after,
+                answer(own_map.clone()),
+                passed.as_deref(),
+                answering,
+            )
+            .await;
+            assert_eq!(
+                String::from_utf8_lossy(&before),
+                String::from_utf8_lossy(&after),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+            assert_eq!(format!("{before_end:?}"), format!("{after_end:?}"));
+        }
+        let whole = whole(&mut own_map, &mut passed);
+        assert_eq!(
+            listed(whole),
+            listed(&map),
+            "{}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    assert!(passed_any);
+}
+
+/// Heads that a map would order differently, or whose Connection names fields, or a
+/// 101's, are not passed.
+#[test]
+fn heads_a_map_would_reorder_are_not_passed() {
+    let passed = |head: &[u8]| {
+        matches!(
+            parse_response(head, false)
+                .expect("parsed")
+                .expect("complete")
+                .headers,
+            HeadFields::Passed(_)
+        )
+    };
+    assert!(passed(HEADS[0]));
+    assert!(passed(HEADS[2]));
+    assert!(!passed(HEADS[5]), "a name twice");
+    assert!(!passed(HEADS[6]), "Connection naming a field");
+    assert!(!passed(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+    ));
+    let many: Vec<u8> = (0..=MAX_FIELDS)
+        .flat_map(|i| format!("x-{i}: v\r\n").into_bytes())
+        .collect();
+    let head = [b"HTTP/1.1 200 OK\r\n".as_slice(), &many, b"\r\n"].concat();
+    assert!(!passed(&head));
+}
+
+/// Inserts beyond the passed fields' room go to the map, in order.
+#[test]
+fn inserts_beyond_the_room_make_the_map() {
+    let parsed = parse_response(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nx-c: 3\r\n\r\n", false)
+        .expect("parsed")
+        .expect("complete");
+    let (mut map, mut passed) = parsed.headers.split();
+    let mut fields = ResponseFields {
+        map: &mut map,
+        passed: &mut passed,
+    };
+    for name in ["x-b", "x-c", "x-d", "x-e", "x-f", "x-g", "x-a"] {
+        fields.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static("new"),
+        );
+    }
+    assert_eq!(
+        get(
+            fields.map,
+            fields.passed.as_deref(),
+            &HeaderName::from_static("x-a")
+        ),
+        Some(b"new".as_slice())
+    );
+    let whole = fields.whole();
+    let names: Vec<&str> = whole.keys().map(HeaderName::as_str).collect();
+    assert_eq!(names, ["x-a", "x-c", "x-b", "x-d", "x-e", "x-f", "x-g"]);
+}
