@@ -217,7 +217,8 @@ spec:
     let gateway = Gateway::start(dir.path(), &["--ebpf", "off"], None, &dir)?;
     let (client_crt, client_key) = (pki.path("client.crt"), pki.path("client.key"));
     for (label, version) in [("tls13", "-tls1_3"), ("tls12", "-tls1_2")] {
-        let session = dir
+        // Outside the watched directory: a file written there would reload the gateway.
+        let session = pki_dir
             .path()
             .join(format!("{label}.pem"))
             .display()
@@ -237,14 +238,17 @@ spec:
         assert!(reused(&again) && served(&again), "{label}: {again}");
     }
 
+    // The reload of this write, not one before it.
+    let reloads = gateway.reloads("success")?;
     write_secret(&dir, &secret(&other.ca_pem()?))?;
     wait_for_metric(
         &gateway,
         r#"gateway_config_reloads_total{result="success"}"#,
-        1.0,
+        reloads + 1.0,
     )?;
     for (label, version) in [("tls13", "-tls1_3"), ("tls12", "-tls1_2")] {
-        let session = dir
+        // Outside the watched directory: a file written there would reload the gateway.
+        let session = pki_dir
             .path()
             .join(format!("{label}.pem"))
             .display()
@@ -252,7 +256,8 @@ spec:
         let after = s_client(port, &[version, "-sess_in", &session])?;
         assert!(
             !reused(&after),
-            "{label}: resumed under the new CA:\n{after}"
+            "{label}: resumed under the new CA:\n{after}\n{}",
+            gateway.stderr()
         );
         assert!(!served(&after), "{label}: served:\n{after}");
     }
