@@ -171,8 +171,8 @@ impl<'a> Compiler<'a> {
         let ports = istio::istio_servers(&self.index, &mut self.sink);
         let own_service = self.index.own_service();
         let virtual_services = self.istio_virtual_services();
-        self.check_unapplied_destination_rule_fields();
-        self.check_unapplied_virtual_service_fields();
+        unapplied::check_unapplied_destination_rule_fields(&self.index, &mut self.sink);
+        unapplied::check_unapplied_virtual_service_fields(&self.index, &mut self.sink);
         authz::check_authorization_policies(&self.index, &mut self.sink);
 
         let mut listeners = self.istio_listeners(ports, &virtual_services, own_service);
