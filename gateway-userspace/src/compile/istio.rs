@@ -72,7 +72,14 @@ impl<'a> Compiler<'a> {
         for (port, servers) in ports {
             let (bind_port, node_port) = ports::bind_port(&mut self.sink, port, own_service);
             let routes = self.route_table(port, &servers, virtual_services);
-            let transport = self.transport(port, &servers, virtual_services);
+            let transport = server_tls::transport(
+                &self.index,
+                &mut self.sink,
+                &mut self.built,
+                port,
+                &servers,
+                virtual_services,
+            );
             listeners.push(Listener {
                 port,
                 bind_port,
