@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{PortServers, http_routes::https_redirect, matches};
+use super::{PortServers, delegate, http_routes, http_routes::https_redirect, matches};
 use crate::{
     compile::{Compiler, hosts::intersect_hosts, memo, routes},
     config::{Diagnostic, Kind, Sourced, resources::VirtualService},
@@ -151,7 +151,7 @@ impl<'a> Compiler<'a> {
             labels: &self.index.identity.labels,
             namespace: &self.index.identity.namespace,
         };
-        let written = self.with_delegates(vs);
+        let written = delegate::with_delegates(&self.index, &mut self.sink, vs);
         // How many more `http` entries than before: entries after an added or removed
         // one are found as far from the end as they were.
         let shift = previous.map_or(0, |p| {
@@ -175,7 +175,15 @@ impl<'a> Compiler<'a> {
                 }
                 None => {
                     self.built.memo.compiled_routes += 1;
-                    self.route(owner, *index, route, &target)
+                    http_routes::route(
+                        &self.index,
+                        &mut self.sink,
+                        &mut self.built,
+                        owner,
+                        *index,
+                        route,
+                        &target,
+                    )
                 }
             };
             entries.push(memo::Written {
