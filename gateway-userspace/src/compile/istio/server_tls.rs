@@ -34,6 +34,8 @@ pub(super) struct ServerRef<'a> {
     pub(super) server: &'a Server,
     pub(super) resource: ObjectRef,
     pub(super) field: String,
+    /// `resource field`: who uses the server's credentials, in their problems.
+    pub(super) name: String,
     /// Lowercase, `namespace/` removed.
     pub(super) hosts: Vec<String>,
 }
@@ -65,11 +67,14 @@ pub(super) fn transport<'a>(
         .iter()
         .filter_map(|&(gateway, index)| {
             let server = gateway.resource.spec.servers.get(index)?;
+            let resource = gateway.resource.object_ref();
+            let field = format!("spec.servers[{index}]");
             Some(ServerRef {
                 gateway,
                 server,
-                resource: gateway.resource.object_ref(),
-                field: format!("spec.servers[{index}]"),
+                name: format!("{resource} {field}"),
+                resource,
+                field,
                 hosts: server
                     .hosts
                     .iter()
@@ -136,7 +141,7 @@ fn tls_server<'a>(
         return None;
     };
     let mode = tls.mode.as_deref().unwrap_or("SIMPLE").to_ascii_uppercase();
-    let name = format!("{} {}", server.resource, server.field);
+    let name = server.name.clone();
     let protocol = Protocol::parse(&server.server.port.protocol);
     let mut credentials = Vec::new();
     let mode = match mode.as_str() {
@@ -236,16 +241,8 @@ fn server_settings<'a>(
             .map(Credential::Served)
             .map_err(|e| e.to_string());
         let credential = format!("Secret {}", name_of(&secret.resource.metadata));
-        let key = served_key(
-            ix,
-            sink,
-            built,
-            server,
-            "tls.credentialName",
-            credential,
-            loaded,
-            served,
-        );
+        let wanted = server_wanted(server, "tls.credentialName", credential);
+        let key = served_key(ix, sink, built, wanted, loaded, served);
         certificates.push(key?);
         if client_ca.is_none() && mode != "SIMPLE" {
             client_ca = secret_ca(ix, sink, built, server, &secret.resource, name, served)?;
@@ -265,9 +262,8 @@ fn server_settings<'a>(
             });
             let credential = format!("file {cert_path} (key {key_path})");
             let field = "tls.serverCertificate";
-            certificates.push(served_key(
-                ix, sink, built, server, field, credential, loaded, served,
-            )?);
+            let wanted = server_wanted(server, field, credential);
+            certificates.push(served_key(ix, sink, built, wanted, loaded, served)?);
         }
         _ => {}
     }
@@ -293,7 +289,11 @@ fn server_settings<'a>(
             .map(Credential::ClientCa);
         let credential = format!("file {path} (client CA)");
         let field = "tls.caCertificates";
-        match server_credential(ix, sink, built, server, field, credential, loaded, served)? {
+        let wanted = server_wanted(server, field, credential);
+        match built
+            .credentials
+            .credential(ix, sink, wanted, loaded, served)?
+        {
             Credential::ClientCa(ca) => client_ca = Some(ca),
             Credential::Served(_) => return None,
         }
@@ -354,7 +354,7 @@ fn find_secret<'a>(
         let error = format!("not found in namespace {}", namespaces.join(" or "));
         let wanted = Wanted {
             name: format!("Secret {}/{name}", namespaces[0]),
-            user: &server_name(server),
+            user: &server.name,
             place: server_place(server, "tls.credentialName"),
             unserved: SERVER_UNSERVED,
         };
@@ -392,7 +392,10 @@ fn secret_ca<'a>(
         let loaded = loaded.map(Credential::ClientCa).map_err(|e| e.to_string());
         let credential = format!("Secret {} (client CA)", name_of(&candidate.metadata));
         let field = "tls.credentialName";
-        return match server_credential(ix, sink, built, server, field, credential, loaded, served)?
+        let wanted = server_wanted(server, field, credential);
+        return match built
+            .credentials
+            .credential(ix, sink, wanted, loaded, served)?
         {
             Credential::ClientCa(ca) => Some(Some(ca)),
             Credential::Served(_) => None,
@@ -401,48 +404,36 @@ fn secret_ca<'a>(
     Some(None)
 }
 
-/// A server's certificate and key through `server_credential`: None when neither
-/// this version nor a last good one can be served (the server is then left out).
-#[allow(clippy::too_many_arguments)]
+/// A server's certificate and key through `CompiledCredentials::credential`: None when
+/// neither this version nor a last good one can be served (the server is then left out).
 fn served_key(
     ix: &Index<'_>,
     sink: &mut Sink,
     built: &mut Built,
-    server: &ServerRef<'_>,
-    field: &str,
-    credential: String,
+    wanted: Wanted<'_>,
     loaded: Result<Credential, String>,
     served: &mut Vec<ServedCredential>,
 ) -> Option<Arc<CertifiedKey>> {
-    match server_credential(ix, sink, built, server, field, credential, loaded, served)? {
+    match built
+        .credentials
+        .credential(ix, sink, wanted, loaded, served)?
+    {
         Credential::Served(key) => Some(key),
         Credential::ClientCa(_) => None,
     }
 }
 
-/// A credential of a server, read at its `field`: as loaded now or, when that failed,
-/// the version the live configuration serves. None: neither; the server must not be
-/// served. Every failure is a warning and a problem in the staged report.
-#[allow(clippy::too_many_arguments)]
-fn server_credential(
-    ix: &Index<'_>,
-    sink: &mut Sink,
-    built: &mut Built,
-    server: &ServerRef<'_>,
-    field: &str,
-    credential: String,
-    loaded: Result<Credential, String>,
-    served: &mut Vec<ServedCredential>,
-) -> Option<Credential> {
-    let wanted = Wanted {
+/// A credential of a server, read at its `field`, for `CompiledCredentials::credential`:
+/// as loaded now or, when that failed, the version the live configuration serves; with
+/// neither the server is not served. Every failure is a warning and a problem in the
+/// staged report.
+fn server_wanted<'r>(server: &'r ServerRef<'_>, field: &str, credential: String) -> Wanted<'r> {
+    Wanted {
         name: credential,
-        user: &server_name(server),
+        user: &server.name,
         place: server_place(server, field),
         unserved: SERVER_UNSERVED,
-    };
-    built
-        .credentials
-        .credential(ix, sink, wanted, loaded, served)
+    }
 }
 
 pub(super) fn server_error(sink: &mut Sink, server: &ServerRef<'_>, field: &str, message: &str) {
@@ -464,8 +455,4 @@ fn at_server(server: &ServerRef<'_>, field: &str, diagnostic: Diagnostic) -> Dia
 /// An empty warning at a server's field, for a message to fill in.
 fn server_place(server: &ServerRef<'_>, field: &str) -> Diagnostic {
     at_server(server, field, Diagnostic::warning(""))
-}
-
-pub(super) fn server_name(server: &ServerRef<'_>) -> String {
-    format!("{} {}", server.resource, server.field)
 }
