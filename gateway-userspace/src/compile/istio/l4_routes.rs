@@ -1,7 +1,7 @@
 //! VirtualService `tls` and `tcp` routes: PASSTHROUGH servers get the `tls` routes matched
 //! by `sniHosts`; TCP servers and terminating TLS servers get the `tcp` routes.
 
-use super::{bind::binds, server_tls::ServerRef};
+use super::{bind::binds, servers::ServerRef};
 use crate::compile::{Built, clusters::At, hosts::intersect_hosts, index::Index, sink::Sink};
 use crate::{
     config::{

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
-use super::PortServers;
 use super::l4_routes::{sni_routes, tcp_clusters};
+use super::{PortServers, servers::ServerRef};
 use crate::compile::{Built, index::Index, name_of, sink::Sink, tls::Wanted};
 use crate::{
     config::{
-        Diagnostic, Kind, ObjectRef, Sourced,
-        resources::{Gateway, Secret, Server, ServerTls, VirtualService},
+        Diagnostic, Kind, Sourced,
+        resources::{Gateway, Secret, ServerTls, VirtualService},
     },
     snapshot::{
         AfterTermination, ListenerTls, Protocol, ServedCredential, TlsMode, TlsServer, Transport,
@@ -27,18 +27,6 @@ use crate::{
 
 /// What happens to an Istio server whose credential has no version to serve.
 const SERVER_UNSERVED: &str = "this server is NOT served (the other servers are)";
-
-/// Where a server and its diagnostics come from.
-pub(super) struct ServerRef<'a> {
-    pub(super) gateway: &'a Sourced<Gateway>,
-    pub(super) server: &'a Server,
-    pub(super) resource: ObjectRef,
-    pub(super) field: String,
-    /// `resource field`: who uses the server's credentials, in their problems.
-    pub(super) name: String,
-    /// Lowercase, `namespace/` removed.
-    pub(super) hosts: Vec<String>,
-}
 
 impl Index<'_> {
     /// Where a Gateway's credential Secrets are looked for: our namespace (as Istio reads
