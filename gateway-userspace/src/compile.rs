@@ -114,16 +114,14 @@ pub fn compile_reusing(
     tls: &crate::tls::TlsState,
     previous: Option<(&Snapshot, &RouteMemo)>,
 ) -> (Snapshot, Diagnostics, RouteMemo) {
-    let mut compiler = Compiler {
-        index: Index::new(resources, identity, tls, previous.map(|(_, memo)| memo)),
-        sink: Sink::default(),
-        built: Built::default(),
-    };
+    let ix = Index::new(resources, identity, tls, previous.map(|(_, memo)| memo));
+    let mut sink = Sink::default();
+    let mut built = Built::default();
     if let Some((snapshot, memo)) = previous {
         // Routes taken from the memo name these clusters by id.
-        compiler.built.clusters = ClusterTable::carried_over(snapshot, memo);
+        built.clusters = ClusterTable::carried_over(snapshot, memo);
     }
-    let mut snapshot = compiler.snapshot();
+    let mut snapshot = snapshot(&ix, &mut sink, &mut built);
     if let Some((previous, _)) = previous
         && snapshot.clusters.len() == previous.clusters.len()
     {
@@ -131,27 +129,18 @@ pub fn compile_reusing(
         // runtime state and the endpoint index carry over without a pass over it.
         snapshot.clusters = Arc::clone(&previous.clusters);
     }
-    snapshot.report = Arc::new(status::build(resources, identity, &compiler.sink.status));
+    snapshot.report = Arc::new(status::build(resources, identity, &sink.status));
     let Built {
         clusters,
         credentials,
         mut memo,
-    } = compiler.built;
+    } = built;
     credentials.stage(tls, &clusters.upstream_tls_keys);
-    let mut diagnostics = compiler.sink.diagnostics;
+    let mut diagnostics = sink.diagnostics;
     diagnostics.0.extend(clusters.said);
     resources.locate(&mut diagnostics);
     memo.clusters = clusters.notes;
     (snapshot, diagnostics, memo)
-}
-
-/// A compile in progress: what it reads (`index`), what it says (`sink`), and what it
-/// builds (`built`). The three are apart so that a function can read the index while it
-/// writes the sink and what is built.
-struct Compiler<'a> {
-    index: Index<'a>,
-    sink: Sink,
-    built: Built,
 }
 
 /// What a compile builds besides its listeners.
@@ -164,32 +153,34 @@ struct Built {
     memo: RouteMemo,
 }
 
-impl<'a> Compiler<'a> {
-    /// Bind each front end's resources to listeners (compiling the clusters and TLS
-    /// configurations their routes need on the way), then assemble the snapshot.
-    fn snapshot(&mut self) -> Snapshot {
-        let ports = istio::istio_servers(&self.index, &mut self.sink);
-        let own_service = self.index.own_service();
-        let virtual_services = self.istio_virtual_services();
-        self.check_unapplied_destination_rule_fields();
-        self.check_unapplied_virtual_service_fields();
-        authz::check_authorization_policies(&self.index, &mut self.sink);
+/// Bind each front end's resources to listeners (compiling the clusters and TLS
+/// configurations their routes need on the way), then assemble the snapshot. Every part
+/// of the compile is a function of what it reads (`ix`), what it says (`sink`) and what
+/// it builds (`built`); the three are apart so that one can be read while the others
+/// are written.
+fn snapshot(ix: &Index<'_>, sink: &mut Sink, built: &mut Built) -> Snapshot {
+    let ports = istio::istio_servers(ix, sink);
+    let own_service = ix.own_service();
+    let virtual_services = istio::istio_virtual_services(ix, sink);
+    unapplied::check_unapplied_destination_rule_fields(ix, sink);
+    unapplied::check_unapplied_virtual_service_fields(ix, sink);
+    authz::check_authorization_policies(ix, sink);
 
-        let mut listeners = self.istio_listeners(ports, &virtual_services, own_service);
-        let istio_ports = listeners.iter().map(|l| l.port).collect();
-        listeners.extend(gateway_api::gateway_api_listeners(
-            &self.index,
-            &mut self.sink,
-            &mut self.built,
-            own_service,
-            &istio_ports,
-        ));
-        assemble(
-            listeners,
-            std::mem::take(&mut self.built.clusters.list),
-            std::mem::take(&mut self.built.clusters.endpoints),
-        )
-    }
+    let mut listeners =
+        istio::istio_listeners(ix, sink, built, ports, &virtual_services, own_service);
+    let istio_ports = listeners.iter().map(|l| l.port).collect();
+    listeners.extend(gateway_api::gateway_api_listeners(
+        ix,
+        sink,
+        built,
+        own_service,
+        &istio_ports,
+    ));
+    assemble(
+        listeners,
+        std::mem::take(&mut built.clusters.list),
+        std::mem::take(&mut built.clusters.endpoints),
+    )
 }
 
 /// The snapshot of compiled listeners and clusters, with what the kernel filter is told

@@ -22,7 +22,7 @@ pub use endpoints::{ClustersByService, update_endpoints, update_endpoints_indexe
 pub(super) use service::resolve_service_host;
 
 use super::{
-    Built, Compiler, RouteMemo,
+    Built, RouteMemo,
     index::Index,
     memo::{ClusterNotes, Naming},
     sink::Sink,
@@ -275,26 +275,6 @@ impl Built {
             vs_namespace,
             at,
         )
-    }
-}
-
-impl Compiler<'_> {
-    /// `Built::cluster` for the Istio route compilers, which hold the whole compile.
-    pub(super) fn cluster(
-        &mut self,
-        destination: &Destination,
-        vs_namespace: &str,
-        location: Option<&Location>,
-        object: &ObjectRef,
-        field: &str,
-    ) -> Arc<Cluster> {
-        let at = At {
-            location,
-            object,
-            field,
-        };
-        self.built
-            .cluster(&self.index, &mut self.sink, destination, vs_namespace, at)
     }
 }
 

@@ -23,73 +23,76 @@ use std::collections::BTreeMap;
 
 pub(super) use servers::{PortServers, istio_servers};
 
-use super::{Compiler, name_of, ports};
+use super::{Built, index::Index, name_of, ports, sink::Sink};
 use crate::{
     config::resources::Service,
     config::{Sourced, resources::VirtualService},
     snapshot::Listener,
 };
 
-impl<'a> Compiler<'a> {
-    /// The VirtualServices exported to us, in Istio's order: oldest first, then by name,
-    /// then by namespace. Their `gateways` references and our Gateways' port names are
-    /// checked on the way.
-    pub(super) fn istio_virtual_services(&mut self) -> Vec<&'a Sourced<VirtualService>> {
-        let resources = self.index.resources;
-        let mut virtual_services: Vec<&Sourced<VirtualService>> = Vec::new();
-        for vs in &resources.virtual_services {
-            if bind::exported_to_us(&self.index, &mut self.sink, vs) {
-                virtual_services.push(vs);
-            }
+/// The VirtualServices exported to us, in Istio's order: oldest first, then by name,
+/// then by namespace. Their `gateways` references and our Gateways' port names are
+/// checked on the way.
+pub(super) fn istio_virtual_services<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+) -> Vec<&'a Sourced<VirtualService>> {
+    let resources = ix.resources;
+    let mut virtual_services: Vec<&Sourced<VirtualService>> = Vec::new();
+    for vs in &resources.virtual_services {
+        if bind::exported_to_us(ix, sink, vs) {
+            virtual_services.push(vs);
         }
-        // Oldest first, then by name, then by namespace, as Istio orders them (creation
-        // timestamps are RFC 3339 and sort as strings; none counts as the oldest).
-        virtual_services.sort_by(|a, b| {
-            let (a, b) = (&a.resource.metadata, &b.resource.metadata);
-            let created = |m: &'a crate::config::resources::ObjectMeta| {
-                m.creation_timestamp.as_deref().unwrap_or_default()
-            };
-            (created(a), a.name.as_str(), a.namespace()).cmp(&(
-                created(b),
-                b.name.as_str(),
-                b.namespace(),
-            ))
-        });
-        bind::check_gateway_references(&self.index, &mut self.sink, &virtual_services);
-        servers::check_port_names(&self.index, &mut self.sink);
-        virtual_services
     }
+    // Oldest first, then by name, then by namespace, as Istio orders them (creation
+    // timestamps are RFC 3339 and sort as strings; none counts as the oldest).
+    virtual_services.sort_by(|a, b| {
+        let (a, b) = (&a.resource.metadata, &b.resource.metadata);
+        let created = |m: &'a crate::config::resources::ObjectMeta| {
+            m.creation_timestamp.as_deref().unwrap_or_default()
+        };
+        (created(a), a.name.as_str(), a.namespace()).cmp(&(
+            created(b),
+            b.name.as_str(),
+            b.namespace(),
+        ))
+    });
+    bind::check_gateway_references(ix, sink, &virtual_services);
+    servers::check_port_names(ix, sink);
+    virtual_services
+}
 
-    /// One listener per port of our Gateways' servers, with the routes of the
-    /// VirtualServices bound to it (HTTP) or its TLS/TCP transport.
-    pub(super) fn istio_listeners(
-        &mut self,
-        ports: BTreeMap<u16, PortServers<'a>>,
-        virtual_services: &[&'a Sourced<VirtualService>],
-        own_service: Option<&'a Service>,
-    ) -> Vec<Listener> {
-        let mut listeners = Vec::new();
-        for (port, servers) in ports {
-            let (bind_port, node_port) = ports::bind_port(&mut self.sink, port, own_service);
-            let routes = self.route_table(port, &servers, virtual_services);
-            let transport = self.transport(port, &servers, virtual_services);
-            listeners.push(Listener {
-                port,
-                bind_port,
-                address: None,
-                node_port,
-                protocol: servers.protocol,
-                servers: servers
-                    .servers
-                    .iter()
-                    .map(|(g, _)| name_of(&g.resource.metadata))
-                    .collect(),
-                routes,
-                transport,
-                authz: self.index.listener_authz(&[]),
-                proxy_protocol: self.index.proxy_protocol(port, own_service),
-            });
-        }
-        listeners
+/// One listener per port of our Gateways' servers, with the routes of the
+/// VirtualServices bound to it (HTTP) or its TLS/TCP transport.
+pub(super) fn istio_listeners<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    built: &mut Built,
+    ports: BTreeMap<u16, PortServers<'a>>,
+    virtual_services: &[&'a Sourced<VirtualService>],
+    own_service: Option<&'a Service>,
+) -> Vec<Listener> {
+    let mut listeners = Vec::new();
+    for (port, servers) in ports {
+        let (bind_port, node_port) = ports::bind_port(sink, port, own_service);
+        let routes = route_table::route_table(ix, sink, built, port, &servers, virtual_services);
+        let transport = server_tls::transport(ix, sink, built, port, &servers, virtual_services);
+        listeners.push(Listener {
+            port,
+            bind_port,
+            address: None,
+            node_port,
+            protocol: servers.protocol,
+            servers: servers
+                .servers
+                .iter()
+                .map(|(g, _)| name_of(&g.resource.metadata))
+                .collect(),
+            routes,
+            transport,
+            authz: ix.listener_authz(&[]),
+            proxy_protocol: ix.proxy_protocol(port, own_service),
+        });
     }
+    listeners
 }

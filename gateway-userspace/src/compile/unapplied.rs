@@ -1,7 +1,7 @@
 //! DestinationRule and VirtualService fields this gateway reads but does not act on: each
 //! gets a warning naming the field, so that a policy is never silently ignored.
 
-use super::Compiler;
+use super::{index::Index, sink::Sink};
 use crate::config::{
     Diagnostic, Kind,
     resources::istio::{
@@ -18,69 +18,65 @@ struct PolicyParts<'p> {
     outlier_detection: Option<&'p OutlierDetection>,
 }
 
-impl Compiler<'_> {
-    pub(super) fn check_unapplied_destination_rule_fields(&mut self) {
-        for rule in &self.index.resources.destination_rules {
-            let mut found: Vec<(String, &'static str)> = Vec::new();
-            let mut visit = |prefix: String, policy: Option<&TrafficPolicy>| {
-                let Some(policy) = policy else {
-                    return;
-                };
+pub(super) fn check_unapplied_destination_rule_fields(ix: &Index<'_>, sink: &mut Sink) {
+    for rule in &ix.resources.destination_rules {
+        let mut found: Vec<(String, &'static str)> = Vec::new();
+        let mut visit = |prefix: String, policy: Option<&TrafficPolicy>| {
+            let Some(policy) = policy else {
+                return;
+            };
+            unapplied(
+                &prefix,
+                &PolicyParts {
+                    load_balancer: policy.load_balancer.as_ref(),
+                    connection_pool: policy.connection_pool.as_ref(),
+                    outlier_detection: policy.outlier_detection.as_ref(),
+                },
+                &mut found,
+            );
+            for (index, port) in policy.port_level_settings.iter().enumerate() {
                 unapplied(
-                    &prefix,
+                    &format!("{prefix}.portLevelSettings[{index}]"),
                     &PolicyParts {
-                        load_balancer: policy.load_balancer.as_ref(),
-                        connection_pool: policy.connection_pool.as_ref(),
-                        outlier_detection: policy.outlier_detection.as_ref(),
+                        load_balancer: port.load_balancer.as_ref(),
+                        connection_pool: port.connection_pool.as_ref(),
+                        outlier_detection: port.outlier_detection.as_ref(),
                     },
                     &mut found,
                 );
-                for (index, port) in policy.port_level_settings.iter().enumerate() {
-                    unapplied(
-                        &format!("{prefix}.portLevelSettings[{index}]"),
-                        &PolicyParts {
-                            load_balancer: port.load_balancer.as_ref(),
-                            connection_pool: port.connection_pool.as_ref(),
-                            outlier_detection: port.outlier_detection.as_ref(),
-                        },
-                        &mut found,
-                    );
-                }
-            };
-            let spec = &rule.resource.spec;
+            }
+        };
+        let spec = &rule.resource.spec;
+        visit(
+            "spec.trafficPolicy".to_owned(),
+            spec.traffic_policy.as_ref(),
+        );
+        for (index, subset) in spec.subsets.iter().enumerate() {
             visit(
-                "spec.trafficPolicy".to_owned(),
-                spec.traffic_policy.as_ref(),
+                format!("spec.subsets[{index}].trafficPolicy"),
+                subset.traffic_policy.as_ref(),
             );
-            for (index, subset) in spec.subsets.iter().enumerate() {
-                visit(
-                    format!("spec.subsets[{index}].trafficPolicy"),
-                    subset.traffic_policy.as_ref(),
-                );
-            }
-            for (field, what) in found {
-                self.sink.push(
-                    Diagnostic::warning(format!("not applied by this gateway yet: {what}"))
-                        .at(rule.location.clone())
-                        .object(&rule.resource.object_ref())
-                        .field(field),
-                );
-            }
+        }
+        for (field, what) in found {
+            sink.push(
+                Diagnostic::warning(format!("not applied by this gateway yet: {what}"))
+                    .at(rule.location.clone())
+                    .object(&rule.resource.object_ref())
+                    .field(field),
+            );
         }
     }
 }
 
-impl Compiler<'_> {
-    pub(super) fn check_unapplied_virtual_service_fields(&mut self) {
-        for vs in &self.index.resources.virtual_services {
-            for (field, what) in virtual_service_unapplied(&vs.resource.spec) {
-                self.sink.push(
-                    Diagnostic::warning(format!("ignored: {what}"))
-                        .at(vs.location.clone())
-                        .object(&vs.resource.object_ref())
-                        .field(field),
-                );
-            }
+pub(super) fn check_unapplied_virtual_service_fields(ix: &Index<'_>, sink: &mut Sink) {
+    for vs in &ix.resources.virtual_services {
+        for (field, what) in virtual_service_unapplied(&vs.resource.spec) {
+            sink.push(
+                Diagnostic::warning(format!("ignored: {what}"))
+                    .at(vs.location.clone())
+                    .object(&vs.resource.object_ref())
+                    .field(field),
+            );
         }
     }
 }

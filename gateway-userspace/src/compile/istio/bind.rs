@@ -5,45 +5,46 @@ use std::sync::Arc;
 
 use super::{PortServers, delegate, matches};
 use crate::{
-    compile::{Compiler, hosts::intersect_hosts, index::Index, memo, name_of, sink::Sink},
+    compile::{Built, hosts::intersect_hosts, index::Index, memo, name_of, sink::Sink},
     config::{
         Diagnostic, Kind, Sourced,
         resources::{Gateway, VirtualService},
     },
 };
 
-impl<'a> Compiler<'a> {
-    /// The Gateways `vs` is bound through on `port` and the hosts their servers accept,
-    /// or None when it is not bound there (warned when it names a Gateway of the port
-    /// but none of its hosts is accepted). Taken from the previous compile's memo when
-    /// `valid` (the port's servers are the same) and it has them.
-    pub(super) fn binding(
-        &mut self,
-        vs: &'a Sourced<VirtualService>,
-        port: u16,
-        servers: &PortServers<'a>,
-        valid: bool,
-    ) -> Option<Arc<memo::Binding>> {
-        let key = (Arc::as_ptr(&vs.resource) as usize, port);
-        let found = if valid {
-            self.index.reusable.and_then(|memo| memo.bindings.get(&key))
-        } else {
-            None
-        };
-        let binding = match found {
-            Some(entry) => entry.binding.clone(),
-            None => bind(vs, servers).map(Arc::new),
-        };
-        self.built.memo.bindings.insert(
-            key,
-            memo::BindingEntry {
-                _resource: Arc::clone(&vs.resource),
-                binding: binding.clone(),
-            },
-        );
-        let binding = binding?;
-        if binding.hosts.is_empty() {
-            self.sink.push(
+/// The Gateways `vs` is bound through on `port` and the hosts their servers accept,
+/// or None when it is not bound there (warned when it names a Gateway of the port
+/// but none of its hosts is accepted). Taken from the previous compile's memo when
+/// `valid` (the port's servers are the same) and it has them.
+pub(super) fn binding<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    built: &mut Built,
+    vs: &'a Sourced<VirtualService>,
+    port: u16,
+    servers: &PortServers<'a>,
+    valid: bool,
+) -> Option<Arc<memo::Binding>> {
+    let key = (Arc::as_ptr(&vs.resource) as usize, port);
+    let found = if valid {
+        ix.reusable.and_then(|memo| memo.bindings.get(&key))
+    } else {
+        None
+    };
+    let binding = match found {
+        Some(entry) => entry.binding.clone(),
+        None => bind(vs, servers).map(Arc::new),
+    };
+    built.memo.bindings.insert(
+        key,
+        memo::BindingEntry {
+            _resource: Arc::clone(&vs.resource),
+            binding: binding.clone(),
+        },
+    );
+    let binding = binding?;
+    if binding.hosts.is_empty() {
+        sink.push(
                 Diagnostic::warning(format!(
                     "none of its hosts {:?} is accepted by a server on port {port}; it is not bound there",
                     vs.resource.spec.hosts
@@ -52,10 +53,9 @@ impl<'a> Compiler<'a> {
                 .object(&vs.resource.object_ref())
                 .field("spec.hosts"),
             );
-            return None;
-        }
-        Some(binding)
+        return None;
     }
+    Some(binding)
 }
 
 /// Istio gives a gateway the VirtualServices exported to the gateway's own namespace

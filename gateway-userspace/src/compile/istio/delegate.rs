@@ -6,7 +6,7 @@
 use std::{borrow::Cow, collections::BTreeMap};
 
 use crate::{
-    compile::Compiler,
+    compile::{index::Index, sink::Sink},
     config::{
         Diagnostic, Kind, Sourced,
         resources::{HttpMatchRequest, HttpRoute, Lenient, StringMatch, VirtualService},
@@ -200,63 +200,63 @@ fn string_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>) -> bo
     true
 }
 
-impl<'a> Compiler<'a> {
-    /// A VirtualService's `http` routes with each `delegate` route replaced by its
-    /// delegate's routes merged under it: (the VirtualService a route is written in, its
-    /// index there, the route).
-    pub(super) fn with_delegates(
-        &mut self,
-        vs: &'a Sourced<VirtualService>,
-    ) -> Vec<(&'a Sourced<VirtualService>, usize, Cow<'a, HttpRoute>)> {
-        let mut out = Vec::new();
-        let root_namespace = vs.resource.metadata.namespace();
-        for (index, route) in vs.resource.spec.http.iter().enumerate() {
-            let Some(reference) = &route.delegate else {
-                out.push((vs, index, Cow::Borrowed(route)));
-                continue;
-            };
-            let field = format!("spec.http[{index}].delegate");
-            let problem = |message: String| {
-                Diagnostic::warning(message)
-                    .at(vs.location.clone())
-                    .object(&vs.resource.object_ref())
-                    .field(field.clone())
-            };
-            let reference = match reference {
-                Lenient::Valid(reference, _) => reference,
-                Lenient::Invalid(invalid) => {
-                    self.sink.push(problem(format!(
-                        "{}; expected {{name, namespace}}; this route is skipped",
-                        invalid.message
-                    )));
-                    continue;
-                }
-            };
-            let namespace = reference.namespace.as_deref().unwrap_or(root_namespace);
-            // Istio's delegates are the VirtualServices without hosts.
-            let found = self.index.resources.virtual_services.iter().find(|d| {
-                d.resource.metadata.name == reference.name
-                    && d.resource.metadata.namespace() == namespace
-                    && d.resource.spec.hosts.is_empty()
-            });
-            let Some(delegate_vs) = found else {
-                self.sink.push(problem(format!(
-                    "delegate {namespace}/{} does not exist (a delegate is a VirtualService without hosts); this route is skipped",
-                    reference.name
-                )));
-                continue;
-            };
-            if !exported_to(&delegate_vs.resource, root_namespace) {
-                self.sink.push(problem(format!(
-                    "delegate {namespace}/{} is not exported to namespace {root_namespace}; this route is skipped",
-                    reference.name
+/// A VirtualService's `http` routes with each `delegate` route replaced by its
+/// delegate's routes merged under it: (the VirtualService a route is written in, its
+/// index there, the route).
+pub(super) fn with_delegates<'a>(
+    ix: &Index<'a>,
+    sink: &mut Sink,
+    vs: &'a Sourced<VirtualService>,
+) -> Vec<(&'a Sourced<VirtualService>, usize, Cow<'a, HttpRoute>)> {
+    let mut out = Vec::new();
+    let root_namespace = vs.resource.metadata.namespace();
+    for (index, route) in vs.resource.spec.http.iter().enumerate() {
+        let Some(reference) = &route.delegate else {
+            out.push((vs, index, Cow::Borrowed(route)));
+            continue;
+        };
+        let field = format!("spec.http[{index}].delegate");
+        let problem = |message: String| {
+            Diagnostic::warning(message)
+                .at(vs.location.clone())
+                .object(&vs.resource.object_ref())
+                .field(field.clone())
+        };
+        let reference = match reference {
+            Lenient::Valid(reference, _) => reference,
+            Lenient::Invalid(invalid) => {
+                sink.push(problem(format!(
+                    "{}; expected {{name, namespace}}; this route is skipped",
+                    invalid.message
                 )));
                 continue;
             }
-            for (d_index, leaf) in delegate_vs.resource.spec.http.iter().enumerate() {
-                match merge_route(route, leaf) {
+        };
+        let namespace = reference.namespace.as_deref().unwrap_or(root_namespace);
+        // Istio's delegates are the VirtualServices without hosts.
+        let found = ix.resources.virtual_services.iter().find(|d| {
+            d.resource.metadata.name == reference.name
+                && d.resource.metadata.namespace() == namespace
+                && d.resource.spec.hosts.is_empty()
+        });
+        let Some(delegate_vs) = found else {
+            sink.push(problem(format!(
+                    "delegate {namespace}/{} does not exist (a delegate is a VirtualService without hosts); this route is skipped",
+                    reference.name
+                )));
+            continue;
+        };
+        if !exported_to(&delegate_vs.resource, root_namespace) {
+            sink.push(problem(format!(
+                    "delegate {namespace}/{} is not exported to namespace {root_namespace}; this route is skipped",
+                    reference.name
+                )));
+            continue;
+        }
+        for (d_index, leaf) in delegate_vs.resource.spec.http.iter().enumerate() {
+            match merge_route(route, leaf) {
                     Some(merged) => out.push((delegate_vs, d_index, Cow::Owned(merged))),
-                    None => self.sink.push(
+                    None => sink.push(
                         Diagnostic::warning(format!(
                             "its matches fit in none of the matches of {}'s spec.http[{index}], which delegates here; Istio drops this route",
                             vs.resource.object_ref()
@@ -266,8 +266,7 @@ impl<'a> Compiler<'a> {
                         .field(format!("spec.http[{d_index}].match")),
                     ),
                 }
-            }
         }
-        out
     }
+    out
 }

@@ -5,9 +5,24 @@ use std::collections::BTreeMap;
 
 use crate::{
     compile::{index::Index, sink::Sink},
-    config::{Diagnostic, Kind, Sourced, resources::Gateway},
+    config::{
+        Diagnostic, Kind, ObjectRef, Sourced,
+        resources::{Gateway, Server},
+    },
     snapshot::Protocol,
 };
+
+/// Where a server and its diagnostics come from.
+pub(super) struct ServerRef<'a> {
+    pub(super) gateway: &'a Sourced<Gateway>,
+    pub(super) server: &'a Server,
+    pub(super) resource: ObjectRef,
+    pub(super) field: String,
+    /// `resource field`: who uses the server's credentials, in their problems.
+    pub(super) name: String,
+    /// Lowercase, `namespace/` removed.
+    pub(super) hosts: Vec<String>,
+}
 
 /// One server's host list entry, `namespace/host` split.
 #[derive(Debug)]
