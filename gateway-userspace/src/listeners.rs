@@ -25,7 +25,7 @@ use crate::{
 
 mod bind;
 
-pub(crate) use bind::{bind_admin, set_nodelay};
+pub(crate) use bind::bind_admin;
 
 /// A port that just stopped accepting may still be held for a moment by its accept loop;
 /// rebinding it (removed, then added back by a quick second reload) retries this often.

@@ -105,6 +105,27 @@ pub async fn sweep_upstream_pools(ctx: Arc<ProxyContext>) {
     upstream::sweep_removed_endpoints(ctx.live.clone()).await;
 }
 
+/// TCP_NODELAY on a listening socket: every socket it accepts inherits it, so that an
+/// answer's last small write leaves at once instead of waiting for the client's ACK.
+fn set_nodelay(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Accepts until `shutdown` turns true, then lets open connections finish their
 /// in-flight requests for up to `drain_timeout`.
 pub async fn serve(
@@ -115,7 +136,7 @@ pub async fn serve(
 ) {
     let bind_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     // Set once here for every connection the socket will accept (they inherit it).
-    if let Err(e) = crate::listeners::set_nodelay(&listener) {
+    if let Err(e) = set_nodelay(&listener) {
         warn!(port = bind_port, error = %e, "TCP_NODELAY not set on the listener");
     }
     // Registered with the runtime of the worker this task runs on.

@@ -128,27 +128,6 @@ fn bind_family(
     (0..count.max(1)).map(|_| bind(true)).collect()
 }
 
-/// TCP_NODELAY on a listening socket: every socket it accepts inherits it, so that an
-/// answer's last small write leaves at once instead of waiting for the client's ACK.
-pub(crate) fn set_nodelay(socket: &impl AsRawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a c_int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// IPV6_V6ONLY: the `::` socket takes IPv6 only, the `0.0.0.0` one IPv4 (set explicitly,
 /// since the default follows the `net.ipv6.bindv6only` sysctl).
 fn v6_only(socket: &TcpSocket) -> io::Result<()> {
