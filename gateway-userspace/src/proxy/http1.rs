@@ -18,6 +18,7 @@ pub mod fuzzing;
 mod halves;
 mod handoff;
 mod head;
+mod idle;
 pub(super) mod passed;
 mod response;
 pub(super) mod rules;
@@ -25,7 +26,8 @@ mod serve;
 mod upgrade;
 
 pub(super) use body::RequestBody;
-pub(super) use serve::{Ending, IdleWait, serve};
+pub(super) use idle::IdleWait;
+pub(super) use serve::{Ending, serve};
 pub(super) use upgrade::{PendingUpgrade, Upgraded};
 
 /// Which HTTP/1 server answers downstream connections.

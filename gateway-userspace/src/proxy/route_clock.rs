@@ -15,8 +15,6 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::{sync::watch, time::Instant};
 
-use super::body::BoxError;
-
 /// When the client's request ended, as the tries wait for it.
 #[derive(Clone)]
 pub(super) enum RequestEnd {
@@ -107,15 +105,16 @@ impl<B> DeadlineBody<B> {
 
 impl<B> Body for DeadlineBody<B>
 where
-    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: From<ResponseTimedOut>,
 {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame);
         }

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::serve::IdleWait;
+use super::idle::IdleWait;
 
 /// One half of `io`; both halves of a request share the same lock.
 pub(super) struct Half<'a, S>(&'a Mutex<S>);
