@@ -4,11 +4,11 @@
 use super::{index::Index, sink::Sink};
 use crate::config::{
     Diagnostic, Kind,
+    resources::VirtualServiceSpec,
     resources::istio::{
         ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, SimpleLoadBalancer,
         TrafficPolicy,
     },
-    resources::{Lenient, VirtualServiceSpec},
 };
 
 /// One traffic policy's parts, wherever it sits (rule, port level, subset).
@@ -88,18 +88,21 @@ fn virtual_service_unapplied(spec: &VirtualServiceSpec) -> Vec<(String, &'static
     const SIDECAR_ONLY: &str = "a gateway matches `tls` and `tcp` routes by port, gateways and SNI only (sidecars apply this condition)";
     let mut found = Vec::new();
     // Keys a `tls` or `tcp` route's type has no place for (kept by its `Lenient`).
-    for (kind, routes) in [
-        ("tls", spec.tls.iter().map(ignored_keys).collect::<Vec<_>>()),
-        ("tcp", spec.tcp.iter().map(ignored_keys).collect()),
-    ] {
-        for (r_index, ignored) in routes.into_iter().enumerate() {
-            for path in ignored {
-                let separator = if path.starts_with('[') { "" } else { "." };
-                found.push((
-                    format!("spec.{kind}[{r_index}]{separator}{path}"),
-                    "not a field this gateway knows",
-                ));
-            }
+    let tls = spec.tls.iter().enumerate().map(|(i, r)| {
+        (
+            format!("spec.tls[{i}]"),
+            r.ignored_at("").collect::<Vec<_>>(),
+        )
+    });
+    let tcp = spec.tcp.iter().enumerate().map(|(i, r)| {
+        (
+            format!("spec.tcp[{i}]"),
+            r.ignored_at("").collect::<Vec<_>>(),
+        )
+    });
+    for (route, ignored) in tls.chain(tcp) {
+        for path in ignored {
+            found.push((format!("{route}{path}"), "not a field this gateway knows"));
         }
     }
     let mut l4_match = |field: String,
@@ -168,13 +171,6 @@ fn virtual_service_unapplied(spec: &VirtualServiceSpec) -> Vec<(String, &'static
         }
     }
     found
-}
-
-fn ignored_keys<T>(field: &Lenient<T>) -> &[String] {
-    match field {
-        Lenient::Valid(_, ignored) => ignored,
-        Lenient::Invalid(_) => &[],
-    }
 }
 
 fn unapplied(prefix: &str, policy: &PolicyParts, found: &mut Vec<(String, &'static str)>) {

@@ -39,14 +39,8 @@ impl RouteFields {
         ) -> Result<Option<T>, FieldError> {
             match field {
                 None => Ok(None),
-                Some(Lenient::Valid(value, ignored)) => {
-                    unknown.extend(ignored.iter().map(|path| {
-                        if path.starts_with('[') {
-                            format!("{key}{path}")
-                        } else {
-                            format!("{key}.{path}")
-                        }
-                    }));
+                Some(lenient @ Lenient::Valid(value, _)) => {
+                    unknown.extend(lenient.ignored_at(key));
                     Ok(Some(value.clone()))
                 }
                 Some(Lenient::Invalid(invalid)) => {

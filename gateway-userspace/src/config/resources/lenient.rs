@@ -34,6 +34,18 @@ impl<T> Lenient<T> {
         }
     }
 
+    /// The keys a valid value ignored, as paths below `field`.
+    pub fn ignored_at<'s>(&'s self, field: &'s str) -> impl Iterator<Item = String> + 's {
+        let ignored = match self {
+            Lenient::Valid(_, ignored) => ignored.as_slice(),
+            Lenient::Invalid(_) => &[],
+        };
+        ignored.iter().map(move |path| {
+            let separator = if path.starts_with('[') { "" } else { "." };
+            format!("{field}{separator}{path}")
+        })
+    }
+
     pub fn valid(&self) -> Option<&T> {
         match self {
             Lenient::Valid(value, _) => Some(value),
