@@ -6,6 +6,8 @@
 #[cfg(target_arch = "bpf")]
 mod nodeport;
 #[cfg(target_arch = "bpf")]
+mod shared;
+#[cfg(target_arch = "bpf")]
 mod steer;
 #[cfg(target_arch = "bpf")]
 mod xdp;

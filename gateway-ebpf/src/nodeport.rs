@@ -27,7 +27,7 @@ use gateway_ebpf::{
     parse_headers,
 };
 
-use crate::xdp::{
+use crate::shared::{
     Frame, GATEWAY_ADDRS, HDR_SCRATCH, HEADER_SCRATCH, Scratch, copy, count, launder_headers,
     scratch, word,
 };

@@ -18,7 +18,7 @@ use gateway_ebpf::{
     maps::{MAX_PORTS, MAX_STEER_SOCKETS},
 };
 
-use crate::xdp::count;
+use crate::shared::count;
 
 const IPPROTO_TCP: u32 = 6;
 const AF_INET6: u32 = 10;
