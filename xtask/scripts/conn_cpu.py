@@ -3,7 +3,11 @@
 issue 15 found not to reproduce (16.6 µs against nginx's 21.3 in one run of `bench http`,
 41.5 against 32.2 in another).
 
-    python3 xtask/scripts/conn_cpu.py [--rounds 9] [--seconds 2] [--connections 1] NAME=BIN [NAME=BIN...]
+    python3 xtask/scripts/conn_cpu.py [--rounds 9] [--seconds 2] [--connections 1] [--keep-alive] NAME=BIN [NAME=BIN...]
+
+With `--keep-alive` the same measurement per kept-alive request instead (wrk keeps its
+connections open): the wall-clock counterpart of `h1_callgrind.py`, with the kernel's
+share (system calls, wake-ups) counted too, on any build profile.
 
 Each proxy (every gatewayd given: one worker, `--ebpf off --access-log off`; and nginx:
 one worker process, `proxy_http_version 1.1`, an upstream keepalive pool) sits in front
@@ -52,10 +56,11 @@ def on_cpu_ns(pid):
     return total
 
 
-def wrk(port, seconds, connections):
+def wrk(port, seconds, connections, keep_alive=False):
+    close = [] if keep_alive else ["-H", "Connection: close"]
     out = subprocess.run(
         ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-         "-H", "Host: example.com", "-H", "Connection: close",
+         "-H", "Host: example.com", *close,
          f"http://127.0.0.1:{port}{REQUEST_PATH}"],
         capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out and "connect 0, read 0, write 0, timeout 0" not in out:
@@ -72,6 +77,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument("--keep-alive", action="store_true")
     parser.add_argument("binaries", nargs="+", metavar="NAME=BIN")
     args = parser.parse_args()
 
@@ -116,7 +122,7 @@ http {{ access_log off; keepalive_requests 1000000;
             servers.append(("nginx", child.pid, port))
         for _, _, p in servers:
             wait_for_port(p, timeout=60)
-            wrk(p, 1, args.connections)  # warm up: pools, caches, allocator
+            wrk(p, 1, args.connections, args.keep_alive)  # warm up: pools, caches, allocator
         time.sleep(1)
         idle_from = {pid: on_cpu_ns(pid) for _, pid, _ in servers}
         t0 = time.monotonic()
@@ -132,7 +138,7 @@ http {{ access_log off; keepalive_requests 1000000;
             this_round = {}
             for name, pid, p in order:
                 before, t = on_cpu_ns(pid), time.monotonic()
-                n = wrk(p, args.seconds, args.connections)
+                n = wrk(p, args.seconds, args.connections, args.keep_alive)
                 spent = on_cpu_ns(pid) - before - idle_ns_per_s[pid] * (time.monotonic() - t)
                 this_round[name] = spent / n / 1000.0
                 per_conn[name].append(this_round[name])
@@ -145,9 +151,11 @@ http {{ access_log off; keepalive_requests 1000000;
             print(line, flush=True)
 
         reference = servers[-1][0]
-        print(f"\nCPU µs per new connection, median (min–max) of {args.rounds} rounds, "
-              f"wrk -t1 -c{args.connections} -d{args.seconds}s, Connection: close")
-        print("| proxy | CPU µs per connection | connections/s | ÷ " + reference + " (per round) |")
+        unit = "request" if args.keep_alive else "connection"
+        how = "kept alive" if args.keep_alive else "Connection: close"
+        print(f"\nCPU µs per {unit}, median (min–max) of {args.rounds} rounds, "
+              f"wrk -t1 -c{args.connections} -d{args.seconds}s, {how}")
+        print(f"| proxy | CPU µs per {unit} | {unit}s/s | ÷ " + reference + " (per round) |")
         print("|---|---|---|---|")
         for name, _, _ in servers:
             v, r = per_conn[name], rates[name]

@@ -1,6 +1,6 @@
 """User-space instructions per proxied HTTP/1.1 keep-alive request, counted by callgrind.
 
-Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx]
+Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx] [--strace]
 gatewayd (one worker, access log off) under `valgrind --tool=callgrind`, in front of an
 nginx answering a fixed 200 over kept-alive upstream connections (`--http1-client` MODE);
 1000 requests to warm up, the counters zeroed (`callgrind_control -z`), N requests by
@@ -8,14 +8,18 @@ nginx answering a fixed 200 over kept-alive upstream connections (`--http1-clien
 -d`): every instruction of the process (all threads) between the two, divided by N.
 With `nginx` as the last argument, the same for an nginx proxy (one worker process,
 `proxy_http_version 1.1` and an upstream keepalive pool) instead of gatewayd.
+With `--strace`: the proxy runs natively and `strace -c -f` counts its system calls over
+the N requests (the kernel's share of a request is mostly these calls).
 """
-import os, subprocess, sys
+import os, signal, subprocess, sys, time
 
-from callgrind_run import count_instructions
+from callgrind_run import count_instructions, wait_for_port
 from one_route_config import one_route_config
 
-BIN, MODE, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
-PEER = len(sys.argv) > 4 and sys.argv[4] == "nginx"
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+STRACE = "--strace" in sys.argv
+BIN, MODE, N = args[0], args[1], int(args[2])
+PEER = len(args) > 3 and args[3] == "nginx"
 UP, GW = 18480, 18580
 WORK = f"/tmp/h1cg-{os.getpid()}"
 os.makedirs(WORK, exist_ok=True)
@@ -48,8 +52,6 @@ else:
                "--access-log", "off", "--http1-client", MODE,
                "--readiness-addr", f"127.0.0.1:{GW+200}", "--metrics-addr", f"127.0.0.1:{GW+300}",
                "--admin-addr", f"127.0.0.1:{GW+400}"]
-gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
-                      stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 
 def load(n):
@@ -57,10 +59,33 @@ def load(n):
                    check=True, stdout=subprocess.DEVNULL)
 
 
+who = "nginx" if PEER else f"gatewayd --http1-client {MODE}"
 try:
-    total, dump = count_instructions(gw.pid, GW, out, load, N)
-    who = "nginx" if PEER else f"gatewayd --http1-client {MODE}"
-    print(f"{who}: {N} requests, {total} instructions, {total / N:.0f} per request")
+    if STRACE:
+        gw = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        wait_for_port(GW)
+        load(1000)
+        trace = subprocess.Popen(["strace", "-c", "-f", "-o", f"{WORK}/strace.txt", "-p", str(gw.pid)])
+        time.sleep(1)
+        load(N)
+        time.sleep(0.5)
+        trace.send_signal(signal.SIGINT)
+        trace.wait()
+        calls = {}
+        for line in open(f"{WORK}/strace.txt"):
+            fields = line.split()
+            if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+                calls[fields[-1]] = int(fields[3])
+        total = sum(calls.values())
+        print(f"{who}: {N} requests, {total} system calls, {total / N:.2f} per request")
+        for name, count in sorted(calls.items(), key=lambda kv: -kv[1]):
+            if count >= N / 100:
+                print(f"  {name:<16} {count / N:.2f}")
+    else:
+        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
+                              stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        total, dump = count_instructions(gw.pid, GW, out, load, N)
+        print(f"{who}: {N} requests, {total} instructions, {total / N:.0f} per request")
 finally:
     gw.kill()
     up.kill()
