@@ -1,20 +1,65 @@
 //! Waiting for a client's next bytes without holding a buffer (`IdleWait`): what the
 //! keep-alive loop (`serve`) and the read half of a split connection (`halves`) wait on.
 
-use std::task::{Context, Poll};
+use std::{
+    io,
+    os::fd::AsRawFd,
+    task::{Context, Poll},
+};
 
+use bytes::BytesMut;
 use tokio::net::TcpStream;
+
+use super::buffer;
 
 /// Waiting for a client's next bytes without a buffer, so an idle keep-alive connection
 /// holds none: a TCP socket tells when it is readable; a TLS stream when rustls holds
 /// decrypted bytes already or its socket is readable.
 pub(in crate::proxy) trait IdleWait {
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+
+    /// Reads what the client has sent already, without waiting: a new connection's first
+    /// request is usually there when it is accepted, before the runtime has heard that
+    /// the socket is readable (it hears at its next look at epoll, so a read through it
+    /// would first register a wait, the idle clock and the task's wake-up). None: not
+    /// read (a TLS stream reads through rustls only); `buf` is left without capacity when
+    /// nothing was read.
+    fn read_now(&mut self, _buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        None
+    }
+
+    /// Whether the stream must be shut down before it is dropped: TLS sends its
+    /// close_notify then; closing a TCP socket sends its FIN by itself.
+    fn shutdown_before_close(&self) -> bool {
+        true
+    }
 }
 
 impl IdleWait for TcpStream {
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.poll_read_ready(cx)
+    }
+
+    fn read_now(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        buffer::make_room(buf);
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: recv(2) on the socket's open descriptor writes at most `spare.len()`
+        // bytes into `spare`, memory we own. The socket is non-blocking.
+        let read =
+            unsafe { libc::recv(self.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
+        let Ok(read) = usize::try_from(read) else {
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+            return Some(Err(io::Error::last_os_error()));
+        };
+        // SAFETY: recv initialised the `read` bytes after the buffer's length.
+        unsafe { buf.set_len(buf.len() + read) };
+        Some(Ok(read))
+    }
+
+    fn shutdown_before_close(&self) -> bool {
+        false
     }
 }
 
@@ -35,5 +80,13 @@ impl<S: IdleWait> IdleWait for tokio_rustls::server::TlsStream<S> {
 impl<S: IdleWait + ?Sized> IdleWait for &mut S {
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         (**self).poll_idle(cx)
+    }
+
+    fn read_now(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        (**self).read_now(buf)
+    }
+
+    fn shutdown_before_close(&self) -> bool {
+        (**self).shutdown_before_close()
     }
 }
