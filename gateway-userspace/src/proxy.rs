@@ -195,17 +195,23 @@ pub async fn serve(
                 slot = ctx.connections.acquire() => slot,
             },
         };
-        let (stream, peer) = tokio::select! {
-            biased;
-            () = &mut stopping => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(port = bind_port, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
+        // `poll_accept` rather than `accept()`: the latter's readiness future registers
+        // itself in the socket's waiter list, and unregisters, at every call.
+        let accepted = std::future::poll_fn(|cx| {
+            if Pin::new(&mut stopping).poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            listener.poll_accept(cx).map(Some)
+        })
+        .await;
+        let (stream, peer) = match accepted {
+            None => break,
+            Some(Ok(accepted)) => accepted,
+            Some(Err(e)) => {
+                warn!(port = bind_port, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
         };
         accepted_total.inc();
         // Not the listener's address: a wildcard socket accepts for every local address,

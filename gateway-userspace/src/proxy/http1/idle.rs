@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    mem::MaybeUninit,
     os::fd::AsRawFd,
     task::{Context, Poll},
 };
@@ -10,7 +11,7 @@ use std::{
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use super::buffer;
+use super::{buffer, rules::READ_CHUNK};
 
 /// Waiting for a client's next bytes without a buffer, so an idle keep-alive connection
 /// holds none: a TCP socket tells when it is readable; a TLS stream when rustls holds
@@ -22,8 +23,8 @@ pub(in crate::proxy) trait IdleWait {
     /// request is usually there when it is accepted, before the runtime has heard that
     /// the socket is readable (it hears at its next look at epoll, so a read through it
     /// would first register a wait, the idle clock and the task's wake-up). None: not
-    /// read (a TLS stream reads through rustls only); `buf` is left without capacity when
-    /// nothing was read.
+    /// read (a TLS stream reads through rustls only). `buf` (empty, without capacity) gets
+    /// one only when something was read.
     fn read_now(&mut self, _buf: &mut BytesMut) -> Option<io::Result<usize>> {
         None
     }
@@ -41,20 +42,28 @@ impl IdleWait for TcpStream {
     }
 
     fn read_now(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
-        buffer::make_room(buf);
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: recv(2) on the socket's open descriptor writes at most `spare.len()`
-        // bytes into `spare`, memory we own. The socket is non-blocking.
-        let read =
-            unsafe { libc::recv(self.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
+        // Into the stack, and copied into a buffer only when something came: a client
+        // that has sent nothing yet costs no buffer's allocation and release.
+        let mut landing = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        // SAFETY: recv(2) on the socket's open descriptor writes at most `landing.len()`
+        // bytes into `landing`, memory we own. The socket is non-blocking.
+        let read = unsafe {
+            libc::recv(
+                self.as_raw_fd(),
+                landing.as_mut_ptr().cast(),
+                landing.len(),
+                0,
+            )
+        };
         let Ok(read) = usize::try_from(read) else {
-            if buf.is_empty() {
-                *buf = BytesMut::new();
-            }
             return Some(Err(io::Error::last_os_error()));
         };
-        // SAFETY: recv initialised the `read` bytes after the buffer's length.
-        unsafe { buf.set_len(buf.len() + read) };
+        if read > 0 {
+            // SAFETY: recv initialised the first `read` bytes of `landing`.
+            let landed = unsafe { std::slice::from_raw_parts(landing.as_ptr().cast::<u8>(), read) };
+            buffer::make_room(buf);
+            buf.extend_from_slice(landed);
+        }
         Some(Ok(read))
     }
 
