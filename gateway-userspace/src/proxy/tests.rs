@@ -16,9 +16,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use harness::{
-    Behaviour, Gateway, HOST, Upstream, config, ejecting, refusing_address, route_to,
-};
+use harness::{Behaviour, Gateway, HOST, Upstream, config, ejecting, refusing_address, route_to};
 
 /// One row of the retry table: the route's retry policy, the upstream, and what the
 /// client and the metrics see.
@@ -394,7 +392,11 @@ async fn fault_aborts_and_delays_are_flagged() {
 async fn read_until_closed(stream: &mut TcpStream) -> String {
     let mut read = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut read)).await;
-    assert!(closed.is_ok(), "not closed: {}", String::from_utf8_lossy(&read));
+    assert!(
+        closed.is_ok(),
+        "not closed: {}",
+        String::from_utf8_lossy(&read)
+    );
     String::from_utf8_lossy(&read).into_owned()
 }
 
@@ -426,10 +428,15 @@ async fn the_drain_answers_busy_connections_with_close_and_closes_idle_ones() {
     let answer = read_until_closed(&mut busy).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
-        answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
         "{answer}"
     );
     let rest = read_until_closed(&mut idle).await;
     assert!(!rest.contains("HTTP/1.1"), "a second answer: {rest}");
-    assert!(TcpStream::connect(gateway.addr()).await.is_err(), "still accepting");
+    assert!(
+        TcpStream::connect(gateway.addr()).await.is_err(),
+        "still accepting"
+    );
 }
