@@ -7,6 +7,7 @@ mod authz;
 mod body;
 mod connection_log;
 mod context;
+mod drain;
 mod edge_headers;
 mod flags;
 mod forward;
@@ -34,15 +35,12 @@ mod upstream;
 mod upstream_head;
 mod upstream_tls;
 
-use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{
-        conn::auto,
-        graceful::{GracefulShutdown, Watcher},
-    },
+    server::conn::auto,
 };
 use thiserror::Error;
 use tokio::{
@@ -51,6 +49,8 @@ use tokio::{
     sync::watch,
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
+
+use drain::{Drain, Listening};
 
 pub use access_log::AccessLogFormat;
 pub use context::ProxyContext;
@@ -147,11 +147,9 @@ pub async fn serve(
             return;
         }
     };
-    let graceful = GracefulShutdown::new();
-    // Turns true at the drain deadline: what hyper's graceful shutdown does not reach
-    // (upgraded connections, TCP and passthrough streams, connections still busy) ends.
-    let (drain_deadline, drain) = watch::channel(false);
-    let drain = tunnel::Drain::new(drain);
+    // This loop's connections' drain (`drain.rs`): told when the listener stops and at
+    // the deadline; it counts them until the last has ended.
+    let listening = Listening::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -197,17 +195,23 @@ pub async fn serve(
                 slot = ctx.connections.acquire() => slot,
             },
         };
-        let (stream, peer) = tokio::select! {
-            biased;
-            () = &mut stopping => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(port = bind_port, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
+        // `poll_accept` rather than `accept()`: the latter's readiness future registers
+        // itself in the socket's waiter list, and unregisters, at every call.
+        let accepted = std::future::poll_fn(|cx| {
+            if Pin::new(&mut stopping).poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            listener.poll_accept(cx).map(Some)
+        })
+        .await;
+        let (stream, peer) = match accepted {
+            None => break,
+            Some(Ok(accepted)) => accepted,
+            Some(Err(e)) => {
+                warn!(port = bind_port, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
         };
         accepted_total.inc();
         // Not the listener's address: a wildcard socket accepts for every local address,
@@ -224,9 +228,7 @@ pub async fn serve(
             local,
             ctx: ctx.clone(),
             builder: builder.clone(),
-            graceful: graceful.watcher(),
-            drain: drain.clone(),
-            shutdown: shutdown.clone(),
+            drain: listening.drain(),
         };
         // The connection's span only where debug logs are on: a disabled span still costs
         // its wrapper's enter and exit at every poll of the connection's task.
@@ -238,21 +240,22 @@ pub async fn serve(
     }
 
     drop(listener);
-    drop(drain);
-    info!(port = bind_port, open = graceful.count(), "draining");
-    let drained = async {
-        graceful.shutdown().await;
-        // Every tunnel and connection holds a receiver until it ends.
-        drain_deadline.closed().await;
-    };
-    if tokio::time::timeout(drain_timeout, drained).await.is_err() {
+    // Idle connections close, busy ones after their answer (`Connection: close`), hyper's
+    // are told to shut down gracefully.
+    listening.stop();
+    info!(port = bind_port, open = listening.open(), "draining");
+    // Every connection, tunnel and stream holds a `Drain` until it ends.
+    if tokio::time::timeout(drain_timeout, listening.emptied())
+        .await
+        .is_err()
+    {
         warn!(
             port = bind_port,
             "drain timeout: closing the remaining connections"
         );
-        let _ = drain_deadline.send(true);
+        listening.pass_deadline();
         // WebSockets send their close frames before the process may exit.
-        let _ = tokio::time::timeout(tunnel::CLOSE_GRACE * 2, drain_deadline.closed()).await;
+        let _ = tokio::time::timeout(tunnel::CLOSE_GRACE * 2, listening.emptied()).await;
     }
 }
 
@@ -276,9 +279,6 @@ fn serve_with_codec<S>(
     io: S,
     client: CodecClient,
     builder: ServerBuilder,
-    watcher: Watcher,
-    shutdown: watch::Receiver<bool>,
-    deadline: tunnel::Drain,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + http1::IdleWait + Unpin + Send + 'static,
@@ -287,42 +287,49 @@ where
         io,
         client.connection.clone(),
         client.ctx.clone(),
-        shutdown,
     ));
-    until_drained(served, client, builder, watcher, deadline)
+    until_drained(served, client, builder)
 }
 
 /// The codec's loop until it ends or the drain deadline; HTTP/2 after it when the
 /// connection opened with the preface. A block, not an async fn, for the reason above.
+///
+/// The connection's one registration with its listener's drain (`drain::Watch`) is made
+/// here, in the connection's outermost future: it wakes the task at each change of
+/// phase, and the codec's loop, polled at that wake-up, reads the phase (`Drain::stopping`)
+/// without a wait of its own.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn until_drained<S>(
-    served: Pin<Box<impl Future<Output = http1::Ending<S>> + Send>>,
+    mut served: Pin<Box<impl Future<Output = http1::Ending<S>> + Send>>,
     client: CodecClient,
     builder: ServerBuilder,
-    watcher: Watcher,
-    deadline: tunnel::Drain,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
-        let ending = tokio::select! {
-            biased;
-            ending = served => ending,
-            () = deadline.passed() => {
-                debug!("connection closed at the drain deadline");
-                return;
-            }
+        let ending = {
+            let mut watch = client.connection.drain().watch();
+            std::future::poll_fn(|cx| {
+                // Registered first, so that the loop's look at the phase is never missed.
+                if watch.poll_deadline(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                served.as_mut().poll(cx).map(Some)
+            })
+            .await
+        };
+        drop(served);
+        let Some(ending) = ending else {
+            debug!("connection closed at the drain deadline");
+            return;
         };
         let http1::Ending::Http2 { read, io } = ending else {
             return;
         };
         // Boxed: HTTP/2 connections are the few here, and an HTTP/1 connection's task need
         // not carry room for hyper's HTTP/2 server (nor for building it).
-        Box::pin(serve_h2_after_preface(
-            read, io, client, builder, watcher, deadline,
-        ))
-        .await;
+        Box::pin(serve_h2_after_preface(read, io, client, builder)).await;
     }
 }
 
@@ -333,13 +340,12 @@ async fn serve_h2_after_preface<S>(
     io: S,
     client: CodecClient,
     builder: ServerBuilder,
-    watcher: Watcher,
-    mut deadline: tunnel::Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let CodecClient { connection, ctx } = client;
     let (peer, local) = (connection.peer, connection.local);
+    let held = connection.clone();
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let connection = connection.clone();
         let request = request.map(body::ClientBody::Hyper);
@@ -349,12 +355,24 @@ async fn serve_h2_after_preface<S>(
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(guarded), service)
         .into_owned();
-    tokio::select! {
-        result = watcher.watch(conn) => if let Err(e) = result {
-            connection_log::connection_error(&ctx, local, peer, &*e);
+    let conn = std::pin::pin!(conn);
+    served_by_hyper(held.drain().serve_hyper(conn).await, &ctx, local, peer);
+}
+
+/// Logs how a connection served by hyper ended.
+fn served_by_hyper(
+    ended: Option<Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    ctx: &ProxyContext,
+    local: SocketAddr,
+    peer: SocketAddr,
+) {
+    match ended {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            connection_log::connection_error(ctx, local, peer, &*e);
             debug!(error = %e, "connection ended with an error");
-        },
-        _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
+        }
+        None => debug!("connection closed at the drain deadline"),
     }
 }
 
@@ -372,9 +390,7 @@ struct AcceptedConnection {
     local: SocketAddr,
     ctx: Arc<ProxyContext>,
     builder: ServerBuilder,
-    graceful: Watcher,
-    drain: tunnel::Drain,
-    shutdown: watch::Receiver<bool>,
+    drain: Drain,
 }
 
 impl AcceptedConnection {
@@ -418,13 +434,12 @@ impl AcceptedConnection {
                     authz,
                     ctx: self.ctx,
                     drain: self.drain,
-                    shutdown: self.shutdown,
                 };
                 // Boxed: otherwise every plaintext connection's task would be as large as
                 // the TLS path's state (the handshake, rustls' connection). The box is
                 // freed once the handshake is done: an HTTP connection then runs what it
                 // returned.
-                let serving = tls::serve(accepted, self.builder, self.graceful);
+                let serving = tls::serve(accepted, self.builder);
                 let serving = Box::pin(serving).await;
                 if let Some(serving) = serving {
                     serving.await;
@@ -433,44 +448,30 @@ impl AcceptedConnection {
             }
             drop(live);
             let ctx = self.ctx;
-            let connection = forward::Connection::new(peer, local, ctx.clone(), None)
-                .with_drain(self.drain.clone());
+            // The connection holds the drain for its life (and its upgrades take copies).
+            let connection =
+                forward::Connection::new(peer, local, ctx.clone(), None).with_drain(self.drain);
             let own = ctx.http1_server == Http1Server::Own;
             let client = CodecClient {
                 connection: Arc::new(connection),
                 ctx,
             };
-            let (builder, graceful, drain) = (self.builder, self.graceful, self.drain);
             if own {
-                let served =
-                    serve_with_codec(self.stream, client, builder, graceful, self.shutdown, drain);
-                return served.await;
+                return serve_with_codec(self.stream, client, self.builder).await;
             }
             // Boxed: hyper's connection state would otherwise make every connection's
             // task, the codec's idle ones included, as large as hyper's server.
-            Box::pin(serve_with_hyper(
-                self.stream,
-                client,
-                builder,
-                graceful,
-                drain,
-            ))
-            .await;
+            Box::pin(serve_with_hyper(self.stream, client, self.builder)).await;
         }
     }
 }
 
 /// One downstream plaintext connection under `--http1-server hyper`: hyper's server
 /// behind the framing guard, until the connection ends or the drain deadline.
-async fn serve_with_hyper(
-    stream: TcpStream,
-    client: CodecClient,
-    builder: ServerBuilder,
-    graceful: Watcher,
-    mut deadline: tunnel::Drain,
-) {
+async fn serve_with_hyper(stream: TcpStream, client: CodecClient, builder: ServerBuilder) {
     let CodecClient { connection, ctx } = client;
     let (peer, local) = (connection.peer, connection.local);
+    let held = connection.clone();
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let connection = connection.clone();
         let request = request.map(body::ClientBody::Hyper);
@@ -482,14 +483,8 @@ async fn serve_with_hyper(
             service,
         )
         .into_owned();
-    let conn = graceful.watch(conn);
-    tokio::select! {
-        result = conn => if let Err(e) = result {
-            connection_log::connection_error(&ctx, local, peer, &*e);
-            debug!(error = %e, "connection ended with an error");
-        },
-        _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
-    }
+    let conn = std::pin::pin!(conn);
+    served_by_hyper(held.drain().serve_hyper(conn).await, &ctx, local, peer);
 }
 
 /// Reads the PROXY protocol header within `--proxy-protocol-timeout`. A connection

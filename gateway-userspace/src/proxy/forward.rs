@@ -86,7 +86,8 @@ pub(super) struct Connection {
     pub tls: Option<(Arc<crate::tls::TlsConnectionInfo>, Arc<Transport>)>,
     /// The client's address as x-forwarded-for and x-envoy-external-address carry it.
     peer_ip: HeaderValue,
-    /// The listener's drain deadline, for upgraded connections that outlive the request.
+    /// The listener's drain: the connection closes between requests once it stops, and
+    /// at its deadline; upgraded connections that outlive the request end then too.
     drain: tunnel::Drain,
     /// What the replay copies of this connection's requests may hold together.
     replay_budget: ReplayBudget,
@@ -115,6 +116,11 @@ impl Connection {
     pub(super) fn with_drain(mut self, drain: tunnel::Drain) -> Self {
         self.drain = drain;
         self
+    }
+
+    /// The listener's drain, as this connection sees it.
+    pub(super) fn drain(&self) -> &tunnel::Drain {
+        &self.drain
     }
 
     /// The answer to `request` as a response with its whole header map (for hyper's

@@ -14,7 +14,7 @@
 use std::{
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -42,22 +42,41 @@ struct Superseded;
 #[error("request body broke off")]
 struct Broken;
 
-/// Bytes the replay copies of one client connection's requests may hold together.
-#[derive(Clone, Debug)]
+/// Bytes the replay copies of one client connection's requests may hold together. The
+/// count is shared by the copies, and allocated when the first one is made: most
+/// connections never make one (a request without a body, or a route without retries
+/// and mirrors), and each connection would otherwise pay an allocation for it.
+#[derive(Debug)]
 pub(super) struct ReplayBudget {
-    left: Arc<AtomicU64>,
+    bytes: u64,
+    left: OnceLock<Arc<AtomicU64>>,
+}
+
+impl Clone for ReplayBudget {
+    fn clone(&self) -> Self {
+        ReplayBudget {
+            bytes: self.bytes,
+            left: OnceLock::from(self.left().clone()),
+        }
+    }
 }
 
 impl ReplayBudget {
     pub(super) fn new(bytes: u64) -> Self {
         ReplayBudget {
-            left: Arc::new(AtomicU64::new(bytes)),
+            bytes,
+            left: OnceLock::new(),
         }
+    }
+
+    fn left(&self) -> &Arc<AtomicU64> {
+        self.left
+            .get_or_init(|| Arc::new(AtomicU64::new(self.bytes)))
     }
 
     /// Takes `bytes` from the budget if that many are left.
     fn take(&self, bytes: u64) -> bool {
-        self.left
+        self.left()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
                 left.checked_sub(bytes)
             })
@@ -65,12 +84,12 @@ impl ReplayBudget {
     }
 
     fn give_back(&self, bytes: u64) {
-        self.left.fetch_add(bytes, Ordering::AcqRel);
+        self.left().fetch_add(bytes, Ordering::AcqRel);
     }
 
     #[cfg(test)]
-    fn left(&self) -> u64 {
-        self.left.load(Ordering::Acquire)
+    fn remaining(&self) -> u64 {
+        self.left().load(Ordering::Acquire)
     }
 }
 
@@ -360,7 +379,7 @@ mod tests {
             Some(&b"abcdefgh"[..])
         );
         assert!(first.can_replay());
-        assert_eq!(budget.left(), 2);
+        assert_eq!(budget.remaining(), 2);
         // Within its own limit, but the connection's budget is spent: sent, not kept.
         assert_eq!(
             read(second.for_try()).await.ok().as_deref(),
@@ -370,14 +389,14 @@ mod tests {
         assert_eq!(abandoned.get(), 1);
         // A finished request gives its share back to the next one.
         drop(first);
-        assert_eq!(budget.left(), 10);
+        assert_eq!(budget.remaining(), 10);
         let third = ReplayBody::new(source(&[b"mnop"]), 8, budget.clone(), None);
         assert_eq!(
             read(third.for_try()).await.ok().as_deref(),
             Some(&b"mnop"[..])
         );
         assert!(third.can_replay());
-        assert_eq!(budget.left(), 6);
+        assert_eq!(budget.remaining(), 6);
     }
 
     #[tokio::test]

@@ -11,8 +11,12 @@ mod harness;
 use std::time::Duration;
 
 use http::header;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
-use harness::{Behaviour, Gateway, Upstream, config, ejecting, refusing_address, route_to};
+use harness::{Behaviour, Gateway, HOST, Upstream, config, ejecting, refusing_address, route_to};
 
 /// One row of the retry table: the route's retry policy, the upstream, and what the
 /// client and the metrics see.
@@ -382,4 +386,57 @@ async fn fault_aborts_and_delays_are_flagged() {
     assert_eq!(answer.status, 503);
     assert_eq!(gateway.requests(503, "DI,FI"), 1);
     assert_eq!(upstream.hits(), 0);
+}
+
+/// What a connection reads until the gateway closes it (at most 10 s).
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut read = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut read)).await;
+    assert!(
+        closed.is_ok(),
+        "not closed: {}",
+        String::from_utf8_lossy(&read)
+    );
+    String::from_utf8_lossy(&read).into_owned()
+}
+
+/// The listener stops (SIGTERM, or a reload that removes its port): a request in flight
+/// is answered, with `Connection: close`, and its connection closed after the answer; a
+/// kept-alive connection waiting for its next request is closed; new connections are not
+/// accepted.
+#[tokio::test]
+async fn the_drain_answers_busy_connections_with_close_and_closes_idle_ones() {
+    let slow = Upstream::start(Behaviour::Slow(Duration::from_millis(300))).await;
+    let route = route_to("a", "");
+    let gateway = Gateway::start(|port| config(port, &route, &[("a", &[slow.addr])], "")).await;
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+
+    // Kept alive after one answer, then idle.
+    let mut idle = TcpStream::connect(gateway.addr()).await.expect("connect");
+    idle.write_all(request.as_bytes()).await.expect("write");
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.expect("first answer");
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    let mut busy = TcpStream::connect(gateway.addr()).await.expect("connect");
+    busy.write_all(request.as_bytes()).await.expect("write");
+    while slow.hits() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gateway.stop();
+
+    let answer = read_until_closed(&mut busy).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
+    let rest = read_until_closed(&mut idle).await;
+    assert!(!rest.contains("HTTP/1.1"), "a second answer: {rest}");
+    assert!(
+        TcpStream::connect(gateway.addr()).await.is_err(),
+        "still accepting"
+    );
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use hyper::service::service_fn;
-use hyper_util::{rt::TokioIo, server::graceful::Watcher};
+use hyper_util::rt::TokioIo;
 use rustls::server::Acceptor;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
@@ -51,11 +51,9 @@ pub(super) struct Accepted {
     /// The listener's AuthorizationPolicies, as they were at accept.
     pub authz: Arc<ListenerAuthz>,
     pub ctx: Arc<ProxyContext>,
-    /// The listener's drain deadline.
+    /// The listener's drain: the codec's connections close between requests once it
+    /// stops, and everything at its deadline.
     pub drain: tunnel::Drain,
-    /// Turns true when the listener starts draining (the codec's connections close
-    /// between requests).
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Accepted {
@@ -88,11 +86,7 @@ impl Accepted {
 /// passes it through or terminates it; an HTTP connection served by the codec is
 /// returned once terminated, for the caller to run (`Serving`), so that nothing of the
 /// handshake stays allocated while it is idle.
-pub(super) async fn serve(
-    accepted: Accepted,
-    builder: super::ServerBuilder,
-    watcher: Watcher,
-) -> Option<Serving> {
+pub(super) async fn serve(accepted: Accepted, builder: super::ServerBuilder) -> Option<Serving> {
     let transport = accepted.transport.clone();
     match &*transport {
         Transport::Tcp(clusters) => {
@@ -112,7 +106,7 @@ pub(super) async fn serve(
             .await;
             None
         }
-        Transport::Tls(tls) => serve_tls(accepted, tls, builder, watcher).await,
+        Transport::Tls(tls) => serve_tls(accepted, tls, builder).await,
     }
 }
 
@@ -126,7 +120,6 @@ async fn serve_tls(
     accepted: Accepted,
     tls: &ListenerTls,
     builder: super::ServerBuilder,
-    watcher: Watcher,
 ) -> Option<Serving> {
     let clocks = accepted.stream_clocks();
     let mut accepted = accepted;
@@ -162,7 +155,6 @@ async fn serve_tls(
         authz,
         ctx,
         drain,
-        shutdown,
     } = accepted;
     let handshakes = |result| {
         ctx.metrics
@@ -262,19 +254,18 @@ async fn serve_tls(
                             ctx.clone(),
                             Some((Arc::new(info), transport.clone())),
                         )
-                        .with_drain(drain.clone());
+                        .with_drain(drain);
                         let client = super::CodecClient {
                             connection: Arc::new(connection),
                             ctx,
                         };
                         return Some(Box::pin(super::serve_with_codec(
-                            tls_stream, client, builder, watcher, shutdown, drain,
+                            tls_stream, client, builder,
                         )));
                     }
                     // The framing guard and the connection's clocks, as on plaintext ports.
                     let log_ctx = ctx.clone();
                     let guarded = super::h1_guard::H1Guard::new(tls_stream, &ctx, peer, local);
-                    let mut deadline = drain.clone();
                     let connection = Arc::new(
                         forward::Connection::new(
                             peer,
@@ -284,6 +275,7 @@ async fn serve_tls(
                         )
                         .with_drain(drain),
                     );
+                    let held = connection.clone();
                     let service = service_fn(move |request| {
                         let connection = connection.clone();
                         async move {
@@ -295,13 +287,9 @@ async fn serve_tls(
                         .serve_connection_with_upgrades(TokioIo::new(guarded), service)
                         .into_owned();
                     // Boxed: the codec's connections need no room for hyper's.
-                    tokio::select! {
-                        result = Box::pin(watcher.watch(conn)) => if let Err(e) = result {
-                            super::connection_log::connection_error(&log_ctx, local, peer, &*e);
-                            debug!(error = %e, "connection ended with an error");
-                        },
-                        _ = deadline.deadline() => debug!("connection closed at the drain deadline"),
-                    }
+                    let mut conn = Box::pin(conn);
+                    let ended = held.drain().serve_hyper(conn.as_mut()).await;
+                    super::served_by_hyper(ended, &log_ctx, local, peer);
                 }
             }
         }

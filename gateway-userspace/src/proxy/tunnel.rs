@@ -15,7 +15,6 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, copy_bidirectional},
-    sync::watch,
     time::Instant,
 };
 
@@ -24,47 +23,7 @@ const CLOSE_GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 /// How long the close frames get to go out at the drain deadline.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// The listener's drain deadline, as seen by the connections it accepted: true once it
-/// has passed (or the listener is gone).
-#[derive(Clone, Debug, Default)]
-pub(super) struct Drain(Option<watch::Receiver<bool>>);
-
-impl Drain {
-    pub(super) fn new(deadline: watch::Receiver<bool>) -> Self {
-        Drain(Some(deadline))
-    }
-
-    /// The deadline as a wait that is cheap to poll again (`Turned`): a connection's task
-    /// polls it at every wake-up, and `deadline`'s wait takes the watch's lock at each.
-    pub(super) fn passed(&self) -> Passed {
-        Passed(self.0.clone().map(super::turned::turned))
-    }
-
-    /// Resolves at the drain deadline; never for a connection without a listener's.
-    pub(super) async fn deadline(&mut self) {
-        match &mut self.0 {
-            // A dropped sender means the listener finished draining: the deadline passed.
-            Some(deadline) => {
-                let _ = deadline.wait_for(|passed| *passed).await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-}
-
-/// `Drain::passed`: ready at the drain deadline; never without a listener's.
-pub(super) struct Passed(Option<super::turned::Turned>);
-
-impl Future for Passed {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.get_mut().0 {
-            Some(turned) => Pin::new(turned).poll(cx),
-            None => Poll::Pending,
-        }
-    }
-}
+pub(super) use super::drain::Drain;
 
 /// What a tunnel needs besides its two ends.
 #[derive(Clone, Debug)]
@@ -92,7 +51,7 @@ pub(super) enum Ending {
 
 /// Copies both ways between `downstream` (the client) and `upstream` until one closes,
 /// the tunnel idles out, or the drain deadline passes.
-pub(super) async fn run<D, U>(downstream: &mut D, upstream: &mut U, mut clocks: Clocks) -> Ending
+pub(super) async fn run<D, U>(downstream: &mut D, upstream: &mut U, clocks: Clocks) -> Ending
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -341,17 +300,17 @@ mod tests {
     async fn a_websocket_gets_a_close_frame_at_the_drain_deadline() -> io::Result<()> {
         let (mut client, mut downstream) = tokio::io::duplex(1024);
         let (mut upstream, mut server) = tokio::io::duplex(1024);
-        let (deadline, drain) = watch::channel(false);
+        let listening = super::super::drain::Listening::new();
         let clocks = Clocks {
             idle: Duration::from_secs(60),
-            drain: Drain::new(drain),
+            drain: listening.drain(),
             websocket: true,
         };
         let tunnel = tokio::spawn(async move { run(&mut downstream, &mut upstream, clocks).await });
         server.write_all(&[0x81, 0x02, b'h', b'i']).await?;
         let mut buf = [0u8; 4];
         client.read_exact(&mut buf).await?;
-        let _ = deadline.send(true);
+        listening.pass_deadline();
         let ending = tokio::time::timeout(Duration::from_secs(2), tunnel).await;
         assert!(matches!(ending, Ok(Ok(Ending::Drained))), "{ending:?}");
         let mut rest = Vec::new();

@@ -1,6 +1,5 @@
-//! `Turned`: a connection's wait for its listener's shutdown or drain deadline (a
-//! `watch::Receiver<bool>` turning true, or its sender going away), polled at every
-//! wake-up of the connection's task.
+//! `Turned`: an accept loop's wait for its listener's shutdown (a `watch::Receiver<bool>`
+//! turning true, or its sender going away), polled at every wake-up of the loop's task.
 //!
 //! Waiting with `Receiver::wait_for` alone costs a lock per poll: tokio's `Notified`
 //! takes its notifier's mutex at every poll while it waits (to compare wakers), and the
@@ -10,10 +9,8 @@
 //! time, when the watch's version moved (an atomic load, no lock), or when the task's
 //! waker changed; otherwise the registered wait stands and `Turned` answers Pending.
 //!
-//! The connection's drain-deadline wait (`tunnel::Drain`) is left as it is: its watch is
-//! the worker's own (one per listener and worker), so its lock is not shared, and what
-//! holding it in `Turned` adds to every idle connection (a receiver and a waker) costs
-//! more than it saves.
+//! Connections no longer wait on the watch: each accept loop tells its own connections
+//! (`drain.rs`), so the watch has one wait per listener socket, not one per connection.
 
 use std::{
     future::Future,
@@ -49,6 +46,7 @@ pub(crate) fn turned(mut seen: watch::Receiver<bool>) -> Turned {
 
 impl Turned {
     /// Whether it has turned, without waiting: an atomic load while nothing changed.
+    #[cfg(test)]
     pub(crate) fn turned(&mut self) -> bool {
         self.look();
         self.done

@@ -15,7 +15,7 @@ use http::{Method, StatusCode};
 use hyper::body::Frame;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    sync::{oneshot, watch},
+    sync::oneshot,
     time::{Instant, Sleep, sleep_until},
 };
 use tracing::debug;
@@ -33,7 +33,6 @@ use super::{
 };
 use crate::proxy::{
     body::ClientBody, connection_log, context::ProxyContext, forward, limits::deadline_after,
-    turned::turned,
 };
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -65,31 +64,20 @@ pub(in crate::proxy) fn serve<S>(
     mut io: S,
     connection: Arc<forward::Connection>,
     ctx: Arc<ProxyContext>,
-    shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = Ending<S>> + Send
 where
     S: AsyncRead + AsyncWrite + IdleWait + Unpin + Send + 'static,
 {
-    // The shutdown watch's wait, registered once for the connection's life rather than
-    // per request, and polled (locked) only when the watch changed: ready once the
-    // listener stops (or goes away). Made here and used in place, for the reason above.
-    let mut stopping = turned(shutdown);
     async move {
         let client = Client { connection, ctx };
         let mut buf = BytesMut::new();
         let mut first = true;
         // The idle and header-read clocks of every request on the connection: one timer,
-        // moved rather than registered anew per request (a later deadline is a store).
-        let mut clock = Box::pin(sleep_until(Instant::now()));
+        // moved rather than registered anew per request (a later deadline is a store),
+        // and made only when a head is first waited for.
+        let mut clock = Clock(None);
         loop {
-            let read = read_head(
-                &mut io,
-                &mut buf,
-                &client,
-                Pin::new(&mut stopping),
-                first,
-                clock.as_mut(),
-            );
+            let read = read_head(&mut io, &mut buf, &client, first, &mut clock);
             let head = match read.await {
                 HeadRead::Head(head) => head,
                 HeadRead::Closed => break,
@@ -120,7 +108,7 @@ where
                 Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
             };
             match exchange {
-                Exchanged::KeepAlive if !stopping.turned() => {}
+                Exchanged::KeepAlive if !client.connection.drain().stopping() => {}
                 Exchanged::KeepAlive | Exchanged::Close => break,
                 Exchanged::Upgrade(sender) if upgrading => {
                     let upgraded = Upgraded {
@@ -134,7 +122,9 @@ where
             }
             buffer::settle(&mut buf);
         }
-        let _ = io.shutdown().await;
+        if io.shutdown_before_close() {
+            let _ = io.shutdown().await;
+        }
         Ending::Closed
     }
 }
@@ -176,24 +166,72 @@ enum HeadRead {
     Refused(StatusCode, SystemTime),
 }
 
+/// The connection's one timer, for the idle and header-read clocks; None until a head
+/// is waited for (a new connection's request that came with it needs none).
+struct Clock(Option<Pin<Box<Sleep>>>);
+
+impl Clock {
+    /// Runs out at `deadline` (the time read now plus `after`); returns the time read.
+    fn set(&mut self, after: std::time::Duration) -> Instant {
+        let now = Instant::now();
+        let deadline = deadline_after(now, after);
+        match &mut self.0 {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.0 = Some(Box::pin(sleep_until(deadline))),
+        }
+        now
+    }
+
+    /// The timer; `set` first.
+    fn timer(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| match &mut self.0 {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        })
+    }
+}
+
 /// Waits for the next head: the idle clock until its first byte, then the header-read
 /// clock until it is whole (408 when it runs out). Both are `clock`, the connection's one
-/// timer, moved to each deadline.
+/// timer, moved to each deadline. A new connection's first read is tried before any
+/// wait (`IdleWait::read_now`).
 async fn read_head<R: AsyncRead + IdleWait + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     client: &Client,
-    mut stopping: Pin<&mut impl Future<Output = ()>>,
     first: bool,
-    mut clock: Pin<&mut Sleep>,
+    clock: &mut Clock,
 ) -> HeadRead {
     let limits = &client.ctx.limits;
-    clock
-        .as_mut()
-        .reset(deadline_after(Instant::now(), limits.idle_timeout));
+    // The listener stopped: no wait of its own, the connection's drain registration
+    // (`proxy::until_drained`) wakes the task when it does.
+    let drain = client.connection.drain();
+    let mut stopping = std::future::poll_fn(|_| {
+        if drain.stopping() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
     // When the head's first bytes were seen, once a read left it incomplete: a head that
     // arrives whole (the usual case) never starts the header-read clock.
     let mut head_started: Option<Instant> = None;
+    // Whether the idle clock runs: set when the head's first byte is waited for.
+    let mut idle = false;
+    if first && buf.capacity() == 0 {
+        match reader.read_now(buf) {
+            Some(Ok(0)) => return HeadRead::Closed,
+            Some(Err(e))
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                return HeadRead::Closed;
+            }
+            _ => {}
+        }
+    }
     loop {
         if !buf.is_empty() {
             if first && buf.len() <= HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(buf) {
@@ -214,12 +252,11 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                 }
             }
             if head_started.is_none() {
-                let started = Instant::now();
-                clock
-                    .as_mut()
-                    .reset(deadline_after(started, limits.header_read_timeout));
-                head_started = Some(started);
+                head_started = Some(clock.set(limits.header_read_timeout));
             }
+        } else if !idle {
+            clock.set(limits.idle_timeout);
+            idle = true;
         }
         if buf.capacity() == 0 {
             tokio::select! {
@@ -228,11 +265,11 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                         return HeadRead::Closed;
                     }
                 }
-                () = clock.as_mut() => {
+                () = clock.timer() => {
                     debug!("idle keep-alive connection closed");
                     return HeadRead::Closed;
                 }
-                () = stopping.as_mut() => return HeadRead::Closed,
+                () = &mut stopping => return HeadRead::Closed,
             }
         }
         buffer::make_room(buf);
@@ -244,7 +281,7 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                 Ok(0) | Err(_) => return HeadRead::Closed,
                 Ok(_) => {}
             },
-            () = clock.as_mut() => {
+            () = clock.timer() => {
                 return match head_started {
                     Some(started) => {
                         debug!("request head too slow: 408");
@@ -256,7 +293,7 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                     }
                 };
             }
-            () = stopping.as_mut(), if buf.is_empty() => return HeadRead::Closed,
+            () = &mut stopping, if buf.is_empty() => return HeadRead::Closed,
         }
     }
 }
@@ -339,7 +376,8 @@ where
     let answering = Answering {
         method: &method,
         version,
-        keep_alive,
+        // Draining: the answer says `Connection: close`, and the connection closes after it.
+        keep_alive: keep_alive && !client.connection.drain().stopping(),
     };
     // The 100 was never sent: the client still holds its body back.
     let body_withheld = wanted.is_some();

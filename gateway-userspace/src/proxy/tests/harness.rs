@@ -226,7 +226,7 @@ fn snapshot(yaml: &str) -> Arc<Snapshot> {
 pub(super) struct Gateway {
     addr: SocketAddr,
     ctx: Arc<ProxyContext>,
-    _shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -248,8 +248,17 @@ impl Gateway {
         Gateway {
             addr,
             ctx,
-            _shutdown: shutdown,
+            shutdown,
         }
+    }
+
+    /// The listener stops, as at SIGTERM or when a reload removes its port: it drains.
+    pub(super) fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// A reload: the configuration `config_for` returns replaces the live one, taking
