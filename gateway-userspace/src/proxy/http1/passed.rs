@@ -427,6 +427,15 @@ impl PassedFields {
             .map(|at| self.entry(self.order[at]).1)
     }
 
+    /// The Connection entry's value: none unless some entry is hop-by-hop (the client
+    /// drops the upstream's Connection header from the heads it passes).
+    pub(in crate::proxy) fn connection(&self) -> Option<&[u8]> {
+        if !self.hop_by_hop {
+            return None;
+        }
+        self.get(&header::CONNECTION)
+    }
+
     /// The Content-Length field's value, as its text parses (`response::framing`): the
     /// client parsed it so, and a passed head's Content-Length is never edited.
     pub(in crate::proxy) fn content_length(&self) -> Option<u64> {

@@ -84,9 +84,7 @@ where
             .iter()
             .any(|v| has_token(v.as_bytes(), b"close")),
         // One entry per name.
-        Fields::Passed(passed) => passed
-            .get(&header::CONNECTION)
-            .is_some_and(|v| has_token(v, b"close")),
+        Fields::Passed(passed) => passed.connection().is_some_and(|v| has_token(v, b"close")),
     };
     let keep_alive = answering.keep_alive && !close_asked && framing != ResponseFraming::UntilClose;
 
