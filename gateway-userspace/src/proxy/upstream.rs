@@ -244,9 +244,8 @@ async fn send_http1_own(
             continue;
         };
         let served = served.saturating_add(1);
-        // Boxed: the exchange's future is the largest part of a try's, which every
-        // future above it would otherwise carry and move.
-        match Box::pin(client::send(io, request)).await {
+        // Not boxed: the exchange's state is boxed where it is made (`client::send`).
+        match client::send(io, request).await {
             Ok(response) => {
                 let reuse = OwnReuse {
                     open,

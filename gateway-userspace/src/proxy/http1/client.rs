@@ -133,10 +133,16 @@ impl From<Request<ProxyBody>> for Outbound {
 
 /// Sends `request` (origin-form, with its Host header) on `io` and waits for the
 /// response head.
-pub(in crate::proxy) async fn send<S>(
+///
+/// Not an async fn, and the exchange boxed where it is made: the future then holds a
+/// pointer and a few words, not the connection and both messages' state (nor the
+/// arguments' room beside them, rust-lang/rust#62958), so it needs no box of its own
+/// and every future above it, and the response, move a few words where they moved
+/// ~500 bytes (a memcpy per level and request).
+pub(in crate::proxy) fn send<S>(
     io: S,
     request: impl Into<Outbound>,
-) -> Result<Response<ResponseBody<S>>, SendError>
+) -> impl Future<Output = Result<Response<ResponseBody<S>>, SendError>>
 where
     S: AsyncRead + AsyncWrite + ReadReady + Unpin,
 {
@@ -147,7 +153,7 @@ where
         upgrade,
         body,
     } = request.into();
-    let mut exchange = Exchange {
+    let mut exchange = Box::new(Exchange {
         io,
         buf: BytesMut::new(),
         request: RequestSide {
@@ -164,26 +170,33 @@ where
         },
         head_only,
         upgrade,
-    };
-    let head = std::future::poll_fn(|cx| exchange.poll_response_head(cx)).await;
-    let head = match head {
-        Ok(head) => head,
-        Err(error) => {
-            let request = &mut exchange.request;
-            // Nothing was written: the head is still whole in `out`.
-            let unsent = (!request.out.written && !request.frame_taken)
-                .then(|| request.body.take())
-                .flatten()
-                .map(|body| Outbound {
-                    head: std::mem::take(&mut request.out.head),
-                    encoder,
-                    head_only,
-                    upgrade,
-                    body,
-                });
-            return Err(SendError { error, unsent });
-        }
-    };
+    });
+    async move {
+        let head = std::future::poll_fn(|cx| exchange.poll_response_head(cx)).await;
+        let head = match head {
+            Ok(head) => head,
+            Err(error) => {
+                let request = &mut exchange.request;
+                // Nothing was written: the head is still whole in `out`.
+                let unsent = (!request.out.written && !request.frame_taken)
+                    .then(|| request.body.take())
+                    .flatten()
+                    .map(|body| Outbound {
+                        head: std::mem::take(&mut request.out.head),
+                        encoder,
+                        head_only,
+                        upgrade,
+                        body,
+                    });
+                return Err(SendError { error, unsent });
+            }
+        };
+        Ok(response_of(head, exchange))
+    }
+}
+
+/// The response whose head the exchange read, its body read from the exchange.
+fn response_of<S>(head: ResponseHead, exchange: Box<Exchange<S>>) -> Response<ResponseBody<S>> {
     let ResponseHead {
         status,
         version,
@@ -212,7 +225,7 @@ where
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
-    Ok(response)
+    response
 }
 
 /// The connection and both messages' state.
@@ -701,7 +714,7 @@ pub(super) fn parse_response(
         }
         passing.push(&buf[..len], field.name.as_bytes(), field.value, kind);
     }
-    let headers = match passing.finish(copy.clone()) {
+    let headers = match passing.finish(copy.clone(), length) {
         Some(passed) => HeadFields::Passed(passed),
         None => HeadFields::Map(fields_map(&parsed, &buf[..len], &copy, status)?),
     };
@@ -830,7 +843,18 @@ struct ConnectionTokens {
 
 impl ConnectionTokens {
     fn of(value: &[u8]) -> Self {
+        const KEEP_ALIVE_TOKEN: passed::Pattern = passed::Pattern::new("keep-alive");
+        const CLOSE_TOKEN: passed::Pattern = passed::Pattern::new("close");
         let mut tokens = ConnectionTokens::default();
+        // What upstreams send, one token alone, without splitting.
+        if KEEP_ALIVE_TOKEN.matches(value) {
+            tokens.keep_alive = true;
+            return tokens;
+        }
+        if CLOSE_TOKEN.matches(value) {
+            tokens.close = true;
+            return tokens;
+        }
         for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if token.eq_ignore_ascii_case(b"close") {
                 tokens.close = true;
@@ -917,8 +941,9 @@ pub(in crate::proxy) struct ResponseBody<S> {
     /// The head's fields when passed as they came (`passed.rs`; the response's map is
     /// empty then), until the proxy takes them (`take_passed`).
     passed: Option<Box<PassedFields>>,
-    /// None once the connection has been taken back (or failed).
-    exchange: Option<Exchange<S>>,
+    /// None once the connection has been taken back (or failed). Boxed where the
+    /// exchange began (`send`).
+    exchange: Option<Box<Exchange<S>>>,
     decoder: BodyDecoder,
     /// Content-Length bytes not yet read.
     remaining: Option<u64>,

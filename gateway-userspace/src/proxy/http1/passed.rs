@@ -41,24 +41,113 @@ pub(in crate::proxy) enum Kind {
     HopByHop(u8),
     /// `Upgrade`: hop-by-hop too, stripped after the others.
     Upgrade,
+    /// `server`: every answer's is the proxy's (`forward.rs`), in the upstream's place.
+    Server,
+    /// `x-envoy-upstream-service-time`: the proxy's on every forwarded answer.
+    ServiceTime,
+}
+
+/// A lowercase name (letters, digits, `-`) as 8-byte words, with a mask of its letters'
+/// case bit: a name of the same length equals it ignoring ASCII case exactly when each
+/// word, its letters' case bit set, is the pattern's (a letter's byte with the bit set is
+/// its lowercase; every other byte is compared as it is). A few word compares instead of
+/// a byte loop per name (`Kind::of` runs for every field of every response).
+pub(in crate::proxy) struct Pattern {
+    len: usize,
+    words: [u64; 4],
+    masks: [u64; 4],
+}
+
+impl Pattern {
+    /// `lower` is at most 32 bytes.
+    pub(in crate::proxy) const fn new(lower: &str) -> Pattern {
+        let bytes = lower.as_bytes();
+        let len = bytes.len();
+        assert!(len <= 32);
+        let mut words = [0u64; 4];
+        let mut masks = [0u64; 4];
+        let mut word = 0;
+        while word < Self::word_count(len) {
+            let at = Self::word_at(len, word);
+            let mut i = 0;
+            while i < 8 && at + i < len {
+                let b = bytes[at + i];
+                words[word] |= (b as u64) << (8 * i);
+                if b.is_ascii_lowercase() {
+                    masks[word] |= 0x20 << (8 * i);
+                }
+                i += 1;
+            }
+            word += 1;
+        }
+        Pattern { len, words, masks }
+    }
+
+    const fn word_count(len: usize) -> usize {
+        len.div_ceil(8)
+    }
+
+    /// Where word `word` starts: every 8 bytes, the last one ending at the end
+    /// (overlapping the one before) when the name is 8 bytes or longer.
+    const fn word_at(len: usize, word: usize) -> usize {
+        let at = word * 8;
+        if len >= 8 && at + 8 > len {
+            len - 8
+        } else {
+            at
+        }
+    }
+
+    /// `name` equals the pattern ignoring ASCII case (as `eq_ignore_ascii_case`).
+    #[inline]
+    pub(in crate::proxy) fn matches(&self, name: &[u8]) -> bool {
+        if name.len() != self.len {
+            return false;
+        }
+        let mut word = 0;
+        while word < Self::word_count(self.len) {
+            let at = Self::word_at(self.len, word);
+            let mut bytes = [0u8; 8];
+            let end = (at + 8).min(name.len());
+            bytes[..end - at].copy_from_slice(&name[at..end]);
+            if u64::from_le_bytes(bytes) | self.masks[word] != self.words[word] {
+                return false;
+            }
+            word += 1;
+        }
+        true
+    }
 }
 
 impl Kind {
     /// `name` as it came (any case).
     pub(in crate::proxy) fn of(name: &[u8]) -> Kind {
-        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        const TE: Pattern = Pattern::new("te");
+        const DATE: Pattern = Pattern::new("date");
+        const SERVER: Pattern = Pattern::new("server");
+        const TRAILER: Pattern = Pattern::new("trailer");
+        const UPGRADE: Pattern = Pattern::new("upgrade");
+        const CONNECTION_NAME: Pattern = Pattern::new("connection");
+        const KEEP_ALIVE_NAME: Pattern = Pattern::new("keep-alive");
+        const CONTENT_LENGTH: Pattern = Pattern::new("content-length");
+        const PROXY_CONNECTION: Pattern = Pattern::new("proxy-connection");
+        const TRANSFER_ENCODING_NAME: Pattern = Pattern::new("transfer-encoding");
+        const PROXY_AUTHENTICATE: Pattern = Pattern::new("proxy-authenticate");
+        const SERVICE_TIME: Pattern = Pattern::new("x-envoy-upstream-service-time");
         // The length first: most names are none of these, and most lengths say so.
         match name.len() {
-            2 if is("te") => Kind::HopByHop(4),
-            4 if is("date") => Kind::Date,
-            7 if is("trailer") => Kind::HopByHop(5),
-            7 if is("upgrade") => Kind::Upgrade,
-            10 if is("connection") => Kind::HopByHop(CONNECTION),
-            10 if is("keep-alive") => Kind::HopByHop(KEEP_ALIVE),
-            14 if is("content-length") => Kind::ContentLength,
-            16 if is("proxy-connection") => Kind::HopByHop(2),
-            17 if is("transfer-encoding") => Kind::HopByHop(TRANSFER_ENCODING),
-            18 if is("proxy-authenticate") => Kind::HopByHop(3),
+            2 if TE.matches(name) => Kind::HopByHop(4),
+            4 if DATE.matches(name) => Kind::Date,
+            6 if SERVER.matches(name) => Kind::Server,
+            7 if TRAILER.matches(name) => Kind::HopByHop(5),
+            7 if UPGRADE.matches(name) => Kind::Upgrade,
+            10 if CONNECTION_NAME.matches(name) => Kind::HopByHop(CONNECTION),
+            10 if KEEP_ALIVE_NAME.matches(name) => Kind::HopByHop(KEEP_ALIVE),
+            14 if CONTENT_LENGTH.matches(name) => Kind::ContentLength,
+            16 if PROXY_CONNECTION.matches(name) => Kind::HopByHop(2),
+            17 if TRANSFER_ENCODING_NAME.matches(name) => Kind::HopByHop(TRANSFER_ENCODING),
+            18 if PROXY_AUTHENTICATE.matches(name) => Kind::HopByHop(3),
+            29 if SERVICE_TIME.matches(name) => Kind::ServiceTime,
             _ => Kind::Other,
         }
     }
@@ -70,7 +159,17 @@ pub(super) struct Field {
     name: (u16, u16),
     value: (u16, u16),
     kind: Kind,
+    /// The field's line is `name: value\r\n` in the head as it is written: copied whole
+    /// (one copy rather than four), its name lowercased in place.
+    line: bool,
 }
+
+const NO_FIELD: Field = Field {
+    name: (0, 0),
+    value: (0, 0),
+    kind: Kind::Other,
+    line: false,
+};
 
 /// An entry as the map would list it: a field of the head, or an insert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +188,12 @@ pub(in crate::proxy) struct PassedFields {
     /// The entries in the map's order.
     order: [Entry; MAX_FIELDS + MAX_INSERTED],
     entries: u8,
+    /// The Content-Length field's value as the client parsed it (the field is never
+    /// edited while passed).
+    length: Option<u64>,
+    /// Some entry may be hop-by-hop: the strip has nothing to do when none is (most
+    /// answers; the client drops Connection and Keep-Alive itself).
+    hop_by_hop: bool,
 }
 
 impl std::fmt::Debug for PassedFields {
@@ -107,21 +212,40 @@ impl std::fmt::Debug for PassedFields {
 /// A name as the map would spell it: a field's (to be lowercased) or an insert's.
 pub(in crate::proxy) enum Name<'a> {
     Field(&'a [u8]),
+    /// A field whose line in the head is `name: value\r\n` as it is written.
+    Line {
+        name: &'a [u8],
+        line: &'a [u8],
+    },
     Inserted(&'a HeaderName),
 }
 
 impl Name<'_> {
     pub(in crate::proxy) fn as_bytes(&self) -> &[u8] {
         match self {
-            Name::Field(name) => name,
+            Name::Field(name) | Name::Line { name, .. } => name,
             Name::Inserted(name) => name.as_str().as_bytes(),
         }
+    }
+
+    /// The field `name: value\r\n` onto `out`, the name lowercase.
+    pub(in crate::proxy) fn push_field_to(&self, value: &[u8], out: &mut Vec<u8>) {
+        if let Name::Line { name, line } = self {
+            let start = out.len();
+            out.extend_from_slice(line);
+            out[start..start + name.len()].make_ascii_lowercase();
+            return;
+        }
+        self.push_to(out);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
     }
 
     /// The name, lowercase, onto `out`.
     pub(in crate::proxy) fn push_to(&self, out: &mut Vec<u8>) {
         match self {
-            Name::Field(name) => {
+            Name::Field(name) | Name::Line { name, .. } => {
                 let start = out.len();
                 out.extend_from_slice(name);
                 out[start..].make_ascii_lowercase();
@@ -131,9 +255,10 @@ impl Name<'_> {
     }
 }
 
-/// Builds the passed fields of a head while the client reads its fields once.
+/// Builds the passed fields of a head while the client reads its fields once, in their
+/// box (~750 bytes: built on the stack, they were copied into it).
 pub(super) struct Builder {
-    fields: [Field; MAX_FIELDS],
+    passed: Box<PassedFields>,
     len: usize,
     /// Still passable: no name twice, not too many fields.
     passable: bool,
@@ -142,11 +267,15 @@ pub(super) struct Builder {
 impl Builder {
     pub(super) fn new() -> Self {
         Builder {
-            fields: [Field {
-                name: (0, 0),
-                value: (0, 0),
-                kind: Kind::Other,
-            }; MAX_FIELDS],
+            passed: Box::new(PassedFields {
+                head: Bytes::new(),
+                fields: [NO_FIELD; MAX_FIELDS],
+                inserted: Default::default(),
+                order: [Entry::Field(0); MAX_FIELDS + MAX_INSERTED],
+                entries: 0,
+                length: None,
+                hop_by_hop: false,
+            }),
             len: 0,
             passable: true,
         }
@@ -165,19 +294,33 @@ impl Builder {
             self.passable = false;
             return;
         };
-        // A name twice would be one entry of the map, at its first place.
-        let twice = self.fields[..self.len].iter().any(|f| {
-            usize::from(f.name.1) == name.len()
+        let fields = &mut self.passed.fields;
+        // A name twice would be one entry of the map, at its first place. A name the
+        // proxy knows by its kind is that kind's one name.
+        let twice = fields[..self.len].iter().any(|f| {
+            if kind != Kind::Other {
+                return f.kind == kind;
+            }
+            f.kind == Kind::Other
+                && usize::from(f.name.1) == name.len()
                 && head[usize::from(f.name.0)..][..name.len()].eq_ignore_ascii_case(name)
         });
         if twice {
             self.passable = false;
             return;
         }
-        self.fields[self.len] = Field {
+        let name_end = usize::from(name_at) + name.len();
+        let value_end = usize::from(value_at) + value.len();
+        let line = usize::from(value_at) == name_end + 2
+            && head.get(name_end..name_end + 2) == Some(b": ".as_slice())
+            && head.get(value_end..value_end + 2) == Some(b"\r\n".as_slice());
+        self.passed.hop_by_hop |= matches!(kind, Kind::HopByHop(_) | Kind::Upgrade);
+        let fields = &mut self.passed.fields;
+        fields[self.len] = Field {
             name: (name_at, name.len() as u16),
             value: (value_at, value.len() as u16),
             kind,
+            line,
         };
         self.len += 1;
     }
@@ -187,23 +330,21 @@ impl Builder {
         self.passable = false;
     }
 
-    /// The passed fields of `head` (the whole head, whose copy `copy` is), or None when
-    /// the head must become a map.
-    pub(super) fn finish(self, copy: Bytes) -> Option<Box<PassedFields>> {
+    /// The passed fields of `head` (the whole head, whose copy `copy` is), with the
+    /// Content-Length the client parsed from its field, or None when the head must
+    /// become a map.
+    pub(super) fn finish(self, copy: Bytes, length: Option<u64>) -> Option<Box<PassedFields>> {
         if !self.passable {
             return None;
         }
-        let mut order = [Entry::Field(0); MAX_FIELDS + MAX_INSERTED];
-        for (at, entry) in order[..self.len].iter_mut().enumerate() {
+        let mut passed = self.passed;
+        for (at, entry) in passed.order[..self.len].iter_mut().enumerate() {
             *entry = Entry::Field(at as u8);
         }
-        Some(Box::new(PassedFields {
-            head: copy,
-            fields: self.fields,
-            inserted: Default::default(),
-            order,
-            entries: self.len as u8,
-        }))
+        passed.head = copy;
+        passed.entries = self.len as u8;
+        passed.length = length;
+        Some(passed)
     }
 }
 
@@ -233,11 +374,19 @@ impl PassedFields {
         match entry {
             Entry::Field(at) => {
                 let field = &self.fields[usize::from(at)];
-                (
-                    Name::Field(self.field_name(field)),
-                    self.field_value(field),
-                    field.kind,
-                )
+                let name = self.field_name(field);
+                let value = self.field_value(field);
+                let name = if field.line {
+                    let start = usize::from(field.name.0);
+                    let end = usize::from(field.value.0) + value.len() + 2;
+                    Name::Line {
+                        name,
+                        line: &self.head[start..end],
+                    }
+                } else {
+                    Name::Field(name)
+                };
+                (name, value, field.kind)
             }
             Entry::Inserted(at) => match &self.inserted[usize::from(at)] {
                 Some((name, value, kind)) => (Name::Inserted(name), value.as_bytes(), *kind),
@@ -273,25 +422,40 @@ impl PassedFields {
 
     /// The value of `name`, as `HeaderMap::get` finds it.
     pub(in crate::proxy) fn get(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.position(name).map(|at| self.entry(self.order[at]).1)
+        let kind = Kind::of(name.as_str().as_bytes());
+        self.position(kind, name)
+            .map(|at| self.entry(self.order[at]).1)
     }
 
-    /// Where `name`'s entry is in the order. A name the proxy knows by its kind (each
-    /// kind but `Other` is one name, and a passed head has each name once) is found by
-    /// it, without comparing names; others by name, length first.
-    fn position(&self, name: &HeaderName) -> Option<usize> {
+    /// The Connection entry's value: none unless some entry is hop-by-hop (the client
+    /// drops the upstream's Connection header from the heads it passes).
+    pub(in crate::proxy) fn connection(&self) -> Option<&[u8]> {
+        if !self.hop_by_hop {
+            return None;
+        }
+        self.get(&header::CONNECTION)
+    }
+
+    /// The Content-Length field's value, as its text parses (`response::framing`): the
+    /// client parsed it so, and a passed head's Content-Length is never edited.
+    pub(in crate::proxy) fn content_length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// Where `name` (of `kind`, `Kind::of` it) is in the order. A name the proxy knows
+    /// by its kind (each kind but `Other` is one name, and a passed head has each name
+    /// once) is found by it, without comparing names; others by name, length first.
+    fn position(&self, kind: Kind, name: &HeaderName) -> Option<usize> {
+        if kind != Kind::Other {
+            return self.entries().iter().position(|&e| self.kind(e) == kind);
+        }
         let wanted = name.as_str().as_bytes();
-        let kind = Kind::of(wanted);
         self.entries().iter().position(|&entry| match entry {
             Entry::Field(at) => {
                 let field = &self.fields[usize::from(at)];
-                if kind != Kind::Other {
-                    field.kind == kind
-                } else {
-                    field.kind == Kind::Other
-                        && usize::from(field.name.1) == wanted.len()
-                        && self.field_name(field).eq_ignore_ascii_case(wanted)
-                }
+                field.kind == Kind::Other
+                    && usize::from(field.name.1) == wanted.len()
+                    && self.field_name(field).eq_ignore_ascii_case(wanted)
             }
             Entry::Inserted(slot) => self.inserted[usize::from(slot)]
                 .as_ref()
@@ -307,10 +471,11 @@ impl PassedFields {
         name: HeaderName,
         value: HeaderValue,
     ) -> Result<(), (HeaderName, HeaderValue)> {
-        let slot = match self.position(&name) {
+        let kind = Kind::of(name.as_str().as_bytes());
+        self.hop_by_hop |= matches!(kind, Kind::HopByHop(_) | Kind::Upgrade);
+        let slot = match self.position(kind, &name) {
             Some(at) => match self.order[at] {
                 Entry::Inserted(slot) => {
-                    let kind = Kind::of(name.as_str().as_bytes());
                     self.inserted[usize::from(slot)] = Some((name, value, kind));
                     return Ok(());
                 }
@@ -321,7 +486,6 @@ impl PassedFields {
         let Some(free) = self.inserted.iter().position(Option::is_none) else {
             return Err((name, value));
         };
-        let kind = Kind::of(name.as_str().as_bytes());
         self.inserted[free] = Some((name, value, kind));
         let entry = Entry::Inserted(free as u8);
         match slot {
@@ -346,6 +510,9 @@ impl PassedFields {
     /// them from a map (the same removals in the same order). Err when the head must
     /// become a map for it (a Connection header naming other headers; never passed).
     pub(in crate::proxy) fn strip_hop_by_hop(&mut self) -> Result<(), ()> {
+        if !self.hop_by_hop {
+            return Ok(());
+        }
         let mut present = 0u8;
         let mut upgrade = false;
         for &entry in self.entries() {

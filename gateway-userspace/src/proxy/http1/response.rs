@@ -84,9 +84,7 @@ where
             .iter()
             .any(|v| has_token(v.as_bytes(), b"close")),
         // One entry per name.
-        Fields::Passed(passed) => passed
-            .get(&header::CONNECTION)
-            .is_some_and(|v| has_token(v, b"close")),
+        Fields::Passed(passed) => passed.connection().is_some_and(|v| has_token(v, b"close")),
     };
     let keep_alive = answering.keep_alive && !close_asked && framing != ResponseFraming::UntilClose;
 
@@ -254,11 +252,15 @@ fn framing<B: Body>(
     {
         return ResponseFraming::NoBody;
     }
-    if let Some(length) = headers
-        .get(&header::CONTENT_LENGTH)
-        .and_then(passed::as_text)
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
+    let length = match headers {
+        // As the client parsed it: the same value the text gives.
+        Fields::Passed(passed) => passed.content_length(),
+        Fields::Map(_) => headers
+            .get(&header::CONTENT_LENGTH)
+            .and_then(passed::as_text)
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+    };
+    if let Some(length) = length {
         return ResponseFraming::Length(length);
     }
     if body.is_end_stream() {
@@ -302,10 +304,7 @@ fn write_head(
         if ours {
             return;
         }
-        name.push_to(out);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        name.push_field_to(value, out);
     });
     match framing {
         ResponseFraming::Length(length) => {

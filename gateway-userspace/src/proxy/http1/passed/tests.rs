@@ -118,6 +118,11 @@ const HEADS: &[&[u8]] = &[
     b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 20\r\n\r\n",
     b"HTTP/1.0 200 OK\r\nX-A: \t v\xff \r\n\r\n",
     b"HTTP/1.1 404 Not Found\r\n\r\n",
+    // Lines copied whole and not: no space after the colon, an empty value, a tab, a
+    // name all capitals, a value with a space inside.
+    b"HTTP/1.1 200 OK\r\nServer:nginx\r\nX-Empty: \r\nX-Tab:\tv\r\nCONTENT-TYPE: text/html\r\nX-Env: a b\r\ncontent-length: 5\r\nDate: x\r\nKeep-Alive: timeout=5\r\n\r\n",
+    // Kinds known by name in any case, the service time's among them.
+    b"HTTP/1.1 200 OK\r\nSERVER: a\r\nX-Envoy-Upstream-Service-Time: 7\r\nDATE: x\r\nContent-LENGTH: 0\r\nconnection: Keep-Alive\r\n\r\n",
 ];
 
 /// A passed head edited as every answer is gives the map, and the bytes, that the map
@@ -200,6 +205,8 @@ fn heads_a_map_would_reorder_are_not_passed() {
     assert!(passed(HEADS[2]));
     assert!(!passed(HEADS[5]), "a name twice");
     assert!(!passed(HEADS[6]), "Connection naming a field");
+    assert!(passed(HEADS[10]));
+    assert!(passed(HEADS[11]));
     assert!(!passed(
         b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
     ));
@@ -238,4 +245,44 @@ fn inserts_beyond_the_room_make_the_map() {
     let whole = fields.whole();
     let names: Vec<&str> = whole.keys().map(HeaderName::as_str).collect();
     assert_eq!(names, ["x-a", "x-c", "x-b", "x-d", "x-e", "x-f", "x-g"]);
+}
+
+/// The word compares of `Pattern` agree with `eq_ignore_ascii_case` on every byte at
+/// every place of each name the proxy knows (and of the Connection tokens).
+#[test]
+fn patterns_match_as_eq_ignore_ascii_case() {
+    for known in [
+        "te",
+        "date",
+        "close",
+        "server",
+        "trailer",
+        "upgrade",
+        "connection",
+        "keep-alive",
+        "content-length",
+        "proxy-connection",
+        "transfer-encoding",
+        "proxy-authenticate",
+        "x-envoy-upstream-service-time",
+    ] {
+        let pattern = Pattern::new(known);
+        assert!(pattern.matches(known.as_bytes()));
+        assert!(pattern.matches(known.to_ascii_uppercase().as_bytes()));
+        let mut name = known.as_bytes().to_vec();
+        for at in 0..name.len() {
+            let kept = name[at];
+            for byte in 0..=255u8 {
+                name[at] = byte;
+                assert_eq!(
+                    pattern.matches(&name),
+                    name.eq_ignore_ascii_case(known.as_bytes()),
+                    "{known} with {byte:#x} at {at}"
+                );
+            }
+            name[at] = kept;
+        }
+        assert!(!pattern.matches(&name[1..]));
+        assert!(!pattern.matches(&[known.as_bytes(), b"x"].concat()));
+    }
 }
