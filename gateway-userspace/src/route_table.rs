@@ -16,6 +16,9 @@ pub struct RouteTable<A> {
     pub virtual_hosts: Vec<VirtualHost<A>>,
     #[serde(skip)]
     hosts: HostIndex,
+    /// Some route matches on headers: routing reads the request's header map.
+    #[serde(skip)]
+    reads_headers: bool,
 }
 
 /// Routes for one host pattern (`example.com`, `*.example.com` or `*`).
@@ -133,10 +136,24 @@ impl<A> RouteTable<A> {
         hosts
             .other_wildcards
             .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        let reads_headers = virtual_hosts.iter().any(|vh| {
+            vh.routes.iter().any(|route| {
+                route
+                    .matches
+                    .iter()
+                    .any(|m| !m.headers.is_empty() || !m.without_headers.is_empty())
+            })
+        });
         RouteTable {
             virtual_hosts,
             hosts,
+            reads_headers,
         }
+    }
+
+    /// Whether some route matches on headers (else `find` reads none of them).
+    pub fn reads_headers(&self) -> bool {
+        self.reads_headers
     }
 
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost<A>> {

@@ -17,13 +17,16 @@ use super::{
     context::ProxyContext,
     edge_headers, forward_action,
     head_facts::{HeadFacts, Upgrade},
-    http1::passed::{self, PassedFields, ResponseFields},
+    http1::{
+        passed::{self, PassedFields, ResponseFields},
+        request_fields,
+    },
     limits,
     local_reply::LocalReply,
     outcome::Outcome,
     replay::ReplayBudget,
     route_actions, tunnel,
-    upstream_head::{Downstream, X_FORWARDED_FOR, new_request_id},
+    upstream_head::{Downstream, RequestId, X_FORWARDED_FOR, new_request_id},
 };
 use crate::{
     authz::{Attributes, HttpAttributes},
@@ -146,8 +149,16 @@ impl Connection {
                     request.uri(),
                     self.ctx.path_normalization,
                 ),
-                user_agent: request.headers().get(header::USER_AGENT).cloned(),
-                forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
+                user_agent: request_fields::get_value(
+                    request.headers(),
+                    facts.fields.as_ref(),
+                    &header::USER_AGENT,
+                ),
+                forwarded_for: request_fields::get_value(
+                    request.headers(),
+                    facts.fields.as_ref(),
+                    &X_FORWARDED_FOR,
+                ),
             })
         });
         let authority = request_authority(&request, facts.host.take());
@@ -227,7 +238,7 @@ impl Connection {
             duration: elapsed,
             forwarded_for: logged.forwarded_for.as_ref().and_then(|v| v.to_str().ok()),
             user_agent: logged.user_agent.as_ref().and_then(|v| v.to_str().ok()),
-            request_id: request_id.to_str().unwrap_or("-"),
+            request_id: request_id.as_str(),
             authority: authority.as_ref().and_then(|a| a.to_str().ok()),
             upstream: outcome.upstream,
             cluster: outcome.cluster.map(|c| c.cluster.name.as_str()),
@@ -246,7 +257,7 @@ impl Connection {
         request: Request<ClientBody>,
         mut facts: HeadFacts,
         authority: Option<&str>,
-        request_id: &HeaderValue,
+        request_id: &RequestId,
     ) -> Outcome<'s> {
         if let Some(status) = facts.framing_problem() {
             // The message boundaries are in doubt: answer and close the connection so
@@ -263,16 +274,24 @@ impl Connection {
         let Some(listener) = self.listener(live) else {
             return LocalReply::no_route().into();
         };
+        let mut request = request;
+        // The head's fields as they came (`http1::request_fields`): authorization and
+        // header matches read the map, which is made of them then; a plain route takes
+        // them to the upstream as they are.
+        if !listener.authz.http.is_empty() || listener.routes.reads_headers() {
+            request_fields::whole(request.headers_mut(), &mut facts.fields);
+        }
         if let Some((tls, transport)) = &self.tls
             && let Some(listener_tls) = transport.tls()
             && tls.is_misdirected(listener_tls, authority)
         {
             return LocalReply::misdirected().into();
         }
-        let request = match edge_headers::admit(request, self.ctx.path_normalization, &mut facts) {
-            Ok(request) => request,
-            Err(edge_headers::Refusal::BadPath) => return LocalReply::bad_request().into(),
-        };
+        let mut request =
+            match edge_headers::admit(request, self.ctx.path_normalization, &mut facts) {
+                Ok(request) => request,
+                Err(edge_headers::Refusal::BadPath) => return LocalReply::bad_request().into(),
+            };
         if !self.authorized(listener, &request, authority) {
             return LocalReply::rbac_denied().into();
         }
@@ -291,6 +310,10 @@ impl Connection {
         if edge_headers::refused_upgrade(request.method(), facts.upgrade) {
             self.ctx.metrics.upgrades_refused.inc();
             return LocalReply::refused_upgrade(edge_headers::REFUSED_UPGRADE_STATUS).into();
+        }
+        if !matches!(route.action, RouteAction::Forward(_)) {
+            // The gateway's own answers read the request's headers (CORS).
+            request_fields::whole(request.headers_mut(), &mut facts.fields);
         }
         match &route.action {
             RouteAction::Forward(forward) => {
@@ -315,6 +338,7 @@ impl Connection {
                     ctx,
                     live,
                     request,
+                    facts.fields.take(),
                     route,
                     forward,
                     &downstream,

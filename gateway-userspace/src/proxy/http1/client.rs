@@ -21,9 +21,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
-};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
@@ -96,17 +94,16 @@ pub(in crate::proxy) struct Outbound {
 }
 
 impl Outbound {
-    /// `method path` (origin-form) with `headers` (the Host header among them), then the
-    /// `appended` fields (names none of `headers` has).
-    pub(in crate::proxy) fn new<'a>(
+    /// `method path` (origin-form) with the fields `fields` gives, name (lowercase) and
+    /// value, the Host header among them (asked twice: sizes, then bytes).
+    pub(in crate::proxy) fn new<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
         method: &Method,
         path: &str,
-        headers: &HeaderMap,
-        appended: impl Iterator<Item = (&'static str, &'a HeaderValue)> + Clone,
+        fields: impl Fn() -> I,
         body: ProxyBody,
     ) -> Self {
         let mut head = Vec::new();
-        let (encoder, upgrade) = encode_head(&mut head, method, path, headers, appended, &body);
+        let (encoder, upgrade) = encode_head(&mut head, method, path, fields, &body);
         Outbound {
             head,
             encoder,
@@ -117,17 +114,25 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// The head as it will be written.
+    #[cfg(test)]
+    pub(in crate::proxy) fn head(&self) -> &[u8] {
+        &self.head
+    }
+}
+
 impl From<Request<ProxyBody>> for Outbound {
     fn from(request: Request<ProxyBody>) -> Self {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        Outbound::new(
-            &parts.method,
-            path,
-            &parts.headers,
-            std::iter::empty(),
-            body,
-        )
+        let fields = || {
+            parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        };
+        Outbound::new(&parts.method, path, fields, body)
     }
 }
 
@@ -526,19 +531,15 @@ fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
 /// The request head into `out`, and how its body is framed: the Content-Length the
 /// request carries, else none for a body that has ended, else the exact size the body
 /// knows, else chunked (as hyper's client decides).
-fn encode_head<'a>(
+fn encode_head<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     out: &mut Vec<u8>,
     method: &Method,
     path: &str,
-    headers: &HeaderMap,
-    appended: impl Iterator<Item = (&'static str, &'a HeaderValue)> + Clone,
+    fields: impl Fn() -> I,
     body: &ProxyBody,
 ) -> (Encoder, bool) {
     let mut size = method.as_str().len() + path.len() + 16;
-    for (name, value) in headers {
-        size += name.as_str().len() + value.len() + 4;
-    }
-    for (name, value) in appended.clone() {
+    for (name, value) in fields() {
         size += name.len() + value.len() + 4;
     }
     out.reserve(size + 32);
@@ -549,23 +550,17 @@ fn encode_head<'a>(
     let mut declared = None;
     // Seen while writing, rather than looked up (hashed) again after.
     let mut upgrade = false;
-    for (name, value) in headers {
-        if name == header::TRANSFER_ENCODING {
+    for (name, value) in fields() {
+        if name == b"transfer-encoding" {
             continue;
         }
-        if name == header::CONTENT_LENGTH {
-            declared = parse_length(value.as_bytes());
+        if name == b"content-length" {
+            declared = parse_length(value);
         }
-        upgrade |= name == header::UPGRADE;
-        out.extend_from_slice(name.as_str().as_bytes());
+        upgrade |= name == b"upgrade";
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in appended {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     let encoder = match declared {
