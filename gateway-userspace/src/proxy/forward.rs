@@ -254,7 +254,7 @@ impl Connection {
     async fn route<'s>(
         &'s self,
         live: &'s Arc<Live>,
-        request: Request<ClientBody>,
+        mut request: Request<ClientBody>,
         mut facts: HeadFacts,
         authority: Option<&str>,
         request_id: &RequestId,
@@ -274,7 +274,6 @@ impl Connection {
         let Some(listener) = self.listener(live) else {
             return LocalReply::no_route().into();
         };
-        let mut request = request;
         // The head's fields as they came (`http1::request_fields`): authorization and
         // header matches read the map, which is made of them then; a plain route takes
         // them to the upstream as they are.
@@ -287,11 +286,11 @@ impl Connection {
         {
             return LocalReply::misdirected().into();
         }
-        let mut request =
-            match edge_headers::admit(request, self.ctx.path_normalization, &mut facts) {
-                Ok(request) => request,
-                Err(edge_headers::Refusal::BadPath) => return LocalReply::bad_request().into(),
-            };
+        if let Err(edge_headers::Refusal::BadPath) =
+            edge_headers::admit(&mut request, self.ctx.path_normalization, &mut facts)
+        {
+            return LocalReply::bad_request().into();
+        }
         if !self.authorized(listener, &request, authority) {
             return LocalReply::rbac_denied().into();
         }

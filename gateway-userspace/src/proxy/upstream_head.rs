@@ -11,7 +11,7 @@ use super::{
     body::ProxyBody,
     http1::{
         Http1Client,
-        client::Outbound,
+        client::{Lines, Outbound},
         request_fields::{self, RequestFields},
     },
     route_actions,
@@ -150,9 +150,21 @@ impl UpstreamHead {
             };
             let path = self.path_and_query.as_str();
             let outbound = match &self.fields {
-                Some(fields) => {
-                    Outbound::new(&self.method, path, || fields.iter().chain(appended()), body)
+                // The client's lines as they came, when no edit touched them: one copy.
+                Some(fields) if let Some(bytes) = fields.lines() => {
+                    let lines = Lines {
+                        bytes,
+                        content_length: fields.get("content-length"),
+                    };
+                    Outbound::new(&self.method, path, lines, appended, body)
                 }
+                Some(fields) => Outbound::new(
+                    &self.method,
+                    path,
+                    Lines::default(),
+                    || fields.iter().chain(appended()),
+                    body,
+                ),
                 None => {
                     let fields = || {
                         self.headers
@@ -160,7 +172,7 @@ impl UpstreamHead {
                             .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
                             .chain(appended())
                     };
-                    Outbound::new(&self.method, path, fields, body)
+                    Outbound::new(&self.method, path, Lines::default(), fields, body)
                 }
             };
             return Ok(Outgoing::Http1(outbound));

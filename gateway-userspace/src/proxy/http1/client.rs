@@ -94,16 +94,18 @@ pub(in crate::proxy) struct Outbound {
 }
 
 impl Outbound {
-    /// `method path` (origin-form) with the fields `fields` gives, name (lowercase) and
-    /// value, the Host header among them (asked twice: sizes, then bytes).
+    /// `method path` (origin-form) with `lines`, then the fields `fields` gives, name
+    /// (lowercase) and value (asked twice: sizes, then bytes); the Host header among
+    /// them.
     pub(in crate::proxy) fn new<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
         method: &Method,
         path: &str,
+        lines: Lines<'_>,
         fields: impl Fn() -> I,
         body: ProxyBody,
     ) -> Self {
         let mut head = Vec::new();
-        let (encoder, upgrade) = encode_head(&mut head, method, path, fields, &body);
+        let (encoder, upgrade) = encode_head(&mut head, method, path, lines, fields, &body);
         Outbound {
             head,
             encoder,
@@ -112,6 +114,16 @@ impl Outbound {
             body,
         }
     }
+}
+
+/// Header lines already encoded as the codec writes them (`name: value\r\n`, names
+/// lowercase, no Transfer-Encoding or Upgrade): a request head's fields passed as they
+/// came, copied at once rather than field by field.
+#[derive(Clone, Copy, Debug, Default)]
+pub(in crate::proxy) struct Lines<'a> {
+    pub bytes: &'a [u8],
+    /// The Content-Length among them.
+    pub content_length: Option<&'a [u8]>,
 }
 
 impl Outbound {
@@ -132,7 +144,7 @@ impl From<Request<ProxyBody>> for Outbound {
                 .iter()
                 .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
         };
-        Outbound::new(&parts.method, path, fields, body)
+        Outbound::new(&parts.method, path, Lines::default(), fields, body)
     }
 }
 
@@ -535,10 +547,11 @@ fn encode_head<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     out: &mut Vec<u8>,
     method: &Method,
     path: &str,
+    lines: Lines<'_>,
     fields: impl Fn() -> I,
     body: &ProxyBody,
 ) -> (Encoder, bool) {
-    let mut size = method.as_str().len() + path.len() + 16;
+    let mut size = method.as_str().len() + path.len() + 16 + lines.bytes.len();
     for (name, value) in fields() {
         size += name.len() + value.len() + 4;
     }
@@ -547,7 +560,8 @@ fn encode_head<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut declared = None;
+    out.extend_from_slice(lines.bytes);
+    let mut declared = lines.content_length.and_then(parse_length);
     // Seen while writing, rather than looked up (hashed) again after.
     let mut upgrade = false;
     for (name, value) in fields() {

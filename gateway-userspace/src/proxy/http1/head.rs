@@ -188,6 +188,9 @@ fn shared_copy_with<E>(
 
 /// Where `part` (a slice of `parsed`) is in `parsed`, as offsets.
 fn offsets(parsed: &[u8], part: &[u8]) -> Option<(usize, usize)> {
+    if part.is_empty() {
+        return Some((0, 0));
+    }
     let start = (part.as_ptr() as usize).checked_sub(parsed.as_ptr() as usize)?;
     let end = start.checked_add(part.len())?;
     (end <= parsed.len()).then_some((start, end))

@@ -141,6 +141,9 @@ pub(in crate::proxy) struct RequestFields {
     set: Vec<HeaderValue>,
     /// Some field is hop-by-hop or one the proxy edits (else the edits are only appends).
     pub(in crate::proxy) edited: bool,
+    /// Where the fields' lines are in `copy` while they are as the codec writes them
+    /// (`name: value\r\n`, one after the other) and nothing was edited.
+    lines: Option<(u32, u32)>,
 }
 
 /// Headers the proxy adds to a request before it goes upstream (x-forwarded-for and
@@ -150,12 +153,20 @@ pub(in crate::proxy) const FORWARDING_HEADERS: usize = 6;
 
 impl RequestFields {
     pub(in crate::proxy) fn new(copy: Bytes, fields: Vec<Field>, edited: bool) -> Self {
+        let lines = written_as_they_are(&copy, &fields);
         RequestFields {
             copy,
             fields,
             set: Vec::new(),
             edited,
+            lines,
         }
+    }
+
+    /// The fields' lines, as the codec would write them, when they are in the head so
+    /// and no edit touched them.
+    pub(in crate::proxy) fn lines(&self) -> Option<&[u8]> {
+        self.lines.map(|span| self.span(span))
     }
 
     fn span(&self, (start, end): (u32, u32)) -> &[u8] {
@@ -226,6 +237,7 @@ impl RequestFields {
     pub(in crate::proxy) fn insert(&mut self, name: &'static str, value: HeaderValue) {
         let index = u32::try_from(self.set.len()).unwrap_or(u32::MAX);
         self.set.push(value);
+        self.lines = None;
         match self.position(name) {
             Some(at) => self.fields[at].value = Value::Set(index),
             None => self.fields.push(Field {
@@ -240,6 +252,7 @@ impl RequestFields {
         match self.position(name) {
             Some(at) => {
                 self.fields.swap_remove(at);
+                self.lines = None;
                 true
             }
             None => false,
@@ -293,6 +306,33 @@ impl RequestFields {
         }
         map
     }
+}
+
+/// The span of `copy` the fields take, when each is `name: value\r\n` (one space, no
+/// trailing space) right after the one before: what the codec writes for them.
+fn written_as_they_are(copy: &[u8], fields: &[Field]) -> Option<(u32, u32)> {
+    let first = fields.first()?;
+    let Name::At(start, _) = first.name else {
+        return None;
+    };
+    let mut next = start;
+    for field in fields {
+        let (Name::At(name_start, name_end), Value::At(value_start, value_end)) =
+            (field.name, field.value)
+        else {
+            return None;
+        };
+        let at = |offset: u32, len: u32| copy.get(offset as usize..(offset + len) as usize);
+        if name_start != next
+            || value_start != name_end + 2
+            || at(name_end, 2) != Some(&b": "[..])
+            || at(value_end, 2) != Some(&b"\r\n"[..])
+        {
+            return None;
+        }
+        next = value_end + 2;
+    }
+    Some((start, next))
 }
 
 /// `map` made whole: the fields (if any) become it.

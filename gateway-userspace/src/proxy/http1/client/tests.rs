@@ -368,7 +368,7 @@ fn appended_fields_are_written_after_the_map_s() {
             .chain(appended)
     };
     let body = Empty::new().map_err(|never| match never {}).boxed();
-    let outbound = Outbound::new(&Method::GET, "/item", fields, body);
+    let outbound = Outbound::new(&Method::GET, "/item", Lines::default(), fields, body);
     assert_eq!(
         String::from_utf8_lossy(&outbound.head),
         "GET /item HTTP/1.1\r\nhost: a.example\r\nx-forwarded-for: 10.0.0.1\r\n\

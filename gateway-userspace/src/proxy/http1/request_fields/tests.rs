@@ -65,6 +65,9 @@ const HEADS: &[&str] = &[
     // Odd but admitted values: obs-text, empty, tabs, mixed-case names.
     "GET / HTTP/1.1\r\nhOsT: a.example\r\nX-Obs: caf\u{e9}\r\nX-Empty:\r\nX-Tab: a\tb\r\n\r\n",
     "POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 0\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 12\r\nX-Last: 1\r\n\r\n",
+    // Lines not as the codec writes them: no space, trailing spaces, an empty value.
+    "GET / HTTP/1.1\r\nHost:a.example\r\nX-Sp: v  \r\nX-Empty: \r\nX-Last:  1\r\n\r\n",
     "DELETE /x HTTP/1.1\r\nHost: a.example\r\nContent-Type: application/grpc\r\n\r\n",
     // Heads that take the map at once: a name twice, a Connection naming a field, an
     // x-envoy- name, an upgrade.
@@ -234,6 +237,24 @@ fn kept_fields_make_the_map_the_codec_made() {
         };
         assert_eq!(entries(map), entries(&map_as_before(&bytes)), "{text:?}");
     }
+}
+
+#[test]
+fn lines_as_the_codec_writes_them_are_copied_whole() {
+    let lines = |text: &str| {
+        let bytes = as_text(text);
+        let parsed = head::parse(&bytes).expect("admitted").expect("whole");
+        parsed
+            .facts
+            .fields
+            .and_then(|fields| fields.lines().map(<[u8]>::to_vec))
+    };
+    assert_eq!(
+        lines(HEADS[1]).as_deref(),
+        Some(&b"host: a.example\r\nuser-agent: curl/8.5.0\r\naccept: */*\r\n"[..])
+    );
+    assert_eq!(lines("GET / HTTP/1.1\r\nHost:a.example\r\n\r\n"), None);
+    assert_eq!(lines("GET / HTTP/1.1\r\nHost: a\r\nX-Sp: v \r\n\r\n"), None);
 }
 
 #[test]
