@@ -151,12 +151,12 @@ impl Connection {
                 ),
                 user_agent: request_fields::get_value(
                     request.headers(),
-                    facts.fields.as_ref(),
+                    facts.fields.as_deref(),
                     &header::USER_AGENT,
                 ),
                 forwarded_for: request_fields::get_value(
                     request.headers(),
-                    facts.fields.as_ref(),
+                    facts.fields.as_deref(),
                     &X_FORWARDED_FOR,
                 ),
             })
@@ -171,13 +171,7 @@ impl Connection {
         let live = self.ctx.live.load_full();
 
         let outcome = self
-            .route(
-                &live,
-                request,
-                facts,
-                authority.as_ref().and_then(|a| a.to_str().ok()),
-                &request_id,
-            )
+            .route(&live, request, facts, authority.as_ref(), &request_id)
             .await;
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
@@ -256,9 +250,10 @@ impl Connection {
         live: &'s Arc<Live>,
         mut request: Request<ClientBody>,
         mut facts: HeadFacts,
-        authority: Option<&str>,
+        authority_value: Option<&HeaderValue>,
         request_id: &RequestId,
     ) -> Outcome<'s> {
+        let authority = authority_value.and_then(|a| a.to_str().ok());
         if let Some(status) = facts.framing_problem() {
             // The message boundaries are in doubt: answer and close the connection so
             // nothing after this request is read with the wrong framing.
@@ -268,7 +263,7 @@ impl Connection {
             // Refused before anything is forwarded; the unread body ends the connection.
             return LocalReply::payload_too_large().closing().into();
         }
-        let Some(authority) = authority else {
+        let (Some(authority), Some(authority_value)) = (authority, authority_value) else {
             return LocalReply::bad_request().into();
         };
         let Some(listener) = self.listener(live) else {
@@ -325,6 +320,7 @@ impl Connection {
                         .as_ref()
                         .and_then(|(tls, _)| tls.client_cert.as_deref()),
                     authority,
+                    authority_value,
                     request_id,
                     replay_budget: &self.replay_budget,
                     upgrade_asked: facts.upgrade != Upgrade::None,

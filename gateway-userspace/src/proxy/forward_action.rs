@@ -45,7 +45,7 @@ pub(super) async fn forward<'s>(
     ctx: &Arc<ProxyContext>,
     live: &'s Arc<Live>,
     mut request: Request<ClientBody>,
-    mut fields: Option<RequestFields>,
+    mut fields: Option<Box<RequestFields>>,
     route: &'s Route<RouteAction>,
     forward: &'s Forward,
     downstream: &Downstream<'_>,

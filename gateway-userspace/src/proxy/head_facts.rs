@@ -57,7 +57,7 @@ pub(super) struct HeadFacts {
     /// The head's fields as they came, when the codec kept them so
     /// (`http1::request_fields`): the request's map is empty until something needs it
     /// (`request_fields::whole`).
-    pub fields: Option<RequestFields>,
+    pub fields: Option<Box<RequestFields>>,
 }
 
 impl HeadFacts {

@@ -51,6 +51,8 @@ pub(super) struct Downstream<'a> {
     pub client_cert: Option<&'a str>,
     /// The request's authority (HTTP/2's :authority, else Host).
     pub authority: &'a str,
+    /// The same, as the header value it came in.
+    pub authority_value: &'a HeaderValue,
     pub request_id: &'a RequestId,
     /// What the replay copies of the connection's requests may hold together.
     pub replay_budget: &'a super::replay::ReplayBudget,
@@ -69,7 +71,7 @@ pub(super) struct UpstreamHead {
     headers: HeaderMap,
     /// The client's fields as they came, with the edits (`http1::request_fields`), on
     /// plain routes; written from directly by the codec's client.
-    fields: Option<RequestFields>,
+    fields: Option<Box<RequestFields>>,
     /// Forwarding headers the request did not carry, set after `headers`.
     pub appended: Appended,
 }
@@ -86,6 +88,9 @@ pub(super) struct Appended {
     request_id: Option<RequestId>,
     external_address: Option<HeaderValue>,
 }
+
+/// Room for the encoded forwarding headers: their names, an id, two IPv6 addresses.
+const APPENDED_ROOM: usize = 256;
 
 fn value_bytes(value: &Option<HeaderValue>) -> Option<&[u8]> {
     value.as_ref().map(HeaderValue::as_bytes)
@@ -108,6 +113,38 @@ impl Appended {
         ]
         .into_iter()
         .filter_map(|(name, value)| value.map(|value| (name, value)))
+    }
+
+    /// The fields as the codec writes them (`name: value\r\n`), in `room`; None if
+    /// they do not fit.
+    fn encode<'r>(&self, room: &'r mut [u8; APPENDED_ROOM]) -> Option<&'r [u8]> {
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| -> Option<()> {
+            room.get_mut(len..len + bytes.len())?.copy_from_slice(bytes);
+            len += bytes.len();
+            Some(())
+        };
+        if let Some(value) = &self.forwarded_for {
+            put(b"x-forwarded-for: ")?;
+            put(value.as_bytes())?;
+            put(b"\r\n")?;
+        }
+        if let Some(value) = &self.forwarded_proto {
+            put(b"x-forwarded-proto: ")?;
+            put(value.as_bytes())?;
+            put(b"\r\n")?;
+        }
+        if let Some(id) = &self.request_id {
+            put(b"x-request-id: ")?;
+            put(&id.0)?;
+            put(b"\r\n")?;
+        }
+        if let Some(value) = &self.external_address {
+            put(b"x-envoy-external-address: ")?;
+            put(value.as_bytes())?;
+            put(b"\r\n")?;
+        }
+        room.get(..len)
     }
 
     /// Moves the fields into `headers` (none of them is there).
@@ -143,9 +180,15 @@ impl UpstreamHead {
         last_try: bool,
     ) -> Result<Outgoing, http::Error> {
         if protocol == UpstreamProtocol::Http1 && client == Http1Client::Own {
+            // The forwarding headers the request lacked, encoded at once (their names are
+            // constants: no copy call per name); field by field if they do not fit.
+            let mut room = [0u8; APPENDED_ROOM];
+            let encoded = self.appended.encode(&mut room);
+            let after = encoded.unwrap_or_default();
             let appended = || {
                 self.appended
                     .fields()
+                    .filter(|_| encoded.is_none())
                     .map(|(name, value)| (name.as_bytes(), value))
             };
             let path = self.path_and_query.as_str();
@@ -155,13 +198,17 @@ impl UpstreamHead {
                     let lines = Lines {
                         bytes,
                         content_length: fields.get("content-length"),
+                        after,
                     };
                     Outbound::new(&self.method, path, lines, appended, body)
                 }
                 Some(fields) => Outbound::new(
                     &self.method,
                     path,
-                    Lines::default(),
+                    Lines {
+                        after,
+                        ..Lines::default()
+                    },
                     || fields.iter().chain(appended()),
                     body,
                 ),
@@ -172,7 +219,11 @@ impl UpstreamHead {
                             .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
                             .chain(appended())
                     };
-                    Outbound::new(&self.method, path, Lines::default(), fields, body)
+                    let lines = Lines {
+                        after,
+                        ..Lines::default()
+                    };
+                    Outbound::new(&self.method, path, lines, fields, body)
                 }
             };
             return Ok(Outgoing::Http1(outbound));
@@ -230,7 +281,7 @@ impl UpstreamHead {
     /// gateway sets them; then the route's and the destination's header operations.
     pub(super) fn new(
         parts: http::request::Parts,
-        mut fields: Option<RequestFields>,
+        mut fields: Option<Box<RequestFields>>,
         route: &Route<RouteAction>,
         forward: &Forward,
         weighted: &WeightedCluster,
@@ -243,6 +294,7 @@ impl UpstreamHead {
             scheme,
             client_cert,
             authority,
+            authority_value: _,
             request_id,
             replay_budget: _,
             upgrade_asked: _,
@@ -374,7 +426,7 @@ impl UpstreamHead {
 /// rules and a request that is not an upgrade: the same edits, in the same order, made
 /// with the map's semantics (`request_fields`), so the upstream gets the same bytes.
 fn edit_fields(
-    mut fields: RequestFields,
+    mut fields: Box<RequestFields>,
     method: Method,
     path_and_query: PathAndQuery,
     rewritten_authority: Option<&str>,
@@ -385,6 +437,7 @@ fn edit_fields(
         scheme,
         client_cert,
         authority,
+        authority_value,
         request_id,
         ..
     } = *downstream;
@@ -402,9 +455,10 @@ fn edit_fields(
         }
     }
     let sent_host = fields.get("host");
+    let host_is_authority = sent_host.is_some_and(|h| h == authority.as_bytes());
     let new_host = match rewritten_authority {
         Some(rewritten) => Some(rewritten),
-        None if sent_host.is_some_and(|h| h == authority.as_bytes()) => None,
+        None if host_is_authority => None,
         None => Some(authority),
     };
     let host = match new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
@@ -412,6 +466,8 @@ fn edit_fields(
             fields.insert("host", new_host.clone());
             Some(new_host)
         }
+        // The Host sent is the authority's value, already made (a count, no look-up).
+        None if host_is_authority => Some(authority_value.clone()),
         None => fields.get_value("host"),
     };
     let carried = |fields: &RequestFields, name: &str| edited && fields.get(name).is_some();

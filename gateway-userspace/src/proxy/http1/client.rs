@@ -124,6 +124,8 @@ pub(in crate::proxy) struct Lines<'a> {
     pub bytes: &'a [u8],
     /// The Content-Length among them.
     pub content_length: Option<&'a [u8]>,
+    /// Lines written after the fields (the proxy's forwarding headers), encoded so too.
+    pub after: &'a [u8],
 }
 
 impl Outbound {
@@ -551,7 +553,7 @@ fn encode_head<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     fields: impl Fn() -> I,
     body: &ProxyBody,
 ) -> (Encoder, bool) {
-    let mut size = method.as_str().len() + path.len() + 16 + lines.bytes.len();
+    let mut size = method.as_str().len() + path.len() + 16 + lines.bytes.len() + lines.after.len();
     for (name, value) in fields() {
         size += name.len() + value.len() + 4;
     }
@@ -577,6 +579,7 @@ fn encode_head<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(lines.after);
     let encoder = match declared {
         Some(length) => Encoder::Length(length),
         None if body.is_end_stream() => {

@@ -123,7 +123,8 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let fields = RequestFields::new(copy, spans, edited);
     let mut headers = HeaderMap::new();
     if passable {
-        facts.fields = Some(fields);
+        // Boxed: the facts move with the request through the handler's futures.
+        facts.fields = Some(Box::new(fields));
     } else {
         headers = fields.into_map_checked().ok_or(HeadError::Invalid)?;
     }

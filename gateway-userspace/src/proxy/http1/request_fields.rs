@@ -338,12 +338,12 @@ fn written_as_they_are(copy: &[u8], fields: &[Field]) -> Option<(u32, u32)> {
 /// `map` made whole: the fields (if any) become it.
 pub(in crate::proxy) fn whole<'a>(
     map: &'a mut HeaderMap,
-    fields: &mut Option<RequestFields>,
+    fields: &mut Option<Box<RequestFields>>,
 ) -> &'a mut HeaderMap {
     if let Some(fields) = fields.take() {
         // While the fields are kept the map holds nothing: every edit went to them.
         debug_assert!(map.is_empty());
-        *map = fields.into_map();
+        *map = (*fields).into_map();
     }
     map
 }

@@ -94,7 +94,7 @@ struct Setting {
 
 fn upstream_head(
     parts: http::request::Parts,
-    fields: Option<RequestFields>,
+    fields: Option<Box<RequestFields>>,
     setting: &Setting,
     request_id: &RequestId,
 ) -> Option<UpstreamHead> {
@@ -128,6 +128,7 @@ fn upstream_head(
         })
         .unwrap_or_default();
     let peer_ip = HeaderValue::from_static("10.0.0.7");
+    let authority_value = HeaderValue::from_str(&authority).expect("authority");
     let budget = ReplayBudget::new(1 << 20);
     let downstream = Downstream {
         peer: "10.0.0.7:40000".parse().expect("addr"),
@@ -135,6 +136,7 @@ fn upstream_head(
         scheme: "http",
         client_cert: setting.client_cert,
         authority: &authority,
+        authority_value: &authority_value,
         request_id,
         replay_budget: &budget,
         upgrade_asked: false,
@@ -261,7 +263,7 @@ fn lines_as_the_codec_writes_them_are_copied_whole() {
 fn look_ups_read_the_kept_fields() {
     let bytes = as_text(HEADS[1]);
     let parsed = head::parse(&bytes).expect("admitted").expect("whole");
-    let fields = parsed.facts.fields.as_ref();
+    let fields = parsed.facts.fields.as_deref();
     let map = parsed.request.headers();
     assert!(map.is_empty(), "the map is made only when asked for");
     assert_eq!(
