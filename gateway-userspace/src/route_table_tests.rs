@@ -223,6 +223,13 @@ fn authority_port_is_ignored_for_hosts() {
         ("[2001:db8::1]:443", "2001:db8::1"),
         ("[2001:db8::1]", "2001:db8::1"),
         ("2001:db8::1", "2001:db8::1"),
+        ("a.example:", "a.example"),
+        ("a:b", "a:b"),
+        ("::1", "::1"),
+        (":80", ""),
+        ("8080", "8080"),
+        ("", ""),
+        ("a.example:80:90", "a.example:80:90"),
     ] {
         assert_eq!(host_without_port(authority), host, "{authority}");
     }

@@ -706,6 +706,10 @@ impl Cluster {
 impl RouteAction {
     /// Picks a cluster by weight (uniform when all weights are zero).
     pub fn pick_cluster(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
+        // One destination (most routes) is picked whatever its weight: no draw.
+        if let [only] = clusters {
+            return Some(only);
+        }
         let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
         if total == 0 {
             return clusters.get(fastrand::usize(..clusters.len().max(1)));

@@ -51,10 +51,10 @@ pub(super) enum Refusal {
 /// The request as the router and the upstream see it: edge headers removed, an `h2c`
 /// upgrade dropped, the path normalized.
 pub(super) fn admit<B>(
-    mut request: Request<B>,
+    request: &mut Request<B>,
     paths: PathNormalization,
     facts: &mut HeadFacts,
-) -> Result<Request<B>, Refusal> {
+) -> Result<(), Refusal> {
     let headers = request.headers_mut();
     // Every stripped name starts with `x-envoy-`, which almost no request carries: the
     // head's one pass over the names tells, instead of 19 hashed removals.
@@ -70,7 +70,7 @@ pub(super) fn admit<B>(
     if let Some(uri) = normalized_uri(request.method(), request.uri(), paths)? {
         *request.uri_mut() = uri;
     }
-    Ok(request)
+    Ok(())
 }
 
 /// The request's URI as the access log shows it: normalized as `admit` routes it (what
@@ -163,7 +163,8 @@ mod tests {
 
     fn admit<B>(request: Request<B>, paths: PathNormalization) -> Result<Request<B>, Refusal> {
         let mut facts = HeadFacts::of(request.headers());
-        super::admit(request, paths, &mut facts)
+        let mut request = request;
+        super::admit(&mut request, paths, &mut facts).map(|()| request)
     }
 
     fn refused_upgrade<B>(request: &Request<B>) -> bool {

@@ -17,13 +17,16 @@ use super::{
     context::ProxyContext,
     edge_headers, forward_action,
     head_facts::{HeadFacts, Upgrade},
-    http1::passed::{self, PassedFields, ResponseFields},
+    http1::{
+        passed::{self, PassedFields, ResponseFields},
+        request_fields,
+    },
     limits,
     local_reply::LocalReply,
     outcome::Outcome,
     replay::ReplayBudget,
     route_actions, tunnel,
-    upstream_head::{Downstream, X_FORWARDED_FOR, new_request_id},
+    upstream_head::{Downstream, RequestId, X_FORWARDED_FOR, new_request_id},
 };
 use crate::{
     authz::{Attributes, HttpAttributes},
@@ -152,8 +155,16 @@ impl Connection {
                     request.uri(),
                     self.ctx.path_normalization,
                 ),
-                user_agent: request.headers().get(header::USER_AGENT).cloned(),
-                forwarded_for: request.headers().get(&X_FORWARDED_FOR).cloned(),
+                user_agent: request_fields::get_value(
+                    request.headers(),
+                    facts.fields.as_deref(),
+                    &header::USER_AGENT,
+                ),
+                forwarded_for: request_fields::get_value(
+                    request.headers(),
+                    facts.fields.as_deref(),
+                    &X_FORWARDED_FOR,
+                ),
             })
         });
         let authority = request_authority(&request, facts.host.take());
@@ -166,13 +177,7 @@ impl Connection {
         let live = self.ctx.live.load_full();
 
         let outcome = self
-            .route(
-                &live,
-                request,
-                facts,
-                authority.as_ref().and_then(|a| a.to_str().ok()),
-                &request_id,
-            )
+            .route(&live, request, facts, authority.as_ref(), &request_id)
             .await;
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
@@ -233,7 +238,7 @@ impl Connection {
             duration: elapsed,
             forwarded_for: logged.forwarded_for.as_ref().and_then(|v| v.to_str().ok()),
             user_agent: logged.user_agent.as_ref().and_then(|v| v.to_str().ok()),
-            request_id: request_id.to_str().unwrap_or("-"),
+            request_id: request_id.as_str(),
             authority: authority.as_ref().and_then(|a| a.to_str().ok()),
             upstream: outcome.upstream,
             cluster: outcome.cluster.map(|c| c.cluster.name.as_str()),
@@ -249,11 +254,12 @@ impl Connection {
     async fn route<'s>(
         &'s self,
         live: &'s Arc<Live>,
-        request: Request<ClientBody>,
+        mut request: Request<ClientBody>,
         mut facts: HeadFacts,
-        authority: Option<&str>,
-        request_id: &HeaderValue,
+        authority_value: Option<&HeaderValue>,
+        request_id: &RequestId,
     ) -> Outcome<'s> {
+        let authority = authority_value.and_then(|a| a.to_str().ok());
         if let Some(status) = facts.framing_problem() {
             // The message boundaries are in doubt: answer and close the connection so
             // nothing after this request is read with the wrong framing.
@@ -263,22 +269,29 @@ impl Connection {
             // Refused before anything is forwarded; the unread body ends the connection.
             return LocalReply::payload_too_large().closing().into();
         }
-        let Some(authority) = authority else {
+        let (Some(authority), Some(authority_value)) = (authority, authority_value) else {
             return LocalReply::bad_request().into();
         };
         let Some(listener) = self.listener(live) else {
             return LocalReply::no_route().into();
         };
+        // The head's fields as they came (`http1::request_fields`): authorization and
+        // header matches read the map, which is made of them then; a plain route takes
+        // them to the upstream as they are.
+        if !listener.authz.http.is_empty() || listener.routes.reads_headers() {
+            request_fields::whole(request.headers_mut(), &mut facts.fields);
+        }
         if let Some((tls, transport)) = &self.tls
             && let Some(listener_tls) = transport.tls()
             && tls.is_misdirected(listener_tls, authority)
         {
             return LocalReply::misdirected().into();
         }
-        let request = match edge_headers::admit(request, self.ctx.path_normalization, &mut facts) {
-            Ok(request) => request,
-            Err(edge_headers::Refusal::BadPath) => return LocalReply::bad_request().into(),
-        };
+        if let Err(edge_headers::Refusal::BadPath) =
+            edge_headers::admit(&mut request, self.ctx.path_normalization, &mut facts)
+        {
+            return LocalReply::bad_request().into();
+        }
         if !self.authorized(listener, &request, authority) {
             return LocalReply::rbac_denied().into();
         }
@@ -298,6 +311,10 @@ impl Connection {
             self.ctx.metrics.upgrades_refused.inc();
             return LocalReply::refused_upgrade(edge_headers::REFUSED_UPGRADE_STATUS).into();
         }
+        if !matches!(route.action, RouteAction::Forward(_)) {
+            // The gateway's own answers read the request's headers (CORS).
+            request_fields::whole(request.headers_mut(), &mut facts.fields);
+        }
         match &route.action {
             RouteAction::Forward(forward) => {
                 let downstream = Downstream {
@@ -309,6 +326,7 @@ impl Connection {
                         .as_ref()
                         .and_then(|(tls, _)| tls.client_cert.as_deref()),
                     authority,
+                    authority_value,
                     request_id,
                     replay_budget: &self.replay_budget,
                     upgrade_asked: facts.upgrade != Upgrade::None,
@@ -321,6 +339,7 @@ impl Connection {
                     ctx,
                     live,
                     request,
+                    facts.fields.take(),
                     route,
                     forward,
                     &downstream,

@@ -17,6 +17,7 @@ use super::{
     http1::{
         PendingUpgrade, Upgraded,
         passed::{self, ResponseFields},
+        request_fields::{self, RequestFields},
     },
     limits,
     local_reply::LocalReply,
@@ -44,11 +45,17 @@ pub(super) async fn forward<'s>(
     ctx: &Arc<ProxyContext>,
     live: &'s Arc<Live>,
     mut request: Request<ClientBody>,
+    mut fields: Option<Box<RequestFields>>,
     route: &'s Route<RouteAction>,
     forward: &'s Forward,
     downstream: &Downstream<'_>,
     drain: &tunnel::Drain,
 ) -> Outcome<'s> {
+    // `fields`: the request's head as it came, when the codec kept it so; what reads
+    // headers by name below takes the whole map first.
+    if forward.cors.is_some() {
+        request_fields::whole(request.headers_mut(), &mut fields);
+    }
     let cors_origin = forward.cors.as_ref().and_then(|cors| {
         route_actions::allowed_origin(cors, request.headers()).map(|o| (cors, o.clone()))
     });
@@ -110,6 +117,9 @@ pub(super) async fn forward<'s>(
     let is_upgrade = request.version() == Version::HTTP_11 && downstream.upgrade_asked;
     let downstream_upgrade = is_upgrade.then(|| ClientUpgrade::on(&mut request));
 
+    if cluster.hash_policy.is_some() {
+        request_fields::whole(request.headers_mut(), &mut fields);
+    }
     let hash = cluster.hash_policy.as_ref().and_then(|policy| {
         hash_key::request_key(
             policy,
@@ -119,8 +129,9 @@ pub(super) async fn forward<'s>(
         )
     });
     let (parts, body) = request.into_parts();
-    let Some(mut head) = UpstreamHead::new(parts, route, forward, weighted, downstream, is_upgrade)
-    else {
+    let Some(mut head) = UpstreamHead::new(
+        parts, fields, route, forward, weighted, downstream, is_upgrade,
+    ) else {
         return LocalReply::bad_request().into();
     };
 

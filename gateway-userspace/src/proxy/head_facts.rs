@@ -4,9 +4,15 @@
 //! (`http1::head`); requests hyper read (HTTP/2, `--http1-server hyper`) have it looked up
 //! (`of`). Each hashed look-up it saves was one per request (issue 15).
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use super::grpc;
+use super::{
+    grpc,
+    http1::{
+        passed,
+        request_fields::{Kind, RequestFields},
+    },
+};
 
 /// The Upgrade header's first value, as the edge rules sort it (`edge_headers`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +54,10 @@ pub(super) struct HeadFacts {
     /// Some name starts with `x-envoy-` (`edge_headers::admit` removes those).
     pub envoy_prefixed: bool,
     content_type_seen: bool,
+    /// The head's fields as they came, when the codec kept them so
+    /// (`http1::request_fields`): the request's map is empty until something needs it
+    /// (`request_fields::whole`).
+    pub fields: Option<Box<RequestFields>>,
 }
 
 impl HeadFacts {
@@ -82,38 +92,40 @@ impl HeadFacts {
                 .keys()
                 .any(|name| name.as_str().starts_with(ENVOY_PREFIX)),
             content_type_seen: false,
+            fields: None,
         }
     }
 
-    /// Notes one field, in the head's order (the codec's pass over the fields).
-    pub(super) fn observe(&mut self, name: &HeaderName, value: &HeaderValue) {
-        if name == header::HOST {
-            if self.host.is_none() {
-                self.host = Some(value.clone());
+    /// Notes one field, in the head's order (the codec's pass over the fields), but for
+    /// Host (the codec keeps the first as a value of its copy of the head).
+    pub(super) fn observe(&mut self, kind: Kind, value: &[u8]) {
+        match kind {
+            Kind::ContentLength => {
+                if self.content_lengths == 0 {
+                    // As `HeaderValue::to_str`, then `str::trim` and `parse`.
+                    self.declared_length =
+                        passed::as_text(value).and_then(|v| v.trim().parse::<u64>().ok());
+                }
+                self.content_lengths = self.content_lengths.saturating_add(1);
             }
-        } else if name == header::CONTENT_LENGTH {
-            if self.content_lengths == 0 {
-                self.declared_length = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+            Kind::ContentType => {
+                if !self.content_type_seen {
+                    self.content_type_seen = true;
+                    self.grpc = grpc::is_grpc_content_type(value);
+                }
             }
-            self.content_lengths = self.content_lengths.saturating_add(1);
-        } else if name == header::CONTENT_TYPE {
-            if !self.content_type_seen {
-                self.content_type_seen = true;
-                self.grpc = grpc::is_grpc_content_type(value.as_bytes());
+            Kind::Upgrade => {
+                if self.upgrade == Upgrade::None {
+                    self.upgrade = Upgrade::of(value);
+                }
             }
-        } else if name == header::UPGRADE {
-            if self.upgrade == Upgrade::None {
-                self.upgrade = Upgrade::of(value.as_bytes());
+            Kind::TransferEncoding => {
+                self.transfer_encodings = self.transfer_encodings.saturating_add(1);
+                self.chunked_only =
+                    self.transfer_encodings == 1 && value.eq_ignore_ascii_case(b"chunked");
             }
-        } else if name == header::TRANSFER_ENCODING {
-            self.transfer_encodings = self.transfer_encodings.saturating_add(1);
-            self.chunked_only =
-                self.transfer_encodings == 1 && value.as_bytes().eq_ignore_ascii_case(b"chunked");
-        } else if name.as_str().starts_with(ENVOY_PREFIX) {
-            self.envoy_prefixed = true;
+            Kind::EnvoyPrefixed => self.envoy_prefixed = true,
+            _ => {}
         }
     }
 

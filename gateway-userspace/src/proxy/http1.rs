@@ -20,6 +20,7 @@ mod handoff;
 mod head;
 mod idle;
 pub(super) mod passed;
+pub(super) mod request_fields;
 mod response;
 pub(super) mod rules;
 mod serve;

@@ -40,7 +40,7 @@ pub(super) fn send(
 ) {
     let mut head = head.clone();
     let shadow_host = head
-        .headers
+        .map()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(|host| {
@@ -51,7 +51,7 @@ pub(super) fn send(
             }
         });
     if let Some(value) = shadow_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
-        head.headers.insert(header::HOST, value);
+        head.map().insert(header::HOST, value);
     }
     let ctx = ctx.clone();
     // The copies go out when the body is complete; they use the configuration the

@@ -49,7 +49,9 @@ pub(super) fn normalize_path(
     path: &str,
     mode: PathNormalization,
 ) -> Result<Cow<'_, str>, PathError> {
-    if is_normal(path.as_bytes()) && !(mode.merges_slashes() && path.contains("//")) {
+    // `windows`, not `contains("//")`: a string pattern sets up a searcher per call.
+    let doubled = || path.as_bytes().windows(2).any(|pair| pair == b"//");
+    if is_normal(path.as_bytes()) && !(mode.merges_slashes() && doubled()) {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode(path, mode.decodes_slashes())?;

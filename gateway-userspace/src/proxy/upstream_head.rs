@@ -9,7 +9,11 @@ use http::{
 
 use super::{
     body::ProxyBody,
-    http1::{Http1Client, client::Outbound},
+    http1::{
+        Http1Client,
+        client::{Lines, Outbound},
+        request_fields::{self, RequestFields},
+    },
     route_actions,
     upstream::Outgoing,
 };
@@ -47,7 +51,9 @@ pub(super) struct Downstream<'a> {
     pub client_cert: Option<&'a str>,
     /// The request's authority (HTTP/2's :authority, else Host).
     pub authority: &'a str,
-    pub request_id: &'a HeaderValue,
+    /// The same, as the header value it came in.
+    pub authority_value: &'a HeaderValue,
+    pub request_id: &'a RequestId,
     /// What the replay copies of the connection's requests may hold together.
     pub replay_budget: &'a super::replay::ReplayBudget,
     /// The request carries an Upgrade header (once the edge dropped h2c's).
@@ -61,7 +67,11 @@ pub(super) struct UpstreamHead {
     pub path_and_query: PathAndQuery,
     /// The Host header's value: HTTP/2 upstreams get it as `:authority`.
     pub authority: HeaderValue,
-    pub headers: HeaderMap,
+    /// Empty while `fields` holds the head (`map` makes it whole).
+    headers: HeaderMap,
+    /// The client's fields as they came, with the edits (`http1::request_fields`), on
+    /// plain routes; written from directly by the codec's client.
+    fields: Option<Box<RequestFields>>,
     /// Forwarding headers the request did not carry, set after `headers`.
     pub appended: Appended,
 }
@@ -75,21 +85,66 @@ pub(super) struct UpstreamHead {
 pub(super) struct Appended {
     forwarded_for: Option<HeaderValue>,
     forwarded_proto: Option<HeaderValue>,
-    request_id: Option<HeaderValue>,
+    request_id: Option<RequestId>,
     external_address: Option<HeaderValue>,
+}
+
+/// Room for the encoded forwarding headers: their names, an id, two IPv6 addresses.
+const APPENDED_ROOM: usize = 256;
+
+fn value_bytes(value: &Option<HeaderValue>) -> Option<&[u8]> {
+    value.as_ref().map(HeaderValue::as_bytes)
 }
 
 impl Appended {
     /// The fields, as name and value, in their order.
-    pub(super) fn fields(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> + Clone {
+    pub(super) fn fields(&self) -> impl Iterator<Item = (&'static str, &[u8])> + Clone {
         [
-            ("x-forwarded-for", &self.forwarded_for),
-            ("x-forwarded-proto", &self.forwarded_proto),
-            ("x-request-id", &self.request_id),
-            ("x-envoy-external-address", &self.external_address),
+            ("x-forwarded-for", value_bytes(&self.forwarded_for)),
+            ("x-forwarded-proto", value_bytes(&self.forwarded_proto)),
+            (
+                "x-request-id",
+                self.request_id.as_ref().map(RequestId::as_bytes),
+            ),
+            (
+                "x-envoy-external-address",
+                value_bytes(&self.external_address),
+            ),
         ]
         .into_iter()
-        .filter_map(|(name, value)| value.as_ref().map(|value| (name, value)))
+        .filter_map(|(name, value)| value.map(|value| (name, value)))
+    }
+
+    /// The fields as the codec writes them (`name: value\r\n`), in `room`; None if
+    /// they do not fit.
+    fn encode<'r>(&self, room: &'r mut [u8; APPENDED_ROOM]) -> Option<&'r [u8]> {
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| -> Option<()> {
+            room.get_mut(len..len + bytes.len())?.copy_from_slice(bytes);
+            len += bytes.len();
+            Some(())
+        };
+        if let Some(value) = &self.forwarded_for {
+            put(b"x-forwarded-for: ")?;
+            put(value.as_bytes())?;
+            put(b"\r\n")?;
+        }
+        if let Some(value) = &self.forwarded_proto {
+            put(b"x-forwarded-proto: ")?;
+            put(value.as_bytes())?;
+            put(b"\r\n")?;
+        }
+        if let Some(id) = &self.request_id {
+            put(b"x-request-id: ")?;
+            put(&id.0)?;
+            put(b"\r\n")?;
+        }
+        if let Some(value) = &self.external_address {
+            put(b"x-envoy-external-address: ")?;
+            put(value.as_bytes())?;
+            put(b"\r\n")?;
+        }
+        room.get(..len)
     }
 
     /// Moves the fields into `headers` (none of them is there).
@@ -103,7 +158,7 @@ impl Appended {
         let values = [
             self.forwarded_for.take(),
             self.forwarded_proto.take(),
-            self.request_id.take(),
+            self.request_id.take().map(|id| id.value()),
             self.external_address.take(),
         ];
         for (name, value) in names.into_iter().zip(values) {
@@ -125,13 +180,53 @@ impl UpstreamHead {
         last_try: bool,
     ) -> Result<Outgoing, http::Error> {
         if protocol == UpstreamProtocol::Http1 && client == Http1Client::Own {
-            return Ok(Outgoing::Http1(Outbound::new(
-                &self.method,
-                self.path_and_query.as_str(),
-                &self.headers,
-                self.appended.fields(),
-                body,
-            )));
+            // The forwarding headers the request lacked, encoded at once (their names are
+            // constants: no copy call per name); field by field if they do not fit.
+            let mut room = [0u8; APPENDED_ROOM];
+            let encoded = self.appended.encode(&mut room);
+            let after = encoded.unwrap_or_default();
+            let appended = || {
+                self.appended
+                    .fields()
+                    .filter(|_| encoded.is_none())
+                    .map(|(name, value)| (name.as_bytes(), value))
+            };
+            let path = self.path_and_query.as_str();
+            let outbound = match &self.fields {
+                // The client's lines as they came, when no edit touched them: one copy.
+                Some(fields) if let Some(bytes) = fields.lines() => {
+                    let lines = Lines {
+                        bytes,
+                        content_length: fields.get("content-length"),
+                        after,
+                    };
+                    Outbound::new(&self.method, path, lines, appended, body)
+                }
+                Some(fields) => Outbound::new(
+                    &self.method,
+                    path,
+                    Lines {
+                        after,
+                        ..Lines::default()
+                    },
+                    || fields.iter().chain(appended()),
+                    body,
+                ),
+                None => {
+                    let fields = || {
+                        self.headers
+                            .iter()
+                            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+                            .chain(appended())
+                    };
+                    let lines = Lines {
+                        after,
+                        ..Lines::default()
+                    };
+                    Outbound::new(&self.method, path, lines, fields, body)
+                }
+            };
+            return Ok(Outgoing::Http1(outbound));
         }
         self.request(protocol, body, last_try)
             .map(Outgoing::Request)
@@ -146,6 +241,7 @@ impl UpstreamHead {
         body: ProxyBody,
         last_try: bool,
     ) -> Result<Request<ProxyBody>, http::Error> {
+        self.map();
         self.appended.move_into(&mut self.headers);
         let mut headers = if last_try {
             std::mem::take(&mut self.headers)
@@ -174,11 +270,18 @@ impl UpstreamHead {
 }
 
 impl UpstreamHead {
+    /// The head's header map, made whole from the fields if they were kept (the
+    /// forwarding headers the request lacked stay in `appended`).
+    pub(super) fn map(&mut self) -> &mut HeaderMap {
+        request_fields::whole(&mut self.headers, &mut self.fields)
+    }
+
     /// The request as the upstream gets it: same method, path, Host and body unless the
     /// route rewrites them; hop-by-hop headers removed; forwarding headers set as Istio's
     /// gateway sets them; then the route's and the destination's header operations.
     pub(super) fn new(
         parts: http::request::Parts,
+        mut fields: Option<Box<RequestFields>>,
         route: &Route<RouteAction>,
         forward: &Forward,
         weighted: &WeightedCluster,
@@ -191,6 +294,7 @@ impl UpstreamHead {
             scheme,
             client_cert,
             authority,
+            authority_value: _,
             request_id,
             replay_budget: _,
             upgrade_asked: _,
@@ -210,13 +314,26 @@ impl UpstreamHead {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
+        let no_rules = forward.headers.request.is_empty() && weighted.headers.request.is_empty();
         let mut headers = parts.headers;
+        if no_rules
+            && !is_upgrade
+            && let Some(fields) = fields.take()
+        {
+            return edit_fields(
+                fields,
+                parts.method,
+                path_and_query,
+                rewrite.and_then(|r| r.authority.as_deref()),
+                downstream,
+            );
+        }
+        request_fields::whole(&mut headers, &mut fields);
         // Which of the names below the request carries, from one pass over its names:
         // the ones it lacks are not looked up (hashed) at all.
         let carried = Carried::of(&headers);
         // Without request header rules nothing reads the map before it is written, so
         // forwarding headers the request lacks need not go into it (`Appended`).
-        let no_rules = forward.headers.request.is_empty() && weighted.headers.request.is_empty();
         let mut appended = Appended::default();
         let upgrade = if is_upgrade {
             headers.get(header::UPGRADE).cloned()
@@ -278,9 +395,9 @@ impl UpstreamHead {
             }
         }
         if no_rules && !carried.request_id {
-            appended.request_id = Some(request_id.clone());
+            appended.request_id = Some(*request_id);
         } else {
-            headers.insert(X_REQUEST_ID, request_id.clone());
+            headers.insert(X_REQUEST_ID, request_id.value());
         }
         if no_rules && !carried.external_address {
             appended.external_address = Some(peer_ip.clone());
@@ -299,9 +416,105 @@ impl UpstreamHead {
             path_and_query,
             authority: host?,
             headers,
+            fields: None,
             appended,
         })
     }
+}
+
+/// `UpstreamHead::new` on the fields as they came, for a route without request header
+/// rules and a request that is not an upgrade: the same edits, in the same order, made
+/// with the map's semantics (`request_fields`), so the upstream gets the same bytes.
+fn edit_fields(
+    mut fields: Box<RequestFields>,
+    method: Method,
+    path_and_query: PathAndQuery,
+    rewritten_authority: Option<&str>,
+    downstream: &Downstream<'_>,
+) -> Option<UpstreamHead> {
+    let Downstream {
+        peer_ip,
+        scheme,
+        client_cert,
+        authority,
+        authority_value,
+        request_id,
+        ..
+    } = *downstream;
+    let mut appended = Appended::default();
+    // A head none of whose names is hop-by-hop or forwarding (nearly all) skips the
+    // look-ups: every forwarding header is appended.
+    let edited = fields.edited;
+    if edited {
+        fields.strip_hop_by_hop();
+        if fields
+            .get("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
+        {
+            fields.remove("expect");
+        }
+    }
+    let sent_host = fields.get("host");
+    let host_is_authority = sent_host.is_some_and(|h| h == authority.as_bytes());
+    let new_host = match rewritten_authority {
+        Some(rewritten) => Some(rewritten),
+        None if host_is_authority => None,
+        None => Some(authority),
+    };
+    let host = match new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(new_host) => {
+            fields.insert("host", new_host.clone());
+            Some(new_host)
+        }
+        // The Host sent is the authority's value, already made (a count, no look-up).
+        None if host_is_authority => Some(authority_value.clone()),
+        None => fields.get_value("host"),
+    };
+    let carried = |fields: &RequestFields, name: &str| edited && fields.get(name).is_some();
+    match fields.get("x-forwarded-for").filter(|_| edited) {
+        Some(sent) if !sent.is_empty() => {
+            let mut joined = Vec::with_capacity(sent.len() + 1 + peer_ip.len());
+            joined.extend_from_slice(sent);
+            joined.push(b',');
+            joined.extend_from_slice(peer_ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+                fields.insert("x-forwarded-for", v);
+            }
+        }
+        Some(_) => fields.insert("x-forwarded-for", peer_ip.clone()),
+        None => appended.forwarded_for = Some(peer_ip.clone()),
+    }
+    if carried(&fields, "x-forwarded-proto") {
+        fields.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    } else {
+        appended.forwarded_proto = Some(HeaderValue::from_static(scheme));
+    }
+    // Envoy's SANITIZE_SET (Istio's gateway default): never trust the client's XFCC.
+    match client_cert.and_then(|cert| HeaderValue::from_str(cert).ok()) {
+        Some(ours) => fields.insert("x-forwarded-client-cert", ours),
+        None if edited => {
+            fields.remove("x-forwarded-client-cert");
+        }
+        None => {}
+    }
+    if carried(&fields, "x-request-id") {
+        fields.insert("x-request-id", request_id.value());
+    } else {
+        appended.request_id = Some(*request_id);
+    }
+    if carried(&fields, "x-envoy-external-address") {
+        fields.insert("x-envoy-external-address", peer_ip.clone());
+    } else {
+        appended.external_address = Some(peer_ip.clone());
+    }
+    Some(UpstreamHead {
+        method,
+        path_and_query,
+        authority: host?,
+        headers: HeaderMap::new(),
+        fields: Some(fields),
+        appended,
+    })
 }
 
 /// Which of the headers `UpstreamHead::new` sets or removes a request carries.
@@ -423,29 +636,61 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A request's id: a random UUID (version 4), as Envoy generates for `x-request-id`,
+/// kept as its text (no allocation unless a map needs it as a value).
+#[derive(Clone, Copy)]
+pub(super) struct RequestId([u8; 36]);
+
+impl RequestId {
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+
+    /// The id as a header value (for a map).
+    pub(super) fn value(&self) -> HeaderValue {
+        // Owned by a reference-counted `Bytes` from the start: the copy that goes
+        // upstream is a count, not a second allocation.
+        HeaderValue::from_maybe_shared(Bytes::from_owner(self.0))
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
+/// 16 hex digits (lowercase) of `word`, most significant first, without a loop over
+/// the digits: each nibble spread to a byte, then turned into its digit all at once.
+fn hex_digits(word: u64) -> [u8; 16] {
+    fn eight(half: u32) -> [u8; 8] {
+        let mut x = u64::from(half);
+        x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+        x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+        x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+        // Nibble k is byte k now. 0x30 + n for 0-9; 0x61 + n - 10 for a-f (0x27 more):
+        // n + 6 carries into bit 4 exactly when n > 9.
+        let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+        (x + 0x3030_3030_3030_3030 + letters * 0x27).to_be_bytes()
+    }
+    let mut digits = [0u8; 16];
+    digits[..8].copy_from_slice(&eight((word >> 32) as u32));
+    digits[8..].copy_from_slice(&eight(word as u32));
+    digits
+}
+
 /// A random UUID (version 4), as Envoy generates for `x-request-id`.
-pub(super) fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+pub(super) fn new_request_id() -> RequestId {
     let bits = fastrand::u128(..);
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    // The 32 digits from the two halves (64-bit shifts, not 128-bit ones), most
-    // significant first, then the dashes put in.
-    let mut digits = [0u8; 32];
-    for (half, word) in [(bits >> 64) as u64, bits as u64].into_iter().enumerate() {
-        for (i, out) in digits[half * 16..][..16].iter_mut().enumerate() {
-            *out = HEX[((word >> (60 - 4 * i)) & 0xf) as usize];
-        }
-    }
+    let high = hex_digits((bits >> 64) as u64);
+    let low = hex_digits(bits as u64);
     let mut id = [b'-'; 36];
-    id[..8].copy_from_slice(&digits[..8]);
-    id[9..13].copy_from_slice(&digits[8..12]);
-    id[14..18].copy_from_slice(&digits[12..16]);
-    id[19..23].copy_from_slice(&digits[16..20]);
-    id[24..].copy_from_slice(&digits[20..]);
-    // Owned by a reference-counted `Bytes` from the start: the copy that goes upstream
-    // is a count, not a second allocation (a `Bytes` from a Vec allocates on its first clone).
-    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    id[..8].copy_from_slice(&high[..8]);
+    id[9..13].copy_from_slice(&high[8..12]);
+    id[14..18].copy_from_slice(&high[12..16]);
+    id[19..23].copy_from_slice(&low[..4]);
+    id[24..].copy_from_slice(&low[4..]);
+    RequestId(id)
 }
 
 #[cfg(test)]
@@ -457,7 +702,7 @@ mod tests {
     #[test]
     fn request_ids_are_version_4_uuids() {
         let id = new_request_id();
-        let id = id.to_str().expect("ascii");
+        let id = id.as_str();
         assert!(
             id.bytes()
                 .enumerate()
@@ -471,10 +716,24 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4", "{id}");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
-        assert_ne!(new_request_id().to_str().ok(), Some(id));
+        assert_ne!(new_request_id().as_str(), id);
+        assert_eq!(new_request_id().value().len(), 36);
     }
 
-    fn head_with_appended() -> UpstreamHead {
+    #[test]
+    fn hex_digits_are_format_s() {
+        let mut words = vec![0, 1, 9, 10, 15, 16, u64::MAX, 0x0123_4567_89ab_cdef];
+        words.extend((0..1000).map(|_| fastrand::u64(..)));
+        for word in words {
+            assert_eq!(
+                hex_digits(word),
+                *format!("{word:016x}").as_bytes(),
+                "{word:x}"
+            );
+        }
+    }
+
+    fn head_with_appended(request_id: RequestId) -> UpstreamHead {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("a.example"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
@@ -483,10 +742,11 @@ mod tests {
             path_and_query: PathAndQuery::from_static("/item"),
             authority: HeaderValue::from_static("a.example"),
             headers,
+            fields: None,
             appended: Appended {
                 forwarded_for: Some(HeaderValue::from_static("10.0.0.1")),
                 forwarded_proto: Some(HeaderValue::from_static("http")),
-                request_id: Some(HeaderValue::from_static("id-1")),
+                request_id: Some(request_id),
                 external_address: Some(HeaderValue::from_static("10.0.0.1")),
             },
         }
@@ -494,7 +754,8 @@ mod tests {
 
     #[test]
     fn appended_forwarding_headers_go_into_the_map_for_other_clients() {
-        let mut head = head_with_appended();
+        let id = new_request_id();
+        let mut head = head_with_appended(id);
         let names: Vec<_> = head.appended.fields().map(|(name, _)| name).collect();
         assert_eq!(
             names,
@@ -514,7 +775,7 @@ mod tests {
         let headers = request.headers();
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
-        assert_eq!(headers["x-request-id"], "id-1");
+        assert_eq!(headers["x-request-id"], id.as_str());
         assert_eq!(headers["x-envoy-external-address"], "10.0.0.1");
         assert_eq!(headers["x-kept"], "1");
         // Moved, not kept twice: a second try (or the codec's client) sees them once.

@@ -21,9 +21,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
-};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
@@ -96,17 +94,18 @@ pub(in crate::proxy) struct Outbound {
 }
 
 impl Outbound {
-    /// `method path` (origin-form) with `headers` (the Host header among them), then the
-    /// `appended` fields (names none of `headers` has).
-    pub(in crate::proxy) fn new<'a>(
+    /// `method path` (origin-form) with `lines`, then the fields `fields` gives, name
+    /// (lowercase) and value (asked twice: sizes, then bytes); the Host header among
+    /// them.
+    pub(in crate::proxy) fn new<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
         method: &Method,
         path: &str,
-        headers: &HeaderMap,
-        appended: impl Iterator<Item = (&'static str, &'a HeaderValue)> + Clone,
+        lines: Lines<'_>,
+        fields: impl Fn() -> I,
         body: ProxyBody,
     ) -> Self {
         let mut head = Vec::new();
-        let (encoder, upgrade) = encode_head(&mut head, method, path, headers, appended, &body);
+        let (encoder, upgrade) = encode_head(&mut head, method, path, lines, fields, &body);
         Outbound {
             head,
             encoder,
@@ -117,17 +116,37 @@ impl Outbound {
     }
 }
 
+/// Header lines already encoded as the codec writes them (`name: value\r\n`, names
+/// lowercase, no Transfer-Encoding or Upgrade): a request head's fields passed as they
+/// came, copied at once rather than field by field.
+#[derive(Clone, Copy, Debug, Default)]
+pub(in crate::proxy) struct Lines<'a> {
+    pub bytes: &'a [u8],
+    /// The Content-Length among them.
+    pub content_length: Option<&'a [u8]>,
+    /// Lines written after the fields (the proxy's forwarding headers), encoded so too.
+    pub after: &'a [u8],
+}
+
+impl Outbound {
+    /// The head as it will be written.
+    #[cfg(test)]
+    pub(in crate::proxy) fn head(&self) -> &[u8] {
+        &self.head
+    }
+}
+
 impl From<Request<ProxyBody>> for Outbound {
     fn from(request: Request<ProxyBody>) -> Self {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        Outbound::new(
-            &parts.method,
-            path,
-            &parts.headers,
-            std::iter::empty(),
-            body,
-        )
+        let fields = || {
+            parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        };
+        Outbound::new(&parts.method, path, Lines::default(), fields, body)
     }
 }
 
@@ -539,19 +558,16 @@ fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
 /// The request head into `out`, and how its body is framed: the Content-Length the
 /// request carries, else none for a body that has ended, else the exact size the body
 /// knows, else chunked (as hyper's client decides).
-fn encode_head<'a>(
+fn encode_head<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     out: &mut Vec<u8>,
     method: &Method,
     path: &str,
-    headers: &HeaderMap,
-    appended: impl Iterator<Item = (&'static str, &'a HeaderValue)> + Clone,
+    lines: Lines<'_>,
+    fields: impl Fn() -> I,
     body: &ProxyBody,
 ) -> (Encoder, bool) {
-    let mut size = method.as_str().len() + path.len() + 16;
-    for (name, value) in headers {
-        size += name.as_str().len() + value.len() + 4;
-    }
-    for (name, value) in appended.clone() {
+    let mut size = method.as_str().len() + path.len() + 16 + lines.bytes.len() + lines.after.len();
+    for (name, value) in fields() {
         size += name.len() + value.len() + 4;
     }
     out.reserve(size + 32);
@@ -559,28 +575,24 @@ fn encode_head<'a>(
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut declared = None;
+    out.extend_from_slice(lines.bytes);
+    let mut declared = lines.content_length.and_then(parse_length);
     // Seen while writing, rather than looked up (hashed) again after.
     let mut upgrade = false;
-    for (name, value) in headers {
-        if name == header::TRANSFER_ENCODING {
+    for (name, value) in fields() {
+        if name == b"transfer-encoding" {
             continue;
         }
-        if name == header::CONTENT_LENGTH {
-            declared = parse_length(value.as_bytes());
+        if name == b"content-length" {
+            declared = parse_length(value);
         }
-        upgrade |= name == header::UPGRADE;
-        out.extend_from_slice(name.as_str().as_bytes());
+        upgrade |= name == b"upgrade";
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in appended {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(lines.after);
     let encoder = match declared {
         Some(length) => Encoder::Length(length),
         None if body.is_end_stream() => {

@@ -68,7 +68,12 @@ pub fn frame(input: &[u8], step: usize) -> Vec<Event> {
             method: parsed.request.method().to_string(),
             target: parsed.request.uri().to_string(),
             framing: format!("{:?}", parsed.framing),
-            fields: parsed.request.headers().len(),
+            fields: parsed.request.headers().len()
+                + parsed
+                    .facts
+                    .fields
+                    .as_ref()
+                    .map_or(0, |fields| fields.len()),
         });
         if parsed.upgrade {
             events.push(Event::Upgrade);

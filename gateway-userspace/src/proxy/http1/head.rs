@@ -2,15 +2,13 @@
 //! by httparse, and turned into the `http::Request` parts the handler takes.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 
 use crate::proxy::head_facts::{HeadFacts, Upgrade};
 
-use super::rules::{HeadError, MAX_HEAD_BYTES, MAX_HEADERS, MAX_REQUEST_LINE_BYTES};
+use super::request_fields::{Field, Kind, RequestFields};
 
-/// Headers the proxy adds to a request before it goes upstream (x-forwarded-for and
-/// -proto, x-request-id, x-envoy-external-address, a route's few), reserved up front.
-const FORWARDING_HEADERS: usize = 6;
+use super::rules::{HeadError, MAX_HEAD_BYTES, MAX_HEADERS, MAX_REQUEST_LINE_BYTES};
 
 /// How the body after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,25 +62,71 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     };
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Invalid)?;
-    // One copy of the head, which the target and every header value point into: no
-    // allocation per header (a slice of the connection's buffer would keep the whole
-    // buffer alive and shared, see `buffer.rs`).
-    let copy = shared_copy(&rest[..end]);
-    let shared = |part: &[u8]| shared_part(&copy, &rest[..end], part).ok_or(HeadError::Invalid);
-    let target = shared(parsed.path.unwrap_or_default().as_bytes())?;
-    let uri = Uri::from_maybe_shared(target).map_err(|_| HeadError::Invalid)?;
-
-    // Room for the forwarding headers the proxy adds, so that they do not grow the map.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + FORWARDING_HEADERS);
+    let head = &rest[..end];
+    // Where each field is in the head, and what its name says, in one pass.
     let mut framing = Framing::default();
     let mut facts = HeadFacts::default();
-    for field in parsed.headers.iter() {
-        framing.observe(field.name.as_bytes(), field.value)?;
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| HeadError::Invalid)?;
-        let value =
-            HeaderValue::from_maybe_shared(shared(field.value)?).map_err(|_| HeadError::Invalid)?;
-        facts.observe(&name, &value);
-        headers.append(name, value);
+    let mut spans = Vec::with_capacity(parsed.headers.len() + 2);
+    let mut host = None;
+    // A name twice makes the map (which groups a name's values); `seen` is a filter on
+    // (length, first and last byte) that lets most heads skip comparing names.
+    let mut seen = 0u64;
+    let mut passable = true;
+    let mut edited = false;
+    // One copy of the head, which the target and every field point into, names
+    // lowercased in it: no allocation per header (a slice of the connection's buffer
+    // would keep the whole buffer alive and shared, see `buffer.rs`).
+    let copy = shared_copy_with(head, |copy| -> Result<(), HeadError> {
+        for field in parsed.headers.iter() {
+            let name = offsets(head, field.name.as_bytes()).ok_or(HeadError::Invalid)?;
+            let value = offsets(head, field.value).ok_or(HeadError::Invalid)?;
+            copy.get_mut(name.0..name.1)
+                .ok_or(HeadError::Invalid)?
+                .make_ascii_lowercase();
+            let view: &[u8] = copy;
+            let lower = view.get(name.0..name.1).unwrap_or_default();
+            let kind = Kind::of(lower);
+            framing.observe(kind, field.value)?;
+            facts.observe(kind, field.value);
+            if kind == Kind::Host && host.is_none() {
+                host = Some(value);
+            }
+            edited |= kind.edited();
+            passable &= !matches!(kind, Kind::Upgrade | Kind::EnvoyPrefixed);
+            if passable && let (Some(&first), Some(&last)) = (lower.first(), lower.last()) {
+                let bit = 1u64 << ((lower.len() * 7 + usize::from(first) + usize::from(last)) & 63);
+                if seen & bit != 0 {
+                    passable = !spans.iter().any(|field: &Field| {
+                        field
+                            .name_at()
+                            .and_then(|(start, end)| view.get(start..end))
+                            == Some(lower)
+                    });
+                }
+                seen |= bit;
+            }
+            spans.push(Field::at(name, value));
+        }
+        Ok(())
+    })?;
+    let shared = |part: &[u8]| shared_part(&copy, head, part).ok_or(HeadError::Invalid);
+    let target = shared(parsed.path.unwrap_or_default().as_bytes())?;
+    let uri = Uri::from_maybe_shared(target).map_err(|_| HeadError::Invalid)?;
+    facts.host = match host {
+        Some((start, end)) => Some(
+            HeaderValue::from_maybe_shared(copy.slice(start..end))
+                .map_err(|_| HeadError::Invalid)?,
+        ),
+        None => None,
+    };
+    let passable = passable && !framing.names_others && method != Method::CONNECT;
+    let fields = RequestFields::new(copy, spans, edited);
+    let mut headers = HeaderMap::new();
+    if passable {
+        // Boxed: the facts move with the request through the handler's futures.
+        facts.fields = Some(Box::new(fields));
+    } else {
+        headers = fields.into_map_checked().ok_or(HeadError::Invalid)?;
     }
     let body = framing.body()?;
     let keep_alive = match version {
@@ -115,16 +159,42 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
 /// count, when it is first sliced.) Heads up to 1 KiB (nearly all) are copied into an
 /// array owned by the `Bytes`; larger ones as before.
 pub(super) fn shared_copy(head: &[u8]) -> Bytes {
-    fn inline<const N: usize>(head: &[u8]) -> Bytes {
+    shared_copy_with(head, |_| Ok::<(), std::convert::Infallible>(())).unwrap_or_default()
+}
+
+/// `shared_copy`, with `edit` run on the copy before it is shared.
+fn shared_copy_with<E>(
+    head: &[u8],
+    edit: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<Bytes, E> {
+    fn inline<const N: usize, E>(
+        head: &[u8],
+        edit: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Bytes, E> {
         let mut owner = [0u8; N];
         owner[..head.len()].copy_from_slice(head);
-        Bytes::from_owner(owner).slice(..head.len())
+        edit(&mut owner[..head.len()])?;
+        Ok(Bytes::from_owner(owner).slice(..head.len()))
     }
     match head.len() {
-        0..=256 => inline::<256>(head),
-        257..=1024 => inline::<1024>(head),
-        _ => Bytes::copy_from_slice(head),
+        0..=256 => inline::<256, E>(head, edit),
+        257..=1024 => inline::<1024, E>(head, edit),
+        _ => {
+            let mut owned = head.to_vec();
+            edit(&mut owned)?;
+            Ok(Bytes::from(owned))
+        }
     }
+}
+
+/// Where `part` (a slice of `parsed`) is in `parsed`, as offsets.
+fn offsets(parsed: &[u8], part: &[u8]) -> Option<(usize, usize)> {
+    if part.is_empty() {
+        return Some((0, 0));
+    }
+    let start = (part.as_ptr() as usize).checked_sub(parsed.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= parsed.len()).then_some((start, end))
 }
 
 /// `part` of `parsed` (a slice httparse returned) as the same bytes of `copy`, a copy of
@@ -183,26 +253,41 @@ struct Framing {
     close_token: bool,
     keep_alive_token: bool,
     expect_continue: bool,
+    /// The Connection header names a field (a token other than close, keep-alive and
+    /// upgrade): its fields are stripped by the map (`upstream_head::strip_hop_by_hop`).
+    names_others: bool,
 }
 
 impl Framing {
-    fn observe(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeadError> {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            self.content_lengths += 1;
-            self.content_length = content_length(value)?;
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.transfer_encoding = true;
-            self.chunked_last = value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close_token |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+    fn observe(&mut self, kind: Kind, value: &[u8]) -> Result<(), HeadError> {
+        match kind {
+            Kind::ContentLength => {
+                self.content_lengths += 1;
+                self.content_length = content_length(value)?;
             }
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            Kind::TransferEncoding => {
+                self.transfer_encoding = true;
+                self.chunked_last = value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            Kind::Connection => {
+                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    let close = token.eq_ignore_ascii_case(b"close");
+                    let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                    self.close_token |= close;
+                    self.keep_alive_token |= keep_alive;
+                    self.names_others |= !(token.is_empty()
+                        || close
+                        || keep_alive
+                        || token.eq_ignore_ascii_case(b"upgrade"));
+                }
+            }
+            Kind::Expect => {
+                self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
         }
         Ok(())
     }

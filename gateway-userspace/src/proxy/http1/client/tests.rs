@@ -357,14 +357,18 @@ fn chunk_sizes_are_written_in_lowercase_hex() {
 fn appended_fields_are_written_after_the_map_s() {
     let mut headers = HeaderMap::new();
     headers.insert(header::HOST, http::HeaderValue::from_static("a.example"));
-    let forwarded = http::HeaderValue::from_static("10.0.0.1");
-    let request_id = http::HeaderValue::from_static("id-1");
     let appended = [
-        ("x-forwarded-for", &forwarded),
-        ("x-request-id", &request_id),
+        (&b"x-forwarded-for"[..], &b"10.0.0.1"[..]),
+        (b"x-request-id", b"id-1"),
     ];
+    let fields = || {
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+            .chain(appended)
+    };
     let body = Empty::new().map_err(|never| match never {}).boxed();
-    let outbound = Outbound::new(&Method::GET, "/item", &headers, appended.into_iter(), body);
+    let outbound = Outbound::new(&Method::GET, "/item", Lines::default(), fields, body);
     assert_eq!(
         String::from_utf8_lossy(&outbound.head),
         "GET /item HTTP/1.1\r\nhost: a.example\r\nx-forwarded-for: 10.0.0.1\r\n\
