@@ -141,6 +141,14 @@ impl Listening {
     }
 }
 
+/// An accept loop that ends without draining (its task dropped) takes its connections
+/// with it, as the listener's watch going away did.
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.advance(DEADLINE);
+    }
+}
+
 /// A connection's (or tunnel's) view of its listener's drain. The default belongs to no
 /// listener: it never stops.
 #[derive(Debug, Default)]
@@ -324,5 +332,12 @@ mod tests {
         let emptied = tokio::time::timeout(Duration::from_secs(5), listening.emptied()).await;
         assert!(emptied.is_ok());
         assert!(!Drain::default().stopping());
+
+        // A loop dropped without draining: its connections reach the deadline.
+        let listening = Listening::new();
+        let drain = listening.drain();
+        drop(listening);
+        let passed = tokio::time::timeout(Duration::from_secs(5), drain.deadline()).await;
+        assert!(passed.is_ok());
     }
 }
