@@ -338,8 +338,7 @@ impl Connection {
                 Box::pin(forward_action::forward(
                     ctx,
                     live,
-                    request,
-                    facts.fields.take(),
+                    (request, facts.fields.take()),
                     route,
                     forward,
                     &downstream,

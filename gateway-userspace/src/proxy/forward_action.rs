@@ -44,8 +44,7 @@ const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 pub(super) async fn forward<'s>(
     ctx: &Arc<ProxyContext>,
     live: &'s Arc<Live>,
-    mut request: Request<ClientBody>,
-    mut fields: Option<Box<RequestFields>>,
+    (mut request, mut fields): (Request<ClientBody>, Option<Box<RequestFields>>),
     route: &'s Route<RouteAction>,
     forward: &'s Forward,
     downstream: &Downstream<'_>,

@@ -108,16 +108,12 @@ impl HeadFacts {
                 }
                 self.content_lengths = self.content_lengths.saturating_add(1);
             }
-            Kind::ContentType => {
-                if !self.content_type_seen {
-                    self.content_type_seen = true;
-                    self.grpc = grpc::is_grpc_content_type(value);
-                }
+            Kind::ContentType if !self.content_type_seen => {
+                self.content_type_seen = true;
+                self.grpc = grpc::is_grpc_content_type(value);
             }
-            Kind::Upgrade => {
-                if self.upgrade == Upgrade::None {
-                    self.upgrade = Upgrade::of(value);
-                }
+            Kind::Upgrade if self.upgrade == Upgrade::None => {
+                self.upgrade = Upgrade::of(value);
             }
             Kind::TransferEncoding => {
                 self.transfer_encodings = self.transfer_encodings.saturating_add(1);
