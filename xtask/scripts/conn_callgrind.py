@@ -12,16 +12,16 @@ Default: under `valgrind --tool=callgrind`, every instruction of the process (al
 between `callgrind_control -z` and `-d`, divided by N. With `--strace`: the proxy runs
 natively and `strace -c -f` counts its system calls over the N connections.
 """
-import os, signal, socket, subprocess, sys, time
+import os, socket, subprocess, sys
 
-from callgrind_run import count_instructions, wait_for_port
+from callgrind_run import PORT_OFFSET, count_instructions, count_syscalls, print_syscalls, wait_for_port
 from one_route_config import one_route_config
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 STRACE = "--strace" in sys.argv
 BIN, N = args[0], int(args[1])
 PEER = len(args) > 2 and args[2] == "nginx"
-UP, GW = 18490, 18590
+UP, GW = 18490 + PORT_OFFSET, 18590 + PORT_OFFSET
 WORK = f"/tmp/conncg-{os.getpid()}"
 os.makedirs(WORK, exist_ok=True)
 
@@ -68,23 +68,9 @@ try:
         gw = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         wait_for_port(GW)
         load(200)
-        trace = subprocess.Popen(["strace", "-c", "-f", "-o", f"{WORK}/strace.txt", "-p", str(gw.pid)])
-        time.sleep(1)
-        load(N)
-        time.sleep(0.5)
-        trace.send_signal(signal.SIGINT)
-        trace.wait()
+        calls = count_syscalls(gw.pid, load, N, WORK)
         gw.kill()
-        calls = {}
-        for line in open(f"{WORK}/strace.txt"):
-            fields = line.split()
-            if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
-                calls[fields[-1]] = int(fields[3])
-        total = sum(calls.values())
-        print(f"{who}: {N} connections, {total} system calls, {total / N:.1f} per connection")
-        for name, count in sorted(calls.items(), key=lambda kv: -kv[1]):
-            if count >= N / 10:
-                print(f"  {name:<16} {count / N:.2f}")
+        print_syscalls(who, calls, N, "connection", 0.1)
     else:
         out = f"{WORK}/callgrind.out"
         gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,

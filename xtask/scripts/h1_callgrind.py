@@ -11,16 +11,16 @@ With `nginx` as the last argument, the same for an nginx proxy (one worker proce
 With `--strace`: the proxy runs natively and `strace -c -f` counts its system calls over
 the N requests (the kernel's share of a request is mostly these calls).
 """
-import os, signal, subprocess, sys, time
+import os, subprocess, sys
 
-from callgrind_run import count_instructions, wait_for_port
+from callgrind_run import PORT_OFFSET, count_instructions, count_syscalls, print_syscalls, wait_for_port
 from one_route_config import one_route_config
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 STRACE = "--strace" in sys.argv
 BIN, MODE, N = args[0], args[1], int(args[2])
 PEER = len(args) > 3 and args[3] == "nginx"
-UP, GW = 18480, 18580
+UP, GW = 18480 + PORT_OFFSET, 18580 + PORT_OFFSET
 WORK = f"/tmp/h1cg-{os.getpid()}"
 os.makedirs(WORK, exist_ok=True)
 
@@ -65,22 +65,7 @@ try:
         gw = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         wait_for_port(GW)
         load(1000)
-        trace = subprocess.Popen(["strace", "-c", "-f", "-o", f"{WORK}/strace.txt", "-p", str(gw.pid)])
-        time.sleep(1)
-        load(N)
-        time.sleep(0.5)
-        trace.send_signal(signal.SIGINT)
-        trace.wait()
-        calls = {}
-        for line in open(f"{WORK}/strace.txt"):
-            fields = line.split()
-            if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
-                calls[fields[-1]] = int(fields[3])
-        total = sum(calls.values())
-        print(f"{who}: {N} requests, {total} system calls, {total / N:.2f} per request")
-        for name, count in sorted(calls.items(), key=lambda kv: -kv[1]):
-            if count >= N / 100:
-                print(f"  {name:<16} {count / N:.2f}")
+        print_syscalls(who, count_syscalls(gw.pid, load, N, WORK), N, "request", 0.01)
     else:
         gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
                               stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)

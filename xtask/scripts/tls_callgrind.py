@@ -16,7 +16,7 @@ gatewayd to the same nginx in plaintext (the floor). The dump is kept in DIR for
 """
 import os, shutil, subprocess, sys
 
-from callgrind_run import count_instructions
+from callgrind_run import PORT_OFFSET, count_instructions
 from one_route_config import one_route_config
 
 args = [a for a in sys.argv[1:]]
@@ -27,7 +27,7 @@ if "--dump-dir" in args:
     del args[at:at + 2]
 BIN, N = args[0], int(args[1])
 WHAT = args[2] if len(args) > 2 else "gatewayd"
-UP_TLS, UP_PLAIN, GW = 18481, 18482, 18581
+UP_TLS, UP_PLAIN, GW = (port + PORT_OFFSET for port in (18481, 18482, 18581))
 NAME = "upstream.bench.internal"
 WORK = f"/tmp/tlscg-{os.getpid()}"
 os.makedirs(WORK, exist_ok=True)
