@@ -180,14 +180,17 @@ impl Condition {
 }
 
 /// The ApiResource of a Gateway API kind at `version`, for callers without discovery
-/// (the plural is the kind's lower case plus `es`/`s`, or `y` made `ies`, as the Gateway
+/// (the plural is the kind's lower case plus `es`/`s`, or a consonant's `y` made `ies`, as the Gateway
 /// API's CRDs name them).
 pub fn gateway_api_resource(version: &str, kind: &str) -> ApiResource {
     let lower = kind.to_ascii_lowercase();
     let plural = if lower.ends_with("ss") {
         format!("{lower}es")
-    } else if let Some(stem) = lower.strip_suffix('y') {
-        // BackendTLSPolicy → backendtlspolicies.
+    } else if let Some(stem) = lower
+        .strip_suffix('y')
+        .filter(|stem| !stem.ends_with(['a', 'e', 'i', 'o', 'u']))
+    {
+        // BackendTLSPolicy → backendtlspolicies (but Gateway → gateways).
         format!("{stem}ies")
     } else {
         format!("{lower}s")
