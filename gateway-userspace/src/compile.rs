@@ -10,6 +10,7 @@
 
 pub mod addresses;
 mod authz;
+mod backend_tls;
 mod clusters;
 mod gateway_api;
 mod hosts;
@@ -165,6 +166,7 @@ fn snapshot(ix: &Index<'_>, sink: &mut Sink, built: &mut Built) -> Snapshot {
     unapplied::check_unapplied_destination_rule_fields(ix, sink);
     unapplied::check_unapplied_virtual_service_fields(ix, sink);
     authz::check_authorization_policies(ix, sink);
+    backend_tls::check_backend_tls_policies(ix, sink);
 
     let mut listeners =
         istio::istio_listeners(ix, sink, built, ports, &virtual_services, own_service);

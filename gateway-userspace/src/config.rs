@@ -26,7 +26,8 @@ use resources::{
     ConfigMap, DestinationRule, EndpointSlice, Endpoints, Gateway, Namespace, ObjectMeta, Secret,
     Service, ServiceEntry, VirtualService,
     gateway_api::{
-        ApiGateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute,
+        ApiGateway, BackendTlsPolicy, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute,
+        TlsRoute,
     },
     security::AuthorizationPolicy,
 };
@@ -41,7 +42,7 @@ const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
 /// Gateway API versions each kind is served in; the alpha ones are what older clusters
 /// (Gateway API ≤ 1.4) still serve for the experimental kinds.
-pub(crate) const GATEWAY_API_VERSIONS: [(&str, &[&str]); 7] = [
+pub(crate) const GATEWAY_API_VERSIONS: [(&str, &[&str]); 8] = [
     ("GatewayClass", &["v1", "v1beta1"]),
     ("Gateway", &["v1", "v1beta1"]),
     ("HTTPRoute", &["v1", "v1beta1"]),
@@ -49,6 +50,7 @@ pub(crate) const GATEWAY_API_VERSIONS: [(&str, &[&str]); 7] = [
     ("TLSRoute", &["v1", "v1alpha3", "v1alpha2"]),
     ("TCPRoute", &["v1", "v1alpha2"]),
     ("ReferenceGrant", &["v1", "v1beta1", "v1alpha2"]),
+    ("BackendTLSPolicy", &["v1", "v1alpha3"]),
 ];
 /// Istio networking kinds that are served.
 const ISTIO_KINDS: [&str; 4] = [
@@ -85,6 +87,7 @@ pub enum Object {
     TlsRoute(Sourced<TlsRoute>),
     TcpRoute(Sourced<TcpRoute>),
     ReferenceGrant(Sourced<ReferenceGrant>),
+    BackendTlsPolicy(Sourced<BackendTlsPolicy>),
     Secret(Sourced<Secret>),
     ConfigMap(Sourced<ConfigMap>),
     Namespace(Sourced<Namespace>),
@@ -108,6 +111,7 @@ macro_rules! for_each_kind {
         $m!(TlsRoute, tls_routes);
         $m!(TcpRoute, tcp_routes);
         $m!(ReferenceGrant, reference_grants);
+        $m!(BackendTlsPolicy, backend_tls_policies);
         $m!(Secret, secrets);
         $m!(ConfigMap, config_maps);
         $m!(Namespace, namespaces);
@@ -135,6 +139,7 @@ impl Object {
             tls_routes: _,
             tcp_routes: _,
             reference_grants: _,
+            backend_tls_policies: _,
             secrets: _,
             config_maps: _,
             namespaces: _,
@@ -192,6 +197,8 @@ pub struct Resources {
     pub tls_routes: Vec<Sourced<TlsRoute>>,
     pub tcp_routes: Vec<Sourced<TcpRoute>>,
     pub reference_grants: Vec<Sourced<ReferenceGrant>>,
+    /// Gateway API BackendTLSPolicies (compiled by `compile::backend_tls`).
+    pub backend_tls_policies: Vec<Sourced<BackendTlsPolicy>>,
     pub secrets: Vec<Sourced<Secret>>,
     /// CA bundles for Gateway API frontend client-certificate validation.
     pub config_maps: Vec<Sourced<ConfigMap>>,
@@ -224,6 +231,7 @@ impl Resources {
             tls_routes,
             tcp_routes,
             reference_grants,
+            backend_tls_policies,
             secrets,
             config_maps,
             namespaces,
@@ -245,6 +253,7 @@ impl Resources {
         self.tls_routes.extend(tls_routes);
         self.tcp_routes.extend(tcp_routes);
         self.reference_grants.extend(reference_grants);
+        self.backend_tls_policies.extend(backend_tls_policies);
         self.secrets.extend(secrets);
         self.config_maps.extend(config_maps);
         self.namespaces.extend(namespaces);
@@ -274,6 +283,7 @@ impl Resources {
             tls_routes,
             tcp_routes,
             reference_grants,
+            backend_tls_policies,
             secrets,
             config_maps,
             namespaces,
@@ -295,6 +305,8 @@ impl Resources {
         self.tls_routes.extend_from_slice(tls_routes);
         self.tcp_routes.extend_from_slice(tcp_routes);
         self.reference_grants.extend_from_slice(reference_grants);
+        self.backend_tls_policies
+            .extend_from_slice(backend_tls_policies);
         self.secrets.extend_from_slice(secrets);
         self.config_maps.extend_from_slice(config_maps);
         self.namespaces.extend_from_slice(namespaces);
@@ -329,6 +341,7 @@ impl Resources {
             tls_routes,
             tcp_routes,
             reference_grants,
+            backend_tls_policies,
             secrets,
             config_maps,
             namespaces,
@@ -347,6 +360,7 @@ impl Resources {
             && tls_routes.is_empty()
             && tcp_routes.is_empty()
             && reference_grants.is_empty()
+            && backend_tls_policies.is_empty()
             && secrets.is_empty()
             && config_maps.is_empty()
             && namespaces.is_empty()
@@ -799,6 +813,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         (GATEWAY_API, "TLSRoute") => parsed_spec!(tls_routes),
         (GATEWAY_API, "TCPRoute") => parsed_spec!(tcp_routes),
         (GATEWAY_API, "ReferenceGrant") => parsed_spec!(reference_grants),
+        (GATEWAY_API, "BackendTLSPolicy") => parsed_spec!(backend_tls_policies),
         // Secret values are key material: their parse errors must not quote them.
         ("", "Secret") => match item.typed(&resource) {
             Ok(r) => resources.secrets.push(Sourced {

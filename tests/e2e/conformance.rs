@@ -5,6 +5,7 @@
 //! openssl. Status expectations are read from `gatewayd validate`, which prints the
 //! report the status writer would write.
 
+mod backend_tls_policy;
 mod gateway;
 mod grpc_route;
 mod http_route;

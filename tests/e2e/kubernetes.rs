@@ -1044,3 +1044,143 @@ spec:
     )?;
     Ok(())
 }
+
+/// A BackendTLSPolicy from the cluster: its Service's traffic is TLS to the backend,
+/// verified with the CA ConfigMap; its status names the Gateway as ancestor
+/// (BackendTLSPolicyObservedGenerationBump: a spec change is written with the new
+/// generation, and a hostname the certificate lacks then fails the requests).
+#[test]
+fn backend_tls_policy_from_the_cluster_and_its_ancestor_status() -> anyhow::Result<()> {
+    let cluster = Cluster::start("kube-btls")?;
+    let pki_dir = TempDir::new("kube-btls-pki")?;
+    let pki = Pki::new(pki_dir.path(), "kube-btls-ca")?;
+    pki.issue(
+        "backend",
+        "backend",
+        "DNS:abc.example.com",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_server, tls_port) = crate::upstream_tls::s_server(&pki, "backend", &[])?;
+    let ca: String = pki
+        .ca_pem()?
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let bind = free_port();
+    let policy = |hostname: &str| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: secure, namespace: istio-system}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: secure}}]
+  validation:
+    caCertificateRefs: [{{group: "", kind: ConfigMap, name: secure-ca}}]
+    hostname: {hostname}
+"#
+        )
+    };
+    cluster.apply(&format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: gatewayd}}
+spec: {{controllerName: gatewayd.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: istio-system}}
+spec:
+  gatewayClassName: gatewayd
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP}}
+---
+{own}apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure, namespace: istio-system}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: ["secure.example.com"]
+  rules:
+  - backendRefs: [{{name: secure, port: 443}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: secure, namespace: istio-system}}
+spec:
+  ports: [{{name: https, port: 443, targetPort: {tls_port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: secure-1, namespace: istio-system, labels: {{kubernetes.io/service-name: secure}}}}
+addressType: IPv4
+ports: [{{name: https, port: {tls_port}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: secure-ca, namespace: istio-system}}
+data:
+  ca.crt: |
+{ca}---
+{policy}"#,
+        own = own_service("gw-btls", bind),
+        policy = policy("abc.example.com"),
+    ))?;
+    let gateway = cluster.gateway(&["--selector", "app=gw-btls"])?;
+    // The backend speaks TLS only: a 200 is a verified TLS connection.
+    let (code, answer) = status(bind, "secure.example.com", "/")?;
+    assert_eq!(code, 200, "{answer}\n{}", gateway.stderr());
+
+    let get_policy = || -> anyhow::Result<serde_json::Value> {
+        cluster
+            .api
+            .get(
+                "gateway.networking.k8s.io/v1",
+                "BackendTLSPolicy",
+                "istio-system",
+                "secure",
+            )
+            .context("policy gone")
+    };
+    let ours = |p: &serde_json::Value| -> Option<serde_json::Value> {
+        p["status"]["ancestors"]
+            .as_array()?
+            .iter()
+            .find(|a| a["controllerName"] == "gatewayd.dev/gateway-controller")
+            .cloned()
+    };
+    let accepted_at = |p: &serde_json::Value, generation: &serde_json::Value| {
+        ours(p)
+            .and_then(|a| condition(&a["conditions"], "Accepted").cloned())
+            .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == *generation)
+    };
+    let first = get_policy()?;
+    let generation = first["metadata"]["generation"].clone();
+    let written = eventually("the policy's status", get_policy, |p| {
+        accepted_at(p, &generation)
+    })?;
+    let ancestor = ours(&written).context("our ancestor entry")?;
+    assert_eq!(ancestor["ancestorRef"]["name"], "web", "{written}");
+    assert_eq!(ancestor["ancestorRef"]["kind"], "Gateway", "{written}");
+    assert_eq!(
+        condition(&ancestor["conditions"], "ResolvedRefs").map(|c| &c["status"]),
+        Some(&"True".into()),
+        "{written}"
+    );
+
+    // A spec change: a new generation, written; the certificate lacks the new name.
+    cluster.apply(&policy("mismatch.example.com"))?;
+    let bumped = get_policy()?["metadata"]["generation"].clone();
+    assert_ne!(bumped, generation);
+    eventually("status for the new generation", get_policy, |p| {
+        accepted_at(p, &bumped)
+    })?;
+    eventually(
+        "the new hostname refused",
+        || status(bind, "secure.example.com", "/"),
+        |(code, _)| *code == 503,
+    )?;
+    Ok(())
+}

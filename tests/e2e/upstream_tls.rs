@@ -19,7 +19,7 @@ use crate::tls::{Key, Pki, tls_secret};
 /// `openssl s_server -www` on a free port with `name`'s certificate; `extra` adds options
 /// (`-Verify 1 -CAfile …` to require a client certificate). Its page shows the client
 /// certificate it got.
-fn s_server(pki: &Pki, name: &str, extra: &[&str]) -> anyhow::Result<(Process, u16)> {
+pub(crate) fn s_server(pki: &Pki, name: &str, extra: &[&str]) -> anyhow::Result<(Process, u16)> {
     let port = free_port();
     let mut child = Command::new("openssl")
         .args(["s_server", "-www", "-accept"])

@@ -223,6 +223,7 @@ impl ClusterTable {
             return existing.clone();
         }
         policy::apply_traffic_policy(ix, sink, credentials, &mut cluster);
+        super::backend_tls::apply(ix, sink, &mut cluster);
         if let Some(tls) = &cluster.tls
             && tls.config.is_ok()
         {

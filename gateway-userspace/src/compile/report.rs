@@ -45,6 +45,8 @@ pub struct Report {
     /// HTTPRoutes, GRPCRoutes, TLSRoutes and TCPRoutes with a parentRef to one of our
     /// Gateways, by object.
     pub routes: Vec<RouteStatus>,
+    /// BackendTLSPolicies with one of our Gateways as ancestor, by object.
+    pub policies: Vec<PolicyStatus>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -134,6 +136,15 @@ pub struct RouteStatus {
     pub parents: Vec<RouteParentStatus>,
 }
 
+/// A policy's `status.ancestors`: each entry's `parent_ref` is its `ancestorRef`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    pub object: ObjectRef,
+    pub generation: Option<i64>,
+    pub ancestors: Vec<RouteParentStatus>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteParentStatus {
@@ -160,6 +171,13 @@ impl Report {
         self.gateways
             .iter()
             .find(|g| g.object.namespace == namespace && g.object.name == name)
+    }
+
+    /// A BackendTLSPolicy by namespace and name.
+    pub fn policy(&self, namespace: &str, name: &str) -> Option<&PolicyStatus> {
+        self.policies
+            .iter()
+            .find(|p| p.object.namespace == namespace && p.object.name == name)
     }
 
     /// A route by kind (`HTTPRoute`, …), namespace and name.
@@ -244,6 +262,18 @@ impl fmt::Display for Report {
                 }
                 write!(f, ": ")?;
                 conditions(f, &parent.conditions)?;
+                writeln!(f)?;
+            }
+        }
+        for policy in &self.policies {
+            for ancestor in &policy.ancestors {
+                let a = &ancestor.parent_ref;
+                write!(
+                    f,
+                    "{}: ancestor {}/{}: ",
+                    policy.object, a.namespace, a.name
+                )?;
+                conditions(f, &ancestor.conditions)?;
                 writeln!(f)?;
             }
         }

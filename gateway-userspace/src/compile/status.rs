@@ -48,6 +48,7 @@ pub mod reason {
     pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const ADDRESS_NOT_USABLE: &str = "AddressNotUsable";
+    pub const CONFLICTED: &str = "Conflicted";
 }
 
 /// A reason and the message that explains it.
@@ -519,6 +520,7 @@ pub(super) fn build(
         gateway_classes,
         gateways,
         routes,
+        policies: super::backend_tls::policy_statuses(resources, identity),
     }
 }
 

@@ -10,7 +10,8 @@ use super::resources::{
     ConfigMap, DestinationRule, EndpointSlice, Endpoints, Gateway, Namespace, ObjectMeta, Secret,
     Service, ServiceEntry, VirtualService,
     gateway_api::{
-        ApiGateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute,
+        ApiGateway, BackendTlsPolicy, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute,
+        TlsRoute,
     },
 };
 
@@ -98,5 +99,6 @@ kinds! {
     TlsRoute => (GATEWAY_API_GROUP, "TLSRoute"),
     TcpRoute => (GATEWAY_API_GROUP, "TCPRoute"),
     ReferenceGrant => (GATEWAY_API_GROUP, "ReferenceGrant"),
+    BackendTlsPolicy => (GATEWAY_API_GROUP, "BackendTLSPolicy"),
     super::resources::security::AuthorizationPolicy => (ISTIO_SECURITY_GROUP, "AuthorizationPolicy"),
 }

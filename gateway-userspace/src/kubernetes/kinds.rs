@@ -60,7 +60,7 @@ const fn kind(
 }
 
 /// Every kind the gateway watches.
-pub const WATCHED: [WatchedKind; 17] = [
+pub const WATCHED: [WatchedKind; 18] = [
     kind(
         ISTIO,
         "Gateway",
@@ -143,6 +143,13 @@ pub const WATCHED: [WatchedKind; 17] = [
         "ReferenceGrant",
         "referencegrants",
         &["v1", "v1beta1", "v1alpha2"],
+        Scope::Namespaced,
+    ),
+    kind(
+        GATEWAY_API,
+        "BackendTLSPolicy",
+        "backendtlspolicies",
+        &["v1", "v1alpha3"],
         Scope::Namespaced,
     ),
     kind("", "Service", "services", &["v1"], Scope::Namespaced),

@@ -235,6 +235,27 @@ pub fn desired_statuses(
             },
         });
     }
+    for policy in &report.policies {
+        let Some(resource) = resource(&policy.object.kind) else {
+            continue;
+        };
+        out.push(DesiredStatus {
+            resource,
+            namespace: Some(policy.object.namespace.clone()),
+            name: policy.object.name.clone(),
+            current: None,
+            status: Desired::Policy {
+                ancestors: policy
+                    .ancestors
+                    .iter()
+                    .map(|a| RouteParentStatus {
+                        parent_ref: parent_ref(&a.parent_ref),
+                        conditions: conditions(&a.conditions, policy.generation),
+                    })
+                    .collect(),
+            },
+        });
+    }
     // Routes dropped for their errors: not accepted, on each of our Gateways they name.
     for dropped in report
         .dropped

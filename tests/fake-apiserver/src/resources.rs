@@ -118,10 +118,11 @@ pub enum Crd {
     TlsRoute,
     TcpRoute,
     AuthorizationPolicy,
+    BackendTlsPolicy,
 }
 
 impl Crd {
-    pub const ALL: [Crd; 12] = [
+    pub const ALL: [Crd; 13] = [
         Crd::IstioGateway,
         Crd::VirtualService,
         Crd::DestinationRule,
@@ -134,6 +135,7 @@ impl Crd {
         Crd::TlsRoute,
         Crd::TcpRoute,
         Crd::AuthorizationPolicy,
+        Crd::BackendTlsPolicy,
     ];
 
     pub fn resource(self) -> Resource {
@@ -210,6 +212,13 @@ impl Crd {
                 &["v1", "v1beta1"],
                 "AuthorizationPolicy",
                 "authorizationpolicies",
+                true,
+            ),
+            Crd::BackendTlsPolicy => crd(
+                GATEWAY_API,
+                &["v1", "v1alpha3"],
+                "BackendTLSPolicy",
+                "backendtlspolicies",
                 true,
             ),
         }

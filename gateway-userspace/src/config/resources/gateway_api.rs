@@ -24,6 +24,7 @@ pub type GrpcRoute = Object<GrpcRouteSpec>;
 pub type TlsRoute = Object<TlsRouteSpec>;
 pub type TcpRoute = Object<TcpRouteSpec>;
 pub type ReferenceGrant = Object<ReferenceGrantSpec>;
+pub type BackendTlsPolicy = Object<BackendTlsPolicySpec>;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
@@ -610,6 +611,55 @@ pub struct ReferenceGrantTo {
     pub group: String,
     pub kind: String,
     pub name: Option<String>,
+}
+
+/// BackendTLSPolicy (v1, v1alpha3): how the gateway originates TLS to a Service
+/// (compile/backend_tls.rs). `options` are implementation-specific and none are read.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BackendTlsPolicySpec {
+    pub target_refs: Vec<PolicyTargetReference>,
+    pub validation: BackendTlsValidation,
+}
+
+/// `LocalPolicyTargetReferenceWithSectionName`: an object in the policy's namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PolicyTargetReference {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    pub section_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BackendTlsValidation {
+    pub ca_certificate_refs: Vec<LocalObjectReference>,
+    /// `System`, or an implementation-specific name (none is known here).
+    #[serde(rename = "wellKnownCACertificates")]
+    pub well_known_ca_certificates: Option<String>,
+    pub hostname: String,
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+/// `LocalObjectReference`: group, kind and name in the referrer's namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalObjectReference {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// A name the backend's certificate must carry: `type` Hostname or URI.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SubjectAltName {
+    #[serde(rename = "type")]
+    pub san_type: String,
+    pub hostname: Option<String>,
+    pub uri: Option<String>,
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 
 /// The Gateway API's cap on `status.parents` of a route.
 pub const MAX_ROUTE_PARENTS: usize = 32;
+/// The Gateway API's cap on `status.ancestors` of a policy.
+pub(super) const MAX_POLICY_ANCESTORS: usize = 16;
 /// The Gateway API's cap on `status.addresses` of a Gateway.
 pub const MAX_GATEWAY_ADDRESSES: usize = 16;
 
@@ -37,6 +39,11 @@ pub enum Desired {
     /// writer adds our controllerName); other controllers' entries are left as they are.
     Route {
         parents: Vec<RouteParentStatus>,
+    },
+    /// BackendTLSPolicy: our `status.ancestors[]` entries, each `parent_ref` written as
+    /// `ancestorRef`; other controllers' entries are left as they are.
+    Policy {
+        ancestors: Vec<RouteParentStatus>,
     },
 }
 
@@ -173,11 +180,18 @@ impl Condition {
 }
 
 /// The ApiResource of a Gateway API kind at `version`, for callers without discovery
-/// (the plural is the kind's lower case plus `es`/`s`, as the Gateway API's CRDs name them).
+/// (the plural is the kind's lower case plus `es`/`s`, or a consonant's `y` made `ies`, as the Gateway
+/// API's CRDs name them).
 pub fn gateway_api_resource(version: &str, kind: &str) -> ApiResource {
     let lower = kind.to_ascii_lowercase();
     let plural = if lower.ends_with("ss") {
         format!("{lower}es")
+    } else if let Some(stem) = lower
+        .strip_suffix('y')
+        .filter(|stem| !stem.ends_with(['a', 'e', 'i', 'o', 'u']))
+    {
+        // BackendTLSPolicy → backendtlspolicies (but Gateway → gateways).
+        format!("{stem}ies")
     } else {
         format!("{lower}s")
     };

@@ -7,8 +7,8 @@
 use serde_json::{Map, Value, json};
 
 use super::desired::{
-    Condition, Desired, GatewayStatus, MAX_GATEWAY_ADDRESSES, MAX_ROUTE_PARENTS, ParentRef,
-    RouteParentStatus,
+    Condition, Desired, GatewayStatus, MAX_GATEWAY_ADDRESSES, MAX_POLICY_ANCESTORS,
+    MAX_ROUTE_PARENTS, ParentRef, RouteParentStatus,
 };
 
 /// What a merge needs besides the two statuses.
@@ -36,7 +36,8 @@ pub fn merge_status(
             Value::Object(status)
         }
         Desired::Gateway(gateway) => merge_gateway(current, gateway, ctx.now),
-        Desired::Route { parents } => merge_route(current, parents, ctx)?,
+        Desired::Route { parents } => merge_route(current, parents, ctx, &ROUTE_PARENTS)?,
+        Desired::Policy { ancestors } => merge_route(current, ancestors, ctx, &POLICY_ANCESTORS)?,
     };
     (Some(&merged) != current).then_some(merged)
 }
@@ -161,7 +162,27 @@ fn merge_gateway(current: Option<&Value>, desired: &GatewayStatus, now: &str) ->
     Value::Object(status)
 }
 
-/// Our entries of `status.parents` replaced by the desired ones (matched by parentRef,
+/// Where a list of per-parent entries lives: a route's `status.parents[].parentRef`, a
+/// policy's `status.ancestors[].ancestorRef`, and the spec's cap on it.
+struct ParentList {
+    list: &'static str,
+    reference: &'static str,
+    max: usize,
+}
+
+const ROUTE_PARENTS: ParentList = ParentList {
+    list: "parents",
+    reference: "parentRef",
+    max: MAX_ROUTE_PARENTS,
+};
+
+const POLICY_ANCESTORS: ParentList = ParentList {
+    list: "ancestors",
+    reference: "ancestorRef",
+    max: MAX_POLICY_ANCESTORS,
+};
+
+/// Our entries of `status.parents` (or a policy's `status.ancestors`) replaced by the desired ones (matched by parentRef,
 /// so their conditions keep their transition times), others' entries untouched and in
 /// place. Ours are cut to what fits in the spec's 32 beside the others'. None when we
 /// have nothing to write and nothing of ours to remove.
@@ -169,10 +190,11 @@ fn merge_route(
     current: Option<&Value>,
     desired: &[RouteParentStatus],
     ctx: &MergeContext<'_>,
+    at: &ParentList,
 ) -> Option<Value> {
     let mut status = base(current);
     let existing = status
-        .get("parents")
+        .get(at.list)
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -182,7 +204,9 @@ fn merge_route(
     if desired.is_empty() && !existing.iter().any(is_ours) {
         return None;
     }
-    let room = MAX_ROUTE_PARENTS.saturating_sub(existing.iter().filter(|e| !is_ours(e)).count());
+    let room = at
+        .max
+        .saturating_sub(existing.iter().filter(|e| !is_ours(e)).count());
     let mut placed = vec![false; desired.len()];
     let mut parents = Vec::with_capacity(existing.len() + desired.len());
     let mut ours = 0;
@@ -192,7 +216,7 @@ fn merge_route(
             continue;
         }
         let old_ref = old
-            .get("parentRef")
+            .get(at.reference)
             .and_then(|r| serde_json::from_value::<ParentRef>(r.clone()).ok());
         let matched = old_ref.and_then(|old_ref| {
             (0..desired.len())
@@ -202,18 +226,18 @@ fn merge_route(
         if let Some(i) = matched {
             placed[i] = true;
             if ours < room {
-                parents.push(parent_json(&desired[i], old.get("conditions"), ctx));
+                parents.push(parent_json(&desired[i], old.get("conditions"), ctx, at));
                 ours += 1;
             }
         }
     }
     for (parent, placed) in desired.iter().zip(placed) {
         if !placed && ours < room {
-            parents.push(parent_json(parent, None, ctx));
+            parents.push(parent_json(parent, None, ctx, at));
             ours += 1;
         }
     }
-    status.insert("parents".into(), Value::Array(parents));
+    status.insert(at.list.into(), Value::Array(parents));
     Some(Value::Object(status))
 }
 
@@ -221,12 +245,16 @@ fn parent_json(
     parent: &RouteParentStatus,
     old_conditions: Option<&Value>,
     ctx: &MergeContext<'_>,
+    at: &ParentList,
 ) -> Value {
-    json!({
-        "parentRef": parent.parent_ref,
-        "controllerName": ctx.controller_name,
-        "conditions": merge_conditions(old_conditions, &parent.conditions, ctx.now),
-    })
+    let mut entry = Map::new();
+    entry.insert(at.reference.into(), json!(parent.parent_ref));
+    entry.insert("controllerName".into(), json!(ctx.controller_name));
+    entry.insert(
+        "conditions".into(),
+        merge_conditions(old_conditions, &parent.conditions, ctx.now),
+    );
+    Value::Object(entry)
 }
 
 #[cfg(test)]

@@ -457,3 +457,30 @@ fn a_parent_condition_with_a_newer_generation_is_kept() {
         None
     );
 }
+
+#[test]
+fn a_policy_gets_our_ancestor_entries_beside_others_and_a_bump_rewrites_them() {
+    let theirs_ancestor = json!({
+        "ancestorRef": {"name": "istio-gw"},
+        "controllerName": THEIRS,
+        "conditions": [],
+    });
+    let current = json!({"ancestors": [theirs_ancestor]});
+    let desired = |generation| Desired::Policy {
+        ancestors: vec![parent("gw", ConditionStatus::True, generation)],
+    };
+    let merged = merge_status(Some(&current), &desired(1), &ctx()).expect("a write");
+    let ours = |generation| {
+        let p = parent("gw", ConditionStatus::True, generation);
+        json!({
+            "ancestorRef": p.parent_ref,
+            "controllerName": OURS,
+            "conditions": p.conditions.iter().map(|c| written(c, NOW)).collect::<Vec<_>>(),
+        })
+    };
+    assert_eq!(merged, json!({"ancestors": [theirs_ancestor, ours(1)]}));
+    assert_eq!(merge_status(Some(&merged), &desired(1), &ctx()), None);
+    // BackendTLSPolicyObservedGenerationBump: a new generation is written.
+    let bumped = merge_status(Some(&merged), &desired(2), &ctx()).expect("a write");
+    assert_eq!(bumped, json!({"ancestors": [theirs_ancestor, ours(2)]}));
+}
