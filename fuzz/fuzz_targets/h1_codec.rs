@@ -1,10 +1,11 @@
 //! Arbitrary client bytes through our HTTP/1 codec's framing: it must never panic, must
 //! frame the bytes the same way however they are split across reads, and must agree with
 //! httparse on every head httparse parses strictly (and with a reference model of RFC
-//! 9112 §6.3 on how its body is framed).
+//! 9112 §6.3 on how its body is framed). A head the codec keeps as its fields must
+//! reach the upstream as the bytes (and map) the map it was parsed into before gave.
 #![no_main]
 
-use gateway::proxy::h1_codec_fuzzing::{Event, frame};
+use gateway::proxy::h1_codec_fuzzing::{Event, fields::kept_request, frame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,6 +15,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(frame(data, step), whole, "step {step}");
     }
     differential(data, whole.first());
+    // Every setting: plain, a client certificate, a rewritten authority, both.
+    for setting in 0..4 {
+        match kept_request(data, setting) {
+            Ok(Some(both)) => assert_eq!(both.kept, both.mapped, "setting {setting}"),
+            Ok(None) => break,
+            Err(field) => panic!("a kept field the map refuses: {field}"),
+        }
+    }
 });
 
 /// The first head, as httparse reads it, against the codec's verdict on it.

@@ -13,6 +13,7 @@ mod body;
 mod buffer;
 mod chunked;
 pub(super) mod client;
+mod field_line;
 #[doc(hidden)]
 pub mod fuzzing;
 mod halves;

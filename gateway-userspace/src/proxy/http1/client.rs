@@ -129,8 +129,7 @@ pub(in crate::proxy) struct Lines<'a> {
 }
 
 impl Outbound {
-    /// The head as it will be written.
-    #[cfg(test)]
+    /// The head as it will be written (tests and `fuzzing::fields`).
     pub(in crate::proxy) fn head(&self) -> &[u8] {
         &self.head
     }

@@ -1,6 +1,9 @@
 //! The codec's framing without sockets, for the fuzz targets (`fuzz/fuzz_targets/
 //! h1_codec.rs`, `h1_response.rs`) and tests: what a byte stream becomes, request by
 //! request, and what an upstream's bytes become as the client reads one response.
+//! `fields`: the kept request fields and passed response fields against their maps.
+
+pub mod fields;
 
 use bytes::{Buf, BytesMut};
 

@@ -20,6 +20,8 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
+use super::field_line::written_as_a_line;
+
 /// Fields of a head passed as it came; a head with more becomes a map at once.
 pub(super) const MAX_FIELDS: usize = 32;
 /// Fields the proxy inserts into a passed head (`server`, the service time, `te`);
@@ -310,10 +312,8 @@ impl Builder {
             return;
         }
         let name_end = usize::from(name_at) + name.len();
-        let value_end = usize::from(value_at) + value.len();
-        let line = usize::from(value_at) == name_end + 2
-            && head.get(name_end..name_end + 2) == Some(b": ".as_slice())
-            && head.get(value_end..value_end + 2) == Some(b"\r\n".as_slice());
+        let value_start = usize::from(value_at);
+        let line = written_as_a_line(head, name_end, (value_start, value_start + value.len()));
         self.passed.hop_by_hop |= matches!(kind, Kind::HopByHop(_) | Kind::Upgrade);
         let fields = &mut self.passed.fields;
         fields[self.len] = Field {

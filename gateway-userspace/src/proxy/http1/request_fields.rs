@@ -22,6 +22,8 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::field_line::written_as_a_line;
+
 /// What the codec and the proxy need to know of a request field by its name, found once
 /// while parsing (names lowercased).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -322,12 +324,8 @@ fn written_as_they_are(copy: &[u8], fields: &[Field]) -> Option<(u32, u32)> {
         else {
             return None;
         };
-        let at = |offset: u32, len: u32| copy.get(offset as usize..(offset + len) as usize);
-        if name_start != next
-            || value_start != name_end + 2
-            || at(name_end, 2) != Some(&b": "[..])
-            || at(value_end, 2) != Some(&b"\r\n"[..])
-        {
+        let value = (value_start as usize, value_end as usize);
+        if name_start != next || !written_as_a_line(copy, name_end as usize, value) {
             return None;
         }
         next = value_end + 2;
