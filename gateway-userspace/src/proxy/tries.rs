@@ -223,6 +223,10 @@ async fn timed(
 }
 
 /// One try: the request to one endpoint, over the cluster's protocol.
+///
+/// The exchange with the upstream (pool checkout, connect, the client) is boxed here:
+/// otherwise this future and every one above it (the tries, the forward) carry room for
+/// it, and each is moved whole per request (a memcpy per level).
 async fn send(
     head: &mut UpstreamHead,
     endpoint: SocketAddr,
@@ -234,5 +238,5 @@ async fn send(
     let request = head
         .outgoing(cluster.protocol, client, body, last_try)
         .map_err(|_| TryFailure::ProtocolError)?;
-    upstream::send(cluster, endpoint, request, client).await
+    Box::pin(upstream::send(cluster, endpoint, request, client)).await
 }

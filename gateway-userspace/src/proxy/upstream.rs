@@ -549,7 +549,10 @@ fn drop_closed_idle(pool: &mut EndpointPool) {
 /// has been idle too long, so a pool that shrinks after a burst gives its connections
 /// back to the upstream without a sweeper.
 fn checkin_http1(key: PoolKey, mut sender: Http1Connection, served: u32, idle_timeout: Duration) {
-    if sender.is_closed() {
+    // Hyper's handle says so for free. The codec's connection was just read to the end of
+    // its response: it is looked at again when checked out (or swept) before any use,
+    // and a look here too cost a readiness poll per request.
+    if matches!(sender, Http1Connection::Hyper(_)) && sender.is_closed() {
         return;
     }
     // One clock read for both the oldest idle connection's age and this one's start.
