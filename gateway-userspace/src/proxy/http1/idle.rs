@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
+use tokio::{io::Interest, net::TcpStream};
 
 use super::{buffer, rules::READ_CHUNK};
 
@@ -29,6 +29,14 @@ pub(in crate::proxy) trait IdleWait {
         None
     }
 
+    /// After `poll_idle` said ready: reads what is there as `read_now` does, and when
+    /// nothing is (a stale readiness: a `read_now` took the bytes the runtime then heard
+    /// of), clears the readiness, so the connection waits again holding no buffer rather
+    /// than in a read with a buffer taken for it. None: not read this way.
+    fn read_ready(&mut self, _buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        None
+    }
+
     /// Whether the stream must be shut down before it is dropped: TLS sends its
     /// close_notify then; closing a TCP socket sends its FIN by itself.
     fn shutdown_before_close(&self) -> bool {
@@ -42,34 +50,43 @@ impl IdleWait for TcpStream {
     }
 
     fn read_now(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
-        // Into the stack, and copied into a buffer only when something came: a client
-        // that has sent nothing yet costs no buffer's allocation and release.
-        let mut landing = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        // SAFETY: recv(2) on the socket's open descriptor writes at most `landing.len()`
-        // bytes into `landing`, memory we own. The socket is non-blocking.
-        let read = unsafe {
-            libc::recv(
-                self.as_raw_fd(),
-                landing.as_mut_ptr().cast(),
-                landing.len(),
-                0,
-            )
-        };
-        let Ok(read) = usize::try_from(read) else {
-            return Some(Err(io::Error::last_os_error()));
-        };
-        if read > 0 {
-            // SAFETY: recv initialised the first `read` bytes of `landing`.
-            let landed = unsafe { std::slice::from_raw_parts(landing.as_ptr().cast::<u8>(), read) };
-            buffer::make_room(buf);
-            buf.extend_from_slice(landed);
-        }
-        Some(Ok(read))
+        Some(recv_landing(self, buf))
+    }
+
+    fn read_ready(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        // try_io runs the read only while the runtime holds the socket readable, and
+        // clears that when it finds nothing.
+        let stream: &TcpStream = self;
+        Some(stream.try_io(Interest::READABLE, || recv_landing(stream, buf)))
     }
 
     fn shutdown_before_close(&self) -> bool {
         false
     }
+}
+
+/// One recv(2) into the stack, copied into `buf` only when something came: a client that
+/// has sent nothing yet costs no buffer's allocation and release.
+fn recv_landing(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut landing = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    // SAFETY: recv(2) on the socket's open descriptor writes at most `landing.len()`
+    // bytes into `landing`, memory we own. The socket is non-blocking.
+    let read = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            landing.as_mut_ptr().cast(),
+            landing.len(),
+            0,
+        )
+    };
+    let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
+    if read > 0 {
+        // SAFETY: recv initialised the first `read` bytes of `landing`.
+        let landed = unsafe { std::slice::from_raw_parts(landing.as_ptr().cast::<u8>(), read) };
+        buffer::make_room(buf);
+        buf.extend_from_slice(landed);
+    }
+    Ok(read)
 }
 
 /// rustls wants more of the socket's bytes only when it holds no decrypted bytes (a read
@@ -95,7 +112,66 @@ impl<S: IdleWait + ?Sized> IdleWait for &mut S {
         (**self).read_now(buf)
     }
 
+    fn read_ready(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        (**self).read_ready(buf)
+    }
+
     fn shutdown_before_close(&self) -> bool {
         (**self).shutdown_before_close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::{io::AsyncWriteExt, net::TcpListener};
+
+    use super::*;
+
+    /// A new connection's first request is read before the runtime hears of it; the
+    /// readiness it then reports is stale. The wait after the answer must end in a
+    /// wait again, holding no buffer, not in a read with a buffer taken for it.
+    #[tokio::test]
+    async fn a_stale_readiness_is_cleared_without_taking_a_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        poll_fn(|cx| server.poll_idle(cx)).await.expect("readable");
+        let mut first = BytesMut::new();
+        let read = server
+            .read_now(&mut first)
+            .expect("a TCP read")
+            .expect("read");
+        assert_eq!(read, 18);
+
+        let mut idle = BytesMut::new();
+        poll_fn(|cx| server.poll_idle(cx))
+            .await
+            .expect("stale readiness");
+        let stale = server.read_ready(&mut idle).expect("a TCP read");
+        assert_eq!(
+            stale.map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock)
+        );
+        assert_eq!(idle.capacity(), 0, "nothing came, no buffer taken");
+        let waits = poll_fn(|cx| Poll::Ready(server.poll_idle(cx).is_pending())).await;
+        assert!(
+            waits,
+            "the readiness was cleared: the connection waits again"
+        );
+
+        client.write_all(b"x").await.expect("write");
+        poll_fn(|cx| server.poll_idle(cx)).await.expect("readable");
+        let read = server
+            .read_ready(&mut idle)
+            .expect("a TCP read")
+            .expect("read");
+        assert_eq!((read, &idle[..]), (1, &b"x"[..]));
     }
 }

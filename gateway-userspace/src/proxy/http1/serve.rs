@@ -271,6 +271,20 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                 }
                 () = &mut stopping => return HeadRead::Closed,
             }
+            match reader.read_ready(buf) {
+                Some(Ok(0)) => return HeadRead::Closed,
+                Some(Ok(_)) => continue,
+                Some(Err(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Some(Err(_)) => return HeadRead::Closed,
+                None => {}
+            }
         }
         buffer::make_room(buf);
         // The read first: it is ready at once after the idle wait, and then neither the
