@@ -317,3 +317,63 @@ fn an_invalid_kind_is_reported_as_such() {
         ))
     );
 }
+
+#[test]
+fn every_route_kind_makes_its_gateway_an_ancestor() {
+    let gateway = |name: &str, listener: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}}}
+spec:
+  gatewayClassName: istio
+  listeners: [{listener}]
+---
+"
+        )
+    };
+    let route = |kind: &str, version: &str, name: &str, parent: &str, backend: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/{version}
+kind: {kind}
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: {parent}}}]
+  rules: [{{backendRefs: [{{name: {backend}, port: 443}}]}}]
+---
+"
+        )
+    };
+    let (snapshot, diagnostics) = compile_with(&format!(
+        "{}{}{}{}{}{}{}{}apiVersion: v1
+kind: Service
+metadata: {{name: tsvc}}
+spec: {{ports: [{{name: https, port: 443}}]}}
+---
+{}",
+        gateway("grpc-gw", "{name: h, port: 81, protocol: HTTP}"),
+        gateway(
+            "tls-gw",
+            "{name: t, port: 444, protocol: TLS, hostname: t.example.com, tls: {mode: Passthrough}}"
+        ),
+        gateway("tcp-gw", "{name: p, port: 9000, protocol: TCP}"),
+        gateway("elsewhere-gw", "{name: e, port: 82, protocol: HTTP}"),
+        route("GRPCRoute", "v1", "g", "grpc-gw", "tsvc"),
+        route("TLSRoute", "v1alpha2", "t", "tls-gw", "tsvc"),
+        route("TCPRoute", "v1alpha2", "p", "tcp-gw", "tsvc"),
+        route("HTTPRoute", "v1", "e", "elsewhere-gw", "plain"),
+        policy(
+            "p",
+            "2026-01-01T00:00:00Z",
+            "{group: '', kind: Service, name: tsvc}",
+            GOOD
+        ),
+    ));
+    let policy = snapshot.report.policy("default", "p").expect(&diagnostics);
+    let ancestors: Vec<&str> = policy
+        .ancestors
+        .iter()
+        .map(|a| a.parent_ref.name.as_str())
+        .collect();
+    assert_eq!(ancestors, ["grpc-gw", "tcp-gw", "tls-gw"], "{diagnostics}");
+}

@@ -115,57 +115,45 @@ fn ancestors(
             }
         }
     };
-    for r in &resources.http_routes {
-        let route = &r.resource;
-        let ns = route.metadata.namespace();
-        if route
-            .spec
-            .rules
-            .iter()
-            .flat_map(|rule| &rule.backend_refs)
-            .any(|b| targeted(ns, &b.backend))
-        {
-            add(ns, &route.spec.parent_refs);
-        }
-    }
-    for r in &resources.grpc_routes {
-        let route = &r.resource;
-        let ns = route.metadata.namespace();
-        if route
-            .spec
-            .rules
-            .iter()
-            .flat_map(|rule| &rule.backend_refs)
-            .any(|b| targeted(ns, &b.backend))
-        {
-            add(ns, &route.spec.parent_refs);
-        }
-    }
-    for r in &resources.tls_routes {
-        let route = &r.resource;
-        let ns = route.metadata.namespace();
-        if route
-            .spec
-            .rules
-            .iter()
-            .flat_map(|rule| &rule.backend_refs)
-            .any(|b| targeted(ns, b))
-        {
-            add(ns, &route.spec.parent_refs);
-        }
-    }
-    for r in &resources.tcp_routes {
-        let route = &r.resource;
-        let ns = route.metadata.namespace();
-        if route
-            .spec
-            .rules
-            .iter()
-            .flat_map(|rule| &rule.backend_refs)
-            .any(|b| targeted(ns, b))
-        {
-            add(ns, &route.spec.parent_refs);
+    for (route_namespace, parents, backends) in routes(resources) {
+        if backends.into_iter().any(|b| targeted(route_namespace, b)) {
+            add(route_namespace, parents);
         }
     }
     found
+}
+
+/// Every route of every kind, as its namespace, parentRefs and backendRefs.
+fn routes(
+    resources: &Resources,
+) -> impl Iterator<Item = (&str, &[ParentReference], Vec<&BackendRef>)> {
+    let http = resources.http_routes.iter().map(|r| {
+        let (meta, spec) = (&r.resource.metadata, &r.resource.spec);
+        let backends = spec.rules.iter().flat_map(|rule| &rule.backend_refs);
+        (
+            meta.namespace(),
+            &spec.parent_refs[..],
+            backends.map(|b| &b.backend).collect(),
+        )
+    });
+    let grpc = resources.grpc_routes.iter().map(|r| {
+        let (meta, spec) = (&r.resource.metadata, &r.resource.spec);
+        let backends = spec.rules.iter().flat_map(|rule| &rule.backend_refs);
+        (
+            meta.namespace(),
+            &spec.parent_refs[..],
+            backends.map(|b| &b.backend).collect(),
+        )
+    });
+    let tls = resources.tls_routes.iter().map(|r| {
+        let (meta, spec) = (&r.resource.metadata, &r.resource.spec);
+        let backends = spec.rules.iter().flat_map(|rule| &rule.backend_refs);
+        (meta.namespace(), &spec.parent_refs[..], backends.collect())
+    });
+    let tcp = resources.tcp_routes.iter().map(|r| {
+        let (meta, spec) = (&r.resource.metadata, &r.resource.spec);
+        let backends = spec.rules.iter().flat_map(|rule| &rule.backend_refs);
+        (meta.namespace(), &spec.parent_refs[..], backends.collect())
+    });
+    http.chain(grpc).chain(tls).chain(tcp)
 }
