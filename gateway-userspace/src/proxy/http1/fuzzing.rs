@@ -4,6 +4,7 @@
 //! `fields`: the kept request fields and passed response fields against their maps.
 
 pub mod fields;
+pub(super) mod reference;
 
 use bytes::{Buf, BytesMut};
 

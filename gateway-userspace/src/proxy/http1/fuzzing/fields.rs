@@ -6,12 +6,11 @@
 
 use std::{
     pin::pin,
-    sync::Arc,
     task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Version, header};
+use http::{HeaderMap, Method, Response, Version};
 use http_body_util::{BodyExt, Empty, Full};
 
 use super::super::{
@@ -20,14 +19,15 @@ use super::super::{
     head, passed,
     response::{Answering, write},
 };
+use super::reference::{
+    Setting, edit_map, edit_passed, listed, plain_route_head, request_map, response_map,
+};
 use crate::{
     proxy::{
-        replay::ReplayBudget,
         upstream::Outgoing,
-        upstream_head::{Downstream, RequestId, UpstreamHead, new_request_id, strip_hop_by_hop},
+        upstream_head::{UpstreamHead, new_request_id},
     },
-    route_table::Route,
-    snapshot::{Cluster, Forward, Rewrite, RouteAction, UpstreamProtocol, WeightedCluster},
+    snapshot::UpstreamProtocol,
 };
 
 /// What one head became both ways: kept (or passed) first, then through the map.
@@ -59,7 +59,7 @@ pub fn kept_request(input: &[u8], setting: u8) -> Result<Option<Both<Upstream>>,
     if parsed.facts.fields.is_none() {
         return Ok(None);
     }
-    let mapped_headers = match map_as_before(&input[..parsed.len]) {
+    let mapped_headers = match request_map(&input[..parsed.len]) {
         Some(Ok(map)) => map,
         Some(Err(field)) => return Err(field),
         None => return Ok(None),
@@ -72,7 +72,11 @@ pub fn kept_request(input: &[u8], setting: u8) -> Result<Option<Both<Upstream>>,
     let (mut mapped_parts, ()) = again.request.into_parts();
     mapped_parts.headers = mapped_headers;
     let request_id = new_request_id();
-    let forwarded = |parts, fields| forward(parts, fields, setting, &request_id);
+    let setting = Setting {
+        client_cert: (setting & 1 != 0).then_some("Hash=abc;Subject=\"CN=client\""),
+        rewritten_authority: (setting & 2 != 0).then_some("rewritten.example"),
+    };
+    let forwarded = |parts, fields| plain_route_head(parts, fields, setting, &request_id);
     let (Some(mut kept), Some(mut mapped)) = (
         forwarded(parts, parsed.facts.fields),
         forwarded(mapped_parts, None),
@@ -83,88 +87,6 @@ pub fn kept_request(input: &[u8], setting: u8) -> Result<Option<Both<Upstream>>,
         kept: upstream(&mut kept),
         mapped: upstream(&mut mapped),
     }))
-}
-
-/// The map the codec built before it kept fields: every field as httparse gave it, in
-/// order. None if httparse does not take the head as the codec did.
-fn map_as_before(head: &[u8]) -> Option<Result<HeaderMap, String>> {
-    let mut fields = vec![httparse::EMPTY_HEADER; super::super::rules::MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut fields);
-    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(n)) if n == head.len()) {
-        return None;
-    }
-    let mut map = HeaderMap::new();
-    for field in parsed.headers.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(field.name.as_bytes()),
-            HeaderValue::from_bytes(field.value),
-        ) else {
-            return Some(Err(format!("{}: {:?}", field.name, field.value)));
-        };
-        map.append(name, value);
-    }
-    Some(Ok(map))
-}
-
-/// `UpstreamHead::new` for a plain route to one cluster, as `forward_action` calls it.
-fn forward(
-    parts: http::request::Parts,
-    fields: Option<Box<super::super::request_fields::RequestFields>>,
-    setting: u8,
-    request_id: &RequestId,
-) -> Option<UpstreamHead> {
-    let cluster = Arc::new(Cluster::new(
-        "up.default.svc.cluster.local".into(),
-        "up".into(),
-        "default".into(),
-        80,
-    ));
-    let weighted = WeightedCluster::new(100, cluster);
-    let mut forward = Forward::to(vec![weighted.clone()]);
-    if setting & 2 != 0 {
-        forward.rewrite = Some(Rewrite {
-            path: None,
-            authority: Some("rewritten.example".into()),
-        });
-    }
-    let route = Route {
-        name: "r".into(),
-        matches: Vec::new(),
-        action: RouteAction::Forward(Box::new(forward.clone())),
-    };
-    // The request's authority as the handler takes it: the target's, else Host.
-    let authority = match parts.uri.authority() {
-        Some(authority) => authority.as_str().to_owned(),
-        None => {
-            let host = parts.headers.get(header::HOST).cloned();
-            let host = host.or_else(|| fields.as_ref().and_then(|f| f.get_value("host")));
-            host.and_then(|h| h.to_str().ok().map(str::to_owned))
-                .unwrap_or_default()
-        }
-    };
-    let peer_ip = HeaderValue::from_static("10.0.0.7");
-    let authority_value = HeaderValue::from_str(&authority).ok()?;
-    let budget = ReplayBudget::new(1 << 20);
-    let downstream = Downstream {
-        peer: std::net::SocketAddr::from(([10, 0, 0, 7], 40000)),
-        peer_ip: &peer_ip,
-        scheme: "http",
-        client_cert: (setting & 1 != 0).then_some("Hash=abc;Subject=\"CN=client\""),
-        authority: &authority,
-        authority_value: &authority_value,
-        request_id,
-        replay_budget: &budget,
-        upgrade_asked: false,
-    };
-    UpstreamHead::new(
-        parts,
-        fields,
-        &route,
-        &forward,
-        &weighted,
-        &downstream,
-        false,
-    )
 }
 
 fn upstream(head: &mut UpstreamHead) -> Upstream {
@@ -182,12 +104,6 @@ fn upstream(head: &mut UpstreamHead) -> Upstream {
         authority: head.authority.as_bytes().to_vec(),
         entries,
     }
-}
-
-fn listed(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    map.iter()
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect()
 }
 
 /// The client's view of a response whose head the codec's client passed as it came.
@@ -211,37 +127,18 @@ pub fn passed_response(input: &[u8]) -> Result<Option<Both<Answer>>, String> {
     let HeadFields::Passed(passed) = parsed.headers else {
         return Ok(None);
     };
-    let mut map = match response_map_as_before(&input[..parsed.len]) {
+    let mut map = match response_map(&input[..parsed.len]) {
         Some(Ok(map)) => map,
         Some(Err(field)) => return Err(field),
         None => return Ok(None),
     };
-    // The edits of every forwarded answer, in their order: the service time
-    // (`forward_action`), the hop-by-hop strip, `server` (`forward.rs`).
-    map.insert(
-        "x-envoy-upstream-service-time",
-        HeaderValue::from_static("3"),
-    );
-    strip_hop_by_hop(&mut map);
-    map.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
+    edit_map(&mut map);
     let mut own = HeaderMap::new();
     let mut passed = Some(passed);
-    let mut fields = passed::ResponseFields {
+    edit_passed(&mut passed::ResponseFields {
         map: &mut own,
         passed: &mut passed,
-    };
-    fields.insert(
-        HeaderName::from_static("x-envoy-upstream-service-time"),
-        HeaderValue::from_static("3"),
-    );
-    let stripped = fields
-        .passed
-        .as_deref_mut()
-        .is_some_and(|p| p.strip_hop_by_hop().is_ok());
-    if !stripped {
-        strip_hop_by_hop(fields.whole());
-    }
-    fields.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
+    });
     let answer = |headers: &HeaderMap, passed: Option<&passed::PassedFields>| {
         let mut written = Vec::new();
         for (method, version) in [
@@ -276,39 +173,6 @@ pub fn passed_response(input: &[u8]) -> Result<Option<Both<Answer>>, String> {
             entries: listed(&map),
         },
     }))
-}
-
-/// The map the client built before it passed heads: every field but a Connection that
-/// names nothing else and Keep-Alive (a 101 keeps both, and is never passed).
-fn response_map_as_before(head: &[u8]) -> Option<Result<HeaderMap, String>> {
-    let mut fields = vec![httparse::EMPTY_HEADER; super::super::rules::MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(n)) if n == head.len()) {
-        return None;
-    }
-    let mut map = HeaderMap::new();
-    for field in parsed.headers.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(field.name.as_bytes()),
-            HeaderValue::from_bytes(field.value),
-        ) else {
-            return Some(Err(format!("{}: {:?}", field.name, field.value)));
-        };
-        let names_others = field
-            .value
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-            .any(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case(b"close")
-                    && !t.eq_ignore_ascii_case(b"keep-alive")
-            });
-        if (name == header::CONNECTION && !names_others) || name.as_str() == "keep-alive" {
-            continue;
-        }
-        map.append(name, value);
-    }
-    Some(Ok(map))
 }
 
 /// A future that never waits (writes into a `Vec`, a body that is whole) run to its end.

@@ -1,13 +1,13 @@
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Version};
 use http_body_util::{BodyExt, Full};
 
+use super::super::fuzzing::reference::{self, edit_map, edit_passed, listed};
 use super::super::{
     client::{HeadFields, parse_response},
     response::{Answering, write},
 };
 use super::*;
-use crate::proxy::upstream_head::strip_hop_by_hop;
 
 /// httparse admits exactly the name and value bytes that `HeaderName` and `HeaderValue`
 /// do: a passed head's fields need no second look, and `into_map` never drops one.
@@ -41,70 +41,9 @@ fn httparse_admits_the_bytes_the_map_s_types_admit() {
 
 /// The head's fields as the client made them into a map before heads were passed.
 fn reference_map(head: &[u8]) -> HeaderMap {
-    let mut fields = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut fields);
-    parsed.parse(head).expect("a head");
-    let switching = parsed.code == Some(101);
-    let mut map = HeaderMap::new();
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).expect("name");
-        let tokens = ConnectionTokens(field.value);
-        if !switching && name == header::CONNECTION && !tokens.other() {
-            continue;
-        }
-        if !switching && name.as_str() == "keep-alive" {
-            continue;
-        }
-        map.append(name, HeaderValue::from_bytes(field.value).expect("value"));
-    }
-    map
-}
-
-struct ConnectionTokens<'a>(&'a [u8]);
-
-impl ConnectionTokens<'_> {
-    fn other(&self) -> bool {
-        self.0
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-            .any(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case(b"close")
-                    && !t.eq_ignore_ascii_case(b"keep-alive")
-            })
-    }
-}
-
-fn listed(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    map.iter()
-        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect()
-}
-
-/// The edits the proxy makes to every upstream answer, in its order: the service time
-/// (`forward_action`), the hop-by-hop strip, `server` (`forward.rs`).
-fn edit_map(map: &mut HeaderMap) {
-    map.insert(
-        "x-envoy-upstream-service-time",
-        HeaderValue::from_static("3"),
-    );
-    strip_hop_by_hop(map);
-    map.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
-}
-
-fn edit_passed(fields: &mut ResponseFields<'_>) {
-    fields.insert(
-        HeaderName::from_static("x-envoy-upstream-service-time"),
-        HeaderValue::from_static("3"),
-    );
-    let stripped = fields
-        .passed
-        .as_deref_mut()
-        .is_some_and(|p| p.strip_hop_by_hop().is_ok());
-    if !stripped {
-        strip_hop_by_hop(fields.whole());
-    }
-    fields.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
+    reference::response_map(head)
+        .expect("a head")
+        .expect("a map")
 }
 
 const HEADS: &[&[u8]] = &[

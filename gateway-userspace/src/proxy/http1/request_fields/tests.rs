@@ -1,36 +1,28 @@
 //! The upstream gets the same bytes whether a request's head went through the map (as
 //! every request did before `request_fields`) or was kept as its fields.
 
-use std::sync::Arc;
-
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
 
-use super::super::{Http1Client, head};
+use super::super::{
+    Http1Client,
+    fuzzing::reference::{self, Setting, plain_route_head},
+    head,
+};
 use super::*;
 use crate::{
     proxy::{
-        replay::ReplayBudget,
         upstream::Outgoing,
-        upstream_head::{Downstream, RequestId, UpstreamHead, new_request_id},
+        upstream_head::{UpstreamHead, new_request_id},
     },
-    route_table::Route,
-    snapshot::{Cluster, Forward, RouteAction, UpstreamProtocol, WeightedCluster},
+    snapshot::UpstreamProtocol,
 };
 
 /// The map as the codec built it before: every field as httparse gave it, in order.
 fn map_as_before(bytes: &[u8]) -> HeaderMap {
-    let mut fields = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Request::new(&mut fields);
-    assert!(parsed.parse(bytes).expect("parses").is_complete());
-    let mut map = HeaderMap::new();
-    for field in parsed.headers.iter() {
-        map.append(
-            HeaderName::from_bytes(field.name.as_bytes()).expect("name"),
-            HeaderValue::from_bytes(field.value).expect("value"),
-        );
-    }
-    map
+    reference::request_map(bytes)
+        .expect("parses")
+        .expect("a map")
 }
 
 /// Heads as clients send them: the plain ones, and every edit the proxy makes.
@@ -87,71 +79,6 @@ fn as_text(head: &str) -> Vec<u8> {
         .collect()
 }
 
-struct Setting {
-    client_cert: Option<&'static str>,
-    rewritten_authority: Option<&'static str>,
-}
-
-fn upstream_head(
-    parts: http::request::Parts,
-    fields: Option<Box<RequestFields>>,
-    setting: &Setting,
-    request_id: &RequestId,
-) -> Option<UpstreamHead> {
-    let cluster = Arc::new(Cluster::new(
-        "up.default.svc.cluster.local".into(),
-        "up".into(),
-        "default".into(),
-        80,
-    ));
-    let weighted = WeightedCluster::new(100, cluster);
-    let mut forward = Forward::to(vec![weighted.clone()]);
-    if let Some(authority) = setting.rewritten_authority {
-        forward.rewrite = Some(crate::snapshot::Rewrite {
-            path: None,
-            authority: Some(authority.into()),
-        });
-    }
-    let route = Route {
-        name: "r".into(),
-        matches: Vec::new(),
-        action: RouteAction::Forward(Box::new(forward.clone())),
-    };
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            let host = parts.headers.get("host").cloned();
-            let host = host.or_else(|| fields.as_ref().and_then(|f| f.get_value("host")));
-            host.and_then(|h| h.to_str().ok().map(str::to_owned))
-        })
-        .unwrap_or_default();
-    let peer_ip = HeaderValue::from_static("10.0.0.7");
-    let authority_value = HeaderValue::from_str(&authority).expect("authority");
-    let budget = ReplayBudget::new(1 << 20);
-    let downstream = Downstream {
-        peer: "10.0.0.7:40000".parse().expect("addr"),
-        peer_ip: &peer_ip,
-        scheme: "http",
-        client_cert: setting.client_cert,
-        authority: &authority,
-        authority_value: &authority_value,
-        request_id,
-        replay_budget: &budget,
-        upgrade_asked: false,
-    };
-    UpstreamHead::new(
-        parts,
-        fields,
-        &route,
-        &forward,
-        &weighted,
-        &downstream,
-        false,
-    )
-}
-
 fn written(head: &mut UpstreamHead) -> Vec<u8> {
     let body = Empty::new().map_err(|never| match never {}).boxed();
     match head.outgoing(UpstreamProtocol::Http1, Http1Client::Own, body, false) {
@@ -197,12 +124,12 @@ fn kept_fields_write_what_the_map_wrote() {
             index < HEADS.len() - MAP_HEADS,
             "{text:?}: kept as fields"
         );
-        for setting in &settings {
+        for &setting in &settings {
             // The codec's head now: fields when it kept them.
             let parsed = head::parse(&bytes).expect("admitted").expect("whole");
             let (parts, ()) = parsed.request.into_parts();
             let mut kept =
-                upstream_head(parts, parsed.facts.fields, setting, &request_id).expect("a head");
+                plain_route_head(parts, parsed.facts.fields, setting, &request_id).expect("a head");
             // The map the codec made before, from the same bytes.
             let mut parts = head::parse(&bytes)
                 .expect("admitted")
@@ -211,7 +138,7 @@ fn kept_fields_write_what_the_map_wrote() {
                 .into_parts()
                 .0;
             parts.headers = map_as_before(&bytes);
-            let mut mapped = upstream_head(parts, None, setting, &request_id).expect("a head");
+            let mut mapped = plain_route_head(parts, None, setting, &request_id).expect("a head");
             let (kept_bytes, mapped_bytes) = (written(&mut kept), written(&mut mapped));
             assert_eq!(
                 String::from_utf8_lossy(&kept_bytes),
