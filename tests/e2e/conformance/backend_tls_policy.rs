@@ -123,6 +123,29 @@ fn route(name: &str, rules: &[(&str, &str, u16)]) -> String {
     )
 }
 
+/// A path and a Service for each case `name` (`/backendtlspolicy-{name}` and
+/// `backendtlspolicy-{name}-test`), and the HTTPRoute `route_name` from each path to its
+/// Service's port 443.
+fn routed_services<'a>(
+    route_name: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> (Vec<(String, String)>, String) {
+    let services: Vec<(String, String)> = names
+        .map(|name| {
+            (
+                format!("/backendtlspolicy-{name}"),
+                format!("backendtlspolicy-{name}-test"),
+            )
+        })
+        .collect();
+    let rules: Vec<(&str, &str, u16)> = services
+        .iter()
+        .map(|(path, service)| (path.as_str(), service.as_str(), 443))
+        .collect();
+    let route = route(route_name, &rules);
+    (services, route)
+}
+
 /// BackendTLSPolicy `name` with this target (flow YAML) and validation (flow YAML).
 fn policy(name: &str, target: &str, validation: &str) -> String {
     format!(
@@ -338,20 +361,8 @@ fn backend_tls_policy_san_validation() -> anyhow::Result<()> {
             503,
         ),
     ];
-    let services: Vec<(String, String)> = cases
-        .iter()
-        .map(|(name, _, _)| {
-            (
-                format!("/backendtlspolicy-{name}"),
-                format!("backendtlspolicy-{name}-test"),
-            )
-        })
-        .collect();
-    let rules: Vec<(&str, &str, u16)> = services
-        .iter()
-        .map(|(path, service)| (path.as_str(), service.as_str(), 443))
-        .collect();
-    let mut resources = route("backendtlspolicy-san-test", &rules);
+    let (services, mut resources) =
+        routed_services("backendtlspolicy-san-test", cases.iter().map(|c| c.0));
     for ((name, sans, _), (_, service)) in cases.iter().zip(&services) {
         resources += &tls_service(service, &[("btls", 443, abc)]);
         resources += &policy(
@@ -394,20 +405,7 @@ fn invalid_references(label: &str, cases: &[(&str, &str, &str)]) -> anyhow::Resu
     let backends = TlsBackends::start()?;
     let abc = backends.abc.1;
     let dir = TempDir::new(label)?;
-    let services: Vec<(String, String)> = cases
-        .iter()
-        .map(|(name, _, _)| {
-            (
-                format!("/backendtlspolicy-{name}"),
-                format!("backendtlspolicy-{name}-test"),
-            )
-        })
-        .collect();
-    let rules: Vec<(&str, &str, u16)> = services
-        .iter()
-        .map(|(path, service)| (path.as_str(), service.as_str(), 443))
-        .collect();
-    let mut resources = route(label, &rules);
+    let (services, mut resources) = routed_services(label, cases.iter().map(|c| c.0));
     resources += &format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: malformed-ca-certificate, namespace: {INFRA}}}\ndata: {{}}\n---\n"
     );
