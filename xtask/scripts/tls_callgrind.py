@@ -51,6 +51,7 @@ pid {WORK}/up.pid; error_log {WORK}/up.err; events {{ worker_connections 1024; }
 http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{UP_TLS} ssl; ssl_certificate {WORK}/upstream.pem;
     ssl_certificate_key {WORK}/upstream.key; ssl_session_cache shared:up:1m;
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / {{ return 200 "ok\\n"; }} }}
   server {{ listen 127.0.0.1:{UP_PLAIN}; location / {{ return 200 "ok\\n"; }} }} }}
 """)

@@ -153,7 +153,7 @@ fn start_upstream(work: &Path, tls_port: u16, plain_port: u16) -> Result<Process
     let mut conf = nginx_prelude(&dir);
     let _ = writeln!(
         conf,
-        "  server {{\n    listen 127.0.0.1:{tls_port} ssl;\n    ssl_certificate {w}/upstream.pem;\n    ssl_certificate_key {w}/upstream.key;\n    ssl_session_cache shared:up:1m;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n  server {{ listen 127.0.0.1:{plain_port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}",
+        "  server {{\n    listen 127.0.0.1:{tls_port} ssl;\n    ssl_certificate {w}/upstream.pem;\n    ssl_certificate_key {w}/upstream.key;\n    ssl_session_cache shared:up:1m;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n  server {{ listen 127.0.0.1:{plain_port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}",
         w = work.display()
     );
     fs::write(dir.join("nginx.conf"), conf)?;
