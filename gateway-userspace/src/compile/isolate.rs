@@ -160,6 +160,7 @@ pub fn without(resources: &Resources, dropped: &BTreeMap<ObjectRef, Vec<Diagnost
         destination_rules: keep_failing_closed(
             destination_rules,
             dropped,
+            |r| r.fail_closed.is_some(),
             stand_in::destination_rule_from,
         ),
         service_entries: keep(service_entries, dropped),
@@ -170,34 +171,43 @@ pub fn without(resources: &Resources, dropped: &BTreeMap<ObjectRef, Vec<Diagnost
         tls_routes: keep(tls_routes, dropped),
         tcp_routes: keep(tcp_routes, dropped),
         reference_grants: keep(reference_grants, dropped),
-        backend_tls_policies: keep_failing_closed(backend_tls_policies, dropped, |p, why| {
-            Some(stand_in::backend_tls_policy_from(p, why))
-        }),
+        backend_tls_policies: keep_failing_closed(
+            backend_tls_policies,
+            dropped,
+            |p| p.spec.fail_closed.is_some(),
+            |p, why| Some(stand_in::backend_tls_policy_from(p, why)),
+        ),
         secrets: keep(secrets, dropped),
         config_maps: keep(config_maps, dropped),
         namespaces: keep(namespaces, dropped),
-        authorization_policies: keep_failing_closed(authorization_policies, dropped, |p, _| {
-            p.fail_closed.then(|| p.clone())
-        }),
+        authorization_policies: keep_failing_closed(
+            authorization_policies,
+            dropped,
+            |p| p.fail_closed,
+            |_, _| None,
+        ),
         skipped: skipped.clone(),
         documents: documents.clone(),
     }
 }
 
-/// Objects as `keep` keeps them, with the stand-in `stand_in` gives a dropped one (told
-/// why it was dropped) in its place.
+/// Objects as `keep` keeps them, but for the stand-ins of dropped ones: those the load
+/// made in their place (`is_stand_in`: kept as they are), and those `stand_in` makes of
+/// a dropped object, told why it was dropped.
 fn keep_failing_closed<T: Kind + Clone>(
     list: &[Sourced<T>],
     dropped: &BTreeMap<ObjectRef, Vec<Diagnostic>>,
+    is_stand_in: impl Fn(&T) -> bool,
     stand_in: impl Fn(&T, &str) -> Option<T>,
 ) -> Vec<Sourced<T>> {
     list.iter()
         .filter_map(|s| match dropped.get(&s.resource.object_ref()) {
             None => Some(s.clone()),
+            Some(_) if is_stand_in(&s.resource) => Some(s.clone()),
             Some(errors) => {
                 let reason = DroppedObject {
                     object: s.resource.object_ref(),
-                    errors: errors.clone(),
+                    errors: errors.iter().take(1).cloned().collect(),
                 };
                 let why = format!("has errors ({})", reason.reason());
                 stand_in(&s.resource, &why).map(|r| Sourced {

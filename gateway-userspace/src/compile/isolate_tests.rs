@@ -355,3 +355,20 @@ fn a_dropped_destination_rule_that_asked_for_tls_fails_closed() {
         }
     }
 }
+
+/// Stand-ins made at load stay in the rounds that drop other objects.
+#[test]
+fn stand_ins_survive_the_rounds_that_drop_other_objects() {
+    let yaml = [
+        with_destination_rule("  trafficPolicy: {tls: {mode: SIMPEL}}"),
+        virtual_service("broken", "{regex: \"(\"}"),
+    ]
+    .join("---\n");
+    let isolated = isolate(&yaml).expect("served");
+    assert_eq!(dropped(&isolated).len(), 2, "{:?}", dropped(&isolated));
+    let clusters = backend_tls(&isolated.snapshot);
+    assert!(
+        !clusters.is_empty() && clusters.iter().all(|(_, tls)| *tls == Some(true)),
+        "{clusters:?}"
+    );
+}

@@ -62,9 +62,6 @@ pub fn backend_tls_policy(
 
 /// The stand-in for a parsed BackendTLSPolicy dropped for its errors: its targets only.
 pub fn backend_tls_policy_from(policy: &BackendTlsPolicy, why: &str) -> BackendTlsPolicy {
-    if policy.spec.fail_closed.is_some() {
-        return policy.clone();
-    }
     BackendTlsPolicy {
         metadata: policy.metadata.clone(),
         spec: BackendTlsPolicySpec {
@@ -111,9 +108,6 @@ pub fn destination_rule(
 /// The stand-in for a parsed DestinationRule dropped for its errors, if it asks for TLS:
 /// its host and subsets (without their traffic policies: those had the errors).
 pub fn destination_rule_from(rule: &DestinationRule, why: &str) -> Option<DestinationRule> {
-    if rule.fail_closed.is_some() {
-        return Some(rule.clone());
-    }
     if !asks_for_tls(rule) {
         return None;
     }

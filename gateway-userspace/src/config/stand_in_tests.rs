@@ -109,11 +109,6 @@ fn a_parsed_destination_rule_fails_closed_only_when_it_originates_tls() {
                     .iter()
                     .all(|s| s.traffic_policy.is_none())
             );
-            // A stand-in stays itself.
-            assert_eq!(
-                destination_rule_from(&stand_in, "other"),
-                Some(stand_in.clone())
-            );
         }
     }
 }
