@@ -10,6 +10,7 @@ pub mod object_ref;
 mod plain_yaml;
 pub mod resources;
 pub mod source;
+pub mod stand_in;
 pub(crate) mod unknown_fields;
 
 use std::{
@@ -681,6 +682,42 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         };
     }
 
+    // Upstream TLS kinds: a broken object that says what it targets keeps a stand-in
+    // that fails closed (`stand_in`), as an AuthorizationPolicy does; the same wording.
+    macro_rules! parsed_spec_or_stand_in {
+        ($list:ident, $kind:literal, $stand_in:path, $effect:expr) => {
+            match item.typed_noting_unknown(&resource) {
+                Ok((r, unknown)) => {
+                    item.warn_unknown(&resource, unknown, diagnostics);
+                    resources.$list.push(Sourced {
+                        resource: Arc::new(r),
+                        location,
+                    })
+                }
+                Err(d) => {
+                    let field = d.field.clone().unwrap_or_else(|| "spec".to_owned());
+                    let why = format!("does not parse ({field}: {})", d.message);
+                    if let Some(stand_in) = $stand_in(&meta, value, &why) {
+                        diagnostics.push(
+                            Diagnostic::warning(format!(
+                                "this {} {why}, and fails closed until it is fixed: {}",
+                                $kind, $effect
+                            ))
+                            .at(location.clone())
+                            .object(&resource)
+                            .field(field),
+                        );
+                        resources.$list.push(Sourced {
+                            resource: Arc::new(stand_in),
+                            location,
+                        });
+                    }
+                    diagnostics.push(*d);
+                }
+            }
+        };
+    }
+
     let gateway_api_versions = GATEWAY_API_VERSIONS
         .iter()
         .find(|(k, _)| *k == kind)
@@ -804,7 +841,12 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         ("", "Namespace") => parsed!(namespaces),
         ("", "Endpoints") => parsed!(endpoints),
         ("", "ConfigMap") => parsed!(config_maps),
-        (ISTIO_NETWORKING, "DestinationRule") => parsed_spec!(destination_rules),
+        (ISTIO_NETWORKING, "DestinationRule") => parsed_spec_or_stand_in!(
+            destination_rules,
+            "DestinationRule",
+            stand_in::destination_rule,
+            stand_in::DESTINATION_RULE_EFFECT
+        ),
         (ISTIO_NETWORKING, "ServiceEntry") => parsed_spec!(service_entries),
         (GATEWAY_API, "GatewayClass") => parsed_spec!(gateway_classes),
         (GATEWAY_API, "Gateway") => parsed_spec!(api_gateways),
@@ -813,7 +855,12 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
         (GATEWAY_API, "TLSRoute") => parsed_spec!(tls_routes),
         (GATEWAY_API, "TCPRoute") => parsed_spec!(tcp_routes),
         (GATEWAY_API, "ReferenceGrant") => parsed_spec!(reference_grants),
-        (GATEWAY_API, "BackendTLSPolicy") => parsed_spec!(backend_tls_policies),
+        (GATEWAY_API, "BackendTLSPolicy") => parsed_spec_or_stand_in!(
+            backend_tls_policies,
+            "BackendTLSPolicy",
+            stand_in::backend_tls_policy,
+            stand_in::BACKEND_TLS_POLICY_EFFECT
+        ),
         // Secret values are key material: their parse errors must not quote them.
         ("", "Secret") => match item.typed(&resource) {
             Ok(r) => resources.secrets.push(Sourced {

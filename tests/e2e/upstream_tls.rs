@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use gateway_tests::{
-    Gateway, Process, TempDir, curl, free_port, service_with_endpoint, write_atomically,
+    Gateway, Process, TempDir, curl, free_port, service_with_endpoint,
+    status_upstream::StatusUpstream, write_atomically,
 };
 
 use crate::tls::{Key, Pki, tls_secret};
@@ -290,6 +291,62 @@ fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Res
     let rotated = get(bind_port, "/mtls")?;
     assert_eq!(rotated.status, 200, "{rotated:?}");
     assert!(rotated.body.contains("CN=client-b"), "{}", rotated.body);
+    Ok(())
+}
+
+/// A DestinationRule asking for TLS that does not parse fails closed: its host's
+/// connections are refused (503 UF), the plaintext backend behind it never sees a
+/// request; fixed, TLS works again.
+#[test]
+fn a_destination_rule_asking_for_tls_that_does_not_parse_fails_closed() -> anyhow::Result<()> {
+    let dir = TempDir::new("upstream-tls-broken")?;
+    let pki_dir = TempDir::new("upstream-tls-broken-pki")?;
+    let pki = Pki::new(pki_dir.path(), "upstream-ca")?;
+    pki.issue(
+        "backend",
+        "backend",
+        "DNS:broken.default.svc.cluster.local",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_tls, tls_port) = s_server(&pki, "backend", &[])?;
+    let plain = StatusUpstream::start("plaintext", 200)?;
+    let ca = pki.path("upstream-ca.crt");
+    let (bind_port, tcp_port) = (free_port(), free_port());
+    let config = |endpoint: u16, mode: &str| {
+        gateway_config(bind_port, tcp_port, &["broken"], "broken")
+            + &service_with_endpoint("broken", 8443, ([127, 0, 0, 1], endpoint).into())
+            + &destination_rule("broken", &format!("{{mode: {mode}, caCertificates: {ca}}}"))
+    };
+    let config_dir = TempDir::new("upstream-tls-broken-config")?;
+    // The mode misspelt: the rule does not parse.
+    let file = config_dir.write("gateway.yaml", &config(plain.addr.port(), "SIMPEL"))?;
+    let gateway = Gateway::start(config_dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let refused = get(bind_port, "/broken")?;
+    assert_eq!(refused.status, 503, "{refused:?}\n{}", gateway.stderr());
+    let tcp = curl(None, &[&format!("http://127.0.0.1:{tcp_port}/broken")]);
+    assert!(tcp.is_err(), "the TCP route is refused too: {tcp:?}");
+    assert_eq!(plain.requests(), 0, "plaintext reached the backend");
+    let log = gateway.access_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("GET /broken"))
+        .with_context(|| format!("no access log line for /broken:\n{log}"))?;
+    assert!(line.contains(" 503 UF"), "{line}");
+    let stderr = gateway.stderr();
+    assert!(
+        stderr.contains("DestinationRule default/broken")
+            && stderr.contains("spec.trafficPolicy.tls.mode")
+            && stderr.contains("fails closed"),
+        "{stderr}"
+    );
+
+    // Fixed, the Service's endpoint now the TLS backend: TLS again.
+    gateway.reload_after(|| write_atomically(&file, &config(tls_port, "SIMPLE")))?;
+    let ok = get(bind_port, "/broken")?;
+    assert_eq!(ok.status, 200, "{ok:?}\n{}", gateway.stderr());
+    assert!(ok.body.contains("s_server"), "{}", ok.body);
+    assert_eq!(plain.requests(), 0);
     Ok(())
 }
 

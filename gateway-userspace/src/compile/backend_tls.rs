@@ -9,7 +9,9 @@
 //! naming the whole Service; among equals the oldest, then the first by namespace/name
 //! (the spec's precedence); the others are `Conflicted`. A policy that applies but cannot
 //! be honoured (no usable CA certificate, an unknown `wellKnownCACertificates`) refuses
-//! the cluster's connections (503 `UF`), never sends them in plaintext.
+//! the cluster's connections (503 `UF`), never sends them in plaintext; so does the
+//! stand-in of a policy that does not parse or was dropped for its errors
+//! (`config::stand_in`): it is not accepted (Invalid).
 
 mod ancestors;
 
@@ -116,6 +118,11 @@ pub(super) fn judge(resources: &Resources, policy: &BackendTlsPolicy) -> Judgeme
         resolved: Ok(()),
         roots: None,
     };
+    if let Some(why) = &policy.spec.fail_closed {
+        return invalid(format!(
+            "the policy {why}; it fails closed until it is fixed"
+        ));
+    }
     if ServerName::try_from(validation.hostname.clone()).is_err() || validation.hostname.is_empty()
     {
         return invalid(format!(
@@ -250,8 +257,9 @@ pub(super) fn check_backend_tls_policies(ix: &Index<'_>, sink: &mut Sink) {
             );
         }
         if let Err((why, message)) = &judgement.accepted {
+            let stand_in = policy.spec.fail_closed.is_some();
             warn(
-                "spec.validation",
+                if stand_in { "spec" } else { "spec.validation" },
                 format!("{message} ({why}); connections to its targets are refused (503 UF)"),
             );
         }

@@ -9,8 +9,34 @@ const CA: &str = include_str!("../tls/testdata/unit.crt");
 /// port 80, `svc` with ports `https-1` (443) and `https-2` (8443), the CA ConfigMap
 /// `ca` and an empty one, `empty`; then `policies`.
 fn compile_with(policies: &str) -> (Snapshot, String) {
+    let (resources, diagnostics) = config::load_text(Path::new("btls.yaml"), &manifest(policies));
+    assert!(!diagnostics.has_errors(), "{diagnostics}");
+    let (snapshot, more) = compile(&resources, &Identity::default());
+    (snapshot, more.to_string())
+}
+
+/// As a reload compiles `compile_with`'s manifest: objects with errors dropped (and
+/// their stand-ins kept); what was said, load diagnostics included.
+fn compile_isolating_with(policies: &str) -> (Snapshot, String) {
+    let (resources, diagnostics) = config::load_text(Path::new("btls.yaml"), &manifest(policies));
+    let said = diagnostics.to_string();
+    let isolated = super::super::isolate::compile_isolating(
+        &resources,
+        diagnostics,
+        &Identity::default(),
+        &crate::tls::TlsState::default(),
+        None,
+    )
+    .expect("served");
+    (
+        isolated.snapshot,
+        format!("{said}\n{}", isolated.diagnostics),
+    )
+}
+
+fn manifest(policies: &str) -> String {
     let indented: String = CA.lines().map(|l| format!("    {l}\n")).collect();
-    let yaml = format!(
+    format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: gw}}
@@ -53,11 +79,7 @@ metadata: {{name: empty}}
 data: {{}}
 ---
 {policies}"#
-    );
-    let (resources, diagnostics) = config::load_text(Path::new("btls.yaml"), &yaml);
-    assert!(!diagnostics.has_errors(), "{diagnostics}");
-    let (snapshot, more) = compile(&resources, &Identity::default());
-    (snapshot, more.to_string())
+    )
 }
 
 fn policy(name: &str, created: &str, target: &str, validation: &str) -> String {
@@ -376,4 +398,63 @@ spec: {{ports: [{{name: https, port: 443}}]}}
         .map(|a| a.parent_ref.name.as_str())
         .collect();
     assert_eq!(ancestors, ["grpc-gw", "tcp-gw", "tls-gw"], "{diagnostics}");
+}
+
+/// A policy that does not parse fails closed on the targets it names: their clusters
+/// refuse (503 UF), never plaintext; the others are untouched. Its status says why.
+#[test]
+fn a_policy_that_does_not_parse_fails_closed_on_its_targets() {
+    let section = "{group: '', kind: Service, name: svc, sectionName: https-1}";
+    // `hostname` is a string: a list does not parse.
+    let broken = "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: [abc.example.com]}";
+    for (target, validation, refused_443, refused_8443) in [
+        (SVC, broken, Some(true), Some(true)),
+        (section, broken, Some(true), None),
+        // A broken target entry is left out; the readable one still fails closed.
+        (
+            "{group: '', kind: Service, name: svc, sectionName: https-2}, {kind: [Service]}",
+            broken,
+            None,
+            Some(true),
+        ),
+        // Nothing says which Service it targets: dropped, as any broken object.
+        (
+            "{group: '', kind: Service, name: [svc]}",
+            broken,
+            None,
+            None,
+        ),
+        // Fixed: TLS again.
+        (SVC, GOOD, Some(false), Some(false)),
+    ] {
+        let (snapshot, said) =
+            compile_isolating_with(&policy("p", "2026-01-01T00:00:00Z", target, validation));
+        let refused = |port| tls_of(&snapshot, port).map(|t| t.2);
+        assert_eq!(
+            (refused(443), refused(8443)),
+            (refused_443, refused_8443),
+            "{target}: {said}"
+        );
+        if refused_443.or(refused_8443) == Some(true) {
+            assert!(
+                said.contains("BackendTLSPolicy default/p: spec.")
+                    && said.contains("this BackendTLSPolicy does not parse (spec.")
+                    && said.contains("fails closed until it is fixed"),
+                "{said}"
+            );
+            let policy = snapshot.report.policy("default", "p").expect("a status");
+            let accepted = &policy.ancestors[0].conditions;
+            assert_eq!(accepted.len(), 1, "no ResolvedRefs: {accepted:?}");
+            assert_eq!(
+                (accepted[0].is_true(), accepted[0].reason),
+                (false, "Invalid")
+            );
+            assert!(
+                accepted[0].message.contains("does not parse (spec.")
+                    && accepted[0].message.contains(": invalid type"),
+                "{}",
+                accepted[0].message
+            );
+        }
+    }
 }

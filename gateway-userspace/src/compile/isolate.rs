@@ -8,21 +8,24 @@
 //! warning each in the log, `gateway_config_objects_dropped{group,kind}`, and the report
 //! in `/config_dump`.
 //!
+//! A dropped object that kept traffic safe leaves a stand-in that keeps doing so: an
+//! AuthorizationPolicy that does not parse denies (`AuthorizationPolicy::fail_closed`);
+//! a BackendTLSPolicy, or a DestinationRule that asked for TLS, whether it does not parse
+//! or has an error on another field (a duration, say), refuses its Services'
+//! connections (503 `UF`) rather than let them go in plaintext (`config::stand_in`).
+//!
 //! Errors that cannot be attributed to one object refuse the whole reload, and the last
 //! good configuration keeps serving: an unreadable path, a document that is not YAML, a
 //! document without `apiVersion`, `kind` or `metadata.name`. We cannot know what such a
 //! document held, so dropping it could silently take live routes away.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{collections::BTreeMap, sync::Arc};
 
 use tracing::warn;
 
 use super::{Identity, RouteMemo, compile_reusing, report::DroppedObject};
 use crate::{
-    config::{
-        Diagnostic, Diagnostics, Kind, ObjectRef, Resources, Sourced,
-        resources::security::AuthorizationPolicy,
-    },
+    config::{Diagnostic, Diagnostics, Kind, ObjectRef, Resources, Sourced, stand_in},
     snapshot::Snapshot,
     tls::TlsState,
 };
@@ -97,8 +100,7 @@ pub fn compile_isolating(
             // Errors on objects already left out: attribution went wrong somewhere.
             break;
         }
-        let names: BTreeSet<ObjectRef> = dropped.keys().cloned().collect();
-        remaining = Some(without(resources, &names));
+        remaining = Some(without(resources, &dropped));
     }
     let mut all = load_diagnostics;
     all.extend(Diagnostics(dropped.into_values().flatten().collect()));
@@ -119,9 +121,13 @@ pub fn log_dropped(dropped: &[DroppedObject]) {
     }
 }
 
-/// `resources` without the `dropped` objects. Destructured without `..`: a new kind must
-/// be isolated too.
-pub fn without(resources: &Resources, dropped: &BTreeSet<ObjectRef>) -> Resources {
+/// `resources` without the `dropped` objects (with their errors), but for the stand-ins
+/// that fail closed in their place: AuthorizationPolicies that do not parse
+/// (`AuthorizationPolicy::fail_closed`), and upstream TLS settings: a BackendTLSPolicy,
+/// or a DestinationRule asking for TLS, dropped for any error still refuses its
+/// connections rather than let them go in plaintext (`config::stand_in`). Destructured
+/// without `..`: a new kind must be isolated too.
+pub fn without(resources: &Resources, dropped: &BTreeMap<ObjectRef, Vec<Diagnostic>>) -> Resources {
     let Resources {
         gateways,
         virtual_services,
@@ -151,7 +157,12 @@ pub fn without(resources: &Resources, dropped: &BTreeSet<ObjectRef>) -> Resource
         services: keep(services, dropped),
         endpoint_slices: keep(endpoint_slices, dropped),
         endpoints: keep(endpoints, dropped),
-        destination_rules: keep(destination_rules, dropped),
+        destination_rules: keep_failing_closed(
+            destination_rules,
+            dropped,
+            |r| r.fail_closed.is_some(),
+            stand_in::destination_rule_from,
+        ),
         service_entries: keep(service_entries, dropped),
         gateway_classes: keep(gateway_classes, dropped),
         api_gateways: keep(api_gateways, dropped),
@@ -160,35 +171,64 @@ pub fn without(resources: &Resources, dropped: &BTreeSet<ObjectRef>) -> Resource
         tls_routes: keep(tls_routes, dropped),
         tcp_routes: keep(tcp_routes, dropped),
         reference_grants: keep(reference_grants, dropped),
-        backend_tls_policies: keep(backend_tls_policies, dropped),
+        backend_tls_policies: keep_failing_closed(
+            backend_tls_policies,
+            dropped,
+            |p| p.spec.fail_closed.is_some(),
+            |p, why| Some(stand_in::backend_tls_policy_from(p, why)),
+        ),
         secrets: keep(secrets, dropped),
         config_maps: keep(config_maps, dropped),
         namespaces: keep(namespaces, dropped),
-        authorization_policies: keep_failing_closed(authorization_policies, dropped),
+        authorization_policies: keep_failing_closed(
+            authorization_policies,
+            dropped,
+            |p| p.fail_closed,
+            |_, _| None,
+        ),
         skipped: skipped.clone(),
         documents: documents.clone(),
     }
 }
 
-/// Policies as `keep` keeps them, and the stand-ins of dropped policies that did not
-/// parse: a broken policy must keep enforcing (`AuthorizationPolicy::fail_closed`).
-fn keep_failing_closed(
-    list: &[Sourced<AuthorizationPolicy>],
-    dropped: &BTreeSet<ObjectRef>,
-) -> Vec<Sourced<AuthorizationPolicy>> {
+/// Objects as `keep` keeps them, but for the stand-ins of dropped ones: those the load
+/// made in their place (`is_stand_in`: kept as they are), and those `stand_in` makes of
+/// a dropped object, told why it was dropped.
+fn keep_failing_closed<T: Kind + Clone>(
+    list: &[Sourced<T>],
+    dropped: &BTreeMap<ObjectRef, Vec<Diagnostic>>,
+    is_stand_in: impl Fn(&T) -> bool,
+    stand_in: impl Fn(&T, &str) -> Option<T>,
+) -> Vec<Sourced<T>> {
     list.iter()
-        .filter(|s| s.resource.fail_closed || !dropped.contains(&s.resource.object_ref()))
-        .cloned()
+        .filter_map(|s| match dropped.get(&s.resource.object_ref()) {
+            None => Some(s.clone()),
+            Some(_) if is_stand_in(&s.resource) => Some(s.clone()),
+            Some(errors) => {
+                let reason = DroppedObject {
+                    object: s.resource.object_ref(),
+                    errors: errors.iter().take(1).cloned().collect(),
+                };
+                let why = format!("has errors ({})", reason.reason());
+                stand_in(&s.resource, &why).map(|r| Sourced {
+                    resource: Arc::new(r),
+                    location: s.location.clone(),
+                })
+            }
+        })
         .collect()
 }
 
-fn keep<T: Kind + Clone>(list: &[Sourced<T>], dropped: &BTreeSet<ObjectRef>) -> Vec<Sourced<T>> {
+fn keep<T: Kind + Clone>(
+    list: &[Sourced<T>],
+    dropped: &BTreeMap<ObjectRef, Vec<Diagnostic>>,
+) -> Vec<Sourced<T>> {
     let this_kind = |o: &ObjectRef| o.group == T::GROUP && o.kind == T::KIND;
-    if !dropped.iter().any(this_kind) {
+    if !dropped.keys().any(this_kind) {
         return list.to_vec();
     }
     list.iter()
-        .filter(|s| !dropped.contains(&s.resource.object_ref()))
+        .filter(|s| !dropped.contains_key(&s.resource.object_ref()))
         .cloned()
         .collect()
 }

@@ -245,11 +245,130 @@ fn without_keeps_every_other_object_as_the_same_allocation() {
     ]
     .join("---\n");
     let (resources, _) = config::load_text(Path::new("x.yaml"), &yaml);
-    let gone = BTreeSet::from([resources.gateways[0].resource.object_ref()]);
+    let gone = BTreeMap::from([(resources.gateways[0].resource.object_ref(), Vec::new())]);
     let kept = without(&resources, &gone);
     assert!(kept.gateways.is_empty());
     assert!(std::sync::Arc::ptr_eq(
         &kept.virtual_services[0].resource,
         &resources.virtual_services[0].resource
     ));
+}
+
+/// A route to the Service `backend` (port 80) and its subset `v1`, and `rule`.
+fn with_destination_rule(rule: &str) -> String {
+    let routes = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: routes, namespace: default}
+spec:
+  hosts: [app.example.com]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /v1}}]
+    route: [{destination: {host: backend, subset: v1}}]
+  - route: [{destination: {host: backend}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: default}
+spec: {ports: [{name: http, port: 80}]}
+"#;
+    let rule = format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: backend, namespace: default}}\nspec:\n  host: backend\n{rule}\n"
+    );
+    [ISTIO_GATEWAY.to_owned(), routes.to_owned(), rule].join("---\n")
+}
+
+/// The TLS of each cluster of `backend` by name: None plaintext, Some(refused).
+fn backend_tls(snapshot: &Snapshot) -> Vec<(String, Option<bool>)> {
+    let mut clusters: Vec<(String, Option<bool>)> = snapshot
+        .clusters
+        .iter()
+        .filter(|c| c.service_name == "backend")
+        .map(|c| (c.name.clone(), c.tls.as_ref().map(|t| t.refused.is_some())))
+        .collect();
+    clusters.sort();
+    clusters
+}
+
+/// A DestinationRule that asked for TLS and is dropped (it does not parse, or another
+/// field has an error) fails closed: every cluster of its host refuses (503 UF) rather
+/// than send plaintext. One that did not ask for TLS is dropped as before.
+#[test]
+fn a_dropped_destination_rule_that_asked_for_tls_fails_closed() {
+    const SUBSET: &str = "  subsets: [{name: v1, labels: {version: v1}}]\n";
+    let (refused, plain, tls) = (Some(true), None, Some(false));
+    for (rule, want, fails_closed) in [
+        // The mode misspelt.
+        ("  trafficPolicy: {tls: {mode: SIMPEL}}", refused, true),
+        // TLS in a subset only, another field unreadable: all of the host refuses.
+        (
+            "  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n  subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {tls: {mode: SIMPLE}}}]",
+            refused,
+            true,
+        ),
+        // It parses, but a duration is wrong: dropped by isolation, TLS asked for.
+        (
+            "  trafficPolicy: {tls: {mode: SIMPLE}, connectionPool: {tcp: {connectTimeout: soon}}}",
+            refused,
+            true,
+        ),
+        // No TLS asked for: dropped, plaintext as before.
+        (
+            "  trafficPolicy: {tls: {mode: DISABLE}, loadBalancer: {simple: FASTEST}}",
+            plain,
+            false,
+        ),
+        (
+            "  trafficPolicy: {tls: {mode: DISABLE}, connectionPool: {tcp: {connectTimeout: soon}}}",
+            plain,
+            false,
+        ),
+        // Fixed.
+        ("  trafficPolicy: {tls: {mode: SIMPLE}}", tls, false),
+    ] {
+        let rule = if rule.contains("subsets") {
+            rule.to_owned()
+        } else {
+            format!("{rule}\n{SUBSET}")
+        };
+        let isolated = isolate(&with_destination_rule(&rule)).expect("served");
+        let clusters = backend_tls(&isolated.snapshot);
+        assert_eq!(clusters.len(), 2, "{clusters:?}");
+        for (name, got) in &clusters {
+            assert_eq!(*got, want, "{rule}: {name}\n{}", isolated.diagnostics);
+        }
+        let said = isolated.diagnostics.to_string();
+        assert_eq!(
+            said.contains("fails closed"),
+            fails_closed,
+            "{rule}: {said}"
+        );
+        if fails_closed {
+            assert!(said.contains("DestinationRule default/backend"), "{said}");
+            assert_eq!(
+                dropped(&isolated),
+                ["DestinationRule.networking.istio.io DestinationRule default/backend"]
+            );
+            // Its subset is still known: no route lost it.
+            assert!(!said.contains("has no subset"), "{said}");
+        }
+    }
+}
+
+/// Stand-ins made at load stay in the rounds that drop other objects.
+#[test]
+fn stand_ins_survive_the_rounds_that_drop_other_objects() {
+    let yaml = [
+        with_destination_rule("  trafficPolicy: {tls: {mode: SIMPEL}}"),
+        virtual_service("broken", "{regex: \"(\"}"),
+    ]
+    .join("---\n");
+    let isolated = isolate(&yaml).expect("served");
+    assert_eq!(dropped(&isolated).len(), 2, "{:?}", dropped(&isolated));
+    let clusters = backend_tls(&isolated.snapshot);
+    assert!(
+        !clusters.is_empty() && clusters.iter().all(|(_, tls)| *tls == Some(true)),
+        "{clusters:?}"
+    );
 }

@@ -5,7 +5,9 @@
 //!
 //! A setting that cannot be honoured (ISTIO_MUTUAL, a credential that never loaded, a bad
 //! `sni`) is a warning, and the cluster refuses its connections (503 `UF`): never an
-//! error, which would drop the whole rule and send its traffic in plaintext.
+//! error, which would drop the whole rule and send its traffic in plaintext. A rule that
+//! does not parse, or is dropped for an error elsewhere, and asked for TLS leaves a
+//! stand-in (`config::stand_in`) that refuses every cluster of its host.
 
 use std::sync::Arc;
 
@@ -98,6 +100,9 @@ pub(super) fn upstream_tls<'a>(
     port: Option<u32>,
     subset: Option<&str>,
 ) -> Option<Arc<UpstreamTls>> {
+    if let Some(why) = &rule.resource.fail_closed {
+        return Some(fail_closed(sink, rule, cluster, why));
+    }
     let (settings, field) = selected_tls(&rule.resource.spec, port, subset)?;
     let place = RulePlace { rule, field };
     let origin = format!(
@@ -202,6 +207,33 @@ pub(super) fn upstream_tls<'a>(
         refused: None,
         key,
     }))
+}
+
+/// The refusal of every cluster of a stand-in's host (`config::stand_in`): what the
+/// rule asked for of each port and subset is unknown, so none is sent in plaintext.
+fn fail_closed(
+    sink: &mut Sink,
+    rule: &Sourced<DestinationRule>,
+    cluster: &Cluster,
+    why: &Arc<str>,
+) -> Arc<UpstreamTls> {
+    let origin = format!("DestinationRule {}", name_of(&rule.resource.metadata));
+    let why: Arc<str> = format!("{origin} {why}; it fails closed until it is fixed").into();
+    sink.push(
+        Diagnostic::warning(format!("{why}; {CONNECTIONS_REFUSED}"))
+            .at(rule.location.clone())
+            .object(&rule.resource.object_ref())
+            .field("spec"),
+    );
+    let placeholder = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+    Arc::new(UpstreamTls {
+        mode: "SIMPLE",
+        sni: ServerName::try_from(cluster.service.clone()).unwrap_or(placeholder),
+        origin,
+        config: Err(why.clone()),
+        refused: Some(why),
+        key: 0,
+    })
 }
 
 /// The client certificate (MUTUAL) and the CA, from `credentialName` or the files.

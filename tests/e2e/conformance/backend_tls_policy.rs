@@ -5,7 +5,9 @@
 //! is not its name (`-servername_fatal`), as the suite's backend checks the SNI it got.
 //! Status is read from `gatewayd validate`.
 
-use gateway_tests::{Gateway, Process, TempDir, curl, free_port};
+use gateway_tests::{
+    Gateway, Process, TempDir, curl, free_port, status_upstream::StatusUpstream, write_atomically,
+};
 
 use super::{INFRA, class_and_ports, report, serve};
 use crate::{
@@ -180,7 +182,12 @@ const SAME_NAMESPACE: &str = "same-namespace";
 /// gatewayd with the suite's `same-namespace` Gateway on port 80 and `resources`.
 fn start(dir: &TempDir, backends: &TlsBackends, resources: &str) -> anyhow::Result<(Gateway, u16)> {
     let port = free_port();
-    let config = class_and_ports(&[(80, port)])
+    Ok((serve(dir, &config(port, backends, resources))?, port))
+}
+
+/// `start`'s configuration, the Gateway listening on `port`.
+fn config(port: u16, backends: &TlsBackends, resources: &str) -> String {
+    class_and_ports(&[(80, port)])
         + &format!(
             r#"apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -193,8 +200,7 @@ spec:
 "#
         )
         + &backends.config_maps
-        + resources;
-    Ok((serve(dir, &config)?, port))
+        + resources
 }
 
 fn get(port: u16, path: &str) -> anyhow::Result<gateway_tests::CurlResponse> {
@@ -602,5 +608,65 @@ fn backend_tls_policy_conflict_resolution() -> anyhow::Result<()> {
             "{name}: {report}"
         );
     }
+    Ok(())
+}
+
+/// A BackendTLSPolicy that does not parse fails closed: its Service's connections are
+/// refused (503 UF), the plaintext backend behind it never sees a request; fixed, TLS
+/// works again.
+#[test]
+fn a_backend_tls_policy_that_does_not_parse_fails_closed() -> anyhow::Result<()> {
+    let backends = TlsBackends::start()?;
+    let plain = StatusUpstream::start("plaintext", 200)?;
+    let dir = TempDir::new("btls-broken")?;
+    let resources = |endpoint: u16, hostname: &str| {
+        route("broken", &[("/broken", "broken-test", 443)])
+            + &tls_service("broken-test", &[("btls", 443, endpoint)])
+            + &policy(
+                "broken",
+                &service_target("broken-test", None),
+                &validation("tls-checks-ca-certificate", hostname, &[]),
+            )
+    };
+    // `hostname` is a string: a list does not parse.
+    let (gateway, port) = start(
+        &dir,
+        &backends,
+        &resources(plain.addr.port(), "[abc.example.com]"),
+    )?;
+    let refused = get(port, "/broken")?;
+    assert_eq!(refused.status, 503, "{refused:?}\n{}", gateway.stderr());
+    assert_eq!(plain.requests(), 0, "plaintext reached the backend");
+    let log = gateway.access_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("GET /broken"))
+        .unwrap_or_else(|| panic!("no access log line for /broken:\n{log}"));
+    assert!(line.contains(" 503 UF"), "{line}");
+    let stderr = gateway.stderr();
+    assert!(
+        stderr.contains("BackendTLSPolicy gateway-conformance-infra/broken")
+            && stderr.contains("spec.validation.hostname")
+            && stderr.contains("fails closed"),
+        "{stderr}"
+    );
+    let status = policy_line(&report(dir.path())?, "broken");
+    assert!(
+        status.contains("Accepted=False Invalid") && status.contains("does not parse"),
+        "{status}"
+    );
+
+    // Fixed, the Service's endpoint now the TLS backend: TLS again.
+    let file = dir.path().join("config.yaml");
+    let fixed = config(
+        port,
+        &backends,
+        &resources(backends.abc.1, "abc.example.com"),
+    );
+    gateway.reload_after(|| write_atomically(&file, &fixed))?;
+    let ok = get(port, "/broken")?;
+    assert_eq!(ok.status, 200, "{ok:?}\n{}", gateway.stderr());
+    assert!(ok.body.contains("s_server"), "{}", ok.body);
+    assert_eq!(plain.requests(), 0);
     Ok(())
 }

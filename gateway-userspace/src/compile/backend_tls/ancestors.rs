@@ -46,9 +46,18 @@ pub(in crate::compile) fn policy_statuses(
             (None, Err((why, message))) => Condition::new("Accepted", false, why, message.clone()),
             (None, Ok(())) => Condition::new("Accepted", true, reason::ACCEPTED, ""),
         };
+        // A stand-in (`config::stand_in`) read no references: nothing to say of them.
         let resolved = match &judgement.resolved {
-            Err((why, message)) => Condition::new("ResolvedRefs", false, why, message.clone()),
-            Ok(()) => Condition::new("ResolvedRefs", true, reason::RESOLVED_REFS, ""),
+            _ if policy.spec.fail_closed.is_some() => None,
+            Err((why, message)) => {
+                Some(Condition::new("ResolvedRefs", false, why, message.clone()))
+            }
+            Ok(()) => Some(Condition::new(
+                "ResolvedRefs",
+                true,
+                reason::RESOLVED_REFS,
+                "",
+            )),
         };
         out.push(PolicyStatus {
             object: policy.object_ref(),
@@ -64,8 +73,9 @@ pub(in crate::compile) fn policy_statuses(
                         section_name: None,
                         port: None,
                     },
-                    conditions: [accepted.clone(), resolved.clone()]
+                    conditions: [Some(accepted.clone()), resolved.clone()]
                         .into_iter()
+                        .flatten()
                         .map(|mut c| {
                             c.observed_generation = policy.metadata.generation;
                             c

@@ -3,7 +3,7 @@
 //! filter types, …) are enums so that a typo is reported at its line with the accepted
 //! values; open ones (listener protocols may be domain-prefixed) stay strings.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -620,6 +620,11 @@ pub struct ReferenceGrantTo {
 pub struct BackendTlsPolicySpec {
     pub target_refs: Vec<PolicyTargetReference>,
     pub validation: BackendTlsValidation,
+    /// Set on a stand-in for a policy that does not parse, or was dropped for its errors
+    /// (`config::stand_in`): why; its targets refuse their connections (503 `UF`) rather
+    /// than send them in plaintext.
+    #[serde(skip)]
+    pub fail_closed: Option<Arc<str>>,
 }
 
 /// `LocalPolicyTargetReferenceWithSectionName`: an object in the policy's namespace.

@@ -1,7 +1,7 @@
 //! `networking.istio.io` DestinationRule and ServiceEntry. Traffic-policy durations stay
 //! the strings users wrote (`10s`, `1m`): the data plane parses what it applies.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,11 @@ use super::{Labels, ObjectMeta, PortSelector};
 pub struct DestinationRule {
     pub metadata: ObjectMeta,
     pub spec: DestinationRuleSpec,
+    /// Set on a stand-in for a rule that asked for TLS and does not parse, or was dropped
+    /// for its errors (`config::stand_in`): why; every cluster of its host refuses its
+    /// connections (503 `UF`) rather than send them in plaintext.
+    #[serde(skip)]
+    pub fail_closed: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
