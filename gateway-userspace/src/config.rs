@@ -667,16 +667,19 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
     }
     // Istio and Gateway API kinds: their spec is the user's routing, every field of it
     // is either read or named as ignored.
+    macro_rules! spec_read {
+        ($list:ident, $r:expr, $unknown:expr) => {{
+            item.warn_unknown(&resource, $unknown, diagnostics);
+            resources.$list.push(Sourced {
+                resource: Arc::new($r),
+                location,
+            })
+        }};
+    }
     macro_rules! parsed_spec {
         ($list:ident) => {
             match item.typed_noting_unknown(&resource) {
-                Ok((r, unknown)) => {
-                    item.warn_unknown(&resource, unknown, diagnostics);
-                    resources.$list.push(Sourced {
-                        resource: Arc::new(r),
-                        location,
-                    })
-                }
+                Ok((r, unknown)) => spec_read!($list, r, unknown),
                 Err(d) => diagnostics.push(*d),
             }
         };
@@ -687,13 +690,7 @@ fn parse_resource(item: ItemSource<'_>, resources: &mut Resources, diagnostics: 
     macro_rules! parsed_spec_or_stand_in {
         ($list:ident, $kind:literal, $stand_in:path, $effect:expr) => {
             match item.typed_noting_unknown(&resource) {
-                Ok((r, unknown)) => {
-                    item.warn_unknown(&resource, unknown, diagnostics);
-                    resources.$list.push(Sourced {
-                        resource: Arc::new(r),
-                        location,
-                    })
-                }
+                Ok((r, unknown)) => spec_read!($list, r, unknown),
                 Err(d) => {
                     let field = d.field.clone().unwrap_or_else(|| "spec".to_owned());
                     let why = format!("does not parse ({field}: {})", d.message);
