@@ -139,10 +139,14 @@ fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Res
         "mtls",
         "nocert",
         "tcp",
+        "wildcard",
+        "deep",
     ];
+    // And a wildcard name, which covers one label under it.
     let sans: Vec<String> = names
         .iter()
         .map(|n| format!("DNS:{n}.default.svc.cluster.local"))
+        .chain(["DNS:*.wild.example.com".to_owned()])
         .collect();
     pki.issue(
         "backend",
@@ -192,6 +196,14 @@ fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Res
     config += &destination_rule(
         "san",
         &format!("{{mode: SIMPLE, caCertificates: {ca}, subjectAltNames: [nobody.example.com]}}"),
+    );
+    config += &destination_rule(
+        "wildcard",
+        &format!("{{mode: SIMPLE, caCertificates: {ca}, subjectAltNames: [API.wild.example.com]}}"),
+    );
+    config += &destination_rule(
+        "deep",
+        &format!("{{mode: SIMPLE, caCertificates: {ca}, subjectAltNames: [a.b.wild.example.com]}}"),
     );
     config += &destination_rule(
         "skip",
@@ -244,6 +256,14 @@ fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Res
         san.body
     );
     assert!(handshake_errors(&gateway, "san", "name_mismatch")? >= 1.0);
+
+    // A wildcard certificate names each host one label under it, case aside, as
+    // Envoy's DNS SAN matching has it; not two labels under it.
+    let wildcard = get(bind_port, "/wildcard")?;
+    assert_eq!(wildcard.status, 200, "{wildcard:?}\n{}", gateway.stderr());
+    let deep = get(bind_port, "/deep")?;
+    assert_eq!(deep.status, 503, "{deep:?}");
+    assert!(handshake_errors(&gateway, "deep", "name_mismatch")? >= 1.0);
 
     // insecureSkipVerify: the untrusted certificate is accepted.
     let skip = get(bind_port, "/skip")?;

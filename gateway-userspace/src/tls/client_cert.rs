@@ -28,13 +28,36 @@ pub struct ClientAuth {
     pub subject_alt_names: Vec<String>,
 }
 
-/// DNS and URI subject alternative names; empty when the certificate does not parse.
-pub fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<String> {
+/// Whether the certificate carries one of `wanted` (Istio's and BackendTLSPolicy's
+/// `subjectAltNames`), as Envoy's exact SAN matchers judge: a URI name must be equal; a
+/// DNS name matches as DNS names do (RFC 6125), case-insensitively, and a certificate's
+/// `*.` first label stands for one whole label. False when the certificate does not parse.
+pub fn carries_any_name(cert: &CertificateDer<'_>, wanted: &[String]) -> bool {
     let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) else {
-        return Vec::new();
+        return false;
     };
     let (dns, uri) = names(&parsed);
-    dns.into_iter().chain(uri).collect()
+    wanted.iter().any(|want| {
+        uri.contains(want)
+            || dns
+                .iter()
+                .any(|presented| dns_name_matches(want, presented))
+    })
+}
+
+/// `wanted` against a certificate's DNS name `presented`: equal but for case, or
+/// `presented` is `*.rest` and `wanted` is one non-empty label, a dot and `rest`
+/// (`*.example.com` names `a.example.com`, not `example.com` nor `a.b.example.com`).
+fn dns_name_matches(wanted: &str, presented: &str) -> bool {
+    if wanted.eq_ignore_ascii_case(presented) {
+        return true;
+    }
+    let Some(rest) = presented.strip_prefix("*.") else {
+        return false;
+    };
+    wanted
+        .split_once('.')
+        .is_some_and(|(label, after)| !label.is_empty() && after.eq_ignore_ascii_case(rest))
 }
 
 fn names(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {

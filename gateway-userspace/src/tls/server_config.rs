@@ -398,8 +398,7 @@ impl ClientCertVerifier for SubjectAltNameVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let names = client_cert::subject_alt_names(end_entity);
-        if names.iter().any(|n| self.allowed.contains(n)) {
+        if client_cert::carries_any_name(end_entity, &self.allowed) {
             Ok(verified)
         } else {
             Err(rustls::Error::InvalidCertificate(

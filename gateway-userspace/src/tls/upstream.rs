@@ -258,9 +258,9 @@ impl ServerCertVerifier for NameCheck {
         match &self.names {
             Names::Sni => verify_server_name(&cert, server_name)?,
             Names::AnyOf(wanted) => {
-                let present = client_cert::subject_alt_names(end_entity);
-                // Exact matches, as Istio configures Envoy's SAN matchers.
-                if !wanted.iter().any(|want| present.contains(want)) {
+                // Exact matchers, as Istio configures Envoy's: DNS names match as DNS
+                // names do (a wildcard certificate names each host under it).
+                if !client_cert::carries_any_name(end_entity, wanted) {
                     return Err(CertificateError::NotValidForName.into());
                 }
             }
