@@ -130,7 +130,8 @@ pub fn compile_reusing(
         // runtime state and the endpoint index carry over without a pass over it.
         snapshot.clusters = Arc::clone(&previous.clusters);
     }
-    snapshot.report = Arc::new(status::build(resources, identity, &sink.status));
+    let policies = backend_tls::policy_statuses(resources, identity);
+    snapshot.report = Arc::new(status::build(resources, identity, &sink.status, policies));
     let Built {
         clusters,
         credentials,

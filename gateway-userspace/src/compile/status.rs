@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 use super::{
     Identity,
     report::{
-        Condition, GatewayStatus, GroupKind, ListenerStatus, ObjectStatus, ParentRef, Report,
-        RouteParentStatus, RouteStatus,
+        Condition, GatewayStatus, GroupKind, ListenerStatus, ObjectStatus, ParentRef, PolicyStatus,
+        Report, RouteParentStatus, RouteStatus,
     },
 };
 use crate::config::{
@@ -451,11 +451,13 @@ fn route_status(
     })
 }
 
-/// The Gateway API status of everything a compile was given.
+/// The Gateway API status of everything a compile was given, with the policies' statuses
+/// (`backend_tls::policy_statuses`, which reads this module's reasons).
 pub(super) fn build(
     resources: &Resources,
     identity: &Identity,
     recorder: &StatusRecorder,
+    policies: Vec<PolicyStatus>,
 ) -> Report {
     let gateway_classes = resources
         .gateway_classes
@@ -520,7 +522,7 @@ pub(super) fn build(
         gateway_classes,
         gateways,
         routes,
-        policies: super::backend_tls::policy_statuses(resources, identity),
+        policies,
     }
 }
 
