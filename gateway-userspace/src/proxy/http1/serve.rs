@@ -105,7 +105,7 @@ where
                 let (mut reader, mut writer) = halves::split(&shared);
                 // Boxed for the time of the request: the handler's future is large, and the
                 // connection's own future (what an idle connection costs) must not be.
-                Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
+                Box::pin(exchange(head, &mut reader, &mut writer, &mut buf, &client)).await
             };
             match exchange {
                 Exchanged::KeepAlive if !client.connection.drain().stopping() => {}
@@ -327,8 +327,11 @@ enum Exchanged {
 
 /// One request and its response; the body is read while the handler runs and while the
 /// response is written (an upstream may answer before it has read the whole body).
+///
+/// The head comes boxed as it was read: unboxed, it would be copied out of its box and
+/// into this future's arguments (and its room kept in the future beside its fields).
 async fn exchange<R, W>(
-    head: Head,
+    head: Box<Head>,
     reader: &mut R,
     writer: &mut W,
     buf: &mut BytesMut,
@@ -346,7 +349,7 @@ where
         upgrade,
         facts,
         ..
-    } = head;
+    } = *head;
     let method = request.method().clone();
     let version = request.version();
     let (mut pump, body, mut wanted) = BodyPump::new(framing, expect_continue);
