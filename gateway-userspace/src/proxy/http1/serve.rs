@@ -363,8 +363,9 @@ where
     // In a block of its own: the handler's future (the largest part of this one) and
     // the response's writer then share their room in this future's layout.
     let forward::Answered { response, passed } = {
-        let handler = client.connection.answer(request, facts);
-        let mut handler = std::pin::pin!(handler);
+        // Made inside `pin!`: made first into a local, the future was copied whole into
+        // the slot `pin!` keeps (the same below for the response's writer).
+        let mut handler = std::pin::pin!(client.connection.answer(request, facts));
         loop {
             let need_read = pump.advance(buf);
             tokio::select! {
@@ -399,8 +400,12 @@ where
     // The 100 was never sent: the client still holds its body back.
     let body_withheld = wanted.is_some();
     let written = {
-        let write = response::write(writer, response, passed.as_deref(), answering);
-        let mut write = std::pin::pin!(write);
+        let mut write = std::pin::pin!(response::write(
+            writer,
+            response,
+            passed.as_deref(),
+            answering
+        ));
         loop {
             let need_read = !body_withheld && pump.advance(buf);
             tokio::select! {
