@@ -242,7 +242,7 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                 return HeadRead::Http2;
             } else {
                 match head::parse(buf) {
-                    Ok(Some(head)) => return HeadRead::Head(Box::new(head)),
+                    Ok(Some(head)) => return HeadRead::Head(head),
                     Ok(None) => {}
                     Err(e) => {
                         debug!(error = %e, "request head refused");
