@@ -176,9 +176,11 @@ impl Connection {
         // it is served; the next request on the connection reads the live one again.
         let live = self.ctx.live.load_full();
 
-        let outcome = self
-            .route(&live, request, facts, authority.as_ref(), &request_id)
-            .await;
+        // Pinned where it is made: awaited as a value, the route's future was made and
+        // then copied whole into this one.
+        let outcome =
+            std::pin::pin!(self.route(&live, request, facts, authority.as_ref(), &request_id))
+                .await;
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
         let transport_failure = outcome.answer.transport_failure();

@@ -137,10 +137,12 @@ pub(super) async fn run(
         };
         let last_try = retries >= retry.attempts || !body.can_replay();
         let started = Instant::now();
-        let attempt = send(head, endpoint, cluster, try_body, last_try, client);
+        // Made where it is awaited: made first into a local, the try's future was
+        // copied whole into the await's slot.
         let result = if retry.per_try_timeout.is_none() && clock.route_timeout.is_none() {
-            attempt.await
+            send(head, endpoint, cluster, try_body, last_try, client).await
         } else {
+            let attempt = send(head, endpoint, cluster, try_body, last_try, client);
             // Boxed: the clocks' futures would otherwise take room in this future (and
             // in every future above it, moved with each request) on routes without them.
             match Box::pin(timed(attempt, clock, retry.per_try_timeout, started)).await {

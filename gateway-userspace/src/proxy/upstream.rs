@@ -153,13 +153,17 @@ pub(super) async fn send(
         .breakers
         .request(&cluster.connection_pool)
         .ok_or(TryFailure::Overflow)?;
+    // The exchanges' futures are awaited pinned where they are made (`pin!`): awaited as
+    // values, each was made and then copied whole into this future (a memcpy per request).
     let mut response = match (cluster.protocol, request) {
         (UpstreamProtocol::Http1, Outgoing::Http1(request)) => {
-            send_http1_own(cluster, endpoint, request).await
+            std::pin::pin!(send_http1_own(cluster, endpoint, request)).await
         }
         (UpstreamProtocol::Http1, Outgoing::Request(request)) => match client {
             Http1Client::Hyper => send_http1_hyper(cluster, endpoint, request).await,
-            Http1Client::Own => send_http1_own(cluster, endpoint, request.into()).await,
+            Http1Client::Own => {
+                std::pin::pin!(send_http1_own(cluster, endpoint, request.into())).await
+            }
         },
         (UpstreamProtocol::Http2, Outgoing::Request(request)) => {
             send_http2(cluster, endpoint, request).await
@@ -236,8 +240,15 @@ async fn send_http1_own(
     // Held while this request waits for a connection.
     let mut queued: Option<Slot> = None;
     loop {
-        let (connection, served, reused) =
-            acquire_http1(cluster, endpoint, key, Http1Client::Own, &mut queued).await?;
+        // Pinned where it is made, as in `send`.
+        let (connection, served, reused) = std::pin::pin!(acquire_http1(
+            cluster,
+            endpoint,
+            key,
+            Http1Client::Own,
+            &mut queued
+        ))
+        .await?;
         // A pool holds one client's connections (the client is chosen per process);
         // another's is let go.
         let Http1Connection::Own(OwnConnection { io, open }) = connection else {

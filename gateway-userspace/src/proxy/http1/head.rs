@@ -36,7 +36,10 @@ pub(super) struct Head {
 }
 
 /// The head at the start of `buf`: None while it is incomplete (and within the limits).
-pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+///
+/// Boxed here, where it is made: the connection hands it on boxed, and a head returned
+/// by value was copied once more into its box.
+pub(super) fn parse(buf: &[u8]) -> Result<Option<Box<Head>>, HeadError> {
     // Empty lines before a request line are ignored (RFC 9112 §2.2).
     let mut skipped = 0;
     while buf[skipped..].starts_with(b"\r\n") {
@@ -143,7 +146,7 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    Ok(Some(Head {
+    Ok(Some(Box::new(Head {
         request,
         framing: body,
         len: skipped + end,
@@ -151,7 +154,7 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         expect_continue,
         upgrade,
         facts,
-    }))
+    })))
 }
 
 /// A reference-counted copy of a head, for its values to be slices of: one allocation.

@@ -105,7 +105,7 @@ where
                 let (mut reader, mut writer) = halves::split(&shared);
                 // Boxed for the time of the request: the handler's future is large, and the
                 // connection's own future (what an idle connection costs) must not be.
-                Box::pin(exchange(*head, &mut reader, &mut writer, &mut buf, &client)).await
+                Box::pin(exchange(head, &mut reader, &mut writer, &mut buf, &client)).await
             };
             match exchange {
                 Exchanged::KeepAlive if !client.connection.drain().stopping() => {}
@@ -242,7 +242,7 @@ async fn read_head<R: AsyncRead + IdleWait + Unpin>(
                 return HeadRead::Http2;
             } else {
                 match head::parse(buf) {
-                    Ok(Some(head)) => return HeadRead::Head(Box::new(head)),
+                    Ok(Some(head)) => return HeadRead::Head(head),
                     Ok(None) => {}
                     Err(e) => {
                         debug!(error = %e, "request head refused");
@@ -327,8 +327,11 @@ enum Exchanged {
 
 /// One request and its response; the body is read while the handler runs and while the
 /// response is written (an upstream may answer before it has read the whole body).
+///
+/// The head comes boxed as it was read: unboxed, it would be copied out of its box and
+/// into this future's arguments (and its room kept in the future beside its fields).
 async fn exchange<R, W>(
-    head: Head,
+    head: Box<Head>,
     reader: &mut R,
     writer: &mut W,
     buf: &mut BytesMut,
@@ -346,7 +349,7 @@ where
         upgrade,
         facts,
         ..
-    } = head;
+    } = *head;
     let method = request.method().clone();
     let version = request.version();
     let (mut pump, body, mut wanted) = BodyPump::new(framing, expect_continue);
@@ -360,8 +363,9 @@ where
     // In a block of its own: the handler's future (the largest part of this one) and
     // the response's writer then share their room in this future's layout.
     let forward::Answered { response, passed } = {
-        let handler = client.connection.answer(request, facts);
-        let mut handler = std::pin::pin!(handler);
+        // Made inside `pin!`: made first into a local, the future was copied whole into
+        // the slot `pin!` keeps (the same below for the response's writer).
+        let mut handler = std::pin::pin!(client.connection.answer(request, facts));
         loop {
             let need_read = pump.advance(buf);
             tokio::select! {
@@ -396,8 +400,12 @@ where
     // The 100 was never sent: the client still holds its body back.
     let body_withheld = wanted.is_some();
     let written = {
-        let write = response::write(writer, response, passed.as_deref(), answering);
-        let mut write = std::pin::pin!(write);
+        let mut write = std::pin::pin!(response::write(
+            writer,
+            response,
+            passed.as_deref(),
+            answering
+        ));
         loop {
             let need_read = !body_withheld && pump.advance(buf);
             tokio::select! {
