@@ -175,20 +175,24 @@ fn document_asks_for_tls(spec: &Value) -> bool {
     };
     let policy_asks = |policy: &Value| {
         policy.get("tls").is_some_and(tls_asks)
-            || policy
-                .get("portLevelSettings")
-                .and_then(Value::as_sequence)
-                .into_iter()
-                .flatten()
-                .any(|p| p.get("tls").is_some_and(tls_asks))
+            || any_in(policy, "portLevelSettings", |p| {
+                p.get("tls").is_some_and(tls_asks)
+            })
     };
     spec.get("trafficPolicy").is_some_and(policy_asks)
-        || spec
-            .get("subsets")
-            .and_then(Value::as_sequence)
-            .into_iter()
-            .flatten()
-            .any(|s| s.get("trafficPolicy").is_some_and(policy_asks))
+        || any_in(spec, "subsets", |s| {
+            s.get("trafficPolicy").is_some_and(policy_asks)
+        })
+}
+
+/// Whether `f` holds for any item of the sequence under `key`.
+fn any_in(value: &Value, key: &str, f: impl FnMut(&Value) -> bool) -> bool {
+    value
+        .get(key)
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .any(f)
 }
 
 /// A scalar as the string it reads as (`sectionName: 443` is the name "443").
