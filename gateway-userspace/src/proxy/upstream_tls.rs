@@ -13,7 +13,7 @@ use std::{
 
 use rustls::{AlertDescription, CertificateError};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
     net::TcpStream,
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
@@ -186,7 +186,12 @@ pub(crate) fn idle_and_open(stream: &mut UpstreamStream) -> bool {
         UpstreamStream::Plain(tcp) => tcp,
         UpstreamStream::Tls(tls) => tls.get_ref().0,
     };
-    if tcp.poll_read_ready(&mut cx).is_pending() {
+    // First the reactor's flag alone (an atomic load): `poll_read_ready` also takes the
+    // socket's waiter lock and stores the waker when it is not readable, which is nearly
+    // always, at each checkout.
+    if tcp.try_io(Interest::READABLE, || Ok(())).is_err()
+        || tcp.poll_read_ready(&mut cx).is_pending()
+    {
         return true;
     }
     // Readable: the end of the stream, stray bytes, or (TLS) a record with no data in
