@@ -827,6 +827,7 @@ impl HeadFields {
     }
 
     /// The map, and the passed fields (when there are, the map is empty).
+    #[cfg(test)]
     pub(in crate::proxy) fn split(self) -> (HeaderMap, Option<Box<PassedFields>>) {
         match self {
             HeadFields::Map(map) => (map, None),
