@@ -7,13 +7,13 @@
 use std::{
     io,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
 use rustls::{AlertDescription, CertificateError};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncBufRead, AsyncRead, AsyncWrite, Interest, ReadBuf},
     net::TcpStream,
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
@@ -186,7 +186,12 @@ pub(crate) fn idle_and_open(stream: &mut UpstreamStream) -> bool {
         UpstreamStream::Plain(tcp) => tcp,
         UpstreamStream::Tls(tls) => tls.get_ref().0,
     };
-    if tcp.poll_read_ready(&mut cx).is_pending() {
+    // First the reactor's flag alone (an atomic load): `poll_read_ready` also takes the
+    // socket's waiter lock and stores the waker when it is not readable, which is nearly
+    // always, at each checkout.
+    if tcp.try_io(Interest::READABLE, || Ok(())).is_err()
+        || tcp.poll_read_ready(&mut cx).is_pending()
+    {
         return true;
     }
     // Readable: the end of the stream, stray bytes, or (TLS) a record with no data in
@@ -244,7 +249,17 @@ impl AsyncRead for UpstreamStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            // The plaintext rustls holds, read once: tokio-rustls' `poll_read` fills the
+            // rest of `buf` from the socket too, a `recv` that finds nothing after nearly
+            // every response (rustls reads all the socket had in its first read).
+            UpstreamStream::Tls(s) => {
+                let mut tls = Pin::new(s.as_mut());
+                let data = ready!(tls.as_mut().poll_fill_buf(cx))?;
+                let n = data.len().min(buf.remaining());
+                buf.put_slice(&data[..n]);
+                tls.consume(n);
+                Poll::Ready(Ok(()))
+            }
         }
     }
 }

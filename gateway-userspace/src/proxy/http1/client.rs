@@ -230,7 +230,12 @@ fn response_of<S>(head: ResponseHead, exchange: Box<Exchange<S>>) -> Response<Re
         _ => None,
     };
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
-    let (headers, passed) = headers.split();
+    // Passed fields leave the response's own (empty) map as `Response::new` made it: an
+    // empty map put in its place was one more map made and one dropped per response.
+    let (map, passed) = match headers {
+        HeadFields::Map(map) => (Some(map), None),
+        HeadFields::Passed(passed) => (None, Some(passed)),
+    };
     let body = ResponseBody {
         passed,
         exchange: Some(exchange),
@@ -242,7 +247,9 @@ fn response_of<S>(head: ResponseHead, exchange: Box<Exchange<S>>) -> Response<Re
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.version_mut() = version;
-    *response.headers_mut() = headers;
+    if let Some(map) = map {
+        *response.headers_mut() = map;
+    }
     response
 }
 
@@ -820,6 +827,7 @@ impl HeadFields {
     }
 
     /// The map, and the passed fields (when there are, the map is empty).
+    #[cfg(test)]
     pub(in crate::proxy) fn split(self) -> (HeaderMap, Option<Box<PassedFields>>) {
         match self {
             HeadFields::Map(map) => (map, None),

@@ -2,7 +2,7 @@
 //! by httparse, and turned into the `http::Request` parts the handler takes.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderValue, Method, Request, Uri, Version};
 
 use crate::proxy::head_facts::{HeadFacts, Upgrade};
 
@@ -124,12 +124,13 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Box<Head>>, HeadError> {
     };
     let passable = passable && !framing.names_others && method != Method::CONNECT;
     let fields = RequestFields::new(copy, spans, edited);
-    let mut headers = HeaderMap::new();
+    // Passed fields leave the request's own (empty) map as `Request::new` makes it.
+    let mut headers = None;
     if passable {
         // Boxed: the facts move with the request through the handler's futures.
         facts.fields = Some(Box::new(fields));
     } else {
-        headers = fields.into_map_checked().ok_or(HeadError::Invalid)?;
+        headers = Some(fields.into_map_checked().ok_or(HeadError::Invalid)?);
     }
     let body = framing.body()?;
     let keep_alive = match version {
@@ -145,7 +146,9 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Box<Head>>, HeadError> {
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
-    *request.headers_mut() = headers;
+    if let Some(headers) = headers {
+        *request.headers_mut() = headers;
+    }
     Ok(Some(Box::new(Head {
         request,
         framing: body,
