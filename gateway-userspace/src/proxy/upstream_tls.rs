@@ -203,10 +203,18 @@ pub(crate) fn idle_and_open(stream: &mut UpstreamStream) -> bool {
 /// Envoy's router takes it) without its port, and an IPv6 address without its brackets,
 /// as Envoy's `parseAuthority` leaves it. None for other clusters, whose connections are
 /// opened for their `sni` whatever the request.
+/// Inlined: other clusters pay one test per request.
+#[inline]
 pub(crate) fn auto_sni_host<'a>(cluster: &Cluster, authority: &'a [u8]) -> Option<&'a [u8]> {
-    if !cluster.tls.as_ref().is_some_and(|tls| tls.auto_sni) {
-        return None;
+    if cluster.tls.as_ref().is_some_and(|tls| tls.auto_sni) {
+        Some(authority_host(authority))
+    } else {
+        None
     }
+}
+
+/// `authority` without its port, as Envoy's `parseAuthority` takes the host.
+fn authority_host(authority: &[u8]) -> &[u8] {
     let host = match authority.iter().rposition(|&b| b == b':') {
         // A port: digits, at most 65535. Otherwise the authority is taken whole (an IPv6
         // address without brackets, or something odd, which no name will match).
@@ -224,7 +232,7 @@ pub(crate) fn auto_sni_host<'a>(cluster: &Cluster, authority: &'a [u8]) -> Optio
         }
         _ => authority,
     };
-    Some(match host {
+    match host {
         [b'[', inner @ .., b']']
             if std::str::from_utf8(inner)
                 .is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok()) =>
@@ -232,7 +240,7 @@ pub(crate) fn auto_sni_host<'a>(cluster: &Cluster, authority: &'a [u8]) -> Optio
             inner
         }
         host => host,
-    })
+    }
 }
 
 /// Identifies the connections of an auto-SNI cluster opened for `host` among those of its
