@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use gateway_tests::{
-    Gateway, Process, TempDir, curl, free_port, service_with_endpoint,
+    Gateway, Process, TempDir, curl, free_port, http1::KeepAliveClient, service_with_endpoint,
     status_upstream::StatusUpstream, write_atomically,
 };
 
@@ -46,6 +46,10 @@ pub(crate) fn s_server(pki: &Pki, name: &str, extra: &[&str]) -> anyhow::Result<
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     Ok((process, port))
 }
+
+/// The Host of `get`'s requests, as a certificate names it: a rule without `sni` sends it
+/// as SNI and checks the certificate against it (Istio's `auto_sni`).
+const HOST_SAN: &str = "DNS:tls.example.com";
 
 /// An HTTP Gateway on `bind_port` for `tls.example.com`, whose `/NAME` paths go to the
 /// Service NAME port 8443, and a TCP server on `tcp_port` to `tcp_service`.
@@ -142,11 +146,13 @@ fn destination_rule_tls_originates_verifies_and_refuses_with_uf() -> anyhow::Res
         "wildcard",
         "deep",
     ];
-    // And a wildcard name, which covers one label under it.
+    // And a wildcard name, which covers one label under it, and the Host the requests
+    // carry: without `sni` the certificate must name it (`auto_san_validation`); the
+    // destination hosts are the names of TCP routes.
     let sans: Vec<String> = names
         .iter()
         .map(|n| format!("DNS:{n}.default.svc.cluster.local"))
-        .chain(["DNS:*.wild.example.com".to_owned()])
+        .chain(["DNS:*.wild.example.com".to_owned(), HOST_SAN.to_owned()])
         .collect();
     pki.issue(
         "backend",
@@ -325,7 +331,7 @@ fn a_destination_rule_asking_for_tls_that_does_not_parse_fails_closed() -> anyho
     pki.issue(
         "backend",
         "backend",
-        "DNS:broken.default.svc.cluster.local",
+        &format!("DNS:broken.default.svc.cluster.local,{HOST_SAN}"),
         Key::EcP256Pkcs8,
         false,
     )?;
@@ -403,7 +409,7 @@ fn http2_clusters_negotiate_h2_over_tls_and_http1_clusters_http1() -> anyhow::Re
     pki.issue(
         "backend",
         "backend",
-        "DNS:h2.default.svc.cluster.local,DNS:h1.default.svc.cluster.local",
+        &format!("DNS:h2.default.svc.cluster.local,DNS:h1.default.svc.cluster.local,{HOST_SAN}"),
         Key::EcP256Pkcs8,
         false,
     )?;
@@ -473,7 +479,7 @@ fn client_certificate_files_are_followed_and_a_broken_version_keeps_the_last_goo
     pki.issue(
         "backend",
         "backend",
-        &format!("DNS:{host}"),
+        &format!("DNS:{host},{HOST_SAN}"),
         Key::EcP256Pkcs8,
         false,
     )?;
@@ -551,5 +557,177 @@ fn client_certificate_files_are_followed_and_a_broken_version_keeps_the_last_goo
         .unwrap_or(0.0);
     assert!(errors >= 1.0, "the broken credential is counted");
     presented("client-b")?;
+    Ok(())
+}
+
+/// Istio's `auto_sni` and `auto_san_validation` (a DestinationRule without `sni`), in the
+/// egress case they serve: a ServiceEntry `*.wiki.example` whose requests each go with
+/// their own Host as SNI and are verified against it. The TLS upstream reports the SNI
+/// of the connection a request came on and that connection's address; an `openssl
+/// s_server` refuses any SNI but `de.wiki.example`.
+#[test]
+fn without_sni_each_request_goes_with_its_host_as_sni_and_is_verified_against_it()
+-> anyhow::Result<()> {
+    let dir = TempDir::new("upstream-tls-auto-sni")?;
+    let pki_dir = TempDir::new("upstream-tls-auto-sni-pki")?;
+    let pki = Pki::new(pki_dir.path(), "upstream-ca")?;
+    // Neither fr.wiki.example nor any destination host.
+    pki.issue(
+        "wiki",
+        "wiki",
+        "DNS:en.wiki.example,DNS:de.wiki.example",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_upstream, addr) = tls_upstream(&pki, "wiki")?;
+    let (cert, key) = (pki.path("wiki.crt"), pki.path("wiki.key"));
+    let (_strict, strict_port) = s_server(
+        &pki,
+        "wiki",
+        &[
+            "-servername",
+            "de.wiki.example",
+            "-servername_fatal",
+            "-cert2",
+            &cert,
+            "-key2",
+            &key,
+        ],
+    )?;
+    let ca = pki.path("upstream-ca.crt");
+    let (bind_port, port) = (free_port(), addr.port());
+    let mut config = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*.wiki.example"]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http, port: 80, targetPort: {bind_port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: wiki, namespace: default}}
+spec:
+  hosts: ["*.wiki.example"]
+  location: MESH_EXTERNAL
+  ports:
+  - {{number: 443, name: http, protocol: HTTP}}
+  - {{number: 8443, name: http2, protocol: HTTP2}}
+  resolution: NONE
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}, http2: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: wiki, namespace: default}}
+spec:
+  host: "*.wiki.example"
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: wiki, namespace: default}}
+spec:
+  hosts: ["*.wiki.example"]
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{prefix: /h2}}}}]
+    route: [{{destination: {{host: "*.wiki.example", port: {{number: 8443}}}}}}]
+  - match: [{{uri: {{prefix: /rewritten}}}}]
+    rewrite: {{authority: de.wiki.example}}
+    route: [{{destination: {{host: "*.wiki.example", port: {{number: 443}}}}}}]
+  - match: [{{uri: {{prefix: /strict}}}}]
+    route: [{{destination: {{host: strict, port: {{number: 8443}}}}}}]
+  - route: [{{destination: {{host: "*.wiki.example", port: {{number: 443}}}}}}]
+---
+"#
+    );
+    config += &service_with_endpoint("strict", 8443, ([127, 0, 0, 1], strict_port).into());
+    config += &destination_rule("strict", &format!("{{mode: SIMPLE, caCertificates: {ca}}}"));
+    let config_dir = TempDir::new("upstream-tls-auto-sni-config")?;
+    config_dir.write("gateway.yaml", &config)?;
+    let gateway = Gateway::start(config_dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let request = |host: &str, path: &str| {
+        curl(
+            None,
+            &[
+                "-H",
+                &format!("Host: {host}"),
+                &format!("http://127.0.0.1:{bind_port}{path}"),
+            ],
+        )
+    };
+
+    // One client connection, so one worker and its pool: the SNI each request's upstream
+    // connection carried, and which connection that was.
+    let mut client = KeepAliveClient::connect(([127, 0, 0, 1], bind_port).into(), "-")?;
+    let mut seen = |host: &str| -> anyhow::Result<(String, String)> {
+        client.set_host(host);
+        let response = client.get("/wiki")?;
+        assert_eq!(
+            response.status,
+            200,
+            "{host}: {response:?}\n{}",
+            gateway.stderr()
+        );
+        let json = response.json()?;
+        assert_eq!(json["host"], host, "{}", response.body);
+        Ok((
+            json["sni"].as_str().unwrap_or("none").to_owned(),
+            json["client"].as_str().unwrap_or_default().to_owned(),
+        ))
+    };
+    let (en_sni, en_connection) = seen("en.wiki.example")?;
+    assert_eq!(en_sni, "en.wiki.example");
+    let (de_sni, de_connection) = seen("de.wiki.example")?;
+    assert_eq!(de_sni, "de.wiki.example");
+    assert_ne!(de_connection, en_connection, "de went on en's connection");
+    // Each host's connection carries its next requests; a port is no part of the name.
+    assert_eq!(seen("en.wiki.example")?, (en_sni, en_connection));
+    assert_eq!(seen("de.wiki.example:80")?.0, "de.wiki.example");
+
+    // HTTP/2 (ALPN h2) the same.
+    for host in ["en.wiki.example", "de.wiki.example"] {
+        let h2 = request(host, "/h2")?;
+        assert_eq!(h2.status, 200, "{h2:?}\n{}", gateway.stderr());
+        let json = h2.json()?;
+        assert_eq!(json["version"], "HTTP/2.0", "{}", h2.body);
+        assert_eq!(json["sni"], host, "{}", h2.body);
+    }
+
+    // The host after the route's rewrite, as Envoy's router takes it.
+    let rewritten = request("en.wiki.example", "/rewritten")?;
+    assert_eq!(rewritten.status, 200, "{rewritten:?}");
+    assert_eq!(
+        rewritten.json()?["sni"],
+        "de.wiki.example",
+        "{}",
+        rewritten.body
+    );
+
+    // A host the certificate does not name: 503 UF, counted as a name mismatch.
+    let fr = request("fr.wiki.example", "/wiki")?;
+    assert_eq!(fr.status, 503, "{fr:?}");
+    assert!(fr.body.contains("CERTIFICATE_VERIFY_FAILED"), "{}", fr.body);
+    let mismatches = gateway
+        .metric("gateway_upstream_tls_handshake_errors_total{cluster=\"outbound|443||*.wiki.example\",reason=\"name_mismatch\"}")?
+        .unwrap_or(0.0);
+    assert!(mismatches >= 1.0, "{mismatches}");
+
+    // The backend that accepts de.wiki.example only: de's requests reach it, en's
+    // (which its certificate names too) are refused in the handshake.
+    let strict = request("de.wiki.example", "/strict")?;
+    assert_eq!(strict.status, 200, "{strict:?}\n{}", gateway.stderr());
+    assert!(strict.body.contains("s_server"), "{}", strict.body);
+    let refused = request("en.wiki.example", "/strict")?;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.body.contains("TLS_error"), "{}", refused.body);
     Ok(())
 }

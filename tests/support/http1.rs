@@ -63,6 +63,11 @@ impl KeepAliveClient {
         })
     }
 
+    /// The Host the next requests carry.
+    pub fn set_host(&mut self, host: &str) {
+        host.clone_into(&mut self.host);
+    }
+
     /// Sends GET `path` without reading the answer (a request left in flight).
     pub fn send_get(&mut self, path: &str) -> anyhow::Result<()> {
         ensure!(

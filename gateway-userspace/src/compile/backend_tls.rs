@@ -312,6 +312,8 @@ pub(super) fn apply(ix: &Index<'_>, sink: &mut Sink, cluster: &mut Cluster) {
         Some(Arc::new(UpstreamTls {
             mode: "SIMPLE",
             sni: sni.clone(),
+            auto_sni: false,
+            auto_san_validation: false,
             origin: origin.clone(),
             config: Err(why.clone()),
             refused: Some(why),
@@ -326,7 +328,7 @@ pub(super) fn apply(ix: &Index<'_>, sink: &mut Sink, cluster: &mut Cluster) {
         mode: "SIMPLE",
         sni: sni.clone(),
         // Without subjectAltNames the hostname is the name checked.
-        sni_is_default: true,
+        verify_server_name: true,
         subject_alt_names: validation
             .subject_alt_names
             .iter()
@@ -360,6 +362,9 @@ pub(super) fn apply(ix: &Index<'_>, sink: &mut Sink, cluster: &mut Cluster) {
     cluster.tls = Some(Arc::new(UpstreamTls {
         mode: "SIMPLE",
         sni,
+        // The policy's hostname is the SNI of every connection (Gateway API).
+        auto_sni: false,
+        auto_san_validation: false,
         origin,
         config: Ok(config),
         refused: None,

@@ -116,7 +116,8 @@ pub(super) fn upstream_tls<'a>(
         ClientTlsMode::Mutual => "MUTUAL",
         ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
     };
-    // Shown for a refused cluster whose host is no DNS name (a wildcard ServiceEntry).
+    // Shown for a refused cluster whose host is no DNS name (a wildcard ServiceEntry), and
+    // the name of such a cluster's TCP connections: an address, so no SNI is sent.
     let placeholder = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
     let default_sni = ServerName::try_from(cluster.service.clone()).ok();
     let refuse = |sink: &mut Sink, field: &str, why: String, sni: ServerName<'static>| {
@@ -125,6 +126,8 @@ pub(super) fn upstream_tls<'a>(
         Some(Arc::new(UpstreamTls {
             mode,
             sni,
+            auto_sni: false,
+            auto_san_validation: false,
             origin: origin.clone(),
             config: Err(why.clone()),
             refused: Some(why),
@@ -141,7 +144,11 @@ pub(super) fn upstream_tls<'a>(
             default_sni.unwrap_or(placeholder),
         );
     }
-    let (sni, sni_is_default) = match settings.sni.as_deref().filter(|s| !s.is_empty()) {
+    let insecure_skip_verify = settings.insecure_skip_verify.unwrap_or(false);
+    // Istio's `setAutoSniAndAutoSanValidation`. Without `sni`, TCP routes send the
+    // destination host; a wildcard host has none to send, and no SNI goes (`placeholder`
+    // is an address), as Envoy sends none for an empty `sni`.
+    let (sni, auto_sni) = match settings.sni.as_deref().filter(|s| !s.is_empty()) {
         Some(sni) => match ServerName::try_from(sni.to_owned()) {
             Ok(name) => (name, false),
             Err(_) => {
@@ -153,21 +160,10 @@ pub(super) fn upstream_tls<'a>(
                 );
             }
         },
-        None => match default_sni {
-            Some(name) => (name, true),
-            None => {
-                return refuse(
-                    sink,
-                    "sni",
-                    format!(
-                        "the host {:?} is no DNS name to send as SNI: set sni",
-                        cluster.service
-                    ),
-                    placeholder,
-                );
-            }
-        },
+        None => (default_sni.unwrap_or(placeholder), true),
     };
+    let auto_san_validation =
+        auto_sni && settings.subject_alt_names.is_empty() && !insecure_skip_verify;
     let client = match client_credentials(ix, sink, credentials, &place, settings, mode == "MUTUAL")
     {
         Ok(client) => client,
@@ -176,11 +172,11 @@ pub(super) fn upstream_tls<'a>(
     let client_settings = ClientSettings {
         mode,
         sni: sni.clone(),
-        sni_is_default,
+        verify_server_name: auto_san_validation,
         subject_alt_names: settings.subject_alt_names.clone(),
         roots: client.roots,
         client_certificate: client.certificate,
-        insecure_skip_verify: settings.insecure_skip_verify.unwrap_or(false),
+        insecure_skip_verify,
         alpn: match cluster.protocol {
             UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
             UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
@@ -202,6 +198,8 @@ pub(super) fn upstream_tls<'a>(
     Some(Arc::new(UpstreamTls {
         mode,
         sni,
+        auto_sni,
+        auto_san_validation,
         origin,
         config: Ok(config),
         refused: None,
@@ -229,6 +227,8 @@ fn fail_closed(
     Arc::new(UpstreamTls {
         mode: "SIMPLE",
         sni: ServerName::try_from(cluster.service.clone()).unwrap_or(placeholder),
+        auto_sni: false,
+        auto_san_validation: false,
         origin,
         config: Err(why.clone()),
         refused: Some(why),

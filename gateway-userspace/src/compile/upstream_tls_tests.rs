@@ -188,3 +188,109 @@ fn no_tls_anywhere_is_none() {
     let spec = spec("host: web\ntrafficPolicy: {loadBalancer: {simple: RANDOM}}\n");
     assert_eq!(chosen(&spec, 80, None), None);
 }
+
+/// The TLS of the cluster of `host` (a ServiceEntry, resolution STATIC) under a
+/// DestinationRule whose `tls` is `tls`.
+fn compiled_tls(host: &str, tls: &str) -> Arc<UpstreamTls> {
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/src/tls/testdata/unit.crt");
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: istio-system}}
+spec:
+  hosts: ["{host}"]
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  resolution: STATIC
+  endpoints: [{{address: 192.0.2.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api, namespace: istio-system}}
+spec:
+  host: "{host}"
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}, {tls}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: istio-system}}
+spec:
+  hosts: [api.local]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: "{host}"}}}}]
+"#
+    );
+    let (resources, _) = crate::config::load_text(std::path::Path::new("dr.yaml"), &yaml);
+    let (snapshot, diagnostics) = super::super::compile(&resources, &Default::default());
+    let name = format!("outbound|443||{host}");
+    let tls = snapshot
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.tls.clone())
+        .unwrap_or_else(|| panic!("{name} has no TLS: {diagnostics}"));
+    assert!(tls.config.is_ok(), "{:?} {diagnostics}", tls.refused);
+    tls
+}
+
+/// Istio's `setAutoSniAndAutoSanValidation`: `auto_sni` without `sni`;
+/// `auto_san_validation` when, besides, there are no `subjectAltNames` and no
+/// `insecureSkipVerify`.
+#[test]
+fn auto_sni_and_auto_san_validation_are_set_as_istio_sets_them() {
+    let cases = [
+        ("", true, true),
+        ("sni: ''", true, true),
+        ("sni: origin.example.com", false, false),
+        ("subjectAltNames: [api.example.com]", true, false),
+        ("insecureSkipVerify: true", true, false),
+        ("insecureSkipVerify: false", true, true),
+        (
+            "sni: origin.example.com, subjectAltNames: [api.example.com]",
+            false,
+            false,
+        ),
+        (
+            "sni: origin.example.com, insecureSkipVerify: true",
+            false,
+            false,
+        ),
+    ];
+    for (tls, auto_sni, auto_san_validation) in cases {
+        let compiled = compiled_tls("api.example.com", tls);
+        assert_eq!(
+            (compiled.auto_sni, compiled.auto_san_validation),
+            (auto_sni, auto_san_validation),
+            "{tls}"
+        );
+        // TCP routes send `sni`, else the destination host.
+        let sni = if auto_sni {
+            "api.example.com"
+        } else {
+            "origin.example.com"
+        };
+        assert_eq!(compiled.sni.to_str(), sni, "{tls}");
+    }
+}
+
+/// A wildcard host has no name for a TCP route to send, but HTTP requests send their own
+/// host: the cluster is served, not refused (the egress case: `*.wikipedia.org`).
+#[test]
+fn a_wildcard_host_without_sni_is_served_by_auto_sni() {
+    let compiled = compiled_tls("*.wiki.example", "");
+    assert!(compiled.auto_sni && compiled.auto_san_validation);
+    assert!(
+        matches!(compiled.sni, ServerName::IpAddress(_)),
+        "no SNI for TCP routes: {:?}",
+        compiled.sni
+    );
+}

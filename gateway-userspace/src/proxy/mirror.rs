@@ -98,8 +98,14 @@ pub(super) fn send(
                     return;
                 };
                 let exchange = async {
-                    if let Ok(response) =
-                        upstream::send(&target, endpoint.addr, request, ctx.http1_client).await
+                    if let Ok(response) = upstream::send(
+                        &target,
+                        endpoint.addr,
+                        request,
+                        ctx.http1_client,
+                        head.authority.as_bytes(),
+                    )
+                    .await
                     {
                         // Drain so the pooled connection can be reused.
                         let _ = (*response).into_body().collect().await;

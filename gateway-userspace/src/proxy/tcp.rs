@@ -58,8 +58,10 @@ pub(super) async fn proxy<S>(
             }
         };
     let _ = upstream.set_nodelay(true);
-    // A cluster that originates TLS (DestinationRule `tls`) gets it on TCP routes too.
-    let mut upstream = match upstream_tls::secure(upstream, &cluster.cluster, CONNECT_TIMEOUT).await
+    // A cluster that originates TLS (DestinationRule `tls`) gets it on TCP routes too,
+    // opened for its `sni` (with `auto_sni`, the destination host: there is no request).
+    let mut upstream = match upstream_tls::secure(upstream, &cluster.cluster, CONNECT_TIMEOUT, None)
+        .await
     {
         Ok(upstream) => upstream,
         Err(failure) => {

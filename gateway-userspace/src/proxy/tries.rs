@@ -240,5 +240,9 @@ async fn send(
     let request = head
         .outgoing(cluster.protocol, client, body, last_try)
         .map_err(|_| TryFailure::ProtocolError)?;
-    Box::pin(upstream::send(cluster, endpoint, request, client)).await
+    let authority = head.authority.as_bytes();
+    Box::pin(upstream::send(
+        cluster, endpoint, request, client, authority,
+    ))
+    .await
 }

@@ -60,7 +60,9 @@ type Pools = HashMap<PoolKey, EndpointPool, FxBuildHasher>;
 
 /// Connections are shared by requests to the same endpoint, protocol and TLS settings
 /// (`UpstreamTls::key`, 0 for plaintext): two clusters that reach one endpoint with
-/// different client certificates never share a connection.
+/// different client certificates never share a connection. On an auto-SNI cluster the
+/// server name counts too (`sni`, `upstream_tls::server_name_key`): a connection opened
+/// for one host never carries a request for another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
     endpoint: SocketAddr,
@@ -69,11 +71,21 @@ struct PoolKey {
 }
 
 impl PoolKey {
-    fn new(cluster: &LiveCluster<'_>, endpoint: SocketAddr, protocol: UpstreamProtocol) -> Self {
+    fn new(
+        cluster: &LiveCluster<'_>,
+        endpoint: SocketAddr,
+        protocol: UpstreamProtocol,
+        sni: Option<&[u8]>,
+    ) -> Self {
+        let tls = match (&cluster.tls, sni) {
+            (None, _) => 0,
+            (Some(tls), None) => tls.key,
+            (Some(tls), Some(host)) => upstream_tls::server_name_key(tls.key, host),
+        };
         PoolKey {
             endpoint,
             protocol,
-            tls: cluster.tls.as_ref().map_or(0, |tls| tls.key),
+            tls,
         }
     }
 }
@@ -141,13 +153,16 @@ pub(super) enum Outgoing {
 
 /// Sends `request` (origin-form URI and Host header for HTTP/1.1; absolute URI for
 /// HTTP/2) to `endpoint` of `cluster`, over a pooled connection when one is free, within
-/// the cluster's connection pool limits (`TryFailure::Overflow` beyond them).
+/// the cluster's connection pool limits (`TryFailure::Overflow` beyond them). `authority`
+/// is the request's Host as sent: an auto-SNI cluster's connection is opened for it.
 pub(super) async fn send(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     request: Outgoing,
     client: Http1Client,
+    authority: &[u8],
 ) -> Result<Answered, TryFailure> {
+    let sni = upstream_tls::auto_sni_host(cluster, authority);
     let in_flight = cluster
         .state
         .breakers
@@ -157,16 +172,16 @@ pub(super) async fn send(
     // values, each was made and then copied whole into this future (a memcpy per request).
     let mut response = match (cluster.protocol, request) {
         (UpstreamProtocol::Http1, Outgoing::Http1(request)) => {
-            std::pin::pin!(send_http1_own(cluster, endpoint, request)).await
+            std::pin::pin!(send_http1_own(cluster, endpoint, request, sni)).await
         }
         (UpstreamProtocol::Http1, Outgoing::Request(request)) => match client {
-            Http1Client::Hyper => send_http1_hyper(cluster, endpoint, request).await,
+            Http1Client::Hyper => send_http1_hyper(cluster, endpoint, request, sni).await,
             Http1Client::Own => {
-                std::pin::pin!(send_http1_own(cluster, endpoint, request.into())).await
+                std::pin::pin!(send_http1_own(cluster, endpoint, request.into(), sni)).await
             }
         },
         (UpstreamProtocol::Http2, Outgoing::Request(request)) => {
-            send_http2(cluster, endpoint, request).await
+            send_http2(cluster, endpoint, request, sni).await
         }
         // An encoded HTTP/1.1 head is made only for HTTP/1.1 clusters (`tries::send`).
         (UpstreamProtocol::Http2, Outgoing::Http1(_)) => Err(TryFailure::ProtocolError),
@@ -182,7 +197,7 @@ pub(super) async fn send(
 async fn acquire_http1(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
-    key: PoolKey,
+    (key, sni): (PoolKey, Option<&[u8]>),
     client: Http1Client,
     queued: &mut Option<Slot>,
 ) -> Result<(Http1Connection, u32, bool), TryFailure> {
@@ -195,11 +210,11 @@ async fn acquire_http1(
             // Boxed: a connect's future holds a TLS handshake (rustls' whole connection
             // state) and is rare, while this future is moved with every request's.
             let connection = match client {
-                Http1Client::Hyper => {
-                    Http1Connection::Hyper(Box::pin(connect_http1(cluster, endpoint, slot)).await?)
-                }
+                Http1Client::Hyper => Http1Connection::Hyper(
+                    Box::pin(connect_http1(cluster, endpoint, slot, sni)).await?,
+                ),
                 Http1Client::Own => Http1Connection::Own(OwnConnection {
-                    io: Box::pin(connect(cluster, endpoint)).await?,
+                    io: Box::pin(connect(cluster, endpoint, sni)).await?,
                     open: slot,
                 }),
             };
@@ -234,9 +249,10 @@ async fn send_http1_own(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     mut request: client::Outbound,
+    sni: Option<&[u8]>,
 ) -> Result<Answered, TryFailure> {
     let limits = &cluster.connection_pool;
-    let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1);
+    let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1, sni);
     // Held while this request waits for a connection.
     let mut queued: Option<Slot> = None;
     loop {
@@ -244,7 +260,7 @@ async fn send_http1_own(
         let (connection, served, reused) = std::pin::pin!(acquire_http1(
             cluster,
             endpoint,
-            key,
+            (key, sni),
             Http1Client::Own,
             &mut queued
         ))
@@ -283,14 +299,21 @@ async fn send_http1_hyper(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     mut request: Request<ProxyBody>,
+    sni: Option<&[u8]>,
 ) -> Result<Answered, TryFailure> {
     let limits = &cluster.connection_pool;
-    let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1);
+    let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http1, sni);
     // Held while this request waits for a connection.
     let mut queued: Option<Slot> = None;
     loop {
-        let (connection, served, reused) =
-            acquire_http1(cluster, endpoint, key, Http1Client::Hyper, &mut queued).await?;
+        let (connection, served, reused) = acquire_http1(
+            cluster,
+            endpoint,
+            (key, sni),
+            Http1Client::Hyper,
+            &mut queued,
+        )
+        .await?;
         let Http1Connection::Hyper(mut sender) = connection else {
             continue;
         };
@@ -335,9 +358,10 @@ async fn send_http2(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     mut request: Request<ProxyBody>,
+    sni: Option<&[u8]>,
 ) -> Result<Answered, TryFailure> {
     let limits = &cluster.connection_pool;
-    let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http2);
+    let key = PoolKey::new(cluster, endpoint, UpstreamProtocol::Http2, sni);
     // Held while this request waits for the worker's connection to be established.
     let mut queued: Option<Slot> = None;
     loop {
@@ -346,7 +370,7 @@ async fn send_http2(
             None => match new_connection_slot(cluster, key) {
                 Some(slot) => {
                     // Boxed, as in `acquire_http1`.
-                    let sender = Box::pin(connect_http2(cluster, endpoint, slot)).await?;
+                    let sender = Box::pin(connect_http2(cluster, endpoint, slot, sni)).await?;
                     with_pool(key, |pool| {
                         pool.shared = Some(Pooled {
                             sender: sender.clone(),
@@ -596,10 +620,12 @@ fn checkin_http1(key: PoolKey, mut sender: Http1Connection, served: u32, idle_ti
     drop(closed);
 }
 
-/// A connection to `endpoint`, secured as `cluster` asks (TLS origination).
+/// A connection to `endpoint`, secured as `cluster` asks (TLS origination), for the
+/// host `sni` names on an auto-SNI cluster (`upstream_tls::auto_sni_host`).
 async fn connect(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
+    sni: Option<&[u8]>,
 ) -> Result<UpstreamStream, TryFailure> {
     let timeout = cluster.connect_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
@@ -614,7 +640,7 @@ async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
-    upstream_tls::secure(stream, cluster, timeout)
+    upstream_tls::secure(stream, cluster, timeout, sni)
         .await
         .map_err(TryFailure::Tls)
 }
@@ -623,8 +649,9 @@ async fn connect_http1(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     open: OpenConnection,
+    sni: Option<&[u8]>,
 ) -> Result<http1::SendRequest<ProxyBody>, TryFailure> {
-    let stream = connect(cluster, endpoint).await?;
+    let stream = connect(cluster, endpoint, sni).await?;
     let (sender, connection) = http1::Builder::new()
         .max_buf_size(UPSTREAM_H1_MAX_BUF)
         .handshake(TokioIo::new(stream))
@@ -646,8 +673,9 @@ async fn connect_http2(
     cluster: &LiveCluster<'_>,
     endpoint: SocketAddr,
     open: OpenConnection,
+    sni: Option<&[u8]>,
 ) -> Result<http2::SendRequest<ProxyBody>, TryFailure> {
-    let stream = connect(cluster, endpoint).await?;
+    let stream = connect(cluster, endpoint, sni).await?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(stream))

@@ -12,6 +12,7 @@ use std::{
 };
 
 use rustls::{AlertDescription, CertificateError};
+use rustls_pki_types::ServerName;
 use tokio::{
     io::{AsyncBufRead, AsyncRead, AsyncWrite, Interest, ReadBuf},
     net::TcpStream,
@@ -21,6 +22,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use crate::{
     metrics::{UPSTREAM_TLS_HANDSHAKE_ERRORS, UpstreamTlsLabels},
     snapshot::Cluster,
+    tls::upstream::UpstreamTls,
 };
 
 /// Why an upstream TLS handshake failed.
@@ -201,20 +203,93 @@ pub(crate) fn idle_and_open(stream: &mut UpstreamStream) -> bool {
     Pin::new(stream).poll_read(&mut cx, &mut buf).is_pending()
 }
 
+/// The host an HTTP request's connection to an auto-SNI cluster (`UpstreamTls::auto_sni`)
+/// is opened for: the request's authority as sent upstream (after the route's rewrite, as
+/// Envoy's router takes it) without its port, and an IPv6 address without its brackets,
+/// as Envoy's `parseAuthority` leaves it. None for other clusters, whose connections are
+/// opened for their `sni` whatever the request.
+/// Inlined: other clusters pay one test per request.
+#[inline]
+pub(crate) fn auto_sni_host<'a>(cluster: &Cluster, authority: &'a [u8]) -> Option<&'a [u8]> {
+    if cluster.tls.as_ref().is_some_and(|tls| tls.auto_sni) {
+        Some(authority_host(authority))
+    } else {
+        None
+    }
+}
+
+/// `authority` without its port, as Envoy's `parseAuthority` takes the host.
+fn authority_host(authority: &[u8]) -> &[u8] {
+    let host = match authority.iter().rposition(|&b| b == b':') {
+        // A port: digits, at most 65535. Otherwise the authority is taken whole (an IPv6
+        // address without brackets, or something odd, which no name will match).
+        Some(colon) if authority.last() != Some(&b']') => {
+            let port = &authority[colon + 1..];
+            let is_port = !port.is_empty()
+                && port.len() <= 5
+                && port.iter().all(u8::is_ascii_digit)
+                && port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535;
+            if is_port {
+                &authority[..colon]
+            } else {
+                authority
+            }
+        }
+        _ => authority,
+    };
+    match host {
+        [b'[', inner @ .., b']']
+            if std::str::from_utf8(inner)
+                .is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok()) =>
+        {
+            inner
+        }
+        host => host,
+    }
+}
+
+/// Identifies the connections of an auto-SNI cluster opened for `host` among those of its
+/// TLS settings (`UpstreamTls::key`), as Envoy pools connections by their server name: a
+/// keyed hash, so a client cannot choose a host whose requests would share another host's
+/// connections.
+pub(crate) fn server_name_key(tls_key: u64, host: &[u8]) -> u64 {
+    static KEYS: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    std::hash::BuildHasher::hash_one(&*KEYS, (tls_key, host))
+}
+
+/// The name a connection is opened for: `host` (`auto_sni_host`) when given, else the
+/// cluster's `sni`. An IP address sends no SNI (Envoy sets none for one) and is the name
+/// checked. A host that is no server name cannot be named by any certificate: refused
+/// when the name is checked (`auto_san_validation`, where Envoy's check fails too), else
+/// the connection sends the cluster's `sni` (Envoy sends the odd name as it is).
+fn server_name(tls: &UpstreamTls, host: Option<&[u8]>) -> Result<ServerName<'static>, TlsFailure> {
+    let Some(host) = host else {
+        return Ok(tls.sni.clone());
+    };
+    match ServerName::try_from(host) {
+        Ok(name) => Ok(name.to_owned()),
+        Err(_) if tls.auto_san_validation => Err(TlsFailure::NameMismatch),
+        Err(_) => Ok(tls.sni.clone()),
+    }
+}
+
 /// `stream` as `cluster` wants it: wrapped in TLS when the cluster originates TLS (the
-/// handshake bounded by `timeout`), as it is otherwise. A failed handshake is counted.
+/// handshake bounded by `timeout`), as it is otherwise; opened for `host` when an HTTP
+/// request to an auto-SNI cluster asks (`auto_sni_host`). A failed handshake is counted.
 pub(crate) async fn secure(
     stream: TcpStream,
     cluster: &Cluster,
     timeout: Duration,
+    host: Option<&[u8]>,
 ) -> Result<UpstreamStream, TlsFailure> {
     let Some(tls) = &cluster.tls else {
         return Ok(UpstreamStream::Plain(stream));
     };
-    let result = match &tls.config {
-        Ok(config) => {
+    let result = match (&tls.config, server_name(tls, host)) {
+        (Ok(config), Ok(name)) => {
             let connector = TlsConnector::from(config.clone());
-            match tokio::time::timeout(timeout, connector.connect(tls.sni.clone(), stream)).await {
+            match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
                 Ok(Ok(stream)) => Ok(UpstreamStream::Tls(Box::new(stream))),
                 Ok(Err(e)) => {
                     tracing::debug!(cluster = %cluster.name, error = %e, "upstream TLS handshake failed");
@@ -223,7 +298,8 @@ pub(crate) async fn secure(
                 Err(_) => Err(TlsFailure::Timeout),
             }
         }
-        Err(_) => Err(TlsFailure::Unconfigured),
+        (Err(_), _) => Err(TlsFailure::Unconfigured),
+        (Ok(_), Err(failure)) => Err(failure),
     };
     if let Err(failure) = result {
         count(&cluster.name, failure);
@@ -318,3 +394,7 @@ impl AsyncWrite for UpstreamStream {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "upstream_tls_tests.rs"]
+mod tests;

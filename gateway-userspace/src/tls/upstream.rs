@@ -5,9 +5,11 @@
 //! Verification follows Istio (`cluster_tls.go`): the chain is checked against
 //! `caCertificates` (or the credential Secret's `ca.crt`), else against the system trust
 //! store (Istio's `VERIFY_CERTIFICATE_AT_CLIENT`, on by default since 1.20); the names
-//! are checked against `subjectAltNames` when given, else against the SNI when the SNI is
-//! the default one (Envoy's `auto_san_validation`); an explicit `sni` without
-//! `subjectAltNames` checks the chain only. `insecureSkipVerify` checks nothing.
+//! are checked against `subjectAltNames` when given, else, when the rule has no `sni`,
+//! against the name the connection was opened for (Envoy's `auto_san_validation`: an HTTP
+//! request's host with `auto_sni`, the destination host for a TCP route); an explicit
+//! `sni` without `subjectAltNames` checks the chain only. `insecureSkipVerify` checks
+//! nothing.
 
 use std::{
     collections::HashMap,
@@ -41,9 +43,17 @@ const SESSIONS_PER_CLUSTER: usize = 256;
 pub struct UpstreamTls {
     /// `SIMPLE` or `MUTUAL`.
     pub mode: &'static str,
-    /// The name sent in the ClientHello.
+    /// The name sent in the ClientHello (with `auto_sni`, by TCP routes only).
     #[serde(serialize_with = "server_name")]
     pub sni: ServerName<'static>,
+    /// Envoy's `auto_sni`, which Istio sets when the rule has no `sni`: the connection
+    /// for an HTTP request is opened for the request's host (its Host after the route's
+    /// rewrite, port stripped) rather than for `sni`; an IP address sends no SNI.
+    pub auto_sni: bool,
+    /// Envoy's `auto_san_validation`, which Istio sets when, besides, the rule has no
+    /// `subjectAltNames` and does not `insecureSkipVerify`: the certificate must name the
+    /// host the connection was opened for.
+    pub auto_san_validation: bool,
     /// Where the settings come from: `DestinationRule ns/name spec.trafficPolicy.tls`.
     pub origin: String,
     /// The client configuration, or why none could be built: then every connection is
@@ -68,9 +78,10 @@ fn server_name<S: serde::Serializer>(name: &ServerName<'static>, s: S) -> Result
 pub struct ClientSettings {
     pub mode: &'static str,
     pub sni: ServerName<'static>,
-    /// Whether `sni` is the default (the destination host): then it is also the name
-    /// checked when no `subjectAltNames` are given.
-    pub sni_is_default: bool,
+    /// Whether, without `subjectAltNames`, the certificate must name the server name the
+    /// connection is opened for (`sni`, or the request's host with `auto_sni`): Envoy's
+    /// `auto_san_validation`, and a BackendTLSPolicy's hostname.
+    pub verify_server_name: bool,
     pub subject_alt_names: Vec<String>,
     /// None: the system trust store.
     pub roots: Option<Vec<CertificateDer<'static>>>,
@@ -86,7 +97,7 @@ impl ClientSettings {
         let mut hasher = DefaultHasher::new();
         self.mode.hash(&mut hasher);
         self.sni.to_str().hash(&mut hasher);
-        self.sni_is_default.hash(&mut hasher);
+        self.verify_server_name.hash(&mut hasher);
         self.subject_alt_names.hash(&mut hasher);
         self.roots
             .iter()
@@ -121,7 +132,7 @@ impl ClientSettings {
                 Names::Nothing
             } else if !self.subject_alt_names.is_empty() {
                 Names::AnyOf(self.subject_alt_names.clone())
-            } else if self.sni_is_default {
+            } else if self.verify_server_name {
                 Names::Sni
             } else {
                 Names::ChainOnly
@@ -218,7 +229,7 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
 /// Which names the upstream's certificate must carry.
 #[derive(Debug)]
 enum Names {
-    /// The SNI (the default name): Envoy's `auto_san_validation`.
+    /// The name the connection was opened for: Envoy's `auto_san_validation`.
     Sni,
     /// One of these (DNS names, IP addresses or URIs such as SPIFFE IDs).
     AnyOf(Vec<String>),

@@ -15,7 +15,8 @@
 //! `x-echo-set-header: Name: value, Other: value` adds those headers to the response (as
 //! the Gateway API conformance suite's echo backend does).
 //! A request with `Upgrade` is answered 101 and the upgraded connection echoes its bytes.
-//! With `--tls-cert FILE --tls-key FILE` it speaks TLS only (ALPN `h2`, `http/1.1`).
+//! With `--tls-cert FILE --tls-key FILE` it speaks TLS only (ALPN `h2`, `http/1.1`), and
+//! the description has the connection's SNI as `sni` (null when the client sent none).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -153,16 +154,19 @@ async fn serve_connection(
     if let Err(err) = stream.set_nodelay(true) {
         eprintln!("demo-upstream: connection from {peer}: set_nodelay: {err}");
     }
-    let service = service_fn(move |req| respond(req, peer, Arc::clone(&upstream)));
     let builder = auto::Builder::new(TokioExecutor::new());
     let served = match tls {
         None => {
+            let service = service_fn(move |req| respond(req, peer, Arc::clone(&upstream), None));
             builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
         }
         Some(acceptor) => match acceptor.accept(stream).await {
             Ok(stream) => {
+                let sni = Some(stream.get_ref().1.server_name().map(str::to_owned));
+                let service =
+                    service_fn(move |req| respond(req, peer, Arc::clone(&upstream), sni.clone()));
                 builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await
@@ -178,10 +182,12 @@ async fn serve_connection(
     }
 }
 
+/// `sni`: None on plaintext, else the TLS connection's SNI if it had one.
 async fn respond(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     upstream: Arc<Upstream>,
+    sni: Option<Option<String>>,
 ) -> Result<Response<Body>, hyper::Error> {
     if req.uri().path() == "/__requests" {
         let seen = upstream
@@ -294,7 +300,7 @@ async fn respond(
     let payload = if no_body {
         Bytes::new()
     } else {
-        let description = json!({
+        let mut description = json!({
             "method": parts.method.as_str(),
             "path": path,
             "host": host,
@@ -304,6 +310,9 @@ async fn respond(
             "body_bytes": body_bytes,
             "version": format!("{:?}", parts.version),
         });
+        if let Some(sni) = sni {
+            description["sni"] = json!(sni);
+        }
         Bytes::from(format!("{description:#}\n"))
     };
 
