@@ -1,7 +1,7 @@
 """User-space instructions per proxied request when the proxy originates TLS to its
 upstream (issue 17), counted by callgrind.
 
-Usage: python3 tls_callgrind.py GATEWAYD N [nginx|plain] [--dump-dir DIR]
+Usage: python3 tls_callgrind.py GATEWAYD N [nginx|plain] [--dump-dir DIR] [--strace]
 gatewayd (one worker, access log off) under `valgrind --tool=callgrind`, in front of an
 nginx answering a fixed 200 over TLS 1.3 (P-256 certificate signed by a CA gatewayd
 verifies; DestinationRule `tls: {mode: SIMPLE, caCertificates, sni}`), upstream
@@ -12,14 +12,16 @@ two, divided by N. `nginx` measures an nginx proxy instead (one worker process,
 `proxy_pass https://`, `proxy_ssl_verify on`, `proxy_ssl_session_reuse on`, an upstream
 keepalive pool), as `cargo xtask bench upstream-tls` configures it; `plain` measures
 gatewayd to the same nginx in plaintext (the floor). The dump is kept in DIR for
-`callgrind_annotate`.
+`callgrind_annotate`. With `--strace`: the proxy runs natively and `strace -c -f` counts its
+system calls over the N requests (the kernel's share that callgrind does not see).
 """
 import os, shutil, subprocess, sys
 
-from callgrind_run import PORT_OFFSET, count_instructions
+from callgrind_run import PORT_OFFSET, count_instructions, count_syscalls, print_syscalls, wait_for_port
 from one_route_config import one_route_config
 
-args = [a for a in sys.argv[1:]]
+args = [a for a in sys.argv[1:] if a != "--strace"]
+STRACE = "--strace" in sys.argv
 DUMP_DIR = None
 if "--dump-dir" in args:
     at = args.index("--dump-dir")
@@ -88,8 +90,11 @@ else:
                "--access-log", "off",
                "--readiness-addr", f"127.0.0.1:{GW+200}", "--metrics-addr", f"127.0.0.1:{GW+300}",
                "--admin-addr", f"127.0.0.1:{GW+400}"]
-gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
-                      stderr=open(f"{WORK}/proxy.err", "w"), stdout=subprocess.DEVNULL)
+if STRACE:
+    gw = subprocess.Popen(command, stderr=open(f"{WORK}/proxy.err", "w"), stdout=subprocess.DEVNULL)
+else:
+    gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
+                          stderr=open(f"{WORK}/proxy.err", "w"), stdout=subprocess.DEVNULL)
 
 
 def load(n):
@@ -100,6 +105,11 @@ def load(n):
 
 
 try:
+    if STRACE:
+        wait_for_port(GW)
+        load(1000)
+        print_syscalls(WHAT, count_syscalls(gw.pid, load, N, WORK), N, "request", 0.01)
+        raise SystemExit(0)
     total, dump = count_instructions(gw.pid, GW, out, load, N)
     if DUMP_DIR:
         os.makedirs(DUMP_DIR, exist_ok=True)
