@@ -2,6 +2,7 @@
 upstream (issue 17), counted by callgrind.
 
 Usage: python3 tls_callgrind.py GATEWAYD N [nginx|plain] [--dump-dir DIR] [--strace]
+                                 [--cpu ROUNDS [--perf-record DIR]]
 gatewayd (one worker, access log off) under `valgrind --tool=callgrind`, in front of an
 nginx answering a fixed 200 over TLS 1.3 (P-256 certificate signed by a CA gatewayd
 verifies; DestinationRule `tls: {mode: SIMPLE, caCertificates, sni}`), upstream
@@ -14,14 +15,28 @@ keepalive pool), as `cargo xtask bench upstream-tls` configures it; `plain` meas
 gatewayd to the same nginx in plaintext (the floor). The dump is kept in DIR for
 `callgrind_annotate`. With `--strace`: the proxy runs natively and `strace -c -f` counts its
 system calls over the N requests (the kernel's share that callgrind does not see).
+With `--cpu ROUNDS`: the proxy runs natively on CPU 1, the upstream and the load on CPU 0
+as `cargo xtask bench upstream-tls` places them, the load is `h2load --h1 -c16 -nN`, and
+each round prints the proxy's user and kernel CPU time per request (utime and stime from
+`/proc`); `--perf-record DIR` also samples each round with `perf record -F 4000` into DIR
+(`perf report -i DIR/WHAT-ROUND.data --sort sym` compares where the kernel time goes).
 """
-import os, shutil, subprocess, sys
+import os, shutil, signal, subprocess, sys, time
 
 from callgrind_run import PORT_OFFSET, count_instructions, count_syscalls, print_syscalls, wait_for_port
 from one_route_config import one_route_config
 
 args = [a for a in sys.argv[1:] if a != "--strace"]
 STRACE = "--strace" in sys.argv
+CPU_ROUNDS, PERF_DIR = 0, None
+for option in ("--cpu", "--perf-record"):
+    if option in args:
+        at = args.index(option)
+        if option == "--cpu":
+            CPU_ROUNDS = int(args[at + 1])
+        else:
+            PERF_DIR = args[at + 1]
+        del args[at:at + 2]
 DUMP_DIR = None
 if "--dump-dir" in args:
     at = args.index("--dump-dir")
@@ -81,7 +96,8 @@ http {{ access_log off; keepalive_requests 1000000;
       proxy_ssl_server_name on; proxy_ssl_session_reuse on; }} }} }}
 """)
 
-up = subprocess.Popen(["nginx", "-c", f"{WORK}/up.conf", "-p", WORK], stderr=subprocess.DEVNULL)
+up = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", f"{WORK}/up.conf", "-p", WORK],
+                      stderr=subprocess.DEVNULL)
 out = f"{WORK}/callgrind.out"
 if WHAT == "nginx":
     command = ["nginx", "-c", f"{WORK}/gw.conf", "-p", WORK]
@@ -90,7 +106,10 @@ else:
                "--access-log", "off",
                "--readiness-addr", f"127.0.0.1:{GW+200}", "--metrics-addr", f"127.0.0.1:{GW+300}",
                "--admin-addr", f"127.0.0.1:{GW+400}"]
-if STRACE:
+if CPU_ROUNDS:
+    gw = subprocess.Popen(["taskset", "-c", "1"] + command, stderr=open(f"{WORK}/proxy.err", "w"),
+                          stdout=subprocess.DEVNULL)
+elif STRACE:
     gw = subprocess.Popen(command, stderr=open(f"{WORK}/proxy.err", "w"), stdout=subprocess.DEVNULL)
 else:
     gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
@@ -104,7 +123,45 @@ def load(n):
         raise SystemExit(f"not every request answered 2xx:\n{result.stdout}")
 
 
+def user_system_ticks(pid):
+    """utime and stime of every thread of `pid`, in clock ticks."""
+    user = system = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        fields = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user, system
+
+
+def cpu_rounds():
+    wait_for_port(GW)
+    load(2000)
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    for round in range(CPU_ROUNDS):
+        perf = None
+        if PERF_DIR:
+            os.makedirs(PERF_DIR, exist_ok=True)
+            perf = subprocess.Popen(["perf", "record", "-F", "4000", "-p", str(gw.pid), "-o",
+                                     f"{PERF_DIR}/{WHAT}-{round}.data"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        user0, system0 = user_system_ticks(gw.pid)
+        started = time.time()
+        subprocess.run(["taskset", "-c", "0", "h2load", "--h1", "-n", str(N), "-c", "16",
+                        f"http://127.0.0.1:{GW}/item"], check=True, stdout=subprocess.DEVNULL)
+        elapsed = time.time() - started
+        user1, system1 = user_system_ticks(gw.pid)
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
+        user, system = (user1 - user0) * tick_us / N, (system1 - system0) * tick_us / N
+        print(f"{WHAT} round {round}: {N / elapsed:.0f} requests/s, CPU {user + system:.1f} µs per "
+              f"request: user {user:.1f}, kernel {system:.1f}")
+
+
 try:
+    if CPU_ROUNDS:
+        cpu_rounds()
+        raise SystemExit(0)
     if STRACE:
         wait_for_port(GW)
         load(1000)

@@ -86,6 +86,14 @@ pub(super) fn start_upstream(
 
 /// utime + stime of one process (all its threads), in seconds.
 pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let (user, system) = user_system_seconds(pid)?;
+    Ok(user + system)
+}
+
+/// utime and stime of one process (all its threads), in seconds: time in user space and
+/// time in the kernel on its behalf (system calls, and on loopback the peer's receive path
+/// run in the sender's context).
+pub(super) fn user_system_seconds(pid: u32) -> Result<(f64, f64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which may hold spaces and ends with `)`.
     let rest = stat
@@ -101,7 +109,7 @@ pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     };
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(11)? + ticks(12)?) / per_second)
+    Ok((ticks(11)? / per_second, ticks(12)? / per_second))
 }
 
 /// Time on CPU of `root` and its children, every thread, in seconds: the scheduler's own
@@ -150,6 +158,14 @@ pub(super) fn tree_cpu_seconds(root: u32) -> f64 {
         .into_iter()
         .filter_map(|pid| cpu_seconds(pid).ok())
         .sum()
+}
+
+/// `user_system_seconds` of `root` and its children, summed.
+pub(super) fn tree_user_system_seconds(root: u32) -> (f64, f64) {
+    process_tree(root)
+        .into_iter()
+        .filter_map(|pid| user_system_seconds(pid).ok())
+        .fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps))
 }
 
 /// Resident bytes of `root` and its children.

@@ -10,7 +10,9 @@
 //! - and, as the floor, gatewayd to the same nginx over plaintext.
 //!
 //! One worker per proxy pinned to CPU 1; h2load and the upstream on CPU 0. CPU is
-//! utime+stime of the proxy's processes over each run, per request. Rounds interleave the
+//! utime+stime of the proxy's processes over each run, per request, also shown apart:
+//! on loopback most of it is the kernel's (system calls, and the receiving side's TCP
+//! work, which runs in the sender's context), a share no proxy's code changes much. Rounds interleave the
 //! proxies; medians are reported with the min–max spread.
 
 use std::{
@@ -23,7 +25,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{free_port, median, nginx_prelude, pinned, spread, tree_cpu_seconds},
+    common::{free_port, median, nginx_prelude, pinned, spread, tree_user_system_seconds},
     http::{Process, nginx_dir, start_nginx_process, wait_listening},
     results_dir,
 };
@@ -47,6 +49,8 @@ struct Proxy {
 struct Figures {
     rps: Vec<f64>,
     cpu_us: Vec<f64>,
+    user_us: Vec<f64>,
+    system_us: Vec<f64>,
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
@@ -85,11 +89,16 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             // Each round starts with another proxy.
             let i = (i + round) % proxies.len();
             let proxy = &proxies[i];
-            let before = tree_cpu_seconds(proxy.process.0.id());
+            let (user0, system0) = tree_user_system_seconds(proxy.process.0.id());
             let (requests, rps) = load(proxy, REQUESTS)?;
-            let used = tree_cpu_seconds(proxy.process.0.id()) - before;
+            let (user1, system1) = tree_user_system_seconds(proxy.process.0.id());
+            let per_request = |seconds: f64| seconds / requests * 1e6;
             figures[i].rps.push(rps);
-            figures[i].cpu_us.push(used / requests * 1e6);
+            figures[i]
+                .cpu_us
+                .push(per_request(user1 - user0 + system1 - system0));
+            figures[i].user_us.push(per_request(user1 - user0));
+            figures[i].system_us.push(per_request(system1 - system0));
         }
     }
     Ok(table(&proxies, &figures))
@@ -334,7 +343,7 @@ fn table(proxies: &[Proxy], figures: &[Figures]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| proxy | requests/s | CPU µs / request | vs nginx |\n|---|---|---|---|"
+        "| proxy | requests/s | CPU µs / request | vs nginx | of which user | of which kernel |\n|---|---|---|---|---|---|"
     );
     let nginx = proxies
         .iter()
@@ -343,13 +352,15 @@ fn table(proxies: &[Proxy], figures: &[Figures]) -> String {
     for (proxy, f) in proxies.iter().zip(figures) {
         let _ = writeln!(
             out,
-            "| {} | {:.0} ({}) | {:.1} ({}) | {:.2}× |",
+            "| {} | {:.0} ({}) | {:.1} ({}) | {:.2}× | {:.1} | {:.1} |",
             proxy.name,
             median(&f.rps),
             spread(&f.rps),
             median(&f.cpu_us),
             spread(&f.cpu_us),
             median(&f.cpu_us) / nginx,
+            median(&f.user_us),
+            median(&f.system_us),
         );
     }
     let _ = writeln!(
