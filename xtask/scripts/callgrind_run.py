@@ -1,6 +1,7 @@
 """The measuring part the per-request scripts share: wait for the proxy's port, warm it up,
 zero callgrind's counters, run the measured load, dump, and read the dump's total; or count
-the proxy's system calls over the load with strace.
+the proxy's system calls over the load with strace; or measure its user and kernel CPU time
+natively, pinned as `cargo xtask bench` pins.
 
 `BENCH_PORT_OFFSET` (default 0) shifts every port a script uses, so that two of them can
 run at once (two checkouts measured side by side)."""
@@ -68,3 +69,42 @@ def print_syscalls(who, calls, n, unit, at_least):
     for name, count in sorted(calls.items(), key=lambda kv: -kv[1]):
         if count >= n * at_least:
             print(f"  {name:<16} {count / n:.2f}")
+
+
+def user_system_ticks(pid):
+    """utime and stime of every thread of `pid`, in clock ticks."""
+    user = system = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        fields = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user, system
+
+
+def cpu_rounds(pid, port, n, rounds, perf_dir, who, connections=16):
+    """The proxy `pid` runs natively on CPU 1 (the caller pins it), its upstream on CPU 0:
+    per round, `h2load --h1 -c16 -nN` from CPU 0 and the proxy's user and kernel CPU time
+    per request; with `perf_dir`, each round sampled by `perf record -F 4000` into
+    `perf_dir/WHO-ROUND.data`."""
+    wait_for_port(port)
+    load = ["taskset", "-c", "0", "h2load", "--h1", "-c", str(connections), f"http://127.0.0.1:{port}/item"]
+    subprocess.run(load + ["-n", "2000"], check=True, stdout=subprocess.DEVNULL)
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    for round in range(rounds):
+        perf = None
+        if perf_dir:
+            os.makedirs(perf_dir, exist_ok=True)
+            perf = subprocess.Popen(["perf", "record", "-F", "4000", "-p", str(pid), "-o",
+                                     f"{perf_dir}/{who}-{round}.data"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        user0, system0 = user_system_ticks(pid)
+        started = time.time()
+        subprocess.run(load + ["-n", str(n)], check=True, stdout=subprocess.DEVNULL)
+        elapsed = time.time() - started
+        user1, system1 = user_system_ticks(pid)
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
+        user, system = (user1 - user0) * tick_us / n, (system1 - system0) * tick_us / n
+        print(f"{who} round {round}: {n / elapsed:.0f} requests/s, CPU {user + system:.1f} µs per "
+              f"request: user {user:.1f}, kernel {system:.1f}")

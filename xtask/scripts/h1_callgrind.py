@@ -1,6 +1,6 @@
 """User-space instructions per proxied HTTP/1.1 keep-alive request, counted by callgrind.
 
-Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx] [--strace]
+Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx] [--strace] [--cpu ROUNDS [--perf-record DIR]]
 gatewayd (one worker, access log off) under `valgrind --tool=callgrind`, in front of an
 nginx answering a fixed 200 over kept-alive upstream connections (`--http1-client` MODE);
 1000 requests to warm up, the counters zeroed (`callgrind_control -z`), N requests by
@@ -10,13 +10,24 @@ With `nginx` as the last argument, the same for an nginx proxy (one worker proce
 `proxy_http_version 1.1` and an upstream keepalive pool) instead of gatewayd.
 With `--strace`: the proxy runs natively and `strace -c -f` counts its system calls over
 the N requests (the kernel's share of a request is mostly these calls).
+With `--cpu ROUNDS`: the proxy runs natively on CPU 1, the upstream and the load on CPU 0,
+the load is `h2load --h1 -c16 -nN`, and each round prints the proxy's user and kernel CPU
+time per request; `--perf-record DIR` also samples each round with `perf record`.
 """
 import os, subprocess, sys
 
-from callgrind_run import PORT_OFFSET, count_instructions, count_syscalls, print_syscalls, wait_for_port
+from callgrind_run import (PORT_OFFSET, count_instructions, count_syscalls, cpu_rounds, print_syscalls,
+                           wait_for_port)
 from one_route_config import one_route_config
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
+args = sys.argv[1:]
+CPU_ROUNDS, PERF_DIR = 0, None
+for option in ("--cpu", "--perf-record"):
+    if option in args:
+        at = args.index(option)
+        CPU_ROUNDS, PERF_DIR = (int(args[at + 1]), PERF_DIR) if option == "--cpu" else (CPU_ROUNDS, args[at + 1])
+        del args[at:at + 2]
+args = [a for a in args if not a.startswith("--")]
 STRACE = "--strace" in sys.argv
 BIN, MODE, N = args[0], args[1], int(args[2])
 PEER = len(args) > 3 and args[3] == "nginx"
@@ -43,7 +54,8 @@ http {{ access_log off; keepalive_requests 1000000;
 """
 open(f"{WORK}/gw.conf", "w").write(nginx_proxy)
 
-up = subprocess.Popen(["nginx", "-c", f"{WORK}/up.conf", "-p", WORK], stderr=subprocess.DEVNULL)
+up = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", f"{WORK}/up.conf", "-p", WORK],
+                      stderr=subprocess.DEVNULL)
 out = f"{WORK}/callgrind.out"
 if PEER:
     command = ["nginx", "-c", f"{WORK}/gw.conf", "-p", WORK]
@@ -61,7 +73,11 @@ def load(n):
 
 who = "nginx" if PEER else f"gatewayd --http1-client {MODE}"
 try:
-    if STRACE:
+    if CPU_ROUNDS:
+        gw = subprocess.Popen(["taskset", "-c", "1"] + command, stderr=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL)
+        cpu_rounds(gw.pid, GW, N, CPU_ROUNDS, PERF_DIR, "nginx" if PEER else "gatewayd")
+    elif STRACE:
         gw = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         wait_for_port(GW)
         load(1000)

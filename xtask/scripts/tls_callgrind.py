@@ -21,9 +21,10 @@ each round prints the proxy's user and kernel CPU time per request (utime and st
 `/proc`); `--perf-record DIR` also samples each round with `perf record -F 4000` into DIR
 (`perf report -i DIR/WHAT-ROUND.data --sort sym` compares where the kernel time goes).
 """
-import os, shutil, signal, subprocess, sys, time
+import os, shutil, subprocess, sys
 
-from callgrind_run import PORT_OFFSET, count_instructions, count_syscalls, print_syscalls, wait_for_port
+from callgrind_run import (PORT_OFFSET, count_instructions, count_syscalls, cpu_rounds, print_syscalls,
+                           wait_for_port)
 from one_route_config import one_route_config
 
 args = [a for a in sys.argv[1:] if a != "--strace"]
@@ -123,44 +124,9 @@ def load(n):
         raise SystemExit(f"not every request answered 2xx:\n{result.stdout}")
 
 
-def user_system_ticks(pid):
-    """utime and stime of every thread of `pid`, in clock ticks."""
-    user = system = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        fields = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
-        user, system = user + int(fields[11]), system + int(fields[12])
-    return user, system
-
-
-def cpu_rounds():
-    wait_for_port(GW)
-    load(2000)
-    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
-    for round in range(CPU_ROUNDS):
-        perf = None
-        if PERF_DIR:
-            os.makedirs(PERF_DIR, exist_ok=True)
-            perf = subprocess.Popen(["perf", "record", "-F", "4000", "-p", str(gw.pid), "-o",
-                                     f"{PERF_DIR}/{WHAT}-{round}.data"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
-        user0, system0 = user_system_ticks(gw.pid)
-        started = time.time()
-        subprocess.run(["taskset", "-c", "0", "h2load", "--h1", "-n", str(N), "-c", "16",
-                        f"http://127.0.0.1:{GW}/item"], check=True, stdout=subprocess.DEVNULL)
-        elapsed = time.time() - started
-        user1, system1 = user_system_ticks(gw.pid)
-        if perf:
-            perf.send_signal(signal.SIGINT)
-            perf.wait()
-        user, system = (user1 - user0) * tick_us / N, (system1 - system0) * tick_us / N
-        print(f"{WHAT} round {round}: {N / elapsed:.0f} requests/s, CPU {user + system:.1f} µs per "
-              f"request: user {user:.1f}, kernel {system:.1f}")
-
-
 try:
     if CPU_ROUNDS:
-        cpu_rounds()
+        cpu_rounds(gw.pid, GW, N, CPU_ROUNDS, PERF_DIR, WHAT)
         raise SystemExit(0)
     if STRACE:
         wait_for_port(GW)
