@@ -30,7 +30,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     common::{
         free_port, median, nginx_prelude, pinned, process_tree, spread, tree_cpu_seconds,
-        tree_on_cpu_seconds, tree_rss_bytes,
+        tree_on_cpu_seconds, tree_rss_bytes, tree_user_system_seconds,
     },
     results_dir,
 };
@@ -100,6 +100,9 @@ struct Server {
 struct Figures {
     h1_rps: Vec<f64>,
     h1_cpu_us: Vec<f64>,
+    /// The kernel's part of `h1_cpu_us` (stime): system calls, and on loopback the
+    /// receiving sockets' TCP work, which runs in the sender's context.
+    h1_kernel_us: Vec<f64>,
     h1_instructions: Vec<f64>,
     h1_cycles: Vec<f64>,
     h1_p50_ms: Vec<f64>,
@@ -118,7 +121,16 @@ struct Figures {
     idle_mib_per_10k: Option<f64>,
 }
 
-pub(crate) fn run(ws: &Workspace) -> Result<String> {
+/// The release `gatewayd` and `paced-load` the HTTP benches run: built from this tree, or,
+/// when `GATEWAYD_BIN` and `PACED_LOAD_BIN` both name binaries, those (a build of
+/// another profile or commit, measured without rebuilding).
+fn release_binaries(ws: &Workspace) -> Result<(PathBuf, PathBuf)> {
+    if let (Some(gatewayd), Some(paced_load)) = (
+        std::env::var_os("GATEWAYD_BIN"),
+        std::env::var_os("PACED_LOAD_BIN"),
+    ) {
+        return Ok((gatewayd.into(), paced_load.into()));
+    }
     cmd(ws.cargo().args([
         "build",
         "--release",
@@ -132,6 +144,11 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
         "paced-load",
     ]))?;
     let release = ws.target_dir().join("release");
+    Ok((release.join("gatewayd"), release.join("paced-load")))
+}
+
+pub(crate) fn run(ws: &Workspace) -> Result<String> {
+    let (gatewayd, paced_load) = release_binaries(ws)?;
     let work = results_dir(ws).join("http-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
@@ -139,7 +156,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     let upstream_ports = [free_port()?, free_port()?];
     let _upstream = start_upstream(&work, upstream_ports)?;
     let servers = [
-        start_gatewayd(&release.join("gatewayd"), &work, upstream_ports, 1)?,
+        start_gatewayd(&gatewayd, &work, upstream_ports, 1)?,
         start_nginx(&work, upstream_ports)?,
         start_haproxy(&work, upstream_ports)?,
     ];
@@ -179,7 +196,6 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             .iter()
             .map(|f| median(&f.h1_rps))
             .fold(f64::INFINITY, f64::min);
-    let paced_load = release.join("paced-load");
     println!("direct to the upstream: {half_load:.0} req/s open loop");
     let direct = paced_run(&paced_load, upstream_ports[0], half_load)?;
     for (server, f) in servers.iter().zip(&mut figures) {
@@ -205,21 +221,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
 /// state costs per request (atomics, locks, cross-thread wake-ups), not what a second
 /// core adds or what batching at saturation saves.
 pub(crate) fn run_workers(ws: &Workspace) -> Result<String> {
-    cmd(ws.cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "gateway-userspace",
-        "--bin",
-        "gatewayd",
-        "-p",
-        "gateway-tests",
-        "--bin",
-        "paced-load",
-    ]))?;
-    let release = ws.target_dir().join("release");
-    let gatewayd = release.join("gatewayd");
-    let paced_load = release.join("paced-load");
+    let (gatewayd, paced_load) = release_binaries(ws)?;
     let work = results_dir(ws).join("workers-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
@@ -477,6 +479,23 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
         median(&ours.h2_rps) / best(|f| median(&f.h2_rps), false),
         median(&ours.h2_cpu_us) / best(|f| median(&f.h2_cpu_us), true),
         ours.idle_mib_per_10k.unwrap_or(0.0) / best(|f| f.idle_mib_per_10k.unwrap_or(0.0), true),
+    );
+    let split: Vec<String> = servers
+        .iter()
+        .zip(figures)
+        .map(|(server, f)| {
+            let (cpu, kernel) = (median(&f.h1_cpu_us), median(&f.h1_kernel_us));
+            format!(
+                "{} {:.1} user + {kernel:.1} kernel",
+                server.name,
+                cpu - kernel
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nHTTP/1.1 CPU µs/req, user and kernel: {}.",
+        split.join("; ")
     );
     let _ = writeln!(
         out,
@@ -772,6 +791,7 @@ fn with_perf<T>(
 
 fn wrk_run(server: &Server, f: &mut Figures) -> Result<()> {
     let before = cpu_seconds(server);
+    let (_, kernel_before) = tree_user_system_seconds(server.process.0.id());
     let (text, instructions, cycles) = with_perf(server, "wrk", || {
         let output = pinned(CLIENT_CPU, Path::new("wrk"))
             .args([
@@ -787,6 +807,7 @@ fn wrk_run(server: &Server, f: &mut Figures) -> Result<()> {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     })?;
     let used = cpu_seconds(server) - before;
+    let kernel = tree_user_system_seconds(server.process.0.id()).1 - kernel_before;
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         bail!("{}: wrk saw errors:\n{text}", server.name);
     }
@@ -804,6 +825,7 @@ fn wrk_run(server: &Server, f: &mut Figures) -> Result<()> {
     };
     f.h1_rps.push(rps);
     f.h1_cpu_us.push(used / requests * 1e6);
+    f.h1_kernel_us.push(kernel / requests * 1e6);
     f.h1_instructions.push(instructions / requests);
     f.h1_cycles.push(cycles / requests);
     f.h1_p50_ms.push(percentile("50%"));
