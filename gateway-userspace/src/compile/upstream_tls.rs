@@ -27,7 +27,7 @@ use crate::{
             istio::{ClientTlsMode, ClientTlsSettings, DestinationRuleSpec, TrafficPolicy},
         },
     },
-    snapshot::{Cluster, UpstreamProtocol},
+    snapshot::{Cluster, EndpointSource, UpstreamProtocol},
     tls::{
         certs::{self, CA_KEYS, CA_SECRET_SUFFIX},
         credentials::{Credential, read_capped},
@@ -128,6 +128,7 @@ pub(super) fn upstream_tls<'a>(
             sni,
             auto_sni: false,
             auto_san_validation: false,
+            subject_alt_names: Vec::new(),
             origin: origin.clone(),
             config: Err(why.clone()),
             refused: Some(why),
@@ -164,6 +165,17 @@ pub(super) fn upstream_tls<'a>(
     };
     let auto_san_validation =
         auto_sni && settings.subject_alt_names.is_empty() && !insecure_skip_verify;
+    // Istio's `constructUpstreamTLS` (SIMPLE and MUTUAL): a rule without
+    // `subjectAltNames` takes its ServiceEntry's, after `auto_san_validation` was set from
+    // the rule alone, so an HTTP request's host is checked too. insecureSkipVerify checks
+    // none of them.
+    let subject_alt_names = if insecure_skip_verify {
+        Vec::new()
+    } else if settings.subject_alt_names.is_empty() {
+        entry_subject_alt_names(ix, cluster).to_vec()
+    } else {
+        settings.subject_alt_names.clone()
+    };
     let client = match client_credentials(ix, sink, credentials, &place, settings, mode == "MUTUAL")
     {
         Ok(client) => client,
@@ -173,7 +185,7 @@ pub(super) fn upstream_tls<'a>(
         mode,
         sni: sni.clone(),
         verify_server_name: auto_san_validation,
-        subject_alt_names: settings.subject_alt_names.clone(),
+        subject_alt_names: subject_alt_names.clone(),
         roots: client.roots,
         client_certificate: client.certificate,
         insecure_skip_verify,
@@ -200,11 +212,22 @@ pub(super) fn upstream_tls<'a>(
         sni,
         auto_sni,
         auto_san_validation,
+        subject_alt_names,
         origin,
         config: Ok(config),
         refused: None,
         key,
     }))
+}
+
+/// The `subjectAltNames` of the ServiceEntry behind `cluster` (Istio's service accounts
+/// of a service from the External registry); none for a Service's cluster.
+fn entry_subject_alt_names<'a>(ix: &Index<'a>, cluster: &Cluster) -> &'a [String] {
+    if matches!(cluster.endpoint_source, EndpointSource::Service { .. }) {
+        return &[];
+    }
+    ix.service_entry(&cluster.service)
+        .map_or(&[], |entry| &entry.resource.spec.subject_alt_names)
 }
 
 /// The refusal of every cluster of a stand-in's host (`config::stand_in`): what the
@@ -229,6 +252,7 @@ fn fail_closed(
         sni: ServerName::try_from(cluster.service.clone()).unwrap_or(placeholder),
         auto_sni: false,
         auto_san_validation: false,
+        subject_alt_names: Vec::new(),
         origin,
         config: Err(why.clone()),
         refused: Some(why),

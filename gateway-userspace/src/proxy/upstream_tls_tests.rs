@@ -17,6 +17,7 @@ fn cluster(auto_sni: bool, auto_san_validation: bool) -> Cluster {
         sni: ServerName::try_from("api.example.com").expect("a name"),
         auto_sni,
         auto_san_validation,
+        subject_alt_names: Vec::new(),
         origin: String::new(),
         config: Err("unused".into()),
         refused: None,
