@@ -596,20 +596,57 @@ fn without_sni_each_request_goes_with_its_host_as_sni_and_is_verified_against_it
     )?;
     let ca = pki.path("upstream-ca.crt");
     let (bind_port, port) = (free_port(), addr.port());
+    let (wild_tcp_port, named_tcp_port) = (free_port(), free_port());
     let mut config = format!(
         r#"apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: default}}
 spec:
   selector: {{istio: ingressgateway}}
-  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*.wiki.example"]}}]
+  servers:
+  - {{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*.wiki.example"]}}
+  - {{port: {{number: 9000, name: tcp-wild, protocol: TCP}}, hosts: ["*"]}}
+  - {{port: {{number: 9001, name: tcp-named, protocol: TCP}}, hosts: ["*"]}}
 ---
 apiVersion: v1
 kind: Service
 metadata: {{name: istio-ingressgateway, namespace: istio-system}}
 spec:
   selector: {{istio: ingressgateway}}
-  ports: [{{name: http, port: 80, targetPort: {bind_port}}}]
+  ports:
+  - {{name: http, port: 80, targetPort: {bind_port}}}
+  - {{name: tcp-wild, port: 9000, targetPort: {wild_tcp_port}}}
+  - {{name: tcp-named, port: 9001, targetPort: {named_tcp_port}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: named, namespace: default}}
+spec:
+  hosts: [tcp.example.org]
+  location: MESH_EXTERNAL
+  ports: [{{number: 443, name: tls, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: named, namespace: default}}
+spec:
+  host: tcp.example.org
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  tcp:
+  - match: [{{port: 9000}}]
+    route: [{{destination: {{host: "*.wiki.example", port: {{number: 443}}}}}}]
+  - match: [{{port: 9001}}]
+    route: [{{destination: {{host: tcp.example.org, port: {{number: 443}}}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -729,6 +766,22 @@ spec:
     let refused = request("en.wiki.example", "/strict")?;
     assert_eq!(refused.status, 503, "{refused:?}");
     assert!(refused.body.contains("TLS_error"), "{}", refused.body);
+
+    // TCP routes have no request host: without `sni` they send no SNI and the chain alone
+    // is checked, as Envoy's TCP proxy does, whether the destination host is a wildcard
+    // or a name the certificate lacks (tcp.example.org). The client speaks plain HTTP.
+    for tcp_port in [wild_tcp_port, named_tcp_port] {
+        let tcp = curl(
+            None,
+            &[
+                "-H",
+                "Host: fr.wiki.example",
+                &format!("http://127.0.0.1:{tcp_port}/tcp"),
+            ],
+        )?;
+        assert_eq!(tcp.status, 200, "{tcp_port}: {tcp:?}\n{}", gateway.stderr());
+        assert_eq!(tcp.json()?["sni"], serde_json::Value::Null, "{}", tcp.body);
+    }
     Ok(())
 }
 

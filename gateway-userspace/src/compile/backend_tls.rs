@@ -123,8 +123,11 @@ pub(super) fn judge(resources: &Resources, policy: &BackendTlsPolicy) -> Judgeme
             "the policy {why}; it fails closed until it is fixed"
         ));
     }
-    if ServerName::try_from(validation.hostname.clone()).is_err() || validation.hostname.is_empty()
-    {
+    // A DNS name (Gateway API's PreciseHostname): no address, which would send no SNI.
+    if !matches!(
+        ServerName::try_from(validation.hostname.as_str()),
+        Ok(ServerName::DnsName(_))
+    ) {
         return invalid(format!(
             "validation.hostname {:?} is not a DNS name",
             validation.hostname

@@ -32,7 +32,7 @@ use crate::{
         certs::{self, CA_KEYS, CA_SECRET_SUFFIX},
         credentials::{Credential, read_capped},
         server_config,
-        upstream::{ClientSettings, UpstreamTls},
+        upstream::{ClientSettings, UpstreamTls, no_server_name},
     },
 };
 
@@ -116,9 +116,8 @@ pub(super) fn upstream_tls<'a>(
         ClientTlsMode::Mutual => "MUTUAL",
         ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
     };
-    // Shown for a refused cluster whose host is no DNS name (a wildcard ServiceEntry), and
-    // the name of such a cluster's TCP connections: an address, so no SNI is sent.
-    let placeholder = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+    // Shown for a refused cluster: its host, else (a wildcard) no name.
+    let placeholder = no_server_name();
     let default_sni = ServerName::try_from(cluster.service.clone()).ok();
     let refuse = |sink: &mut Sink, field: &str, why: String, sni: ServerName<'static>| {
         warn_rule(sink, &place, field, format!("{why}; {CONNECTIONS_REFUSED}"));
@@ -146,9 +145,9 @@ pub(super) fn upstream_tls<'a>(
         );
     }
     let insecure_skip_verify = settings.insecure_skip_verify.unwrap_or(false);
-    // Istio's `setAutoSniAndAutoSanValidation`. Without `sni`, TCP routes send the
-    // destination host; a wildcard host has none to send, and no SNI goes (`placeholder`
-    // is an address), as Envoy sends none for an empty `sni`.
+    // Istio's `setAutoSniAndAutoSanValidation`. Without `sni`, TCP routes send none and
+    // check no name but `subjectAltNames`: Istio leaves the cluster's `sni` empty, and
+    // Envoy's TCP proxy has no request host for auto_sni/auto_san_validation.
     let (sni, auto_sni) = match settings.sni.as_deref().filter(|s| !s.is_empty()) {
         Some(sni) => match ServerName::try_from(sni.to_owned()) {
             Ok(name) => (name, false),
@@ -161,7 +160,7 @@ pub(super) fn upstream_tls<'a>(
                 );
             }
         },
-        None => (default_sni.unwrap_or(placeholder), true),
+        None => (no_server_name(), true),
     };
     let auto_san_validation =
         auto_sni && settings.subject_alt_names.is_empty() && !insecure_skip_verify;
@@ -246,10 +245,9 @@ fn fail_closed(
             .object(&rule.resource.object_ref())
             .field("spec"),
     );
-    let placeholder = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
     Arc::new(UpstreamTls {
         mode: "SIMPLE",
-        sni: ServerName::try_from(cluster.service.clone()).unwrap_or(placeholder),
+        sni: ServerName::try_from(cluster.service.clone()).unwrap_or_else(|_| no_server_name()),
         auto_sni: false,
         auto_san_validation: false,
         subject_alt_names: Vec::new(),

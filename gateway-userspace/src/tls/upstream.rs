@@ -43,7 +43,9 @@ const SESSIONS_PER_CLUSTER: usize = 256;
 pub struct UpstreamTls {
     /// `SIMPLE` or `MUTUAL`.
     pub mode: &'static str,
-    /// The name sent in the ClientHello (with `auto_sni`, by TCP routes only).
+    /// The name TCP routes' connections are opened for (HTTP requests' too without
+    /// `auto_sni`): the rule's `sni`, else none ([`no_server_name`]), as Envoy's TCP proxy
+    /// sends the cluster's `sni`, which Istio leaves empty without one.
     #[serde(serialize_with = "server_name")]
     pub sni: ServerName<'static>,
     /// Envoy's `auto_sni`, which Istio sets when the rule has no `sni`: the connection
@@ -73,6 +75,13 @@ pub struct UpstreamTls {
     /// used by the next connection while open ones finish.
     #[serde(skip)]
     pub key: u64,
+}
+
+/// The name of a connection with no name to send or check: an address, so rustls sends
+/// no SNI, and one the certificate is not checked against (`auto_san_validation` has no
+/// name then: Envoy's TCP proxy checks the chain, and any `subjectAltNames`, only).
+pub fn no_server_name() -> ServerName<'static> {
+    ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
 }
 
 fn server_name<S: serde::Serializer>(name: &ServerName<'static>, s: S) -> Result<S::Ok, S::Error> {
@@ -236,7 +245,8 @@ enum Names {
     /// The chain, and then its names: neither asked for (an explicit `sni` without
     /// `subjectAltNames`) checks the chain only, as Envoy.
     Checked {
-        /// The name the connection was opened for: Envoy's `auto_san_validation`.
+        /// The name the connection was opened for, if it has one: Envoy's
+        /// `auto_san_validation`.
         server_name: bool,
         /// One of these (DNS names, IP addresses or URIs such as SPIFFE IDs); empty: any.
         any_of: Vec<String>,
@@ -276,7 +286,7 @@ impl ServerCertVerifier for NameCheck {
             now,
             self.algorithms.all,
         )?;
-        if *check_server_name {
+        if *check_server_name && *server_name != no_server_name() {
             verify_server_name(&cert, server_name)?;
         }
         // Exact matchers, as Istio configures Envoy's: DNS names match as DNS names do (a
@@ -309,3 +319,7 @@ impl ServerCertVerifier for NameCheck {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+#[path = "upstream_tests.rs"]
+mod tests;
