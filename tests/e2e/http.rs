@@ -310,6 +310,7 @@ fn redirects_direct_responses_and_cors() -> anyhow::Result<()> {
 fn rewrites_header_operations_faults_and_mirrors() -> anyhow::Result<()> {
     let upstream = Upstream::start(None, "127.0.0.1:0", "web")?;
     let shadow = Upstream::start(None, "127.0.0.1:0", "shadow")?;
+    let shadow_h2 = Upstream::start(None, "127.0.0.1:0", "shadow-h2")?;
     let routes = r#"
   - match: [{uri: {prefix: /api/}}]
     rewrite: {uri: /v2/, authority: backend.internal}
@@ -334,9 +335,14 @@ fn rewrites_header_operations_faults_and_mirrors() -> anyhow::Result<()> {
     mirror: {host: shadow}
     mirrorPercentage: {value: 100}
     route: [{destination: {host: web}}]
+  - match: [{uri: {prefix: /h2-mirrored}}]
+    mirror: {host: shadow-h2}
+    mirrorPercentage: {value: 100}
+    route: [{destination: {host: web}}]
 "#;
     let extra = service("web", None, &[upstream.addr])
         + &service("shadow", None, &[shadow.addr])
+        + &service("shadow-h2", Some("http2"), &[shadow_h2.addr])
         + &virtual_service(routes);
     let (gateway, _dir, base) = start("http-forward", &extra)?;
 
@@ -367,25 +373,29 @@ fn rewrites_header_operations_faults_and_mirrors() -> anyhow::Result<()> {
     let delayed = curl(None, &["-H", HOST, &format!("{base}/slow")])?;
     assert_eq!(delayed.status, 200);
 
-    let mirrored = curl(None, &["-H", HOST, &format!("{base}/mirrored?m=1")])?;
-    assert_eq!(header(&mirrored.head, "x-upstream-name"), Some("web"));
-    // The copy is fire-and-forget: wait for it to land.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let shadowed = loop {
-        let seen = seen(&shadow)?;
-        if !seen.is_empty() || Instant::now() > deadline {
-            break seen;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(
-        shadowed,
-        [(
-            "GET".to_owned(),
-            "/mirrored?m=1".to_owned(),
-            "h.example-shadow".to_owned()
-        )]
-    );
+    // The copy is fire-and-forget: wait for it to land. Over HTTP/2 (appProtocol http2)
+    // the copy's :authority carries the mark, as its Host does over HTTP/1.1.
+    for (path, shadow) in [("/mirrored?m=1", &shadow), ("/h2-mirrored?m=2", &shadow_h2)] {
+        let mirrored = curl(None, &["-H", HOST, &format!("{base}{path}")])?;
+        assert_eq!(header(&mirrored.head, "x-upstream-name"), Some("web"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let shadowed = loop {
+            let seen = seen(shadow)?;
+            if !seen.is_empty() || Instant::now() > deadline {
+                break seen;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(
+            shadowed,
+            [(
+                "GET".to_owned(),
+                path.to_owned(),
+                "h.example-shadow".to_owned()
+            )],
+            "{path}"
+        );
+    }
 
     let log = gateway.access_log();
     assert!(log.contains("\"GET /abort HTTP/1.1\" 418 FI "), "{log}");

@@ -596,20 +596,57 @@ fn without_sni_each_request_goes_with_its_host_as_sni_and_is_verified_against_it
     )?;
     let ca = pki.path("upstream-ca.crt");
     let (bind_port, port) = (free_port(), addr.port());
+    let (wild_tcp_port, named_tcp_port) = (free_port(), free_port());
     let mut config = format!(
         r#"apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: default}}
 spec:
   selector: {{istio: ingressgateway}}
-  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*.wiki.example"]}}]
+  servers:
+  - {{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*.wiki.example"]}}
+  - {{port: {{number: 9000, name: tcp-wild, protocol: TCP}}, hosts: ["*"]}}
+  - {{port: {{number: 9001, name: tcp-named, protocol: TCP}}, hosts: ["*"]}}
 ---
 apiVersion: v1
 kind: Service
 metadata: {{name: istio-ingressgateway, namespace: istio-system}}
 spec:
   selector: {{istio: ingressgateway}}
-  ports: [{{name: http, port: 80, targetPort: {bind_port}}}]
+  ports:
+  - {{name: http, port: 80, targetPort: {bind_port}}}
+  - {{name: tcp-wild, port: 9000, targetPort: {wild_tcp_port}}}
+  - {{name: tcp-named, port: 9001, targetPort: {named_tcp_port}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: named, namespace: default}}
+spec:
+  hosts: [tcp.example.org]
+  location: MESH_EXTERNAL
+  ports: [{{number: 443, name: tls, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: named, namespace: default}}
+spec:
+  host: tcp.example.org
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  tcp:
+  - match: [{{port: 9000}}]
+    route: [{{destination: {{host: "*.wiki.example", port: {{number: 443}}}}}}]
+  - match: [{{port: 9001}}]
+    route: [{{destination: {{host: tcp.example.org, port: {{number: 443}}}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -729,5 +766,152 @@ spec:
     let refused = request("en.wiki.example", "/strict")?;
     assert_eq!(refused.status, 503, "{refused:?}");
     assert!(refused.body.contains("TLS_error"), "{}", refused.body);
+
+    // TCP routes have no request host: without `sni` they send no SNI and the chain alone
+    // is checked, as Envoy's TCP proxy does, whether the destination host is a wildcard
+    // or a name the certificate lacks (tcp.example.org). The client speaks plain HTTP.
+    for tcp_port in [wild_tcp_port, named_tcp_port] {
+        let tcp = curl(
+            None,
+            &[
+                "-H",
+                "Host: fr.wiki.example",
+                &format!("http://127.0.0.1:{tcp_port}/tcp"),
+            ],
+        )?;
+        assert_eq!(tcp.status, 200, "{tcp_port}: {tcp:?}\n{}", gateway.stderr());
+        assert_eq!(tcp.json()?["sni"], serde_json::Value::Null, "{}", tcp.body);
+    }
+    Ok(())
+}
+
+/// A ServiceEntry's `subjectAltNames` are checked when the DestinationRule's `tls` has
+/// none (Istio's `constructUpstreamTLS`, SIMPLE and MUTUAL). Istio sets
+/// `auto_san_validation` from the rule alone, before it takes them, so without `sni` the
+/// request's host is checked as well: Envoy checks its SAN list and its matchers each.
+#[test]
+fn a_service_entrys_subject_alt_names_are_checked_when_the_rule_has_none() -> anyhow::Result<()> {
+    let dir = TempDir::new("upstream-tls-entry-sans")?;
+    let pki_dir = TempDir::new("upstream-tls-entry-sans-pki")?;
+    let pki = Pki::new(pki_dir.path(), "upstream-ca")?;
+    pki.issue(
+        "origin",
+        "origin",
+        "DNS:www.origin.example,DNS:backend.origin.internal",
+        Key::EcP256Pkcs8,
+        false,
+    )?;
+    let (_upstream, addr) = tls_upstream(&pki, "origin")?;
+    let ca = pki.path("upstream-ca.crt");
+    let (bind_port, port) = (free_port(), addr.port());
+    let entry = |host: &str, sans: &str, tls: &str| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {host}, namespace: default}}
+spec:
+  hosts: ["{host}"]
+  location: MESH_EXTERNAL
+  ports: [{{number: 443, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+  subjectAltNames: [{sans}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {host}, namespace: default}}
+spec:
+  host: "{host}"
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}{tls}}}
+---
+"#
+        )
+    };
+    let mut config = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*.origin.example"]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http, port: 80, targetPort: {bind_port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: origin, namespace: default}}
+spec:
+  hosts: ["*.origin.example"]
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{prefix: /named}}}}]
+    route: [{{destination: {{host: named.example}}}}]
+  - match: [{{uri: {{prefix: /unnamed}}}}]
+    route: [{{destination: {{host: unnamed.example}}}}]
+  - match: [{{uri: {{prefix: /pinned}}}}]
+    route: [{{destination: {{host: pinned.example}}}}]
+  - match: [{{uri: {{prefix: /overridden}}}}]
+    route: [{{destination: {{host: overridden.example}}}}]
+---
+"#
+    );
+    // The certificate carries the entry's name; it does not; an explicit `sni` (no
+    // auto_san_validation) leaves the entry's names alone checked; the rule's own win.
+    config += &entry("named.example", "backend.origin.internal", "");
+    config += &entry("unnamed.example", "elsewhere.origin.internal", "");
+    config += &entry(
+        "pinned.example",
+        "elsewhere.origin.internal",
+        ", sni: www.origin.example",
+    );
+    config += &entry(
+        "overridden.example",
+        "elsewhere.origin.internal",
+        ", subjectAltNames: [backend.origin.internal]",
+    );
+    let config_dir = TempDir::new("upstream-tls-entry-sans-config")?;
+    config_dir.write("gateway.yaml", &config)?;
+    let gateway = Gateway::start(config_dir.path(), &["--ebpf", "off"], None, &dir)?;
+    let request = |host: &str, path: &str| {
+        curl(
+            None,
+            &[
+                "-H",
+                &format!("Host: {host}"),
+                &format!("http://127.0.0.1:{bind_port}{path}"),
+            ],
+        )
+    };
+    let refused = |host: &str, path: &str, cluster: &str| -> anyhow::Result<()> {
+        let response = request(host, path)?;
+        assert_eq!(response.status, 503, "{host}{path}: {response:?}");
+        assert!(
+            response.body.contains("CERTIFICATE_VERIFY_FAILED"),
+            "{host}{path}: {}",
+            response.body
+        );
+        let mismatches = gateway
+            .metric(&format!("gateway_upstream_tls_handshake_errors_total{{cluster=\"outbound|443||{cluster}\",reason=\"name_mismatch\"}}"))?
+            .unwrap_or(0.0);
+        assert!(mismatches >= 1.0, "{cluster}: {mismatches}");
+        Ok(())
+    };
+
+    let named = request("www.origin.example", "/named")?;
+    assert_eq!(named.status, 200, "{named:?}\n{}", gateway.stderr());
+    assert_eq!(named.json()?["sni"], "www.origin.example", "{}", named.body);
+    let overridden = request("www.origin.example", "/overridden")?;
+    assert_eq!(overridden.status, 200, "{overridden:?}");
+    // The certificate names the host but none of the entry's names.
+    refused("www.origin.example", "/unnamed", "unnamed.example")?;
+    refused("www.origin.example", "/pinned", "pinned.example")?;
+    // It carries the entry's name but not the host, which is checked too.
+    refused("other.origin.example", "/named", "named.example")?;
     Ok(())
 }

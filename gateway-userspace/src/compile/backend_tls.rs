@@ -123,8 +123,11 @@ pub(super) fn judge(resources: &Resources, policy: &BackendTlsPolicy) -> Judgeme
             "the policy {why}; it fails closed until it is fixed"
         ));
     }
-    if ServerName::try_from(validation.hostname.clone()).is_err() || validation.hostname.is_empty()
-    {
+    // A DNS name (Gateway API's PreciseHostname): no address, which would send no SNI.
+    if !matches!(
+        ServerName::try_from(validation.hostname.as_str()),
+        Ok(ServerName::DnsName(_))
+    ) {
         return invalid(format!(
             "validation.hostname {:?} is not a DNS name",
             validation.hostname
@@ -314,6 +317,7 @@ pub(super) fn apply(ix: &Index<'_>, sink: &mut Sink, cluster: &mut Cluster) {
             sni: sni.clone(),
             auto_sni: false,
             auto_san_validation: false,
+            subject_alt_names: Vec::new(),
             origin: origin.clone(),
             config: Err(why.clone()),
             refused: Some(why),
@@ -324,19 +328,20 @@ pub(super) fn apply(ix: &Index<'_>, sink: &mut Sink, cluster: &mut Cluster) {
         cluster.tls = refuse(format!("{origin} is not accepted ({why}): {message}"));
         return;
     }
+    let subject_alt_names: Vec<String> = validation
+        .subject_alt_names
+        .iter()
+        .filter_map(|san| match san.san_type.as_str() {
+            "Hostname" => san.hostname.clone(),
+            _ => san.uri.clone(),
+        })
+        .collect();
     let settings = ClientSettings {
         mode: "SIMPLE",
         sni: sni.clone(),
-        // Without subjectAltNames the hostname is the name checked.
-        verify_server_name: true,
-        subject_alt_names: validation
-            .subject_alt_names
-            .iter()
-            .filter_map(|san| match san.san_type.as_str() {
-                "Hostname" => san.hostname.clone(),
-                _ => san.uri.clone(),
-            })
-            .collect(),
+        // Without subjectAltNames the hostname is the name checked; with them, they alone.
+        verify_server_name: subject_alt_names.is_empty(),
+        subject_alt_names: subject_alt_names.clone(),
         roots: judgement.roots,
         client_certificate: None,
         insecure_skip_verify: false,
@@ -365,6 +370,7 @@ pub(super) fn apply(ix: &Index<'_>, sink: &mut Sink, cluster: &mut Cluster) {
         // The policy's hostname is the SNI of every connection (Gateway API).
         auto_sni: false,
         auto_san_validation: false,
+        subject_alt_names,
         origin,
         config: Ok(config),
         refused: None,

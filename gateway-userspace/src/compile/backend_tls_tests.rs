@@ -204,6 +204,11 @@ fn a_policy_without_a_usable_ca_refuses_connections_rather_than_plaintext() {
             "{wellKnownCACertificates: example.com/mine, hostname: abc.example.com}",
             "is not supported (only System)",
         ),
+        // An address would send no SNI (Gateway API's PreciseHostname is a DNS name).
+        (
+            "{wellKnownCACertificates: System, hostname: 192.0.2.1}",
+            "validation.hostname \"192.0.2.1\" is not a DNS name",
+        ),
     ] {
         let (snapshot, diagnostics) =
             compile_with(&policy("p", "2026-01-01T00:00:00Z", SVC, validation));

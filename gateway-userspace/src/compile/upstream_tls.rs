@@ -27,12 +27,12 @@ use crate::{
             istio::{ClientTlsMode, ClientTlsSettings, DestinationRuleSpec, TrafficPolicy},
         },
     },
-    snapshot::{Cluster, UpstreamProtocol},
+    snapshot::{Cluster, EndpointSource, UpstreamProtocol},
     tls::{
         certs::{self, CA_KEYS, CA_SECRET_SUFFIX},
         credentials::{Credential, read_capped},
         server_config,
-        upstream::{ClientSettings, UpstreamTls},
+        upstream::{ClientSettings, UpstreamTls, no_server_name},
     },
 };
 
@@ -116,9 +116,8 @@ pub(super) fn upstream_tls<'a>(
         ClientTlsMode::Mutual => "MUTUAL",
         ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
     };
-    // Shown for a refused cluster whose host is no DNS name (a wildcard ServiceEntry), and
-    // the name of such a cluster's TCP connections: an address, so no SNI is sent.
-    let placeholder = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+    // Shown for a refused cluster: its host, else (a wildcard) no name.
+    let placeholder = no_server_name();
     let default_sni = ServerName::try_from(cluster.service.clone()).ok();
     let refuse = |sink: &mut Sink, field: &str, why: String, sni: ServerName<'static>| {
         warn_rule(sink, &place, field, format!("{why}; {CONNECTIONS_REFUSED}"));
@@ -128,6 +127,7 @@ pub(super) fn upstream_tls<'a>(
             sni,
             auto_sni: false,
             auto_san_validation: false,
+            subject_alt_names: Vec::new(),
             origin: origin.clone(),
             config: Err(why.clone()),
             refused: Some(why),
@@ -145,9 +145,9 @@ pub(super) fn upstream_tls<'a>(
         );
     }
     let insecure_skip_verify = settings.insecure_skip_verify.unwrap_or(false);
-    // Istio's `setAutoSniAndAutoSanValidation`. Without `sni`, TCP routes send the
-    // destination host; a wildcard host has none to send, and no SNI goes (`placeholder`
-    // is an address), as Envoy sends none for an empty `sni`.
+    // Istio's `setAutoSniAndAutoSanValidation`. Without `sni`, TCP routes send none and
+    // check no name but `subjectAltNames`: Istio leaves the cluster's `sni` empty, and
+    // Envoy's TCP proxy has no request host for auto_sni/auto_san_validation.
     let (sni, auto_sni) = match settings.sni.as_deref().filter(|s| !s.is_empty()) {
         Some(sni) => match ServerName::try_from(sni.to_owned()) {
             Ok(name) => (name, false),
@@ -160,10 +160,21 @@ pub(super) fn upstream_tls<'a>(
                 );
             }
         },
-        None => (default_sni.unwrap_or(placeholder), true),
+        None => (no_server_name(), true),
     };
     let auto_san_validation =
         auto_sni && settings.subject_alt_names.is_empty() && !insecure_skip_verify;
+    // Istio's `constructUpstreamTLS` (SIMPLE and MUTUAL): a rule without
+    // `subjectAltNames` takes its ServiceEntry's, after `auto_san_validation` was set from
+    // the rule alone, so an HTTP request's host is checked too. insecureSkipVerify checks
+    // none of them.
+    let subject_alt_names = if insecure_skip_verify {
+        Vec::new()
+    } else if settings.subject_alt_names.is_empty() {
+        entry_subject_alt_names(ix, cluster).to_vec()
+    } else {
+        settings.subject_alt_names.clone()
+    };
     let client = match client_credentials(ix, sink, credentials, &place, settings, mode == "MUTUAL")
     {
         Ok(client) => client,
@@ -173,7 +184,7 @@ pub(super) fn upstream_tls<'a>(
         mode,
         sni: sni.clone(),
         verify_server_name: auto_san_validation,
-        subject_alt_names: settings.subject_alt_names.clone(),
+        subject_alt_names: subject_alt_names.clone(),
         roots: client.roots,
         client_certificate: client.certificate,
         insecure_skip_verify,
@@ -200,11 +211,22 @@ pub(super) fn upstream_tls<'a>(
         sni,
         auto_sni,
         auto_san_validation,
+        subject_alt_names,
         origin,
         config: Ok(config),
         refused: None,
         key,
     }))
+}
+
+/// The `subjectAltNames` of the ServiceEntry behind `cluster` (Istio's service accounts
+/// of a service from the External registry); none for a Service's cluster.
+fn entry_subject_alt_names<'a>(ix: &Index<'a>, cluster: &Cluster) -> &'a [String] {
+    if matches!(cluster.endpoint_source, EndpointSource::Service { .. }) {
+        return &[];
+    }
+    ix.service_entry(&cluster.service)
+        .map_or(&[], |entry| &entry.resource.spec.subject_alt_names)
 }
 
 /// The refusal of every cluster of a stand-in's host (`config::stand_in`): what the
@@ -223,12 +245,12 @@ fn fail_closed(
             .object(&rule.resource.object_ref())
             .field("spec"),
     );
-    let placeholder = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
     Arc::new(UpstreamTls {
         mode: "SIMPLE",
-        sni: ServerName::try_from(cluster.service.clone()).unwrap_or(placeholder),
+        sni: ServerName::try_from(cluster.service.clone()).unwrap_or_else(|_| no_server_name()),
         auto_sni: false,
         auto_san_validation: false,
+        subject_alt_names: Vec::new(),
         origin,
         config: Err(why.clone()),
         refused: Some(why),

@@ -192,6 +192,11 @@ fn no_tls_anywhere_is_none() {
 /// The TLS of the cluster of `host` (a ServiceEntry, resolution STATIC) under a
 /// DestinationRule whose `tls` is `tls`.
 fn compiled_tls(host: &str, tls: &str) -> Arc<UpstreamTls> {
+    compiled_tls_of_entry(host, tls, "")
+}
+
+/// `compiled_tls` with `entry` added to the ServiceEntry's spec (flow-style fields).
+fn compiled_tls_of_entry(host: &str, tls: &str, entry: &str) -> Arc<UpstreamTls> {
     let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/src/tls/testdata/unit.crt");
     let yaml = format!(
         r#"
@@ -210,6 +215,7 @@ spec:
   ports: [{{number: 443, name: https, protocol: HTTPS}}]
   resolution: STATIC
   endpoints: [{{address: 192.0.2.1}}]
+  {entry}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -272,13 +278,13 @@ fn auto_sni_and_auto_san_validation_are_set_as_istio_sets_them() {
             (auto_sni, auto_san_validation),
             "{tls}"
         );
-        // TCP routes send `sni`, else the destination host.
+        // TCP routes send `sni`, else none (an address), as Envoy's TCP proxy.
         let sni = if auto_sni {
-            "api.example.com"
+            no_server_name()
         } else {
-            "origin.example.com"
+            ServerName::try_from("origin.example.com").expect("a name")
         };
-        assert_eq!(compiled.sni.to_str(), sni, "{tls}");
+        assert_eq!(compiled.sni, sni, "{tls}");
     }
 }
 
@@ -288,9 +294,42 @@ fn auto_sni_and_auto_san_validation_are_set_as_istio_sets_them() {
 fn a_wildcard_host_without_sni_is_served_by_auto_sni() {
     let compiled = compiled_tls("*.wiki.example", "");
     assert!(compiled.auto_sni && compiled.auto_san_validation);
+    assert_eq!(compiled.sni, no_server_name(), "no SNI for TCP routes");
+}
+
+/// Istio's `constructUpstreamTLS`: a rule without `subjectAltNames` takes the
+/// ServiceEntry's, which leave `auto_san_validation` as the rule alone sets it (an HTTP
+/// request's host is checked besides them); the rule's own win; insecureSkipVerify
+/// checks none.
+#[test]
+fn a_service_entrys_subject_alt_names_stand_in_for_the_rules() {
+    let entry = "subjectAltNames: [backend.example.net, spiffe://example.net/ns/api]";
+    let from_entry = ["backend.example.net", "spiffe://example.net/ns/api"];
+    let cases: [(&str, &[&str], bool); 6] = [
+        ("", &from_entry, true),
+        ("sni: origin.example.com", &from_entry, false),
+        ("insecureSkipVerify: false", &from_entry, true),
+        (
+            "subjectAltNames: [rule.example.net]",
+            &["rule.example.net"],
+            false,
+        ),
+        (
+            "sni: origin.example.com, subjectAltNames: [rule.example.net]",
+            &["rule.example.net"],
+            false,
+        ),
+        ("insecureSkipVerify: true", &[], false),
+    ];
+    for (tls, sans, auto_san_validation) in cases {
+        let compiled = compiled_tls_of_entry("api.example.com", tls, entry);
+        assert_eq!(compiled.subject_alt_names, sans, "{tls}");
+        assert_eq!(compiled.auto_san_validation, auto_san_validation, "{tls}");
+    }
+    // Without them on the entry, the rule alone.
     assert!(
-        matches!(compiled.sni, ServerName::IpAddress(_)),
-        "no SNI for TCP routes: {:?}",
-        compiled.sni
+        compiled_tls("api.example.com", "")
+            .subject_alt_names
+            .is_empty()
     );
 }

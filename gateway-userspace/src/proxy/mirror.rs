@@ -26,7 +26,9 @@ const DEFAULT_MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
 static MIRRORS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// Copies of the request to mirror clusters; their answers are ignored. Envoy marks a
-/// copy by appending `-shadow` to the host. As Envoy shadows a buffered request, a
+/// copy by appending `-shadow` to the host: its Host, or `:authority` over HTTP/2, and the
+/// name an auto-SNI cluster's connection is opened for (Envoy's shadow router takes the
+/// host from the headers already marked). As Envoy shadows a buffered request, a
 /// copy leaves once the whole body is in the replay copy, and is dropped when the body
 /// outgrows it. Mirrors never queue: past `MAX_MIRRORS_IN_FLIGHT` they are dropped,
 /// and each gets the route's timeout (or `DEFAULT_MIRROR_TIMEOUT`); drops are counted.
@@ -51,7 +53,8 @@ pub(super) fn send(
             }
         });
     if let Some(value) = shadow_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
-        head.map().insert(header::HOST, value);
+        head.map().insert(header::HOST, value.clone());
+        head.authority = value;
     }
     let ctx = ctx.clone();
     // The copies go out when the body is complete; they use the configuration the

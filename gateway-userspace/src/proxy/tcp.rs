@@ -59,7 +59,8 @@ pub(super) async fn proxy<S>(
         };
     let _ = upstream.set_nodelay(true);
     // A cluster that originates TLS (DestinationRule `tls`) gets it on TCP routes too,
-    // opened for its `sni` (with `auto_sni`, the destination host: there is no request).
+    // opened for its `sni`: without one, no SNI and no name but `subjectAltNames` checked,
+    // as Envoy's TCP proxy (auto_sni and auto_san_validation need a request's host).
     let mut upstream = match upstream_tls::secure(upstream, &cluster.cluster, CONNECT_TIMEOUT, None)
         .await
     {

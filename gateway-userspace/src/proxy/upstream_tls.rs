@@ -22,7 +22,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use crate::{
     metrics::{UPSTREAM_TLS_HANDSHAKE_ERRORS, UpstreamTlsLabels},
     snapshot::Cluster,
-    tls::upstream::UpstreamTls,
+    tls::upstream::{UpstreamTls, no_server_name},
 };
 
 /// Why an upstream TLS handshake failed.
@@ -262,12 +262,17 @@ pub(crate) fn server_name_key(tls_key: u64, host: &[u8]) -> u64 {
 /// cluster's `sni`. An IP address sends no SNI (Envoy sets none for one) and is the name
 /// checked. A host that is no server name cannot be named by any certificate: refused
 /// when the name is checked (`auto_san_validation`, where Envoy's check fails too), else
-/// the connection sends the cluster's `sni` (Envoy sends the odd name as it is).
+/// the connection sends the cluster's `sni` (Envoy sends the odd name as it is). So is
+/// the unspecified address, which stands for no name at all (`no_server_name`: a TCP
+/// route's, whose certificate names are not checked).
 fn server_name(tls: &UpstreamTls, host: Option<&[u8]>) -> Result<ServerName<'static>, TlsFailure> {
     let Some(host) = host else {
         return Ok(tls.sni.clone());
     };
     match ServerName::try_from(host) {
+        Ok(name) if tls.auto_san_validation && name == no_server_name() => {
+            Err(TlsFailure::NameMismatch)
+        }
         Ok(name) => Ok(name.to_owned()),
         Err(_) if tls.auto_san_validation => Err(TlsFailure::NameMismatch),
         Err(_) => Ok(tls.sni.clone()),

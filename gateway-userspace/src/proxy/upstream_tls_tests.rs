@@ -17,6 +17,7 @@ fn cluster(auto_sni: bool, auto_san_validation: bool) -> Cluster {
         sni: ServerName::try_from("api.example.com").expect("a name"),
         auto_sni,
         auto_san_validation,
+        subject_alt_names: Vec::new(),
         origin: String::new(),
         config: Err("unused".into()),
         refused: None,
@@ -71,6 +72,9 @@ fn the_server_name_is_the_host_an_address_sends_none_and_an_odd_host_is_refused_
         Ok(ServerName::IpAddress(_))
     ));
     assert_eq!(name(Some(b"host:https")), Err(TlsFailure::NameMismatch));
+    // The unspecified address stands for a connection with no name, whose certificate
+    // names go unchecked: a request's host never opens one when the name is checked.
+    assert_eq!(name(Some(b"0.0.0.0")), Err(TlsFailure::NameMismatch));
     let unchecked = cluster(true, false);
     let tls = unchecked.tls.as_ref().expect("tls");
     assert_eq!(

@@ -4,12 +4,12 @@
 //!
 //! Verification follows Istio (`cluster_tls.go`): the chain is checked against
 //! `caCertificates` (or the credential Secret's `ca.crt`), else against the system trust
-//! store (Istio's `VERIFY_CERTIFICATE_AT_CLIENT`, on by default since 1.20); the names
-//! are checked against `subjectAltNames` when given, else, when the rule has no `sni`,
-//! against the name the connection was opened for (Envoy's `auto_san_validation`: an HTTP
-//! request's host with `auto_sni`, the destination host for a TCP route); an explicit
-//! `sni` without `subjectAltNames` checks the chain only. `insecureSkipVerify` checks
-//! nothing.
+//! store (Istio's `VERIFY_CERTIFICATE_AT_CLIENT`, on by default since 1.20). The names:
+//! when the rule has neither `sni` nor `subjectAltNames`, the name the connection was
+//! opened for (Envoy's `auto_san_validation`: an HTTP request's host with `auto_sni`);
+//! and the `subjectAltNames`, the rule's or else its ServiceEntry's, as Istio fills them
+//! in: with both, the certificate must carry both, as Envoy checks its SAN list and its
+//! matchers each. Neither: the chain only. `insecureSkipVerify` checks nothing.
 
 use std::{
     collections::HashMap,
@@ -43,7 +43,9 @@ const SESSIONS_PER_CLUSTER: usize = 256;
 pub struct UpstreamTls {
     /// `SIMPLE` or `MUTUAL`.
     pub mode: &'static str,
-    /// The name sent in the ClientHello (with `auto_sni`, by TCP routes only).
+    /// The name TCP routes' connections are opened for (HTTP requests' too without
+    /// `auto_sni`): the rule's `sni`, else none ([`no_server_name`]), as Envoy's TCP proxy
+    /// sends the cluster's `sni`, which Istio leaves empty without one.
     #[serde(serialize_with = "server_name")]
     pub sni: ServerName<'static>,
     /// Envoy's `auto_sni`, which Istio sets when the rule has no `sni`: the connection
@@ -54,6 +56,11 @@ pub struct UpstreamTls {
     /// `subjectAltNames` and does not `insecureSkipVerify`: the certificate must name the
     /// host the connection was opened for.
     pub auto_san_validation: bool,
+    /// One of these the certificate must carry: the rule's `subjectAltNames`, else its
+    /// ServiceEntry's (Istio's `constructUpstreamTLS`), which leave `auto_san_validation`
+    /// as the rule alone sets it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
     /// Where the settings come from: `DestinationRule ns/name spec.trafficPolicy.tls`.
     pub origin: String,
     /// The client configuration, or why none could be built: then every connection is
@@ -70,6 +77,13 @@ pub struct UpstreamTls {
     pub key: u64,
 }
 
+/// The name of a connection with no name to send or check: an address, so rustls sends
+/// no SNI, and one the certificate is not checked against (`auto_san_validation` has no
+/// name then: Envoy's TCP proxy checks the chain, and any `subjectAltNames`, only).
+pub fn no_server_name() -> ServerName<'static> {
+    ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
+}
+
 fn server_name<S: serde::Serializer>(name: &ServerName<'static>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&name.to_str())
 }
@@ -78,9 +92,9 @@ fn server_name<S: serde::Serializer>(name: &ServerName<'static>, s: S) -> Result
 pub struct ClientSettings {
     pub mode: &'static str,
     pub sni: ServerName<'static>,
-    /// Whether, without `subjectAltNames`, the certificate must name the server name the
-    /// connection is opened for (`sni`, or the request's host with `auto_sni`): Envoy's
-    /// `auto_san_validation`, and a BackendTLSPolicy's hostname.
+    /// Whether the certificate must name the server name the connection is opened for
+    /// (`sni`, or the request's host with `auto_sni`), besides one of `subject_alt_names`
+    /// if any: Envoy's `auto_san_validation`, and a BackendTLSPolicy's hostname.
     pub verify_server_name: bool,
     pub subject_alt_names: Vec<String>,
     /// None: the system trust store.
@@ -130,12 +144,11 @@ impl ClientSettings {
             roots,
             names: if self.insecure_skip_verify {
                 Names::Nothing
-            } else if !self.subject_alt_names.is_empty() {
-                Names::AnyOf(self.subject_alt_names.clone())
-            } else if self.verify_server_name {
-                Names::Sni
             } else {
-                Names::ChainOnly
+                Names::Checked {
+                    server_name: self.verify_server_name,
+                    any_of: self.subject_alt_names.clone(),
+                }
             },
             algorithms: provider.signature_verification_algorithms,
         });
@@ -226,15 +239,18 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
         .clone()
 }
 
-/// Which names the upstream's certificate must carry.
+/// What of the upstream's certificate is checked.
 #[derive(Debug)]
 enum Names {
-    /// The name the connection was opened for: Envoy's `auto_san_validation`.
-    Sni,
-    /// One of these (DNS names, IP addresses or URIs such as SPIFFE IDs).
-    AnyOf(Vec<String>),
-    /// Any: an explicit `sni` without `subjectAltNames` checks the chain only, as Envoy.
-    ChainOnly,
+    /// The chain, and then its names: neither asked for (an explicit `sni` without
+    /// `subjectAltNames`) checks the chain only, as Envoy.
+    Checked {
+        /// The name the connection was opened for, if it has one: Envoy's
+        /// `auto_san_validation`.
+        server_name: bool,
+        /// One of these (DNS names, IP addresses or URIs such as SPIFFE IDs); empty: any.
+        any_of: Vec<String>,
+    },
     /// Nothing at all (`insecureSkipVerify`).
     Nothing,
 }
@@ -255,9 +271,13 @@ impl ServerCertVerifier for NameCheck {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if matches!(self.names, Names::Nothing) {
+        let Names::Checked {
+            server_name: check_server_name,
+            any_of,
+        } = &self.names
+        else {
             return Ok(ServerCertVerified::assertion());
-        }
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
@@ -266,16 +286,13 @@ impl ServerCertVerifier for NameCheck {
             now,
             self.algorithms.all,
         )?;
-        match &self.names {
-            Names::Sni => verify_server_name(&cert, server_name)?,
-            Names::AnyOf(wanted) => {
-                // Exact matchers, as Istio configures Envoy's: DNS names match as DNS
-                // names do (a wildcard certificate names each host under it).
-                if !client_cert::carries_any_name(end_entity, wanted) {
-                    return Err(CertificateError::NotValidForName.into());
-                }
-            }
-            Names::ChainOnly | Names::Nothing => {}
+        if *check_server_name && *server_name != no_server_name() {
+            verify_server_name(&cert, server_name)?;
+        }
+        // Exact matchers, as Istio configures Envoy's: DNS names match as DNS names do (a
+        // wildcard certificate names each host under it).
+        if !any_of.is_empty() && !client_cert::carries_any_name(end_entity, any_of) {
+            return Err(CertificateError::NotValidForName.into());
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -302,3 +319,7 @@ impl ServerCertVerifier for NameCheck {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+#[path = "upstream_tests.rs"]
+mod tests;

@@ -20,7 +20,10 @@ use crate::{
 
 impl<'a> Index<'a> {
     /// The ServiceEntry whose `hosts` hold this host (exactly, or by a `*.` wildcard).
-    pub(super) fn service_entry(&self, host: &str) -> Option<&'a Sourced<ServiceEntry>> {
+    pub(in crate::compile) fn service_entry(
+        &self,
+        host: &str,
+    ) -> Option<&'a Sourced<ServiceEntry>> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let resources: &'a crate::config::Resources = self.resources;
         resources

@@ -195,6 +195,9 @@ pub struct ServiceEntrySpec {
     pub resolution: Option<Resolution>,
     pub endpoints: Vec<WorkloadEntry>,
     pub export_to: Vec<String>,
+    /// The names the endpoints' certificates carry: checked by TLS origination when the
+    /// DestinationRule's `tls` gives none (Istio).
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
