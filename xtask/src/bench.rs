@@ -17,6 +17,7 @@ mod http;
 mod ip_deny;
 mod kubernetes;
 mod node_ports;
+pub(crate) mod pgo;
 mod reload;
 mod sni;
 mod tls;

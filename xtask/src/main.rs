@@ -38,6 +38,10 @@ enum Task {
     Build {
         #[arg(long)]
         release: bool,
+        /// Only gatewayd, release, profile-guided: an instrumented build serves the benches'
+        /// traffic, then the release build uses its counts (target/pgo/use/release/gatewayd).
+        #[arg(long, requires = "release")]
+        pgo: bool,
     },
     /// Run gatewayd on an example config in front of the demo upstream, until Ctrl-C.
     Run {
@@ -72,7 +76,8 @@ fn main() -> Result<()> {
     let ws = Workspace::locate()?;
     match cli.task {
         Task::Setup => setup(&ws),
-        Task::Build { release } => build(&ws, release),
+        Task::Build { pgo: true, .. } => bench::pgo::build(&ws).map(drop),
+        Task::Build { release, .. } => build(&ws, release),
         Task::Run { config, debug } => run(&ws, config, debug),
         Task::Test { args } => test(&ws, &args),
         Task::Bench { names, list } => bench::run(&ws, &names, list),

@@ -106,7 +106,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
 
 /// A CA and the upstream's certificate signed by it (a self-signed leaf is refused by
 /// verifiers that will not take a CA certificate as an end entity).
-fn certificates(work: &Path) -> Result<()> {
+pub(super) fn certificates(work: &Path) -> Result<()> {
     let openssl = |args: &[&str]| cmd(Command::new("openssl").current_dir(work).args(args));
     let ec = [
         "-newkey",
@@ -157,7 +157,7 @@ fn certificates(work: &Path) -> Result<()> {
 }
 
 /// nginx answering `200 ok` over TLS on `tls_port` and in plaintext on `plain_port`.
-fn start_upstream(work: &Path, tls_port: u16, plain_port: u16) -> Result<Process> {
+pub(super) fn start_upstream(work: &Path, tls_port: u16, plain_port: u16) -> Result<Process> {
     let dir = nginx_dir(work, "upstream")?;
     let mut conf = nginx_prelude(&dir);
     let _ = writeln!(
@@ -169,7 +169,7 @@ fn start_upstream(work: &Path, tls_port: u16, plain_port: u16) -> Result<Process
     start_nginx_process(&dir, CLIENT_CPU, plain_port, "upstream nginx")
 }
 
-fn gatewayd_config(port: u16, upstream_port: u16, ca: Option<&Path>) -> String {
+pub(super) fn gatewayd_config(port: u16, upstream_port: u16, ca: Option<&Path>) -> String {
     let destination_rule = ca.map_or(String::new(), |ca| {
         format!(
             "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: up, namespace: default}}\nspec:\n  host: up\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: {}, sni: {UPSTREAM_NAME}}}\n",
