@@ -121,30 +121,28 @@ struct Figures {
     idle_mib_per_10k: Option<f64>,
 }
 
-/// The release `gatewayd` and `paced-load` the HTTP benches run: built from this tree, or,
-/// when `GATEWAYD_BIN` and `PACED_LOAD_BIN` both name binaries, those (a build of
-/// another profile or commit, measured without rebuilding).
+/// The release `gatewayd` and `paced-load` the HTTP benches run: built from this tree, or
+/// the binaries `GATEWAYD_BIN` and `PACED_LOAD_BIN` name (a build of another profile or
+/// commit, such as `cargo xtask build --release --pgo`'s, measured without rebuilding).
 fn release_binaries(ws: &Workspace) -> Result<(PathBuf, PathBuf)> {
-    if let (Some(gatewayd), Some(paced_load)) = (
-        std::env::var_os("GATEWAYD_BIN"),
-        std::env::var_os("PACED_LOAD_BIN"),
-    ) {
-        return Ok((gatewayd.into(), paced_load.into()));
+    let given = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    let (gatewayd, paced_load) = (given("GATEWAYD_BIN"), given("PACED_LOAD_BIN"));
+    let mut build = ws.cargo();
+    build.args(["build", "--release"]);
+    if gatewayd.is_none() {
+        build.args(["-p", "gateway-userspace", "--bin", "gatewayd"]);
     }
-    cmd(ws.cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "gateway-userspace",
-        "--bin",
-        "gatewayd",
-        "-p",
-        "gateway-tests",
-        "--bin",
-        "paced-load",
-    ]))?;
+    if paced_load.is_none() {
+        build.args(["-p", "gateway-tests", "--bin", "paced-load"]);
+    }
+    if gatewayd.is_none() || paced_load.is_none() {
+        cmd(&mut build)?;
+    }
     let release = ws.target_dir().join("release");
-    Ok((release.join("gatewayd"), release.join("paced-load")))
+    Ok((
+        gatewayd.unwrap_or_else(|| release.join("gatewayd")),
+        paced_load.unwrap_or_else(|| release.join("paced-load")),
+    ))
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
