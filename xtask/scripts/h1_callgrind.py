@@ -1,6 +1,6 @@
 """User-space instructions per proxied HTTP/1.1 keep-alive request, counted by callgrind.
 
-Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx] [--strace]
+Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx] [--dump-dir DIR] [--strace]
 gatewayd (one worker, access log off) under `valgrind --tool=callgrind`, in front of an
 nginx answering a fixed 200 over kept-alive upstream connections (`--http1-client` MODE);
 1000 requests to warm up, the counters zeroed (`callgrind_control -z`), N requests by
@@ -10,14 +10,21 @@ With `nginx` as the last argument, the same for an nginx proxy (one worker proce
 `proxy_http_version 1.1` and an upstream keepalive pool) instead of gatewayd.
 With `--strace`: the proxy runs natively and `strace -c -f` counts its system calls over
 the N requests (the kernel's share of a request is mostly these calls).
+With `--dump-dir DIR`: the callgrind dump is kept there (as `callgrind.gatewayd` or
+`callgrind.nginx`) for `callgrind_annotate`.
 """
-import os, subprocess, sys
+import os, shutil, subprocess, sys
 
 from callgrind_run import PORT_OFFSET, count_instructions, count_syscalls, print_syscalls, wait_for_port
 from one_route_config import one_route_config
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
+args = [a for a in sys.argv[1:] if a != "--strace"]
 STRACE = "--strace" in sys.argv
+DUMP_DIR = None
+if "--dump-dir" in args:
+    at = args.index("--dump-dir")
+    DUMP_DIR = args[at + 1]
+    del args[at:at + 2]
 BIN, MODE, N = args[0], args[1], int(args[2])
 PEER = len(args) > 3 and args[3] == "nginx"
 UP, GW = 18480 + PORT_OFFSET, 18580 + PORT_OFFSET
@@ -70,6 +77,9 @@ try:
         gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
                               stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         total, dump = count_instructions(gw.pid, GW, out, load, N)
+        if DUMP_DIR:
+            os.makedirs(DUMP_DIR, exist_ok=True)
+            shutil.copy(dump, os.path.join(DUMP_DIR, "callgrind.nginx" if PEER else "callgrind.gatewayd"))
         print(f"{who}: {N} requests, {total} instructions, {total / N:.0f} per request")
 finally:
     gw.kill()
