@@ -58,6 +58,9 @@ pub(super) struct Downstream<'a> {
     pub replay_budget: &'a super::replay::ReplayBudget,
     /// The request carries an Upgrade header (once the edge dropped h2c's).
     pub upgrade_asked: bool,
+    /// When the request's head was taken up: the one clock read its timing shares (the
+    /// first try's start, a bodiless request's end for the route timeout).
+    pub started: std::time::Instant,
 }
 
 /// A request's head as every try and mirror sends it.
@@ -298,6 +301,7 @@ impl UpstreamHead {
             request_id,
             replay_budget: _,
             upgrade_asked: _,
+            started: _,
         } = *downstream;
         // A backendRef's own URLRewrite replaces the route's for its share.
         let rewrite = weighted.rewrite.as_ref().or(forward.rewrite.as_ref());
