@@ -492,22 +492,15 @@ fn checkout_http1(
     now: Instant,
 ) -> Option<Pooled<Http1Connection>> {
     let idle_timeout = limits.idle_timeout();
-    // Closed connections are dropped outside the pool's borrow: the count of open
-    // connections they hold is given back through it.
-    let mut closed = Vec::new();
-    let found = with_pool(key, |pool| {
-        while let Some(mut pooled) = pool.idle.pop() {
-            if !pooled.sender.is_closed()
-                && now.saturating_duration_since(pooled.since) < idle_timeout
-            {
-                return Some(pooled);
-            }
-            closed.push(pooled);
+    loop {
+        // Looked at, and dropped if closed or expired, outside the pool's borrow: the
+        // count of open connections a dropped one holds is given back through it.
+        let mut pooled = with_pool(key, |pool| pool.idle.pop())?;
+        if !pooled.sender.is_closed() && now.saturating_duration_since(pooled.since) < idle_timeout
+        {
+            return Some(pooled);
         }
-        None
-    });
-    drop(closed);
-    found
+    }
 }
 
 /// The shared HTTP/2 connection while it is live, not idle too long and (unless
