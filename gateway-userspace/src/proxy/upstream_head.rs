@@ -99,6 +99,31 @@ fn value_bytes(value: &Option<HeaderValue>) -> Option<&[u8]> {
     value.as_ref().map(HeaderValue::as_bytes)
 }
 
+/// `Appended::encode`'s room and how much of it is written.
+struct Room<'r> {
+    room: &'r mut [u8; APPENDED_ROOM],
+    len: usize,
+}
+
+impl Room<'_> {
+    fn bytes(&mut self, bytes: &[u8]) -> Option<()> {
+        let end = self.len + bytes.len();
+        self.room.get_mut(self.len..end)?.copy_from_slice(bytes);
+        self.len = end;
+        Some(())
+    }
+
+    /// Bytes of a length known here: copied as an array, in a few moves (`bytes`'
+    /// `copy_from_slice` is a call, and a `memcpy` call, each time).
+    fn fixed<const N: usize>(&mut self, bytes: &[u8; N]) -> Option<()> {
+        let end = self.len + N;
+        let to: &mut [u8; N] = self.room.get_mut(self.len..end)?.try_into().ok()?;
+        *to = *bytes;
+        self.len = end;
+        Some(())
+    }
+}
+
 impl Appended {
     /// The fields, as name and value, in their order.
     pub(super) fn fields(&self) -> impl Iterator<Item = (&'static str, &[u8])> + Clone {
@@ -121,33 +146,28 @@ impl Appended {
     /// The fields as the codec writes them (`name: value\r\n`), in `room`; None if
     /// they do not fit.
     fn encode<'r>(&self, room: &'r mut [u8; APPENDED_ROOM]) -> Option<&'r [u8]> {
-        let mut len = 0;
-        let mut put = |bytes: &[u8]| -> Option<()> {
-            room.get_mut(len..len + bytes.len())?.copy_from_slice(bytes);
-            len += bytes.len();
-            Some(())
-        };
+        let mut out = Room { room, len: 0 };
         if let Some(value) = &self.forwarded_for {
-            put(b"x-forwarded-for: ")?;
-            put(value.as_bytes())?;
-            put(b"\r\n")?;
+            out.fixed(b"x-forwarded-for: ")?;
+            out.bytes(value.as_bytes())?;
+            out.fixed(b"\r\n")?;
         }
         if let Some(value) = &self.forwarded_proto {
-            put(b"x-forwarded-proto: ")?;
-            put(value.as_bytes())?;
-            put(b"\r\n")?;
+            out.fixed(b"x-forwarded-proto: ")?;
+            out.bytes(value.as_bytes())?;
+            out.fixed(b"\r\n")?;
         }
         if let Some(id) = &self.request_id {
-            put(b"x-request-id: ")?;
-            put(&id.0)?;
-            put(b"\r\n")?;
+            out.fixed(b"x-request-id: ")?;
+            out.fixed(&id.0)?;
+            out.fixed(b"\r\n")?;
         }
         if let Some(value) = &self.external_address {
-            put(b"x-envoy-external-address: ")?;
-            put(value.as_bytes())?;
-            put(b"\r\n")?;
+            out.fixed(b"x-envoy-external-address: ")?;
+            out.bytes(value.as_bytes())?;
+            out.fixed(b"\r\n")?;
         }
-        room.get(..len)
+        out.room.get(..out.len)
     }
 
     /// Moves the fields into `headers` (none of them is there).
