@@ -1,6 +1,7 @@
 """User-space instructions per proxied HTTP/1.1 keep-alive request, counted by callgrind.
 
-Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx] [--strace] [--cpu ROUNDS [--perf-record DIR]]
+Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx] [--dump-dir DIR] [--strace]
+                                  [--cpu ROUNDS [--perf-record DIR]]
 gatewayd (one worker, access log off) under `valgrind --tool=callgrind`, in front of an
 nginx answering a fixed 200 over kept-alive upstream connections (`--http1-client` MODE);
 1000 requests to warm up, the counters zeroed (`callgrind_control -z`), N requests by
@@ -10,23 +11,31 @@ With `nginx` as the last argument, the same for an nginx proxy (one worker proce
 `proxy_http_version 1.1` and an upstream keepalive pool) instead of gatewayd.
 With `--strace`: the proxy runs natively and `strace -c -f` counts its system calls over
 the N requests (the kernel's share of a request is mostly these calls).
+With `--dump-dir DIR`: the callgrind dump is kept there (as `callgrind.gatewayd` or
+`callgrind.nginx`) for `callgrind_annotate`.
 With `--cpu ROUNDS`: the proxy runs natively on CPU 1, the upstream and the load on CPU 0,
 the load is `h2load --h1 -c16 -nN`, and each round prints the proxy's user and kernel CPU
 time per request; `--perf-record DIR` also samples each round with `perf record`.
 """
-import os, subprocess, sys
+import os, shutil, subprocess, sys
 
 from callgrind_run import (PORT_OFFSET, count_instructions, count_syscalls, cpu_rounds, print_syscalls,
                            wait_for_port)
 from one_route_config import one_route_config
 
 args = sys.argv[1:]
-CPU_ROUNDS, PERF_DIR = 0, None
-for option in ("--cpu", "--perf-record"):
+CPU_ROUNDS, PERF_DIR, DUMP_DIR = 0, None, None
+for option in ("--cpu", "--perf-record", "--dump-dir"):
     if option in args:
         at = args.index(option)
-        CPU_ROUNDS, PERF_DIR = (int(args[at + 1]), PERF_DIR) if option == "--cpu" else (CPU_ROUNDS, args[at + 1])
+        value = args[at + 1]
         del args[at:at + 2]
+        if option == "--cpu":
+            CPU_ROUNDS = int(value)
+        elif option == "--perf-record":
+            PERF_DIR = value
+        else:
+            DUMP_DIR = value
 args = [a for a in args if not a.startswith("--")]
 STRACE = "--strace" in sys.argv
 BIN, MODE, N = args[0], args[1], int(args[2])
@@ -86,6 +95,9 @@ try:
         gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
                               stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         total, dump = count_instructions(gw.pid, GW, out, load, N)
+        if DUMP_DIR:
+            os.makedirs(DUMP_DIR, exist_ok=True)
+            shutil.copy(dump, os.path.join(DUMP_DIR, "callgrind.nginx" if PEER else "callgrind.gatewayd"))
         print(f"{who}: {N} requests, {total} instructions, {total / N:.0f} per request")
 finally:
     gw.kill()

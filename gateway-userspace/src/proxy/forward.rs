@@ -178,9 +178,14 @@ impl Connection {
 
         // Pinned where it is made: awaited as a value, the route's future was made and
         // then copied whole into this one.
-        let outcome =
-            std::pin::pin!(self.route(&live, request, facts, authority.as_ref(), &request_id))
-                .await;
+        let outcome = std::pin::pin!(self.route(
+            &live,
+            request,
+            facts,
+            (authority.as_ref(), &request_id),
+            started
+        ))
+        .await;
         // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
         // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
         let transport_failure = outcome.answer.transport_failure();
@@ -199,7 +204,10 @@ impl Connection {
             response_flags: flags.as_str(),
             http2: version == Version::HTTP_2,
         };
-        let elapsed = started.elapsed();
+        let elapsed = match outcome.answered_at {
+            Some(at) => at.saturating_duration_since(started),
+            None => started.elapsed(),
+        };
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         let metrics = &self.ctx.metrics;
         match outcome.cluster {
@@ -258,8 +266,8 @@ impl Connection {
         live: &'s Arc<Live>,
         mut request: Request<ClientBody>,
         mut facts: HeadFacts,
-        authority_value: Option<&HeaderValue>,
-        request_id: &RequestId,
+        (authority_value, request_id): (Option<&HeaderValue>, &RequestId),
+        started: Instant,
     ) -> Outcome<'s> {
         let authority = authority_value.and_then(|a| a.to_str().ok());
         if let Some(status) = facts.framing_problem() {
@@ -332,6 +340,7 @@ impl Connection {
                     request_id,
                     replay_budget: &self.replay_budget,
                     upgrade_asked: facts.upgrade != Upgrade::None,
+                    started,
                 };
                 let ctx = &self.ctx;
                 // Boxed: a forward's future (the tries, the upstream exchange) is most of

@@ -139,8 +139,14 @@ pub(super) async fn forward<'s>(
     // The body streams to the first try at once; a bounded copy is kept when a retry
     // or a mirror may need it again (an upgrade's body is the tunnel: sent once).
     let wants_replay = !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
+    // The request's own clock read, unless a fault delay came after it.
+    let first_try_at = if fault_flags == ResponseFlags::DELAY_INJECTED {
+        std::time::Instant::now()
+    } else {
+        downstream.started
+    };
     let (request_end, mut body) = if body.is_end_stream() {
-        (RequestEnd::now(), RequestBody::Empty)
+        (RequestEnd::at(first_try_at), RequestBody::Empty)
     } else {
         let (request_end, mark) = RequestEnd::pending();
         let failure = Arc::new(limits::BodyFailure::default());
@@ -172,6 +178,7 @@ pub(super) async fn forward<'s>(
     let clock = tries::Clock {
         request_end: &request_end,
         route_timeout: forward.timeout,
+        first_try_at,
     };
     let tried = tries::run(
         &cluster,
@@ -184,16 +191,22 @@ pub(super) async fn forward<'s>(
     )
     .await;
     let retried = tried.retried();
+    let answered_at = match &tried.ending {
+        Ending::Answered { at, .. } => Some(*at),
+        _ => None,
+    };
     let answered = |answer: Answer| Outcome {
         answer,
         cluster: Some(cluster),
         upstream: tried.endpoint,
+        answered_at,
     };
     let (mut response, took, retry_overflowed) = match tried.ending {
         Ending::Answered {
             response,
             took,
             retry_overflowed,
+            ..
         } => (response, took, retry_overflowed),
         Ending::NoEndpoint => return answered(LocalReply::no_healthy_upstream().into()),
         Ending::TimedOut => return answered(LocalReply::route_timeout(retried).into()),

@@ -103,7 +103,7 @@ pub(super) fn send(
                 let exchange = async {
                     if let Ok(response) = upstream::send(
                         &target,
-                        endpoint.addr,
+                        (endpoint.addr, std::time::Instant::now()),
                         request,
                         ctx.http1_client,
                         head.authority.as_bytes(),

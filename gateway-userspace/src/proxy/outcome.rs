@@ -2,7 +2,7 @@
 //! response flags, and the cluster and endpoint it went to, for the metrics and the
 //! access log.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Instant};
 
 use http::Response;
 
@@ -17,6 +17,9 @@ pub(super) struct Outcome<'a> {
     pub cluster: Option<LiveCluster<'a>>,
     /// The endpoint of the last try.
     pub upstream: Option<SocketAddr>,
+    /// When the upstream's answer came (its response head): the request's duration ends
+    /// there without a clock read of its own.
+    pub answered_at: Option<Instant>,
 }
 
 pub(super) enum Answer {
@@ -78,6 +81,7 @@ impl From<LocalReply> for Outcome<'_> {
             answer: Answer::Local(reply),
             cluster: None,
             upstream: None,
+            answered_at: None,
         }
     }
 }

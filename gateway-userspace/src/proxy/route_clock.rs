@@ -34,9 +34,9 @@ impl RequestEnd {
         (RequestEnd::Pending(rx), RequestEndMark(tx))
     }
 
-    /// A request that has arrived whole already (no body).
-    pub(super) fn now() -> RequestEnd {
-        RequestEnd::At(Instant::now())
+    /// A request that had arrived whole (no body) at `at`.
+    pub(super) fn at(at: std::time::Instant) -> RequestEnd {
+        RequestEnd::At(Instant::from_std(at))
     }
 
     /// When the request ended; pends while it has not (forever if the body was dropped
@@ -157,7 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_per_try_clock_starts_at_the_later_of_the_try_and_the_request_end() {
-        let end = RequestEnd::now();
+        let end = RequestEnd::at(std::time::Instant::now());
         let ended = end.ended().await;
         let try_started = ended + Duration::from_millis(20);
         end.expired(Duration::from_millis(5), Some(try_started))

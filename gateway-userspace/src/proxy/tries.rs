@@ -76,6 +76,8 @@ pub(super) enum Ending {
     Answered {
         response: upstream::Answered,
         took: Duration,
+        /// When it came.
+        at: Instant,
         /// A retry was due but the cluster's `maxRetries` were in flight.
         retry_overflowed: bool,
     },
@@ -99,6 +101,8 @@ impl Tried {
 pub(super) struct Clock<'a> {
     pub request_end: &'a RequestEnd,
     pub route_timeout: Option<Duration>,
+    /// When the first try may start: the request's own clock read, reused.
+    pub first_try_at: Instant,
 }
 
 /// Sends the request to `cluster` until an answer stands, by `retry` and within the
@@ -136,13 +140,32 @@ pub(super) async fn run(
             return ended(Ending::Failed(TryFailure::Reset), Some(endpoint));
         };
         let last_try = retries >= retry.attempts || !body.can_replay();
-        let started = Instant::now();
+        let started = if retries == 0 {
+            clock.first_try_at
+        } else {
+            Instant::now()
+        };
         // Made where it is awaited: made first into a local, the try's future was
         // copied whole into the await's slot.
         let result = if retry.per_try_timeout.is_none() && clock.route_timeout.is_none() {
-            send(head, endpoint, cluster, try_body, last_try, client).await
+            send(
+                head,
+                (endpoint, started),
+                cluster,
+                try_body,
+                last_try,
+                client,
+            )
+            .await
         } else {
-            let attempt = send(head, endpoint, cluster, try_body, last_try, client);
+            let attempt = send(
+                head,
+                (endpoint, started),
+                cluster,
+                try_body,
+                last_try,
+                client,
+            );
             // Boxed: the clocks' futures would otherwise take room in this future (and
             // in every future above it, moved with each request) on routes without them.
             match Box::pin(timed(attempt, clock, retry.per_try_timeout, started)).await {
@@ -185,11 +208,15 @@ pub(super) async fn run(
             }
         }
         let ending = match result {
-            Ok(response) => Ending::Answered {
-                response,
-                took: started.elapsed(),
-                retry_overflowed,
-            },
+            Ok(response) => {
+                let at = Instant::now();
+                Ending::Answered {
+                    response,
+                    took: at.saturating_duration_since(started),
+                    at,
+                    retry_overflowed,
+                }
+            }
             Err(failure) => Ending::Failed(failure),
         };
         return ended(ending, Some(endpoint));
@@ -231,7 +258,7 @@ async fn timed(
 /// it, and each is moved whole per request (a memcpy per level).
 async fn send(
     head: &mut UpstreamHead,
-    endpoint: SocketAddr,
+    (endpoint, started): (SocketAddr, Instant),
     cluster: &LiveCluster<'_>,
     body: ProxyBody,
     last_try: bool,
@@ -242,7 +269,11 @@ async fn send(
         .map_err(|_| TryFailure::ProtocolError)?;
     let authority = head.authority.as_bytes();
     Box::pin(upstream::send(
-        cluster, endpoint, request, client, authority,
+        cluster,
+        (endpoint, started),
+        request,
+        client,
+        authority,
     ))
     .await
 }

@@ -155,9 +155,11 @@ pub(super) enum Outgoing {
 /// HTTP/2) to `endpoint` of `cluster`, over a pooled connection when one is free, within
 /// the cluster's connection pool limits (`TryFailure::Overflow` beyond them). `authority`
 /// is the request's Host as sent: an auto-SNI cluster's connection is opened for it.
+/// `started`: when the try began, read already (pooled connections' idle age is
+/// measured to it).
 pub(super) async fn send(
     cluster: &LiveCluster<'_>,
-    endpoint: SocketAddr,
+    (endpoint, started): (SocketAddr, Instant),
     request: Outgoing,
     client: Http1Client,
     authority: &[u8],
@@ -172,12 +174,20 @@ pub(super) async fn send(
     // values, each was made and then copied whole into this future (a memcpy per request).
     let mut response = match (cluster.protocol, request) {
         (UpstreamProtocol::Http1, Outgoing::Http1(request)) => {
-            std::pin::pin!(send_http1_own(cluster, endpoint, request, sni)).await
+            std::pin::pin!(send_http1_own(cluster, (endpoint, started), request, sni)).await
         }
         (UpstreamProtocol::Http1, Outgoing::Request(request)) => match client {
-            Http1Client::Hyper => send_http1_hyper(cluster, endpoint, request, sni).await,
+            Http1Client::Hyper => {
+                send_http1_hyper(cluster, (endpoint, started), request, sni).await
+            }
             Http1Client::Own => {
-                std::pin::pin!(send_http1_own(cluster, endpoint, request.into(), sni)).await
+                std::pin::pin!(send_http1_own(
+                    cluster,
+                    (endpoint, started),
+                    request.into(),
+                    sni
+                ))
+                .await
             }
         },
         (UpstreamProtocol::Http2, Outgoing::Request(request)) => {
@@ -193,17 +203,18 @@ pub(super) async fn send(
 /// An HTTP/1.1 connection for one exchange: the most recently pooled live one, else a
 /// new one within `maxConnections`, else the first one a finished exchange frees (this
 /// request queued, within `http1MaxPendingRequests`, while `queued` holds its place).
-/// With how many requests it carried before, and whether it was pooled.
+/// With how many requests it carried before, and whether it was pooled. `now`: the
+/// time, read already.
 async fn acquire_http1(
     cluster: &LiveCluster<'_>,
-    endpoint: SocketAddr,
+    (endpoint, mut now): (SocketAddr, Instant),
     (key, sni): (PoolKey, Option<&[u8]>),
     client: Http1Client,
     queued: &mut Option<Slot>,
 ) -> Result<(Http1Connection, u32, bool), TryFailure> {
     let limits = &cluster.connection_pool;
     loop {
-        if let Some(pooled) = checkout_http1(key, limits) {
+        if let Some(pooled) = checkout_http1(key, limits, now) {
             return Ok((pooled.sender, pooled.served, true));
         }
         if let Some(slot) = new_connection_slot(cluster, key) {
@@ -231,6 +242,7 @@ async fn acquire_http1(
         }
         let freed = with_pool(key, |p| p.freed.clone());
         freed.notified().await;
+        now = Instant::now();
     }
 }
 
@@ -247,7 +259,7 @@ fn reusable(limits: &ConnectionPool, status: http::StatusCode, served: u32) -> b
 /// An HTTP/1.1 exchange by the codec's client, on the connection itself (no task).
 async fn send_http1_own(
     cluster: &LiveCluster<'_>,
-    endpoint: SocketAddr,
+    (endpoint, mut started): (SocketAddr, Instant),
     mut request: client::Outbound,
     sni: Option<&[u8]>,
 ) -> Result<Answered, TryFailure> {
@@ -259,7 +271,7 @@ async fn send_http1_own(
         // Pinned where it is made, as in `send`.
         let (connection, served, reused) = std::pin::pin!(acquire_http1(
             cluster,
-            endpoint,
+            (endpoint, started),
             (key, sni),
             Http1Client::Own,
             &mut queued
@@ -287,7 +299,10 @@ async fn send_http1_own(
             Err(failed) => match failed.unsent {
                 // A kept-alive connection the upstream had just closed: the request
                 // never left, so it goes out again on another one.
-                Some(unsent) if reused => request = unsent,
+                Some(unsent) if reused => {
+                    request = unsent;
+                    started = Instant::now();
+                }
                 _ => return Err(classify_own(cluster, &failed.error)),
             },
         }
@@ -297,7 +312,7 @@ async fn send_http1_own(
 /// An HTTP/1.1 exchange by hyper's client (`--http1-client hyper`).
 async fn send_http1_hyper(
     cluster: &LiveCluster<'_>,
-    endpoint: SocketAddr,
+    (endpoint, mut started): (SocketAddr, Instant),
     mut request: Request<ProxyBody>,
     sni: Option<&[u8]>,
 ) -> Result<Answered, TryFailure> {
@@ -308,7 +323,7 @@ async fn send_http1_hyper(
     loop {
         let (connection, served, reused) = acquire_http1(
             cluster,
-            endpoint,
+            (endpoint, started),
             (key, sni),
             Http1Client::Hyper,
             &mut queued,
@@ -347,7 +362,10 @@ async fn send_http1_hyper(
             Err(mut failed) => match failed.take_message() {
                 // A kept-alive connection the upstream had just closed: the request
                 // never left, so it goes out again on another connection.
-                Some(unsent) if reused => request = unsent,
+                Some(unsent) if reused => {
+                    request = unsent;
+                    started = Instant::now();
+                }
                 _ => return Err(classify(cluster, failed.error())),
             },
         }
@@ -466,23 +484,23 @@ fn with_pool<T>(key: PoolKey, f: impl FnOnce(&mut EndpointPool) -> T) -> T {
     POOLS.with_borrow_mut(|pools| f(pools.entry(key).or_default()))
 }
 
-/// The most recently used live idle connection; expired and closed ones are dropped.
-fn checkout_http1(key: PoolKey, limits: &ConnectionPool) -> Option<Pooled<Http1Connection>> {
+/// The most recently used live idle connection; expired (idle too long at `now`) and
+/// closed ones are dropped.
+fn checkout_http1(
+    key: PoolKey,
+    limits: &ConnectionPool,
+    now: Instant,
+) -> Option<Pooled<Http1Connection>> {
     let idle_timeout = limits.idle_timeout();
-    // Closed connections are dropped outside the pool's borrow: the count of open
-    // connections they hold is given back through it.
-    let mut closed = Vec::new();
-    let found = with_pool(key, |pool| {
-        while let Some(mut pooled) = pool.idle.pop() {
-            if !pooled.sender.is_closed() && pooled.since.elapsed() < idle_timeout {
-                return Some(pooled);
-            }
-            closed.push(pooled);
+    loop {
+        // Looked at, and dropped if closed or expired, outside the pool's borrow: the
+        // count of open connections a dropped one holds is given back through it.
+        let mut pooled = with_pool(key, |pool| pool.idle.pop())?;
+        if !pooled.sender.is_closed() && now.saturating_duration_since(pooled.since) < idle_timeout
+        {
+            return Some(pooled);
         }
-        None
-    });
-    drop(closed);
-    found
+    }
 }
 
 /// The shared HTTP/2 connection while it is live, not idle too long and (unless

@@ -58,6 +58,9 @@ pub(super) struct Downstream<'a> {
     pub replay_budget: &'a super::replay::ReplayBudget,
     /// The request carries an Upgrade header (once the edge dropped h2c's).
     pub upgrade_asked: bool,
+    /// When the request's head was taken up: the one clock read its timing shares (the
+    /// first try's start, a bodiless request's end for the route timeout).
+    pub started: std::time::Instant,
 }
 
 /// A request's head as every try and mirror sends it.
@@ -96,6 +99,31 @@ fn value_bytes(value: &Option<HeaderValue>) -> Option<&[u8]> {
     value.as_ref().map(HeaderValue::as_bytes)
 }
 
+/// `Appended::encode`'s room and how much of it is written.
+struct Room<'r> {
+    room: &'r mut [u8; APPENDED_ROOM],
+    len: usize,
+}
+
+impl Room<'_> {
+    fn bytes(&mut self, bytes: &[u8]) -> Option<()> {
+        let end = self.len + bytes.len();
+        self.room.get_mut(self.len..end)?.copy_from_slice(bytes);
+        self.len = end;
+        Some(())
+    }
+
+    /// Bytes of a length known here: copied as an array, in a few moves (`bytes`'
+    /// `copy_from_slice` is a call, and a `memcpy` call, each time).
+    fn fixed<const N: usize>(&mut self, bytes: &[u8; N]) -> Option<()> {
+        let end = self.len + N;
+        let to: &mut [u8; N] = self.room.get_mut(self.len..end)?.try_into().ok()?;
+        *to = *bytes;
+        self.len = end;
+        Some(())
+    }
+}
+
 impl Appended {
     /// The fields, as name and value, in their order.
     pub(super) fn fields(&self) -> impl Iterator<Item = (&'static str, &[u8])> + Clone {
@@ -118,33 +146,28 @@ impl Appended {
     /// The fields as the codec writes them (`name: value\r\n`), in `room`; None if
     /// they do not fit.
     fn encode<'r>(&self, room: &'r mut [u8; APPENDED_ROOM]) -> Option<&'r [u8]> {
-        let mut len = 0;
-        let mut put = |bytes: &[u8]| -> Option<()> {
-            room.get_mut(len..len + bytes.len())?.copy_from_slice(bytes);
-            len += bytes.len();
-            Some(())
-        };
+        let mut out = Room { room, len: 0 };
         if let Some(value) = &self.forwarded_for {
-            put(b"x-forwarded-for: ")?;
-            put(value.as_bytes())?;
-            put(b"\r\n")?;
+            out.fixed(b"x-forwarded-for: ")?;
+            out.bytes(value.as_bytes())?;
+            out.fixed(b"\r\n")?;
         }
         if let Some(value) = &self.forwarded_proto {
-            put(b"x-forwarded-proto: ")?;
-            put(value.as_bytes())?;
-            put(b"\r\n")?;
+            out.fixed(b"x-forwarded-proto: ")?;
+            out.bytes(value.as_bytes())?;
+            out.fixed(b"\r\n")?;
         }
         if let Some(id) = &self.request_id {
-            put(b"x-request-id: ")?;
-            put(&id.0)?;
-            put(b"\r\n")?;
+            out.fixed(b"x-request-id: ")?;
+            out.fixed(&id.0)?;
+            out.fixed(b"\r\n")?;
         }
         if let Some(value) = &self.external_address {
-            put(b"x-envoy-external-address: ")?;
-            put(value.as_bytes())?;
-            put(b"\r\n")?;
+            out.fixed(b"x-envoy-external-address: ")?;
+            out.bytes(value.as_bytes())?;
+            out.fixed(b"\r\n")?;
         }
-        room.get(..len)
+        out.room.get(..out.len)
     }
 
     /// Moves the fields into `headers` (none of them is there).
@@ -298,6 +321,7 @@ impl UpstreamHead {
             request_id,
             replay_budget: _,
             upgrade_asked: _,
+            started: _,
         } = *downstream;
         // A backendRef's own URLRewrite replaces the route's for its share.
         let rewrite = weighted.rewrite.as_ref().or(forward.rewrite.as_ref());
@@ -662,7 +686,7 @@ impl RequestId {
 /// 16 hex digits (lowercase) of `word`, most significant first, without a loop over
 /// the digits: each nibble spread to a byte, then turned into its digit all at once.
 fn hex_digits(word: u64) -> [u8; 16] {
-    fn eight(half: u32) -> [u8; 8] {
+    fn eight(half: u32) -> u64 {
         let mut x = u64::from(half);
         x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
         x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
@@ -670,12 +694,10 @@ fn hex_digits(word: u64) -> [u8; 16] {
         // Nibble k is byte k now. 0x30 + n for 0-9; 0x61 + n - 10 for a-f (0x27 more):
         // n + 6 carries into bit 4 exactly when n > 9.
         let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
-        (x + 0x3030_3030_3030_3030 + letters * 0x27).to_be_bytes()
+        x + 0x3030_3030_3030_3030 + letters * 0x27
     }
-    let mut digits = [0u8; 16];
-    digits[..8].copy_from_slice(&eight((word >> 32) as u32));
-    digits[8..].copy_from_slice(&eight(word as u32));
-    digits
+    // Joined as numbers: `copy_from_slice` is a call, and a `memcpy` call, per copy.
+    ((u128::from(eight((word >> 32) as u32)) << 64) | u128::from(eight(word as u32))).to_be_bytes()
 }
 
 /// A random UUID (version 4), as Envoy generates for `x-request-id`.
@@ -684,13 +706,13 @@ pub(super) fn new_request_id() -> RequestId {
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let high = hex_digits((bits >> 64) as u64);
     let low = hex_digits(bits as u64);
-    let mut id = [b'-'; 36];
-    id[..8].copy_from_slice(&high[..8]);
-    id[9..13].copy_from_slice(&high[8..12]);
-    id[14..18].copy_from_slice(&high[12..16]);
-    id[19..23].copy_from_slice(&low[..4]);
-    id[24..].copy_from_slice(&low[4..]);
-    RequestId(id)
+    // Byte by byte, as the compiler then moves them (five `copy_from_slice` were ten calls).
+    let (h, l) = (high, low);
+    RequestId([
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], b'-', h[8], h[9], h[10], h[11], b'-',
+        h[12], h[13], h[14], h[15], b'-', l[0], l[1], l[2], l[3], b'-', l[4], l[5], l[6], l[7],
+        l[8], l[9], l[10], l[11], l[12], l[13], l[14], l[15],
+    ])
 }
 
 #[cfg(test)]

@@ -29,9 +29,15 @@ impl<'a> LiveCluster<'a> {
             return None;
         }
         let state = |i: usize| self.state.endpoints.get(i);
-        let now = now_ms();
-        let healthy =
-            |i: usize| state(i).is_none_or(|s| s.ejected_until_ms.load(Ordering::Relaxed) <= now);
+        // Read only for an endpoint ever ejected (0: never was): no clock read per pick
+        // on a cluster without outlier ejections.
+        let now = std::cell::OnceCell::new();
+        let healthy = |i: usize| {
+            state(i).is_none_or(|s| {
+                let until = s.ejected_until_ms.load(Ordering::Relaxed);
+                until == 0 || until <= *now.get_or_init(now_ms)
+            })
+        };
         let fresh = |i: usize| !tried.contains(&i);
         // The strictest filter that leaves someone: healthy and untried, healthy, anyone.
         let any_fresh_healthy = (0..count).any(|i| healthy(i) && fresh(i));

@@ -239,9 +239,11 @@ impl Name<'_> {
             return;
         }
         self.push_to(out);
-        out.extend_from_slice(b": ");
+        // Pushed: see `response::push_crlf`.
+        out.push(b':');
+        out.push(b' ');
         out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        super::response::push_crlf(out);
     }
 
     /// The name, lowercase, onto `out`.

@@ -284,11 +284,16 @@ fn write_head(
     keep_alive: bool,
     request_version: Version,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    match usual_status_line(status) {
+        Some(line) => out.extend_from_slice(line),
+        None => {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(status.as_str().as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+            push_crlf(out);
+        }
+    }
     let switching = *status == StatusCode::SWITCHING_PROTOCOLS;
     // Seen while writing, rather than looked up (hashed) again after.
     let mut dated = false;
@@ -307,11 +312,7 @@ fn write_head(
         name.push_field_to(value, out);
     });
     match framing {
-        ResponseFraming::Length(length) => {
-            out.extend_from_slice(b"content-length: ");
-            push_decimal(out, length);
-            out.extend_from_slice(b"\r\n");
-        }
+        ResponseFraming::Length(length) => push_content_length(out, length),
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         ResponseFraming::NoBody | ResponseFraming::UntilClose => {
             // A HEAD answer says the length a GET would have had.
@@ -334,7 +335,52 @@ fn write_head(
         out.extend_from_slice(&http_date());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
+    push_crlf(out);
+}
+
+/// The status line of the usual statuses, whole: one copy rather than five.
+fn usual_status_line(status: &StatusCode) -> Option<&'static [u8]> {
+    Some(match status.as_u16() {
+        200 => b"HTTP/1.1 200 OK\r\n",
+        204 => b"HTTP/1.1 204 No Content\r\n",
+        206 => b"HTTP/1.1 206 Partial Content\r\n",
+        301 => b"HTTP/1.1 301 Moved Permanently\r\n",
+        302 => b"HTTP/1.1 302 Found\r\n",
+        304 => b"HTTP/1.1 304 Not Modified\r\n",
+        400 => b"HTTP/1.1 400 Bad Request\r\n",
+        404 => b"HTTP/1.1 404 Not Found\r\n",
+        500 => b"HTTP/1.1 500 Internal Server Error\r\n",
+        502 => b"HTTP/1.1 502 Bad Gateway\r\n",
+        503 => b"HTTP/1.1 503 Service Unavailable\r\n",
+        _ => return None,
+    })
+}
+
+/// `content-length: N\r\n`, made on the stack and copied once.
+fn push_content_length(out: &mut Vec<u8>, length: u64) {
+    const NAME: &[u8; 16] = b"content-length: ";
+    let mut line = [0u8; 16 + 20 + 2];
+    let mut at = line.len() - 2;
+    line[at..].copy_from_slice(b"\r\n");
+    let mut n = length;
+    loop {
+        at -= 1;
+        line[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    at -= NAME.len();
+    line[at..at + NAME.len()].copy_from_slice(NAME);
+    out.extend_from_slice(&line[at..]);
+}
+
+/// A line's end. Two pushes: `extend_from_slice` is a call and a `memcpy` call for two
+/// bytes, several times per head.
+pub(super) fn push_crlf(out: &mut Vec<u8>) {
+    out.push(b'\r');
+    out.push(b'\n');
 }
 
 fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {

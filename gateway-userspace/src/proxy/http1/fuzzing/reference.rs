@@ -172,6 +172,7 @@ pub(in crate::proxy) fn plain_route_head(
         request_id,
         replay_budget: &budget,
         upgrade_asked: false,
+        started: std::time::Instant::now(),
     };
     UpstreamHead::new(
         parts,

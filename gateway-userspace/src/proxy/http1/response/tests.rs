@@ -123,3 +123,25 @@ fn numbers_are_written_as_formatting_writes_them() {
         assert_eq!(out, format!("{n:x}").as_bytes());
     }
 }
+
+#[test]
+fn usual_status_lines_are_the_lines_any_status_gets() {
+    for code in 100..=599u16 {
+        let Ok(status) = StatusCode::from_u16(code) else {
+            continue;
+        };
+        if let Some(line) = usual_status_line(&status) {
+            let reason = status.canonical_reason().unwrap_or("");
+            assert_eq!(line, format!("HTTP/1.1 {code} {reason}\r\n").as_bytes());
+        }
+    }
+}
+
+#[test]
+fn content_length_lines_carry_the_number_as_formatting_writes_it() {
+    for n in [0u64, 7, 10, 12_345, u64::MAX] {
+        let mut out = b"x".to_vec();
+        push_content_length(&mut out, n);
+        assert_eq!(out, format!("xcontent-length: {n}\r\n").as_bytes());
+    }
+}
