@@ -38,6 +38,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long `set_outage` waits for the open watch streams to end.
+const WATCHES_END_TIMEOUT: Duration = Duration::from_secs(10);
+
 use serde_json::Value;
 
 pub use errors::ApiError;
@@ -330,7 +333,26 @@ impl FakeApi {
         match outage {
             Outage::Refuse => Shared::bump(&self.shared.cut_connections),
             Outage::Unavailable => Shared::bump(&self.shared.drop_watches),
-            Outage::None => {}
+            Outage::None => return Ok(()),
+        }
+        // The streams end on the server's own threads: until they have, a change made
+        // next could still reach a client over a watch the outage was meant to end. (On
+        // the caller's runtime they end at its next await: waiting here would stall them.)
+        if self.runtime.is_none() {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + WATCHES_END_TIMEOUT;
+        while lock(&self.shared.open_watches)
+            .values()
+            .any(|open| *open > 0)
+        {
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "open watch streams did not end at the outage",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
     }
