@@ -47,6 +47,46 @@ pub(super) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Where a benched gatewayd serves readiness and metrics (its admin endpoint goes to a
+/// free port: no bench reads it).
+pub(super) struct AdminAddrs {
+    pub(super) readiness: SocketAddr,
+    pub(super) metrics: SocketAddr,
+}
+
+impl AdminAddrs {
+    /// Both on loopback ports that were free a moment ago.
+    pub(super) fn free() -> Result<Self> {
+        Ok(Self {
+            readiness: free_addr()?,
+            metrics: free_addr()?,
+        })
+    }
+}
+
+/// `gatewayd run --config CONFIG` as the loopback benches run it: no kernel programs, no
+/// access log, its listeners where `addrs` says. `command` is the program to run
+/// (`pinned`, or a plain `Command::new`).
+pub(super) fn gatewayd_run(
+    mut command: Command,
+    config: &Path,
+    addrs: &AdminAddrs,
+) -> Result<Command> {
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--ebpf", "off", "--access-log", "off"])
+        .args(["--readiness-addr", &addrs.readiness.to_string()])
+        .args(["--metrics-addr", &addrs.metrics.to_string()])
+        .args(["--admin-addr", &free_addr()?.to_string()]);
+    Ok(command)
+}
+
+/// A loopback address that was free a moment ago.
+pub(super) fn free_addr() -> Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
 /// The way kubelet and careful editors write: aside, then rename over.
 pub(super) fn write_atomically(path: &Path, text: &str) -> Result<()> {
     let aside = path.with_file_name(format!(

@@ -32,7 +32,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{
-        KilledOnDrop, cpu_seconds, free_port, median, pinned, start_upstream, write_atomically,
+        AdminAddrs, KilledOnDrop, cpu_seconds, free_port, gatewayd_run, median, pinned,
+        start_upstream, write_atomically,
     },
     reload::{gatewayd_reload_log_cpu_ms, gatewayd_reload_log_ms},
     results_dir,
@@ -429,7 +430,7 @@ fn endpoint_slice(service: usize, endpoints: &[SocketAddr]) -> String {
 
 fn start_gatewayd(bin: &Path, work: &Path, upstream: SocketAddr) -> Result<Gatewayd> {
     let port = free_port()?;
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let addrs = AdminAddrs::free()?;
     let dir = work.join("gatewayd");
     fs::create_dir_all(&dir)?;
     let mut base = format!(
@@ -467,13 +468,8 @@ spec:
         dir.join("endpoints-s0.yaml"),
         endpoint_slice(0, &[upstream]),
     )?;
-    let child: Child = pinned(SERVER_CPU, bin)
-        .args(["run", "--config"])
-        .arg(&dir)
-        .args(["--ebpf", "off", "--access-log", "off", "--log-json"])
-        .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--metrics-addr", &metrics.to_string()])
-        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+    let child: Child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &addrs)?
+        .arg("--log-json")
         .stdout(Stdio::null())
         .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
         .spawn()
@@ -481,7 +477,7 @@ spec:
     let gatewayd = Gatewayd {
         child: KilledOnDrop(child),
         port,
-        metrics,
+        metrics: addrs.metrics,
         dir,
     };
     let deadline = Instant::now() + START_TIMEOUT;

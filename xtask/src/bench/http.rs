@@ -29,8 +29,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{
-        free_port, median, nginx_prelude, pinned, process_tree, spread, tree_cpu_seconds,
-        tree_on_cpu_seconds, tree_rss_bytes, tree_user_system_seconds,
+        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, process_tree, spread,
+        tree_cpu_seconds, tree_on_cpu_seconds, tree_rss_bytes, tree_user_system_seconds,
     },
     results_dir,
 };
@@ -603,14 +603,8 @@ spec:
         }
     }
     fs::write(dir.join("config.yaml"), config)?;
-    let mut child = pinned(SERVER_CPU, bin)
-        .args(["run", "--config"])
-        .arg(&dir)
-        .args(["--ebpf", "off", "--access-log", "off", "--worker-threads"])
-        .arg(workers.to_string())
-        .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+    let mut child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &AdminAddrs::free()?)?
+        .args(["--worker-threads", &workers.to_string()])
         .stdout(Stdio::null())
         .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
         .spawn()

@@ -32,7 +32,10 @@ use fake_apiserver::{FakeApi, Options};
 use serde_json::{Value, json};
 
 use super::{
-    common::{KilledOnDrop, cpu_seconds, free_port, median, pinned, start_upstream},
+    common::{
+        AdminAddrs, KilledOnDrop, cpu_seconds, free_port, gatewayd_run, median, pinned,
+        start_upstream,
+    },
     reload::gatewayd_reload_log_ms,
     results_dir,
 };
@@ -223,20 +226,15 @@ impl Cluster {
     /// Spawns gatewayd on this cluster and times readiness and the first proxied answer,
     /// then reads its resident memory after a settle.
     fn start_gatewayd(&self, bin: &Path, work: &Path) -> Result<(Gatewayd, Start)> {
-        let readiness = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let addrs = AdminAddrs::free()?;
+        let (readiness, metrics) = (addrs.readiness, addrs.metrics);
         let stderr = work.join(format!("gatewayd-{}.stderr", self.slices));
         let started = Instant::now();
         let spawned_at = seconds_of_day(SystemTime::now());
-        let child = pinned(SERVER_CPU, bin)
-            .args(["run", "--config"])
-            .arg(&self.config)
+        let child = gatewayd_run(pinned(SERVER_CPU, bin), &self.config, &addrs)?
             .args(["--kubernetes", "--kubeconfig"])
             .arg(&self.kubeconfig)
-            .args(["--ebpf", "off", "--access-log", "off", "--log-json"])
-            .args(["--readiness-addr", &readiness.to_string()])
-            .args(["--metrics-addr", &metrics.to_string()])
-            .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+            .arg("--log-json")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr)?)
             .spawn()

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::free_port,
+    common::{AdminAddrs, free_port, gatewayd_run},
     http::{Process, wait_listening},
     upstream_tls::{certificates, gatewayd_config, start_upstream},
 };
@@ -168,22 +168,10 @@ fn start(
         dir.join("config.yaml"),
         gatewayd_config(port, upstream_port, ca),
     )?;
-    let mut child = Command::new(gatewayd)
-        .args(["run", "--config"])
-        .arg(&dir)
+    let mut child = gatewayd_run(Command::new(gatewayd), &dir, &AdminAddrs::free()?)?
         // Where the counts go, whatever directory the binary was built to write them to.
         .env("LLVM_PROFILE_FILE", raw.join("gatewayd-%p.profraw"))
-        .args([
-            "--ebpf",
-            "off",
-            "--access-log",
-            "off",
-            "--worker-threads",
-            "1",
-        ])
-        .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--worker-threads", "1"])
         .stdout(Stdio::null())
         .stderr(fs::File::create(dir.join("gatewayd.stderr"))?)
         .spawn()

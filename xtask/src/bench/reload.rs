@@ -31,7 +31,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{free_port, median, nginx_prelude, pinned, start_upstream, write_atomically},
+    common::{
+        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, start_upstream,
+        write_atomically,
+    },
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -476,13 +479,8 @@ endpoints:
     for host in 0..HOSTS {
         fs::write(dir.join(format!("h{host}.yaml")), gatewayd_host(host, 0))?;
     }
-    let child = pinned(SERVER_CPU, bin)
-        .args(["run", "--config"])
-        .arg(&dir)
-        .args(["--ebpf", "off", "--access-log", "off", "--log-json"])
-        .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+    let child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &AdminAddrs::free()?)?
+        .arg("--log-json")
         .stdout(Stdio::null())
         .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
         .spawn()

@@ -27,8 +27,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{
-        KilledOnDrop, free_port, median, nginx_prelude, pinned, spread, tree_cpu_seconds,
-        tree_rss_bytes,
+        AdminAddrs, KilledOnDrop, free_port, gatewayd_run, median, nginx_prelude, pinned, spread,
+        tree_cpu_seconds, tree_rss_bytes,
     },
     results_dir,
 };
@@ -313,13 +313,7 @@ endpoints:
         upstream_ip = upstream.ip(),
     );
     fs::write(dir.join("config.yaml"), config)?;
-    let child = pinned(SERVER_CPU, bin)
-        .args(["run", "--config"])
-        .arg(&dir)
-        .args(["--ebpf", "off", "--access-log", "off"])
-        .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+    let child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &AdminAddrs::free()?)?
         .stdout(Stdio::null())
         .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
         .spawn()

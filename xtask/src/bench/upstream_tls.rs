@@ -25,7 +25,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{free_port, median, nginx_prelude, pinned, spread, tree_user_system_seconds},
+    common::{
+        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, spread,
+        tree_user_system_seconds,
+    },
     http::{Process, nginx_dir, start_nginx_process, wait_listening},
     results_dir,
 };
@@ -237,20 +240,8 @@ fn start_gatewayd(bin: &Path, work: &Path, upstream_port: u16, tls: bool) -> Res
         dir.join("config.yaml"),
         gatewayd_config(port, upstream_port, tls.then_some(ca.as_path())),
     )?;
-    let mut child = pinned(SERVER_CPU, bin)
-        .args(["run", "--config"])
-        .arg(&dir)
-        .args([
-            "--ebpf",
-            "off",
-            "--access-log",
-            "off",
-            "--worker-threads",
-            "1",
-        ])
-        .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+    let mut child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &AdminAddrs::free()?)?
+        .args(["--worker-threads", "1"])
         .stdout(Stdio::null())
         .stderr(fs::File::create(dir.join("gatewayd.stderr"))?)
         .spawn()
