@@ -360,17 +360,9 @@ fn usual_status_line(status: &StatusCode) -> Option<&'static [u8]> {
 fn push_content_length(out: &mut Vec<u8>, length: u64) {
     const NAME: &[u8; 16] = b"content-length: ";
     let mut line = [0u8; 16 + 20 + 2];
-    let mut at = line.len() - 2;
-    line[at..].copy_from_slice(b"\r\n");
-    let mut n = length;
-    loop {
-        at -= 1;
-        line[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
+    let end = line.len() - 2;
+    line[end..].copy_from_slice(b"\r\n");
+    let mut at = decimal_digits(length, &mut line[..end]);
     at -= NAME.len();
     line[at..at + NAME.len()].copy_from_slice(NAME);
     out.extend_from_slice(&line[at..]);
@@ -395,17 +387,22 @@ fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
 /// `n` in decimal, without formatting machinery or an allocation.
 pub(super) fn push_decimal(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
+    let at = decimal_digits(n, &mut digits);
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Writes `n`'s decimal digits at the end of `buf` (20 bytes hold any `u64`) and returns
+/// where they start, so a caller can put text before them and copy the whole once.
+fn decimal_digits(mut n: u64, buf: &mut [u8]) -> usize {
+    let mut at = buf.len();
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        buf[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return at;
         }
     }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// `n` in lowercase hexadecimal (a chunk-size line's number).

@@ -116,6 +116,9 @@ fn numbers_are_written_as_formatting_writes_them() {
         let mut out = Vec::new();
         push_decimal(&mut out, n);
         assert_eq!(out, n.to_string().as_bytes());
+        let mut line = b"x\r\n".to_vec();
+        push_content_length(&mut line, n);
+        assert_eq!(line, format!("x\r\ncontent-length: {n}\r\n").as_bytes());
     }
     for n in [0usize, 1, 15, 16, 255, 4096, 0xdead_beef, usize::MAX] {
         let mut out = Vec::new();
