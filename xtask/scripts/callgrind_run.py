@@ -45,6 +45,19 @@ def count_instructions(pid, port, out, load, n, warm_up=1000):
     return 0, dump
 
 
+def dump_events(dump):
+    """Every event a callgrind dump totals (`Ir`, and with `--cache-sim=yes --branch-sim=yes`
+    also the cache's `D1mr`, `DLmr`... and the branches' `Bc`, `Bcm`...): name to count."""
+    names = totals = None
+    with open(dump) as lines:
+        for line in lines:
+            if line.startswith("events:"):
+                names = line.split()[1:]
+            elif line.startswith("summary:") or line.startswith("totals:"):
+                totals = [int(v) for v in line.split()[1:]]
+    return dict(zip(names or [], totals or []))
+
+
 def count_syscalls(pid, load, n, work):
     """System calls the (native) process `pid` and its threads make during `load(n)`, by
     `strace -c -f`: a dict from call name to count. Warm the proxy up before calling."""

@@ -1,7 +1,8 @@
 """User-space instructions per proxied HTTP/1.1 keep-alive request, counted by callgrind.
 
 Usage: python3 h1_callgrind.py GATEWAYD hyper|own N [nginx] [--dump-dir DIR] [--strace]
-                                  [--cpu ROUNDS [--perf-record DIR]]
+                                  [--cpu ROUNDS [--perf-record DIR]] [--cache-sim]
+                                  [--connections C]
 gatewayd (one worker, access log off) under `valgrind --tool=callgrind`, in front of an
 nginx answering a fixed 200 over kept-alive upstream connections (`--http1-client` MODE);
 1000 requests to warm up, the counters zeroed (`callgrind_control -z`), N requests by
@@ -16,16 +17,23 @@ With `--dump-dir DIR`: the callgrind dump is kept there (as `callgrind.gatewayd`
 With `--cpu ROUNDS`: the proxy runs natively on CPU 1, the upstream and the load on CPU 0,
 the load is `h2load --h1 -c16 -nN`, and each round prints the proxy's user and kernel CPU
 time per request; `--perf-record DIR` also samples each round with `perf record`.
+With `--cache-sim`: callgrind also simulates the caches and the branch predictor
+(`--cache-sim=yes --branch-sim=yes`) and prints, per request, the first-level and
+last-level data misses and the mispredicted branches: what instructions alone do not show
+when CPU time and instruction counts disagree (`perf stat` has no counters on this machine).
+`--connections C` sets h2load's connections for the measured load (default 4; `cargo xtask
+bench http` holds 50).
 """
 import os, shutil, subprocess, sys
 
-from callgrind_run import (PORT_OFFSET, count_instructions, count_syscalls, cpu_rounds, print_syscalls,
-                           wait_for_port)
+from callgrind_run import (PORT_OFFSET, count_instructions, count_syscalls, cpu_rounds, dump_events,
+                           print_syscalls, wait_for_port)
 from one_route_config import one_route_config
 
 args = sys.argv[1:]
 CPU_ROUNDS, PERF_DIR, DUMP_DIR = 0, None, None
-for option in ("--cpu", "--perf-record", "--dump-dir"):
+CONNECTIONS = 4
+for option in ("--cpu", "--perf-record", "--dump-dir", "--connections"):
     if option in args:
         at = args.index(option)
         value = args[at + 1]
@@ -34,10 +42,13 @@ for option in ("--cpu", "--perf-record", "--dump-dir"):
             CPU_ROUNDS = int(value)
         elif option == "--perf-record":
             PERF_DIR = value
+        elif option == "--connections":
+            CONNECTIONS = int(value)
         else:
             DUMP_DIR = value
 args = [a for a in args if not a.startswith("--")]
 STRACE = "--strace" in sys.argv
+CACHE_SIM = "--cache-sim" in sys.argv
 BIN, MODE, N = args[0], args[1], int(args[2])
 PEER = len(args) > 3 and args[3] == "nginx"
 UP, GW = 18480 + PORT_OFFSET, 18580 + PORT_OFFSET
@@ -76,7 +87,7 @@ else:
 
 
 def load(n):
-    subprocess.run(["h2load", "--h1", "-n", str(n), "-c", "4", f"http://127.0.0.1:{GW}/item"],
+    subprocess.run(["h2load", "--h1", "-n", str(n), "-c", str(CONNECTIONS), f"http://127.0.0.1:{GW}/item"],
                    check=True, stdout=subprocess.DEVNULL)
 
 
@@ -92,13 +103,21 @@ try:
         load(1000)
         print_syscalls(who, count_syscalls(gw.pid, load, N, WORK), N, "request", 0.01)
     else:
-        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
-                              stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        simulate = ["--cache-sim=yes", "--branch-sim=yes"] if CACHE_SIM else []
+        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + simulate
+                              + command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         total, dump = count_instructions(gw.pid, GW, out, load, N)
         if DUMP_DIR:
             os.makedirs(DUMP_DIR, exist_ok=True)
             shutil.copy(dump, os.path.join(DUMP_DIR, "callgrind.nginx" if PEER else "callgrind.gatewayd"))
         print(f"{who}: {N} requests, {total} instructions, {total / N:.0f} per request")
+        if CACHE_SIM:
+            events = dump_events(dump)
+            per = lambda *names: sum(events.get(name, 0) for name in names) / N
+            print(f"  per request: data reads {per('Dr'):.0f}, writes {per('Dw'):.0f}; "
+                  f"L1 misses: instruction {per('I1mr'):.0f}, data {per('D1mr', 'D1mw'):.0f}; "
+                  f"last-level misses: instruction {per('ILmr'):.1f}, data {per('DLmr', 'DLmw'):.1f}; "
+                  f"branches {per('Bc', 'Bi'):.0f}, mispredicted {per('Bcm', 'Bim'):.0f}")
 finally:
     gw.kill()
     up.kill()
