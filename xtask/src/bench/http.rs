@@ -38,7 +38,11 @@ use crate::{Workspace, cmd};
 
 const SERVER_CPU: &str = "1";
 const CLIENT_CPU: &str = "0";
-const ROUNDS: usize = 3;
+/// Keep-alive rounds (HTTP/1.1 and h2c). Two runs of 3 on one quiet machine put the
+/// HTTP/1.1 CPU ratio at 1.21× and 1.02× nginx's: a server's figure drifts between rounds
+/// by more than the gap measured, so the ratio is also taken within each round, the
+/// servers' order rotating, as the new-connection rounds do.
+const ROUNDS: usize = 5;
 const HOSTS: usize = 100;
 const PREFIXES: usize = 10;
 /// The request every client sends: a host and prefix in the middle of the tables, so
@@ -110,6 +114,9 @@ struct Figures {
     h2_rps: Vec<f64>,
     h2_cpu_us: Vec<f64>,
     h2_instructions: Vec<f64>,
+    /// gatewayd's only: its CPU per HTTP/1.1 and per h2c request ÷ nginx's, round by round.
+    h1_ratio: Vec<f64>,
+    h2_ratio: Vec<f64>,
     /// New connections (one request each): per second and CPU µs per connection.
     conn_rps: Vec<f64>,
     conn_cpu_us: Vec<f64>,
@@ -163,14 +170,18 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     }
     let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
     for round in 0..ROUNDS {
-        for (server, f) in servers.iter().zip(&mut figures) {
-            println!("round {round}: {} HTTP/1.1 (wrk)", server.name);
-            wrk_run(server, f)?;
+        for i in (0..servers.len()).map(|i| (i + round) % servers.len()) {
+            println!("round {round}: {} HTTP/1.1 (wrk)", servers[i].name);
+            wrk_run(&servers[i], &mut figures[i])?;
         }
-        for (server, f) in servers.iter().zip(&mut figures) {
-            println!("round {round}: {} HTTP/2 (h2load)", server.name);
-            h2load_run(server, f)?;
+        for i in (0..servers.len()).map(|i| (i + round) % servers.len()) {
+            println!("round {round}: {} HTTP/2 (h2load)", servers[i].name);
+            h2load_run(&servers[i], &mut figures[i])?;
         }
+        let h1 = last_ratio(&figures, |f| &f.h1_cpu_us);
+        let h2 = last_ratio(&figures, |f| &f.h2_cpu_us);
+        figures[0].h1_ratio.push(h1);
+        figures[0].h2_ratio.push(h2);
     }
     for round in 0..CONN_ROUNDS {
         let rotated = (0..servers.len()).map(|i| (i + round) % servers.len());
@@ -181,9 +192,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             );
             new_connections_run(&servers[i], &mut figures[i])?;
         }
-        // gatewayd ÷ nginx within the round: both measured seconds apart.
-        let ratio = figures[0].conn_cpu_us.last().copied().unwrap_or(0.0)
-            / figures[1].conn_cpu_us.last().copied().unwrap_or(f64::NAN);
+        let ratio = last_ratio(&figures, |f| &f.conn_cpu_us);
         figures[0].conn_ratio.push(ratio);
     }
     // Latency at half load: every server gets the same offered rate, half of what the
@@ -207,6 +216,26 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
         f.idle_mib_per_10k = Some(idle_memory(server)?);
     }
     Ok(table(&servers, &figures) + &paced_table(&servers, &figures, half_load, direct))
+}
+
+/// gatewayd's (`figures[0]`) last figure ÷ nginx's (`figures[1]`): the two measured seconds
+/// apart within one round.
+fn last_ratio(figures: &[Figures], of: fn(&Figures) -> &Vec<f64>) -> f64 {
+    let last = |f: &Figures| of(f).last().copied().unwrap_or(f64::NAN);
+    last(&figures[0]) / last(&figures[1])
+}
+
+/// `median (min–max)` of per-round ratios.
+fn ratio_spread(values: &[f64]) -> String {
+    format!("{:.2} ({})", median(values), spread_to(values, 2))
+}
+
+/// A perf counter's median per request, or `–` where the machine has no counters.
+fn counted(values: &[f64]) -> String {
+    match median(values) {
+        v if v > 0.0 => format!("{v:.0}"),
+        _ => "–".into(),
+    }
 }
 
 /// The open-loop latency table: each server's latency minus the upstream's own.
@@ -357,11 +386,7 @@ fn paced_table(servers: &[Server], figures: &[Figures], rate: f64, direct: (f64,
             if f.conn_ratio.is_empty() {
                 String::new()
             } else {
-                format!(
-                    "{:.2} ({})",
-                    median(&f.conn_ratio),
-                    spread_to(&f.conn_ratio, 2)
-                )
+                ratio_spread(&f.conn_ratio)
             },
         );
     }
@@ -441,19 +466,19 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
     for (server, f) in servers.iter().zip(figures) {
         let _ = writeln!(
             out,
-            "| {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.0} ({}) | {:.1} | {:.0} | {:.1} MiB |",
+            "| {} | {:.0} ({}) | {:.1} | {} | {} | {:.2} ms | {:.2} ms | {:.0} ({}) | {:.1} | {} | {:.1} MiB |",
             server.name,
             median(&f.h1_rps),
             spread(&f.h1_rps),
             median(&f.h1_cpu_us),
-            median(&f.h1_instructions),
-            median(&f.h1_cycles),
+            counted(&f.h1_instructions),
+            counted(&f.h1_cycles),
             median(&f.h1_p50_ms),
             median(&f.h1_p99_ms),
             median(&f.h2_rps),
             spread(&f.h2_rps),
             median(&f.h2_cpu_us),
-            median(&f.h2_instructions),
+            counted(&f.h2_instructions),
             f.idle_mib_per_10k.unwrap_or(0.0),
         );
     }
@@ -469,14 +494,23 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
     let ours = &figures[0];
     let _ = writeln!(
         out,
-        "\ngatewayd ÷ best peer: HTTP/1.1 req/s {:.2}×, CPU/req {:.2}×, instructions/req {:.2}×, p99 {:.2}×; HTTP/2 req/s {:.2}×, CPU/req {:.2}×; idle memory {:.2}×.",
+        "\ngatewayd ÷ best peer: HTTP/1.1 req/s {:.2}×, CPU/req {:.2}×, instructions/req {}, p99 {:.2}×; HTTP/2 req/s {:.2}×, CPU/req {:.2}×; idle memory {:.2}×.",
         median(&ours.h1_rps) / best(|f| median(&f.h1_rps), false),
         median(&ours.h1_cpu_us) / best(|f| median(&f.h1_cpu_us), true),
-        median(&ours.h1_instructions) / best(|f| median(&f.h1_instructions), true),
+        match median(&ours.h1_instructions) / best(|f| median(&f.h1_instructions), true) {
+            ratio if ratio.is_finite() => format!("{ratio:.2}×"),
+            _ => "– (no perf counters)".into(),
+        },
         median(&ours.h1_p99_ms) / best(|f| median(&f.h1_p99_ms), true),
         median(&ours.h2_rps) / best(|f| median(&f.h2_rps), false),
         median(&ours.h2_cpu_us) / best(|f| median(&f.h2_cpu_us), true),
         ours.idle_mib_per_10k.unwrap_or(0.0) / best(|f| f.idle_mib_per_10k.unwrap_or(0.0), true),
+    );
+    let _ = writeln!(
+        out,
+        "\ngatewayd ÷ nginx within each round (median, min–max of {ROUNDS}): HTTP/1.1 CPU/req {}, HTTP/2 CPU/req {}.",
+        ratio_spread(&ours.h1_ratio),
+        ratio_spread(&ours.h2_ratio),
     );
     let split: Vec<String> = servers
         .iter()
@@ -497,7 +531,7 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
     );
     let _ = writeln!(
         out,
-        "\nMedians of {ROUNDS} interleaved rounds (min–max in parentheses). Routing: {HOSTS} hosts × {PREFIXES} prefixes, requests to {TARGET_HOST}{TARGET_PATH}, upstream: 2 endpoints (nginx, fixed 200). \
+        "\nMedians of {ROUNDS} interleaved rounds, the servers' order rotating (min–max in parentheses). Routing: {HOSTS} hosts × {PREFIXES} prefixes, requests to {TARGET_HOST}{TARGET_PATH}, upstream: 2 endpoints (nginx, fixed 200). \
          HTTP/1.1: wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s --latency (latency at saturation). HTTP/2: h2load -c{H2_CLIENTS} -m{H2_STREAMS} -n{H2_REQUESTS} (h2c). \
          One worker per server on CPU {SERVER_CPU}; clients and upstream on CPU {CLIENT_CPU}."
     );
