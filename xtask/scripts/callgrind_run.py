@@ -58,6 +58,22 @@ def dump_events(dump):
     return dict(zip(names or [], totals or []))
 
 
+# Callgrind's cache and branch-predictor simulation (`--cache-sim`): what instructions alone do
+# not show when CPU time and instruction counts disagree (`perf stat` has no counters here).
+CACHE_SIM_ARGS = ["--cache-sim=yes", "--branch-sim=yes"]
+
+
+def print_cache_sim(dump, n, unit):
+    """Per `unit`: data reads and writes, first- and last-level cache misses, branches and
+    mispredictions, from a dump made with `CACHE_SIM_ARGS`."""
+    events = dump_events(dump)
+    per = lambda *names: sum(events.get(name, 0) for name in names) / n
+    print(f"  per {unit}: data reads {per('Dr'):.0f}, writes {per('Dw'):.0f}; "
+          f"L1 misses: instruction {per('I1mr'):.0f}, data {per('D1mr', 'D1mw'):.0f}; "
+          f"last-level misses: instruction {per('ILmr'):.1f}, data {per('DLmr', 'DLmw'):.1f}; "
+          f"branches {per('Bc', 'Bi'):.0f}, mispredicted {per('Bcm', 'Bim'):.0f}")
+
+
 def count_syscalls(pid, load, n, work):
     """System calls the (native) process `pid` and its threads make during `load(n)`, by
     `strace -c -f`: a dict from call name to count. Warm the proxy up before calling."""

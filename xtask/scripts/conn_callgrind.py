@@ -2,7 +2,7 @@
 `Connection: close` each), gatewayd against nginx: the per-connection profile issue 15
 asks for, counted repeatably whatever else the machine is doing.
 
-Usage: python3 conn_callgrind.py GATEWAYD N [nginx] [--strace]
+Usage: python3 conn_callgrind.py GATEWAYD N [nginx] [--strace] [--cache-sim]
 The proxy (gatewayd: one worker, access log off; or with `nginx`, one nginx worker
 process, `proxy_http_version 1.1` and an upstream keepalive pool) in front of an nginx
 answering a fixed 200 over kept-alive upstream connections, as `h1_callgrind.py` sets
@@ -10,15 +10,19 @@ them up. A client opens N connections one after the other, each sending one requ
 `Connection: close` and reading the answer to the end. 200 connections warm up first.
 Default: under `valgrind --tool=callgrind`, every instruction of the process (all threads)
 between `callgrind_control -z` and `-d`, divided by N. With `--strace`: the proxy runs
-natively and `strace -c -f` counts its system calls over the N connections.
+natively and `strace -c -f` counts its system calls over the N connections. With
+`--cache-sim`: also the simulated cache misses and mispredicted branches per connection (as
+`h1_callgrind.py --cache-sim`).
 """
 import os, socket, subprocess, sys
 
-from callgrind_run import PORT_OFFSET, count_instructions, count_syscalls, print_syscalls, wait_for_port
+from callgrind_run import (CACHE_SIM_ARGS, PORT_OFFSET, count_instructions, count_syscalls, print_cache_sim,
+                           print_syscalls, wait_for_port)
 from one_route_config import one_route_config
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 STRACE = "--strace" in sys.argv
+CACHE_SIM = "--cache-sim" in sys.argv
 BIN, N = args[0], int(args[1])
 PEER = len(args) > 2 and args[2] == "nginx"
 UP, GW = 18490 + PORT_OFFSET, 18590 + PORT_OFFSET
@@ -73,10 +77,13 @@ try:
         print_syscalls(who, calls, N, "connection", 0.1)
     else:
         out = f"{WORK}/callgrind.out"
-        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
-                              stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        simulate = CACHE_SIM_ARGS if CACHE_SIM else []
+        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + simulate
+                              + command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         total, dump = count_instructions(gw.pid, GW, out, load, N, warm_up=200)
         gw.kill()
         print(f"{who}: {N} connections, {total} instructions, {total / N:.0f} per connection ({dump})")
+        if CACHE_SIM:
+            print_cache_sim(dump, N, "connection")
 finally:
     up.kill()

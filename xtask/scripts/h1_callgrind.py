@@ -26,8 +26,8 @@ bench http` holds 50).
 """
 import os, shutil, subprocess, sys
 
-from callgrind_run import (PORT_OFFSET, count_instructions, count_syscalls, cpu_rounds, dump_events,
-                           print_syscalls, wait_for_port)
+from callgrind_run import (CACHE_SIM_ARGS, PORT_OFFSET, count_instructions, count_syscalls, cpu_rounds,
+                           print_cache_sim, print_syscalls, wait_for_port)
 from one_route_config import one_route_config
 
 args = sys.argv[1:]
@@ -103,7 +103,7 @@ try:
         load(1000)
         print_syscalls(who, count_syscalls(gw.pid, load, N, WORK), N, "request", 0.01)
     else:
-        simulate = ["--cache-sim=yes", "--branch-sim=yes"] if CACHE_SIM else []
+        simulate = CACHE_SIM_ARGS if CACHE_SIM else []
         gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + simulate
                               + command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         total, dump = count_instructions(gw.pid, GW, out, load, N)
@@ -112,12 +112,7 @@ try:
             shutil.copy(dump, os.path.join(DUMP_DIR, "callgrind.nginx" if PEER else "callgrind.gatewayd"))
         print(f"{who}: {N} requests, {total} instructions, {total / N:.0f} per request")
         if CACHE_SIM:
-            events = dump_events(dump)
-            per = lambda *names: sum(events.get(name, 0) for name in names) / N
-            print(f"  per request: data reads {per('Dr'):.0f}, writes {per('Dw'):.0f}; "
-                  f"L1 misses: instruction {per('I1mr'):.0f}, data {per('D1mr', 'D1mw'):.0f}; "
-                  f"last-level misses: instruction {per('ILmr'):.1f}, data {per('DLmr', 'DLmw'):.1f}; "
-                  f"branches {per('Bc', 'Bi'):.0f}, mispredicted {per('Bcm', 'Bim'):.0f}")
+            print_cache_sim(dump, N, "request")
 finally:
     gw.kill()
     up.kill()
