@@ -5,11 +5,13 @@ use std::{
     fs,
     io::Read as _,
     net::{SocketAddr, TcpListener},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, Result};
+
+use crate::{Workspace, cmd};
 
 /// A child process killed and reaped when the benchmark is done with it (or fails).
 pub(super) struct KilledOnDrop(pub(super) Child);
@@ -85,6 +87,55 @@ pub(super) fn gatewayd_run(
 /// A loopback address that was free a moment ago.
 pub(super) fn free_addr() -> Result<SocketAddr> {
     Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
+/// The release binaries a bench runs: `gatewayd`, and `tools` from the test crate
+/// (`demo-upstream`, `sni-flood`, `paced-load`...), in that order. Each is built from this
+/// tree unless an environment variable names one built elsewhere, measured as it is
+/// (another profile or commit, such as `cargo xtask build --release --pgo`'s):
+/// `GATEWAYD_BIN`, and for a tool its name in capitals with `_BIN` (`PACED_LOAD_BIN`).
+pub(super) fn release_binaries<const N: usize>(
+    ws: &Workspace,
+    tools: [&str; N],
+) -> Result<(PathBuf, [PathBuf; N])> {
+    let given = |name: &str| {
+        let variable = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+        let path = std::env::var_os(&variable).map(PathBuf::from)?;
+        // Said aloud: a variable left in the shell by an e2e run names a debug build.
+        println!("{name}: {} (from {variable})", path.display());
+        Some(path)
+    };
+    let gatewayd = given("gatewayd");
+    let tools_given = tools.map(given);
+    let mut build = ws.cargo();
+    build.args(["build", "--release"]);
+    if gatewayd.is_none() {
+        build.args(["-p", "gateway-userspace", "--bin", "gatewayd"]);
+    }
+    let mut tools_to_build = tools
+        .iter()
+        .zip(&tools_given)
+        .filter(|(_, given)| given.is_none())
+        .peekable();
+    let any_tool = tools_to_build.peek().is_some();
+    if any_tool {
+        build.args(["-p", "gateway-tests"]);
+    }
+    for (tool, _) in tools_to_build {
+        build.args(["--bin", tool]);
+    }
+    if gatewayd.is_none() || any_tool {
+        cmd(&mut build)?;
+    }
+    let release = ws.target_dir().join("release");
+    let mut tools_given = tools_given.into_iter();
+    let tools = tools.map(|tool| {
+        tools_given
+            .next()
+            .flatten()
+            .unwrap_or_else(|| release.join(tool))
+    });
+    Ok((gatewayd.unwrap_or_else(|| release.join("gatewayd")), tools))
 }
 
 /// The way kubelet and careful editors write: aside, then rename over.

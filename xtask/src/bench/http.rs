@@ -29,12 +29,13 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{
-        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, process_tree, spread,
-        tree_cpu_seconds, tree_on_cpu_seconds, tree_rss_bytes, tree_user_system_seconds,
+        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, process_tree,
+        release_binaries, spread, tree_cpu_seconds, tree_on_cpu_seconds, tree_rss_bytes,
+        tree_user_system_seconds,
     },
     results_dir,
 };
-use crate::{Workspace, cmd};
+use crate::Workspace;
 
 const SERVER_CPU: &str = "1";
 const CLIENT_CPU: &str = "0";
@@ -128,32 +129,8 @@ struct Figures {
     idle_mib_per_10k: Option<f64>,
 }
 
-/// The release `gatewayd` and `paced-load` the HTTP benches run: built from this tree, or
-/// the binaries `GATEWAYD_BIN` and `PACED_LOAD_BIN` name (a build of another profile or
-/// commit, such as `cargo xtask build --release --pgo`'s, measured without rebuilding).
-fn release_binaries(ws: &Workspace) -> Result<(PathBuf, PathBuf)> {
-    let given = |name: &str| std::env::var_os(name).map(PathBuf::from);
-    let (gatewayd, paced_load) = (given("GATEWAYD_BIN"), given("PACED_LOAD_BIN"));
-    let mut build = ws.cargo();
-    build.args(["build", "--release"]);
-    if gatewayd.is_none() {
-        build.args(["-p", "gateway-userspace", "--bin", "gatewayd"]);
-    }
-    if paced_load.is_none() {
-        build.args(["-p", "gateway-tests", "--bin", "paced-load"]);
-    }
-    if gatewayd.is_none() || paced_load.is_none() {
-        cmd(&mut build)?;
-    }
-    let release = ws.target_dir().join("release");
-    Ok((
-        gatewayd.unwrap_or_else(|| release.join("gatewayd")),
-        paced_load.unwrap_or_else(|| release.join("paced-load")),
-    ))
-}
-
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
-    let (gatewayd, paced_load) = release_binaries(ws)?;
+    let (gatewayd, [paced_load]) = release_binaries(ws, ["paced-load"])?;
     let work = results_dir(ws).join("http-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
@@ -248,7 +225,7 @@ fn counted(values: &[f64]) -> String {
 /// state costs per request (atomics, locks, cross-thread wake-ups), not what a second
 /// core adds or what batching at saturation saves.
 pub(crate) fn run_workers(ws: &Workspace) -> Result<String> {
-    let (gatewayd, paced_load) = release_binaries(ws)?;
+    let (gatewayd, [paced_load]) = release_binaries(ws, ["paced-load"])?;
     let work = results_dir(ws).join("workers-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;

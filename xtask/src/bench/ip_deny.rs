@@ -23,11 +23,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::KilledOnDrop,
+    common::{KilledOnDrop, release_binaries},
     results_dir,
     sni::{BpfStats, GATEWAY_IP, Net, process_cpu, xdp_run_stats},
 };
-use crate::{Workspace, cmd};
+use crate::Workspace;
 
 const SERVER_CPU: &str = "1";
 const CLIENT_CPU: &str = "0";
@@ -69,17 +69,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the IP-deny benchmark creates network namespaces and attaches eBPF: run it as root");
     }
-    cmd(ws
-        .cargo()
-        .args(["build", "--release", "-p", "gateway-userspace"])
-        .args(["--bin", "gatewayd", "-p", "gateway-tests"])
-        .args(["--bin", "demo-upstream", "--bin", "sni-flood"]))?;
-    let release = ws.target_dir().join("release");
-    let (gatewayd, upstream, flood) = (
-        release.join("gatewayd"),
-        release.join("demo-upstream"),
-        release.join("sni-flood"),
-    );
+    let (gatewayd, [upstream, flood]) = release_binaries(ws, ["demo-upstream", "sni-flood"])?;
     let work = results_dir(ws).join("ip-deny-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;

@@ -27,11 +27,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{KilledOnDrop, median},
+    common::{KilledOnDrop, median, release_binaries},
     results_dir,
     sni::{BpfStats, GATEWAY_IP, Net, process_cpu},
 };
-use crate::{Workspace, cmd};
+use crate::Workspace;
 
 const SERVER_CPU: &str = "1";
 const CLIENT_CPU: &str = "0";
@@ -100,11 +100,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             "the node-port benchmark creates network namespaces and iptables rules: run it as root"
         );
     }
-    cmd(ws
-        .cargo()
-        .args(["build", "--release", "-p", "gateway-userspace", "--bin"])
-        .args(["gatewayd", "-p", "gateway-tests", "--bin", "demo-upstream"]))?;
-    let release = ws.target_dir().join("release");
+    let (gatewayd, [upstream]) = release_binaries(ws, ["demo-upstream"])?;
     let work = results_dir(ws).join("node-ports-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
@@ -112,7 +108,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     let net = Net::new()?;
     let _stats = BpfStats::enable()?;
     let _upstream = KilledOnDrop(
-        net.exec(&net.gw, CLIENT_CPU, &release.join("demo-upstream"))
+        net.exec(&net.gw, CLIENT_CPU, &upstream)
             .args(["--listen", &format!("127.0.0.1:{UPSTREAM_PORT}")])
             .stdout(Stdio::null())
             .spawn()?,
@@ -131,7 +127,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             let _rule = (way == Way::KubeProxy)
                 .then(|| DnatRule::add(&net))
                 .transpose()?;
-            let server = start(way, &net, &release.join("gatewayd"), &work)?;
+            let server = start(way, &net, &gatewayd, &work)?;
             wait_serving(&net, way.port())?;
             let figures = measure(way, &net, server.0.id())?;
             match rounds.iter_mut().find(|r| r[0].way == way) {

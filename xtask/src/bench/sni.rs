@@ -26,8 +26,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{common::KilledOnDrop, results_dir};
-use crate::{Workspace, cmd};
+use super::{
+    common::{KilledOnDrop, release_binaries},
+    results_dir,
+};
+use crate::Workspace;
 
 const SERVER_CPU: &str = "1";
 const CLIENT_CPU: &str = "0";
@@ -213,32 +216,13 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             "the SNI flood benchmark creates network namespaces and attaches eBPF: run it as root"
         );
     }
-    cmd(ws
-        .cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "gateway-userspace",
-            "--bin",
-            "gatewayd",
-            "-p",
-            "gateway-tests",
-        ])
-        .args([
-            "--bin",
-            "demo-upstream",
-            "--bin",
-            "sni-flood",
-            "--bin",
-            "tls-probe",
-        ]))?;
-    let release = ws.target_dir().join("release");
+    let (gatewayd, [upstream, flood, probe]) =
+        release_binaries(ws, ["demo-upstream", "sni-flood", "tls-probe"])?;
     let bins = Bins {
-        gatewayd: release.join("gatewayd"),
-        upstream: release.join("demo-upstream"),
-        flood: release.join("sni-flood"),
-        probe: release.join("tls-probe"),
+        gatewayd,
+        upstream,
+        flood,
+        probe,
     };
     let work = results_dir(ws).join("sni-work");
     let _ = fs::remove_dir_all(&work);

@@ -26,8 +26,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{
-        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, spread,
-        tree_user_system_seconds,
+        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, release_binaries,
+        spread, tree_user_system_seconds,
     },
     http::{Process, nginx_dir, start_nginx_process, wait_listening},
     results_dir,
@@ -57,18 +57,7 @@ struct Figures {
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
-    // GATEWAYD_BIN measures a gatewayd built elsewhere (another profile, another commit)
-    // without building this tree's.
-    let gatewayd = match std::env::var_os("GATEWAYD_BIN") {
-        Some(bin) => std::path::PathBuf::from(bin),
-        None => {
-            cmd(ws
-                .cargo()
-                .args(["build", "--release", "-p", "gateway-userspace", "--bin"])
-                .arg("gatewayd"))?;
-            ws.target_dir().join("release").join("gatewayd")
-        }
-    };
+    let (gatewayd, []) = release_binaries(ws, [])?;
     let work = results_dir(ws).join("upstream-tls-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
