@@ -33,12 +33,12 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     common::{
         AdminAddrs, KilledOnDrop, cpu_seconds, free_port, gatewayd_run, median, pinned,
-        start_upstream, write_atomically,
+        release_binaries, start_upstream, write_atomically,
     },
     reload::{gatewayd_reload_log_cpu_ms, gatewayd_reload_log_ms},
     results_dir,
 };
-use crate::{Workspace, cmd};
+use crate::Workspace;
 
 const SERVER_CPU: &str = "1";
 const CLIENT_CPU: &str = "0";
@@ -113,28 +113,14 @@ struct Latency {
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
-    cmd(ws.cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "gateway-userspace",
-        "--bin",
-        "gatewayd",
-        "-p",
-        "gateway-tests",
-        "--bin",
-        "demo-upstream",
-        "--bin",
-        "paced-load",
-    ]))?;
-    let release = ws.target_dir().join("release");
+    let (gatewayd_bin, [upstream_bin, paced_load]) =
+        release_binaries(ws, ["demo-upstream", "paced-load"])?;
     let work = results_dir(ws).join("endpoints-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    let upstream_bin = release.join("demo-upstream");
     let (_a, a) = start_upstream(CLIENT_CPU, &upstream_bin, "a")?;
     let (_b, b) = start_upstream(CLIENT_CPU, &upstream_bin, "b")?;
-    let gatewayd = start_gatewayd(&release.join("gatewayd"), &work, a)?;
+    let gatewayd = start_gatewayd(&gatewayd_bin, &work, a)?;
 
     println!("endpoint moves on a connection opened before each update");
     let kept = time_moves(&gatewayd, [(a, "a"), (b, "b")], Connection::Kept)?;
@@ -153,7 +139,6 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     let compile_cpu_ms = gatewayd_reload_log_cpu_ms(&stderr);
     let compile_cpu_ms = median(compile_cpu_ms.get(cpu_logged_before..).unwrap_or_default());
 
-    let paced_load = release.join("paced-load");
     println!("steady load");
     let steady = paced(&gatewayd, &paced_load, None)?;
     println!("load while s0's endpoints churn every {CHURN_INTERVAL:?}");

@@ -34,12 +34,12 @@ use serde_json::{Value, json};
 use super::{
     common::{
         AdminAddrs, KilledOnDrop, cpu_seconds, free_port, gatewayd_run, median, pinned,
-        start_upstream,
+        release_binaries, start_upstream,
     },
     reload::gatewayd_reload_log_ms,
     results_dir,
 };
-use crate::{Workspace, cmd};
+use crate::Workspace;
 
 const SERVER_CPU: &str = "1";
 const CLIENT_CPU: usize = 0;
@@ -81,28 +81,14 @@ struct Start {
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
-    cmd(ws.cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "gateway-userspace",
-        "--bin",
-        "gatewayd",
-        "-p",
-        "gateway-tests",
-        "--bin",
-        "demo-upstream",
-    ]))?;
+    let (gatewayd_bin, [upstream_bin]) = release_binaries(ws, ["demo-upstream"])?;
     // Threads started from here on (the fake's runtime, the probes) inherit CPU 0.
     pin_this_process(CLIENT_CPU)?;
-    let release = ws.target_dir().join("release");
     let work = results_dir(ws).join("kubernetes-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    let upstream_bin = release.join("demo-upstream");
     let (_a, a) = start_upstream(&CLIENT_CPU.to_string(), &upstream_bin, "a")?;
     let (_b, b) = start_upstream(&CLIENT_CPU.to_string(), &upstream_bin, "b")?;
-    let gatewayd_bin = release.join("gatewayd");
 
     let mut starts = Vec::new();
     let mut last = None;

@@ -32,12 +32,12 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{
-        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, start_upstream,
-        write_atomically,
+        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, release_binaries,
+        start_upstream, write_atomically,
     },
     results_dir,
 };
-use crate::{Workspace, cmd};
+use crate::Workspace;
 
 const SERVER_CPU: &str = "1";
 const CLIENT_CPU: &str = "0";
@@ -147,27 +147,14 @@ struct Latency {
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
-    cmd(ws.cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "gateway-userspace",
-        "--bin",
-        "gatewayd",
-        "-p",
-        "gateway-tests",
-        "--bin",
-        "demo-upstream",
-    ]))?;
-    let release = ws.target_dir().join("release");
+    let (gatewayd, [upstream_bin]) = release_binaries(ws, ["demo-upstream"])?;
     let work = results_dir(ws).join("reload-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
 
-    let (_upstream, upstream) =
-        start_upstream(CLIENT_CPU, &release.join("demo-upstream"), "demo-upstream")?;
+    let (_upstream, upstream) = start_upstream(CLIENT_CPU, &upstream_bin, "demo-upstream")?;
     let servers = [
-        start_gatewayd(&release.join("gatewayd"), &work, upstream)?,
+        start_gatewayd(&gatewayd, &work, upstream)?,
         start_nginx(&work, upstream)?,
         start_haproxy(&work, upstream)?,
     ];
