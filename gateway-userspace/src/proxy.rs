@@ -232,10 +232,14 @@ pub async fn serve(
         };
         // The connection's span only where debug logs are on: a disabled span still costs
         // its wrapper's enter and exit at every poll of the connection's task.
+        // Boxed: tokio moves a spawned future several times on its way into the task's
+        // cell, and writes its whole stage again when the task ends; a box is one copy.
         if tracing::enabled!(tracing::Level::DEBUG) {
-            tokio::spawn(accepted.serve().instrument(debug_span!("conn", %peer)));
+            tokio::spawn(Box::pin(
+                accepted.serve().instrument(debug_span!("conn", %peer)),
+            ));
         } else {
-            tokio::spawn(accepted.serve());
+            tokio::spawn(Box::pin(accepted.serve()));
         }
     }
 
