@@ -14,6 +14,7 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
 use super::{
     access_log::{AccessLogEntry, AccessLogFormat, ClientCertificate},
     body::{ClientBody, ProxyBody},
+    boxed,
     context::ProxyContext,
     edge_headers, forward_action,
     head_facts::{HeadFacts, Upgrade},
@@ -346,15 +347,17 @@ impl Connection {
                 // Boxed: a forward's future (the tries, the upstream exchange) is most of
                 // a request's, and each future it is nested in would carry room for it
                 // and be moved whole (a memcpy per level and request).
-                Box::pin(forward_action::forward(
-                    ctx,
-                    live,
-                    (request, facts.fields.take()),
-                    route,
-                    forward,
-                    &downstream,
-                    &self.drain,
-                ))
+                boxed::pinned(|| {
+                    forward_action::forward(
+                        ctx,
+                        live,
+                        (request, facts.fields.take()),
+                        route,
+                        forward,
+                        &downstream,
+                        &self.drain,
+                    )
+                })
                 .await
             }
             RouteAction::Redirect(redirect) => {

@@ -157,47 +157,54 @@ pub(super) enum Outgoing {
 /// is the request's Host as sent: an auto-SNI cluster's connection is opened for it.
 /// `started`: when the try began, read already (pooled connections' idle age is
 /// measured to it).
-pub(super) async fn send(
+///
+/// Not an async fn, and inlined, for the reason `forward_action::forward` gives (its box is
+/// `tries::send`'s).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+#[inline]
+pub(super) fn send(
     cluster: &LiveCluster<'_>,
     (endpoint, started): (SocketAddr, Instant),
     request: Outgoing,
     client: Http1Client,
     authority: &[u8],
-) -> Result<Answered, TryFailure> {
-    let sni = upstream_tls::auto_sni_host(cluster, authority);
-    let in_flight = cluster
-        .state
-        .breakers
-        .request(&cluster.connection_pool)
-        .ok_or(TryFailure::Overflow)?;
-    // The exchanges' futures are awaited pinned where they are made (`pin!`): awaited as
-    // values, each was made and then copied whole into this future (a memcpy per request).
-    let mut response = match (cluster.protocol, request) {
-        (UpstreamProtocol::Http1, Outgoing::Http1(request)) => {
-            std::pin::pin!(send_http1_own(cluster, (endpoint, started), request, sni)).await
-        }
-        (UpstreamProtocol::Http1, Outgoing::Request(request)) => match client {
-            Http1Client::Hyper => {
-                send_http1_hyper(cluster, (endpoint, started), request, sni).await
+) -> impl Future<Output = Result<Answered, TryFailure>> {
+    async move {
+        let sni = upstream_tls::auto_sni_host(cluster, authority);
+        let in_flight = cluster
+            .state
+            .breakers
+            .request(&cluster.connection_pool)
+            .ok_or(TryFailure::Overflow)?;
+        // The exchanges' futures are awaited pinned where they are made (`pin!`): awaited as
+        // values, each was made and then copied whole into this future (a memcpy per request).
+        let mut response = match (cluster.protocol, request) {
+            (UpstreamProtocol::Http1, Outgoing::Http1(request)) => {
+                std::pin::pin!(send_http1_own(cluster, (endpoint, started), request, sni)).await
             }
-            Http1Client::Own => {
-                std::pin::pin!(send_http1_own(
-                    cluster,
-                    (endpoint, started),
-                    request.into(),
-                    sni
-                ))
-                .await
+            (UpstreamProtocol::Http1, Outgoing::Request(request)) => match client {
+                Http1Client::Hyper => {
+                    send_http1_hyper(cluster, (endpoint, started), request, sni).await
+                }
+                Http1Client::Own => {
+                    std::pin::pin!(send_http1_own(
+                        cluster,
+                        (endpoint, started),
+                        request.into(),
+                        sni
+                    ))
+                    .await
+                }
+            },
+            (UpstreamProtocol::Http2, Outgoing::Request(request)) => {
+                send_http2(cluster, endpoint, request, sni).await
             }
-        },
-        (UpstreamProtocol::Http2, Outgoing::Request(request)) => {
-            send_http2(cluster, endpoint, request, sni).await
-        }
-        // An encoded HTTP/1.1 head is made only for HTTP/1.1 clusters (`tries::send`).
-        (UpstreamProtocol::Http2, Outgoing::Http1(_)) => Err(TryFailure::ProtocolError),
-    }?;
-    response.body_mut().in_flight = Some(in_flight);
-    Ok(response)
+            // An encoded HTTP/1.1 head is made only for HTTP/1.1 clusters (`tries::send`).
+            (UpstreamProtocol::Http2, Outgoing::Http1(_)) => Err(TryFailure::ProtocolError),
+        }?;
+        response.body_mut().in_flight = Some(in_flight);
+        Ok(response)
+    }
 }
 
 /// An HTTP/1.1 connection for one exchange: the most recently pooled live one, else a
