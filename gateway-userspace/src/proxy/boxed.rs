@@ -10,5 +10,11 @@ use std::pin::Pin;
 /// dropped the future from the stack.
 #[inline(always)]
 pub(super) fn pinned<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
+    Box::into_pin(made(make))
+}
+
+/// `make()`'s value in a box of its own, taken first (see `pinned`).
+#[inline(always)]
+pub(super) fn made<T>(make: impl FnOnce() -> T) -> Box<T> {
+    Box::write(Box::new_uninit(), make())
 }

@@ -204,7 +204,11 @@ impl Connection {
                 map: response.headers_mut(),
                 passed: &mut passed,
             }
-            .insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
+            .insert_of(
+                passed::Kind::Server,
+                header::SERVER,
+                HeaderValue::from_static(SERVER_NAME),
+            );
 
             let status = response.status();
             let key = RequestKey {

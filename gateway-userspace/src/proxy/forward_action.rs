@@ -239,7 +239,8 @@ pub(super) fn forward<'s>(
             map: response.headers_mut(),
             passed: &mut passed,
         }
-        .insert(
+        .insert_of(
+            passed::Kind::ServiceTime,
             X_ENVOY_UPSTREAM_SERVICE_TIME,
             millis(took.as_millis() as u64),
         );
