@@ -146,7 +146,8 @@ pub(super) fn forward<'s>(
         let mut body_failed = None;
         // The body streams to the first try at once; a bounded copy is kept when a retry
         // or a mirror may need it again (an upgrade's body is the tunnel: sent once).
-        let wants_replay = !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
+        let wants_replay =
+            !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
         // The request's own clock read, unless a fault delay came after it.
         let first_try_at = if fault_flags == ResponseFlags::DELAY_INJECTED {
             std::time::Instant::now()
@@ -275,13 +276,17 @@ pub(super) fn forward<'s>(
             passed::whole(response.headers_mut(), &mut passed).append(header::SET_COOKIE, cookie);
         }
         let retried_status = retried
-            && route_actions::retriable_response(&forward.retry.retry_on, response.status(), || {
-                passed::get(
-                    response.headers(),
-                    passed.as_deref(),
-                    &route_actions::GRPC_STATUS,
-                )
-            });
+            && route_actions::retriable_response(
+                &forward.retry.retry_on,
+                response.status(),
+                || {
+                    passed::get(
+                        response.headers(),
+                        passed.as_deref(),
+                        &route_actions::GRPC_STATUS,
+                    )
+                },
+            );
         let flags = if retry_overflowed {
             ResponseFlags::UPSTREAM_OVERFLOW
         } else if retried_status {
@@ -292,8 +297,9 @@ pub(super) fn forward<'s>(
         // The route's timeout runs on to the end of the response (a tunnel has no end).
         let response = (*response).map(|body| body.map_err(BoxError::from).boxed());
         let response = match forward.timeout {
-            Some(timeout) if !switching => response
-                .map(|body| DeadlineBody::new(body, route_clock::expiry(request_end, timeout)).boxed()),
+            Some(timeout) if !switching => response.map(|body| {
+                DeadlineBody::new(body, route_clock::expiry(request_end, timeout)).boxed()
+            }),
             _ => response,
         };
         answered(Answer::Upstream {

@@ -269,6 +269,5 @@ async fn send(
         .outgoing(cluster.protocol, client, body, last_try)
         .map_err(|_| TryFailure::ProtocolError)?;
     let authority = head.authority.as_bytes();
-    boxed::pinned(|| upstream::send(cluster, (endpoint, started), request, client, authority))
-        .await
+    boxed::pinned(|| upstream::send(cluster, (endpoint, started), request, client, authority)).await
 }
