@@ -5,6 +5,7 @@
 mod access_log;
 mod authz;
 mod body;
+mod boxed;
 mod connection_log;
 mod context;
 mod drain;

@@ -14,6 +14,7 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
 use super::{
     access_log::{AccessLogEntry, AccessLogFormat, ClientCertificate},
     body::{ClientBody, ProxyBody},
+    boxed,
     context::ProxyContext,
     edge_headers, forward_action,
     head_facts::{HeadFacts, Upgrade},
@@ -136,255 +137,275 @@ impl Connection {
     /// The answer to `request`: the response, and the upstream head's fields when they
     /// are passed as they came (`http1::passed`; the codec writes them). `facts`: what
     /// the request's head says (`head_facts.rs`).
-    pub(super) async fn answer(
+    ///
+    /// Not an async fn: an async fn copies its arguments (the request, ~270 bytes) into
+    /// locals of its body first (rust-lang/rust#62958); the block uses them in place. Inlined,
+    /// so that the request is written into the future where it is made.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    #[inline]
+    pub(super) fn answer(
         &self,
         request: Request<ClientBody>,
         mut facts: HeadFacts,
-    ) -> Answered {
-        let started = Instant::now();
-        let version = request.version();
-        // What the access log needs from the request, kept only when there is a log (the
-        // values are reference-counted, not copied; boxed, so that without a log this
-        // future, moved with every request, carries a pointer's room for it).
-        let logged = (self.ctx.access_log != AccessLogFormat::Off).then(|| {
-            Box::new(LoggedRequest {
-                start_time: SystemTime::now(),
-                method: request.method().clone(),
-                uri: edge_headers::logged_uri(
-                    request.method(),
-                    request.uri(),
-                    self.ctx.path_normalization,
-                ),
-                user_agent: request_fields::get_value(
-                    request.headers(),
-                    facts.fields.as_deref(),
-                    &header::USER_AGENT,
-                ),
-                forwarded_for: request_fields::get_value(
-                    request.headers(),
-                    facts.fields.as_deref(),
-                    &X_FORWARDED_FOR,
-                ),
-            })
-        });
-        let authority = request_authority(&request, facts.host.take());
-        // Every request here is external: Envoy replaces a client's x-request-id at the
-        // edge (`preserve_external_request_id` off, as Istio leaves it).
-        let request_id = new_request_id();
-        let request_is_grpc = facts.grpc;
-        // This request's configuration and cluster state, whatever reloads happen while
-        // it is served; the next request on the connection reads the live one again.
-        let live = self.ctx.live.load_full();
+    ) -> impl Future<Output = Answered> {
+        async move {
+            let started = Instant::now();
+            let version = request.version();
+            // What the access log needs from the request, kept only when there is a log (the
+            // values are reference-counted, not copied; boxed, so that without a log this
+            // future, moved with every request, carries a pointer's room for it).
+            let logged = (self.ctx.access_log != AccessLogFormat::Off).then(|| {
+                Box::new(LoggedRequest {
+                    start_time: SystemTime::now(),
+                    method: request.method().clone(),
+                    uri: edge_headers::logged_uri(
+                        request.method(),
+                        request.uri(),
+                        self.ctx.path_normalization,
+                    ),
+                    user_agent: request_fields::get_value(
+                        request.headers(),
+                        facts.fields.as_deref(),
+                        &header::USER_AGENT,
+                    ),
+                    forwarded_for: request_fields::get_value(
+                        request.headers(),
+                        facts.fields.as_deref(),
+                        &X_FORWARDED_FOR,
+                    ),
+                })
+            });
+            let authority = request_authority(&request, facts.host.take());
+            // Every request here is external: Envoy replaces a client's x-request-id at the
+            // edge (`preserve_external_request_id` off, as Istio leaves it).
+            let request_id = new_request_id();
+            let request_is_grpc = facts.grpc;
+            // This request's configuration and cluster state, whatever reloads happen while
+            // it is served; the next request on the connection reads the live one again.
+            let live = self.ctx.live.load_full();
 
-        // Pinned where it is made: awaited as a value, the route's future was made and
-        // then copied whole into this one.
-        let outcome = std::pin::pin!(self.route(
-            &live,
-            request,
-            facts,
-            (authority.as_ref(), &request_id),
-            started
-        ))
-        .await;
-        // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
-        // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
-        let transport_failure = outcome.answer.transport_failure();
-        let (mut response, mut passed, flags) = outcome.answer.into_response(request_is_grpc);
-        // Istio names its gateway in every answer, the upstream's Server header replaced
-        // (Envoy's default server_header_transformation, OVERWRITE).
-        ResponseFields {
-            map: response.headers_mut(),
-            passed: &mut passed,
-        }
-        .insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
+            // Pinned where it is made: awaited as a value, the route's future was made and
+            // then copied whole into this one.
+            let outcome = std::pin::pin!(self.route(
+                &live,
+                request,
+                facts,
+                (authority.as_ref(), &request_id),
+                started
+            ))
+            .await;
+            // The gateway's own answers to gRPC become trailers-only gRPC responses (status 200
+            // in the log and metrics, as Envoy records them); upstream answers pass unchanged.
+            let transport_failure = outcome.answer.transport_failure();
+            let (mut response, mut passed, flags) = outcome.answer.into_response(request_is_grpc);
+            // Istio names its gateway in every answer, the upstream's Server header replaced
+            // (Envoy's default server_header_transformation, OVERWRITE).
+            ResponseFields {
+                map: response.headers_mut(),
+                passed: &mut passed,
+            }
+            .insert_of(
+                passed::Kind::Server,
+                header::SERVER,
+                HeaderValue::from_static(SERVER_NAME),
+            );
 
-        let status = response.status();
-        let key = RequestKey {
-            response_code: status.as_u16(),
-            response_flags: flags.as_str(),
-            http2: version == Version::HTTP_2,
-        };
-        let elapsed = match outcome.answered_at {
-            Some(at) => at.saturating_duration_since(started),
-            None => started.elapsed(),
-        };
-        let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        let metrics = &self.ctx.metrics;
-        match outcome.cluster {
-            Some(cluster) => metrics.record_request(
-                &cluster.state.stats,
-                &Destination {
-                    service: &cluster.service,
-                    name: &cluster.service_name,
-                    namespace: &cluster.service_namespace,
-                },
-                key,
-                duration_ms,
-            ),
-            None => metrics.record_request(
-                &self.ctx.local_stats,
-                &Destination::UNKNOWN,
-                key,
-                duration_ms,
-            ),
+            let status = response.status();
+            let key = RequestKey {
+                response_code: status.as_u16(),
+                response_flags: flags.as_str(),
+                http2: version == Version::HTTP_2,
+            };
+            let elapsed = match outcome.answered_at {
+                Some(at) => at.saturating_duration_since(started),
+                None => started.elapsed(),
+            };
+            let duration_ms = elapsed.as_secs_f64() * 1000.0;
+            let metrics = &self.ctx.metrics;
+            match outcome.cluster {
+                Some(cluster) => metrics.record_request(
+                    &cluster.state.stats,
+                    &Destination {
+                        service: &cluster.service,
+                        name: &cluster.service_name,
+                        namespace: &cluster.service_namespace,
+                    },
+                    key,
+                    duration_ms,
+                ),
+                None => metrics.record_request(
+                    &self.ctx.local_stats,
+                    &Destination::UNKNOWN,
+                    key,
+                    duration_ms,
+                ),
+            }
+            let Some(logged) = logged else {
+                return Answered { response, passed };
+            };
+            self.ctx.access_log.write(&AccessLogEntry {
+                start_time: logged.start_time,
+                method: logged.method.as_str(),
+                path: logged.uri.path_and_query().map_or("/", |p| p.as_str()),
+                version,
+                status: status.as_u16(),
+                flags: flags.as_str(),
+                transport_failure,
+                response_bytes: passed::get(
+                    response.headers(),
+                    passed.as_deref(),
+                    &header::CONTENT_LENGTH,
+                )
+                .and_then(passed::as_text),
+                duration: elapsed,
+                forwarded_for: logged.forwarded_for.as_ref().and_then(|v| v.to_str().ok()),
+                user_agent: logged.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                request_id: request_id.as_str(),
+                authority: authority.as_ref().and_then(|a| a.to_str().ok()),
+                upstream: outcome.upstream,
+                cluster: outcome.cluster.map(|c| c.cluster.name.as_str()),
+                downstream_local: self.local,
+                downstream_peer: self.peer,
+                requested_server_name: self.tls.as_ref().and_then(|(tls, _)| tls.sni.as_deref()),
+                client_certificate: self.client_certificate(),
+            });
+            Answered { response, passed }
         }
-        let Some(logged) = logged else {
-            return Answered { response, passed };
-        };
-        self.ctx.access_log.write(&AccessLogEntry {
-            start_time: logged.start_time,
-            method: logged.method.as_str(),
-            path: logged.uri.path_and_query().map_or("/", |p| p.as_str()),
-            version,
-            status: status.as_u16(),
-            flags: flags.as_str(),
-            transport_failure,
-            response_bytes: passed::get(
-                response.headers(),
-                passed.as_deref(),
-                &header::CONTENT_LENGTH,
-            )
-            .and_then(passed::as_text),
-            duration: elapsed,
-            forwarded_for: logged.forwarded_for.as_ref().and_then(|v| v.to_str().ok()),
-            user_agent: logged.user_agent.as_ref().and_then(|v| v.to_str().ok()),
-            request_id: request_id.as_str(),
-            authority: authority.as_ref().and_then(|a| a.to_str().ok()),
-            upstream: outcome.upstream,
-            cluster: outcome.cluster.map(|c| c.cluster.name.as_str()),
-            downstream_local: self.local,
-            downstream_peer: self.peer,
-            requested_server_name: self.tls.as_ref().and_then(|(tls, _)| tls.sni.as_deref()),
-            client_certificate: self.client_certificate(),
-        });
-        Answered { response, passed }
     }
 
     /// Finds the request's route in `live` and applies its action.
-    async fn route<'s>(
+    ///
+    /// Not an async fn, and inlined, as `answer`.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    #[inline]
+    fn route<'s>(
         &'s self,
         live: &'s Arc<Live>,
         mut request: Request<ClientBody>,
         mut facts: HeadFacts,
         (authority_value, request_id): (Option<&HeaderValue>, &RequestId),
         started: Instant,
-    ) -> Outcome<'s> {
-        let authority = authority_value.and_then(|a| a.to_str().ok());
-        if let Some(status) = facts.framing_problem() {
-            // The message boundaries are in doubt: answer and close the connection so
-            // nothing after this request is read with the wrong framing.
-            return LocalReply::ambiguous_framing(status).into();
-        }
-        if limits::declared_body_too_large(facts.declared_length, &self.ctx.limits) {
-            // Refused before anything is forwarded; the unread body ends the connection.
-            return LocalReply::payload_too_large().closing().into();
-        }
-        let (Some(authority), Some(authority_value)) = (authority, authority_value) else {
-            return LocalReply::bad_request().into();
-        };
-        let Some(listener) = self.listener(live) else {
-            return LocalReply::no_route().into();
-        };
-        // The head's fields as they came (`http1::request_fields`): authorization and
-        // header matches read the map, which is made of them then; a plain route takes
-        // them to the upstream as they are.
-        if !listener.authz.http.is_empty() || listener.routes.reads_headers() {
-            request_fields::whole(request.headers_mut(), &mut facts.fields);
-        }
-        if let Some((tls, transport)) = &self.tls
-            && let Some(listener_tls) = transport.tls()
-            && tls.is_misdirected(listener_tls, authority)
-        {
-            return LocalReply::misdirected().into();
-        }
-        if let Err(edge_headers::Refusal::BadPath) =
-            edge_headers::admit(&mut request, self.ctx.path_normalization, &mut facts)
-        {
-            return LocalReply::bad_request().into();
-        }
-        if !self.authorized(listener, &request, authority) {
-            return LocalReply::rbac_denied().into();
-        }
-        let info = RequestInfo {
-            authority,
-            path: request.uri().path(),
-            query: request.uri().query(),
-            method: request.method().as_str(),
-            scheme: self.scheme(),
-            port: listener.port,
-            headers: request.headers(),
-        };
-        let Some(route) = listener.routes.find(&info) else {
-            return LocalReply::no_route().into();
-        };
-        if edge_headers::refused_upgrade(request.method(), facts.upgrade) {
-            self.ctx.metrics.upgrades_refused.inc();
-            return LocalReply::refused_upgrade(edge_headers::REFUSED_UPGRADE_STATUS).into();
-        }
-        if !matches!(route.action, RouteAction::Forward(_)) {
-            // The gateway's own answers read the request's headers (CORS).
-            request_fields::whole(request.headers_mut(), &mut facts.fields);
-        }
-        match &route.action {
-            RouteAction::Forward(forward) => {
-                let downstream = Downstream {
-                    peer: self.peer,
-                    peer_ip: &self.peer_ip,
-                    scheme: self.scheme(),
-                    client_cert: self
-                        .tls
-                        .as_ref()
-                        .and_then(|(tls, _)| tls.client_cert.as_deref()),
-                    authority,
-                    authority_value,
-                    request_id,
-                    replay_budget: &self.replay_budget,
-                    upgrade_asked: facts.upgrade != Upgrade::None,
-                    started,
-                };
-                let ctx = &self.ctx;
-                // Boxed: a forward's future (the tries, the upstream exchange) is most of
-                // a request's, and each future it is nested in would carry room for it
-                // and be moved whole (a memcpy per level and request).
-                Box::pin(forward_action::forward(
-                    ctx,
-                    live,
-                    (request, facts.fields.take()),
-                    route,
-                    forward,
-                    &downstream,
-                    &self.drain,
-                ))
-                .await
+    ) -> impl Future<Output = Outcome<'s>> {
+        async move {
+            let authority = authority_value.and_then(|a| a.to_str().ok());
+            if let Some(status) = facts.framing_problem() {
+                // The message boundaries are in doubt: answer and close the connection so
+                // nothing after this request is read with the wrong framing.
+                return LocalReply::ambiguous_framing(status).into();
             }
-            RouteAction::Redirect(redirect) => {
-                if let Some(preflight) = local_preflight(redirect.cors.as_deref(), &request) {
-                    return preflight.into();
+            if limits::declared_body_too_large(facts.declared_length, &self.ctx.limits) {
+                // Refused before anything is forwarded; the unread body ends the connection.
+                return LocalReply::payload_too_large().closing().into();
+            }
+            let (Some(authority), Some(authority_value)) = (authority, authority_value) else {
+                return LocalReply::bad_request().into();
+            };
+            let Some(listener) = self.listener(live) else {
+                return LocalReply::no_route().into();
+            };
+            // The head's fields as they came (`http1::request_fields`): authorization and
+            // header matches read the map, which is made of them then; a plain route takes
+            // them to the upstream as they are.
+            if !listener.authz.http.is_empty() || listener.routes.reads_headers() {
+                request_fields::whole(request.headers_mut(), &mut facts.fields);
+            }
+            if let Some((tls, transport)) = &self.tls
+                && let Some(listener_tls) = transport.tls()
+                && tls.is_misdirected(listener_tls, authority)
+            {
+                return LocalReply::misdirected().into();
+            }
+            if let Err(edge_headers::Refusal::BadPath) =
+                edge_headers::admit(&mut request, self.ctx.path_normalization, &mut facts)
+            {
+                return LocalReply::bad_request().into();
+            }
+            if !self.authorized(listener, &request, authority) {
+                return LocalReply::rbac_denied().into();
+            }
+            let info = RequestInfo {
+                authority,
+                path: request.uri().path(),
+                query: request.uri().query(),
+                method: request.method().as_str(),
+                scheme: self.scheme(),
+                port: listener.port,
+                headers: request.headers(),
+            };
+            let Some(route) = listener.routes.find(&info) else {
+                return LocalReply::no_route().into();
+            };
+            if edge_headers::refused_upgrade(request.method(), facts.upgrade) {
+                self.ctx.metrics.upgrades_refused.inc();
+                return LocalReply::refused_upgrade(edge_headers::REFUSED_UPGRADE_STATUS).into();
+            }
+            if !matches!(route.action, RouteAction::Forward(_)) {
+                // The gateway's own answers read the request's headers (CORS).
+                request_fields::whole(request.headers_mut(), &mut facts.fields);
+            }
+            match &route.action {
+                RouteAction::Forward(forward) => {
+                    let downstream = Downstream {
+                        peer: self.peer,
+                        peer_ip: &self.peer_ip,
+                        scheme: self.scheme(),
+                        client_cert: self
+                            .tls
+                            .as_ref()
+                            .and_then(|(tls, _)| tls.client_cert.as_deref()),
+                        authority,
+                        authority_value,
+                        request_id,
+                        replay_budget: &self.replay_budget,
+                        upgrade_asked: facts.upgrade != Upgrade::None,
+                        started,
+                    };
+                    let ctx = &self.ctx;
+                    // Boxed: a forward's future (the tries, the upstream exchange) is most of
+                    // a request's, and each future it is nested in would carry room for it
+                    // and be moved whole (a memcpy per level and request).
+                    boxed::pinned(|| {
+                        forward_action::forward(
+                            ctx,
+                            live,
+                            (request, facts.fields.take()),
+                            route,
+                            forward,
+                            &downstream,
+                            &self.drain,
+                        )
+                    })
+                    .await
                 }
-                let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
-                let location = route_actions::redirect_location(
-                    redirect,
-                    self.scheme(),
-                    authority,
-                    path_and_query,
-                    &route.matches,
-                );
-                let mut reply = LocalReply::redirect(redirect, &location);
-                reply.add_cors(
-                    redirect.cors.as_deref().map(|c| &c.policy),
-                    request.headers(),
-                );
-                reply.into()
-            }
-            RouteAction::DirectResponse(direct) => {
-                if let Some(preflight) = local_preflight(direct.cors.as_deref(), &request) {
-                    return preflight.into();
+                RouteAction::Redirect(redirect) => {
+                    if let Some(preflight) = local_preflight(redirect.cors.as_deref(), &request) {
+                        return preflight.into();
+                    }
+                    let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let location = route_actions::redirect_location(
+                        redirect,
+                        self.scheme(),
+                        authority,
+                        path_and_query,
+                        &route.matches,
+                    );
+                    let mut reply = LocalReply::redirect(redirect, &location);
+                    reply.add_cors(
+                        redirect.cors.as_deref().map(|c| &c.policy),
+                        request.headers(),
+                    );
+                    reply.into()
                 }
-                let mut reply = LocalReply::direct_response(direct);
-                reply.add_cors(direct.cors.as_deref().map(|c| &c.policy), request.headers());
-                reply.into()
+                RouteAction::DirectResponse(direct) => {
+                    if let Some(preflight) = local_preflight(direct.cors.as_deref(), &request) {
+                        return preflight.into();
+                    }
+                    let mut reply = LocalReply::direct_response(direct);
+                    reply.add_cors(direct.cors.as_deref().map(|c| &c.policy), request.headers());
+                    reply.into()
+                }
+                RouteAction::Unsupported(what) => LocalReply::unsupported(what).into(),
             }
-            RouteAction::Unsupported(what) => LocalReply::unsupported(what).into(),
         }
     }
 

@@ -41,7 +41,14 @@ const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 
 /// Forwards `request` by `forward`, its route's action.
-pub(super) async fn forward<'s>(
+///
+/// Not an async fn, and inlined: made by a call (in another codegen unit), the future was
+/// made whole on the stack and then copied into the box `Connection::route` keeps it in (a
+/// memcpy of its size per request); made in the caller (`boxed::pinned`), only its
+/// arguments are written, into the box.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+#[inline]
+pub(super) fn forward<'s>(
     ctx: &Arc<ProxyContext>,
     live: &'s Arc<Live>,
     (mut request, mut fields): (Request<ClientBody>, Option<Box<RequestFields>>),
@@ -49,249 +56,258 @@ pub(super) async fn forward<'s>(
     forward: &'s Forward,
     downstream: &Downstream<'_>,
     drain: &tunnel::Drain,
-) -> Outcome<'s> {
-    // `fields`: the request's head as it came, when the codec kept it so; what reads
-    // headers by name below takes the whole map first.
-    if forward.cors.is_some() {
-        request_fields::whole(request.headers_mut(), &mut fields);
-    }
-    let cors_origin = forward.cors.as_ref().and_then(|cors| {
-        route_actions::allowed_origin(cors, request.headers()).map(|o| (cors, o.clone()))
-    });
-    // Envoy's CORS filter answers a preflight it allows, and one it does not allow when
-    // told not to pass those on; other preflights go to the upstream.
-    if let Some(cors) = &forward.cors
-        && route_actions::is_preflight(request.method(), request.headers())
-    {
-        match &cors_origin {
-            Some((_, origin)) => {
-                return LocalReply::preflight(cors, Some(origin), request.headers()).into();
-            }
-            None if forward.cors_answers_unmatched_preflights => {
-                return LocalReply::preflight(cors, None, request.headers()).into();
-            }
-            None => {}
+) -> impl Future<Output = Outcome<'s>> {
+    async move {
+        // `fields`: the request's head as it came, when the codec kept it so; what reads
+        // headers by name below takes the whole map first.
+        if forward.cors.is_some() {
+            request_fields::whole(request.headers_mut(), &mut fields);
         }
-    }
-
-    let mut fault_flags = ResponseFlags::NONE;
-    if let Some(fault) = &forward.fault {
-        if let Some(delay) = &fault.delay
-            && route_actions::chance(delay.percentage)
+        let cors_origin = forward.cors.as_ref().and_then(|cors| {
+            route_actions::allowed_origin(cors, request.headers()).map(|o| (cors, o.clone()))
+        });
+        // Envoy's CORS filter answers a preflight it allows, and one it does not allow when
+        // told not to pass those on; other preflights go to the upstream.
+        if let Some(cors) = &forward.cors
+            && route_actions::is_preflight(request.method(), request.headers())
         {
-            tokio::time::sleep(delay.delay).await;
-            fault_flags = ResponseFlags::DELAY_INJECTED;
+            match &cors_origin {
+                Some((_, origin)) => {
+                    return LocalReply::preflight(cors, Some(origin), request.headers()).into();
+                }
+                None if forward.cors_answers_unmatched_preflights => {
+                    return LocalReply::preflight(cors, None, request.headers()).into();
+                }
+                None => {}
+            }
         }
-        if let Some(abort) = &fault.abort
-            && route_actions::chance(abort.percentage)
-        {
-            let delayed = fault_flags == ResponseFlags::DELAY_INJECTED;
-            return LocalReply::fault_abort(abort, delayed).into();
+
+        let mut fault_flags = ResponseFlags::NONE;
+        if let Some(fault) = &forward.fault {
+            if let Some(delay) = &fault.delay
+                && route_actions::chance(delay.percentage)
+            {
+                tokio::time::sleep(delay.delay).await;
+                fault_flags = ResponseFlags::DELAY_INJECTED;
+            }
+            if let Some(abort) = &fault.abort
+                && route_actions::chance(abort.percentage)
+            {
+                let delayed = fault_flags == ResponseFlags::DELAY_INJECTED;
+                return LocalReply::fault_abort(abort, delayed).into();
+            }
         }
-    }
 
-    let Some(weighted) = RouteAction::pick_cluster(&forward.clusters) else {
-        return LocalReply::no_healthy_upstream().into();
-    };
-    if weighted.invalid {
-        return LocalReply::invalid_backend().into();
-    }
-    if let Some(redirect) = &weighted.redirect {
-        let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let location = route_actions::redirect_location(
-            redirect,
-            downstream.scheme,
-            downstream.authority,
-            path_and_query,
-            &route.matches,
-        );
-        return LocalReply::redirect(redirect, &location).into();
-    }
-    let Some(cluster) = live.cluster(&weighted.cluster) else {
-        return LocalReply::no_healthy_upstream().into();
-    };
-
-    // Upgrades (WebSocket and friends): the client's side of the upgraded connection,
-    // joined to the upstream's once it answers 101.
-    let is_upgrade = request.version() == Version::HTTP_11 && downstream.upgrade_asked;
-    let downstream_upgrade = is_upgrade.then(|| ClientUpgrade::on(&mut request));
-
-    if cluster.hash_policy.is_some() {
-        request_fields::whole(request.headers_mut(), &mut fields);
-    }
-    let hash = cluster.hash_policy.as_ref().and_then(|policy| {
-        hash_key::request_key(
-            policy,
-            request.headers(),
-            request.uri().query(),
-            downstream.peer,
-        )
-    });
-    let (parts, body) = request.into_parts();
-    let Some(mut head) = UpstreamHead::new(
-        parts, fields, route, forward, weighted, downstream, is_upgrade,
-    ) else {
-        return LocalReply::bad_request().into();
-    };
-
-    // Only a request with a body can break off (no allocation for the others).
-    let mut body_failed = None;
-    // The body streams to the first try at once; a bounded copy is kept when a retry
-    // or a mirror may need it again (an upgrade's body is the tunnel: sent once).
-    let wants_replay = !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
-    // The request's own clock read, unless a fault delay came after it.
-    let first_try_at = if fault_flags == ResponseFlags::DELAY_INJECTED {
-        std::time::Instant::now()
-    } else {
-        downstream.started
-    };
-    let (request_end, mut body) = if body.is_end_stream() {
-        (RequestEnd::at(first_try_at), RequestBody::Empty)
-    } else {
-        let (request_end, mark) = RequestEnd::pending();
-        let failure = Arc::new(limits::BodyFailure::default());
-        body_failed = Some(failure.clone());
-        let streamed = DownstreamBody::new(body, failure, &ctx.limits, mark).boxed();
-        let body = if wants_replay {
-            RequestBody::Replay(ReplayBody::new(
-                streamed,
-                ctx.limits.max_replay_body_bytes,
-                downstream.replay_budget.clone(),
-                Some(ctx.metrics.retry_or_shadow_abandoned.clone()),
-            ))
-        } else {
-            RequestBody::Once(Some(streamed))
+        let Some(weighted) = RouteAction::pick_cluster(&forward.clusters) else {
+            return LocalReply::no_healthy_upstream().into();
         };
-        (request_end, body)
-    };
-
-    let mirrors: Vec<Arc<Cluster>> = forward
-        .mirrors
-        .iter()
-        .filter(|m| route_actions::chance(m.percentage))
-        .map(|m| m.cluster.clone())
-        .collect();
-    if !mirrors.is_empty() {
-        mirror::send(ctx, live, &head, mirrors, forward.timeout, &body);
-    }
-
-    let clock = tries::Clock {
-        request_end: &request_end,
-        route_timeout: forward.timeout,
-        first_try_at,
-    };
-    let tried = tries::run(
-        &cluster,
-        &mut head,
-        &mut body,
-        &forward.retry,
-        clock,
-        hash.as_ref().map(|k| k.hash),
-        ctx.http1_client,
-    )
-    .await;
-    let retried = tried.retried();
-    let answered_at = match &tried.ending {
-        Ending::Answered { at, .. } => Some(*at),
-        _ => None,
-    };
-    let answered = |answer: Answer| Outcome {
-        answer,
-        cluster: Some(cluster),
-        upstream: tried.endpoint,
-        answered_at,
-    };
-    let (mut response, took, retry_overflowed) = match tried.ending {
-        Ending::Answered {
-            response,
-            took,
-            retry_overflowed,
-            ..
-        } => (response, took, retry_overflowed),
-        Ending::NoEndpoint => return answered(LocalReply::no_healthy_upstream().into()),
-        Ending::TimedOut => return answered(LocalReply::route_timeout(retried).into()),
-        Ending::Failed(failure) => {
-            // The client's body broke off: the failure is the client's, and the rest of
-            // its body (if any) is not read, so the connection ends.
-            let reply = match body_failed.as_ref().and_then(|failed| failed.broken()) {
-                Some(broken) => LocalReply::broken_body(broken).closing(),
-                None => LocalReply::try_failed(failure, retried),
-            };
-            return answered(reply.into());
+        if weighted.invalid {
+            return LocalReply::invalid_backend().into();
         }
-    };
-
-    // The head's fields as the upstream sent them, when the client passed them so
-    // (`http1::passed`): the edits below go beside them, and only those that need more
-    // than an insert turn them into the map (`passed::whole`).
-    let mut passed = response.body_mut().take_passed();
-    // Envoy tells the client how long the upstream took (the last try, to its response
-    // headers), in milliseconds.
-    ResponseFields {
-        map: response.headers_mut(),
-        passed: &mut passed,
-    }
-    .insert(
-        X_ENVOY_UPSTREAM_SERVICE_TIME,
-        millis(took.as_millis() as u64),
-    );
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching && let Some(client_side) = downstream_upgrade {
-        let upstream_side = UpstreamBody::upgrade(&mut response);
-        let clocks = tunnel::Clocks {
-            idle: ctx.limits.stream_idle_timeout,
-            drain: drain.clone(),
-            websocket: true,
+        if let Some(redirect) = &weighted.redirect {
+            let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let location = route_actions::redirect_location(
+                redirect,
+                downstream.scheme,
+                downstream.authority,
+                path_and_query,
+                &route.matches,
+            );
+            return LocalReply::redirect(redirect, &location).into();
+        }
+        let Some(cluster) = live.cluster(&weighted.cluster) else {
+            return LocalReply::no_healthy_upstream().into();
         };
-        tokio::spawn(join_upgraded(client_side, upstream_side, clocks));
-    } else if passed
-        .as_deref_mut()
-        .is_none_or(|passed| passed.strip_hop_by_hop().is_err())
-    {
-        strip_hop_by_hop(passed::whole(response.headers_mut(), &mut passed));
-    }
-    for rules in [&forward.headers.response, &weighted.headers.response] {
-        if !rules.is_empty() {
-            rules.apply(passed::whole(response.headers_mut(), &mut passed));
+
+        // Upgrades (WebSocket and friends): the client's side of the upgraded connection,
+        // joined to the upstream's once it answers 101.
+        let is_upgrade = request.version() == Version::HTTP_11 && downstream.upgrade_asked;
+        let downstream_upgrade = is_upgrade.then(|| ClientUpgrade::on(&mut request));
+
+        if cluster.hash_policy.is_some() {
+            request_fields::whole(request.headers_mut(), &mut fields);
         }
-    }
-    if let Some((cors, origin)) = &cors_origin {
-        route_actions::cors_response_headers(
-            cors,
-            origin,
-            passed::whole(response.headers_mut(), &mut passed),
-        );
-    }
-    if let Some(cookie) = hash.and_then(|k| k.set_cookie) {
-        passed::whole(response.headers_mut(), &mut passed).append(header::SET_COOKIE, cookie);
-    }
-    let retried_status = retried
-        && route_actions::retriable_response(&forward.retry.retry_on, response.status(), || {
-            passed::get(
-                response.headers(),
-                passed.as_deref(),
-                &route_actions::GRPC_STATUS,
+        let hash = cluster.hash_policy.as_ref().and_then(|policy| {
+            hash_key::request_key(
+                policy,
+                request.headers(),
+                request.uri().query(),
+                downstream.peer,
             )
         });
-    let flags = if retry_overflowed {
-        ResponseFlags::UPSTREAM_OVERFLOW
-    } else if retried_status {
-        ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
-    } else {
-        fault_flags
-    };
-    // The route's timeout runs on to the end of the response (a tunnel has no end).
-    let response = (*response).map(|body| body.map_err(BoxError::from).boxed());
-    let response = match forward.timeout {
-        Some(timeout) if !switching => response
-            .map(|body| DeadlineBody::new(body, route_clock::expiry(request_end, timeout)).boxed()),
-        _ => response,
-    };
-    answered(Answer::Upstream {
-        response,
-        passed,
-        flags,
-    })
+        let (parts, body) = request.into_parts();
+        let Some(mut head) = UpstreamHead::new(
+            parts, fields, route, forward, weighted, downstream, is_upgrade,
+        ) else {
+            return LocalReply::bad_request().into();
+        };
+
+        // Only a request with a body can break off (no allocation for the others).
+        let mut body_failed = None;
+        // The body streams to the first try at once; a bounded copy is kept when a retry
+        // or a mirror may need it again (an upgrade's body is the tunnel: sent once).
+        let wants_replay =
+            !is_upgrade && (forward.retry.attempts > 0 || !forward.mirrors.is_empty());
+        // The request's own clock read, unless a fault delay came after it.
+        let first_try_at = if fault_flags == ResponseFlags::DELAY_INJECTED {
+            std::time::Instant::now()
+        } else {
+            downstream.started
+        };
+        let (request_end, mut body) = if body.is_end_stream() {
+            (RequestEnd::at(first_try_at), RequestBody::Empty)
+        } else {
+            let (request_end, mark) = RequestEnd::pending();
+            let failure = Arc::new(limits::BodyFailure::default());
+            body_failed = Some(failure.clone());
+            let streamed = DownstreamBody::new(body, failure, &ctx.limits, mark).boxed();
+            let body = if wants_replay {
+                RequestBody::Replay(ReplayBody::new(
+                    streamed,
+                    ctx.limits.max_replay_body_bytes,
+                    downstream.replay_budget.clone(),
+                    Some(ctx.metrics.retry_or_shadow_abandoned.clone()),
+                ))
+            } else {
+                RequestBody::Once(Some(streamed))
+            };
+            (request_end, body)
+        };
+
+        let mirrors: Vec<Arc<Cluster>> = forward
+            .mirrors
+            .iter()
+            .filter(|m| route_actions::chance(m.percentage))
+            .map(|m| m.cluster.clone())
+            .collect();
+        if !mirrors.is_empty() {
+            mirror::send(ctx, live, &head, mirrors, forward.timeout, &body);
+        }
+
+        let clock = tries::Clock {
+            request_end: &request_end,
+            route_timeout: forward.timeout,
+            first_try_at,
+        };
+        let tried = tries::run(
+            &cluster,
+            &mut head,
+            &mut body,
+            &forward.retry,
+            clock,
+            hash.as_ref().map(|k| k.hash),
+            ctx.http1_client,
+        )
+        .await;
+        let retried = tried.retried();
+        let answered_at = match &tried.ending {
+            Ending::Answered { at, .. } => Some(*at),
+            _ => None,
+        };
+        let answered = |answer: Answer| Outcome {
+            answer,
+            cluster: Some(cluster),
+            upstream: tried.endpoint,
+            answered_at,
+        };
+        let (mut response, took, retry_overflowed) = match tried.ending {
+            Ending::Answered {
+                response,
+                took,
+                retry_overflowed,
+                ..
+            } => (response, took, retry_overflowed),
+            Ending::NoEndpoint => return answered(LocalReply::no_healthy_upstream().into()),
+            Ending::TimedOut => return answered(LocalReply::route_timeout(retried).into()),
+            Ending::Failed(failure) => {
+                // The client's body broke off: the failure is the client's, and the rest of
+                // its body (if any) is not read, so the connection ends.
+                let reply = match body_failed.as_ref().and_then(|failed| failed.broken()) {
+                    Some(broken) => LocalReply::broken_body(broken).closing(),
+                    None => LocalReply::try_failed(failure, retried),
+                };
+                return answered(reply.into());
+            }
+        };
+
+        // The head's fields as the upstream sent them, when the client passed them so
+        // (`http1::passed`): the edits below go beside them, and only those that need more
+        // than an insert turn them into the map (`passed::whole`).
+        let mut passed = response.body_mut().take_passed();
+        // Envoy tells the client how long the upstream took (the last try, to its response
+        // headers), in milliseconds.
+        ResponseFields {
+            map: response.headers_mut(),
+            passed: &mut passed,
+        }
+        .insert_of(
+            passed::Kind::ServiceTime,
+            X_ENVOY_UPSTREAM_SERVICE_TIME,
+            millis(took.as_millis() as u64),
+        );
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && let Some(client_side) = downstream_upgrade {
+            let upstream_side = UpstreamBody::upgrade(&mut response);
+            let clocks = tunnel::Clocks {
+                idle: ctx.limits.stream_idle_timeout,
+                drain: drain.clone(),
+                websocket: true,
+            };
+            tokio::spawn(join_upgraded(client_side, upstream_side, clocks));
+        } else if passed
+            .as_deref_mut()
+            .is_none_or(|passed| passed.strip_hop_by_hop().is_err())
+        {
+            strip_hop_by_hop(passed::whole(response.headers_mut(), &mut passed));
+        }
+        for rules in [&forward.headers.response, &weighted.headers.response] {
+            if !rules.is_empty() {
+                rules.apply(passed::whole(response.headers_mut(), &mut passed));
+            }
+        }
+        if let Some((cors, origin)) = &cors_origin {
+            route_actions::cors_response_headers(
+                cors,
+                origin,
+                passed::whole(response.headers_mut(), &mut passed),
+            );
+        }
+        if let Some(cookie) = hash.and_then(|k| k.set_cookie) {
+            passed::whole(response.headers_mut(), &mut passed).append(header::SET_COOKIE, cookie);
+        }
+        let retried_status = retried
+            && route_actions::retriable_response(
+                &forward.retry.retry_on,
+                response.status(),
+                || {
+                    passed::get(
+                        response.headers(),
+                        passed.as_deref(),
+                        &route_actions::GRPC_STATUS,
+                    )
+                },
+            );
+        let flags = if retry_overflowed {
+            ResponseFlags::UPSTREAM_OVERFLOW
+        } else if retried_status {
+            ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+        } else {
+            fault_flags
+        };
+        // The route's timeout runs on to the end of the response (a tunnel has no end).
+        let response = (*response).map(|body| body.map_err(BoxError::from).boxed());
+        let response = match forward.timeout {
+            Some(timeout) if !switching => response.map(|body| {
+                DeadlineBody::new(body, route_clock::expiry(request_end, timeout)).boxed()
+            }),
+            _ => response,
+        };
+        answered(Answer::Upstream {
+            response,
+            passed,
+            flags,
+        })
+    }
 }
 
 /// A count of milliseconds as a header value; the usual few (a nearby upstream) without

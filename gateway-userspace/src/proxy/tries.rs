@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Empty};
 
 use super::{
     body::ProxyBody,
+    boxed,
     http1::Http1Client,
     replay::ReplayBody,
     route_actions::{self, TryFailure},
@@ -268,12 +269,5 @@ async fn send(
         .outgoing(cluster.protocol, client, body, last_try)
         .map_err(|_| TryFailure::ProtocolError)?;
     let authority = head.authority.as_bytes();
-    Box::pin(upstream::send(
-        cluster,
-        (endpoint, started),
-        request,
-        client,
-        authority,
-    ))
-    .await
+    boxed::pinned(|| upstream::send(cluster, (endpoint, started), request, client, authority)).await
 }

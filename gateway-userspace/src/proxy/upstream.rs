@@ -13,7 +13,10 @@ use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -56,8 +59,6 @@ const POOLED_READY_WAIT: Duration = Duration::from_millis(10);
 /// `max_response_headers_kb` is 60).
 const UPSTREAM_H1_MAX_BUF: usize = 64 * 1024;
 
-type Pools = HashMap<PoolKey, EndpointPool, FxBuildHasher>;
-
 /// Connections are shared by requests to the same endpoint, protocol and TLS settings
 /// (`UpstreamTls::key`, 0 for plaintext): two clusters that reach one endpoint with
 /// different client certificates never share a connection. On an auto-SNI cluster the
@@ -92,11 +93,72 @@ impl PoolKey {
 
 thread_local! {
     /// This worker thread's pools (each worker is a single-threaded runtime).
-    static POOLS: RefCell<Pools> = const { RefCell::new(HashMap::with_hasher(FxBuildHasher)) };
+    static POOLS: RefCell<Pools> = const {
+        RefCell::new(Pools {
+            ids: HashMap::with_hasher(FxBuildHasher),
+            slots: Vec::new(),
+            vacant: Vec::new(),
+        })
+    };
+}
+
+/// A worker's pools, each in a slot of its own: a request looks its key up once (at
+/// checkout), and its connection and response body keep the pool's place, so that
+/// giving the connection back (and counting it out) needs no hash of the 48-byte key.
+struct Pools {
+    ids: HashMap<PoolKey, PoolId, FxBuildHasher>,
+    /// None: a removed pool's slot, reused by the next new pool.
+    slots: Vec<Option<EndpointPool>>,
+    vacant: Vec<usize>,
+}
+
+/// A pool's slot, and its serial: a slot reused by another pool is told apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PoolId {
+    index: usize,
+    serial: u32,
+}
+
+/// Serials of pools, across threads.
+static POOL_SERIALS: AtomicU32 = AtomicU32::new(0);
+
+impl Pools {
+    /// The pool for `key`, made when there is none.
+    fn id(&mut self, key: PoolKey) -> PoolId {
+        let Pools { ids, slots, vacant } = self;
+        *ids.entry(key).or_insert_with(|| {
+            let serial = POOL_SERIALS.fetch_add(1, Ordering::Relaxed);
+            let pool = EndpointPool {
+                serial,
+                ..EndpointPool::default()
+            };
+            let index = match vacant.pop() {
+                Some(index) => {
+                    slots[index] = Some(pool);
+                    index
+                }
+                None => {
+                    slots.push(Some(pool));
+                    slots.len() - 1
+                }
+            };
+            PoolId { index, serial }
+        })
+    }
+
+    /// The pool `id` names, unless it has been removed.
+    fn get_mut(&mut self, id: PoolId) -> Option<&mut EndpointPool> {
+        self.slots
+            .get_mut(id.index)?
+            .as_mut()
+            .filter(|pool| pool.serial == id.serial)
+    }
 }
 
 #[derive(Default)]
 struct EndpointPool {
+    /// Tells this pool from an earlier one in its slot (`PoolId`).
+    serial: u32,
     /// HTTP/1.1 connections waiting for a request, most recently used last.
     idle: Vec<Pooled<Http1Connection>>,
     /// The shared HTTP/2 connection.
@@ -157,67 +219,77 @@ pub(super) enum Outgoing {
 /// is the request's Host as sent: an auto-SNI cluster's connection is opened for it.
 /// `started`: when the try began, read already (pooled connections' idle age is
 /// measured to it).
-pub(super) async fn send(
+///
+/// Not an async fn, and inlined, for the reason `forward_action::forward` gives (its box is
+/// `tries::send`'s).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+#[inline]
+pub(super) fn send(
     cluster: &LiveCluster<'_>,
     (endpoint, started): (SocketAddr, Instant),
     request: Outgoing,
     client: Http1Client,
     authority: &[u8],
-) -> Result<Answered, TryFailure> {
-    let sni = upstream_tls::auto_sni_host(cluster, authority);
-    let in_flight = cluster
-        .state
-        .breakers
-        .request(&cluster.connection_pool)
-        .ok_or(TryFailure::Overflow)?;
-    // The exchanges' futures are awaited pinned where they are made (`pin!`): awaited as
-    // values, each was made and then copied whole into this future (a memcpy per request).
-    let mut response = match (cluster.protocol, request) {
-        (UpstreamProtocol::Http1, Outgoing::Http1(request)) => {
-            std::pin::pin!(send_http1_own(cluster, (endpoint, started), request, sni)).await
-        }
-        (UpstreamProtocol::Http1, Outgoing::Request(request)) => match client {
-            Http1Client::Hyper => {
-                send_http1_hyper(cluster, (endpoint, started), request, sni).await
+) -> impl Future<Output = Result<Answered, TryFailure>> {
+    async move {
+        let sni = upstream_tls::auto_sni_host(cluster, authority);
+        let in_flight = cluster
+            .state
+            .breakers
+            .request(&cluster.connection_pool)
+            .ok_or(TryFailure::Overflow)?;
+        // The exchanges' futures are awaited pinned where they are made (`pin!`): awaited as
+        // values, each was made and then copied whole into this future (a memcpy per request).
+        let mut response = match (cluster.protocol, request) {
+            (UpstreamProtocol::Http1, Outgoing::Http1(request)) => {
+                std::pin::pin!(send_http1_own(cluster, (endpoint, started), request, sni)).await
             }
-            Http1Client::Own => {
-                std::pin::pin!(send_http1_own(
-                    cluster,
-                    (endpoint, started),
-                    request.into(),
-                    sni
-                ))
-                .await
+            (UpstreamProtocol::Http1, Outgoing::Request(request)) => match client {
+                Http1Client::Hyper => {
+                    send_http1_hyper(cluster, (endpoint, started), request, sni).await
+                }
+                Http1Client::Own => {
+                    std::pin::pin!(send_http1_own(
+                        cluster,
+                        (endpoint, started),
+                        request.into(),
+                        sni
+                    ))
+                    .await
+                }
+            },
+            (UpstreamProtocol::Http2, Outgoing::Request(request)) => {
+                send_http2(cluster, endpoint, request, sni).await
             }
-        },
-        (UpstreamProtocol::Http2, Outgoing::Request(request)) => {
-            send_http2(cluster, endpoint, request, sni).await
-        }
-        // An encoded HTTP/1.1 head is made only for HTTP/1.1 clusters (`tries::send`).
-        (UpstreamProtocol::Http2, Outgoing::Http1(_)) => Err(TryFailure::ProtocolError),
-    }?;
-    response.body_mut().in_flight = Some(in_flight);
-    Ok(response)
+            // An encoded HTTP/1.1 head is made only for HTTP/1.1 clusters (`tries::send`).
+            (UpstreamProtocol::Http2, Outgoing::Http1(_)) => Err(TryFailure::ProtocolError),
+        }?;
+        response.body_mut().in_flight = Some(in_flight);
+        Ok(response)
+    }
 }
 
 /// An HTTP/1.1 connection for one exchange: the most recently pooled live one, else a
 /// new one within `maxConnections`, else the first one a finished exchange frees (this
 /// request queued, within `http1MaxPendingRequests`, while `queued` holds its place).
-/// With how many requests it carried before, and whether it was pooled. `now`: the
-/// time, read already.
+/// With how many requests it carried before, whether it was pooled, and its pool.
+/// `now`: the time, read already.
 async fn acquire_http1(
     cluster: &LiveCluster<'_>,
     (endpoint, mut now): (SocketAddr, Instant),
     (key, sni): (PoolKey, Option<&[u8]>),
     client: Http1Client,
     queued: &mut Option<Slot>,
-) -> Result<(Http1Connection, u32, bool), TryFailure> {
+) -> Result<(Http1Connection, u32, bool, PoolId), TryFailure> {
     let limits = &cluster.connection_pool;
     loop {
-        if let Some(pooled) = checkout_http1(key, limits, now) {
-            return Ok((pooled.sender, pooled.served, true));
+        // Looked up again after each wait: the pool of an endpoint no cluster has any
+        // more is removed once nothing counts on it (`drain_pools_outside`).
+        let (pool, pooled) = checkout_http1(key, limits, now);
+        if let Some(pooled) = pooled {
+            return Ok((pooled.sender, pooled.served, true, pool));
         }
-        if let Some(slot) = new_connection_slot(cluster, key) {
+        if let Some(slot) = new_connection_slot(cluster, pool, key.protocol) {
             // Boxed: a connect's future holds a TLS handshake (rustls' whole connection
             // state) and is rare, while this future is moved with every request's.
             let connection = match client {
@@ -229,7 +301,7 @@ async fn acquire_http1(
                     open: slot,
                 }),
             };
-            return Ok((connection, 0, false));
+            return Ok((connection, 0, false, pool));
         }
         if queued.is_none() {
             *queued = Some(
@@ -240,7 +312,9 @@ async fn acquire_http1(
                     .ok_or(TryFailure::Overflow)?,
             );
         }
-        let freed = with_pool(key, |p| p.freed.clone());
+        let Some(freed) = with_pool(pool, |p| p.freed.clone()) else {
+            continue;
+        };
         freed.notified().await;
         now = Instant::now();
     }
@@ -269,7 +343,7 @@ async fn send_http1_own(
     let mut queued: Option<Slot> = None;
     loop {
         // Pinned where it is made, as in `send`.
-        let (connection, served, reused) = std::pin::pin!(acquire_http1(
+        let (connection, served, reused, pool) = std::pin::pin!(acquire_http1(
             cluster,
             (endpoint, started),
             (key, sni),
@@ -293,7 +367,7 @@ async fn send_http1_own(
                 };
                 let idle_timeout = limits.idle_timeout();
                 return Ok(Box::new(response.map(|body| {
-                    UpstreamBody::new(Inner::Own(body), key, Reuse::Own(reuse), idle_timeout)
+                    UpstreamBody::new(Inner::Own(body), pool, Reuse::Own(reuse), idle_timeout)
                 })));
             }
             Err(failed) => match failed.unsent {
@@ -321,7 +395,7 @@ async fn send_http1_hyper(
     // Held while this request waits for a connection.
     let mut queued: Option<Slot> = None;
     loop {
-        let (connection, served, reused) = acquire_http1(
+        let (connection, served, reused, pool) = acquire_http1(
             cluster,
             (endpoint, started),
             (key, sni),
@@ -353,7 +427,7 @@ async fn send_http1_hyper(
                 return Ok(Box::new(response.map(|body| {
                     UpstreamBody::new(
                         Inner::Hyper(body),
-                        key,
+                        pool,
                         Reuse::Hyper(connection),
                         idle_timeout,
                     )
@@ -383,13 +457,14 @@ async fn send_http2(
     // Held while this request waits for the worker's connection to be established.
     let mut queued: Option<Slot> = None;
     loop {
-        let (mut sender, reused) = match checkout_http2(key, limits, false) {
+        let pool = pool_id(key);
+        let (mut sender, reused) = match checkout_http2(pool, limits, false) {
             Some(sender) => (sender, true),
-            None => match new_connection_slot(cluster, key) {
+            None => match new_connection_slot(cluster, pool, key.protocol) {
                 Some(slot) => {
                     // Boxed, as in `acquire_http1`.
                     let sender = Box::pin(connect_http2(cluster, endpoint, slot, sni)).await?;
-                    with_pool(key, |pool| {
+                    with_pool(pool, |pool| {
                         pool.shared = Some(Pooled {
                             sender: sender.clone(),
                             since: Instant::now(),
@@ -403,7 +478,7 @@ async fn send_http2(
                 // At `maxConnections`: the connection that carried its
                 // `maxRequestsPerConnection` carries this one too rather than fail it;
                 // while the worker's connection is still being set up, wait for it.
-                None => match checkout_http2(key, limits, true) {
+                None => match checkout_http2(pool, limits, true) {
                     Some(sender) => (sender, true),
                     None => {
                         if queued.is_none() {
@@ -415,8 +490,9 @@ async fn send_http2(
                                     .ok_or(TryFailure::Overflow)?,
                             );
                         }
-                        let freed = with_pool(key, |p| p.freed.clone());
-                        freed.notified().await;
+                        if let Some(freed) = with_pool(pool, |p| p.freed.clone()) {
+                            freed.notified().await;
+                        }
                         continue;
                     }
                 },
@@ -426,12 +502,12 @@ async fn send_http2(
             Ok(response) => {
                 let idle_timeout = limits.idle_timeout();
                 return Ok(Box::new(response.map(|body| {
-                    UpstreamBody::new(Inner::Hyper(body), key, Reuse::None, idle_timeout)
+                    UpstreamBody::new(Inner::Hyper(body), pool, Reuse::None, idle_timeout)
                 })));
             }
             Err(mut failed) => match failed.take_message() {
                 Some(unsent) if reused => {
-                    with_pool(key, |pool| pool.shared = None);
+                    with_pool(pool, |pool| pool.shared = None);
                     request = unsent;
                 }
                 _ => return Err(classify(cluster, failed.error())),
@@ -443,21 +519,32 @@ async fn send_http2(
 /// The right to open a connection: within `maxConnections`, or beyond it when this
 /// worker has no connection to the endpoint at all (as Envoy's pools do, so requests
 /// queued here are not stranded by other workers' connections).
-fn new_connection_slot(cluster: &LiveCluster<'_>, key: PoolKey) -> Option<OpenConnection> {
+fn new_connection_slot(
+    cluster: &LiveCluster<'_>,
+    pool: PoolId,
+    protocol: UpstreamProtocol,
+) -> Option<OpenConnection> {
     let slot = match cluster.state.breakers.connection(&cluster.connection_pool) {
         Some(slot) => slot,
-        None if with_pool(key, |p| p.open) == 0 => cluster.state.breakers.connection_anyway(),
+        None if with_pool(pool, |p| p.open).is_none_or(|open| open == 0) => {
+            cluster.state.breakers.connection_anyway()
+        }
         None => return None,
     };
-    with_pool(key, |p| p.open += 1);
-    Some(OpenConnection { _slot: slot, key })
+    with_pool(pool, |p| p.open += 1);
+    Some(OpenConnection {
+        _slot: slot,
+        pool,
+        protocol,
+    })
 }
 
 /// One of this worker's connections to an endpoint, counted until its task ends (hyper)
 /// or its socket is closed (the codec's client).
 struct OpenConnection {
     _slot: Slot,
-    key: PoolKey,
+    pool: PoolId,
+    protocol: UpstreamProtocol,
 }
 
 impl Drop for OpenConnection {
@@ -466,10 +553,10 @@ impl Drop for OpenConnection {
         // gone (runtime shutdown); then there is nobody left to tell.
         let _ = POOLS.try_with(|pools| {
             if let Ok(mut pools) = pools.try_borrow_mut()
-                && let Some(pool) = pools.get_mut(&self.key)
+                && let Some(pool) = pools.get_mut(self.pool)
             {
                 pool.open = pool.open.saturating_sub(1);
-                match self.key.protocol {
+                match self.protocol {
                     // One HTTP/1.1 connection fewer: one queued request may open one.
                     UpstreamProtocol::Http1 => pool.freed.notify_one(),
                     // The shared connection failed or closed: everyone waiting looks again.
@@ -480,38 +567,53 @@ impl Drop for OpenConnection {
     }
 }
 
-fn with_pool<T>(key: PoolKey, f: impl FnOnce(&mut EndpointPool) -> T) -> T {
-    POOLS.with_borrow_mut(|pools| f(pools.entry(key).or_default()))
+/// The pool for `key` (made when there is none): the one lookup of a request's try.
+fn pool_id(key: PoolKey) -> PoolId {
+    POOLS.with_borrow_mut(|pools| pools.id(key))
 }
 
-/// The most recently used live idle connection; expired (idle too long at `now`) and
-/// closed ones are dropped.
+/// `f` on the pool `id` names; None when that pool has been removed.
+fn with_pool<T>(id: PoolId, f: impl FnOnce(&mut EndpointPool) -> T) -> Option<T> {
+    POOLS.with_borrow_mut(|pools| pools.get_mut(id).map(f))
+}
+
+/// The pool for `key`, and its most recently used live idle connection; expired (idle
+/// too long at `now`) and closed ones are dropped.
 fn checkout_http1(
     key: PoolKey,
     limits: &ConnectionPool,
     now: Instant,
-) -> Option<Pooled<Http1Connection>> {
+) -> (PoolId, Option<Pooled<Http1Connection>>) {
     let idle_timeout = limits.idle_timeout();
+    // The lookup and the first pop under one borrow of the pools.
+    let (pool, mut popped) = POOLS.with_borrow_mut(|pools| {
+        let id = pools.id(key);
+        (id, pools.get_mut(id).and_then(|pool| pool.idle.pop()))
+    });
     loop {
         // Looked at, and dropped if closed or expired, outside the pool's borrow: the
         // count of open connections a dropped one holds is given back through it.
-        let mut pooled = with_pool(key, |pool| pool.idle.pop())?;
+        let Some(mut pooled) = popped else {
+            return (pool, None);
+        };
         if !pooled.sender.is_closed() && now.saturating_duration_since(pooled.since) < idle_timeout
         {
-            return Some(pooled);
+            return (pool, Some(pooled));
         }
+        drop(pooled);
+        popped = with_pool(pool, |pool| pool.idle.pop()).flatten();
     }
 }
 
 /// The shared HTTP/2 connection while it is live, not idle too long and (unless
 /// `exhausted_ok`) under its `maxRequestsPerConnection`; counts the request on it.
 fn checkout_http2(
-    key: PoolKey,
+    pool: PoolId,
     limits: &ConnectionPool,
     exhausted_ok: bool,
 ) -> Option<http2::SendRequest<ProxyBody>> {
     let idle_timeout = limits.idle_timeout();
-    with_pool(key, |pool| {
+    with_pool(pool, |pool| {
         let shared = pool.shared.as_mut()?;
         if shared.sender.is_closed() || shared.since.elapsed() >= idle_timeout {
             pool.shared = None;
@@ -529,6 +631,7 @@ fn checkout_http2(
         shared.since = Instant::now();
         Some(shared.sender.clone())
     })
+    .flatten()
 }
 
 /// How often each worker looks for pooled connections to endpoints that went away.
@@ -561,7 +664,11 @@ pub(super) async fn sweep_removed_endpoints(live: Arc<arc_swap::ArcSwap<crate::r
 
 fn drain_pools_outside(current: &HashSet<SocketAddr, FxBuildHasher>) {
     POOLS.with_borrow_mut(|pools| {
-        pools.retain(|key, pool| {
+        let Pools { ids, slots, vacant } = pools;
+        ids.retain(|key, id| {
+            let Some(pool) = slots.get_mut(id.index).and_then(Option::as_mut) else {
+                return false;
+            };
             if current.contains(&key.endpoint) {
                 drop_closed_idle(pool);
                 return true;
@@ -576,7 +683,12 @@ fn drain_pools_outside(current: &HashSet<SocketAddr, FxBuildHasher>) {
             pool.shared = None;
             // Kept while connections are open or requests wait on `freed`: their
             // counts and wake-ups live here.
-            pool.open > 0 || Arc::strong_count(&pool.freed) > 1
+            let kept = pool.open > 0 || Arc::strong_count(&pool.freed) > 1;
+            if !kept {
+                slots[id.index] = None;
+                vacant.push(id.index);
+            }
+            kept
         });
     });
 }
@@ -601,7 +713,7 @@ fn drop_closed_idle(pool: &mut EndpointPool) {
 /// A connection back from a finished exchange. The oldest idle one is closed when it
 /// has been idle too long, so a pool that shrinks after a burst gives its connections
 /// back to the upstream without a sweeper.
-fn checkin_http1(key: PoolKey, mut sender: Http1Connection, served: u32, idle_timeout: Duration) {
+fn checkin_http1(pool: PoolId, mut sender: Http1Connection, served: u32, idle_timeout: Duration) {
     // Hyper's handle says so for free. The codec's connection was just read to the end of
     // its response: it is looked at again when checked out (or swept) before any use,
     // and a look here too cost a readiness poll per request.
@@ -612,7 +724,8 @@ fn checkin_http1(key: PoolKey, mut sender: Http1Connection, served: u32, idle_ti
     let now = Instant::now();
     // What is closed here is dropped after the pool's borrow (see `checkout_http1`).
     let mut closed = Vec::new();
-    with_pool(key, |pool| {
+    // A removed pool (its endpoint gone) takes nothing back: the connection closes.
+    with_pool(pool, |pool| {
         if pool
             .idle
             .first()
@@ -793,7 +906,7 @@ struct OwnReuse {
 /// as its framing is lost), and counts as a request in flight until then.
 pub(super) struct UpstreamBody {
     inner: Inner,
-    pool: PoolKey,
+    pool: PoolId,
     reuse: Reuse,
     idle_timeout: Duration,
     /// The cluster's count of requests in flight (`http2MaxRequests`).
@@ -807,7 +920,7 @@ pub(super) enum UpstreamUpgrade {
 }
 
 impl UpstreamBody {
-    fn new(inner: Inner, pool: PoolKey, reuse: Reuse, idle_timeout: Duration) -> Self {
+    fn new(inner: Inner, pool: PoolId, reuse: Reuse, idle_timeout: Duration) -> Self {
         let mut body = UpstreamBody {
             inner,
             pool,

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use super::field_line::written_as_a_line;
+use crate::proxy::boxed;
 
 /// Fields of a head passed as it came; a head with more becomes a map at once.
 pub(super) const MAX_FIELDS: usize = 32;
@@ -109,15 +110,40 @@ impl Pattern {
         let mut word = 0;
         while word < Self::word_count(self.len) {
             let at = Self::word_at(self.len, word);
-            let mut bytes = [0u8; 8];
-            let end = (at + 8).min(name.len());
-            bytes[..end - at].copy_from_slice(&name[at..end]);
-            if u64::from_le_bytes(bytes) | self.masks[word] != self.words[word] {
+            if Self::load(name, at) | self.masks[word] != self.words[word] {
                 return false;
             }
             word += 1;
         }
         true
+    }
+
+    /// The 8 bytes of `name` from `at` as a little-endian word; a name under 8 bytes is
+    /// one word, zero-filled as the pattern's. Loaded whole (or by 4, 2 and 1 bytes): a
+    /// copy into a zeroed array was a call per word.
+    #[inline]
+    fn load(name: &[u8], at: usize) -> u64 {
+        if let Some(bytes) = name
+            .get(at..at + 8)
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        {
+            return u64::from_le_bytes(bytes);
+        }
+        let rest = name.get(at..).unwrap_or_default();
+        let mut word = 0u64;
+        let mut i = 0;
+        if let Some(bytes) = rest.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+            word = u64::from(u32::from_le_bytes(bytes));
+            i = 4;
+        }
+        if let Some(bytes) = rest.get(i..i + 2).and_then(|b| <[u8; 2]>::try_from(b).ok()) {
+            word |= u64::from(u16::from_le_bytes(bytes)) << (8 * i);
+            i += 2;
+        }
+        if let Some(&byte) = rest.get(i) {
+            word |= u64::from(byte) << (8 * i);
+        }
+        word
     }
 }
 
@@ -260,7 +286,8 @@ impl Name<'_> {
 }
 
 /// Builds the passed fields of a head while the client reads its fields once, in their
-/// box (~750 bytes: built on the stack, they were copied into it).
+/// box (~750 bytes: built on the stack, they were copied into it; `boxed::made` writes
+/// them into it).
 pub(super) struct Builder {
     passed: Box<PassedFields>,
     len: usize,
@@ -271,7 +298,7 @@ pub(super) struct Builder {
 impl Builder {
     pub(super) fn new() -> Self {
         Builder {
-            passed: Box::new(PassedFields {
+            passed: boxed::made(|| PassedFields {
                 head: Bytes::new(),
                 fields: [NO_FIELD; MAX_FIELDS],
                 inserted: Default::default(),
@@ -474,6 +501,17 @@ impl PassedFields {
         value: HeaderValue,
     ) -> Result<(), (HeaderName, HeaderValue)> {
         let kind = Kind::of(name.as_str().as_bytes());
+        self.insert_of(kind, name, value)
+    }
+
+    /// `insert` of a name whose kind the caller knows (`Kind::of` it).
+    fn insert_of(
+        &mut self,
+        kind: Kind,
+        name: HeaderName,
+        value: HeaderValue,
+    ) -> Result<(), (HeaderName, HeaderValue)> {
+        debug_assert_eq!(kind, Kind::of(name.as_str().as_bytes()));
         self.hop_by_hop |= matches!(kind, Kind::HopByHop(_) | Kind::Upgrade);
         let slot = match self.position(kind, &name) {
             Some(at) => match self.order[at] {
@@ -610,6 +648,21 @@ impl ResponseFields<'_> {
         match self.passed.as_deref_mut() {
             Some(passed) => {
                 if let Err((name, value)) = passed.insert(name, value) {
+                    self.whole().insert(name, value);
+                }
+            }
+            None => {
+                self.map.insert(name, value);
+            }
+        }
+    }
+
+    /// As `insert`, of a name whose kind the caller knows (`Kind::of` it: the proxy's
+    /// own inserts, `server` and the service time, on every answer).
+    pub(in crate::proxy) fn insert_of(&mut self, kind: Kind, name: HeaderName, value: HeaderValue) {
+        match self.passed.as_deref_mut() {
+            Some(passed) => {
+                if let Err((name, value)) = passed.insert_of(kind, name, value) {
                     self.whole().insert(name, value);
                 }
             }

@@ -32,7 +32,7 @@ use super::{
     upgrade::{PendingUpgrade, Upgraded},
 };
 use crate::proxy::{
-    body::ClientBody, connection_log, context::ProxyContext, forward, limits::deadline_after,
+    body::ClientBody, boxed, connection_log, context::ProxyContext, forward, limits::deadline_after,
 };
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -105,7 +105,8 @@ where
                 let (mut reader, mut writer) = halves::split(&shared);
                 // Boxed for the time of the request: the handler's future is large, and the
                 // connection's own future (what an idle connection costs) must not be.
-                Box::pin(exchange(head, &mut reader, &mut writer, &mut buf, &client)).await
+                // Made in its box (`boxed::pinned`).
+                boxed::pinned(|| exchange(head, &mut reader, &mut writer, &mut buf, &client)).await
             };
             match exchange {
                 Exchanged::KeepAlive if !client.connection.drain().stopping() => {}
@@ -168,7 +169,16 @@ enum HeadRead {
 
 /// The connection's one timer, for the idle and header-read clocks; None until a head
 /// is waited for (a new connection's request that came with it needs none).
-struct Clock(Option<Pin<Box<Sleep>>>);
+struct Clock(Option<Timer>);
+
+/// The timer moves lazily: a later deadline is only noted, and the timer, when it runs
+/// out before it, is moved to it then. Moved to each request's idle deadline, it cost a
+/// reset in tokio's timer wheel per request (~300 instructions with the clock read).
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    /// When the clock runs out: the sleep's deadline or later.
+    deadline: Instant,
+}
 
 impl Clock {
     /// Runs out at `deadline` (the time read now plus `after`); returns the time read.
@@ -176,17 +186,37 @@ impl Clock {
         let now = Instant::now();
         let deadline = deadline_after(now, after);
         match &mut self.0 {
-            Some(timer) => timer.as_mut().reset(deadline),
-            None => self.0 = Some(Box::pin(sleep_until(deadline))),
+            Some(timer) => {
+                if deadline < timer.sleep.deadline() {
+                    timer.sleep.as_mut().reset(deadline);
+                }
+                timer.deadline = deadline;
+            }
+            None => {
+                self.0 = Some(Timer {
+                    sleep: Box::pin(sleep_until(deadline)),
+                    deadline,
+                });
+            }
         }
         now
     }
 
     /// The timer; `set` first.
     fn timer(&mut self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| match &mut self.0 {
-            Some(timer) => timer.as_mut().poll(cx),
-            None => Poll::Pending,
+        std::future::poll_fn(|cx| {
+            let Some(timer) = &mut self.0 else {
+                return Poll::Pending;
+            };
+            loop {
+                std::task::ready!(timer.sleep.as_mut().poll(cx));
+                if timer.sleep.deadline() >= timer.deadline {
+                    return Poll::Ready(());
+                }
+                // An earlier deadline, since moved on: the sleep goes on to the clock's.
+                let deadline = timer.deadline;
+                timer.sleep.as_mut().reset(deadline);
+            }
         })
     }
 }
@@ -330,108 +360,118 @@ enum Exchanged {
 ///
 /// The head comes boxed as it was read: unboxed, it would be copied out of its box and
 /// into this future's arguments (and its room kept in the future beside its fields).
-async fn exchange<R, W>(
+///
+/// Not an async fn, and inlined: made by a call (in another codegen unit), the future
+/// was made whole on the stack and then copied into the box `serve` keeps it in (a
+/// memcpy of its ~4 KB per request); made in `serve` (`boxed::pinned`), only its
+/// arguments are written, into the box. The block also uses the arguments in place (an
+/// async fn copies them into locals, rust-lang/rust#62958).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+#[inline]
+fn exchange<R, W>(
     head: Box<Head>,
     reader: &mut R,
     writer: &mut W,
     buf: &mut BytesMut,
     client: &Client,
-) -> Exchanged
+) -> impl Future<Output = Exchanged>
 where
     R: AsyncRead + IdleWait + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Head {
-        request,
-        framing,
-        keep_alive,
-        expect_continue,
-        upgrade,
-        facts,
-        ..
-    } = *head;
-    let method = request.method().clone();
-    let version = request.version();
-    let (mut pump, body, mut wanted) = BodyPump::new(framing, expect_continue);
-    let mut request = request.map(|()| ClientBody::Own(body));
-    let mut upgrade_sender = None;
-    if upgrade {
-        let (pending, sender) = PendingUpgrade::new();
-        request.extensions_mut().insert(pending);
-        upgrade_sender = Some(sender);
-    }
-    // In a block of its own: the handler's future (the largest part of this one) and
-    // the response's writer then share their room in this future's layout.
-    let forward::Answered { response, passed } = {
-        // Made inside `pin!`: made first into a local, the future was copied whole into
-        // the slot `pin!` keeps (the same below for the response's writer).
-        let mut handler = std::pin::pin!(client.connection.answer(request, facts));
-        loop {
-            let need_read = pump.advance(buf);
-            tokio::select! {
-                biased;
-                response = &mut handler => break response,
-                asked = async {
-                    match wanted.as_mut() {
-                        Some(wanted) => wanted.await.is_ok(),
-                        None => false,
+    async move {
+        let Head {
+            request,
+            framing,
+            keep_alive,
+            expect_continue,
+            upgrade,
+            facts,
+            ..
+        } = *head;
+        let method = request.method().clone();
+        let version = request.version();
+        let (mut pump, body, mut wanted) = BodyPump::new(framing, expect_continue);
+        let mut request = request.map(|()| ClientBody::Own(body));
+        let mut upgrade_sender = None;
+        if upgrade {
+            let (pending, sender) = PendingUpgrade::new();
+            request.extensions_mut().insert(pending);
+            upgrade_sender = Some(sender);
+        }
+        // In a block of its own: the handler's future (the largest part of this one) and
+        // the response's writer then share their room in this future's layout.
+        let forward::Answered { response, passed } = {
+            // Made inside `pin!`: made first into a local, the future was copied whole into
+            // the slot `pin!` keeps (the same below for the response's writer).
+            let mut handler = std::pin::pin!(client.connection.answer(request, facts));
+            loop {
+                let need_read = pump.advance(buf);
+                tokio::select! {
+                    biased;
+                    response = &mut handler => break response,
+                    asked = async {
+                        match wanted.as_mut() {
+                            Some(wanted) => wanted.await.is_ok(),
+                            None => false,
+                        }
+                    }, if wanted.is_some() => {
+                        wanted = None;
+                        if asked && writer.write_all(CONTINUE).await.is_err() {
+                            return Exchanged::Close;
+                        }
                     }
-                }, if wanted.is_some() => {
-                    wanted = None;
-                    if asked && writer.write_all(CONTINUE).await.is_err() {
-                        return Exchanged::Close;
+                    sent = pump.send(), if pump.pending.is_some() => sent,
+                    read = read_body(reader, buf), if need_read && wanted.is_none() => {
+                        pump.note_read(read);
                     }
                 }
-                sent = pump.send(), if pump.pending.is_some() => sent,
-                read = read_body(reader, buf), if need_read && wanted.is_none() => {
-                    pump.note_read(read);
+            }
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (method == Method::CONNECT && response.status().is_success());
+        let answering = Answering {
+            method: &method,
+            version,
+            // Draining: the answer says `Connection: close`, and the connection closes after it.
+            keep_alive: keep_alive && !client.connection.drain().stopping(),
+        };
+        // The 100 was never sent: the client still holds its body back.
+        let body_withheld = wanted.is_some();
+        let written = {
+            let mut write = std::pin::pin!(response::write(
+                writer,
+                response,
+                passed.as_deref(),
+                answering
+            ));
+            loop {
+                let need_read = !body_withheld && pump.advance(buf);
+                tokio::select! {
+                    biased;
+                    written = &mut write => break written,
+                    sent = pump.send(), if pump.pending.is_some() => sent,
+                    read = read_body(reader, buf), if need_read => pump.note_read(read),
                 }
             }
-        }
-    };
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS
-        || (method == Method::CONNECT && response.status().is_success());
-    let answering = Answering {
-        method: &method,
-        version,
-        // Draining: the answer says `Connection: close`, and the connection closes after it.
-        keep_alive: keep_alive && !client.connection.drain().stopping(),
-    };
-    // The 100 was never sent: the client still holds its body back.
-    let body_withheld = wanted.is_some();
-    let written = {
-        let mut write = std::pin::pin!(response::write(
-            writer,
-            response,
-            passed.as_deref(),
-            answering
-        ));
-        loop {
-            let need_read = !body_withheld && pump.advance(buf);
-            tokio::select! {
-                biased;
-                written = &mut write => break written,
-                sent = pump.send(), if pump.pending.is_some() => sent,
-                read = read_body(reader, buf), if need_read => pump.note_read(read),
+        };
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                debug!(error = %e, "response not written whole");
+                return Exchanged::Close;
             }
+        };
+        if switching && let Some(sender) = upgrade_sender {
+            return Exchanged::Upgrade(sender);
         }
-    };
-    let written = match written {
-        Ok(written) => written,
-        Err(e) => {
-            debug!(error = %e, "response not written whole");
+        if written == Written::Close || !pump.finished() {
+            // Unread body bytes (abandoned by the handler, or never asked for) would be
+            // read as the next request.
             return Exchanged::Close;
         }
-    };
-    if switching && let Some(sender) = upgrade_sender {
-        return Exchanged::Upgrade(sender);
+        Exchanged::KeepAlive
     }
-    if written == Written::Close || !pump.finished() {
-        // Unread body bytes (abandoned by the handler, or never asked for) would be
-        // read as the next request.
-        return Exchanged::Close;
-    }
-    Exchanged::KeepAlive
 }
 
 /// The request body's side of the connection loop: decodes frames out of the buffer and
