@@ -233,14 +233,13 @@ pub async fn serve(
         };
         // The connection's span only where debug logs are on: a disabled span still costs
         // its wrapper's enter and exit at every poll of the connection's task.
-        // Boxed: tokio moves a spawned future several times on its way into the task's
-        // cell, and writes its whole stage again when the task ends; a box is one copy.
+        // Boxed where it is made: tokio moves a spawned future several times on its way
+        // into the task's cell, and writes its whole stage again when the task ends.
         if tracing::enabled!(tracing::Level::DEBUG) {
-            tokio::spawn(Box::pin(
-                accepted.serve().instrument(debug_span!("conn", %peer)),
-            ));
+            let span = debug_span!("conn", %peer);
+            tokio::spawn(boxed::pinned(|| accepted.serve().instrument(span)));
         } else {
-            tokio::spawn(Box::pin(accepted.serve()));
+            tokio::spawn(boxed::pinned(|| accepted.serve()));
         }
     }
 
