@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use super::field_line::written_as_a_line;
+use super::field_line::{push_crlf, written_as_a_line};
 use crate::proxy::boxed;
 
 /// Fields of a head passed as it came; a head with more becomes a map at once.
@@ -265,11 +265,11 @@ impl Name<'_> {
             return;
         }
         self.push_to(out);
-        // Pushed: see `response::push_crlf`.
+        // Pushed: see `field_line::push_crlf`.
         out.push(b':');
         out.push(b' ');
         out.extend_from_slice(value);
-        super::response::push_crlf(out);
+        push_crlf(out);
     }
 
     /// The name, lowercase, onto `out`.

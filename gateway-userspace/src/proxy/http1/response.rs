@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::field_line::push_crlf;
 use super::passed::{self, CONNECTION, KEEP_ALIVE, Kind, Name, PassedFields, TRANSFER_ENCODING};
 
 /// Body bytes copied behind the head (or a chunk's size line) so that both go in one
@@ -366,13 +367,6 @@ fn push_content_length(out: &mut Vec<u8>, length: u64) {
     at -= NAME.len();
     line[at..at + NAME.len()].copy_from_slice(NAME);
     out.extend_from_slice(&line[at..]);
-}
-
-/// A line's end. Two pushes: `extend_from_slice` is a call and a `memcpy` call for two
-/// bytes, several times per head.
-pub(super) fn push_crlf(out: &mut Vec<u8>) {
-    out.push(b'\r');
-    out.push(b'\n');
 }
 
 fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
