@@ -32,7 +32,7 @@ use super::{
 use crate::{
     authz::{Attributes, HttpAttributes},
     metrics::{Destination, RequestKey},
-    route_table::RequestInfo,
+    route_table::{RequestInfo, Route},
     runtime::Live,
     snapshot::{Listener, LocalCors, RouteAction, Transport},
 };
@@ -75,6 +75,28 @@ fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static("-"))
 }
 
+/// The client's address as a header value, from this worker's last one when the client is
+/// the same (a busy client opens connection after connection): formatted and copied once
+/// per worker and address, and shared by count after (a fresh value was two allocations
+/// per connection, its copy and the count it took at its first clone).
+fn peer_ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((cached, value)) if *cached == ip => value.clone(),
+            _ => {
+                let value = ip_header_value(ip);
+                *last = Some((ip, value.clone()));
+                value
+            }
+        }
+    })
+}
+
 /// The `server` header of every answer, as Istio's gateways send it.
 const SERVER_NAME: &str = "istio-envoy";
 
@@ -104,7 +126,7 @@ impl Connection {
         ctx: Arc<ProxyContext>,
         tls: Option<(Arc<crate::tls::TlsConnectionInfo>, Arc<Transport>)>,
     ) -> Self {
-        let peer_ip = ip_header_value(peer.ip());
+        let peer_ip = peer_ip_value(peer.ip());
         Connection {
             peer,
             local,
@@ -377,35 +399,52 @@ impl Connection {
                     })
                     .await
                 }
-                RouteAction::Redirect(redirect) => {
-                    if let Some(preflight) = local_preflight(redirect.cors.as_deref(), &request) {
-                        return preflight.into();
-                    }
-                    let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
-                    let location = route_actions::redirect_location(
-                        redirect,
-                        self.scheme(),
-                        authority,
-                        path_and_query,
-                        &route.matches,
-                    );
-                    let mut reply = LocalReply::redirect(redirect, &location);
-                    reply.add_cors(
-                        redirect.cors.as_deref().map(|c| &c.policy),
-                        request.headers(),
-                    );
-                    reply.into()
-                }
-                RouteAction::DirectResponse(direct) => {
-                    if let Some(preflight) = local_preflight(direct.cors.as_deref(), &request) {
-                        return preflight.into();
-                    }
-                    let mut reply = LocalReply::direct_response(direct);
-                    reply.add_cors(direct.cors.as_deref().map(|c| &c.policy), request.headers());
-                    reply.into()
-                }
-                RouteAction::Unsupported(what) => LocalReply::unsupported(what).into(),
+                _ => self.local_action(route, &request, authority).into(),
             }
+        }
+    }
+
+    /// The answer of a route the gateway answers itself (a redirect, a direct response):
+    /// out of line, as the rare path it is, so the forward's stays small.
+    #[cold]
+    #[inline(never)]
+    fn local_action(
+        &self,
+        route: &Route<RouteAction>,
+        request: &Request<ClientBody>,
+        authority: &str,
+    ) -> LocalReply {
+        match &route.action {
+            RouteAction::Redirect(redirect) => {
+                if let Some(preflight) = local_preflight(redirect.cors.as_deref(), request) {
+                    return preflight;
+                }
+                let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                let location = route_actions::redirect_location(
+                    redirect,
+                    self.scheme(),
+                    authority,
+                    path_and_query,
+                    &route.matches,
+                );
+                let mut reply = LocalReply::redirect(redirect, &location);
+                reply.add_cors(
+                    redirect.cors.as_deref().map(|c| &c.policy),
+                    request.headers(),
+                );
+                reply
+            }
+            RouteAction::DirectResponse(direct) => {
+                if let Some(preflight) = local_preflight(direct.cors.as_deref(), request) {
+                    return preflight;
+                }
+                let mut reply = LocalReply::direct_response(direct);
+                reply.add_cors(direct.cors.as_deref().map(|c| &c.policy), request.headers());
+                reply
+            }
+            RouteAction::Unsupported(what) => LocalReply::unsupported(what),
+            // Forwarded by the caller.
+            RouteAction::Forward(_) => LocalReply::no_route(),
         }
     }
 
@@ -519,7 +558,7 @@ fn local_preflight<B>(cors: Option<&LocalCors>, request: &Request<B>) -> Option<
 mod tests {
     use std::net::{IpAddr, Ipv6Addr};
 
-    use super::ip_header_value;
+    use super::{ip_header_value, peer_ip_value};
 
     #[test]
     fn addresses_become_header_values_as_written() {
@@ -541,5 +580,23 @@ mod tests {
                 Some(ip.to_string().as_str())
             );
         }
+    }
+
+    #[test]
+    fn a_worker_s_peer_address_value_is_the_address_s() {
+        let first = IpAddr::from([10, 0, 0, 7]);
+        let second = IpAddr::from(Ipv6Addr::LOCALHOST);
+        // The same address again (from the cache), another one, and the first again.
+        for ip in [first, first, second, second, first] {
+            assert_eq!(
+                peer_ip_value(ip).to_str().ok(),
+                Some(ip.to_string().as_str())
+            );
+        }
+        // The cached value is shared, not copied: the same bytes.
+        assert_eq!(
+            peer_ip_value(first).as_bytes().as_ptr(),
+            peer_ip_value(first).as_bytes().as_ptr()
+        );
     }
 }

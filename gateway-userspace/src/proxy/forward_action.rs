@@ -10,7 +10,7 @@ use hyper::body::Body as _;
 use hyper_util::rt::TokioIo;
 
 use super::{
-    body::{BoxError, ClientBody, DownstreamBody},
+    body::{ClientBody, DownstreamBody},
     context::ProxyContext,
     flags::ResponseFlags,
     hash_key,
@@ -25,7 +25,7 @@ use super::{
     outcome::{Answer, Outcome},
     replay::ReplayBody,
     route_actions,
-    route_clock::{self, DeadlineBody, RequestEnd},
+    route_clock::{self, RequestEnd},
     tries::{self, Ending, RequestBody},
     tunnel,
     upstream::{UpstreamBody, UpstreamUpgrade},
@@ -135,12 +135,18 @@ pub(super) fn forward<'s>(
                 downstream.peer,
             )
         });
-        let (parts, body) = request.into_parts();
         let Some(mut head) = UpstreamHead::new(
-            parts, fields, route, forward, weighted, downstream, is_upgrade,
+            &mut request,
+            fields,
+            route,
+            forward,
+            weighted,
+            downstream,
+            is_upgrade,
         ) else {
             return LocalReply::bad_request().into();
         };
+        let body = request.into_body();
 
         // Only a request with a body can break off (no allocation for the others).
         let mut body_failed = None;
@@ -295,17 +301,17 @@ pub(super) fn forward<'s>(
             fault_flags
         };
         // The route's timeout runs on to the end of the response (a tunnel has no end).
-        let response = (*response).map(|body| body.map_err(BoxError::from).boxed());
-        let response = match forward.timeout {
-            Some(timeout) if !switching => response.map(|body| {
-                DeadlineBody::new(body, route_clock::expiry(request_end, timeout)).boxed()
-            }),
-            _ => response,
+        let expiry = match forward.timeout {
+            Some(timeout) if !switching => {
+                Some(Box::pin(route_clock::expiry(request_end, timeout)) as route_clock::Expiry)
+            }
+            _ => None,
         };
         answered(Answer::Upstream {
             response,
             passed,
             flags,
+            expiry,
         })
     }
 }

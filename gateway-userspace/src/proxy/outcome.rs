@@ -5,9 +5,15 @@
 use std::{net::SocketAddr, time::Instant};
 
 use http::Response;
+use http_body_util::BodyExt;
 
 use super::{
-    body::ProxyBody, flags::ResponseFlags, http1::passed::PassedFields, local_reply::LocalReply,
+    body::{BoxError, ProxyBody},
+    flags::ResponseFlags,
+    http1::passed::PassedFields,
+    local_reply::LocalReply,
+    route_clock::{DeadlineBody, Expiry},
+    upstream,
 };
 use crate::runtime::LiveCluster;
 
@@ -24,14 +30,20 @@ pub(super) struct Outcome<'a> {
 
 pub(super) enum Answer {
     /// An upstream's response, with what the flags say of how it came (`URX`, `UO`, `DI`).
+    /// Its body becomes the client's (`into_response`) after the futures return it: the
+    /// answer they move is a few words, not a response (~130 bytes) per level.
     Upstream {
-        response: Response<ProxyBody>,
+        response: upstream::Answered,
         /// The upstream head's fields when passed as they came (`http1::passed`): the
         /// response's map is empty then.
         passed: Option<Box<PassedFields>>,
         flags: ResponseFlags,
+        /// The route timeout's expiry, which the response body's end must beat.
+        expiry: Option<Expiry>,
     },
-    Local(LocalReply),
+    /// Boxed: the gateway's own answers are rare, and a reply is bigger than the rest of
+    /// an answer.
+    Local(Box<LocalReply>),
 }
 
 impl Answer {
@@ -49,13 +61,34 @@ impl Answer {
                 response,
                 passed,
                 flags,
-            } => (response, passed, flags),
-            Answer::Local(reply) => {
-                let flags = reply.flags;
-                (reply.into_response(request_is_grpc), None, flags)
+                expiry,
+            } => {
+                let response = (*response).map(|body| body.map_err(BoxError::from).boxed());
+                let response = match expiry {
+                    Some(expiry) => response.map(|body| DeadlineBody::new(body, expiry).boxed()),
+                    None => response,
+                };
+                (response, passed, flags)
             }
+            Answer::Local(reply) => local_response(*reply, request_is_grpc),
         }
     }
+}
+
+/// A local reply's response: out of line, so that the common (upstream) answer's code
+/// stays small.
+#[cold]
+#[inline(never)]
+fn local_response(
+    reply: LocalReply,
+    request_is_grpc: bool,
+) -> (
+    Response<ProxyBody>,
+    Option<Box<PassedFields>>,
+    ResponseFlags,
+) {
+    let flags = reply.flags;
+    (reply.into_response(request_is_grpc), None, flags)
 }
 
 impl Answer {
@@ -69,19 +102,39 @@ impl Answer {
 }
 
 impl From<LocalReply> for Answer {
+    #[cold]
+    #[inline(never)]
     fn from(reply: LocalReply) -> Self {
-        Answer::Local(reply)
+        Answer::Local(Box::new(reply))
     }
 }
 
 /// An answer given before any cluster was chosen.
 impl From<LocalReply> for Outcome<'_> {
+    #[cold]
+    #[inline(never)]
     fn from(reply: LocalReply) -> Self {
         Outcome {
-            answer: Answer::Local(reply),
+            answer: Answer::Local(Box::new(reply)),
             cluster: None,
             upstream: None,
             answered_at: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    /// Every future between the forward and the connection moves the outcome: a response
+    /// in it (rather than its box) or an unboxed local reply made it twice as big.
+    #[test]
+    fn an_outcome_is_a_few_words() {
+        assert!(
+            std::mem::size_of::<Outcome<'_>>() <= 128,
+            "{}",
+            std::mem::size_of::<Outcome<'_>>()
+        );
     }
 }

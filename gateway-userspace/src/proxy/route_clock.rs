@@ -77,8 +77,11 @@ impl RequestEndMark {
 /// (Envoy resets the stream: the status has gone, so the client sees a truncated body).
 pub(super) struct DeadlineBody<B> {
     inner: B,
-    expiry: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+    expiry: Expiry,
 }
+
+/// The route timeout's expiry, boxed (`expiry`'s future).
+pub(super) type Expiry = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 /// The route timeout's expiry as a future, for `DeadlineBody`.
 #[allow(
@@ -95,11 +98,9 @@ pub(super) fn expiry(end: RequestEnd, timeout: Duration) -> impl Future<Output =
 pub(super) struct ResponseTimedOut;
 
 impl<B> DeadlineBody<B> {
-    pub(super) fn new(inner: B, expiry: impl Future<Output = ()> + Send + Sync + 'static) -> Self {
-        DeadlineBody {
-            inner,
-            expiry: Box::pin(expiry),
-        }
+    /// `expiry` comes boxed (`Expiry`): the answer carries it so until its body is made.
+    pub(super) fn new(inner: B, expiry: Expiry) -> Self {
+        DeadlineBody { inner, expiry }
     }
 }
 

@@ -86,18 +86,18 @@ pub(super) struct UpstreamHead {
 /// the inserts had.
 #[derive(Clone, Default)]
 pub(super) struct Appended {
-    forwarded_for: Option<HeaderValue>,
-    forwarded_proto: Option<HeaderValue>,
+    /// The client's address: the value of x-forwarded-for and of
+    /// x-envoy-external-address, whichever of them are appended (one value, one count).
+    peer_ip: Option<HeaderValue>,
+    forwarded_for: bool,
+    external_address: bool,
+    /// The scheme: static text, no value made.
+    forwarded_proto: Option<&'static str>,
     request_id: Option<RequestId>,
-    external_address: Option<HeaderValue>,
 }
 
 /// Room for the encoded forwarding headers: their names, an id, two IPv6 addresses.
 const APPENDED_ROOM: usize = 256;
-
-fn value_bytes(value: &Option<HeaderValue>) -> Option<&[u8]> {
-    value.as_ref().map(HeaderValue::as_bytes)
-}
 
 /// `Appended::encode`'s room and how much of it is written.
 struct Room<'r> {
@@ -125,19 +125,34 @@ impl Room<'_> {
 }
 
 impl Appended {
+    /// x-forwarded-for appended, the client's address.
+    fn forwarded_for(&mut self, peer_ip: &HeaderValue) {
+        self.forwarded_for = true;
+        self.peer_ip.get_or_insert_with(|| peer_ip.clone());
+    }
+
+    /// x-envoy-external-address appended, the client's address.
+    fn external_address(&mut self, peer_ip: &HeaderValue) {
+        self.external_address = true;
+        self.peer_ip.get_or_insert_with(|| peer_ip.clone());
+    }
+
     /// The fields, as name and value, in their order.
     pub(super) fn fields(&self) -> impl Iterator<Item = (&'static str, &[u8])> + Clone {
+        let peer_ip = |appended: bool| {
+            self.peer_ip
+                .as_ref()
+                .filter(|_| appended)
+                .map(HeaderValue::as_bytes)
+        };
         [
-            ("x-forwarded-for", value_bytes(&self.forwarded_for)),
-            ("x-forwarded-proto", value_bytes(&self.forwarded_proto)),
+            ("x-forwarded-for", peer_ip(self.forwarded_for)),
+            ("x-forwarded-proto", self.forwarded_proto.map(str::as_bytes)),
             (
                 "x-request-id",
                 self.request_id.as_ref().map(RequestId::as_bytes),
             ),
-            (
-                "x-envoy-external-address",
-                value_bytes(&self.external_address),
-            ),
+            ("x-envoy-external-address", peer_ip(self.external_address)),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.map(|value| (name, value)))
@@ -147,14 +162,18 @@ impl Appended {
     /// they do not fit.
     fn encode<'r>(&self, room: &'r mut [u8; APPENDED_ROOM]) -> Option<&'r [u8]> {
         let mut out = Room { room, len: 0 };
-        if let Some(value) = &self.forwarded_for {
+        let peer_ip = self
+            .peer_ip
+            .as_ref()
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        if self.forwarded_for {
             out.fixed(b"x-forwarded-for: ")?;
-            out.bytes(value.as_bytes())?;
+            out.bytes(peer_ip)?;
             out.fixed(b"\r\n")?;
         }
-        if let Some(value) = &self.forwarded_proto {
+        if let Some(scheme) = self.forwarded_proto {
             out.fixed(b"x-forwarded-proto: ")?;
-            out.bytes(value.as_bytes())?;
+            out.bytes(scheme.as_bytes())?;
             out.fixed(b"\r\n")?;
         }
         if let Some(id) = &self.request_id {
@@ -162,9 +181,9 @@ impl Appended {
             out.fixed(&id.0)?;
             out.fixed(b"\r\n")?;
         }
-        if let Some(value) = &self.external_address {
+        if self.external_address {
             out.fixed(b"x-envoy-external-address: ")?;
-            out.bytes(value.as_bytes())?;
+            out.bytes(peer_ip)?;
             out.fixed(b"\r\n")?;
         }
         out.room.get(..out.len)
@@ -178,11 +197,14 @@ impl Appended {
             X_REQUEST_ID,
             X_ENVOY_EXTERNAL_ADDRESS,
         ];
+        let peer_ip = self.peer_ip.take();
         let values = [
-            self.forwarded_for.take(),
-            self.forwarded_proto.take(),
+            peer_ip
+                .clone()
+                .filter(|_| std::mem::take(&mut self.forwarded_for)),
+            self.forwarded_proto.take().map(HeaderValue::from_static),
             self.request_id.take().map(|id| id.value()),
-            self.external_address.take(),
+            peer_ip.filter(|_| std::mem::take(&mut self.external_address)),
         ];
         for (name, value) in names.into_iter().zip(values) {
             if let Some(value) = value {
@@ -302,8 +324,11 @@ impl UpstreamHead {
     /// The request as the upstream gets it: same method, path, Host and body unless the
     /// route rewrites them; hop-by-hop headers removed; forwarding headers set as Istio's
     /// gateway sets them; then the route's and the destination's header operations.
-    pub(super) fn new(
-        parts: http::request::Parts,
+    ///
+    /// The request is taken by reference (its method and headers taken out of it): moved
+    /// in whole, its parts were copied per request.
+    pub(super) fn new<B>(
+        request: &mut Request<B>,
         mut fields: Option<Box<RequestFields>>,
         route: &Route<RouteAction>,
         forward: &Forward,
@@ -327,26 +352,27 @@ impl UpstreamHead {
         let rewrite = weighted.rewrite.as_ref().or(forward.rewrite.as_ref());
         let path_and_query = match rewrite.and_then(|r| r.path.as_ref()) {
             Some(rewrite) => {
-                let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
                 let rewritten =
                     route_actions::rewrite_path_and_query(rewrite, original, &route.matches);
                 PathAndQuery::try_from(rewritten).ok()?
             }
-            None => parts
-                .uri
+            None => request
+                .uri()
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         let no_rules = forward.headers.request.is_empty() && weighted.headers.request.is_empty();
-        let mut headers = parts.headers;
+        let method = std::mem::take(request.method_mut());
+        let mut headers = std::mem::take(request.headers_mut());
         if no_rules
             && !is_upgrade
             && let Some(fields) = fields.take()
         {
             return edit_fields(
                 fields,
-                parts.method,
+                method,
                 path_and_query,
                 rewrite.and_then(|r| r.authority.as_deref()),
                 downstream,
@@ -392,12 +418,12 @@ impl UpstreamHead {
             host = Some(new_host);
         }
         if no_rules && !carried.forwarded_for {
-            appended.forwarded_for = Some(peer_ip.clone());
+            appended.forwarded_for(peer_ip);
         } else {
             forwarded_for(&mut headers, peer_ip);
         }
         if no_rules && !carried.forwarded_proto {
-            appended.forwarded_proto = Some(HeaderValue::from_static(scheme));
+            appended.forwarded_proto = Some(scheme);
         } else {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         }
@@ -424,7 +450,7 @@ impl UpstreamHead {
             headers.insert(X_REQUEST_ID, request_id.value());
         }
         if no_rules && !carried.external_address {
-            appended.external_address = Some(peer_ip.clone());
+            appended.external_address(peer_ip);
         } else {
             headers.insert(X_ENVOY_EXTERNAL_ADDRESS, peer_ip.clone());
         }
@@ -436,7 +462,7 @@ impl UpstreamHead {
             host = headers.get(header::HOST).cloned();
         }
         Some(UpstreamHead {
-            method: parts.method,
+            method,
             path_and_query,
             authority: host?,
             headers,
@@ -506,12 +532,12 @@ fn edit_fields(
             }
         }
         Some(_) => fields.insert("x-forwarded-for", peer_ip.clone()),
-        None => appended.forwarded_for = Some(peer_ip.clone()),
+        None => appended.forwarded_for(peer_ip),
     }
     if carried(&fields, "x-forwarded-proto") {
         fields.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     } else {
-        appended.forwarded_proto = Some(HeaderValue::from_static(scheme));
+        appended.forwarded_proto = Some(scheme);
     }
     // Envoy's SANITIZE_SET (Istio's gateway default): never trust the client's XFCC.
     match client_cert.and_then(|cert| HeaderValue::from_str(cert).ok()) {
@@ -529,7 +555,7 @@ fn edit_fields(
     if carried(&fields, "x-envoy-external-address") {
         fields.insert("x-envoy-external-address", peer_ip.clone());
     } else {
-        appended.external_address = Some(peer_ip.clone());
+        appended.external_address(peer_ip);
     }
     Some(UpstreamHead {
         method,
@@ -766,10 +792,11 @@ mod tests {
             headers,
             fields: None,
             appended: Appended {
-                forwarded_for: Some(HeaderValue::from_static("10.0.0.1")),
-                forwarded_proto: Some(HeaderValue::from_static("http")),
+                peer_ip: Some(HeaderValue::from_static("10.0.0.1")),
+                forwarded_for: true,
+                external_address: true,
+                forwarded_proto: Some("http"),
                 request_id: Some(request_id),
-                external_address: Some(HeaderValue::from_static("10.0.0.1")),
             },
         }
     }

@@ -147,7 +147,25 @@ impl Pattern {
     }
 }
 
+/// `len`'s bit in `PassedFields::lengths` (lengths from 63 on share one).
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
 impl Kind {
+    /// The kind's bit in `PassedFields::kinds` (`Other` has none: its names go by length).
+    fn bit(self) -> u16 {
+        match self {
+            Kind::Other => 0,
+            Kind::Date => 1 << 0,
+            Kind::ContentLength => 1 << 1,
+            Kind::Upgrade => 1 << 2,
+            Kind::Server => 1 << 3,
+            Kind::ServiceTime => 1 << 4,
+            Kind::HopByHop(index) => 1 << (5 + (index & 7)),
+        }
+    }
+
     /// `name` as it came (any case).
     pub(in crate::proxy) fn of(name: &[u8]) -> Kind {
         const TE: Pattern = Pattern::new("te");
@@ -222,6 +240,11 @@ pub(in crate::proxy) struct PassedFields {
     /// Some entry may be hop-by-hop: the strip has nothing to do when none is (most
     /// answers; the client drops Connection and Keep-Alive itself).
     hop_by_hop: bool,
+    /// The kinds (`Kind::bit`) and the lengths of the `Other` names (`length_bit`) the
+    /// entries may have, for look-ups that find nothing without a scan: every response's
+    /// `grpc-status` (the retry policy's), and an insert of a name the head lacks.
+    kinds: u16,
+    lengths: u64,
 }
 
 impl std::fmt::Debug for PassedFields {
@@ -306,6 +329,8 @@ impl Builder {
                 entries: 0,
                 length: None,
                 hop_by_hop: false,
+                kinds: 0,
+                lengths: 0,
             }),
             len: 0,
             passable: true,
@@ -344,6 +369,7 @@ impl Builder {
         let value_start = usize::from(value_at);
         let line = written_as_a_line(head, name_end, (value_start, value_start + value.len()));
         self.passed.hop_by_hop |= matches!(kind, Kind::HopByHop(_) | Kind::Upgrade);
+        self.passed.note(kind, name.len());
         let fields = &mut self.passed.fields;
         fields[self.len] = Field {
             name: (name_at, name.len() as u16),
@@ -471,14 +497,29 @@ impl PassedFields {
         self.length
     }
 
+    /// An entry of `kind`, with a name of `len` bytes, may be among the entries.
+    fn note(&mut self, kind: Kind, len: usize) {
+        match kind {
+            Kind::Other => self.lengths |= length_bit(len),
+            kind => self.kinds |= kind.bit(),
+        }
+    }
+
     /// Where `name` (of `kind`, `Kind::of` it) is in the order. A name the proxy knows
     /// by its kind (each kind but `Other` is one name, and a passed head has each name
     /// once) is found by it, without comparing names; others by name, length first.
+    /// Neither is looked for when no entry has that kind or length.
     fn position(&self, kind: Kind, name: &HeaderName) -> Option<usize> {
         if kind != Kind::Other {
+            if self.kinds & kind.bit() == 0 {
+                return None;
+            }
             return self.entries().iter().position(|&e| self.kind(e) == kind);
         }
         let wanted = name.as_str().as_bytes();
+        if self.lengths & length_bit(wanted.len()) == 0 {
+            return None;
+        }
         self.entries().iter().position(|&entry| match entry {
             Entry::Field(at) => {
                 let field = &self.fields[usize::from(at)];
@@ -526,6 +567,7 @@ impl PassedFields {
         let Some(free) = self.inserted.iter().position(Option::is_none) else {
             return Err((name, value));
         };
+        self.note(kind, name.as_str().len());
         self.inserted[free] = Some((name, value, kind));
         let entry = Entry::Inserted(free as u8);
         match slot {

@@ -174,8 +174,9 @@ pub(in crate::proxy) fn plain_route_head(
         upgrade_asked: false,
         started: std::time::Instant::now(),
     };
+    let mut request = http::Request::from_parts(parts, ());
     UpstreamHead::new(
-        parts,
+        &mut request,
         fields,
         &route,
         &forward,
