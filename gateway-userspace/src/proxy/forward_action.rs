@@ -28,13 +28,13 @@ use super::{
     route_clock::{self, RequestEnd},
     tries::{self, Ending, RequestBody},
     tunnel,
-    upstream::{UpstreamBody, UpstreamUpgrade},
+    upstream::{self, UpstreamBody, UpstreamUpgrade},
     upstream_head::{Downstream, UpstreamHead, strip_hop_by_hop},
 };
 use crate::{
     route_table::Route,
     runtime::Live,
-    snapshot::{Cluster, Forward, RouteAction},
+    snapshot::{Cluster, CorsPolicy, Forward, Redirect, RouteAction, WeightedCluster},
 };
 
 const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
@@ -60,27 +60,13 @@ pub(super) fn forward<'s>(
     async move {
         // `fields`: the request's head as it came, when the codec kept it so; what reads
         // headers by name below takes the whole map first.
-        if forward.cors.is_some() {
-            request_fields::whole(request.headers_mut(), &mut fields);
-        }
-        let cors_origin = forward.cors.as_ref().and_then(|cors| {
-            route_actions::allowed_origin(cors, request.headers()).map(|o| (cors, o.clone()))
-        });
-        // Envoy's CORS filter answers a preflight it allows, and one it does not allow when
-        // told not to pass those on; other preflights go to the upstream.
-        if let Some(cors) = &forward.cors
-            && route_actions::is_preflight(request.method(), request.headers())
-        {
-            match &cors_origin {
-                Some((_, origin)) => {
-                    return LocalReply::preflight(cors, Some(origin), request.headers()).into();
-                }
-                None if forward.cors_answers_unmatched_preflights => {
-                    return LocalReply::preflight(cors, None, request.headers()).into();
-                }
-                None => {}
-            }
-        }
+        let cors_origin = match &forward.cors {
+            Some(cors) => match cors_check(cors, forward, &mut request, &mut fields) {
+                Ok(origin) => origin.map(|origin| (cors, origin)),
+                Err(preflight) => return preflight.into(),
+            },
+            None => None,
+        };
 
         let mut fault_flags = ResponseFlags::NONE;
         if let Some(fault) = &forward.fault {
@@ -105,15 +91,7 @@ pub(super) fn forward<'s>(
             return LocalReply::invalid_backend().into();
         }
         if let Some(redirect) = &weighted.redirect {
-            let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            let location = route_actions::redirect_location(
-                redirect,
-                downstream.scheme,
-                downstream.authority,
-                path_and_query,
-                &route.matches,
-            );
-            return LocalReply::redirect(redirect, &location).into();
+            return backend_redirect(redirect, &request, route, downstream).into();
         }
         let Some(cluster) = live.cluster(&weighted.cluster) else {
             return LocalReply::no_healthy_upstream().into();
@@ -180,14 +158,8 @@ pub(super) fn forward<'s>(
             (request_end, body)
         };
 
-        let mirrors: Vec<Arc<Cluster>> = forward
-            .mirrors
-            .iter()
-            .filter(|m| route_actions::chance(m.percentage))
-            .map(|m| m.cluster.clone())
-            .collect();
-        if !mirrors.is_empty() {
-            mirror::send(ctx, live, &head, mirrors, forward.timeout, &body);
+        if !forward.mirrors.is_empty() {
+            send_mirrors(ctx, live, &head, forward, &body);
         }
 
         let clock = tries::Clock {
@@ -253,33 +225,26 @@ pub(super) fn forward<'s>(
         );
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching && let Some(client_side) = downstream_upgrade {
-            let upstream_side = UpstreamBody::upgrade(&mut response);
-            let clocks = tunnel::Clocks {
-                idle: ctx.limits.stream_idle_timeout,
-                drain: drain.clone(),
-                websocket: true,
-            };
-            tokio::spawn(join_upgraded(client_side, upstream_side, clocks));
+            spawn_upgraded(ctx, drain, client_side, &mut response);
         } else if passed
             .as_deref_mut()
             .is_none_or(|passed| passed.strip_hop_by_hop().is_err())
         {
             strip_hop_by_hop(passed::whole(response.headers_mut(), &mut passed));
         }
-        for rules in [&forward.headers.response, &weighted.headers.response] {
-            if !rules.is_empty() {
-                rules.apply(passed::whole(response.headers_mut(), &mut passed));
-            }
-        }
-        if let Some((cors, origin)) = &cors_origin {
-            route_actions::cors_response_headers(
-                cors,
-                origin,
+        let cookie = hash.and_then(|k| k.set_cookie);
+        if !forward.headers.response.is_empty()
+            || !weighted.headers.response.is_empty()
+            || cors_origin.is_some()
+            || cookie.is_some()
+        {
+            edit_response(
                 passed::whole(response.headers_mut(), &mut passed),
+                forward,
+                weighted,
+                cors_origin.as_ref(),
+                cookie,
             );
-        }
-        if let Some(cookie) = hash.and_then(|k| k.set_cookie) {
-            passed::whole(response.headers_mut(), &mut passed).append(header::SET_COOKIE, cookie);
         }
         let retried_status = retried
             && route_actions::retriable_response(
@@ -313,6 +278,125 @@ pub(super) fn forward<'s>(
             flags,
             expiry,
         })
+    }
+}
+
+/// The route's CORS policy on the request: the allowed origin, if any, or (Err) the
+/// preflight answer. Out of line: most routes have no policy.
+#[inline(never)]
+fn cors_check(
+    cors: &CorsPolicy,
+    forward: &Forward,
+    request: &mut Request<ClientBody>,
+    fields: &mut Option<Box<RequestFields>>,
+) -> Result<Option<HeaderValue>, Box<LocalReply>> {
+    // `fields`: the request's head as it came, when the codec kept it so; what reads
+    // headers by name takes the whole map first.
+    request_fields::whole(request.headers_mut(), fields);
+    let origin = route_actions::allowed_origin(cors, request.headers()).cloned();
+    // Envoy's CORS filter answers a preflight it allows, and one it does not allow when
+    // told not to pass those on; other preflights go to the upstream.
+    if route_actions::is_preflight(request.method(), request.headers()) {
+        match &origin {
+            Some(origin) => {
+                return Err(Box::new(LocalReply::preflight(
+                    cors,
+                    Some(origin),
+                    request.headers(),
+                )));
+            }
+            None if forward.cors_answers_unmatched_preflights => {
+                return Err(Box::new(LocalReply::preflight(
+                    cors,
+                    None,
+                    request.headers(),
+                )));
+            }
+            None => {}
+        }
+    }
+    Ok(origin)
+}
+
+/// A backendRef's redirect filter's answer (rare: out of line).
+#[cold]
+#[inline(never)]
+fn backend_redirect(
+    redirect: &Redirect,
+    request: &Request<ClientBody>,
+    route: &Route<RouteAction>,
+    downstream: &Downstream<'_>,
+) -> LocalReply {
+    let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = route_actions::redirect_location(
+        redirect,
+        downstream.scheme,
+        downstream.authority,
+        path_and_query,
+        &route.matches,
+    );
+    LocalReply::redirect(redirect, &location)
+}
+
+/// The route's mirrors, each by its chance, sent the request's copy. Out of line: most
+/// routes have none.
+#[inline(never)]
+fn send_mirrors(
+    ctx: &Arc<ProxyContext>,
+    live: &Arc<Live>,
+    head: &UpstreamHead,
+    forward: &Forward,
+    body: &RequestBody,
+) {
+    let mirrors: Vec<Arc<Cluster>> = forward
+        .mirrors
+        .iter()
+        .filter(|m| route_actions::chance(m.percentage))
+        .map(|m| m.cluster.clone())
+        .collect();
+    if !mirrors.is_empty() {
+        mirror::send(ctx, live, head, mirrors, forward.timeout, body);
+    }
+}
+
+/// The upgraded connections joined, in a task of their own (rare: out of line).
+#[cold]
+#[inline(never)]
+fn spawn_upgraded(
+    ctx: &ProxyContext,
+    drain: &tunnel::Drain,
+    client_side: ClientUpgrade,
+    response: &mut upstream::Answered,
+) {
+    let upstream_side = UpstreamBody::upgrade(response);
+    let clocks = tunnel::Clocks {
+        idle: ctx.limits.stream_idle_timeout,
+        drain: drain.clone(),
+        websocket: true,
+    };
+    tokio::spawn(join_upgraded(client_side, upstream_side, clocks));
+}
+
+/// The response edits beyond the proxy's own inserts: the route's and the destination's
+/// header rules, CORS, a hash policy's cookie. Out of line: a plain route has none.
+#[inline(never)]
+fn edit_response(
+    headers: &mut http::HeaderMap,
+    forward: &Forward,
+    weighted: &WeightedCluster,
+    cors_origin: Option<&(&CorsPolicy, HeaderValue)>,
+    cookie: Option<HeaderValue>,
+) {
+    for rules in [&forward.headers.response, &weighted.headers.response] {
+        if !rules.is_empty() {
+            rules.apply(headers);
+        }
+    }
+    if let Some((cors, origin)) = cors_origin {
+        route_actions::cors_response_headers(cors, origin, headers);
+    }
+    if let Some(cookie) = cookie {
+        headers.append(header::SET_COOKIE, cookie);
     }
 }
 

@@ -114,8 +114,16 @@ impl From<LocalReply> for Outcome<'_> {
     #[cold]
     #[inline(never)]
     fn from(reply: LocalReply) -> Self {
+        Outcome::from(Box::new(reply))
+    }
+}
+
+/// The same, of a reply made in its box.
+impl From<Box<LocalReply>> for Outcome<'_> {
+    #[cold]
+    fn from(reply: Box<LocalReply>) -> Self {
         Outcome {
-            answer: Answer::Local(Box::new(reply)),
+            answer: Answer::Local(reply),
             cluster: None,
             upstream: None,
             answered_at: None,

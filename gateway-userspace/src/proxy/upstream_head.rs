@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     route_table::Route,
-    snapshot::{Forward, RouteAction, UpstreamProtocol, WeightedCluster},
+    snapshot::{Forward, PathRewrite, RouteAction, UpstreamProtocol, WeightedCluster},
 };
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that one connection must not pass to the next.
@@ -247,29 +247,7 @@ impl UpstreamHead {
                     };
                     Outbound::new(&self.method, path, lines, appended, body)
                 }
-                Some(fields) => Outbound::new(
-                    &self.method,
-                    path,
-                    Lines {
-                        after,
-                        ..Lines::default()
-                    },
-                    || fields.iter().chain(appended()),
-                    body,
-                ),
-                None => {
-                    let fields = || {
-                        self.headers
-                            .iter()
-                            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
-                            .chain(appended())
-                    };
-                    let lines = Lines {
-                        after,
-                        ..Lines::default()
-                    };
-                    Outbound::new(&self.method, path, lines, fields, body)
-                }
+                _ => self.outbound_edited(after, encoded.is_none(), body),
             };
             return Ok(Outgoing::Http1(outbound));
         }
@@ -277,9 +255,49 @@ impl UpstreamHead {
             .map(Outgoing::Request)
     }
 
+    /// `outgoing`'s head for the codec's client from edited fields or the map (`after`:
+    /// the appended fields encoded, else `field_by_field`). Out of line: the plain
+    /// request's path (its lines as they came) stays small.
+    #[inline(never)]
+    fn outbound_edited(&self, after: &[u8], field_by_field: bool, body: ProxyBody) -> Outbound {
+        let appended = || {
+            self.appended
+                .fields()
+                .filter(|_| field_by_field)
+                .map(|(name, value)| (name.as_bytes(), value))
+        };
+        let path = self.path_and_query.as_str();
+        match &self.fields {
+            Some(fields) => Outbound::new(
+                &self.method,
+                path,
+                Lines {
+                    after,
+                    ..Lines::default()
+                },
+                || fields.iter().chain(appended()),
+                body,
+            ),
+            None => {
+                let fields = || {
+                    self.headers
+                        .iter()
+                        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+                        .chain(appended())
+                };
+                let lines = Lines {
+                    after,
+                    ..Lines::default()
+                };
+                Outbound::new(&self.method, path, lines, fields, body)
+            }
+        }
+    }
+
     /// The request of one try: origin-form with a Host header for HTTP/1.1, absolute
     /// (`:authority`, no Host) for HTTP/2. The last try takes the headers instead of
-    /// copying them.
+    /// copying them. Out of line: the codec's client (`outgoing`) needs no request.
+    #[inline(never)]
     pub(super) fn request(
         &mut self,
         protocol: UpstreamProtocol,
@@ -336,27 +354,10 @@ impl UpstreamHead {
         downstream: &Downstream<'_>,
         is_upgrade: bool,
     ) -> Option<UpstreamHead> {
-        let Downstream {
-            peer: _,
-            peer_ip,
-            scheme,
-            client_cert,
-            authority,
-            authority_value: _,
-            request_id,
-            replay_budget: _,
-            upgrade_asked: _,
-            started: _,
-        } = *downstream;
         // A backendRef's own URLRewrite replaces the route's for its share.
         let rewrite = weighted.rewrite.as_ref().or(forward.rewrite.as_ref());
         let path_and_query = match rewrite.and_then(|r| r.path.as_ref()) {
-            Some(rewrite) => {
-                let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
-                let rewritten =
-                    route_actions::rewrite_path_and_query(rewrite, original, &route.matches);
-                PathAndQuery::try_from(rewritten).ok()?
-            }
+            Some(rewrite) => rewritten_path(rewrite, request.uri(), route)?,
             None => request
                 .uri()
                 .path_and_query()
@@ -365,7 +366,6 @@ impl UpstreamHead {
         };
         let no_rules = forward.headers.request.is_empty() && weighted.headers.request.is_empty();
         let method = std::mem::take(request.method_mut());
-        let mut headers = std::mem::take(request.headers_mut());
         if no_rules
             && !is_upgrade
             && let Some(fields) = fields.take()
@@ -378,98 +378,145 @@ impl UpstreamHead {
                 downstream,
             );
         }
-        request_fields::whole(&mut headers, &mut fields);
-        // Which of the names below the request carries, from one pass over its names:
-        // the ones it lacks are not looked up (hashed) at all.
-        let carried = Carried::of(&headers);
-        // Without request header rules nothing reads the map before it is written, so
-        // forwarding headers the request lacks need not go into it (`Appended`).
-        let mut appended = Appended::default();
-        let upgrade = if is_upgrade {
-            headers.get(header::UPGRADE).cloned()
-        } else {
-            None
-        };
-        strip_hop_by_hop(&mut headers);
-        // The gateway answers `Expect: 100-continue` itself (the codec sends the 100 when
-        // the body is first wanted) and the upstream is not asked again: Envoy's default
-        // (`proxy_100_continue` off, as Istio leaves it) removes the header.
-        if carried.expect
-            && headers
-                .get(header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        {
-            headers.remove(header::EXPECT);
-        }
-        if let Some(upgrade) = upgrade {
-            headers.insert(header::UPGRADE, upgrade);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        // Host: the rewritten authority, else the request's (HTTP/2 requests carry it as
-        // :authority only; an HTTP/1.1 Host header that already says it stays as is).
-        let mut host = headers.get(header::HOST).cloned();
-        let new_host = match rewrite.and_then(|r| r.authority.as_deref()) {
-            Some(rewritten) => Some(rewritten),
-            None if host.as_ref().is_some_and(|h| h == authority) => None,
-            None => Some(authority),
-        };
-        if let Some(new_host) = new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(header::HOST, new_host.clone());
-            host = Some(new_host);
-        }
-        if no_rules && !carried.forwarded_for {
-            appended.forwarded_for(peer_ip);
-        } else {
-            forwarded_for(&mut headers, peer_ip);
-        }
-        if no_rules && !carried.forwarded_proto {
-            appended.forwarded_proto = Some(scheme);
-        } else {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
-        }
-        // Envoy's SANITIZE_SET (Istio's gateway default): never trust the client's XFCC.
-        let client_cert = client_cert.and_then(|cert| HeaderValue::from_str(cert).ok());
-        if carried.forwarded_client_cert || client_cert.is_some() {
-            match (headers.entry(X_FORWARDED_CLIENT_CERT), client_cert) {
-                (header::Entry::Occupied(mut sent), Some(ours)) => {
-                    sent.insert(ours);
-                }
-                (header::Entry::Occupied(sent), None) => {
-                    // Every value of it, as `remove` does.
-                    drop(sent.remove_entry_mult());
-                }
-                (header::Entry::Vacant(vacant), Some(ours)) => {
-                    vacant.insert(ours);
-                }
-                (header::Entry::Vacant(_), None) => {}
-            }
-        }
-        if no_rules && !carried.request_id {
-            appended.request_id = Some(*request_id);
-        } else {
-            headers.insert(X_REQUEST_ID, request_id.value());
-        }
-        if no_rules && !carried.external_address {
-            appended.external_address(peer_ip);
-        } else {
-            headers.insert(X_ENVOY_EXTERNAL_ADDRESS, peer_ip.clone());
-        }
-        if !no_rules {
-            forward.headers.request.apply(&mut headers);
-            weighted.headers.request.apply(&mut headers);
-            // After the header operations: a destination's `host` set is the authority
-            // HTTP/2 upstreams get too.
-            host = headers.get(header::HOST).cloned();
-        }
-        Some(UpstreamHead {
-            method,
-            path_and_query,
-            authority: host?,
-            headers,
-            fields: None,
-            appended,
-        })
+        edit_map(
+            request.headers_mut(),
+            fields,
+            (method, path_and_query),
+            rewrite.and_then(|r| r.authority.as_deref()),
+            (forward, weighted),
+            downstream,
+            is_upgrade,
+        )
     }
+}
+
+/// `UpstreamHead::new` on the header map: for a route with request header rules, an
+/// upgrade, or a request whose fields the codec did not keep (hyper's server). Out of
+/// line: the plain route's path (`edit_fields`) stays small.
+#[inline(never)]
+fn edit_map(
+    request_headers: &mut HeaderMap,
+    mut fields: Option<Box<RequestFields>>,
+    (method, path_and_query): (Method, PathAndQuery),
+    rewritten_authority: Option<&str>,
+    (forward, weighted): (&Forward, &WeightedCluster),
+    downstream: &Downstream<'_>,
+    is_upgrade: bool,
+) -> Option<UpstreamHead> {
+    let Downstream {
+        peer_ip,
+        scheme,
+        client_cert,
+        authority,
+        request_id,
+        ..
+    } = *downstream;
+    let no_rules = forward.headers.request.is_empty() && weighted.headers.request.is_empty();
+    let mut headers = std::mem::take(request_headers);
+    request_fields::whole(&mut headers, &mut fields);
+    // Which of the names below the request carries, from one pass over its names:
+    // the ones it lacks are not looked up (hashed) at all.
+    let carried = Carried::of(&headers);
+    // Without request header rules nothing reads the map before it is written, so
+    // forwarding headers the request lacks need not go into it (`Appended`).
+    let mut appended = Appended::default();
+    let upgrade = if is_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(&mut headers);
+    // The gateway answers `Expect: 100-continue` itself (the codec sends the 100 when
+    // the body is first wanted) and the upstream is not asked again: Envoy's default
+    // (`proxy_100_continue` off, as Istio leaves it) removes the header.
+    if carried.expect
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        headers.remove(header::EXPECT);
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // Host: the rewritten authority, else the request's (HTTP/2 requests carry it as
+    // :authority only; an HTTP/1.1 Host header that already says it stays as is).
+    let mut host = headers.get(header::HOST).cloned();
+    let new_host = match rewritten_authority {
+        Some(rewritten) => Some(rewritten),
+        None if host.as_ref().is_some_and(|h| h == authority) => None,
+        None => Some(authority),
+    };
+    if let Some(new_host) = new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(header::HOST, new_host.clone());
+        host = Some(new_host);
+    }
+    if no_rules && !carried.forwarded_for {
+        appended.forwarded_for(peer_ip);
+    } else {
+        forwarded_for(&mut headers, peer_ip);
+    }
+    if no_rules && !carried.forwarded_proto {
+        appended.forwarded_proto = Some(scheme);
+    } else {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    }
+    // Envoy's SANITIZE_SET (Istio's gateway default): never trust the client's XFCC.
+    let client_cert = client_cert.and_then(|cert| HeaderValue::from_str(cert).ok());
+    if carried.forwarded_client_cert || client_cert.is_some() {
+        match (headers.entry(X_FORWARDED_CLIENT_CERT), client_cert) {
+            (header::Entry::Occupied(mut sent), Some(ours)) => {
+                sent.insert(ours);
+            }
+            (header::Entry::Occupied(sent), None) => {
+                // Every value of it, as `remove` does.
+                drop(sent.remove_entry_mult());
+            }
+            (header::Entry::Vacant(vacant), Some(ours)) => {
+                vacant.insert(ours);
+            }
+            (header::Entry::Vacant(_), None) => {}
+        }
+    }
+    if no_rules && !carried.request_id {
+        appended.request_id = Some(*request_id);
+    } else {
+        headers.insert(X_REQUEST_ID, request_id.value());
+    }
+    if no_rules && !carried.external_address {
+        appended.external_address(peer_ip);
+    } else {
+        headers.insert(X_ENVOY_EXTERNAL_ADDRESS, peer_ip.clone());
+    }
+    if !no_rules {
+        forward.headers.request.apply(&mut headers);
+        weighted.headers.request.apply(&mut headers);
+        // After the header operations: a destination's `host` set is the authority
+        // HTTP/2 upstreams get too.
+        host = headers.get(header::HOST).cloned();
+    }
+    Some(UpstreamHead {
+        method,
+        path_and_query,
+        authority: host?,
+        headers,
+        fields: None,
+        appended,
+    })
+}
+
+/// The path a URLRewrite filter gives the request (rare: out of line).
+#[cold]
+#[inline(never)]
+fn rewritten_path(
+    rewrite: &PathRewrite,
+    uri: &Uri,
+    route: &Route<RouteAction>,
+) -> Option<PathAndQuery> {
+    let original = uri.path_and_query().map_or("/", |p| p.as_str());
+    let rewritten = route_actions::rewrite_path_and_query(rewrite, original, &route.matches);
+    PathAndQuery::try_from(rewritten).ok()
 }
 
 /// `UpstreamHead::new` on the fields as they came, for a route without request header
@@ -523,11 +570,7 @@ fn edit_fields(
     let carried = |fields: &RequestFields, name: &str| edited && fields.get(name).is_some();
     match fields.get("x-forwarded-for").filter(|_| edited) {
         Some(sent) if !sent.is_empty() => {
-            let mut joined = Vec::with_capacity(sent.len() + 1 + peer_ip.len());
-            joined.extend_from_slice(sent);
-            joined.push(b',');
-            joined.extend_from_slice(peer_ip.as_bytes());
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+            if let Some(v) = joined_forwarded_for(sent, peer_ip) {
                 fields.insert("x-forwarded-for", v);
             }
         }
@@ -601,12 +644,7 @@ fn forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
     // An entry, not a look-up and then an insert: it hashes the name once.
     match headers.entry(X_FORWARDED_FOR) {
         header::Entry::Occupied(mut existing) if !existing.get().is_empty() => {
-            let first = existing.get();
-            let mut joined = Vec::with_capacity(first.len() + 1 + peer_ip.len());
-            joined.extend_from_slice(first.as_bytes());
-            joined.push(b',');
-            joined.extend_from_slice(peer_ip.as_bytes());
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+            if let Some(v) = joined_forwarded_for(existing.get().as_bytes(), peer_ip) {
                 // Replaces every value, as an insert does.
                 existing.insert(v);
             }
@@ -618,6 +656,18 @@ fn forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
             vacant.insert(peer_ip.clone());
         }
     }
+}
+
+/// The x-forwarded-for a client sent (not empty) with its address appended. Out of line:
+/// a client at the edge sends none.
+#[cold]
+#[inline(never)]
+fn joined_forwarded_for(sent: &[u8], peer_ip: &HeaderValue) -> Option<HeaderValue> {
+    let mut joined = Vec::with_capacity(sent.len() + 1 + peer_ip.len());
+    joined.extend_from_slice(sent);
+    joined.push(b',');
+    joined.extend_from_slice(peer_ip.as_bytes());
+    HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
 }
 
 /// `name`'s place in `HOP_BY_HOP`: one string match, not seven comparisons of names, for
