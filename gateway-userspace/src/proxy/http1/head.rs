@@ -278,6 +278,12 @@ impl Framing {
                     .next()
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
+            // The usual values whole first: no token split (~100 instructions a
+            // `Connection: close` request spent here).
+            Kind::Connection if value.eq_ignore_ascii_case(b"close") => self.close_token = true,
+            Kind::Connection if value.eq_ignore_ascii_case(b"keep-alive") => {
+                self.keep_alive_token = true;
+            }
             Kind::Connection => {
                 for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     let close = token.eq_ignore_ascii_case(b"close");

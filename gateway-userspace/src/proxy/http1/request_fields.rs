@@ -148,6 +148,17 @@ pub(in crate::proxy) struct RequestFields {
     lines: Option<(u32, u32)>,
 }
 
+/// The hop-by-hop names `strip_hop_by_hop` removes, in the order the map's removals go.
+const HOP_BY_HOP_FIELDS: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
 /// Headers the proxy adds to a request before it goes upstream (x-forwarded-for and
 /// -proto, x-request-id, x-envoy-external-address, a route's few), reserved up front in a
 /// map made of the fields.
@@ -264,20 +275,44 @@ impl RequestFields {
     /// `upstream_head::strip_hop_by_hop` on fields that the Connection header names no
     /// other field in (`head.rs` keeps no others so) and that carry no Upgrade.
     pub(in crate::proxy) fn strip_hop_by_hop(&mut self) {
-        // `TE: trailers` is the one TE value that crosses a proxy: gRPC needs it upstream.
-        let te_trailers = self
-            .get("te")
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"trailers"));
-        for name in [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "proxy-authenticate",
-            "te",
-            "trailer",
-            "transfer-encoding",
-        ] {
-            self.remove(name);
+        // One pass finds where each of them is (a name is here at most once): a look-up
+        // per name was a scan of the fields each, eight a `Connection: close` request.
+        // The removals then go in the list's order, as the map's `swap_remove`s would.
+        let mut at = [None::<usize>; HOP_BY_HOP_FIELDS.len()];
+        let mut te_trailers = false;
+        for (index, field) in self.fields.iter().enumerate() {
+            let name = self.name(field);
+            // The kind first: most names are none of these, and their length says so.
+            let hop = matches!(
+                Kind::of(name),
+                Kind::Connection | Kind::HopByHop | Kind::TransferEncoding
+            );
+            if !hop {
+                continue;
+            }
+            if let Some(which) = HOP_BY_HOP_FIELDS
+                .iter()
+                .position(|&hop| hop.as_bytes() == name)
+            {
+                at[which] = Some(index);
+                // `TE: trailers` is the one TE value that crosses a proxy: gRPC needs it
+                // upstream.
+                te_trailers |= name == b"te" && self.value(field).eq_ignore_ascii_case(b"trailers");
+            }
+        }
+        for which in 0..at.len() {
+            let Some(index) = at[which] else {
+                continue;
+            };
+            // The last field takes the removed one's place.
+            let last = self.fields.len() - 1;
+            self.fields.swap_remove(index);
+            self.lines = None;
+            for later in at.iter_mut().skip(which + 1) {
+                if *later == Some(last) {
+                    *later = Some(index);
+                }
+            }
         }
         if te_trailers {
             self.insert("te", HeaderValue::from_static("trailers"));
