@@ -146,6 +146,19 @@ pub(in crate::proxy) struct RequestFields {
     /// Where the fields' lines are in `copy` while they are as the codec writes them
     /// (`name: value\r\n`, one after the other) and nothing was edited.
     lines: Option<(u32, u32)>,
+    /// A filter on the names among the fields (`name_bit`): a look-up whose bit is clear
+    /// skips the scan. Most look-ups are of names a request rarely carries (expect, the
+    /// forwarding headers), a scan of every field each.
+    names: u64,
+}
+
+/// `name`'s bit in `RequestFields::names`, and in the filter by which `head.rs` tells
+/// names seen twice: by its length and first and last bytes.
+#[inline]
+pub(super) fn name_bit(name: &[u8]) -> u64 {
+    let (first, last) = (name.first().copied(), name.last().copied());
+    let key = name.len() * 7 + usize::from(first.unwrap_or(0)) + usize::from(last.unwrap_or(0));
+    1 << (key & 63)
 }
 
 /// The hop-by-hop names `strip_hop_by_hop` removes, in the order the map's removals go.
@@ -165,7 +178,8 @@ const HOP_BY_HOP_FIELDS: [&str; 7] = [
 pub(in crate::proxy) const FORWARDING_HEADERS: usize = 6;
 
 impl RequestFields {
-    pub(in crate::proxy) fn new(copy: Bytes, fields: Vec<Field>, edited: bool) -> Self {
+    /// `names`: every field's `name_bit`, or'ed (the parser's filter of names seen twice).
+    pub(in crate::proxy) fn new(copy: Bytes, fields: Vec<Field>, edited: bool, names: u64) -> Self {
         let lines = written_as_they_are(&copy, &fields);
         RequestFields {
             copy,
@@ -173,6 +187,7 @@ impl RequestFields {
             set: Vec::new(),
             edited,
             lines,
+            names,
         }
     }
 
@@ -217,6 +232,9 @@ impl RequestFields {
     }
 
     fn position(&self, name: &str) -> Option<usize> {
+        if self.names & name_bit(name.as_bytes()) == 0 {
+            return None;
+        }
         self.fields
             .iter()
             .position(|field| self.name(field) == name.as_bytes())
@@ -253,10 +271,13 @@ impl RequestFields {
         self.lines = None;
         match self.position(name) {
             Some(at) => self.fields[at].value = Value::Set(index),
-            None => self.fields.push(Field {
-                name: Name::Static(name),
-                value: Value::Set(index),
-            }),
+            None => {
+                self.names |= name_bit(name.as_bytes());
+                self.fields.push(Field {
+                    name: Name::Static(name),
+                    value: Value::Set(index),
+                });
+            }
         }
     }
 
