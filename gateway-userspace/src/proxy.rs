@@ -287,11 +287,10 @@ fn serve_with_codec<S>(
 where
     S: AsyncRead + AsyncWrite + http1::IdleWait + Unpin + Send + 'static,
 {
-    let served = Box::pin(http1::serve(
-        io,
-        client.connection.clone(),
-        client.ctx.clone(),
-    ));
+    // Made in its box (`boxed::pinned`): `Box::pin` made the loop's future on the stack
+    // and copied it in (320 bytes on plain TCP, per connection).
+    let (connection, ctx) = (client.connection.clone(), client.ctx.clone());
+    let served = boxed::pinned(|| http1::serve(io, connection, ctx));
     until_drained(served, client, builder)
 }
 
@@ -331,9 +330,10 @@ where
         let http1::Ending::Http2 { read, io } = ending else {
             return;
         };
-        // Boxed: HTTP/2 connections are the few here, and an HTTP/1 connection's task need
-        // not carry room for hyper's HTTP/2 server (nor for building it).
-        Box::pin(serve_h2_after_preface(read, io, client, builder)).await;
+        // Boxed, out of line (`boxed::Cold`): HTTP/2 connections are the few here, and an
+        // HTTP/1 connection's task need not carry room for hyper's HTTP/2 server (nor for
+        // building it).
+        boxed::Cold::new(|| serve_h2_after_preface(read, io, client, builder)).await;
     }
 }
 
@@ -418,9 +418,11 @@ impl AcceptedConnection {
             let proxy_protocol = listener.is_some_and(|l| l.proxy_protocol);
             let terminating = listener.and_then(|l| Some((l.transport.clone()?, l.authz.clone())));
             if proxy_protocol {
-                // Boxed: only PROXY protocol listeners need room for the header's read.
-                let read = read_proxy_header(&mut self.stream, &self.ctx, self.local);
-                match Box::pin(read).await {
+                // Boxed, out of line (`boxed::Cold`): only PROXY protocol listeners need
+                // room for the header's read.
+                let stream = &mut self.stream;
+                let (ctx, local) = (&self.ctx, self.local);
+                match boxed::Cold::new(|| read_proxy_header(stream, ctx, local)).await {
                     // The client's address stands for the balancer's. The local address
                     // stays the socket's: it names the listener the connection arrived on.
                     Some(header) => self.peer = header.addresses(self.peer, self.local).0,
@@ -439,12 +441,13 @@ impl AcceptedConnection {
                     ctx: self.ctx,
                     drain: self.drain,
                 };
-                // Boxed: otherwise every plaintext connection's task would be as large as
-                // the TLS path's state (the handshake, rustls' connection). The box is
-                // freed once the handshake is done: an HTTP connection then runs what it
+                // Boxed, out of line (`boxed::Cold`): otherwise every plaintext
+                // connection's task (and its poll's stack frame) would be as large as the
+                // TLS path's state (the handshake, rustls' connection). The box is freed
+                // once the handshake is done: an HTTP connection then runs what it
                 // returned.
-                let serving = tls::serve(accepted, self.builder);
-                let serving = Box::pin(serving).await;
+                let builder = self.builder;
+                let serving = boxed::Cold::new(|| tls::serve(accepted, builder)).await;
                 if let Some(serving) = serving {
                     serving.await;
                 }
@@ -463,9 +466,11 @@ impl AcceptedConnection {
             if own {
                 return serve_with_codec(self.stream, client, self.builder).await;
             }
-            // Boxed: hyper's connection state would otherwise make every connection's
-            // task, the codec's idle ones included, as large as hyper's server.
-            Box::pin(serve_with_hyper(self.stream, client, self.builder)).await;
+            // Boxed, out of line (`boxed::Cold`): hyper's connection state would otherwise
+            // make every connection's task, the codec's idle ones included, as large as
+            // hyper's server.
+            let (stream, builder) = (self.stream, self.builder);
+            boxed::Cold::new(|| serve_with_hyper(stream, client, builder)).await;
         }
     }
 }

@@ -2,7 +2,7 @@
 `Connection: close` each), gatewayd against nginx: the per-connection profile issue 15
 asks for, counted repeatably whatever else the machine is doing.
 
-Usage: python3 conn_callgrind.py GATEWAYD N [nginx] [--strace] [--cache-sim]
+Usage: python3 conn_callgrind.py GATEWAYD N [nginx] [--strace] [--cache-sim] [--dump-dir DIR]
 The proxy (gatewayd: one worker, access log off; or with `nginx`, one nginx worker
 process, `proxy_http_version 1.1` and an upstream keepalive pool) in front of an nginx
 answering a fixed 200 over kept-alive upstream connections, as `h1_callgrind.py` sets
@@ -12,15 +12,22 @@ Default: under `valgrind --tool=callgrind`, every instruction of the process (al
 between `callgrind_control -z` and `-d`, divided by N. With `--strace`: the proxy runs
 natively and `strace -c -f` counts its system calls over the N connections. With
 `--cache-sim`: also the simulated cache misses and mispredicted branches per connection (as
-`h1_callgrind.py --cache-sim`).
+`h1_callgrind.py --cache-sim`). With `--dump-dir DIR`: the callgrind dump is kept there (as
+`callgrind.gatewayd` or `callgrind.nginx`) for `callgrind_events.py` and `callgrind_annotate`.
 """
-import os, socket, subprocess, sys
+import os, shutil, socket, subprocess, sys
 
 from callgrind_run import (CACHE_SIM_ARGS, PORT_OFFSET, count_instructions, count_syscalls, print_cache_sim,
                            print_syscalls, wait_for_port)
 from one_route_config import one_route_config
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
+args = sys.argv[1:]
+DUMP_DIR = None
+if "--dump-dir" in args:
+    at = args.index("--dump-dir")
+    DUMP_DIR = args[at + 1]
+    del args[at:at + 2]
+args = [a for a in args if not a.startswith("--")]
 STRACE = "--strace" in sys.argv
 CACHE_SIM = "--cache-sim" in sys.argv
 BIN, N = args[0], int(args[1])
@@ -82,6 +89,9 @@ try:
                               + command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         total, dump = count_instructions(gw.pid, GW, out, load, N, warm_up=200)
         gw.kill()
+        if DUMP_DIR:
+            os.makedirs(DUMP_DIR, exist_ok=True)
+            shutil.copy(dump, os.path.join(DUMP_DIR, "callgrind.nginx" if PEER else "callgrind.gatewayd"))
         print(f"{who}: {N} connections, {total} instructions, {total / N:.0f} per connection ({dump})")
         if CACHE_SIM:
             print_cache_sim(dump, N, "connection")

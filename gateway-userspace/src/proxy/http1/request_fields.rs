@@ -146,7 +146,31 @@ pub(in crate::proxy) struct RequestFields {
     /// Where the fields' lines are in `copy` while they are as the codec writes them
     /// (`name: value\r\n`, one after the other) and nothing was edited.
     lines: Option<(u32, u32)>,
+    /// A filter on the names among the fields (`name_bit`): a look-up whose bit is clear
+    /// skips the scan. Most look-ups are of names a request rarely carries (expect, the
+    /// forwarding headers), a scan of every field each.
+    names: u64,
 }
+
+/// `name`'s bit in `RequestFields::names`, and in the filter by which `head.rs` tells
+/// names seen twice: by its length and first and last bytes.
+#[inline]
+pub(super) fn name_bit(name: &[u8]) -> u64 {
+    let (first, last) = (name.first().copied(), name.last().copied());
+    let key = name.len() * 7 + usize::from(first.unwrap_or(0)) + usize::from(last.unwrap_or(0));
+    1 << (key & 63)
+}
+
+/// The hop-by-hop names `strip_hop_by_hop` removes, in the order the map's removals go.
+const HOP_BY_HOP_FIELDS: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
 
 /// Headers the proxy adds to a request before it goes upstream (x-forwarded-for and
 /// -proto, x-request-id, x-envoy-external-address, a route's few), reserved up front in a
@@ -154,7 +178,8 @@ pub(in crate::proxy) struct RequestFields {
 pub(in crate::proxy) const FORWARDING_HEADERS: usize = 6;
 
 impl RequestFields {
-    pub(in crate::proxy) fn new(copy: Bytes, fields: Vec<Field>, edited: bool) -> Self {
+    /// `names`: every field's `name_bit`, or'ed (the parser's filter of names seen twice).
+    pub(in crate::proxy) fn new(copy: Bytes, fields: Vec<Field>, edited: bool, names: u64) -> Self {
         let lines = written_as_they_are(&copy, &fields);
         RequestFields {
             copy,
@@ -162,6 +187,7 @@ impl RequestFields {
             set: Vec::new(),
             edited,
             lines,
+            names,
         }
     }
 
@@ -206,6 +232,9 @@ impl RequestFields {
     }
 
     fn position(&self, name: &str) -> Option<usize> {
+        if self.names & name_bit(name.as_bytes()) == 0 {
+            return None;
+        }
         self.fields
             .iter()
             .position(|field| self.name(field) == name.as_bytes())
@@ -242,10 +271,13 @@ impl RequestFields {
         self.lines = None;
         match self.position(name) {
             Some(at) => self.fields[at].value = Value::Set(index),
-            None => self.fields.push(Field {
-                name: Name::Static(name),
-                value: Value::Set(index),
-            }),
+            None => {
+                self.names |= name_bit(name.as_bytes());
+                self.fields.push(Field {
+                    name: Name::Static(name),
+                    value: Value::Set(index),
+                });
+            }
         }
     }
 
@@ -264,20 +296,44 @@ impl RequestFields {
     /// `upstream_head::strip_hop_by_hop` on fields that the Connection header names no
     /// other field in (`head.rs` keeps no others so) and that carry no Upgrade.
     pub(in crate::proxy) fn strip_hop_by_hop(&mut self) {
-        // `TE: trailers` is the one TE value that crosses a proxy: gRPC needs it upstream.
-        let te_trailers = self
-            .get("te")
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"trailers"));
-        for name in [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "proxy-authenticate",
-            "te",
-            "trailer",
-            "transfer-encoding",
-        ] {
-            self.remove(name);
+        // One pass finds where each of them is (a name is here at most once): a look-up
+        // per name was a scan of the fields each, eight a `Connection: close` request.
+        // The removals then go in the list's order, as the map's `swap_remove`s would.
+        let mut at = [None::<usize>; HOP_BY_HOP_FIELDS.len()];
+        let mut te_trailers = false;
+        for (index, field) in self.fields.iter().enumerate() {
+            let name = self.name(field);
+            // The kind first: most names are none of these, and their length says so.
+            let hop = matches!(
+                Kind::of(name),
+                Kind::Connection | Kind::HopByHop | Kind::TransferEncoding
+            );
+            if !hop {
+                continue;
+            }
+            if let Some(which) = HOP_BY_HOP_FIELDS
+                .iter()
+                .position(|&hop| hop.as_bytes() == name)
+            {
+                at[which] = Some(index);
+                // `TE: trailers` is the one TE value that crosses a proxy: gRPC needs it
+                // upstream.
+                te_trailers |= name == b"te" && self.value(field).eq_ignore_ascii_case(b"trailers");
+            }
+        }
+        for which in 0..at.len() {
+            let Some(index) = at[which] else {
+                continue;
+            };
+            // The last field takes the removed one's place.
+            let last = self.fields.len() - 1;
+            self.fields.swap_remove(index);
+            self.lines = None;
+            for later in at.iter_mut().skip(which + 1) {
+                if *later == Some(last) {
+                    *later = Some(index);
+                }
+            }
         }
         if te_trailers {
             self.insert("te", HeaderValue::from_static("trailers"));

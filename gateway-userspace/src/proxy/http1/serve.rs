@@ -60,6 +60,7 @@ struct Client {
 /// (rustls' whole connection, on TLS) would be held twice. The block below uses `io` in
 /// place.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
+#[inline] // into `proxy::serve_with_codec`, which makes the future in its box
 pub(in crate::proxy) fn serve<S>(
     mut io: S,
     connection: Arc<forward::Connection>,
