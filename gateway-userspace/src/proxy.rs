@@ -2,6 +2,7 @@
 //! apart by the HTTP/2 preface), each request routed by the configuration live when it
 //! arrives and forwarded to an upstream endpoint.
 
+mod accept;
 mod access_log;
 mod authz;
 mod body;
@@ -46,7 +47,7 @@ use hyper_util::{
 use thiserror::Error;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::watch,
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
@@ -141,7 +142,7 @@ pub async fn serve(
         warn!(port = bind_port, error = %e, "TCP_NODELAY not set on the listener");
     }
     // Registered with the runtime of the worker this task runs on.
-    let listener = match TcpListener::from_std(listener) {
+    let listener = match accept::Acceptor::new(listener) {
         Ok(listener) => listener,
         Err(e) => {
             warn!(port = bind_port, error = %e, "listener not served");
@@ -196,8 +197,9 @@ pub async fn serve(
                 slot = ctx.connections.acquire() => slot,
             },
         };
-        // `poll_accept` rather than `accept()`: the latter's readiness future registers
-        // itself in the socket's waiter list, and unregisters, at every call.
+        // Polled rather than awaited as a future of its own: one registration of the
+        // task with the socket, not one per accept (`accept.rs`: and no failed
+        // `accept4` after each burst).
         let accepted = std::future::poll_fn(|cx| {
             if Pin::new(&mut stopping).poll(cx).is_ready() {
                 return Poll::Ready(None);
