@@ -142,7 +142,7 @@ pub async fn serve(
         warn!(port = bind_port, error = %e, "TCP_NODELAY not set on the listener");
     }
     // Registered with the runtime of the worker this task runs on.
-    let listener = match accept::Acceptor::new(listener) {
+    let mut listener = match accept::Acceptor::new(listener) {
         Ok(listener) => listener,
         Err(e) => {
             warn!(port = bind_port, error = %e, "listener not served");

@@ -25,7 +25,9 @@ it; the two proxies were measured minutes apart, so they met different neighbour
 Here: CPU is each proxy's on-CPU time from /proc/PID/task/*/schedstat (nanoseconds,
 every thread), its idle CPU over the same time subtracted; the proxies alternate within
 each round (the order rotating), and the ratio is taken round by round, between runs
-seconds apart, and reported as the median of the rounds with its min–max.
+seconds apart, and reported as the median of the rounds with its min–max. The last
+column splits it into user and kernel time (utime and stime, in clock ticks: coarser,
+the medians of the rounds).
 """
 import argparse
 import os
@@ -54,6 +56,23 @@ def on_cpu_ns(pid):
         except (FileNotFoundError, ProcessLookupError):
             pass
     return total
+
+
+def user_kernel_ticks(pid):
+    """utime and stime of every thread of `pid`, in clock ticks (/proc/PID/task/*/stat)."""
+    user = kernel = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            user += int(fields[11])
+            kernel += int(fields[12])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return user, kernel
+
+
+TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(port, seconds, connections, keep_alive=False):
@@ -131,6 +150,9 @@ http {{ access_log off; keepalive_requests 1000000;
                          for _, pid, _ in servers}
 
         per_conn = {name: [] for name, _, _ in servers}
+        # utime and stime per connection: the split of the scheduler's figure, in ticks.
+        user_us = {name: [] for name, _, _ in servers}
+        kernel_us = {name: [] for name, _, _ in servers}
         rates = {name: [] for name, _, _ in servers}
         ratios = {name: [] for name, _, _ in servers[:-1]}
         for round_ in range(args.rounds):
@@ -138,8 +160,12 @@ http {{ access_log off; keepalive_requests 1000000;
             this_round = {}
             for name, pid, p in order:
                 before, t = on_cpu_ns(pid), time.monotonic()
+                ticks = user_kernel_ticks(pid)
                 n = wrk(p, args.seconds, args.connections, args.keep_alive)
                 spent = on_cpu_ns(pid) - before - idle_ns_per_s[pid] * (time.monotonic() - t)
+                user, kernel = user_kernel_ticks(pid)
+                user_us[name].append((user - ticks[0]) * TICK_US / n)
+                kernel_us[name].append((kernel - ticks[1]) * TICK_US / n)
                 this_round[name] = spent / n / 1000.0
                 per_conn[name].append(this_round[name])
                 rates[name].append(n / args.seconds)
@@ -155,16 +181,19 @@ http {{ access_log off; keepalive_requests 1000000;
         how = "kept alive" if args.keep_alive else "Connection: close"
         print(f"\nCPU µs per {unit}, median (min–max) of {args.rounds} rounds, "
               f"wrk -t1 -c{args.connections} -d{args.seconds}s, {how}")
-        print(f"| proxy | CPU µs per {unit} | {unit}s/s | ÷ " + reference + " (per round) |")
-        print("|---|---|---|---|")
+        print(f"| proxy | CPU µs per {unit} | {unit}s/s | ÷ " + reference + " (per round) "
+              "| user / kernel µs (ticks) |")
+        print("|---|---|---|---|---|")
         for name, _, _ in servers:
             v, r = per_conn[name], rates[name]
             ratio = ""
             if name in ratios:
                 q = ratios[name]
                 ratio = f"{statistics.median(q):.2f} ({min(q):.2f}–{max(q):.2f})"
+            split = (f"{statistics.median(user_us[name]):.1f} / "
+                     f"{statistics.median(kernel_us[name]):.1f}")
             print(f"| {name} | {statistics.median(v):.1f} ({min(v):.1f}–{max(v):.1f}) | "
-                  f"{statistics.median(r):.0f} | {ratio} |")
+                  f"{statistics.median(r):.0f} | {ratio} | {split} |")
         print(f"idle CPU subtracted (µs/s): " + ", ".join(
             f"{name} {idle_ns_per_s[pid] / 1000:.0f}" for name, pid, _ in servers))
     finally:

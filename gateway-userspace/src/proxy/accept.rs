@@ -31,6 +31,9 @@ use tokio::{
 /// A listening socket registered with the worker's runtime.
 pub(super) struct Acceptor {
     listener: AsyncFd<std::net::TcpListener>,
+    /// Connections the queue was last seen to hold behind the one accepted then, less
+    /// those accepted since: a burst costs one look at the queue, not one per connection.
+    behind: u32,
 }
 
 impl Acceptor {
@@ -41,12 +44,15 @@ impl Acceptor {
         // for the AsyncFd's whole life.
         let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(Acceptor { listener })
+        Ok(Acceptor {
+            listener,
+            behind: 0,
+        })
     }
 
     /// The next connection, and its peer's address.
     pub(super) fn poll_accept(
-        &self,
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
         loop {
@@ -57,8 +63,13 @@ impl Acceptor {
                 continue;
             };
             let (fd, peer) = accepted?;
-            if queue_is_empty(self.listener.as_raw_fd()) {
-                ready.clear_ready();
+            if self.behind > 1 {
+                self.behind -= 1;
+            } else {
+                self.behind = queue_length(self.listener.as_raw_fd()).unwrap_or(1);
+                if self.behind == 0 {
+                    ready.clear_ready();
+                }
             }
             // SAFETY: `fd` is a connected socket accept4 just returned, owned by nobody else.
             let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
@@ -134,10 +145,11 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 /// `tcpi_state` of a listening socket (include/net/tcp_states.h; not in the libc crate).
 const TCP_LISTEN: u8 = 10;
 
-/// Whether the listening socket's accept queue is empty: `TCP_INFO` of a listening
-/// socket reports the queue's length as `tcpi_unacked`. When it cannot be read, the
-/// queue counts as not empty, so the next accept finds out as tokio's loop would.
-fn queue_is_empty(listener: RawFd) -> bool {
+/// How many connections wait in the listening socket's accept queue: `TCP_INFO` of a
+/// listening socket reports it as `tcpi_unacked`. None when it cannot be read (or the
+/// socket is not listening): the caller then accepts again and finds out as tokio's
+/// loop would.
+fn queue_length(listener: RawFd) -> Option<u32> {
     let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `info` has room for `len` bytes; the kernel writes at most that.
@@ -154,11 +166,11 @@ fn queue_is_empty(listener: RawFd) -> bool {
     let written =
         usize::try_from(len).unwrap_or(0) >= std::mem::offset_of!(libc::tcp_info, tcpi_sacked);
     if rc != 0 || !written {
-        return false;
+        return None;
     }
     // SAFETY: zeroed first, and the kernel wrote at least through `tcpi_unacked`.
     let info = unsafe { info.assume_init_ref() };
-    info.tcpi_state == TCP_LISTEN && info.tcpi_unacked == 0
+    (info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_unacked)
 }
 
 #[cfg(test)]
@@ -173,7 +185,7 @@ mod tests {
     async fn a_burst_is_accepted_whole_and_a_later_connection_wakes_the_loop() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("address");
-        let acceptor = Acceptor::new(listener).expect("register");
+        let mut acceptor = Acceptor::new(listener).expect("register");
         let burst: Vec<_> = (0..5)
             .map(|_| std::net::TcpStream::connect(address).expect("connect"))
             .collect();
@@ -199,7 +211,7 @@ mod tests {
             peers, sent,
             "every queued connection, with its peer's address"
         );
-        assert!(queue_is_empty(acceptor.listener.as_raw_fd()));
+        assert_eq!(queue_length(acceptor.listener.as_raw_fd()), Some(0));
 
         let later = std::net::TcpStream::connect(address).expect("connect");
         let accepted = tokio::time::timeout(
@@ -212,17 +224,25 @@ mod tests {
         assert_eq!(accepted.1, later.local_addr().expect("peer"));
     }
 
-    /// The queue's length as the kernel reports it: a connection waiting is seen.
+    /// The queue's length as the kernel reports it; none for a socket that is not
+    /// listening.
     #[test]
     fn the_queue_length_is_read_from_the_listening_socket() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let fd = listener.as_raw_fd();
-        assert!(queue_is_empty(fd));
-        let _client =
-            std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
-        assert!(!queue_is_empty(fd), "a connection waits in the queue");
-        let _accepted = listener.accept().expect("accept");
-        assert!(queue_is_empty(fd));
+        assert_eq!(queue_length(fd), Some(0));
+        let address = listener.local_addr().expect("address");
+        let _clients: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(address).expect("connect"))
+            .collect();
+        assert_eq!(
+            queue_length(fd),
+            Some(2),
+            "two connections wait in the queue"
+        );
+        let (accepted, _) = listener.accept().expect("accept");
+        assert_eq!(queue_length(fd), Some(1));
+        assert_eq!(queue_length(accepted.as_raw_fd()), None);
     }
 
     #[test]
