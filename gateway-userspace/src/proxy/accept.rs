@@ -13,13 +13,15 @@
 //! (`TCP_INFO` of a listening socket carries its length in `tcpi_unacked`): when it is
 //! empty, the readiness is cleared and the loop waits for the next event, which every
 //! connection queued later raises (the kernel signals each arrival on a listening
-//! socket, and tokio does not clear a readiness that a newer event set).
+//! socket, and tokio does not clear a readiness that a newer event set). A kernel that
+//! does not report the queue (checked once at start) gets tokio's way instead.
 
 use std::{
     io,
     mem::{MaybeUninit, size_of},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsRawFd, FromRawFd, RawFd},
+    sync::LazyLock,
     task::{Context, Poll},
 };
 
@@ -65,7 +67,7 @@ impl Acceptor {
             let (fd, peer) = accepted?;
             if self.behind > 1 {
                 self.behind -= 1;
-            } else {
+            } else if *QUEUE_LENGTH_READS {
                 self.behind = queue_length(self.listener.as_raw_fd()).unwrap_or(1);
                 if self.behind == 0 {
                     ready.clear_ready();
@@ -145,6 +147,43 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 /// `tcpi_state` of a listening socket (include/net/tcp_states.h; not in the libc crate).
 const TCP_LISTEN: u8 = 10;
 
+/// Whether this kernel reports a listener's queue as `queue_length` reads it, checked
+/// once on a loopback listener of our own (a sandboxed network stack may answer
+/// `TCP_INFO` without it). If not, the loop accepts until `EAGAIN`, as tokio's does:
+/// a queue wrongly read as empty would leave its connections waiting for the next one.
+static QUEUE_LENGTH_READS: LazyLock<bool> = LazyLock::new(|| {
+    let works = queue_length_reads();
+    if !works {
+        tracing::warn!(
+            "the kernel does not report a listener's queue length (TCP_INFO): \
+             each accept loop ends its bursts with a failed accept4"
+        );
+    }
+    works
+});
+
+fn queue_length_reads() -> bool {
+    let Ok(listener) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else {
+        return false;
+    };
+    let fd = listener.as_raw_fd();
+    let Ok(address) = listener.local_addr() else {
+        return false;
+    };
+    if queue_length(fd) != Some(0) {
+        return false;
+    }
+    let Ok(_client) = std::net::TcpStream::connect(address) else {
+        return false;
+    };
+    // The handshake completes in the kernel; the connection is queued by the time
+    // connect returns on loopback.
+    if queue_length(fd) != Some(1) {
+        return false;
+    }
+    listener.accept().is_ok() && queue_length(fd) == Some(0)
+}
+
 /// How many connections wait in the listening socket's accept queue: `TCP_INFO` of a
 /// listening socket reports it as `tcpi_unacked`. None when it cannot be read (or the
 /// socket is not listening): the caller then accepts again and finds out as tokio's
@@ -222,6 +261,12 @@ mod tests {
         .expect("the later connection woke the loop")
         .expect("accept");
         assert_eq!(accepted.1, later.local_addr().expect("peer"));
+    }
+
+    /// This kernel reports the queue's length, so the loops use it.
+    #[test]
+    fn the_queue_length_check_passes_here() {
+        assert!(queue_length_reads());
     }
 
     /// The queue's length as the kernel reports it; none for a socket that is not
