@@ -42,6 +42,8 @@ impl Acceptor {
     /// Registers `listener` (non-blocking) with the runtime of the calling task.
     pub(super) fn new(listener: std::net::TcpListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
+        // At start, not in the first connection's way.
+        LazyLock::force(&QUEUE_LENGTH_READS);
         // SAFETY: the listener is owned by the AsyncFd, so its fd stays open and the same
         // for the AsyncFd's whole life.
         let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
