@@ -290,30 +290,18 @@ fn cors_check(
     request: &mut Request<ClientBody>,
     fields: &mut Option<Box<RequestFields>>,
 ) -> Result<Option<HeaderValue>, Box<LocalReply>> {
-    // `fields`: the request's head as it came, when the codec kept it so; what reads
-    // headers by name takes the whole map first.
     request_fields::whole(request.headers_mut(), fields);
     let origin = route_actions::allowed_origin(cors, request.headers()).cloned();
     // Envoy's CORS filter answers a preflight it allows, and one it does not allow when
     // told not to pass those on; other preflights go to the upstream.
-    if route_actions::is_preflight(request.method(), request.headers()) {
-        match &origin {
-            Some(origin) => {
-                return Err(Box::new(LocalReply::preflight(
-                    cors,
-                    Some(origin),
-                    request.headers(),
-                )));
-            }
-            None if forward.cors_answers_unmatched_preflights => {
-                return Err(Box::new(LocalReply::preflight(
-                    cors,
-                    None,
-                    request.headers(),
-                )));
-            }
-            None => {}
-        }
+    if route_actions::is_preflight(request.method(), request.headers())
+        && (origin.is_some() || forward.cors_answers_unmatched_preflights)
+    {
+        return Err(Box::new(LocalReply::preflight(
+            cors,
+            origin.as_ref(),
+            request.headers(),
+        )));
     }
     Ok(origin)
 }

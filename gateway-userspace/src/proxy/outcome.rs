@@ -8,7 +8,7 @@ use http::Response;
 use http_body_util::BodyExt;
 
 use super::{
-    body::{BoxError, ProxyBody},
+    body::ProxyBody,
     flags::ResponseFlags,
     http1::passed::PassedFields,
     local_reply::LocalReply,
@@ -63,7 +63,7 @@ impl Answer {
                 flags,
                 expiry,
             } => {
-                let response = (*response).map(|body| body.map_err(BoxError::from).boxed());
+                let response = (*response).map(BodyExt::boxed);
                 let response = match expiry {
                     Some(expiry) => response.map(|body| DeadlineBody::new(body, expiry).boxed()),
                     None => response,

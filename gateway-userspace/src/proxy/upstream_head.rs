@@ -267,14 +267,15 @@ impl UpstreamHead {
                 .map(|(name, value)| (name.as_bytes(), value))
         };
         let path = self.path_and_query.as_str();
+        let lines = Lines {
+            after,
+            ..Lines::default()
+        };
         match &self.fields {
             Some(fields) => Outbound::new(
                 &self.method,
                 path,
-                Lines {
-                    after,
-                    ..Lines::default()
-                },
+                lines,
                 || fields.iter().chain(appended()),
                 body,
             ),
@@ -284,10 +285,6 @@ impl UpstreamHead {
                         .iter()
                         .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
                         .chain(appended())
-                };
-                let lines = Lines {
-                    after,
-                    ..Lines::default()
                 };
                 Outbound::new(&self.method, path, lines, fields, body)
             }
