@@ -60,7 +60,7 @@ def dump_events(dump):
 
 # Callgrind's cache and branch-predictor simulation (`--cache-sim`): what instructions alone do
 # not show when CPU time and instruction counts disagree (`perf stat` has no counters here).
-CACHE_SIM_ARGS = ["--cache-sim=yes", "--branch-sim=yes"]
+CACHE_SIM_ARGS = ["--cache-sim=yes", "--branch-sim=yes"] + os.environ.get("CALLGRIND_EXTRA", "").split()
 
 
 def print_cache_sim(dump, n, unit):

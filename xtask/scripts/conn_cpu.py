@@ -58,6 +58,22 @@ def on_cpu_ns(pid):
     return total
 
 
+def faults_and_switches(pid):
+    """Minor page faults and context switches (voluntary + not) of every thread of `pid`."""
+    faults = switches = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                faults += int(f.read().rsplit(")", 1)[1].split()[7])
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if "ctxt_switches:" in line:
+                        switches += int(line.split()[-1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return faults, switches
+
+
 def user_kernel_ticks(pid):
     """utime and stime of every thread of `pid`, in clock ticks (/proc/PID/task/*/stat)."""
     user = kernel = 0
@@ -154,6 +170,7 @@ http {{ access_log off; keepalive_requests 1000000;
         user_us = {name: [] for name, _, _ in servers}
         kernel_us = {name: [] for name, _, _ in servers}
         rates = {name: [] for name, _, _ in servers}
+        per_event = {name: [] for name, _, _ in servers}
         ratios = {name: [] for name, _, _ in servers[:-1]}
         for round_ in range(args.rounds):
             order = servers[round_ % len(servers):] + servers[:round_ % len(servers)]
@@ -161,9 +178,12 @@ http {{ access_log off; keepalive_requests 1000000;
             for name, pid, p in order:
                 before, t = on_cpu_ns(pid), time.monotonic()
                 ticks = user_kernel_ticks(pid)
+                events = faults_and_switches(pid)
                 n = wrk(p, args.seconds, args.connections, args.keep_alive)
                 spent = on_cpu_ns(pid) - before - idle_ns_per_s[pid] * (time.monotonic() - t)
                 user, kernel = user_kernel_ticks(pid)
+                faults, switches = faults_and_switches(pid)
+                per_event[name].append(((faults - events[0]) / n, (switches - events[1]) / n))
                 user_us[name].append((user - ticks[0]) * TICK_US / n)
                 kernel_us[name].append((kernel - ticks[1]) * TICK_US / n)
                 this_round[name] = spent / n / 1000.0
@@ -194,6 +214,11 @@ http {{ access_log off; keepalive_requests 1000000;
                      f"{statistics.median(kernel_us[name]):.1f}")
             print(f"| {name} | {statistics.median(v):.1f} ({min(v):.1f}–{max(v):.1f}) | "
                   f"{statistics.median(r):.0f} | {ratio} | {split} |")
+        for name, _, _ in servers:
+            faults = statistics.median(f for f, _ in per_event[name])
+            switches = statistics.median(c for _, c in per_event[name])
+            print(f"{name}: {faults:.3f} page faults and {switches:.3f} context switches "
+                  f"per {unit} (medians)")
         print(f"idle CPU subtracted (µs/s): " + ", ".join(
             f"{name} {idle_ns_per_s[pid] / 1000:.0f}" for name, pid, _ in servers))
     finally:

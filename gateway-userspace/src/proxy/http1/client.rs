@@ -984,6 +984,7 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin> ResponseBody<S> {
             let _ = exchange.poll_request(&mut Context::from_waker(std::task::Waker::noop()));
         }
         let sound = exchange.request.done && exchange.buf.is_empty();
+        buffer::give_back(&mut exchange.buf);
         sound.then_some(exchange.io)
     }
 

@@ -124,6 +124,8 @@ where
             }
             buffer::settle(&mut buf);
         }
+        // Whatever is left is not read now: the buffer goes back to the worker's spares.
+        buffer::give_back(&mut buf);
         if io.shutdown_before_close() {
             let _ = io.shutdown().await;
         }
@@ -148,7 +150,7 @@ fn poll_body_read<R: AsyncRead + IdleWait + Unpin>(
         std::pin::pin!(read).poll(cx)
     };
     if read.is_pending() && buf.is_empty() {
-        *buf = BytesMut::new();
+        buffer::give_back(buf);
     }
     read
 }
