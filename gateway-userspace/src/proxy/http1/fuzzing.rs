@@ -9,6 +9,7 @@ pub(super) mod reference;
 use bytes::{Buf, BytesMut};
 
 use super::{
+    buffer,
     chunked::{ChunkedDecoder, Decoded},
     client::{self, BodyDecoder},
     head::{self, BodyFraming},
@@ -43,8 +44,12 @@ pub fn frame(input: &[u8], step: usize) -> Vec<Event> {
     let mut pieces = input.chunks(step.max(1));
     let mut buf = BytesMut::new();
     let mut events = Vec::new();
+    // The buffer is handled as the connection handles it (`buffer.rs`): room made before
+    // each read (a spare taken when it has none), body bytes taken, and settled between
+    // requests (given back to the spares when empty).
     let mut more = |buf: &mut BytesMut| match pieces.next() {
         Some(piece) => {
+            buffer::make_room(buf);
             buf.extend_from_slice(piece);
             true
         }
@@ -95,8 +100,7 @@ pub fn frame(input: &[u8], step: usize) -> Vec<Event> {
                     let take = usize::try_from(length - bytes)
                         .unwrap_or(usize::MAX)
                         .min(buf.len());
-                    buf.advance(take);
-                    bytes += take as u64;
+                    bytes += buffer::take(&mut buf, take).len() as u64;
                 }
                 0
             }
@@ -121,6 +125,7 @@ pub fn frame(input: &[u8], step: usize) -> Vec<Event> {
             }
         };
         events.push(Event::Body { bytes, trailers });
+        buffer::settle(&mut buf);
     }
 }
 
