@@ -60,7 +60,13 @@ def dump_events(dump):
 
 # Callgrind's cache and branch-predictor simulation (`--cache-sim`): what instructions alone do
 # not show when CPU time and instruction counts disagree (`perf stat` has no counters here).
-CACHE_SIM_ARGS = ["--cache-sim=yes", "--branch-sim=yes"] + os.environ.get("CALLGRIND_EXTRA", "").split()
+CACHE_SIM_ARGS = ["--cache-sim=yes", "--branch-sim=yes"]
+
+
+def callgrind_options(cache_sim):
+    """The options a script's callgrind run takes beyond its output file: the simulation
+    when asked, then whatever `CALLGRIND_EXTRA` names (e.g. `--dump-instr=yes`)."""
+    return (CACHE_SIM_ARGS if cache_sim else []) + os.environ.get("CALLGRIND_EXTRA", "").split()
 
 
 def print_cache_sim(dump, n, unit):

@@ -17,7 +17,7 @@ natively and `strace -c -f` counts its system calls over the N connections. With
 """
 import os, shutil, socket, subprocess, sys
 
-from callgrind_run import (CACHE_SIM_ARGS, PORT_OFFSET, count_instructions, count_syscalls, print_cache_sim,
+from callgrind_run import (callgrind_options, PORT_OFFSET, count_instructions, count_syscalls, print_cache_sim,
                            print_syscalls, wait_for_port)
 from one_route_config import one_route_config
 
@@ -84,7 +84,7 @@ try:
         print_syscalls(who, calls, N, "connection", 0.1)
     else:
         out = f"{WORK}/callgrind.out"
-        simulate = CACHE_SIM_ARGS if CACHE_SIM else []
+        simulate = callgrind_options(CACHE_SIM)
         gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + simulate
                               + command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         total, dump = count_instructions(gw.pid, GW, out, load, N, warm_up=200)

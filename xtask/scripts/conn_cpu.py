@@ -58,34 +58,22 @@ def on_cpu_ns(pid):
     return total
 
 
-def faults_and_switches(pid):
-    """Minor page faults and context switches (voluntary + not) of every thread of `pid`."""
-    faults = switches = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/stat") as f:
-                faults += int(f.read().rsplit(")", 1)[1].split()[7])
-            with open(f"/proc/{pid}/task/{task}/status") as f:
-                for line in f:
-                    if "ctxt_switches:" in line:
-                        switches += int(line.split()[-1])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return faults, switches
-
-
-def user_kernel_ticks(pid):
-    """utime and stime of every thread of `pid`, in clock ticks (/proc/PID/task/*/stat)."""
-    user = kernel = 0
+def thread_counters(pid):
+    """Summed over every thread of `pid`: utime and stime in clock ticks, minor page
+    faults (/proc/PID/task/*/stat), and context switches, voluntary or not (status)."""
+    user = kernel = faults = switches = 0
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{task}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            faults += int(fields[7])
             user += int(fields[11])
             kernel += int(fields[12])
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                switches += sum(int(line.split()[-1]) for line in f if "ctxt_switches:" in line)
         except (FileNotFoundError, ProcessLookupError):
             pass
-    return user, kernel
+    return user, kernel, faults, switches
 
 
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
@@ -177,15 +165,14 @@ http {{ access_log off; keepalive_requests 1000000;
             this_round = {}
             for name, pid, p in order:
                 before, t = on_cpu_ns(pid), time.monotonic()
-                ticks = user_kernel_ticks(pid)
-                events = faults_and_switches(pid)
+                counted = thread_counters(pid)
                 n = wrk(p, args.seconds, args.connections, args.keep_alive)
                 spent = on_cpu_ns(pid) - before - idle_ns_per_s[pid] * (time.monotonic() - t)
-                user, kernel = user_kernel_ticks(pid)
-                faults, switches = faults_and_switches(pid)
-                per_event[name].append(((faults - events[0]) / n, (switches - events[1]) / n))
-                user_us[name].append((user - ticks[0]) * TICK_US / n)
-                kernel_us[name].append((kernel - ticks[1]) * TICK_US / n)
+                user, kernel, faults, switches = (
+                    now - then for now, then in zip(thread_counters(pid), counted))
+                per_event[name].append((faults / n, switches / n))
+                user_us[name].append(user * TICK_US / n)
+                kernel_us[name].append(kernel * TICK_US / n)
                 this_round[name] = spent / n / 1000.0
                 per_conn[name].append(this_round[name])
                 rates[name].append(n / args.seconds)

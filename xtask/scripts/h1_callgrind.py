@@ -26,7 +26,7 @@ bench http` holds 50).
 """
 import os, shutil, subprocess, sys
 
-from callgrind_run import (CACHE_SIM_ARGS, PORT_OFFSET, count_instructions, count_syscalls, cpu_rounds,
+from callgrind_run import (callgrind_options, PORT_OFFSET, count_instructions, count_syscalls, cpu_rounds,
                            print_cache_sim, print_syscalls, wait_for_port)
 from one_route_config import one_route_config
 
@@ -103,7 +103,7 @@ try:
         load(1000)
         print_syscalls(who, count_syscalls(gw.pid, load, N, WORK), N, "request", 0.01)
     else:
-        simulate = CACHE_SIM_ARGS if CACHE_SIM else []
+        simulate = callgrind_options(CACHE_SIM)
         gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + simulate
                               + command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         total, dump = count_instructions(gw.pid, GW, out, load, N)
