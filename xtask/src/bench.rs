@@ -10,13 +10,16 @@ use anyhow::{Result, bail};
 use crate::Workspace;
 
 mod authz;
+mod chart;
 mod common;
 mod config;
 mod endpoints;
 mod http;
 mod ip_deny;
 mod kubernetes;
+mod latency;
 mod node_ports;
+mod peers;
 pub(crate) mod pgo;
 mod reload;
 mod sni;
@@ -41,6 +44,11 @@ const BENCHES: &[Bench] = &[
         name: "http",
         about: "HTTP/1.1 keep-alive and h2c proxying with 100 hosts × 10 prefixes: req/s, CPU and instructions per request, p50/p99, idle memory: gatewayd vs nginx, HAProxy",
         run: http::run,
+    },
+    Bench {
+        name: "latency",
+        about: "latency added against offered load (open loop, 10–90 % of the slowest server's saturated rate), in rounds: gatewayd vs nginx, HAProxy, the upstream alone; curves drawn to latency.svg",
+        run: latency::run,
     },
     Bench {
         name: "workers",

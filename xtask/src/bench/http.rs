@@ -7,11 +7,13 @@
 //!   CPU time, instructions and cycles per request;
 //! - HTTP/2 (h2c, prior knowledge): h2load, `H2_CLIENTS` connections × `H2_STREAMS`
 //!   concurrent streams, `H2_REQUESTS` requests; requests/s and CPU per request;
+//! - new connections: wrk with `Connection: close`, CPU per connection;
 //! - memory: RSS growth per 10 000 idle keep-alive connections, each after one request.
 //!
-//! Each server has one worker (gatewayd `--worker-threads 1`, nginx `worker_processes 1`,
-//! HAProxy `nbthread 1`) pinned to CPU 1; wrk/h2load and the upstream (an nginx answering
-//! a fixed 200 on two ports) share CPU 0. CPU is utime+stime from /proc over each run
+//! Latency against offered load is `bench latency`'s. Each server has one worker
+//! (gatewayd `--worker-threads 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`)
+//! pinned to CPU 1; wrk/h2load and the upstream (an nginx answering a fixed 200 on two
+//! ports) share CPU 0 (`peers`). CPU is utime+stime from /proc over each run
 //! (all of a server's processes); instructions and cycles from `perf stat -p`. Rounds
 //! interleave the servers; medians are reported with the min–max spread.
 
@@ -20,36 +22,33 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::TcpStream,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 
 use super::{
+    chart::{self, Panel, SeriesLabelPosition},
     common::{
-        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, process_tree,
-        release_binaries, spread, tree_cpu_seconds, tree_on_cpu_seconds, tree_rss_bytes,
-        tree_user_system_seconds,
+        free_port, median, pinned, process_tree, release_binaries, spread, tree_cpu_seconds,
+        tree_on_cpu_seconds, tree_rss_bytes, tree_user_system_seconds,
+    },
+    peers::{
+        CLIENT_CPU, HOSTS, PACED_CONNECTIONS, PREFIXES, SERVER_CPU, Server, TARGET_HOST,
+        TARGET_PATH, check_routing, start_all, start_gatewayd, start_upstream,
+        wrk_requests_per_second,
     },
     results_dir,
 };
 use crate::Workspace;
 
-const SERVER_CPU: &str = "1";
-const CLIENT_CPU: &str = "0";
 /// Keep-alive rounds (HTTP/1.1 and h2c). Two runs of 3 on one quiet machine put the
 /// HTTP/1.1 CPU ratio at 1.21× and 1.02× nginx's: a server's figure drifts between rounds
 /// by more than the gap measured, so the ratio is also taken within each round, the
 /// servers' order rotating, as the new-connection rounds do.
 const ROUNDS: usize = 5;
-const HOSTS: usize = 100;
-const PREFIXES: usize = 10;
-/// The request every client sends: a host and prefix in the middle of the tables, so
-/// linear rule lists (HAProxy's) pay for the rules before it, as they would on average.
-const TARGET_HOST: &str = "h57.bench.example";
-const TARGET_PATH: &str = "/p7/item";
 const WRK_CONNECTIONS: u32 = 50;
 const WRK_SECONDS: u32 = 5;
 const H2_CLIENTS: u32 = 10;
@@ -57,7 +56,8 @@ const H2_STREAMS: u32 = 10;
 const H2_REQUESTS: u32 = 50_000;
 /// Below HAProxy's maxconn, which the 20 000-descriptor limit caps at 9 500; scaled to 10 000.
 const IDLE_CONNECTIONS: usize = 8_000;
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// The memory curve's step.
+const IDLE_STEP: usize = 1_000;
 /// New-connection runs: wrk with `Connection: close`, so every request is a connection,
 /// one connection at a time: at saturation (the earlier `-c10`) the work per connection
 /// depended on how many events each wake-up found, which depended on what the machine's
@@ -67,39 +67,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const CONN_CONNECTIONS: u32 = 1;
 const CONN_SECONDS: u32 = 2;
 const CONN_ROUNDS: usize = 9;
-/// Latency at half load: open-loop (paced-load), this long, over this many connections.
+/// `bench workers`: open-loop (paced-load) runs this long.
 const PACED_SECONDS: u32 = 5;
-const PACED_CONNECTIONS: u32 = 16;
-
-/// A child stopped with SIGTERM (nginx's master then stops its workers), then SIGKILL.
-pub(super) struct Process(pub(super) Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Server {
-    name: &'static str,
-    /// HTTP/1.1 port; `h2_port` serves h2c with prior knowledge (the same port for
-    /// gatewayd, which tells them apart by the preface).
-    h1_port: u16,
-    h2_port: u16,
-    process: Process,
-}
 
 #[derive(Default)]
 struct Figures {
@@ -123,28 +92,17 @@ struct Figures {
     conn_cpu_us: Vec<f64>,
     /// gatewayd's only: its CPU per new connection ÷ nginx's, round by round.
     conn_ratio: Vec<f64>,
-    /// Open-loop latency at the common half load: p50 and p99, in ms.
-    paced_p50_ms: Option<f64>,
-    paced_p99_ms: Option<f64>,
     idle_mib_per_10k: Option<f64>,
+    /// RSS growth in MiB as idle connections are opened: (connections, MiB).
+    idle_curve: Vec<(f64, f64)>,
 }
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
-    let (gatewayd, [paced_load]) = release_binaries(ws, ["paced-load"])?;
+    let (gatewayd, []) = release_binaries(ws, [])?;
     let work = results_dir(ws).join("http-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-
-    let upstream_ports = [free_port()?, free_port()?];
-    let _upstream = start_upstream(&work, upstream_ports)?;
-    let servers = [
-        start_gatewayd(&gatewayd, &work, upstream_ports, 1)?,
-        start_nginx(&work, upstream_ports)?,
-        start_haproxy(&work, upstream_ports)?,
-    ];
-    for server in &servers {
-        check_routing(server)?;
-    }
+    let (_upstream, servers) = start_all(&gatewayd, &work)?;
     let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
     for round in 0..ROUNDS {
         for i in (0..servers.len()).map(|i| (i + round) % servers.len()) {
@@ -172,27 +130,19 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
         let ratio = last_ratio(&figures, |f| &f.conn_cpu_us);
         figures[0].conn_ratio.push(ratio);
     }
-    // Latency at half load: every server gets the same offered rate, half of what the
-    // slowest of them sustained, and the upstream alone is measured at it too, so the
-    // figure is the latency each proxy adds.
-    let half_load = 0.5
-        * figures
-            .iter()
-            .map(|f| median(&f.h1_rps))
-            .fold(f64::INFINITY, f64::min);
-    println!("direct to the upstream: {half_load:.0} req/s open loop");
-    let direct = paced_run(&paced_load, upstream_ports[0], half_load)?;
-    for (server, f) in servers.iter().zip(&mut figures) {
-        println!("{}: {half_load:.0} req/s open loop", server.name);
-        let (p50, p99) = paced_run(&paced_load, server.h1_port, half_load)?;
-        f.paced_p50_ms = Some(p50);
-        f.paced_p99_ms = Some(p99);
-    }
     for (server, f) in servers.iter().zip(&mut figures) {
         println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
-        f.idle_mib_per_10k = Some(idle_memory(server)?);
+        f.idle_curve = idle_memory(server)?;
+        f.idle_mib_per_10k = f
+            .idle_curve
+            .last()
+            .map(|(connections, mib)| mib / connections * 10_000.0);
     }
-    Ok(table(&servers, &figures) + &paced_table(&servers, &figures, half_load, direct))
+    let svg = results_dir(ws).join("memory.svg");
+    draw_memory(&svg, &servers, &figures)?;
+    Ok(table(&servers, &figures)
+        + &connections_table(&servers, &figures)
+        + &format!("\nMemory against idle connections: {}.\n", svg.display()))
 }
 
 /// gatewayd's (`figures[0]`) last figure ÷ nginx's (`figures[1]`): the two measured seconds
@@ -343,19 +293,16 @@ fn h2load_paced_run(server: &Server, f: &mut Figures) -> Result<()> {
     Ok(())
 }
 
-fn paced_table(servers: &[Server], figures: &[Figures], rate: f64, direct: (f64, f64)) -> String {
-    let mut out = format!(
-        "\nLatency added at half load ({rate:.0} requests/s offered to every server, open loop, {PACED_CONNECTIONS} keep-alive connections, {PACED_SECONDS} s; the upstream alone: p50 {:.3} ms, p99 {:.3} ms):\n\n| server | p50 | p99 | added p50 | added p99 | new connections/s | CPU µs per new connection | ÷ nginx, per round |\n|---|---|---|---|---|---|---|---|\n",
-        direct.0, direct.1
+/// New connections: each server's rate and CPU per connection, and gatewayd's ÷ nginx's.
+fn connections_table(servers: &[Server], figures: &[Figures]) -> String {
+    let mut out = String::from(
+        "\nNew connections:\n\n| server | new connections/s | CPU µs per new connection | ÷ nginx, per round |\n|---|---|---|---|\n",
     );
     for (server, f) in servers.iter().zip(figures) {
-        let (p50, p99) = (f.paced_p50_ms.unwrap_or(0.0), f.paced_p99_ms.unwrap_or(0.0));
         let _ = writeln!(
             out,
-            "| {} | {p50:.3} ms | {p99:.3} ms | {:.3} ms | {:.3} ms | {:.0} ({}) | {:.1} ({}) | {} |",
+            "| {} | {:.0} ({}) | {:.1} ({}) | {} |",
             server.name,
-            p50 - direct.0,
-            p99 - direct.1,
             median(&f.conn_rps),
             spread(&f.conn_rps),
             median(&f.conn_cpu_us),
@@ -379,32 +326,6 @@ fn spread_to(values: &[f64], decimals: usize) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     format!("{min:.decimals$}–{max:.decimals$}")
-}
-
-/// One open-loop run at `rate` against `port`: (p50, p99) in ms; fails on any error.
-fn paced_run(bin: &Path, port: u16, rate: f64) -> Result<(f64, f64)> {
-    let output = pinned(CLIENT_CPU, bin)
-        .args(["--connect", &format!("127.0.0.1:{port}")])
-        .args(["--host", TARGET_HOST, "--path", TARGET_PATH])
-        .args(["--rate", &format!("{rate:.0}")])
-        .args(["--seconds", &PACED_SECONDS.to_string()])
-        .args(["--connections", &PACED_CONNECTIONS.to_string()])
-        .output()
-        .context("running paced-load")?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let field = |name: &str| -> Option<f64> {
-        text.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-    };
-    if !output.status.success() || field("errors") != Some(0.0) {
-        bail!(
-            "paced-load on port {port} failed:\n{text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let p50 = field("p50_us").context("p50_us")?;
-    let p99 = field("p99_us").context("p99_us")?;
-    Ok((p50 / 1000.0, p99 / 1000.0))
 }
 
 /// wrk with `Connection: close`: every request opens a connection (the server closes it).
@@ -515,231 +436,6 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
     out
 }
 
-pub(super) fn wait_listening(port: u16, child: &mut Child, name: &str) -> Result<()> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait()? {
-            bail!("{name} exited with {status} before listening on {port}");
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("{name} is not listening on {port} after {START_TIMEOUT:?}")
-}
-
-pub(super) fn nginx_dir(work: &Path, name: &str) -> Result<PathBuf> {
-    let dir = work.join(name);
-    fs::create_dir_all(dir.join("logs"))?;
-    Ok(dir)
-}
-
-pub(super) fn start_nginx_process(dir: &Path, cpu: &str, port: u16, name: &str) -> Result<Process> {
-    let mut child = pinned(cpu, Path::new("nginx"))
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting nginx ({name})"))?;
-    wait_listening(port, &mut child, name)?;
-    Ok(Process(child))
-}
-
-/// The upstream: nginx answering `200 ok` on two ports (the two endpoints).
-fn start_upstream(work: &Path, ports: [u16; 2]) -> Result<Process> {
-    let dir = nginx_dir(work, "upstream")?;
-    let mut conf = nginx_prelude(&dir);
-    for port in ports {
-        let _ = writeln!(
-            conf,
-            "  server {{ listen 127.0.0.1:{port} reuseport; location / {{ return 200 \"ok\\n\"; }} }}"
-        );
-    }
-    conf.push_str("}\n");
-    fs::write(dir.join("nginx.conf"), conf)?;
-    start_nginx_process(&dir, CLIENT_CPU, ports[0], "upstream nginx")
-}
-
-fn start_gatewayd(bin: &Path, work: &Path, upstream: [u16; 2], workers: usize) -> Result<Server> {
-    let port = free_port()?;
-    let dir = work.join(format!("gatewayd-{workers}"));
-    fs::create_dir_all(&dir)?;
-    let hosts: Vec<String> = (0..HOSTS)
-        .map(|h| format!("\"h{h}.bench.example\""))
-        .collect();
-    let mut config = format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http, port: 80, targetPort: {port}}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: [{hosts}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: default}}
-spec:
-  ports: [{{name: http, port: 8000}}]
-"#,
-        hosts = hosts.join(", ")
-    );
-    for (i, upstream_port) in upstream.iter().enumerate() {
-        let _ = write!(
-            config,
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: up-{i}, namespace: default, labels: {{kubernetes.io/service-name: up}}}}\naddressType: IPv4\nports: [{{name: http, port: {upstream_port}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n"
-        );
-    }
-    for h in 0..HOSTS {
-        let _ = write!(
-            config,
-            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: h{h}, namespace: default}}\nspec:\n  hosts: [h{h}.bench.example]\n  gateways: [bench]\n  http:\n"
-        );
-        for p in 0..PREFIXES {
-            let _ = write!(
-                config,
-                "  - match: [{{uri: {{prefix: /p{p}/}}}}]\n    route: [{{destination: {{host: up}}}}]\n"
-            );
-        }
-    }
-    fs::write(dir.join("config.yaml"), config)?;
-    let mut child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &AdminAddrs::free()?)?
-        .args(["--worker-threads", &workers.to_string()])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
-        .spawn()
-        .context("starting gatewayd")?;
-    wait_listening(port, &mut child, "gatewayd")?;
-    Ok(Server {
-        name: "gatewayd",
-        h1_port: port,
-        h2_port: port,
-        process: Process(child),
-    })
-}
-
-fn start_nginx(work: &Path, upstream: [u16; 2]) -> Result<Server> {
-    let (h1_port, h2_port) = (free_port()?, free_port()?);
-    let dir = nginx_dir(work, "nginx")?;
-    let mut conf = nginx_prelude(&dir);
-    let _ = writeln!(
-        conf,
-        "  upstream up {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}",
-        upstream[0], upstream[1]
-    );
-    for h in 0..HOSTS {
-        let _ = writeln!(
-            conf,
-            "  server {{\n    listen 127.0.0.1:{h1_port};\n    listen 127.0.0.1:{h2_port} http2;\n    server_name h{h}.bench.example;"
-        );
-        for p in 0..PREFIXES {
-            let _ = writeln!(
-                conf,
-                "    location /p{p}/ {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}"
-            );
-        }
-        conf.push_str("    location / { return 404; }\n  }\n");
-    }
-    let _ = writeln!(
-        conf,
-        "  server {{ listen 127.0.0.1:{h1_port} default_server; listen 127.0.0.1:{h2_port} http2 default_server; return 404; }}\n}}"
-    );
-    fs::write(dir.join("nginx.conf"), conf)?;
-    let process = start_nginx_process(&dir, SERVER_CPU, h1_port, "nginx")?;
-    Ok(Server {
-        name: "nginx",
-        h1_port,
-        h2_port,
-        process,
-    })
-}
-
-fn start_haproxy(work: &Path, upstream: [u16; 2]) -> Result<Server> {
-    let (h1_port, h2_port) = (free_port()?, free_port()?);
-    let mut conf = format!(
-        r#"global
-  nbthread 1
-  maxconn 9500
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-keep-alive 300s
-frontend web
-  bind 127.0.0.1:{h1_port}
-  bind 127.0.0.1:{h2_port} proto h2
-  option forwardfor
-"#
-    );
-    for h in 0..HOSTS {
-        for p in 0..PREFIXES {
-            let _ = writeln!(
-                conf,
-                "  use_backend up if {{ hdr(host) -m str h{h}.bench.example }} {{ path_beg /p{p}/ }}"
-            );
-        }
-    }
-    let _ = write!(
-        conf,
-        "  default_backend notfound\nbackend notfound\n  http-request return status 404\nbackend up\n  balance roundrobin\n  http-reuse always\n  server s1 127.0.0.1:{}\n  server s2 127.0.0.1:{}\n",
-        upstream[0], upstream[1]
-    );
-    let path = work.join("haproxy.cfg");
-    fs::write(&path, conf)?;
-    let mut child = pinned(SERVER_CPU, Path::new("haproxy"))
-        .args(["-db", "-f"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting haproxy")?;
-    wait_listening(h1_port, &mut child, "haproxy")?;
-    Ok(Server {
-        name: "HAProxy",
-        h1_port,
-        h2_port,
-        process: Process(child),
-    })
-}
-
-/// One request through each server before measuring: the routing really is identical.
-fn check_routing(server: &Server) -> Result<()> {
-    for (host, path, want) in [
-        (TARGET_HOST, TARGET_PATH, "200"),
-        ("h3.bench.example", "/p9/x", "200"),
-        ("h3.bench.example", "/nope", "404"),
-    ] {
-        let mut stream = TcpStream::connect(("127.0.0.1", server.h1_port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        let status = answer.split_whitespace().nth(1).unwrap_or_default();
-        if status != want {
-            bail!(
-                "{}: {host}{path} answered {status:?}, expected {want}:\n{answer}",
-                server.name
-            );
-        }
-    }
-    Ok(())
-}
-
 fn cpu_seconds(server: &Server) -> f64 {
     tree_cpu_seconds(server.process.0.id())
 }
@@ -815,11 +511,7 @@ fn wrk_run(server: &Server, f: &mut Figures) -> Result<()> {
         bail!("{}: wrk saw errors:\n{text}", server.name);
     }
     let requests = wrk_requests(&text)?;
-    let rps: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("wrk output:\n{text}"))?;
+    let rps = wrk_requests_per_second(&text)?;
     let percentile = |p: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(p).map(str::trim))
@@ -904,13 +596,14 @@ fn h2load_run(server: &Server, f: &mut Figures) -> Result<()> {
     Ok(())
 }
 
-/// RSS growth with `IDLE_CONNECTIONS` keep-alive connections open, each after one
-/// request, scaled to 10 000 connections, in MiB.
-fn idle_memory(server: &Server) -> Result<f64> {
+/// RSS growth as `IDLE_CONNECTIONS` keep-alive connections are opened, each after one
+/// request, read at every `IDLE_STEP` connections: (connections, MiB).
+fn idle_memory(server: &Server) -> Result<Vec<(f64, f64)>> {
     let before = rss_bytes(server);
     let mut held = Vec::with_capacity(IDLE_CONNECTIONS);
+    let mut curve = vec![(0.0, 0.0)];
     let request = format!("GET {TARGET_PATH} HTTP/1.1\r\nHost: {TARGET_HOST}\r\n\r\n");
-    for _ in 0..IDLE_CONNECTIONS {
+    while held.len() < IDLE_CONNECTIONS {
         let mut stream = TcpStream::connect(("127.0.0.1", server.h1_port))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.write_all(request.as_bytes())?;
@@ -924,9 +617,30 @@ fn idle_memory(server: &Server) -> Result<f64> {
             seen.extend_from_slice(&buf[..n]);
         }
         held.push(stream);
+        if held.len() % IDLE_STEP == 0 {
+            // Let the server settle what the last connections' requests left behind.
+            std::thread::sleep(Duration::from_millis(500));
+            let grown = rss_bytes(server) - before;
+            curve.push((held.len() as f64, grown / (1024.0 * 1024.0)));
+        }
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let grown = rss_bytes(server) - before;
     drop(held);
-    Ok(grown / IDLE_CONNECTIONS as f64 * 10_000.0 / (1024.0 * 1024.0))
+    Ok(curve)
+}
+
+/// `memory.svg`: each server's RSS growth against its idle keep-alive connections.
+fn draw_memory(path: &Path, servers: &[Server], figures: &[Figures]) -> Result<()> {
+    let panel = Panel {
+        title: "RSS growth, idle HTTP/1.1 keep-alive connections".into(),
+        x_label: "idle connections",
+        y_label: "MiB",
+        log_y: false,
+        series: servers
+            .iter()
+            .zip(figures)
+            .map(|(server, f)| (server.name, f.idle_curve.clone()))
+            .collect(),
+        legend: SeriesLabelPosition::UpperLeft,
+    };
+    chart::draw(path, &[panel])
 }

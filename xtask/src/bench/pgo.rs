@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{AdminAddrs, free_port, gatewayd_run},
-    http::{Process, wait_listening},
+    peers::{Process, wait_listening},
     upstream_tls::{certificates, gatewayd_config, start_upstream},
 };
 use crate::{Workspace, cmd};

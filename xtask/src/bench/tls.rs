@@ -26,6 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
+    chart::{self, Panel, SeriesLabelPosition},
     common::{
         AdminAddrs, KilledOnDrop, free_port, gatewayd_run, median, nginx_prelude, pinned, spread,
         tree_cpu_seconds, tree_rss_bytes,
@@ -49,6 +50,8 @@ const KEEPALIVE_CONNECTIONS: u32 = 16;
 /// Idle connections held for the memory figure.
 const IDLE_CONNECTIONS: u32 = 2000;
 const IDLE_WARMUP_CONNECTIONS: u32 = 20;
+/// The memory curve's step.
+const IDLE_STEP: u32 = 250;
 const SNI: &str = "bench.example.com";
 /// How long a server gets to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -84,6 +87,8 @@ struct Figures {
     handshakes_per_cpu_s: Vec<f64>,
     requests_per_cpu_s: Vec<f64>,
     idle_bytes_per_connection: Option<f64>,
+    /// RSS growth in MiB as idle connections are opened: (connections, MiB).
+    idle_curve: Vec<(f64, f64)>,
     negotiated: String,
 }
 
@@ -121,7 +126,11 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     // and RSS no longer grows with connections.
     for (server, figures) in servers.iter_mut().zip(&mut figures) {
         println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
-        figures.idle_bytes_per_connection = Some(idle_memory(server)?);
+        figures.idle_curve = idle_memory(server)?;
+        figures.idle_bytes_per_connection = figures
+            .idle_curve
+            .last()
+            .map(|(connections, mib)| mib * 1024.0 * 1024.0 / connections);
     }
     for round in 0..ROUNDS {
         for (server, figures) in servers.iter().zip(&mut figures) {
@@ -137,16 +146,25 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     }
     drop(servers);
     drop(upstream);
-    Ok(table(&figures))
+    let svg = results_dir(ws).join("tls-memory.svg");
+    draw_memory(&svg, &figures)?;
+    Ok(table(&figures)
+        + &format!(
+            "\nMemory against idle TLS connections: {}.\n",
+            svg.display()
+        ))
 }
 
+/// The servers' names, in the order `run` starts them.
+const SERVER_NAMES: [&str; 4] = [
+    "gatewayd",
+    "bare rustls (ceiling)",
+    "nginx 1.22",
+    "HAProxy 2.6",
+];
+
 fn table(figures: &[Figures]) -> String {
-    let names = [
-        "gatewayd",
-        "bare rustls (ceiling)",
-        "nginx 1.22",
-        "HAProxy 2.6",
-    ];
+    let names = SERVER_NAMES;
     let bare = median(&figures[1].handshakes_per_cpu_s);
     let best_peer =
         median(&figures[2].handshakes_per_cpu_s).max(median(&figures[3].handshakes_per_cpu_s));
@@ -488,29 +506,36 @@ fn keep_alive(server: &Server) -> Result<f64> {
     Ok(done / used.max(0.01))
 }
 
-/// Holds `IDLE_CONNECTIONS` TLS connections, each after one request, and measures the
-/// server's RSS growth. The client is Python's ssl module (OpenSSL), X25519 only.
-fn idle_memory(server: &Server) -> Result<f64> {
+/// Holds `IDLE_CONNECTIONS` TLS connections, each after one request, and reads the
+/// server's RSS growth at every `IDLE_STEP` of them: (connections, MiB). The client is
+/// Python's ssl module (OpenSSL), X25519 only.
+fn idle_memory(server: &Server) -> Result<Vec<(f64, f64)>> {
     // Warm-up: first connections allocate per-process state (session caches, pools).
-    hold_idle(server, IDLE_WARMUP_CONNECTIONS, || Ok(()))?;
+    hold_idle(server, IDLE_WARMUP_CONNECTIONS, |_| Ok(()))?;
     let before = rss_bytes(server);
-    let mut after = before;
-    hold_idle(server, IDLE_CONNECTIONS, || {
+    let mut curve = vec![(0.0, 0.0)];
+    hold_idle(server, IDLE_CONNECTIONS, |held| {
         // Let the server settle (buffers released after the response).
-        std::thread::sleep(Duration::from_secs(1));
-        after = rss_bytes(server);
+        std::thread::sleep(Duration::from_millis(500));
+        let grown = rss_bytes(server) - before;
+        curve.push((f64::from(held), grown / (1024.0 * 1024.0)));
         Ok(())
     })?;
-    Ok((after - before) / f64::from(IDLE_CONNECTIONS))
+    Ok(curve)
 }
 
-/// Opens `count` TLS connections, one request each, and calls `measure` while they are
-/// all open and idle.
-fn hold_idle(server: &Server, count: u32, measure: impl FnOnce() -> Result<()>) -> Result<()> {
+/// Opens `count` TLS connections, one request each, and calls `measure` with the number
+/// held at every `IDLE_STEP` of them (and at `count`), while they are all open and idle.
+fn hold_idle(
+    server: &Server,
+    count: u32,
+    mut measure: impl FnMut(u32) -> Result<()>,
+) -> Result<()> {
     let mut client = pinned(CLIENT_CPU, Path::new("python3"))
         .args(["-c", IDLE_CLIENT])
         .arg(server.port.to_string())
         .arg(count.to_string())
+        .arg(IDLE_STEP.to_string())
         .arg(SNI)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -519,22 +544,49 @@ fn hold_idle(server: &Server, count: u32, measure: impl FnOnce() -> Result<()>) 
     let stdout = client.stdout.take().context("client stdout")?;
     let mut stdin = client.stdin.take().context("client stdin")?;
     let client = KilledOnDrop(client);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    if line.trim() != "ready" {
-        bail!("idle-connection client against {} failed", server.name);
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines.next().transpose()?.unwrap_or_default();
+        let Some(held) = line.strip_prefix("held ").and_then(|n| n.parse().ok()) else {
+            bail!(
+                "idle-connection client against {} failed: {line:?}",
+                server.name
+            );
+        };
+        measure(held)?;
+        if held >= count {
+            break;
+        }
+        // The client opens the next step's connections.
+        stdin.write_all(b"\n")?;
+        stdin.flush()?;
     }
-    measure()?;
-    let _ = stdin.write_all(b"");
     drop(stdin);
     drop(client);
     Ok(())
 }
 
+/// `tls-memory.svg`: each server's RSS growth against its idle TLS connections.
+fn draw_memory(path: &Path, figures: &[Figures]) -> Result<()> {
+    let panel = Panel {
+        title: "RSS growth, idle TLS keep-alive connections".into(),
+        x_label: "idle connections",
+        y_label: "MiB",
+        log_y: false,
+        series: SERVER_NAMES
+            .iter()
+            .zip(figures)
+            .map(|(name, f)| (*name, f.idle_curve.clone()))
+            .collect(),
+        legend: SeriesLabelPosition::UpperLeft,
+    };
+    chart::draw(path, &[panel])
+}
+
 /// Idle-connection client: Python's ssl module (OpenSSL), X25519 only.
 const IDLE_CLIENT: &str = r#"
 import socket, ssl, sys
-port, count, sni = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, count, step, sni = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
@@ -551,6 +603,9 @@ for _ in range(count):
             sys.exit("connection closed")
         data += chunk
     held.append(s)
-print("ready", flush=True)
+    if len(held) % step == 0 or len(held) == count:
+        print("held", len(held), flush=True)
+        if len(held) < count:
+            sys.stdin.readline()
 sys.stdin.read()
 "#;

@@ -29,7 +29,7 @@ use super::{
         AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, release_binaries,
         spread, tree_user_system_seconds,
     },
-    http::{Process, nginx_dir, start_nginx_process, wait_listening},
+    peers::{Process, nginx_dir, start_nginx_process, wait_listening},
     results_dir,
 };
 use crate::{Workspace, cmd};

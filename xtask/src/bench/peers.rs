@@ -1,0 +1,349 @@
+//! The peers `bench http` and `bench latency` measure: gatewayd, nginx and HAProxy with
+//! identical routing (`HOSTS` hosts × `PREFIXES` path prefixes, every route to one
+//! upstream service of two endpoints, round robin, keep-alive upstream connections), one
+//! worker each pinned to `SERVER_CPU`, and the upstream they share: an nginx answering a
+//! fixed 200 on two ports, pinned with the load generators to `CLIENT_CPU`.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::common::{AdminAddrs, free_port, gatewayd_run, nginx_prelude, pinned};
+
+pub(super) const SERVER_CPU: &str = "1";
+pub(super) const CLIENT_CPU: &str = "0";
+pub(super) const HOSTS: usize = 100;
+pub(super) const PREFIXES: usize = 10;
+/// The request every client sends: a host and prefix in the middle of the tables, so
+/// linear rule lists (HAProxy's) pay for the rules before it, as they would on average.
+pub(super) const TARGET_HOST: &str = "h57.bench.example";
+pub(super) const TARGET_PATH: &str = "/p7/item";
+/// Open-loop load (paced-load) runs over this many keep-alive connections.
+pub(super) const PACED_CONNECTIONS: u32 = 16;
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The upstream nginx and its two ports (the service's two endpoints).
+pub(super) struct Upstream {
+    pub(super) ports: [u16; 2],
+    _process: Process,
+}
+
+/// The upstream and the three proxies in front of it, each checked to route alike.
+pub(super) fn start_all(gatewayd: &Path, work: &Path) -> Result<(Upstream, [Server; 3])> {
+    let upstream_ports = [free_port()?, free_port()?];
+    let upstream = Upstream {
+        ports: upstream_ports,
+        _process: start_upstream(work, upstream_ports)?,
+    };
+    let servers = [
+        start_gatewayd(gatewayd, work, upstream_ports, 1)?,
+        start_nginx(work, upstream_ports)?,
+        start_haproxy(work, upstream_ports)?,
+    ];
+    for server in &servers {
+        check_routing(server)?;
+    }
+    Ok((upstream, servers))
+}
+
+/// A child stopped with SIGTERM (nginx's master then stops its workers), then SIGKILL.
+pub(super) struct Process(pub(super) Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub(super) struct Server {
+    pub(super) name: &'static str,
+    /// HTTP/1.1 port; `h2_port` serves h2c with prior knowledge (the same port for
+    /// gatewayd, which tells them apart by the preface).
+    pub(super) h1_port: u16,
+    pub(super) h2_port: u16,
+    pub(super) process: Process,
+}
+
+pub(super) fn wait_listening(port: u16, child: &mut Child, name: &str) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited with {status} before listening on {port}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{name} is not listening on {port} after {START_TIMEOUT:?}")
+}
+
+pub(super) fn nginx_dir(work: &Path, name: &str) -> Result<PathBuf> {
+    let dir = work.join(name);
+    fs::create_dir_all(dir.join("logs"))?;
+    Ok(dir)
+}
+
+pub(super) fn start_nginx_process(dir: &Path, cpu: &str, port: u16, name: &str) -> Result<Process> {
+    let mut child = pinned(cpu, Path::new("nginx"))
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting nginx ({name})"))?;
+    wait_listening(port, &mut child, name)?;
+    Ok(Process(child))
+}
+
+/// The upstream: nginx answering `200 ok` on two ports (the two endpoints).
+pub(super) fn start_upstream(work: &Path, ports: [u16; 2]) -> Result<Process> {
+    let dir = nginx_dir(work, "upstream")?;
+    let mut conf = nginx_prelude(&dir);
+    for port in ports {
+        let _ = writeln!(
+            conf,
+            "  server {{ listen 127.0.0.1:{port} reuseport; location / {{ return 200 \"ok\\n\"; }} }}"
+        );
+    }
+    conf.push_str("}\n");
+    fs::write(dir.join("nginx.conf"), conf)?;
+    start_nginx_process(&dir, CLIENT_CPU, ports[0], "upstream nginx")
+}
+
+pub(super) fn start_gatewayd(
+    bin: &Path,
+    work: &Path,
+    upstream: [u16; 2],
+    workers: usize,
+) -> Result<Server> {
+    let port = free_port()?;
+    let dir = work.join(format!("gatewayd-{workers}"));
+    fs::create_dir_all(&dir)?;
+    let hosts: Vec<String> = (0..HOSTS)
+        .map(|h| format!("\"h{h}.bench.example\""))
+        .collect();
+    let mut config = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [{hosts}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: up, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8000}}]
+"#,
+        hosts = hosts.join(", ")
+    );
+    for (i, upstream_port) in upstream.iter().enumerate() {
+        let _ = write!(
+            config,
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: up-{i}, namespace: default, labels: {{kubernetes.io/service-name: up}}}}\naddressType: IPv4\nports: [{{name: http, port: {upstream_port}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n"
+        );
+    }
+    for h in 0..HOSTS {
+        let _ = write!(
+            config,
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: h{h}, namespace: default}}\nspec:\n  hosts: [h{h}.bench.example]\n  gateways: [bench]\n  http:\n"
+        );
+        for p in 0..PREFIXES {
+            let _ = write!(
+                config,
+                "  - match: [{{uri: {{prefix: /p{p}/}}}}]\n    route: [{{destination: {{host: up}}}}]\n"
+            );
+        }
+    }
+    fs::write(dir.join("config.yaml"), config)?;
+    let mut child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &AdminAddrs::free()?)?
+        .args(["--worker-threads", &workers.to_string()])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
+        .spawn()
+        .context("starting gatewayd")?;
+    wait_listening(port, &mut child, "gatewayd")?;
+    Ok(Server {
+        name: "gatewayd",
+        h1_port: port,
+        h2_port: port,
+        process: Process(child),
+    })
+}
+
+pub(super) fn start_nginx(work: &Path, upstream: [u16; 2]) -> Result<Server> {
+    let (h1_port, h2_port) = (free_port()?, free_port()?);
+    let dir = nginx_dir(work, "nginx")?;
+    let mut conf = nginx_prelude(&dir);
+    let _ = writeln!(
+        conf,
+        "  upstream up {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}",
+        upstream[0], upstream[1]
+    );
+    for h in 0..HOSTS {
+        let _ = writeln!(
+            conf,
+            "  server {{\n    listen 127.0.0.1:{h1_port};\n    listen 127.0.0.1:{h2_port} http2;\n    server_name h{h}.bench.example;"
+        );
+        for p in 0..PREFIXES {
+            let _ = writeln!(
+                conf,
+                "    location /p{p}/ {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}"
+            );
+        }
+        conf.push_str("    location / { return 404; }\n  }\n");
+    }
+    let _ = writeln!(
+        conf,
+        "  server {{ listen 127.0.0.1:{h1_port} default_server; listen 127.0.0.1:{h2_port} http2 default_server; return 404; }}\n}}"
+    );
+    fs::write(dir.join("nginx.conf"), conf)?;
+    let process = start_nginx_process(&dir, SERVER_CPU, h1_port, "nginx")?;
+    Ok(Server {
+        name: "nginx",
+        h1_port,
+        h2_port,
+        process,
+    })
+}
+
+pub(super) fn start_haproxy(work: &Path, upstream: [u16; 2]) -> Result<Server> {
+    let (h1_port, h2_port) = (free_port()?, free_port()?);
+    let mut conf = format!(
+        r#"global
+  nbthread 1
+  maxconn 9500
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+frontend web
+  bind 127.0.0.1:{h1_port}
+  bind 127.0.0.1:{h2_port} proto h2
+  option forwardfor
+"#
+    );
+    for h in 0..HOSTS {
+        for p in 0..PREFIXES {
+            let _ = writeln!(
+                conf,
+                "  use_backend up if {{ hdr(host) -m str h{h}.bench.example }} {{ path_beg /p{p}/ }}"
+            );
+        }
+    }
+    let _ = write!(
+        conf,
+        "  default_backend notfound\nbackend notfound\n  http-request return status 404\nbackend up\n  balance roundrobin\n  http-reuse always\n  server s1 127.0.0.1:{}\n  server s2 127.0.0.1:{}\n",
+        upstream[0], upstream[1]
+    );
+    let path = work.join("haproxy.cfg");
+    fs::write(&path, conf)?;
+    let mut child = pinned(SERVER_CPU, Path::new("haproxy"))
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting haproxy")?;
+    wait_listening(h1_port, &mut child, "haproxy")?;
+    Ok(Server {
+        name: "HAProxy",
+        h1_port,
+        h2_port,
+        process: Process(child),
+    })
+}
+
+/// One request through each server before measuring: the routing really is identical.
+pub(super) fn check_routing(server: &Server) -> Result<()> {
+    for (host, path, want) in [
+        (TARGET_HOST, TARGET_PATH, "200"),
+        ("h3.bench.example", "/p9/x", "200"),
+        ("h3.bench.example", "/nope", "404"),
+    ] {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.h1_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        let status = answer.split_whitespace().nth(1).unwrap_or_default();
+        if status != want {
+            bail!(
+                "{}: {host}{path} answered {status:?}, expected {want}:\n{answer}",
+                server.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One open-loop run at `rate` against `port`: (p50, p99) in µs; fails on any error.
+pub(super) fn paced_run(bin: &Path, port: u16, rate: f64, seconds: u32) -> Result<(f64, f64)> {
+    let output = pinned(CLIENT_CPU, bin)
+        .args(["--connect", &format!("127.0.0.1:{port}")])
+        .args(["--host", TARGET_HOST, "--path", TARGET_PATH])
+        .args(["--rate", &format!("{rate:.0}")])
+        .args(["--seconds", &seconds.to_string()])
+        .args(["--connections", &PACED_CONNECTIONS.to_string()])
+        .output()
+        .context("running paced-load")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |name: &str| -> Option<f64> {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    if !output.status.success() || field("errors") != Some(0.0) {
+        bail!(
+            "paced-load on port {port} failed:\n{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let p50 = field("p50_us").context("p50_us")?;
+    let p99 = field("p99_us").context("p99_us")?;
+    Ok((p50, p99))
+}
+
+/// The rate of wrk's summary (`Requests/sec: 12345.67`).
+pub(super) fn wrk_requests_per_second(text: &str) -> Result<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output:\n{text}"))
+}
