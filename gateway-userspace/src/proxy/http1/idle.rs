@@ -30,8 +30,8 @@ pub(in crate::proxy) trait IdleWait {
     }
 
     /// After `poll_idle` said ready: reads what is there as `read_now` does, and when
-    /// nothing is (a stale readiness: a `read_now` took the bytes the runtime then heard
-    /// of), clears the readiness, so the connection waits again holding no buffer rather
+    /// nothing is (a stale readiness: the bytes were taken by a read that left it held),
+    /// clears the readiness, so the connection waits again holding no buffer rather
     /// than in a read with a buffer taken for it. None: not read this way.
     fn read_ready(&mut self, _buf: &mut BytesMut) -> Option<io::Result<usize>> {
         None
@@ -86,7 +86,24 @@ fn recv_landing(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
         buffer::make_room(buf);
         buf.extend_from_slice(landed);
     }
+    if read > 0 && read < landing.len() {
+        forget_readiness(stream);
+    }
     Ok(read)
+}
+
+/// After a read that took less than it asked for, the socket had nothing more: the
+/// runtime still holds it readable (it clears that only when a read fails with
+/// EWOULDBLOCK), so the wait after the answer would begin with a recv(2) that finds
+/// nothing, one system call per kept-alive request whenever the client is slower than
+/// the answer. The readiness is cleared here instead, at no system call's cost. Nothing
+/// is lost: bytes or a FIN that arrive later raise a new edge-triggered event; an event
+/// the runtime has recorded since it last reported (a newer tick) is not cleared; and a
+/// FIN it has recorded stays (tokio never clears a closed state).
+fn forget_readiness(stream: &TcpStream) {
+    let _ = stream.try_io(Interest::READABLE, || {
+        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+    });
 }
 
 /// rustls wants more of the socket's bytes only when it holds no decrypted bytes (a read
@@ -129,49 +146,114 @@ mod tests {
 
     use super::*;
 
-    /// A new connection's first request is read before the runtime hears of it; the
-    /// readiness it then reports is stale. The wait after the answer must end in a
-    /// wait again, holding no buffer, not in a read with a buffer taken for it.
-    #[tokio::test]
-    async fn a_stale_readiness_is_cleared_without_taking_a_buffer() {
+    /// A connected pair on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let mut client = TcpStream::connect(address).await.expect("connect");
-        let (mut server, _) = listener.accept().await.expect("accept");
+        let client = TcpStream::connect(address).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
+    /// Waits for the idle wait to end, failing the test rather than hanging it.
+    async fn readable(server: &mut TcpStream) {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            poll_fn(|cx| server.poll_idle(cx)),
+        )
+        .await
+        .expect("the wait ended")
+        .expect("readable");
+    }
+
+    /// Whether the idle wait would end at once (a readiness held), polled once.
+    async fn idle_ready(server: &mut TcpStream) -> bool {
+        poll_fn(|cx| Poll::Ready(server.poll_idle(cx).is_ready())).await
+    }
+
+    /// A readiness the runtime still holds after the bytes were taken is stale (here a
+    /// read of exactly what was there, which tokio does not count as draining). The
+    /// wait must end in a wait again, holding no buffer, not in a read with a buffer
+    /// taken for it.
+    #[tokio::test]
+    async fn a_stale_readiness_is_cleared_without_taking_a_buffer() {
+        let (mut client, mut server) = pair().await;
         client
             .write_all(b"GET / HTTP/1.1\r\n\r\n")
             .await
             .expect("write");
-        poll_fn(|cx| server.poll_idle(cx)).await.expect("readable");
-        let mut first = BytesMut::new();
-        let read = server
-            .read_now(&mut first)
-            .expect("a TCP read")
-            .expect("read");
-        assert_eq!(read, 18);
+        readable(&mut server).await;
+        let mut exact = [0u8; 18];
+        assert_eq!(server.try_read(&mut exact).expect("read"), 18);
 
         let mut idle = BytesMut::new();
-        poll_fn(|cx| server.poll_idle(cx))
-            .await
-            .expect("stale readiness");
+        readable(&mut server).await; // the stale readiness
         let stale = server.read_ready(&mut idle).expect("a TCP read");
         assert_eq!(
             stale.map_err(|e| e.kind()).err(),
             Some(io::ErrorKind::WouldBlock)
         );
         assert_eq!(idle.capacity(), 0, "nothing came, no buffer taken");
-        let waits = poll_fn(|cx| Poll::Ready(server.poll_idle(cx).is_pending())).await;
         assert!(
-            waits,
+            !idle_ready(&mut server).await,
             "the readiness was cleared: the connection waits again"
         );
 
         client.write_all(b"x").await.expect("write");
-        poll_fn(|cx| server.poll_idle(cx)).await.expect("readable");
+        readable(&mut server).await;
         let read = server
             .read_ready(&mut idle)
             .expect("a TCP read")
             .expect("read");
         assert_eq!((read, &idle[..]), (1, &b"x"[..]));
+    }
+
+    /// A read that takes all the socket had leaves no readiness behind: the next wait
+    /// begins waiting, with no recv(2) that finds nothing, and still ends for the bytes
+    /// and the FIN that come later.
+    #[tokio::test]
+    async fn a_short_read_leaves_the_wait_waiting_and_loses_nothing() {
+        let (mut client, mut server) = pair().await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        readable(&mut server).await;
+        let mut buf = BytesMut::new();
+        let read = server.read_ready(&mut buf).expect("a TCP read");
+        assert_eq!(read.expect("read"), 18);
+        assert!(
+            !idle_ready(&mut server).await,
+            "a short read took everything: nothing left to be ready for"
+        );
+
+        client.write_all(b"x").await.expect("write");
+        readable(&mut server).await;
+        let read = server.read_ready(&mut buf).expect("a TCP read");
+        assert_eq!(read.expect("read"), 1);
+
+        client.shutdown().await.expect("FIN");
+        readable(&mut server).await;
+        let read = server.read_ready(&mut buf).expect("a TCP read");
+        assert_eq!(read.expect("read"), 0, "the FIN is seen");
+    }
+
+    /// Bytes and the FIN in one go: the short read that takes the bytes must not hide
+    /// the FIN the runtime has already heard of.
+    #[tokio::test]
+    async fn a_fin_behind_the_request_survives_the_short_read() {
+        let (mut client, mut server) = pair().await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        client.shutdown().await.expect("FIN");
+        readable(&mut server).await;
+        let mut buf = BytesMut::new();
+        let read = server.read_ready(&mut buf).expect("a TCP read");
+        assert_eq!(read.expect("read"), 18);
+        readable(&mut server).await; // the FIN
+        let read = server.read_ready(&mut buf).expect("a TCP read");
+        assert_eq!(read.expect("read"), 0);
     }
 }
