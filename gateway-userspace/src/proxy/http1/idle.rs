@@ -166,6 +166,20 @@ mod tests {
         .expect("readable");
     }
 
+    /// The client sends an 18-byte request and the server's wait ends for it.
+    async fn request_arrives(client: &mut TcpStream, server: &mut TcpStream) {
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        readable(server).await;
+    }
+
+    /// `read_ready` on a TCP stream: how many bytes came.
+    fn read(server: &mut TcpStream, buf: &mut BytesMut) -> usize {
+        server.read_ready(buf).expect("a TCP read").expect("read")
+    }
+
     /// Whether the idle wait would end at once (a readiness held), polled once.
     async fn idle_ready(server: &mut TcpStream) -> bool {
         poll_fn(|cx| Poll::Ready(server.poll_idle(cx).is_ready())).await
@@ -178,11 +192,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_readiness_is_cleared_without_taking_a_buffer() {
         let (mut client, mut server) = pair().await;
-        client
-            .write_all(b"GET / HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        readable(&mut server).await;
+        request_arrives(&mut client, &mut server).await;
         let mut exact = [0u8; 18];
         assert_eq!(server.try_read(&mut exact).expect("read"), 18);
 
@@ -201,10 +211,7 @@ mod tests {
 
         client.write_all(b"x").await.expect("write");
         readable(&mut server).await;
-        let read = server
-            .read_ready(&mut idle)
-            .expect("a TCP read")
-            .expect("read");
+        let read = read(&mut server, &mut idle);
         assert_eq!((read, &idle[..]), (1, &b"x"[..]));
     }
 
@@ -214,14 +221,9 @@ mod tests {
     #[tokio::test]
     async fn a_short_read_leaves_the_wait_waiting_and_loses_nothing() {
         let (mut client, mut server) = pair().await;
-        client
-            .write_all(b"GET / HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        readable(&mut server).await;
+        request_arrives(&mut client, &mut server).await;
         let mut buf = BytesMut::new();
-        let read = server.read_ready(&mut buf).expect("a TCP read");
-        assert_eq!(read.expect("read"), 18);
+        assert_eq!(read(&mut server, &mut buf), 18);
         assert!(
             !idle_ready(&mut server).await,
             "a short read took everything: nothing left to be ready for"
@@ -229,13 +231,11 @@ mod tests {
 
         client.write_all(b"x").await.expect("write");
         readable(&mut server).await;
-        let read = server.read_ready(&mut buf).expect("a TCP read");
-        assert_eq!(read.expect("read"), 1);
+        assert_eq!(read(&mut server, &mut buf), 1);
 
         client.shutdown().await.expect("FIN");
         readable(&mut server).await;
-        let read = server.read_ready(&mut buf).expect("a TCP read");
-        assert_eq!(read.expect("read"), 0, "the FIN is seen");
+        assert_eq!(read(&mut server, &mut buf), 0, "the FIN is seen");
     }
 
     /// Bytes and the FIN in one go: the short read that takes the bytes must not hide
@@ -250,10 +250,8 @@ mod tests {
         client.shutdown().await.expect("FIN");
         readable(&mut server).await;
         let mut buf = BytesMut::new();
-        let read = server.read_ready(&mut buf).expect("a TCP read");
-        assert_eq!(read.expect("read"), 18);
+        assert_eq!(read(&mut server, &mut buf), 18);
         readable(&mut server).await; // the FIN
-        let read = server.read_ready(&mut buf).expect("a TCP read");
-        assert_eq!(read.expect("read"), 0);
+        assert_eq!(read(&mut server, &mut buf), 0);
     }
 }
