@@ -143,10 +143,6 @@ fn drive(
         let mut next_due: Option<Instant> = None;
         let mut running = false;
         for connection in connections.iter_mut() {
-            if connection.gone && connection.watched {
-                epoll.remove(connection.stream.as_raw_fd())?;
-                connection.watched = false;
-            }
             if connection.gone || (connection.next >= requests && connection.awaiting.is_none()) {
                 continue;
             }
@@ -171,9 +167,11 @@ fn drive(
         if !running {
             return Ok(tally);
         }
-        if connections.iter().any(|c| c.gone && c.watched) {
-            // A write just failed: take it out of the set before waiting.
-            continue;
+        // Connections lost since the last wait (a failed write above, a failed read or a
+        // close below) leave the set before the next one.
+        for connection in connections.iter_mut().filter(|c| c.gone && c.watched) {
+            epoll.remove(connection.stream.as_raw_fd())?;
+            connection.watched = false;
         }
         timer.arm(next_due)?;
         for event in epoll.wait(&mut events)? {

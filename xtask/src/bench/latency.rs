@@ -51,8 +51,7 @@ struct Target<'a> {
 }
 
 /// One target at one load level: (p50, p99) in µs, round by round.
-#[derive(Clone, Default)]
-struct Runs(Vec<(f64, f64)>);
+type Runs = Vec<(f64, f64)>;
 
 pub(crate) fn run(ws: &Workspace) -> Result<String> {
     let (gatewayd, [paced_load]) = release_binaries(ws, ["paced-load"])?;
@@ -78,7 +77,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
         limit: OWN_LIMIT * rate,
     }));
     // runs[target][level]
-    let mut runs = vec![vec![Runs::default(); rates.len()]; targets.len()];
+    let mut runs = vec![vec![Runs::new(); rates.len()]; targets.len()];
     for round in 0..ROUNDS {
         for (level, &rate) in rates.iter().enumerate() {
             for t in (0..targets.len()).map(|t| (t + round + level) % targets.len()) {
@@ -89,9 +88,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
                     "round {round}: {} at {rate:.0} req/s open loop",
                     targets[t].name
                 );
-                runs[t][level]
-                    .0
-                    .push(paced_run(&paced_load, targets[t].port, rate, RUN_SECONDS)?);
+                runs[t][level].push(paced_run(&paced_load, targets[t].port, rate, RUN_SECONDS)?);
             }
         }
     }
@@ -140,14 +137,10 @@ fn spread_us(values: &[f64]) -> String {
     format!("{:.0} ({min:.0}–{max:.0})", median(values))
 }
 
-/// A target's latency less the upstream's own in the same round: (p50s, p99s).
-fn added(target: &Runs, upstream: &Runs) -> (Vec<f64>, Vec<f64>) {
-    target
-        .0
-        .iter()
-        .zip(&upstream.0)
-        .map(|(t, u)| (t.0 - u.0, t.1 - u.1))
-        .unzip()
+/// `a`'s latency less `b`'s in the same round, round by round: (p50s, p99s). A server
+/// less the upstream alone is the latency it adds.
+fn differences(a: &Runs, b: &Runs) -> (Vec<f64>, Vec<f64>) {
+    a.iter().zip(b).map(|(a, b)| (a.0 - b.0, a.1 - b.1)).unzip()
 }
 
 fn table(
@@ -171,12 +164,12 @@ fn table(
     out.push_str(&"---|---|".repeat(servers.len() + 1));
     out.push('\n');
     let upstream_p50 = |level: usize| {
-        let p50s: Vec<f64> = runs[0][level].0.iter().map(|r| r.0).collect();
+        let p50s: Vec<f64> = runs[0][level].iter().map(|r| r.0).collect();
         median(&p50s)
     };
     for (level, rate) in rates.iter().enumerate() {
         let upstream = &runs[0][level];
-        let p99s: Vec<f64> = upstream.0.iter().map(|r| r.1).collect();
+        let p99s: Vec<f64> = upstream.iter().map(|r| r.1).collect();
         // The load generator's core, which the upstream shares, is filling up.
         let saturating = if upstream_p50(level) > 1.5 * upstream_p50(0) {
             " (client core saturating)"
@@ -191,16 +184,11 @@ fn table(
             median(&p99s)
         );
         for runs in &runs[1..] {
-            let (p50, p99) = added(&runs[level], upstream);
+            let (p50, p99) = differences(&runs[level], upstream);
             let _ = write!(out, " {} | {} |", spread_us(&p50), spread_us(&p99));
         }
         // gatewayd (runs[1]) against nginx (runs[2]), round by round.
-        let (gateway, nginx) = (&runs[1][level].0, &runs[2][level].0);
-        let (p50, p99): (Vec<f64>, Vec<f64>) = gateway
-            .iter()
-            .zip(nginx)
-            .map(|(g, n)| (g.0 - n.0, g.1 - n.1))
-            .unzip();
+        let (p50, p99) = differences(&runs[1][level], &runs[2][level]);
         let _ = writeln!(out, " {} | {} |", spread_us(&p50), spread_us(&p99));
     }
     let _ = writeln!(
@@ -227,9 +215,9 @@ fn draw(path: &Path, targets: &[Target], rates: &[f64], runs: &[Vec<Runs>]) -> R
                 let line = rates
                     .iter()
                     .zip(levels)
-                    .filter(|(_, runs)| !runs.0.is_empty())
+                    .filter(|(_, runs)| !runs.is_empty())
                     .map(|(rate, runs)| {
-                        let values: Vec<f64> = runs.0.iter().map(pick).collect();
+                        let values: Vec<f64> = runs.iter().map(pick).collect();
                         (*rate, median(&values) / 1000.0)
                     })
                     .collect();
