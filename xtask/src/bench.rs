@@ -18,6 +18,7 @@ mod http;
 mod ip_deny;
 mod kubernetes;
 mod latency;
+mod manifests;
 mod node_ports;
 mod peers;
 pub(crate) mod pgo;

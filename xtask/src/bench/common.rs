@@ -299,28 +299,6 @@ http {{
     )
 }
 
-/// The Service `up` in `default` (port 80 named `port_name`) and its one EndpointSlice on
-/// the demo upstream at 127.0.0.1:`upstream_port`: the backend every single-upstream bench
-/// routes to, as a Kubernetes user would declare it.
-pub(super) fn upstream_service_yaml(port_name: &str, upstream_port: u16) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: default}}
-spec:
-  ports: [{{name: {port_name}, port: 80, targetPort: {upstream_port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
-addressType: IPv4
-ports: [{{name: {port_name}, port: {upstream_port}}}]
-endpoints:
-- addresses: ["127.0.0.1"]
-"#
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,9 @@ use super::{
         AdminAddrs, KilledOnDrop, cpu_seconds, free_port, gatewayd_run, median, pinned,
         release_binaries, start_upstream, write_atomically,
     },
+    manifests::{
+        endpoint_slice_yaml, gateway_yaml, ingress_service_yaml, one_route_yaml, service_yaml,
+    },
     reload::{gatewayd_reload_log_cpu_ms, gatewayd_reload_log_ms},
     results_dir,
 };
@@ -400,17 +403,28 @@ impl KeepAlive {
 }
 
 fn endpoint_slice(service: usize, endpoints: &[SocketAddr]) -> String {
+    let service = format!("s{service}");
     endpoints
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            format!(
-                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{service}-{i}, namespace: default, labels: {{kubernetes.io/service-name: s{service}}}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints:\n- addresses: [\"{}\"]\n---\n",
-                e.port(),
-                e.ip()
-            )
-        })
+        .map(|(i, e)| endpoint_slice_yaml(&service, i, "http", *e) + "---\n")
         .collect()
+}
+
+/// gatewayd's Gateway and listener on `port`, and `SERVICES` VirtualServices, each to
+/// its own Service `sN` (their EndpointSlices are in files of their own).
+fn gatewayd_services(port: u16) -> String {
+    let mut documents = vec![
+        gateway_yaml("bench", "default", 80, "HTTP", &["*.example.com"], None),
+        ingress_service_yaml("http", 80, port, None),
+    ];
+    for n in 0..SERVICES {
+        let service = format!("s{n}");
+        let host = format!("{service}.example.com");
+        documents.push(one_route_yaml(&service, "bench", &[&host], &service, 8000));
+        documents.push(service_yaml(&service, "http", 8000, None));
+    }
+    documents.join("---\n")
 }
 
 fn start_gatewayd(bin: &Path, work: &Path, upstream: SocketAddr) -> Result<Gatewayd> {
@@ -418,36 +432,10 @@ fn start_gatewayd(bin: &Path, work: &Path, upstream: SocketAddr) -> Result<Gatew
     let addrs = AdminAddrs::free()?;
     let dir = work.join("gatewayd");
     fs::create_dir_all(&dir)?;
-    let mut base = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["*.example.com"]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http, port: 80, targetPort: {port}}}]
----
-"#
-    );
-    let mut slices = String::new();
-    for n in 0..SERVICES {
-        let _ = write!(
-            base,
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: s{n}, namespace: default}}\nspec:\n  hosts: [s{n}.example.com]\n  gateways: [bench]\n  http:\n  - route: [{{destination: {{host: s{n}, port: {{number: 8000}}}}}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{n}, namespace: default}}\nspec:\n  ports: [{{name: http, port: 8000}}]\n---\n"
-        );
-        if n > 0 {
-            slices.push_str(&endpoint_slice(n, &[upstream]));
-        }
-    }
-    fs::write(dir.join("services.yaml"), base)?;
+    fs::write(dir.join("services.yaml"), gatewayd_services(port))?;
+    let slices: String = (1..SERVICES)
+        .map(|n| endpoint_slice(n, &[upstream]))
+        .collect();
     fs::write(dir.join("endpoints.yaml"), slices)?;
     fs::write(
         dir.join("endpoints-s0.yaml"),

@@ -24,6 +24,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{KilledOnDrop, release_binaries},
+    manifests::{gateway_yaml, ingress_service_yaml, upstream_service_yaml, virtual_service_yaml},
     results_dir,
     sni::{BpfStats, GATEWAY_IP, Net, process_cpu, xdp_run_stats},
 };
@@ -239,43 +240,25 @@ fn xdp_id(net: &Net) -> Result<u32> {
 /// A TCP server on port 9000 (bound on PORT) to the demo upstream, and a DENY policy for
 /// the bench's client address: a plain IP rule on a TCP port, which the kernel enforces.
 fn config() -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 9000, name: tcp, protocol: TCP}}
-    hosts: ["*"]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: tcp, port: 9000, targetPort: {PORT}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: tcp, namespace: istio-system}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  tcp:
-  - route: [{{destination: {{host: up.default.svc.cluster.local, port: {{number: 80}}}}}}]
----
-apiVersion: security.istio.io/v1
+    let route = "  tcp:\n  - route: [{destination: {host: up.default.svc.cluster.local, port: {number: 80}}}]\n";
+    let policy = format!(
+        r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: deny-client, namespace: istio-system}}
 spec:
   selector: {{matchLabels: {{istio: ingressgateway}}}}
   action: DENY
   rules: [{{from: [{{source: {{ipBlocks: ["{CLIENT_IP}/32"]}}}}]}}]
----
-{upstream}"#,
-        upstream = super::common::upstream_service_yaml("tcp", UPSTREAM_PORT),
-    )
+"#
+    );
+    [
+        gateway_yaml("gw", "istio-system", 9000, "TCP", &["*"], None),
+        ingress_service_yaml("tcp", 9000, PORT, None),
+        virtual_service_yaml("tcp", "istio-system", &["*"], "gw", route),
+        policy,
+        upstream_service_yaml("up", "tcp", 80, ([127, 0, 0, 1], UPSTREAM_PORT).into()),
+    ]
+    .join("---\n")
 }
 
 /// A mode, its rounds, and its kernel and userspace denial counters.

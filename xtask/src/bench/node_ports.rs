@@ -28,6 +28,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{KilledOnDrop, median, release_binaries},
+    manifests::{gateway_yaml, ingress_service_yaml, one_route_yaml, upstream_service_yaml},
     results_dir,
     sni::{BpfStats, GATEWAY_IP, Net, process_cpu},
 };
@@ -354,36 +355,13 @@ fn programs_run_time() -> Result<f64> {
 }
 
 fn gatewayd_config() -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  type: NodePort
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http, port: 80, targetPort: {BIND_PORT}, nodePort: {NODE_PORT}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: all, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: up, port: {{number: 80}}}}}}]
----
-{upstream}"#,
-        upstream = super::common::upstream_service_yaml("http", UPSTREAM_PORT),
-    )
+    [
+        gateway_yaml("gw", "default", 80, "HTTP", &["*"], None),
+        ingress_service_yaml("http", 80, BIND_PORT, Some(NODE_PORT)),
+        one_route_yaml("all", "gw", &["*"], "up", 80),
+        upstream_service_yaml("up", "http", 80, ([127, 0, 0, 1], UPSTREAM_PORT).into()),
+    ]
+    .join("---\n")
 }
 
 fn table(figures: &[Figures]) -> String {

@@ -16,7 +16,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::common::{AdminAddrs, free_port, gatewayd_run, nginx_prelude, pinned};
+use super::{
+    common::{AdminAddrs, free_port, gatewayd_run, nginx_prelude, pinned},
+    manifests::{
+        endpoint_slice_yaml, gateway_yaml, ingress_service_yaml, service_yaml, virtual_service_yaml,
+    },
+};
 
 pub(super) const SERVER_CPU: &str = "1";
 pub(super) const CLIENT_CPU: &str = "0";
@@ -141,53 +146,7 @@ pub(super) fn start_gatewayd(
     let port = free_port()?;
     let dir = work.join(format!("gatewayd-{workers}"));
     fs::create_dir_all(&dir)?;
-    let hosts: Vec<String> = (0..HOSTS)
-        .map(|h| format!("\"h{h}.bench.example\""))
-        .collect();
-    let mut config = format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http, port: 80, targetPort: {port}}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: [{hosts}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: default}}
-spec:
-  ports: [{{name: http, port: 8000}}]
-"#,
-        hosts = hosts.join(", ")
-    );
-    for (i, upstream_port) in upstream.iter().enumerate() {
-        let _ = write!(
-            config,
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: up-{i}, namespace: default, labels: {{kubernetes.io/service-name: up}}}}\naddressType: IPv4\nports: [{{name: http, port: {upstream_port}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n"
-        );
-    }
-    for h in 0..HOSTS {
-        let _ = write!(
-            config,
-            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: h{h}, namespace: default}}\nspec:\n  hosts: [h{h}.bench.example]\n  gateways: [bench]\n  http:\n"
-        );
-        for p in 0..PREFIXES {
-            let _ = write!(
-                config,
-                "  - match: [{{uri: {{prefix: /p{p}/}}}}]\n    route: [{{destination: {{host: up}}}}]\n"
-            );
-        }
-    }
-    fs::write(dir.join("config.yaml"), config)?;
+    fs::write(dir.join("config.yaml"), gatewayd_config(port, upstream))?;
     let mut child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &AdminAddrs::free()?)?
         .args(["--worker-threads", &workers.to_string()])
         .stdout(Stdio::null())
@@ -201,6 +160,39 @@ spec:
         h2_port: port,
         process: Process(child),
     })
+}
+
+/// gatewayd's configuration: its listener on `port`, `HOSTS` VirtualServices of
+/// `PREFIXES` routes each, all to the Service `up` on the two `upstream` ports.
+fn gatewayd_config(port: u16, upstream: [u16; 2]) -> String {
+    let hosts: Vec<String> = (0..HOSTS).map(|h| format!("h{h}.bench.example")).collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let mut documents = vec![
+        ingress_service_yaml("http", 80, port, None),
+        gateway_yaml("bench", "default", 80, "HTTP", &hosts, None),
+        service_yaml("up", "http", 8000, None),
+    ];
+    for (i, upstream_port) in upstream.into_iter().enumerate() {
+        let endpoint = ([127, 0, 0, 1], upstream_port).into();
+        documents.push(endpoint_slice_yaml("up", i, "http", endpoint));
+    }
+    let mut routes = String::from("  http:\n");
+    for p in 0..PREFIXES {
+        let _ = write!(
+            routes,
+            "  - match: [{{uri: {{prefix: /p{p}/}}}}]\n    route: [{{destination: {{host: up}}}}]\n"
+        );
+    }
+    for (h, host) in hosts.iter().enumerate() {
+        documents.push(virtual_service_yaml(
+            &format!("h{h}"),
+            "default",
+            &[*host],
+            "bench",
+            &routes,
+        ));
+    }
+    documents.join("---\n")
 }
 
 pub(super) fn start_nginx(work: &Path, upstream: [u16; 2]) -> Result<Server> {

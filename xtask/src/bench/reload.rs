@@ -35,6 +35,7 @@ use super::{
         AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, release_binaries,
         start_upstream, write_atomically,
     },
+    manifests::{gateway_yaml, ingress_service_yaml, upstream_service_yaml, virtual_service_yaml},
     results_dir,
 };
 use crate::Workspace;
@@ -403,66 +404,29 @@ fn wait_serving(server: Server) -> Result<Server> {
 /// Host `host`'s VirtualService: 100 prefixes, plus `/new-N` on h0. One file per host, as
 /// a ConfigMap with a key per VirtualService mounts; a reload rewrites h0's only.
 fn gatewayd_host(host: usize, generation: usize) -> String {
-    let mut out = format!(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: h{host}, namespace: default}}\nspec:\n  hosts: [h{host}.example.com]\n  gateways: [bench]\n  http:\n"
-    );
+    let mut routes = String::from("  http:\n");
     if host == 0 {
         let _ = write!(
-            out,
+            routes,
             "  - match: [{{uri: {{prefix: /new-{generation}}}}}]\n    route: [{{destination: {{host: upstream, port: {{number: 8000}}}}}}]\n"
         );
     }
     for prefix in 0..PREFIXES_PER_HOST {
         let _ = write!(
-            out,
+            routes,
             "  - match: [{{uri: {{prefix: /p{prefix}}}}}]\n    route: [{{destination: {{host: upstream, port: {{number: 8000}}}}}}]\n"
         );
     }
-    out
+    let name = format!("h{host}");
+    let hostname = format!("h{host}.example.com");
+    virtual_service_yaml(&name, "default", &[&hostname], "bench", &routes)
 }
 
 fn start_gatewayd(bin: &Path, work: &Path, upstream: SocketAddr) -> Result<Server> {
     let port = free_port()?;
     let dir = work.join("gatewayd");
     fs::create_dir_all(&dir)?;
-    let base = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["*.example.com"]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http, port: 80, targetPort: {port}}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: upstream, namespace: default}}
-spec:
-  ports: [{{name: http, port: 8000, targetPort: {upstream_port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: upstream-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: upstream}}
-addressType: IPv4
-ports: [{{name: http, port: {upstream_port}}}]
-endpoints:
-- addresses: ["{upstream_ip}"]
-"#,
-        upstream_port = upstream.port(),
-        upstream_ip = upstream.ip(),
-    );
-    fs::write(dir.join("base.yaml"), base)?;
+    fs::write(dir.join("base.yaml"), gatewayd_base(port, upstream))?;
     for host in 0..HOSTS {
         fs::write(dir.join(format!("h{host}.yaml")), gatewayd_host(host, 0))?;
     }
@@ -480,6 +444,17 @@ endpoints:
         child,
         upstream,
     })
+}
+
+/// What every host's file shares: the Gateway, gatewayd's listener on `port`, and the
+/// Service `upstream` on the demo upstream at `upstream`.
+fn gatewayd_base(port: u16, upstream: SocketAddr) -> String {
+    [
+        gateway_yaml("bench", "default", 80, "HTTP", &["*.example.com"], None),
+        ingress_service_yaml("http", 80, port, None),
+        upstream_service_yaml("upstream", "http", 8000, upstream),
+    ]
+    .join("---\n")
 }
 
 fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr, generation: usize) -> String {

@@ -28,6 +28,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{KilledOnDrop, release_binaries},
+    manifests::{gateway_yaml, one_route_yaml, upstream_service_yaml},
     results_dir,
 };
 use crate::Workspace;
@@ -289,12 +290,13 @@ fn start(
     fs::create_dir_all(&dir)?;
     let child = match mode {
         Mode::KernelReject | Mode::UserspaceReject | Mode::FullHandshake => {
-            let any = if mode == Mode::FullHandshake {
-                ", \"*\""
+            // FullHandshake: a `*` host too, so an unknown name completes its handshake.
+            let hosts: &[&str] = if mode == Mode::FullHandshake {
+                &[NAME, "*"]
             } else {
-                ""
+                &[NAME]
             };
-            fs::write(dir.join("gateway.yaml"), gatewayd_config(cert, key, any))?;
+            fs::write(dir.join("gateway.yaml"), gatewayd_config(cert, key, hosts))?;
             let mut command = net.exec(&net.gw, SERVER_CPU, &bins.gatewayd);
             command
                 .arg("run")
@@ -523,32 +525,18 @@ fn flood(net: &Net, bins: &Bins) -> Result<(String, f64)> {
     Ok((line, started))
 }
 
-fn gatewayd_config(cert: &Path, key: &Path, extra_hosts: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {PORT}, name: https, protocol: HTTPS}}
-    hosts: ["{NAME}"{extra_hosts}]
-    tls: {{mode: SIMPLE, serverCertificate: "{cert}", privateKey: "{key}"}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: api, namespace: default}}
-spec:
-  hosts: ["{NAME}"]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: up, port: {{number: 80}}}}}}]
----
-{upstream}"#,
-        upstream = super::common::upstream_service_yaml("http", UPSTREAM_PORT),
-        cert = cert.display(),
-        key = key.display(),
-    )
+fn gatewayd_config(cert: &Path, key: &Path, hosts: &[&str]) -> String {
+    let tls = format!(
+        "{{mode: SIMPLE, serverCertificate: \"{}\", privateKey: \"{}\"}}",
+        cert.display(),
+        key.display()
+    );
+    [
+        gateway_yaml("gw", "default", PORT, "HTTPS", hosts, Some(&tls)),
+        one_route_yaml("api", "gw", &[NAME], "up", 80),
+        upstream_service_yaml("up", "http", 80, ([127, 0, 0, 1], UPSTREAM_PORT).into()),
+    ]
+    .join("---\n")
 }
 
 fn nginx_config(dir: &Path, cert: &Path, key: &Path) -> String {

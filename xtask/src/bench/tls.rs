@@ -31,6 +31,7 @@ use super::{
         AdminAddrs, KilledOnDrop, free_port, gatewayd_run, median, nginx_prelude, pinned, spread,
         tree_cpu_seconds, tree_rss_bytes,
     },
+    manifests::{gateway_yaml, ingress_service_yaml, upstream_service_yaml, virtual_service_yaml},
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -271,7 +272,22 @@ fn start_gatewayd(bin: &Path, work: &Path, upstream: SocketAddr) -> Result<Serve
     fs::create_dir_all(&dir)?;
     let cert = fs::read_to_string(work.join("cert.pem"))?;
     let key = fs::read_to_string(work.join("key.pem"))?;
-    let config = format!(
+    fs::write(
+        dir.join("config.yaml"),
+        gatewayd_config(port, upstream, &cert, &key),
+    )?;
+    let child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &AdminAddrs::free()?)?
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
+        .spawn()
+        .context("starting gatewayd")?;
+    wait_listening("gatewayd", port, child)
+}
+
+/// gatewayd's configuration: HTTPS for `SNI` on `port` with the PEM `cert` and `key`
+/// (a Secret, as a Kubernetes user would hand them over), `/get` to the demo upstream.
+fn gatewayd_config(port: u16, upstream: SocketAddr, cert: &str, key: &str) -> String {
+    let secret = format!(
         r#"apiVersion: v1
 kind: Secret
 metadata: {{name: bench-cred, namespace: istio-system}}
@@ -279,64 +295,20 @@ type: kubernetes.io/tls
 stringData:
   tls.crt: |
 {cert}  tls.key: |
-{key}---
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: https, port: 443, targetPort: {port}}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 443, name: https, protocol: HTTPS}}
-    hosts: ["{SNI}"]
-    tls: {{mode: SIMPLE, credentialName: bench-cred}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: bench, namespace: default}}
-spec:
-  hosts: ["{SNI}"]
-  gateways: [bench]
-  http:
-  - match: [{{uri: {{prefix: /get}}}}]
-    route:
-    - destination: {{host: upstream, port: {{number: 8000}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: upstream, namespace: default}}
-spec:
-  ports: [{{name: http, port: 8000, targetPort: {upstream_port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: upstream-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: upstream}}
-addressType: IPv4
-ports: [{{name: http, port: {upstream_port}}}]
-endpoints:
-- addresses: ["{upstream_ip}"]
-"#,
-        cert = indent(&cert),
-        key = indent(&key),
-        upstream_port = upstream.port(),
-        upstream_ip = upstream.ip(),
+{key}"#,
+        cert = indent(cert),
+        key = indent(key),
     );
-    fs::write(dir.join("config.yaml"), config)?;
-    let child = gatewayd_run(pinned(SERVER_CPU, bin), &dir, &AdminAddrs::free()?)?
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(work.join("gatewayd.stderr"))?)
-        .spawn()
-        .context("starting gatewayd")?;
-    wait_listening("gatewayd", port, child)
+    let tls = "{mode: SIMPLE, credentialName: bench-cred}";
+    let route = "  http:\n  - match: [{uri: {prefix: /get}}]\n    route:\n    - destination: {host: upstream, port: {number: 8000}}\n";
+    [
+        secret,
+        ingress_service_yaml("https", 443, port, None),
+        gateway_yaml("bench", "default", 443, "HTTPS", &[SNI], Some(tls)),
+        virtual_service_yaml("bench", "default", &[SNI], "bench", route),
+        upstream_service_yaml("upstream", "http", 8000, upstream),
+    ]
+    .join("---\n")
 }
 
 fn start_bare(bin: &Path, work: &Path) -> Result<Server> {

@@ -29,6 +29,7 @@ use super::{
         AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, release_binaries,
         spread, tree_user_system_seconds,
     },
+    manifests::{gateway_yaml, ingress_service_yaml, one_route_yaml, upstream_service_yaml},
     peers::{Process, nginx_dir, start_nginx_process, wait_listening},
     results_dir,
 };
@@ -161,54 +162,22 @@ pub(super) fn start_upstream(work: &Path, tls_port: u16, plain_port: u16) -> Res
     start_nginx_process(&dir, CLIENT_CPU, plain_port, "upstream nginx")
 }
 
+/// gatewayd's configuration: HTTP on `port`, every request to the upstream at
+/// `upstream_port`, over TLS verified against `ca` when given, else in plaintext.
 pub(super) fn gatewayd_config(port: u16, upstream_port: u16, ca: Option<&Path>) -> String {
-    let destination_rule = ca.map_or(String::new(), |ca| {
-        format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: up, namespace: default}}\nspec:\n  host: up\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: {}, sni: {UPSTREAM_NAME}}}\n",
+    let mut documents = vec![
+        ingress_service_yaml("http", 80, port, None),
+        gateway_yaml("bench", "default", 80, "HTTP", &["*"], None),
+        one_route_yaml("bench", "bench", &["*"], "up", 443),
+        upstream_service_yaml("up", "http", 443, ([127, 0, 0, 1], upstream_port).into()),
+    ];
+    if let Some(ca) = ca {
+        documents.push(format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: up, namespace: default}}\nspec:\n  host: up\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: {}, sni: {UPSTREAM_NAME}}}\n",
             ca.display()
-        )
-    });
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http, port: 80, targetPort: {port}}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: bench, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [bench]
-  http:
-  - route: [{{destination: {{host: up, port: {{number: 443}}}}}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: default}}
-spec:
-  ports: [{{name: http, port: 443, targetPort: {upstream_port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
-addressType: IPv4
-ports: [{{name: http, port: {upstream_port}}}]
-endpoints:
-- addresses: ["127.0.0.1"]
-{destination_rule}"#
-    )
+        ));
+    }
+    documents.join("---\n")
 }
 
 fn start_gatewayd(bin: &Path, work: &Path, upstream_port: u16, tls: bool) -> Result<Proxy> {
