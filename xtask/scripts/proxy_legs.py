@@ -11,6 +11,8 @@ system calls with `perf record -e raw_syscalls:*` and splits each request into:
 - the upstream's round trip: the request written upstream -> the response read;
 - leg 1: the client's request read -> the request written upstream (the proxy's work);
 - leg 2: the upstream's response read -> the response written (the proxy's work);
+- wake-up to read: an `epoll_wait` returning -> the next read (the event loop's dispatch);
+- write to wait: a write to the client -> the next `epoll_wait` (the work after answering);
 - each system call's mean duration and bytes, per request.
 
 A socket is the client's when its local port is LISTEN_PORT (from /proc/net/tcp), the
@@ -133,6 +135,12 @@ def main():
             if last_upstream_read is not None:
                 leg2.append(start - last_upstream_read)
                 last_upstream_read = None
+    dispatch, after_answer = [], []
+    for previous, following in zip(calls, calls[1:]):
+        if previous[2] in WAITS and following[2] in READS:
+            dispatch.append(following[0] - previous[1])
+        if previous[2] in WRITES and previous[3] in clients and following[2] in WAITS:
+            after_answer.append(following[0] - previous[1])
     requests = len(residence)
     if not requests:
         raise SystemExit("no request seen: is a load running, and is LISTEN_PORT the proxy's?")
@@ -142,6 +150,8 @@ def main():
     print(f"upstream's round trip  {quantiles(round_trip)}")
     print(f"leg 1 (read -> upstream write)  {quantiles(leg1)}")
     print(f"leg 2 (upstream read -> write)  {quantiles(leg2)}")
+    print(f"wake-up to read                 {quantiles(dispatch)}")
+    print(f"client write to wait            {quantiles(after_answer)}")
     groups = collections.defaultdict(list)
     for start, end, nr, fd, ret in calls:
         side = "client" if fd in clients else "upstream"
