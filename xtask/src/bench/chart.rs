@@ -26,6 +26,8 @@ pub(super) struct Panel<'a> {
 fn colour(name: &str, others: &mut impl Iterator<Item = RGBColor>) -> RGBColor {
     if name.starts_with("gatewayd") {
         RED
+    } else if name.contains("Istio") {
+        RGBColor(150, 60, 200)
     } else if name.starts_with("nginx") {
         BLUE
     } else if name.starts_with("HAProxy") {

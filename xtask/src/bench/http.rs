@@ -10,6 +10,11 @@
 //! - new connections: wrk with `Connection: close`, CPU per connection;
 //! - memory: RSS growth per 10 000 idle keep-alive connections, each after one request.
 //!
+//! nginx runs twice: as it is usually set up (adding `X-Forwarded-For`), and adding the
+//! request headers gatewayd adds as Istio's gateway does (`peers::NginxHeaders::Istio`),
+//! so that the comparison can be made both against nginx's usual work and against the
+//! same work.
+//!
 //! Latency against offered load is `bench latency`'s. Each server has one worker
 //! (gatewayd `--worker-threads 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`)
 //! pinned to CPU 1; wrk/h2load and the upstream (an nginx answering a fixed 200 on two
@@ -84,13 +89,14 @@ struct Figures {
     h2_rps: Vec<f64>,
     h2_cpu_us: Vec<f64>,
     h2_instructions: Vec<f64>,
-    /// gatewayd's only: its CPU per HTTP/1.1 and per h2c request ÷ nginx's, round by round.
+    /// The nginxes' only: gatewayd's CPU per HTTP/1.1 and per h2c request ÷ this
+    /// server's, round by round.
     h1_ratio: Vec<f64>,
     h2_ratio: Vec<f64>,
     /// New connections (one request each): per second and CPU µs per connection.
     conn_rps: Vec<f64>,
     conn_cpu_us: Vec<f64>,
-    /// gatewayd's only: its CPU per new connection ÷ nginx's, round by round.
+    /// The nginxes' only: gatewayd's CPU per new connection ÷ this server's, round by round.
     conn_ratio: Vec<f64>,
     idle_mib_per_10k: Option<f64>,
     /// RSS growth in MiB as idle connections are opened: (connections, MiB).
@@ -113,10 +119,12 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             println!("round {round}: {} HTTP/2 (h2load)", servers[i].name);
             h2load_run(&servers[i], &mut figures[i])?;
         }
-        let h1 = last_ratio(&figures, |f| &f.h1_cpu_us);
-        let h2 = last_ratio(&figures, |f| &f.h2_cpu_us);
-        figures[0].h1_ratio.push(h1);
-        figures[0].h2_ratio.push(h2);
+        for peer in RATIO_PEERS {
+            let h1 = last_ratio(&figures, peer, |f| &f.h1_cpu_us);
+            let h2 = last_ratio(&figures, peer, |f| &f.h2_cpu_us);
+            figures[peer].h1_ratio.push(h1);
+            figures[peer].h2_ratio.push(h2);
+        }
     }
     for round in 0..CONN_ROUNDS {
         let rotated = (0..servers.len()).map(|i| (i + round) % servers.len());
@@ -127,8 +135,10 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
             );
             new_connections_run(&servers[i], &mut figures[i])?;
         }
-        let ratio = last_ratio(&figures, |f| &f.conn_cpu_us);
-        figures[0].conn_ratio.push(ratio);
+        for peer in RATIO_PEERS {
+            let ratio = last_ratio(&figures, peer, |f| &f.conn_cpu_us);
+            figures[peer].conn_ratio.push(ratio);
+        }
     }
     for (server, f) in servers.iter().zip(&mut figures) {
         println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
@@ -145,11 +155,15 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
         + &format!("\nMemory against idle connections: {}.\n", svg.display()))
 }
 
-/// gatewayd's (`figures[0]`) last figure ÷ nginx's (`figures[1]`): the two measured seconds
-/// apart within one round.
-fn last_ratio(figures: &[Figures], of: fn(&Figures) -> &Vec<f64>) -> f64 {
+/// The servers gatewayd is compared with round by round (`start_all`'s order): nginx and
+/// nginx adding Istio's headers.
+const RATIO_PEERS: [usize; 2] = [1, 3];
+
+/// gatewayd's (`figures[0]`) last figure ÷ `peer`'s: the two measured seconds apart
+/// within one round.
+fn last_ratio(figures: &[Figures], peer: usize, of: fn(&Figures) -> &Vec<f64>) -> f64 {
     let last = |f: &Figures| of(f).last().copied().unwrap_or(f64::NAN);
-    last(&figures[0]) / last(&figures[1])
+    last(&figures[0]) / last(&figures[peer])
 }
 
 /// `median (min–max)` of per-round ratios.
@@ -293,10 +307,10 @@ fn h2load_paced_run(server: &Server, f: &mut Figures) -> Result<()> {
     Ok(())
 }
 
-/// New connections: each server's rate and CPU per connection, and gatewayd's ÷ nginx's.
+/// New connections: each server's rate and CPU per connection, and gatewayd's ÷ each nginx's.
 fn connections_table(servers: &[Server], figures: &[Figures]) -> String {
     let mut out = String::from(
-        "\nNew connections:\n\n| server | new connections/s | CPU µs per new connection | ÷ nginx, per round |\n|---|---|---|---|\n",
+        "\nNew connections:\n\n| server | new connections/s | CPU µs per new connection | gatewayd ÷ this server, per round |\n|---|---|---|---|\n",
     );
     for (server, f) in servers.iter().zip(figures) {
         let _ = writeln!(
@@ -404,12 +418,18 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
         median(&ours.h2_cpu_us) / best(|f| median(&f.h2_cpu_us), true),
         ours.idle_mib_per_10k.unwrap_or(0.0) / best(|f| f.idle_mib_per_10k.unwrap_or(0.0), true),
     );
-    let _ = writeln!(
-        out,
-        "\ngatewayd ÷ nginx within each round (median, min–max of {ROUNDS}): HTTP/1.1 CPU/req {}, HTTP/2 CPU/req {}.",
-        ratio_spread(&ours.h1_ratio),
-        ratio_spread(&ours.h2_ratio),
-    );
+    for (server, f) in servers.iter().zip(figures) {
+        if f.h1_ratio.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\ngatewayd ÷ {} within each round (median, min–max of {ROUNDS}): HTTP/1.1 CPU/req {}, HTTP/2 CPU/req {}.",
+            server.name,
+            ratio_spread(&f.h1_ratio),
+            ratio_spread(&f.h2_ratio),
+        );
+    }
     let split: Vec<String> = servers
         .iter()
         .zip(figures)

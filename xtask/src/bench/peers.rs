@@ -41,8 +41,10 @@ pub(super) struct Upstream {
     _process: Process,
 }
 
-/// The upstream and the three proxies in front of it, each checked to route alike.
-pub(super) fn start_all(gatewayd: &Path, work: &Path) -> Result<(Upstream, [Server; 3])> {
+/// The upstream and the proxies in front of it, each checked to route alike: gatewayd,
+/// nginx, HAProxy, and nginx again adding the request headers gatewayd adds as Istio's
+/// gateway does (`NGINX_ISTIO`).
+pub(super) fn start_all(gatewayd: &Path, work: &Path) -> Result<(Upstream, [Server; 4])> {
     let upstream_ports = [free_port()?, free_port()?];
     let upstream = Upstream {
         ports: upstream_ports,
@@ -50,8 +52,9 @@ pub(super) fn start_all(gatewayd: &Path, work: &Path) -> Result<(Upstream, [Serv
     };
     let servers = [
         start_gatewayd(gatewayd, work, upstream_ports, 1)?,
-        start_nginx(work, upstream_ports)?,
+        start_nginx(work, upstream_ports, NginxHeaders::Plain)?,
         start_haproxy(work, upstream_ports)?,
+        start_nginx(work, upstream_ports, NginxHeaders::Istio)?,
     ];
     for server in &servers {
         check_routing(server)?;
@@ -195,9 +198,36 @@ fn gatewayd_config(port: u16, upstream: [u16; 2]) -> String {
     documents.join("---\n")
 }
 
-pub(super) fn start_nginx(work: &Path, upstream: [u16; 2]) -> Result<Server> {
+/// The name of the nginx that adds Istio's request headers.
+pub(super) const NGINX_ISTIO: &str = "nginx + Istio headers";
+
+/// What nginx adds to the request it forwards.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum NginxHeaders {
+    /// `X-Forwarded-For` only: nginx as it is usually set up.
+    Plain,
+    /// What gatewayd adds as Envoy does in Istio's ingress gateway: the client's Host kept,
+    /// `x-forwarded-proto`, a fresh `x-request-id` and `x-envoy-external-address` besides
+    /// `x-forwarded-for`. The same work per request for both, so that this nginx and
+    /// gatewayd differ in how they do it, not in what they do.
+    Istio,
+}
+
+pub(super) fn start_nginx(
+    work: &Path,
+    upstream: [u16; 2],
+    headers: NginxHeaders,
+) -> Result<Server> {
     let (h1_port, h2_port) = (free_port()?, free_port()?);
-    let dir = nginx_dir(work, "nginx")?;
+    let (name, dir_name, extra) = match headers {
+        NginxHeaders::Plain => ("nginx", "nginx", ""),
+        NginxHeaders::Istio => (
+            NGINX_ISTIO,
+            "nginx-istio",
+            " proxy_set_header Host $host; proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Request-Id $request_id; proxy_set_header X-Envoy-External-Address $remote_addr;",
+        ),
+    };
+    let dir = nginx_dir(work, dir_name)?;
     let mut conf = nginx_prelude(&dir);
     let _ = writeln!(
         conf,
@@ -212,7 +242,7 @@ pub(super) fn start_nginx(work: &Path, upstream: [u16; 2]) -> Result<Server> {
         for p in 0..PREFIXES {
             let _ = writeln!(
                 conf,
-                "    location /p{p}/ {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}"
+                "    location /p{p}/ {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;{extra} }}"
             );
         }
         conf.push_str("    location / { return 404; }\n  }\n");
@@ -222,9 +252,9 @@ pub(super) fn start_nginx(work: &Path, upstream: [u16; 2]) -> Result<Server> {
         "  server {{ listen 127.0.0.1:{h1_port} default_server; listen 127.0.0.1:{h2_port} http2 default_server; return 404; }}\n}}"
     );
     fs::write(dir.join("nginx.conf"), conf)?;
-    let process = start_nginx_process(&dir, SERVER_CPU, h1_port, "nginx")?;
+    let process = start_nginx_process(&dir, SERVER_CPU, h1_port, name)?;
     Ok(Server {
-        name: "nginx",
+        name,
         h1_port,
         h2_port,
         process,
