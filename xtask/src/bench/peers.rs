@@ -201,6 +201,10 @@ fn gatewayd_config(port: u16, upstream: [u16; 2]) -> String {
 /// The name of the nginx that adds Istio's request headers.
 pub(super) const NGINX_ISTIO: &str = "nginx + Istio headers";
 
+/// nginx directives adding what gatewayd adds to a forwarded request besides
+/// `X-Forwarded-For`, as Envoy does in Istio's ingress gateway (see `NginxHeaders::Istio`).
+pub(super) const NGINX_ISTIO_HEADERS: &str = "proxy_set_header Host $host; proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Request-Id $request_id; proxy_set_header X-Envoy-External-Address $remote_addr;";
+
 /// What nginx adds to the request it forwards.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum NginxHeaders {
@@ -220,11 +224,11 @@ pub(super) fn start_nginx(
 ) -> Result<Server> {
     let (h1_port, h2_port) = (free_port()?, free_port()?);
     let (name, dir_name, extra) = match headers {
-        NginxHeaders::Plain => ("nginx", "nginx", ""),
+        NginxHeaders::Plain => ("nginx", "nginx", String::new()),
         NginxHeaders::Istio => (
             NGINX_ISTIO,
             "nginx-istio",
-            " proxy_set_header Host $host; proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Request-Id $request_id; proxy_set_header X-Envoy-External-Address $remote_addr;",
+            format!(" {NGINX_ISTIO_HEADERS}"),
         ),
     };
     let dir = nginx_dir(work, dir_name)?;

@@ -30,7 +30,9 @@ use super::{
         spread, tree_user_system_seconds,
     },
     manifests::{gateway_yaml, ingress_service_yaml, one_route_yaml, upstream_service_yaml},
-    peers::{Process, nginx_dir, start_nginx_process, wait_listening},
+    peers::{
+        NGINX_ISTIO_HEADERS, NginxHeaders, Process, nginx_dir, start_nginx_process, wait_listening,
+    },
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -68,9 +70,10 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
 
     let proxies = [
         start_gatewayd(&gatewayd, &work, tls_port, true)?,
-        start_nginx(&work, tls_port)?,
+        start_nginx(&work, tls_port, NginxHeaders::Plain)?,
         start_haproxy(&work, tls_port)?,
         start_gatewayd(&gatewayd, &work, plain_port, false)?,
+        start_nginx(&work, tls_port, NginxHeaders::Istio)?,
     ];
     for proxy in &proxies {
         // Warm-up, and proof that the proxy reaches the upstream over TLS.
@@ -212,19 +215,31 @@ fn start_gatewayd(bin: &Path, work: &Path, upstream_port: u16, tls: bool) -> Res
     })
 }
 
-fn start_nginx(work: &Path, upstream_port: u16) -> Result<Proxy> {
+/// nginx `proxy_ssl` to the upstream; with `NginxHeaders::Istio` it also adds the request
+/// headers gatewayd adds, so that the two do the same work.
+fn start_nginx(work: &Path, upstream_port: u16, headers: NginxHeaders) -> Result<Proxy> {
     let port = free_port()?;
-    let dir = nginx_dir(work, "nginx")?;
+    let (name, dir_name, extra) = match headers {
+        NginxHeaders::Plain => ("nginx proxy_ssl", "nginx", String::new()),
+        NginxHeaders::Istio => (
+            "nginx proxy_ssl + Istio headers",
+            "nginx-istio",
+            format!(
+                "\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; {NGINX_ISTIO_HEADERS}"
+            ),
+        ),
+    };
+    let dir = nginx_dir(work, dir_name)?;
     let mut conf = nginx_prelude(&dir);
     let _ = writeln!(
         conf,
-        "  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass https://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {w}/ca.pem;\n      proxy_ssl_name {UPSTREAM_NAME};\n      proxy_ssl_server_name on;\n      proxy_ssl_session_reuse on;\n    }}\n  }}\n}}",
+        "  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass https://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";{extra}\n      proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {w}/ca.pem;\n      proxy_ssl_name {UPSTREAM_NAME};\n      proxy_ssl_server_name on;\n      proxy_ssl_session_reuse on;\n    }}\n  }}\n}}",
         w = work.display()
     );
     fs::write(dir.join("nginx.conf"), conf)?;
-    let process = start_nginx_process(&dir, SERVER_CPU, port, "nginx")?;
+    let process = start_nginx_process(&dir, SERVER_CPU, port, name)?;
     Ok(Proxy {
-        name: "nginx proxy_ssl",
+        name,
         port,
         process,
     })
@@ -310,6 +325,14 @@ fn table(proxies: &[Proxy], figures: &[Figures]) -> String {
             median(&f.cpu_us) / nginx,
             median(&f.user_us),
             median(&f.system_us),
+        );
+    }
+    if let Some(same_work) = proxies.iter().position(|p| p.name.contains("Istio")) {
+        let _ = writeln!(
+            out,
+            "\ngatewayd ÷ {}, CPU per request: {:.2}× (the same request headers added by both).",
+            proxies[same_work].name,
+            median(&figures[0].cpu_us) / median(&figures[same_work].cpu_us),
         );
     }
     let _ = writeln!(
