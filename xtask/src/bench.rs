@@ -43,12 +43,12 @@ const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "http",
-        about: "HTTP/1.1 keep-alive and h2c proxying with 100 hosts × 10 prefixes: req/s, CPU and instructions per request, p50/p99, idle memory: gatewayd vs nginx, HAProxy",
+        about: "HTTP/1.1 keep-alive and h2c proxying with 100 hosts × 10 prefixes: req/s, CPU and instructions per request, p50/p99, idle memory: gatewayd vs nginx, HAProxy, nginx adding Istio's request headers",
         run: http::run,
     },
     Bench {
         name: "latency",
-        about: "latency added against offered load (open loop, 10–90 % of the slowest server's saturated rate), in rounds: gatewayd vs nginx, HAProxy, the upstream alone; curves drawn to latency.svg",
+        about: "latency added against offered load (open loop, 10–60 % of the lower of gatewayd's and nginx's saturated rates), in rounds: gatewayd vs nginx, HAProxy, nginx adding Istio's request headers, the upstream alone; curves drawn to latency.svg",
         run: latency::run,
     },
     Bench {
@@ -63,7 +63,7 @@ const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "endpoints",
-        about: "EndpointSlice updates at 1 000 Services: update to first request on the new endpoint (kept and new connections), gatewayd CPU per update, p99 while endpoints churn 50/s",
+        about: "EndpointSlice updates at 1 000 Services: update to first request on the new endpoint (kept and new connections), gatewayd CPU per update, p99 while endpoints change 25/s",
         run: endpoints::run,
     },
     Bench {
@@ -98,7 +98,7 @@ const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "upstream-tls",
-        about: "TLS origination on kept-alive connections: CPU per request, gatewayd (DestinationRule SIMPLE) vs nginx proxy_ssl vs HAProxy ssl, plaintext upstream as the floor",
+        about: "TLS origination on kept-alive connections: CPU per request, gatewayd (DestinationRule SIMPLE) vs nginx proxy_ssl (also adding Istio's request headers) vs HAProxy ssl, plaintext upstream as the floor",
         run: upstream_tls::run,
     },
 ];
