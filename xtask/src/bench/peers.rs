@@ -373,3 +373,95 @@ pub(super) fn wrk_requests_per_second(text: &str) -> Result<f64> {
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("wrk output:\n{text}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// The request one of the bench's nginxes forwards for `TARGET_HOST`/`TARGET_PATH`,
+    /// caught by a listener standing in for the upstream (both endpoints).
+    fn forwarded_by(headers: NginxHeaders) -> Result<String> {
+        let upstream = TcpListener::bind("127.0.0.1:0")?;
+        let port = upstream.local_addr()?.port();
+        let work = std::env::temp_dir().join(format!(
+            "xtask-peers-{}-{}",
+            std::process::id(),
+            headers == NginxHeaders::Istio
+        ));
+        let nginx = start_nginx(&work, [port, port], headers)?;
+        let mut client = TcpStream::connect(("127.0.0.1", nginx.h1_port))?;
+        write!(
+            client,
+            "GET {TARGET_PATH} HTTP/1.1\r\nHost: {TARGET_HOST}\r\nConnection: close\r\n\r\n"
+        )?;
+        upstream.set_nonblocking(true)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut forwarded, _) = loop {
+            match upstream.accept() {
+                Ok(accepted) => break accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        bail!("nginx forwarded nothing within 10 s");
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        forwarded.set_nonblocking(false)?;
+        forwarded.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            forwarded.read_exact(&mut byte)?;
+            head.push(byte[0]);
+        }
+        forwarded.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")?;
+        drop(nginx);
+        let _ = fs::remove_dir_all(&work);
+        Ok(String::from_utf8_lossy(&head).to_lowercase())
+    }
+
+    /// The two nginxes the benches compare gatewayd with differ in what they forward as
+    /// their names say: the plain one adds `X-Forwarded-For` alone and sends its upstream's
+    /// name as Host; the other adds what gatewayd adds (Istio's gateway's headers).
+    #[test]
+    fn the_istio_nginx_forwards_what_gatewayd_forwards() -> Result<()> {
+        if std::process::Command::new("nginx")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: no nginx (cargo xtask setup installs it)");
+            return Ok(());
+        }
+        let plain = forwarded_by(NginxHeaders::Plain)?;
+        assert!(plain.contains("\r\nhost: up\r\n"), "{plain}");
+        assert!(
+            plain.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+            "{plain}"
+        );
+        assert!(!plain.contains("x-request-id"), "{plain}");
+
+        let istio = forwarded_by(NginxHeaders::Istio)?;
+        for header in [
+            format!("host: {TARGET_HOST}"),
+            "x-forwarded-for: 127.0.0.1".into(),
+            "x-forwarded-proto: http".into(),
+            "x-envoy-external-address: 127.0.0.1".into(),
+        ] {
+            assert!(
+                istio.contains(&format!("\r\n{header}\r\n")),
+                "{header} in {istio}"
+            );
+        }
+        let request_id = istio
+            .split("\r\n")
+            .find_map(|line| line.strip_prefix("x-request-id: "))
+            .unwrap_or_default();
+        assert_eq!(request_id.len(), 32, "nginx's $request_id: {istio}");
+        Ok(())
+    }
+}
