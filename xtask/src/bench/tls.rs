@@ -9,7 +9,10 @@
 //!   each finished a handshake and one request.
 //!
 //! Servers: gatewayd (release), a bare rustls + hyper server (the limit for us), nginx
-//! and HAProxy (one worker/thread each). Servers are pinned to CPU 1, the load generator
+//! and HAProxy (one worker/thread each), and for the keep-alive figure nginx again adding
+//! the request headers gatewayd adds as Istio's gateway does (`x-request-id`,
+//! `x-envoy-external-address`, besides the Host, `X-Forwarded-For` and
+//! `X-Forwarded-Proto` the first nginx sets). Servers are pinned to CPU 1, the load generator
 //! and the upstream to CPU 0; CPU is utime+stime from /proc over each run, all of a
 //! server's processes summed. Rounds interleave the servers; medians are reported.
 
@@ -32,6 +35,7 @@ use super::{
         tree_cpu_seconds, tree_rss_bytes,
     },
     manifests::{gateway_yaml, ingress_service_yaml, upstream_service_yaml, virtual_service_yaml},
+    peers::NginxHeaders,
     results_dir,
 };
 use crate::{Workspace, cmd};
@@ -118,14 +122,21 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     let mut servers = vec![
         start_gatewayd(&release.join("gatewayd"), &work, upstream.1)?,
         start_bare(&release.join("examples/bare_rustls"), &work)?,
-        start_nginx(&work, upstream.1)?,
+        start_nginx(&work, upstream.1, NginxHeaders::Plain)?,
         start_haproxy(&work, upstream.1)?,
+        start_nginx(&work, upstream.1, NginxHeaders::Istio)?,
     ];
     let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
 
     // Memory first, on fresh servers: after the load runs, allocators reuse freed memory
     // and RSS no longer grows with connections.
+    // The second nginx differs from the first only in what it forwards: its handshakes
+    // and idle connections are the first's.
+    let differs_in_handshakes = |server: &Server| server.name != NGINX_ISTIO;
     for (server, figures) in servers.iter_mut().zip(&mut figures) {
+        if !differs_in_handshakes(server) {
+            continue;
+        }
         println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
         figures.idle_curve = idle_memory(server)?;
         figures.idle_bytes_per_connection = figures
@@ -135,6 +146,9 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     }
     for round in 0..ROUNDS {
         for (server, figures) in servers.iter().zip(&mut figures) {
+            if !differs_in_handshakes(server) {
+                continue;
+            }
             println!("round {round}: {} handshakes", server.name);
             let (rate, negotiated) = handshakes(server)?;
             figures.handshakes_per_cpu_s.push(rate);
@@ -157,12 +171,15 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
 }
 
 /// The servers' names, in the order `run` starts them.
-const SERVER_NAMES: [&str; 4] = [
+const SERVER_NAMES: [&str; 5] = [
     "gatewayd",
     "bare rustls (ceiling)",
     "nginx 1.22",
     "HAProxy 2.6",
+    NGINX_ISTIO,
 ];
+/// The nginx adding Istio's request headers; measured for keep-alive requests only.
+const NGINX_ISTIO: &str = "nginx 1.22 + Istio headers";
 
 fn table(figures: &[Figures]) -> String {
     let names = SERVER_NAMES;
@@ -173,13 +190,20 @@ fn table(figures: &[Figures]) -> String {
         "| server | full TLS 1.3 handshakes per CPU-second | × bare rustls | × best peer | keep-alive HTTPS requests per CPU-second | memory per idle TLS connection |\n|---|---|---|---|---|---|\n",
     );
     for (name, f) in names.iter().zip(figures) {
-        let h = median(&f.handshakes_per_cpu_s);
+        let handshakes = if f.handshakes_per_cpu_s.is_empty() {
+            "– (as nginx's) | | ".to_owned()
+        } else {
+            let h = median(&f.handshakes_per_cpu_s);
+            format!(
+                "{h:.0} ({}) | {:.2} | {:.2} ",
+                spread(&f.handshakes_per_cpu_s),
+                h / bare,
+                h / best_peer
+            )
+        };
         let _ = writeln!(
             out,
-            "| {name} | {h:.0} ({}) | {:.2} | {:.2} | {:.0} ({}){} | {:.1} KiB |",
-            spread(&f.handshakes_per_cpu_s),
-            h / bare,
-            h / best_peer,
+            "| {name} | {handshakes}| {:.0} ({}){} | {} |",
             median(&f.requests_per_cpu_s),
             spread(&f.requests_per_cpu_s),
             if name.starts_with("bare") {
@@ -187,9 +211,19 @@ fn table(figures: &[Figures]) -> String {
             } else {
                 ""
             },
-            f.idle_bytes_per_connection.unwrap_or(0.0) / 1024.0,
+            f.idle_bytes_per_connection
+                .map_or("– (as nginx's)".to_owned(), |b| format!(
+                    "{:.1} KiB",
+                    b / 1024.0
+                )),
         );
     }
+    let _ = writeln!(
+        out,
+        "\nKeep-alive HTTPS requests per CPU-second, gatewayd ÷ nginx: {:.2}×; ÷ {NGINX_ISTIO} (the same request headers added by both): {:.2}×.",
+        median(&figures[0].requests_per_cpu_s) / median(&figures[2].requests_per_cpu_s),
+        median(&figures[0].requests_per_cpu_s) / median(&figures[4].requests_per_cpu_s),
+    );
     let _ = write!(
         out,
         "\nNegotiated (h2load, gatewayd): {}. Medians of {ROUNDS} interleaved rounds, min–max in parentheses. \
@@ -325,9 +359,19 @@ fn start_bare(bin: &Path, work: &Path) -> Result<Server> {
     wait_listening("bare rustls", port, child)
 }
 
-fn start_nginx(work: &Path, upstream: SocketAddr) -> Result<Server> {
+/// nginx terminating TLS and proxying `/get`; with `NginxHeaders::Istio` it also adds
+/// the two request headers gatewayd adds that the first does not.
+fn start_nginx(work: &Path, upstream: SocketAddr, headers: NginxHeaders) -> Result<Server> {
     let port = free_port()?;
-    let dir = work.join("nginx");
+    let (name, dir_name, extra) = match headers {
+        NginxHeaders::Plain => ("nginx", "nginx", ""),
+        NginxHeaders::Istio => (
+            NGINX_ISTIO,
+            "nginx-istio",
+            "\n      proxy_set_header X-Request-Id $request_id;\n      proxy_set_header X-Envoy-External-Address $remote_addr;",
+        ),
+    };
+    let dir = work.join(dir_name);
     fs::create_dir_all(dir.join("logs"))?;
     let w = work.display();
     let conf = format!(
@@ -346,7 +390,7 @@ fn start_nginx(work: &Path, upstream: SocketAddr) -> Result<Server> {
       proxy_set_header Connection "";
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto https;
+      proxy_set_header X-Forwarded-Proto https;{extra}
     }}
     location / {{ return 404; }}
   }}
@@ -363,7 +407,7 @@ fn start_nginx(work: &Path, upstream: SocketAddr) -> Result<Server> {
         .stdout(Stdio::null())
         .spawn()
         .context("starting nginx")?;
-    wait_listening("nginx", port, child)
+    wait_listening(name, port, child)
 }
 
 fn start_haproxy(work: &Path, upstream: SocketAddr) -> Result<Server> {
