@@ -132,9 +132,9 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     // and RSS no longer grows with connections.
     // The second nginx differs from the first only in what it forwards: its handshakes
     // and idle connections are the first's.
-    let differs_in_handshakes = |server: &Server| server.name != NGINX_ISTIO;
+    let has_own_tls_figures = |server: &Server| server.name != NGINX_ISTIO;
     for (server, figures) in servers.iter_mut().zip(&mut figures) {
-        if !differs_in_handshakes(server) {
+        if !has_own_tls_figures(server) {
             continue;
         }
         println!("{}: {IDLE_CONNECTIONS} idle connections", server.name);
@@ -146,7 +146,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<String> {
     }
     for round in 0..ROUNDS {
         for (server, figures) in servers.iter().zip(&mut figures) {
-            if !differs_in_handshakes(server) {
+            if !has_own_tls_figures(server) {
                 continue;
             }
             println!("round {round}: {} handshakes", server.name);
