@@ -125,6 +125,20 @@ pub(super) fn start_nginx_process(dir: &Path, cpu: &str, port: u16, name: &str) 
     Ok(Process(child))
 }
 
+/// HAProxy on the configuration at `config`, pinned to the server CPU, once it listens
+/// on `port`; its log to `stderr`.
+pub(super) fn start_haproxy_process(config: &Path, port: u16, stderr: Stdio) -> Result<Process> {
+    let mut child = pinned(SERVER_CPU, Path::new("haproxy"))
+        .args(["-db", "-f"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .context("starting haproxy")?;
+    wait_listening(port, &mut child, "haproxy")?;
+    Ok(Process(child))
+}
+
 /// The upstream: nginx answering `200 ok` on two ports (the two endpoints).
 pub(super) fn start_upstream(work: &Path, ports: [u16; 2]) -> Result<Process> {
     let dir = nginx_dir(work, "upstream")?;
@@ -298,19 +312,11 @@ frontend web
     );
     let path = work.join("haproxy.cfg");
     fs::write(&path, conf)?;
-    let mut child = pinned(SERVER_CPU, Path::new("haproxy"))
-        .args(["-db", "-f"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting haproxy")?;
-    wait_listening(h1_port, &mut child, "haproxy")?;
     Ok(Server {
         name: "HAProxy",
         h1_port,
         h2_port,
-        process: Process(child),
+        process: start_haproxy_process(&path, h1_port, Stdio::null())?,
     })
 }
 

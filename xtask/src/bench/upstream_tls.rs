@@ -31,7 +31,8 @@ use super::{
     },
     manifests::{gateway_yaml, ingress_service_yaml, one_route_yaml, upstream_service_yaml},
     peers::{
-        NGINX_ISTIO_HEADERS, NginxHeaders, Process, nginx_dir, start_nginx_process, wait_listening,
+        NGINX_ISTIO_HEADERS, NginxHeaders, Process, nginx_dir, start_haproxy_process,
+        start_nginx_process, wait_listening,
     },
     results_dir,
 };
@@ -253,18 +254,11 @@ fn start_haproxy(work: &Path, upstream_port: u16) -> Result<Proxy> {
     );
     let path = work.join("haproxy.cfg");
     fs::write(&path, conf)?;
-    let mut child = pinned(SERVER_CPU, Path::new("haproxy"))
-        .args(["-db", "-f"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(work.join("haproxy.stderr"))?)
-        .spawn()
-        .context("starting haproxy")?;
-    wait_listening(port, &mut child, "haproxy")?;
+    let stderr = fs::File::create(work.join("haproxy.stderr"))?;
     Ok(Proxy {
         name: "HAProxy ssl",
         port,
-        process: Process(child),
+        process: start_haproxy_process(&path, port, stderr.into())?,
     })
 }
 
