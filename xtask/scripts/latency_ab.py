@@ -24,7 +24,10 @@ import re
 import socket
 import statistics
 import subprocess
-import time
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from callgrind_run import wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORK = os.path.join(ROOT, "target", "bench", "latency-work")
@@ -123,7 +126,8 @@ def main():
                              "-c", os.path.join(directory, "nginx.conf")], "1")
             processes.append(process)
             targets[name] = (process.pid, nginx_port(directory))
-        time.sleep(3)
+        for _, port in targets.values():
+            wait_for_port(port, timeout=30)
 
         names = list(targets)
         rows = {name: [] for name in names}
