@@ -96,6 +96,9 @@ struct Figures {
     /// New connections (one request each): per second and CPU µs per connection.
     conn_rps: Vec<f64>,
     conn_cpu_us: Vec<f64>,
+    /// The kernel's part of `conn_cpu_us`: its share of utime + stime (clock ticks, coarse)
+    /// applied to the scheduler's time.
+    conn_kernel_us: Vec<f64>,
     /// The nginxes' only: gatewayd's CPU per new connection ÷ this server's, round by round.
     conn_ratio: Vec<f64>,
     idle_mib_per_10k: Option<f64>,
@@ -332,6 +335,14 @@ fn connections_table(servers: &[Server], figures: &[Figures]) -> String {
         out,
         "\nNew connections: wrk -t1 -c{CONN_CONNECTIONS} -d{CONN_SECONDS}s with `Connection: close`, {CONN_ROUNDS} rounds (the servers' order rotating), CPU from each server's scheduler time (/proc/PID/task/*/schedstat); medians (min–max)."
     );
+    // As for kept-alive requests: the kernel's share, which no user-space work removes.
+    let (ours, nginx) = (&figures[0], &figures[RATIO_PEERS[0]]);
+    let _ = writeln!(
+        out,
+        "\nKernel floor, per new connection: gatewayd's kernel time alone is {:.2}× nginx's CPU, nginx's own {:.2}× (the kernel's share from utime and stime).",
+        median(&ours.conn_kernel_us) / median(&nginx.conn_cpu_us),
+        median(&nginx.conn_kernel_us) / median(&nginx.conn_cpu_us),
+    );
     out
 }
 
@@ -345,6 +356,7 @@ fn spread_to(values: &[f64], decimals: usize) -> String {
 /// wrk with `Connection: close`: every request opens a connection (the server closes it).
 fn new_connections_run(server: &Server, f: &mut Figures) -> Result<()> {
     let before = tree_on_cpu_seconds(server.process.0.id());
+    let (user_before, kernel_before) = tree_user_system_seconds(server.process.0.id());
     let output = pinned(CLIENT_CPU, Path::new("wrk"))
         .args([
             "-t1",
@@ -361,6 +373,8 @@ fn new_connections_run(server: &Server, f: &mut Figures) -> Result<()> {
         .output()
         .context("running wrk")?;
     let used = tree_on_cpu_seconds(server.process.0.id()) - before;
+    let (user, kernel) = tree_user_system_seconds(server.process.0.id());
+    let (user, kernel) = (user - user_before, kernel - kernel_before);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if text.contains("Non-2xx") {
         bail!("{}: wrk saw non-2xx answers:\n{text}", server.name);
@@ -368,6 +382,10 @@ fn new_connections_run(server: &Server, f: &mut Figures) -> Result<()> {
     let requests = wrk_requests(&text)?;
     f.conn_rps.push(requests / f64::from(CONN_SECONDS));
     f.conn_cpu_us.push(used / requests * 1e6);
+    if user + kernel > 0.0 {
+        f.conn_kernel_us
+            .push(used * kernel / (user + kernel) / requests * 1e6);
+    }
     Ok(())
 }
 
@@ -446,6 +464,15 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
         out,
         "\nHTTP/1.1 CPU µs/req, user and kernel: {}.",
         split.join("; ")
+    );
+    // What no user-space work can go below: the kernel's share, the same TCP work for
+    // every proxy here (on loopback each send also runs the receiver's TCP input).
+    let nginx = &figures[RATIO_PEERS[0]];
+    let _ = writeln!(
+        out,
+        "\nKernel floor, HTTP/1.1 per request: gatewayd's kernel time alone is {:.2}× nginx's CPU, nginx's own {:.2}× (what a proxy with no user-space time would cost).",
+        median(&ours.h1_kernel_us) / median(&nginx.h1_cpu_us),
+        median(&nginx.h1_kernel_us) / median(&nginx.h1_cpu_us),
     );
     let _ = writeln!(
         out,

@@ -321,6 +321,16 @@ fn table(proxies: &[Proxy], figures: &[Figures]) -> String {
             median(&f.system_us),
         );
     }
+    // What no user-space work can go below: each proxy's kernel share (system calls, and
+    // on loopback the receiving side's TCP input), against nginx's whole CPU.
+    if let Some(i) = proxies.iter().position(|p| p.name.starts_with("nginx")) {
+        let _ = writeln!(
+            out,
+            "\nKernel floor per request: gatewayd's kernel time alone is {:.2}× nginx's CPU, nginx's own {:.2}× (what a proxy with no user-space time would cost).",
+            median(&figures[0].system_us) / nginx,
+            median(&figures[i].system_us) / nginx,
+        );
+    }
     if let Some(same_work) = proxies.iter().position(|p| p.name.contains("Istio")) {
         let _ = writeln!(
             out,
