@@ -37,6 +37,23 @@ pub(super) fn spread(values: &[f64]) -> String {
     format!("{min:.0}–{max:.0}")
 }
 
+/// The line every CPU bench prints under its table: what a proxy with no user-space time
+/// would cost. Each proxy's kernel share (system calls, and on loopback the receiving
+/// side's TCP input, which runs in the sender's context) is the same TCP work for every
+/// proxy, so no user-space work goes below it. Medians of µs per `unit`.
+pub(super) fn kernel_floor(
+    unit: &str,
+    ours_kernel: f64,
+    nginx_kernel: f64,
+    nginx_cpu: f64,
+) -> String {
+    format!(
+        "\nKernel floor per {unit}: gatewayd's kernel time alone is {:.2}× nginx's CPU, nginx's own {:.2}× (what a proxy with no user-space time would cost).",
+        ours_kernel / nginx_cpu,
+        nginx_kernel / nginx_cpu,
+    )
+}
+
 /// `program` pinned to `cpu`, so servers and load generators do not share a core.
 pub(super) fn pinned(cpu: &str, program: &Path) -> Command {
     let mut command = Command::new("taskset");

@@ -37,8 +37,8 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     chart::{self, Panel, SeriesLabelPosition},
     common::{
-        free_port, median, pinned, process_tree, release_binaries, spread, tree_cpu_seconds,
-        tree_on_cpu_seconds, tree_rss_bytes, tree_user_system_seconds,
+        free_port, kernel_floor, median, pinned, process_tree, release_binaries, spread,
+        tree_cpu_seconds, tree_on_cpu_seconds, tree_rss_bytes, tree_user_system_seconds,
     },
     peers::{
         CLIENT_CPU, HOSTS, PACED_CONNECTIONS, PREFIXES, SERVER_CPU, Server, TARGET_HOST,
@@ -335,13 +335,16 @@ fn connections_table(servers: &[Server], figures: &[Figures]) -> String {
         out,
         "\nNew connections: wrk -t1 -c{CONN_CONNECTIONS} -d{CONN_SECONDS}s with `Connection: close`, {CONN_ROUNDS} rounds (the servers' order rotating), CPU from each server's scheduler time (/proc/PID/task/*/schedstat); medians (min–max)."
     );
-    // As for kept-alive requests: the kernel's share, which no user-space work removes.
     let (ours, nginx) = (&figures[0], &figures[RATIO_PEERS[0]]);
     let _ = writeln!(
         out,
-        "\nKernel floor, per new connection: gatewayd's kernel time alone is {:.2}× nginx's CPU, nginx's own {:.2}× (the kernel's share from utime and stime).",
-        median(&ours.conn_kernel_us) / median(&nginx.conn_cpu_us),
-        median(&nginx.conn_kernel_us) / median(&nginx.conn_cpu_us),
+        "{}",
+        kernel_floor(
+            "new connection",
+            median(&ours.conn_kernel_us),
+            median(&nginx.conn_kernel_us),
+            median(&nginx.conn_cpu_us),
+        )
     );
     out
 }
@@ -465,14 +468,16 @@ fn table(servers: &[Server], figures: &[Figures]) -> String {
         "\nHTTP/1.1 CPU µs/req, user and kernel: {}.",
         split.join("; ")
     );
-    // What no user-space work can go below: the kernel's share, the same TCP work for
-    // every proxy here (on loopback each send also runs the receiver's TCP input).
     let nginx = &figures[RATIO_PEERS[0]];
     let _ = writeln!(
         out,
-        "\nKernel floor, HTTP/1.1 per request: gatewayd's kernel time alone is {:.2}× nginx's CPU, nginx's own {:.2}× (what a proxy with no user-space time would cost).",
-        median(&ours.h1_kernel_us) / median(&nginx.h1_cpu_us),
-        median(&nginx.h1_kernel_us) / median(&nginx.h1_cpu_us),
+        "{}",
+        kernel_floor(
+            "HTTP/1.1 request",
+            median(&ours.h1_kernel_us),
+            median(&nginx.h1_kernel_us),
+            median(&nginx.h1_cpu_us),
+        )
     );
     let _ = writeln!(
         out,

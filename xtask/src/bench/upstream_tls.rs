@@ -26,8 +26,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     common::{
-        AdminAddrs, free_port, gatewayd_run, median, nginx_prelude, pinned, release_binaries,
-        spread, tree_user_system_seconds,
+        AdminAddrs, free_port, gatewayd_run, kernel_floor, median, nginx_prelude, pinned,
+        release_binaries, spread, tree_user_system_seconds,
     },
     manifests::{gateway_yaml, ingress_service_yaml, one_route_yaml, upstream_service_yaml},
     peers::{
@@ -303,10 +303,8 @@ fn table(proxies: &[Proxy], figures: &[Figures]) -> String {
         out,
         "| proxy | requests/s | CPU µs / request | vs nginx | of which user | of which kernel |\n|---|---|---|---|---|---|"
     );
-    let nginx = proxies
-        .iter()
-        .position(|p| p.name.starts_with("nginx"))
-        .map_or(f64::NAN, |i| median(&figures[i].cpu_us));
+    let nginx_at = proxies.iter().position(|p| p.name.starts_with("nginx"));
+    let nginx = nginx_at.map_or(f64::NAN, |i| median(&figures[i].cpu_us));
     for (proxy, f) in proxies.iter().zip(figures) {
         let _ = writeln!(
             out,
@@ -321,14 +319,16 @@ fn table(proxies: &[Proxy], figures: &[Figures]) -> String {
             median(&f.system_us),
         );
     }
-    // What no user-space work can go below: each proxy's kernel share (system calls, and
-    // on loopback the receiving side's TCP input), against nginx's whole CPU.
-    if let Some(i) = proxies.iter().position(|p| p.name.starts_with("nginx")) {
+    if let Some(i) = nginx_at {
         let _ = writeln!(
             out,
-            "\nKernel floor per request: gatewayd's kernel time alone is {:.2}× nginx's CPU, nginx's own {:.2}× (what a proxy with no user-space time would cost).",
-            median(&figures[0].system_us) / nginx,
-            median(&figures[i].system_us) / nginx,
+            "{}",
+            kernel_floor(
+                "request",
+                median(&figures[0].system_us),
+                median(&figures[i].system_us),
+                nginx,
+            )
         );
     }
     if let Some(same_work) = proxies.iter().position(|p| p.name.contains("Istio")) {
